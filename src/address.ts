@@ -1,0 +1,133 @@
+/**
+ * Address shapes (SPEC §2) to and from Node's listen/connect options.
+ */
+import { isIP } from "node:net";
+import type { AddressInfo } from "node:net";
+import { InvalidAddressFormatError, describe } from "./errors.js";
+
+/**
+ * An address, in Pants' shapes:
+ * - `4040`: every interface, port 4040 (`["", 4040]`);
+ * - `"/run/app.sock"`: a UNIX socket path (Linux abstract names start with `"\0"`);
+ * - `["127.0.0.1", 4040]`, `["localhost", 4040]`: IPv4, or a host name resolved asynchronously;
+ * - `["::1", 4040]`, `["::1", 4040, 0, 0]`: IPv6;
+ * - `["", port]`: every IPv4 interface (and, on a server with `slave`, every IPv6 one);
+ * - `["", port, 0, 0]`: every IPv6 interface, dual-stack.
+ */
+export type Address =
+  | number
+  | string
+  | [host: string, port: number]
+  | [host: string, port: number, flowinfo: number, scopeid: number];
+
+/** An address after validation. */
+export type ParsedAddress =
+  | { readonly kind: "unix"; readonly path: string }
+  | {
+      readonly kind: "tcp";
+      /** The host as given ("" for every interface). */
+      readonly host: string;
+      readonly port: number;
+      /** 4 or 6 for literals and "", 0 for a host name to resolve. */
+      readonly family: 0 | 4 | 6;
+      /** True when the address was a 4-tuple (IPv6 requested). */
+      readonly v6tuple: boolean;
+      readonly flowinfo: number;
+      readonly scopeid: number;
+    };
+
+function isPort(value: unknown): value is number {
+  return typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 65535;
+}
+
+function isUint32(value: unknown): value is number {
+  return typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 0xffffffff;
+}
+
+/**
+ * Validates an address synchronously.
+ * @throws InvalidAddressFormatError for anything of no known shape.
+ */
+export function parseAddress(address: unknown): ParsedAddress {
+  if (typeof address === "number") {
+    if (!isPort(address)) {
+      throw new InvalidAddressFormatError(`Invalid address: port ${describe(address)} is not an integer from 0 to 65535.`);
+    }
+    return { kind: "tcp", host: "", port: address, family: 4, v6tuple: false, flowinfo: 0, scopeid: 0 };
+  }
+  if (typeof address === "string") {
+    if (address.length === 0) {
+      throw new InvalidAddressFormatError("Invalid address: an empty string is not a UNIX socket path.");
+    }
+    return { kind: "unix", path: address };
+  }
+  if (Array.isArray(address) && (address.length === 2 || address.length === 4)) {
+    const [host, port] = address as unknown[];
+    if (typeof host !== "string") {
+      throw new InvalidAddressFormatError(`Invalid address ${describe(address)}: the host must be a string.`);
+    }
+    if (!isPort(port)) {
+      throw new InvalidAddressFormatError(
+        `Invalid address ${describe(address)}: the port must be an integer from 0 to 65535.`,
+      );
+    }
+    if (address.length === 4) {
+      const [, , flowinfo, scopeid] = address as unknown[];
+      if (!isUint32(flowinfo) || !isUint32(scopeid)) {
+        throw new InvalidAddressFormatError(
+          `Invalid address ${describe(address)}: flowinfo and scopeid must be unsigned 32-bit integers.`,
+        );
+      }
+      const kind = isIP(host);
+      if (kind === 4) {
+        throw new InvalidAddressFormatError(
+          `Invalid address ${describe(address)}: a 4-tuple is an IPv6 address, but ${host} is IPv4.`,
+        );
+      }
+      return { kind: "tcp", host, port, family: host === "" || kind === 6 ? 6 : 0, v6tuple: true, flowinfo, scopeid };
+    }
+    const kind = isIP(host);
+    return { kind: "tcp", host, port, family: host === "" ? 4 : kind === 0 ? 0 : (kind as 4 | 6), v6tuple: false, flowinfo: 0, scopeid: 0 };
+  }
+  throw new InvalidAddressFormatError(
+    `Invalid address ${describe(address)}: expected a port number, a UNIX socket path, [host, port] or [host, port, flowinfo, scopeid].`,
+  );
+}
+
+/** Converts what Node's `address()`/`remoteAddress` report into Pants' shapes. */
+export function fromNodeAddress(ip: string | undefined, port: number | undefined, family: string | number | undefined): Address | null {
+  if (ip === undefined || port === undefined) return null;
+  const v6 = family === "IPv6" || family === 6 || (family === undefined && ip.includes(":"));
+  if (!v6) return [ip, port];
+  let scopeid = 0;
+  let host = ip;
+  const pct = ip.indexOf("%");
+  if (pct !== -1) {
+    const scope = ip.slice(pct + 1);
+    host = ip.slice(0, pct);
+    scopeid = /^\d+$/.test(scope) ? Number(scope) : 0;
+  }
+  return [host, port, 0, scopeid];
+}
+
+/** The address of a listening `net.Server` in Pants' shape. */
+export function fromAddressInfo(info: AddressInfo | string | null): Address | null {
+  if (info === null) return null;
+  if (typeof info === "string") return info;
+  return fromNodeAddress(info.address, info.port, info.family);
+}
+
+/** A short human form: `127.0.0.1:4040`, `[::1]:4040`, `unix:/path`. */
+export function formatAddress(address: Address | null | undefined): string {
+  if (address === null || address === undefined) return "(none)";
+  if (typeof address === "number") return `*:${address}`;
+  if (typeof address === "string") return `unix:${address.replace(/\0/g, "@")}`;
+  const [host, port] = address;
+  if (host === "") return `${address.length === 4 ? "[::]" : "0.0.0.0"}:${port}`;
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** Copies an address so callers cannot mutate internal state. */
+export function copyAddress(address: Address | null): Address | null {
+  return Array.isArray(address) ? (address.slice() as Address) : address;
+}

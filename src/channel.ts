@@ -1,0 +1,164 @@
+/**
+ * Channel: the base of Stream and Server. It owns the one guard through
+ * which every user handler is called, so nothing a handler throws can reach
+ * another channel or the process.
+ */
+import { channel as diagnosticsChannel } from "node:diagnostics_channel";
+import { Engine, countError } from "./engine.js";
+import { log } from "./log.js";
+import { typeError } from "./errors.js";
+import type { Stats } from "./engine.js";
+
+/** Named `diagnostics_channel` channels pants-ts publishes on. */
+export const diagnostics = {
+  /** `{ stream }` when a connection is established (after TLS and PROXY). */
+  connectionOpen: diagnosticsChannel("pants-ts:connection:open"),
+  /** `{ stream }` when a connection has closed. */
+  connectionClose: diagnosticsChannel("pants-ts:connection:close"),
+  /** `{ stream, error, kind }` for every error on a connection. */
+  connectionError: diagnosticsChannel("pants-ts:connection:error"),
+  /** `{ server }` once a server is listening. */
+  serverListen: diagnosticsChannel("pants-ts:server:listen"),
+  /** `{ server }` once a server has closed. */
+  serverClose: diagnosticsChannel("pants-ts:server:close"),
+} as const;
+
+/** Options common to every channel. */
+export interface ChannelOptions {
+  /** The engine this channel belongs to; default `Engine.instance()`. */
+  engine?: Engine;
+}
+
+/** Error codes that mean "the peer went away": ordinary, logged at debug only. */
+const PEER_GONE = new Set([
+  "ECONNRESET",
+  "EPIPE",
+  "ECONNABORTED",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTCONN",
+  "ERR_STREAM_DESTROYED",
+  "ERR_STREAM_WRITE_AFTER_END",
+  "ERR_SSL_UNEXPECTED_EOF_WHILE_READING",
+]);
+
+/** @internal True for errors caused by the peer or the network, not by a bug. */
+export function isPeerError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && (PEER_GONE.has(code) || code.startsWith("ERR_SSL_") || code.startsWith("ERR_TLS_"));
+}
+
+/** @internal */
+export function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return value !== null && typeof value === "object" && typeof (value as PromiseLike<unknown>).then === "function";
+}
+
+/**
+ * The base of {@link Stream} and {@link Server}: engine, descriptor,
+ * closed state and the handler guard.
+ */
+export abstract class Channel {
+  /** The engine this channel belongs to. */
+  readonly engine: Engine;
+
+  constructor(options?: ChannelOptions) {
+    const engine = options?.engine;
+    if (engine !== undefined && !(engine instanceof Engine)) {
+      throw typeError(`The engine option must be an Engine, got ${typeof engine}.`);
+    }
+    this.engine = engine ?? Engine.instance();
+  }
+
+  /** The operating-system descriptor where Node exposes it, else `null`. */
+  abstract get fileno(): number | null;
+
+  /** True once the channel has closed; it cannot be reopened. */
+  abstract get closed(): boolean;
+
+  /** Closes the channel (see {@link Stream.close} and {@link Server.close}). */
+  abstract close(flush?: boolean): void;
+
+  /** Placeholder: called after the channel has closed. */
+  onClose(): void {}
+
+  /**
+   * Called with an exception thrown by a handler (or a promise an `async`
+   * handler returned that rejected), and with internal errors that have no
+   * handler of their own. Default: log it and close the channel without
+   * flushing.
+   */
+  onError(err: Error): void {
+    log.current.error({ err, channel: String(this) }, `Exception raised in a handler of ${String(this)}.`);
+    this.close(false);
+  }
+
+  /** @internal Stats objects to count into (the channel's own, the server's). */
+  protected abstract _statsTargets(): [Stats, Stats | null];
+
+  /**
+   * @internal Calls a user handler through the guard: a throw or a rejected
+   * promise goes to `onError`.
+   */
+  _call0(fn: (this: this) => unknown): void {
+    try {
+      const result = fn.call(this);
+      if (result !== undefined && isThenable(result)) result.then(undefined, (err: unknown) => this._handlerFailed(err));
+    } catch (err) {
+      this._handlerFailed(err);
+    }
+  }
+
+  /** @internal As {@link _call0}, with one argument. */
+  _call1<A>(fn: (this: this, a: A) => unknown, a: A): void {
+    try {
+      const result = fn.call(this, a);
+      if (result !== undefined && isThenable(result)) result.then(undefined, (err: unknown) => this._handlerFailed(err));
+    } catch (err) {
+      this._handlerFailed(err);
+    }
+  }
+
+  /** @internal As {@link _call0}, with any number of arguments. */
+  _callN(fn: (this: this, ...args: never[]) => unknown, args: readonly unknown[]): void {
+    try {
+      const result = (fn as (...a: unknown[]) => unknown).apply(this, args as unknown[]);
+      if (result !== undefined && isThenable(result)) result.then(undefined, (err: unknown) => this._handlerFailed(err));
+    } catch (err) {
+      this._handlerFailed(err);
+    }
+  }
+
+  /** @internal A handler failed: count it and hand it to `onError`. */
+  _handlerFailed(err: unknown): void {
+    const error = err instanceof Error ? err : new Error(`A handler threw a non-Error value: ${String(err)}`, { cause: err });
+    this._countError("handler", error);
+    this._callOnError(error);
+  }
+
+  /** @internal Calls `onError`; an exception from `onError` itself is logged. */
+  _callOnError(error: Error): void {
+    try {
+      const result = this.onError(error);
+      if (isThenable(result)) {
+        result.then(undefined, (err2: unknown) => log.current.error({ err: err2 }, `onError of ${String(this)} rejected.`));
+      }
+    } catch (err2) {
+      log.current.error({ err: err2, original: error }, `onError of ${String(this)} threw.`);
+    }
+  }
+
+  /** @internal Counts an error of `kind` in the stats and publishes it. */
+  _countError(kind: string, error: Error): void {
+    const [own, other] = this._statsTargets();
+    countError(kind, own, other);
+    if (diagnostics.connectionError.hasSubscribers) {
+      diagnostics.connectionError.publish({ channel: this, error, kind });
+    }
+  }
+
+  /** `"<ClassName> #<fileno>"`, as Pants prints channels. */
+  toString(): string {
+    return `${this.constructor.name} #${this.fileno ?? "None"}`;
+  }
+}

@@ -1,0 +1,256 @@
+/**
+ * Engine: the registry of channels and timers, the owner of start/stop.
+ * Node's own event loop does the polling.
+ */
+import { performance } from "node:perf_hooks";
+import { log } from "./log.js";
+import { rangeError, typeError } from "./errors.js";
+import { TimeoutSweeper } from "./timeouts.js";
+import type { Channel } from "./channel.js";
+
+/** A scheduled function; cancel it by calling `cancel()` on this very object. */
+export interface Timer {
+  /** Stops the timer; a no-op once it has run or been cancelled. */
+  cancel(): void;
+  /** True until the timer has run (once-timers) or has been cancelled. */
+  readonly active: boolean;
+}
+
+/** Counters of an engine or a server. */
+export interface Stats {
+  /** Connections open now. */
+  open: number;
+  /** Connections accepted (servers) or established (clients) so far. */
+  accepted: number;
+  /** Connections refused at accept (`maxConnections`, bad PROXY header, TLS wrap failure). */
+  rejected: number;
+  /** Connections closed so far. */
+  closed: number;
+  /** Bytes received. */
+  bytesIn: number;
+  /** Bytes handed to the operating system. */
+  bytesOut: number;
+  /** Errors of every kind (handler exceptions, socket errors, overflows, timeouts). */
+  errors: number;
+  /** Errors by kind: `handler`, `read`, `write`, `connect`, `overflow`, `timeout`, `tls`, `accept`, `proxy`. */
+  errorsByKind: Record<string, number>;
+}
+
+/** A fresh, zeroed {@link Stats} object. */
+export function newStats(): Stats {
+  return { open: 0, accepted: 0, rejected: 0, closed: 0, bytesIn: 0, bytesOut: 0, errors: 0, errorsByKind: {} };
+}
+
+/** Adds one error of `kind` to every stats object given. */
+export function countError(kind: string, a: Stats, b?: Stats | null): void {
+  a.errors++;
+  a.errorsByKind[kind] = (a.errorsByKind[kind] ?? 0) + 1;
+  if (b) {
+    b.errors++;
+    b.errorsByKind[kind] = (b.errorsByKind[kind] ?? 0) + 1;
+  }
+}
+
+type TimerFn<A extends unknown[]> = (...args: A) => unknown;
+
+const ONCE_IMMEDIATE = 0;
+const LOOP = 1;
+const ONCE_DELAY = 2;
+const CYCLE = 3;
+
+class EngineTimer implements Timer {
+  #engine: Engine | null;
+  #fn: (...args: unknown[]) => unknown;
+  #args: unknown[];
+  #kind: number;
+  #handle: ReturnType<typeof setTimeout> | ReturnType<typeof setImmediate> | null = null;
+  #runBound: () => void;
+
+  constructor(engine: Engine, kind: number, delay: number, fn: (...args: unknown[]) => unknown, args: unknown[]) {
+    this.#engine = engine;
+    this.#fn = fn;
+    this.#args = args;
+    this.#kind = kind;
+    const run = (this.#runBound = () => this.#run());
+    if (kind === ONCE_IMMEDIATE || kind === LOOP) this.#handle = setImmediate(run);
+    else if (kind === ONCE_DELAY) this.#handle = setTimeout(run, delay);
+    else this.#handle = setInterval(run, delay);
+  }
+
+  get active(): boolean {
+    return this.#engine !== null;
+  }
+
+  cancel(): void {
+    const engine = this.#engine;
+    if (engine === null) return;
+    this.#engine = null;
+    const handle = this.#handle;
+    this.#handle = null;
+    if (handle !== null) {
+      if (this.#kind === ONCE_IMMEDIATE || this.#kind === LOOP) clearImmediate(handle as ReturnType<typeof setImmediate>);
+      else clearTimeout(handle as ReturnType<typeof setTimeout>);
+    }
+    engine._timers.delete(this);
+  }
+
+  #run(): void {
+    const engine = this.#engine;
+    if (engine === null) return;
+    const once = this.#kind === ONCE_IMMEDIATE || this.#kind === ONCE_DELAY;
+    if (once) {
+      this.#engine = null;
+      this.#handle = null;
+      engine._timers.delete(this);
+    }
+    try {
+      const result = this.#fn(...this.#args);
+      if (result !== null && typeof result === "object" && typeof (result as PromiseLike<unknown>).then === "function") {
+        (result as PromiseLike<unknown>).then(undefined, timerFailed);
+      }
+    } catch (err) {
+      timerFailed(err);
+    }
+    // A loop re-arms only if it was not cancelled from inside its own function.
+    if (this.#kind === LOOP && this.#engine !== null) this.#handle = setImmediate(this.#runBound);
+  }
+}
+
+function timerFailed(err: unknown): void {
+  log.current.error({ err }, "Exception raised while executing a timer.");
+}
+
+function checkDelay(name: string, delay: unknown): number {
+  if (typeof delay !== "number" || !Number.isFinite(delay) || delay <= 0) {
+    throw rangeError(`${name} must be a positive finite number of milliseconds, got ${String(delay)}.`);
+  }
+  // Node clamps anything above 2^31-1 ms to 1 ms; refuse it instead of firing early.
+  if (delay > 2147483647) throw rangeError(`${name} must be at most 2147483647 ms, got ${delay}.`);
+  return delay;
+}
+
+function checkFn(fn: unknown): void {
+  if (typeof fn !== "function") throw typeError(`The timer function must be a function, got ${typeof fn}.`);
+}
+
+let globalEngine: Engine | null = null;
+
+/**
+ * The registry of channels and timers. `Engine.instance()` is the global
+ * engine that channels use by default; `new Engine()` makes an isolated one.
+ */
+export class Engine {
+  /** @internal */ readonly _timers = new Set<EngineTimer>();
+  /** @internal */ readonly _channels = new Set<Channel>();
+  /** @internal */ readonly _sweeper = new TimeoutSweeper();
+  #running = false;
+  #keepAlive: ReturnType<typeof setInterval> | null = null;
+  #settle: (() => void) | null = null;
+  #started: Promise<void> | null = null;
+
+  /** Counters over every channel of this engine. */
+  readonly stats: Stats = newStats();
+
+  /** The global engine; channels default to it. */
+  static instance(): Engine {
+    if (globalEngine === null) globalEngine = new Engine();
+    return globalEngine;
+  }
+
+  /** True between `start()` and `stop()`. */
+  get running(): boolean {
+    return this.#running;
+  }
+
+  /** Every open channel (stream or server) added to this engine. */
+  get channels(): ReadonlySet<Channel> {
+    return this._channels;
+  }
+
+  /**
+   * Keeps the process alive until {@link stop} is called, and settles then.
+   * Calling it again while running returns the same promise.
+   */
+  start(): Promise<void> {
+    if (this.#started !== null) return this.#started;
+    this.#running = true;
+    // A long ref'd interval is what keeps Node's loop (and so the process) alive.
+    this.#keepAlive = setInterval(() => {}, 1 << 30);
+    this.#started = new Promise<void>((resolve) => {
+      this.#settle = resolve;
+    });
+    log.current.debug("Starting engine.");
+    return this.#started;
+  }
+
+  /**
+   * Cancels this engine's timers, closes its channels without flushing, and
+   * settles `start()`. Safe to call at any time, any number of times.
+   */
+  stop(): void {
+    for (const timer of [...this._timers]) timer.cancel();
+    for (const channel of [...this._channels]) {
+      try {
+        channel.close(false);
+      } catch (err) {
+        log.current.error({ err }, "Exception raised while closing a channel in Engine.stop().");
+      }
+    }
+    this._sweeper.stop();
+    if (this.#keepAlive !== null) clearInterval(this.#keepAlive);
+    this.#keepAlive = null;
+    const settle = this.#settle;
+    this.#settle = null;
+    this.#started = null;
+    if (this.#running) log.current.debug("Stopping engine.");
+    this.#running = false;
+    if (settle) settle();
+  }
+
+  /** Calls `fn(...args)` once, on the next turn of the loop. */
+  callback<A extends unknown[]>(fn: TimerFn<A>, ...args: A): Timer {
+    checkFn(fn);
+    return this.#add(ONCE_IMMEDIATE, 0, fn as (...a: unknown[]) => unknown, args);
+  }
+
+  /**
+   * Calls `fn(...args)` on every turn of the loop until cancelled. A loop
+   * keeps the event loop turning (a busy core); prefer {@link cycle} for
+   * periodic work.
+   */
+  loop<A extends unknown[]>(fn: TimerFn<A>, ...args: A): Timer {
+    checkFn(fn);
+    return this.#add(LOOP, 0, fn as (...a: unknown[]) => unknown, args);
+  }
+
+  /**
+   * Calls `fn(...args)` once, after `delayMs` milliseconds.
+   * @throws RangeError unless `delayMs` is a positive finite number.
+   */
+  defer<A extends unknown[]>(delayMs: number, fn: TimerFn<A>, ...args: A): Timer {
+    checkDelay("The delay", delayMs);
+    checkFn(fn);
+    return this.#add(ONCE_DELAY, delayMs, fn as (...a: unknown[]) => unknown, args);
+  }
+
+  /**
+   * Calls `fn(...args)` every `intervalMs` milliseconds until cancelled.
+   * @throws RangeError unless `intervalMs` is a positive finite number.
+   */
+  cycle<A extends unknown[]>(intervalMs: number, fn: TimerFn<A>, ...args: A): Timer {
+    checkDelay("The interval", intervalMs);
+    checkFn(fn);
+    return this.#add(CYCLE, intervalMs, fn as (...a: unknown[]) => unknown, args);
+  }
+
+  /** Monotonic time in milliseconds. */
+  time(): number {
+    return performance.now();
+  }
+
+  #add(kind: number, delay: number, fn: (...a: unknown[]) => unknown, args: unknown[]): Timer {
+    const timer = new EngineTimer(this, kind, delay, fn, args);
+    this._timers.add(timer);
+    return timer;
+  }
+}

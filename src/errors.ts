@@ -1,0 +1,132 @@
+/**
+ * Every error class pants-ts throws or passes to a handler, each with a
+ * stable `code`. Argument mistakes use the built-in `TypeError` and
+ * `RangeError` (with a `code` of their own), as Node does.
+ */
+
+/** The stable codes of pants-ts' own errors. */
+export const ErrorCode = {
+  CHANNEL_STATE: "ERR_CHANNEL_STATE",
+  INVALID_ADDRESS: "ERR_INVALID_ADDRESS",
+  BUFFER_OVERFLOW: "ERR_BUFFER_OVERFLOW",
+  CONNECT: "ERR_CONNECT",
+  INVALID_DELIMITER: "ERR_INVALID_DELIMITER",
+  TIMEOUT: "ERR_TIMEOUT",
+  PROXY_PROTOCOL: "ERR_PROXY_PROTOCOL",
+} as const;
+
+/** Any of the codes in {@link ErrorCode}. */
+export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** Base class of pants-ts' own errors. */
+export class PantsError extends Error {
+  /** A stable, machine-readable code (see the README's table). */
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** An operation the channel's state forbids (Pants' `RuntimeError`). */
+export class ChannelStateError extends PantsError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCode.CHANNEL_STATE, message, options);
+  }
+}
+
+/** An address of no known shape (see SPEC §2 and the README). */
+export class InvalidAddressFormatError extends PantsError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCode.INVALID_ADDRESS, message, options);
+  }
+}
+
+/**
+ * A frame outgrew `bufferSize` (Pants' `StreamBufferOverflow`), or the
+ * outgoing buffer outgrew `writeBufferLimit`.
+ */
+export class BufferOverflowError extends PantsError {
+  /** `"read"` for an incoming frame, `"write"` for the outgoing buffer. */
+  readonly direction: "read" | "write";
+  /** The limit that was passed, in bytes. */
+  readonly limit: number;
+  constructor(message: string, direction: "read" | "write", limit: number) {
+    super(ErrorCode.BUFFER_OVERFLOW, message);
+    this.direction = direction;
+    this.limit = limit;
+  }
+}
+
+/** A client connect failed (Pants' `StreamConnectError`). */
+export class ConnectError extends PantsError {
+  /** The cause's error code (`ECONNREFUSED`, `ENOTFOUND`, ...), if any. */
+  readonly errno: string | number | undefined;
+  /** The system call that failed (`connect`, `getaddrinfo`), if known. */
+  readonly syscall: string | undefined;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCode.CONNECT, message, options);
+    const cause = options?.cause as NodeJS.ErrnoException | undefined;
+    this.errno = cause?.code ?? cause?.errno;
+    this.syscall = cause?.syscall;
+  }
+}
+
+/** Framing met a delimiter it cannot use (e.g. a Decoder that consumed nothing). */
+export class InvalidReadDelimiterError extends PantsError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCode.INVALID_DELIMITER, message, options);
+  }
+}
+
+/** A connection timed out (idle, TLS handshake, PROXY header, connect). */
+export class TimeoutError extends PantsError {
+  /** Which timer fired. */
+  readonly kind: "idle" | "handshake" | "proxy-header" | "connect";
+  constructor(message: string, kind: TimeoutError["kind"]) {
+    super(ErrorCode.TIMEOUT, message);
+    this.kind = kind;
+  }
+}
+
+/** A PROXY protocol header was missing or malformed. */
+export class ProxyProtocolError extends PantsError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCode.PROXY_PROTOCOL, message, options);
+  }
+}
+
+/** A `TypeError` with a `code`, for wrong argument types. */
+export function typeError(message: string, code = "ERR_INVALID_ARG_TYPE"): TypeError {
+  const err = new TypeError(message) as TypeError & { code: string };
+  err.code = code;
+  return err;
+}
+
+/** A `RangeError` with a `code`, for wrong argument values. */
+export function rangeError(message: string, code = "ERR_OUT_OF_RANGE"): RangeError {
+  const err = new RangeError(message) as RangeError & { code: string };
+  err.code = code;
+  return err;
+}
+
+/** Describes a value for an error message. */
+export function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (value === undefined) return "undefined";
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "bigint") return `${value}n`;
+  if (typeof value === "function") return `function ${value.name || "(anonymous)"}`;
+  if (Buffer.isBuffer(value)) return `<Buffer ${value.length} bytes>`;
+  if (value instanceof RegExp) return String(value);
+  if (Array.isArray(value)) {
+    try {
+      return JSON.stringify(value);
+    } catch {
+      return "an array";
+    }
+  }
+  if (typeof value === "object") return `an object (${Object.prototype.toString.call(value)})`;
+  return String(value);
+}

@@ -1,0 +1,80 @@
+/**
+ * The pluggable logger. pino-shaped: each method takes either a message, or
+ * an object of fields followed by a message.
+ */
+import { debuglog, format, inspect } from "node:util";
+
+/** A pino-shaped logger: `logger.warn({ err }, "message")` or `logger.warn("message")`. */
+export interface Logger {
+  error(objOrMsg: unknown, msg?: string): void;
+  warn(objOrMsg: unknown, msg?: string): void;
+  info(objOrMsg: unknown, msg?: string): void;
+  debug(objOrMsg: unknown, msg?: string): void;
+}
+
+const nodeDebug = debuglog("pants-ts");
+
+function render(level: string, objOrMsg: unknown, msg?: string): string {
+  if (typeof objOrMsg === "string") return `pants-ts ${level}: ${objOrMsg}`;
+  const fields = objOrMsg as Record<string, unknown> | null;
+  const err = fields && fields.err instanceof Error ? fields.err : objOrMsg instanceof Error ? objOrMsg : null;
+  let line = `pants-ts ${level}: ${msg ?? (err ? err.message : "")}`;
+  if (fields && !(objOrMsg instanceof Error)) {
+    const rest: Record<string, unknown> = {};
+    for (const key of Object.keys(fields)) if (key !== "err") rest[key] = fields[key];
+    if (Object.keys(rest).length > 0) line += " " + inspect(rest, { breakLength: Infinity, depth: 3 });
+  }
+  if (err) line += "\n" + (err.stack ?? String(err));
+  return line;
+}
+
+/**
+ * The default logger: `warn` and `error` go to stderr; `info` and `debug` go
+ * to `util.debuglog("pants-ts")`, i.e. appear with `NODE_DEBUG=pants-ts`.
+ */
+export const defaultLogger: Logger = {
+  error(objOrMsg, msg) {
+    process.stderr.write(render("error", objOrMsg, msg) + "\n");
+  },
+  warn(objOrMsg, msg) {
+    process.stderr.write(render("warn", objOrMsg, msg) + "\n");
+  },
+  info(objOrMsg, msg) {
+    if (nodeDebug.enabled) nodeDebug("%s", render("info", objOrMsg, msg));
+  },
+  debug(objOrMsg, msg) {
+    if (nodeDebug.enabled) nodeDebug("%s", render("debug", objOrMsg, msg));
+  },
+};
+
+const silentLogger: Logger = {
+  error() {},
+  warn() {},
+  info() {},
+  debug() {},
+};
+
+/** The logger in use; internal modules read it through this object. */
+export const log: { current: Logger } = { current: defaultLogger };
+
+/**
+ * Replaces the logger for the whole library. `null` silences it; `undefined`
+ * restores the default (stderr for `warn` and above, `NODE_DEBUG=pants-ts`
+ * for the rest).
+ */
+export function setLogger(logger: Logger | null | undefined): void {
+  if (logger === null) {
+    log.current = silentLogger;
+    return;
+  }
+  if (logger === undefined) {
+    log.current = defaultLogger;
+    return;
+  }
+  for (const level of ["error", "warn", "info", "debug"] as const) {
+    if (typeof logger[level] !== "function") {
+      throw new TypeError(`setLogger() expects a logger with an ${level}() method, got ${format("%o", logger)}.`);
+    }
+  }
+  log.current = logger;
+}
