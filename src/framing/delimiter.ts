@@ -1,0 +1,315 @@
+/**
+ * Read delimiters (SPEC §6): validation at assignment, and one small
+ * framer per kind. Framers are immutable and shared; the per-stream scan
+ * state lives in the ReceiveBuffer (`mark`, `discarding`).
+ */
+import { describe, typeError } from "../errors.js";
+import { Struct } from "./struct.js";
+import { NetStruct } from "./netstruct.js";
+import type { ReceiveBuffer } from "./receive-buffer.js";
+
+/**
+ * User framing: called with every buffered byte (at least one); returns
+ * `null` when no whole frame is buffered yet, else how many bytes the frame
+ * used and the arguments `onRead` is called with.
+ */
+export type Decoder = (buf: Buffer) => { consumed: number; args: readonly unknown[] } | null;
+
+/** Every kind of read delimiter (see the README's framing table). */
+export type ReadDelimiter = null | string | Buffer | number | RegExp | Struct | NetStruct | Decoder;
+
+/** No whole frame is buffered. */
+export const NEED_MORE = 0;
+/** One frame, in `out.value`: `onRead(value)`. */
+export const FRAME = 1;
+/** One frame as several arguments, in `out.args`: `onRead(...args)`. */
+export const FRAME_ARGS = 2;
+/** A frame outgrew its limit; `out.skip` tells how much was dropped. */
+export const OVERFLOW = 3;
+/** The framer cannot go on; `out.error` says why. */
+export const FAILED = 4;
+
+/** Where a framer leaves its result (one per stream, reused). */
+export interface FrameOut {
+  value: unknown;
+  args: readonly unknown[] | null;
+  error: Error | null;
+}
+
+/** A compiled delimiter. */
+export interface Framer {
+  /** The delimiter as the user set it. */
+  readonly source: ReadDelimiter;
+  /** The smallest frame limit this framer needs (the delimiter's own size for integers and structs). */
+  readonly minLimit: number;
+  /** Takes at most one frame from `rb`; see the result codes above. */
+  extract(rb: ReceiveBuffer, limit: number, out: FrameOut, regexSearch: boolean): number;
+}
+
+class NullFramer implements Framer {
+  readonly source = null;
+  readonly minLimit = 0;
+  extract(rb: ReceiveBuffer, _limit: number, out: FrameOut): number {
+    out.value = rb.take(rb.length);
+    return FRAME;
+  }
+}
+
+class BytesFramer implements Framer {
+  readonly minLimit = 0;
+  constructor(
+    readonly source: string | Buffer,
+    readonly needle: Buffer,
+  ) {}
+
+  extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
+    const n = this.needle.length;
+    if (rb.discarding) {
+      // Skipping an oversized frame: drop bytes through the next delimiter.
+      const idx = rb.indexOf(this.needle, rb.mark);
+      if (idx === -1) {
+        const keep = Math.min(rb.length, n - 1);
+        rb.skip(rb.length - keep);
+        rb.mark = 0;
+        return NEED_MORE;
+      }
+      rb.skip(idx + n);
+      rb.discarding = false;
+      rb.mark = 0;
+      return rb.length > 0 ? this.extract(rb, limit, out) : NEED_MORE;
+    }
+    const idx = rb.indexOf(this.needle, rb.mark);
+    if (idx === -1) {
+      if (rb.length - (n - 1) > limit) {
+        rb.discarding = true;
+        const keep = Math.min(rb.length, n - 1);
+        rb.skip(rb.length - keep);
+        rb.mark = 0;
+        return OVERFLOW;
+      }
+      rb.mark = rb.length >= n ? rb.length - n + 1 : 0;
+      return NEED_MORE;
+    }
+    rb.mark = 0;
+    if (idx > limit) {
+      rb.skip(idx + n);
+      return OVERFLOW;
+    }
+    out.value = rb.take(idx);
+    rb.skip(n);
+    return FRAME;
+  }
+}
+
+class SizeFramer implements Framer {
+  readonly minLimit: number;
+  constructor(readonly source: number) {
+    this.minLimit = source;
+  }
+  extract(rb: ReceiveBuffer, _limit: number, out: FrameOut): number {
+    if (rb.length < this.source) return NEED_MORE;
+    out.value = rb.take(this.source);
+    return FRAME;
+  }
+}
+
+class RegexFramer implements Framer {
+  readonly minLimit = 0;
+  readonly #search: RegExp;
+  readonly #anchored: RegExp;
+  constructor(readonly source: RegExp) {
+    // Private copies: the user's RegExp (and its lastIndex) is never touched,
+    // and a g/y flag cannot leak state between matches.
+    const flags = source.flags.replace(/[gy]/g, "");
+    this.#search = new RegExp(source.source, flags);
+    this.#anchored = new RegExp(source.source, flags + "y");
+  }
+
+  extract(rb: ReceiveBuffer, limit: number, out: FrameOut, regexSearch: boolean): number {
+    const text = rb.latin1();
+    let m: RegExpExecArray | null;
+    if (regexSearch) {
+      m = this.#search.exec(text);
+    } else {
+      this.#anchored.lastIndex = 0;
+      m = this.#anchored.exec(text);
+    }
+    if (m === null) {
+      if (rb.length > limit) {
+        rb.skip(rb.length);
+        return OVERFLOW;
+      }
+      return NEED_MORE;
+    }
+    const end = m.index + m[0].length;
+    if (end === 0) {
+      out.error = new InvalidDelimiterMatch(this.source);
+      return FAILED;
+    }
+    if (m.index > limit) {
+      rb.skip(end);
+      return OVERFLOW;
+    }
+    if (regexSearch) {
+      out.value = rb.take(m.index);
+      rb.skip(m[0].length);
+    } else {
+      rb.skip(end);
+      out.value = m;
+    }
+    return FRAME;
+  }
+}
+
+/** Raised (through onError) when a regex matched the empty string at the buffer's start. */
+class InvalidDelimiterMatch extends Error {
+  constructor(re: RegExp) {
+    super(`The read delimiter ${String(re)} matched the empty string; a delimiter must consume at least one byte.`);
+  }
+}
+
+class StructFramer implements Framer {
+  readonly minLimit: number;
+  constructor(readonly source: Struct) {
+    this.minLimit = source.size;
+  }
+  extract(rb: ReceiveBuffer, _limit: number, out: FrameOut): number {
+    const size = this.source.size;
+    if (rb.length < size) return NEED_MORE;
+    out.args = this.source.unpack(rb.take(size));
+    return FRAME_ARGS;
+  }
+}
+
+class NetStructFramer implements Framer {
+  readonly minLimit: number;
+  constructor(readonly source: NetStruct) {
+    this.minLimit = source.minimumSize;
+  }
+  extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
+    // rb.mark: bytes known to be needed before parsing again can progress.
+    if (rb.length < rb.mark) return NEED_MORE;
+    let result: ReturnType<NetStruct["parse"]>;
+    try {
+      result = this.source.parse(rb.all());
+    } catch (err) {
+      out.error = err as Error;
+      return FAILED;
+    }
+    if ("needed" in result) {
+      if (result.needed > Math.max(limit, this.minLimit)) {
+        rb.skip(rb.length);
+        rb.mark = 0;
+        return OVERFLOW;
+      }
+      rb.mark = result.needed;
+      return NEED_MORE;
+    }
+    rb.mark = 0;
+    if (result.consumed > Math.max(limit, this.minLimit)) {
+      rb.skip(result.consumed);
+      return OVERFLOW;
+    }
+    rb.skip(result.consumed);
+    out.args = result.values;
+    return FRAME_ARGS;
+  }
+}
+
+class DecoderFramer implements Framer {
+  readonly minLimit = 0;
+  constructor(readonly source: Decoder) {}
+  extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
+    const buf = rb.all();
+    // A throwing decoder is user code failing: the stream routes it to onError.
+    const result = this.source(buf);
+    if (result === null || result === undefined) {
+      if (rb.length > limit) {
+        rb.skip(rb.length);
+        return OVERFLOW;
+      }
+      return NEED_MORE;
+    }
+    const consumed = (result as { consumed?: unknown }).consumed;
+    const args = (result as { args?: unknown }).args;
+    if (typeof consumed !== "number" || !Number.isInteger(consumed) || consumed < 1 || consumed > buf.length) {
+      out.error = new DecoderResultError(
+        `The Decoder ${this.source.name || "(anonymous)"} returned a frame with consumed = ${describe(consumed)}; ` +
+          `it must be an integer from 1 to the ${buf.length} bytes it was given.`,
+      );
+      return FAILED;
+    }
+    if (!Array.isArray(args)) {
+      out.error = new DecoderResultError(
+        `The Decoder ${this.source.name || "(anonymous)"} returned args = ${describe(args)}; expected an array.`,
+      );
+      return FAILED;
+    }
+    // Copy the frame's bytes out of the shared buffer before dropping them? No:
+    // views stay valid, the buffer is only ever sliced, never reused.
+    rb.skip(consumed);
+    if (consumed > limit) return OVERFLOW;
+    out.args = args;
+    return FRAME_ARGS;
+  }
+}
+
+class DecoderResultError extends Error {}
+
+/** @internal Marks errors from framing so the stream wraps them in InvalidReadDelimiterError. */
+export function isFramingError(err: unknown): boolean {
+  return err instanceof DecoderResultError || err instanceof InvalidDelimiterMatch;
+}
+
+const NULL_FRAMER = new NullFramer();
+const stringFramers = new Map<string, BytesFramer>();
+
+/**
+ * Validates a delimiter and returns its framer.
+ * @throws TypeError for a value that is no delimiter, or one that could never consume a byte.
+ */
+export function compileDelimiter(value: unknown): Framer {
+  if (value === null || value === undefined) return NULL_FRAMER;
+  if (typeof value === "string") {
+    if (value.length === 0) throw typeError("The read delimiter cannot be an empty string.", "ERR_INVALID_DELIMITER");
+    let framer = stringFramers.get(value);
+    if (framer === undefined) {
+      framer = new BytesFramer(value, Buffer.from(value, "utf8"));
+      if (stringFramers.size < 256) stringFramers.set(value, framer);
+    }
+    return framer;
+  }
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value) || value <= 0) {
+      throw typeError(
+        `The read delimiter must be a positive integer when it is a number, got ${describe(value)}.`,
+        "ERR_INVALID_DELIMITER",
+      );
+    }
+    return new SizeFramer(value);
+  }
+  if (value instanceof Uint8Array) {
+    if (value.length === 0) throw typeError("The read delimiter cannot be an empty Buffer.", "ERR_INVALID_DELIMITER");
+    // Copy, so a caller reusing its buffer cannot change the delimiter under us.
+    const copy = Buffer.from(value);
+    return new BytesFramer(Buffer.isBuffer(value) ? value : copy, copy);
+  }
+  if (value instanceof RegExp) {
+    const probe = new RegExp(value.source, value.flags.replace(/[gy]/g, ""));
+    if (probe.test("")) {
+      throw typeError(
+        `The read delimiter ${String(value)} matches the empty string, so it could never consume a byte.`,
+        "ERR_INVALID_DELIMITER",
+      );
+    }
+    return new RegexFramer(value);
+  }
+  if (value instanceof Struct) return new StructFramer(value);
+  if (value instanceof NetStruct) return new NetStructFramer(value);
+  if (typeof value === "function") return new DecoderFramer(value as Decoder);
+  throw typeError(
+    `Invalid read delimiter ${describe(value)}: expected null, a non-empty string or Buffer, a positive integer, ` +
+      `a RegExp, a Struct, a NetStruct or a Decoder function.`,
+    "ERR_INVALID_DELIMITER",
+  );
+}

@@ -1,0 +1,33 @@
+/**
+ * pants-ts: an event-driven TCP networking framework for TypeScript on
+ * Node.js, modelled on Pants. Public exports only.
+ */
+export { Engine } from "./engine.js";
+export type { Timer, Stats } from "./engine.js";
+export { Channel, diagnostics } from "./channel.js";
+export type { ChannelOptions } from "./channel.js";
+export { Stream } from "./stream.js";
+export type { StreamOptions } from "./stream.js";
+export { Server } from "./server.js";
+export type { ServerOptions } from "./server.js";
+export { Struct } from "./framing/struct.js";
+export { NetStruct } from "./framing/netstruct.js";
+export type { ReadDelimiter, Decoder } from "./framing/delimiter.js";
+export type { Address } from "./address.js";
+export type { SslOptions, SniEntry, CertReqs } from "./tls.js";
+export { setLogger } from "./log.js";
+export type { Logger } from "./log.js";
+export {
+  ErrorCode,
+  PantsError,
+  ChannelStateError,
+  InvalidAddressFormatError,
+  BufferOverflowError,
+  ConnectError,
+  InvalidReadDelimiterError,
+  TimeoutError,
+  ProxyProtocolError,
+} from "./errors.js";
+export type { ErrorCodeValue } from "./errors.js";
+export { parseProxyHeader, encodeProxyV1, encodeProxyV2 } from "./proxy-protocol.js";
+export type { ProxyHeader } from "./proxy-protocol.js";

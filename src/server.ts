@@ -1,0 +1,721 @@
+/**
+ * Server: listens, accepts, and wraps every connection in an instance of
+ * its connection class. Also the production features that live at accept
+ * time: connection limits, PROXY headers, TLS wrapping, graceful shutdown.
+ */
+import net from "node:net";
+import tls from "node:tls";
+import { lookup } from "node:dns/promises";
+import { lstat, unlink } from "node:fs/promises";
+import type { Duplex } from "node:stream";
+import { Channel, diagnostics } from "./channel.js";
+import type { ChannelOptions } from "./channel.js";
+import { newStats, countError } from "./engine.js";
+import type { Stats } from "./engine.js";
+import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress } from "./address.js";
+import type { Address, ParsedAddress } from "./address.js";
+import { ChannelStateError, ProxyProtocolError, TimeoutError, describe, rangeError, typeError } from "./errors.js";
+import { log } from "./log.js";
+import { Stream, kProxyRemote, kRawSocket, kTlsPending } from "./stream.js";
+import { compileServerTls } from "./tls.js";
+import type { ServerTls, SslOptions } from "./tls.js";
+import { parseProxyHeader } from "./proxy-protocol.js";
+import type { Timed } from "./timeouts.js";
+
+/** Options of the {@link Server} constructor. */
+export interface ServerOptions extends ChannelOptions {
+  /** A listening `net.Server`, or a listening descriptor, to serve on instead of calling `listen`. */
+  socket?: net.Server | { fd: number };
+  /** TLS options: `startSSL(sslOptions)` is called by the constructor. */
+  sslOptions?: SslOptions;
+  /** Connections above this many are closed at accept and counted as rejected (default: no limit). */
+  maxConnections?: number;
+  /** Default `idleTimeout` of accepted streams, in ms (default 0: off). */
+  idleTimeoutMs?: number;
+  /** TLS handshakes (and PROXY headers) must complete within this many ms (default 10 000; 0: off). */
+  handshakeTimeoutMs?: number;
+  /** Expect a HAProxy PROXY protocol v1/v2 header on every connection (default false). */
+  proxyProtocol?: boolean;
+  /** TCP_NODELAY on accepted sockets (default true: writes are already coalesced per turn). */
+  noDelay?: boolean;
+  /** TCP keep-alive probes after this many ms idle (default 0: off). */
+  keepAliveMs?: number;
+}
+
+const ST_INIT = 0;
+const ST_BINDING = 1;
+const ST_LISTENING = 2;
+const ST_CLOSED = 3;
+
+const kServer: unique symbol = Symbol("pants-ts.server");
+type OwnedNetServer = net.Server & { [kServer]?: Server };
+
+function onNetConnection(this: OwnedNetServer, socket: net.Socket): void {
+  const server = this[kServer];
+  if (server) server._onConnection(socket);
+  else socket.destroy();
+}
+
+function onNetError(this: OwnedNetServer, err: NodeJS.ErrnoException): void {
+  this[kServer]?._onNetError(err);
+}
+
+/** Errors on accepted sockets before (or without) a stream: logged at debug. */
+function onRawError(err: Error): void {
+  log.current.debug({ err }, `Socket error on an accepted connection: ${err.message}`);
+}
+
+function listenOn(netServer: net.Server, options: net.ListenOptions): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onError = (err: Error) => {
+      netServer.off("listening", onListening);
+      reject(err);
+    };
+    const onListening = () => {
+      netServer.off("error", onError);
+      resolve();
+    };
+    netServer.once("error", onError);
+    netServer.once("listening", onListening);
+    netServer.listen(options);
+  });
+}
+
+function closeNet(netServer: net.Server): void {
+  try {
+    netServer.close();
+  } catch {
+    // Not listening: nothing to close.
+  }
+}
+
+/** A connection waiting for its PROXY header. */
+class ProxyWait implements Timed {
+  chunks: Buffer[] = [];
+  length = 0;
+  deadline: number;
+  constructor(
+    readonly server: Server,
+    readonly socket: net.Socket,
+    timeoutMs: number,
+  ) {
+    this.deadline = timeoutMs > 0 ? performance.now() + timeoutMs : Infinity;
+  }
+  _onSweep(now: number): void {
+    if (now >= this.deadline) {
+      this.server._proxyFailed(this, new TimeoutError("No PROXY header arrived in time.", "proxy-header"));
+    }
+  }
+}
+
+function onProxyData(this: net.Socket & { [kProxyWait]?: ProxyWait }, chunk: Buffer): void {
+  const wait = this[kProxyWait];
+  if (wait) wait.server._proxyData(wait, chunk);
+}
+function onProxyEnd(this: net.Socket & { [kProxyWait]?: ProxyWait }): void {
+  const wait = this[kProxyWait];
+  if (wait) wait.server._proxyFailed(wait, new ProxyProtocolError("The connection closed before a whole PROXY header arrived."));
+}
+const kProxyWait: unique symbol = Symbol("pants-ts.proxyWait");
+
+/**
+ * A listening channel. Give it a connection class (a {@link Stream}
+ * subclass); every accepted connection becomes an instance of it.
+ */
+export class Server extends Channel {
+  /** The connection class used when none is given to the constructor. */
+  static ConnectionClass: typeof Stream = Stream;
+
+  #ConnectionClass: typeof Stream;
+  #state = ST_INIT;
+  #netServers: net.Server[] = [];
+  #channels = new Map<number, Stream>();
+  #nextId = 1;
+  #tls: ServerTls | null = null;
+  #ready: Promise<this> | null = null;
+  #readyResolve: ((s: this) => void) | null = null;
+  #readyReject: ((e: Error) => void) | null = null;
+  #bindError: Error | null = null;
+  #shutdown: Promise<void> | null = null;
+  #shutdownDone: (() => void) | null = null;
+  #proxyWaits = new Set<ProxyWait>();
+  #lastAcceptWarning = 0;
+  #unixPath: string | null = null;
+
+  #maxConnections: number;
+  #idleTimeoutMs: number;
+  /** @internal */ readonly _handshakeTimeoutMs: number;
+  #proxyProtocol: boolean;
+  #noDelay: boolean;
+  #keepAliveMs: number;
+
+  /** Counters of this server's connections. */
+  readonly stats: Stats = newStats();
+
+  /**
+   * @param ConnectionClass The connection class; default the class attribute `ConnectionClass`.
+   * @param options See {@link ServerOptions}.
+   * @throws TypeError / RangeError for a bad option.
+   */
+  constructor(ConnectionClass?: typeof Stream | null, options?: ServerOptions) {
+    super(options);
+    if (ConnectionClass !== undefined && ConnectionClass !== null) {
+      if (typeof ConnectionClass !== "function" || !(ConnectionClass.prototype instanceof Stream || ConnectionClass === Stream)) {
+        throw typeError(`The connection class must be Stream or a subclass of it, got ${describe(ConnectionClass)}.`);
+      }
+    }
+    this.#ConnectionClass = ConnectionClass ?? (this.constructor as typeof Server).ConnectionClass;
+    const o = options ?? {};
+    this.#maxConnections = optionalCount("maxConnections", o.maxConnections, Infinity);
+    this.#idleTimeoutMs = optionalMs("idleTimeoutMs", o.idleTimeoutMs, 0);
+    this._handshakeTimeoutMs = optionalMs("handshakeTimeoutMs", o.handshakeTimeoutMs, 10_000);
+    this.#keepAliveMs = optionalMs("keepAliveMs", o.keepAliveMs, 0);
+    if (o.proxyProtocol !== undefined && typeof o.proxyProtocol !== "boolean") {
+      throw typeError(`The proxyProtocol option must be a boolean, got ${describe(o.proxyProtocol)}.`);
+    }
+    this.#proxyProtocol = o.proxyProtocol ?? false;
+    if (o.noDelay !== undefined && typeof o.noDelay !== "boolean") {
+      throw typeError(`The noDelay option must be a boolean, got ${describe(o.noDelay)}.`);
+    }
+    this.#noDelay = o.noDelay ?? true;
+    if (o.sslOptions !== undefined && o.sslOptions !== null) this.startSSL(o.sslOptions);
+    if (o.socket !== undefined) this.#adoptSocket(o.socket);
+  }
+
+  /** The connection class: the constructor argument, else the class attribute. */
+  get ConnectionClass(): typeof Stream {
+    return this.#ConnectionClass;
+  }
+
+  /** True once listening, until closed. */
+  get listening(): boolean {
+    return this.#state === ST_LISTENING;
+  }
+
+  /** True once closed; a closed server cannot listen again. */
+  get closed(): boolean {
+    return this.#state === ST_CLOSED;
+  }
+
+  /** True once `startSSL` has been called: every connection accepted from then on is TLS. */
+  get sslEnabled(): boolean {
+    return this.#tls !== null;
+  }
+
+  /** Open connections of this server, by connection id. A connection leaves when it closes. */
+  get channels(): ReadonlyMap<number, Stream> {
+    return this.#channels;
+  }
+
+  /** The address listened on (with the real port when 0 was asked for), else `null`. */
+  get localAddress(): Address | null {
+    if (this.#unixPath !== null) return this.#unixPath;
+    const main = this.#netServers[0];
+    if (main === undefined || !main.listening) return null;
+    return copyAddress(fromAddressInfo(main.address()));
+  }
+
+  /** Always `null`: a server has no peer. */
+  get remoteAddress(): null {
+    return null;
+  }
+
+  /** Every address listened on (the IPv6 slave too). */
+  get localAddresses(): Address[] {
+    const out: Address[] = [];
+    for (const s of this.#netServers) {
+      if (!s.listening) continue;
+      const a = fromAddressInfo(s.address());
+      if (a !== null) out.push(a);
+    }
+    return out;
+  }
+
+  /** The listening descriptor, where Node exposes it. */
+  get fileno(): number | null {
+    const main = this.#netServers[0] as (net.Server & { _handle?: { fd?: number } }) | undefined;
+    const fd = main?._handle?.fd;
+    return typeof fd === "number" && fd >= 0 ? fd : null;
+  }
+
+  /** Default idle timeout of accepted streams (ms). */
+  get idleTimeoutMs(): number {
+    return this.#idleTimeoutMs;
+  }
+
+  /** The connection limit (Infinity: none). */
+  get maxConnections(): number {
+    return this.#maxConnections;
+  }
+  set maxConnections(value: number) {
+    this.#maxConnections = optionalCount("maxConnections", value, Infinity);
+  }
+
+  /**
+   * Binds and listens. Validation is synchronous; binding is not: `onListen`
+   * follows, or `onError` (the server is closed) and `ready()` rejects.
+   * @param backlog The accept queue length (default 1024).
+   * @param slave With `["", port]` (or a bare port), also serve IPv6 on the same port (default true).
+   * @throws ChannelStateError if closed or already listening.
+   * @throws InvalidAddressFormatError for an address of no known shape.
+   */
+  listen(address: Address, backlog = 1024, slave = true): this {
+    if (this.#state === ST_CLOSED || this.#shutdown !== null) {
+      throw new ChannelStateError(`listen() called on closed ${String(this)}.`);
+    }
+    if (this.#state !== ST_INIT) throw new ChannelStateError(`listen() called on active ${String(this)}.`);
+    const parsed = parseAddress(address);
+    if (!Number.isSafeInteger(backlog) || backlog <= 0) {
+      throw rangeError(`The backlog must be a positive integer, got ${describe(backlog)}.`);
+    }
+    if (typeof slave !== "boolean") throw typeError(`slave must be a boolean, got ${describe(slave)}.`);
+    this.#state = ST_BINDING;
+    this.engine._channels.add(this);
+    this.#bind(parsed, backlog, slave).then(
+      () => this.#listening(),
+      (err: Error) => this.#bindFailed(err, parsed),
+    );
+    return this;
+  }
+
+  /** Settles when listening; rejects with the bind error. Never an unhandled rejection if unused. */
+  ready(): Promise<this> {
+    if (this.#ready === null) {
+      if (this.#state === ST_LISTENING) this.#ready = Promise.resolve(this);
+      else if (this.#bindError !== null) this.#ready = Promise.reject(this.#bindError);
+      else if (this.#state === ST_CLOSED) this.#ready = Promise.reject(new ChannelStateError(`${String(this)} is closed.`));
+      else {
+        this.#ready = new Promise<this>((resolve, reject) => {
+          this.#readyResolve = resolve;
+          this.#readyReject = reject;
+        });
+      }
+    }
+    return this.#ready;
+  }
+
+  /**
+   * Makes every connection accepted from now on TLS. Files are read and
+   * the secure context built here, once.
+   * @throws ChannelStateError if TLS is already enabled or the server is closed.
+   * @throws RangeError if `server_side` is not true or `do_handshake_on_connect` not false.
+   * @throws Error naming a certificate or key file that cannot be read or used.
+   */
+  startSSL(sslOptions: SslOptions = {}): this {
+    if (this.#state === ST_CLOSED) throw new ChannelStateError(`startSSL() called on closed ${String(this)}.`);
+    if (this.#tls !== null) throw new ChannelStateError(`startSSL() called on SSL-enabled ${String(this)}.`);
+    this.#tls = compileServerTls(sslOptions);
+    return this;
+  }
+
+  /**
+   * Replaces the certificates (and other TLS options) for connections
+   * accepted from now on; open connections are not touched.
+   * @throws ChannelStateError unless TLS is enabled.
+   */
+  setSslOptions(sslOptions: SslOptions): this {
+    if (this.#tls === null) throw new ChannelStateError(`setSslOptions() called on ${String(this)} without SSL enabled.`);
+    this.#tls = compileServerTls(sslOptions);
+    return this;
+  }
+
+  /**
+   * Stops accepting at once, closes the IPv6 slave, then calls `onClose`,
+   * whose default closes every open connection without flushing. A closed
+   * server cannot listen again; closing twice is a no-op.
+   */
+  close(): void {
+    if (this.#state === ST_CLOSED) return;
+    this.#state = ST_CLOSED;
+    this.#stopAccepting();
+    this.engine._channels.delete(this);
+    const reject = this.#readyReject;
+    this.#readyResolve = null;
+    this.#readyReject = null;
+    if (reject !== null) reject(this.#bindError ?? new ChannelStateError(`${String(this)} closed before it was listening.`));
+    this._call0(this.onClose);
+    if (diagnostics.serverClose.hasSubscribers) diagnostics.serverClose.publish({ server: this });
+    this.#checkShutdownDone();
+  }
+
+  /**
+   * Graceful shutdown: stops accepting at once, calls every connection's
+   * `onShutdown()` (default `close(true)`), and resolves once all have
+   * closed; connections still open after `timeoutMs` (default 10 000) are
+   * closed without flushing. The server ends closed.
+   */
+  shutdown(options?: { timeoutMs?: number }): Promise<void> {
+    if (this.#shutdown !== null) return this.#shutdown;
+    const timeoutMs = optionalMs("timeoutMs", options?.timeoutMs, 10_000);
+    this.#shutdown = new Promise<void>((resolve) => {
+      this.#shutdownDone = resolve;
+    });
+    this.#stopAccepting();
+    for (const conn of [...this.#channels.values()]) {
+      if (!conn.closed) conn._call0(conn.onShutdown);
+    }
+    let timer: ReturnType<typeof setTimeout> | null = null;
+    if (this.#channels.size > 0 && timeoutMs > 0) {
+      timer = setTimeout(() => {
+        for (const conn of [...this.#channels.values()]) conn.close(false);
+        this.#checkShutdownDone();
+      }, timeoutMs);
+    }
+    void this.#shutdown.then(() => {
+      if (timer !== null) clearTimeout(timer);
+    });
+    this.#checkShutdownDone();
+    return this.#shutdown;
+  }
+
+  // -------------------------------------------------------------------------
+  // Handlers
+
+  /**
+   * Called for every accepted connection (after TLS wrapping and the PROXY
+   * header). The default makes a `ConnectionClass` instance, sets its
+   * `server`, adds it to `channels`, and starts its connect event.
+   */
+  onAccept(socket: Duplex, _address: Address | null): void {
+    let conn: Stream;
+    try {
+      conn = new this.#ConnectionClass({ engine: this.engine, socket });
+    } catch (err) {
+      // A broken connection class must not take the server down: drop this one.
+      socket.destroy();
+      this._countError("handler", err as Error);
+      log.current.error({ err }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);
+      return;
+    }
+    const id = this.#nextId++;
+    this.#channels.set(id, conn);
+    this.stats.accepted++;
+    this.stats.open = this.#channels.size;
+    conn._attachToServer(this, id, this.stats, this.#idleTimeoutMs);
+  }
+
+  /** Placeholder: the server is listening. */
+  onListen(): void {}
+
+  /**
+   * The server closed. Default: close every open connection without
+   * flushing (use {@link shutdown} for a graceful stop).
+   */
+  override onClose(): void {
+    for (const conn of [...this.#channels.values()]) conn.close(false);
+  }
+
+  /** A new connection could not be wrapped in TLS. Default: log and close that connection. */
+  onSslWrapError(socket: Duplex, address: Address | null, err: Error): void {
+    log.current.warn({ err, address: formatAddress(address) }, `Could not wrap a connection in TLS: ${err.message}`);
+    socket.destroy();
+  }
+
+  // -------------------------------------------------------------------------
+  // Internals
+
+  /** @internal */
+  protected _statsTargets(): [Stats, Stats | null] {
+    return [this.stats, this.engine.stats];
+  }
+
+  async #bind(parsed: ParsedAddress, backlog: number, slave: boolean): Promise<void> {
+    if (parsed.kind === "unix") {
+      await this.#removeStaleSocket(parsed.path);
+      if (this.#state !== ST_BINDING) return;
+      const s = this.#newNetServer();
+      await listenOn(s, { path: parsed.path, backlog });
+      this.#unixPath = parsed.path;
+      return;
+    }
+    let host = parsed.host;
+    if (parsed.family === 0) {
+      const resolved = await lookup(host, { family: parsed.v6tuple ? 6 : 0 });
+      host = resolved.address;
+    }
+    if (this.#state !== ST_BINDING) return;
+    if (host !== "") {
+      const s = this.#newNetServer();
+      await listenOn(s, { host, port: parsed.port, backlog, ipv6Only: false });
+      return;
+    }
+    if (parsed.v6tuple) {
+      const s = this.#newNetServer();
+      await listenOn(s, { host: "::", port: parsed.port, backlog, ipv6Only: false });
+      return;
+    }
+    // ["", port]: IPv4 on the master socket, IPv6 on a slave on the same port.
+    for (let attempt = 0; ; attempt++) {
+      const master = this.#newNetServer();
+      await listenOn(master, { host: "0.0.0.0", port: parsed.port, backlog });
+      if (!slave || this.#state !== ST_BINDING) return;
+      const port = (master.address() as net.AddressInfo).port;
+      const s = this.#newNetServer();
+      try {
+        await listenOn(s, { host: "::", port, backlog, ipv6Only: true });
+        return;
+      } catch (err) {
+        this.#netServers.pop();
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === "EADDRINUSE" && parsed.port === 0 && attempt < 8) {
+          // The port the OS picked for IPv4 is taken on IPv6: pick another.
+          this.#netServers.pop();
+          closeNet(master);
+          continue;
+        }
+        log.current.debug({ err }, `No IPv6 slave for ${String(this)}: ${(err as Error).message}`);
+        return;
+      }
+    }
+  }
+
+  async #removeStaleSocket(path: string): Promise<void> {
+    if (path.startsWith("\0")) return;
+    let isSocket = false;
+    try {
+      isSocket = (await lstat(path)).isSocket();
+    } catch {
+      return; // nothing there
+    }
+    if (!isSocket) return; // listen fails with EADDRINUSE; a regular file is never deleted
+    const alive = await new Promise<boolean>((resolve) => {
+      const probe = net.connect({ path });
+      probe.once("connect", () => {
+        probe.destroy();
+        resolve(true);
+      });
+      probe.once("error", () => resolve(false));
+    });
+    if (!alive) {
+      log.current.debug(`Removing stale UNIX socket ${path}.`);
+      await unlink(path).catch(() => {});
+    }
+  }
+
+  #newNetServer(): net.Server {
+    const s = net.createServer({
+      allowHalfOpen: true,
+      noDelay: this.#noDelay,
+      keepAlive: this.#keepAliveMs > 0,
+      keepAliveInitialDelay: this.#keepAliveMs,
+    }) as OwnedNetServer;
+    s[kServer] = this;
+    s.on("connection", onNetConnection);
+    s.on("error", onNetError);
+    this.#netServers.push(s);
+    return s;
+  }
+
+  #adoptSocket(socket: net.Server | { fd: number }): void {
+    if (socket instanceof net.Server) {
+      const s = socket as OwnedNetServer;
+      s[kServer] = this;
+      s.on("connection", onNetConnection);
+      s.on("error", onNetError);
+      this.#netServers.push(s);
+      this.#state = ST_BINDING;
+      this.engine._channels.add(this);
+      if (s.listening) process.nextTick(() => this.#state === ST_BINDING && this.#listening());
+      else s.once("listening", () => this.#state === ST_BINDING && this.#listening());
+      return;
+    }
+    if (socket === null || typeof socket !== "object" || !Number.isInteger((socket as { fd: number }).fd)) {
+      throw typeError(`The socket option must be a net.Server or { fd }, got ${describe(socket)}.`);
+    }
+    this.#state = ST_BINDING;
+    this.engine._channels.add(this);
+    const s = this.#newNetServer();
+    listenOn(s, { fd: socket.fd } as net.ListenOptions).then(
+      () => this.#listening(),
+      (err: Error) => this.#bindFailed(err, null),
+    );
+  }
+
+  #listening(): void {
+    if (this.#state !== ST_BINDING) return;
+    this.#state = ST_LISTENING;
+    if (diagnostics.serverListen.hasSubscribers) diagnostics.serverListen.publish({ server: this });
+    log.current.debug(`${String(this)} listening on ${this.localAddresses.map(formatAddress).join(", ")}.`);
+    const resolve = this.#readyResolve;
+    this.#readyResolve = null;
+    this.#readyReject = null;
+    this._call0(this.onListen);
+    if (resolve !== null) resolve(this);
+  }
+
+  #bindFailed(err: Error, parsed: ParsedAddress | null): void {
+    if (this.#state === ST_CLOSED) return;
+    const e = err as NodeJS.ErrnoException;
+    if (parsed !== null && !e.message.includes(formatAddress(addressOf(parsed)))) {
+      e.message = `${e.message} (listening on ${formatAddress(addressOf(parsed))})`;
+    }
+    this.#bindError = err;
+    this.close();
+    this._countError("listen", err);
+    this._callOnError(err);
+  }
+
+  #stopAccepting(): void {
+    for (const s of this.#netServers) {
+      closeNet(s);
+      (s as OwnedNetServer)[kServer] = undefined;
+    }
+    for (const wait of [...this.#proxyWaits]) {
+      this.#proxyWaits.delete(wait);
+      this.engine._sweeper.delete(wait);
+      wait.socket.destroy();
+    }
+  }
+
+  #checkShutdownDone(): void {
+    if (this.#shutdown === null || this.#channels.size > 0) return;
+    if (this.#state !== ST_CLOSED) this.close();
+    const done = this.#shutdownDone;
+    this.#shutdownDone = null;
+    if (done !== null) done();
+  }
+
+  /** @internal A net.Server error: accept failures (EMFILE) keep the server up. */
+  _onNetError(err: NodeJS.ErrnoException): void {
+    if (this.#state === ST_LISTENING && (err.syscall === "accept" || err.code === "EMFILE" || err.code === "ENFILE")) {
+      countError("accept", this.stats, this.engine.stats);
+      const now = performance.now();
+      if (now - this.#lastAcceptWarning > 5000) {
+        this.#lastAcceptWarning = now;
+        log.current.warn({ err }, `accept() failed on ${String(this)} (${err.code}); the server keeps listening.`);
+      }
+      return;
+    }
+    if (this.#state === ST_BINDING) return; // listenOn() reports it
+    this._countError("listen", err);
+    this._callOnError(err);
+  }
+
+  /** @internal A connection arrived. */
+  _onConnection(raw: net.Socket): void {
+    raw.on("error", onRawError);
+    if (this.#state !== ST_LISTENING || this.#shutdown !== null) {
+      raw.destroy();
+      return;
+    }
+    if (this.#channels.size + this.#proxyWaits.size >= this.#maxConnections) {
+      raw.destroy();
+      this.stats.rejected++;
+      this.engine.stats.rejected++;
+      return;
+    }
+    if (this.#proxyProtocol) {
+      const wait = new ProxyWait(this, raw, this._handshakeTimeoutMs);
+      (raw as net.Socket & { [kProxyWait]?: ProxyWait })[kProxyWait] = wait;
+      this.#proxyWaits.add(wait);
+      if (this._handshakeTimeoutMs > 0) this.engine._sweeper.add(wait, this._handshakeTimeoutMs);
+      raw.on("data", onProxyData);
+      raw.on("end", onProxyEnd);
+      return;
+    }
+    this.#accept(raw, null);
+  }
+
+  /** @internal Bytes of a PROXY header arrived. */
+  _proxyData(wait: ProxyWait, chunk: Buffer): void {
+    wait.chunks.push(chunk);
+    wait.length += chunk.length;
+    const buf = wait.chunks.length === 1 ? chunk : Buffer.concat(wait.chunks, wait.length);
+    wait.chunks = [buf];
+    let result: ReturnType<typeof parseProxyHeader>;
+    try {
+      result = parseProxyHeader(buf);
+    } catch (err) {
+      this._proxyFailed(wait, err as Error);
+      return;
+    }
+    if ("needed" in result) return;
+    const raw = wait.socket;
+    this.#endProxyWait(wait);
+    raw.off("data", onProxyData);
+    raw.off("end", onProxyEnd);
+    raw.pause();
+    const rest = buf.subarray(result.consumed);
+    if (rest.length > 0) raw.unshift(rest);
+    const header = result.header;
+    // LOCAL and UNKNOWN keep the real peer's address.
+    const remote = header.command === "PROXY" && header.source !== null ? header.source : null;
+    this.#accept(raw, remote);
+  }
+
+  /** @internal A PROXY header was malformed, missing or late: only that connection closes. */
+  _proxyFailed(wait: ProxyWait, err: Error): void {
+    if (!this.#proxyWaits.has(wait)) return;
+    this.#endProxyWait(wait);
+    countError("proxy", this.stats, this.engine.stats);
+    this.stats.rejected++;
+    this.engine.stats.rejected++;
+    log.current.debug({ err }, `Connection dropped: ${err.message}`);
+    wait.socket.destroy();
+  }
+
+  #endProxyWait(wait: ProxyWait): void {
+    this.#proxyWaits.delete(wait);
+    this.engine._sweeper.delete(wait);
+    (wait.socket as net.Socket & { [kProxyWait]?: ProxyWait })[kProxyWait] = undefined;
+  }
+
+  #accept(raw: net.Socket, proxiedRemote: Address | null): void {
+    if (this.#state !== ST_LISTENING || this.#shutdown !== null) {
+      raw.destroy();
+      return;
+    }
+    const address = proxiedRemote ?? fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily) ?? "";
+    let socket: Duplex = raw;
+    const tlsConfig = this.#tls;
+    if (tlsConfig !== null) {
+      try {
+        const t = new tls.TLSSocket(raw, tlsConfig.socketOptions) as tls.TLSSocket & {
+          [kTlsPending]?: boolean;
+          [kRawSocket]?: net.Socket;
+        };
+        t[kTlsPending] = true;
+        t[kRawSocket] = raw;
+        socket = t;
+      } catch (err) {
+        countError("tls", this.stats, this.engine.stats);
+        this.stats.rejected++;
+        this.engine.stats.rejected++;
+        this._callN(this.onSslWrapError, [raw, address, err]);
+        if (!raw.destroyed) raw.destroy();
+        return;
+      }
+    }
+    if (proxiedRemote !== null) (socket as Duplex & { [kProxyRemote]?: Address | null })[kProxyRemote] = proxiedRemote;
+    this._callN(this.onAccept, [socket, address]);
+  }
+
+  /** @internal A connection of this server closed. */
+  _connectionClosed(_stream: Stream, id: number): void {
+    if (!this.#channels.delete(id)) return;
+    this.stats.open = this.#channels.size;
+    this.stats.closed++;
+    this.#checkShutdownDone();
+  }
+}
+
+function addressOf(parsed: ParsedAddress): Address {
+  if (parsed.kind === "unix") return parsed.path;
+  return parsed.v6tuple ? [parsed.host, parsed.port, parsed.flowinfo, parsed.scopeid] : [parsed.host, parsed.port];
+}
+
+function optionalMs(name: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
+    throw rangeError(`${name} must be a non-negative number of milliseconds, got ${describe(value)}.`);
+  }
+  return value;
+}
+
+function optionalCount(name: string, value: unknown, fallback: number): number {
+  if (value === undefined || value === Infinity) return fallback;
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value <= 0) {
+    throw rangeError(`${name} must be a positive integer, got ${describe(value)}.`);
+  }
+  return value;
+}

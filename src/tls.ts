@@ -1,0 +1,220 @@
+/**
+ * SslOptions, in Pants' names and Node's, to secure contexts. Files are
+ * read and the context built once per startSSL/setSslOptions, never per
+ * connection.
+ */
+import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
+import tls from "node:tls";
+import type { ConnectionOptions, SecureContext, SecureContextOptions, TLSSocketOptions } from "node:tls";
+import { describe, rangeError, typeError } from "./errors.js";
+
+/** Pants' (Python `ssl`) certificate requirement names. */
+export type CertReqs = "CERT_NONE" | "CERT_OPTIONAL" | "CERT_REQUIRED";
+
+/** The certificate material of one host name, for {@link SslOptions.sni}. */
+export interface SniEntry {
+  key?: SecureContextOptions["key"];
+  cert?: SecureContextOptions["cert"];
+  pfx?: SecureContextOptions["pfx"];
+  passphrase?: string;
+  ca?: SecureContextOptions["ca"];
+  /** PEM file paths, read once. */
+  certfile?: string;
+  keyfile?: string;
+}
+
+/**
+ * TLS options: Node's `tls` server and client options, plus Pants' names
+ * (`certfile`, `keyfile`, `ca_certs`, `cert_reqs`, `server_side`,
+ * `do_handshake_on_connect`) and `sni`, a map from host name to
+ * certificate.
+ */
+export interface SslOptions extends SecureContextOptions {
+  /** PEM file with the certificate chain (Pants' name; read once). May also hold the key. */
+  certfile?: string;
+  /** PEM file with the private key (Pants' name; read once). Defaults to `certfile`'s key if it holds one. */
+  keyfile?: string;
+  /** PEM file with the CA certificates to trust (Pants' name; read once). */
+  ca_certs?: string;
+  /** Peer certificate requirement (Pants' name). Client default: verify; server default: no client certificate. */
+  cert_reqs?: CertReqs;
+  /** Must be true on a server (default); on a stream it picks the TLS role. */
+  server_side?: boolean;
+  /** Must be false (the default): the handshake is driven by the engine. */
+  do_handshake_on_connect?: boolean;
+  /** Server: ask clients for a certificate. */
+  requestCert?: boolean;
+  /** Server: refuse clients without a valid certificate (with `requestCert`). Client: refuse servers without one (default true). */
+  rejectUnauthorized?: boolean;
+  /** ALPN protocols, in order of preference. */
+  ALPNProtocols?: string[] | Uint8Array;
+  /** Server: picks a secure context per SNI host name. */
+  SNICallback?: (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void;
+  /** Server: certificates by SNI host name (`"*.example.com"` wildcards allowed); the top-level certificate is the default. */
+  sni?: Record<string, SniEntry>;
+  /** Client: the SNI host name to send and verify (default: the host connected to, unless it is an IP). */
+  servername?: string;
+  /** Client: replaces Node's host-name check. */
+  checkServerIdentity?: ConnectionOptions["checkServerIdentity"];
+  /** Client: a session to resume. */
+  session?: Buffer;
+}
+
+/** @internal A compiled server-side configuration: what each accepted TLSSocket gets. */
+export interface ServerTls {
+  readonly socketOptions: TLSSocketOptions;
+}
+
+/** @internal A compiled client-side configuration. */
+export interface ClientTls {
+  readonly options: ConnectionOptions;
+}
+
+const PANTS_KEYS = new Set(["certfile", "keyfile", "ca_certs", "cert_reqs", "server_side", "do_handshake_on_connect", "sni"]);
+
+function readFile(option: string, path: unknown): Buffer {
+  if (typeof path !== "string" || path.length === 0) {
+    throw typeError(`The SSL option ${option} must be a file path, got ${describe(path)}.`);
+  }
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    const e = new Error(`Cannot read the SSL option ${option} file ${JSON.stringify(path)}: ${(err as Error).message}`, {
+      cause: err,
+    }) as Error & { code?: string; path?: string };
+    e.code = (err as NodeJS.ErrnoException).code ?? "ERR_SSL_FILE";
+    e.path = path;
+    throw e;
+  }
+}
+
+/** Validates the Pants-only flags shared by servers and streams. */
+export function checkPantsFlags(options: SslOptions, serverSide: boolean | undefined): void {
+  if (options === null || typeof options !== "object") {
+    throw typeError(`SSL options must be an object, got ${describe(options)}.`);
+  }
+  if (options.do_handshake_on_connect !== undefined && options.do_handshake_on_connect !== false) {
+    throw rangeError("SSL option 'do_handshake_on_connect' must be false.", "ERR_INVALID_ARG_VALUE");
+  }
+  if (serverSide === true && options.server_side !== undefined && options.server_side !== true) {
+    throw rangeError("SSL option 'server_side' must be true.", "ERR_INVALID_ARG_VALUE");
+  }
+  if (options.server_side !== undefined && typeof options.server_side !== "boolean") {
+    throw typeError(`SSL option 'server_side' must be a boolean, got ${describe(options.server_side)}.`);
+  }
+  if (options.cert_reqs !== undefined && !["CERT_NONE", "CERT_OPTIONAL", "CERT_REQUIRED"].includes(options.cert_reqs)) {
+    throw rangeError(
+      `SSL option 'cert_reqs' must be "CERT_NONE", "CERT_OPTIONAL" or "CERT_REQUIRED", got ${describe(options.cert_reqs)}.`,
+      "ERR_INVALID_ARG_VALUE",
+    );
+  }
+}
+
+/** Node secure-context options from Pants' and Node's names, with files read. */
+function contextOptions(options: SslOptions | SniEntry, withCa: boolean): SecureContextOptions {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(options)) {
+    if (!PANTS_KEYS.has(key) && value !== undefined) out[key] = value;
+  }
+  const o = options as SslOptions;
+  if (o.certfile !== undefined) {
+    const pem = readFile("certfile", o.certfile);
+    if (out.cert === undefined) out.cert = pem;
+    // Pants' fixtures put key and certificate in one file.
+    if (o.keyfile === undefined && out.key === undefined && /-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem.toString("latin1"))) {
+      out.key = pem;
+    }
+  }
+  if (o.keyfile !== undefined) out.key = readFile("keyfile", o.keyfile);
+  if (withCa && o.ca_certs !== undefined) out.ca = readFile("ca_certs", o.ca_certs);
+  if (out.minVersion === undefined) out.minVersion = "TLSv1.2";
+  return out as SecureContextOptions;
+}
+
+function createContext(what: string, options: SecureContextOptions): SecureContext {
+  try {
+    return tls.createSecureContext(options);
+  } catch (err) {
+    const e = new Error(`Invalid ${what}: ${(err as Error).message}`, { cause: err }) as Error & { code?: string };
+    e.code = (err as NodeJS.ErrnoException).code ?? "ERR_SSL_CONTEXT";
+    throw e;
+  }
+}
+
+function wildcardMatch(pattern: string, host: string): boolean {
+  if (pattern === host) return true;
+  if (!pattern.startsWith("*.")) return false;
+  const suffix = pattern.slice(1);
+  return host.endsWith(suffix) && !host.slice(0, host.length - suffix.length).includes(".");
+}
+
+/**
+ * Builds the server-side configuration once: reads files, creates the
+ * secure context(s), and validates everything.
+ * @throws TypeError, RangeError, or an Error naming a file that cannot be read or parsed.
+ */
+export function compileServerTls(options: SslOptions): ServerTls {
+  checkPantsFlags(options, true);
+  const base = contextOptions(options, true);
+  if (base.key === undefined && base.pfx === undefined) {
+    throw typeError("A TLS server needs a certificate and key: give certfile/keyfile, key/cert or pfx.", "ERR_MISSING_OPTION");
+  }
+  const secureContext = createContext("TLS server certificate or key", base);
+  let requestCert = options.requestCert ?? false;
+  let rejectUnauthorized = options.rejectUnauthorized ?? requestCert;
+  if (options.cert_reqs === "CERT_OPTIONAL") {
+    requestCert = true;
+    rejectUnauthorized = false;
+  } else if (options.cert_reqs === "CERT_REQUIRED") {
+    requestCert = true;
+    rejectUnauthorized = true;
+  } else if (options.cert_reqs === "CERT_NONE") {
+    requestCert = false;
+    rejectUnauthorized = false;
+  }
+  let SNICallback = options.SNICallback;
+  if (options.sni !== undefined) {
+    if (SNICallback !== undefined) throw typeError("Give either the sni map or an SNICallback, not both.", "ERR_INVALID_ARG_VALUE");
+    const contexts: Array<[string, SecureContext]> = [];
+    for (const [name, entry] of Object.entries(options.sni)) {
+      const ctxOptions = { ...contextOptions(entry, false) };
+      if (ctxOptions.ca === undefined && base.ca !== undefined) ctxOptions.ca = base.ca;
+      contexts.push([name.toLowerCase(), createContext(`TLS certificate for SNI name ${name}`, ctxOptions)]);
+    }
+    SNICallback = (servername, cb) => {
+      const host = servername.toLowerCase();
+      for (const [pattern, ctx] of contexts) {
+        if (wildcardMatch(pattern, host)) return cb(null, ctx);
+      }
+      cb(null, secureContext);
+    };
+  }
+  const socketOptions: TLSSocketOptions = { isServer: true, secureContext, requestCert, rejectUnauthorized };
+  if (options.ALPNProtocols !== undefined) socketOptions.ALPNProtocols = options.ALPNProtocols as string[];
+  if (SNICallback !== undefined) socketOptions.SNICallback = SNICallback;
+  return { socketOptions };
+}
+
+/**
+ * Builds the client-side configuration once. The server certificate and
+ * host name are verified unless `cert_reqs: "CERT_NONE"` or
+ * `rejectUnauthorized: false`.
+ */
+export function compileClientTls(options: SslOptions): ClientTls {
+  checkPantsFlags(options, undefined);
+  const ctx = contextOptions(options, true);
+  const out: ConnectionOptions = { ...(ctx as ConnectionOptions) };
+  for (const key of ["servername", "checkServerIdentity", "session", "ALPNProtocols", "requestCert"] as const) {
+    if (options[key] !== undefined) (out as Record<string, unknown>)[key] = options[key];
+  }
+  out.rejectUnauthorized = options.cert_reqs === "CERT_NONE" ? false : (options.rejectUnauthorized ?? true);
+  out.secureContext = createContext("TLS client options", ctx);
+  return { options: out };
+}
+
+/** The SNI name to send for `host` (none for IP literals, as RFC 6066 requires). */
+export function sniName(host: string | undefined): string | undefined {
+  if (host === undefined || host === "" || isIP(host) !== 0) return undefined;
+  return host;
+}

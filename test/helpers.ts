@@ -1,0 +1,197 @@
+/**
+ * Test helpers: a raw loopback client with bounded reads, waiting with a
+ * deadline, temp dirs. Tests use real sockets, port 0 and always clean up.
+ */
+import net from "node:net";
+import tls from "node:tls";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { TestContext } from "node:test";
+import { Engine, Server, setLogger } from "../src/index.js";
+import type { Address, Logger } from "../src/index.js";
+
+/** A raw client socket that collects everything it receives. */
+export class RawClient {
+  readonly socket: net.Socket;
+  received: Buffer = Buffer.alloc(0);
+  ended = false;
+  closed = false;
+  error: Error | null = null;
+  #waiters: Array<() => void> = [];
+
+  constructor(socket: net.Socket) {
+    this.socket = socket;
+    socket.on("data", (d: Buffer) => {
+      this.received = Buffer.concat([this.received, d]);
+      this.#wake();
+    });
+    socket.on("end", () => {
+      this.ended = true;
+      this.#wake();
+    });
+    socket.on("close", () => {
+      this.closed = true;
+      this.#wake();
+    });
+    socket.on("error", (err) => {
+      this.error = err;
+      this.#wake();
+    });
+  }
+
+  #wake(): void {
+    const w = this.#waiters;
+    this.#waiters = [];
+    for (const f of w) f();
+  }
+
+  /** Resolves once `pred()` holds, or rejects after `timeoutMs`. */
+  async until(pred: () => boolean, timeoutMs = 5000, what = "condition"): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!pred()) {
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new Error(`Timed out waiting for ${what}; received ${JSON.stringify(this.received.toString("latin1").slice(0, 200))} (${this.received.length} bytes), ended=${this.ended}, closed=${this.closed}`);
+      }
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, Math.min(left, 50));
+        this.#waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
+  /** Waits for at least `n` bytes in total and returns (and consumes) exactly `n`. */
+  async read(n: number, timeoutMs = 5000): Promise<Buffer> {
+    await this.until(() => this.received.length >= n, timeoutMs, `${n} bytes`);
+    const out = this.received.subarray(0, n);
+    this.received = this.received.subarray(n);
+    return Buffer.from(out);
+  }
+
+  /** Reads exactly the bytes of `text` and returns them as a string. */
+  async readText(length: number, timeoutMs = 5000): Promise<string> {
+    return (await this.read(length, timeoutMs)).toString("utf8");
+  }
+
+  /** Waits until the peer has closed (FIN or reset); returns everything not yet read. */
+  async readToEnd(timeoutMs = 5000): Promise<Buffer> {
+    await this.until(() => this.ended || this.closed, timeoutMs, "end of stream");
+    const out = this.received;
+    this.received = Buffer.alloc(0);
+    return out;
+  }
+
+  write(data: string | Buffer): void {
+    this.socket.write(data);
+  }
+
+  end(data?: string | Buffer): void {
+    if (data !== undefined) this.socket.end(data);
+    else this.socket.end();
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
+
+/** Connects a raw client to `address` (a port on 127.0.0.1, [host, port], or a UNIX path). */
+export async function connect(address: Address | null, options: { host?: string } = {}): Promise<RawClient> {
+  const opts = toConnect(address, options.host);
+  const socket = net.connect(opts);
+  await new Promise<void>((resolve, reject) => {
+    socket.once("connect", resolve);
+    socket.once("error", reject);
+  });
+  return new RawClient(socket);
+}
+
+/** Connects a TLS client (no verification unless `ca` is given). */
+export async function connectTls(address: Address | null, options: tls.ConnectionOptions = {}): Promise<RawClient & { tlsSocket: tls.TLSSocket }> {
+  const base = toConnect(address);
+  const socket = tls.connect({ rejectUnauthorized: false, ...base, ...options } as tls.ConnectionOptions);
+  await new Promise<void>((resolve, reject) => {
+    socket.once("secureConnect", resolve);
+    socket.once("error", reject);
+  });
+  const client = new RawClient(socket) as RawClient & { tlsSocket: tls.TLSSocket };
+  client.tlsSocket = socket;
+  return client;
+}
+
+function toConnect(address: Address | null, host?: string): net.NetConnectOpts {
+  if (address === null) throw new Error("no address");
+  if (typeof address === "string") return { path: address };
+  if (typeof address === "number") return { host: host ?? "127.0.0.1", port: address };
+  const [h, port] = address;
+  const target = host ?? (h === "" || h === "0.0.0.0" ? "127.0.0.1" : h === "::" ? "::1" : h);
+  return { host: target, port };
+}
+
+/** The port of a listening server. */
+export function portOf(server: Server): number {
+  const a = server.localAddress;
+  if (!Array.isArray(a)) throw new Error(`not a TCP server: ${String(a)}`);
+  return a[1];
+}
+
+/** A fresh engine stopped (closing every channel) when the test ends. */
+export function freshEngine(t: TestContext): Engine {
+  const engine = new Engine();
+  t.after(() => engine.stop());
+  return engine;
+}
+
+/** Listens on 127.0.0.1 port 0 and waits until listening. */
+export async function listenLocal(server: Server, t?: TestContext): Promise<number> {
+  server.listen(["127.0.0.1", 0]);
+  await server.ready();
+  if (t) t.after(() => server.close());
+  return portOf(server);
+}
+
+/** Resolves once `pred()` holds, polling; rejects after `timeoutMs`. */
+export async function waitFor(pred: () => boolean, timeoutMs = 5000, what = "condition"): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Sleeps `ms`. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** A temp dir removed when the test ends. */
+export function tempDir(t: TestContext, prefix = "pants-ts-"): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A logger that records every line, installed for the test and removed after. */
+export function captureLogs(t: TestContext): Array<{ level: string; msg: string; obj: unknown }> {
+  const lines: Array<{ level: string; msg: string; obj: unknown }> = [];
+  const make = (level: string) => (objOrMsg: unknown, msg?: string) => {
+    lines.push({ level, msg: typeof objOrMsg === "string" ? objOrMsg : (msg ?? ""), obj: objOrMsg });
+  };
+  const logger: Logger = { error: make("error"), warn: make("warn"), info: make("info"), debug: make("debug") };
+  setLogger(logger);
+  t.after(() => setLogger(undefined));
+  return lines;
+}
+
+/** True if this machine can bind IPv6 loopback. */
+export async function hasIPv6(): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once("error", () => resolve(false));
+    s.listen(0, "::1", () => s.close(() => resolve(true)));
+  });
+}
