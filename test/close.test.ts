@@ -1,0 +1,197 @@
+/**
+ * Closing: close(true) delivers everything before the FIN, close(false)
+ * drops and closes now, a peer FIN still gets its replies (Pants B2), a
+ * reset closes quietly, and closing never turns into a reset that destroys
+ * data the peer has not read.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { createHash, randomBytes } from "node:crypto";
+import { Server, Stream } from "../src/index.js";
+import { captureLogs, connect, freshEngine, listenLocal, waitFor, sleep } from "./helpers.js";
+
+class LineEcho extends Stream {
+  override onConnect() {
+    this.readDelimiter = "\n";
+  }
+  override onRead(line: Buffer) {
+    this.write(Buffer.concat([line, Buffer.from("\n")]));
+  }
+}
+
+test("peer half-close: replies to the last lines still arrive, then FIN (echo hi | nc)", async (t) => {
+  const engine = freshEngine(t);
+  let closes = 0;
+  class C extends LineEcho {
+    override onClose() {
+      closes++;
+    }
+  }
+  const port = await listenLocal(new Server(C, { engine }), t);
+  const c = await connect(port);
+  c.end("hi\nthere\n");
+  const got = await c.readToEnd();
+  assert.equal(got.toString(), "hi\nthere\n");
+  assert.equal(c.ended, true, "the server sent a FIN, not a reset");
+  assert.equal(c.error, null);
+  await waitFor(() => closes === 1);
+});
+
+test("close(true) after a large write delivers every byte before the FIN", async (t) => {
+  const engine = freshEngine(t);
+  const data = randomBytes(16 << 20);
+  class Sender extends Stream {
+    override onConnect() {
+      this.write(data);
+      this.close(true);
+    }
+  }
+  const port = await listenLocal(new Server(Sender, { engine }), t);
+  const c = await connect(port);
+  // Read slowly at first, so the server's buffer is really backed up.
+  c.socket.pause();
+  await sleep(100);
+  c.socket.resume();
+  const got = await c.readToEnd(20000);
+  assert.equal(got.length, data.length);
+  assert.equal(createHash("sha256").update(got).digest("hex"), createHash("sha256").update(data).digest("hex"));
+  assert.equal(c.error, null);
+});
+
+test("close(false) closes at once, dropping unsent data", async (t) => {
+  const engine = freshEngine(t);
+  let closedAt = 0;
+  class Dropper extends Stream {
+    override onConnect() {
+      this.write(Buffer.alloc(64 << 20));
+      this.close(false);
+      closedAt = this.closed ? 1 : -1;
+    }
+  }
+  const port = await listenLocal(new Server(Dropper, { engine }), t);
+  const c = await connect(port);
+  const got = await c.readToEnd(10000);
+  assert.equal(closedAt, 1, "closed synchronously");
+  assert.ok(got.length < 64 << 20, `received ${got.length} bytes of 64 MiB`);
+});
+
+test("closing while the peer is still sending does not reset the reply away", async (t) => {
+  const engine = freshEngine(t);
+  const reply = randomBytes(1 << 20);
+  class Replier extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead() {
+      // Reply and close at once, while the client keeps sending.
+      this.write(reply);
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(Replier, { engine }), t);
+  const sock = net.connect(port, "127.0.0.1");
+  const chunks: Buffer[] = [];
+  let error: Error | null = null;
+  sock.on("data", (d) => chunks.push(d));
+  sock.on("error", (e) => (error = e));
+  await new Promise<void>((r) => sock.once("connect", r));
+  sock.write("request\n");
+  const junk = Buffer.alloc(16 * 1024, 0x78);
+  const pump = setInterval(() => {
+    if (!sock.destroyed && sock.writable) sock.write(junk);
+  }, 1);
+  await new Promise<void>((r) => sock.once("end", r));
+  clearInterval(pump);
+  sock.destroy();
+  assert.equal(error, null, "no reset");
+  assert.equal(Buffer.concat(chunks).length, reply.length);
+});
+
+test("a peer reset closes the stream at once, logged at debug at most", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  let closed = false;
+  let readError: Error | null = null;
+  class C extends LineEcho {
+    override onReadError(err: Error) {
+      readError = err;
+      super.onReadError(err);
+    }
+    override onClose() {
+      closed = true;
+    }
+  }
+  const server = new Server(C, { engine });
+  const port = await listenLocal(server, t);
+  const c = await connect(port);
+  c.write("hello\n");
+  await c.read(6);
+  c.socket.resetAndDestroy();
+  await waitFor(() => closed, 5000, "the stream to close after a reset");
+  assert.equal(server.channels.size, 0);
+  assert.equal((readError as NodeJS.ErrnoException | null)?.code, "ECONNRESET");
+  assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error"), []);
+});
+
+test("a client that vanishes mid-write harms no other connection", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  class Flood extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      if (line.toString() === "flood") {
+        for (let i = 0; i < 64; i++) this.write(Buffer.alloc(256 * 1024, 0x41));
+      } else this.write(Buffer.concat([line, Buffer.from("\n")]));
+    }
+  }
+  const server = new Server(Flood, { engine });
+  const port = await listenLocal(server, t);
+  const victim = await connect(port);
+  const bystander = await connect(port);
+  victim.write("flood\n");
+  await victim.until(() => victim.received.length > 0);
+  victim.socket.resetAndDestroy();
+  await waitFor(() => server.channels.size === 1, 5000);
+  bystander.write("still here\n");
+  assert.equal(await bystander.readText(11), "still here\n");
+  bystander.destroy();
+  assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error"), []);
+});
+
+test("onClose runs once whoever closes: the peer, the stream, or the server", async (t) => {
+  const engine = freshEngine(t);
+  const counts = new Map<string, number>();
+  class C extends Stream {
+    name = "";
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(d: Buffer) {
+      this.name = d.toString();
+      if (this.name === "self") this.close();
+    }
+    override onClose() {
+      counts.set(this.name, (counts.get(this.name) ?? 0) + 1);
+      this.close();
+    }
+  }
+  const server = new Server(C, { engine });
+  const port = await listenLocal(server);
+  const peer = await connect(port);
+  const self = await connect(port);
+  const byServer = await connect(port);
+  peer.write("peer\n");
+  self.write("self\n");
+  byServer.write("server\n");
+  await waitFor(() => [...server.channels.values()].filter((s) => (s as C).name !== "").length === 3 || counts.has("self"));
+  peer.end();
+  await waitFor(() => counts.has("peer") && counts.has("self"));
+  server.close();
+  await waitFor(() => counts.has("server"));
+  await byServer.readToEnd();
+  await sleep(20);
+  assert.deepEqual(Object.fromEntries(counts), { peer: 1, self: 1, server: 1 });
+});

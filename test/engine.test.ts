@@ -1,0 +1,184 @@
+/**
+ * Engine: instances, start/stop, and the four timers (Pants' test_timers
+ * and test_engine, re-expressed as behaviour), including the Pants bugs
+ * B8 (cancel removes the wrong timer) and B9 (no self-cancel).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Engine, Server, Stream } from "../src/index.js";
+import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
+
+test("Engine.instance() is one global engine; new Engine() makes separate ones", () => {
+  assert.equal(Engine.instance(), Engine.instance());
+  const a = new Engine();
+  const b = new Engine();
+  assert.notEqual(a, b);
+  assert.notEqual(a, Engine.instance());
+});
+
+test("callback runs once, later, with its arguments", async (t) => {
+  const engine = freshEngine(t);
+  const calls: unknown[][] = [];
+  const timer = engine.callback((...args: unknown[]) => calls.push(args), 1, "two");
+  assert.equal(calls.length, 0, "not run synchronously");
+  assert.equal(timer.active, true);
+  await sleep(20);
+  assert.deepEqual(calls, [[1, "two"]]);
+  assert.equal(timer.active, false);
+});
+
+test("cancelling a callback before it runs means it never runs", async (t) => {
+  const engine = freshEngine(t);
+  let ran = false;
+  const timer = engine.callback(() => (ran = true));
+  timer.cancel();
+  timer.cancel(); // twice is a no-op
+  await sleep(20);
+  assert.equal(ran, false);
+  assert.equal(timer.active, false);
+});
+
+test("cancel is by identity: cancelling b never touches a (Pants B8)", async (t) => {
+  const engine = freshEngine(t);
+  const ran: string[] = [];
+  engine.callback(() => ran.push("a"));
+  const b = engine.callback(() => ran.push("b"));
+  b.cancel();
+  const d1 = engine.defer(10, () => ran.push("d1"));
+  engine.defer(10, () => ran.push("d2"));
+  d1.cancel();
+  await sleep(60);
+  assert.deepEqual(ran, ["a", "d2"]);
+});
+
+test("loop runs on every turn until cancelled; exactly, no extra run", async (t) => {
+  const engine = freshEngine(t);
+  let n = 0;
+  const timer = engine.loop(() => n++);
+  await waitFor(() => n >= 3, 2000, "three loop runs");
+  timer.cancel();
+  const after = n;
+  await sleep(20);
+  assert.equal(n, after);
+});
+
+test("a loop can cancel itself from inside its function (Pants B9)", async (t) => {
+  const engine = freshEngine(t);
+  let n = 0;
+  const timer = engine.loop(() => {
+    n++;
+    if (n === 2) timer.cancel();
+  });
+  await sleep(50);
+  assert.equal(n, 2);
+  assert.equal(timer.active, false);
+});
+
+test("defer runs once after its delay", async (t) => {
+  const engine = freshEngine(t);
+  const start = engine.time();
+  let at = -1;
+  engine.defer(30, () => (at = engine.time()));
+  await waitFor(() => at >= 0, 2000, "the deferred call");
+  assert.ok(at - start >= 29, `ran after ${at - start} ms`);
+});
+
+test("cancelled defer never runs", async (t) => {
+  const engine = freshEngine(t);
+  let ran = false;
+  engine.defer(10, () => (ran = true)).cancel();
+  await sleep(40);
+  assert.equal(ran, false);
+});
+
+test("cycle repeats every interval and can cancel itself", async (t) => {
+  const engine = freshEngine(t);
+  const times: number[] = [];
+  const start = engine.time();
+  const timer = engine.cycle(15, () => {
+    times.push(engine.time() - start);
+    if (times.length === 3) timer.cancel();
+  });
+  await sleep(150);
+  assert.equal(times.length, 3);
+  assert.ok(times[0]! >= 14 && times[2]! >= 44, `times ${times.join(",")}`);
+});
+
+test("defer and cycle reject a delay that is not a positive finite number", (t) => {
+  const engine = freshEngine(t);
+  for (const bad of [0, -1, NaN, Infinity, -Infinity, "10" as unknown as number]) {
+    assert.throws(() => engine.defer(bad, () => {}), RangeError);
+    assert.throws(() => engine.cycle(bad, () => {}), RangeError);
+  }
+  assert.throws(() => engine.callback(42 as unknown as () => void), TypeError);
+});
+
+test("a timer that throws (or rejects) is logged and the others keep running", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const ran: string[] = [];
+  engine.callback(() => {
+    throw new Error("boom");
+  });
+  engine.callback(async () => {
+    throw new Error("async boom");
+  });
+  engine.callback(() => ran.push("after"));
+  let cycles = 0;
+  const c = engine.cycle(5, () => {
+    cycles++;
+    throw new Error("cycle boom");
+  });
+  await waitFor(() => cycles >= 3, 2000, "three cycle runs despite throwing");
+  c.cancel();
+  assert.deepEqual(ran, ["after"]);
+  const errors = logs.filter((l) => l.level === "error");
+  assert.ok(errors.length >= 5, `logged ${errors.length} errors`);
+});
+
+test("start() settles when stop() is called; stop() cancels timers and closes channels", async (t) => {
+  const engine = new Engine();
+  t.after(() => engine.stop());
+  let fired = false;
+  engine.defer(50, () => (fired = true));
+  let closed = false;
+  class C extends Stream {
+    override onClose() {
+      closed = true;
+    }
+  }
+  const server = new Server(C, { engine });
+  const port = await listenLocal(server);
+  const client = await connect(port);
+  await waitFor(() => server.channels.size === 1);
+  const started = engine.start();
+  assert.equal(engine.running, true);
+  assert.equal(engine.start(), started, "start() while running returns the same promise");
+  assert.ok(engine.channels.has(server));
+  setTimeout(() => engine.stop(), 10);
+  await started;
+  assert.equal(engine.running, false);
+  assert.equal(server.closed, true);
+  assert.equal(closed, true);
+  assert.equal(engine.channels.size, 0);
+  await sleep(70);
+  assert.equal(fired, false, "timers are cancelled by stop()");
+  await client.readToEnd();
+});
+
+test("stop() before start() does not make a later start() run forever (Pants B10)", async () => {
+  const engine = new Engine();
+  engine.stop();
+  const started = engine.start();
+  setTimeout(() => engine.stop(), 10);
+  await started;
+  assert.equal(engine.running, false);
+});
+
+test("engine.time() is monotonic milliseconds", async () => {
+  const engine = new Engine();
+  const a = engine.time();
+  await sleep(10);
+  const b = engine.time();
+  assert.ok(b - a >= 9);
+});

@@ -1,0 +1,154 @@
+/**
+ * Handler safety (SPEC §4): a throw or a rejected promise in any handler
+ * goes to onError, whose default logs and closes only that channel; an
+ * exception in onError itself is logged; the process and the other
+ * connections never notice.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Server, Stream } from "../src/index.js";
+import { captureLogs, connect, freshEngine, listenLocal, waitFor } from "./helpers.js";
+
+class Fragile extends Stream {
+  override onConnect() {
+    this.readDelimiter = "\n";
+  }
+  override async onRead(line: Buffer) {
+    const text = line.toString();
+    if (text === "throw") throw new Error("sync boom");
+    if (text === "reject") {
+      await Promise.resolve();
+      throw new Error("async boom");
+    }
+    if (text === "string") throw "not an error";
+    this.write(`${text}\n`);
+  }
+}
+
+for (const kind of ["throw", "reject", "string"]) {
+  test(`onRead that does "${kind}": only that connection closes, the error is logged`, async (t) => {
+    const logs = captureLogs(t);
+    const engine = freshEngine(t);
+    const server = new Server(Fragile, { engine });
+    const port = await listenLocal(server, t);
+    const bad = await connect(port);
+    const good = await connect(port);
+    bad.write(`${kind}\n`);
+    await bad.readToEnd();
+    good.write("still fine\n");
+    assert.equal(await good.readText(11), "still fine\n");
+    assert.equal(server.listening, true);
+    const errors = logs.filter((l) => l.level === "error");
+    assert.equal(errors.length, 1, JSON.stringify(logs.map((l) => l.msg)));
+    assert.ok(server.stats.errors >= 1);
+    good.destroy();
+  });
+}
+
+test("a custom onError receives the exception and may keep the connection open", async (t) => {
+  const engine = freshEngine(t);
+  const seen: string[] = [];
+  class Tolerant extends Fragile {
+    override onError(err: Error) {
+      seen.push(err.message);
+    }
+  }
+  const port = await listenLocal(new Server(Tolerant, { engine }), t);
+  const c = await connect(port);
+  c.write("throw\nreject\nok\n");
+  assert.equal(await c.readText(3), "ok\n");
+  await waitFor(() => seen.length === 2);
+  assert.deepEqual(seen.sort(), ["async boom", "sync boom"]);
+  c.destroy();
+});
+
+test("an onError that throws is logged, and nothing else breaks", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  class Worse extends Fragile {
+    override onError(): void {
+      throw new Error("onError boom");
+    }
+  }
+  const server = new Server(Worse, { engine });
+  const port = await listenLocal(server, t);
+  const c = await connect(port);
+  c.write("throw\nnext\n");
+  assert.equal(await c.readText(5), "next\n", "the next frame is still delivered");
+  await waitFor(() => logs.some((l) => l.level === "error"));
+  assert.ok(logs.some((l) => /onError/.test(l.msg)));
+  c.destroy();
+});
+
+test("every handler is guarded: onConnect, onClose, onWrite throwing never crash", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  let closes = 0;
+  class Bad extends Stream {
+    override onConnect() {
+      this.write("hello\n");
+      throw new Error("connect boom");
+    }
+    override onWrite() {
+      throw new Error("write boom");
+    }
+    override onClose() {
+      closes++;
+      throw new Error("close boom");
+    }
+  }
+  const server = new Server(Bad, { engine });
+  const port = await listenLocal(server, t);
+  const c = await connect(port);
+  await c.readToEnd();
+  await waitFor(() => closes === 1);
+  assert.equal(server.listening, true);
+  const again = await connect(port);
+  await again.readToEnd();
+  await waitFor(() => closes === 2);
+});
+
+test("a connection class whose constructor throws drops that connection only", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  let n = 0;
+  class Flaky extends Stream {
+    constructor(options?: ConstructorParameters<typeof Stream>[0]) {
+      super(options);
+      if (++n === 1) throw new Error("constructor boom");
+    }
+    override onConnect() {
+      this.write("welcome\n");
+    }
+  }
+  const server = new Server(Flaky, { engine });
+  const port = await listenLocal(server, t);
+  const first = await connect(port);
+  await first.readToEnd();
+  const second = await connect(port);
+  assert.equal(await second.readText(8), "welcome\n");
+  assert.equal(server.listening, true);
+  assert.equal(logs.filter((l) => l.level === "error").length, 1);
+  second.destroy();
+});
+
+test("no unhandled rejection or uncaught exception escapes from handlers", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const escaped: unknown[] = [];
+  const onUnhandled = (e: unknown) => escaped.push(e);
+  process.on("unhandledRejection", onUnhandled);
+  process.on("uncaughtException", onUnhandled);
+  t.after(() => {
+    process.off("unhandledRejection", onUnhandled);
+    process.off("uncaughtException", onUnhandled);
+  });
+  const port = await listenLocal(new Server(Fragile, { engine }), t);
+  for (let i = 0; i < 10; i++) {
+    const c = await connect(port);
+    c.write(i % 2 ? "reject\n" : "throw\n");
+    await c.readToEnd();
+  }
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(escaped, []);
+});

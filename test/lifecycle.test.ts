@@ -1,0 +1,183 @@
+/**
+ * The order of a stream's events (SPEC §5): onConnect first and never
+ * inside the call that caused it, no onRead before onConnect, onClose
+ * exactly once and last, closing inside onClose a no-op.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { ChannelStateError, Server, Stream } from "../src/index.js";
+import { connect, freshEngine, listenLocal, tempDir, waitFor, sleep } from "./helpers.js";
+
+class Recorder extends Stream {
+  static log: string[] = [];
+  override onConnect(): void {
+    Recorder.log.push(`connect:${this.connected}`);
+    this.readDelimiter = "\n";
+  }
+  override onRead(data: Buffer): void {
+    Recorder.log.push(`read:${data.toString()}`);
+    if (data.toString() === "bye") this.close();
+  }
+  override onClose(): void {
+    Recorder.log.push(`close:${this.closed}:${this.connected}`);
+    this.close(); // a no-op
+    this.close(false); // a no-op
+  }
+}
+
+test("server side: onConnect first (on a later tick), then onRead, then onClose once", async (t) => {
+  const engine = freshEngine(t);
+  Recorder.log = [];
+  let constructedSync: string[] | null = null;
+  class Probe extends Recorder {
+    constructor(options?: ConstructorParameters<typeof Stream>[0]) {
+      super(options);
+      assert.equal(this.connected, true, "a server-made stream is connected when constructed");
+      constructedSync = [...Recorder.log];
+    }
+  }
+  const server = new Server(Probe, { engine });
+  const port = await listenLocal(server, t);
+  const c = await connect(port);
+  // Bytes sent at once must not reach onRead before onConnect.
+  c.write("a\nb\nbye\nignored\n");
+  await c.readToEnd();
+  await waitFor(() => Recorder.log.some((l) => l.startsWith("close")));
+  assert.deepEqual(constructedSync, [], "onConnect does not run inside the constructor");
+  assert.deepEqual(Recorder.log, ["connect:true", "read:a", "read:b", "read:bye", "close:true:false"]);
+  await sleep(20);
+  assert.equal(Recorder.log.filter((l) => l.startsWith("close")).length, 1);
+});
+
+test("client side: connect() returns at once; onConnect later; ready() settles", async (t) => {
+  const engine = freshEngine(t);
+  class Echo extends Stream {
+    override onRead(d: Buffer) {
+      this.write(d);
+    }
+  }
+  const port = await listenLocal(new Server(Echo, { engine }), t);
+  const events: string[] = [];
+  class Client extends Stream {
+    override onConnect() {
+      events.push("connect");
+      this.write("ping");
+    }
+    override onRead(d: Buffer) {
+      events.push(`read:${d}`);
+      this.close();
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  const client = new Client({ engine });
+  assert.equal(client.connected, false);
+  assert.throws(() => client.write("x"), ChannelStateError, "write before connect");
+  const ret = client.connect(["127.0.0.1", port]);
+  assert.equal(ret, client, "connect() returns the stream");
+  assert.equal(client.connecting, true);
+  assert.deepEqual(events, [], "onConnect never runs inside connect()");
+  assert.equal(await client.ready(), client);
+  assert.equal(client.connected, true);
+  await waitFor(() => events.includes("close"));
+  assert.deepEqual(events, ["connect", "read:ping", "close"]);
+  assert.equal(client.closed, true);
+});
+
+test("client side over a UNIX socket: onConnect is still asynchronous (Pants B7)", async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const path = join(dir, "s.sock");
+  const server = new Server(Stream, { engine }).listen(path);
+  await server.ready();
+  t.after(() => server.close());
+  const events: string[] = [];
+  class Client extends Stream {
+    override onConnect() {
+      events.push("connect");
+    }
+  }
+  const client = new Client({ engine }).connect(path);
+  assert.deepEqual(events, []);
+  await client.ready();
+  assert.deepEqual(events, ["connect"]);
+  assert.equal(client.remoteAddress, path);
+  client.close();
+});
+
+test("a stream can be closed before it connects: onClose only, ready() rejects", async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Stream, { engine }), t);
+  const events: string[] = [];
+  class Client extends Stream {
+    override onConnect() {
+      events.push("connect");
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  const client = new Client({ engine }).connect(["127.0.0.1", port]);
+  client.close();
+  await assert.rejects(client.ready(), ChannelStateError);
+  await sleep(30);
+  assert.deepEqual(events, ["close"]);
+});
+
+test("a closed stream rejects every operation with ChannelStateError", async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Stream, { engine }), t);
+  const s = new Stream({ engine }).connect(["127.0.0.1", port]);
+  await s.ready();
+  s.close();
+  assert.equal(s.closed, true);
+  assert.throws(() => s.write("x"), ChannelStateError);
+  assert.throws(() => s.flush(), ChannelStateError);
+  assert.throws(() => s.writeFile("/etc/hostname"), ChannelStateError);
+  assert.throws(() => s.writePacked([1], { format: "!B" }), ChannelStateError);
+  assert.throws(() => s.startSSL({}), ChannelStateError);
+  assert.throws(() => s.connect(["127.0.0.1", port]), ChannelStateError);
+  s.close(); // twice is a no-op
+});
+
+test("connect() on a connected or connecting stream throws ChannelStateError", async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Stream, { engine }), t);
+  const s = new Stream({ engine }).connect(["127.0.0.1", port]);
+  assert.throws(() => s.connect(["127.0.0.1", port]), /connect\(\) called on active/);
+  await s.ready();
+  assert.throws(() => s.connect(["127.0.0.1", port]), ChannelStateError);
+  s.close();
+});
+
+test("writes made while closing (close(true) pending) throw; onRead stops", async (t) => {
+  const engine = freshEngine(t);
+  let afterClose = 0;
+  let threw: unknown = null;
+  class Big extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(d: Buffer) {
+      if (d.toString() === "go") {
+        this.write(Buffer.alloc(8 << 20, 0x61));
+        this.close(true);
+        assert.equal(this.closing, true);
+        try {
+          this.write("more");
+        } catch (err) {
+          threw = err;
+        }
+      } else afterClose++;
+    }
+  }
+  const port = await listenLocal(new Server(Big, { engine }), t);
+  const c = await connect(port);
+  c.write("go\nx\ny\n");
+  const got = await c.readToEnd(10000);
+  assert.equal(got.length, 8 << 20, "everything written before close(true) arrives");
+  assert.ok(threw instanceof ChannelStateError);
+  assert.equal(afterClose, 0, "no onRead after close(true)");
+});

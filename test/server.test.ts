@@ -1,0 +1,296 @@
+/**
+ * Server: every address shape of SPEC §2 (IPv4, IPv6, "" with and without
+ * the slave, dual-stack, UNIX paths, abstract names, host names), bind
+ * failures, state errors, ConnectionClass, channels and close().
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { ChannelStateError, InvalidAddressFormatError, Server, Stream } from "../src/index.js";
+import type { Address } from "../src/index.js";
+import { captureLogs, connect, freshEngine, hasIPv6, portOf, tempDir, waitFor, sleep } from "./helpers.js";
+
+class Who extends Stream {
+  override onConnect() {
+    this.write(`${JSON.stringify(this.remoteAddress)} ${JSON.stringify(this.localAddress)}\n`);
+    this.close();
+  }
+}
+
+async function hello(address: Address, host?: string): Promise<[unknown, unknown]> {
+  const c = await connect(address, host !== undefined ? { host } : {});
+  const text = (await c.readToEnd()).toString().trim();
+  const [remote, local] = text.split(" ");
+  return [JSON.parse(remote!), JSON.parse(local!)];
+}
+
+const ipv6 = await hasIPv6();
+
+test("listen on an IPv4 literal with port 0: localAddress tells the port", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Who, { engine }).listen(["127.0.0.1", 0]);
+  assert.equal(server.localAddress, null, "not bound yet");
+  await server.ready();
+  t.after(() => server.close());
+  const addr = server.localAddress as [string, number];
+  assert.equal(addr.length, 2);
+  assert.equal(addr[0], "127.0.0.1");
+  assert.ok(addr[1] > 0);
+  assert.equal(server.remoteAddress, null);
+  assert.equal(typeof server.fileno, "number");
+  const [remote, local] = await hello(addr);
+  assert.equal((remote as unknown[]).length, 2);
+  assert.equal((remote as unknown[])[0], "127.0.0.1");
+  assert.deepEqual(local, addr);
+});
+
+test("listen on IPv6 ::1 (2-tuple and 4-tuple): addresses are 4-tuples", { skip: !ipv6 && "no IPv6" }, async (t) => {
+  const engine = freshEngine(t);
+  for (const address of [["::1", 0], ["::1", 0, 0, 0]] as Address[]) {
+    const server = new Server(Who, { engine }).listen(address);
+    await server.ready();
+    const addr = server.localAddress as unknown[];
+    assert.equal(addr.length, 4);
+    assert.equal(addr[0], "::1");
+    const [remote] = await hello(["::1", portOf(server)]);
+    assert.equal((remote as unknown[]).length, 4);
+    assert.equal((remote as unknown[])[0], "::1");
+    server.close();
+  }
+});
+
+test('["", port] serves IPv4 and, with the slave, IPv6 on the same port', { skip: !ipv6 && "no IPv6" }, async (t) => {
+  const engine = freshEngine(t);
+  let listens = 0;
+  class S extends Server {
+    override onListen() {
+      listens++;
+    }
+  }
+  const server = new S(Who, { engine }).listen(["", 0]);
+  await server.ready();
+  const port = portOf(server);
+  assert.deepEqual(server.localAddress, ["0.0.0.0", port]);
+  const [r4] = await hello(port, "127.0.0.1");
+  assert.deepEqual((r4 as unknown[]).length, 2, "IPv4 peers are plain 2-tuples");
+  const [r6] = await hello(port, "::1");
+  assert.equal((r6 as unknown[])[0], "::1");
+  assert.equal(listens, 1, "onListen once, not for the slave");
+  server.close();
+  await sleep(10);
+  await assert.rejects(connect(port, { host: "::1" }), /ECONNREFUSED/, "close() closes the slave too");
+  await assert.rejects(connect(port, { host: "127.0.0.1" }), /ECONNREFUSED/);
+});
+
+test("a bare port number means [\"\", port]; slave false serves IPv4 only", { skip: !ipv6 && "no IPv6" }, async (t) => {
+  const engine = freshEngine(t);
+  const a = new Server(Who, { engine }).listen(0);
+  await a.ready();
+  t.after(() => a.close());
+  await hello(portOf(a), "::1");
+  const b = new Server(Who, { engine }).listen(["", 0], 1024, false);
+  await b.ready();
+  t.after(() => b.close());
+  await hello(portOf(b), "127.0.0.1");
+  await assert.rejects(connect(portOf(b), { host: "::1" }), /ECONNREFUSED/);
+});
+
+test('["", port, 0, 0] is one dual-stack socket: IPv4 peers appear IPv4-mapped', { skip: !ipv6 && "no IPv6" }, async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Who, { engine }).listen(["", 0, 0, 0]);
+  await server.ready();
+  t.after(() => server.close());
+  const local = server.localAddress as unknown[];
+  assert.equal(local[0], "::");
+  assert.equal(local.length, 4);
+  const [r4] = await hello(portOf(server), "127.0.0.1");
+  assert.equal((r4 as unknown[])[0], "::ffff:127.0.0.1");
+  assert.equal((r4 as unknown[]).length, 4);
+  await hello(portOf(server), "::1");
+});
+
+test("host names are resolved asynchronously for listen as for connect", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Who, { engine }).listen(["localhost", 0]);
+  await server.ready();
+  t.after(() => server.close());
+  const [host] = server.localAddress as [string, number];
+  assert.ok(host === "127.0.0.1" || host === "::1", host);
+  const client = new Stream({ engine }).connect(["localhost", portOf(server)]);
+  await client.ready();
+  client.close();
+});
+
+test("UNIX sockets: listen, connect, the file is removed on close; stale files are replaced", async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const path = join(dir, "app.sock");
+  // A stale socket file from a crashed process.
+  // A stale socket file, as a crashed process leaves it.
+  spawnSync(process.execPath, ["-e", `require("net").createServer().listen(${JSON.stringify(path)}, () => process.kill(process.pid, "SIGKILL"))`]);
+  assert.ok(existsSync(path), "the stale socket file exists");
+  const server = new Server(Who, { engine }).listen(path);
+  await server.ready();
+  assert.equal(server.localAddress, path);
+  const [remote, local] = await hello(path);
+  assert.equal(typeof remote, "string");
+  assert.equal(local, path);
+  server.close();
+  await waitFor(() => !existsSync(path), 2000, "the socket file to be removed");
+});
+
+test("a UNIX path held by a live server or a regular file is EADDRINUSE, never deleted", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const live = join(dir, "live.sock");
+  const a = new Server(Who, { engine }).listen(live);
+  await a.ready();
+  t.after(() => a.close());
+  const b = new Server(Who, { engine }).listen(live);
+  await assert.rejects(b.ready(), /EADDRINUSE/);
+  const file = join(dir, "regular");
+  writeFileSync(file, "keep me");
+  const c = new Server(Who, { engine }).listen(file);
+  await assert.rejects(c.ready(), /EADDRINUSE/);
+  assert.ok(existsSync(file));
+  await hello(live);
+});
+
+test("Linux abstract UNIX names", { skip: process.platform !== "linux" && "Linux only" }, async (t) => {
+  const engine = freshEngine(t);
+  const name = `\0pants-ts-test-${process.pid}-${Date.now()}`;
+  const server = new Server(Who, { engine }).listen(name);
+  await server.ready();
+  t.after(() => server.close());
+  await hello(name);
+});
+
+test("bind failure (EADDRINUSE): server closed, onError called, ready() rejects, nothing unhandled", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const first = new Server(Who, { engine }).listen(["127.0.0.1", 0]);
+  await first.ready();
+  t.after(() => first.close());
+  const errors: Error[] = [];
+  let closes = 0;
+  class S extends Server {
+    override onError(err: Error) {
+      errors.push(err);
+    }
+    override onClose() {
+      closes++;
+    }
+  }
+  const escaped: unknown[] = [];
+  const onUnhandled = (e: unknown) => escaped.push(e);
+  process.on("unhandledRejection", onUnhandled);
+  t.after(() => process.off("unhandledRejection", onUnhandled));
+  const second = new S(Who, { engine }).listen(["127.0.0.1", portOf(first)]);
+  // A third never asks for ready(): its failure must not be an unhandled rejection.
+  new Server(Who, { engine }).listen(["127.0.0.1", portOf(first)]);
+  await assert.rejects(second.ready(), (err: NodeJS.ErrnoException) => err.code === "EADDRINUSE");
+  assert.equal(second.closed, true);
+  assert.equal(closes, 1);
+  assert.equal(errors.length, 1);
+  assert.equal((errors[0] as NodeJS.ErrnoException).code, "EADDRINUSE");
+  await sleep(20);
+  assert.deepEqual(escaped, []);
+  assert.throws(() => second.listen(["127.0.0.1", 0]), ChannelStateError, "a closed server cannot listen again");
+});
+
+test("listen() validates synchronously: bad addresses, twice, after close", (t) => {
+  const engine = freshEngine(t);
+  const bad: unknown[] = [null, undefined, {}, [], [1, 2], ["127.0.0.1"], ["127.0.0.1", 1, 2], ["127.0.0.1", 70000], ["127.0.0.1", -1], ["127.0.0.1", 1.5], ["127.0.0.1", NaN], 65536, -1, 2.5, "", true, ["::1", 1, -1, 0], ["127.0.0.1", 80, 0, 0]];
+  for (const address of bad) {
+    const s = new Server(Who, { engine });
+    assert.throws(() => s.listen(address as Address), InvalidAddressFormatError, `listen(${JSON.stringify(address)})`);
+    assert.equal(s.listening, false);
+    assert.throws(() => new Stream({ engine }).connect(address as Address), InvalidAddressFormatError);
+  }
+  const s = new Server(Who, { engine }).listen(["127.0.0.1", 0]);
+  assert.throws(() => s.listen(["127.0.0.1", 0]), ChannelStateError);
+  s.close();
+  s.close(); // twice is a no-op
+  assert.throws(() => s.listen(["127.0.0.1", 0]), ChannelStateError);
+  assert.throws(() => s.listen(["127.0.0.1", 0], 0), ChannelStateError);
+  assert.throws(() => new Server(Who, { engine }).listen(["127.0.0.1", 0], -5), RangeError);
+});
+
+test("an invalid connect address leaves the stream usable (Pants B27)", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Who, { engine }).listen(["127.0.0.1", 0]);
+  await server.ready();
+  t.after(() => server.close());
+  const s = new Stream({ engine });
+  assert.throws(() => s.connect(["127.0.0.1", 99999]), InvalidAddressFormatError);
+  assert.equal(s.connecting, false);
+  s.connect(["127.0.0.1", portOf(server)]);
+  await s.ready();
+  s.close();
+});
+
+test("ConnectionClass: constructor argument, else the class attribute", async (t) => {
+  const engine = freshEngine(t);
+  class Hi extends Stream {
+    override onConnect() {
+      this.write("hi");
+      this.close();
+    }
+  }
+  class HiServer extends Server {
+    static override ConnectionClass = Hi;
+  }
+  const a = new HiServer(null, { engine });
+  assert.equal(a.ConnectionClass, Hi);
+  a.listen(["127.0.0.1", 0]);
+  await a.ready();
+  t.after(() => a.close());
+  assert.equal((await (await connect(portOf(a))).readToEnd()).toString(), "hi");
+  assert.equal(new Server(undefined, { engine }).ConnectionClass, Stream);
+  assert.equal(new HiServer(Who, { engine }).ConnectionClass, Who);
+  assert.throws(() => new Server(Object as unknown as typeof Stream, { engine }), TypeError);
+});
+
+test("server.channels holds open connections by id; close() closes them (onClose default)", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Stream, { engine }).listen(["127.0.0.1", 0]);
+  await server.ready();
+  const a = await connect(portOf(server));
+  const b = await connect(portOf(server));
+  await waitFor(() => server.channels.size === 2);
+  const ids = [...server.channels.keys()];
+  assert.ok(ids.every((id) => typeof id === "number"));
+  for (const conn of server.channels.values()) assert.equal(conn.server, server);
+  a.destroy();
+  await waitFor(() => server.channels.size === 1, 5000, "a closed connection to leave channels");
+  server.close();
+  assert.equal(server.channels.size, 0);
+  assert.equal(server.listening, false);
+  await b.readToEnd();
+  assert.equal(engine.channels.size, 0);
+});
+
+test("stream addresses can be overridden and restored", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Stream, { engine }).listen(["127.0.0.1", 0]);
+  await server.ready();
+  t.after(() => server.close());
+  const s = new Stream({ engine }).connect(["127.0.0.1", portOf(server)]);
+  await s.ready();
+  assert.deepEqual(s.remoteAddress, ["127.0.0.1", portOf(server)]);
+  const real = s.localAddress;
+  s.remoteAddress = ["203.0.113.7", 1234];
+  assert.deepEqual(s.remoteAddress, ["203.0.113.7", 1234]);
+  s.localAddress = "/fake";
+  assert.equal(s.localAddress, "/fake");
+  s.remoteAddress = undefined;
+  s.localAddress = undefined;
+  assert.deepEqual(s.remoteAddress, ["127.0.0.1", portOf(server)]);
+  assert.deepEqual(s.localAddress, real);
+  assert.throws(() => (s.remoteAddress = [1, 2] as unknown as Address), InvalidAddressFormatError);
+  assert.equal(typeof s.fileno, "number");
+  s.close();
+});
