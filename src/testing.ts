@@ -1,0 +1,185 @@
+/**
+ * pants-ts/testing: run a connection class against an in-memory peer, no
+ * sockets, in the manner of Twisted's StringTransport and Netty's
+ * EmbeddedChannel. Node 20 has no `stream.duplexPair()`, so one is here.
+ */
+import { Duplex } from "node:stream";
+import { Engine } from "./engine.js";
+import { Stream } from "./stream.js";
+import type { StreamOptions } from "./stream.js";
+import type { Server } from "./server.js";
+import { typeError } from "./errors.js";
+
+const kPeer: unique symbol = Symbol("pants-ts.memoryPeer");
+
+/** One end of an in-memory connection; what one end writes, the other reads. */
+export class MemorySocket extends Duplex {
+  [kPeer]: MemorySocket | null = null;
+  /** Bytes written by this end so far. */
+  bytesWritten = 0;
+
+  constructor() {
+    super({ allowHalfOpen: true });
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.bytesWritten += chunk.length;
+    const peer = this[kPeer];
+    if (peer !== null && !peer.destroyed) peer.push(chunk);
+    callback();
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    const peer = this[kPeer];
+    if (peer !== null && !peer.destroyed) peer.push(null);
+    callback();
+  }
+
+  override _read(): void {}
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    const peer = this[kPeer];
+    this[kPeer] = null;
+    if (peer !== null && !peer.destroyed) {
+      peer[kPeer] = null;
+      // The other end sees a reset, as TCP peers do.
+      peer.destroy(Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", errno: -104, syscall: "read" }));
+    }
+    callback(error);
+  }
+}
+
+/** Two connected in-memory sockets (Node 20 has no `stream.duplexPair()`). */
+export function duplexPair(): [MemorySocket, MemorySocket] {
+  const a = new MemorySocket();
+  const b = new MemorySocket();
+  a[kPeer] = b;
+  b[kPeer] = a;
+  return [a, b];
+}
+
+/** Options of {@link memoryPeer}. */
+export interface MemoryPeerOptions {
+  /** The engine for the stream; default a new, separate engine. */
+  engine?: Engine;
+  /** Set as the stream's `server` (e.g. to test code that uses `this.server`). */
+  server?: Server;
+}
+
+/** Options of {@link MemoryPeer.send}. */
+export interface SendOptions {
+  /** Split the bytes into packets of this size, or of these sizes in turn. */
+  chunkSize?: number | readonly number[];
+}
+
+/** A connection class instance wired to an in-memory peer. */
+export interface MemoryPeer<S extends Stream> {
+  /** The connection class instance. */
+  readonly stream: S;
+  /** The peer's end of the connection. */
+  readonly socket: MemorySocket;
+  /** Settles once `onConnect` has run. */
+  readonly ready: Promise<void>;
+  /** Settles once the stream has closed (after its `onClose`). */
+  readonly closed: Promise<void>;
+  /** True once the stream has sent its FIN. */
+  readonly ended: boolean;
+  /** Sends bytes from the peer, optionally split into packets; resolves once they have been handled. */
+  send(data: string | Uint8Array, options?: SendOptions): Promise<void>;
+  /** Everything the stream wrote since the last `read()`, after its writes of this turn have left. */
+  read(): Promise<Buffer>;
+  /** The peer closes its sending side (FIN). */
+  end(): void;
+  /** The peer resets the connection. */
+  reset(): void;
+}
+
+function tick(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/**
+ * Makes a new `ConnectionClass` instance connected to an in-memory peer.
+ *
+ * ```ts
+ * const peer = memoryPeer(Echo);
+ * await peer.send("hi\n", { chunkSize: 1 });
+ * assert.equal((await peer.read()).toString(), "hi\n");
+ * peer.end();
+ * await peer.closed;
+ * ```
+ */
+export function memoryPeer<S extends Stream>(
+  ConnectionClass: new (options: StreamOptions) => S,
+  options: MemoryPeerOptions = {},
+): MemoryPeer<S> {
+  if (typeof ConnectionClass !== "function") {
+    throw typeError("memoryPeer() expects a connection class (a Stream subclass).");
+  }
+  const engine = options.engine ?? new Engine();
+  const [local, remote] = duplexPair();
+  const received: Buffer[] = [];
+  let ended = false;
+  remote.on("data", (chunk: Buffer) => received.push(chunk));
+  remote.on("end", () => {
+    ended = true;
+  });
+  remote.on("error", () => {});
+  const stream = new ConnectionClass({ engine, socket: local });
+  if (options.server !== undefined) stream.server = options.server;
+  const ready = stream.ready().then(
+    () => undefined,
+    () => undefined,
+  );
+  let closedResolve: () => void = () => {};
+  const closed = new Promise<void>((resolve) => (closedResolve = resolve));
+  const originalOnClose = stream.onClose;
+  // Wrap this instance's onClose so `closed` settles after it, without changing the class.
+  stream.onClose = function (this: S) {
+    try {
+      return originalOnClose.call(this);
+    } finally {
+      setImmediate(closedResolve);
+    }
+  };
+
+  return {
+    stream,
+    socket: remote,
+    ready,
+    closed,
+    get ended() {
+      return ended;
+    },
+    async send(data, sendOptions) {
+      await ready;
+      const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+      const sizes = sendOptions?.chunkSize;
+      let offset = 0;
+      let i = 0;
+      while (offset < bytes.length) {
+        let size: number;
+        if (sizes === undefined) size = bytes.length;
+        else if (typeof sizes === "number") size = sizes;
+        else size = sizes.length > 0 ? sizes[i++ % sizes.length]! : bytes.length;
+        if (!Number.isInteger(size) || size <= 0) throw typeError(`chunkSize must be positive integers, got ${String(size)}.`);
+        if (remote.destroyed || remote.writableEnded) break;
+        remote.write(bytes.subarray(offset, offset + size));
+        offset += size;
+      }
+      await tick();
+    },
+    async read() {
+      await tick();
+      const out = Buffer.concat(received);
+      received.length = 0;
+      return out;
+    },
+    end() {
+      remote.end();
+    },
+    reset() {
+      remote.destroy();
+    },
+  };
+}

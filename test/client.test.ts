@@ -1,0 +1,110 @@
+/**
+ * Client streams: connect errors always end in onConnectError then
+ * onClose (Pants B4/B5), typed ConnectError with errno/syscall, ready()
+ * rejection; a client talking to a server over every transport.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { join } from "node:path";
+import { ConnectError, Server, Stream } from "../src/index.js";
+import type { Address } from "../src/index.js";
+import { captureLogs, freshEngine, hasIPv6, portOf, tempDir, waitFor } from "./helpers.js";
+
+async function unusedPort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+class Recording extends Stream {
+  events: string[] = [];
+  error: ConnectError | null = null;
+  override onConnect() {
+    this.events.push("connect");
+  }
+  override onConnectError(err: ConnectError) {
+    this.events.push("connectError");
+    this.error = err;
+  }
+  override onClose() {
+    this.events.push("close");
+  }
+}
+
+async function failedConnect(t: Parameters<typeof freshEngine>[0], address: Address): Promise<Recording> {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const s = new Recording({ engine }).connect(address);
+  await assert.rejects(s.ready(), ConnectError);
+  await waitFor(() => s.events.includes("close"));
+  assert.deepEqual(s.events, ["connectError", "close"]);
+  assert.equal(s.closed, true);
+  assert.ok(s.error instanceof ConnectError);
+  assert.equal(s.error.code, "ERR_CONNECT");
+  return s;
+}
+
+test("connection refused: onConnectError(ConnectError ECONNREFUSED), then onClose", async (t) => {
+  const s = await failedConnect(t, ["127.0.0.1", await unusedPort()]);
+  assert.equal(s.error!.errno, "ECONNREFUSED");
+  assert.equal(s.error!.syscall, "connect");
+  assert.ok(s.error!.cause instanceof Error);
+});
+
+test("unknown host: ConnectError with the resolver's code, asynchronously", async (t) => {
+  const s = await failedConnect(t, ["no-such-host.invalid", 80]);
+  assert.ok(["ENOTFOUND", "EAI_AGAIN", "EAI_FAIL"].includes(String(s.error!.errno)), String(s.error!.errno));
+});
+
+test("missing UNIX socket path: ConnectError ENOENT", async (t) => {
+  const dir = tempDir(t);
+  const s = await failedConnect(t, join(dir, "nope.sock"));
+  assert.equal(s.error!.errno, "ENOENT");
+});
+
+test("the default onConnectError logs a warning (a failed connect is worth knowing)", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const s = new Stream({ engine }).connect(["127.0.0.1", await unusedPort()]);
+  await assert.rejects(s.ready());
+  assert.ok(logs.some((l) => l.level === "warn" && /Connect failed/.test(l.msg)));
+});
+
+const ipv6 = await hasIPv6();
+
+for (const kind of ["ipv4", "ipv6", "unix"] as const) {
+  test(`a pants-ts client and server talk over ${kind}`, { skip: kind === "ipv6" && !ipv6 && "no IPv6" }, async (t) => {
+    const engine = freshEngine(t);
+    class Upper extends Stream {
+      override onConnect() {
+        this.readDelimiter = "\n";
+      }
+      override onRead(line: Buffer) {
+        this.write(line.toString().toUpperCase() + "\n");
+      }
+    }
+    const address: Address = kind === "ipv4" ? ["127.0.0.1", 0] : kind === "ipv6" ? ["::1", 0] : join(tempDir(t), "c.sock");
+    const server = new Server(Upper, { engine }).listen(address);
+    await server.ready();
+    t.after(() => server.close());
+    const replies: string[] = [];
+    class Client extends Stream {
+      override onConnect() {
+        this.readDelimiter = "\n";
+        this.write("one\ntwo\n");
+      }
+      override onRead(line: Buffer) {
+        replies.push(line.toString());
+        if (replies.length === 2) this.close();
+      }
+    }
+    const target: Address = kind === "unix" ? (address as string) : [kind === "ipv4" ? "127.0.0.1" : "::1", portOf(server)];
+    const client = new Client({ engine }).connect(target);
+    await client.ready();
+    await waitFor(() => client.closed);
+    assert.deepEqual(replies, ["ONE", "TWO"]);
+  });
+}

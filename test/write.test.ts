@@ -1,0 +1,232 @@
+/**
+ * The write path: writes of one turn leave together, flush sends now,
+ * onWrite fires when everything has reached the OS, writeFile streams a
+ * file (path, fd, FileHandle, offset/nbytes) in order with other writes.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Duplex } from "node:stream";
+import { closeSync, openSync, writeFileSync } from "node:fs";
+import { open } from "node:fs/promises";
+import { join } from "node:path";
+import { createHash, randomBytes } from "node:crypto";
+import { Server, Stream } from "../src/index.js";
+import { captureLogs, connect, freshEngine, listenLocal, tempDir, waitFor, sleep } from "./helpers.js";
+
+/** A Duplex that records every write call the stream makes. */
+class SpySocket extends Duplex {
+  calls: Buffer[][] = [];
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.calls.push([chunk]);
+    cb();
+  }
+  override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
+    this.calls.push(chunks.map((c) => c.chunk));
+    cb();
+  }
+  override _read(): void {}
+}
+
+test("writes made in one turn leave in one write call", async (t) => {
+  const engine = freshEngine(t);
+  const spy = new SpySocket();
+  let writes = 0;
+  class Chatty extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      this.write("a:");
+      this.write(line);
+      this.write(new Uint8Array([0x0a]));
+    }
+    override onWrite() {
+      writes++;
+    }
+  }
+  const s = new Chatty({ engine, socket: spy });
+  await sleep(5);
+  spy.push("x\ny\nz\n");
+  await waitFor(() => writes >= 1);
+  assert.equal(spy.calls.length, 1, `write calls: ${spy.calls.length}`);
+  assert.equal(Buffer.concat(spy.calls[0]!).toString(), "a:x\na:y\na:z\n");
+  assert.equal(writes, 1, "one onWrite for the whole batch");
+  // Writes from a timer coalesce too.
+  engine.callback(() => {
+    s.write("p");
+    s.write("q");
+  });
+  await waitFor(() => writes === 2);
+  assert.equal(spy.calls.length, 2);
+  assert.equal(Buffer.concat(spy.calls[1]!).toString(), "pq");
+  s.close();
+});
+
+test("flush() and write(data, true) send now", async (t) => {
+  const engine = freshEngine(t);
+  const spy = new SpySocket();
+  const s = new Stream({ engine, socket: spy });
+  await s.ready();
+  s.write("a");
+  s.flush();
+  assert.equal(spy.calls.length, 1);
+  s.write("b", true);
+  assert.equal(spy.calls.length, 2);
+  s.flush(); // nothing queued: no call
+  assert.equal(spy.calls.length, 2);
+  s.close();
+});
+
+test("write() rejects anything but strings and bytes with TypeError", async (t) => {
+  const engine = freshEngine(t);
+  const s = new Stream({ engine, socket: new SpySocket() });
+  await s.ready();
+  for (const bad of [42, null, undefined, {}, [1, 2], true]) {
+    assert.throws(() => s.write(bad as unknown as string), TypeError);
+  }
+  s.close();
+});
+
+test("onWrite fires once the outgoing buffer has drained to a slow reader", async (t) => {
+  const engine = freshEngine(t);
+  let wrote = 0;
+  let bufferedAtWrite = -1;
+  class Big extends Stream {
+    override onConnect() {
+      this.write(Buffer.alloc(4 << 20));
+      assert.ok(this.bufferedAmount > 0);
+    }
+    override onWrite() {
+      wrote++;
+      bufferedAtWrite = this.bufferedAmount;
+    }
+  }
+  const port = await listenLocal(new Server(Big, { engine }), t);
+  const c = await connect(port);
+  c.socket.pause();
+  await sleep(50);
+  assert.equal(wrote, 0, "not drained while the peer does not read");
+  c.socket.resume();
+  await c.read(4 << 20, 10000);
+  await waitFor(() => wrote === 1);
+  assert.equal(bufferedAtWrite, 0);
+  c.destroy();
+});
+
+test("writeFile: a path (opened and closed by the stream), in order with other writes", async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const file = join(dir, "data.txt");
+  writeFileSync(file, "0123456789");
+  class FileSender extends Stream {
+    override onConnect() {
+      this.write("<");
+      this.writeFile(file);
+      this.write("|");
+      this.writeFile(file, 4, 3);
+      this.write(">");
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(FileSender, { engine }), t);
+  const c = await connect(port);
+  assert.equal((await c.readToEnd()).toString(), "<0123456789|3456>");
+});
+
+test("writeFile: a descriptor and a FileHandle stay open for the caller", async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const file = join(dir, "data.txt");
+  writeFileSync(file, "abcdefghij");
+  const fd = openSync(file, "r");
+  const handle = await open(file, "r");
+  t.after(async () => {
+    closeSync(fd);
+    await handle.close();
+  });
+  class FileSender extends Stream {
+    override onConnect() {
+      this.writeFile(fd, 3);
+      this.writeFile(handle, 0, 7);
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(FileSender, { engine }), t);
+  const c = await connect(port);
+  assert.equal((await c.readToEnd()).toString(), "abchij");
+  // Both are still usable: the stream did not close them.
+  assert.equal((await handle.read(Buffer.alloc(3), 0, 3, 0)).bytesRead, 3);
+});
+
+test("writeFile streams a large file without reading it whole", async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const file = join(dir, "big.bin");
+  const data = randomBytes(24 << 20);
+  writeFileSync(file, data);
+  let sender: Stream | null = null;
+  class FileSender extends Stream {
+    override onConnect() {
+      sender = this;
+      this.writeFile(file);
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(FileSender, { engine }), t);
+  const c = await connect(port);
+  // While the client does not read, the stream must not pull the file into memory.
+  c.socket.pause();
+  let maxBuffered = 0;
+  const sampler = setInterval(() => {
+    if (sender !== null && !sender.closed) maxBuffered = Math.max(maxBuffered, sender.bufferedAmount);
+  }, 2);
+  await sleep(300);
+  c.socket.resume();
+  const got = await c.readToEnd(20000);
+  clearInterval(sampler);
+  assert.equal(createHash("sha256").update(got).digest("hex"), createHash("sha256").update(data).digest("hex"));
+  assert.ok(maxBuffered > 0, "the sampler saw the transfer");
+  assert.ok(maxBuffered < 2 << 20, `at most ${maxBuffered} bytes were buffered`);
+});
+
+test("writeFile: a missing file goes to onWriteError and closes only that stream", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  let error: NodeJS.ErrnoException | null = null;
+  class FileSender extends Stream {
+    override onConnect() {
+      this.writeFile("/definitely/not/here.txt");
+    }
+    override onWriteError(err: Error) {
+      error = err;
+      super.onWriteError(err);
+    }
+  }
+  const port = await listenLocal(new Server(FileSender, { engine }), t);
+  const c = await connect(port);
+  await c.readToEnd();
+  assert.equal((error as NodeJS.ErrnoException | null)?.code, "ENOENT");
+  assert.ok(logs.length >= 1);
+});
+
+test("writeFile validates its arguments", async (t) => {
+  const engine = freshEngine(t);
+  const s = new Stream({ engine, socket: new SpySocket() });
+  await s.ready();
+  assert.throws(() => s.writeFile(3.5), TypeError);
+  assert.throws(() => s.writeFile(""), TypeError);
+  assert.throws(() => s.writeFile("x", -1), RangeError);
+  assert.throws(() => s.writeFile("x", 0, 1.5), RangeError);
+  s.close(false);
+});
+
+test("writePacked with an explicit format or the Struct delimiter", async (t) => {
+  const engine = freshEngine(t);
+  const spy = new SpySocket();
+  const s = new Stream({ engine, socket: spy });
+  await s.ready();
+  s.writePacked([1, 258], { format: "!BH", flush: true });
+  assert.deepEqual(Buffer.concat(spy.calls.flat()), Buffer.from([1, 1, 2]));
+  assert.throws(() => s.writePacked([1]), RangeError, "no format available");
+  s.close();
+});
