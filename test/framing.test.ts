@@ -1,0 +1,392 @@
+/**
+ * Read delimiters (SPEC §6), Pants' test_read_delimiter.py ported over real
+ * sockets, then every kind through the in-memory peer: switching inside
+ * onRead, overflow, degenerate values, encodings.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  BufferOverflowError,
+  InvalidReadDelimiterError,
+  NetStruct,
+  Server,
+  Stream,
+  Struct,
+} from "../src/index.js";
+import type { Decoder, ReadDelimiter } from "../src/index.js";
+import { memoryPeer } from "../src/testing.js";
+import { captureLogs, connect, freshEngine, listenLocal } from "./helpers.js";
+
+// --- Pants' own read-delimiter tests, over loopback -------------------------
+
+test("Pants: string delimiter \\r\\n, each line doubled", async (t) => {
+  const engine = freshEngine(t);
+  class LineOriented extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\r\n";
+    }
+    override onRead(d: Buffer) {
+      this.write(Buffer.concat([d, d]));
+    }
+  }
+  const port = await listenLocal(new Server(LineOriented, { engine }), t);
+  const c = await connect(port);
+  c.write("line1\r\nline2\r\n");
+  assert.equal(await c.readText(20), "line1line1line2line2");
+  c.destroy();
+});
+
+test("Pants: Struct('!2H') delivers the unpacked values as arguments", async (t) => {
+  const engine = freshEngine(t);
+  class StructOriented extends Stream {
+    override onConnect() {
+      this.readDelimiter = new Struct("!2H");
+    }
+    override onRead(v1: number, v2: number) {
+      this.write(String(v1 * v2));
+    }
+  }
+  const port = await listenLocal(new Server(StructOriented, { engine }), t);
+  const c = await connect(port);
+  c.write(new Struct("!2H").pack(42, 81));
+  assert.equal(Number(await c.readText(4)), 3402);
+  c.destroy();
+});
+
+test("Pants: NetStruct('ih$5b') delivers [1298, 'default', 0, 0, 1, 0, 8]", async (t) => {
+  const engine = freshEngine(t);
+  class NetStructOriented extends Stream {
+    override onConnect() {
+      this.readDelimiter = new NetStruct("ih$5b");
+    }
+    override onRead(...values: unknown[]) {
+      this.write(JSON.stringify(values.map((v) => (Buffer.isBuffer(v) ? v.toString() : v))));
+    }
+  }
+  const port = await listenLocal(new Server(NetStructOriented, { engine }), t);
+  const c = await connect(port);
+  c.write(Buffer.from("00000512" + "0007" + Buffer.from("default").toString("hex") + "0000010008", "hex"));
+  const expected = JSON.stringify([1298, "default", 0, 0, 1, 0, 8]);
+  assert.deepEqual(JSON.parse(await c.readText(expected.length)), [1298, "default", 0, 0, 1, 0, 8]);
+  c.destroy();
+});
+
+test("Pants: regex /\\s\\s+/ (search) delivers the text between matches", async (t) => {
+  const engine = freshEngine(t);
+  class RegexOriented extends Stream {
+    override onConnect() {
+      this.readDelimiter = /\s\s+/;
+    }
+    override onRead(d: Buffer) {
+      this.write(d);
+    }
+  }
+  const port = await listenLocal(new Server(RegexOriented, { engine }), t);
+  const c = await connect(port);
+  c.write("This is  a test.  ");
+  assert.equal(await c.readText(14), "This isa test.");
+  c.destroy();
+});
+
+test("Pants: integer delimiter 4 delivers 4-byte chunks", async (t) => {
+  const engine = freshEngine(t);
+  class ChunkOriented extends Stream {
+    override onConnect() {
+      this.readDelimiter = 4;
+    }
+    override onRead(d: Buffer) {
+      this.write(Buffer.concat([d, d]));
+    }
+  }
+  const port = await listenLocal(new Server(ChunkOriented, { engine }), t);
+  const c = await connect(port);
+  c.write("1111" + "2222");
+  assert.equal(await c.readText(16), "11111111" + "22222222");
+  c.destroy();
+});
+
+// --- Every kind, through the in-memory peer --------------------------------
+
+/** A connection class that records what onRead receives. */
+function recorder(delimiter: ReadDelimiter, setup?: (s: Stream) => void) {
+  return class Rec extends Stream {
+    frames: unknown[][] = [];
+    override onConnect() {
+      this.readDelimiter = delimiter;
+      setup?.(this);
+    }
+    override onRead(...args: unknown[]) {
+      this.frames.push(args.map((a) => (Buffer.isBuffer(a) ? a.toString("latin1") : a)));
+    }
+  };
+}
+
+test("null delivers chunks as they arrive", async () => {
+  const peer = memoryPeer(recorder(null));
+  await peer.send("abc");
+  await peer.send("def");
+  assert.deepEqual(peer.stream.frames, [["abc"], ["def"]]);
+});
+
+test("a Buffer delimiter works like a string; multi-byte delimiters split across packets", async () => {
+  const peer = memoryPeer(recorder(Buffer.from("\r\n\r\n")));
+  await peer.send("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\n\r\n", { chunkSize: 1 });
+  assert.deepEqual(peer.stream.frames, [["GET / HTTP/1.1\r\nHost: x"], ["GET /2 HTTP/1.1"]]);
+});
+
+test("regexSearch false delivers the anchored match object with its groups", async () => {
+  const peer = memoryPeer(
+    recorder(/(\w+)=(\d+);/, (s) => {
+      s.regexSearch = false;
+    }),
+  );
+  await peer.send("a=1;bb=22;");
+  const frames = peer.stream.frames.map(([m]) => [...(m as RegExpExecArray)]);
+  assert.deepEqual(frames, [
+    ["a=1;", "a", "1"],
+    ["bb=22;", "bb", "22"],
+  ]);
+});
+
+test("a g or y flag never leaks lastIndex between matches", async () => {
+  const re = /;/g;
+  const peer = memoryPeer(recorder(re));
+  await peer.send("a;b;c;");
+  await peer.send("d;");
+  assert.deepEqual(peer.stream.frames, [["a"], ["b"], ["c"], ["d"]]);
+  assert.equal(re.lastIndex, 0, "the user's RegExp is untouched");
+});
+
+test("a Decoder function frames user protocols", async () => {
+  // A 1-byte length prefix, then the payload; onRead gets (payload, length).
+  const decoder: Decoder = (buf) => {
+    const n = buf[0]!;
+    if (buf.length < 1 + n) return null;
+    return { consumed: 1 + n, args: [buf.subarray(1, 1 + n), n] };
+  };
+  const peer = memoryPeer(recorder(decoder));
+  await peer.send(Buffer.from([3, 0x61, 0x62, 0x63, 1, 0x7a, 0]), { chunkSize: 2 });
+  await peer.send(Buffer.from([]));
+  assert.deepEqual(peer.stream.frames, [["abc", 3], ["z", 1], ["", 0]]);
+});
+
+test("a Decoder that returns a frame consuming 0 bytes gets InvalidReadDelimiterError via onError", async (t) => {
+  captureLogs(t);
+  let error: Error | null = null;
+  class Bad extends Stream {
+    override onConnect() {
+      this.readDelimiter = () => ({ consumed: 0, args: [] });
+    }
+    override onError(err: Error) {
+      error = err;
+      super.onError(err);
+    }
+  }
+  const peer = memoryPeer(Bad);
+  await peer.send("x");
+  await peer.closed;
+  assert.ok(error instanceof InvalidReadDelimiterError);
+  assert.equal((error as InvalidReadDelimiterError).code, "ERR_INVALID_DELIMITER");
+});
+
+test("the delimiter may change inside onRead: the rest is framed by the new one, same turn", async () => {
+  class Switcher extends Stream {
+    frames: string[] = [];
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(d: Buffer) {
+      this.frames.push(d.toString());
+      if (this.frames.length === 1) this.readDelimiter = 4;
+      else if (this.frames.length === 2) this.readDelimiter = null;
+    }
+  }
+  const peer = memoryPeer(Switcher);
+  await peer.send("HDR\nabcdREST\nmore");
+  assert.deepEqual(peer.stream.frames, ["HDR", "abcd", "REST\nmore"]);
+});
+
+test("lines, then a fixed-size block, then lines again (the RESP/memcached pattern)", async () => {
+  class Block extends Stream {
+    frames: string[] = [];
+    override onConnect() {
+      this.readDelimiter = "\r\n";
+    }
+    override onRead(d: Buffer) {
+      const text = d.toString();
+      this.frames.push(text);
+      if (text.startsWith("$")) this.readDelimiter = Number(text.slice(1)) + 2;
+      else if (this.readDelimiter !== "\r\n") this.readDelimiter = "\r\n";
+    }
+  }
+  const peer = memoryPeer(Block);
+  await peer.send("$5\r\nhe\r\no\r\nnext\r\n", { chunkSize: 3 });
+  assert.deepEqual(peer.stream.frames, ["$5", "he\r\no\r\n", "next"]);
+});
+
+test("degenerate delimiters are rejected with TypeError at assignment (Pants B22)", async () => {
+  const peer = memoryPeer(Stream);
+  await peer.ready;
+  const bad: unknown[] = ["", Buffer.alloc(0), 0, -1, 1.5, NaN, Infinity, true, false, 10n, [], {}, /a*/, /(?:)/, /x?/, Symbol("x"), new Date()];
+  for (const value of bad) {
+    assert.throws(
+      () => (peer.stream.readDelimiter = value as ReadDelimiter),
+      TypeError,
+      `readDelimiter = ${String(value)}`,
+    );
+  }
+  assert.equal(peer.stream.readDelimiter, null, "a rejected value leaves the delimiter unchanged");
+  for (const bad2 of [0, -5, 1.5, "64", NaN]) {
+    assert.throws(() => (peer.stream.bufferSize = bad2 as number), TypeError);
+  }
+});
+
+test("a regex that matches the empty string only in context (lookahead) never loops forever", async (t) => {
+  captureLogs(t);
+  let error: Error | null = null;
+  class Look extends Stream {
+    frames: string[] = [];
+    override onConnect() {
+      this.readDelimiter = /(?=x)/;
+    }
+    override onRead(d: Buffer) {
+      this.frames.push(d.toString());
+    }
+    override onError(err: Error) {
+      error = err;
+      super.onError(err);
+    }
+  }
+  const peer = memoryPeer(Look);
+  await peer.send("abxcd");
+  await peer.closed;
+  assert.ok(error instanceof InvalidReadDelimiterError);
+});
+
+test("a line longer than bufferSize calls onOverflowError, even when it arrives in one chunk", async (t) => {
+  captureLogs(t);
+  const errors: BufferOverflowError[] = [];
+  class Small extends Stream {
+    frames: string[] = [];
+    override onConnect() {
+      this.readDelimiter = "\n";
+      this.bufferSize = 8;
+    }
+    override onRead(d: Buffer) {
+      this.frames.push(d.toString());
+    }
+    override onOverflowError(err: BufferOverflowError) {
+      errors.push(err);
+    }
+  }
+  const peer = memoryPeer(Small);
+  // Exactly bufferSize is fine; one more is not. The handler keeps the stream
+  // open, so the oversized line is skipped through its delimiter.
+  await peer.send("12345678\n123456789\nok\n");
+  assert.deepEqual(peer.stream.frames, ["12345678", "ok"]);
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0]!.code, "ERR_BUFFER_OVERFLOW");
+  assert.equal(errors[0]!.direction, "read");
+  // An endless line without a delimiter: overflow once, bytes discarded, no growth.
+  await peer.send("x".repeat(100), { chunkSize: 7 });
+  await peer.send("\nfine\n");
+  assert.deepEqual(peer.stream.frames, ["12345678", "ok", "fine"]);
+  assert.equal(errors.length, 2);
+});
+
+test("the default onOverflowError closes only that stream", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  class Lines extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+      this.bufferSize = 1024;
+    }
+    override onRead(d: Buffer) {
+      this.write(Buffer.concat([d, Buffer.from("\n")]));
+    }
+  }
+  const server = new Server(Lines, { engine });
+  const port = await listenLocal(server, t);
+  const bad = await connect(port);
+  const good = await connect(port);
+  bad.write("y".repeat(5000));
+  await bad.readToEnd();
+  good.write("hello\n");
+  assert.equal(await good.readText(6), "hello\n");
+  assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error"), [], "client misbehaviour logs at debug only");
+  good.destroy();
+});
+
+test("integer and Struct frames may exceed bufferSize (the limit rises to their size)", async () => {
+  class Big extends Stream {
+    sizes: number[] = [];
+    override onConnect() {
+      this.bufferSize = 16;
+      this.readDelimiter = 100;
+    }
+    override onRead(d: Buffer) {
+      this.sizes.push(d.length);
+    }
+  }
+  const peer = memoryPeer(Big);
+  await peer.send(Buffer.alloc(250), { chunkSize: 9 });
+  assert.deepEqual(peer.stream.sizes, [100, 100]);
+});
+
+test("encoding: onRead gets strings; invalid UTF-8 is a typed read error on that stream only", async (t) => {
+  captureLogs(t);
+  class Text extends Stream {
+    frames: unknown[] = [];
+    errors: Error[] = [];
+    override onConnect() {
+      this.encoding = "utf8";
+      this.readDelimiter = "\n";
+    }
+    override onRead(d: string) {
+      this.frames.push(d);
+    }
+    override onReadError(err: Error) {
+      this.errors.push(err);
+    }
+  }
+  const peer = memoryPeer(Text);
+  await peer.send("héllo wörld\n☃\n", { chunkSize: 1 });
+  assert.deepEqual(peer.stream.frames, ["héllo wörld", "☃"]);
+  await peer.send(Buffer.from([0xff, 0xfe, 0x0a]));
+  assert.equal(peer.stream.errors.length, 1);
+  assert.equal((peer.stream.errors[0] as Error & { code: string }).code, "ERR_ENCODING_INVALID_ENCODED_DATA");
+  assert.throws(() => (peer.stream.encoding = "klingon" as BufferEncoding), TypeError);
+});
+
+test("encoding with raw chunks: characters split across packets are reassembled", async () => {
+  class Raw extends Stream {
+    text = "";
+    override onConnect() {
+      this.encoding = "utf8";
+    }
+    override onRead(d: string) {
+      this.text += d;
+    }
+  }
+  const peer = memoryPeer(Raw);
+  const message = "€uro ☃ snow 𝄞 clef";
+  await peer.send(message, { chunkSize: 1 });
+  assert.equal(peer.stream.text, message);
+});
+
+test("a 64 KiB line arriving one byte at a time costs linear time", async () => {
+  class Lines extends Stream {
+    lengths: number[] = [];
+    override onConnect() {
+      this.readDelimiter = "\r\n";
+    }
+    override onRead(d: Buffer) {
+      this.lengths.push(d.length);
+    }
+  }
+  const peer = memoryPeer(Lines);
+  const line = Buffer.alloc(65536 - 2, 0x61);
+  await peer.send(Buffer.concat([line, Buffer.from("\r\n")]), { chunkSize: 1 });
+  assert.deepEqual(peer.stream.lengths, [65534]);
+});
