@@ -51,6 +51,18 @@ export function countError(kind: string, a: Stats, b?: Stats | null): void {
   }
 }
 
+/** Adds the counters of `add` into `into`. */
+export function addStats(into: Stats, add: Stats): void {
+  into.open += add.open;
+  into.accepted += add.accepted;
+  into.rejected += add.rejected;
+  into.closed += add.closed;
+  into.bytesIn += add.bytesIn;
+  into.bytesOut += add.bytesOut;
+  into.errors += add.errors;
+  for (const [k, v] of Object.entries(add.errorsByKind)) into.errorsByKind[k] = (into.errorsByKind[k] ?? 0) + v;
+}
+
 type TimerFn<A extends unknown[]> = (...args: A) => unknown;
 
 const ONCE_IMMEDIATE = 0;

@@ -10,7 +10,7 @@ import { lstat, unlink } from "node:fs/promises";
 import type { Duplex } from "node:stream";
 import { Channel, diagnostics } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
-import { newStats, countError } from "./engine.js";
+import { newStats, countError, addStats } from "./engine.js";
 import type { Stats } from "./engine.js";
 import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
@@ -89,6 +89,11 @@ function closeNet(netServer: net.Server): void {
   }
 }
 
+/** @internal Every server of this process that is listening (for runCluster and the CLI). */
+export const liveServers = new Set<Server>();
+/** @internal The counters of servers that have closed, summed, so process totals never go backwards. */
+export const retiredTotals: Stats = newStats();
+
 /** A connection waiting for its PROXY header. */
 class ProxyWait implements Timed {
   chunks: Buffer[] = [];
@@ -132,8 +137,8 @@ export class Server extends Channel {
   #channels = new Map<number, Stream>();
   #nextId = 1;
   #tls: ServerTls | null = null;
-  #ready: Promise<this> | null = null;
-  #readyResolve: ((s: this) => void) | null = null;
+  #ready: Promise<Server> | null = null;
+  #readyResolve: ((s: Server) => void) | null = null;
   #readyReject: ((e: Error) => void) | null = null;
   #bindError: Error | null = null;
   #shutdown: Promise<void> | null = null;
@@ -280,12 +285,16 @@ export class Server extends Channel {
 
   /** Settles when listening; rejects with the bind error. Never an unhandled rejection if unused. */
   ready(): Promise<this> {
+    return this.#readyPromise() as Promise<this>;
+  }
+
+  #readyPromise(): Promise<Server> {
     if (this.#ready === null) {
       if (this.#state === ST_LISTENING) this.#ready = Promise.resolve(this);
       else if (this.#bindError !== null) this.#ready = Promise.reject(this.#bindError);
       else if (this.#state === ST_CLOSED) this.#ready = Promise.reject(new ChannelStateError(`${String(this)} is closed.`));
       else {
-        this.#ready = new Promise<this>((resolve, reject) => {
+        this.#ready = new Promise<Server>((resolve, reject) => {
           this.#readyResolve = resolve;
           this.#readyReject = reject;
         });
@@ -327,6 +336,7 @@ export class Server extends Channel {
   close(): void {
     if (this.#state === ST_CLOSED) return;
     this.#state = ST_CLOSED;
+    if (liveServers.delete(this)) addStats(retiredTotals, { ...this.stats, open: 0 });
     this.#stopAccepting();
     this.engine._channels.delete(this);
     const reject = this.#readyReject;
@@ -534,6 +544,7 @@ export class Server extends Channel {
   #listening(): void {
     if (this.#state !== ST_BINDING) return;
     this.#state = ST_LISTENING;
+    liveServers.add(this);
     if (diagnostics.serverListen.hasSubscribers) diagnostics.serverListen.publish({ server: this });
     log.current.debug(`${String(this)} listening on ${this.localAddresses.map(formatAddress).join(", ")}.`);
     const resolve = this.#readyResolve;

@@ -178,8 +178,8 @@ export class Stream extends Channel implements Timed {
   #connId = 0;
   #serverSide = false;
   #peerEnded = false;
-  #readyPromise: Promise<this> | null = null;
-  #readyResolve: ((s: this) => void) | null = null;
+  #readyPromise: Promise<Stream> | null = null;
+  #readyResolve: ((s: Stream) => void) | null = null;
   #readyReject: ((e: Error) => void) | null = null;
   #connectError: Error | null = null;
   #everConnected = false;
@@ -447,6 +447,10 @@ export class Stream extends Channel implements Timed {
    * rejects with the connect error. Never an unhandled rejection if unused.
    */
   ready(): Promise<this> {
+    return this.#ready() as Promise<this>;
+  }
+
+  #ready(): Promise<Stream> {
     if (this.#readyPromise === null) {
       if (this.#everConnected && this.#state !== S_CLOSED) this.#readyPromise = Promise.resolve(this);
       else if (this.#connectError !== null) this.#readyPromise = Promise.reject(this.#connectError);
@@ -455,7 +459,7 @@ export class Stream extends Channel implements Timed {
           ? Promise.resolve(this)
           : Promise.reject(new ChannelStateError(`${String(this)} closed before it connected.`));
       } else {
-        this.#readyPromise = new Promise<this>((resolve, reject) => {
+        this.#readyPromise = new Promise<Stream>((resolve, reject) => {
           this.#readyResolve = resolve;
           this.#readyReject = reject;
         });
@@ -621,11 +625,13 @@ export class Stream extends Channel implements Timed {
   /** Placeholder: the connection is established (after TLS, after the PROXY header). */
   onConnect(): void {}
   /**
-   * Placeholder: a frame arrived. Its shape depends on `readDelimiter`
-   * (Buffer, string with `encoding`, RegExpExecArray, or struct values as
-   * separate arguments).
+   * Placeholder: a frame arrived. Its shape depends on `readDelimiter`: a
+   * Buffer (a string with `encoding`), a RegExpExecArray (`regexSearch`
+   * false), or a Struct's values as separate arguments. Declare the
+   * parameters your delimiter delivers, e.g. `onRead(line: Buffer)` or
+   * `onRead(kind: number, size: number)`.
    */
-  onRead(_data: Buffer | string | RegExpExecArray, ..._more: unknown[]): void {}
+  onRead(_data: unknown, ..._more: unknown[]): void {}
   /** Placeholder: the whole outgoing buffer has been handed to the OS. */
   onWrite(): void {}
   /** Placeholder: the stream closed. Called exactly once, last. */

@@ -172,7 +172,7 @@ test("a Decoder function frames user protocols", async () => {
 
 test("a Decoder that returns a frame consuming 0 bytes gets InvalidReadDelimiterError via onError", async (t) => {
   captureLogs(t);
-  let error: Error | null = null;
+  let error = null as Error | null;
   class Bad extends Stream {
     override onConnect() {
       this.readDelimiter = () => ({ consumed: 0, args: [] });
@@ -243,7 +243,7 @@ test("degenerate delimiters are rejected with TypeError at assignment (Pants B22
 
 test("a regex that matches the empty string only in context (lookahead) never loops forever", async (t) => {
   captureLogs(t);
-  let error: Error | null = null;
+  let error = null as Error | null;
   class Look extends Stream {
     frames: string[] = [];
     override onConnect() {

@@ -34,7 +34,7 @@ test("listen on an IPv4 literal with port 0: localAddress tells the port", async
   assert.equal(server.localAddress, null, "not bound yet");
   await server.ready();
   t.after(() => server.close());
-  const addr = server.localAddress as [string, number];
+  const addr = server.localAddress as unknown as [string, number];
   assert.equal(addr.length, 2);
   assert.equal(addr[0], "127.0.0.1");
   assert.ok(addr[1] > 0);

@@ -1,0 +1,65 @@
+/**
+ * chat: a line-based chat room, Pants' "echo to all" grown up. Every line a
+ * client sends goes to every other client. `npm start` runs it on port 4040.
+ *
+ *   npx tsx examples/chat.ts            # listens on 127.0.0.1:$PORT (default 4040)
+ *   nc localhost 4040                   # then type; /nick NAME, /who, /quit
+ */
+import { Server, Stream } from "pants-ts";
+
+/** Everyone connected, across every server the class is served on. */
+const room = new Set<Chat>();
+
+export default class Chat extends Stream {
+  nick = "";
+
+  override onConnect(): void {
+    this.encoding = "utf8";
+    this.readDelimiter = "\n";
+    this.bufferSize = 4096; // longer lines close the connection (onOverflowError)
+    this.nick = `guest${Chat.nextGuest++}`;
+    room.add(this);
+    this.write(`Welcome to pants-ts chat, ${this.nick}! ${room.size} here. Commands: /nick NAME, /who, /quit\n`);
+    this.broadcast(`* ${this.nick} joined`);
+  }
+
+  override onRead(line: string): void {
+    const text = line.replace(/\r$/, "").trim();
+    if (text === "") return;
+    if (text === "/quit") {
+      this.write("Bye!\n");
+      this.close();
+    } else if (text === "/who") {
+      this.write(`* here: ${[...room].map((c) => c.nick).join(", ")}\n`);
+    } else if (text.startsWith("/nick ")) {
+      const nick = text.slice(6).trim().slice(0, 32);
+      if (!/^[\w-]+$/.test(nick)) return this.write("* a nick is letters, digits, _ and -\n");
+      this.broadcast(`* ${this.nick} is now ${nick}`);
+      this.nick = nick;
+      this.write(`* you are now ${nick}\n`);
+    } else {
+      this.broadcast(`<${this.nick}> ${text}`);
+    }
+  }
+
+  override onClose(): void {
+    if (room.delete(this)) this.broadcast(`* ${this.nick} left`);
+  }
+
+  /** Sends a line to everyone else; a client that stopped reading is dropped by writeBufferLimit. */
+  broadcast(message: string): void {
+    for (const other of room) {
+      if (other !== this && other.connected && !other.closing) other.write(message + "\n");
+    }
+  }
+
+  static nextGuest = 1;
+}
+
+// Run directly (not loaded by `pants-ts serve`): listen on PORT.
+if (import.meta.url === (await import("node:url")).pathToFileURL(process.argv[1] ?? "").href) {
+  const port = Number(process.env.PORT ?? 4040);
+  const server = new Server(Chat).listen(["127.0.0.1", port]);
+  await server.ready();
+  console.log(`chat listening on 127.0.0.1:${port} (connect: nc localhost ${port})`);
+}

@@ -1,0 +1,294 @@
+/**
+ * The `pants-ts` command: `pants-ts serve <module> --listen ADDR ...`.
+ * Loads a module whose default export is a connection class (or a
+ * configured Server), listens, prints where, drains on SIGTERM/SIGINT,
+ * prints a stats line on SIGUSR2, and runs on every core with --workers.
+ */
+import { parseArgs } from "node:util";
+import { resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { readFileSync } from "node:fs";
+import cluster from "node:cluster";
+import { Server, liveServers } from "./server.js";
+import { Stream } from "./stream.js";
+import { formatAddress } from "./address.js";
+import type { Address } from "./address.js";
+import { runCluster, processStats, shutdownAll } from "./cluster.js";
+import type { ClusterStats } from "./cluster.js";
+import type { ServerOptions } from "./server.js";
+import type { Stats } from "./engine.js";
+
+const HELP = `Usage: pants-ts serve <module> --listen ADDR [--listen ADDR ...] [options]
+
+Serve the connection class (or configured Server) that <module> exports by
+default. <module> is a path to a .js/.mjs file (or .ts, when tsx is installed).
+
+Addresses (ADDR):
+  4040                 every interface, port 4040 (IPv4, and IPv6 on the same port)
+  HOST:PORT            an IPv4 address or a host name, e.g. 127.0.0.1:4040, localhost:4040
+  [IPV6]:PORT          an IPv6 address, e.g. [::1]:4040; [::]:4040 is dual-stack
+  unix:/PATH           a UNIX socket (unix:@NAME is a Linux abstract name)
+
+Options:
+  -l, --listen ADDR          listen here (repeatable; required unless the module's Server already listens)
+      --tls-cert FILE        serve TLS with this certificate chain (PEM)
+      --tls-key FILE         ... and this private key (PEM; default: the cert file)
+  -w, --workers N            run N worker processes sharing the sockets (default 1: no cluster)
+      --proxy-protocol       expect a HAProxy PROXY v1/v2 header on every connection
+      --max-connections N    close connections above N at accept
+      --idle-timeout MS      close connections idle for MS milliseconds
+      --shutdown-timeout MS  on SIGTERM/SIGINT, drain for at most MS ms (default 10000)
+  -q, --quiet                print nothing but errors
+  -h, --help                 show this help
+  -v, --version              show the version
+
+Signals: SIGTERM/SIGINT drain every connection (onShutdown) and exit 0;
+SIGUSR2 prints a stats line; with --workers, SIGHUP replaces the workers one
+at a time without refusing a connection.`;
+
+/** A command-line mistake: one line on stderr, exit code 2. */
+class UsageError extends Error {}
+
+interface ServeArgs {
+  module: string;
+  listen: Address[];
+  tlsCert?: string;
+  tlsKey?: string;
+  workers: number;
+  proxyProtocol: boolean;
+  maxConnections?: number;
+  idleTimeoutMs?: number;
+  shutdownTimeoutMs: number;
+  quiet: boolean;
+}
+
+/** Parses a command-line address. @throws UsageError */
+export function parseListenAddress(text: string): Address {
+  if (/^\d+$/.test(text)) return checkPort(text, text);
+  if (text.startsWith("unix:")) {
+    const path = text.slice(5);
+    if (path.length === 0) throw new UsageError(`invalid address "${text}": unix: needs a path`);
+    return path.startsWith("@") ? "\0" + path.slice(1) : path;
+  }
+  const v6 = /^\[([^\]]*)\]:(\d+)$/.exec(text);
+  if (v6) {
+    const host = v6[1]!;
+    const port = checkPort(v6[2]!, text);
+    return host === "::" || host === "" ? ["", port, 0, 0] : [host, port];
+  }
+  const hostPort = /^([^:[\]]*):(\d+)$/.exec(text);
+  if (hostPort) {
+    const host = hostPort[1]!;
+    return [host === "*" ? "" : host, checkPort(hostPort[2]!, text)];
+  }
+  throw new UsageError(`invalid address "${text}": expected PORT, HOST:PORT, [IPV6]:PORT or unix:/PATH`);
+}
+
+function checkPort(text: string, whole: string): number {
+  const port = Number(text);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`invalid address "${whole}": port must be 0-65535`);
+  return port;
+}
+
+function positiveInt(name: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  if (!/^\d+$/.test(text) || Number(text) <= 0) throw new UsageError(`--${name} must be a positive integer, got "${text}"`);
+  return Number(text);
+}
+
+function parseServe(argv: string[]): ServeArgs {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        listen: { type: "string", short: "l", multiple: true },
+        "tls-cert": { type: "string" },
+        "tls-key": { type: "string" },
+        workers: { type: "string", short: "w" },
+        "proxy-protocol": { type: "boolean" },
+        "max-connections": { type: "string" },
+        "idle-timeout": { type: "string" },
+        "shutdown-timeout": { type: "string" },
+        quiet: { type: "boolean", short: "q" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (err) {
+    throw new UsageError((err as Error).message.split("\n")[0]!.split(". To specify")[0]!);
+  }
+  const v = parsed.values;
+  if (v.help) throw new HelpRequested();
+  if (parsed.positionals.length !== 1) {
+    throw new UsageError(parsed.positionals.length === 0 ? "serve needs a module" : `unexpected argument "${parsed.positionals[1]}"`);
+  }
+  if (v["tls-key"] !== undefined && v["tls-cert"] === undefined) throw new UsageError("--tls-key needs --tls-cert");
+  const args: ServeArgs = {
+    module: parsed.positionals[0]!,
+    listen: (v.listen ?? []).map(parseListenAddress),
+    workers: positiveInt("workers", v.workers) ?? 1,
+    proxyProtocol: v["proxy-protocol"] ?? false,
+    shutdownTimeoutMs: positiveInt("shutdown-timeout", v["shutdown-timeout"]) ?? 10_000,
+    quiet: v.quiet ?? false,
+  };
+  if (v["tls-cert"] !== undefined) args.tlsCert = v["tls-cert"];
+  if (v["tls-key"] !== undefined) args.tlsKey = v["tls-key"];
+  const max = positiveInt("max-connections", v["max-connections"]);
+  if (max !== undefined) args.maxConnections = max;
+  const idle = positiveInt("idle-timeout", v["idle-timeout"]);
+  if (idle !== undefined) args.idleTimeoutMs = idle;
+  return args;
+}
+
+class HelpRequested extends Error {}
+
+async function loadModule(path: string): Promise<unknown> {
+  const url = pathToFileURL(resolve(path)).href;
+  if (/\.[cm]?ts$/.test(path)) {
+    try {
+      const api = (await import("tsx/esm/api" as string)) as { register?: () => void };
+      api.register?.();
+    } catch {
+      // Without tsx the import below fails with Node's own message.
+    }
+  }
+  const mod = (await import(url)) as { default?: unknown };
+  return mod.default;
+}
+
+function isConnectionClass(value: unknown): value is typeof Stream {
+  return typeof value === "function" && (value === Stream || value.prototype instanceof Stream);
+}
+
+/** Loads the module and starts its servers in this process. */
+async function startServers(args: ServeArgs): Promise<Server[]> {
+  const exported = await loadModule(args.module);
+  const options: ServerOptions = { proxyProtocol: args.proxyProtocol };
+  if (args.maxConnections !== undefined) options.maxConnections = args.maxConnections;
+  if (args.idleTimeoutMs !== undefined) options.idleTimeoutMs = args.idleTimeoutMs;
+  if (args.tlsCert !== undefined) options.sslOptions = { certfile: args.tlsCert, keyfile: args.tlsKey ?? args.tlsCert };
+  if (isConnectionClass(exported)) {
+    if (args.listen.length === 0) throw new UsageError("--listen is required");
+    const servers = args.listen.map((address) => new Server(exported, options).listen(address));
+    await Promise.all(servers.map((s) => s.ready()));
+    return servers;
+  }
+  if (exported instanceof Server) {
+    if (args.listen.length > 1) throw new UsageError("a Server instance listens on one address; export a connection class to listen on several");
+    if (args.tlsCert !== undefined && !exported.sslEnabled) exported.startSSL(options.sslOptions!);
+    if (args.maxConnections !== undefined) exported.maxConnections = args.maxConnections;
+    if (args.proxyProtocol || args.idleTimeoutMs !== undefined) {
+      throw new UsageError("--proxy-protocol and --idle-timeout apply to a connection class; set them in the Server's options");
+    }
+    if (args.listen.length === 1) exported.listen(args.listen[0]!);
+    else if (!exported.listening && !liveServers.has(exported)) throw new UsageError("--listen is required");
+    await exported.ready();
+    return [exported];
+  }
+  throw new UsageError(`${args.module} must export by default a Stream subclass or a Server, got ${exported === undefined ? "nothing" : typeof exported}`);
+}
+
+/** One line of stats, for SIGUSR2. */
+export function statsLine(stats: Stats | ClusterStats): string {
+  const parts = [
+    `open=${stats.open}`,
+    `accepted=${stats.accepted}`,
+    `rejected=${stats.rejected}`,
+    `closed=${stats.closed}`,
+    `bytesIn=${stats.bytesIn}`,
+    `bytesOut=${stats.bytesOut}`,
+    `errors=${stats.errors}`,
+  ];
+  if ("workers" in stats) parts.unshift(`workers=${stats.workers}`, `restarts=${stats.restarts}`);
+  return `pants-ts stats: ${parts.join(" ")}`;
+}
+
+function connectHint(address: Address | null): string {
+  if (typeof address === "string") return address.startsWith("\0") ? "" : ` (connect: nc -U ${address})`;
+  if (!Array.isArray(address)) return "";
+  const [host, port] = address;
+  const target = host === "" || host === "0.0.0.0" || host === "::" ? "localhost" : host.includes(":") ? host : host;
+  return ` (connect: nc ${target} ${port})`;
+}
+
+function banner(servers: Server[], name: string): string {
+  return servers
+    .map((s) => `pants-ts: serving ${name} on ${s.localAddresses.map(formatAddress).join(" and ")}${connectHint(s.localAddress)}`)
+    .join("\n");
+}
+
+async function serve(args: ServeArgs): Promise<number> {
+  if (args.workers > 1 || cluster.isWorker) {
+    const handle = await runCluster(() => startServers(args), {
+      workers: args.workers,
+      shutdownTimeoutMs: args.shutdownTimeoutMs,
+      onReady: () => {
+        if (!args.quiet) {
+          const where = args.listen.map((a) => formatAddress(a) + connectHint(a)).join(", ");
+          process.stdout.write(`pants-ts: ${args.workers} workers serving ${args.module} on ${where}\n`);
+        }
+      },
+    });
+    if (cluster.isWorker) return -1; // keep serving until the primary says otherwise
+    process.on("SIGUSR2", () => process.stdout.write(statsLine(handle.stats()) + "\n"));
+    return 0;
+  }
+  const servers = await startServers(args);
+  const name = servers[0]!.ConnectionClass.name || "connection class";
+  if (!args.quiet) process.stdout.write(banner(servers, name) + "\n");
+  process.on("SIGUSR2", () => process.stdout.write(statsLine(processStats()) + "\n"));
+  await new Promise<void>((resolveStop) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        process.stderr.write(`pants-ts: second ${signal}; exiting now\n`);
+        process.exit(1);
+      }
+      stopping = true;
+      if (!args.quiet) process.stdout.write(`pants-ts: ${signal}: draining connections (at most ${args.shutdownTimeoutMs} ms)\n`);
+      void shutdownAll(args.shutdownTimeoutMs).then(resolveStop);
+    };
+    process.on("SIGTERM", () => stop("SIGTERM"));
+    process.on("SIGINT", () => stop("SIGINT"));
+  });
+  return 0;
+}
+
+function version(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: string };
+    return pkg.version ?? "unknown";
+  } catch {
+    return "unknown";
+  }
+}
+
+/** Runs the command line; resolves with the exit code (-1: keep running). */
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    if (command === undefined || command === "-h" || command === "--help" || command === "help") {
+      process.stdout.write(HELP + "\n");
+      return command === undefined ? 2 : 0;
+    }
+    if (command === "-v" || command === "--version") {
+      process.stdout.write(version() + "\n");
+      return 0;
+    }
+    if (command !== "serve") throw new UsageError(`unknown command "${command}"`);
+    return await serve(parseServe(rest));
+  } catch (err) {
+    if (err instanceof HelpRequested) {
+      process.stdout.write(HELP + "\n");
+      return 0;
+    }
+    if (err instanceof UsageError) {
+      process.stderr.write(`pants-ts: ${err.message} (see pants-ts --help)\n`);
+      return 2;
+    }
+    process.stderr.write(`pants-ts: ${(err as Error).stack ?? String(err)}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,236 @@
+/**
+ * runCluster: every core on node:cluster (Node 20 has no reusePort). The
+ * primary forks workers that share the listening sockets, restarts crashed
+ * ones with back-off, shuts all down gracefully on SIGTERM/SIGINT, and
+ * replaces them one at a time on SIGHUP with no refused connection.
+ */
+import cluster from "node:cluster";
+import type { Worker } from "node:cluster";
+import { availableParallelism } from "node:os";
+import { liveServers, retiredTotals } from "./server.js";
+import type { Server } from "./server.js";
+import { addStats, newStats } from "./engine.js";
+import type { Stats } from "./engine.js";
+import { log } from "./log.js";
+import { describe, rangeError, typeError } from "./errors.js";
+
+/** Options of {@link runCluster}. */
+export interface ClusterOptions {
+  /** Worker processes to run (default: the number of cores). */
+  workers?: number;
+  /** Graceful shutdown deadline per worker, ms (default 10 000). */
+  shutdownTimeoutMs?: number;
+  /** First restart delay after a crash, ms (doubles up to 30 s; default 100). */
+  restartDelayMs?: number;
+  /** Called in the primary when the aggregated stats change (about once a second). */
+  onStats?: (stats: ClusterStats) => void;
+  /** Called in the primary once every initial worker is listening. */
+  onReady?: () => void;
+}
+
+/** Stats of every worker, summed, plus per-worker figures. */
+export interface ClusterStats extends Stats {
+  /** Worker processes alive now. */
+  workers: number;
+  /** Worker restarts after crashes so far. */
+  restarts: number;
+  /** The latest stats of each worker, by worker id. */
+  perWorker: Record<number, Stats>;
+}
+
+/** What the primary's promise resolves with, and what SIGUSR2 reads. */
+export interface ClusterHandle {
+  /** The current aggregated stats. */
+  stats(): ClusterStats;
+}
+
+type Message =
+  | { pantsTs: "stats"; stats: Stats }
+  | { pantsTs: "listening" }
+  | { pantsTs: "shutdown"; timeoutMs: number }
+  | { pantsTs: "failed"; message: string };
+
+function isMessage(value: unknown): value is Message {
+  return typeof value === "object" && value !== null && typeof (value as { pantsTs?: unknown }).pantsTs === "string";
+}
+
+/** The stats of every server in this process, summed (closed ones included). */
+export function processStats(): Stats {
+  const total = newStats();
+  addStats(total, retiredTotals);
+  for (const server of liveServers) addStats(total, server.stats);
+  return total;
+}
+
+/** Gracefully shuts down every server in this process. */
+export async function shutdownAll(timeoutMs: number): Promise<void> {
+  await Promise.all([...liveServers].map((s: Server) => s.shutdown({ timeoutMs })));
+}
+
+/**
+ * Runs `main` in `workers` processes sharing the listening sockets.
+ * In a worker: runs `main` (which creates and listens its servers) and
+ * serves until told to shut down. In the primary: forks and supervises,
+ * and resolves once the cluster has shut down (SIGTERM/SIGINT); the
+ * primary serves no connection itself.
+ */
+export async function runCluster(main: () => unknown, options: ClusterOptions = {}): Promise<ClusterHandle> {
+  if (typeof main !== "function") throw typeError(`runCluster() expects a function, got ${describe(main)}.`);
+  const workers = options.workers ?? availableParallelism();
+  if (!Number.isSafeInteger(workers) || workers < 1) throw rangeError(`workers must be a positive integer, got ${describe(workers)}.`);
+  const shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;
+  if (cluster.isWorker) return runWorker(main);
+  return runPrimary(workers, shutdownTimeoutMs, options);
+}
+
+async function runWorker(main: () => unknown): Promise<ClusterHandle> {
+  const send = (m: Message) => {
+    if (process.connected) process.send?.(m);
+  };
+  process.on("message", (m: unknown) => {
+    if (!isMessage(m) || m.pantsTs !== "shutdown") return;
+    void shutdownAll(m.timeoutMs).then(() => {
+      send({ pantsTs: "stats", stats: processStats() });
+      process.disconnect?.();
+      setTimeout(() => process.exit(0), 50).unref();
+    });
+  });
+  // The primary handles the signals; a worker ignores them and waits for its message.
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => {});
+  try {
+    await main();
+    await Promise.all([...liveServers].map((s) => s.ready()));
+  } catch (err) {
+    send({ pantsTs: "failed", message: (err as Error).message });
+    log.current.error({ err }, "The worker's main function failed.");
+    process.exit(1);
+  }
+  send({ pantsTs: "listening" });
+  const timer = setInterval(() => send({ pantsTs: "stats", stats: processStats() }), 1000);
+  timer.unref();
+  const stats = (): ClusterStats => ({ ...processStats(), workers: 1, restarts: 0, perWorker: {} });
+  return { stats };
+}
+
+function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOptions): Promise<ClusterHandle> {
+  const perWorker = new Map<number, Stats>();
+  const retired = newStats();
+  let restarts = 0;
+  let stopping = false;
+  let replacing = false;
+  let delay = options.restartDelayMs ?? 100;
+  const baseDelay = delay;
+  const expected = new Set<Worker>(); // exits we asked for
+  const lastFork = new Map<Worker, number>();
+
+  const stats = (): ClusterStats => {
+    const total = newStats();
+    addStats(total, retired);
+    for (const s of perWorker.values()) addStats(total, s);
+    total.open = 0;
+    for (const s of perWorker.values()) total.open += s.open;
+    const alive = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined && !w.isDead()).length;
+    return { ...total, workers: alive, restarts, perWorker: Object.fromEntries(perWorker) };
+  };
+  const handle: ClusterHandle = { stats };
+
+  const fork = (): Worker => {
+    const worker = cluster.fork();
+    lastFork.set(worker, Date.now());
+    worker.on("message", (m: unknown) => {
+      if (!isMessage(m)) return;
+      if (m.pantsTs === "stats") {
+        perWorker.set(worker.id, m.stats);
+        options.onStats?.(stats());
+      } else if (m.pantsTs === "failed") {
+        log.current.error(`Worker ${worker.process.pid} failed to start: ${m.message}`);
+      }
+    });
+    return worker;
+  };
+
+  const whenListening = (worker: Worker): Promise<boolean> =>
+    new Promise((resolve) => {
+      const onMessage = (m: unknown) => {
+        if (isMessage(m) && m.pantsTs === "listening") done(true);
+      };
+      const onExit = () => done(false);
+      const done = (ok: boolean) => {
+        worker.off("message", onMessage);
+        worker.off("exit", onExit);
+        resolve(ok);
+      };
+      worker.on("message", onMessage);
+      worker.on("exit", onExit);
+    });
+
+  const retire = (worker: Worker): Promise<void> =>
+    new Promise((resolve) => {
+      expected.add(worker);
+      if (worker.isDead()) return resolve();
+      worker.once("exit", () => resolve());
+      worker.send({ pantsTs: "shutdown", timeoutMs: shutdownTimeoutMs } satisfies Message);
+      // A worker that does not finish in time is killed.
+      setTimeout(() => {
+        if (!worker.isDead()) worker.process.kill("SIGKILL");
+      }, shutdownTimeoutMs + 5000).unref();
+    });
+
+  return new Promise<ClusterHandle>((resolveAll) => {
+    cluster.on("exit", (worker, code, signal) => {
+      const last = perWorker.get(worker.id);
+      if (last !== undefined) {
+        addStats(retired, { ...last, open: 0 });
+        perWorker.delete(worker.id);
+      }
+      if (expected.delete(worker)) return;
+      if (stopping) return;
+      log.current.warn(`Worker ${worker.process.pid} exited (${signal ?? code}); restarting in ${delay} ms.`);
+      const livedMs = Date.now() - (lastFork.get(worker) ?? 0);
+      lastFork.delete(worker);
+      if (livedMs > 10_000) delay = baseDelay;
+      restarts++;
+      setTimeout(() => {
+        if (!stopping) fork();
+      }, delay);
+      delay = Math.min(delay * 2, 30_000);
+    });
+
+    const stop = async () => {
+      if (stopping) return;
+      stopping = true;
+      log.current.info("Shutting down the cluster.");
+      const all = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
+      await Promise.all(all.map(retire));
+      resolveAll(handle);
+    };
+    const rollingRestart = async () => {
+      if (replacing || stopping) return;
+      replacing = true;
+      log.current.info("Replacing workers one at a time.");
+      try {
+        const old = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
+        for (const worker of old) {
+          if (stopping) break;
+          // Start the replacement first, so capacity never drops to zero.
+          const fresh = fork();
+          if (!(await whenListening(fresh))) {
+            log.current.error("A replacement worker failed to start; keeping the old one.");
+            continue;
+          }
+          await retire(worker);
+        }
+      } finally {
+        replacing = false;
+      }
+    };
+    process.on("SIGTERM", () => void stop());
+    process.on("SIGINT", () => void stop());
+    process.on("SIGHUP", () => void rollingRestart());
+    const initial: Worker[] = [];
+    for (let i = 0; i < count; i++) initial.push(fork());
+    void Promise.all(initial.map(whenListening)).then((ok) => {
+      if (ok.every(Boolean)) options.onReady?.();
+    });
+  });
+}
