@@ -666,10 +666,12 @@ export class Stream extends Channel implements Timed {
   }
   /** Placeholder: the TLS handshake completed (before `onConnect`). */
   onSslHandshake(): void {}
-  /** The TLS handshake failed; the stream closes. Default: log at debug. */
+  /**
+   * The TLS handshake failed (or timed out); the stream closes after this
+   * returns (for a client, `onConnectError` comes first). Default: log at debug.
+   */
   onSslHandshakeError(err: Error): void {
     log.current.debug({ err, stream: String(this) }, `TLS handshake failed: ${err.message}`);
-    this.close(false);
   }
   /** TLS could not be set up (bad options at upgrade time); the stream closes. Default: log it. */
   onSslError(err: Error): void {
@@ -1031,15 +1033,33 @@ export class Stream extends Channel implements Timed {
       return;
     }
     if (this.#tls !== null && !this.#tlsDone) {
-      this._countError("tls", err);
-      this._call1(this.onSslHandshakeError, err);
-      this.#finishClose(false);
+      this.#handshakeFailed(err);
       return;
     }
     const syscall = (err as NodeJS.ErrnoException).syscall;
     const isWrite = syscall === "write" || syscall === "writev" || syscall === "shutdown";
     this._countError(isWrite ? "write" : "read", err);
     this._call1(isWrite ? this.onWriteError : this.onReadError, err);
+    this.#finishClose(false);
+  }
+
+  /**
+   * The TLS handshake failed: onSslHandshakeError, and for a client's first
+   * handshake also onConnectError (the connect failed), then the close.
+   */
+  #handshakeFailed(err: Error): void {
+    this._countError("tls", err);
+    const clientConnect = !this.#everConnected && !this.#serverSide;
+    let connectErr: ConnectError | null = null;
+    if (clientConnect) {
+      connectErr = new ConnectError(
+        `Could not connect ${String(this)} to ${formatAddress(this.#targetAddress())}: TLS handshake failed: ${err.message}`,
+        { cause: err },
+      );
+      this.#connectError = connectErr;
+    }
+    this._call1(this.onSslHandshakeError, err);
+    if (connectErr !== null && this.#state !== S_CLOSED) this._call1(this.onConnectError, connectErr);
     this.#finishClose(false);
   }
 
@@ -1330,6 +1350,7 @@ export class Stream extends Channel implements Timed {
   #armHandshakeTimeout(): void {
     const ms = this.server?._handshakeTimeoutMs ?? 10_000;
     if (ms > 0) this.#setDeadline("handshake", ms);
+    else this.#clearDeadline("handshake");
   }
 
   #setDeadline(kind: "handshake" | "drain", ms: number): void {
@@ -1378,10 +1399,7 @@ export class Stream extends Channel implements Timed {
     }
     if (kind === "handshake") {
       if (now >= this.#deadline) {
-        const err = new TimeoutError(`The TLS handshake of ${String(this)} did not complete in time.`, "handshake");
-        this._countError("timeout", err);
-        this._call1(this.onSslHandshakeError, err);
-        this.#finishClose(false);
+        this.#handshakeFailed(new TimeoutError(`The TLS handshake of ${String(this)} did not complete in time.`, "handshake"));
       }
       return;
     }
@@ -1405,6 +1423,7 @@ export class Stream extends Channel implements Timed {
     this.#connId = connId;
     this.#statsServer = stats;
     this.#serverSide = true;
+    if (this.#deadlineKind === "handshake") this.#armHandshakeTimeout();
     if (idleTimeout > 0 && this.#idleTimeout === 0) this.idleTimeout = idleTimeout;
     // UNIX peers have no address of their own: report the server's path.
     if (this.#remote === "" && this.#local === "") {

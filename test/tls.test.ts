@@ -1,0 +1,511 @@
+/**
+ * TLS (SPEC §7, §8): servers and clients, option validation, verification
+ * by default, SNI, ALPN, mutual TLS, rotation, STARTTLS without losing or
+ * reordering a byte, handshake timeouts, and failures that touch only their
+ * own connection. Certificates are generated at run time.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { spawn } from "node:child_process";
+import tls from "node:tls";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { ChannelStateError, ConnectError, Server, Stream } from "../src/index.js";
+import type { SslOptions } from "../src/index.js";
+import { captureLogs, connect, connectTls, freshEngine, hasIPv6, listenLocal, portOf, sleep, tempDir, waitFor } from "./helpers.js";
+import { hasOpenssl, makeCerts } from "./certs.js";
+import type { Certs } from "./certs.js";
+
+const skip = !hasOpenssl() && "the openssl command is not installed";
+// Generated once for this file (at load, so filtered runs get them too).
+const certs = (skip ? null : makeCerts()) as Certs;
+process.on("exit", () => certs?.cleanup());
+
+class Echo extends Stream {
+  static events: string[] = [];
+  override onSslHandshake() {
+    Echo.events.push(`handshake:${this.sslEnabled}`);
+  }
+  override onConnect() {
+    Echo.events.push("connect");
+    this.readDelimiter = "\n";
+  }
+  override onRead(line: Buffer) {
+    this.write(`${line}\n`);
+  }
+}
+
+function serverOptions(): SslOptions {
+  return { certfile: certs.server.cert, keyfile: certs.server.key };
+}
+
+test("a TLS server: handshake, then onSslHandshake, then onConnect, then echo", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  Echo.events = [];
+  const server = new Server(Echo, { engine, sslOptions: serverOptions() });
+  assert.equal(server.sslEnabled, true);
+  const port = await listenLocal(server, t);
+  const c = await connectTls(["127.0.0.1", port], { ca: certs.ca.certPem, rejectUnauthorized: true, servername: "localhost" });
+  c.write("secret\n");
+  assert.equal(await c.readText(7), "secret\n");
+  assert.deepEqual(Echo.events, ["handshake:true", "connect"]);
+  c.destroy();
+});
+
+test("Pants' combined PEM (key and certificate in one file) works as certfile alone", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine }).startSSL({ certfile: certs.combined, keyfile: certs.combined });
+  const port = await listenLocal(server, t);
+  const c = await connectTls(["127.0.0.1", port]);
+  c.write("x\n");
+  assert.equal(await c.readText(2), "x\n");
+  c.destroy();
+  const server2 = new Server(Echo, { engine }).startSSL({ certfile: certs.combined });
+  const port2 = await listenLocal(server2, t);
+  const c2 = await connectTls(["127.0.0.1", port2]);
+  c2.destroy();
+});
+
+test("startSSL validates: server_side, do_handshake_on_connect, twice, closed, files", { skip }, (t) => {
+  const engine = freshEngine(t);
+  assert.throws(() => new Server(Echo, { engine }).startSSL({ ...serverOptions(), server_side: false }), RangeError);
+  assert.throws(() => new Server(Echo, { engine }).startSSL({ ...serverOptions(), do_handshake_on_connect: true }), RangeError);
+  const s = new Server(Echo, { engine }).startSSL(serverOptions());
+  assert.throws(() => s.startSSL(serverOptions()), ChannelStateError);
+  const closed = new Server(Echo, { engine });
+  closed.close();
+  assert.throws(() => closed.startSSL(serverOptions()), ChannelStateError);
+  assert.throws(
+    () => new Server(Echo, { engine }).startSSL({ certfile: "/no/such/cert.pem", keyfile: certs.server.key }),
+    (err: Error) => /\/no\/such\/cert\.pem/.test(err.message) && (err as NodeJS.ErrnoException).code === "ENOENT",
+  );
+  const dir = tempDir(t);
+  const garbage = join(dir, "garbage.pem");
+  writeFileSync(garbage, "not a certificate");
+  assert.throws(() => new Server(Echo, { engine }).startSSL({ certfile: garbage, keyfile: garbage }), /certificate|key|PEM|no start line/i);
+  assert.throws(() => new Server(Echo, { engine }).startSSL({}), TypeError, "a server needs a certificate");
+  const opts = serverOptions();
+  new Server(Echo, { engine }).startSSL(opts);
+  assert.deepEqual(opts, serverOptions(), "the caller's options are not mutated");
+});
+
+const ipv6 = await hasIPv6();
+
+test('a TLS server on ["", port] serves TLS on IPv4 and IPv6 alike (Pants B14)', { skip: skip || (!ipv6 && "no IPv6") }, async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine, sslOptions: serverOptions(), handshakeTimeoutMs: 300 }).listen(["", 0]);
+  await server.ready();
+  t.after(() => server.close());
+  for (const host of ["127.0.0.1", "::1"]) {
+    const c = await connectTls([host, portOf(server)]);
+    c.write("hi\n");
+    assert.equal(await c.readText(3), "hi\n");
+    c.destroy();
+    // A plaintext client on the same family gets no plaintext answer.
+    const p = await connect(portOf(server), { host });
+    p.write("hi\n");
+    const got = await p.readToEnd();
+    assert.ok(!got.toString().includes("hi"), `plaintext on ${host}: ${JSON.stringify(got.toString())}`);
+  }
+});
+
+test("a plaintext client, garbage, and a reset mid-handshake touch only their own connection, quietly", { skip }, async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const handshakeErrors: Error[] = [];
+  class C extends Echo {
+    override onSslHandshakeError(err: Error) {
+      handshakeErrors.push(err);
+      super.onSslHandshakeError(err);
+    }
+  }
+  const server = new Server(C, { engine, sslOptions: serverOptions() });
+  const port = await listenLocal(server, t);
+  const good = await connectTls(["127.0.0.1", port]);
+  const http = await connect(port);
+  http.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  await http.readToEnd();
+  const garbage = await connect(port);
+  garbage.write(Buffer.from([0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9]));
+  garbage.write(Buffer.alloc(2000, 0xab));
+  await garbage.readToEnd();
+  // A truncated ClientHello, then a reset.
+  const raw = net.connect(port, "127.0.0.1");
+  raw.on("error", () => {});
+  await new Promise((r) => raw.once("connect", r));
+  const hello = await captureClientHello();
+  raw.write(hello.subarray(0, Math.floor(hello.length / 2)));
+  await sleep(20);
+  raw.resetAndDestroy();
+  await waitFor(() => handshakeErrors.length >= 3, 5000, "three handshake errors");
+  good.write("still\n");
+  assert.equal(await good.readText(6), "still\n");
+  assert.equal(server.listening, true);
+  assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error").map((l) => l.msg), []);
+  good.destroy();
+});
+
+/** The bytes of a real ClientHello, captured from Node's TLS client. */
+async function captureClientHello(): Promise<Buffer> {
+  const sink = net.createServer();
+  await new Promise<void>((r) => sink.listen(0, "127.0.0.1", r));
+  const got = new Promise<Buffer>((resolve) => {
+    sink.once("connection", (s) => s.once("data", (d: Buffer) => {
+      resolve(d);
+      s.destroy();
+    }));
+  });
+  const c = tls.connect({ port: (sink.address() as net.AddressInfo).port, host: "127.0.0.1", rejectUnauthorized: false });
+  c.on("error", () => {});
+  const hello = await got;
+  c.destroy();
+  sink.close();
+  return hello;
+}
+
+test("handshakeTimeoutMs: a client that connects and sends nothing is closed", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const timeouts: Error[] = [];
+  class C extends Echo {
+    override onSslHandshakeError(err: Error) {
+      timeouts.push(err);
+      super.onSslHandshakeError(err);
+    }
+  }
+  const server = new Server(C, { engine, sslOptions: serverOptions(), handshakeTimeoutMs: 150 });
+  const port = await listenLocal(server, t);
+  const silent = await connect(port);
+  const start = Date.now();
+  await silent.readToEnd(3000);
+  const elapsed = Date.now() - start;
+  assert.ok(elapsed >= 140 && elapsed < 1500, `closed after ${elapsed} ms`);
+  assert.equal((timeouts[0] as Error & { code?: string })?.code, "ERR_TIMEOUT");
+});
+
+test("a pants-ts client verifies the server certificate and host name by default", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Echo, { engine, sslOptions: serverOptions() }), t);
+  // Trusting the CA: verified, SNI sent for a host name.
+  class Client extends Stream {
+    lines: string[] = [];
+    override onConnect() {
+      this.readDelimiter = "\n";
+      this.write("over tls\n");
+    }
+    override onRead(l: Buffer) {
+      this.lines.push(l.toString());
+    }
+  }
+  const ok = new Client({ engine, sslOptions: { ca_certs: certs.ca.cert } }).connect(["localhost", port]);
+  await ok.ready();
+  await waitFor(() => ok.lines.length === 1);
+  assert.equal(ok.authorized, true);
+  assert.equal(ok.servername, "localhost");
+  assert.equal(ok.peerCertificate?.subject.CN, "localhost");
+  ok.close();
+  // Not trusting it: the connect fails.
+  const untrusted = new Client({ engine, sslOptions: {} }).connect(["127.0.0.1", port]);
+  await assert.rejects(untrusted.ready(), (err: Error) => /self[- ]signed|unable to (get|verify)|certificate/i.test(err.message));
+  // CERT_NONE turns verification off.
+  const lax = new Client({ engine, sslOptions: { cert_reqs: "CERT_NONE" } }).connect(["127.0.0.1", port]);
+  await lax.ready();
+  assert.equal(lax.authorized, false);
+  lax.close();
+});
+
+test("a certificate for another host name is refused", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine, sslOptions: { certfile: certs.otherHost.cert, keyfile: certs.otherHost.key } });
+  const port = await listenLocal(server, t);
+  const events: string[] = [];
+  class Client extends Stream {
+    override onConnectError(err: ConnectError) {
+      events.push(`connectError:${err.code}`);
+    }
+    override onSslHandshakeError(err: Error) {
+      events.push("handshakeError");
+      super.onSslHandshakeError(err);
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  const c = new Client({ engine, sslOptions: { ca_certs: certs.ca.cert } }).connect(["127.0.0.1", port]);
+  await assert.rejects(c.ready(), /altnames|host|IP/i);
+  await waitFor(() => events.includes("close"));
+  assert.deepEqual(events, ["handshakeError", "connectError:ERR_CONNECT", "close"]);
+});
+
+test("SNI: several certificates by host name, with a default", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, {
+    engine,
+    sslOptions: {
+      ...serverOptions(),
+      sni: {
+        "a.test": { certfile: certs.sniA.cert, keyfile: certs.sniA.key },
+        "*.b.test": { certfile: certs.sniB.cert, keyfile: certs.sniB.key },
+      },
+    },
+  });
+  const port = await listenLocal(server, t);
+  const cnFor = async (servername?: string) => {
+    const c = await connectTls(["127.0.0.1", port], servername ? { servername } : {});
+    const cn = c.tlsSocket.getPeerCertificate().subject.CN;
+    c.destroy();
+    return cn;
+  };
+  assert.equal(await cnFor("a.test"), "a.test");
+  assert.equal(await cnFor("x.b.test"), "b.test");
+  assert.equal(await cnFor("unknown.test"), "localhost");
+  assert.equal(await cnFor(), "localhost");
+});
+
+test("ALPN: the agreed protocol is on both streams", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  let serverAlpn: unknown = null;
+  class S extends Echo {
+    override onConnect() {
+      serverAlpn = this.alpnProtocol;
+      super.onConnect();
+    }
+  }
+  const port = await listenLocal(new Server(S, { engine, sslOptions: { ...serverOptions(), ALPNProtocols: ["pants/2", "pants/1"] } }), t);
+  const c = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, ALPNProtocols: ["pants/1"] } }).connect(["localhost", port]);
+  await c.ready();
+  assert.equal(c.alpnProtocol, "pants/1");
+  await waitFor(() => serverAlpn !== null);
+  assert.equal(serverAlpn, "pants/1");
+  c.close();
+});
+
+test("mutual TLS: cert_reqs CERT_REQUIRED refuses clients without a certificate; peerCertificate", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  let clientCN: string | undefined;
+  class S extends Echo {
+    override onConnect() {
+      clientCN = this.peerCertificate?.subject?.CN;
+      super.onConnect();
+    }
+  }
+  const server = new Server(S, { engine, sslOptions: { ...serverOptions(), ca_certs: certs.ca.cert, cert_reqs: "CERT_REQUIRED" } });
+  const port = await listenLocal(server, t);
+  const withCert = new Stream({
+    engine,
+    sslOptions: { ca_certs: certs.ca.cert, certfile: certs.client.cert, keyfile: certs.client.key },
+  }).connect(["localhost", port]);
+  await withCert.ready();
+  await waitFor(() => clientCN !== undefined);
+  assert.equal(clientCN, "client");
+  withCert.close();
+  // Without a certificate the server closes the handshake (TLS 1.3 reports it after the client's handshake).
+  const anon = await connectTls(["127.0.0.1", port], { ca: certs.ca.certPem, servername: "localhost" }).catch((e: Error) => e);
+  if (!(anon instanceof Error)) {
+    anon.write("x\n");
+    const got = await anon.readToEnd();
+    assert.equal(got.length, 0);
+    assert.ok(anon.error !== null || anon.ended);
+  }
+});
+
+test("setSslOptions rotates certificates without dropping open connections", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine, sslOptions: serverOptions() });
+  const port = await listenLocal(server, t);
+  const before = await connectTls(["127.0.0.1", port]);
+  assert.equal(before.tlsSocket.getPeerCertificate().subject.CN, "localhost");
+  server.setSslOptions({ certfile: certs.server2.cert, keyfile: certs.server2.key });
+  const afterRotation = await connectTls(["127.0.0.1", port]);
+  assert.equal(afterRotation.tlsSocket.getPeerCertificate().subject.CN, "localhost-rotated");
+  before.write("old connection\n");
+  assert.equal(await before.readText(15), "old connection\n");
+  before.destroy();
+  afterRotation.destroy();
+  assert.throws(() => new Server(Echo, { engine }).setSslOptions(serverOptions()), ChannelStateError);
+});
+
+test("STARTTLS: both sides upgrade; bytes before are plaintext, after encrypted, none lost", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  class Starttls extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      const text = line.toString();
+      if (text === "STARTTLS") {
+        // Written before startSSL: must reach the client in plaintext, before the handshake.
+        this.write("OK go ahead\n");
+        this.startSSL({ certfile: certs.server.cert, keyfile: certs.server.key });
+        assert.equal(this.sslEnabled, true);
+        return;
+      }
+      this.write(`${this.sslEnabled && this.peerCertificate !== null ? "tls" : "plain"}:${text}\n`);
+    }
+  }
+  const port = await listenLocal(new Server(Starttls, { engine }), t);
+  const lines: string[] = [];
+  let handshakes = 0;
+  let connects = 0;
+  class Client extends Stream {
+    override onConnect() {
+      connects++;
+      this.readDelimiter = "\n";
+      this.write("hello\nSTARTTLS\n");
+    }
+    override onRead(line: Buffer) {
+      const text = line.toString();
+      lines.push(text);
+      if (text === "OK go ahead") {
+        this.startSSL({ ca_certs: certs.ca.cert, servername: "localhost" });
+        // Written right after startSSL: sent once the handshake is done.
+        this.write("after1\nafter2\n");
+      }
+      if (lines.length === 4) this.close();
+    }
+    override onSslHandshake() {
+      handshakes++;
+    }
+  }
+  const c = new Client({ engine }).connect(["127.0.0.1", port]);
+  await waitFor(() => c.closed, 5000, "the STARTTLS exchange");
+  assert.deepEqual(lines, ["plain:hello", "OK go ahead", "tls:after1", "tls:after2"]);
+  assert.equal(handshakes, 1);
+  assert.equal(connects, 1, "onConnect is not repeated");
+});
+
+test("STARTTLS: a ClientHello pipelined right behind the command is not read as plaintext (uvloop#707)", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  class Starttls extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      if (line.toString() === "STARTTLS") this.startSSL({ certfile: certs.server.cert, keyfile: certs.server.key });
+      else this.write(`echo:${line}\n`);
+    }
+  }
+  const port = await listenLocal(new Server(Starttls, { engine }), t);
+  const raw = net.connect(port, "127.0.0.1");
+  await new Promise((r) => raw.once("connect", r));
+  raw.write("STARTTLS\n");
+  // No waiting for a reply: the handshake bytes follow in the same flight.
+  const secure = tls.connect({ socket: raw, ca: certs.ca.certPem, servername: "localhost" });
+  await new Promise<void>((resolve, reject) => {
+    secure.once("secureConnect", resolve);
+    secure.once("error", reject);
+  });
+  secure.write("one\ntwo\n");
+  let got = "";
+  secure.on("data", (d) => (got += d));
+  await waitFor(() => got === "echo:one\necho:two\n", 5000, `echoes, got ${JSON.stringify(got)}`);
+  secure.destroy();
+});
+
+test("writeFile works over TLS", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const file = join(dir, "data.txt");
+  writeFileSync(file, "0123456789");
+  class FileSender extends Stream {
+    override onConnect() {
+      this.writeFile(file);
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(FileSender, { engine, sslOptions: serverOptions() }), t);
+  const c = await connectTls(["127.0.0.1", port]);
+  assert.equal((await c.readToEnd()).toString(), "0123456789");
+});
+
+test("a TLS close(true) sends every byte then close_notify and FIN", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const payload = Buffer.alloc(3 << 20, 0x5a);
+  class Sender extends Stream {
+    override onConnect() {
+      this.write(payload);
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(Sender, { engine, sslOptions: serverOptions() }), t);
+  const c = await connectTls(["127.0.0.1", port]);
+  const got = await c.readToEnd(10000);
+  assert.equal(got.length, payload.length);
+  assert.equal(c.error, null);
+});
+
+test("a pants-ts client with sslOptions on the constructor or startSSL before connect", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Echo, { engine, sslOptions: serverOptions() }), t);
+  const a = new Stream({ engine }).startSSL({ ca_certs: certs.ca.cert });
+  assert.equal(a.sslEnabled, true);
+  assert.throws(() => a.startSSL({}), ChannelStateError);
+  a.connect(["localhost", port]);
+  await a.ready();
+  assert.equal(a.authorized, true);
+  a.close();
+  assert.throws(() => new Stream({ engine, sslOptions: { do_handshake_on_connect: true } }), RangeError);
+});
+
+// --- Real external peers: the openssl command line -------------------------
+
+test("openssl s_client talks to a pants-ts TLS server", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  class OneLine extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      this.write(`pants-ts got ${line}\n`);
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(OneLine, { engine, sslOptions: serverOptions() }), t);
+  const child = spawn("openssl", ["s_client", "-connect", `127.0.0.1:${port}`, "-CAfile", certs.ca.cert, "-servername", "localhost", "-verify_return_error", "-quiet"], { stdio: ["pipe", "pipe", "pipe"] });
+  t.after(() => child.kill());
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (d) => (out += d));
+  child.stderr.on("data", (d) => (err += d));
+  child.stdin.write("hello from openssl\n");
+  const code = await new Promise<number | null>((resolve) => child.once("exit", resolve));
+  assert.equal(out, "pants-ts got hello from openssl\n", `stderr: ${err}`);
+  assert.match(err, /verify return:1/);
+  assert.equal(code, 0);
+});
+
+test("a pants-ts client talks to openssl s_server", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const child = spawn("openssl", ["s_server", "-accept", "127.0.0.1:0", "-cert", certs.server.cert, "-key", certs.server.key, "-naccept", "1", "-rev"], { stdio: ["pipe", "pipe", "pipe"] });
+  t.after(() => child.kill());
+  let banner = "";
+  const port = await new Promise<number>((resolve, reject) => {
+    const onData = (d: Buffer) => {
+      banner += d;
+      const m = /ACCEPT [^\s]*:(\d+)/.exec(banner);
+      if (m) resolve(Number(m[1]));
+    };
+    child.stdout.on("data", onData);
+    child.once("exit", () => reject(new Error(`s_server exited: ${banner}`)));
+  });
+  const lines: string[] = [];
+  class Client extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+      this.write("stressed\n");
+    }
+    override onRead(line: Buffer) {
+      lines.push(line.toString());
+      this.close();
+    }
+  }
+  const c = new Client({ engine, sslOptions: { ca_certs: certs.ca.cert } }).connect(["localhost", port]);
+  await c.ready();
+  assert.equal(c.authorized, true);
+  await waitFor(() => c.closed, 5000, "the reversed line");
+  assert.deepEqual(lines, ["desserts"]);
+});
