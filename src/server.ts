@@ -194,7 +194,7 @@ export class Server extends Channel {
 
   /** True once listening, until closed. */
   get listening(): boolean {
-    return this.#state === ST_LISTENING;
+    return this.#state === ST_LISTENING && this.#shutdown === null;
   }
 
   /** True once closed; a closed server cannot listen again. */

@@ -855,7 +855,10 @@ export class Stream extends Channel implements Timed {
     this.#flowing = true;
     sock.on("end", onSocketEnd);
     sock.on("data", onSocketData);
+    // A socket paused explicitly (after a PROXY header, or a STARTTLS
+    // upgrade) does not resume when a 'data' listener is added.
     if (this.#paused !== 0) sock.pause();
+    else if (sock.isPaused()) sock.resume();
   }
 
   // -------------------------------------------------------------------------

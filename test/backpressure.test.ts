@@ -1,0 +1,146 @@
+/**
+ * Backpressure (SPEC §5): bufferedAmount, writeHighWaterMark pauses reading
+ * until onWrite, writeBufferLimit calls onOverflowError, pauseReading and
+ * resumeReading. An echo under a client that never reads stays bounded.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { BufferOverflowError, Server, Stream } from "../src/index.js";
+import { memoryPeer } from "../src/testing.js";
+import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
+
+test("an echo under a client that sends and never reads keeps its memory bounded", async (t) => {
+  const engine = freshEngine(t);
+  let maxBuffered = 0;
+  let stream: Stream | null = null;
+  class Echo extends Stream {
+    override onConnect() {
+      stream = this;
+    }
+    override onRead(d: Buffer) {
+      this.write(d);
+      maxBuffered = Math.max(maxBuffered, this.bufferedAmount);
+    }
+  }
+  const server = new Server(Echo, { engine });
+  const port = await listenLocal(server, t);
+  const sock = net.connect(port, "127.0.0.1");
+  sock.on("error", () => {});
+  await new Promise((r) => sock.once("connect", r));
+  sock.pause(); // never reads
+  const chunk = Buffer.alloc(1 << 20, 0x61);
+  let sent = 0;
+  const before = process.memoryUsage();
+  // Offer 1 GiB; the client can only hand over what the server accepts.
+  const deadline = Date.now() + 4000;
+  while (sent < 1 << 30 && Date.now() < deadline) {
+    if (!sock.write(chunk)) {
+      await Promise.race([new Promise((r) => sock.once("drain", r)), sleep(250)]);
+      if (sock.writableLength > 8 << 20) break; // the server stopped reading: backpressure works
+    }
+    sent += chunk.length;
+  }
+  await sleep(200);
+  const after = process.memoryUsage();
+  const growth = after.arrayBuffers + after.external - (before.arrayBuffers + before.external) - sock.writableLength;
+  assert.ok(stream !== null);
+  const hwm = (stream as Stream).writeHighWaterMark;
+  assert.ok(maxBuffered <= hwm + (1 << 20), `the stream buffered up to ${maxBuffered} bytes (hwm ${hwm})`);
+  assert.ok(growth < 64 << 20, `server-side memory grew by ${growth} bytes`);
+  assert.ok(sent < 1 << 30, "the server stopped accepting bytes");
+  sock.destroy();
+});
+
+test("reading resumes at onWrite once the peer drains", async (t) => {
+  const engine = freshEngine(t);
+  class Echo extends Stream {
+    override onConnect() {
+      this.writeHighWaterMark = 64 * 1024;
+    }
+    override onRead(d: Buffer) {
+      this.write(d);
+    }
+  }
+  const port = await listenLocal(new Server(Echo, { engine }), t);
+  const c = await connect(port);
+  c.socket.pause();
+  const total = 16 << 20;
+  const block = Buffer.alloc(64 * 1024, 0x62);
+  let written = 0;
+  const writer = (async () => {
+    while (written < total) {
+      written += block.length;
+      if (!c.socket.write(block)) await new Promise((r) => c.socket.once("drain", r));
+    }
+  })();
+  await sleep(100);
+  c.socket.resume();
+  await writer;
+  await c.read(total, 15000);
+  c.destroy();
+});
+
+test("writeBufferLimit: a peer that stopped reading while we keep writing gets onOverflowError", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const overflows: BufferOverflowError[] = [];
+  let closed = false;
+  class Broadcaster extends Stream {
+    override onConnect() {
+      this.writeBufferLimit = 4 << 20;
+      const timer = engine.cycle(1, () => {
+        if (this.closed) return timer.cancel();
+        for (let i = 0; i < 16; i++) this.write(Buffer.alloc(64 * 1024, 0x63));
+      });
+    }
+    override onOverflowError(err: BufferOverflowError) {
+      overflows.push(err);
+      super.onOverflowError(err);
+    }
+    override onClose() {
+      closed = true;
+    }
+  }
+  const port = await listenLocal(new Server(Broadcaster, { engine }), t);
+  const c = await connect(port);
+  c.socket.pause();
+  await waitFor(() => closed, 10000, "the stream to be closed by the overflow");
+  assert.equal(overflows.length, 1);
+  assert.equal(overflows[0]!.direction, "write");
+  assert.equal(overflows[0]!.limit, 4 << 20);
+  c.destroy();
+});
+
+test("pauseReading stops onRead until resumeReading; buffered frames then arrive in order", async () => {
+  class Pausable extends Stream {
+    frames: string[] = [];
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(d: Buffer) {
+      this.frames.push(d.toString());
+      if (d.toString() === "pause") this.pauseReading();
+    }
+  }
+  const peer = memoryPeer(Pausable);
+  await peer.send("a\npause\nb\nc\n");
+  assert.deepEqual(peer.stream.frames, ["a", "pause"]);
+  await peer.send("d\n");
+  assert.deepEqual(peer.stream.frames, ["a", "pause"]);
+  peer.stream.resumeReading();
+  await sleep(10);
+  assert.deepEqual(peer.stream.frames, ["a", "pause", "b", "c", "d"]);
+});
+
+test("writeHighWaterMark and writeBufferLimit are validated", async () => {
+  const peer = memoryPeer(Stream);
+  await peer.ready;
+  for (const bad of [0, -1, 1.5, NaN, "1" as unknown as number]) {
+    assert.throws(() => (peer.stream.writeHighWaterMark = bad), RangeError);
+    assert.throws(() => (peer.stream.writeBufferLimit = bad), RangeError);
+  }
+  assert.equal(peer.stream.writeHighWaterMark, 1024 * 1024);
+  assert.equal(peer.stream.writeBufferLimit, 64 * 1024 * 1024);
+  assert.equal(peer.stream.bufferedAmount, 0);
+});

@@ -1,0 +1,158 @@
+/**
+ * Limits and timeouts (SPEC §9): idleTimeoutMs → onTimeout on one shared
+ * coarse timer, maxConnections at accept, and EMFILE: the server keeps
+ * listening at its descriptor limit and recovers.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { spawn } from "node:child_process";
+import { Server, Stream } from "../src/index.js";
+import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
+
+class Echo extends Stream {
+  override onConnect() {
+    this.readDelimiter = "\n";
+  }
+  override onRead(d: Buffer) {
+    this.write(`${d}\n`);
+  }
+}
+
+test("idleTimeoutMs: a silent connection is closed; an active one is not", async (t) => {
+  const engine = freshEngine(t);
+  let timeouts = 0;
+  class C extends Echo {
+    override onTimeout() {
+      timeouts++;
+      super.onTimeout();
+    }
+  }
+  const server = new Server(C, { engine, idleTimeoutMs: 150 });
+  assert.equal(server.idleTimeoutMs, 150);
+  const port = await listenLocal(server, t);
+  const silent = await connect(port);
+  const chatty = await connect(port);
+  const start = Date.now();
+  let rounds = 0;
+  while (Date.now() - start < 500) {
+    chatty.write("ping\n");
+    await chatty.read(5);
+    rounds++;
+    await sleep(40);
+  }
+  await silent.readToEnd(2000);
+  const elapsed = Date.now() - start;
+  assert.ok(elapsed >= 140, `closed after ${elapsed} ms`);
+  assert.equal(chatty.closed, false, "the active connection survives");
+  assert.ok(rounds > 5);
+  assert.equal(timeouts, 1);
+  assert.ok(server.stats.errorsByKind.timeout! >= 1);
+  chatty.destroy();
+});
+
+test("idleTimeout is a stream property: onTimeout may keep the connection", async (t) => {
+  const engine = freshEngine(t);
+  let timeouts = 0;
+  class Patient extends Echo {
+    override onConnect() {
+      super.onConnect();
+      this.idleTimeout = 60;
+    }
+    override onTimeout() {
+      timeouts++;
+      if (timeouts === 3) this.write("bye\n");
+      if (timeouts === 3) this.close();
+    }
+  }
+  const port = await listenLocal(new Server(Patient, { engine }), t);
+  const c = await connect(port);
+  assert.equal((await c.readToEnd(3000)).toString(), "bye\n");
+  assert.equal(timeouts, 3);
+  assert.throws(() => {
+    new Stream({ engine }).idleTimeout = -1;
+  }, RangeError);
+});
+
+test("maxConnections: extra connections are closed at accept and counted; the rest are served", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine, maxConnections: 2 });
+  const port = await listenLocal(server, t);
+  const a = await connect(port);
+  const b = await connect(port);
+  await waitFor(() => server.channels.size === 2);
+  const c = await connect(port);
+  await c.readToEnd();
+  assert.equal(server.stats.rejected, 1);
+  a.write("a\n");
+  assert.equal(await a.readText(2), "a\n");
+  b.destroy();
+  await waitFor(() => server.channels.size === 1);
+  const d = await connect(port);
+  d.write("d\n");
+  assert.equal(await d.readText(2), "d\n");
+  assert.throws(() => new Server(Echo, { engine, maxConnections: 0 }), RangeError);
+  a.destroy();
+  d.destroy();
+});
+
+test("EMFILE: at its descriptor limit the server keeps listening and recovers", { timeout: 60_000 }, async (t) => {
+  // A server in a child process whose descriptor limit is tiny.
+  const script = `
+    import { Server, Stream, setLogger } from "./src/index.ts";
+    let warnings = 0;
+    setLogger({ error() {}, warn() { warnings++; }, info() {}, debug() {} });
+    class Echo extends Stream {
+      onConnect() { this.readDelimiter = "\\n"; }
+      onRead(d) { this.write(d + "\\n"); }
+    }
+    const server = new Server(Echo).listen(["127.0.0.1", 0]);
+    await server.ready();
+    process.stdout.write(server.localAddress[1] + "\\n");
+    process.on("message", () => process.send({ stats: server.stats, warnings }));
+  `;
+  const child = spawn("bash", ["-c", `ulimit -n 48 && exec "${process.execPath}" --import tsx --input-type=module -e '${script.replace(/'/g, "'\\''")}'`], {
+    cwd: new URL("..", import.meta.url).pathname,
+    stdio: ["ignore", "pipe", "inherit", "ipc"],
+  });
+  t.after(() => child.kill("SIGKILL"));
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout!.once("data", (d: Buffer) => resolve(Number(d.toString().trim())));
+    child.once("exit", (code) => reject(new Error(`child exited ${code}`)));
+  });
+  // Far more connections than descriptors. libuv accepts and closes what it
+  // cannot keep (its EMFILE trick), so the accept loop never spins and
+  // clients beyond the limit see their connection closed.
+  const sockets: net.Socket[] = [];
+  let refused = 0;
+  for (let i = 0; i < 120; i++) {
+    const s = net.connect(port, "127.0.0.1");
+    s.on("error", () => {});
+    s.on("close", () => refused++);
+    sockets.push(s);
+  }
+  await waitFor(() => refused > 0, 5000, "connections beyond the descriptor limit to be closed");
+  const stats = await new Promise<{ stats: { accepted: number }; warnings: number }>((resolve) => {
+    child.once("message", (m) => resolve(m as never));
+    child.send("stats");
+  });
+  assert.ok(stats.stats.accepted < 120, `accepted ${stats.stats.accepted} of 120`);
+  for (const s of sockets) s.destroy();
+  await sleep(300);
+  // Descriptors are free again: the server serves.
+  const c = await connect(port);
+  c.write("back\n");
+  assert.equal(await c.readText(5, 5000), "back\n");
+  c.destroy();
+  assert.equal(child.exitCode, null, "the server process is alive");
+});
+
+test("bad server options are rejected eagerly with clear errors", (t) => {
+  const engine = freshEngine(t);
+  assert.throws(() => new Server(Echo, { engine, idleTimeoutMs: -5 }), RangeError);
+  assert.throws(() => new Server(Echo, { engine, handshakeTimeoutMs: NaN }), RangeError);
+  assert.throws(() => new Server(Echo, { engine, proxyProtocol: "yes" as unknown as boolean }), TypeError);
+  assert.throws(() => new Server(Echo, { engine, noDelay: 1 as unknown as boolean }), TypeError);
+  assert.throws(() => new Server(Echo, { engine: {} as never }), TypeError);
+  captureLogs(t);
+});

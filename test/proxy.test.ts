@@ -1,0 +1,194 @@
+/**
+ * PROXY protocol v1/v2 on a server (proxyProtocol: true): remoteAddress is
+ * the real client, already in onConnect; LOCAL/UNKNOWN keep the peer's
+ * address; a missing, slow or malformed header closes that connection only.
+ * Hand-made headers, and a real HAProxy (send-proxy, send-proxy-v2).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import tls from "node:tls";
+import { spawn, spawnSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Server, Stream, encodeProxyV1, encodeProxyV2 } from "../src/index.js";
+import { captureLogs, connect, freshEngine, listenLocal, tempDir, waitFor } from "./helpers.js";
+import { hasOpenssl, makeCerts } from "./certs.js";
+
+/** Replies with the address it sees in onConnect, then echoes lines. */
+class Who extends Stream {
+  override onConnect() {
+    this.readDelimiter = "\n";
+    this.write(`${JSON.stringify(this.remoteAddress)}\n`);
+  }
+  override onRead(d: Buffer) {
+    this.write(`echo:${d}\n`);
+  }
+}
+
+async function firstLine(c: Awaited<ReturnType<typeof connect>>): Promise<unknown> {
+  await c.until(() => c.received.includes(0x0a), 5000, "a line");
+  const i = c.received.indexOf(0x0a);
+  const line = c.received.subarray(0, i).toString();
+  c.received = c.received.subarray(i + 1);
+  return JSON.parse(line);
+}
+
+test("PROXY v1 TCP4/TCP6 set remoteAddress before onConnect; payload after the header is delivered", async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Who, { engine, proxyProtocol: true }), t);
+  const v4 = await connect(port);
+  v4.write(Buffer.concat([Buffer.from("PROXY TCP4 203.0.113.9 10.0.0.1 56324 443\r\n"), Buffer.from("same packet\n")]));
+  assert.deepEqual(await firstLine(v4), ["203.0.113.9", 56324]);
+  assert.equal(await v4.readText(17), "echo:same packet\n");
+  v4.destroy();
+  const v6 = await connect(port);
+  v6.write("PROXY TCP6 2001:db8::7 2001:db8::1 4000 443\r\n");
+  assert.deepEqual(await firstLine(v6), ["2001:db8::7", 4000, 0, 0]);
+  v6.destroy();
+});
+
+test("PROXY v1 UNKNOWN and v2 LOCAL keep the real peer's address", async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Who, { engine, proxyProtocol: true }), t);
+  const unknown = await connect(port);
+  unknown.write("PROXY UNKNOWN whatever\r\n");
+  const addr = (await firstLine(unknown)) as [string, number];
+  assert.equal(addr[0], "127.0.0.1");
+  assert.equal(addr[1], unknown.socket.localPort);
+  unknown.destroy();
+  const local = await connect(port);
+  local.write(encodeProxyV2({ command: "LOCAL" }));
+  assert.equal(((await firstLine(local)) as [string, number])[1], local.socket.localPort);
+  local.destroy();
+});
+
+test("PROXY v2 INET, INET6 and UNIX; TLVs are skipped", async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Who, { engine, proxyProtocol: true }), t);
+  const cases: Array<[Buffer, unknown]> = [
+    [encodeProxyV2({ command: "PROXY", source: ["198.51.100.4", 1234], destination: ["10.0.0.1", 443], tlvs: [{ type: 0x01, value: Buffer.from("h2") }, { type: 0xe0, value: Buffer.alloc(40, 7) }] }), ["198.51.100.4", 1234]],
+    [encodeProxyV2({ command: "PROXY", source: ["2001:db8::42", 5555, 0, 0], destination: ["2001:db8::1", 443, 0, 0] }), ["2001:db8::42", 5555, 0, 0]],
+    [encodeProxyV2({ command: "PROXY", source: "/run/client.sock", destination: "/run/server.sock" }), "/run/client.sock"],
+  ];
+  for (const [header, expected] of cases) {
+    const c = await connect(port);
+    // Split the header across packets: it must be reassembled.
+    c.write(header.subarray(0, 7));
+    await new Promise((r) => setTimeout(r, 10));
+    c.write(Buffer.concat([header.subarray(7), Buffer.from("after\n")]));
+    assert.deepEqual(await firstLine(c), expected);
+    assert.equal(await c.readText(11), "echo:after\n");
+    c.destroy();
+  }
+});
+
+test("a missing, malformed or slow PROXY header closes that connection only, quietly", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const server = new Server(Who, { engine, proxyProtocol: true, handshakeTimeoutMs: 200 });
+  const port = await listenLocal(server, t);
+  const good = await connect(port);
+  good.write(encodeProxyV1({ family: "TCP4", source: ["192.0.2.1", 1000], destination: ["192.0.2.2", 80] }));
+  assert.deepEqual(await firstLine(good), ["192.0.2.1", 1000]);
+  const missing = await connect(port);
+  missing.write("GET / HTTP/1.0\r\n\r\n");
+  assert.equal((await missing.readToEnd(2000)).length, 0, "no guessing: nothing served without a header");
+  const malformed = await connect(port);
+  malformed.write("PROXY TCP4 256.1.1.1 10.0.0.1 1 2\r\n");
+  assert.equal((await malformed.readToEnd(2000)).length, 0);
+  const slow = await connect(port);
+  slow.write("PROXY TCP4 192.0.2.1");
+  const start = Date.now();
+  assert.equal((await slow.readToEnd(3000)).length, 0);
+  assert.ok(Date.now() - start >= 150, "closed by the header timeout");
+  const badV2 = await connect(port);
+  badV2.write(Buffer.concat([encodeProxyV2({ command: "PROXY", source: ["1.2.3.4", 1], destination: ["5.6.7.8", 2] }).subarray(0, 12), Buffer.from([0x23, 0x11, 0, 12])]));
+  assert.equal((await badV2.readToEnd(2000)).length, 0);
+  good.write("still\n");
+  assert.equal(await good.readText(11), "echo:still\n");
+  assert.equal(server.stats.rejected, 4);
+  assert.equal(server.stats.errorsByKind.proxy, 4);
+  assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error"), []);
+  good.destroy();
+});
+
+test("PROXY header, then TLS", { skip: !hasOpenssl() && "no openssl" }, async (t) => {
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const port = await listenLocal(new Server(Who, { engine, proxyProtocol: true, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } }), t);
+  const raw = net.connect(port, "127.0.0.1");
+  await new Promise((r) => raw.once("connect", r));
+  raw.write(encodeProxyV1({ family: "TCP4", source: ["192.0.2.77", 7777], destination: ["192.0.2.2", 443] }));
+  const secure = tls.connect({ socket: raw, rejectUnauthorized: false });
+  let got = "";
+  secure.on("data", (d) => (got += d));
+  await waitFor(() => got.includes("\n"), 5000, "the address line over TLS");
+  assert.deepEqual(JSON.parse(got.trim()), ["192.0.2.77", 7777]);
+  secure.destroy();
+});
+
+// --- A real HAProxy in front ------------------------------------------------
+
+const haproxy = spawnSync("haproxy", ["-v"]).status === 0;
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+test("behind a real HAProxy with send-proxy and send-proxy-v2, the client's real address arrives", { skip: !haproxy && "haproxy is not installed (apt-get install haproxy)", timeout: 30_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const backend = await listenLocal(new Server(Who, { engine, proxyProtocol: true }), t);
+  const v1Port = await freePort();
+  const v2Port = await freePort();
+  const dir = tempDir(t);
+  const cfg = join(dir, "haproxy.cfg");
+  writeFileSync(
+    cfg,
+    [
+      "global",
+      "  maxconn 256",
+      "defaults",
+      "  mode tcp",
+      "  timeout connect 2s",
+      "  timeout client 10s",
+      "  timeout server 10s",
+      `frontend v1`,
+      `  bind 127.0.0.1:${v1Port}`,
+      "  default_backend pants_v1",
+      `frontend v2`,
+      `  bind 127.0.0.1:${v2Port}`,
+      "  default_backend pants_v2",
+      "backend pants_v1",
+      `  server s1 127.0.0.1:${backend} send-proxy`,
+      "backend pants_v2",
+      `  server s1 127.0.0.1:${backend} send-proxy-v2`,
+      "",
+    ].join("\n"),
+  );
+  const child = spawn("haproxy", ["-f", cfg, "-db"], { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (d) => (stderr += d));
+  t.after(() => child.kill("SIGKILL"));
+  for (const port of [v1Port, v2Port]) {
+    let c: Awaited<ReturnType<typeof connect>> | null = null;
+    const deadline = Date.now() + 5000;
+    while (c === null) {
+      c = await connect(port).catch(() => null);
+      if (c === null) {
+        if (Date.now() > deadline) throw new Error(`haproxy did not start: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    const addr = (await firstLine(c)) as [string, number];
+    assert.deepEqual(addr, ["127.0.0.1", c.socket.localPort], `port ${port}`);
+    c.write("through haproxy\n");
+    assert.equal(await c.readText(21), "echo:through haproxy\n");
+    c.destroy();
+  }
+});

@@ -1,0 +1,129 @@
+/**
+ * Graceful shutdown (SPEC §9): stop accepting at once, onShutdown on every
+ * connection (default close(true)), resolve once all have closed, force the
+ * rest at the deadline; with TLS and UNIX sockets too.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { ChannelStateError, Server, Stream } from "../src/index.js";
+import { connect, connectTls, freshEngine, listenLocal, sleep, tempDir, waitFor } from "./helpers.js";
+import { hasOpenssl, makeCerts } from "./certs.js";
+
+class Echo extends Stream {
+  override onConnect() {
+    this.readDelimiter = "\n";
+  }
+  override onRead(d: Buffer) {
+    this.write(`${d}\n`);
+  }
+}
+
+test("shutdown: stops accepting, drains every connection with onShutdown, resolves when all closed", async (t) => {
+  const engine = freshEngine(t);
+  const shutdowns: string[] = [];
+  class Polite extends Echo {
+    override onShutdown() {
+      shutdowns.push("called");
+      this.write("server going down\n");
+      this.close(true);
+    }
+  }
+  const server = new Server(Polite, { engine });
+  const port = await listenLocal(server);
+  const a = await connect(port);
+  const b = await connect(port);
+  await waitFor(() => server.channels.size === 2);
+  const done = server.shutdown({ timeoutMs: 5000 });
+  assert.equal(server.listening, false, "stops accepting at once");
+  await assert.rejects(connect(port), /ECONNREFUSED/);
+  await done;
+  assert.deepEqual(shutdowns, ["called", "called"]);
+  assert.equal((await a.readToEnd()).toString(), "server going down\n");
+  assert.equal((await b.readToEnd()).toString(), "server going down\n");
+  assert.equal(server.closed, true);
+  assert.equal(server.channels.size, 0);
+  assert.equal(server.shutdown(), server.shutdown(), "the same promise every time");
+  assert.throws(() => server.listen(["127.0.0.1", 0]), ChannelStateError);
+});
+
+test("shutdown: a connection that will not close is forced at the deadline", async (t) => {
+  const engine = freshEngine(t);
+  let closes = 0;
+  class Stubborn extends Echo {
+    override onShutdown() {
+      // ignores the request
+    }
+    override onClose() {
+      closes++;
+    }
+  }
+  const server = new Server(Stubborn, { engine });
+  const port = await listenLocal(server);
+  const c = await connect(port);
+  await waitFor(() => server.channels.size === 1);
+  const start = Date.now();
+  await server.shutdown({ timeoutMs: 200 });
+  const elapsed = Date.now() - start;
+  assert.ok(elapsed >= 190 && elapsed < 2000, `resolved after ${elapsed} ms`);
+  assert.equal(closes, 1);
+  await c.readToEnd();
+});
+
+test("shutdown: the default onShutdown delivers pending writes before closing", async (t) => {
+  const engine = freshEngine(t);
+  const big = Buffer.alloc(8 << 20, 0x71);
+  class Sender extends Stream {
+    override onConnect() {
+      this.write(big);
+    }
+  }
+  const server = new Server(Sender, { engine });
+  const port = await listenLocal(server);
+  const c = await connect(port);
+  c.socket.pause();
+  await waitFor(() => server.channels.size === 1);
+  const done = server.shutdown({ timeoutMs: 10000 });
+  await sleep(50);
+  c.socket.resume();
+  const got = await c.readToEnd(10000);
+  await done;
+  assert.equal(got.length, big.length);
+});
+
+test("shutdown with no connections resolves at once; on a server that never listened too", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine });
+  await listenLocal(server);
+  await server.shutdown();
+  assert.equal(server.closed, true);
+  await new Server(Echo, { engine }).shutdown();
+});
+
+test("shutdown of a UNIX socket server removes the socket file", async (t) => {
+  const engine = freshEngine(t);
+  const path = join(tempDir(t), "s.sock");
+  const server = new Server(Echo, { engine }).listen(path);
+  await server.ready();
+  const c = await connect(path);
+  c.write("x\n");
+  assert.equal(await c.readText(2), "x\n");
+  await server.shutdown({ timeoutMs: 2000 });
+  await c.readToEnd();
+  await waitFor(() => !existsSync(path), 2000, "the socket file to go");
+});
+
+test("shutdown with TLS connections closes them cleanly (close_notify, FIN)", { skip: !hasOpenssl() && "no openssl" }, async (t) => {
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const server = new Server(Echo, { engine, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } });
+  const port = await listenLocal(server);
+  const c = await connectTls(["127.0.0.1", port]);
+  c.write("hi\n");
+  assert.equal(await c.readText(3), "hi\n");
+  await server.shutdown({ timeoutMs: 2000 });
+  await c.readToEnd();
+  assert.equal(c.error, null);
+});
