@@ -7,6 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import { BufferOverflowError, Server, Stream } from "../src/index.js";
+import type { Timer } from "../src/index.js";
 import { memoryPeer } from "../src/testing.js";
 import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
@@ -89,7 +90,7 @@ test("writeBufferLimit: a peer that stopped reading while we keep writing gets o
   class Broadcaster extends Stream {
     override onConnect() {
       this.writeBufferLimit = 4 << 20;
-      const timer = engine.cycle(1, () => {
+      const timer: Timer = engine.cycle(1, (): void => {
         if (this.closed) return timer.cancel();
         for (let i = 0; i < 16; i++) this.write(Buffer.alloc(64 * 1024, 0x63));
       });
