@@ -1,0 +1,151 @@
+/**
+ * Observability: server.stats and engine.stats, diagnostics_channel
+ * channels, NODE_DEBUG=pants-ts, the pluggable logger; and errors never
+ * escape, even under --unhandled-rejections=strict while clients reset,
+ * half-close and vanish mid-write.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { spawn } from "node:child_process";
+import { subscribe, unsubscribe } from "node:diagnostics_channel";
+import { Server, Stream, setLogger } from "../src/index.js";
+import { connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
+
+class Echo extends Stream {
+  override onConnect() {
+    this.readDelimiter = "\n";
+  }
+  override onRead(d: Buffer) {
+    this.write(`${d}\n`);
+  }
+}
+
+const root = new URL("..", import.meta.url).pathname;
+
+test("server.stats and engine.stats count connections, bytes and errors", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine, maxConnections: 2 });
+  const port = await listenLocal(server, t);
+  const a = await connect(port);
+  const b = await connect(port);
+  await waitFor(() => server.channels.size === 2);
+  const rejected = await connect(port);
+  await rejected.readToEnd();
+  a.write("hello\n");
+  await a.read(6);
+  assert.equal(server.stats.open, 2);
+  assert.equal(server.stats.accepted, 2);
+  assert.equal(server.stats.rejected, 1);
+  assert.equal(server.stats.bytesIn, 6);
+  assert.equal(server.stats.bytesOut, 6);
+  a.destroy();
+  b.destroy();
+  await waitFor(() => server.stats.closed === 2);
+  assert.equal(server.stats.open, 0);
+  assert.equal(engine.stats.bytesIn, 6);
+  assert.equal(engine.stats.closed, 2);
+  assert.deepEqual(Object.keys(server.stats).sort(), ["accepted", "bytesIn", "bytesOut", "closed", "errors", "errorsByKind", "open", "rejected"]);
+});
+
+test("diagnostics_channel: connection open, close and error; server listen and close", async (t) => {
+  const engine = freshEngine(t);
+  const seen: string[] = [];
+  const handlers: Record<string, (m: unknown) => void> = {
+    "pants-ts:connection:open": () => seen.push("open"),
+    "pants-ts:connection:close": () => seen.push("close"),
+    "pants-ts:connection:error": (m) => seen.push(`error:${(m as { kind: string }).kind}`),
+    "pants-ts:server:listen": () => seen.push("listen"),
+    "pants-ts:server:close": () => seen.push("server-close"),
+  };
+  for (const [name, fn] of Object.entries(handlers)) subscribe(name, fn);
+  t.after(() => {
+    for (const [name, fn] of Object.entries(handlers)) unsubscribe(name, fn);
+  });
+  setLogger(null);
+  t.after(() => setLogger(undefined));
+  class Boom extends Echo {
+    override onRead() {
+      throw new Error("boom");
+    }
+  }
+  const server = new Server(Boom, { engine });
+  const port = await listenLocal(server);
+  const c = await connect(port);
+  c.write("x\n");
+  await c.readToEnd();
+  server.close();
+  await waitFor(() => seen.includes("server-close"));
+  assert.deepEqual(seen, ["listen", "open", "error:handler", "close", "server-close"]);
+});
+
+test("NODE_DEBUG=pants-ts shows debug lines; by default ordinary resets print nothing", async () => {
+  const script = `
+    import { Server, Stream } from "./src/index.ts";
+    const server = new Server(Stream).listen(["127.0.0.1", 0]);
+    await server.ready();
+    const net = await import("node:net");
+    const c = net.connect(server.localAddress[1], "127.0.0.1", () => { c.resetAndDestroy(); setTimeout(() => server.close(), 100); });
+  `;
+  const run = (env: NodeJS.ProcessEnv) =>
+    new Promise<string>((resolve) => {
+      const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { cwd: root, env: { ...process.env, ...env } });
+      let err = "";
+      child.stderr.on("data", (d) => (err += d));
+      child.on("exit", () => resolve(err));
+    });
+  const quiet = await run({ NODE_DEBUG: "" });
+  assert.equal(quiet, "", "nothing on stderr for an ordinary reset");
+  const debug = await run({ NODE_DEBUG: "pants-ts" });
+  assert.match(debug, /PANTS-TS \d+: pants-ts debug/);
+});
+
+test("under --unhandled-rejections=strict, resets, half-closes and vanishing clients never crash the server", { timeout: 60_000 }, async (t) => {
+  const script = `
+    import { Server, Stream } from "./src/index.ts";
+    class Echo extends Stream {
+      onConnect() { this.readDelimiter = "\\n"; }
+      async onRead(d) {
+        if (String(d) === "big") { for (let i = 0; i < 32; i++) this.write(Buffer.alloc(1 << 20)); return; }
+        if (String(d) === "reject") throw new Error("async handler failure");
+        await new Promise((r) => setTimeout(r, 1));
+        if (!this.closed) this.write(d + "\\n");
+      }
+    }
+    const server = new Server(Echo).listen(["127.0.0.1", 0]);
+    await server.ready();
+    process.stdout.write(server.localAddress[1] + "\\n");
+  `;
+  const child = spawn(process.execPath, ["--unhandled-rejections=strict", "--import", "tsx", "--input-type=module", "-e", script], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (d) => (stderr += d));
+  t.after(() => child.kill("SIGKILL"));
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout.once("data", (d: Buffer) => resolve(Number(d.toString().trim())));
+    child.once("exit", (code) => reject(new Error(`exited ${code}: ${stderr}`)));
+  });
+  for (let round = 0; round < 20; round++) {
+    // Reset mid-write.
+    const a = net.connect(port, "127.0.0.1");
+    a.on("error", () => {});
+    a.on("data", () => a.resetAndDestroy());
+    a.write("big\n");
+    // Half-close right after a request.
+    const b = net.connect(port, "127.0.0.1");
+    b.on("error", () => {});
+    b.end("half\n");
+    b.resume();
+    // Vanish mid-request, and trigger async rejections.
+    const c = net.connect(port, "127.0.0.1");
+    c.on("error", () => {});
+    c.write("reject\npartial");
+    setTimeout(() => c.destroy(), 2);
+  }
+  await sleep(1000);
+  const ok = await connect(port);
+  ok.write("alive\n");
+  assert.equal(await ok.readText(6, 5000), "alive\n");
+  ok.destroy();
+  assert.equal(child.exitCode, null, `the server crashed: ${stderr}`);
+  assert.doesNotMatch(stderr, /Unhandled|uncaught/i);
+});
