@@ -23,6 +23,9 @@ export const diagnostics = {
   serverClose: diagnosticsChannel("pants-ts:server:close"),
 } as const;
 
+/** @internal Brands channel classes across copies of the package (see the CLI). */
+const kBrand: unique symbol = Symbol.for("pants-ts.channel") as never;
+
 /** Options common to every channel. */
 export interface ChannelOptions {
   /** The engine this channel belongs to; default `Engine.instance()`. */
@@ -59,6 +62,9 @@ export function isThenable(value: unknown): value is PromiseLike<unknown> {
  * closed state and the handler guard.
  */
 export abstract class Channel {
+  /** @internal */
+  static readonly [kBrand] = true;
+
   /** The engine this channel belongs to. */
   readonly engine: Engine;
 

@@ -162,6 +162,13 @@ function isConnectionClass(value: unknown): value is typeof Stream {
   return typeof value === "function" && (value === Stream || value.prototype instanceof Stream);
 }
 
+/** A class or server from another copy of pants-ts than the one running the command. */
+function isForeignCopy(value: unknown): boolean {
+  const brand = Symbol.for("pants-ts.channel");
+  const target = typeof value === "function" ? value : typeof value === "object" && value !== null ? value.constructor : null;
+  return typeof target === "function" && brand in target;
+}
+
 /** Loads the module and starts its servers in this process. */
 async function startServers(args: ServeArgs): Promise<Server[]> {
   const exported = await loadModule(args.module);
@@ -186,6 +193,9 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
     else if (!exported.listening && !liveServers.has(exported)) throw new UsageError("--listen is required");
     await exported.ready();
     return [exported];
+  }
+  if (isForeignCopy(exported)) {
+    throw new UsageError(`${args.module} imports a different copy of pants-ts than this command; import "pants-ts" so both use one copy`);
   }
   throw new UsageError(`${args.module} must export by default a Stream subclass or a Server, got ${exported === undefined ? "nothing" : typeof exported}`);
 }
@@ -221,18 +231,14 @@ function banner(servers: Server[], name: string): string {
 
 async function serve(args: ServeArgs): Promise<number> {
   if (args.workers > 1 || cluster.isWorker) {
-    const handle = await runCluster(() => startServers(args), {
-      workers: args.workers,
-      shutdownTimeoutMs: args.shutdownTimeoutMs,
-      onReady: () => {
-        if (!args.quiet) {
-          const where = args.listen.map((a) => formatAddress(a) + connectHint(a)).join(", ");
-          process.stdout.write(`pants-ts: ${args.workers} workers serving ${args.module} on ${where}\n`);
-        }
-      },
-    });
-    if (cluster.isWorker) return -1; // keep serving until the primary says otherwise
+    const handle = await runCluster(() => startServers(args), { workers: args.workers, shutdownTimeoutMs: args.shutdownTimeoutMs });
+    if (!handle.isPrimary) return -1; // a worker serves until the primary says otherwise
+    if (!args.quiet) {
+      const where = args.listen.map((a) => formatAddress(a) + connectHint(a)).join(", ");
+      process.stdout.write(`pants-ts: ${args.workers} workers serving ${args.module} on ${where}\n`);
+    }
     process.on("SIGUSR2", () => process.stdout.write(statsLine(handle.stats()) + "\n"));
+    await handle.closed;
     return 0;
   }
   const servers = await startServers(args);

@@ -24,8 +24,6 @@ export interface ClusterOptions {
   restartDelayMs?: number;
   /** Called in the primary when the aggregated stats change (about once a second). */
   onStats?: (stats: ClusterStats) => void;
-  /** Called in the primary once every initial worker is listening. */
-  onReady?: () => void;
 }
 
 /** Stats of every worker, summed, plus per-worker figures. */
@@ -38,16 +36,26 @@ export interface ClusterStats extends Stats {
   perWorker: Record<number, Stats>;
 }
 
-/** What the primary's promise resolves with, and what SIGUSR2 reads. */
+/** What {@link runCluster} resolves with, in the primary and in each worker. */
 export interface ClusterHandle {
-  /** The current aggregated stats. */
+  /** True in the primary process. */
+  readonly isPrimary: boolean;
+  /** The current stats: summed over every worker in the primary, this process's in a worker. */
   stats(): ClusterStats;
+  /** Settles once the cluster (or, in a worker, this worker) has shut down. */
+  readonly closed: Promise<void>;
+  /** Primary only: graceful shutdown of every worker, as SIGTERM does. */
+  shutdown(): Promise<void>;
+  /** Primary only: replace the workers one at a time, as SIGHUP does. */
+  restart(): Promise<void>;
 }
 
 type Message =
   | { pantsTs: "stats"; stats: Stats }
   | { pantsTs: "listening" }
   | { pantsTs: "shutdown"; timeoutMs: number }
+  | { pantsTs: "drained" }
+  | { pantsTs: "exit" }
   | { pantsTs: "failed"; message: string };
 
 function isMessage(value: unknown): value is Message {
@@ -70,9 +78,11 @@ export async function shutdownAll(timeoutMs: number): Promise<void> {
 /**
  * Runs `main` in `workers` processes sharing the listening sockets.
  * In a worker: runs `main` (which creates and listens its servers) and
- * serves until told to shut down. In the primary: forks and supervises,
- * and resolves once the cluster has shut down (SIGTERM/SIGINT); the
- * primary serves no connection itself.
+ * resolves once they listen; the worker serves until the primary tells it
+ * to shut down. In the primary: forks and supervises, resolves once every
+ * worker listens; `handle.closed` settles after SIGTERM/SIGINT have shut
+ * every worker down, and the primary then exits 0. The primary serves no
+ * connection itself.
  */
 export async function runCluster(main: () => unknown, options: ClusterOptions = {}): Promise<ClusterHandle> {
   if (typeof main !== "function") throw typeError(`runCluster() expects a function, got ${describe(main)}.`);
@@ -87,13 +97,23 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   const send = (m: Message) => {
     if (process.connected) process.send?.(m);
   };
+  let closedResolve: () => void = () => {};
+  const closed = new Promise<void>((r) => (closedResolve = r));
   process.on("message", (m: unknown) => {
-    if (!isMessage(m) || m.pantsTs !== "shutdown") return;
-    void shutdownAll(m.timeoutMs).then(() => {
-      send({ pantsTs: "stats", stats: processStats() });
+    if (!isMessage(m)) return;
+    if (m.pantsTs === "shutdown") {
+      void shutdownAll(m.timeoutMs).then(() => {
+        send({ pantsTs: "stats", stats: processStats() });
+        send({ pantsTs: "drained" });
+      });
+    } else if (m.pantsTs === "exit") {
+      // The primary answers "drained" only after it has processed our servers'
+      // close messages (one ordered channel), so every connection it handed us
+      // before has been acknowledged (and handed to another worker) by now.
+      closedResolve();
       process.disconnect?.();
       setTimeout(() => process.exit(0), 50).unref();
-    });
+    }
   });
   // The primary handles the signals; a worker ignores them and waits for its message.
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => {});
@@ -109,7 +129,8 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   const timer = setInterval(() => send({ pantsTs: "stats", stats: processStats() }), 1000);
   timer.unref();
   const stats = (): ClusterStats => ({ ...processStats(), workers: 1, restarts: 0, perWorker: {} });
-  return { stats };
+  const primaryOnly = () => Promise.reject(new Error("Only the primary process can do that."));
+  return { isPrimary: false, stats, closed, shutdown: primaryOnly, restart: primaryOnly };
 }
 
 function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOptions): Promise<ClusterHandle> {
@@ -132,7 +153,8 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
     const alive = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined && !w.isDead()).length;
     return { ...total, workers: alive, restarts, perWorker: Object.fromEntries(perWorker) };
   };
-  const handle: ClusterHandle = { stats };
+  let closedResolve: () => void = () => {};
+  const closed = new Promise<void>((r) => (closedResolve = r));
 
   const fork = (): Worker => {
     const worker = cluster.fork();
@@ -142,6 +164,8 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       if (m.pantsTs === "stats") {
         perWorker.set(worker.id, m.stats);
         options.onStats?.(stats());
+      } else if (m.pantsTs === "drained") {
+        if (!worker.isDead()) worker.send({ pantsTs: "exit" } satisfies Message);
       } else if (m.pantsTs === "failed") {
         log.current.error(`Worker ${worker.process.pid} failed to start: ${m.message}`);
       }
@@ -176,7 +200,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       }, shutdownTimeoutMs + 5000).unref();
     });
 
-  return new Promise<ClusterHandle>((resolveAll) => {
+  return new Promise<ClusterHandle>((resolveReady) => {
     cluster.on("exit", (worker, code, signal) => {
       const last = perWorker.get(worker.id);
       if (last !== undefined) {
@@ -202,7 +226,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       log.current.info("Shutting down the cluster.");
       const all = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
       await Promise.all(all.map(retire));
-      resolveAll(handle);
+      closedResolve();
     };
     const rollingRestart = async () => {
       if (replacing || stopping) return;
@@ -224,13 +248,13 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
         replacing = false;
       }
     };
+    const handle: ClusterHandle = { isPrimary: true, stats, closed, shutdown: stop, restart: rollingRestart };
     process.on("SIGTERM", () => void stop());
     process.on("SIGINT", () => void stop());
     process.on("SIGHUP", () => void rollingRestart());
     const initial: Worker[] = [];
     for (let i = 0; i < count; i++) initial.push(fork());
-    void Promise.all(initial.map(whenListening)).then((ok) => {
-      if (ok.every(Boolean)) options.onReady?.();
-    });
+    // Ready once every first worker listens (or has died trying: it is restarted).
+    void Promise.all(initial.map(whenListening)).then(() => resolveReady(handle));
   });
 }

@@ -15,6 +15,8 @@ export { NetStruct } from "./framing/netstruct.js";
 export type { ReadDelimiter, Decoder } from "./framing/delimiter.js";
 export type { Address } from "./address.js";
 export type { SslOptions, SniEntry, CertReqs } from "./tls.js";
+export { runCluster } from "./cluster.js";
+export type { ClusterOptions, ClusterStats, ClusterHandle } from "./cluster.js";
 export { setLogger } from "./log.js";
 export type { Logger } from "./log.js";
 export {

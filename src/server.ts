@@ -605,7 +605,11 @@ export class Server extends Channel {
   /** @internal A connection arrived. */
   _onConnection(raw: net.Socket): void {
     raw.on("error", onRawError);
+    // In a cluster worker the first connection can arrive in the same IPC
+    // read as the primary's listen reply, before 'listening' is emitted.
+    if (this.#state === ST_BINDING && this.#shutdown === null) this.#listening();
     if (this.#state !== ST_LISTENING || this.#shutdown !== null) {
+      log.current.debug(`${String(this)} is not accepting (state ${this.#state}, shutting down ${this.#shutdown !== null}); connection closed.`);
       raw.destroy();
       return;
     }

@@ -1,0 +1,162 @@
+/**
+ * The pants-ts command line (SPEC §9): serve a module's connection class
+ * (or Server) on every address form, --help, bad flags (one line, exit 2),
+ * TLS, workers, limits, PROXY, SIGUSR2 stats and SIGTERM draining to exit 0.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { join } from "node:path";
+import { connect, connectTls, tempDir, waitFor } from "./helpers.js";
+import { hasOpenssl, makeCerts } from "./certs.js";
+
+const root = new URL("..", import.meta.url).pathname;
+const bin = join(root, "bin", "pants-ts.js");
+const fixture = (name: string) => join(root, "test", "fixtures", name);
+
+function run(args: string[]) {
+  return spawnSync(process.execPath, [bin, ...args], { cwd: root, encoding: "utf8", timeout: 20000 });
+}
+
+interface Served {
+  child: ChildProcess;
+  out: () => string;
+  exited: Promise<number | null>;
+  /** The address the banner announced (the first "host:port" or unix path). */
+  addresses: string[];
+}
+
+async function serve(args: string[], expectLines = 1): Promise<Served> {
+  const child = spawn(process.execPath, [bin, "serve", ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  child.stdout!.on("data", (d) => (out += d));
+  child.stderr!.on("data", (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  await waitFor(() => out.split("\n").filter((l) => l.startsWith("pants-ts: serving") || / workers serving /.test(l)).length >= expectLines || child.exitCode !== null, 20000, `the banner; output: ${out}`);
+  const addresses = [...out.matchAll(/ on ((?:unix:)?[^\s(]+)/g)].map((m) => m[1]!);
+  return { child, out: () => out, exited, addresses };
+}
+
+function portFrom(address: string): number {
+  return Number(address.slice(address.lastIndexOf(":") + 1));
+}
+
+test("--help documents every flag; exit 0", () => {
+  const r = run(["--help"]);
+  assert.equal(r.status, 0);
+  for (const flag of ["serve", "--listen", "--tls-cert", "--tls-key", "--workers", "--proxy-protocol", "--max-connections", "--idle-timeout", "--shutdown-timeout", "unix:/", "[::1]:4040", "SIGTERM", "SIGUSR2", "SIGHUP"]) {
+    assert.ok(r.stdout.includes(flag), `--help mentions ${flag}`);
+  }
+  assert.equal(run(["serve", "--help"]).status, 0);
+  assert.match(run(["--version"]).stdout, /^\d+\.\d+\.\d+/);
+});
+
+test("bad usage: one clear line on stderr and exit 2", () => {
+  const cases: Array<[string[], RegExp]> = [
+    [[], /./],
+    [["frobnicate"], /unknown command "frobnicate"/],
+    [["serve"], /serve needs a module/],
+    [["serve", fixture("cli-echo.ts"), "--bogus"], /Unknown option '--bogus'/],
+    [["serve", fixture("cli-echo.ts"), "--listen", "nowhere"], /invalid address "nowhere"/],
+    [["serve", fixture("cli-echo.ts"), "--listen", "1.2.3.4:99999"], /port must be 0-65535/],
+    [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--workers", "0"], /--workers must be a positive integer/],
+    [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--idle-timeout", "soon"], /--idle-timeout must be a positive integer/],
+    [["serve", fixture("cli-echo.ts"), "--tls-key", "k.pem", "--listen", "4040"], /--tls-key needs --tls-cert/],
+    [["serve", fixture("cli-echo.ts")], /--listen is required/],
+    [["serve", fixture("cli-bad.ts"), "--listen", "127.0.0.1:0"], /must export by default a Stream subclass or a Server/],
+  ];
+  for (const [args, message] of cases) {
+    const r = run(args);
+    assert.equal(r.status, 2, `${args.join(" ")}: exit ${r.status}, stderr ${r.stderr}`);
+    if (args.length > 0) {
+      assert.match(r.stderr, message, args.join(" "));
+      assert.equal(r.stderr.trim().split("\n").length, 1, `one line for ${args.join(" ")}: ${r.stderr}`);
+    }
+  }
+});
+
+test("serve on TCP and a UNIX socket; SIGUSR2 prints stats; SIGTERM drains and exits 0", { timeout: 30_000 }, async (t) => {
+  const sock = join(tempDir(t), "cli.sock");
+  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--listen", `unix:${sock}`], 2);
+  t.after(() => s.child.kill("SIGKILL"));
+  assert.match(s.out(), /serving CliEcho on 127\.0\.0\.1:\d+ \(connect: nc 127\.0\.0\.1 \d+\)/);
+  assert.match(s.out(), /serving CliEcho on unix:.*cli\.sock \(connect: nc -U /);
+  const tcp = await connect(portFrom(s.addresses[0]!));
+  tcp.write("over tcp\n");
+  assert.equal(await tcp.readText(9), "over tcp\n");
+  const unix = await connect(sock);
+  unix.write("over unix\n");
+  assert.equal(await unix.readText(10), "over unix\n");
+  s.child.kill("SIGUSR2");
+  await waitFor(() => /pants-ts stats: open=2 accepted=2/.test(s.out()), 5000, `a stats line; output ${s.out()}`);
+  s.child.kill("SIGTERM");
+  assert.equal((await tcp.readToEnd()).toString(), "bye\n");
+  assert.equal((await unix.readToEnd()).toString(), "bye\n");
+  assert.equal(await s.exited, 0);
+});
+
+test("serve a module whose default export is a configured Server", { timeout: 30_000 }, async (t) => {
+  const s = await serve([fixture("cli-server.ts"), "--listen", "127.0.0.1:0"]);
+  t.after(() => s.child.kill("SIGKILL"));
+  const c = await connect(portFrom(s.addresses[0]!));
+  c.write("hi\n");
+  assert.equal(await c.readText(3), "hi\n");
+  c.destroy();
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});
+
+test("--max-connections, --idle-timeout and --proxy-protocol apply to every connection", { timeout: 30_000 }, async (t) => {
+  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--max-connections", "1", "--idle-timeout", "300", "--proxy-protocol"]);
+  t.after(() => s.child.kill("SIGKILL"));
+  const port = portFrom(s.addresses[0]!);
+  const a = await connect(port);
+  a.write("PROXY TCP4 192.0.2.5 192.0.2.1 5555 80\r\naddr\n");
+  const expected = '["192.0.2.5",5555]\n';
+  assert.equal(await a.readText(expected.length), expected);
+  const b = await connect(port);
+  assert.equal((await b.readToEnd()).length, 0, "over --max-connections: closed at accept");
+  const start = Date.now();
+  await a.readToEnd(5000);
+  assert.ok(Date.now() - start >= 250, "closed by --idle-timeout");
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});
+
+test("--tls-cert/--tls-key serve TLS", { skip: !hasOpenssl() && "no openssl", timeout: 30_000 }, async (t) => {
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--tls-cert", certs.server.cert, "--tls-key", certs.server.key]);
+  t.after(() => s.child.kill("SIGKILL"));
+  const c = await connectTls(["127.0.0.1", portFrom(s.addresses[0]!)], { ca: certs.ca.certPem, servername: "localhost" });
+  c.write("secure\n");
+  assert.equal(await c.readText(7), "secure\n");
+  c.destroy();
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});
+
+test("--workers 2 serves from two processes and exits 0 on SIGTERM", { timeout: 40_000 }, async (t) => {
+  const net = await import("node:net");
+  const probe = net.createServer();
+  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", r));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  const s = await serve([fixture("cli-echo.ts"), "--listen", `127.0.0.1:${port}`, "--workers", "2"]);
+  t.after(() => s.child.kill("SIGKILL"));
+  assert.match(s.out(), /2 workers serving/);
+  const pids = new Set<string>();
+  for (let i = 0; i < 40 && pids.size < 2; i++) {
+    const c = await connect(port);
+    c.write("pid\n");
+    await c.until(() => c.received.includes(0x0a));
+    pids.add(c.received.toString().trim());
+    c.destroy();
+  }
+  assert.equal(pids.size, 2);
+  s.child.kill("SIGUSR2");
+  await waitFor(() => /pants-ts stats: workers=2/.test(s.out()), 5000, `a stats line; ${s.out()}`);
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});

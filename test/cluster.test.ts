@@ -1,0 +1,119 @@
+/**
+ * runCluster (SPEC §9): workers share the listening socket, crashed
+ * workers are restarted, SIGTERM drains every worker and the primary exits
+ * 0, and SIGHUP replaces workers one by one with no refused connection.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { connect, sleep, waitFor } from "./helpers.js";
+
+const root = new URL("..", import.meta.url).pathname;
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+interface Cluster {
+  child: ChildProcess;
+  port: number;
+  out: () => string;
+  listening: () => number;
+  exited: Promise<number | null>;
+}
+
+async function startCluster(workers: number): Promise<Cluster> {
+  const port = await freePort();
+  const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-main.ts"], {
+    cwd: root,
+    env: { ...process.env, PORT: String(port), WORKERS: String(workers), NODE_DEBUG: "pants-ts" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  child.stdout!.on("data", (d) => (out += d));
+  child.stderr!.on("data", (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  const listening = () => out.split("\n").filter((l) => l.startsWith("listening ")).length;
+  await waitFor(() => listening() >= workers, 20000, `${workers} workers listening; output: ${out}`);
+  return { child, port, out: () => out, listening, exited };
+}
+
+async function ask(port: number, line: string): Promise<string> {
+  const c = await connect(port);
+  c.write(`${line}\n`);
+  await c.until(() => c.received.includes(0x0a), 5000, "a reply");
+  const reply = c.received.toString().split("\n")[0]!;
+  c.destroy();
+  return reply;
+}
+
+test("runCluster: workers share the port; a crashed worker is restarted; SIGTERM exits 0", { timeout: 60_000 }, async (t) => {
+  const cluster = await startCluster(2);
+  t.after(() => cluster.child.kill("SIGKILL"));
+  const pids = new Set<string>();
+  for (let i = 0; i < 40 && pids.size < 2; i++) pids.add(await ask(cluster.port, "pid"));
+  assert.equal(pids.size, 2, "connections are spread over both workers");
+  assert.ok(![...pids].includes(String(cluster.child.pid)), "the primary serves no connection itself");
+  // Crash one worker: it comes back.
+  const c = await connect(cluster.port);
+  c.write("crash\n");
+  await c.readToEnd();
+  await waitFor(() => cluster.listening() >= 3, 10000, "a replacement worker");
+  assert.match(await ask(cluster.port, "still"), /still/);
+  // A connection open during SIGTERM is drained (onShutdown says bye), then the primary exits 0.
+  const open = await connect(cluster.port);
+  open.write("hello\n");
+  await open.read(6);
+  cluster.child.kill("SIGTERM");
+  assert.equal((await open.readToEnd(10000)).toString(), "bye\n");
+  assert.equal(await cluster.exited, 0);
+  assert.match(cluster.out(), /primary done/);
+});
+
+test("runCluster: SIGHUP replaces every worker with no refused or cut connection", { timeout: 90_000 }, async (t) => {
+  const cluster = await startCluster(2);
+  t.after(() => cluster.child.kill("SIGKILL"));
+  const before = new Set<string>();
+  for (let i = 0; i < 40 && before.size < 2; i++) before.add(await ask(cluster.port, "pid"));
+  let stop = false;
+  let ok = 0;
+  const failures: string[] = [];
+  // Clients hammering the port across the replacement.
+  const hammer = async () => {
+    while (!stop) {
+      try {
+        const reply = await ask(cluster.port, "ping");
+        if (reply === "ping" || reply === "bye") ok++;
+        else failures.push(`reply ${JSON.stringify(reply)}`);
+      } catch (err) {
+        failures.push((err as Error).message);
+      }
+    }
+  };
+  // A long-lived connection open across the whole replacement.
+  const longLived = await connect(cluster.port);
+  longLived.write("first\n");
+  assert.equal(await longLived.readText(6), "first\n");
+  const hammers = [hammer(), hammer(), hammer()];
+  await sleep(300);
+  cluster.child.kill("SIGHUP");
+  await waitFor(() => cluster.listening() >= 4, 30000, "two replacement workers");
+  await sleep(500);
+  stop = true;
+  await Promise.all(hammers);
+  assert.deepEqual(failures, [], `${failures.length} failed of ${ok + failures.length}: ${cluster.out().split("\n").filter((l) => /not accepting|closed|Worker/.test(l)).join("\n")}`);
+  assert.ok(ok > 20, `${ok} requests served across the restart`);
+  const after = new Set<string>();
+  for (let i = 0; i < 40 && after.size < 2; i++) after.add(await ask(cluster.port, "pid"));
+  assert.equal([...after].filter((p) => before.has(p)).length, 0, "every worker was replaced");
+  // The long-lived connection was drained gracefully, not cut: it got onShutdown's goodbye.
+  assert.equal((await longLived.readToEnd(10000)).toString(), "bye\n");
+  cluster.child.kill("SIGTERM");
+  assert.equal(await cluster.exited, 0);
+});
