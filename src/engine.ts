@@ -78,15 +78,32 @@ class EngineTimer implements Timer {
   #handle: ReturnType<typeof setTimeout> | ReturnType<typeof setImmediate> | null = null;
   #runBound: () => void;
 
+  /** Manual clock: when (engine time) this timer is next due, and its period. */
+  due = 0;
+  readonly period: number;
+
   constructor(engine: Engine, kind: number, delay: number, fn: (...args: unknown[]) => unknown, args: unknown[]) {
     this.#engine = engine;
     this.#fn = fn;
     this.#args = args;
     this.#kind = kind;
+    this.period = delay;
     const run = (this.#runBound = () => this.#run());
     if (kind === ONCE_IMMEDIATE || kind === LOOP) this.#handle = setImmediate(run);
+    else if (engine.manualClock) this.due = engine.time() + delay;
     else if (kind === ONCE_DELAY) this.#handle = setTimeout(run, delay);
     else this.#handle = setInterval(run, delay);
+  }
+
+  /** @internal Manual clock: runs the timer now (it is due). */
+  _fire(): void {
+    if (this.#kind === CYCLE) this.due += this.period;
+    this.#run();
+  }
+
+  /** True for defer/cycle timers. */
+  get delayed(): boolean {
+    return this.#kind === ONCE_DELAY || this.#kind === CYCLE;
   }
 
   get active(): boolean {
@@ -151,10 +168,23 @@ let globalEngine: Engine | null = null;
  * The registry of channels and timers. `Engine.instance()` is the global
  * engine that channels use by default; `new Engine()` makes an isolated one.
  */
+/** Options of the {@link Engine} constructor. */
+export interface EngineOptions {
+  /**
+   * A manual clock, for tests: `time()` stands still, and `defer`/`cycle`
+   * timers and connection timeouts fire only when `advance(ms)` is called
+   * (`pants-ts/testing` uses it). Default false: real time.
+   */
+  manualClock?: boolean;
+}
+
 export class Engine {
   /** @internal */ readonly _timers = new Set<EngineTimer>();
   /** @internal */ readonly _channels = new Set<Channel>();
-  /** @internal */ readonly _sweeper = new TimeoutSweeper();
+  /** @internal */ readonly _sweeper: TimeoutSweeper;
+  /** True when this engine runs on a manual clock (see {@link EngineOptions}). */
+  readonly manualClock: boolean;
+  #now = 0;
   #running = false;
   #keepAlive: ReturnType<typeof setInterval> | null = null;
   #settle: (() => void) | null = null;
@@ -162,6 +192,43 @@ export class Engine {
 
   /** Counters over every channel of this engine. */
   readonly stats: Stats = newStats();
+
+  /** @param options `manualClock` for deterministic tests. */
+  constructor(options?: EngineOptions) {
+    this.manualClock = options?.manualClock === true;
+    this._sweeper = new TimeoutSweeper(() => this.time(), this.manualClock);
+  }
+
+  /**
+   * Manual clock only: moves time forward by `ms`, firing every `defer` and
+   * `cycle` timer and connection timeout that falls due, in order.
+   * @throws RangeError on a real-time engine, or for a negative `ms`.
+   */
+  advance(ms: number): void {
+    if (!this.manualClock) throw rangeError("advance() needs an Engine created with { manualClock: true }.");
+    if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0) throw rangeError(`advance() needs a non-negative number of ms, got ${String(ms)}.`);
+    const target = this.#now + ms;
+    const step = () => Math.max(1, this._sweeper.tickMs);
+    let nextSweep = this.#now + step();
+    for (;;) {
+      let next: EngineTimer | null = null;
+      for (const timer of this._timers) {
+        if (timer.delayed && timer.active && (next === null || timer.due < next.due)) next = timer;
+      }
+      const timerDue = next !== null && next.due <= target ? next.due : Infinity;
+      const sweepDue = this._sweeper.busy && nextSweep <= target ? nextSweep : Infinity;
+      if (timerDue === Infinity && sweepDue === Infinity) break;
+      if (timerDue <= sweepDue) {
+        this.#now = Math.max(this.#now, timerDue);
+        next!._fire();
+      } else {
+        this.#now = Math.max(this.#now, sweepDue);
+        this._sweeper.sweep();
+        nextSweep = this.#now + step();
+      }
+    }
+    this.#now = target;
+  }
 
   /** The global engine; channels default to it. */
   static instance(): Engine {
@@ -255,9 +322,9 @@ export class Engine {
     return this.#add(CYCLE, intervalMs, fn as (...a: unknown[]) => unknown, args);
   }
 
-  /** Monotonic time in milliseconds. */
+  /** Monotonic time in milliseconds (the manual clock's, on a manual engine). */
   time(): number {
-    return performance.now();
+    return this.manualClock ? this.#now : performance.now();
   }
 
   #add(kind: number, delay: number, fn: (...a: unknown[]) => unknown, args: unknown[]): Timer {

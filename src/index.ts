@@ -3,7 +3,7 @@
  * Node.js, modelled on Pants. Public exports only.
  */
 export { Engine } from "./engine.js";
-export type { Timer, Stats } from "./engine.js";
+export type { Timer, Stats, EngineOptions } from "./engine.js";
 export { Channel, diagnostics } from "./channel.js";
 export type { ChannelOptions } from "./channel.js";
 export { Stream } from "./stream.js";

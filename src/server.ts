@@ -104,7 +104,7 @@ class ProxyWait implements Timed {
     readonly socket: net.Socket,
     timeoutMs: number,
   ) {
-    this.deadline = timeoutMs > 0 ? performance.now() + timeoutMs : Infinity;
+    this.deadline = timeoutMs > 0 ? server.engine.time() + timeoutMs : Infinity;
   }
   _onSweep(now: number): void {
     if (now >= this.deadline) {
@@ -590,7 +590,7 @@ export class Server extends Channel {
   _onNetError(err: NodeJS.ErrnoException): void {
     if (this.#state === ST_LISTENING && (err.syscall === "accept" || err.code === "EMFILE" || err.code === "ENFILE")) {
       countError("accept", this.stats, this.engine.stats);
-      const now = performance.now();
+      const now = this.engine.time();
       if (now - this.#lastAcceptWarning > 5000) {
         this.#lastAcceptWarning = now;
         log.current.warn({ err }, `accept() failed on ${String(this)} (${err.code}); the server keeps listening.`);

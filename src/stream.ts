@@ -1325,9 +1325,15 @@ export class Stream extends Channel implements Timed {
       sock[kStream] = undefined;
       return;
     }
-    if (!graceful || this.#peerEnded) {
+    if (!graceful) {
       sock.destroy();
       sock[kStream] = undefined;
+      return;
+    }
+    if (this.#peerEnded) {
+      // Both sides are done: our FIN (TLS: close_notify first); the socket
+      // destroys itself once it has been sent.
+      sock.end();
       return;
     }
     // FIN after everything written; keep reading (and discarding) until the
@@ -1357,10 +1363,10 @@ export class Stream extends Channel implements Timed {
   }
 
   #setDeadline(kind: "handshake" | "drain", ms: number): void {
-    this.#deadline = performance.now() + ms;
+    this.#deadline = this.engine.time() + ms;
     this.#deadlineKind = kind;
     this.#active = false;
-    this.#idleSince = performance.now();
+    this.#idleSince = this.engine.time();
     if (!this.#timed) {
       this.#timed = true;
     }
@@ -1376,7 +1382,7 @@ export class Stream extends Channel implements Timed {
   #updateTimed(): void {
     const want = this.#state !== S_CLOSED && (this.#deadlineKind !== null || (this.#idleTimeout > 0 && this.#state >= S_PENDING));
     if (want) {
-      if (!this.#timed) this.#idleSince = performance.now();
+      if (!this.#timed) this.#idleSince = this.engine.time();
       this.#timed = true;
       this.engine._sweeper.add(this, this.#deadlineKind !== null ? 1000 : this.#idleTimeout);
     } else if (this.#timed) {

@@ -42,10 +42,24 @@ export class MemorySocket extends Duplex {
     this[kPeer] = null;
     if (peer !== null && !peer.destroyed) {
       peer[kPeer] = null;
-      // The other end sees a reset, as TCP peers do.
-      peer.destroy(Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", errno: -104, syscall: "read" }));
+      if (error === null && !this.#reset) {
+        // A plain close, as TCP's close(): the other end reads a FIN.
+        if (!peer.readableEnded) peer.push(null);
+      } else {
+        // A reset: the other end fails with ECONNRESET, as TCP peers do.
+        peer.destroy(Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", errno: -104, syscall: "read" }));
+      }
     }
     callback(error);
+  }
+
+  #reset = false;
+
+  /** Closes this end with a reset: the other end fails with `ECONNRESET`. */
+  resetAndDestroy(): this {
+    this.#reset = true;
+    this.destroy();
+    return this;
   }
 }
 
@@ -62,6 +76,11 @@ export function duplexPair(): [MemorySocket, MemorySocket] {
 export interface MemoryPeerOptions {
   /** The engine for the stream; default a new, separate engine. */
   engine?: Engine;
+  /**
+   * With no `engine` given: make the new engine's clock manual, so timers
+   * and timeouts (idle, handshake) fire only on {@link MemoryPeer.advance}.
+   */
+  manualClock?: boolean;
   /** Set as the stream's `server` (e.g. to test code that uses `this.server`). */
   server?: Server;
 }
@@ -92,6 +111,13 @@ export interface MemoryPeer<S extends Stream> {
   end(): void;
   /** The peer resets the connection. */
   reset(): void;
+  /** The stream's engine. */
+  readonly engine: Engine;
+  /**
+   * Manual clock only (`manualClock: true`): moves time forward by `ms`,
+   * firing the timers and timeouts that fall due, then lets the stream run.
+   */
+  advance(ms: number): Promise<void>;
 }
 
 function tick(): Promise<void> {
@@ -116,7 +142,7 @@ export function memoryPeer<S extends Stream>(
   if (typeof ConnectionClass !== "function") {
     throw typeError("memoryPeer() expects a connection class (a Stream subclass).");
   }
-  const engine = options.engine ?? new Engine();
+  const engine = options.engine ?? new Engine({ manualClock: options.manualClock === true });
   const [local, remote] = duplexPair();
   const received: Buffer[] = [];
   let ended = false;
@@ -179,7 +205,12 @@ export function memoryPeer<S extends Stream>(
       remote.end();
     },
     reset() {
-      remote.destroy();
+      remote.resetAndDestroy();
+    },
+    engine,
+    async advance(ms) {
+      engine.advance(ms);
+      await tick();
     },
   };
 }

@@ -19,6 +19,14 @@ export class TimeoutSweeper {
   #items = new Set<Timed>();
   #tick = MAX_TICK_MS;
   #timer: ReturnType<typeof setInterval> | null = null;
+  readonly #now: () => number;
+  /** Manual: no real timer runs; the owner calls {@link sweep}. */
+  readonly #manual: boolean;
+
+  constructor(now: () => number, manual = false) {
+    this.#now = now;
+    this.#manual = manual;
+  }
 
   /** Current tick in ms (the precision of every timeout). */
   get tickMs(): number {
@@ -50,14 +58,21 @@ export class TimeoutSweeper {
   }
 
   #restart(): void {
+    if (this.#manual) return;
     if (this.#timer !== null) clearInterval(this.#timer);
-    this.#timer = setInterval(() => this.#sweep(), this.#tick);
+    this.#timer = setInterval(() => this.sweep(), this.#tick);
     // Timeouts never keep the process alive on their own: connections do.
     this.#timer.unref();
   }
 
-  #sweep(): void {
-    const now = performance.now();
+  /** Runs every registered item's timeout check now. */
+  sweep(): void {
+    const now = this.#now();
     for (const item of this.#items) item._onSweep(now);
+  }
+
+  /** True while some item has a timeout armed. */
+  get busy(): boolean {
+    return this.#items.size > 0;
   }
 }

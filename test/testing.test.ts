@@ -1,0 +1,106 @@
+/**
+ * pants-ts/testing: a connection class against an in-memory peer, with
+ * chunked sends, reads, half-close, reset and a manual clock; the way users
+ * unit-test their protocols.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Engine, Stream } from "../src/index.js";
+import { duplexPair, memoryPeer } from "../src/testing.js";
+
+class Echo extends Stream {
+  closedBy = "";
+  override onConnect() {
+    this.readDelimiter = "\n";
+  }
+  override onRead(line: Buffer) {
+    this.write(`${line}\n`);
+  }
+  override onClose() {
+    this.closedBy = "closed";
+  }
+}
+
+test("the example from the docs: send in chunks, read, half-close, closed", async () => {
+  const peer = memoryPeer(Echo);
+  await peer.send("hi\n", { chunkSize: 1 });
+  assert.equal((await peer.read()).toString(), "hi\n");
+  await peer.send("a\nb\n", { chunkSize: [1, 2] });
+  assert.equal((await peer.read()).toString(), "a\nb\n");
+  assert.equal((await peer.read()).length, 0, "read() returns only what is new");
+  peer.end();
+  await peer.closed;
+  assert.equal(peer.stream.closedBy, "closed");
+  assert.equal(peer.ended, true, "the stream answered the half-close with its FIN");
+});
+
+test("reset: the stream sees ECONNRESET and closes", async () => {
+  let error: NodeJS.ErrnoException | null = null;
+  class C extends Echo {
+    override onReadError(err: Error) {
+      error = err;
+    }
+  }
+  const peer = memoryPeer(C);
+  await peer.ready;
+  peer.reset();
+  await peer.closed;
+  assert.equal((error as NodeJS.ErrnoException | null)?.code, "ECONNRESET");
+});
+
+test("a manual clock makes idle timeouts and engine timers deterministic", async () => {
+  const events: string[] = [];
+  class Idle extends Echo {
+    override onConnect() {
+      super.onConnect();
+      this.idleTimeout = 1000;
+      this.engine.defer(500, () => events.push(`defer@${this.engine.time()}`));
+    }
+    override onTimeout() {
+      events.push(`timeout@${this.engine.time()}`);
+      this.close();
+    }
+  }
+  const peer = memoryPeer(Idle, { manualClock: true });
+  await peer.ready;
+  await peer.advance(400);
+  assert.equal(events.length, 0);
+  await peer.send("ping\n"); // activity resets the idle timer
+  await peer.advance(200);
+  assert.deepEqual(events, ["defer@500"]);
+  await peer.advance(900);
+  assert.equal(events.length, 1, "still active within the timeout");
+  await peer.advance(1000);
+  await peer.closed;
+  assert.equal(events.length, 2);
+  assert.match(events[1]!, /^timeout@\d+$/);
+  const at = Number(events[1]!.split("@")[1]);
+  assert.ok(at >= 1500 && at <= 2500, `timed out at ${at}`);
+  assert.throws(() => new Engine().advance(10), RangeError, "advance() needs a manual clock");
+});
+
+test("cycle timers on a manual clock fire once per period", () => {
+  const engine = new Engine({ manualClock: true });
+  const times: number[] = [];
+  const timer = engine.cycle(100, () => times.push(engine.time()));
+  engine.advance(350);
+  timer.cancel();
+  engine.advance(1000);
+  assert.deepEqual(times, [100, 200, 300]);
+});
+
+test("duplexPair: what one end writes the other reads; destroy is a FIN, resetAndDestroy a reset", async () => {
+  const [a, b] = duplexPair();
+  const got: Buffer[] = [];
+  b.on("data", (d: Buffer) => got.push(d));
+  a.write("hello");
+  await new Promise((r) => setImmediate(r));
+  assert.equal(Buffer.concat(got).toString(), "hello");
+  const ended = new Promise<void>((r) => b.once("end", r));
+  a.destroy();
+  await ended;
+  const [c, d] = duplexPair();
+  const errored = new Promise<Error>((r) => d.once("error", r));
+  c.resetAndDestroy();
+  assert.equal(((await errored) as NodeJS.ErrnoException).code, "ECONNRESET");
+});
