@@ -63,7 +63,8 @@ export function addStats(into: Stats, add: Stats): void {
   for (const [k, v] of Object.entries(add.errorsByKind)) into.errorsByKind[k] = (into.errorsByKind[k] ?? 0) + v;
 }
 
-type TimerFn<A extends unknown[]> = (...args: A) => unknown;
+/** A function a timer calls with its arguments; it may return a promise. */
+export type TimerFn<A extends unknown[]> = (...args: A) => unknown;
 
 const ONCE_IMMEDIATE = 0;
 const LOOP = 1;

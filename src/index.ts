@@ -3,7 +3,7 @@
  * Node.js, modelled on Pants. Public exports only.
  */
 export { Engine } from "./engine.js";
-export type { Timer, Stats, EngineOptions } from "./engine.js";
+export type { Timer, TimerFn, Stats, EngineOptions } from "./engine.js";
 export { Channel, diagnostics } from "./channel.js";
 export type { ChannelOptions } from "./channel.js";
 export { Stream } from "./stream.js";
@@ -31,5 +31,15 @@ export {
   ProxyProtocolError,
 } from "./errors.js";
 export type { ErrorCodeValue } from "./errors.js";
-export { parseProxyHeader, encodeProxyV1, encodeProxyV2 } from "./proxy-protocol.js";
-export type { ProxyHeader } from "./proxy-protocol.js";
+export { parseProxyHeader, encodeProxyV1, encodeProxyV2, PROXY_V1_MAX_LENGTH, PROXY_V2_SIGNATURE, ProxyTlvType } from "./proxy-protocol.js";
+export type {
+  ProxyHeader,
+  ProxyParseResult,
+  ProxyV1Fields,
+  ProxyV2Fields,
+  ProxyTlv,
+  ProxyFamily,
+  ProxyTransport,
+  ProxyIpEndpoint,
+} from "./proxy-protocol.js";
+export type { NetStructParseResult } from "./framing/netstruct.js";

@@ -45,7 +45,6 @@ import { Struct } from "./framing/struct.js";
 import { NetStruct } from "./framing/netstruct.js";
 import { compileClientTls, sniName, checkPantsFlags, compileServerTls } from "./tls.js";
 import type { SslOptions } from "./tls.js";
-import type { Timed } from "./timeouts.js";
 import type { Server } from "./server.js";
 
 /** Options of the {@link Stream} constructor. */
@@ -161,7 +160,7 @@ const structCache = new Map<string, Struct>();
  * {@link Server} makes one instance per accepted connection, or call
  * {@link connect} for a client.
  */
-export class Stream extends Channel implements Timed {
+export class Stream extends Channel {
   /** The server that accepted this connection, else `null`. */
   server: Server | null = null;
 

@@ -49,7 +49,7 @@ async function ask(port: number, line: string): Promise<string> {
 
 test("docs/deployment.md: two backends behind HAProxy with PROXY v2 and health checks", { skip: !haproxy && "haproxy is not installed (apt-get install haproxy)", timeout: 60_000 }, async (t) => {
   const doc = readFileSync(join(root, "docs", "deployment.md"), "utf8");
-  const block = /```haproxy\n([\s\S]*?)```/.exec(doc);
+  const block = /```text\n(global\n[\s\S]*?)```/.exec(doc);
   assert.ok(block, "the recipe has a haproxy.cfg block");
   const [front, app1, app2] = [await freePort(), await freePort(), await freePort()];
   const cfg = block[1]!.replace("127.0.0.1:8040", `127.0.0.1:${front}`).replace("127.0.0.1:4041", `127.0.0.1:${app1}`).replace("127.0.0.1:4042", `127.0.0.1:${app2}`);

@@ -1,0 +1,51 @@
+/**
+ * Every TypeScript sample in the README and docs/ compiles against the
+ * built package, so no sample can rot. (Runnable examples live in
+ * examples/ and have tests of their own.)
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+
+const root = new URL("..", import.meta.url).pathname;
+
+function samples(): Array<{ file: string; index: number; code: string }> {
+  const files = ["README.md", ...readdirSync(join(root, "docs")).filter((f) => f.endsWith(".md")).map((f) => `docs/${f}`)];
+  const out: Array<{ file: string; index: number; code: string }> = [];
+  for (const file of files) {
+    const text = readFileSync(join(root, file), "utf8");
+    let index = 0;
+    for (const match of text.matchAll(/```ts\n([\s\S]*?)```/g)) out.push({ file, index: index++, code: match[1]! });
+  }
+  return out;
+}
+
+test("every ```ts sample in README.md and docs/*.md type-checks against the package", { timeout: 120_000 }, () => {
+  const all = samples();
+  assert.ok(all.length >= 10, `found ${all.length} samples`);
+  // Inside the package, so "pants-ts" resolves to the build by self-reference.
+  const dir = join(root, "test", ".doc-samples");
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  const names: string[] = [];
+  for (const s of all) {
+    const name = `${s.file.replace(/[/.]/g, "_")}_${s.index}.ts`;
+    // Each sample is a module of its own.
+    writeFileSync(join(dir, name), `${s.code}\nexport {};\n`);
+    names.push(name);
+  }
+  writeFileSync(
+    join(dir, "tsconfig.json"),
+    JSON.stringify({
+      extends: "../../tsconfig.json",
+      compilerOptions: { noEmit: true, noUnusedLocals: false, noUnusedParameters: false, rootDir: "." },
+      include: ["*.ts"],
+    }),
+  );
+  const tsc = join(root, "node_modules", "typescript", "bin", "tsc");
+  const r = spawnSync(process.execPath, [tsc, "-p", dir], { cwd: root, encoding: "utf8" });
+  assert.equal(r.status, 0, `samples that do not compile:\n${r.stdout}${r.stderr}`);
+  rmSync(dir, { recursive: true, force: true });
+});
