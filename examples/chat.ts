@@ -2,9 +2,10 @@
  * chat: a line-based chat room, Pants' "echo to all" grown up. Every line a
  * client sends goes to every other client. `npm start` runs it on port 4040.
  *
- *   npx tsx examples/chat.ts            # listens on 127.0.0.1:$PORT (default 4040)
+ *   npx tsx examples/chat.ts            # listens on 127.0.0.1:$PORT (default 4040; 0 picks one)
  *   nc localhost 4040                   # then type; /nick NAME, /who, /quit
  */
+import { pathToFileURL } from "node:url";
 import { Server, Stream } from "pants-ts";
 
 /** Everyone connected, across every server the class is served on. */
@@ -56,10 +57,14 @@ export default class Chat extends Stream {
   static nextGuest = 1;
 }
 
-// Run directly (not loaded by `pants-ts serve`): listen on PORT.
-if (import.meta.url === (await import("node:url")).pathToFileURL(process.argv[1] ?? "").href) {
-  const port = Number(process.env.PORT ?? 4040);
-  const server = new Server(Chat).listen(["127.0.0.1", port]);
+// Run directly (not loaded by `pants-ts serve`): listen on PORT, stop on SIGTERM/SIGINT.
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  const server = new Server(Chat).listen(["127.0.0.1", Number(process.env.PORT ?? 4040)]);
   await server.ready();
-  console.log(`chat listening on 127.0.0.1:${port} (connect: nc localhost ${port})`);
+  const stop = async (): Promise<void> => {
+    await server.shutdown();
+    process.exit(0);
+  };
+  process.once("SIGTERM", stop).once("SIGINT", stop);
+  console.log(`chat listening on 127.0.0.1:${server.port} (connect: nc localhost ${server.port})`);
 }

@@ -233,20 +233,17 @@ async function serve(args: ServeArgs): Promise<number> {
   if (args.workers > 1 || cluster.isWorker) {
     const handle = await runCluster(() => startServers(args), { workers: args.workers, shutdownTimeoutMs: args.shutdownTimeoutMs });
     if (!handle.isPrimary) return -1; // a worker serves until the primary says otherwise
+    process.on("SIGUSR2", () => process.stdout.write(statsLine(handle.stats()) + "\n"));
     if (!args.quiet) {
       const where = args.listen.map((a) => formatAddress(a) + connectHint(a)).join(", ");
       process.stdout.write(`pants-ts: ${args.workers} workers serving ${args.module} on ${where}\n`);
     }
-    process.on("SIGUSR2", () => process.stdout.write(statsLine(handle.stats()) + "\n"));
     await handle.closed;
     return 0;
   }
-  const servers = await startServers(args);
-  const name = servers[0]!.ConnectionClass.name || "connection class";
-  if (!args.quiet) process.stdout.write(banner(servers, name) + "\n");
-  process.on("SIGUSR2", () => process.stdout.write(statsLine(processStats()) + "\n"));
-  await new Promise<void>((resolveStop) => {
-    let stopping = false;
+  // Signal handlers first: a SIGTERM right after the banner must drain, not kill.
+  let stopping = false;
+  const stopped = new Promise<void>((resolveStop) => {
     const stop = (signal: string) => {
       if (stopping) {
         process.stderr.write(`pants-ts: second ${signal}; exiting now\n`);
@@ -259,6 +256,12 @@ async function serve(args: ServeArgs): Promise<number> {
     process.on("SIGTERM", () => stop("SIGTERM"));
     process.on("SIGINT", () => stop("SIGINT"));
   });
+  process.on("SIGUSR2", () => process.stdout.write(statsLine(processStats()) + "\n"));
+  const servers = await startServers(args);
+  if (stopping) await shutdownAll(args.shutdownTimeoutMs); // a signal came while starting
+  const name = servers[0]!.ConnectionClass.name || "connection class";
+  if (!args.quiet && !stopping) process.stdout.write(banner(servers, name) + "\n");
+  await stopped;
   return 0;
 }
 

@@ -242,9 +242,18 @@ export class Engine {
     return this.#running;
   }
 
-  /** Every open channel (stream or server) added to this engine. */
+  /**
+   * Every open channel of this engine: its servers, their connections, and
+   * its client streams (a snapshot, made on each access).
+   */
   get channels(): ReadonlySet<Channel> {
-    return this._channels;
+    const all = new Set<Channel>();
+    for (const channel of this._channels) {
+      all.add(channel);
+      const connections = (channel as Channel & { channels?: ReadonlyMap<number, Channel> }).channels;
+      if (connections instanceof Map) for (const conn of connections.values()) all.add(conn);
+    }
+    return all;
   }
 
   /**
@@ -269,7 +278,8 @@ export class Engine {
    */
   stop(): void {
     for (const timer of [...this._timers]) timer.cancel();
-    for (const channel of [...this._channels]) {
+    // Servers first (their connections with them, even if an onClose override keeps them), then the rest.
+    for (const channel of [...this.channels]) {
       try {
         channel.close(false);
       } catch (err) {

@@ -16,7 +16,7 @@ import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddr
 import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, ProxyProtocolError, TimeoutError, describe, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
-import { Stream, kProxyRemote, kRawSocket, kTlsPending } from "./stream.js";
+import { Stream, kAccepted, kProxyRemote, kRawSocket, kStream, kTlsPending } from "./stream.js";
 import { compileServerTls } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
 import { parseProxyHeader } from "./proxy-protocol.js";
@@ -220,6 +220,12 @@ export class Server extends Channel {
     return copyAddress(fromAddressInfo(main.address()));
   }
 
+  /** The TCP port listened on (the real one when 0 was asked for), else `null` (UNIX sockets, not listening). */
+  get port(): number | null {
+    const address = this.localAddress;
+    return Array.isArray(address) ? address[1] : null;
+  }
+
   /** Always `null`: a server has no peer. */
   get remoteAddress(): null {
     return null;
@@ -397,6 +403,10 @@ export class Server extends Channel {
       log.current.error({ err }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);
       return;
     }
+    this.#track(conn);
+  }
+
+  #track(conn: Stream): void {
     const id = this.#nextId++;
     this.#channels.set(id, conn);
     this.stats.accepted++;
@@ -701,8 +711,13 @@ export class Server extends Channel {
         return;
       }
     }
-    if (proxiedRemote !== null) (socket as Duplex & { [kProxyRemote]?: Address | null })[kProxyRemote] = proxiedRemote;
+    const owned = socket as Duplex & { [kProxyRemote]?: Address | null; [kAccepted]?: boolean; [kStream]?: Stream };
+    if (proxiedRemote !== null) owned[kProxyRemote] = proxiedRemote;
+    owned[kAccepted] = true;
     this._callN(this.onAccept, [socket, address]);
+    // An onAccept override that made its own stream: the server still tracks it.
+    const made = owned[kStream];
+    if (made !== undefined && made.server === null && !made.closed) this.#track(made);
   }
 
   /** @internal A connection of this server closed. */

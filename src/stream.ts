@@ -3,11 +3,12 @@
  *
  * Data flows one way: socket → receive buffer → framer → onRead, and
  * write → write queue → socket. Socket events reach the stream through
- * module-level listeners (no closure per connection).
+ * module-level listeners (no closure per connection). State a connection
+ * rarely needs (TLS options, overrides, timeouts, the ready promise) lives
+ * in a side object made on first use, so an idle connection stays small.
  */
 import net from "node:net";
 import tls from "node:tls";
-import { open as fsOpen, read as fsRead, close as fsClose } from "node:fs";
 import { StringDecoder } from "node:string_decoder";
 import { TextDecoder } from "node:util";
 import { isUtf8 } from "node:buffer";
@@ -31,20 +32,14 @@ import {
 } from "./errors.js";
 import { log } from "./log.js";
 import { ReceiveBuffer } from "./framing/receive-buffer.js";
-import {
-  FAILED,
-  FRAME,
-  FRAME_ARGS,
-  NEED_MORE,
-  OVERFLOW,
-  compileDelimiter,
-  isFramingError,
-} from "./framing/delimiter.js";
+import { FAILED, FRAME, FRAME_ARGS, NEED_MORE, NULL_FRAMER, OVERFLOW, compileDelimiter, isFramingError } from "./framing/delimiter.js";
 import type { FrameOut, Framer, ReadDelimiter } from "./framing/delimiter.js";
 import { Struct } from "./framing/struct.js";
 import { NetStruct } from "./framing/netstruct.js";
-import { compileClientTls, sniName, checkPantsFlags, compileServerTls } from "./tls.js";
+import { checkPantsFlags, compileServerTls, wrapClientSocket, wrapServerSocket } from "./tls.js";
 import type { SslOptions } from "./tls.js";
+import { sendFile } from "./write-file.js";
+import type { FileJob, FileSink } from "./write-file.js";
 import type { Server } from "./server.js";
 
 /** Options of the {@link Stream} constructor. */
@@ -66,21 +61,43 @@ export const kTlsPending: unique symbol = Symbol("pants-ts.tlsPending");
 export const kProxyRemote: unique symbol = Symbol("pants-ts.proxyRemote");
 /** @internal Set by the server: the underlying TCP socket under a TLSSocket. */
 export const kRawSocket: unique symbol = Symbol("pants-ts.rawSocket");
+/** @internal Set by the server on accepted sockets: the server tracks the stream, not the engine. */
+export const kAccepted: unique symbol = Symbol("pants-ts.accepted");
+const kLinger: unique symbol = Symbol("pants-ts.linger");
 
 interface OwnedSocket extends Duplex {
-  [kStream]?: Stream;
+  [kStream]?: Stream | undefined;
   [kTlsPending]?: boolean;
   [kProxyRemote]?: Address | null;
   [kRawSocket]?: net.Socket;
+  [kAccepted]?: boolean;
+  [kLinger]?: ReturnType<typeof setTimeout>;
 }
 
 // States.
 const S_INIT = 0; // no socket yet
-const S_CONNECTING = 1; // client connect (or TLS client handshake) under way
+const S_CONNECTING = 1; // client connect under way
 const S_PENDING = 2; // connected; TLS handshake or the onConnect tick pending
 const S_OPEN = 3;
 const S_CLOSING = 4; // close(true): flushing
 const S_CLOSED = 5;
+
+// Flags (one bit field instead of a dozen booleans per connection).
+const F_SERVER_SIDE = 1 << 0;
+const F_PEER_ENDED = 1 << 1;
+const F_EVER_CONNECTED = 1 << 2;
+const F_TLS_DONE = 1 << 3;
+const F_TLS_UPGRADING = 1 << 4;
+const F_FLOWING = 1 << 5;
+const F_IN_DISPATCH = 1 << 6;
+const F_PROCESS_SCHEDULED = 1 << 7;
+const F_FILE_ACTIVE = 1 << 8;
+const F_FLUSH_QUEUED = 1 << 9;
+const F_WRITE_OVERFLOWED = 1 << 10;
+const F_ACTIVE = 1 << 11;
+const F_TIMED = 1 << 12;
+const F_REGEX_ANCHORED = 1 << 13;
+const F_ADDRESSES = 1 << 14;
 
 // Reasons reading is paused (a bit mask).
 const P_USER = 1;
@@ -92,25 +109,40 @@ const LINGER_MS = 2000;
 const DRAIN_TIMEOUT_MS = 30_000;
 /** Below this, queued chunks are joined into one buffer; above, written with writev. */
 const JOIN_LIMIT = 64 * 1024;
-/** File reads per chunk for writeFile. */
-const FILE_CHUNK = 64 * 1024;
-
-const EMPTY_ARGS: readonly unknown[] = [];
-
-/** A queued writeFile. */
-interface FileJob {
-  readonly file: string | number | FileHandle;
-  readonly nbytes: number;
-  readonly offset: number;
-}
+const DEFAULT_HWM = 1024 * 1024;
+const DEFAULT_WRITE_LIMIT = 64 * 1024 * 1024;
 
 /** A queued STARTTLS upgrade. */
 interface TlsJob {
-  readonly tls: true;
-  readonly options: SslOptions;
+  readonly tls: SslOptions;
 }
 
 type QueueItem = Buffer | FileJob | TlsJob;
+
+/** What most connections never need, made on first use. */
+class Extras {
+  readyPromise: Promise<Stream> | null = null;
+  readyResolve: ((s: Stream) => void) | null = null;
+  readyReject: ((e: Error) => void) | null = null;
+  connectError: Error | null = null;
+  connectTarget: ParsedAddress | null = null;
+  sslOptions: SslOptions | null = null;
+  remote: Address | null = null;
+  local: Address | null = null;
+  proxied: Address | null = null;
+  remoteOverride: Address | null | undefined = undefined;
+  localOverride: Address | null | undefined = undefined;
+  textDecoder: StringDecoder | TextDecoder | null = null;
+  writeHighWaterMark = DEFAULT_HWM;
+  writeBufferLimit = DEFAULT_WRITE_LIMIT;
+  idleTimeout = 0;
+  idleSince = 0;
+  deadline = 0;
+  deadlineKind: "handshake" | "drain" | null = null;
+}
+
+/** One FrameOut for every stream: read and cleared before any handler runs. */
+const frameOut: FrameOut = { value: undefined, args: null, error: null };
 
 // ---------------------------------------------------------------------------
 // Module-level socket listeners: `this` is the socket.
@@ -129,7 +161,7 @@ function onSocketError(this: OwnedSocket, err: Error): void {
 function onSocketClose(this: OwnedSocket): void {
   const stream = this[kStream];
   if (stream) stream._onSocketClose();
-  const linger = (this as OwnedSocket & { [kLinger]?: ReturnType<typeof setTimeout> })[kLinger];
+  const linger = this[kLinger];
   if (linger !== undefined) clearTimeout(linger);
 }
 function onSocketConnect(this: OwnedSocket): void {
@@ -138,11 +170,16 @@ function onSocketConnect(this: OwnedSocket): void {
 function onSocketSecure(this: OwnedSocket): void {
   this[kStream]?._onSecure();
 }
-function discardData(): void {}
+function ignoreError(): void {}
 function lingerExpired(sock: Duplex): void {
   sock.destroy();
 }
-const kLinger: unique symbol = Symbol("pants-ts.linger");
+function establishTick(stream: Stream): void {
+  stream._establishTick();
+}
+function processTick(stream: Stream): void {
+  stream._processTick();
+}
 
 // Writes made outside a read dispatch are flushed together at the end of the turn.
 const dirty: Stream[] = [];
@@ -164,68 +201,24 @@ export class Stream extends Channel {
   /** The server that accepted this connection, else `null`. */
   server: Server | null = null;
 
-  /**
-   * Regex delimiters: true (default) delivers the bytes before the first
-   * match; false delivers the match object of a match anchored at the start.
-   */
-  regexSearch = true;
-
-  // Connection state.
   #state = S_INIT;
+  #flags = 0;
+  #paused = 0;
   #sock: OwnedSocket | null = null;
+  /** The TCP socket under a TLS socket (else null: `#sock` is it). */
   #raw: net.Socket | null = null;
-  #connId = 0;
-  #serverSide = false;
-  #peerEnded = false;
-  #readyPromise: Promise<Stream> | null = null;
-  #readyResolve: ((s: Stream) => void) | null = null;
-  #readyReject: ((e: Error) => void) | null = null;
-  #connectError: Error | null = null;
-  #everConnected = false;
-  #remoteOverride: Address | null | undefined = undefined;
-  #localOverride: Address | null | undefined = undefined;
-  #remote: Address | null = null;
-  #local: Address | null = null;
-  #connectTarget: ParsedAddress | null = null;
-
-  // TLS.
-  #sslOptions: SslOptions | null = null;
   #tls: tls.TLSSocket | null = null;
-  #tlsDone = false;
-  #tlsUpgrading = false;
-
-  // Read path.
-  #rb = new ReceiveBuffer();
-  #out: FrameOut = { value: undefined, args: null, error: null };
-  #framer: Framer = compileDelimiter(null);
+  #framer: Framer = NULL_FRAMER;
   #bufferSize = 65536;
   #encoding: BufferEncoding | null = null;
-  #textDecoder: StringDecoder | TextDecoder | null = null;
-  #paused = 0;
-  #flowing = false;
-  #inDispatch = false;
-  #processScheduled = false;
-
-  // Write path.
-  #wq: QueueItem[] = [];
+  #rb: ReceiveBuffer | null = null;
+  #wq: QueueItem[] | null = null;
   #wqBytes = 0;
   #inflight = 0;
-  #fileActive = false;
-  #flushQueued = false;
   #afterWrite: ((err?: Error | null) => void) | null = null;
-  #writeHighWaterMark = 1024 * 1024;
-  #writeBufferLimit = 64 * 1024 * 1024;
-  #writeOverflowed = false;
-
-  // Timeouts.
-  #idleTimeout = 0;
-  #active = false;
-  #idleSince = 0;
-  #deadline = 0;
-  #deadlineKind: "handshake" | "drain" | null = null;
-  #timed = false;
-
   #statsServer: Stats | null = null;
+  #connId = 0;
+  #x: Extras | null = null;
 
   /**
    * @param options `socket` wraps an already-connected socket or Duplex;
@@ -236,7 +229,7 @@ export class Stream extends Channel {
     const socket = options?.socket;
     if (options?.sslOptions !== undefined) {
       checkPantsFlags(options.sslOptions, undefined);
-      this.#sslOptions = options.sslOptions;
+      this.#extras().sslOptions = options.sslOptions;
     }
     if (socket !== undefined) {
       if (socket === null || typeof (socket as Duplex).write !== "function" || typeof (socket as Duplex).on !== "function") {
@@ -249,6 +242,10 @@ export class Stream extends Channel {
     }
   }
 
+  #extras(): Extras {
+    return this.#x ?? (this.#x = new Extras());
+  }
+
   // -------------------------------------------------------------------------
   // Public state
 
@@ -257,7 +254,7 @@ export class Stream extends Channel {
     return this.#state === S_PENDING || this.#state === S_OPEN || this.#state === S_CLOSING;
   }
 
-  /** True while a client connect (including its TLS handshake) is under way. */
+  /** True while a client connect is under way. */
   get connecting(): boolean {
     return this.#state === S_CONNECTING;
   }
@@ -274,32 +271,36 @@ export class Stream extends Channel {
 
   /** True when TLS is enabled (being negotiated or established). */
   get sslEnabled(): boolean {
-    return this.#tls !== null || this.#tlsUpgrading || (this.#sslOptions !== null && this.#state <= S_CONNECTING);
+    return this.#tls !== null || (this.#flags & F_TLS_UPGRADING) !== 0 || (this.#x?.sslOptions != null && this.#state <= S_CONNECTING);
   }
 
   /** The OS file descriptor, where Node exposes it. */
   get fileno(): number | null {
-    const raw = this.#raw as (net.Socket & { _handle?: { fd?: number } }) | null;
+    const raw = (this.#raw ?? this.#sock) as (Duplex & { _handle?: { fd?: number } | null }) | null;
     const fd = raw?._handle?.fd;
     return typeof fd === "number" && fd >= 0 ? fd : null;
   }
 
   /** The peer's address (or the PROXY header's client); assign to override, `undefined` to restore. */
   get remoteAddress(): Address | null {
-    return copyAddress(this.#remoteOverride !== undefined ? this.#remoteOverride : this.#remote);
+    const x = this.#x;
+    if (x !== null && x.remoteOverride !== undefined) return copyAddress(x.remoteOverride);
+    return copyAddress(this.#addresses().remote);
   }
   set remoteAddress(value: Address | null | undefined) {
     if (value !== undefined && value !== null) parseAddress(value);
-    this.#remoteOverride = value === undefined ? undefined : copyAddress(value);
+    this.#extras().remoteOverride = value === undefined ? undefined : copyAddress(value);
   }
 
   /** This end's address; assign to override, `undefined` to restore. */
   get localAddress(): Address | null {
-    return copyAddress(this.#localOverride !== undefined ? this.#localOverride : this.#local);
+    const x = this.#x;
+    if (x !== null && x.localOverride !== undefined) return copyAddress(x.localOverride);
+    return copyAddress(this.#addresses().local);
   }
   set localAddress(value: Address | null | undefined) {
     if (value !== undefined && value !== null) parseAddress(value);
-    this.#localOverride = value === undefined ? undefined : copyAddress(value);
+    this.#extras().localOverride = value === undefined ? undefined : copyAddress(value);
   }
 
   /**
@@ -313,9 +314,24 @@ export class Stream extends Channel {
   }
   set readDelimiter(value: ReadDelimiter) {
     this.#framer = compileDelimiter(value);
-    this.#rb.mark = 0;
-    this.#rb.discarding = false;
-    if (!this.#inDispatch) this.#scheduleProcess();
+    const rb = this.#rb;
+    if (rb !== null) {
+      rb.mark = 0;
+      rb.discarding = false;
+      if ((this.#flags & F_IN_DISPATCH) === 0) this.#scheduleProcess();
+    }
+  }
+
+  /**
+   * Regex delimiters: true (default) delivers the bytes before the first
+   * match; false delivers the match object of a match anchored at the start.
+   */
+  get regexSearch(): boolean {
+    return (this.#flags & F_REGEX_ANCHORED) === 0;
+  }
+  set regexSearch(value: boolean) {
+    if (value) this.#flags &= ~F_REGEX_ANCHORED;
+    else this.#flags |= F_REGEX_ANCHORED;
   }
 
   /**
@@ -342,7 +358,7 @@ export class Stream extends Channel {
       throw typeError(`encoding must be null or a Buffer encoding such as "utf8", got ${describe(value)}.`);
     }
     this.#encoding = value;
-    this.#textDecoder = null;
+    if (this.#x !== null) this.#x.textDecoder = null;
   }
 
   /** Bytes written but not yet handed to the operating system (queued files not counted). */
@@ -352,42 +368,42 @@ export class Stream extends Channel {
 
   /** Above this many buffered bytes the stream stops reading until `onWrite` (default 1 MiB). */
   get writeHighWaterMark(): number {
-    return this.#writeHighWaterMark;
+    return this.#x?.writeHighWaterMark ?? DEFAULT_HWM;
   }
   set writeHighWaterMark(value: number) {
-    this.#writeHighWaterMark = checkSize("writeHighWaterMark", value);
+    this.#extras().writeHighWaterMark = checkSize("writeHighWaterMark", value);
   }
 
   /** Above this many buffered bytes `onOverflowError` is called (default 64 MiB). */
   get writeBufferLimit(): number {
-    return this.#writeBufferLimit;
+    return this.#x?.writeBufferLimit ?? DEFAULT_WRITE_LIMIT;
   }
   set writeBufferLimit(value: number) {
-    this.#writeBufferLimit = checkSize("writeBufferLimit", value);
+    this.#extras().writeBufferLimit = checkSize("writeBufferLimit", value);
   }
 
   /** No bytes either way for this many ms calls `onTimeout()` (0 = off; default from the server). */
   get idleTimeout(): number {
-    return this.#idleTimeout;
+    return this.#x?.idleTimeout ?? 0;
   }
   set idleTimeout(value: number) {
     if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
       throw rangeError(`idleTimeout must be a non-negative number of milliseconds, got ${describe(value)}.`);
     }
-    this.#idleTimeout = value;
-    this.#active = true;
+    this.#extras().idleTimeout = value;
+    this.#flags |= F_ACTIVE;
     this.#updateTimed();
   }
 
   /** The peer's certificate once the TLS handshake is done (empty object if none), else `null`. */
   get peerCertificate(): PeerCertificate | null {
-    if (this.#tls === null || !this.#tlsDone) return null;
+    if (this.#tls === null || (this.#flags & F_TLS_DONE) === 0) return null;
     return this.#tls.getPeerCertificate(true) as PeerCertificate;
   }
 
-  /** The ALPN protocol agreed in the handshake, or `false`/`null`. */
+  /** The ALPN protocol agreed in the handshake, or `false`; `null` before TLS. */
   get alpnProtocol(): string | false | null {
-    if (this.#tls === null || !this.#tlsDone) return null;
+    if (this.#tls === null || (this.#flags & F_TLS_DONE) === 0) return null;
     return this.#tls.alpnProtocol ?? false;
   }
 
@@ -400,7 +416,7 @@ export class Stream extends Channel {
 
   /** True if the peer's certificate was verified against the trusted CAs. */
   get authorized(): boolean {
-    return this.#tls !== null && this.#tlsDone && this.#tls.authorized;
+    return this.#tls !== null && (this.#flags & F_TLS_DONE) !== 0 && this.#tls.authorized;
   }
 
   // -------------------------------------------------------------------------
@@ -418,7 +434,7 @@ export class Stream extends Channel {
     }
     if (this.#state !== S_INIT) throw new ChannelStateError(`connect() called on active ${String(this)}.`);
     const target = parseAddress(address);
-    this.#connectTarget = target;
+    this.#extras().connectTarget = target;
     this.#state = S_CONNECTING;
     let sock: net.Socket;
     if (target.kind === "unix") {
@@ -432,7 +448,6 @@ export class Stream extends Channel {
     const owned = sock as OwnedSocket;
     owned[kStream] = this;
     this.#sock = owned;
-    this.#raw = sock;
     sock.on("error", onSocketError);
     sock.on("close", onSocketClose);
     sock.once("connect", onSocketConnect);
@@ -450,21 +465,21 @@ export class Stream extends Channel {
   }
 
   #ready(): Promise<Stream> {
-    if (this.#readyPromise === null) {
-      if (this.#everConnected && this.#state !== S_CLOSED) this.#readyPromise = Promise.resolve(this);
-      else if (this.#connectError !== null) this.#readyPromise = Promise.reject(this.#connectError);
+    const x = this.#extras();
+    if (x.readyPromise === null) {
+      const ever = (this.#flags & F_EVER_CONNECTED) !== 0;
+      if (ever && this.#state !== S_CLOSED) x.readyPromise = Promise.resolve(this);
+      else if (x.connectError !== null) x.readyPromise = Promise.reject(x.connectError);
       else if (this.#state === S_CLOSED) {
-        this.#readyPromise = this.#everConnected
-          ? Promise.resolve(this)
-          : Promise.reject(new ChannelStateError(`${String(this)} closed before it connected.`));
+        x.readyPromise = ever ? Promise.resolve(this) : Promise.reject(new ChannelStateError(`${String(this)} closed before it connected.`));
       } else {
-        this.#readyPromise = new Promise<Stream>((resolve, reject) => {
-          this.#readyResolve = resolve;
-          this.#readyReject = reject;
+        x.readyPromise = new Promise<Stream>((resolve, reject) => {
+          x.readyResolve = resolve;
+          x.readyReject = reject;
         });
       }
     }
-    return this.#readyPromise;
+    return x.readyPromise;
   }
 
   // -------------------------------------------------------------------------
@@ -473,7 +488,8 @@ export class Stream extends Channel {
   /**
    * Enables TLS. Before `connect`: the connection is TLS from the start.
    * On a connected stream (STARTTLS): the upgrade starts once everything
-   * already written has been sent; later writes are sent encrypted.
+   * already written has been sent; later writes are sent encrypted, and
+   * bytes the peer sent right behind its command go to the handshake.
    * `server_side` defaults to true on a stream a server accepted.
    * @throws ChannelStateError if TLS is already enabled, or the stream is closing or closed.
    * @throws RangeError if `do_handshake_on_connect` is not false.
@@ -482,21 +498,21 @@ export class Stream extends Channel {
     if (this.#state === S_CLOSED || this.#state === S_CLOSING) {
       throw new ChannelStateError(`startSSL() called on closed ${String(this)}.`);
     }
-    if (this.#tls !== null || this.#tlsUpgrading || (this.#sslOptions !== null && this.#state <= S_CONNECTING)) {
-      throw new ChannelStateError(`startSSL() called on SSL-enabled ${String(this)}.`);
-    }
+    if (this.sslEnabled) throw new ChannelStateError(`startSSL() called on SSL-enabled ${String(this)}.`);
     checkPantsFlags(sslOptions, undefined);
     if (this.#state === S_INIT || this.#state === S_CONNECTING) {
-      this.#sslOptions = sslOptions;
+      this.#extras().sslOptions = sslOptions;
       return this;
     }
     // STARTTLS: queue the upgrade behind the data already written.
-    const serverSide = sslOptions.server_side ?? this.#serverSide;
+    const serverSide = sslOptions.server_side ?? (this.#flags & F_SERVER_SIDE) !== 0;
     // Validate (and read files) now, so a bad option throws here, not later.
     if (serverSide) compileServerTls(sslOptions);
-    this.#tlsUpgrading = true;
-    this.#wq.push({ tls: true, options: { ...sslOptions, server_side: serverSide } });
-    this.#flush();
+    this.#flags |= F_TLS_UPGRADING;
+    (this.#wq ??= []).push({ tls: { ...sslOptions, server_side: serverSide } });
+    // Not now: inside onRead the rest of the chunk (maybe the peer's
+    // ClientHello) must reach the receive buffer before the upgrade takes it.
+    this.#afterQueue(false);
     return this;
   }
 
@@ -518,7 +534,7 @@ export class Stream extends Channel {
     else if (data instanceof Uint8Array) buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     else throw typeError(`write() expects a string or a Uint8Array, got ${describe(data)}.`);
     if (buf.length === 0) return;
-    this.#wq.push(buf);
+    (this.#wq ??= []).push(buf);
     this.#wqBytes += buf.length;
     this.#afterQueue(flush);
   }
@@ -539,7 +555,7 @@ export class Stream extends Channel {
     }
     if (!Number.isSafeInteger(nbytes) || nbytes < 0) throw rangeError(`writeFile() nbytes must be a non-negative integer, got ${describe(nbytes)}.`);
     if (!Number.isSafeInteger(offset) || offset < 0) throw rangeError(`writeFile() offset must be a non-negative integer, got ${describe(offset)}.`);
-    this.#wq.push({ file, nbytes, offset });
+    (this.#wq ??= []).push({ file, nbytes, offset });
     this.#afterQueue(flush);
   }
 
@@ -639,12 +655,12 @@ export class Stream extends Channel {
   onConnectError(err: ConnectError): void {
     log.current.warn({ err, stream: String(this) }, `Connect failed: ${err.message}`);
   }
-  /** Reading failed (e.g. a reset); the stream closes. Default: log it (debug for peer errors). */
+  /** Reading failed (a reset, or bytes not valid in `encoding`). Default: log it (debug for peer errors) and close. */
   onReadError(err: Error): void {
     logPeerError(err, `Read error on ${String(this)}`);
     this.close(false);
   }
-  /** Writing failed (e.g. a reset, or a file that cannot be read); the stream closes. Default: log it. */
+  /** Writing failed (a reset, or a file that cannot be read). Default: log it and close. */
   onWriteError(err: Error): void {
     logPeerError(err, `Write error on ${String(this)}`);
     this.close(false);
@@ -675,7 +691,6 @@ export class Stream extends Channel {
   /** TLS could not be set up (bad options at upgrade time); the stream closes. Default: log it. */
   onSslError(err: Error): void {
     logPeerError(err, `TLS error on ${String(this)}`);
-    this.close(false);
   }
 
   // -------------------------------------------------------------------------
@@ -685,18 +700,18 @@ export class Stream extends Channel {
   #adopt(sock: OwnedSocket): void {
     sock[kStream] = this;
     this.#sock = sock;
-    const raw = sock[kRawSocket] ?? (sock instanceof net.Socket ? (sock as net.Socket) : null);
-    this.#raw = raw;
+    const raw = sock[kRawSocket];
+    if (raw !== undefined) this.#raw = raw;
     const proxied = sock[kProxyRemote];
-    this.#captureAddresses(proxied);
+    if (proxied !== undefined && proxied !== null) this.#extras().proxied = proxied;
     sock.on("error", onSocketError);
     sock.on("close", onSocketClose);
-    this.engine._channels.add(this);
+    if (sock[kAccepted] !== true) this.engine._channels.add(this);
     this.engine.stats.open++;
     this.#state = S_PENDING;
     if (sock[kTlsPending] === true) {
       // Server side: the handshake runs now; onConnect follows onSslHandshake.
-      this.#serverSide = true;
+      this.#flags |= F_SERVER_SIDE;
       this.#tls = sock as unknown as tls.TLSSocket;
       sock.once("secure", onSocketSecure);
       this.#armHandshakeTimeout();
@@ -704,12 +719,13 @@ export class Stream extends Channel {
     }
     if (sock instanceof tls.TLSSocket) {
       this.#tls = sock;
-      this.#tlsDone = true;
+      this.#flags |= F_TLS_DONE;
     }
-    if (this.#sslOptions !== null) {
-      // The user gave a plain socket and sslOptions: TLS starts now.
-      this.#serverSide = this.#sslOptions.server_side ?? false;
-      process.nextTick(() => this.#wrapTls(this.#sslOptions ?? {}, true));
+    const sslOptions = this.#x?.sslOptions;
+    if (sslOptions != null) {
+      // The user gave a plain socket and sslOptions: TLS starts on the next tick.
+      if (sslOptions.server_side === true) this.#flags |= F_SERVER_SIDE;
+      process.nextTick(() => this.#wrapTls(sslOptions, true));
       return;
     }
     if ((sock as net.Socket).connecting === true) {
@@ -720,35 +736,42 @@ export class Stream extends Channel {
     process.nextTick(establishTick, this);
   }
 
-  #captureAddresses(proxied?: Address | null): void {
-    const raw = this.#raw;
-    if (raw !== null) {
-      this.#remote = fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily);
-      const local = raw.address();
-      this.#local = typeof local === "object" && local !== null && "port" in local ? fromNodeAddress(local.address, local.port, local.family) : null;
-      if (this.#remote === null && this.#local === null) {
-        // A UNIX socket: Node reports no peer; the path is the server's.
-        const target = this.#connectTarget;
-        const path = target?.kind === "unix" ? target.path : ((this.server?.localAddress as string | null | undefined) ?? "");
-        if (target?.kind === "unix") {
-          this.#remote = path;
-          this.#local = "";
-        } else {
-          this.#remote = "";
-          this.#local = typeof path === "string" ? path : "";
-        }
+  /** The peer's and our addresses, read from the socket on first use. */
+  #addresses(): Extras {
+    const x = this.#extras();
+    if ((this.#flags & F_ADDRESSES) !== 0) return x;
+    const raw = (this.#raw ?? this.#sock) as net.Socket | null;
+    if (raw === null || !(raw instanceof net.Socket)) return x;
+    if (raw.destroyed && (this.#flags & F_EVER_CONNECTED) === 0) return x;
+    this.#flags |= F_ADDRESSES;
+    x.remote = fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily);
+    const local = raw.address();
+    x.local = typeof local === "object" && local !== null && "port" in local ? fromNodeAddress(local.address, local.port, local.family) : null;
+    if (x.remote === null && x.local === null) {
+      // A UNIX socket: Node reports no addresses. The path is the server's
+      // (or the one connected to); the other side is unnamed ("").
+      const target = x.connectTarget;
+      if (target?.kind === "unix") {
+        x.remote = target.path;
+        x.local = "";
+      } else {
+        const path = this.server?.localAddress;
+        x.remote = "";
+        x.local = typeof path === "string" ? path : "";
       }
     }
-    if (proxied !== undefined && proxied !== null) this.#remote = proxied;
+    if (x.proxied !== null) x.remote = x.proxied;
+    return x;
   }
 
   /** @internal The TCP connection of a client connect is up. */
   _onTcpConnect(): void {
     if (this.#state !== S_CONNECTING) return;
-    this.#captureAddresses();
+    this.#addresses();
     this.#state = S_PENDING;
-    if (this.#sslOptions !== null) {
-      this.#wrapTls(this.#sslOptions, true);
+    const sslOptions = this.#x?.sslOptions;
+    if (sslOptions != null) {
+      this.#wrapTls(sslOptions, true);
       return;
     }
     this.#establish();
@@ -759,46 +782,36 @@ export class Stream extends Channel {
    * onConnect; otherwise it is a STARTTLS upgrade of an open stream.
    */
   #wrapTls(options: SslOptions, initial: boolean): void {
-    const state = this.#state;
-    if (state === S_CLOSED) return;
-    const raw = this.#sock as OwnedSocket;
-    const serverSide = options.server_side ?? this.#serverSide;
+    if (this.#state === S_CLOSED) return;
+    const plain = this.#sock as OwnedSocket;
+    const serverSide = options.server_side ?? (this.#flags & F_SERVER_SIDE) !== 0;
     let tlsSock: tls.TLSSocket;
     try {
       if (serverSide) {
-        const compiled = compileServerTls(options);
-        tlsSock = new tls.TLSSocket(raw as unknown as net.Socket, compiled.socketOptions);
+        tlsSock = wrapServerSocket(plain, compileServerTls(options));
       } else {
-        const compiled = compileClientTls(options);
-        const target = this.#connectTarget;
-        const host = target?.kind === "tcp" ? target.host : undefined;
-        const connectOptions: tls.ConnectionOptions = { ...compiled.options, socket: raw };
-        if (connectOptions.servername === undefined) {
-          const sni = sniName(host);
-          if (sni !== undefined) connectOptions.servername = sni;
-        }
-        if (host !== undefined && host !== "") connectOptions.host = host;
-        tlsSock = tls.connect(connectOptions);
+        const target = this.#x?.connectTarget;
+        tlsSock = wrapClientSocket(plain, options, target?.kind === "tcp" ? target.host : undefined);
       }
     } catch (err) {
       this._countError("tls", err as Error);
-      if (initial && state === S_CONNECTING) this.#connectError = err as Error;
+      if (initial && (this.#flags & F_EVER_CONNECTED) === 0) this.#extras().connectError = err as Error;
       this._call1(this.onSslError, err as Error);
       this.#finishClose(false);
       return;
     }
-    // Move ownership to the TLS socket; the raw socket keeps only its close listener.
-    raw.off("data", onSocketData);
-    raw.off("end", onSocketEnd);
-    raw.off("error", onSocketError);
-    raw.on("error", discardData);
+    // The TLS socket owns the connection now; the plain one keeps only its close listener.
+    plain.off("data", onSocketData);
+    plain.off("end", onSocketEnd);
+    plain.off("error", onSocketError);
+    plain.on("error", ignoreError);
+    if (this.#raw === null && plain instanceof net.Socket) this.#raw = plain;
     const owned = tlsSock as unknown as OwnedSocket;
     owned[kStream] = this;
     this.#sock = owned;
     this.#tls = tlsSock;
-    this.#tlsDone = false;
-    this.#tlsUpgrading = !initial;
-    this.#flowing = false;
+    this.#flags &= ~(F_TLS_DONE | F_FLOWING);
+    if (initial) this.#flags &= ~F_TLS_UPGRADING;
     tlsSock.on("error", onSocketError);
     tlsSock.on("close", onSocketClose);
     tlsSock.once(serverSide ? "secure" : "secureConnect", onSocketSecure);
@@ -808,15 +821,15 @@ export class Stream extends Channel {
   /** @internal The TLS handshake completed. */
   _onSecure(): void {
     if (this.#state === S_CLOSED || this.#tls === null) return;
-    this.#tlsDone = true;
+    this.#flags |= F_TLS_DONE;
     this.#clearDeadline("handshake");
-    const upgrade = this.#tlsUpgrading;
-    this.#tlsUpgrading = false;
+    const upgrade = (this.#flags & F_TLS_UPGRADING) !== 0;
+    this.#flags &= ~F_TLS_UPGRADING;
     this._call0(this.onSslHandshake);
     if (this.#state === S_CLOSED) return;
     if (upgrade) {
       // STARTTLS done: reading resumes on the TLS socket; queued writes go out encrypted.
-      this.#wq.shift();
+      this.#wq?.shift();
       this.#startFlowing();
       this.#flush();
       this.#scheduleProcess();
@@ -832,26 +845,27 @@ export class Stream extends Channel {
 
   #establish(): void {
     this.#state = S_OPEN;
-    this.#everConnected = true;
+    this.#flags |= F_EVER_CONNECTED;
     this.engine.stats.accepted++;
-    if (this.#idleTimeout > 0) this.#updateTimed();
+    if (this.#x !== null && this.#x.idleTimeout > 0) this.#updateTimed();
     if (diagnostics.connectionOpen.hasSubscribers) diagnostics.connectionOpen.publish({ stream: this });
     this._call0(this.onConnect);
     if (this.#state === S_CLOSED) return;
-    const resolve = this.#readyResolve;
-    this.#readyResolve = null;
-    this.#readyReject = null;
-    if (resolve !== null) resolve(this);
-    if (this.#state === S_OPEN || this.#state === S_CLOSING) {
-      this.#startFlowing();
-      if (this.#wq.length > 0) this.#flush();
+    const x = this.#x;
+    if (x !== null && x.readyResolve !== null) {
+      const resolve = x.readyResolve;
+      x.readyResolve = null;
+      x.readyReject = null;
+      resolve(this);
     }
+    this.#startFlowing();
+    if (this.#wq !== null && this.#wq.length > 0) this.#flush();
   }
 
   #startFlowing(): void {
     const sock = this.#sock;
-    if (sock === null || this.#flowing) return;
-    this.#flowing = true;
+    if (sock === null || (this.#flags & F_FLOWING) !== 0) return;
+    this.#flags |= F_FLOWING;
     sock.on("end", onSocketEnd);
     sock.on("data", onSocketData);
     // A socket paused explicitly (after a PROXY header, or a STARTTLS
@@ -865,37 +879,74 @@ export class Stream extends Channel {
 
   /** @internal A chunk arrived. */
   _onData(chunk: Buffer): void {
-    this.#active = true;
+    this.#flags |= F_ACTIVE;
     const statsServer = this.#statsServer;
     if (statsServer !== null) statsServer.bytesIn += chunk.length;
     this.engine.stats.bytesIn += chunk.length;
     if (this.#state !== S_OPEN) return; // closing: read and discarded
+    this.#flags |= F_IN_DISPATCH;
     const rb = this.#rb;
-    this.#inDispatch = true;
-    if (rb.length === 0 && this.#framer.source === null && this.#paused === 0 && this.#encoding === null && !this.#tlsUpgrading) {
-      this._call1(this.onRead, chunk);
+    if ((rb === null || (rb.length === 0 && !rb.discarding)) && this.#paused === 0 && this.#encoding === null && (this.#flags & F_TLS_UPGRADING) === 0) {
+      const framer = this.#framer;
+      if (framer === NULL_FRAMER) this._call1(this.onRead, chunk);
+      else if (framer.needle !== null) this.#scanChunk(chunk, framer, framer.needle);
+      else this.#push(chunk);
     } else {
-      rb.push(chunk);
-      this.#process();
+      this.#push(chunk);
     }
-    this.#inDispatch = false;
-    if (this.#wq.length > 0) this.#flush();
+    this.#flags &= ~F_IN_DISPATCH;
+    if (this.#wq !== null && this.#wq.length > 0) this.#flush();
+  }
+
+  #push(chunk: Buffer): void {
+    (this.#rb ??= new ReceiveBuffer()).push(chunk);
+    this.#process();
+  }
+
+  /**
+   * The common case, delimited frames with nothing buffered: cut them
+   * straight out of the chunk as views. Anything unusual (a partial frame,
+   * a new delimiter, an oversized frame, a pause) falls back to the buffer.
+   */
+  #scanChunk(chunk: Buffer, framer: Framer, needle: Buffer): void {
+    const n = needle.length;
+    const limit = this.#bufferSize;
+    let start = 0;
+    for (;;) {
+      const idx = chunk.indexOf(needle, start);
+      if (idx === -1 || idx - start > limit) break;
+      const frame = chunk.subarray(start, idx);
+      start = idx + n;
+      this._call1(this.onRead, frame);
+      if (
+        start >= chunk.length ||
+        this.#state !== S_OPEN ||
+        this.#framer !== framer ||
+        this.#paused !== 0 ||
+        this.#encoding !== null ||
+        (this.#flags & F_TLS_UPGRADING) !== 0
+      ) {
+        break;
+      }
+    }
+    if (start < chunk.length && this.#state === S_OPEN) this.#push(start === 0 ? chunk : chunk.subarray(start));
   }
 
   /** Delivers every whole frame in the buffer, re-reading the delimiter each time. */
   #process(): void {
     const rb = this.#rb;
-    const out = this.#out;
-    const wasDispatching = this.#inDispatch;
-    this.#inDispatch = true;
+    if (rb === null) return;
+    const out = frameOut;
+    const outer = this.#flags & F_IN_DISPATCH;
+    this.#flags |= F_IN_DISPATCH;
     try {
       while (rb.length > 0) {
-        if (this.#state !== S_OPEN || this.#paused !== 0 || this.#tlsUpgrading) return;
+        if (this.#state !== S_OPEN || this.#paused !== 0 || (this.#flags & F_TLS_UPGRADING) !== 0) return;
         const framer = this.#framer;
         const limit = this.#bufferSize > framer.minLimit ? this.#bufferSize : framer.minLimit;
         let code: number;
         try {
-          code = framer.extract(rb, limit, out, this.regexSearch);
+          code = framer.extract(rb, limit, out, (this.#flags & F_REGEX_ANCHORED) === 0);
         } catch (err) {
           // A Decoder threw, or a Struct could not unpack: user code or bad input.
           rb.clear();
@@ -905,37 +956,33 @@ export class Stream extends Channel {
         if (code === FRAME) {
           const value = out.value;
           out.value = undefined;
-          if (this.#encoding === null || !Buffer.isBuffer(value)) this._call1(this.onRead, value as Buffer);
-          else this.#deliverText(value, framer.source === null);
+          if (this.#encoding === null || !Buffer.isBuffer(value)) this._call1(this.onRead, value);
+          else this.#deliverText(value, framer === NULL_FRAMER);
         } else if (code === FRAME_ARGS) {
-          const args = out.args ?? EMPTY_ARGS;
+          const args = out.args ?? [];
           out.args = null;
           this._callN(this.onRead, args);
         } else if (code === NEED_MORE) {
           return;
         } else if (code === OVERFLOW) {
-          this._countError("overflow", new Error("read overflow"));
-          const err = new BufferOverflowError(
-            `A frame on ${String(this)} outgrew the ${limit}-byte buffer limit (bufferSize).`,
-            "read",
-            limit,
-          );
+          const err = new BufferOverflowError(`A frame on ${String(this)} outgrew the ${limit}-byte buffer limit (bufferSize).`, "read", limit);
+          this._countError("overflow", err);
           this._call1(this.onOverflowError, err);
         } else {
-          const cause = out.error;
+          const cause = out.error as Error;
           out.error = null;
           rb.clear();
           if (code === FAILED && isFramingError(cause)) {
-            this._callOnError(new InvalidReadDelimiterError((cause as Error).message, { cause }));
+            this._callOnError(new InvalidReadDelimiterError(cause.message, { cause }));
           } else {
-            this._countError("read", cause as Error);
-            this._call1(this.onReadError, cause as Error);
+            this._countError("read", cause);
+            this._call1(this.onReadError, cause);
           }
           return;
         }
       }
     } finally {
-      this.#inDispatch = wasDispatching;
+      this.#flags = (this.#flags & ~F_IN_DISPATCH) | outer;
     }
   }
 
@@ -945,14 +992,13 @@ export class Stream extends Channel {
     let text: string;
     if (streaming) {
       // Raw chunks may split a character: decode statefully.
-      let decoder = this.#textDecoder;
-      if (decoder === null) {
-        decoder = this.#textDecoder = utf8 ? new TextDecoder("utf-8", { fatal: true }) : new StringDecoder(encoding);
-      }
+      const x = this.#extras();
+      let decoder = x.textDecoder;
+      if (decoder === null) decoder = x.textDecoder = utf8 ? new TextDecoder("utf-8", { fatal: true }) : new StringDecoder(encoding);
       try {
         text = decoder instanceof TextDecoder ? decoder.decode(buf, { stream: true }) : decoder.write(buf);
       } catch (cause) {
-        this.#textDecoder = null;
+        x.textDecoder = null;
         this.#invalidText(cause);
         return;
       }
@@ -975,36 +1021,36 @@ export class Stream extends Channel {
   }
 
   #scheduleProcess(): void {
-    if (this.#processScheduled || this.#rb.length === 0) return;
-    this.#processScheduled = true;
+    if ((this.#flags & F_PROCESS_SCHEDULED) !== 0 || this.#rb === null || this.#rb.length === 0) return;
+    this.#flags |= F_PROCESS_SCHEDULED;
     process.nextTick(processTick, this);
   }
 
   /** @internal */
   _processTick(): void {
-    this.#processScheduled = false;
+    this.#flags &= ~F_PROCESS_SCHEDULED;
     if (this.#state !== S_OPEN) return;
     this.#process();
-    if (this.#wq.length > 0) this.#flush();
+    if (this.#wq !== null && this.#wq.length > 0) this.#flush();
   }
 
   #pause(reason: number): void {
     const was = this.#paused;
     this.#paused |= reason;
-    if (was === 0 && this.#flowing && this.#sock !== null) this.#sock.pause();
+    if (was === 0 && (this.#flags & F_FLOWING) !== 0 && this.#sock !== null) this.#sock.pause();
   }
 
   #resume(reason: number): void {
     if ((this.#paused & reason) === 0) return;
     this.#paused &= ~reason;
     if (this.#paused !== 0) return;
-    if (this.#flowing && this.#sock !== null && this.#state !== S_CLOSED) this.#sock.resume();
+    if ((this.#flags & F_FLOWING) !== 0 && this.#sock !== null && this.#state !== S_CLOSED) this.#sock.resume();
     this.#scheduleProcess();
   }
 
   /** @internal The peer sent FIN. */
   _onEnd(): void {
-    this.#peerEnded = true;
+    this.#flags |= F_PEER_ENDED;
     const state = this.#state;
     if (state === S_CLOSED) {
       // Lingering after our own close: the peer is done too.
@@ -1012,8 +1058,9 @@ export class Stream extends Channel {
       return;
     }
     if (state === S_OPEN || state === S_PENDING) {
-      if (this.#rb.length > 0 && !this.#tlsUpgrading) {
-        log.current.debug({ stream: String(this), bytes: this.#rb.length }, "Peer closed with an incomplete frame buffered; discarded.");
+      const rb = this.#rb;
+      if (rb !== null && rb.length > 0 && (this.#flags & F_TLS_UPGRADING) === 0) {
+        log.current.debug({ stream: String(this), bytes: rb.length }, "Peer closed with an incomplete frame buffered; discarded.");
       }
       this.close(true);
     }
@@ -1024,17 +1071,14 @@ export class Stream extends Channel {
     const state = this.#state;
     if (state === S_CLOSED) return;
     if (state === S_CONNECTING) {
-      const connectErr = new ConnectError(
-        `Could not connect ${String(this)} to ${formatAddress(this.#targetAddress())}: ${err.message}`,
-        { cause: err },
-      );
-      this.#connectError = connectErr;
+      const connectErr = new ConnectError(`Could not connect ${String(this)} to ${formatAddress(this.#targetAddress())}: ${err.message}`, { cause: err });
+      this.#extras().connectError = connectErr;
       this._countError("connect", connectErr);
       this._call1(this.onConnectError, connectErr);
       this.#finishClose(false);
       return;
     }
-    if (this.#tls !== null && !this.#tlsDone) {
+    if (this.#tls !== null && (this.#flags & F_TLS_DONE) === 0) {
       this.#handshakeFailed(err);
       return;
     }
@@ -1051,14 +1095,12 @@ export class Stream extends Channel {
    */
   #handshakeFailed(err: Error): void {
     this._countError("tls", err);
-    const clientConnect = !this.#everConnected && !this.#serverSide;
     let connectErr: ConnectError | null = null;
-    if (clientConnect) {
-      connectErr = new ConnectError(
-        `Could not connect ${String(this)} to ${formatAddress(this.#targetAddress())}: TLS handshake failed: ${err.message}`,
-        { cause: err },
-      );
-      this.#connectError = connectErr;
+    if ((this.#flags & (F_EVER_CONNECTED | F_SERVER_SIDE)) === 0) {
+      connectErr = new ConnectError(`Could not connect ${String(this)} to ${formatAddress(this.#targetAddress())}: TLS handshake failed: ${err.message}`, {
+        cause: err,
+      });
+      this.#extras().connectError = connectErr;
     }
     this._call1(this.onSslHandshakeError, err);
     if (connectErr !== null && this.#state !== S_CLOSED) this._call1(this.onConnectError, connectErr);
@@ -1070,11 +1112,11 @@ export class Stream extends Channel {
     const state = this.#state;
     if (state === S_CLOSED) return;
     if (state === S_CONNECTING) {
-      // Closed before connecting without an error (e.g. TLS peer hung up).
+      // Closed before connecting without an error.
       this._onSocketError(Object.assign(new Error("The connection closed before it was established."), { code: "ECONNRESET" }));
       return;
     }
-    if (this.#tls !== null && !this.#tlsDone) {
+    if (this.#tls !== null && (this.#flags & F_TLS_DONE) === 0) {
       this._onSocketError(Object.assign(new Error("The peer closed the connection during the TLS handshake."), { code: "ECONNRESET" }));
       return;
     }
@@ -1082,8 +1124,8 @@ export class Stream extends Channel {
   }
 
   #targetAddress(): Address | null {
-    const t = this.#connectTarget;
-    if (t === null) return null;
+    const t = this.#x?.connectTarget;
+    if (t == null) return null;
     if (t.kind === "unix") return t.path;
     return t.v6tuple ? [t.host, t.port, t.flowinfo, t.scopeid] : [t.host, t.port];
   }
@@ -1100,25 +1142,27 @@ export class Stream extends Channel {
   #afterQueue(flush: boolean): void {
     if (flush) {
       this.#flush();
-    } else if (!this.#inDispatch && !this.#flushQueued) {
-      this.#flushQueued = true;
+    } else if ((this.#flags & (F_IN_DISPATCH | F_FLUSH_QUEUED)) === 0) {
+      this.#flags |= F_FLUSH_QUEUED;
       dirty.push(this);
       if (!flushScheduled) {
         flushScheduled = true;
         process.nextTick(flushDirty);
       }
     }
-    const limit = this.#writeBufferLimit;
-    if (this.#wqBytes > limit || this.bufferedAmount > limit) this.#writeOverflow();
+    if (this.#wqBytes > DEFAULT_WRITE_LIMIT / 16 || this.#x !== null) {
+      const limit = this.writeBufferLimit;
+      if (this.bufferedAmount > limit) this.#writeOverflow(limit);
+    }
   }
 
-  #writeOverflow(): void {
-    if (this.#writeOverflowed || this.#state === S_CLOSED) return;
-    this.#writeOverflowed = true;
+  #writeOverflow(limit: number): void {
+    if ((this.#flags & F_WRITE_OVERFLOWED) !== 0 || this.#state === S_CLOSED) return;
+    this.#flags |= F_WRITE_OVERFLOWED;
     const err = new BufferOverflowError(
-      `The outgoing buffer of ${String(this)} outgrew writeBufferLimit (${this.#writeBufferLimit} bytes): the peer is not reading.`,
+      `The outgoing buffer of ${String(this)} outgrew writeBufferLimit (${limit} bytes): the peer is not reading.`,
       "write",
-      this.#writeBufferLimit,
+      limit,
     );
     this._countError("overflow", err);
     this._call1(this.onOverflowError, err);
@@ -1126,23 +1170,38 @@ export class Stream extends Channel {
 
   /** @internal Called by the end-of-turn flush. */
   _flushQueued(): void {
-    this.#flushQueued = false;
-    if (this.#wq.length > 0) this.#flush();
+    this.#flags &= ~F_FLUSH_QUEUED;
+    if (this.#wq !== null && this.#wq.length > 0) this.#flush();
   }
 
   #hasPendingWrites(): boolean {
-    return this.#wq.length > 0 || this.#inflight > 0 || this.#fileActive || (this.#sock !== null && this.#sock.writableLength > 0);
+    return (
+      (this.#wq !== null && this.#wq.length > 0) ||
+      this.#inflight > 0 ||
+      (this.#flags & F_FILE_ACTIVE) !== 0 ||
+      (this.#sock !== null && this.#sock.writableLength > 0)
+    );
+  }
+
+  #writeCallback(): (err?: Error | null) => void {
+    return this.#afterWrite ?? (this.#afterWrite = (err?: Error | null) => this.#onWritten(err));
+  }
+
+  #countOut(bytes: number): void {
+    const statsServer = this.#statsServer;
+    if (statsServer !== null) statsServer.bytesOut += bytes;
+    this.engine.stats.bytesOut += bytes;
   }
 
   /** Hands queued buffers to the socket; starts files and TLS upgrades in order. */
   #flush(): void {
     const sock = this.#sock;
-    const state = this.#state;
-    if (sock === null || state === S_CLOSED || state === S_CONNECTING || this.#fileActive) return;
-    if (this.#tls !== null && !this.#tlsDone) return; // handshake first; writes wait
     const wq = this.#wq;
+    const state = this.#state;
+    if (sock === null || wq === null || state === S_CLOSED || state === S_CONNECTING || (this.#flags & F_FILE_ACTIVE) !== 0) return;
+    if (this.#tls !== null && (this.#flags & F_TLS_DONE) === 0) return; // the handshake first; writes wait
     while (wq.length > 0) {
-      // Count the leading run of plain buffers.
+      // The leading run of plain buffers leaves in one write.
       let n = 0;
       let bytes = 0;
       while (n < wq.length && Buffer.isBuffer(wq[n])) {
@@ -1150,12 +1209,12 @@ export class Stream extends Channel {
         n++;
       }
       if (n > 0) {
-        const cb = this.#afterWrite ?? (this.#afterWrite = (err?: Error | null) => this.#onWritten(err));
+        const cb = this.#writeCallback();
         this.#inflight++;
         if (n === 1) {
           sock.write(wq[0] as Buffer, cb);
         } else if (bytes <= JOIN_LIMIT) {
-          sock.write(Buffer.concat(wq.slice(0, n) as Buffer[], bytes), cb);
+          sock.write(Buffer.concat(n === wq.length ? (wq as Buffer[]) : (wq.slice(0, n) as Buffer[]), bytes), cb);
         } else {
           sock.cork();
           for (let i = 0; i < n - 1; i++) sock.write(wq[i] as Buffer);
@@ -1165,9 +1224,7 @@ export class Stream extends Channel {
         if (n === wq.length) wq.length = 0;
         else wq.splice(0, n);
         this.#wqBytes -= bytes;
-        const statsServer = this.#statsServer;
-        if (statsServer !== null) statsServer.bytesOut += bytes;
-        this.engine.stats.bytesOut += bytes;
+        this.#countOut(bytes);
         if (this.#state === S_CLOSED) return; // a synchronous error closed us
         continue;
       }
@@ -1175,128 +1232,92 @@ export class Stream extends Channel {
       if ("tls" in head) {
         // STARTTLS: wait until every earlier byte has been handed to the OS.
         if (this.#inflight > 0 || sock.writableLength > 0) return;
-        this.#upgradeNow(head.options);
+        this.#upgradeNow(head.tls);
         return;
       }
       wq.shift();
-      this.#fileActive = true;
-      this.#sendFile(head);
+      this.#flags |= F_FILE_ACTIVE;
+      sendFile(head, this.#fileSink(sock));
       return;
     }
-    if (this.bufferedAmount > this.#writeHighWaterMark) this.#pause(P_BACKPRESSURE);
+    if (this.bufferedAmount > this.writeHighWaterMark) this.#pause(P_BACKPRESSURE);
   }
 
   #onWritten(err?: Error | null): void {
     this.#inflight--;
     if (err) return; // the socket's 'error' event reports it
-    this.#active = true;
+    this.#flags |= F_ACTIVE;
     if (this.#inflight === 0) this.#drained();
   }
 
   /** Everything handed to the socket so far has reached the OS. */
   #drained(): void {
     if (this.#state === S_CLOSED) return;
-    if (this.#wq.length > 0 || this.#fileActive) {
+    if ((this.#wq !== null && this.#wq.length > 0) || (this.#flags & F_FILE_ACTIVE) !== 0) {
       this.#flush();
-      if (this.#wq.length > 0 || this.#inflight > 0 || this.#fileActive) return;
+      if ((this.#wq !== null && this.#wq.length > 0) || this.#inflight > 0 || (this.#flags & F_FILE_ACTIVE) !== 0) return;
     }
     if (this.#sock !== null && this.#sock.writableLength > 0) return;
-    this.#writeOverflowed = false;
+    this.#flags &= ~F_WRITE_OVERFLOWED;
     this.#resume(P_BACKPRESSURE);
     if (this.onWrite !== Stream.prototype.onWrite) this._call0(this.onWrite);
     if (this.#state === S_CLOSING && !this.#hasPendingWrites()) this.#finishClose(true);
+  }
+
+  #fileSink(sock: OwnedSocket): FileSink {
+    return {
+      writeChunk: (chunk) => {
+        this.#inflight++;
+        this.#countOut(chunk.length);
+        return sock.write(chunk, this.#writeCallback());
+      },
+      get backlog() {
+        return sock.writableLength;
+      },
+      onDrain: (fn) => sock.once("drain", fn),
+      gone: false,
+      done: (err) => {
+        this.#flags &= ~F_FILE_ACTIVE;
+        if (this.#state === S_CLOSED) return;
+        if (err !== null) {
+          this._countError("write", err);
+          this._call1(this.onWriteError, err);
+          this.#finishClose(false);
+          return;
+        }
+        if (this.#inflight === 0) this.#drained();
+      },
+    };
   }
 
   #upgradeNow(options: SslOptions): void {
     const sock = this.#sock as OwnedSocket;
     // Bytes already read past the STARTTLS point belong to the TLS layer:
     // hand them back to the socket so the handshake sees them (uvloop#707).
-    const rest = this.#rb.length > 0 ? this.#rb.all() : null;
-    this.#rb.clear();
+    const rb = this.#rb;
+    const rest = rb !== null && rb.length > 0 ? rb.all() : null;
+    rb?.clear();
     sock.pause();
     if (rest !== null) sock.unshift(rest);
     this.#wrapTls(options, false);
-  }
-
-  #sendFile(job: FileJob): void {
-    const sock = this.#sock as OwnedSocket;
-    const isPath = typeof job.file === "string";
-    const handle = typeof job.file === "object" ? (job.file as FileHandle) : null;
-    let fd = typeof job.file === "number" ? job.file : -1;
-    let position = job.offset;
-    let remaining = job.nbytes === 0 ? Infinity : job.nbytes;
-    const finish = (err: Error | null): void => {
-      if (isPath && fd >= 0) fsClose(fd, () => {});
-      this.#fileActive = false;
-      if (this.#state === S_CLOSED) return;
-      if (err !== null) {
-        this._countError("write", err);
-        this._call1(this.onWriteError, err);
-        this.#finishClose(false);
-        return;
-      }
-      if (this.#inflight === 0) this.#drained();
-    };
-    const readNext = (): void => {
-      if (this.#state === S_CLOSED) return finish(null);
-      if (remaining <= 0) return finish(null);
-      const size = Math.min(FILE_CHUNK, remaining);
-      const buf = Buffer.allocUnsafe(size);
-      const onRead = (err: Error | null, bytesRead: number): void => {
-        if (err) return finish(err);
-        if (this.#state === S_CLOSED) return finish(null);
-        if (bytesRead === 0) {
-          if (job.nbytes !== 0 && remaining > 0 && remaining !== Infinity) {
-            return finish(rangeError(`writeFile(): the file ended ${remaining} bytes before the ${job.nbytes} bytes asked for.`));
-          }
-          return finish(null);
-        }
-        position += bytesRead;
-        remaining -= bytesRead;
-        const chunk = bytesRead === size ? buf : buf.subarray(0, bytesRead);
-        const cb = this.#afterWrite ?? (this.#afterWrite = (e?: Error | null) => this.#onWritten(e));
-        this.#inflight++;
-        const statsServer = this.#statsServer;
-        if (statsServer !== null) statsServer.bytesOut += bytesRead;
-        this.engine.stats.bytesOut += bytesRead;
-        // Keep a little in flight, then wait for the socket to drain before reading on.
-        if (sock.write(chunk, cb) || sock.writableLength < 4 * FILE_CHUNK) readNext();
-        else sock.once("drain", readNext);
-      };
-      if (handle !== null) {
-        handle.read(buf, 0, size, position).then(
-          (r) => onRead(null, r.bytesRead),
-          (e: Error) => onRead(e, 0),
-        );
-      } else {
-        fsRead(fd, buf, 0, size, position, (e, n) => onRead(e, n));
-      }
-    };
-    if (isPath) {
-      fsOpen(job.file as string, "r", (err, opened) => {
-        if (err) return finish(err);
-        fd = opened;
-        if (this.#state === S_CLOSED) return finish(null);
-        readNext();
-      });
-    } else {
-      readNext();
-    }
   }
 
   // -------------------------------------------------------------------------
   // Internals: closing
 
   #finishClose(graceful: boolean): void {
-    if (this.#state === S_CLOSED) return;
-    const wasConnecting = this.#state === S_CONNECTING || (!this.#everConnected && this.#state !== S_INIT);
+    const state = this.#state;
+    if (state === S_CLOSED) return;
+    const everConnected = (this.#flags & F_EVER_CONNECTED) !== 0;
+    // A user onClose may ask for the addresses: read them before the socket goes.
+    if (this.onClose !== Stream.prototype.onClose && (this.#flags & F_ADDRESSES) === 0) this.#addresses();
     this.#state = S_CLOSED;
     const sock = this.#sock;
-    this.#rb.clear();
-    this.#wq.length = 0;
+    this.#rb?.clear();
+    if (this.#wq !== null) this.#wq.length = 0;
     this.#wqBytes = 0;
-    if (this.#timed) {
-      this.#timed = false;
+    if ((this.#flags & F_TIMED) !== 0) {
+      this.#flags &= ~F_TIMED;
       this.engine._sweeper.delete(this);
     }
     this.engine._channels.delete(this);
@@ -1304,16 +1325,17 @@ export class Stream extends Channel {
     if (sock !== null) {
       engineStats.open--;
       engineStats.closed++;
-      this.#releaseSocket(sock, graceful);
+      this.#releaseSocket(sock, graceful && state >= S_PENDING);
     }
     this.server?._connectionClosed(this, this.#connId);
-    if (wasConnecting || !this.#everConnected) {
-      const err = this.#connectError ?? new ChannelStateError(`${String(this)} closed before it connected.`);
-      const reject = this.#readyReject;
-      this.#readyResolve = null;
-      this.#readyReject = null;
+    if (!everConnected) {
+      const x = this.#extras();
+      const err = x.connectError ?? new ChannelStateError(`${String(this)} closed before it connected.`);
+      const reject = x.readyReject;
+      x.readyResolve = null;
+      x.readyReject = null;
       if (reject !== null) reject(err);
-      else if (this.#readyPromise === null && this.#connectError === null) this.#connectError = err;
+      else if (x.readyPromise === null && x.connectError === null) x.connectError = err;
     }
     this._call0(this.onClose);
     if (diagnostics.connectionClose.hasSubscribers) diagnostics.connectionClose.publish({ stream: this });
@@ -1329,7 +1351,7 @@ export class Stream extends Channel {
       sock[kStream] = undefined;
       return;
     }
-    if (this.#peerEnded) {
+    if ((this.#flags & F_PEER_ENDED) !== 0) {
       // Both sides are done: our FIN (TLS: close_notify first); the socket
       // destroys itself once it has been sent.
       sock.end();
@@ -1337,19 +1359,20 @@ export class Stream extends Channel {
     }
     // FIN after everything written; keep reading (and discarding) until the
     // peer closes too, so unread bytes do not turn our close into a reset.
-    if (!this.#flowing) {
-      this.#flowing = true;
+    if ((this.#flags & F_FLOWING) === 0) {
+      this.#flags |= F_FLOWING;
       sock.on("end", onSocketEnd);
       sock.on("data", onSocketData);
     }
     sock.resume();
     sock.end();
-    const raw = this.#raw;
-    if (raw !== null) raw.unref();
+    // A lingering socket never keeps the process alive.
+    const raw = (this.#raw ?? sock) as Duplex & { unref?: () => void };
+    raw.unref?.();
     const timer = setTimeout(lingerExpired, LINGER_MS, sock);
     timer.unref();
-    (sock as OwnedSocket & { [kLinger]?: ReturnType<typeof setTimeout> })[kLinger] = timer;
-    if (raw !== null && raw !== (sock as Duplex)) (raw as OwnedSocket & { [kLinger]?: ReturnType<typeof setTimeout> })[kLinger] = timer;
+    sock[kLinger] = timer;
+    if (this.#raw !== null) (this.#raw as OwnedSocket)[kLinger] = timer;
   }
 
   // -------------------------------------------------------------------------
@@ -1362,61 +1385,60 @@ export class Stream extends Channel {
   }
 
   #setDeadline(kind: "handshake" | "drain", ms: number): void {
-    this.#deadline = this.engine.time() + ms;
-    this.#deadlineKind = kind;
-    this.#active = false;
-    this.#idleSince = this.engine.time();
-    if (!this.#timed) {
-      this.#timed = true;
-    }
+    const x = this.#extras();
+    const now = this.engine.time();
+    x.deadline = now + ms;
+    x.deadlineKind = kind;
+    x.idleSince = now;
+    this.#flags = (this.#flags & ~F_ACTIVE) | F_TIMED;
     this.engine._sweeper.add(this, ms);
   }
 
   #clearDeadline(kind: "handshake" | "drain"): void {
-    if (this.#deadlineKind !== kind) return;
-    this.#deadlineKind = null;
+    const x = this.#x;
+    if (x === null || x.deadlineKind !== kind) return;
+    x.deadlineKind = null;
     this.#updateTimed();
   }
 
   #updateTimed(): void {
-    const want = this.#state !== S_CLOSED && (this.#deadlineKind !== null || (this.#idleTimeout > 0 && this.#state >= S_PENDING));
+    const x = this.#x;
+    const want = this.#state !== S_CLOSED && x !== null && (x.deadlineKind !== null || (x.idleTimeout > 0 && this.#state >= S_PENDING));
     if (want) {
-      if (!this.#timed) this.#idleSince = this.engine.time();
-      this.#timed = true;
-      this.engine._sweeper.add(this, this.#deadlineKind !== null ? 1000 : this.#idleTimeout);
-    } else if (this.#timed) {
-      this.#timed = false;
+      if ((this.#flags & F_TIMED) === 0) x.idleSince = this.engine.time();
+      this.#flags |= F_TIMED;
+      this.engine._sweeper.add(this, x.deadlineKind !== null ? 1000 : x.idleTimeout);
+    } else if ((this.#flags & F_TIMED) !== 0) {
+      this.#flags &= ~F_TIMED;
       this.engine._sweeper.delete(this);
     }
   }
 
   /** @internal Called by the engine's sweeper on every tick. */
   _onSweep(now: number): void {
-    if (this.#state === S_CLOSED) return;
-    const kind = this.#deadlineKind;
+    const x = this.#x;
+    if (this.#state === S_CLOSED || x === null) return;
+    const active = (this.#flags & F_ACTIVE) !== 0;
+    this.#flags &= ~F_ACTIVE;
+    const kind = x.deadlineKind;
     if (kind === "drain") {
       // A draining close that makes progress is given more time.
-      if (this.#active) {
-        this.#active = false;
-        this.#deadline = now + DRAIN_TIMEOUT_MS;
-      } else if (now >= this.#deadline) {
-        this._countError("timeout", new TimeoutError("drain timeout", "idle"));
+      if (active) x.deadline = now + DRAIN_TIMEOUT_MS;
+      else if (now >= x.deadline) {
+        this._countError("timeout", new TimeoutError("A draining close made no progress.", "idle"));
         this.#finishClose(false);
       }
       return;
     }
     if (kind === "handshake") {
-      if (now >= this.#deadline) {
-        this.#handshakeFailed(new TimeoutError(`The TLS handshake of ${String(this)} did not complete in time.`, "handshake"));
-      }
+      if (now >= x.deadline) this.#handshakeFailed(new TimeoutError(`The TLS handshake of ${String(this)} did not complete in time.`, "handshake"));
       return;
     }
-    if (this.#idleTimeout <= 0) return;
-    if (this.#active) {
-      this.#active = false;
-      this.#idleSince = now;
-    } else if (now - this.#idleSince >= this.#idleTimeout) {
-      this.#idleSince = now;
+    if (x.idleTimeout <= 0) return;
+    if (active) {
+      x.idleSince = now;
+    } else if (now - x.idleSince >= x.idleTimeout) {
+      x.idleSince = now;
       this._countError("timeout", new TimeoutError("idle timeout", "idle"));
       this._call0(this.onTimeout);
     }
@@ -1430,28 +1452,15 @@ export class Stream extends Channel {
     this.server = server;
     this.#connId = connId;
     this.#statsServer = stats;
-    this.#serverSide = true;
-    if (this.#deadlineKind === "handshake") this.#armHandshakeTimeout();
-    if (idleTimeout > 0 && this.#idleTimeout === 0) this.idleTimeout = idleTimeout;
-    // UNIX peers have no address of their own: report the server's path.
-    if (this.#remote === "" && this.#local === "") {
-      const path = server.localAddress;
-      if (typeof path === "string") this.#local = path;
-    }
+    this.#flags |= F_SERVER_SIDE;
+    if (this.#x?.deadlineKind === "handshake") this.#armHandshakeTimeout();
+    if (idleTimeout > 0 && this.idleTimeout === 0) this.idleTimeout = idleTimeout;
   }
 
   /** @internal */
   protected _statsTargets(): [Stats, Stats | null] {
     return [this.engine.stats, this.#statsServer];
   }
-}
-
-function establishTick(stream: Stream): void {
-  stream._establishTick();
-}
-
-function processTick(stream: Stream): void {
-  stream._processTick();
 }
 
 function checkSize(name: string, value: number): number {
@@ -1465,4 +1474,3 @@ function logPeerError(err: Error, message: string): void {
   if (isPeerError(err)) log.current.debug({ err }, `${message}: ${err.message}`);
   else log.current.warn({ err }, `${message}: ${err.message}`);
 }
-

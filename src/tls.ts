@@ -6,7 +6,9 @@
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import tls from "node:tls";
-import type { ConnectionOptions, SecureContext, SecureContextOptions, TLSSocketOptions } from "node:tls";
+import type { ConnectionOptions, SecureContext, SecureContextOptions, TLSSocket, TLSSocketOptions } from "node:tls";
+import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import { describe, rangeError, typeError } from "./errors.js";
 
 /** Pants' (Python `ssl`) certificate requirement names. */
@@ -217,4 +219,24 @@ export function compileClientTls(options: SslOptions): ClientTls {
 export function sniName(host: string | undefined): string | undefined {
   if (host === undefined || host === "" || isIP(host) !== 0) return undefined;
   return host;
+}
+
+/** @internal Wraps an accepted (or STARTTLS) socket in server-side TLS; the handshake starts at once. */
+export function wrapServerSocket(socket: Duplex, config: ServerTls): TLSSocket {
+  return new tls.TLSSocket(socket as Socket, config.socketOptions);
+}
+
+/**
+ * @internal Wraps a connected socket in client-side TLS: verification on
+ * (unless turned off), SNI for host names.
+ */
+export function wrapClientSocket(socket: Duplex, options: SslOptions, host: string | undefined): TLSSocket {
+  const compiled = compileClientTls(options);
+  const connectOptions: ConnectionOptions = { ...compiled.options, socket };
+  if (connectOptions.servername === undefined) {
+    const sni = sniName(host);
+    if (sni !== undefined) connectOptions.servername = sni;
+  }
+  if (host !== undefined && host !== "") connectOptions.host = host;
+  return tls.connect(connectOptions);
 }

@@ -42,6 +42,8 @@ export interface Framer {
   readonly source: ReadDelimiter;
   /** The smallest frame limit this framer needs (the delimiter's own size for integers and structs). */
   readonly minLimit: number;
+  /** For string and Buffer delimiters, the bytes to look for (the stream scans chunks for them directly). */
+  readonly needle: Buffer | null;
   /** Takes at most one frame from `rb`; see the result codes above. */
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut, regexSearch: boolean): number;
 }
@@ -49,6 +51,7 @@ export interface Framer {
 class NullFramer implements Framer {
   readonly source = null;
   readonly minLimit = 0;
+  readonly needle = null;
   extract(rb: ReceiveBuffer, _limit: number, out: FrameOut): number {
     out.value = rb.take(rb.length);
     return FRAME;
@@ -103,6 +106,7 @@ class BytesFramer implements Framer {
 
 class SizeFramer implements Framer {
   readonly minLimit: number;
+  readonly needle = null;
   constructor(readonly source: number) {
     this.minLimit = source;
   }
@@ -115,6 +119,7 @@ class SizeFramer implements Framer {
 
 class RegexFramer implements Framer {
   readonly minLimit = 0;
+  readonly needle = null;
   readonly #search: RegExp;
   readonly #anchored: RegExp;
   constructor(readonly source: RegExp) {
@@ -170,6 +175,7 @@ class InvalidDelimiterMatch extends Error {
 
 class StructFramer implements Framer {
   readonly minLimit: number;
+  readonly needle = null;
   constructor(readonly source: Struct) {
     this.minLimit = source.size;
   }
@@ -183,6 +189,7 @@ class StructFramer implements Framer {
 
 class NetStructFramer implements Framer {
   readonly minLimit: number;
+  readonly needle = null;
   constructor(readonly source: NetStruct) {
     this.minLimit = source.minimumSize;
   }
@@ -218,6 +225,7 @@ class NetStructFramer implements Framer {
 
 class DecoderFramer implements Framer {
   readonly minLimit = 0;
+  readonly needle = null;
   constructor(readonly source: Decoder) {}
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
     const buf = rb.all();
@@ -245,8 +253,7 @@ class DecoderFramer implements Framer {
       );
       return FAILED;
     }
-    // Copy the frame's bytes out of the shared buffer before dropping them? No:
-    // views stay valid, the buffer is only ever sliced, never reused.
+    // The frame's views stay valid: the buffer is only ever sliced, never reused.
     rb.skip(consumed);
     if (consumed > limit) return OVERFLOW;
     out.args = args;
@@ -261,7 +268,8 @@ export function isFramingError(err: unknown): boolean {
   return err instanceof DecoderResultError || err instanceof InvalidDelimiterMatch;
 }
 
-const NULL_FRAMER = new NullFramer();
+/** The framer of `readDelimiter = null`. */
+export const NULL_FRAMER: Framer = new NullFramer();
 const stringFramers = new Map<string, BytesFramer>();
 
 /**

@@ -1,0 +1,249 @@
+/**
+ * The small examples (echo, tls-echo, line-kv, chat), each run as its own
+ * process the way its header says, and driven over raw sockets. Also what
+ * every example promises: one stdout line saying where it listens, a clean
+ * exit on SIGTERM/SIGINT, and a default export `pants-ts serve` can load.
+ */
+import { test } from "node:test";
+import type { TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { connect, connectTls, sleep } from "./helpers.js";
+import type { RawClient } from "./helpers.js";
+import { hasOpenssl, makeCerts } from "./certs.js";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const NO_OPENSSL = hasOpenssl() ? false : "the openssl command is not installed (tls-echo makes its certificate with it)";
+
+interface Running {
+  port: number;
+  proc: ChildProcess;
+  /** Everything the process printed on stdout so far. */
+  stdout(): string;
+  /** Resolves with the exit code (or the signal's name) once the process has exited. */
+  exited: Promise<number | string>;
+}
+
+/** Runs `node --import tsx <args>` in the repository; killed when `t` ends. Resolves once it printed a line. */
+async function start(t: TestContext, args: string[], env: Record<string, string> = {}): Promise<Running> {
+  const proc = spawn(process.execPath, ["--import", "tsx", ...args], { cwd: ROOT, env: { ...process.env, PORT: "0", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  let err = "";
+  proc.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
+  proc.stderr!.setEncoding("utf8").on("data", (d: string) => (err += d));
+  const exited = new Promise<number | string>((resolve) => proc.once("exit", (code, signal) => resolve(code ?? signal ?? "?")));
+  t.after(async () => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return;
+    proc.kill("SIGTERM");
+    const timer = setTimeout(() => proc.kill("SIGKILL"), 5000);
+    await exited;
+    clearTimeout(timer);
+  });
+  const deadline = Date.now() + 30_000;
+  while (!out.includes("\n")) {
+    if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`${args.join(" ")} did not start.\nstdout: ${out}\nstderr: ${err}`);
+    await sleep(20);
+  }
+  const port = Number(/:(\d+)\b/.exec(out)?.[1]);
+  assert.ok(port > 0, `no port in ${JSON.stringify(out)}`);
+  return { port, proc, stdout: () => out, exited };
+}
+
+/** Starts examples/<name>.ts with PORT=0 and checks its one line. */
+async function startExample(t: TestContext, name: string, env: Record<string, string> = {}): Promise<Running> {
+  const running = await start(t, [`examples/${name}.ts`], env);
+  assert.match(running.stdout(), new RegExp(`^${name} listening on 127\\.0\\.0\\.1:${running.port}\\n$`));
+  return running;
+}
+
+/** Reads exactly the bytes of `expected` and compares them. */
+async function expectText(client: RawClient, expected: string): Promise<void> {
+  assert.equal((await client.read(Buffer.byteLength(expected))).toString(), expected);
+}
+
+test("echo", async (t) => {
+  const { port } = await startExample(t, "echo");
+  const client = await connect(port);
+  t.after(() => client.destroy());
+
+  await t.test("a line comes back", async () => {
+    client.write("hello, world\n");
+    await expectText(client, "hello, world\n");
+  });
+
+  await t.test("several lines in one write, and one line in many", async () => {
+    client.write("one\ntwo\r\nthree\n");
+    await expectText(client, "one\ntwo\r\nthree\n");
+    for (const ch of "split line\n") {
+      client.write(ch);
+      await sleep(1);
+    }
+    await expectText(client, "split line\n");
+  });
+
+  await t.test("bytes that are not UTF-8 come back unchanged", async () => {
+    const bytes = Buffer.from([0xff, 0x00, 0xfe, 0x80, 0x0a]);
+    client.write(bytes);
+    assert.deepEqual(await client.read(bytes.length), bytes);
+  });
+
+  await t.test("a one-shot client that half-closes still gets its reply", async () => {
+    const once = await connect(port);
+    t.after(() => once.destroy());
+    once.end("last words\npartial line without newline");
+    assert.equal((await once.readToEnd()).toString(), "last words\n");
+  });
+});
+
+test("tls-echo with a throwaway self-signed certificate", { skip: NO_OPENSSL }, async (t) => {
+  const { port } = await startExample(t, "tls-echo");
+  const client = await connectTls(port);
+  t.after(() => client.destroy());
+  assert.equal(client.tlsSocket.getPeerCertificate().subject?.CN, "localhost");
+  client.write("over TLS\n");
+  await expectText(client, "over TLS\n");
+  client.write("a\nb\n");
+  await expectText(client, "a\nb\n");
+  const plain = await connect(port); // a plaintext client gets no echo: the handshake fails and the server closes
+  t.after(() => plain.destroy());
+  plain.write("hello\n");
+  assert.ok(!(await plain.readToEnd()).toString().includes("hello"));
+});
+
+test("tls-echo with TLS_CERT and TLS_KEY", { skip: NO_OPENSSL }, async (t) => {
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const { port } = await startExample(t, "tls-echo", { TLS_CERT: certs.server.cert, TLS_KEY: certs.server.key });
+  const client = await connectTls(port, { ca: certs.ca.certPem, servername: "localhost", rejectUnauthorized: true });
+  t.after(() => client.destroy());
+  assert.ok(client.tlsSocket.authorized, "the certificate verifies against the test CA");
+  client.write("verified\n");
+  await expectText(client, "verified\n");
+});
+
+test("line-kv", async (t) => {
+  const { port } = await startExample(t, "line-kv");
+  const a = await connect(port);
+  const b = await connect(port);
+  t.after(() => a.destroy());
+  t.after(() => b.destroy());
+  const expect = async (client: RawClient, line: string, reply: string) => {
+    client.write(line + "\n");
+    await expectText(client, reply + "\n");
+  };
+
+  await t.test("SET, GET, DEL, KEYS", async () => {
+    await expect(a, "KEYS", "VALUE");
+    await expect(a, "SET greeting hello, world", "OK");
+    await expect(a, "GET greeting", "VALUE hello, world");
+    await expect(a, "set other 1", "OK");
+    await expect(a, "KEYS", "VALUE greeting other");
+    await expect(a, "DEL other", "OK");
+    await expect(a, "DEL other", "NOT_FOUND");
+    await expect(a, "GET other", "NOT_FOUND");
+  });
+
+  await t.test("the store is shared by every client", async () => {
+    await expect(b, "GET greeting", "VALUE hello, world");
+    await expect(b, "SET greeting bye\r", "OK"); // "\r\n" line ends work too
+    await expect(a, "GET greeting", "VALUE bye");
+  });
+
+  await t.test("errors", async () => {
+    await expect(a, "FROB x", "ERR unknown command 'FROB'");
+    await expect(a, "SET onlykey", "ERR usage: SET key value");
+    await expect(a, "GET", "ERR usage: GET key");
+    await expect(a, "GET a b", "ERR usage: GET key");
+    await expect(a, "KEYS x", "ERR usage: KEYS");
+    a.write("\n   \n"); // blank lines are ignored
+    await expect(a, "GET greeting", "VALUE bye");
+  });
+
+  await t.test("QUIT replies OK and closes", async () => {
+    b.write("QUIT\nGET greeting\n");
+    assert.equal((await b.readToEnd()).toString(), "OK\n");
+  });
+
+  await t.test("a line over 4 KiB: ERR line too long, then close", async () => {
+    a.write("SET big " + "x".repeat(5000) + "\n");
+    assert.equal((await a.readToEnd()).toString(), "ERR line too long\n");
+  });
+});
+
+test("chat", async (t) => {
+  const running = await start(t, ["examples/chat.ts"], { PORT: "0" });
+  const port = running.port;
+  assert.match(running.stdout(), new RegExp(`^chat listening on 127\\.0\\.0\\.1:${port} \\(connect: nc localhost ${port}\\)\\n$`));
+  /** Waits for the next line a client receives and returns it. */
+  const nextLine = async (client: RawClient): Promise<string> => {
+    await client.until(() => client.received.includes("\n"), 5000, "a line");
+    return (await client.read(client.received.indexOf("\n") + 1)).toString().trimEnd();
+  };
+  const alice = await connect(port);
+  t.after(() => alice.destroy());
+  assert.match(await nextLine(alice), /^Welcome to pants-ts chat, (guest\d+)! 1 here\./);
+  const bob = await connect(port);
+  t.after(() => bob.destroy());
+  const bobGuest = /^Welcome to pants-ts chat, (guest\d+)! 2 here\./.exec(await nextLine(bob))?.[1];
+  assert.ok(bobGuest);
+  assert.equal(await nextLine(alice), `* ${bobGuest} joined`);
+
+  await t.test("/nick, then a line from one reaches the other", async () => {
+    alice.write("/nick alice\n");
+    assert.equal(await nextLine(alice), "* you are now alice");
+    assert.match(await nextLine(bob), /^\* guest\d+ is now alice$/);
+    bob.write("/nick bob\r\n");
+    assert.equal(await nextLine(bob), "* you are now bob");
+    assert.equal(await nextLine(alice), `* ${bobGuest} is now bob`);
+    alice.write("hello bob\n");
+    assert.equal(await nextLine(bob), "<alice> hello bob");
+    bob.write("hi alice\n");
+    assert.equal(await nextLine(alice), "<bob> hi alice");
+    alice.write("/nick not valid!\n");
+    assert.equal(await nextLine(alice), "* a nick is letters, digits, _ and -");
+  });
+
+  await t.test("/who", async () => {
+    bob.write("/who\n");
+    assert.equal(await nextLine(bob), "* here: alice, bob");
+  });
+
+  await t.test("/quit says bye, closes, and the others are told", async () => {
+    bob.write("/quit\n");
+    assert.equal((await bob.readToEnd()).toString(), "Bye!\n");
+    assert.equal(await nextLine(alice), "* bob left");
+    alice.write("/who\n");
+    assert.equal(await nextLine(alice), "* here: alice");
+  });
+});
+
+const EXAMPLES = ["echo", "tls-echo", "line-kv", "resp-server", "memcached-server"];
+
+for (const [name, signal] of EXAMPLES.map((n, i) => [n, i % 2 === 0 ? "SIGTERM" : "SIGINT"] as const)) {
+  test(`${name}: one line on stdout, then a clean exit on ${signal}`, { skip: name === "tls-echo" && NO_OPENSSL }, async (t) => {
+    const running = await startExample(t, name);
+    const client = await connect(running.port); // an open connection does not hold the exit up: shutdown closes it
+    t.after(() => client.destroy());
+    running.proc.kill(signal);
+    assert.equal(await running.exited, 0);
+    assert.equal(running.stdout(), `${name} listening on 127.0.0.1:${running.port}\n`);
+    await client.readToEnd();
+  });
+}
+
+test("the default export is a connection class `pants-ts serve` can run", async (t) => {
+  for (const [name, cls] of [["echo", "Echo"], ["line-kv", "LineKv"], ["resp-server", "RespConnection"], ["memcached-server", "MemcachedConnection"]]) {
+    const running = await start(t, ["bin/pants-ts.js", "serve", `examples/${name}.ts`, "--listen", "127.0.0.1:0"]);
+    assert.match(running.stdout(), new RegExp(`^pants-ts: serving ${cls} on 127\\.0\\.0\\.1:${running.port}\\b`));
+    const client = await connect(running.port);
+    t.after(() => client.destroy());
+    const [request, reply] =
+      name === "echo" ? ["hi\n", "hi\n"] : name === "line-kv" ? ["GET x\n", "NOT_FOUND\n"] : name === "resp-server" ? ["PING\r\n", "+PONG\r\n"] : ["version\r\n", "VERSION 1.6.0-pants-ts\r\n"];
+    client.write(request);
+    await expectText(client, reply);
+    running.proc.kill("SIGTERM");
+    assert.equal(await running.exited, 0);
+  }
+});
