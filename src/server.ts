@@ -16,7 +16,7 @@ import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddr
 import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, ProxyProtocolError, TimeoutError, describe, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
-import { Stream, kAccepted, kProxyRemote, kRawSocket, kStream, kTlsPending } from "./stream.js";
+import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending } from "./stream.js";
 import { compileServerTls } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
 import { parseProxyHeader } from "./proxy-protocol.js";
@@ -411,7 +411,7 @@ export class Server extends Channel {
     this.#channels.set(id, conn);
     this.stats.accepted++;
     this.stats.open = this.#channels.size;
-    conn._attachToServer(this, id, this.stats, this.#idleTimeoutMs);
+    conn._attachToServer(this, id, this.#idleTimeoutMs);
   }
 
   /** Placeholder: the server is listening. */
@@ -614,7 +614,6 @@ export class Server extends Channel {
 
   /** @internal A connection arrived. */
   _onConnection(raw: net.Socket): void {
-    raw.on("error", onRawError);
     // In a cluster worker the first connection can arrive in the same IPC
     // read as the primary's listen reply, before 'listening' is emitted.
     if (this.#state === ST_BINDING && this.#shutdown === null) this.#listening();
@@ -630,6 +629,7 @@ export class Server extends Channel {
       return;
     }
     if (this.#proxyProtocol) {
+      raw.on("error", onRawError);
       const wait = new ProxyWait(this, raw, this._handshakeTimeoutMs);
       (raw as net.Socket & { [kProxyWait]?: ProxyWait })[kProxyWait] = wait;
       this.#proxyWaits.add(wait);
@@ -690,7 +690,10 @@ export class Server extends Channel {
       raw.destroy();
       return;
     }
-    const address = proxiedRemote ?? fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily) ?? "";
+    // The peer's address costs a system call; only an onAccept override (or a TLS wrap error) needs it here.
+    const custom = this.onAccept !== Server.prototype.onAccept;
+    const peer = (): Address => proxiedRemote ?? fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily) ?? "";
+    const address = custom ? peer() : null;
     let socket: Duplex = raw;
     const tlsConfig = this.#tls;
     if (tlsConfig !== null) {
@@ -701,20 +704,27 @@ export class Server extends Channel {
         };
         t[kTlsPending] = true;
         t[kRawSocket] = raw;
+        if (!this.#proxyProtocol) raw.on("error", onRawError);
         socket = t;
       } catch (err) {
         countError("tls", this.stats, this.engine.stats);
         this.stats.rejected++;
         this.engine.stats.rejected++;
-        this._callN(this.onSslWrapError, [raw, address, err]);
+        this._callN(this.onSslWrapError, [raw, address ?? peer(), err]);
         if (!raw.destroyed) raw.destroy();
         return;
       }
     }
-    const owned = socket as Duplex & { [kProxyRemote]?: Address | null; [kAccepted]?: boolean; [kStream]?: Stream };
+    const owned = socket as Duplex & { [kProxyRemote]?: Address | null; [kStream]?: Stream };
     if (proxiedRemote !== null) owned[kProxyRemote] = proxiedRemote;
-    owned[kAccepted] = true;
-    this._callN(this.onAccept, [socket, address]);
+    // An onAccept override may keep the socket without a stream: never leave it without an error listener.
+    if (this.onAccept !== Server.prototype.onAccept) raw.on("error", onRawError);
+    accepting.socket = socket;
+    try {
+      this._callN(this.onAccept, [socket, address]);
+    } finally {
+      accepting.socket = null;
+    }
     // An onAccept override that made its own stream: the server still tracks it.
     const made = owned[kStream];
     if (made !== undefined && made.server === null && !made.closed) this.#track(made);

@@ -61,8 +61,11 @@ export const kTlsPending: unique symbol = Symbol("pants-ts.tlsPending");
 export const kProxyRemote: unique symbol = Symbol("pants-ts.proxyRemote");
 /** @internal Set by the server: the underlying TCP socket under a TLSSocket. */
 export const kRawSocket: unique symbol = Symbol("pants-ts.rawSocket");
-/** @internal Set by the server on accepted sockets: the server tracks the stream, not the engine. */
-export const kAccepted: unique symbol = Symbol("pants-ts.accepted");
+/**
+ * @internal The socket a server is handing to its onAccept right now: a
+ * stream made for it is tracked by the server, not in the engine's set.
+ */
+export const accepting: { socket: Duplex | null } = { socket: null };
 const kLinger: unique symbol = Symbol("pants-ts.linger");
 
 interface OwnedSocket extends Duplex {
@@ -70,7 +73,6 @@ interface OwnedSocket extends Duplex {
   [kTlsPending]?: boolean;
   [kProxyRemote]?: Address | null;
   [kRawSocket]?: net.Socket;
-  [kAccepted]?: boolean;
   [kLinger]?: ReturnType<typeof setTimeout>;
 }
 
@@ -99,9 +101,10 @@ const F_TIMED = 1 << 12;
 const F_REGEX_ANCHORED = 1 << 13;
 const F_ADDRESSES = 1 << 14;
 
-// Reasons reading is paused (a bit mask).
-const P_USER = 1;
-const P_BACKPRESSURE = 2;
+// Reasons reading is paused (flag bits too).
+const P_USER = 1 << 15;
+const P_BACKPRESSURE = 1 << 16;
+const P_ANY = P_USER | P_BACKPRESSURE;
 
 /** Bytes still arriving after close are read and discarded this long at most. */
 const LINGER_MS = 2000;
@@ -130,6 +133,8 @@ class Extras {
   remote: Address | null = null;
   local: Address | null = null;
   proxied: Address | null = null;
+  /** The TCP socket under a TLS socket (else null: the stream's socket is it). */
+  raw: net.Socket | null = null;
   remoteOverride: Address | null | undefined = undefined;
   localOverride: Address | null | undefined = undefined;
   textDecoder: StringDecoder | TextDecoder | null = null;
@@ -203,10 +208,7 @@ export class Stream extends Channel {
 
   #state = S_INIT;
   #flags = 0;
-  #paused = 0;
   #sock: OwnedSocket | null = null;
-  /** The TCP socket under a TLS socket (else null: `#sock` is it). */
-  #raw: net.Socket | null = null;
   #tls: tls.TLSSocket | null = null;
   #framer: Framer = NULL_FRAMER;
   #bufferSize = 65536;
@@ -216,7 +218,6 @@ export class Stream extends Channel {
   #wqBytes = 0;
   #inflight = 0;
   #afterWrite: ((err?: Error | null) => void) | null = null;
-  #statsServer: Stats | null = null;
   #connId = 0;
   #x: Extras | null = null;
 
@@ -276,7 +277,7 @@ export class Stream extends Channel {
 
   /** The OS file descriptor, where Node exposes it. */
   get fileno(): number | null {
-    const raw = (this.#raw ?? this.#sock) as (Duplex & { _handle?: { fd?: number } | null }) | null;
+    const raw = (this.#x?.raw ?? this.#sock) as (Duplex & { _handle?: { fd?: number } | null }) | null;
     const fd = raw?._handle?.fd;
     return typeof fd === "number" && fd >= 0 ? fd : null;
   }
@@ -701,12 +702,12 @@ export class Stream extends Channel {
     sock[kStream] = this;
     this.#sock = sock;
     const raw = sock[kRawSocket];
-    if (raw !== undefined) this.#raw = raw;
+    if (raw !== undefined) this.#extras().raw = raw;
     const proxied = sock[kProxyRemote];
     if (proxied !== undefined && proxied !== null) this.#extras().proxied = proxied;
     sock.on("error", onSocketError);
     sock.on("close", onSocketClose);
-    if (sock[kAccepted] !== true) this.engine._channels.add(this);
+    if (sock !== accepting.socket) this.engine._channels.add(this);
     this.engine.stats.open++;
     this.#state = S_PENDING;
     if (sock[kTlsPending] === true) {
@@ -740,7 +741,7 @@ export class Stream extends Channel {
   #addresses(): Extras {
     const x = this.#extras();
     if ((this.#flags & F_ADDRESSES) !== 0) return x;
-    const raw = (this.#raw ?? this.#sock) as net.Socket | null;
+    const raw = (x.raw ?? this.#sock) as net.Socket | null;
     if (raw === null || !(raw instanceof net.Socket)) return x;
     if (raw.destroyed && (this.#flags & F_EVER_CONNECTED) === 0) return x;
     this.#flags |= F_ADDRESSES;
@@ -805,7 +806,8 @@ export class Stream extends Channel {
     plain.off("end", onSocketEnd);
     plain.off("error", onSocketError);
     plain.on("error", ignoreError);
-    if (this.#raw === null && plain instanceof net.Socket) this.#raw = plain;
+    const x = this.#extras();
+    if (x.raw === null && plain instanceof net.Socket) x.raw = plain;
     const owned = tlsSock as unknown as OwnedSocket;
     owned[kStream] = this;
     this.#sock = owned;
@@ -870,7 +872,7 @@ export class Stream extends Channel {
     sock.on("data", onSocketData);
     // A socket paused explicitly (after a PROXY header, or a STARTTLS
     // upgrade) does not resume when a 'data' listener is added.
-    if (this.#paused !== 0) sock.pause();
+    if ((this.#flags & P_ANY) !== 0) sock.pause();
     else if (sock.isPaused()) sock.resume();
   }
 
@@ -880,13 +882,13 @@ export class Stream extends Channel {
   /** @internal A chunk arrived. */
   _onData(chunk: Buffer): void {
     this.#flags |= F_ACTIVE;
-    const statsServer = this.#statsServer;
-    if (statsServer !== null) statsServer.bytesIn += chunk.length;
+    const server = this.server;
+    if (server !== null) server.stats.bytesIn += chunk.length;
     this.engine.stats.bytesIn += chunk.length;
     if (this.#state !== S_OPEN) return; // closing: read and discarded
     this.#flags |= F_IN_DISPATCH;
     const rb = this.#rb;
-    if ((rb === null || (rb.length === 0 && !rb.discarding)) && this.#paused === 0 && this.#encoding === null && (this.#flags & F_TLS_UPGRADING) === 0) {
+    if ((rb === null || (rb.length === 0 && !rb.discarding)) && (this.#flags & P_ANY) === 0 && this.#encoding === null && (this.#flags & F_TLS_UPGRADING) === 0) {
       const framer = this.#framer;
       if (framer === NULL_FRAMER) this._call1(this.onRead, chunk);
       else if (framer.needle !== null) this.#scanChunk(chunk, framer, framer.needle);
@@ -922,7 +924,7 @@ export class Stream extends Channel {
         start >= chunk.length ||
         this.#state !== S_OPEN ||
         this.#framer !== framer ||
-        this.#paused !== 0 ||
+        (this.#flags & P_ANY) !== 0 ||
         this.#encoding !== null ||
         (this.#flags & F_TLS_UPGRADING) !== 0
       ) {
@@ -941,7 +943,7 @@ export class Stream extends Channel {
     this.#flags |= F_IN_DISPATCH;
     try {
       while (rb.length > 0) {
-        if (this.#state !== S_OPEN || this.#paused !== 0 || (this.#flags & F_TLS_UPGRADING) !== 0) return;
+        if (this.#state !== S_OPEN || (this.#flags & P_ANY) !== 0 || (this.#flags & F_TLS_UPGRADING) !== 0) return;
         const framer = this.#framer;
         const limit = this.#bufferSize > framer.minLimit ? this.#bufferSize : framer.minLimit;
         let code: number;
@@ -1035,15 +1037,15 @@ export class Stream extends Channel {
   }
 
   #pause(reason: number): void {
-    const was = this.#paused;
-    this.#paused |= reason;
+    const was = this.#flags & P_ANY;
+    this.#flags |= reason;
     if (was === 0 && (this.#flags & F_FLOWING) !== 0 && this.#sock !== null) this.#sock.pause();
   }
 
   #resume(reason: number): void {
-    if ((this.#paused & reason) === 0) return;
-    this.#paused &= ~reason;
-    if (this.#paused !== 0) return;
+    if ((this.#flags & reason) === 0) return;
+    this.#flags &= ~reason;
+    if ((this.#flags & P_ANY) !== 0) return;
     if ((this.#flags & F_FLOWING) !== 0 && this.#sock !== null && this.#state !== S_CLOSED) this.#sock.resume();
     this.#scheduleProcess();
   }
@@ -1188,8 +1190,8 @@ export class Stream extends Channel {
   }
 
   #countOut(bytes: number): void {
-    const statsServer = this.#statsServer;
-    if (statsServer !== null) statsServer.bytesOut += bytes;
+    const server = this.server;
+    if (server !== null) server.stats.bytesOut += bytes;
     this.engine.stats.bytesOut += bytes;
   }
 
@@ -1367,12 +1369,13 @@ export class Stream extends Channel {
     sock.resume();
     sock.end();
     // A lingering socket never keeps the process alive.
-    const raw = (this.#raw ?? sock) as Duplex & { unref?: () => void };
+    const under = this.#x?.raw ?? null;
+    const raw = (under ?? sock) as Duplex & { unref?: () => void };
     raw.unref?.();
     const timer = setTimeout(lingerExpired, LINGER_MS, sock);
     timer.unref();
     sock[kLinger] = timer;
-    if (this.#raw !== null) (this.#raw as OwnedSocket)[kLinger] = timer;
+    if (under !== null) (under as OwnedSocket)[kLinger] = timer;
   }
 
   // -------------------------------------------------------------------------
@@ -1448,10 +1451,9 @@ export class Stream extends Channel {
   // Internals: server plumbing
 
   /** @internal Called by the server right after construction. */
-  _attachToServer(server: Server, connId: number, stats: Stats, idleTimeout: number): void {
+  _attachToServer(server: Server, connId: number, idleTimeout: number): void {
     this.server = server;
     this.#connId = connId;
-    this.#statsServer = stats;
     this.#flags |= F_SERVER_SIDE;
     if (this.#x?.deadlineKind === "handshake") this.#armHandshakeTimeout();
     if (idleTimeout > 0 && this.idleTimeout === 0) this.idleTimeout = idleTimeout;
@@ -1459,7 +1461,7 @@ export class Stream extends Channel {
 
   /** @internal */
   protected _statsTargets(): [Stats, Stats | null] {
-    return [this.engine.stats, this.#statsServer];
+    return [this.engine.stats, this.server !== null ? this.server.stats : null];
   }
 }
 
