@@ -539,7 +539,8 @@ export class Server extends Channel {
       else s.once("listening", () => this.#state === ST_BINDING && this.#listening());
       return;
     }
-    if (socket === null || typeof socket !== "object" || !Number.isInteger((socket as { fd: number }).fd)) {
+    const fd = (socket as { fd?: unknown } | null)?.fd;
+    if (socket === null || typeof socket !== "object" || typeof fd !== "number" || !Number.isInteger(fd) || fd < 0) {
       throw typeError(`The socket option must be a net.Server or { fd }, got ${describe(socket)}.`);
     }
     this.#state = ST_BINDING;

@@ -294,3 +294,30 @@ test("stream addresses can be overridden and restored", async (t) => {
   assert.equal(typeof s.fileno, "number");
   s.close();
 });
+
+test("a Server can serve on a net.Server given as its socket option (listening or not yet)", async (t) => {
+  const engine = freshEngine(t);
+  const { default: netModule } = await import("node:net");
+  const listening = netModule.createServer();
+  await new Promise<void>((r) => listening.listen(0, "127.0.0.1", r));
+  let listens = 0;
+  class S extends Server {
+    override onListen() {
+      listens++;
+    }
+  }
+  const a = new S(Who, { engine, socket: listening });
+  await a.ready();
+  t.after(() => a.close());
+  assert.equal(listens, 1);
+  assert.equal(a.listening, true);
+  assert.throws(() => a.listen(["127.0.0.1", 0]), ChannelStateError, "already serving its socket");
+  await hello(portOf(a));
+  const later = netModule.createServer();
+  const b = new Server(Who, { engine, socket: later });
+  later.listen(0, "127.0.0.1");
+  await b.ready();
+  t.after(() => b.close());
+  await hello(portOf(b));
+  assert.throws(() => new Server(Who, { engine, socket: { fd: -1 } as never }), TypeError);
+});
