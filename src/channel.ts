@@ -44,6 +44,11 @@ const PEER_GONE = new Set([
   "ERR_STREAM_DESTROYED",
   "ERR_STREAM_WRITE_AFTER_END",
   "ERR_SSL_UNEXPECTED_EOF_WHILE_READING",
+  // Bad input from the peer: its doing, not a bug here.
+  "ERR_MALFORMED_FRAME",
+  "ERR_ENCODING_INVALID_ENCODED_DATA",
+  "ERR_BUFFER_OVERFLOW",
+  "ERR_TIMEOUT",
 ]);
 
 /** @internal True for errors caused by the peer or the network, not by a bug. */

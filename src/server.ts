@@ -397,7 +397,9 @@ export class Server extends Channel {
     try {
       conn = new this.#ConnectionClass({ engine: this.engine, socket });
     } catch (err) {
-      // A broken connection class must not take the server down: drop this one.
+      // A broken connection class must not take the server down: drop this
+      // one, and never run a handler of the half-built instance.
+      (socket as Duplex & { [kStream]?: Stream })[kStream]?._abandon();
       socket.destroy();
       this._countError("handler", err as Error);
       log.current.error({ err }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);

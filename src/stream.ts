@@ -15,7 +15,7 @@ import { isUtf8 } from "node:buffer";
 import type { Duplex } from "node:stream";
 import type { FileHandle } from "node:fs/promises";
 import type { PeerCertificate } from "node:tls";
-import { Channel, diagnostics, isPeerError } from "./channel.js";
+import { Channel, diagnostics, isPeerError, isThenable } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
 import type { Stats } from "./engine.js";
 import { parseAddress, fromNodeAddress, copyAddress, formatAddress } from "./address.js";
@@ -100,6 +100,7 @@ const F_ACTIVE = 1 << 11;
 const F_TIMED = 1 << 12;
 const F_REGEX_ANCHORED = 1 << 13;
 const F_ADDRESSES = 1 << 14;
+const F_END_DELIVERED = 1 << 17;
 
 // Reasons reading is paused (flag bits too).
 const P_USER = 1 << 15;
@@ -144,6 +145,8 @@ class Extras {
   idleSince = 0;
   deadline = 0;
   deadlineKind: "handshake" | "drain" | null = null;
+  /** onRead calls whose promises have not settled yet. */
+  pendingReads = 0;
 }
 
 /** One FrameOut for every stream: read and cleared before any handler runs. */
@@ -656,25 +659,47 @@ export class Stream extends Channel {
   onConnectError(err: ConnectError): void {
     log.current.warn({ err, stream: String(this) }, `Connect failed: ${err.message}`);
   }
-  /** Reading failed (a reset, or bytes not valid in `encoding`). Default: log it (debug for peer errors) and close. */
+  /**
+   * Reading failed: the socket (a reset: the stream closes), or the peer's
+   * bytes (not valid in `encoding`, a malformed frame). Default: log it
+   * (debug for the peer's doing) and close — flushing the replies already
+   * written for bad input, at once for a socket error.
+   */
   onReadError(err: Error): void {
     logPeerError(err, `Read error on ${String(this)}`);
-    this.close(false);
+    const code = (err as { code?: unknown }).code;
+    this.close(code === "ERR_MALFORMED_FRAME" || code === "ERR_ENCODING_INVALID_ENCODED_DATA");
   }
   /** Writing failed (a reset, or a file that cannot be read). Default: log it and close. */
   onWriteError(err: Error): void {
     logPeerError(err, `Write error on ${String(this)}`);
     this.close(false);
   }
-  /** A frame outgrew `bufferSize`, or the outgoing buffer `writeBufferLimit`. Default: close without flushing. */
+  /**
+   * A frame outgrew `bufferSize` (`direction` "read"), or the outgoing
+   * buffer `writeBufferLimit` ("write"). Default: close — after sending the
+   * replies already written for an oversized frame (so the outcome does not
+   * depend on how the bytes were split into packets), at once when the
+   * peer is not reading.
+   */
   onOverflowError(err: BufferOverflowError): void {
     log.current.debug({ err, stream: String(this) }, err.message);
-    this.close(false);
+    this.close(err.direction === "read");
   }
   /** No bytes either way for `idleTimeout` ms. Default: close without flushing. */
   onTimeout(): void {
     log.current.debug({ stream: String(this) }, "Idle timeout.");
     this.close(false);
+  }
+  /**
+   * The peer closed its sending side (FIN), and every frame it sent has been
+   * handled (the promises of `async` onRead handlers included). Default:
+   * `close(true)`, so the replies already written still go out, then a FIN.
+   * Override it to keep writing (a reply still being produced, e.g. from
+   * `onWrite`) and call `close()` when done.
+   */
+  onEnd(): void {
+    this.close(true);
   }
   /** `server.shutdown()` is draining this connection. Default: `close(true)`. */
   onShutdown(): void {
@@ -890,7 +915,7 @@ export class Stream extends Channel {
     const rb = this.#rb;
     if ((rb === null || (rb.length === 0 && !rb.discarding)) && (this.#flags & P_ANY) === 0 && this.#encoding === null && (this.#flags & F_TLS_UPGRADING) === 0) {
       const framer = this.#framer;
-      if (framer === NULL_FRAMER) this._call1(this.onRead, chunk);
+      if (framer === NULL_FRAMER) this.#deliver(chunk);
       else if (framer.needle !== null) this.#scanChunk(chunk, framer, framer.needle);
       else this.#push(chunk);
     } else {
@@ -919,7 +944,7 @@ export class Stream extends Channel {
       if (idx === -1 || idx - start > limit) break;
       const frame = chunk.subarray(start, idx);
       start = idx + n;
-      this._call1(this.onRead, frame);
+      this.#deliver(frame);
       if (
         start >= chunk.length ||
         this.#state !== S_OPEN ||
@@ -958,12 +983,12 @@ export class Stream extends Channel {
         if (code === FRAME) {
           const value = out.value;
           out.value = undefined;
-          if (this.#encoding === null || !Buffer.isBuffer(value)) this._call1(this.onRead, value);
+          if (this.#encoding === null || !Buffer.isBuffer(value)) this.#deliver(value);
           else this.#deliverText(value, framer === NULL_FRAMER);
         } else if (code === FRAME_ARGS) {
           const args = out.args ?? [];
           out.args = null;
-          this._callN(this.onRead, args);
+          this.#deliverArgs(args);
         } else if (code === NEED_MORE) {
           return;
         } else if (code === OVERFLOW) {
@@ -977,8 +1002,11 @@ export class Stream extends Channel {
           if (code === FAILED && isFramingError(cause)) {
             this._callOnError(new InvalidReadDelimiterError(cause.message, { cause }));
           } else {
-            this._countError("read", cause);
-            this._call1(this.onReadError, cause);
+            // Bytes the peer sent that cannot be framed (e.g. a negative NetStruct length).
+            const err = cause as Error & { code?: string };
+            if (err.code === undefined) err.code = "ERR_MALFORMED_FRAME";
+            this._countError("read", err);
+            this._call1(this.onReadError, err);
           }
           return;
         }
@@ -1012,7 +1040,7 @@ export class Stream extends Channel {
       }
       text = buf.toString(encoding);
     }
-    this._call1(this.onRead, text);
+    this.#deliver(text);
   }
 
   #invalidText(cause: unknown): void {
@@ -1020,6 +1048,52 @@ export class Stream extends Channel {
     if (cause !== undefined) (err as Error & { cause?: unknown }).cause = cause;
     this._countError("read", err);
     this._call1(this.onReadError, err);
+  }
+
+  /** Calls onRead through the guard, and keeps count of the promises async handlers return. */
+  #deliver(value: unknown): void {
+    let result: unknown;
+    try {
+      result = this.onRead(value);
+    } catch (err) {
+      this._handlerFailed(err);
+      return;
+    }
+    if (result !== undefined && isThenable(result)) this.#trackRead(result);
+  }
+
+  #deliverArgs(args: readonly unknown[]): void {
+    let result: unknown;
+    try {
+      result = (this.onRead as (...a: unknown[]) => unknown).apply(this, args as unknown[]);
+    } catch (err) {
+      this._handlerFailed(err);
+      return;
+    }
+    if (result !== undefined && isThenable(result)) this.#trackRead(result);
+  }
+
+  #trackRead(promise: PromiseLike<unknown>): void {
+    const x = this.#extras();
+    x.pendingReads++;
+    promise.then(
+      () => this.#readSettled(x),
+      (err: unknown) => {
+        this._handlerFailed(err);
+        this.#readSettled(x);
+      },
+    );
+  }
+
+  #readSettled(x: Extras): void {
+    if (--x.pendingReads === 0 && (this.#flags & F_PEER_ENDED) !== 0) this.#deliverEnd();
+  }
+
+  /** The peer's FIN, once every frame it sent has been handled (async handlers included). */
+  #deliverEnd(): void {
+    if ((this.#flags & F_END_DELIVERED) !== 0 || this.#state !== S_OPEN) return;
+    this.#flags |= F_END_DELIVERED;
+    this._call0(this.onEnd);
   }
 
   #scheduleProcess(): void {
@@ -1059,11 +1133,13 @@ export class Stream extends Channel {
       this.#sock?.destroy();
       return;
     }
-    if (state === S_OPEN || state === S_PENDING) {
+    if (state === S_OPEN) {
       const rb = this.#rb;
       if (rb !== null && rb.length > 0 && (this.#flags & F_TLS_UPGRADING) === 0) {
         log.current.debug({ stream: String(this), bytes: rb.length }, "Peer closed with an incomplete frame buffered; discarded.");
       }
+      if ((this.#x?.pendingReads ?? 0) === 0) this.#deliverEnd();
+    } else if (state === S_PENDING) {
       this.close(true);
     }
   }
@@ -1457,6 +1533,23 @@ export class Stream extends Channel {
     this.#flags |= F_SERVER_SIDE;
     if (this.#x?.deadlineKind === "handshake") this.#armHandshakeTimeout();
     if (idleTimeout > 0 && this.idleTimeout === 0) this.idleTimeout = idleTimeout;
+  }
+
+  /**
+   * @internal The subclass constructor threw after this base constructor
+   * adopted the socket: forget it silently (no handler runs on a half-built
+   * instance); the server destroys the socket.
+   */
+  _abandon(): void {
+    if (this.#state === S_CLOSED) return;
+    this.#state = S_CLOSED;
+    const sock = this.#sock;
+    if (sock !== null) {
+      sock[kStream] = undefined;
+      this.engine.stats.open--;
+    }
+    this.engine._channels.delete(this);
+    if ((this.#flags & F_TIMED) !== 0) this.engine._sweeper.delete(this);
   }
 
   /** @internal */

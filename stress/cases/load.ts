@@ -1,0 +1,107 @@
+/**
+ * Load: many concurrent connections, and connection churn, with every reply
+ * checked byte for byte and the server's descriptors and heap back to their
+ * baseline afterwards.
+ */
+import { readFileSync } from "node:fs";
+import type { CaseSpec } from "../lib/case.js";
+import { LoadProcess, WANT_NOFILE } from "../lib/proc.js";
+import { mib } from "../lib/util.js";
+
+/** The hard descriptor limit children can raise themselves to. */
+function hardNofile(): number {
+  try {
+    const m = /^Max open files\s+(\S+)\s+(\S+)/m.exec(readFileSync("/proc/self/limits", "latin1"));
+    if (m === null) return 1024;
+    return m[2] === "unlimited" ? WANT_NOFILE : Math.min(WANT_NOFILE, Number(m[2]));
+  } catch {
+    return 1024;
+  }
+}
+
+/** Connections for the concurrent case: the target, unless the descriptor limit forbids it. */
+function concurrentPlan(quick: boolean): { conns: number; rounds: number; target: number; nofile: number } {
+  const target = quick ? 2000 : 10_000;
+  const nofile = hardNofile();
+  // Each side needs one descriptor per connection, plus Node's own (~30) and some slack.
+  return { conns: Math.min(target, nofile - 200), rounds: quick ? 3 : 10, target, nofile };
+}
+
+export const loadCases: CaseSpec[] = [
+  {
+    name: "load-concurrent",
+    group: "load",
+    quick: true,
+    what: ({ quick }) => {
+      const p = concurrentPlan(quick);
+      return (
+        `${p.conns} concurrent connections from a separate Node load process (ulimit -n ${p.nofile} for it and the server)` +
+        `${p.conns < p.target ? ` — ${p.target} wanted, capped by the hard descriptor limit` : ""}; ` +
+        `all open at once, then ${p.rounds} line round trips on each, every reply checked byte for byte; then all closed`
+      );
+    },
+    server: () => ({ scenario: "echo", config: { backlog: 4096 } }),
+    checkHeap: true,
+    timeoutMs: ({ quick }) => (quick ? 60_000 : 180_000),
+    async run(ctx) {
+      const p = concurrentPlan(ctx.quick);
+      const load = new LoadProcess({
+        mode: "concurrent",
+        port: ctx.server.port,
+        conns: p.conns,
+        rounds: p.rounds,
+        connectConcurrency: 500,
+        timeoutMs: ctx.quick ? 50_000 : 160_000,
+      });
+      try {
+        const holding = await load.next("holding", ctx.quick ? 55_000 : 170_000);
+        const during = await ctx.server.health();
+        load.release();
+        const done = await load.next("done", 60_000);
+        ctx.check("every connection established", holding.connected === p.conns && holding.connectFailed === 0, `${holding.connected}/${p.conns}, ${holding.connectFailed} failed${holding.samples.length > 0 ? `: ${holding.samples.join(" | ")}` : ""}`);
+        ctx.check("every round trip answered, byte for byte", holding.roundTrips === p.conns * p.rounds && holding.mismatches === 0 && holding.broken === 0, `${holding.roundTrips}/${p.conns * p.rounds} ok, ${holding.mismatches} mismatches, ${holding.broken} broken`);
+        // The canary's connection is open too.
+        ctx.check("server held them all at once", during.open >= p.conns, `${during.open} open, ${during.fds} descriptors`);
+        ctx.check("load side closed cleanly", done.mismatches === 0 && done.broken === 0, `${done.mismatches} mismatches, ${done.broken} broken`);
+        ctx.note(
+          `${holding.connected}/${p.conns} connected, ${holding.roundTrips} round trips byte-exact in ${(holding.elapsedMs / 1000).toFixed(1)} s; ` +
+            `server at peak: ${during.open} open, ${during.fds} fds, RSS ${mib(during.memory.rss)}`,
+        );
+      } finally {
+        await load.stop();
+      }
+    },
+  },
+  {
+    name: "load-churn",
+    group: "load",
+    quick: true,
+    what: ({ quick }) =>
+      `1000 connections opened and closed per second for ${quick ? 3 : 30} s (each: connect, one round trip checked byte for byte, FIN); ` +
+      `server descriptors and heap (after forced GC) compared before/after`,
+    server: () => ({ scenario: "echo", config: { backlog: 4096 } }),
+    checkHeap: true,
+    timeoutMs: ({ quick }) => (quick ? 40_000 : 120_000),
+    async run(ctx) {
+      const seconds = ctx.quick ? 3 : 30;
+      const rate = 1000;
+      const load = new LoadProcess({ mode: "churn", port: ctx.server.port, rate, seconds, maxInflight: 3000, timeoutMs: seconds * 1000 + 30_000 });
+      try {
+        const done = await load.next("done", seconds * 1000 + 35_000);
+        const total = rate * seconds;
+        ctx.check(
+          "every connection made its round trip",
+          done.roundTrips === total && done.connectFailed === 0 && done.mismatches === 0 && done.broken === 0,
+          `${done.roundTrips}/${total} ok, ${done.connectFailed} connect failures, ${done.mismatches} mismatches, ${done.broken} broken${done.samples.length > 0 ? `: ${done.samples.join(" | ")}` : ""}`,
+        );
+        const after = await ctx.server.waitFor((h) => h.open <= 1, 30_000);
+        ctx.note(
+          `${done.roundTrips}/${total} connections, each one round trip, in ${(done.elapsedMs / 1000).toFixed(1)} s ` +
+            `(${Math.round(done.roundTrips / (done.elapsedMs / 1000))}/s); server accepted ${after.stats.accepted}`,
+        );
+      } finally {
+        await load.stop();
+      }
+    },
+  },
+];

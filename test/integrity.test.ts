@@ -1,0 +1,173 @@
+/**
+ * Data integrity: 200 MB of random bytes through a pants-ts echo server, in
+ * random-sized writes, plain and TLS, compared by SHA-256; and close(true)
+ * after a 50 MB write delivers every byte before the FIN, even to a client
+ * that only starts reading seconds later.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import net from "node:net";
+import tls from "node:tls";
+import { Server, Stream } from "../src/index.js";
+import { freshEngine, listenLocal, sleep } from "./helpers.js";
+import { hasOpenssl, makeCerts } from "./certs.js";
+import type { Certs } from "./certs.js";
+
+const MiB = 1024 * 1024;
+
+/** Every chunk back as it came (pants-ts stops reading on its own while the client is slow). */
+class ChunkEcho extends Stream {
+  override onRead(chunk: Buffer): void {
+    this.write(chunk);
+  }
+}
+
+/** A seeded PRNG (mulberry32) for chunk sizes: the same split on every run. */
+function prng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    let t = (s = (s + 0x6d2b79f5) >>> 0);
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 0x1_0000_0000;
+  };
+}
+
+/** Chunk sizes from 1 byte to 256 KiB, log-uniform: many tiny writes and some large ones. */
+function chunkSize(rand: () => number): number {
+  return Math.max(1, Math.floor(Math.exp(rand() * Math.log(256 * 1024))));
+}
+
+/**
+ * Writes `total` random bytes to `sock` in random-sized chunks (honouring
+ * backpressure) while hashing what comes back; ends once all came back.
+ */
+async function roundTrip(sock: net.Socket, total: number, seed: number): Promise<{ sent: string; received: string; receivedBytes: number }> {
+  const sentHash = createHash("sha256");
+  const receivedHash = createHash("sha256");
+  let receivedBytes = 0;
+  const done = new Promise<void>((resolve, reject) => {
+    sock.on("data", (d: Buffer) => {
+      receivedHash.update(d);
+      receivedBytes += d.length;
+      if (receivedBytes >= total) sock.end();
+    });
+    sock.once("close", () => resolve());
+    sock.once("error", reject);
+  });
+  const rand = prng(seed);
+  let block = randomBytes(4 * MiB);
+  let offset = 0;
+  for (let sent = 0; sent < total; ) {
+    const n = Math.min(chunkSize(rand), total - sent);
+    if (offset + n > block.length) {
+      block = randomBytes(4 * MiB);
+      offset = 0;
+    }
+    const chunk = block.subarray(offset, offset + n);
+    offset += n;
+    sentHash.update(chunk);
+    sent += n;
+    if (!sock.write(chunk)) await new Promise<void>((resolve) => sock.once("drain", resolve));
+  }
+  await done;
+  return { sent: sentHash.digest("hex"), received: receivedHash.digest("hex"), receivedBytes };
+}
+
+function connected(sock: net.Socket, event: "connect" | "secureConnect"): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    sock.once(event, () => resolve(sock));
+    sock.once("error", reject);
+  });
+}
+
+let certs: Certs | null = null;
+const tlsSkip = hasOpenssl() ? false : "openssl is not installed";
+
+test.before(() => {
+  if (tlsSkip === false) certs = makeCerts();
+});
+test.after(() => certs?.cleanup());
+
+test("200 MB of random data round-trips byte for byte (plain TCP)", { timeout: 120_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(ChunkEcho, { engine }), t);
+  const sock = await connected(net.connect({ host: "127.0.0.1", port }), "connect");
+  const total = 200 * MiB;
+  const r = await roundTrip(sock, total, 1);
+  assert.equal(r.receivedBytes, total);
+  assert.equal(r.received, r.sent, "SHA-256 of what came back differs from what was sent");
+});
+
+test("200 MB of random data round-trips byte for byte (TLS)", { timeout: 120_000, skip: tlsSkip }, async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(ChunkEcho, { engine, sslOptions: { certfile: certs!.server.cert, keyfile: certs!.server.key } });
+  const port = await listenLocal(server, t);
+  const sock = await connected(tls.connect({ host: "127.0.0.1", port, ca: certs!.ca.certPem, servername: "localhost" }), "secureConnect");
+  const total = 200 * MiB;
+  const r = await roundTrip(sock, total, 2);
+  assert.equal(r.receivedBytes, total);
+  assert.equal(r.received, r.sent, "SHA-256 of what came back differs from what was sent");
+});
+
+/**
+ * On connect, writes `data` in random-sized pieces and calls close(true)
+ * at once: everything must still reach the client, then a FIN.
+ */
+function writeThenClose(data: Buffer): typeof Stream {
+  return class WriteThenClose extends Stream {
+    override onConnect(): void {
+      const rand = prng(3);
+      for (let pos = 0; pos < data.length; ) {
+        const n = Math.min(chunkSize(rand), data.length - pos);
+        this.write(data.subarray(pos, pos + n));
+        pos += n;
+      }
+      this.close(true);
+    }
+  };
+}
+
+/** Reads everything after `delayMs` of not reading; resolves at the FIN with the hash. */
+async function readAllLate(sock: net.Socket, delayMs: number): Promise<{ hash: string; bytes: number; fin: boolean; error: Error | null }> {
+  sock.pause();
+  const hash = createHash("sha256");
+  let bytes = 0;
+  let fin = false;
+  let error: Error | null = null;
+  const closed = new Promise<void>((resolve) => sock.once("close", () => resolve()));
+  sock.on("data", (d: Buffer) => {
+    hash.update(d);
+    bytes += d.length;
+  });
+  sock.on("end", () => {
+    fin = true;
+  });
+  sock.on("error", (err) => {
+    error = err;
+  });
+  await sleep(delayMs);
+  sock.resume();
+  await closed;
+  return { hash: hash.digest("hex"), bytes, fin, error };
+}
+
+for (const mode of ["plain", "TLS"] as const) {
+  test(`close(true) after a 50 MB write delivers every byte before the FIN (${mode}, client reads 3 s late)`, { timeout: 120_000, skip: mode === "TLS" ? tlsSkip : false }, async (t) => {
+    const engine = freshEngine(t);
+    const data = randomBytes(50 * MiB);
+    const expected = createHash("sha256").update(data).digest("hex");
+    const options = mode === "TLS" ? { engine, sslOptions: { certfile: certs!.server.cert, keyfile: certs!.server.key } } : { engine };
+    const port = await listenLocal(new Server(writeThenClose(data), options), t);
+    const sock =
+      mode === "TLS"
+        ? await connected(tls.connect({ host: "127.0.0.1", port, ca: certs!.ca.certPem, servername: "localhost" }), "secureConnect")
+        : await connected(net.connect({ host: "127.0.0.1", port }), "connect");
+    const r = await readAllLate(sock, 3000);
+    assert.equal(r.error, null, `the connection failed: ${String(r.error)}`);
+    assert.equal(r.bytes, data.length, "bytes received before the close");
+    assert.equal(r.hash, expected, "SHA-256 of what arrived differs from what was written");
+    assert.ok(r.fin, "the stream ended with a FIN, not a reset");
+  });
+}
