@@ -20,6 +20,9 @@ import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending } fro
 import { compileServerTls } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
 import { parseProxyHeader } from "./proxy-protocol.js";
+import { NativeListener, NativeSocket } from "./native-socket.js";
+import { checkTransport, useNative } from "./transport.js";
+import type { Transport } from "./transport.js";
 import type { Timed } from "./timeouts.js";
 
 /** Options of the {@link Server} constructor. */
@@ -40,6 +43,12 @@ export interface ServerOptions extends ChannelOptions {
   noDelay?: boolean;
   /** TCP keep-alive probes after this many ms idle (default 0: off). */
   keepAliveMs?: number;
+  /**
+   * `"native"`: the libuv addon (fails if it is not built); `"js"`: node:net.
+   * Default: native when built (or as `PANTS_TS_TRANSPORT` says), except for
+   * TLS and PROXY-protocol servers and in cluster workers, which use node:net.
+   */
+  transport?: Transport;
 }
 
 const ST_INIT = 0;
@@ -134,6 +143,9 @@ export class Server extends Channel {
   #ConnectionClass: typeof Stream;
   #state = ST_INIT;
   #netServers: net.Server[] = [];
+  #nativeListeners: NativeListener[] = [];
+  #native = false;
+  #transport: Transport | undefined;
   #channels = new Map<number, Stream>();
   #nextId = 1;
   #tls: ServerTls | null = null;
@@ -183,6 +195,7 @@ export class Server extends Channel {
       throw typeError(`The noDelay option must be a boolean, got ${describe(o.noDelay)}.`);
     }
     this.#noDelay = o.noDelay ?? true;
+    this.#transport = checkTransport(o.transport);
     if (o.sslOptions !== undefined && o.sslOptions !== null) this.startSSL(o.sslOptions);
     if (o.socket !== undefined) this.#adoptSocket(o.socket);
   }
@@ -215,9 +228,16 @@ export class Server extends Channel {
   /** The address listened on (with the real port when 0 was asked for), else `null`. */
   get localAddress(): Address | null {
     if (this.#unixPath !== null) return this.#unixPath;
+    const native = this.#nativeListeners[0];
+    if (native !== undefined) return this.#state === ST_LISTENING ? copyAddress(fromAddressInfo(native.address())) : null;
     const main = this.#netServers[0];
     if (main === undefined || !main.listening) return null;
     return copyAddress(fromAddressInfo(main.address()));
+  }
+
+  /** The transport this server's connections use (decided when it listens). */
+  get transport(): Transport {
+    return this.#native ? "native" : "js";
   }
 
   /** The TCP port listened on (the real one when 0 was asked for), else `null` (UNIX sockets, not listening). */
@@ -234,6 +254,10 @@ export class Server extends Channel {
   /** Every address listened on (the IPv6 slave too). */
   get localAddresses(): Address[] {
     const out: Address[] = [];
+    for (const l of this.#nativeListeners) {
+      const a = fromAddressInfo(l.address());
+      if (a !== null) out.push(a);
+    }
     for (const s of this.#netServers) {
       if (!s.listening) continue;
       const a = fromAddressInfo(s.address());
@@ -244,6 +268,8 @@ export class Server extends Channel {
 
   /** The listening descriptor, where Node exposes it. */
   get fileno(): number | null {
+    const native = this.#nativeListeners[0];
+    if (native !== undefined) return native.fd >= 0 ? native.fd : null;
     const main = this.#netServers[0] as (net.Server & { _handle?: { fd?: number } }) | undefined;
     const fd = main?._handle?.fd;
     return typeof fd === "number" && fd >= 0 ? fd : null;
@@ -280,6 +306,7 @@ export class Server extends Channel {
       throw rangeError(`The backlog must be a positive integer, got ${describe(backlog)}.`);
     }
     if (typeof slave !== "boolean") throw typeError(`slave must be a boolean, got ${describe(slave)}.`);
+    this.#native = !this.#proxyProtocol && this.#tls === null && useNative(this.#transport);
     this.#state = ST_BINDING;
     this.engine._channels.add(this);
     this.#bind(parsed, backlog, slave).then(
@@ -445,8 +472,7 @@ export class Server extends Channel {
     if (parsed.kind === "unix") {
       await this.#removeStaleSocket(parsed.path);
       if (this.#state !== ST_BINDING) return;
-      const s = this.#newNetServer();
-      await listenOn(s, { path: parsed.path, backlog });
+      await this.#listenOne({ path: parsed.path, backlog });
       this.#unixPath = parsed.path;
       return;
     }
@@ -457,37 +483,63 @@ export class Server extends Channel {
     }
     if (this.#state !== ST_BINDING) return;
     if (host !== "") {
-      const s = this.#newNetServer();
-      await listenOn(s, { host, port: parsed.port, backlog, ipv6Only: false });
+      await this.#listenOne({ host, port: parsed.port, backlog, ipv6Only: false });
       return;
     }
     if (parsed.v6tuple) {
-      const s = this.#newNetServer();
-      await listenOn(s, { host: "::", port: parsed.port, backlog, ipv6Only: false });
+      await this.#listenOne({ host: "::", port: parsed.port, backlog, ipv6Only: false });
       return;
     }
     // ["", port]: IPv4 on the master socket, IPv6 on a slave on the same port.
     for (let attempt = 0; ; attempt++) {
-      const master = this.#newNetServer();
-      await listenOn(master, { host: "0.0.0.0", port: parsed.port, backlog });
+      const port = await this.#listenOne({ host: "0.0.0.0", port: parsed.port, backlog, ipv6Only: false });
       if (!slave || this.#state !== ST_BINDING) return;
-      const port = (master.address() as net.AddressInfo).port;
-      const s = this.#newNetServer();
       try {
-        await listenOn(s, { host: "::", port, backlog, ipv6Only: true });
+        await this.#listenOne({ host: "::", port, backlog, ipv6Only: true });
         return;
       } catch (err) {
-        this.#netServers.pop();
         const code = (err as NodeJS.ErrnoException).code;
         if (code === "EADDRINUSE" && parsed.port === 0 && attempt < 8) {
           // The port the OS picked for IPv4 is taken on IPv6: pick another.
-          this.#netServers.pop();
-          closeNet(master);
+          this.#dropLastListener();
           continue;
         }
         log.current.debug({ err }, `No IPv6 slave for ${String(this)}: ${(err as Error).message}`);
         return;
       }
+    }
+  }
+
+  /** Listens on one socket (native or node:net); resolves with its port (0 for UNIX). */
+  async #listenOne(options: { host: string; port: number; backlog: number; ipv6Only: boolean } | { path: string; backlog: number }): Promise<number> {
+    if (this.#native) {
+      const onConnection = (socket: NativeSocket) => this._onNativeConnection(socket);
+      const onAcceptError = (code: string) => this._onNetError(Object.assign(new Error(`accept ${code}`), { code, syscall: "accept" }));
+      const listener =
+        "path" in options
+          ? NativeListener.pipe(options.path, options.backlog, onConnection, onAcceptError)
+          : NativeListener.tcp(options.host, options.port, options.backlog, options.ipv6Only, onConnection, onAcceptError);
+      this.#nativeListeners.push(listener);
+      const address = listener.address();
+      return typeof address === "object" && address !== null ? address.port : 0;
+    }
+    const s = this.#newNetServer();
+    try {
+      await listenOn(s, options);
+    } catch (err) {
+      this.#netServers.pop();
+      throw err;
+    }
+    const address = s.address();
+    return typeof address === "object" && address !== null ? address.port : 0;
+  }
+
+  /** Closes and forgets the listener made last (the port-0 retry of the slave). */
+  #dropLastListener(): void {
+    if (this.#native) this.#nativeListeners.pop()?.close();
+    else {
+      const s = this.#netServers.pop();
+      if (s !== undefined) closeNet(s);
     }
   }
 
@@ -580,6 +632,7 @@ export class Server extends Channel {
   }
 
   #stopAccepting(): void {
+    for (const l of this.#nativeListeners) l.close();
     for (const s of this.#netServers) {
       closeNet(s);
       (s as OwnedNetServer)[kServer] = undefined;
@@ -644,6 +697,22 @@ export class Server extends Channel {
     this.#accept(raw, null);
   }
 
+  /** @internal A connection accepted by a native listener. */
+  _onNativeConnection(socket: NativeSocket): void {
+    if (this.#state === ST_BINDING && this.#shutdown === null) this.#listening();
+    if (this.#state !== ST_LISTENING || this.#shutdown !== null || this.#channels.size >= this.#maxConnections) {
+      if (this.#state === ST_LISTENING && this.#shutdown === null) {
+        this.stats.rejected++;
+        this.engine.stats.rejected++;
+      }
+      socket.destroy();
+      return;
+    }
+    if (!this.#noDelay) socket.setNoDelay(false);
+    if (this.#keepAliveMs > 0) socket.setKeepAlive(true, this.#keepAliveMs);
+    this.#accept(socket, null);
+  }
+
   /** @internal Bytes of a PROXY header arrived. */
   _proxyData(wait: ProxyWait, chunk: Buffer): void {
     wait.chunks.push(chunk);
@@ -688,7 +757,7 @@ export class Server extends Channel {
     (wait.socket as net.Socket & { [kProxyWait]?: ProxyWait })[kProxyWait] = undefined;
   }
 
-  #accept(raw: net.Socket, proxiedRemote: Address | null): void {
+  #accept(raw: net.Socket | NativeSocket, proxiedRemote: Address | null): void {
     if (this.#state !== ST_LISTENING || this.#shutdown !== null) {
       raw.destroy();
       return;
@@ -697,16 +766,19 @@ export class Server extends Channel {
     const custom = this.onAccept !== Server.prototype.onAccept;
     const peer = (): Address => proxiedRemote ?? fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily) ?? "";
     const address = custom ? peer() : null;
-    let socket: Duplex = raw;
+    // An onAccept override is promised a Duplex: give it one over a native socket.
+    let socket: Duplex = raw instanceof NativeSocket ? (custom ? raw.toDuplex() : (raw as unknown as Duplex)) : raw;
     const tlsConfig = this.#tls;
     if (tlsConfig !== null) {
       try {
-        const t = new tls.TLSSocket(raw, tlsConfig.socketOptions) as tls.TLSSocket & {
+        // startSSL after a native listen: node:tls needs a real Duplex under it.
+        const under = raw instanceof NativeSocket ? (socket instanceof NativeSocket ? raw.toDuplex() : socket) : raw;
+        const t = new tls.TLSSocket(under, tlsConfig.socketOptions) as tls.TLSSocket & {
           [kTlsPending]?: boolean;
           [kRawSocket]?: net.Socket;
         };
         t[kTlsPending] = true;
-        t[kRawSocket] = raw;
+        if (raw instanceof net.Socket) t[kRawSocket] = raw;
         if (!this.#proxyProtocol) raw.on("error", onRawError);
         socket = t;
       } catch (err) {

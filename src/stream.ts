@@ -39,6 +39,8 @@ import { NetStruct } from "./framing/netstruct.js";
 import { checkPantsFlags, compileServerTls, wrapClientSocket, wrapServerSocket } from "./tls.js";
 import type { SslOptions } from "./tls.js";
 import { sendFile } from "./write-file.js";
+import { NativeSocket } from "./native-socket.js";
+import { useNative } from "./transport.js";
 import type { FileJob, FileSink } from "./write-file.js";
 import type { Server } from "./server.js";
 
@@ -101,6 +103,8 @@ const F_TIMED = 1 << 12;
 const F_REGEX_ANCHORED = 1 << 13;
 const F_ADDRESSES = 1 << 14;
 const F_END_DELIVERED = 1 << 17;
+const F_NATIVE = 1 << 18; // the socket is the native addon's
+const F_NATIVE_FRAMING = 1 << 19; // and the addon cuts the frames
 
 // Reasons reading is paused (flag bits too).
 const P_USER = 1 << 15;
@@ -199,6 +203,10 @@ function flushDirty(): void {
 }
 
 const structCache = new Map<string, Struct>();
+
+function isNative(socket: unknown): socket is NativeSocket {
+  return socket instanceof NativeSocket;
+}
 
 /**
  * A connection. Subclass it and override the `on*` handlers; a
@@ -324,6 +332,8 @@ export class Stream extends Channel {
       rb.discarding = false;
       if ((this.#flags & F_IN_DISPATCH) === 0) this.#scheduleProcess();
     }
+    // Inside a dispatch the batch in hand is reframed first (see _onNativeFrames).
+    if ((this.#flags & (F_NATIVE | F_IN_DISPATCH)) === F_NATIVE && this.#state === S_OPEN) this.#syncNativeFraming();
   }
 
   /**
@@ -351,6 +361,7 @@ export class Stream extends Channel {
       throw typeError(`bufferSize must be a positive integer, got ${describe(value)}.`);
     }
     this.#bufferSize = value;
+    if ((this.#flags & (F_NATIVE_FRAMING | F_IN_DISPATCH)) === F_NATIVE_FRAMING && this.#state === S_OPEN) this.#syncNativeFraming();
   }
 
   /** `null` (default): `onRead` gets Buffers; an encoding: it gets strings. */
@@ -363,6 +374,7 @@ export class Stream extends Channel {
     }
     this.#encoding = value;
     if (this.#x !== null) this.#x.textDecoder = null;
+    if ((this.#flags & (F_NATIVE | F_IN_DISPATCH)) === F_NATIVE && this.#state === S_OPEN) this.#syncNativeFraming();
   }
 
   /** Bytes written but not yet handed to the operating system (queued files not counted). */
@@ -440,21 +452,26 @@ export class Stream extends Channel {
     const target = parseAddress(address);
     this.#extras().connectTarget = target;
     this.#state = S_CONNECTING;
-    let sock: net.Socket;
-    if (target.kind === "unix") {
+    let sock: net.Socket | NativeSocket;
+    const native = this.#x?.sslOptions == null && useNative(undefined);
+    const host = target.kind === "tcp" ? (target.host === "" ? (target.v6tuple ? "::1" : "127.0.0.1") : target.host) : "";
+    if (native) {
+      this.#flags |= F_NATIVE;
+      sock = NativeSocket.connect(target.kind === "unix" ? { path: target.path } : { host, port: target.port, family: target.family === 0 && target.v6tuple ? 6 : 0 });
+      sock.setOwner(this);
+    } else if (target.kind === "unix") {
       sock = net.connect({ path: target.path, allowHalfOpen: true });
     } else {
-      const host = target.host === "" ? (target.v6tuple ? "::1" : "127.0.0.1") : target.host;
       const opts: net.TcpNetConnectOpts = { host, port: target.port, allowHalfOpen: true, noDelay: true };
       if (target.family === 0 && target.v6tuple) opts.family = 6;
       sock = net.connect(opts);
     }
-    const owned = sock as OwnedSocket;
+    const owned = sock as unknown as OwnedSocket;
     owned[kStream] = this;
     this.#sock = owned;
-    sock.on("error", onSocketError);
-    sock.on("close", onSocketClose);
-    sock.once("connect", onSocketConnect);
+    owned.on("error", onSocketError);
+    owned.on("close", onSocketClose);
+    owned.once("connect", onSocketConnect);
     this.engine._channels.add(this);
     this.engine.stats.open++;
     return this;
@@ -730,6 +747,10 @@ export class Stream extends Channel {
     if (raw !== undefined) this.#extras().raw = raw;
     const proxied = sock[kProxyRemote];
     if (proxied !== undefined && proxied !== null) this.#extras().proxied = proxied;
+    if (isNative(sock)) {
+      this.#flags |= F_NATIVE;
+      sock.setOwner(this);
+    }
     sock.on("error", onSocketError);
     sock.on("close", onSocketClose);
     if (sock !== accepting.socket) this.engine._channels.add(this);
@@ -767,7 +788,7 @@ export class Stream extends Channel {
     const x = this.#extras();
     if ((this.#flags & F_ADDRESSES) !== 0) return x;
     const raw = (x.raw ?? this.#sock) as net.Socket | null;
-    if (raw === null || !(raw instanceof net.Socket)) return x;
+    if (raw === null || !(raw instanceof net.Socket || isNative(raw))) return x;
     if (raw.destroyed && (this.#flags & F_EVER_CONNECTED) === 0) return x;
     this.#flags |= F_ADDRESSES;
     x.remote = fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily);
@@ -885,7 +906,79 @@ export class Stream extends Channel {
       x.readyReject = null;
       resolve(this);
     }
+    if ((this.#flags & F_NATIVE) !== 0) this.#syncNativeFraming();
     this.#startFlowing();
+    if (this.#wq !== null && this.#wq.length > 0) this.#flush();
+  }
+
+  /**
+   * Native transport: lets the addon cut the frames when it can (a string
+   * or Buffer delimiter, or a size; no encoding; nothing buffered here),
+   * else turns its framing off and frames here.
+   */
+  #syncNativeFraming(): void {
+    const sock = this.#sock;
+    if (!isNative(sock) || this.#state === S_CLOSED) return;
+    const framer = this.#framer;
+    const rb = this.#rb;
+    const free = this.#encoding === null && (rb === null || (rb.length === 0 && !rb.discarding)) && (this.#flags & F_TLS_UPGRADING) === 0;
+    if (free && framer.needle !== null) {
+      sock.setFraming(1, framer.needle, this.#bufferSize);
+      this.#flags |= F_NATIVE_FRAMING;
+    } else if (free && typeof framer.source === "number") {
+      sock.setFraming(2, framer.source, Math.max(this.#bufferSize, framer.source));
+      this.#flags |= F_NATIVE_FRAMING;
+    } else if ((this.#flags & F_NATIVE_FRAMING) !== 0) {
+      sock.setFraming(0, null, 0);
+      sock.tail = 0;
+      this.#flags &= ~F_NATIVE_FRAMING;
+    }
+  }
+
+  /**
+   * @internal Native transport: frames the addon cut, as [start, end) pairs
+   * into `data`, then the offset after the last one; count -1: a frame
+   * outgrew its limit (the addon went raw; the buffer's framer reports it).
+   */
+  _onNativeFrames(data: Buffer, frames: Int32Array, count: number): void {
+    const sock = this.#sock as unknown as NativeSocket;
+    const fresh = data.length - sock.tail;
+    this.#flags |= F_ACTIVE;
+    const server = this.server;
+    if (server !== null) server.stats.bytesIn += fresh;
+    this.engine.stats.bytesIn += fresh;
+    if (this.#state !== S_OPEN) return;
+    if (count < 0) {
+      sock.tail = 0;
+      this.#flags &= ~F_NATIVE_FRAMING;
+      this.#flags |= F_IN_DISPATCH;
+      this.#push(data);
+      this.#flags &= ~F_IN_DISPATCH;
+      if (this.#wq !== null && this.#wq.length > 0) this.#flush();
+      return;
+    }
+    const framer = this.#framer;
+    this.#flags |= F_IN_DISPATCH;
+    let i = 0;
+    for (; i < count; i++) {
+      if (this.#state !== S_OPEN || this.#framer !== framer || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 || this.#encoding !== null) break;
+      this.#deliver(data.subarray(frames[2 * i]!, frames[2 * i + 1]!));
+    }
+    if (i < count || this.#state !== S_OPEN || this.#framer !== framer || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 || this.#encoding !== null) {
+      // Something changed inside onRead: the rest of `data` (from the first
+      // frame not delivered, the addon's pending tail included) is framed here.
+      if (this.#state === S_OPEN || this.#state === S_CLOSING) {
+        sock.setFraming(0, null, 0);
+        this.#flags &= ~F_NATIVE_FRAMING;
+        sock.tail = 0;
+        const from = i < count ? frames[2 * i]! : frames[2 * count]!;
+        if (this.#state === S_OPEN && from < data.length) this.#push(data.subarray(from));
+        if (this.#state === S_OPEN) this.#syncNativeFraming();
+      }
+    } else {
+      sock.tail = data.length - frames[2 * count]!;
+    }
+    this.#flags &= ~F_IN_DISPATCH;
     if (this.#wq !== null && this.#wq.length > 0) this.#flush();
   }
 
@@ -922,6 +1015,7 @@ export class Stream extends Channel {
       this.#push(chunk);
     }
     this.#flags &= ~F_IN_DISPATCH;
+    if ((this.#flags & (F_NATIVE | F_NATIVE_FRAMING)) === F_NATIVE && this.#state === S_OPEN) this.#syncNativeFraming();
     if (this.#wq !== null && this.#wq.length > 0) this.#flush();
   }
 
@@ -1369,7 +1463,21 @@ export class Stream extends Channel {
   }
 
   #upgradeNow(options: SslOptions): void {
-    const sock = this.#sock as OwnedSocket;
+    let sock = this.#sock as OwnedSocket;
+    if (isNative(sock)) {
+      // node:tls needs a real Duplex: put one over the native socket from now on.
+      sock.setFraming(0, null, 0);
+      sock.off("data", onSocketData as never);
+      sock.off("end", onSocketEnd as never);
+      sock.off("error", onSocketError as never);
+      sock.on("error", ignoreError);
+      const duplex = sock.toDuplex() as OwnedSocket;
+      duplex[kStream] = this;
+      duplex.on("error", onSocketError);
+      duplex.on("close", onSocketClose);
+      this.#flags &= ~(F_NATIVE | F_NATIVE_FRAMING);
+      this.#sock = sock = duplex;
+    }
     // Bytes already read past the STARTTLS point belong to the TLS layer:
     // hand them back to the socket so the handshake sees them (uvloop#707).
     const rb = this.#rb;

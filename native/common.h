@@ -1,0 +1,345 @@
+/*
+ * pants_native: a Node-API addon that drives libuv TCP and pipe handles
+ * directly from Node's event loop, without Node's stream layer.
+ *
+ * This header holds the types every file shares and the functions they call
+ * in one another. One concern per file:
+ *
+ *   addon.c    module init, per-environment state, init(callbacks), calling
+ *              into JS, the deferred-work queue, environment teardown
+ *   util.c     argument parsing, errors, address objects, wrapping
+ *   server.c   listenTcp / listenPipe, accepting, the server object
+ *   conn.c     the connection object: connect, close, options, addresses
+ *   read.c     reading: alloc/read callbacks and frame delivery to JS
+ *   write.c    write / writev / shutdown
+ *   framing.c  the pure-C frame scanner (no Node-API, no libuv)
+ *
+ * Lifetimes, in one place:
+ *   - Every uv handle lives inside a malloc'd struct (pn_server, pn_conn) that
+ *     is freed only in the handle's uv_close callback, and uv_close is called
+ *     exactly once (guarded by the `closing` flag).
+ *   - The JS object for a handle wraps a tiny pn_box (napi_wrap). The box is
+ *     owned by the JS object (freed by the wrap finalizer when the object is
+ *     collected) and points at the C struct until the close callback clears
+ *     it, so a JS object that outlives its handle never reaches freed memory.
+ *   - While the handle is open, the C struct holds a strong napi_ref to its JS
+ *     object, so the object cannot be collected under a live handle. The
+ *     close callback drops it.
+ *   - JS is only ever called from libuv callbacks (never from inside a method
+ *     call made by JS); errors that a method discovers synchronously are
+ *     reported later through the deferred queue (addon.c).
+ */
+#ifndef PANTS_NATIVE_COMMON_H
+#define PANTS_NATIVE_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <node_api.h>
+#include <uv.h>
+
+/* Size of the one read buffer each event loop shares (see read.c). */
+#define PN_READ_BUF_SIZE (64 * 1024)
+
+/* Frame offsets travel to JS in an Int32Array, so everything the framing
+ * buffers (one frame, plus one read) must stay far below 2^31. */
+#define PN_MAX_LIMIT ((size_t)1 << 30)     /* largest frame limit / size */
+#define PN_MAX_DELIMITER ((size_t)64 * 1024) /* longest bytes delimiter */
+
+/* Indexes of the JS callbacks registered by init(). */
+enum {
+  PN_CB_CONNECTION,
+  PN_CB_READ,
+  PN_CB_END,
+  PN_CB_ERROR,
+  PN_CB_WRITTEN,
+  PN_CB_CONNECT,
+  PN_CB_CLOSE,
+  PN_CB_UNCAUGHT,
+  PN_CB_ACCEPT_ERROR, /* optional */
+  PN_CB_SHUTDOWN,     /* optional */
+  PN_CB_COUNT
+};
+
+/* Intrusive doubly-linked list node. A list head is a pn_link whose next and
+ * prev point at itself when empty. */
+typedef struct pn_link {
+  struct pn_link *prev;
+  struct pn_link *next;
+} pn_link;
+
+void pn_list_init(pn_link *head);
+void pn_list_push(pn_link *head, pn_link *node);
+void pn_list_remove(pn_link *node); /* safe on a node not in any list */
+static inline bool pn_list_empty(const pn_link *head) { return head->next == head; }
+
+#define pn_container_of(ptr, type, member) \
+  ((type *)((char *)(ptr) - offsetof(type, member)))
+
+/* What a JS object wraps. `ptr` is the live pn_server / pn_conn, or NULL once
+ * the handle has been freed. Owned by the JS object. */
+typedef struct pn_box {
+  void *ptr;
+  int kind; /* pn_kind of what ptr pointed at */
+} pn_box;
+
+typedef struct pn_env pn_env;
+
+/* Per-environment state (one per Node environment, i.e. per event loop: the
+ * main thread and each worker thread get their own). Stored as the addon's
+ * instance data. */
+struct pn_env {
+  napi_env env;
+  uv_loop_t *loop;
+
+  napi_ref cb[PN_CB_COUNT]; /* NULL until init() */
+  bool have_callbacks;
+  napi_async_context actx; /* one async context for every call into JS */
+  napi_ref actx_resource;
+
+  napi_ref conn_ctor;
+  napi_ref server_ctor;
+  bool constructing; /* set while the addon itself instantiates a class */
+
+  /* The shared read buffer: alloc_cb hands it to every read; read_cb
+   * consumes it before libuv can ask for the next one (see read.c). */
+  char *read_buf;
+
+  /* The reused Int32Array of frame offsets (see read.c). */
+  napi_ref frames_ref;
+
+  /* Every pn_server and pn_conn whose close callback has not run yet. */
+  pn_link handles;
+  size_t handle_count;
+
+  /* Connections with deferred work (see pn_defer), and the idle handle that
+   * runs it on the next loop iteration. */
+  pn_link deferred;
+  uv_idle_t idle;
+  bool idle_ready;  /* uv_idle_init succeeded */
+  bool idle_closed; /* uv_close called on it (teardown) */
+
+  /* Environment teardown (worker exit, process end): close everything
+   * without calling into JS. */
+  napi_async_cleanup_hook_handle cleanup_hook;
+  bool tearing_down;
+};
+
+/* What every handle struct starts with. */
+typedef enum { PN_KIND_SERVER = 1, PN_KIND_CONN = 2 } pn_kind;
+
+typedef struct pn_base {
+  pn_link link;   /* in env->handles */
+  pn_env *penv;
+  pn_kind kind;
+  bool is_pipe;
+  bool closing;   /* uv_close has been called */
+  pn_box *box;    /* NULL until the JS object exists */
+  napi_ref self;  /* strong ref to the JS object while the handle is open */
+} pn_base;
+
+typedef union pn_uv_stream {
+  uv_handle_t handle;
+  uv_stream_t stream;
+  uv_tcp_t tcp;
+  uv_pipe_t pipe;
+} pn_uv_stream;
+
+/* ---- framing (framing.c) ---------------------------------------------- */
+
+enum { PN_FRAME_RAW = 0, PN_FRAME_DELIM = 1, PN_FRAME_SIZE = 2 };
+
+typedef struct pn_framing {
+  int kind;
+  uint8_t *delim; /* owned copy of the delimiter (PN_FRAME_DELIM) */
+  size_t dlen;
+  size_t size;    /* PN_FRAME_SIZE */
+  size_t limit;   /* largest frame allowed */
+
+  /* P: bytes received but not yet delivered as a frame. */
+  uint8_t *pend;
+  size_t plen;
+  size_t pcap;
+  /* Offset in P from which the delimiter search resumes (every position
+   * before it is known not to start a delimiter). */
+  size_t scanned;
+} pn_framing;
+
+/* Outcome of one pn_scan() call. Offsets are into the virtual concatenation
+ * P + new bytes. */
+typedef struct pn_scan_result {
+  size_t count;   /* complete frames written to `out` */
+  size_t rest;    /* offset just past the last complete frame's delimiter */
+  size_t search;  /* where a later delimiter search may resume */
+  bool overflow;  /* the frame starting at `rest` is over the limit */
+  bool full;      /* `out` had no room for more: call again from `rest` */
+} pn_scan_result;
+
+void pn_framing_init(pn_framing *fr);
+void pn_framing_free(pn_framing *fr);
+/* Drops P and the delimiter; back to raw. */
+void pn_framing_reset(pn_framing *fr);
+/* Scans P (fr->pend, fr->plen) followed by `nb`/`nn` for complete frames,
+ * starting with a frame at `start` whose delimiter search may begin at
+ * `search_from`. Writes [start, end) pairs to `out` (room for `max_frames`
+ * pairs). */
+void pn_scan(const pn_framing *fr, const uint8_t *nb, size_t nn, size_t start,
+             size_t search_from, int32_t *out, size_t max_frames,
+             pn_scan_result *res);
+/* Makes P = (P + nb)[from..]. Returns false on allocation failure (P is then
+ * left empty). */
+bool pn_framing_keep(pn_framing *fr, const uint8_t *nb, size_t nn, size_t from);
+
+/* ---- connections (conn.c, read.c, write.c) ---------------------------- */
+
+/* Deferred work bits (pn_conn.defer_bits). */
+enum {
+  PN_DEFER_CONNECT_ERROR = 1, /* report defer_connect_err via onConnect */
+  PN_DEFER_WRITE_ERROR = 2,   /* report defer_write_err via onError(write) */
+  PN_DEFER_SHUTDOWN_ERROR = 4,/* report defer_shutdown_err via onError(shutdown) */
+  PN_DEFER_DELIVER = 8        /* P may hold deliverable bytes: run delivery */
+};
+
+typedef struct pn_conn {
+  pn_base base;
+  pn_uv_stream h;
+
+  bool reading;      /* what JS asked for (readStart/readStop) */
+  bool eof;          /* the peer's FIN was read */
+  bool shut;         /* shutdown() was called */
+  bool connecting;   /* a connect request is in flight */
+  bool write_error_reported;
+  bool need_deliver; /* P may hold frames that were not delivered yet */
+
+  uv_connect_t connect_req;
+  uv_shutdown_t shutdown_req;
+  unsigned write_reqs; /* uv_write requests not yet called back */
+
+  pn_framing fr;
+  /* Bumped by setFraming() / resetFraming() so the read path can tell what
+   * JS changed from inside onRead. */
+  uint32_t set_gen;
+  uint32_t reset_gen;
+
+  pn_link defer_link; /* in env->deferred while defer_bits != 0 */
+  unsigned defer_bits;
+  int defer_connect_err;
+  int defer_write_err;
+  int defer_shutdown_err;
+} pn_conn;
+
+typedef struct pn_server {
+  pn_base base;
+  pn_uv_stream h;
+  char *path;     /* pipes: the name as given (may start with '\0') */
+  size_t path_len;
+} pn_server;
+
+/* ---- addon.c ------------------------------------------------------------ */
+
+/* Calls callback `which` with argv through napi_make_callback (so Node runs
+ * nextTicks and microtasks afterwards). A JS exception goes to onUncaught.
+ * The caller must have a handle scope open. Does nothing for an optional
+ * callback that is not set, or during teardown. */
+void pn_call(pn_env *e, int which, size_t argc, napi_value *argv);
+/* Queues deferred work for a connection (runs on the next loop iteration). */
+void pn_defer(pn_conn *c, unsigned bits);
+/* Bookkeeping for handles (env->handles). */
+void pn_handle_opened(pn_base *b);
+/* Called at the end of every close callback, after the struct is unlinked:
+ * finishes teardown when the last handle is gone. */
+void pn_handle_closed(pn_env *e, pn_base *b);
+
+/* ---- util.c ------------------------------------------------------------- */
+
+/* Throws an Error like Node's errno exceptions: message "<syscall> <CODE>:
+ * <description>[ <detail>]", with .code, .errno and .syscall. */
+void pn_throw_uv(napi_env env, int err, const char *syscall, const char *detail);
+void pn_throw_type(napi_env env, const char *msg);
+void pn_throw_range(napi_env env, const char *msg);
+/* Throws a generic error for a failed napi_* call unless one is pending. */
+void pn_throw_napi(napi_env env, const char *what);
+
+/* napi_value for libuv error `err`'s name ("ECONNRESET"), or null for 0. */
+napi_value pn_err_name(napi_env env, int err);
+
+/* Reads a JS string argument as a malloc'd, NUL-terminated UTF-8 string
+ * (embedded NULs kept; *len excludes the terminator). Throws and returns
+ * NULL on failure. */
+char *pn_get_string(napi_env env, napi_value v, const char *what, size_t *len);
+bool pn_get_int(napi_env env, napi_value v, const char *what, int64_t lo,
+                int64_t hi, int64_t *out);
+bool pn_get_bool(napi_env env, napi_value v, const char *what, bool *out);
+
+/* { address, port, family } from a sockaddr, or null. */
+napi_value pn_sockaddr_object(napi_env env, const struct sockaddr_storage *ss);
+/* { path } from bytes (trailing NULs of an abstract name trimmed). */
+napi_value pn_path_object(napi_env env, const char *path, size_t len);
+
+/* Creates an instance of class `ctor` (no JS-visible constructor call),
+ * wraps a new pn_box pointing at `b`, and takes the strong ref. Returns the
+ * object or NULL (with an exception pending or not). */
+napi_value pn_new_wrapped(pn_env *e, napi_ref ctor, pn_base *b);
+/* The live struct behind `this`, or NULL if the handle is gone. Throws (and
+ * returns NULL with *ok=false) if `this` is not one of our objects. */
+void *pn_unwrap(napi_env env, napi_value obj, pn_kind kind, bool *ok);
+/* Called in a close callback: detach the JS object (box->ptr = NULL) and
+ * drop the strong ref. */
+void pn_release_js(pn_base *b);
+
+/* Parses an IP literal + port into a sockaddr (uv_ip4_addr/uv_ip6_addr). */
+int pn_parse_ip(const char *host, int port, struct sockaddr_storage *ss);
+
+/* ---- server.c / conn.c -------------------------------------------------- */
+
+napi_value pn_listen_tcp(napi_env env, napi_callback_info info);
+napi_value pn_listen_pipe(napi_env env, napi_callback_info info);
+bool pn_server_define(pn_env *e);
+void pn_server_close(pn_server *s);
+
+napi_value pn_connect_tcp(napi_env env, napi_callback_info info);
+napi_value pn_connect_pipe(napi_env env, napi_callback_info info);
+bool pn_conn_define(pn_env *e);
+/* Allocates a pn_conn with an initialised uv handle, already in
+ * env->handles (so from here on it is released with pn_conn_close, which
+ * frees it in the close callback). Returns NULL on failure (uv error in
+ * *err). */
+pn_conn *pn_conn_new(pn_env *e, bool is_pipe, int *err);
+void pn_conn_close(pn_conn *c);
+/* The connection behind `this` (and the arguments, if argc/argv are given);
+ * NULL once closed or closing. *ok is false, with an exception pending, when
+ * `this` is not a connection object. */
+pn_conn *pn_this_conn(napi_env env, napi_callback_info info, size_t *argc,
+                      napi_value *argv, bool *ok);
+/* Calls a one-argument callback (onEnd, onWritten, onShutdown) or
+ * onError(conn, code, syscall) for `c`, unless it is closing. */
+void pn_conn_emit(pn_conn *c, int which);
+void pn_conn_emit_error(pn_conn *c, int err, const char *syscall);
+/* Runs the deferred work queued for `c` (addon.c calls this). */
+void pn_conn_run_deferred(pn_conn *c, unsigned bits);
+
+/* read.c */
+napi_value pn_conn_read_start(napi_env env, napi_callback_info info);
+napi_value pn_conn_read_stop(napi_env env, napi_callback_info info);
+napi_value pn_conn_set_framing(napi_env env, napi_callback_info info);
+napi_value pn_conn_reset_framing(napi_env env, napi_callback_info info);
+/* Frames and hands to JS whatever P plus the new bytes hold. */
+void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn);
+
+/* write.c */
+napi_value pn_conn_write(napi_env env, napi_callback_info info);
+napi_value pn_conn_writev(napi_env env, napi_callback_info info);
+napi_value pn_conn_shutdown(napi_env env, napi_callback_info info);
+napi_value pn_conn_pending_bytes(napi_env env, napi_callback_info info);
+
+/* Shorthand for napi calls inside a function that returns napi_value. */
+#define PN_CHECK(env, call, what)          \
+  do {                                     \
+    if ((call) != napi_ok) {               \
+      pn_throw_napi((env), (what));        \
+      return NULL;                         \
+    }                                      \
+  } while (0)
+
+#endif /* PANTS_NATIVE_COMMON_H */

@@ -1,0 +1,404 @@
+/*
+ * The connection object: creation (accept or connect), close and the close
+ * callback, deferred work, socket options and addresses. Reading lives in
+ * read.c, writing in write.c.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "common.h"
+
+#define PN_HAVE_PIPE_CONNECT2 (UV_VERSION_HEX >= 0x012e00)
+
+/* ---- lifetime ------------------------------------------------------------- */
+
+pn_conn *pn_conn_new(pn_env *e, bool is_pipe, int *err) {
+  pn_conn *c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    *err = UV_ENOMEM;
+    return NULL;
+  }
+  c->base.penv = e;
+  c->base.kind = PN_KIND_CONN;
+  c->base.is_pipe = is_pipe;
+  pn_framing_init(&c->fr);
+  int r = is_pipe ? uv_pipe_init(e->loop, &c->h.pipe, 0) : uv_tcp_init(e->loop, &c->h.tcp);
+  if (r != 0) { /* nothing was put on the loop */
+    free(c);
+    *err = r;
+    return NULL;
+  }
+  c->h.handle.data = c;
+  c->connect_req.data = c;
+  c->shutdown_req.data = c;
+  pn_handle_opened(&c->base);
+  return c;
+}
+
+/* The only place a pn_conn is freed. By the time libuv calls this it has
+ * already called back every pending write, shutdown and connect request
+ * (with UV_ECANCELED), so no request still points at `c`. */
+static void conn_close_cb(uv_handle_t *h) {
+  pn_conn *c = h->data;
+  pn_env *e = c->base.penv;
+  napi_handle_scope scope;
+  napi_value obj;
+
+  pn_list_remove(&c->base.link);
+  pn_list_remove(&c->defer_link);
+  c->defer_bits = 0;
+  if (!e->tearing_down && c->base.self != NULL &&
+      napi_open_handle_scope(e->env, &scope) == napi_ok) {
+    /* JS may still call methods on the object from onClose: `closing` turns
+     * them into no-ops (or clear errors for write/shutdown). */
+    if (napi_get_reference_value(e->env, c->base.self, &obj) == napi_ok)
+      pn_call(e, PN_CB_CLOSE, 1, &obj);
+    napi_close_handle_scope(e->env, scope);
+  }
+  pn_release_js(&c->base); /* the JS object now points at nothing */
+  pn_framing_free(&c->fr);
+  free(c);
+  pn_handle_closed(e, NULL);
+}
+
+/* Idempotent. After this only onClose is delivered for the connection. */
+void pn_conn_close(pn_conn *c) {
+  if (c->base.closing) return;
+  c->base.closing = true;
+  c->reading = false;
+  c->need_deliver = false;
+  /* uv_close stops reading at once and cancels queued writes, a pending
+   * shutdown and a pending connect; their callbacks run (UV_ECANCELED) just
+   * before the close callback, in the loop's closing phase. */
+  uv_close(&c->h.handle, conn_close_cb);
+}
+
+void pn_conn_run_deferred(pn_conn *c, unsigned bits) {
+  pn_env *e = c->base.penv;
+  napi_handle_scope scope;
+  napi_value argv[3];
+
+  if (c->base.closing || c->base.self == NULL) return;
+  if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
+  if (napi_get_reference_value(e->env, c->base.self, &argv[0]) != napi_ok) goto out;
+  if (bits & PN_DEFER_CONNECT_ERROR) {
+    argv[1] = pn_err_name(e->env, c->defer_connect_err);
+    pn_call(e, PN_CB_CONNECT, 2, argv);
+    if (c->base.closing) goto out;
+  }
+  if (bits & PN_DEFER_WRITE_ERROR) {
+    argv[1] = pn_err_name(e->env, c->defer_write_err);
+    napi_create_string_utf8(e->env, "write", NAPI_AUTO_LENGTH, &argv[2]);
+    pn_call(e, PN_CB_ERROR, 3, argv);
+    if (c->base.closing) goto out;
+  }
+  if (bits & PN_DEFER_SHUTDOWN_ERROR) {
+    argv[1] = pn_err_name(e->env, c->defer_shutdown_err);
+    napi_create_string_utf8(e->env, "shutdown", NAPI_AUTO_LENGTH, &argv[2]);
+    pn_call(e, PN_CB_ERROR, 3, argv);
+    if (c->base.closing) goto out;
+  }
+  if ((bits & PN_DEFER_DELIVER) && c->reading && c->need_deliver) pn_deliver(c, NULL, 0);
+out:
+  napi_close_handle_scope(e->env, scope);
+}
+
+void pn_conn_emit(pn_conn *c, int which) {
+  pn_env *e = c->base.penv;
+  napi_handle_scope scope;
+  napi_value obj;
+  if (c->base.closing || c->base.self == NULL) return;
+  if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
+  if (napi_get_reference_value(e->env, c->base.self, &obj) == napi_ok)
+    pn_call(e, which, 1, &obj);
+  napi_close_handle_scope(e->env, scope);
+}
+
+void pn_conn_emit_error(pn_conn *c, int err, const char *syscall) {
+  pn_env *e = c->base.penv;
+  napi_handle_scope scope;
+  napi_value argv[3];
+  if (c->base.closing || c->base.self == NULL) return;
+  if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
+  if (napi_get_reference_value(e->env, c->base.self, &argv[0]) == napi_ok &&
+      napi_create_string_utf8(e->env, syscall, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok) {
+    argv[1] = pn_err_name(e->env, err);
+    pn_call(e, PN_CB_ERROR, 3, argv);
+  }
+  napi_close_handle_scope(e->env, scope);
+}
+
+/* ---- connecting ---------------------------------------------------------- */
+
+static void connect_cb(uv_connect_t *req, int status) {
+  pn_conn *c = req->data;
+  pn_env *e = c->base.penv;
+  napi_handle_scope scope;
+  napi_value argv[2];
+
+  c->connecting = false;
+  /* Closed while connecting (status is UV_ECANCELED): JS asked for it. */
+  if (c->base.closing || c->base.self == NULL) return;
+  if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
+  if (napi_get_reference_value(e->env, c->base.self, &argv[0]) == napi_ok) {
+    argv[1] = pn_err_name(e->env, status);
+    pn_call(e, PN_CB_CONNECT, 2, argv);
+  }
+  napi_close_handle_scope(e->env, scope);
+}
+
+/* Creates a connection and its JS object, or throws. */
+static napi_value new_client(napi_env env, pn_env *e, bool is_pipe, pn_conn **out) {
+  int err = 0;
+  if (!e->have_callbacks) {
+    napi_throw_error(env, "ERR_NATIVE_NOT_INITIALIZED", "pants_native: call init(callbacks) first");
+    return NULL;
+  }
+  pn_conn *c = pn_conn_new(e, is_pipe, &err);
+  if (c == NULL) {
+    pn_throw_uv(env, err, "socket", NULL);
+    return NULL;
+  }
+  napi_value obj = pn_new_wrapped(e, e->conn_ctor, &c->base);
+  if (obj == NULL) {
+    pn_conn_close(c);
+    pn_throw_napi(env, "creating the connection object");
+    return NULL;
+  }
+  *out = c;
+  return obj;
+}
+
+/* A connect that fails synchronously is still reported asynchronously. */
+static void connect_started(pn_conn *c, int err) {
+  if (err == 0) {
+    c->connecting = true;
+    return;
+  }
+  c->defer_connect_err = err;
+  pn_defer(c, PN_DEFER_CONNECT_ERROR);
+}
+
+/* connectTcp(host, port) */
+napi_value pn_connect_tcp(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  pn_env *e;
+  int64_t port;
+  struct sockaddr_storage ss;
+  pn_conn *c = NULL;
+
+  PN_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&e), "napi_get_cb_info");
+  char *host = pn_get_string(env, argv[0], "connectTcp(): host", NULL);
+  if (host == NULL) return NULL;
+  if (!pn_get_int(env, argv[1], "connectTcp(): port", 0, 65535, &port)) {
+    free(host);
+    return NULL;
+  }
+  int err = pn_parse_ip(host, (int)port, &ss);
+  free(host);
+  if (err != 0) {
+    pn_throw_type(env, "connectTcp(): host must be an IPv4 or IPv6 address literal");
+    return NULL;
+  }
+  napi_value obj = new_client(env, e, false, &c);
+  if (obj == NULL) return NULL;
+  err = uv_tcp_connect(&c->connect_req, &c->h.tcp, (const struct sockaddr *)&ss, connect_cb);
+  /* The socket exists now; like accepted connections, no Nagle delay. */
+  if (err == 0) uv_tcp_nodelay(&c->h.tcp, 1);
+  connect_started(c, err);
+  return obj;
+}
+
+/* connectPipe(path) */
+napi_value pn_connect_pipe(napi_env env, napi_callback_info info) {
+  size_t argc = 1, len = 0;
+  napi_value argv[1];
+  pn_env *e;
+  pn_conn *c = NULL;
+
+  PN_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&e), "napi_get_cb_info");
+  char *path = pn_get_string(env, argv[0], "connectPipe(): path", &len);
+  if (path == NULL) return NULL;
+  napi_value obj = new_client(env, e, true, &c);
+  if (obj == NULL) {
+    free(path);
+    return NULL;
+  }
+#if PN_HAVE_PIPE_CONNECT2
+  /* libuv reports connect errors through connect_cb (it feeds the watcher);
+   * only bad arguments come back here. */
+  int err = uv_pipe_connect2(&c->connect_req, &c->h.pipe, path, len, UV_PIPE_NO_TRUNCATE,
+                             connect_cb);
+#else
+  int err = 0;
+  if (len == 0 || path[0] == '\0') err = UV_EINVAL; /* no abstract names before 1.46 */
+  else uv_pipe_connect(&c->connect_req, &c->h.pipe, path, connect_cb);
+#endif
+  free(path); /* libuv copied what it needs */
+  connect_started(c, err);
+  return obj;
+}
+
+/* ---- methods ---------------------------------------------------------------- */
+
+/* The connection behind `this` with its arguments; NULL once closed (or
+ * closing). *ok is false (and an exception pending) for a bad receiver. */
+pn_conn *pn_this_conn(napi_env env, napi_callback_info info, size_t *argc,
+                          napi_value *argv, bool *ok) {
+  napi_value self;
+  size_t zero = 0;
+  if (napi_get_cb_info(env, info, argc != NULL ? argc : &zero, argv, &self, NULL) != napi_ok) {
+    *ok = false;
+    pn_throw_napi(env, "napi_get_cb_info");
+    return NULL;
+  }
+  pn_conn *c = pn_unwrap(env, self, PN_KIND_CONN, ok);
+  return c != NULL && c->base.closing ? NULL : c;
+}
+
+static napi_value conn_close(napi_env env, napi_callback_info info) {
+  bool ok;
+  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  if (c != NULL) pn_conn_close(c);
+  return NULL;
+}
+
+static napi_value conn_address_impl(napi_env env, napi_callback_info info, bool peer) {
+  bool ok;
+  napi_value result;
+  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  if (!ok) return NULL;
+  if (c == NULL) goto none;
+  if (c->base.is_pipe) {
+    char buf[256];
+    size_t len = sizeof(buf);
+    int err = peer ? uv_pipe_getpeername(&c->h.pipe, buf, &len)
+                   : uv_pipe_getsockname(&c->h.pipe, buf, &len);
+    if (err != 0) goto none;
+    return pn_path_object(env, buf, len);
+  }
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
+  memset(&ss, 0, sizeof(ss));
+  int err = peer ? uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len)
+                 : uv_tcp_getsockname(&c->h.tcp, (struct sockaddr *)&ss, &len);
+  if (err != 0) goto none;
+  return pn_sockaddr_object(env, &ss);
+none:
+  napi_get_null(env, &result);
+  return result;
+}
+
+static napi_value conn_address(napi_env env, napi_callback_info info) {
+  return conn_address_impl(env, info, false);
+}
+
+static napi_value conn_peer_address(napi_env env, napi_callback_info info) {
+  return conn_address_impl(env, info, true);
+}
+
+static napi_value conn_fd(napi_env env, napi_callback_info info) {
+  bool ok;
+  napi_value result;
+  uv_os_fd_t fd = -1;
+  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  if (!ok) return NULL;
+  if (c == NULL || uv_fileno(&c->h.handle, &fd) != 0) fd = -1;
+  napi_create_int32(env, fd, &result);
+  return result;
+}
+
+/* setNoDelay(enable): TCP only; a no-op on pipes and closed connections. */
+static napi_value conn_set_no_delay(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  bool ok, on = true;
+  napi_valuetype t;
+  pn_conn *c = pn_this_conn(env, info, &argc, argv, &ok);
+  if (!ok) return NULL;
+  if (napi_typeof(env, argv[0], &t) == napi_ok && t != napi_undefined &&
+      !pn_get_bool(env, argv[0], "setNoDelay(): enable", &on))
+    return NULL;
+  if (c != NULL && !c->base.is_pipe) uv_tcp_nodelay(&c->h.tcp, on);
+  return NULL;
+}
+
+/* setKeepAlive(enable, delaySeconds): delay 0 keeps the system's idle time. */
+static napi_value conn_set_keep_alive(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  bool ok, on = false;
+  int64_t delay = 0;
+  napi_valuetype t;
+  pn_conn *c = pn_this_conn(env, info, &argc, argv, &ok);
+  if (!ok) return NULL;
+  if (napi_typeof(env, argv[0], &t) == napi_ok && t != napi_undefined &&
+      !pn_get_bool(env, argv[0], "setKeepAlive(): enable", &on))
+    return NULL;
+  if (napi_typeof(env, argv[1], &t) == napi_ok && t != napi_undefined &&
+      !pn_get_int(env, argv[1], "setKeepAlive(): delaySeconds", 0, INT32_MAX, &delay))
+    return NULL;
+  if (c == NULL || c->base.is_pipe) return NULL;
+  if (on && delay == 0) {
+    /* uv_tcp_keepalive always sets TCP_KEEPIDLE, which must be >= 1. */
+    uv_os_fd_t fd;
+    int one = 1;
+    if (uv_fileno(&c->h.handle, &fd) == 0)
+      setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+  } else {
+    uv_tcp_keepalive(&c->h.tcp, on, (unsigned int)delay);
+  }
+  return NULL;
+}
+
+static napi_value conn_ref(napi_env env, napi_callback_info info) {
+  bool ok;
+  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  if (c != NULL) uv_ref(&c->h.handle);
+  return NULL;
+}
+
+static napi_value conn_unref(napi_env env, napi_callback_info info) {
+  bool ok;
+  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  if (c != NULL) uv_unref(&c->h.handle);
+  return NULL;
+}
+
+static napi_value conn_ctor(napi_env env, napi_callback_info info) {
+  napi_value self;
+  pn_env *e;
+  if (napi_get_cb_info(env, info, NULL, NULL, &self, (void **)&e) != napi_ok) return NULL;
+  if (!e->constructing) {
+    pn_throw_type(env, "NativeConn objects are created by the addon (accept, connectTcp, connectPipe)");
+    return NULL;
+  }
+  return self;
+}
+
+bool pn_conn_define(pn_env *e) {
+  napi_value cls;
+  napi_property_descriptor props[] = {
+      {"readStart", NULL, pn_conn_read_start, NULL, NULL, NULL, napi_default, e},
+      {"readStop", NULL, pn_conn_read_stop, NULL, NULL, NULL, napi_default, e},
+      {"setFraming", NULL, pn_conn_set_framing, NULL, NULL, NULL, napi_default, e},
+      {"resetFraming", NULL, pn_conn_reset_framing, NULL, NULL, NULL, napi_default, e},
+      {"write", NULL, pn_conn_write, NULL, NULL, NULL, napi_default, e},
+      {"writev", NULL, pn_conn_writev, NULL, NULL, NULL, napi_default, e},
+      {"pendingBytes", NULL, pn_conn_pending_bytes, NULL, NULL, NULL, napi_default, e},
+      {"shutdown", NULL, pn_conn_shutdown, NULL, NULL, NULL, napi_default, e},
+      {"close", NULL, conn_close, NULL, NULL, NULL, napi_default, e},
+      {"address", NULL, conn_address, NULL, NULL, NULL, napi_default, e},
+      {"peerAddress", NULL, conn_peer_address, NULL, NULL, NULL, napi_default, e},
+      {"setNoDelay", NULL, conn_set_no_delay, NULL, NULL, NULL, napi_default, e},
+      {"setKeepAlive", NULL, conn_set_keep_alive, NULL, NULL, NULL, napi_default, e},
+      {"ref", NULL, conn_ref, NULL, NULL, NULL, napi_default, e},
+      {"unref", NULL, conn_unref, NULL, NULL, NULL, napi_default, e},
+      {"fd", NULL, NULL, conn_fd, NULL, NULL, napi_default, e},
+  };
+  return napi_define_class(e->env, "NativeConn", NAPI_AUTO_LENGTH, conn_ctor, e,
+                           sizeof(props) / sizeof(props[0]), props, &cls) == napi_ok &&
+         napi_create_reference(e->env, cls, 1, &e->conn_ctor) == napi_ok;
+}

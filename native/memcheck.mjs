@@ -1,0 +1,320 @@
+// A plain-JS workout of the addon for memory checkers (valgrind, ASan), where
+// the TypeScript test suite would be too slow. It exercises every path that
+// allocates or frees: accept/connect, raw and framed reads (split delimiters,
+// sizes, reset and re-framing inside onRead, overflow), partial writes,
+// writev, shutdown, resets, close from inside callbacks, deferred errors, a
+// throwing callback, a worker exiting with open handles, and finally a
+// natural exit with handles still open (the environment teardown path).
+//
+//   valgrind --leak-check=full --error-exitcode=1 node native/memcheck.mjs
+//   LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+//     node native/memcheck.mjs        (with the addon built with -fsanitize=address)
+//
+// Prints "memcheck: ok" and exits 0 when every check passed.
+import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+import net from "node:net";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Worker } from "node:worker_threads";
+
+const addonPath = new URL("../build/Release/pants_native.node", import.meta.url).pathname;
+const native = createRequire(import.meta.url)(addonPath);
+const scale = Number(process.env.MEMCHECK_SCALE ?? 1);
+
+const handlers = new WeakMap();
+const serverHandlers = new WeakMap();
+let closes = 0;
+const uncaught = [];
+native.init({
+  onConnection: (s, c) => (serverHandlers.get(s) ?? ((c) => c.close()))(c),
+  onRead: (c, d, f, n) => handlers.get(c)?.read?.(d, f, n),
+  onEnd: (c) => handlers.get(c)?.end?.(),
+  onError: (c, code, sc) => handlers.get(c)?.error?.(code, sc),
+  onWritten: (c) => handlers.get(c)?.written?.(),
+  onConnect: (c, code) => handlers.get(c)?.connect?.(code),
+  onClose: (c) => {
+    closes++;
+    handlers.get(c)?.close?.();
+  },
+  onShutdown: (c) => handlers.get(c)?.shutdown?.(),
+  onUncaught: (e) => uncaught.push(e),
+});
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function until(cond, what, ms = 60_000) {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`memcheck: timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+function listen(onConn) {
+  const s = native.listenTcp("127.0.0.1", 0, 64, false);
+  serverHandlers.set(s, onConn);
+  return { s, port: s.address().port };
+}
+function client(port) {
+  const sock = net.connect({ port, host: "127.0.0.1", allowHalfOpen: true });
+  const st = { sock, data: [], ended: false, closed: false };
+  sock.on("data", (d) => st.data.push(d));
+  sock.on("end", () => (st.ended = true));
+  sock.on("close", () => (st.closed = true));
+  sock.on("error", () => {});
+  st.text = () => Buffer.concat(st.data).toString("latin1");
+  st.len = () => st.data.reduce((n, b) => n + b.length, 0);
+  return st;
+}
+async function trickle(sock, s) {
+  for (const ch of s) {
+    sock.write(ch);
+    await sleep(2);
+  }
+}
+
+// 1. Framed echo: delimiters split, reset and re-framing inside onRead, overflow.
+{
+  const frames = [];
+  const { s, port } = listen((c) => {
+    c.setFraming(1, Buffer.from("\r\n"), 64);
+    handlers.set(c, {
+      read(d, f, n) {
+        if (f === null) {
+          frames.push("raw:" + d.toString("latin1"));
+          return;
+        }
+        if (n < 0) {
+          frames.push("overflow:" + d.length);
+          return;
+        }
+        for (let i = 0; i < n; i++) {
+          const fr = d.subarray(f[2 * i], f[2 * i + 1]).toString("latin1");
+          frames.push(fr);
+          c.write(Buffer.from(fr + "\n"));
+          if (fr === "SIZE") {
+            c.setFraming(2, 3, 0);
+            return;
+          }
+          if (fr === "RESET") {
+            const rest = d.subarray(f[2 * i + 1] + 2);
+            c.resetFraming();
+            frames.push("js:" + rest.toString("latin1"));
+            return;
+          }
+        }
+      },
+      end: () => c.close(),
+    });
+    c.readStart();
+  });
+  const cl = client(port);
+  await until(() => cl.sock.readyState === "open", "connect");
+  await trickle(cl.sock, "ab\r\ncd\r");
+  cl.sock.write("\nSIZE\r\nxyzuvw");
+  await until(() => frames.includes("uvw"), "size frames");
+  cl.sock.end();
+  await until(() => cl.closed || cl.ended, "end 1");
+  cl.sock.destroy();
+
+  const cl2 = client(port);
+  await until(() => cl2.sock.readyState === "open", "connect 2");
+  cl2.sock.write("one\r\nRESET\r\ntail");
+  await until(() => frames.some((f) => f.startsWith("js:")), "reset");
+  cl2.sock.write("+more");
+  await until(() => frames.includes("raw:+more"), "raw after reset");
+  cl2.sock.destroy();
+
+  const cl3 = client(port);
+  await until(() => cl3.sock.readyState === "open", "connect 3");
+  cl3.sock.write("ok\r\n" + "x".repeat(200));
+  await until(() => frames.some((f) => f.startsWith("overflow:")), "overflow");
+  cl3.sock.destroy();
+  s.close();
+}
+
+// 2. Partial writes, writev, shutdown, slow reader.
+{
+  let conn;
+  let written = 0;
+  let shut = false;
+  const { s, port } = listen((c) => {
+    conn = c;
+    handlers.set(c, { written: () => written++, shutdown: () => (shut = true) });
+  });
+  const cl = client(port);
+  cl.sock.pause();
+  await until(() => conn !== undefined, "accept");
+  const big = Buffer.alloc(8 * 1024 * 1024 * scale, 7);
+  const parts = Array.from({ length: 20 }, (_, i) => Buffer.alloc(100_000, i));
+  let left = conn.write(big) + conn.writev(parts);
+  assert.ok(left > 0, "partial write");
+  conn.shutdown();
+  assert.throws(() => conn.write(Buffer.from("x")), { code: "ERR_STREAM_WRITE_AFTER_END" });
+  cl.sock.resume();
+  await until(() => cl.ended && written === 1 && shut, "all bytes + FIN");
+  assert.equal(cl.len(), big.length + 2_000_000);
+  cl.sock.destroy();
+  await sleep(20);
+  conn.close();
+  s.close();
+}
+
+// 3. Close with queued writes (refs freed on cancel), close inside onRead, resets.
+{
+  const { s, port } = listen((c) => {
+    handlers.set(c, {
+      read(d) {
+        if (d.toString() === "close-now") {
+          c.write(Buffer.alloc(4 * 1024 * 1024)); // mostly queued (reader paused)
+          c.write(Buffer.alloc(1024));
+          c.close();
+        }
+      },
+      error: () => c.close(),
+      end: () => c.close(),
+    });
+    c.readStart();
+  });
+  for (let i = 0; i < 20 * scale; i++) {
+    const cl = client(port);
+    await until(() => cl.sock.readyState === "open", "connect");
+    cl.sock.pause();
+    cl.sock.write("close-now");
+    await sleep(10);
+    cl.sock.resume();
+    await until(() => cl.ended || cl.closed, "server close");
+    cl.sock.destroy();
+    const cl2 = client(port);
+    await until(() => cl2.sock.readyState === "open", "connect r");
+    cl2.sock.resetAndDestroy();
+  }
+  s.close();
+}
+
+// 4. Connect paths: refused, synchronous failure, pipe, abstract, deferred write error.
+{
+  let results = [];
+  const c1 = native.connectTcp("127.0.0.1", 1);
+  handlers.set(c1, { connect: (code) => (results.push(code), c1.close()) });
+  const c2 = native.connectTcp("127.0.0.1", 0);
+  handlers.set(c2, { connect: (code) => (results.push(code), c2.close()) });
+  await until(() => results.length === 2, "connect errors");
+  assert.ok(results.every((r) => typeof r === "string"));
+
+  const dir = mkdtempSync(join(tmpdir(), "pants-memcheck-"));
+  for (const path of [join(dir, "p.sock"), `\0pants-memcheck-${process.pid}`]) {
+    const s = native.listenPipe(path, 8);
+    serverHandlers.set(s, (c) => {
+      handlers.set(c, { read: (d) => c.write(d), end: () => (c.shutdown(), c.close()) });
+      c.readStart();
+    });
+    let got = "";
+    let closed = false;
+    const c = native.connectPipe(path);
+    handlers.set(c, {
+      connect: () => {
+        c.readStart();
+        c.write(Buffer.from("pipe!"));
+      },
+      read: (d) => {
+        got += d;
+        if (got === "pipe!") c.close();
+      },
+      close: () => (closed = true),
+    });
+    await until(() => closed, "pipe round trip");
+    s.close();
+  }
+  rmSync(dir, { recursive: true, force: true });
+
+  // A dead socket found by writing: reported later through onError(write).
+  let conn;
+  const errors = [];
+  const { s, port } = listen((c) => {
+    conn = c;
+    handlers.set(c, { error: (code, sc) => errors.push(sc) });
+  });
+  const cl = client(port);
+  await until(() => conn !== undefined, "accept");
+  cl.sock.resetAndDestroy();
+  await sleep(30);
+  for (let i = 0; i < 10 && errors.length === 0; i++) {
+    conn.write(Buffer.alloc(1000));
+    await sleep(10);
+  }
+  assert.ok(errors.includes("write"));
+  conn.close();
+  s.close();
+}
+
+// 5. A throwing callback; churn.
+{
+  let n = 0;
+  const { s, port } = listen((c) => {
+    c.setFraming(1, Buffer.from("\n"), 1024);
+    handlers.set(c, {
+      read(d, f, count) {
+        for (let i = 0; i < count; i++) c.write(Buffer.from(d.subarray(f[2 * i], f[2 * i + 1] + 1)));
+        if (++n % 7 === 0) throw new Error("boom");
+      },
+      end: () => c.close(),
+    });
+    c.readStart();
+  });
+  const N = 200 * scale;
+  for (let i = 0; i < N; i += 10) {
+    await Promise.all(
+      Array.from({ length: 10 }, async () => {
+        const cl = client(port);
+        await until(() => cl.sock.readyState === "open", "connect");
+        cl.sock.write("hello\nworld\n");
+        await until(() => cl.len() >= 12, "echo");
+        cl.sock.end();
+        await until(() => cl.closed || cl.ended, "close");
+        cl.sock.destroy();
+      }),
+    );
+  }
+  assert.ok(uncaught.length > 0);
+  s.close();
+}
+
+// 6. A worker exiting with open handles and queued writes.
+{
+  const code = `
+    const { parentPort } = require("node:worker_threads");
+    const n = require(${JSON.stringify(addonPath)});
+    const noop = () => {};
+    n.init({ onConnection(s, c) { c.readStart(); c.write(Buffer.alloc(4 << 20)); }, onRead: noop, onEnd: noop,
+      onError: noop, onWritten: noop, onConnect() { parentPort.postMessage("up"); }, onClose: noop, onUncaught: noop });
+    const s = n.listenTcp("127.0.0.1", 0, 8, false);
+    n.connectTcp("127.0.0.1", s.address().port);
+  `;
+  const w = new Worker(code, { eval: true });
+  await new Promise((resolve, reject) => {
+    w.once("message", resolve);
+    w.once("error", reject);
+  });
+  await sleep(50);
+  await w.terminate();
+}
+
+// 7. Natural exit with open (unref'd) handles: the teardown hook closes them.
+{
+  const { s, port } = listen((c) => {
+    c.unref();
+    c.readStart();
+  });
+  const c = native.connectTcp("127.0.0.1", port);
+  handlers.set(c, {
+    connect: () => {
+      c.readStart();
+      c.write(Buffer.from("left open"));
+      c.unref();
+    },
+  });
+  s.unref();
+  await sleep(100);
+}
+console.log(`memcheck: ok (${closes} connections closed, ${uncaught.length} uncaught reported)`);

@@ -1,0 +1,335 @@
+/*
+ * Reading: libuv's alloc/read callbacks, readStart/readStop, the framing
+ * settings, and delivering bytes or frames to JS (onRead).
+ *
+ * One 64 KiB buffer per event loop serves every read: alloc_cb hands out the
+ * same buffer each time. That is safe because libuv calls alloc_cb and then
+ * read_cb for one read at a time, and read_cb consumes the bytes (copies them
+ * into a JS Buffer or into the connection's pending bytes P) before it
+ * returns. JS cannot start another read from inside onRead: libuv reads only
+ * from the loop's poll phase.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+/* ---- the frames Int32Array ---------------------------------------------- */
+
+/* One Int32Array per loop carries the frame offsets of every onRead call:
+ * pairs [start, end) then `rest`. JS must read it during the call. Its
+ * storage pointer is looked up again on every use rather than cached, so an
+ * array JS detached (by transferring its buffer) is simply replaced. */
+static int32_t *frames_get(pn_env *e, size_t need, napi_value *arr, size_t *cap) {
+  napi_env env = e->env;
+  napi_typedarray_type type;
+  size_t length = 0, offset;
+  void *data = NULL;
+  napi_value ab;
+
+  if (need < 3) need = 3; /* at least one pair and `rest` */
+  if (e->frames_ref != NULL && napi_get_reference_value(env, e->frames_ref, arr) == napi_ok &&
+      *arr != NULL &&
+      napi_get_typedarray_info(env, *arr, &type, &length, &data, &ab, &offset) == napi_ok &&
+      data != NULL && length >= need) {
+    *cap = length;
+    return data;
+  }
+  size_t n = length * 2 > need ? length * 2 : need;
+  if (n < 1024) n = 1024;
+  if (napi_create_arraybuffer(env, n * sizeof(int32_t), &data, &ab) != napi_ok ||
+      napi_create_typedarray(env, napi_int32_array, n, ab, 0, arr) != napi_ok)
+    return NULL;
+  if (e->frames_ref != NULL) napi_delete_reference(env, e->frames_ref);
+  if (napi_create_reference(env, *arr, 1, &e->frames_ref) != napi_ok) e->frames_ref = NULL;
+  *cap = n;
+  return data;
+}
+
+/* ---- calling onRead / onError ---------------------------------------------- */
+
+/* A JS Buffer holding P + nb (one copy). */
+static napi_value make_data(napi_env env, const pn_framing *fr, const uint8_t *nb, size_t nn) {
+  napi_value buf;
+  void *dst;
+  if (fr->plen == 0) {
+    if (napi_create_buffer_copy(env, nn, nb, NULL, &buf) != napi_ok) return NULL;
+    return buf;
+  }
+  if (napi_create_buffer(env, fr->plen + nn, &dst, &buf) != napi_ok) return NULL;
+  memcpy(dst, fr->pend, fr->plen);
+  if (nn > 0) memcpy((uint8_t *)dst + fr->plen, nb, nn);
+  return buf;
+}
+
+/* Scans P + nb, growing the frames array as needed. */
+static int32_t *scan_all(pn_conn *c, const uint8_t *nb, size_t nn, napi_value *frames,
+                         pn_scan_result *res) {
+  pn_env *e = c->base.penv;
+  size_t cap;
+  int32_t *out = frames_get(e, 0, frames, &cap);
+  if (out == NULL) return NULL;
+  pn_scan(&c->fr, nb, nn, 0, c->fr.scanned, out, (cap - 1) / 2, res);
+  while (res->full) {
+    /* More frames than the array holds: grow it (copying what is there)
+     * and continue from where the scan stopped. */
+    size_t count = res->count;
+    int32_t *old = out;
+    out = frames_get(e, cap * 2 + 1, frames, &cap);
+    if (out == NULL) return NULL;
+    if (out != old) memcpy(out, old, 2 * count * sizeof(int32_t));
+    pn_scan_result more;
+    pn_scan(&c->fr, nb, nn, res->rest, res->search, out + 2 * count,
+            (cap - 1) / 2 - count, &more);
+    *res = more;
+    res->count += count;
+  }
+  return out;
+}
+
+/* Hands what P + nb hold to JS, per the connection's framing mode:
+ *   raw:      onRead(conn, data, null, 0) with everything;
+ *   framing:  onRead(conn, data, frames, count) when at least one frame is
+ *             complete (else the bytes just join P, and JS is not called);
+ *   overflow: onRead(conn, data, frames, -1), then raw mode.
+ * `data` always starts at the first byte not yet delivered as a frame, so
+ * JS may resetFraming() inside onRead and carry on from data.subarray(rest).
+ *
+ * JS may close, reset or change the framing, or pause from inside onRead, so
+ * after every call the state is checked again before P is touched. The loop
+ * runs more than once only when P may still hold deliverable bytes: an
+ * overflow that followed complete frames, or a framing change. */
+void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
+  pn_env *e = c->base.penv;
+  napi_env env = e->env;
+  pn_framing *fr = &c->fr;
+  napi_handle_scope scope;
+
+  for (;;) {
+    napi_value argv[4], frames = NULL;
+    pn_scan_result res;
+    int32_t *out = NULL;
+    uint32_t set_gen = c->set_gen, reset_gen = c->reset_gen;
+
+    c->need_deliver = false;
+    if (c->base.closing || c->base.self == NULL) return;
+    if (fr->plen + nn == 0) return;
+    if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+
+    if (fr->kind == PN_FRAME_RAW) {
+      argv[1] = make_data(env, fr, nb, nn);
+      pn_framing_keep(fr, NULL, 0, fr->plen); /* P is delivered: empty it */
+      if (argv[1] == NULL || napi_get_reference_value(env, c->base.self, &argv[0]) != napi_ok)
+        goto nomem;
+      napi_get_null(env, &argv[2]);
+      napi_create_int32(env, 0, &argv[3]);
+      pn_call(e, PN_CB_READ, 4, argv);
+      napi_close_handle_scope(env, scope);
+      return;
+    }
+
+    out = scan_all(c, nb, nn, &frames, &res);
+    if (out == NULL) goto nomem;
+    if (res.count == 0 && !res.overflow) {
+      /* No complete frame yet: keep the bytes, skip the JS call. */
+      napi_close_handle_scope(env, scope);
+      if (!pn_framing_keep(fr, nb, nn, 0)) {
+        pn_conn_emit_error(c, UV_ENOMEM, "read");
+        return;
+      }
+      fr->scanned = res.search;
+      return;
+    }
+    argv[1] = make_data(env, fr, nb, nn);
+    if (argv[1] == NULL || napi_get_reference_value(env, c->base.self, &argv[0]) != napi_ok)
+      goto nomem;
+    argv[2] = frames;
+    if (res.count == 0) {
+      /* Overflow at the first undelivered byte. JS owns these bytes now:
+       * back to raw, P dropped, before the call (so JS may set a framing
+       * again from inside it). */
+      out[0] = 0;
+      pn_framing_reset(fr);
+      napi_create_int32(env, -1, &argv[3]);
+      pn_call(e, PN_CB_READ, 4, argv);
+      napi_close_handle_scope(env, scope);
+      return;
+    }
+    out[2 * res.count] = (int32_t)res.rest;
+    napi_create_int64(env, (int64_t)res.count, &argv[3]);
+    pn_call(e, PN_CB_READ, 4, argv);
+    napi_close_handle_scope(env, scope);
+
+    /* ---- after the callback: what did JS change? ---- */
+    if (c->base.closing) return;         /* P is freed by the close callback */
+    if (c->reset_gen != reset_gen) return; /* JS took over the rest; P is gone */
+    if (!pn_framing_keep(fr, nb, nn, res.rest)) {
+      pn_conn_emit_error(c, UV_ENOMEM, "read");
+      return;
+    }
+    nb = NULL;
+    nn = 0;
+    if (c->set_gen != set_gen) {
+      fr->scanned = 0; /* new framing: P must be scanned from the start */
+    } else {
+      fr->scanned = res.search - res.rest;
+      if (!res.overflow) return; /* the common case: done */
+    }
+    /* P may hold more to deliver. Do it now, or on readStart if JS paused. */
+    if (fr->plen == 0) return;
+    if (!c->reading) {
+      c->need_deliver = true;
+      return;
+    }
+  }
+
+nomem:
+  /* Could not create a JS value: these bytes cannot be delivered. */
+  {
+    napi_value ignored;
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) napi_get_and_clear_last_exception(env, &ignored);
+    napi_close_handle_scope(env, scope);
+  }
+  pn_conn_emit_error(c, UV_ENOMEM, "read");
+}
+
+/* ---- libuv callbacks ---------------------------------------------------- */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  pn_conn *c = h->data;
+  (void)suggested;
+  buf->base = c->base.penv->read_buf;
+  buf->len = PN_READ_BUF_SIZE;
+}
+
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+  pn_conn *c = stream->data;
+
+  if (nread == 0) return; /* EAGAIN: nothing to read after all */
+  if (c->base.closing) return;
+  if (nread > 0) {
+    pn_deliver(c, (const uint8_t *)buf->base, (size_t)nread);
+    return;
+  }
+  /* nread < 0: libuv has stopped reading (on EOF and on errors alike). */
+  c->reading = false;
+  if (nread != UV_EOF) {
+    pn_conn_emit_error(c, (int)nread, "read");
+    return;
+  }
+  /* EOF: the peer sent FIN. The write side stays usable (half-open). */
+  c->eof = true;
+  pn_conn_emit(c, PN_CB_END);
+}
+
+/* ---- methods ------------------------------------------------------------- */
+
+/* readStart(): idempotent; a no-op once closed or after EOF. */
+napi_value pn_conn_read_start(napi_env env, napi_callback_info info) {
+  bool ok;
+  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  if (c == NULL || c->reading || c->eof) return NULL;
+  int err = uv_read_start(&c->h.stream, alloc_cb, read_cb);
+  if (err == UV_ENOTCONN) return NULL; /* dead after a read error: nothing to read */
+  if (err != 0 && err != UV_EALREADY) {
+    pn_throw_uv(env, err, "read", NULL);
+    return NULL;
+  }
+  c->reading = true;
+  /* Frames left in P by an earlier pause or framing change. */
+  if (c->need_deliver) pn_defer(c, PN_DEFER_DELIVER);
+  return NULL;
+}
+
+/* readStop(): idempotent. */
+napi_value pn_conn_read_stop(napi_env env, napi_callback_info info) {
+  bool ok;
+  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  if (c == NULL || !c->reading) return NULL;
+  uv_read_stop(&c->h.stream);
+  c->reading = false;
+  return NULL;
+}
+
+/* setFraming(kind, value, limit) */
+napi_value pn_conn_set_framing(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  bool ok;
+  int64_t kind, size = 0;
+  double limit_d;
+  napi_valuetype t;
+  uint8_t *delim = NULL;
+  size_t dlen = 0;
+
+  pn_conn *c = pn_this_conn(env, info, &argc, argv, &ok);
+  if (!ok) return NULL;
+  if (!pn_get_int(env, argv[0], "setFraming(): kind", 0, 2, &kind)) return NULL;
+  if (napi_typeof(env, argv[2], &t) != napi_ok || t != napi_number ||
+      napi_get_value_double(env, argv[2], &limit_d) != napi_ok || limit_d != limit_d ||
+      limit_d < 0) {
+    pn_throw_type(env, "setFraming(): limit must be a number >= 0");
+    return NULL;
+  }
+  /* Frame offsets are int32: cap the limit (Infinity included). */
+  size_t limit = limit_d >= (double)PN_MAX_LIMIT ? PN_MAX_LIMIT : (size_t)limit_d;
+
+  if (kind == PN_FRAME_DELIM) {
+    bool is_buf = false;
+    void *data;
+    if (napi_is_buffer(env, argv[1], &is_buf) != napi_ok || !is_buf ||
+        napi_get_buffer_info(env, argv[1], &data, &dlen) != napi_ok) {
+      pn_throw_type(env, "setFraming(1, value, limit) expects value to be a Buffer");
+      return NULL;
+    }
+    if (dlen == 0 || dlen > PN_MAX_DELIMITER) {
+      pn_throw_range(env, "setFraming(): the delimiter must be 1 byte to 64 KiB long");
+      return NULL;
+    }
+    delim = malloc(dlen);
+    if (delim == NULL) {
+      pn_throw_uv(env, UV_ENOMEM, "malloc", NULL);
+      return NULL;
+    }
+    memcpy(delim, data, dlen);
+  } else if (kind == PN_FRAME_SIZE) {
+    if (!pn_get_int(env, argv[1], "setFraming(2, size, limit): size", 1, (int64_t)PN_MAX_LIMIT,
+                    &size))
+      return NULL;
+    if ((size_t)size > limit) limit = (size_t)size;
+  }
+  if (c == NULL) { /* closed: nothing to set */
+    free(delim);
+    return NULL;
+  }
+  /* P is kept: "switching resets nothing" (resetFraming drops it). */
+  pn_framing *fr = &c->fr;
+  free(fr->delim);
+  fr->kind = (int)kind;
+  fr->delim = delim;
+  fr->dlen = dlen;
+  fr->size = (size_t)size;
+  fr->limit = limit;
+  fr->scanned = 0;
+  c->set_gen++;
+  if (fr->plen > 0) {
+    /* P may hold complete frames under the new framing: deliver them from
+     * the loop (never from inside this call). */
+    c->need_deliver = true;
+    if (c->reading) pn_defer(c, PN_DEFER_DELIVER);
+  }
+  return NULL;
+}
+
+/* resetFraming(): drop P, back to raw. */
+napi_value pn_conn_reset_framing(napi_env env, napi_callback_info info) {
+  bool ok;
+  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  if (c == NULL) return NULL;
+  pn_framing_reset(&c->fr);
+  c->reset_gen++;
+  c->need_deliver = false;
+  return NULL;
+}

@@ -1,0 +1,396 @@
+/*
+ * Listening sockets: listenTcp / listenPipe, accepting connections, and the
+ * server object's methods (address, close, fd, ref, unref).
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common.h"
+
+/* libuv gained uv_pipe_bind2 (explicit length, so Linux abstract names that
+ * start with '\0' work) in 1.46. */
+#define PN_HAVE_PIPE_BIND2 (UV_VERSION_HEX >= 0x012e00)
+
+typedef struct {
+  pn_server s;
+#if !PN_HAVE_PIPE_BIND2
+  bool unlink_on_close; /* we bound the path ourselves: remove it at close */
+#endif
+} pn_server_full;
+
+/* ---- closing -------------------------------------------------------------- */
+
+/* The only place a pn_server is freed. */
+static void server_close_cb(uv_handle_t *h) {
+  pn_server *s = h->data;
+  pn_env *e = s->base.penv;
+#if !PN_HAVE_PIPE_BIND2
+  if (((pn_server_full *)s)->unlink_on_close && s->path != NULL) unlink(s->path);
+#endif
+  pn_list_remove(&s->base.link);
+  pn_release_js(&s->base); /* the JS object may now be collected */
+  free(s->path);
+  free(s);
+  pn_handle_closed(e, NULL);
+}
+
+void pn_server_close(pn_server *s) {
+  if (s->base.closing) return;
+  s->base.closing = true;
+  uv_close(&s->h.handle, server_close_cb);
+}
+
+static pn_server *server_new(pn_env *e, bool is_pipe) {
+  pn_server *s = calloc(1, sizeof(pn_server_full));
+  if (s == NULL) return NULL;
+  s->base.penv = e;
+  s->base.kind = PN_KIND_SERVER;
+  s->base.is_pipe = is_pipe;
+  return s;
+}
+
+/* ---- accepting ---------------------------------------------------------- */
+
+static void accept_error(pn_server *s, int err) {
+  pn_env *e = s->base.penv;
+  napi_handle_scope scope;
+  napi_value argv[2];
+  if (e->cb[PN_CB_ACCEPT_ERROR] == NULL || s->base.self == NULL) return;
+  if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
+  if (napi_get_reference_value(e->env, s->base.self, &argv[0]) == napi_ok &&
+      (argv[1] = pn_err_name(e->env, err)) != NULL)
+    pn_call(e, PN_CB_ACCEPT_ERROR, 2, argv);
+  napi_close_handle_scope(e->env, scope);
+}
+
+/* libuv calls this when the listening socket is readable and it has accepted
+ * a connection (kept in server->accepted_fd until we call uv_accept). On
+ * EMFILE/ENFILE libuv itself sheds the pending connections (its spare-fd
+ * trick) and does not call us, so nothing here can spin on that. If we did
+ * not call uv_accept, libuv would stop watching the listening socket. */
+static void on_connection(uv_stream_t *server, int status) {
+  pn_server *s = server->data;
+  pn_env *e = s->base.penv;
+  napi_handle_scope scope;
+  napi_value argv[2];
+  int err = 0;
+
+  if (s->base.closing || e->tearing_down) return;
+  if (status < 0) {
+    accept_error(s, status);
+    return;
+  }
+  pn_conn *c = pn_conn_new(e, s->base.is_pipe, &err);
+  if (c == NULL) {
+    /* Out of memory: libuv keeps the fd and pauses this listener. */
+    accept_error(s, err);
+    return;
+  }
+  err = uv_accept(server, &c->h.stream); /* on failure libuv closes the fd */
+  if (err != 0) {
+    pn_conn_close(c);
+    accept_error(s, err);
+    return;
+  }
+  if (!s->base.is_pipe) uv_tcp_nodelay(&c->h.tcp, 1);
+
+  if (napi_open_handle_scope(e->env, &scope) != napi_ok) {
+    pn_conn_close(c);
+    return;
+  }
+  argv[1] = pn_new_wrapped(e, e->conn_ctor, &c->base);
+  if (argv[1] == NULL || napi_get_reference_value(e->env, s->base.self, &argv[0]) != napi_ok) {
+    napi_value ignored;
+    bool pending = false;
+    napi_is_exception_pending(e->env, &pending);
+    if (pending) napi_get_and_clear_last_exception(e->env, &ignored);
+    pn_conn_close(c);
+    napi_close_handle_scope(e->env, scope);
+    accept_error(s, UV_ENOMEM);
+    return;
+  }
+  pn_call(e, PN_CB_CONNECTION, 2, argv);
+  napi_close_handle_scope(e->env, scope);
+}
+
+/* ---- listenTcp / listenPipe ------------------------------------------------ */
+
+/* Common tail of both listen functions: listen, then create the JS object.
+ * On failure closes the handle and throws. */
+static napi_value finish_listen(napi_env env, pn_env *e, pn_server *s, int backlog,
+                                const char *detail) {
+  int err = uv_listen(&s->h.stream, backlog, on_connection);
+  if (err != 0) {
+    pn_server_close(s);
+    pn_throw_uv(env, err, "listen", detail);
+    return NULL;
+  }
+  napi_value obj = pn_new_wrapped(e, e->server_ctor, &s->base);
+  if (obj == NULL) {
+    pn_server_close(s);
+    pn_throw_napi(env, "creating the server object");
+  }
+  return obj;
+}
+
+static bool check_init(napi_env env, pn_env *e) {
+  if (e->have_callbacks) return true;
+  napi_throw_error(env, "ERR_NATIVE_NOT_INITIALIZED", "pants_native: call init(callbacks) first");
+  return false;
+}
+
+static int get_backlog(napi_env env, napi_value v, int *out) {
+  int64_t n;
+  napi_valuetype t;
+  /* napi_get_cb_info fills missing arguments with undefined. */
+  if (napi_typeof(env, v, &t) == napi_ok && t == napi_undefined) {
+    *out = 511;
+    return 1;
+  }
+  if (!pn_get_int(env, v, "backlog", INT32_MIN, INT32_MAX, &n)) return 0;
+  *out = n <= 0 ? 511 : (int)n;
+  return 1;
+}
+
+/* listenTcp(host, port, backlog, ipv6Only) */
+napi_value pn_listen_tcp(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  pn_env *e;
+  int64_t port;
+  int backlog, err;
+  bool v6only = false;
+  struct sockaddr_storage ss;
+  char detail[128];
+
+  PN_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&e), "napi_get_cb_info");
+  if (!check_init(env, e)) return NULL;
+  if (argc < 2) {
+    pn_throw_type(env, "listenTcp(host, port, backlog, ipv6Only) needs a host and a port");
+    return NULL;
+  }
+  char *host = pn_get_string(env, argv[0], "listenTcp(): host", NULL);
+  if (host == NULL) return NULL;
+  if (!pn_get_int(env, argv[1], "listenTcp(): port", 0, 65535, &port) ||
+      !get_backlog(env, argv[2], &backlog)) {
+    free(host);
+    return NULL;
+  }
+  {
+    napi_valuetype t = napi_undefined;
+    napi_typeof(env, argv[3], &t);
+    if (t != napi_undefined && !pn_get_bool(env, argv[3], "listenTcp(): ipv6Only", &v6only)) {
+      free(host);
+      return NULL;
+    }
+  }
+  snprintf(detail, sizeof(detail), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, (int)port);
+  err = pn_parse_ip(host, (int)port, &ss);
+  free(host);
+  if (err != 0) {
+    pn_throw_uv(env, err, "bind", detail);
+    return NULL;
+  }
+
+  pn_server *s = server_new(e, false);
+  if (s == NULL) {
+    pn_throw_uv(env, UV_ENOMEM, "malloc", NULL);
+    return NULL;
+  }
+  /* _ex creates the socket now, so bind errors come from bind. */
+  err = uv_tcp_init_ex(e->loop, &s->h.tcp, ss.ss_family);
+  if (err != 0) {
+    free(s); /* a failed init leaves nothing on the loop */
+    pn_throw_uv(env, err, "socket", detail);
+    return NULL;
+  }
+  s->h.handle.data = s;
+  pn_handle_opened(&s->base);
+  /* libuv sets SO_REUSEADDR (never SO_REUSEPORT). A bind EADDRINUSE is
+   * reported by uv_listen (libuv defers it), as Node reports it. */
+  err = uv_tcp_bind(&s->h.tcp, (const struct sockaddr *)&ss,
+                    v6only && ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
+  if (err != 0) {
+    pn_server_close(s);
+    pn_throw_uv(env, err, "bind", detail);
+    return NULL;
+  }
+  return finish_listen(env, e, s, backlog, detail);
+}
+
+#if !PN_HAVE_PIPE_BIND2
+/* Older libuv: bind a socket ourselves (abstract names need an explicit
+ * address length) and hand it to uv_pipe_open. */
+static int bind_pipe_fallback(uv_pipe_t *p, const char *name, size_t len) {
+  struct sockaddr_un sa;
+  int fd;
+  if (len == 0 || len > sizeof(sa.sun_path) - (name[0] != '\0')) return UV_EINVAL;
+  memset(&sa, 0, sizeof(sa));
+  sa.sun_family = AF_UNIX;
+  memcpy(sa.sun_path, name, len);
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return uv_translate_sys_error(errno);
+  if (bind(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) != 0) {
+    int err = uv_translate_sys_error(errno);
+    close(fd);
+    return err;
+  }
+  int err = uv_pipe_open(p, fd);
+  if (err != 0) close(fd);
+  return err;
+}
+#endif
+
+/* listenPipe(path, backlog) */
+napi_value pn_listen_pipe(napi_env env, napi_callback_info info) {
+  size_t argc = 2, len = 0;
+  napi_value argv[2];
+  pn_env *e;
+  int backlog, err;
+  char detail[128];
+
+  PN_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&e), "napi_get_cb_info");
+  if (!check_init(env, e)) return NULL;
+  if (argc < 1) {
+    pn_throw_type(env, "listenPipe(path, backlog) needs a path");
+    return NULL;
+  }
+  char *path = pn_get_string(env, argv[0], "listenPipe(): path", &len);
+  if (path == NULL) return NULL;
+  if (!get_backlog(env, argv[1], &backlog)) {
+    free(path);
+    return NULL;
+  }
+  /* An abstract name is shown as "@name", as ss(8) does. */
+  snprintf(detail, sizeof(detail), "%s%s", path[0] == '\0' ? "@" : "",
+           path[0] == '\0' ? path + 1 : path);
+
+  pn_server *s = server_new(e, true);
+  if (s == NULL) {
+    free(path);
+    pn_throw_uv(env, UV_ENOMEM, "malloc", NULL);
+    return NULL;
+  }
+  s->path = path;
+  s->path_len = len;
+  uv_pipe_init(e->loop, &s->h.pipe, 0);
+  s->h.handle.data = s;
+  pn_handle_opened(&s->base);
+  if (len == 0) {
+    err = UV_EINVAL;
+  } else {
+#if PN_HAVE_PIPE_BIND2
+    /* NO_TRUNCATE: a name too long for sun_path is an error, not silently
+     * cut. libuv unlinks a bound path when the handle closes. */
+    err = uv_pipe_bind2(&s->h.pipe, path, len, UV_PIPE_NO_TRUNCATE);
+#else
+    err = bind_pipe_fallback(&s->h.pipe, path, len);
+    if (err == 0 && path[0] != '\0') ((pn_server_full *)s)->unlink_on_close = true;
+#endif
+  }
+  if (err != 0) {
+    pn_server_close(s);
+    pn_throw_uv(env, err, "bind", detail);
+    return NULL;
+  }
+  return finish_listen(env, e, s, backlog, detail);
+}
+
+/* ---- server methods ------------------------------------------------------ */
+
+static pn_server *this_server(napi_env env, napi_callback_info info, bool *ok) {
+  napi_value self;
+  size_t argc = 0;
+  if (napi_get_cb_info(env, info, &argc, NULL, &self, NULL) != napi_ok) {
+    *ok = false;
+    pn_throw_napi(env, "napi_get_cb_info");
+    return NULL;
+  }
+  pn_server *s = pn_unwrap(env, self, PN_KIND_SERVER, ok);
+  return s != NULL && s->base.closing ? NULL : s;
+}
+
+/* address() -> { address, port, family } | { path } | null once closed */
+static napi_value server_address(napi_env env, napi_callback_info info) {
+  bool ok;
+  napi_value result;
+  pn_server *s = this_server(env, info, &ok);
+  if (!ok) return NULL;
+  if (s == NULL) {
+    napi_get_null(env, &result);
+    return result;
+  }
+  if (s->base.is_pipe) return pn_path_object(env, s->path, s->path_len);
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
+  memset(&ss, 0, sizeof(ss));
+  if (uv_tcp_getsockname(&s->h.tcp, (struct sockaddr *)&ss, &len) != 0) {
+    napi_get_null(env, &result);
+    return result;
+  }
+  return pn_sockaddr_object(env, &ss);
+}
+
+/* close(): idempotent. */
+static napi_value server_close(napi_env env, napi_callback_info info) {
+  bool ok;
+  pn_server *s = this_server(env, info, &ok);
+  if (s != NULL) pn_server_close(s);
+  return NULL;
+}
+
+static napi_value server_fd(napi_env env, napi_callback_info info) {
+  bool ok;
+  napi_value result;
+  uv_os_fd_t fd = -1;
+  pn_server *s = this_server(env, info, &ok);
+  if (!ok) return NULL;
+  if (s == NULL || uv_fileno(&s->h.handle, &fd) != 0) fd = -1;
+  napi_create_int32(env, fd, &result);
+  return result;
+}
+
+static napi_value server_ref(napi_env env, napi_callback_info info) {
+  bool ok;
+  pn_server *s = this_server(env, info, &ok);
+  if (s != NULL) uv_ref(&s->h.handle);
+  return NULL;
+}
+
+static napi_value server_unref(napi_env env, napi_callback_info info) {
+  bool ok;
+  pn_server *s = this_server(env, info, &ok);
+  if (s != NULL) uv_unref(&s->h.handle);
+  return NULL;
+}
+
+static napi_value server_ctor(napi_env env, napi_callback_info info) {
+  napi_value self;
+  pn_env *e;
+  if (napi_get_cb_info(env, info, NULL, NULL, &self, (void **)&e) != napi_ok) return NULL;
+  if (!e->constructing) {
+    pn_throw_type(env, "NativeServer objects are created by listenTcp() / listenPipe()");
+    return NULL;
+  }
+  return self;
+}
+
+bool pn_server_define(pn_env *e) {
+  napi_value cls;
+  napi_property_descriptor props[] = {
+      {"address", NULL, server_address, NULL, NULL, NULL, napi_default, e},
+      {"close", NULL, server_close, NULL, NULL, NULL, napi_default, e},
+      {"ref", NULL, server_ref, NULL, NULL, NULL, napi_default, e},
+      {"unref", NULL, server_unref, NULL, NULL, NULL, napi_default, e},
+      {"fd", NULL, NULL, server_fd, NULL, NULL, napi_default, e},
+  };
+  return napi_define_class(e->env, "NativeServer", NAPI_AUTO_LENGTH, server_ctor, e,
+                           sizeof(props) / sizeof(props[0]), props, &cls) == napi_ok &&
+         napi_create_reference(e->env, cls, 1, &e->server_ctor) == napi_ok;
+}

@@ -1,0 +1,269 @@
+/*
+ * Small helpers shared by the other files: lists, argument parsing, errors,
+ * address objects, and wrapping C structs in JS objects.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+/* ---- lists -------------------------------------------------------------- */
+
+void pn_list_init(pn_link *head) { head->prev = head->next = head; }
+
+void pn_list_push(pn_link *head, pn_link *node) {
+  node->prev = head->prev;
+  node->next = head;
+  head->prev->next = node;
+  head->prev = node;
+}
+
+void pn_list_remove(pn_link *node) {
+  if (node->next == NULL) return; /* never linked */
+  node->prev->next = node->next;
+  node->next->prev = node->prev;
+  node->prev = node->next = NULL;
+}
+
+/* ---- errors ------------------------------------------------------------- */
+
+static void set_string_prop(napi_env env, napi_value obj, const char *key,
+                            const char *value) {
+  napi_value v;
+  if (napi_create_string_utf8(env, value, NAPI_AUTO_LENGTH, &v) == napi_ok)
+    napi_set_named_property(env, obj, key, v);
+}
+
+void pn_throw_uv(napi_env env, int err, const char *syscall, const char *detail) {
+  char msg[512];
+  napi_value message, error, errnum;
+  snprintf(msg, sizeof(msg), "%s %s: %s%s%s", syscall, uv_err_name(err),
+           uv_strerror(err), detail != NULL ? " " : "", detail != NULL ? detail : "");
+  if (napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok ||
+      napi_create_error(env, NULL, message, &error) != napi_ok) {
+    napi_throw_error(env, uv_err_name(err), msg);
+    return;
+  }
+  set_string_prop(env, error, "code", uv_err_name(err));
+  if (napi_create_int32(env, err, &errnum) == napi_ok)
+    napi_set_named_property(env, error, "errno", errnum);
+  set_string_prop(env, error, "syscall", syscall);
+  napi_throw(env, error);
+}
+
+void pn_throw_type(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+}
+
+void pn_throw_range(napi_env env, const char *msg) {
+  napi_throw_range_error(env, "ERR_OUT_OF_RANGE", msg);
+}
+
+void pn_throw_napi(napi_env env, const char *what) {
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
+  const napi_extended_error_info *info = NULL;
+  char msg[256];
+  napi_get_last_error_info(env, &info);
+  snprintf(msg, sizeof(msg), "pants_native: %s failed (%s)", what,
+           info != NULL && info->error_message != NULL ? info->error_message : "unknown error");
+  napi_throw_error(env, "ERR_NATIVE_INTERNAL", msg);
+}
+
+napi_value pn_err_name(napi_env env, int err) {
+  napi_value v = NULL;
+  if (err == 0) napi_get_null(env, &v);
+  else napi_create_string_utf8(env, uv_err_name(err), NAPI_AUTO_LENGTH, &v);
+  return v;
+}
+
+/* ---- arguments ---------------------------------------------------------- */
+
+char *pn_get_string(napi_env env, napi_value v, const char *what, size_t *len) {
+  napi_valuetype t;
+  size_t n = 0;
+  char msg[160];
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_string) {
+    snprintf(msg, sizeof(msg), "%s must be a string", what);
+    pn_throw_type(env, msg);
+    return NULL;
+  }
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &n) != napi_ok) {
+    pn_throw_napi(env, "napi_get_value_string_utf8");
+    return NULL;
+  }
+  char *s = malloc(n + 1);
+  if (s == NULL) {
+    pn_throw_uv(env, UV_ENOMEM, "malloc", NULL);
+    return NULL;
+  }
+  if (napi_get_value_string_utf8(env, v, s, n + 1, &n) != napi_ok) {
+    free(s);
+    pn_throw_napi(env, "napi_get_value_string_utf8");
+    return NULL;
+  }
+  s[n] = '\0';
+  if (len != NULL) *len = n;
+  return s;
+}
+
+bool pn_get_int(napi_env env, napi_value v, const char *what, int64_t lo,
+                int64_t hi, int64_t *out) {
+  napi_valuetype t;
+  double d;
+  char msg[200];
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number ||
+      napi_get_value_double(env, v, &d) != napi_ok) {
+    snprintf(msg, sizeof(msg), "%s must be a number", what);
+    pn_throw_type(env, msg);
+    return false;
+  }
+  if (d != d || d < (double)lo || d > (double)hi || d != (double)(int64_t)d) {
+    snprintf(msg, sizeof(msg), "%s must be an integer from %lld to %lld", what,
+             (long long)lo, (long long)hi);
+    pn_throw_range(env, msg);
+    return false;
+  }
+  *out = (int64_t)d;
+  return true;
+}
+
+bool pn_get_bool(napi_env env, napi_value v, const char *what, bool *out) {
+  napi_valuetype t;
+  char msg[160];
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_boolean ||
+      napi_get_value_bool(env, v, out) != napi_ok) {
+    snprintf(msg, sizeof(msg), "%s must be a boolean", what);
+    pn_throw_type(env, msg);
+    return false;
+  }
+  return true;
+}
+
+/* ---- addresses ---------------------------------------------------------- */
+
+int pn_parse_ip(const char *host, int port, struct sockaddr_storage *ss) {
+  memset(ss, 0, sizeof(*ss));
+  if (strchr(host, ':') != NULL)
+    return uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss);
+  return uv_ip4_addr(host, port, (struct sockaddr_in *)ss);
+}
+
+napi_value pn_sockaddr_object(napi_env env, const struct sockaddr_storage *ss) {
+  char ip[INET6_ADDRSTRLEN + 1] = {0};
+  int port, family;
+  napi_value obj, v;
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    if (uv_ip4_name(a, ip, sizeof(ip)) != 0) goto none;
+    port = ntohs(a->sin_port);
+    family = 4;
+  } else if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    if (uv_ip6_name(a, ip, sizeof(ip)) != 0) goto none;
+    port = ntohs(a->sin6_port);
+    family = 6;
+  } else {
+    goto none;
+  }
+  if (napi_create_object(env, &obj) != napi_ok) goto none;
+  if (napi_create_string_utf8(env, ip, NAPI_AUTO_LENGTH, &v) != napi_ok ||
+      napi_set_named_property(env, obj, "address", v) != napi_ok ||
+      napi_create_int32(env, port, &v) != napi_ok ||
+      napi_set_named_property(env, obj, "port", v) != napi_ok ||
+      napi_create_int32(env, family, &v) != napi_ok ||
+      napi_set_named_property(env, obj, "family", v) != napi_ok)
+    goto none;
+  return obj;
+none:
+  napi_get_null(env, &obj);
+  return obj;
+}
+
+napi_value pn_path_object(napi_env env, const char *path, size_t len) {
+  napi_value obj, v;
+  /* An abstract name read back from the kernel is padded with NULs. */
+  if (len > 0 && path[0] == '\0')
+    while (len > 1 && path[len - 1] == '\0') len--;
+  if (napi_create_object(env, &obj) != napi_ok ||
+      napi_create_string_utf8(env, path, len, &v) != napi_ok ||
+      napi_set_named_property(env, obj, "path", v) != napi_ok) {
+    napi_get_null(env, &obj);
+  }
+  return obj;
+}
+
+/* ---- wrapping ----------------------------------------------------------- */
+
+static void box_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  /* The handle is closed by now: the strong ref kept the object alive while
+   * it was open. */
+  free(data);
+}
+
+napi_value pn_new_wrapped(pn_env *e, napi_ref ctor_ref, pn_base *b) {
+  napi_env env = e->env;
+  napi_value ctor, obj;
+  if (napi_get_reference_value(env, ctor_ref, &ctor) != napi_ok || ctor == NULL)
+    return NULL;
+  e->constructing = true;
+  napi_status st = napi_new_instance(env, ctor, 0, NULL, &obj);
+  e->constructing = false;
+  if (st != napi_ok) return NULL;
+  pn_box *box = malloc(sizeof(*box));
+  if (box == NULL) return NULL;
+  box->ptr = b;
+  box->kind = b->kind;
+  if (napi_wrap(env, obj, box, box_finalize, NULL, NULL) != napi_ok) {
+    free(box);
+    return NULL;
+  }
+  /* From here on the box belongs to the object. */
+  if (napi_create_reference(env, obj, 1, &b->self) != napi_ok) {
+    box->ptr = NULL;
+    b->self = NULL;
+    return NULL;
+  }
+  b->box = box;
+  return obj;
+}
+
+void *pn_unwrap(napi_env env, napi_value obj, pn_kind kind, bool *ok) {
+  void *data = NULL;
+  *ok = true;
+  if (napi_unwrap(env, obj, &data) != napi_ok || data == NULL) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) {
+      napi_value ignored;
+      napi_get_and_clear_last_exception(env, &ignored);
+    }
+    *ok = false;
+    pn_throw_type(env, kind == PN_KIND_CONN
+                           ? "this is not a pants_native connection"
+                           : "this is not a pants_native server");
+    return NULL;
+  }
+  pn_box *box = data;
+  pn_base *b = box->ptr;
+  if (box->kind != (int)kind) {
+    *ok = false;
+    pn_throw_type(env, "wrong pants_native object type");
+    return NULL;
+  }
+  return b;
+}
+
+void pn_release_js(pn_base *b) {
+  if (b->box != NULL) {
+    b->box->ptr = NULL;
+    b->box = NULL;
+  }
+  if (b->self != NULL) {
+    napi_delete_reference(b->penv->env, b->self);
+    b->self = NULL;
+  }
+}

@@ -1,0 +1,241 @@
+/*
+ * Writing: write / writev / pendingBytes / shutdown.
+ *
+ * Each write first tries uv_try_write, which writes what the socket takes
+ * right now without queueing. Only what is left is queued with uv_write.
+ * uv_try_write returns UV_EAGAIN while earlier uv_write requests still have
+ * bytes queued (or a connect is pending), so bytes always leave in the order
+ * they were given.
+ *
+ * A queued write request holds a napi_ref on every JS Buffer it points into,
+ * so the memory stays alive until libuv is done with it; the refs are
+ * deleted in the write callback, which libuv calls exactly once per request:
+ * on completion, on error, or with UV_ECANCELED when the handle is closed
+ * first (just before the close callback).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+/* Largest single buffer: uv_buf_t lengths are unsigned int. */
+#define PN_MAX_WRITE_BUF ((size_t)INT32_MAX)
+
+typedef struct pn_write {
+  uv_write_t req;
+  pn_conn *conn;
+  size_t nrefs;
+  napi_ref refs[]; /* one per JS Buffer this request still points into */
+} pn_write;
+
+static void write_cb(uv_write_t *req, int status) {
+  pn_write *w = req->data;
+  pn_conn *c = w->conn;
+  napi_env env = c->base.penv->env;
+
+  for (size_t i = 0; i < w->nrefs; i++) napi_delete_reference(env, w->refs[i]);
+  free(w);
+  c->write_reqs--;
+
+  if (c->base.closing || status == UV_ECANCELED) return; /* close() cancelled it */
+  if (status < 0) {
+    /* Later queued writes fail the same way: report the first only. */
+    if (!c->write_error_reported) {
+      c->write_error_reported = true;
+      pn_conn_emit_error(c, status, "write");
+    }
+    return;
+  }
+  if (c->write_reqs == 0 && !c->write_error_reported) pn_conn_emit(c, PN_CB_WRITTEN);
+}
+
+/* A write error found synchronously (the socket is already dead) is reported
+ * through onError on the next loop iteration, like one found later. */
+static void defer_write_error(pn_conn *c, int err) {
+  if (c->write_error_reported) return;
+  c->write_error_reported = true;
+  c->defer_write_err = err;
+  pn_defer(c, PN_DEFER_WRITE_ERROR);
+}
+
+/* Queues bufs (whose memory belongs to the JS values `owners`). */
+static int queue_write(napi_env env, pn_conn *c, const uv_buf_t *bufs, size_t nbufs,
+                       const napi_value *owners) {
+  pn_write *w = malloc(sizeof(*w) + nbufs * sizeof(napi_ref));
+  if (w == NULL) return UV_ENOMEM;
+  w->conn = c;
+  w->nrefs = 0;
+  w->req.data = w;
+  for (size_t i = 0; i < nbufs; i++) {
+    if (napi_create_reference(env, owners[i], 1, &w->refs[i]) != napi_ok) {
+      for (size_t j = 0; j < w->nrefs; j++) napi_delete_reference(env, w->refs[j]);
+      free(w);
+      return UV_ENOMEM;
+    }
+    w->nrefs++;
+  }
+  /* uv_write copies the uv_buf_t array itself, not the bytes. */
+  int err = uv_write(&w->req, &c->h.stream, bufs, (unsigned int)nbufs, write_cb);
+  if (err != 0) {
+    for (size_t j = 0; j < w->nrefs; j++) napi_delete_reference(env, w->refs[j]);
+    free(w);
+    return err;
+  }
+  c->write_reqs++;
+  return 0;
+}
+
+/* Throws unless the connection can still be written to. */
+static bool check_writable(napi_env env, pn_conn *c, const char *what) {
+  char msg[96];
+  if (c == NULL) {
+    snprintf(msg, sizeof(msg), "%s on a closed connection", what);
+    napi_throw_error(env, "ERR_STREAM_DESTROYED", msg);
+    return false;
+  }
+  if (c->shut) {
+    snprintf(msg, sizeof(msg), "%s after shutdown()", what);
+    napi_throw_error(env, "ERR_STREAM_WRITE_AFTER_END", msg);
+    return false;
+  }
+  return true;
+}
+
+static bool get_buffer(napi_env env, napi_value v, uv_buf_t *out) {
+  bool is_buf = false;
+  void *data;
+  size_t len;
+  if (napi_is_buffer(env, v, &is_buf) != napi_ok || !is_buf ||
+      napi_get_buffer_info(env, v, &data, &len) != napi_ok)
+    return false;
+  if (len > PN_MAX_WRITE_BUF) return false;
+  *out = uv_buf_init(data, (unsigned int)len);
+  return true;
+}
+
+/* Tries to write bufs now and queues the rest. Returns the bytes not yet
+ * written (and hence queued, unless the socket is dead). */
+static size_t write_bufs(napi_env env, pn_conn *c, uv_buf_t *bufs, size_t nbufs,
+                         const napi_value *owners, size_t total) {
+  int n = uv_try_write(&c->h.stream, bufs, (unsigned int)nbufs);
+  /* n < 0: UV_EAGAIN (the socket is full, or earlier writes are queued), or
+   * an error; in that case uv_write reports it, now or in its callback. */
+  size_t written = n > 0 ? (size_t)n : 0;
+  if (written == total) return 0;
+
+  /* Skip what went out, possibly ending inside a buffer. */
+  size_t i = 0, skip = written;
+  while (i < nbufs && skip >= bufs[i].len) skip -= bufs[i++].len;
+  bufs[i].base += skip;
+  bufs[i].len -= (unsigned int)skip;
+
+  int err = queue_write(env, c, bufs + i, nbufs - i, owners + i);
+  if (err != 0) defer_write_error(c, err);
+  return total - written;
+}
+
+/* write(buffer) -> bytes not written yet (0: all went out now) */
+napi_value pn_conn_write(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  bool ok;
+  uv_buf_t buf;
+
+  pn_conn *c = pn_this_conn(env, info, &argc, argv, &ok);
+  if (!ok) return NULL;
+  if (!get_buffer(env, argv[0], &buf)) {
+    pn_throw_type(env, "write() expects a Buffer (of at most 2 GiB)");
+    return NULL;
+  }
+  if (!check_writable(env, c, "write()")) return NULL;
+  size_t left = buf.len == 0 ? 0 : write_bufs(env, c, &buf, 1, argv, buf.len);
+  napi_create_double(env, (double)left, &result);
+  return result;
+}
+
+/* writev(buffers) -> bytes not written yet */
+napi_value pn_conn_writev(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result = NULL;
+  bool ok, is_array = false;
+  uint32_t n = 0;
+  uv_buf_t stack_bufs[16];
+  napi_value stack_vals[16];
+  uv_buf_t *bufs = stack_bufs;
+  napi_value *vals = stack_vals;
+  size_t total = 0, left = 0;
+  char msg[96];
+
+  pn_conn *c = pn_this_conn(env, info, &argc, argv, &ok);
+  if (!ok) return NULL;
+  if (napi_is_array(env, argv[0], &is_array) != napi_ok || !is_array ||
+      napi_get_array_length(env, argv[0], &n) != napi_ok) {
+    pn_throw_type(env, "writev() expects an array of Buffers");
+    return NULL;
+  }
+  if (n > 16) {
+    bufs = malloc(n * sizeof(*bufs));
+    vals = malloc(n * sizeof(*vals));
+    if (bufs == NULL || vals == NULL) {
+      pn_throw_uv(env, UV_ENOMEM, "malloc", NULL);
+      goto out;
+    }
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    if (napi_get_element(env, argv[0], i, &vals[i]) != napi_ok ||
+        !get_buffer(env, vals[i], &bufs[i])) {
+      snprintf(msg, sizeof(msg), "writev() expects an array of Buffers (element %u is not one)", i);
+      pn_throw_type(env, msg);
+      goto out;
+    }
+    total += bufs[i].len;
+  }
+  if (!check_writable(env, c, "writev()")) goto out;
+  left = total == 0 ? 0 : write_bufs(env, c, bufs, n, vals, total);
+  napi_create_double(env, (double)left, &result);
+out:
+  if (bufs != stack_bufs) free(bufs);
+  if (vals != stack_vals) free(vals);
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  return pending ? NULL : result;
+}
+
+/* pendingBytes(): bytes handed to uv_write not yet written to the socket. */
+napi_value pn_conn_pending_bytes(napi_env env, napi_callback_info info) {
+  bool ok;
+  napi_value result;
+  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  if (!ok) return NULL;
+  size_t n = c == NULL ? 0 : uv_stream_get_write_queue_size(&c->h.stream);
+  napi_create_double(env, (double)n, &result);
+  return result;
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+  pn_conn *c = req->data;
+  if (c->base.closing || status == UV_ECANCELED) return;
+  if (status < 0) pn_conn_emit_error(c, status, "shutdown");
+  else pn_conn_emit(c, PN_CB_SHUTDOWN);
+}
+
+/* shutdown(): FIN once the queued writes are out. Idempotent. */
+napi_value pn_conn_shutdown(napi_env env, napi_callback_info info) {
+  bool ok;
+  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  if (!ok) return NULL;
+  if (c == NULL) {
+    napi_throw_error(env, "ERR_STREAM_DESTROYED", "shutdown() on a closed connection");
+    return NULL;
+  }
+  if (c->shut) return NULL;
+  c->shut = true;
+  /* libuv waits for the write queue to drain, then calls shutdown(2). */
+  int err = uv_shutdown(&c->shutdown_req, &c->h.stream, shutdown_cb);
+  if (err != 0) {
+    c->defer_shutdown_err = err;
+    pn_defer(c, PN_DEFER_SHUTDOWN_ERROR);
+  }
+  return NULL;
+}

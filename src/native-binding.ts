@@ -1,0 +1,236 @@
+/**
+ * Loader and types for the native transport: the `pants_native` Node-API
+ * addon (C sources in native/, built by binding.gyp into
+ * build/Release/pants_native.node). It drives libuv TCP and pipe handles on
+ * Node's own event loop, without Node's stream layer.
+ *
+ * The addon is optional: {@link loadNative} returns null when it is not built,
+ * fails to load, or `PANTS_TS_TRANSPORT=js` asks for the pure-JS transport,
+ * and {@link nativeLoadError} says why.
+ *
+ * Ground rules of the raw API (the addon's contract):
+ * - JS is called only from the event loop, through the callbacks given to
+ *   `init()`, never from inside a method call. Errors a method discovers at
+ *   once (a connect to an unreachable address, a write on a dead socket) still
+ *   arrive through the callbacks, on a later loop iteration.
+ * - After `close()` only `onClose` is delivered for that connection. After
+ *   `onClose` the object is inert: `write`, `writev` and `shutdown` throw,
+ *   everything else is a no-op (`address()` gives null, `fd` -1,
+ *   `pendingBytes()` 0).
+ * - A callback that throws does not break the addon: the exception goes to
+ *   `onUncaught`.
+ * @module
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** A TCP address as the addon reports it. */
+export interface NativeTcpAddress {
+  address: string;
+  port: number;
+  family: 4 | 6;
+}
+
+/** A UNIX socket address; an abstract name starts with "\0"; "" when unnamed. */
+export interface NativePipeAddress {
+  path: string;
+}
+
+export type NativeAddress = NativeTcpAddress | NativePipeAddress;
+
+/** Framing modes of {@link NativeConn.setFraming}: raw, bytes delimiter, fixed size. */
+export const NativeFraming = { RAW: 0, DELIMITER: 1, SIZE: 2 } as const;
+export type NativeFramingKind = (typeof NativeFraming)[keyof typeof NativeFraming];
+
+/** The `value` each framing kind takes. */
+export interface NativeFramingValue {
+  0: null;
+  1: Buffer;
+  2: number;
+}
+
+/** A listening socket returned by `listenTcp` / `listenPipe`. */
+export interface NativeServer {
+  /** `{ address, port, family }` for TCP, `{ path }` for pipes; null once closed. */
+  address(): NativeAddress | null;
+  /** Stops listening (uv_close). Idempotent. Connections already accepted stay open. */
+  close(): void;
+  /** The listening socket's file descriptor, or -1 once closed. */
+  readonly fd: number;
+  /** Let the listener keep the process alive (the default) or not. */
+  ref(): void;
+  unref(): void;
+}
+
+/** A TCP or UNIX-socket connection (accepted, or from `connectTcp` / `connectPipe`). */
+export interface NativeConn {
+  /** Starts reading (onRead / onEnd / onError). Idempotent; a no-op after EOF or close. */
+  readStart(): void;
+  /** Stops reading. Idempotent. */
+  readStop(): void;
+  /**
+   * Sets how reads are cut into frames:
+   * - `0` raw: every read is delivered as is (`value` ignored);
+   * - `1` bytes delimiter: `value` is the delimiter (1 byte to 64 KiB), dropped from frames;
+   * - `2` fixed size: `value` is the frame size (a positive integer).
+   *
+   * `limit` is the largest frame allowed (bytes before the delimiter; for size
+   * framing max(limit, size)); it is capped at 1 GiB, so `Infinity` is fine.
+   * Bytes already pending are kept and framed the new way.
+   */
+  setFraming<K extends NativeFramingKind>(kind: K, value: NativeFramingValue[K], limit: number): void;
+  /** Drops the addon's pending (not yet framed) bytes and goes back to raw. */
+  resetFraming(): void;
+  /**
+   * Writes now what the socket takes and queues the rest (keeping `data`
+   * alive until written). Returns the bytes that did not go out at once and
+   * were queued: 0 means all went out (no onWritten for this write);
+   * otherwise onWritten follows when every queued write has completed
+   * ({@link pendingBytes} is the live count: libuv may already have sent
+   * part of the queued bytes). Writes keep their order.
+   * @throws Error (code ERR_STREAM_DESTROYED / ERR_STREAM_WRITE_AFTER_END)
+   *   after close() or shutdown(); TypeError for a non-Buffer.
+   */
+  write(data: Uint8Array): number;
+  /** Like {@link write} for several buffers in one system call. */
+  writev(chunks: readonly Uint8Array[]): number;
+  /** Bytes queued but not yet handed to the OS. */
+  pendingBytes(): number;
+  /** Sends FIN once the queued writes are out (onShutdown, or onError(…, "shutdown")). Idempotent. */
+  shutdown(): void;
+  /** Closes the handle (idempotent); queued writes are dropped; onClose follows. */
+  close(): void;
+  /** The local address, or null if closed or unknown. */
+  address(): NativeAddress | null;
+  /** The peer's address, or null if closed, not connected or unknown. */
+  peerAddress(): NativeAddress | null;
+  /** The socket's file descriptor, or -1 once closed. */
+  readonly fd: number;
+  /** TCP_NODELAY (on by default for accepted and connected TCP sockets; no-op for pipes). */
+  setNoDelay(enable?: boolean): void;
+  /** SO_KEEPALIVE; `delaySeconds` > 0 also sets the idle time before probes. */
+  setKeepAlive(enable: boolean, delaySeconds?: number): void;
+  /** Let the connection keep the process alive (the default) or not. */
+  ref(): void;
+  unref(): void;
+}
+
+/** Names of libuv errors, e.g. "ECONNRESET" (uv_err_name). */
+export type NativeErrorCode = string;
+
+/** The callbacks registered once with {@link NativeAddon.init}. */
+export interface NativeCallbacks {
+  /** A connection was accepted on `server`; it is not reading yet. */
+  onConnection(server: NativeServer, conn: NativeConn): void;
+  /**
+   * Bytes arrived. Raw mode: `frames` is null and `count` 0. Framing mode:
+   * `frames` holds `count` pairs [start, end) into `data` (delimiters
+   * excluded) followed by `rest`, the offset just after the last complete
+   * frame; `data` always starts at the first byte not yet delivered as a
+   * frame, so after `resetFraming()` inside this call `data.subarray(rest)`
+   * is exactly what the addon had pending. `count` -1: a frame exceeded the
+   * limit; `data` starts at that frame, the addon switched to raw and kept
+   * nothing. `frames` is reused by the next call: read it now.
+   */
+  onRead(conn: NativeConn, data: Buffer, frames: Int32Array | null, count: number): void;
+  /** The peer sent FIN (EOF). Writing is still possible. */
+  onEnd(conn: NativeConn): void;
+  /** A socket error (reading stops on a read error). */
+  onError(conn: NativeConn, code: NativeErrorCode, syscall: "read" | "write" | "shutdown"): void;
+  /** Every write queued so far has completed (after a write that returned > 0). */
+  onWritten(conn: NativeConn): void;
+  /** A connectTcp / connectPipe finished: `code` null on success. Never called synchronously. */
+  onConnect(conn: NativeConn, code: NativeErrorCode | null): void;
+  /** The handle is closed; the object is inert from now on. Exactly once per connection. */
+  onClose(conn: NativeConn): void;
+  /** A callback threw. */
+  onUncaught(err: unknown): void;
+  /** Accepting a connection failed (optional). */
+  onAcceptError?(server: NativeServer, code: NativeErrorCode): void;
+  /** shutdown() completed: the FIN is out (optional). */
+  onShutdown?(conn: NativeConn): void;
+}
+
+/** The addon's exports. */
+export interface NativeAddon {
+  /** Registers the callbacks (call again to replace them). Required before anything else. */
+  init(callbacks: NativeCallbacks): void;
+  /**
+   * Binds (SO_REUSEADDR, never SO_REUSEPORT) and listens. `host` must be an IP
+   * literal; `backlog` <= 0 means 511.
+   * @throws Error with `.code` (EADDRINUSE, EACCES, EADDRNOTAVAIL, EINVAL...) and `.syscall` ("bind" / "listen").
+   */
+  listenTcp(host: string, port: number, backlog: number, ipv6Only: boolean): NativeServer;
+  /** Listens on a UNIX socket path or a Linux abstract name ("\0name"). The path is removed on close. */
+  listenPipe(path: string, backlog: number): NativeServer;
+  /** Connects to an IP literal; onConnect follows. */
+  connectTcp(host: string, port: number): NativeConn;
+  /** Connects to a UNIX socket path or abstract name; onConnect follows. */
+  connectPipe(path: string): NativeConn;
+}
+
+/** The addon file, relative to the package root. */
+const ADDON_PATH = join("build", "Release", "pants_native.node");
+
+let loaded: NativeAddon | null | undefined;
+let loadError: string | null = null;
+
+/** The package root: the nearest directory above this module holding pants-ts' package.json. */
+function packageRoot(): string | null {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  let firstWithPackageJson: string | null = null;
+  for (;;) {
+    const pkg = join(dir, "package.json");
+    if (existsSync(pkg)) {
+      firstWithPackageJson ??= dir;
+      try {
+        const parsed: unknown = JSON.parse(readFileSync(pkg, "utf8"));
+        if (typeof parsed === "object" && parsed !== null && (parsed as { name?: unknown }).name === "pants-ts") return dir;
+      } catch {
+        // Not ours, or unreadable: keep walking up.
+      }
+    }
+    const parent = dirname(dir);
+    if (parent === dir) return firstWithPackageJson;
+    dir = parent;
+  }
+}
+
+/**
+ * The native addon, or null when it is not available (see
+ * {@link nativeLoadError}). Loaded once; `PANTS_TS_TRANSPORT=js` forces null.
+ */
+export function loadNative(): NativeAddon | null {
+  if (process.env.PANTS_TS_TRANSPORT === "js") {
+    loadError = "disabled by PANTS_TS_TRANSPORT=js";
+    return null;
+  }
+  if (loaded !== undefined) return loaded;
+  const root = packageRoot();
+  if (root === null) {
+    loadError = "cannot find the pants-ts package root (no package.json above this module)";
+    loaded = null;
+    return null;
+  }
+  const file = join(root, ADDON_PATH);
+  if (!existsSync(file)) {
+    loadError = `the native addon is not built (${file} is missing; run node-gyp rebuild)`;
+    loaded = null;
+    return null;
+  }
+  try {
+    loaded = createRequire(import.meta.url)(file) as NativeAddon;
+    loadError = null;
+  } catch (err) {
+    loadError = `the native addon failed to load: ${err instanceof Error ? err.message : String(err)}`;
+    loaded = null;
+  }
+  return loaded;
+}
+
+/** Why {@link loadNative} returned null (null when it loaded, or was not tried yet). */
+export function nativeLoadError(): string | null {
+  return loadError;
+}

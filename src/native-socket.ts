@@ -1,0 +1,491 @@
+/**
+ * The native transport's socket: a libuv TCP or pipe handle driven by the
+ * pants-ts addon, shaped like the part of `net.Socket` a Stream uses
+ * (write with a callback, cork, end, destroy, pause/resume, events), with
+ * one extra path: frames cut by the addon, handed over in batches.
+ *
+ * Streams and servers use it when the addon is built, for plain TCP and
+ * UNIX sockets; TLS, PROXY headers and cluster workers use node:net.
+ */
+import { lookup } from "node:dns";
+import { isIP } from "node:net";
+import { Duplex } from "node:stream";
+import { log } from "./log.js";
+import { loadNative } from "./native-binding.js";
+import type { NativeAddon, NativeConn, NativeServer } from "./native-binding.js";
+
+/** What a NativeSocket hands its owner directly (no event dispatch on the hot path). */
+export interface NativeOwner {
+  /** @internal A raw chunk (framing off). */
+  _onData(chunk: Buffer): void;
+  /** @internal Frames cut by the addon: `frames` holds [start, end) pairs, then the tail start; count -1 = overflow. */
+  _onNativeFrames(data: Buffer, frames: Int32Array, count: number): void;
+}
+
+type Listener = (...args: never[]) => void;
+type EventName = "data" | "end" | "error" | "close" | "connect" | "drain" | "finish";
+
+const kSocket: unique symbol = Symbol("pants-ts.nativeSocket");
+type OwnedConn = NativeConn & { [kSocket]?: NativeSocket };
+type OwnedServer = NativeServer & { [kSocket]?: NativeListener };
+
+let addon: NativeAddon | null | undefined;
+
+/** The addon, initialised once, or null when it is not built (or `PANTS_TS_TRANSPORT=js`). */
+export function nativeAddon(): NativeAddon | null {
+  if (addon !== undefined) return addon;
+  addon = loadNative();
+  if (addon !== null) {
+    addon.init({
+      onConnection(server, conn) {
+        const listener = (server as OwnedServer)[kSocket];
+        if (listener === undefined) return conn.close();
+        listener.onConnection(new NativeSocket(conn));
+      },
+      onRead(conn, data, frames, count) {
+        const socket = (conn as OwnedConn)[kSocket];
+        if (socket !== undefined) socket._read(data, frames, count);
+      },
+      onEnd(conn) {
+        (conn as OwnedConn)[kSocket]?._end();
+      },
+      onError(conn, code, syscall) {
+        (conn as OwnedConn)[kSocket]?._error(code, syscall);
+      },
+      onWritten(conn) {
+        (conn as OwnedConn)[kSocket]?._written();
+      },
+      onConnect(conn, code) {
+        (conn as OwnedConn)[kSocket]?._connected(code);
+      },
+      onShutdown(conn) {
+        (conn as OwnedConn)[kSocket]?._shutdownDone();
+      },
+      onClose(conn) {
+        (conn as OwnedConn)[kSocket]?._closed();
+      },
+      onAcceptError(server, code) {
+        (server as OwnedServer)[kSocket]?.onAcceptError(code);
+      },
+      onUncaught(err) {
+        log.current.error({ err }, "Exception raised in a native transport callback.");
+      },
+    });
+  }
+  return addon;
+}
+
+/** A libuv error as Node reports socket errors. */
+function uvError(code: string, syscall: string): NodeJS.ErrnoException {
+  const err = new Error(`${syscall} ${code}`) as NodeJS.ErrnoException;
+  err.code = code;
+  err.syscall = syscall;
+  return err;
+}
+
+// Write callbacks of writes that completed at once run together, on the next tick (never inside write()).
+let doneCallbacks: Array<(err?: Error | null) => void> = [];
+let doneScheduled = false;
+function runDoneCallbacks(): void {
+  doneScheduled = false;
+  const list = doneCallbacks;
+  doneCallbacks = [];
+  for (let i = 0; i < list.length; i++) list[i]!(null);
+}
+
+/** A native connection, shaped like the part of net.Socket a Stream uses. */
+export class NativeSocket {
+  #conn: NativeConn | null = null;
+  #owner: NativeOwner | null = null;
+  #listeners: Partial<Record<EventName, Listener[]>> = {};
+  #waiting: Array<(err?: Error | null) => void> = [];
+  #corked: Buffer[] | null = null;
+  #corkedCallback: ((err?: Error | null) => void) | null = null;
+  #paused = true;
+  #ended = false;
+  #finished = false;
+  /** True once destroy() was called or the handle closed. */
+  destroyed = false;
+  /** True while a client connect is under way. */
+  connecting = false;
+  /** True once the peer's FIN has been read. */
+  readableEnded = false;
+  /** @internal Bytes at the end of the last framed batch that the addon keeps pending (sent again next time). */
+  tail = 0;
+
+  constructor(conn: NativeConn | null) {
+    if (conn !== null) this.#attach(conn);
+  }
+
+  #attach(conn: NativeConn): void {
+    this.#conn = conn;
+    (conn as OwnedConn)[kSocket] = this;
+  }
+
+  /** Connects to `host` (resolved first when it is a name) and `port`, or to a UNIX `path`. */
+  static connect(target: { host: string; port: number; family?: number } | { path: string }): NativeSocket {
+    const native = nativeAddon();
+    if (native === null) throw new Error("The native transport is not available.");
+    const socket = new NativeSocket(null);
+    socket.connecting = true;
+    if ("path" in target) {
+      socket.#attach(native.connectPipe(target.path));
+      return socket;
+    }
+    if (isIP(target.host) !== 0) {
+      socket.#attach(native.connectTcp(target.host, target.port));
+      return socket;
+    }
+    lookup(target.host, { family: target.family ?? 0 }, (err, address) => {
+      if (socket.destroyed) return;
+      if (err) {
+        socket.connecting = false;
+        socket.#emit("error", err);
+        socket.destroy();
+        return;
+      }
+      socket.#attach(native.connectTcp(address, target.port));
+    });
+    return socket;
+  }
+
+  /** Hands data and frames to `owner` directly instead of as 'data' events. */
+  setOwner(owner: NativeOwner | null): void {
+    this.#owner = owner;
+  }
+
+  /** The native handle (null once closed or before a name resolved). */
+  get conn(): NativeConn | null {
+    return this.#conn;
+  }
+
+  /** Bytes handed over but not yet written to the OS. */
+  get writableLength(): number {
+    const conn = this.#conn;
+    return conn === null || this.destroyed ? 0 : conn.pendingBytes();
+  }
+
+  /** For `fileno`. */
+  get _handle(): { fd: number } | null {
+    const conn = this.#conn;
+    return conn === null || this.destroyed ? null : { fd: conn.fd };
+  }
+
+  get remoteAddress(): string | undefined {
+    return this.#peer()?.address;
+  }
+  get remotePort(): number | undefined {
+    return this.#peer()?.port;
+  }
+  get remoteFamily(): string | undefined {
+    const peer = this.#peer();
+    return peer === undefined ? undefined : peer.family === 6 ? "IPv6" : "IPv4";
+  }
+  #peerCache: { address: string; port: number; family: number } | null | undefined;
+  #peer(): { address: string; port: number; family: number } | undefined {
+    if (this.#peerCache === undefined && this.#conn !== null && !this.destroyed) {
+      const p = this.#conn.peerAddress();
+      this.#peerCache = p !== null && "port" in p ? p : null;
+    }
+    return this.#peerCache ?? undefined;
+  }
+
+  /** Like net.Socket#address(): `{ address, port, family }`, or `{}` for UNIX sockets. */
+  address(): { address: string; port: number; family: string } | Record<string, never> {
+    const conn = this.#conn;
+    if (conn === null || this.destroyed) return {};
+    const a = conn.address();
+    return a !== null && "port" in a ? { address: a.address, port: a.port, family: a.family === 6 ? "IPv6" : "IPv4" } : {};
+  }
+
+  // -- events (a minimal emitter: a Stream registers one listener per event) --
+
+  on(event: EventName, fn: Listener): this {
+    (this.#listeners[event] ??= []).push(fn);
+    if (event === "data" && this.#owner === null) this.resume();
+    return this;
+  }
+
+  once(event: EventName, fn: Listener): this {
+    const wrapper = ((...args: never[]) => {
+      this.off(event, wrapper);
+      fn.apply(this, args);
+    }) as Listener & { listener?: Listener };
+    wrapper.listener = fn;
+    return this.on(event, wrapper);
+  }
+
+  off(event: EventName, fn: Listener): this {
+    const list = this.#listeners[event];
+    if (list === undefined) return this;
+    const i = list.findIndex((l) => l === fn || (l as Listener & { listener?: Listener }).listener === fn);
+    if (i !== -1) list.splice(i, 1);
+    return this;
+  }
+
+  removeListener(event: EventName, fn: Listener): this {
+    return this.off(event, fn);
+  }
+
+  #emit(event: EventName, ...args: unknown[]): void {
+    const list = this.#listeners[event];
+    if (list === undefined || list.length === 0) return;
+    for (const fn of list.length === 1 ? list : list.slice()) (fn as (...a: unknown[]) => void).apply(this, args);
+  }
+
+  // -- reading --
+
+  pause(): this {
+    this.#paused = true;
+    if (this.#conn !== null && !this.destroyed) this.#conn.readStop();
+    return this;
+  }
+
+  resume(): this {
+    this.#paused = false;
+    if (this.#conn !== null && !this.destroyed && !this.connecting && !this.readableEnded) this.#conn.readStart();
+    return this;
+  }
+
+  isPaused(): boolean {
+    return this.#paused;
+  }
+
+  /** Sets the addon's framing: 0 raw, 1 bytes delimiter, 2 fixed size. */
+  setFraming(kind: 0 | 1 | 2, value: Buffer | number | null, limit: number): void {
+    if (this.#conn === null || this.destroyed) return;
+    if (kind === 0) this.#conn.resetFraming();
+    else this.#conn.setFraming(kind, value as Buffer & number, limit);
+  }
+
+  /** @internal */
+  _read(data: Buffer, frames: Int32Array | null, count: number): void {
+    const owner = this.#owner;
+    if (frames === null) {
+      if (owner !== null) owner._onData(data);
+      else this.#emit("data", data);
+    } else if (owner !== null) {
+      owner._onNativeFrames(data, frames, count);
+    } else {
+      // Nobody to hand frames to: fall back to chunks.
+      this.#conn?.resetFraming();
+      this.#emit("data", data);
+    }
+  }
+
+  /** @internal */
+  _end(): void {
+    this.readableEnded = true;
+    this.#emit("end");
+    this.#maybeClose();
+  }
+
+  // -- writing --
+
+  write(chunk: Buffer, cb?: (err?: Error | null) => void): boolean {
+    if (this.destroyed || this.#ended || this.#conn === null) {
+      const err = uvError("EPIPE", "write");
+      if (cb) process.nextTick(cb, err);
+      return false;
+    }
+    if (this.#corked !== null) {
+      this.#corked.push(chunk);
+      if (cb) this.#corkedCallback = cb;
+      return true;
+    }
+    const left = this.#conn.write(chunk);
+    if (cb) this.#afterWrite(left, cb);
+    return left === 0;
+  }
+
+  #afterWrite(left: number, cb: (err?: Error | null) => void): void {
+    if (left === 0 && this.#waiting.length === 0) {
+      doneCallbacks.push(cb);
+      if (!doneScheduled) {
+        doneScheduled = true;
+        process.nextTick(runDoneCallbacks);
+      }
+    } else {
+      this.#waiting.push(cb);
+    }
+  }
+
+  cork(): void {
+    this.#corked ??= [];
+  }
+
+  uncork(): void {
+    const chunks = this.#corked;
+    const cb = this.#corkedCallback;
+    this.#corked = null;
+    this.#corkedCallback = null;
+    if (chunks === null || chunks.length === 0 || this.#conn === null || this.destroyed) return;
+    const left = this.#conn.writev(chunks);
+    if (cb) this.#afterWrite(left, cb);
+  }
+
+  /** @internal Every queued write has completed. */
+  _written(): void {
+    const waiting = this.#waiting;
+    this.#waiting = [];
+    for (let i = 0; i < waiting.length; i++) waiting[i]!(null);
+    this.#emit("drain");
+  }
+
+  /** FIN after the queued writes. */
+  end(): this {
+    if (this.#ended || this.destroyed) return this;
+    this.#ended = true;
+    this.#conn?.shutdown();
+    return this;
+  }
+
+  /** @internal The FIN has gone out. */
+  _shutdownDone(): void {
+    this.#finished = true;
+    this.#emit("finish");
+    this.#maybeClose();
+  }
+
+  /** Both sides are done: release the handle (as net.Socket's autoDestroy does). */
+  #maybeClose(): void {
+    if (this.#finished && this.readableEnded) this.destroy();
+  }
+
+  destroy(err?: Error): this {
+    if (this.destroyed) return this;
+    this.destroyed = true;
+    const waiting = this.#waiting;
+    this.#waiting = [];
+    const failure = err ?? uvError("ECANCELED", "write");
+    for (const cb of waiting) process.nextTick(cb, failure);
+    if (err) process.nextTick(() => this.#emit("error", err));
+    if (this.#conn !== null) this.#conn.close();
+    else process.nextTick(() => this.#emit("close"));
+    return this;
+  }
+
+  /** @internal */
+  _closed(): void {
+    this.destroyed = true;
+    const conn = this.#conn;
+    if (conn !== null) (conn as OwnedConn)[kSocket] = undefined;
+    this.#emit("close");
+  }
+
+  /** @internal */
+  _error(code: string, syscall: string): void {
+    if (this.destroyed) return;
+    const err = uvError(code, syscall);
+    this.#emit("error", err);
+    this.destroy();
+  }
+
+  /** @internal */
+  _connected(code: string | null): void {
+    this.connecting = false;
+    if (code !== null) {
+      this._error(code, "connect");
+      return;
+    }
+    this.#emit("connect");
+  }
+
+  /** Lets a lingering connection not keep the process alive. */
+  unref(): this {
+    if (this.#conn !== null && !this.destroyed) this.#conn.unref();
+    return this;
+  }
+
+  ref(): this {
+    if (this.#conn !== null && !this.destroyed) this.#conn.ref();
+    return this;
+  }
+
+  setNoDelay(noDelay = true): this {
+    if (this.#conn !== null && !this.destroyed) this.#conn.setNoDelay(noDelay);
+    return this;
+  }
+
+  setKeepAlive(enable = false, initialDelayMs = 0): this {
+    if (this.#conn !== null && !this.destroyed) this.#conn.setKeepAlive(enable, Math.floor(initialDelayMs / 1000));
+    return this;
+  }
+
+  /**
+   * A real Duplex over this socket, for what needs one (node:tls for STARTTLS
+   * or a TLS server listening natively). Created only then.
+   */
+  toDuplex(): Duplex {
+    this.setOwner(null);
+    const socket = this;
+    const duplex = new Duplex({
+      allowHalfOpen: true,
+      read() {
+        socket.resume();
+      },
+      write(chunk: Buffer, _encoding, callback) {
+        socket.write(chunk, callback);
+      },
+      final(callback) {
+        socket.once("finish", () => callback());
+        socket.end();
+      },
+      destroy(err, callback) {
+        socket.destroy();
+        callback(err);
+      },
+    });
+    socket.on("data", (chunk: Buffer) => {
+      if (!duplex.push(chunk)) socket.pause();
+    });
+    socket.on("end", () => duplex.push(null));
+    socket.on("error", (err: Error) => duplex.destroy(err));
+    socket.on("close", () => duplex.destroy());
+    return duplex;
+  }
+}
+
+/** A native listening socket, feeding accepted connections to a server. */
+export class NativeListener {
+  readonly handle: NativeServer;
+  constructor(
+    handle: NativeServer,
+    readonly onConnection: (socket: NativeSocket) => void,
+    readonly onAcceptError: (code: string) => void,
+  ) {
+    this.handle = handle;
+    (handle as OwnedServer)[kSocket] = this;
+  }
+
+  /** Listens on TCP. @throws an errno-style Error (EADDRINUSE, ...). */
+  static tcp(host: string, port: number, backlog: number, ipv6Only: boolean, onConnection: (s: NativeSocket) => void, onAcceptError: (code: string) => void): NativeListener {
+    const native = nativeAddon();
+    if (native === null) throw new Error("The native transport is not available.");
+    return new NativeListener(native.listenTcp(host, port, backlog, ipv6Only), onConnection, onAcceptError);
+  }
+
+  /** Listens on a UNIX socket path (or a Linux abstract name). */
+  static pipe(path: string, backlog: number, onConnection: (s: NativeSocket) => void, onAcceptError: (code: string) => void): NativeListener {
+    const native = nativeAddon();
+    if (native === null) throw new Error("The native transport is not available.");
+    return new NativeListener(native.listenPipe(path, backlog), onConnection, onAcceptError);
+  }
+
+  /** `{ address, port, family }` like net.Server#address(), or the path. */
+  address(): { address: string; port: number; family: string } | string | null {
+    const a = this.handle.address();
+    if (a === null) return null;
+    if ("path" in a) return a.path;
+    return { address: a.address, port: a.port, family: a.family === 6 ? "IPv6" : "IPv4" };
+  }
+
+  get fd(): number {
+    return this.handle.fd;
+  }
+
+  close(): void {
+    (this.handle as OwnedServer)[kSocket] = undefined;
+    this.handle.close();
+  }
+}

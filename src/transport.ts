@@ -1,0 +1,48 @@
+/**
+ * Which transport a server or client stream uses: the native libuv addon
+ * when it is built (fastest), else node:net. TLS, PROXY headers and
+ * cluster workers always use node:net (node:tls and the cluster's shared
+ * handles need it).
+ */
+import cluster from "node:cluster";
+import { log } from "./log.js";
+import { nativeLoadError } from "./native-binding.js";
+import { nativeAddon } from "./native-socket.js";
+import { describe, typeError } from "./errors.js";
+
+/** `"native"`: the libuv addon; `"js"`: node:net. */
+export type Transport = "native" | "js";
+
+let explained = false;
+
+/** Validates a `transport` option. */
+export function checkTransport(value: unknown): Transport | undefined {
+  if (value === undefined) return undefined;
+  if (value !== "native" && value !== "js") throw typeError(`The transport option must be "native" or "js", got ${describe(value)}.`);
+  return value;
+}
+
+/**
+ * True when a plain (no TLS, no PROXY) server or client should use the
+ * native transport: the option, else `PANTS_TS_TRANSPORT`, else the addon
+ * if it is built.
+ * @throws Error when "native" is asked for explicitly and the addon is not available.
+ */
+export function useNative(option: Transport | undefined): boolean {
+  const wanted = option ?? envTransport();
+  if (wanted === "js" || cluster.isWorker) return false;
+  const available = nativeAddon() !== null;
+  if (!available && wanted === "native") {
+    throw new Error(`The native transport was asked for, but ${nativeLoadError() ?? "it is not available"}.`);
+  }
+  if (!available && !explained) {
+    explained = true;
+    log.current.debug(`Using the JS transport: ${nativeLoadError() ?? "the native addon is not available"}.`);
+  }
+  return available;
+}
+
+function envTransport(): Transport | undefined {
+  const value = process.env.PANTS_TS_TRANSPORT;
+  return value === "native" || value === "js" ? value : undefined;
+}

@@ -1,0 +1,1004 @@
+/**
+ * The native addon (native/*.c) through its raw API: listening (TCP v4/v6,
+ * UNIX paths, abstract names), accepting, raw echo, framing (split and
+ * multi-byte delimiters, fixed sizes, the `rest` / resetFraming invariant,
+ * overflow), partial writes, writev order, shutdown, reset, EOF, close from
+ * inside callbacks, connecting, ref/unref, addresses, errors, teardown in a
+ * worker, and a leak check over 2000 connections. Node's own node:net is the
+ * peer. Skipped as a whole when the addon is not built.
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { createHash, randomBytes } from "node:crypto";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Worker } from "node:worker_threads";
+import { loadNative, nativeLoadError } from "../src/native-binding.js";
+import type { NativeAddon, NativeConn, NativeServer } from "../src/native-binding.js";
+
+const native = loadNative();
+const skip = native === null ? `native addon unavailable: ${nativeLoadError() ?? "unknown reason"}` : false;
+
+// ---------------------------------------------------------------------------
+// One set of callbacks per process: dispatch to per-object handlers.
+
+interface ConnHandlers {
+  read?(data: Buffer, frames: Int32Array | null, count: number): void;
+  end?(): void;
+  error?(code: string, syscall: string): void;
+  written?(): void;
+  connect?(code: string | null): void;
+  close?(): void;
+  shutdown?(): void;
+}
+
+const connHandlers = new WeakMap<NativeConn, ConnHandlers>();
+const serverHandlers = new WeakMap<NativeServer, (conn: NativeConn) => void>();
+const closedCount = new WeakMap<NativeConn, number>();
+const uncaught: unknown[] = [];
+
+function addon(): NativeAddon {
+  assert.ok(native !== null);
+  return native;
+}
+
+// Everything a test opens, closed in after() even when a test fails midway.
+const openConns = new Set<NativeConn>();
+const openSockets = new Set<net.Socket>();
+
+function on(conn: NativeConn, handlers: ConnHandlers): NativeConn {
+  connHandlers.set(conn, handlers);
+  openConns.add(conn);
+  return conn;
+}
+
+function setup(): void {
+  addon().init({
+    onConnection(server, conn) {
+      openConns.add(conn);
+      const h = serverHandlers.get(server);
+      if (h === undefined) conn.close();
+      else h(conn);
+    },
+    onRead(conn, data, frames, count) {
+      connHandlers.get(conn)?.read?.(data, frames, count);
+    },
+    onEnd(conn) {
+      connHandlers.get(conn)?.end?.();
+    },
+    onError(conn, code, syscall) {
+      connHandlers.get(conn)?.error?.(code, syscall);
+    },
+    onWritten(conn) {
+      connHandlers.get(conn)?.written?.();
+    },
+    onConnect(conn, code) {
+      connHandlers.get(conn)?.connect?.(code);
+    },
+    onClose(conn) {
+      openConns.delete(conn);
+      closedCount.set(conn, (closedCount.get(conn) ?? 0) + 1);
+      connHandlers.get(conn)?.close?.();
+    },
+    onShutdown(conn) {
+      connHandlers.get(conn)?.shutdown?.();
+    },
+    onUncaught(err) {
+      uncaught.push(err);
+    },
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+async function until(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(2);
+  }
+}
+
+const servers: NativeServer[] = [];
+
+function listen(onConn: (conn: NativeConn) => void, host = "127.0.0.1"): { server: NativeServer; port: number } {
+  const server = addon().listenTcp(host, 0, 511, false);
+  servers.push(server);
+  serverHandlers.set(server, onConn);
+  const a = server.address();
+  assert.ok(a !== null && "port" in a);
+  return { server, port: a.port };
+}
+
+/** A node:net client collecting what it receives. */
+class Client {
+  chunks: Buffer[] = [];
+  ended = false;
+  closed = false;
+  error: Error | null = null;
+  constructor(readonly socket: net.Socket) {
+    openSockets.add(socket);
+    socket.on("close", () => openSockets.delete(socket));
+    socket.on("data", (d: Buffer) => this.chunks.push(d));
+    socket.on("end", () => (this.ended = true));
+    socket.on("close", () => (this.closed = true));
+    socket.on("error", (err) => (this.error = err));
+  }
+  get received(): Buffer {
+    return Buffer.concat(this.chunks);
+  }
+  static async tcp(port: number, host = "127.0.0.1"): Promise<Client> {
+    const socket = net.connect({ port, host, allowHalfOpen: true });
+    await new Promise<void>((resolve, reject) => {
+      socket.once("connect", resolve);
+      socket.once("error", reject);
+    });
+    socket.setNoDelay(true);
+    return new Client(socket);
+  }
+  static async pipe(path: string): Promise<Client> {
+    const socket = net.connect({ path, allowHalfOpen: true });
+    await new Promise<void>((resolve, reject) => {
+      socket.once("connect", resolve);
+      socket.once("error", reject);
+    });
+    return new Client(socket);
+  }
+  async waitFor(bytes: number, ms = 10_000): Promise<Buffer> {
+    await until(() => this.chunks.reduce((n, c) => n + c.length, 0) >= bytes, `${bytes} bytes`, ms);
+    return this.received;
+  }
+  /** Sends bytes one write at a time with a pause, so the server sees separate reads. */
+  async trickle(data: string | Buffer, ms = 4): Promise<void> {
+    const buf = typeof data === "string" ? Buffer.from(data) : data;
+    for (let i = 0; i < buf.length; i++) {
+      this.socket.write(buf.subarray(i, i + 1));
+      await sleep(ms);
+    }
+  }
+}
+
+/** Accepts one connection, reads with the given framing, records frames. */
+function frameRecorder(kind: 0 | 1 | 2, value: Buffer | number | null, limit: number) {
+  const rec = {
+    conn: null as NativeConn | null,
+    frames: [] as string[],
+    calls: [] as Array<{ data: Buffer; frames: number[]; count: number }>,
+    raw: [] as Buffer[],
+  };
+  const { port } = listen((conn) => {
+    rec.conn = conn;
+    if (kind === 1) conn.setFraming(1, value as Buffer, limit);
+    else if (kind === 2) conn.setFraming(2, value as number, limit);
+    on(conn, {
+      read(data, frames, count) {
+        if (frames === null) {
+          rec.raw.push(Buffer.from(data));
+          return;
+        }
+        const n = count < 0 ? 0 : count;
+        rec.calls.push({ data: Buffer.from(data), frames: Array.from(frames.subarray(0, 2 * n + 1)), count });
+        for (let i = 0; i < n; i++) rec.frames.push(data.subarray(frames[2 * i]!, frames[2 * i + 1]!).toString("latin1"));
+      },
+    });
+    conn.readStart();
+  });
+  return { rec, port };
+}
+
+const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+
+// ---------------------------------------------------------------------------
+
+describe("native addon", { skip }, () => {
+  before(() => setup());
+  after(() => {
+    for (const s of servers) s.close();
+    for (const c of openConns) c.close();
+    for (const s of openSockets) s.destroy();
+  });
+
+  test("loadNative honours PANTS_TS_TRANSPORT=js", () => {
+    const saved = process.env.PANTS_TS_TRANSPORT;
+    process.env.PANTS_TS_TRANSPORT = "js";
+    try {
+      assert.equal(loadNative(), null);
+      assert.match(nativeLoadError() ?? "", /PANTS_TS_TRANSPORT/);
+    } finally {
+      if (saved === undefined) delete process.env.PANTS_TS_TRANSPORT;
+      else process.env.PANTS_TS_TRANSPORT = saved;
+    }
+    assert.equal(loadNative(), native);
+  });
+
+  test("listen on 127.0.0.1:0, accept, raw echo, EOF -> onEnd, close -> one onClose", async () => {
+    let accepted: NativeConn | null = null;
+    let ended = false;
+    let closes = 0;
+    const { server, port } = listen((conn) => {
+      accepted = conn;
+      on(conn, {
+        read(data, frames, count) {
+          assert.equal(frames, null);
+          assert.equal(count, 0);
+          conn.write(data);
+        },
+        end() {
+          ended = true;
+          conn.close();
+        },
+        close() {
+          closes++;
+        },
+      });
+      conn.readStart();
+      conn.readStart(); // idempotent
+    });
+    const a = server.address();
+    assert.deepEqual(a, { address: "127.0.0.1", port, family: 4 });
+    assert.ok(server.fd > 2);
+    const c = await Client.tcp(port);
+    c.socket.write("hello, ");
+    c.socket.write("native world");
+    assert.equal((await c.waitFor(19)).toString(), "hello, native world");
+    c.socket.end();
+    await until(() => closes === 1 && c.closed, "close");
+    assert.ok(ended);
+    assert.ok(accepted !== null);
+    const conn: NativeConn = accepted;
+    assert.equal(closedCount.get(conn), 1);
+    // Inert after onClose.
+    assert.equal(conn.fd, -1);
+    assert.equal(conn.address(), null);
+    assert.equal(conn.pendingBytes(), 0);
+    conn.close();
+    conn.readStart();
+    assert.throws(() => conn.write(Buffer.from("x")), { code: "ERR_STREAM_DESTROYED" });
+    await sleep(20);
+    assert.equal(closedCount.get(conn), 1);
+  });
+
+  test("listen on ::1 (IPv6)", async (t) => {
+    let server: NativeServer;
+    try {
+      server = addon().listenTcp("::1", 0, 0, true);
+    } catch (err) {
+      t.skip(`no IPv6 loopback: ${(err as Error).message}`);
+      return;
+    }
+    servers.push(server);
+    const a = server.address();
+    assert.ok(a !== null && "port" in a);
+    assert.equal(a.family, 6);
+    assert.equal(a.address, "::1");
+    let peer: unknown = null;
+    serverHandlers.set(server, (conn) => {
+      peer = conn.peerAddress();
+      on(conn, { read: (data) => conn.write(data), end: () => conn.close() });
+      conn.readStart();
+    });
+    const c = await Client.tcp(a.port, "::1");
+    c.socket.write("six");
+    assert.equal((await c.waitFor(3)).toString(), "six");
+    assert.deepEqual(peer, { address: "::1", port: c.socket.localPort, family: 6 });
+    c.socket.end();
+    await until(() => c.closed, "client close");
+  });
+
+  test("UNIX socket path: listen, echo, address, unlinked on close", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "pants-native-"));
+    const path = join(dir, "s.sock");
+    try {
+      const server = addon().listenPipe(path, 16);
+      assert.deepEqual(server.address(), { path });
+      let connAddr: unknown = null;
+      serverHandlers.set(server, (conn) => {
+        connAddr = conn.address();
+        on(conn, { read: (data) => conn.write(data), end: () => conn.close() });
+        conn.readStart();
+      });
+      const c = await Client.pipe(path);
+      c.socket.write("over a pipe");
+      assert.equal((await c.waitFor(11)).toString(), "over a pipe");
+      assert.deepEqual(connAddr, { path });
+      c.socket.end();
+      await until(() => c.closed, "client close");
+      assert.ok(existsSync(path));
+      server.close();
+      server.close(); // idempotent
+      await until(() => !existsSync(path), "socket file removed");
+      assert.equal(server.address(), null);
+      assert.equal(server.fd, -1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("abstract socket name, with connectPipe as the client", async () => {
+    const name = `\0pants-native-test-${process.pid}-${randomBytes(4).toString("hex")}`;
+    const server = addon().listenPipe(name, 16);
+    servers.push(server);
+    assert.deepEqual(server.address(), { path: name });
+    serverHandlers.set(server, (conn) => {
+      on(conn, { read: (data) => conn.write(Buffer.concat([Buffer.from("<"), data, Buffer.from(">")])) });
+      conn.readStart();
+    });
+    let connected: string | null | undefined;
+    let got = "";
+    let closed = false;
+    const client = on(addon().connectPipe(name), {
+      connect(code) {
+        connected = code;
+        client.readStart();
+        client.write(Buffer.from("abstract"));
+      },
+      read(data) {
+        got += data.toString();
+        if (got.length >= 10) client.close();
+      },
+      close() {
+        closed = true;
+      },
+    });
+    assert.equal(connected, undefined, "onConnect never runs inside connectPipe()");
+    await until(() => closed, "client closed");
+    assert.equal(connected, null);
+    assert.equal(got, "<abstract>");
+    // node:net reaches the same name.
+    const c = await Client.pipe(name);
+    c.socket.write("net");
+    assert.equal((await c.waitFor(5)).toString(), "<net>");
+    c.socket.destroy();
+  });
+
+  test("bytes delimiter: frames split across reads, delimiter sent byte by byte", async () => {
+    const { rec, port } = frameRecorder(1, Buffer.from("\n"), 1024);
+    const c = await Client.tcp(port);
+    await c.trickle("ab\ncd\n\nef");
+    await until(() => rec.frames.length === 3, "3 frames");
+    assert.deepEqual(rec.frames, ["ab", "cd", ""]);
+    c.socket.write("g\n");
+    await until(() => rec.frames.length === 4, "4th frame");
+    assert.equal(rec.frames[3], "efg");
+    // Every call's data starts at the first undelivered byte.
+    const last = rec.calls.at(-1)!;
+    assert.equal(last.data.toString(), "efg\n");
+    assert.deepEqual(last.frames, [0, 3, 4]);
+    c.socket.destroy();
+  });
+
+  test('multi-byte delimiter "\\r\\n\\r\\n" straddling reads', async () => {
+    const { rec, port } = frameRecorder(1, Buffer.from("\r\n\r\n"), 1024);
+    const c = await Client.tcp(port);
+    await c.trickle("GET / HTTP/1.1\r\nHost: x\r\n\r\nX\r\n\r\r\n\r\n");
+    await until(() => rec.frames.length === 2, "2 frames");
+    assert.deepEqual(rec.frames, ["GET / HTTP/1.1\r\nHost: x", "X\r\n\r"]);
+    // Many frames and partial delimiters in one read.
+    c.socket.write("a\r\n\r\nbb\r\n\r\nccc\r\n");
+    await sleep(30);
+    c.socket.write("\r\nd\r");
+    await until(() => rec.frames.length === 5, "5 frames");
+    assert.deepEqual(rec.frames.slice(2), ["a", "bb", "ccc"]);
+    c.socket.write("\n\r\n");
+    await until(() => rec.frames.length === 6, "6 frames");
+    assert.equal(rec.frames[5], "d");
+    c.socket.destroy();
+  });
+
+  test("fixed-size framing across reads", async () => {
+    const { rec, port } = frameRecorder(2, 4, 0);
+    const c = await Client.tcp(port);
+    c.socket.write("ab");
+    await sleep(20);
+    c.socket.write("cdefg");
+    await sleep(20);
+    c.socket.write("hij");
+    await until(() => rec.frames.length === 2, "2 frames");
+    await sleep(20);
+    assert.deepEqual(rec.frames, ["abcd", "efgh"]);
+    c.socket.write("kl");
+    await until(() => rec.frames.length === 3, "3 frames");
+    assert.equal(rec.frames[2], "ijkl");
+    assert.equal(rec.calls.at(-1)!.data.toString(), "ijkl");
+    c.socket.destroy();
+  });
+
+  test("a large frame spanning many reads arrives intact", async () => {
+    const { rec, port } = frameRecorder(1, Buffer.from("\n"), 8 * 1024 * 1024);
+    const body = randomBytes(3 * 1024 * 1024).toString("base64"); // no "\n"
+    const c = await Client.tcp(port);
+    c.socket.write(body + "\nnext\n");
+    await until(() => rec.frames.length === 2, "2 frames");
+    assert.equal(sha(Buffer.from(rec.frames[0]!, "latin1")), sha(Buffer.from(body)));
+    assert.equal(rec.frames[1], "next");
+    c.socket.destroy();
+  });
+
+  test("rest / resetFraming invariant: after a reset inside onRead, data.subarray(rest) is what was pending", async () => {
+    let jsBuffer = Buffer.alloc(0); // what JS frames itself after the reset
+    let sawRest = -1;
+    let firstData = "";
+    const { port } = listen((conn) => {
+      conn.setFraming(1, Buffer.from("\n"), 1024);
+      let resetDone = false;
+      on(conn, {
+        read(data, frames, count) {
+          if (!resetDone) {
+            assert.ok(frames !== null && count === 2);
+            firstData = data.toString();
+            sawRest = frames[2 * count]!;
+            conn.resetFraming();
+            resetDone = true;
+            jsBuffer = Buffer.from(data.subarray(sawRest));
+            return;
+          }
+          assert.equal(frames, null); // raw after the reset
+          jsBuffer = Buffer.concat([jsBuffer, data]);
+        },
+      });
+      conn.readStart();
+    });
+    const c = await Client.tcp(port);
+    c.socket.write("one\ntwo\nthree-part");
+    await until(() => sawRest >= 0, "first read");
+    assert.equal(firstData, "one\ntwo\nthree-part");
+    assert.equal(sawRest, 8);
+    c.socket.write("ial\nfour\n");
+    await until(() => jsBuffer.length >= 19, "raw bytes");
+    assert.equal(jsBuffer.toString(), "three-partial\nfour\n");
+    c.socket.destroy();
+  });
+
+  test("resetFraming after the first of several frames hands over the later frames too", async () => {
+    let handed = "";
+    let done = false;
+    const { port } = listen((conn) => {
+      conn.setFraming(1, Buffer.from("\n"), 1024);
+      on(conn, {
+        read(data, frames, count) {
+          if (frames === null) {
+            handed += data.toString();
+            return;
+          }
+          assert.equal(count, 3);
+          // Consume frame 0 only, then take over from just after its delimiter.
+          const end0 = frames[1]! + 1;
+          conn.resetFraming();
+          handed = data.subarray(end0).toString();
+          done = true;
+        },
+      });
+      conn.readStart();
+    });
+    const c = await Client.tcp(port);
+    c.socket.write("a\nb\nc\ntail");
+    await until(() => done, "read");
+    c.socket.write("+more");
+    await until(() => handed.endsWith("+more"), "more");
+    assert.equal(handed, "b\nc\ntail+more");
+    c.socket.destroy();
+  });
+
+  test("setFraming inside onRead re-frames the pending bytes at once; a pause holds them until readStart", async () => {
+    const got: string[] = [];
+    let conn!: NativeConn;
+    const { port } = listen((c) => {
+      conn = c;
+      c.setFraming(1, Buffer.from("\n"), 1024);
+      on(c, {
+        read(data, frames, count) {
+          assert.ok(frames !== null);
+          for (let i = 0; i < count; i++) {
+            const f = data.subarray(frames[2 * i]!, frames[2 * i + 1]!).toString();
+            got.push(f);
+            if (f === "HDR") {
+              // Switch to 4-byte frames; the rest of this read must not wait for more data.
+              c.setFraming(2, 4, 0);
+              break;
+            }
+            if (f === "PAUSE") {
+              c.setFraming(2, 2, 0);
+              c.readStop();
+              break;
+            }
+          }
+        },
+      });
+      c.readStart();
+    });
+    const client = await Client.tcp(port);
+    client.socket.write("HDR\nabcdefgh");
+    await until(() => got.length === 3, "3 frames");
+    assert.deepEqual(got, ["HDR", "abcd", "efgh"]);
+    conn.setFraming(1, Buffer.from("\n"), 1024);
+    client.socket.write("PAUSE\nxxyy");
+    await until(() => got.length === 4, "PAUSE");
+    await sleep(50);
+    assert.deepEqual(got.slice(3), ["PAUSE"], "nothing delivered while paused");
+    conn.readStart();
+    await until(() => got.length === 6, "frames after readStart");
+    assert.deepEqual(got.slice(4), ["xx", "yy"]);
+    client.socket.destroy();
+  });
+
+  test("overflow: count -1 with data at the oversized frame, then raw", async () => {
+    const { rec, port } = frameRecorder(1, Buffer.from("\n"), 10);
+    const c = await Client.tcp(port);
+    c.socket.write("short\n" + "x".repeat(50));
+    await until(() => rec.calls.some((k) => k.count === -1), "overflow");
+    assert.deepEqual(rec.frames, ["short"]);
+    const ov = rec.calls.find((k) => k.count === -1)!;
+    assert.equal(ov.data.toString(), "x".repeat(50));
+    assert.equal(ov.frames[0], 0);
+    c.socket.write("after\n");
+    await until(() => rec.raw.length > 0, "raw read");
+    assert.equal(Buffer.concat(rec.raw).toString(), "after\n");
+    c.socket.destroy();
+  });
+
+  test("overflow of a complete frame longer than the limit; never buffers past limit + one read", async () => {
+    const { rec, port } = frameRecorder(1, Buffer.from("\n"), 10);
+    const c = await Client.tcp(port);
+    c.socket.write("0123456789ABCDEF\nok\n");
+    await until(() => rec.calls.length === 1, "overflow");
+    assert.equal(rec.calls[0]!.count, -1);
+    assert.equal(rec.calls[0]!.data.toString(), "0123456789ABCDEF\nok\n");
+    c.socket.destroy();
+
+    // Trickled: the overflow is reported as soon as the frame passes the limit.
+    const t2 = frameRecorder(1, Buffer.from("\r\n"), 4);
+    const c2 = await Client.tcp(t2.port);
+    await c2.trickle("abcde\r");
+    await until(() => t2.rec.calls.length === 1, "overflow 2");
+    assert.equal(t2.rec.calls[0]!.count, -1);
+    // 5 bytes with a possible delimiter start: "abcde" + "\r" is 6 > 4 + 1.
+    assert.equal(t2.rec.calls[0]!.data.toString(), "abcde\r");
+    c2.socket.destroy();
+  });
+
+  test("partial writes: 64 MiB to a slow reader returns > 0, onWritten later, bytes in order", async () => {
+    const big = randomBytes(64 * 1024 * 1024);
+    let left = -1;
+    let pendingAfter = -1;
+    let written = 0;
+    let conn!: NativeConn;
+    const { port } = listen((c) => {
+      conn = c;
+      on(c, { written: () => written++ });
+    });
+    const client = await Client.tcp(port);
+    client.socket.pause();
+    await until(() => conn !== undefined, "accept");
+    left = conn.write(big);
+    pendingAfter = conn.pendingBytes();
+    assert.ok(left > 0, "the socket cannot take 64 MiB at once");
+    // uv_write itself may already push a little more out: pendingBytes() is the live figure.
+    assert.ok(pendingAfter > 0 && pendingAfter <= left, `${pendingAfter} <= ${left}`);
+    await sleep(200);
+    assert.equal(written, 0, "no onWritten while the reader is paused");
+    client.socket.resume();
+    const received = await client.waitFor(big.length, 120_000); // generous: valgrind runs are slow
+    await until(() => written === 1, "onWritten");
+    assert.equal(received.length, big.length);
+    assert.equal(sha(received), sha(big));
+    assert.equal(conn.pendingBytes(), 0);
+    // A small write now goes out at once: 0 left, no onWritten.
+    assert.equal(conn.write(Buffer.from("!")), 0);
+    await client.waitFor(big.length + 1);
+    await sleep(20);
+    assert.equal(written, 1);
+    client.socket.destroy();
+  });
+
+  test("writev and write keep their order, queued or not", async () => {
+    let conn!: NativeConn;
+    let writtenCalls = 0;
+    const { port } = listen((c) => {
+      conn = c;
+      on(c, { written: () => writtenCalls++ });
+    });
+    const client = await Client.tcp(port);
+    client.socket.pause();
+    await until(() => conn !== undefined, "accept");
+    const parts: Buffer[] = [];
+    for (let i = 0; i < 40; i++) parts.push(Buffer.alloc(256 * 1024 + i, i)); // 10 MiB: more than the socket takes
+    let queued = 0;
+    queued += conn.writev(parts.slice(0, 20));
+    queued += conn.write(parts[20]!);
+    queued += conn.writev(parts.slice(21, 39));
+    queued += conn.writev([]);
+    queued += conn.write(parts[39]!);
+    assert.ok(queued > 0);
+    client.socket.resume();
+    const all = Buffer.concat(parts);
+    const got = await client.waitFor(all.length, 120_000);
+    assert.equal(sha(got), sha(all));
+    await until(() => writtenCalls === 1, "onWritten once");
+    assert.throws(() => conn.writev(["nope" as unknown as Buffer]), {
+      name: "TypeError",
+      message: /element 0/,
+    });
+    assert.throws(() => conn.write("nope" as unknown as Buffer), {
+      name: "TypeError",
+      message: /write\(\) expects a Buffer/,
+    });
+    client.socket.destroy();
+  });
+
+  test("shutdown: the client sees FIN after every byte; writing afterwards throws", async () => {
+    const payload = randomBytes(4 * 1024 * 1024);
+    let shutdownDone = false;
+    let conn!: NativeConn;
+    const { port } = listen((c) => {
+      conn = c;
+      on(c, { shutdown: () => (shutdownDone = true) });
+      c.write(payload);
+      c.shutdown();
+      c.shutdown(); // idempotent
+    });
+    const client = await Client.tcp(port);
+    await until(() => client.ended, "FIN", 120_000);
+    assert.equal(sha(client.received), sha(payload));
+    await until(() => shutdownDone, "onShutdown");
+    assert.throws(() => conn.write(Buffer.from("late")), { code: "ERR_STREAM_WRITE_AFTER_END" });
+    // Half-open: the server can still read.
+    let got = "";
+    on(conn, { read: (d) => (got += d.toString()), end: () => conn.close() });
+    conn.readStart();
+    client.socket.end("bye");
+    await until(() => got === "bye" && client.closed, "half-open read");
+  });
+
+  test("peer reset -> onError ECONNRESET (read)", async () => {
+    let error: [string, string] | null = null;
+    const { port } = listen((c) => {
+      on(c, {
+        error: (code, syscall) => {
+          error = [code, syscall];
+          c.close();
+        },
+      });
+      c.readStart();
+    });
+    const client = await Client.tcp(port);
+    client.socket.write("x");
+    await sleep(20);
+    client.socket.resetAndDestroy();
+    await until(() => error !== null, "onError");
+    assert.deepEqual(error, ["ECONNRESET", "read"]);
+  });
+
+  test("writing to a reset peer reports onError(write), asynchronously", async () => {
+    const errors: Array<[string, string]> = [];
+    let conn!: NativeConn;
+    const { port } = listen((c) => {
+      conn = c;
+      on(c, { error: (code, syscall) => errors.push([code, syscall]) });
+    });
+    const client = await Client.tcp(port);
+    await until(() => conn !== undefined, "accept");
+    client.socket.resetAndDestroy();
+    await sleep(50);
+    // Not reading, so the reset is found by writing.
+    for (let i = 0; i < 5 && errors.length === 0; i++) {
+      conn.write(Buffer.alloc(1024));
+      assert.equal(errors.length, 0, "never inside write()");
+      await sleep(20);
+    }
+    await until(() => errors.length > 0, "write error");
+    assert.equal(errors[0]![1], "write");
+    assert.ok(["ECONNRESET", "EPIPE"].includes(errors[0]![0]), errors[0]![0]);
+    assert.equal(errors.length, 1, "reported once");
+    conn.close();
+  });
+
+  test("close() inside onRead: no more reads, exactly one onClose, nothing leaks", async () => {
+    let reads = 0;
+    let closes = 0;
+    let conn!: NativeConn;
+    const { port } = listen((c) => {
+      conn = c;
+      c.setFraming(1, Buffer.from("\n"), 100);
+      on(c, {
+        read(_data, _frames, count) {
+          reads++;
+          assert.equal(count, 3);
+          c.close();
+          c.close();
+          c.resetFraming(); // no-ops after close
+          c.readStart();
+          assert.throws(() => c.write(Buffer.from("x")), { code: "ERR_STREAM_DESTROYED" });
+        },
+        close: () => closes++,
+      });
+      c.readStart();
+    });
+    const client = await Client.tcp(port);
+    client.socket.write("1\n2\n3\n4");
+    await until(() => closes === 1 && client.ended, "closed");
+    assert.equal(reads, 1);
+    assert.equal(closedCount.get(conn), 1);
+  });
+
+  test("close() inside onClose/onEnd/onConnect is harmless", async () => {
+    let closes = 0;
+    const { port } = listen((c) => {
+      on(c, {
+        end: () => {
+          c.close();
+          c.close();
+        },
+        close: () => {
+          closes++;
+          c.close();
+        },
+      });
+      c.readStart();
+    });
+    let clientCloses = 0;
+    const client = on(addon().connectTcp("127.0.0.1", port), {
+      connect: () => {
+        client.shutdown();
+        client.readStart();
+      },
+      end: () => client.close(),
+      close: () => {
+        clientCloses++;
+        client.close();
+      },
+    });
+    await until(() => closes === 1 && clientCloses === 1, "both closed");
+  });
+
+  test("connectTcp: refused -> onConnect ECONNREFUSED, asynchronously", async () => {
+    const probe = net.createServer();
+    await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+    const port = (probe.address() as net.AddressInfo).port;
+    await new Promise<void>((resolve) => probe.close(() => resolve()));
+    let result: string | null | undefined;
+    let closed = false;
+    const conn = on(addon().connectTcp("127.0.0.1", port), {
+      connect: (code) => {
+        result = code;
+        conn.close();
+      },
+      close: () => (closed = true),
+    });
+    assert.equal(result, undefined, "not inside connectTcp()");
+    await until(() => closed, "closed");
+    assert.equal(result, "ECONNREFUSED");
+  });
+
+  test("connectTcp to an unroutable address reports through onConnect, never by throwing", async () => {
+    let result: string | null | undefined;
+    let closed = false;
+    // Port 0 cannot be connected to: the error comes from connect(2) at once.
+    const conn = on(addon().connectTcp("127.0.0.1", 0), {
+      connect: (code) => {
+        result = code;
+        conn.close();
+      },
+      close: () => (closed = true),
+    });
+    assert.equal(result, undefined);
+    await until(() => closed, "closed");
+    assert.equal(typeof result, "string");
+    assert.throws(() => addon().connectTcp("not-an-ip", 80), { name: "TypeError" });
+  });
+
+  test("connectTcp success: addresses match the server's view, echo round trip", async () => {
+    const server = net.createServer((s) => {
+      s.on("data", (d) => s.write(d));
+      s.on("end", () => s.end());
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server.address() as net.AddressInfo).port;
+    let serverSawPort: number | undefined;
+    server.once("connection", (sock: net.Socket) => (serverSawPort = sock.remotePort));
+    let connected: string | null | undefined;
+    let got = "";
+    let ended = false;
+    let local = null as ReturnType<NativeConn["address"]>;
+    const conn = on(addon().connectTcp("127.0.0.1", port), {
+      connect: (code) => {
+        connected = code;
+        local = conn.address();
+        conn.readStart();
+        assert.equal(conn.write(Buffer.from("ping")), 0);
+      },
+      read: (d) => {
+        got += d.toString();
+        if (got === "ping") conn.shutdown();
+      },
+      end: () => {
+        ended = true;
+        conn.close();
+      },
+    });
+    try {
+      await until(() => ended, "end");
+      assert.equal(connected, null);
+      assert.equal(got, "ping");
+      assert.ok(local !== null && "port" in local);
+      assert.equal(local.port, serverSawPort);
+    } finally {
+      server.close();
+    }
+  });
+
+  test("address / peerAddress / fd / options on both ends", async () => {
+    let accepted!: NativeConn;
+    const { port } = listen((c) => {
+      accepted = c;
+    });
+    let connected = false;
+    const client = on(addon().connectTcp("127.0.0.1", port), { connect: () => (connected = true) });
+    await until(() => connected && accepted !== undefined, "connected");
+    const ca = client.address();
+    const cp = client.peerAddress();
+    const sa = accepted.address();
+    const sp = accepted.peerAddress();
+    assert.deepEqual(cp, { address: "127.0.0.1", port, family: 4 });
+    assert.deepEqual(sa, { address: "127.0.0.1", port, family: 4 });
+    assert.deepEqual(sp, ca);
+    assert.ok(client.fd > 2 && accepted.fd > 2 && client.fd !== accepted.fd);
+    accepted.setNoDelay(false);
+    accepted.setNoDelay(true);
+    accepted.setKeepAlive(true, 30);
+    accepted.setKeepAlive(true, 0);
+    accepted.setKeepAlive(false);
+    assert.throws(() => accepted.setKeepAlive("yes" as unknown as boolean), { name: "TypeError" });
+    client.close();
+    accepted.close();
+    await until(() => closedCount.get(client) === 1 && closedCount.get(accepted) === 1, "closed");
+  });
+
+  test("EADDRINUSE carries .code and .syscall", () => {
+    const { port } = listen(() => {});
+    assert.throws(() => addon().listenTcp("127.0.0.1", port, 511, false), (err: NodeJS.ErrnoException) => {
+      assert.equal(err.code, "EADDRINUSE");
+      assert.ok(err.syscall === "listen" || err.syscall === "bind");
+      assert.match(err.message, /EADDRINUSE/);
+      return true;
+    });
+    assert.throws(() => addon().listenTcp("999.1.1.1", 0, 511, false), { code: "EINVAL" });
+    const dir = mkdtempSync(join(tmpdir(), "pants-native-"));
+    try {
+      const path = join(dir, "dup.sock");
+      const s = addon().listenPipe(path, 1);
+      assert.throws(() => addon().listenPipe(path, 1), { code: "EADDRINUSE", syscall: "bind" });
+      s.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a callback that throws goes to onUncaught and nothing breaks", async () => {
+    const before = uncaught.length;
+    let closes = 0;
+    const { port } = listen((c) => {
+      on(c, {
+        read: (d) => {
+          c.write(d);
+          throw new Error("boom in onRead");
+        },
+        close: () => closes++,
+      });
+      c.readStart();
+    });
+    const client = await Client.tcp(port);
+    client.socket.write("still echoed");
+    assert.equal((await client.waitFor(12)).toString(), "still echoed");
+    await until(() => uncaught.length > before, "onUncaught");
+    assert.match(String((uncaught[before] as Error).message), /boom in onRead/);
+    client.socket.destroy();
+  });
+
+  test("objects cannot be constructed or misused from JS", () => {
+    const { server } = listen(() => {});
+    const Ctor = server.constructor as new () => unknown;
+    assert.throws(() => new Ctor(), { name: "TypeError" });
+    const fakeConn = Object.create(Object.getPrototypeOf(server)) as NativeServer;
+    assert.throws(() => fakeConn.close(), { name: "TypeError" });
+  });
+
+  test("unref'd server and connections let the process exit (also tears down open handles)", () => {
+    const addonPath = join(process.cwd(), "build", "Release", "pants_native.node");
+    const script = `
+      const n = require(${JSON.stringify(addonPath)});
+      const noop = () => {};
+      let accepted = null;
+      n.init({ onConnection(s, c) { accepted = c; c.unref(); c.readStart(); }, onRead: noop, onEnd: noop,
+        onError: noop, onWritten: noop, onConnect(c) { c.readStart(); c.unref(); console.log("connected"); },
+        onClose: noop, onUncaught(e) { console.error(e); process.exitCode = 1; } });
+      const s = n.listenTcp("127.0.0.1", 0, 16, false);
+      const port = s.address().port;
+      s.unref();
+      n.connectTcp("127.0.0.1", port);
+      process.on("exit", () => console.log("exit", accepted !== null));
+    `;
+    const r = spawnSync(process.execPath, ["-e", script], { timeout: 10_000, encoding: "utf8" });
+    assert.equal(r.signal, null, "the process exits by itself");
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /connected/);
+    assert.match(r.stdout, /exit true/);
+
+    const refScript = script.replace('c.readStart(); c.unref();', "c.readStart();");
+    assert.notEqual(refScript, script);
+    const r2 = spawnSync(process.execPath, ["-e", refScript], { timeout: 1500, encoding: "utf8" });
+    assert.equal(r2.signal, "SIGTERM", "a ref'd connection keeps the process alive");
+  });
+
+  test("a worker that exits with open handles tears down cleanly", async () => {
+    const addonPath = join(process.cwd(), "build", "Release", "pants_native.node");
+    const code = `
+      const { parentPort } = require("node:worker_threads");
+      const n = require(${JSON.stringify(addonPath)});
+      const noop = () => {};
+      n.init({ onConnection(s, c) { c.readStart(); c.write(Buffer.alloc(8 << 20)); }, onRead: noop, onEnd: noop,
+        onError: noop, onWritten: noop, onConnect(c) { parentPort.postMessage("connected"); },
+        onClose: noop, onUncaught: noop });
+      const s = n.listenTcp("127.0.0.1", 0, 16, false);
+      n.connectTcp("127.0.0.1", s.address().port);
+    `;
+    for (let i = 0; i < 3; i++) {
+      const w = new Worker(code, { eval: true });
+      await new Promise<void>((resolve, reject) => {
+        w.once("message", () => resolve());
+        w.once("error", reject);
+      });
+      await sleep(20);
+      const exitCode = await w.terminate();
+      assert.equal(exitCode, 1);
+    }
+  });
+
+  test("leak check: 2000 accept / echo / close cycles, one onClose each, bounded RSS", async () => {
+    const N = 2000;
+    const accepted: NativeConn[] = [];
+    let serverCloses = 0;
+    const { port } = listen((c) => {
+      accepted.push(c);
+      on(c, {
+        read: (d) => c.write(d),
+        end: () => c.close(),
+        close: () => serverCloses++,
+      });
+      c.setFraming(1, Buffer.from("\n"), 1024);
+      c.setFraming(0, null, 0);
+      c.readStart();
+    });
+    const msg = Buffer.from("x".repeat(200) + "\n");
+    async function cycle(): Promise<void> {
+      await new Promise<void>((resolve, reject) => {
+        const s = net.connect({ port, host: "127.0.0.1" });
+        let got = 0;
+        s.on("connect", () => s.write(msg));
+        s.on("data", (d) => {
+          got += d.length;
+          if (got >= msg.length) s.end();
+        });
+        s.on("close", () => resolve());
+        s.on("error", reject);
+      });
+    }
+    // Warm up, then measure.
+    for (let i = 0; i < 200; i++) await cycle();
+    await until(() => serverCloses === 200, "warm-up closes");
+    const rss0 = process.memoryUsage().rss;
+    const parallel = 20;
+    for (let i = 0; i < N; i += parallel) await Promise.all(Array.from({ length: parallel }, () => cycle()));
+    await until(() => serverCloses === N + 200, "all closes");
+    const rss1 = process.memoryUsage().rss;
+    assert.equal(accepted.length, N + 200);
+    for (const c of accepted) assert.equal(closedCount.get(c), 1);
+    const growth = rss1 - rss0;
+    assert.ok(growth < 64 * 1024 * 1024, `RSS grew by ${(growth / 1048576).toFixed(1)} MiB`);
+  });
+});
