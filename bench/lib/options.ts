@@ -1,0 +1,108 @@
+/** Command-line options of `npm run bench` (bench/run.ts). */
+import { parseArgs } from "node:util";
+
+export interface Options {
+  readonly quick: boolean;
+  readonly reps: number;
+  /** Measured seconds per run. */
+  readonly duration: number;
+  /** Warm-up seconds per run (load, not measured). */
+  readonly warmup: number;
+  /** Scenario names or group prefixes to run; null: all. */
+  readonly only: readonly string[] | null;
+  readonly json: string | null;
+  readonly native: boolean;
+  /** Key type of the throwaway TLS certificate. */
+  readonly cert: "rsa" | "ec";
+  /** Drive the TLS scenarios with the Node TLS client even when loadgen speaks TLS. */
+  readonly nodeTlsClient: boolean;
+  readonly pin: boolean;
+  readonly list: boolean;
+  readonly help: boolean;
+  /** Connections held by the idle-memory scenario. */
+  readonly idleConns: number;
+  /** Seconds per framing micro-benchmark measurement. */
+  readonly framingSecs: number;
+  /** Seconds to let a server settle before reading its RSS. */
+  readonly settle: number;
+}
+
+export const USAGE = `usage: npm run bench -- [options]
+
+  --quick             1 repetition, 1 s runs, 1 000 idle connections (a smoke run, < 1 min)
+  -r, --reps N        repetitions per scenario and side (default 3); the median is reported
+  -d, --duration S    measured seconds per run (default 5)
+  -w, --warmup S      warm-up seconds before each measured window (default 1)
+  --only A,B,...      scenarios to run: names, or group prefixes (pingpong, tls, framing, ...)
+  --list              list the scenarios and exit
+  --json FILE         also write every measurement and the summary as JSON
+  --idle-conns N      connections in the idle-memory scenario (default 10 000)
+  --no-pin            do not pin the server and the load generator to CPUs
+  --cert rsa|ec       the throwaway TLS certificate: RSA-2048 (default) or EC P-256
+  --node-tls-client   drive the TLS scenarios with the Node client even when loadgen has OpenSSL
+  --native            reserved (ignored for now)
+  -h, --help          this text`;
+
+function positive(name: string, raw: string | undefined, fallback: number, integer: boolean): number {
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
+    throw new RangeError(`${name} wants a positive ${integer ? "integer" : "number"}, got ${JSON.stringify(raw)}`);
+  }
+  return n;
+}
+
+export function parseOptions(argv: readonly string[]): Options {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: {
+      quick: { type: "boolean", default: false },
+      reps: { type: "string", short: "r" },
+      duration: { type: "string", short: "d" },
+      warmup: { type: "string", short: "w" },
+      only: { type: "string" },
+      json: { type: "string" },
+      native: { type: "boolean", default: false },
+      "node-tls-client": { type: "boolean", default: false },
+      cert: { type: "string", default: "rsa" },
+      "no-pin": { type: "boolean", default: false },
+      list: { type: "boolean", default: false },
+      "idle-conns": { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  const quick = values.quick === true;
+  const duration = positive("--duration", values.duration, quick ? 1 : 5, false);
+  let warmup = quick ? 0.2 : 1;
+  if (values.warmup !== undefined) {
+    warmup = Number(values.warmup);
+    if (!Number.isFinite(warmup) || warmup < 0) throw new RangeError(`--warmup wants seconds >= 0, got ${JSON.stringify(values.warmup)}`);
+  }
+  if (values.cert !== "rsa" && values.cert !== "ec") throw new RangeError(`--cert wants rsa or ec, got ${JSON.stringify(values.cert)}`);
+  const only =
+    values.only === undefined
+      ? null
+      : values.only
+          .split(",")
+          .map((s) => s.trim())
+          .filter((s) => s !== "");
+  return {
+    quick,
+    reps: positive("--reps", values.reps, quick ? 1 : 3, true),
+    duration,
+    warmup,
+    only: only !== null && only.length > 0 ? only : null,
+    json: values.json ?? null,
+    native: values.native === true,
+    nodeTlsClient: values["node-tls-client"] === true,
+    cert: values.cert,
+    pin: values["no-pin"] !== true,
+    list: values.list === true,
+    help: values.help === true,
+    idleConns: positive("--idle-conns", values["idle-conns"], quick ? 1000 : 10_000, true),
+    framingSecs: quick ? 0.2 : Math.min(2, duration),
+    settle: quick ? 0.2 : 1.5,
+  };
+}

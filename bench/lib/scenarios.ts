@@ -1,0 +1,468 @@
+/**
+ * The benchmark scenarios. Each measures one side (raw node or pants-ts)
+ * once: a fresh server process, one load run against it, one Sample.
+ */
+import { LiveProcess, cpuSeconds, machineCpu, parseResultLine, rssKiB, runToEnd } from "./proc.js";
+import type { Finished, Placement } from "./proc.js";
+import type { Options } from "./options.js";
+import { CASES } from "../framing/cases.js";
+
+export type Side = "raw" | "pants";
+export const SIDES: readonly Side[] = ["raw", "pants"];
+export const SIDE_LABEL: Record<Side, string> = { raw: "raw node", pants: "pants-ts" };
+
+/** One measurement of one side. CPU figures are percent of one core. */
+export interface Sample {
+  readonly value: number;
+  readonly p50Us?: number;
+  readonly p99Us?: number;
+  /** The server, over the measured window. */
+  readonly serverCpu?: number;
+  /** The load generator, over the measured window. */
+  readonly clientCpu?: number;
+  /** Everything else on the machine while the load ran (noise). */
+  readonly foreignCpu?: number;
+  /** CPU time the hypervisor took from this machine while the load ran (noise). */
+  readonly stealCpu?: number;
+  readonly errors: number;
+  /** Scenario-specific figures (see Scenario.extras). */
+  readonly extra: Record<string, number>;
+}
+
+type MutableSample = { -readonly [K in keyof Sample]: Sample[K] };
+
+/** A secondary figure shown in a scenario's table. */
+export interface ExtraColumn {
+  readonly key: string;
+  readonly label: string;
+  readonly digits?: number;
+}
+
+export interface Paths {
+  /** The repository root. */
+  readonly root: string;
+  /** The compiled C load generator ("" when it could not be built). */
+  readonly loadgen: string;
+  readonly rawServer: string;
+  readonly pantsServer: string;
+  readonly tlsClient: string;
+  readonly framing: string;
+}
+
+export interface Context {
+  readonly options: Options;
+  readonly paths: Paths;
+  /** The C load generator was built with OpenSSL (-t works); else TLS load comes from the Node client. */
+  readonly loadgenTls: boolean;
+  readonly placement: Placement;
+  /** wrk, when installed. */
+  readonly wrk: string | null;
+  /** The throwaway certificate, made before the first scenario that needs it. */
+  readonly tls: { readonly cert: string; readonly key: string } | null;
+  /** Children to stop if the run is interrupted. */
+  readonly live: Set<LiveProcess>;
+}
+
+export type Requirement = "loadgen" | "tls";
+
+export interface Scenario {
+  readonly name: string;
+  readonly title: string;
+  /** Unit of the headline value. */
+  readonly unit: string;
+  readonly lowerIsBetter?: boolean;
+  readonly needs: readonly Requirement[];
+  readonly extras?: readonly ExtraColumn[];
+  /** An extra figure that must be equal for both sides (a checksum of what was framed). */
+  readonly sameOnBothSides?: string;
+  /** The load generator command, for the report. */
+  client(ctx: Context): string;
+  measure(side: Side, ctx: Context): Promise<Sample>;
+}
+
+export const HOST = "127.0.0.1";
+type ServerJob = "echo-line" | "echo-raw" | "http" | "tls-echo-line" | "tls-echo-raw";
+
+// ---------------------------------------------------------------- helpers
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+interface RunningServer {
+  readonly pid: number;
+  readonly port: number;
+}
+
+/** Starts a fresh server for one measurement, runs `body`, and always stops the server. */
+async function withServer<T>(side: Side, job: ServerJob, ctx: Context, body: (server: RunningServer) => Promise<T>): Promise<T> {
+  const script = side === "raw" ? ctx.paths.rawServer : ctx.paths.pantsServer;
+  const env: NodeJS.ProcessEnv = { ...process.env, PORT: "0", HOST, SCENARIO: job };
+  if (ctx.tls !== null) {
+    env["TLS_CERT"] = ctx.tls.cert;
+    env["TLS_KEY"] = ctx.tls.key;
+  }
+  const proc = new LiveProcess([process.execPath, script], ctx.placement.serverCpu, env);
+  ctx.live.add(proc);
+  try {
+    const ready = await proc.waitForLine("READY ", 15_000, `${SIDE_LABEL[side]} server (${job})`);
+    const port = Number(ready.split(" ")[1]);
+    if (!Number.isInteger(port) || port <= 0) throw new Error(`bad READY line from the server: ${ready}`);
+    return await body({ pid: proc.pid, port });
+  } finally {
+    await proc.stop();
+    ctx.live.delete(proc);
+  }
+}
+
+interface Noise {
+  foreignCpu?: number;
+  stealCpu?: number;
+}
+
+/**
+ * Runs a load generator to its end, pinned to the client CPU, and measures
+ * what else the machine did meanwhile: all task CPU time minus the server's
+ * and the client's own (`clientCpuSeconds` reads it from the client's output).
+ */
+async function observedRun(
+  ctx: Context,
+  argv: readonly string[],
+  serverPid: number | null,
+  timeoutMs: number,
+  clientCpuSeconds: (done: Finished) => number | null,
+  cpu: number | null = ctx.placement.clientCpu,
+): Promise<{ done: Finished; noise: Noise }> {
+  const machine0 = machineCpu();
+  const server0 = serverPid === null ? 0 : cpuSeconds(serverPid);
+  const done = await runToEnd(argv, { cpu, timeoutMs });
+  const machine1 = machineCpu();
+  const server1 = serverPid === null ? 0 : cpuSeconds(serverPid);
+  const noise: Noise = {};
+  if (machine0 !== null && machine1 !== null && done.seconds > 0) {
+    noise.stealCpu = (100 * (machine1.steal - machine0.steal)) / done.seconds;
+    const client = done.code === 0 ? clientCpuSeconds(done) : null;
+    if (client !== null && server0 !== null && server1 !== null) {
+      const others = machine1.tasks - machine0.tasks - (server1 - server0) - client;
+      noise.foreignCpu = Math.max(0, (100 * others) / done.seconds);
+    }
+  }
+  return { done, noise };
+}
+
+function failure(what: string, done: Finished): Error {
+  return new Error(`${what} failed (${done.code === null ? `killed by ${String(done.signal)}` : `exit ${done.code}`}): ${done.stderr.trim().slice(-400)}`);
+}
+
+/** The cli_total_s field of a RESULT line: the client's CPU seconds over its life. */
+function resultCpu(done: Finished): number | null {
+  try {
+    const v = parseResultLine(done.stdout)["cli_total_s"];
+    return typeof v === "number" ? v : null;
+  } catch {
+    return null;
+  }
+}
+
+function num(result: Record<string, number | string>, key: string): number {
+  const v = result[key];
+  if (typeof v !== "number") throw new Error(`the load generator reported no numeric ${key}`);
+  return v;
+}
+
+/** A Sample from a RESULT line whose headline is `key`. */
+function sampleOf(result: Record<string, number | string>, key: string, noise: Noise): Sample {
+  const errors = ["errors", "proto_errors", "connect_failures"].reduce((sum, k) => sum + (typeof result[k] === "number" ? (result[k] as number) : 0), 0);
+  const sample: MutableSample = { value: num(result, key), errors, extra: {}, ...noise };
+  if (typeof result["p50_us"] === "number") sample.p50Us = result["p50_us"];
+  if (typeof result["p99_us"] === "number") sample.p99Us = result["p99_us"];
+  // Reported as -1 when unknown.
+  if (typeof result["srv_cpu"] === "number" && result["srv_cpu"] >= 0) sample.serverCpu = result["srv_cpu"];
+  if (typeof result["cli_cpu"] === "number" && result["cli_cpu"] >= 0) sample.clientCpu = result["cli_cpu"];
+  return sample;
+}
+
+/** Runs the C load generator in a timed mode against `server`. */
+async function loadgen(ctx: Context, server: RunningServer, args: readonly string[], key: string): Promise<Sample> {
+  const { duration, warmup } = ctx.options;
+  const argv = [ctx.paths.loadgen, "-h", HOST, "-p", String(server.port), "-d", String(duration), "-w", String(warmup), "-P", String(server.pid), ...args];
+  const { done, noise } = await observedRun(ctx, argv, server.pid, (duration + warmup + 45) * 1000, resultCpu);
+  if (done.code !== 0) throw failure(`loadgen ${args.join(" ")}`, done);
+  return sampleOf(parseResultLine(done.stdout), key, noise);
+}
+
+/** Runs the Node TLS load generator (the fallback without an OpenSSL loadgen) against `server`. */
+async function nodeTlsClient(ctx: Context, server: RunningServer, args: readonly string[], key: string): Promise<Sample> {
+  const { duration, warmup } = ctx.options;
+  const argv = [process.execPath, ctx.paths.tlsClient, "--port", String(server.port), "--server-pid", String(server.pid), "--duration", String(duration), "--warmup", String(warmup), ...args];
+  const { done, noise } = await observedRun(ctx, argv, server.pid, (duration + warmup + 45) * 1000, resultCpu);
+  if (done.code !== 0) throw failure(`tls-client ${args.join(" ")}`, done);
+  return sampleOf(parseResultLine(done.stdout), key, noise);
+}
+
+// ------------------------------------------------------- socket scenarios
+
+const LINE = 64;
+
+function loadgenScenario(name: string, title: string, unit: string, job: ServerJob, args: readonly (string | number)[], key: string): Scenario {
+  const argv = args.map(String);
+  return {
+    name,
+    title,
+    unit,
+    needs: ["loadgen"],
+    client: () => `loadgen ${argv.join(" ")}`,
+    measure: (side, ctx) => withServer(side, job, ctx, (server) => loadgen(ctx, server, argv, key)),
+  };
+}
+
+const pingpong = (conns: number) =>
+  loadgenScenario(
+    `pingpong-${conns}`,
+    `line echo ping-pong, ${conns} connection${conns === 1 ? "" : "s"}, ${LINE}-byte lines, one in flight each`,
+    "msgs/s",
+    "echo-line",
+    ["-m", "pingpong", "-c", conns, "-s", LINE],
+    "rate",
+  );
+
+const pipelined = loadgenScenario(
+  "pipelined",
+  `line echo, 50 connections, 16 ${LINE}-byte lines sent at once, then the 16 replies awaited`,
+  "msgs/s",
+  "echo-line",
+  ["-m", "pipeline", "-c", 50, "-k", 16, "-s", LINE],
+  "rate",
+);
+
+const bulk = loadgenScenario(
+  "bulk",
+  "raw echo throughput, 4 connections, 64 KiB writes, at most 256 KiB in flight per connection",
+  "MB/s",
+  "echo-raw",
+  ["-m", "bulk", "-c", 4, "-b", 65536, "-W", 262144],
+  "mbps",
+);
+
+const churn = loadgenScenario(
+  "churn",
+  "connection churn, 50 at once: connect, one line, its echo, close",
+  "conns/s",
+  "echo-line",
+  ["-m", "churn", "-c", 50, "-s", LINE, "-S", 64],
+  "rate",
+);
+
+// ------------------------------------------------------------------- http
+
+/** bash's `times` (last line: the children's user and system time), from the end of stdout. */
+function childrenCpuSeconds(done: Finished): number | null {
+  const lines = done.stdout.trim().split("\n");
+  const match = /^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/.exec(lines[lines.length - 1]?.trim() ?? "");
+  if (!match) return null;
+  return Number(match[1]) * 60 + Number(match[2]) + Number(match[3]) * 60 + Number(match[4]);
+}
+
+function wrkLatencyUs(out: string, percentile: string): number | undefined {
+  const match = new RegExp(`^\\s+${percentile}%\\s+([\\d.]+)(us|ms|s)\\s*$`, "m").exec(out);
+  if (!match) return undefined;
+  return Number(match[1]) * ({ us: 1, ms: 1e3, s: 1e6 } as Record<string, number>)[match[2]!]!;
+}
+
+async function runWrk(ctx: Context, server: RunningServer, seconds: number): Promise<Sample> {
+  const url = `http://${HOST}:${server.port}/`;
+  // wrk reports no CPU time: bash's `times` prints its children's after it exits.
+  const argv = ["bash", "-c", 'wrk "$@"; rc=$?; times; exit $rc', "wrk", "-t1", "-c50", `-d${seconds}s`, "--latency", url];
+  const cpu0 = cpuSeconds(server.pid);
+  const { done, noise } = await observedRun(ctx, argv, server.pid, (seconds + 45) * 1000, childrenCpuSeconds);
+  const cpu1 = cpuSeconds(server.pid);
+  if (done.code !== 0) throw failure("wrk", done);
+  const rps = /Requests\/sec:\s+([\d.]+)/.exec(done.stdout);
+  if (!rps) throw new Error(`cannot read wrk's output: ${done.stdout.slice(-400)}`);
+  let errors = 0;
+  const socketErrors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(done.stdout);
+  if (socketErrors) errors += socketErrors.slice(1).reduce((sum, v) => sum + Number(v), 0);
+  const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(done.stdout);
+  if (non2xx) errors += Number(non2xx[1]);
+  const sample: MutableSample = { value: Number(rps[1]), errors, extra: {}, ...noise };
+  const p50 = wrkLatencyUs(done.stdout, "50");
+  const p99 = wrkLatencyUs(done.stdout, "99");
+  if (p50 !== undefined) sample.p50Us = p50;
+  if (p99 !== undefined) sample.p99Us = p99;
+  if (cpu0 !== null && cpu1 !== null) sample.serverCpu = (100 * (cpu1 - cpu0)) / done.seconds;
+  const clientSeconds = childrenCpuSeconds(done);
+  if (clientSeconds !== null) sample.clientCpu = (100 * clientSeconds) / done.seconds;
+  return sample;
+}
+
+const HTTP_FALLBACK = ["-m", "pingpong", "-H", "-c", "50"];
+
+const http: Scenario = {
+  name: "http",
+  title: "keep-alive HTTP/1.1, 50 connections, fixed 200 response (requests framed by \\r\\n\\r\\n)",
+  unit: "req/s",
+  needs: [],
+  client: (ctx) => (ctx.wrk !== null ? "wrk -t1 -c50 --latency" : `loadgen ${HTTP_FALLBACK.join(" ")} (HTTP ping-pong: wrk is not installed)`),
+  measure: (side, ctx) =>
+    withServer(side, "http", ctx, async (server) => {
+      if (ctx.wrk === null) {
+        if (ctx.paths.loadgen === "") throw new Error("neither wrk nor the C load generator is available");
+        return loadgen(ctx, server, HTTP_FALLBACK, "rate");
+      }
+      const { duration, warmup } = ctx.options;
+      // wrk counts whole seconds: a separate run warms up when a warm-up of a second or more is asked for.
+      if (warmup >= 1) await runWrk(ctx, server, Math.round(warmup));
+      return runWrk(ctx, server, Math.max(1, Math.round(duration)));
+    }),
+};
+
+// -------------------------------------------------------------------- TLS
+
+/** A TLS scenario: `loadgen -t` when it was built with OpenSSL, else the Node TLS client. */
+function tlsScenario(name: string, title: string, unit: string, job: ServerJob, c: readonly (string | number)[], node: readonly (string | number)[], key: string): Scenario {
+  const cArgs = c.map(String);
+  const nodeArgs = node.map(String);
+  return {
+    name,
+    title,
+    unit,
+    needs: ["tls"],
+    client: (ctx) => (ctx.loadgenTls ? `loadgen -t ${cArgs.join(" ")}` : `node clients/tls-client.js ${nodeArgs.join(" ")} (the Node TLS client)`),
+    measure: (side, ctx) =>
+      withServer(side, job, ctx, (server) => (ctx.loadgenTls ? loadgen(ctx, server, ["-t", ...cArgs], key) : nodeTlsClient(ctx, server, nodeArgs, key))),
+  };
+}
+
+const tlsEcho = tlsScenario(
+  "tls-echo",
+  `line echo ping-pong over TLS, 50 connections, ${LINE}-byte lines`,
+  "msgs/s",
+  "tls-echo-line",
+  ["-m", "pingpong", "-c", 50, "-s", LINE],
+  ["--mode", "pingpong", "--conns", 50, "--size", LINE],
+  "rate",
+);
+
+const tlsBulk = tlsScenario(
+  "tls-bulk",
+  "raw echo throughput over TLS, 4 connections, 64 KiB writes, 256 KiB in flight",
+  "MB/s",
+  "tls-echo-raw",
+  ["-m", "bulk", "-c", 4, "-b", 65536, "-W", 262144],
+  ["--mode", "bulk", "--conns", 4, "--block", 65536, "--window", 262144],
+  "mbps",
+);
+
+const tlsHandshake = tlsScenario(
+  "tls-handshake",
+  "full TLS handshakes (no resumption), 16 at once: connect, handshake, close",
+  "handshakes/s",
+  "tls-echo-line",
+  ["-m", "handshake", "-c", 16],
+  ["--mode", "handshake", "--conns", 16],
+  "rate",
+);
+
+// ------------------------------------------------------------------ memory
+
+const idleMemory: Scenario = {
+  name: "idle-memory",
+  title: "memory per idle connection: server RSS growth / connections held (one line echoed on each first)",
+  unit: "bytes/conn",
+  lowerIsBetter: true,
+  needs: ["loadgen"],
+  extras: [
+    { key: "connections", label: "conns held", digits: 0 },
+    { key: "rssBaseMiB", label: "RSS base MiB", digits: 1 },
+    { key: "rssHeldMiB", label: "RSS held MiB", digits: 1 },
+    { key: "rssAfterMiB", label: "RSS after close MiB", digits: 1 },
+    { key: "setupSecs", label: "setup s", digits: 2 },
+  ],
+  client: (ctx) => `loadgen -m idle -c ${ctx.options.idleConns} -q 256`,
+  measure: (side, ctx) =>
+    withServer(side, "echo-line", ctx, async (server) => {
+      const settleMs = ctx.options.settle * 1000;
+      const target = ["-h", HOST, "-p", String(server.port)];
+      // Warm the code paths with a short ping-pong, then take the baseline.
+      const warm = await runToEnd([ctx.paths.loadgen, "-m", "pingpong", ...target, "-c", "1", "-d", "0.2", "-w", "0"], { cpu: ctx.placement.clientCpu, timeoutMs: 30_000 });
+      if (warm.code !== 0) throw failure("the warm-up ping-pong", warm);
+      await sleep(settleMs);
+      const rss0 = rssKiB(server.pid);
+      const conns = ctx.options.idleConns;
+      const hold = new LiveProcess([ctx.paths.loadgen, "-m", "idle", ...target, "-c", String(conns), "-q", "256", "-T", "300"], ctx.placement.clientCpu, process.env);
+      ctx.live.add(hold);
+      try {
+        const ready = await hold.waitForLine("READY ", 120_000, "idle loadgen");
+        const field = (name: string) => Number(new RegExp(`${name}=([\\d.]+)`).exec(ready)?.[1] ?? "0");
+        const ok = field("ok");
+        await sleep(settleMs);
+        const rss1 = rssKiB(server.pid);
+        hold.closeStdin(); // loadgen closes every connection and reports
+        const code = await hold.waitExit(30_000);
+        if (code !== 0) throw new Error(`idle loadgen exited with ${String(code)}: ${hold.stderr.trim().slice(-300)}`);
+        const result = parseResultLine(hold.drainOutput());
+        await sleep(settleMs);
+        const rss2 = rssKiB(server.pid);
+        if (rss0 === null || rss1 === null || rss2 === null) throw new Error("cannot read the server's RSS");
+        if (ok === 0) throw new Error(`no connection could be opened: ${ready}`);
+        const stillOpen = typeof result["still_open"] === "number" ? result["still_open"] : ok;
+        return {
+          value: ((rss1 - rss0) * 1024) / ok,
+          errors: field("failed") + (ok - stillOpen),
+          extra: { connections: ok, rssBaseMiB: rss0 / 1024, rssHeldMiB: rss1 / 1024, rssAfterMiB: rss2 / 1024, setupSecs: field("setup_secs") },
+        };
+      } finally {
+        await hold.stop();
+        ctx.live.delete(hold);
+      }
+    }),
+};
+
+// ---------------------------------------------------------------- framing
+
+function framingScenario(caseName: string, what: string): Scenario {
+  return {
+    name: `framing-${caseName}`,
+    title: `in-process framing, ${what}: readDelimiter vs a hand-written loop`,
+    unit: "MB/s",
+    needs: [],
+    extras: [{ key: "mfps", label: "M frames/s", digits: 2 }],
+    sameOnBothSides: "check",
+    client: (ctx) => `node framing/main.js --case ${caseName} --secs ${ctx.options.framingSecs} (64 KiB chunks through pants-ts/testing's duplexPair, no sockets)`,
+    measure: async (side, ctx) => {
+      const secs = ctx.options.framingSecs;
+      const argv = [process.execPath, ctx.paths.framing, "--case", caseName, "--side", side, "--secs", String(secs), "--warmup", String(Math.min(0.5, secs / 2))];
+      // On the server's CPU: framing is work a server does.
+      const { done, noise } = await observedRun(ctx, argv, null, (secs + 60) * 1000, resultCpu, ctx.placement.serverCpu);
+      if (done.code !== 0) throw failure(`framing ${caseName} ${side}`, done);
+      const result = parseResultLine(done.stdout);
+      return { value: num(result, "mbps"), errors: 0, extra: { mfps: num(result, "fps") / 1e6, check: num(result, "check") }, ...noise };
+    },
+  };
+}
+
+// ------------------------------------------------------------------- list
+
+export const SCENARIOS: readonly Scenario[] = [
+  pingpong(1),
+  pingpong(50),
+  pingpong(500),
+  pipelined,
+  bulk,
+  churn,
+  http,
+  tlsEcho,
+  tlsBulk,
+  tlsHandshake,
+  idleMemory,
+  ...CASES.map((c) => framingScenario(c.name, c.title)),
+];
+
+/** The scenarios `--only` selects: exact names, or group prefixes ("tls" → tls-*). */
+export function selectScenarios(only: readonly string[] | null): Scenario[] {
+  if (only === null) return [...SCENARIOS];
+  const matches = (name: string, o: string) => name === o || name.startsWith(`${o}-`);
+  const unknown = only.filter((o) => !SCENARIOS.some((s) => matches(s.name, o)));
+  if (unknown.length > 0) {
+    throw new RangeError(`unknown scenario ${unknown.map((u) => JSON.stringify(u)).join(", ")}; known: ${SCENARIOS.map((s) => s.name).join(", ")}`);
+  }
+  return SCENARIOS.filter((s) => only.some((o) => matches(s.name, o)));
+}
