@@ -105,6 +105,8 @@ const F_ADDRESSES = 1 << 14;
 const F_END_DELIVERED = 1 << 17;
 const F_NATIVE = 1 << 18; // the socket is the native addon's
 const F_NATIVE_FRAMING = 1 << 19; // and the addon cuts the frames
+/** Set by anything that must stop a frame loop in progress (a new delimiter, a pause, a close...). */
+const F_STOP = 1 << 20;
 
 // Reasons reading is paused (flag bits too).
 const P_USER = 1 << 15;
@@ -326,6 +328,7 @@ export class Stream extends Channel {
   }
   set readDelimiter(value: ReadDelimiter) {
     this.#framer = compileDelimiter(value);
+    this.#flags |= F_STOP;
     const rb = this.#rb;
     if (rb !== null) {
       rb.mark = 0;
@@ -373,6 +376,7 @@ export class Stream extends Channel {
       throw typeError(`encoding must be null or a Buffer encoding such as "utf8", got ${describe(value)}.`);
     }
     this.#encoding = value;
+    this.#flags |= F_STOP;
     if (this.#x !== null) this.#x.textDecoder = null;
     if ((this.#flags & (F_NATIVE | F_IN_DISPATCH)) === F_NATIVE && this.#state === S_OPEN) this.#syncNativeFraming();
   }
@@ -529,7 +533,7 @@ export class Stream extends Channel {
     const serverSide = sslOptions.server_side ?? (this.#flags & F_SERVER_SIDE) !== 0;
     // Validate (and read files) now, so a bad option throws here, not later.
     if (serverSide) compileServerTls(sslOptions);
-    this.#flags |= F_TLS_UPGRADING;
+    this.#flags |= F_TLS_UPGRADING | F_STOP;
     (this.#wq ??= []).push({ tls: { ...sslOptions, server_side: serverSide } });
     // Not now: inside onRead the rest of the chunk (maybe the peer's
     // ClientHello) must reach the receive buffer before the upgrade takes it.
@@ -648,6 +652,7 @@ export class Stream extends Channel {
     }
     if (flush && (state === S_OPEN || state === S_PENDING) && this.#hasPendingWrites()) {
       this.#state = S_CLOSING;
+      this.#flags |= F_STOP;
       this.#setDeadline("drain", DRAIN_TIMEOUT_MS);
       this.#flush();
       return;
@@ -1009,8 +1014,10 @@ export class Stream extends Channel {
     if ((rb === null || (rb.length === 0 && !rb.discarding)) && (this.#flags & P_ANY) === 0 && this.#encoding === null && (this.#flags & F_TLS_UPGRADING) === 0) {
       const framer = this.#framer;
       if (framer === NULL_FRAMER) this.#deliver(chunk);
-      else if (framer.needle !== null) this.#scanChunk(chunk, framer, framer.needle);
-      else this.#push(chunk);
+      else if (framer.needle !== null || typeof framer.source === "number") {
+        const used = framer.needle !== null ? this.#scanChunk(chunk, framer.needle) : this.#scanSized(chunk, framer.source as number);
+        if (used < chunk.length && this.#state === S_OPEN) this.#push(used === 0 ? chunk : chunk.subarray(used));
+      } else this.#push(chunk);
     } else {
       this.#push(chunk);
     }
@@ -1029,28 +1036,50 @@ export class Stream extends Channel {
    * straight out of the chunk as views. Anything unusual (a partial frame,
    * a new delimiter, an oversized frame, a pause) falls back to the buffer.
    */
-  #scanChunk(chunk: Buffer, framer: Framer, needle: Buffer): void {
+  #scanChunk(chunk: Buffer, needle: Buffer): number {
     const n = needle.length;
     const limit = this.#bufferSize;
+    // One-byte delimiters (lines) search for the byte itself: memchr, not a substring search.
+    const byte = n === 1 ? needle[0]! : -1;
     let start = 0;
+    this.#flags &= ~F_STOP;
     for (;;) {
-      const idx = chunk.indexOf(needle, start);
+      const idx = byte >= 0 ? chunk.indexOf(byte, start) : chunk.indexOf(needle, start);
       if (idx === -1 || idx - start > limit) break;
       const frame = chunk.subarray(start, idx);
       start = idx + n;
       this.#deliver(frame);
-      if (
-        start >= chunk.length ||
-        this.#state !== S_OPEN ||
-        this.#framer !== framer ||
-        (this.#flags & P_ANY) !== 0 ||
-        this.#encoding !== null ||
-        (this.#flags & F_TLS_UPGRADING) !== 0
-      ) {
-        break;
-      }
+      // One test for everything that ends the loop: a new delimiter, a pause, a close, TLS, an encoding.
+      if ((this.#flags & F_STOP) !== 0 || start >= chunk.length) break;
     }
-    if (start < chunk.length && this.#state === S_OPEN) this.#push(start === 0 ? chunk : chunk.subarray(start));
+    return start;
+  }
+
+  /** As {@link #scanChunk}, for fixed-size frames. Returns the bytes used. */
+  #scanSized(chunk: Buffer, size: number): number {
+    let start = 0;
+    this.#flags &= ~F_STOP;
+    while (chunk.length - start >= size) {
+      const frame = chunk.subarray(start, start + size);
+      start += size;
+      this.#deliver(frame);
+      if ((this.#flags & F_STOP) !== 0) break;
+    }
+    return start;
+  }
+
+  /**
+   * After a frame taken through the buffer: when what is left is one chunk
+   * and nothing unusual is going on, cut frames straight out of it (no
+   * recursion: the buffer's loop goes on with whatever is left).
+   */
+  #scanBuffered(rb: ReceiveBuffer): void {
+    if (!rb.contiguous || rb.length === 0 || rb.discarding || this.#encoding !== null || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0) return;
+    const framer = this.#framer;
+    if (framer.needle === null && typeof framer.source !== "number") return;
+    const rest = rb.all();
+    const used = framer.needle !== null ? this.#scanChunk(rest, framer.needle) : this.#scanSized(rest, framer.source as number);
+    if (used > 0 && this.#state !== S_CLOSED) rb.skip(used);
   }
 
   /** Delivers every whole frame in the buffer, re-reading the delimiter each time. */
@@ -1079,6 +1108,7 @@ export class Stream extends Channel {
           out.value = undefined;
           if (this.#encoding === null || !Buffer.isBuffer(value)) this.#deliver(value);
           else this.#deliverText(value, framer === NULL_FRAMER);
+          if (this.#state === S_OPEN && rb.length > 0) this.#scanBuffered(rb);
         } else if (code === FRAME_ARGS) {
           const args = out.args ?? [];
           out.args = null;
@@ -1206,7 +1236,7 @@ export class Stream extends Channel {
 
   #pause(reason: number): void {
     const was = this.#flags & P_ANY;
-    this.#flags |= reason;
+    this.#flags |= reason | F_STOP;
     if (was === 0 && (this.#flags & F_FLOWING) !== 0 && this.#sock !== null) this.#sock.pause();
   }
 
@@ -1498,6 +1528,7 @@ export class Stream extends Channel {
     // A user onClose may ask for the addresses: read them before the socket goes.
     if (this.onClose !== Stream.prototype.onClose && (this.#flags & F_ADDRESSES) === 0) this.#addresses();
     this.#state = S_CLOSED;
+    this.#flags |= F_STOP;
     const sock = this.#sock;
     this.#rb?.clear();
     if (this.#wq !== null) this.#wq.length = 0;
@@ -1651,6 +1682,7 @@ export class Stream extends Channel {
   _abandon(): void {
     if (this.#state === S_CLOSED) return;
     this.#state = S_CLOSED;
+    this.#flags |= F_STOP;
     const sock = this.#sock;
     if (sock !== null) {
       sock[kStream] = undefined;

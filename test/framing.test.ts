@@ -390,3 +390,26 @@ test("a 64 KiB line arriving one byte at a time costs linear time", async () => 
   await peer.send(Buffer.concat([line, Buffer.from("\r\n")]), { chunkSize: 1 });
   assert.deepEqual(peer.stream.lengths, [65534]);
 });
+
+test("thousands of delimiter switches in one chunk: no recursion, every frame delivered", async () => {
+  class Switchy extends Stream {
+    bodies = 0;
+    override onConnect() {
+      this.readDelimiter = "\r\n";
+    }
+    override onRead(d: Buffer) {
+      if (this.readDelimiter === "\r\n") this.readDelimiter = Number(d.toString()) + 2;
+      else {
+        this.bodies++;
+        this.readDelimiter = "\r\n";
+      }
+    }
+  }
+  let input = "";
+  for (let i = 0; i < 20000; i++) input += `${i % 10}\r\n${"x".repeat(i % 10)}\r\n`;
+  for (const chunkSize of [input.length, 65536, 5]) {
+    const peer = memoryPeer(Switchy);
+    await peer.send(input, { chunkSize });
+    assert.equal(peer.stream.bodies, 20000, `chunkSize ${chunkSize}`);
+  }
+});

@@ -182,7 +182,13 @@ class StructFramer implements Framer {
   extract(rb: ReceiveBuffer, _limit: number, out: FrameOut): number {
     const size = this.source.size;
     if (rb.length < size) return NEED_MORE;
-    out.args = this.source.unpack(rb.take(size));
+    if (rb.firstLength >= size) {
+      // In one chunk: read in place, no copy and no view.
+      out.args = this.source.readAt(rb.firstChunk(), rb.offset);
+      rb.skip(size);
+    } else {
+      out.args = this.source.readAt(rb.take(size), 0);
+    }
     return FRAME_ARGS;
   }
 }

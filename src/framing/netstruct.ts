@@ -235,19 +235,34 @@ export class NetStruct {
    * @throws RangeError if a length prefix is negative, or so large that the
    *   record would exceed 2**53 - 1 bytes.
    */
+  #readers: Array<((buf: Buffer, offset: number) => unknown[]) | null> | null = null;
+
+  /** Compiled readers of the segments (null entries: segments with strings). */
+  #compiledReaders(): Array<((buf: Buffer, offset: number) => unknown[]) | null> {
+    return (this.#readers ??= this.#segments.map((segment) => segment.layout.compileReader()));
+  }
+
   parse(buf: Uint8Array): NetStructParseResult {
     if (!(buf instanceof Uint8Array)) {
       throw new TypeError(`parse requires a Buffer or Uint8Array (got ${typeName(buf)})`);
     }
-    const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    let view: DataView | null = null;
     const values: unknown[] = [];
     const segments = this.#segments;
+    const readers = Buffer.isBuffer(buf) ? this.#compiledReaders() : null;
     let pos = 0;
     for (let i = 0; i < segments.length; i++) {
       const segment = segments[i]!;
       const { layout } = segment;
       if (buf.length - pos < layout.size) return { needed: pos + this.#minimumFrom[i]! };
-      layout.read(buf, view, pos, values);
+      const reader = readers !== null ? readers[i]! : null;
+      if (reader !== null) {
+        const got = reader(buf as Buffer, pos);
+        for (let k = 0; k < got.length; k++) values.push(got[k]);
+      } else {
+        view ??= new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+        layout.read(buf, view, pos, values);
+      }
       pos += layout.size;
       if (segment.lengthCode === null) continue;
 

@@ -1,17 +1,19 @@
 /**
- * The receive buffer: a list of chunks with views into them. Bytes are
- * never concatenated on arrival; a frame that spans chunks is joined once,
- * when it is taken. Searches resume where the last one stopped, so a long
- * frame arriving in many small pieces costs linear time (twisted#3803 and
- * #6358 are the quadratic buffers this avoids).
+ * The receive buffer: a list of chunks, consumed through an offset into the
+ * first one. Bytes are never concatenated on arrival; a frame that spans
+ * chunks is joined once, when it is taken. Searches resume where the last
+ * one stopped, so a long frame arriving in many small pieces costs linear
+ * time (twisted#3803 and #6358 are the quadratic buffers this avoids), and
+ * consuming a frame allocates nothing but the frame's own view.
  */
 
 const EMPTY = Buffer.alloc(0);
 
 export class ReceiveBuffer {
-  /** Live chunks; `chunks[head]` is the first, possibly a view. */
+  /** Live chunks from `#head`; the first is consumed up to `#off`. */
   #chunks: Buffer[] = [];
   #head = 0;
+  #off = 0;
   /** Total bytes buffered. */
   length = 0;
   /**
@@ -22,7 +24,9 @@ export class ReceiveBuffer {
   mark = 0;
   /** True while an oversized delimited frame is being skipped. */
   discarding = false;
+  /** Every buffered byte as latin1, from `#latin1Base` on (bytes consumed since are skipped by offset). */
   #latin1: string | null = null;
+  #latin1Base = 0;
 
   /** Appends a chunk (kept by reference). */
   push(chunk: Buffer): void {
@@ -34,17 +38,33 @@ export class ReceiveBuffer {
 
   /** Forgets everything, including the scan state. */
   clear(): void {
-    this.#chunks = [];
-    this.#head = 0;
-    this.length = 0;
+    this.#reset();
     this.mark = 0;
     this.discarding = false;
+  }
+
+  #reset(): void {
+    if (this.#chunks.length > 0) this.#chunks = [];
+    this.#head = 0;
+    this.#off = 0;
+    this.length = 0;
     this.#latin1 = null;
   }
 
-  /** The first chunk, or an empty buffer. */
-  first(): Buffer {
-    return this.length === 0 ? EMPTY : this.#chunks[this.#head]!;
+  /** The first chunk and the offset of the first buffered byte in it (only valid while length > 0). */
+  firstChunk(): Buffer {
+    return this.#chunks[this.#head] ?? EMPTY;
+  }
+
+  /** Where the buffered bytes start in {@link firstChunk}. */
+  get offset(): number {
+    return this.#off;
+  }
+
+  /** Bytes of the first chunk still buffered. */
+  get firstLength(): number {
+    const first = this.#chunks[this.#head];
+    return first === undefined ? 0 : first.length - this.#off;
   }
 
   /** True when every buffered byte is in one chunk. */
@@ -53,20 +73,21 @@ export class ReceiveBuffer {
   }
 
   /**
-   * The absolute offset of the first occurrence of `needle` at or after
-   * `from`, or -1. Matches that straddle chunk boundaries are found.
+   * The offset (from the first buffered byte) of the first occurrence of
+   * `needle` at or after `from`, or -1. Matches that straddle chunk
+   * boundaries are found.
    */
   indexOf(needle: Buffer, from: number): number {
     const n = needle.length;
     if (this.length - from < n) return -1;
     const chunks = this.#chunks;
-    let base = 0;
+    let base = -this.#off; // logical offset of the current chunk's byte 0
     for (let i = this.#head; i < chunks.length; i++) {
       const chunk = chunks[i]!;
       const end = base + chunk.length;
       if (end > from) {
-        const start = from > base ? from - base : 0;
-        const idx = chunk.indexOf(needle, start);
+        const start = Math.max(from - base, i === this.#head ? this.#off : 0);
+        const idx = n === 1 ? chunk.indexOf(needle[0]!, start) : chunk.indexOf(needle, start);
         if (idx !== -1) return base + idx;
         // A match may start in this chunk's last n-1 bytes and end in the next ones.
         if (n > 1 && i + 1 < chunks.length) {
@@ -89,30 +110,34 @@ export class ReceiveBuffer {
     return idx !== -1 && lo + idx < hi ? lo + idx : -1;
   }
 
-  /** A copy (or view) of the bytes in [start, end), without consuming them. */
+  /** The bytes in [start, end) (a view when they lie in one chunk, else a copy), without consuming them. */
   peekRange(start: number, end: number): Buffer {
-    const out = Buffer.allocUnsafe(end - start);
-    let written = 0;
-    let base = 0;
     const chunks = this.#chunks;
+    let base = -this.#off;
+    let out: Buffer | null = null;
+    let written = 0;
     for (let i = this.#head; i < chunks.length && base < end; i++) {
       const chunk = chunks[i]!;
       const cEnd = base + chunk.length;
       if (cEnd > start) {
         const s = Math.max(start, base) - base;
         const e = Math.min(end, cEnd) - base;
-        if (written === 0 && s === 0 && e === chunk.length && e - s === out.length) return chunk;
+        if (out === null) {
+          if (e - s === end - start) return chunk.subarray(s, e);
+          out = Buffer.allocUnsafe(end - start);
+        }
         chunk.copy(out, written, s, e);
         written += e - s;
       }
       base = cEnd;
     }
-    return out;
+    return out ?? EMPTY;
   }
 
-  /** The byte at absolute offset `i` (which must be < length). */
+  /** The byte at offset `i` (which must be < length). */
   byteAt(i: number): number {
     const chunks = this.#chunks;
+    i += this.#off;
     for (let c = this.#head; c < chunks.length; c++) {
       const chunk = chunks[c]!;
       if (i < chunk.length) return chunk[i]!;
@@ -125,12 +150,8 @@ export class ReceiveBuffer {
   take(n: number): Buffer {
     if (n === 0) return EMPTY;
     const first = this.#chunks[this.#head]!;
-    let out: Buffer;
-    if (n <= first.length) {
-      out = n === first.length ? first : first.subarray(0, n);
-    } else {
-      out = this.peekRange(0, n);
-    }
+    const off = this.#off;
+    const out = off + n <= first.length ? first.subarray(off, off + n) : this.peekRange(0, n);
     this.skip(n);
     return out;
   }
@@ -138,28 +159,24 @@ export class ReceiveBuffer {
   /** Discards the first `n` bytes. */
   skip(n: number): void {
     if (n >= this.length) {
-      this.#chunks = [];
-      this.#head = 0;
-      this.length = 0;
-      this.#latin1 = null;
+      this.#reset();
       return;
     }
     this.length -= n;
-    this.#latin1 = null;
+    if (this.#latin1 !== null) this.#latin1Base += n;
     const chunks = this.#chunks;
-    while (n > 0) {
-      const chunk = chunks[this.#head]!;
-      if (n < chunk.length) {
-        chunks[this.#head] = chunk.subarray(n);
-        break;
-      }
-      n -= chunk.length;
-      chunks[this.#head] = EMPTY;
-      this.#head++;
+    let off = this.#off + n;
+    let head = this.#head;
+    while (off >= chunks[head]!.length) {
+      off -= chunks[head]!.length;
+      chunks[head] = EMPTY;
+      head++;
     }
+    this.#head = head;
+    this.#off = off;
     // Compact the consumed head now and then, so the array does not grow forever.
-    if (this.#head > 64 && this.#head * 2 > chunks.length) {
-      this.#chunks = chunks.slice(this.#head);
+    if (head > 64 && head * 2 > chunks.length) {
+      this.#chunks = chunks.slice(head);
       this.#head = 0;
     }
   }
@@ -167,16 +184,26 @@ export class ReceiveBuffer {
   /** Every buffered byte in one buffer (joined once, and kept joined). */
   all(): Buffer {
     if (this.length === 0) return EMPTY;
-    if (this.contiguous) return this.#chunks[this.#head]!;
+    const first = this.#chunks[this.#head]!;
+    if (this.contiguous) return this.#off === 0 ? first : first.subarray(this.#off);
     const joined = this.peekRange(0, this.length);
     this.#chunks = [joined];
     this.#head = 0;
+    this.#off = 0;
     return joined;
   }
 
-  /** Every buffered byte read as latin1 (one character per byte), cached until the buffer changes. */
+  /**
+   * Every buffered byte read as latin1 (one character per byte). The string
+   * is built once per arrival of data; consuming frames only moves an
+   * offset into it (a sliced string costs O(1) in V8).
+   */
   latin1(): string {
-    if (this.#latin1 === null) this.#latin1 = this.all().toString("latin1");
-    return this.#latin1;
+    let text = this.#latin1;
+    if (text === null) {
+      text = this.#latin1 = this.all().toString("latin1");
+      this.#latin1Base = 0;
+    }
+    return this.#latin1Base === 0 ? text : text.slice(this.#latin1Base);
   }
 }

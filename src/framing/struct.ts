@@ -247,6 +247,47 @@ export class Layout {
     }
   }
 
+  /**
+   * A reader compiled for this layout when it holds only numbers and
+   * booleans (the common binary header): `(buf, offset) => values`, with no
+   * DataView and no per-code dispatch. Null for layouts with strings, chars
+   * or halves (they use {@link read}).
+   */
+  compileReader(): ((buf: Buffer, offset: number) => unknown[]) | null {
+    const little = this.#little;
+    const end = little ? "LE" : "BE";
+    const exprs: string[] = [];
+    for (const run of this.#runs) {
+      for (let k = 0; k < (run.kind === "pad" ? 0 : run.count); k++) {
+        const at = `o + ${run.offset + k * run.itemSize}`;
+        switch (run.kind) {
+          case "int":
+            if (run.itemSize === 1) exprs.push(run.signed ? `((b[${at}] << 24) >> 24)` : `b[${at}]`);
+            else if (run.itemSize === 2) exprs.push(`b.read${run.signed ? "Int" : "UInt"}16${end}(${at})`);
+            else if (run.itemSize === 4) exprs.push(`b.read${run.signed ? "Int" : "UInt"}32${end}(${at})`);
+            else exprs.push(`b.readBig${run.signed ? "Int" : "UInt"}64${end}(${at})`);
+            break;
+          case "pointer":
+            exprs.push(`b.readBigUInt64${end}(${at})`);
+            break;
+          case "bool":
+            exprs.push(`b[${at}] !== 0`);
+            break;
+          case "float":
+            exprs.push(`b.readFloat${end}(${at})`);
+            break;
+          case "double":
+            exprs.push(`b.readDouble${end}(${at})`);
+            break;
+          default:
+            return null;
+        }
+      }
+    }
+    // Generated from the validated layout only (codes and offsets): no user text reaches the source.
+    return new Function("b", "o", `return [${exprs.join(", ")}];`) as (buf: Buffer, offset: number) => unknown[];
+  }
+
   /** Reads `valueCount` values from `base`, appending them to `out`. */
   read(bytes: Uint8Array, view: DataView, base: number, out: unknown[]): void {
     const little = this.#little;
@@ -571,6 +612,21 @@ export class Struct {
       );
     }
     buf.set(this.pack(...values), at);
+  }
+
+  #reader: ((buf: Buffer, offset: number) => unknown[]) | null | undefined;
+
+  /**
+   * @internal Unpacks {@link size} bytes of a Buffer at `offset`, with no
+   * checks (the caller guarantees the bytes): the framing hot path.
+   */
+  readAt(buf: Buffer, offset: number): unknown[] {
+    let reader = this.#reader;
+    if (reader === undefined) reader = this.#reader = this.#layout.compileReader();
+    if (reader !== null) return reader(buf, offset);
+    const out: unknown[] = [];
+    this.#layout.read(buf, viewOf(buf), offset, out);
+    return out;
   }
 
   /**
