@@ -7,56 +7,12 @@
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import type { ChildProcess } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { connect, connectTls, sleep } from "./helpers.js";
+import { start, startExample } from "./example-process.js";
 import type { RawClient } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const NO_OPENSSL = hasOpenssl() ? false : "the openssl command is not installed (tls-echo makes its certificate with it)";
-
-interface Running {
-  port: number;
-  proc: ChildProcess;
-  /** Everything the process printed on stdout so far. */
-  stdout(): string;
-  /** Resolves with the exit code (or the signal's name) once the process has exited. */
-  exited: Promise<number | string>;
-}
-
-/** Runs `node --import tsx <args>` in the repository; killed when `t` ends. Resolves once it printed a line. */
-async function start(t: TestContext, args: string[], env: Record<string, string> = {}): Promise<Running> {
-  const proc = spawn(process.execPath, ["--import", "tsx", ...args], { cwd: ROOT, env: { ...process.env, PORT: "0", ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  let err = "";
-  proc.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
-  proc.stderr!.setEncoding("utf8").on("data", (d: string) => (err += d));
-  const exited = new Promise<number | string>((resolve) => proc.once("exit", (code, signal) => resolve(code ?? signal ?? "?")));
-  t.after(async () => {
-    if (proc.exitCode !== null || proc.signalCode !== null) return;
-    proc.kill("SIGTERM");
-    const timer = setTimeout(() => proc.kill("SIGKILL"), 5000);
-    await exited;
-    clearTimeout(timer);
-  });
-  const deadline = Date.now() + 30_000;
-  while (!out.includes("\n")) {
-    if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`${args.join(" ")} did not start.\nstdout: ${out}\nstderr: ${err}`);
-    await sleep(20);
-  }
-  const port = Number(/:(\d+)\b/.exec(out)?.[1]);
-  assert.ok(port > 0, `no port in ${JSON.stringify(out)}`);
-  return { port, proc, stdout: () => out, exited };
-}
-
-/** Starts examples/<name>.ts with PORT=0 and checks its one line. */
-async function startExample(t: TestContext, name: string, env: Record<string, string> = {}): Promise<Running> {
-  const running = await start(t, [`examples/${name}.ts`], env);
-  assert.match(running.stdout(), new RegExp(`^${name} listening on 127\\.0\\.0\\.1:${running.port}\\n$`));
-  return running;
-}
 
 /** Reads exactly the bytes of `expected` and compares them. */
 async function expectText(client: RawClient, expected: string): Promise<void> {

@@ -7,15 +7,14 @@
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, spawn, spawnSync } from "node:child_process";
+import { execFile, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { connect, sleep, tempDir } from "./helpers.js";
 import type { RawClient } from "./helpers.js";
+import { startExample as launch } from "./example-process.js";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 /** The first of `names` that runs on this system (libmemcached renamed its tools over time), or null. */
 function tool(...names: string[]): string | null {
@@ -34,31 +33,6 @@ const tools = {
 const missing = (name: string, program: string | null): string | false =>
   program === null ? `the libmemcached tool ${name} is not installed (Debian: apt-get install libmemcached-tools)` : false;
 
-/** Starts an example as a child process with PORT=0; returns the port it printed. Killed when `t` ends. */
-async function startExample(t: TestContext, file: string): Promise<number> {
-  const proc = spawn(process.execPath, ["--import", "tsx", file], { cwd: ROOT, env: { ...process.env, PORT: "0" }, stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  let err = "";
-  proc.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
-  proc.stderr.setEncoding("utf8").on("data", (d: string) => (err += d));
-  const exited = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
-  t.after(async () => {
-    if (proc.exitCode !== null || proc.signalCode !== null) return;
-    proc.kill("SIGTERM");
-    const timer = setTimeout(() => proc.kill("SIGKILL"), 5000);
-    await exited;
-    clearTimeout(timer);
-  });
-  const deadline = Date.now() + 30_000;
-  while (!out.includes("\n")) {
-    if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`${file} did not start.\nstdout: ${out}\nstderr: ${err}`);
-    await sleep(20);
-  }
-  const m = /^memcached-server listening on 127\.0\.0\.1:(\d+)\n$/.exec(out);
-  assert.ok(m, `unexpected first line: ${JSON.stringify(out)}`);
-  return Number(m[1]);
-}
-
 /** Runs a program; resolves with its exit code and output (never rejects on a non-zero exit). */
 function run(program: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -70,7 +44,7 @@ function run(program: string, args: string[]): Promise<{ code: number; stdout: s
 }
 
 test("memcached-server with the libmemcached tools", { skip: missing("memccp/memcp", tools.cp) }, async (t) => {
-  const port = await startExample(t, "examples/memcached-server.ts");
+  const port = await launch(t, "memcached-server").then((r) => r.port);
   const servers = `--servers=127.0.0.1:${port}`;
   const dir = tempDir(t, "memcached-example-");
   const hello = join(dir, "hello.txt");
@@ -140,7 +114,7 @@ test("memcached-server with the libmemcached tools", { skip: missing("memccp/mem
 });
 
 test("memcached-server over raw sockets", async (t) => {
-  const port = await startExample(t, "examples/memcached-server.ts");
+  const port = await launch(t, "memcached-server").then((r) => r.port);
   let client: RawClient = await connect(port);
   t.after(() => client.destroy());
   /** Sends `input` and checks the next bytes received are exactly `expected`. */

@@ -8,43 +8,17 @@
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, spawn, spawnSync } from "node:child_process";
+import { execFile, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { fileURLToPath } from "node:url";
 import { connect, sleep } from "./helpers.js";
+import { startExample as launch } from "./example-process.js";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 function installed(program: string, versionFlag = "--version"): boolean {
   return spawnSync(program, [versionFlag], { stdio: "ignore" }).status === 0;
 }
 const NO_CLI = installed("redis-cli") ? false : "redis-cli is not installed (Debian: apt-get install redis-tools)";
 const NO_BENCH = installed("redis-benchmark") ? false : "redis-benchmark is not installed (Debian: apt-get install redis-tools)";
-
-/** Starts an example as a child process with PORT=0; returns the port it printed. Killed when `t` ends. */
-async function startExample(t: TestContext, file: string): Promise<number> {
-  const proc = spawn(process.execPath, ["--import", "tsx", file], { cwd: ROOT, env: { ...process.env, PORT: "0" }, stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  let err = "";
-  proc.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
-  proc.stderr.setEncoding("utf8").on("data", (d: string) => (err += d));
-  const exited = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
-  t.after(async () => {
-    if (proc.exitCode !== null || proc.signalCode !== null) return;
-    proc.kill("SIGTERM");
-    const timer = setTimeout(() => proc.kill("SIGKILL"), 5000);
-    await exited;
-    clearTimeout(timer);
-  });
-  const deadline = Date.now() + 30_000;
-  while (!out.includes("\n")) {
-    if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`${file} did not start.\nstdout: ${out}\nstderr: ${err}`);
-    await sleep(20);
-  }
-  const m = /^resp-server listening on 127\.0\.0\.1:(\d+)\n$/.exec(out);
-  assert.ok(m, `unexpected first line: ${JSON.stringify(out)}`);
-  return Number(m[1]);
-}
 
 /** Runs a program; resolves with its exit code and output (never rejects on a non-zero exit). */
 function run(program: string, args: string[], input?: string | Buffer, timeout = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -91,7 +65,7 @@ function resp(...args: Array<string | Buffer>): Buffer {
 }
 
 test("resp-server with redis-cli", { skip: NO_CLI }, async (t) => {
-  const port = await startExample(t, "examples/resp-server.ts");
+  const port = await launch(t, "resp-server").then((r) => r.port);
 
   await t.test("PING and ECHO", () =>
     expectAll(port, [
@@ -264,7 +238,7 @@ test("resp-server with redis-cli", { skip: NO_CLI }, async (t) => {
 });
 
 test("resp-server under redis-benchmark", { skip: NO_BENCH }, async (t) => {
-  const port = await startExample(t, "examples/resp-server.ts");
+  const port = await launch(t, "resp-server").then((r) => r.port);
   const { code, stdout, stderr } = await run("redis-benchmark", ["-p", String(port), "-t", "ping,set,get", "-n", "2000", "-q"], undefined, 120_000);
   assert.equal(code, 0, `redis-benchmark failed: ${stderr}`);
   const summary = stdout.split(/[\r\n]+/).filter((line) => / requests per second/.test(line));
@@ -273,7 +247,7 @@ test("resp-server under redis-benchmark", { skip: NO_BENCH }, async (t) => {
 });
 
 test("resp-server over raw sockets", async (t) => {
-  const port = await startExample(t, "examples/resp-server.ts");
+  const port = await launch(t, "resp-server").then((r) => r.port);
   /** Sends `input` and returns everything received until the server closed the connection. */
   const session = async (input: string | Buffer): Promise<string> => {
     const client = await connect(port);
