@@ -22,6 +22,16 @@
  *   idle       open -c connections (at most -q unanswered at once), one line
  *              round trip on each, print "READY ok=N failed=F setup_secs=S",
  *              hold them until stdin closes (or -T seconds), close, report.
+ *   flood      one connection writes -n bytes in -b byte writes as fast as
+ *              the server takes them and never reads (a client that stopped
+ *              reading echoes). It ends when everything is sent (then holds
+ *              -T more seconds), when no byte could be written for -T
+ *              seconds (default 1: the server stopped reading), or when the
+ *              server closes. It then reports where the bytes are: this
+ *              socket's send and receive queues (SIOCOUTQ, SIOCINQ) and the
+ *              server socket's (from /proc/net/tcp), so
+ *                accepted = sent - cli_txq - srv_rxq   (read by the server)
+ *                held     = accepted - srv_txq - cli_rxq (still in the server's memory)
  *
  * -t runs every mode over TLS (no certificate check, no session resumption:
  * every handshake is a full one). -H sends "GET / HTTP/1.1" requests instead
@@ -32,7 +42,9 @@
  * alarm() ends the process (exit 3) if anything hangs. Exit codes: 0 done,
  * 1 bad usage, 2 could not connect / run, 3 timed out.
  *
- * Output: one line "RESULT key=value ..." on stdout. With -P PID the CPU
+ * Output: one line "RESULT key=value ..." on stdout (flood: the byte counts
+ * above, stalled=0|1, closed=0|1 and flood_secs, the time to the last
+ * accepted write). With -P PID the CPU
  * time of that process (the server) over the measured window is reported as
  * srv_cpu (percent of one core), beside this process's own cli_cpu;
  * cli_total_s is this process's CPU time over its whole life.
@@ -49,7 +61,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -69,8 +83,8 @@
 #define EXIT_RUN 2
 #define EXIT_TIMEOUT 3
 
-enum mode { MODE_PINGPONG, MODE_PIPELINE, MODE_BULK, MODE_CHURN, MODE_HANDSHAKE, MODE_IDLE };
-static const char *const mode_names[] = { "pingpong", "pipeline", "bulk", "churn", "handshake", "idle" };
+enum mode { MODE_PINGPONG, MODE_PIPELINE, MODE_BULK, MODE_CHURN, MODE_HANDSHAKE, MODE_IDLE, MODE_FLOOD };
+static const char *const mode_names[] = { "pingpong", "pipeline", "bulk", "churn", "handshake", "idle", "flood" };
 
 /* ------------------------------------------------------------------ options */
 
@@ -85,7 +99,9 @@ static struct {
     size_t window;      /* bulk bytes in flight per connection */
     double duration;
     double warmup;
-    double hold;        /* idle: longest hold */
+    double hold;        /* idle: longest hold; flood: seconds without progress that end it */
+    int hold_set;       /* -T was given */
+    uint64_t total;     /* flood: bytes to send */
     int max_pending;    /* idle: connections opened but not answered yet, at once */
     int nsrc;           /* spread source addresses over 127.0.0.1..nsrc (IPv4) */
     pid_t server_pid;
@@ -106,9 +122,10 @@ static void usage(const char *fmt, ...) {
         fputc('\n', stderr);
         va_end(ap);
     }
-    fputs("usage: loadgen -m pingpong|pipeline|bulk|churn|handshake|idle -p PORT [-h HOST]\n"
+    fputs("usage: loadgen -m pingpong|pipeline|bulk|churn|handshake|idle|flood -p PORT [-h HOST]\n"
           "               [-c CONNS] [-s LINE_BYTES] [-k DEPTH] [-b BLOCK] [-W WINDOW] [-d SECS]\n"
           "               [-w SECS] [-T HOLD_SECS] [-q MAX_PENDING] [-S NSRC] [-P SERVER_PID] [-t] [-H]\n"
+          "               [-n FLOOD_BYTES]\n"
           "       loadgen -v\n",
           stderr);
     exit(EXIT_USAGE);
@@ -598,7 +615,8 @@ static void on_replies(struct conn *c) {
         idle_still_open++;
         break;
     case MODE_BULK:
-    case MODE_HANDSHAKE: break;
+    case MODE_HANDSHAKE:
+    case MODE_FLOOD: break;
     }
 }
 
@@ -818,6 +836,107 @@ static int run_idle(void) {
     return idle_ok > 0 ? 0 : EXIT_RUN;
 }
 
+/* -------------------------------------------------------------------- flood */
+
+/*
+ * tx_queue and rx_queue of the established TCP socket with these ports, from
+ * /proc/net/tcp (or tcp6): unacknowledged bytes in its send queue, unread
+ * bytes in its receive queue. Returns 0 when found.
+ */
+static int tcp_queues(unsigned local_port, unsigned remote_port, unsigned long *txq, unsigned long *rxq) {
+    static const char *const files[] = { "/proc/net/tcp", "/proc/net/tcp6" };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        FILE *f = fopen(files[i], "re");
+        if (f == NULL) continue;
+        char line[512];
+        int found = 0;
+        while (!found && fgets(line, sizeof line, f) != NULL) {
+            char local[64], remote[64];
+            unsigned state;
+            unsigned long tx, rx;
+            if (sscanf(line, " %*u: %63s %63s %x %lx:%lx", local, remote, &state, &tx, &rx) != 5) continue;
+            const char *lp = strrchr(local, ':'), *rp = strrchr(remote, ':');
+            if (lp == NULL || rp == NULL || state != 1 /* TCP_ESTABLISHED */) continue;
+            if (strtoul(lp + 1, NULL, 16) == local_port && strtoul(rp + 1, NULL, 16) == remote_port) {
+                *txq = tx;
+                *rxq = rx;
+                found = 1;
+            }
+        }
+        fclose(f);
+        if (found) return 0;
+    }
+    return -1;
+}
+
+static unsigned local_port_of(int fd) {
+    struct sockaddr_storage me;
+    socklen_t len = sizeof me;
+    if (getsockname(fd, (struct sockaddr *)&me, &len) < 0) return 0;
+    if (me.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&me)->sin6_port);
+    return ntohs(((struct sockaddr_in *)&me)->sin_port);
+}
+
+/* One connection writes opt.total bytes and never reads; see "flood" at the top. */
+static int run_flood(void) {
+    struct conn *c = &conns[0];
+    if (conn_open(c) < 0) die(EXIT_RUN, "connect");
+    for (;;) {
+        int n = epoll_wait(ep, events, 1, 5000);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0 || connect_result(c) != 0) {
+            fprintf(stderr, "loadgen: cannot connect to %s:%d\n", opt.host, opt.port);
+            return EXIT_RUN;
+        }
+        break;
+    }
+    unsigned my_port = local_port_of(c->fd);
+    set_events(c, EPOLLOUT | EPOLLRDHUP);
+    uint64_t stall_ns = secs_to_ns(opt.hold_set ? opt.hold : 1.0);
+    uint64_t t_begin = now_ns(), last = t_begin, sent = 0;
+    int closed = 0;
+    for (;;) {
+        if (sent < opt.total) {
+            size_t len = opt.total - sent < opt.block ? (size_t)(opt.total - sent) : opt.block;
+            ssize_t n = send(c->fd, block, len, MSG_NOSIGNAL);
+            if (n > 0) {
+                sent += (uint64_t)n;
+                last = now_ns();
+                continue;
+            }
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && errno != EAGAIN) {
+                closed = 1; /* reset by the server */
+                break;
+            }
+            if (sent == opt.total) set_events(c, EPOLLRDHUP);
+        } else {
+            set_events(c, EPOLLRDHUP); /* everything sent: hold on, still not reading */
+        }
+        if (now_ns() - last >= stall_ns) break;
+        int n = epoll_wait(ep, events, 1, 50);
+        if (n > 0 && (events[0].events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP))) {
+            closed = 1; /* the server closed the connection */
+            break;
+        }
+    }
+    int stalled = !closed && sent < opt.total;
+    printf("RESULT mode=flood total=%llu sent=%llu stalled=%d closed=%d flood_secs=%.3f", (unsigned long long)opt.total,
+           (unsigned long long)sent, stalled, closed, (double)(last - t_begin) / 1e9);
+    int outq = -1, inq = -1;
+    unsigned long srv_tx = 0, srv_rx = 0;
+    if (!closed && ioctl(c->fd, SIOCOUTQ, &outq) == 0 && ioctl(c->fd, SIOCINQ, &inq) == 0 &&
+        tcp_queues((unsigned)opt.port, my_port, &srv_tx, &srv_rx) == 0) {
+        long long accepted = (long long)sent - outq - (long long)srv_rx;
+        long long held = accepted - (long long)srv_tx - inq;
+        printf(" cli_txq=%d cli_rxq=%d srv_txq=%lu srv_rxq=%lu accepted=%lld held=%lld", outq, inq, srv_tx, srv_rx,
+               accepted, held);
+    }
+    printf(" errors=0 cli_total_s=%.3f\n", self_cpu());
+    fflush(stdout);
+    return sent > 0 ? 0 : EXIT_RUN;
+}
+
 /* -------------------------------------------------------------------- main */
 
 static void resolve_target(void) {
@@ -859,7 +978,7 @@ static void build_payloads(void) {
     request = malloc(request_len);
     if (request == NULL) die(EXIT_RUN, "malloc");
     for (int i = 0; i < opt.depth; i++) memcpy(request + (size_t)i * one_len, one, one_len);
-    if (opt.mode == MODE_BULK) {
+    if (opt.mode == MODE_BULK || opt.mode == MODE_FLOOD) {
         block = malloc(opt.block);
         if (block == NULL) die(EXIT_RUN, "malloc");
         for (size_t i = 0; i < opt.block; i++) block[i] = (char)('A' + i % 23);
@@ -885,7 +1004,7 @@ static void raise_nofile(void) {
 int main(int argc, char **argv) {
     int ch;
     int mode_set = 0;
-    while ((ch = getopt(argc, argv, "m:h:p:c:s:k:b:W:d:w:T:q:S:P:tHv")) != -1) {
+    while ((ch = getopt(argc, argv, "m:h:p:c:s:k:b:W:d:w:T:q:S:P:n:tHv")) != -1) {
         switch (ch) {
         case 'm': {
             int found = 0;
@@ -908,7 +1027,11 @@ int main(int argc, char **argv) {
         case 'W': opt.window = (size_t)parse_long(optarg, 1, 1L << 30, 'W'); break;
         case 'd': opt.duration = parse_secs(optarg, 'd'); break;
         case 'w': opt.warmup = parse_secs(optarg, 'w'); break;
-        case 'T': opt.hold = parse_secs(optarg, 'T'); break;
+        case 'T':
+            opt.hold = parse_secs(optarg, 'T');
+            opt.hold_set = 1;
+            break;
+        case 'n': opt.total = (uint64_t)parse_long(optarg, 1, 1L << 40, 'n'); break;
         case 'q': opt.max_pending = (int)parse_long(optarg, 1, 100000, 'q'); break;
         case 'S': opt.nsrc = (int)parse_long(optarg, 1, 250, 'S'); break;
         case 'P': opt.server_pid = (pid_t)parse_long(optarg, 1, 1L << 30, 'P'); break;
@@ -925,6 +1048,11 @@ int main(int argc, char **argv) {
     if (opt.duration <= 0 && opt.mode != MODE_IDLE) usage("-d must be positive");
     if (opt.tls && !HAVE_TLS) usage("this loadgen was built without OpenSSL (-t needs -DWITH_OPENSSL -lssl -lcrypto)");
     if (opt.mode == MODE_HANDSHAKE && !opt.tls) usage("-m handshake needs -t");
+    if (opt.mode == MODE_FLOOD) {
+        if (opt.total == 0) usage("-m flood needs -n BYTES");
+        if (opt.tls) usage("-m flood is plain TCP only");
+        opt.conns = 1;
+    }
 
     resolve_target();
     build_payloads();
@@ -935,7 +1063,9 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     signal(SIGALRM, on_alarm);
     /* The hard deadline: setup, warm-up, measurement (or hold) and a margin. */
-    double budget = opt.mode == MODE_IDLE ? 120.0 + opt.hold : opt.warmup + opt.duration + 30.0;
+    double budget = opt.mode == MODE_IDLE    ? 120.0 + opt.hold
+                    : opt.mode == MODE_FLOOD ? 600.0 + opt.hold
+                                             : opt.warmup + opt.duration + 30.0;
     alarm((unsigned)budget);
 
     ep = epoll_create1(EPOLL_CLOEXEC);
@@ -944,7 +1074,7 @@ int main(int argc, char **argv) {
     if (conns == NULL) die(EXIT_RUN, "calloc");
     for (int i = 0; i < opt.conns; i++) conns[i].fd = -1;
 
-    int rc = opt.mode == MODE_IDLE ? run_idle() : run_timed();
+    int rc = opt.mode == MODE_IDLE ? run_idle() : opt.mode == MODE_FLOOD ? run_flood() : run_timed();
     for (int i = 0; i < opt.conns; i++) {
         if (conns[i].state != C_FREE) conn_close(&conns[i]);
     }

@@ -1,12 +1,13 @@
 /**
- * `npm run bench`: pants-ts side by side with hand-written raw node:net /
- * node:tls servers, in one invocation, one report.
+ * `npm run bench`: pants-ts, on both of its transports, side by side with
+ * hand-written raw node:net / node:tls servers and asyncio + uvloop servers
+ * (plus redis-server for the Redis protocol), in one invocation, one report.
  *
- * Every measurement starts a fresh server process (bench/servers/raw.ts or
- * bench/servers/pants.ts) pinned to CPU 1, drives it with a load generator
- * pinned to CPU 0 (the C loadgen, wrk, or the Node TLS client), and stops it.
- * The two sides alternate within each repetition; the median is reported.
- * See bench/README.md.
+ * Every measurement starts a fresh server process (bench/servers/*, the RESP
+ * example, or redis-server) pinned to CPU 1, drives it with a load generator
+ * pinned to CPU 0 (the C loadgen, wrk, redis-benchmark, or the Node TLS
+ * client), and stops it. The order of the sides rotates from one repetition
+ * to the next; the median is reported. See bench/README.md.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -16,10 +17,13 @@ import { fileURLToPath } from "node:url";
 import { USAGE, parseOptions } from "./lib/options.js";
 import type { Options } from "./lib/options.js";
 import { choosePlacement, which } from "./lib/proc.js";
-import { CLIENT_SATURATED, NOISY, clientCheck, fmt, ratio, scenarioTable, summarize, summaryTable } from "./lib/report.js";
-import type { Measurement } from "./lib/report.js";
-import { SCENARIOS, SIDE_LABEL, selectScenarios } from "./lib/scenarios.js";
-import type { Context, Paths, Requirement, Scenario, Side } from "./lib/scenarios.js";
+import { sideLabel } from "./lib/measure.js";
+import type { Context, Paths, Requirement, Scenario } from "./lib/measure.js";
+import { CLIENT_SATURATED, NOISY, clientCheck, fmt, missingSides, referenceTables, scenarioTable, summaryJson, summaryTable } from "./lib/report.js";
+import type { Measurement, RunRecord } from "./lib/report.js";
+import { SCENARIOS, selectScenarios } from "./lib/scenarios.js";
+import { ALL_SIDES, SIDE_LABEL, SIDE_WHAT, probeSides, sideOrder } from "./lib/sides.js";
+import type { Side, SideStatus } from "./lib/sides.js";
 
 const log = (line: string) => process.stderr.write(`${line}\n`);
 const sleep = (ms: number) => new Promise<void>((res) => setTimeout(res, ms));
@@ -51,6 +55,7 @@ function machine(): Record<string, string> {
     kernel: release(),
     node: process.version,
     wrk: which("wrk") === null ? "not installed" : version("wrk", ["-v"]).replace(/\s*Copyright.*$/, ""),
+    redisBenchmark: which("redis-benchmark") === null ? "not installed" : version("redis-benchmark", ["--version"]).replace(/ \(git:.*$/, ""),
     cc: which("cc") === null ? "not installed" : version("cc", ["--version"]),
   };
 }
@@ -114,32 +119,9 @@ function loadAverage(): string {
 
 // -------------------------------------------------------------------- run
 
-async function main(): Promise<number> {
-  let options: Options;
-  try {
-    options = parseOptions(process.argv.slice(2));
-  } catch (err) {
-    fail(`${(err as Error).message}\n\n${USAGE}`);
-  }
-  if (options.help) {
-    process.stdout.write(`${USAGE}\n`);
-    return 0;
-  }
-  if (options.list) {
-    for (const s of SCENARIOS) process.stdout.write(`${s.name.padEnd(20)} ${s.title} (${s.unit})\n`);
-    return 0;
-  }
-  let scenarios: Scenario[];
-  try {
-    scenarios = selectScenarios(options.only);
-  } catch (err) {
-    fail((err as Error).message);
-  }
-  if (options.native) log("bench: --native is reserved and has no effect yet");
-
-  const tmp = mkdtempSync(join(tmpdir(), "pants-ts-bench-"));
+/** Why a scenario's requirement is not met here, for those that are not. */
+function requirements(scenarios: readonly Scenario[], options: Options, tmp: string, wrk: string | null, redisBenchmark: string | null) {
   const unavailable = new Map<Requirement, string>();
-  const wrk = which("wrk");
   let loadgen = { binary: "", tls: false };
   if (scenarios.some((s) => s.needs.includes("loadgen") || s.needs.includes("tls") || (s.name === "http" && wrk === null))) {
     try {
@@ -156,17 +138,82 @@ async function main(): Promise<number> {
       unavailable.set("tls", (err as Error).message);
     }
   }
+  if (redisBenchmark === null) unavailable.set("redis-benchmark", "redis-benchmark is not installed (Debian: apt-get install redis-tools)");
+  return { unavailable, loadgen, tls };
+}
+
+function describeSide(side: Side, status: SideStatus | undefined): string {
+  if (status === undefined) return "";
+  return status.ok ? `${SIDE_LABEL[side]}: ${SIDE_WHAT[side]}; ${status.version}` : `${SIDE_LABEL[side]}: NOT RUN: ${status.reason}`;
+}
+
+async function main(): Promise<number> {
+  let options: Options;
+  try {
+    options = parseOptions(process.argv.slice(2));
+  } catch (err) {
+    fail(`${(err as Error).message}\n\n${USAGE}`);
+  }
+  if (options.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  if (options.list) {
+    for (const s of SCENARIOS) {
+      const quick = s.inQuick === false ? "; not in --quick unless named" : "";
+      process.stdout.write(`${s.name.padEnd(20)} ${s.title} (${s.unit}; ${s.sides.join(", ")}${quick})\n`);
+    }
+    return 0;
+  }
+  let scenarios: Scenario[];
+  try {
+    scenarios = selectScenarios(options.only, options.quick);
+  } catch (err) {
+    fail((err as Error).message);
+  }
+
+  const tmp = mkdtempSync(join(tmpdir(), "pants-ts-bench-"));
+  const cleanup = () => rmSync(tmp, { recursive: true, force: true });
+  const wrk = which("wrk");
+  const redisBenchmark = which("redis-benchmark");
+  const { unavailable, loadgen, tls } = requirements(scenarios, options, tmp, wrk, redisBenchmark);
   const paths: Paths = {
     root,
+    tmp,
     loadgen: loadgen.binary,
     rawServer: join(distBench, "servers", "raw.js"),
     pantsServer: join(distBench, "servers", "pants.js"),
+    uvloopServer: join(root, "bench", "servers", "uvloop_server.py"),
+    respRawServer: join(distBench, "servers", "resp-raw.js"),
+    respExample: join(root, "dist", "examples", "resp-server.js"),
     tlsClient: join(distBench, "clients", "tls-client.js"),
     framing: join(distBench, "framing", "main.js"),
   };
-  const ctx: Context = { options, paths, loadgenTls: loadgen.tls && !options.nodeTlsClient, placement: choosePlacement(options.pin), wrk, tls, live: new Set() };
+  const used = ALL_SIDES.filter((side) => scenarios.some((s) => s.sides.includes(side)));
+  const wanted = options.sides === null ? used : used.filter((side) => options.sides!.includes(side));
+  log(`bench: checking the sides (${used.join(", ")})`);
+  const sides = await probeSides({ root, pantsServer: paths.pantsServer, wanted, quick: options.quick && options.sides === null });
+  for (const side of used) {
+    const status = sides.get(side)!;
+    if (!status.ok) log(`bench: ${SIDE_LABEL[side]} will not run: ${status.reason}`);
+  }
+  const ctx: Context = {
+    options,
+    paths,
+    loadgenTls: loadgen.tls && !options.nodeTlsClient,
+    placement: choosePlacement(options.pin),
+    wrk,
+    redisBenchmark,
+    tls,
+    sides,
+    live: new Set(),
+  };
+  const skipped = new Map<string, string>();
+  for (const s of scenarios) {
+    const missing = s.needs.find((need) => unavailable.has(need));
+    if (missing !== undefined) skipped.set(s.name, unavailable.get(missing)!.split("\n")[0]!);
+  }
 
-  const cleanup = () => rmSync(tmp, { recursive: true, force: true });
   process.on("SIGINT", () => {
     log("bench: interrupted; stopping the children it started");
     for (const p of ctx.live) p.child.kill("SIGKILL");
@@ -181,32 +228,32 @@ async function main(): Promise<number> {
       ? "not pinned (taskset missing, one CPU, or --no-pin)"
       : `server on CPU ${ctx.placement.serverCpu}, load generator on CPU ${ctx.placement.clientCpu} (taskset)`;
   const header = [
-    "# pants-ts benchmark: raw node vs pants-ts",
+    "# pants-ts benchmark: raw node, pants-ts (js and native transports), uvloop",
     "",
     `- machine: ${info["nproc"]} CPUs, ${info["cpu"]}, Linux ${info["kernel"]}`,
-    `- node ${info["node"]}, wrk: ${info["wrk"]}, cc: ${info["cc"]}`,
+    `- node ${info["node"]}, wrk: ${info["wrk"]}, redis-benchmark: ${info["redisBenchmark"]}, cc: ${info["cc"]}`,
     `- placement: ${placement}`,
+    ...used.map((side) => `- ${describeSide(side, sides.get(side))}`),
     ...(tls === null ? [] : [`- TLS: a throwaway ${options.cert === "rsa" ? "RSA-2048" : "EC P-256"} certificate; load from ${ctx.loadgenTls ? "loadgen -t (OpenSSL)" : "the Node TLS client"}`]),
-    `- runs: ${options.reps} repetition(s) × ${options.duration} s after ${options.warmup} s warm-up${options.quick ? " (--quick)" : ""}; a fresh server process per run; sides alternate; medians`,
+    `- runs: ${options.reps} repetition(s) × ${options.duration} s after ${options.warmup} s warm-up${options.quick ? " (--quick)" : ""}; a fresh server process per run; the order of the sides rotates; medians`,
     `- started ${started.toISOString()}, load average ${loadAverage()}`,
   ].join("\n");
   process.stdout.write(`${header}\n\n`);
 
+  const runnable = (s: Scenario) => (skipped.has(s.name) ? [] : s.sides.filter((side) => sides.get(side)?.ok === true));
   const rows: Measurement[] = [];
-  const total = scenarios.length * options.reps * 2;
+  const total = scenarios.reduce((sum, s) => sum + runnable(s).length * options.reps, 0);
   let n = 0;
   for (const scenario of scenarios) {
-    const missing = scenario.needs.find((need) => unavailable.has(need));
+    const reason = skipped.get(scenario.name);
+    if (reason !== undefined) {
+      log(`${scenario.name}: skipped (${reason})`);
+      continue;
+    }
     for (let rep = 0; rep < options.reps; rep++) {
-      const order: Side[] = rep % 2 === 0 ? ["raw", "pants"] : ["pants", "raw"];
-      for (const side of order) {
+      for (const side of sideOrder(runnable(scenario), rep)) {
         n++;
-        const tag = `[${n}/${total}] ${scenario.name} ${SIDE_LABEL[side]} rep ${rep + 1}/${options.reps}`;
-        if (missing !== undefined) {
-          rows.push({ scenario: scenario.name, side, rep, error: `skipped: ${unavailable.get(missing)!}` });
-          log(`${tag}: skipped (${unavailable.get(missing)!.split("\n")[0]!})`);
-          continue;
-        }
+        const tag = `[${n}/${total}] ${scenario.name} ${sideLabel(scenario, side)} rep ${rep + 1}/${options.reps}`;
         try {
           const sample = await scenario.measure(side, ctx);
           rows.push({ scenario: scenario.name, side, rep, sample });
@@ -225,11 +272,12 @@ async function main(): Promise<number> {
     }
   }
 
+  const record: RunRecord = { scenarios, rows, sides, skipped };
   const sections: string[] = [];
   sections.push("## Scenarios");
-  for (const s of scenarios) sections.push(scenarioTable(s, rows, s.client(ctx)));
+  for (const s of scenarios) sections.push(scenarioTable(s, record, s.client(ctx)));
   sections.push("## Load generator check");
-  const check = clientCheck(scenarios, rows);
+  const check = clientCheck(record);
   sections.push(
     [
       `CPU of the server and of the load generator over the measured window (percent of one core, medians). A load generator at ${CLIENT_SATURATED}%+ of its core while the server is below it limited the run: that figure is a lower bound. "other" is CPU used by anything else on the machine meanwhile and "steal" what the hypervisor took: above ~${NOISY}% the run was disturbed and its figures are unreliable.`,
@@ -242,22 +290,21 @@ async function main(): Promise<number> {
   );
   sections.push("## Summary");
   sections.push(
-    `Finished ${new Date().toISOString()}, load average ${loadAverage()}. Ratio = pants-ts / raw node: above 1, pants-ts did better, except where lower is better (idle-memory: above 1, pants-ts used more memory).`,
+    `Finished ${new Date().toISOString()}, load average ${loadAverage()}. Medians. Ratios compare the medians: above 1, the first named did better, except where lower is better (idle-memory, backpressure: above 1, it used more memory). n/a: the scenario has no such side (TLS: pants-ts always runs on node:tls, shown as js; framing: in-memory, shown as js; no uvloop TLS or RESP server).`,
   );
-  sections.push(summaryTable(scenarios, rows));
+  sections.push(summaryTable(record));
+  const missing = missingSides(record);
+  if (options.quick && options.only === null) {
+    for (const s of SCENARIOS.filter((s) => s.inQuick === false)) missing.push(`- ${s.name}: not in --quick (--quick --only ${s.name} runs it, shrunk).`);
+  }
+  if (missing.length > 0) sections.push(missing.join("\n"));
+  const references = referenceTables(record);
+  if (references.length > 0) sections.push(["### Against redis-server", "", ...references].join("\n"));
   process.stdout.write(`${sections.join("\n\n")}\n`);
 
   const failed = rows.filter((r) => r.error !== undefined);
   if (options.json !== null) {
-    const summary = scenarios.map((s) => ({
-      scenario: s.name,
-      unit: s.unit,
-      lowerIsBetter: s.lowerIsBetter === true,
-      raw: summarize(rows, s.name, "raw"),
-      pants: summarize(rows, s.name, "pants"),
-      ratio: ratio(s.name, rows),
-    }));
-    const document = { machine: info, placement: ctx.placement, options, started: started.toISOString(), finished: new Date().toISOString(), summary, results: rows };
+    const document = { machine: info, placement: ctx.placement, sides: Object.fromEntries(sides), options, started: started.toISOString(), finished: new Date().toISOString(), summary: summaryJson(record), results: rows };
     writeFileSync(options.json, `${JSON.stringify(document, null, 1)}\n`);
     log(`bench: wrote ${options.json}`);
   }

@@ -6,6 +6,7 @@
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { accessSync, constants, readFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { availableParallelism } from "node:os";
 import { delimiter, join } from "node:path";
 
@@ -197,19 +198,21 @@ export class LiveProcess {
     waiter?.();
   }
 
-  /** The next stdout line starting with `prefix` (earlier lines are dropped). */
-  async waitForLine(prefix: string, timeoutMs: number, what: string): Promise<string> {
+  /** The next stdout line starting with `prefix`, or matching it (earlier lines are dropped). */
+  async waitForLine(prefix: string | RegExp, timeoutMs: number, what: string): Promise<string> {
     const deadline = performance.now() + timeoutMs;
+    const wanted = typeof prefix === "string" ? (line: string) => line.startsWith(prefix) : (line: string) => prefix.test(line);
+    const shown = typeof prefix === "string" ? `a ${prefix}line` : `a line matching ${String(prefix)}`;
     for (;;) {
       while (this.#lines.length > 0) {
         const line = this.#lines.shift()!;
-        if (line.startsWith(prefix)) return line;
+        if (wanted(line)) return line;
       }
       if (this.exited) {
-        throw new Error(`${what} exited (code ${String(this.#exitCode)}) before printing ${prefix}: ${this.stderr.trim().slice(-600)}`);
+        throw new Error(`${what} exited (code ${String(this.#exitCode)}) before printing ${shown}: ${this.stderr.trim().slice(-600)}`);
       }
       const left = deadline - performance.now();
-      if (left <= 0) throw new Error(`${what} printed no ${prefix} line within ${timeoutMs} ms: ${this.stderr.trim().slice(-600)}`);
+      if (left <= 0) throw new Error(`${what} printed no such line (${shown}) within ${timeoutMs} ms: ${this.stderr.trim().slice(-600)}`);
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, left);
         this.#waiter = () => {
@@ -247,6 +250,22 @@ export class LiveProcess {
     if (!this.exited) this.child.kill("SIGTERM");
     await this.waitExit(graceMs);
   }
+}
+
+/**
+ * A TCP port on 127.0.0.1 that was free a moment ago, for a server that
+ * cannot pick its own (redis-server): the OS picks it, then it is released.
+ */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once("error", reject);
+    probe.listen({ host: "127.0.0.1", port: 0 }, () => {
+      const address = probe.address();
+      const port = typeof address === "object" && address !== null ? address.port : 0;
+      probe.close(() => (port > 0 ? resolve(port) : reject(new Error("could not find a free port"))));
+    });
+  });
 }
 
 /** The key=value pairs of the "RESULT ..." line in a load generator's output. */

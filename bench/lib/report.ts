@@ -1,6 +1,8 @@
-/** Markdown tables of the measurements: one per scenario, a summary, and the load generator check. */
-import { SIDES, SIDE_LABEL } from "./scenarios.js";
-import type { Sample, Scenario, Side } from "./scenarios.js";
+/** Markdown tables of the measurements: one per scenario, the summary, and the load generator check. */
+import { sideLabel } from "./measure.js";
+import type { Sample, Scenario } from "./measure.js";
+import { ALL_SIDES, SIDE_LABEL } from "./sides.js";
+import type { Side, SideStatus } from "./sides.js";
 
 /** One run of one side of one scenario: a sample, or why there is none. */
 export interface Measurement {
@@ -11,10 +13,26 @@ export interface Measurement {
   readonly error?: string;
 }
 
+/** Everything a report is made of. */
+export interface RunRecord {
+  readonly scenarios: readonly Scenario[];
+  readonly rows: readonly Measurement[];
+  readonly sides: ReadonlyMap<Side, SideStatus>;
+  /** Scenarios that could not run at all here, and why. */
+  readonly skipped: ReadonlyMap<string, string>;
+}
+
 /** A client at this share of its core (or above) may have been the bottleneck. */
 export const CLIENT_SATURATED = 90;
 /** Other load (or steal) on the machine above this share of a core makes a run unreliable. */
 export const NOISY = 15;
+
+/** The ratios of the summary: [numerator, denominator]. */
+export const RATIOS: ReadonlyArray<readonly [Side, Side]> = [
+  ["js", "raw"],
+  ["native", "raw"],
+  ["native", "uvloop"],
+];
 
 export function median(values: readonly number[]): number | null {
   const xs = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
@@ -41,6 +59,11 @@ function medianOf(samples: readonly Sample[], pick: (s: Sample) => number | unde
   return median(samples.map(pick).filter((v): v is number => v !== undefined));
 }
 
+/** The sides of a scenario that were measured (or tried) in this run, in column order. */
+export function sidesRun(scenario: Scenario, rows: readonly Measurement[]): Side[] {
+  return scenario.sides.filter((side) => rows.some((r) => r.scenario === scenario.name && r.side === side));
+}
+
 /** The medians of one side of one scenario. */
 export interface SideSummary {
   readonly value: number | null;
@@ -48,34 +71,54 @@ export interface SideSummary {
   readonly clientCpu: number | null;
   readonly foreignCpu: number | null;
   readonly stealCpu: number | null;
+  /** Medians of the scenario's extra figures. */
+  readonly extra: Record<string, number | null>;
   readonly runs: number;
   readonly failures: readonly string[];
 }
 
-export function summarize(rows: readonly Measurement[], scenario: string, side: Side): SideSummary {
-  const samples = samplesOf(rows, scenario, side);
+export function summarize(rows: readonly Measurement[], scenario: Scenario, side: Side): SideSummary {
+  const samples = samplesOf(rows, scenario.name, side);
+  const extra: Record<string, number | null> = {};
+  for (const key of new Set([...(scenario.extras ?? []).map((e) => e.key), ...(scenario.summaryRows ?? []).map((r) => r.key)])) {
+    extra[key] = medianOf(samples, (s) => s.extra[key]);
+  }
   return {
     value: medianOf(samples, (s) => s.value),
     serverCpu: medianOf(samples, (s) => s.serverCpu),
     clientCpu: medianOf(samples, (s) => s.clientCpu),
     foreignCpu: medianOf(samples, (s) => s.foreignCpu),
     stealCpu: medianOf(samples, (s) => s.stealCpu),
+    extra,
     runs: samples.length,
-    failures: failuresOf(rows, scenario, side),
+    failures: failuresOf(rows, scenario.name, side),
   };
 }
 
-export function ratio(scenario: string, rows: readonly Measurement[]): number | null {
-  const raw = summarize(rows, scenario, "raw").value;
-  const pants = summarize(rows, scenario, "pants").value;
-  return raw !== null && pants !== null && raw !== 0 ? pants / raw : null;
+/** a / b of the medians of a figure (the headline, or an extra by key). */
+export function ratio(rows: readonly Measurement[], scenario: Scenario, a: Side, b: Side, key?: string): number | null {
+  const figure = (side: Side) => {
+    const s = summarize(rows, scenario, side);
+    return key === undefined ? s.value : (s.extra[key] ?? null);
+  };
+  const x = figure(a);
+  const y = figure(b);
+  return x !== null && y !== null && y !== 0 ? x / y : null;
 }
 
-/** The table of one scenario: every figure, median over the runs. */
-export function scenarioTable(scenario: Scenario, rows: readonly Measurement[], clientCommand: string): string {
+function oneLine(text: string, max: number): string {
+  return text.replace(/\s+/g, " ").replace(/\|/g, "/").slice(0, max);
+}
+
+/** The table of one scenario: every figure of every side, median over the runs. */
+export function scenarioTable(scenario: Scenario, record: RunRecord, clientCommand: string): string {
   const better = scenario.lowerIsBetter ? "lower is better" : "higher is better";
-  const out = [`### ${scenario.name}: ${scenario.title}`, "", `${scenario.unit} (${better}); client: \`${clientCommand}\``, ""];
-  const bySide = SIDES.map((side) => ({ side, samples: samplesOf(rows, scenario.name, side), failures: failuresOf(rows, scenario.name, side) }));
+  const out = [`### ${scenario.name}: ${scenario.title}`, ""];
+  const skipped = record.skipped.get(scenario.name);
+  if (skipped !== undefined) return [...out, `SKIPPED: ${skipped}`].join("\n");
+  out.push(`${scenario.unit} (${better}); client: \`${clientCommand}\``, "");
+  const rows = record.rows;
+  const bySide = sidesRun(scenario, rows).map((side) => ({ side, samples: samplesOf(rows, scenario.name, side), failures: failuresOf(rows, scenario.name, side) }));
   const all = bySide.flatMap((b) => b.samples);
   const has = (pick: (s: Sample) => number | undefined) => all.some((s) => pick(s) !== undefined);
   const columns: Array<{ label: string; cell: (samples: Sample[]) => string }> = [
@@ -86,7 +129,7 @@ export function scenarioTable(scenario: Scenario, rows: readonly Measurement[], 
     },
   ];
   for (const extra of scenario.extras ?? []) {
-    columns.push({ label: extra.label, cell: (ss) => fmt(medianOf(ss, (s) => s.extra[extra.key]), extra.digits) });
+    if (has((s) => s.extra[extra.key])) columns.push({ label: extra.label, cell: (ss) => fmt(medianOf(ss, (s) => s.extra[extra.key]), extra.digits) });
   }
   if (has((s) => s.p50Us)) columns.push({ label: "p50 µs", cell: (ss) => fmt(medianOf(ss, (s) => s.p50Us)) });
   if (has((s) => s.p99Us)) columns.push({ label: "p99 µs", cell: (ss) => fmt(medianOf(ss, (s) => s.p99Us)) });
@@ -101,36 +144,117 @@ export function scenarioTable(scenario: Scenario, rows: readonly Measurement[], 
   out.push(`|---|${columns.map(() => "---:").join("|")}|`);
   for (const { side, samples, failures } of bySide) {
     if (samples.length === 0) {
-      out.push(`| ${SIDE_LABEL[side]} | FAILED: ${(failures[0] ?? "no run").replace(/\s+/g, " ").replace(/\|/g, "/").slice(0, 200)} |`);
+      out.push(`| ${sideLabel(scenario, side)} | FAILED: ${oneLine(failures[0] ?? "no run", 200)} |`);
       continue;
     }
-    out.push(`| ${SIDE_LABEL[side]} | ${columns.map((c) => c.cell(samples)).join(" | ")} |`);
+    out.push(`| ${sideLabel(scenario, side)} | ${columns.map((c) => c.cell(samples)).join(" | ")} |`);
   }
+  const notes: string[] = [];
   for (const { side, samples, failures } of bySide) {
-    if (samples.length > 0 && failures.length > 0) out.push("", `${SIDE_LABEL[side]}: ${failures.length} failed run(s): ${failures[0]!.slice(0, 300)}`);
+    if (samples.length > 0 && failures.length > 0) notes.push(`${sideLabel(scenario, side)}: ${failures.length} failed run(s): ${oneLine(failures[0]!, 300)}`);
   }
+  for (const side of scenario.sides) {
+    const status = record.sides.get(side);
+    if (status !== undefined && !status.ok) notes.push(`${SIDE_LABEL[side]}: not run (${status.reason}).`);
+  }
+  if (scenario.sidesNote !== undefined) notes.push(`Note: ${scenario.sidesNote}.`);
   if (scenario.sameOnBothSides !== undefined) {
     const key = scenario.sameOnBothSides;
     const seen = new Set(all.map((s) => s.extra[key]));
-    if (seen.size > 1) out.push("", `WARNING: the two sides framed different contents (${key}: ${[...seen].join(" vs ")}).`);
+    if (seen.size > 1) notes.push(`WARNING: the sides framed different contents (${key}: ${[...seen].join(" vs ")}).`);
   }
-  const r = ratio(scenario.name, rows);
-  if (r !== null) out.push("", `pants-ts / raw node = **${r.toFixed(2)}**`);
+  const ratios = RATIOS.map(([a, b]) => [a, b, ratio(rows, scenario, a, b)] as const).filter(([, , r]) => r !== null);
+  if (ratios.length > 0) notes.push(ratios.map(([a, b, r]) => `${sideLabel(scenario, a)} / ${sideLabel(scenario, b)} = **${r!.toFixed(2)}**`).join("; "));
+  if (notes.length > 0) out.push("", notes.join("\n\n"));
   return out.join("\n");
 }
 
-/** `scenario | raw node | pants-ts | ratio (pants/raw)`, one line per scenario. */
-export function summaryTable(scenarios: readonly Scenario[], rows: readonly Measurement[]): string {
-  const out = ["| scenario | raw node | pants-ts | ratio (pants/raw) |", "|---|---:|---:|---:|"];
-  for (const s of scenarios) {
-    const raw = summarize(rows, s.name, "raw");
-    const pants = summarize(rows, s.name, "pants");
-    const r = ratio(s.name, rows);
-    const unit = s.lowerIsBetter ? `${s.unit}, lower is better` : s.unit;
-    const cell = (v: SideSummary) => (v.value === null ? "FAILED" : fmt(v.value));
-    out.push(`| ${s.name} (${unit}) | ${cell(raw)} | ${cell(pants)} | ${r === null ? "-" : r.toFixed(2)} |`);
+/** The columns of the summary: the sides of the plain scenarios that ran here. */
+function summarySides(record: RunRecord): Side[] {
+  const ran = (side: Side) => record.sides.get(side)?.ok === true && record.scenarios.some((s) => s.sides.includes(side));
+  return (["raw", "js", "native", "uvloop"] as const).filter((side) => side === "raw" || side === "js" || ran(side));
+}
+
+/**
+ * `scenario | raw node | pants-ts js | pants-ts native | uvloop | js/raw |
+ * native/raw | native/uvloop`, one line per scenario (per figure, for the
+ * redis scenario); the native and uvloop columns only when they ran.
+ */
+export function summaryTable(record: RunRecord): string {
+  const sides = summarySides(record);
+  const ratios = RATIOS.filter(([a, b]) => sides.includes(a) && sides.includes(b));
+  const out = [
+    `| scenario | ${sides.map((s) => SIDE_LABEL[s]).join(" | ")} | ${ratios.map(([a, b]) => `${a}/${b}`).join(" | ")} |`,
+    `|---|${sides.map(() => "---:").join("|")}|${ratios.map(() => "---:").join("|")}|`,
+  ];
+  for (const s of record.scenarios) {
+    const skipped = record.skipped.has(s.name);
+    const figures = s.summaryRows ?? [{ key: undefined, label: s.name }];
+    const summaries = new Map(sides.map((side) => [side, summarize(record.rows, s, side)] as const));
+    for (const { key, label } of figures) {
+      const unit = s.lowerIsBetter ? `${s.unit}, lower is better` : s.unit;
+      const cell = (side: Side) => {
+        if (!s.sides.includes(side)) return "n/a";
+        if (skipped) return "skipped";
+        const summary = summaries.get(side)!;
+        if (summary.runs === 0) return summary.failures.length > 0 ? "FAILED" : "-";
+        return fmt(key === undefined ? summary.value : summary.extra[key]);
+      };
+      const ratioCell = ([a, b]: readonly [Side, Side]) => {
+        const r = ratio(record.rows, s, a, b, key);
+        return r === null ? "-" : r.toFixed(2);
+      };
+      out.push(`| ${label} (${unit}) | ${sides.map(cell).join(" | ")} | ${ratios.map(ratioCell).join(" | ")} |`);
+    }
   }
   return out.join("\n");
+}
+
+/**
+ * A table per scenario with a reference side outside the summary's columns
+ * (redis-server for the redis scenario): every figure of every side, and the
+ * native transport against the reference.
+ */
+export function referenceTables(record: RunRecord): string[] {
+  const tables: string[] = [];
+  for (const s of record.scenarios) {
+    if (!s.sides.includes("redis") || record.skipped.has(s.name)) continue;
+    const sides = sidesRun(s, record.rows);
+    if (!sides.includes("redis")) continue;
+    const figures = s.summaryRows ?? [{ key: undefined, label: s.name }];
+    const pairs = ([["js", "redis"], ["native", "redis"]] as const).filter(([a]) => sides.includes(a));
+    const out = [
+      `| ${s.name} (${s.unit}) | ${sides.map((side) => SIDE_LABEL[side]).join(" | ")} | ${pairs.map(([a, b]) => `${a}/${b}`).join(" | ")} |`,
+      `|---|${sides.map(() => "---:").join("|")}|${pairs.map(() => "---:").join("|")}|`,
+    ];
+    const summaries = new Map(sides.map((side) => [side, summarize(record.rows, s, side)] as const));
+    for (const { key, label } of [...figures, { key: undefined, label: "all tests (harmonic mean)" }]) {
+      const cell = (side: Side) => {
+        const summary = summaries.get(side)!;
+        if (summary.runs === 0) return "FAILED";
+        return fmt(key === undefined ? summary.value : summary.extra[key]);
+      };
+      const ratioCell = ([a, b]: readonly [Side, Side]) => {
+        const r = ratio(record.rows, s, a, b, key);
+        return r === null ? "-" : r.toFixed(2);
+      };
+      out.push(`| ${label} | ${sides.map(cell).join(" | ")} | ${pairs.map(ratioCell).join(" | ")} |`);
+    }
+    tables.push(out.join("\n"));
+  }
+  return tables;
+}
+
+/** Why a column of the summary (or a reference side) is missing, one line each. */
+export function missingSides(record: RunRecord): string[] {
+  const lines: string[] = [];
+  for (const side of ALL_SIDES) {
+    const status = record.sides.get(side);
+    if (status === undefined || status.ok || !record.scenarios.some((s) => s.sides.includes(side))) continue;
+    lines.push(`- ${SIDE_LABEL[side]}: not run: ${status.reason}.`);
+  }
+  for (const [name, reason] of record.skipped) lines.push(`- ${name}: skipped: ${reason}.`);
+  return lines;
 }
 
 /**
@@ -138,20 +262,21 @@ export function summaryTable(scenarios: readonly Scenario[], rows: readonly Meas
  * to the server's), and whether other load disturbed the run, per scenario
  * and side (medians).
  */
-export function clientCheck(scenarios: readonly Scenario[], rows: readonly Measurement[]): { table: string; saturated: string[]; noisy: string[] } {
+export function clientCheck(record: RunRecord): { table: string; saturated: string[]; noisy: string[] } {
   const out = ["| scenario | side | server CPU % | client CPU % | other CPU % | steal % | verdict |", "|---|---|---:|---:|---:|---:|---|"];
   const saturated: string[] = [];
   const noisy: string[] = [];
-  for (const s of scenarios) {
-    for (const side of SIDES) {
-      const v = summarize(rows, s.name, side);
+  for (const s of record.scenarios) {
+    for (const side of sidesRun(s, record.rows)) {
+      const v = summarize(record.rows, s, side);
       if (v.serverCpu === null && v.clientCpu === null && v.foreignCpu === null && v.stealCpu === null) continue;
+      const label = sideLabel(s, side);
       let verdict: string;
       if (v.serverCpu === null && v.clientCpu === null) {
-        verdict = "in-process (no load generator)";
+        verdict = "no CPU figures (in-process, or a client that does not report them)";
       } else if (v.clientCpu !== null && v.clientCpu >= CLIENT_SATURATED && (v.serverCpu === null || v.clientCpu > v.serverCpu)) {
         verdict = "CLIENT-BOUND: the load generator saturated its core first";
-        saturated.push(`${s.name} (${SIDE_LABEL[side]})`);
+        saturated.push(`${s.name} (${label})`);
       } else if (v.serverCpu !== null && v.serverCpu >= CLIENT_SATURATED) {
         verdict = "server-bound";
       } else {
@@ -159,10 +284,28 @@ export function clientCheck(scenarios: readonly Scenario[], rows: readonly Measu
       }
       if ((v.foreignCpu ?? 0) > NOISY || (v.stealCpu ?? 0) > NOISY) {
         verdict += "; DISTURBED by other load";
-        noisy.push(`${s.name} (${SIDE_LABEL[side]})`);
+        noisy.push(`${s.name} (${label})`);
       }
-      out.push(`| ${s.name} | ${SIDE_LABEL[side]} | ${fmt(v.serverCpu, 0)} | ${fmt(v.clientCpu, 0)} | ${fmt(v.foreignCpu, 0)} | ${fmt(v.stealCpu, 0)} | ${verdict} |`);
+      out.push(`| ${s.name} | ${label} | ${fmt(v.serverCpu, 0)} | ${fmt(v.clientCpu, 0)} | ${fmt(v.foreignCpu, 0)} | ${fmt(v.stealCpu, 0)} | ${verdict} |`);
     }
   }
   return { table: out.join("\n"), saturated, noisy };
+}
+
+/** The summary as data, for --json. */
+export function summaryJson(record: RunRecord): unknown[] {
+  return record.scenarios.map((s) => {
+    const sides: Partial<Record<Side, SideSummary>> = {};
+    for (const side of sidesRun(s, record.rows)) sides[side] = summarize(record.rows, s, side);
+    const ratios: Record<string, number | null> = {};
+    for (const [a, b] of RATIOS) if (s.sides.includes(a) && s.sides.includes(b)) ratios[`${a}/${b}`] = ratio(record.rows, s, a, b);
+    return {
+      scenario: s.name,
+      unit: s.unit,
+      lowerIsBetter: s.lowerIsBetter === true,
+      skipped: record.skipped.get(s.name) ?? null,
+      sides,
+      ratios,
+    };
+  });
 }

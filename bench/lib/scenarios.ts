@@ -1,193 +1,33 @@
 /**
- * The benchmark scenarios. Each measures one side (raw node or pants-ts)
- * once: a fresh server process, one load run against it, one Sample.
+ * The benchmark scenarios. Each measures one side (raw node, pants-ts on
+ * either transport, uvloop, ...) once: a fresh server process, one load run
+ * against it, one Sample. The redis and backpressure scenarios have their own
+ * modules.
  */
-import { LiveProcess, cpuSeconds, machineCpu, parseResultLine, rssKiB, runToEnd } from "./proc.js";
-import type { Finished, Placement } from "./proc.js";
-import type { Options } from "./options.js";
+import { LiveProcess, cpuSeconds, parseResultLine, rssKiB, runToEnd } from "./proc.js";
+import {
+  HOST,
+  childrenCpuSeconds,
+  failure,
+  loadgen,
+  num,
+  observedRun,
+  resultCpu,
+  sampleOf,
+  sleep,
+  timed,
+  withServer,
+} from "./measure.js";
+import type { Context, MutableSample, RunningServer, Sample, Scenario, ServerJob } from "./measure.js";
+import { NET_SIDES } from "./sides.js";
+import type { Side } from "./sides.js";
+import { backpressure } from "./backpressure.js";
+import { redis } from "./redis.js";
 import { CASES } from "../framing/cases.js";
 
-export type Side = "raw" | "pants";
-export const SIDES: readonly Side[] = ["raw", "pants"];
-export const SIDE_LABEL: Record<Side, string> = { raw: "raw node", pants: "pants-ts" };
-
-/** One measurement of one side. CPU figures are percent of one core. */
-export interface Sample {
-  readonly value: number;
-  readonly p50Us?: number;
-  readonly p99Us?: number;
-  /** The server, over the measured window. */
-  readonly serverCpu?: number;
-  /** The load generator, over the measured window. */
-  readonly clientCpu?: number;
-  /** Everything else on the machine while the load ran (noise). */
-  readonly foreignCpu?: number;
-  /** CPU time the hypervisor took from this machine while the load ran (noise). */
-  readonly stealCpu?: number;
-  readonly errors: number;
-  /** Scenario-specific figures (see Scenario.extras). */
-  readonly extra: Record<string, number>;
-}
-
-type MutableSample = { -readonly [K in keyof Sample]: Sample[K] };
-
-/** A secondary figure shown in a scenario's table. */
-export interface ExtraColumn {
-  readonly key: string;
-  readonly label: string;
-  readonly digits?: number;
-}
-
-export interface Paths {
-  /** The repository root. */
-  readonly root: string;
-  /** The compiled C load generator ("" when it could not be built). */
-  readonly loadgen: string;
-  readonly rawServer: string;
-  readonly pantsServer: string;
-  readonly tlsClient: string;
-  readonly framing: string;
-}
-
-export interface Context {
-  readonly options: Options;
-  readonly paths: Paths;
-  /** The C load generator was built with OpenSSL (-t works); else TLS load comes from the Node client. */
-  readonly loadgenTls: boolean;
-  readonly placement: Placement;
-  /** wrk, when installed. */
-  readonly wrk: string | null;
-  /** The throwaway certificate, made before the first scenario that needs it. */
-  readonly tls: { readonly cert: string; readonly key: string } | null;
-  /** Children to stop if the run is interrupted. */
-  readonly live: Set<LiveProcess>;
-}
-
-export type Requirement = "loadgen" | "tls";
-
-export interface Scenario {
-  readonly name: string;
-  readonly title: string;
-  /** Unit of the headline value. */
-  readonly unit: string;
-  readonly lowerIsBetter?: boolean;
-  readonly needs: readonly Requirement[];
-  readonly extras?: readonly ExtraColumn[];
-  /** An extra figure that must be equal for both sides (a checksum of what was framed). */
-  readonly sameOnBothSides?: string;
-  /** The load generator command, for the report. */
-  client(ctx: Context): string;
-  measure(side: Side, ctx: Context): Promise<Sample>;
-}
-
-export const HOST = "127.0.0.1";
-type ServerJob = "echo-line" | "echo-raw" | "http" | "tls-echo-line" | "tls-echo-raw";
-
-// ---------------------------------------------------------------- helpers
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-interface RunningServer {
-  readonly pid: number;
-  readonly port: number;
-}
-
-/** Starts a fresh server for one measurement, runs `body`, and always stops the server. */
-async function withServer<T>(side: Side, job: ServerJob, ctx: Context, body: (server: RunningServer) => Promise<T>): Promise<T> {
-  const script = side === "raw" ? ctx.paths.rawServer : ctx.paths.pantsServer;
-  const env: NodeJS.ProcessEnv = { ...process.env, PORT: "0", HOST, SCENARIO: job };
-  if (ctx.tls !== null) {
-    env["TLS_CERT"] = ctx.tls.cert;
-    env["TLS_KEY"] = ctx.tls.key;
-  }
-  const proc = new LiveProcess([process.execPath, script], ctx.placement.serverCpu, env);
-  ctx.live.add(proc);
-  try {
-    const ready = await proc.waitForLine("READY ", 15_000, `${SIDE_LABEL[side]} server (${job})`);
-    const port = Number(ready.split(" ")[1]);
-    if (!Number.isInteger(port) || port <= 0) throw new Error(`bad READY line from the server: ${ready}`);
-    return await body({ pid: proc.pid, port });
-  } finally {
-    await proc.stop();
-    ctx.live.delete(proc);
-  }
-}
-
-interface Noise {
-  foreignCpu?: number;
-  stealCpu?: number;
-}
-
-/**
- * Runs a load generator to its end, pinned to the client CPU, and measures
- * what else the machine did meanwhile: all task CPU time minus the server's
- * and the client's own (`clientCpuSeconds` reads it from the client's output).
- */
-async function observedRun(
-  ctx: Context,
-  argv: readonly string[],
-  serverPid: number | null,
-  timeoutMs: number,
-  clientCpuSeconds: (done: Finished) => number | null,
-  cpu: number | null = ctx.placement.clientCpu,
-): Promise<{ done: Finished; noise: Noise }> {
-  const machine0 = machineCpu();
-  const server0 = serverPid === null ? 0 : cpuSeconds(serverPid);
-  const done = await runToEnd(argv, { cpu, timeoutMs });
-  const machine1 = machineCpu();
-  const server1 = serverPid === null ? 0 : cpuSeconds(serverPid);
-  const noise: Noise = {};
-  if (machine0 !== null && machine1 !== null && done.seconds > 0) {
-    noise.stealCpu = (100 * (machine1.steal - machine0.steal)) / done.seconds;
-    const client = done.code === 0 ? clientCpuSeconds(done) : null;
-    if (client !== null && server0 !== null && server1 !== null) {
-      const others = machine1.tasks - machine0.tasks - (server1 - server0) - client;
-      noise.foreignCpu = Math.max(0, (100 * others) / done.seconds);
-    }
-  }
-  return { done, noise };
-}
-
-function failure(what: string, done: Finished): Error {
-  return new Error(`${what} failed (${done.code === null ? `killed by ${String(done.signal)}` : `exit ${done.code}`}): ${done.stderr.trim().slice(-400)}`);
-}
-
-/** The cli_total_s field of a RESULT line: the client's CPU seconds over its life. */
-function resultCpu(done: Finished): number | null {
-  try {
-    const v = parseResultLine(done.stdout)["cli_total_s"];
-    return typeof v === "number" ? v : null;
-  } catch {
-    return null;
-  }
-}
-
-function num(result: Record<string, number | string>, key: string): number {
-  const v = result[key];
-  if (typeof v !== "number") throw new Error(`the load generator reported no numeric ${key}`);
-  return v;
-}
-
-/** A Sample from a RESULT line whose headline is `key`. */
-function sampleOf(result: Record<string, number | string>, key: string, noise: Noise): Sample {
-  const errors = ["errors", "proto_errors", "connect_failures"].reduce((sum, k) => sum + (typeof result[k] === "number" ? (result[k] as number) : 0), 0);
-  const sample: MutableSample = { value: num(result, key), errors, extra: {}, ...noise };
-  if (typeof result["p50_us"] === "number") sample.p50Us = result["p50_us"];
-  if (typeof result["p99_us"] === "number") sample.p99Us = result["p99_us"];
-  // Reported as -1 when unknown.
-  if (typeof result["srv_cpu"] === "number" && result["srv_cpu"] >= 0) sample.serverCpu = result["srv_cpu"];
-  if (typeof result["cli_cpu"] === "number" && result["cli_cpu"] >= 0) sample.clientCpu = result["cli_cpu"];
-  return sample;
-}
-
-/** Runs the C load generator in a timed mode against `server`. */
-async function loadgen(ctx: Context, server: RunningServer, args: readonly string[], key: string): Promise<Sample> {
-  const { duration, warmup } = ctx.options;
-  const argv = [ctx.paths.loadgen, "-h", HOST, "-p", String(server.port), "-d", String(duration), "-w", String(warmup), "-P", String(server.pid), ...args];
-  const { done, noise } = await observedRun(ctx, argv, server.pid, (duration + warmup + 45) * 1000, resultCpu);
-  if (done.code !== 0) throw failure(`loadgen ${args.join(" ")}`, done);
-  return sampleOf(parseResultLine(done.stdout), key, noise);
-}
+/** TLS servers always run on node:tls, so TLS scenarios have one pants-ts side. */
+const TLS_SIDES: readonly Side[] = ["raw", "js"];
+const TLS_NOTE = "one pants-ts column: TLS servers always use node:tls, whatever the transport (no uvloop TLS server)";
 
 /** Runs the Node TLS load generator (the fallback without an OpenSSL loadgen) against `server`. */
 async function nodeTlsClient(ctx: Context, server: RunningServer, args: readonly string[], key: string): Promise<Sample> {
@@ -209,6 +49,7 @@ function loadgenScenario(name: string, title: string, unit: string, job: ServerJ
     title,
     unit,
     needs: ["loadgen"],
+    sides: NET_SIDES,
     client: () => `loadgen ${argv.join(" ")}`,
     measure: (side, ctx) => withServer(side, job, ctx, (server) => loadgen(ctx, server, argv, key)),
   };
@@ -253,14 +94,6 @@ const churn = loadgenScenario(
 
 // ------------------------------------------------------------------- http
 
-/** bash's `times` (last line: the children's user and system time), from the end of stdout. */
-function childrenCpuSeconds(done: Finished): number | null {
-  const lines = done.stdout.trim().split("\n");
-  const match = /^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/.exec(lines[lines.length - 1]?.trim() ?? "");
-  if (!match) return null;
-  return Number(match[1]) * 60 + Number(match[2]) + Number(match[3]) * 60 + Number(match[4]);
-}
-
 function wrkLatencyUs(out: string, percentile: string): number | undefined {
   const match = new RegExp(`^\\s+${percentile}%\\s+([\\d.]+)(us|ms|s)\\s*$`, "m").exec(out);
   if (!match) return undefined;
@@ -270,7 +103,7 @@ function wrkLatencyUs(out: string, percentile: string): number | undefined {
 async function runWrk(ctx: Context, server: RunningServer, seconds: number): Promise<Sample> {
   const url = `http://${HOST}:${server.port}/`;
   // wrk reports no CPU time: bash's `times` prints its children's after it exits.
-  const argv = ["bash", "-c", 'wrk "$@"; rc=$?; times; exit $rc', "wrk", "-t1", "-c50", `-d${seconds}s`, "--latency", url];
+  const argv = timed("wrk", ["-t1", "-c50", `-d${seconds}s`, "--latency", url]);
   const cpu0 = cpuSeconds(server.pid);
   const { done, noise } = await observedRun(ctx, argv, server.pid, (seconds + 45) * 1000, childrenCpuSeconds);
   const cpu1 = cpuSeconds(server.pid);
@@ -300,6 +133,7 @@ const http: Scenario = {
   title: "keep-alive HTTP/1.1, 50 connections, fixed 200 response (requests framed by \\r\\n\\r\\n)",
   unit: "req/s",
   needs: [],
+  sides: NET_SIDES,
   client: (ctx) => (ctx.wrk !== null ? "wrk -t1 -c50 --latency" : `loadgen ${HTTP_FALLBACK.join(" ")} (HTTP ping-pong: wrk is not installed)`),
   measure: (side, ctx) =>
     withServer(side, "http", ctx, async (server) => {
@@ -325,6 +159,9 @@ function tlsScenario(name: string, title: string, unit: string, job: ServerJob, 
     title,
     unit,
     needs: ["tls"],
+    sides: TLS_SIDES,
+    sideLabels: { js: "pants-ts (node:tls)" },
+    sidesNote: TLS_NOTE,
     client: (ctx) => (ctx.loadgenTls ? `loadgen -t ${cArgs.join(" ")}` : `node clients/tls-client.js ${nodeArgs.join(" ")} (the Node TLS client)`),
     measure: (side, ctx) =>
       withServer(side, job, ctx, (server) => (ctx.loadgenTls ? loadgen(ctx, server, ["-t", ...cArgs], key) : nodeTlsClient(ctx, server, nodeArgs, key))),
@@ -369,6 +206,7 @@ const idleMemory: Scenario = {
   unit: "bytes/conn",
   lowerIsBetter: true,
   needs: ["loadgen"],
+  sides: NET_SIDES,
   extras: [
     { key: "connections", label: "conns held", digits: 0 },
     { key: "rssBaseMiB", label: "RSS base MiB", digits: 1 },
@@ -424,12 +262,15 @@ function framingScenario(caseName: string, what: string): Scenario {
     title: `in-process framing, ${what}: readDelimiter vs a hand-written loop`,
     unit: "MB/s",
     needs: [],
+    sides: ["raw", "js"],
+    sideLabels: { js: "pants-ts" },
+    sidesNote: "in-memory (a Duplex, no sockets): no transport is involved, so one pants-ts column; the native transport's framing in C is measured by the socket scenarios",
     extras: [{ key: "mfps", label: "M frames/s", digits: 2 }],
     sameOnBothSides: "check",
     client: (ctx) => `node framing/main.js --case ${caseName} --secs ${ctx.options.framingSecs} (64 KiB chunks through pants-ts/testing's duplexPair, no sockets)`,
     measure: async (side, ctx) => {
       const secs = ctx.options.framingSecs;
-      const argv = [process.execPath, ctx.paths.framing, "--case", caseName, "--side", side, "--secs", String(secs), "--warmup", String(Math.min(0.5, secs / 2))];
+      const argv = [process.execPath, ctx.paths.framing, "--case", caseName, "--side", side === "raw" ? "raw" : "pants", "--secs", String(secs), "--warmup", String(Math.min(0.5, secs / 2))];
       // On the server's CPU: framing is work a server does.
       const { done, noise } = await observedRun(ctx, argv, null, (secs + 60) * 1000, resultCpu, ctx.placement.serverCpu);
       if (done.code !== 0) throw failure(`framing ${caseName} ${side}`, done);
@@ -453,12 +294,17 @@ export const SCENARIOS: readonly Scenario[] = [
   tlsBulk,
   tlsHandshake,
   idleMemory,
+  backpressure,
+  redis,
   ...CASES.map((c) => framingScenario(c.name, c.title)),
 ];
 
-/** The scenarios `--only` selects: exact names, or group prefixes ("tls" → tls-*). */
-export function selectScenarios(only: readonly string[] | null): Scenario[] {
-  if (only === null) return [...SCENARIOS];
+/**
+ * The scenarios `--only` selects: exact names, or group prefixes ("tls" →
+ * tls-*). Without --only, --quick leaves out the scenarios marked so (redis).
+ */
+export function selectScenarios(only: readonly string[] | null, quick = false): Scenario[] {
+  if (only === null) return SCENARIOS.filter((s) => !quick || s.inQuick !== false);
   const matches = (name: string, o: string) => name === o || name.startsWith(`${o}-`);
   const unknown = only.filter((o) => !SCENARIOS.some((s) => matches(s.name, o)));
   if (unknown.length > 0) {

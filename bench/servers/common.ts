@@ -1,6 +1,7 @@
 /**
- * What every benchmark server shares: its configuration from the environment
- * (as the driver sets it) and the one line it prints when it is listening.
+ * What the Node benchmark servers share: their configuration from the
+ * environment (as the driver sets it) and the one line they print when
+ * listening. uvloop_server.py reads the same variables.
  *
  *   PORT      port to listen on; 0 picks a free one (the READY line tells which)
  *   HOST      address to listen on (default 127.0.0.1)
@@ -51,7 +52,11 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
   return { host: env["HOST"] || "127.0.0.1", port, scenario: s, echo, tls };
 }
 
-/** Tells the driver the server is listening: the only line a server prints on stdout. */
-export function announce(port: number): void {
-  process.stdout.write(`READY ${port}\n`);
+/**
+ * Tells the driver the server is listening: the only line a server prints on
+ * stdout, "READY <port>", with " transport=<native|js>" from pants-ts servers
+ * (the driver checks it is the transport it asked for).
+ */
+export function announce(port: number, transport?: string): void {
+  process.stdout.write(`READY ${port}${transport === undefined ? "" : ` transport=${transport}`}\n`);
 }

@@ -2,7 +2,9 @@
  * The same benchmark jobs written with pants-ts: a connection class per job,
  * framed by `readDelimiter`, served by a `Server` (TLS through `sslOptions`).
  *
- * Configuration from the environment (see common.ts); prints "READY <port>".
+ * Configuration from the environment (see common.ts); the transport from
+ * PANTS_TS_TRANSPORT (native or js; TLS is always node:tls). Prints
+ * "READY <port> transport=<native|js>".
  */
 import { Server, Stream } from "pants-ts";
 import type { Address, ServerOptions } from "pants-ts";
@@ -47,4 +49,4 @@ server.listen([config.host, config.port], 1024);
 await server.ready();
 const address: Address | null = server.localAddress;
 if (!Array.isArray(address)) throw new Error(`unexpected listening address ${String(address)}`);
-announce(address[1]);
+announce(address[1], server.transport);
