@@ -92,6 +92,7 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
              "napi_create_reference");
     PN_CHECK(env, napi_async_init(env, resource, name, &e->actx), "napi_async_init");
   }
+
   /* Calling init() again replaces the callbacks. */
   for (int i = 0; i < PN_CB_COUNT; i++) {
     if (e->cb[i] != NULL) {
@@ -209,6 +210,7 @@ static void env_finalize(napi_env env, void *data, void *hint) {
   if (e->conn_ctor != NULL) napi_delete_reference(env, e->conn_ctor);
   if (e->server_ctor != NULL) napi_delete_reference(env, e->server_ctor);
   if (e->frames_ref != NULL) napi_delete_reference(env, e->frames_ref);
+  if (e->slab_ref != NULL) napi_delete_reference(env, e->slab_ref);
   free(e->read_buf);
   free(e);
 }

@@ -42,6 +42,13 @@
 /* Size of the one read buffer each event loop shares (see read.c). */
 #define PN_READ_BUF_SIZE (64 * 1024)
 
+/* Delivered bytes (P + a read) of at most PN_SLAB_PIECE go into the shared
+ * PN_SLAB_SIZE slab; larger ones get an ArrayBuffer of their own. A frame
+ * JS keeps holds its whole slab alive, as a Buffer.allocUnsafe() slice
+ * holds Node's 8 KiB pool. */
+#define PN_SLAB_SIZE (32 * 1024)
+#define PN_SLAB_PIECE (4 * 1024)
+
 /* Frame offsets travel to JS in an Int32Array, so everything the framing
  * buffers (one frame, plus one read) must stay far below 2^31. */
 #define PN_MAX_LIMIT ((size_t)1 << 30)     /* largest frame limit / size */
@@ -108,6 +115,11 @@ struct pn_env {
 
   /* The reused Int32Array of frame offsets (see read.c). */
   napi_ref frames_ref;
+
+  /* The current slab: an ArrayBuffer that small reads are copied into, one
+   * after another, so that a read costs no allocation (see read.c). */
+  napi_ref slab_ref;
+  size_t slab_used;
 
   /* Every pn_server and pn_conn whose close callback has not run yet. */
   pn_link handles;

@@ -29,7 +29,11 @@ let closes = 0;
 const uncaught = [];
 native.init({
   onConnection: (s, c) => (serverHandlers.get(s) ?? ((c) => c.close()))(c),
-  onRead: (c, d, f, n) => handlers.get(c)?.read?.(d, f, n),
+  // The addon passes the block the bytes were copied to; offset and length follow `rest` in f.
+  onRead: (c, b, f, n) => {
+    const at = n > 0 ? 2 * n + 1 : 1;
+    handlers.get(c)?.read?.(Buffer.from(b, f[at], f[at + 1]), n === 0 ? null : f, n);
+  },
   onEnd: (c) => handlers.get(c)?.end?.(),
   onError: (c, code, sc) => handlers.get(c)?.error?.(code, sc),
   onWritten: (c) => handlers.get(c)?.written?.(),

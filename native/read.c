@@ -8,6 +8,12 @@
  * into a JS Buffer or into the connection's pending bytes P) before it
  * returns. JS cannot start another read from inside onRead: libuv reads only
  * from the loop's poll phase.
+ *
+ * What JS gets is a copy: small deliveries are carved one after another out
+ * of a shared ArrayBuffer slab (no allocation per read), larger ones get an
+ * ArrayBuffer of their own; onRead receives the ArrayBuffer, and the offset
+ * and length travel in the frames array. The loader (src/native-binding.ts)
+ * turns that into a Buffer view before any other JS sees it.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +23,8 @@
 /* ---- the frames Int32Array ---------------------------------------------- */
 
 /* One Int32Array per loop carries the frame offsets of every onRead call:
- * pairs [start, end) then `rest`. JS must read it during the call. Its
+ * pairs [start, end), then `rest`, then the offset and length of the data in
+ * the ArrayBuffer passed along (raw and overflow calls: 0, offset, length). JS must read it during the call. Its
  * storage pointer is looked up again on every use rather than cached, so an
  * array JS detached (by transferring its buffer) is simply replaced. */
 static int32_t *frames_get(pn_env *e, size_t need, napi_value *arr, size_t *cap) {
@@ -27,7 +34,7 @@ static int32_t *frames_get(pn_env *e, size_t need, napi_value *arr, size_t *cap)
   void *data = NULL;
   napi_value ab;
 
-  if (need < 3) need = 3; /* at least one pair and `rest` */
+  if (need < 3) need = 3; /* at least `rest`, then the data's offset and length */
   if (e->frames_ref != NULL && napi_get_reference_value(env, e->frames_ref, arr) == napi_ok &&
       *arr != NULL &&
       napi_get_typedarray_info(env, *arr, &type, &length, &data, &ab, &offset) == napi_ok &&
@@ -48,18 +55,49 @@ static int32_t *frames_get(pn_env *e, size_t need, napi_value *arr, size_t *cap)
 
 /* ---- calling onRead / onError ---------------------------------------------- */
 
-/* A JS Buffer holding P + nb (one copy). */
-static napi_value make_data(napi_env env, const pn_framing *fr, const uint8_t *nb, size_t nn) {
-  napi_value buf;
-  void *dst;
-  if (fr->plen == 0) {
-    if (napi_create_buffer_copy(env, nn, nb, NULL, &buf) != napi_ok) return NULL;
-    return buf;
+/* ---- the bytes handed to JS ---------------------------------------------- */
+
+/* `len` bytes of the current slab (a new one when it is full, missing, or was
+ * detached by JS): *ab is the slab, *off where the piece starts. */
+static uint8_t *slab_take(pn_env *e, size_t len, napi_value *ab, size_t *off) {
+  napi_env env = e->env;
+  void *data = NULL;
+  size_t cap = 0;
+  if (e->slab_ref != NULL && e->slab_used + len <= PN_SLAB_SIZE &&
+      napi_get_reference_value(env, e->slab_ref, ab) == napi_ok && *ab != NULL &&
+      napi_get_arraybuffer_info(env, *ab, &data, &cap) == napi_ok && data != NULL &&
+      cap == PN_SLAB_SIZE) {
+    *off = e->slab_used;
+    e->slab_used += len;
+    return (uint8_t *)data + *off;
   }
-  if (napi_create_buffer(env, fr->plen + nn, &dst, &buf) != napi_ok) return NULL;
-  memcpy(dst, fr->pend, fr->plen);
-  if (nn > 0) memcpy((uint8_t *)dst + fr->plen, nb, nn);
-  return buf;
+  if (napi_create_arraybuffer(env, PN_SLAB_SIZE, &data, ab) != napi_ok) return NULL;
+  if (e->slab_ref != NULL) napi_delete_reference(env, e->slab_ref);
+  if (napi_create_reference(env, *ab, 1, &e->slab_ref) != napi_ok) e->slab_ref = NULL;
+  *off = 0;
+  e->slab_used = len;
+  return data;
+}
+
+/* Copies P + nb (one copy) into memory JS can see: a piece of the slab when
+ * small, else an ArrayBuffer of its own. *ab, *off and the length P + nb say
+ * where. */
+static bool make_data(pn_env *e, const pn_framing *fr, const uint8_t *nb, size_t nn,
+                      napi_value *ab, size_t *off) {
+  size_t len = fr->plen + nn;
+  uint8_t *dst;
+  if (len <= PN_SLAB_PIECE) {
+    dst = slab_take(e, len, ab, off);
+    if (dst == NULL) return false;
+  } else {
+    void *data;
+    if (napi_create_arraybuffer(e->env, len, &data, ab) != napi_ok) return false;
+    dst = data;
+    *off = 0;
+  }
+  if (fr->plen > 0) memcpy(dst, fr->pend, fr->plen);
+  if (nn > 0) memcpy(dst + fr->plen, nb, nn);
+  return true;
 }
 
 /* Scans P + nb, growing the frames array as needed. */
@@ -69,18 +107,19 @@ static int32_t *scan_all(pn_conn *c, const uint8_t *nb, size_t nn, napi_value *f
   size_t cap;
   int32_t *out = frames_get(e, 0, frames, &cap);
   if (out == NULL) return NULL;
-  pn_scan(&c->fr, nb, nn, 0, c->fr.scanned, out, (cap - 1) / 2, res);
+  /* Room for the pairs, `rest`, and the data's offset and length. */
+  pn_scan(&c->fr, nb, nn, 0, c->fr.scanned, out, (cap - 3) / 2, res);
   while (res->full) {
     /* More frames than the array holds: grow it (copying what is there)
      * and continue from where the scan stopped. */
     size_t count = res->count;
     int32_t *old = out;
-    out = frames_get(e, cap * 2 + 1, frames, &cap);
+    out = frames_get(e, cap * 2 + 3, frames, &cap);
     if (out == NULL) return NULL;
     if (out != old) memcpy(out, old, 2 * count * sizeof(int32_t));
     pn_scan_result more;
     pn_scan(&c->fr, nb, nn, res->rest, res->search, out + 2 * count,
-            (cap - 1) / 2 - count, &more);
+            (cap - 3) / 2 - count, &more);
     *res = more;
     res->count += count;
   }
@@ -117,11 +156,17 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
     if (napi_open_handle_scope(env, &scope) != napi_ok) return;
 
     if (fr->kind == PN_FRAME_RAW) {
-      argv[1] = make_data(env, fr, nb, nn);
+      size_t cap, off;
+      out = frames_get(e, 3, &frames, &cap);
+      if (out == NULL) goto nomem;
+      size_t len = fr->plen + nn;
+      if (!make_data(e, fr, nb, nn, &argv[1], &off)) goto nomem;
       pn_framing_keep(fr, NULL, 0, fr->plen); /* P is delivered: empty it */
-      if (argv[1] == NULL || napi_get_reference_value(env, c->base.self, &argv[0]) != napi_ok)
-        goto nomem;
-      napi_get_null(env, &argv[2]);
+      if (napi_get_reference_value(env, c->base.self, &argv[0]) != napi_ok) goto nomem;
+      out[0] = 0;
+      out[1] = (int32_t)off;
+      out[2] = (int32_t)len;
+      argv[2] = frames;
       napi_create_int32(env, 0, &argv[3]);
       pn_call(e, PN_CB_READ, 4, argv);
       napi_close_handle_scope(env, scope);
@@ -140,8 +185,11 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
       fr->scanned = res.search;
       return;
     }
-    argv[1] = make_data(env, fr, nb, nn);
-    if (argv[1] == NULL || napi_get_reference_value(env, c->base.self, &argv[0]) != napi_ok)
+    size_t off, len = fr->plen + nn;
+    /* make_data allocates, and the frames array lives outside V8's heap, so
+     * `out` stays valid across it. */
+    if (!make_data(e, fr, nb, nn, &argv[1], &off) ||
+        napi_get_reference_value(env, c->base.self, &argv[0]) != napi_ok)
       goto nomem;
     argv[2] = frames;
     if (res.count == 0) {
@@ -149,6 +197,8 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
        * back to raw, P dropped, before the call (so JS may set a framing
        * again from inside it). */
       out[0] = 0;
+      out[1] = (int32_t)off;
+      out[2] = (int32_t)len;
       pn_framing_reset(fr);
       napi_create_int32(env, -1, &argv[3]);
       pn_call(e, PN_CB_READ, 4, argv);
@@ -156,6 +206,8 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
       return;
     }
     out[2 * res.count] = (int32_t)res.rest;
+    out[2 * res.count + 1] = (int32_t)off;
+    out[2 * res.count + 2] = (int32_t)len;
     napi_create_int64(env, (int64_t)res.count, &argv[3]);
     pn_call(e, PN_CB_READ, 4, argv);
     napi_close_handle_scope(env, scope);

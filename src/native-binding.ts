@@ -153,6 +153,41 @@ export interface NativeCallbacks {
   onShutdown?(conn: NativeConn): void;
 }
 
+/** The callbacks as the addon itself calls them: onRead gets an ArrayBuffer, not a Buffer. */
+interface RawNativeCallbacks extends Omit<NativeCallbacks, "onRead"> {
+  /** `block` holds the bytes at offset `frames[k]`, length `frames[k + 1]`, k = 2 × max(count, 0) + 1. */
+  onRead(conn: NativeConn, block: ArrayBuffer, frames: Int32Array, count: number): void;
+}
+
+/** The addon's exports, as loaded. */
+interface RawNativeAddon extends Omit<NativeAddon, "init"> {
+  init(callbacks: RawNativeCallbacks): void;
+}
+
+/**
+ * The addon with its onRead turned into the documented shape: the bytes as
+ * a Buffer (a view into the block the addon copied them to), frames null
+ * in raw mode.
+ */
+function adapt(raw: RawNativeAddon): NativeAddon {
+  return {
+    init(callbacks: NativeCallbacks): void {
+      const onRead = callbacks.onRead;
+      raw.init({
+        ...callbacks,
+        onRead(conn, block, frames, count) {
+          const at = count > 0 ? 2 * count + 1 : 1;
+          onRead(conn, Buffer.from(block, frames[at]!, frames[at + 1]!), count === 0 ? null : frames, count);
+        },
+      });
+    },
+    listenTcp: raw.listenTcp,
+    listenPipe: raw.listenPipe,
+    connectTcp: raw.connectTcp,
+    connectPipe: raw.connectPipe,
+  };
+}
+
 /** The addon's exports. */
 export interface NativeAddon {
   /** Registers the callbacks (call again to replace them). Required before anything else. */
@@ -221,7 +256,7 @@ export function loadNative(): NativeAddon | null {
     return null;
   }
   try {
-    loaded = createRequire(import.meta.url)(file) as NativeAddon;
+    loaded = adapt(createRequire(import.meta.url)(file) as RawNativeAddon);
     loadError = null;
   } catch (err) {
     loadError = `the native addon failed to load: ${err instanceof Error ? err.message : String(err)}`;

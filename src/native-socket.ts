@@ -102,6 +102,8 @@ export class NativeSocket {
   #corked: Buffer[] | null = null;
   #corkedCallback: ((err?: Error | null) => void) | null = null;
   #paused = true;
+  /** True while some write is queued in the addon (cleared when it reports all written). */
+  #queued = false;
   #ended = false;
   #finished = false;
   /** True once destroy() was called or the handle closed. */
@@ -162,7 +164,8 @@ export class NativeSocket {
   /** Bytes handed over but not yet written to the OS. */
   get writableLength(): number {
     const conn = this.#conn;
-    return conn === null || this.destroyed ? 0 : conn.pendingBytes();
+    // Nothing queued since the last "written" callback: no need to ask the addon.
+    return conn === null || this.destroyed || !this.#queued ? 0 : conn.pendingBytes();
   }
 
   /** For `fileno`. */
@@ -294,8 +297,38 @@ export class NativeSocket {
       return true;
     }
     const left = this.#conn.write(chunk);
+    if (left > 0) this.#queued = true;
     if (cb) this.#afterWrite(left, cb);
     return left === 0;
+  }
+
+  /**
+   * @internal The Stream's fast path: writes `chunk` now (or queues what the
+   * OS did not take) and returns the bytes left queued, with no callback.
+   * The caller must be in a state where write() would not fail (open, not
+   * ended, not corked) and registers `whenWritten` if the result is not 0.
+   */
+  writeNow(chunk: Buffer): number {
+    const left = this.#conn!.write(chunk);
+    if (left > 0) this.#queued = true;
+    return left;
+  }
+
+  /** @internal Like writeNow() for several buffers, in one system call. */
+  writevNow(chunks: Buffer[]): number {
+    const left = this.#conn!.writev(chunks);
+    if (left > 0) this.#queued = true;
+    return left;
+  }
+
+  /** @internal Whether writeNow() may be used (open, not ended, not corked). */
+  get writableNow(): boolean {
+    return !this.destroyed && !this.#ended && this.#conn !== null && this.#corked === null;
+  }
+
+  /** @internal Calls `cb` once every write so far has reached the OS (`left`: what the last one left queued). */
+  whenWritten(left: number, cb: (err?: Error | null) => void): void {
+    this.#afterWrite(left, cb);
   }
 
   #afterWrite(left: number, cb: (err?: Error | null) => void): void {
@@ -321,11 +354,13 @@ export class NativeSocket {
     this.#corkedCallback = null;
     if (chunks === null || chunks.length === 0 || this.#conn === null || this.destroyed) return;
     const left = this.#conn.writev(chunks);
+    if (left > 0) this.#queued = true;
     if (cb) this.#afterWrite(left, cb);
   }
 
   /** @internal Every queued write has completed. */
   _written(): void {
+    this.#queued = false;
     const waiting = this.#waiting;
     this.#waiting = [];
     for (let i = 0; i < waiting.length; i++) waiting[i]!(null);

@@ -1411,6 +1411,11 @@ export class Stream extends Channel {
         n++;
       }
       if (n > 0) {
+        if ((this.#flags & F_NATIVE) !== 0 && (sock as unknown as NativeSocket).writableNow) {
+          this.#writeNative(sock as unknown as NativeSocket, wq, n, bytes);
+          if (this.#state === S_CLOSED) return;
+          continue;
+        }
         const cb = this.#writeCallback();
         this.#inflight++;
         if (n === 1) {
@@ -1443,6 +1448,28 @@ export class Stream extends Channel {
       return;
     }
     if (this.bufferedAmount > this.writeHighWaterMark) this.#pause(P_BACKPRESSURE);
+  }
+
+  /**
+   * Native transport: the first `n` queued buffers leave now, with no
+   * callback when the OS took them all and nothing waits for the drain
+   * (no onWrite handler, not paused by backpressure, not closing).
+   */
+  #writeNative(sock: NativeSocket, wq: QueueItem[], n: number, bytes: number): void {
+    let left: number;
+    if (n === 1) left = sock.writeNow(wq[0] as Buffer);
+    else if (bytes <= JOIN_LIMIT) left = sock.writeNow(Buffer.concat(n === wq.length ? (wq as Buffer[]) : (wq.slice(0, n) as Buffer[]), bytes));
+    else left = sock.writevNow(wq.slice(0, n) as Buffer[]);
+    if (n === wq.length) wq.length = 0;
+    else wq.splice(0, n);
+    this.#wqBytes -= bytes;
+    this.#countOut(bytes);
+    if (left === 0 && (this.#flags & (P_BACKPRESSURE | F_WRITE_OVERFLOWED)) === 0 && this.#state === S_OPEN && this.onWrite === Stream.prototype.onWrite) {
+      this.#flags |= F_ACTIVE;
+      return;
+    }
+    this.#inflight++;
+    sock.whenWritten(left, this.#writeCallback());
   }
 
   #onWritten(err?: Error | null): void {

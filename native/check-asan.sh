@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs the stress campaign's quick subset on the native transport with the
+# addon built under AddressSanitizer (and LeakSanitizer), then rebuilds the
+# normal addon. Node itself is not instrumented: libasan is preloaded so the
+# instrumented addon can run inside it, and leak reports are kept only when
+# a frame of their stack is in native/ (the rest is Node's own memory at exit).
+#
+#   bash native/check-asan.sh            # prints a summary; exit 0 when clean
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+asan=$(gcc -print-file-name=libasan.so)
+[ -f "$asan" ] || { echo "check-asan: libasan.so not found (gcc's AddressSanitizer runtime)"; exit 2; }
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"; npm run build:native >/dev/null 2>&1 || true' EXIT
+
+echo "check-asan: building the addon with -fsanitize=address"
+CFLAGS="-fsanitize=address -fno-omit-frame-pointer -g" LDFLAGS="-fsanitize=address" npm run build:native >/dev/null 2>&1 \
+  || { echo "check-asan: the ASan build failed"; exit 2; }
+npm run build >/dev/null || exit 2
+
+echo "check-asan: running the stress quick subset (native transport)"
+LD_PRELOAD="$asan" \
+ASAN_OPTIONS="detect_leaks=1:log_path=$logs/asan:abort_on_error=0:halt_on_error=0:detect_odr_violation=0" \
+LSAN_OPTIONS="report_objects=0" \
+PANTS_TS_TRANSPORT=native \
+  node dist/stress/run.js --quick > "$logs/stress.txt" 2>&1
+status=$?
+tail -n 3 "$logs/stress.txt"
+
+errors=$(grep -l "ERROR: AddressSanitizer" "$logs"/asan.* 2>/dev/null | wc -l)
+# A leak report is the addon's when one of its frames is in native/*.c.
+ours=0
+for f in "$logs"/asan.*; do
+  [ -e "$f" ] || continue
+  ours=$((ours + $(awk '/^(Direct|Indirect) leak/{block=$0; keep=0; next} /native\/[a-z_]+\.c/{keep=1} /^$/{ if (keep) n++; keep=0 } END{print n+0}' "$f")))
+done
+echo "check-asan: stress exit $status; AddressSanitizer errors in $errors process(es); leak reports with addon frames: $ours"
+[ "$status" -eq 0 ] && [ "$errors" -eq 0 ] && [ "$ours" -eq 0 ]
