@@ -46,6 +46,17 @@ void pn_call(pn_env *e, int which, size_t argc, napi_value *argv) {
   napi_env env = e->env;
   napi_value fn, recv, result;
   if (e->tearing_down || e->cb[which] == NULL) return;
+  if (e->in_scope) {
+    /* Inside the batch's callback scope: Node runs nextTicks and
+     * microtasks once, when the scope closes. */
+    if (napi_get_reference_value(env, e->cb[which], &fn) != napi_ok || fn == NULL) return;
+    if (napi_get_global(env, &recv) != napi_ok) return;
+    if (napi_call_function(env, recv, fn, argc, argv, &result) != napi_ok) report_exception(e);
+    return;
+  }
+  /* Batched reads that arrived before this event reach JS before it. */
+  if (!e->flushing && !pn_list_empty(&e->ready)) pn_flush_reads(e);
+  if (e->tearing_down) return;
   if (napi_get_reference_value(env, e->cb[which], &fn) != napi_ok || fn == NULL) return;
   /* napi_make_callback needs an object receiver: the global, as Node's own
    * I/O callbacks get for plain functions. */
@@ -158,7 +169,7 @@ void pn_handle_opened(pn_base *b) {
 }
 
 static void maybe_finish_teardown(pn_env *e) {
-  if (!e->tearing_down || e->handle_count > 0 || e->idle_ready) return;
+  if (!e->tearing_down || e->handle_count > 0 || e->idle_ready || e->check_ready) return;
   if (e->cleanup_hook != NULL) {
     napi_async_cleanup_hook_handle h = e->cleanup_hook;
     e->cleanup_hook = NULL;
@@ -176,6 +187,12 @@ void pn_handle_closed(pn_env *e, pn_base *b) {
 static void idle_close_cb(uv_handle_t *h) {
   pn_env *e = h->data;
   e->idle_ready = false;
+  maybe_finish_teardown(e);
+}
+
+static void check_close_cb(uv_handle_t *h) {
+  pn_env *e = h->data;
+  e->check_ready = false;
   maybe_finish_teardown(e);
 }
 
@@ -197,6 +214,10 @@ static void teardown_hook(napi_async_cleanup_hook_handle handle, void *arg) {
     e->idle_closed = true;
     uv_close((uv_handle_t *)&e->idle, idle_close_cb);
   }
+  if (e->check_ready && !e->check_closed) {
+    e->check_closed = true;
+    uv_close((uv_handle_t *)&e->check, check_close_cb);
+  }
   maybe_finish_teardown(e);
 }
 
@@ -211,6 +232,7 @@ static void env_finalize(napi_env env, void *data, void *hint) {
   if (e->server_ctor != NULL) napi_delete_reference(env, e->server_ctor);
   if (e->frames_ref != NULL) napi_delete_reference(env, e->frames_ref);
   if (e->slab_ref != NULL) napi_delete_reference(env, e->slab_ref);
+  free(e->batch);
   free(e->read_buf);
   free(e);
 }
@@ -224,6 +246,7 @@ static pn_env *env_create(napi_env env) {
   e->env = env;
   pn_list_init(&e->handles);
   pn_list_init(&e->deferred);
+  pn_list_init(&e->ready);
   e->read_buf = malloc(PN_READ_BUF_SIZE);
   if (e->read_buf == NULL || napi_get_uv_event_loop(env, &e->loop) != napi_ok) {
     free(e->read_buf);
@@ -238,11 +261,21 @@ static pn_env *env_create(napi_env env) {
     e->idle.data = e;
     e->idle_ready = true;
   }
+  if (uv_check_init(e->loop, &e->check) == 0) {
+    e->check.data = e;
+    e->check_ready = true;
+    /* Started only while reads wait, and never what keeps the loop alive. */
+    uv_unref((uv_handle_t *)&e->check);
+  }
   if (napi_add_async_cleanup_hook(env, teardown_hook, e, &e->cleanup_hook) != napi_ok) {
     e->cleanup_hook = NULL;
     if (e->idle_ready) {
       e->idle_closed = true;
       uv_close((uv_handle_t *)&e->idle, idle_close_cb);
+    }
+    if (e->check_ready) {
+      e->check_closed = true;
+      uv_close((uv_handle_t *)&e->check, check_close_cb);
     }
     pn_throw_napi(env, "napi_add_async_cleanup_hook");
     return NULL;

@@ -49,6 +49,10 @@
 #define PN_SLAB_SIZE (32 * 1024)
 #define PN_SLAB_PIECE (4 * 1024)
 
+/* Reads of at most this many bytes are batched; larger ones (bulk
+ * transfers) are delivered at once. */
+#define PN_BATCH_READ (16 * 1024)
+
 /* Frame offsets travel to JS in an Int32Array, so everything the framing
  * buffers (one frame, plus one read) must stay far below 2^31. */
 #define PN_MAX_LIMIT ((size_t)1 << 30)     /* largest frame limit / size */
@@ -120,6 +124,20 @@ struct pn_env {
    * after another, so that a read costs no allocation (see read.c). */
   napi_ref slab_ref;
   size_t slab_used;
+
+  /* Read batching (see read.c): small reads of one poll phase wait in
+   * `batch` (their connections in `ready`, in arrival order) and reach JS
+   * together, inside one callback scope, from the check handle that runs
+   * right after the poll phase, or earlier, before any other event. */
+  uint8_t *batch;
+  size_t batch_len;
+  size_t batch_cap;
+  pn_link ready;
+  bool flushing;     /* inside pn_flush_reads */
+  bool in_scope;     /* ... with its callback scope open: JS calls use napi_call_function */
+  uv_check_t check;
+  bool check_ready;  /* uv_check_init succeeded */
+  bool check_closed; /* uv_close called on it (teardown) */
 
   /* Every pn_server and pn_conn whose close callback has not run yet. */
   pn_link handles;
@@ -234,6 +252,10 @@ typedef struct pn_conn {
   uint32_t set_gen;
   uint32_t reset_gen;
 
+  pn_link ready_link; /* in env->ready while a batched read waits */
+  size_t batch_off;   /* where that read's bytes are in env->batch */
+  size_t batch_n;
+
   pn_link defer_link; /* in env->deferred while defer_bits != 0 */
   unsigned defer_bits;
   int defer_connect_err;
@@ -338,6 +360,11 @@ napi_value pn_conn_set_framing(napi_env env, napi_callback_info info);
 napi_value pn_conn_reset_framing(napi_env env, napi_callback_info info);
 /* Frames and hands to JS whatever P plus the new bytes hold. */
 void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn);
+/* Delivers the batched reads now (no-op when there are none, or while
+ * already delivering them). */
+void pn_flush_reads(pn_env *e);
+/* The check handle's callback (addon.c starts and stops it). */
+void pn_check_cb(uv_check_t *h);
 
 /* write.c */
 napi_value pn_conn_write(napi_env env, napi_callback_info info);

@@ -68,6 +68,7 @@ void pn_conn_close(pn_conn *c) {
   c->base.closing = true;
   c->reading = false;
   c->need_deliver = false;
+  pn_list_remove(&c->ready_link); /* a batched read it had is dropped */
   /* uv_close stops reading at once and cancels queued writes, a pending
    * shutdown and a pending connect; their callbacks run (UV_ECANCELED) just
    * before the close callback, in the loop's closing phase. */

@@ -90,10 +90,17 @@ static bool make_data(pn_env *e, const pn_framing *fr, const uint8_t *nb, size_t
     dst = slab_take(e, len, ab, off);
     if (dst == NULL) return false;
   } else {
+    /* napi_create_buffer does not zero-fill (an ArrayBuffer would, only for
+     * the copy to overwrite it): take the Buffer's own ArrayBuffer. */
     void *data;
-    if (napi_create_arraybuffer(e->env, len, &data, ab) != napi_ok) return false;
+    napi_value buf;
+    napi_typedarray_type type;
+    size_t length;
+    if (napi_create_buffer(e->env, len, &data, &buf) != napi_ok ||
+        napi_get_typedarray_info(e->env, buf, &type, &length, &data, ab, off) != napi_ok ||
+        data == NULL)
+      return false;
     dst = data;
-    *off = 0;
   }
   if (fr->plen > 0) memcpy(dst, fr->pend, fr->plen);
   if (nn > 0) memcpy(dst + fr->plen, nb, nn);
@@ -256,16 +263,121 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   buf->len = PN_READ_BUF_SIZE;
 }
 
+/* ---- batching ------------------------------------------------------------ */
+
+/* Small reads are not handed to JS one by one: each JS call made with
+ * napi_make_callback costs about as much as a small read itself (async
+ * context, microtask checkpoint, nextTick queue). read_cb copies a small
+ * read into env->batch and queues its connection; pn_flush_reads then
+ * delivers every queued read inside one callback scope, so Node runs the
+ * nextTick and microtask queues once per batch. It runs from the check
+ * handle, right after the poll phase that did the reads, and before any
+ * other event is delivered (pn_call), so events keep their order: a
+ * connection's data always reaches JS before its EOF, error or close.
+ * Bytes never wait in the batch past the loop iteration that read them. */
+
+static bool batch_add(pn_env *e, pn_conn *c, const uint8_t *nb, size_t nn) {
+  if (e->batch_len + nn > e->batch_cap) {
+    size_t cap = e->batch_cap * 2 > e->batch_len + nn ? e->batch_cap * 2 : e->batch_len + nn;
+    if (cap < 64 * 1024) cap = 64 * 1024;
+    uint8_t *p = realloc(e->batch, cap);
+    if (p == NULL) return false;
+    e->batch = p;
+    e->batch_cap = cap;
+  }
+  memcpy(e->batch + e->batch_len, nb, nn);
+  c->batch_off = e->batch_len;
+  c->batch_n = nn;
+  e->batch_len += nn;
+  pn_list_push(&e->ready, &c->ready_link);
+  if (!uv_is_active((uv_handle_t *)&e->check)) uv_check_start(&e->check, pn_check_cb);
+  return true;
+}
+
+void pn_flush_reads(pn_env *e) {
+  napi_env env = e->env;
+  napi_handle_scope hs;
+  napi_callback_scope cs;
+  napi_value resource;
+  bool scoped = false;
+
+  if (e->flushing || pn_list_empty(&e->ready)) return;
+  if (e->tearing_down) {
+    while (!pn_list_empty(&e->ready)) pn_list_remove(e->ready.next);
+    e->batch_len = 0;
+    return;
+  }
+  if (napi_open_handle_scope(env, &hs) != napi_ok) return;
+  if (e->actx_resource != NULL && napi_get_reference_value(env, e->actx_resource, &resource) == napi_ok &&
+      resource != NULL && napi_open_callback_scope(env, resource, e->actx, &cs) == napi_ok)
+    scoped = true;
+  /* Without a callback scope (it could not be opened) every call is a
+   * napi_make_callback of its own: slower, same behaviour. */
+  e->flushing = true;
+  e->in_scope = scoped;
+  /* JS cannot read from inside these calls (libuv reads only in the poll
+   * phase), so nothing is added to the batch while it is delivered. */
+  while (!pn_list_empty(&e->ready)) {
+    pn_link *node = e->ready.next;
+    pn_list_remove(node);
+    pn_conn *c = pn_container_of(node, pn_conn, ready_link);
+    const uint8_t *nb = e->batch + c->batch_off;
+    size_t nn = c->batch_n;
+    if (c->base.closing) continue;
+    if (!c->reading) {
+      /* Paused since the read: the bytes join P, for readStart to deliver. */
+      if (!pn_framing_keep(&c->fr, nb, nn, 0)) pn_conn_emit_error(c, UV_ENOMEM, "read");
+      else c->need_deliver = true;
+      continue;
+    }
+    pn_deliver(c, nb, nn);
+    if (e->tearing_down) break;
+  }
+  e->flushing = false;
+  e->in_scope = false;
+  e->batch_len = 0;
+  if (e->batch_cap > 1024 * 1024) { /* do not hold on to a big batch */
+    free(e->batch);
+    e->batch = NULL;
+    e->batch_cap = 0;
+  }
+  if (scoped) napi_close_callback_scope(env, cs);
+  napi_close_handle_scope(env, hs);
+}
+
+void pn_check_cb(uv_check_t *h) {
+  pn_env *e = h->data;
+  uv_check_stop(h);
+  pn_flush_reads(e);
+}
+
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   pn_conn *c = stream->data;
+  pn_env *e = c->base.penv;
 
   if (nread == 0) return; /* EAGAIN: nothing to read after all */
   if (c->base.closing) return;
   if (nread > 0) {
-    pn_deliver(c, (const uint8_t *)buf->base, (size_t)nread);
+    const uint8_t *nb = (const uint8_t *)buf->base;
+    if ((size_t)nread <= PN_BATCH_READ && e->check_ready && c->ready_link.next == NULL &&
+        batch_add(e, c, nb, (size_t)nread))
+      return;
+    /* A large read (or a second one for this connection, or no memory for
+     * the batch): what is batched goes first, then this one, at once. */
+    pn_flush_reads(e);
+    if (c->base.closing) return;
+    if (!c->reading) {
+      if (!pn_framing_keep(&c->fr, nb, (size_t)nread, 0)) pn_conn_emit_error(c, UV_ENOMEM, "read");
+      else c->need_deliver = true;
+      return;
+    }
+    pn_deliver(c, nb, (size_t)nread);
     return;
   }
-  /* nread < 0: libuv has stopped reading (on EOF and on errors alike). */
+  /* nread < 0: libuv has stopped reading (on EOF and on errors alike).
+   * A batched read of this connection goes first, while it still reads. */
+  pn_flush_reads(e);
+  if (c->base.closing) return;
   c->reading = false;
   if (nread != UV_EOF) {
     pn_conn_emit_error(c, (int)nread, "read");

@@ -23,6 +23,7 @@ export interface NativeOwner {
 }
 
 type Listener = (...args: never[]) => void;
+type Slot = Listener | Listener[] | null;
 type EventName = "data" | "end" | "error" | "close" | "connect" | "drain" | "finish";
 
 const kSocket: unique symbol = Symbol("pants-ts.nativeSocket");
@@ -97,8 +98,16 @@ function runDoneCallbacks(): void {
 export class NativeSocket {
   #conn: NativeConn | null = null;
   #owner: NativeOwner | null = null;
-  #listeners: Partial<Record<EventName, Listener[]>> = {};
-  #waiting: Array<(err?: Error | null) => void> = [];
+  // One slot per event (a function, or an array once a second listener
+  // comes): no per-socket map or arrays for the usual one listener each.
+  #data: Slot = null;
+  #endL: Slot = null;
+  #errorL: Slot = null;
+  #closeL: Slot = null;
+  #connectL: Slot = null;
+  #drainL: Slot = null;
+  #finishL: Slot = null;
+  #waiting: Array<(err?: Error | null) => void> | null = null;
   #corked: Buffer[] | null = null;
   #corkedCallback: ((err?: Error | null) => void) | null = null;
   #paused = true;
@@ -203,8 +212,56 @@ export class NativeSocket {
 
   // -- events (a minimal emitter: a Stream registers one listener per event) --
 
+  #slot(event: EventName): Slot {
+    switch (event) {
+      case "data":
+        return this.#data;
+      case "end":
+        return this.#endL;
+      case "error":
+        return this.#errorL;
+      case "close":
+        return this.#closeL;
+      case "connect":
+        return this.#connectL;
+      case "drain":
+        return this.#drainL;
+      case "finish":
+        return this.#finishL;
+    }
+  }
+
+  #setSlot(event: EventName, value: Slot): void {
+    switch (event) {
+      case "data":
+        this.#data = value;
+        break;
+      case "end":
+        this.#endL = value;
+        break;
+      case "error":
+        this.#errorL = value;
+        break;
+      case "close":
+        this.#closeL = value;
+        break;
+      case "connect":
+        this.#connectL = value;
+        break;
+      case "drain":
+        this.#drainL = value;
+        break;
+      case "finish":
+        this.#finishL = value;
+        break;
+    }
+  }
+
   on(event: EventName, fn: Listener): this {
-    (this.#listeners[event] ??= []).push(fn);
+    const slot = this.#slot(event);
+    if (slot === null) this.#setSlot(event, fn);
+    else if (typeof slot === "function") this.#setSlot(event, [slot, fn]);
+    else slot.push(fn);
     if (event === "data" && this.#owner === null) this.resume();
     return this;
   }
@@ -219,10 +276,16 @@ export class NativeSocket {
   }
 
   off(event: EventName, fn: Listener): this {
-    const list = this.#listeners[event];
-    if (list === undefined) return this;
-    const i = list.findIndex((l) => l === fn || (l as Listener & { listener?: Listener }).listener === fn);
-    if (i !== -1) list.splice(i, 1);
+    const slot = this.#slot(event);
+    const matches = (l: Listener) => l === fn || (l as Listener & { listener?: Listener }).listener === fn;
+    if (slot === null) return this;
+    if (typeof slot === "function") {
+      if (matches(slot)) this.#setSlot(event, null);
+      return this;
+    }
+    const i = slot.findIndex(matches);
+    if (i !== -1) slot.splice(i, 1);
+    if (slot.length <= 1) this.#setSlot(event, slot.length === 0 ? null : slot[0]!);
     return this;
   }
 
@@ -231,9 +294,10 @@ export class NativeSocket {
   }
 
   #emit(event: EventName, ...args: unknown[]): void {
-    const list = this.#listeners[event];
-    if (list === undefined || list.length === 0) return;
-    for (const fn of list.length === 1 ? list : list.slice()) (fn as (...a: unknown[]) => void).apply(this, args);
+    const slot = this.#slot(event);
+    if (slot === null) return;
+    if (typeof slot === "function") (slot as (...a: unknown[]) => void).apply(this, args);
+    else for (const fn of slot.slice()) (fn as (...a: unknown[]) => void).apply(this, args);
   }
 
   // -- reading --
@@ -254,10 +318,14 @@ export class NativeSocket {
     return this.#paused;
   }
 
-  /** Sets the addon's framing: 0 raw, 1 bytes delimiter, 2 fixed size. */
-  setFraming(kind: 0 | 1 | 2, value: Buffer | number | null, limit: number): void {
+  /**
+   * Sets the addon's framing: 0 raw, 1 bytes delimiter, 2 fixed size. Raw
+   * (0) drops the bytes the addon holds back (the caller took them from the
+   * last delivery); `keepPending` keeps them, to be delivered again raw.
+   */
+  setFraming(kind: 0 | 1 | 2, value: Buffer | number | null, limit: number, keepPending = false): void {
     if (this.#conn === null || this.destroyed) return;
-    if (kind === 0) this.#conn.resetFraming();
+    if (kind === 0 && !keepPending) this.#conn.resetFraming();
     else this.#conn.setFraming(kind, value as Buffer & number, limit);
   }
 
@@ -332,14 +400,14 @@ export class NativeSocket {
   }
 
   #afterWrite(left: number, cb: (err?: Error | null) => void): void {
-    if (left === 0 && this.#waiting.length === 0) {
+    if (left === 0 && this.#waiting === null) {
       doneCallbacks.push(cb);
       if (!doneScheduled) {
         doneScheduled = true;
         process.nextTick(runDoneCallbacks);
       }
     } else {
-      this.#waiting.push(cb);
+      (this.#waiting ??= []).push(cb);
     }
   }
 
@@ -362,8 +430,8 @@ export class NativeSocket {
   _written(): void {
     this.#queued = false;
     const waiting = this.#waiting;
-    this.#waiting = [];
-    for (let i = 0; i < waiting.length; i++) waiting[i]!(null);
+    this.#waiting = null;
+    if (waiting !== null) for (let i = 0; i < waiting.length; i++) waiting[i]!(null);
     this.#emit("drain");
   }
 
@@ -391,9 +459,9 @@ export class NativeSocket {
     if (this.destroyed) return this;
     this.destroyed = true;
     const waiting = this.#waiting;
-    this.#waiting = [];
+    this.#waiting = null;
     const failure = err ?? uvError("ECANCELED", "write");
-    for (const cb of waiting) process.nextTick(cb, failure);
+    if (waiting !== null) for (const cb of waiting) process.nextTick(cb, failure);
     if (err) process.nextTick(() => this.#emit("error", err));
     if (this.#conn !== null) this.#conn.close();
     else process.nextTick(() => this.#emit("close"));

@@ -934,7 +934,9 @@ export class Stream extends Channel {
       sock.setFraming(2, framer.source, Math.max(this.#bufferSize, framer.source));
       this.#flags |= F_NATIVE_FRAMING;
     } else if ((this.#flags & F_NATIVE_FRAMING) !== 0) {
-      sock.setFraming(0, null, 0);
+      // Outside a delivery: the bytes the addon holds back (a partial frame)
+      // have not been framed yet, so they come back raw, to be framed here.
+      sock.setFraming(0, null, 0, true);
       sock.tail = 0;
       this.#flags &= ~F_NATIVE_FRAMING;
     }
@@ -1014,8 +1016,14 @@ export class Stream extends Channel {
     if ((rb === null || (rb.length === 0 && !rb.discarding)) && (this.#flags & P_ANY) === 0 && this.#encoding === null && (this.#flags & F_TLS_UPGRADING) === 0) {
       const framer = this.#framer;
       if (framer === NULL_FRAMER) this.#deliver(chunk);
-      else if (framer.needle !== null || typeof framer.source === "number") {
-        const used = framer.needle !== null ? this.#scanChunk(chunk, framer.needle) : this.#scanSized(chunk, framer.source as number);
+      else if (framer.needle !== null || typeof framer.source === "number" || framer.source instanceof Struct) {
+        const source = framer.source;
+        const used =
+          framer.needle !== null
+            ? this.#scanChunk(chunk, framer.needle)
+            : typeof source === "number"
+              ? this.#scanSized(chunk, source)
+              : this.#scanStruct(chunk, source as Struct);
         if (used < chunk.length && this.#state === S_OPEN) this.#push(used === 0 ? chunk : chunk.subarray(used));
       } else this.#push(chunk);
     } else {
@@ -1051,6 +1059,27 @@ export class Stream extends Channel {
       this.#deliver(frame);
       // One test for everything that ends the loop: a new delimiter, a pause, a close, TLS, an encoding.
       if ((this.#flags & F_STOP) !== 0 || start >= chunk.length) break;
+    }
+    return start;
+  }
+
+  /** As {@link #scanSized}, for a Struct: each record unpacked in place, straight from the chunk. */
+  #scanStruct(chunk: Buffer, struct: Struct): number {
+    const size = struct.size;
+    let start = 0;
+    this.#flags &= ~F_STOP;
+    while (chunk.length - start >= size) {
+      let args: unknown[];
+      try {
+        args = struct.readAt(chunk, start);
+      } catch (err) {
+        // As in the buffered path: the rest of the bytes cannot be framed.
+        this._handlerFailed(err);
+        return chunk.length;
+      }
+      start += size;
+      this.#deliverArgs(args);
+      if ((this.#flags & F_STOP) !== 0) break;
     }
     return start;
   }
@@ -1522,8 +1551,9 @@ export class Stream extends Channel {
   #upgradeNow(options: SslOptions): void {
     let sock = this.#sock as OwnedSocket;
     if (isNative(sock)) {
-      // node:tls needs a real Duplex: put one over the native socket from now on.
-      sock.setFraming(0, null, 0);
+      // node:tls needs a real Duplex: put one over the native socket from now
+      // on. Bytes the addon still holds back follow, raw, what is unshifted below.
+      sock.setFraming(0, null, 0, true);
       sock.off("data", onSocketData as never);
       sock.off("end", onSocketEnd as never);
       sock.off("error", onSocketError as never);

@@ -15,7 +15,7 @@ import {
 } from "../src/index.js";
 import type { Decoder, ReadDelimiter } from "../src/index.js";
 import { memoryPeer } from "../src/testing.js";
-import { captureLogs, connect, freshEngine, listenLocal } from "./helpers.js";
+import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
 // --- Pants' own read-delimiter tests, over loopback -------------------------
 
@@ -412,4 +412,31 @@ test("thousands of delimiter switches in one chunk: no recursion, every frame de
     await peer.send(input, { chunkSize });
     assert.equal(peer.stream.bodies, 20000, `chunkSize ${chunkSize}`);
   }
+});
+
+test("a delimiter changed outside onRead (a timer) frames the partial frame already received, over a socket", async (t) => {
+  const engine = freshEngine(t);
+  const frames: string[] = [];
+  let stream: Stream | null = null;
+  class Late extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+      stream = this;
+    }
+    override onRead(d: Buffer | string) {
+      frames.push(String(d));
+    }
+  }
+  const port = await listenLocal(new Server(Late, { engine }), t);
+  const c = await connect(["127.0.0.1", port]);
+  t.after(() => c.socket.destroy());
+  // "first" is a frame; "sec" waits, undelimited, in the transport's framer.
+  c.socket.write("first\nsec");
+  await waitFor(() => frames.length === 1, 5000, "the first frame");
+  await sleep(50);
+  // From a timer, not inside onRead: a delimiter the native framer cannot cut (a regex).
+  (stream as unknown as Stream).readDelimiter = /;/;
+  c.socket.write("ond;third;");
+  await waitFor(() => frames.length === 3, 5000, `three frames, got ${JSON.stringify(frames)}`);
+  assert.deepEqual(frames, ["first", "second", "third"]);
 });
