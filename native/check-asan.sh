@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs the stress campaign's quick subset on the native transport with the
-# addon built under AddressSanitizer (and LeakSanitizer), then rebuilds the
-# normal addon. Node itself is not instrumented: libasan is preloaded so the
-# instrumented addon can run inside it, and leak reports are kept only when
-# a frame of their stack is in native/ (the rest is Node's own memory at exit).
+# Runs the stress campaign's quick subset on the native transport, then
+# native/memcheck.mjs, with the addon built under AddressSanitizer (and
+# LeakSanitizer), then rebuilds the normal addon. Node itself is not
+# instrumented: libasan is preloaded so the instrumented addon can run inside
+# it, and only leaks the addon itself allocated count (see below; the rest is
+# Node's and V8's own memory at exit).
 #
 #   bash native/check-asan.sh            # prints a summary; exit 0 when clean
 set -uo pipefail
@@ -27,6 +28,14 @@ PANTS_TS_TRANSPORT=native \
   node dist/stress/run.js --quick > "$logs/stress.txt" 2>&1
 status=$?
 tail -n 3 "$logs/stress.txt"
+
+echo "check-asan: running native/memcheck.mjs (every allocating path of the addon)"
+LD_PRELOAD="$asan" \
+ASAN_OPTIONS="detect_leaks=1:log_path=$logs/asan:abort_on_error=0:halt_on_error=0:detect_odr_violation=0" \
+  node native/memcheck.mjs > "$logs/memcheck.txt" 2>&1
+mstatus=$?
+tail -n 1 "$logs/memcheck.txt"
+[ "$mstatus" -eq 0 ] || status=$mstatus
 
 errors=$(grep -l "ERROR: AddressSanitizer" "$logs"/asan.* 2>/dev/null | wc -l)
 # A leak report is the addon's when a frame of native/*.c comes before any
