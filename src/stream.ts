@@ -107,6 +107,15 @@ const F_NATIVE = 1 << 18; // the socket is the native addon's
 const F_NATIVE_FRAMING = 1 << 19; // and the addon cuts the frames
 /** Set by anything that must stop a frame loop in progress (a new delimiter, a pause, a close...). */
 const F_STOP = 1 << 20;
+/** The delimiter changed inside a batch of frames the addon cut (once: F_SWITCHED; again: F_JS_FRAMING). */
+const F_SWITCHED = 1 << 21;
+/**
+ * A protocol that keeps switching delimiter (RESP, memcached: a line, then a
+ * byte count, then a line...) is framed here, over raw native reads: handing
+ * the framing back and forth with the addon at every switch costs more than
+ * it saves.
+ */
+const F_JS_FRAMING = 1 << 22;
 
 // Reasons reading is paused (flag bits too).
 const P_USER = 1 << 15;
@@ -926,7 +935,10 @@ export class Stream extends Channel {
     if (!isNative(sock) || this.#state === S_CLOSED) return;
     const framer = this.#framer;
     const rb = this.#rb;
-    const free = this.#encoding === null && (rb === null || (rb.length === 0 && !rb.discarding)) && (this.#flags & F_TLS_UPGRADING) === 0;
+    const free =
+      this.#encoding === null &&
+      (rb === null || (rb.length === 0 && !rb.discarding)) &&
+      (this.#flags & (F_TLS_UPGRADING | F_JS_FRAMING)) === 0;
     if (free && framer.needle !== null) {
       sock.setFraming(1, framer.needle, this.#bufferSize);
       this.#flags |= F_NATIVE_FRAMING;
@@ -974,6 +986,7 @@ export class Stream extends Channel {
     if (i < count || this.#state !== S_OPEN || this.#framer !== framer || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 || this.#encoding !== null) {
       // Something changed inside onRead: the rest of `data` (from the first
       // frame not delivered, the addon's pending tail included) is framed here.
+      if (this.#framer !== framer) this.#flags |= (this.#flags & F_SWITCHED) !== 0 ? F_JS_FRAMING : F_SWITCHED;
       if (this.#state === S_OPEN || this.#state === S_CLOSING) {
         sock.setFraming(0, null, 0);
         this.#flags &= ~F_NATIVE_FRAMING;
@@ -1030,7 +1043,7 @@ export class Stream extends Channel {
       this.#push(chunk);
     }
     this.#flags &= ~F_IN_DISPATCH;
-    if ((this.#flags & (F_NATIVE | F_NATIVE_FRAMING)) === F_NATIVE && this.#state === S_OPEN) this.#syncNativeFraming();
+    if ((this.#flags & (F_NATIVE | F_NATIVE_FRAMING | F_JS_FRAMING)) === F_NATIVE && this.#state === S_OPEN) this.#syncNativeFraming();
     if (this.#wq !== null && this.#wq.length > 0) this.#flush();
   }
 
