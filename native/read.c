@@ -276,6 +276,13 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
  * connection's data always reaches JS before its EOF, error or close.
  * Bytes never wait in the batch past the loop iteration that read them. */
 
+/* Bytes read for a connection JS has paused since: they join P, for
+ * readStart to deliver. */
+static void hold(pn_conn *c, const uint8_t *nb, size_t nn) {
+  if (!pn_framing_keep(&c->fr, nb, nn, 0)) pn_conn_emit_error(c, UV_ENOMEM, "read");
+  else c->need_deliver = true;
+}
+
 static bool batch_add(pn_env *e, pn_conn *c, const uint8_t *nb, size_t nn) {
   if (e->batch_len + nn > e->batch_cap) {
     size_t cap = e->batch_cap * 2 > e->batch_len + nn ? e->batch_cap * 2 : e->batch_len + nn;
@@ -325,9 +332,7 @@ void pn_flush_reads(pn_env *e) {
     size_t nn = c->batch_n;
     if (c->base.closing) continue;
     if (!c->reading) {
-      /* Paused since the read: the bytes join P, for readStart to deliver. */
-      if (!pn_framing_keep(&c->fr, nb, nn, 0)) pn_conn_emit_error(c, UV_ENOMEM, "read");
-      else c->need_deliver = true;
+      hold(c, nb, nn); /* paused since the read */
       continue;
     }
     pn_deliver(c, nb, nn);
@@ -367,8 +372,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     pn_flush_reads(e);
     if (c->base.closing) return;
     if (!c->reading) {
-      if (!pn_framing_keep(&c->fr, nb, (size_t)nread, 0)) pn_conn_emit_error(c, UV_ENOMEM, "read");
-      else c->need_deliver = true;
+      hold(c, nb, (size_t)nread); /* paused by what the flush delivered */
       return;
     }
     pn_deliver(c, nb, (size_t)nread);

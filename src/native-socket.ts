@@ -364,8 +364,7 @@ export class NativeSocket {
       if (cb) this.#corkedCallback = cb;
       return true;
     }
-    const left = this.#conn.write(chunk);
-    if (left > 0) this.#queued = true;
+    const left = this.writeNow(chunk);
     if (cb) this.#afterWrite(left, cb);
     return left === 0;
   }
@@ -421,8 +420,7 @@ export class NativeSocket {
     this.#corked = null;
     this.#corkedCallback = null;
     if (chunks === null || chunks.length === 0 || this.#conn === null || this.destroyed) return;
-    const left = this.#conn.writev(chunks);
-    if (left > 0) this.#queued = true;
+    const left = this.writevNow(chunks);
     if (cb) this.#afterWrite(left, cb);
   }
 

@@ -1453,27 +1453,21 @@ export class Stream extends Channel {
         n++;
       }
       if (n > 0) {
+        const run = this.#takeRun(wq, n, bytes);
         if ((this.#flags & F_NATIVE) !== 0 && (sock as unknown as NativeSocket).writableNow) {
-          this.#writeNative(sock as unknown as NativeSocket, wq, n, bytes);
-          if (this.#state === S_CLOSED) return;
-          continue;
-        }
-        const cb = this.#writeCallback();
-        this.#inflight++;
-        if (n === 1) {
-          sock.write(wq[0] as Buffer, cb);
-        } else if (bytes <= JOIN_LIMIT) {
-          sock.write(Buffer.concat(n === wq.length ? (wq as Buffer[]) : (wq.slice(0, n) as Buffer[]), bytes), cb);
+          this.#writeNative(sock as unknown as NativeSocket, run);
         } else {
-          sock.cork();
-          for (let i = 0; i < n - 1; i++) sock.write(wq[i] as Buffer);
-          sock.write(wq[n - 1] as Buffer, cb);
-          sock.uncork();
+          const cb = this.#writeCallback();
+          this.#inflight++;
+          if (Buffer.isBuffer(run)) {
+            sock.write(run, cb);
+          } else {
+            sock.cork();
+            for (let i = 0; i < run.length - 1; i++) sock.write(run[i]!);
+            sock.write(run[run.length - 1]!, cb);
+            sock.uncork();
+          }
         }
-        if (n === wq.length) wq.length = 0;
-        else wq.splice(0, n);
-        this.#wqBytes -= bytes;
-        this.#countOut(bytes);
         if (this.#state === S_CLOSED) return; // a synchronous error closed us
         continue;
       }
@@ -1493,19 +1487,29 @@ export class Stream extends Channel {
   }
 
   /**
-   * Native transport: the first `n` queued buffers leave now, with no
-   * callback when the OS took them all and nothing waits for the drain
-   * (no onWrite handler, not paused by backpressure, not closing).
+   * Removes the first `n` queued buffers (`bytes` in all) from the queue and
+   * counts them out: one buffer (joined when small), or the list to write
+   * together when large.
    */
-  #writeNative(sock: NativeSocket, wq: QueueItem[], n: number, bytes: number): void {
-    let left: number;
-    if (n === 1) left = sock.writeNow(wq[0] as Buffer);
-    else if (bytes <= JOIN_LIMIT) left = sock.writeNow(Buffer.concat(n === wq.length ? (wq as Buffer[]) : (wq.slice(0, n) as Buffer[]), bytes));
-    else left = sock.writevNow(wq.slice(0, n) as Buffer[]);
+  #takeRun(wq: QueueItem[], n: number, bytes: number): Buffer | Buffer[] {
+    let run: Buffer | Buffer[];
+    if (n === 1) run = wq[0] as Buffer;
+    else if (bytes <= JOIN_LIMIT) run = Buffer.concat((n === wq.length ? wq : wq.slice(0, n)) as Buffer[], bytes);
+    else run = wq.slice(0, n) as Buffer[];
     if (n === wq.length) wq.length = 0;
     else wq.splice(0, n);
     this.#wqBytes -= bytes;
     this.#countOut(bytes);
+    return run;
+  }
+
+  /**
+   * Native transport: `run` leaves now, with no callback when the OS took it
+   * all and nothing waits for the drain (no onWrite handler, not paused by
+   * backpressure, not closing).
+   */
+  #writeNative(sock: NativeSocket, run: Buffer | Buffer[]): void {
+    const left = Buffer.isBuffer(run) ? sock.writeNow(run) : sock.writevNow(run);
     if (left === 0 && (this.#flags & (P_BACKPRESSURE | F_WRITE_OVERFLOWED)) === 0 && this.#state === S_OPEN && this.onWrite === Stream.prototype.onWrite) {
       this.#flags |= F_ACTIVE;
       return;
