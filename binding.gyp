@@ -9,6 +9,7 @@
         "native/addon.c",
         "native/conn.c",
         "native/framing.c",
+        "native/malloc-tune.c",
         "native/read.c",
         "native/server.c",
         "native/util.c",

@@ -232,6 +232,7 @@ static void env_finalize(napi_env env, void *data, void *hint) {
   if (e->server_ctor != NULL) napi_delete_reference(env, e->server_ctor);
   if (e->frames_ref != NULL) napi_delete_reference(env, e->frames_ref);
   if (e->slab_ref != NULL) napi_delete_reference(env, e->slab_ref);
+  if (e->spare_ref != NULL) napi_delete_reference(env, e->spare_ref);
   free(e->batch);
   free(e->read_buf);
   free(e);
@@ -292,6 +293,7 @@ fail:
 
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   pn_env *e = NULL;
+  pn_tune_malloc();
   /* The module may be initialised more than once in one environment (e.g.
    * after its require.cache entry is deleted): share the state. */
   if (napi_get_instance_data(env, (void **)&e) != napi_ok) e = NULL;

@@ -39,8 +39,17 @@
 #include <node_api.h>
 #include <uv.h>
 
-/* Size of the one read buffer each event loop shares (see read.c). */
-#define PN_READ_BUF_SIZE (64 * 1024)
+/* Size of the one read buffer each event loop shares (see read.c). Bulk
+ * transfers read up to this much per system call (uvloop reads ~250 KB). */
+#define PN_READ_BUF_SIZE (256 * 1024)
+
+/* A connection's pending bytes P keep a buffer up to this size between
+ * reads; a bigger one is shrunk or freed once the big frame is gone. */
+#define PN_KEEP_CAP (64 * 1024)
+
+/* A raw read of at least this many bytes is handed to JS in the Buffer it
+ * was read into (JS holds at most twice the bytes it was given). */
+#define PN_LEND_MIN (PN_READ_BUF_SIZE / 2)
 
 /* Delivered bytes (P + a read) of at most PN_SLAB_PIECE go into the shared
  * PN_SLAB_SIZE slab; larger ones get an ArrayBuffer of their own. A frame
@@ -116,6 +125,11 @@ struct pn_env {
   /* The shared read buffer: alloc_cb hands it to every read; read_cb
    * consumes it before libuv can ask for the next one (see read.c). */
   char *read_buf;
+  /* Preferred over read_buf when present: the memory of a JS Buffer no JS
+   * code has seen yet, so that a large raw read can be handed over as it
+   * is, without a copy (see read.c). */
+  napi_ref spare_ref;
+  uint8_t *spare;
 
   /* The reused Int32Array of frame offsets (see read.c). */
   napi_ref frames_ref;
@@ -360,9 +374,14 @@ napi_value pn_conn_set_framing(napi_env env, napi_callback_info info);
 napi_value pn_conn_reset_framing(napi_env env, napi_callback_info info);
 /* Frames and hands to JS whatever P plus the new bytes hold. */
 void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn);
+/* malloc-tune.c: glibc settings that keep bulk reads from faulting pages in
+ * again and again (once per process; see the file). */
+void pn_tune_malloc(void);
+
 /* Delivers the batched reads now (no-op when there are none, or while
  * already delivering them). */
 void pn_flush_reads(pn_env *e);
+
 /* The check handle's callback (addon.c starts and stops it). */
 void pn_check_cb(uv_check_t *h);
 

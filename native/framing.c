@@ -138,7 +138,7 @@ bool pn_framing_keep(pn_framing *fr, const uint8_t *nb, size_t nn, size_t from) 
   const size_t plen = fr->plen, total = plen + nn;
   if (from >= total) {
     fr->plen = 0;
-    if (fr->pcap > PN_READ_BUF_SIZE) { /* do not hold on to a big buffer */
+    if (fr->pcap > PN_KEEP_CAP) { /* do not hold on to a big buffer */
       free(fr->pend);
       fr->pend = NULL;
       fr->pcap = 0;
@@ -160,7 +160,7 @@ bool pn_framing_keep(pn_framing *fr, const uint8_t *nb, size_t nn, size_t from) 
   if (newlen > cap) {
     cap = cap * 2 > newlen ? cap * 2 : newlen;
     if (cap < 256) cap = 256;
-  } else if (cap > PN_READ_BUF_SIZE && newlen < cap / 4) {
+  } else if (cap > PN_KEEP_CAP && newlen < cap / 4) {
     cap = newlen < 4096 ? 4096 : newlen; /* shrink after a big frame */
   }
   if (cap != fr->pcap) {

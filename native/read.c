@@ -12,7 +12,11 @@
  * What JS gets is a copy: small deliveries are carved one after another out
  * of a shared ArrayBuffer slab (no allocation per read), larger ones get an
  * ArrayBuffer of their own; onRead receives the ArrayBuffer, and the offset
- * and length travel in the frames array. The loader (src/native-binding.ts)
+ * and length travel in the frames array. One exception saves the copy where
+ * it costs most: reads land in a spare Buffer no JS has seen when there is
+ * one, and a large raw read is handed over in it (the spare is replaced).
+ * The buffer libuv reads into is then that spare rather than the shared one,
+ * with the same rule: consumed before the next read. The loader (src/native-binding.ts)
  * turns that into a Buffer view before any other JS sees it.
  */
 #include <stdlib.h>
@@ -107,6 +111,37 @@ static bool make_data(pn_env *e, const pn_framing *fr, const uint8_t *nb, size_t
   return true;
 }
 
+/* ---- the spare read buffer ---------------------------------------------- */
+
+/* Reads land in env->spare, the memory of a Buffer JS has not seen, when
+ * there is one. A large raw read is then handed over in that very Buffer
+ * (lend_spare), which saves copying it; the next spare is made at once, so
+ * that the following read has one too. Any other read is copied out as
+ * usual and the spare serves again. */
+static void make_spare(pn_env *e) {
+  napi_value buf, ab;
+  napi_typedarray_type type;
+  size_t length, off;
+  void *data = NULL;
+  if (napi_create_buffer(e->env, PN_READ_BUF_SIZE, &data, &buf) != napi_ok ||
+      napi_get_typedarray_info(e->env, buf, &type, &length, &data, &ab, &off) != napi_ok ||
+      data == NULL || napi_create_reference(e->env, ab, 1, &e->spare_ref) != napi_ok) {
+    e->spare_ref = NULL; /* reads use read_buf until the next try */
+    return;
+  }
+  e->spare = data;
+}
+
+/* The spare's ArrayBuffer in *ab, now JS's; a new spare replaces it. */
+static bool lend_spare(pn_env *e, napi_value *ab) {
+  if (napi_get_reference_value(e->env, e->spare_ref, ab) != napi_ok || *ab == NULL) return false;
+  napi_delete_reference(e->env, e->spare_ref);
+  e->spare_ref = NULL;
+  e->spare = NULL;
+  make_spare(e);
+  return true;
+}
+
 /* Scans P + nb, growing the frames array as needed. */
 static int32_t *scan_all(pn_conn *c, const uint8_t *nb, size_t nn, napi_value *frames,
                          pn_scan_result *res) {
@@ -163,11 +198,16 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
     if (napi_open_handle_scope(env, &scope) != napi_ok) return;
 
     if (fr->kind == PN_FRAME_RAW) {
-      size_t cap, off;
+      size_t cap, off = 0;
       out = frames_get(e, 3, &frames, &cap);
       if (out == NULL) goto nomem;
       size_t len = fr->plen + nn;
-      if (!make_data(e, fr, nb, nn, &argv[1], &off)) goto nomem;
+      if (fr->plen == 0 && nn >= PN_LEND_MIN && nb == e->spare && e->spare != NULL) {
+        if (!lend_spare(e, &argv[1])) goto nomem;
+      } else {
+        if (!make_data(e, fr, nb, nn, &argv[1], &off)) goto nomem;
+        if (e->spare == NULL && nn >= PN_LEND_MIN) make_spare(e); /* bulk: worth having */
+      }
       pn_framing_keep(fr, NULL, 0, fr->plen); /* P is delivered: empty it */
       if (napi_get_reference_value(env, c->base.self, &argv[0]) != napi_ok) goto nomem;
       out[0] = 0;
@@ -257,9 +297,9 @@ nomem:
 /* ---- libuv callbacks ---------------------------------------------------- */
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-  pn_conn *c = h->data;
+  pn_env *e = ((pn_conn *)h->data)->base.penv;
   (void)suggested;
-  buf->base = c->base.penv->read_buf;
+  buf->base = e->spare != NULL ? (char *)e->spare : e->read_buf;
   buf->len = PN_READ_BUF_SIZE;
 }
 
