@@ -2,7 +2,7 @@
  * Reading: libuv's alloc/read callbacks, readStart/readStop, the framing
  * settings, and delivering bytes or frames to JS (onRead).
  *
- * One 64 KiB buffer per event loop serves every read: alloc_cb hands out the
+ * One 256 KiB buffer per event loop serves every read: alloc_cb hands out the
  * same buffer each time. That is safe because libuv calls alloc_cb and then
  * read_cb for one read at a time, and read_cb consumes the bytes (copies them
  * into a JS Buffer or into the connection's pending bytes P) before it
