@@ -76,6 +76,10 @@ export function nativeAddon(): NativeAddon | null {
   return addon;
 }
 
+function emitFinish(sock: NativeSocket): void {
+  sock._emitFinish();
+}
+
 /** A libuv error as Node reports socket errors. */
 function uvError(code: string, syscall: string): NodeJS.ErrnoException {
   const err = new Error(`${syscall} ${code}`) as NodeJS.ErrnoException;
@@ -437,8 +441,22 @@ export class NativeSocket {
   end(): this {
     if (this.#ended || this.destroyed) return this;
     this.#ended = true;
+    if (this.readableEnded && !this.#queued && this.#corked === null && this.#conn !== null) {
+      // The peer has sent its FIN and nothing waits to be written: close(2)
+      // sends ours just as shutdown(2) would (nothing unread can turn it
+      // into a reset), one system call and one loop turn sooner.
+      this.#finished = true;
+      process.nextTick(emitFinish, this);
+      this.destroy();
+      return this;
+    }
     this.#conn?.shutdown();
     return this;
+  }
+
+  /** @internal */
+  _emitFinish(): void {
+    this.#emit("finish");
   }
 
   /** @internal The FIN has gone out. */
@@ -458,8 +476,11 @@ export class NativeSocket {
     this.destroyed = true;
     const waiting = this.#waiting;
     this.#waiting = null;
-    const failure = err ?? uvError("ECANCELED", "write");
-    if (waiting !== null) for (const cb of waiting) process.nextTick(cb, failure);
+    if (waiting !== null) {
+      // Only then is an error worth making: an Error captures a stack trace.
+      const failure = err ?? uvError("ECANCELED", "write");
+      for (const cb of waiting) process.nextTick(cb, failure);
+    }
     if (err) process.nextTick(() => this.#emit("error", err));
     if (this.#conn !== null) this.#conn.close();
     else process.nextTick(() => this.#emit("close"));

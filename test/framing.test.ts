@@ -440,3 +440,81 @@ test("a delimiter changed outside onRead (a timer) frames the partial frame alre
   await waitFor(() => frames.length === 3, 5000, `three frames, got ${JSON.stringify(frames)}`);
   assert.deepEqual(frames, ["first", "second", "third"]);
 });
+
+test("Struct records in one chunk: every one delivered; a throw, an async handler and a switch mid-chunk behave", async (t) => {
+  captureLogs(t);
+  const hh = new Struct("!HhQ?d");
+  const records = Buffer.concat(Array.from({ length: 200 }, (_, i) => hh.pack(i, -i, BigInt(i) * 3n, i % 2 === 0, i / 4)));
+
+  class Sum extends Stream {
+    seen: unknown[][] = [];
+    override onConnect() {
+      this.readDelimiter = hh;
+    }
+    override onRead(...values: unknown[]) {
+      this.seen.push(values);
+    }
+  }
+  const sum = memoryPeer(Sum);
+  await sum.send(records); // one chunk
+  assert.equal(sum.stream.seen.length, 200);
+  assert.deepEqual(sum.stream.seen[7], [7, -7, 21n, false, 1.75]);
+
+  // A handler that throws on the 3rd record: that stream closes; records after it are not delivered.
+  class Thrower extends Stream {
+    count = 0;
+    errors: unknown[] = [];
+    override onConnect() {
+      this.readDelimiter = hh;
+    }
+    override onRead() {
+      if (++this.count === 3) throw new Error("boom");
+    }
+    override onError(err: Error) {
+      this.errors.push(err);
+      this.close(false);
+    }
+  }
+  const thrower = memoryPeer(Thrower);
+  await thrower.send(records);
+  assert.equal(thrower.stream.count, 3);
+  assert.equal(thrower.stream.errors.length, 1);
+  assert.equal(thrower.stream.closed, true);
+
+  // An async handler: onEnd waits for every record's promise.
+  class Slow extends Stream {
+    done = 0;
+    endedAfter = -1;
+    override onConnect() {
+      this.readDelimiter = hh;
+    }
+    override async onRead() {
+      await sleep(1);
+      this.done++;
+    }
+    override onEnd() {
+      this.endedAfter = this.done;
+    }
+  }
+  const slow = memoryPeer(Slow);
+  await slow.send(records.subarray(0, hh.size * 5));
+  await slow.end();
+  await waitFor(() => slow.stream.endedAfter >= 0);
+  assert.equal(slow.stream.endedAfter, 5);
+
+  // A switch to lines after the 2nd record: the rest of the chunk is framed as lines.
+  class Switch extends Stream {
+    values: unknown[] = [];
+    override onConnect() {
+      this.readDelimiter = hh;
+    }
+    override onRead(first: unknown) {
+      this.values.push(first);
+      if (this.values.length === 2) this.readDelimiter = "\n";
+    }
+  }
+  const sw = memoryPeer(Switch);
+  await sw.send(Buffer.concat([records.subarray(0, hh.size * 2), Buffer.from("a\nb\n")]));
+  assert.deepEqual(sw.stream.values.slice(0, 2), [0, 1]);
+  assert.deepEqual(sw.stream.values.slice(2).map(String), ["a", "b"]);
+});

@@ -85,6 +85,9 @@ const NATIVE_CODES: Readonly<Record<string, CodeSpec>> = {
 };
 
 /** One format code with its repeat count, laid out at a fixed offset. */
+/** A compiled `(buf, offset, fn, self) => fn.call(self, ...values at offset)`. */
+type StructCaller = (buf: Buffer, offset: number, fn: (...values: never[]) => unknown, self: unknown) => unknown;
+
 interface Run {
   readonly code: string;
   readonly kind: Kind;
@@ -247,13 +250,8 @@ export class Layout {
     }
   }
 
-  /**
-   * A reader compiled for this layout when it holds only numbers and
-   * booleans (the common binary header): `(buf, offset) => values`, with no
-   * DataView and no per-code dispatch. Null for layouts with strings, chars
-   * or halves (they use {@link read}).
-   */
-  compileReader(): ((buf: Buffer, offset: number) => unknown[]) | null {
+  /** The expressions reading each value at `o` of `b`; null when a code has none (strings, chars, halves). */
+  #valueExprs(): string[] | null {
     const little = this.#little;
     const end = little ? "LE" : "BE";
     const exprs: string[] = [];
@@ -284,8 +282,30 @@ export class Layout {
         }
       }
     }
+    return exprs;
+  }
+
+  /**
+   * A reader compiled for this layout when it holds only numbers and
+   * booleans (the common binary header): `(buf, offset) => values`, with no
+   * DataView and no per-code dispatch. Null for layouts with strings, chars
+   * or halves (they use {@link read}).
+   */
+  compileReader(): ((buf: Buffer, offset: number) => unknown[]) | null {
+    const exprs = this.#valueExprs();
     // Generated from the validated layout only (codes and offsets): no user text reaches the source.
-    return new Function("b", "o", `return [${exprs.join(", ")}];`) as (buf: Buffer, offset: number) => unknown[];
+    return exprs === null ? null : (new Function("b", "o", `return [${exprs.join(", ")}];`) as (buf: Buffer, offset: number) => unknown[]);
+  }
+
+  /**
+   * Like {@link compileReader}, but the values go straight to a call,
+   * `f.call(self, v1, v2, ...)`: no array per record, no `apply`.
+   */
+  compileCaller(): StructCaller | null {
+    const exprs = this.#valueExprs();
+    if (exprs === null) return null;
+    const args = exprs.length === 0 ? "" : `, ${exprs.join(", ")}`;
+    return new Function("b", "o", "f", "s", `return f.call(s${args});`) as StructCaller;
   }
 
   /** Reads `valueCount` values from `base`, appending them to `out`. */
@@ -615,6 +635,19 @@ export class Struct {
   }
 
   #reader: ((buf: Buffer, offset: number) => unknown[]) | null | undefined;
+  #caller: StructCaller | null | undefined;
+
+  /**
+   * @internal Calls `fn` on `self` with the values of the {@link size} bytes
+   * of a Buffer at `offset`, with no checks (the caller guarantees the
+   * bytes), and returns its result; null when this format has no compiled
+   * form (then use {@link readAt}). Only `fn` can throw.
+   */
+  callerAt(): StructCaller | null {
+    let caller = this.#caller;
+    if (caller === undefined) caller = this.#caller = this.#layout.compileCaller();
+    return caller;
+  }
 
   /**
    * @internal Unpacks {@link size} bytes of a Buffer at `offset`, with no
