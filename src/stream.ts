@@ -36,6 +36,7 @@ import { FAILED, FRAME, FRAME_ARGS, NEED_MORE, NULL_FRAMER, OVERFLOW, compileDel
 import type { FrameOut, Framer, ReadDelimiter } from "./framing/delimiter.js";
 import { Struct } from "./framing/struct.js";
 import { NetStruct } from "./framing/netstruct.js";
+import type { NetStructHeld } from "./framing/netstruct.js";
 import { checkPantsFlags, compileServerTls, wrapClientSocket, wrapServerSocket } from "./tls.js";
 import type { SslOptions } from "./tls.js";
 import { sendFile } from "./write-file.js";
@@ -1029,14 +1030,16 @@ export class Stream extends Channel {
     if ((rb === null || (rb.length === 0 && !rb.discarding)) && (this.#flags & P_ANY) === 0 && this.#encoding === null && (this.#flags & F_TLS_UPGRADING) === 0) {
       const framer = this.#framer;
       if (framer === NULL_FRAMER) this.#deliver(chunk);
-      else if (framer.needle !== null || typeof framer.source === "number" || framer.source instanceof Struct) {
+      else if (framer.needle !== null || typeof framer.source === "number" || framer.source instanceof Struct || framer.source instanceof NetStruct) {
         const source = framer.source;
         const used =
           framer.needle !== null
             ? this.#scanChunk(chunk, framer.needle)
             : typeof source === "number"
               ? this.#scanSized(chunk, source)
-              : this.#scanStruct(chunk, source as Struct);
+              : source instanceof Struct
+                ? this.#scanStruct(chunk, source)
+                : this.#scanNetStruct(chunk, source as NetStruct, framer.minLimit);
         if (used < chunk.length && this.#state === S_OPEN) this.#push(used === 0 ? chunk : chunk.subarray(used));
       } else this.#push(chunk);
     } else {
@@ -1109,6 +1112,37 @@ export class Stream extends Channel {
       }
       start += size;
       this.#deliverArgs(args);
+      if ((this.#flags & F_STOP) !== 0) break;
+    }
+    return start;
+  }
+
+  /**
+   * As {@link #scanStruct}, for a NetStruct whose fields compile: whole
+   * records straight from the chunk. Stops at the first record it cannot
+   * take (partial, malformed, oversized): the buffered path gets the rest.
+   */
+  #scanNetStruct(chunk: Buffer, ns: NetStruct, minLimit: number): number {
+    const call = ns.callerAt();
+    if (call === null) return 0;
+    const limit = this.#bufferSize > minLimit ? this.#bufferSize : minLimit;
+    const held: NetStructHeld = { used: 0, result: undefined }; // per chunk: a handler may feed another stream
+    let start = 0;
+    this.#flags &= ~F_STOP;
+    while (start < chunk.length) {
+      let used: number;
+      try {
+        used = call(chunk, start, chunk.length, limit, this.onRead, this, held);
+      } catch (err) {
+        used = held.used;
+        held.result = undefined;
+        this._handlerFailed(err);
+      }
+      if (used < 0) break;
+      start += used;
+      const result = held.result;
+      held.result = undefined;
+      if (result !== undefined && isThenable(result)) this.#trackRead(result);
       if ((this.#flags & F_STOP) !== 0) break;
     }
     return start;

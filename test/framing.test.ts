@@ -518,3 +518,67 @@ test("Struct records in one chunk: every one delivered; a throw, an async handle
   assert.deepEqual(sw.stream.values.slice(0, 2), [0, 1]);
   assert.deepEqual(sw.stream.values.slice(2).map(String), ["a", "b"]);
 });
+
+test("NetStruct records in one chunk: every one delivered; a throw, a malformed prefix and an oversized record mid-chunk affect what they should", async (t) => {
+  captureLogs(t);
+  const rec = new NetStruct("!BH$q$?");
+  const records = Buffer.concat(Array.from({ length: 100 }, (_, i) => rec.pack(i, `name-${i}`, Buffer.alloc(i % 5, i), i % 3 === 0)));
+
+  class Collect extends Stream {
+    seen: unknown[][] = [];
+    readErrors: Error[] = [];
+    overflows = 0;
+    override onConnect() {
+      this.readDelimiter = rec;
+      this.bufferSize = 64;
+    }
+    override onRead(...values: unknown[]) {
+      this.seen.push(values.map((v) => (Buffer.isBuffer(v) ? v.toString("latin1") : v)));
+    }
+    override onReadError(err: Error) {
+      this.readErrors.push(err);
+    }
+    override onOverflowError() {
+      this.overflows++;
+    }
+  }
+  const all = memoryPeer(Collect);
+  await all.send(records); // one chunk
+  assert.equal(all.stream.seen.length, 100);
+  assert.deepEqual(all.stream.seen[12], [12, "name-12", "\x0c\x0c", true]);
+
+  // A negative q prefix after two good records: both delivered, then a typed read error.
+  const bad = Buffer.concat([records.subarray(0, rec.pack(0, "name-0", Buffer.alloc(0), true).length), Buffer.from([1, 0, 1, 0x41]), Buffer.alloc(8, 0xff)]);
+  const neg = memoryPeer(Collect);
+  await neg.send(bad);
+  assert.equal(neg.stream.seen.length, 1);
+  assert.equal(neg.stream.readErrors.length, 1);
+  assert.equal((neg.stream.readErrors[0] as Error & { code?: string }).code, "ERR_MALFORMED_FRAME");
+
+  // A record longer than bufferSize (64) between good ones: onOverflowError, the good one before it delivered.
+  const big = rec.pack(7, "x".repeat(100), Buffer.alloc(0), false);
+  const over = memoryPeer(Collect);
+  await over.send(Buffer.concat([rec.pack(1, "a", Buffer.alloc(1), false), big]));
+  assert.equal(over.stream.seen.length, 1);
+  assert.equal(over.stream.overflows, 1);
+
+  // A handler that throws on the 2nd record: onError, and nothing after it.
+  class Thrower extends Stream {
+    count = 0;
+    errors = 0;
+    override onConnect() {
+      this.readDelimiter = rec;
+    }
+    override onRead() {
+      if (++this.count === 2) throw new Error("boom");
+    }
+    override onError() {
+      this.errors++;
+      this.close(false);
+    }
+  }
+  const thrower = memoryPeer(Thrower);
+  await thrower.send(records);
+  assert.equal(thrower.stream.count, 2);
+  assert.equal(thrower.stream.errors, 1);
+});

@@ -55,6 +55,25 @@ function maxLength(code: string, order: ByteOrderChar): number {
   }
 }
 
+/** Where a {@link NetStruct.callerAt} function leaves what it did. */
+export interface NetStructHeld {
+  /** The record's length, set before the handler runs (so it is known if the handler throws). */
+  used: number;
+  /** What the handler returned. */
+  result: unknown;
+}
+
+/** A compiled record reader and dispatcher; see {@link NetStruct.callerAt}. */
+export type NetStructCaller = (
+  buf: Buffer,
+  offset: number,
+  end: number,
+  limit: number,
+  fn: (...values: never[]) => unknown,
+  self: unknown,
+  held: NetStructHeld,
+) => number;
+
 interface Segment {
   readonly layout: Layout;
   /** The code of the length prefix when the segment ends with `$`, else null. */
@@ -236,6 +255,54 @@ export class NetStruct {
    *   record would exceed 2**53 - 1 bytes.
    */
   #readers: Array<((buf: Buffer, offset: number) => unknown[]) | null> | null = null;
+  #caller: NetStructCaller | null | undefined;
+
+  /**
+   * @internal The framing hot path, for formats whose fields are all
+   * numbers (plus the `$` strings): a function that reads the record at
+   * `offset` of `buf` (bytes up to `end`), and when it is whole and at most
+   * `limit` bytes long, sets `held.used` to its length, calls
+   * `fn.call(self, ...values)` (strings as views), puts the result in
+   * `held.result` and returns the length. It returns -1 when the record is
+   * not whole, or cannot be taken here (a negative or huge prefix, over the
+   * limit): the general path ({@link parse}) then handles those bytes. Only
+   * `fn` can throw. Null when some field has no compiled reader.
+   */
+  callerAt(): NetStructCaller | null {
+    if (this.#caller !== undefined) return this.#caller;
+    const lines: string[] = ["let p = o;"];
+    const args: string[] = [];
+    let v = 0;
+    for (const segment of this.#segments) {
+      const { layout } = segment;
+      const exprs = layout.valueExprs("p");
+      if (exprs === null) return (this.#caller = null);
+      lines.push(`if (end - p < ${layout.size}) return -1;`);
+      const names = exprs.map(() => `v${v++}`);
+      exprs.forEach((expr, i) => lines.push(`const ${names[i]} = ${expr};`));
+      lines.push(`p += ${layout.size};`);
+      if (segment.lengthCode === null) {
+        args.push(...names);
+        continue;
+      }
+      // The last value is the string's length: the string takes its place.
+      const prefix = names.pop()!;
+      args.push(...names);
+      const n = `n${v}`;
+      lines.push(`const ${n} = Number(${prefix});`);
+      lines.push(`if (!(${n} >= 0) || ${n} > end - p) return -1;`);
+      const str = `s${v}`;
+      lines.push(`const ${str} = b.subarray(p, p + ${n});`);
+      lines.push(`p += ${n};`);
+      args.push(str);
+    }
+    lines.push("if (p - o > limit) return -1;");
+    lines.push("held.used = p - o;");
+    lines.push(`held.result = f.call(self${args.length > 0 ? ", " : ""}${args.join(", ")});`);
+    lines.push("return p - o;");
+    // Generated from the validated segments only (codes and offsets): no user text reaches the source.
+    return (this.#caller = new Function("b", "o", "end", "limit", "f", "self", "held", lines.join("\n")) as NetStructCaller);
+  }
 
   /** Compiled readers of the segments (null entries: segments with strings). */
   #compiledReaders(): Array<((buf: Buffer, offset: number) => unknown[]) | null> {

@@ -250,14 +250,17 @@ export class Layout {
     }
   }
 
-  /** The expressions reading each value at `o` of `b`; null when a code has none (strings, chars, halves). */
-  #valueExprs(): string[] | null {
+  /**
+   * The source expressions reading each value of `b` at `base` (a variable
+   * name); null when a code has no compiled form (strings, chars, halves).
+   */
+  valueExprs(base = "o"): string[] | null {
     const little = this.#little;
     const end = little ? "LE" : "BE";
     const exprs: string[] = [];
     for (const run of this.#runs) {
       for (let k = 0; k < (run.kind === "pad" ? 0 : run.count); k++) {
-        const at = `o + ${run.offset + k * run.itemSize}`;
+        const at = `${base} + ${run.offset + k * run.itemSize}`;
         switch (run.kind) {
           case "int":
             if (run.itemSize === 1) exprs.push(run.signed ? `((b[${at}] << 24) >> 24)` : `b[${at}]`);
@@ -292,7 +295,7 @@ export class Layout {
    * or halves (they use {@link read}).
    */
   compileReader(): ((buf: Buffer, offset: number) => unknown[]) | null {
-    const exprs = this.#valueExprs();
+    const exprs = this.valueExprs();
     // Generated from the validated layout only (codes and offsets): no user text reaches the source.
     return exprs === null ? null : (new Function("b", "o", `return [${exprs.join(", ")}];`) as (buf: Buffer, offset: number) => unknown[]);
   }
@@ -302,7 +305,7 @@ export class Layout {
    * `f.call(self, v1, v2, ...)`: no array per record, no `apply`.
    */
   compileCaller(): StructCaller | null {
-    const exprs = this.#valueExprs();
+    const exprs = this.valueExprs();
     if (exprs === null) return null;
     const args = exprs.length === 0 ? "" : `, ${exprs.join(", ")}`;
     return new Function("b", "o", "f", "s", `return f.call(s${args});`) as StructCaller;
