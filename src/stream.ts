@@ -33,7 +33,7 @@ import {
 import { log } from "./log.js";
 import { ReceiveBuffer } from "./framing/receive-buffer.js";
 import { FAILED, FRAME, FRAME_ARGS, NEED_MORE, NULL_FRAMER, OVERFLOW, compileDelimiter, isFramingError } from "./framing/delimiter.js";
-import type { FrameOut, Framer, ReadDelimiter } from "./framing/delimiter.js";
+import type { Decoder, FrameOut, Framer, ReadDelimiter } from "./framing/delimiter.js";
 import { Struct } from "./framing/struct.js";
 import { NetStruct } from "./framing/netstruct.js";
 import type { NetStructHeld } from "./framing/netstruct.js";
@@ -1030,16 +1030,18 @@ export class Stream extends Channel {
     if ((rb === null || (rb.length === 0 && !rb.discarding)) && (this.#flags & P_ANY) === 0 && this.#encoding === null && (this.#flags & F_TLS_UPGRADING) === 0) {
       const framer = this.#framer;
       if (framer === NULL_FRAMER) this.#deliver(chunk);
-      else if (framer.needle !== null || typeof framer.source === "number" || framer.source instanceof Struct || framer.source instanceof NetStruct) {
+      else if (framer.needle !== null || typeof framer.source === "number" || typeof framer.source === "function" || framer.source instanceof Struct || framer.source instanceof NetStruct) {
         const source = framer.source;
         const used =
           framer.needle !== null
             ? this.#scanChunk(chunk, framer.needle)
             : typeof source === "number"
               ? this.#scanSized(chunk, source)
-              : source instanceof Struct
-                ? this.#scanStruct(chunk, source)
-                : this.#scanNetStruct(chunk, source as NetStruct, framer.minLimit);
+              : typeof source === "function"
+                ? this.#scanDecoder(chunk, source)
+                : source instanceof Struct
+                  ? this.#scanStruct(chunk, source)
+                  : this.#scanNetStruct(chunk, source as NetStruct, framer.minLimit);
         if (used < chunk.length && this.#state === S_OPEN) this.#push(used === 0 ? chunk : chunk.subarray(used));
       } else this.#push(chunk);
     } else {
@@ -1143,6 +1145,41 @@ export class Stream extends Channel {
       const result = held.result;
       held.result = undefined;
       if (result !== undefined && isThenable(result)) this.#trackRead(result);
+      if ((this.#flags & F_STOP) !== 0) break;
+    }
+    return start;
+  }
+
+  /**
+   * A Decoder over the chunk itself, frame after frame. Whatever is not a
+   * plain frame (a result to reject, an oversized frame) stops the scan, and
+   * the buffered path, asking again, reports it; a partial frame is kept
+   * without asking the Decoder again until more bytes arrive.
+   */
+  #scanDecoder(chunk: Buffer, decoder: Decoder): number {
+    const limit = this.#bufferSize;
+    let start = 0;
+    this.#flags &= ~F_STOP;
+    while (start < chunk.length) {
+      const buf = start === 0 ? chunk : chunk.subarray(start);
+      let result: ReturnType<Decoder>;
+      try {
+        result = decoder(buf);
+      } catch (err) {
+        // As in the buffered path: the bytes cannot be framed; the stream is told.
+        this._handlerFailed(err);
+        return chunk.length;
+      }
+      if (result === null || result === undefined) {
+        if (buf.length > limit) break;
+        (this.#rb ??= new ReceiveBuffer()).push(buf);
+        return chunk.length;
+      }
+      const consumed = (result as { consumed?: unknown }).consumed;
+      const args = (result as { args?: unknown }).args;
+      if (typeof consumed !== "number" || !Number.isInteger(consumed) || consumed < 1 || consumed > buf.length || consumed > limit || !Array.isArray(args)) break;
+      start += consumed;
+      this.#deliverArgs(args);
       if ((this.#flags & F_STOP) !== 0) break;
     }
     return start;

@@ -582,3 +582,33 @@ test("NetStruct records in one chunk: every one delivered; a throw, a malformed 
   assert.equal(thrower.stream.count, 2);
   assert.equal(thrower.stream.errors, 1);
 });
+
+test("a Decoder is asked once per chance: frames in one chunk, and a partial frame is not decoded twice", async () => {
+  let calls = 0;
+  const prefixed: Decoder = (buf) => {
+    calls++;
+    if (buf.length < 2) return null;
+    const end = 2 + buf.readUInt16BE(0);
+    return buf.length < end ? null : { consumed: end, args: [buf.subarray(2, end).toString()] };
+  };
+  const frame = (text: string) => Buffer.concat([Buffer.from([0, text.length]), Buffer.from(text)]);
+  class Frames extends Stream {
+    got: string[] = [];
+    override onConnect() {
+      this.readDelimiter = prefixed;
+    }
+    override onRead(text: string) {
+      this.got.push(text);
+    }
+  }
+  const peer = memoryPeer(Frames);
+  await peer.send(Buffer.concat([frame("one"), frame("two"), frame("three")]));
+  assert.deepEqual(peer.stream.got, ["one", "two", "three"]);
+  assert.equal(calls, 3);
+  const half = frame("four");
+  calls = 0;
+  await peer.send(half.subarray(0, 3));
+  await peer.send(half.subarray(3));
+  assert.deepEqual(peer.stream.got, ["one", "two", "three", "four"]);
+  assert.equal(calls, 2, "one call per arrival");
+});
