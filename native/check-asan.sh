@@ -38,14 +38,21 @@ tail -n 1 "$logs/memcheck.txt"
 [ "$mstatus" -eq 0 ] || status=$mstatus
 
 errors=$(grep -l "ERROR: AddressSanitizer" "$logs"/asan.* 2>/dev/null | wc -l)
-# A leak report is the addon's when a frame of native/*.c comes before any
-# call into JavaScript (JSEntry / MakeCallback / Function::Call): memory that
-# JS code or V8 allocated while the addon was calling into JS (heap pages
-# grown by a GC, say) has addon frames deeper in its stack but is not ours.
+# A leak report is the addon's when the code that asked for the memory is
+# native/*.c: the first frame past the allocator (malloc, new, the ASan
+# interceptors) and past Node-API's own layer (napi_*, v8impl: a napi_ref
+# the addon forgot is still the addon's leak). Memory V8 or Node allocated
+# for themselves while the addon happened to be on the stack (heap pages
+# grown during napi_define_class, say) starts in v8:: or node:: code and is
+# not ours.
 count_ours='
 /^(Direct|Indirect) leak/ { inblk = 1; decided = 0; hdr = $0; next }
-inblk && !decided && /Builtins_JSEntry|InternalMakeCallback|v8::Function::Call/ { decided = 1; next }
-inblk && !decided && /native\/[a-z_]+\.c/ { decided = 1; n++; if (show && n <= 3) { print hdr; print } next }
+inblk && !decided && / #[0-9]+ / {
+  if ($0 ~ /asan|operator new|in (malloc|calloc|realloc|strdup|strndup|posix_memalign|aligned_alloc) / || $0 ~ / in (napi_|v8impl::|node_napi_env)/) next
+  decided = 1
+  if ($0 ~ /native\/[a-z_-]+\.c/) { n++; if (show && n <= 3) { print hdr; print } }
+  next
+}
 /^$/ { inblk = 0 }
 END { if (!show) print n + 0 }'
 ours=0

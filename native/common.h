@@ -256,8 +256,8 @@ typedef struct pn_conn {
   bool write_error_reported;
   bool need_deliver; /* P may hold frames that were not delivered yet */
 
-  uv_connect_t connect_req;
-  uv_shutdown_t shutdown_req;
+  /* Connect and shutdown requests are malloc'd when made and freed by their
+   * callbacks (an idle connection does not carry them). */
   unsigned write_reqs; /* uv_write requests not yet called back */
 
   pn_framing fr;

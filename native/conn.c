@@ -30,8 +30,6 @@ pn_conn *pn_conn_new(pn_env *e, bool is_pipe, int *err) {
     return NULL;
   }
   c->h.handle.data = c;
-  c->connect_req.data = c;
-  c->shutdown_req.data = c;
   pn_handle_opened(&c->base);
   return c;
 }
@@ -135,6 +133,7 @@ void pn_conn_emit_error(pn_conn *c, int err, const char *syscall) {
 static void connect_cb(uv_connect_t *req, int status) {
   pn_conn *c = req->data;
   pn_env *e = c->base.penv;
+  free(req);
   napi_handle_scope scope;
   napi_value argv[2];
 
@@ -171,6 +170,12 @@ static napi_value new_client(napi_env env, pn_env *e, bool is_pipe, pn_conn **ou
   return obj;
 }
 
+static uv_connect_t *new_connect_req(pn_conn *c) {
+  uv_connect_t *req = malloc(sizeof(*req));
+  if (req != NULL) req->data = c;
+  return req;
+}
+
 /* A connect that fails synchronously is still reported asynchronously. */
 static void connect_started(pn_conn *c, int err) {
   if (err == 0) {
@@ -205,7 +210,10 @@ napi_value pn_connect_tcp(napi_env env, napi_callback_info info) {
   }
   napi_value obj = new_client(env, e, false, &c);
   if (obj == NULL) return NULL;
-  err = uv_tcp_connect(&c->connect_req, &c->h.tcp, (const struct sockaddr *)&ss, connect_cb);
+  uv_connect_t *req = new_connect_req(c);
+  err = req == NULL ? UV_ENOMEM
+                    : uv_tcp_connect(req, &c->h.tcp, (const struct sockaddr *)&ss, connect_cb);
+  if (err != 0) free(req); /* not taken: no callback will free it */
   /* The socket exists now; like accepted connections, no Nagle delay. */
   if (err == 0) uv_tcp_nodelay(&c->h.tcp, 1);
   connect_started(c, err);
@@ -227,16 +235,21 @@ napi_value pn_connect_pipe(napi_env env, napi_callback_info info) {
     free(path);
     return NULL;
   }
-#if PN_HAVE_PIPE_CONNECT2
-  /* libuv reports connect errors through connect_cb (it feeds the watcher);
-   * only bad arguments come back here. */
-  int err = uv_pipe_connect2(&c->connect_req, &c->h.pipe, path, len, UV_PIPE_NO_TRUNCATE,
-                             connect_cb);
-#else
+  uv_connect_t *req = new_connect_req(c);
   int err = 0;
-  if (len == 0 || path[0] == '\0') err = UV_EINVAL; /* no abstract names before 1.46 */
-  else uv_pipe_connect(&c->connect_req, &c->h.pipe, path, connect_cb);
+  if (req == NULL) {
+    err = UV_ENOMEM;
+  } else {
+#if PN_HAVE_PIPE_CONNECT2
+    /* libuv reports connect errors through connect_cb (it feeds the
+     * watcher); only bad arguments come back here. */
+    err = uv_pipe_connect2(req, &c->h.pipe, path, len, UV_PIPE_NO_TRUNCATE, connect_cb);
+#else
+    if (len == 0 || path[0] == '\0') err = UV_EINVAL; /* no abstract names before 1.46 */
+    else uv_pipe_connect(req, &c->h.pipe, path, connect_cb);
 #endif
+    if (err != 0) free(req); /* not taken: no callback will free it */
+  }
   free(path); /* libuv copied what it needs */
   connect_started(c, err);
   return obj;

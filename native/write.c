@@ -215,6 +215,7 @@ napi_value pn_conn_pending_bytes(napi_env env, napi_callback_info info) {
 
 static void shutdown_cb(uv_shutdown_t *req, int status) {
   pn_conn *c = req->data;
+  free(req);
   if (c->base.closing || status == UV_ECANCELED) return;
   if (status < 0) pn_conn_emit_error(c, status, "shutdown");
   else pn_conn_emit(c, PN_CB_SHUTDOWN);
@@ -232,8 +233,11 @@ napi_value pn_conn_shutdown(napi_env env, napi_callback_info info) {
   if (c->shut) return NULL;
   c->shut = true;
   /* libuv waits for the write queue to drain, then calls shutdown(2). */
-  int err = uv_shutdown(&c->shutdown_req, &c->h.stream, shutdown_cb);
+  uv_shutdown_t *req = malloc(sizeof(*req));
+  if (req != NULL) req->data = c;
+  int err = req == NULL ? UV_ENOMEM : uv_shutdown(req, &c->h.stream, shutdown_cb);
   if (err != 0) {
+    free(req); /* not taken: no callback will free it */
     c->defer_shutdown_err = err;
     pn_defer(c, PN_DEFER_SHUTDOWN_ERROR);
   }
