@@ -83,6 +83,20 @@ static uint8_t *slab_take(pn_env *e, size_t len, napi_value *ab, size_t *off) {
   return data;
 }
 
+/* A new Buffer's memory (len bytes, not zero-filled: an ArrayBuffer would
+ * be, only for a copy to overwrite it), as its ArrayBuffer *ab and the
+ * offset *off of the bytes in it. */
+static uint8_t *new_buffer(pn_env *e, size_t len, napi_value *ab, size_t *off) {
+  void *data = NULL;
+  napi_value buf;
+  napi_typedarray_type type;
+  size_t length;
+  if (napi_create_buffer(e->env, len, &data, &buf) != napi_ok ||
+      napi_get_typedarray_info(e->env, buf, &type, &length, &data, ab, off) != napi_ok)
+    return NULL;
+  return data;
+}
+
 /* Copies P + nb (one copy) into memory JS can see: a piece of the slab when
  * small, else an ArrayBuffer of its own. *ab, *off and the length P + nb say
  * where. */
@@ -94,17 +108,8 @@ static bool make_data(pn_env *e, const pn_framing *fr, const uint8_t *nb, size_t
     dst = slab_take(e, len, ab, off);
     if (dst == NULL) return false;
   } else {
-    /* napi_create_buffer does not zero-fill (an ArrayBuffer would, only for
-     * the copy to overwrite it): take the Buffer's own ArrayBuffer. */
-    void *data;
-    napi_value buf;
-    napi_typedarray_type type;
-    size_t length;
-    if (napi_create_buffer(e->env, len, &data, &buf) != napi_ok ||
-        napi_get_typedarray_info(e->env, buf, &type, &length, &data, ab, off) != napi_ok ||
-        data == NULL)
-      return false;
-    dst = data;
+    dst = new_buffer(e, len, ab, off);
+    if (dst == NULL) return false;
   }
   if (fr->plen > 0) memcpy(dst, fr->pend, fr->plen);
   if (nn > 0) memcpy(dst + fr->plen, nb, nn);
@@ -119,13 +124,11 @@ static bool make_data(pn_env *e, const pn_framing *fr, const uint8_t *nb, size_t
  * that the following read has one too. Any other read is copied out as
  * usual and the spare serves again. */
 static void make_spare(pn_env *e) {
-  napi_value buf, ab;
-  napi_typedarray_type type;
-  size_t length, off;
-  void *data = NULL;
-  if (napi_create_buffer(e->env, PN_READ_BUF_SIZE, &data, &buf) != napi_ok ||
-      napi_get_typedarray_info(e->env, buf, &type, &length, &data, &ab, &off) != napi_ok ||
-      data == NULL || napi_create_reference(e->env, ab, 1, &e->spare_ref) != napi_ok) {
+  napi_value ab;
+  size_t off;
+  uint8_t *data = new_buffer(e, PN_READ_BUF_SIZE, &ab, &off);
+  /* Lent as a whole ArrayBuffer with the bytes at offset 0 (see pn_deliver). */
+  if (data == NULL || off != 0 || napi_create_reference(e->env, ab, 1, &e->spare_ref) != napi_ok) {
     e->spare_ref = NULL; /* reads use read_buf until the next try */
     return;
   }

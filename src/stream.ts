@@ -1030,20 +1030,10 @@ export class Stream extends Channel {
     if ((rb === null || (rb.length === 0 && !rb.discarding)) && (this.#flags & P_ANY) === 0 && this.#encoding === null && (this.#flags & F_TLS_UPGRADING) === 0) {
       const framer = this.#framer;
       if (framer === NULL_FRAMER) this.#deliver(chunk);
-      else if (framer.needle !== null || typeof framer.source === "number" || typeof framer.source === "function" || framer.source instanceof Struct || framer.source instanceof NetStruct) {
-        const source = framer.source;
-        const used =
-          framer.needle !== null
-            ? this.#scanChunk(chunk, framer.needle)
-            : typeof source === "number"
-              ? this.#scanSized(chunk, source)
-              : typeof source === "function"
-                ? this.#scanDecoder(chunk, source)
-                : source instanceof Struct
-                  ? this.#scanStruct(chunk, source)
-                  : this.#scanNetStruct(chunk, source as NetStruct, framer.minLimit);
+      else {
+        const used = this.#scanDirect(chunk, framer);
         if (used < chunk.length && this.#state === S_OPEN) this.#push(used === 0 ? chunk : chunk.subarray(used));
-      } else this.#push(chunk);
+      }
     } else {
       this.#push(chunk);
     }
@@ -1079,6 +1069,21 @@ export class Stream extends Channel {
       if ((this.#flags & F_STOP) !== 0 || start >= chunk.length) break;
     }
     return start;
+  }
+
+  /**
+   * Frames cut straight out of a chunk that arrived with nothing buffered,
+   * for the delimiters that allow it; returns the bytes used (0: none, the
+   * buffered path takes the chunk, as it does for RegExp delimiters).
+   */
+  #scanDirect(chunk: Buffer, framer: Framer): number {
+    const source = framer.source;
+    if (framer.needle !== null) return this.#scanChunk(chunk, framer.needle);
+    if (typeof source === "number") return this.#scanSized(chunk, source);
+    if (typeof source === "function") return this.#scanDecoder(chunk, source);
+    if (source instanceof Struct) return this.#scanStruct(chunk, source);
+    if (source instanceof NetStruct) return this.#scanNetStruct(chunk, source, framer.minLimit);
+    return 0;
   }
 
   /** As {@link #scanSized}, for a Struct: each record unpacked in place, straight from the chunk. */
