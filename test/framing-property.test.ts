@@ -47,9 +47,11 @@ async function checkSplitInvariance(setup: (s: Stream) => void, bytes: Buffer, s
 const text = fc.string({ unit: "grapheme", maxLength: 12 }); // includes multi-byte UTF-8
 
 test("string delimiters (one and several bytes, with UTF-8 content and encoding)", async () => {
+  // A message may not hold the delimiter, nor end with a prefix of a
+  // self-overlapping one ("|" before "||" would frame as "" then "|...").
   for (const delimiter of ["\n", "\r\n", "||", "€"]) {
     await fc.assert(
-      fc.asyncProperty(fc.array(text.filter((s) => !s.includes(delimiter)), { maxLength: 8 }), chunkSizes, fc.boolean(), async (messages, sizes, withEncoding) => {
+      fc.asyncProperty(fc.array(text.filter((s) => (s + delimiter).indexOf(delimiter) === s.length), { maxLength: 8 }), chunkSizes, fc.boolean(), async (messages, sizes, withEncoding) => {
         const bytes = Buffer.from(messages.map((m) => m + delimiter).join("") + "tail");
         const setup = (s: Stream) => {
           s.readDelimiter = delimiter;
