@@ -1028,10 +1028,24 @@ export class Stream extends Channel {
     this.#flags |= F_IN_DISPATCH;
     const rb = this.#rb;
     if ((rb === null || (rb.length === 0 && !rb.discarding)) && (this.#flags & P_ANY) === 0 && this.#encoding === null && (this.#flags & F_TLS_UPGRADING) === 0) {
-      const framer = this.#framer;
+      let framer = this.#framer;
       if (framer === NULL_FRAMER) this.#deliver(chunk);
       else {
-        const used = this.#scanDirect(chunk, framer);
+        let used = this.#scanDirect(chunk, 0, framer);
+        // A handler that switched delimiters (a header line, then a sized
+        // body, then lines again) has the rest of the chunk cut straight
+        // out of it too, as long as nothing else changed.
+        while (used < chunk.length && this.#framer !== framer && this.#directOk()) {
+          framer = this.#framer;
+          if (framer === NULL_FRAMER) {
+            this.#deliver(chunk.subarray(used));
+            used = chunk.length;
+          } else {
+            const from = used;
+            used = this.#scanDirect(chunk, from, framer);
+            if (used === from && this.#framer === framer) break; // a partial frame: the buffer keeps it
+          }
+        }
         if (used < chunk.length && this.#state === S_OPEN) this.#push(used === 0 ? chunk : chunk.subarray(used));
       }
     } else {
@@ -1040,6 +1054,17 @@ export class Stream extends Channel {
     this.#flags &= ~F_IN_DISPATCH;
     if ((this.#flags & (F_NATIVE | F_NATIVE_FRAMING | F_JS_FRAMING)) === F_NATIVE && this.#state === S_OPEN) this.#syncNativeFraming();
     if (this.#wq !== null && this.#wq.length > 0) this.#flush();
+  }
+
+  /** Nothing buffered, paused, decoded or upgrading: frames may be cut straight from a chunk. */
+  #directOk(): boolean {
+    const rb = this.#rb;
+    return (
+      this.#state === S_OPEN &&
+      (rb === null || (rb.length === 0 && !rb.discarding)) &&
+      (this.#flags & (P_ANY | F_TLS_UPGRADING)) === 0 &&
+      this.#encoding === null
+    );
   }
 
   #push(chunk: Buffer): void {
@@ -1052,12 +1077,12 @@ export class Stream extends Channel {
    * straight out of the chunk as views. Anything unusual (a partial frame,
    * a new delimiter, an oversized frame, a pause) falls back to the buffer.
    */
-  #scanChunk(chunk: Buffer, needle: Buffer): number {
+  #scanChunk(chunk: Buffer, from: number, needle: Buffer): number {
     const n = needle.length;
     const limit = this.#bufferSize;
     // One-byte delimiters (lines) search for the byte itself: memchr, not a substring search.
     const byte = n === 1 ? needle[0]! : -1;
-    let start = 0;
+    let start = from;
     this.#flags &= ~F_STOP;
     for (;;) {
       const idx = byte >= 0 ? chunk.indexOf(byte, start) : chunk.indexOf(needle, start);
@@ -1073,23 +1098,24 @@ export class Stream extends Channel {
 
   /**
    * Frames cut straight out of a chunk that arrived with nothing buffered,
-   * for the delimiters that allow it; returns the bytes used (0: none, the
-   * buffered path takes the chunk, as it does for RegExp delimiters).
+   * from offset `from`, for the delimiters that allow it; returns the offset
+   * after the last frame taken (`from`: none, the buffered path takes the
+   * rest, as it does for RegExp delimiters).
    */
-  #scanDirect(chunk: Buffer, framer: Framer): number {
+  #scanDirect(chunk: Buffer, from: number, framer: Framer): number {
     const source = framer.source;
-    if (framer.needle !== null) return this.#scanChunk(chunk, framer.needle);
-    if (typeof source === "number") return this.#scanSized(chunk, source);
-    if (typeof source === "function") return this.#scanDecoder(chunk, source);
-    if (source instanceof Struct) return this.#scanStruct(chunk, source);
-    if (source instanceof NetStruct) return this.#scanNetStruct(chunk, source, framer.minLimit);
-    return 0;
+    if (framer.needle !== null) return this.#scanChunk(chunk, from, framer.needle);
+    if (typeof source === "number") return this.#scanSized(chunk, from, source);
+    if (typeof source === "function") return this.#scanDecoder(chunk, from, source);
+    if (source instanceof Struct) return this.#scanStruct(chunk, from, source);
+    if (source instanceof NetStruct) return this.#scanNetStruct(chunk, from, source, framer.minLimit);
+    return from;
   }
 
   /** As {@link #scanSized}, for a Struct: each record unpacked in place, straight from the chunk. */
-  #scanStruct(chunk: Buffer, struct: Struct): number {
+  #scanStruct(chunk: Buffer, from: number, struct: Struct): number {
     const size = struct.size;
-    let start = 0;
+    let start = from;
     this.#flags &= ~F_STOP;
     const call = struct.callerAt();
     if (call !== null) {
@@ -1129,12 +1155,12 @@ export class Stream extends Channel {
    * records straight from the chunk. Stops at the first record it cannot
    * take (partial, malformed, oversized): the buffered path gets the rest.
    */
-  #scanNetStruct(chunk: Buffer, ns: NetStruct, minLimit: number): number {
+  #scanNetStruct(chunk: Buffer, from: number, ns: NetStruct, minLimit: number): number {
     const call = ns.callerAt();
-    if (call === null) return 0;
+    if (call === null) return from;
     const limit = this.#bufferSize > minLimit ? this.#bufferSize : minLimit;
     const held: NetStructHeld = { used: 0, result: undefined }; // per chunk: a handler may feed another stream
-    let start = 0;
+    let start = from;
     this.#flags &= ~F_STOP;
     while (start < chunk.length) {
       let used: number;
@@ -1161,9 +1187,9 @@ export class Stream extends Channel {
    * the buffered path, asking again, reports it; a partial frame is kept
    * without asking the Decoder again until more bytes arrive.
    */
-  #scanDecoder(chunk: Buffer, decoder: Decoder): number {
+  #scanDecoder(chunk: Buffer, from: number, decoder: Decoder): number {
     const limit = this.#bufferSize;
-    let start = 0;
+    let start = from;
     this.#flags &= ~F_STOP;
     while (start < chunk.length) {
       const buf = start === 0 ? chunk : chunk.subarray(start);
@@ -1191,8 +1217,8 @@ export class Stream extends Channel {
   }
 
   /** As {@link #scanChunk}, for fixed-size frames. Returns the bytes used. */
-  #scanSized(chunk: Buffer, size: number): number {
-    let start = 0;
+  #scanSized(chunk: Buffer, from: number, size: number): number {
+    let start = from;
     this.#flags &= ~F_STOP;
     while (chunk.length - start >= size) {
       const frame = chunk.subarray(start, start + size);
@@ -1213,7 +1239,7 @@ export class Stream extends Channel {
     const framer = this.#framer;
     if (framer.needle === null && typeof framer.source !== "number") return;
     const rest = rb.all();
-    const used = framer.needle !== null ? this.#scanChunk(rest, framer.needle) : this.#scanSized(rest, framer.source as number);
+    const used = framer.needle !== null ? this.#scanChunk(rest, 0, framer.needle) : this.#scanSized(rest, 0, framer.source as number);
     if (used > 0 && this.#state !== S_CLOSED) rb.skip(used);
   }
 

@@ -612,3 +612,30 @@ test("a Decoder is asked once per chance: frames in one chunk, and a partial fra
   assert.deepEqual(peer.stream.got, ["one", "two", "three", "four"]);
   assert.equal(calls, 2, "one call per arrival");
 });
+
+test("one chunk, a switch after every frame through every delimiter kind: each frame cut by its own delimiter", async () => {
+  const short = new Struct("!H");
+  const oneByteLength: Decoder = (buf) => (buf.length >= 1 + buf[0]! ? { consumed: 1 + buf[0]!, args: [buf.toString("latin1", 1, 1 + buf[0]!)] } : null);
+  const plan: ReadDelimiter[] = [short, /;/, oneByteLength, 3, "\r\n", null];
+  class Tour extends Stream {
+    frames: unknown[] = [];
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(...args: unknown[]) {
+      this.frames.push(args.map((a) => (Buffer.isBuffer(a) ? a.toString("latin1") : a)));
+      const next = plan[this.frames.length - 1];
+      if (next !== undefined) this.readDelimiter = next;
+    }
+  }
+  const bytes = Buffer.concat([Buffer.from("head\n"), short.pack(513), Buffer.from("x y;"), Buffer.from([2]), Buffer.from("hiabcline\r\nthe rest\nand more")]);
+  const expected = [["head"], [513], ["x y"], ["hi"], ["abc"], ["line"], ["the rest\nand more"]];
+  for (const chunkSize of [bytes.length, 1, 7]) {
+    const peer = memoryPeer(Tour);
+    await peer.send(bytes, { chunkSize });
+    const frames = peer.stream.frames;
+    // null delivers what arrived as it arrived: join the tail.
+    const tail = frames.slice(6).map((f) => (f as string[])[0]).join("");
+    assert.deepEqual([...frames.slice(0, 6), [tail]], expected, `chunkSize ${chunkSize}`);
+  }
+});

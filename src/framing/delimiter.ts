@@ -277,6 +277,11 @@ export function isFramingError(err: unknown): boolean {
 /** The framer of `readDelimiter = null`. */
 export const NULL_FRAMER: Framer = new NullFramer();
 const stringFramers = new Map<string, BytesFramer>();
+let lastString: string | null = null;
+let lastStringFramer: BytesFramer | null = null;
+/** Size framers for sizes below SMALL_SIZES, made on first use (they hold no state). */
+const SMALL_SIZES = 4096;
+const sizeFramers = new Array<SizeFramer | undefined>(SMALL_SIZES);
 
 /**
  * Validates a delimiter and returns its framer.
@@ -286,11 +291,14 @@ export function compileDelimiter(value: unknown): Framer {
   if (value === null || value === undefined) return NULL_FRAMER;
   if (typeof value === "string") {
     if (value.length === 0) throw typeError("The read delimiter cannot be an empty string.", "ERR_INVALID_DELIMITER");
+    if (value === lastString) return lastStringFramer!; // the common case: back to the same line delimiter
     let framer = stringFramers.get(value);
     if (framer === undefined) {
       framer = new BytesFramer(value, Buffer.from(value, "utf8"));
       if (stringFramers.size < 256) stringFramers.set(value, framer);
     }
+    lastString = value;
+    lastStringFramer = framer;
     return framer;
   }
   if (typeof value === "number") {
@@ -300,7 +308,9 @@ export function compileDelimiter(value: unknown): Framer {
         "ERR_INVALID_DELIMITER",
       );
     }
-    return new SizeFramer(value);
+    // Protocols switch to a body's size and back for every message: small sizes are made once.
+    if (value >= SMALL_SIZES) return new SizeFramer(value);
+    return (sizeFramers[value] ??= new SizeFramer(value));
   }
   if (value instanceof Uint8Array) {
     if (value.length === 0) throw typeError("The read delimiter cannot be an empty Buffer.", "ERR_INVALID_DELIMITER");
