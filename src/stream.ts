@@ -86,6 +86,8 @@ const S_PENDING = 2; // connected; TLS handshake or the onConnect tick pending
 const S_OPEN = 3;
 const S_CLOSING = 4; // close(true): flushing
 const S_CLOSED = 5;
+/** An empty write: its callback runs once every earlier write has reached the OS (see #barrier). */
+const EMPTY = Buffer.alloc(0);
 
 // Flags (one bit field instead of a dozen booleans per connection).
 const F_SERVER_SIDE = 1 << 0;
@@ -1576,8 +1578,12 @@ export class Stream extends Channel {
         if ((this.#flags & F_NATIVE) !== 0 && (sock as unknown as NativeSocket).writableNow) {
           this.#writeNative(sock as unknown as NativeSocket, run);
         } else {
-          const cb = this.#writeCallback();
-          this.#inflight++;
+          // No callback when nothing waits for this write (as #writeNative):
+          // node:stream then completes a write the OS took at once without a
+          // nextTick. Whoever starts waiting later asks with #barrier.
+          const cb = this.#writeQuietly() ? undefined : this.#writeCallback();
+          if (cb === undefined) this.#flags |= F_ACTIVE;
+          else this.#inflight++;
           if (Buffer.isBuffer(run)) {
             sock.write(run, cb);
           } else {
@@ -1593,7 +1599,10 @@ export class Stream extends Channel {
       const head = wq[0] as FileJob | TlsJob;
       if ("tls" in head) {
         // STARTTLS: wait until every earlier byte has been handed to the OS.
-        if (this.#inflight > 0 || sock.writableLength > 0) return;
+        if (this.#inflight > 0 || sock.writableLength > 0) {
+          this.#barrier();
+          return;
+        }
         this.#upgradeNow(head.tls);
         return;
       }
@@ -1603,6 +1612,26 @@ export class Stream extends Channel {
       return;
     }
     if (this.bufferedAmount > this.writeHighWaterMark) this.#pause(P_BACKPRESSURE);
+    if ((this.#flags & P_BACKPRESSURE) !== 0 || this.#state === S_CLOSING) this.#barrier(); // someone waits for the drain
+  }
+
+  /** node:net/node:tls: a write may go without a callback (nobody waits for it to reach the OS). */
+  #writeQuietly(): boolean {
+    return (
+      (this.#flags & (F_NATIVE | P_BACKPRESSURE | F_WRITE_OVERFLOWED)) === 0 && this.#state === S_OPEN && this.onWrite === Stream.prototype.onWrite
+    );
+  }
+
+  /**
+   * node:net/node:tls: bytes written without a callback are still in the
+   * socket and nothing in flight will report the drain: an empty write with
+   * a callback does (node:stream calls write callbacks in order).
+   */
+  #barrier(): void {
+    const sock = this.#sock;
+    if (sock === null || this.#inflight > 0 || (this.#flags & F_NATIVE) !== 0 || sock.writableLength === 0) return;
+    this.#inflight++;
+    sock.write(EMPTY, this.#writeCallback());
   }
 
   /**
@@ -1615,8 +1644,11 @@ export class Stream extends Channel {
     if (n === 1) run = wq[0] as Buffer;
     else if (bytes <= JOIN_LIMIT) run = Buffer.concat((n === wq.length ? wq : wq.slice(0, n)) as Buffer[], bytes);
     else run = wq.slice(0, n) as Buffer[];
-    if (n === wq.length) wq.length = 0;
-    else wq.splice(0, n);
+    if (n === wq.length) {
+      // pop() stays in optimised code; setting length calls into the runtime.
+      if (n <= 4) for (let i = 0; i < n; i++) wq.pop();
+      else wq.length = 0;
+    } else wq.splice(0, n);
     this.#wqBytes -= bytes;
     this.#countOut(bytes);
     return run;
@@ -1651,7 +1683,10 @@ export class Stream extends Channel {
       this.#flush();
       if ((this.#wq !== null && this.#wq.length > 0) || this.#inflight > 0 || (this.#flags & F_FILE_ACTIVE) !== 0) return;
     }
-    if (this.#sock !== null && this.#sock.writableLength > 0) return;
+    if (this.#sock !== null && this.#sock.writableLength > 0) {
+      this.#barrier(); // written quietly since: wait for those too
+      return;
+    }
     this.#flags &= ~F_WRITE_OVERFLOWED;
     this.#resume(P_BACKPRESSURE);
     if (this.onWrite !== Stream.prototype.onWrite) this._call0(this.onWrite);
