@@ -59,6 +59,34 @@ test("close(true) after a large write delivers every byte before the FIN", async
   assert.equal(c.error, null);
 });
 
+test("close(true) in a later turn, with an earlier write still in the socket: every byte, then the FIN, at once", async (t) => {
+  const engine = freshEngine(t);
+  const data = randomBytes(16 << 20); // more than the kernel takes at once, below writeHighWaterMark
+  let closedAt = 0;
+  class Sender extends Stream {
+    override onConnect() {
+      this.writeHighWaterMark = 64 << 20; // no backpressure pause: nothing else waits for the drain
+      this.write(data);
+      setTimeout(() => this.close(true), 50);
+    }
+    override onClose() {
+      closedAt = Date.now();
+    }
+  }
+  const port = await listenLocal(new Server(Sender, { engine }), t);
+  const c = await connect(port);
+  c.socket.pause();
+  await sleep(200); // the write is still queued in the server's socket when close() runs
+  const resumedAt = Date.now();
+  c.socket.resume();
+  const got = await c.readToEnd(5000);
+  assert.equal(got.length, data.length);
+  assert.ok(got.equals(data));
+  assert.equal(c.ended, true, "the server sent a FIN");
+  await waitFor(() => closedAt !== 0, 5000);
+  assert.ok(closedAt - resumedAt < 5000, "closed once drained, not at the drain deadline");
+});
+
 test("close(false) closes at once, dropping unsent data", async (t) => {
   const engine = freshEngine(t);
   let closedAt = 0;
