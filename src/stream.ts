@@ -1102,16 +1102,41 @@ export class Stream extends Channel {
    * Frames cut straight out of a chunk that arrived with nothing buffered,
    * from offset `from`, for the delimiters that allow it; returns the offset
    * after the last frame taken (`from`: none, the buffered path takes the
-   * rest, as it does for RegExp delimiters).
+   * rest, as it does for anchored RegExp matches).
    */
   #scanDirect(chunk: Buffer, from: number, framer: Framer): number {
     const source = framer.source;
     if (framer.needle !== null) return this.#scanChunk(chunk, from, framer.needle);
     if (typeof source === "number") return this.#scanSized(chunk, from, source);
+    if (framer.search !== null) return (this.#flags & F_REGEX_ANCHORED) === 0 ? this.#scanRegex(chunk, from, framer.search) : from;
     if (typeof source === "function") return this.#scanDecoder(chunk, from, source);
     if (source instanceof Struct) return this.#scanStruct(chunk, from, source);
     if (source instanceof NetStruct) return this.#scanNetStruct(chunk, from, source, framer.minLimit);
     return from;
+  }
+
+  /**
+   * As {@link #scanChunk}, for a RegExp in search mode: the chunk read as
+   * latin1 once, each search made on the text from the frame's start (as
+   * the buffered path does, so `^` and lookbehinds mean the same). No
+   * match, an empty match and an oversized frame stop the scan: the
+   * buffered path keeps or reports them.
+   */
+  #scanRegex(chunk: Buffer, from: number, search: RegExp): number {
+    const limit = this.#bufferSize;
+    const text = chunk.toString("latin1", from);
+    let pos = 0;
+    this.#flags &= ~F_STOP;
+    while (pos < text.length) {
+      const m = search.exec(pos === 0 ? text : text.slice(pos));
+      if (m === null) break;
+      const end = m.index + m[0].length;
+      if (end === 0 || m.index > limit) break;
+      this.#deliver(chunk.subarray(from + pos, from + pos + m.index));
+      pos += end;
+      if ((this.#flags & F_STOP) !== 0) break;
+    }
+    return from + pos;
   }
 
   /** As {@link #scanSized}, for a Struct: each record unpacked in place, straight from the chunk. */

@@ -639,3 +639,20 @@ test("one chunk, a switch after every frame through every delimiter kind: each f
     assert.deepEqual([...frames.slice(0, 6), [tail]], expected, `chunkSize ${chunkSize}`);
   }
 });
+
+test("a regex search starts at each frame's first byte: ^ anchors there, however the bytes arrived", async () => {
+  class Caret extends Stream {
+    frames: string[] = [];
+    override onConnect() {
+      this.readDelimiter = /^-|;/;
+    }
+    override onRead(d: Buffer) {
+      this.frames.push(d.toString());
+    }
+  }
+  for (const chunkSize of [undefined, 1, 3]) {
+    const peer = memoryPeer(Caret);
+    await peer.send("a;-b;-c", chunkSize === undefined ? undefined : { chunkSize });
+    assert.deepEqual(peer.stream.frames, ["a", "", "b", ""], `chunkSize ${chunkSize}`);
+  }
+});

@@ -44,6 +44,8 @@ export interface Framer {
   readonly minLimit: number;
   /** For string and Buffer delimiters, the bytes to look for (the stream scans chunks for them directly). */
   readonly needle: Buffer | null;
+  /** For RegExp delimiters, the private copy searches use (the stream scans chunks with it directly). */
+  readonly search: RegExp | null;
   /** Takes at most one frame from `rb`; see the result codes above. */
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut, regexSearch: boolean): number;
 }
@@ -52,6 +54,7 @@ class NullFramer implements Framer {
   readonly source = null;
   readonly minLimit = 0;
   readonly needle = null;
+  readonly search = null;
   extract(rb: ReceiveBuffer, _limit: number, out: FrameOut): number {
     out.value = rb.take(rb.length);
     return FRAME;
@@ -60,6 +63,7 @@ class NullFramer implements Framer {
 
 class BytesFramer implements Framer {
   readonly minLimit = 0;
+  readonly search = null;
   constructor(
     readonly source: string | Buffer,
     readonly needle: Buffer,
@@ -107,6 +111,7 @@ class BytesFramer implements Framer {
 class SizeFramer implements Framer {
   readonly minLimit: number;
   readonly needle = null;
+  readonly search = null;
   constructor(readonly source: number) {
     this.minLimit = source;
   }
@@ -120,13 +125,13 @@ class SizeFramer implements Framer {
 class RegexFramer implements Framer {
   readonly minLimit = 0;
   readonly needle = null;
-  readonly #search: RegExp;
+  readonly search: RegExp;
   readonly #anchored: RegExp;
   constructor(readonly source: RegExp) {
     // Private copies: the user's RegExp (and its lastIndex) is never touched,
     // and a g/y flag cannot leak state between matches.
     const flags = source.flags.replace(/[gy]/g, "");
-    this.#search = new RegExp(source.source, flags);
+    this.search = new RegExp(source.source, flags);
     this.#anchored = new RegExp(source.source, flags + "y");
   }
 
@@ -134,7 +139,7 @@ class RegexFramer implements Framer {
     const text = rb.latin1();
     let m: RegExpExecArray | null;
     if (regexSearch) {
-      m = this.#search.exec(text);
+      m = this.search.exec(text);
     } else {
       this.#anchored.lastIndex = 0;
       m = this.#anchored.exec(text);
@@ -176,6 +181,7 @@ class InvalidDelimiterMatch extends Error {
 class StructFramer implements Framer {
   readonly minLimit: number;
   readonly needle = null;
+  readonly search = null;
   constructor(readonly source: Struct) {
     this.minLimit = source.size;
   }
@@ -196,6 +202,7 @@ class StructFramer implements Framer {
 class NetStructFramer implements Framer {
   readonly minLimit: number;
   readonly needle = null;
+  readonly search = null;
   constructor(readonly source: NetStruct) {
     this.minLimit = source.minimumSize;
   }
@@ -232,6 +239,7 @@ class NetStructFramer implements Framer {
 class DecoderFramer implements Framer {
   readonly minLimit = 0;
   readonly needle = null;
+  readonly search = null;
   constructor(readonly source: Decoder) {}
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
     const buf = rb.all();
