@@ -1377,7 +1377,8 @@ export class Stream extends Channel {
   #deliverArgs(args: readonly unknown[]): void {
     let result: unknown;
     try {
-      result = (this.onRead as (...a: unknown[]) => unknown).apply(this, args as unknown[]);
+      // One value (a Decoder's usual frame): a plain call, no spread.
+      result = args.length === 1 ? this.onRead(args[0]) : (this.onRead as (...a: unknown[]) => unknown).apply(this, args as unknown[]);
     } catch (err) {
       this._handlerFailed(err);
       return;
