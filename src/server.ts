@@ -764,8 +764,7 @@ export class Server extends Channel {
     }
     // The peer's address costs a system call; only an onAccept override (or a TLS wrap error) needs it here.
     const custom = this.onAccept !== Server.prototype.onAccept;
-    const peer = (): Address => proxiedRemote ?? fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily) ?? "";
-    const address = custom ? peer() : null;
+    const address = custom ? peerOf(raw, proxiedRemote) : null;
     // An onAccept override is promised a Duplex: give it one over a native socket.
     let socket: Duplex = raw instanceof NativeSocket ? (custom ? raw.toDuplex() : (raw as unknown as Duplex)) : raw;
     const tlsConfig = this.#tls;
@@ -785,7 +784,7 @@ export class Server extends Channel {
         countError("tls", this.stats, this.engine.stats);
         this.stats.rejected++;
         this.engine.stats.rejected++;
-        this._callN(this.onSslWrapError, [raw, address ?? peer(), err]);
+        this._callN(this.onSslWrapError, [raw, address ?? peerOf(raw, proxiedRemote), err]);
         if (!raw.destroyed) raw.destroy();
         return;
       }
@@ -812,6 +811,11 @@ export class Server extends Channel {
     this.stats.closed++;
     this.#checkShutdownDone();
   }
+}
+
+/** The address an accepted connection came from: the PROXY header's, else the socket's ("" if unknown). */
+function peerOf(raw: net.Socket | NativeSocket, proxiedRemote: Address | null): Address {
+  return proxiedRemote ?? fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily) ?? "";
 }
 
 function addressOf(parsed: ParsedAddress): Address {

@@ -959,6 +959,76 @@ describe("native addon", { skip }, () => {
     }
   });
 
+  test("a burst of connects is accepted in batches (several per turn of the loop), every connection served, over TCP and a UNIX socket", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "pants-native-"));
+    const N = 200;
+    try {
+      for (const kind of ["tcp", "pipe"] as const) {
+        // A counter bumped once per turn of the loop (the check phase):
+        // connections accepted in the same turn see the same value.
+        let turn = 0;
+        let ticking = true;
+        const tick = () => {
+          turn++;
+          if (ticking) setImmediate(tick);
+        };
+        setImmediate(tick);
+        const perTurn = new Map<number, number>();
+        const onConn = (conn: NativeConn) => {
+          perTurn.set(turn, (perTurn.get(turn) ?? 0) + 1);
+          on(conn, { read: (data) => conn.write(data), end: () => conn.close() });
+          conn.readStart();
+        };
+        const path = join(dir, "burst.sock");
+        let server: NativeServer;
+        let connect: () => net.Socket;
+        if (kind === "tcp") {
+          const l = listen(onConn);
+          server = l.server;
+          connect = () => net.connect({ port: l.port, host: "127.0.0.1" });
+        } else {
+          server = addon().listenPipe(path, 511);
+          servers.push(server);
+          serverHandlers.set(server, onConn);
+          connect = () => net.connect({ path });
+        }
+        try {
+          const clients = Array.from({ length: N }, (_, i) => {
+            const c = new Client(connect());
+            c.socket.write(`hello ${i}\n`);
+            return c;
+          });
+          await Promise.all(clients.map(async (c, i) => assert.equal((await c.waitFor(`hello ${i}\n`.length)).toString(), `hello ${i}\n`)));
+          for (const c of clients) c.socket.end();
+          await until(() => clients.every((c) => c.closed), "clients closed");
+        } finally {
+          ticking = false;
+          server.close();
+        }
+        let accepted = 0;
+        for (const n of perTurn.values()) accepted += n;
+        assert.equal(accepted, N, kind);
+        assert.ok(Math.max(...perTurn.values()) > 1, `${kind}: one connection per turn (${perTurn.size} turns for ${N})`);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a server closed by onConnection in the middle of a burst accepts nothing more", async () => {
+    let accepted = 0;
+    const { server, port } = listen((conn) => {
+      accepted++;
+      server.close();
+      conn.close();
+    });
+    const clients = Array.from({ length: 50 }, () => new Client(net.connect({ port, host: "127.0.0.1" })));
+    await until(() => clients.every((c) => c.closed), "clients closed");
+    await sleep(50);
+    assert.equal(accepted, 1);
+    assert.equal(server.fd, -1);
+  });
+
   test("leak check: 2000 accept / echo / close cycles, one onClose each, bounded RSS", async () => {
     const N = 2000;
     const accepted: NativeConn[] = [];
