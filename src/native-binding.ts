@@ -21,6 +21,7 @@
  *   `onUncaught`.
  * @module
  */
+import { Buffer } from "node:buffer";
 import { existsSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";

@@ -7,6 +7,8 @@
  * Streams and servers use it when the addon is built, for plain TCP and
  * UNIX sockets; TLS, PROXY headers and cluster workers use node:net.
  */
+import process from "node:process";
+import { Buffer } from "node:buffer";
 import { lookup } from "node:dns";
 import { isIP } from "node:net";
 import { Duplex } from "node:stream";

@@ -7,7 +7,7 @@
  * rejected as soon as they arrive, every field is checked against the
  * specification, and a header is only returned once it is complete.
  */
-import { isUtf8 } from "node:buffer";
+import { Buffer, isUtf8 } from "node:buffer";
 import { isIPv4, isIPv6 } from "node:net";
 import type { Address } from "./address.js";
 import { ProxyProtocolError } from "./errors.js";

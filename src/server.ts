@@ -3,6 +3,7 @@
  * its connection class. Also the production features that live at accept
  * time: connection limits, PROXY headers, TLS wrapping, graceful shutdown.
  */
+import { Buffer } from "node:buffer";
 import net from "node:net";
 import tls from "node:tls";
 import { lookup } from "node:dns/promises";

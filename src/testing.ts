@@ -3,6 +3,7 @@
  * sockets, in the manner of Twisted's StringTransport and Netty's
  * EmbeddedChannel. Node 20 has no `stream.duplexPair()`, so one is here.
  */
+import { Buffer } from "node:buffer";
 import { Duplex } from "node:stream";
 import { Engine } from "./engine.js";
 import { Stream } from "./stream.js";

@@ -3,6 +3,7 @@
  * read and the context built once per startSSL/setSslOptions, never per
  * connection.
  */
+import { Buffer } from "node:buffer";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import tls from "node:tls";

@@ -3,6 +3,7 @@
  * with other writes, never read whole into memory. Reads stay a few chunks
  * ahead of the socket and wait for it to drain.
  */
+import { Buffer } from "node:buffer";
 import { close as fsClose, open as fsOpen, read as fsRead } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { rangeError } from "./errors.js";

@@ -3,6 +3,7 @@
  * framer per kind. Framers are immutable and shared; the per-stream scan
  * state lives in the ReceiveBuffer (`mark`, `discarding`).
  */
+import { Buffer } from "node:buffer";
 import { describe, typeError } from "../errors.js";
 import { Struct } from "./struct.js";
 import { NetStruct } from "./netstruct.js";

@@ -26,6 +26,7 @@
  * views into the parsed buffer rather than copies.
  */
 
+import { Buffer } from "node:buffer";
 import { Layout, parseByteOrder, type ByteOrderChar } from "./struct.js";
 
 /** Integer codes that may carry a `$` string. */

@@ -6,6 +6,7 @@
  * time (twisted#3803 and #6358 are the quadratic buffers this avoids), and
  * consuming a frame allocates nothing but the frame's own view.
  */
+import { Buffer } from "node:buffer";
 
 const EMPTY = Buffer.alloc(0);
 

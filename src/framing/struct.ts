@@ -23,6 +23,7 @@
  * - `packInto` is atomic: on error the target buffer is left untouched.
  */
 
+import { Buffer } from "node:buffer";
 import { endianness } from "node:os";
 
 /** A byte order, size and alignment prefix. */
