@@ -284,6 +284,56 @@ async function trickle(sock, s) {
   s.close();
 }
 
+// 5b. Bursts of connects (accepted in batches), over TCP and a pipe, and a
+// server that closes itself in the middle of a batch.
+{
+  const dir = mkdtempSync(join(tmpdir(), "pants-memcheck-"));
+  try {
+    const path = join(dir, "burst.sock");
+    const pipeServer = native.listenPipe(path, 128);
+    const { s: tcpServer, port } = listen(() => {});
+    for (const server of [tcpServer, pipeServer]) {
+      serverHandlers.set(server, (c) => {
+        handlers.set(c, { read: (d) => c.write(d), end: () => c.close() });
+        c.readStart();
+      });
+    }
+    const burst = (connect) =>
+      Promise.all(
+        Array.from({ length: 50 }, async () => {
+          const sock = connect();
+          sock.on("error", () => {});
+          const got = [];
+          sock.on("data", (d) => got.push(d));
+          sock.write("burst\n");
+          await until(() => Buffer.concat(got).length >= 6, "burst echo");
+          sock.end();
+          await new Promise((resolve) => sock.on("close", resolve));
+        }),
+      );
+    await burst(() => net.connect({ port, host: "127.0.0.1" }));
+    await burst(() => net.connect({ path }));
+    tcpServer.close();
+    pipeServer.close();
+    let accepted = 0;
+    const { s: closing, port: closingPort } = listen(() => {});
+    serverHandlers.set(closing, (c) => {
+      accepted++;
+      closing.close();
+      c.close();
+    });
+    const socks = Array.from({ length: 30 }, () => {
+      const sock = net.connect({ port: closingPort, host: "127.0.0.1" });
+      sock.on("error", () => {});
+      return sock;
+    });
+    await until(() => socks.every((sock) => sock.destroyed || sock.readyState === "closed"), "burst after close");
+    assert.equal(accepted, 1);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 // 6. A worker exiting with open handles and queued writes.
 {
   const code = `
