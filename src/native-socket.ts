@@ -100,27 +100,37 @@ function runDoneCallbacks(): void {
   for (let i = 0; i < list.length; i++) list[i]!(null);
 }
 
+/** What few sockets use (client connects, cork, files, addresses): made on first use. */
+interface Rare {
+  connect: Slot;
+  drain: Slot;
+  finish: Slot;
+  corkedCallback: ((err?: Error | null) => void) | null;
+  peer: { address: string; port: number; family: number } | null | undefined;
+}
+
+// NativeSocket#bits
+const B_PAUSED = 1;
+/** Some write is queued in the addon (cleared when it reports all written). */
+const B_QUEUED = 2;
+const B_ENDED = 4;
+const B_FINISHED = 8;
+
 /** A native connection, shaped like the part of net.Socket a Stream uses. */
 export class NativeSocket {
   #conn: NativeConn | null = null;
   #owner: NativeOwner | null = null;
   // One slot per event (a function, or an array once a second listener
   // comes): no per-socket map or arrays for the usual one listener each.
+  // Every connection's Stream listens for these four; the rest are in #rare.
   #data: Slot = null;
   #endL: Slot = null;
   #errorL: Slot = null;
   #closeL: Slot = null;
-  #connectL: Slot = null;
-  #drainL: Slot = null;
-  #finishL: Slot = null;
+  #rare: Rare | null = null;
   #waiting: Array<(err?: Error | null) => void> | null = null;
   #corked: Buffer[] | null = null;
-  #corkedCallback: ((err?: Error | null) => void) | null = null;
-  #paused = true;
-  /** True while some write is queued in the addon (cleared when it reports all written). */
-  #queued = false;
-  #ended = false;
-  #finished = false;
+  #bits = B_PAUSED;
   /** True once destroy() was called or the handle closed. */
   destroyed = false;
   /** True while a client connect is under way. */
@@ -180,7 +190,11 @@ export class NativeSocket {
   get writableLength(): number {
     const conn = this.#conn;
     // Nothing queued since the last "written" callback: no need to ask the addon.
-    return conn === null || this.destroyed || !this.#queued ? 0 : conn.pendingBytes();
+    return conn === null || this.destroyed || (this.#bits & B_QUEUED) === 0 ? 0 : conn.pendingBytes();
+  }
+
+  #extra(): Rare {
+    return (this.#rare ??= { connect: null, drain: null, finish: null, corkedCallback: null, peer: undefined });
   }
 
   /** For `fileno`. */
@@ -199,13 +213,13 @@ export class NativeSocket {
     const peer = this.#peer();
     return peer === undefined ? undefined : peer.family === 6 ? "IPv6" : "IPv4";
   }
-  #peerCache: { address: string; port: number; family: number } | null | undefined;
   #peer(): { address: string; port: number; family: number } | undefined {
-    if (this.#peerCache === undefined && this.#conn !== null && !this.destroyed) {
+    const rare = this.#extra();
+    if (rare.peer === undefined && this.#conn !== null && !this.destroyed) {
       const p = this.#conn.peerAddress();
-      this.#peerCache = p !== null && "port" in p ? p : null;
+      rare.peer = p !== null && "port" in p ? p : null;
     }
-    return this.#peerCache ?? undefined;
+    return rare.peer ?? undefined;
   }
 
   /** Like net.Socket#address(): `{ address, port, family }`, or `{}` for UNIX sockets. */
@@ -229,11 +243,9 @@ export class NativeSocket {
       case "close":
         return this.#closeL;
       case "connect":
-        return this.#connectL;
       case "drain":
-        return this.#drainL;
       case "finish":
-        return this.#finishL;
+        return this.#rare === null ? null : this.#rare[event];
     }
   }
 
@@ -252,13 +264,9 @@ export class NativeSocket {
         this.#closeL = value;
         break;
       case "connect":
-        this.#connectL = value;
-        break;
       case "drain":
-        this.#drainL = value;
-        break;
       case "finish":
-        this.#finishL = value;
+        if (value !== null || this.#rare !== null) this.#extra()[event] = value;
         break;
     }
   }
@@ -309,19 +317,19 @@ export class NativeSocket {
   // -- reading --
 
   pause(): this {
-    this.#paused = true;
+    this.#bits |= B_PAUSED;
     if (this.#conn !== null && !this.destroyed) this.#conn.readStop();
     return this;
   }
 
   resume(): this {
-    this.#paused = false;
+    this.#bits &= ~B_PAUSED;
     if (this.#conn !== null && !this.destroyed && !this.connecting && !this.readableEnded) this.#conn.readStart();
     return this;
   }
 
   isPaused(): boolean {
-    return this.#paused;
+    return (this.#bits & B_PAUSED) !== 0;
   }
 
   /**
@@ -360,14 +368,14 @@ export class NativeSocket {
   // -- writing --
 
   write(chunk: Buffer, cb?: (err?: Error | null) => void): boolean {
-    if (this.destroyed || this.#ended || this.#conn === null) {
+    if (this.destroyed || (this.#bits & B_ENDED) !== 0 || this.#conn === null) {
       const err = uvError("EPIPE", "write");
       if (cb) process.nextTick(cb, err);
       return false;
     }
     if (this.#corked !== null) {
       this.#corked.push(chunk);
-      if (cb) this.#corkedCallback = cb;
+      if (cb) this.#extra().corkedCallback = cb;
       return true;
     }
     const left = this.writeNow(chunk);
@@ -383,20 +391,20 @@ export class NativeSocket {
    */
   writeNow(chunk: Buffer): number {
     const left = this.#conn!.write(chunk);
-    if (left > 0) this.#queued = true;
+    if (left > 0) this.#bits |= B_QUEUED;
     return left;
   }
 
   /** @internal Like writeNow() for several buffers, in one system call. */
   writevNow(chunks: Buffer[]): number {
     const left = this.#conn!.writev(chunks);
-    if (left > 0) this.#queued = true;
+    if (left > 0) this.#bits |= B_QUEUED;
     return left;
   }
 
   /** @internal Whether writeNow() may be used (open, not ended, not corked). */
   get writableNow(): boolean {
-    return !this.destroyed && !this.#ended && this.#conn !== null && this.#corked === null;
+    return !this.destroyed && (this.#bits & B_ENDED) === 0 && this.#conn !== null && this.#corked === null;
   }
 
   /** @internal Calls `cb` once every write so far has reached the OS (`left`: what the last one left queued). */
@@ -422,9 +430,10 @@ export class NativeSocket {
 
   uncork(): void {
     const chunks = this.#corked;
-    const cb = this.#corkedCallback;
+    const rare = this.#rare;
+    const cb = rare === null ? null : rare.corkedCallback;
     this.#corked = null;
-    this.#corkedCallback = null;
+    if (rare !== null) rare.corkedCallback = null;
     if (chunks === null || chunks.length === 0 || this.#conn === null || this.destroyed) return;
     const left = this.writevNow(chunks);
     if (cb) this.#afterWrite(left, cb);
@@ -432,7 +441,7 @@ export class NativeSocket {
 
   /** @internal Every queued write has completed. */
   _written(): void {
-    this.#queued = false;
+    this.#bits &= ~B_QUEUED;
     const waiting = this.#waiting;
     this.#waiting = null;
     if (waiting !== null) for (let i = 0; i < waiting.length; i++) waiting[i]!(null);
@@ -441,13 +450,13 @@ export class NativeSocket {
 
   /** FIN after the queued writes. */
   end(): this {
-    if (this.#ended || this.destroyed) return this;
-    this.#ended = true;
-    if (this.readableEnded && !this.#queued && this.#corked === null && this.#conn !== null) {
+    if ((this.#bits & B_ENDED) !== 0 || this.destroyed) return this;
+    this.#bits |= B_ENDED;
+    if (this.readableEnded && (this.#bits & B_QUEUED) === 0 && this.#corked === null && this.#conn !== null) {
       // The peer has sent its FIN and nothing waits to be written: close(2)
       // sends ours just as shutdown(2) would (nothing unread can turn it
       // into a reset), one system call and one loop turn sooner.
-      this.#finished = true;
+      this.#bits |= B_FINISHED;
       process.nextTick(emitFinish, this);
       this.destroy();
       return this;
@@ -463,14 +472,14 @@ export class NativeSocket {
 
   /** @internal The FIN has gone out. */
   _shutdownDone(): void {
-    this.#finished = true;
+    this.#bits |= B_FINISHED;
     this.#emit("finish");
     this.#maybeClose();
   }
 
   /** Both sides are done: release the handle (as net.Socket's autoDestroy does). */
   #maybeClose(): void {
-    if (this.#finished && this.readableEnded) this.destroy();
+    if ((this.#bits & B_FINISHED) !== 0 && this.readableEnded) this.destroy();
   }
 
   destroy(err?: Error): this {
