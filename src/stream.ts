@@ -1118,22 +1118,33 @@ export class Stream extends Channel {
 
   /**
    * As {@link #scanChunk}, for a RegExp in search mode: the chunk read as
-   * latin1 once, each search made on the text from the frame's start (as
-   * the buffered path does, so `^` and lookbehinds mean the same). No
-   * match, an empty match and an oversized frame stop the scan: the
+   * latin1 once, then each frame found from where the last one ended (with
+   * `lastIndex` for a global `search`, else on the text from the frame's
+   * start, as the buffered path does, so `^` and lookbehinds mean the same).
+   * No match, an empty match and an oversized frame stop the scan: the
    * buffered path keeps or reports them.
    */
   #scanRegex(chunk: Buffer, from: number, search: RegExp): number {
     const limit = this.#bufferSize;
     const text = chunk.toString("latin1", from);
+    const global = search.global;
     let pos = 0;
     this.#flags &= ~F_STOP;
     while (pos < text.length) {
-      const m = search.exec(pos === 0 ? text : text.slice(pos));
+      let m: RegExpExecArray | null;
+      let at: number;
+      if (global) {
+        search.lastIndex = pos;
+        m = search.exec(text);
+        at = m === null ? 0 : m.index - pos;
+      } else {
+        m = search.exec(pos === 0 ? text : text.slice(pos));
+        at = m === null ? 0 : m.index;
+      }
       if (m === null) break;
-      const end = m.index + m[0].length;
-      if (end === 0 || m.index > limit) break;
-      this.#deliver(chunk.subarray(from + pos, from + pos + m.index));
+      const end = at + m[0].length;
+      if (end === 0 || at > limit) break;
+      this.#deliver(chunk.subarray(from + pos, from + pos + at));
       pos += end;
       if ((this.#flags & F_STOP) !== 0) break;
     }

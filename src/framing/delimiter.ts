@@ -45,7 +45,12 @@ export interface Framer {
   readonly minLimit: number;
   /** For string and Buffer delimiters, the bytes to look for (the stream scans chunks for them directly). */
   readonly needle: Buffer | null;
-  /** For RegExp delimiters, the private copy searches use (the stream scans chunks with it directly). */
+  /**
+   * For RegExp delimiters, the copy the stream scans chunks with directly:
+   * global (searched from `lastIndex` over the whole chunk) when nothing in
+   * the pattern looks before where a search starts (`^`, `\b`, `\B`,
+   * lookbehind), else searched on the text from each frame's start.
+   */
   readonly search: RegExp | null;
   /** Takes at most one frame from `rb`; see the result codes above. */
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut, regexSearch: boolean): number;
@@ -127,20 +132,26 @@ class RegexFramer implements Framer {
   readonly minLimit = 0;
   readonly needle = null;
   readonly search: RegExp;
+  readonly #search: RegExp;
   readonly #anchored: RegExp;
   constructor(readonly source: RegExp) {
     // Private copies: the user's RegExp (and its lastIndex) is never touched,
     // and a g/y flag cannot leak state between matches.
     const flags = source.flags.replace(/[gy]/g, "");
-    this.search = new RegExp(source.source, flags);
+    this.#search = new RegExp(source.source, flags);
     this.#anchored = new RegExp(source.source, flags + "y");
+    // A search from lastIndex finds what a search of the text from there
+    // would, unless the pattern can look at what comes before (a conservative
+    // test: any ^, \b, \B or lookbehind in the source).
+    const contextFree = !/\^|\\[bB]|\(\?<[=!]/.test(source.source);
+    this.search = contextFree ? new RegExp(source.source, flags + "g") : this.#search;
   }
 
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut, regexSearch: boolean): number {
     const text = rb.latin1();
     let m: RegExpExecArray | null;
     if (regexSearch) {
-      m = this.search.exec(text);
+      m = this.#search.exec(text);
     } else {
       this.#anchored.lastIndex = 0;
       m = this.#anchored.exec(text);
