@@ -656,3 +656,26 @@ test("a regex search starts at each frame's first byte: ^ anchors there, however
     assert.deepEqual(peer.stream.frames, ["a", "", "b", ""], `chunkSize ${chunkSize}`);
   }
 });
+
+test("a regex search with lookahead and a lookbehind frames the same whether scanned in one chunk or byte by byte", async () => {
+  for (const [delimiter, input, expected] of [
+    [/;(?=x)/, "a;b;xc;xd", ["a;b", "xc"]],
+    [/(?<=\d);/, "a;1;b;22;c", ["a;1", "b;22"]],
+    [/\r?\n/, "one\r\ntwo\nthree\r\n", ["one", "two", "three"]],
+  ] as const) {
+    class Probe extends Stream {
+      frames: string[] = [];
+      override onConnect() {
+        this.readDelimiter = delimiter;
+      }
+      override onRead(d: Buffer) {
+        this.frames.push(d.toString());
+      }
+    }
+    for (const chunkSize of [undefined, 1, 4]) {
+      const peer = memoryPeer(Probe);
+      await peer.send(input, chunkSize === undefined ? undefined : { chunkSize });
+      assert.deepEqual(peer.stream.frames, expected, `${String(delimiter)} chunkSize ${chunkSize}`);
+    }
+  }
+});
