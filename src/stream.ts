@@ -1029,8 +1029,7 @@ export class Stream extends Channel {
     this.engine.stats.bytesIn += chunk.length;
     if (this.#state !== S_OPEN) return; // closing: read and discarded
     this.#flags |= F_IN_DISPATCH;
-    const rb = this.#rb;
-    if ((rb === null || (rb.length === 0 && !rb.discarding)) && (this.#flags & P_ANY) === 0 && this.#encoding === null && (this.#flags & F_TLS_UPGRADING) === 0) {
+    if (this.#directOk()) {
       let framer = this.#framer;
       if (framer === NULL_FRAMER) this.#deliver(chunk);
       else {
@@ -1619,7 +1618,7 @@ export class Stream extends Channel {
           // No callback when nothing waits for this write (as #writeNative):
           // node:stream then completes a write the OS took at once without a
           // nextTick. Whoever starts waiting later asks with #barrier.
-          const cb = this.#writeQuietly() ? undefined : this.#writeCallback();
+          const cb = (this.#flags & F_NATIVE) === 0 && this.#nobodyWaits() ? undefined : this.#writeCallback();
           if (cb === undefined) this.#flags |= F_ACTIVE;
           else this.#inflight++;
           if (Buffer.isBuffer(run)) {
@@ -1653,11 +1652,12 @@ export class Stream extends Channel {
     if ((this.#flags & P_BACKPRESSURE) !== 0 || this.#state === S_CLOSING) this.#barrier(); // someone waits for the drain
   }
 
-  /** node:net/node:tls: a write may go without a callback (nobody waits for it to reach the OS). */
-  #writeQuietly(): boolean {
-    return (
-      (this.#flags & (F_NATIVE | P_BACKPRESSURE | F_WRITE_OVERFLOWED)) === 0 && this.#state === S_OPEN && this.onWrite === Stream.prototype.onWrite
-    );
+  /**
+   * Nothing needs to hear when the writes made now reach the OS: no onWrite
+   * handler, not paused by backpressure, no overflow to clear, not closing.
+   */
+  #nobodyWaits(): boolean {
+    return (this.#flags & (P_BACKPRESSURE | F_WRITE_OVERFLOWED)) === 0 && this.#state === S_OPEN && this.onWrite === Stream.prototype.onWrite;
   }
 
   /**
@@ -1694,12 +1694,11 @@ export class Stream extends Channel {
 
   /**
    * Native transport: `run` leaves now, with no callback when the OS took it
-   * all and nothing waits for the drain (no onWrite handler, not paused by
-   * backpressure, not closing).
+   * all and {@link #nobodyWaits}.
    */
   #writeNative(sock: NativeSocket, run: Buffer | Buffer[]): void {
     const left = Buffer.isBuffer(run) ? sock.writeNow(run) : sock.writevNow(run);
-    if (left === 0 && (this.#flags & (P_BACKPRESSURE | F_WRITE_OVERFLOWED)) === 0 && this.#state === S_OPEN && this.onWrite === Stream.prototype.onWrite) {
+    if (left === 0 && this.#nobodyWaits()) {
       this.#flags |= F_ACTIVE;
       return;
     }

@@ -297,8 +297,6 @@ export function isFramingError(err: unknown): boolean {
 /** The framer of `readDelimiter = null`. */
 export const NULL_FRAMER: Framer = new NullFramer();
 const stringFramers = new Map<string, BytesFramer>();
-let lastString: string | null = null;
-let lastStringFramer: BytesFramer | null = null;
 /** Size framers for sizes below SMALL_SIZES, made on first use (they hold no state). */
 const SMALL_SIZES = 4096;
 const sizeFramers = new Array<SizeFramer | undefined>(SMALL_SIZES);
@@ -311,14 +309,11 @@ export function compileDelimiter(value: unknown): Framer {
   if (value === null || value === undefined) return NULL_FRAMER;
   if (typeof value === "string") {
     if (value.length === 0) throw typeError("The read delimiter cannot be an empty string.", "ERR_INVALID_DELIMITER");
-    if (value === lastString) return lastStringFramer!; // the common case: back to the same line delimiter
     let framer = stringFramers.get(value);
     if (framer === undefined) {
       framer = new BytesFramer(value, Buffer.from(value, "utf8"));
       if (stringFramers.size < 256) stringFramers.set(value, framer);
     }
-    lastString = value;
-    lastStringFramer = framer;
     return framer;
   }
   if (typeof value === "number") {
