@@ -228,13 +228,15 @@ static void env_finalize(napi_env env, void *data, void *hint) {
     if (e->cb[i] != NULL) napi_delete_reference(env, e->cb[i]);
   if (e->actx != NULL) napi_async_destroy(env, e->actx);
   if (e->actx_resource != NULL) napi_delete_reference(env, e->actx_resource);
-  if (e->conn_ctor != NULL) napi_delete_reference(env, e->conn_ctor);
   if (e->server_ctor != NULL) napi_delete_reference(env, e->server_ctor);
   if (e->frames_ref != NULL) napi_delete_reference(env, e->frames_ref);
   if (e->slab_ref != NULL) napi_delete_reference(env, e->slab_ref);
   if (e->spare_ref != NULL) napi_delete_reference(env, e->spare_ref);
   free(e->batch);
   free(e->read_buf);
+  free(e->slots);
+  free(e->gens);
+  free(e->free_slots);
   free(e);
 }
 
@@ -255,7 +257,7 @@ static pn_env *env_create(napi_env env) {
     napi_throw_error(env, "ERR_NATIVE_INTERNAL", "pants_native: cannot get the event loop");
     return NULL;
   }
-  if (!pn_conn_define(e) || !pn_server_define(e)) goto fail;
+  if (!pn_server_define(e)) goto fail;
   if (napi_set_instance_data(env, e, env_finalize, NULL) != napi_ok) goto fail;
   /* From here on env_finalize owns e. */
   if (uv_idle_init(e->loop, &e->idle) == 0) {
@@ -283,7 +285,6 @@ static pn_env *env_create(napi_env env) {
   }
   return e;
 fail:
-  if (e->conn_ctor != NULL) napi_delete_reference(env, e->conn_ctor);
   if (e->server_ctor != NULL) napi_delete_reference(env, e->server_ctor);
   free(e->read_buf);
   free(e);
@@ -306,7 +307,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"connectTcp", NULL, pn_connect_tcp, NULL, NULL, NULL, napi_enumerable, e},
       {"connectPipe", NULL, pn_connect_pipe, NULL, NULL, NULL, napi_enumerable, e},
   };
-  if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok) {
+  if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok ||
+      !pn_conn_export(e, exports)) {
     pn_throw_napi(env, "napi_define_properties");
     return NULL;
   }

@@ -9,7 +9,7 @@
  *              into JS, the deferred-work queue, environment teardown
  *   util.c     argument parsing, errors, address objects, wrapping
  *   server.c   listenTcp / listenPipe, accepting, the server object
- *   conn.c     the connection object: connect, close, options, addresses
+ *   conn.c     connections: ids, connect, close, options, addresses
  *   read.c     reading: alloc/read callbacks and frame delivery to JS
  *   write.c    write / writev / shutdown
  *   framing.c  the pure-C frame scanner (no Node-API, no libuv)
@@ -18,13 +18,20 @@
  *   - Every uv handle lives inside a malloc'd struct (pn_server, pn_conn) that
  *     is freed only in the handle's uv_close callback, and uv_close is called
  *     exactly once (guarded by the `closing` flag).
- *   - The JS object for a handle wraps a tiny pn_box (napi_wrap). The box is
- *     owned by the JS object (freed by the wrap finalizer when the object is
- *     collected) and points at the C struct until the close callback clears
- *     it, so a JS object that outlives its handle never reaches freed memory.
- *   - While the handle is open, the C struct holds a strong napi_ref to its JS
- *     object, so the object cannot be collected under a live handle. The
- *     close callback drops it.
+ *   - A connection has no JS object of its own: JS knows it by its id, a
+ *     small integer (slot | generation << PN_SLOT_BITS) that every conn
+ *     function takes first and every callback passes first. The slot table
+ *     (pn_env.slots) maps ids to live pn_conns; the close callback empties
+ *     the slot after onClose, and the slot's generation changes when it is
+ *     taken again, so an id JS kept after onClose never reaches another
+ *     connection: it reads as a closed one. No wrapper object, no napi_wrap,
+ *     no references per connection (uvloop-sized connections).
+ *   - A listening socket is a JS object wrapping a tiny pn_box (napi_wrap).
+ *     The box is owned by the JS object (freed by the wrap finalizer when the
+ *     object is collected) and points at the pn_server until the close
+ *     callback clears it, so an object that outlives its handle never
+ *     reaches freed memory. While the handle is open the pn_server holds a
+ *     strong napi_ref to the object; the close callback drops it.
  *   - JS is only ever called from libuv callbacks (never from inside a method
  *     call made by JS); errors that a method discovers synchronously are
  *     reported later through the deferred queue (addon.c).
@@ -118,7 +125,15 @@ struct pn_env {
   napi_async_context actx; /* one async context for every call into JS */
   napi_ref actx_resource;
 
-  napi_ref conn_ctor;
+  /* Connection ids (see conn.c): slots[i] is the live connection in slot
+   * i or NULL; gens[i] the generation of slot i's current (or next) id. */
+  struct pn_conn **slots;
+  uint16_t *gens;
+  uint32_t *free_slots; /* emptied slots, reused last-in first-out */
+  uint32_t free_count;
+  uint32_t slots_used;  /* slots [0, slots_used) have been taken once */
+  uint32_t slots_cap;
+
   napi_ref server_ctor;
   bool constructing; /* set while the addon itself instantiates a class */
 
@@ -179,8 +194,6 @@ typedef struct pn_base {
   pn_kind kind;
   bool is_pipe;
   bool closing;   /* uv_close has been called */
-  pn_box *box;    /* NULL until the JS object exists */
-  napi_ref self;  /* strong ref to the JS object while the handle is open */
 } pn_base;
 
 typedef union pn_uv_stream {
@@ -245,9 +258,16 @@ enum {
   PN_DEFER_DELIVER = 8        /* P may hold deliverable bytes: run delivery */
 };
 
+/* Connection ids: the low PN_SLOT_BITS bits are the slot, the bits above
+ * (up to bit 30, so an id is a small integer in V8) the slot's generation. */
+#define PN_SLOT_BITS 22
+#define PN_SLOT_MASK ((1u << PN_SLOT_BITS) - 1)
+#define PN_GEN_MASK ((1u << (31 - PN_SLOT_BITS)) - 1)
+
 typedef struct pn_conn {
   pn_base base;
   pn_uv_stream h;
+  int32_t id;        /* what JS knows this connection by; -1 once freed */
 
   bool reading;      /* what JS asked for (readStart/readStop) */
   bool eof;          /* the peer's FIN was read */
@@ -280,6 +300,8 @@ typedef struct pn_conn {
 typedef struct pn_server {
   pn_base base;
   pn_uv_stream h;
+  pn_box *box;    /* NULL until the JS object exists */
+  napi_ref self;  /* strong ref to the JS object while the handle is open */
   char *path;     /* pipes: the name as given (may start with '\0') */
   size_t path_len;
 } pn_server;
@@ -325,16 +347,16 @@ napi_value pn_sockaddr_object(napi_env env, const struct sockaddr_storage *ss);
 /* { path } from bytes (trailing NULs of an abstract name trimmed). */
 napi_value pn_path_object(napi_env env, const char *path, size_t len);
 
-/* Creates an instance of class `ctor` (no JS-visible constructor call),
- * wraps a new pn_box pointing at `b`, and takes the strong ref. Returns the
+/* Creates an instance of the server class (no JS-visible constructor call),
+ * wraps a new pn_box pointing at `s`, and takes the strong ref. Returns the
  * object or NULL (with an exception pending or not). */
-napi_value pn_new_wrapped(pn_env *e, napi_ref ctor, pn_base *b);
-/* The live struct behind `this`, or NULL if the handle is gone. Throws (and
- * returns NULL with *ok=false) if `this` is not one of our objects. */
-void *pn_unwrap(napi_env env, napi_value obj, pn_kind kind, bool *ok);
+napi_value pn_new_wrapped(pn_env *e, pn_server *s);
+/* The live server behind `obj`, or NULL if the handle is gone. Throws (and
+ * returns NULL with *ok=false) if `obj` is not one of our servers. */
+pn_server *pn_unwrap(napi_env env, napi_value obj, bool *ok);
 /* Called in a close callback: detach the JS object (box->ptr = NULL) and
  * drop the strong ref. */
-void pn_release_js(pn_base *b);
+void pn_release_js(pn_server *s);
 
 /* Parses an IP literal + port into a sockaddr (uv_ip4_addr/uv_ip6_addr). */
 int pn_parse_ip(const char *host, int port, struct sockaddr_storage *ss);
@@ -348,18 +370,22 @@ void pn_server_close(pn_server *s);
 
 napi_value pn_connect_tcp(napi_env env, napi_callback_info info);
 napi_value pn_connect_pipe(napi_env env, napi_callback_info info);
-bool pn_conn_define(pn_env *e);
-/* Allocates a pn_conn with an initialised uv handle, already in
+/* Defines `exports.conn`, the object of connection functions. */
+bool pn_conn_export(pn_env *e, napi_value exports);
+/* Allocates a pn_conn with an initialised uv handle and an id, already in
  * env->handles (so from here on it is released with pn_conn_close, which
  * frees it in the close callback). Returns NULL on failure (uv error in
  * *err). */
 pn_conn *pn_conn_new(pn_env *e, bool is_pipe, int *err);
 void pn_conn_close(pn_conn *c);
-/* The connection behind `this` (and the arguments, if argc/argv are given);
- * NULL once closed or closing. *ok is false, with an exception pending, when
- * `this` is not a connection object. */
-pn_conn *pn_this_conn(napi_env env, napi_callback_info info, size_t *argc,
-                      napi_value *argv, bool *ok);
+/* The connection a conn function was called for: its first argument is the
+ * id; the other arguments (if argc/argv are given) are stored in argv.
+ * NULL once closed or closing (or for the id of a connection that is gone).
+ * *ok is false, with a TypeError pending, when the id is not a number. */
+pn_conn *pn_conn_arg(napi_env env, napi_callback_info info, size_t *argc,
+                     napi_value *argv, bool *ok);
+/* The id of `c` as a JS number (for callbacks). */
+napi_value pn_conn_id(pn_conn *c);
 /* Calls a one-argument callback (onEnd, onWritten, onShutdown) or
  * onError(conn, code, syscall) for `c`, unless it is closing. */
 void pn_conn_emit(pn_conn *c, int which);

@@ -1,5 +1,5 @@
 /*
- * The connection object: creation (accept or connect), close and the close
+ * Connections: their ids, creation (accept or connect), close and the close
  * callback, deferred work, socket options and addresses. Reading lives in
  * read.c, writing in write.c.
  */
@@ -10,6 +10,57 @@
 #include "common.h"
 
 #define PN_HAVE_PIPE_CONNECT2 (UV_VERSION_HEX >= 0x012e00)
+
+/* ---- ids ------------------------------------------------------------------ */
+
+/* The most connections one environment can hold at once (2^22, about four
+ * million; the generation takes the other bits of a 31-bit id). */
+#define PN_MAX_SLOTS (PN_SLOT_MASK + 1u)
+
+/* Gives `c` a free slot and the id that names it. */
+static int slot_take(pn_env *e, pn_conn *c) {
+  uint32_t slot;
+  if (e->free_count > 0) {
+    slot = e->free_slots[--e->free_count];
+  } else {
+    if (e->slots_used == e->slots_cap) {
+      if (e->slots_cap == PN_MAX_SLOTS) return UV_EMFILE;
+      uint32_t cap = e->slots_cap == 0 ? 256 : e->slots_cap * 2;
+      if (cap > PN_MAX_SLOTS) cap = PN_MAX_SLOTS;
+      /* Grown one array at a time: each realloc that succeeds is kept, so a
+       * failure part-way leaves every array at least slots_cap long. */
+      pn_conn **slots = realloc(e->slots, cap * sizeof(*slots));
+      if (slots == NULL) return UV_ENOMEM;
+      e->slots = slots;
+      uint16_t *gens = realloc(e->gens, cap * sizeof(*gens));
+      if (gens == NULL) return UV_ENOMEM;
+      e->gens = gens;
+      uint32_t *free_slots = realloc(e->free_slots, cap * sizeof(*free_slots));
+      if (free_slots == NULL) return UV_ENOMEM;
+      e->free_slots = free_slots;
+      e->slots_cap = cap;
+    }
+    slot = e->slots_used++;
+    e->gens[slot] = 0;
+  }
+  e->slots[slot] = c;
+  c->id = (int32_t)(slot | ((uint32_t)e->gens[slot] << PN_SLOT_BITS));
+  return 0;
+}
+
+/* Empties the slot of `c`; the next id it gets has another generation. */
+static void slot_free(pn_env *e, pn_conn *c) {
+  uint32_t slot = (uint32_t)c->id & PN_SLOT_MASK;
+  e->slots[slot] = NULL;
+  e->gens[slot] = (uint16_t)((e->gens[slot] + 1) & PN_GEN_MASK);
+  e->free_slots[e->free_count++] = slot;
+  c->id = -1;
+}
+
+napi_value pn_conn_id(pn_conn *c) {
+  napi_value v;
+  return napi_create_int32(c->base.penv->env, c->id, &v) == napi_ok ? v : NULL;
+}
 
 /* ---- lifetime ------------------------------------------------------------- */
 
@@ -23,8 +74,12 @@ pn_conn *pn_conn_new(pn_env *e, bool is_pipe, int *err) {
   c->base.kind = PN_KIND_CONN;
   c->base.is_pipe = is_pipe;
   pn_framing_init(&c->fr);
-  int r = is_pipe ? uv_pipe_init(e->loop, &c->h.pipe, 0) : uv_tcp_init(e->loop, &c->h.tcp);
-  if (r != 0) { /* nothing was put on the loop */
+  int r = slot_take(e, c);
+  if (r == 0) {
+    r = is_pipe ? uv_pipe_init(e->loop, &c->h.pipe, 0) : uv_tcp_init(e->loop, &c->h.tcp);
+    if (r != 0) slot_free(e, c); /* nothing was put on the loop */
+  }
+  if (r != 0) {
     free(c);
     *err = r;
     return NULL;
@@ -41,20 +96,18 @@ static void conn_close_cb(uv_handle_t *h) {
   pn_conn *c = h->data;
   pn_env *e = c->base.penv;
   napi_handle_scope scope;
-  napi_value obj;
+  napi_value id;
 
   pn_list_remove(&c->base.link);
   pn_list_remove(&c->defer_link);
   c->defer_bits = 0;
-  if (!e->tearing_down && c->base.self != NULL &&
-      napi_open_handle_scope(e->env, &scope) == napi_ok) {
-    /* JS may still call methods on the object from onClose: `closing` turns
+  if (!e->tearing_down && napi_open_handle_scope(e->env, &scope) == napi_ok) {
+    /* JS may still call functions with the id from onClose: `closing` turns
      * them into no-ops (or clear errors for write/shutdown). */
-    if (napi_get_reference_value(e->env, c->base.self, &obj) == napi_ok)
-      pn_call(e, PN_CB_CLOSE, 1, &obj);
+    if ((id = pn_conn_id(c)) != NULL) pn_call(e, PN_CB_CLOSE, 1, &id);
     napi_close_handle_scope(e->env, scope);
   }
-  pn_release_js(&c->base); /* the JS object now points at nothing */
+  slot_free(e, c); /* from now on the id names nothing */
   pn_framing_free(&c->fr);
   free(c);
   pn_handle_closed(e, NULL);
@@ -78,9 +131,9 @@ void pn_conn_run_deferred(pn_conn *c, unsigned bits) {
   napi_handle_scope scope;
   napi_value argv[3];
 
-  if (c->base.closing || c->base.self == NULL) return;
+  if (c->base.closing) return;
   if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
-  if (napi_get_reference_value(e->env, c->base.self, &argv[0]) != napi_ok) goto out;
+  if ((argv[0] = pn_conn_id(c)) == NULL) goto out;
   if (bits & PN_DEFER_CONNECT_ERROR) {
     argv[1] = pn_err_name(e->env, c->defer_connect_err);
     pn_call(e, PN_CB_CONNECT, 2, argv);
@@ -106,11 +159,10 @@ out:
 void pn_conn_emit(pn_conn *c, int which) {
   pn_env *e = c->base.penv;
   napi_handle_scope scope;
-  napi_value obj;
-  if (c->base.closing || c->base.self == NULL) return;
+  napi_value id;
+  if (c->base.closing) return;
   if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
-  if (napi_get_reference_value(e->env, c->base.self, &obj) == napi_ok)
-    pn_call(e, which, 1, &obj);
+  if ((id = pn_conn_id(c)) != NULL) pn_call(e, which, 1, &id);
   napi_close_handle_scope(e->env, scope);
 }
 
@@ -118,9 +170,9 @@ void pn_conn_emit_error(pn_conn *c, int err, const char *syscall) {
   pn_env *e = c->base.penv;
   napi_handle_scope scope;
   napi_value argv[3];
-  if (c->base.closing || c->base.self == NULL) return;
+  if (c->base.closing) return;
   if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
-  if (napi_get_reference_value(e->env, c->base.self, &argv[0]) == napi_ok &&
+  if ((argv[0] = pn_conn_id(c)) != NULL &&
       napi_create_string_utf8(e->env, syscall, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok) {
     argv[1] = pn_err_name(e->env, err);
     pn_call(e, PN_CB_ERROR, 3, argv);
@@ -139,16 +191,16 @@ static void connect_cb(uv_connect_t *req, int status) {
 
   c->connecting = false;
   /* Closed while connecting (status is UV_ECANCELED): JS asked for it. */
-  if (c->base.closing || c->base.self == NULL) return;
+  if (c->base.closing) return;
   if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
-  if (napi_get_reference_value(e->env, c->base.self, &argv[0]) == napi_ok) {
+  if ((argv[0] = pn_conn_id(c)) != NULL) {
     argv[1] = pn_err_name(e->env, status);
     pn_call(e, PN_CB_CONNECT, 2, argv);
   }
   napi_close_handle_scope(e->env, scope);
 }
 
-/* Creates a connection and its JS object, or throws. */
+/* Creates a connection and returns its id, or throws. */
 static napi_value new_client(napi_env env, pn_env *e, bool is_pipe, pn_conn **out) {
   int err = 0;
   if (!e->have_callbacks) {
@@ -160,10 +212,10 @@ static napi_value new_client(napi_env env, pn_env *e, bool is_pipe, pn_conn **ou
     pn_throw_uv(env, err, "socket", NULL);
     return NULL;
   }
-  napi_value obj = pn_new_wrapped(e, e->conn_ctor, &c->base);
+  napi_value obj = pn_conn_id(c);
   if (obj == NULL) {
     pn_conn_close(c);
-    pn_throw_napi(env, "creating the connection object");
+    pn_throw_napi(env, "napi_create_int32");
     return NULL;
   }
   *out = c;
@@ -257,24 +309,37 @@ napi_value pn_connect_pipe(napi_env env, napi_callback_info info) {
 
 /* ---- methods ---------------------------------------------------------------- */
 
-/* The connection behind `this` with its arguments; NULL once closed (or
- * closing). *ok is false (and an exception pending) for a bad receiver. */
-pn_conn *pn_this_conn(napi_env env, napi_callback_info info, size_t *argc,
-                          napi_value *argv, bool *ok) {
-  napi_value self;
-  size_t zero = 0;
-  if (napi_get_cb_info(env, info, argc != NULL ? argc : &zero, argv, &self, NULL) != napi_ok) {
+/* The connection named by the first argument, with the other arguments in
+ * argv (missing ones are undefined). */
+pn_conn *pn_conn_arg(napi_env env, napi_callback_info info, size_t *argc,
+                     napi_value *argv, bool *ok) {
+  napi_value args[4];
+  size_t want = (argc != NULL ? *argc : 0) + 1, n = want;
+  int32_t id;
+  pn_env *e;
+  *ok = true;
+  if (want > sizeof(args) / sizeof(args[0]) ||
+      napi_get_cb_info(env, info, &n, args, NULL, (void **)&e) != napi_ok) {
     *ok = false;
     pn_throw_napi(env, "napi_get_cb_info");
     return NULL;
   }
-  pn_conn *c = pn_unwrap(env, self, PN_KIND_CONN, ok);
-  return c != NULL && c->base.closing ? NULL : c;
+  if (napi_get_value_int32(env, args[0], &id) != napi_ok) {
+    *ok = false;
+    pn_throw_type(env, "the first argument must be a connection id");
+    return NULL;
+  }
+  for (size_t i = 1; i < want; i++) argv[i - 1] = args[i];
+  if (id < 0) return NULL;
+  uint32_t slot = (uint32_t)id & PN_SLOT_MASK;
+  if (slot >= e->slots_used) return NULL;
+  pn_conn *c = e->slots[slot];
+  return c != NULL && c->id == id && !c->base.closing ? c : NULL;
 }
 
 static napi_value conn_close(napi_env env, napi_callback_info info) {
   bool ok;
-  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (c != NULL) pn_conn_close(c);
   return NULL;
 }
@@ -282,7 +347,7 @@ static napi_value conn_close(napi_env env, napi_callback_info info) {
 static napi_value conn_address_impl(napi_env env, napi_callback_info info, bool peer) {
   bool ok;
   napi_value result;
-  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (!ok) return NULL;
   if (c == NULL) goto none;
   if (c->base.is_pipe) {
@@ -317,7 +382,7 @@ static napi_value conn_fd(napi_env env, napi_callback_info info) {
   bool ok;
   napi_value result;
   uv_os_fd_t fd = -1;
-  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (!ok) return NULL;
   if (c == NULL || uv_fileno(&c->h.handle, &fd) != 0) fd = -1;
   napi_create_int32(env, fd, &result);
@@ -330,7 +395,7 @@ static napi_value conn_set_no_delay(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   bool ok, on = true;
   napi_valuetype t;
-  pn_conn *c = pn_this_conn(env, info, &argc, argv, &ok);
+  pn_conn *c = pn_conn_arg(env, info, &argc, argv, &ok);
   if (!ok) return NULL;
   if (napi_typeof(env, argv[0], &t) == napi_ok && t != napi_undefined &&
       !pn_get_bool(env, argv[0], "setNoDelay(): enable", &on))
@@ -346,7 +411,7 @@ static napi_value conn_set_keep_alive(napi_env env, napi_callback_info info) {
   bool ok, on = false;
   int64_t delay = 0;
   napi_valuetype t;
-  pn_conn *c = pn_this_conn(env, info, &argc, argv, &ok);
+  pn_conn *c = pn_conn_arg(env, info, &argc, argv, &ok);
   if (!ok) return NULL;
   if (napi_typeof(env, argv[0], &t) == napi_ok && t != napi_undefined &&
       !pn_get_bool(env, argv[0], "setKeepAlive(): enable", &on))
@@ -369,50 +434,39 @@ static napi_value conn_set_keep_alive(napi_env env, napi_callback_info info) {
 
 static napi_value conn_ref(napi_env env, napi_callback_info info) {
   bool ok;
-  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (c != NULL) uv_ref(&c->h.handle);
   return NULL;
 }
 
 static napi_value conn_unref(napi_env env, napi_callback_info info) {
   bool ok;
-  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (c != NULL) uv_unref(&c->h.handle);
   return NULL;
 }
 
-static napi_value conn_ctor(napi_env env, napi_callback_info info) {
-  napi_value self;
-  pn_env *e;
-  if (napi_get_cb_info(env, info, NULL, NULL, &self, (void **)&e) != napi_ok) return NULL;
-  if (!e->constructing) {
-    pn_throw_type(env, "NativeConn objects are created by the addon (accept, connectTcp, connectPipe)");
-    return NULL;
-  }
-  return self;
-}
-
-bool pn_conn_define(pn_env *e) {
-  napi_value cls;
+bool pn_conn_export(pn_env *e, napi_value exports) {
+  napi_value obj;
   napi_property_descriptor props[] = {
-      {"readStart", NULL, pn_conn_read_start, NULL, NULL, NULL, napi_default, e},
-      {"readStop", NULL, pn_conn_read_stop, NULL, NULL, NULL, napi_default, e},
-      {"setFraming", NULL, pn_conn_set_framing, NULL, NULL, NULL, napi_default, e},
-      {"resetFraming", NULL, pn_conn_reset_framing, NULL, NULL, NULL, napi_default, e},
-      {"write", NULL, pn_conn_write, NULL, NULL, NULL, napi_default, e},
-      {"writev", NULL, pn_conn_writev, NULL, NULL, NULL, napi_default, e},
-      {"pendingBytes", NULL, pn_conn_pending_bytes, NULL, NULL, NULL, napi_default, e},
-      {"shutdown", NULL, pn_conn_shutdown, NULL, NULL, NULL, napi_default, e},
-      {"close", NULL, conn_close, NULL, NULL, NULL, napi_default, e},
-      {"address", NULL, conn_address, NULL, NULL, NULL, napi_default, e},
-      {"peerAddress", NULL, conn_peer_address, NULL, NULL, NULL, napi_default, e},
-      {"setNoDelay", NULL, conn_set_no_delay, NULL, NULL, NULL, napi_default, e},
-      {"setKeepAlive", NULL, conn_set_keep_alive, NULL, NULL, NULL, napi_default, e},
-      {"ref", NULL, conn_ref, NULL, NULL, NULL, napi_default, e},
-      {"unref", NULL, conn_unref, NULL, NULL, NULL, napi_default, e},
-      {"fd", NULL, NULL, conn_fd, NULL, NULL, napi_default, e},
+      {"readStart", NULL, pn_conn_read_start, NULL, NULL, NULL, napi_enumerable, e},
+      {"readStop", NULL, pn_conn_read_stop, NULL, NULL, NULL, napi_enumerable, e},
+      {"setFraming", NULL, pn_conn_set_framing, NULL, NULL, NULL, napi_enumerable, e},
+      {"resetFraming", NULL, pn_conn_reset_framing, NULL, NULL, NULL, napi_enumerable, e},
+      {"write", NULL, pn_conn_write, NULL, NULL, NULL, napi_enumerable, e},
+      {"writev", NULL, pn_conn_writev, NULL, NULL, NULL, napi_enumerable, e},
+      {"pendingBytes", NULL, pn_conn_pending_bytes, NULL, NULL, NULL, napi_enumerable, e},
+      {"shutdown", NULL, pn_conn_shutdown, NULL, NULL, NULL, napi_enumerable, e},
+      {"close", NULL, conn_close, NULL, NULL, NULL, napi_enumerable, e},
+      {"address", NULL, conn_address, NULL, NULL, NULL, napi_enumerable, e},
+      {"peerAddress", NULL, conn_peer_address, NULL, NULL, NULL, napi_enumerable, e},
+      {"setNoDelay", NULL, conn_set_no_delay, NULL, NULL, NULL, napi_enumerable, e},
+      {"setKeepAlive", NULL, conn_set_keep_alive, NULL, NULL, NULL, napi_enumerable, e},
+      {"ref", NULL, conn_ref, NULL, NULL, NULL, napi_enumerable, e},
+      {"unref", NULL, conn_unref, NULL, NULL, NULL, napi_enumerable, e},
+      {"fd", NULL, conn_fd, NULL, NULL, NULL, napi_enumerable, e},
   };
-  return napi_define_class(e->env, "NativeConn", NAPI_AUTO_LENGTH, conn_ctor, e,
-                           sizeof(props) / sizeof(props[0]), props, &cls) == napi_ok &&
-         napi_create_reference(e->env, cls, 1, &e->conn_ctor) == napi_ok;
+  return napi_create_object(e->env, &obj) == napi_ok &&
+         napi_define_properties(e->env, obj, sizeof(props) / sizeof(props[0]), props) == napi_ok &&
+         napi_set_named_property(e->env, exports, "conn", obj) == napi_ok;
 }

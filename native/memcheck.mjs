@@ -6,21 +6,26 @@
 // throwing callback, a worker exiting with open handles, and finally a
 // natural exit with handles still open (the environment teardown path).
 //
+// It drives the addon through src/native-binding.ts as the transport does
+// (build it first: `npm run build`; native/check-asan.sh does).
+//
 //   valgrind --leak-check=full --error-exitcode=1 node native/memcheck.mjs
 //   LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
 //     node native/memcheck.mjs        (with the addon built with -fsanitize=address)
 //
 // Prints "memcheck: ok" and exits 0 when every check passed.
 import assert from "node:assert/strict";
-import { createRequire } from "node:module";
 import net from "node:net";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 
+import { loadNative, nativeLoadError } from "../dist/src/native-binding.js";
+
 const addonPath = new URL("../build/Release/pants_native.node", import.meta.url).pathname;
-const native = createRequire(import.meta.url)(addonPath);
+const native = loadNative();
+if (native === null) throw new Error(`memcheck: ${nativeLoadError()}`);
 const scale = Number(process.env.MEMCHECK_SCALE ?? 1);
 
 const handlers = new WeakMap();
@@ -29,11 +34,7 @@ let closes = 0;
 const uncaught = [];
 native.init({
   onConnection: (s, c) => (serverHandlers.get(s) ?? ((c) => c.close()))(c),
-  // The addon passes the block the bytes were copied to; offset and length follow `rest` in f.
-  onRead: (c, b, f, n) => {
-    const at = n > 0 ? 2 * n + 1 : 1;
-    handlers.get(c)?.read?.(Buffer.from(b, f[at], f[at + 1]), n === 0 ? null : f, n);
-  },
+  onRead: (c, d, f, n) => handlers.get(c)?.read?.(d, f, n),
   onEnd: (c) => handlers.get(c)?.end?.(),
   onError: (c, code, sc) => handlers.get(c)?.error?.(code, sc),
   onWritten: (c) => handlers.get(c)?.written?.(),
@@ -340,7 +341,7 @@ async function trickle(sock, s) {
     const { parentPort } = require("node:worker_threads");
     const n = require(${JSON.stringify(addonPath)});
     const noop = () => {};
-    n.init({ onConnection(s, c) { c.readStart(); c.write(Buffer.alloc(4 << 20)); }, onRead: noop, onEnd: noop,
+    n.init({ onConnection(s, c) { n.conn.readStart(c); n.conn.write(c, Buffer.alloc(4 << 20)); }, onRead: noop, onEnd: noop,
       onError: noop, onWritten: noop, onConnect() { parentPort.postMessage("up"); }, onClose: noop, onUncaught: noop });
     const s = n.listenTcp("127.0.0.1", 0, 8, false);
     n.connectTcp("127.0.0.1", s.address().port);

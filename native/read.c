@@ -196,7 +196,7 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
     uint32_t set_gen = c->set_gen, reset_gen = c->reset_gen;
 
     c->need_deliver = false;
-    if (c->base.closing || c->base.self == NULL) return;
+    if (c->base.closing) return;
     if (fr->plen + nn == 0) return;
     if (napi_open_handle_scope(env, &scope) != napi_ok) return;
 
@@ -212,7 +212,7 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
         if (e->spare == NULL && nn >= PN_LEND_MIN) make_spare(e); /* bulk: worth having */
       }
       pn_framing_keep(fr, NULL, 0, fr->plen); /* P is delivered: empty it */
-      if (napi_get_reference_value(env, c->base.self, &argv[0]) != napi_ok) goto nomem;
+      if ((argv[0] = pn_conn_id(c)) == NULL) goto nomem;
       out[0] = 0;
       out[1] = (int32_t)off;
       out[2] = (int32_t)len;
@@ -239,7 +239,7 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
     /* make_data allocates, and the frames array lives outside V8's heap, so
      * `out` stays valid across it. */
     if (!make_data(e, fr, nb, nn, &argv[1], &off) ||
-        napi_get_reference_value(env, c->base.self, &argv[0]) != napi_ok)
+        (argv[0] = pn_conn_id(c)) == NULL)
       goto nomem;
     argv[2] = frames;
     if (res.count == 0) {
@@ -440,7 +440,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
 /* readStart(): idempotent; a no-op once closed or after EOF. */
 napi_value pn_conn_read_start(napi_env env, napi_callback_info info) {
   bool ok;
-  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (c == NULL || c->reading || c->eof) return NULL;
   int err = uv_read_start(&c->h.stream, alloc_cb, read_cb);
   if (err == UV_ENOTCONN) return NULL; /* dead after a read error: nothing to read */
@@ -457,7 +457,7 @@ napi_value pn_conn_read_start(napi_env env, napi_callback_info info) {
 /* readStop(): idempotent. */
 napi_value pn_conn_read_stop(napi_env env, napi_callback_info info) {
   bool ok;
-  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (c == NULL || !c->reading) return NULL;
   uv_read_stop(&c->h.stream);
   c->reading = false;
@@ -475,7 +475,7 @@ napi_value pn_conn_set_framing(napi_env env, napi_callback_info info) {
   uint8_t *delim = NULL;
   size_t dlen = 0;
 
-  pn_conn *c = pn_this_conn(env, info, &argc, argv, &ok);
+  pn_conn *c = pn_conn_arg(env, info, &argc, argv, &ok);
   if (!ok) return NULL;
   if (!pn_get_int(env, argv[0], "setFraming(): kind", 0, 2, &kind)) return NULL;
   if (napi_typeof(env, argv[2], &t) != napi_ok || t != napi_number ||
@@ -537,7 +537,7 @@ napi_value pn_conn_set_framing(napi_env env, napi_callback_info info) {
 /* resetFraming(): drop P, back to raw. */
 napi_value pn_conn_reset_framing(napi_env env, napi_callback_info info) {
   bool ok;
-  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (c == NULL) return NULL;
   pn_framing_reset(&c->fr);
   c->reset_gen++;

@@ -34,7 +34,7 @@ static void server_close_cb(uv_handle_t *h) {
   if (((pn_server_full *)s)->unlink_on_close && s->path != NULL) unlink(s->path);
 #endif
   pn_list_remove(&s->base.link);
-  pn_release_js(&s->base); /* the JS object may now be collected */
+  pn_release_js(s); /* the JS object may now be collected */
   free(s->path);
   free(s);
   pn_handle_closed(e, NULL);
@@ -61,9 +61,9 @@ static void accept_error(pn_server *s, int err) {
   pn_env *e = s->base.penv;
   napi_handle_scope scope;
   napi_value argv[2];
-  if (e->cb[PN_CB_ACCEPT_ERROR] == NULL || s->base.self == NULL) return;
+  if (e->cb[PN_CB_ACCEPT_ERROR] == NULL || s->self == NULL) return;
   if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
-  if (napi_get_reference_value(e->env, s->base.self, &argv[0]) == napi_ok &&
+  if (napi_get_reference_value(e->env, s->self, &argv[0]) == napi_ok &&
       (argv[1] = pn_err_name(e->env, err)) != NULL)
     pn_call(e, PN_CB_ACCEPT_ERROR, 2, argv);
   napi_close_handle_scope(e->env, scope);
@@ -80,8 +80,8 @@ static void deliver_connection(pn_server *s, pn_conn *c) {
     pn_conn_close(c);
     return;
   }
-  argv[1] = pn_new_wrapped(e, e->conn_ctor, &c->base);
-  if (argv[1] == NULL || napi_get_reference_value(e->env, s->base.self, &argv[0]) != napi_ok) {
+  argv[1] = pn_conn_id(c);
+  if (argv[1] == NULL || napi_get_reference_value(e->env, s->self, &argv[0]) != napi_ok) {
     napi_value ignored;
     bool pending = false;
     napi_is_exception_pending(e->env, &pending);
@@ -179,7 +179,7 @@ static napi_value finish_listen(napi_env env, pn_env *e, pn_server *s, int backl
     pn_throw_uv(env, err, "listen", detail);
     return NULL;
   }
-  napi_value obj = pn_new_wrapped(e, e->server_ctor, &s->base);
+  napi_value obj = pn_new_wrapped(e, s);
   if (obj == NULL) {
     pn_server_close(s);
     pn_throw_napi(env, "creating the server object");
@@ -360,7 +360,7 @@ static pn_server *this_server(napi_env env, napi_callback_info info, bool *ok) {
     pn_throw_napi(env, "napi_get_cb_info");
     return NULL;
   }
-  pn_server *s = pn_unwrap(env, self, PN_KIND_SERVER, ok);
+  pn_server *s = pn_unwrap(env, self, ok);
   return s != NULL && s->base.closing ? NULL : s;
 }
 

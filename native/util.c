@@ -204,10 +204,10 @@ static void box_finalize(napi_env env, void *data, void *hint) {
   free(data);
 }
 
-napi_value pn_new_wrapped(pn_env *e, napi_ref ctor_ref, pn_base *b) {
+napi_value pn_new_wrapped(pn_env *e, pn_server *s) {
   napi_env env = e->env;
   napi_value ctor, obj;
-  if (napi_get_reference_value(env, ctor_ref, &ctor) != napi_ok || ctor == NULL)
+  if (napi_get_reference_value(env, e->server_ctor, &ctor) != napi_ok || ctor == NULL)
     return NULL;
   e->constructing = true;
   napi_status st = napi_new_instance(env, ctor, 0, NULL, &obj);
@@ -215,26 +215,27 @@ napi_value pn_new_wrapped(pn_env *e, napi_ref ctor_ref, pn_base *b) {
   if (st != napi_ok) return NULL;
   pn_box *box = malloc(sizeof(*box));
   if (box == NULL) return NULL;
-  box->ptr = b;
-  box->kind = b->kind;
+  box->ptr = s;
+  box->kind = PN_KIND_SERVER;
   if (napi_wrap(env, obj, box, box_finalize, NULL, NULL) != napi_ok) {
     free(box);
     return NULL;
   }
   /* From here on the box belongs to the object. */
-  if (napi_create_reference(env, obj, 1, &b->self) != napi_ok) {
+  if (napi_create_reference(env, obj, 1, &s->self) != napi_ok) {
     box->ptr = NULL;
-    b->self = NULL;
+    s->self = NULL;
     return NULL;
   }
-  b->box = box;
+  s->box = box;
   return obj;
 }
 
-void *pn_unwrap(napi_env env, napi_value obj, pn_kind kind, bool *ok) {
+pn_server *pn_unwrap(napi_env env, napi_value obj, bool *ok) {
   void *data = NULL;
   *ok = true;
-  if (napi_unwrap(env, obj, &data) != napi_ok || data == NULL) {
+  if (napi_unwrap(env, obj, &data) != napi_ok || data == NULL ||
+      ((pn_box *)data)->kind != PN_KIND_SERVER) {
     bool pending = false;
     napi_is_exception_pending(env, &pending);
     if (pending) {
@@ -242,28 +243,19 @@ void *pn_unwrap(napi_env env, napi_value obj, pn_kind kind, bool *ok) {
       napi_get_and_clear_last_exception(env, &ignored);
     }
     *ok = false;
-    pn_throw_type(env, kind == PN_KIND_CONN
-                           ? "this is not a pants_native connection"
-                           : "this is not a pants_native server");
+    pn_throw_type(env, "this is not a pants_native server");
     return NULL;
   }
-  pn_box *box = data;
-  pn_base *b = box->ptr;
-  if (box->kind != (int)kind) {
-    *ok = false;
-    pn_throw_type(env, "wrong pants_native object type");
-    return NULL;
-  }
-  return b;
+  return ((pn_box *)data)->ptr;
 }
 
-void pn_release_js(pn_base *b) {
-  if (b->box != NULL) {
-    b->box->ptr = NULL;
-    b->box = NULL;
+void pn_release_js(pn_server *s) {
+  if (s->box != NULL) {
+    s->box->ptr = NULL;
+    s->box = NULL;
   }
-  if (b->self != NULL) {
-    napi_delete_reference(b->penv->env, b->self);
-    b->self = NULL;
+  if (s->self != NULL) {
+    napi_delete_reference(s->base.penv->env, s->self);
+    s->self = NULL;
   }
 }

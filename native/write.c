@@ -142,7 +142,7 @@ napi_value pn_conn_write(napi_env env, napi_callback_info info) {
   bool ok;
   uv_buf_t buf;
 
-  pn_conn *c = pn_this_conn(env, info, &argc, argv, &ok);
+  pn_conn *c = pn_conn_arg(env, info, &argc, argv, &ok);
   if (!ok) return NULL;
   if (!get_buffer(env, argv[0], &buf)) {
     pn_throw_type(env, "write() expects a Buffer (of at most 2 GiB)");
@@ -167,7 +167,7 @@ napi_value pn_conn_writev(napi_env env, napi_callback_info info) {
   size_t total = 0, left = 0;
   char msg[96];
 
-  pn_conn *c = pn_this_conn(env, info, &argc, argv, &ok);
+  pn_conn *c = pn_conn_arg(env, info, &argc, argv, &ok);
   if (!ok) return NULL;
   if (napi_is_array(env, argv[0], &is_array) != napi_ok || !is_array ||
       napi_get_array_length(env, argv[0], &n) != napi_ok) {
@@ -206,7 +206,7 @@ out:
 napi_value pn_conn_pending_bytes(napi_env env, napi_callback_info info) {
   bool ok;
   napi_value result;
-  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (!ok) return NULL;
   size_t n = c == NULL ? 0 : uv_stream_get_write_queue_size(&c->h.stream);
   napi_create_double(env, (double)n, &result);
@@ -224,7 +224,7 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
 /* shutdown(): FIN once the queued writes are out. Idempotent. */
 napi_value pn_conn_shutdown(napi_env env, napi_callback_info info) {
   bool ok;
-  pn_conn *c = pn_this_conn(env, info, NULL, NULL, &ok);
+  pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (!ok) return NULL;
   if (c == NULL) {
     napi_throw_error(env, "ERR_STREAM_DESTROYED", "shutdown() on a closed connection");

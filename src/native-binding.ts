@@ -17,6 +17,11 @@
  *   `onClose` the object is inert: `write`, `writev` and `shutdown` throw,
  *   everything else is a no-op (`address()` gives null, `fd` -1,
  *   `pendingBytes()` 0).
+ * - The addon itself knows connections by an id (a small integer; see
+ *   native/common.h): its `conn.*` functions take the id first and its
+ *   callbacks pass it first. This module turns ids into the
+ *   {@link NativeConn} objects below, one small JS object per connection,
+ *   so the addon needs no wrapper object or reference of its own.
  * - A callback that throws does not break the addon: the exception goes to
  *   `onUncaught`.
  * @module
@@ -67,6 +72,8 @@ export interface NativeServer {
 
 /** A TCP or UNIX-socket connection (accepted, or from `connectTcp` / `connectPipe`). */
 export interface NativeConn {
+  /** Free for the binding's user: the transport keeps its socket here. Null at first. */
+  owner: unknown;
   /** Starts reading (onRead / onEnd / onError). Idempotent; a no-op after EOF or close. */
   readStart(): void;
   /** Stops reading. Idempotent. */
@@ -154,38 +161,166 @@ export interface NativeCallbacks {
   onShutdown?(conn: NativeConn): void;
 }
 
-/** The callbacks as the addon itself calls them: onRead gets an ArrayBuffer, not a Buffer. */
-interface RawNativeCallbacks extends Omit<NativeCallbacks, "onRead"> {
+/** The addon's connection functions (`exports.conn`): each takes the connection's id first. */
+interface RawConnFunctions {
+  readStart(id: number): void;
+  readStop(id: number): void;
+  setFraming(id: number, kind: NativeFramingKind, value: Buffer | number | null, limit: number): void;
+  resetFraming(id: number): void;
+  write(id: number, data: Uint8Array): number;
+  writev(id: number, chunks: readonly Uint8Array[]): number;
+  pendingBytes(id: number): number;
+  shutdown(id: number): void;
+  close(id: number): void;
+  address(id: number): NativeAddress | null;
+  peerAddress(id: number): NativeAddress | null;
+  fd(id: number): number;
+  setNoDelay(id: number, enable?: boolean): void;
+  setKeepAlive(id: number, enable: boolean, delaySeconds?: number): void;
+  ref(id: number): void;
+  unref(id: number): void;
+}
+
+/** The callbacks as the addon itself calls them: connection ids, and an ArrayBuffer for onRead. */
+interface RawNativeCallbacks {
+  onConnection(server: NativeServer, id: number): void;
   /** `block` holds the bytes at offset `frames[k]`, length `frames[k + 1]`, k = 2 × max(count, 0) + 1. */
-  onRead(conn: NativeConn, block: ArrayBuffer, frames: Int32Array, count: number): void;
+  onRead(id: number, block: ArrayBuffer, frames: Int32Array, count: number): void;
+  onEnd(id: number): void;
+  onError(id: number, code: NativeErrorCode, syscall: "read" | "write" | "shutdown"): void;
+  onWritten(id: number): void;
+  onConnect(id: number, code: NativeErrorCode | null): void;
+  onClose(id: number): void;
+  onUncaught(err: unknown): void;
+  onAcceptError?(server: NativeServer, code: NativeErrorCode): void;
+  onShutdown?(id: number): void;
 }
 
 /** The addon's exports, as loaded. */
-interface RawNativeAddon extends Omit<NativeAddon, "init"> {
+interface RawNativeAddon {
   init(callbacks: RawNativeCallbacks): void;
+  listenTcp(host: string, port: number, backlog: number, ipv6Only: boolean): NativeServer;
+  listenPipe(path: string, backlog: number): NativeServer;
+  connectTcp(host: string, port: number): number;
+  connectPipe(path: string): number;
+  conn: RawConnFunctions;
 }
 
+/** The slot part of a connection id (the rest is the slot's generation; native/common.h PN_SLOT_BITS). */
+const SLOT_MASK = (1 << 22) - 1;
+
 /**
- * The addon with its onRead turned into the documented shape: the bytes as
- * a Buffer (a view into the block the addon copied them to), frames null
- * in raw mode.
+ * The addon in the documented shape: connection ids turned into
+ * {@link NativeConn} objects (one per connection, made here, found again by
+ * the id's slot), and onRead's bytes as a Buffer (a view into the block the
+ * addon copied them to), frames null in raw mode.
  */
 function adapt(raw: RawNativeAddon): NativeAddon {
+  const fn = raw.conn;
+  /** The live connections by slot. */
+  const conns: Array<Conn | undefined> = [];
+
+  class Conn implements NativeConn {
+    owner: unknown = null;
+    /** The addon's id; -1 once closed (the addon treats it as a closed connection). */
+    id: number;
+    constructor(id: number) {
+      this.id = id;
+    }
+    readStart(): void {
+      fn.readStart(this.id);
+    }
+    readStop(): void {
+      fn.readStop(this.id);
+    }
+    setFraming<K extends NativeFramingKind>(kind: K, value: NativeFramingValue[K], limit: number): void {
+      fn.setFraming(this.id, kind, value, limit);
+    }
+    resetFraming(): void {
+      fn.resetFraming(this.id);
+    }
+    write(data: Uint8Array): number {
+      return fn.write(this.id, data);
+    }
+    writev(chunks: readonly Uint8Array[]): number {
+      return fn.writev(this.id, chunks);
+    }
+    pendingBytes(): number {
+      return fn.pendingBytes(this.id);
+    }
+    shutdown(): void {
+      fn.shutdown(this.id);
+    }
+    close(): void {
+      fn.close(this.id);
+    }
+    address(): NativeAddress | null {
+      return fn.address(this.id);
+    }
+    peerAddress(): NativeAddress | null {
+      return fn.peerAddress(this.id);
+    }
+    get fd(): number {
+      return fn.fd(this.id);
+    }
+    setNoDelay(enable?: boolean): void {
+      fn.setNoDelay(this.id, enable);
+    }
+    setKeepAlive(enable: boolean, delaySeconds?: number): void {
+      fn.setKeepAlive(this.id, enable, delaySeconds);
+    }
+    ref(): void {
+      fn.ref(this.id);
+    }
+    unref(): void {
+      fn.unref(this.id);
+    }
+  }
+
+  /** The object for a new id (replacing, inertly, any object the slot's last id had). */
+  function track(id: number): Conn {
+    const slot = id & SLOT_MASK;
+    const stale = conns[slot];
+    if (stale !== undefined) stale.id = -1;
+    const conn = new Conn(id);
+    conns[slot] = conn;
+    return conn;
+  }
+
+  /** The object for a live id. */
+  function find(id: number): Conn {
+    return conns[id & SLOT_MASK]!;
+  }
+
   return {
     init(callbacks: NativeCallbacks): void {
-      const onRead = callbacks.onRead;
+      const { onRead, onEnd, onError, onWritten, onConnect, onClose, onShutdown } = callbacks;
       raw.init({
-        ...callbacks,
-        onRead(conn, block, frames, count) {
+        onConnection: (server, id) => callbacks.onConnection(server, track(id)),
+        onRead(id, block, frames, count) {
           const at = count > 0 ? 2 * count + 1 : 1;
-          onRead(conn, Buffer.from(block, frames[at]!, frames[at + 1]!), count === 0 ? null : frames, count);
+          onRead(find(id), Buffer.from(block, frames[at]!, frames[at + 1]!), count === 0 ? null : frames, count);
         },
+        onEnd: (id) => onEnd(find(id)),
+        onError: (id, code, syscall) => onError(find(id), code, syscall),
+        onWritten: (id) => onWritten(find(id)),
+        onConnect: (id, code) => onConnect(find(id), code),
+        onClose(id) {
+          const slot = id & SLOT_MASK;
+          const conn = conns[slot]!;
+          conns[slot] = undefined;
+          conn.id = -1;
+          onClose(conn);
+        },
+        onUncaught: callbacks.onUncaught,
+        onAcceptError: callbacks.onAcceptError,
+        onShutdown: onShutdown === undefined ? undefined : (id) => onShutdown(find(id)),
       });
     },
     listenTcp: raw.listenTcp,
     listenPipe: raw.listenPipe,
-    connectTcp: raw.connectTcp,
-    connectPipe: raw.connectPipe,
+    connectTcp: (host, port) => track(raw.connectTcp(host, port)),
+    connectPipe: (path) => track(raw.connectPipe(path)),
   };
 }
 

@@ -29,7 +29,10 @@ type Slot = Listener | Listener[] | null;
 type EventName = "data" | "end" | "error" | "close" | "connect" | "drain" | "finish";
 
 const kSocket: unique symbol = Symbol("pants-ts.nativeSocket");
-type OwnedConn = NativeConn & { [kSocket]?: NativeSocket };
+/** The socket a connection belongs to (NativeConn.owner), or null. */
+function socketOf(conn: NativeConn): NativeSocket | null {
+  return conn.owner as NativeSocket | null;
+}
 type OwnedServer = NativeServer & { [kSocket]?: NativeListener };
 
 let addon: NativeAddon | null | undefined;
@@ -46,26 +49,26 @@ export function nativeAddon(): NativeAddon | null {
         listener.onConnection(new NativeSocket(conn));
       },
       onRead(conn, data, frames, count) {
-        const socket = (conn as OwnedConn)[kSocket];
-        if (socket !== undefined) socket._read(data, frames, count);
+        const socket = socketOf(conn);
+        if (socket !== null) socket._read(data, frames, count);
       },
       onEnd(conn) {
-        (conn as OwnedConn)[kSocket]?._end();
+        socketOf(conn)?._end();
       },
       onError(conn, code, syscall) {
-        (conn as OwnedConn)[kSocket]?._error(code, syscall);
+        socketOf(conn)?._error(code, syscall);
       },
       onWritten(conn) {
-        (conn as OwnedConn)[kSocket]?._written();
+        socketOf(conn)?._written();
       },
       onConnect(conn, code) {
-        (conn as OwnedConn)[kSocket]?._connected(code);
+        socketOf(conn)?._connected(code);
       },
       onShutdown(conn) {
-        (conn as OwnedConn)[kSocket]?._shutdownDone();
+        socketOf(conn)?._shutdownDone();
       },
       onClose(conn) {
-        (conn as OwnedConn)[kSocket]?._closed();
+        socketOf(conn)?._closed();
       },
       onAcceptError(server, code) {
         (server as OwnedServer)[kSocket]?.onAcceptError(code);
@@ -146,7 +149,7 @@ export class NativeSocket {
 
   #attach(conn: NativeConn): void {
     this.#conn = conn;
-    (conn as OwnedConn)[kSocket] = this;
+    conn.owner = this;
   }
 
   /** Connects to `host` (resolved first when it is a name) and `port`, or to a UNIX `path`. */
@@ -502,7 +505,7 @@ export class NativeSocket {
   _closed(): void {
     this.destroyed = true;
     const conn = this.#conn;
-    if (conn !== null) (conn as OwnedConn)[kSocket] = undefined;
+    if (conn !== null) conn.owner = null;
     this.#emit("close");
   }
 

@@ -914,8 +914,8 @@ describe("native addon", { skip }, () => {
       const n = require(${JSON.stringify(addonPath)});
       const noop = () => {};
       let accepted = null;
-      n.init({ onConnection(s, c) { accepted = c; c.unref(); c.readStart(); }, onRead: noop, onEnd: noop,
-        onError: noop, onWritten: noop, onConnect(c) { c.readStart(); c.unref(); console.log("connected"); },
+      n.init({ onConnection(s, c) { accepted = c; n.conn.unref(c); n.conn.readStart(c); }, onRead: noop, onEnd: noop,
+        onError: noop, onWritten: noop, onConnect(c) { n.conn.readStart(c); n.conn.unref(c); console.log("connected"); },
         onClose: noop, onUncaught(e) { console.error(e); process.exitCode = 1; } });
       const s = n.listenTcp("127.0.0.1", 0, 16, false);
       const port = s.address().port;
@@ -929,10 +929,76 @@ describe("native addon", { skip }, () => {
     assert.match(r.stdout, /connected/);
     assert.match(r.stdout, /exit true/);
 
-    const refScript = script.replace('c.readStart(); c.unref();', "c.readStart();");
+    const refScript = script.replace("n.conn.readStart(c); n.conn.unref(c);", "n.conn.readStart(c);");
     assert.notEqual(refScript, script);
     const r2 = spawnSync(process.execPath, ["-e", refScript], { timeout: 1500, encoding: "utf8" });
     assert.equal(r2.signal, "SIGTERM", "a ref'd connection keeps the process alive");
+  });
+
+  test("raw ids: an id kept after onClose names nothing, even once its slot is reused; a non-number id is a TypeError", () => {
+    const addonPath = join(process.cwd(), "build", "Release", "pants_native.node");
+    const script = `
+      const n = require(${JSON.stringify(addonPath)});
+      const noop = () => {};
+      const out = {};
+      let round = 0, first = [], server;
+      const closed = new Set();
+      const accepted = [];
+      n.init({
+        onConnection(s, id) { accepted.push(id); n.conn.readStart(id); },
+        onRead: noop, onEnd: noop, onError: noop, onWritten: noop,
+        onConnect(id, code) { if (code !== null) { console.error("connect", code); process.exit(1); } next(id); },
+        onClose(id) {
+          closed.add(id);
+          if (round === 1 && first.every((x) => closed.has(x))) { round = 2; n.connectTcp("127.0.0.1", port); }
+        },
+        onUncaught(e) { console.error(e); process.exit(1); },
+      });
+      server = n.listenTcp("127.0.0.1", 0, 16, false);
+      const port = server.address().port;
+      n.connectTcp("127.0.0.1", port);
+      function next(client) {
+        setTimeout(() => {
+          const live = [client, accepted[accepted.length - 1]];
+          if (round === 0) {
+            first = live;
+            round = 1;
+            for (const id of live) n.conn.close(id);
+            return;
+          }
+          // Round 2: the slots of round 1 are taken again (last in, first out), under new ids.
+          out.sameSlots = live.map((id) => id & 0x3fffff).sort().join() === first.map((id) => id & 0x3fffff).sort().join();
+          out.newIds = live.every((id) => !first.includes(id));
+          const stale = first[0];
+          try { n.conn.write(stale, Buffer.from("x")); out.write = "no throw"; } catch (e) { out.write = e.code; }
+          out.fd = n.conn.fd(stale);
+          out.address = n.conn.address(stale);
+          out.pending = n.conn.pendingBytes(stale);
+          for (const id of first) { n.conn.close(id); n.conn.readStop(id); n.conn.setNoDelay(id, true); }
+          out.liveFds = live.every((id) => n.conn.fd(id) >= 0);
+          try { n.conn.write("1", Buffer.from("x")); out.badId = "no throw"; } catch (e) { out.badId = e.name; }
+          try { n.conn.fd(-5); out.negative = n.conn.fd(-5); } catch (e) { out.negative = e.name; }
+          out.huge = n.conn.fd(0x7fffffff);
+          console.log(JSON.stringify(out));
+          for (const id of live) n.conn.close(id);
+          server.close();
+        }, 20);
+      }
+    `;
+    const r = spawnSync(process.execPath, ["-e", script], { timeout: 10_000, encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), {
+      sameSlots: true,
+      newIds: true,
+      write: "ERR_STREAM_DESTROYED",
+      fd: -1,
+      address: null,
+      pending: 0,
+      liveFds: true,
+      badId: "TypeError",
+      negative: -1,
+      huge: -1,
+    });
   });
 
   test("a worker that exits with open handles tears down cleanly", async () => {
@@ -941,7 +1007,7 @@ describe("native addon", { skip }, () => {
       const { parentPort } = require("node:worker_threads");
       const n = require(${JSON.stringify(addonPath)});
       const noop = () => {};
-      n.init({ onConnection(s, c) { c.readStart(); c.write(Buffer.alloc(8 << 20)); }, onRead: noop, onEnd: noop,
+      n.init({ onConnection(s, c) { n.conn.readStart(c); n.conn.write(c, Buffer.alloc(8 << 20)); }, onRead: noop, onEnd: noop,
         onError: noop, onWritten: noop, onConnect(c) { parentPort.postMessage("connected"); },
         onClose: noop, onUncaught: noop });
       const s = n.listenTcp("127.0.0.1", 0, 16, false);
