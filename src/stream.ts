@@ -572,7 +572,10 @@ export class Stream extends Channel {
     else if (data instanceof Uint8Array) buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     else throw typeError(`write() expects a string or a Uint8Array, got ${describe(data)}.`);
     if (buf.length === 0) return;
-    (this.#wq ??= []).push(buf);
+    // The queue exists only while it holds something: an idle stream keeps no array.
+    const wq = this.#wq;
+    if (wq === null) this.#wq = [buf];
+    else wq.push(buf);
     this.#wqBytes += buf.length;
     this.#afterQueue(flush);
   }
@@ -1598,11 +1601,12 @@ export class Stream extends Channel {
   /** Hands queued buffers to the socket; starts files and TLS upgrades in order. */
   #flush(): void {
     const sock = this.#sock;
-    const wq = this.#wq;
     const state = this.#state;
-    if (sock === null || wq === null || state === S_CLOSED || state === S_CONNECTING || (this.#flags & F_FILE_ACTIVE) !== 0) return;
+    if (sock === null || state === S_CLOSED || state === S_CONNECTING || (this.#flags & F_FILE_ACTIVE) !== 0) return;
     if (this.#tls !== null && (this.#flags & F_TLS_DONE) === 0) return; // the handshake first; writes wait
-    while (wq.length > 0) {
+    // #takeRun drops the array once it is drained (and a write made from a
+    // callback below starts a new one): read #wq again on every round.
+    for (let wq = this.#wq; wq !== null && wq.length > 0; wq = this.#wq) {
       // The leading run of plain buffers leaves in one write.
       let n = 0;
       let bytes = 0;
@@ -1675,18 +1679,18 @@ export class Stream extends Channel {
   /**
    * Removes the first `n` queued buffers (`bytes` in all) from the queue and
    * counts them out: one buffer (joined when small), or the list to write
-   * together when large.
+   * together when large. A queue taken whole is dropped (#wq = null), not
+   * emptied: an idle stream holds no array, and the list to write can be
+   * the queue itself.
    */
   #takeRun(wq: QueueItem[], n: number, bytes: number): Buffer | Buffer[] {
     let run: Buffer | Buffer[];
+    const all = n === wq.length;
     if (n === 1) run = wq[0] as Buffer;
-    else if (bytes <= JOIN_LIMIT) run = Buffer.concat((n === wq.length ? wq : wq.slice(0, n)) as Buffer[], bytes);
-    else run = wq.slice(0, n) as Buffer[];
-    if (n === wq.length) {
-      // pop() stays in optimised code; setting length calls into the runtime.
-      if (n <= 4) for (let i = 0; i < n; i++) wq.pop();
-      else wq.length = 0;
-    } else wq.splice(0, n);
+    else if (bytes <= JOIN_LIMIT) run = Buffer.concat((all ? wq : wq.slice(0, n)) as Buffer[], bytes);
+    else run = (all ? wq : wq.slice(0, n)) as Buffer[];
+    if (all) this.#wq = null;
+    else wq.splice(0, n);
     this.#wqBytes -= bytes;
     this.#countOut(bytes);
     return run;
@@ -1796,7 +1800,7 @@ export class Stream extends Channel {
     this.#flags |= F_STOP;
     const sock = this.#sock;
     this.#rb?.clear();
-    if (this.#wq !== null) this.#wq.length = 0;
+    this.#wq = null;
     this.#wqBytes = 0;
     if ((this.#flags & F_TIMED) !== 0) {
       this.#flags &= ~F_TIMED;
