@@ -207,21 +207,35 @@ typedef union pn_uv_stream {
 
 enum { PN_FRAME_RAW = 0, PN_FRAME_DELIM = 1, PN_FRAME_SIZE = 2 };
 
+/* Delimiters of at most this many bytes live inside pn_framing (no malloc
+ * per connection, or per switch of delimiter). */
+#define PN_DELIM_INLINE 8
+
+/* Every length here is below 2^31 (PN_MAX_LIMIT, plus one read), so they are
+ * 32-bit: this struct is in every connection. */
 typedef struct pn_framing {
   int kind;
-  uint8_t *delim; /* owned copy of the delimiter (PN_FRAME_DELIM) */
-  size_t dlen;
-  size_t size;    /* PN_FRAME_SIZE */
-  size_t limit;   /* largest frame allowed */
+  uint32_t dlen;  /* PN_FRAME_DELIM: the delimiter's length */
+  union {
+    uint8_t inl[PN_DELIM_INLINE]; /* dlen <= PN_DELIM_INLINE */
+    uint8_t *heap;                /* longer: an owned copy */
+  } d;
+  uint32_t size;  /* PN_FRAME_SIZE */
+  uint32_t limit; /* largest frame allowed */
 
   /* P: bytes received but not yet delivered as a frame. */
   uint8_t *pend;
-  size_t plen;
-  size_t pcap;
+  uint32_t plen;
+  uint32_t pcap;
   /* Offset in P from which the delimiter search resumes (every position
    * before it is known not to start a delimiter). */
-  size_t scanned;
+  uint32_t scanned;
 } pn_framing;
+
+/* The delimiter's bytes. */
+static inline const uint8_t *pn_delim(const pn_framing *fr) {
+  return fr->dlen <= PN_DELIM_INLINE ? fr->d.inl : fr->d.heap;
+}
 
 /* Outcome of one pn_scan() call. Offsets are into the virtual concatenation
  * P + new bytes. */
@@ -237,6 +251,10 @@ void pn_framing_init(pn_framing *fr);
 void pn_framing_free(pn_framing *fr);
 /* Drops P and the delimiter; back to raw. */
 void pn_framing_reset(pn_framing *fr);
+/* Sets the delimiter (a copy of `delim`, `dlen` bytes, up to
+ * PN_MAX_DELIMITER; 0 drops it). Returns false on allocation failure (the
+ * old delimiter is then kept). */
+bool pn_framing_set_delim(pn_framing *fr, const uint8_t *delim, size_t dlen);
 /* Scans P (fr->pend, fr->plen) followed by `nb`/`nn` for complete frames,
  * starting with a frame at `start` whose delimiter search may begin at
  * `search_from`. Writes [start, end) pairs to `out` (room for `max_frames`
@@ -268,7 +286,6 @@ typedef struct pn_conn {
   pn_base base;
   pn_uv_stream h;
   int32_t id;        /* what JS knows this connection by; -1 once freed */
-
   bool reading;      /* what JS asked for (readStart/readStop) */
   bool eof;          /* the peer's FIN was read */
   bool shut;         /* shutdown() was called */
@@ -287,8 +304,8 @@ typedef struct pn_conn {
   uint32_t reset_gen;
 
   pn_link ready_link; /* in env->ready while a batched read waits */
-  size_t batch_off;   /* where that read's bytes are in env->batch */
-  size_t batch_n;
+  uint32_t batch_off; /* where that read's bytes are in env->batch */
+  uint32_t batch_n;
 
   pn_link defer_link; /* in env->deferred while defer_bits != 0 */
   unsigned defer_bits;

@@ -22,10 +22,29 @@ void pn_framing_init(pn_framing *fr) {
   fr->kind = PN_FRAME_RAW;
 }
 
+static void free_delim(pn_framing *fr) {
+  if (fr->dlen > PN_DELIM_INLINE) free(fr->d.heap);
+  fr->dlen = 0;
+}
+
 void pn_framing_free(pn_framing *fr) {
-  free(fr->delim);
+  free_delim(fr);
   free(fr->pend);
   pn_framing_init(fr);
+}
+
+bool pn_framing_set_delim(pn_framing *fr, const uint8_t *delim, size_t dlen) {
+  uint8_t *heap = NULL;
+  if (dlen > PN_DELIM_INLINE && (heap = malloc(dlen)) == NULL) return false;
+  free_delim(fr);
+  if (heap != NULL) {
+    memcpy(heap, delim, dlen);
+    fr->d.heap = heap;
+  } else {
+    memcpy(fr->d.inl, delim, dlen);
+  }
+  fr->dlen = (uint32_t)dlen;
+  return true;
 }
 
 void pn_framing_reset(pn_framing *fr) { pn_framing_free(fr); }
@@ -50,23 +69,23 @@ static inline uint8_t byte_at(const pn_framing *fr, const uint8_t *nb, size_t i)
 static size_t find_delim(const pn_framing *fr, const uint8_t *nb, size_t nn,
                          size_t from) {
   const size_t plen = fr->plen, d = fr->dlen, total = plen + nn;
-  const uint8_t *hit;
+  const uint8_t *delim = pn_delim(fr), *hit;
 
   if (from < plen) {
-    hit = find_bytes(fr->pend + from, plen - from, fr->delim, d);
+    hit = find_bytes(fr->pend + from, plen - from, delim, d);
     if (hit != NULL) return (size_t)(hit - fr->pend);
     /* Straddling positions: start in P, end in nb. */
     size_t s = plen + 1 > d ? plen + 1 - d : 0;
     if (s < from) s = from;
     for (; s < plen && s + d <= total; s++) {
       size_t k = 0;
-      while (k < d && byte_at(fr, nb, s + k) == fr->delim[k]) k++;
+      while (k < d && byte_at(fr, nb, s + k) == delim[k]) k++;
       if (k == d) return s;
     }
   }
   size_t off = from > plen ? from - plen : 0;
   if (off >= nn) return SIZE_MAX;
-  hit = find_bytes(nb + off, nn - off, fr->delim, d);
+  hit = find_bytes(nb + off, nn - off, delim, d);
   return hit != NULL ? plen + (size_t)(hit - nb) : SIZE_MAX;
 }
 

@@ -472,7 +472,7 @@ napi_value pn_conn_set_framing(napi_env env, napi_callback_info info) {
   int64_t kind, size = 0;
   double limit_d;
   napi_valuetype t;
-  uint8_t *delim = NULL;
+  void *delim = NULL;
   size_t dlen = 0;
 
   pn_conn *c = pn_conn_arg(env, info, &argc, argv, &ok);
@@ -489,9 +489,8 @@ napi_value pn_conn_set_framing(napi_env env, napi_callback_info info) {
 
   if (kind == PN_FRAME_DELIM) {
     bool is_buf = false;
-    void *data;
     if (napi_is_buffer(env, argv[1], &is_buf) != napi_ok || !is_buf ||
-        napi_get_buffer_info(env, argv[1], &data, &dlen) != napi_ok) {
+        napi_get_buffer_info(env, argv[1], &delim, &dlen) != napi_ok) {
       pn_throw_type(env, "setFraming(1, value, limit) expects value to be a Buffer");
       return NULL;
     }
@@ -499,30 +498,22 @@ napi_value pn_conn_set_framing(napi_env env, napi_callback_info info) {
       pn_throw_range(env, "setFraming(): the delimiter must be 1 byte to 64 KiB long");
       return NULL;
     }
-    delim = malloc(dlen);
-    if (delim == NULL) {
-      pn_throw_uv(env, UV_ENOMEM, "malloc", NULL);
-      return NULL;
-    }
-    memcpy(delim, data, dlen);
   } else if (kind == PN_FRAME_SIZE) {
     if (!pn_get_int(env, argv[1], "setFraming(2, size, limit): size", 1, (int64_t)PN_MAX_LIMIT,
                     &size))
       return NULL;
     if ((size_t)size > limit) limit = (size_t)size;
   }
-  if (c == NULL) { /* closed: nothing to set */
-    free(delim);
-    return NULL;
-  }
+  if (c == NULL) return NULL; /* closed: nothing to set */
   /* P is kept: "switching resets nothing" (resetFraming drops it). */
   pn_framing *fr = &c->fr;
-  free(fr->delim);
+  if (!pn_framing_set_delim(fr, delim, dlen)) { /* dlen 0 unless kind is DELIM */
+    pn_throw_uv(env, UV_ENOMEM, "malloc", NULL);
+    return NULL;
+  }
   fr->kind = (int)kind;
-  fr->delim = delim;
-  fr->dlen = dlen;
-  fr->size = (size_t)size;
-  fr->limit = limit;
+  fr->size = (uint32_t)size;
+  fr->limit = (uint32_t)limit;
   fr->scanned = 0;
   c->set_gen++;
   if (fr->plen > 0) {
