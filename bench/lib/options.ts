@@ -24,6 +24,8 @@ export interface Options {
   readonly help: boolean;
   /** Connections held by the idle-memory scenario. */
   readonly idleConns: number;
+  /** Seconds the idle-memory scenario keeps its connections idle before its second reading. */
+  readonly idleHold: number;
   /** Seconds per framing micro-benchmark measurement. */
   readonly framingSecs: number;
   /** Seconds to let a server settle before reading its RSS. */
@@ -48,6 +50,7 @@ export const USAGE = `usage: npm run bench -- [options]
   --list              list the scenarios and exit
   --json FILE         also write every measurement and the summary as JSON
   --idle-conns N      connections in the idle-memory scenario (default 10 000)
+  --idle-hold S       seconds idle before the idle-memory scenario's second reading (default 25)
   --redis-requests N  redis-benchmark -n, requests per test (default 300 000; --quick 50 000)
   --flood-mib N       MiB the backpressure client writes without reading (default 1024; --quick 64)
   --no-pin            do not pin the server and the load generator to CPUs
@@ -80,6 +83,7 @@ export function parseOptions(argv: readonly string[]): Options {
       "no-pin": { type: "boolean", default: false },
       list: { type: "boolean", default: false },
       "idle-conns": { type: "string" },
+      "idle-hold": { type: "string" },
       "redis-requests": { type: "string" },
       "flood-mib": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
@@ -120,6 +124,7 @@ export function parseOptions(argv: readonly string[]): Options {
     list: values.list === true,
     help: values.help === true,
     idleConns: positive("--idle-conns", values["idle-conns"], quick ? 1000 : 10_000, true),
+    idleHold: positive("--idle-hold", values["idle-hold"], quick ? 0.5 : 25, false),
     framingSecs: quick ? 0.2 : Math.min(2, duration),
     settle: quick ? 0.2 : 1.5,
     redisRequests: positive("--redis-requests", values["redis-requests"], quick ? 50_000 : 300_000, true),
