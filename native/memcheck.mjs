@@ -138,6 +138,40 @@ async function trickle(sock, s) {
   s.close();
 }
 
+// 1b. Delimiters longer than the inline 8 bytes (a heap copy), straddling
+// reads, switched long -> short -> long, and a connection closed holding one.
+{
+  const long = "<<--record-end-->>";
+  const frames = [];
+  const { s, port } = listen((c) => {
+    c.setFraming(1, Buffer.from(long), 256);
+    handlers.set(c, {
+      read(d, f, n) {
+        for (let i = 0; i < n; i++) {
+          const fr = d.subarray(f[2 * i], f[2 * i + 1]).toString("latin1");
+          frames.push(fr);
+          if (fr === "short") c.setFraming(1, Buffer.from("\n"), 256);
+          else if (fr === "long") c.setFraming(1, Buffer.from(long + "!"), 256);
+        }
+      },
+      end: () => c.close(),
+    });
+    c.readStart();
+  });
+  const cl = client(port);
+  await until(() => cl.sock.readyState === "open", "connect 1b");
+  await trickle(cl.sock, `one${long}short${long}`);
+  await until(() => frames.length === 2, "long-delimited frames");
+  cl.sock.write("two\nlong\n");
+  await until(() => frames.length === 4, "short-delimited frames");
+  await trickle(cl.sock, `three${long}!four${long.slice(0, 5)}`);
+  await until(() => frames.length === 5, "a second long delimiter");
+  assert.deepEqual(frames, ["one", "short", "two", "long", "three"]);
+  cl.sock.destroy(); // closed with a long delimiter and a partial one pending
+  await sleep(20);
+  s.close();
+}
+
 // 2. Partial writes, writev, shutdown, slow reader.
 {
   let conn;

@@ -391,6 +391,50 @@ describe("native addon", { skip }, () => {
     c.socket.destroy();
   });
 
+  test("delimiters longer than the 8 bytes kept inline (MIME boundaries), straddling reads, switched to and from short ones", async () => {
+    const long = "\r\n--boundary42--\r\n"; // 18 bytes: held in a heap copy, not inline
+    const frames: string[] = [];
+    let conn!: NativeConn;
+    const { port } = listen((c) => {
+      conn = c;
+      c.setFraming(1, Buffer.from(long), 1024);
+      on(c, {
+        read(data, f, count) {
+          for (let i = 0; i < count; i++) {
+            const frame = data.subarray(f![2 * i], f![2 * i + 1]).toString("latin1");
+            frames.push(frame);
+            // "short" switches to a 1-byte delimiter, "long" back, "longer" to a different long one.
+            // (Each is the last frame of its read: frames after a switch in the same read are
+            // the caller's to re-frame, as Stream does.)
+            if (frame === "short") c.setFraming(1, Buffer.from(";"), 1024);
+            else if (frame === "long") c.setFraming(1, Buffer.from(long), 1024);
+            else if (frame === "longer") c.setFraming(1, Buffer.from("<<<<END-OF-RECORD>>>>"), 1024);
+          }
+        },
+      });
+      c.readStart();
+    });
+    const c = await Client.tcp(port);
+    await c.trickle(`part one${long}part-two${long.slice(0, 7)}`);
+    c.socket.write(`${long.slice(7)}short${long}`);
+    await until(() => frames.length === 3, "3 frames");
+    c.socket.write("a;b;lo");
+    await sleep(20);
+    c.socket.write("ng;");
+    await until(() => frames.length === 6, "6 frames");
+    c.socket.write(`after long${long.slice(0, 12)}`);
+    await sleep(20);
+    c.socket.write(`${long.slice(12)}longer${long}`);
+    await until(() => frames.length === 8, "8 frames");
+    c.socket.write("x<<<<END-OF-RE");
+    await sleep(20);
+    c.socket.write("CORD>>>>y<<<<END-OF-RECORD>>>>");
+    await until(() => frames.length === 10, "10 frames");
+    assert.deepEqual(frames, ["part one", "part-two", "short", "a", "b", "long", "after long", "longer", "x", "y"]);
+    assert.ok(conn.fd >= 0);
+    c.socket.destroy();
+  });
+
   test("fixed-size framing across reads", async () => {
     const { rec, port } = frameRecorder(2, 4, 0);
     const c = await Client.tcp(port);
