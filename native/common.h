@@ -348,6 +348,8 @@ void pn_throw_range(napi_env env, const char *msg);
 /* Throws a generic error for a failed napi_* call unless one is pending. */
 void pn_throw_napi(napi_env env, const char *what);
 
+/* A byte count as a JS number (NULL on failure). */
+napi_value pn_size_value(napi_env env, size_t n);
 /* napi_value for libuv error `err`'s name ("ECONNRESET"), or null for 0. */
 napi_value pn_err_name(napi_env env, int err);
 

@@ -258,7 +258,7 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
     out[2 * res.count] = (int32_t)res.rest;
     out[2 * res.count + 1] = (int32_t)off;
     out[2 * res.count + 2] = (int32_t)len;
-    napi_create_int64(env, (int64_t)res.count, &argv[3]);
+    napi_create_int32(env, (int32_t)res.count, &argv[3]); /* a count fits: offsets are int32 */
     pn_call(e, PN_CB_READ, 4, argv);
     napi_close_handle_scope(env, scope);
 

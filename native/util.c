@@ -194,6 +194,14 @@ napi_value pn_path_object(napi_env env, const char *path, size_t len) {
   return obj;
 }
 
+napi_value pn_size_value(napi_env env, size_t n) {
+  napi_value v;
+  /* A small integer when it fits: V8 makes no heap number for it. */
+  napi_status st = n <= INT32_MAX ? napi_create_int32(env, (int32_t)n, &v)
+                                  : napi_create_double(env, (double)n, &v);
+  return st == napi_ok ? v : NULL;
+}
+
 /* ---- wrapping ----------------------------------------------------------- */
 
 static void box_finalize(napi_env env, void *data, void *hint) {

@@ -150,7 +150,7 @@ napi_value pn_conn_write(napi_env env, napi_callback_info info) {
   }
   if (!check_writable(env, c, "write()")) return NULL;
   size_t left = buf.len == 0 ? 0 : write_bufs(env, c, &buf, 1, argv, buf.len);
-  napi_create_double(env, (double)left, &result);
+  result = pn_size_value(env, left);
   return result;
 }
 
@@ -193,7 +193,7 @@ napi_value pn_conn_writev(napi_env env, napi_callback_info info) {
   }
   if (!check_writable(env, c, "writev()")) goto out;
   left = total == 0 ? 0 : write_bufs(env, c, bufs, n, vals, total);
-  napi_create_double(env, (double)left, &result);
+  result = pn_size_value(env, left);
 out:
   if (bufs != stack_bufs) free(bufs);
   if (vals != stack_vals) free(vals);
@@ -209,7 +209,7 @@ napi_value pn_conn_pending_bytes(napi_env env, napi_callback_info info) {
   pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (!ok) return NULL;
   size_t n = c == NULL ? 0 : uv_stream_get_write_queue_size(&c->h.stream);
-  napi_create_double(env, (double)n, &result);
+  result = pn_size_value(env, n);
   return result;
 }
 

@@ -132,6 +132,14 @@ const LINGER_MS = 2000;
 const DRAIN_TIMEOUT_MS = 30_000;
 /** Below this, queued chunks are joined into one buffer; above, written with writev. */
 const JOIN_LIMIT = 64 * 1024;
+/**
+ * Drained write queues, kept for the next stream that writes: a stream
+ * holds a queue only while it has something queued (an idle connection
+ * keeps no array), and a busy one does not allocate and grow a new array
+ * every turn. Bounded: past SPARE_QUEUES a drained queue is left to the GC.
+ */
+const spareQueues: QueueItem[][] = [];
+const SPARE_QUEUES = 64;
 const DEFAULT_HWM = 1024 * 1024;
 const DEFAULT_WRITE_LIMIT = 64 * 1024 * 1024;
 
@@ -209,6 +217,18 @@ function processTick(stream: Stream): void {
 }
 
 // Writes made outside a read dispatch are flushed together at the end of the turn.
+/** The first `n` buffers of `list` (`bytes` in all) in one new buffer: Buffer.concat without its argument checks. */
+function join(list: readonly QueueItem[], n: number, bytes: number): Buffer {
+  const out = Buffer.allocUnsafe(bytes);
+  let at = 0;
+  for (let i = 0; i < n; i++) {
+    const b = list[i] as Buffer;
+    out.set(b, at);
+    at += b.length;
+  }
+  return out;
+}
+
 const dirty: Stream[] = [];
 let flushScheduled = false;
 function flushDirty(): void {
@@ -572,10 +592,10 @@ export class Stream extends Channel {
     else if (data instanceof Uint8Array) buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     else throw typeError(`write() expects a string or a Uint8Array, got ${describe(data)}.`);
     if (buf.length === 0) return;
-    // The queue exists only while it holds something: an idle stream keeps no array.
-    const wq = this.#wq;
-    if (wq === null) this.#wq = [buf];
-    else wq.push(buf);
+    // The queue exists only while it holds something (see spareQueues).
+    let wq = this.#wq;
+    if (wq === null) wq = this.#wq = spareQueues.pop() ?? [];
+    wq.push(buf);
     this.#wqBytes += buf.length;
     this.#afterQueue(flush);
   }
@@ -1687,10 +1707,17 @@ export class Stream extends Channel {
     let run: Buffer | Buffer[];
     const all = n === wq.length;
     if (n === 1) run = wq[0] as Buffer;
-    else if (bytes <= JOIN_LIMIT) run = Buffer.concat((all ? wq : wq.slice(0, n)) as Buffer[], bytes);
+    else if (bytes <= JOIN_LIMIT) run = join(wq, n, bytes);
     else run = (all ? wq : wq.slice(0, n)) as Buffer[];
-    if (all) this.#wq = null;
-    else wq.splice(0, n);
+    if (!all) wq.splice(0, n);
+    else {
+      this.#wq = null;
+      if (run !== wq && spareQueues.length < SPARE_QUEUES) {
+        // pop() stays in optimised code; setting length calls into the runtime.
+        for (let i = 0; i < n; i++) wq.pop();
+        spareQueues.push(wq);
+      }
+    }
     this.#wqBytes -= bytes;
     this.#countOut(bytes);
     return run;
