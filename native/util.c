@@ -1,6 +1,7 @@
 /*
  * Small helpers shared by the other files: lists, argument parsing, errors,
- * address objects, and wrapping C structs in JS objects.
+ * address objects, byte counts as JS numbers, and wrapping a listening
+ * socket in its JS object (connections have ids instead; see conn.c).
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -4,7 +4,7 @@
  * against it while watching the rest of the machine, and turning the load
  * generator's RESULT line into a Sample.
  */
-import { LiveProcess, cpuSeconds, freePort, machineCpu, parseResultLine, runToEnd } from "./proc.js";
+import { LiveProcess, benchEnv, cpuSeconds, freePort, machineCpu, parseResultLine, runToEnd } from "./proc.js";
 import type { Finished, Placement } from "./proc.js";
 import type { Options } from "./options.js";
 import { PYTHON, SIDE_LABEL } from "./sides.js";
@@ -135,9 +135,7 @@ interface Launch {
 
 /** The environment of a server: the driver's, without a transport choice of its own. */
 function baseEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, PORT: "0", HOST };
-  delete env["PANTS_TS_TRANSPORT"];
-  return env;
+  return benchEnv({ PORT: "0", HOST });
 }
 
 function readyPort(line: string): number {

@@ -8,7 +8,7 @@ import type { ChildProcess } from "node:child_process";
 import { accessSync, constants, readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { availableParallelism } from "node:os";
-import { delimiter, join } from "node:path";
+import { delimiter, join, sep } from "node:path";
 
 const CLOCK_TICKS = 100; // USER_HZ: /proc/<pid>/stat counts CPU time in 1/100 s on Linux
 
@@ -53,6 +53,34 @@ export function rssKiB(pid: number): number | null {
   } catch {
     return null;
   }
+}
+
+/** Variables every process the benchmark starts inherits; nothing else is passed. */
+const KEPT_VARIABLES = ["PATH", "HOME", "TMPDIR", "LANG", "LC_ALL"];
+
+/**
+ * The environment of every server and client the benchmark starts: the few
+ * variables above (PATH without npm's node_modules/.bin entries), plus
+ * `extra`. Not the caller's whole environment: its size moves the initial
+ * stack, and so the layout of a process's memory, and a figure must not
+ * depend on how the benchmark was started (uvloop's bulk echo ran at half
+ * speed under `npm run bench` and at full speed under `node
+ * dist/bench/run.js`, from the ~2 KB of npm_* variables alone). It also
+ * keeps NODE_OPTIONS, PANTS_TS_* and the like of the caller's shell out.
+ */
+export function benchEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const name of KEPT_VARIABLES) {
+    const value = process.env[name];
+    if (value !== undefined) env[name] = value;
+  }
+  if (env["PATH"] !== undefined) {
+    env["PATH"] = env["PATH"]
+      .split(delimiter)
+      .filter((dir) => !dir.includes(`${sep}node_modules${sep}`) && !dir.endsWith(`${sep}node-gyp-bin`))
+      .join(delimiter);
+  }
+  return { ...env, ...extra };
 }
 
 /** The full path of a program on PATH, or null. */
@@ -129,7 +157,7 @@ export interface RunOptions {
 export function runToEnd(argv: readonly string[], options: RunOptions): Promise<Finished> {
   return new Promise((resolve, reject) => {
     const started = performance.now();
-    const child = spawnWrapped(argv, options.cpu, options.env ?? process.env);
+    const child = spawnWrapped(argv, options.cpu, options.env ?? benchEnv());
     child.stdin!.end();
     let stdout = "";
     const stderr = tail(4000);

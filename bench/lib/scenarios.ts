@@ -4,7 +4,7 @@
  * against it, one Sample. The redis and backpressure scenarios have their own
  * modules.
  */
-import { LiveProcess, cpuSeconds, parseResultLine, rssKiB, runToEnd } from "./proc.js";
+import { LiveProcess, benchEnv, cpuSeconds, parseResultLine, rssKiB, runToEnd } from "./proc.js";
 import {
   HOST,
   childrenCpuSeconds,
@@ -233,7 +233,7 @@ const idleMemory: Scenario = {
       await sleep(settleMs);
       const rss0 = rssKiB(server.pid);
       const conns = ctx.options.idleConns;
-      const hold = new LiveProcess([ctx.paths.loadgen, "-m", "idle", ...target, "-c", String(conns), "-q", "256", "-T", "300"], ctx.placement.clientCpu, process.env);
+      const hold = new LiveProcess([ctx.paths.loadgen, "-m", "idle", ...target, "-c", String(conns), "-q", "256", "-T", "300"], ctx.placement.clientCpu, benchEnv());
       ctx.live.add(hold);
       try {
         const ready = await hold.waitForLine("READY ", 120_000, "idle loadgen");

@@ -7,7 +7,7 @@
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { LiveProcess, which } from "./proc.js";
+import { LiveProcess, benchEnv, which } from "./proc.js";
 
 export type Side = "raw" | "js" | "native" | "uvloop" | "redis";
 
@@ -61,7 +61,7 @@ async function probeNative(root: string, pantsServer: string): Promise<SideStatu
   if (!existsSync(join(root, ADDON))) {
     return { ok: false, reason: `the native addon is not built (${ADDON} is missing; npm install builds it when a C compiler is there, or npm run build:native)` };
   }
-  const env = { ...process.env, PORT: "0", HOST: "127.0.0.1", SCENARIO: "echo-line", PANTS_TS_TRANSPORT: "native" };
+  const env = benchEnv({ PORT: "0", HOST: "127.0.0.1", SCENARIO: "echo-line", PANTS_TS_TRANSPORT: "native" });
   const proc = new LiveProcess([process.execPath, pantsServer], null, env);
   try {
     const line = await proc.waitForLine("READY ", 15_000, "the pants-ts server on the native transport");
