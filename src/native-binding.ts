@@ -287,9 +287,10 @@ function adapt(raw: RawNativeAddon): NativeAddon {
     return conn;
   }
 
-  /** The object for a live id. */
-  function find(id: number): Conn {
-    return conns[id & SLOT_MASK]!;
+  /** The object for a live id, or null for one this module never handed out (its creation failed half-way). */
+  function find(id: number): Conn | null {
+    const conn = conns[id & SLOT_MASK];
+    return conn !== undefined && conn.id === id ? conn : null;
   }
 
   return {
@@ -298,23 +299,43 @@ function adapt(raw: RawNativeAddon): NativeAddon {
       raw.init({
         onConnection: (server, id) => callbacks.onConnection(server, track(id)),
         onRead(id, block, frames, count) {
+          const conn = find(id);
+          if (conn === null) return;
           const at = count > 0 ? 2 * count + 1 : 1;
-          onRead(find(id), Buffer.from(block, frames[at]!, frames[at + 1]!), count === 0 ? null : frames, count);
+          onRead(conn, Buffer.from(block, frames[at]!, frames[at + 1]!), count === 0 ? null : frames, count);
         },
-        onEnd: (id) => onEnd(find(id)),
-        onError: (id, code, syscall) => onError(find(id), code, syscall),
-        onWritten: (id) => onWritten(find(id)),
-        onConnect: (id, code) => onConnect(find(id), code),
+        onEnd(id) {
+          const conn = find(id);
+          if (conn !== null) onEnd(conn);
+        },
+        onError(id, code, syscall) {
+          const conn = find(id);
+          if (conn !== null) onError(conn, code, syscall);
+        },
+        onWritten(id) {
+          const conn = find(id);
+          if (conn !== null) onWritten(conn);
+        },
+        onConnect(id, code) {
+          const conn = find(id);
+          if (conn !== null) onConnect(conn, code);
+        },
         onClose(id) {
-          const slot = id & SLOT_MASK;
-          const conn = conns[slot]!;
-          conns[slot] = undefined;
-          conn.id = -1;
+          const conn = find(id);
+          if (conn === null) return;
+          conns[id & SLOT_MASK] = undefined;
+          conn.id = -1; // inert from now on, whatever JS does with it
           onClose(conn);
         },
         onUncaught: callbacks.onUncaught,
         onAcceptError: callbacks.onAcceptError,
-        onShutdown: onShutdown === undefined ? undefined : (id) => onShutdown(find(id)),
+        onShutdown:
+          onShutdown === undefined
+            ? undefined
+            : (id) => {
+                const conn = find(id);
+                if (conn !== null) onShutdown(conn);
+              },
       });
     },
     listenTcp: raw.listenTcp,

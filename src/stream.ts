@@ -132,6 +132,18 @@ const LINGER_MS = 2000;
 const DRAIN_TIMEOUT_MS = 30_000;
 /** Below this, queued chunks are joined into one buffer; above, written with writev. */
 const JOIN_LIMIT = 64 * 1024;
+/** The first `n` buffers of `list` (`bytes` in all) in one new buffer: Buffer.concat without its argument checks. */
+function join(list: readonly QueueItem[], n: number, bytes: number): Buffer {
+  const out = Buffer.allocUnsafe(bytes);
+  let at = 0;
+  for (let i = 0; i < n; i++) {
+    const b = list[i] as Buffer;
+    out.set(b, at);
+    at += b.length;
+  }
+  return out;
+}
+
 /**
  * Drained write queues, kept for the next stream that writes: a stream
  * holds a queue only while it has something queued (an idle connection
@@ -140,6 +152,8 @@ const JOIN_LIMIT = 64 * 1024;
  */
 const spareQueues: QueueItem[][] = [];
 const SPARE_QUEUES = 64;
+/** Queues that held more items than this are left to the GC, not kept (a long queue keeps a large backing store). */
+const SPARE_QUEUE_ITEMS = 16;
 const DEFAULT_HWM = 1024 * 1024;
 const DEFAULT_WRITE_LIMIT = 64 * 1024 * 1024;
 
@@ -217,18 +231,6 @@ function processTick(stream: Stream): void {
 }
 
 // Writes made outside a read dispatch are flushed together at the end of the turn.
-/** The first `n` buffers of `list` (`bytes` in all) in one new buffer: Buffer.concat without its argument checks. */
-function join(list: readonly QueueItem[], n: number, bytes: number): Buffer {
-  const out = Buffer.allocUnsafe(bytes);
-  let at = 0;
-  for (let i = 0; i < n; i++) {
-    const b = list[i] as Buffer;
-    out.set(b, at);
-    at += b.length;
-  }
-  return out;
-}
-
 const dirty: Stream[] = [];
 let flushScheduled = false;
 function flushDirty(): void {
@@ -1699,9 +1701,9 @@ export class Stream extends Channel {
   /**
    * Removes the first `n` queued buffers (`bytes` in all) from the queue and
    * counts them out: one buffer (joined when small), or the list to write
-   * together when large. A queue taken whole is dropped (#wq = null), not
-   * emptied: an idle stream holds no array, and the list to write can be
-   * the queue itself.
+   * together when large. A queue taken whole leaves the stream (#wq =
+   * null; an idle stream holds no array): short ones go to spareQueues,
+   * and a long run is written from the queue itself.
    */
   #takeRun(wq: QueueItem[], n: number, bytes: number): Buffer | Buffer[] {
     let run: Buffer | Buffer[];
@@ -1712,7 +1714,7 @@ export class Stream extends Channel {
     if (!all) wq.splice(0, n);
     else {
       this.#wq = null;
-      if (run !== wq && spareQueues.length < SPARE_QUEUES) {
+      if (run !== wq && n <= SPARE_QUEUE_ITEMS && spareQueues.length < SPARE_QUEUES) {
         // pop() stays in optimised code; setting length calls into the runtime.
         for (let i = 0; i < n; i++) wq.pop();
         spareQueues.push(wq);
