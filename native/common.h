@@ -107,8 +107,7 @@ static inline bool pn_list_empty(const pn_link *head) { return head->next == hea
 /* What a JS object wraps. `ptr` is the live pn_server / pn_conn, or NULL once
  * the handle has been freed. Owned by the JS object. */
 typedef struct pn_box {
-  void *ptr;
-  int kind; /* pn_kind of what ptr pointed at */
+  void *ptr; /* the pn_server */
 } pn_box;
 
 typedef struct pn_env pn_env;

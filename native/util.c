@@ -225,7 +225,6 @@ napi_value pn_new_wrapped(pn_env *e, pn_server *s) {
   pn_box *box = malloc(sizeof(*box));
   if (box == NULL) return NULL;
   box->ptr = s;
-  box->kind = PN_KIND_SERVER;
   if (napi_wrap(env, obj, box, box_finalize, NULL, NULL) != napi_ok) {
     free(box);
     return NULL;
@@ -243,8 +242,8 @@ napi_value pn_new_wrapped(pn_env *e, pn_server *s) {
 pn_server *pn_unwrap(napi_env env, napi_value obj, bool *ok) {
   void *data = NULL;
   *ok = true;
-  if (napi_unwrap(env, obj, &data) != napi_ok || data == NULL ||
-      ((pn_box *)data)->kind != PN_KIND_SERVER) {
+  /* Only servers are wrapped (connections are ids). */
+  if (napi_unwrap(env, obj, &data) != napi_ok || data == NULL) {
     bool pending = false;
     napi_is_exception_pending(env, &pending);
     if (pending) {

@@ -277,13 +277,14 @@ function adapt(raw: RawNativeAddon): NativeAddon {
     }
   }
 
-  /** The object for a new id (replacing, inertly, any object the slot's last id had). */
+  /**
+   * The object for a new id. An object the slot held before needs no
+   * clearing: its id has another generation, so find() and the addon both
+   * treat it as a closed connection.
+   */
   function track(id: number): Conn {
-    const slot = id & SLOT_MASK;
-    const stale = conns[slot];
-    if (stale !== undefined) stale.id = -1;
     const conn = new Conn(id);
-    conns[slot] = conn;
+    conns[id & SLOT_MASK] = conn;
     return conn;
   }
 
