@@ -31,6 +31,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { viewOf } from "./framing/view.js";
 
 /** A TCP address as the addon reports it. */
 export interface NativeTcpAddress {
@@ -303,7 +304,7 @@ function adapt(raw: RawNativeAddon): NativeAddon {
           const conn = find(id);
           if (conn === null) return;
           const at = count > 0 ? 2 * count + 1 : 1;
-          onRead(conn, Buffer.from(block, frames[at]!, frames[at + 1]!), count === 0 ? null : frames, count);
+          onRead(conn, viewOf(block, frames[at]!, frames[at + 1]!), count === 0 ? null : frames, count);
         },
         onEnd(id) {
           const conn = find(id);

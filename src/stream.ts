@@ -33,6 +33,7 @@ import {
 } from "./errors.js";
 import { log } from "./log.js";
 import { ReceiveBuffer } from "./framing/receive-buffer.js";
+import { cut } from "./framing/view.js";
 import { FAILED, FRAME, FRAME_ARGS, NEED_MORE, NULL_FRAMER, OVERFLOW, compileDelimiter, isFramingError } from "./framing/delimiter.js";
 import type { Decoder, FrameOut, Framer, ReadDelimiter } from "./framing/delimiter.js";
 import { Struct } from "./framing/struct.js";
@@ -1010,7 +1011,7 @@ export class Stream extends Channel {
     let i = 0;
     for (; i < count; i++) {
       if (this.#state !== S_OPEN || this.#framer !== framer || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 || this.#encoding !== null) break;
-      this.#deliver(data.subarray(frames[2 * i]!, frames[2 * i + 1]!));
+      this.#deliver(cut(data, frames[2 * i]!, frames[2 * i + 1]!));
     }
     if (i < count || this.#state !== S_OPEN || this.#framer !== framer || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 || this.#encoding !== null) {
       // Something changed inside onRead: the rest of `data` (from the first
@@ -1114,7 +1115,7 @@ export class Stream extends Channel {
     for (;;) {
       const idx = byte >= 0 ? chunk.indexOf(byte, start) : chunk.indexOf(needle, start);
       if (idx === -1 || idx - start > limit) break;
-      const frame = chunk.subarray(start, idx);
+      const frame = cut(chunk, start, idx);
       start = idx + n;
       this.#deliver(frame);
       // One test for everything that ends the loop: a new delimiter, a pause, a close, TLS, an encoding.
@@ -1168,7 +1169,7 @@ export class Stream extends Channel {
       if (m === null) break;
       const end = at + m[0].length;
       if (end === 0 || at > limit) break;
-      this.#deliver(chunk.subarray(from + pos, from + pos + at));
+      this.#deliver(cut(chunk, from + pos, from + pos + at));
       pos += end;
       if ((this.#flags & F_STOP) !== 0) break;
     }
@@ -1252,26 +1253,28 @@ export class Stream extends Channel {
    */
   #scanDecoder(chunk: Buffer, from: number, decoder: Decoder): number {
     const limit = this.#bufferSize;
+    // A two-parameter decoder reads at an offset; a one-parameter one gets a view from the frame on.
+    const offsets = decoder.length >= 2;
     let start = from;
     this.#flags &= ~F_STOP;
     while (start < chunk.length) {
-      const buf = start === 0 ? chunk : chunk.subarray(start);
+      const left = chunk.length - start;
       let result: ReturnType<Decoder>;
       try {
-        result = decoder(buf);
+        result = offsets ? decoder(chunk, start) : decoder(start === 0 ? chunk : cut(chunk, start, chunk.length), 0);
       } catch (err) {
         // As in the buffered path: the bytes cannot be framed; the stream is told.
         this._handlerFailed(err);
         return chunk.length;
       }
       if (result === null || result === undefined) {
-        if (buf.length > limit) break;
-        (this.#rb ??= new ReceiveBuffer()).push(buf);
+        if (left > limit) break;
+        (this.#rb ??= new ReceiveBuffer()).push(start === 0 ? chunk : cut(chunk, start, chunk.length));
         return chunk.length;
       }
       const consumed = (result as { consumed?: unknown }).consumed;
       const args = (result as { args?: unknown }).args;
-      if (typeof consumed !== "number" || !Number.isInteger(consumed) || consumed < 1 || consumed > buf.length || consumed > limit || !Array.isArray(args)) break;
+      if (typeof consumed !== "number" || !Number.isInteger(consumed) || consumed < 1 || consumed > left || consumed > limit || !Array.isArray(args)) break;
       start += consumed;
       this.#deliverArgs(args);
       if ((this.#flags & F_STOP) !== 0) break;
@@ -1284,7 +1287,7 @@ export class Stream extends Channel {
     let start = from;
     this.#flags &= ~F_STOP;
     while (chunk.length - start >= size) {
-      const frame = chunk.subarray(start, start + size);
+      const frame = cut(chunk, start, start + size);
       start += size;
       this.#deliver(frame);
       if ((this.#flags & F_STOP) !== 0) break;

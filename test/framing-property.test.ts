@@ -135,6 +135,38 @@ test("Struct and NetStruct delimiters", async () => {
   );
 });
 
+test("Struct and NetStruct framing read every integer code as unpack() does, in every byte order", async () => {
+  // Framing reads records with generated code; unpack() with the general reader: they must agree.
+  for (const order of ["<", ">", "!", "="]) {
+    const struct = new Struct(`${order}hHiIbB`);
+    const record = new NetStruct(`${order}i$hI`);
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(
+          fc.tuple(
+            fc.integer({ min: -32768, max: 32767 }),
+            fc.integer({ min: 0, max: 65535 }),
+            fc.integer({ min: -(2 ** 31), max: 2 ** 31 - 1 }),
+            fc.integer({ min: 0, max: 2 ** 32 - 1 }),
+            fc.integer({ min: -128, max: 127 }),
+            fc.integer({ min: 0, max: 255 }),
+          ),
+          { minLength: 1, maxLength: 6 },
+        ),
+        chunkSizes,
+        async (rows, sizes) => {
+          const bytes = Buffer.concat(rows.map((r) => struct.pack(...r)));
+          assert.deepEqual(await frames((s) => (s.readDelimiter = struct), bytes, sizes), rows);
+          const nsBytes = Buffer.concat(rows.map((r) => record.pack(Buffer.from([r[5]]), r[0], r[3])));
+          const expected = rows.map((r) => [normalise(Buffer.from([r[5]])), r[0], r[3]]);
+          assert.deepEqual(await frames((s) => (s.readDelimiter = record), nsBytes, sizes), expected);
+        },
+      ),
+      { numRuns: 25 },
+    );
+  }
+});
+
 test("Decoder functions", async () => {
   // Length-prefixed (1 byte) frames.
   const decoder: Decoder = (buf) => (buf.length >= 1 + buf[0]! ? { consumed: 1 + buf[0]!, args: [buf.subarray(1, 1 + buf[0]!)] } : null);
@@ -142,6 +174,26 @@ test("Decoder functions", async () => {
     fc.asyncProperty(fc.array(fc.uint8Array({ maxLength: 30 }), { maxLength: 8 }), chunkSizes, async (payloads, sizes) => {
       const bytes = Buffer.concat(payloads.map((p) => Buffer.concat([Buffer.from([p.length]), Buffer.from(p)])));
       await checkSplitInvariance((s) => (s.readDelimiter = decoder), bytes, sizes);
+    }),
+    runs,
+  );
+});
+
+test("Decoder functions reading at an offset (two parameters)", async () => {
+  // The same 1-byte length prefix, read at `start` of a buffer that may hold earlier frames.
+  const decoder: Decoder = (buf, start) => {
+    const left = buf.length - start;
+    return left >= 1 + buf[start]! ? { consumed: 1 + buf[start]!, args: [buf.subarray(start + 1, start + 1 + buf[start]!)] } : null;
+  };
+  await fc.assert(
+    fc.asyncProperty(fc.array(fc.uint8Array({ maxLength: 30 }), { maxLength: 8 }), chunkSizes, async (payloads, sizes) => {
+      const bytes = Buffer.concat(payloads.map((p) => Buffer.concat([Buffer.from([p.length]), Buffer.from(p)])));
+      const setup = (s: Stream) => (s.readDelimiter = decoder);
+      await checkSplitInvariance(setup, bytes, sizes);
+      assert.deepEqual(
+        await frames(setup, bytes, null),
+        payloads.map((p) => [normalise(Buffer.from(p))]),
+      );
     }),
     runs,
   );

@@ -613,6 +613,40 @@ test("a Decoder is asked once per chance: frames in one chunk, and a partial fra
   assert.equal(calls, 2, "one call per arrival");
 });
 
+test("a two-parameter Decoder reads each frame at its offset in the chunk, without a view per call", async () => {
+  const starts: number[] = [];
+  const views: number[] = [];
+  const prefixed: Decoder = (buf, start) => {
+    starts.push(start);
+    views.push(buf.byteOffset);
+    if (buf.length - start < 2) return null;
+    const end = start + 2 + buf.readUInt16BE(start);
+    return buf.length < end ? null : { consumed: end - start, args: [buf.toString("latin1", start + 2, end)] };
+  };
+  const frame = (text: string) => Buffer.concat([Buffer.from([0, text.length]), Buffer.from(text)]);
+  class Frames extends Stream {
+    got: string[] = [];
+    override onConnect() {
+      this.readDelimiter = prefixed;
+    }
+    override onRead(text: string) {
+      this.got.push(text);
+    }
+  }
+  const peer = memoryPeer(Frames);
+  await peer.send(Buffer.concat([frame("one"), frame("two"), frame("three")]));
+  assert.deepEqual(peer.stream.got, ["one", "two", "three"]);
+  assert.deepEqual(starts, [0, 5, 10], "frames read at their offsets in the chunk");
+  assert.equal(new Set(views).size, 1, "the same buffer every call");
+  // A frame split over two arrivals: the buffered path hands the joined bytes from 0.
+  starts.length = 0;
+  const half = frame("four");
+  await peer.send(half.subarray(0, 3));
+  await peer.send(half.subarray(3));
+  assert.deepEqual(peer.stream.got, ["one", "two", "three", "four"]);
+  assert.deepEqual(starts, [0, 0]);
+});
+
 test("one chunk, a switch after every frame through every delimiter kind: each frame cut by its own delimiter", async () => {
   const short = new Struct("!H");
   const oneByteLength: Decoder = (buf) => (buf.length >= 1 + buf[0]! ? { consumed: 1 + buf[0]!, args: [buf.toString("latin1", 1, 1 + buf[0]!)] } : null);

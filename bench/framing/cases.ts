@@ -115,6 +115,50 @@ const lengthPrefixed: Decoder = (buf) => {
   return { consumed: end, args: [buf.subarray(4, end)] };
 };
 
+/** The same, read at an offset (a two-parameter Decoder): no view per call. */
+const lengthPrefixedAt: Decoder = (buf, start) => {
+  if (buf.length - start < 4) return null;
+  const end = start + 4 + buf.readUInt32BE(start);
+  if (buf.length < end) return null;
+  return { consumed: end - start, args: [buf.subarray(start + 4, end)] };
+};
+
+/** Input and hand-written framer of both Decoder cases: 4-byte length prefix, 60-byte payload. */
+const decoderInput = () =>
+  repeatFrames((i) => {
+    const message = Buffer.alloc(64, i & 0xff);
+    message.writeUInt32BE(60, 0);
+    return message;
+  });
+
+function decoderCase(name: string, title: string, decoder: Decoder): FramingCase {
+  return {
+    name,
+    title,
+    input: decoderInput,
+    pants: (sink) =>
+      class extends Stream {
+        override onConnect(): void {
+          this.readDelimiter = decoder;
+        }
+        override onRead(payload: Buffer): void {
+          sink.frames++;
+          sink.check += payload.length;
+        }
+      },
+    raw: (sink) => {
+      const onPayload = countBytes(sink);
+      return loopFramer((data, offset) => {
+        if (data.length - offset < 4) return 0;
+        const end = offset + 4 + data.readUInt32BE(offset);
+        if (data.length < end) return 0;
+        onPayload(data.subarray(offset + 4, end));
+        return end - offset;
+      });
+    },
+  };
+}
+
 export const CASES: readonly FramingCase[] = [
   lineCase("line-short", 'string "\\n", 32-byte lines', 32),
   lineCase("line-long", 'string "\\n", 4 KiB lines', 4096),
@@ -247,34 +291,6 @@ export const CASES: readonly FramingCase[] = [
       });
     },
   },
-  {
-    name: "decoder",
-    title: "Decoder: 4-byte length prefix + 60-byte payload",
-    input: () =>
-      repeatFrames((i) => {
-        const message = Buffer.alloc(64, i & 0xff);
-        message.writeUInt32BE(60, 0);
-        return message;
-      }),
-    pants: (sink) =>
-      class extends Stream {
-        override onConnect(): void {
-          this.readDelimiter = lengthPrefixed;
-        }
-        override onRead(payload: Buffer): void {
-          sink.frames++;
-          sink.check += payload.length;
-        }
-      },
-    raw: (sink) => {
-      const onPayload = countBytes(sink);
-      return loopFramer((data, offset) => {
-        if (data.length - offset < 4) return 0;
-        const end = offset + 4 + data.readUInt32BE(offset);
-        if (data.length < end) return 0;
-        onPayload(data.subarray(offset + 4, end));
-        return end - offset;
-      });
-    },
-  },
+  decoderCase("decoder", "Decoder (buf): 4-byte length prefix + 60-byte payload", lengthPrefixed),
+  decoderCase("decoder-at", "Decoder (buf, start): the same, read at an offset", lengthPrefixedAt),
 ];

@@ -10,11 +10,18 @@ import { NetStruct } from "./netstruct.js";
 import type { ReceiveBuffer } from "./receive-buffer.js";
 
 /**
- * User framing: called with every buffered byte (at least one); returns
+ * User framing: called with the buffered bytes (at least one); returns
  * `null` when no whole frame is buffered yet, else how many bytes the frame
  * used and the arguments `onRead` is called with.
+ *
+ * A decoder declared with one parameter gets `buf` starting at the frame.
+ * One declared with two (`(buf, start) => …`, counted by the function's
+ * `length`) gets the frame at `buf[start]` instead, with earlier bytes
+ * before it: no view is made per call, which is what a frame costs
+ * otherwise. `consumed` counts from `start` either way, and neither form
+ * may look before `start`.
  */
-export type Decoder = (buf: Buffer) => { consumed: number; args: readonly unknown[] } | null;
+export type Decoder = (buf: Buffer, start: number) => { consumed: number; args: readonly unknown[] } | null;
 
 /** Every kind of read delimiter (see the README's framing table). */
 export type ReadDelimiter = null | string | Buffer | number | RegExp | Struct | NetStruct | Decoder;
@@ -256,7 +263,7 @@ class DecoderFramer implements Framer {
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
     const buf = rb.all();
     // A throwing decoder is user code failing: the stream routes it to onError.
-    const result = this.source(buf);
+    const result = this.source(buf, 0);
     if (result === null || result === undefined) {
       if (rb.length > limit) {
         rb.skip(rb.length);

@@ -28,6 +28,7 @@
 
 import { Buffer } from "node:buffer";
 import { Layout, parseByteOrder, type ByteOrderChar } from "./struct.js";
+import { cut } from "./view.js";
 
 /** Integer codes that may carry a `$` string. */
 const LENGTH_CODES = "bBhHiIlLqQnN";
@@ -293,7 +294,7 @@ export class NetStruct {
       lines.push(`const ${n} = Number(${prefix});`);
       lines.push(`if (!(${n} >= 0) || ${n} > end - p) return -1;`);
       const str = `s${v}`;
-      lines.push(`const ${str} = b.subarray(p, p + ${n});`);
+      lines.push(`const ${str} = cut(b, p, p + ${n});`);
       lines.push(`p += ${n};`);
       args.push(str);
     }
@@ -302,7 +303,9 @@ export class NetStruct {
     lines.push(`held.result = f.call(self${args.length > 0 ? ", " : ""}${args.join(", ")});`);
     lines.push("return p - o;");
     // Generated from the validated segments only (codes and offsets): no user text reaches the source.
-    return (this.#caller = new Function("b", "o", "end", "limit", "f", "self", "held", lines.join("\n")) as NetStructCaller);
+    // Strings are cut with view.ts's cut(), handed in by a factory (subarray costs twice as much).
+    const body = `return function (b, o, end, limit, f, self, held) {\n${lines.join("\n")}\n};`;
+    return (this.#caller = (new Function("cut", body) as (c: typeof cut) => NetStructCaller)(cut));
   }
 
   /** Compiled readers of the segments (null entries: segments with strings). */

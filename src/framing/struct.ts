@@ -265,8 +265,7 @@ export class Layout {
         switch (run.kind) {
           case "int":
             if (run.itemSize === 1) exprs.push(run.signed ? `((b[${at}] << 24) >> 24)` : `b[${at}]`);
-            else if (run.itemSize === 2) exprs.push(`b.read${run.signed ? "Int" : "UInt"}16${end}(${at})`);
-            else if (run.itemSize === 4) exprs.push(`b.read${run.signed ? "Int" : "UInt"}32${end}(${at})`);
+            else if (run.itemSize === 2 || run.itemSize === 4) exprs.push(intExpr(base, run.offset + k * run.itemSize, run.itemSize, run.signed, little));
             else exprs.push(`b.readBig${run.signed ? "Int" : "UInt"}64${end}(${at})`);
             break;
           case "pointer":
@@ -340,6 +339,18 @@ export class Layout {
       }
     }
   }
+}
+
+/**
+ * Source for a 2- or 4-byte integer at `base + offset` of `b`, from its
+ * bytes (the caller has checked they are there): cheaper than
+ * `b.readUInt16BE()` and friends, which test every byte for `undefined`.
+ */
+function intExpr(base: string, offset: number, size: 2 | 4, signed: boolean, little: boolean): string {
+  const byte = (i: number) => `b[${base} + ${offset + (little ? size - 1 - i : i)}]`; // i-th most significant
+  if (size === 2) return signed ? `(((${byte(0)} << 24) >> 16) | ${byte(1)})` : `((${byte(0)} << 8) | ${byte(1)})`;
+  const low = `(${byte(1)} << 16) | (${byte(2)} << 8) | ${byte(3)}`;
+  return signed ? `((${byte(0)} << 24) | ${low})` : `(${byte(0)} * 0x1000000 + (${low}))`;
 }
 
 function badChar(format: string, index: number, c: string, native: boolean): RangeError {

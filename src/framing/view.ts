@@ -1,0 +1,36 @@
+/**
+ * Buffer views without `subarray`'s cost.
+ *
+ * `buf.subarray(a, b)` goes through the TypedArray species protocol (a
+ * constructor lookup, argument clamping) and costs about twice what
+ * constructing the view directly does; a frame cut from a chunk is the
+ * hottest allocation of the read path. `Buffer[Symbol.species]` is the
+ * constructor Node itself uses for Buffer views (Buffer.prototype, no
+ * copy); where it does not make Buffers, `Buffer.from(arrayBuffer, …)`
+ * does the same job.
+ */
+import { Buffer } from "node:buffer";
+
+type ViewConstructor = new (buffer: ArrayBufferLike, byteOffset: number, length: number) => Buffer;
+
+function pickConstructor(): ViewConstructor | null {
+  const species = (Buffer as unknown as { [Symbol.species]?: unknown })[Symbol.species];
+  if (typeof species !== "function") return null;
+  try {
+    const probe = new (species as ViewConstructor)(new ArrayBuffer(4), 1, 2);
+    return Buffer.isBuffer(probe) && probe.byteOffset === 1 && probe.length === 2 ? (species as ViewConstructor) : null;
+  } catch {
+    return null;
+  }
+}
+
+const View = pickConstructor();
+
+/** A Buffer over `length` bytes of `buffer` from `byteOffset` (no copy; throws RangeError out of bounds). */
+export const viewOf: (buffer: ArrayBufferLike, byteOffset: number, length: number) => Buffer =
+  View !== null ? (buffer, byteOffset, length) => new View(buffer, byteOffset, length) : (buffer, byteOffset, length) => Buffer.from(buffer, byteOffset, length);
+
+/** `buf.subarray(start, end)` for in-range `0 <= start <= end <= buf.length` (not checked: callers frame within the buffer). */
+export function cut(buf: Buffer, start: number, end: number): Buffer {
+  return viewOf(buf.buffer, buf.byteOffset + start, end - start);
+}
