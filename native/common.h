@@ -163,6 +163,9 @@ struct pn_env {
   pn_link ready;
   bool flushing;     /* inside pn_flush_reads */
   bool in_scope;     /* ... with its callback scope open: JS calls use napi_call_function */
+  /* While in_scope: the onRead function and `undefined`, fetched once per
+   * batch (valid in the batch's handle scope) instead of once per call. */
+  napi_value scope_read_fn, scope_recv;
   uv_check_t check;
   bool check_ready;  /* uv_check_init succeeded */
   bool check_closed; /* uv_close called on it (teardown) */

@@ -365,6 +365,10 @@ void pn_flush_reads(pn_env *e) {
    * napi_make_callback of its own: slower, same behaviour. */
   e->flushing = true;
   e->in_scope = scoped;
+  if (scoped && e->cb[PN_CB_READ] != NULL &&
+      (napi_get_reference_value(env, e->cb[PN_CB_READ], &e->scope_read_fn) != napi_ok ||
+       napi_get_undefined(env, &e->scope_recv) != napi_ok))
+    e->scope_read_fn = NULL;
   /* JS cannot read from inside these calls (libuv reads only in the poll
    * phase), so nothing is added to the batch while it is delivered. */
   while (!pn_list_empty(&e->ready)) {
@@ -383,6 +387,7 @@ void pn_flush_reads(pn_env *e) {
   }
   e->flushing = false;
   e->in_scope = false;
+  e->scope_read_fn = NULL;
   e->batch_len = 0;
   if (e->batch_cap > 1024 * 1024) { /* do not hold on to a big batch */
     free(e->batch);

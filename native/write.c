@@ -135,10 +135,13 @@ static size_t write_bufs(napi_env env, pn_conn *c, uv_buf_t *bufs, size_t nbufs,
   return total - written;
 }
 
-/* write(buffer) -> bytes not written yet (0: all went out now) */
+/* write(buffer[, length]) -> bytes not written yet (0: all went out now).
+ * With `length`, only the first `length` bytes of the buffer are written:
+ * JS joins small writes into one reused buffer, which it may overwrite
+ * once a write of it returned 0 (nothing of it is queued). */
 napi_value pn_conn_write(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], result;
+  size_t argc = 2;
+  napi_value argv[2], result;
   bool ok;
   uv_buf_t buf;
 
@@ -147,6 +150,18 @@ napi_value pn_conn_write(napi_env env, napi_callback_info info) {
   if (!get_buffer(env, argv[0], &buf)) {
     pn_throw_type(env, "write() expects a Buffer (of at most 2 GiB)");
     return NULL;
+  }
+  napi_valuetype t; /* a missing length reads as undefined */
+  if (napi_typeof(env, argv[1], &t) != napi_ok) return NULL;
+  if (t != napi_undefined) {
+    double n;
+    if (t != napi_number || napi_get_value_double(env, argv[1], &n) != napi_ok || !(n >= 0) ||
+        n > (double)buf.len || n != (double)(unsigned int)n) {
+      napi_throw_range_error(env, "ERR_OUT_OF_RANGE",
+                             "write(): length must be an integer from 0 to the buffer's length");
+      return NULL;
+    }
+    buf.len = (unsigned int)n;
   }
   if (!check_writable(env, c, "write()")) return NULL;
   size_t left = buf.len == 0 ? 0 : write_bufs(env, c, &buf, 1, argv, buf.len);

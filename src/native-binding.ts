@@ -101,8 +101,11 @@ export interface NativeConn {
    * part of the queued bytes). Writes keep their order.
    * @throws Error (code ERR_STREAM_DESTROYED / ERR_STREAM_WRITE_AFTER_END)
    *   after close() or shutdown(); TypeError for a non-Buffer.
+   *   With `length`, only `data`'s first `length` bytes are written
+   *   (RangeError unless 0 ≤ length ≤ data.length): a caller that joins
+   *   small writes into one buffer may reuse it once a write returned 0.
    */
-  write(data: Uint8Array): number;
+  write(data: Uint8Array, length?: number): number;
   /** Like {@link write} for several buffers in one system call. */
   writev(chunks: readonly Uint8Array[]): number;
   /** Bytes queued but not yet handed to the OS. */
@@ -168,7 +171,7 @@ interface RawConnFunctions {
   readStop(id: number): void;
   setFraming(id: number, kind: NativeFramingKind, value: Buffer | number | null, limit: number): void;
   resetFraming(id: number): void;
-  write(id: number, data: Uint8Array): number;
+  write(id: number, data: Uint8Array, length?: number): number;
   writev(id: number, chunks: readonly Uint8Array[]): number;
   pendingBytes(id: number): number;
   shutdown(id: number): void;
@@ -240,8 +243,8 @@ function adapt(raw: RawNativeAddon): NativeAddon {
     resetFraming(): void {
       fn.resetFraming(this.id);
     }
-    write(data: Uint8Array): number {
-      return fn.write(this.id, data);
+    write(data: Uint8Array, length?: number): number {
+      return fn.write(this.id, data, length);
     }
     writev(chunks: readonly Uint8Array[]): number {
       return fn.writev(this.id, chunks);

@@ -37,6 +37,11 @@ type OwnedServer = NativeServer & { [kSocket]?: NativeListener };
 
 let addon: NativeAddon | null | undefined;
 
+/** Size of the buffer small writes are joined into ({@link NativeSocket.writeJoined}): the Stream's join limit. */
+export const JOIN_SCRATCH_SIZE = 64 * 1024;
+/** That buffer, while no queued write holds it. */
+let joinScratch: Buffer | null = null;
+
 /** The addon, initialised once, or null when it is not built (or `PANTS_TS_TRANSPORT=js`). */
 export function nativeAddon(): NativeAddon | null {
   if (addon !== undefined) return addon;
@@ -395,6 +400,29 @@ export class NativeSocket {
   writeNow(chunk: Buffer): number {
     const left = this.#conn!.write(chunk);
     if (left > 0) this.#bits |= B_QUEUED;
+    return left;
+  }
+
+  /**
+   * @internal Like writeNow() for the first `n` buffers of `list` (`bytes`
+   * in all, at most {@link JOIN_SCRATCH_SIZE}), joined into one write
+   * through a buffer shared by every connection: it is reused while writes
+   * of it go out whole, and left to the addon (which keeps it until
+   * written) when one does not.
+   */
+  writeJoined(list: readonly unknown[], n: number, bytes: number): number {
+    let scratch = joinScratch;
+    joinScratch = null; // taken: a write that throws leaves it to the GC
+    if (scratch === null) scratch = Buffer.allocUnsafeSlow(JOIN_SCRATCH_SIZE);
+    let at = 0;
+    for (let i = 0; i < n; i++) {
+      const b = list[i] as Buffer;
+      scratch.set(b, at);
+      at += b.length;
+    }
+    const left = this.#conn!.write(scratch, bytes);
+    if (left > 0) this.#bits |= B_QUEUED;
+    else joinScratch = scratch;
     return left;
   }
 

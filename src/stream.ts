@@ -42,7 +42,7 @@ import type { NetStructHeld } from "./framing/netstruct.js";
 import { checkPantsFlags, compileServerTls, wrapClientSocket, wrapServerSocket } from "./tls.js";
 import type { SslOptions } from "./tls.js";
 import { sendFile } from "./write-file.js";
-import { NativeSocket } from "./native-socket.js";
+import { JOIN_SCRATCH_SIZE, NativeSocket } from "./native-socket.js";
 import { useNative } from "./transport.js";
 import type { FileJob, FileSink } from "./write-file.js";
 import type { Server } from "./server.js";
@@ -132,7 +132,7 @@ const LINGER_MS = 2000;
 /** A close(true) that cannot hand its data to the OS for this long is forced. */
 const DRAIN_TIMEOUT_MS = 30_000;
 /** Below this, queued chunks are joined into one buffer; above, written with writev. */
-const JOIN_LIMIT = 64 * 1024;
+const JOIN_LIMIT = JOIN_SCRATCH_SIZE;
 /** The first `n` buffers of `list` (`bytes` in all) in one new buffer: Buffer.concat without its argument checks. */
 function join(list: readonly QueueItem[], n: number, bytes: number): Buffer {
   const out = Buffer.allocUnsafe(bytes);
@@ -1640,8 +1640,17 @@ export class Stream extends Channel {
         n++;
       }
       if (n > 0) {
+        const native = (this.#flags & F_NATIVE) !== 0 && (sock as unknown as NativeSocket).writableNow;
+        if (native && n > 1 && bytes <= JOIN_LIMIT) {
+          // Small writes of one turn: joined into a reused buffer, one system call.
+          const left = (sock as unknown as NativeSocket).writeJoined(wq, n, bytes);
+          this.#dropRun(wq, n, bytes, false);
+          this.#nativeWritten(sock as unknown as NativeSocket, left);
+          if (this.#state === S_CLOSED) return;
+          continue;
+        }
         const run = this.#takeRun(wq, n, bytes);
-        if ((this.#flags & F_NATIVE) !== 0 && (sock as unknown as NativeSocket).writableNow) {
+        if (native) {
           this.#writeNative(sock as unknown as NativeSocket, run);
         } else {
           // No callback when nothing waits for this write (as #writeNative):
@@ -1710,14 +1719,19 @@ export class Stream extends Channel {
    */
   #takeRun(wq: QueueItem[], n: number, bytes: number): Buffer | Buffer[] {
     let run: Buffer | Buffer[];
-    const all = n === wq.length;
     if (n === 1) run = wq[0] as Buffer;
     else if (bytes <= JOIN_LIMIT) run = join(wq, n, bytes);
-    else run = (all ? wq : wq.slice(0, n)) as Buffer[];
-    if (!all) wq.splice(0, n);
+    else run = (n === wq.length ? wq : wq.slice(0, n)) as Buffer[];
+    this.#dropRun(wq, n, bytes, run === wq);
+    return run;
+  }
+
+  /** The first `n` items of the queue (`bytes` in all) have been taken: off the queue, counted as sent. `kept`: the array itself went out as the run. */
+  #dropRun(wq: QueueItem[], n: number, bytes: number, kept: boolean): void {
+    if (n < wq.length) wq.splice(0, n);
     else {
       this.#wq = null;
-      if (run !== wq && n <= SPARE_QUEUE_ITEMS && spareQueues.length < SPARE_QUEUES) {
+      if (!kept && n <= SPARE_QUEUE_ITEMS && spareQueues.length < SPARE_QUEUES) {
         // pop() stays in optimised code; setting length calls into the runtime.
         for (let i = 0; i < n; i++) wq.pop();
         spareQueues.push(wq);
@@ -1725,7 +1739,6 @@ export class Stream extends Channel {
     }
     this.#wqBytes -= bytes;
     this.#countOut(bytes);
-    return run;
   }
 
   /**
@@ -1733,7 +1746,11 @@ export class Stream extends Channel {
    * all and {@link #nobodyWaits}.
    */
   #writeNative(sock: NativeSocket, run: Buffer | Buffer[]): void {
-    const left = Buffer.isBuffer(run) ? sock.writeNow(run) : sock.writevNow(run);
+    this.#nativeWritten(sock, Buffer.isBuffer(run) ? sock.writeNow(run) : sock.writevNow(run));
+  }
+
+  /** After a native write that left `left` bytes queued. */
+  #nativeWritten(sock: NativeSocket, left: number): void {
     if (left === 0 && this.#nobodyWaits()) {
       this.#flags |= F_ACTIVE;
       return;

@@ -675,6 +675,25 @@ describe("native addon", { skip }, () => {
     client.socket.destroy();
   });
 
+  test("write(data, length) writes the first length bytes; a bad length is a RangeError", async () => {
+    let conn!: NativeConn;
+    const { port } = listen((c) => {
+      conn = c;
+    });
+    const client = await Client.tcp(port);
+    await until(() => conn !== undefined, "accept");
+    const data = Buffer.from("abcdefgh");
+    assert.equal(conn.write(data, 3), 0);
+    assert.equal(conn.write(data, 0), 0);
+    assert.equal(conn.write(data, undefined), 0);
+    assert.equal(conn.write(data.subarray(6), 2), 0);
+    for (const bad of [-1, 9, 1.5, Number.NaN, "3" as unknown as number]) {
+      assert.throws(() => conn.write(data, bad), { name: "RangeError", code: "ERR_OUT_OF_RANGE" }, String(bad));
+    }
+    assert.equal((await client.waitFor(13, 5000)).toString(), "abcabcdefghgh");
+    client.socket.destroy();
+  });
+
   test("shutdown: the client sees FIN after every byte; writing afterwards throws", async () => {
     const payload = randomBytes(4 * 1024 * 1024);
     let shutdownDone = false;

@@ -113,6 +113,43 @@ test("onWrite fires once the outgoing buffer has drained to a slow reader", asyn
   c.destroy();
 });
 
+test("small writes joined per turn keep their bytes and order while the socket is full", async (t) => {
+  // Each turn joins several small writes into one; once the peer stops
+  // reading, a joined write goes out in part and the rest waits queued
+  // while later turns join theirs: every byte must still arrive, in order.
+  const engine = freshEngine(t);
+  const sent: Buffer[] = [];
+  let maxBuffered = 0;
+  let finished = false;
+  class Pieces extends Stream {
+    override onConnect() {
+      let turn = 0;
+      const next = () => {
+        if (this.closed) return;
+        for (let i = 0; i < 4; i++) {
+          const piece = randomBytes(1 + ((turn * 7919 + i * 104729) % 15000));
+          sent.push(piece);
+          this.write(piece);
+        }
+        maxBuffered = Math.max(maxBuffered, this.bufferedAmount);
+        if (++turn < 200) setImmediate(next);
+        else finished = true;
+      };
+      next();
+    }
+  }
+  const port = await listenLocal(new Server(Pieces, { engine }), t);
+  const c = await connect(port);
+  c.socket.pause();
+  await waitFor(() => finished, 10000, "every turn written");
+  c.socket.resume();
+  const expected = Buffer.concat(sent);
+  const got = await c.read(expected.length, 10000);
+  assert.ok(maxBuffered > 0, "the socket filled: some joined writes were queued in part");
+  assert.ok(got.equals(expected), "the bytes arrived intact and in order");
+  c.destroy();
+});
+
 test("writeFile: a path (opened and closed by the stream), in order with other writes", async (t) => {
   const engine = freshEngine(t);
   const dir = tempDir(t);
