@@ -147,6 +147,13 @@ export interface NativeCallbacks {
    * nothing. `frames` is reused by the next call: read it now.
    */
   onRead(conn: NativeConn, data: Buffer, frames: Int32Array | null, count: number): void;
+  /**
+   * Optional, replaces onRead when given: the same call with the bytes as
+   * `length` bytes of `block` from `offset` instead of a Buffer, so a caller
+   * that only wants the frames makes no view of the whole read (frame
+   * offsets stay relative to `offset`).
+   */
+  onReadAt?(conn: NativeConn, block: ArrayBuffer, offset: number, length: number, frames: Int32Array | null, count: number): void;
   /** The peer sent FIN (EOF). Writing is still possible. */
   onEnd(conn: NativeConn): void;
   /** A socket error (reading stops on a read error). */
@@ -300,14 +307,15 @@ function adapt(raw: RawNativeAddon): NativeAddon {
 
   return {
     init(callbacks: NativeCallbacks): void {
-      const { onRead, onEnd, onError, onWritten, onConnect, onClose, onShutdown } = callbacks;
+      const { onRead, onReadAt, onEnd, onError, onWritten, onConnect, onClose, onShutdown } = callbacks;
       raw.init({
         onConnection: (server, id) => callbacks.onConnection(server, track(id)),
         onRead(id, block, frames, count) {
           const conn = find(id);
           if (conn === null) return;
           const at = count > 0 ? 2 * count + 1 : 1;
-          onRead(conn, viewOf(block, frames[at]!, frames[at + 1]!), count === 0 ? null : frames, count);
+          if (onReadAt !== undefined) onReadAt(conn, block, frames[at]!, frames[at + 1]!, count === 0 ? null : frames, count);
+          else onRead(conn, viewOf(block, frames[at]!, frames[at + 1]!), count === 0 ? null : frames, count);
         },
         onEnd(id) {
           const conn = find(id);

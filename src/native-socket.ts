@@ -14,14 +14,19 @@ import { isIP } from "node:net";
 import { Duplex } from "node:stream";
 import { log } from "./log.js";
 import { loadNative } from "./native-binding.js";
+import { viewOf } from "./framing/view.js";
 import type { NativeAddon, NativeConn, NativeServer } from "./native-binding.js";
 
 /** What a NativeSocket hands its owner directly (no event dispatch on the hot path). */
 export interface NativeOwner {
   /** @internal A raw chunk (framing off). */
   _onData(chunk: Buffer): void;
-  /** @internal Frames cut by the addon: `frames` holds [start, end) pairs, then the tail start; count -1 = overflow. */
-  _onNativeFrames(data: Buffer, frames: Int32Array, count: number): void;
+  /**
+   * @internal Frames cut by the addon from the `length` bytes of `block` at
+   * `base`: `frames` holds [start, end) pairs relative to `base`, then the
+   * tail start; count -1 = overflow.
+   */
+  _onNativeFrames(block: ArrayBufferLike, base: number, length: number, frames: Int32Array, count: number): void;
 }
 
 type Listener = (...args: never[]) => void;
@@ -54,8 +59,12 @@ export function nativeAddon(): NativeAddon | null {
         listener.onConnection(new NativeSocket(conn));
       },
       onRead(conn, data, frames, count) {
+        // Not called: onReadAt replaces it.
+        socketOf(conn)?._read(data.buffer, data.byteOffset, data.length, frames, count);
+      },
+      onReadAt(conn, block, offset, length, frames, count) {
         const socket = socketOf(conn);
-        if (socket !== null) socket._read(data, frames, count);
+        if (socket !== null) socket._read(block, offset, length, frames, count);
       },
       onEnd(conn) {
         socketOf(conn)?._end();
@@ -352,17 +361,18 @@ export class NativeSocket {
   }
 
   /** @internal */
-  _read(data: Buffer, frames: Int32Array | null, count: number): void {
+  _read(block: ArrayBufferLike, offset: number, length: number, frames: Int32Array | null, count: number): void {
     const owner = this.#owner;
     if (frames === null) {
+      const data = viewOf(block, offset, length);
       if (owner !== null) owner._onData(data);
       else this.#emit("data", data);
     } else if (owner !== null) {
-      owner._onNativeFrames(data, frames, count);
+      owner._onNativeFrames(block, offset, length, frames, count);
     } else {
       // Nobody to hand frames to: fall back to chunks.
       this.#conn?.resetFraming();
-      this.#emit("data", data);
+      this.#emit("data", viewOf(block, offset, length));
     }
   }
 

@@ -33,7 +33,7 @@ import {
 } from "./errors.js";
 import { log } from "./log.js";
 import { ReceiveBuffer } from "./framing/receive-buffer.js";
-import { cut } from "./framing/view.js";
+import { viewOf } from "./framing/view.js";
 import { FAILED, FRAME, FRAME_ARGS, NEED_MORE, NULL_FRAMER, OVERFLOW, compileDelimiter, isFramingError } from "./framing/delimiter.js";
 import type { Decoder, FrameOut, Framer, ReadDelimiter } from "./framing/delimiter.js";
 import { Struct } from "./framing/struct.js";
@@ -985,13 +985,16 @@ export class Stream extends Channel {
   }
 
   /**
-   * @internal Native transport: frames the addon cut, as [start, end) pairs
-   * into `data`, then the offset after the last one; count -1: a frame
-   * outgrew its limit (the addon went raw; the buffer's framer reports it).
+   * @internal Native transport: frames the addon cut from the `length`
+   * bytes of `block` at `base`, as [start, end) pairs relative to `base`,
+   * then the offset after the last one; count -1: a frame outgrew its limit
+   * (the addon went raw; the buffer's framer reports it). Views are made of
+   * the frames only: the whole read becomes a Buffer only when some of it
+   * must be buffered here.
    */
-  _onNativeFrames(data: Buffer, frames: Int32Array, count: number): void {
+  _onNativeFrames(block: ArrayBufferLike, base: number, length: number, frames: Int32Array, count: number): void {
     const sock = this.#sock as unknown as NativeSocket;
-    const fresh = data.length - sock.tail;
+    const fresh = length - sock.tail;
     this.#flags |= F_ACTIVE;
     const server = this.server;
     if (server !== null) server.stats.bytesIn += fresh;
@@ -1001,7 +1004,7 @@ export class Stream extends Channel {
       sock.tail = 0;
       this.#flags &= ~F_NATIVE_FRAMING;
       this.#flags |= F_IN_DISPATCH;
-      this.#push(data);
+      this.#push(viewOf(block, base, length));
       this.#flags &= ~F_IN_DISPATCH;
       if (this.#wq !== null && this.#wq.length > 0) this.#flush();
       return;
@@ -1011,10 +1014,11 @@ export class Stream extends Channel {
     let i = 0;
     for (; i < count; i++) {
       if (this.#state !== S_OPEN || this.#framer !== framer || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 || this.#encoding !== null) break;
-      this.#deliver(cut(data, frames[2 * i]!, frames[2 * i + 1]!));
+      const start = frames[2 * i]!;
+      this.#deliver(viewOf(block, base + start, frames[2 * i + 1]! - start));
     }
     if (i < count || this.#state !== S_OPEN || this.#framer !== framer || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 || this.#encoding !== null) {
-      // Something changed inside onRead: the rest of `data` (from the first
+      // Something changed inside onRead: the rest of the bytes (from the first
       // frame not delivered, the addon's pending tail included) is framed here.
       if (this.#framer !== framer) this.#flags |= (this.#flags & F_SWITCHED) !== 0 ? F_JS_FRAMING : F_SWITCHED;
       if (this.#state === S_OPEN || this.#state === S_CLOSING) {
@@ -1022,11 +1026,11 @@ export class Stream extends Channel {
         this.#flags &= ~F_NATIVE_FRAMING;
         sock.tail = 0;
         const from = i < count ? frames[2 * i]! : frames[2 * count]!;
-        if (this.#state === S_OPEN && from < data.length) this.#push(data.subarray(from));
+        if (this.#state === S_OPEN && from < length) this.#push(viewOf(block, base + from, length - from));
         if (this.#state === S_OPEN) this.#syncNativeFraming();
       }
     } else {
-      sock.tail = data.length - frames[2 * count]!;
+      sock.tail = length - frames[2 * count]!;
     }
     this.#flags &= ~F_IN_DISPATCH;
     if (this.#wq !== null && this.#wq.length > 0) this.#flush();
@@ -1110,12 +1114,15 @@ export class Stream extends Channel {
     const limit = this.#bufferSize;
     // One-byte delimiters (lines) search for the byte itself: memchr, not a substring search.
     const byte = n === 1 ? needle[0]! : -1;
+    // Frames are views of the chunk's memory (read once: the getters are not free).
+    const ab = chunk.buffer;
+    const base = chunk.byteOffset;
     let start = from;
     this.#flags &= ~F_STOP;
     for (;;) {
       const idx = byte >= 0 ? chunk.indexOf(byte, start) : chunk.indexOf(needle, start);
       if (idx === -1 || idx - start > limit) break;
-      const frame = cut(chunk, start, idx);
+      const frame = viewOf(ab, base + start, idx - start);
       start = idx + n;
       this.#deliver(frame);
       // One test for everything that ends the loop: a new delimiter, a pause, a close, TLS, an encoding.
@@ -1153,6 +1160,8 @@ export class Stream extends Channel {
     const limit = this.#bufferSize;
     const text = chunk.toString("latin1", from);
     const global = search.global;
+    const ab = chunk.buffer;
+    const base = chunk.byteOffset + from;
     let pos = 0;
     this.#flags &= ~F_STOP;
     while (pos < text.length) {
@@ -1169,7 +1178,7 @@ export class Stream extends Channel {
       if (m === null) break;
       const end = at + m[0].length;
       if (end === 0 || at > limit) break;
-      this.#deliver(cut(chunk, from + pos, from + pos + at));
+      this.#deliver(viewOf(ab, base + pos, at));
       pos += end;
       if ((this.#flags & F_STOP) !== 0) break;
     }
@@ -1223,7 +1232,7 @@ export class Stream extends Channel {
     const call = ns.callerAt();
     if (call === null) return from;
     const limit = this.#bufferSize > minLimit ? this.#bufferSize : minLimit;
-    const held: NetStructHeld = { used: 0, result: undefined }; // per chunk: a handler may feed another stream
+    const held: NetStructHeld = { used: 0, result: undefined, ab: chunk.buffer, base: chunk.byteOffset }; // per chunk: a handler may feed another stream
     let start = from;
     this.#flags &= ~F_STOP;
     while (start < chunk.length) {
@@ -1255,13 +1264,15 @@ export class Stream extends Channel {
     const limit = this.#bufferSize;
     // A two-parameter decoder reads at an offset; a one-parameter one gets a view from the frame on.
     const offsets = decoder.length >= 2;
+    const ab = chunk.buffer;
+    const base = chunk.byteOffset;
     let start = from;
     this.#flags &= ~F_STOP;
     while (start < chunk.length) {
       const left = chunk.length - start;
       let result: ReturnType<Decoder>;
       try {
-        result = offsets ? decoder(chunk, start) : decoder(start === 0 ? chunk : cut(chunk, start, chunk.length), 0);
+        result = offsets ? decoder(chunk, start) : decoder(start === 0 ? chunk : viewOf(ab, base + start, left), 0);
       } catch (err) {
         // As in the buffered path: the bytes cannot be framed; the stream is told.
         this._handlerFailed(err);
@@ -1269,7 +1280,7 @@ export class Stream extends Channel {
       }
       if (result === null || result === undefined) {
         if (left > limit) break;
-        (this.#rb ??= new ReceiveBuffer()).push(start === 0 ? chunk : cut(chunk, start, chunk.length));
+        (this.#rb ??= new ReceiveBuffer()).push(start === 0 ? chunk : viewOf(ab, base + start, left));
         return chunk.length;
       }
       const consumed = (result as { consumed?: unknown }).consumed;
@@ -1284,10 +1295,12 @@ export class Stream extends Channel {
 
   /** As {@link #scanChunk}, for fixed-size frames. Returns the bytes used. */
   #scanSized(chunk: Buffer, from: number, size: number): number {
+    const ab = chunk.buffer;
+    const base = chunk.byteOffset;
     let start = from;
     this.#flags &= ~F_STOP;
     while (chunk.length - start >= size) {
-      const frame = cut(chunk, start, start + size);
+      const frame = viewOf(ab, base + start, size);
       start += size;
       this.#deliver(frame);
       if ((this.#flags & F_STOP) !== 0) break;

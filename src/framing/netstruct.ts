@@ -28,7 +28,7 @@
 
 import { Buffer } from "node:buffer";
 import { Layout, parseByteOrder, type ByteOrderChar } from "./struct.js";
-import { cut } from "./view.js";
+import { viewOf } from "./view.js";
 
 /** Integer codes that may carry a `$` string. */
 const LENGTH_CODES = "bBhHiIlLqQnN";
@@ -63,6 +63,9 @@ export interface NetStructHeld {
   used: number;
   /** What the handler returned. */
   result: unknown;
+  /** The buffer's memory and offset in it (`b.buffer`, `b.byteOffset`: read once per buffer, not per string). */
+  ab: ArrayBufferLike;
+  base: number;
 }
 
 /** A compiled record reader and dispatcher; see {@link NetStruct.callerAt}. */
@@ -264,7 +267,8 @@ export class NetStruct {
    * numbers (plus the `$` strings): a function that reads the record at
    * `offset` of `buf` (bytes up to `end`), and when it is whole and at most
    * `limit` bytes long, sets `held.used` to its length, calls
-   * `fn.call(self, ...values)` (strings as views), puts the result in
+   * `fn.call(self, ...values)` (strings as views of `held.ab` from
+   * `held.base`, which must be `buf`'s memory and offset), puts the result in
    * `held.result` and returns the length. It returns -1 when the record is
    * not whole, or cannot be taken here (a negative or huge prefix, over the
    * limit): the general path ({@link parse}) then handles those bytes. Only
@@ -294,7 +298,7 @@ export class NetStruct {
       lines.push(`const ${n} = Number(${prefix});`);
       lines.push(`if (!(${n} >= 0) || ${n} > end - p) return -1;`);
       const str = `s${v}`;
-      lines.push(`const ${str} = cut(b, p, p + ${n});`);
+      lines.push(`const ${str} = view(held.ab, held.base + p, ${n});`);
       lines.push(`p += ${n};`);
       args.push(str);
     }
@@ -303,9 +307,9 @@ export class NetStruct {
     lines.push(`held.result = f.call(self${args.length > 0 ? ", " : ""}${args.join(", ")});`);
     lines.push("return p - o;");
     // Generated from the validated segments only (codes and offsets): no user text reaches the source.
-    // Strings are cut with view.ts's cut(), handed in by a factory (subarray costs twice as much).
+    // Strings are views made by view.ts's viewOf(), handed in by a factory (subarray costs twice as much).
     const body = `return function (b, o, end, limit, f, self, held) {\n${lines.join("\n")}\n};`;
-    return (this.#caller = (new Function("cut", body) as (c: typeof cut) => NetStructCaller)(cut));
+    return (this.#caller = (new Function("view", body) as (v: typeof viewOf) => NetStructCaller)(viewOf));
   }
 
   /** Compiled readers of the segments (null entries: segments with strings). */

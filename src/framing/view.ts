@@ -8,6 +8,9 @@
  * constructor Node itself uses for Buffer views (Buffer.prototype, no
  * copy); where it does not make Buffers, `Buffer.from(arrayBuffer, …)`
  * does the same job.
+ *
+ * Callers read `buf.buffer` and `buf.byteOffset` once per chunk, not per
+ * frame: those getters cost as much as the view itself.
  */
 import { Buffer } from "node:buffer";
 
@@ -29,8 +32,3 @@ const View = pickConstructor();
 /** A Buffer over `length` bytes of `buffer` from `byteOffset` (no copy; throws RangeError out of bounds). */
 export const viewOf: (buffer: ArrayBufferLike, byteOffset: number, length: number) => Buffer =
   View !== null ? (buffer, byteOffset, length) => new View(buffer, byteOffset, length) : (buffer, byteOffset, length) => Buffer.from(buffer, byteOffset, length);
-
-/** `buf.subarray(start, end)` for in-range `0 <= start <= end <= buf.length` (not checked: callers frame within the buffer). */
-export function cut(buf: Buffer, start: number, end: number): Buffer {
-  return viewOf(buf.buffer, buf.byteOffset + start, end - start);
-}
