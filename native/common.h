@@ -54,9 +54,10 @@
  * reads; a bigger one is shrunk or freed once the big frame is gone. */
 #define PN_KEEP_CAP (64 * 1024)
 
-/* A raw read of at least this many bytes is handed to JS in the Buffer it
- * was read into (JS holds at most twice the bytes it was given). */
-#define PN_LEND_MIN (PN_READ_BUF_SIZE / 2)
+/* Reads land in the spare (see read.c) while at least this much of it is
+ * left; a read of more than PN_SLAB_PIECE bytes that lands there is handed
+ * to JS as a view of it, and the next read goes into what follows. */
+#define PN_SPARE_MIN (64 * 1024)
 
 /* Delivered bytes (P + a read) of at most PN_SLAB_PIECE go into the shared
  * PN_SLAB_SIZE slab; larger ones get an ArrayBuffer of their own. A frame
@@ -144,6 +145,7 @@ struct pn_env {
    * is, without a copy (see read.c). */
   napi_ref spare_ref;
   uint8_t *spare;
+  size_t spare_used; /* bytes of the spare already handed to JS */
 
   /* The reused Int32Array of frame offsets (see read.c). */
   napi_ref frames_ref;

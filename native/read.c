@@ -13,11 +13,14 @@
  * of a shared ArrayBuffer slab (no allocation per read), larger ones get an
  * ArrayBuffer of their own; onRead receives the ArrayBuffer, and the offset
  * and length travel in the frames array. One exception saves the copy where
- * it costs most: reads land in a spare Buffer no JS has seen when there is
- * one, and a large raw read is handed over in it (the spare is replaced).
- * The buffer libuv reads into is then that spare rather than the shared one,
- * with the same rule: consumed before the next read. The loader (src/native-binding.ts)
- * turns that into a Buffer view before any other JS sees it.
+ * it costs most: once there has been a large read, reads land in a spare
+ * Buffer, 256 KiB no JS has seen, from the first byte not handed out yet.
+ * A read of more than PN_SLAB_PIECE bytes with nothing pending before it
+ * (any raw read of bulk transfer) is handed over where it landed, as a
+ * piece of the spare, and the next read lands right after it; when less
+ * than PN_SPARE_MIN is left, a new spare replaces it. Smaller reads are
+ * copied out as usual, and their room in the spare serves again. Either
+ * way the rule holds: consumed before the next read.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -97,13 +100,18 @@ static uint8_t *new_buffer(pn_env *e, size_t len, napi_value *ab, size_t *off) {
   return data;
 }
 
+static bool lend_piece(pn_env *e, size_t len, napi_value *ab, size_t *off);
+
 /* Copies P + nb (one copy) into memory JS can see: a piece of the slab when
- * small, else an ArrayBuffer of its own. *ab, *off and the length P + nb say
- * where. */
+ * small, else an ArrayBuffer of its own; or, for a large read that landed in
+ * the spare with nothing pending, no copy (lend_piece). *ab, *off and the
+ * length P + nb say where. */
 static bool make_data(pn_env *e, const pn_framing *fr, const uint8_t *nb, size_t nn,
                       napi_value *ab, size_t *off) {
   size_t len = fr->plen + nn;
   uint8_t *dst;
+  if (fr->plen == 0 && nn > PN_SLAB_PIECE && e->spare != NULL && nb == e->spare + e->spare_used)
+    return lend_piece(e, nn, ab, off);
   if (len <= PN_SLAB_PIECE) {
     dst = slab_take(e, len, ab, off);
     if (dst == NULL) return false;
@@ -118,30 +126,35 @@ static bool make_data(pn_env *e, const pn_framing *fr, const uint8_t *nb, size_t
 
 /* ---- the spare read buffer ---------------------------------------------- */
 
-/* Reads land in env->spare, the memory of a Buffer JS has not seen, when
- * there is one. A large raw read is then handed over in that very Buffer
- * (lend_spare), which saves copying it; the next spare is made at once, so
- * that the following read has one too. Any other read is copied out as
- * usual and the spare serves again. */
+/* Reads land in env->spare, from spare_used on, when there is a spare: the
+ * memory of a Buffer whose bytes from spare_used on no JS has seen. */
 static void make_spare(pn_env *e) {
   napi_value ab;
   size_t off;
   uint8_t *data = new_buffer(e, PN_READ_BUF_SIZE, &ab, &off);
-  /* Lent as a whole ArrayBuffer with the bytes at offset 0 (see pn_deliver). */
+  /* Pieces are lent as offsets into the whole ArrayBuffer: the bytes must start it. */
   if (data == NULL || off != 0 || napi_create_reference(e->env, ab, 1, &e->spare_ref) != napi_ok) {
     e->spare_ref = NULL; /* reads use read_buf until the next try */
     return;
   }
   e->spare = data;
+  e->spare_used = 0;
 }
 
-/* The spare's ArrayBuffer in *ab, now JS's; a new spare replaces it. */
-static bool lend_spare(pn_env *e, napi_value *ab) {
+/* The `len` bytes just read at spare + spare_used, handed to JS where they
+ * are: *ab is the spare's ArrayBuffer, *off their offset. The next read
+ * lands after them; with too little left, a new spare replaces this one
+ * (JS's views keep the old one alive as long as JS needs it). */
+static bool lend_piece(pn_env *e, size_t len, napi_value *ab, size_t *off) {
   if (napi_get_reference_value(e->env, e->spare_ref, ab) != napi_ok || *ab == NULL) return false;
-  napi_delete_reference(e->env, e->spare_ref);
-  e->spare_ref = NULL;
-  e->spare = NULL;
-  make_spare(e);
+  *off = e->spare_used;
+  e->spare_used += len;
+  if (PN_READ_BUF_SIZE - e->spare_used < PN_SPARE_MIN) {
+    napi_delete_reference(e->env, e->spare_ref);
+    e->spare_ref = NULL;
+    e->spare = NULL;
+    make_spare(e);
+  }
   return true;
 }
 
@@ -205,12 +218,8 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
       out = frames_get(e, 3, &frames, &cap);
       if (out == NULL) goto nomem;
       size_t len = fr->plen + nn;
-      if (fr->plen == 0 && nn >= PN_LEND_MIN && nb == e->spare && e->spare != NULL) {
-        if (!lend_spare(e, &argv[1])) goto nomem;
-      } else {
-        if (!make_data(e, fr, nb, nn, &argv[1], &off)) goto nomem;
-        if (e->spare == NULL && nn >= PN_LEND_MIN) make_spare(e); /* bulk: worth having */
-      }
+      if (!make_data(e, fr, nb, nn, &argv[1], &off)) goto nomem;
+      if (e->spare == NULL && nn > PN_BATCH_READ) make_spare(e); /* bulk: worth having */
       pn_framing_keep(fr, NULL, 0, fr->plen); /* P is delivered: empty it */
       if ((argv[0] = pn_conn_id(c)) == NULL) goto nomem;
       out[0] = 0;
@@ -302,8 +311,13 @@ nomem:
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   pn_env *e = ((pn_conn *)h->data)->base.penv;
   (void)suggested;
-  buf->base = e->spare != NULL ? (char *)e->spare : e->read_buf;
-  buf->len = PN_READ_BUF_SIZE;
+  if (e->spare != NULL) {
+    buf->base = (char *)e->spare + e->spare_used; /* at least PN_SPARE_MIN left */
+    buf->len = PN_READ_BUF_SIZE - e->spare_used;
+  } else {
+    buf->base = e->read_buf;
+    buf->len = PN_READ_BUF_SIZE;
+  }
 }
 
 /* ---- batching ------------------------------------------------------------ */
