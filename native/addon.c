@@ -16,7 +16,7 @@ static const struct {
     {"onConnection", true}, {"onRead", true},     {"onEnd", true},
     {"onError", true},      {"onWritten", true},  {"onConnect", true},
     {"onClose", true},      {"onUncaught", true}, {"onAcceptError", false},
-    {"onShutdown", false},
+    {"onShutdown", false}, {"onReadBatch", false},
 };
 
 /* ---- calling into JS ---------------------------------------------------- */
@@ -240,6 +240,8 @@ static void env_finalize(napi_env env, void *data, void *hint) {
   if (e->frames_ref != NULL) napi_delete_reference(env, e->frames_ref);
   if (e->slab_ref != NULL) napi_delete_reference(env, e->slab_ref);
   if (e->spare_ref != NULL) napi_delete_reference(env, e->spare_ref);
+  if (e->btab_ref != NULL) napi_delete_reference(env, e->btab_ref);
+  free(e->bt_ent);
   free(e->batch);
   free(e->read_buf);
   free(e->slots);

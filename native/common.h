@@ -87,6 +87,7 @@ enum {
   PN_CB_UNCAUGHT,
   PN_CB_ACCEPT_ERROR, /* optional */
   PN_CB_SHUTDOWN,     /* optional */
+  PN_CB_READ_BATCH,   /* optional: onReadBatch, one call for a batch of reads */
   PN_CB_COUNT
 };
 
@@ -168,6 +169,19 @@ struct pn_env {
   /* While in_scope: the onRead function and `undefined`, fetched once per
    * batch (valid in the batch's handle scope) instead of once per call. */
   napi_value scope_read_fn, scope_recv;
+  /* One JS call for the reads of a batch (read.c): while built and while
+   * delivered, the table's storage (bt[0] is JS's cursor), its capacity and
+   * the words used, the entries, and the slab that holds their bytes. */
+  napi_ref btab_ref;
+  napi_value bt_table;
+  int32_t *bt;
+  size_t bt_cap, bt_words;
+  struct pn_batch_ent *bt_ent;
+  size_t bt_count, bt_ent_cap;
+  napi_value bt_slab;
+  uint8_t *bt_slab_data;
+  bool bt_on;      /* a batch table is in use (this flush) */
+  bool bt_sending; /* JS is delivering the batch */
   uv_check_t check;
   bool check_ready;  /* uv_check_init succeeded */
   bool check_closed; /* uv_close called on it (teardown) */
@@ -310,6 +324,7 @@ typedef struct pn_conn {
   pn_link ready_link; /* in env->ready while a batched read waits */
   uint32_t batch_off; /* where that read's bytes are in env->batch */
   uint32_t batch_n;
+  int32_t bt_idx;     /* its entry in the batch being delivered, or -1 */
 
   pn_link defer_link; /* in env->deferred while defer_bits != 0 */
   unsigned defer_bits;
@@ -430,6 +445,9 @@ void pn_tune_malloc(void);
 /* Delivers the batched reads now (no-op when there are none, or while
  * already delivering them). */
 void pn_flush_reads(pn_env *e);
+/* JS is about to pause, re-frame, reset or close `c`: if its read waits in
+ * the batch JS is delivering, it leaves the batch (see read.c). */
+void pn_batch_touch(pn_conn *c);
 
 /* The check handle's callback (addon.c starts and stops it). */
 void pn_check_cb(uv_check_t *h);

@@ -73,6 +73,7 @@ pn_conn *pn_conn_new(pn_env *e, bool is_pipe, int *err) {
   c->base.penv = e;
   c->base.kind = PN_KIND_CONN;
   c->base.is_pipe = is_pipe;
+  c->bt_idx = -1;
   pn_framing_init(&c->fr);
   int r = slot_take(e, c);
   if (r == 0) {
@@ -116,6 +117,7 @@ static void conn_close_cb(uv_handle_t *h) {
 /* Idempotent. After this only onClose is delivered for the connection. */
 void pn_conn_close(pn_conn *c) {
   if (c->base.closing) return;
+  pn_batch_touch(c);
   c->base.closing = true;
   c->reading = false;
   c->need_deliver = false;

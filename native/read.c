@@ -358,6 +358,245 @@ static bool batch_add(pn_env *e, pn_conn *c, const uint8_t *nb, size_t nn) {
   return true;
 }
 
+/* ---- one JS call per batch ------------------------------------------------ */
+
+/* When JS registered onReadBatch, the reads of a batch reach it in one call,
+ * onReadBatch(slab, table, count), instead of one onRead call each: per
+ * read, the napi_call_function and the entry into JS cost about as much as
+ * the rest of delivering a small read. The table is an Int32Array; from
+ * index 2, one entry per read:
+ *   [size, count, id, offset, length, count pairs [start, end), rest]
+ * (size: the entry's words; count 0: raw mode; offsets into the slab, the
+ * pairs relative to `offset`). What onRead does after its call (keep the
+ * unframed tail in P) is done here before the call, so an entry needs
+ * nothing once JS has it: if JS resets the framing inside it, the tail it
+ * drops is exactly data[rest..], which JS holds, as with onRead.
+ *
+ * Only reads whose bytes (P + read) fit a slab piece and that complete at
+ * least one frame without overflowing are batched; any other read is
+ * delivered alone, after what is batched so far, so the order of reads is
+ * kept. A read that completes no frame joins P and is not delivered.
+ *
+ * The one hazard: a handler of an earlier entry pauses, re-frames, resets or
+ * closes the connection of a later entry, whose frames were cut with the
+ * old settings. JS writes the position of the entry it is delivering to
+ * table[0]; pn_batch_touch, run first by each of those calls, sees that the
+ * connection's entry is further on, puts P back as it was before the entry
+ * took it, and marks the entry stale (count INT32_MIN): JS skips it, and
+ * after the call the read is delivered alone, as if it had never been
+ * batched, under whatever JS set by then. */
+
+#define PN_BT_HEAD 5           /* size, count, id, offset, length */
+#define PN_BT_STALE INT32_MIN  /* an entry JS must skip */
+#define PN_BT_FIRST 2          /* table[0]: JS's cursor; entries start here */
+
+typedef struct pn_batch_ent {
+  pn_conn *c;
+  size_t pos;     /* where the entry starts in the table */
+  uint32_t plen;  /* P's length before the entry took it */
+  bool stale;
+  bool nomem;     /* left the batch, but P could not be put back */
+} pn_batch_ent;
+
+/* The table's storage in e->bt (a new, larger table, with its first `keep`
+ * words copied, when `words` do not fit). Only while the batch is built. */
+static bool bt_reserve(pn_env *e, size_t words, size_t keep) {
+  napi_env env = e->env;
+  if (e->bt != NULL && words <= e->bt_cap) return true;
+  size_t n = e->bt_cap * 2 > words ? e->bt_cap * 2 : words;
+  if (n < 1024) n = 1024;
+  void *data = NULL;
+  napi_value ab, arr;
+  if (napi_create_arraybuffer(env, n * sizeof(int32_t), &data, &ab) != napi_ok ||
+      napi_create_typedarray(env, napi_int32_array, n, ab, 0, &arr) != napi_ok)
+    return false;
+  if (e->bt != NULL) memcpy(data, e->bt, keep * sizeof(int32_t));
+  napi_ref ref;
+  if (napi_create_reference(env, arr, 1, &ref) != napi_ok) return false;
+  if (e->btab_ref != NULL) napi_delete_reference(env, e->btab_ref);
+  e->btab_ref = ref;
+  e->bt_table = arr;
+  e->bt = data;
+  e->bt_cap = n;
+  return true;
+}
+
+/* Starts using the table for this flush (the caller's handle scope holds it). */
+static bool bt_begin(pn_env *e) {
+  napi_env env = e->env;
+  napi_typedarray_type type;
+  size_t length = 0, offset;
+  void *data = NULL;
+  napi_value ab;
+  e->bt = NULL;
+  e->bt_cap = 0;
+  e->bt_words = PN_BT_FIRST;
+  e->bt_count = 0;
+  e->bt_slab = NULL;
+  if (e->btab_ref != NULL && napi_get_reference_value(env, e->btab_ref, &e->bt_table) == napi_ok &&
+      e->bt_table != NULL &&
+      napi_get_typedarray_info(env, e->bt_table, &type, &length, &data, &ab, &offset) == napi_ok &&
+      data != NULL && type == napi_int32_array && length >= 1024) {
+    e->bt = data;
+    e->bt_cap = length;
+  } else if (!bt_reserve(e, 1024, 0)) {
+    return false;
+  }
+  e->bt_on = true;
+  return true;
+}
+
+/* Puts the entry's read back where it was before the batch took it: P as it
+ * was, to be delivered alone after the batch call. */
+static void bt_unbatch(pn_env *e, pn_batch_ent *ent) {
+  pn_conn *c = ent->c;
+  pn_framing *fr = &c->fr;
+  /* The entry's bytes start with the old P; JS has not seen them. */
+  const uint8_t *old = e->bt_slab_data + e->bt[ent->pos + 3];
+  pn_framing_keep(fr, NULL, 0, fr->plen); /* emptying P cannot fail */
+  if (ent->plen > 0 && !pn_framing_keep(fr, old, ent->plen, 0))
+    ent->nomem = true; /* the old P is lost: reported after the call */
+  fr->scanned = 0; /* scan P again from its start */
+  e->bt[ent->pos + 1] = PN_BT_STALE;
+  ent->stale = true;
+}
+
+void pn_batch_touch(pn_conn *c) {
+  pn_env *e = c->base.penv;
+  if (!e->bt_sending || c->bt_idx < 0 || (size_t)c->bt_idx >= e->bt_count) return;
+  pn_batch_ent *ent = &e->bt_ent[c->bt_idx];
+  if (ent->c != c) return;
+  /* Delivered already, or being delivered: the usual rules apply. */
+  if (ent->stale || (int64_t)ent->pos <= (int64_t)e->bt[0]) return;
+  bt_unbatch(e, ent);
+}
+
+/* Hands the batch built so far to JS in one call, then delivers alone the
+ * reads that left it. */
+static void bt_send(pn_env *e) {
+  napi_env env = e->env;
+  if (!e->bt_on || e->bt_count == 0) return;
+  size_t count = e->bt_count;
+  napi_value argv[3];
+  argv[0] = e->bt_slab;
+  argv[1] = e->bt_table;
+  e->bt[0] = PN_BT_FIRST - 1; /* nothing delivered yet */
+  if (napi_create_uint32(env, (uint32_t)count, &argv[2]) == napi_ok) {
+    e->bt_sending = true;
+    pn_call(e, PN_CB_READ_BATCH, 3, argv);
+    e->bt_sending = false;
+  }
+  /* Entries JS never reached (the call failed) leave the batch too. */
+  int64_t cursor = e->bt[0];
+  for (size_t k = 0; k < count; k++) {
+    pn_batch_ent *ent = &e->bt_ent[k];
+    if (!ent->stale && (int64_t)ent->pos > cursor && !ent->c->base.closing) bt_unbatch(e, ent);
+    ent->c->bt_idx = -1;
+  }
+  e->bt_count = 0;
+  e->bt_words = PN_BT_FIRST;
+  e->bt_slab = NULL;
+  /* bt_ent is not touched by what follows: nothing is batched until the
+   * next bt_add, and these deliveries are not batched. */
+  for (size_t k = 0; k < count && !e->tearing_down; k++) {
+    pn_batch_ent *ent = &e->bt_ent[k];
+    pn_conn *c = ent->c;
+    if (!ent->stale || c->base.closing) continue;
+    if (ent->nomem) {
+      pn_conn_emit_error(c, UV_ENOMEM, "read");
+      continue;
+    }
+    const uint8_t *nb = e->batch + c->batch_off;
+    if (!c->reading) hold(c, nb, c->batch_n);
+    else pn_deliver(c, nb, c->batch_n);
+  }
+}
+
+/* Adds the read (nb, nn) of `c` to the batch; false when it must be
+ * delivered alone (P untouched then). */
+static bool bt_add(pn_conn *c, const uint8_t *nb, size_t nn) {
+  pn_env *e = c->base.penv;
+  pn_framing *fr = &c->fr;
+  size_t len = fr->plen + nn;
+  if (len == 0 || len > PN_SLAB_PIECE) return false;
+  /* The batch's bytes share one slab: a full slab sends the batch first. */
+  if (e->bt_count > 0 && (e->slab_ref == NULL || e->slab_used + len > PN_SLAB_SIZE)) {
+    bt_send(e);
+    if (c->base.closing || !c->reading || e->tearing_down) return false;
+  }
+  size_t pos = e->bt_words, count = 0;
+  pn_scan_result res = {0};
+  if (!bt_reserve(e, pos + PN_BT_HEAD + 1 + 2 * 8, pos)) return false;
+  if (fr->kind != PN_FRAME_RAW) {
+    pn_scan(fr, nb, nn, 0, fr->scanned, e->bt + pos + PN_BT_HEAD,
+            (e->bt_cap - pos - PN_BT_HEAD - 1) / 2, &res);
+    while (res.full) {
+      size_t got = res.count;
+      if (!bt_reserve(e, e->bt_cap * 2, pos + PN_BT_HEAD + 2 * got)) return false;
+      pn_scan_result more;
+      pn_scan(fr, nb, nn, res.rest, res.search, e->bt + pos + PN_BT_HEAD + 2 * got,
+              (e->bt_cap - pos - PN_BT_HEAD - 1) / 2 - got, &more);
+      res = more;
+      res.count += got;
+    }
+    if (res.overflow) return false; /* alone: pn_deliver reports it */
+    if (res.count == 0) {
+      /* No complete frame yet: the bytes join P, JS is not called. */
+      if (!pn_framing_keep(fr, nb, nn, 0)) return false;
+      fr->scanned = (uint32_t)res.search;
+      return true;
+    }
+    count = res.count;
+  }
+  if (e->bt_ent_cap <= e->bt_count) {
+    size_t cap = e->bt_ent_cap ? e->bt_ent_cap * 2 : 64;
+    pn_batch_ent *p = realloc(e->bt_ent, cap * sizeof(*p));
+    if (p == NULL) return false;
+    e->bt_ent = p;
+    e->bt_ent_cap = cap;
+  }
+  napi_value ab;
+  size_t off;
+  uint8_t *dst = slab_take(e, len, &ab, &off);
+  if (dst == NULL) return false;
+  if (e->bt_count > 0 && dst - off != e->bt_slab_data) {
+    /* Another slab after all (JS detached the old one): not this batch. The
+     * piece taken stays unused. */
+    return false;
+  }
+  if (fr->plen > 0) memcpy(dst, fr->pend, fr->plen);
+  if (nn > 0) memcpy(dst + fr->plen, nb, nn);
+  uint32_t plen = fr->plen;
+  /* What onRead's caller does after the call, done now: P keeps the tail. */
+  if (fr->kind == PN_FRAME_RAW) {
+    pn_framing_keep(fr, NULL, 0, fr->plen);
+  } else {
+    if (!pn_framing_keep(fr, nb, nn, res.rest)) return false; /* P untouched */
+    fr->scanned = (uint32_t)(res.search - res.rest);
+  }
+  if (e->bt_count == 0) {
+    e->bt_slab = ab;
+    e->bt_slab_data = dst - off;
+  }
+  int32_t *t = e->bt + pos;
+  t[0] = (int32_t)(PN_BT_HEAD + 2 * count + 1);
+  t[1] = (int32_t)count;
+  t[2] = c->id;
+  t[3] = (int32_t)off;
+  t[4] = (int32_t)len;
+  t[PN_BT_HEAD + 2 * count] = (int32_t)(fr->kind == PN_FRAME_RAW ? len : res.rest);
+  e->bt_words = pos + (size_t)t[0];
+  pn_batch_ent *ent = &e->bt_ent[e->bt_count];
+  ent->c = c;
+  ent->pos = pos;
+  ent->plen = plen;
+  ent->stale = false;
+  ent->nomem = false;
+  c->bt_idx = (int32_t)e->bt_count++;
+  c->need_deliver = false;
+  return true;
+}
+
 void pn_flush_reads(pn_env *e) {
   napi_env env = e->env;
   napi_handle_scope hs;
@@ -383,6 +622,9 @@ void pn_flush_reads(pn_env *e) {
       (napi_get_reference_value(env, e->cb[PN_CB_READ], &e->scope_read_fn) != napi_ok ||
        napi_get_undefined(env, &e->scope_recv) != napi_ok))
     e->scope_read_fn = NULL;
+  /* One call for the whole batch when JS takes it that way (see above). */
+  e->bt_on = false;
+  if (scoped && e->cb[PN_CB_READ_BATCH] != NULL) bt_begin(e);
   /* JS cannot read from inside these calls (libuv reads only in the poll
    * phase), so nothing is added to the batch while it is delivered. */
   while (!pn_list_empty(&e->ready)) {
@@ -396,9 +638,23 @@ void pn_flush_reads(pn_env *e) {
       hold(c, nb, nn); /* paused since the read */
       continue;
     }
+    if (e->bt_on && bt_add(c, nb, nn)) continue;
+    bt_send(e); /* what is batched goes first */
+    if (e->tearing_down) break;
+    if (c->base.closing) continue;
+    if (!c->reading) {
+      hold(c, nb, nn);
+      continue;
+    }
     pn_deliver(c, nb, nn);
     if (e->tearing_down) break;
   }
+  if (!e->tearing_down) bt_send(e);
+  /* (Tearing down: entries not sent are dropped with everything else.) */
+  for (size_t k = 0; k < e->bt_count; k++) e->bt_ent[k].c->bt_idx = -1;
+  e->bt_count = 0;
+  e->bt_on = false;
+  e->bt = NULL;
   e->flushing = false;
   e->in_scope = false;
   e->scope_read_fn = NULL;
@@ -478,6 +734,7 @@ napi_value pn_conn_read_stop(napi_env env, napi_callback_info info) {
   bool ok;
   pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (c == NULL || !c->reading) return NULL;
+  pn_batch_touch(c);
   uv_read_stop(&c->h.stream);
   c->reading = false;
   return NULL;
@@ -524,6 +781,7 @@ napi_value pn_conn_set_framing(napi_env env, napi_callback_info info) {
     if ((size_t)size > limit) limit = (size_t)size;
   }
   if (c == NULL) return NULL; /* closed: nothing to set */
+  pn_batch_touch(c);
   /* P is kept: "switching resets nothing" (resetFraming drops it). */
   pn_framing *fr = &c->fr;
   if (!pn_framing_set_delim(fr, delim, dlen)) { /* dlen 0 unless kind is DELIM */
@@ -549,6 +807,7 @@ napi_value pn_conn_reset_framing(napi_env env, napi_callback_info info) {
   bool ok;
   pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (c == NULL) return NULL;
+  pn_batch_touch(c);
   pn_framing_reset(&c->fr);
   c->reset_gen++;
   c->need_deliver = false;

@@ -151,9 +151,10 @@ export interface NativeCallbacks {
    * Optional, replaces onRead when given: the same call with the bytes as
    * `length` bytes of `block` from `offset` instead of a Buffer, so a caller
    * that only wants the frames makes no view of the whole read (frame
-   * offsets stay relative to `offset`).
+   * offsets stay relative to `offset`), and the pairs starting at
+   * `frames[first]` (then `rest`) rather than at 0.
    */
-  onReadAt?(conn: NativeConn, block: ArrayBuffer, offset: number, length: number, frames: Int32Array | null, count: number): void;
+  onReadAt?(conn: NativeConn, block: ArrayBuffer, offset: number, length: number, frames: Int32Array | null, first: number, count: number): void;
   /** The peer sent FIN (EOF). Writing is still possible. */
   onEnd(conn: NativeConn): void;
   /** A socket error (reading stops on a read error). */
@@ -197,6 +198,13 @@ interface RawNativeCallbacks {
   onConnection(server: NativeServer, id: number): void;
   /** `block` holds the bytes at offset `frames[k]`, length `frames[k + 1]`, k = 2 × max(count, 0) + 1. */
   onRead(id: number, block: ArrayBuffer, frames: Int32Array, count: number): void;
+  /**
+   * The reads of one batch in one call: from `table[2]`, `count` entries
+   * [size, count, id, offset, length, pairs..., rest] (native/read.c). The
+   * callee writes the position of the entry it is about to deliver to
+   * `table[0]` and skips entries whose count is {@link STALE}.
+   */
+  onReadBatch?(block: ArrayBuffer, table: Int32Array, count: number): void;
   onEnd(id: number): void;
   onError(id: number, code: NativeErrorCode, syscall: "read" | "write" | "shutdown"): void;
   onWritten(id: number): void;
@@ -216,6 +224,11 @@ interface RawNativeAddon {
   connectPipe(path: string): number;
   conn: RawConnFunctions;
 }
+
+/** An entry of onReadBatch that left the batch (native/read.c PN_BT_STALE). */
+const STALE = -0x80000000;
+/** Where onReadBatch's entries start (table[0] is the cursor). */
+const BATCH_FIRST = 2;
 
 /** The slot part of a connection id (the rest is the slot's generation; native/common.h PN_SLOT_BITS). */
 const SLOT_MASK = (1 << 22) - 1;
@@ -307,15 +320,47 @@ function adapt(raw: RawNativeAddon): NativeAddon {
 
   return {
     init(callbacks: NativeCallbacks): void {
-      const { onRead, onReadAt, onEnd, onError, onWritten, onConnect, onClose, onShutdown } = callbacks;
+      const { onRead, onReadAt, onEnd, onError, onWritten, onConnect, onClose, onShutdown, onUncaught } = callbacks;
+      /** onRead's shape for a batch entry: its pairs and rest copied to the start of a scratch array. */
+      let scratch = new Int32Array(64);
+      const readAt =
+        onReadAt ??
+        ((conn: NativeConn, block: ArrayBuffer, offset: number, length: number, frames: Int32Array | null, first: number, count: number) => {
+          if (frames !== null && first !== 0) {
+            const words = 2 * count + 1;
+            if (scratch.length < words) scratch = new Int32Array(2 * words);
+            for (let i = 0; i < words; i++) scratch[i] = frames[first + i]!;
+            frames = scratch;
+          }
+          onRead(conn, viewOf(block, offset, length), frames, count);
+        });
       raw.init({
         onConnection: (server, id) => callbacks.onConnection(server, track(id)),
         onRead(id, block, frames, count) {
           const conn = find(id);
           if (conn === null) return;
           const at = count > 0 ? 2 * count + 1 : 1;
-          if (onReadAt !== undefined) onReadAt(conn, block, frames[at]!, frames[at + 1]!, count === 0 ? null : frames, count);
-          else onRead(conn, viewOf(block, frames[at]!, frames[at + 1]!), count === 0 ? null : frames, count);
+          readAt(conn, block, frames[at]!, frames[at + 1]!, count === 0 ? null : frames, 0, count);
+        },
+        onReadBatch(block, table, count) {
+          let pos = BATCH_FIRST;
+          for (let k = 0; k < count; k++) {
+            table[0] = pos;
+            const n = table[pos + 1]!;
+            if (n !== STALE) {
+              const conn = find(table[pos + 2]!);
+              // One entry failing must not cost the others their reads.
+              if (conn !== null) {
+                try {
+                  readAt(conn, block, table[pos + 3]!, table[pos + 4]!, n === 0 ? null : table, pos + 5, n);
+                } catch (err) {
+                  onUncaught(err);
+                }
+              }
+            }
+            pos += table[pos]!;
+          }
+          table[0] = 0x7fffffff;
         },
         onEnd(id) {
           const conn = find(id);

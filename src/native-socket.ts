@@ -23,10 +23,10 @@ export interface NativeOwner {
   _onData(chunk: Buffer): void;
   /**
    * @internal Frames cut by the addon from the `length` bytes of `block` at
-   * `base`: `frames` holds [start, end) pairs relative to `base`, then the
-   * tail start; count -1 = overflow.
+   * `base`: `frames` holds, from index `first`, [start, end) pairs relative
+   * to `base`, then the tail start; count -1 = overflow.
    */
-  _onNativeFrames(block: ArrayBufferLike, base: number, length: number, frames: Int32Array, count: number): void;
+  _onNativeFrames(block: ArrayBufferLike, base: number, length: number, frames: Int32Array, first: number, count: number): void;
 }
 
 type Listener = (...args: never[]) => void;
@@ -60,11 +60,11 @@ export function nativeAddon(): NativeAddon | null {
       },
       onRead(conn, data, frames, count) {
         // Not called: onReadAt replaces it.
-        socketOf(conn)?._read(data.buffer, data.byteOffset, data.length, frames, count);
+        socketOf(conn)?._read(data.buffer, data.byteOffset, data.length, frames, 0, count);
       },
-      onReadAt(conn, block, offset, length, frames, count) {
+      onReadAt(conn, block, offset, length, frames, first, count) {
         const socket = socketOf(conn);
-        if (socket !== null) socket._read(block, offset, length, frames, count);
+        if (socket !== null) socket._read(block, offset, length, frames, first, count);
       },
       onEnd(conn) {
         socketOf(conn)?._end();
@@ -361,14 +361,14 @@ export class NativeSocket {
   }
 
   /** @internal */
-  _read(block: ArrayBufferLike, offset: number, length: number, frames: Int32Array | null, count: number): void {
+  _read(block: ArrayBufferLike, offset: number, length: number, frames: Int32Array | null, first: number, count: number): void {
     const owner = this.#owner;
     if (frames === null) {
       const data = viewOf(block, offset, length);
       if (owner !== null) owner._onData(data);
       else this.#emit("data", data);
     } else if (owner !== null) {
-      owner._onNativeFrames(block, offset, length, frames, count);
+      owner._onNativeFrames(block, offset, length, frames, first, count);
     } else {
       // Nobody to hand frames to: fall back to chunks.
       this.#conn?.resetFraming();

@@ -986,13 +986,13 @@ export class Stream extends Channel {
 
   /**
    * @internal Native transport: frames the addon cut from the `length`
-   * bytes of `block` at `base`, as [start, end) pairs relative to `base`,
-   * then the offset after the last one; count -1: a frame outgrew its limit
+   * bytes of `block` at `base`, as [start, end) pairs relative to `base`
+   * from `frames[first]` on, then the offset after the last one; count -1: a frame outgrew its limit
    * (the addon went raw; the buffer's framer reports it). Views are made of
    * the frames only: the whole read becomes a Buffer only when some of it
    * must be buffered here.
    */
-  _onNativeFrames(block: ArrayBufferLike, base: number, length: number, frames: Int32Array, count: number): void {
+  _onNativeFrames(block: ArrayBufferLike, base: number, length: number, frames: Int32Array, first: number, count: number): void {
     const sock = this.#sock as unknown as NativeSocket;
     const fresh = length - sock.tail;
     this.#flags |= F_ACTIVE;
@@ -1014,8 +1014,8 @@ export class Stream extends Channel {
     let i = 0;
     for (; i < count; i++) {
       if (this.#state !== S_OPEN || this.#framer !== framer || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 || this.#encoding !== null) break;
-      const start = frames[2 * i]!;
-      this.#deliver(viewOf(block, base + start, frames[2 * i + 1]! - start));
+      const start = frames[first + 2 * i]!;
+      this.#deliver(viewOf(block, base + start, frames[first + 2 * i + 1]! - start));
     }
     if (i < count || this.#state !== S_OPEN || this.#framer !== framer || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 || this.#encoding !== null) {
       // Something changed inside onRead: the rest of the bytes (from the first
@@ -1025,12 +1025,12 @@ export class Stream extends Channel {
         sock.setFraming(0, null, 0);
         this.#flags &= ~F_NATIVE_FRAMING;
         sock.tail = 0;
-        const from = i < count ? frames[2 * i]! : frames[2 * count]!;
+        const from = frames[first + 2 * i]!; // a frame's start, or `rest` (i = count)
         if (this.#state === S_OPEN && from < length) this.#push(viewOf(block, base + from, length - from));
         if (this.#state === S_OPEN) this.#syncNativeFraming();
       }
     } else {
-      sock.tail = length - frames[2 * count]!;
+      sock.tail = length - frames[first + 2 * count]!;
     }
     this.#flags &= ~F_IN_DISPATCH;
     if (this.#wq !== null && this.#wq.length > 0) this.#flush();

@@ -499,6 +499,75 @@ describe("native addon", { skip }, () => {
     c.socket.destroy();
   });
 
+  for (const action of ["setFraming", "readStop", "resetFraming", "close"] as const) {
+    test(`${action} from another connection's onRead, while this one's read waits in the same batch: delivered as if it came after`, async () => {
+      // Reads that arrive in the same poll phase reach JS in one batch; a
+      // handler earlier in it may change a connection whose read is further
+      // on (framed already, with the old settings): that read must come out
+      // as if it had arrived after the change.
+      for (let trial = 0; trial < 10; trial++) {
+        const seen = new Map<NativeConn, Array<string | null>>();
+        const conns: NativeConn[] = [];
+        let target: NativeConn | null = null;
+        const { server, port } = listen((conn) => {
+          conns.push(conn);
+          seen.set(conn, []);
+          conn.setFraming(1, Buffer.from("\n"), 1024);
+          on(conn, {
+            read(data, frames, count) {
+              const got = seen.get(conn)!;
+              if (frames === null) got.push(`raw:${data.toString("latin1")}`);
+              else for (let i = 0; i < count; i++) got.push(data.toString("latin1", frames[2 * i]!, frames[2 * i + 1]!));
+              if (target !== null) return;
+              target = conns.find((c) => c !== conn)!;
+              if (action === "setFraming") target.setFraming(1, Buffer.from(";"), 1024);
+              else if (action === "readStop") target.readStop();
+              else if (action === "resetFraming") target.resetFraming();
+              else target.close();
+            },
+          });
+          conn.readStart();
+        });
+        const a = await Client.tcp(port);
+        const b = await Client.tcp(port);
+        await until(() => conns.length === 2, "two connections");
+        await sleep(5);
+        // Same tick: both reads land in one poll phase, so in one batch.
+        a.socket.write("a;b\nc;d\n");
+        b.socket.write("a;b\nc;d\n");
+        await until(() => target !== null, "a first read");
+        const other = target!;
+        const first = conns.find((c) => c !== other)!;
+        const expectFirst = ["a;b", "c;d"];
+        if (action === "setFraming") {
+          await until(() => seen.get(other)!.length >= 2, "the re-framed read");
+          await sleep(20);
+          assert.deepEqual(seen.get(other), ["a", "b\nc"], `trial ${trial}`);
+        } else if (action === "readStop") {
+          await sleep(30);
+          assert.deepEqual(seen.get(other), [], `trial ${trial}: nothing while paused`);
+          other.readStart();
+          await until(() => seen.get(other)!.length >= 2, "the held read");
+          assert.deepEqual(seen.get(other), expectFirst, `trial ${trial}`);
+        } else if (action === "resetFraming") {
+          await until(() => seen.get(other)!.length >= 1, "the raw read");
+          await sleep(20);
+          assert.deepEqual(seen.get(other), ["raw:a;b\nc;d\n"], `trial ${trial}`);
+        } else {
+          await until(() => (closedCount.get(other) ?? 0) === 1, "the close");
+          await sleep(20);
+          assert.deepEqual(seen.get(other), [], `trial ${trial}: a closed connection reads nothing`);
+          assert.equal(closedCount.get(other), 1);
+        }
+        assert.deepEqual(seen.get(first), expectFirst, `trial ${trial}: the acting connection's own frames`);
+        a.socket.destroy();
+        b.socket.destroy();
+        for (const c of conns) c.close();
+        server.close();
+      }
+    });
+  }
+
   test("resetFraming after the first of several frames hands over the later frames too", async () => {
     let handed = "";
     let done = false;
