@@ -172,6 +172,52 @@ async function trickle(sock, s) {
   s.close();
 }
 
+// 1c. The read batch (one JS call for the reads of a poll phase): many
+// frames per read (the table grows), and a handler that pauses, re-frames,
+// resets or closes another connection whose read waits further on in the
+// same batch (that read leaves the batch: P is put back).
+{
+  for (const action of ["setFraming", "readStop", "resetFraming", "close", "none"]) {
+    const conns = [];
+    const seen = new Map();
+    let acted = false;
+    const { s, port } = listen((c) => {
+      conns.push(c);
+      seen.set(c, 0);
+      c.setFraming(1, Buffer.from("\n"), 1024);
+      handlers.set(c, {
+        read(d, f, n) {
+          seen.set(c, seen.get(c) + Math.max(n, 1));
+          if (acted || action === "none") return;
+          acted = true;
+          const other = conns.find((o) => o !== c);
+          if (action === "setFraming") other.setFraming(1, Buffer.from(";"), 1024);
+          else if (action === "readStop") other.readStop();
+          else if (action === "resetFraming") other.resetFraming();
+          else other.close();
+        },
+      });
+      c.readStart();
+    });
+    const a = client(port);
+    const b = client(port);
+    await until(() => conns.length === 2, "two connections (1c)");
+    await sleep(5);
+    const many = "x;y\n".repeat(700); // 700 frames in one read: more than the table's first 1024 words
+    a.sock.write(`a;b\nc;d${many}`);
+    b.sock.write(`a;b\nc;d${many}`);
+    await until(() => [...seen.values()].some((v) => v > 0), "a first batch (1c)");
+    await sleep(30);
+    if (action === "readStop") conns.forEach((c) => c.readStart());
+    await sleep(20);
+    a.sock.destroy();
+    b.sock.destroy();
+    await sleep(20);
+    for (const c of conns) c.close();
+    s.close();
+  }
+}
+
 // 2. Partial writes, writev, shutdown, slow reader.
 {
   let conn;

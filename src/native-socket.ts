@@ -14,7 +14,7 @@ import { isIP } from "node:net";
 import { Duplex } from "node:stream";
 import { log } from "./log.js";
 import { loadNative } from "./native-binding.js";
-import { viewOf } from "./framing/view.js";
+import { joinInto, viewOf } from "./framing/view.js";
 import type { NativeAddon, NativeConn, NativeServer } from "./native-binding.js";
 
 /** What a NativeSocket hands its owner directly (no event dispatch on the hot path). */
@@ -424,12 +424,7 @@ export class NativeSocket {
     let scratch = joinScratch;
     joinScratch = null; // taken: a write that throws leaves it to the GC
     if (scratch === null) scratch = Buffer.allocUnsafeSlow(JOIN_SCRATCH_SIZE);
-    let at = 0;
-    for (let i = 0; i < n; i++) {
-      const b = list[i] as Buffer;
-      scratch.set(b, at);
-      at += b.length;
-    }
+    joinInto(scratch, list, n);
     const left = this.#conn!.write(scratch, bytes);
     if (left > 0) this.#bits |= B_QUEUED;
     else joinScratch = scratch;

@@ -33,7 +33,7 @@ import {
 } from "./errors.js";
 import { log } from "./log.js";
 import { ReceiveBuffer } from "./framing/receive-buffer.js";
-import { viewOf } from "./framing/view.js";
+import { joinInto, viewOf } from "./framing/view.js";
 import { FAILED, FRAME, FRAME_ARGS, NEED_MORE, NULL_FRAMER, OVERFLOW, compileDelimiter, isFramingError } from "./framing/delimiter.js";
 import type { Decoder, FrameOut, Framer, ReadDelimiter } from "./framing/delimiter.js";
 import { Struct } from "./framing/struct.js";
@@ -135,15 +135,9 @@ const DRAIN_TIMEOUT_MS = 30_000;
 const JOIN_LIMIT = JOIN_SCRATCH_SIZE;
 /** The first `n` buffers of `list` (`bytes` in all) in one new buffer: Buffer.concat without its argument checks. */
 function join(list: readonly QueueItem[], n: number, bytes: number): Buffer {
-  const out = Buffer.allocUnsafe(bytes);
-  let at = 0;
-  for (let i = 0; i < n; i++) {
-    const b = list[i] as Buffer;
-    out.set(b, at);
-    at += b.length;
-  }
-  return out;
+  return joinInto(Buffer.allocUnsafe(bytes), list, n);
 }
+
 
 /**
  * Drained write queues, kept for the next stream that writes: a stream
