@@ -121,6 +121,11 @@ function recorder(delimiter: ReadDelimiter, setup?: (s: Stream) => void) {
   };
 }
 
+/** A 2-byte big-endian length, then the text (the Decoder tests' format). */
+function lengthFrame(text: string): Buffer {
+  return Buffer.concat([Buffer.from([0, text.length]), Buffer.from(text)]);
+}
+
 test("null delivers chunks as they arrive", async () => {
   const peer = memoryPeer(recorder(null));
   await peer.send("abc");
@@ -591,25 +596,15 @@ test("a Decoder is asked once per chance: frames in one chunk, and a partial fra
     const end = 2 + buf.readUInt16BE(0);
     return buf.length < end ? null : { consumed: end, args: [buf.subarray(2, end).toString()] };
   };
-  const frame = (text: string) => Buffer.concat([Buffer.from([0, text.length]), Buffer.from(text)]);
-  class Frames extends Stream {
-    got: string[] = [];
-    override onConnect() {
-      this.readDelimiter = prefixed;
-    }
-    override onRead(text: string) {
-      this.got.push(text);
-    }
-  }
-  const peer = memoryPeer(Frames);
-  await peer.send(Buffer.concat([frame("one"), frame("two"), frame("three")]));
-  assert.deepEqual(peer.stream.got, ["one", "two", "three"]);
+  const peer = memoryPeer(recorder(prefixed));
+  await peer.send(Buffer.concat([lengthFrame("one"), lengthFrame("two"), lengthFrame("three")]));
+  assert.deepEqual(peer.stream.frames, [["one"], ["two"], ["three"]]);
   assert.equal(calls, 3);
-  const half = frame("four");
+  const half = lengthFrame("four");
   calls = 0;
   await peer.send(half.subarray(0, 3));
   await peer.send(half.subarray(3));
-  assert.deepEqual(peer.stream.got, ["one", "two", "three", "four"]);
+  assert.deepEqual(peer.stream.frames, [["one"], ["two"], ["three"], ["four"]]);
   assert.equal(calls, 2, "one call per arrival");
 });
 
@@ -623,27 +618,17 @@ test("a two-parameter Decoder reads each frame at its offset in the chunk, witho
     const end = start + 2 + buf.readUInt16BE(start);
     return buf.length < end ? null : { consumed: end - start, args: [buf.toString("latin1", start + 2, end)] };
   };
-  const frame = (text: string) => Buffer.concat([Buffer.from([0, text.length]), Buffer.from(text)]);
-  class Frames extends Stream {
-    got: string[] = [];
-    override onConnect() {
-      this.readDelimiter = prefixed;
-    }
-    override onRead(text: string) {
-      this.got.push(text);
-    }
-  }
-  const peer = memoryPeer(Frames);
-  await peer.send(Buffer.concat([frame("one"), frame("two"), frame("three")]));
-  assert.deepEqual(peer.stream.got, ["one", "two", "three"]);
+  const peer = memoryPeer(recorder(prefixed));
+  await peer.send(Buffer.concat([lengthFrame("one"), lengthFrame("two"), lengthFrame("three")]));
+  assert.deepEqual(peer.stream.frames, [["one"], ["two"], ["three"]]);
   assert.deepEqual(starts, [0, 5, 10], "frames read at their offsets in the chunk");
   assert.equal(new Set(views).size, 1, "the same buffer every call");
   // A frame split over two arrivals: the buffered path hands the joined bytes from 0.
   starts.length = 0;
-  const half = frame("four");
+  const half = lengthFrame("four");
   await peer.send(half.subarray(0, 3));
   await peer.send(half.subarray(3));
-  assert.deepEqual(peer.stream.got, ["one", "two", "three", "four"]);
+  assert.deepEqual(peer.stream.frames, [["one"], ["two"], ["three"], ["four"]]);
   assert.deepEqual(starts, [0, 0]);
 });
 
