@@ -138,7 +138,6 @@ function join(list: readonly QueueItem[], n: number, bytes: number): Buffer {
   return joinInto(Buffer.allocUnsafe(bytes), list, n);
 }
 
-
 /**
  * Drained write queues, kept for the next stream that writes: a stream
  * holds a queue only while it has something queued (an idle connection
@@ -981,10 +980,10 @@ export class Stream extends Channel {
   /**
    * @internal Native transport: frames the addon cut from the `length`
    * bytes of `block` at `base`, as [start, end) pairs relative to `base`
-   * from `frames[first]` on, then the offset after the last one; count -1: a frame outgrew its limit
-   * (the addon went raw; the buffer's framer reports it). Views are made of
-   * the frames only: the whole read becomes a Buffer only when some of it
-   * must be buffered here.
+   * from `frames[first]` on, then the offset after the last one; count -1:
+   * a frame outgrew its limit (the addon went raw; the buffer's framer
+   * reports it). Views are made of the frames only: the whole read becomes
+   * a Buffer only when some of it must be buffered here.
    */
   _onNativeFrames(block: ArrayBufferLike, base: number, length: number, frames: Int32Array, first: number, count: number): void {
     const sock = this.#sock as unknown as NativeSocket;
