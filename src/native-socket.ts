@@ -42,8 +42,8 @@ type OwnedServer = NativeServer & { [kSocket]?: NativeListener };
 
 let addon: NativeAddon | null | undefined;
 
-/** Size of the buffer small writes are joined into ({@link NativeSocket.writeJoined}): the Stream's join limit. */
-export const JOIN_SCRATCH_SIZE = 64 * 1024;
+/** Size of the buffer small writes are joined into ({@link NativeSocket.writeRun}); larger runs go out with writev. */
+const JOIN_SCRATCH_SIZE = 64 * 1024;
 /** That buffer, while no queued write holds it. */
 let joinScratch: Buffer | null = null;
 
@@ -415,12 +415,15 @@ export class NativeSocket {
 
   /**
    * @internal Like writeNow() for the first `n` buffers of `list` (`bytes`
-   * in all, at most {@link JOIN_SCRATCH_SIZE}), joined into one write
-   * through a buffer shared by every connection: it is reused while writes
-   * of it go out whole, and left to the addon (which keeps it until
-   * written) when one does not.
+   * in all), in one system call: one buffer as it is; small ones joined
+   * through a buffer shared by every connection, which is reused while
+   * writes of it go out whole and left to the addon (which keeps it until
+   * written) when one does not; many bytes with writev. `list` itself is
+   * not kept.
    */
-  writeJoined(list: readonly unknown[], n: number, bytes: number): number {
+  writeRun(list: readonly unknown[], n: number, bytes: number): number {
+    if (n === 1) return this.writeNow(list[0] as Buffer);
+    if (bytes > JOIN_SCRATCH_SIZE) return this.writevNow((n === list.length ? list : list.slice(0, n)) as Buffer[]);
     let scratch = joinScratch;
     joinScratch = null; // taken: a write that throws leaves it to the GC
     if (scratch === null) scratch = Buffer.allocUnsafeSlow(JOIN_SCRATCH_SIZE);
@@ -432,7 +435,7 @@ export class NativeSocket {
   }
 
   /** @internal Like writeNow() for several buffers, in one system call. */
-  writevNow(chunks: Buffer[]): number {
+  writevNow(chunks: readonly Buffer[]): number {
     const left = this.#conn!.writev(chunks);
     if (left > 0) this.#bits |= B_QUEUED;
     return left;

@@ -42,7 +42,7 @@ import type { NetStructHeld } from "./framing/netstruct.js";
 import { checkPantsFlags, compileServerTls, wrapClientSocket, wrapServerSocket } from "./tls.js";
 import type { SslOptions } from "./tls.js";
 import { sendFile } from "./write-file.js";
-import { JOIN_SCRATCH_SIZE, NativeSocket } from "./native-socket.js";
+import { NativeSocket } from "./native-socket.js";
 import { useNative } from "./transport.js";
 import type { FileJob, FileSink } from "./write-file.js";
 import type { Server } from "./server.js";
@@ -131,8 +131,8 @@ const P_ANY = P_USER | P_BACKPRESSURE;
 const LINGER_MS = 2000;
 /** A close(true) that cannot hand its data to the OS for this long is forced. */
 const DRAIN_TIMEOUT_MS = 30_000;
-/** Below this, queued chunks are joined into one buffer; above, written with writev. */
-const JOIN_LIMIT = JOIN_SCRATCH_SIZE;
+/** node:net: below this, queued chunks are joined into one new buffer; above, written corked. */
+const JOIN_LIMIT = 64 * 1024;
 /** The first `n` buffers of `list` (`bytes` in all) in one new buffer: Buffer.concat without its argument checks. */
 function join(list: readonly QueueItem[], n: number, bytes: number): Buffer {
   return joinInto(Buffer.allocUnsafe(bytes), list, n);
@@ -1635,7 +1635,7 @@ export class Stream extends Channel {
     const state = this.#state;
     if (sock === null || state === S_CLOSED || state === S_CONNECTING || (this.#flags & F_FILE_ACTIVE) !== 0) return;
     if (this.#tls !== null && (this.#flags & F_TLS_DONE) === 0) return; // the handshake first; writes wait
-    // #takeRun drops the array once it is drained (and a write made from a
+    // #dropRun drops the array once it is drained (and a write made from a
     // callback below starts a new one): read #wq again on every round.
     for (let wq = this.#wq; wq !== null && wq.length > 0; wq = this.#wq) {
       // The leading run of plain buffers leaves in one write.
@@ -1646,22 +1646,17 @@ export class Stream extends Channel {
         n++;
       }
       if (n > 0) {
-        const native = (this.#flags & F_NATIVE) !== 0 && (sock as unknown as NativeSocket).writableNow;
-        if (native && n > 1 && bytes <= JOIN_LIMIT) {
-          // Small writes of one turn: joined into a reused buffer, one system call.
-          const left = (sock as unknown as NativeSocket).writeJoined(wq, n, bytes);
+        if ((this.#flags & F_NATIVE) !== 0 && (sock as unknown as NativeSocket).writableNow) {
+          // The addon writes the run now, in one system call; it does not keep the array.
+          const native = sock as unknown as NativeSocket;
+          const left = native.writeRun(wq, n, bytes);
           this.#dropRun(wq, n, bytes, false);
-          this.#nativeWritten(sock as unknown as NativeSocket, left);
-          if (this.#state === S_CLOSED) return;
-          continue;
-        }
-        const run = this.#takeRun(wq, n, bytes);
-        if (native) {
-          this.#writeNative(sock as unknown as NativeSocket, run);
+          this.#nativeWritten(native, left);
         } else {
-          // No callback when nothing waits for this write (as #writeNative):
-          // node:stream then completes a write the OS took at once without a
-          // nextTick. Whoever starts waiting later asks with #barrier.
+          const run = this.#takeRun(wq, n, bytes);
+          // No callback when nothing waits for this write (as on the native
+          // transport): node:stream then completes a write the OS took at
+          // once without a nextTick. Whoever starts waiting later asks with #barrier.
           const cb = (this.#flags & F_NATIVE) === 0 && this.#nobodyWaits() ? undefined : this.#writeCallback();
           if (cb === undefined) this.#flags |= F_ACTIVE;
           else this.#inflight++;
@@ -1717,8 +1712,8 @@ export class Stream extends Channel {
   }
 
   /**
-   * Removes the first `n` queued buffers (`bytes` in all) from the queue and
-   * counts them out: one buffer (joined when small), or the list to write
+   * node:net/node:tls: removes the first `n` queued buffers (`bytes` in all)
+   * from the queue and counts them out: one buffer (joined when small), or the list to write
    * together when large. A queue taken whole leaves the stream (#wq =
    * null; an idle stream holds no array): short ones go to spareQueues,
    * and a long run is written from the queue itself.
@@ -1748,14 +1743,9 @@ export class Stream extends Channel {
   }
 
   /**
-   * Native transport: `run` leaves now, with no callback when the OS took it
-   * all and {@link #nobodyWaits}.
+   * After a native write that left `left` bytes queued: no callback when the
+   * OS took it all and {@link #nobodyWaits}.
    */
-  #writeNative(sock: NativeSocket, run: Buffer | Buffer[]): void {
-    this.#nativeWritten(sock, Buffer.isBuffer(run) ? sock.writeNow(run) : sock.writevNow(run));
-  }
-
-  /** After a native write that left `left` bytes queued. */
   #nativeWritten(sock: NativeSocket, left: number): void {
     if (left === 0 && this.#nobodyWaits()) {
       this.#flags |= F_ACTIVE;
