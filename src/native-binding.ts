@@ -144,11 +144,12 @@ export interface NativeCallbacks {
    * frame, so after `resetFraming()` inside this call `data.subarray(rest)`
    * is exactly what the addon had pending. `count` -1: a frame exceeded the
    * limit; `data` starts at that frame, the addon switched to raw and kept
-   * nothing. `frames` is reused by the next call: read it now.
+   * nothing. `frames` is reused by the next call: read it now. One of
+   * onRead and onReadAt is required.
    */
-  onRead(conn: NativeConn, data: Buffer, frames: Int32Array | null, count: number): void;
+  onRead?(conn: NativeConn, data: Buffer, frames: Int32Array | null, count: number): void;
   /**
-   * Optional, replaces onRead when given: the same call with the bytes as
+   * Replaces onRead when given: the same call with the bytes as
    * `length` bytes of `block` from `offset` instead of a Buffer, so a caller
    * that only wants the frames makes no view of the whole read (frame
    * offsets stay relative to `offset`), and the pairs starting at
@@ -321,6 +322,7 @@ function adapt(raw: RawNativeAddon): NativeAddon {
   return {
     init(callbacks: NativeCallbacks): void {
       const { onRead, onReadAt, onEnd, onError, onWritten, onConnect, onClose, onShutdown, onUncaught } = callbacks;
+      if (onReadAt === undefined && onRead === undefined) throw new TypeError("init(): callbacks.onRead or callbacks.onReadAt must be a function");
       /** onRead's shape for a batch entry: its pairs and rest copied to the start of a scratch array. */
       let scratch = new Int32Array(64);
       const readAt =
@@ -332,7 +334,7 @@ function adapt(raw: RawNativeAddon): NativeAddon {
             for (let i = 0; i < words; i++) scratch[i] = frames[first + i]!;
             frames = scratch;
           }
-          onRead(conn, viewOf(block, offset, length), frames, count);
+          onRead!(conn, viewOf(block, offset, length), frames, count);
         });
       raw.init({
         onConnection: (server, id) => callbacks.onConnection(server, track(id)),

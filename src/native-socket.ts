@@ -58,10 +58,6 @@ export function nativeAddon(): NativeAddon | null {
         if (listener === undefined) return conn.close();
         listener.onConnection(new NativeSocket(conn));
       },
-      onRead(conn, data, frames, count) {
-        // Not called: onReadAt replaces it.
-        socketOf(conn)?._read(data.buffer, data.byteOffset, data.length, frames, 0, count);
-      },
       onReadAt(conn, block, offset, length, frames, first, count) {
         const socket = socketOf(conn);
         if (socket !== null) socket._read(block, offset, length, frames, first, count);
