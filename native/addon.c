@@ -73,6 +73,27 @@ void pn_call(pn_env *e, int which, size_t argc, napi_value *argv) {
     report_exception(e);
 }
 
+bool pn_scope_open(pn_env *e, pn_scope *s) {
+  napi_value resource;
+  s->scoped = false;
+  if (napi_open_handle_scope(e->env, &s->hs) != napi_ok) return false;
+  if (!e->in_scope && e->actx_resource != NULL &&
+      napi_get_reference_value(e->env, e->actx_resource, &resource) == napi_ok && resource != NULL &&
+      napi_open_callback_scope(e->env, resource, e->actx, &s->cs) == napi_ok) {
+    s->scoped = true;
+    e->in_scope = true;
+  }
+  return true;
+}
+
+void pn_scope_close(pn_env *e, pn_scope *s) {
+  if (s->scoped) {
+    e->in_scope = false;
+    napi_close_callback_scope(e->env, s->cs);
+  }
+  napi_close_handle_scope(e->env, s->hs);
+}
+
 /* init(callbacks) */
 static napi_value js_init(napi_env env, napi_callback_info info) {
   size_t argc = 1;

@@ -170,7 +170,8 @@ struct pn_env {
    * batch (valid in the batch's handle scope) instead of once per call. */
   napi_value scope_read_fn, scope_recv;
   /* One JS call for the reads of a batch (read.c): while built and while
-   * delivered, the table's storage (bt[0] is JS's cursor), its capacity and
+   * delivered, the table's storage (bt[0] is JS's cursor; NULL when this
+   * flush does not batch), its capacity and
    * the words used, the entries, and the slab that holds their bytes. */
   napi_ref btab_ref;
   napi_value bt_table;
@@ -180,7 +181,6 @@ struct pn_env {
   size_t bt_count, bt_ent_cap;
   napi_value bt_slab;
   uint8_t *bt_slab_data;
-  bool bt_on;      /* a batch table is in use (this flush) */
   bool bt_sending; /* JS is delivering the batch */
   uv_check_t check;
   bool check_ready;  /* uv_check_init succeeded */
@@ -349,6 +349,20 @@ typedef struct pn_server {
  * The caller must have a handle scope open. Does nothing for an optional
  * callback that is not set, or during teardown. */
 void pn_call(pn_env *e, int which, size_t argc, napi_value *argv);
+/* A callback scope around several JS calls (a batch of reads, a burst of
+ * accepts): while open, pn_call uses napi_call_function and Node runs the
+ * nextTick queue and microtasks once, when it closes. Inside another one it
+ * opens only a handle scope. */
+typedef struct pn_scope {
+  napi_handle_scope hs;
+  napi_callback_scope cs;
+  bool scoped; /* this one opened the callback scope */
+} pn_scope;
+/* False when not even the handle scope could be opened (then nothing is
+ * open). Without a callback scope every call is a napi_make_callback of its
+ * own: slower, same behaviour. */
+bool pn_scope_open(pn_env *e, pn_scope *s);
+void pn_scope_close(pn_env *e, pn_scope *s);
 /* Queues deferred work for a connection (runs on the next loop iteration). */
 void pn_defer(pn_conn *c, unsigned bits);
 /* Bookkeeping for handles (env->handles). */

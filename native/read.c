@@ -421,8 +421,9 @@ static bool bt_reserve(pn_env *e, size_t words, size_t keep) {
   return true;
 }
 
-/* Starts using the table for this flush (the caller's handle scope holds it). */
-static bool bt_begin(pn_env *e) {
+/* Starts using the table for this flush (the caller's handle scope holds
+ * it); e->bt stays NULL when it cannot (the reads then go one by one). */
+static void bt_begin(pn_env *e) {
   napi_env env = e->env;
   napi_typedarray_type type;
   size_t length = 0, offset;
@@ -439,11 +440,9 @@ static bool bt_begin(pn_env *e) {
       data != NULL && type == napi_int32_array && length >= 1024) {
     e->bt = data;
     e->bt_cap = length;
-  } else if (!bt_reserve(e, 1024, 0)) {
-    return false;
+  } else {
+    bt_reserve(e, 1024, 0);
   }
-  e->bt_on = true;
-  return true;
 }
 
 /* Puts the entry's read back where it was before the batch took it: P as it
@@ -475,7 +474,7 @@ void pn_batch_touch(pn_conn *c) {
  * reads that left it. */
 static void bt_send(pn_env *e) {
   napi_env env = e->env;
-  if (!e->bt_on || e->bt_count == 0) return;
+  if (e->bt == NULL || e->bt_count == 0) return;
   size_t count = e->bt_count;
   napi_value argv[3];
   argv[0] = e->bt_slab;
@@ -599,10 +598,7 @@ static bool bt_add(pn_conn *c, const uint8_t *nb, size_t nn) {
 
 void pn_flush_reads(pn_env *e) {
   napi_env env = e->env;
-  napi_handle_scope hs;
-  napi_callback_scope cs;
-  napi_value resource;
-  bool scoped = false;
+  pn_scope scope;
 
   if (e->flushing || pn_list_empty(&e->ready)) return;
   if (e->tearing_down) {
@@ -610,21 +606,15 @@ void pn_flush_reads(pn_env *e) {
     e->batch_len = 0;
     return;
   }
-  if (napi_open_handle_scope(env, &hs) != napi_ok) return;
-  if (e->actx_resource != NULL && napi_get_reference_value(env, e->actx_resource, &resource) == napi_ok &&
-      resource != NULL && napi_open_callback_scope(env, resource, e->actx, &cs) == napi_ok)
-    scoped = true;
-  /* Without a callback scope (it could not be opened) every call is a
-   * napi_make_callback of its own: slower, same behaviour. */
+  if (!pn_scope_open(e, &scope)) return;
   e->flushing = true;
-  e->in_scope = scoped;
-  if (scoped && e->cb[PN_CB_READ] != NULL &&
+  if (e->in_scope && e->cb[PN_CB_READ] != NULL &&
       (napi_get_reference_value(env, e->cb[PN_CB_READ], &e->scope_read_fn) != napi_ok ||
        napi_get_undefined(env, &e->scope_recv) != napi_ok))
     e->scope_read_fn = NULL;
   /* One call for the whole batch when JS takes it that way (see above). */
-  e->bt_on = false;
-  if (scoped && e->cb[PN_CB_READ_BATCH] != NULL) bt_begin(e);
+  e->bt = NULL;
+  if (e->in_scope && e->cb[PN_CB_READ_BATCH] != NULL) bt_begin(e);
   /* JS cannot read from inside these calls (libuv reads only in the poll
    * phase), so nothing is added to the batch while it is delivered. */
   while (!pn_list_empty(&e->ready)) {
@@ -638,7 +628,7 @@ void pn_flush_reads(pn_env *e) {
       hold(c, nb, nn); /* paused since the read */
       continue;
     }
-    if (e->bt_on && bt_add(c, nb, nn)) continue;
+    if (e->bt != NULL && bt_add(c, nb, nn)) continue;
     bt_send(e); /* what is batched goes first */
     if (e->tearing_down) break;
     if (c->base.closing) continue;
@@ -653,10 +643,8 @@ void pn_flush_reads(pn_env *e) {
   /* (Tearing down: entries not sent are dropped with everything else.) */
   for (size_t k = 0; k < e->bt_count; k++) e->bt_ent[k].c->bt_idx = -1;
   e->bt_count = 0;
-  e->bt_on = false;
   e->bt = NULL;
   e->flushing = false;
-  e->in_scope = false;
   e->scope_read_fn = NULL;
   e->batch_len = 0;
   if (e->batch_cap > 1024 * 1024) { /* do not hold on to a big batch */
@@ -664,8 +652,7 @@ void pn_flush_reads(pn_env *e) {
     e->batch = NULL;
     e->batch_cap = 0;
   }
-  if (scoped) napi_close_callback_scope(env, cs);
-  napi_close_handle_scope(env, hs);
+  pn_scope_close(e, &scope);
 }
 
 void pn_check_cb(uv_check_t *h) {

@@ -134,11 +134,9 @@ static void accept_batch(pn_server *s) {
 }
 #endif
 
-/* libuv calls this when the listening socket is readable and it has accepted
- * a connection (kept in server->accepted_fd until we call uv_accept). On
- * EMFILE/ENFILE libuv itself sheds the pending connections (its spare-fd
- * trick) and does not call us, so nothing here can spin on that. If we did
- * not call uv_accept, libuv would stop watching the listening socket. */
+/* Takes the connection libuv accepted (kept in server->accepted_fd until we
+ * call uv_accept; if we did not, libuv would stop watching the listening
+ * socket), then the rest of the backlog. */
 static void accept_now(pn_server *s, int status) {
   pn_env *e = s->base.penv;
   int err = 0;
@@ -165,36 +163,25 @@ static void accept_now(pn_server *s, int status) {
 #endif
 }
 
-/* The connections of one burst reach JS inside one callback scope, as the
- * reads of a batch do: Node runs the nextTick queue and microtasks once,
- * after the last onConnection, not after each (each run of them costs a
- * few hundred bytes of garbage and a turn of Node's tick machinery). */
+/* libuv calls this when the listening socket is readable and it has accepted
+ * a connection. On EMFILE/ENFILE libuv itself sheds the pending connections
+ * (its spare-fd trick) and does not call us, so nothing here can spin on
+ * that. The connections of one burst reach JS inside one callback scope, as
+ * the reads of a batch do: Node runs the nextTick queue and microtasks once,
+ * after the last onConnection, not after each (each run of them costs a few
+ * hundred bytes of garbage and a turn of Node's tick machinery). */
 static void on_connection(uv_stream_t *server, int status) {
   pn_server *s = server->data;
   pn_env *e = s->base.penv;
-  napi_handle_scope hs;
-  napi_callback_scope cs;
-  napi_value resource;
+  pn_scope scope;
 
   if (s->base.closing || e->tearing_down) return;
   /* Reads that arrived before these connections reach JS first. */
   pn_flush_reads(e);
   if (s->base.closing || e->tearing_down) return;
-  if (e->in_scope || e->actx_resource == NULL || napi_open_handle_scope(e->env, &hs) != napi_ok) {
-    accept_now(s, status);
-    return;
-  }
-  if (napi_get_reference_value(e->env, e->actx_resource, &resource) != napi_ok || resource == NULL ||
-      napi_open_callback_scope(e->env, resource, e->actx, &cs) != napi_ok) {
-    napi_close_handle_scope(e->env, hs);
-    accept_now(s, status); /* each call a napi_make_callback of its own: same behaviour */
-    return;
-  }
-  e->in_scope = true;
+  bool opened = pn_scope_open(e, &scope);
   accept_now(s, status);
-  e->in_scope = false;
-  napi_close_callback_scope(e->env, cs);
-  napi_close_handle_scope(e->env, hs);
+  if (opened) pn_scope_close(e, &scope);
 }
 
 /* ---- listenTcp / listenPipe ------------------------------------------------ */
