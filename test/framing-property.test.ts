@@ -167,36 +167,27 @@ test("Struct and NetStruct framing read every integer code as unpack() does, in 
   }
 });
 
-test("Decoder functions", async () => {
-  // Length-prefixed (1 byte) frames.
-  const decoder: Decoder = (buf) => (buf.length >= 1 + buf[0]! ? { consumed: 1 + buf[0]!, args: [buf.subarray(1, 1 + buf[0]!)] } : null);
-  await fc.assert(
-    fc.asyncProperty(fc.array(fc.uint8Array({ maxLength: 30 }), { maxLength: 8 }), chunkSizes, async (payloads, sizes) => {
-      const bytes = Buffer.concat(payloads.map((p) => Buffer.concat([Buffer.from([p.length]), Buffer.from(p)])));
-      await checkSplitInvariance((s) => (s.readDelimiter = decoder), bytes, sizes);
-    }),
-    runs,
-  );
-});
-
-test("Decoder functions reading at an offset (two parameters)", async () => {
-  // The same 1-byte length prefix, read at `start` of a buffer that may hold earlier frames.
-  const decoder: Decoder = (buf, start) => {
+test("Decoder functions, given a view from the frame on (one parameter) or reading at an offset (two)", async () => {
+  // Length-prefixed (1 byte) frames, decoded both ways.
+  const viewed: Decoder = (buf) => (buf.length >= 1 + buf[0]! ? { consumed: 1 + buf[0]!, args: [buf.subarray(1, 1 + buf[0]!)] } : null);
+  const atOffset: Decoder = (buf, start) => {
     const left = buf.length - start;
     return left >= 1 + buf[start]! ? { consumed: 1 + buf[start]!, args: [buf.subarray(start + 1, start + 1 + buf[start]!)] } : null;
   };
-  await fc.assert(
-    fc.asyncProperty(fc.array(fc.uint8Array({ maxLength: 30 }), { maxLength: 8 }), chunkSizes, async (payloads, sizes) => {
-      const bytes = Buffer.concat(payloads.map((p) => Buffer.concat([Buffer.from([p.length]), Buffer.from(p)])));
-      const setup = (s: Stream) => (s.readDelimiter = decoder);
-      await checkSplitInvariance(setup, bytes, sizes);
-      assert.deepEqual(
-        await frames(setup, bytes, null),
-        payloads.map((p) => [normalise(Buffer.from(p))]),
-      );
-    }),
-    runs,
-  );
+  for (const decoder of [viewed, atOffset]) {
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.uint8Array({ maxLength: 30 }), { maxLength: 8 }), chunkSizes, async (payloads, sizes) => {
+        const bytes = Buffer.concat(payloads.map((p) => Buffer.concat([Buffer.from([p.length]), Buffer.from(p)])));
+        const setup = (s: Stream) => (s.readDelimiter = decoder);
+        await checkSplitInvariance(setup, bytes, sizes);
+        assert.deepEqual(
+          await frames(setup, bytes, null),
+          payloads.map((p) => [normalise(Buffer.from(p))]),
+        );
+      }),
+      runs,
+    );
+  }
 });
 
 test("switching delimiters mid-stream (header line, sized body, lines again)", async () => {
