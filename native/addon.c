@@ -49,14 +49,9 @@ void pn_call(pn_env *e, int which, size_t argc, napi_value *argv) {
   if (e->in_scope) {
     /* Inside the batch's callback scope: Node runs nextTicks and
      * microtasks once, when the scope closes. */
-    if (which == PN_CB_READ && e->scope_read_fn != NULL) {
-      fn = e->scope_read_fn;
-      recv = e->scope_recv;
-    } else {
-      if (napi_get_reference_value(env, e->cb[which], &fn) != napi_ok || fn == NULL) return;
-      /* The callbacks do not use `this`; undefined costs less than the global. */
-      if (napi_get_undefined(env, &recv) != napi_ok) return;
-    }
+    if (napi_get_reference_value(env, e->cb[which], &fn) != napi_ok || fn == NULL) return;
+    /* The callbacks do not use `this`; undefined costs less than the global. */
+    if (napi_get_undefined(env, &recv) != napi_ok) return;
     if (napi_call_function(env, recv, fn, argc, argv, &result) != napi_ok) report_exception(e);
     return;
   }
@@ -131,9 +126,7 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
     PN_CHECK(env, napi_async_init(env, resource, name, &e->actx), "napi_async_init");
   }
 
-  /* Calling init() again replaces the callbacks (a batch in progress
-   * fetches onRead anew). */
-  e->scope_read_fn = NULL;
+  /* Calling init() again replaces the callbacks. */
   for (int i = 0; i < PN_CB_COUNT; i++) {
     if (e->cb[i] != NULL) {
       napi_delete_reference(env, e->cb[i]);

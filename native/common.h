@@ -166,9 +166,6 @@ struct pn_env {
   pn_link ready;
   bool flushing;     /* inside pn_flush_reads */
   bool in_scope;     /* ... with its callback scope open: JS calls use napi_call_function */
-  /* While in_scope: the onRead function and `undefined`, fetched once per
-   * batch (valid in the batch's handle scope) instead of once per call. */
-  napi_value scope_read_fn, scope_recv;
   /* One JS call for the reads of a batch (read.c): while built and while
    * delivered, the table's storage (bt[0] is JS's cursor; NULL when this
    * flush does not batch), its capacity and

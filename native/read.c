@@ -597,7 +597,6 @@ static bool bt_add(pn_conn *c, const uint8_t *nb, size_t nn) {
 }
 
 void pn_flush_reads(pn_env *e) {
-  napi_env env = e->env;
   pn_scope scope;
 
   if (e->flushing || pn_list_empty(&e->ready)) return;
@@ -608,10 +607,6 @@ void pn_flush_reads(pn_env *e) {
   }
   if (!pn_scope_open(e, &scope)) return;
   e->flushing = true;
-  if (e->in_scope && e->cb[PN_CB_READ] != NULL &&
-      (napi_get_reference_value(env, e->cb[PN_CB_READ], &e->scope_read_fn) != napi_ok ||
-       napi_get_undefined(env, &e->scope_recv) != napi_ok))
-    e->scope_read_fn = NULL;
   /* One call for the whole batch when JS takes it that way (see above). */
   e->bt = NULL;
   if (e->in_scope && e->cb[PN_CB_READ_BATCH] != NULL) bt_begin(e);
@@ -645,7 +640,6 @@ void pn_flush_reads(pn_env *e) {
   e->bt_count = 0;
   e->bt = NULL;
   e->flushing = false;
-  e->scope_read_fn = NULL;
   e->batch_len = 0;
   if (e->batch_cap > 1024 * 1024) { /* do not hold on to a big batch */
     free(e->batch);
