@@ -13,10 +13,10 @@ static const struct {
   const char *name;
   bool required;
 } cb_names[PN_CB_COUNT] = {
-    {"onConnection", true}, {"onRead", true},     {"onEnd", true},
-    {"onError", true},      {"onWritten", true},  {"onConnect", true},
-    {"onClose", true},      {"onUncaught", true}, {"onAcceptError", false},
-    {"onShutdown", false}, {"onReadBatch", false},
+    {"onConnection", true}, {"onReadBatch", true}, {"onEnd", true},
+    {"onError", true},      {"onWritten", true},   {"onConnect", true},
+    {"onClose", true},      {"onUncaught", true},  {"onAcceptError", false},
+    {"onShutdown", false},
 };
 
 /* ---- calling into JS ---------------------------------------------------- */
@@ -251,7 +251,6 @@ static void env_finalize(napi_env env, void *data, void *hint) {
   if (e->actx != NULL) napi_async_destroy(env, e->actx);
   if (e->actx_resource != NULL) napi_delete_reference(env, e->actx_resource);
   if (e->server_ctor != NULL) napi_delete_reference(env, e->server_ctor);
-  if (e->frames_ref != NULL) napi_delete_reference(env, e->frames_ref);
   if (e->slab_ref != NULL) napi_delete_reference(env, e->slab_ref);
   if (e->spare_ref != NULL) napi_delete_reference(env, e->spare_ref);
   if (e->btab_ref != NULL) napi_delete_reference(env, e->btab_ref);

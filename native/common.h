@@ -78,7 +78,7 @@
 /* Indexes of the JS callbacks registered by init(). */
 enum {
   PN_CB_CONNECTION,
-  PN_CB_READ,
+  PN_CB_READ_BATCH, /* onReadBatch: every read (read.c) */
   PN_CB_END,
   PN_CB_ERROR,
   PN_CB_WRITTEN,
@@ -87,7 +87,6 @@ enum {
   PN_CB_UNCAUGHT,
   PN_CB_ACCEPT_ERROR, /* optional */
   PN_CB_SHUTDOWN,     /* optional */
-  PN_CB_READ_BATCH,   /* optional: onReadBatch, one call for a batch of reads */
   PN_CB_COUNT
 };
 
@@ -148,9 +147,6 @@ struct pn_env {
   uint8_t *spare;
   size_t spare_used; /* bytes of the spare already handed to JS */
 
-  /* The reused Int32Array of frame offsets (see read.c). */
-  napi_ref frames_ref;
-
   /* The current slab: an ArrayBuffer that small reads are copied into, one
    * after another, so that a read costs no allocation (see read.c). */
   napi_ref slab_ref;
@@ -166,14 +162,14 @@ struct pn_env {
   pn_link ready;
   bool flushing;     /* inside pn_flush_reads */
   bool in_scope;     /* ... with its callback scope open: JS calls use napi_call_function */
-  /* One JS call for the reads of a batch (read.c): while built and while
-   * delivered, the table's storage (bt[0] is JS's cursor; NULL when this
-   * flush does not batch), its capacity and
-   * the words used, the entries, and the slab that holds their bytes. */
+  /* The read table every delivery to JS goes through (read.c): the
+   * Int32Array, its storage (bt[0] is JS's cursor) and capacity; while a
+   * batch is built and delivered, the words used, the entries, and the
+   * slab that holds their bytes. */
   napi_ref btab_ref;
-  napi_value bt_table;
   int32_t *bt;
   size_t bt_cap, bt_words;
+  bool batching; /* this flush batches its reads */
   struct pn_batch_ent *bt_ent;
   size_t bt_count, bt_ent_cap;
   napi_value bt_slab;
@@ -314,7 +310,7 @@ typedef struct pn_conn {
 
   pn_framing fr;
   /* Bumped by setFraming() / resetFraming() so the read path can tell what
-   * JS changed from inside onRead. */
+   * JS changed from inside a delivery (pn_deliver). */
   uint32_t set_gen;
   uint32_t reset_gen;
 

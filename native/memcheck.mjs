@@ -421,7 +421,7 @@ async function trickle(sock, s) {
     const { parentPort } = require("node:worker_threads");
     const n = require(${JSON.stringify(addonPath)});
     const noop = () => {};
-    n.init({ onConnection(s, c) { n.conn.readStart(c); n.conn.write(c, Buffer.alloc(4 << 20)); }, onRead: noop, onEnd: noop,
+    n.init({ onConnection(s, c) { n.conn.readStart(c); n.conn.write(c, Buffer.alloc(4 << 20)); }, onReadBatch: noop, onEnd: noop,
       onError: noop, onWritten: noop, onConnect() { parentPort.postMessage("up"); }, onClose: noop, onUncaught: noop });
     const s = n.listenTcp("127.0.0.1", 0, 8, false);
     n.connectTcp("127.0.0.1", s.address().port);

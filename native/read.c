@@ -1,66 +1,40 @@
 /*
  * Reading: libuv's alloc/read callbacks, readStart/readStop, the framing
- * settings, and delivering bytes or frames to JS (onRead).
+ * settings, and handing bytes or frames to JS (onReadBatch).
  *
  * One 256 KiB buffer per event loop serves every read: alloc_cb hands out the
  * same buffer each time. That is safe because libuv calls alloc_cb and then
  * read_cb for one read at a time, and read_cb consumes the bytes (copies them
  * into a JS Buffer or into the connection's pending bytes P) before it
- * returns. JS cannot start another read from inside onRead: libuv reads only
+ * returns. JS cannot start another read from inside a call: libuv reads only
  * from the loop's poll phase.
  *
  * What JS gets is a copy: small deliveries are carved one after another out
  * of a shared ArrayBuffer slab (no allocation per read), larger ones get an
- * ArrayBuffer of their own; onRead receives the ArrayBuffer, and the offset
- * and length travel in the frames array. One exception saves the copy where
- * it costs most: once there has been a large read, reads land in a spare
- * Buffer, 256 KiB no JS has seen, from the first byte not handed out yet.
- * A read of more than PN_SLAB_PIECE bytes with nothing pending before it
- * (any raw read of bulk transfer) is handed over where it landed, as a
+ * ArrayBuffer of their own; JS receives the ArrayBuffer, and the offset and
+ * length travel in the read table (below). One exception saves the copy
+ * where it costs most: once there has been a large read, reads land in a
+ * spare Buffer, 256 KiB no JS has seen, from the first byte not handed out
+ * yet. A read of more than PN_SLAB_PIECE bytes with nothing pending before
+ * it (any raw read of bulk transfer) is handed over where it landed, as a
  * piece of the spare, and the next read lands right after it; when less
  * than PN_SPARE_MIN is left, a new spare replaces it. Smaller reads are
  * copied out as usual, and their room in the spare serves again. Either
  * way the rule holds: consumed before the next read.
+ *
+ * Every read reaches JS the same way, as an entry of the read table, an
+ * Int32Array reused by every call: onReadBatch(block, table, count), with
+ * `count` entries from table[PN_BT_FIRST] on,
+ *   [size, count, id, offset, length, count pairs [start, end), rest]
+ * (size: the entry's words; count 0: raw mode, -1: a frame overflowed the
+ * limit; offsets into `block`, the pairs relative to `offset`). A batch of
+ * small reads is many entries in one call; any other read is a call with
+ * one entry (pn_deliver).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
-
-/* ---- the frames Int32Array ---------------------------------------------- */
-
-/* One Int32Array per loop carries the frame offsets of every onRead call:
- * pairs [start, end), then `rest`, then the offset and length of the data in
- * the ArrayBuffer passed along (raw and overflow calls: 0, offset, length). JS must read it during the call. Its
- * storage pointer is looked up again on every use rather than cached, so an
- * array JS detached (by transferring its buffer) is simply replaced. */
-static int32_t *frames_get(pn_env *e, size_t need, napi_value *arr, size_t *cap) {
-  napi_env env = e->env;
-  napi_typedarray_type type;
-  size_t length = 0, offset;
-  void *data = NULL;
-  napi_value ab;
-
-  if (need < 3) need = 3; /* at least `rest`, then the data's offset and length */
-  if (e->frames_ref != NULL && napi_get_reference_value(env, e->frames_ref, arr) == napi_ok &&
-      *arr != NULL &&
-      napi_get_typedarray_info(env, *arr, &type, &length, &data, &ab, &offset) == napi_ok &&
-      data != NULL && length >= need) {
-    *cap = length;
-    return data;
-  }
-  size_t n = length * 2 > need ? length * 2 : need;
-  if (n < 1024) n = 1024;
-  if (napi_create_arraybuffer(env, n * sizeof(int32_t), &data, &ab) != napi_ok ||
-      napi_create_typedarray(env, napi_int32_array, n, ab, 0, arr) != napi_ok)
-    return NULL;
-  if (e->frames_ref != NULL) napi_delete_reference(env, e->frames_ref);
-  if (napi_create_reference(env, *arr, 1, &e->frames_ref) != napi_ok) e->frames_ref = NULL;
-  *cap = n;
-  return data;
-}
-
-/* ---- calling onRead / onError ---------------------------------------------- */
 
 /* ---- the bytes handed to JS ---------------------------------------------- */
 
@@ -158,117 +132,173 @@ static bool lend_piece(pn_env *e, size_t len, napi_value *ab, size_t *off) {
   return true;
 }
 
-/* Scans P + nb, growing the frames array as needed. */
-static int32_t *scan_all(pn_conn *c, const uint8_t *nb, size_t nn, napi_value *frames,
-                         pn_scan_result *res) {
-  pn_env *e = c->base.penv;
-  size_t cap;
-  int32_t *out = frames_get(e, 0, frames, &cap);
-  if (out == NULL) return NULL;
-  /* Room for the pairs, `rest`, and the data's offset and length. */
-  pn_scan(&c->fr, nb, nn, 0, c->fr.scanned, out, (cap - 3) / 2, res);
-  while (res->full) {
-    /* More frames than the array holds: grow it (copying what is there)
-     * and continue from where the scan stopped. */
-    size_t count = res->count;
-    int32_t *old = out;
-    out = frames_get(e, cap * 2 + 3, frames, &cap);
-    if (out == NULL) return NULL;
-    if (out != old) memcpy(out, old, 2 * count * sizeof(int32_t));
-    pn_scan_result more;
-    pn_scan(&c->fr, nb, nn, res->rest, res->search, out + 2 * count,
-            (cap - 3) / 2 - count, &more);
-    *res = more;
-    res->count += count;
-  }
-  return out;
+/* ---- the read table ------------------------------------------------------ */
+
+#define PN_BT_HEAD 5           /* size, count, id, offset, length */
+#define PN_BT_STALE INT32_MIN  /* an entry JS must skip */
+#define PN_BT_FIRST 2          /* table[0]: JS's cursor; entries start here */
+
+/* The table's storage is e->bt (e->bt_cap words), kept in step with
+ * e->btab_ref: whenever the table is replaced, both change together, so
+ * e->bt never outlives the array it points into. */
+
+/* Makes room for `words` words: a new, larger table, with its first `keep`
+ * words copied, when they do not fit. */
+static bool bt_reserve(pn_env *e, size_t words, size_t keep) {
+  napi_env env = e->env;
+  if (e->bt != NULL && words <= e->bt_cap) return true;
+  size_t n = e->bt_cap * 2 > words ? e->bt_cap * 2 : words;
+  if (n < 1024) n = 1024;
+  void *data = NULL;
+  napi_value ab, arr;
+  if (napi_create_arraybuffer(env, n * sizeof(int32_t), &data, &ab) != napi_ok ||
+      napi_create_typedarray(env, napi_int32_array, n, ab, 0, &arr) != napi_ok)
+    return false;
+  if (e->bt != NULL) memcpy(data, e->bt, keep * sizeof(int32_t));
+  napi_ref ref;
+  if (napi_create_reference(env, arr, 1, &ref) != napi_ok) return false;
+  if (e->btab_ref != NULL) napi_delete_reference(env, e->btab_ref);
+  e->btab_ref = ref;
+  e->bt = data;
+  e->bt_cap = n;
+  return true;
 }
 
-/* Hands what P + nb hold to JS, per the connection's framing mode:
- *   raw:      onRead(conn, data, null, 0) with everything;
- *   framing:  onRead(conn, data, frames, count) when at least one frame is
- *             complete (else the bytes just join P, and JS is not called);
- *   overflow: onRead(conn, data, frames, -1), then raw mode.
- * `data` always starts at the first byte not yet delivered as a frame, so
- * JS may resetFraming() inside onRead and carry on from data.subarray(rest).
+/* Checks the table is still there (JS could have detached its buffer) and
+ * gets it ready: a new one when it is not. */
+static bool bt_open(pn_env *e) {
+  napi_env env = e->env;
+  napi_typedarray_type type;
+  size_t length = 0, offset;
+  void *data = NULL;
+  napi_value ab, arr;
+  if (e->btab_ref != NULL && napi_get_reference_value(env, e->btab_ref, &arr) == napi_ok &&
+      arr != NULL &&
+      napi_get_typedarray_info(env, arr, &type, &length, &data, &ab, &offset) == napi_ok &&
+      data != NULL && type == napi_int32_array && length >= 1024) {
+    e->bt = data;
+    e->bt_cap = length;
+    return true;
+  }
+  e->bt = NULL;
+  e->bt_cap = 0;
+  return bt_reserve(e, 1024, 0);
+}
+
+/* Frames P + nb into the entry starting at `pos` (its pairs from
+ * pos + PN_BT_HEAD on), growing the table as needed. */
+static bool bt_scan(pn_conn *c, const uint8_t *nb, size_t nn, size_t pos, pn_scan_result *res) {
+  pn_env *e = c->base.penv;
+  pn_framing *fr = &c->fr;
+  /* Room for the head, a few pairs, and `rest`. */
+  if (!bt_reserve(e, pos + PN_BT_HEAD + 1 + 2 * 8, pos)) return false;
+  pn_scan(fr, nb, nn, 0, fr->scanned, e->bt + pos + PN_BT_HEAD,
+          (e->bt_cap - pos - PN_BT_HEAD - 1) / 2, res);
+  while (res->full) {
+    /* More frames than the table holds: grow it (keeping what is there)
+     * and continue from where the scan stopped. */
+    size_t got = res->count;
+    if (!bt_reserve(e, e->bt_cap * 2, pos + PN_BT_HEAD + 2 * got)) return false;
+    pn_scan_result more;
+    pn_scan(fr, nb, nn, res->rest, res->search, e->bt + pos + PN_BT_HEAD + 2 * got,
+            (e->bt_cap - pos - PN_BT_HEAD - 1) / 2 - got, &more);
+    *res = more;
+    res->count += got;
+  }
+  return true;
+}
+
+/* Writes the head and `rest` of the entry at `pos` (its pairs are there
+ * already); returns the words it takes. */
+static size_t bt_entry(pn_env *e, size_t pos, pn_conn *c, int32_t count, size_t off, size_t len,
+                       size_t rest) {
+  int32_t *t = e->bt + pos;
+  size_t pairs = count > 0 ? (size_t)count : 0;
+  t[0] = (int32_t)(PN_BT_HEAD + 2 * pairs + 1);
+  t[1] = count;
+  t[2] = c->id;
+  t[3] = (int32_t)off;
+  t[4] = (int32_t)len;
+  t[PN_BT_HEAD + 2 * pairs] = (int32_t)rest;
+  return (size_t)t[0];
+}
+
+/* ---- one read alone --------------------------------------------------------- */
+
+/* Hands what P + nb hold to JS as a one-entry call, per the connection's
+ * framing mode:
+ *   raw:      count 0, everything;
+ *   framing:  the frames, when at least one is complete (else the bytes
+ *             just join P, and JS is not called);
+ *   overflow: count -1, then raw mode.
+ * The bytes always start at the first byte not yet delivered as a frame, so
+ * JS may resetFraming() inside the call and carry on from `rest`.
  *
- * JS may close, reset or change the framing, or pause from inside onRead, so
- * after every call the state is checked again before P is touched. The loop
+ * JS may close, reset or change the framing, or pause from inside the call,
+ * so afterwards the state is checked again before P is touched. The loop
  * runs more than once only when P may still hold deliverable bytes: an
- * overflow that followed complete frames, or a framing change. */
+ * overflow that followed complete frames, or a framing change.
+ *
+ * Never called while a batch is built or sent (bt_count is 0): it uses the
+ * table's first entry. Nor from inside a JS call: deliveries JS asks for
+ * (readStart, setFraming) are deferred to the loop. */
 void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
   pn_env *e = c->base.penv;
   napi_env env = e->env;
   pn_framing *fr = &c->fr;
   napi_handle_scope scope;
+  const size_t pos = PN_BT_FIRST;
 
   for (;;) {
-    napi_value argv[4], frames = NULL;
-    pn_scan_result res;
-    int32_t *out = NULL;
+    napi_value argv[3];
+    pn_scan_result res = {0};
+    int32_t count = 0;
+    size_t off, len = fr->plen + nn, rest = len;
     uint32_t set_gen = c->set_gen, reset_gen = c->reset_gen;
 
     c->need_deliver = false;
     if (c->base.closing) return;
-    if (fr->plen + nn == 0) return;
+    if (len == 0) return;
     if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+    if (!bt_open(e)) goto nomem;
 
-    if (fr->kind == PN_FRAME_RAW) {
-      size_t cap, off = 0;
-      out = frames_get(e, 3, &frames, &cap);
-      if (out == NULL) goto nomem;
-      size_t len = fr->plen + nn;
-      if (!make_data(e, fr, nb, nn, &argv[1], &off)) goto nomem;
-      if (e->spare == NULL && nn > PN_BATCH_READ) make_spare(e); /* bulk: worth having */
-      pn_framing_keep(fr, NULL, 0, fr->plen); /* P is delivered: empty it */
-      if ((argv[0] = pn_conn_id(c)) == NULL) goto nomem;
-      out[0] = 0;
-      out[1] = (int32_t)off;
-      out[2] = (int32_t)len;
-      argv[2] = frames;
-      napi_create_int32(env, 0, &argv[3]);
-      pn_call(e, PN_CB_READ, 4, argv);
-      napi_close_handle_scope(env, scope);
-      return;
-    }
-
-    out = scan_all(c, nb, nn, &frames, &res);
-    if (out == NULL) goto nomem;
-    if (res.count == 0 && !res.overflow) {
-      /* No complete frame yet: keep the bytes, skip the JS call. */
-      napi_close_handle_scope(env, scope);
-      if (!pn_framing_keep(fr, nb, nn, 0)) {
-        pn_conn_emit_error(c, UV_ENOMEM, "read");
+    if (fr->kind != PN_FRAME_RAW) {
+      if (!bt_scan(c, nb, nn, pos, &res)) goto nomem;
+      if (res.count == 0 && !res.overflow) {
+        /* No complete frame yet: keep the bytes, skip the JS call. */
+        napi_close_handle_scope(env, scope);
+        if (!pn_framing_keep(fr, nb, nn, 0)) {
+          pn_conn_emit_error(c, UV_ENOMEM, "read");
+          return;
+        }
+        fr->scanned = res.search;
         return;
       }
-      fr->scanned = res.search;
-      return;
+      /* Overflow at the first undelivered byte: -1. */
+      count = res.count > 0 ? (int32_t)res.count : -1; /* a count fits: offsets are int32 */
+      rest = res.count > 0 ? res.rest : 0;
     }
-    size_t off, len = fr->plen + nn;
-    /* make_data allocates, and the frames array lives outside V8's heap, so
-     * `out` stays valid across it. */
-    if (!make_data(e, fr, nb, nn, &argv[1], &off) ||
-        (argv[0] = pn_conn_id(c)) == NULL)
+    /* make_data allocates; the table lives outside V8's heap, so e->bt
+     * stays valid across it. */
+    if (!make_data(e, fr, nb, nn, &argv[0], &off) ||
+        napi_get_reference_value(env, e->btab_ref, &argv[1]) != napi_ok ||
+        napi_create_uint32(env, 1, &argv[2]) != napi_ok)
       goto nomem;
-    argv[2] = frames;
-    if (res.count == 0) {
-      /* Overflow at the first undelivered byte. JS owns these bytes now:
-       * back to raw, P dropped, before the call (so JS may set a framing
-       * again from inside it). */
-      out[0] = 0;
-      out[1] = (int32_t)off;
-      out[2] = (int32_t)len;
-      pn_framing_reset(fr);
-      napi_create_int32(env, -1, &argv[3]);
-      pn_call(e, PN_CB_READ, 4, argv);
+    bt_entry(e, pos, c, count, off, len, rest);
+    e->bt[0] = PN_BT_FIRST - 1; /* nothing delivered yet */
+    if (count <= 0) {
+      /* Raw, or overflow: JS owns these bytes now. P is emptied (and an
+       * overflow goes back to raw) before the call, so JS may set a framing
+       * again from inside it. */
+      if (fr->kind == PN_FRAME_RAW && e->spare == NULL && nn > PN_BATCH_READ)
+        make_spare(e); /* bulk: worth having */
+      if (count == 0) pn_framing_keep(fr, NULL, 0, fr->plen);
+      else pn_framing_reset(fr);
+      pn_call(e, PN_CB_READ_BATCH, 3, argv);
       napi_close_handle_scope(env, scope);
       return;
     }
-    out[2 * res.count] = (int32_t)res.rest;
-    out[2 * res.count + 1] = (int32_t)off;
-    out[2 * res.count + 2] = (int32_t)len;
-    napi_create_int32(env, (int32_t)res.count, &argv[3]); /* a count fits: offsets are int32 */
-    pn_call(e, PN_CB_READ, 4, argv);
+    pn_call(e, PN_CB_READ_BATCH, 3, argv);
     napi_close_handle_scope(env, scope);
 
     /* ---- after the callback: what did JS change? ---- */
@@ -360,17 +390,13 @@ static bool batch_add(pn_env *e, pn_conn *c, const uint8_t *nb, size_t nn) {
 
 /* ---- one JS call per batch ------------------------------------------------ */
 
-/* When JS registered onReadBatch, the reads of a batch reach it in one call,
- * onReadBatch(slab, table, count), instead of one onRead call each: per
- * read, the napi_call_function and the entry into JS cost about as much as
- * the rest of delivering a small read. The table is an Int32Array; from
- * index 2, one entry per read:
- *   [size, count, id, offset, length, count pairs [start, end), rest]
- * (size: the entry's words; count 0: raw mode; offsets into the slab, the
- * pairs relative to `offset`). What onRead does after its call (keep the
- * unframed tail in P) is done here before the call, so an entry needs
- * nothing once JS has it: if JS resets the framing inside it, the tail it
- * drops is exactly data[rest..], which JS holds, as with onRead.
+/* The reads of a batch reach JS in one call, one entry each: per read, the
+ * napi_call_function and the entry into JS cost about as much as the rest
+ * of delivering a small read. The bytes of a batch share one slab. What
+ * pn_deliver does after its call (keep the unframed tail in P) is done here
+ * before the call, so an entry needs nothing once JS has it: if JS resets
+ * the framing inside it, the tail it drops is exactly data[rest..], which
+ * JS holds, as with a read delivered alone.
  *
  * Only reads whose bytes (P + read) fit a slab piece and that complete at
  * least one frame without overflowing are batched; any other read is
@@ -382,13 +408,9 @@ static bool batch_add(pn_env *e, pn_conn *c, const uint8_t *nb, size_t nn) {
  * old settings. JS writes the position of the entry it is delivering to
  * table[0]; pn_batch_touch, run first by each of those calls, sees that the
  * connection's entry is further on, puts P back as it was before the entry
- * took it, and marks the entry stale (count INT32_MIN): JS skips it, and
+ * took it, and marks the entry stale (count PN_BT_STALE): JS skips it, and
  * after the call the read is delivered alone, as if it had never been
  * batched, under whatever JS set by then. */
-
-#define PN_BT_HEAD 5           /* size, count, id, offset, length */
-#define PN_BT_STALE INT32_MIN  /* an entry JS must skip */
-#define PN_BT_FIRST 2          /* table[0]: JS's cursor; entries start here */
 
 typedef struct pn_batch_ent {
   pn_conn *c;
@@ -397,53 +419,6 @@ typedef struct pn_batch_ent {
   bool stale;
   bool nomem;     /* left the batch, but P could not be put back */
 } pn_batch_ent;
-
-/* The table's storage in e->bt (a new, larger table, with its first `keep`
- * words copied, when `words` do not fit). Only while the batch is built. */
-static bool bt_reserve(pn_env *e, size_t words, size_t keep) {
-  napi_env env = e->env;
-  if (e->bt != NULL && words <= e->bt_cap) return true;
-  size_t n = e->bt_cap * 2 > words ? e->bt_cap * 2 : words;
-  if (n < 1024) n = 1024;
-  void *data = NULL;
-  napi_value ab, arr;
-  if (napi_create_arraybuffer(env, n * sizeof(int32_t), &data, &ab) != napi_ok ||
-      napi_create_typedarray(env, napi_int32_array, n, ab, 0, &arr) != napi_ok)
-    return false;
-  if (e->bt != NULL) memcpy(data, e->bt, keep * sizeof(int32_t));
-  napi_ref ref;
-  if (napi_create_reference(env, arr, 1, &ref) != napi_ok) return false;
-  if (e->btab_ref != NULL) napi_delete_reference(env, e->btab_ref);
-  e->btab_ref = ref;
-  e->bt_table = arr;
-  e->bt = data;
-  e->bt_cap = n;
-  return true;
-}
-
-/* Starts using the table for this flush (the caller's handle scope holds
- * it); e->bt stays NULL when it cannot (the reads then go one by one). */
-static void bt_begin(pn_env *e) {
-  napi_env env = e->env;
-  napi_typedarray_type type;
-  size_t length = 0, offset;
-  void *data = NULL;
-  napi_value ab;
-  e->bt = NULL;
-  e->bt_cap = 0;
-  e->bt_words = PN_BT_FIRST;
-  e->bt_count = 0;
-  e->bt_slab = NULL;
-  if (e->btab_ref != NULL && napi_get_reference_value(env, e->btab_ref, &e->bt_table) == napi_ok &&
-      e->bt_table != NULL &&
-      napi_get_typedarray_info(env, e->bt_table, &type, &length, &data, &ab, &offset) == napi_ok &&
-      data != NULL && type == napi_int32_array && length >= 1024) {
-    e->bt = data;
-    e->bt_cap = length;
-  } else {
-    bt_reserve(e, 1024, 0);
-  }
-}
 
 /* Puts the entry's read back where it was before the batch took it: P as it
  * was, to be delivered alone after the batch call. */
@@ -474,13 +449,13 @@ void pn_batch_touch(pn_conn *c) {
  * reads that left it. */
 static void bt_send(pn_env *e) {
   napi_env env = e->env;
-  if (e->bt == NULL || e->bt_count == 0) return;
+  if (e->bt_count == 0) return;
   size_t count = e->bt_count;
   napi_value argv[3];
   argv[0] = e->bt_slab;
-  argv[1] = e->bt_table;
   e->bt[0] = PN_BT_FIRST - 1; /* nothing delivered yet */
-  if (napi_create_uint32(env, (uint32_t)count, &argv[2]) == napi_ok) {
+  if (napi_get_reference_value(env, e->btab_ref, &argv[1]) == napi_ok &&
+      napi_create_uint32(env, (uint32_t)count, &argv[2]) == napi_ok) {
     e->bt_sending = true;
     pn_call(e, PN_CB_READ_BATCH, 3, argv);
     e->bt_sending = false;
@@ -525,19 +500,9 @@ static bool bt_add(pn_conn *c, const uint8_t *nb, size_t nn) {
   }
   size_t pos = e->bt_words, count = 0;
   pn_scan_result res = {0};
-  if (!bt_reserve(e, pos + PN_BT_HEAD + 1 + 2 * 8, pos)) return false;
+  if (!bt_reserve(e, pos + PN_BT_HEAD + 1, pos)) return false;
   if (fr->kind != PN_FRAME_RAW) {
-    pn_scan(fr, nb, nn, 0, fr->scanned, e->bt + pos + PN_BT_HEAD,
-            (e->bt_cap - pos - PN_BT_HEAD - 1) / 2, &res);
-    while (res.full) {
-      size_t got = res.count;
-      if (!bt_reserve(e, e->bt_cap * 2, pos + PN_BT_HEAD + 2 * got)) return false;
-      pn_scan_result more;
-      pn_scan(fr, nb, nn, res.rest, res.search, e->bt + pos + PN_BT_HEAD + 2 * got,
-              (e->bt_cap - pos - PN_BT_HEAD - 1) / 2 - got, &more);
-      res = more;
-      res.count += got;
-    }
+    if (!bt_scan(c, nb, nn, pos, &res)) return false;
     if (res.overflow) return false; /* alone: pn_deliver reports it */
     if (res.count == 0) {
       /* No complete frame yet: the bytes join P, JS is not called. */
@@ -566,7 +531,7 @@ static bool bt_add(pn_conn *c, const uint8_t *nb, size_t nn) {
   if (fr->plen > 0) memcpy(dst, fr->pend, fr->plen);
   if (nn > 0) memcpy(dst + fr->plen, nb, nn);
   uint32_t plen = fr->plen;
-  /* What onRead's caller does after the call, done now: P keeps the tail. */
+  /* What pn_deliver does after its call, done now: P keeps the tail. */
   if (fr->kind == PN_FRAME_RAW) {
     pn_framing_keep(fr, NULL, 0, fr->plen);
   } else {
@@ -577,14 +542,8 @@ static bool bt_add(pn_conn *c, const uint8_t *nb, size_t nn) {
     e->bt_slab = ab;
     e->bt_slab_data = dst - off;
   }
-  int32_t *t = e->bt + pos;
-  t[0] = (int32_t)(PN_BT_HEAD + 2 * count + 1);
-  t[1] = (int32_t)count;
-  t[2] = c->id;
-  t[3] = (int32_t)off;
-  t[4] = (int32_t)len;
-  t[PN_BT_HEAD + 2 * count] = (int32_t)(fr->kind == PN_FRAME_RAW ? len : res.rest);
-  e->bt_words = pos + (size_t)t[0];
+  e->bt_words = pos + bt_entry(e, pos, c, (int32_t)count, off, len,
+                                fr->kind == PN_FRAME_RAW ? len : res.rest);
   pn_batch_ent *ent = &e->bt_ent[e->bt_count];
   ent->c = c;
   ent->pos = pos;
@@ -607,9 +566,12 @@ void pn_flush_reads(pn_env *e) {
   }
   if (!pn_scope_open(e, &scope)) return;
   e->flushing = true;
-  /* One call for the whole batch when JS takes it that way (see above). */
-  e->bt = NULL;
-  if (e->in_scope && e->cb[PN_CB_READ_BATCH] != NULL) bt_begin(e);
+  /* One call for the whole batch (see above), unless the callback scope or
+   * the table could not be had: then the reads go one by one. */
+  e->bt_count = 0;
+  e->bt_words = PN_BT_FIRST;
+  e->bt_slab = NULL;
+  e->batching = e->in_scope && bt_open(e);
   /* JS cannot read from inside these calls (libuv reads only in the poll
    * phase), so nothing is added to the batch while it is delivered. */
   while (!pn_list_empty(&e->ready)) {
@@ -623,7 +585,7 @@ void pn_flush_reads(pn_env *e) {
       hold(c, nb, nn); /* paused since the read */
       continue;
     }
-    if (e->bt != NULL && bt_add(c, nb, nn)) continue;
+    if (e->batching && bt_add(c, nb, nn)) continue;
     bt_send(e); /* what is batched goes first */
     if (e->tearing_down) break;
     if (c->base.closing) continue;
@@ -638,7 +600,7 @@ void pn_flush_reads(pn_env *e) {
   /* (Tearing down: entries not sent are dropped with everything else.) */
   for (size_t k = 0; k < e->bt_count; k++) e->bt_ent[k].c->bt_idx = -1;
   e->bt_count = 0;
-  e->bt = NULL;
+  e->batching = false;
   e->flushing = false;
   e->batch_len = 0;
   if (e->batch_cap > 1024 * 1024) { /* do not hold on to a big batch */

@@ -194,18 +194,17 @@ interface RawConnFunctions {
   unref(id: number): void;
 }
 
-/** The callbacks as the addon itself calls them: connection ids, and an ArrayBuffer for onRead. */
+/** The callbacks as the addon itself calls them: connection ids, and reads as entries of a table. */
 interface RawNativeCallbacks {
   onConnection(server: NativeServer, id: number): void;
-  /** `block` holds the bytes at offset `frames[k]`, length `frames[k + 1]`, k = 2 × max(count, 0) + 1. */
-  onRead(id: number, block: ArrayBuffer, frames: Int32Array, count: number): void;
   /**
-   * The reads of one batch in one call: from `table[2]`, `count` entries
-   * [size, count, id, offset, length, pairs..., rest] (native/read.c). The
-   * callee writes the position of the entry it is about to deliver to
+   * Every read, alone or with the others of a batch: from `table[2]`,
+   * `count` entries [size, count, id, offset, length, pairs..., rest]
+   * (native/read.c; count 0: raw, -1: overflow), their bytes in `block`.
+   * The callee writes the position of the entry it is about to deliver to
    * `table[0]` and skips entries whose count is {@link STALE}.
    */
-  onReadBatch?(block: ArrayBuffer, table: Int32Array, count: number): void;
+  onReadBatch(block: ArrayBuffer, table: Int32Array, count: number): void;
   onEnd(id: number): void;
   onError(id: number, code: NativeErrorCode, syscall: "read" | "write" | "shutdown"): void;
   onWritten(id: number): void;
@@ -338,12 +337,6 @@ function adapt(raw: RawNativeAddon): NativeAddon {
         });
       raw.init({
         onConnection: (server, id) => callbacks.onConnection(server, track(id)),
-        onRead(id, block, frames, count) {
-          const conn = find(id);
-          if (conn === null) return;
-          const at = count > 0 ? 2 * count + 1 : 1;
-          readAt(conn, block, frames[at]!, frames[at + 1]!, count === 0 ? null : frames, 0, count);
-        },
         onReadBatch(block, table, count) {
           let pos = BATCH_FIRST;
           for (let k = 0; k < count; k++) {

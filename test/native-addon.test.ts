@@ -1046,7 +1046,7 @@ describe("native addon", { skip }, () => {
       const n = require(${JSON.stringify(addonPath)});
       const noop = () => {};
       let accepted = null;
-      n.init({ onConnection(s, c) { accepted = c; n.conn.unref(c); n.conn.readStart(c); }, onRead: noop, onEnd: noop,
+      n.init({ onConnection(s, c) { accepted = c; n.conn.unref(c); n.conn.readStart(c); }, onReadBatch: noop, onEnd: noop,
         onError: noop, onWritten: noop, onConnect(c) { n.conn.readStart(c); n.conn.unref(c); console.log("connected"); },
         onClose: noop, onUncaught(e) { console.error(e); process.exitCode = 1; } });
       const s = n.listenTcp("127.0.0.1", 0, 16, false);
@@ -1078,7 +1078,7 @@ describe("native addon", { skip }, () => {
       const accepted = [];
       n.init({
         onConnection(s, id) { accepted.push(id); n.conn.readStart(id); },
-        onRead: noop, onEnd: noop, onError: noop, onWritten: noop,
+        onReadBatch: noop, onEnd: noop, onError: noop, onWritten: noop,
         onConnect(id, code) { if (code !== null) { console.error("connect", code); process.exit(1); } next(id); },
         onClose(id) {
           closed.add(id);
@@ -1139,7 +1139,7 @@ describe("native addon", { skip }, () => {
       const { parentPort } = require("node:worker_threads");
       const n = require(${JSON.stringify(addonPath)});
       const noop = () => {};
-      n.init({ onConnection(s, c) { n.conn.readStart(c); n.conn.write(c, Buffer.alloc(8 << 20)); }, onRead: noop, onEnd: noop,
+      n.init({ onConnection(s, c) { n.conn.readStart(c); n.conn.write(c, Buffer.alloc(8 << 20)); }, onReadBatch: noop, onEnd: noop,
         onError: noop, onWritten: noop, onConnect(c) { parentPort.postMessage("connected"); },
         onClose: noop, onUncaught: noop });
       const s = n.listenTcp("127.0.0.1", 0, 16, false);
