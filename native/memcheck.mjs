@@ -9,7 +9,7 @@
 // It drives the addon through src/native-binding.ts as the transport does
 // (build it first: `npm run build`; native/check-asan.sh does).
 //
-//   valgrind --leak-check=full --error-exitcode=1 node native/memcheck.mjs
+//   valgrind --leak-check=full --error-exitcode=1 --suppressions=native/valgrind.supp node native/memcheck.mjs
 //   LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
 //     node native/memcheck.mjs        (with the addon built with -fsanitize=address)
 //
