@@ -76,6 +76,12 @@ static uint8_t *new_buffer(pn_env *e, size_t len, napi_value *ab, size_t *off) {
 
 static bool lend_piece(pn_env *e, size_t len, napi_value *ab, size_t *off);
 
+/* P + nb, one after the other, at dst. */
+static void put_bytes(uint8_t *dst, const pn_framing *fr, const uint8_t *nb, size_t nn) {
+  if (fr->plen > 0) memcpy(dst, fr->pend, fr->plen);
+  if (nn > 0) memcpy(dst + fr->plen, nb, nn);
+}
+
 /* Copies P + nb (one copy) into memory JS can see: a piece of the slab when
  * small, else an ArrayBuffer of its own; or, for a large read that landed in
  * the spare with nothing pending, no copy (lend_piece). *ab, *off and the
@@ -93,8 +99,7 @@ static bool make_data(pn_env *e, const pn_framing *fr, const uint8_t *nb, size_t
     dst = new_buffer(e, len, ab, off);
     if (dst == NULL) return false;
   }
-  if (fr->plen > 0) memcpy(dst, fr->pend, fr->plen);
-  if (nn > 0) memcpy(dst + fr->plen, nb, nn);
+  put_bytes(dst, fr, nb, nn);
   return true;
 }
 
@@ -528,8 +533,7 @@ static bool bt_add(pn_conn *c, const uint8_t *nb, size_t nn) {
      * piece taken stays unused. */
     return false;
   }
-  if (fr->plen > 0) memcpy(dst, fr->pend, fr->plen);
-  if (nn > 0) memcpy(dst + fr->plen, nb, nn);
+  put_bytes(dst, fr, nb, nn);
   uint32_t plen = fr->plen;
   /* What pn_deliver does after its call, done now: P keeps the tail. */
   if (fr->kind == PN_FRAME_RAW) {
