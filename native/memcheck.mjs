@@ -34,7 +34,8 @@ let closes = 0;
 const uncaught = [];
 native.init({
   onConnection: (s, c) => (serverHandlers.get(s) ?? ((c) => c.close()))(c),
-  onRead: (c, d, f, n) => handlers.get(c)?.read?.(d, f, n),
+  // Handlers take the data as a Buffer and the pairs from index 0.
+  onRead: (c, block, off, len, f, first, n) => handlers.get(c)?.read?.(Buffer.from(block, off, len), f?.subarray(first) ?? null, n),
   onEnd: (c) => handlers.get(c)?.end?.(),
   onError: (c, code, sc) => handlers.get(c)?.error?.(code, sc),
   onWritten: (c) => handlers.get(c)?.written?.(),

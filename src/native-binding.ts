@@ -31,7 +31,6 @@ import { existsSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { viewOf } from "./framing/view.js";
 
 /** A TCP address as the addon reports it. */
 export interface NativeTcpAddress {
@@ -137,25 +136,19 @@ export interface NativeCallbacks {
   /** A connection was accepted on `server`; it is not reading yet. */
   onConnection(server: NativeServer, conn: NativeConn): void;
   /**
-   * Bytes arrived. Raw mode: `frames` is null and `count` 0. Framing mode:
-   * `frames` holds `count` pairs [start, end) into `data` (delimiters
-   * excluded) followed by `rest`, the offset just after the last complete
-   * frame; `data` always starts at the first byte not yet delivered as a
-   * frame, so after `resetFraming()` inside this call `data.subarray(rest)`
-   * is exactly what the addon had pending. `count` -1: a frame exceeded the
-   * limit; `data` starts at that frame, the addon switched to raw and kept
-   * nothing. `frames` is reused by the next call: read it now. One of
-   * onRead and onReadAt is required.
+   * Bytes arrived: the `length` bytes of `block` from `offset` (the data;
+   * no Buffer is made of it, so a caller that only wants the frames makes
+   * views of those alone). Raw mode: `frames` is null and `count` 0.
+   * Framing mode: `frames` holds, from index `first`, `count` pairs
+   * [start, end) relative to `offset` (delimiters excluded) followed by
+   * `rest`, the offset just after the last complete frame; the data always
+   * starts at the first byte not yet delivered as a frame, so after
+   * `resetFraming()` inside this call the bytes from `rest` on are exactly
+   * what the addon had pending. `count` -1: a frame exceeded the limit; the
+   * data starts at that frame, the addon switched to raw and kept nothing.
+   * `frames` is reused by the next call: read it now.
    */
-  onRead?(conn: NativeConn, data: Buffer, frames: Int32Array | null, count: number): void;
-  /**
-   * Replaces onRead when given: the same call with the bytes as
-   * `length` bytes of `block` from `offset` instead of a Buffer, so a caller
-   * that only wants the frames makes no view of the whole read (frame
-   * offsets stay relative to `offset`), and the pairs starting at
-   * `frames[first]` (then `rest`) rather than at 0.
-   */
-  onReadAt?(conn: NativeConn, block: ArrayBuffer, offset: number, length: number, frames: Int32Array | null, first: number, count: number): void;
+  onRead(conn: NativeConn, block: ArrayBuffer, offset: number, length: number, frames: Int32Array | null, first: number, count: number): void;
   /** The peer sent FIN (EOF). Writing is still possible. */
   onEnd(conn: NativeConn): void;
   /** A socket error (reading stops on a read error). */
@@ -236,8 +229,8 @@ const SLOT_MASK = (1 << 22) - 1;
 /**
  * The addon in the documented shape: connection ids turned into
  * {@link NativeConn} objects (one per connection, made here, found again by
- * the id's slot), and onRead's bytes as a Buffer (a view into the block the
- * addon copied them to), frames null in raw mode.
+ * the id's slot), and the read table's entries as onRead calls, frames
+ * null in raw mode.
  */
 function adapt(raw: RawNativeAddon): NativeAddon {
   const fn = raw.conn;
@@ -320,21 +313,7 @@ function adapt(raw: RawNativeAddon): NativeAddon {
 
   return {
     init(callbacks: NativeCallbacks): void {
-      const { onRead, onReadAt, onEnd, onError, onWritten, onConnect, onClose, onShutdown, onUncaught } = callbacks;
-      if (onReadAt === undefined && onRead === undefined) throw new TypeError("init(): callbacks.onRead or callbacks.onReadAt must be a function");
-      /** onRead's shape for a batch entry: its pairs and rest copied to the start of a scratch array. */
-      let scratch = new Int32Array(64);
-      const readAt =
-        onReadAt ??
-        ((conn: NativeConn, block: ArrayBuffer, offset: number, length: number, frames: Int32Array | null, first: number, count: number) => {
-          if (frames !== null && first !== 0) {
-            const words = 2 * count + 1;
-            if (scratch.length < words) scratch = new Int32Array(2 * words);
-            for (let i = 0; i < words; i++) scratch[i] = frames[first + i]!;
-            frames = scratch;
-          }
-          onRead!(conn, viewOf(block, offset, length), frames, count);
-        });
+      const { onRead, onEnd, onError, onWritten, onConnect, onClose, onShutdown, onUncaught } = callbacks;
       raw.init({
         onConnection: (server, id) => callbacks.onConnection(server, track(id)),
         onReadBatch(block, table, count) {
@@ -347,7 +326,7 @@ function adapt(raw: RawNativeAddon): NativeAddon {
               // One entry failing must not cost the others their reads.
               if (conn !== null) {
                 try {
-                  readAt(conn, block, table[pos + 3]!, table[pos + 4]!, n === 0 ? null : table, pos + 5, n);
+                  onRead(conn, block, table[pos + 3]!, table[pos + 4]!, n === 0 ? null : table, pos + 5, n);
                 } catch (err) {
                   onUncaught(err);
                 }

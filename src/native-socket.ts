@@ -58,7 +58,7 @@ export function nativeAddon(): NativeAddon | null {
         if (listener === undefined) return conn.close();
         listener.onConnection(new NativeSocket(conn));
       },
-      onReadAt(conn, block, offset, length, frames, first, count) {
+      onRead(conn, block, offset, length, frames, first, count) {
         const socket = socketOf(conn);
         if (socket !== null) socket._read(block, offset, length, frames, first, count);
       },

@@ -63,8 +63,9 @@ function setup(): void {
       if (h === undefined) conn.close();
       else h(conn);
     },
-    onRead(conn, data, frames, count) {
-      connHandlers.get(conn)?.read?.(data, frames, count);
+    // The handlers below take the data as a Buffer and the pairs from index 0.
+    onRead(conn, block, offset, length, frames, first, count) {
+      connHandlers.get(conn)?.read?.(Buffer.from(block, offset, length), frames?.subarray(first) ?? null, count);
     },
     onEnd(conn) {
       connHandlers.get(conn)?.end?.();
