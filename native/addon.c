@@ -253,6 +253,7 @@ static void env_finalize(napi_env env, void *data, void *hint) {
   if (e->server_ctor != NULL) napi_delete_reference(env, e->server_ctor);
   if (e->slab_ref != NULL) napi_delete_reference(env, e->slab_ref);
   if (e->spare_ref != NULL) napi_delete_reference(env, e->spare_ref);
+  if (e->lend_ref != NULL) napi_delete_reference(env, e->lend_ref);
   if (e->btab_ref != NULL) napi_delete_reference(env, e->btab_ref);
   free(e->bt_ent);
   free(e->batch);

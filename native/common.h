@@ -146,6 +146,13 @@ struct pn_env {
   napi_ref spare_ref;
   uint8_t *spare;
   size_t spare_used; /* bytes of the spare already handed to JS */
+  /* Connections that lend their reads (lendReads(true), raw framing) read
+   * into `lend`, the memory of a Buffer no JS has seen, which is lent to
+   * the one call that delivers the read and detached after it; a new one
+   * takes its place, which malloc mostly serves from the memory just freed
+   * (see read.c). NULL when it could not be made: reads are copied then. */
+  napi_ref lend_ref;
+  uint8_t *lend;
 
   /* The current slab: an ArrayBuffer that small reads are copied into, one
    * after another, so that a read costs no allocation (see read.c). */
@@ -303,6 +310,7 @@ typedef struct pn_conn {
   bool connecting;   /* a connect request is in flight */
   bool write_error_reported;
   bool need_deliver; /* P may hold frames that were not delivered yet */
+  bool lend_reads;   /* raw reads are lent to JS (lendReads), not given */
 
   /* Connect and shutdown requests are malloc'd when made and freed by their
    * callbacks (an idle connection does not carry them). */
@@ -441,6 +449,10 @@ void pn_conn_run_deferred(pn_conn *c, unsigned bits);
 /* read.c */
 napi_value pn_conn_read_start(napi_env env, napi_callback_info info);
 napi_value pn_conn_read_stop(napi_env env, napi_callback_info info);
+napi_value pn_conn_lend_reads(napi_env env, napi_callback_info info);
+/* Whether [p, p + n) lies in the block a read is lent from (write.c copies
+ * such bytes before it queues them: the block is detached after the call). */
+bool pn_is_lent(const pn_env *e, const uint8_t *p, size_t n);
 napi_value pn_conn_set_framing(napi_env env, napi_callback_info info);
 napi_value pn_conn_reset_framing(napi_env env, napi_callback_info info);
 /* Frames and hands to JS whatever P plus the new bytes hold. */

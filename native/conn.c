@@ -453,6 +453,7 @@ bool pn_conn_export(pn_env *e, napi_value exports) {
   napi_property_descriptor props[] = {
       {"readStart", NULL, pn_conn_read_start, NULL, NULL, NULL, napi_enumerable, e},
       {"readStop", NULL, pn_conn_read_stop, NULL, NULL, NULL, napi_enumerable, e},
+      {"lendReads", NULL, pn_conn_lend_reads, NULL, NULL, NULL, napi_enumerable, e},
       {"setFraming", NULL, pn_conn_set_framing, NULL, NULL, NULL, napi_enumerable, e},
       {"resetFraming", NULL, pn_conn_reset_framing, NULL, NULL, NULL, napi_enumerable, e},
       {"write", NULL, pn_conn_write, NULL, NULL, NULL, napi_enumerable, e},

@@ -1,7 +1,7 @@
 // A plain-JS workout of the addon for memory checkers (valgrind, ASan), where
 // the TypeScript test suite would be too slow. It exercises every path that
 // allocates or frees: accept/connect, raw and framed reads (split delimiters,
-// sizes, reset and re-framing inside onRead, overflow), partial writes,
+// sizes, reset and re-framing inside onRead, overflow), lent reads, partial writes,
 // writev, shutdown, resets, close from inside callbacks, deferred errors, a
 // throwing callback, a worker exiting with open handles, and finally a
 // natural exit with handles still open (the environment teardown path).
@@ -240,6 +240,43 @@ async function trickle(sock, s) {
   cl.sock.resume();
   await until(() => cl.ended && written === 1 && shut, "all bytes + FIN");
   assert.equal(cl.len(), big.length + 2_000_000);
+  cl.sock.destroy();
+  await sleep(20);
+  conn.close();
+  s.close();
+}
+
+// 2b. Lent reads (lendReads): an echo of them to a slow reader, so that what
+// the writes queue of them is copied, and checked; a kept read is detached.
+{
+  let conn;
+  let bytes = 0;
+  let queued = 0;
+  const kept = [];
+  const { s, port } = listen((c) => {
+    conn = c;
+    c.lendReads(true);
+    handlers.set(c, {
+      read(d) {
+        bytes += d.length;
+        if (c.write(d) > 0) queued++;
+        kept.push(d);
+      },
+    });
+    c.readStart();
+  });
+  const cl = client(port);
+  cl.sock.pause();
+  const big = Buffer.alloc(4 * 1024 * 1024 * scale);
+  for (let i = 0; i < big.length; i += 4) big.writeUInt32LE(i, i);
+  await until(() => cl.sock.readyState === "open", "connect 2b");
+  cl.sock.write(big);
+  await until(() => bytes === big.length, "lent reads");
+  cl.sock.resume();
+  await until(() => cl.len() === big.length, "the echo of lent reads");
+  assert.ok(Buffer.concat(cl.data).equals(big), "the echo of lent reads is intact");
+  assert.ok(queued > 0, "writes of lent reads queued");
+  assert.ok(kept.some((k) => k.length === 0), "a lent read is detached after its call");
   cl.sock.destroy();
   await sleep(20);
   conn.close();

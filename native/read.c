@@ -22,6 +22,10 @@
  * copied out as usual, and their room in the spare serves again. Either
  * way the rule holds: consumed before the next read.
  *
+ * A connection whose handler only borrows its chunks (lendReads(true); JS:
+ * Stream.reuseReadBuffer) reads raw bytes into a block of its own kind,
+ * lent to JS for one call and taken back after it (see "lent reads").
+ *
  * Every read reaches JS the same way, as an entry of the read table, an
  * Int32Array reused by every call: onReadBatch(block, table, count), with
  * `count` entries from table[PN_BT_FIRST] on,
@@ -75,6 +79,7 @@ static uint8_t *new_buffer(pn_env *e, size_t len, napi_value *ab, size_t *off) {
 }
 
 static bool lend_piece(pn_env *e, size_t len, napi_value *ab, size_t *off);
+static bool lent_read(const pn_conn *c, const uint8_t *nb);
 
 /* P + nb, one after the other, at dst. */
 static void put_bytes(uint8_t *dst, const pn_framing *fr, const uint8_t *nb, size_t nn) {
@@ -84,12 +89,17 @@ static void put_bytes(uint8_t *dst, const pn_framing *fr, const uint8_t *nb, siz
 
 /* Copies P + nb (one copy) into memory JS can see: a piece of the slab when
  * small, else an ArrayBuffer of its own; or, for a large read that landed in
- * the spare with nothing pending, no copy (lend_piece). *ab, *off and the
- * length P + nb say where. */
-static bool make_data(pn_env *e, const pn_framing *fr, const uint8_t *nb, size_t nn,
-                      napi_value *ab, size_t *off) {
+ * the spare with nothing pending, no copy (lend_piece); nor for a lent read
+ * (lent_read). *ab, *off and the length P + nb say where. */
+static bool make_data(pn_conn *c, const uint8_t *nb, size_t nn, napi_value *ab, size_t *off) {
+  pn_env *e = c->base.penv;
+  const pn_framing *fr = &c->fr;
   size_t len = fr->plen + nn;
   uint8_t *dst;
+  if (lent_read(c, nb)) {
+    *off = 0;
+    return napi_get_reference_value(e->env, e->lend_ref, ab) == napi_ok && *ab != NULL;
+  }
   if (fr->plen == 0 && nn > PN_SLAB_PIECE && e->spare != NULL && nb == e->spare + e->spare_used)
     return lend_piece(e, nn, ab, off);
   if (len <= PN_SLAB_PIECE) {
@@ -135,6 +145,69 @@ static bool lend_piece(pn_env *e, size_t len, napi_value *ab, size_t *off) {
     make_spare(e);
   }
   return true;
+}
+
+/* ---- lent reads ---------------------------------------------------------- */
+
+/* A handler that uses each chunk only inside its call (an echo, a proxy, a
+ * checksum) does not need a Buffer of its own per read, and bulk transfer
+ * pays for one: every read lands in memory JS holds until V8's next GC,
+ * tens of megabytes later, so reading and writing run through memory that
+ * is not in the CPU's cache. Such a connection (lendReads(true)) reads raw
+ * bytes into env->lend, the memory of a Buffer no JS has seen, and the read
+ * is lent to JS where it landed, for the one call that delivers it. After
+ * the call its ArrayBuffer is detached: every view of it reads as empty from
+ * then on (a chunk kept against the promise shows nothing, never later
+ * bytes), and V8 frees the memory at once; a new Buffer takes the block's
+ * place, and malloc mostly hands it the memory just freed, still in cache.
+ * Bytes of the block a write queues are copied (write.c, pn_is_lent); the
+ * JS side copies what it keeps past the call (src/stream.ts). Small reads
+ * are batched (copied) as usual, and reads with bytes pending before them
+ * are copied: only a read delivered alone, raw, is lent. */
+static void make_lend(pn_env *e) {
+  napi_value ab;
+  size_t off;
+  uint8_t *data = new_buffer(e, PN_READ_BUF_SIZE, &ab, &off);
+  if (data == NULL || off != 0 || napi_create_reference(e->env, ab, 1, &e->lend_ref) != napi_ok) {
+    e->lend_ref = NULL; /* reads are copied until the next try */
+    return;
+  }
+  e->lend = data;
+}
+
+bool pn_is_lent(const pn_env *e, const uint8_t *p, size_t n) {
+  return e->lend != NULL && p >= e->lend && p + n <= e->lend + PN_READ_BUF_SIZE;
+}
+
+/* Whether the read at nb, for c, is handed to JS as a loan. */
+static bool lent_read(const pn_conn *c, const uint8_t *nb) {
+  const pn_env *e = c->base.penv;
+  return c->lend_reads && c->fr.kind == PN_FRAME_RAW && c->fr.plen == 0 && e->lend != NULL &&
+         nb == e->lend;
+}
+
+/* After the call a lent read was delivered by: takes the block back. */
+static void lend_done(pn_env *e, napi_value ab) {
+  /* Fails only for an ArrayBuffer JS already detached (transferred): then
+   * its memory is not ours to reuse either way. */
+  napi_detach_arraybuffer(e->env, ab);
+  napi_delete_reference(e->env, e->lend_ref);
+  e->lend_ref = NULL;
+  e->lend = NULL;
+  make_lend(e);
+}
+
+/* lendReads(enable): raw reads of this connection are lent (see above). */
+napi_value pn_conn_lend_reads(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  bool ok, on = false;
+  pn_conn *c = pn_conn_arg(env, info, &argc, argv, &ok);
+  if (!ok || !pn_get_bool(env, argv[0], "lendReads(): enable", &on)) return NULL;
+  if (c == NULL) return NULL;
+  c->lend_reads = on;
+  if (on && c->base.penv->lend == NULL) make_lend(c->base.penv);
+  return NULL;
 }
 
 /* ---- the read table ------------------------------------------------------ */
@@ -285,7 +358,8 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
     }
     /* make_data allocates; the table lives outside V8's heap, so e->bt
      * stays valid across it. */
-    if (!make_data(e, fr, nb, nn, &argv[0], &off) ||
+    const bool lent = lent_read(c, nb);
+    if (!make_data(c, nb, nn, &argv[0], &off) ||
         napi_get_reference_value(env, e->btab_ref, &argv[1]) != napi_ok ||
         napi_create_uint32(env, 1, &argv[2]) != napi_ok)
       goto nomem;
@@ -295,11 +369,12 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
       /* Raw, or overflow: JS owns these bytes now. P is emptied (and an
        * overflow goes back to raw) before the call, so JS may set a framing
        * again from inside it. */
-      if (fr->kind == PN_FRAME_RAW && e->spare == NULL && nn > PN_BATCH_READ)
+      if (fr->kind == PN_FRAME_RAW && e->spare == NULL && nn > PN_BATCH_READ && !lent)
         make_spare(e); /* bulk: worth having */
       if (count == 0) pn_framing_keep(fr, NULL, 0, fr->plen);
       else pn_framing_reset(fr);
       pn_call(e, PN_CB_READ_BATCH, 3, argv);
+      if (lent) lend_done(e, argv[0]);
       napi_close_handle_scope(env, scope);
       return;
     }
@@ -344,9 +419,13 @@ nomem:
 /* ---- libuv callbacks ---------------------------------------------------- */
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-  pn_env *e = ((pn_conn *)h->data)->base.penv;
+  const pn_conn *c = h->data;
+  pn_env *e = c->base.penv;
   (void)suggested;
-  if (e->spare != NULL) {
+  if (c->lend_reads && e->lend != NULL && c->fr.kind == PN_FRAME_RAW && c->fr.plen == 0) {
+    buf->base = (char *)e->lend; /* see "lent reads" */
+    buf->len = PN_READ_BUF_SIZE;
+  } else if (e->spare != NULL) {
     buf->base = (char *)e->spare + e->spare_used; /* at least PN_SPARE_MIN left */
     buf->len = PN_READ_BUF_SIZE - e->spare_used;
   } else {

@@ -11,7 +11,10 @@
  * so the memory stays alive until libuv is done with it; the refs are
  * deleted in the write callback, which libuv calls exactly once per request:
  * on completion, on error, or with UV_ECANCELED when the handle is closed
- * first (just before the close callback).
+ * first (just before the close callback). The one exception is the bytes of
+ * a lent read (read.c): their Buffer is detached, and its memory freed, as
+ * soon as the call that delivers them returns, so a reference would not
+ * keep them; what is queued of them is copied instead.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,16 +29,23 @@ typedef struct pn_write {
   uv_write_t req;
   pn_conn *conn;
   size_t nrefs;
-  napi_ref refs[]; /* one per JS Buffer this request still points into */
+  uint8_t *copy;   /* the queued bytes of a lent read, copied; else NULL */
+  napi_ref refs[]; /* per buffer: a ref on the JS Buffer it points into, or NULL for a copy */
 } pn_write;
+
+static void drop_refs(napi_env env, pn_write *w) {
+  for (size_t i = 0; i < w->nrefs; i++)
+    if (w->refs[i] != NULL) napi_delete_reference(env, w->refs[i]);
+  free(w->copy);
+  free(w);
+}
 
 static void write_cb(uv_write_t *req, int status) {
   pn_write *w = req->data;
   pn_conn *c = w->conn;
   napi_env env = c->base.penv->env;
 
-  for (size_t i = 0; i < w->nrefs; i++) napi_delete_reference(env, w->refs[i]);
-  free(w);
+  drop_refs(env, w);
   c->write_reqs--;
 
   if (c->base.closing || status == UV_ECANCELED) return; /* close() cancelled it */
@@ -59,27 +69,42 @@ static void defer_write_error(pn_conn *c, int err) {
   pn_defer(c, PN_DEFER_WRITE_ERROR);
 }
 
-/* Queues bufs (whose memory belongs to the JS values `owners`). */
-static int queue_write(napi_env env, pn_conn *c, const uv_buf_t *bufs, size_t nbufs,
+/* Queues bufs (whose memory belongs to the JS values `owners`); the bytes
+ * of a lent read are copied, and bufs[] is pointed at the copy. */
+static int queue_write(napi_env env, pn_conn *c, uv_buf_t *bufs, size_t nbufs,
                        const napi_value *owners) {
+  const pn_env *e = c->base.penv;
+  size_t lent = 0;
+  for (size_t i = 0; i < nbufs; i++)
+    if (pn_is_lent(e, (const uint8_t *)bufs[i].base, bufs[i].len)) lent += bufs[i].len;
   pn_write *w = malloc(sizeof(*w) + nbufs * sizeof(napi_ref));
   if (w == NULL) return UV_ENOMEM;
   w->conn = c;
   w->nrefs = 0;
+  w->copy = NULL;
   w->req.data = w;
+  if (lent > 0 && (w->copy = malloc(lent)) == NULL) {
+    free(w);
+    return UV_ENOMEM;
+  }
+  uint8_t *to = w->copy;
   for (size_t i = 0; i < nbufs; i++) {
-    if (napi_create_reference(env, owners[i], 1, &w->refs[i]) != napi_ok) {
-      for (size_t j = 0; j < w->nrefs; j++) napi_delete_reference(env, w->refs[j]);
-      free(w);
+    if (to != NULL && pn_is_lent(e, (const uint8_t *)bufs[i].base, bufs[i].len)) {
+      memcpy(to, bufs[i].base, bufs[i].len);
+      bufs[i].base = (char *)to;
+      to += bufs[i].len;
+      w->refs[w->nrefs++] = NULL;
+    } else if (napi_create_reference(env, owners[i], 1, &w->refs[w->nrefs]) == napi_ok) {
+      w->nrefs++;
+    } else {
+      drop_refs(env, w);
       return UV_ENOMEM;
     }
-    w->nrefs++;
   }
   /* uv_write copies the uv_buf_t array itself, not the bytes. */
   int err = uv_write(&w->req, &c->h.stream, bufs, (unsigned int)nbufs, write_cb);
   if (err != 0) {
-    for (size_t j = 0; j < w->nrefs; j++) napi_delete_reference(env, w->refs[j]);
-    free(w);
+    drop_refs(env, w);
     return err;
   }
   c->write_reqs++;

@@ -92,6 +92,14 @@ export interface NativeConn {
   /** Drops the addon's pending (not yet framed) bytes and goes back to raw. */
   resetFraming(): void;
   /**
+   * `true`: a raw read delivered alone (not batched, nothing pending before
+   * it) is lent: its `block` is memory the addon reuses, detached as soon as
+   * the onRead call returns (every view of it then reads as empty). Bytes of
+   * it that a write queues are copied; anything else that must outlive the
+   * call copies them itself. Default false.
+   */
+  lendReads(enable: boolean): void;
+  /**
    * Writes now what the socket takes and queues the rest (keeping `data`
    * alive until written). Returns the bytes that did not go out at once and
    * were queued: 0 means all went out (no onWritten for this write);
@@ -173,6 +181,7 @@ interface RawConnFunctions {
   readStop(id: number): void;
   setFraming(id: number, kind: NativeFramingKind, value: Buffer | number | null, limit: number): void;
   resetFraming(id: number): void;
+  lendReads(id: number, enable: boolean): void;
   write(id: number, data: Uint8Array, length?: number): number;
   writev(id: number, chunks: readonly Uint8Array[]): number;
   pendingBytes(id: number): number;
@@ -255,6 +264,9 @@ function adapt(raw: RawNativeAddon): NativeAddon {
     }
     resetFraming(): void {
       fn.resetFraming(this.id);
+    }
+    lendReads(enable: boolean): void {
+      fn.lendReads(this.id, enable);
     }
     write(data: Uint8Array, length?: number): number {
       return fn.write(this.id, data, length);

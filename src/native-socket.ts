@@ -21,6 +21,8 @@ import type { NativeAddon, NativeConn, NativeServer } from "./native-binding.js"
 export interface NativeOwner {
   /** @internal A raw chunk (framing off). */
   _onData(chunk: Buffer): void;
+  /** @internal A raw chunk lent for this call only ({@link NativeSocket.setLendReads}). */
+  _onLentData(chunk: Buffer): void;
   /**
    * @internal Frames cut by the addon from the `length` bytes of `block` at
    * `base`: `frames` holds, from index `first`, [start, end) pairs relative
@@ -128,6 +130,8 @@ const B_PAUSED = 1;
 const B_QUEUED = 2;
 const B_ENDED = 4;
 const B_FINISHED = 8;
+/** Raw reads are lent (setLendReads). */
+const B_LEND = 16;
 
 /** A native connection, shaped like the part of net.Socket a Stream uses. */
 export class NativeSocket {
@@ -160,6 +164,7 @@ export class NativeSocket {
   #attach(conn: NativeConn): void {
     this.#conn = conn;
     conn.owner = this;
+    if ((this.#bits & B_LEND) !== 0) conn.lendReads(true); // set while a name resolved
   }
 
   /** Connects to `host` (resolved first when it is a name) and `port`, or to a UNIX `path`. */
@@ -192,6 +197,18 @@ export class NativeSocket {
   /** Hands data and frames to `owner` directly instead of as 'data' events. */
   setOwner(owner: NativeOwner | null): void {
     this.#owner = owner;
+    if (owner === null) this.setLendReads(false); // "data" listeners may keep what they get
+  }
+
+  /**
+   * @internal Lends raw reads to the owner (NativeConn.lendReads): a chunk
+   * is valid only during the `_onLentData` call that delivers it.
+   */
+  setLendReads(enable: boolean): void {
+    if (((this.#bits & B_LEND) !== 0) === enable) return;
+    if (enable) this.#bits |= B_LEND;
+    else this.#bits &= ~B_LEND;
+    if (this.#conn !== null && !this.destroyed) this.#conn.lendReads(enable);
   }
 
   /** The native handle (null once closed or before a name resolved). */
@@ -361,8 +378,9 @@ export class NativeSocket {
     const owner = this.#owner;
     if (frames === null) {
       const data = viewOf(block, offset, length);
-      if (owner !== null) owner._onData(data);
-      else this.#emit("data", data);
+      if (owner === null) this.#emit("data", data);
+      else if ((this.#bits & B_LEND) === 0) owner._onData(data);
+      else owner._onLentData(data);
     } else if (owner !== null) {
       owner._onNativeFrames(block, offset, length, frames, first, count);
     } else {

@@ -121,6 +121,10 @@ const F_SWITCHED = 1 << 21;
  * it saves.
  */
 const F_JS_FRAMING = 1 << 22;
+/** reuseReadBuffer: the native transport lends raw reads. */
+const F_LEND = 1 << 23;
+/** In lentHolders: the write queue may hold views of the lent read. */
+const F_HOLDS_LENT = 1 << 24;
 
 // Reasons reading is paused (flag bits too).
 const P_USER = 1 << 15;
@@ -223,6 +227,16 @@ function establishTick(stream: Stream): void {
 function processTick(stream: Stream): void {
   stream._processTick();
 }
+
+/**
+ * A read the native transport lends (reuseReadBuffer): the ArrayBuffer of
+ * the chunk being delivered, detached by the addon as soon as the delivery
+ * returns, and the native streams whose write queues took views of it
+ * meanwhile (their bytes are copied before it ends). A lend never nests:
+ * the addon calls into JS only from the event loop.
+ */
+let lentBlock: ArrayBufferLike | null = null;
+const lentHolders: Stream[] = [];
 
 // Writes made outside a read dispatch are flushed together at the end of the turn.
 const dirty: Stream[] = [];
@@ -396,6 +410,30 @@ export class Stream extends Channel {
     if ((this.#flags & (F_NATIVE_FRAMING | F_IN_DISPATCH)) === F_NATIVE_FRAMING && this.#state === S_OPEN) this.#syncNativeFraming();
   }
 
+  /**
+   * Opt-in (beyond Pants), for a handler that uses each raw chunk only
+   * inside `onRead` (an echo, a proxy, a checksum): the chunks may live in
+   * memory the transport reads into again after `onRead` returns, so they
+   * need no Buffer of their own per read. A chunk, and any frame or view
+   * cut from it, is then valid only until `onRead` returns; afterwards it
+   * may read as empty. `write()` copies what it has to keep; copy anything
+   * else you keep or hand on (`Buffer.from(chunk)`). On the native
+   * transport, raw reads (`readDelimiter` null or framed in JS) of bulk
+   * size are lent this way; elsewhere (node:net, TLS) it changes nothing.
+   * Default false.
+   * @throws TypeError unless a boolean.
+   */
+  get reuseReadBuffer(): boolean {
+    return (this.#flags & F_LEND) !== 0;
+  }
+  set reuseReadBuffer(value: boolean) {
+    if (typeof value !== "boolean") throw typeError(`reuseReadBuffer must be a boolean, got ${describe(value)}.`);
+    if (value) this.#flags |= F_LEND;
+    else this.#flags &= ~F_LEND;
+    const sock = this.#sock;
+    if (isNative(sock)) sock.setLendReads(value);
+  }
+
   /** `null` (default): `onRead` gets Buffers; an encoding: it gets strings. */
   get encoding(): BufferEncoding | null {
     return this.#encoding;
@@ -492,6 +530,7 @@ export class Stream extends Channel {
       this.#flags |= F_NATIVE;
       sock = NativeSocket.connect(target.kind === "unix" ? { path: target.path } : { host, port: target.port, family: target.family === 0 && target.v6tuple ? 6 : 0 });
       sock.setOwner(this);
+      if ((this.#flags & F_LEND) !== 0) sock.setLendReads(true);
     } else if (target.kind === "unix") {
       sock = net.connect({ path: target.path, allowHalfOpen: true });
     } else {
@@ -588,6 +627,7 @@ export class Stream extends Channel {
     else if (data instanceof Uint8Array) buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     else throw typeError(`write() expects a string or a Uint8Array, got ${describe(data)}.`);
     if (buf.length === 0) return;
+    if (lentBlock !== null && buf.buffer === lentBlock) buf = this.#borrow(buf);
     // The queue exists only while it holds something (see spareQueues).
     let wq = this.#wq;
     if (wq === null) wq = this.#wq = spareQueues.pop() ?? [];
@@ -787,6 +827,7 @@ export class Stream extends Channel {
     if (isNative(sock)) {
       this.#flags |= F_NATIVE;
       sock.setOwner(this);
+      if ((this.#flags & F_LEND) !== 0) sock.setLendReads(true);
     }
     sock.on("error", onSocketError);
     sock.on("close", onSocketClose);
@@ -1044,6 +1085,19 @@ export class Stream extends Channel {
   // -------------------------------------------------------------------------
   // Internals: the read path
 
+  /** @internal A chunk lent by the native transport for this call only (reuseReadBuffer). */
+  _onLentData(chunk: Buffer): void {
+    const block = chunk.buffer;
+    lentBlock = block;
+    try {
+      this._onData(chunk);
+    } finally {
+      lentBlock = null;
+      for (let i = 0; i < lentHolders.length; i++) lentHolders[i]!._keepLent(block);
+      lentHolders.length = 0;
+    }
+  }
+
   /** @internal A chunk arrived. */
   _onData(chunk: Buffer): void {
     this.#flags |= F_ACTIVE;
@@ -1093,6 +1147,7 @@ export class Stream extends Channel {
   }
 
   #push(chunk: Buffer): void {
+    if (lentBlock !== null && chunk.buffer === lentBlock) chunk = Buffer.from(chunk); // kept past the lend
     (this.#rb ??= new ReceiveBuffer()).push(chunk);
     this.#process();
   }
@@ -1573,6 +1628,32 @@ export class Stream extends Channel {
     const state = this.#state;
     if (state === S_CLOSED || state === S_CLOSING) throw new ChannelStateError(`${op}() called on closed ${String(this)}.`);
     throw new ChannelStateError(`${op}() called on disconnected ${String(this)}.`);
+  }
+
+  /**
+   * A write of lent bytes (reuseReadBuffer): a native stream queues them as
+   * they are, to be sent before the lend ends (the addon copies what it has
+   * to queue; _keepLent copies what is still here then); any other copies
+   * them now.
+   */
+  #borrow(buf: Buffer): Buffer {
+    if ((this.#flags & F_NATIVE) === 0) return Buffer.from(buf);
+    if ((this.#flags & F_HOLDS_LENT) === 0) {
+      this.#flags |= F_HOLDS_LENT;
+      lentHolders.push(this);
+    }
+    return buf;
+  }
+
+  /** @internal The lend of `block` ends: queued views of it become copies. */
+  _keepLent(block: ArrayBufferLike): void {
+    this.#flags &= ~F_HOLDS_LENT;
+    const wq = this.#wq;
+    if (wq === null) return;
+    for (let i = 0; i < wq.length; i++) {
+      const item = wq[i];
+      if (Buffer.isBuffer(item) && item.buffer === block) wq[i] = Buffer.from(item);
+    }
   }
 
   #afterQueue(flush: boolean): void {

@@ -3,7 +3,7 @@
  * own, so a crash is seen as a crash and its memory and descriptors are its
  * own. Started by stress/lib/proc.ts as
  *
- *   node --expose-gc dist/stress/server.js --scenario echo|framed|big|faulty --options JSON
+ *   node --expose-gc dist/stress/server.js --scenario echo|framed|big|faulty|lent --options JSON
  *
  * with an IPC channel. It listens on 127.0.0.1 (port 0), sends
  * `{ op: "ready", port, auxPort }`, and answers `{ op: "health" }` with a
@@ -45,7 +45,7 @@ function argValue(name: string): string | undefined {
 
 const scenario = (argValue("--scenario") ?? "echo") as Scenario;
 const config: ServerConfig = JSON.parse(argValue("--options") ?? "{}") as ServerConfig;
-if (!["echo", "framed", "big", "faulty"].includes(scenario)) {
+if (!["echo", "framed", "big", "faulty", "lent"].includes(scenario)) {
   process.stderr.write(`stress server: unknown --scenario ${scenario}\n`);
   process.exit(2);
 }
@@ -182,6 +182,22 @@ class LineEcho extends Stream {
       this.write(line);
       this.write(NL);
     }
+  }
+}
+
+/**
+ * "lent": every raw chunk back, by a handler that keeps none, so the native
+ * transport lends its reads (reuseReadBuffer); pants-ts stops reading while
+ * the peer is slow (writeHighWaterMark).
+ */
+class LentEcho extends Stream {
+  override onConnect(): void {
+    applyLimits(this);
+    this.reuseReadBuffer = true;
+  }
+
+  override onRead(chunk: Buffer): void {
+    this.write(chunk);
   }
 }
 
@@ -510,7 +526,7 @@ class ThrowsEarly extends Stream {
 // ---------------------------------------------------------------------------
 // Servers
 
-const CLASSES: Record<Scenario, typeof Stream> = { echo: LineEcho, framed: FramedEcho, big: BigReply, faulty: Faulty };
+const CLASSES: Record<Scenario, typeof Stream> = { echo: LineEcho, framed: FramedEcho, big: BigReply, faulty: Faulty, lent: LentEcho };
 
 function serverOptions(): ServerOptions {
   const options: ServerOptions = {};

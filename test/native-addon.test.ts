@@ -710,6 +710,52 @@ describe("native addon", { skip }, () => {
     client.socket.destroy();
   });
 
+  test("lendReads: a bulk read is lent for its call only (it reads as empty after); what a write queues of it is copied", async () => {
+    const big = randomBytes(16 * 1024 * 1024);
+    const kept: Buffer[] = [];
+    let queued = 0;
+    let bytes = 0;
+    let conn!: NativeConn;
+    const { port } = listen((c) => {
+      conn = c;
+      assert.throws(() => c.lendReads("yes" as unknown as boolean), TypeError);
+      c.lendReads(true);
+      on(c, {
+        read(data) {
+          if (c.write(data) > 0) queued++; // the paused reader below makes the echo queue
+          kept.push(data);
+          bytes += data.length;
+        },
+      });
+      c.readStart();
+    });
+    const client = await Client.tcp(port);
+    client.socket.pause();
+    client.socket.write(big);
+    await until(() => bytes > 0, "reads");
+    await sleep(300);
+    client.socket.resume();
+    const received = await client.waitFor(big.length, 120_000);
+    assert.equal(sha(received), sha(big), "the echo, queued from lent reads, is intact");
+    assert.ok(queued > 0, "no write was queued");
+    assert.ok(kept.some((k) => k.length === 0), "no read was lent (none reads as empty after its call)");
+
+    // Off again: what a handler keeps stays as it was.
+    const copies: Buffer[] = [];
+    kept.length = 0;
+    conn.lendReads(false);
+    on(conn, {
+      read(data) {
+        kept.push(data);
+        copies.push(Buffer.from(data));
+      },
+    });
+    client.socket.write(big);
+    await until(() => copies.reduce((n, c) => n + c.length, 0) >= big.length, "reads", 60_000);
+    kept.forEach((k, i) => assert.ok(k.equals(copies[i]!), `read ${i} changed after its call`));
+    client.socket.destroy();
+  });
+
   test("writev and write keep their order, queued or not", async () => {
     let conn!: NativeConn;
     let writtenCalls = 0;

@@ -114,7 +114,7 @@ export function sideLabel(scenario: Scenario, side: Side): string {
 export const HOST = "127.0.0.1";
 
 /** What a benchmark server does: the SCENARIO of bench/servers/*, or the RESP protocol. */
-export type ServerJob = "echo-line" | "echo-raw" | "http" | "tls-echo-line" | "tls-echo-raw" | "resp";
+export type ServerJob = "echo-line" | "echo-raw" | "echo-raw-lent" | "http" | "tls-echo-line" | "tls-echo-raw" | "resp";
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 

@@ -83,6 +83,21 @@ const bulk = loadgenScenario(
   "mbps",
 );
 
+/**
+ * Bulk by a handler that uses each chunk only inside its call, as the raw
+ * node and uvloop echoes already do: pants-ts says so (reuseReadBuffer),
+ * and its native transport then lends reads instead of giving each one a
+ * Buffer of its own.
+ */
+const bulkLent = loadgenScenario(
+  "bulk-lent",
+  "bulk, with pants-ts told the handler keeps no chunk (reuseReadBuffer = true; the raw node and uvloop servers are their echo-raw, which keep none either)",
+  "MB/s",
+  "echo-raw-lent",
+  ["-m", "bulk", "-c", 4, "-b", 65536, "-W", 262144],
+  "mbps",
+);
+
 const churn = loadgenScenario(
   "churn",
   "connection churn, 50 at once: connect, one line, its echo, close",
@@ -308,6 +323,7 @@ export const SCENARIOS: readonly Scenario[] = [
   pingpong(500),
   pipelined,
   bulk,
+  bulkLent,
   churn,
   http,
   tlsEcho,

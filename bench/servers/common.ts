@@ -5,12 +5,14 @@
  *
  *   PORT      port to listen on; 0 picks a free one (the READY line tells which)
  *   HOST      address to listen on (default 127.0.0.1)
- *   SCENARIO  echo-line | echo-raw | http | tls-echo-line | tls-echo-raw
+ *   SCENARIO  echo-line | echo-raw | echo-raw-lent | http | tls-echo-line | tls-echo-raw
+ *             (echo-raw-lent: echo-raw by a handler that only borrows its
+ *             chunks; pants-ts sets reuseReadBuffer, the others need no change)
  *   TLS_CERT, TLS_KEY  PEM files, for the tls-* scenarios
  */
 
 /** The jobs a benchmark server can do. */
-export const SERVER_SCENARIOS = ["echo-line", "echo-raw", "http", "tls-echo-line", "tls-echo-raw"] as const;
+export const SERVER_SCENARIOS = ["echo-line", "echo-raw", "echo-raw-lent", "http", "tls-echo-line", "tls-echo-raw"] as const;
 export type ServerScenario = (typeof SERVER_SCENARIOS)[number];
 
 export interface ServerConfig {
@@ -19,6 +21,8 @@ export interface ServerConfig {
   readonly scenario: ServerScenario;
   /** Echo framing: "line" (by "\n") or "raw" (every chunk back). */
   readonly echo: "line" | "raw" | null;
+  /** echo-raw-lent: the handler uses each chunk only inside its call. */
+  readonly lent: boolean;
   readonly tls: { readonly certFile: string; readonly keyFile: string } | null;
 }
 
@@ -48,8 +52,9 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
     if (!certFile || !keyFile) fail(`SCENARIO=${s} needs TLS_CERT and TLS_KEY`);
     tls = { certFile, keyFile };
   }
-  const echo = s.endsWith("echo-line") ? "line" : s.endsWith("echo-raw") ? "raw" : null;
-  return { host: env["HOST"] || "127.0.0.1", port, scenario: s, echo, tls };
+  const lent = s === "echo-raw-lent";
+  const echo = s.endsWith("echo-line") ? "line" : s.endsWith("echo-raw") || lent ? "raw" : null;
+  return { host: env["HOST"] || "127.0.0.1", port, scenario: s, echo, lent, tls };
 }
 
 /**

@@ -30,6 +30,13 @@ class RawEcho extends Stream {
   }
 }
 
+/** RawEcho by a handler that writes each chunk and keeps none: reads may be lent. */
+class LentRawEcho extends RawEcho {
+  override onConnect(): void {
+    this.reuseReadBuffer = true;
+  }
+}
+
 /** One fixed response per request head. */
 class HttpResponder extends Stream {
   override onConnect(): void {
@@ -43,7 +50,7 @@ class HttpResponder extends Stream {
 const config = readConfig();
 const options: ServerOptions = {};
 if (config.tls !== null) options.sslOptions = { certfile: config.tls.certFile, keyfile: config.tls.keyFile };
-const ConnectionClass = config.scenario === "http" ? HttpResponder : config.echo === "raw" ? RawEcho : LineEcho;
+const ConnectionClass = config.scenario === "http" ? HttpResponder : config.lent ? LentRawEcho : config.echo === "raw" ? RawEcho : LineEcho;
 const server = new Server(ConnectionClass, options);
 server.listen([config.host, config.port], 1024);
 await server.ready();

@@ -4,6 +4,7 @@
  *
  *   echo-line  frame by "\n" with Buffer#indexOf, write each line back
  *   echo-raw   write every chunk back; pause reading while the socket is backed up
+ *              (echo-raw-lent: the same; the handler keeps no chunk already)
  *   http       frame requests by "\r\n\r\n", answer a fixed 200 with Content-Length
  *   tls-*      the same echoes over node:tls
  *

@@ -7,6 +7,7 @@ callbacks (no streams, no coroutines per connection):
   echo-raw   transport.write every chunk; pause_reading() while the transport
              is above its write high-water mark (pause_writing), resume_reading()
              when it drains (resume_writing)
+  echo-raw-lent  the same as echo-raw (its handler keeps no chunk already)
   http       frames request heads by b"\\r\\n\\r\\n" with bytes.find; one fixed
              200 response with Content-Length per request
 
@@ -93,7 +94,8 @@ class HttpResponder(asyncio.Protocol):
         self.pending = data[start:]
 
 
-PROTOCOLS = {"echo-line": LineEcho, "echo-raw": RawEcho, "http": HttpResponder}
+# echo-raw-lent: RawEcho already uses each chunk only inside data_received.
+PROTOCOLS = {"echo-line": LineEcho, "echo-raw": RawEcho, "echo-raw-lent": RawEcho, "http": HttpResponder}
 
 
 def fail(message):

@@ -153,6 +153,56 @@ function halfCloseTls(): CaseSpec {
 
 export const faultCases: CaseSpec[] = [
   {
+    name: "lent-echo",
+    group: "faults",
+    quick: true,
+    what: ({ quick }) =>
+      `${quick ? 24 : 96} clients send 4 MB each, in random-sized writes (up to 64 KiB), to a raw echo whose reads are lent (reuseReadBuffer); ` +
+      `a third stall their reading, a third reset mid-transfer; every echo that completes is checked byte for byte`,
+    server: () => ({ scenario: "lent", config: {} }),
+    checkHeap: true,
+    timeoutMs: () => 120_000,
+    async run(ctx) {
+      const n = ctx.quick ? 24 : 96;
+      const size = 4 << 20;
+      const rng = new Rng(23);
+      const all = await peers(ctx.server.port, n, size);
+      const kinds = all.map((_, i) => (["plain", "stalling", "reset"] as const)[i % 3]!);
+      await Promise.all(
+        all.map(async (p, i) => {
+          const resetAt = rng.int(64 << 10, size);
+          let stalled = 0;
+          for (let pos = 0; pos < size && !p.closed; ) {
+            const len = Math.min(rng.int(1, PATTERN_PERIOD), size - pos);
+            p.write(patternSlice(pos, len));
+            pos += len;
+            if (kinds[i] === "reset" && pos >= resetAt) {
+              p.reset();
+              return;
+            }
+            if (kinds[i] === "stalling" && pos - stalled >= 1 << 20) {
+              stalled = pos;
+              p.sock.pause();
+              await sleep(40);
+              p.sock.resume();
+            }
+            if (p.sock.writableLength > 1 << 20) await new Promise((r) => p.sock.once("drain", r));
+          }
+          const deadline = Date.now() + 60_000;
+          while (p.received < size && !p.closed && Date.now() < deadline) await sleep(5);
+          p.destroy();
+        }),
+      );
+      const whole = all.filter((_, i) => kinds[i] !== "reset");
+      const short = whole.filter((p) => p.received !== size).length;
+      const corrupt = all.filter((p) => !isPatternPrefix(p.bytes)).length;
+      ctx.check("every client that kept going got its whole echo", short === 0, `${short}/${whole.length} short`);
+      ctx.check("what every client read was what it sent, byte for byte", corrupt === 0, `${corrupt} clients got wrong bytes`);
+      await ctx.server.waitFor((x) => x.open <= 1, 30_000);
+      ctx.note(`${whole.length} echoes of 4 MB whole, ${n - whole.length} resets mid-transfer, ${mib(all.reduce((s, p) => s + p.received, 0))} echoed`);
+    },
+  },
+  {
     name: "reset-mid-write",
     group: "faults",
     quick: true,
