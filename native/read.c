@@ -115,18 +115,24 @@ static bool make_data(pn_conn *c, const uint8_t *nb, size_t nn, napi_value *ab, 
 
 /* ---- the spare read buffer ---------------------------------------------- */
 
-/* Reads land in env->spare, from spare_used on, when there is a spare: the
- * memory of a Buffer whose bytes from spare_used on no JS has seen. */
-static void make_spare(pn_env *e) {
+/* A new Buffer of PN_READ_BUF_SIZE bytes for reads to land in, held by
+ * *ref, or NULL (reads are copied until the next try). What JS gets are
+ * offsets into the whole ArrayBuffer: the bytes must start it. */
+static uint8_t *make_read_block(pn_env *e, napi_ref *ref) {
   napi_value ab;
   size_t off;
   uint8_t *data = new_buffer(e, PN_READ_BUF_SIZE, &ab, &off);
-  /* Pieces are lent as offsets into the whole ArrayBuffer: the bytes must start it. */
-  if (data == NULL || off != 0 || napi_create_reference(e->env, ab, 1, &e->spare_ref) != napi_ok) {
-    e->spare_ref = NULL; /* reads use read_buf until the next try */
-    return;
+  if (data == NULL || off != 0 || napi_create_reference(e->env, ab, 1, ref) != napi_ok) {
+    *ref = NULL;
+    return NULL;
   }
-  e->spare = data;
+  return data;
+}
+
+/* Reads land in env->spare, from spare_used on, when there is a spare: the
+ * memory of a Buffer whose bytes from spare_used on no JS has seen. */
+static void make_spare(pn_env *e) {
+  e->spare = make_read_block(e, &e->spare_ref);
   e->spare_used = 0;
 }
 
@@ -140,8 +146,6 @@ static bool lend_piece(pn_env *e, size_t len, napi_value *ab, size_t *off) {
   e->spare_used += len;
   if (PN_READ_BUF_SIZE - e->spare_used < PN_SPARE_MIN) {
     napi_delete_reference(e->env, e->spare_ref);
-    e->spare_ref = NULL;
-    e->spare = NULL;
     make_spare(e);
   }
   return true;
@@ -165,14 +169,7 @@ static bool lend_piece(pn_env *e, size_t len, napi_value *ab, size_t *off) {
  * are batched (copied) as usual, and reads with bytes pending before them
  * are copied: only a read delivered alone, raw, is lent. */
 static void make_lend(pn_env *e) {
-  napi_value ab;
-  size_t off;
-  uint8_t *data = new_buffer(e, PN_READ_BUF_SIZE, &ab, &off);
-  if (data == NULL || off != 0 || napi_create_reference(e->env, ab, 1, &e->lend_ref) != napi_ok) {
-    e->lend_ref = NULL; /* reads are copied until the next try */
-    return;
-  }
-  e->lend = data;
+  e->lend = make_read_block(e, &e->lend_ref);
 }
 
 bool pn_is_lent(const pn_env *e, const uint8_t *p, size_t n) {
@@ -192,8 +189,6 @@ static void lend_done(pn_env *e, napi_value ab) {
    * its memory is not ours to reuse either way. */
   napi_detach_arraybuffer(e->env, ab);
   napi_delete_reference(e->env, e->lend_ref);
-  e->lend_ref = NULL;
-  e->lend = NULL;
   make_lend(e);
 }
 

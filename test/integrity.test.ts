@@ -10,7 +10,7 @@ import { createHash, randomBytes } from "node:crypto";
 import net from "node:net";
 import tls from "node:tls";
 import { Server, Stream } from "../src/index.js";
-import { freshEngine, listenLocal, sleep } from "./helpers.js";
+import { freshEngine, listenLocal, prng, sleep } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import type { Certs } from "./certs.js";
 
@@ -21,17 +21,6 @@ class ChunkEcho extends Stream {
   override onRead(chunk: Buffer): void {
     this.write(chunk);
   }
-}
-
-/** A seeded PRNG (mulberry32) for chunk sizes: the same split on every run. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    let t = (s = (s + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 0x1_0000_0000;
-  };
 }
 
 /** Chunk sizes from 1 byte to 256 KiB, log-uniform: many tiny writes and some large ones. */

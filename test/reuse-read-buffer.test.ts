@@ -16,7 +16,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Server, Stream } from "../src/index.js";
 import type { Engine } from "../src/index.js";
-import { freshEngine, listenLocal, sleep, tempDir, waitFor } from "./helpers.js";
+import { freshEngine, listenLocal, prng, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import type { Certs } from "./certs.js";
 
@@ -28,16 +28,21 @@ function sha256(...parts: readonly Buffer[]): string {
   return hash.digest("hex");
 }
 
-/** Sizes from 1 byte to 256 KiB, log-uniform, from a seeded PRNG (mulberry32). */
+/** Sizes from 1 byte to 256 KiB, log-uniform, seeded: the same split on every run. */
 function sizes(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    let t = (s = (s + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    const r = ((t ^ (t >>> 14)) >>> 0) / 0x1_0000_0000;
-    return Math.max(1, Math.floor(Math.exp(r * Math.log(256 * 1024))));
-  };
+  const rand = prng(seed);
+  return () => Math.max(1, Math.floor(Math.exp(rand() * Math.log(256 * 1024))));
+}
+
+/** Writes `data` to `sock` in random-sized pieces (honouring backpressure), then ends. */
+async function sendInPieces(sock: net.Socket, data: Buffer, seed: number): Promise<void> {
+  const next = sizes(seed);
+  for (let pos = 0; pos < data.length; ) {
+    const n = Math.min(next(), data.length - pos);
+    if (!sock.write(data.subarray(pos, pos + n))) await new Promise<void>((resolve) => sock.once("drain", resolve));
+    pos += n;
+  }
+  sock.end();
 }
 
 /**
@@ -67,13 +72,7 @@ async function exchange(port: number, data: Buffer, seed: number, stallEvery = 0
     sock.once("close", () => resolve());
     sock.once("error", reject);
   });
-  const next = sizes(seed);
-  for (let pos = 0; pos < data.length; ) {
-    const n = Math.min(next(), data.length - pos);
-    if (!sock.write(data.subarray(pos, pos + n))) await new Promise<void>((resolve) => sock.once("drain", resolve));
-    pos += n;
-  }
-  sock.end();
+  await sendInPieces(sock, data, seed);
   await closed;
   return { hash: hash.digest("hex"), bytes };
 }
@@ -234,13 +233,7 @@ test("reuseReadBuffer: chunks kept against the promise read as before or as empt
         sock.once("close", () => resolve());
         sock.once("error", reject);
       });
-      const next = sizes(30 + i);
-      for (let pos = 0; pos < data.length; ) {
-        const n = Math.min(next(), data.length - pos);
-        if (!sock.write(data.subarray(pos, pos + n))) await new Promise<void>((resolve) => sock.once("drain", resolve));
-        pos += n;
-      }
-      sock.end();
+      await sendInPieces(sock, data, 30 + i);
       await closed;
       return answer;
     }),

@@ -74,12 +74,15 @@ const pipelined = loadgenScenario(
   "rate",
 );
 
+/** Bulk echo's load (plain and TLS): 4 connections, 64 KiB writes, at most 256 KiB in flight each. */
+const BULK_LOAD = ["-m", "bulk", "-c", 4, "-b", 65536, "-W", 262144] as const;
+
 const bulk = loadgenScenario(
   "bulk",
   "raw echo throughput, 4 connections, 64 KiB writes, at most 256 KiB in flight per connection",
   "MB/s",
   "echo-raw",
-  ["-m", "bulk", "-c", 4, "-b", 65536, "-W", 262144],
+  BULK_LOAD,
   "mbps",
 );
 
@@ -94,7 +97,7 @@ const bulkLent = loadgenScenario(
   "bulk, with pants-ts told the handler keeps no chunk (reuseReadBuffer = true; the raw node and uvloop servers are their echo-raw, which keep none either)",
   "MB/s",
   "echo-raw-lent",
-  ["-m", "bulk", "-c", 4, "-b", 65536, "-W", 262144],
+  BULK_LOAD,
   "mbps",
 );
 
@@ -198,7 +201,7 @@ const tlsBulk = tlsScenario(
   "raw echo throughput over TLS, 4 connections, 64 KiB writes, 256 KiB in flight",
   "MB/s",
   "tls-echo-raw",
-  ["-m", "bulk", "-c", 4, "-b", 65536, "-W", 262144],
+  BULK_LOAD,
   ["--mode", "bulk", "--conns", 4, "--block", 65536, "--window", 262144],
   "mbps",
 );
