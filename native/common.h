@@ -146,7 +146,7 @@ struct pn_env {
   napi_ref spare_ref;
   uint8_t *spare;
   size_t spare_used; /* bytes of the spare already handed to JS */
-  /* Connections that lend their reads (lendReads(true), raw framing) read
+  /* Connections that lend their reads (lendReads(true), nothing pending) read
    * into `lend`, the memory of a Buffer no JS has seen, which is lent to
    * the one call that delivers the read and detached after it; a new one
    * takes its place, which malloc mostly serves from the memory just freed
@@ -310,7 +310,7 @@ typedef struct pn_conn {
   bool connecting;   /* a connect request is in flight */
   bool write_error_reported;
   bool need_deliver; /* P may hold frames that were not delivered yet */
-  bool lend_reads;   /* raw reads are lent to JS (lendReads), not given */
+  bool lend_reads;   /* reads are lent to JS (lendReads), not given */
 
   /* Connect and shutdown requests are malloc'd when made and freed by their
    * callbacks (an idle connection does not carry them). */

@@ -283,6 +283,35 @@ async function trickle(sock, s) {
   s.close();
 }
 
+// 2c. Lent framed reads: fixed-size frames cut from lent reads, the partial
+// frame after each read kept (copied) before the block is taken back.
+{
+  let conn;
+  const frames = [];
+  const { s, port } = listen((c) => {
+    conn = c;
+    c.lendReads(true);
+    c.setFraming(2, 40_000, 65536);
+    handlers.set(c, {
+      read(d, f, n) {
+        for (let i = 0; i < n; i++) frames.push(Buffer.from(d.subarray(f[2 * i], f[2 * i + 1])));
+      },
+    });
+    c.readStart();
+  });
+  const cl = client(port);
+  const big = Buffer.alloc(40_000 * 50 * scale);
+  for (let i = 0; i < big.length; i += 4) big.writeUInt32LE(i, i);
+  await until(() => cl.sock.readyState === "open", "connect 2c");
+  cl.sock.write(big);
+  await until(() => frames.length === 50 * scale, "lent frames");
+  assert.ok(Buffer.concat(frames).equals(big), "frames cut from lent reads are intact");
+  cl.sock.destroy();
+  await sleep(20);
+  conn.close();
+  s.close();
+}
+
 // 3. Close with queued writes (refs freed on cancel), close inside onRead, resets.
 {
   const { s, port } = listen((c) => {

@@ -23,8 +23,8 @@
  * way the rule holds: consumed before the next read.
  *
  * A connection whose handler only borrows its chunks (lendReads(true); JS:
- * Stream.reuseReadBuffer) reads raw bytes into a block of its own kind,
- * lent to JS for one call and taken back after it (see "lent reads").
+ * Stream.reuseReadBuffer) reads into a block of its own kind, lent to JS
+ * for one call and taken back after it (see "lent reads").
  *
  * Every read reaches JS the same way, as an entry of the read table, an
  * Int32Array reused by every call: onReadBatch(block, table, count), with
@@ -157,17 +157,20 @@ static bool lend_piece(pn_env *e, size_t len, napi_value *ab, size_t *off) {
  * checksum) does not need a Buffer of its own per read, and bulk transfer
  * pays for one: every read lands in memory JS holds until V8's next GC,
  * tens of megabytes later, so reading and writing run through memory that
- * is not in the CPU's cache. Such a connection (lendReads(true)) reads raw
- * bytes into env->lend, the memory of a Buffer no JS has seen, and the read
- * is lent to JS where it landed, for the one call that delivers it. After
- * the call its ArrayBuffer is detached: every view of it reads as empty from
- * then on (a chunk kept against the promise shows nothing, never later
- * bytes), and V8 frees the memory at once; a new Buffer takes the block's
- * place, and malloc mostly hands it the memory just freed, still in cache.
+ * is not in the CPU's cache. Such a connection (lendReads(true)) reads,
+ * whenever nothing is pending, into env->lend, the memory of a Buffer no
+ * JS has seen, and the read is lent to JS where it landed, for the one
+ * call that delivers it. After the call its ArrayBuffer is detached:
+ * every view of it reads as empty from then on (a chunk kept against the
+ * promise shows nothing, never later bytes), and V8 frees the memory at
+ * once; a new Buffer takes the block's place, and malloc mostly hands it
+ * the memory just freed, still in cache.
  * Bytes of the block a write queues are copied (write.c, pn_is_lent); the
- * JS side copies what it keeps past the call (src/stream.ts). Small reads
- * are batched (copied) as usual, and reads with bytes pending before them
- * are copied: only a read delivered alone, raw, is lent. */
+ * JS side copies what it keeps past the call (src/stream.ts), and the
+ * unframed tail of a framed read is copied into P before the block is taken
+ * back. Small reads are batched (copied) as usual, and reads with bytes
+ * pending before them are copied: only a read delivered alone, with nothing
+ * pending, is lent (its chunk, or the frames cut from it). */
 static void make_lend(pn_env *e) {
   e->lend = make_read_block(e, &e->lend_ref);
 }
@@ -179,8 +182,7 @@ bool pn_is_lent(const pn_env *e, const uint8_t *p, size_t n) {
 /* Whether the read at nb, for c, is handed to JS as a loan. */
 static bool lent_read(const pn_conn *c, const uint8_t *nb) {
   const pn_env *e = c->base.penv;
-  return c->lend_reads && c->fr.kind == PN_FRAME_RAW && c->fr.plen == 0 && e->lend != NULL &&
-         nb == e->lend;
+  return c->lend_reads && c->fr.plen == 0 && e->lend != NULL && nb == e->lend;
 }
 
 /* After the call a lent read was delivered by: takes the block back. */
@@ -192,7 +194,7 @@ static void lend_done(pn_env *e, napi_value ab) {
   make_lend(e);
 }
 
-/* lendReads(enable): raw reads of this connection are lent (see above). */
+/* lendReads(enable): reads of this connection are lent (see above). */
 napi_value pn_conn_lend_reads(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -374,12 +376,18 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
       return;
     }
     pn_call(e, PN_CB_READ_BATCH, 3, argv);
-    napi_close_handle_scope(env, scope);
-
     /* ---- after the callback: what did JS change? ---- */
-    if (c->base.closing) return;         /* P is freed by the close callback */
-    if (c->reset_gen != reset_gen) return; /* JS took over the rest; P is gone */
-    if (!pn_framing_keep(fr, nb, nn, res.rest)) {
+    if (c->base.closing || c->reset_gen != reset_gen) {
+      /* Closing frees P; after a reset JS took over the rest (P is gone). */
+      if (lent) lend_done(e, argv[0]);
+      napi_close_handle_scope(env, scope);
+      return;
+    }
+    /* The unframed tail joins P, before a lent block is taken back. */
+    bool kept = pn_framing_keep(fr, nb, nn, res.rest);
+    if (lent) lend_done(e, argv[0]);
+    napi_close_handle_scope(env, scope);
+    if (!kept) {
       pn_conn_emit_error(c, UV_ENOMEM, "read");
       return;
     }
@@ -417,7 +425,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   const pn_conn *c = h->data;
   pn_env *e = c->base.penv;
   (void)suggested;
-  if (c->lend_reads && e->lend != NULL && c->fr.kind == PN_FRAME_RAW && c->fr.plen == 0) {
+  if (c->lend_reads && e->lend != NULL && c->fr.plen == 0) {
     buf->base = (char *)e->lend; /* see "lent reads" */
     buf->len = PN_READ_BUF_SIZE;
   } else if (e->spare != NULL) {

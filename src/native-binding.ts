@@ -92,11 +92,12 @@ export interface NativeConn {
   /** Drops the addon's pending (not yet framed) bytes and goes back to raw. */
   resetFraming(): void;
   /**
-   * `true`: a raw read delivered alone (not batched, nothing pending before
-   * it) is lent: its `block` is memory the addon reuses, detached as soon as
-   * the onRead call returns (every view of it then reads as empty). Bytes of
-   * it that a write queues are copied; anything else that must outlive the
-   * call copies them itself. Default false.
+   * `true`: a read delivered alone (not batched, nothing pending before it),
+   * raw or framed, is lent: its `block` is memory the addon reuses, detached
+   * as soon as the onRead call returns (every view of it then reads as
+   * empty). Bytes of it that a write queues, and the unframed tail the addon
+   * keeps, are copied; anything else that must outlive the call copies them
+   * itself. Default false.
    */
   lendReads(enable: boolean): void;
   /**

@@ -21,8 +21,11 @@ import type { NativeAddon, NativeConn, NativeServer } from "./native-binding.js"
 export interface NativeOwner {
   /** @internal A raw chunk (framing off). */
   _onData(chunk: Buffer): void;
-  /** @internal A raw chunk lent for this call only ({@link NativeSocket.setLendReads}). */
-  _onLentData(chunk: Buffer): void;
+  /**
+   * @internal A read lent for this call only ({@link NativeSocket.setLendReads}):
+   * a raw chunk (`frames` null) or frames, as `_onData` / `_onNativeFrames` take them.
+   */
+  _onLent(block: ArrayBufferLike, base: number, length: number, frames: Int32Array | null, first: number, count: number): void;
   /**
    * @internal Frames cut by the addon from the `length` bytes of `block` at
    * `base`: `frames` holds, from index `first`, [start, end) pairs relative
@@ -130,7 +133,7 @@ const B_PAUSED = 1;
 const B_QUEUED = 2;
 const B_ENDED = 4;
 const B_FINISHED = 8;
-/** Raw reads are lent (setLendReads). */
+/** Reads are lent (setLendReads). */
 const B_LEND = 16;
 
 /** A native connection, shaped like the part of net.Socket a Stream uses. */
@@ -201,8 +204,8 @@ export class NativeSocket {
   }
 
   /**
-   * @internal Lends raw reads to the owner (NativeConn.lendReads): a chunk
-   * is valid only during the `_onLentData` call that delivers it.
+   * @internal Lends reads to the owner (NativeConn.lendReads): a chunk or
+   * frame is valid only during the `_onLent` call that delivers it.
    */
   setLendReads(enable: boolean): void {
     if (((this.#bits & B_LEND) !== 0) === enable) return;
@@ -376,11 +379,12 @@ export class NativeSocket {
   /** @internal */
   _read(block: ArrayBufferLike, offset: number, length: number, frames: Int32Array | null, first: number, count: number): void {
     const owner = this.#owner;
-    if (frames === null) {
+    if (owner !== null && (this.#bits & B_LEND) !== 0) {
+      owner._onLent(block, offset, length, frames, first, count);
+    } else if (frames === null) {
       const data = viewOf(block, offset, length);
-      if (owner === null) this.#emit("data", data);
-      else if ((this.#bits & B_LEND) === 0) owner._onData(data);
-      else owner._onLentData(data);
+      if (owner !== null) owner._onData(data);
+      else this.#emit("data", data);
     } else if (owner !== null) {
       owner._onNativeFrames(block, offset, length, frames, first, count);
     } else {

@@ -121,7 +121,7 @@ const F_SWITCHED = 1 << 21;
  * it saves.
  */
 const F_JS_FRAMING = 1 << 22;
-/** reuseReadBuffer: the native transport lends raw reads. */
+/** reuseReadBuffer: the native transport lends reads. */
 const F_LEND = 1 << 23;
 /** In lentHolders: the write queue may hold views of the lent read. */
 const F_HOLDS_LENT = 1 << 24;
@@ -411,15 +411,16 @@ export class Stream extends Channel {
   }
 
   /**
-   * Opt-in (beyond Pants), for a handler that uses each raw chunk only
+   * Opt-in (beyond Pants), for a handler that uses each chunk or frame only
    * inside `onRead` (an echo, a proxy, a checksum): the chunks may live in
    * memory the transport reads into again after `onRead` returns, so they
    * need no Buffer of their own per read. A chunk, and any frame or view
    * cut from it, is then valid only until `onRead` returns; afterwards it
    * may read as empty. `write()` copies what it has to keep; copy anything
    * else you keep or hand on (`Buffer.from(chunk)`). On the native
-   * transport, raw reads (`readDelimiter` null or framed in JS) of bulk
-   * size are lent this way; elsewhere (node:net, TLS) it changes nothing.
+   * transport, reads of bulk size that find nothing pending are lent this
+   * way (raw chunks, or the frames cut from them); elsewhere (node:net,
+   * TLS) it changes nothing.
    * Default false.
    * @throws TypeError unless a boolean.
    */
@@ -1085,12 +1086,12 @@ export class Stream extends Channel {
   // -------------------------------------------------------------------------
   // Internals: the read path
 
-  /** @internal A chunk lent by the native transport for this call only (reuseReadBuffer). */
-  _onLentData(chunk: Buffer): void {
-    const block = chunk.buffer;
+  /** @internal A chunk (`frames` null) or frames lent by the native transport for this call only (reuseReadBuffer). */
+  _onLent(block: ArrayBufferLike, base: number, length: number, frames: Int32Array | null, first: number, count: number): void {
     lentBlock = block;
     try {
-      this._onData(chunk);
+      if (frames === null) this._onData(viewOf(block, base, length));
+      else this._onNativeFrames(block, base, length, frames, first, count);
     } finally {
       lentBlock = null;
       for (let i = 0; i < lentHolders.length; i++) lentHolders[i]!._keepLent(block);

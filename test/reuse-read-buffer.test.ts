@@ -272,6 +272,69 @@ test("reuseReadBuffer: lines framed in JavaScript (a RegExp) across lent reads a
   assert.equal(r.hash, sha256(data));
 });
 
+test("reuseReadBuffer: fixed-size frames cut from lent reads echo intact, the partial frame after each read kept", { timeout: 120_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const tally: Tally = { chunks: 0, emptied: 0 };
+  class Records extends Stream {
+    #last: Buffer | null = null;
+    override onConnect(): void {
+      this.reuseReadBuffer = true;
+      this.readDelimiter = 40_000; // cut by the addon; most reads end inside a record
+    }
+    override onRead(record: Buffer): void {
+      if (this.#last !== null && this.#last.length === 0) tally.emptied++;
+      tally.chunks++;
+      this.#last = record;
+      this.write(record);
+    }
+    override onEnd(): void {
+      this.close(true);
+    }
+  }
+  const server = new Server(Records, { engine });
+  const port = await listenLocal(server, t);
+  const inputs = [1, 2].map(() => randomBytes(400 * 40_000));
+  const results = await Promise.all(inputs.map((data, i) => exchange(port, data, 40 + i, i === 0 ? 0 : 3 * MiB)));
+  results.forEach((r, i) => assert.equal(r.hash, sha256(inputs[i]!), `connection ${i}: what came back differs from what was sent`));
+  checkLending(server, tally);
+});
+
+test("reuseReadBuffer: a protocol that switches between lines and sized bodies inside onRead, over lent reads", { timeout: 120_000 }, async (t) => {
+  const engine = freshEngine(t);
+  // Each message: its body's length as a line, then the body; the server
+  // echoes the bodies. Switching delimiter inside onRead re-frames the rest
+  // of a lent read in the same call.
+  class Bodies extends Stream {
+    override onConnect(): void {
+      this.reuseReadBuffer = true;
+      this.readDelimiter = "\n";
+    }
+    override onRead(data: Buffer): void {
+      if (this.readDelimiter === "\n") {
+        this.readDelimiter = Number(data.toString("latin1"));
+      } else {
+        this.write(data);
+        this.readDelimiter = "\n";
+      }
+    }
+    override onEnd(): void {
+      this.close(true);
+    }
+  }
+  const port = await listenLocal(new Server(Bodies, { engine }), t);
+  const next = sizes(77);
+  const bodies: Buffer[] = [];
+  const wire: Buffer[] = [];
+  for (let total = 0; total < 24 * MiB; ) {
+    const body = randomBytes(Math.min(next(), 60_000));
+    bodies.push(body);
+    wire.push(Buffer.from(`${body.length}\n`), body);
+    total += body.length;
+  }
+  const r = await exchange(port, Buffer.concat(wire), 78, 4 * MiB);
+  assert.equal(r.hash, sha256(...bodies), "the bodies came back changed");
+});
+
 test("reuseReadBuffer: with an encoding, onRead gets the text of every chunk", { timeout: 60_000 }, async (t) => {
   const engine = freshEngine(t);
   class TextEcho extends Stream {
