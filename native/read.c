@@ -79,7 +79,6 @@ static uint8_t *new_buffer(pn_env *e, size_t len, napi_value *ab, size_t *off) {
 }
 
 static bool lend_piece(pn_env *e, size_t len, napi_value *ab, size_t *off);
-static bool lent_read(const pn_conn *c, const uint8_t *nb);
 
 /* P + nb, one after the other, at dst. */
 static void put_bytes(uint8_t *dst, const pn_framing *fr, const uint8_t *nb, size_t nn) {
@@ -89,17 +88,12 @@ static void put_bytes(uint8_t *dst, const pn_framing *fr, const uint8_t *nb, siz
 
 /* Copies P + nb (one copy) into memory JS can see: a piece of the slab when
  * small, else an ArrayBuffer of its own; or, for a large read that landed in
- * the spare with nothing pending, no copy (lend_piece); nor for a lent read
- * (lent_read). *ab, *off and the length P + nb say where. */
-static bool make_data(pn_conn *c, const uint8_t *nb, size_t nn, napi_value *ab, size_t *off) {
-  pn_env *e = c->base.penv;
-  const pn_framing *fr = &c->fr;
+ * the spare with nothing pending, no copy (lend_piece). *ab, *off and the
+ * length P + nb say where. (A lent read is not copied either: pn_deliver.) */
+static bool make_data(pn_env *e, const pn_framing *fr, const uint8_t *nb, size_t nn,
+                      napi_value *ab, size_t *off) {
   size_t len = fr->plen + nn;
   uint8_t *dst;
-  if (lent_read(c, nb)) {
-    *off = 0;
-    return napi_get_reference_value(e->env, e->lend_ref, ab) == napi_ok && *ab != NULL;
-  }
   if (fr->plen == 0 && nn > PN_SLAB_PIECE && e->spare != NULL && nb == e->spare + e->spare_used)
     return lend_piece(e, nn, ab, off);
   if (len <= PN_SLAB_PIECE) {
@@ -354,9 +348,11 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
       rest = res.count > 0 ? res.rest : 0;
     }
     /* make_data allocates; the table lives outside V8's heap, so e->bt
-     * stays valid across it. */
+     * stays valid across it. A lent read goes where it landed, the block. */
     const bool lent = lent_read(c, nb);
-    if (!make_data(c, nb, nn, &argv[0], &off) ||
+    off = 0;
+    if (!(lent ? napi_get_reference_value(env, e->lend_ref, &argv[0]) == napi_ok
+               : make_data(e, fr, nb, nn, &argv[0], &off)) ||
         napi_get_reference_value(env, e->btab_ref, &argv[1]) != napi_ok ||
         napi_create_uint32(env, 1, &argv[2]) != napi_ok)
       goto nomem;
@@ -370,23 +366,18 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
         make_spare(e); /* bulk: worth having */
       if (count == 0) pn_framing_keep(fr, NULL, 0, fr->plen);
       else pn_framing_reset(fr);
-      pn_call(e, PN_CB_READ_BATCH, 3, argv);
-      if (lent) lend_done(e, argv[0]);
-      napi_close_handle_scope(env, scope);
-      return;
     }
     pn_call(e, PN_CB_READ_BATCH, 3, argv);
+
     /* ---- after the callback: what did JS change? ---- */
-    if (c->base.closing || c->reset_gen != reset_gen) {
-      /* Closing frees P; after a reset JS took over the rest (P is gone). */
-      if (lent) lend_done(e, argv[0]);
-      napi_close_handle_scope(env, scope);
-      return;
-    }
-    /* The unframed tail joins P, before a lent block is taken back. */
-    bool kept = pn_framing_keep(fr, nb, nn, res.rest);
+    /* Done: raw and overflow kept nothing; closing frees P; after a reset
+     * JS took over the rest (P is gone). Else the unframed tail joins P,
+     * before a lent block is taken back. */
+    const bool done = count <= 0 || c->base.closing || c->reset_gen != reset_gen;
+    const bool kept = done || pn_framing_keep(fr, nb, nn, res.rest);
     if (lent) lend_done(e, argv[0]);
     napi_close_handle_scope(env, scope);
+    if (done) return;
     if (!kept) {
       pn_conn_emit_error(c, UV_ENOMEM, "read");
       return;

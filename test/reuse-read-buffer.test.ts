@@ -83,21 +83,25 @@ interface Tally {
   emptied: number;
 }
 
+/** Borrows its reads; closes (after its replies) when the peer ends. */
+class Borrower extends Stream {
+  override onConnect(): void {
+    this.reuseReadBuffer = true;
+  }
+  override onEnd(): void {
+    this.close(true);
+  }
+}
+
 /** Echoes every chunk, borrowing it; looks at the previous chunk again at each read. */
 function lentEcho(tally: Tally): typeof Stream {
-  return class LentEcho extends Stream {
+  return class LentEcho extends Borrower {
     #last: Buffer | null = null;
-    override onConnect(): void {
-      this.reuseReadBuffer = true;
-    }
     override onRead(chunk: Buffer): void {
       if (this.#last !== null && this.#last.length === 0) tally.emptied++;
       tally.chunks++;
       this.#last = chunk;
       this.write(chunk);
-    }
-    override onEnd(): void {
-      this.close(true);
     }
   };
 }
@@ -206,11 +210,8 @@ for (const far of ["plain", "TLS"] as const) {
 test("reuseReadBuffer: chunks kept against the promise read as before or as empty, never as later bytes", { timeout: 60_000 }, async (t) => {
   const engine = freshEngine(t);
   const verdicts: string[] = [];
-  class Keeper extends Stream {
+  class Keeper extends Borrower {
     kept: Array<{ view: Buffer; copy: Buffer }> = [];
-    override onConnect(): void {
-      this.reuseReadBuffer = true;
-    }
     override onRead(chunk: Buffer): void {
       this.kept.push({ view: chunk, copy: Buffer.from(chunk) });
     }
@@ -223,38 +224,22 @@ test("reuseReadBuffer: chunks kept against the promise read as before or as empt
   }
   const port = await listenLocal(new Server(Keeper, { engine }), t);
   const inputs = [1, 2, 3].map(() => randomBytes(8 * MiB));
-  const answers = await Promise.all(
-    inputs.map(async (data, i) => {
-      const sock = net.connect({ host: "127.0.0.1", port });
-      let answer = "";
-      sock.setEncoding("latin1");
-      sock.on("data", (s: string) => (answer += s));
-      const closed = new Promise<void>((resolve, reject) => {
-        sock.once("close", () => resolve());
-        sock.once("error", reject);
-      });
-      await sendInPieces(sock, data, 30 + i);
-      await closed;
-      return answer;
-    }),
-  );
-  answers.forEach((a, i) => assert.equal(a, sha256(inputs[i]!), `connection ${i}: the chunks as delivered`));
+  // Each answer is the hex SHA-256 of the copies, so its own hash is compared.
+  const answers = await Promise.all(inputs.map((data, i) => exchange(port, data, 30 + i)));
+  answers.forEach((a, i) => assert.equal(a.hash, sha256(Buffer.from(sha256(inputs[i]!))), `connection ${i}: the chunks as delivered`));
   assert.deepEqual(verdicts, ["changed=0", "changed=0", "changed=0"]);
 });
 
 test("reuseReadBuffer: lines framed in JavaScript (a RegExp) across lent reads arrive whole", { timeout: 60_000 }, async (t) => {
   const engine = freshEngine(t);
-  class RegexLines extends Stream {
+  class RegexLines extends Borrower {
     override onConnect(): void {
-      this.reuseReadBuffer = true;
+      super.onConnect();
       this.readDelimiter = /\n/; // framed here, over raw (lent) native reads
     }
     override onRead(line: Buffer): void {
       this.write(line);
       this.write("\n");
-    }
-    override onEnd(): void {
-      this.close(true);
     }
   }
   const port = await listenLocal(new Server(RegexLines, { engine }), t);
@@ -275,10 +260,10 @@ test("reuseReadBuffer: lines framed in JavaScript (a RegExp) across lent reads a
 test("reuseReadBuffer: fixed-size frames cut from lent reads echo intact, the partial frame after each read kept", { timeout: 120_000 }, async (t) => {
   const engine = freshEngine(t);
   const tally: Tally = { chunks: 0, emptied: 0 };
-  class Records extends Stream {
+  class Records extends Borrower {
     #last: Buffer | null = null;
     override onConnect(): void {
-      this.reuseReadBuffer = true;
+      super.onConnect();
       this.readDelimiter = 40_000; // cut by the addon; most reads end inside a record
     }
     override onRead(record: Buffer): void {
@@ -286,9 +271,6 @@ test("reuseReadBuffer: fixed-size frames cut from lent reads echo intact, the pa
       tally.chunks++;
       this.#last = record;
       this.write(record);
-    }
-    override onEnd(): void {
-      this.close(true);
     }
   }
   const server = new Server(Records, { engine });
@@ -304,9 +286,9 @@ test("reuseReadBuffer: a protocol that switches between lines and sized bodies i
   // Each message: its body's length as a line, then the body; the server
   // echoes the bodies. Switching delimiter inside onRead re-frames the rest
   // of a lent read in the same call.
-  class Bodies extends Stream {
+  class Bodies extends Borrower {
     override onConnect(): void {
-      this.reuseReadBuffer = true;
+      super.onConnect();
       this.readDelimiter = "\n";
     }
     override onRead(data: Buffer): void {
@@ -316,9 +298,6 @@ test("reuseReadBuffer: a protocol that switches between lines and sized bodies i
         this.write(data);
         this.readDelimiter = "\n";
       }
-    }
-    override onEnd(): void {
-      this.close(true);
     }
   }
   const port = await listenLocal(new Server(Bodies, { engine }), t);
@@ -337,16 +316,13 @@ test("reuseReadBuffer: a protocol that switches between lines and sized bodies i
 
 test("reuseReadBuffer: with an encoding, onRead gets the text of every chunk", { timeout: 60_000 }, async (t) => {
   const engine = freshEngine(t);
-  class TextEcho extends Stream {
+  class TextEcho extends Borrower {
     override onConnect(): void {
-      this.reuseReadBuffer = true;
+      super.onConnect();
       this.encoding = "latin1";
     }
     override onRead(text: string): void {
       this.write(Buffer.from(text, "latin1"));
-    }
-    override onEnd(): void {
-      this.close(true);
     }
   }
   const port = await listenLocal(new Server(TextEcho, { engine }), t);
