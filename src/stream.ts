@@ -1862,6 +1862,7 @@ export class Stream extends Channel {
   }
 
   #fileSink(sock: OwnedSocket): FileSink {
+    const stream = this;
     return {
       writeChunk: (chunk) => {
         this.#inflight++;
@@ -1871,8 +1872,20 @@ export class Stream extends Channel {
       get backlog() {
         return sock.writableLength;
       },
-      onDrain: (fn) => sock.once("drain", fn),
-      gone: false,
+      // A socket that closes instead of draining wakes the pump too: it
+      // sees `gone`, and closes a file it opened.
+      onDrain: (fn) => {
+        const wake = (): void => {
+          sock.removeListener("drain", wake);
+          sock.removeListener("close", wake);
+          fn();
+        };
+        sock.on("drain", wake);
+        sock.on("close", wake);
+      },
+      get gone() {
+        return stream.#state === S_CLOSED || sock.destroyed;
+      },
       done: (err) => {
         this.#flags &= ~F_FILE_ACTIVE;
         if (this.#state === S_CLOSED) return;

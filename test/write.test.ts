@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Duplex } from "node:stream";
-import { closeSync, openSync, writeFileSync } from "node:fs";
+import { closeSync, openSync, readdirSync, readlinkSync, writeFileSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { createHash, randomBytes } from "node:crypto";
@@ -224,6 +224,45 @@ test("writeFile streams a large file without reading it whole", async (t) => {
   assert.equal(createHash("sha256").update(got).digest("hex"), createHash("sha256").update(data).digest("hex"));
   assert.ok(maxBuffered > 0, "the sampler saw the transfer");
   assert.ok(maxBuffered < 2 << 20, `at most ${maxBuffered} bytes were buffered`);
+});
+
+/** Descriptors of this process open on `file` (Linux: /proc/self/fd). */
+function openDescriptors(file: string): number {
+  let n = 0;
+  for (const fd of readdirSync("/proc/self/fd")) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`) === file) n++;
+    } catch {
+      // closed while listing
+    }
+  }
+  return n;
+}
+
+test("writeFile: a path opened for a transfer cut short is closed (close(false), peer reset, peer gone)", { skip: process.platform !== "linux" && "needs /proc/self/fd" }, async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const file = join(dir, "big.bin");
+  writeFileSync(file, Buffer.alloc(8 << 20));
+  const cuts = ["close", "reset", "gone"] as const;
+  let next = 0;
+  class FileSender extends Stream {
+    override onConnect() {
+      // The peer never reads: the transfer waits for a drain that never comes.
+      this.writeFile(file);
+      if (cuts[next++] === "close") setTimeout(() => this.close(false), 100);
+    }
+  }
+  const port = await listenLocal(new Server(FileSender, { engine }), t);
+  for (const cut of cuts) {
+    const c = await connect(port);
+    c.socket.pause();
+    await waitFor(() => openDescriptors(file) === 1);
+    await sleep(150);
+    if (cut === "reset") c.socket.resetAndDestroy();
+    else c.socket.destroy();
+    await waitFor(() => openDescriptors(file) === 0, 3000, `the ${cut} case left ${file} open`);
+  }
 });
 
 test("writeFile: a missing file goes to onWriteError and closes only that stream", async (t) => {
