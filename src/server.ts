@@ -9,7 +9,7 @@ import tls from "node:tls";
 import { lookup } from "node:dns/promises";
 import { lstat, unlink } from "node:fs/promises";
 import type { Duplex } from "node:stream";
-import { Channel, diagnostics } from "./channel.js";
+import { Channel, diagnostics, isThenable } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
 import { newStats, countError, addStats } from "./engine.js";
 import type { Stats } from "./engine.js";
@@ -455,6 +455,17 @@ export class Server extends Channel {
     for (const conn of [...this.#channels.values()]) conn.close(false);
   }
 
+  /**
+   * A handler of this server threw (or its promise rejected), or the
+   * listening socket failed. Default: log it. Unlike a stream's, the
+   * server's default does not close it: nothing a handler throws stops the
+   * server (SPEC §4). A listening socket that fails (a bind error, say) has
+   * already closed the server when this is called.
+   */
+  override onError(err: Error): void {
+    log.current.error({ err, channel: String(this) }, `Exception raised in a handler of ${String(this)}; the server keeps serving.`);
+  }
+
   /** A new connection could not be wrapped in TLS. Default: log and close that connection. */
   onSslWrapError(socket: Duplex, address: Address | null, err: Error): void {
     log.current.warn({ err, address: formatAddress(address) }, `Could not wrap a connection in TLS: ${err.message}`);
@@ -665,7 +676,9 @@ export class Server extends Channel {
       return;
     }
     if (this.#state === ST_BINDING) return; // listenOn() reports it
+    // Anything else breaks the listening socket: the server closes, then is told.
     this._countError("listen", err);
+    if (this.#state !== ST_CLOSED) this.close();
     this._callOnError(err);
   }
 
@@ -795,14 +808,24 @@ export class Server extends Channel {
     // An onAccept override may keep the socket without a stream: never leave it without an error listener.
     if (this.onAccept !== Server.prototype.onAccept) raw.on("error", onRawError);
     accepting.socket = socket;
+    let threw = false;
     try {
-      this._callN(this.onAccept, [socket, address]);
+      const result: unknown = this.onAccept(socket, address);
+      if (isThenable(result)) result.then(undefined, (err: unknown) => this._handlerFailed(err));
+    } catch (err) {
+      threw = true;
+      this._handlerFailed(err);
     } finally {
       accepting.socket = null;
     }
     // An onAccept override that made its own stream: the server still tracks it.
     const made = owned[kStream];
     if (made !== undefined && made.server === null && !made.closed) this.#track(made);
+    // One that threw before a stream took the socket: nobody will close it.
+    else if (threw && made === undefined) {
+      socket.destroy();
+      if (!raw.destroyed) raw.destroy();
+    }
   }
 
   /** @internal A connection of this server closed. */

@@ -6,7 +6,9 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import type { Duplex } from "node:stream";
 import { Server, Stream } from "../src/index.js";
+import type { Address } from "../src/index.js";
 import { captureLogs, connect, freshEngine, listenLocal, waitFor } from "./helpers.js";
 
 class Fragile extends Stream {
@@ -130,6 +132,45 @@ test("a connection class whose constructor throws drops that connection only", a
   assert.equal(server.listening, true);
   assert.equal(logs.filter((l) => l.level === "error").length, 1);
   second.destroy();
+});
+
+test("a Server handler that throws never stops the server; a socket its onAccept dropped is closed", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  let accepts = 0;
+  class Picky extends Server {
+    override onListen() {
+      throw new Error("onListen boom");
+    }
+    override onAccept(socket: Duplex, address: Address | null) {
+      const n = ++accepts;
+      if (n === 1) throw new Error("onAccept boom");
+      if (n === 2) return Promise.reject(new Error("onAccept rejected"));
+      super.onAccept(socket, address);
+    }
+  }
+  class Hello extends Stream {
+    override onConnect() {
+      this.write("welcome\n");
+    }
+  }
+  const server = new Picky(Hello, { engine });
+  const port = await listenLocal(server, t);
+  await waitFor(() => logs.some((l) => /onListen boom/.test(String((l.obj as { err?: Error }).err?.message))));
+  assert.equal(server.listening, true, "onListen threw: still listening");
+  // The first connection's onAccept threw before any stream took the socket: the guard closes it.
+  const dropped = await connect(port);
+  t.after(() => dropped.destroy());
+  assert.equal((await dropped.readToEnd(3000)).length, 0);
+  assert.equal(server.listening, true, "onAccept threw: still listening");
+  // The second one's onAccept returned a rejected promise: logged, the server still serves.
+  const second = await connect(port);
+  await waitFor(() => logs.some((l) => /onAccept rejected/.test(String((l.obj as { err?: Error }).err?.message))));
+  second.destroy();
+  const third = await connect(port);
+  assert.equal(await third.readText(8), "welcome\n");
+  assert.equal(server.listening, true);
+  third.destroy();
 });
 
 test("no unhandled rejection or uncaught exception escapes from handlers", async (t) => {
