@@ -232,7 +232,7 @@ test("lines, then a fixed-size block, then lines again (the RESP/memcached patte
 test("degenerate delimiters are rejected with TypeError at assignment (Pants B22)", async () => {
   const peer = memoryPeer(Stream);
   await peer.ready;
-  const bad: unknown[] = ["", Buffer.alloc(0), 0, -1, 1.5, NaN, Infinity, true, false, 10n, [], {}, /a*/, /(?:)/, /x?/, Symbol("x"), new Date()];
+  const bad: unknown[] = [undefined, "", Buffer.alloc(0), 0, -1, 1.5, NaN, Infinity, true, false, 10n, [], {}, /a*/, /(?:)/, /x?/, Symbol("x"), new Date()];
   for (const value of bad) {
     assert.throws(
       () => (peer.stream.readDelimiter = value as ReadDelimiter),

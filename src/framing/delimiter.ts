@@ -313,7 +313,7 @@ const sizeFramers = new Array<SizeFramer | undefined>(SMALL_SIZES);
  * @throws TypeError for a value that is no delimiter, or one that could never consume a byte.
  */
 export function compileDelimiter(value: unknown): Framer {
-  if (value === null || value === undefined) return NULL_FRAMER;
+  if (value === null) return NULL_FRAMER;
   if (typeof value === "string") {
     if (value.length === 0) throw typeError("The read delimiter cannot be an empty string.", "ERR_INVALID_DELIMITER");
     let framer = stringFramers.get(value);
