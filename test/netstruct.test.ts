@@ -213,7 +213,7 @@ describe("NetStruct: incremental parsing", () => {
   });
 
   it("rejects negative length prefixes", () => {
-    assert.throws(() => new NetStruct("b$").parse(b("ff")), { name: "RangeError", message: /negative length prefix -1/ });
+    assert.throws(() => new NetStruct("b$").parse(b("ff")), { name: "RangeError", code: "ERR_MALFORMED_FRAME", message: /negative length prefix -1/ });
     assert.throws(() => new NetStruct("<i$").parse(b("feffffff")), { name: "RangeError", message: /negative length prefix -2/ });
     assert.throws(() => new NetStruct("q$").unpack(b("8000000000000000")), RangeError);
     assert.throws(() => new NetStruct("@l$").parse(b("ffffffffffffffff")), RangeError);
@@ -221,7 +221,7 @@ describe("NetStruct: incremental parsing", () => {
 
   it("rejects length prefixes that would make a record longer than 2**53 - 1 bytes", () => {
     assert.deepEqual(new NetStruct("Q$").parse(b("0000010000000000")), { needed: 8 + 2 ** 40 });
-    assert.throws(() => new NetStruct("Q$").parse(b("0020000000000000")), { name: "RangeError", message: /too large/ });
+    assert.throws(() => new NetStruct("Q$").parse(b("0020000000000000")), { name: "RangeError", code: "ERR_MALFORMED_FRAME", message: /too large/ });
     assert.throws(() => new NetStruct("Q$").parse(b("ffffffffffffffff")), RangeError);
   });
 });
@@ -251,6 +251,7 @@ describe("NetStruct: errors", () => {
   });
 
   it("rejects malformed formats, naming the position", () => {
+    assert.throws(() => new NetStruct("$"), { name: "RangeError", code: "ERR_INVALID_ARG_VALUE" });
     const bad: [string, RegExp][] = [
       ["$", /'\$' at index 0 .* must directly follow an integer format code/],
       ["!$", /'\$' at index 1/],

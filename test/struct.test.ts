@@ -762,6 +762,24 @@ describe("Struct: argument and buffer errors", () => {
     assert.deepEqual(new Struct("<q").unpack(view), [-2n]);
     assert.deepEqual(new Struct("<i").unpackFrom(view, 4), [-1]);
   });
+
+  it("gives every error a stable code (README, Errors)", () => {
+    const code = (fn: () => unknown): unknown => {
+      try {
+        fn();
+      } catch (err) {
+        return [(err as Error).constructor.name, (err as { code?: unknown }).code];
+      }
+      return "no error";
+    };
+    assert.deepEqual(code(() => new Struct("!Hz")), ["RangeError", "ERR_INVALID_ARG_VALUE"]);
+    assert.deepEqual(code(() => new Struct(7 as unknown as string)), ["TypeError", "ERR_INVALID_ARG_TYPE"]);
+    assert.deepEqual(code(() => new Struct("!B").pack(256)), ["RangeError", "ERR_OUT_OF_RANGE"]);
+    assert.deepEqual(code(() => new Struct("!B").pack("x")), ["TypeError", "ERR_INVALID_ARG_TYPE"]);
+    assert.deepEqual(code(() => new Struct("!BB").pack(1)), ["TypeError", "ERR_INVALID_ARG_TYPE"]);
+    assert.deepEqual(code(() => new Struct("!I").unpack(Buffer.alloc(2))), ["RangeError", "ERR_OUT_OF_RANGE"]);
+    assert.deepEqual(code(() => new Struct("!I").unpackFrom(Buffer.alloc(4), 2)), ["RangeError", "ERR_OUT_OF_RANGE"]);
+  });
 });
 
 // ---- randomized round trips -------------------------------------------------

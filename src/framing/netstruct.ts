@@ -27,6 +27,7 @@
  */
 
 import { Buffer } from "node:buffer";
+import { rangeError, typeError } from "../errors.js";
 import { Layout, parseByteOrder, type ByteOrderChar } from "./struct.js";
 import { viewOf } from "./view.js";
 
@@ -128,7 +129,7 @@ export class NetStruct {
    */
   constructor(format: string) {
     if (typeof format !== "string") {
-      throw new TypeError(`NetStruct() format must be a string (got ${typeName(format)})`);
+      throw typeError(`NetStruct() format must be a string (got ${typeName(format)})`);
     }
     const { order, start } = parseByteOrder(format, "!");
     const segments: Segment[] = [];
@@ -137,18 +138,20 @@ export class NetStruct {
       if (format.charAt(i) !== "$") continue;
       const code = i > segmentStart ? format.charAt(i - 1) : "";
       if (code === "" || !LENGTH_CODES.includes(code)) {
-        throw new RangeError(
+        throw rangeError(
           `'$' at index ${i} in netstruct format ${JSON.stringify(format)} must directly follow ` +
             `an integer format code (one of ${LENGTH_CODES})`,
+          "ERR_INVALID_ARG_VALUE",
         );
       }
       // The repeat count, if any, written in front of the length code.
       let digits = i - 1;
       while (digits > segmentStart && isDigit(format.charAt(digits - 1))) digits--;
       if (digits < i - 1 && Number(format.slice(digits, i - 1)) === 0) {
-        throw new RangeError(
+        throw rangeError(
           `'$' at index ${i} in netstruct format ${JSON.stringify(format)} follows a repeat count of 0, ` +
             `so there is no length value`,
+          "ERR_INVALID_ARG_VALUE",
         );
       }
       const layout = Layout.compile(format, segmentStart, i, order);
@@ -177,7 +180,7 @@ export class NetStruct {
    */
   pack(...values: unknown[]): Buffer {
     if (values.length !== this.valueCount) {
-      throw new TypeError(`pack expected ${this.valueCount} items for packing (got ${values.length})`);
+      throw typeError(`pack expected ${this.valueCount} items for packing (got ${values.length})`);
     }
     // First pass: encode the strings, so the total size is known.
     const strings: Uint8Array[] = [];
@@ -192,12 +195,12 @@ export class NetStruct {
       if (value instanceof Uint8Array) bytes = value;
       else if (typeof value === "string") bytes = Buffer.from(value, "utf8");
       else {
-        throw new TypeError(
+        throw typeError(
           `argument ${vi - 1} for '${segment.lengthCode}$' must be a Buffer, Uint8Array or string (got ${typeName(value)})`,
         );
       }
       if (bytes.length > segment.maxLength) {
-        throw new RangeError(
+        throw rangeError(
           `string of ${bytes.length} bytes is too long for its '${segment.lengthCode}' length prefix ` +
             `(at most ${segment.maxLength})`,
         );
@@ -237,10 +240,10 @@ export class NetStruct {
   unpack(buf: Uint8Array): unknown[] {
     const result = this.parse(buf);
     if ("needed" in result) {
-      throw new RangeError(`unpack requires at least ${result.needed} bytes (got ${buf.length})`);
+      throw rangeError(`unpack requires at least ${result.needed} bytes (got ${buf.length})`);
     }
     if (result.consumed !== buf.length) {
-      throw new RangeError(`unpack requires a buffer of ${result.consumed} bytes (got ${buf.length})`);
+      throw rangeError(`unpack requires a buffer of ${result.consumed} bytes (got ${buf.length})`);
     }
     return result.values;
   }
@@ -319,7 +322,7 @@ export class NetStruct {
 
   parse(buf: Uint8Array): NetStructParseResult {
     if (!(buf instanceof Uint8Array)) {
-      throw new TypeError(`parse requires a Buffer or Uint8Array (got ${typeName(buf)})`);
+      throw typeError(`parse requires a Buffer or Uint8Array (got ${typeName(buf)})`);
     }
     let view: DataView | null = null;
     const values: unknown[] = [];
@@ -343,13 +346,13 @@ export class NetStruct {
 
       const prefix = values.pop() as number | bigint;
       if (prefix < 0) {
-        throw new RangeError(`negative length prefix ${prefix} for the '${segment.lengthCode}$' string ending at offset ${pos}`);
+        throw rangeError(`negative length prefix ${prefix} for the '${segment.lengthCode}$' string ending at offset ${pos}`, "ERR_MALFORMED_FRAME");
       }
       // Keep `needed` an exact integer: no buffer can reach 2**53 bytes anyway.
       const length = Number(prefix);
       const end = pos + length + this.#minimumFrom[i + 1]!;
       if (!Number.isSafeInteger(end)) {
-        throw new RangeError(`length prefix ${prefix} for the '${segment.lengthCode}$' string is too large`);
+        throw rangeError(`length prefix ${prefix} for the '${segment.lengthCode}$' string is too large`, "ERR_MALFORMED_FRAME");
       }
       if (buf.length - pos < length) return { needed: end };
       values.push(Buffer.from(buf.buffer, buf.byteOffset + pos, length));

@@ -25,6 +25,7 @@
 
 import { Buffer } from "node:buffer";
 import { endianness } from "node:os";
+import { rangeError, typeError } from "../errors.js";
 
 /** A byte order, size and alignment prefix. */
 export type ByteOrderChar = "@" | "=" | "<" | ">" | "!";
@@ -132,7 +133,7 @@ const isSpace = (c: string): boolean =>
   c === " " || c === "\t" || c === "\n" || c === "\v" || c === "\f" || c === "\r";
 
 function formatError(message: string, format: string, index: number): RangeError {
-  return new RangeError(`${message} at index ${index} in struct format ${JSON.stringify(format)}`);
+  return rangeError(`${message} at index ${index} in struct format ${JSON.stringify(format)}`, "ERR_INVALID_ARG_VALUE");
 }
 
 /**
@@ -372,7 +373,7 @@ function typeName(value: unknown): string {
 function toBytes(value: unknown, code: string): Uint8Array {
   if (value instanceof Uint8Array) return value;
   if (typeof value === "string") return Buffer.from(value, "utf8");
-  throw new TypeError(`argument for '${code}' must be a Buffer, Uint8Array or string (got ${typeName(value)})`);
+  throw typeError(`argument for '${code}' must be a Buffer, Uint8Array or string (got ${typeName(value)})`);
 }
 
 /** Checks an integer argument against the run's range; returns it unchanged. */
@@ -380,7 +381,7 @@ function checkInteger(run: Run, value: unknown): number | bigint {
   let inRange: boolean;
   if (typeof value === "number") {
     if (!Number.isInteger(value)) {
-      throw new TypeError(`required argument is not an integer: '${run.code}' got ${typeName(value)}`);
+      throw typeError(`required argument is not an integer: '${run.code}' got ${typeName(value)}`);
     }
     inRange = value >= Number(run.min) && value <= Number(run.max);
     // Above 2**53 the Number() limits are rounded; compare exactly instead.
@@ -388,10 +389,10 @@ function checkInteger(run: Run, value: unknown): number | bigint {
   } else if (typeof value === "bigint") {
     inRange = value >= run.min && value <= run.max;
   } else {
-    throw new TypeError(`required argument is not an integer: '${run.code}' got ${typeName(value)}`);
+    throw typeError(`required argument is not an integer: '${run.code}' got ${typeName(value)}`);
   }
   if (!inRange) {
-    throw new RangeError(
+    throw rangeError(
       `argument out of range: '${run.code}' format requires ${run.min} <= number <= ${run.max} (got ${value})`,
     );
   }
@@ -403,10 +404,10 @@ function toDouble(run: Run, value: unknown): number {
   if (typeof value === "number") return value;
   if (typeof value === "bigint") {
     const x = Number(value);
-    if (!Number.isFinite(x)) throw new RangeError(`int too large to convert to float for '${run.code}' format`);
+    if (!Number.isFinite(x)) throw rangeError(`int too large to convert to float for '${run.code}' format`);
     return x;
   }
-  throw new TypeError(`required argument is not a float: '${run.code}' got ${typeName(value)}`);
+  throw typeError(`required argument is not a float: '${run.code}' got ${typeName(value)}`);
 }
 
 function writeScalar(run: Run, value: unknown, view: DataView, bytes: Uint8Array, pos: number, little: boolean): void {
@@ -442,7 +443,7 @@ function writeScalar(run: Run, value: unknown, view: DataView, bytes: Uint8Array
         if (value.length === 1 && value.charCodeAt(0) <= 0xff) byte = value.charCodeAt(0);
       }
       if (byte < 0) {
-        throw new TypeError(
+        throw typeError(
           `char format requires a Buffer of length 1 or a one-character latin1 string (got ${describeChar(value)})`,
         );
       }
@@ -458,7 +459,7 @@ function writeScalar(run: Run, value: unknown, view: DataView, bytes: Uint8Array
       // that rounds to infinity in binary32; under '@' it is a plain C cast
       // to float, which yields infinity.
       if (!run.native && Number.isFinite(x) && !Number.isFinite(Math.fround(x))) {
-        throw new RangeError(`float too large to pack with f format (got ${x})`);
+        throw rangeError(`float too large to pack with f format (got ${x})`);
       }
       view.setFloat32(pos, x, little);
       return;
@@ -522,7 +523,7 @@ function halfBits(x: number): number {
   const a = Math.abs(x);
   if (a === Infinity) return sign | 0x7c00;
   // 65504 is the largest half; 65520 is the midpoint to 65536 and ties to even (upwards).
-  if (a >= 65520) throw new RangeError(`float too large to pack with e format (got ${x})`);
+  if (a >= 65520) throw rangeError(`float too large to pack with e format (got ${x})`);
   if (a === 0) return sign;
   // The unbiased binary exponent of `a`, read exactly from its float64 bits
   // (Math.log2 can be off by one next to powers of two).
@@ -556,13 +557,13 @@ function halfValue(bits: number): number {
 
 function checkOffset(offset: unknown, name: string): number {
   if (typeof offset !== "number" || !Number.isInteger(offset)) {
-    throw new TypeError(`${name} offset must be an integer (got ${typeName(offset)})`);
+    throw typeError(`${name} offset must be an integer (got ${typeName(offset)})`);
   }
   return offset;
 }
 
 function checkBuffer(buf: unknown, name: string): Uint8Array {
-  if (!(buf instanceof Uint8Array)) throw new TypeError(`${name} requires a Buffer or Uint8Array (got ${typeName(buf)})`);
+  if (!(buf instanceof Uint8Array)) throw typeError(`${name} requires a Buffer or Uint8Array (got ${typeName(buf)})`);
   return buf;
 }
 
@@ -602,7 +603,7 @@ export class Struct {
    */
   constructor(format: string) {
     if (typeof format !== "string") {
-      throw new TypeError(`Struct() format must be a string (got ${typeName(format)})`);
+      throw typeError(`Struct() format must be a string (got ${typeName(format)})`);
     }
     const { order, start } = parseByteOrder(format, "@");
     this.format = format;
@@ -636,12 +637,12 @@ export class Struct {
     let at = checkOffset(offset, "packInto");
     this.#checkCount("pack_into", values.length);
     if (at < 0) {
-      if (at + this.size > 0) throw new RangeError(`no space to pack ${this.size} bytes at offset ${at}`);
-      if (at + buf.length < 0) throw new RangeError(`offset ${at} out of range for ${buf.length}-byte buffer`);
+      if (at + this.size > 0) throw rangeError(`no space to pack ${this.size} bytes at offset ${at}`);
+      if (at + buf.length < 0) throw rangeError(`offset ${at} out of range for ${buf.length}-byte buffer`);
       at += buf.length;
     }
     if (buf.length - at < this.size) {
-      throw new RangeError(
+      throw rangeError(
         `packInto requires a buffer of at least ${this.size + at} bytes for packing ${this.size} bytes ` +
           `at offset ${at} (actual buffer size is ${buf.length})`,
       );
@@ -684,7 +685,7 @@ export class Struct {
   unpack(buf: Uint8Array): unknown[] {
     checkBuffer(buf, "unpack");
     if (buf.length !== this.size) {
-      throw new RangeError(`unpack requires a buffer of ${this.size} bytes (got ${buf.length})`);
+      throw rangeError(`unpack requires a buffer of ${this.size} bytes (got ${buf.length})`);
     }
     const out: unknown[] = [];
     this.#layout.read(buf, viewOf(buf), 0, out);
@@ -701,11 +702,11 @@ export class Struct {
     checkBuffer(buf, "unpackFrom");
     let at = checkOffset(offset, "unpackFrom");
     if (at < 0) {
-      if (at + buf.length < 0) throw new RangeError(`offset ${at} out of range for ${buf.length}-byte buffer`);
+      if (at + buf.length < 0) throw rangeError(`offset ${at} out of range for ${buf.length}-byte buffer`);
       at += buf.length;
     }
     if (buf.length - at < this.size) {
-      throw new RangeError(
+      throw rangeError(
         `unpackFrom requires a buffer of at least ${this.size + at} bytes for unpacking ${this.size} bytes ` +
           `at offset ${at} (actual buffer size is ${buf.length})`,
       );
@@ -717,6 +718,6 @@ export class Struct {
 
   #checkCount(fn: string, got: number): void {
     const want = this.#layout.valueCount;
-    if (got !== want) throw new TypeError(`${fn} expected ${want} items for packing (got ${got})`);
+    if (got !== want) throw typeError(`${fn} expected ${want} items for packing (got ${got})`);
   }
 }
