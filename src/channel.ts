@@ -140,6 +140,25 @@ export abstract class Channel {
     }
   }
 
+  /**
+   * @internal Calls `onClose`, the last handler a channel gets: what it
+   * throws (or its promise rejects with) is counted and logged, not passed
+   * to `onError`, which would come after the last event.
+   */
+  _callOnClose(): void {
+    const failed = (err: unknown): void => {
+      const error = err instanceof Error ? err : new Error(`onClose threw a non-Error value: ${String(err)}`, { cause: err });
+      this._countError("handler", error);
+      log.current.error({ err: error, channel: String(this) }, `onClose of ${String(this)} threw.`);
+    };
+    try {
+      const result: unknown = this.onClose();
+      if (result !== undefined && isThenable(result)) result.then(undefined, failed);
+    } catch (err) {
+      failed(err);
+    }
+  }
+
   /** @internal A handler failed: count it and hand it to `onError`. */
   _handlerFailed(err: unknown): void {
     const error = err instanceof Error ? err : new Error(`A handler threw a non-Error value: ${String(err)}`, { cause: err });

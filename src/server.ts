@@ -377,7 +377,7 @@ export class Server extends Channel {
     this.#readyResolve = null;
     this.#readyReject = null;
     if (reject !== null) reject(this.#bindError ?? new ChannelStateError(`${String(this)} closed before it was listening.`));
-    this._call0(this.onClose);
+    this._callOnClose();
     if (diagnostics.serverClose.hasSubscribers) diagnostics.serverClose.publish({ server: this });
     this.#checkShutdownDone();
   }

@@ -1963,7 +1963,7 @@ export class Stream extends Channel {
       if (reject !== null) reject(err);
       else if (x.readyPromise === null && x.connectError === null) x.connectError = err;
     }
-    this._call0(this.onClose);
+    this._callOnClose();
     if (diagnostics.connectionClose.hasSubscribers) diagnostics.connectionClose.publish({ stream: this });
   }
 

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import type { Duplex } from "node:stream";
 import { Server, Stream } from "../src/index.js";
 import type { Address } from "../src/index.js";
-import { captureLogs, connect, freshEngine, listenLocal, waitFor } from "./helpers.js";
+import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
 class Fragile extends Stream {
   override onConnect() {
@@ -108,6 +108,35 @@ test("every handler is guarded: onConnect, onClose, onWrite throwing never crash
   const again = await connect(port);
   await again.readToEnd();
   await waitFor(() => closes === 2);
+});
+
+test("onClose stays the last event when it throws or rejects: logged and counted, not passed to onError", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class LastWords extends Stream {
+    override onConnect() {
+      this.close();
+    }
+    override onClose() {
+      events.push("close");
+      if (events.length === 1) throw new Error("close boom");
+      return Promise.reject(new Error("close rejected"));
+    }
+    override onError(err: Error) {
+      events.push(`error: ${err.message}`);
+    }
+  }
+  const server = new Server(LastWords, { engine });
+  const port = await listenLocal(server, t);
+  for (const message of ["close boom", "close rejected"]) {
+    const c = await connect(port);
+    await c.readToEnd();
+    await waitFor(() => logs.some((l) => (l.obj as { err?: Error }).err?.message === message), 3000, `the log of "${message}"`);
+  }
+  await sleep(50);
+  assert.deepEqual(events, ["close", "close"]);
+  assert.equal(server.stats.errorsByKind["handler"], 2);
 });
 
 test("a connection class whose constructor throws drops that connection only", async (t) => {
