@@ -187,8 +187,9 @@ export abstract class Channel {
     }
   }
 
-  /** `"<ClassName> #<fileno>"`, as Pants prints channels. */
+  /** `"<ClassName> #<fileno>"`, as Pants prints channels (`"<ClassName> (no fd)"` while there is no descriptor). */
   toString(): string {
-    return `${this.constructor.name} #${this.fileno ?? "None"}`;
+    const fd = this.fileno;
+    return fd === null ? `${this.constructor.name} (no fd)` : `${this.constructor.name} #${fd}`;
   }
 }

@@ -750,9 +750,13 @@ export class Stream extends Channel {
   onWrite(): void {}
   /** Placeholder: the stream closed. Called exactly once, last. */
   override onClose(): void {}
-  /** A client connect failed; `onClose` follows. Default: log it. */
+  /**
+   * A client connect failed; `onClose` follows. Default: log it, at `warn`,
+   * or at `debug` when `ready()` was called (its rejection reports it).
+   */
   onConnectError(err: ConnectError): void {
-    log.current.warn({ err, stream: String(this) }, `Connect failed: ${err.message}`);
+    if (this.#x !== null && this.#x.readyPromise !== null) log.current.debug({ err, stream: String(this) }, `Connect failed: ${err.message}`);
+    else log.current.warn({ err, stream: String(this) }, `Connect failed: ${err.message}`);
   }
   /**
    * Reading failed: the socket (a reset: the stream closes), or the peer's
