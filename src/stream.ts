@@ -1152,9 +1152,13 @@ export class Stream extends Channel {
   }
 
   #push(chunk: Buffer): void {
-    if (lentBlock !== null && chunk.buffer === lentBlock) chunk = Buffer.from(chunk); // kept past the lend
-    (this.#rb ??= new ReceiveBuffer()).push(chunk);
+    this.#keep(chunk);
     this.#process();
+  }
+
+  /** Adds `chunk` to the read buffer: a copy when it is lent (the buffer keeps it past the lend). */
+  #keep(chunk: Buffer): void {
+    (this.#rb ??= new ReceiveBuffer()).push(lentBlock !== null && chunk.buffer === lentBlock ? Buffer.from(chunk) : chunk);
   }
 
   /**
@@ -1333,7 +1337,7 @@ export class Stream extends Channel {
       }
       if (result === null || result === undefined) {
         if (left > limit) break;
-        (this.#rb ??= new ReceiveBuffer()).push(start === 0 ? chunk : viewOf(ab, base + start, left));
+        this.#keep(start === 0 ? chunk : viewOf(ab, base + start, left));
         return chunk.length;
       }
       const consumed = (result as { consumed?: unknown }).consumed;

@@ -15,7 +15,7 @@ import tls from "node:tls";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Server, Stream } from "../src/index.js";
-import type { Engine } from "../src/index.js";
+import type { Decoder, Engine } from "../src/index.js";
 import { freshEngine, listenLocal, prng, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import type { Certs } from "./certs.js";
@@ -37,9 +37,15 @@ function sizes(seed: number): () => number {
 /** Writes `data` to `sock` in random-sized pieces (honouring backpressure), then ends. */
 async function sendInPieces(sock: net.Socket, data: Buffer, seed: number): Promise<void> {
   const next = sizes(seed);
-  for (let pos = 0; pos < data.length; ) {
+  for (let pos = 0; pos < data.length && !sock.destroyed; ) {
     const n = Math.min(next(), data.length - pos);
-    if (!sock.write(data.subarray(pos, pos + n))) await new Promise<void>((resolve) => sock.once("drain", resolve));
+    if (!sock.write(data.subarray(pos, pos + n))) {
+      // A server that closed on us (a failing test) ends the wait too.
+      await new Promise<void>((resolve) => {
+        sock.once("drain", resolve);
+        sock.once("close", resolve);
+      });
+    }
     pos += n;
   }
   sock.end();
@@ -256,6 +262,42 @@ test("reuseReadBuffer: lines framed in JavaScript (a RegExp) across lent reads a
   assert.equal(r.bytes, data.length);
   assert.equal(r.hash, sha256(data));
 });
+
+for (const form of ["(buf)", "(buf, start)"] as const) {
+  test(`reuseReadBuffer: length-prefixed frames of a Decoder ${form} across lent reads arrive whole`, { timeout: 60_000 }, async (t) => {
+    const engine = freshEngine(t);
+    const at = (buf: Buffer, start: number) => {
+      if (buf.length - start < 4) return null;
+      const end = start + 4 + buf.readUInt32BE(start);
+      return buf.length < end ? null : { consumed: end - start, args: [buf.subarray(start + 4, end)] };
+    };
+    const decoder: Decoder = form === "(buf)" ? (buf) => at(buf, 0) : at;
+    class Prefixed extends Borrower {
+      override onConnect(): void {
+        super.onConnect();
+        this.readDelimiter = decoder; // framed here, over raw (lent) native reads
+      }
+      override onRead(body: Buffer): void {
+        this.write(body);
+      }
+    }
+    const port = await listenLocal(new Server(Prefixed, { engine }), t);
+    // Bodies of up to 60 KiB (under bufferSize): most frames span reads, and most reads end inside one.
+    const next = sizes(7);
+    const bodies: Buffer[] = [];
+    const wire: Buffer[] = [];
+    for (let total = 0; total < 16 * MiB; ) {
+      const body = randomBytes(Math.min(next(), 60 * 1024));
+      const head = Buffer.alloc(4);
+      head.writeUInt32BE(body.length);
+      bodies.push(body);
+      wire.push(head, body);
+      total += 4 + body.length;
+    }
+    const r = await exchange(port, Buffer.concat(wire), 8);
+    assert.equal(r.hash, sha256(...bodies), "the bodies echoed differ from the bodies sent");
+  });
+}
 
 test("reuseReadBuffer: fixed-size frames cut from lent reads echo intact, the partial frame after each read kept", { timeout: 120_000 }, async (t) => {
   const engine = freshEngine(t);
