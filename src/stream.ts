@@ -1529,6 +1529,8 @@ export class Stream extends Channel {
     this.#flags &= ~F_PROCESS_SCHEDULED;
     if (this.#state !== S_OPEN) return;
     this.#process();
+    // An end that waited for the buffered frames (_onEnd while paused).
+    if ((this.#flags & (F_PEER_ENDED | F_END_DELIVERED | P_ANY)) === F_PEER_ENDED && this.#state === S_OPEN) this.#endAfterFrames();
     if (this.#wq !== null && this.#wq.length > 0) this.#flush();
   }
 
@@ -1556,14 +1558,22 @@ export class Stream extends Channel {
       return;
     }
     if (state === S_OPEN) {
-      const rb = this.#rb;
-      if (rb !== null && rb.length > 0 && (this.#flags & F_TLS_UPGRADING) === 0) {
-        log.current.debug({ stream: String(this), bytes: rb.length }, "Peer closed with an incomplete frame buffered; discarded.");
-      }
-      if ((this.#x?.pendingReads ?? 0) === 0) this.#deliverEnd();
+      // Paused with frames still buffered (node:net reports the FIN of a
+      // paused socket): they come first, and the end once they are handled.
+      if ((this.#flags & P_ANY) !== 0 && this.#rb !== null && this.#rb.length > 0) return;
+      this.#endAfterFrames();
     } else if (state === S_PENDING) {
       this.close(true);
     }
+  }
+
+  /** The peer ended and every whole frame it sent was delivered: what is left is an incomplete frame. */
+  #endAfterFrames(): void {
+    const rb = this.#rb;
+    if (rb !== null && rb.length > 0 && (this.#flags & F_TLS_UPGRADING) === 0) {
+      log.current.debug({ stream: String(this), bytes: rb.length }, "Peer closed with an incomplete frame buffered; discarded.");
+    }
+    if ((this.#x?.pendingReads ?? 0) === 0) this.#deliverEnd();
   }
 
   /** @internal */

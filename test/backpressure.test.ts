@@ -134,6 +134,36 @@ test("pauseReading stops onRead until resumeReading; buffered frames then arrive
   assert.deepEqual(peer.stream.frames, ["a", "pause", "b", "c", "d"]);
 });
 
+test("pauseReading, then the peer's FIN: the buffered frames still come first, then onEnd (real sockets)", async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Slow extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(d: Buffer) {
+      events.push(`read ${d.toString()}`);
+      if (d.toString() === "a") {
+        this.pauseReading();
+        // Long enough for the FIN to arrive while paused.
+        setTimeout(() => {
+          events.push("resume");
+          this.resumeReading();
+        }, 100);
+      }
+    }
+    override onEnd() {
+      events.push("end");
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(Slow, { engine }), t);
+  const c = await connect(port);
+  c.socket.end("a\nb\nc\npartial");
+  await c.readToEnd();
+  assert.deepEqual(events, ["read a", "resume", "read b", "read c", "end"]);
+});
+
 test("writeHighWaterMark and writeBufferLimit are validated", async () => {
   const peer = memoryPeer(Stream);
   await peer.ready;
