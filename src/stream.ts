@@ -1464,6 +1464,24 @@ export class Stream extends Channel {
     this.#deliver(text);
   }
 
+  /**
+   * At the peer's end, the bytes a streaming decoder still holds: base64's
+   * last group is delivered; an incomplete character is discarded (logged
+   * at debug), as a trailing partial frame is.
+   */
+  #flushText(x: Extras): void {
+    const decoder = x.textDecoder as StringDecoder | TextDecoder;
+    x.textDecoder = null;
+    let rest: string;
+    try {
+      rest = decoder instanceof TextDecoder ? decoder.decode() : decoder.end();
+    } catch {
+      log.current.debug({ stream: String(this) }, "Peer closed in the middle of a UTF-8 character; its bytes were discarded.");
+      return;
+    }
+    if (rest.length > 0 && this.#state === S_OPEN) this.#deliver(rest);
+  }
+
   #invalidText(cause: unknown): void {
     const err = typeError(`${String(this)} received bytes that are not valid ${this.#encoding}.`, "ERR_ENCODING_INVALID_ENCODED_DATA");
     if (cause !== undefined) (err as Error & { cause?: unknown }).cause = cause;
@@ -1569,6 +1587,7 @@ export class Stream extends Channel {
 
   /** The peer ended and every whole frame it sent was delivered: what is left is an incomplete frame. */
   #endAfterFrames(): void {
+    if (this.#x !== null && this.#x.textDecoder !== null) this.#flushText(this.#x);
     const rb = this.#rb;
     if (rb !== null && rb.length > 0 && (this.#flags & F_TLS_UPGRADING) === 0) {
       log.current.debug({ stream: String(this), bytes: rb.length }, "Peer closed with an incomplete frame buffered; discarded.");

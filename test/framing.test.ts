@@ -380,6 +380,41 @@ test("encoding with raw chunks: characters split across packets are reassembled"
   assert.equal(peer.stream.text, message);
 });
 
+test("encoding with raw chunks: at the peer's FIN, base64's last group is delivered and a cut UTF-8 character is dropped", async (t) => {
+  const engine = freshEngine(t);
+  const seen = new Map<string, string[]>();
+  const encodings: BufferEncoding[] = ["base64", "utf8"]; // one per connection, in order
+  class Text extends Stream {
+    #events: string[] = [];
+    override onConnect() {
+      this.encoding = encodings[seen.size]!;
+      seen.set(this.encoding, this.#events);
+    }
+    override onRead(d: string) {
+      this.#events.push(d);
+    }
+    override onReadError(err: Error) {
+      this.#events.push(`error ${(err as Error & { code?: string }).code}`);
+    }
+    override onEnd() {
+      this.#events.push("end");
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(Text, { engine }), t);
+  // 10 bytes: base64 holds the last one back, waiting for a full group of three.
+  const b64 = await connect(port);
+  b64.socket.end(Buffer.from("0123456789"));
+  await b64.readToEnd();
+  assert.equal(seen.get("base64")!.slice(0, -1).join(""), Buffer.from("0123456789").toString("base64"));
+  assert.equal(seen.get("base64")!.at(-1), "end");
+  // "ok" and the first byte of "€": the character never completes.
+  const utf8 = await connect(port);
+  utf8.socket.end(Buffer.from([0x6f, 0x6b, 0xe2]));
+  await utf8.readToEnd();
+  assert.deepEqual(seen.get("utf8"), ["ok", "end"]);
+});
+
 test("a 64 KiB line arriving one byte at a time costs linear time", async () => {
   class Lines extends Stream {
     lengths: number[] = [];
