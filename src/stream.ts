@@ -407,6 +407,8 @@ export class Stream extends Channel {
       throw typeError(`bufferSize must be a positive integer, got ${describe(value)}.`);
     }
     this.#bufferSize = value;
+    // A scan in progress stops, so the rest of the chunk is framed under the new limit.
+    this.#flags |= F_STOP;
     if ((this.#flags & (F_NATIVE_FRAMING | F_IN_DISPATCH)) === F_NATIVE_FRAMING && this.#state === S_OPEN) this.#syncNativeFraming();
   }
 
@@ -1049,16 +1051,25 @@ export class Stream extends Channel {
       return;
     }
     const framer = this.#framer;
+    const limit = this.#bufferSize;
     this.#flags |= F_IN_DISPATCH;
     let i = 0;
     for (; i < count; i++) {
-      if (this.#state !== S_OPEN || this.#framer !== framer || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 || this.#encoding !== null) break;
+      if (this.#state !== S_OPEN || this.#framer !== framer || this.#bufferSize !== limit || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 || this.#encoding !== null) break;
       const start = frames[first + 2 * i]!;
       this.#deliver(viewOf(block, base + start, frames[first + 2 * i + 1]! - start));
     }
-    if (i < count || this.#state !== S_OPEN || this.#framer !== framer || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 || this.#encoding !== null) {
-      // Something changed inside onRead: the rest of the bytes (from the first
-      // frame not delivered, the addon's pending tail included) is framed here.
+    if (
+      i < count ||
+      this.#state !== S_OPEN ||
+      this.#framer !== framer ||
+      this.#bufferSize !== limit ||
+      (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 ||
+      this.#encoding !== null
+    ) {
+      // Something changed inside onRead (framing, limit, pause, encoding...):
+      // the rest of the bytes (from the first frame not delivered, the
+      // addon's pending tail included) is framed here.
       if (this.#framer !== framer) this.#flags |= (this.#flags & F_SWITCHED) !== 0 ? F_JS_FRAMING : F_SWITCHED;
       if (this.#state === S_OPEN || this.#state === S_CLOSING) {
         sock.setFraming(0, null, 0);

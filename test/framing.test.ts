@@ -299,6 +299,45 @@ test("a line longer than bufferSize calls onOverflowError, even when it arrives 
   assert.equal(errors.length, 2);
 });
 
+test("bufferSize lowered inside onRead holds for the rest of that read and for later reads (real sockets)", async (t) => {
+  const engine = freshEngine(t);
+  const events: string[][] = [];
+  class Shrinking extends Stream {
+    #events: string[] = [];
+    override onConnect() {
+      this.readDelimiter = "\n";
+      this.bufferSize = 1 << 20;
+      events.push(this.#events);
+    }
+    override onRead(d: Buffer) {
+      this.#events.push(d.length > 20 ? `${d.length} bytes` : d.toString());
+      if (d.toString() === "first") this.bufferSize = 1000;
+    }
+    override onOverflowError() {
+      this.#events.push("overflow"); // keeps the stream: the long line is skipped
+    }
+    override onEnd() {
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(Shrinking, { engine }), t);
+  const long = "a".repeat(5000); // one read: the same chunk as "first"
+  // The long line in the same write as the line that lowers the limit...
+  const same = await connect(port);
+  same.socket.end(`first\n${long}\nafter\n`);
+  await same.readToEnd();
+  // ...and in a later one, once the lower limit is in place.
+  const later = await connect(port);
+  later.write("first\n");
+  await waitFor(() => events[1]?.length === 1);
+  later.socket.end(`${long}\nafter\n`);
+  await later.readToEnd();
+  assert.deepEqual(events, [
+    ["first", "overflow", "after"],
+    ["first", "overflow", "after"],
+  ]);
+});
+
 test("the default onOverflowError closes only that stream", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);
