@@ -130,6 +130,54 @@ static void make_spare(pn_env *e) {
   e->spare_used = 0;
 }
 
+/* JS may detach an ArrayBuffer it was shown (a handler that transfers
+ * chunk.buffer to a worker: structuredClone(ab, {transfer: [ab]})), and from
+ * then on its memory belongs to the new owner, or is freed with it. So
+ * memory of a block JS has seen is written or read again only after
+ * checking that the block still has it: the spare before a read lands in
+ * it (alloc_cb), the block a read was delivered in before its unframed
+ * tail is copied (pn_deliver). Needs a handle scope. */
+static bool block_holds(napi_env env, napi_value ab, const uint8_t *p, size_t n) {
+  void *data = NULL;
+  size_t len = 0;
+  return ab != NULL && napi_get_arraybuffer_info(env, ab, &data, &len) == napi_ok && data != NULL &&
+         p >= (const uint8_t *)data && p + n <= (const uint8_t *)data + len;
+}
+
+/* Whether the spare is still the memory of its Buffer (see block_holds);
+ * drops it when not. A spare no JS has seen (spare_used 0) always is. */
+static bool spare_intact(pn_env *e) {
+  if (e->spare_used == 0) return true;
+  napi_handle_scope scope;
+  napi_value ab = NULL;
+  if (napi_open_handle_scope(e->env, &scope) != napi_ok) return false;
+  bool ok = napi_get_reference_value(e->env, e->spare_ref, &ab) == napi_ok &&
+            block_holds(e->env, ab, e->spare, PN_READ_BUF_SIZE);
+  napi_close_handle_scope(e->env, scope);
+  if (!ok) {
+    napi_delete_reference(e->env, e->spare_ref);
+    e->spare_ref = NULL;
+    e->spare = NULL; /* reads go to read_buf until bulk makes a new one */
+  }
+  return ok;
+}
+
+/* Whether the `n` bytes at p are in the spare. */
+static bool in_spare(const pn_env *e, const uint8_t *p, size_t n) {
+  return e->spare != NULL && p >= e->spare && p + n <= e->spare + PN_READ_BUF_SIZE;
+}
+
+/* After a JS call that was handed `handed`: whether the `n` bytes a read
+ * left at `nb` are still there to copy. A read that landed in read_buf or
+ * was batched is in the addon's own memory. One that landed in the lend
+ * block or the spare (`exposed`) is in a block JS has seen and may have
+ * detached: the block handed over, when the read was delivered where it
+ * landed, else the spare it was copied out of. */
+static bool read_intact(pn_env *e, napi_value handed, const uint8_t *nb, size_t n, bool exposed) {
+  if (!exposed || block_holds(e->env, handed, nb, n)) return true;
+  return in_spare(e, nb, n) && spare_intact(e);
+}
+
 /* The `len` bytes just read at spare + spare_used, handed to JS where they
  * are: *ab is the spare's ArrayBuffer, *off their offset. The next read
  * lands after them; with too little left, a new spare replaces this one
@@ -350,6 +398,8 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
     /* make_data allocates; the table lives outside V8's heap, so e->bt
      * stays valid across it. A lent read goes where it landed, the block. */
     const bool lent = lent_read(c, nb);
+    /* Read into memory JS has seen (make_data may replace the spare). */
+    const bool exposed = lent || (nb != NULL && in_spare(e, nb, nn));
     off = 0;
     if (!(lent ? napi_get_reference_value(env, e->lend_ref, &argv[0]) == napi_ok
                : make_data(e, fr, nb, nn, &argv[0], &off)) ||
@@ -374,12 +424,14 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
      * JS took over the rest (P is gone). Else the unframed tail joins P,
      * before a lent block is taken back. */
     const bool done = count <= 0 || c->base.closing || c->reset_gen != reset_gen;
-    const bool kept = done || pn_framing_keep(fr, nb, nn, res.rest);
+    /* A tail in a block JS detached is gone: the connection fails (EFAULT). */
+    const bool lost = !done && nn > 0 && !read_intact(e, argv[0], nb, nn, exposed);
+    const bool kept = done || (!lost && pn_framing_keep(fr, nb, nn, res.rest));
     if (lent) lend_done(e, argv[0]);
     napi_close_handle_scope(env, scope);
     if (done) return;
     if (!kept) {
-      pn_conn_emit_error(c, UV_ENOMEM, "read");
+      pn_conn_emit_error(c, lost ? UV_EFAULT : UV_ENOMEM, "read");
       return;
     }
     nb = NULL;
@@ -419,7 +471,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   if (c->lend_reads && e->lend != NULL && c->fr.plen == 0) {
     buf->base = (char *)e->lend; /* see "lent reads" */
     buf->len = PN_READ_BUF_SIZE;
-  } else if (e->spare != NULL) {
+  } else if (e->spare != NULL && spare_intact(e)) {
     buf->base = (char *)e->spare + e->spare_used; /* at least PN_SPARE_MIN left */
     buf->len = PN_READ_BUF_SIZE - e->spare_used;
   } else {

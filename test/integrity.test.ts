@@ -230,3 +230,38 @@ for (const mode of ["plain", "TLS"] as const) {
     assert.ok(r.fin, "the stream ended with a FIN, not a reset");
   });
 }
+
+test("a handler that transfers its chunks' memory (as to a worker) loses no later byte and sees it unchanged", { timeout: 60_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const moved: Array<{ owned: Uint8Array; snapshot: Buffer }> = [];
+  class Mover extends Stream {
+    override onRead(chunk: Buffer): void {
+      this.write(Buffer.from(chunk)); // a copy goes back; the chunk's memory goes to "the worker"
+      if (chunk.length > 4096 && moved.length < 64) {
+        const ab = chunk.buffer as ArrayBuffer;
+        const owned = new Uint8Array(structuredClone(ab, { transfer: [ab] }));
+        moved.push({ owned, snapshot: Buffer.from(owned) });
+      }
+    }
+  }
+  const port = await listenLocal(new Server(Mover, { engine }), t);
+  const sock = await connected(net.connect({ host: "127.0.0.1", port }), "connect");
+  t.after(() => sock.destroy());
+  const data = randomBytes(8 * MiB);
+  const back = createHash("sha256");
+  let receivedBytes = 0;
+  sock.on("data", (d: Buffer) => {
+    back.update(d);
+    receivedBytes += d.length;
+  });
+  // 40 KiB at a time, a little apart: reads smaller than a read buffer, so later reads would land beside a moved one.
+  for (let pos = 0; pos < data.length; pos += 40 * 1024) {
+    sock.write(data.subarray(pos, pos + 40 * 1024));
+    await sleep(2);
+  }
+  for (let waited = 0; receivedBytes < data.length && waited < 10_000; waited += 10) await sleep(10);
+  assert.equal(receivedBytes, data.length);
+  assert.equal(back.digest("hex"), createHash("sha256").update(data).digest("hex"), "what came back differs from what was sent");
+  assert.ok(moved.length > 0, "no chunk was moved");
+  moved.forEach((m, i) => assert.ok(m.snapshot.equals(m.owned), `memory moved away with chunk ${i} changed afterwards (a later read landed in it)`));
+});
