@@ -14,7 +14,9 @@
  * first (just before the close callback). The one exception is the bytes of
  * a lent read (read.c): their Buffer is detached, and its memory freed, as
  * soon as the call that delivers them returns, so a reference would not
- * keep them; what is queued of them is copied instead.
+ * keep them; what is queued of them is copied instead. So is what is queued
+ * of a write(buffer, length): JS joins small writes into one buffer it
+ * reuses, and a reference would pin all 64 KiB of it for a few queued bytes.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +31,7 @@ typedef struct pn_write {
   uv_write_t req;
   pn_conn *conn;
   size_t nrefs;
-  uint8_t *copy;   /* the queued bytes of a lent read, copied; else NULL */
+  uint8_t *copy;   /* the queued bytes of a lent read or a reused buffer, copied; else NULL */
   napi_ref refs[]; /* per buffer: a ref on the JS Buffer it points into, or NULL for a copy */
 } pn_write;
 
@@ -69,14 +71,20 @@ static void defer_write_error(pn_conn *c, int err) {
   pn_defer(c, PN_DEFER_WRITE_ERROR);
 }
 
+/* Whether a queued buf is copied rather than referenced (see the top). */
+static bool copied(const pn_env *e, const uv_buf_t *b, bool reused) {
+  return reused || pn_is_lent(e, (const uint8_t *)b->base, b->len);
+}
+
 /* Queues bufs (whose memory belongs to the JS values `owners`); the bytes
- * of a lent read are copied, and bufs[] is pointed at the copy. */
+ * of a lent read, or of a buffer the caller reuses (`reused`), are copied,
+ * and bufs[] is pointed at the copy. */
 static int queue_write(napi_env env, pn_conn *c, uv_buf_t *bufs, size_t nbufs,
-                       const napi_value *owners) {
+                       const napi_value *owners, bool reused) {
   const pn_env *e = c->base.penv;
   size_t lent = 0;
   for (size_t i = 0; i < nbufs; i++)
-    if (pn_is_lent(e, (const uint8_t *)bufs[i].base, bufs[i].len)) lent += bufs[i].len;
+    if (copied(e, &bufs[i], reused)) lent += bufs[i].len;
   pn_write *w = malloc(sizeof(*w) + nbufs * sizeof(napi_ref));
   if (w == NULL) return UV_ENOMEM;
   w->conn = c;
@@ -89,7 +97,7 @@ static int queue_write(napi_env env, pn_conn *c, uv_buf_t *bufs, size_t nbufs,
   }
   uint8_t *to = w->copy;
   for (size_t i = 0; i < nbufs; i++) {
-    if (to != NULL && pn_is_lent(e, (const uint8_t *)bufs[i].base, bufs[i].len)) {
+    if (to != NULL && copied(e, &bufs[i], reused)) {
       memcpy(to, bufs[i].base, bufs[i].len);
       bufs[i].base = (char *)to;
       to += bufs[i].len;
@@ -142,7 +150,7 @@ static bool get_buffer(napi_env env, napi_value v, uv_buf_t *out) {
 /* Tries to write bufs now and queues the rest. Returns the bytes not yet
  * written (and hence queued, unless the socket is dead). */
 static size_t write_bufs(napi_env env, pn_conn *c, uv_buf_t *bufs, size_t nbufs,
-                         const napi_value *owners, size_t total) {
+                         const napi_value *owners, size_t total, bool reused) {
   int n = uv_try_write(&c->h.stream, bufs, (unsigned int)nbufs);
   /* n < 0: UV_EAGAIN (the socket is full, or earlier writes are queued), or
    * an error; in that case uv_write reports it, now or in its callback. */
@@ -155,15 +163,15 @@ static size_t write_bufs(napi_env env, pn_conn *c, uv_buf_t *bufs, size_t nbufs,
   bufs[i].base += skip;
   bufs[i].len -= (unsigned int)skip;
 
-  int err = queue_write(env, c, bufs + i, nbufs - i, owners + i);
+  int err = queue_write(env, c, bufs + i, nbufs - i, owners + i, reused);
   if (err != 0) defer_write_error(c, err);
   return total - written;
 }
 
 /* write(buffer[, length]) -> bytes not written yet (0: all went out now).
- * With `length`, only the first `length` bytes of the buffer are written:
- * JS joins small writes into one reused buffer, which it may overwrite
- * once a write of it returned 0 (nothing of it is queued). */
+ * With `length`, only the first `length` bytes of the buffer are written,
+ * and what is queued of them is copied: JS joins small writes into one
+ * buffer, which it may overwrite as soon as the call returns. */
 napi_value pn_conn_write(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2], result;
@@ -189,7 +197,7 @@ napi_value pn_conn_write(napi_env env, napi_callback_info info) {
     buf.len = (unsigned int)n;
   }
   if (!check_writable(env, c, "write()")) return NULL;
-  size_t left = buf.len == 0 ? 0 : write_bufs(env, c, &buf, 1, argv, buf.len);
+  size_t left = buf.len == 0 ? 0 : write_bufs(env, c, &buf, 1, argv, buf.len, t != napi_undefined);
   result = pn_size_value(env, left);
   return result;
 }
@@ -232,7 +240,7 @@ napi_value pn_conn_writev(napi_env env, napi_callback_info info) {
     total += bufs[i].len;
   }
   if (!check_writable(env, c, "writev()")) goto out;
-  left = total == 0 ? 0 : write_bufs(env, c, bufs, n, vals, total);
+  left = total == 0 ? 0 : write_bufs(env, c, bufs, n, vals, total, false);
   result = pn_size_value(env, left);
 out:
   if (bufs != stack_bufs) free(bufs);

@@ -110,8 +110,9 @@ export interface NativeConn {
    * @throws Error (code ERR_STREAM_DESTROYED / ERR_STREAM_WRITE_AFTER_END)
    *   after close() or shutdown(); TypeError for a non-Buffer.
    *   With `length`, only `data`'s first `length` bytes are written
-   *   (RangeError unless 0 ≤ length ≤ data.length): a caller that joins
-   *   small writes into one buffer may reuse it once a write returned 0.
+   *   (RangeError unless 0 ≤ length ≤ data.length), and what is queued of
+   *   them is copied: a caller that joins small writes into one buffer may
+   *   reuse it as soon as the call returns.
    */
   write(data: Uint8Array, length?: number): number;
   /** Like {@link write} for several buffers in one system call. */

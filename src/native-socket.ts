@@ -49,7 +49,7 @@ let addon: NativeAddon | null | undefined;
 
 /** Size of the buffer small writes are joined into ({@link NativeSocket.writeRun}); larger runs go out with writev. */
 const JOIN_SCRATCH_SIZE = 64 * 1024;
-/** That buffer, while no queued write holds it. */
+/** That buffer (the addon copies what it queues of it: it is free again once a write returns). */
 let joinScratch: Buffer | null = null;
 
 /** The addon, initialised once, or null when it is not built (or `PANTS_TS_TRANSPORT=js`). */
@@ -442,13 +442,11 @@ export class NativeSocket {
   writeRun(list: readonly unknown[], n: number, bytes: number): number {
     if (n === 1) return this.writeNow(list[0] as Buffer);
     if (bytes > JOIN_SCRATCH_SIZE) return this.writevNow((n === list.length ? list : list.slice(0, n)) as Buffer[]);
-    let scratch = joinScratch;
-    joinScratch = null; // taken: a write that throws leaves it to the GC
-    if (scratch === null) scratch = Buffer.allocUnsafeSlow(JOIN_SCRATCH_SIZE);
+    const scratch = (joinScratch ??= Buffer.allocUnsafeSlow(JOIN_SCRATCH_SIZE));
     joinInto(scratch, list, n);
+    // With a length, the addon copies what it has to queue: the scratch is free again at once.
     const left = this.#conn!.write(scratch, bytes);
     if (left > 0) this.#bits |= B_QUEUED;
-    else joinScratch = scratch;
     return left;
   }
 

@@ -164,6 +164,41 @@ test("pauseReading, then the peer's FIN: the buffered frames still come first, t
   assert.deepEqual(events, ["read a", "resume", "read b", "read c", "end"]);
 });
 
+test("peers that do not read cost about writeHighWaterMark each in memory too: small queued writes pin no big buffers", async (t) => {
+  const engine = freshEngine(t);
+  const streams: Stream[] = [];
+  class LineEcho extends Stream {
+    override onConnect() {
+      streams.push(this);
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      // Two small writes per line, the second flushed: each flush is a small write of its own.
+      this.write(line);
+      this.write("\n", true);
+    }
+  }
+  const port = await listenLocal(new Server(LineEcho, { engine }), t);
+  const lines = Buffer.alloc(8 << 20, 0x61);
+  for (let i = 200; i < lines.length; i += 201) lines[i] = 0x0a;
+  const before = process.memoryUsage().arrayBuffers;
+  const peers: net.Socket[] = [];
+  t.after(() => peers.forEach((p) => p.destroy()));
+  for (let i = 0; i < 10; i++) {
+    const peer = net.connect(port, "127.0.0.1");
+    peer.on("error", () => {});
+    await new Promise<void>((resolve) => peer.once("connect", resolve));
+    peer.pause(); // never reads: the server's replies back up
+    peer.write(lines);
+    peers.push(peer);
+  }
+  await waitFor(() => streams.length === 10 && streams.every((s) => s.bufferedAmount >= s.writeHighWaterMark), 10_000, "every stream to back up");
+  await sleep(200);
+  const grown = process.memoryUsage().arrayBuffers - before;
+  // 10 streams × ~1 MiB queued, plus read buffers; a 64 KiB buffer pinned per small queued write would be ~1.3 GB.
+  assert.ok(grown < 128 << 20, `ArrayBuffers grew by ${Math.round(grown / 1048576)} MiB for 10 backed-up streams`);
+});
+
 test("writeHighWaterMark and writeBufferLimit are validated", async () => {
   const peer = memoryPeer(Stream);
   await peer.ready;

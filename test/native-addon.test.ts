@@ -810,6 +810,33 @@ describe("native addon", { skip }, () => {
     client.socket.destroy();
   });
 
+  test("write(data, length) copies what it queues: the caller may reuse data at once", async () => {
+    let conn!: NativeConn;
+    const { port } = listen((c) => {
+      conn = c;
+    });
+    const client = await Client.tcp(port);
+    client.socket.pause();
+    await until(() => conn !== undefined, "accept");
+    // Fill the socket until writes queue, then queue a few small ones from one reused buffer.
+    const filler = randomBytes(1024 * 1024);
+    let sent = 0;
+    while (conn.write(filler) === 0) sent += filler.length;
+    sent += filler.length;
+    const scratch = Buffer.alloc(64 * 1024);
+    const expected: Buffer[] = [];
+    for (let i = 0; i < 4; i++) {
+      scratch.fill(0x61 + i, 0, 100);
+      assert.equal(conn.write(scratch, 100), 100, "queued behind the filler");
+      expected.push(Buffer.from(scratch.subarray(0, 100)));
+    }
+    scratch.fill(0); // reused at once: the queued writes kept copies
+    client.socket.resume();
+    const received = await client.waitFor(sent + 400, 30_000);
+    assert.equal(received.subarray(sent).toString(), Buffer.concat(expected).toString());
+    client.socket.destroy();
+  });
+
   test("shutdown: the client sees FIN after every byte; writing afterwards throws", async () => {
     const payload = randomBytes(4 * 1024 * 1024);
     let shutdownDone = false;
