@@ -716,13 +716,15 @@ export class Stream extends Channel {
    * already written is sent, then the connection closes with a FIN (bytes
    * still arriving are read and discarded for a short linger, so no reset
    * destroys data the peer has not read). `flush` false: unsent data is
-   * dropped and the connection closes now. `onClose` runs exactly once.
+   * dropped and the connection closes now (when the OS already took
+   * everything, it still ends with a FIN and the linger, not a reset).
+   * `onClose` runs exactly once.
    */
   close(flush = true): void {
     const state = this.#state;
     if (state === S_CLOSED) return;
     if (state === S_CLOSING) {
-      if (!flush) this.#finishClose(false);
+      if (!flush) this.#finishClose(false, true);
       return;
     }
     if (flush && (state === S_OPEN || state === S_PENDING) && this.#hasPendingWrites()) {
@@ -732,7 +734,7 @@ export class Stream extends Channel {
       this.#flush();
       return;
     }
-    this.#finishClose(flush);
+    this.#finishClose(flush, true);
   }
 
   // -------------------------------------------------------------------------
@@ -1978,7 +1980,12 @@ export class Stream extends Channel {
   // -------------------------------------------------------------------------
   // Internals: closing
 
-  #finishClose(graceful: boolean): void {
+  /**
+   * `graceful`: what was written still goes out (close(true), the peer's
+   * end). `asked`: the handler closed (not a socket error or a timeout), so
+   * a close(false) with everything already taken by the OS lingers too.
+   */
+  #finishClose(graceful: boolean, asked = graceful): void {
     const state = this.#state;
     if (state === S_CLOSED) return;
     const everConnected = (this.#flags & F_EVER_CONNECTED) !== 0;
@@ -1999,7 +2006,7 @@ export class Stream extends Channel {
     if (sock !== null) {
       engineStats.open--;
       engineStats.closed++;
-      this.#releaseSocket(sock, graceful && state >= S_PENDING);
+      this.#releaseSocket(sock, graceful && state >= S_PENDING, asked && state >= S_PENDING);
     }
     this.server?._connectionClosed(this, this.#connId);
     if (!everConnected) {
@@ -2015,12 +2022,15 @@ export class Stream extends Channel {
     if (diagnostics.connectionClose.hasSubscribers) diagnostics.connectionClose.publish({ stream: this });
   }
 
-  #releaseSocket(sock: OwnedSocket, graceful: boolean): void {
+  #releaseSocket(sock: OwnedSocket, graceful: boolean, asked: boolean): void {
     if (sock.destroyed) {
       sock[kStream] = undefined;
       return;
     }
-    if (!graceful) {
+    // close(false) drops what the OS has not taken yet. When it has taken
+    // everything, the FIN and the linger below still apply: a reset would
+    // destroy what the peer has not read of it (an error reply, say).
+    if (!graceful && (!asked || sock.writableLength > 0 || (this.#tls !== null && (this.#flags & F_TLS_DONE) === 0))) {
       sock.destroy();
       sock[kStream] = undefined;
       return;

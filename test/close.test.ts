@@ -138,6 +138,48 @@ test("closing while the peer is still sending does not reset the reply away", as
   assert.equal(Buffer.concat(chunks).length, reply.length);
 });
 
+test("close(false) after a reply the OS has taken, while the peer keeps sending: the reply is not reset away", async (t) => {
+  const engine = freshEngine(t);
+  const reply = randomBytes(32 * 1024);
+  class Refuser extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead() {
+      // An error reply, sent now, then an abort: what the OS took must still arrive.
+      this.write(reply, true);
+      this.close(false);
+    }
+  }
+  const port = await listenLocal(new Server(Refuser, { engine }), t);
+  const sock = net.connect(port, "127.0.0.1");
+  const chunks: Buffer[] = [];
+  let error: Error | null = null;
+  sock.on("data", (d) => chunks.push(d));
+  sock.on("error", (e) => (error = e));
+  await new Promise<void>((r) => sock.once("connect", r));
+  // A slow reader: the reply waits unread in its socket while it keeps sending.
+  sock.pause();
+  sock.write("request\n");
+  const junk = Buffer.alloc(16 * 1024, 0x78);
+  const pump = setInterval(() => {
+    if (!sock.destroyed && sock.writable) sock.write(junk);
+  }, 1);
+  await sleep(300);
+  sock.resume();
+  await Promise.race([
+    new Promise<void>((r) => {
+      sock.once("end", r);
+      sock.once("close", r);
+    }),
+    sleep(10_000),
+  ]);
+  clearInterval(pump);
+  sock.destroy();
+  assert.equal(error, null, "no reset");
+  assert.equal(Buffer.concat(chunks).length, reply.length);
+});
+
 test("a peer reset closes the stream at once, logged at debug at most", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);
