@@ -1,7 +1,8 @@
 // A plain-JS workout of the addon for memory checkers (valgrind, ASan), where
 // the TypeScript test suite would be too slow. It exercises every path that
 // allocates or frees: accept/connect, raw and framed reads (split delimiters,
-// sizes, reset and re-framing inside onRead, overflow), lent reads, partial writes,
+// sizes, reset and re-framing inside onRead, overflow), lent reads, read
+// blocks JS detaches, partial writes (and copies of a reused buffer's),
 // writev, shutdown, resets, close from inside callbacks, deferred errors, a
 // throwing callback, a worker exiting with open handles, and finally a
 // natural exit with handles still open (the environment teardown path).
@@ -307,6 +308,92 @@ async function trickle(sock, s) {
   await until(() => frames.length === 50 * scale, "lent frames");
   assert.ok(Buffer.concat(frames).equals(big), "frames cut from lent reads are intact");
   cl.sock.destroy();
+  await sleep(20);
+  conn.close();
+  s.close();
+}
+
+// 2d. Blocks JS detaches: a handler transfers the ArrayBuffer of large reads
+// (the spare; later reads must not land in it), and of a framed read whose
+// tail was still to be kept (that connection fails with EFAULT). Writes of a
+// reused buffer with a length: what they queue is copied.
+{
+  let conn;
+  let bytes = 0;
+  const moved = [];
+  const { s, port } = listen((c) => {
+    conn = c;
+    handlers.set(c, {
+      read(d) {
+        bytes += d.length;
+        if (d.length > 4096 && moved.length < 16) {
+          // Ours now: filled (its unread part was never written), and checked later.
+          moved.push(new Uint8Array(structuredClone(d.buffer, { transfer: [d.buffer] })).fill(0x5a));
+        }
+      },
+    });
+    c.readStart();
+  });
+  const cl = client(port);
+  await until(() => cl.sock.readyState === "open", "connect 2d");
+  const piece = Buffer.alloc(40 * 1024, 9);
+  for (let i = 0; i < 100 * scale; i++) {
+    cl.sock.write(piece);
+    await sleep(2);
+  }
+  await until(() => bytes === 100 * scale * piece.length, "reads after the spare was moved");
+  assert.ok(moved.length > 0, "no read block was moved");
+  for (const m of moved) assert.ok(m.every((b) => b === 0x5a), "a later read landed in a moved block");
+  cl.sock.destroy();
+  await sleep(20);
+  conn.close();
+
+  let failed = null;
+  serverHandlers.set(s, (c) => {
+    conn = c;
+    c.setFraming(1, Buffer.from("\n"), 1 << 20);
+    handlers.set(c, {
+      read(d) {
+        if (d.buffer.byteLength > 0) structuredClone(d.buffer, { transfer: [d.buffer] });
+      },
+      error: (code) => (failed = code),
+    });
+    c.readStart();
+  });
+  const cl2 = client(port);
+  await until(() => cl2.sock.readyState === "open", "connect 2d framed");
+  const lines = Buffer.alloc(200 * 1024, 0x61);
+  for (let i = 100; i < lines.length; i += 1000) lines[i] = 0x0a;
+  for (let i = 0; i < 20 && failed === null; i++) {
+    cl2.sock.write(lines);
+    await sleep(5);
+  }
+  await until(() => failed !== null, "EFAULT for a tail in a detached block");
+  assert.equal(failed, "EFAULT");
+  cl2.sock.destroy();
+  await sleep(20);
+  conn.close();
+
+  serverHandlers.set(s, (c) => (conn = c));
+  conn = undefined;
+  const cl3 = client(port);
+  cl3.sock.pause();
+  await until(() => conn !== undefined, "accept 2d writes");
+  const filler = Buffer.alloc(1024 * 1024, 1);
+  let sent = 0;
+  while (conn.write(filler) === 0) sent += filler.length;
+  sent += filler.length;
+  const scratch = Buffer.alloc(64 * 1024);
+  for (let i = 0; i < 8; i++) {
+    scratch.fill(0x61 + i, 0, 1000);
+    assert.ok(conn.write(scratch, 1000) > 0, "queued");
+  }
+  scratch.fill(0);
+  cl3.sock.resume();
+  await until(() => cl3.len() === sent + 8000, "queued copies of a reused buffer");
+  const tail = Buffer.concat(cl3.data).subarray(sent);
+  for (let i = 0; i < 8; i++) assert.ok(tail.subarray(i * 1000, (i + 1) * 1000).every((b) => b === 0x61 + i), "a queued copy is intact");
+  cl3.sock.destroy();
   await sleep(20);
   conn.close();
   s.close();
