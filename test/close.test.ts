@@ -5,6 +5,7 @@
  * data the peer has not read.
  */
 import { test } from "node:test";
+import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import { createHash, randomBytes } from "node:crypto";
@@ -106,67 +107,44 @@ test("close(false) closes at once, dropping unsent data", async (t) => {
   assert.ok(got.length < 64 << 20, `received ${got.length} bytes of 64 MiB`);
 });
 
-test("closing while the peer is still sending does not reset the reply away", async (t) => {
+/**
+ * A client sends a request line, then keeps sending while the server
+ * answers it with `reply` and closes (`answer` does both). A slow reader
+ * leaves the reply unread in its socket for 300 ms. What arrived, and the
+ * client's error (a reset shows as ECONNRESET or EPIPE).
+ */
+async function replyWhileSending(
+  t: TestContext,
+  reply: Buffer,
+  answer: (s: Stream) => void,
+  slowReader: boolean,
+): Promise<{ received: number; error: Error | null }> {
   const engine = freshEngine(t);
-  const reply = randomBytes(1 << 20);
   class Replier extends Stream {
     override onConnect() {
       this.readDelimiter = "\n";
     }
     override onRead() {
-      // Reply and close at once, while the client keeps sending.
-      this.write(reply);
-      this.close();
+      answer(this);
     }
   }
   const port = await listenLocal(new Server(Replier, { engine }), t);
   const sock = net.connect(port, "127.0.0.1");
-  const chunks: Buffer[] = [];
+  let received = 0;
   let error: Error | null = null;
-  sock.on("data", (d) => chunks.push(d));
+  sock.on("data", (d: Buffer) => (received += d.length));
   sock.on("error", (e) => (error = e));
   await new Promise<void>((r) => sock.once("connect", r));
+  if (slowReader) sock.pause();
   sock.write("request\n");
   const junk = Buffer.alloc(16 * 1024, 0x78);
   const pump = setInterval(() => {
     if (!sock.destroyed && sock.writable) sock.write(junk);
   }, 1);
-  await new Promise<void>((r) => sock.once("end", r));
-  clearInterval(pump);
-  sock.destroy();
-  assert.equal(error, null, "no reset");
-  assert.equal(Buffer.concat(chunks).length, reply.length);
-});
-
-test("close(false) after a reply the OS has taken, while the peer keeps sending: the reply is not reset away", async (t) => {
-  const engine = freshEngine(t);
-  const reply = randomBytes(32 * 1024);
-  class Refuser extends Stream {
-    override onConnect() {
-      this.readDelimiter = "\n";
-    }
-    override onRead() {
-      // An error reply, sent now, then an abort: what the OS took must still arrive.
-      this.write(reply, true);
-      this.close(false);
-    }
+  if (slowReader) {
+    await sleep(300);
+    sock.resume();
   }
-  const port = await listenLocal(new Server(Refuser, { engine }), t);
-  const sock = net.connect(port, "127.0.0.1");
-  const chunks: Buffer[] = [];
-  let error: Error | null = null;
-  sock.on("data", (d) => chunks.push(d));
-  sock.on("error", (e) => (error = e));
-  await new Promise<void>((r) => sock.once("connect", r));
-  // A slow reader: the reply waits unread in its socket while it keeps sending.
-  sock.pause();
-  sock.write("request\n");
-  const junk = Buffer.alloc(16 * 1024, 0x78);
-  const pump = setInterval(() => {
-    if (!sock.destroyed && sock.writable) sock.write(junk);
-  }, 1);
-  await sleep(300);
-  sock.resume();
   await Promise.race([
     new Promise<void>((r) => {
       sock.once("end", r);
@@ -176,8 +154,29 @@ test("close(false) after a reply the OS has taken, while the peer keeps sending:
   ]);
   clearInterval(pump);
   sock.destroy();
-  assert.equal(error, null, "no reset");
-  assert.equal(Buffer.concat(chunks).length, reply.length);
+  return { received, error };
+}
+
+test("closing while the peer is still sending does not reset the reply away", async (t) => {
+  const reply = randomBytes(1 << 20);
+  // Reply and close at once, while the client keeps sending.
+  const r = await replyWhileSending(t, reply, (s) => {
+    s.write(reply);
+    s.close();
+  }, false);
+  assert.equal(r.error, null, "no reset");
+  assert.equal(r.received, reply.length);
+});
+
+test("close(false) after a reply the OS has taken, while the peer keeps sending: the reply is not reset away", async (t) => {
+  const reply = randomBytes(32 * 1024);
+  // An error reply, sent now, then an abort: what the OS took must still arrive.
+  const r = await replyWhileSending(t, reply, (s) => {
+    s.write(reply, true);
+    s.close(false);
+  }, true);
+  assert.equal(r.error, null, "no reset");
+  assert.equal(r.received, reply.length);
 });
 
 test("a peer reset closes the stream at once, logged at debug at most", async (t) => {
