@@ -73,6 +73,18 @@ function client(port) {
   st.len = () => st.data.reduce((n, b) => n + b.length, 0);
   return st;
 }
+/** `n` bytes whose every 4-byte word is its own offset: a byte out of place shows. */
+function counting(n) {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i + 4 <= n; i += 4) b.writeUInt32LE(i, i);
+  return b;
+}
+/** The client hangs up; then the server closes its side of the connection. */
+async function hangUp(cl, conn) {
+  cl.sock.destroy();
+  await sleep(20);
+  conn.close();
+}
 async function trickle(sock, s) {
   for (const ch of s) {
     sock.write(ch);
@@ -241,9 +253,7 @@ async function trickle(sock, s) {
   cl.sock.resume();
   await until(() => cl.ended && written === 1 && shut, "all bytes + FIN");
   assert.equal(cl.len(), big.length + 2_000_000);
-  cl.sock.destroy();
-  await sleep(20);
-  conn.close();
+  await hangUp(cl, conn);
   s.close();
 }
 
@@ -268,8 +278,7 @@ async function trickle(sock, s) {
   });
   const cl = client(port);
   cl.sock.pause();
-  const big = Buffer.alloc(4 * 1024 * 1024 * scale);
-  for (let i = 0; i < big.length; i += 4) big.writeUInt32LE(i, i);
+  const big = counting(4 * 1024 * 1024 * scale);
   await until(() => cl.sock.readyState === "open", "connect 2b");
   cl.sock.write(big);
   await until(() => bytes === big.length, "lent reads");
@@ -278,9 +287,7 @@ async function trickle(sock, s) {
   assert.ok(Buffer.concat(cl.data).equals(big), "the echo of lent reads is intact");
   assert.ok(queued > 0, "writes of lent reads queued");
   assert.ok(kept.some((k) => k.length === 0), "a lent read is detached after its call");
-  cl.sock.destroy();
-  await sleep(20);
-  conn.close();
+  await hangUp(cl, conn);
   s.close();
 }
 
@@ -301,15 +308,12 @@ async function trickle(sock, s) {
     c.readStart();
   });
   const cl = client(port);
-  const big = Buffer.alloc(40_000 * 50 * scale);
-  for (let i = 0; i < big.length; i += 4) big.writeUInt32LE(i, i);
+  const big = counting(40_000 * 50 * scale);
   await until(() => cl.sock.readyState === "open", "connect 2c");
   cl.sock.write(big);
   await until(() => frames.length === 50 * scale, "lent frames");
   assert.ok(Buffer.concat(frames).equals(big), "frames cut from lent reads are intact");
-  cl.sock.destroy();
-  await sleep(20);
-  conn.close();
+  await hangUp(cl, conn);
   s.close();
 }
 
@@ -344,9 +348,7 @@ async function trickle(sock, s) {
   await until(() => bytes === 100 * scale * piece.length, "reads after the spare was moved");
   assert.ok(moved.length > 0, "no read block was moved");
   for (const m of moved) assert.ok(m.every((b) => b === 0x5a), "a later read landed in a moved block");
-  cl.sock.destroy();
-  await sleep(20);
-  conn.close();
+  await hangUp(cl, conn);
 
   let failed = null;
   serverHandlers.set(s, (c) => {
@@ -370,9 +372,7 @@ async function trickle(sock, s) {
   }
   await until(() => failed !== null, "EFAULT for a tail in a detached block");
   assert.equal(failed, "EFAULT");
-  cl2.sock.destroy();
-  await sleep(20);
-  conn.close();
+  await hangUp(cl2, conn);
 
   serverHandlers.set(s, (c) => (conn = c));
   conn = undefined;
@@ -393,9 +393,7 @@ async function trickle(sock, s) {
   await until(() => cl3.len() === sent + 8000, "queued copies of a reused buffer");
   const tail = Buffer.concat(cl3.data).subarray(sent);
   for (let i = 0; i < 8; i++) assert.ok(tail.subarray(i * 1000, (i + 1) * 1000).every((b) => b === 0x61 + i), "a queued copy is intact");
-  cl3.sock.destroy();
-  await sleep(20);
-  conn.close();
+  await hangUp(cl3, conn);
   s.close();
 }
 

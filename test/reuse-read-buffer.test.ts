@@ -52,6 +52,23 @@ async function sendInPieces(sock: net.Socket, data: Buffer, seed: number): Promi
 }
 
 /**
+ * Random bodies of 1 byte to 60 000 bytes (seeded sizes), about `total`
+ * bytes in all, each sent after the header `head(body)` gives it.
+ */
+function messages(total: number, seed: number, head: (body: Buffer) => Buffer): { bodies: Buffer[]; wire: Buffer } {
+  const next = sizes(seed);
+  const bodies: Buffer[] = [];
+  const parts: Buffer[] = [];
+  for (let sum = 0; sum < total; ) {
+    const body = randomBytes(Math.min(next(), 60_000));
+    bodies.push(body);
+    parts.push(head(body), body);
+    sum += body.length;
+  }
+  return { bodies, wire: Buffer.concat(parts) };
+}
+
+/**
  * Connects to `port`, writes `data` in random-sized pieces and ends; hashes
  * what comes back. `stallEvery` > 0: stops reading for 30 ms after each
  * that many bytes received, so the server's writes back up and queue.
@@ -282,19 +299,13 @@ for (const form of ["(buf)", "(buf, start)"] as const) {
       }
     }
     const port = await listenLocal(new Server(Prefixed, { engine }), t);
-    // Bodies of up to 60 KiB (under bufferSize): most frames span reads, and most reads end inside one.
-    const next = sizes(7);
-    const bodies: Buffer[] = [];
-    const wire: Buffer[] = [];
-    for (let total = 0; total < 16 * MiB; ) {
-      const body = randomBytes(Math.min(next(), 60 * 1024));
+    // Bodies of up to 60 000 bytes (under bufferSize): most frames span reads, and most reads end inside one.
+    const { bodies, wire } = messages(16 * MiB, 7, (body) => {
       const head = Buffer.alloc(4);
       head.writeUInt32BE(body.length);
-      bodies.push(body);
-      wire.push(head, body);
-      total += 4 + body.length;
-    }
-    const r = await exchange(port, Buffer.concat(wire), 8);
+      return head;
+    });
+    const r = await exchange(port, wire, 8);
     assert.equal(r.hash, sha256(...bodies), "the bodies echoed differ from the bodies sent");
   });
 }
@@ -343,16 +354,8 @@ test("reuseReadBuffer: a protocol that switches between lines and sized bodies i
     }
   }
   const port = await listenLocal(new Server(Bodies, { engine }), t);
-  const next = sizes(77);
-  const bodies: Buffer[] = [];
-  const wire: Buffer[] = [];
-  for (let total = 0; total < 24 * MiB; ) {
-    const body = randomBytes(Math.min(next(), 60_000));
-    bodies.push(body);
-    wire.push(Buffer.from(`${body.length}\n`), body);
-    total += body.length;
-  }
-  const r = await exchange(port, Buffer.concat(wire), 78, 4 * MiB);
+  const { bodies, wire } = messages(24 * MiB, 77, (body) => Buffer.from(`${body.length}\n`));
+  const r = await exchange(port, wire, 78, 4 * MiB);
   assert.equal(r.hash, sha256(...bodies), "the bodies came back changed");
 });
 
