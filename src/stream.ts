@@ -1056,19 +1056,13 @@ export class Stream extends Channel {
     const limit = this.#bufferSize;
     this.#flags |= F_IN_DISPATCH;
     let i = 0;
-    for (; i < count; i++) {
-      if (this.#state !== S_OPEN || this.#framer !== framer || this.#bufferSize !== limit || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 || this.#encoding !== null) break;
+    let changed = this.#reframing(framer, limit);
+    for (; i < count && !changed; i++) {
       const start = frames[first + 2 * i]!;
       this.#deliver(viewOf(block, base + start, frames[first + 2 * i + 1]! - start));
+      changed = this.#reframing(framer, limit);
     }
-    if (
-      i < count ||
-      this.#state !== S_OPEN ||
-      this.#framer !== framer ||
-      this.#bufferSize !== limit ||
-      (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 ||
-      this.#encoding !== null
-    ) {
+    if (changed) {
       // Something changed inside onRead (framing, limit, pause, encoding...):
       // the rest of the bytes (from the first frame not delivered, the
       // addon's pending tail included) is framed here.
@@ -1086,6 +1080,17 @@ export class Stream extends Channel {
     }
     this.#flags &= ~F_IN_DISPATCH;
     if (this.#wq !== null && this.#wq.length > 0) this.#flush();
+  }
+
+  /** Whether a handler changed what the addon's frames were cut for (framer, limit, pause, encoding) or closed. */
+  #reframing(framer: Framer, limit: number): boolean {
+    return (
+      this.#state !== S_OPEN ||
+      this.#framer !== framer ||
+      this.#bufferSize !== limit ||
+      (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0 ||
+      this.#encoding !== null
+    );
   }
 
   #startFlowing(): void {
