@@ -217,6 +217,9 @@ function onSocketConnect(this: OwnedSocket): void {
 function onSocketSecure(this: OwnedSocket): void {
   this[kStream]?._onSecure();
 }
+function onHandshakeEnd(this: OwnedSocket): void {
+  this[kStream]?._onHandshakeEnd();
+}
 function ignoreError(): void {}
 function lingerExpired(sock: Duplex): void {
   sock.destroy();
@@ -848,6 +851,7 @@ export class Stream extends Channel {
       this.#flags |= F_SERVER_SIDE;
       this.#tls = sock as unknown as tls.TLSSocket;
       sock.once("secure", onSocketSecure);
+      sock.once("end", onHandshakeEnd);
       this.#armHandshakeTimeout();
       return;
     }
@@ -950,6 +954,7 @@ export class Stream extends Channel {
     tlsSock.on("error", onSocketError);
     tlsSock.on("close", onSocketClose);
     tlsSock.once(serverSide ? "secure" : "secureConnect", onSocketSecure);
+    tlsSock.once("end", onHandshakeEnd);
     this.#armHandshakeTimeout();
   }
 
@@ -971,6 +976,16 @@ export class Stream extends Channel {
       return;
     }
     this.#establish();
+  }
+
+  /**
+   * @internal The TLS socket ended. During the handshake nobody reads it yet,
+   * and the raw socket is half-open, so this is the only sign of a peer that
+   * hung up mid-handshake: fail it now rather than at the handshake timeout.
+   */
+  _onHandshakeEnd(): void {
+    if (this.#state === S_CLOSED || this.#tls === null || (this.#flags & F_TLS_DONE) !== 0) return;
+    this._onSocketError(Object.assign(new Error("The peer closed the connection during the TLS handshake."), { code: "ECONNRESET" }));
   }
 
   /** @internal onConnect, on a tick after the call that caused it. */

@@ -184,6 +184,53 @@ test("handshakeTimeoutMs: a client that connects and sends nothing is closed", {
   assert.equal((timeouts[0] as Error & { code?: string })?.code, "ERR_TIMEOUT");
 });
 
+test("a peer that hangs up mid-handshake (first or STARTTLS) is closed at once, not at the handshake timeout", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class C extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      if (line.toString() === "STARTTLS") this.startSSL(serverOptions());
+    }
+    override onSslHandshakeError(err: Error) {
+      events.push(`error:${(err as Error & { code?: string }).code}`);
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  // handshakeTimeoutMs 0: only noticing the hang-up can close these.
+  const tlsServer = new Server(C, { engine, sslOptions: serverOptions(), handshakeTimeoutMs: 0, maxConnections: 4 });
+  const tlsPort = await listenLocal(tlsServer, t);
+  const plainServer = new Server(C, { engine, handshakeTimeoutMs: 0 });
+  const plainPort = await listenLocal(plainServer, t);
+  const hello = await captureClientHello();
+  const finOnly = await connect(tlsPort);
+  finOnly.end();
+  const halfHello = await connect(tlsPort);
+  halfHello.write(hello.subarray(0, 10));
+  halfHello.end();
+  // TLS 1.3: the client's Finished never leaves when it is destroyed at once.
+  const dropper = tls.connect({ port: tlsPort, host: "127.0.0.1", rejectUnauthorized: false });
+  dropper.on("error", () => {});
+  dropper.once("secureConnect", () => dropper.destroy());
+  const starttls = await connect(plainPort);
+  starttls.write("STARTTLS\n");
+  await waitFor(() => plainServer.stats.open === 1, 3000, "the STARTTLS connection");
+  await sleep(30);
+  starttls.end();
+  await waitFor(() => tlsServer.stats.open === 0 && plainServer.stats.open === 0, 3000, `every connection closed (events: ${events.join(",")})`);
+  assert.deepEqual(events, Array(8).fill(0).map((_, i) => (i % 2 === 0 ? "error:ECONNRESET" : "close")));
+  // The slots they held (maxConnections 4) serve a real client.
+  const good = await connectTls(["127.0.0.1", tlsPort]);
+  assert.equal(good.tlsSocket.encrypted, true);
+  good.destroy();
+  for (const c of [finOnly, halfHello, starttls]) c.destroy();
+});
+
 test("a pants-ts client verifies the server certificate and host name by default", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
