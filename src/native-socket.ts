@@ -151,6 +151,8 @@ export class NativeSocket {
   #waiting: Array<(err?: Error | null) => void> | null = null;
   #corked: Buffer[] | null = null;
   #bits = B_PAUSED;
+  /** Bytes ever left queued by a write (see {@link drainedBytes}). */
+  #queuedTotal = 0;
   /** True once destroy() was called or the handle closed. */
   destroyed = false;
   /** True while a client connect is under way. */
@@ -427,7 +429,7 @@ export class NativeSocket {
    */
   writeNow(chunk: Buffer): number {
     const left = this.#conn!.write(chunk);
-    if (left > 0) this.#bits |= B_QUEUED;
+    if (left > 0) this.#queued(left);
     return left;
   }
 
@@ -446,15 +448,28 @@ export class NativeSocket {
     joinInto(scratch, list, n);
     // With a length, the addon copies what it has to queue: the scratch is free again at once.
     const left = this.#conn!.write(scratch, bytes);
-    if (left > 0) this.#bits |= B_QUEUED;
+    if (left > 0) this.#queued(left);
     return left;
   }
 
   /** @internal Like writeNow() for several buffers, in one system call. */
   writevNow(chunks: readonly Buffer[]): number {
     const left = this.#conn!.writev(chunks);
-    if (left > 0) this.#bits |= B_QUEUED;
+    if (left > 0) this.#queued(left);
     return left;
+  }
+
+  #queued(bytes: number): void {
+    this.#bits |= B_QUEUED;
+    this.#queuedTotal += bytes;
+  }
+
+  /**
+   * Bytes the OS has taken out of this socket's write queue so far (it only
+   * grows): moves while a large queued write drains, before it completes.
+   */
+  get drainedBytes(): number {
+    return this.#queuedTotal - this.writableLength;
   }
 
   /** @internal Whether writeNow() may be used (open, not ended, not corked). */

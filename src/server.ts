@@ -788,10 +788,10 @@ export class Server extends Channel {
         const under = raw instanceof NativeSocket ? (socket instanceof NativeSocket ? raw.toDuplex() : socket) : raw;
         const t = new tls.TLSSocket(under, tlsConfig.socketOptions) as tls.TLSSocket & {
           [kTlsPending]?: boolean;
-          [kRawSocket]?: net.Socket;
+          [kRawSocket]?: net.Socket | NativeSocket;
         };
         t[kTlsPending] = true;
-        if (raw instanceof net.Socket) t[kRawSocket] = raw;
+        if (raw instanceof net.Socket || raw instanceof NativeSocket) t[kRawSocket] = raw;
         if (!this.#proxyProtocol) raw.on("error", onRawError);
         socket = t;
       } catch (err) {

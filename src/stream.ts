@@ -64,7 +64,7 @@ export const kStream: unique symbol = Symbol("pants-ts.stream");
 export const kTlsPending: unique symbol = Symbol("pants-ts.tlsPending");
 /** @internal Set by the server: the client's address from a PROXY header. */
 export const kProxyRemote: unique symbol = Symbol("pants-ts.proxyRemote");
-/** @internal Set by the server: the underlying TCP socket under a TLSSocket. */
+/** @internal Set by the server: the TCP (or native) socket under a TLSSocket. */
 export const kRawSocket: unique symbol = Symbol("pants-ts.rawSocket");
 /**
  * @internal The socket a server is handing to its onAccept right now: a
@@ -77,7 +77,7 @@ interface OwnedSocket extends Duplex {
   [kStream]?: Stream | undefined;
   [kTlsPending]?: boolean;
   [kProxyRemote]?: Address | null;
-  [kRawSocket]?: net.Socket;
+  [kRawSocket]?: net.Socket | NativeSocket;
   [kLinger]?: ReturnType<typeof setTimeout>;
 }
 
@@ -173,8 +173,8 @@ class Extras {
   remote: Address | null = null;
   local: Address | null = null;
   proxied: Address | null = null;
-  /** The TCP socket under a TLS socket (else null: the stream's socket is it). */
-  raw: net.Socket | null = null;
+  /** The TCP (or native) socket under a TLS socket (else null: the stream's socket is it). */
+  raw: net.Socket | NativeSocket | null = null;
   remoteOverride: Address | null | undefined = undefined;
   localOverride: Address | null | undefined = undefined;
   textDecoder: StringDecoder | TextDecoder | null = null;
@@ -184,6 +184,8 @@ class Extras {
   idleSince = 0;
   deadline = 0;
   deadlineKind: "handshake" | "drain" | null = null;
+  /** {@link bytesDrained} at the last sweep. */
+  drained = 0;
   /** onRead calls whose promises have not settled yet. */
   pendingReads = 0;
 }
@@ -475,7 +477,11 @@ export class Stream extends Channel {
     this.#extras().writeBufferLimit = checkSize("writeBufferLimit", value);
   }
 
-  /** No bytes either way for this many ms calls `onTimeout()` (0 = off; default from the server). */
+  /**
+   * No bytes either way for this many ms (none read, none of what was written
+   * leaving, a large write still draining counts) calls `onTimeout()` (0 =
+   * off; default from the server).
+   */
   get idleTimeout(): number {
     return this.#x?.idleTimeout ?? 0;
   }
@@ -944,7 +950,7 @@ export class Stream extends Channel {
     plain.off("error", onSocketError);
     plain.on("error", ignoreError);
     const x = this.#extras();
-    if (x.raw === null && plain instanceof net.Socket) x.raw = plain;
+    if (x.raw === null && (plain instanceof net.Socket || isNative(plain))) x.raw = plain;
     const owned = tlsSock as unknown as OwnedSocket;
     owned[kStream] = this;
     this.#sock = owned;
@@ -1981,6 +1987,7 @@ export class Stream extends Channel {
       sock.off("error", onSocketError as never);
       sock.on("error", ignoreError);
       const duplex = sock.toDuplex() as OwnedSocket;
+      if (this.#x?.raw == null) this.#extras().raw = sock;
       duplex[kStream] = this;
       duplex.on("error", onSocketError);
       duplex.on("close", onSocketClose);
@@ -2123,9 +2130,21 @@ export class Stream extends Channel {
   _onSweep(now: number): void {
     const x = this.#x;
     if (this.#state === S_CLOSED || x === null) return;
-    const active = (this.#flags & F_ACTIVE) !== 0;
+    let active = (this.#flags & F_ACTIVE) !== 0;
     this.#flags &= ~F_ACTIVE;
     const kind = x.deadlineKind;
+    if (kind === "handshake") {
+      if (now >= x.deadline) this.#handshakeFailed(new TimeoutError(`The TLS handshake of ${String(this)} did not complete in time.`, "handshake"));
+      return;
+    }
+    if (kind === null && x.idleTimeout <= 0) return;
+    // A large write the peer is reading moves bytes long before it completes.
+    const sock = x.raw ?? this.#sock;
+    if (sock !== null) {
+      const drained = bytesDrained(sock);
+      if (drained > x.drained) active = true;
+      x.drained = drained;
+    }
     if (kind === "drain") {
       // A draining close that makes progress is given more time.
       if (active) x.deadline = now + DRAIN_TIMEOUT_MS;
@@ -2135,11 +2154,6 @@ export class Stream extends Channel {
       }
       return;
     }
-    if (kind === "handshake") {
-      if (now >= x.deadline) this.#handshakeFailed(new TimeoutError(`The TLS handshake of ${String(this)} did not complete in time.`, "handshake"));
-      return;
-    }
-    if (x.idleTimeout <= 0) return;
     if (active) {
       x.idleSince = now;
     } else if (now - x.idleSince >= x.idleTimeout) {
@@ -2183,6 +2197,19 @@ export class Stream extends Channel {
   protected _statsTargets(): [Stats, Stats | null] {
     return [this.engine.stats, this.server !== null ? this.server.stats : null];
   }
+}
+
+/**
+ * Bytes the OS has taken from `sock`'s write queue so far (it only grows), or
+ * -1 where that cannot be seen. It moves while a large write drains, before
+ * the write completes; Node's own socket timeout reads the same libuv figure
+ * (`writeQueueSize`) for the same reason.
+ */
+function bytesDrained(sock: Duplex | NativeSocket): number {
+  if (isNative(sock)) return sock.drainedBytes;
+  const handle = (sock as { _handle?: { bytesWritten?: unknown; writeQueueSize?: unknown } | null })._handle;
+  if (handle == null || typeof handle.bytesWritten !== "number" || typeof handle.writeQueueSize !== "number") return -1;
+  return handle.bytesWritten - handle.writeQueueSize;
 }
 
 function checkSize(name: string, value: number): number {

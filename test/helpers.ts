@@ -146,6 +146,34 @@ function toConnect(address: Address | null, host?: string): net.NetConnectOpts {
   return { host: target, port };
 }
 
+/**
+ * Reads from `c` in paced sips (about `perSip` bytes every 10 ms), so a
+ * large write drains slowly but steadily. Resolves with the bytes it got
+ * once the server closes (or `ms` passes), and destroys `c`.
+ */
+export async function sipReader(c: net.Socket, perSip: number, ms: number): Promise<number> {
+  c.on("error", () => {});
+  let got = 0;
+  let sip = 0;
+  c.pause();
+  c.on("data", (d: Buffer) => {
+    got += d.length;
+    sip += d.length;
+    if (sip >= perSip) c.pause();
+  });
+  const timer = setInterval(() => {
+    sip = 0;
+    c.resume();
+  }, 10);
+  await new Promise<void>((resolve) => {
+    c.once("close", () => resolve());
+    setTimeout(resolve, ms).unref();
+  });
+  clearInterval(timer);
+  c.destroy();
+  return got;
+}
+
 /** The port of a listening server. */
 export function portOf(server: Server): number {
   const a = server.localAddress;

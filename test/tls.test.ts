@@ -13,7 +13,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ChannelStateError, ConnectError, Server, Stream } from "../src/index.js";
 import type { SslOptions } from "../src/index.js";
-import { captureLogs, connect, connectTls, freshEngine, hasIPv6, listenLocal, portOf, sleep, tempDir, waitFor } from "./helpers.js";
+import { captureLogs, connect, connectTls, freshEngine, hasIPv6, listenLocal, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import type { Certs } from "./certs.js";
 
@@ -229,6 +229,26 @@ test("a peer that hangs up mid-handshake (first or STARTTLS) is closed at once, 
   assert.equal(good.tlsSocket.encrypted, true);
   good.destroy();
   for (const c of [finOnly, halfHello, starttls]) c.destroy();
+});
+
+test("idleTimeout over TLS: a large write the peer is still reading is activity", { skip, timeout: 30_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const total = 24 * 1024 * 1024;
+  const events: string[] = [];
+  class Download extends Stream {
+    override onConnect() {
+      this.write(Buffer.alloc(total, 7));
+    }
+    override onTimeout() {
+      events.push(`timeout:${this.bufferedAmount}`);
+      super.onTimeout();
+    }
+  }
+  const port = await listenLocal(new Server(Download, { engine, sslOptions: serverOptions(), idleTimeoutMs: 300 }), t);
+  const c = tls.connect({ port, host: "127.0.0.1", rejectUnauthorized: false });
+  const got = await sipReader(c as net.Socket, 200 * 1024, 15_000);
+  assert.equal(got, total, `the reader got everything (events: ${events.join(",")})`);
+  assert.deepEqual(events, ["timeout:0"]);
 });
 
 test("a pants-ts client verifies the server certificate and host name by default", { skip }, async (t) => {
