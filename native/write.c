@@ -1,5 +1,5 @@
 /*
- * Writing: write / writev / pendingBytes / shutdown.
+ * Writing: write / writev / pendingBytes / deliveredBytes / shutdown.
  *
  * Each write first tries uv_try_write, which writes what the socket takes
  * right now without queueing. Only what is left is queued with uv_write.
@@ -21,6 +21,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#endif
 
 #include "common.h"
 
@@ -258,6 +263,49 @@ napi_value pn_conn_pending_bytes(napi_env env, napi_callback_info info) {
   if (!ok) return NULL;
   size_t n = c == NULL ? 0 : uv_stream_get_write_queue_size(&c->h.stream);
   result = pn_size_value(env, n);
+  return result;
+}
+
+#ifdef __linux__
+/*
+ * The kernel's struct tcp_info is glibc's plus fields appended over the
+ * years (an ABI that only grows); glibc's header stops before the two read
+ * here, so they are spelled out at their fixed offsets.
+ */
+struct pn_tcp_info {
+  struct tcp_info base;
+  uint64_t pacing_rate, max_pacing_rate, bytes_acked, bytes_received;
+  uint32_t segs_out, segs_in, notsent_bytes;
+};
+_Static_assert(offsetof(struct pn_tcp_info, bytes_acked) == 120, "tcpi_bytes_acked offset");
+_Static_assert(offsetof(struct pn_tcp_info, notsent_bytes) == 144, "tcpi_notsent_bytes offset");
+#endif
+
+/*
+ * deliveredBytes(): the bytes of this TCP connection the peer has
+ * acknowledged so far (it only grows), or -1 when nothing written is still
+ * in the kernel, or when that cannot be known (a pipe, not Linux, a kernel
+ * older than 4.6). A peer slowly reading what the kernel holds shows here,
+ * and in no write completion: the idle timer asks while something is out.
+ */
+napi_value pn_conn_delivered_bytes(napi_env env, napi_callback_info info) {
+  bool ok;
+  napi_value result;
+  double delivered = -1;
+  pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
+  if (!ok) return NULL;
+#ifdef __linux__
+  uv_os_fd_t fd;
+  struct pn_tcp_info ti;
+  socklen_t len = sizeof ti;
+  if (c != NULL && c->h.handle.type == UV_TCP && uv_fileno(&c->h.handle, &fd) == 0 &&
+      getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+      len >= offsetof(struct pn_tcp_info, notsent_bytes) + sizeof ti.notsent_bytes &&
+      (ti.base.tcpi_unacked > 0 || ti.notsent_bytes > 0)) {
+    delivered = (double)ti.bytes_acked;
+  }
+#endif
+  napi_create_double(env, delivered, &result);
   return result;
 }
 

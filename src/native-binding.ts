@@ -119,6 +119,12 @@ export interface NativeConn {
   writev(chunks: readonly Uint8Array[]): number;
   /** Bytes queued but not yet handed to the OS. */
   pendingBytes(): number;
+  /**
+   * TCP on Linux: the bytes the peer has acknowledged so far (only grows),
+   * or -1 when nothing written is still in the kernel or this cannot be
+   * known (a pipe, another OS).
+   */
+  deliveredBytes(): number;
   /** Sends FIN once the queued writes are out (onShutdown, or onError(…, "shutdown")). Idempotent. */
   shutdown(): void;
   /** Closes the handle (idempotent); queued writes are dropped; onClose follows. */
@@ -187,6 +193,7 @@ interface RawConnFunctions {
   write(id: number, data: Uint8Array, length?: number): number;
   writev(id: number, chunks: readonly Uint8Array[]): number;
   pendingBytes(id: number): number;
+  deliveredBytes(id: number): number;
   shutdown(id: number): void;
   close(id: number): void;
   address(id: number): NativeAddress | null;
@@ -278,6 +285,9 @@ function adapt(raw: RawNativeAddon): NativeAddon {
     }
     pendingBytes(): number {
       return fn.pendingBytes(this.id);
+    }
+    deliveredBytes(): number {
+      return fn.deliveredBytes(this.id);
     }
     shutdown(): void {
       fn.shutdown(this.id);

@@ -472,6 +472,15 @@ export class NativeSocket {
     return this.#queuedTotal - this.writableLength;
   }
 
+  /**
+   * TCP on Linux: the bytes the peer has acknowledged (only grows), or -1
+   * when nothing written is still in the kernel or this cannot be known.
+   */
+  get deliveredBytes(): number {
+    const conn = this.#conn;
+    return conn === null || this.destroyed ? -1 : conn.deliveredBytes();
+  }
+
   /** @internal Whether writeNow() may be used (open, not ended, not corked). */
   get writableNow(): boolean {
     return !this.destroyed && (this.#bits & B_ENDED) === 0 && this.#conn !== null && this.#corked === null;

@@ -186,6 +186,8 @@ class Extras {
   deadlineKind: "handshake" | "drain" | null = null;
   /** {@link bytesDrained} at the last sweep. */
   drained = 0;
+  /** The peer's acknowledged bytes at the last sweep that asked; -1: nothing was out (ask after activity); -2: ask. */
+  delivered = -2;
   /** onRead calls whose promises have not settled yet. */
   pendingReads = 0;
 }
@@ -2138,13 +2140,8 @@ export class Stream extends Channel {
       return;
     }
     if (kind === null && x.idleTimeout <= 0) return;
-    // A large write the peer is reading moves bytes long before it completes.
     const sock = x.raw ?? this.#sock;
-    if (sock !== null) {
-      const drained = bytesDrained(sock);
-      if (drained > x.drained) active = true;
-      x.drained = drained;
-    }
+    if (sock !== null && outgoingMoved(x, sock, active)) active = true;
     if (kind === "drain") {
       // A draining close that makes progress is given more time.
       if (active) x.deadline = now + DRAIN_TIMEOUT_MS;
@@ -2197,6 +2194,30 @@ export class Stream extends Channel {
   protected _statsTargets(): [Stats, Stats | null] {
     return [this.engine.stats, this.server !== null ? this.server.stats : null];
   }
+}
+
+/**
+ * Whether bytes written earlier moved since the last sweep, though no write
+ * completed: a large write the peer reads slowly leaves the process long
+ * before it completes, and what the kernel holds leaves it long after (the
+ * native transport sees that in TCP_INFO; it asks only on a tick without
+ * other activity, and not again while nothing is out).
+ */
+function outgoingMoved(x: Extras, sock: Duplex | NativeSocket, active: boolean): boolean {
+  const drained = bytesDrained(sock);
+  let moved = drained > x.drained;
+  x.drained = drained;
+  if (!isNative(sock)) return moved;
+  if (active || moved) {
+    if (x.delivered === -1) x.delivered = -2;
+    return moved;
+  }
+  if (x.delivered === -1) return false;
+  const delivered = sock.deliveredBytes;
+  if (delivered < 0) moved = x.delivered >= 0; // the rest arrived since
+  else moved = x.delivered >= 0 && delivered > x.delivered;
+  x.delivered = delivered;
+  return moved;
 }
 
 /**

@@ -73,6 +73,49 @@ test("idleTimeout: a large write the peer is still reading is activity, and the 
   assert.deepEqual(events, ["timeout:0"]);
 });
 
+const kernelSkip = (process.env.PANTS_TS_TRANSPORT === "js" || process.platform !== "linux") && "node:net cannot see what the kernel holds (TCP_INFO: native transport, Linux)";
+
+test("idleTimeout: a peer still reading what the kernel holds is not idle (native transport)", { skip: kernelSkip, timeout: 30_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const total = 1024 * 1024;
+  const events: string[] = [];
+  let got = 0;
+  class Download extends Stream {
+    override onConnect() {
+      this.write(Buffer.alloc(total, 7));
+    }
+    override onTimeout() {
+      // What the client had read when the server gave up on it.
+      events.push(`timeout:${got}`);
+      super.onTimeout();
+    }
+  }
+  const port = await listenLocal(new Server(Download, { engine, idleTimeoutMs: 300 }), t);
+  // The OS takes the whole write at once; the client then reads 4 KB every 10 ms (~2.5 s).
+  const c = net.connect({
+    port,
+    host: "127.0.0.1",
+    onread: {
+      buffer: Buffer.alloc(4096),
+      callback: (n: number) => {
+        got += n;
+        c.pause();
+        return false;
+      },
+    },
+  });
+  c.on("error", () => {});
+  const sip = setInterval(() => c.resume(), 10);
+  await new Promise<void>((resolve) => {
+    c.once("close", () => resolve());
+    setTimeout(resolve, 20_000).unref();
+  });
+  clearInterval(sip);
+  c.destroy();
+  assert.equal(got, total, `the reader got everything (events: ${events.join(",")})`);
+  assert.deepEqual(events, [`timeout:${total}`]);
+});
+
 test("idleTimeout is a stream property: onTimeout may keep the connection", async (t) => {
   const engine = freshEngine(t);
   let timeouts = 0;
