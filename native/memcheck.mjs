@@ -248,11 +248,13 @@ async function trickle(sock, s) {
   const parts = Array.from({ length: 20 }, (_, i) => Buffer.alloc(100_000, i));
   let left = conn.write(big) + conn.writev(parts);
   assert.ok(left > 0, "partial write");
+  assert.equal(typeof conn.deliveredBytes(), "number");
   conn.shutdown();
   assert.throws(() => conn.write(Buffer.from("x")), { code: "ERR_STREAM_WRITE_AFTER_END" });
   cl.sock.resume();
   await until(() => cl.ended && written === 1 && shut, "all bytes + FIN");
   assert.equal(cl.len(), big.length + 2_000_000);
+  await until(() => conn.deliveredBytes() === -1, "every byte acknowledged");
   await hangUp(cl, conn);
   s.close();
 }

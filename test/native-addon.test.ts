@@ -694,6 +694,8 @@ describe("native addon", { skip }, () => {
     assert.ok(left > 0, "the socket cannot take 64 MiB at once");
     // uv_write itself may already push a little more out: pendingBytes() is the live figure.
     assert.ok(pendingAfter > 0 && pendingAfter <= left, `${pendingAfter} <= ${left}`);
+    // TCP_INFO (Linux): bytes are out in the kernel, so the peer's acknowledged count is known.
+    if (process.platform === "linux") assert.ok(conn.deliveredBytes() >= 0, "delivered bytes known while bytes are out");
     await sleep(200);
     assert.equal(written, 0, "no onWritten while the reader is paused");
     client.socket.resume();
@@ -702,6 +704,8 @@ describe("native addon", { skip }, () => {
     assert.equal(received.length, big.length);
     assert.equal(sha(received), sha(big));
     assert.equal(conn.pendingBytes(), 0);
+    // Everything acknowledged: nothing is out.
+    await until(() => conn.deliveredBytes() === -1, "every byte acknowledged");
     // A small write now goes out at once: 0 left, no onWritten.
     assert.equal(conn.write(Buffer.from("!")), 0);
     await client.waitFor(big.length + 1);
@@ -1180,6 +1184,7 @@ describe("native addon", { skip }, () => {
           out.fd = n.conn.fd(stale);
           out.address = n.conn.address(stale);
           out.pending = n.conn.pendingBytes(stale);
+          out.delivered = n.conn.deliveredBytes(stale);
           for (const id of first) { n.conn.close(id); n.conn.readStop(id); n.conn.setNoDelay(id, true); }
           out.liveFds = live.every((id) => n.conn.fd(id) >= 0);
           try { n.conn.write("1", Buffer.from("x")); out.badId = "no throw"; } catch (e) { out.badId = e.name; }
@@ -1200,6 +1205,7 @@ describe("native addon", { skip }, () => {
       fd: -1,
       address: null,
       pending: 0,
+      delivered: -1,
       liveFds: true,
       badId: "TypeError",
       negative: -1,
