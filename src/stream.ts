@@ -192,6 +192,10 @@ class Extras {
   pendingReads = 0;
 }
 
+/** What the addon cuts itself (native/common.h); larger delimiters and sizes are framed here. */
+const NATIVE_MAX_DELIMITER = 64 * 1024;
+const NATIVE_MAX_SIZE = 2 ** 30;
+
 /** One FrameOut for every stream: read and cleared before any handler runs. */
 const frameOut: FrameOut = { value: undefined, args: null, error: null };
 
@@ -1035,10 +1039,10 @@ export class Stream extends Channel {
       this.#encoding === null &&
       (rb === null || (rb.length === 0 && !rb.discarding)) &&
       (this.#flags & (F_TLS_UPGRADING | F_JS_FRAMING)) === 0;
-    if (free && framer.needle !== null) {
+    if (free && framer.needle !== null && framer.needle.length <= NATIVE_MAX_DELIMITER) {
       sock.setFraming(1, framer.needle, this.#bufferSize);
       this.#flags |= F_NATIVE_FRAMING;
-    } else if (free && typeof framer.source === "number") {
+    } else if (free && typeof framer.source === "number" && framer.source <= NATIVE_MAX_SIZE) {
       sock.setFraming(2, framer.source, Math.max(this.#bufferSize, framer.source));
       this.#flags |= F_NATIVE_FRAMING;
     } else if ((this.#flags & F_NATIVE_FRAMING) !== 0) {

@@ -338,6 +338,34 @@ test("bufferSize lowered inside onRead holds for the rest of that read and for l
   ]);
 });
 
+test("delimiters beyond what the native addon cuts (a size above 2^30, a 70 KB string) frame like any other (real sockets)", async (t) => {
+  const engine = freshEngine(t);
+  const long = "-".repeat(70_000);
+  const events: string[] = [];
+  class Big extends Stream {
+    override onConnect() {
+      // Valid (SPEC §6), though larger than the addon's own framing takes.
+      this.readDelimiter = 2 ** 30 + 1;
+      this.readDelimiter = long;
+    }
+    override onRead(d: Buffer) {
+      events.push(d.toString());
+      if (d.toString() === "a") this.readDelimiter = 2 ** 31;
+    }
+    override onEnd() {
+      events.push("end");
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(Big, { engine }), t);
+  const c = await connect(port);
+  c.socket.end(`a${long}rest`);
+  await c.readToEnd();
+  await waitFor(() => events.includes("end"), 3000, "onEnd");
+  assert.deepEqual(events, ["a", "end"]);
+  c.destroy();
+});
+
 test("the default onOverflowError closes only that stream", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);
