@@ -1851,7 +1851,14 @@ export class Stream extends Channel {
       sendFile(head, this.#fileSink(sock));
       return;
     }
-    if (this.bufferedAmount > this.writeHighWaterMark) this.#pause(P_BACKPRESSURE);
+    const buffered = this.bufferedAmount;
+    if (buffered > this.writeHighWaterMark) {
+      this.#pause(P_BACKPRESSURE);
+      // Most of what waits is in the socket now, not in the queue #afterQueue checks.
+      const limit = this.writeBufferLimit;
+      if (buffered > limit) this.#writeOverflow(limit);
+      if (this.#state === S_CLOSED) return;
+    }
     if ((this.#flags & P_BACKPRESSURE) !== 0 || this.#state === S_CLOSING) this.#barrier(); // someone waits for the drain
   }
 

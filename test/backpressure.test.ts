@@ -113,6 +113,37 @@ test("writeBufferLimit: a peer that stopped reading while we keep writing gets o
   c.destroy();
 });
 
+test("writeBufferLimit at its default (64 MiB) holds for a stream with no other setting, writing 1 MiB a turn", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  let overflows = 0;
+  let most = 0;
+  let closed = false;
+  class Broadcaster extends Stream {
+    override onConnect() {
+      const timer: Timer = engine.cycle(1, (): void => {
+        if (this.closed) return timer.cancel();
+        this.write(Buffer.alloc(1 << 20, 0x63));
+        most = Math.max(most, this.bufferedAmount);
+      });
+    }
+    override onOverflowError(err: BufferOverflowError) {
+      overflows++;
+      super.onOverflowError(err);
+    }
+    override onClose() {
+      closed = true;
+    }
+  }
+  const port = await listenLocal(new Server(Broadcaster, { engine }), t);
+  const c = await connect(port);
+  c.socket.pause();
+  await waitFor(() => closed || most > 200 << 20, 20000, "the stream to be closed by the overflow");
+  assert.equal(overflows, 1, `buffered ${most >> 20} MiB`);
+  assert.ok(most < 72 << 20, `buffered ${most >> 20} MiB`);
+  c.destroy();
+});
+
 test("pauseReading stops onRead until resumeReading; buffered frames then arrive in order", async () => {
   class Pausable extends Stream {
     frames: string[] = [];
