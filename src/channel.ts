@@ -147,7 +147,7 @@ export abstract class Channel {
    */
   _callOnClose(): void {
     const failed = (err: unknown): void => {
-      const error = err instanceof Error ? err : new Error(`onClose threw a non-Error value: ${String(err)}`, { cause: err });
+      const error = asError(err, "onClose");
       this._countError("handler", error);
       log.current.error({ err: error, channel: String(this) }, `onClose of ${String(this)} threw.`);
     };
@@ -161,7 +161,7 @@ export abstract class Channel {
 
   /** @internal A handler failed: count it and hand it to `onError`. */
   _handlerFailed(err: unknown): void {
-    const error = err instanceof Error ? err : new Error(`A handler threw a non-Error value: ${String(err)}`, { cause: err });
+    const error = asError(err, "A handler");
     this._countError("handler", error);
     this._callOnError(error);
   }
@@ -192,4 +192,20 @@ export abstract class Channel {
     const fd = this.fileno;
     return fd === null ? `${this.constructor.name} (no fd)` : `${this.constructor.name} #${fd}`;
   }
+}
+
+/**
+ * What a handler threw, as an Error: any other value is wrapped, described
+ * without trusting it (an object with no prototype, or a throwing
+ * `toString`, must not turn into a second exception here).
+ */
+function asError(err: unknown, who: string): Error {
+  if (err instanceof Error) return err;
+  let text: string;
+  try {
+    text = String(err);
+  } catch {
+    text = Object.prototype.toString.call(err);
+  }
+  return new Error(`${who} threw a non-Error value: ${text}`, { cause: err });
 }

@@ -64,6 +64,44 @@ test("a custom onError receives the exception and may keep the connection open",
   c.destroy();
 });
 
+test("a thrown value with no string form (no prototype, a throwing toString) reaches onError wrapped", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const seen: Error[] = [];
+  const values: Record<string, unknown> = {
+    bare: Object.create(null),
+    evil: {
+      toString(): string {
+        throw new Error("no string");
+      },
+    },
+  };
+  class Odd extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      const [how, name] = line.toString().split(" ");
+      if (how === "sync") throw values[name!];
+      if (how === "async") return Promise.reject(values[name!]);
+      this.write(`${line}\n`);
+      return undefined;
+    }
+    override onError(err: Error) {
+      seen.push(err);
+    }
+  }
+  const port = await listenLocal(new Server(Odd, { engine }), t);
+  const c = await connect(port);
+  c.write("sync bare\nasync bare\nsync evil\nasync evil\nok\n");
+  assert.equal(await c.readText(3), "ok\n");
+  await waitFor(() => seen.length === 4, 3000, "four errors");
+  for (const err of seen) assert.match(err.message, /threw a non-Error value/);
+  assert.equal(seen.filter((e) => e.cause === values.bare).length, 2);
+  assert.equal(seen.filter((e) => e.cause === values.evil).length, 2);
+  c.destroy();
+});
+
 test("an onError that throws is logged, and nothing else breaks", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);
