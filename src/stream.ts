@@ -1012,7 +1012,7 @@ export class Stream extends Channel {
     if (this.#x !== null && this.#x.idleTimeout > 0) this.#updateTimed();
     if (diagnostics.connectionOpen.hasSubscribers) diagnostics.connectionOpen.publish({ stream: this });
     this._call0(this.onConnect);
-    if (this.#state === S_CLOSED) return;
+    // Connected, even if onConnect closed it already (ready() on a closed stream that connected resolves too).
     const x = this.#x;
     if (x !== null && x.readyResolve !== null) {
       const resolve = x.readyResolve;
@@ -1020,6 +1020,7 @@ export class Stream extends Channel {
       x.readyReject = null;
       resolve(this);
     }
+    if (this.#state === S_CLOSED) return;
     if ((this.#flags & F_NATIVE) !== 0) this.#syncNativeFraming();
     this.#startFlowing();
     if (this.#wq !== null && this.#wq.length > 0) this.#flush();

@@ -80,6 +80,26 @@ test("the default onConnectError logs a warning, or at debug when ready() report
   assert.deepEqual(logs.filter((l) => /Connect failed/.test(l.msg)).map((l) => l.level), ["debug"]);
 });
 
+test("ready() settles when onConnect closes the stream (close(), close(false), or a throw)", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const server = new Server(Stream, { engine }).listen(["127.0.0.1", 0]);
+  await server.ready();
+  t.after(() => server.close());
+  for (const how of ["close", "close(false)", "throw"]) {
+    class Quitter extends Stream {
+      override onConnect() {
+        if (how === "throw") throw new Error("no thanks");
+        this.close(how === "close");
+      }
+    }
+    const s = new Quitter({ engine }).connect(["127.0.0.1", portOf(server)]);
+    const settled = await Promise.race([s.ready().then(() => "resolved"), new Promise((r) => setTimeout(r, 3000, "pending"))]);
+    assert.equal(settled, "resolved", how);
+    assert.equal(s.closed, true, how);
+  }
+});
+
 const ipv6 = await hasIPv6();
 
 for (const kind of ["ipv4", "ipv6", "unix"] as const) {
