@@ -1583,7 +1583,9 @@ export class Stream extends Channel {
   }
 
   #scheduleProcess(): void {
-    if ((this.#flags & F_PROCESS_SCHEDULED) !== 0 || this.#rb === null || this.#rb.length === 0) return;
+    if ((this.#flags & F_PROCESS_SCHEDULED) !== 0) return;
+    // Nothing buffered: only an end that waited for the frames (paused) needs the tick.
+    if ((this.#rb === null || this.#rb.length === 0) && (this.#flags & (F_PEER_ENDED | F_END_DELIVERED)) !== F_PEER_ENDED) return;
     this.#flags |= F_PROCESS_SCHEDULED;
     process.nextTick(processTick, this);
   }

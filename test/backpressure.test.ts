@@ -195,6 +195,36 @@ test("pauseReading, then the peer's FIN: the buffered frames still come first, t
   assert.deepEqual(events, ["read a", "resume", "read b", "read c", "end"]);
 });
 
+test("a handler that pauses on every frame (a rate limiter): after the last one, the FIN still ends the stream (real sockets)", async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Limited extends Stream {
+    override onConnect() {
+      this.readDelimiter = 1;
+    }
+    override onRead(d: Buffer) {
+      events.push(d.toString());
+      this.pauseReading();
+      setTimeout(() => this.resumeReading(), 20);
+    }
+    override onEnd() {
+      events.push("end");
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(Limited, { engine }), t);
+  const c = await connect(port);
+  c.socket.end("abc");
+  await c.readToEnd(3000);
+  await waitFor(() => events.includes("end"), 3000, `onEnd (events: ${events.join(",")})`);
+  assert.deepEqual(events, ["a", "b", "c", "end"]);
+  const peer = memoryPeer(Limited);
+  await peer.send("xy");
+  peer.end();
+  await waitFor(() => peer.stream.closed, 3000, "the in-memory stream to end");
+  assert.deepEqual(events.slice(4), ["x", "y", "end"]);
+});
+
 test("peers that do not read cost about writeHighWaterMark each in memory too: small queued writes pin no big buffers", async (t) => {
   const engine = freshEngine(t);
   const streams: Stream[] = [];
