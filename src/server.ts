@@ -811,7 +811,13 @@ export class Server extends Channel {
     let threw = false;
     try {
       const result: unknown = this.onAccept(socket, address);
-      if (isThenable(result)) result.then(undefined, (err: unknown) => this._handlerFailed(err));
+      if (isThenable(result)) {
+        result.then(undefined, (err: unknown) => {
+          this._handlerFailed(err);
+          // Rejected before a stream took the socket: nobody will close it.
+          if (owned[kStream] === undefined) dropSocket(socket, raw);
+        });
+      }
     } catch (err) {
       threw = true;
       this._handlerFailed(err);
@@ -822,10 +828,7 @@ export class Server extends Channel {
     const made = owned[kStream];
     if (made !== undefined && made.server === null && !made.closed) this.#track(made);
     // One that threw before a stream took the socket: nobody will close it.
-    else if (threw && made === undefined) {
-      socket.destroy();
-      if (!raw.destroyed) raw.destroy();
-    }
+    else if (threw && made === undefined) dropSocket(socket, raw);
   }
 
   /** @internal A connection of this server closed. */
@@ -835,6 +838,12 @@ export class Server extends Channel {
     this.stats.closed++;
     this.#checkShutdownDone();
   }
+}
+
+/** Closes an accepted socket no stream took (and the one under it). */
+function dropSocket(socket: Duplex, raw: net.Socket | NativeSocket): void {
+  socket.destroy();
+  if (!raw.destroyed) raw.destroy();
 }
 
 /** The address an accepted connection came from: the PROXY header's, else the socket's ("" if unknown). */

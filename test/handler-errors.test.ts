@@ -230,10 +230,11 @@ test("a Server handler that throws never stops the server; a socket its onAccept
   t.after(() => dropped.destroy());
   assert.equal((await dropped.readToEnd(3000)).length, 0);
   assert.equal(server.listening, true, "onAccept threw: still listening");
-  // The second one's onAccept returned a rejected promise: logged, the server still serves.
+  // The second one's onAccept returned a rejected promise: logged, its socket closed too, the server still serves.
   const second = await connect(port);
+  t.after(() => second.destroy());
+  assert.equal((await second.readToEnd(3000)).length, 0);
   await waitFor(() => logs.some((l) => /onAccept rejected/.test(String((l.obj as { err?: Error }).err?.message))));
-  second.destroy();
   const third = await connect(port);
   assert.equal(await third.readText(8), "welcome\n");
   assert.equal(server.listening, true);
