@@ -401,8 +401,16 @@ export class Stream extends Channel {
     return (this.#flags & F_REGEX_ANCHORED) === 0;
   }
   set regexSearch(value: boolean) {
+    if (value === this.regexSearch) return;
     if (value) this.#flags &= ~F_REGEX_ANCHORED;
     else this.#flags |= F_REGEX_ANCHORED;
+    // As for a new delimiter: a scan in progress stops; the rest is framed the new way.
+    this.#flags |= F_STOP;
+    const rb = this.#rb;
+    if (rb !== null) {
+      rb.mark = 0;
+      if ((this.#flags & F_IN_DISPATCH) === 0) this.#scheduleProcess();
+    }
   }
 
   /**

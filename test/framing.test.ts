@@ -153,6 +153,24 @@ test("regexSearch false delivers the anchored match object with its groups", asy
   ]);
 });
 
+test("regexSearch changed inside onRead applies to the rest of the chunk in hand, as a new delimiter does", async () => {
+  class Toggle extends Stream {
+    frames: string[] = [];
+    override onConnect() {
+      this.readDelimiter = /[a-z]+;/;
+    }
+    override onRead(frame: Buffer | RegExpExecArray) {
+      this.frames.push(Buffer.isBuffer(frame) ? `bytes:${frame}` : `match:${frame[0]}`);
+      this.regexSearch = false;
+    }
+  }
+  for (const chunkSize of [undefined, 1, 4]) {
+    const peer = memoryPeer(Toggle);
+    await peer.send("1ab;cd;ef;", chunkSize === undefined ? {} : { chunkSize });
+    assert.deepEqual(peer.stream.frames, ["bytes:1", "match:cd;", "match:ef;"], `chunks of ${chunkSize ?? "all"}`);
+  }
+});
+
 test("a g or y flag never leaks lastIndex between matches", async () => {
   const re = /;/g;
   const peer = memoryPeer(recorder(re));
