@@ -311,6 +311,7 @@ typedef struct pn_conn {
   bool write_error_reported;
   bool need_deliver; /* P may hold frames that were not delivered yet */
   bool lend_reads;   /* reads are lent to JS (lendReads), not given */
+  uint64_t bytes_read; /* every byte read, framed into P or not (bytesRead) */
 
   /* Connect and shutdown requests are malloc'd when made and freed by their
    * callbacks (an idle connection does not carry them). */
@@ -477,6 +478,7 @@ napi_value pn_conn_writev(napi_env env, napi_callback_info info);
 napi_value pn_conn_shutdown(napi_env env, napi_callback_info info);
 napi_value pn_conn_pending_bytes(napi_env env, napi_callback_info info);
 napi_value pn_conn_delivered_bytes(napi_env env, napi_callback_info info);
+napi_value pn_conn_bytes_read(napi_env env, napi_callback_info info);
 
 /* Shorthand for napi calls inside a function that returns napi_value. */
 #define PN_CHECK(env, call, what)          \

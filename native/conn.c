@@ -460,6 +460,7 @@ bool pn_conn_export(pn_env *e, napi_value exports) {
       {"writev", NULL, pn_conn_writev, NULL, NULL, NULL, napi_enumerable, e},
       {"pendingBytes", NULL, pn_conn_pending_bytes, NULL, NULL, NULL, napi_enumerable, e},
       {"deliveredBytes", NULL, pn_conn_delivered_bytes, NULL, NULL, NULL, napi_enumerable, e},
+      {"bytesRead", NULL, pn_conn_bytes_read, NULL, NULL, NULL, napi_enumerable, e},
       {"shutdown", NULL, pn_conn_shutdown, NULL, NULL, NULL, napi_enumerable, e},
       {"close", NULL, conn_close, NULL, NULL, NULL, napi_enumerable, e},
       {"address", NULL, conn_address, NULL, NULL, NULL, napi_enumerable, e},

@@ -249,6 +249,7 @@ async function trickle(sock, s) {
   let left = conn.write(big) + conn.writev(parts);
   assert.ok(left > 0, "partial write");
   assert.equal(typeof conn.deliveredBytes(), "number");
+  assert.equal(conn.bytesRead(), 0);
   conn.shutdown();
   assert.throws(() => conn.write(Buffer.from("x")), { code: "ERR_STREAM_WRITE_AFTER_END" });
   cl.sock.resume();

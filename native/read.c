@@ -754,6 +754,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   if (c->base.closing) return;
   if (nread > 0) {
     const uint8_t *nb = (const uint8_t *)buf->base;
+    c->bytes_read += (uint64_t)nread;
     if ((size_t)nread <= PN_BATCH_READ && e->check_ready && c->ready_link.next == NULL &&
         batch_add(e, c, nb, (size_t)nread))
       return;
@@ -785,6 +786,20 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
 /* ---- methods ------------------------------------------------------------- */
 
 /* readStart(): idempotent; a no-op once closed or after EOF. */
+/*
+ * bytesRead(): every byte read from this connection so far, including the
+ * part of a frame the addon keeps in P without calling JS (a large frame
+ * arriving slowly): the idle timer reads it to see such a peer is active.
+ */
+napi_value pn_conn_bytes_read(napi_env env, napi_callback_info info) {
+  bool ok;
+  napi_value result;
+  pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
+  if (!ok) return NULL;
+  napi_create_double(env, c == NULL ? 0 : (double)c->bytes_read, &result);
+  return result;
+}
+
 napi_value pn_conn_read_start(napi_env env, napi_callback_info info) {
   bool ok;
   pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);

@@ -26,9 +26,9 @@ export interface Stats {
   rejected: number;
   /** Connections closed so far. */
   closed: number;
-  /** Bytes received. */
+  /** Bytes received (native transport: the start of a frame the addon holds counts once the frame completes). */
   bytesIn: number;
-  /** Bytes handed to the operating system. */
+  /** Bytes written and handed to the socket (some may still wait in its queue, or be lost to a reset). */
   bytesOut: number;
   /** Errors of every kind (handler exceptions, socket errors, overflows, timeouts). */
   errors: number;

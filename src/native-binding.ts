@@ -125,6 +125,8 @@ export interface NativeConn {
    * known (a pipe, another OS).
    */
   deliveredBytes(): number;
+  /** Every byte read so far, including a partial frame the addon keeps without calling JS. */
+  bytesRead(): number;
   /** Sends FIN once the queued writes are out (onShutdown, or onError(…, "shutdown")). Idempotent. */
   shutdown(): void;
   /** Closes the handle (idempotent); queued writes are dropped; onClose follows. */
@@ -194,6 +196,7 @@ interface RawConnFunctions {
   writev(id: number, chunks: readonly Uint8Array[]): number;
   pendingBytes(id: number): number;
   deliveredBytes(id: number): number;
+  bytesRead(id: number): number;
   shutdown(id: number): void;
   close(id: number): void;
   address(id: number): NativeAddress | null;
@@ -288,6 +291,9 @@ function adapt(raw: RawNativeAddon): NativeAddon {
     }
     deliveredBytes(): number {
       return fn.deliveredBytes(this.id);
+    }
+    bytesRead(): number {
+      return fn.bytesRead(this.id);
     }
     shutdown(): void {
       fn.shutdown(this.id);

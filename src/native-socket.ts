@@ -481,6 +481,12 @@ export class NativeSocket {
     return conn === null || this.destroyed ? -1 : conn.deliveredBytes();
   }
 
+  /** Every byte read so far, including a partial frame the addon keeps (0 once closed). */
+  get bytesRead(): number {
+    const conn = this.#conn;
+    return conn === null || this.destroyed ? 0 : conn.bytesRead();
+  }
+
   /** @internal Whether writeNow() may be used (open, not ended, not corked). */
   get writableNow(): boolean {
     return !this.destroyed && (this.#bits & B_ENDED) === 0 && this.#conn !== null && this.#corked === null;

@@ -188,6 +188,8 @@ class Extras {
   drained = 0;
   /** The peer's acknowledged bytes at the last sweep that asked; -1: nothing was out (ask after activity); -2: ask. */
   delivered = -2;
+  /** Native framing: the addon's bytesRead at the last sweep that asked. */
+  read = 0;
   /** onRead calls whose promises have not settled yet. */
   pendingReads = 0;
 }
@@ -2164,6 +2166,12 @@ export class Stream extends Channel {
     if (kind === null && x.idleTimeout <= 0) return;
     const sock = x.raw ?? this.#sock;
     if (sock !== null && outgoingMoved(x, sock, active)) active = true;
+    if (!active && (this.#flags & F_NATIVE_FRAMING) !== 0) {
+      // The addon keeps a partial frame without calling JS: a large frame arriving slowly reads as silence here.
+      const read = (this.#sock as unknown as NativeSocket).bytesRead;
+      if (read > x.read) active = true;
+      x.read = read;
+    }
     if (kind === "drain") {
       // A draining close that makes progress is given more time.
       if (active) x.deadline = now + DRAIN_TIMEOUT_MS;

@@ -73,6 +73,35 @@ test("idleTimeout: a large write the peer is still reading is activity, and the 
   assert.deepEqual(events, ["timeout:0"]);
 });
 
+test("idleTimeout: a peer sending one large frame slowly is active while its bytes arrive (the native addon holds them)", { timeout: 30_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Upload extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+      this.bufferSize = 1 << 20;
+    }
+    override onRead(frame: Buffer) {
+      events.push(`frame:${frame.length}`);
+    }
+    override onTimeout() {
+      events.push("timeout");
+      super.onTimeout();
+    }
+  }
+  const port = await listenLocal(new Server(Upload, { engine, idleTimeoutMs: 300 }), t);
+  const c = await connect(port);
+  // 1 000 bytes every 100 ms, one frame in all: no onRead until the end.
+  for (let i = 0; i < 15; i++) {
+    c.write(Buffer.alloc(1000, 0x61));
+    await sleep(100);
+  }
+  c.write("\n");
+  await waitFor(() => events.length > 0, 3000, "the frame");
+  assert.deepEqual(events, ["frame:15000"]);
+  c.destroy();
+});
+
 const kernelSkip = (process.env.PANTS_TS_TRANSPORT === "js" || process.platform !== "linux") && "node:net cannot see what the kernel holds (TCP_INFO: native transport, Linux)";
 
 test("idleTimeout: a peer still reading what the kernel holds is not idle (native transport)", { skip: kernelSkip, timeout: 30_000 }, async (t) => {

@@ -1185,6 +1185,7 @@ describe("native addon", { skip }, () => {
           out.address = n.conn.address(stale);
           out.pending = n.conn.pendingBytes(stale);
           out.delivered = n.conn.deliveredBytes(stale);
+          out.read = n.conn.bytesRead(stale);
           for (const id of first) { n.conn.close(id); n.conn.readStop(id); n.conn.setNoDelay(id, true); }
           out.liveFds = live.every((id) => n.conn.fd(id) >= 0);
           try { n.conn.write("1", Buffer.from("x")); out.badId = "no throw"; } catch (e) { out.badId = e.name; }
@@ -1206,6 +1207,7 @@ describe("native addon", { skip }, () => {
       address: null,
       pending: 0,
       delivered: -1,
+      read: 0,
       liveFds: true,
       badId: "TypeError",
       negative: -1,
