@@ -385,8 +385,8 @@ export class Server extends Channel {
   /**
    * Graceful shutdown: stops accepting at once, calls every connection's
    * `onShutdown()` (default `close(true)`), and resolves once all have
-   * closed; connections still open after `timeoutMs` (default 10 000) are
-   * closed without flushing. The server ends closed.
+   * closed; connections still open after `timeoutMs` (default 10 000; 0:
+   * no deadline) are closed without flushing. The server ends closed.
    */
   shutdown(options?: { timeoutMs?: number }): Promise<void> {
     if (this.#shutdown !== null) return this.#shutdown;

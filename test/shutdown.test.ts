@@ -71,6 +71,27 @@ test("shutdown: a connection that will not close is forced at the deadline", asy
   await c.readToEnd();
 });
 
+test("shutdown({ timeoutMs: 0 }): no deadline, as every other 0 ms option; it resolves when the last connection closes", async (t) => {
+  const engine = freshEngine(t);
+  class Stubborn extends Echo {
+    override onShutdown() {
+      // ignores the request
+    }
+  }
+  const server = new Server(Stubborn, { engine });
+  const port = await listenLocal(server);
+  const c = await connect(port);
+  await waitFor(() => server.channels.size === 1);
+  let done = false;
+  const finished = server.shutdown({ timeoutMs: 0 }).then(() => (done = true));
+  await sleep(300);
+  assert.equal(done, false, "no deadline forced the connection");
+  assert.equal(server.channels.size, 1);
+  c.destroy();
+  await finished;
+  assert.equal(server.channels.size, 0);
+});
+
 test("shutdown: the default onShutdown delivers pending writes before closing", async (t) => {
   const engine = freshEngine(t);
   const big = Buffer.alloc(8 << 20, 0x71);
