@@ -1,6 +1,7 @@
 /**
  * Address shapes (SPEC §2) to and from Node's listen/connect options.
  */
+import { Buffer } from "node:buffer";
 import { isIP } from "node:net";
 import type { AddressInfo } from "node:net";
 import { InvalidAddressFormatError, describe } from "./errors.js";
@@ -48,6 +49,9 @@ function isUint32(value: unknown): value is number {
  * Validates an address synchronously.
  * @throws InvalidAddressFormatError for anything of no known shape.
  */
+/** The size of `sockaddr_un.sun_path`: 108 bytes on Linux, 104 on the BSDs and macOS. */
+const SUN_PATH_BYTES = process.platform === "linux" ? 108 : 104;
+
 export function parseAddress(address: unknown): ParsedAddress {
   if (typeof address === "number") {
     if (!isPort(address)) {
@@ -58,6 +62,14 @@ export function parseAddress(address: unknown): ParsedAddress {
   if (typeof address === "string") {
     if (address.length === 0) {
       throw new InvalidAddressFormatError("Invalid address: an empty string is not a UNIX socket path.");
+    }
+    // sun_path: a longer path would be cut short by node:net (and refused by the OS elsewhere).
+    const abstract = address.charCodeAt(0) === 0;
+    const bytes = Buffer.byteLength(address) + (abstract ? 0 : 1);
+    if (bytes > SUN_PATH_BYTES) {
+      throw new InvalidAddressFormatError(
+        `Invalid address: a UNIX socket path of ${bytes - (abstract ? 0 : 1)} bytes is longer than the OS takes (${SUN_PATH_BYTES - (abstract ? 0 : 1)}).`,
+      );
     }
     return { kind: "unix", path: address };
   }
