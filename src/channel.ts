@@ -159,11 +159,16 @@ export abstract class Channel {
     }
   }
 
-  /** @internal A handler failed: count it and hand it to `onError`. */
+  /**
+   * @internal A handler failed: count it and hand it to `onError`; once the
+   * channel has closed (an async handler rejecting late), `onClose` was the
+   * last event, so it is logged instead.
+   */
   _handlerFailed(err: unknown): void {
     const error = asError(err, "A handler");
     this._countError("handler", error);
-    this._callOnError(error);
+    if (this.closed) log.current.error({ err: error, channel: String(this) }, `A handler of ${String(this)} failed after it closed.`);
+    else this._callOnError(error);
   }
 
   /** @internal Calls `onError`; an exception from `onError` itself is logged. */

@@ -177,6 +177,40 @@ test("onClose stays the last event when it throws or rejects: logged and counted
   assert.equal(server.stats.errorsByKind["handler"], 2);
 });
 
+test("an async error handler (onReadError, onConnectError) that rejects after the close is logged: onClose stays last", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Sulky extends Stream {
+    override async onReadError(): Promise<void> {
+      events.push("readError");
+      throw new Error("read handler rejected");
+    }
+    override async onConnectError(): Promise<void> {
+      events.push("connectError");
+      throw new Error("connect handler rejected");
+    }
+    override onError(err: Error) {
+      events.push(`error: ${err.message}`);
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  const server = new Server(Sulky, { engine });
+  const port = await listenLocal(server, t);
+  const c = await connect(port);
+  await waitFor(() => server.channels.size === 1);
+  c.socket.resetAndDestroy();
+  await waitFor(() => logs.some((l) => (l.obj as { err?: Error }).err?.message === "read handler rejected"), 3000, "the read handler's log");
+  server.close();
+  const client = new Sulky({ engine }).connect(["127.0.0.1", port]);
+  await client.ready().catch(() => {});
+  await waitFor(() => logs.some((l) => (l.obj as { err?: Error }).err?.message === "connect handler rejected"), 3000, "the connect handler's log");
+  await sleep(50);
+  assert.deepEqual(events, ["readError", "close", "connectError", "close"]);
+});
+
 test("a connection class whose constructor throws drops that connection only", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);
