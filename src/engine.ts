@@ -24,7 +24,7 @@ export interface Stats {
   accepted: number;
   /** Connections refused at accept (`maxConnections`, bad PROXY header, TLS wrap failure). */
   rejected: number;
-  /** Connections closed so far. */
+  /** Connections closed so far, of those counted in `accepted` (a failed client connect is in neither). */
   closed: number;
   /** Bytes received (native transport: the start of a frame the addon holds counts once the frame completes). */
   bytesIn: number;

@@ -125,6 +125,8 @@ const F_JS_FRAMING = 1 << 22;
 const F_LEND = 1 << 23;
 /** In lentHolders: the write queue may hold views of the lent read. */
 const F_HOLDS_LENT = 1 << 24;
+/** Counted in engine.stats.accepted (at accept for a server's, at onConnect otherwise): its close counts too. */
+const F_COUNTED = 1 << 25;
 
 // Reasons reading is paused (flag bits too).
 const P_USER = 1 << 15;
@@ -866,6 +868,11 @@ export class Stream extends Channel {
     sock.on("error", onSocketError);
     sock.on("close", onSocketClose);
     if (sock !== accepting.socket) this.engine._channels.add(this);
+    else {
+      // Accepted by a server: counted now, as the server counts it.
+      this.engine.stats.accepted++;
+      this.#flags |= F_COUNTED;
+    }
     this.engine.stats.open++;
     this.#state = S_PENDING;
     if (sock[kTlsPending] === true) {
@@ -1018,7 +1025,10 @@ export class Stream extends Channel {
   #establish(): void {
     this.#state = S_OPEN;
     this.#flags |= F_EVER_CONNECTED;
-    this.engine.stats.accepted++;
+    if ((this.#flags & F_COUNTED) === 0) {
+      this.#flags |= F_COUNTED;
+      this.engine.stats.accepted++;
+    }
     if (this.#x !== null && this.#x.idleTimeout > 0) this.#updateTimed();
     if (diagnostics.connectionOpen.hasSubscribers) diagnostics.connectionOpen.publish({ stream: this });
     this._call0(this.onConnect);
@@ -2058,7 +2068,8 @@ export class Stream extends Channel {
     const engineStats = this.engine.stats;
     if (sock !== null) {
       engineStats.open--;
-      engineStats.closed++;
+      // Closes match accepts: a connect that failed was never counted.
+      if ((this.#flags & F_COUNTED) !== 0) engineStats.closed++;
       this.#releaseSocket(sock, graceful && state >= S_PENDING, asked && state >= S_PENDING);
     }
     this.server?._connectionClosed(this, this.#connId);
@@ -2215,6 +2226,8 @@ export class Stream extends Channel {
     if (sock !== null) {
       sock[kStream] = undefined;
       this.engine.stats.open--;
+      // Never a connection, for the engine's counts as for the server's.
+      if ((this.#flags & F_COUNTED) !== 0) this.engine.stats.accepted--;
     }
     this.engine._channels.delete(this);
     if ((this.#flags & F_TIMED) !== 0) this.engine._sweeper.delete(this);

@@ -10,7 +10,7 @@ import net from "node:net";
 import { spawn } from "node:child_process";
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import { Server, Stream, setLogger } from "../src/index.js";
-import { connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
+import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
 class Echo extends Stream {
   override onConnect() {
@@ -46,6 +46,31 @@ test("server.stats and engine.stats count connections, bytes and errors", async 
   assert.equal(engine.stats.bytesIn, 6);
   assert.equal(engine.stats.closed, 2);
   assert.deepEqual(Object.keys(server.stats).sort(), ["accepted", "bytesIn", "bytesOut", "closed", "errors", "errorsByKind", "open", "rejected"]);
+});
+
+test("engine.stats add up: open = accepted - closed, after a failed connect and a server closed while connections await onConnect", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  let server: Server | null = null;
+  class Closer extends Stream {
+    override onConnect() {
+      if (server!.channels.size >= 3) server!.close();
+    }
+  }
+  server = new Server(Closer, { engine });
+  const port = await listenLocal(server, t);
+  const clients = await Promise.all(Array.from({ length: 8 }, () => connect(port).catch(() => null)));
+  await waitFor(() => !server!.listening && server!.channels.size === 0, 3000, "the server to close");
+  // A client connect that fails is counted in neither.
+  const refused = new Stream({ engine }).connect(["127.0.0.1", port]);
+  await refused.ready().catch(() => {});
+  await waitFor(() => refused.closed);
+  const s = engine.stats;
+  assert.equal(s.open, 0);
+  assert.equal(s.accepted, server.stats.accepted);
+  assert.equal(s.closed, server.stats.closed);
+  assert.equal(s.open, s.accepted - s.closed);
+  for (const c of clients) c?.destroy();
 });
 
 test("diagnostics_channel: connection open, close and error; server listen and close", async (t) => {
