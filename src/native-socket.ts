@@ -125,6 +125,8 @@ interface Rare {
   finish: Slot;
   corkedCallback: ((err?: Error | null) => void) | null;
   peer: { address: string; port: number; family: number } | null | undefined;
+  /** A name's other addresses, tried in turn while connects fail (as node:net does). */
+  fallback: { addresses: string[]; port: number } | null;
 }
 
 // NativeSocket#bits
@@ -186,7 +188,7 @@ export class NativeSocket {
       socket.#attach(native.connectTcp(target.host, target.port));
       return socket;
     }
-    lookup(target.host, { family: target.family ?? 0 }, (err, address) => {
+    lookup(target.host, { family: target.family ?? 0, all: true }, (err, found) => {
       if (socket.destroyed) return;
       if (err) {
         socket.connecting = false;
@@ -194,7 +196,10 @@ export class NativeSocket {
         socket.destroy();
         return;
       }
-      socket.#attach(native.connectTcp(address, target.port));
+      const addresses = found.map((a) => a.address);
+      // "localhost" may be ::1 first with the server on 127.0.0.1 only: the others follow if it fails.
+      if (addresses.length > 1) socket.#extra().fallback = { addresses: addresses.slice(1), port: target.port };
+      socket.#attach(native.connectTcp(addresses[0]!, target.port));
     });
     return socket;
   }
@@ -229,7 +234,7 @@ export class NativeSocket {
   }
 
   #extra(): Rare {
-    return (this.#rare ??= { connect: null, drain: null, finish: null, corkedCallback: null, peer: undefined });
+    return (this.#rare ??= { connect: null, drain: null, finish: null, corkedCallback: null, peer: undefined, fallback: null });
   }
 
   /** For `fileno`. */
@@ -601,6 +606,19 @@ export class NativeSocket {
 
   /** @internal */
   _connected(code: string | null): void {
+    const fallback = this.#rare?.fallback ?? null;
+    if (fallback !== null) {
+      const next = code !== null && !this.destroyed ? fallback.addresses.shift() : undefined;
+      if (next !== undefined) {
+        // That address failed: the next one, on a new handle (the old one closes unheard).
+        const failed = this.#conn!;
+        failed.owner = null;
+        failed.close();
+        this.#attach(nativeAddon()!.connectTcp(next, fallback.port));
+        return;
+      }
+      this.#rare!.fallback = null;
+    }
     this.connecting = false;
     if (code !== null) {
       this._error(code, "connect");

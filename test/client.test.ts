@@ -6,6 +6,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
+import dns from "node:dns";
+import { syncBuiltinESMExports } from "node:module";
 import { join } from "node:path";
 import { ConnectError, Server, Stream } from "../src/index.js";
 import type { Address } from "../src/index.js";
@@ -98,6 +100,34 @@ test("ready() settles when onConnect closes the stream (close(), close(false), o
     assert.equal(settled, "resolved", how);
     assert.equal(s.closed, true, how);
   }
+});
+
+test("a host name with several addresses: each is tried in turn until one connects (\"localhost\" as ::1, then 127.0.0.1)", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Stream, { engine }).listen(["127.0.0.1", 0]); // IPv4 only
+  await server.ready();
+  t.after(() => server.close());
+  // A resolver that answers with an address nobody listens on first.
+  const real = dns.lookup;
+  const fake = ((host: string, options: dns.LookupAllOptions, callback: (err: Error | null, all: dns.LookupAddress[]) => void) => {
+    if (host !== "several.example") return (real as unknown as (...a: unknown[]) => void)(host, options, callback);
+    const all = [
+      { address: "127.0.0.2", family: 4 },
+      { address: "127.0.0.1", family: 4 },
+    ];
+    process.nextTick(() => (options.all ? callback(null, all) : (callback as unknown as (e: null, a: string, f: number) => void)(null, all[0]!.address, 4)));
+    return undefined;
+  }) as unknown as typeof dns.lookup;
+  dns.lookup = fake;
+  syncBuiltinESMExports();
+  t.after(() => {
+    dns.lookup = real;
+    syncBuiltinESMExports();
+  });
+  const s = new Stream({ engine }).connect(["several.example", portOf(server)]);
+  await s.ready();
+  assert.deepEqual(s.remoteAddress, ["127.0.0.1", portOf(server)]);
+  s.close();
 });
 
 const ipv6 = await hasIPv6();
