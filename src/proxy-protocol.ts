@@ -80,7 +80,10 @@ export interface ProxyHeader {
   /**
    * The announced family. v1 `UNKNOWN` and v2 `AF_UNSPEC` are `UNKNOWN`; v2
    * UDP is `TCP4`/`TCP6` with `transport: "dgram"`. For `LOCAL` it is the
-   * family byte as sent, for information only.
+   * family byte as sent, for information only; a `LOCAL` header whose block
+   * does not parse (unknown family, short block, malformed TLVs) is accepted
+   * with its block discarded, as HAProxy's specification asks: `UNKNOWN`,
+   * `unspec`, no TLVs.
    */
   family: ProxyFamily;
   /** `stream` for v1 TCP, `unspec` for v1 `UNKNOWN`, and the transport nibble for v2. */
@@ -482,10 +485,25 @@ function parseV2(data: Buffer): ProxyParseResult {
     if (verCmd >> 4 !== 2) fail(`Invalid PROXY v2 header: unsupported version ${verCmd >> 4} (byte 13 is 0x${hex2(verCmd)}).`);
     if ((verCmd & 0x0f) > 1) fail(`Invalid PROXY v2 header: unknown command ${verCmd & 0x0f} (byte 13 is 0x${hex2(verCmd)}).`);
   }
-  if (data.length > 13) decodeFamilyByte(data[13]!);
+  const local = data.length > 12 && (data[12]! & 0x0f) === 0;
+  if (data.length > 13 && !local) decodeFamilyByte(data[13]!);
   if (data.length < PROXY_V2_HEADER_LENGTH) return { needed: PROXY_V2_HEADER_LENGTH };
+  if (!local) return parseV2Block(data, "PROXY");
+  // LOCAL (the proxy's own connection, a health check): HAProxy's spec has the
+  // receiver accept it and discard the protocol block, family included, so a
+  // block that does not parse is skipped rather than refused.
+  try {
+    return parseV2Block(data, "LOCAL");
+  } catch (err) {
+    if (!(err instanceof ProxyProtocolError)) throw err;
+    const total = PROXY_V2_HEADER_LENGTH + data.readUInt16BE(14);
+    if (data.length < total) return { needed: total };
+    const header: ProxyHeader = { version: 2, command: "LOCAL", family: "UNKNOWN", transport: "unspec", source: null, destination: null, tlvs: [] };
+    return { header, consumed: total };
+  }
+}
 
-  const command = (data[12]! & 0x0f) === 1 ? "PROXY" : "LOCAL";
+function parseV2Block(data: Buffer, command: "PROXY" | "LOCAL"): ProxyParseResult {
   const { family, transport } = decodeFamilyByte(data[13]!);
   const length = data.readUInt16BE(14);
   const block = V2_ADDRESS_BLOCK[family];

@@ -636,6 +636,17 @@ describe("v2: CRC32C and UNIQUE_ID TLVs", () => {
   });
 });
 
+/** A LOCAL header whose protocol block was discarded: the bytes it consumed. */
+function discardedLocal(data: Buffer): number {
+  const result = parseProxyHeader(data);
+  assert.ok("header" in result, "a header");
+  assert.deepEqual(
+    { ...result.header },
+    { version: 2, command: "LOCAL", family: "UNKNOWN", transport: "unspec", source: null, destination: null, tlvs: [] },
+  );
+  return result.consumed;
+}
+
 describe("v2: malformed headers are rejected", () => {
   it("rejects versions other than 2, as soon as byte 13 arrives", () => {
     for (const verCmd of [0x01, 0x11, 0x31, 0xf1, 0x10, 0x00]) {
@@ -651,12 +662,12 @@ describe("v2: malformed headers are rejected", () => {
     }
   });
 
-  it("rejects unknown families and transports, as soon as byte 14 arrives, for PROXY and LOCAL", () => {
+  it("rejects unknown families and transports for PROXY, as soon as byte 14 arrives; LOCAL ignores its family (HAProxy's spec)", () => {
     for (const fam of [0x40, 0x41, 0xf1, 0x13, 0x03, 0x1f, 0xff]) {
       const pattern = fam >> 4 > 3 ? /address family/ : /transport/;
       rejects(hex(SIG_HEX + "21" + fam.toString(16).padStart(2, "0")), pattern);
       rejects(v2(0x21, fam, Buffer.alloc(216)), pattern);
-      rejects(v2(0x20, fam), pattern);
+      assert.deepEqual(discardedLocal(v2(0x20, fam)), 16);
     }
   });
 
@@ -677,15 +688,17 @@ describe("v2: malformed headers are rejected", () => {
     }
   });
 
-  it("rejects LOCAL with a partial address block", () => {
-    rejects(v2(0x20, 0x11, Buffer.alloc(5)), /LOCAL/);
-    rejects(v2(0x20, 0x21, tlv(0x04, Buffer.alloc(10))), /LOCAL/);
+  it("accepts LOCAL with a partial address block or malformed TLVs: its protocol block is discarded (HAProxy's spec)", () => {
+    assert.equal(discardedLocal(v2(0x20, 0x11, Buffer.alloc(5))), 21);
+    assert.equal(discardedLocal(v2(0x20, 0x21, tlv(0x04, Buffer.alloc(10)))), 29);
+    assert.equal(discardedLocal(v2(0x20, 0x00, hex("04 0001"))), 19);
+    // Only the announced length is taken: the connection's bytes follow.
+    assert.equal(discardedLocal(Buffer.concat([v2(0x20, 0x55, Buffer.alloc(3)), PAYLOAD])), 19);
   });
 
   it("rejects a TLV that runs past the end of the header", () => {
     const overrun = Buffer.concat([hex(ADDR4), hex("01 000A 6832")]); // announces 10, has 2
     rejects(v2(0x21, 0x11, overrun), /announces 10 byte/);
-    rejects(v2(0x20, 0x00, hex("04 0001")), /announces 1 byte/);
     // The next connection bytes must not be mistaken for the rest of the TLV.
     rejects(Buffer.concat([v2(0x21, 0x11, overrun), PAYLOAD]), /announces 10 byte/);
   });
