@@ -9,8 +9,6 @@
  */
 import net from "node:net";
 import tls from "node:tls";
-import { StringDecoder } from "node:string_decoder";
-import { TextDecoder } from "node:util";
 import process from "node:process";
 import { Buffer, isUtf8 } from "node:buffer";
 import type { Duplex } from "node:stream";
@@ -179,7 +177,6 @@ class Extras {
   raw: net.Socket | NativeSocket | null = null;
   remoteOverride: Address | null | undefined = undefined;
   localOverride: Address | null | undefined = undefined;
-  textDecoder: StringDecoder | TextDecoder | null = null;
   writeHighWaterMark = DEFAULT_HWM;
   writeBufferLimit = DEFAULT_WRITE_LIMIT;
   idleTimeout = 0;
@@ -470,7 +467,6 @@ export class Stream extends Channel {
     }
     this.#encoding = value;
     this.#flags |= F_STOP;
-    if (this.#x !== null) this.#x.textDecoder = null;
     if ((this.#flags & (F_NATIVE | F_IN_DISPATCH)) === F_NATIVE && this.#state === S_OPEN) this.#syncNativeFraming();
   }
 
@@ -1456,6 +1452,11 @@ export class Stream extends Channel {
       while (rb.length > 0) {
         if (this.#state !== S_OPEN || (this.#flags & P_ANY) !== 0 || (this.#flags & F_TLS_UPGRADING) !== 0) return;
         const framer = this.#framer;
+        if (framer === NULL_FRAMER && this.#encoding !== null) {
+          // Raw chunks as text: the whole characters now, the start of a cut one stays buffered.
+          if (!this.#deliverTextChunk(rb, this.#encoding)) return;
+          continue;
+        }
         const limit = this.#bufferSize > framer.minLimit ? this.#bufferSize : framer.minLimit;
         let code: number;
         try {
@@ -1470,7 +1471,7 @@ export class Stream extends Channel {
           const value = out.value;
           out.value = undefined;
           if (this.#encoding === null || !Buffer.isBuffer(value)) this.#deliver(value);
-          else this.#deliverText(value, framer === NULL_FRAMER);
+          else this.#deliverText(value);
           if (this.#state === S_OPEN && rb.length > 0) this.#scanBuffered(rb);
         } else if (code === FRAME_ARGS) {
           const args = out.args ?? [];
@@ -1503,54 +1504,29 @@ export class Stream extends Channel {
     }
   }
 
-  #deliverText(buf: Buffer, streaming: boolean): void {
+  #deliverText(buf: Buffer): void {
     const encoding = this.#encoding as BufferEncoding;
-    const utf8 = encoding === "utf8" || encoding === "utf-8";
-    let text: string;
-    if (streaming) {
-      // Raw chunks may split a character: decode statefully.
-      const x = this.#extras();
-      let decoder = x.textDecoder;
-      if (decoder === null) decoder = x.textDecoder = utf8 ? new TextDecoder("utf-8", { fatal: true }) : new StringDecoder(encoding);
-      try {
-        text = decoder instanceof TextDecoder ? decoder.decode(buf, { stream: true }) : decoder.write(buf);
-      } catch (cause) {
-        x.textDecoder = null;
-        this.#invalidText(cause);
-        return;
-      }
-      if (text.length === 0) return;
-    } else {
-      if (utf8 && !isUtf8(buf)) {
-        this.#invalidText(undefined);
-        return;
-      }
-      text = buf.toString(encoding);
+    if ((encoding === "utf8" || encoding === "utf-8") && !isUtf8(buf)) {
+      this.#invalidText();
+      return;
     }
-    this.#deliver(text);
+    this.#deliver(buf.toString(encoding));
   }
 
   /**
-   * At the peer's end, the bytes a streaming decoder still holds: base64's
-   * last group is delivered; an incomplete character is discarded (logged
-   * at debug), as a trailing partial frame is.
+   * Raw chunks with an encoding: delivers the whole characters buffered, and
+   * leaves the start of a character cut by the read in the buffer, where a
+   * new encoding or delimiter finds it. False when nothing whole is there.
    */
-  #flushText(x: Extras): void {
-    const decoder = x.textDecoder as StringDecoder | TextDecoder;
-    x.textDecoder = null;
-    let rest: string;
-    try {
-      rest = decoder instanceof TextDecoder ? decoder.decode() : decoder.end();
-    } catch {
-      log.current.debug({ stream: String(this) }, "Peer closed in the middle of a UTF-8 character; its bytes were discarded.");
-      return;
-    }
-    if (rest.length > 0 && this.#state === S_OPEN) this.#deliver(rest);
+  #deliverTextChunk(rb: ReceiveBuffer, encoding: BufferEncoding): boolean {
+    const whole = wholeCharacters(rb.all(), encoding);
+    if (whole === 0) return false;
+    this.#deliverText(rb.take(whole));
+    return true;
   }
 
-  #invalidText(cause: unknown): void {
+  #invalidText(): void {
     const err = typeError(`${String(this)} received bytes that are not valid ${this.#encoding}.`, "ERR_ENCODING_INVALID_ENCODED_DATA");
-    if (cause !== undefined) (err as Error & { cause?: unknown }).cause = cause;
     this._countError("read", err);
     this._call1(this.onReadError, err);
   }
@@ -1655,8 +1631,13 @@ export class Stream extends Channel {
 
   /** The peer ended and every whole frame it sent was delivered: what is left is an incomplete frame. */
   #endAfterFrames(): void {
-    if (this.#x !== null && this.#x.textDecoder !== null) this.#flushText(this.#x);
     const rb = this.#rb;
+    const encoding = this.#encoding;
+    if (rb !== null && rb.length > 0 && this.#framer === NULL_FRAMER && (encoding === "base64" || encoding === "base64url")) {
+      // base64 text of the last bytes, short of a 3-byte group: padded, as a whole.
+      this.#deliver(rb.take(rb.length).toString(encoding));
+      if (this.#state !== S_OPEN) return;
+    }
     if (rb !== null && rb.length > 0 && (this.#flags & F_TLS_UPGRADING) === 0) {
       log.current.debug({ stream: String(this), bytes: rb.length }, "Peer closed with an incomplete frame buffered; discarded.");
     }
@@ -2274,6 +2255,41 @@ function bytesDrained(sock: Duplex | NativeSocket): number {
   const handle = (sock as { _handle?: { bytesWritten?: unknown; writeQueueSize?: unknown } | null })._handle;
   if (handle == null || typeof handle.bytesWritten !== "number" || typeof handle.writeQueueSize !== "number") return -1;
   return handle.bytesWritten - handle.writeQueueSize;
+}
+
+/**
+ * How many of the bytes of `buf` make whole characters in `encoding`: all
+ * but the start of a character the read cut (UTF-8: an unfinished sequence;
+ * UTF-16: an odd byte, or a lone high surrogate; base64: bytes short of a
+ * 3-byte group, whose text depends on what follows).
+ */
+function wholeCharacters(buf: Buffer, encoding: BufferEncoding): number {
+  const n = buf.length;
+  switch (encoding) {
+    case "utf8":
+    case "utf-8": {
+      // Back over at most three continuation bytes to the lead byte.
+      let lead = n - 1;
+      while (lead >= 0 && lead > n - 4 && (buf[lead]! & 0xc0) === 0x80) lead--;
+      if (lead < 0) return n;
+      const b = buf[lead]!;
+      const need = b >= 0xf0 && b < 0xf8 ? 4 : b >= 0xe0 && b < 0xf0 ? 3 : b >= 0xc0 && b < 0xe0 ? 2 : 1;
+      return n - lead < need ? lead : n; // an invalid byte is left for the check
+    }
+    case "utf16le":
+    case "utf-16le":
+    case "ucs2":
+    case "ucs-2": {
+      let end = n - (n % 2);
+      if (end >= 2 && (buf[end - 1]! & 0xfc) === 0xd8) end -= 2; // a high surrogate waits for its pair
+      return end;
+    }
+    case "base64":
+    case "base64url":
+      return n - (n % 3);
+    default:
+      return n;
+  }
 }
 
 function checkSize(name: string, value: number): number {

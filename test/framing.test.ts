@@ -465,6 +465,39 @@ test("encoding with raw chunks: characters split across packets are reassembled"
   assert.equal(peer.stream.text, message);
 });
 
+test("encoding with raw chunks: a character cut by the read survives a change of encoding or delimiter; a BOM is kept", async () => {
+  const euro = Buffer.from("€");
+  class Switching extends Stream {
+    got: string[] = [];
+    after: (s: Switching) => void = () => {};
+    override onConnect() {
+      this.encoding = "utf8";
+    }
+    override onRead(d: string | Buffer) {
+      this.got.push(typeof d === "string" ? `S:${d}` : `B:${d.toString("hex")}`);
+      const after = this.after;
+      this.after = () => {};
+      after(this);
+    }
+  }
+  const cases: Array<[string, (s: Switching) => void, string[]]> = [
+    ["the same encoding again", (s) => (s.encoding = "utf8"), ["S:a", "S:€b"]],
+    ["a delimiter", (s) => (s.readDelimiter = "\n"), ["S:a", "S:€b"]],
+    ["no encoding", (s) => (s.encoding = null), ["S:a", "B:e282", "B:ac62"]],
+  ];
+  for (const [name, after, want] of cases) {
+    const peer = memoryPeer(Switching);
+    peer.stream.after = after;
+    await peer.send(Buffer.concat([Buffer.from("a"), euro.subarray(0, 2)]));
+    await peer.send(Buffer.concat([euro.subarray(2), Buffer.from("b\n")]));
+    const got = peer.stream.got.map((g) => g.replace(/\n|0a$/, ""));
+    assert.deepEqual(got, want, name);
+  }
+  const bom = memoryPeer(Switching);
+  await bom.send(Buffer.from("\ufeffhi"));
+  assert.deepEqual(bom.stream.got, ["S:\ufeffhi"], "a leading BOM is text like any other");
+});
+
 test("encoding with raw chunks: at the peer's FIN, base64's last group is delivered and a cut UTF-8 character is dropped", async (t) => {
   const engine = freshEngine(t);
   const seen = new Map<string, string[]>();
