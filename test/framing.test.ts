@@ -384,6 +384,29 @@ test("delimiters beyond what the native addon cuts (a size above 2^30, a 70 KB s
   c.destroy();
 });
 
+test("a RegExp delimiter with bufferSize: the same frames and overflows however the bytes are split", async () => {
+  class Limited extends Stream {
+    events: string[] = [];
+    override onConnect() {
+      this.readDelimiter = /ab|;/;
+      this.bufferSize = 10;
+    }
+    override onRead(frame: Buffer) {
+      this.events.push(frame.toString());
+    }
+    override onOverflowError() {
+      this.events.push("overflow"); // kept open: the oversized frame is skipped through its delimiter
+    }
+  }
+  const input = `0123456789ab${"A".repeat(400)};ok;${"B".repeat(11)}ab;end;`;
+  const want = ["0123456789", "overflow", "ok", "overflow", "", "end"];
+  for (const chunkSize of [undefined, 1, 7, 11, 300]) {
+    const peer = memoryPeer(Limited);
+    await peer.send(input, chunkSize === undefined ? {} : { chunkSize });
+    assert.deepEqual(peer.stream.events, want, `chunks of ${chunkSize ?? "all"}`);
+  }
+});
+
 test("the default onOverflowError closes only that stream", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);

@@ -135,6 +135,14 @@ class SizeFramer implements Framer {
   }
 }
 
+/**
+ * How many bytes past `bufferSize` a regex frame may wait for its match: a
+ * match can begin in them (no RegExp can say a text may still become one),
+ * so an oversized frame is declared only beyond, and an overflow keeps them
+ * while it skips to the next match.
+ */
+const REGEX_SLACK = 256;
+
 class RegexFramer implements Framer {
   readonly minLimit = 0;
   readonly needle = null;
@@ -155,6 +163,17 @@ class RegexFramer implements Framer {
   }
 
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut, regexSearch: boolean): number {
+    if (rb.discarding) {
+      // Skipping an oversized frame: drop bytes through the next match.
+      const next = this.#search.exec(rb.latin1());
+      if (next === null || next[0].length === 0) {
+        rb.skip(rb.length - Math.min(rb.length, REGEX_SLACK));
+        return NEED_MORE;
+      }
+      rb.skip(next.index + next[0].length);
+      rb.discarding = false;
+      return rb.length > 0 ? this.extract(rb, limit, out, regexSearch) : NEED_MORE;
+    }
     const text = rb.latin1();
     let m: RegExpExecArray | null;
     if (regexSearch) {
@@ -164,8 +183,12 @@ class RegexFramer implements Framer {
       m = this.#anchored.exec(text);
     }
     if (m === null) {
-      if (rb.length > limit) {
-        rb.skip(rb.length);
+      // The last bytes may be the start of a match: only a frame that
+      // cannot fit however the match ends is cut short, then skipped
+      // through its match, as one seen whole would be.
+      if (rb.length > limit + REGEX_SLACK) {
+        rb.discarding = true;
+        rb.skip(rb.length - REGEX_SLACK);
         return OVERFLOW;
       }
       return NEED_MORE;
