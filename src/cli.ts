@@ -14,6 +14,7 @@ import { Stream } from "./stream.js";
 import { formatAddress } from "./address.js";
 import type { Address } from "./address.js";
 import { runCluster, processStats, shutdownAll } from "./cluster.js";
+import type { ClusterHandle } from "./cluster.js";
 import type { ClusterStats } from "./cluster.js";
 import type { ServerOptions } from "./server.js";
 import type { Stats } from "./engine.js";
@@ -231,10 +232,18 @@ function banner(servers: Server[], name: string): string {
 
 async function serve(args: ServeArgs): Promise<number> {
   if (args.workers > 1 || cluster.isWorker) {
+    // In the primary, before the workers listen: SIGUSR2 must not kill it,
+    // and a SIGTERM while starting (runCluster drains) prints no banner.
+    let current: ClusterHandle | null = null;
+    let signalled = false;
+    if (cluster.isPrimary) {
+      process.on("SIGUSR2", () => process.stdout.write((current === null ? "pants-ts: workers starting" : statsLine(current.stats())) + "\n"));
+      for (const signal of ["SIGTERM", "SIGINT"] as const) process.on(signal, () => (signalled = true));
+    }
     const handle = await runCluster(() => startServers(args), { workers: args.workers, shutdownTimeoutMs: args.shutdownTimeoutMs });
     if (!handle.isPrimary) return -1; // a worker serves until the primary says otherwise
-    process.on("SIGUSR2", () => process.stdout.write(statsLine(handle.stats()) + "\n"));
-    if (!args.quiet) {
+    current = handle;
+    if (!args.quiet && !signalled) {
       const where = args.listen.map((a) => formatAddress(a) + connectHint(a)).join(", ");
       process.stdout.write(`pants-ts: ${args.workers} workers serving ${args.module} on ${where}\n`);
     }
@@ -297,7 +306,10 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`pants-ts: ${err.message} (see pants-ts --help)\n`);
       return 2;
     }
-    process.stderr.write(`pants-ts: ${(err as Error).stack ?? String(err)}\n`);
+    // A failure with a code (a system error, a typed pants-ts one) is said in
+    // one line; anything else (a module that threw) with its stack.
+    const e = err as Error & { code?: unknown };
+    process.stderr.write(`pants-ts: ${typeof e.code === "string" ? e.message : (e.stack ?? String(err))}\n`);
     return 1;
   }
 }

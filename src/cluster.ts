@@ -141,8 +141,11 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   let replacing = false;
   let delay = options.restartDelayMs ?? 100;
   const baseDelay = delay;
-  const expected = new Set<Worker>(); // exits we asked for
+  // Exits the crash handler leaves alone: ones we asked for, and workers
+  // that have not listened yet (a start that fails is reported, not retried).
+  const expected = new Set<Worker>();
   const lastFork = new Map<Worker, number>();
+  const failures = new Map<Worker, string>();
 
   const stats = (): ClusterStats => {
     const total = newStats();
@@ -167,16 +170,22 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       } else if (m.pantsTs === "drained") {
         if (!worker.isDead()) worker.send({ pantsTs: "exit" } satisfies Message);
       } else if (m.pantsTs === "failed") {
+        failures.set(worker, m.message);
         log.current.error(`Worker ${worker.process.pid} failed to start: ${m.message}`);
       }
     });
     return worker;
   };
 
+  /** A new worker, watched until it listens (true) or dies first (false; no restart). */
   const whenListening = (worker: Worker): Promise<boolean> =>
     new Promise((resolve) => {
+      expected.add(worker);
       const onMessage = (m: unknown) => {
-        if (isMessage(m) && m.pantsTs === "listening") done(true);
+        if (isMessage(m) && m.pantsTs === "listening") {
+          expected.delete(worker);
+          done(true);
+        }
       };
       const onExit = () => done(false);
       const done = (ok: boolean) => {
@@ -200,7 +209,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       }, shutdownTimeoutMs + 5000).unref();
     });
 
-  return new Promise<ClusterHandle>((resolveReady) => {
+  return new Promise<ClusterHandle>((resolveReady, rejectReady) => {
     cluster.on("exit", (worker, code, signal) => {
       const last = perWorker.get(worker.id);
       if (last !== undefined) {
@@ -233,14 +242,16 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       replacing = true;
       log.current.info("Replacing workers one at a time.");
       try {
-        const old = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
+        // A worker that crashed already is being restarted by the crash handler.
+        const old = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && !w.isDead());
         for (const worker of old) {
           if (stopping) break;
+          if (worker.isDead()) continue;
           // Start the replacement first, so capacity never drops to zero.
           const fresh = fork();
           if (!(await whenListening(fresh))) {
-            log.current.error("A replacement worker failed to start; keeping the old one.");
-            continue;
+            log.current.error("A replacement worker failed to start; keeping the old ones.");
+            break;
           }
           await retire(worker);
         }
@@ -254,7 +265,20 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
     process.on("SIGHUP", () => void rollingRestart());
     const initial: Worker[] = [];
     for (let i = 0; i < count; i++) initial.push(fork());
-    // Ready once every first worker listens (or has died trying: it is restarted).
-    void Promise.all(initial.map(whenListening)).then(() => resolveReady(handle));
+    // Ready once every first worker listens. One that dies first fails the
+    // start, as it would in one process: the others are stopped.
+    let failed = false;
+    void Promise.all(
+      initial.map(async (worker) => {
+        if ((await whenListening(worker)) || stopping) return;
+        failed = true;
+        const message = failures.get(worker) ?? `worker ${worker.process.pid} exited before it listened`;
+        failures.delete(worker);
+        await stop();
+        rejectReady(Object.assign(new Error(`A worker failed to start: ${message}`), { code: "ERR_WORKER_START" }));
+      }),
+    ).then(() => {
+      if (!failed) resolveReady(handle);
+    });
   });
 }

@@ -8,7 +8,9 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
-import { connect, sleep, waitFor } from "./helpers.js";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { connect, sleep, tempDir, waitFor } from "./helpers.js";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -28,11 +30,11 @@ interface Cluster {
   exited: Promise<number | null>;
 }
 
-async function startCluster(workers: number): Promise<Cluster> {
+async function startCluster(workers: number, env: Record<string, string> = {}): Promise<Cluster> {
   const port = await freePort();
   const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-main.ts"], {
     cwd: root,
-    env: { ...process.env, PORT: String(port), WORKERS: String(workers), NODE_DEBUG: "pants-ts" },
+    env: { ...process.env, PORT: String(port), WORKERS: String(workers), NODE_DEBUG: "pants-ts", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
@@ -116,4 +118,48 @@ test("runCluster: SIGHUP replaces every worker with no refused or cut connection
   assert.equal((await longLived.readToEnd(10000)).toString(), "bye\n");
   cluster.child.kill("SIGTERM");
   assert.equal(await cluster.exited, 0);
+});
+
+/** The live worker processes of a primary (Linux: its children). */
+function workerCount(pid: number): number {
+  return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).length;
+}
+
+test("runCluster: a SIGHUP whose replacement fails to start keeps the old workers, and no more of them", { timeout: 60_000, skip: process.platform !== "linux" && "reads /proc" }, async (t) => {
+  const broken = join(tempDir(t), "broken");
+  const c = await startCluster(2, { BROKEN_FILE: broken });
+  t.after(() => c.child.kill("SIGKILL"));
+  const pid = c.child.pid!;
+  writeFileSync(broken, "");
+  c.child.kill("SIGHUP");
+  await waitFor(() => /replacement worker failed to start/.test(c.out()), 20000, `the failed replacement; output: ${c.out()}`);
+  rmSync(broken);
+  await sleep(1500); // a crash handler restart would have come by now
+  assert.equal(workerCount(pid), 2);
+  assert.equal(c.listening(), 2);
+  assert.equal(await ask(c.port, "pid").then((r) => r.length > 0), true);
+  // Fixed: the next SIGHUP replaces both.
+  c.child.kill("SIGHUP");
+  await waitFor(() => c.listening() === 4, 20000, `two replacements; output: ${c.out()}`);
+  await sleep(500);
+  assert.equal(workerCount(pid), 2);
+  c.child.kill("SIGTERM");
+  assert.equal(await c.exited, 0);
+});
+
+test("runCluster: a worker that fails to start fails the start: the primary stops the others and exits non-zero", { timeout: 60_000 }, async (t) => {
+  const broken = join(tempDir(t), "broken");
+  writeFileSync(broken, "");
+  const port = await freePort();
+  const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-main.ts"], {
+    cwd: root,
+    env: { ...process.env, PORT: String(port), WORKERS: "2", BROKEN_FILE: broken },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  t.after(() => child.kill("SIGKILL"));
+  let out = "";
+  child.stderr!.on("data", (d) => (out += d));
+  const code = await new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
+  assert.notEqual(code, 0);
+  assert.match(out, /A worker failed to start: broken deploy/);
 });
