@@ -186,6 +186,8 @@ export class Engine {
   /** True when this engine runs on a manual clock (see {@link EngineOptions}). */
   readonly manualClock: boolean;
   #now = 0;
+  /** Manual clock: when the next sweep of connection timeouts is due (-1: not scheduled). */
+  #nextSweep = -1;
   #running = false;
   #keepAlive: ReturnType<typeof setInterval> | null = null;
   #settle: (() => void) | null = null;
@@ -210,7 +212,10 @@ export class Engine {
     if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0) throw rangeError(`advance() needs a non-negative number of ms, got ${String(ms)}.`);
     const target = this.#now + ms;
     const step = () => Math.max(1, this._sweeper.tickMs);
-    let nextSweep = this.#now + step();
+    // The sweep schedule carries over from one call to the next: many short
+    // advances reach a timeout as one long one does.
+    if (!this._sweeper.busy || this.#nextSweep < 0) this.#nextSweep = this.#now + step();
+    let nextSweep = this.#nextSweep;
     for (;;) {
       let next: EngineTimer | null = null;
       for (const timer of this._timers) {
@@ -228,6 +233,7 @@ export class Engine {
         nextSweep = this.#now + step();
       }
     }
+    this.#nextSweep = nextSweep;
     this.#now = target;
   }
 

@@ -68,7 +68,7 @@ test("a manual clock makes idle timeouts and engine timers deterministic", async
   await peer.send("ping\n"); // activity resets the idle timer
   await peer.advance(200);
   assert.deepEqual(events, ["defer@500"]);
-  await peer.advance(900);
+  await peer.advance(700); // 1300 ms: the ping at 400 keeps it alive until 1400
   assert.equal(events.length, 1, "still active within the timeout");
   await peer.advance(1000);
   await peer.closed;
@@ -77,6 +77,26 @@ test("a manual clock makes idle timeouts and engine timers deterministic", async
   const at = Number(events[1]!.split("@")[1]);
   assert.ok(at >= 1500 && at <= 2500, `timed out at ${at}`);
   assert.throws(() => new Engine().advance(10), RangeError, "advance() needs a manual clock");
+});
+
+test("a manual clock advanced in many short steps reaches an idle timeout as one long step does", async () => {
+  class Idle extends Echo {
+    timedOutAt = -1;
+    override onConnect() {
+      super.onConnect();
+      this.idleTimeout = 1000;
+    }
+    override onTimeout() {
+      this.timedOutAt = this.engine.time();
+      this.close();
+    }
+  }
+  for (const step of [10, 100, 300]) {
+    const peer = memoryPeer(Idle, { manualClock: true });
+    await peer.ready;
+    for (let i = 0; i < 4000 / step && !peer.stream.closed; i++) await peer.advance(step);
+    assert.ok(peer.stream.timedOutAt >= 1000 && peer.stream.timedOutAt <= 1600, `steps of ${step} ms: timed out at ${peer.stream.timedOutAt}`);
+  }
 });
 
 test("cycle timers on a manual clock fire once per period", () => {
