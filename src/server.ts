@@ -463,7 +463,8 @@ export class Server extends Channel {
    * already closed the server when this is called.
    */
   override onError(err: Error): void {
-    log.current.error({ err, channel: String(this) }, `Exception raised in a handler of ${String(this)}; the server keeps serving.`);
+    if (this.closed) log.current.error({ err, channel: String(this) }, `${String(this)} failed and closed: ${err.message}`);
+    else log.current.error({ err, channel: String(this) }, `Exception raised in a handler of ${String(this)}; the server keeps serving.`);
   }
 
   /** A new connection could not be wrapped in TLS. Default: log and close that connection. */

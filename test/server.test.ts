@@ -169,7 +169,7 @@ test("Linux abstract UNIX names", { skip: process.platform !== "linux" && "Linux
 });
 
 test("bind failure (EADDRINUSE): server closed, onError called, ready() rejects, nothing unhandled", async (t) => {
-  captureLogs(t);
+  const logs = captureLogs(t);
   const engine = freshEngine(t);
   const first = new Server(Who, { engine }).listen(["127.0.0.1", 0]);
   await first.ready();
@@ -194,6 +194,9 @@ test("bind failure (EADDRINUSE): server closed, onError called, ready() rejects,
   await assert.rejects(second.ready(), (err: NodeJS.ErrnoException) => err.code === "EADDRINUSE");
   assert.equal(second.closed, true);
   assert.equal(closes, 1);
+  // The third's default onError says it failed and closed, not that it keeps serving.
+  await waitFor(() => logs.some((l) => /failed and closed/.test(l.msg)), 3000, "the default onError's line");
+  assert.ok(!logs.some((l) => /keeps serving/.test(l.msg)));
   assert.equal(errors.length, 1);
   assert.equal((errors[0] as NodeJS.ErrnoException).code, "EADDRINUSE");
   await sleep(20);
