@@ -20,7 +20,7 @@ export interface ClusterOptions {
   workers?: number;
   /** Graceful shutdown deadline per worker, ms (default 10 000). */
   shutdownTimeoutMs?: number;
-  /** First restart delay after a crash, ms (doubles up to 30 s; default 100). */
+  /** First restart delay after a crash, ms (at least 1; doubles up to 30 s; default 100). */
   restartDelayMs?: number;
   /** Called in the primary when the aggregated stats change (about once a second). */
   onStats?: (stats: ClusterStats) => void;
@@ -89,6 +89,13 @@ export async function runCluster(main: () => unknown, options: ClusterOptions = 
   const workers = options.workers ?? availableParallelism();
   if (!Number.isSafeInteger(workers) || workers < 1) throw rangeError(`workers must be a positive integer, got ${describe(workers)}.`);
   const shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;
+  if (!Number.isSafeInteger(shutdownTimeoutMs) || shutdownTimeoutMs < 0) {
+    throw rangeError(`shutdownTimeoutMs must be a non-negative integer, got ${describe(shutdownTimeoutMs)}.`);
+  }
+  const restartDelayMs = options.restartDelayMs ?? 100;
+  if (!Number.isSafeInteger(restartDelayMs) || restartDelayMs < 1) {
+    throw rangeError(`restartDelayMs must be a positive integer, got ${describe(restartDelayMs)}.`);
+  }
   if (cluster.isWorker) return runWorker(main);
   return runPrimary(workers, shutdownTimeoutMs, options);
 }

@@ -163,3 +163,12 @@ test("runCluster: a worker that fails to start fails the start: the primary stop
   assert.notEqual(code, 0);
   assert.match(out, /A worker failed to start: broken deploy/);
 });
+
+test("runCluster rejects bad options before it forks anything", async () => {
+  const { runCluster } = await import("../src/index.js");
+  const main = () => {};
+  await assert.rejects(runCluster(main, { workers: 0 }), RangeError);
+  await assert.rejects(runCluster(main, { shutdownTimeoutMs: -5 }), RangeError);
+  await assert.rejects(runCluster(main, { restartDelayMs: 0 }), RangeError);
+  await assert.rejects(runCluster("main" as unknown as () => void), TypeError);
+});
