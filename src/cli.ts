@@ -10,6 +10,7 @@ import { pathToFileURL } from "node:url";
 import { readFileSync } from "node:fs";
 import cluster from "node:cluster";
 import { Server, liveServers } from "./server.js";
+import { Engine } from "./engine.js";
 import { Stream } from "./stream.js";
 import { formatAddress } from "./address.js";
 import type { Address } from "./address.js";
@@ -260,16 +261,26 @@ async function serve(args: ServeArgs): Promise<number> {
       }
       stopping = true;
       if (!args.quiet) process.stdout.write(`pants-ts: ${signal}: draining connections (at most ${args.shutdownTimeoutMs} ms)\n`);
-      void shutdownAll(args.shutdownTimeoutMs).then(resolveStop);
+      void shutdownAll(args.shutdownTimeoutMs).then(() => {
+        // A module that awaits Engine.instance().start() at its top level
+        // (SPEC's own example) finishes loading only once the engine stops.
+        const engine = Engine.instance();
+        if (engine.running) engine.stop();
+        resolveStop();
+      });
     };
     process.on("SIGTERM", () => stop("SIGTERM"));
     process.on("SIGINT", () => stop("SIGINT"));
   });
   process.on("SIGUSR2", () => process.stdout.write(statsLine(processStats()) + "\n"));
-  const servers = await startServers(args);
+  let servers: Server[] = [];
+  try {
+    servers = await startServers(args);
+  } catch (err) {
+    if (!stopping) throw err; // a module still loading when the signal came may fail to finish: it is stopping anyway
+  }
   if (stopping) await shutdownAll(args.shutdownTimeoutMs); // a signal came while starting
-  const name = servers[0]!.ConnectionClass.name || "connection class";
-  if (!args.quiet && !stopping) process.stdout.write(banner(servers, name) + "\n");
+  if (!args.quiet && !stopping) process.stdout.write(banner(servers, servers[0]!.ConnectionClass.name || "connection class") + "\n");
   await stopped;
   return 0;
 }

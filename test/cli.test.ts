@@ -160,3 +160,24 @@ test("--workers 2 serves from two processes and exits 0 on SIGTERM", { timeout: 
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });
+
+test("SIGTERM drains and exits 0 even while the module awaits Engine.instance().start() at its top level", { timeout: 30_000 }, async (t) => {
+  const net = await import("node:net");
+  const probe = net.createServer();
+  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", r));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  const child = spawn(process.execPath, [bin, "serve", fixture("cli-awaits-engine.ts")], { cwd: root, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, PORT: String(port) } });
+  t.after(() => child.kill("SIGKILL"));
+  let out = "";
+  child.stdout!.on("data", (d) => (out += d));
+  child.stderr!.on("data", (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  await waitFor(() => out.includes("module listening"), 20000, `the module; output: ${out}`);
+  const c = await connect(port);
+  c.write("hi\n");
+  await c.until(() => c.received.includes(0x0a), 5000, "an echo");
+  c.destroy();
+  child.kill("SIGTERM");
+  assert.equal(await exited, 0, out);
+});
