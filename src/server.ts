@@ -18,7 +18,7 @@ import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, ProxyProtocolError, TimeoutError, describe, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
 import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending } from "./stream.js";
-import { compileServerTls } from "./tls.js";
+import { compileServerTls, wrapServerSocket } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
 import { parseProxyHeader } from "./proxy-protocol.js";
 import { NativeListener, NativeSocket } from "./native-socket.js";
@@ -787,7 +787,7 @@ export class Server extends Channel {
       try {
         // startSSL after a native listen: node:tls needs a real Duplex under it.
         const under = raw instanceof NativeSocket ? (socket instanceof NativeSocket ? raw.toDuplex() : socket) : raw;
-        const t = new tls.TLSSocket(under, tlsConfig.socketOptions) as tls.TLSSocket & {
+        const t = wrapServerSocket(under, tlsConfig) as tls.TLSSocket & {
           [kTlsPending]?: boolean;
           [kRawSocket]?: net.Socket | NativeSocket;
         };

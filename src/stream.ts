@@ -37,7 +37,7 @@ import type { Decoder, FrameOut, Framer, ReadDelimiter } from "./framing/delimit
 import { Struct } from "./framing/struct.js";
 import { NetStruct } from "./framing/netstruct.js";
 import type { NetStructHeld } from "./framing/netstruct.js";
-import { checkPantsFlags, compileServerTls, wrapClientSocket, wrapServerSocket } from "./tls.js";
+import { checkPantsFlags, compileServerTls, secureServerSide, wrapClientSocket, wrapServerSocket } from "./tls.js";
 import type { SslOptions } from "./tls.js";
 import { sendFile } from "./write-file.js";
 import { NativeSocket } from "./native-socket.js";
@@ -986,6 +986,11 @@ export class Stream extends Channel {
   /** @internal The TLS handshake completed. */
   _onSecure(): void {
     if (this.#state === S_CLOSED || this.#tls === null) return;
+    const refused = secureServerSide(this.#tls);
+    if (refused !== null) {
+      this.#handshakeFailed(refused);
+      return;
+    }
     this.#flags |= F_TLS_DONE;
     this.#clearDeadline("handshake");
     const upgrade = (this.#flags & F_TLS_UPGRADING) !== 0;

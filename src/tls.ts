@@ -67,6 +67,14 @@ export interface SslOptions extends SecureContextOptions {
 /** @internal A compiled server-side configuration: what each accepted TLSSocket gets. */
 export interface ServerTls {
   readonly socketOptions: TLSSocketOptions;
+  /**
+   * How a client certificate is checked once the handshake is done:
+   * `required` (CERT_REQUIRED, or requestCert with rejectUnauthorized) and
+   * `optional` (CERT_OPTIONAL, as Python: verified when one is sent) fail
+   * the handshake on a certificate that does not verify; `request` (Node's
+   * requestCert alone) only sets `authorized`.
+   */
+  readonly verify: "none" | "request" | "optional" | "required";
 }
 
 /** @internal A compiled client-side configuration. */
@@ -193,10 +201,11 @@ export function compileServerTls(options: SslOptions): ServerTls {
       cb(null, secureContext);
     };
   }
+  const verify = !requestCert ? "none" : rejectUnauthorized ? "required" : options.cert_reqs === "CERT_OPTIONAL" ? "optional" : "request";
   const socketOptions: TLSSocketOptions = { isServer: true, secureContext, requestCert, rejectUnauthorized };
   if (options.ALPNProtocols !== undefined) socketOptions.ALPNProtocols = options.ALPNProtocols as string[];
   if (SNICallback !== undefined) socketOptions.SNICallback = SNICallback;
-  return { socketOptions };
+  return { socketOptions, verify };
 }
 
 /**
@@ -224,7 +233,42 @@ export function sniName(host: string | undefined): string | undefined {
 
 /** @internal Wraps an accepted (or STARTTLS) socket in server-side TLS; the handshake starts at once. */
 export function wrapServerSocket(socket: Duplex, config: ServerTls): TLSSocket {
-  return new tls.TLSSocket(socket as Socket, config.socketOptions);
+  const wrapped = new tls.TLSSocket(socket as Socket, config.socketOptions) as TLSSocket & { [kVerify]?: ServerTls["verify"] };
+  wrapped[kVerify] = config.verify;
+  return wrapped;
+}
+
+const kVerify: unique symbol = Symbol("pants-ts.verifyClient");
+
+/** What a bare server-side TLSSocket leaves out of tls.Server's own handling. */
+interface ServerSideInternals {
+  [kVerify]?: ServerTls["verify"];
+  _handle?: { verifyError?: () => (Error & { code?: string }) | null } | null;
+  _releaseControl?: () => boolean;
+}
+
+/**
+ * @internal Server side, once the handshake is done: does what tls.Server
+ * does for its own sockets and a bare TLSSocket does not. Checks the
+ * client's certificate (setting `authorized` / `authorizationError`) and
+ * returns the error to fail the handshake with, or null; and releases
+ * control, so later TLS errors (a forged record) are emitted as errors.
+ */
+export function secureServerSide(socket: TLSSocket): Error | null {
+  // Node's typings say Error; at run time it is the error's code, as tls.Server sets it.
+  const s = socket as unknown as Omit<TLSSocket, "authorizationError"> & ServerSideInternals & { authorizationError?: string };
+  const mode = s[kVerify];
+  if (mode === undefined) return null; // client side: tls.connect verified it
+  s._releaseControl?.();
+  if (mode === "none") return null;
+  const err = s._handle?.verifyError?.() ?? null;
+  if (err === null) {
+    s.authorized = true;
+    return null;
+  }
+  s.authorizationError = err.code ?? err.message;
+  const sent = Object.keys(socket.getPeerCertificate() ?? {}).length > 0;
+  return mode === "required" || (mode === "optional" && sent) ? err : null;
 }
 
 /**

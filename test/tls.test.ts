@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import tls from "node:tls";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -378,6 +378,78 @@ test("mutual TLS: cert_reqs CERT_REQUIRED refuses clients without a certificate;
     assert.equal(got.length, 0);
     assert.ok(anon.error !== null || anon.ended);
   }
+});
+
+test("mutual TLS: a client certificate that does not verify is refused (CERT_REQUIRED, and CERT_OPTIONAL when one is sent)", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  // A client certificate no configured CA signed: self-signed, any name it likes.
+  const dir = tempDir(t);
+  execFileSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "k.pem", "-out", "c.pem", "-subj", "/CN=intruder", "-days", "1"], { cwd: dir, stdio: "ignore" });
+  const intruder = { certfile: join(dir, "c.pem"), keyfile: join(dir, "k.pem") };
+  for (const cert_reqs of ["CERT_REQUIRED", "CERT_OPTIONAL"] as const) {
+    const seen: string[] = [];
+    class S extends Echo {
+      override onConnect() {
+        seen.push(`connect:${String(this.peerCertificate?.subject?.CN ?? "-")}:${this.authorized}`);
+        super.onConnect();
+      }
+      override onSslHandshakeError(err: Error) {
+        seen.push(`refused:${(err as Error & { code?: string }).code}`);
+      }
+    }
+    const server = new Server(S, { engine, sslOptions: { ...serverOptions(), ca_certs: certs.ca.cert, cert_reqs } });
+    const port = await listenLocal(server, t);
+    const bad = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, ...intruder } }).connect(["localhost", port]);
+    await bad.ready().catch(() => {});
+    await waitFor(() => seen.length >= 1, 5000, `the server's verdict (${cert_reqs})`);
+    assert.match(seen[0]!, /^refused:/, cert_reqs);
+    const good = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, certfile: certs.client.cert, keyfile: certs.client.key } }).connect(["localhost", port]);
+    await good.ready();
+    await waitFor(() => seen.length >= 2, 5000, "the good client");
+    assert.equal(seen[1], "connect:client:true", cert_reqs);
+    good.close();
+    if (cert_reqs === "CERT_OPTIONAL") {
+      const anon = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert } }).connect(["localhost", port]);
+      await anon.ready();
+      await waitFor(() => seen.length >= 3, 5000, "the client without a certificate");
+      assert.equal(seen[2], "connect:-:false");
+      anon.close();
+    }
+    server.close();
+  }
+});
+
+test("a TLS error after the handshake (a forged record) closes that connection through onReadError", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class S extends Stream {
+    override onRead(d: Buffer) {
+      events.push(`read:${d}`);
+    }
+    override onReadError(err: Error) {
+      events.push(`readError:${(err as Error & { code?: string }).code}`);
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  const server = new Server(S, { engine, sslOptions: serverOptions() });
+  const port = await listenLocal(server, t);
+  const raw = net.connect(port, "127.0.0.1");
+  raw.on("error", () => {});
+  const c = tls.connect({ socket: raw, rejectUnauthorized: false });
+  c.on("error", () => {});
+  await new Promise((r) => c.once("secureConnect", r));
+  c.write("hello");
+  await waitFor(() => events.length === 1, 3000, "the first record");
+  raw.write(Buffer.from("\x17\x03\x03\x00\x10garbagegarbage!!", "latin1")); // application data no key made
+  await waitFor(() => events.includes("close"), 3000, `the close (events: ${events.join(",")})`);
+  assert.equal(events[0], "read:hello");
+  assert.match(events[1]!, /^readError:ERR_SSL/);
+  assert.equal(server.channels.size, 0);
+  c.destroy();
 });
 
 test("setSslOptions rotates certificates without dropping open connections", { skip }, async (t) => {
