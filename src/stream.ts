@@ -1002,6 +1002,12 @@ export class Stream extends Channel {
       this.#wq?.shift();
       this.#startFlowing();
       this.#flush();
+      if (this.#state === S_CLOSING) {
+        // close(true) came during the upgrade; the handshake's deadline replaced its drain deadline.
+        if (!this.#hasPendingWrites()) this.#finishClose(true);
+        else if (this.#x?.deadlineKind !== "drain") this.#setDeadline("drain", DRAIN_TIMEOUT_MS);
+        return;
+      }
       this.#scheduleProcess();
       return;
     }

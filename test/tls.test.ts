@@ -545,6 +545,42 @@ test("STARTTLS: a ClientHello pipelined right behind the command is not read as 
   secure.destroy();
 });
 
+test("STARTTLS then close(true) at once: the handshake completes, then the stream closes (close_notify, FIN)", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  let closed = false;
+  class Quitter extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead() {
+      this.write("220 go ahead\n");
+      this.startSSL({ certfile: certs.server.cert, keyfile: certs.server.key });
+      this.close(true);
+    }
+    override onClose() {
+      closed = true;
+    }
+  }
+  const port = await listenLocal(new Server(Quitter, { engine }), t);
+  const raw = net.connect(port, "127.0.0.1");
+  raw.on("error", () => {});
+  await new Promise((r) => raw.once("connect", r));
+  raw.write("STARTTLS\n");
+  const plain = await new Promise<string>((r) => raw.once("data", (d: Buffer) => r(d.toString())));
+  assert.equal(plain, "220 go ahead\n");
+  const secure = tls.connect({ socket: raw, ca: certs.ca.certPem, servername: "localhost" });
+  secure.on("error", () => {});
+  let secured = false;
+  secure.once("secureConnect", () => (secured = true));
+  await waitFor(() => secured, 5000, "the handshake");
+  let ended = false;
+  secure.on("end", () => (ended = true));
+  secure.resume();
+  await waitFor(() => ended, 5000, "close_notify and FIN");
+  await waitFor(() => closed, 3000, "the server stream to close");
+  secure.destroy();
+});
+
 test("writeFile works over TLS", { skip }, async (t) => {
   const engine = freshEngine(t);
   const dir = tempDir(t);
