@@ -37,7 +37,7 @@ import type { Decoder, FrameOut, Framer, ReadDelimiter } from "./framing/delimit
 import { Struct } from "./framing/struct.js";
 import { NetStruct } from "./framing/netstruct.js";
 import type { NetStructHeld } from "./framing/netstruct.js";
-import { checkPantsFlags, compileServerTls, secureServerSide, wrapClientSocket, wrapServerSocket } from "./tls.js";
+import { checkPantsFlags, compileClientTls, compileServerTls, secureServerSide, wrapClientSocket, wrapServerSocket } from "./tls.js";
 import type { SslOptions } from "./tls.js";
 import { sendFile } from "./write-file.js";
 import { NativeSocket } from "./native-socket.js";
@@ -298,6 +298,7 @@ export class Stream extends Channel {
     const socket = options?.socket;
     if (options?.sslOptions !== undefined) {
       checkPantsFlags(options.sslOptions, undefined);
+      checkTls(options.sslOptions, options.sslOptions.server_side === true);
       this.#extras().sslOptions = options.sslOptions;
     }
     if (socket !== undefined) {
@@ -620,13 +621,13 @@ export class Stream extends Channel {
     if (this.sslEnabled) throw new ChannelStateError(`startSSL() called on SSL-enabled ${String(this)}.`);
     checkPantsFlags(sslOptions, undefined);
     if (this.#state === S_INIT || this.#state === S_CONNECTING) {
+      checkTls(sslOptions, sslOptions.server_side === true);
       this.#extras().sslOptions = sslOptions;
       return this;
     }
     // STARTTLS: queue the upgrade behind the data already written.
     const serverSide = sslOptions.server_side ?? (this.#flags & F_SERVER_SIDE) !== 0;
-    // Validate (and read files) now, so a bad option throws here, not later.
-    if (serverSide) compileServerTls(sslOptions);
+    checkTls(sslOptions, serverSide);
     this.#flags |= F_TLS_UPGRADING | F_STOP;
     (this.#wq ??= []).push({ tls: { ...sslOptions, server_side: serverSide } });
     // Not now: inside onRead the rest of the chunk (maybe the peer's
@@ -2229,6 +2230,12 @@ export class Stream extends Channel {
   protected _statsTargets(): [Stats, Stats | null] {
     return [this.engine.stats, this.server !== null ? this.server.stats : null];
   }
+}
+
+/** Compiles TLS options once to validate them (and read their files) when given, so a bad one throws there, naming the file. */
+function checkTls(options: SslOptions, serverSide: boolean): void {
+  if (serverSide) compileServerTls(options);
+  else compileClientTls(options);
 }
 
 /**

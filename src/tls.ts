@@ -184,6 +184,16 @@ export function compileServerTls(options: SslOptions): ServerTls {
     requestCert = false;
     rejectUnauthorized = false;
   }
+  checkAlpn(options.ALPNProtocols);
+  if (options.SNICallback !== undefined && typeof options.SNICallback !== "function") {
+    throw typeError(`SSL option 'SNICallback' must be a function, got ${describe(options.SNICallback)}.`, "ERR_INVALID_ARG_TYPE");
+  }
+  if (options.sni !== undefined) {
+    const sni: unknown = options.sni;
+    if (sni === null || typeof sni !== "object" || Array.isArray(sni) || Object.values(sni).some((e) => e === null || typeof e !== "object")) {
+      throw typeError(`SSL option 'sni' must map host names to certificate options, got ${describe(sni)}.`, "ERR_INVALID_ARG_TYPE");
+    }
+  }
   let SNICallback = options.SNICallback;
   if (options.sni !== undefined) {
     if (SNICallback !== undefined) throw typeError("Give either the sni map or an SNICallback, not both.", "ERR_INVALID_ARG_VALUE");
@@ -215,6 +225,7 @@ export function compileServerTls(options: SslOptions): ServerTls {
  */
 export function compileClientTls(options: SslOptions): ClientTls {
   checkPantsFlags(options, undefined);
+  checkAlpn(options.ALPNProtocols);
   const ctx = contextOptions(options, true);
   const out: ConnectionOptions = { ...(ctx as ConnectionOptions) };
   for (const key of ["servername", "checkServerIdentity", "session", "ALPNProtocols", "requestCert"] as const) {
@@ -223,6 +234,13 @@ export function compileClientTls(options: SslOptions): ClientTls {
   out.rejectUnauthorized = options.cert_reqs === "CERT_NONE" ? false : (options.rejectUnauthorized ?? true);
   out.secureContext = createContext("TLS client options", ctx);
   return { options: out };
+}
+
+/** ALPNProtocols: protocol names (strings or bytes), as Node takes them. */
+function checkAlpn(value: unknown): void {
+  if (value === undefined) return;
+  const ok = Array.isArray(value) ? value.every((p) => typeof p === "string" || p instanceof Uint8Array) : value instanceof Uint8Array;
+  if (!ok) throw typeError(`SSL option 'ALPNProtocols' must be an array of protocol names, got ${describe(value)}.`, "ERR_INVALID_ARG_TYPE");
 }
 
 /** The SNI name to send for `host` (none for IP literals, as RFC 6066 requires). */

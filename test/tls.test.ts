@@ -88,6 +88,14 @@ test("startSSL validates: server_side, do_handshake_on_connect, twice, closed, f
   const opts = serverOptions();
   new Server(Echo, { engine }).startSSL(opts);
   assert.deepEqual(opts, serverOptions(), "the caller's options are not mutated");
+  // Client side too, before connecting (startSSL or the constructor), naming the file.
+  const missing = (err: Error) => /\/no\/such\/ca\.pem/.test(err.message) && (err as NodeJS.ErrnoException).code === "ENOENT";
+  assert.throws(() => new Stream({ engine }).startSSL({ ca_certs: "/no/such/ca.pem" }), missing);
+  assert.throws(() => new Stream({ engine, sslOptions: { ca_certs: "/no/such/ca.pem" } }), missing);
+  // Wrong types throw TypeError at startSSL, not at every later connection.
+  for (const bad of [{ ALPNProtocols: "h2" }, { ALPNProtocols: 5 }, { SNICallback: 5 }, { sni: 5 }, { sni: { "x.test": null } }]) {
+    assert.throws(() => new Server(Echo, { engine }).startSSL({ ...serverOptions(), ...(bad as object) }), TypeError, JSON.stringify(bad));
+  }
 });
 
 const ipv6 = await hasIPv6();
@@ -571,11 +579,11 @@ test("STARTTLS then close(true) at once: the handshake completes, then the strea
   const secure = tls.connect({ socket: raw, ca: certs.ca.certPem, servername: "localhost" });
   secure.on("error", () => {});
   let secured = false;
-  secure.once("secureConnect", () => (secured = true));
-  await waitFor(() => secured, 5000, "the handshake");
   let ended = false;
+  secure.once("secureConnect", () => (secured = true));
   secure.on("end", () => (ended = true));
   secure.resume();
+  await waitFor(() => secured, 5000, "the handshake");
   await waitFor(() => ended, 5000, "close_notify and FIN");
   await waitFor(() => closed, 3000, "the server stream to close");
   secure.destroy();
