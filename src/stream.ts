@@ -229,6 +229,9 @@ function onSocketSecure(this: OwnedSocket): void {
 function onHandshakeEnd(this: OwnedSocket): void {
   this[kStream]?._onHandshakeEnd();
 }
+function peerLeftHandshake(stream: Stream): void {
+  stream._peerLeftHandshake();
+}
 function ignoreError(): void {}
 function lingerExpired(sock: Duplex): void {
   sock.destroy();
@@ -1022,6 +1025,14 @@ export class Stream extends Channel {
    */
   _onHandshakeEnd(): void {
     if (this.#state === S_CLOSED || this.#tls === null || (this.#flags & F_TLS_DONE) !== 0) return;
+    // A TLS error on its way (our own verification failed, say, and the
+    // socket under TLS closed first) says more: it gets a turn to arrive.
+    setImmediate(peerLeftHandshake, this);
+  }
+
+  /** @internal The peer left during the handshake and no TLS error said why. */
+  _peerLeftHandshake(): void {
+    if (this.#state === S_CLOSED || this.#tls === null || (this.#flags & F_TLS_DONE) !== 0) return;
     this._onSocketError(Object.assign(new Error("The peer closed the connection during the TLS handshake."), { code: "ECONNRESET" }));
   }
 
@@ -1707,7 +1718,7 @@ export class Stream extends Channel {
       return;
     }
     if (this.#tls !== null && (this.#flags & F_TLS_DONE) === 0) {
-      this._onSocketError(Object.assign(new Error("The peer closed the connection during the TLS handshake."), { code: "ECONNRESET" }));
+      setImmediate(peerLeftHandshake, this);
       return;
     }
     this.#finishClose(false);

@@ -589,6 +589,41 @@ test("STARTTLS then close(true) at once: the handshake completes, then the strea
   secure.destroy();
 });
 
+test("STARTTLS, client side: a server certificate that does not verify is reported as such, not as a reset", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  class Starttls extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      if (line.toString() !== "STARTTLS") return;
+      this.write("OK\n");
+      // A certificate for another host name.
+      this.startSSL({ certfile: certs.otherHost.cert, keyfile: certs.otherHost.key });
+    }
+  }
+  const port = await listenLocal(new Server(Starttls, { engine }), t);
+  const codes: string[] = [];
+  class Client extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+      this.write("STARTTLS\n");
+    }
+    override onRead() {
+      this.startSSL({ ca_certs: certs.ca.cert, servername: "localhost" });
+    }
+    override onSslHandshakeError(err: Error) {
+      codes.push(String((err as Error & { code?: string }).code));
+    }
+  }
+  const c = new Client({ engine }).connect(["127.0.0.1", port]);
+  await waitFor(() => c.closed, 5000, "the failed upgrade");
+  assert.equal(codes.length, 1);
+  assert.notEqual(codes[0], "ECONNRESET");
+  assert.match(codes[0]!, /ALTNAME|CERT|VERIFY/);
+});
+
 test("writeFile works over TLS", { skip }, async (t) => {
   const engine = freshEngine(t);
   const dir = tempDir(t);
