@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TestContext } from "node:test";
-import { Engine, Server, setLogger } from "../src/index.js";
+import { Engine, Server, Stream, setLogger } from "../src/index.js";
 import type { Address, Logger } from "../src/index.js";
 
 /** A raw client socket that collects everything it receives. */
@@ -144,6 +144,23 @@ function toConnect(address: Address | null, host?: string): net.NetConnectOpts {
   const [h, port] = address;
   const target = host ?? (h === "" || h === "0.0.0.0" ? "127.0.0.1" : h === "::" ? "::1" : h);
   return { host: target, port };
+}
+
+/**
+ * A connection class that writes `total` bytes in one write when it
+ * connects (nothing completes until the last byte leaves) and records each
+ * onTimeout, with what was still buffered, in `events`.
+ */
+export function oneLargeWrite(total: number, events: string[]): typeof Stream {
+  return class Download extends Stream {
+    override onConnect() {
+      this.write(Buffer.alloc(total, 7));
+    }
+    override onTimeout() {
+      events.push(`timeout:${this.bufferedAmount}`);
+      super.onTimeout();
+    }
+  };
 }
 
 /**

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { spawn } from "node:child_process";
 import { Server, Stream } from "../src/index.js";
-import { captureLogs, connect, freshEngine, listenLocal, sipReader, sleep, waitFor } from "./helpers.js";
+import { captureLogs, connect, freshEngine, listenLocal, oneLargeWrite, sipReader, sleep, waitFor } from "./helpers.js";
 
 class Echo extends Stream {
   override onConnect() {
@@ -55,17 +55,7 @@ test("idleTimeout: a large write the peer is still reading is activity, and the 
   const engine = freshEngine(t);
   const total = 24 * 1024 * 1024;
   const events: string[] = [];
-  class Download extends Stream {
-    override onConnect() {
-      // One write: nothing completes until the last byte leaves.
-      this.write(Buffer.alloc(total, 7));
-    }
-    override onTimeout() {
-      events.push(`timeout:${this.bufferedAmount}`);
-      super.onTimeout();
-    }
-  }
-  const port = await listenLocal(new Server(Download, { engine, idleTimeoutMs: 300 }), t);
+  const port = await listenLocal(new Server(oneLargeWrite(total, events), { engine, idleTimeoutMs: 300 }), t);
   // ~200 KB per 10 ms: about 1.2 s for the whole write, four idle timeouts.
   const got = await sipReader(net.connect(port, "127.0.0.1"), 200 * 1024, 15_000);
   assert.equal(got, total, `the reader got everything (events: ${events.join(",")})`);

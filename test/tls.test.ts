@@ -13,7 +13,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ChannelStateError, ConnectError, Server, Stream } from "../src/index.js";
 import type { SslOptions } from "../src/index.js";
-import { captureLogs, connect, connectTls, freshEngine, hasIPv6, listenLocal, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
+import { captureLogs, connect, connectTls, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import type { Certs } from "./certs.js";
 
@@ -243,16 +243,7 @@ test("idleTimeout over TLS: a large write the peer is still reading is activity"
   const engine = freshEngine(t);
   const total = 24 * 1024 * 1024;
   const events: string[] = [];
-  class Download extends Stream {
-    override onConnect() {
-      this.write(Buffer.alloc(total, 7));
-    }
-    override onTimeout() {
-      events.push(`timeout:${this.bufferedAmount}`);
-      super.onTimeout();
-    }
-  }
-  const port = await listenLocal(new Server(Download, { engine, sslOptions: serverOptions(), idleTimeoutMs: 300 }), t);
+  const port = await listenLocal(new Server(oneLargeWrite(total, events), { engine, sslOptions: serverOptions(), idleTimeoutMs: 300 }), t);
   const c = tls.connect({ port, host: "127.0.0.1", rejectUnauthorized: false });
   const got = await sipReader(c as net.Socket, 200 * 1024, 15_000);
   assert.equal(got, total, `the reader got everything (events: ${events.join(",")})`);
