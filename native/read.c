@@ -785,7 +785,6 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
 
 /* ---- methods ------------------------------------------------------------- */
 
-/* readStart(): idempotent; a no-op once closed or after EOF. */
 /*
  * bytesRead(): every byte read from this connection so far, including the
  * part of a frame the addon keeps in P without calling JS (a large frame
@@ -800,6 +799,7 @@ napi_value pn_conn_bytes_read(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* readStart(): idempotent; a no-op once closed or after EOF. */
 napi_value pn_conn_read_start(napi_env env, napi_callback_info info) {
   bool ok;
   pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);

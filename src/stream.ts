@@ -387,13 +387,8 @@ export class Stream extends Channel {
   }
   set readDelimiter(value: ReadDelimiter) {
     this.#framer = compileDelimiter(value);
-    this.#flags |= F_STOP;
-    const rb = this.#rb;
-    if (rb !== null) {
-      rb.mark = 0;
-      rb.discarding = false;
-      if ((this.#flags & F_IN_DISPATCH) === 0) this.#scheduleProcess();
-    }
+    if (this.#rb !== null) this.#rb.discarding = false;
+    this.#framingChanged();
     // Inside a dispatch the batch in hand is reframed first (see _onNativeFrames).
     if ((this.#flags & (F_NATIVE | F_IN_DISPATCH)) === F_NATIVE && this.#state === S_OPEN) this.#syncNativeFraming();
   }
@@ -409,7 +404,11 @@ export class Stream extends Channel {
     if (value === this.regexSearch) return;
     if (value) this.#flags &= ~F_REGEX_ANCHORED;
     else this.#flags |= F_REGEX_ANCHORED;
-    // As for a new delimiter: a scan in progress stops; the rest is framed the new way.
+    this.#framingChanged();
+  }
+
+  /** The framing changed: a scan in progress stops, and what is buffered is framed the new way. */
+  #framingChanged(): void {
     this.#flags |= F_STOP;
     const rb = this.#rb;
     if (rb !== null) {
@@ -1024,15 +1023,19 @@ export class Stream extends Channel {
    * hung up mid-handshake: fail it now rather than at the handshake timeout.
    */
   _onHandshakeEnd(): void {
-    if (this.#state === S_CLOSED || this.#tls === null || (this.#flags & F_TLS_DONE) !== 0) return;
     // A TLS error on its way (our own verification failed, say, and the
     // socket under TLS closed first) says more: it gets a turn to arrive.
     setImmediate(peerLeftHandshake, this);
   }
 
+  /** A TLS handshake (first or STARTTLS) is under way. */
+  get #handshaking(): boolean {
+    return this.#tls !== null && (this.#flags & F_TLS_DONE) === 0;
+  }
+
   /** @internal The peer left during the handshake and no TLS error said why. */
   _peerLeftHandshake(): void {
-    if (this.#state === S_CLOSED || this.#tls === null || (this.#flags & F_TLS_DONE) !== 0) return;
+    if (this.#state === S_CLOSED || !this.#handshaking) return;
     this._onSocketError(Object.assign(new Error("The peer closed the connection during the TLS handshake."), { code: "ECONNRESET" }));
   }
 
@@ -1679,7 +1682,7 @@ export class Stream extends Channel {
       this.#finishClose(false);
       return;
     }
-    if (this.#tls !== null && (this.#flags & F_TLS_DONE) === 0) {
+    if (this.#handshaking) {
       this.#handshakeFailed(err);
       return;
     }
@@ -1717,7 +1720,7 @@ export class Stream extends Channel {
       this._onSocketError(Object.assign(new Error("The connection closed before it was established."), { code: "ECONNRESET" }));
       return;
     }
-    if (this.#tls !== null && (this.#flags & F_TLS_DONE) === 0) {
+    if (this.#handshaking) {
       setImmediate(peerLeftHandshake, this);
       return;
     }
@@ -1825,7 +1828,7 @@ export class Stream extends Channel {
     const sock = this.#sock;
     const state = this.#state;
     if (sock === null || state === S_CLOSED || state === S_CONNECTING || (this.#flags & F_FILE_ACTIVE) !== 0) return;
-    if (this.#tls !== null && (this.#flags & F_TLS_DONE) === 0) return; // the handshake first; writes wait
+    if (this.#handshaking) return; // the handshake first; writes wait
     // #dropRun drops the array once it is drained (and a write made from a
     // callback below starts a new one): read #wq again on every round.
     for (let wq = this.#wq; wq !== null && wq.length > 0; wq = this.#wq) {
@@ -2098,7 +2101,7 @@ export class Stream extends Channel {
     // close(false) drops what the OS has not taken yet. When it has taken
     // everything, the FIN and the linger below still apply: a reset would
     // destroy what the peer has not read of it (an error reply, say).
-    if (!graceful && (!asked || sock.writableLength > 0 || (this.#tls !== null && (this.#flags & F_TLS_DONE) === 0))) {
+    if (!graceful && (!asked || sock.writableLength > 0 || this.#handshaking)) {
       sock.destroy();
       sock[kStream] = undefined;
       return;
