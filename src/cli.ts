@@ -9,6 +9,7 @@ import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { readFileSync } from "node:fs";
 import cluster from "node:cluster";
+import type { Address as ClusterAddress } from "node:cluster";
 import { Server, liveServers } from "./server.js";
 import { Engine } from "./engine.js";
 import { Stream } from "./stream.js";
@@ -217,18 +218,30 @@ export function statsLine(stats: Stats | ClusterStats): string {
   return `pants-ts stats: ${parts.join(" ")}`;
 }
 
-function connectHint(address: Address | null): string {
-  if (typeof address === "string") return address.startsWith("\0") ? "" : ` (connect: nc -U ${address})`;
+/** How to talk to a server from a shell: nc for plain TCP, openssl s_client for TLS. */
+function connectHint(address: Address | null, tls: boolean): string {
+  if (typeof address === "string") {
+    if (address.startsWith("\0")) return "";
+    return tls ? ` (connect: openssl s_client -unix ${address})` : ` (connect: nc -U ${address})`;
+  }
   if (!Array.isArray(address)) return "";
   const [host, port] = address;
-  const target = host === "" || host === "0.0.0.0" || host === "::" ? "localhost" : host.includes(":") ? host : host;
-  return ` (connect: nc ${target} ${port})`;
+  const target = host === "" || host === "0.0.0.0" || host === "::" ? "localhost" : host;
+  if (!tls) return ` (connect: nc ${target} ${port})`;
+  return ` (connect: openssl s_client -connect ${target.includes(":") ? `[${target}]` : target}:${port})`;
 }
 
 function banner(servers: Server[], name: string): string {
   return servers
-    .map((s) => `pants-ts: serving ${name} on ${s.localAddresses.map(formatAddress).join(" and ")}${connectHint(s.localAddress)}`)
+    .map((s) => `pants-ts: serving ${name} on ${s.localAddresses.map(formatAddress).join(" and ")}${connectHint(s.localAddress, s.sslEnabled)}`)
     .join("\n");
+}
+
+/** The address a cluster worker's server listens on, as the primary hears of it. */
+function fromClusterAddress(info: ClusterAddress): Address | null {
+  if (info.addressType === -1) return info.address; // a UNIX socket: the path
+  if (info.addressType !== 4 && info.addressType !== 6) return null; // UDP: not ours
+  return [info.address ?? "", info.port];
 }
 
 async function serve(args: ServeArgs): Promise<number> {
@@ -237,7 +250,14 @@ async function serve(args: ServeArgs): Promise<number> {
     // and a SIGTERM while starting (runCluster drains) prints no banner.
     let current: ClusterHandle | null = null;
     let signalled = false;
+    // The addresses the workers really listen on (a requested port 0 is
+    // one port the OS picked, shared by every worker), in the order heard.
+    const bound = new Map<string, Address>();
     if (cluster.isPrimary) {
+      cluster.on("listening", (_worker, info) => {
+        const address = fromClusterAddress(info);
+        if (address !== null) bound.set(formatAddress(address), address);
+      });
       process.on("SIGUSR2", () => process.stdout.write((current === null ? "pants-ts: workers starting" : statsLine(current.stats())) + "\n"));
       for (const signal of ["SIGTERM", "SIGINT"] as const) process.on(signal, () => (signalled = true));
     }
@@ -245,7 +265,9 @@ async function serve(args: ServeArgs): Promise<number> {
     if (!handle.isPrimary) return -1; // a worker serves until the primary says otherwise
     current = handle;
     if (!args.quiet && !signalled) {
-      const where = args.listen.map((a) => formatAddress(a) + connectHint(a)).join(", ");
+      const tls = args.tlsCert !== undefined;
+      const addresses = bound.size > 0 ? [...bound.values()] : args.listen;
+      const where = addresses.map((a) => formatAddress(a) + connectHint(a, tls)).join(", ");
       process.stdout.write(`pants-ts: ${args.workers} workers serving ${args.module} on ${where}\n`);
     }
     await handle.closed;

@@ -129,6 +129,7 @@ test("--tls-cert/--tls-key serve TLS", { skip: !hasOpenssl() && "no openssl", ti
   t.after(() => certs.cleanup());
   const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--tls-cert", certs.server.cert, "--tls-key", certs.server.key]);
   t.after(() => s.child.kill("SIGKILL"));
+  assert.match(s.out(), /\(connect: openssl s_client -connect 127\.0\.0\.1:\d+\)/);
   const c = await connectTls(["127.0.0.1", portFrom(s.addresses[0]!)], { ca: certs.ca.certPem, servername: "localhost" });
   c.write("secure\n");
   assert.equal(await c.readText(7), "secure\n");
@@ -138,14 +139,12 @@ test("--tls-cert/--tls-key serve TLS", { skip: !hasOpenssl() && "no openssl", ti
 });
 
 test("--workers 2 serves from two processes and exits 0 on SIGTERM", { timeout: 40_000 }, async (t) => {
-  const net = await import("node:net");
-  const probe = net.createServer();
-  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", r));
-  const port = (probe.address() as { port: number }).port;
-  await new Promise<void>((r) => probe.close(() => r()));
-  const s = await serve([fixture("cli-echo.ts"), "--listen", `127.0.0.1:${port}`, "--workers", "2"]);
+  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2"]);
   t.after(() => s.child.kill("SIGKILL"));
-  assert.match(s.out(), /2 workers serving/);
+  // The banner names the port the OS picked for port 0 (one, shared by both workers).
+  assert.match(s.out(), /2 workers serving .* on 127\.0\.0\.1:\d+ \(connect: nc 127\.0\.0\.1 \d+\)/);
+  const port = portFrom(s.addresses[0]!);
+  assert.ok(port > 0, `the banner's port: ${s.out()}`);
   const pids = new Set<string>();
   for (let i = 0; i < 40 && pids.size < 2; i++) {
     const c = await connect(port);
@@ -162,19 +161,14 @@ test("--workers 2 serves from two processes and exits 0 on SIGTERM", { timeout: 
 });
 
 test("SIGTERM drains and exits 0 even while the module awaits Engine.instance().start() at its top level", { timeout: 30_000 }, async (t) => {
-  const net = await import("node:net");
-  const probe = net.createServer();
-  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", r));
-  const port = (probe.address() as { port: number }).port;
-  await new Promise<void>((r) => probe.close(() => r()));
-  const child = spawn(process.execPath, [bin, "serve", fixture("cli-awaits-engine.ts")], { cwd: root, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, PORT: String(port) } });
+  const child = spawn(process.execPath, [bin, "serve", fixture("cli-awaits-engine.ts")], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
   t.after(() => child.kill("SIGKILL"));
   let out = "";
   child.stdout!.on("data", (d) => (out += d));
   child.stderr!.on("data", (d) => (out += d));
   const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
-  await waitFor(() => out.includes("module listening"), 20000, `the module; output: ${out}`);
-  const c = await connect(port);
+  await waitFor(() => /module listening on \d+\n/.test(out), 20000, `the module; output: ${out}`);
+  const c = await connect(Number(/module listening on (\d+)/.exec(out)![1]));
   c.write("hi\n");
   await c.until(() => c.received.includes(0x0a), 5000, "an echo");
   c.destroy();
