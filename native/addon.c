@@ -324,7 +324,17 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   if (napi_get_instance_data(env, (void **)&e) != napi_ok) e = NULL;
   if (e == NULL && (e = env_create(env)) == NULL) return NULL;
 
+  /* The largest delimiter and frame size the addon cuts itself: the JS side
+   * frames anything beyond them over raw native reads. */
+  napi_value max_delimiter, max_frame_size;
+  if (napi_create_double(env, (double)PN_MAX_DELIMITER, &max_delimiter) != napi_ok ||
+      napi_create_double(env, (double)PN_MAX_LIMIT, &max_frame_size) != napi_ok) {
+    pn_throw_napi(env, "napi_create_double");
+    return NULL;
+  }
   napi_property_descriptor props[] = {
+      {"maxDelimiter", NULL, NULL, NULL, NULL, max_delimiter, napi_enumerable, NULL},
+      {"maxFrameSize", NULL, NULL, NULL, NULL, max_frame_size, napi_enumerable, NULL},
       {"init", NULL, js_init, NULL, NULL, NULL, napi_enumerable, e},
       {"listenTcp", NULL, pn_listen_tcp, NULL, NULL, NULL, napi_enumerable, e},
       {"listenPipe", NULL, pn_listen_pipe, NULL, NULL, NULL, napi_enumerable, e},

@@ -231,6 +231,8 @@ interface RawNativeCallbacks {
 
 /** The addon's exports, as loaded. */
 interface RawNativeAddon {
+  readonly maxDelimiter: number;
+  readonly maxFrameSize: number;
   init(callbacks: RawNativeCallbacks): void;
   listenTcp(host: string, port: number, backlog: number, ipv6Only: boolean): NativeServer;
   listenPipe(path: string, backlog: number): NativeServer;
@@ -342,6 +344,8 @@ function adapt(raw: RawNativeAddon): NativeAddon {
   }
 
   return {
+    maxDelimiter: raw.maxDelimiter,
+    maxFrameSize: raw.maxFrameSize,
     init(callbacks: NativeCallbacks): void {
       const { onRead, onEnd, onError, onWritten, onConnect, onClose, onShutdown, onUncaught } = callbacks;
       raw.init({
@@ -409,6 +413,10 @@ function adapt(raw: RawNativeAddon): NativeAddon {
 
 /** The addon's exports. */
 export interface NativeAddon {
+  /** The longest bytes delimiter `setFraming(1, ...)` takes (64 KiB). */
+  readonly maxDelimiter: number;
+  /** The largest frame size and limit `setFraming` takes (1 GiB). */
+  readonly maxFrameSize: number;
   /** Registers the callbacks (call again to replace them). Required before anything else. */
   init(callbacks: NativeCallbacks): void;
   /**

@@ -52,11 +52,16 @@ const JOIN_SCRATCH_SIZE = 64 * 1024;
 /** That buffer (the addon copies what it queues of it: it is free again once a write returns). */
 let joinScratch: Buffer | null = null;
 
+/** What the addon frames itself (0 until it is loaded); larger delimiters and sizes are framed in JS. */
+export const nativeLimits = { maxDelimiter: 0, maxFrameSize: 0 };
+
 /** The addon, initialised once, or null when it is not built (or `PANTS_TS_TRANSPORT=js`). */
 export function nativeAddon(): NativeAddon | null {
   if (addon !== undefined) return addon;
   addon = loadNative();
   if (addon !== null) {
+    nativeLimits.maxDelimiter = addon.maxDelimiter;
+    nativeLimits.maxFrameSize = addon.maxFrameSize;
     addon.init({
       onConnection(server, conn) {
         const listener = (server as OwnedServer)[kSocket];

@@ -40,7 +40,7 @@ import type { NetStructHeld } from "./framing/netstruct.js";
 import { checkPantsFlags, compileClientTls, compileServerTls, secureServerSide, wrapClientSocket, wrapServerSocket } from "./tls.js";
 import type { SslOptions } from "./tls.js";
 import { sendFile } from "./write-file.js";
-import { NativeSocket } from "./native-socket.js";
+import { NativeSocket, nativeLimits } from "./native-socket.js";
 import { useNative } from "./transport.js";
 import type { FileJob, FileSink } from "./write-file.js";
 import type { Server } from "./server.js";
@@ -192,10 +192,6 @@ class Extras {
   /** onRead calls whose promises have not settled yet. */
   pendingReads = 0;
 }
-
-/** What the addon cuts itself (native/common.h); larger delimiters and sizes are framed here. */
-const NATIVE_MAX_DELIMITER = 64 * 1024;
-const NATIVE_MAX_SIZE = 2 ** 30;
 
 /** One FrameOut for every stream: read and cleared before any handler runs. */
 const frameOut: FrameOut = { value: undefined, args: null, error: null };
@@ -1082,10 +1078,10 @@ export class Stream extends Channel {
       this.#encoding === null &&
       (rb === null || (rb.length === 0 && !rb.discarding)) &&
       (this.#flags & (F_TLS_UPGRADING | F_JS_FRAMING)) === 0;
-    if (free && framer.needle !== null && framer.needle.length <= NATIVE_MAX_DELIMITER) {
+    if (free && framer.needle !== null && framer.needle.length <= nativeLimits.maxDelimiter) {
       sock.setFraming(1, framer.needle, this.#bufferSize);
       this.#flags |= F_NATIVE_FRAMING;
-    } else if (free && typeof framer.source === "number" && framer.source <= NATIVE_MAX_SIZE) {
+    } else if (free && typeof framer.source === "number" && framer.source <= nativeLimits.maxFrameSize) {
       sock.setFraming(2, framer.source, Math.max(this.#bufferSize, framer.source));
       this.#flags |= F_NATIVE_FRAMING;
     } else if ((this.#flags & F_NATIVE_FRAMING) !== 0) {

@@ -392,6 +392,25 @@ describe("native addon", { skip }, () => {
     c.socket.destroy();
   });
 
+  test("maxDelimiter / maxFrameSize are the limits setFraming takes (the JS side frames beyond them)", async () => {
+    const { maxDelimiter, maxFrameSize } = addon();
+    assert.equal(maxDelimiter, 64 * 1024);
+    assert.equal(maxFrameSize, 2 ** 30);
+    let accepted!: NativeConn;
+    const { port } = listen((c) => {
+      accepted = c;
+      on(c, {});
+    });
+    const client = await Client.tcp(port);
+    await until(() => accepted !== undefined, "accepted");
+    accepted.setFraming(1, Buffer.alloc(maxDelimiter, 0x2d), 1024);
+    assert.throws(() => accepted.setFraming(1, Buffer.alloc(maxDelimiter + 1, 0x2d), 1024), RangeError);
+    accepted.setFraming(2, maxFrameSize, maxFrameSize);
+    assert.throws(() => accepted.setFraming(2, maxFrameSize + 1, Infinity), RangeError);
+    client.socket.destroy();
+    accepted.close();
+  });
+
   test("delimiters longer than the 8 bytes kept inline (MIME boundaries), straddling reads, switched to and from short ones", async () => {
     const long = "\r\n--boundary42--\r\n"; // 18 bytes: held in a heap copy, not inline
     const frames: string[] = [];
