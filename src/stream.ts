@@ -2180,12 +2180,7 @@ export class Stream extends Channel {
     if (kind === null && x.idleTimeout <= 0) return;
     const sock = x.raw ?? this.#sock;
     if (sock !== null && outgoingMoved(x, sock, active)) active = true;
-    if (!active && (this.#flags & F_NATIVE_FRAMING) !== 0) {
-      // The addon keeps a partial frame without calling JS: a large frame arriving slowly reads as silence here.
-      const read = (this.#sock as unknown as NativeSocket).bytesRead;
-      if (read > x.read) active = true;
-      x.read = read;
-    }
+    if (!active && (this.#flags & F_NATIVE_FRAMING) !== 0 && incomingHeld(x, this.#sock as unknown as NativeSocket)) active = true;
     if (kind === "drain") {
       // A draining close that makes progress is given more time.
       if (active) x.deadline = now + DRAIN_TIMEOUT_MS;
@@ -2269,6 +2264,19 @@ function outgoingMoved(x: Extras, sock: Duplex | NativeSocket, active: boolean):
   if (delivered < 0) moved = x.delivered >= 0; // the rest arrived since
   else moved = x.delivered >= 0 && delivered > x.delivered;
   x.delivered = delivered;
+  return moved;
+}
+
+/**
+ * Whether the addon read bytes since the last sweep that no handler saw yet:
+ * native framing keeps a partial frame in C without calling JS, so a large
+ * frame arriving slowly reads as silence otherwise. Asked only on a tick
+ * without other activity.
+ */
+function incomingHeld(x: Extras, sock: NativeSocket): boolean {
+  const read = sock.bytesRead;
+  const moved = read > x.read;
+  x.read = read;
   return moved;
 }
 
