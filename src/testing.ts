@@ -9,7 +9,7 @@ import { Engine } from "./engine.js";
 import { Stream } from "./stream.js";
 import type { StreamOptions } from "./stream.js";
 import type { Server } from "./server.js";
-import { typeError } from "./errors.js";
+import { describe, rangeError, typeError } from "./errors.js";
 
 const kPeer: unique symbol = Symbol("pants-ts.memoryPeer");
 
@@ -182,6 +182,11 @@ export function memoryPeer<S extends Stream>(
       await ready;
       const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       const sizes = sendOptions?.chunkSize;
+      // Checked before anything is sent: a bad size never leaves half a message written.
+      for (const size of sizes === undefined ? [] : typeof sizes === "number" ? [sizes] : sizes) {
+        if (typeof size !== "number") throw typeError(`chunkSize must be a positive integer or an array of them, got ${describe(size)}.`);
+        if (!Number.isInteger(size) || size <= 0) throw rangeError(`chunkSize must be positive integers, got ${String(size)}.`);
+      }
       let offset = 0;
       let i = 0;
       while (offset < bytes.length) {
@@ -189,7 +194,6 @@ export function memoryPeer<S extends Stream>(
         if (sizes === undefined) size = bytes.length;
         else if (typeof sizes === "number") size = sizes;
         else size = sizes.length > 0 ? sizes[i++ % sizes.length]! : bytes.length;
-        if (!Number.isInteger(size) || size <= 0) throw typeError(`chunkSize must be positive integers, got ${String(size)}.`);
         if (remote.destroyed || remote.writableEnded) break;
         remote.write(bytes.subarray(offset, offset + size));
         offset += size;

@@ -34,6 +34,17 @@ test("the example from the docs: send in chunks, read, half-close, closed", asyn
   assert.equal(peer.ended, true, "the stream answered the half-close with its FIN");
 });
 
+test("a bad chunkSize is refused before anything is sent", async () => {
+  const peer = memoryPeer(Echo);
+  await assert.rejects(peer.send("a\nb\n", { chunkSize: 0 }), { name: "RangeError", code: "ERR_OUT_OF_RANGE" });
+  await assert.rejects(peer.send("a\nb\n", { chunkSize: 1.5 }), { name: "RangeError" });
+  await assert.rejects(peer.send("a\nb\n", { chunkSize: [2, -1] }), { name: "RangeError" });
+  await assert.rejects(peer.send("a\nb\n", { chunkSize: ["2"] as unknown as number[] }), { name: "TypeError" });
+  assert.equal((await peer.read()).length, 0, "nothing of the refused sends reached the stream");
+  peer.end();
+  await peer.closed;
+});
+
 test("reset: the stream sees ECONNRESET and closes", async () => {
   let error: NodeJS.ErrnoException | null = null;
   class C extends Echo {
