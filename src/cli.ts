@@ -47,7 +47,8 @@ Options:
 
 Signals: SIGTERM/SIGINT drain every connection (onShutdown) and exit 0;
 SIGUSR2 prints a stats line; with --workers, SIGHUP replaces the workers one
-at a time without refusing a connection.`;
+at a time without refusing a connection (in one process, SIGHUP drains and
+exits as SIGTERM does).`;
 
 /** A command-line mistake: one line on stderr, exit code 2. */
 class UsageError extends Error {}
@@ -293,6 +294,9 @@ async function serve(args: ServeArgs): Promise<number> {
     };
     process.on("SIGTERM", () => stop("SIGTERM"));
     process.on("SIGINT", () => stop("SIGINT"));
+    // One process has nothing to replace: a hangup (a closed terminal) drains
+    // as SIGTERM does, rather than killing connections mid-write.
+    process.on("SIGHUP", () => stop("SIGHUP"));
   });
   process.on("SIGUSR2", () => process.stdout.write(statsLine(processStats()) + "\n"));
   let servers: Server[] = [];

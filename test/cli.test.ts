@@ -96,6 +96,18 @@ test("serve on TCP and a UNIX socket; SIGUSR2 prints stats; SIGTERM drains and e
   assert.equal(await s.exited, 0);
 });
 
+test("without --workers, SIGHUP drains as SIGTERM does and exits 0", { timeout: 30_000 }, async (t) => {
+  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0"]);
+  t.after(() => s.child.kill("SIGKILL"));
+  const c = await connect(portFrom(s.addresses[0]!));
+  c.write("hi\n");
+  assert.equal(await c.readText(3), "hi\n");
+  s.child.kill("SIGHUP");
+  assert.equal((await c.readToEnd()).toString(), "bye\n", "onShutdown ran: the connection was drained, not cut");
+  assert.equal(await s.exited, 0);
+  assert.match(s.out(), /SIGHUP: draining connections/);
+});
+
 test("serve a module whose default export is a configured Server", { timeout: 30_000 }, async (t) => {
   const s = await serve([fixture("cli-server.ts"), "--listen", "127.0.0.1:0"]);
   t.after(() => s.child.kill("SIGKILL"));
