@@ -312,6 +312,14 @@ typedef struct pn_conn {
   bool need_deliver; /* P may hold frames that were not delivered yet */
   bool lend_reads;   /* reads are lent to JS (lendReads), not given */
   uint64_t bytes_read; /* every byte read, framed into P or not (bytesRead) */
+  /* TCP: the peer's address, kept from accept or connect (sa_family 0 until
+   * known): getpeername() fails once a reset has closed the socket, and a
+   * handler reading remoteAddress in onClose must still get it. */
+  union {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+  } peer;
 
   /* Connect and shutdown requests are malloc'd when made and freed by their
    * callbacks (an idle connection does not carry them). */

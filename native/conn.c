@@ -264,6 +264,7 @@ napi_value pn_connect_tcp(napi_env env, napi_callback_info info) {
   }
   napi_value obj = new_client(env, e, false, &c);
   if (obj == NULL) return NULL;
+  memcpy(&c->peer, &ss, ss.ss_family == AF_INET6 ? sizeof(c->peer.in6) : sizeof(c->peer.in4));
   uv_connect_t *req = new_connect_req(c);
   err = req == NULL ? UV_ENOMEM
                     : uv_tcp_connect(req, &c->h.tcp, (const struct sockaddr *)&ss, connect_cb);
@@ -363,6 +364,10 @@ static napi_value conn_address_impl(napi_env env, napi_callback_info info, bool 
   struct sockaddr_storage ss;
   int len = sizeof(ss);
   memset(&ss, 0, sizeof(ss));
+  if (peer && c->peer.sa.sa_family != 0) { /* kept from accept or connect */
+    memcpy(&ss, &c->peer, sizeof(c->peer));
+    return pn_sockaddr_object(env, &ss);
+  }
   int err = peer ? uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len)
                  : uv_tcp_getsockname(&c->h.tcp, (struct sockaddr *)&ss, &len);
   if (err != 0) goto none;

@@ -75,7 +75,13 @@ static void deliver_connection(pn_server *s, pn_conn *c) {
   napi_handle_scope scope;
   napi_value argv[2];
 
-  if (!s->base.is_pipe) uv_tcp_nodelay(&c->h.tcp, 1);
+  if (!s->base.is_pipe) {
+    uv_tcp_nodelay(&c->h.tcp, 1);
+    if (c->peer.sa.sa_family == 0) { /* accepted by libuv, which does not keep the address */
+      int len = sizeof(c->peer);
+      if (uv_tcp_getpeername(&c->h.tcp, &c->peer.sa, &len) != 0) c->peer.sa.sa_family = 0;
+    }
+  }
   if (napi_open_handle_scope(e->env, &scope) != napi_ok) {
     pn_conn_close(c);
     return;
@@ -110,7 +116,12 @@ static void accept_batch(pn_server *s) {
   if (uv_fileno(&s->h.handle, &lfd) != 0) return;
   for (int i = 0; i < PN_ACCEPT_BATCH; i++) {
     if (s->base.closing || e->tearing_down) return; /* JS may close the server from onConnection */
-    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    /* The peer's address comes with the accept, at no extra cost. */
+    struct sockaddr_in6 peer;
+    socklen_t peer_len = sizeof(peer);
+    memset(&peer, 0, sizeof(peer));
+    int fd = s->base.is_pipe ? accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+                             : accept4(lfd, (struct sockaddr *)&peer, &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR) continue;
       return;
@@ -122,6 +133,7 @@ static void accept_batch(pn_server *s) {
       accept_error(s, err);
       return;
     }
+    if (!s->base.is_pipe && peer_len <= sizeof(c->peer)) memcpy(&c->peer, &peer, peer_len);
     err = s->base.is_pipe ? uv_pipe_open(&c->h.pipe, fd) : uv_tcp_open(&c->h.tcp, fd);
     if (err != 0) { /* the handle did not take the fd */
       close(fd);

@@ -68,8 +68,10 @@ export class ConnectError extends PantsError {
   constructor(message: string, options?: { cause?: unknown }) {
     super(ErrorCode.CONNECT, message, options);
     const cause = options?.cause as NodeJS.ErrnoException | undefined;
-    this.errno = cause?.code ?? cause?.errno;
-    this.syscall = cause?.syscall;
+    // A connect that outlived idleTimeout reads as the kernel's own connect timeout.
+    const timedOut = cause instanceof TimeoutError;
+    this.errno = timedOut ? "ETIMEDOUT" : (cause?.code ?? cause?.errno);
+    this.syscall = timedOut ? "connect" : cause?.syscall;
   }
 }
 

@@ -228,7 +228,7 @@ export class Server extends Channel {
 
   /** The address listened on (with the real port when 0 was asked for), else `null`. */
   get localAddress(): Address | null {
-    if (this.#unixPath !== null) return this.#unixPath;
+    if (this.#unixPath !== null) return this.#state === ST_LISTENING ? this.#unixPath : null;
     const native = this.#nativeListeners[0];
     if (native !== undefined) return this.#state === ST_LISTENING ? copyAddress(fromAddressInfo(native.address())) : null;
     const main = this.#netServers[0];
@@ -239,6 +239,11 @@ export class Server extends Channel {
   /** The transport this server's connections use (decided when it listens). */
   get transport(): Transport {
     return this.#native ? "native" : "js";
+  }
+
+  /** @internal The UNIX socket path listened on, kept after close for the connections still open. */
+  get _unixPath(): string | null {
+    return this.#unixPath;
   }
 
   /** The TCP port listened on (the real one when 0 was asked for), else `null` (UNIX sockets, not listening). */
@@ -292,7 +297,7 @@ export class Server extends Channel {
   /**
    * Binds and listens. Validation is synchronous; binding is not: `onListen`
    * follows, or `onError` (the server is closed) and `ready()` rejects.
-   * @param backlog The accept queue length (default 1024).
+   * @param backlog The accept queue length (default 1024; the kernel caps it at `net.core.somaxconn`).
    * @param slave With `["", port]` (or a bare port), also serve IPv6 on the same port (default true).
    * @throws ChannelStateError if closed or already listening.
    * @throws InvalidAddressFormatError for an address of no known shape.
@@ -307,6 +312,8 @@ export class Server extends Channel {
       throw rangeError(`The backlog must be a positive integer, got ${describe(backlog)}.`);
     }
     if (typeof slave !== "boolean") throw typeError(`slave must be a boolean, got ${describe(slave)}.`);
+    // listen(2) takes an int; the kernel caps it at net.core.somaxconn anyway.
+    backlog = Math.min(backlog, 2 ** 31 - 1);
     this.#native = !this.#proxyProtocol && this.#tls === null && useNative(this.#transport);
     this.#state = ST_BINDING;
     this.engine._channels.add(this);
@@ -571,7 +578,10 @@ export class Server extends Channel {
         probe.destroy();
         resolve(true);
       });
-      probe.once("error", () => resolve(false));
+      // Only a refusal means nobody listens: EAGAIN is a live server with a
+      // full accept queue, EACCES one this user may not connect to. Their
+      // socket stays, and listen fails with EADDRINUSE, as node:net's does.
+      probe.once("error", (err: NodeJS.ErrnoException) => resolve(err.code !== "ECONNREFUSED"));
     });
     if (!alive) {
       log.current.debug(`Removing stale UNIX socket ${path}.`);

@@ -493,7 +493,10 @@ export class Stream extends Channel {
   /**
    * No bytes either way for this many ms (none read, none of what was written
    * leaving, a large write still draining counts) calls `onTimeout()` (0 =
-   * off; default from the server).
+   * off; default from the server). Set before `connect()`, it bounds the
+   * connect too: a connect still under way that long fails with
+   * `onConnectError` (a {@link ConnectError}, errno `ETIMEDOUT`, caused by a
+   * {@link TimeoutError} of kind `"connect"`).
    */
   get idleTimeout(): number {
     return this.#x?.idleTimeout ?? 0;
@@ -571,6 +574,7 @@ export class Stream extends Channel {
     owned.once("connect", onSocketConnect);
     this.engine._channels.add(this);
     this.engine.stats.open++;
+    this.#updateTimed(); // an idleTimeout set before connect() bounds the connect
     return this;
   }
 
@@ -859,6 +863,8 @@ export class Stream extends Channel {
       this.#flags |= F_NATIVE;
       sock.setOwner(this);
       if ((this.#flags & F_LEND) !== 0) sock.setLendReads(true);
+    } else {
+      keepAddresses((raw ?? sock) as net.Socket);
     }
     sock.on("error", onSocketError);
     sock.on("close", onSocketClose);
@@ -907,19 +913,24 @@ export class Stream extends Channel {
     if (raw.destroyed && (this.#flags & F_EVER_CONNECTED) === 0) return x;
     this.#flags |= F_ADDRESSES;
     x.remote = fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily);
-    const local = raw.address();
-    x.local = typeof local === "object" && local !== null && "port" in local ? fromNodeAddress(local.address, local.port, local.family) : null;
+    const read = raw.address() as Partial<net.AddressInfo>;
+    const local = "port" in read ? read : (raw as KeptSocket)[kLocalAddress];
+    x.local = local?.port !== undefined ? fromNodeAddress(local.address, local.port, local.family) : null;
     if (x.remote === null && x.local === null) {
-      // A UNIX socket: Node reports no addresses. The path is the server's
-      // (or the one connected to); the other side is unnamed ("").
+      // Nothing to read: a UNIX socket (Node reports no addresses for one),
+      // or a TCP socket gone before they were read. A UNIX path is the
+      // server's (or the one connected to), the other side unnamed ("");
+      // a TCP client still knows where it was connecting.
       const target = x.connectTarget;
+      const path = this.server?._unixPath;
       if (target?.kind === "unix") {
         x.remote = target.path;
         x.local = "";
-      } else {
-        const path = this.server?.localAddress;
+      } else if (target?.kind === "tcp") {
+        x.remote = this.#targetAddress();
+      } else if (typeof path === "string") {
         x.remote = "";
-        x.local = typeof path === "string" ? path : "";
+        x.local = path;
       }
     }
     if (x.proxied !== null) x.remote = x.proxied;
@@ -931,6 +942,7 @@ export class Stream extends Channel {
     if (this.#state !== S_CONNECTING) return;
     this.#addresses();
     this.#state = S_PENDING;
+    this.#flags |= F_ACTIVE; // the idle time starts now, not at connect()
     const sslOptions = this.#x?.sslOptions;
     if (sslOptions != null) {
       this.#wrapTls(sslOptions, true);
@@ -2155,7 +2167,7 @@ export class Stream extends Channel {
 
   #updateTimed(): void {
     const x = this.#x;
-    const want = this.#state !== S_CLOSED && x !== null && (x.deadlineKind !== null || (x.idleTimeout > 0 && this.#state >= S_PENDING));
+    const want = this.#state !== S_CLOSED && x !== null && (x.deadlineKind !== null || (x.idleTimeout > 0 && this.#state >= S_CONNECTING));
     if (want) {
       if ((this.#flags & F_TIMED) === 0) x.idleSince = this.engine.time();
       this.#flags |= F_TIMED;
@@ -2178,6 +2190,12 @@ export class Stream extends Channel {
       return;
     }
     if (kind === null && x.idleTimeout <= 0) return;
+    if (this.#state === S_CONNECTING) {
+      if (now - x.idleSince >= x.idleTimeout) {
+        this._onSocketError(new TimeoutError(`The connect did not complete in ${x.idleTimeout} ms.`, "connect"));
+      }
+      return;
+    }
     const sock = x.raw ?? this.#sock;
     if (sock !== null && outgoingMoved(x, sock, active)) active = true;
     if (!active && (this.#flags & F_NATIVE_FRAMING) !== 0 && incomingHeld(x, this.#sock as unknown as NativeSocket)) active = true;
@@ -2266,6 +2284,22 @@ function outgoingMoved(x: Extras, sock: Duplex | NativeSocket, active: boolean):
   x.delivered = delivered;
   return moved;
 }
+
+/**
+ * Makes a connected node:net socket read its addresses now: it keeps them,
+ * and it can tell them no more once an error has destroyed it (a peer's
+ * reset), when a handler may still ask (`onClose` logging `remoteAddress`).
+ * The native transport keeps the peer's address from the accept itself.
+ */
+function keepAddresses(sock: net.Socket): void {
+  if (!(sock instanceof net.Socket) || sock.connecting || sock.remoteAddress === undefined) return;
+  // The peer's, node:net keeps itself (remoteAddress answers from it after
+  // the handle is gone); ours, it forgets on destroy.
+  (sock as KeptSocket)[kLocalAddress] = sock.address() as net.AddressInfo;
+}
+
+const kLocalAddress: unique symbol = Symbol("pants-ts.localAddress");
+type KeptSocket = net.Socket & { [kLocalAddress]?: net.AddressInfo };
 
 /**
  * Whether the addon read bytes since the last sweep that no handler saw yet:

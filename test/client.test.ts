@@ -6,10 +6,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
+import { spawn } from "node:child_process";
 import dns from "node:dns";
 import { syncBuiltinESMExports } from "node:module";
 import { join } from "node:path";
-import { ConnectError, Server, Stream } from "../src/index.js";
+import { ConnectError, Server, Stream, TimeoutError } from "../src/index.js";
 import type { Address } from "../src/index.js";
 import { captureLogs, freshEngine, hasIPv6, portOf, tempDir, waitFor } from "./helpers.js";
 
@@ -54,6 +55,46 @@ test("connection refused: onConnectError(ConnectError ECONNREFUSED), then onClos
   assert.equal(s.error!.errno, "ECONNREFUSED");
   assert.equal(s.error!.syscall, "connect");
   assert.ok(s.error!.cause instanceof Error);
+});
+
+test("idleTimeout set before connect() bounds the connect: ConnectError ETIMEDOUT (a TimeoutError), then onClose", { timeout: 30_000 }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  // A live server that stops accepting (its loop blocked): once its queue is full, SYNs are dropped.
+  const busy = spawn(process.execPath, ["-e", `require("net").createServer().listen({ port: 0, host: "127.0.0.1", backlog: 1 }, function () {
+    console.log(this.address().port);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 25000);
+  })`], { stdio: ["ignore", "pipe", "inherit"] });
+  t.after(() => busy.kill("SIGKILL"));
+  const port = Number(await new Promise<string>((resolve) => busy.stdout!.once("data", (d: Buffer) => resolve(d.toString().trim()))));
+  const fillers: net.Socket[] = [];
+  t.after(() => fillers.forEach((c) => c.destroy()));
+  let hanging = false;
+  for (let i = 0; i < 16 && !hanging; i++) {
+    const c = net.connect(port, "127.0.0.1");
+    c.on("error", () => {});
+    fillers.push(c);
+    hanging = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(true), 300);
+      c.once("connect", () => {
+        clearTimeout(timer);
+        resolve(false);
+      });
+    });
+  }
+  assert.ok(hanging, "a connect to the full queue hangs");
+  const s = new Recording({ engine });
+  s.idleTimeout = 300;
+  const start = Date.now();
+  s.connect(["127.0.0.1", port]);
+  await assert.rejects(s.ready(), ConnectError);
+  const took = Date.now() - start;
+  await waitFor(() => s.events.includes("close"));
+  assert.deepEqual(s.events, ["connectError", "close"]);
+  assert.equal(s.error!.errno, "ETIMEDOUT");
+  assert.equal(s.error!.syscall, "connect");
+  assert.ok(s.error!.cause instanceof TimeoutError && s.error!.cause.kind === "connect", String(s.error!.cause));
+  assert.ok(took >= 250 && took < 5000, `failed after ${took} ms`);
 });
 
 test("unknown host: ConnectError with the resolver's code, asynchronously", async (t) => {

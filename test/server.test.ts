@@ -5,8 +5,9 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { existsSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, statSync, writeFileSync } from "node:fs";
+import net from "node:net";
 import { join } from "node:path";
 import { ChannelStateError, InvalidAddressFormatError, Server, Stream } from "../src/index.js";
 import type { Address } from "../src/index.js";
@@ -127,7 +128,6 @@ test("UNIX sockets: listen, connect, the file is removed on close; stale files a
   const engine = freshEngine(t);
   const dir = tempDir(t);
   const path = join(dir, "app.sock");
-  // A stale socket file from a crashed process.
   // A stale socket file, as a crashed process leaves it.
   spawnSync(process.execPath, ["-e", `require("net").createServer().listen(${JSON.stringify(path)}, () => process.kill(process.pid, "SIGKILL"))`]);
   assert.ok(existsSync(path), "the stale socket file exists");
@@ -138,7 +138,74 @@ test("UNIX sockets: listen, connect, the file is removed on close; stale files a
   assert.equal(typeof remote, "string");
   assert.equal(local, path);
   server.close();
+  assert.equal(server.localAddress, null, "a closed server listens nowhere");
   await waitFor(() => !existsSync(path), 2000, "the socket file to be removed");
+});
+
+test("addresses outlive the socket: onClose after a peer's reset, a client closed while connecting, a UNIX stream after its server closed", async (t) => {
+  const engine = freshEngine(t);
+  const seen = new Map<Server | null, Array<[unknown, unknown]>>();
+  class Logger extends Stream {
+    override onClose() {
+      seen.set(this.server, [...(seen.get(this.server) ?? []), [this.remoteAddress, this.localAddress]]);
+    }
+  }
+  const closed = (by: Server | null) => seen.get(by) ?? [];
+  const server = new Server(Logger, { engine }).listen(["127.0.0.1", 0]);
+  await server.ready();
+  t.after(() => server.close());
+  const c = net.connect(portOf(server), "127.0.0.1");
+  c.on("error", () => {});
+  await new Promise<void>((resolve) => c.once("connect", () => resolve()));
+  await waitFor(() => server.channels.size === 1, 2000, "accepted");
+  const clientPort = c.localPort!;
+  c.resetAndDestroy();
+  await waitFor(() => closed(server).length === 1, 2000, "onClose after the reset");
+  assert.deepEqual(closed(server)[0], [["127.0.0.1", clientPort], ["127.0.0.1", portOf(server)]], "read first in onClose, after the reset");
+
+  const client = new Logger({ engine }).connect(["127.0.0.1", portOf(server)]);
+  client.close();
+  await waitFor(() => closed(null).length === 1, 2000, "the client's onClose");
+  assert.deepEqual(closed(null)[0]![0], ["127.0.0.1", portOf(server)], "a TCP client closed while connecting names its target, not a UNIX \"\"");
+
+  const path = join(tempDir(t), "gone.sock");
+  const unix = new Server(Logger, { engine }).listen(path);
+  await unix.ready();
+  const u = await connect(path);
+  await waitFor(() => unix.channels.size === 1, 2000, "accepted");
+  unix.close();
+  u.end();
+  await waitFor(() => closed(unix).length === 1, 2000, "the UNIX stream's onClose");
+  assert.deepEqual(closed(unix)[0], ["", path], "the server's path, though the server closed first");
+});
+
+test("a live UNIX server whose accept queue is full is not taken for stale: EADDRINUSE, its file kept", { timeout: 30_000 }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const path = join(tempDir(t), "busy.sock");
+  // A live server that stops accepting (its loop blocked): connects beyond its backlog fail with EAGAIN.
+  const busy = spawn(process.execPath, ["-e", `require("net").createServer().listen({ path: ${JSON.stringify(path)}, backlog: 1 }, () => {
+    console.log("ready");
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 25000);
+  })`], { stdio: ["ignore", "pipe", "inherit"] });
+  t.after(() => busy.kill("SIGKILL"));
+  await new Promise<void>((resolve) => busy.stdout!.once("data", () => resolve()));
+  const queued: net.Socket[] = [];
+  t.after(() => queued.forEach((c) => c.destroy()));
+  let refusedWith = "";
+  for (let i = 0; i < 16 && refusedWith === ""; i++) {
+    const c = net.connect({ path });
+    queued.push(c);
+    refusedWith = await new Promise<string>((resolve) => {
+      c.once("connect", () => resolve(""));
+      c.once("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? "error"));
+    });
+  }
+  assert.equal(refusedWith, "EAGAIN", "the live server's queue is full");
+  const inode = statSync(path).ino;
+  const server = new Server(Who, { engine }).listen(path);
+  await assert.rejects(server.ready(), /EADDRINUSE/);
+  assert.equal(statSync(path).ino, inode, "the live server's socket file is still its own");
 });
 
 test("a UNIX path held by a live server or a regular file is EADDRINUSE, never deleted", async (t) => {
@@ -220,6 +287,16 @@ test("listen() validates synchronously: bad addresses, twice, after close", (t) 
   assert.throws(() => s.listen(["127.0.0.1", 0]), ChannelStateError);
   assert.throws(() => s.listen(["127.0.0.1", 0], 0), ChannelStateError);
   assert.throws(() => new Server(Who, { engine }).listen(["127.0.0.1", 0], -5), RangeError);
+});
+
+test("a backlog beyond what listen(2) takes is capped, as the kernel caps it anyway", async (t) => {
+  const engine = freshEngine(t);
+  for (const backlog of [2 ** 31, 2 ** 40]) {
+    const server = new Server(Who, { engine }).listen(["127.0.0.1", 0], backlog);
+    await server.ready();
+    await hello(["127.0.0.1", portOf(server)]);
+    server.close();
+  }
 });
 
 test("an invalid connect address leaves the stream usable (Pants B27)", async (t) => {
