@@ -11,7 +11,7 @@ import { lstat, unlink } from "node:fs/promises";
 import type { Duplex } from "node:stream";
 import { Channel, diagnostics, isThenable } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
-import { newStats, countError, addStats } from "./engine.js";
+import { newStats, addStats } from "./engine.js";
 import type { Stats } from "./engine.js";
 import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
@@ -678,7 +678,7 @@ export class Server extends Channel {
   /** @internal A net.Server error: accept failures (EMFILE) keep the server up. */
   _onNetError(err: NodeJS.ErrnoException): void {
     if (this.#state === ST_LISTENING && (err.syscall === "accept" || err.code === "EMFILE" || err.code === "ENFILE")) {
-      countError("accept", this.stats, this.engine.stats);
+      this._countError("accept", err);
       const now = this.engine.time();
       if (now - this.#lastAcceptWarning > 5000) {
         this.#lastAcceptWarning = now;
@@ -769,7 +769,7 @@ export class Server extends Channel {
   _proxyFailed(wait: ProxyWait, err: Error): void {
     if (!this.#proxyWaits.has(wait)) return;
     this.#endProxyWait(wait);
-    countError("proxy", this.stats, this.engine.stats);
+    this._countError("proxy", err);
     this.stats.rejected++;
     this.engine.stats.rejected++;
     log.current.debug({ err }, `Connection dropped: ${err.message}`);
@@ -806,7 +806,7 @@ export class Server extends Channel {
         if (!this.#proxyProtocol) raw.on("error", onRawError);
         socket = t;
       } catch (err) {
-        countError("tls", this.stats, this.engine.stats);
+        this._countError("tls", err as Error);
         this.stats.rejected++;
         this.engine.stats.rejected++;
         this._callN(this.onSslWrapError, [raw, address ?? peerOf(raw, proxiedRemote), err]);

@@ -1,5 +1,5 @@
 /**
- * Every TypeScript sample in the README and docs/ compiles against the
+ * Every TypeScript sample in the README, SECURITY.md and docs/ compiles against the
  * built package, so no sample can rot. (Runnable examples live in
  * examples/ and have tests of their own.)
  */
@@ -12,7 +12,7 @@ import { join } from "node:path";
 const root = new URL("..", import.meta.url).pathname;
 
 function samples(): Array<{ file: string; index: number; code: string }> {
-  const files = ["README.md", ...readdirSync(join(root, "docs")).filter((f) => f.endsWith(".md")).map((f) => `docs/${f}`)];
+  const files = ["README.md", "SECURITY.md", ...readdirSync(join(root, "docs")).filter((f) => f.endsWith(".md")).map((f) => `docs/${f}`)];
   const out: Array<{ file: string; index: number; code: string }> = [];
   for (const file of files) {
     const text = readFileSync(join(root, file), "utf8");
@@ -22,7 +22,7 @@ function samples(): Array<{ file: string; index: number; code: string }> {
   return out;
 }
 
-test("every ```ts sample in README.md and docs/*.md type-checks against the package", { timeout: 120_000 }, () => {
+test("every ```ts sample in README.md, SECURITY.md and docs/*.md type-checks against the package", { timeout: 120_000 }, () => {
   const all = samples();
   assert.ok(all.length >= 10, `found ${all.length} samples`);
   // Inside the package, so "pants-ts" resolves to the build by self-reference.

@@ -104,6 +104,26 @@ test("diagnostics_channel: connection open, close and error; server listen and c
   assert.deepEqual(seen, ["listen", "open", "error:handler", "close", "server-close"]);
 });
 
+test("diagnostics_channel: a connection refused before it was a stream (a bad PROXY header) is published too", async (t) => {
+  const engine = freshEngine(t);
+  const seen: Array<{ kind: string; channel: unknown }> = [];
+  const onError = (m: unknown) => seen.push(m as { kind: string; channel: unknown });
+  subscribe("pants-ts:connection:error", onError);
+  t.after(() => unsubscribe("pants-ts:connection:error", onError));
+  setLogger(null);
+  t.after(() => setLogger(undefined));
+  const server = new Server(Echo, { engine, proxyProtocol: true });
+  const port = await listenLocal(server);
+  const c = await connect(port);
+  c.write("GET / HTTP/1.1\r\n\r\n");
+  await c.readToEnd();
+  await waitFor(() => server.stats.errorsByKind["proxy"] === 1, 2000, "the PROXY failure counted");
+  assert.equal(seen.length, 1, "published once");
+  assert.equal(seen[0]!.kind, "proxy");
+  assert.equal(seen[0]!.channel, server, "the server is the channel: there is no stream yet");
+  server.close();
+});
+
 test("NODE_DEBUG=pants-ts shows debug lines; by default ordinary resets print nothing", async () => {
   const script = `
     import { Server, Stream } from "./src/index.ts";
