@@ -40,7 +40,7 @@ Options:
       --proxy-protocol       expect a HAProxy PROXY v1/v2 header on every connection
       --max-connections N    close connections above N at accept
       --idle-timeout MS      close connections idle for MS milliseconds
-      --shutdown-timeout MS  on SIGTERM/SIGINT, drain for at most MS ms (default 10000)
+      --shutdown-timeout MS  on SIGTERM/SIGINT, drain for at most MS ms (default 10000; 0: no deadline)
   -q, --quiet                print nothing but errors
   -h, --help                 show this help
   -v, --version              show the version
@@ -100,6 +100,12 @@ function positiveInt(name: string, text: string | undefined): number | undefined
   return Number(text);
 }
 
+function nonNegativeInt(name: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  if (!/^\d+$/.test(text)) throw new UsageError(`--${name} must be a non-negative integer, got "${text}"`);
+  return Number(text);
+}
+
 function parseServe(argv: string[]): ServeArgs {
   let parsed;
   try {
@@ -118,6 +124,7 @@ function parseServe(argv: string[]): ServeArgs {
         "shutdown-timeout": { type: "string" },
         quiet: { type: "boolean", short: "q" },
         help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "v" },
       },
     });
   } catch (err) {
@@ -125,6 +132,7 @@ function parseServe(argv: string[]): ServeArgs {
   }
   const v = parsed.values;
   if (v.help) throw new HelpRequested();
+  if (v.version) throw new VersionRequested();
   if (parsed.positionals.length !== 1) {
     throw new UsageError(parsed.positionals.length === 0 ? "serve needs a module" : `unexpected argument "${parsed.positionals[1]}"`);
   }
@@ -134,7 +142,7 @@ function parseServe(argv: string[]): ServeArgs {
     listen: (v.listen ?? []).map(parseListenAddress),
     workers: positiveInt("workers", v.workers) ?? 1,
     proxyProtocol: v["proxy-protocol"] ?? false,
-    shutdownTimeoutMs: positiveInt("shutdown-timeout", v["shutdown-timeout"]) ?? 10_000,
+    shutdownTimeoutMs: nonNegativeInt("shutdown-timeout", v["shutdown-timeout"]) ?? 10_000,
     quiet: v.quiet ?? false,
   };
   if (v["tls-cert"] !== undefined) args.tlsCert = v["tls-cert"];
@@ -147,6 +155,7 @@ function parseServe(argv: string[]): ServeArgs {
 }
 
 class HelpRequested extends Error {}
+class VersionRequested extends Error {}
 
 async function loadModule(path: string): Promise<unknown> {
   const url = pathToFileURL(resolve(path)).href;
@@ -283,7 +292,8 @@ async function serve(args: ServeArgs): Promise<number> {
         process.exit(1);
       }
       stopping = true;
-      if (!args.quiet) process.stdout.write(`pants-ts: ${signal}: draining connections (at most ${args.shutdownTimeoutMs} ms)\n`);
+      const deadline = args.shutdownTimeoutMs === 0 ? "no deadline" : `at most ${args.shutdownTimeoutMs} ms`;
+      if (!args.quiet) process.stdout.write(`pants-ts: ${signal}: draining connections (${deadline})\n`);
       void shutdownAll(args.shutdownTimeoutMs).then(() => {
         // A module that awaits Engine.instance().start() at its top level
         // (SPEC's own example) finishes loading only once the engine stops.
@@ -337,6 +347,10 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (err instanceof HelpRequested) {
       process.stdout.write(HELP + "\n");
+      return 0;
+    }
+    if (err instanceof VersionRequested) {
+      process.stdout.write(version() + "\n");
       return 0;
     }
     if (err instanceof UsageError) {

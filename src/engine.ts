@@ -165,10 +165,6 @@ function checkFn(fn: unknown): void {
 
 let globalEngine: Engine | null = null;
 
-/**
- * The registry of channels and timers. `Engine.instance()` is the global
- * engine that channels use by default; `new Engine()` makes an isolated one.
- */
 /** Options of the {@link Engine} constructor. */
 export interface EngineOptions {
   /**
@@ -179,6 +175,10 @@ export interface EngineOptions {
   manualClock?: boolean;
 }
 
+/**
+ * The registry of channels and timers. `Engine.instance()` is the global
+ * engine that channels use by default; `new Engine()` makes an isolated one.
+ */
 export class Engine {
   /** @internal */ readonly _timers = new Set<EngineTimer>();
   /** @internal */ readonly _channels = new Set<Channel>();

@@ -6,9 +6,13 @@ import { debuglog, format, inspect } from "node:util";
 
 /** A pino-shaped logger: `logger.warn({ err }, "message")` or `logger.warn("message")`. */
 export interface Logger {
+  /** Handler exceptions and broken listening sockets: something in your code or your deployment needs attention. */
   error(objOrMsg: unknown, msg?: string): void;
+  /** Trouble the server survives that an operator should know of (accept failures, a failed connect nobody watched). */
   warn(objOrMsg: unknown, msg?: string): void;
+  /** Lifecycle: listening, shutting down. */
   info(objOrMsg: unknown, msg?: string): void;
+  /** Ordinary client misbehaviour (resets, TLS garbage, bad frames, timeouts) and transport details. */
   debug(objOrMsg: unknown, msg?: string): void;
 }
 

@@ -426,8 +426,10 @@ export class Server extends Channel {
    * Called for every accepted connection (after TLS wrapping and the PROXY
    * header). The default makes a `ConnectionClass` instance, sets its
    * `server`, adds it to `channels`, and starts its connect event.
+   * @param address The peer's address (the PROXY header's source behind a proxy). The default ignores it and is not given it.
    */
-  onAccept(socket: Duplex, _address: Address | null): void {
+  onAccept(socket: Duplex, address: Address): void {
+    void address;
     let conn: Stream;
     try {
       conn = new this.#ConnectionClass({ engine: this.engine, socket });
@@ -475,7 +477,7 @@ export class Server extends Channel {
   }
 
   /** A new connection could not be wrapped in TLS. Default: log and close that connection. */
-  onSslWrapError(socket: Duplex, address: Address | null, err: Error): void {
+  onSslWrapError(socket: Duplex, address: Address, err: Error): void {
     log.current.warn({ err, address: formatAddress(address) }, `Could not wrap a connection in TLS: ${err.message}`);
     socket.destroy();
   }
@@ -789,7 +791,8 @@ export class Server extends Channel {
     }
     // The peer's address costs a system call; only an onAccept override (or a TLS wrap error) needs it here.
     const custom = this.onAccept !== Server.prototype.onAccept;
-    const address = custom ? peerOf(raw, proxiedRemote) : null;
+    // (The default onAccept does not read it: it is given null.)
+    const address = custom ? peerOf(raw, proxiedRemote) : (null as unknown as Address);
     // An onAccept override is promised a Duplex: give it one over a native socket.
     let socket: Duplex = raw instanceof NativeSocket ? (custom ? raw.toDuplex() : (raw as unknown as Duplex)) : raw;
     const tlsConfig = this.#tls;
@@ -809,7 +812,7 @@ export class Server extends Channel {
         this._countError("tls", err as Error);
         this.stats.rejected++;
         this.engine.stats.rejected++;
-        this._callN(this.onSslWrapError, [raw, address ?? peerOf(raw, proxiedRemote), err]);
+        this._callN(this.onSslWrapError, [raw, custom ? address : peerOf(raw, proxiedRemote), err]);
         if (!raw.destroyed) raw.destroy();
         return;
       }

@@ -15,6 +15,7 @@ const kPeer: unique symbol = Symbol("pants-ts.memoryPeer");
 
 /** One end of an in-memory connection; what one end writes, the other reads. */
 export class MemorySocket extends Duplex {
+  /** @internal The other end. */
   [kPeer]: MemorySocket | null = null;
   /** Bytes written by this end so far. */
   bytesWritten = 0;
@@ -23,6 +24,7 @@ export class MemorySocket extends Duplex {
     super({ allowHalfOpen: true });
   }
 
+  /** @internal */
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
     this.bytesWritten += chunk.length;
     const peer = this[kPeer];
@@ -30,14 +32,17 @@ export class MemorySocket extends Duplex {
     callback();
   }
 
+  /** @internal */
   override _final(callback: (error?: Error | null) => void): void {
     const peer = this[kPeer];
     if (peer !== null && !peer.destroyed) peer.push(null);
     callback();
   }
 
+  /** @internal */
   override _read(): void {}
 
+  /** @internal */
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     const peer = this[kPeer];
     this[kPeer] = null;

@@ -17,13 +17,19 @@ export type CertReqs = "CERT_NONE" | "CERT_OPTIONAL" | "CERT_REQUIRED";
 
 /** The certificate material of one host name, for {@link SslOptions.sni}. */
 export interface SniEntry {
+  /** The private key (PEM), as in Node's `tls.createSecureContext`. */
   key?: SecureContextOptions["key"];
+  /** The certificate chain (PEM). */
   cert?: SecureContextOptions["cert"];
+  /** A PKCS#12 bundle of key and certificate, instead of `key`/`cert`. */
   pfx?: SecureContextOptions["pfx"];
+  /** The passphrase of `key` or `pfx`. */
   passphrase?: string;
+  /** CA certificates to verify client certificates of this host name with. */
   ca?: SecureContextOptions["ca"];
-  /** PEM file paths, read once. */
+  /** The certificate chain as a PEM file path, read once. */
   certfile?: string;
+  /** The private key as a PEM file path, read once (default: the key in `certfile`, if it holds one). */
   keyfile?: string;
 }
 
@@ -100,7 +106,7 @@ function readFile(option: string, path: unknown): Buffer {
   }
 }
 
-/** Validates the Pants-only flags shared by servers and streams. */
+/** @internal Validates the Pants-only flags shared by servers and streams. */
 export function checkPantsFlags(options: SslOptions, serverSide: boolean | undefined): void {
   if (options === null || typeof options !== "object") {
     throw typeError(`SSL options must be an object, got ${describe(options)}.`);
@@ -161,7 +167,7 @@ function wildcardMatch(pattern: string, host: string): boolean {
 }
 
 /**
- * Builds the server-side configuration once: reads files, creates the
+ * @internal Builds the server-side configuration once: reads files, creates the
  * secure context(s), and validates everything.
  * @throws TypeError, RangeError, or an Error naming a file that cannot be read or parsed.
  */
@@ -219,7 +225,7 @@ export function compileServerTls(options: SslOptions): ServerTls {
 }
 
 /**
- * Builds the client-side configuration once. The server certificate and
+ * @internal Builds the client-side configuration once. The server certificate and
  * host name are verified unless `cert_reqs: "CERT_NONE"` or
  * `rejectUnauthorized: false`.
  */
@@ -243,7 +249,7 @@ function checkAlpn(value: unknown): void {
   if (!ok) throw typeError(`SSL option 'ALPNProtocols' must be an array of protocol names, got ${describe(value)}.`, "ERR_INVALID_ARG_TYPE");
 }
 
-/** The SNI name to send for `host` (none for IP literals, as RFC 6066 requires). */
+/** @internal The SNI name to send for `host` (none for IP literals, as RFC 6066 requires). */
 export function sniName(host: string | undefined): string | undefined {
   if (host === undefined || host === "" || isIP(host) !== 0) return undefined;
   return host;

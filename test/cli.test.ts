@@ -50,6 +50,7 @@ test("--help documents every flag; exit 0", () => {
   }
   assert.equal(run(["serve", "--help"]).status, 0);
   assert.match(run(["--version"]).stdout, /^\d+\.\d+\.\d+/);
+  assert.match(run(["serve", "-v"]).stdout, /^\d+\.\d+\.\d+/, "-v is listed under the options: it works there too");
 });
 
 test("bad usage: one clear line on stderr and exit 2", () => {
@@ -62,6 +63,7 @@ test("bad usage: one clear line on stderr and exit 2", () => {
     [["serve", fixture("cli-echo.ts"), "--listen", "1.2.3.4:99999"], /port must be 0-65535/],
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--workers", "0"], /--workers must be a positive integer/],
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--idle-timeout", "soon"], /--idle-timeout must be a positive integer/],
+    [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--shutdown-timeout", "soon"], /--shutdown-timeout must be a non-negative integer/],
     [["serve", fixture("cli-echo.ts"), "--tls-key", "k.pem", "--listen", "4040"], /--tls-key needs --tls-cert/],
     [["serve", fixture("cli-echo.ts")], /--listen is required/],
     [["serve", fixture("cli-bad.ts"), "--listen", "127.0.0.1:0"], /must export by default a Stream subclass or a Server/],
@@ -97,7 +99,7 @@ test("serve on TCP and a UNIX socket; SIGUSR2 prints stats; SIGTERM drains and e
 });
 
 test("without --workers, SIGHUP drains as SIGTERM does and exits 0", { timeout: 30_000 }, async (t) => {
-  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0"]);
+  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--shutdown-timeout", "0"]);
   t.after(() => s.child.kill("SIGKILL"));
   const c = await connect(portFrom(s.addresses[0]!));
   c.write("hi\n");
@@ -105,7 +107,7 @@ test("without --workers, SIGHUP drains as SIGTERM does and exits 0", { timeout: 
   s.child.kill("SIGHUP");
   assert.equal((await c.readToEnd()).toString(), "bye\n", "onShutdown ran: the connection was drained, not cut");
   assert.equal(await s.exited, 0);
-  assert.match(s.out(), /SIGHUP: draining connections/);
+  assert.match(s.out(), /SIGHUP: draining connections \(no deadline\)/, "--shutdown-timeout 0: no deadline, as shutdown({ timeoutMs: 0 })");
 });
 
 test("serve a module whose default export is a configured Server", { timeout: 30_000 }, async (t) => {

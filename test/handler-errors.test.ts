@@ -243,7 +243,7 @@ test("a Server handler that throws never stops the server; a socket its onAccept
     override onListen() {
       throw new Error("onListen boom");
     }
-    override onAccept(socket: Duplex, address: Address | null) {
+    override onAccept(socket: Duplex, address: Address) {
       const n = ++accepts;
       if (n === 1) throw new Error("onAccept boom");
       if (n === 2) return Promise.reject(new Error("onAccept rejected"));

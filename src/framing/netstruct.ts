@@ -320,6 +320,12 @@ export class NetStruct {
     return (this.#readers ??= this.#segments.map((segment) => segment.layout.compileReader()));
   }
 
+  /**
+   * Reads one record from the start of `buf`: its values and the bytes it
+   * used, or, when `buf` does not hold a whole record yet, how many bytes to
+   * wait for.
+   * @throws TypeError when `buf` is not a Buffer or Uint8Array; an Error for a malformed record (a negative length prefix).
+   */
   parse(buf: Uint8Array): NetStructParseResult {
     if (!(buf instanceof Uint8Array)) {
       throw typeError(`parse requires a Buffer or Uint8Array (got ${typeName(buf)})`);
