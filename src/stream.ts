@@ -863,7 +863,8 @@ export class Stream extends Channel {
       this.#flags |= F_NATIVE;
       sock.setOwner(this);
       if ((this.#flags & F_LEND) !== 0) sock.setLendReads(true);
-    } else {
+    } else if (this.onClose !== Stream.prototype.onClose || this.onReadError !== Stream.prototype.onReadError || this.onWriteError !== Stream.prototype.onWriteError) {
+      // Handlers that run after a reset may ask for the addresses (two system calls: only then).
       keepAddresses((raw ?? sock) as net.Socket);
     }
     sock.on("error", onSocketError);
@@ -2286,10 +2287,10 @@ function outgoingMoved(x: Extras, sock: Duplex | NativeSocket, active: boolean):
 }
 
 /**
- * Makes a connected node:net socket read its addresses now: it keeps them,
- * and it can tell them no more once an error has destroyed it (a peer's
- * reset), when a handler may still ask (`onClose` logging `remoteAddress`).
- * The native transport keeps the peer's address from the accept itself.
+ * Makes a connected node:net socket read its addresses now: it can tell
+ * them no more once an error has destroyed it (a peer's reset), when a
+ * handler may still ask (`onClose` logging `remoteAddress`). The native
+ * transport keeps the peer's address from the accept itself.
  */
 function keepAddresses(sock: net.Socket): void {
   if (!(sock instanceof net.Socket) || sock.connecting || sock.remoteAddress === undefined) return;
