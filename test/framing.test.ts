@@ -407,6 +407,30 @@ test("a RegExp delimiter with bufferSize: the same frames and overflows however 
   }
 });
 
+test("an anchored RegExp (regexSearch false) with bufferSize: a match longer than the limit overflows however the bytes are split", async () => {
+  class Anchored extends Stream {
+    events: string[] = [];
+    override onConnect() {
+      this.regexSearch = false;
+      this.readDelimiter = /^(\w+)=/;
+      this.bufferSize = 10;
+    }
+    override onRead(m: RegExpExecArray) {
+      this.events.push(m[1]!);
+    }
+    override onOverflowError() {
+      this.events.push("overflow"); // kept open: the oversized match is skipped
+    }
+  }
+  const input = `short=${"x".repeat(400)}=ab=${"y".repeat(20)}=end=`;
+  const want = ["short", "overflow", "ab", "overflow", "end"];
+  for (const chunkSize of [undefined, 1, 7, 300]) {
+    const peer = memoryPeer(Anchored);
+    await peer.send(input, chunkSize === undefined ? {} : { chunkSize });
+    assert.deepEqual(peer.stream.events, want, `chunks of ${chunkSize ?? "all"}`);
+  }
+});
+
 test("the default onOverflowError closes only that stream", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);

@@ -198,7 +198,8 @@ class RegexFramer implements Framer {
       out.error = new InvalidDelimiterMatch(this.source);
       return FAILED;
     }
-    if (m.index > limit) {
+    // The frame: the bytes before the match, or (regexSearch false) the match itself.
+    if ((regexSearch ? m.index : end) > limit) {
       rb.skip(end);
       return OVERFLOW;
     }
