@@ -431,6 +431,48 @@ test("an anchored RegExp (regexSearch false) with bufferSize: a match longer tha
   }
 });
 
+test("a NetStruct record longer than bufferSize is skipped whole, by its length prefixes, however the bytes are split", async () => {
+  const cases: Array<{ format: string; input: Buffer; want: string[] }> = [
+    {
+      format: "!B$",
+      input: Buffer.concat([Buffer.from([150]), Buffer.alloc(150, "w"), Buffer.from([3]), Buffer.from("abc"), Buffer.from([2]), Buffer.from("de")]),
+      want: ["overflow", "abc", "de"],
+    },
+    {
+      // Two strings: the first too long, then the second (its prefix arrives after the skip), then a good record.
+      format: "!B$B$",
+      input: Buffer.concat([Buffer.from([200]), Buffer.alloc(200, "x"), Buffer.from([5]), Buffer.from("hello"), Buffer.from([1]), Buffer.from("a"), Buffer.from([1]), Buffer.from("b")]),
+      want: ["overflow", "a+b"],
+    },
+    {
+      // The second string is the one too long.
+      format: "!B$B$",
+      input: Buffer.concat([Buffer.from([2]), Buffer.from("ok"), Buffer.from([250]), Buffer.alloc(250, "y"), Buffer.from([1]), Buffer.from("c"), Buffer.from([1]), Buffer.from("d")]),
+      want: ["overflow", "c+d"],
+    },
+  ];
+  for (const { format, input, want } of cases) {
+    class Records extends Stream {
+      events: string[] = [];
+      override onConnect() {
+        this.bufferSize = 100;
+        this.readDelimiter = new NetStruct(format);
+      }
+      override onRead(...strings: Buffer[]) {
+        this.events.push(strings.map((b) => b.toString()).join("+"));
+      }
+      override onOverflowError() {
+        this.events.push("overflow"); // kept open: the oversized record is skipped
+      }
+    }
+    for (const chunkSize of [undefined, 1, 60, 7, 151]) {
+      const peer = memoryPeer(Records);
+      await peer.send(input, chunkSize === undefined ? {} : { chunkSize });
+      assert.deepEqual(peer.stream.events, want, `${format}, chunks of ${chunkSize ?? "all"}`);
+    }
+  }
+});
+
 test("the default onOverflowError closes only that stream", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);

@@ -250,6 +250,10 @@ class NetStructFramer implements Framer {
     this.minLimit = source.minimumSize;
   }
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
+    if (rb.discarding) {
+      const skipped = this.#skip(rb, out);
+      if (skipped !== FRAME) return skipped;
+    }
     // rb.mark: bytes known to be needed before parsing again can progress.
     if (rb.length < rb.mark) return NEED_MORE;
     let result: ReturnType<NetStruct["parse"]>;
@@ -261,9 +265,14 @@ class NetStructFramer implements Framer {
     }
     if ("needed" in result) {
       if (result.needed > Math.max(limit, this.minLimit)) {
-        rb.skip(rb.length);
+        // The record is skipped whole, by its own length prefixes, so what
+        // follows it is framed as it would be however the bytes arrived.
         rb.mark = 0;
-        return OVERFLOW;
+        rb.discarding = true;
+        rb.skipLeft = 0;
+        rb.skipSegment = 0;
+        const skipped = this.#skip(rb, out);
+        return skipped === FAILED ? FAILED : OVERFLOW;
       }
       rb.mark = result.needed;
       return NEED_MORE;
@@ -276,6 +285,33 @@ class NetStructFramer implements Framer {
     rb.skip(result.consumed);
     out.args = result.values;
     return FRAME_ARGS;
+  }
+
+  /** Drops what has arrived of a record being skipped: FRAME once it is all gone, else NEED_MORE (or FAILED). */
+  #skip(rb: ReceiveBuffer, out: FrameOut): number {
+    for (;;) {
+      if (rb.skipLeft > 0) {
+        const n = Math.min(rb.skipLeft, rb.length);
+        rb.skip(n);
+        rb.skipLeft -= n;
+        if (rb.skipLeft > 0) return NEED_MORE;
+      }
+      let scan: ReturnType<NetStruct["skipScan"]>;
+      try {
+        scan = this.source.skipScan(rb.all(), rb.skipSegment);
+      } catch (err) {
+        out.error = err as Error;
+        return FAILED;
+      }
+      if ("wait" in scan) return NEED_MORE;
+      if ("end" in scan) {
+        rb.skip(scan.end);
+        rb.discarding = false;
+        return FRAME;
+      }
+      rb.skipLeft = scan.through;
+      rb.skipSegment = scan.next;
+    }
   }
 }
 

@@ -321,6 +321,45 @@ export class NetStruct {
   }
 
   /**
+   * @internal Skipping an oversized record without buffering it: reads the
+   * record's length prefixes from `buf`, which starts at segment `from`.
+   * Returns `{ end }` when the rest of the record is in `buf`; `{ through,
+   * next }` when a string runs past it (drop `through` bytes, then go on at
+   * segment `next`); `{ wait: true }` when a length prefix has not arrived yet.
+   * @throws RangeError for a negative or impossible length prefix, as {@link parse} does.
+   */
+  skipScan(buf: Buffer, from: number): { end: number } | { through: number; next: number } | { wait: true } {
+    const segments = this.#segments;
+    const readers = this.#compiledReaders();
+    let view: DataView | null = null;
+    let pos = 0;
+    for (let i = from; i < segments.length; i++) {
+      const segment = segments[i]!;
+      const { layout } = segment;
+      if (buf.length - pos < layout.size) return { wait: true };
+      pos += layout.size;
+      if (segment.lengthCode === null) continue;
+      let values: unknown[];
+      const reader = readers[i];
+      if (reader != null) values = reader(buf, pos - layout.size);
+      else {
+        values = [];
+        view ??= new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+        layout.read(buf, view, pos - layout.size, values);
+      }
+      const prefix = values[values.length - 1] as number | bigint;
+      if (prefix < 0) throw rangeError(`negative length prefix ${prefix} for the '${segment.lengthCode}$' string ending at offset ${pos}`, "ERR_MALFORMED_FRAME");
+      const length = Number(prefix);
+      if (!Number.isSafeInteger(pos + length)) {
+        throw rangeError(`length prefix ${prefix} for the '${segment.lengthCode}$' string is too large`, "ERR_MALFORMED_FRAME");
+      }
+      if (buf.length - pos < length) return { through: pos + length, next: i + 1 };
+      pos += length;
+    }
+    return { end: pos };
+  }
+
+  /**
    * Reads one record from the start of `buf`: its values and the bytes it
    * used, or, when `buf` does not hold a whole record yet, how many bytes to
    * wait for.

@@ -25,6 +25,12 @@ export class ReceiveBuffer {
   mark = 0;
   /** True while an oversized delimited frame is being skipped. */
   discarding = false;
+  /**
+   * While a NetStruct record is skipped (`discarding`): bytes of it still to
+   * drop as they arrive, then the segment its parsing resumes at.
+   */
+  skipLeft = 0;
+  skipSegment = 0;
   /** Every buffered byte as latin1, from `#latin1Base` on (bytes consumed since are skipped by offset). */
   #latin1: string | null = null;
   #latin1Base = 0;
@@ -42,6 +48,7 @@ export class ReceiveBuffer {
     this.#reset();
     this.mark = 0;
     this.discarding = false;
+    this.skipLeft = 0;
   }
 
   #reset(): void {
