@@ -255,6 +255,9 @@ function fromClusterAddress(info: ClusterAddress): Address | null {
 }
 
 async function serve(args: ServeArgs): Promise<number> {
+  // A closed terminal (SIGHUP) or a gone log reader makes writes to stdout
+  // fail (EIO, EPIPE): that must not kill a server that is draining.
+  for (const out of [process.stdout, process.stderr]) out.on("error", () => {});
   if (args.workers > 1 || cluster.isWorker) {
     // In the primary, before the workers listen: SIGUSR2 must not kill it,
     // and a SIGTERM while starting (runCluster drains) prints no banner.

@@ -18,7 +18,7 @@ import { describe, rangeError, typeError } from "./errors.js";
 export interface ClusterOptions {
   /** Worker processes to run (default: the number of cores). */
   workers?: number;
-  /** Graceful shutdown deadline per worker, ms (default 10 000). */
+  /** Graceful shutdown deadline per worker, ms (default 10 000; 0: no deadline). A worker still running 5 s past it is killed. */
   shutdownTimeoutMs?: number;
   /** First restart delay after a crash, ms (at least 1; doubles up to 30 s; default 100). */
   restartDelayMs?: number;
@@ -210,10 +210,12 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       if (worker.isDead()) return resolve();
       worker.once("exit", () => resolve());
       worker.send({ pantsTs: "shutdown", timeoutMs: shutdownTimeoutMs } satisfies Message);
-      // A worker that does not finish in time is killed.
-      setTimeout(() => {
-        if (!worker.isDead()) worker.process.kill("SIGKILL");
-      }, shutdownTimeoutMs + 5000).unref();
+      // A worker that does not finish in time is killed (0: no deadline, as in shutdown()).
+      if (shutdownTimeoutMs > 0) {
+        setTimeout(() => {
+          if (!worker.isDead()) worker.process.kill("SIGKILL");
+        }, shutdownTimeoutMs + 5000).unref();
+      }
     });
 
   return new Promise<ClusterHandle>((resolveReady, rejectReady) => {

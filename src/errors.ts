@@ -69,7 +69,7 @@ export class ConnectError extends PantsError {
     super(ErrorCode.CONNECT, message, options);
     const cause = options?.cause as NodeJS.ErrnoException | undefined;
     // A connect that outlived idleTimeout reads as the kernel's own connect timeout.
-    const timedOut = cause instanceof TimeoutError;
+    const timedOut = cause instanceof TimeoutError && cause.kind === "connect";
     this.errno = timedOut ? "ETIMEDOUT" : (cause?.code ?? cause?.errno);
     this.syscall = timedOut ? "connect" : cause?.syscall;
   }

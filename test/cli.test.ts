@@ -110,6 +110,20 @@ test("without --workers, SIGHUP drains as SIGTERM does and exits 0", { timeout: 
   assert.match(s.out(), /SIGHUP: draining connections \(no deadline\)/, "--shutdown-timeout 0: no deadline, as shutdown({ timeoutMs: 0 })");
 });
 
+test("a closed terminal or log reader (stdout gone) does not kill a server that is draining", { timeout: 30_000 }, async (t) => {
+  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0"]);
+  t.after(() => s.child.kill("SIGKILL"));
+  const c = await connect(portFrom(s.addresses[0]!));
+  c.write("hi\n");
+  assert.equal(await c.readText(3), "hi\n");
+  // What a hangup does to a server's output: its next writes fail (EIO on a tty, EPIPE on a pipe).
+  s.child.stdout!.destroy();
+  s.child.stderr!.destroy();
+  s.child.kill("SIGHUP");
+  assert.equal((await c.readToEnd()).toString(), "bye\n", "drained, not killed");
+  assert.equal(await s.exited, 0);
+});
+
 test("serve a module whose default export is a configured Server", { timeout: 30_000 }, async (t) => {
   const s = await serve([fixture("cli-server.ts"), "--listen", "127.0.0.1:0"]);
   t.after(() => s.child.kill("SIGKILL"));
@@ -171,6 +185,34 @@ test("--workers 2 serves from two processes and exits 0 on SIGTERM", { timeout: 
   s.child.kill("SIGUSR2");
   await waitFor(() => /pants-ts stats: workers=2/.test(s.out()), 5000, `a stats line; ${s.out()}`);
   s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});
+
+test("--workers with --shutdown-timeout 0: a worker still draining is never killed (no deadline)", { timeout: 40_000 }, async (t) => {
+  const net = await import("node:net");
+  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
+  t.after(() => s.child.kill("SIGKILL"));
+  const client = net.connect(portFrom(s.addresses[0]!), "127.0.0.1");
+  await new Promise<void>((resolve) => client.once("connect", () => resolve()));
+  // Echoes the client does not read yet: the worker's close(true) must wait for them.
+  client.pause();
+  const line = "x".repeat(1023) + "\n";
+  for (let i = 0; i < 8 * 1024; i++) client.write(line);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  s.child.kill("SIGTERM");
+  await new Promise((resolve) => setTimeout(resolve, 6500)); // past the old 0 + 5 s kill
+  let received = 0;
+  let tail = "";
+  client.on("data", (d: Buffer) => {
+    received += d.length;
+    tail = (tail + d.toString("latin1")).slice(-8);
+  });
+  client.resume();
+  await new Promise<void>((resolve, reject) => {
+    client.once("end", () => resolve());
+    client.once("error", reject);
+  });
+  assert.equal(tail.endsWith("bye\n"), true, `drained to the end (${received} bytes), not killed`);
   assert.equal(await s.exited, 0);
 });
 

@@ -10,7 +10,7 @@ import { spawn } from "node:child_process";
 import dns from "node:dns";
 import { syncBuiltinESMExports } from "node:module";
 import { join } from "node:path";
-import { ConnectError, Server, Stream, TimeoutError } from "../src/index.js";
+import { ConnectError, Engine, Server, Stream, TimeoutError } from "../src/index.js";
 import type { Address } from "../src/index.js";
 import { captureLogs, freshEngine, hasIPv6, portOf, tempDir, waitFor } from "./helpers.js";
 
@@ -95,6 +95,24 @@ test("idleTimeout set before connect() bounds the connect: ConnectError ETIMEDOU
   assert.equal(s.error!.syscall, "connect");
   assert.ok(s.error!.cause instanceof TimeoutError && s.error!.cause.kind === "connect", String(s.error!.cause));
   assert.ok(took >= 250 && took < 5000, `failed after ${took} ms`);
+});
+
+test("a TLS client's handshake timeout is a ConnectError caused by TimeoutError 'handshake', not a connect timeout", async (t) => {
+  captureLogs(t);
+  const engine = new Engine({ manualClock: true });
+  t.after(() => engine.stop());
+  const silent = net.createServer(() => {}); // accepts, never answers the ClientHello
+  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+  t.after(() => silent.close());
+  const s = new Recording({ engine, sslOptions: { cert_reqs: "CERT_NONE" } }).connect(["127.0.0.1", (silent.address() as net.AddressInfo).port]);
+  const failed = assert.rejects(s.ready(), ConnectError);
+  await waitFor(() => !s.connecting, 5000, "the TCP connect");
+  engine.advance(10_001);
+  await failed;
+  await waitFor(() => s.events.includes("close"));
+  assert.deepEqual(s.events, ["connectError", "close"]);
+  assert.ok(s.error!.cause instanceof TimeoutError && s.error!.cause.kind === "handshake", String(s.error!.cause));
+  assert.notEqual(s.error!.errno, "ETIMEDOUT", "not reported as a TCP connect timeout");
 });
 
 test("unknown host: ConnectError with the resolver's code, asynchronously", async (t) => {
