@@ -312,14 +312,6 @@ typedef struct pn_conn {
   bool need_deliver; /* P may hold frames that were not delivered yet */
   bool lend_reads;   /* reads are lent to JS (lendReads), not given */
   uint64_t bytes_read; /* every byte read, framed into P or not (bytesRead) */
-  /* TCP: the peer's address, kept from accept or connect (sa_family 0 until
-   * known): getpeername() fails once a reset has closed the socket, and a
-   * handler reading remoteAddress in onClose must still get it. */
-  union {
-    struct sockaddr sa;
-    struct sockaddr_in in4;
-    struct sockaddr_in6 in6;
-  } peer;
 
   /* Connect and shutdown requests are malloc'd when made and freed by their
    * callbacks (an idle connection does not carry them). */
@@ -335,6 +327,16 @@ typedef struct pn_conn {
   uint32_t batch_off; /* where that read's bytes are in env->batch */
   uint32_t batch_n;
   int32_t bt_idx;     /* its entry in the batch being delivered, or -1 */
+  /* TCP: the peer's address, kept from the accept or the connect (sa_family
+   * 0 until known): getpeername() fails once a reset has closed the socket,
+   * and a handler reading remoteAddress in onClose must still get it. Here,
+   * after bt_idx, it takes the padding before defer_link, away from the
+   * fields the read path touches first. */
+  union {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+  } peer;
 
   pn_link defer_link; /* in env->deferred while defer_bits != 0 */
   unsigned defer_bits;

@@ -194,6 +194,10 @@ static void connect_cb(uv_connect_t *req, int status) {
   c->connecting = false;
   /* Closed while connecting (status is UV_ECANCELED): JS asked for it. */
   if (c->base.closing) return;
+  if (status == 0 && !c->base.is_pipe) { /* the peer, kept as for accepted connections */
+    int len = sizeof(c->peer);
+    if (uv_tcp_getpeername(&c->h.tcp, &c->peer.sa, &len) != 0) c->peer.sa.sa_family = 0;
+  }
   if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
   if ((argv[0] = pn_conn_id(c)) != NULL) {
     argv[1] = pn_err_name(e->env, status);
@@ -264,7 +268,6 @@ napi_value pn_connect_tcp(napi_env env, napi_callback_info info) {
   }
   napi_value obj = new_client(env, e, false, &c);
   if (obj == NULL) return NULL;
-  memcpy(&c->peer, &ss, ss.ss_family == AF_INET6 ? sizeof(c->peer.in6) : sizeof(c->peer.in4));
   uv_connect_t *req = new_connect_req(c);
   err = req == NULL ? UV_ENOMEM
                     : uv_tcp_connect(req, &c->h.tcp, (const struct sockaddr *)&ss, connect_cb);

@@ -634,6 +634,9 @@ export class Server extends Channel {
   #listening(): void {
     if (this.#state !== ST_BINDING) return;
     this.#state = ST_LISTENING;
+    // A listening UNIX socket handed over ({ socket }, { fd }) names its path only here.
+    const handed = this.#unixPath === null ? this.#netServers[0]?.address() : null;
+    if (typeof handed === "string") this.#unixPath = handed;
     liveServers.add(this);
     if (diagnostics.serverListen.hasSubscribers) diagnostics.serverListen.publish({ server: this });
     log.current.debug(`${String(this)} listening on ${this.localAddresses.map(formatAddress).join(", ")}.`);

@@ -911,27 +911,33 @@ export class Stream extends Channel {
     if ((this.#flags & F_ADDRESSES) !== 0) return x;
     const raw = (x.raw ?? this.#sock) as net.Socket | null;
     if (raw === null || !(raw instanceof net.Socket || isNative(raw))) return x;
-    if (raw.destroyed && (this.#flags & F_EVER_CONNECTED) === 0) return x;
-    this.#flags |= F_ADDRESSES;
-    x.remote = fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily);
-    const read = raw.address() as Partial<net.AddressInfo>;
-    const local = "port" in read ? read : (raw as KeptSocket)[kLocalAddress];
-    x.local = local?.port !== undefined ? fromNodeAddress(local.address, local.port, local.family) : null;
-    if (x.remote === null && x.local === null) {
-      // Nothing to read: a UNIX socket (Node reports no addresses for one),
-      // or a TCP socket gone before they were read. A UNIX path is the
-      // server's (or the one connected to), the other side unnamed ("");
-      // a TCP client still knows where it was connecting.
-      const target = x.connectTarget;
+    // While a client connects, each ask reads afresh; once connected, for good.
+    if (this.#state !== S_CONNECTING) this.#flags |= F_ADDRESSES;
+    x.remote = null;
+    x.local = null;
+    if (!raw.destroyed || (this.#flags & F_EVER_CONNECTED) !== 0) {
+      x.remote = fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily);
+      const read = raw.address() as Partial<net.AddressInfo>;
+      const local = "port" in read ? read : (raw as KeptSocket)[kLocalAddress];
+      x.local = local?.port !== undefined ? fromNodeAddress(local.address, local.port, local.family) : null;
+    }
+    const target = x.connectTarget;
+    if (x.remote === null && target?.kind === "tcp") {
+      // A TCP client not connected (yet, or ever): where it connects to.
+      x.remote = this.#targetAddress();
+    } else if (x.remote === null && x.local === null) {
+      // No IP addresses: a UNIX socket (Node reports none for one), named by
+      // the path connected to or the server's, the other side unnamed ("").
       const path = this.server?._unixPath;
       if (target?.kind === "unix") {
         x.remote = target.path;
         x.local = "";
-      } else if (target?.kind === "tcp") {
-        x.remote = this.#targetAddress();
       } else if (typeof path === "string") {
         x.remote = "";
         x.local = path;
+      } else if (!raw.destroyed) {
+        x.remote = ""; // a connected UNIX socket handed to a Stream
+        x.local = "";
       }
     }
     if (x.proxied !== null) x.remote = x.proxied;

@@ -115,6 +115,38 @@ test("a TLS client's handshake timeout is a ConnectError caused by TimeoutError 
   assert.notEqual(s.error!.errno, "ETIMEDOUT", "not reported as a TCP connect timeout");
 });
 
+test("a TCP client's remoteAddress is its target until it connects (or when it never does), then the peer's, read once connected", { timeout: 30_000 }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const seen: Array<[string, unknown, unknown]> = [];
+  class Addresses extends Recording {
+    override onConnectError(err: ConnectError) {
+      seen.push(["connectError", this.remoteAddress, null]);
+      super.onConnectError(err);
+    }
+    override onClose() {
+      seen.push(["close", this.remoteAddress, null]);
+      super.onClose();
+    }
+  }
+  const refusedPort = await unusedPort();
+  const refused = new Addresses({ engine }).connect(["127.0.0.1", refusedPort]);
+  await assert.rejects(refused.ready(), ConnectError);
+  await waitFor(() => refused.events.includes("close"));
+  assert.deepEqual(seen, [["connectError", ["127.0.0.1", refusedPort], null], ["close", ["127.0.0.1", refusedPort], null]]);
+
+  // Asked while connecting, then once connected: the second answer is the real one (not the first, cached).
+  const server = new Server(Stream, { engine }).listen(["127.0.0.1", 0]);
+  await server.ready();
+  t.after(() => server.close());
+  const client = new Recording({ engine }).connect(["127.0.0.1", portOf(server)]);
+  assert.deepEqual(client.remoteAddress, ["127.0.0.1", portOf(server)], "while connecting: the target");
+  await client.ready();
+  const local = client.localAddress as [string, number];
+  assert.ok(Array.isArray(local) && local[0] === "127.0.0.1" && local[1] > 0, `the local address once connected: ${JSON.stringify(local)}`);
+  client.close();
+});
+
 test("unknown host: ConnectError with the resolver's code, asynchronously", async (t) => {
   const s = await failedConnect(t, ["no-such-host.invalid", 80]);
   assert.ok(["ENOTFOUND", "EAI_AGAIN", "EAI_FAIL"].includes(String(s.error!.errno)), String(s.error!.errno));

@@ -400,4 +400,13 @@ test("a Server can serve on a net.Server given as its socket option (listening o
   t.after(() => b.close());
   await hello(portOf(b));
   assert.throws(() => new Server(Who, { engine, socket: { fd: -1 } as never }), TypeError);
+  // A listening UNIX socket handed over: its streams name the path as those of listen(path) do.
+  const path = join(tempDir(t), "handed.sock");
+  const unix = netModule.createServer();
+  await new Promise<void>((r) => unix.listen(path, r));
+  const c = new Server(Who, { engine, socket: unix });
+  await c.ready();
+  t.after(() => c.close());
+  assert.equal(c.localAddress, path);
+  assert.deepEqual(await hello(path), ["", path]);
 });
