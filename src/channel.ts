@@ -15,7 +15,11 @@ export const diagnostics = {
   connectionOpen: diagnosticsChannel("pants-ts:connection:open"),
   /** `{ stream }` when a connection has closed. */
   connectionClose: diagnosticsChannel("pants-ts:connection:close"),
-  /** `{ stream, error, kind }` for every error on a connection. */
+  /**
+   * `{ channel, error, kind }` for every error counted: on a connection (the
+   * channel is its Stream), or before there is one (the Server: a bad PROXY
+   * header, a failed TLS wrap, an accept failure).
+   */
   connectionError: diagnosticsChannel("pants-ts:connection:error"),
   /** `{ server }` once a server is listening. */
   serverListen: diagnosticsChannel("pants-ts:server:listen"),
@@ -104,8 +108,13 @@ export abstract class Channel {
     this.close(false);
   }
 
-  /** @internal Stats objects to count into (the channel's own, the server's). */
-  protected abstract _statsTargets(): [Stats, Stats | null];
+  /**
+   * @internal Stats objects to count into (the channel's own, the server's).
+   * A channel of your own counts into its engine's.
+   */
+  protected _statsTargets(): [Stats, Stats | null] {
+    return [this.engine.stats, null];
+  }
 
   /**
    * @internal Calls a user handler through the guard: a throw or a rejected

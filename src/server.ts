@@ -486,7 +486,7 @@ export class Server extends Channel {
   // Internals
 
   /** @internal */
-  protected _statsTargets(): [Stats, Stats | null] {
+  protected override _statsTargets(): [Stats, Stats | null] {
     return [this.stats, this.engine.stats];
   }
 

@@ -863,10 +863,8 @@ export class Stream extends Channel {
       this.#flags |= F_NATIVE;
       sock.setOwner(this);
       if ((this.#flags & F_LEND) !== 0) sock.setLendReads(true);
-    } else if (this.onClose !== Stream.prototype.onClose || this.onReadError !== Stream.prototype.onReadError || this.onWriteError !== Stream.prototype.onWriteError) {
-      // Handlers that run after a reset may ask for the addresses (two system calls: only then).
-      keepAddresses((raw ?? sock) as net.Socket);
     }
+    if (sock !== accepting.socket) this.#keepAddresses(); // (a server's stream: once it knows its server)
     sock.on("error", onSocketError);
     sock.on("close", onSocketClose);
     if (sock !== accepting.socket) this.engine._channels.add(this);
@@ -905,6 +903,32 @@ export class Stream extends Channel {
     process.nextTick(establishTick, this);
   }
 
+  /**
+   * Whether anything that runs after a reset may ask for the addresses (a
+   * reset socket can no longer tell them): the handlers called then, or a
+   * diagnostics subscriber.
+   */
+  #asksAddressesLate(): boolean {
+    return (
+      this.onClose !== Stream.prototype.onClose ||
+      this.onReadError !== Stream.prototype.onReadError ||
+      this.onWriteError !== Stream.prototype.onWriteError ||
+      this.onSslHandshakeError !== Stream.prototype.onSslHandshakeError ||
+      diagnostics.connectionClose.hasSubscribers ||
+      diagnostics.connectionError.hasSubscribers
+    );
+  }
+
+  /**
+   * A node:net socket (or any under TLS) can no longer tell its addresses
+   * once an error has destroyed it (a peer's reset): read them now if
+   * anyone may ask after that. The native transport keeps the peer's in C.
+   * Two system calls: only then.
+   */
+  #keepAddresses(): void {
+    if (((this.#flags & F_NATIVE) === 0 || this.#x?.raw != null) && this.#asksAddressesLate()) this.#addresses();
+  }
+
   /** The peer's and our addresses, read from the socket on first use. */
   #addresses(): Extras {
     const x = this.#extras();
@@ -913,14 +937,9 @@ export class Stream extends Channel {
     if (raw === null || !(raw instanceof net.Socket || isNative(raw))) return x;
     // While a client connects, each ask reads afresh; once connected, for good.
     if (this.#state !== S_CONNECTING) this.#flags |= F_ADDRESSES;
-    x.remote = null;
-    x.local = null;
-    if (!raw.destroyed || (this.#flags & F_EVER_CONNECTED) !== 0) {
-      x.remote = fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily);
-      const read = raw.address() as Partial<net.AddressInfo>;
-      const local = "port" in read ? read : (raw as KeptSocket)[kLocalAddress];
-      x.local = local?.port !== undefined ? fromNodeAddress(local.address, local.port, local.family) : null;
-    }
+    x.remote = fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily);
+    const local = raw.address();
+    x.local = typeof local === "object" && local !== null && "port" in local ? fromNodeAddress(local.address, local.port, local.family) : null;
     const target = x.connectTarget;
     if (x.remote === null && target?.kind === "tcp") {
       // A TCP client not connected (yet, or ever): where it connects to.
@@ -2074,8 +2093,8 @@ export class Stream extends Channel {
     const state = this.#state;
     if (state === S_CLOSED) return;
     const everConnected = (this.#flags & F_EVER_CONNECTED) !== 0;
-    // A user onClose may ask for the addresses: read them before the socket goes.
-    if (this.onClose !== Stream.prototype.onClose && (this.#flags & F_ADDRESSES) === 0) this.#addresses();
+    // Read the addresses before the socket goes, for whoever may ask after it.
+    if ((this.#flags & F_ADDRESSES) === 0 && this.#asksAddressesLate()) this.#addresses();
     this.#state = S_CLOSED;
     this.#flags |= F_STOP;
     const sock = this.#sock;
@@ -2232,6 +2251,7 @@ export class Stream extends Channel {
     this.server = server;
     this.#connId = connId;
     this.#flags |= F_SERVER_SIDE;
+    this.#keepAddresses();
     if (this.#x?.deadlineKind === "handshake") this.#armHandshakeTimeout();
     if (idleTimeout > 0 && this.idleTimeout === 0) this.idleTimeout = idleTimeout;
   }
@@ -2257,7 +2277,7 @@ export class Stream extends Channel {
   }
 
   /** @internal */
-  protected _statsTargets(): [Stats, Stats | null] {
+  protected override _statsTargets(): [Stats, Stats | null] {
     return [this.engine.stats, this.server !== null ? this.server.stats : null];
   }
 }
@@ -2291,22 +2311,6 @@ function outgoingMoved(x: Extras, sock: Duplex | NativeSocket, active: boolean):
   x.delivered = delivered;
   return moved;
 }
-
-/**
- * Makes a connected node:net socket read its addresses now: it can tell
- * them no more once an error has destroyed it (a peer's reset), when a
- * handler may still ask (`onClose` logging `remoteAddress`). The native
- * transport keeps the peer's address from the accept itself.
- */
-function keepAddresses(sock: net.Socket): void {
-  if (!(sock instanceof net.Socket) || sock.connecting || sock.remoteAddress === undefined) return;
-  // The peer's, node:net keeps itself (remoteAddress answers from it after
-  // the handle is gone); ours, it forgets on destroy.
-  (sock as KeptSocket)[kLocalAddress] = sock.address() as net.AddressInfo;
-}
-
-const kLocalAddress: unique symbol = Symbol("pants-ts.localAddress");
-type KeptSocket = net.Socket & { [kLocalAddress]?: net.AddressInfo };
 
 /**
  * Whether the addon read bytes since the last sweep that no handler saw yet:

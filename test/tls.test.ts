@@ -192,6 +192,26 @@ test("handshakeTimeoutMs: a client that connects and sends nothing is closed", {
   assert.equal((timeouts[0] as Error & { code?: string })?.code, "ERR_TIMEOUT");
 });
 
+test("onSslHandshakeError after a peer's reset mid-handshake still reads the peer's address", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const seen: unknown[] = [];
+  class C extends Echo {
+    override onSslHandshakeError(err: Error) {
+      seen.push(this.remoteAddress);
+      super.onSslHandshakeError(err);
+    }
+  }
+  const server = new Server(C, { engine, sslOptions: serverOptions() });
+  const port = await listenLocal(server, t);
+  const c = await connect(port);
+  await waitFor(() => server.channels.size === 1, 2000, "accepted");
+  const clientPort = c.socket.localPort!;
+  c.socket.resetAndDestroy();
+  await waitFor(() => seen.length === 1, 5000, "onSslHandshakeError");
+  assert.deepEqual(seen[0], ["127.0.0.1", clientPort]);
+});
+
 test("a peer that hangs up mid-handshake (first or STARTTLS) is closed at once, not at the handshake timeout", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);

@@ -49,6 +49,7 @@ export class ReceiveBuffer {
     this.mark = 0;
     this.discarding = false;
     this.skipLeft = 0;
+    this.skipSegment = 0;
   }
 
   #reset(): void {
