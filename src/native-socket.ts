@@ -11,7 +11,7 @@ import process from "node:process";
 import { Buffer } from "node:buffer";
 import { lookup } from "node:dns";
 import { isIP } from "node:net";
-import { constants as osConstants } from "node:os";
+import { getSystemErrorMap } from "node:util";
 import { Duplex } from "node:stream";
 import { log } from "./log.js";
 import { loadNative } from "./native-binding.js";
@@ -106,11 +106,15 @@ function emitFinish(sock: NativeSocket): void {
   sock._emitFinish();
 }
 
+/** libuv's error numbers by name (EOF and EAI_* included), as Node reports them. */
+let uvErrnos: Map<string, number> | null = null;
+
 /** A libuv error as Node reports socket errors: `errno` (libuv's negative number), `code`, `syscall`. */
 function uvError(code: string, syscall: string): NodeJS.ErrnoException {
   const err = new Error(`${syscall} ${code}`) as NodeJS.ErrnoException;
-  const errno = (osConstants.errno as Record<string, number | undefined>)[code];
-  if (errno !== undefined) err.errno = -errno;
+  uvErrnos ??= new Map([...getSystemErrorMap()].map(([errno, [name]]) => [name, errno]));
+  const errno = uvErrnos.get(code);
+  if (errno !== undefined) err.errno = errno;
   err.code = code;
   err.syscall = syscall;
   return err;

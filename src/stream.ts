@@ -493,10 +493,12 @@ export class Stream extends Channel {
   /**
    * No bytes either way for this many ms (none read, none of what was written
    * leaving, a large write still draining counts) calls `onTimeout()` (0 =
-   * off; default from the server). Set before `connect()`, it bounds the
-   * connect too: a connect still under way that long fails with
-   * `onConnectError` (a {@link ConnectError}, errno `ETIMEDOUT`, caused by a
-   * {@link TimeoutError} of kind `"connect"`).
+   * off; default from the server). On a client it bounds the connect too
+   * (the DNS lookup and the TCP connect; a TLS handshake has its own 10 s
+   * deadline): a connect still under way that long after `connect()`, or
+   * after the timeout was set during it, fails with `onConnectError` (a
+   * {@link ConnectError}, errno `ETIMEDOUT`, caused by a {@link TimeoutError}
+   * of kind `"connect"`).
    */
   get idleTimeout(): number {
     return this.#x?.idleTimeout ?? 0;
