@@ -2046,9 +2046,10 @@ export class Stream extends Channel {
         if (this.#state === S_CLOSED) return;
         if (err !== null) {
           this._countError("write", err);
+          // The socket is fine: onWriteError decides (its default closes);
+          // kept open, the writes queued after the file go on.
           this._call1(this.onWriteError, err);
-          this.#finishClose(false);
-          return;
+          if (this.#state === S_CLOSED) return;
         }
         if (this.#inflight === 0) this.#drained();
       },

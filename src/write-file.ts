@@ -4,7 +4,8 @@
  * ahead of the socket and wait for it to drain.
  */
 import { Buffer } from "node:buffer";
-import { close as fsClose, open as fsOpen, read as fsRead } from "node:fs";
+import { close as fsClose, fstat as fsFstat, open as fsOpen, read as fsRead } from "node:fs";
+import type { Stats } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { rangeError } from "./errors.js";
 
@@ -38,7 +39,8 @@ export function sendFile(job: FileJob, sink: FileSink): void {
   const ownsFd = typeof job.file === "string";
   const handle = typeof job.file === "object" ? job.file : null;
   let fd = typeof job.file === "number" ? job.file : -1;
-  let position = job.offset;
+  // null: read on from where the file is (a pipe, FIFO or socket cannot seek: pread fails with ESPIPE).
+  let position: number | null = job.offset;
   let remaining = job.nbytes === 0 ? Infinity : job.nbytes;
 
   const finish = (err: Error | null): void => {
@@ -59,7 +61,7 @@ export function sendFile(job: FileJob, sink: FileSink): void {
         }
         return finish(null);
       }
-      position += bytesRead;
+      if (position !== null) position += bytesRead;
       remaining -= bytesRead;
       const more = sink.writeChunk(bytesRead === size ? buf : buf.subarray(0, bytesRead));
       if (more || sink.backlog < AHEAD) readNext();
@@ -75,13 +77,27 @@ export function sendFile(job: FileJob, sink: FileSink): void {
     }
   };
 
-  if (ownsFd) {
+  /** Whether the file can seek; then the reads start at `offset`. */
+  const start = (err: Error | null, stats?: Stats): void => {
+    if (err !== null || stats === undefined) return finish(err);
+    if (stats.isFIFO() || stats.isSocket() || stats.isCharacterDevice()) {
+      if (job.offset !== 0) return finish(rangeError(`writeFile(): offset ${job.offset} on a file that cannot seek (a pipe, FIFO, socket or device); only 0 is possible.`));
+      position = null;
+    }
+    readNext();
+  };
+  if (handle !== null) {
+    handle.stat().then(
+      (stats) => start(null, stats),
+      (e: Error) => start(e),
+    );
+  } else if (ownsFd) {
     fsOpen(job.file as string, "r", (err, opened) => {
       if (err) return finish(err);
       fd = opened;
-      readNext();
+      fsFstat(fd, (e, stats) => start(e, stats));
     });
   } else {
-    readNext();
+    fsFstat(fd, (e, stats) => start(e, stats));
   }
 }

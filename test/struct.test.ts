@@ -590,6 +590,14 @@ describe("Struct: packing and unpacking", () => {
     assert.equal(new Struct(">Q").pack(2 ** 60).toString("hex"), "1000000000000000");
   });
 
+  it("packs a negative NaN with e as Python does (fe00: the sign kept, the payload dropped)", () => {
+    const bits = new DataView(new ArrayBuffer(8));
+    bits.setUint32(0, 0xfff80001); // a negative NaN with a payload
+    const negative = bits.getFloat64(0);
+    assert.equal(new Struct(">e").pack(negative).toString("hex"), "fe00");
+    assert.equal(new Struct(">e").pack(NaN).toString("hex"), "7e00");
+  });
+
   it("decodes every half-precision bit pattern like Python", () => {
     // struct.unpack("<65536e", all patterns) re-packed as "<65536d", NaNs as 0.0.
     const all = Buffer.alloc(2 * 65536);

@@ -6,7 +6,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Duplex } from "node:stream";
-import { closeSync, openSync, readdirSync, readlinkSync, writeFileSync } from "node:fs";
+import { closeSync, createWriteStream, openSync, readdirSync, readlinkSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { createHash, randomBytes } from "node:crypto";
@@ -193,6 +194,73 @@ test("writeFile: a descriptor and a FileHandle stay open for the caller", async 
   assert.equal((await c.readToEnd()).toString(), "abchij");
   // Both are still usable: the stream did not close them.
   assert.equal((await handle.read(Buffer.alloc(3), 0, 3, 0)).bytesRead, 3);
+});
+
+test("writeFile: a FIFO (it cannot seek) is read from where it is; an offset on one is refused", { skip: process.platform === "win32" && "no mkfifo" }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const fifo = join(dir, "fifo");
+  execFileSync("mkfifo", [fifo]);
+  const errors: string[] = [];
+  class FifoSender extends Stream {
+    override onConnect() {
+      this.write("<");
+      this.writeFile(fifo);
+      this.write(">");
+      this.close();
+    }
+    override onWriteError(err: Error) {
+      errors.push(err.message);
+      super.onWriteError(err);
+    }
+  }
+  const port = await listenLocal(new Server(FifoSender, { engine }), t);
+  const c = await connect(port);
+  const writer = createWriteStream(fifo); // opening it lets the stream's open of the FIFO finish
+  writer.end("from-the-fifo");
+  assert.equal((await c.readToEnd()).toString(), "<from-the-fifo>");
+  assert.deepEqual(errors, []);
+
+  class OffsetSender extends FifoSender {
+    override onConnect() {
+      this.writeFile(fifo, 0, 3);
+    }
+  }
+  const port2 = await listenLocal(new Server(OffsetSender, { engine }), t);
+  const c2 = await connect(port2);
+  const writer2 = createWriteStream(fifo);
+  writer2.on("error", () => {}); // the reader may be gone by the time it writes
+  writer2.end("x");
+  await c2.readToEnd();
+  assert.equal(errors.length, 1);
+  assert.match(errors[0]!, /cannot seek/);
+});
+
+test("writeFile: a file that cannot be read goes to onWriteError; overridden not to close, the stream goes on", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const missing = join(tempDir(t), "missing.txt");
+  const seen: string[] = [];
+  class NotFound extends Stream {
+    override onConnect() {
+      this.write("before\n");
+      this.writeFile(missing);
+      this.write("after\n");
+    }
+    override onWriteError(err: Error) {
+      seen.push((err as NodeJS.ErrnoException).code ?? err.message);
+      // The socket is fine: stay open, and answer a little later.
+      setImmediate(() => {
+        this.write("404\n");
+        this.close();
+      });
+    }
+  }
+  const port = await listenLocal(new Server(NotFound, { engine }), t);
+  const c = await connect(port);
+  assert.equal((await c.readToEnd()).toString(), "before\nafter\n404\n");
+  assert.deepEqual(seen, ["ENOENT"]);
 });
 
 test("writeFile streams a large file without reading it whole", async (t) => {

@@ -513,12 +513,16 @@ const scratch = new DataView(new ArrayBuffer(8));
 
 /**
  * IEEE 754 binary16 bits of `x`, rounded to nearest with ties to even, as
- * CPython's `PyFloat_Pack2`: NaN becomes the quiet NaN 0x7e00 (JavaScript
- * does not expose a NaN's sign), and a finite value whose rounding
- * overflows (|x| >= 65520) is a RangeError.
+ * CPython's `PyFloat_Pack2`: NaN becomes the quiet NaN 0x7e00 with the
+ * NaN's sign (read from its float64 bits; the payload is dropped, as
+ * CPython drops it), and a finite value whose rounding overflows
+ * (|x| >= 65520) is a RangeError.
  */
 function halfBits(x: number): number {
-  if (Number.isNaN(x)) return 0x7e00;
+  if (Number.isNaN(x)) {
+    scratch.setFloat64(0, x);
+    return (scratch.getUint8(0) & 0x80) !== 0 ? 0xfe00 : 0x7e00;
+  }
   const sign = x < 0 || Object.is(x, -0) ? 0x8000 : 0;
   const a = Math.abs(x);
   if (a === Infinity) return sign | 0x7c00;
