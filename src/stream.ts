@@ -671,8 +671,10 @@ export class Stream extends Channel {
    * Sends `nbytes` bytes (0: to the end) of a file from `offset`, in order
    * with other writes, streamed in chunks (never read whole into memory).
    * A path is opened and closed by the stream; a descriptor or FileHandle
-   * stays the caller's to close (after `onWrite`). A file that cannot be
-   * read is reported to `onWriteError`.
+   * stays the caller's to close (after `onWrite`). A pipe, FIFO or socket
+   * is read from where it is (`offset` must be 0). A file that cannot be
+   * read is reported to `onWriteError`, whose default closes; a stream
+   * kept open goes on with the writes queued after the file.
    */
   writeFile(file: string | number | FileHandle, nbytes = 0, offset = 0, flush = false): void {
     const state = this.#state;
