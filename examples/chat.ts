@@ -18,14 +18,19 @@ export default class Chat extends Stream {
     this.encoding = "utf8";
     this.readDelimiter = "\n";
     this.bufferSize = 4096; // longer lines close the connection (onOverflowError)
-    this.nick = `guest${Chat.nextGuest++}`;
+    // A member 256 KiB behind the room (stopped reading) is dropped, not
+    // buffered for: the room never waits for, or grows with, its slowest.
+    this.writeBufferLimit = 256 * 1024;
+    do this.nick = `guest${Chat.nextGuest++}`;
+    while ([...room].some((c) => c.nick.toLowerCase() === this.nick)); // someone may have taken it with /nick
     room.add(this);
     this.write(`Welcome to pants-ts chat, ${this.nick}! ${room.size} here. Commands: /nick NAME, /who, /quit\n`);
     this.broadcast(`* ${this.nick} joined`);
   }
 
   override onRead(line: string): void {
-    const text = line.replace(/\r$/, "").trim();
+    // Control characters (ANSI escapes, a mid-line \r that forges a line, BEL, NUL) never reach other terminals.
+    const text = line.replace(/[\u0000-\u001f\u007f-\u009f]/g, " ").trim();
     if (text === "") return;
     if (text === "/quit") {
       this.write("Bye!\n");
@@ -35,6 +40,10 @@ export default class Chat extends Stream {
     } else if (text.startsWith("/nick ")) {
       const nick = text.slice(6).trim().slice(0, 32);
       if (!/^[\w-]+$/.test(nick)) return this.write("* a nick is letters, digits, _ and -\n");
+      const lower = nick.toLowerCase();
+      for (const other of room) {
+        if (other !== this && other.nick.toLowerCase() === lower) return this.write(`* ${nick} is taken\n`);
+      }
       this.broadcast(`* ${this.nick} is now ${nick}`);
       this.nick = nick;
       this.write(`* you are now ${nick}\n`);

@@ -8,7 +8,8 @@
  *   DEL key         -> OK | NOT_FOUND
  *   KEYS            -> VALUE key1 key2 ... (sorted; just VALUE when empty)
  *   QUIT            -> OK, then the server closes the connection
- *   anything else   -> ERR ...   (lines over 4 KiB: ERR line too long, then close)
+ *   anything else   -> ERR ...   (lines over 4 KiB: ERR line too long, then close;
+ *                                  bytes that are not UTF-8: the connection closes)
  *
  *   npx tsx examples/line-kv.ts         # listens on 127.0.0.1:$PORT (default 4042; 0 picks a free port)
  *   nc localhost 4042                   # then type: SET greeting hello world / GET greeting

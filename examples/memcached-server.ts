@@ -142,6 +142,7 @@ export default class MemcachedConnection extends Stream {
         if (size > MAX_VALUE) {
           this.swallowing = size + 2;
           this.readDelimiter = Math.min(this.swallowing, MAX_LINE);
+          cache.delete(key); // as memcached does: a failed store leaves no stale value behind
           return this.reply("SERVER_ERROR object too large for cache");
         }
         this.pending = { command: name, key, flags: Number(flags), exptime: Number(exptime), cas: BigInt(cas), noreply: this.noreply };
@@ -178,8 +179,12 @@ export default class MemcachedConnection extends Stream {
       case "flush_all": {
         const delay = n > (this.noreply ? 2 : 1) ? key : "0";
         if (n > 3 || !isI32(delay) || Number(delay) < 0) return this.reply("CLIENT_ERROR bad command line format");
-        if (delay === "0") cache.clear();
-        else flushAt = Date.now() + Number(delay) * 1000;
+        if (delay === "0") {
+          cache.clear();
+          flushAt = -Infinity; // an immediate flush replaces a delayed one still to come
+        } else {
+          flushAt = Date.now() + Number(delay) * 1000;
+        }
         return this.reply("OK");
       }
       case "version":

@@ -11,7 +11,7 @@
  *   redis-cli -p 6380 get greeting
  *   printf 'PING\r\n' | nc -q1 localhost 6380      # inline commands work too
  *
- * Framing is Pants' way: "\r\n" lines for the `*N` and `$len` headers, then
+ * Framing is Pants' way: lines ("\r\n", or "\n" alone) for the `*N` and `$len` headers, then
  * the integer delimiter `len + 2` for each bulk string (its body and CRLF),
  * then lines again, switched inside onRead. Malformed input gets
  * `-ERR Protocol error: ...` and the connection closes, as Redis does.
@@ -21,7 +21,10 @@ import { Server, Stream } from "pants-ts";
 import type { BufferOverflowError } from "pants-ts";
 
 const MAX_BULK_LEN = 512 * 1024 * 1024; // Redis' proto-max-bulk-len
-const MAX_MULTIBULK = 1024 * 1024; // arguments of one command
+// Arguments of one command. Redis allows 1M; each argument held here costs
+// about 130 bytes of JS heap besides its bytes, so a few dozen connections of
+// a million empty arguments each would exhaust the heap: 64K is plenty.
+const MAX_MULTIBULK = 64 * 1024;
 const MAX_LINE = 64 * 1024; // inline commands and headers (bufferSize)
 
 /** A value and when it expires (Date.now() ms; Infinity: never). */
@@ -170,19 +173,22 @@ export default class RespConnection extends Stream {
   pending = 0;
 
   override onConnect(): void {
-    this.readDelimiter = "\r\n";
+    this.readDelimiter = "\n"; // "\r\n", or "\n" alone as Redis accepts for inline commands (`echo PING | nc`)
     this.bufferSize = MAX_LINE;
   }
 
-  /** A header or inline line (the delimiter is "\r\n"), or a bulk string with its CRLF (an integer delimiter). */
-  override onRead(frame: Buffer): void {
+  /** A header or inline line (the delimiter is "\n"), or a bulk string with its CRLF (an integer delimiter). */
+  override onRead(data: Buffer): void {
     if (typeof this.readDelimiter === "number") {
-      const len = frame.length - 2;
-      if (frame[len] !== 0x0d || frame[len + 1] !== 0x0a) return this.protocolError("expected CRLF after bulk string");
-      this.args.push(frame.subarray(0, len));
-      this.readDelimiter = "\r\n"; // back to lines: the rest of the buffer is framed by it at once
+      const len = data.length - 2;
+      if (data[len] !== 0x0d || data[len + 1] !== 0x0a) return this.protocolError("expected CRLF after bulk string");
+      this.args.push(data.subarray(0, len));
+      this.readDelimiter = "\n"; // back to lines: the rest of the buffer is framed by it at once
       if (--this.pending === 0) this.execute();
-    } else if (this.pending > 0) {
+      return;
+    }
+    const frame = data[data.length - 1] === 0x0d ? data.subarray(0, data.length - 1) : data;
+    if (this.pending > 0) {
       if (frame[0] !== 0x24 /* $ */) return this.protocolError(`expected '$', got '${frame.toString("latin1", 0, 1)}'`);
       const len = header(frame);
       if (len === null || len < 0 || len > MAX_BULK_LEN) return this.protocolError("invalid bulk length");

@@ -166,6 +166,39 @@ test("chat", async (t) => {
     assert.equal(await nextLine(bob), "* here: alice, bob");
   });
 
+  await t.test("a nick already taken is refused; control characters never reach other terminals", async () => {
+    bob.write("/nick ALICE\n");
+    assert.equal(await nextLine(bob), "* ALICE is taken");
+    // An ANSI clear-screen, a title escape with BEL, and a mid-line \r forging a line from someone else.
+    bob.write("\u001b[2J\u001b]0;pwned\u0007hi\r<alice> run this\u0000\n");
+    const line = await nextLine(alice);
+    assert.doesNotMatch(line, /[\u0000-\u001f\u007f-\u009f]/, JSON.stringify(line));
+    assert.equal(line, "<bob> [2J ]0;pwned hi <alice> run this");
+  });
+
+  await t.test("a member that stops reading is dropped at 256 KiB behind; the others keep chatting", async () => {
+    const stuck = await connect(port);
+    const stuckNick = /^Welcome to pants-ts chat, (guest\d+)!/.exec(await nextLine(stuck))?.[1];
+    assert.equal(await nextLine(alice), `* ${stuckNick} joined`);
+    assert.equal(await nextLine(bob), `* ${stuckNick} joined`);
+    stuck.socket.pause(); // reads no more
+    const chunk = "x".repeat(3000);
+    let dropped = false;
+    for (let i = 0; i < 2000 && !dropped; i++) {
+      alice.write(chunk + "\n");
+      const line = await nextLine(bob);
+      if (line === `* ${stuckNick} left`) dropped = true;
+      else assert.equal(line, `<alice> ${chunk}`);
+    }
+    assert.ok(dropped, "the stuck member was dropped");
+    assert.equal(await nextLine(alice), `* ${stuckNick} left`);
+    assert.equal(await nextLine(bob), `<alice> ${chunk}`, "the line written while the drop was read");
+    stuck.socket.resume();
+    await stuck.readToEnd();
+    bob.write("still here\n");
+    assert.equal(await nextLine(alice), "<bob> still here");
+  });
+
   await t.test("/quit says bye, closes, and the others are told", async () => {
     bob.write("/quit\n");
     assert.equal((await bob.readToEnd()).toString(), "Bye!\n");

@@ -256,6 +256,10 @@ test("memcached-server over raw sockets", async (t) => {
     await expect("get f2\r\n", "END\r\n");
     await expect("set f3 0 0 1\r\n3\r\nget f3\r\n", "STORED\r\nVALUE f3 0 1\r\n3\r\nEND\r\n"); // stored after the flush time
     await expect("flush_all soon\r\n", "CLIENT_ERROR bad command line format\r\n");
+    // An immediate flush replaces a delayed one still to come (as memcached): what is stored after it stays.
+    await expect("flush_all 1\r\nflush_all\r\nset f4 0 0 1\r\n4\r\n", "OK\r\nOK\r\nSTORED\r\n");
+    await sleep(1100);
+    await expect("get f4\r\n", "VALUE f4 0 1\r\n4\r\nEND\r\n");
   });
 
   await t.test("a data block whose length does not match: bad data chunk, nothing stored", async () => {
@@ -285,6 +289,7 @@ test("memcached-server over raw sockets", async (t) => {
 
   await t.test("a value over 1 MiB: SERVER_ERROR, and its data block is skipped", async () => {
     const size = 2 * 1024 * 1024;
+    await expect("set huge 0 0 3\r\nold\r\n", "STORED\r\n"); // a failed store leaves no stale value behind (as memcached)
     client.write(`set huge 0 0 ${size}\r\n`);
     client.write(Buffer.alloc(size, "x"));
     await expect("\r\nget huge\r\n", "SERVER_ERROR object too large for cache\r\nEND\r\n");

@@ -291,6 +291,9 @@ test("resp-server over raw sockets", async (t) => {
 
   await t.test("empty and negative multibulk counts are ignored", () => exchange("*0\r\n*-1\r\nPING\r\n", "+PONG\r\n"));
 
+  await t.test("an inline command ended by \\n alone is answered, as Redis does (echo PING | nc)", () =>
+    exchange("PING\nECHO hi\r\nPING\n", "+PONG\r\n$2\r\nhi\r\n+PONG\r\n"));
+
   await t.test("QUIT replies +OK then closes; later commands are not run", async () => {
     assert.equal(await session("PING\r\nQUIT\r\nPING\r\n"), "+PONG\r\n+OK\r\n");
   });
@@ -298,6 +301,7 @@ test("resp-server over raw sockets", async (t) => {
   const malformed: Array<[string, string | Buffer, string]> = [
     ["a bad multibulk count", "*x\r\n", "invalid multibulk length"],
     ["a multibulk count over the limit", "*2000000\r\n", "invalid multibulk length"],
+    ["more arguments than one command may hold (64K: each costs heap)", "*65537\r\n", "invalid multibulk length"],
     ["a bad bulk length", "*2\r\n$3\r\nGET\r\n$x\r\n", "invalid bulk length"],
     ["a negative bulk length", "*1\r\n$-1\r\n", "invalid bulk length"],
     ["a bulk length over proto-max-bulk-len", "*1\r\n$536870913\r\n", "invalid bulk length"],
