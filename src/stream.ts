@@ -142,6 +142,28 @@ function join(list: readonly QueueItem[], n: number, bytes: number): Buffer {
   return joinInto(Buffer.allocUnsafe(bytes), list, n);
 }
 
+/** Held small buffers are joined this many at a time. */
+const HELD_JOIN = 64;
+
+/**
+ * The leading `n` buffers of `wq` wait for the socket: once the last
+ * HELD_JOIN of them are small (JOIN_LIMIT in all), they become one buffer,
+ * so a queue of short writes costs about its bytes (each byte is copied once).
+ */
+function joinHeld(wq: QueueItem[], n: number): void {
+  if (n < HELD_JOIN) return;
+  const from = n - HELD_JOIN;
+  let bytes = 0;
+  for (let i = from; i < n; i++) {
+    const b = wq[i] as Buffer;
+    if (b.length >= JOIN_LIMIT / HELD_JOIN && i < n - 1) return; // joined already, or large: leave them
+    bytes += b.length;
+  }
+  if (bytes > JOIN_LIMIT) return;
+  const tail = wq.slice(from, n);
+  wq.splice(from, HELD_JOIN, joinInto(Buffer.allocUnsafe(bytes), tail, HELD_JOIN));
+}
+
 /**
  * Drained write queues, kept for the next stream that writes: a stream
  * holds a queue only while it has something queued (an idle connection
@@ -1878,6 +1900,14 @@ export class Stream extends Channel {
         n++;
       }
       if (n > 0) {
+        if (this.#holdRun(sock)) {
+          // The socket still holds earlier bytes (the peer reads slowly): these
+          // wait here, joined, and leave in one write when it drains — not one
+          // write per turn, whose request and callback would cost many times a
+          // short line's bytes, outside writeBufferLimit's count.
+          joinHeld(wq, n);
+          break; // (on to the backpressure check below)
+        }
         if ((this.#flags & F_NATIVE) !== 0 && (sock as unknown as NativeSocket).writableNow) {
           // The addon writes the run now, in one system call; it does not keep the array.
           const native = sock as unknown as NativeSocket;
@@ -1936,6 +1966,18 @@ export class Stream extends Channel {
    */
   #nobodyWaits(): boolean {
     return (this.#flags & (P_BACKPRESSURE | F_WRITE_OVERFLOWED)) === 0 && this.#state === S_OPEN && this.onWrite === Stream.prototype.onWrite;
+  }
+
+  /**
+   * Whether queued buffers should wait for the socket to drain: it still
+   * holds bytes from earlier writes, and will say when they have gone (a
+   * write in flight calls back; on node:net, a barrier is asked for).
+   */
+  #holdRun(sock: OwnedSocket): boolean {
+    if (this.#inflight > 0) return true;
+    if ((this.#flags & F_NATIVE) !== 0 || sock.writableLength === 0) return false;
+    this.#barrier();
+    return true;
   }
 
   /**
