@@ -65,7 +65,8 @@ class ReplyError extends Error {}
 function integer(arg: Buffer): number {
   const text = arg.toString("latin1");
   const n = Number(text);
-  if (!/^-?(0|[1-9]\d*)$/.test(text) || !Number.isSafeInteger(n)) throw new ReplyError("value is not an integer or out of range");
+  // As Redis' string2ll: no sign on 0 ("-0"), no leading zeros or spaces.
+  if (!/^(0|-?[1-9]\d*)$/.test(text) || !Number.isSafeInteger(n)) throw new ReplyError("value is not an integer or out of range");
   return n;
 }
 
@@ -157,7 +158,7 @@ function set(a: Buffer[]): Reply {
 function incr(a: Buffer[]): Reply {
   const entry = lookup(a[1]);
   const text = entry?.value.toString("latin1") ?? "0";
-  if (!/^-?(0|[1-9]\d{0,19})$/.test(text) || BigInt(text) >= 2n ** 63n || BigInt(text) < -(2n ** 63n)) {
+  if (!/^(0|-?[1-9]\d{0,19})$/.test(text) || BigInt(text) >= 2n ** 63n || BigInt(text) < -(2n ** 63n)) {
     throw new ReplyError("value is not an integer or out of range");
   }
   const next = BigInt(text) + 1n;

@@ -124,6 +124,8 @@ test("resp-server with redis-cli", { skip: NO_CLI }, async (t) => {
       [["INCR", "i:text"], "(error) ERR value is not an integer or out of range"],
       [["SET", "i:float", "1.5"], "OK"],
       [["INCR", "i:float"], "(error) ERR value is not an integer or out of range"],
+      [["SET", "i:negzero", "-0"], "OK"],
+      [["INCR", "i:negzero"], "(error) ERR value is not an integer or out of range"], // as Redis' string2ll
       [["SET", "i:max", "9223372036854775806"], "OK"],
       [["INCR", "i:max"], "(integer) 9223372036854775807"],
       [["INCR", "i:max"], "(error) ERR increment or decrement would overflow"],
