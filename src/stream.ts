@@ -142,26 +142,32 @@ function join(list: readonly QueueItem[], n: number, bytes: number): Buffer {
   return joinInto(Buffer.allocUnsafe(bytes), list, n);
 }
 
-/** Held small buffers are joined this many at a time. */
+/** Held short buffers are joined this many at a time. */
 const HELD_JOIN = 64;
 
 /**
- * The leading `n` buffers of `wq` wait for the socket: once the last
- * HELD_JOIN of them are small (JOIN_LIMIT in all), they become one buffer,
- * so a queue of short writes costs about its bytes (each byte is copied once).
+ * The leading `n` buffers of `wq` wait for the socket; those from `from` on
+ * are not grouped yet. Each HELD_JOIN of them that are short (JOIN_LIMIT in
+ * all) become one buffer, so a queue of short writes costs about its bytes;
+ * each byte is copied once, and each item looked at once. Leaves the new
+ * count in `x.held` and where grouping stopped in `x.heldJoined`.
  */
-function joinHeld(wq: QueueItem[], n: number): void {
-  if (n < HELD_JOIN) return;
-  const from = n - HELD_JOIN;
-  let bytes = 0;
-  for (let i = from; i < n; i++) {
-    const b = wq[i] as Buffer;
-    if (b.length >= JOIN_LIMIT / HELD_JOIN && i < n - 1) return; // joined already, or large: leave them
-    bytes += b.length;
+function joinHeld(x: Extras, wq: QueueItem[], from: number, n: number): void {
+  let at = from;
+  while (n - at >= HELD_JOIN) {
+    let bytes = 0;
+    for (let i = at; i < at + HELD_JOIN; i++) bytes += (wq[i] as Buffer).length;
+    if (bytes <= JOIN_LIMIT) {
+      const group = wq.slice(at, at + HELD_JOIN);
+      wq.splice(at, HELD_JOIN, joinInto(Buffer.allocUnsafe(bytes), group, HELD_JOIN));
+      n -= HELD_JOIN - 1;
+      at += 1;
+    } else {
+      at += HELD_JOIN; // long writes: few of them for their bytes
+    }
   }
-  if (bytes > JOIN_LIMIT) return;
-  const tail = wq.slice(from, n);
-  wq.splice(from, HELD_JOIN, joinInto(Buffer.allocUnsafe(bytes), tail, HELD_JOIN));
+  x.held = n;
+  x.heldJoined = at;
 }
 
 /**
@@ -213,6 +219,15 @@ class Extras {
   read = 0;
   /** onRead calls whose promises have not settled yet. */
   pendingReads = 0;
+  /**
+   * The queue whose leading `held` buffers (`heldBytes` in all) wait for
+   * the socket to drain: counted already, and grouped (joinHeld) up to
+   * `heldJoined`.
+   */
+  heldQueue: QueueItem[] | null = null;
+  held = 0;
+  heldBytes = 0;
+  heldJoined = 0;
 }
 
 /** One FrameOut for every stream: read and cleared before any handler runs. */
@@ -1892,9 +1907,12 @@ export class Stream extends Channel {
     // #dropRun drops the array once it is drained (and a write made from a
     // callback below starts a new one): read #wq again on every round.
     for (let wq = this.#wq; wq !== null && wq.length > 0; wq = this.#wq) {
-      // The leading run of plain buffers leaves in one write.
-      let n = 0;
-      let bytes = 0;
+      // The leading run of plain buffers leaves in one write. (A run held
+      // for the socket was counted already: only what came since is.)
+      const x = this.#x;
+      const held = x !== null && x.heldQueue === wq;
+      let n = held ? x.held : 0;
+      let bytes = held ? x.heldBytes : 0;
       while (n < wq.length && Buffer.isBuffer(wq[n])) {
         bytes += (wq[n] as Buffer).length;
         n++;
@@ -1905,9 +1923,13 @@ export class Stream extends Channel {
           // wait here, joined, and leave in one write when it drains — not one
           // write per turn, whose request and callback would cost many times a
           // short line's bytes, outside writeBufferLimit's count.
-          joinHeld(wq, n);
+          const h = this.#extras();
+          joinHeld(h, wq, held ? x.heldJoined : 0, n);
+          h.heldBytes = bytes;
+          h.heldQueue = wq;
           break; // (on to the backpressure check below)
         }
+        if (held) x.heldQueue = null; // the run leaves now
         if ((this.#flags & F_NATIVE) !== 0 && (sock as unknown as NativeSocket).writableNow) {
           // The addon writes the run now, in one system call; it does not keep the array.
           const native = sock as unknown as NativeSocket;
@@ -1974,9 +1996,10 @@ export class Stream extends Channel {
    * write in flight calls back; on node:net, a barrier is asked for).
    */
   #holdRun(sock: OwnedSocket): boolean {
-    if (this.#inflight > 0) return true;
-    if ((this.#flags & F_NATIVE) !== 0 || sock.writableLength === 0) return false;
-    this.#barrier();
+    // (Not "a write is in flight": one the OS took at once calls back on the
+    // next tick, and a flush in between must still send.)
+    if (sock.writableLength === 0) return false;
+    this.#barrier(); // node:net: be told when it drains (native: the write left queued already asked)
     return true;
   }
 

@@ -151,6 +151,23 @@ test("small writes joined per turn keep their bytes and order while the socket i
   c.destroy();
 });
 
+test("flushed writes have left when close(false) follows, with onWrite overridden too (nothing waits for an idle socket)", async (t) => {
+  const engine = freshEngine(t);
+  for (const withOnWrite of [true, false]) {
+    class Flusher extends Stream {
+      override onConnect() {
+        this.write("first\n", true);
+        this.write("second\n", true);
+        this.close(false);
+      }
+    }
+    if (withOnWrite) Flusher.prototype.onWrite = function () {};
+    const port = await listenLocal(new Server(Flusher, { engine }), t);
+    const c = await connect(port);
+    assert.equal((await c.readToEnd()).toString(), "first\nsecond\n", `onWrite overridden: ${withOnWrite}`);
+  }
+});
+
 test("writeFile: a path (opened and closed by the stream), in order with other writes", async (t) => {
   const engine = freshEngine(t);
   const dir = tempDir(t);
