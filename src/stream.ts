@@ -1918,11 +1918,13 @@ export class Stream extends Channel {
         n++;
       }
       if (n > 0) {
-        if (this.#holdRun(sock)) {
-          // The socket still holds earlier bytes (the peer reads slowly): these
-          // wait here, joined, and leave in one write when it drains — not one
-          // write per turn, whose request and callback would cost many times a
-          // short line's bytes, outside writeBufferLimit's count.
+        if (bytes < JOIN_LIMIT && this.#holdRun(sock)) {
+          // The socket still holds earlier bytes (the peer reads slowly): short
+          // writes wait here, joined, and leave in one write when it drains or
+          // they reach JOIN_LIMIT — not one write per turn, whose request and
+          // callback would cost many times a short line's bytes, outside
+          // writeBufferLimit's count. (Long runs go at once: that cost is
+          // small beside them, and a bulk stream keeps the socket fed.)
           const h = this.#extras();
           joinHeld(h, wq, held ? x.heldJoined : 0, n);
           h.heldBytes = bytes;
