@@ -442,6 +442,9 @@ bool pn_conn_export(pn_env *e, napi_value exports);
  * *err). */
 pn_conn *pn_conn_new(pn_env *e, bool is_pipe, int *err);
 void pn_conn_close(pn_conn *c);
+/* Keeps the peer's address of a connected TCP conn in c->peer (see there);
+ * sa_family stays 0 when the kernel cannot tell it. */
+void pn_conn_keep_peer(pn_conn *c);
 /* The connection a conn function was called for: its first argument is the
  * id; the other arguments (if argc/argv are given) are stored in argv.
  * NULL once closed or closing (or for the id of a connection that is gone).

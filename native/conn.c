@@ -114,6 +114,11 @@ static void conn_close_cb(uv_handle_t *h) {
   pn_handle_closed(e, NULL);
 }
 
+void pn_conn_keep_peer(pn_conn *c) {
+  int len = sizeof(c->peer);
+  if (uv_tcp_getpeername(&c->h.tcp, &c->peer.sa, &len) != 0) c->peer.sa.sa_family = 0;
+}
+
 /* Idempotent. After this only onClose is delivered for the connection. */
 void pn_conn_close(pn_conn *c) {
   if (c->base.closing) return;
@@ -194,10 +199,7 @@ static void connect_cb(uv_connect_t *req, int status) {
   c->connecting = false;
   /* Closed while connecting (status is UV_ECANCELED): JS asked for it. */
   if (c->base.closing) return;
-  if (status == 0 && !c->base.is_pipe) { /* the peer, kept as for accepted connections */
-    int len = sizeof(c->peer);
-    if (uv_tcp_getpeername(&c->h.tcp, &c->peer.sa, &len) != 0) c->peer.sa.sa_family = 0;
-  }
+  if (status == 0 && !c->base.is_pipe) pn_conn_keep_peer(c); /* as for accepted connections */
   if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
   if ((argv[0] = pn_conn_id(c)) != NULL) {
     argv[1] = pn_err_name(e->env, status);

@@ -77,10 +77,8 @@ static void deliver_connection(pn_server *s, pn_conn *c) {
 
   if (!s->base.is_pipe) {
     uv_tcp_nodelay(&c->h.tcp, 1);
-    if (c->peer.sa.sa_family == 0) { /* accepted by libuv, which does not keep the address */
-      int len = sizeof(c->peer);
-      if (uv_tcp_getpeername(&c->h.tcp, &c->peer.sa, &len) != 0) c->peer.sa.sa_family = 0;
-    }
+    /* Accepted by libuv, which does not keep the address (accept_batch did). */
+    if (c->peer.sa.sa_family == 0) pn_conn_keep_peer(c);
   }
   if (napi_open_handle_scope(e->env, &scope) != napi_ok) {
     pn_conn_close(c);

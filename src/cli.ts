@@ -94,15 +94,12 @@ function checkPort(text: string, whole: string): number {
   return port;
 }
 
-function positiveInt(name: string, text: string | undefined): number | undefined {
+/** An integer flag's value: at least 1, or (`zero`) at least 0. */
+function intFlag(name: string, text: string | undefined, zero = false): number | undefined {
   if (text === undefined) return undefined;
-  if (!/^\d+$/.test(text) || Number(text) <= 0) throw new UsageError(`--${name} must be a positive integer, got "${text}"`);
-  return Number(text);
-}
-
-function nonNegativeInt(name: string, text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  if (!/^\d+$/.test(text)) throw new UsageError(`--${name} must be a non-negative integer, got "${text}"`);
+  if (!/^\d+$/.test(text) || (!zero && Number(text) === 0)) {
+    throw new UsageError(`--${name} must be a ${zero ? "non-negative" : "positive"} integer, got "${text}"`);
+  }
   return Number(text);
 }
 
@@ -140,16 +137,16 @@ function parseServe(argv: string[]): ServeArgs {
   const args: ServeArgs = {
     module: parsed.positionals[0]!,
     listen: (v.listen ?? []).map(parseListenAddress),
-    workers: positiveInt("workers", v.workers) ?? 1,
+    workers: intFlag("workers", v.workers) ?? 1,
     proxyProtocol: v["proxy-protocol"] ?? false,
-    shutdownTimeoutMs: nonNegativeInt("shutdown-timeout", v["shutdown-timeout"]) ?? 10_000,
+    shutdownTimeoutMs: intFlag("shutdown-timeout", v["shutdown-timeout"], true) ?? 10_000,
     quiet: v.quiet ?? false,
   };
   if (v["tls-cert"] !== undefined) args.tlsCert = v["tls-cert"];
   if (v["tls-key"] !== undefined) args.tlsKey = v["tls-key"];
-  const max = positiveInt("max-connections", v["max-connections"]);
+  const max = intFlag("max-connections", v["max-connections"]);
   if (max !== undefined) args.maxConnections = max;
-  const idle = positiveInt("idle-timeout", v["idle-timeout"]);
+  const idle = intFlag("idle-timeout", v["idle-timeout"]);
   if (idle !== undefined) args.idleTimeoutMs = idle;
   return args;
 }
