@@ -158,8 +158,7 @@ function joinHeld(x: Extras, wq: QueueItem[], from: number, n: number): void {
     let bytes = 0;
     for (let i = at; i < at + HELD_JOIN; i++) bytes += (wq[i] as Buffer).length;
     if (bytes <= JOIN_LIMIT) {
-      const group = wq.slice(at, at + HELD_JOIN);
-      wq.splice(at, HELD_JOIN, joinInto(Buffer.allocUnsafe(bytes), group, HELD_JOIN));
+      wq.splice(at, HELD_JOIN, joinInto(Buffer.allocUnsafe(bytes), wq, HELD_JOIN, at));
       n -= HELD_JOIN - 1;
       at += 1;
     } else {

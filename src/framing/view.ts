@@ -35,13 +35,13 @@ export const viewOf: (buffer: ArrayBufferLike, byteOffset: number, length: numbe
   View !== null ? (buffer, byteOffset, length) => new View(buffer, byteOffset, length) : (buffer, byteOffset, length) => Buffer.from(buffer, byteOffset, length);
 
 /**
- * Copies the first `n` buffers of `list` one after another into `out`
- * (which has room for them). A few bytes (a line's "\n") are copied by
- * hand: TypedArray#set costs more than that in calling alone.
+ * Copies `n` buffers of `list`, from index `from`, one after another into
+ * `out` (which has room for them). A few bytes (a line's "\n") are copied
+ * by hand: TypedArray#set costs more than that in calling alone.
  */
-export function joinInto(out: Buffer, list: readonly unknown[], n: number): Buffer {
+export function joinInto(out: Buffer, list: readonly unknown[], n: number, from = 0): Buffer {
   let at = 0;
-  for (let i = 0; i < n; i++) {
+  for (let i = from; i < from + n; i++) {
     const b = list[i] as Buffer;
     const len = b.length;
     if (len < 8) for (let j = 0; j < len; j++) out[at + j] = b[j]!;
