@@ -166,16 +166,31 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   let closedResolve: () => void = () => {};
   const closed = new Promise<void>((r) => (closedResolve = r));
 
+  /**
+   * A message to a worker that may be dying: one that has closed its channel
+   * (it failed, or crashed, and its exit is not reaped yet) is about to exit,
+   * and a send racing its exit fails with EPIPE. Neither may crash the primary.
+   */
+  const tell = (worker: Worker, message: Message) => {
+    if (worker.isDead() || !worker.isConnected()) return;
+    worker.send(message, undefined, (err) => {
+      if (err !== null && err !== undefined) log.current.debug(`Worker ${worker.process.pid} missed a message: ${err.message}`);
+    });
+  };
+
   const fork = (): Worker => {
     const worker = cluster.fork();
     lastFork.set(worker, Date.now());
+    // IPC errors are the send races above, or a channel failing as the worker
+    // dies; its exit is handled below. Unlistened, one would kill the primary.
+    worker.on("error", (err: Error) => log.current.debug(`Worker ${worker.process.pid}: ${err.message}`));
     worker.on("message", (m: unknown) => {
       if (!isMessage(m)) return;
       if (m.pantsTs === "stats") {
         perWorker.set(worker.id, m.stats);
         options.onStats?.(stats());
       } else if (m.pantsTs === "drained") {
-        if (!worker.isDead()) worker.send({ pantsTs: "exit" } satisfies Message);
+        tell(worker, { pantsTs: "exit" });
       } else if (m.pantsTs === "failed") {
         failures.set(worker, m.message);
         log.current.error(`Worker ${worker.process.pid} failed to start: ${m.message}`);
@@ -209,7 +224,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       expected.add(worker);
       if (worker.isDead()) return resolve();
       worker.once("exit", () => resolve());
-      worker.send({ pantsTs: "shutdown", timeoutMs: shutdownTimeoutMs } satisfies Message);
+      tell(worker, { pantsTs: "shutdown", timeoutMs: shutdownTimeoutMs });
       // A worker that does not finish in time is killed (0: no deadline, as in shutdown()).
       if (shutdownTimeoutMs > 0) {
         setTimeout(() => {

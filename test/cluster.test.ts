@@ -164,6 +164,20 @@ test("runCluster: a worker that fails to start fails the start: the primary stop
   assert.match(out, /A worker failed to start: broken deploy/);
 });
 
+test("runCluster: SIGTERM while workers have closed their channel but not exited: no crash, the primary waits for them", { timeout: 60_000 }, async (t) => {
+  // A worker that is dying (its channel closed, its exit not reaped yet) when
+  // the primary tells it to shut down: the message cannot be sent. That once
+  // threw an unhandled 'error' in the primary (ERR_IPC_CHANNEL_CLOSED/EPIPE),
+  // and a start whose workers all failed at once lost its error to it.
+  const c = await startCluster(2, { LINGER_MS: "1500" });
+  t.after(() => c.child.kill("SIGKILL"));
+  await sleep(400);
+  c.child.kill("SIGTERM");
+  assert.equal(await c.exited, 0, c.out());
+  assert.doesNotMatch(c.out(), /ERR_IPC_CHANNEL_CLOSED|EPIPE|Unhandled/);
+  assert.match(c.out(), /primary done/);
+});
+
 test("runCluster rejects bad options before it forks anything", async () => {
   const { runCluster } = await import("../src/index.js");
   const main = () => {};
