@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 
 #include "common.h"
 
@@ -152,7 +153,7 @@ int pn_parse_ip(const char *host, int port, struct sockaddr_storage *ss) {
 }
 
 napi_value pn_sockaddr_object(napi_env env, const struct sockaddr_storage *ss) {
-  char ip[INET6_ADDRSTRLEN + 1] = {0};
+  char ip[INET6_ADDRSTRLEN + 1 + UV_IF_NAMESIZE] = {0};
   int port, family;
   napi_value obj, v;
   if (ss->ss_family == AF_INET) {
@@ -163,6 +164,13 @@ napi_value pn_sockaddr_object(napi_env env, const struct sockaddr_storage *ss) {
   } else if (ss->ss_family == AF_INET6) {
     const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
     if (uv_ip6_name(a, ip, sizeof(ip)) != 0) goto none;
+    /* A link-local address names its interface, as node:net's do
+     * ("fe80::1%eth0"): without it the address cannot be used again. */
+    if (IN6_IS_ADDR_LINKLOCAL(&a->sin6_addr) && a->sin6_scope_id > 0) {
+      size_t len = strlen(ip), room = sizeof(ip) - len - 1;
+      ip[len] = '%';
+      if (uv_if_indextoiid(a->sin6_scope_id, ip + len + 1, &room) != 0) ip[len] = '\0';
+    }
     port = ntohs(a->sin6_port);
     family = 6;
   } else {

@@ -3,6 +3,7 @@
  */
 import { Buffer } from "node:buffer";
 import { isIP } from "node:net";
+import { networkInterfaces } from "node:os";
 import type { AddressInfo } from "node:net";
 import { InvalidAddressFormatError, describe } from "./errors.js";
 
@@ -117,9 +118,39 @@ export function fromNodeAddress(ip: string | undefined, port: number | undefined
   if (pct !== -1) {
     const scope = ip.slice(pct + 1);
     host = ip.slice(0, pct);
-    scopeid = /^\d+$/.test(scope) ? Number(scope) : 0;
+    scopeid = scopeIndex(scope);
   }
   return [host, port, 0, scopeid];
+}
+
+/**
+ * The interface index of an IPv6 zone ("4", or "eth0" as node:net reports
+ * link-local addresses): the scope id of the interface's link-local
+ * addresses. 0 when unknown.
+ */
+function scopeIndex(zone: string): number {
+  if (/^\d+$/.test(zone)) return Number(zone);
+  for (const a of networkInterfaces()[zone] ?? []) if (a.family === "IPv6" && a.scopeid !== undefined && a.scopeid > 0) return a.scopeid;
+  return 0;
+}
+
+/**
+ * `host` with the zone a 4-tuple's `scopeid` names (`fe80::1` and 4:
+ * `fe80::1%eth0`), as node:net and the addon take it: both look a zone up
+ * by interface name. Unchanged without a scope id or for anything but an
+ * IPv6 literal without a zone.
+ */
+export function withScope(host: string, scopeid: number): string {
+  const zone = /%(\d+)$/.exec(host);
+  if (zone !== null) {
+    host = host.slice(0, zone.index); // a numeric zone ("%4"): neither takes one on Linux
+    scopeid = Number(zone[1]);
+  }
+  if (scopeid === 0 || host.includes("%") || isIP(host) !== 6) return host;
+  for (const [name, list] of Object.entries(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === "IPv6" && a.scopeid === scopeid) return `${host}%${name}`;
+  }
+  return `${host}%${scopeid}`;
 }
 
 /** The address of a listening `net.Server` in Pants' shape. */
@@ -136,7 +167,8 @@ export function formatAddress(address: Address | null | undefined): string {
   if (typeof address === "string") return `unix:${address.replace(/\0/g, "@")}`;
   const [host, port] = address;
   if (host === "") return `${address.length === 4 ? "[::]" : "0.0.0.0"}:${port}`;
-  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+  // A link-local address names its interface ("[fe80::1%eth0]:8080"), as it must be given to connect.
+  return host.includes(":") ? `[${address.length === 4 ? withScope(host, address[3]) : host}]:${port}` : `${host}:${port}`;
 }
 
 /** Copies an address so callers cannot mutate internal state. */

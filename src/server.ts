@@ -13,7 +13,7 @@ import { Channel, diagnostics, isThenable } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
 import { newStats, addStats } from "./engine.js";
 import type { Stats } from "./engine.js";
-import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress } from "./address.js";
+import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, ProxyProtocolError, TimeoutError, describe, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
@@ -505,7 +505,7 @@ export class Server extends Channel {
     }
     if (this.#state !== ST_BINDING) return;
     if (host !== "") {
-      await this.#listenOne({ host, port: parsed.port, backlog, ipv6Only: false });
+      await this.#listenOne({ host: withScope(host, parsed.scopeid), port: parsed.port, backlog, ipv6Only: false });
       return;
     }
     if (parsed.v6tuple) {

@@ -17,7 +17,7 @@ import type { PeerCertificate } from "node:tls";
 import { Channel, diagnostics, isPeerError, isThenable } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
 import type { Stats } from "./engine.js";
-import { parseAddress, fromNodeAddress, copyAddress, formatAddress } from "./address.js";
+import { parseAddress, fromNodeAddress, copyAddress, formatAddress, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
 import {
   BufferOverflowError,
@@ -591,7 +591,7 @@ export class Stream extends Channel {
     this.#state = S_CONNECTING;
     let sock: net.Socket | NativeSocket;
     const native = this.#x?.sslOptions == null && useNative(undefined);
-    const host = target.kind === "tcp" ? (target.host === "" ? (target.v6tuple ? "::1" : "127.0.0.1") : target.host) : "";
+    const host = target.kind === "tcp" ? (target.host === "" ? (target.v6tuple ? "::1" : "127.0.0.1") : withScope(target.host, target.scopeid)) : "";
     if (native) {
       this.#flags |= F_NATIVE;
       sock = NativeSocket.connect(target.kind === "unix" ? { path: target.path } : { host, port: target.port, family: target.family === 0 && target.v6tuple ? 6 : 0 });

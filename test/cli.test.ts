@@ -7,6 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
+import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import { connect, connectTls, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
@@ -95,6 +96,21 @@ test("serve on TCP and a UNIX socket; SIGUSR2 prints stats; SIGTERM drains and e
   s.child.kill("SIGTERM");
   assert.equal((await tcp.readToEnd()).toString(), "bye\n");
   assert.equal((await unix.readToEnd()).toString(), "bye\n");
+  assert.equal(await s.exited, 0);
+});
+
+/** A link-local IPv6 address of this host and its interface's name, if any. */
+const linkLocal = Object.entries(networkInterfaces())
+  .flatMap(([name, list]) => (list ?? []).map((a) => ({ name, address: a.address, scoped: a.family === "IPv6" && (a.scopeid ?? 0) > 0 })))
+  .find((a) => a.address.startsWith("fe80:") && a.scoped);
+
+test("a link-local IPv6 listen address keeps its interface in the banner and the connect hint", { skip: linkLocal === undefined && "no link-local IPv6 address", timeout: 30_000 }, async (t) => {
+  const { name, address } = linkLocal!;
+  const s = await serve([fixture("cli-echo.ts"), "--listen", `[${address}%${name}]:0`]);
+  t.after(() => s.child.kill("SIGKILL"));
+  const esc = `${address}%${name}`.replace(/[.:%]/g, "\\$&");
+  assert.match(s.out(), new RegExp(`serving CliEcho on \\[${esc}\\]:\\d+ \\(connect: nc ${esc} \\d+\\)`));
+  s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });
 

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, statSync, writeFileSync } from "node:fs";
 import net from "node:net";
+import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import { ChannelStateError, InvalidAddressFormatError, Server, Stream } from "../src/index.js";
 import type { Address } from "../src/index.js";
@@ -110,6 +111,39 @@ test('["", port, 0, 0] is one dual-stack socket: IPv4 peers appear IPv4-mapped',
   assert.equal((r4 as unknown[])[0], "::ffff:127.0.0.1");
   assert.equal((r4 as unknown[]).length, 4);
   await hello(portOf(server), "::1");
+});
+
+/** A link-local IPv6 address of this host and its interface's name and index, if any. */
+const linkLocal = Object.entries(networkInterfaces())
+  .flatMap(([name, list]) => (list ?? []).map((a) => ({ name, address: a.address, scopeid: a.family === "IPv6" ? (a.scopeid ?? 0) : 0 })))
+  .find((a) => a.address.startsWith("fe80:") && a.scopeid > 0);
+
+test("link-local IPv6: a 4-tuple's scopeid is used, and reported addresses carry it", { skip: linkLocal === undefined && "no link-local IPv6 address" }, async (t) => {
+  const engine = freshEngine(t);
+  const { name, address, scopeid } = linkLocal!;
+  let accepted: Stream | null = null;
+  class Keep extends Stream {
+    override onConnect() {
+      accepted = this;
+    }
+  }
+  // The zone as a scope id (Pants' 4-tuple), or in the host (node:net's form): the same socket.
+  for (const listenOn of [[address, 0, 0, scopeid], [`${address}%${name}`, 0]] as Address[]) {
+    const server = new Server(Keep, { engine }).listen(listenOn);
+    await server.ready();
+    t.after(() => server.close());
+    assert.deepEqual(server.localAddress, [address, portOf(server), 0, scopeid], `listening on ${JSON.stringify(listenOn)}`);
+    // What the server reports is an address one can connect to.
+    const client = new Stream({ engine }).connect(server.localAddress!);
+    await client.ready();
+    t.after(() => client.close(false));
+    assert.deepEqual(client.remoteAddress, server.localAddress);
+    assert.deepEqual((client.localAddress as unknown[]).slice(2), [0, scopeid]);
+    await waitFor(() => accepted !== null, 5000, "the accept");
+    assert.deepEqual(accepted!.remoteAddress, client.localAddress);
+    assert.deepEqual(accepted!.localAddress, server.localAddress);
+    accepted = null;
+  }
 });
 
 test("host names are resolved asynchronously for listen as for connect", async (t) => {
