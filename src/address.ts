@@ -46,13 +46,13 @@ function isUint32(value: unknown): value is number {
   return typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 0xffffffff;
 }
 
+/** The size of `sockaddr_un.sun_path`: 108 bytes on Linux, 104 on the BSDs and macOS. */
+const SUN_PATH_BYTES = process.platform === "linux" ? 108 : 104;
+
 /**
  * Validates an address synchronously.
  * @throws InvalidAddressFormatError for anything of no known shape.
  */
-/** The size of `sockaddr_un.sun_path`: 108 bytes on Linux, 104 on the BSDs and macOS. */
-const SUN_PATH_BYTES = process.platform === "linux" ? 108 : 104;
-
 export function parseAddress(address: unknown): ParsedAddress {
   if (typeof address === "number") {
     if (!isPort(address)) {
@@ -82,6 +82,12 @@ export function parseAddress(address: unknown): ParsedAddress {
     if (!isPort(port)) {
       throw new InvalidAddressFormatError(
         `Invalid address ${describe(address)}: the port must be an integer from 0 to 65535.`,
+      );
+    }
+    if (host.startsWith("[") && host.endsWith("]")) {
+      // URL notation: no resolver would find "[::1]" (it failed later, as ENOTFOUND).
+      throw new InvalidAddressFormatError(
+        `Invalid address ${describe(address)}: an IPv6 host is written without brackets, e.g. ["${host.slice(1, -1)}", ${port}].`,
       );
     }
     if (address.length === 4) {
