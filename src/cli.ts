@@ -246,7 +246,12 @@ function banner(servers: Server[], name: string): string {
 
 /** The address a cluster worker's server listens on, as the primary hears of it. */
 function fromClusterAddress(info: ClusterAddress): Address | null {
-  if (info.addressType === -1) return info.address; // a UNIX socket: the path
+  if (info.addressType === -1) {
+    // A UNIX socket: the path. node:cluster made it absolute in the worker,
+    // which turns a Linux abstract name "\0name" into "/cwd/\0name".
+    const nul = info.address.indexOf("\0");
+    return nul > 0 ? info.address.slice(nul) : info.address;
+  }
   if (info.addressType !== 4 && info.addressType !== 6) return null; // UDP: not ours
   return [info.address ?? "", info.port];
 }
@@ -269,7 +274,23 @@ async function serve(args: ServeArgs): Promise<number> {
         if (address !== null) bound.set(formatAddress(address), address);
       });
       process.on("SIGUSR2", () => process.stdout.write((current === null ? "pants-ts: workers starting" : statsLine(current.stats())) + "\n"));
-      for (const signal of ["SIGTERM", "SIGINT"] as const) process.on(signal, () => (signalled = true));
+      for (const signal of ["SIGTERM", "SIGINT"] as const) {
+        process.on(signal, () => {
+          // As in one process: a second signal ends a drain that takes too
+          // long (the workers exit as their channel to the primary closes).
+          if (signalled) {
+            process.stderr.write(`pants-ts: second ${signal}; exiting now\n`);
+            process.exit(1);
+          }
+          signalled = true;
+          const deadline = args.shutdownTimeoutMs === 0 ? "no deadline" : `at most ${args.shutdownTimeoutMs} ms`;
+          if (!args.quiet) process.stdout.write(`pants-ts: ${signal}: draining connections in every worker (${deadline})\n`);
+        });
+      }
+    } else {
+      // The primary prints the stats; a SIGUSR2 sent to the whole group
+      // (kill -USR2 -PGID, systemctl kill -s USR2) must not kill the workers.
+      process.on("SIGUSR2", () => {});
     }
     const handle = await runCluster(() => startServers(args), { workers: args.workers, shutdownTimeoutMs: args.shutdownTimeoutMs });
     if (!handle.isPrimary) return -1; // a worker serves until the primary says otherwise

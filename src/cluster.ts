@@ -9,7 +9,7 @@ import type { Worker } from "node:cluster";
 import { availableParallelism } from "node:os";
 import { liveServers, retiredTotals } from "./server.js";
 import type { Server } from "./server.js";
-import { addStats, newStats } from "./engine.js";
+import { addStats, globalEngineRunning, newStats } from "./engine.js";
 import type { Stats } from "./engine.js";
 import { log } from "./log.js";
 import { describe, rangeError, typeError } from "./errors.js";
@@ -44,13 +44,17 @@ export interface ClusterHandle {
   stats(): ClusterStats;
   /** Settles once the cluster (or, in a worker, this worker) has shut down. */
   readonly closed: Promise<void>;
-  /** Primary only: graceful shutdown of every worker, as SIGTERM does. */
+  /** Primary only: graceful shutdown of every worker, as SIGTERM does; every call settles once they have exited. */
   shutdown(): Promise<void>;
-  /** Primary only: replace the workers one at a time, as SIGHUP does. */
+  /**
+   * Primary only: replace the workers one at a time, as SIGHUP does. Called
+   * while a restart runs, it runs one more pass after it; settles when its pass is done.
+   */
   restart(): Promise<void>;
 }
 
 type Message =
+  | { pantsTs: "hello" }
   | { pantsTs: "stats"; stats: Stats }
   | { pantsTs: "listening" }
   | { pantsTs: "shutdown"; timeoutMs: number }
@@ -122,16 +126,34 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
       setTimeout(() => process.exit(0), 50).unref();
     }
   });
+  // Node drops a message that arrives before anyone listens: until now (the
+  // worker was loading), the primary has held its messages back.
+  send({ pantsTs: "hello" });
   // The primary handles the signals; a worker ignores them and waits for its message.
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => {});
-  try {
-    await main();
-    await Promise.all([...liveServers].map((s) => s.ready()));
-  } catch (err) {
+  const failed = (err: unknown) => {
     send({ pantsTs: "failed", message: (err as Error).message });
     log.current.error({ err }, "The worker's main function failed.");
     process.exit(1);
+  };
+  const running = (async () => main())();
+  // A main that ends by awaiting Engine.instance().start() (SPEC's own
+  // example; a CLI module that does so at its top level) settles only when the
+  // engine stops: once the engine runs, the worker has started and serves.
+  let poll: ReturnType<typeof setInterval> | undefined;
+  const engineStarted = new Promise<void>((resolve) => {
+    poll = setInterval(() => globalEngineRunning() && resolve(), 20);
+    poll.unref();
+  });
+  try {
+    await Promise.race([running, engineStarted]);
+    await Promise.all([...liveServers].map((s) => s.ready()));
+  } catch (err) {
+    failed(err);
+  } finally {
+    clearInterval(poll);
   }
+  running.catch(failed); // failing later (the engine started first) is a crash: the primary restarts the worker
   send({ pantsTs: "listening" });
   const timer = setInterval(() => send({ pantsTs: "stats", stats: processStats() }), 1000);
   timer.unref();
@@ -145,7 +167,9 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   const retired = newStats();
   let restarts = 0;
   let stopping = false;
-  let replacing = false;
+  let stopped: Promise<void> | null = null;
+  let replacing: Promise<void> | null = null;
+  let again: Promise<void> | null = null;
   let delay = options.restartDelayMs ?? 100;
   const baseDelay = delay;
   // Exits the crash handler leaves alone: ones we asked for, and workers
@@ -153,6 +177,10 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   const expected = new Set<Worker>();
   const lastFork = new Map<Worker, number>();
   const failures = new Map<Worker, string>();
+  // Messages for workers that have not said hello yet (still loading, so not
+  // listening for messages: one sent now would be dropped, a lost "shutdown"
+  // leaving the worker serving until the SIGKILL deadline, or forever).
+  const unheard = new Map<Worker, Message[]>();
 
   const stats = (): ClusterStats => {
     const total = newStats();
@@ -173,6 +201,11 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
    */
   const tell = (worker: Worker, message: Message) => {
     if (worker.isDead() || !worker.isConnected()) return;
+    const held = unheard.get(worker);
+    if (held !== undefined) {
+      held.push(message);
+      return;
+    }
     worker.send(message, undefined, (err) => {
       if (err !== null && err !== undefined) log.current.debug(`Worker ${worker.process.pid} missed a message: ${err.message}`);
     });
@@ -181,11 +214,19 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   const fork = (): Worker => {
     const worker = cluster.fork();
     lastFork.set(worker, Date.now());
+    unheard.set(worker, []);
     // IPC errors are the send races above, or a channel failing as the worker
     // dies; its exit is handled below. Unlistened, one would kill the primary.
     worker.on("error", (err: Error) => log.current.debug(`Worker ${worker.process.pid}: ${err.message}`));
     worker.on("message", (m: unknown) => {
       if (!isMessage(m)) return;
+      // Its first message (hello, or any from a worker of an older version)
+      // says it listens for ours: send what was held back.
+      const held = unheard.get(worker);
+      if (held !== undefined) {
+        unheard.delete(worker);
+        for (const message of held) tell(worker, message);
+      }
       if (m.pantsTs === "stats") {
         perWorker.set(worker.id, m.stats);
         options.onStats?.(stats());
@@ -235,6 +276,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
 
   return new Promise<ClusterHandle>((resolveReady, rejectReady) => {
     cluster.on("exit", (worker, code, signal) => {
+      unheard.delete(worker);
       const last = perWorker.get(worker.id);
       if (last !== undefined) {
         addStats(retired, { ...last, open: 0 });
@@ -242,10 +284,10 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       }
       if (expected.delete(worker)) return;
       if (stopping) return;
-      log.current.warn(`Worker ${worker.process.pid} exited (${signal ?? code}); restarting in ${delay} ms.`);
       const livedMs = Date.now() - (lastFork.get(worker) ?? 0);
       lastFork.delete(worker);
       if (livedMs > 10_000) delay = baseDelay;
+      log.current.warn(`Worker ${worker.process.pid} exited (${signal ?? code}); restarting in ${delay} ms.`);
       restarts++;
       setTimeout(() => {
         if (!stopping) fork();
@@ -253,35 +295,46 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       delay = Math.min(delay * 2, 30_000);
     });
 
-    const stop = async () => {
-      if (stopping) return;
-      stopping = true;
-      log.current.info("Shutting down the cluster.");
-      const all = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
-      await Promise.all(all.map(retire));
-      closedResolve();
-    };
-    const rollingRestart = async () => {
-      if (replacing || stopping) return;
-      replacing = true;
+    // Called again (a second signal, shutdown() from code), it is the same
+    // shutdown: every caller's promise settles once the workers are gone.
+    const stop = (): Promise<void> =>
+      (stopped ??= (async () => {
+        stopping = true;
+        log.current.info("Shutting down the cluster.");
+        const all = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
+        await Promise.all(all.map(retire));
+        closedResolve();
+      })());
+    const replaceAll = async () => {
       log.current.info("Replacing workers one at a time.");
-      try {
-        // A worker that crashed already is being restarted by the crash handler.
-        const old = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && !w.isDead());
-        for (const worker of old) {
-          if (stopping) break;
-          if (worker.isDead()) continue;
-          // Start the replacement first, so capacity never drops to zero.
-          const fresh = fork();
-          if (!(await whenListening(fresh))) {
-            log.current.error("A replacement worker failed to start; keeping the old ones.");
-            break;
-          }
-          await retire(worker);
+      // A worker that crashed already is being restarted by the crash handler.
+      const old = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && !w.isDead());
+      for (const worker of old) {
+        if (stopping) break;
+        if (worker.isDead()) continue;
+        // Start the replacement first, so capacity never drops to zero.
+        const fresh = fork();
+        if (!(await whenListening(fresh))) {
+          if (!stopping) log.current.error("A replacement worker failed to start; keeping the old ones.");
+          break;
         }
-      } finally {
-        replacing = false;
+        await retire(worker);
       }
+    };
+    // A restart asked for while one runs (a second deploy and reload) is one
+    // more pass after it: the workers it replaced already may run older code.
+    // Every caller's promise settles once its pass is done.
+    const rollingRestart = (): Promise<void> => {
+      if (stopping) return Promise.resolve();
+      if (replacing === null) {
+        replacing = replaceAll().finally(() => (replacing = null));
+        return replacing;
+      }
+      again ??= replacing.then(() => {
+        again = null;
+        return rollingRestart();
+      });
+      return again;
     };
     const handle: ClusterHandle = { isPrimary: true, stats, closed, shutdown: stop, restart: rollingRestart };
     process.on("SIGTERM", () => void stop());

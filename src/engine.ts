@@ -165,6 +165,11 @@ function checkFn(fn: unknown): void {
 
 let globalEngine: Engine | null = null;
 
+/** @internal True when the global engine exists and runs (it is not made for the asking). */
+export function globalEngineRunning(): boolean {
+  return globalEngine?.running ?? false;
+}
+
 /** Options of the {@link Engine} constructor. */
 export interface EngineOptions {
   /**

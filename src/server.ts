@@ -7,7 +7,9 @@ import { Buffer } from "node:buffer";
 import net from "node:net";
 import tls from "node:tls";
 import { lookup } from "node:dns/promises";
-import { lstat, unlink } from "node:fs/promises";
+import { lstatSync, unlinkSync } from "node:fs";
+import { lstat } from "node:fs/promises";
+import type { BigIntStats } from "node:fs";
 import type { Duplex } from "node:stream";
 import { Channel, diagnostics, isThenable } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
@@ -567,13 +569,13 @@ export class Server extends Channel {
 
   async #removeStaleSocket(path: string): Promise<void> {
     if (path.startsWith("\0")) return;
-    let isSocket = false;
+    let found: BigIntStats;
     try {
-      isSocket = (await lstat(path)).isSocket();
+      found = await lstat(path, { bigint: true });
     } catch {
       return; // nothing there
     }
-    if (!isSocket) return; // listen fails with EADDRINUSE; a regular file is never deleted
+    if (!found.isSocket()) return; // listen fails with EADDRINUSE; a regular file is never deleted
     const alive = await new Promise<boolean>((resolve) => {
       const probe = net.connect({ path });
       probe.once("connect", () => {
@@ -586,8 +588,18 @@ export class Server extends Channel {
       probe.once("error", (err: NodeJS.ErrnoException) => resolve(err.code !== "ECONNREFUSED"));
     });
     if (!alive) {
-      log.current.debug(`Removing stale UNIX socket ${path}.`);
-      await unlink(path).catch(() => {});
+      // Only the very socket found dead: cluster workers start together, and
+      // another may have removed it already and had the primary bind a live
+      // one there since, which must not be unlinked (its clients: ENOENT).
+      try {
+        const now = lstatSync(path, { bigint: true });
+        if (now.dev === found.dev && now.ino === found.ino && now.ctimeNs === found.ctimeNs) {
+          log.current.debug(`Removing stale UNIX socket ${path}.`);
+          unlinkSync(path);
+        }
+      } catch {
+        // gone already
+      }
     }
   }
 

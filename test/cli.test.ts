@@ -247,3 +247,86 @@ test("SIGTERM drains and exits 0 even while the module awaits Engine.instance().
   child.kill("SIGTERM");
   assert.equal(await exited, 0, out);
 });
+
+test("--workers: SIGUSR2 sent to the whole process group (systemctl kill -s USR2) prints stats and kills no worker", { timeout: 40_000, skip: process.platform === "win32" && "process groups" }, async (t) => {
+  const child = spawn(process.execPath, [bin, "serve", fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2"], { cwd: root, stdio: ["ignore", "pipe", "pipe"], detached: true });
+  t.after(() => child.kill("SIGKILL"));
+  let out = "";
+  child.stdout!.on("data", (d) => (out += d));
+  child.stderr!.on("data", (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  await waitFor(() => / workers serving /.test(out), 20000, `the banner; output: ${out}`);
+  process.kill(-child.pid!, "SIGUSR2");
+  await waitFor(() => /pants-ts stats: workers=2/.test(out), 5000, `a stats line; ${out}`);
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.doesNotMatch(out, /exited \(SIGUSR2\)/, "a worker died of the SIGUSR2");
+  child.kill("SIGUSR2");
+  await waitFor(() => out.split("\n").filter((l) => l.startsWith("pants-ts stats:")).length >= 2, 5000, `a second stats line; ${out}`);
+  assert.match(out.split("\n").filter((l) => l.startsWith("pants-ts stats:"))[1]!, /workers=2 restarts=0 /);
+  child.kill("SIGTERM");
+  assert.equal(await exited, 0);
+});
+
+test("--workers: a second SIGINT while draining exits now (1), as in one process", { timeout: 40_000 }, async (t) => {
+  const net = await import("node:net");
+  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
+  t.after(() => s.child.kill("SIGKILL"));
+  // A client that reads nothing: with no deadline, the drain waits for it.
+  const client = net.connect(portFrom(s.addresses[0]!), "127.0.0.1");
+  client.on("error", () => {});
+  await new Promise<void>((resolve) => client.once("connect", () => resolve()));
+  client.pause();
+  const line = "x".repeat(1023) + "\n";
+  for (let i = 0; i < 8 * 1024; i++) client.write(line);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  s.child.kill("SIGINT");
+  await waitFor(() => /SIGINT: draining/.test(s.out()), 5000, `the draining line; ${s.out()}`);
+  s.child.kill("SIGINT");
+  assert.equal(await s.exited, 1, s.out());
+  assert.match(s.out(), /second SIGINT; exiting now/);
+  client.destroy();
+});
+
+test("--workers: the banner names a Linux abstract socket as given (no cwd, no NUL byte)", { timeout: 40_000, skip: process.platform !== "linux" && "abstract sockets" }, async (t) => {
+  const name = `pants-ts-cli-${process.pid}`;
+  const s = await serve([fixture("cli-echo.ts"), "--listen", `unix:@${name}`, "--workers", "2"]);
+  t.after(() => s.child.kill("SIGKILL"));
+  const banner = s.out().split("\n").find((l) => / workers serving /.test(l))!;
+  assert.ok(banner.endsWith(` on unix:@${name}`), banner);
+  const c = await connect("\0" + name);
+  c.write("hi\n");
+  assert.equal(await c.readText(3), "hi\n");
+  c.destroy();
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});
+
+test("--workers: a stale UNIX socket is replaced once, not unlinked under the live one", { timeout: 120_000, skip: process.platform === "win32" && "UNIX sockets" }, async (t) => {
+  const { existsSync } = await import("node:fs");
+  const dir = tempDir(t);
+  for (let round = 0; round < 10; round++) {
+    const sock = join(dir, `stale-${round}.sock`);
+    // A stale socket: what a killed server leaves behind.
+    spawnSync(process.execPath, ["-e", `require("net").createServer().listen(${JSON.stringify(sock)}, () => process.kill(process.pid, "SIGKILL"))`]);
+    assert.ok(existsSync(sock), "the stale socket");
+    const s = await serve([fixture("cli-echo.ts"), "--listen", `unix:${sock}`, "--workers", "8"]);
+    t.after(() => s.child.kill("SIGKILL"));
+    assert.ok(existsSync(sock), `round ${round}: the cluster's socket was unlinked; output: ${s.out()}`);
+    const c = await connect(sock);
+    c.write("hi\n");
+    assert.equal(await c.readText(3), "hi\n");
+    c.destroy();
+    s.child.kill("SIGTERM");
+    assert.equal(await s.exited, 0);
+  }
+});
+
+test("--workers: a module that awaits Engine.instance().start() at its top level (SPEC's example) starts: banner, and SIGHUP replaces the workers", { timeout: 40_000 }, async (t) => {
+  const s = await serve([fixture("cli-awaits-engine.ts"), "--workers", "2"]);
+  t.after(() => s.child.kill("SIGKILL"));
+  assert.match(s.out(), /2 workers serving /, `the workers never counted as started; output: ${s.out()}`);
+  s.child.kill("SIGHUP");
+  await waitFor(() => s.out().split("\n").filter((l) => l.startsWith("module listening")).length >= 4, 20000, `two replacements; ${s.out()}`);
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});

@@ -186,3 +186,69 @@ test("runCluster rejects bad options before it forks anything", async () => {
   await assert.rejects(runCluster(main, { restartDelayMs: 0 }), RangeError);
   await assert.rejects(runCluster("main" as unknown as () => void), TypeError);
 });
+
+test("runCluster: SIGTERM while the workers are still loading (just forked) reaches them: the primary exits at once", { timeout: 60_000, skip: process.platform !== "linux" && "reads /proc" }, async (t) => {
+  // Node drops a message that arrives before the worker listens for one: a
+  // "shutdown" sent while a worker was still loading was lost, and the worker
+  // served on until the SIGKILL deadline (shutdownTimeoutMs + 5 s; never with 0).
+  for (const hupFirst of [false, true]) {
+    const port = await freePort();
+    const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-main.ts"], {
+      cwd: root,
+      env: { ...process.env, PORT: String(port), WORKERS: "2" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    t.after(() => child.kill("SIGKILL"));
+    let out = "";
+    child.stdout!.on("data", (d) => (out += d));
+    child.stderr!.on("data", (d) => (out += d));
+    const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+    const pid = child.pid!;
+    const children = () => {
+      try {
+        return workerCount(pid);
+      } catch {
+        return 0;
+      }
+    };
+    if (hupFirst) {
+      // A rolling restart: SIGTERM right after the replacement is forked.
+      await waitFor(() => out.split("\n").filter((l) => l.startsWith("listening ")).length >= 2, 20000, `2 workers; output: ${out}`);
+      child.kill("SIGHUP");
+      await waitFor(() => children() >= 3, 5000, "the replacement forked");
+    } else {
+      await waitFor(() => children() >= 1, 20000, "a worker forked");
+    }
+    const signalled = Date.now();
+    child.kill("SIGTERM");
+    assert.equal(await exited, 0, out);
+    const took = Date.now() - signalled;
+    assert.ok(took < 6500, `the primary exited ${took} ms after SIGTERM (the fixture's deadline is 3000 + 5000 ms); output: ${out}`);
+  }
+});
+
+test("runCluster: shutdown() or restart() called twice: each call settles when the work is done, not at once", { timeout: 60_000 }, async (t) => {
+  for (const api of ["shutdown", "restart"]) {
+    const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-api.ts"], {
+      cwd: root,
+      env: { ...process.env, API: api },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    t.after(() => child.kill("SIGKILL"));
+    let out = "";
+    child.stdout!.on("data", (d) => (out += d));
+    child.stderr!.on("data", (d) => (out += d));
+    const code = await new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
+    assert.equal(code, 0, out);
+    if (api === "shutdown") {
+      // The second call used to resolve at once, with both workers still alive.
+      assert.match(out, /second settled: alive=0/, out);
+    } else {
+      // The second call used to resolve at once, before any worker was replaced;
+      // it is now one more pass after the first: six workers started in all.
+      assert.equal(out.split("\n").filter((l) => l.startsWith("listening ")).length, 6, out);
+      assert.ok(out.indexOf("first settled") < out.indexOf("second settled"), out);
+    }
+    assert.match(out, /primary done/);
+  }
+});
