@@ -110,10 +110,16 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   };
   let closedResolve: () => void = () => {};
   const closed = new Promise<void>((r) => (closedResolve = r));
+  // Settles once main() has started this worker's servers (or failed).
+  let startedResolve: () => void = () => {};
+  const started = new Promise<void>((r) => (startedResolve = r));
   process.on("message", (m: unknown) => {
     if (!isMessage(m)) return;
     if (m.pantsTs === "shutdown") {
-      void shutdownAll(m.timeoutMs).then(() => {
+      // A shutdown that comes while main() still runs waits for it (within the
+      // deadline), so that servers it has yet to create are drained too.
+      const wait = m.timeoutMs > 0 ? Promise.race([started, new Promise<void>((r) => setTimeout(r, m.timeoutMs).unref())]) : started;
+      void wait.then(() => shutdownAll(m.timeoutMs)).then(() => {
         send({ pantsTs: "stats", stats: processStats() });
         send({ pantsTs: "drained" });
       });
@@ -153,6 +159,7 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   } finally {
     clearInterval(poll);
   }
+  startedResolve();
   running.catch(failed); // failing later (the engine started first) is a crash: the primary restarts the worker
   send({ pantsTs: "listening" });
   const timer = setInterval(() => send({ pantsTs: "stats", stats: processStats() }), 1000);

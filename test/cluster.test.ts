@@ -227,6 +227,28 @@ test("runCluster: SIGTERM while the workers are still loading (just forked) reac
   }
 });
 
+test("runCluster: SIGTERM while a worker's main() still runs: it finishes starting, then drains what it started", { timeout: 60_000, skip: process.platform !== "linux" && "reads /proc" }, async (t) => {
+  const port = await freePort();
+  const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-main.ts"], {
+    cwd: root,
+    env: { ...process.env, PORT: String(port), WORKERS: "2", START_DELAY_MS: "2500" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  t.after(() => child.kill("SIGKILL"));
+  let out = "";
+  child.stdout!.on("data", (d) => (out += d));
+  child.stderr!.on("data", (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  // Both workers forked and loaded (they said hello), main() in its delay.
+  await waitFor(() => workerCount(child.pid!) >= 2, 20000, "two workers forked");
+  await sleep(1500);
+  child.kill("SIGTERM");
+  assert.equal(await exited, 0, out);
+  // Their servers were created after the signal, and still listened and were
+  // closed in order: before, the worker exited in the middle of main().
+  assert.equal(out.split("\n").filter((l) => l.startsWith("listening ")).length, 2, out);
+});
+
 test("runCluster: shutdown() or restart() called twice: each call settles when the work is done, not at once", { timeout: 60_000 }, async (t) => {
   for (const api of ["shutdown", "restart"]) {
     const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-api.ts"], {
