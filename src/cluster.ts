@@ -12,6 +12,7 @@ import type { Server } from "./server.js";
 import { addStats, globalEngineRunning, newStats } from "./engine.js";
 import type { Stats } from "./engine.js";
 import { log } from "./log.js";
+import { lingeringClosed } from "./stream.js";
 import { describe, rangeError, typeError } from "./errors.js";
 
 /** Options of {@link runCluster}. */
@@ -74,9 +75,15 @@ export function processStats(): Stats {
   return total;
 }
 
-/** Gracefully shuts down every server in this process. */
+/**
+ * Gracefully shuts down every server in this process, and waits for the
+ * connections closed gracefully to finish lingering (until their peers
+ * have read everything, at most LINGER_MS): the process exits next, and an
+ * exit under them would reset them and lose what was still in flight.
+ */
 export async function shutdownAll(timeoutMs: number): Promise<void> {
   await Promise.all([...liveServers].map((s: Server) => s.shutdown({ timeoutMs })));
+  await lingeringClosed();
 }
 
 /**

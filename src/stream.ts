@@ -70,6 +70,34 @@ export const kRawSocket: unique symbol = Symbol("pants-ts.rawSocket");
  */
 export const accepting: { socket: Duplex | null } = { socket: null };
 const kLinger: unique symbol = Symbol("pants-ts.linger");
+/** Sockets lingering after a graceful close (at most LINGER_MS each). */
+const lingering = new Set<Duplex>();
+let lingerWaiters: Array<() => void> = [];
+
+function lingerEnded(sock: Duplex): void {
+  if (!lingering.delete(sock) || lingering.size > 0) return;
+  const waiters = lingerWaiters;
+  lingerWaiters = [];
+  for (const wake of waiters) wake();
+}
+
+/**
+ * @internal Settles once no socket lingers after a graceful close: the peer
+ * has read our last bytes and closed, or the linger expired. A process that
+ * exits before would close them with unread input, and the kernel would
+ * turn that into a reset that destroys the tail the peer has not read yet.
+ */
+export function lingeringClosed(): Promise<void> {
+  if (lingering.size === 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    // Lingering sockets are unref'd: this keeps the process alive meanwhile.
+    const keep = setTimeout(resolve, LINGER_MS + 1000);
+    lingerWaiters.push(() => {
+      clearTimeout(keep);
+      resolve();
+    });
+  });
+}
 
 interface OwnedSocket extends Duplex {
   [kStream]?: Stream | undefined;
@@ -250,7 +278,10 @@ function onSocketClose(this: OwnedSocket): void {
   const stream = this[kStream];
   if (stream) stream._onSocketClose();
   const linger = this[kLinger];
-  if (linger !== undefined) clearTimeout(linger);
+  if (linger !== undefined) {
+    clearTimeout(linger);
+    lingerEnded(this);
+  }
 }
 function onSocketConnect(this: OwnedSocket): void {
   this[kStream]?._onTcpConnect();
@@ -2234,6 +2265,7 @@ export class Stream extends Channel {
     timer.unref();
     sock[kLinger] = timer;
     if (under !== null) (under as OwnedSocket)[kLinger] = timer;
+    lingering.add(sock);
   }
 
   // -------------------------------------------------------------------------

@@ -232,6 +232,43 @@ test("--workers with --shutdown-timeout 0: a worker still draining is never kill
   assert.equal(await s.exited, 0);
 });
 
+test("--workers: a drained worker does not exit under its lingering connections (the peer still sending; no reset cuts the tail)", { timeout: 40_000 }, async (t) => {
+  const net = await import("node:net");
+  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
+  t.after(() => s.child.kill("SIGKILL"));
+  const client = net.connect(portFrom(s.addresses[0]!), "127.0.0.1");
+  await new Promise<void>((resolve) => client.once("connect", () => resolve()));
+  client.pause();
+  // More than the kernel buffers hold: the client is still sending when the worker's close(true) completes.
+  const line = "x".repeat(1023) + "\n";
+  for (let i = 0; i < 48 * 1024; i++) client.write(line);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  s.child.kill("SIGTERM");
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  let received = 0;
+  let tail = "";
+  let sip = 0;
+  client.on("data", (d: Buffer) => {
+    received += d.length;
+    tail = (tail + d.toString("latin1")).slice(-8);
+    // A client reading at a moderate pace (about 25 MB/s), well inside the linger.
+    sip += d.length;
+    if (sip >= 256 * 1024) {
+      sip = 0;
+      client.pause();
+      setTimeout(() => client.resume(), 10);
+    }
+  });
+  client.resume();
+  const how = await new Promise<string>((resolve) => {
+    client.once("end", () => resolve("end"));
+    client.once("error", (err) => resolve(err.message));
+  });
+  assert.equal(how, "end", `${received} bytes, then`);
+  assert.equal(tail.endsWith("bye\n"), true, `drained to the end (${received} bytes)`);
+  assert.equal(await s.exited, 0);
+});
+
 test("SIGTERM drains and exits 0 even while the module awaits Engine.instance().start() at its top level", { timeout: 30_000 }, async (t) => {
   const child = spawn(process.execPath, [bin, "serve", fixture("cli-awaits-engine.ts")], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
   t.after(() => child.kill("SIGKILL"));
