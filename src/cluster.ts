@@ -23,7 +23,7 @@ export interface ClusterOptions {
   shutdownTimeoutMs?: number;
   /** First restart delay after a crash, ms (at least 1; doubles up to 30 s; default 100). */
   restartDelayMs?: number;
-  /** Called in the primary when the aggregated stats change (about once a second). */
+  /** Called in the primary with the aggregated stats each time a worker reports (each does about once a second). */
   onStats?: (stats: ClusterStats) => void;
 }
 
@@ -189,8 +189,9 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   // Exits the crash handler leaves alone: ones we asked for, and workers
   // that have not listened yet (a start that fails is reported, not retried).
   const expected = new Set<Worker>();
-  const lastFork = new Map<Worker, number>();
-  const failures = new Map<Worker, string>();
+  // Weak: a crash-looping worker's entries go with the Worker object.
+  const lastFork = new WeakMap<Worker, number>();
+  const failures = new WeakMap<Worker, string>();
   // Messages for workers that have not said hello yet (still loading, so not
   // listening for messages: one sent now would be dropped, a lost "shutdown"
   // leaving the worker serving until the SIGKILL deadline, or forever).
@@ -283,7 +284,9 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       // A worker that does not finish in time is killed (0: no deadline, as in shutdown()).
       if (shutdownTimeoutMs > 0) {
         setTimeout(() => {
-          if (!worker.isDead()) worker.process.kill("SIGKILL");
+          if (worker.isDead()) return;
+          log.current.warn(`Worker ${worker.process.pid} was still draining ${shutdownTimeoutMs + 5000} ms after it was told to shut down; killing it.`);
+          worker.process.kill("SIGKILL");
         }, shutdownTimeoutMs + 5000).unref();
       }
     });

@@ -178,6 +178,18 @@ test("runCluster: SIGTERM while workers have closed their channel but not exited
   assert.match(c.out(), /primary done/);
 });
 
+test("runCluster: a worker still draining 5 s past the deadline is killed, and the primary says so", { timeout: 60_000 }, async (t) => {
+  const c = await startCluster(1, { SHUTDOWN_MS: "1" });
+  t.after(() => c.child.kill("SIGKILL"));
+  const client = await connect(c.port);
+  t.after(() => client.destroy());
+  client.write("hang\n"); // the worker's loop is blocked: it cannot drain
+  await sleep(300);
+  c.child.kill("SIGTERM");
+  assert.equal(await c.exited, 0, c.out());
+  assert.match(c.out(), /Worker \d+ was still draining 5001 ms after it was told to shut down; killing it/);
+});
+
 test("runCluster rejects bad options before it forks anything", async () => {
   const { runCluster } = await import("../src/index.js");
   const main = () => {};
