@@ -5,7 +5,6 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -13,14 +12,6 @@ import { join } from "node:path";
 import { connect, sleep, tempDir, waitFor } from "./helpers.js";
 
 const root = new URL("..", import.meta.url).pathname;
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 interface Cluster {
   child: ChildProcess;
@@ -31,10 +22,10 @@ interface Cluster {
 }
 
 async function startCluster(workers: number, env: Record<string, string> = {}): Promise<Cluster> {
-  const port = await freePort();
+  // Port 0: node:cluster gives every worker's first listen(0) the same port.
   const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-main.ts"], {
     cwd: root,
-    env: { ...process.env, PORT: String(port), WORKERS: String(workers), NODE_DEBUG: "pants-ts", ...env },
+    env: { ...process.env, PORT: "0", WORKERS: String(workers), NODE_DEBUG: "pants-ts", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
@@ -43,7 +34,10 @@ async function startCluster(workers: number, env: Record<string, string> = {}): 
   const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
   const listening = () => out.split("\n").filter((l) => l.startsWith("listening ")).length;
   await waitFor(() => listening() >= workers, 20000, `${workers} workers listening; output: ${out}`);
-  return { child, port, out: () => out, listening, exited };
+  const ports = new Set(out.split("\n").filter((l) => l.startsWith("listening ")).map((l) => Number(l.split(" ")[1])));
+  assert.equal(ports.size, 1, `every worker on one port; output: ${out}`);
+  const [port] = ports;
+  return { child, port: port!, out: () => out, listening, exited };
 }
 
 async function ask(port: number, line: string): Promise<string> {
@@ -150,10 +144,9 @@ test("runCluster: a SIGHUP whose replacement fails to start keeps the old worker
 test("runCluster: a worker that fails to start fails the start: the primary stops the others and exits non-zero", { timeout: 60_000 }, async (t) => {
   const broken = join(tempDir(t), "broken");
   writeFileSync(broken, "");
-  const port = await freePort();
   const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-main.ts"], {
     cwd: root,
-    env: { ...process.env, PORT: String(port), WORKERS: "2", BROKEN_FILE: broken },
+    env: { ...process.env, PORT: "0", WORKERS: "2", BROKEN_FILE: broken },
     stdio: ["ignore", "pipe", "pipe"],
   });
   t.after(() => child.kill("SIGKILL"));
@@ -204,10 +197,9 @@ test("runCluster: SIGTERM while the workers are still loading (just forked) reac
   // "shutdown" sent while a worker was still loading was lost, and the worker
   // served on until the SIGKILL deadline (shutdownTimeoutMs + 5 s; never with 0).
   for (const hupFirst of [false, true]) {
-    const port = await freePort();
     const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-main.ts"], {
       cwd: root,
-      env: { ...process.env, PORT: String(port), WORKERS: "2" },
+      env: { ...process.env, PORT: "0", WORKERS: "2" },
       stdio: ["ignore", "pipe", "pipe"],
     });
     t.after(() => child.kill("SIGKILL"));
@@ -240,10 +232,9 @@ test("runCluster: SIGTERM while the workers are still loading (just forked) reac
 });
 
 test("runCluster: SIGTERM while a worker's main() still runs: it finishes starting, then drains what it started", { timeout: 60_000, skip: process.platform !== "linux" && "reads /proc" }, async (t) => {
-  const port = await freePort();
   const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-main.ts"], {
     cwd: root,
-    env: { ...process.env, PORT: String(port), WORKERS: "2", START_DELAY_MS: "2500" },
+    env: { ...process.env, PORT: "0", WORKERS: "2", START_DELAY_MS: "2500" },
     stdio: ["ignore", "pipe", "pipe"],
   });
   t.after(() => child.kill("SIGKILL"));
