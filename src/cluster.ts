@@ -124,9 +124,13 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
     if (!isMessage(m)) return;
     if (m.pantsTs === "shutdown") {
       // A shutdown that comes while main() still runs waits for it (within the
-      // deadline), so that servers it has yet to create are drained too.
+      // deadline), so that servers it has yet to create are drained too. The
+      // drain gets what is left of the deadline: the primary kills a worker
+      // that is not done 5 s after it (0: no deadline; 1 ms: it has passed).
+      const told = Date.now();
       const wait = m.timeoutMs > 0 ? Promise.race([started, new Promise<void>((r) => setTimeout(r, m.timeoutMs).unref())]) : started;
-      void wait.then(() => shutdownAll(m.timeoutMs)).then(() => {
+      const left = () => (m.timeoutMs > 0 ? Math.max(1, m.timeoutMs - (Date.now() - told)) : 0);
+      void wait.then(() => shutdownAll(left())).then(() => {
         send({ pantsTs: "stats", stats: processStats() });
         send({ pantsTs: "drained" });
       });
@@ -152,10 +156,13 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   const running = (async () => main())();
   // A main that ends by awaiting Engine.instance().start() (SPEC's own
   // example; a CLI module that does so at its top level) settles only when the
-  // engine stops: once the engine runs, the worker has started and serves.
+  // engine stops: once the engine runs and main() has created its servers, the
+  // worker has started and serves. (An engine started before main() has made
+  // any server, while it still loads, is not a start: the worker would say it
+  // listens before it does, and a failing listen would be a crash to restart.)
   let poll: ReturnType<typeof setInterval> | undefined;
   const engineStarted = new Promise<void>((resolve) => {
-    poll = setInterval(() => globalEngineRunning() && resolve(), 20);
+    poll = setInterval(() => globalEngineRunning() && liveServers.size > 0 && resolve(), 20);
     poll.unref();
   });
   try {

@@ -90,12 +90,16 @@ function lingerEnded(sock: Duplex): void {
 export function lingeringClosed(): Promise<void> {
   if (lingering.size === 0) return Promise.resolve();
   return new Promise((resolve) => {
-    // Lingering sockets are unref'd: this keeps the process alive meanwhile.
-    const keep = setTimeout(resolve, LINGER_MS + 1000);
-    lingerWaiters.push(() => {
+    const wake = () => {
       clearTimeout(keep);
       resolve();
-    });
+    };
+    // Lingering sockets are unref'd: this keeps the process alive meanwhile.
+    const keep = setTimeout(() => {
+      lingerWaiters = lingerWaiters.filter((w) => w !== wake);
+      resolve();
+    }, LINGER_MS + 1000);
+    lingerWaiters.push(wake);
   });
 }
 
@@ -298,6 +302,7 @@ function peerLeftHandshake(stream: Stream): void {
 function ignoreError(): void {}
 function lingerExpired(sock: Duplex): void {
   sock.destroy();
+  lingerEnded(sock); // a Duplex that emits no 'close' lingers no longer either
 }
 function establishTick(stream: Stream): void {
   stream._establishTick();

@@ -367,3 +367,34 @@ test("--workers: a module that awaits Engine.instance().start() at its top level
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });
+
+test("--workers: a module that starts the engine before it has finished loading counts as started only once its servers listen", { timeout: 40_000 }, async (t) => {
+  // The banner comes once the workers listen: with port 0 it names the port they got.
+  const s = await serve([fixture("cli-engine-first.ts"), "--workers", "2", "--listen", "127.0.0.1:0"]);
+  t.after(() => s.child.kill("SIGKILL"));
+  assert.match(s.out(), /2 workers serving /, s.out());
+  const port = portFrom(s.addresses[0]!);
+  assert.notEqual(port, 0, `the banner came before the workers listened: ${s.out()}`);
+  const c = await connect(["127.0.0.1", port]);
+  c.socket.destroy();
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+
+  // A listen that fails is a failed start (exit 1), not a crash to restart forever.
+  const busy = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0"]);
+  t.after(() => busy.child.kill("SIGKILL"));
+  const failing = spawn(process.execPath, [bin, "serve", fixture("cli-engine-first.ts"), "--workers", "2", "--listen", busy.addresses[0]!], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  t.after(() => failing.kill("SIGKILL"));
+  let out = "";
+  failing.stdout!.on("data", (d) => (out += d));
+  failing.stderr!.on("data", (d) => (out += d));
+  const code = await new Promise<number | null>((resolve) => {
+    const timer = setTimeout(() => resolve(-1), 15_000);
+    failing.once("exit", (c) => {
+      clearTimeout(timer);
+      resolve(c);
+    });
+  });
+  assert.equal(code, 1, `expected a failed start; output: ${out.slice(0, 2000)}`);
+  assert.doesNotMatch(out, /restarting in/);
+});

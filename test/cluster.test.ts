@@ -277,3 +277,21 @@ test("runCluster: shutdown() or restart() called twice: each call settles when t
     assert.match(out, /primary done/);
   }
 });
+
+test("runCluster: a shutdown that waited for a worker's main() drains within what is left of the deadline (the primary does not SIGKILL it)", { timeout: 60_000 }, async (t) => {
+  // shutdownTimeoutMs 6000; main() listens and then warms up for a minute; a
+  // connection ignores onShutdown. The worker must close it at the deadline
+  // and exit, not wait 6 s for main() and then drain 6 s more (killed at 11 s).
+  const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-slow-start.ts"], {
+    cwd: root,
+    env: { ...process.env, TIMEOUT_MS: "6000" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  t.after(() => child.kill("SIGKILL"));
+  let out = "";
+  child.stdout!.on("data", (d) => (out += d));
+  child.stderr!.on("data", (d) => (out += d));
+  await new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
+  assert.match(out, /worker exited 0 after/, out);
+  assert.doesNotMatch(out, /killing it/, out);
+});
