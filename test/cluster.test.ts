@@ -4,6 +4,7 @@
  * 0, and SIGHUP replaces workers one by one with no refused connection.
  */
 import { test } from "node:test";
+import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
@@ -12,6 +13,21 @@ import { join } from "node:path";
 import { connect, sleep, tempDir, waitFor } from "./helpers.js";
 
 const root = new URL("..", import.meta.url).pathname;
+
+/** A fixture program run as a cluster primary, its output collected; killed after the test `t`. */
+function launch(t: TestContext | null, fixture: string, env: Record<string, string>) {
+  const child = spawn(process.execPath, ["--import", "tsx", `test/fixtures/${fixture}`], {
+    cwd: root,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  t?.after(() => child.kill("SIGKILL"));
+  let out = "";
+  child.stdout!.on("data", (d) => (out += d));
+  child.stderr!.on("data", (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  return { child, exited, out: () => out };
+}
 
 interface Cluster {
   child: ChildProcess;
@@ -23,21 +39,14 @@ interface Cluster {
 
 async function startCluster(workers: number, env: Record<string, string> = {}): Promise<Cluster> {
   // Port 0: node:cluster gives every worker's first listen(0) the same port.
-  const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-main.ts"], {
-    cwd: root,
-    env: { ...process.env, PORT: "0", WORKERS: String(workers), NODE_DEBUG: "pants-ts", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  child.stdout!.on("data", (d) => (out += d));
-  child.stderr!.on("data", (d) => (out += d));
-  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
-  const listening = () => out.split("\n").filter((l) => l.startsWith("listening ")).length;
-  await waitFor(() => listening() >= workers, 20000, `${workers} workers listening; output: ${out}`);
-  const ports = new Set(out.split("\n").filter((l) => l.startsWith("listening ")).map((l) => Number(l.split(" ")[1])));
-  assert.equal(ports.size, 1, `every worker on one port; output: ${out}`);
+  const run = launch(null, "cluster-main.ts", { PORT: "0", WORKERS: String(workers), NODE_DEBUG: "pants-ts", ...env });
+  const { child, exited } = run;
+  const listening = () => run.out().split("\n").filter((l) => l.startsWith("listening ")).length;
+  await waitFor(() => listening() >= workers, 20000, `${workers} workers listening; output: ${run.out()}`);
+  const ports = new Set(run.out().split("\n").filter((l) => l.startsWith("listening ")).map((l) => Number(l.split(" ")[1])));
+  assert.equal(ports.size, 1, `every worker on one port; output: ${run.out()}`);
   const [port] = ports;
-  return { child, port: port!, out: () => out, listening, exited };
+  return { child, port: port!, out: run.out, listening, exited };
 }
 
 async function ask(port: number, line: string): Promise<string> {
@@ -144,17 +153,11 @@ test("runCluster: a SIGHUP whose replacement fails to start keeps the old worker
 test("runCluster: a worker that fails to start fails the start: the primary stops the others and exits non-zero", { timeout: 60_000 }, async (t) => {
   const broken = join(tempDir(t), "broken");
   writeFileSync(broken, "");
-  const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-main.ts"], {
-    cwd: root,
-    env: { ...process.env, PORT: "0", WORKERS: "2", BROKEN_FILE: broken },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  t.after(() => child.kill("SIGKILL"));
-  let out = "";
-  child.stderr!.on("data", (d) => (out += d));
-  const code = await new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
+  const run = launch(t, "cluster-main.ts", { PORT: "0", WORKERS: "2", BROKEN_FILE: broken });
+  const { exited } = run;
+  const code = await exited;
   assert.notEqual(code, 0);
-  assert.match(out, /A worker failed to start: broken deploy/);
+  assert.match(run.out(), /A worker failed to start: broken deploy/);
 });
 
 test("runCluster: SIGTERM while workers have closed their channel but not exited: no crash, the primary waits for them", { timeout: 60_000 }, async (t) => {
@@ -197,16 +200,8 @@ test("runCluster: SIGTERM while the workers are still loading (just forked) reac
   // "shutdown" sent while a worker was still loading was lost, and the worker
   // served on until the SIGKILL deadline (shutdownTimeoutMs + 5 s; never with 0).
   for (const hupFirst of [false, true]) {
-    const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-main.ts"], {
-      cwd: root,
-      env: { ...process.env, PORT: "0", WORKERS: "2" },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    t.after(() => child.kill("SIGKILL"));
-    let out = "";
-    child.stdout!.on("data", (d) => (out += d));
-    child.stderr!.on("data", (d) => (out += d));
-    const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+    const run = launch(t, "cluster-main.ts", { PORT: "0", WORKERS: "2" });
+    const { child, exited } = run;
     const pid = child.pid!;
     const children = () => {
       try {
@@ -217,7 +212,7 @@ test("runCluster: SIGTERM while the workers are still loading (just forked) reac
     };
     if (hupFirst) {
       // A rolling restart: SIGTERM right after the replacement is forked.
-      await waitFor(() => out.split("\n").filter((l) => l.startsWith("listening ")).length >= 2, 20000, `2 workers; output: ${out}`);
+      await waitFor(() => run.out().split("\n").filter((l) => l.startsWith("listening ")).length >= 2, 20000, `2 workers; output: ${run.out()}`);
       child.kill("SIGHUP");
       await waitFor(() => children() >= 3, 5000, "the replacement forked");
     } else {
@@ -225,56 +220,41 @@ test("runCluster: SIGTERM while the workers are still loading (just forked) reac
     }
     const signalled = Date.now();
     child.kill("SIGTERM");
-    assert.equal(await exited, 0, out);
+    assert.equal(await exited, 0, run.out());
     const took = Date.now() - signalled;
-    assert.ok(took < 6500, `the primary exited ${took} ms after SIGTERM (the fixture's deadline is 3000 + 5000 ms); output: ${out}`);
+    assert.ok(took < 6500, `the primary exited ${took} ms after SIGTERM (the fixture's deadline is 3000 + 5000 ms); output: ${run.out()}`);
   }
 });
 
 test("runCluster: SIGTERM while a worker's main() still runs: it finishes starting, then drains what it started", { timeout: 60_000, skip: process.platform !== "linux" && "reads /proc" }, async (t) => {
-  const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-main.ts"], {
-    cwd: root,
-    env: { ...process.env, PORT: "0", WORKERS: "2", START_DELAY_MS: "2500" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  t.after(() => child.kill("SIGKILL"));
-  let out = "";
-  child.stdout!.on("data", (d) => (out += d));
-  child.stderr!.on("data", (d) => (out += d));
-  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  const run = launch(t, "cluster-main.ts", { PORT: "0", WORKERS: "2", START_DELAY_MS: "2500" });
+  const { child, exited } = run;
   // Both workers forked and loaded (they said hello), main() in its delay.
   await waitFor(() => workerCount(child.pid!) >= 2, 20000, "two workers forked");
   await sleep(1500);
   child.kill("SIGTERM");
-  assert.equal(await exited, 0, out);
+  assert.equal(await exited, 0, run.out());
   // Their servers were created after the signal, and still listened and were
   // closed in order: before, the worker exited in the middle of main().
-  assert.equal(out.split("\n").filter((l) => l.startsWith("listening ")).length, 2, out);
+  assert.equal(run.out().split("\n").filter((l) => l.startsWith("listening ")).length, 2, run.out());
 });
 
 test("runCluster: shutdown() or restart() called twice: each call settles when the work is done, not at once", { timeout: 60_000 }, async (t) => {
   for (const api of ["shutdown", "restart"]) {
-    const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-api.ts"], {
-      cwd: root,
-      env: { ...process.env, API: api },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    t.after(() => child.kill("SIGKILL"));
-    let out = "";
-    child.stdout!.on("data", (d) => (out += d));
-    child.stderr!.on("data", (d) => (out += d));
-    const code = await new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
-    assert.equal(code, 0, out);
+    const run = launch(t, "cluster-api.ts", { API: api });
+    const { exited } = run;
+    const code = await exited;
+    assert.equal(code, 0, run.out());
     if (api === "shutdown") {
       // The second call used to resolve at once, with both workers still alive.
-      assert.match(out, /second settled: alive=0/, out);
+      assert.match(run.out(), /second settled: alive=0/, run.out());
     } else {
       // The second call used to resolve at once, before any worker was replaced;
       // it is now one more pass after the first: six workers started in all.
-      assert.equal(out.split("\n").filter((l) => l.startsWith("listening ")).length, 6, out);
-      assert.ok(out.indexOf("first settled") < out.indexOf("second settled"), out);
+      assert.equal(run.out().split("\n").filter((l) => l.startsWith("listening ")).length, 6, run.out());
+      assert.ok(run.out().indexOf("first settled") < run.out().indexOf("second settled"), run.out());
     }
-    assert.match(out, /primary done/);
+    assert.match(run.out(), /primary done/);
   }
 });
 
@@ -282,16 +262,9 @@ test("runCluster: a shutdown that waited for a worker's main() drains within wha
   // shutdownTimeoutMs 6000; main() listens and then warms up for a minute; a
   // connection ignores onShutdown. The worker must close it at the deadline
   // and exit, not wait 6 s for main() and then drain 6 s more (killed at 11 s).
-  const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-slow-start.ts"], {
-    cwd: root,
-    env: { ...process.env, TIMEOUT_MS: "6000" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  t.after(() => child.kill("SIGKILL"));
-  let out = "";
-  child.stdout!.on("data", (d) => (out += d));
-  child.stderr!.on("data", (d) => (out += d));
-  await new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
-  assert.match(out, /worker exited 0 after/, out);
-  assert.doesNotMatch(out, /killing it/, out);
+  const run = launch(t, "cluster-slow-start.ts", { TIMEOUT_MS: "6000" });
+  const { exited } = run;
+  await exited;
+  assert.match(run.out(), /worker exited 0 after/, run.out());
+  assert.doesNotMatch(run.out(), /killing it/, run.out());
 });
