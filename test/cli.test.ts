@@ -4,6 +4,7 @@
  * TLS, workers, limits, PROXY, SIGUSR2 stats and SIGTERM draining to exit 0.
  */
 import { test } from "node:test";
+import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
@@ -28,8 +29,10 @@ interface Served {
   addresses: string[];
 }
 
-async function serve(args: string[], expectLines = 1): Promise<Served> {
+/** Runs `pants-ts serve ARGS` until its banner; killed after the test, even if this fails. */
+async function serve(t: TestContext, args: string[], expectLines = 1): Promise<Served> {
   const child = spawn(process.execPath, [bin, "serve", ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  t.after(() => child.kill("SIGKILL"));
   let out = "";
   child.stdout!.on("data", (d) => (out += d));
   child.stderr!.on("data", (d) => (out += d));
@@ -81,8 +84,7 @@ test("bad usage: one clear line on stderr and exit 2", () => {
 
 test("serve on TCP and a UNIX socket; SIGUSR2 prints stats; SIGTERM drains and exits 0", { timeout: 30_000 }, async (t) => {
   const sock = join(tempDir(t), "cli.sock");
-  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--listen", `unix:${sock}`], 2);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--listen", `unix:${sock}`], 2);
   assert.match(s.out(), /serving CliEcho on 127\.0\.0\.1:\d+ \(connect: nc 127\.0\.0\.1 \d+\)/);
   assert.match(s.out(), /serving CliEcho on unix:.*cli\.sock \(connect: nc -U /);
   const tcp = await connect(portFrom(s.addresses[0]!));
@@ -106,8 +108,7 @@ const linkLocal = Object.entries(networkInterfaces())
 
 test("a link-local IPv6 listen address keeps its interface in the banner and the connect hint", { skip: linkLocal === undefined && "no link-local IPv6 address", timeout: 30_000 }, async (t) => {
   const { name, address } = linkLocal!;
-  const s = await serve([fixture("cli-echo.ts"), "--listen", `[${address}%${name}]:0`]);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", `[${address}%${name}]:0`]);
   const esc = `${address}%${name}`.replace(/[.:%]/g, "\\$&");
   assert.match(s.out(), new RegExp(`serving CliEcho on \\[${esc}\\]:\\d+ \\(connect: nc ${esc} \\d+\\)`));
   s.child.kill("SIGTERM");
@@ -115,8 +116,7 @@ test("a link-local IPv6 listen address keeps its interface in the banner and the
 });
 
 test("without --workers, SIGHUP drains as SIGTERM does and exits 0", { timeout: 30_000 }, async (t) => {
-  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--shutdown-timeout", "0"]);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--shutdown-timeout", "0"]);
   const c = await connect(portFrom(s.addresses[0]!));
   c.write("hi\n");
   assert.equal(await c.readText(3), "hi\n");
@@ -127,8 +127,7 @@ test("without --workers, SIGHUP drains as SIGTERM does and exits 0", { timeout: 
 });
 
 test("a closed terminal or log reader (stdout gone) does not kill a server that is draining", { timeout: 30_000 }, async (t) => {
-  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0"]);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0"]);
   const c = await connect(portFrom(s.addresses[0]!));
   c.write("hi\n");
   assert.equal(await c.readText(3), "hi\n");
@@ -141,8 +140,7 @@ test("a closed terminal or log reader (stdout gone) does not kill a server that 
 });
 
 test("serve a module whose default export is a configured Server", { timeout: 30_000 }, async (t) => {
-  const s = await serve([fixture("cli-server.ts"), "--listen", "127.0.0.1:0"]);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-server.ts"), "--listen", "127.0.0.1:0"]);
   const c = await connect(portFrom(s.addresses[0]!));
   c.write("hi\n");
   assert.equal(await c.readText(3), "hi\n");
@@ -152,8 +150,7 @@ test("serve a module whose default export is a configured Server", { timeout: 30
 });
 
 test("--max-connections, --idle-timeout and --proxy-protocol apply to every connection", { timeout: 30_000 }, async (t) => {
-  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--max-connections", "1", "--idle-timeout", "300", "--proxy-protocol"]);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--max-connections", "1", "--idle-timeout", "300", "--proxy-protocol"]);
   const port = portFrom(s.addresses[0]!);
   const a = await connect(port);
   a.write("PROXY TCP4 192.0.2.5 192.0.2.1 5555 80\r\naddr\n");
@@ -171,8 +168,7 @@ test("--max-connections, --idle-timeout and --proxy-protocol apply to every conn
 test("--tls-cert/--tls-key serve TLS", { skip: !hasOpenssl() && "no openssl", timeout: 30_000 }, async (t) => {
   const certs = makeCerts();
   t.after(() => certs.cleanup());
-  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--tls-cert", certs.server.cert, "--tls-key", certs.server.key]);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--tls-cert", certs.server.cert, "--tls-key", certs.server.key]);
   assert.match(s.out(), /\(connect: openssl s_client -connect 127\.0\.0\.1:\d+\)/);
   const c = await connectTls(["127.0.0.1", portFrom(s.addresses[0]!)], { ca: certs.ca.certPem, servername: "localhost" });
   c.write("secure\n");
@@ -183,8 +179,7 @@ test("--tls-cert/--tls-key serve TLS", { skip: !hasOpenssl() && "no openssl", ti
 });
 
 test("--workers 2 serves from two processes and exits 0 on SIGTERM", { timeout: 40_000 }, async (t) => {
-  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2"]);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2"]);
   // The banner names the port the OS picked for port 0 (one, shared by both workers).
   assert.match(s.out(), /2 workers serving .* on 127\.0\.0\.1:\d+ \(connect: nc 127\.0\.0\.1 \d+\)/);
   const port = portFrom(s.addresses[0]!);
@@ -206,8 +201,7 @@ test("--workers 2 serves from two processes and exits 0 on SIGTERM", { timeout: 
 
 test("--workers with --shutdown-timeout 0: a worker still draining is never killed (no deadline)", { timeout: 40_000 }, async (t) => {
   const net = await import("node:net");
-  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
   const client = net.connect(portFrom(s.addresses[0]!), "127.0.0.1");
   await new Promise<void>((resolve) => client.once("connect", () => resolve()));
   // Echoes the client does not read yet: the worker's close(true) must wait for them.
@@ -234,8 +228,7 @@ test("--workers with --shutdown-timeout 0: a worker still draining is never kill
 
 test("--workers: a drained worker does not exit under its lingering connections (the peer still sending; no reset cuts the tail)", { timeout: 40_000 }, async (t) => {
   const net = await import("node:net");
-  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
   const client = net.connect(portFrom(s.addresses[0]!), "127.0.0.1");
   await new Promise<void>((resolve) => client.once("connect", () => resolve()));
   client.pause();
@@ -306,8 +299,7 @@ test("--workers: SIGUSR2 sent to the whole process group (systemctl kill -s USR2
 
 test("--workers: a second SIGINT while draining exits now (1), as in one process", { timeout: 40_000 }, async (t) => {
   const net = await import("node:net");
-  const s = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
   // A client that reads nothing: with no deadline, the drain waits for it.
   const client = net.connect(portFrom(s.addresses[0]!), "127.0.0.1");
   client.on("error", () => {});
@@ -326,8 +318,7 @@ test("--workers: a second SIGINT while draining exits now (1), as in one process
 
 test("--workers: the banner names a Linux abstract socket as given (no cwd, no NUL byte)", { timeout: 40_000, skip: process.platform !== "linux" && "abstract sockets" }, async (t) => {
   const name = `pants-ts-cli-${process.pid}`;
-  const s = await serve([fixture("cli-echo.ts"), "--listen", `unix:@${name}`, "--workers", "2"]);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", `unix:@${name}`, "--workers", "2"]);
   const banner = s.out().split("\n").find((l) => / workers serving /.test(l))!;
   assert.ok(banner.endsWith(` on unix:@${name}`), banner);
   const c = await connect("\0" + name);
@@ -346,8 +337,7 @@ test("--workers: a stale UNIX socket is replaced once, not unlinked under the li
     // A stale socket: what a killed server leaves behind.
     spawnSync(process.execPath, ["-e", `require("net").createServer().listen(${JSON.stringify(sock)}, () => process.kill(process.pid, "SIGKILL"))`]);
     assert.ok(existsSync(sock), "the stale socket");
-    const s = await serve([fixture("cli-echo.ts"), "--listen", `unix:${sock}`, "--workers", "8"]);
-    t.after(() => s.child.kill("SIGKILL"));
+    const s = await serve(t, [fixture("cli-echo.ts"), "--listen", `unix:${sock}`, "--workers", "8"]);
     assert.ok(existsSync(sock), `round ${round}: the cluster's socket was unlinked; output: ${s.out()}`);
     const c = await connect(sock);
     c.write("hi\n");
@@ -359,8 +349,7 @@ test("--workers: a stale UNIX socket is replaced once, not unlinked under the li
 });
 
 test("--workers: a module that awaits Engine.instance().start() at its top level (SPEC's example) starts: banner, and SIGHUP replaces the workers", { timeout: 40_000 }, async (t) => {
-  const s = await serve([fixture("cli-awaits-engine.ts"), "--workers", "2"]);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-awaits-engine.ts"), "--workers", "2"]);
   assert.match(s.out(), /2 workers serving /, `the workers never counted as started; output: ${s.out()}`);
   s.child.kill("SIGHUP");
   await waitFor(() => s.out().split("\n").filter((l) => l.startsWith("module listening")).length >= 4, 20000, `two replacements; ${s.out()}`);
@@ -370,8 +359,7 @@ test("--workers: a module that awaits Engine.instance().start() at its top level
 
 test("--workers: a module that starts the engine before it has finished loading counts as started only once its servers listen", { timeout: 40_000 }, async (t) => {
   // The banner comes once the workers listen: with port 0 it names the port they got.
-  const s = await serve([fixture("cli-engine-first.ts"), "--workers", "2", "--listen", "127.0.0.1:0"]);
-  t.after(() => s.child.kill("SIGKILL"));
+  const s = await serve(t, [fixture("cli-engine-first.ts"), "--workers", "2", "--listen", "127.0.0.1:0"]);
   assert.match(s.out(), /2 workers serving /, s.out());
   const port = portFrom(s.addresses[0]!);
   assert.notEqual(port, 0, `the banner came before the workers listened: ${s.out()}`);
@@ -381,8 +369,7 @@ test("--workers: a module that starts the engine before it has finished loading 
   assert.equal(await s.exited, 0);
 
   // A listen that fails is a failed start (exit 1), not a crash to restart forever.
-  const busy = await serve([fixture("cli-echo.ts"), "--listen", "127.0.0.1:0"]);
-  t.after(() => busy.child.kill("SIGKILL"));
+  const busy = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0"]);
   const failing = spawn(process.execPath, [bin, "serve", fixture("cli-engine-first.ts"), "--workers", "2", "--listen", busy.addresses[0]!], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
   t.after(() => failing.kill("SIGKILL"));
   let out = "";

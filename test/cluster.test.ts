@@ -15,13 +15,13 @@ import { connect, sleep, tempDir, waitFor } from "./helpers.js";
 const root = new URL("..", import.meta.url).pathname;
 
 /** A fixture program run as a cluster primary, its output collected; killed after the test `t`. */
-function launch(t: TestContext | null, fixture: string, env: Record<string, string>) {
+function launch(t: TestContext, fixture: string, env: Record<string, string>) {
   const child = spawn(process.execPath, ["--import", "tsx", `test/fixtures/${fixture}`], {
     cwd: root,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
-  t?.after(() => child.kill("SIGKILL"));
+  t.after(() => child.kill("SIGKILL"));
   let out = "";
   child.stdout!.on("data", (d) => (out += d));
   child.stderr!.on("data", (d) => (out += d));
@@ -37,9 +37,10 @@ interface Cluster {
   exited: Promise<number | null>;
 }
 
-async function startCluster(workers: number, env: Record<string, string> = {}): Promise<Cluster> {
+/** Starts cluster-main.ts with `workers` workers and waits until they listen; killed after the test, even if this fails. */
+async function startCluster(t: TestContext, workers: number, env: Record<string, string> = {}): Promise<Cluster> {
   // Port 0: node:cluster gives every worker's first listen(0) the same port.
-  const run = launch(null, "cluster-main.ts", { PORT: "0", WORKERS: String(workers), NODE_DEBUG: "pants-ts", ...env });
+  const run = launch(t, "cluster-main.ts", { PORT: "0", WORKERS: String(workers), NODE_DEBUG: "pants-ts", ...env });
   const { child, exited } = run;
   const listening = () => run.out().split("\n").filter((l) => l.startsWith("listening ")).length;
   await waitFor(() => listening() >= workers, 20000, `${workers} workers listening; output: ${run.out()}`);
@@ -59,8 +60,7 @@ async function ask(port: number, line: string): Promise<string> {
 }
 
 test("runCluster: workers share the port; a crashed worker is restarted; SIGTERM exits 0", { timeout: 60_000 }, async (t) => {
-  const cluster = await startCluster(2);
-  t.after(() => cluster.child.kill("SIGKILL"));
+  const cluster = await startCluster(t, 2);
   const pids = new Set<string>();
   for (let i = 0; i < 40 && pids.size < 2; i++) pids.add(await ask(cluster.port, "pid"));
   assert.equal(pids.size, 2, "connections are spread over both workers");
@@ -82,8 +82,7 @@ test("runCluster: workers share the port; a crashed worker is restarted; SIGTERM
 });
 
 test("runCluster: SIGHUP replaces every worker with no refused or cut connection", { timeout: 90_000 }, async (t) => {
-  const cluster = await startCluster(2);
-  t.after(() => cluster.child.kill("SIGKILL"));
+  const cluster = await startCluster(t, 2);
   const before = new Set<string>();
   for (let i = 0; i < 40 && before.size < 2; i++) before.add(await ask(cluster.port, "pid"));
   let stop = false;
@@ -130,8 +129,7 @@ function workerCount(pid: number): number {
 
 test("runCluster: a SIGHUP whose replacement fails to start keeps the old workers, and no more of them", { timeout: 60_000, skip: process.platform !== "linux" && "reads /proc" }, async (t) => {
   const broken = join(tempDir(t), "broken");
-  const c = await startCluster(2, { BROKEN_FILE: broken });
-  t.after(() => c.child.kill("SIGKILL"));
+  const c = await startCluster(t, 2, { BROKEN_FILE: broken });
   const pid = c.child.pid!;
   writeFileSync(broken, "");
   c.child.kill("SIGHUP");
@@ -177,8 +175,7 @@ test("runCluster: SIGTERM while workers have closed their channel but not exited
 });
 
 test("runCluster: a worker still draining 5 s past the deadline is killed, and the primary says so", { timeout: 60_000 }, async (t) => {
-  const c = await startCluster(1, { SHUTDOWN_MS: "1" });
-  t.after(() => c.child.kill("SIGKILL"));
+  const c = await startCluster(t, 1, { SHUTDOWN_MS: "1" });
   const client = await connect(c.port);
   t.after(() => client.destroy());
   client.write("hang\n"); // the worker's loop is blocked: it cannot drain
