@@ -46,6 +46,19 @@ function portFrom(address: string): number {
   return Number(address.slice(address.lastIndexOf(":") + 1));
 }
 
+/** A client of `address` that sends `kib` KiB of 1 KiB lines and reads nothing yet (paused), half a second on. */
+async function flood(address: string, kib: number): Promise<import("node:net").Socket> {
+  const net = await import("node:net");
+  const client = net.connect(portFrom(address), "127.0.0.1");
+  client.on("error", () => {});
+  await new Promise<void>((resolve) => client.once("connect", () => resolve()));
+  client.pause();
+  const line = "x".repeat(1023) + "\n";
+  for (let i = 0; i < kib; i++) client.write(line);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  return client;
+}
+
 test("--help documents every flag; exit 0", () => {
   const r = run(["--help"]);
   assert.equal(r.status, 0);
@@ -200,15 +213,9 @@ test("--workers 2 serves from two processes and exits 0 on SIGTERM", { timeout: 
 });
 
 test("--workers with --shutdown-timeout 0: a worker still draining is never killed (no deadline)", { timeout: 40_000 }, async (t) => {
-  const net = await import("node:net");
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
-  const client = net.connect(portFrom(s.addresses[0]!), "127.0.0.1");
-  await new Promise<void>((resolve) => client.once("connect", () => resolve()));
   // Echoes the client does not read yet: the worker's close(true) must wait for them.
-  client.pause();
-  const line = "x".repeat(1023) + "\n";
-  for (let i = 0; i < 8 * 1024; i++) client.write(line);
-  await new Promise((resolve) => setTimeout(resolve, 500));
+  const client = await flood(s.addresses[0]!, 8 * 1024);
   s.child.kill("SIGTERM");
   await new Promise((resolve) => setTimeout(resolve, 6500)); // past the old 0 + 5 s kill
   let received = 0;
@@ -227,15 +234,9 @@ test("--workers with --shutdown-timeout 0: a worker still draining is never kill
 });
 
 test("--workers: a drained worker does not exit under its lingering connections (the peer still sending; no reset cuts the tail)", { timeout: 40_000 }, async (t) => {
-  const net = await import("node:net");
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
-  const client = net.connect(portFrom(s.addresses[0]!), "127.0.0.1");
-  await new Promise<void>((resolve) => client.once("connect", () => resolve()));
-  client.pause();
   // More than the kernel buffers hold: the client is still sending when the worker's close(true) completes.
-  const line = "x".repeat(1023) + "\n";
-  for (let i = 0; i < 48 * 1024; i++) client.write(line);
-  await new Promise((resolve) => setTimeout(resolve, 500));
+  const client = await flood(s.addresses[0]!, 48 * 1024);
   s.child.kill("SIGTERM");
   await new Promise((resolve) => setTimeout(resolve, 1000));
   let received = 0;
@@ -298,16 +299,9 @@ test("--workers: SIGUSR2 sent to the whole process group (systemctl kill -s USR2
 });
 
 test("--workers: a second SIGINT while draining exits now (1), as in one process", { timeout: 40_000 }, async (t) => {
-  const net = await import("node:net");
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
   // A client that reads nothing: with no deadline, the drain waits for it.
-  const client = net.connect(portFrom(s.addresses[0]!), "127.0.0.1");
-  client.on("error", () => {});
-  await new Promise<void>((resolve) => client.once("connect", () => resolve()));
-  client.pause();
-  const line = "x".repeat(1023) + "\n";
-  for (let i = 0; i < 8 * 1024; i++) client.write(line);
-  await new Promise((resolve) => setTimeout(resolve, 500));
+  const client = await flood(s.addresses[0]!, 8 * 1024);
   s.child.kill("SIGINT");
   await waitFor(() => /SIGINT: draining/.test(s.out()), 5000, `the draining line; ${s.out()}`);
   s.child.kill("SIGINT");
