@@ -173,8 +173,15 @@ export function formatAddress(address: Address | null | undefined): string {
   if (typeof address === "string") return `unix:${address.replace(/\0/g, "@")}`;
   const [host, port] = address;
   if (host === "") return `${address.length === 4 ? "[::]" : "0.0.0.0"}:${port}`;
-  // A link-local address names its interface ("[fe80::1%eth0]:8080"), as it must be given to connect.
-  return host.includes(":") ? `[${address.length === 4 ? withScope(host, address[3]) : host}]:${port}` : `${host}:${port}`;
+  return host.includes(":") ? `[${hostWithZone(address)}]:${port}` : `${host}:${port}`;
+}
+
+/**
+ * An address's host as one gives it to connect: a link-local IPv6 one with
+ * the interface its scope id names ("fe80::1%eth0").
+ */
+export function hostWithZone(address: [string, number] | [string, number, number, number]): string {
+  return address.length === 4 ? withScope(address[0], address[3]) : address[0];
 }
 
 /** Copies an address so callers cannot mutate internal state. */

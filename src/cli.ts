@@ -13,7 +13,7 @@ import type { Address as ClusterAddress } from "node:cluster";
 import { Server, liveServers } from "./server.js";
 import { Engine } from "./engine.js";
 import { Stream } from "./stream.js";
-import { formatAddress, withScope } from "./address.js";
+import { formatAddress, hostWithZone } from "./address.js";
 import type { Address } from "./address.js";
 import { runCluster, processStats, shutdownAll } from "./cluster.js";
 import type { ClusterHandle } from "./cluster.js";
@@ -233,7 +233,7 @@ function connectHint(address: Address | null, tls: boolean): string {
   }
   if (!Array.isArray(address)) return "";
   const [host, port] = address;
-  const target = host === "" || host === "0.0.0.0" || host === "::" ? "localhost" : address.length === 4 ? withScope(host, address[3]) : host;
+  const target = host === "" || host === "0.0.0.0" || host === "::" ? "localhost" : hostWithZone(address);
   if (!tls) return ` (connect: nc ${target} ${port})`;
   return ` (connect: openssl s_client -connect ${target.includes(":") ? `[${target}]` : target}:${port})`;
 }

@@ -187,7 +187,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   const perWorker = new Map<number, Stats>();
   const retired = newStats();
   let restarts = 0;
-  let stopping = false;
+  // The shutdown, once asked for (see stop()).
   let stopped: Promise<void> | null = null;
   let replacing: Promise<void> | null = null;
   let again: Promise<void> | null = null;
@@ -307,14 +307,13 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
         perWorker.delete(worker.id);
       }
       if (expected.delete(worker)) return;
-      if (stopping) return;
+      if (stopped !== null) return;
       const livedMs = Date.now() - (lastFork.get(worker) ?? 0);
-      lastFork.delete(worker);
       if (livedMs > 10_000) delay = baseDelay;
       log.current.warn(`Worker ${worker.process.pid} exited (${signal ?? code}); restarting in ${delay} ms.`);
       restarts++;
       setTimeout(() => {
-        if (!stopping) fork();
+        if (stopped === null) fork();
       }, delay);
       delay = Math.min(delay * 2, 30_000);
     });
@@ -323,7 +322,6 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
     // shutdown: every caller's promise settles once the workers are gone.
     const stop = (): Promise<void> =>
       (stopped ??= (async () => {
-        stopping = true;
         log.current.info("Shutting down the cluster.");
         const all = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
         await Promise.all(all.map(retire));
@@ -334,12 +332,12 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       // A worker that crashed already is being restarted by the crash handler.
       const old = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && !w.isDead());
       for (const worker of old) {
-        if (stopping) break;
+        if (stopped !== null) break;
         if (worker.isDead()) continue;
         // Start the replacement first, so capacity never drops to zero.
         const fresh = fork();
         if (!(await whenListening(fresh))) {
-          if (!stopping) log.current.error("A replacement worker failed to start; keeping the old ones.");
+          if (stopped === null) log.current.error("A replacement worker failed to start; keeping the old ones.");
           break;
         }
         await retire(worker);
@@ -349,7 +347,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
     // more pass after it: the workers it replaced already may run older code.
     // Every caller's promise settles once its pass is done.
     const rollingRestart = (): Promise<void> => {
-      if (stopping) return Promise.resolve();
+      if (stopped !== null) return Promise.resolve();
       if (replacing === null) {
         replacing = replaceAll().finally(() => (replacing = null));
         return replacing;
@@ -371,7 +369,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
     let failed = false;
     void Promise.all(
       initial.map(async (worker) => {
-        if ((await whenListening(worker)) || stopping) return;
+        if ((await whenListening(worker)) || stopped !== null) return;
         failed = true;
         const message = failures.get(worker) ?? `worker ${worker.process.pid} exited before it listened`;
         failures.delete(worker);
