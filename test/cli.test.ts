@@ -46,6 +46,16 @@ function portFrom(address: string): number {
   return Number(address.slice(address.lastIndexOf(":") + 1));
 }
 
+/** One line to `target` comes back; then SIGTERM, and the program exits 0. */
+async function echoesThenStops(s: Served, target: number | string): Promise<void> {
+  const c = await connect(target);
+  c.write("hi\n");
+  assert.equal(await c.readText(3), "hi\n");
+  c.destroy();
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+}
+
 /** A client of `address` that sends `kib` KiB of 1 KiB lines and reads nothing yet (paused), half a second on. */
 async function flood(address: string, kib: number): Promise<import("node:net").Socket> {
   const net = await import("node:net");
@@ -154,12 +164,7 @@ test("a closed terminal or log reader (stdout gone) does not kill a server that 
 
 test("serve a module whose default export is a configured Server", { timeout: 30_000 }, async (t) => {
   const s = await serve(t, [fixture("cli-server.ts"), "--listen", "127.0.0.1:0"]);
-  const c = await connect(portFrom(s.addresses[0]!));
-  c.write("hi\n");
-  assert.equal(await c.readText(3), "hi\n");
-  c.destroy();
-  s.child.kill("SIGTERM");
-  assert.equal(await s.exited, 0);
+  await echoesThenStops(s, portFrom(s.addresses[0]!));
 });
 
 test("--max-connections, --idle-timeout and --proxy-protocol apply to every connection", { timeout: 30_000 }, async (t) => {
@@ -315,12 +320,7 @@ test("--workers: the banner names a Linux abstract socket as given (no cwd, no N
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", `unix:@${name}`, "--workers", "2"]);
   const banner = s.out().split("\n").find((l) => / workers serving /.test(l))!;
   assert.ok(banner.endsWith(` on unix:@${name}`), banner);
-  const c = await connect("\0" + name);
-  c.write("hi\n");
-  assert.equal(await c.readText(3), "hi\n");
-  c.destroy();
-  s.child.kill("SIGTERM");
-  assert.equal(await s.exited, 0);
+  await echoesThenStops(s, "\0" + name);
 });
 
 test("--workers: a stale UNIX socket is replaced once, not unlinked under the live one", { timeout: 120_000, skip: process.platform === "win32" && "UNIX sockets" }, async (t) => {
@@ -333,12 +333,7 @@ test("--workers: a stale UNIX socket is replaced once, not unlinked under the li
     assert.ok(existsSync(sock), "the stale socket");
     const s = await serve(t, [fixture("cli-echo.ts"), "--listen", `unix:${sock}`, "--workers", "8"]);
     assert.ok(existsSync(sock), `round ${round}: the cluster's socket was unlinked; output: ${s.out()}`);
-    const c = await connect(sock);
-    c.write("hi\n");
-    assert.equal(await c.readText(3), "hi\n");
-    c.destroy();
-    s.child.kill("SIGTERM");
-    assert.equal(await s.exited, 0);
+    await echoesThenStops(s, sock);
   }
 });
 
