@@ -7,7 +7,8 @@
 import cluster from "node:cluster";
 import type { Worker } from "node:cluster";
 import { availableParallelism } from "node:os";
-import { liveServers, retiredTotals } from "./server.js";
+import { resolve as resolvePath } from "node:path";
+import { liveServers, removeStaleSocket, retiredTotals, staleSocketRemover } from "./server.js";
 import type { Server } from "./server.js";
 import { addStats, globalEngineRunning, newStats } from "./engine.js";
 import type { Stats } from "./engine.js";
@@ -56,6 +57,8 @@ export interface ClusterHandle {
 
 type Message =
   | { pantsTs: "hello" }
+  | { pantsTs: "clear-stale"; id: number; path: string }
+  | { pantsTs: "stale-cleared"; id: number }
   | { pantsTs: "stats"; stats: Stats }
   | { pantsTs: "listening" }
   | { pantsTs: "shutdown"; timeoutMs: number }
@@ -111,10 +114,35 @@ export async function runCluster(main: () => unknown, options: ClusterOptions = 
   return runPrimary(workers, shutdownTimeoutMs, options);
 }
 
+/** Set by the primary in its workers' environment (its pid): the parent speaks this module's messages. */
+const PRIMARY_ENV = "PANTS_TS_CLUSTER_PRIMARY";
+
 async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   const send = (m: Message) => {
     if (process.connected) process.send?.(m);
   };
+  const ourPrimary = process.env[PRIMARY_ENV] === String(process.ppid);
+  delete process.env[PRIMARY_ENV]; // not for processes this worker starts
+  // A stale UNIX socket is cleared by the primary, once, however many
+  // workers find it: the primary binds the live one, so only there can the
+  // check and the unlink not fall between another worker's and that bind.
+  const clearing = new Map<number, () => void>();
+  let nextClear = 0;
+  if (ourPrimary) {
+    staleSocketRemover.current = (path) => {
+      if (!process.connected) return removeStaleSocket(path);
+      const id = nextClear++;
+      return new Promise<void>((resolve) => {
+        clearing.set(id, resolve);
+        send({ pantsTs: "clear-stale", id, path: resolvePath(path) });
+      });
+    };
+    // A primary that is gone answers nobody: listening then fails, or the worker exits anyway.
+    process.once("disconnect", () => {
+      for (const resolve of clearing.values()) resolve();
+      clearing.clear();
+    });
+  }
   let closedResolve: () => void = () => {};
   const closed = new Promise<void>((r) => (closedResolve = r));
   // Settles once main() has started this worker's servers (or failed).
@@ -122,7 +150,10 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   const started = new Promise<void>((r) => (startedResolve = r));
   process.on("message", (m: unknown) => {
     if (!isMessage(m)) return;
-    if (m.pantsTs === "shutdown") {
+    if (m.pantsTs === "stale-cleared") {
+      clearing.get(m.id)?.();
+      clearing.delete(m.id);
+    } else if (m.pantsTs === "shutdown") {
       // A shutdown that comes while main() still runs waits for it (within the
       // deadline), so that servers it has yet to create are drained too. The
       // drain gets what is left of the deadline: the primary kills a worker
@@ -203,6 +234,8 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   // listening for messages: one sent now would be dropped, a lost "shutdown"
   // leaving the worker serving until the SIGKILL deadline, or forever).
   const unheard = new Map<Worker, Message[]>();
+  // Stale UNIX sockets being cleared for workers, by path: one at a time each.
+  const clearingStale = new Map<string, Promise<void>>();
 
   const stats = (): ClusterStats => {
     const total = newStats();
@@ -234,7 +267,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   };
 
   const fork = (): Worker => {
-    const worker = cluster.fork();
+    const worker = cluster.fork({ [PRIMARY_ENV]: String(process.pid) });
     lastFork.set(worker, Date.now());
     unheard.set(worker, []);
     // IPC errors are the send races above, or a channel failing as the worker
@@ -254,6 +287,14 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
         options.onStats?.(stats());
       } else if (m.pantsTs === "drained") {
         tell(worker, { pantsTs: "exit" });
+      } else if (m.pantsTs === "clear-stale" && typeof m.path === "string") {
+        const { id, path } = m;
+        const done = (clearingStale.get(path) ?? Promise.resolve()).then(() => removeStaleSocket(path)).catch(() => {});
+        clearingStale.set(path, done);
+        void done.then(() => {
+          if (clearingStale.get(path) === done) clearingStale.delete(path);
+          tell(worker, { pantsTs: "stale-cleared", id });
+        });
       } else if (m.pantsTs === "failed") {
         failures.set(worker, m.message);
         log.current.error(`Worker ${worker.process.pid} failed to start: ${m.message}`);

@@ -101,6 +101,53 @@ function closeNet(netServer: net.Server): void {
   }
 }
 
+/**
+ * A UNIX socket file nobody listens on (what a killed server leaves) is
+ * removed before listening on its path; anything else there stays, and
+ * listen fails with EADDRINUSE. Only a refused probe means nobody listens:
+ * EAGAIN is a live server with a full accept queue, EACCES one this user
+ * may not connect to. The file is unlinked only if it is still the very one
+ * found dead (same device, inode and ctime), checked and unlinked in one
+ * synchronous step: a process that also binds the path (a cluster primary)
+ * cannot bind a live socket there in between.
+ */
+export async function removeStaleSocket(path: string): Promise<void> {
+  if (path.startsWith("\0")) return;
+  let found: BigIntStats;
+  try {
+    found = await lstat(path, { bigint: true });
+  } catch {
+    return; // nothing there
+  }
+  if (!found.isSocket()) return; // a regular file is never deleted
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = net.connect({ path });
+    probe.once("connect", () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once("error", (err: NodeJS.ErrnoException) => resolve(err.code !== "ECONNREFUSED"));
+  });
+  if (alive) return;
+  try {
+    const now = lstatSync(path, { bigint: true });
+    if (now.dev === found.dev && now.ino === found.ino && now.ctimeNs === found.ctimeNs) {
+      log.current.debug(`Removing stale UNIX socket ${path}.`);
+      unlinkSync(path);
+    }
+  } catch {
+    // gone already
+  }
+}
+
+/**
+ * @internal How a server clears a stale socket before listening on a path.
+ * A runCluster worker asks its primary instead (cluster.ts): the primary
+ * binds every worker's listening sockets, so only there can the check and
+ * the unlink never fall between another worker's and the live bind.
+ */
+export const staleSocketRemover: { current: (path: string) => Promise<void> } = { current: removeStaleSocket };
+
 /** @internal Every server of this process that is listening (for runCluster and the CLI). */
 export const liveServers = new Set<Server>();
 /** @internal The counters of servers that have closed, summed, so process totals never go backwards. */
@@ -494,7 +541,7 @@ export class Server extends Channel {
 
   async #bind(parsed: ParsedAddress, backlog: number, slave: boolean): Promise<void> {
     if (parsed.kind === "unix") {
-      await this.#removeStaleSocket(parsed.path);
+      await staleSocketRemover.current(parsed.path);
       if (this.#state !== ST_BINDING) return;
       await this.#listenOne({ path: parsed.path, backlog });
       this.#unixPath = parsed.path;
@@ -564,42 +611,6 @@ export class Server extends Channel {
     else {
       const s = this.#netServers.pop();
       if (s !== undefined) closeNet(s);
-    }
-  }
-
-  async #removeStaleSocket(path: string): Promise<void> {
-    if (path.startsWith("\0")) return;
-    let found: BigIntStats;
-    try {
-      found = await lstat(path, { bigint: true });
-    } catch {
-      return; // nothing there
-    }
-    if (!found.isSocket()) return; // listen fails with EADDRINUSE; a regular file is never deleted
-    const alive = await new Promise<boolean>((resolve) => {
-      const probe = net.connect({ path });
-      probe.once("connect", () => {
-        probe.destroy();
-        resolve(true);
-      });
-      // Only a refusal means nobody listens: EAGAIN is a live server with a
-      // full accept queue, EACCES one this user may not connect to. Their
-      // socket stays, and listen fails with EADDRINUSE, as node:net's does.
-      probe.once("error", (err: NodeJS.ErrnoException) => resolve(err.code !== "ECONNREFUSED"));
-    });
-    if (!alive) {
-      // Only the very socket found dead: cluster workers start together, and
-      // another may have removed it already and had the primary bind a live
-      // one there since, which must not be unlinked (its clients: ENOENT).
-      try {
-        const now = lstatSync(path, { bigint: true });
-        if (now.dev === found.dev && now.ino === found.ino && now.ctimeNs === found.ctimeNs) {
-          log.current.debug(`Removing stale UNIX socket ${path}.`);
-          unlinkSync(path);
-        }
-      } catch {
-        // gone already
-      }
     }
   }
 
