@@ -130,7 +130,7 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   let nextClear = 0;
   if (ourPrimary) {
     staleSocketRemover.current = (path) => {
-      if (!process.connected) return removeStaleSocket(path);
+      if (path.startsWith("\0") || !process.connected) return removeStaleSocket(path);
       const id = nextClear++;
       return new Promise<void>((resolve) => {
         clearing.set(id, resolve);
@@ -234,8 +234,11 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   // listening for messages: one sent now would be dropped, a lost "shutdown"
   // leaving the worker serving until the SIGKILL deadline, or forever).
   const unheard = new Map<Worker, Message[]>();
-  // Stale UNIX sockets being cleared for workers, by path: one at a time each.
-  const clearingStale = new Map<string, Promise<void>>();
+  // The stale UNIX socket check, once per path for the primary's life: the
+  // socket found there later is the live one this primary bound for its
+  // workers (a probe of it would be a stray connection to a worker; a
+  // restarted worker's listen needs no check).
+  const clearedStale = new Map<string, Promise<void>>();
 
   const stats = (): ClusterStats => {
     const total = newStats();
@@ -289,12 +292,12 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
         tell(worker, { pantsTs: "exit" });
       } else if (m.pantsTs === "clear-stale" && typeof m.path === "string") {
         const { id, path } = m;
-        const done = (clearingStale.get(path) ?? Promise.resolve()).then(() => removeStaleSocket(path)).catch(() => {});
-        clearingStale.set(path, done);
-        void done.then(() => {
-          if (clearingStale.get(path) === done) clearingStale.delete(path);
-          tell(worker, { pantsTs: "stale-cleared", id });
-        });
+        let done = clearedStale.get(path);
+        if (done === undefined) {
+          done = removeStaleSocket(path).catch(() => {});
+          clearedStale.set(path, done);
+        }
+        void done.then(() => tell(worker, { pantsTs: "stale-cleared", id }));
       } else if (m.pantsTs === "failed") {
         failures.set(worker, m.message);
         log.current.error(`Worker ${worker.process.pid} failed to start: ${m.message}`);

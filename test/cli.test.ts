@@ -353,6 +353,19 @@ test("--workers: a worker slow between finding a stale UNIX socket dead and unli
   await echoesThenStops(s, sock);
 });
 
+test("--workers on a UNIX socket: starting and SIGHUP's replacements make no stray connection to the workers", { timeout: 60_000, skip: process.platform === "win32" && "UNIX sockets" }, async (t) => {
+  const sock = join(tempDir(t), "live.sock");
+  const s = await serve(t, [fixture("cli-counts-connects.ts"), "--listen", `unix:${sock}`, "--workers", "3"]);
+  const lines = (prefix: string) => s.out().split("\n").filter((l) => l.startsWith(prefix)).length;
+  await waitFor(() => lines("listening ") >= 3, 10000, `three workers listening; output: ${s.out()}`);
+  s.child.kill("SIGHUP");
+  await waitFor(() => lines("listening ") >= 6, 20000, `three replacements; output: ${s.out()}`);
+  // A check for a stale socket that connects to the live one is a connection to a worker.
+  assert.equal(lines("connect "), 0, `stray connections; output: ${s.out()}`);
+  await echoesThenStops(s, sock);
+  assert.equal(lines("connect "), 1, s.out());
+});
+
 test("--workers: a module that awaits Engine.instance().start() at its top level (SPEC's example) starts: banner, and SIGHUP replaces the workers", { timeout: 40_000 }, async (t) => {
   const s = await serve(t, [fixture("cli-awaits-engine.ts"), "--workers", "2"]);
   assert.match(s.out(), /2 workers serving /, `the workers never counted as started; output: ${s.out()}`);
