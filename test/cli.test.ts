@@ -364,6 +364,8 @@ test("--workers on a UNIX socket: starting and SIGHUP's replacements make no str
   assert.equal(lines("connect "), 0, `stray connections; output: ${s.out()}`);
   await echoesThenStops(s, sock);
   assert.equal(lines("connect "), 1, s.out());
+  const { existsSync } = await import("node:fs");
+  assert.equal(existsSync(sock), false, "the socket file is removed once the cluster has exited");
 });
 
 test("--workers: a module that awaits Engine.instance().start() at its top level (SPEC's example) starts: banner, and SIGHUP replaces the workers", { timeout: 40_000 }, async (t) => {
