@@ -233,10 +233,14 @@ static void hist_clear(void) {
     hist_max = 0;
 }
 
-/* The q-quantile in microseconds (0 without samples). */
+/* The q-quantile in microseconds (0 without samples): the nearest-rank one, the ceil(q*N)-th smallest. */
 static double hist_quantile_us(double q) {
     if (hist_total == 0) return 0.0;
-    uint64_t rank = (uint64_t)(q * (double)hist_total);
+    double want = q * (double)hist_total;
+    uint64_t nth = (uint64_t)want;
+    if ((double)nth < want) nth++;
+    if (nth == 0) nth = 1;
+    uint64_t rank = nth - 1; /* 0-based */
     if (rank >= hist_total) rank = hist_total - 1;
     uint64_t seen = 0;
     for (unsigned b = 0; b < NBUCKETS; b++) {

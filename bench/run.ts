@@ -17,9 +17,9 @@ import { fileURLToPath } from "node:url";
 import { USAGE, parseOptions } from "./lib/options.js";
 import type { Options } from "./lib/options.js";
 import { choosePlacement, which } from "./lib/proc.js";
-import { sideLabel } from "./lib/measure.js";
+import { sideLabel, unusableSample } from "./lib/measure.js";
 import type { Context, Paths, Requirement, Scenario } from "./lib/measure.js";
-import { CLIENT_SATURATED, NOISY, clientCheck, fmt, missingSides, referenceTables, scenarioTable, summaryJson, summaryTable } from "./lib/report.js";
+import { CLIENT_SATURATED, NOISY, clientCheck, errorNotes, fmt, missingSides, referenceTables, scenarioTable, summaryJson, summaryTable } from "./lib/report.js";
 import type { Measurement, RunRecord } from "./lib/report.js";
 import { SCENARIOS, selectScenarios } from "./lib/scenarios.js";
 import { ALL_SIDES, SIDE_LABEL, SIDE_WHAT, probeSides, sideOrder } from "./lib/sides.js";
@@ -256,6 +256,8 @@ async function main(): Promise<number> {
         const tag = `[${n}/${total}] ${scenario.name} ${sideLabel(scenario, side)} rep ${rep + 1}/${options.reps}`;
         try {
           const sample = await scenario.measure(side, ctx);
+          const unusable = unusableSample(scenario, sample);
+          if (unusable !== null) throw new Error(unusable);
           rows.push({ scenario: scenario.name, side, rep, sample });
           const cpu = (label: string, v: number | undefined) => (v === undefined ? "" : `  ${label} ${fmt(v, 0)}%`);
           log(
@@ -293,6 +295,8 @@ async function main(): Promise<number> {
     `Finished ${new Date().toISOString()}, load average ${loadAverage()}. Medians. Ratios compare the medians: above 1, the first named did better, except where lower is better (idle-memory, backpressure: above 1, it used more memory). n/a: the scenario has no such side (TLS: pants-ts always runs on node:tls, shown as js; framing: in-memory, shown as js; no uvloop TLS or RESP server).`,
   );
   sections.push(summaryTable(record));
+  const errorLines = errorNotes(record);
+  if (errorLines.length > 0) sections.push(["Figures from runs with errors:", ...errorLines].join("\n"));
   const missing = missingSides(record);
   if (options.quick && options.only === null) {
     for (const s of SCENARIOS.filter((s) => s.inQuick === false)) missing.push(`- ${s.name}: not in --quick (--quick --only ${s.name} runs it, shrunk).`);

@@ -6,11 +6,16 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { unusableSample } from "../bench/lib/measure.js";
+import type { Sample, Scenario } from "../bench/lib/measure.js";
+import { errorNotes } from "../bench/lib/report.js";
+import type { Measurement, RunRecord } from "../bench/lib/report.js";
+
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const runner = join(root, "dist", "bench", "run.js");
@@ -76,4 +81,64 @@ test("npm run bench -- --quick runs end to end and prints the summary", { skip, 
     if (s.scenario === "backpressure") continue; // a growth of zero leaves the ratio undefined
     assert.equal(typeof s.ratios["js/raw"], "number", `${s.scenario} has no js/raw ratio`);
   }
+});
+
+// ------------------------------------------------ the numbers themselves
+
+test("a throughput of zero is not a figure; a memory growth of zero is", () => {
+  const rate = { unit: "req/s" };
+  const memory = { unit: "MiB RSS growth", lowerIsBetter: true };
+  assert.match(unusableSample(rate, { value: 0, errors: 50 }) ?? "", /nothing completed/);
+  assert.match(unusableSample(rate, { value: Number.NaN, errors: 0 }) ?? "", /no figure/);
+  assert.equal(unusableSample(rate, { value: 1234, errors: 0 }), null);
+  assert.equal(unusableSample(memory, { value: 0, errors: 0 }), null);
+  assert.match(unusableSample(memory, { value: Number.NaN, errors: 0 }) ?? "", /no figure/);
+});
+
+test("the summary names the figures that came from runs with errors", () => {
+  const scenario = { name: "churn", sides: ["raw", "js"] } as unknown as Scenario;
+  const sample = (value: number, errors: number): Sample => ({ value, errors, extra: {} });
+  const rows: Measurement[] = [
+    { scenario: "churn", side: "raw", rep: 0, sample: sample(100, 0) },
+    { scenario: "churn", side: "raw", rep: 1, sample: sample(110, 0) },
+    { scenario: "churn", side: "js", rep: 0, sample: sample(90, 3) },
+    { scenario: "churn", side: "js", rep: 1, sample: sample(95, 0) },
+  ];
+  const record: RunRecord = { scenarios: [scenario], rows, sides: new Map(), skipped: new Map() };
+  const notes = errorNotes(record);
+  assert.equal(notes.length, 1);
+  assert.match(notes[0]!, /^- churn \(pants-ts js\): 3 error\(s\) in 1 of 2 run\(s\)/);
+});
+
+test("loadgen's percentiles are nearest-rank: 90 fast samples and 10 slow ones make a fast p90", { skip: !onPath("cc") && "no C compiler (cc)" }, (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "pants-ts-loadgen-hist-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const source = join(dir, "hist.c");
+  writeFileSync(
+    source,
+    [
+      "#define main loadgen_main",
+      `#include ${JSON.stringify(join(root, "bench", "loadgen.c"))}`,
+      "#undef main",
+      "int main(void) {",
+      "    for (int i = 0; i < 90; i++) hist_add(100);",
+      "    for (int i = 0; i < 10; i++) hist_add(100000);",
+      '    printf("%.3f %.3f %.3f ", hist_quantile_us(0.5), hist_quantile_us(0.9), hist_quantile_us(0.99));',
+      "    hist_clear(); hist_add(100); hist_add(100000);",
+      '    printf("%.3f %.3f\\n", hist_quantile_us(0.5), hist_quantile_us(1.0));',
+      "    return 0;",
+      "}",
+      "",
+    ].join("\n"),
+  );
+  const binary = join(dir, "hist");
+  const cc = spawnSync("cc", ["-O2", "-w", "-o", binary, source], { encoding: "utf8" });
+  assert.equal(cc.status, 0, cc.stderr);
+  const out = spawnSync(binary, [], { encoding: "utf8" }).stdout.trim().split(" ").map(Number);
+  // 100 ns samples read back as 0.1 µs, 100 µs ones within 1 %.
+  assert.equal(out[0], 0.1, "p50");
+  assert.equal(out[1], 0.1, "p90: 90 of 100 samples are 100 ns");
+  assert.ok(Math.abs(out[2]! - 100) < 1, `p99 ${out[2]}`);
+  assert.equal(out[3], 0.1, "p50 of two samples is the lower one");
+  assert.ok(Math.abs(out[4]! - 100) < 1, `p100 ${out[4]}`);
 });

@@ -91,7 +91,8 @@ function connectOptions(): ConnectOptions {
 
 function quantileUs(sorted: Float64Array, q: number): number {
   if (sorted.length === 0) return 0;
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! / 1000;
+  // Nearest rank: the ceil(q*N)-th smallest.
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]! / 1000;
 }
 
 // --------------------------------------------------------------------- modes

@@ -113,6 +113,17 @@ export function sideLabel(scenario: Scenario, side: Side): string {
 
 export const HOST = "127.0.0.1";
 
+/**
+ * Why a measurement's sample cannot stand as a figure, or null: a throughput
+ * (higher is better) that is not above zero means nothing was served (wrk
+ * and redis-benchmark still exit 0 then), and a figure must be a number.
+ */
+export function unusableSample(scenario: Pick<Scenario, "lowerIsBetter" | "unit">, sample: Pick<Sample, "value" | "errors">): string | null {
+  if (!Number.isFinite(sample.value)) return `no figure (${String(sample.value)} ${scenario.unit}; ${sample.errors} errors)`;
+  if (scenario.lowerIsBetter !== true && sample.value <= 0) return `nothing completed (${sample.value} ${scenario.unit}; ${sample.errors} errors)`;
+  return null;
+}
+
 /** What a benchmark server does: the SCENARIO of bench/servers/*, or the RESP protocol. */
 export type ServerJob = "echo-line" | "echo-raw" | "echo-raw-lent" | "http" | "tls-echo-line" | "tls-echo-raw" | "resp";
 

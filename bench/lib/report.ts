@@ -245,6 +245,25 @@ export function referenceTables(record: RunRecord): string[] {
   return tables;
 }
 
+/**
+ * The scenarios and sides whose figures came from runs that reported errors
+ * (failed connects, broken connections, wrong replies), one line each: the
+ * summary shows only medians, so without this such a figure would stand
+ * there like a clean one.
+ */
+export function errorNotes(record: RunRecord): string[] {
+  const lines: string[] = [];
+  for (const s of record.scenarios) {
+    for (const side of sidesRun(s, record.rows)) {
+      const samples = samplesOf(record.rows, s.name, side);
+      const errors = samples.reduce((sum, x) => sum + x.errors, 0);
+      const runs = samples.filter((x) => x.errors > 0).length;
+      if (errors > 0) lines.push(`- ${s.name} (${sideLabel(s, side)}): ${errors} error(s) in ${runs} of ${samples.length} run(s); its figure counts only what completed.`);
+    }
+  }
+  return lines;
+}
+
 /** Why a column of the summary (or a reference side) is missing, one line each. */
 export function missingSides(record: RunRecord): string[] {
   const lines: string[] = [];
