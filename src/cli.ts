@@ -19,7 +19,9 @@ import { runCluster, processStats, shutdownAll } from "./cluster.js";
 import type { ClusterHandle } from "./cluster.js";
 import type { ClusterStats } from "./cluster.js";
 import type { ServerOptions } from "./server.js";
+import type { SslOptions } from "./tls.js";
 import type { Stats } from "./engine.js";
+import { compileServerTls } from "./tls.js";
 
 const HELP = `Usage: pants-ts serve <module> --listen ADDR [--listen ADDR ...] [options]
 
@@ -179,13 +181,19 @@ function isForeignCopy(value: unknown): boolean {
   return typeof target === "function" && brand in target;
 }
 
+/** The TLS options of --tls-cert/--tls-key, if given. */
+function tlsOptions(args: ServeArgs): SslOptions | undefined {
+  return args.tlsCert === undefined ? undefined : { certfile: args.tlsCert, keyfile: args.tlsKey ?? args.tlsCert };
+}
+
 /** Loads the module and starts its servers in this process. */
 async function startServers(args: ServeArgs): Promise<Server[]> {
   const exported = await loadModule(args.module);
   const options: ServerOptions = { proxyProtocol: args.proxyProtocol };
   if (args.maxConnections !== undefined) options.maxConnections = args.maxConnections;
   if (args.idleTimeoutMs !== undefined) options.idleTimeoutMs = args.idleTimeoutMs;
-  if (args.tlsCert !== undefined) options.sslOptions = { certfile: args.tlsCert, keyfile: args.tlsKey ?? args.tlsCert };
+  const sslOptions = tlsOptions(args);
+  if (sslOptions !== undefined) options.sslOptions = sslOptions;
   if (isConnectionClass(exported)) {
     if (args.listen.length === 0) throw new UsageError("--listen is required");
     const servers = args.listen.map((address) => new Server(exported, options).listen(address));
@@ -261,6 +269,9 @@ async function serve(args: ServeArgs): Promise<number> {
   // fail (EIO, EPIPE): that must not kill a server that is draining.
   for (const out of [process.stdout, process.stderr]) out.on("error", () => {});
   if (args.workers > 1 || cluster.isWorker) {
+    // A certificate or key that cannot be used fails every worker alike: say
+    // so once, in one line (as in one process), before forking any.
+    if (cluster.isPrimary && args.tlsCert !== undefined) compileServerTls(tlsOptions(args)!);
     // In the primary, before the workers listen: SIGUSR2 must not kill it,
     // and a SIGTERM while starting (runCluster drains) prints no banner.
     let current: ClusterHandle | null = null;

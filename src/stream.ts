@@ -832,7 +832,8 @@ export class Stream extends Channel {
     if (flush && (state === S_OPEN || state === S_PENDING) && this.#hasPendingWrites()) {
       this.#state = S_CLOSING;
       this.#flags |= F_STOP;
-      this.#setDeadline("drain", DRAIN_TIMEOUT_MS);
+      // During a TLS handshake its own deadline stays (the drain's comes once it is done).
+      if (!this.#handshaking || this.#x?.deadlineKind !== "handshake") this.#setDeadline("drain", DRAIN_TIMEOUT_MS);
       this.#flush();
       return;
     }
@@ -1122,6 +1123,15 @@ export class Stream extends Channel {
         return;
       }
       this.#scheduleProcess();
+      return;
+    }
+    if (this.#state === S_CLOSING) {
+      // close(true) came during the first handshake (a server's shutdown, say):
+      // what was written goes out, then the close; the stream never opens.
+      this.#flush();
+      if (this.#state !== S_CLOSING) return;
+      if (!this.#hasPendingWrites()) this.#finishClose(true);
+      else if (this.#x?.deadlineKind !== "drain") this.#setDeadline("drain", DRAIN_TIMEOUT_MS);
       return;
     }
     this.#establish();

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { networkInterfaces } from "node:os";
+import { copyFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { connect, connectTls, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
@@ -192,6 +193,96 @@ test("--tls-cert/--tls-key serve TLS", { skip: !hasOpenssl() && "no openssl", ti
   c.write("secure\n");
   assert.equal(await c.readText(7), "secure\n");
   c.destroy();
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});
+
+test("--workers with TLS: a client still in its handshake when SIGTERM comes gets onShutdown's goodbye and a clean close, and the command exits (--shutdown-timeout 0)", { skip: !hasOpenssl() && "no openssl", timeout: 40_000 }, async (t) => {
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0", "--tls-cert", certs.server.cert, "--tls-key", certs.server.key]);
+  const port = portFrom(s.addresses[0]!);
+  const net = await import("node:net");
+  const tls = await import("node:tls");
+  // Connected, but its ClientHello comes only once the worker is draining.
+  const raw = net.connect(port, "127.0.0.1");
+  t.after(() => raw.destroy());
+  raw.on("error", () => {});
+  await new Promise<void>((resolve) => raw.once("connect", () => resolve()));
+  await sleep(300);
+  s.child.kill("SIGTERM");
+  await waitFor(() => /SIGTERM: draining/.test(s.out()), 5000, `the draining line; ${s.out()}`);
+  await sleep(300);
+  const client = tls.connect({ socket: raw, ca: certs.ca.certPem, servername: "localhost" });
+  let got = "";
+  let how = "";
+  client.on("data", (d: Buffer) => (got += d.toString()));
+  client.once("end", () => (how ||= "end"));
+  client.once("error", (err) => (how ||= err.message));
+  client.once("secureConnect", () => client.write("late\n"));
+  await waitFor(() => how !== "", 10_000, `the close; received ${JSON.stringify(got)}`).catch(() => {});
+  assert.equal(how, "end", `received ${JSON.stringify(got)}`);
+  assert.equal(got, "bye\n");
+  let code: number | null | undefined;
+  void s.exited.then((c) => (code = c));
+  await waitFor(() => code !== undefined, 10_000, "the exit").catch(() => {});
+  assert.equal(code, 0, `the command exited: ${s.out()}`);
+});
+
+test("--workers with a TLS certificate or key that cannot be used: one line on stderr and exit 1, as in one process", { skip: !hasOpenssl() && "no openssl", timeout: 60_000 }, async (t) => {
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const garbage = join(certs.dir, "garbage.pem");
+  writeFileSync(garbage, "not a certificate\n");
+  const cases: Array<[string[], RegExp]> = [
+    [["--tls-cert", join(certs.dir, "missing.pem")], /Cannot read the SSL option certfile file ".*missing\.pem"/],
+    [["--tls-cert", garbage, "--tls-key", certs.server.key], /Invalid TLS server certificate or key/],
+    [["--tls-cert", certs.server.cert, "--tls-key", certs.server2.key], /Invalid TLS server certificate or key/],
+  ];
+  for (const [tlsArgs, message] of cases) {
+    for (const workers of ["1", "3"]) {
+      const args = ["serve", fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", workers, ...tlsArgs];
+      const r = run(args);
+      assert.equal(r.status, 1, `${args.join(" ")}: exit ${r.status}, stderr ${r.stderr}`);
+      assert.match(r.stderr, message, args.join(" "));
+      assert.equal(r.stderr.trim().split("\n").length, 1, `one line for ${args.join(" ")}: ${r.stderr}`);
+    }
+  }
+});
+
+test("--workers with TLS: SIGHUP picks up a renewed certificate; one that does not load keeps the old workers serving", { skip: !hasOpenssl() && "no openssl", timeout: 60_000 }, async (t) => {
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const cert = join(certs.dir, "live.crt");
+  const key = join(certs.dir, "live.key");
+  copyFileSync(certs.server.cert, cert);
+  copyFileSync(certs.server.key, key);
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--tls-cert", cert, "--tls-key", key]);
+  const port = portFrom(s.addresses[0]!);
+  const served = async () => {
+    const names = new Set<string>();
+    for (let i = 0; i < 6; i++) {
+      const c = await connectTls(["127.0.0.1", port], { ca: certs.ca.certPem, servername: "localhost" });
+      names.add(String(c.tlsSocket.getPeerCertificate().subject.CN));
+      c.destroy();
+    }
+    return [...names];
+  };
+  assert.deepEqual(await served(), ["localhost"]);
+  // Half a renewal (the certificate, not its key): the replacement fails, the old workers stay.
+  copyFileSync(certs.server2.cert, cert);
+  s.child.kill("SIGHUP");
+  await waitFor(() => /replacement worker failed to start/.test(s.out()), 20_000, `the failed replacement; ${s.out()}`);
+  assert.deepEqual(await served(), ["localhost"]);
+  copyFileSync(certs.server2.key, key);
+  s.child.kill("SIGHUP");
+  // Both workers replaced: only the renewed certificate is served.
+  let names: string[] = [];
+  for (const until = Date.now() + 20_000; Date.now() < until; await sleep(200)) {
+    names = await served();
+    if (names.length === 1 && names[0] === "localhost-rotated") break;
+  }
+  assert.deepEqual(names, ["localhost-rotated"]);
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });

@@ -7,6 +7,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import net from "node:net";
+import tls from "node:tls";
 import { ChannelStateError, Server, Stream } from "../src/index.js";
 import { connect, connectTls, freshEngine, listenLocal, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
@@ -147,4 +149,76 @@ test("shutdown with TLS connections closes them cleanly (close_notify, FIN)", { 
   await server.shutdown({ timeoutMs: 2000 });
   await c.readToEnd();
   assert.equal(c.error, null);
+});
+
+test("shutdown while a TLS handshake runs: an onShutdown goodbye goes out after it, then the close (no onConnect, no onRead, no wait for the deadline)", { skip: !hasOpenssl() && "no openssl" }, async (t) => {
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const events: string[] = [];
+  class Bye extends Echo {
+    override onConnect() {
+      events.push("connect");
+      super.onConnect();
+    }
+    override onRead(d: Buffer) {
+      events.push(`read:${d}`);
+      super.onRead(d);
+    }
+    override onShutdown() {
+      events.push("shutdown");
+      this.write("bye\n");
+      this.close();
+    }
+  }
+  const server = new Server(Bye, { engine, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } });
+  const port = await listenLocal(server);
+  // A client whose handshake has not started when the drain begins.
+  const raw = net.connect(port, "127.0.0.1");
+  t.after(() => raw.destroy());
+  raw.on("error", () => {});
+  await new Promise<void>((resolve) => raw.once("connect", () => resolve()));
+  await waitFor(() => server.channels.size === 1, 5000, "the connection accepted");
+  const started = Date.now();
+  const drained = server.shutdown({ timeoutMs: 10_000 });
+  const client = tls.connect({ socket: raw, ca: certs.ca.certPem, servername: "localhost" });
+  let got = "";
+  let error: Error | null = null;
+  client.on("data", (d: Buffer) => (got += d.toString()));
+  client.on("error", (err) => (error = err));
+  client.once("secureConnect", () => client.write("late\n"));
+  let ended = false;
+  client.once("end", () => (ended = true));
+  let done = false;
+  void drained.then(() => (done = true));
+  await waitFor(() => done, 5000, "the drain (its deadline is 10 s)").catch(() => {});
+  assert.ok(done, `the drain still waits after ${Date.now() - started} ms (the deadline is 10 s)`);
+  await waitFor(() => ended || error !== null, 5000, "the close").catch(() => {});
+  assert.equal(got, "bye\n");
+  assert.equal(error, null);
+  assert.deepEqual(events, ["shutdown"]);
+});
+
+test("close(true) during a TLS handshake keeps handshakeTimeoutMs: a silent client does not hold a drain with no deadline", { skip: !hasOpenssl() && "no openssl", timeout: 20_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  class Bye extends Echo {
+    override onShutdown() {
+      this.write("bye\n");
+      this.close();
+    }
+  }
+  const server = new Server(Bye, { engine, handshakeTimeoutMs: 500, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } });
+  const port = await listenLocal(server);
+  const raw = await connect(port);
+  t.after(() => raw.destroy());
+  await waitFor(() => server.channels.size === 1, 5000, "the connection accepted");
+  const started = Date.now();
+  let done = false;
+  void server.shutdown({ timeoutMs: 0 }).then(() => (done = true));
+  await waitFor(() => done, 8000, "the drain").catch(() => {});
+  assert.equal(server.channels.size, 0, "closed by the handshake timeout");
+  assert.ok(Date.now() - started < 3000, `the drain took ${Date.now() - started} ms (handshakeTimeoutMs 500)`);
+  await raw.readToEnd();
 });
