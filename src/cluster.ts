@@ -7,7 +7,7 @@
 import cluster from "node:cluster";
 import type { Worker } from "node:cluster";
 import { availableParallelism } from "node:os";
-import { resolve as resolvePath } from "node:path";
+import { relative as relativePath, resolve as resolvePath } from "node:path";
 import { liveServers, removeStaleSocket, retiredTotals, staleSocketRemover } from "./server.js";
 import type { Server } from "./server.js";
 import { addStats, globalEngineRunning, newStats } from "./engine.js";
@@ -214,6 +214,16 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   return { isPrimary: false, stats, closed, shutdown: primaryOnly, restart: primaryOnly };
 }
 
+/**
+ * A worker's UNIX socket path (absolute) as node:cluster's primary binds it:
+ * relative to the primary's cwd when that is shorter, since a socket
+ * address holds 107 bytes (a longer one is cut, and a probe of it fails).
+ */
+function asPrimaryBinds(path: string): string {
+  const relative = relativePath(process.cwd(), path);
+  return path.length < relative.length ? path : relative;
+}
+
 function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOptions): Promise<ClusterHandle> {
   const perWorker = new Map<number, Stats>();
   const retired = newStats();
@@ -294,7 +304,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
         const { id, path } = m;
         let done = clearedStale.get(path);
         if (done === undefined) {
-          done = removeStaleSocket(path).catch(() => {});
+          done = removeStaleSocket(asPrimaryBinds(path)).catch(() => {});
           clearedStale.set(path, done);
         }
         void done.then(() => tell(worker, { pantsTs: "stale-cleared", id }));

@@ -31,8 +31,8 @@ interface Served {
 }
 
 /** Runs `pants-ts serve ARGS` until its banner; killed after the test, even if this fails. */
-async function serve(t: TestContext, args: string[], expectLines = 1): Promise<Served> {
-  const child = spawn(process.execPath, [bin, "serve", ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+async function serve(t: TestContext, args: string[], expectLines = 1, cwd = root): Promise<Served> {
+  const child = spawn(process.execPath, [bin, "serve", ...args], { cwd, stdio: ["ignore", "pipe", "pipe"] });
   t.after(() => child.kill("SIGKILL"));
   let out = "";
   child.stdout!.on("data", (d) => (out += d));
@@ -444,6 +444,22 @@ test("--workers: a worker slow between finding a stale UNIX socket dead and unli
   await echoesThenStops(s, sock);
 });
 
+test("--workers: a stale UNIX socket at a relative path whose absolute form is too long for a socket address is replaced, as in one process", { timeout: 60_000, skip: process.platform === "win32" && "UNIX sockets" }, async (t) => {
+  const { existsSync, mkdirSync, symlinkSync } = await import("node:fs");
+  const dir = tempDir(t);
+  // node:cluster binds "s.sock" relative to the primary's cwd, as the path
+  // given; its absolute form here is longer than sun_path (107 bytes).
+  const long = join(dir, "d".repeat(120));
+  mkdirSync(long);
+  spawnSync(process.execPath, ["-e", `require("net").createServer().listen("s.sock", () => process.kill(process.pid, "SIGKILL"))`], { cwd: long });
+  assert.ok(existsSync(join(long, "s.sock")), "the stale socket");
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "unix:s.sock", "--workers", "2"], 1, long);
+  assert.match(s.out(), / workers serving /, `the cluster did not start; output: ${s.out()}`);
+  // A short way to the socket for this test's client.
+  symlinkSync(long, join(dir, "l"));
+  await echoesThenStops(s, join(dir, "l", "s.sock"));
+});
+
 test("--workers on a UNIX socket: starting and SIGHUP's replacements make no stray connection to the workers", { timeout: 60_000, skip: process.platform === "win32" && "UNIX sockets" }, async (t) => {
   const sock = join(tempDir(t), "live.sock");
   const s = await serve(t, [fixture("cli-counts-connects.ts"), "--listen", `unix:${sock}`, "--workers", "3"]);
@@ -451,6 +467,18 @@ test("--workers on a UNIX socket: starting and SIGHUP's replacements make no str
   await waitFor(() => lines("listening ") >= 3, 10000, `three workers listening; output: ${s.out()}`);
   s.child.kill("SIGHUP");
   await waitFor(() => lines("listening ") >= 6, 20000, `three replacements; output: ${s.out()}`);
+  // The last old worker is told to drain only once the last replacement
+  // listens: until it has exited, the echo below may reach it and get its "bye".
+  const old = s.out().split("\n").filter((l) => l.startsWith("listening ")).slice(0, 3).map((l) => Number(l.slice("listening ".length)));
+  const gone = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return false;
+    } catch {
+      return true;
+    }
+  };
+  await waitFor(() => old.every(gone), 20000, `the old workers' exits; output: ${s.out()}`);
   // A check for a stale socket that connects to the live one is a connection to a worker.
   assert.equal(lines("connect "), 0, `stray connections; output: ${s.out()}`);
   await echoesThenStops(s, sock);
