@@ -1111,30 +1111,25 @@ export class Stream extends Channel {
     this.#flags &= ~F_TLS_UPGRADING;
     this._call0(this.onSslHandshake);
     if (this.#state === S_CLOSED) return;
+    if (!upgrade && this.#state !== S_CLOSING) {
+      this.#establish();
+      return;
+    }
     if (upgrade) {
       // STARTTLS done: reading resumes on the TLS socket; queued writes go out encrypted.
       this.#wq?.shift();
       this.#startFlowing();
-      this.#flush();
-      if (this.#state === S_CLOSING) {
-        // close(true) came during the upgrade; the handshake's deadline replaced its drain deadline.
-        if (!this.#hasPendingWrites()) this.#finishClose(true);
-        else if (this.#x?.deadlineKind !== "drain") this.#setDeadline("drain", DRAIN_TIMEOUT_MS);
-        return;
-      }
-      this.#scheduleProcess();
-      return;
     }
+    this.#flush();
     if (this.#state === S_CLOSING) {
-      // close(true) came during the first handshake (a server's shutdown, say):
-      // what was written goes out, then the close; the stream never opens.
-      this.#flush();
-      if (this.#state !== S_CLOSING) return;
+      // close(true) came during the handshake (a server's shutdown, say): what
+      // was written goes out, then the close; a first handshake never opens
+      // the stream. The handshake's deadline kept the drain's from being set.
       if (!this.#hasPendingWrites()) this.#finishClose(true);
       else if (this.#x?.deadlineKind !== "drain") this.#setDeadline("drain", DRAIN_TIMEOUT_MS);
       return;
     }
-    this.#establish();
+    if (upgrade) this.#scheduleProcess();
   }
 
   /**

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { networkInterfaces } from "node:os";
-import { copyFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { connect, connectTls, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
@@ -45,6 +45,12 @@ async function serve(t: TestContext, args: string[], expectLines = 1, cwd = root
 
 function portFrom(address: string): number {
   return Number(address.slice(address.lastIndexOf(":") + 1));
+}
+
+/** A stale UNIX socket at `path` (relative to `cwd`): what a killed server leaves behind. */
+function staleSocket(path: string, cwd?: string): void {
+  spawnSync(process.execPath, ["-e", `require("net").createServer().listen(${JSON.stringify(path)}, () => process.kill(process.pid, "SIGKILL"))`], { cwd });
+  assert.ok(existsSync(join(cwd ?? "", path)), "the stale socket");
 }
 
 /** One line to `target` comes back; then SIGTERM, and the program exits 0. */
@@ -419,13 +425,10 @@ test("--workers: the banner names a Linux abstract socket as given (no cwd, no N
 // unlinked it, a late unlink removed the live socket: 3 of 12 runs; with an
 // inode check before the unlink, still once in a CI run.)
 test("--workers: a stale UNIX socket is replaced once, not unlinked under the live one", { timeout: 120_000, skip: process.platform === "win32" && "UNIX sockets" }, async (t) => {
-  const { existsSync } = await import("node:fs");
   const dir = tempDir(t);
   for (let round = 0; round < 10; round++) {
     const sock = join(dir, `stale-${round}.sock`);
-    // A stale socket: what a killed server leaves behind.
-    spawnSync(process.execPath, ["-e", `require("net").createServer().listen(${JSON.stringify(sock)}, () => process.kill(process.pid, "SIGKILL"))`]);
-    assert.ok(existsSync(sock), "the stale socket");
+    staleSocket(sock);
     const s = await serve(t, [fixture("cli-echo.ts"), "--listen", `unix:${sock}`, "--workers", "8"]);
     assert.ok(existsSync(sock), `round ${round}: the cluster's socket was unlinked; output: ${s.out()}`);
     await echoesThenStops(s, sock);
@@ -433,10 +436,8 @@ test("--workers: a stale UNIX socket is replaced once, not unlinked under the li
 });
 
 test("--workers: a worker slow between finding a stale UNIX socket dead and unlinking it does not unlink the live one", { timeout: 60_000, skip: process.platform === "win32" && "UNIX sockets" }, async (t) => {
-  const { existsSync } = await import("node:fs");
   const sock = join(tempDir(t), "stale.sock");
-  spawnSync(process.execPath, ["-e", `require("net").createServer().listen(${JSON.stringify(sock)}, () => process.kill(process.pid, "SIGKILL"))`]);
-  assert.ok(existsSync(sock), "the stale socket");
+  staleSocket(sock);
   const s = await serve(t, [fixture("cli-slow-unlink.ts"), "--listen", `unix:${sock}`, "--workers", "3"]);
   // The slow workers' unlinks would have run by now (2.5 s after their probes).
   await sleep(3000);
@@ -445,14 +446,12 @@ test("--workers: a worker slow between finding a stale UNIX socket dead and unli
 });
 
 test("--workers: a stale UNIX socket at a relative path whose absolute form is too long for a socket address is replaced, as in one process", { timeout: 60_000, skip: process.platform === "win32" && "UNIX sockets" }, async (t) => {
-  const { existsSync, mkdirSync, symlinkSync } = await import("node:fs");
   const dir = tempDir(t);
   // node:cluster binds "s.sock" relative to the primary's cwd, as the path
   // given; its absolute form here is longer than sun_path (107 bytes).
   const long = join(dir, "d".repeat(120));
   mkdirSync(long);
-  spawnSync(process.execPath, ["-e", `require("net").createServer().listen("s.sock", () => process.kill(process.pid, "SIGKILL"))`], { cwd: long });
-  assert.ok(existsSync(join(long, "s.sock")), "the stale socket");
+  staleSocket("s.sock", long);
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "unix:s.sock", "--workers", "2"], 1, long);
   assert.match(s.out(), / workers serving /, `the cluster did not start; output: ${s.out()}`);
   // A short way to the socket for this test's client.
@@ -483,7 +482,6 @@ test("--workers on a UNIX socket: starting and SIGHUP's replacements make no str
   assert.equal(lines("connect "), 0, `stray connections; output: ${s.out()}`);
   await echoesThenStops(s, sock);
   assert.equal(lines("connect "), 1, s.out());
-  const { existsSync } = await import("node:fs");
   assert.equal(existsSync(sock), false, "the socket file is removed once the cluster has exited");
 });
 
