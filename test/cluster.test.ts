@@ -26,7 +26,9 @@ function launch(t: TestContext, fixture: string, env: Record<string, string>) {
   child.stdout!.on("data", (d) => (out += d));
   child.stderr!.on("data", (d) => (out += d));
   const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
-  return { child, exited, out: () => out };
+  // The fixtures print "listening <port>" from each worker whose server listens.
+  const listenLines = () => out.split("\n").filter((l) => l.startsWith("listening "));
+  return { child, exited, out: () => out, listenLines, listening: () => listenLines().length };
 }
 
 interface Cluster {
@@ -41,10 +43,9 @@ interface Cluster {
 async function startCluster(t: TestContext, workers: number, env: Record<string, string> = {}): Promise<Cluster> {
   // Port 0: node:cluster gives every worker's first listen(0) the same port.
   const run = launch(t, "cluster-main.ts", { PORT: "0", WORKERS: String(workers), NODE_DEBUG: "pants-ts", ...env });
-  const { child, exited } = run;
-  const listening = () => run.out().split("\n").filter((l) => l.startsWith("listening ")).length;
+  const { child, exited, listening } = run;
   await waitFor(() => listening() >= workers, 20000, `${workers} workers listening; output: ${run.out()}`);
-  const ports = new Set(run.out().split("\n").filter((l) => l.startsWith("listening ")).map((l) => Number(l.split(" ")[1])));
+  const ports = new Set(run.listenLines().map((l) => Number(l.split(" ")[1])));
   assert.equal(ports.size, 1, `every worker on one port; output: ${run.out()}`);
   const [port] = ports;
   return { child, port: port!, out: run.out, listening, exited };
@@ -166,7 +167,7 @@ test("runCluster: SIGTERM while workers have closed their channel but not exited
   // Not startCluster(): a worker that disconnects closes its share of the
   // port, so the second may get another port (nothing connects here).
   const c = launch(t, "cluster-main.ts", { PORT: "0", WORKERS: "2", LINGER_MS: "1500" });
-  await waitFor(() => c.out().split("\n").filter((l) => l.startsWith("listening ")).length >= 2, 20000, `2 workers; output: ${c.out()}`);
+  await waitFor(() => c.listening() >= 2, 20000, `2 workers; output: ${c.out()}`);
   await sleep(400);
   c.child.kill("SIGTERM");
   assert.equal(await c.exited, 0, c.out());
@@ -211,7 +212,7 @@ test("runCluster: SIGTERM while the workers are still loading (just forked) reac
     };
     if (hupFirst) {
       // A rolling restart: SIGTERM right after the replacement is forked.
-      await waitFor(() => run.out().split("\n").filter((l) => l.startsWith("listening ")).length >= 2, 20000, `2 workers; output: ${run.out()}`);
+      await waitFor(() => run.listening() >= 2, 20000, `2 workers; output: ${run.out()}`);
       child.kill("SIGHUP");
       await waitFor(() => children() >= 3, 5000, "the replacement forked");
     } else {
@@ -235,7 +236,7 @@ test("runCluster: SIGTERM while a worker's main() still runs: it finishes starti
   assert.equal(await exited, 0, run.out());
   // Their servers were created after the signal, and still listened and were
   // closed in order: before, the worker exited in the middle of main().
-  assert.equal(run.out().split("\n").filter((l) => l.startsWith("listening ")).length, 2, run.out());
+  assert.equal(run.listening(), 2, run.out());
 });
 
 test("runCluster: shutdown() or restart() called twice: each call settles when the work is done, not at once", { timeout: 60_000 }, async (t) => {
@@ -250,7 +251,7 @@ test("runCluster: shutdown() or restart() called twice: each call settles when t
     } else {
       // The second call used to resolve at once, before any worker was replaced;
       // it is now one more pass after the first: six workers started in all.
-      assert.equal(run.out().split("\n").filter((l) => l.startsWith("listening ")).length, 6, run.out());
+      assert.equal(run.listening(), 6, run.out());
       assert.ok(run.out().indexOf("first settled") < run.out().indexOf("second settled"), run.out());
     }
     assert.match(run.out(), /primary done/);
