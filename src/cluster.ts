@@ -22,7 +22,7 @@ export interface ClusterOptions {
   workers?: number;
   /** Graceful shutdown deadline per worker, ms (default 10 000; 0: no deadline). A worker still running 5 s past it is killed. */
   shutdownTimeoutMs?: number;
-  /** First restart delay after a crash, ms (at least 1; doubles up to 30 s; default 100). */
+  /** First restart delay after a crash, ms (at least 1; default 100); doubles, up to 30 s, for each replacement that crashes within 10 s of its start (per worker slot). */
   restartDelayMs?: number;
   /** Called in the primary with the aggregated stats each time a worker reports (each does about once a second). */
   onStats?: (stats: ClusterStats) => void;
@@ -232,8 +232,11 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   let stopped: Promise<void> | null = null;
   let replacing: Promise<void> | null = null;
   let again: Promise<void> | null = null;
-  let delay = options.restartDelayMs ?? 100;
-  const baseDelay = delay;
+  const baseDelay = options.restartDelayMs ?? 100;
+  // Back-off per worker slot: a crash-looping worker's replacements wait
+  // longer each time, and no other worker's crash resets or inherits it.
+  // A worker not in this map (a first one, a rolling restart's) starts at baseDelay.
+  const slotDelay = new WeakMap<Worker, number>();
   // Exits the crash handler leaves alone: ones we asked for, and workers
   // that have not listened yet (a start that fails is reported, not retried).
   const expected = new Set<Worker>();
@@ -362,14 +365,14 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       }
       if (expected.delete(worker)) return;
       if (stopped !== null) return;
+      // One that ran for 10 s was healthy: its slot's back-off starts over.
       const livedMs = Date.now() - (lastFork.get(worker) ?? 0);
-      if (livedMs > 10_000) delay = baseDelay;
+      const delay = livedMs > 10_000 ? baseDelay : (slotDelay.get(worker) ?? baseDelay);
       log.current.warn(`Worker ${worker.process.pid} exited (${signal ?? code}); restarting in ${delay} ms.`);
       restarts++;
       setTimeout(() => {
-        if (stopped === null) fork();
+        if (stopped === null) slotDelay.set(fork(), Math.min(delay * 2, 30_000));
       }, delay);
-      delay = Math.min(delay * 2, 30_000);
     });
 
     // Called again (a second signal, shutdown() from code), it is the same

@@ -82,6 +82,26 @@ test("runCluster: workers share the port; a crashed worker is restarted; SIGTERM
   assert.match(cluster.out(), /primary done/);
 });
 
+test("runCluster: restart back-off is per worker: a crash-looping worker does not delay another's restart", { timeout: 60_000 }, async (t) => {
+  // The fixture's restartDelayMs is 50.
+  const cluster = await startCluster(t, 2);
+  const pidOf = (line: string) => Number(line.split(" ")[2]);
+  const [a, b] = cluster.out().split("\n").filter((l) => l.startsWith("listening ")).map(pidOf);
+  const restartLines = () => cluster.out().split("\n").filter((l) => /restarting in/.test(l));
+  const crash = async (pid: number, listening: number) => {
+    process.kill(pid, "SIGKILL");
+    await waitFor(() => cluster.listening() >= listening, 10_000, `a replacement for ${pid}; output: ${cluster.out()}`);
+  };
+  // Worker a crashes, and its replacement crashes at once: that slot backs off.
+  await crash(a!, 3);
+  const lines = cluster.out().split("\n").filter((l) => l.startsWith("listening "));
+  await crash(pidOf(lines[2]!), 4);
+  // Worker b, which had been fine, crashes once: it restarts after the base delay.
+  await crash(b!, 5);
+  const delays = restartLines().map((l) => Number(/restarting in (\d+) ms/.exec(l)![1]));
+  assert.deepEqual(delays, [50, 100, 50], restartLines().join("\n"));
+});
+
 test("runCluster: SIGHUP replaces every worker with no refused or cut connection", { timeout: 90_000 }, async (t) => {
   const cluster = await startCluster(t, 2);
   const before = new Set<string>();
