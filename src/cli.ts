@@ -15,7 +15,7 @@ import { Engine } from "./engine.js";
 import { Stream } from "./stream.js";
 import { formatAddress, hostWithZone } from "./address.js";
 import type { Address } from "./address.js";
-import { runCluster, processStats, shutdownAll } from "./cluster.js";
+import { listensWithTls, runCluster, processStats, shutdownAll } from "./cluster.js";
 import type { ClusterHandle } from "./cluster.js";
 import type { ClusterStats } from "./cluster.js";
 import type { ServerOptions } from "./server.js";
@@ -53,7 +53,10 @@ at a time without refusing a connection (in one process, SIGHUP drains and
 exits as SIGTERM does).`;
 
 /** A command-line mistake: one line on stderr, exit code 2. */
-class UsageError extends Error {}
+class UsageError extends Error {
+  /** How a worker tells its primary that its start failed on a usage error (see main()). */
+  readonly code = "ERR_USAGE";
+}
 
 interface ServeArgs {
   module: string;
@@ -202,7 +205,11 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
   }
   if (exported instanceof Server) {
     if (args.listen.length > 1) throw new UsageError("a Server instance listens on one address; export a connection class to listen on several");
-    if (args.tlsCert !== undefined && !exported.sslEnabled) exported.startSSL(options.sslOptions!);
+    if (args.tlsCert !== undefined) {
+      // Its own certificate would win silently: say so rather than serve another.
+      if (exported.sslEnabled) throw new UsageError("--tls-cert: the module's Server already serves TLS with the certificate its code gave it");
+      exported.startSSL(options.sslOptions!);
+    }
     if (args.maxConnections !== undefined) exported.maxConnections = args.maxConnections;
     if (args.proxyProtocol || args.idleTimeoutMs !== undefined) {
       throw new UsageError("--proxy-protocol and --idle-timeout apply to a connection class; set them in the Server's options");
@@ -279,10 +286,15 @@ async function serve(args: ServeArgs): Promise<number> {
     // The addresses the workers really listen on (a requested port 0 is
     // one port the OS picked, shared by every worker), in the order heard.
     const bound = new Map<string, Address>();
+    // TLS from --tls-cert, or set up by a Server the module exports.
+    let tls = args.tlsCert !== undefined;
     if (cluster.isPrimary) {
       cluster.on("listening", (_worker, info) => {
         const address = fromClusterAddress(info);
         if (address !== null) bound.set(formatAddress(address), address);
+      });
+      cluster.on("message", (_worker, message: unknown) => {
+        if (listensWithTls(message)) tls = true;
       });
       process.on("SIGUSR2", () => process.stdout.write((current === null ? "pants-ts: workers starting" : statsLine(current.stats())) + "\n"));
       for (const signal of ["SIGTERM", "SIGINT"] as const) {
@@ -307,7 +319,6 @@ async function serve(args: ServeArgs): Promise<number> {
     if (!handle.isPrimary) return -1; // a worker serves until the primary says otherwise
     current = handle;
     if (!args.quiet && !signalled) {
-      const tls = args.tlsCert !== undefined;
       const addresses = bound.size > 0 ? [...bound.values()] : args.listen;
       const where = addresses.map((a) => formatAddress(a) + connectHint(a, tls)).join(", ");
       process.stdout.write(`pants-ts: ${args.workers} workers serving ${args.module} on ${where}\n`);
@@ -385,13 +396,21 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(version() + "\n");
       return 0;
     }
-    if (err instanceof UsageError) {
-      process.stderr.write(`pants-ts: ${err.message} (see pants-ts --help)\n`);
+    // Under --workers, a start that failed in a worker (cause: the worker's
+    // error) is reported as that error would be in one process.
+    const e = err as Error & { code?: unknown };
+    const workerError = e.code === "ERR_WORKER_START" && e.cause instanceof Error ? (e.cause as Error & { code?: unknown }) : null;
+    if (err instanceof UsageError || workerError?.code === "ERR_USAGE") {
+      process.stderr.write(`pants-ts: ${(workerError ?? e).message} (see pants-ts --help)\n`);
       return 2;
     }
     // A failure with a code (a system error, a typed pants-ts one) is said in
     // one line; anything else (a module that threw) with its stack.
-    const e = err as Error & { code?: unknown };
+    if (workerError !== null) {
+      const why = typeof workerError.code === "string" ? workerError.message : (workerError.stack ?? workerError.message);
+      process.stderr.write(`pants-ts: a worker failed to start: ${why}\n`);
+      return 1;
+    }
     process.stderr.write(`pants-ts: ${typeof e.code === "string" ? e.message : (e.stack ?? String(err))}\n`);
     return 1;
   }

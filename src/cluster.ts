@@ -60,14 +60,19 @@ type Message =
   | { pantsTs: "clear-stale"; id: number; path: string }
   | { pantsTs: "stale-cleared"; id: number }
   | { pantsTs: "stats"; stats: Stats }
-  | { pantsTs: "listening" }
+  | { pantsTs: "listening"; tls?: boolean }
   | { pantsTs: "shutdown"; timeoutMs: number }
   | { pantsTs: "drained" }
   | { pantsTs: "exit" }
-  | { pantsTs: "failed"; message: string };
+  | { pantsTs: "failed"; message: string; code?: string; stack?: string; started: boolean };
 
 function isMessage(value: unknown): value is Message {
   return typeof value === "object" && value !== null && typeof (value as { pantsTs?: unknown }).pantsTs === "string";
+}
+
+/** Whether a message from a worker says it listens, with a server that serves TLS (for the CLI's banner). */
+export function listensWithTls(message: unknown): boolean {
+  return isMessage(message) && message.pantsTs === "listening" && message.tls === true;
 }
 
 /** The stats of every server in this process, summed (closed ones included). */
@@ -97,6 +102,9 @@ export async function shutdownAll(timeoutMs: number): Promise<void> {
  * worker listens; `handle.closed` settles after SIGTERM/SIGINT have shut
  * every worker down, and the primary then exits 0. The primary serves no
  * connection itself.
+ * @throws Error (in the primary) with code `ERR_WORKER_START` when a worker
+ * fails before it listens; its `cause` is that worker's error (message,
+ * code and stack), and the other workers are stopped.
  */
 export async function runCluster(main: () => unknown, options: ClusterOptions = {}): Promise<ClusterHandle> {
   if (typeof main !== "function") throw typeError(`runCluster() expects a function, got ${describe(main)}.`);
@@ -179,9 +187,14 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   send({ pantsTs: "hello" });
   // The primary handles the signals; a worker ignores them and waits for its message.
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => {});
+  // The primary reports a failure (its log, or the start's rejection), once
+  // for all its workers; a worker with no pants-ts primary logs its own.
+  let listening = false;
   const failed = (err: unknown) => {
-    send({ pantsTs: "failed", message: (err as Error).message });
-    log.current.error({ err }, "The worker's main function failed.");
+    const e = err instanceof Error ? err : new Error(String(err));
+    const code = (e as { code?: unknown }).code;
+    send({ pantsTs: "failed", message: e.message, code: typeof code === "string" ? code : undefined, stack: e.stack, started: listening });
+    if (!ourPrimary || !process.connected) log.current.error({ err }, "The worker's main function failed.");
     process.exit(1);
   };
   const running = (async () => main())();
@@ -206,7 +219,8 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   }
   startedResolve();
   running.catch(failed); // failing later (the engine started first) is a crash: the primary restarts the worker
-  send({ pantsTs: "listening" });
+  listening = true;
+  send({ pantsTs: "listening", tls: [...liveServers].some((s) => s.sslEnabled) });
   const timer = setInterval(() => send({ pantsTs: "stats", stats: processStats() }), 1000);
   timer.unref();
   const stats = (): ClusterStats => ({ ...processStats(), workers: 1, restarts: 0, perWorker: {} });
@@ -242,7 +256,10 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   const expected = new Set<Worker>();
   // Weak: a crash-looping worker's entries go with the Worker object.
   const lastFork = new WeakMap<Worker, number>();
-  const failures = new WeakMap<Worker, string>();
+  // Why a worker failed to start, for the rejection of the cluster's start.
+  const failures = new WeakMap<Worker, Error>();
+  // Until the start settles, a worker's failure is the start's rejection, not a log line.
+  let starting = true;
   // Messages for workers that have not said hello yet (still loading, so not
   // listening for messages: one sent now would be dropped, a lost "shutdown"
   // leaving the worker serving until the SIGKILL deadline, or forever).
@@ -312,8 +329,14 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
         }
         void done.then(() => tell(worker, { pantsTs: "stale-cleared", id }));
       } else if (m.pantsTs === "failed") {
-        failures.set(worker, m.message);
-        log.current.error(`Worker ${worker.process.pid} failed to start: ${m.message}`);
+        // As the worker saw it: its message, code and stack.
+        const err = Object.assign(new Error(m.message), m.code === undefined ? {} : { code: m.code });
+        if (m.stack !== undefined) err.stack = m.stack;
+        failures.set(worker, err);
+        if (starting || stopped !== null) return; // the start's rejection says why; a stopping cluster has nothing to add
+        // A failure with a code is said in one line; anything else (the module threw) with its stack.
+        const why = m.code !== undefined ? m.message : (m.stack ?? m.message);
+        log.current.error(`Worker ${worker.process.pid} ${m.started ? "failed" : "failed to start"}: ${why}`);
       }
     });
     return worker;
@@ -427,13 +450,16 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
     void Promise.all(
       initial.map(async (worker) => {
         if ((await whenListening(worker)) || stopped !== null) return;
+        if (failed) return; // the first failure is the start's
         failed = true;
-        const message = failures.get(worker) ?? `worker ${worker.process.pid} exited before it listened`;
-        failures.delete(worker);
+        const cause = failures.get(worker);
+        const message = cause?.message ?? `worker ${worker.process.pid} exited before it listened`;
         await stop();
-        rejectReady(Object.assign(new Error(`A worker failed to start: ${message}`), { code: "ERR_WORKER_START" }));
+        starting = false;
+        rejectReady(Object.assign(new Error(`A worker failed to start: ${message}`, cause === undefined ? {} : { cause }), { code: "ERR_WORKER_START" }));
       }),
     ).then(() => {
+      starting = false;
       if (!failed) resolveReady(handle);
     });
   });

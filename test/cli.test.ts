@@ -18,8 +18,8 @@ const root = new URL("..", import.meta.url).pathname;
 const bin = join(root, "bin", "pants-ts.js");
 const fixture = (name: string) => join(root, "test", "fixtures", name);
 
-function run(args: string[]) {
-  return spawnSync(process.execPath, [bin, ...args], { cwd: root, encoding: "utf8", timeout: 20000 });
+function run(args: string[], env: Record<string, string> = {}) {
+  return spawnSync(process.execPath, [bin, ...args], { cwd: root, encoding: "utf8", timeout: 20000, env: { ...process.env, ...env } });
 }
 
 interface Served {
@@ -31,8 +31,8 @@ interface Served {
 }
 
 /** Runs `pants-ts serve ARGS` until its banner; killed after the test, even if this fails. */
-async function serve(t: TestContext, args: string[], expectLines = 1, cwd = root): Promise<Served> {
-  const child = spawn(process.execPath, [bin, "serve", ...args], { cwd, stdio: ["ignore", "pipe", "pipe"] });
+async function serve(t: TestContext, args: string[], expectLines = 1, cwd = root, env: Record<string, string> = {}): Promise<Served> {
+  const child = spawn(process.execPath, [bin, "serve", ...args], { cwd, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
   t.after(() => child.kill("SIGKILL"));
   let out = "";
   child.stdout!.on("data", (d) => (out += d));
@@ -108,6 +108,24 @@ test("bad usage: one clear line on stderr and exit 2", () => {
     if (args.length > 0) {
       assert.match(r.stderr, message, args.join(" "));
       assert.equal(r.stderr.trim().split("\n").length, 1, `one line for ${args.join(" ")}: ${r.stderr}`);
+    }
+  }
+});
+
+test("bad usage that only a worker sees (--workers): one clear line on stderr and exit 2, as in one process", { timeout: 60_000 }, () => {
+  const cases: Array<[string[], RegExp]> = [
+    [[fixture("cli-echo.ts")], /--listen is required/],
+    [[fixture("cli-bad.ts"), "--listen", "127.0.0.1:0"], /must export by default a Stream subclass or a Server/],
+    [[fixture("cli-server.ts"), "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"], /a Server instance listens on one address/],
+    [[fixture("cli-server.ts"), "--listen", "127.0.0.1:0", "--proxy-protocol"], /--proxy-protocol and --idle-timeout apply to a connection class/],
+  ];
+  for (const [args, message] of cases) {
+    for (const workers of ["1", "2"]) {
+      const all = ["serve", ...args, "--workers", workers];
+      const r = run(all);
+      assert.equal(r.status, 2, `${all.join(" ")}: exit ${r.status}, stderr ${r.stderr}`);
+      assert.match(r.stderr, message, all.join(" "));
+      assert.equal(r.stderr.trim().split("\n").length, 1, `one line for ${all.join(" ")}: ${r.stderr}`);
     }
   }
 });
@@ -233,6 +251,30 @@ test("--workers with TLS: a client still in its handshake when SIGTERM comes get
   void s.exited.then((c) => (code = c));
   await waitFor(() => code !== undefined, 10_000, "the exit").catch(() => {});
   assert.equal(code, 0, `the command exited: ${s.out()}`);
+});
+
+test("a module's Server that serves TLS: --tls-cert beside it is a usage error; under --workers the banner says openssl s_client", { skip: !hasOpenssl() && "no openssl", timeout: 60_000 }, async (t) => {
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const env = { CLI_TLS_CERT: certs.server.cert, CLI_TLS_KEY: certs.server.key };
+  for (const workers of ["1", "2"]) {
+    const args = ["serve", fixture("cli-tls-server.ts"), "--listen", "127.0.0.1:0", "--workers", workers, "--tls-cert", certs.server.cert, "--tls-key", certs.server.key];
+    const r = run(args, env);
+    assert.equal(r.status, 2, `${args.join(" ")}: exit ${r.status}, stderr ${r.stderr}`);
+    assert.match(r.stderr, /--tls-cert: the module's Server already serves TLS/);
+    assert.equal(r.stderr.trim().split("\n").length, 1, `one line: ${r.stderr}`);
+  }
+  const s = await serve(t, [fixture("cli-tls-server.ts"), "--listen", "127.0.0.1:0", "--workers", "2"], 1, root, env);
+  assert.match(s.out(), /2 workers serving .* on 127\.0\.0\.1:\d+ \(connect: openssl s_client -connect 127\.0\.0\.1:\d+\)/, s.out());
+  const tls = await import("node:tls");
+  const client = tls.connect({ host: "127.0.0.1", port: portFrom(s.addresses[0]!), ca: certs.ca.certPem, servername: "localhost" });
+  t.after(() => client.destroy());
+  await new Promise<void>((resolve, reject) => client.once("secureConnect", resolve).once("error", reject));
+  let got = "";
+  client.on("data", (d: Buffer) => (got += d));
+  client.write("over tls\n");
+  await waitFor(() => got.includes("\n"), 5000, "the echo");
+  assert.equal(got, "over tls\n");
 });
 
 test("--workers with a TLS certificate or key that cannot be used: one line on stderr and exit 1, as in one process", { skip: !hasOpenssl() && "no openssl", timeout: 60_000 }, async (t) => {
