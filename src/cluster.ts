@@ -450,7 +450,6 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
     void Promise.all(
       initial.map(async (worker) => {
         if ((await whenListening(worker)) || stopped !== null) return;
-        if (failed) return; // the first failure is the start's
         failed = true;
         const cause = failures.get(worker);
         const message = cause?.message ?? `worker ${worker.process.pid} exited before it listened`;
