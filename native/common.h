@@ -291,7 +291,8 @@ enum {
   PN_DEFER_CONNECT_ERROR = 1, /* report defer_connect_err via onConnect */
   PN_DEFER_WRITE_ERROR = 2,   /* report defer_write_err via onError(write) */
   PN_DEFER_SHUTDOWN_ERROR = 4,/* report defer_shutdown_err via onError(shutdown) */
-  PN_DEFER_DELIVER = 8        /* P may hold deliverable bytes: run delivery */
+  PN_DEFER_DELIVER = 8,       /* P may hold deliverable bytes: run delivery */
+  PN_DEFER_END = 16           /* report the EOF held back for P's frames (end_pending) */
 };
 
 /* Connection ids: the low PN_SLOT_BITS bits are the slot, the bits above
@@ -310,6 +311,7 @@ typedef struct pn_conn {
   bool connecting;   /* a connect request is in flight */
   bool write_error_reported;
   bool need_deliver; /* P may hold frames that were not delivered yet */
+  bool end_pending;  /* EOF read while P held deliverable frames: onEnd waits for them */
   bool lend_reads;   /* reads are lent to JS (lendReads), not given */
   uint64_t bytes_read; /* every byte read, framed into P or not (bytesRead) */
 

@@ -159,6 +159,14 @@ void pn_conn_run_deferred(pn_conn *c, unsigned bits) {
     if (c->base.closing) goto out;
   }
   if ((bits & PN_DEFER_DELIVER) && c->reading && c->need_deliver) pn_deliver(c, NULL, 0);
+  /* The EOF held back for P's frames, once they are out (not while JS has
+   * paused again: readStart brings it back). */
+  if ((bits & PN_DEFER_END) && c->end_pending && !c->base.closing && c->reading &&
+      !c->need_deliver) {
+    c->end_pending = false;
+    c->reading = false;
+    pn_call(e, PN_CB_END, 1, argv);
+  }
 out:
   napi_close_handle_scope(e->env, scope);
 }

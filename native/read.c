@@ -471,7 +471,11 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   if (c->lend_reads && e->lend != NULL && c->fr.plen == 0) {
     buf->base = (char *)e->lend; /* see "lent reads" */
     buf->len = PN_READ_BUF_SIZE;
-  } else if (e->spare != NULL && spare_intact(e)) {
+  } else if (e->spare != NULL && pn_list_empty(&e->ready) && spare_intact(e)) {
+    /* Not while small reads wait in the batch: read_cb delivers them before
+     * this read, and their handlers may detach the spare (a chunk of it moved
+     * to a worker), taking this read's bytes with it. Then the read lands in
+     * read_buf, which no JS sees, and is copied out as usual. */
     buf->base = (char *)e->spare + e->spare_used; /* at least PN_SPARE_MIN left */
     buf->len = PN_READ_BUF_SIZE - e->spare_used;
   } else {
@@ -773,6 +777,15 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
    * A batched read of this connection goes first, while it still reads. */
   pn_flush_reads(e);
   if (c->base.closing) return;
+  /* Frames P holds that wait for a deferred delivery (JS re-framed P during
+   * the flush, or earlier in this poll phase) go before the EOF or error:
+   * the deferred delivery would find the connection no longer reading. */
+  if (c->reading && c->need_deliver) {
+    pn_deliver(c, NULL, 0);
+    if (c->base.closing) return;
+  }
+  /* Still undelivered: JS paused with frames held in P. */
+  const bool held = c->need_deliver;
   c->reading = false;
   if (nread != UV_EOF) {
     pn_conn_emit_error(c, (int)nread, "read");
@@ -780,6 +793,10 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
   /* EOF: the peer sent FIN. The write side stays usable (half-open). */
   c->eof = true;
+  if (held) {
+    c->end_pending = true; /* onEnd after those frames (readStart) */
+    return;
+  }
   pn_conn_emit(c, PN_CB_END);
 }
 
@@ -803,7 +820,15 @@ napi_value pn_conn_bytes_read(napi_env env, napi_callback_info info) {
 napi_value pn_conn_read_start(napi_env env, napi_callback_info info) {
   bool ok;
   pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
-  if (c == NULL || c->reading || c->eof) return NULL;
+  if (c == NULL || c->reading) return NULL;
+  if (c->eof) {
+    /* Nothing more to read; frames held in P at the EOF, then onEnd. */
+    if (c->end_pending) {
+      c->reading = true;
+      pn_defer(c, PN_DEFER_DELIVER | PN_DEFER_END);
+    }
+    return NULL;
+  }
   int err = uv_read_start(&c->h.stream, alloc_cb, read_cb);
   if (err == UV_ENOTCONN) return NULL; /* dead after a read error: nothing to read */
   if (err != 0 && err != UV_EALREADY) {

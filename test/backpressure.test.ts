@@ -9,7 +9,8 @@ import net from "node:net";
 import { BufferOverflowError, Server, Stream } from "../src/index.js";
 import type { Timer } from "../src/index.js";
 import { memoryPeer } from "../src/testing.js";
-import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
+import { join } from "node:path";
+import { captureLogs, connect, freshEngine, listenLocal, sleep, tempDir, waitFor } from "./helpers.js";
 
 test("an echo under a client that sends and never reads keeps its memory bounded", async (t) => {
   const engine = freshEngine(t);
@@ -225,6 +226,69 @@ test("pauseReading, then the peer's FIN: the buffered frames still come first, t
   c.socket.end("a\nb\nc\npartial");
   await c.readToEnd();
   assert.deepEqual(events, ["read a", "resume", "read b", "read c", "end"]);
+});
+
+/**
+ * A UNIX peer that writes and closes at once: its bytes and its FIN reach
+ * the server in one poll (data and hang-up together). `setup` makes the
+ * stream hold frames when the FIN is read; each round must still deliver
+ * every frame, then onEnd.
+ */
+async function framesBeforeFin(t: import("node:test").TestContext, send: string, setup: (s: Stream, frame: string, events: string[]) => void | Promise<void>): Promise<string[][]> {
+  const engine = freshEngine(t);
+  const rounds: string[][] = [];
+  let events: string[] = [];
+  class Held extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(d: Buffer) {
+      events.push(d.toString());
+      return setup(this, d.toString(), events);
+    }
+    override onEnd() {
+      events.push("end");
+      this.close();
+    }
+  }
+  const path = join(tempDir(t), "fin.sock");
+  const server = new Server(Held, { engine });
+  server.listen(path);
+  await server.ready();
+  t.after(() => server.close());
+  for (let round = 0; round < 5; round++) {
+    events = [];
+    const c = net.connect(path);
+    c.on("error", () => {});
+    await new Promise((r) => c.once("connect", r));
+    c.end(send);
+    c.destroy();
+    await waitFor(() => events.includes("end"), 3000, `onEnd in round ${round}: ${JSON.stringify(events)}`).catch(() => {});
+    rounds.push(events);
+  }
+  return rounds;
+}
+
+test("a readDelimiter set after an await, as the peer's FIN arrives with the bytes: the frames still come, then onEnd", async (t) => {
+  const rounds = await framesBeforeFin(t, "HDR\nxxxxx", async (s, frame) => {
+    if (frame !== "HDR") return;
+    await null; // outside the delivery
+    s.readDelimiter = 5;
+  });
+  for (const events of rounds) assert.deepEqual(events, ["HDR", "xxxxx", "end"]);
+});
+
+test("paused with frames held when the peer's FIN arrives: nothing until resumeReading, then the frames, then onEnd", async (t) => {
+  const rounds = await framesBeforeFin(t, "PAUSE\nxxyy", (s, frame, events) => {
+    if (frame !== "PAUSE") return;
+    s.pauseReading();
+    s.readDelimiter = 2;
+    setTimeout(() => {
+      events.push("resume");
+      s.resumeReading();
+    }, 100);
+  });
+  for (const events of rounds) assert.deepEqual(events, ["PAUSE", "resume", "xx", "yy", "end"]);
 });
 
 test("a handler that pauses on every frame (a rate limiter): after the last one, the FIN still ends the stream (real sockets)", async (t) => {

@@ -660,6 +660,165 @@ describe("native addon", { skip }, () => {
     client.socket.destroy();
   });
 
+  // Data and the FIN in one poll phase (a UNIX peer that writes and closes:
+  // POLLIN|POLLHUP at once). Frames the addon holds in P for a deferred
+  // delivery must still come before onEnd, not be dropped by the EOF.
+  test("setFraming inside onRead just before the peer's FIN: the re-framed frames still arrive, before onEnd", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "pants-native-"));
+    const path = join(dir, "s.sock");
+    try {
+      const server = addon().listenPipe(path, 16);
+      servers.push(server);
+      const got: string[] = [];
+      serverHandlers.set(server, (c) => {
+        c.setFraming(1, Buffer.from("\n"), 1024);
+        on(c, {
+          read(data, frames, count) {
+            assert.ok(frames !== null);
+            for (let i = 0; i < count; i++) {
+              const f = data.subarray(frames[2 * i]!, frames[2 * i + 1]!).toString();
+              got.push(f);
+              if (f === "HDR") {
+                c.setFraming(2, 4, 0);
+                break;
+              }
+            }
+          },
+          end() {
+            got.push("<end>");
+            c.close();
+          },
+        });
+        c.readStart();
+      });
+      for (let round = 0; round < 5; round++) {
+        got.length = 0;
+        const c = net.connect(path);
+        openSockets.add(c);
+        c.on("error", () => {});
+        c.on("connect", () => {
+          c.write("HDR\nabcdefgh");
+          c.destroy(); // the bytes are in the kernel: data and hang-up together
+        });
+        await until(() => got.includes("<end>"), "onEnd", 5000);
+        assert.deepEqual(got, ["HDR", "abcd", "efgh", "<end>"], `round ${round}`);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("frames held by a pause when the peer's FIN arrives come on readStart, then onEnd", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "pants-native-"));
+    const path = join(dir, "s.sock");
+    try {
+      const server = addon().listenPipe(path, 16);
+      servers.push(server);
+      const got: string[] = [];
+      let conn: NativeConn | null = null;
+      serverHandlers.set(server, (c) => {
+        conn = c;
+        c.setFraming(1, Buffer.from("\n"), 1024);
+        on(c, {
+          read(data, frames, count) {
+            assert.ok(frames !== null);
+            for (let i = 0; i < count; i++) {
+              const f = data.subarray(frames[2 * i]!, frames[2 * i + 1]!).toString();
+              got.push(f);
+              if (f === "PAUSE") {
+                c.setFraming(2, 2, 0);
+                c.readStop();
+                break;
+              }
+            }
+          },
+          end() {
+            got.push("<end>");
+            c.close();
+          },
+        });
+        c.readStart();
+      });
+      const c = net.connect(path);
+      openSockets.add(c);
+      c.on("error", () => {});
+      c.on("connect", () => {
+        c.write("PAUSE\nxxyy");
+        c.destroy();
+      });
+      await until(() => got.length >= 1, "PAUSE", 5000);
+      await sleep(50);
+      assert.deepEqual(got, ["PAUSE"], "nothing while paused, not even onEnd");
+      conn!.readStart();
+      await until(() => got.includes("<end>"), "onEnd", 5000);
+      assert.deepEqual(got, ["PAUSE", "xx", "yy", "<end>"]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  // A large read waits while the batch of small reads of the same poll
+  // phase is delivered; a handler there moves away (as to a worker) a chunk
+  // it kept of the spare read block. Had the large read landed in the spare,
+  // its bytes would have gone with it (a detached block handed over, or a
+  // copy out of freed memory): with a batch pending, reads land in the
+  // addon's own buffer, and the other connection loses nothing.
+  test("a spare block detached by a batched handler before a large read of the same poll phase is delivered: the read arrives whole", async () => {
+    const SPARE = 256 * 1024;
+    let kept: Buffer | null = null;
+    let moved: ArrayBuffer | null = null;
+    let bBytes = 0;
+    const bErrors: string[] = [];
+    const uncaughtBefore = uncaught.length;
+    const conns = new Map<string, NativeConn>();
+    const { port } = listen((conn) => {
+      let name = "";
+      on(conn, {
+        read(data) {
+          if (name === "") {
+            name = String.fromCharCode(data[0]!);
+            conns.set(name, conn);
+          }
+          if (name === "B") {
+            bBytes += data.length;
+            return;
+          }
+          if (kept === null && data.length > 16 * 1024 && data.buffer.byteLength === SPARE) kept = data;
+          else if (kept !== null && moved === null && data.length < 1000) {
+            const ab = kept.buffer as ArrayBuffer;
+            moved = structuredClone(ab, { transfer: [ab] }); // "to a worker"
+          }
+        },
+        error(code, syscall) {
+          if (name === "B") bErrors.push(`${syscall} ${code}`);
+          conn.close();
+        },
+      });
+      conn.readStart();
+    });
+    const a = await Client.tcp(port);
+    const b = await Client.tcp(port);
+    b.socket.write("B");
+    await until(() => conns.has("B"), "B");
+    a.socket.write(Buffer.alloc(64 * 1024, 0x41)); // bulk: the addon makes a spare block
+    await until(() => conns.has("A"), "A");
+    await sleep(30);
+    a.socket.write(Buffer.alloc(20 * 1024, 0x41)); // lands in the spare; handed over as a view of it
+    await until(() => kept !== null, "a chunk viewing the spare");
+    await sleep(30);
+    a.socket.write(Buffer.alloc(100, 0x41)); // small: batched; its handler moves the spare away
+    b.socket.write(Buffer.alloc(40 * 1024, 0x42)); // large, into the spare, in the same poll phase
+    const until2 = Date.now() + 100;
+    while (Date.now() < until2); // both arrive before the loop polls again
+    await until(() => bErrors.length > 0 || bBytes === 1 + 40 * 1024, "B's read or its error", 3000).catch(() => {});
+    assert.ok(moved !== null, "the spare was moved away");
+    assert.deepEqual(uncaught.slice(uncaughtBefore), [], "no exception from handing over a detached block");
+    assert.deepEqual(bErrors, [], "B's connection is not affected");
+    assert.equal(bBytes, 1 + 40 * 1024, "B's read arrives whole");
+    a.socket.destroy();
+    b.socket.destroy();
+  });
+
   test("overflow: count -1 with data at the oversized frame, then raw", async () => {
     const { rec, port } = frameRecorder(1, Buffer.from("\n"), 10);
     const c = await Client.tcp(port);
