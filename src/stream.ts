@@ -541,8 +541,14 @@ export class Stream extends Channel {
     if ((this.#flags & (F_NATIVE | F_IN_DISPATCH)) === F_NATIVE && this.#state === S_OPEN) this.#syncNativeFraming();
   }
 
-  /** Bytes written but not yet handed to the operating system (queued files not counted). */
+  /**
+   * Bytes written but not yet handed to the operating system (queued files
+   * not counted); 0 once closed, when whatever was left has been dropped.
+   */
   get bufferedAmount(): number {
+    // A destroyed node:net socket still counts the writes it dropped (the
+    // native one does not): what is left of a closed stream will never go out.
+    if (this.#state === S_CLOSED) return 0;
     return this.#wqBytes + (this.#sock !== null ? this.#sock.writableLength : 0);
   }
 

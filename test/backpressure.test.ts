@@ -146,6 +146,58 @@ test("writeBufferLimit: a peer that stopped reading while we keep writing gets o
   c.destroy();
 });
 
+test("bufferedAmount is 0 once the stream has closed, however it closed with bytes queued", async (t) => {
+  const engine = freshEngine(t);
+  const seen: Array<[string, number]> = [];
+  let overflows = 0;
+  class Big extends Stream {
+    override onConnect() {
+      this.writeHighWaterMark = 64 << 20; // keep reading the peer's commands
+      this.writeBufferLimit = 24 << 20;
+      this.write(Buffer.alloc(16 << 20, 0x61)); // far more than loopback takes while the peer does not read
+    }
+    override onRead(line: Buffer) {
+      const how = line.toString().trim();
+      if (how === "hard") {
+        this.close(false);
+        seen.push(["after close(false)", this.bufferedAmount]);
+      } else if (how === "grow") {
+        this.write(Buffer.alloc(16 << 20)); // past writeBufferLimit: the default onOverflowError closes
+      }
+    }
+    override onOverflowError(err: BufferOverflowError) {
+      overflows++;
+      super.onOverflowError(err);
+    }
+    override onClose() {
+      seen.push(["onClose", this.bufferedAmount]);
+    }
+  }
+  const port = await listenLocal(new Server(Big, { engine }), t);
+  const closes = () => seen.filter(([what]) => what === "onClose").length;
+  // A peer that resets, one that makes the stream close(false), one that makes it overflow.
+  const reset = await connect(port);
+  reset.socket.pause();
+  await sleep(100);
+  reset.socket.resetAndDestroy();
+  await waitFor(() => closes() === 1, 5000, "onClose after the reset");
+  for (const [i, how] of ["hard", "grow"].entries()) {
+    const c = await connect(port);
+    c.socket.pause();
+    await sleep(100);
+    c.write(`${how}\n`);
+    await waitFor(() => closes() === i + 2, 5000, `onClose after ${how}`);
+    c.destroy();
+  }
+  assert.equal(overflows, 1);
+  assert.deepEqual(seen, [
+    ["onClose", 0], // reset
+    ["onClose", 0], // close(false): onClose runs inside it
+    ["after close(false)", 0],
+    ["onClose", 0], // overflow
+  ]);
+});
+
 test("writeBufferLimit at its default (64 MiB) holds for a stream with no other setting, writing 1 MiB a turn", async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
