@@ -471,6 +471,7 @@ napi_value pn_conn_lend_reads(napi_env env, napi_callback_info info);
 bool pn_is_lent(const pn_env *e, const uint8_t *p, size_t n);
 napi_value pn_conn_set_framing(napi_env env, napi_callback_info info);
 napi_value pn_conn_reset_framing(napi_env env, napi_callback_info info);
+napi_value pn_conn_take_pending(napi_env env, napi_callback_info info);
 /* Frames and hands to JS whatever P plus the new bytes hold. */
 void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn);
 /* malloc-tune.c: glibc settings that keep bulk reads from faulting pages in

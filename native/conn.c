@@ -474,6 +474,7 @@ bool pn_conn_export(pn_env *e, napi_value exports) {
       {"lendReads", NULL, pn_conn_lend_reads, NULL, NULL, NULL, napi_enumerable, e},
       {"setFraming", NULL, pn_conn_set_framing, NULL, NULL, NULL, napi_enumerable, e},
       {"resetFraming", NULL, pn_conn_reset_framing, NULL, NULL, NULL, napi_enumerable, e},
+      {"takePending", NULL, pn_conn_take_pending, NULL, NULL, NULL, napi_enumerable, e},
       {"write", NULL, pn_conn_write, NULL, NULL, NULL, napi_enumerable, e},
       {"writev", NULL, pn_conn_writev, NULL, NULL, NULL, napi_enumerable, e},
       {"pendingBytes", NULL, pn_conn_pending_bytes, NULL, NULL, NULL, napi_enumerable, e},

@@ -787,6 +787,17 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   /* Still undelivered: JS paused with frames held in P. */
   const bool held = c->need_deliver;
   c->reading = false;
+  /* A write failed in this poll and waits to be reported (the peer reset
+   * the connection and the write took its ECONNRESET, so this read finds a
+   * plain EOF): that error ends the connection, as on node:net, not an EOF
+   * (onEnd) before it. */
+  if ((c->defer_bits & PN_DEFER_WRITE_ERROR) != 0) {
+    c->defer_bits &= ~(unsigned)PN_DEFER_WRITE_ERROR;
+    if (c->defer_bits == 0) pn_list_remove(&c->defer_link);
+    c->eof = nread == UV_EOF;
+    pn_conn_emit_error(c, c->defer_write_err, "write");
+    return;
+  }
   if (nread != UV_EOF) {
     pn_conn_emit_error(c, (int)nread, "read");
     return;
@@ -912,6 +923,28 @@ napi_value pn_conn_set_framing(napi_env env, napi_callback_info info) {
     if (c->reading) pn_defer(c, PN_DEFER_DELIVER);
   }
   return NULL;
+}
+
+/* takePending(): P's bytes (a copy; undefined when P is empty), then back to
+ * raw with P dropped. After the EOF nothing more is read, so JS frames what P
+ * held itself: a readDelimiter set later (after an await, before onEnd) then
+ * frames those bytes too, which the addon, no longer reading, would not
+ * deliver. */
+napi_value pn_conn_take_pending(napi_env env, napi_callback_info info) {
+  bool ok;
+  napi_value out = NULL;
+  pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
+  if (c == NULL) return NULL;
+  pn_batch_touch(c);
+  pn_framing *fr = &c->fr;
+  if (fr->plen > 0 && napi_create_buffer_copy(env, fr->plen, fr->pend, NULL, &out) != napi_ok) {
+    pn_throw_uv(env, UV_ENOMEM, "malloc", NULL);
+    return NULL;
+  }
+  pn_framing_reset(fr);
+  c->reset_gen++;
+  c->need_deliver = false;
+  return out;
 }
 
 /* resetFraming(): drop P, back to raw. */

@@ -158,7 +158,13 @@ static size_t write_bufs(napi_env env, pn_conn *c, uv_buf_t *bufs, size_t nbufs,
                          const napi_value *owners, size_t total, bool reused) {
   int n = uv_try_write(&c->h.stream, bufs, (unsigned int)nbufs);
   /* n < 0: UV_EAGAIN (the socket is full, or earlier writes are queued), or
-   * an error; in that case uv_write reports it, now or in its callback. */
+   * an error. The error is the one to report: the socket took it (a reset
+   * peer's ECONNRESET is given once), so a uv_write now would only get EPIPE,
+   * and the next read a plain EOF (the reset would pass for a FIN). */
+  if (n < 0 && n != UV_EAGAIN) {
+    defer_write_error(c, n);
+    return total;
+  }
   size_t written = n > 0 ? (size_t)n : 0;
   if (written == total) return 0;
 

@@ -91,6 +91,8 @@ export interface NativeConn {
   setFraming<K extends NativeFramingKind>(kind: K, value: NativeFramingValue[K], limit: number): void;
   /** Drops the addon's pending (not yet framed) bytes and goes back to raw. */
   resetFraming(): void;
+  /** The addon's pending (not yet framed) bytes (a copy; undefined when none), then back to raw with them dropped. */
+  takePending(): Buffer | undefined;
   /**
    * `true`: a read delivered alone (not batched, nothing pending before it),
    * raw or framed, is lent: its `block` is memory the addon reuses, detached
@@ -191,6 +193,7 @@ interface RawConnFunctions {
   readStop(id: number): void;
   setFraming(id: number, kind: NativeFramingKind, value: Buffer | number | null, limit: number): void;
   resetFraming(id: number): void;
+  takePending(id: number): Buffer | undefined;
   lendReads(id: number, enable: boolean): void;
   write(id: number, data: Uint8Array, length?: number): number;
   writev(id: number, chunks: readonly Uint8Array[]): number;
@@ -278,6 +281,9 @@ function adapt(raw: RawNativeAddon): NativeAddon {
     }
     resetFraming(): void {
       fn.resetFraming(this.id);
+    }
+    takePending(): Buffer | undefined {
+      return fn.takePending(this.id);
     }
     lendReads(enable: boolean): void {
       fn.lendReads(this.id, enable);

@@ -395,6 +395,13 @@ export class NativeSocket {
     else this.#conn.setFraming(kind, value as Buffer & number, limit);
   }
 
+  /** @internal The bytes the addon holds back (a partial frame), taken out of it; framing goes back to raw. */
+  takePending(): Buffer | undefined {
+    if (this.#conn === null || this.destroyed) return undefined;
+    this.tail = 0;
+    return this.#conn.takePending();
+  }
+
   /** @internal */
   _read(block: ArrayBufferLike, offset: number, length: number, frames: Int32Array | null, first: number, count: number): void {
     const owner = this.#owner;

@@ -1715,7 +1715,16 @@ export class Stream extends Channel {
   }
 
   #readSettled(x: Extras): void {
-    if (--x.pendingReads === 0 && (this.#flags & F_PEER_ENDED) !== 0) this.#deliverEnd();
+    if (--x.pendingReads !== 0 || (this.#flags & F_PEER_ENDED) === 0) return;
+    // The handler may have changed the framing of bytes still buffered (a
+    // readDelimiter set after an await) or paused: their frames go first,
+    // as for an end that came while paused (_processTick ends after them).
+    const rb = this.#rb;
+    if (rb !== null && rb.length > 0) {
+      if ((this.#flags & P_ANY) === 0) this.#scheduleProcess();
+      return;
+    }
+    this.#deliverEnd();
   }
 
   /** The peer's FIN, once every frame it sent has been handled (async handlers included). */
@@ -1767,6 +1776,15 @@ export class Stream extends Channel {
       return;
     }
     if (state === S_OPEN) {
+      // Native framing: the addon holds back a partial frame, which it
+      // would not deliver now that it no longer reads. Frame it here, as
+      // node:net's bytes are (a delimiter set before onEnd, after an await,
+      // cuts its frames).
+      if ((this.#flags & F_NATIVE_FRAMING) !== 0 && isNative(this.#sock)) {
+        this.#flags &= ~F_NATIVE_FRAMING;
+        const pending = this.#sock.takePending();
+        if (pending !== undefined) this.#keep(pending);
+      }
       // Paused with frames still buffered (node:net reports the FIN of a
       // paused socket): they come first, and the end once they are handled.
       if ((this.#flags & P_ANY) !== 0 && this.#rb !== null && this.#rb.length > 0) return;

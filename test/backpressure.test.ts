@@ -343,6 +343,54 @@ test("paused with frames held when the peer's FIN arrives: nothing until resumeR
   for (const events of rounds) assert.deepEqual(events, ["PAUSE", "resume", "xx", "yy", "end"]);
 });
 
+test("a readDelimiter set after a longer await (a timer), the peer's FIN already in: the frames still come, then onEnd", async (t) => {
+  // The FIN is read while the handler waits: onEnd waits for the handler,
+  // and the bytes it then reframes (held by the addon, or buffered) go first.
+  const rounds = await framesBeforeFin(t, "HDR\nxxyy", async (s, frame) => {
+    if (frame !== "HDR") return;
+    await sleep(30);
+    s.readDelimiter = 2;
+  });
+  for (const events of rounds) assert.deepEqual(events, ["HDR", "xx", "yy", "end"]);
+});
+
+test("an async onRead that pauses, awaits, changes readDelimiter and resumes, the peer's FIN already in: the frames, then onEnd", async (t) => {
+  const rounds = await framesBeforeFin(t, "HDR\nxxyy", async (s, frame) => {
+    if (frame !== "HDR") return;
+    s.pauseReading();
+    await sleep(30);
+    s.readDelimiter = 2;
+    s.resumeReading();
+  });
+  for (const events of rounds) assert.deepEqual(events, ["HDR", "xx", "yy", "end"]);
+});
+
+test("a readDelimiter set in onEnd frames the bytes the peer sent after its last frame (then the stream closes)", async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Tail extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(d: Buffer) {
+      events.push(d.toString());
+    }
+    override onEnd() {
+      events.push("end");
+      this.readDelimiter = 3; // the rest is fixed-size records
+      setTimeout(() => this.close(), 100);
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  const port = await listenLocal(new Server(Tail, { engine }), t);
+  const c = await connect(port);
+  c.socket.end("x\nabcdef");
+  await waitFor(() => events.includes("close"), 3000, `onClose: ${JSON.stringify(events)}`);
+  assert.deepEqual(events, ["x", "end", "abc", "def", "close"]);
+});
+
 test("a handler that pauses on every frame (a rate limiter): after the last one, the FIN still ends the stream (real sockets)", async (t) => {
   const engine = freshEngine(t);
   const events: string[] = [];

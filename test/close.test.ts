@@ -208,6 +208,47 @@ test("a peer reset closes the stream at once, logged at debug at most", async (t
   assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error"), []);
 });
 
+test("a peer that resets right after sending: its frames, then the reset as an error (ECONNRESET), never onEnd", async (t) => {
+  // The replies' write meets the reset first and takes its ECONNRESET; the
+  // read after it then finds a plain EOF, which must not pass for a FIN.
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  let events: string[] = [];
+  class C extends LineEcho {
+    override onRead(line: Buffer) {
+      events.push(line.toString());
+      super.onRead(line);
+    }
+    override onEnd() {
+      events.push("end");
+      super.onEnd();
+    }
+    override onReadError(err: NodeJS.ErrnoException) {
+      events.push(`error ${err.code}`);
+      super.onReadError(err);
+    }
+    override onWriteError(err: NodeJS.ErrnoException) {
+      events.push(`error ${err.code}`);
+      super.onWriteError(err);
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  const server = new Server(C, { engine });
+  const port = await listenLocal(server, t);
+  for (let round = 0; round < 5; round++) {
+    events = [];
+    const c = await connect(port);
+    c.write("a\nb\n");
+    c.socket.resetAndDestroy();
+    await waitFor(() => events.includes("close"), 3000, `the stream to close (round ${round}: ${events.join(",")})`);
+    const frames = events.filter((e) => e === "a" || e === "b");
+    assert.deepEqual(events, [...frames, "error ECONNRESET", "close"], `round ${round}`);
+  }
+  assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error"), []);
+});
+
 test("a client that vanishes mid-write harms no other connection", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);
