@@ -152,6 +152,33 @@ async function trickle(sock, s) {
   s.close();
 }
 
+// 1a. The pending bytes taken out at the FIN (takePending, as the transport
+// does when the peer ends), and on a connection with nothing pending.
+{
+  const taken = [];
+  const { s, port } = listen((c) => {
+    c.setFraming(1, Buffer.from("\n"), 1024);
+    handlers.set(c, {
+      read() {},
+      end() {
+        const p = c.takePending();
+        taken.push(p === undefined ? "none" : p.toString("latin1"));
+        c.close();
+      },
+    });
+    c.readStart();
+  });
+  for (const [i, data] of ["a\npartial", "b\n"].entries()) {
+    const cl = client(port);
+    await until(() => cl.sock.readyState === "open", "connect 1a");
+    cl.sock.end(data);
+    await until(() => taken.length === i + 1 && cl.closed, "end 1a");
+    cl.sock.destroy();
+  }
+  assert.deepEqual(taken, ["partial", "none"]);
+  s.close();
+}
+
 // 1b. Delimiters longer than the inline 8 bytes (a heap copy), straddling
 // reads, switched long -> short -> long, and a connection closed holding one.
 {
