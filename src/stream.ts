@@ -1115,17 +1115,17 @@ export class Stream extends Channel {
     this.#clearDeadline("handshake");
     const upgrade = (this.#flags & F_TLS_UPGRADING) !== 0;
     this.#flags &= ~F_TLS_UPGRADING;
+    // STARTTLS done: its job leaves the head of the write queue before the
+    // handler runs, so that writes it flushes (flush(), close(true)) go out
+    // encrypted after it, rather than meeting the job and upgrading again.
+    if (upgrade) this.#wq?.shift();
     this._call0(this.onSslHandshake);
     if (this.#state === S_CLOSED) return;
     if (!upgrade && this.#state !== S_CLOSING) {
       this.#establish();
       return;
     }
-    if (upgrade) {
-      // STARTTLS done: reading resumes on the TLS socket; queued writes go out encrypted.
-      this.#wq?.shift();
-      this.#startFlowing();
-    }
+    if (upgrade) this.#startFlowing(); // reading resumes on the TLS socket; queued writes go out encrypted
     this.#flush();
     if (this.#state === S_CLOSING) {
       // close(true) came during the handshake (a server's shutdown, say): what

@@ -600,6 +600,60 @@ test("STARTTLS then close(true) at once: the handshake completes, then the strea
   secure.destroy();
 });
 
+test("STARTTLS: what onSslHandshake writes and sends at once (flush, or close(true)) goes out over the new TLS session, then the close", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const errors: string[] = [];
+  let closes = 0;
+  class Greeter extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      if (line.toString() !== "STARTTLS") return;
+      this.write("220 go ahead\n");
+      this.startSSL({ certfile: certs.server.cert, keyfile: certs.server.key });
+    }
+    override onSslHandshake() {
+      this.write("welcome\n", true); // flushed now
+      this.write(Buffer.alloc(256 * 1024, 0x62));
+      this.close(true);
+    }
+    override onSslError(err: Error) {
+      errors.push(`ssl ${err.message}`);
+    }
+    override onReadError(err: Error) {
+      errors.push(`read ${err.message}`);
+    }
+    override onWriteError(err: Error) {
+      errors.push(`write ${err.message}`);
+    }
+    override onClose() {
+      closes++;
+    }
+  }
+  const port = await listenLocal(new Server(Greeter, { engine }), t);
+  const raw = net.connect(port, "127.0.0.1");
+  raw.on("error", () => {});
+  t.after(() => raw.destroy());
+  await new Promise((r) => raw.once("connect", r));
+  raw.write("STARTTLS\n");
+  const plain = await new Promise<string>((r) => raw.once("data", (d: Buffer) => r(d.toString())));
+  assert.equal(plain, "220 go ahead\n");
+  const secure = tls.connect({ socket: raw, ca: certs.ca.certPem, servername: "localhost" });
+  secure.on("error", (err) => errors.push(`client ${err.message}`));
+  const got: Buffer[] = [];
+  let ended = false;
+  secure.on("data", (d: Buffer) => got.push(d));
+  secure.on("end", () => (ended = true));
+  await waitFor(() => ended, 5000, `the data, close_notify and FIN (errors: ${errors.join("; ")})`);
+  const all = Buffer.concat(got);
+  assert.equal(all.subarray(0, 8).toString(), "welcome\n");
+  assert.equal(all.length, 8 + 256 * 1024);
+  await waitFor(() => closes === 1, 3000, "the server stream to close");
+  assert.deepEqual(errors, []);
+  secure.destroy();
+});
+
 test("STARTTLS, client side: a server certificate that does not verify is reported as such, not as a reset", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
