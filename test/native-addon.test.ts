@@ -618,32 +618,76 @@ describe("native addon", { skip }, () => {
     c.socket.destroy();
   });
 
+  /**
+   * Line frames into `got`; a frame named in `switches` runs its action (a
+   * setFraming, a readStop) and ends that delivery's loop, as a handler that
+   * re-frames does. With `end`, onEnd is recorded as "<end>" and closes.
+   */
+  function reframing(c: NativeConn, got: string[], switches: Record<string, () => void>, end = false): void {
+    c.setFraming(1, Buffer.from("\n"), 1024);
+    on(c, {
+      read(data, frames, count) {
+        assert.ok(frames !== null);
+        for (let i = 0; i < count; i++) {
+          const f = data.subarray(frames[2 * i]!, frames[2 * i + 1]!).toString();
+          got.push(f);
+          const action = switches[f];
+          if (action !== undefined) {
+            action();
+            break;
+          }
+        }
+      },
+      ...(end
+        ? {
+            end() {
+              got.push("<end>");
+              c.close();
+            },
+          }
+        : {}),
+    });
+    c.readStart();
+  }
+
+  /** A pipe server in a temp dir (removed after `body`), each connection set up by `onConn`. */
+  async function withPipeServer(onConn: (c: NativeConn) => void, body: (path: string) => Promise<void>): Promise<void> {
+    const dir = mkdtempSync(join(tmpdir(), "pants-native-"));
+    const path = join(dir, "s.sock");
+    try {
+      const server = addon().listenPipe(path, 16);
+      servers.push(server);
+      serverHandlers.set(server, onConn);
+      await body(path);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** A UNIX peer that writes `data` and closes at once: the bytes and the hang-up reach the server in one poll. */
+  function writeAndVanish(path: string, data: string): void {
+    const c = net.connect(path);
+    openSockets.add(c);
+    c.on("error", () => {});
+    c.on("connect", () => {
+      c.write(data);
+      c.destroy(); // the bytes are in the kernel: data and hang-up together
+    });
+  }
+
   test("setFraming inside onRead re-frames the pending bytes at once; a pause holds them until readStart", async () => {
     const got: string[] = [];
     let conn!: NativeConn;
     const { port } = listen((c) => {
       conn = c;
-      c.setFraming(1, Buffer.from("\n"), 1024);
-      on(c, {
-        read(data, frames, count) {
-          assert.ok(frames !== null);
-          for (let i = 0; i < count; i++) {
-            const f = data.subarray(frames[2 * i]!, frames[2 * i + 1]!).toString();
-            got.push(f);
-            if (f === "HDR") {
-              // Switch to 4-byte frames; the rest of this read must not wait for more data.
-              c.setFraming(2, 4, 0);
-              break;
-            }
-            if (f === "PAUSE") {
-              c.setFraming(2, 2, 0);
-              c.readStop();
-              break;
-            }
-          }
+      reframing(c, got, {
+        // Switch to 4-byte frames; the rest of this read must not wait for more data.
+        HDR: () => c.setFraming(2, 4, 0),
+        PAUSE: () => {
+          c.setFraming(2, 2, 0);
+          c.readStop();
         },
       });
-      c.readStart();
     });
     const client = await Client.tcp(port);
     client.socket.write("HDR\nabcdefgh");
@@ -664,97 +708,38 @@ describe("native addon", { skip }, () => {
   // POLLIN|POLLHUP at once). Frames the addon holds in P for a deferred
   // delivery must still come before onEnd, not be dropped by the EOF.
   test("setFraming inside onRead just before the peer's FIN: the re-framed frames still arrive, before onEnd", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "pants-native-"));
-    const path = join(dir, "s.sock");
-    try {
-      const server = addon().listenPipe(path, 16);
-      servers.push(server);
-      const got: string[] = [];
-      serverHandlers.set(server, (c) => {
-        c.setFraming(1, Buffer.from("\n"), 1024);
-        on(c, {
-          read(data, frames, count) {
-            assert.ok(frames !== null);
-            for (let i = 0; i < count; i++) {
-              const f = data.subarray(frames[2 * i]!, frames[2 * i + 1]!).toString();
-              got.push(f);
-              if (f === "HDR") {
-                c.setFraming(2, 4, 0);
-                break;
-              }
-            }
-          },
-          end() {
-            got.push("<end>");
-            c.close();
-          },
-        });
-        c.readStart();
-      });
-      for (let round = 0; round < 5; round++) {
-        got.length = 0;
-        const c = net.connect(path);
-        openSockets.add(c);
-        c.on("error", () => {});
-        c.on("connect", () => {
-          c.write("HDR\nabcdefgh");
-          c.destroy(); // the bytes are in the kernel: data and hang-up together
-        });
-        await until(() => got.includes("<end>"), "onEnd", 5000);
-        assert.deepEqual(got, ["HDR", "abcd", "efgh", "<end>"], `round ${round}`);
-      }
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    const got: string[] = [];
+    await withPipeServer(
+      (c) => reframing(c, got, { HDR: () => c.setFraming(2, 4, 0) }, true),
+      async (path) => {
+        for (let round = 0; round < 5; round++) {
+          got.length = 0;
+          writeAndVanish(path, "HDR\nabcdefgh");
+          await until(() => got.includes("<end>"), "onEnd", 5000);
+          assert.deepEqual(got, ["HDR", "abcd", "efgh", "<end>"], `round ${round}`);
+        }
+      },
+    );
   });
 
   test("frames held by a pause when the peer's FIN arrives come on readStart, then onEnd", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "pants-native-"));
-    const path = join(dir, "s.sock");
-    try {
-      const server = addon().listenPipe(path, 16);
-      servers.push(server);
-      const got: string[] = [];
-      let conn: NativeConn | null = null;
-      serverHandlers.set(server, (c) => {
+    const got: string[] = [];
+    let conn: NativeConn | null = null;
+    await withPipeServer(
+      (c) => {
         conn = c;
-        c.setFraming(1, Buffer.from("\n"), 1024);
-        on(c, {
-          read(data, frames, count) {
-            assert.ok(frames !== null);
-            for (let i = 0; i < count; i++) {
-              const f = data.subarray(frames[2 * i]!, frames[2 * i + 1]!).toString();
-              got.push(f);
-              if (f === "PAUSE") {
-                c.setFraming(2, 2, 0);
-                c.readStop();
-                break;
-              }
-            }
-          },
-          end() {
-            got.push("<end>");
-            c.close();
-          },
-        });
-        c.readStart();
-      });
-      const c = net.connect(path);
-      openSockets.add(c);
-      c.on("error", () => {});
-      c.on("connect", () => {
-        c.write("PAUSE\nxxyy");
-        c.destroy();
-      });
-      await until(() => got.length >= 1, "PAUSE", 5000);
-      await sleep(50);
-      assert.deepEqual(got, ["PAUSE"], "nothing while paused, not even onEnd");
-      conn!.readStart();
-      await until(() => got.includes("<end>"), "onEnd", 5000);
-      assert.deepEqual(got, ["PAUSE", "xx", "yy", "<end>"]);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+        reframing(c, got, { PAUSE: () => (c.setFraming(2, 2, 0), c.readStop()) }, true);
+      },
+      async (path) => {
+        writeAndVanish(path, "PAUSE\nxxyy");
+        await until(() => got.length >= 1, "PAUSE", 5000);
+        await sleep(50);
+        assert.deepEqual(got, ["PAUSE"], "nothing while paused, not even onEnd");
+        conn!.readStart();
+        await until(() => got.includes("<end>"), "onEnd", 5000);
+        assert.deepEqual(got, ["PAUSE", "xx", "yy", "<end>"]);
+      },
+    );
   });
 
   // A large read waits while the batch of small reads of the same poll
