@@ -58,6 +58,27 @@ void pn_call(pn_env *e, int which, size_t argc, napi_value *argv) {
   /* Batched reads that arrived before this event reach JS before it. */
   if (!e->flushing && !pn_list_empty(&e->ready)) pn_flush_reads(e);
   if (e->tearing_down) return;
+  /* Through a callback scope of its own, as a batch of reads is: what the
+   * callback throws goes to onUncaught, and what a nextTick or a microtask
+   * it queued throws, run when the scope closes, is a process-level uncaught
+   * exception, as after any of Node's own I/O callbacks. (Through
+   * napi_make_callback such an exception came back here and went to
+   * onUncaught through a second napi_make_callback while the failed tick's
+   * async id was still on the stack: with async hooks on, AsyncLocalStorage
+   * say, Node aborted on execution_async_id() == 0.) */
+  pn_scope scope;
+  if (pn_scope_open(e, &scope)) {
+    if (scope.scoped) {
+      if (napi_get_reference_value(env, e->cb[which], &fn) == napi_ok && fn != NULL &&
+          napi_get_undefined(env, &recv) == napi_ok &&
+          napi_call_function(env, recv, fn, argc, argv, &result) != napi_ok)
+        report_exception(e);
+      pn_scope_close(e, &scope);
+      return;
+    }
+    pn_scope_close(e, &scope);
+  }
+  if (e->tearing_down) return;
   if (napi_get_reference_value(env, e->cb[which], &fn) != napi_ok || fn == NULL) return;
   /* napi_make_callback needs an object receiver: the global, as Node's own
    * I/O callbacks get for plain functions. */

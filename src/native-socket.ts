@@ -701,6 +701,27 @@ export class NativeSocket {
   }
 }
 
+/**
+ * A bind or listen failure of the addon in the shape node:net gives it (the
+ * js transport's): `syscall` "listen" whichever step failed, the message
+ * `listen CODE: description ADDRESS[:PORT]`, and `address` / `port`
+ * (-1 for a UNIX path; no `port` for port 0), so both transports fail alike.
+ */
+function asListenError(err: unknown, address: string, port: number): unknown {
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
+  if (e === null || typeof e !== "object" || typeof e.code !== "string" || typeof e.syscall !== "string") return err;
+  if (e.syscall === "bind" || e.syscall === "listen") {
+    const detail = port > 0 ? `${address}:${port}` : address;
+    const description = typeof e.errno === "number" ? getSystemErrorMap().get(e.errno)?.[1] : undefined;
+    if (description !== undefined) e.message = `listen ${e.code}: ${description} ${detail}`;
+    else e.message = e.message.replace(/^bind /, "listen ");
+    e.syscall = "listen";
+  }
+  e.address = address;
+  if (port !== 0) e.port = port;
+  return e;
+}
+
 /** A native listening socket, feeding accepted connections to a server. */
 export class NativeListener {
   readonly handle: NativeServer;
@@ -717,14 +738,26 @@ export class NativeListener {
   static tcp(host: string, port: number, backlog: number, ipv6Only: boolean, onConnection: (s: NativeSocket) => void, onAcceptError: (code: string) => void): NativeListener {
     const native = nativeAddon();
     if (native === null) throw new Error("The native transport is not available.");
-    return new NativeListener(native.listenTcp(host, port, backlog, ipv6Only), onConnection, onAcceptError);
+    let handle: NativeServer;
+    try {
+      handle = native.listenTcp(host, port, backlog, ipv6Only);
+    } catch (err) {
+      throw asListenError(err, host, port);
+    }
+    return new NativeListener(handle, onConnection, onAcceptError);
   }
 
   /** Listens on a UNIX socket path (or a Linux abstract name). */
   static pipe(path: string, backlog: number, onConnection: (s: NativeSocket) => void, onAcceptError: (code: string) => void): NativeListener {
     const native = nativeAddon();
     if (native === null) throw new Error("The native transport is not available.");
-    return new NativeListener(native.listenPipe(path, backlog), onConnection, onAcceptError);
+    let handle: NativeServer;
+    try {
+      handle = native.listenPipe(path, backlog);
+    } catch (err) {
+      throw asListenError(err, path, -1);
+    }
+    return new NativeListener(handle, onConnection, onAcceptError);
   }
 
   /** `{ address, port, family }` like net.Server#address(), or the path. */

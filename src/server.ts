@@ -452,7 +452,7 @@ export class Server extends Channel {
     });
     this.#stopAccepting();
     for (const conn of [...this.#channels.values()]) {
-      if (!conn.closed) conn._call0(conn.onShutdown);
+      if (!conn.closed) conn._shutdownRequested();
     }
     let timer: ReturnType<typeof setTimeout> | null = null;
     if (this.#channels.size > 0 && timeoutMs > 0) {
@@ -845,8 +845,13 @@ export class Server extends Channel {
     }
     const owned = socket as Duplex & { [kProxyRemote]?: Address | null; [kStream]?: Stream };
     if (proxiedRemote !== null) owned[kProxyRemote] = proxiedRemote;
-    // An onAccept override may keep the socket without a stream: never leave it without an error listener.
-    if (this.onAccept !== Server.prototype.onAccept) raw.on("error", onRawError);
+    // An onAccept override may keep the socket without a stream: never leave it without an error listener,
+    // nor what it is given over it (the Duplex over a native socket re-emits the socket's errors: a peer's
+    // reset while an async onAccept awaited was an unhandled 'error' event on the native transport).
+    if (custom) {
+      raw.on("error", onRawError);
+      if (socket !== raw) socket.on("error", onRawError);
+    }
     accepting.socket = socket;
     let threw = false;
     try {

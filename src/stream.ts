@@ -157,6 +157,8 @@ const F_LEND = 1 << 23;
 const F_HOLDS_LENT = 1 << 24;
 /** Counted in engine.stats.accepted (at accept for a server's, at onConnect otherwise): its close counts too. */
 const F_COUNTED = 1 << 25;
+/** server.shutdown() began before onConnect ran (TLS handshake or the onConnect tick pending): onShutdown follows onConnect. */
+const F_SHUTDOWN_DUE = 1 << 26;
 
 // Reasons reading is paused (flag bits too).
 const P_USER = 1 << 15;
@@ -286,6 +288,9 @@ function onSocketClose(this: OwnedSocket): void {
     clearTimeout(linger);
     lingerEnded(this);
   }
+}
+function adoptedClosed(stream: Stream): void {
+  stream._onSocketClose();
 }
 function onSocketConnect(this: OwnedSocket): void {
   this[kStream]?._onTcpConnect();
@@ -958,6 +963,12 @@ export class Stream extends Channel {
     }
     this.engine.stats.open++;
     this.#state = S_PENDING;
+    if (sock.destroyed === true && (sock as Duplex & { closed?: boolean }).closed !== false) {
+      // Dead already, its 'close' emitted (the peer reset while an async onAccept
+      // awaited): no event will ever close this stream. It closes as if that
+      // reset had come now: onClose, no onConnect (queued before the onConnect tick).
+      process.nextTick(adoptedClosed, this);
+    }
     if (sock[kTlsPending] === true) {
       // Server side: the handshake runs now; onConnect follows onSslHandshake.
       this.#flags |= F_SERVER_SIDE;
@@ -1187,6 +1198,10 @@ export class Stream extends Channel {
     if ((this.#flags & F_NATIVE) !== 0) this.#syncNativeFraming();
     this.#startFlowing();
     if (this.#wq !== null && this.#wq.length > 0) this.#flush();
+    if ((this.#flags & F_SHUTDOWN_DUE) !== 0) {
+      this.#flags &= ~F_SHUTDOWN_DUE;
+      if (this.#state === S_OPEN) this._call0(this.onShutdown);
+    }
   }
 
   /**
@@ -2382,6 +2397,16 @@ export class Stream extends Channel {
 
   // -------------------------------------------------------------------------
   // Internals: server plumbing
+
+  /**
+   * @internal server.shutdown() asks this connection to wind down: onShutdown
+   * now, or, before onConnect has run (a TLS handshake or the onConnect tick
+   * still pending), right after it: onConnect is always the first event.
+   */
+  _shutdownRequested(): void {
+    if (this.#state === S_PENDING) this.#flags |= F_SHUTDOWN_DUE;
+    else if (this.#state !== S_CLOSED) this._call0(this.onShutdown);
+  }
 
   /** @internal Called by the server right after construction. */
   _attachToServer(server: Server, connId: number, idleTimeout: number): void {

@@ -7,6 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { Duplex } from "node:stream";
+import { spawnSync } from "node:child_process";
 import { Server, Stream } from "../src/index.js";
 import type { Address } from "../src/index.js";
 import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
@@ -294,4 +295,12 @@ test("no unhandled rejection or uncaught exception escapes from handlers", async
   }
   await new Promise((r) => setTimeout(r, 50));
   assert.deepEqual(escaped, []);
+});
+
+test("a nextTick a handler queued throws after a peer's reset, async hooks on: the process 'uncaughtException' handler gets it, the process lives", () => {
+  // In a child: on the native transport this aborted the process (SIGABRT, execution_async_id() == 0).
+  const r = spawnSync(process.execPath, ["--import", "tsx", "test/fixtures/tick-throw-after-reset.ts"], { encoding: "utf8", timeout: 20_000, env: process.env });
+  assert.equal(r.signal, null, `killed by ${r.signal}: ${r.stderr.slice(-600)}`);
+  assert.equal(r.status, 0, r.stderr.slice(-600));
+  assert.deepEqual(r.stdout.trim().split("\n"), ["caught thrown in a nextTick after a reset", "survived"]);
 });

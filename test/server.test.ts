@@ -12,7 +12,8 @@ import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import { ChannelStateError, InvalidAddressFormatError, Server, Stream } from "../src/index.js";
 import type { Address } from "../src/index.js";
-import { captureLogs, connect, freshEngine, hasIPv6, portOf, tempDir, waitFor, sleep } from "./helpers.js";
+import { captureLogs, connect, freshEngine, hasIPv6, listenLocal, portOf, tempDir, waitFor, sleep } from "./helpers.js";
+import type { Duplex } from "node:stream";
 
 class Who extends Stream {
   override onConnect() {
@@ -443,4 +444,70 @@ test("a Server can serve on a net.Server given as its socket option (listening o
   t.after(() => c.close());
   assert.equal(c.localAddress, path);
   assert.deepEqual(await hello(path), ["", path]);
+});
+
+test("a bind failure has the same shape on both transports (node:net's): syscall listen, address, port, the message naming the address", async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const blocker = net.createServer();
+  await new Promise<void>((resolve) => blocker.listen(0, "127.0.0.1", resolve));
+  t.after(() => blocker.close());
+  const port = (blocker.address() as net.AddressInfo).port;
+  const file = join(dir, "file");
+  writeFileSync(file, "not a socket");
+  const cases: Array<[Address, string, Record<string, unknown>]> = [
+    [["127.0.0.1", port], `listen EADDRINUSE: address already in use 127.0.0.1:${port}`, { code: "EADDRINUSE", syscall: "listen", address: "127.0.0.1", port }],
+    [file, `listen EADDRINUSE: address already in use ${file}`, { code: "EADDRINUSE", syscall: "listen", address: file, port: -1 }],
+    [join(dir, "missing", "x.sock"), `listen EACCES: permission denied ${join(dir, "missing", "x.sock")}`, { code: "EACCES", syscall: "listen", address: join(dir, "missing", "x.sock"), port: -1 }],
+  ];
+  for (const [address, message, fields] of cases) {
+    const server = new Server(Stream, { engine });
+    server.onError = () => {};
+    server.listen(address);
+    const err = (await server.ready().then(
+      () => assert.fail(`listening on ${String(address)} succeeded`),
+      (e: unknown) => e,
+    )) as NodeJS.ErrnoException & Record<string, unknown>;
+    assert.ok(err.message.startsWith(message), `${err.message} (expected it to start with ${message})`);
+    for (const [k, v] of Object.entries(fields)) assert.equal(err[k], v, `${k} of ${err.message}`);
+    assert.equal(typeof err.errno, "number");
+  }
+});
+
+test("an async onAccept whose peer reset while it awaited: the stream it makes closes at once (onClose, no onConnect) and frees its maxConnections slot", async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Conn extends Stream {
+    override onConnect() {
+      events.push("connect");
+      this.write("hello\n");
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  let accepted = 0;
+  class Checking extends Server {
+    // An async allow-list lookup, then the default stream.
+    override async onAccept(socket: Duplex, address: Address) {
+      const n = ++accepted;
+      if (n === 1) await waitFor(() => (socket as Duplex & { destroyed: boolean }).destroyed, 5000, "the reset to reach the socket");
+      super.onAccept(socket, address);
+    }
+  }
+  const server = new Checking(Conn, { engine, maxConnections: 1 });
+  const port = await listenLocal(server);
+  const dead = await connect(port);
+  await waitFor(() => accepted === 1, 5000, "the first accept");
+  dead.socket.resetAndDestroy();
+  await waitFor(() => events.length > 0, 5000, "an event of the dead connection");
+  await sleep(50);
+  assert.deepEqual(events, ["close"]);
+  assert.equal(server.channels.size, 0);
+  assert.equal(server.stats.open, 0);
+  // Its slot is free: the next client is served, not rejected.
+  const live = await connect(port);
+  t.after(() => live.destroy());
+  assert.equal(await live.readText(6), "hello\n");
+  assert.equal(server.stats.rejected, 0);
 });

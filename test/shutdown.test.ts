@@ -10,6 +10,8 @@ import { join } from "node:path";
 import net from "node:net";
 import tls from "node:tls";
 import { ChannelStateError, Server, Stream } from "../src/index.js";
+import type { Address } from "../src/index.js";
+import type { Duplex } from "node:stream";
 import { connect, connectTls, freshEngine, listenLocal, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
@@ -151,7 +153,7 @@ test("shutdown with TLS connections closes them cleanly (close_notify, FIN)", { 
   assert.equal(c.error, null);
 });
 
-test("shutdown while a TLS handshake runs: an onShutdown goodbye goes out after it, then the close (no onConnect, no onRead, no wait for the deadline)", { skip: !hasOpenssl() && "no openssl" }, async (t) => {
+test("shutdown while a TLS handshake runs: onConnect, then onShutdown, once it completes; the goodbye goes out, then the close (no onRead, no wait for the deadline)", { skip: !hasOpenssl() && "no openssl" }, async (t) => {
   const engine = freshEngine(t);
   const certs = makeCerts();
   t.after(() => certs.cleanup());
@@ -196,7 +198,7 @@ test("shutdown while a TLS handshake runs: an onShutdown goodbye goes out after 
   await waitFor(() => ended || error !== null, 5000, "the close").catch(() => {});
   assert.equal(got, "bye\n");
   assert.equal(error, null);
-  assert.deepEqual(events, ["shutdown"]);
+  assert.deepEqual(events, ["connect", "shutdown"], "onConnect is always the first event (SPEC §5)");
 });
 
 test("close(true) during a TLS handshake keeps handshakeTimeoutMs: a silent client does not hold a drain with no deadline", { skip: !hasOpenssl() && "no openssl", timeout: 20_000 }, async (t) => {
@@ -221,4 +223,44 @@ test("close(true) during a TLS handshake keeps handshakeTimeoutMs: a silent clie
   assert.equal(server.channels.size, 0, "closed by the handshake timeout");
   assert.ok(Date.now() - started < 3000, `the drain took ${Date.now() - started} ms (handshakeTimeoutMs 500)`);
   await raw.readToEnd();
+});
+
+test("shutdown before a new connection's onConnect has run: onConnect first, then onShutdown (never onShutdown on a connection that was not opened)", async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Session extends Stream {
+    user: string | null = null;
+    override onConnect() {
+      events.push("connect");
+      this.user = "alice";
+    }
+    override onShutdown() {
+      events.push("shutdown");
+      this.write(`bye ${this.user!}\n`);
+      this.close(true);
+    }
+    override onClose() {
+      events.push("close");
+    }
+    override onError(err: Error) {
+      events.push(`error: ${err.message}`);
+      super.onError(err);
+    }
+  }
+  let drained: Promise<void> | null = null;
+  class Draining extends Server {
+    // The drain begins in the very turn the connection is accepted (as a SIGTERM handler can).
+    override onAccept(socket: Duplex, address: Address) {
+      super.onAccept(socket, address);
+      drained = this.shutdown({ timeoutMs: 5000 });
+    }
+  }
+  const server = new Draining(Session, { engine });
+  const port = await listenLocal(server);
+  const c = await connect(port);
+  t.after(() => c.destroy());
+  await waitFor(() => drained !== null, 5000, "the accept");
+  await drained;
+  assert.equal((await c.readToEnd()).toString(), "bye alice\n");
+  assert.deepEqual(events, ["connect", "shutdown", "close"]);
 });
