@@ -474,7 +474,10 @@ export class Server extends Channel {
   /**
    * Called for every accepted connection (after TLS wrapping and the PROXY
    * header). The default makes a `ConnectionClass` instance, sets its
-   * `server`, adds it to `channels`, and starts its connect event.
+   * `server`, adds it to `channels`, and starts its connect event. An
+   * override that does not call it owns the socket: `socket.destroy()` refuses
+   * the connection; one left alone stays open (the server no longer tracks it,
+   * so neither `close()` nor `shutdown()` closes it).
    * @param address The peer's address (the PROXY header's source behind a proxy). The default ignores it and is not given it.
    */
   onAccept(socket: Duplex, address: Address): void {
