@@ -67,9 +67,17 @@ export class ConnectError extends PantsError {
   readonly syscall: string | undefined;
   constructor(message: string, options?: { cause?: unknown }) {
     super(ErrorCode.CONNECT, message, options);
-    const cause = options?.cause as NodeJS.ErrnoException | undefined;
+    let cause = options?.cause as NodeJS.ErrnoException | undefined;
     // A connect that outlived idleTimeout reads as the kernel's own connect timeout.
     const timedOut = cause instanceof TimeoutError && cause.kind === "connect";
+    // node:net tried each of a name's addresses and failed on all: its
+    // AggregateError carries a code but no syscall; the attempts do.
+    if (cause instanceof AggregateError) {
+      const all = cause as AggregateError & NodeJS.ErrnoException;
+      const attempts = all.errors.filter((e): e is NodeJS.ErrnoException => e instanceof Error);
+      const same = attempts.find((e) => e.code === all.code && e.syscall !== undefined) ?? attempts.find((e) => e.syscall !== undefined);
+      if (all.syscall === undefined && same !== undefined) cause = { code: all.code ?? same.code, errno: same.errno, syscall: same.syscall } as NodeJS.ErrnoException;
+    }
     this.errno = timedOut ? "ETIMEDOUT" : (cause?.code ?? cause?.errno);
     this.syscall = timedOut ? "connect" : cause?.syscall;
   }

@@ -10,7 +10,8 @@
 import process from "node:process";
 import { Buffer } from "node:buffer";
 import { lookup } from "node:dns";
-import { isIP } from "node:net";
+import type { LookupAddress } from "node:dns";
+import { getDefaultAutoSelectFamily, getDefaultAutoSelectFamilyAttemptTimeout, isIP } from "node:net";
 import { getSystemErrorMap } from "node:util";
 import { Duplex } from "node:stream";
 import { log } from "./log.js";
@@ -137,8 +138,38 @@ interface Rare {
   finish: Slot;
   corkedCallback: ((err?: Error | null) => void) | null;
   peer: { address: string; port: number; family: number } | null | undefined;
-  /** A name's other addresses, tried in turn while connects fail (as node:net does). */
-  fallback: { addresses: string[]; port: number } | null;
+  /**
+   * A name's other addresses, tried in turn while connects fail, each
+   * attempt but the last given up after node:net's autoSelectFamily
+   * attempt timeout (as node:net does: a black-holed first address must
+   * not hold the connect for the kernel's minutes).
+   */
+  fallback: { addresses: string[]; port: number; timer: ReturnType<typeof setTimeout> | null } | null;
+}
+
+/**
+ * The addresses node:net tries for a name (autoSelectFamily): each once,
+ * families alternating, starting with the first address's family.
+ */
+function attemptOrder(found: readonly LookupAddress[]): string[] {
+  const groups: [string[], string[]] = [[], []];
+  let firstFamily = 0;
+  for (const { address, family } of found) {
+    if (isIP(address) === 0 || (family !== 4 && family !== 6)) continue;
+    if (firstFamily === 0) firstFamily = family;
+    const group = groups[family === firstFamily ? 0 : 1];
+    if (!group.includes(address)) group.push(address);
+  }
+  const order: string[] = [];
+  for (let i = 0; i < Math.max(groups[0].length, groups[1].length); i++) {
+    if (i < groups[0].length) order.push(groups[0][i]!);
+    if (i < groups[1].length) order.push(groups[1][i]!);
+  }
+  return order;
+}
+
+function attemptTimedOut(socket: NativeSocket): void {
+  socket._attemptTimedOut();
 }
 
 // NativeSocket#bits
@@ -208,10 +239,15 @@ export class NativeSocket {
         socket.destroy();
         return;
       }
-      const addresses = found.map((a) => a.address);
-      // "localhost" may be ::1 first with the server on 127.0.0.1 only: the others follow if it fails.
-      if (addresses.length > 1) socket.#extra().fallback = { addresses: addresses.slice(1), port: target.port };
+      // "localhost" may be ::1 first with the server on 127.0.0.1 only: the
+      // others follow if it fails (node:net's autoSelectFamily: on by
+      // default, and only when no family was asked for).
+      const family = target.family ?? 0;
+      const addresses = getDefaultAutoSelectFamily() && family !== 4 && family !== 6 ? attemptOrder(found) : [];
+      if (addresses.length === 0) addresses.push(found[0]!.address);
+      if (addresses.length > 1) socket.#extra().fallback = { addresses: addresses.slice(1), port: target.port, timer: null };
       socket.#attach(native.connectTcp(addresses[0]!, target.port));
+      socket.#armAttempt();
     });
     return socket;
   }
@@ -594,6 +630,11 @@ export class NativeSocket {
   destroy(err?: Error): this {
     if (this.destroyed) return this;
     this.destroyed = true;
+    const fallback = this.#rare?.fallback ?? null;
+    if (fallback !== null && fallback.timer !== null) {
+      clearTimeout(fallback.timer);
+      fallback.timer = null;
+    }
     const waiting = this.#waiting;
     this.#waiting = null;
     if (waiting !== null) {
@@ -623,10 +664,29 @@ export class NativeSocket {
     this.destroy();
   }
 
+  /** While another address is left to try, the current attempt has node:net's attempt timeout. */
+  #armAttempt(): void {
+    const fallback = this.#rare?.fallback ?? null;
+    if (fallback === null || fallback.addresses.length === 0 || this.destroyed) return;
+    fallback.timer = setTimeout(attemptTimedOut, getDefaultAutoSelectFamilyAttemptTimeout(), this);
+  }
+
+  /** @internal The current attempt of a name's connect took too long: on to the next address. */
+  _attemptTimedOut(): void {
+    const fallback = this.#rare?.fallback ?? null;
+    if (fallback === null) return;
+    fallback.timer = null;
+    if (this.connecting && !this.destroyed) this._connected("ETIMEDOUT");
+  }
+
   /** @internal */
   _connected(code: string | null): void {
     const fallback = this.#rare?.fallback ?? null;
     if (fallback !== null) {
+      if (fallback.timer !== null) {
+        clearTimeout(fallback.timer);
+        fallback.timer = null;
+      }
       const next = code !== null && !this.destroyed ? fallback.addresses.shift() : undefined;
       if (next !== undefined) {
         // That address failed: the next one, on a new handle (the old one closes unheard).
@@ -634,6 +694,7 @@ export class NativeSocket {
         failed.owner = null;
         failed.close();
         this.#attach(nativeAddon()!.connectTcp(next, fallback.port));
+        this.#armAttempt();
         return;
       }
       this.#rare!.fallback = null;

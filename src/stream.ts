@@ -1077,7 +1077,8 @@ export class Stream extends Channel {
    */
   #wrapTls(options: SslOptions, initial: boolean): void {
     if (this.#state === S_CLOSED) return;
-    const plain = this.#sock as OwnedSocket;
+    // A native client given startSSL() while connecting: node:tls needs a Duplex.
+    const plain = initial ? this.#duplexOverNative() : (this.#sock as OwnedSocket);
     const serverSide = options.server_side ?? (this.#flags & F_SERVER_SIDE) !== 0;
     let tlsSock: tls.TLSSocket;
     try {
@@ -1739,6 +1740,7 @@ export class Stream extends Channel {
       if ((this.#flags & P_ANY) === 0) this.#scheduleProcess();
       return;
     }
+    if ((this.#flags & P_ANY) !== 0) return; // paused: the end comes at the resume (_processTick)
     this.#deliverEnd();
   }
 
@@ -1800,9 +1802,11 @@ export class Stream extends Channel {
         const pending = this.#sock.takePending();
         if (pending !== undefined) this.#keep(pending);
       }
-      // Paused with frames still buffered (node:net reports the FIN of a
-      // paused socket): they come first, and the end once they are handled.
-      if ((this.#flags & P_ANY) !== 0 && this.#rb !== null && this.#rb.length > 0) return;
+      // Paused (pauseReading(), or above writeHighWaterMark): node:net
+      // reports the FIN of a paused socket, where the native transport has
+      // stopped reading and sees it only once resumed. The end waits for the
+      // resume either way (_processTick delivers it), after any frames still buffered.
+      if ((this.#flags & P_ANY) !== 0) return;
       this.#endAfterFrames();
     } else if (state === S_PENDING) {
       this.close(true);
@@ -2204,24 +2208,31 @@ export class Stream extends Channel {
     };
   }
 
+  /**
+   * node:tls needs a real Duplex: put one over a native socket from now on
+   * (a STARTTLS upgrade, or a client whose startSSL() came while its native
+   * connect was under way). Bytes the addon still holds back follow, raw.
+   */
+  #duplexOverNative(): OwnedSocket {
+    const sock = this.#sock as OwnedSocket;
+    if (!isNative(sock)) return sock;
+    sock.setFraming(0, null, 0, true);
+    sock.off("data", onSocketData as never);
+    sock.off("end", onSocketEnd as never);
+    sock.off("error", onSocketError as never);
+    sock.on("error", ignoreError);
+    const duplex = sock.toDuplex() as OwnedSocket;
+    if (this.#x?.raw == null) this.#extras().raw = sock;
+    duplex[kStream] = this;
+    duplex.on("error", onSocketError);
+    duplex.on("close", onSocketClose);
+    this.#flags &= ~(F_NATIVE | F_NATIVE_FRAMING);
+    this.#sock = duplex;
+    return duplex;
+  }
+
   #upgradeNow(options: SslOptions): void {
-    let sock = this.#sock as OwnedSocket;
-    if (isNative(sock)) {
-      // node:tls needs a real Duplex: put one over the native socket from now
-      // on. Bytes the addon still holds back follow, raw, what is unshifted below.
-      sock.setFraming(0, null, 0, true);
-      sock.off("data", onSocketData as never);
-      sock.off("end", onSocketEnd as never);
-      sock.off("error", onSocketError as never);
-      sock.on("error", ignoreError);
-      const duplex = sock.toDuplex() as OwnedSocket;
-      if (this.#x?.raw == null) this.#extras().raw = sock;
-      duplex[kStream] = this;
-      duplex.on("error", onSocketError);
-      duplex.on("close", onSocketClose);
-      this.#flags &= ~(F_NATIVE | F_NATIVE_FRAMING);
-      this.#sock = sock = duplex;
-    }
+    const sock = this.#duplexOverNative();
     // Bytes already read past the STARTTLS point belong to the TLS layer:
     // hand them back to the socket so the handshake sees them (uvloop#707).
     const rb = this.#rb;

@@ -467,3 +467,52 @@ test("writeHighWaterMark and writeBufferLimit are validated", async () => {
   assert.equal(peer.stream.writeBufferLimit, 64 * 1024 * 1024);
   assert.equal(peer.stream.bufferedAmount, 0);
 });
+
+test("the peer's FIN while reading is paused and nothing is buffered: onEnd waits for resumeReading, or for onWrite above writeHighWaterMark (client stream, every transport)", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const server = net.createServer({ allowHalfOpen: true }, (c) => {
+    c.on("error", () => {});
+    c.once("data", () => c.end()); // FIN at the client's first bytes; keeps reading (and dropping) the rest
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.after(() => server.close());
+  const port = (server.address() as net.AddressInfo).port;
+  for (const how of ["pauseReading", "writeHighWaterMark"] as const) {
+    const events: string[] = [];
+    class Client extends Stream {
+      override onConnect() {
+        if (how === "pauseReading") {
+          this.pauseReading();
+          this.write("go");
+        } else {
+          this.write(Buffer.alloc(8 * 1024 * 1024)); // far above writeHighWaterMark: reading stops until onWrite
+        }
+      }
+      override onWrite() {
+        if (how === "writeHighWaterMark" && !events.includes("write")) events.push("write");
+      }
+      override onEnd() {
+        events.push("end");
+        super.onEnd();
+      }
+      override onClose() {
+        events.push("close");
+      }
+    }
+    const s = new Client({ engine }).connect(["127.0.0.1", port]);
+    await s.ready();
+    if (how === "pauseReading") {
+      await sleep(200); // the FIN is in by now
+      assert.equal(events.join(","), "", "nothing while paused");
+      assert.equal(s.closed, false);
+      events.push("resume");
+      s.resumeReading();
+      await waitFor(() => events.includes("close"), 5000, "the close");
+      assert.deepEqual(events, ["resume", "end", "close"]);
+    } else {
+      await waitFor(() => events.includes("close"), 10_000, "the close");
+      assert.deepEqual(events, ["write", "end", "close"]);
+    }
+  }
+});

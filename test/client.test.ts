@@ -6,6 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
+import tls from "node:tls";
 import { spawn } from "node:child_process";
 import dns from "node:dns";
 import { syncBuiltinESMExports } from "node:module";
@@ -13,6 +14,7 @@ import { join } from "node:path";
 import { ConnectError, Engine, Server, Stream, TimeoutError } from "../src/index.js";
 import type { Address } from "../src/index.js";
 import { captureLogs, freshEngine, hasIPv6, portOf, tempDir, waitFor } from "./helpers.js";
+import { hasOpenssl, makeCerts } from "./certs.js";
 
 async function unusedPort(): Promise<number> {
   const s = net.createServer();
@@ -256,3 +258,144 @@ for (const kind of ["ipv4", "ipv6", "unix"] as const) {
     assert.deepEqual(replies, ["ONE", "TWO"]);
   });
 }
+
+test("startSSL() called while the connect is under way: the connection is TLS from the start (every transport)", { skip: !hasOpenssl() && "the openssl command is not installed", timeout: 30_000 }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const server = tls.createServer({ key: certs.server.keyPem, cert: certs.server.certPem }, (c) => {
+    c.on("error", () => {});
+    c.on("data", (d) => c.end(`echo:${d}`));
+  });
+  server.on("tlsClientError", () => {});
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.after(() => server.close());
+  const port = (server.address() as net.AddressInfo).port;
+  const reads: string[] = [];
+  class Client extends Recording {
+    override onSslHandshake() {
+      this.events.push("sslHandshake");
+    }
+    override onConnect() {
+      super.onConnect();
+      this.readDelimiter = "\n";
+      this.write("hi\n");
+    }
+    override onRead(line: Buffer) {
+      reads.push(line.toString());
+    }
+  }
+  // Synchronously after connect(), and after an await (the connect still under way).
+  for (const when of ["sync", "later"] as const) {
+    reads.length = 0;
+    const s = new Client({ engine }).connect(["127.0.0.1", port]);
+    if (when === "sync") s.startSSL({ ca: certs.ca.certPem });
+    else {
+      await Promise.resolve();
+      assert.equal(s.connecting, true);
+      s.startSSL({ ca: certs.ca.certPem });
+    }
+    const settled = await Promise.race([s.ready().then(() => "resolved", (e: Error) => `rejected: ${e.message}`), new Promise((r) => setTimeout(r, 5000, "pending"))]);
+    assert.equal(settled, "resolved", when);
+    assert.equal(s.sslEnabled, true, when);
+    assert.equal(s.authorized, true, when);
+    await waitFor(() => s.events.includes("close"), 5000, `${when}: the close`);
+    assert.deepEqual(s.events, ["sslHandshake", "connect", "close"], when);
+    assert.deepEqual(reads, ["echo:hi"], when);
+  }
+  // Verification stays on: the wrong host name fails as a typed connect error.
+  const other = tls.createServer({ key: certs.otherHost.keyPem, cert: certs.otherHost.certPem }, (c) => c.on("error", () => {}));
+  other.on("tlsClientError", () => {});
+  await new Promise<void>((resolve) => other.listen(0, "127.0.0.1", resolve));
+  t.after(() => other.close());
+  const bad = new Recording({ engine }).connect(["127.0.0.1", (other.address() as net.AddressInfo).port]);
+  bad.startSSL({ ca: certs.ca.certPem });
+  await assert.rejects(bad.ready(), ConnectError);
+  await waitFor(() => bad.events.includes("close"));
+  assert.deepEqual(bad.events, ["connectError", "close"]);
+  assert.equal(bad.error!.errno, "ERR_TLS_CERT_ALTNAME_INVALID");
+});
+
+test("a host name whose every address refuses: ConnectError ECONNREFUSED with syscall 'connect' (every transport)", async (t) => {
+  const port = await unusedPort();
+  const real = dns.lookup;
+  const fake = ((host: string, options: dns.LookupAllOptions, callback: (err: Error | null, all: dns.LookupAddress[]) => void) => {
+    if (host !== "all-refuse.example") return (real as unknown as (...a: unknown[]) => void)(host, options, callback);
+    const all = [
+      { address: "127.0.0.2", family: 4 },
+      { address: "127.0.0.1", family: 4 },
+    ];
+    process.nextTick(() => (options.all ? callback(null, all) : (callback as unknown as (e: null, a: string, f: number) => void)(null, all[0]!.address, 4)));
+    return undefined;
+  }) as unknown as typeof dns.lookup;
+  dns.lookup = fake;
+  syncBuiltinESMExports();
+  t.after(() => {
+    dns.lookup = real;
+    syncBuiltinESMExports();
+  });
+  const s = await failedConnect(t, ["all-refuse.example", port]);
+  assert.equal(s.error!.errno, "ECONNREFUSED");
+  assert.equal(s.error!.syscall, "connect");
+});
+
+test("a host name whose first address never answers: the next is tried after node:net's attempt timeout, not the kernel's minutes (every transport)", { timeout: 30_000 }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  // 127.0.0.1:port drops SYNs (a live server whose full queue nobody accepts from); 127.0.0.2:port answers.
+  const busy = spawn(process.execPath, ["-e", `require("net").createServer().listen({ port: 0, host: "127.0.0.1", backlog: 1 }, function () {
+    console.log(this.address().port);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 25000);
+  })`], { stdio: ["ignore", "pipe", "inherit"] });
+  t.after(() => busy.kill("SIGKILL"));
+  const port = Number(await new Promise<string>((resolve) => busy.stdout!.once("data", (d: Buffer) => resolve(d.toString().trim()))));
+  const good = net.createServer((c) => c.end("hello\n"));
+  const listening = await new Promise<boolean>((resolve) => {
+    good.once("error", () => resolve(false));
+    good.listen(port, "127.0.0.2", () => resolve(true));
+  });
+  if (!listening) return t.skip("127.0.0.2 is not a loopback address here");
+  t.after(() => good.close());
+  const fillers: net.Socket[] = [];
+  t.after(() => fillers.forEach((c) => c.destroy()));
+  let hanging = false;
+  for (let i = 0; i < 16 && !hanging; i++) {
+    const c = net.connect(port, "127.0.0.1");
+    c.on("error", () => {});
+    fillers.push(c);
+    hanging = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(true), 300);
+      c.once("connect", () => {
+        clearTimeout(timer);
+        resolve(false);
+      });
+    });
+  }
+  assert.ok(hanging, "a connect to the full queue hangs");
+  const real = dns.lookup;
+  const fake = ((host: string, options: dns.LookupAllOptions, callback: (err: Error | null, all: dns.LookupAddress[]) => void) => {
+    if (host !== "blackhole-first.example") return (real as unknown as (...a: unknown[]) => void)(host, options, callback);
+    const all = [
+      { address: "127.0.0.1", family: 4 },
+      { address: "127.0.0.2", family: 4 },
+    ];
+    process.nextTick(() => (options.all ? callback(null, all) : (callback as unknown as (e: null, a: string, f: number) => void)(null, all[0]!.address, 4)));
+    return undefined;
+  }) as unknown as typeof dns.lookup;
+  dns.lookup = fake;
+  syncBuiltinESMExports();
+  t.after(() => {
+    dns.lookup = real;
+    syncBuiltinESMExports();
+  });
+  const start = Date.now();
+  const s = new Recording({ engine }).connect(["blackhole-first.example", port]);
+  const settled = await Promise.race([s.ready().then(() => "resolved", (e: Error) => `rejected: ${e.message}`), new Promise((r) => setTimeout(r, 5000, "pending"))]);
+  assert.equal(settled, "resolved");
+  assert.ok(Date.now() - start < 3000, `connected after ${Date.now() - start} ms`);
+  assert.deepEqual(s.remoteAddress, ["127.0.0.2", port]);
+  assert.deepEqual(s.events, ["connect"]);
+  s.close();
+  await waitFor(() => s.closed);
+});
