@@ -957,9 +957,10 @@ export class Stream extends Channel {
     sock.on("close", onSocketClose);
     if (sock !== accepting.socket) this.engine._channels.add(this);
     else {
-      // Accepted by a server: counted now, as the server counts it.
+      // Accepted by a server: counted now, as the server counts it; and the
+      // server's side of TLS already (a startSSL() in the constructor).
       this.engine.stats.accepted++;
-      this.#flags |= F_COUNTED;
+      this.#flags |= F_COUNTED | F_SERVER_SIDE;
     }
     this.engine.stats.open++;
     this.#state = S_PENDING;

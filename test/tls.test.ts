@@ -792,3 +792,32 @@ test("a pants-ts client talks to openssl s_server", { skip }, async (t) => {
   await waitFor(() => c.closed, 5000, "the reversed line");
   assert.deepEqual(lines, ["desserts"]);
 });
+
+test("STARTTLS from the constructor of a server's stream takes the server's side of the handshake", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Eager extends Stream {
+    constructor(options?: ConstructorParameters<typeof Stream>[0]) {
+      super(options);
+      this.startSSL({ certfile: certs.server.cert, keyfile: certs.server.key }); // connected already: STARTTLS at once
+    }
+    override onSslHandshake() {
+      events.push("handshake");
+    }
+    override onSslHandshakeError(err: Error) {
+      events.push(`handshake error ${err.message}`);
+    }
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      this.write(`${this.sslEnabled ? "tls" : "plain"}:${line}\n`);
+    }
+  }
+  const port = await listenLocal(new Server(Eager, { engine }), t);
+  const c = await connectTls(["127.0.0.1", port], { ca: certs.ca.certPem, rejectUnauthorized: true, servername: "localhost" });
+  t.after(() => c.destroy());
+  c.write("one\n");
+  assert.equal(await c.readText(8), "tls:one\n");
+  assert.deepEqual(events, ["handshake"]);
+});
