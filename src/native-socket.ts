@@ -51,6 +51,20 @@ let addon: NativeAddon | null | undefined;
 
 /** Size of the buffer small writes are joined into ({@link NativeSocket.writeRun}); larger runs go out with writev. */
 const JOIN_SCRATCH_SIZE = 64 * 1024;
+/** The addon takes buffers of at most this many bytes (a uv_buf_t length is 32 bits); larger ones are passed in pieces. */
+const MAX_NATIVE_BUF = 0x7fffffff;
+/** `chunks`, with any buffer larger than MAX_NATIVE_BUF cut into views of at most that size. */
+function splitLarge(chunks: readonly Buffer[]): readonly Buffer[] {
+  let i = 0;
+  while (i < chunks.length && chunks[i]!.length <= MAX_NATIVE_BUF) i++;
+  if (i === chunks.length) return chunks;
+  const out = chunks.slice(0, i);
+  for (; i < chunks.length; i++) {
+    const c = chunks[i]!;
+    for (let at = 0; at < c.length; at += MAX_NATIVE_BUF) out.push(at === 0 && c.length <= MAX_NATIVE_BUF ? c : c.subarray(at, at + MAX_NATIVE_BUF));
+  }
+  return out;
+}
 /** That buffer (the addon copies what it queues of it: it is free again once a write returns). */
 let joinScratch: Buffer | null = null;
 
@@ -488,6 +502,7 @@ export class NativeSocket {
    * ended, not corked) and registers `whenWritten` if the result is not 0.
    */
   writeNow(chunk: Buffer): number {
+    if (chunk.length > MAX_NATIVE_BUF) return this.writevNow([chunk]);
     const left = this.#conn!.write(chunk);
     if (left > 0) this.#queued(left);
     return left;
@@ -514,7 +529,7 @@ export class NativeSocket {
 
   /** @internal Like writeNow() for several buffers, in one system call. */
   writevNow(chunks: readonly Buffer[]): number {
-    const left = this.#conn!.writev(chunks);
+    const left = this.#conn!.writev(splitLarge(chunks));
     if (left > 0) this.#queued(left);
     return left;
   }

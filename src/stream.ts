@@ -740,7 +740,11 @@ export class Stream extends Channel {
     else if (Buffer.isBuffer(data)) buf = data;
     else if (data instanceof Uint8Array) buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     else throw typeError(`write() expects a string or a Uint8Array, got ${describe(data)}.`);
-    if (buf.length === 0) return;
+    if (buf.length === 0) {
+      // Nothing to queue, but write("", true) still sends what is queued, as flush() does.
+      if (flush) this.#flush();
+      return;
+    }
     if (lentBlock !== null && buf.buffer === lentBlock) buf = this.#borrow(buf);
     // The queue exists only while it holds something (see spareQueues).
     let wq = this.#wq;

@@ -11,6 +11,8 @@ import { execFileSync } from "node:child_process";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { createHash, randomBytes } from "node:crypto";
+import net from "node:net";
+import { freemem } from "node:os";
 import { Server, Stream } from "../src/index.js";
 import { captureLogs, connect, freshEngine, listenLocal, tempDir, waitFor, sleep } from "./helpers.js";
 
@@ -391,3 +393,68 @@ test("writePacked with an explicit format or the Struct delimiter", async (t) =>
   assert.throws(() => s.writePacked([1]), RangeError, "no format available");
   s.close();
 });
+
+test("write(empty, true) sends what is queued, as flush() does", async (t) => {
+  const engine = freshEngine(t);
+  const seen: number[] = [];
+  class Flusher extends Stream {
+    override onConnect() {
+      this.write("abc");
+      seen.push(this.bufferedAmount);
+      this.write("", true); // nothing to add: still a flush
+      seen.push(this.bufferedAmount);
+      this.write("def");
+      this.write(new Uint8Array(0), true);
+      seen.push(this.bufferedAmount);
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(Flusher, { engine }), t);
+  const c = await connect(port);
+  assert.equal((await c.readToEnd()).toString(), "abcdef");
+  assert.deepEqual(seen, [3, 0, 0], "the queued bytes were handed to the OS at once");
+  c.destroy();
+});
+
+test(
+  "a single write larger than 2 GiB goes out whole (the native addon takes at most 2 GiB per buffer)",
+  { skip: (freemem() < 8 * 1024 ** 3 || process.arch === "ia32") && "needs 8 GiB of free memory", timeout: 120_000 },
+  async (t) => {
+    const engine = freshEngine(t);
+    const size = 2 ** 31 + 5; // above INT32_MAX
+    let closed = false;
+    class Huge extends Stream {
+      override onConnect() {
+        this.writeBufferLimit = 2 ** 33; // not an overflow: the peer reads
+        const big = Buffer.alloc(size, 0x61);
+        big[size - 1] = 0x7a;
+        this.write("<");
+        this.write(big);
+        this.write(">");
+        this.close();
+      }
+      override onClose() {
+        closed = true;
+      }
+    }
+    const port = await listenLocal(new Server(Huge, { engine }), t);
+    const sock = net.connect(port, "127.0.0.1");
+    t.after(() => sock.destroy());
+    let received = 0;
+    let head = -1;
+    let tail = Buffer.alloc(0);
+    sock.on("data", (d: Buffer) => {
+      if (received === 0) head = d[0]!;
+      received += d.length;
+      tail = Buffer.concat([tail, d.subarray(-2)]).subarray(-2);
+    });
+    await new Promise<void>((resolve, reject) => {
+      sock.on("close", () => resolve());
+      sock.on("error", reject);
+    });
+    assert.equal(received, size + 2);
+    assert.equal(head, 0x3c);
+    assert.equal(tail.toString("latin1"), "z>");
+    await waitFor(() => closed);
+  },
+);
