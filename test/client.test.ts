@@ -39,6 +39,53 @@ class Recording extends Stream {
   }
 }
 
+/** Makes dns.lookup answer `host` with `addresses` (IPv4, in that order) for the test `t`; other names resolve as usual. */
+function fakeResolver(t: Parameters<typeof freshEngine>[0], host: string, addresses: string[]): void {
+  const real = dns.lookup;
+  const fake = ((name: string, options: dns.LookupAllOptions, callback: (err: Error | null, all: dns.LookupAddress[]) => void) => {
+    if (name !== host) return (real as unknown as (...a: unknown[]) => void)(name, options, callback);
+    const all = addresses.map((address) => ({ address, family: 4 }));
+    process.nextTick(() => (options.all ? callback(null, all) : (callback as unknown as (e: null, a: string, f: number) => void)(null, all[0]!.address, 4)));
+    return undefined;
+  }) as unknown as typeof dns.lookup;
+  dns.lookup = fake;
+  syncBuiltinESMExports();
+  t.after(() => {
+    dns.lookup = real;
+    syncBuiltinESMExports();
+  });
+}
+
+/**
+ * A port on 127.0.0.1 whose connects hang: a live server (in a child process,
+ * its loop blocked) whose accept queue is full, so the kernel drops SYNs.
+ */
+async function blackHolePort(t: Parameters<typeof freshEngine>[0]): Promise<number> {
+  const busy = spawn(process.execPath, ["-e", `require("net").createServer().listen({ port: 0, host: "127.0.0.1", backlog: 1 }, function () {
+    console.log(this.address().port);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 25000);
+  })`], { stdio: ["ignore", "pipe", "inherit"] });
+  t.after(() => busy.kill("SIGKILL"));
+  const port = Number(await new Promise<string>((resolve) => busy.stdout!.once("data", (d: Buffer) => resolve(d.toString().trim()))));
+  const fillers: net.Socket[] = [];
+  t.after(() => fillers.forEach((c) => c.destroy()));
+  let hanging = false;
+  for (let i = 0; i < 16 && !hanging; i++) {
+    const c = net.connect(port, "127.0.0.1");
+    c.on("error", () => {});
+    fillers.push(c);
+    hanging = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(true), 300);
+      c.once("connect", () => {
+        clearTimeout(timer);
+        resolve(false);
+      });
+    });
+  }
+  assert.ok(hanging, "a connect to the full queue hangs");
+  return port;
+}
+
 async function failedConnect(t: Parameters<typeof freshEngine>[0], address: Address): Promise<Recording> {
   captureLogs(t);
   const engine = freshEngine(t);
@@ -62,29 +109,7 @@ test("connection refused: onConnectError(ConnectError ECONNREFUSED), then onClos
 test("idleTimeout set before connect() bounds the connect: ConnectError ETIMEDOUT (a TimeoutError), then onClose", { timeout: 30_000 }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
-  // A live server that stops accepting (its loop blocked): once its queue is full, SYNs are dropped.
-  const busy = spawn(process.execPath, ["-e", `require("net").createServer().listen({ port: 0, host: "127.0.0.1", backlog: 1 }, function () {
-    console.log(this.address().port);
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 25000);
-  })`], { stdio: ["ignore", "pipe", "inherit"] });
-  t.after(() => busy.kill("SIGKILL"));
-  const port = Number(await new Promise<string>((resolve) => busy.stdout!.once("data", (d: Buffer) => resolve(d.toString().trim()))));
-  const fillers: net.Socket[] = [];
-  t.after(() => fillers.forEach((c) => c.destroy()));
-  let hanging = false;
-  for (let i = 0; i < 16 && !hanging; i++) {
-    const c = net.connect(port, "127.0.0.1");
-    c.on("error", () => {});
-    fillers.push(c);
-    hanging = await new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => resolve(true), 300);
-      c.once("connect", () => {
-        clearTimeout(timer);
-        resolve(false);
-      });
-    });
-  }
-  assert.ok(hanging, "a connect to the full queue hangs");
+  const port = await blackHolePort(t);
   const s = new Recording({ engine });
   s.idleTimeout = 300;
   const start = Date.now();
@@ -201,22 +226,7 @@ test("a host name with several addresses: each is tried in turn until one connec
   await server.ready();
   t.after(() => server.close());
   // A resolver that answers with an address nobody listens on first.
-  const real = dns.lookup;
-  const fake = ((host: string, options: dns.LookupAllOptions, callback: (err: Error | null, all: dns.LookupAddress[]) => void) => {
-    if (host !== "several.example") return (real as unknown as (...a: unknown[]) => void)(host, options, callback);
-    const all = [
-      { address: "127.0.0.2", family: 4 },
-      { address: "127.0.0.1", family: 4 },
-    ];
-    process.nextTick(() => (options.all ? callback(null, all) : (callback as unknown as (e: null, a: string, f: number) => void)(null, all[0]!.address, 4)));
-    return undefined;
-  }) as unknown as typeof dns.lookup;
-  dns.lookup = fake;
-  syncBuiltinESMExports();
-  t.after(() => {
-    dns.lookup = real;
-    syncBuiltinESMExports();
-  });
+  fakeResolver(t, "several.example", ["127.0.0.2", "127.0.0.1"]);
   const s = new Stream({ engine }).connect(["several.example", portOf(server)]);
   await s.ready();
   assert.deepEqual(s.remoteAddress, ["127.0.0.1", portOf(server)]);
@@ -319,22 +329,7 @@ test("startSSL() called while the connect is under way: the connection is TLS fr
 
 test("a host name whose every address refuses: ConnectError ECONNREFUSED with syscall 'connect' (every transport)", async (t) => {
   const port = await unusedPort();
-  const real = dns.lookup;
-  const fake = ((host: string, options: dns.LookupAllOptions, callback: (err: Error | null, all: dns.LookupAddress[]) => void) => {
-    if (host !== "all-refuse.example") return (real as unknown as (...a: unknown[]) => void)(host, options, callback);
-    const all = [
-      { address: "127.0.0.2", family: 4 },
-      { address: "127.0.0.1", family: 4 },
-    ];
-    process.nextTick(() => (options.all ? callback(null, all) : (callback as unknown as (e: null, a: string, f: number) => void)(null, all[0]!.address, 4)));
-    return undefined;
-  }) as unknown as typeof dns.lookup;
-  dns.lookup = fake;
-  syncBuiltinESMExports();
-  t.after(() => {
-    dns.lookup = real;
-    syncBuiltinESMExports();
-  });
+  fakeResolver(t, "all-refuse.example", ["127.0.0.2", "127.0.0.1"]);
   const s = await failedConnect(t, ["all-refuse.example", port]);
   assert.equal(s.error!.errno, "ECONNREFUSED");
   assert.equal(s.error!.syscall, "connect");
@@ -344,12 +339,7 @@ test("a host name whose first address never answers: the next is tried after nod
   captureLogs(t);
   const engine = freshEngine(t);
   // 127.0.0.1:port drops SYNs (a live server whose full queue nobody accepts from); 127.0.0.2:port answers.
-  const busy = spawn(process.execPath, ["-e", `require("net").createServer().listen({ port: 0, host: "127.0.0.1", backlog: 1 }, function () {
-    console.log(this.address().port);
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 25000);
-  })`], { stdio: ["ignore", "pipe", "inherit"] });
-  t.after(() => busy.kill("SIGKILL"));
-  const port = Number(await new Promise<string>((resolve) => busy.stdout!.once("data", (d: Buffer) => resolve(d.toString().trim()))));
+  const port = await blackHolePort(t);
   const good = net.createServer((c) => c.end("hello\n"));
   const listening = await new Promise<boolean>((resolve) => {
     good.once("error", () => resolve(false));
@@ -357,38 +347,7 @@ test("a host name whose first address never answers: the next is tried after nod
   });
   if (!listening) return t.skip("127.0.0.2 is not a loopback address here");
   t.after(() => good.close());
-  const fillers: net.Socket[] = [];
-  t.after(() => fillers.forEach((c) => c.destroy()));
-  let hanging = false;
-  for (let i = 0; i < 16 && !hanging; i++) {
-    const c = net.connect(port, "127.0.0.1");
-    c.on("error", () => {});
-    fillers.push(c);
-    hanging = await new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => resolve(true), 300);
-      c.once("connect", () => {
-        clearTimeout(timer);
-        resolve(false);
-      });
-    });
-  }
-  assert.ok(hanging, "a connect to the full queue hangs");
-  const real = dns.lookup;
-  const fake = ((host: string, options: dns.LookupAllOptions, callback: (err: Error | null, all: dns.LookupAddress[]) => void) => {
-    if (host !== "blackhole-first.example") return (real as unknown as (...a: unknown[]) => void)(host, options, callback);
-    const all = [
-      { address: "127.0.0.1", family: 4 },
-      { address: "127.0.0.2", family: 4 },
-    ];
-    process.nextTick(() => (options.all ? callback(null, all) : (callback as unknown as (e: null, a: string, f: number) => void)(null, all[0]!.address, 4)));
-    return undefined;
-  }) as unknown as typeof dns.lookup;
-  dns.lookup = fake;
-  syncBuiltinESMExports();
-  t.after(() => {
-    dns.lookup = real;
-    syncBuiltinESMExports();
-  });
+  fakeResolver(t, "blackhole-first.example", ["127.0.0.1", "127.0.0.2"]);
   const start = Date.now();
   const s = new Recording({ engine }).connect(["blackhole-first.example", port]);
   const settled = await Promise.race([s.ready().then(() => "resolved", (e: Error) => `rejected: ${e.message}`), new Promise((r) => setTimeout(r, 5000, "pending"))]);
