@@ -109,7 +109,11 @@ export interface MemoryPeer<S extends Stream> {
   readonly closed: Promise<void>;
   /** True once the stream has sent its FIN. */
   readonly ended: boolean;
-  /** Sends bytes from the peer, optionally split into packets; resolves once they have been handled. */
+  /**
+   * Sends bytes from the peer, optionally split into packets; resolves once they have been handled.
+   * Each packet arrives on a turn of its own, as a socket's reads do (the
+   * microtasks and `process.nextTick` callbacks of one run before the next).
+   */
   send(data: string | Uint8Array, options?: SendOptions): Promise<void>;
   /** Everything the stream wrote since the last `read()`, after its writes of this turn have left. */
   read(): Promise<Buffer>;
@@ -200,6 +204,14 @@ export function memoryPeer<S extends Stream>(
         else if (typeof sizes === "number") size = sizes;
         else size = sizes.length > 0 ? sizes[i++ % sizes.length]! : bytes.length;
         if (remote.destroyed || remote.writableEnded) break;
+        // A packet after the first waits for a turn of its own: a socket
+        // never reads two packets in one turn with no microtasks between
+        // them (an async onRead's readDelimiter change, set after an await,
+        // applies to the next packet, as over TCP).
+        if (offset > 0) {
+          await tick();
+          if (remote.destroyed || remote.writableEnded) break;
+        }
         remote.write(bytes.subarray(offset, offset + size));
         offset += size;
       }

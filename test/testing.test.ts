@@ -34,6 +34,27 @@ test("the example from the docs: send in chunks, read, half-close, closed", asyn
   assert.equal(peer.ended, true, "the stream answered the half-close with its FIN");
 });
 
+test("chunkSize: each packet arrives on its own turn, so a delimiter set after an await applies to the next packet, as over TCP", async () => {
+  class Switch extends Stream {
+    frames: string[] = [];
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override async onRead(data: Buffer) {
+      this.frames.push(data.toString());
+      await null; // only a microtask: over a socket it runs before the next packet is read
+      if (typeof this.readDelimiter === "number") this.readDelimiter = "\n";
+      else if (data.toString() === "N:3") this.readDelimiter = 3;
+    }
+  }
+  const peer = memoryPeer(Switch);
+  await peer.send("N:3\nxyz\n", { chunkSize: 4 });
+  peer.end();
+  await peer.closed;
+  // Over loopback TCP, "N:3\n" then "xyz\n" as two packets: "xyz" is a 3-byte frame, then an empty line.
+  assert.deepEqual(peer.stream.frames, ["N:3", "xyz", ""]);
+});
+
 test("a bad chunkSize is refused before anything is sent", async () => {
   const peer = memoryPeer(Echo);
   await assert.rejects(peer.send("a\nb\n", { chunkSize: 0 }), { name: "RangeError", code: "ERR_OUT_OF_RANGE" });
