@@ -203,6 +203,13 @@ void pn_defer(pn_conn *c, unsigned bits) {
   if (!uv_is_active((uv_handle_t *)&e->idle)) uv_idle_start(&e->idle, idle_cb);
 }
 
+/* Takes `bits` back from what is deferred for c (its list entry goes with the last). */
+void pn_undefer(pn_conn *c, unsigned bits) {
+  if ((c->defer_bits & bits) == 0) return;
+  c->defer_bits &= ~bits;
+  if (c->defer_bits == 0) pn_list_remove(&c->defer_link);
+}
+
 /* ---- handles and teardown ------------------------------------------------ */
 
 void pn_handle_opened(pn_base *b) {

@@ -379,6 +379,8 @@ bool pn_scope_open(pn_env *e, pn_scope *s);
 void pn_scope_close(pn_env *e, pn_scope *s);
 /* Queues deferred work for a connection (runs on the next loop iteration). */
 void pn_defer(pn_conn *c, unsigned bits);
+/* Takes deferred work back (bits pn_defer set and that have not run). */
+void pn_undefer(pn_conn *c, unsigned bits);
 /* Bookkeeping for handles (env->handles). */
 void pn_handle_opened(pn_base *b);
 /* Called at the end of every close callback, after the struct is unlinked:

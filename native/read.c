@@ -792,8 +792,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
    * plain EOF): that error ends the connection, as on node:net, not an EOF
    * (onEnd) before it. */
   if ((c->defer_bits & PN_DEFER_WRITE_ERROR) != 0) {
-    c->defer_bits &= ~(unsigned)PN_DEFER_WRITE_ERROR;
-    if (c->defer_bits == 0) pn_list_remove(&c->defer_link);
+    pn_undefer(c, PN_DEFER_WRITE_ERROR);
     c->eof = nread == UV_EOF;
     pn_conn_emit_error(c, c->defer_write_err, "write");
     return;

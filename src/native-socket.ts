@@ -59,9 +59,9 @@ function splitLarge(chunks: readonly Buffer[]): readonly Buffer[] {
   while (i < chunks.length && chunks[i]!.length <= MAX_NATIVE_BUF) i++;
   if (i === chunks.length) return chunks;
   const out = chunks.slice(0, i);
-  for (; i < chunks.length; i++) {
-    const c = chunks[i]!;
-    for (let at = 0; at < c.length; at += MAX_NATIVE_BUF) out.push(at === 0 && c.length <= MAX_NATIVE_BUF ? c : c.subarray(at, at + MAX_NATIVE_BUF));
+  for (const c of chunks.slice(i)) {
+    if (c.length <= MAX_NATIVE_BUF) out.push(c);
+    else for (let at = 0; at < c.length; at += MAX_NATIVE_BUF) out.push(c.subarray(at, at + MAX_NATIVE_BUF));
   }
   return out;
 }
@@ -645,11 +645,7 @@ export class NativeSocket {
   destroy(err?: Error): this {
     if (this.destroyed) return this;
     this.destroyed = true;
-    const fallback = this.#rare?.fallback ?? null;
-    if (fallback !== null && fallback.timer !== null) {
-      clearTimeout(fallback.timer);
-      fallback.timer = null;
-    }
+    this.#clearAttempt();
     const waiting = this.#waiting;
     this.#waiting = null;
     if (waiting !== null) {
@@ -686,6 +682,15 @@ export class NativeSocket {
     fallback.timer = setTimeout(attemptTimedOut, getDefaultAutoSelectFamilyAttemptTimeout(), this);
   }
 
+  /** Stops the timer of the current attempt of a name's connect, if one runs. */
+  #clearAttempt(): void {
+    const fallback = this.#rare?.fallback ?? null;
+    if (fallback !== null && fallback.timer !== null) {
+      clearTimeout(fallback.timer);
+      fallback.timer = null;
+    }
+  }
+
   /** @internal The current attempt of a name's connect took too long: on to the next address. */
   _attemptTimedOut(): void {
     const fallback = this.#rare?.fallback ?? null;
@@ -698,10 +703,7 @@ export class NativeSocket {
   _connected(code: string | null): void {
     const fallback = this.#rare?.fallback ?? null;
     if (fallback !== null) {
-      if (fallback.timer !== null) {
-        clearTimeout(fallback.timer);
-        fallback.timer = null;
-      }
+      this.#clearAttempt();
       const next = code !== null && !this.destroyed ? fallback.addresses.shift() : undefined;
       if (next !== undefined) {
         // That address failed: the next one, on a new handle (the old one closes unheard).
