@@ -12,6 +12,7 @@ import cluster from "node:cluster";
 import type { Address as ClusterAddress } from "node:cluster";
 import { Server, liveServers } from "./server.js";
 import { Engine } from "./engine.js";
+import { failureText } from "./errors.js";
 import { Stream } from "./stream.js";
 import { formatAddress, hostWithZone } from "./address.js";
 import type { Address } from "./address.js";
@@ -404,14 +405,11 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`pants-ts: ${(workerError ?? e).message} (see pants-ts --help)\n`);
       return 2;
     }
-    // A failure with a code (a system error, a typed pants-ts one) is said in
-    // one line; anything else (a module that threw) with its stack.
     if (workerError !== null) {
-      const why = typeof workerError.code === "string" ? workerError.message : (workerError.stack ?? workerError.message);
-      process.stderr.write(`pants-ts: a worker failed to start: ${why}\n`);
+      process.stderr.write(`pants-ts: a worker failed to start: ${failureText(workerError)}\n`);
       return 1;
     }
-    process.stderr.write(`pants-ts: ${typeof e.code === "string" ? e.message : (e.stack ?? String(err))}\n`);
+    process.stderr.write(`pants-ts: ${failureText(err)}\n`);
     return 1;
   }
 }

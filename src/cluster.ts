@@ -14,7 +14,7 @@ import { addStats, globalEngineRunning, newStats } from "./engine.js";
 import type { Stats } from "./engine.js";
 import { log } from "./log.js";
 import { lingeringClosed } from "./stream.js";
-import { describe, rangeError, typeError } from "./errors.js";
+import { describe, failureText, rangeError, typeError } from "./errors.js";
 
 /** Options of {@link runCluster}. */
 export interface ClusterOptions {
@@ -334,9 +334,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
         if (m.stack !== undefined) err.stack = m.stack;
         failures.set(worker, err);
         if (starting || stopped !== null) return; // the start's rejection says why; a stopping cluster has nothing to add
-        // A failure with a code is said in one line; anything else (the module threw) with its stack.
-        const why = m.code !== undefined ? m.message : (m.stack ?? m.message);
-        log.current.error(`Worker ${worker.process.pid} ${m.started ? "failed" : "failed to start"}: ${why}`);
+        log.current.error(`Worker ${worker.process.pid} ${m.started ? "failed" : "failed to start"}: ${failureText(err)}`);
       }
     });
     return worker;

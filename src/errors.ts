@@ -122,6 +122,16 @@ export function rangeError(message: string, code = "ERR_OUT_OF_RANGE"): RangeErr
 }
 
 /** Describes a value for an error message. */
+/**
+ * How a failure is said in one line of a log or of stderr: one with a string
+ * `code` (a system error, a typed pants-ts one) by its message; anything
+ * else (a module or handler that threw) with its stack.
+ */
+export function failureText(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  return typeof (err as { code?: unknown }).code === "string" ? err.message : (err.stack ?? err.message);
+}
+
 export function describe(value: unknown): string {
   if (value === null) return "null";
   if (value === undefined) return "undefined";
