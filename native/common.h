@@ -477,8 +477,10 @@ napi_value pn_conn_take_pending(napi_env env, napi_callback_info info);
 /* Frames and hands to JS whatever P plus the new bytes hold. */
 void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn);
 /* malloc-tune.c: glibc settings that keep bulk reads from faulting pages in
- * again and again (once per process; see the file). */
+ * again and again (once per process; see the file): at load, and at the
+ * first bulk read. */
 void pn_tune_malloc(void);
+void pn_tune_malloc_bulk(void);
 
 /* Delivers the batched reads now (no-op when there are none, or while
  * already delivering them). */

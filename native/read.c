@@ -126,6 +126,7 @@ static uint8_t *make_read_block(pn_env *e, napi_ref *ref) {
 /* Reads land in env->spare, from spare_used on, when there is a spare: the
  * memory of a Buffer whose bytes from spare_used on no JS has seen. */
 static void make_spare(pn_env *e) {
+  pn_tune_malloc_bulk();
   e->spare = make_read_block(e, &e->spare_ref);
   e->spare_used = 0;
 }
