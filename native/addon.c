@@ -284,6 +284,7 @@ static void env_finalize(napi_env env, void *data, void *hint) {
   if (e->lend_ref != NULL) napi_delete_reference(env, e->lend_ref);
   if (e->btab_ref != NULL) napi_delete_reference(env, e->btab_ref);
   free(e->bt_ent);
+  free(e->bt_keep);
   free(e->batch);
   free(e->read_buf);
   free(e->slots);

@@ -181,6 +181,10 @@ struct pn_env {
   size_t bt_count, bt_ent_cap;
   napi_value bt_slab;
   uint8_t *bt_slab_data;
+  /* The addon's own copy of each entry's old P, at the entry's offset in the
+   * slab (PN_SLAB_SIZE bytes, made at the first need): a handler may detach
+   * the slab, and an entry that leaves the batch needs its old P back. */
+  uint8_t *bt_keep;
   bool bt_sending; /* JS is delivering the batch */
   uv_check_t check;
   bool check_ready;  /* uv_check_init succeeded */

@@ -560,8 +560,9 @@ typedef struct pn_batch_ent {
 static void bt_unbatch(pn_env *e, pn_batch_ent *ent) {
   pn_conn *c = ent->c;
   pn_framing *fr = &c->fr;
-  /* The entry's bytes start with the old P; JS has not seen them. */
-  const uint8_t *old = e->bt_slab_data + e->bt[ent->pos + 3];
+  /* The old P was kept at the entry's offset (bt_add): not read from the
+   * slab, which a handler of an earlier entry may have detached. */
+  const uint8_t *old = e->bt_keep + e->bt[ent->pos + 3];
   pn_framing_keep(fr, NULL, 0, fr->plen); /* emptying P cannot fail */
   if (ent->plen > 0 && !pn_framing_keep(fr, old, ent->plen, 0))
     ent->nomem = true; /* the old P is lost: reported after the call */
@@ -654,6 +655,8 @@ static bool bt_add(pn_conn *c, const uint8_t *nb, size_t nn) {
     e->bt_ent = p;
     e->bt_ent_cap = cap;
   }
+  if (fr->plen > 0 && e->bt_keep == NULL && (e->bt_keep = malloc(PN_SLAB_SIZE)) == NULL)
+    return false;
   napi_value ab;
   size_t off;
   uint8_t *dst = slab_take(e, len, &ab, &off);
@@ -665,6 +668,7 @@ static bool bt_add(pn_conn *c, const uint8_t *nb, size_t nn) {
   }
   put_bytes(dst, fr, nb, nn);
   uint32_t plen = fr->plen;
+  if (plen > 0) memcpy(e->bt_keep + off, fr->pend, plen); /* for bt_unbatch */
   /* What pn_deliver does after its call, done now: P keeps the tail. */
   if (fr->kind == PN_FRAME_RAW) {
     pn_framing_keep(fr, NULL, 0, fr->plen);

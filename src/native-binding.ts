@@ -359,6 +359,10 @@ function adapt(raw: RawNativeAddon): NativeAddon {
         onReadBatch(block, table, count) {
           let pos = BATCH_FIRST;
           for (let k = 0; k < count; k++) {
+            // A handler transferred a chunk's ArrayBuffer (to a worker): the
+            // later entries' bytes went with it. Left undelivered, they leave
+            // the batch, and the addon delivers each alone from its own copy.
+            if (block.byteLength === 0) return;
             table[0] = pos;
             const n = table[pos + 1]!;
             if (n !== STALE) {

@@ -265,3 +265,48 @@ test("a handler that transfers its chunks' memory (as to a worker) loses no late
   assert.ok(moved.length > 0, "no chunk was moved");
   moved.forEach((m, i) => assert.ok(m.every((b) => b === 0x5a), `memory moved away with chunk ${i} changed afterwards (a later read landed in it)`));
 });
+
+test("a handler that transfers a frame's memory costs the other connections nothing: their frames of the same turn arrive whole", async (t) => {
+  const engine = freshEngine(t);
+  const streams: Stream[] = [];
+  const got: string[] = [];
+  let mover: Stream | null = null;
+  let pauseOther = false;
+  class Lines extends Stream {
+    override onConnect(): void {
+      this.readDelimiter = "\n";
+      streams.push(this);
+    }
+    override onRead(line: Buffer): void {
+      got.push(`${streams.indexOf(this)}:${line.toString("latin1")}`);
+      if (this !== mover) return;
+      mover = null;
+      const ab = line.buffer as ArrayBuffer;
+      new Uint8Array(structuredClone(ab, { transfer: [ab] })).fill(0x5a); // "the worker" reuses it
+      if (pauseOther) {
+        const other = streams[1]!;
+        other.pauseReading();
+        setTimeout(() => other.resumeReading(), 20);
+      }
+    }
+  }
+  const port = await listenLocal(new Server(Lines, { engine }), t);
+  const c0 = await connected(net.connect({ host: "127.0.0.1", port }), "connect");
+  t.after(() => c0.destroy());
+  while (streams.length < 1) await sleep(2);
+  const c1 = await connected(net.connect({ host: "127.0.0.1", port }), "connect");
+  t.after(() => c1.destroy());
+  while (streams.length < 2) await sleep(2);
+  for (const pause of [false, true]) {
+    got.length = 0;
+    c1.write("partial-"); // held back by the server, waiting for its "\n"
+    await sleep(30);
+    mover = streams[0]!;
+    pauseOther = pause;
+    c0.write("a\n"); // both read in one turn of the server's loop
+    c1.write("rest\n");
+    for (let waited = 0; got.length < 2 && waited < 2000; waited += 5) await sleep(5);
+    await sleep(30);
+    assert.deepEqual(got, ["0:a", "1:partial-rest"], pause ? "the other stream paused by the handler" : "the other stream reading on");
+  }
+});
