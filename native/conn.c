@@ -171,11 +171,20 @@ out:
   napi_close_handle_scope(e->env, scope);
 }
 
+/* Whether an event may still be reported for `c`: reads batched in this poll
+ * phase reach JS before it (as pn_call would deliver them), and a handler
+ * of theirs may close `c`, after which only onClose is delivered. */
+static bool still_open(pn_conn *c) {
+  if (c->base.closing) return false;
+  pn_flush_reads(c->base.penv);
+  return !c->base.closing;
+}
+
 void pn_conn_emit(pn_conn *c, int which) {
   pn_env *e = c->base.penv;
   napi_handle_scope scope;
   napi_value id;
-  if (c->base.closing) return;
+  if (!still_open(c)) return;
   if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
   if ((id = pn_conn_id(c)) != NULL) pn_call(e, which, 1, &id);
   napi_close_handle_scope(e->env, scope);
@@ -185,7 +194,7 @@ void pn_conn_emit_error(pn_conn *c, int err, const char *syscall) {
   pn_env *e = c->base.penv;
   napi_handle_scope scope;
   napi_value argv[3];
-  if (c->base.closing) return;
+  if (!still_open(c)) return;
   if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
   if ((argv[0] = pn_conn_id(c)) != NULL &&
       napi_create_string_utf8(e->env, syscall, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok) {
@@ -208,6 +217,7 @@ static void connect_cb(uv_connect_t *req, int status) {
   /* Closed while connecting (status is UV_ECANCELED): JS asked for it. */
   if (c->base.closing) return;
   if (status == 0 && !c->base.is_pipe) pn_conn_keep_peer(c); /* as for accepted connections */
+  if (!still_open(c)) return;
   if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
   if ((argv[0] = pn_conn_id(c)) != NULL) {
     argv[1] = pn_err_name(e->env, status);

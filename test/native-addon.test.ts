@@ -1099,6 +1099,48 @@ describe("native addon", { skip }, () => {
     assert.equal(closedCount.get(conn), 1);
   });
 
+  // A small read is batched and reaches JS just before the next event of
+  // the poll phase; when its handler closes the connection that event is
+  // for, the event is not delivered: after close() only onClose.
+  test("closed by a batched read's handler while its connect completes in the same poll phase: only onClose follows", async () => {
+    const upstream = net.createServer(() => {});
+    await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", resolve));
+    const upstreamPort = (upstream.address() as net.AddressInfo).port;
+    let client: NativeConn | null = null;
+    const events: string[] = [];
+    const { port } = listen((conn) => {
+      on(conn, {
+        read() {
+          if (client === null) return;
+          client.close();
+          events.push("close()");
+        },
+      });
+      conn.readStart();
+    });
+    const c = await Client.tcp(port);
+    await sleep(30);
+    try {
+      for (let round = 0; round < 5; round++) {
+        events.length = 0;
+        c.socket.write("x"); // read in the same poll phase as the connect completes
+        let closed = false;
+        const b: NativeConn = on(addon().connectTcp("127.0.0.1", upstreamPort), {
+          connect: (code) => events.push(`connect ${code}`),
+          written: () => events.push("written"),
+          close: () => (closed = true),
+        });
+        client = b;
+        await until(() => closed, "the client's onClose");
+        client = null;
+        assert.deepEqual(events, ["close()"], `round ${round}`);
+      }
+    } finally {
+      c.socket.destroy();
+      upstream.close();
+    }
+  });
+
   test("close() inside onClose/onEnd/onConnect is harmless", async () => {
     let closes = 0;
     const { port } = listen((c) => {
