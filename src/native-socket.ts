@@ -319,7 +319,9 @@ export class NativeSocket {
     const rare = this.#extra();
     if (rare.peer === undefined && this.#conn !== null && !this.destroyed) {
       const p = this.#conn.peerAddress();
-      rare.peer = p !== null && "port" in p ? p : null;
+      // None yet while connecting: asked again once connected, as node:net is.
+      if (p !== null && "port" in p) rare.peer = p;
+      else if (!this.connecting) rare.peer = null;
     }
     return rare.peer ?? undefined;
   }

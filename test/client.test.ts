@@ -358,3 +358,36 @@ test("a host name whose first address never answers: the next is tried after nod
   s.close();
   await waitFor(() => s.closed);
 });
+
+test("remoteAddress asked while a host name's connect hangs is the target, then the peer's once connected (every transport)", { timeout: 30_000 }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  // As above: the first address drops SYNs, the second answers.
+  const port = await blackHolePort(t);
+  const good = net.createServer((c) => c.end("hello\n"));
+  const listening = await new Promise<boolean>((resolve) => {
+    good.once("error", () => resolve(false));
+    good.listen(port, "127.0.0.2", () => resolve(true));
+  });
+  if (!listening) return t.skip("127.0.0.2 is not a loopback address here");
+  t.after(() => good.close());
+  fakeResolver(t, "asked-early.example", ["127.0.0.1", "127.0.0.2"]);
+  let atConnect: unknown = null;
+  class Asking extends Recording {
+    override onConnect() {
+      atConnect = this.remoteAddress;
+      super.onConnect();
+    }
+  }
+  const s = new Asking({ engine }).connect(["asked-early.example", port]);
+  const seen = new Set<string>();
+  const ask = setInterval(() => s.connecting && seen.add(JSON.stringify(s.remoteAddress)), 10); // a log line, say
+  t.after(() => clearInterval(ask));
+  await s.ready();
+  clearInterval(ask);
+  assert.deepEqual([...seen], [JSON.stringify(["asked-early.example", port])], "while connecting: the target");
+  assert.deepEqual(atConnect, ["127.0.0.2", port], "at onConnect: the peer");
+  assert.deepEqual(s.remoteAddress, ["127.0.0.2", port]);
+  s.close();
+  await waitFor(() => s.closed);
+});
