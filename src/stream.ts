@@ -238,7 +238,8 @@ class Extras {
   raw: net.Socket | NativeSocket | null = null;
   remoteOverride: Address | null | undefined = undefined;
   localOverride: Address | null | undefined = undefined;
-  writeHighWaterMark = DEFAULT_HWM;
+  /** Set by the user; else the default of the stream's side (see the getter). */
+  writeHighWaterMark: number | null = null;
   writeBufferLimit = DEFAULT_WRITE_LIMIT;
   idleTimeout = 0;
   idleSince = 0;
@@ -395,7 +396,7 @@ export class Stream extends Channel {
   // -------------------------------------------------------------------------
   // Public state
 
-  /** True from the moment the connection exists until it closes (or starts closing). */
+  /** True from the moment the connection exists until it has closed; still true while `close(true)` drains (see {@link closing}). */
   get connected(): boolean {
     return this.#state === S_PENDING || this.#state === S_OPEN || this.#state === S_CLOSING;
   }
@@ -557,12 +558,21 @@ export class Stream extends Channel {
     return this.#wqBytes + (this.#sock !== null ? this.#sock.writableLength : 0);
   }
 
-  /** Above this many buffered bytes the stream stops reading until `onWrite` (default 1 MiB). */
+  /**
+   * Above this many buffered bytes the stream stops reading until `onWrite`.
+   * Default 1 MiB on a stream a server accepted (or made over a socket you
+   * gave), whose writes answer what it reads; `Infinity` (never) on one that
+   * `connect()`ed, whose writes are its own requests: were it to stop
+   * reading too, a client and a server each waiting for the other to read
+   * would wait forever. `Infinity` turns the pause off on any stream.
+   */
   get writeHighWaterMark(): number {
-    return this.#x?.writeHighWaterMark ?? DEFAULT_HWM;
+    const x = this.#x;
+    if (x === null) return DEFAULT_HWM;
+    return x.writeHighWaterMark ?? (x.connectTarget !== null ? Infinity : DEFAULT_HWM);
   }
   set writeHighWaterMark(value: number) {
-    this.#extras().writeHighWaterMark = checkSize("writeHighWaterMark", value);
+    this.#extras().writeHighWaterMark = value === Infinity ? value : checkSize("writeHighWaterMark", value);
   }
 
   /** Above this many buffered bytes `onOverflowError` is called (default 64 MiB). */
@@ -2062,8 +2072,8 @@ export class Stream extends Channel {
       return;
     }
     const buffered = this.bufferedAmount;
-    if (buffered > this.writeHighWaterMark) {
-      this.#pause(P_BACKPRESSURE);
+    if (buffered > this.writeHighWaterMark) this.#pause(P_BACKPRESSURE);
+    if (buffered > 0) {
       // Most of what waits is in the socket now, not in the queue #afterQueue checks.
       const limit = this.writeBufferLimit;
       if (buffered > limit) this.#writeOverflow(limit);

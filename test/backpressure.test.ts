@@ -466,6 +466,95 @@ test("writeHighWaterMark and writeBufferLimit are validated", async () => {
   assert.equal(peer.stream.writeHighWaterMark, 1024 * 1024);
   assert.equal(peer.stream.writeBufferLimit, 64 * 1024 * 1024);
   assert.equal(peer.stream.bufferedAmount, 0);
+  peer.stream.writeHighWaterMark = Infinity; // never pause
+  assert.equal(peer.stream.writeHighWaterMark, Infinity);
+  assert.throws(() => (peer.stream.writeBufferLimit = Infinity), RangeError); // a bound stays a bound
+});
+
+test("writeHighWaterMark defaults: 1 MiB on a server's stream, Infinity on a stream that connect()ed, what was set on either", async (t) => {
+  const engine = freshEngine(t);
+  const seen: number[] = [];
+  class Side extends Stream {
+    override onConnect() {
+      seen.push(this.writeHighWaterMark);
+    }
+  }
+  const port = await listenLocal(new Server(Side, { engine }), t);
+  const client = new Side({ engine });
+  assert.equal(client.writeHighWaterMark, 1024 * 1024, "before connect()");
+  client.connect(["127.0.0.1", port]);
+  assert.equal(client.writeHighWaterMark, Infinity, "once connecting");
+  await client.ready();
+  await waitFor(() => seen.length === 2, 2000, "both onConnects");
+  assert.deepEqual(seen.sort(), [1024 * 1024, Infinity]);
+  client.writeHighWaterMark = 4096;
+  assert.equal(client.writeHighWaterMark, 4096);
+  const set = new Side({ engine });
+  set.writeHighWaterMark = 65536; // set before connect(): kept
+  set.connect(["127.0.0.1", port]);
+  assert.equal(set.writeHighWaterMark, 65536);
+  client.close(false);
+  set.close(false);
+});
+
+for (const where of ["tcp", "unix"] as const) {
+  test(`a pants-ts client that sends a burst before reading the replies gets every byte back from a pants-ts echo server (${where}): the two never wait for each other`, { timeout: 60_000 }, async (t) => {
+    const engine = freshEngine(t);
+    // Far above what the two ends' writeHighWaterMarks and the kernel's buffers
+    // hold between them: were the client to stop reading while its burst waits,
+    // the server, its echo backed up, would stop reading too, and both would wait.
+    const size = where === "tcp" ? 40 * 1024 * 1024 : 8 * 1024 * 1024;
+    class Echo extends Stream {
+      override onRead(d: Buffer) {
+        this.write(d);
+      }
+    }
+    const server = new Server(Echo, { engine });
+    let address: [string, number] | string;
+    if (where === "tcp") address = ["127.0.0.1", await listenLocal(server, t)];
+    else {
+      address = join(tempDir(t), "echo.sock");
+      server.listen(address);
+      await server.ready();
+      t.after(() => server.close());
+    }
+    let got = 0;
+    class Burst extends Stream {
+      override onConnect() {
+        const block = Buffer.alloc(1024 * 1024, 0x62);
+        for (let sent = 0; sent < size; sent += block.length) this.write(block);
+      }
+      override onRead(d: Buffer) {
+        got += d.length;
+      }
+    }
+    const client = new Burst({ engine }).connect(address);
+    t.after(() => client.close(false));
+    await waitFor(() => got === size, 30_000, `the echo of ${size} bytes (got ${got})`);
+  });
+}
+
+test("writeHighWaterMark = Infinity: a server's stream keeps reading a peer that does not read while the stream's writes wait", { timeout: 30_000 }, async (t) => {
+  const engine = freshEngine(t);
+  let read = 0;
+  class Push extends Stream {
+    override onConnect() {
+      this.writeHighWaterMark = Infinity;
+      this.write(Buffer.alloc(8 * 1024 * 1024, 0x70)); // a push the peer is not reading
+    }
+    override onRead(d: Buffer) {
+      read += d.length;
+    }
+  }
+  const port = await listenLocal(new Server(Push, { engine }), t);
+  const sock = net.connect(port, "127.0.0.1");
+  sock.on("error", () => {});
+  t.after(() => sock.destroy());
+  await new Promise((r) => sock.once("connect", r));
+  sock.pause(); // never reads the push
+  const size = 16 * 1024 * 1024;
+  sock.write(Buffer.alloc(size, 0x71));
+  await waitFor(() => read === size, 20_000, `the server reading all ${size} bytes (read ${read})`);
 });
 
 test("the peer's FIN while reading is paused and nothing is buffered: onEnd waits for resumeReading, or for onWrite above writeHighWaterMark (client stream, every transport)", async (t) => {
@@ -486,6 +575,7 @@ test("the peer's FIN while reading is paused and nothing is buffered: onEnd wait
           this.pauseReading();
           this.write("go");
         } else {
+          this.writeHighWaterMark = 1024 * 1024; // a client's is Infinity unless set
           this.write(Buffer.alloc(8 * 1024 * 1024)); // far above writeHighWaterMark: reading stops until onWrite
         }
       }
