@@ -22,7 +22,7 @@ import { log } from "./log.js";
 import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
-import { parseProxyHeader } from "./proxy-protocol.js";
+import { PROXY_V2_HEADER_LENGTH, parseProxyHeader } from "./proxy-protocol.js";
 import { NativeListener, NativeSocket } from "./native-socket.js";
 import { checkTransport, useNative } from "./transport.js";
 import type { Transport } from "./transport.js";
@@ -157,6 +157,8 @@ export const retiredTotals: Stats = newStats();
 class ProxyWait implements Timed {
   chunks: Buffer[] = [];
   length = 0;
+  /** Bytes the parser needs before it can say more (a v2 header's whole block); fewer are not parsed again. */
+  needed = 0;
   deadline: number;
   constructor(
     readonly server: Server,
@@ -773,6 +775,8 @@ export class Server extends Channel {
   _proxyData(wait: ProxyWait, chunk: Buffer): void {
     wait.chunks.push(chunk);
     wait.length += chunk.length;
+    // Joining and parsing up to 64 KiB again per read was quadratic in a v2 header's block.
+    if (wait.length < wait.needed) return;
     const buf = wait.chunks.length === 1 ? chunk : Buffer.concat(wait.chunks, wait.length);
     wait.chunks = [buf];
     let result: ReturnType<typeof parseProxyHeader>;
@@ -782,7 +786,12 @@ export class Server extends Channel {
       this._proxyFailed(wait, err as Error);
       return;
     }
-    if ("needed" in result) return;
+    if ("needed" in result) {
+      // Only a v2 block is waited for whole: the first 16 bytes are checked as they come, so
+      // a connection that is no PROXY header is still refused at its first wrong byte.
+      if (buf.length >= PROXY_V2_HEADER_LENGTH) wait.needed = result.needed;
+      return;
+    }
     const raw = wait.socket;
     this.#endProxyWait(wait);
     raw.off("data", onProxyData);

@@ -113,6 +113,36 @@ test("a missing, malformed or slow PROXY header closes that connection only, qui
   good.destroy();
 });
 
+test("a PROXY v2 header whose 64 KiB block arrives in small pieces is joined once, not once per read", async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Who, { engine, proxyProtocol: true }), t);
+  const header = encodeProxyV2({ command: "PROXY", source: ["198.51.100.4", 1234], destination: ["10.0.0.1", 443], tlvs: [{ type: 0xe0, value: Buffer.alloc(65535 - 12 - 3, 7) }] });
+  assert.equal(header.length, 16 + 65535);
+  const c = await connect(port);
+  // Count the bytes the server joins while the block dribbles in (the client joins nothing meanwhile).
+  const concat = Buffer.concat;
+  let joined = 0;
+  Buffer.concat = (list: readonly Uint8Array[], total?: number) => {
+    const out = concat(list, total);
+    joined += out.length;
+    return out;
+  };
+  try {
+    for (let off = 0; off < header.length; off += 1024) {
+      c.write(header.subarray(off, off + 1024));
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    c.write("after\n");
+    assert.deepEqual(await firstLine(c), ["198.51.100.4", 1234]);
+  } finally {
+    Buffer.concat = concat;
+  }
+  assert.equal(await c.readText(11), "echo:after\n");
+  // Joined again on every read, the block cost 64 joins of 32 KiB on average.
+  assert.ok(joined < 4 * header.length, `${joined} bytes joined for a ${header.length}-byte header`);
+  c.destroy();
+});
+
 test("PROXY header, then TLS", { skip: !hasOpenssl() && "no openssl" }, async (t) => {
   const engine = freshEngine(t);
   const certs = makeCerts();

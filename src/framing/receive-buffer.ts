@@ -10,6 +10,16 @@ import { Buffer } from "node:buffer";
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * A chunk this small is joined to a small chunk before it rather than kept
+ * on its own: a peer dribbling a frame byte by byte would otherwise cost a
+ * Buffer object (some 200 bytes) per byte, and a walk over every one of them
+ * per arrival. No two neighbours are then both small, so there are at most
+ * about length / (MERGE_BELOW / 2) chunks, and a merge copies under
+ * 2 × MERGE_BELOW bytes.
+ */
+const MERGE_BELOW = 512;
+
 export class ReceiveBuffer {
   /** Live chunks from `#head`; the first is consumed up to `#off`. */
   #chunks: Buffer[] = [];
@@ -34,13 +44,40 @@ export class ReceiveBuffer {
   /** Every buffered byte as latin1, from `#latin1Base` on (bytes consumed since are skipped by offset). */
   #latin1: string | null = null;
   #latin1Base = 0;
+  /**
+   * Where the last search found its start: chunk `#cursor` begins at logical
+   * offset `#cursorBase` (-1: unknown). Searches resume from a later offset
+   * until bytes are consumed, so they start here instead of walking from the
+   * first chunk.
+   */
+  #cursor = -1;
+  #cursorBase = 0;
 
-  /** Appends a chunk (kept by reference). */
+  /** Appends a chunk (kept by reference, unless it is small and joined to a small last chunk). */
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
-    this.#chunks.push(chunk);
     this.length += chunk.length;
     this.#latin1 = null;
+    const chunks = this.#chunks;
+    const last = chunks.length - 1;
+    if (chunk.length < MERGE_BELOW && last >= this.#head) {
+      const first = last === this.#head;
+      const prev = first ? chunks[last]!.subarray(this.#off) : chunks[last]!;
+      if (prev.length < MERGE_BELOW) {
+        // A copy, never a write into `prev`: frames already taken from it stay as they were.
+        // Not from Node's pool: a small slice kept there would pin a whole 8 KiB slab.
+        const merged = Buffer.allocUnsafeSlow(prev.length + chunk.length);
+        prev.copy(merged, 0);
+        chunk.copy(merged, prev.length);
+        chunks[last] = merged;
+        if (first) {
+          this.#off = 0;
+          if (this.#cursor === last) this.#cursorBase = 0;
+        }
+        return;
+      }
+    }
+    chunks.push(chunk);
   }
 
   /** Forgets everything, including the scan state. */
@@ -58,6 +95,7 @@ export class ReceiveBuffer {
     this.#off = 0;
     this.length = 0;
     this.#latin1 = null;
+    this.#cursor = -1;
   }
 
   /** The first chunk and the offset of the first buffered byte in it (only valid while length > 0). */
@@ -90,11 +128,23 @@ export class ReceiveBuffer {
     const n = needle.length;
     if (this.length - from < n) return -1;
     const chunks = this.#chunks;
+    let i = this.#head;
     let base = -this.#off; // logical offset of the current chunk's byte 0
-    for (let i = this.#head; i < chunks.length; i++) {
+    if (this.#cursor >= 0 && this.#cursorBase <= from) {
+      i = this.#cursor;
+      base = this.#cursorBase;
+    }
+    let found = false;
+    for (; i < chunks.length; i++) {
       const chunk = chunks[i]!;
       const end = base + chunk.length;
       if (end > from) {
+        if (!found) {
+          // The next search starts at or after `from`: it can begin here.
+          found = true;
+          this.#cursor = i;
+          this.#cursorBase = base;
+        }
         const start = Math.max(from - base, i === this.#head ? this.#off : 0);
         const idx = n === 1 ? chunk.indexOf(needle[0]!, start) : chunk.indexOf(needle, start);
         if (idx !== -1) return base + idx;
@@ -122,10 +172,15 @@ export class ReceiveBuffer {
   /** The bytes in [start, end) (a view when they lie in one chunk, else a copy), without consuming them. */
   peekRange(start: number, end: number): Buffer {
     const chunks = this.#chunks;
+    let i = this.#head;
     let base = -this.#off;
+    if (this.#cursor >= 0 && this.#cursorBase <= start) {
+      i = this.#cursor;
+      base = this.#cursorBase;
+    }
     let out: Buffer | null = null;
     let written = 0;
-    for (let i = this.#head; i < chunks.length && base < end; i++) {
+    for (; i < chunks.length && base < end; i++) {
       const chunk = chunks[i]!;
       const cEnd = base + chunk.length;
       if (cEnd > start) {
@@ -172,6 +227,7 @@ export class ReceiveBuffer {
       return;
     }
     this.length -= n;
+    this.#cursor = -1;
     if (this.#latin1 !== null) this.#latin1Base += n;
     const chunks = this.#chunks;
     let off = this.#off + n;
@@ -199,6 +255,7 @@ export class ReceiveBuffer {
     this.#chunks = [joined];
     this.#head = 0;
     this.#off = 0;
+    this.#cursor = -1;
     return joined;
   }
 
