@@ -159,6 +159,8 @@ const F_HOLDS_LENT = 1 << 24;
 const F_COUNTED = 1 << 25;
 /** server.shutdown() began before onConnect ran (TLS handshake or the onConnect tick pending): onShutdown follows onConnect. */
 const F_SHUTDOWN_DUE = 1 << 26;
+/** The bytes before a STARTTLS job have drained; their onWrite waits for the handshake (#drained stopped at the job). */
+const F_WRITE_OWED = 1 << 27;
 
 // Reasons reading is paused (flag bits too).
 const P_USER = 1 << 15;
@@ -1162,7 +1164,12 @@ export class Stream extends Channel {
       else if (this.#x?.deadlineKind !== "drain") this.#setDeadline("drain", DRAIN_TIMEOUT_MS);
       return;
     }
-    if (upgrade) this.#scheduleProcess();
+    if (upgrade) {
+      // What was written before startSSL() drained while the upgrade job held
+      // the queue; with nothing written since, no later drain would report it.
+      if ((this.#flags & F_WRITE_OWED) !== 0 && !this.#hasPendingWrites()) this.#drained();
+      this.#scheduleProcess();
+    }
   }
 
   /**
@@ -2171,13 +2178,16 @@ export class Stream extends Channel {
     if (this.#state === S_CLOSED) return;
     if ((this.#wq !== null && this.#wq.length > 0) || (this.#flags & F_FILE_ACTIVE) !== 0) {
       this.#flush();
-      if ((this.#wq !== null && this.#wq.length > 0) || this.#inflight > 0 || (this.#flags & F_FILE_ACTIVE) !== 0) return;
+      if ((this.#wq !== null && this.#wq.length > 0) || this.#inflight > 0 || (this.#flags & F_FILE_ACTIVE) !== 0) {
+        if ((this.#flags & F_TLS_UPGRADING) !== 0) this.#flags |= F_WRITE_OWED;
+        return;
+      }
     }
     if (this.#sock !== null && this.#sock.writableLength > 0) {
       this.#barrier(); // written quietly since: wait for those too
       return;
     }
-    this.#flags &= ~F_WRITE_OVERFLOWED;
+    this.#flags &= ~(F_WRITE_OVERFLOWED | F_WRITE_OWED);
     this.#resume(P_BACKPRESSURE);
     if (this.onWrite !== Stream.prototype.onWrite) this._call0(this.onWrite);
     if (this.#state === S_CLOSING && !this.#hasPendingWrites()) this.#finishClose(true);

@@ -391,3 +391,101 @@ test("remoteAddress asked while a host name's connect hangs is the target, then 
   s.close();
   await waitFor(() => s.closed);
 });
+
+test("a server that speaks first (a banner): the client's onConnect still comes first, and its delimiter frames the banner (Pants B6)", async (t) => {
+  const engine = freshEngine(t);
+  // A raw server whose banner leaves with the SYN-ACK's answer, so the connect
+  // completion and the first bytes reach the client together.
+  const raw = net.createServer((s) => {
+    s.on("error", () => {});
+    s.write("HELLO\r\nWORLD\r\n");
+  });
+  await new Promise<void>((r) => raw.listen(0, "127.0.0.1", r));
+  t.after(() => raw.close());
+  const port = (raw.address() as net.AddressInfo).port;
+  class Client extends Stream {
+    events: string[] = [];
+    override onConnect() {
+      this.events.push(`connect:${this.connected}`);
+      this.readDelimiter = "\r\n";
+    }
+    override onRead(line: Buffer) {
+      this.events.push(`read:${line}`);
+      if (this.events.length === 3) this.close();
+    }
+  }
+  const clients = Array.from({ length: 20 }, () => new Client({ engine }).connect(["127.0.0.1", port]));
+  await waitFor(() => clients.every((c) => c.events.some((e) => e.startsWith("read"))), 5000, "every client to read the banner");
+  await waitFor(() => clients.every((c) => c.closed), 1000).catch(() => {}); // the assertion below says what went wrong
+  for (const c of clients) assert.deepEqual(c.events, ["connect:true", "read:HELLO", "read:WORLD"]);
+  for (const c of clients) c.close();
+});
+
+test("a failed connect never reports inside connect(): refused, unknown host, missing UNIX path (Pants B5, B7)", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const targets: Address[] = [["127.0.0.1", await unusedPort()], ["no-such-host.invalid", 80], join(tempDir(t), "nope.sock")];
+  for (const address of targets) {
+    const s = new Recording({ engine }).connect(address);
+    assert.deepEqual(s.events, [], `nothing inside connect(${JSON.stringify(address)})`);
+    assert.equal(s.closed, false);
+    await assert.rejects(s.ready(), ConnectError);
+    await waitFor(() => s.events.includes("close"));
+    assert.deepEqual(s.events, ["connectError", "close"], JSON.stringify(address));
+  }
+});
+
+/** Pants' GoogleClient (test_simple_client.py, test_ssl.py): HEAD /, close on the answer, stop the engine in onClose. */
+class HeadClient extends Stream {
+  flags = { connect: false, handshake: false, read: false, close: false };
+  override onSslHandshake() {
+    this.flags.handshake = true;
+  }
+  override onConnect() {
+    this.flags.connect = true;
+    this.readDelimiter = "\r\n\r\n";
+    this.write("HEAD / HTTP/1.1\r\n\r\n");
+  }
+  override onRead() {
+    this.flags.read = true;
+    this.close();
+  }
+  override onClose() {
+    this.flags.close = true;
+    this.engine.stop();
+  }
+}
+
+/** A local stand-in for google.com: answers each request head with an empty 200. */
+function headServer(engine: Engine): Server {
+  class Http extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\r\n\r\n";
+    }
+    override onRead() {
+      this.write("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    }
+  }
+  return new Server(Http, { engine });
+}
+
+/** Runs `engine` until it stops, for at most `ms` (Pants joined its engine thread for 5 s). */
+async function runFor(engine: Engine, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const stopped = await Promise.race([engine.start().then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)))]);
+  clearTimeout(timer);
+  return stopped;
+}
+
+test("Pants' simple client: onConnect, onRead, onClose, and engine.stop() in onClose settles start() (test_simple_client)", async (t) => {
+  const serving = new Engine();
+  t.after(() => serving.stop());
+  const server = headServer(serving).listen(["127.0.0.1", 0]);
+  await server.ready();
+  const engine = freshEngine(t);
+  const started = runFor(engine, 5000);
+  const client = new HeadClient({ engine }).connect(["127.0.0.1", portOf(server)]); // after the engine started
+  assert.equal(await started, true, "the engine stopped from onClose");
+  assert.deepEqual(client.flags, { connect: true, handshake: false, read: true, close: true });
+  assert.equal(engine.running, false);
+});

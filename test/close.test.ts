@@ -310,3 +310,46 @@ test("onClose runs once whoever closes: the peer, the stream, or the server", as
   await sleep(20);
   assert.deepEqual(Object.fromEntries(counts), { peer: 1, self: 1, server: 1 });
 });
+
+test("a handler that closes other connections whose bytes arrived with its own: each closes once, none reads after, the server serves on (Pants B11)", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const reads: string[] = [];
+  const late: string[] = [];
+  const closes = new Map<Stream, number>();
+  class Killer extends Stream {
+    override onRead(d: Buffer) {
+      if (this.closed || closes.has(this)) late.push(d.toString());
+      reads.push(d.toString());
+      // The first to read closes every other connection, bytes pending or not.
+      for (const other of this.server!.channels.values()) if (other !== this) other.close(false);
+      this.write(d);
+    }
+    override onClose() {
+      closes.set(this, (closes.get(this) ?? 0) + 1);
+    }
+  }
+  const server = new Server(Killer, { engine });
+  const port = await listenLocal(server, t);
+  for (let round = 0; round < 5; round++) {
+    const clients = await Promise.all(Array.from({ length: 8 }, () => connect(port)));
+    await waitFor(() => server.channels.size === 8, 5000, "eight connections");
+    const before = reads.length;
+    for (const c of clients) c.write("x"); // in one turn: their bytes reach the server together
+    await Promise.all(clients.map((c) => c.until(() => c.ended || c.closed || c.received.length > 0, 5000, "an echo or the close")));
+    await waitFor(() => server.channels.size <= 1, 5000, "the others closed");
+    assert.equal(reads.length - before, 1, "only the first reader's onRead ran");
+    assert.equal(clients.filter((c) => c.received.toString() === "x").length, 1);
+    for (const c of clients) c.destroy();
+    await waitFor(() => server.channels.size === 0, 5000);
+  }
+  assert.deepEqual(late, []);
+  assert.equal(closes.size, 40);
+  assert.ok([...closes.values()].every((n) => n === 1), "onClose exactly once each");
+  assert.deepEqual(logs.filter((l) => l.level === "error" || l.level === "warn"), []);
+  // The server still serves.
+  const c = await connect(port);
+  c.write("still");
+  assert.equal(await c.readText(5), "still");
+  c.destroy();
+});

@@ -182,3 +182,98 @@ test("engine.time() is monotonic milliseconds", async () => {
   const b = engine.time();
   assert.ok(b - a >= 9);
 });
+
+test("defer runs exactly once; a cycle cancelled from outside after two runs runs exactly twice (Pants test_defer, test_cycle_cancel)", async (t) => {
+  const engine = freshEngine(t);
+  let deferred = 0;
+  engine.defer(5, () => deferred++);
+  let cycles = 0;
+  const c = engine.cycle(10, () => {
+    // Cancelled from outside its function, right after its second run.
+    if (++cycles === 2) setImmediate(() => c.cancel());
+  });
+  await waitFor(() => cycles >= 2, 2000, "two cycle runs");
+  await sleep(60);
+  assert.equal(c.active, false);
+  assert.equal(cycles, 2, "no run after cancel()");
+  assert.equal(deferred, 1);
+});
+
+test("defer counts from the call, not from a stale loop time, even after a handler blocked the loop (Pants B10)", async (t) => {
+  const engine = freshEngine(t);
+  let scheduled = 0;
+  let ranAt = -1;
+  engine.callback(() => {
+    const until = performance.now() + 120;
+    while (performance.now() < until); // a long handler, as in a busy server
+    scheduled = engine.time();
+    engine.defer(60, () => (ranAt = engine.time()));
+  });
+  await waitFor(() => ranAt >= 0, 2000, "the deferred call");
+  // Node's timers may fire up to a millisecond early; 120 ms early is the bug.
+  assert.ok(ranAt - scheduled >= 58, `ran ${(ranAt - scheduled).toFixed(1)} ms after defer(60)`);
+});
+
+test("a timer that calls stop() settles start(), and no timer runs after it (Pants test_poll_returns_if_timer_shuts_down_engine)", async () => {
+  const engine = new Engine();
+  const ran: string[] = [];
+  const started = engine.start();
+  engine.callback(() => {
+    ran.push("stopper");
+    engine.stop();
+  });
+  engine.defer(30, () => ran.push("later"));
+  engine.loop(() => ran.push("loop"));
+  await started;
+  assert.equal(engine.running, false);
+  await sleep(60);
+  assert.ok(ran.includes("stopper"));
+  assert.ok(!ran.includes("later"), `ran: ${ran.join(",")}`);
+  const loops = ran.filter((r) => r === "loop").length;
+  await sleep(20);
+  assert.equal(ran.filter((r) => r === "loop").length, loops, "the loop was cancelled by stop()");
+});
+
+test("stop() on an engine that never started still cancels its timers and closes its channels (Pants B10)", async (t) => {
+  const engine = new Engine();
+  t.after(() => engine.stop());
+  let fired = false;
+  engine.defer(20, () => (fired = true));
+  const closes: string[] = [];
+  class C extends Stream {
+    override onClose() {
+      closes.push("stream");
+    }
+  }
+  const server = new Server(C, { engine });
+  const port = await listenLocal(server);
+  const client = await connect(port);
+  await waitFor(() => server.channels.size === 1);
+  assert.equal(engine.running, false);
+  engine.stop();
+  assert.equal(server.closed, true);
+  assert.deepEqual(closes, ["stream"]);
+  assert.equal(engine.channels.size, 0);
+  await sleep(50);
+  assert.equal(fired, false);
+  await client.readToEnd();
+});
+
+test("engine.channels holds servers, accepted streams and clients; each leaves it when it closes", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Stream, { engine });
+  const port = await listenLocal(server, t);
+  const client = new Stream({ engine }).connect(["127.0.0.1", port]);
+  assert.ok(engine.channels.has(client), "a client is registered at connect()");
+  await client.ready();
+  await waitFor(() => server.channels.size === 1);
+  const accepted = [...server.channels.values()][0]!;
+  assert.ok(engine.channels.has(server) && engine.channels.has(accepted));
+  assert.equal(engine.channels.size, 3);
+  client.close();
+  assert.equal(engine.channels.has(client), false, "a closed client leaves at once");
+  await waitFor(() => accepted.closed);
+  assert.equal(engine.channels.has(accepted), false);
+  server.close();
+  assert.equal(engine.channels.size, 0);
+});

@@ -5,6 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import dgram from "node:dgram";
 import { join } from "node:path";
 import { ChannelStateError, Server, Stream } from "../src/index.js";
 import { connect, freshEngine, listenLocal, tempDir, waitFor, sleep } from "./helpers.js";
@@ -180,4 +181,38 @@ test("writes made while closing (close(true) pending) throw; onRead stops", asyn
   assert.equal(got.length, 8 << 20, "everything written before close(true) arrives");
   assert.ok(threw instanceof ChannelStateError);
   assert.equal(afterClose, 0, "no onRead after close(true)");
+});
+
+test("a socket option that is not a stream socket is refused with TypeError (Pants test_stream_constructor_with_invalid_socket)", async (t) => {
+  const engine = freshEngine(t);
+  const udp = dgram.createSocket("udp4");
+  t.after(() => udp.close());
+  for (const bad of [udp, {}, 42, "socket"]) {
+    assert.throws(() => new Stream({ engine, socket: bad as never }), (err: Error) => err instanceof TypeError && /socket option/.test(err.message), String(bad));
+  }
+  assert.equal(engine.channels.size, 0, "a refused socket leaves nothing registered");
+});
+
+test("a stream that never connected: no fileno; close() still calls onClose once, and it cannot connect after (Pants on_close for every close)", async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class C extends Stream {
+    override onClose() {
+      events.push(`close:${this.connected}`);
+      this.close(); // a no-op
+    }
+  }
+  const s = new C({ engine });
+  assert.equal(s.fileno, null);
+  assert.equal(s.connected, false);
+  assert.equal(s.closed, false);
+  s.close();
+  assert.equal(s.closed, true);
+  await sleep(20);
+  assert.deepEqual(events, ["close:false"]);
+  assert.throws(() => s.connect(["127.0.0.1", 1]), /connect\(\) called on closed/);
+  assert.throws(() => s.write("x"), ChannelStateError);
+  s.close(); // twice is a no-op
+  await sleep(10);
+  assert.equal(events.length, 1);
 });

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { execFileSync, spawn } from "node:child_process";
 import tls from "node:tls";
-import { writeFileSync } from "node:fs";
+import { copyFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ChannelStateError, ConnectError, Server, Stream } from "../src/index.js";
 import type { SslOptions } from "../src/index.js";
@@ -536,6 +536,62 @@ test("STARTTLS: both sides upgrade; bytes before are plaintext, after encrypted,
   assert.equal(connects, 1, "onConnect is not repeated");
 });
 
+test("STARTTLS: bytes written just before startSSL() get their onWrite once the handshake is done (either side)", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  for (const who of ["server", "client"] as const) {
+    const events: string[] = [];
+    class Starttls extends Stream {
+      override onConnect() {
+        this.readDelimiter = "\n";
+      }
+      override onRead(line: Buffer) {
+        if (line.toString() !== "STARTTLS") return;
+        if (who === "server") this.write("OK\n"); // plaintext, then the upgrade
+        this.startSSL({ certfile: certs.server.cert, keyfile: certs.server.key });
+      }
+      override onSslHandshake() {
+        events.push("s:handshake");
+      }
+      override onWrite() {
+        events.push("s:write");
+      }
+    }
+    const server = new Server(Starttls, { engine });
+    const port = await listenLocal(server);
+    class Client extends Stream {
+      override onConnect() {
+        this.readDelimiter = "\n";
+        this.write("STARTTLS\n");
+        // The client that speaks last upgrades at once, its ClientHello behind the command.
+        if (who === "client") this.startSSL({ ca_certs: certs.ca.cert, servername: "localhost" });
+      }
+      override onRead(line: Buffer) {
+        if (line.toString() === "OK") this.startSSL({ ca_certs: certs.ca.cert, servername: "localhost" });
+      }
+      override onSslHandshake() {
+        events.push("c:handshake");
+      }
+      override onWrite() {
+        events.push("c:write");
+      }
+    }
+    const c = new Client({ engine }).connect(["127.0.0.1", port]);
+    await waitFor(() => events.includes("s:handshake") && events.includes("c:handshake"), 5000, "both handshakes");
+    await sleep(50);
+    const side = (p: string) => events.filter((e) => e.startsWith(p));
+    // Nothing was written after startSSL(): one onWrite for what was written before it.
+    if (who === "server") {
+      assert.deepEqual(side("s:"), ["s:handshake", "s:write"], "the server's OK");
+      assert.deepEqual(side("c:"), ["c:write", "c:handshake"]);
+    } else {
+      assert.deepEqual(side("s:"), ["s:handshake"]);
+      assert.deepEqual(side("c:"), ["c:handshake", "c:write"], "the client's STARTTLS");
+    }
+    c.close();
+    server.close();
+  }
+});
+
 test("STARTTLS: a ClientHello pipelined right behind the command is not read as plaintext (uvloop#707)", { skip }, async (t) => {
   const engine = freshEngine(t);
   class Starttls extends Stream {
@@ -820,4 +876,188 @@ test("STARTTLS from the constructor of a server's stream takes the server's side
   c.write("one\n");
   assert.equal(await c.readText(8), "tls:one\n");
   assert.deepEqual(events, ["handshake"]);
+});
+
+test("onWrite never comes before the TLS handshake and onConnect, on either side (Pants B19)", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class ServerSide extends Stream {
+    override onSslHandshake() {
+      events.push("s:handshake");
+    }
+    override onConnect() {
+      events.push("s:connect");
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      this.write(`${line}\n`);
+    }
+    override onWrite() {
+      events.push("s:write");
+    }
+  }
+  class ClientSide extends Stream {
+    override onSslHandshake() {
+      events.push("c:handshake");
+    }
+    override onConnect() {
+      events.push("c:connect");
+      this.readDelimiter = "\n";
+      this.write("hi\n");
+    }
+    override onWrite() {
+      events.push("c:write");
+    }
+    override onRead(line: Buffer) {
+      events.push(`c:read:${line}`);
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(ServerSide, { engine, sslOptions: serverOptions() }), t);
+  const client = new ClientSide({ engine, sslOptions: { ca_certs: certs.ca.cert } }).connect(["localhost", port]);
+  await waitFor(() => client.closed && events.includes("s:write"), 5000, "the echo");
+  assert.deepEqual(events.filter((e) => e.startsWith("s:")), ["s:handshake", "s:connect", "s:write"]);
+  const mine = events.filter((e) => e.startsWith("c:"));
+  assert.deepEqual(mine.slice(0, 2), ["c:handshake", "c:connect"], mine.join(","));
+  assert.deepEqual(mine.slice(2).sort(), ["c:read:hi", "c:write"]);
+});
+
+test("a TLS client closed before it connects, or while its handshake waits, closes at once: onClose only (Pants B20)", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  class C extends Stream {
+    events: string[] = [];
+    override onConnect() {
+      this.events.push("connect");
+    }
+    override onClose() {
+      this.events.push("close");
+    }
+  }
+  const never = new C({ engine, sslOptions: { ca_certs: certs.ca.cert } });
+  never.close();
+  assert.equal(never.closed, true);
+  await sleep(20);
+  assert.deepEqual(never.events, ["close"]);
+  // A server that accepts and never answers the ClientHello.
+  const silent = net.createServer((s) => s.on("error", () => {}));
+  await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+  t.after(() => silent.close());
+  for (const flush of [true, false]) {
+    const mid = new C({ engine, sslOptions: { ca_certs: certs.ca.cert } }).connect(["127.0.0.1", (silent.address() as net.AddressInfo).port]);
+    const ready = mid.ready();
+    await waitFor(() => mid.connected, 2000, "the TCP connection (the handshake then waits)");
+    mid.close(flush);
+    await waitFor(() => mid.closed, 1000, `close(${flush}) during the handshake`);
+    await assert.rejects(ready, ChannelStateError);
+    await sleep(20);
+    assert.deepEqual(mid.events, ["close"]);
+  }
+});
+
+test("a server's certificate and key are read once, at startSSL: later handshakes need no file (Pants B17)", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const cert = join(dir, "cert.pem");
+  const key = join(dir, "key.pem");
+  copyFileSync(certs.server.cert, cert);
+  copyFileSync(certs.server.key, key);
+  const port = await listenLocal(new Server(Echo, { engine, sslOptions: { certfile: cert, keyfile: key } }), t);
+  rmSync(cert);
+  rmSync(key);
+  for (let i = 0; i < 2; i++) {
+    const c = await connectTls(["127.0.0.1", port], { ca: certs.ca.certPem, rejectUnauthorized: true, servername: "localhost" });
+    c.write(`n${i}\n`);
+    assert.equal(await c.readText(3), `n${i}\n`);
+    c.destroy();
+  }
+});
+
+test("Pants' SSL client: connected before the engine starts; onSslHandshake, onConnect, onRead, onClose stops the engine (test_ssl_client)", { skip }, async (t) => {
+  class Http extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\r\n\r\n";
+    }
+    override onRead() {
+      this.write("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    }
+  }
+  const serving = freshEngine(t);
+  const port = await listenLocal(new Server(Http, { engine: serving, sslOptions: serverOptions() }), t);
+  const order: string[] = [];
+  class HeadClient extends Stream {
+    override onSslHandshake() {
+      order.push("handshake");
+    }
+    override onConnect() {
+      order.push("connect");
+      this.readDelimiter = "\r\n\r\n";
+      this.write("HEAD / HTTP/1.1\r\n\r\n");
+    }
+    override onRead() {
+      order.push("read");
+      this.close();
+    }
+    override onClose() {
+      order.push("close");
+      this.engine.stop();
+    }
+  }
+  const engine = freshEngine(t);
+  new HeadClient({ engine, sslOptions: { ca_certs: certs.ca.cert } }).connect(["localhost", port]); // before start(), as Pants' setUp
+  let timer: NodeJS.Timeout | undefined;
+  const stopped = await Promise.race([engine.start().then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), 5000)))]);
+  clearTimeout(timer);
+  assert.equal(stopped, true, `the engine stopped from onClose; events ${order.join(",")}`);
+  assert.deepEqual(order, ["handshake", "connect", "read", "close"]);
+});
+
+test("a pants-ts client sends SNI for a host name, none for an IP literal (Pants B18: no SNI)", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const seen: Array<string | null> = [];
+  class Sni extends Stream {
+    override onConnect() {
+      seen.push(this.servername);
+    }
+  }
+  const port = await listenLocal(new Server(Sni, { engine, sslOptions: serverOptions() }), t);
+  const named = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert } }).connect(["localhost", port]);
+  await named.ready();
+  await waitFor(() => seen.length === 1, 5000, "the server's onConnect");
+  named.close();
+  const literal = new Stream({ engine, sslOptions: { cert_reqs: "CERT_NONE" } }).connect(["127.0.0.1", port]);
+  await literal.ready();
+  await waitFor(() => seen.length === 2, 5000, "the server's onConnect");
+  literal.close();
+  assert.deepEqual(seen, ["localhost", null]);
+});
+
+test("a TLS peer that leaves with a bare FIN (no close_notify) ends the stream quietly: onEnd, then onClose, no error (Pants B18)", { skip }, async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class C extends Echo {
+    override onEnd() {
+      events.push("end");
+      super.onEnd();
+    }
+    override onReadError(err: Error) {
+      events.push(`readError:${(err as NodeJS.ErrnoException).code}`);
+      super.onReadError(err);
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  const port = await listenLocal(new Server(C, { engine, sslOptions: serverOptions() }), t);
+  const raw = await connect(port);
+  const c = tls.connect({ socket: raw.socket, rejectUnauthorized: false });
+  c.on("error", () => {});
+  await new Promise((r) => c.once("secureConnect", r));
+  c.write("hi\n");
+  await new Promise((r) => c.once("data", r));
+  raw.socket.end(); // a FIN under the TLS session, which never sent close_notify
+  await waitFor(() => events.includes("close"), 5000, "the stream to close");
+  assert.deepEqual(events, ["end", "close"]);
+  assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error"), []);
+  c.destroy();
 });

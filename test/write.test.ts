@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { createHash, randomBytes } from "node:crypto";
 import net from "node:net";
 import { freemem } from "node:os";
-import { Server, Stream } from "../src/index.js";
+import { NetStruct, Server, Stream, Struct } from "../src/index.js";
 import { captureLogs, connect, freshEngine, listenLocal, tempDir, waitFor, sleep } from "./helpers.js";
 
 /** A Duplex that records every write call the stream makes. */
@@ -458,3 +458,24 @@ test(
     await waitFor(() => closed);
   },
 );
+
+test("writePacked with no format packs with the Struct or NetStruct readDelimiter (real sockets)", async (t) => {
+  const engine = freshEngine(t);
+  class Swap extends Stream {
+    override onConnect() {
+      this.readDelimiter = new Struct("!2H");
+    }
+    override onRead(a: number, b: number) {
+      this.writePacked([b, a]); // the delimiter's format
+      this.readDelimiter = new NetStruct("ih$5b");
+      this.writePacked([1298, "default", 0, 0, 1, 0, 8]); // the new delimiter's
+    }
+  }
+  const port = await listenLocal(new Server(Swap, { engine }), t);
+  const c = await connect(port);
+  c.write(new Struct("!2H").pack(42, 81));
+  assert.deepEqual(await c.read(4), new Struct("!2H").pack(81, 42));
+  const record = Buffer.from("00000512" + "0007" + Buffer.from("default").toString("hex") + "0000010008", "hex");
+  assert.deepEqual(await c.read(record.length), record);
+  c.destroy();
+});
