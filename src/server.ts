@@ -833,6 +833,8 @@ export class Server extends Channel {
     const address = custom ? peerOf(raw, proxiedRemote) : (null as unknown as Address);
     // An onAccept override is promised a Duplex: give it one over a native socket.
     let socket: Duplex = raw instanceof NativeSocket ? (custom ? raw.toDuplex() : (raw as unknown as Duplex)) : raw;
+    // A stream made over that Duplex (super.onAccept) reads its addresses and fileno from the socket under it, as on node:net.
+    if (socket !== (raw as unknown as Duplex)) (socket as Duplex & { [kRawSocket]?: NativeSocket })[kRawSocket] = raw as NativeSocket;
     const tlsConfig = this.#tls;
     if (tlsConfig !== null) {
       try {

@@ -273,7 +273,11 @@ const frameOut: FrameOut = { value: undefined, args: null, error: null };
 // Module-level socket listeners: `this` is the socket.
 
 function onSocketData(this: OwnedSocket, chunk: Buffer): void {
-  this[kStream]?._onData(chunk);
+  const stream = this[kStream];
+  if (stream === undefined) return;
+  // A user's Duplex may read strings (setEncoding, objectMode) or objects.
+  if (Buffer.isBuffer(chunk)) stream._onData(chunk);
+  else stream._onForeignChunk(chunk, this.readableEncoding);
 }
 function onSocketEnd(this: OwnedSocket): void {
   this[kStream]?._onEnd();
@@ -968,7 +972,9 @@ export class Stream extends Channel {
       sock.setOwner(this);
       if ((this.#flags & F_LEND) !== 0) sock.setLendReads(true);
     }
-    if (sock !== accepting.socket) this.#keepAddresses(); // (a server's stream: once it knows its server)
+    // (A server's stream: once it knows its server. A socket still connecting
+    // has no addresses yet: _onTcpConnect reads them.)
+    if (sock !== accepting.socket && (sock as net.Socket).connecting !== true) this.#keepAddresses();
     sock.on("error", onSocketError);
     sock.on("close", onSocketClose);
     if (sock !== accepting.socket) this.engine._channels.add(this);
@@ -1065,7 +1071,7 @@ export class Stream extends Channel {
       } else if (typeof path === "string") {
         x.remote = "";
         x.local = path;
-      } else if (!raw.destroyed) {
+      } else if (!raw.destroyed && this.#state !== S_CONNECTING) {
         x.remote = ""; // a connected UNIX socket handed to a Stream
         x.local = "";
       }
@@ -1385,6 +1391,22 @@ export class Stream extends Channel {
     this.#flags &= ~F_IN_DISPATCH;
     if ((this.#flags & (F_NATIVE | F_NATIVE_FRAMING | F_JS_FRAMING)) === F_NATIVE && this.#state === S_OPEN) this.#syncNativeFraming();
     if (this.#wq !== null && this.#wq.length > 0) this.#flush();
+  }
+
+  /**
+   * @internal A chunk that is not a Buffer, from a user's Duplex: a string
+   * (setEncoding, objectMode) goes back to the bytes it was decoded from, a
+   * Uint8Array is viewed as a Buffer; anything else is no byte stream, and
+   * onReadError gets a TypeError.
+   */
+  _onForeignChunk(chunk: unknown, encoding: BufferEncoding | null): void {
+    if (typeof chunk === "string") this._onData(Buffer.from(chunk, encoding ?? "utf8"));
+    else if (chunk instanceof Uint8Array) this._onData(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+    else if (this.#state === S_OPEN) {
+      const err = typeError(`${String(this)} read ${describe(chunk)} from its socket: a Stream reads bytes (Buffers or strings), not objects.`);
+      this._countError("read", err);
+      this._call1(this.onReadError, err);
+    }
   }
 
   /** Nothing buffered, paused, decoded or upgrading: frames may be cut straight from a chunk. */

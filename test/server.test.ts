@@ -474,6 +474,32 @@ test("a bind failure has the same shape on both transports (node:net's): syscall
   }
 });
 
+test("an onAccept override that calls super.onAccept: the stream knows its addresses and fileno, as with the default onAccept", async (t) => {
+  const engine = freshEngine(t);
+  let seen: unknown[] = [];
+  class Line extends Stream {
+    override onConnect() {
+      seen = [this.remoteAddress, this.localAddress, this.fileno !== null];
+      this.close();
+    }
+  }
+  let given: Address | null = null;
+  // The guide's AuditedServer: log, then the default stream.
+  class AuditedServer extends Server {
+    override onAccept(socket: Duplex, address: Address): void {
+      given = address;
+      super.onAccept(socket, address);
+    }
+  }
+  const port = await listenLocal(new AuditedServer(Line, { engine }), t);
+  const c = await connect(port);
+  t.after(() => c.destroy());
+  await c.readToEnd();
+  const client = ["127.0.0.1", c.socket.localPort];
+  assert.deepEqual(given, client);
+  assert.deepEqual(seen, [client, ["127.0.0.1", port], true]);
+});
+
 test("an async onAccept whose peer reset while it awaited: the stream it makes closes at once (onClose, no onConnect) and frees its maxConnections slot", async (t) => {
   const engine = freshEngine(t);
   const events: string[] = [];

@@ -90,6 +90,44 @@ test("write() rejects anything but strings and bytes with TypeError", async (t) 
   s.close();
 });
 
+test("a socket option Duplex that reads strings or objects: strings are its bytes again, an object is onReadError's TypeError, never a crash", async (t) => {
+  const engine = freshEngine(t);
+  class Lines extends Stream {
+    frames: unknown[] = [];
+    errors: Array<string | undefined> = [];
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      this.frames.push(line);
+    }
+    override onReadError(err: Error) {
+      this.errors.push((err as Error & { code?: string }).code);
+      super.onReadError(err);
+    }
+  }
+  // setEncoding() on the user's socket: its 'data' events are strings.
+  const decoded = new SpySocket();
+  decoded.setEncoding("utf8");
+  const a = new Lines({ engine, socket: decoded });
+  // A message Duplex in objectMode: strings and Uint8Arrays, then an object.
+  const messages = new SpySocket({ objectMode: true });
+  const b = new Lines({ engine, socket: messages });
+  await Promise.all([a.ready(), b.ready()]);
+  decoded.push(Buffer.from("h\u00e9\nwo", "utf8"));
+  decoded.push(Buffer.from("rld\n"));
+  messages.push("one\ntw");
+  messages.push(new Uint8Array([0x6f, 0x0a]));
+  await waitFor(() => a.frames.length === 2 && b.frames.length === 2);
+  assert.deepEqual(a.frames, [Buffer.from("h\u00e9", "utf8"), Buffer.from("world")]);
+  assert.deepEqual(b.frames, [Buffer.from("one"), Buffer.from("two")]);
+  messages.push({ not: "bytes" });
+  await waitFor(() => b.closed);
+  assert.deepEqual(b.errors, ["ERR_INVALID_ARG_TYPE"]);
+  assert.deepEqual(a.errors, []);
+  a.close();
+});
+
 test("onWrite fires once the outgoing buffer has drained to a slow reader", async (t) => {
   const engine = freshEngine(t);
   let wrote = 0;
@@ -478,4 +516,22 @@ test("writePacked with no format packs with the Struct or NetStruct readDelimite
   const record = Buffer.from("00000512" + "0007" + Buffer.from("default").toString("hex") + "0000010008", "hex");
   assert.deepEqual(await c.read(record.length), record);
   c.destroy();
+});
+
+test("a net.Socket still connecting as the socket option: its addresses once connected, with onClose overridden too", async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Stream, { engine }), t);
+  // Overriding onClose makes the stream read the addresses early, while they may still go (a reset).
+  class Watched extends Stream {
+    override onClose() {}
+  }
+  const sock = net.connect(port, "127.0.0.1");
+  t.after(() => sock.destroy());
+  const s = new Watched({ engine, socket: sock });
+  assert.equal(s.connecting, true);
+  assert.equal(s.remoteAddress, null, "no peer yet: not a UNIX socket's unnamed peer");
+  await s.ready();
+  assert.deepEqual(s.remoteAddress, ["127.0.0.1", port]);
+  assert.deepEqual(s.localAddress, ["127.0.0.1", sock.localPort]);
+  s.close();
 });
