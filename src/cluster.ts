@@ -381,7 +381,8 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       unheard.delete(worker);
       const last = perWorker.get(worker.id);
       if (last !== undefined) {
-        addStats(retired, { ...last, open: 0 });
+        // The connections it had open died with it (a crash): they count as closed.
+        addStats(retired, { ...last, closed: last.closed + last.open, open: 0 });
         perWorker.delete(worker.id);
       }
       if (expected.delete(worker)) return;

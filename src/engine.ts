@@ -16,23 +16,28 @@ export interface Timer {
   readonly active: boolean;
 }
 
-/** Counters of an engine or a server. */
+/**
+ * Counters of an engine or a server. A server's count its own connections;
+ * an engine's count every stream of that engine, client streams included,
+ * and what its servers refused. Bytes are the application's: over TLS the
+ * plaintext (not records or handshakes), and never a PROXY header.
+ */
 export interface Stats {
-  /** Connections open now. */
+  /** Connections open now (an engine's: client streams from `connect()` on, before they are established). */
   open: number;
-  /** Connections accepted (servers) or established (clients) so far. */
+  /** Connections accepted (servers: at accept, before a TLS handshake) or established (clients) so far. */
   accepted: number;
-  /** Connections refused at accept (`maxConnections`, bad PROXY header, TLS wrap failure). */
+  /** Connections refused at accept (`maxConnections`, a bad, missing or late PROXY header, TLS wrap failure). */
   rejected: number;
   /** Connections closed so far, of those counted in `accepted` (a failed client connect is in neither). */
   closed: number;
-  /** Bytes received (native transport: the start of a frame the addon holds counts once the frame completes). */
+  /** Bytes received, once each (native transport: the start of a frame the addon holds counts once the frame completes, or the connection ends). */
   bytesIn: number;
   /** Bytes written and handed to the socket (some may still wait in its queue, or be lost to a reset). */
   bytesOut: number;
-  /** Errors of every kind (handler exceptions, socket errors, overflows, timeouts). */
+  /** Errors of every kind (handler exceptions, socket errors, overflows, timeouts), each counted once. */
   errors: number;
-  /** Errors by kind: `handler`, `read`, `write`, `connect`, `overflow`, `timeout`, `tls`, `accept`, `proxy`. */
+  /** Errors by kind: `handler`, `read`, `write`, `connect`, `overflow`, `timeout` (idle), `tls` (a handshake that failed or timed out), `accept`, `proxy` (a header refused), `listen`. */
   errorsByKind: Record<string, number>;
 }
 

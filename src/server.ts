@@ -428,7 +428,6 @@ export class Server extends Channel {
   close(): void {
     if (this.#state === ST_CLOSED) return;
     this.#state = ST_CLOSED;
-    if (liveServers.delete(this)) addStats(retiredTotals, { ...this.stats, open: 0 });
     this.#stopAccepting();
     this.engine._channels.delete(this);
     const reject = this.#readyReject;
@@ -437,7 +436,17 @@ export class Server extends Channel {
     if (reject !== null) reject(this.#bindError ?? new ChannelStateError(`${String(this)} closed before it was listening.`));
     this._callOnClose();
     if (diagnostics.serverClose.hasSubscribers) diagnostics.serverClose.publish({ server: this });
+    this.#retire();
     this.#checkShutdownDone();
+  }
+
+  /**
+   * A closed server whose connections have all closed: its final figures
+   * join the process totals. (Not at close(): the connections it closes
+   * then, or that outlive it, still count into its stats.)
+   */
+  #retire(): void {
+    if (this.#state === ST_CLOSED && this.#channels.size === 0 && liveServers.delete(this)) addStats(retiredTotals, { ...this.stats, open: 0 });
   }
 
   /**
@@ -895,6 +904,7 @@ export class Server extends Channel {
     if (!this.#channels.delete(id)) return;
     this.stats.open = this.#channels.size;
     this.stats.closed++;
+    this.#retire();
     this.#checkShutdownDone();
   }
 }

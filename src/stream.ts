@@ -1256,8 +1256,8 @@ export class Stream extends Channel {
     } else if ((this.#flags & F_NATIVE_FRAMING) !== 0) {
       // Outside a delivery: the bytes the addon holds back (a partial frame)
       // have not been framed yet, so they come back raw, to be framed here.
+      // `tail` stays: those of them already counted in bytesIn are not counted again.
       sock.setFraming(0, null, 0, true);
-      sock.tail = 0;
       this.#flags &= ~F_NATIVE_FRAMING;
     }
   }
@@ -1359,9 +1359,16 @@ export class Stream extends Channel {
   /** @internal A chunk arrived. */
   _onData(chunk: Buffer): void {
     this.#flags |= F_ACTIVE;
+    let fresh = chunk.length;
+    if ((this.#flags & F_NATIVE) !== 0) {
+      // The partial frame the addon held, handed back raw: its counted part (`tail`) comes again.
+      const sock = this.#sock as unknown as NativeSocket;
+      fresh -= sock.tail;
+      sock.tail = 0;
+    }
     const server = this.server;
-    if (server !== null) server.stats.bytesIn += chunk.length;
-    this.engine.stats.bytesIn += chunk.length;
+    if (server !== null) server.stats.bytesIn += fresh;
+    this.engine.stats.bytesIn += fresh;
     if (this.#state !== S_OPEN) return; // closing: read and discarded
     this.#flags |= F_IN_DISPATCH;
     if (this.#directOk()) {
@@ -1843,7 +1850,7 @@ export class Stream extends Channel {
       // cuts its frames).
       if ((this.#flags & F_NATIVE_FRAMING) !== 0 && isNative(this.#sock)) {
         this.#flags &= ~F_NATIVE_FRAMING;
-        const pending = this.#sock.takePending();
+        const pending = this.#takeHeld(this.#sock);
         if (pending !== undefined) this.#keep(pending);
       }
       // Paused (pauseReading(), or above writeHighWaterMark): node:net
@@ -2017,6 +2024,23 @@ export class Stream extends Channel {
 
   #writeCallback(): (err?: Error | null) => void {
     return this.#afterWrite ?? (this.#afterWrite = (err?: Error | null) => this.#onWritten(err));
+  }
+
+  /**
+   * Native framing: takes the partial frame the addon holds and counts in
+   * bytesIn those of its bytes no delivery counted yet (the addon reads the
+   * start of a frame without calling JS).
+   */
+  #takeHeld(sock: NativeSocket): Buffer | undefined {
+    const counted = sock.tail;
+    const pending = sock.takePending();
+    const fresh = (pending?.length ?? 0) - counted;
+    if (fresh > 0) {
+      const server = this.server;
+      if (server !== null) server.stats.bytesIn += fresh;
+      this.engine.stats.bytesIn += fresh;
+    }
+    return pending;
   }
 
   #countOut(bytes: number): void {
@@ -2316,6 +2340,8 @@ export class Stream extends Channel {
     }
     this.engine._channels.delete(this);
     const engineStats = this.engine.stats;
+    // A partial frame the addon held was received all the same: count it.
+    if ((this.#flags & F_NATIVE_FRAMING) !== 0 && isNative(sock)) this.#takeHeld(sock);
     if (sock !== null) {
       engineStats.open--;
       // Closes match accepts: a connect that failed was never counted.
@@ -2471,6 +2497,12 @@ export class Stream extends Channel {
     this.server = server;
     this.#connId = connId;
     this.#flags |= F_SERVER_SIDE;
+    if ((this.#flags & F_COUNTED) === 0) {
+      // Made after an async onAccept awaited: the server counts it now, so
+      // does the engine (its close too), even if it never reaches onConnect.
+      this.#flags |= F_COUNTED;
+      this.engine.stats.accepted++;
+    }
     this.#keepAddresses();
     if (this.#x?.deadlineKind === "handshake") this.#armHandshakeTimeout();
     if (idleTimeout > 0 && this.idleTimeout === 0) this.idleTimeout = idleTimeout;

@@ -149,6 +149,24 @@ test("serve on TCP and a UNIX socket; SIGUSR2 prints stats; SIGTERM drains and e
   assert.equal(await s.exited, 0);
 });
 
+test("SIGUSR2 after a server closed with connections open: they count as closed (the figures were taken before its close closed them)", { timeout: 30_000 }, async (t) => {
+  // Two addresses, two servers: the second keeps the process serving once the first closes.
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"], 2);
+  const port = portFrom(s.addresses[0]!);
+  const a = await connect(port);
+  a.write("hi\n");
+  assert.equal(await a.readText(3), "hi\n");
+  const b = await connect(port);
+  b.write("close-server\n"); // server.close(): closes a and b without flushing
+  await a.readToEnd();
+  await b.readToEnd();
+  s.child.kill("SIGUSR2");
+  await waitFor(() => /pants-ts stats: /.test(s.out()), 5000, `a stats line; output ${s.out()}`);
+  assert.match(s.out(), /pants-ts stats: open=0 accepted=2 rejected=0 closed=2 bytesIn=16 bytesOut=3 errors=0/);
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});
+
 /** A link-local IPv6 address of this host and its interface's name, if any. */
 const linkLocal = Object.entries(networkInterfaces())
   .flatMap(([name, list]) => (list ?? []).map((a) => ({ name, address: a.address, scoped: a.family === "IPv6" && (a.scopeid ?? 0) > 0 })))
@@ -352,6 +370,40 @@ test("--workers 2 serves from two processes and exits 0 on SIGTERM", { timeout: 
   assert.equal(pids.size, 2);
   s.child.kill("SIGUSR2");
   await waitFor(() => /pants-ts stats: workers=2/.test(s.out()), 5000, `a stats line; ${s.out()}`);
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});
+
+test("--workers: the connections a crashed worker had open count as closed in the stats", { timeout: 40_000 }, async (t) => {
+  const s = await serve(t, [fixture("cli-crash-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2"]);
+  const port = portFrom(s.addresses[0]!);
+  // Two connections to one worker (the others leave at once).
+  const byPid = new Map<string, Array<Awaited<ReturnType<typeof connect>>>>();
+  let accepted = 0;
+  while (![...byPid.values()].some((list) => list.length === 2)) {
+    const c = await connect(port);
+    accepted++;
+    c.write("pid\n");
+    await c.until(() => c.received.includes(0x0a));
+    const pid = c.received.toString().trim();
+    c.received = Buffer.alloc(0);
+    byPid.set(pid, [...(byPid.get(pid) ?? []), c]);
+  }
+  const [a, b] = [...byPid.values()].find((list) => list.length === 2)!;
+  for (const list of byPid.values()) if (list.length < 2) for (const c of list) c.destroy();
+  const lines = () => s.out().split("\n").filter((l) => l.startsWith("pants-ts stats:"));
+  // The workers report once a second: wait for a report with only those two open.
+  await waitFor(() => {
+    s.child.kill("SIGUSR2");
+    return new RegExp(` open=2 accepted=${accepted} rejected=0 closed=${accepted - 2} `).test(lines().at(-1) ?? "");
+  }, 10000, `a report with two open; ${s.out()}`);
+  b!.write("crash\n");
+  await a!.readToEnd();
+  await waitFor(() => {
+    s.child.kill("SIGUSR2");
+    return /workers=2 restarts=1 /.test(lines().at(-1) ?? "");
+  }, 10000, `the restart; ${s.out()}`);
+  assert.match(lines().at(-1)!, new RegExp(`workers=2 restarts=1 open=0 accepted=${accepted} rejected=0 closed=${accepted} `));
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });

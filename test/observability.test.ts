@@ -9,7 +9,9 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { spawn } from "node:child_process";
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
+import type { Duplex } from "node:stream";
 import { Server, Stream, setLogger } from "../src/index.js";
+import type { Address } from "../src/index.js";
 import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
 class Echo extends Stream {
@@ -48,6 +50,23 @@ test("server.stats and engine.stats count connections, bytes and errors", async 
   assert.deepEqual(Object.keys(server.stats).sort(), ["accepted", "bytesIn", "bytesOut", "closed", "errors", "errorsByKind", "open", "rejected"]);
 });
 
+test("engine.stats count what server.stats count: a connection an async onAccept handed over, reset before onConnect", async (t) => {
+  const engine = freshEngine(t);
+  class Late extends Server {
+    override async onAccept(socket: Duplex, address: Address) {
+      await sleep(50);
+      super.onAccept(socket, address);
+    }
+  }
+  const server = new Late(Echo, { engine });
+  const port = await listenLocal(server, t);
+  const c = await connect(port);
+  c.socket.resetAndDestroy(); // while onAccept awaits
+  await waitFor(() => server.stats.closed === 1, 2000, "the connection closed");
+  assert.deepEqual([server.stats.accepted, server.stats.closed, server.stats.open], [1, 1, 0]);
+  assert.deepEqual([engine.stats.accepted, engine.stats.closed, engine.stats.open], [1, 1, 0]);
+});
+
 test("engine.stats add up: open = accepted - closed, after a failed connect and a server closed while connections await onConnect", async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
@@ -71,6 +90,52 @@ test("engine.stats add up: open = accepted - closed, after a failed connect and 
   assert.equal(s.closed, server.stats.closed);
   assert.equal(s.open, s.accepted - s.closed);
   for (const c of clients) c?.destroy();
+});
+
+test("bytesIn counts every byte read once: a partial frame at the peer's FIN, a reset or a close, and one handed back by a framing change", async (t) => {
+  // The native transport holds the start of a frame without calling JS:
+  // it was never counted if the frame did not complete, and counted twice
+  // when a framing change outside a delivery handed it back raw.
+  const engine = freshEngine(t);
+  class Lines extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      this.write(`${line}\n`);
+    }
+  }
+  const server = new Server(Lines, { engine });
+  const port = await listenLocal(server, t);
+  let sent = 0;
+  for (const [first, end] of [
+    ["hello\n", "fin"],
+    ["hello\n", "reset"],
+    ["hello\n", "close"],
+    ["hello\nwor", "switch"],
+  ] as const) {
+    const c = await connect(port);
+    c.write(first);
+    await c.read(6);
+    if (end !== "switch") c.write("wor"); // a read of its own: held by the addon, no frame complete
+    sent += first.length + (end === "switch" ? 0 : 3);
+    await sleep(30);
+    if (end === "fin") c.end();
+    else if (end === "reset") c.socket.resetAndDestroy();
+    else if (end === "close") [...server.channels.values()][0]!.close(false);
+    else {
+      // Outside a delivery: the addon hands its partial frame back, to be framed here.
+      (([...server.channels.values()][0]!) as Stream).readDelimiter = /\n/;
+      c.write("ld\n");
+      await c.read(6);
+      sent += 3;
+      c.end();
+    }
+    await waitFor(() => server.channels.size === 0, 2000, `the ${end} connection closed`);
+    c.destroy();
+    assert.equal(server.stats.bytesIn, sent, `after the ${end} connection`);
+  }
+  assert.equal(engine.stats.bytesIn, sent);
 });
 
 test("diagnostics_channel: connection open, close and error; server listen and close", async (t) => {
