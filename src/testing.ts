@@ -1,7 +1,7 @@
 /**
  * pants-ts/testing: run a connection class against an in-memory peer, no
  * sockets, in the manner of Twisted's StringTransport and Netty's
- * EmbeddedChannel. Node's own `stream.duplexPair()` came only in 20.17 and 22.6, so one is here.
+ * EmbeddedChannel. Node's own `stream.duplexPair()` (22.6, and a late Node 20 release) is missing from earlier Node 20s, so one is here.
  */
 import { Buffer } from "node:buffer";
 import { Duplex } from "node:stream";
@@ -69,7 +69,7 @@ export class MemorySocket extends Duplex {
   }
 }
 
-/** Two connected in-memory sockets (Node's own `stream.duplexPair()` came only in 20.17 and 22.6). */
+/** Two connected in-memory sockets (Node's own `stream.duplexPair()` is missing from earlier Node 20 releases). */
 export function duplexPair(): [MemorySocket, MemorySocket] {
   const a = new MemorySocket();
   const b = new MemorySocket();
