@@ -296,6 +296,9 @@ function onSocketClose(this: OwnedSocket): void {
     lingerEnded(this);
   }
 }
+function endedEarlier(sock: OwnedSocket): void {
+  sock[kStream]?._onEnd();
+}
 function adoptedClosed(stream: Stream): void {
   stream._onSocketClose();
 }
@@ -1338,6 +1341,9 @@ export class Stream extends Channel {
     // upgrade) does not resume when a 'data' listener is added.
     if ((this.#flags & P_ANY) !== 0) sock.pause();
     else if (sock.isPaused()) sock.resume();
+    // A user's Duplex whose readable side ended before it was handed over
+    // emitted its 'end' already: it would never come.
+    if ((sock as Duplex).readableEnded === true) process.nextTick(endedEarlier, sock);
   }
 
   // -------------------------------------------------------------------------

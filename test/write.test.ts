@@ -518,6 +518,32 @@ test("writePacked with no format packs with the Struct or NetStruct readDelimite
   c.destroy();
 });
 
+test("a socket option Duplex whose readable side ended before it was handed over: onConnect, onEnd, then the close", async (t) => {
+  const engine = freshEngine(t);
+  const ended = new SpySocket();
+  ended.push(null);
+  ended.resume();
+  await new Promise((resolve) => ended.once("end", resolve)); // its 'end' has come and gone
+  const events: string[] = [];
+  class Seen extends Stream {
+    override onConnect() {
+      events.push("connect");
+    }
+    override onEnd() {
+      events.push("end");
+      this.write("bye\n"); // the writable side is still open
+      super.onEnd();
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  new Seen({ engine, socket: ended });
+  await waitFor(() => events.includes("close"), 2000, `the close (events: ${events.join(",")})`);
+  assert.deepEqual(events, ["connect", "end", "close"]);
+  assert.deepEqual(Buffer.concat(ended.calls.flat()).toString(), "bye\n");
+});
+
 test("a net.Socket still connecting as the socket option: its addresses once connected, with onClose overridden too", async (t) => {
   const engine = freshEngine(t);
   const port = await listenLocal(new Server(Stream, { engine }), t);
