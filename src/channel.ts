@@ -6,7 +6,7 @@
 import { channel as diagnosticsChannel } from "node:diagnostics_channel";
 import { Engine, countError } from "./engine.js";
 import { log } from "./log.js";
-import { typeError } from "./errors.js";
+import { asError, typeError } from "./errors.js";
 import type { Stats } from "./engine.js";
 
 /** Named `diagnostics_channel` channels pants-ts publishes on. */
@@ -185,10 +185,10 @@ export abstract class Channel {
     try {
       const result = this.onError(error);
       if (isThenable(result)) {
-        result.then(undefined, (err2: unknown) => log.current.error({ err: err2 }, `onError of ${String(this)} rejected.`));
+        result.then(undefined, (err2: unknown) => log.current.error({ err: asError(err2, "onError"), original: error }, `onError of ${String(this)} rejected.`));
       }
     } catch (err2) {
-      log.current.error({ err: err2, original: error }, `onError of ${String(this)} threw.`);
+      log.current.error({ err: asError(err2, "onError"), original: error }, `onError of ${String(this)} threw.`);
     }
   }
 
@@ -206,20 +206,4 @@ export abstract class Channel {
     const fd = this.fileno;
     return fd === null ? `${this.constructor.name} (no fd)` : `${this.constructor.name} #${fd}`;
   }
-}
-
-/**
- * What a handler threw, as an Error: any other value is wrapped, described
- * without trusting it (an object with no prototype, or a throwing
- * `toString`, must not turn into a second exception here).
- */
-function asError(err: unknown, who: string): Error {
-  if (err instanceof Error) return err;
-  let text: string;
-  try {
-    text = String(err);
-  } catch {
-    text = Object.prototype.toString.call(err);
-  }
-  return new Error(`${who} threw a non-Error value: ${text}`, { cause: err });
 }

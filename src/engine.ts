@@ -4,7 +4,7 @@
  */
 import { performance } from "node:perf_hooks";
 import { log } from "./log.js";
-import { rangeError, typeError } from "./errors.js";
+import { asError, rangeError, typeError } from "./errors.js";
 import { TimeoutSweeper } from "./timeouts.js";
 import type { Channel } from "./channel.js";
 
@@ -152,7 +152,7 @@ class EngineTimer implements Timer {
 }
 
 function timerFailed(err: unknown): void {
-  log.current.error({ err }, "Exception raised while executing a timer.");
+  log.current.error({ err: asError(err, "A timer") }, "Exception raised while executing a timer.");
 }
 
 function checkDelay(name: string, delay: unknown): number {
@@ -299,7 +299,7 @@ export class Engine {
       try {
         channel.close(false);
       } catch (err) {
-        log.current.error({ err }, "Exception raised while closing a channel in Engine.stop().");
+        log.current.error({ err: asError(err, "close()") }, "Exception raised while closing a channel in Engine.stop().");
       }
     }
     this._sweeper.stop();

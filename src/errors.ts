@@ -3,6 +3,7 @@
  * stable `code`. Argument mistakes use the built-in `TypeError` and
  * `RangeError` (with a `code` of their own), as Node does.
  */
+import { inspect } from "node:util";
 
 /** The stable codes of pants-ts' own errors. */
 export const ErrorCode = {
@@ -121,7 +122,25 @@ export function rangeError(message: string, code = "ERR_OUT_OF_RANGE"): RangeErr
   return err;
 }
 
-/** Describes a value for an error message. */
+/**
+ * What user code threw, as an Error: any other value is wrapped (as the
+ * `cause`, and in the message), described without trusting it (an object
+ * with no prototype, or a throwing `toString`, must not turn into a second
+ * exception here). A logger shows an Error's message and stack; a bare
+ * string or object thrown would be left out of the line.
+ */
+export function asError(err: unknown, who: string): Error {
+  if (err instanceof Error) return err;
+  let text: string;
+  try {
+    // inspect, not String(): an object thrown reads as its fields, not "[object Object]".
+    text = typeof err === "string" ? err : inspect(err, { depth: 2, breakLength: Infinity });
+  } catch {
+    text = Object.prototype.toString.call(err);
+  }
+  return new Error(`${who} threw a non-Error value: ${text}`, { cause: err });
+}
+
 /**
  * How a failure is said in one line of a log or of stderr: one with a string
  * `code` (a system error, a typed pants-ts one) by its message; anything
@@ -132,6 +151,7 @@ export function failureText(err: unknown): string {
   return typeof (err as { code?: unknown }).code === "string" ? err.message : (err.stack ?? err.message);
 }
 
+/** Describes a value for an error message. */
 export function describe(value: unknown): string {
   if (value === null) return "null";
   if (value === undefined) return "undefined";

@@ -25,7 +25,8 @@ function render(level: string, objOrMsg: unknown, msg?: string): string {
   let line = `pants-ts ${level}: ${msg ?? (err ? err.message : "")}`;
   if (fields && !(objOrMsg instanceof Error)) {
     const rest: Record<string, unknown> = {};
-    for (const key of Object.keys(fields)) if (key !== "err") rest[key] = fields[key];
+    // An err that is no Error (a thrown string) has no stack line below: it stays among the fields.
+    for (const key of Object.keys(fields)) if (key !== "err" || err === null) rest[key] = fields[key];
     if (Object.keys(rest).length > 0) line += " " + inspect(rest, { breakLength: Infinity, depth: 3 });
   }
   if (err) line += "\n" + (err.stack ?? String(err));

@@ -17,7 +17,7 @@ import { newStats, addStats } from "./engine.js";
 import type { Stats } from "./engine.js";
 import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
-import { ChannelStateError, ProxyProtocolError, TimeoutError, describe, rangeError, typeError } from "./errors.js";
+import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, describe, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
 import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
@@ -501,8 +501,9 @@ export class Server extends Channel {
       // one, and never run a handler of the half-built instance.
       (socket as Duplex & { [kStream]?: Stream })[kStream]?._abandon();
       socket.destroy();
-      this._countError("handler", err as Error);
-      log.current.error({ err }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);
+      const error = asError(err, `The constructor of ${this.#ConnectionClass.name}`);
+      this._countError("handler", error);
+      log.current.error({ err: error }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);
       return;
     }
     this.#track(conn);

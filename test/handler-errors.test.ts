@@ -8,8 +8,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { Duplex } from "node:stream";
 import { spawnSync } from "node:child_process";
-import { Server, Stream } from "../src/index.js";
-import type { Address } from "../src/index.js";
+import { Server, Stream, setLogger } from "../src/index.js";
+import type { Address, StreamOptions } from "../src/index.js";
 import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
 class Fragile extends Stream {
@@ -119,6 +119,53 @@ test("an onError that throws is logged, and nothing else breaks", async (t) => {
   await waitFor(() => logs.some((l) => l.level === "error"));
   assert.ok(logs.some((l) => /onError/.test(l.msg)));
   c.destroy();
+});
+
+test("a non-Error thrown by a constructor, an onError or a timer is in the log line: wrapped in an Error, shown by the default logger", async (t) => {
+  // The default logger (stderr) printed an err only if it was an Error: a
+  // string or object thrown was logged as a bare "... threw." line.
+  setLogger(undefined);
+  let stderr = "";
+  const write = process.stderr.write;
+  process.stderr.write = ((chunk: string | Uint8Array) => {
+    stderr += chunk.toString();
+    return true;
+  }) as typeof process.stderr.write;
+  t.after(() => {
+    process.stderr.write = write;
+  });
+  const engine = freshEngine(t);
+  class Unbuildable extends Stream {
+    constructor(options?: StreamOptions) {
+      super(options);
+      throw "ctor string value";
+    }
+  }
+  class BadOnError extends Stream {
+    override onConnect() {
+      throw new Error("first");
+    }
+    override onError() {
+      throw { what: "object value" };
+    }
+  }
+  const a = await connect(await listenLocal(new Server(Unbuildable, { engine }), t));
+  const b = await connect(await listenLocal(new Server(BadOnError, { engine }), t));
+  engine.callback(() => {
+    throw "timer string value";
+  });
+  await waitFor(() => /ctor string value/.test(stderr) && /object value/.test(stderr) && /timer string value/.test(stderr), 3000, `the three values in ${JSON.stringify(stderr)}`);
+  // A pino-style logger gets an Error as err, whose cause is the value thrown.
+  const logs = captureLogs(t);
+  engine.callback(() => {
+    throw 42;
+  });
+  await waitFor(() => logs.length > 0);
+  const err = (logs[0]!.obj as { err: unknown }).err;
+  assert.ok(err instanceof Error, String(err));
+  assert.equal(err.cause, 42);
+  a.destroy();
+  b.destroy();
 });
 
 test("every handler is guarded: onConnect, onClose, onWrite throwing never crash", async (t) => {
