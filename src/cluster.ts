@@ -14,7 +14,7 @@ import { addStats, globalEngineRunning, newStats } from "./engine.js";
 import type { Stats } from "./engine.js";
 import { log } from "./log.js";
 import { lingeringClosed } from "./stream.js";
-import { describe, failureText, rangeError, typeError } from "./errors.js";
+import { describe, failureText, numberError, typeError } from "./errors.js";
 
 /** Options of {@link runCluster}. */
 export interface ClusterOptions {
@@ -109,14 +109,14 @@ export async function shutdownAll(timeoutMs: number): Promise<void> {
 export async function runCluster(main: () => unknown, options: ClusterOptions = {}): Promise<ClusterHandle> {
   if (typeof main !== "function") throw typeError(`runCluster() expects a function, got ${describe(main)}.`);
   const workers = options.workers ?? availableParallelism();
-  if (!Number.isSafeInteger(workers) || workers < 1) throw rangeError(`workers must be a positive integer, got ${describe(workers)}.`);
+  if (!Number.isSafeInteger(workers) || workers < 1) throw numberError(workers, `workers must be a positive integer, got ${describe(workers)}.`);
   const shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;
   if (!Number.isSafeInteger(shutdownTimeoutMs) || shutdownTimeoutMs < 0) {
-    throw rangeError(`shutdownTimeoutMs must be a non-negative integer, got ${describe(shutdownTimeoutMs)}.`);
+    throw numberError(shutdownTimeoutMs, `shutdownTimeoutMs must be a non-negative integer, got ${describe(shutdownTimeoutMs)}.`);
   }
   const restartDelayMs = options.restartDelayMs ?? 100;
   if (!Number.isSafeInteger(restartDelayMs) || restartDelayMs < 1) {
-    throw rangeError(`restartDelayMs must be a positive integer, got ${describe(restartDelayMs)}.`);
+    throw numberError(restartDelayMs, `restartDelayMs must be a positive integer, got ${describe(restartDelayMs)}.`);
   }
   if (cluster.isWorker) return runWorker(main);
   return runPrimary(workers, shutdownTimeoutMs, options);

@@ -123,6 +123,14 @@ export function rangeError(message: string, code = "ERR_OUT_OF_RANGE"): RangeErr
 }
 
 /**
+ * The error for a wrong number argument (SPEC §10): a TypeError when it is
+ * no number at all, a RangeError when it is a number out of range.
+ */
+export function numberError(value: unknown, message: string): TypeError | RangeError {
+  return typeof value === "number" ? rangeError(message) : typeError(message);
+}
+
+/**
  * What user code threw, as an Error: any other value is wrapped (as the
  * `cause`, and in the message), described without trusting it (an object
  * with no prototype, or a throwing `toString`, must not turn into a second

@@ -17,7 +17,7 @@ import { newStats, addStats } from "./engine.js";
 import type { Stats } from "./engine.js";
 import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
-import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, describe, rangeError, typeError } from "./errors.js";
+import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, describe, numberError, typeError } from "./errors.js";
 import { log } from "./log.js";
 import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
@@ -360,7 +360,7 @@ export class Server extends Channel {
     if (this.#state !== ST_INIT) throw new ChannelStateError(`listen() called on active ${String(this)}.`);
     const parsed = parseAddress(address);
     if (!Number.isSafeInteger(backlog) || backlog <= 0) {
-      throw rangeError(`The backlog must be a positive integer, got ${describe(backlog)}.`);
+      throw numberError(backlog, `The backlog must be a positive integer, got ${describe(backlog)}.`);
     }
     if (typeof slave !== "boolean") throw typeError(`slave must be a boolean, got ${describe(slave)}.`);
     // listen(2) takes an int; the kernel caps it at net.core.somaxconn anyway.
@@ -929,7 +929,7 @@ function addressOf(parsed: ParsedAddress): Address {
 function optionalMs(name: string, value: unknown, fallback: number): number {
   if (value === undefined) return fallback;
   if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
-    throw rangeError(`${name} must be a non-negative number of milliseconds, got ${describe(value)}.`);
+    throw numberError(value, `${name} must be a non-negative number of milliseconds, got ${describe(value)}.`);
   }
   return value;
 }
@@ -937,7 +937,7 @@ function optionalMs(name: string, value: unknown, fallback: number): number {
 function optionalCount(name: string, value: unknown, fallback: number): number {
   if (value === undefined || value === Infinity) return fallback;
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value <= 0) {
-    throw rangeError(`${name} must be a positive integer, got ${describe(value)}.`);
+    throw numberError(value, `${name} must be a positive integer, got ${describe(value)}.`);
   }
   return value;
 }

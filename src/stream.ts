@@ -26,6 +26,7 @@ import {
   InvalidReadDelimiterError,
   TimeoutError,
   describe,
+  numberError,
   rangeError,
   typeError,
 } from "./errors.js";
@@ -510,7 +511,7 @@ export class Stream extends Channel {
   }
   set bufferSize(value: number) {
     if (typeof value !== "number" || !Number.isSafeInteger(value) || value <= 0) {
-      throw typeError(`bufferSize must be a positive integer, got ${describe(value)}.`);
+      throw numberError(value, `bufferSize must be a positive integer, got ${describe(value)}.`);
     }
     this.#bufferSize = value;
     // A scan in progress stops, so the rest of the chunk is framed under the new limit.
@@ -607,7 +608,7 @@ export class Stream extends Channel {
   }
   set idleTimeout(value: number) {
     if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
-      throw rangeError(`idleTimeout must be a non-negative number of milliseconds, got ${describe(value)}.`);
+      throw numberError(value, `idleTimeout must be a non-negative number of milliseconds, got ${describe(value)}.`);
     }
     this.#extras().idleTimeout = value;
     this.#flags |= F_ACTIVE;
@@ -789,8 +790,8 @@ export class Stream extends Channel {
     if (!(typeof file === "string" && file.length > 0) && !(typeof file === "number" && Number.isInteger(file) && file >= 0) && !isHandle) {
       throw typeError(`writeFile() expects a path, a file descriptor or a FileHandle, got ${describe(file)}.`);
     }
-    if (!Number.isSafeInteger(nbytes) || nbytes < 0) throw rangeError(`writeFile() nbytes must be a non-negative integer, got ${describe(nbytes)}.`);
-    if (!Number.isSafeInteger(offset) || offset < 0) throw rangeError(`writeFile() offset must be a non-negative integer, got ${describe(offset)}.`);
+    if (!Number.isSafeInteger(nbytes) || nbytes < 0) throw numberError(nbytes, `writeFile() nbytes must be a non-negative integer, got ${describe(nbytes)}.`);
+    if (!Number.isSafeInteger(offset) || offset < 0) throw numberError(offset, `writeFile() offset must be a non-negative integer, got ${describe(offset)}.`);
     (this.#wq ??= []).push({ file, nbytes, offset });
     this.#afterQueue(flush);
   }
@@ -2633,7 +2634,7 @@ function wholeCharacters(buf: Buffer, encoding: BufferEncoding): number {
 
 function checkSize(name: string, value: number): number {
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value <= 0) {
-    throw rangeError(`${name} must be a positive integer number of bytes, got ${describe(value)}.`);
+    throw numberError(value, `${name} must be a positive integer number of bytes, got ${describe(value)}.`);
   }
   return value;
 }

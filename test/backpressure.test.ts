@@ -459,10 +459,17 @@ test("peers that do not read cost about writeHighWaterMark each in memory too: s
 test("writeHighWaterMark and writeBufferLimit are validated", async () => {
   const peer = memoryPeer(Stream);
   await peer.ready;
-  for (const bad of [0, -1, 1.5, NaN, "1" as unknown as number]) {
+  for (const bad of [0, -1, 1.5, NaN]) {
     assert.throws(() => (peer.stream.writeHighWaterMark = bad), RangeError);
     assert.throws(() => (peer.stream.writeBufferLimit = bad), RangeError);
   }
+  // Not a number at all: the wrong type (SPEC §10), for every numeric setting.
+  const s = peer.stream as unknown as Record<string, unknown>;
+  for (const name of ["writeHighWaterMark", "writeBufferLimit", "bufferSize", "idleTimeout"]) {
+    assert.throws(() => (s[name] = "1"), { name: "TypeError", code: "ERR_INVALID_ARG_TYPE" }, name);
+  }
+  assert.throws(() => (peer.stream.bufferSize = 0), RangeError);
+  assert.throws(() => (peer.stream.idleTimeout = -1), RangeError);
   assert.equal(peer.stream.writeHighWaterMark, 1024 * 1024);
   assert.equal(peer.stream.writeBufferLimit, 64 * 1024 * 1024);
   assert.equal(peer.stream.bufferedAmount, 0);
