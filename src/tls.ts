@@ -177,7 +177,7 @@ export function compileServerTls(options: SslOptions): ServerTls {
   if (base.key === undefined && base.pfx === undefined) {
     throw typeError("A TLS server needs a certificate and key: give certfile/keyfile, key/cert or pfx.", "ERR_MISSING_OPTION");
   }
-  const secureContext = createContext("TLS server certificate or key", base);
+  const secureContext = createContext("TLS server certificate, key or settings", base);
   let requestCert = options.requestCert ?? false;
   let rejectUnauthorized = options.rejectUnauthorized ?? requestCert;
   if (options.cert_reqs === "CERT_OPTIONAL") {

@@ -302,8 +302,8 @@ test("--workers with a TLS certificate or key that cannot be used: one line on s
   writeFileSync(garbage, "not a certificate\n");
   const cases: Array<[string[], RegExp]> = [
     [["--tls-cert", join(certs.dir, "missing.pem")], /Cannot read the SSL option certfile file ".*missing\.pem"/],
-    [["--tls-cert", garbage, "--tls-key", certs.server.key], /Invalid TLS server certificate or key/],
-    [["--tls-cert", certs.server.cert, "--tls-key", certs.server2.key], /Invalid TLS server certificate or key/],
+    [["--tls-cert", garbage, "--tls-key", certs.server.key], /Invalid TLS server certificate, key or settings/],
+    [["--tls-cert", certs.server.cert, "--tls-key", certs.server2.key], /Invalid TLS server certificate, key or settings/],
   ];
   for (const [tlsArgs, message] of cases) {
     for (const workers of ["1", "3"]) {

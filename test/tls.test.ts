@@ -100,6 +100,15 @@ test("startSSL validates: server_side, do_handshake_on_connect, twice, closed, f
 
 const ipv6 = await hasIPv6();
 
+test("a server's TLS setting that cannot be used is named as such, not as a bad certificate or key", { skip }, (t) => {
+  const engine = freshEngine(t);
+  assert.throws(() => new Server(Stream, { engine, sslOptions: { ...serverOptions(), minVersion: "TLSv9" } as unknown as SslOptions }), (err: Error & { code?: string }) => {
+    assert.equal(err.code, "ERR_TLS_INVALID_PROTOCOL_VERSION");
+    assert.match(err.message, /^Invalid TLS server certificate, key or settings: .*TLSv9/);
+    return true;
+  });
+});
+
 test('a TLS server on ["", port] serves TLS on IPv4 and IPv6 alike (Pants B14)', { skip: skip || (!ipv6 && "no IPv6") }, async (t) => {
   const engine = freshEngine(t);
   const server = new Server(Echo, { engine, sslOptions: serverOptions(), handshakeTimeoutMs: 300 }).listen(["", 0]);
