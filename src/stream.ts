@@ -610,7 +610,10 @@ export class Stream extends Channel {
     if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
       throw numberError(value, `idleTimeout must be a non-negative number of milliseconds, got ${describe(value)}.`);
     }
-    this.#extras().idleTimeout = value;
+    const x = this.#extras();
+    x.idleTimeout = value;
+    // A connect in progress ignores activity, so the new bound starts here.
+    if (this.#state === S_CONNECTING) x.idleSince = this.engine.time();
     this.#flags |= F_ACTIVE;
     this.#updateTimed();
   }
@@ -685,7 +688,8 @@ export class Stream extends Channel {
 
   /**
    * Settles when the stream is connected (at `onConnect`, after TLS), or
-   * rejects with the connect error. Never an unhandled rejection if unused.
+   * rejects with the connect error ({@link ChannelStateError} if the stream
+   * was closed before it connected). Never an unhandled rejection if unused.
    */
   ready(): Promise<this> {
     return this.#ready() as Promise<this>;
@@ -950,7 +954,8 @@ export class Stream extends Channel {
   onSslHandshake(): void {}
   /**
    * The TLS handshake failed (or timed out); the stream closes after this
-   * returns (for a client, `onConnectError` comes first). Default: log at debug.
+   * returns (for a client's first handshake, `onConnectError` follows it,
+   * then `onClose`). Default: log at debug.
    */
   onSslHandshakeError(err: Error): void {
     log.current.debug({ err, stream: String(this) }, `TLS handshake failed: ${err.message}`);
@@ -2377,7 +2382,7 @@ export class Stream extends Channel {
     // close(false) drops what the OS has not taken yet. When it has taken
     // everything, the FIN and the linger below still apply: a reset would
     // destroy what the peer has not read of it (an error reply, say).
-    if (!graceful && (!asked || sock.writableLength > 0 || this.#handshaking)) {
+    if (!graceful && (!asked || this.#handshaking || (sock.writableLength > 0 && !this.#tlsLeavesNow(sock)))) {
       sock.destroy();
       sock[kStream] = undefined;
       return;
@@ -2406,6 +2411,21 @@ export class Stream extends Channel {
     sock[kLinger] = timer;
     if (under !== null) (under as OwnedSocket)[kLinger] = timer;
     lingering.add(sock);
+  }
+
+  /**
+   * Under TLS, bytes already handed to the TLS socket that wait only for
+   * its previous write's callback (one write at a time: the first reply
+   * after a TLS 1.3 handshake waits for the session tickets), while the OS
+   * has taken everything before them: they leave next turn, as a plain
+   * socket's would have left at once, so close(false) keeps them.
+   */
+  #tlsLeavesNow(sock: OwnedSocket): boolean {
+    if (this.#tls === null || (sock as unknown) !== this.#tls) return false;
+    const raw = this.#x?.raw;
+    if (!(raw instanceof net.Socket)) return false;
+    const handle = (raw as { _handle?: { writeQueueSize?: unknown } | null })._handle;
+    return handle != null && handle.writeQueueSize === 0;
   }
 
   // -------------------------------------------------------------------------

@@ -124,6 +124,26 @@ test("idleTimeout set before connect() bounds the connect: ConnectError ETIMEDOU
   assert.ok(took >= 250 && took < 5000, `failed after ${took} ms`);
 });
 
+test("idleTimeout set again during the connect bounds it from then, not from connect(), as documented", { timeout: 30_000 }, async (t) => {
+  captureLogs(t);
+  const engine = new Engine({ manualClock: true });
+  t.after(() => engine.stop());
+  const port = await blackHolePort(t);
+  const s = new Recording({ engine });
+  s.idleTimeout = 1000;
+  s.connect(["127.0.0.1", port]);
+  engine.advance(600);
+  s.idleTimeout = 500; // 600 ms into the connect: 500 ms more, from now
+  engine.advance(300);
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(s.connecting, true, `300 ms after the new timeout was set; events ${s.events.join(",")}`);
+  engine.advance(300);
+  await assert.rejects(s.ready(), ConnectError);
+  await waitFor(() => s.events.includes("close"));
+  assert.deepEqual(s.events, ["connectError", "close"]);
+  assert.equal(s.error!.errno, "ETIMEDOUT");
+});
+
 test("a TLS client's handshake timeout is a ConnectError caused by TimeoutError 'handshake', not a connect timeout", async (t) => {
   captureLogs(t);
   const engine = new Engine({ manualClock: true });

@@ -496,6 +496,24 @@ test("setSslOptions rotates certificates without dropping open connections", { s
   assert.throws(() => new Server(Echo, { engine }).setSslOptions(serverOptions()), ChannelStateError);
 });
 
+test("close(false) right after write(data, true) in a TLS 1.3 server's onConnect: the reply still arrives, then the FIN (as on plain TCP)", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  class Refuse extends Stream {
+    override onConnect() {
+      // The first write after a TLS 1.3 handshake waits behind the session tickets' write.
+      this.write("421 too busy\r\n", true);
+      this.close(false);
+    }
+  }
+  const port = await listenLocal(new Server(Refuse, { engine, sslOptions: { ...serverOptions(), minVersion: "TLSv1.3" } }), t);
+  for (let i = 0; i < 5; i++) {
+    const c = await connectTls(["127.0.0.1", port], { ca: certs.ca.certPem, servername: "localhost" });
+    assert.equal(c.tlsSocket.getProtocol(), "TLSv1.3");
+    assert.equal((await c.readToEnd()).toString(), "421 too busy\r\n", `connection ${i}`);
+    c.destroy();
+  }
+});
+
 test("STARTTLS: both sides upgrade; bytes before are plaintext, after encrypted, none lost", { skip }, async (t) => {
   const engine = freshEngine(t);
   class Starttls extends Stream {
