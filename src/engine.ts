@@ -4,7 +4,7 @@
  */
 import { performance } from "node:perf_hooks";
 import { log } from "./log.js";
-import { asError, rangeError, typeError } from "./errors.js";
+import { asError, describe, numberError, rangeError, typeError } from "./errors.js";
 import { TimeoutSweeper } from "./timeouts.js";
 import type { Channel } from "./channel.js";
 
@@ -157,7 +157,8 @@ function timerFailed(err: unknown): void {
 
 function checkDelay(name: string, delay: unknown): number {
   if (typeof delay !== "number" || !Number.isFinite(delay) || delay <= 0) {
-    throw rangeError(`${name} must be a positive finite number of milliseconds, got ${String(delay)}.`);
+    // SPEC §3: RangeError for any delay that is not a positive finite number, a string too.
+    throw rangeError(`${name} must be a positive finite number of milliseconds, got ${describe(delay)}.`);
   }
   // Node clamps anything above 2^31-1 ms to 1 ms; refuse it instead of firing early.
   if (delay > 2147483647) throw rangeError(`${name} must be at most 2147483647 ms, got ${delay}.`);
@@ -215,11 +216,11 @@ export class Engine {
   /**
    * Manual clock only: moves time forward by `ms`, firing every `defer` and
    * `cycle` timer and connection timeout that falls due, in order.
-   * @throws RangeError on a real-time engine, or for a negative `ms`.
+   * @throws RangeError on a real-time engine, or for a negative `ms`; TypeError if `ms` is no number.
    */
   advance(ms: number): void {
     if (!this.manualClock) throw rangeError("advance() needs an Engine created with { manualClock: true }.");
-    if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0) throw rangeError(`advance() needs a non-negative number of ms, got ${String(ms)}.`);
+    if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0) throw numberError(ms, `advance() needs a non-negative number of ms, got ${describe(ms)}.`);
     const target = this.#now + ms;
     const step = () => Math.max(1, this._sweeper.tickMs);
     // The sweep schedule carries over from one call to the next: many short

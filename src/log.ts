@@ -3,6 +3,7 @@
  * an object of fields followed by a message.
  */
 import { debuglog, format, inspect } from "node:util";
+import { typeError } from "./errors.js";
 
 /** A pino-shaped logger: `logger.warn({ err }, "message")` or `logger.warn("message")`. */
 export interface Logger {
@@ -78,7 +79,7 @@ export function setLogger(logger: Logger | null | undefined): void {
   }
   for (const level of ["error", "warn", "info", "debug"] as const) {
     if (typeof logger[level] !== "function") {
-      throw new TypeError(`setLogger() expects a logger with an ${level}() method, got ${format("%o", logger)}.`);
+      throw typeError(`setLogger() expects a logger with an ${level}() method, got ${format("%o", logger)}.`);
     }
   }
   log.current = logger;

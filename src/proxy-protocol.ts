@@ -624,7 +624,9 @@ function decodeUnixPath(raw: Buffer, name: string): string {
 
 function checkPort(port: unknown, what: string): number {
   if (typeof port !== "number" || !Number.isInteger(port) || port < 0 || port > 65535) {
-    throw argRangeError(`The ${what} port must be an integer from 0 to 65535 (got ${String(port)}).`);
+    // A port of the wrong type is a TypeError, one out of range a RangeError (SPEC §10).
+    const message = `The ${what} port must be an integer from 0 to 65535 (got ${typeof port === "string" ? JSON.stringify(port) : String(port)}).`;
+    throw typeof port === "number" ? argRangeError(message) : argTypeError(message);
   }
   return port;
 }
@@ -659,7 +661,7 @@ function ipEndpoint(
  * IPv6 addresses are written in compressed lowercase hex; `flowinfo` and
  * `scopeid` are not carried by the protocol and are dropped.
  *
- * @throws TypeError when an endpoint is missing or does not match the family.
+ * @throws TypeError when an endpoint is missing or does not match the family, or a port is no number.
  * @throws RangeError when a port is not an integer from 0 to 65535.
  */
 export function encodeProxyV1(h: ProxyV1Fields): Buffer {
@@ -706,7 +708,8 @@ function unixPathBytes(value: unknown, what: string): Buffer {
  * follow it, then the optional CRC32C TLV.
  *
  * @throws TypeError when an address is missing, of the wrong shape, or does
- *   not match the family, or when addresses are given for family UNKNOWN.
+ *   not match the family, when addresses are given for family UNKNOWN, or
+ *   when a port or TLV type is no number.
  * @throws RangeError for a bad port, TLV type or size, or a header longer
  *   than the 16-bit length field allows.
  */
@@ -760,7 +763,8 @@ export function encodeProxyV2(h: ProxyV2Fields): Buffer {
       throw argTypeError("Each TLV must be { type: number, value: Buffer }.");
     }
     if (!Number.isInteger(tlv.type) || tlv.type < 0 || tlv.type > 0xff) {
-      throw argRangeError(`A TLV type must be an integer from 0 to 255 (got ${String(tlv.type)}).`);
+      const message = `A TLV type must be an integer from 0 to 255 (got ${typeof tlv.type === "string" ? JSON.stringify(tlv.type) : String(tlv.type)}).`;
+      throw typeof tlv.type === "number" ? argRangeError(message) : argTypeError(message);
     }
     if (tlv.value.length > V2_LENGTH_MAX) throw argRangeError(`A TLV value holds at most ${V2_LENGTH_MAX} bytes.`);
     if (h.checksum === true && tlv.type === ProxyTlvType.CRC32C) {

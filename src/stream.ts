@@ -504,7 +504,7 @@ export class Stream extends Channel {
   /**
    * The largest frame, in bytes, a delimiter may deliver (default 65536).
    * Raised to the delimiter's own size for integers and structs.
-   * @throws TypeError unless a positive integer.
+   * @throws TypeError for a value that is no number; RangeError unless a positive integer.
    */
   get bufferSize(): number {
     return this.#bufferSize;
@@ -1714,7 +1714,10 @@ export class Stream extends Channel {
           out.error = null;
           rb.clear();
           if (code === FAILED && isFramingError(cause)) {
-            this._callOnError(new InvalidReadDelimiterError(cause.message, { cause }));
+            // A delimiter of the application's that cannot frame is a bug in its code, as a Decoder that throws is: counted alike.
+            const err = new InvalidReadDelimiterError(cause.message, { cause });
+            this._countError("handler", err);
+            this._callOnError(err);
           } else {
             // Bytes the peer sent that cannot be framed (e.g. a negative NetStruct length).
             const err = cause as Error & { code?: string };

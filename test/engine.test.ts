@@ -106,10 +106,15 @@ test("cycle repeats every interval and can cancel itself", async (t) => {
 
 test("defer and cycle reject a delay that is not a positive finite number", (t) => {
   const engine = freshEngine(t);
-  for (const bad of [0, -1, NaN, Infinity, -Infinity, "10" as unknown as number]) {
+  // SPEC §3: RangeError for anything that is not a positive finite number, a string too.
+  for (const bad of [0, -1, NaN, Infinity, -Infinity, "10", null, undefined, 10n] as unknown as number[]) {
     assert.throws(() => engine.defer(bad, () => {}), RangeError);
     assert.throws(() => engine.cycle(bad, () => {}), RangeError);
   }
+  // advance() (no SPEC rule of its own): no number at all is a TypeError, as for the numeric settings (SPEC §10).
+  const manual = new Engine({ manualClock: true });
+  assert.throws(() => manual.advance(-1), RangeError);
+  assert.throws(() => manual.advance("10" as unknown as number), { name: "TypeError", code: "ERR_INVALID_ARG_TYPE" });
   assert.throws(() => engine.callback(42 as unknown as () => void), TypeError);
 });
 

@@ -11,7 +11,7 @@ import { spawn } from "node:child_process";
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import type { Duplex } from "node:stream";
 import { Server, Stream, setLogger } from "../src/index.js";
-import type { Address } from "../src/index.js";
+import type { Address, ReadDelimiter } from "../src/index.js";
 import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
 class Echo extends Stream {
@@ -48,6 +48,41 @@ test("server.stats and engine.stats count connections, bytes and errors", async 
   assert.equal(engine.stats.bytesIn, 6);
   assert.equal(engine.stats.closed, 2);
   assert.deepEqual(Object.keys(server.stats).sort(), ["accepted", "bytesIn", "bytesOut", "closed", "errors", "errorsByKind", "open", "rejected"]);
+});
+
+test("a delimiter that cannot frame (a Decoder consuming 0 bytes, a RegExp matching empty) is counted as a handler error, as a Decoder that throws is", async (t) => {
+  const engine = freshEngine(t);
+  const logs = captureLogs(t);
+  const published: string[] = [];
+  const onError = (m: unknown) => published.push(`${(m as { kind: string }).kind}:${(m as { error: Error }).error.name}`);
+  subscribe("pants-ts:connection:error", onError);
+  t.after(() => unsubscribe("pants-ts:connection:error", onError));
+  const delimiters: Array<() => ReadDelimiter> = [
+    () => () => ({ consumed: 0, args: [] }),
+    () => /(?=x)/,
+    () => () => {
+      throw new Error("decoder bug");
+    },
+  ];
+  for (const delimiter of delimiters) {
+    class Framed extends Stream {
+      override onConnect() {
+        this.readDelimiter = delimiter();
+      }
+    }
+    const server = new Server(Framed, { engine });
+    const port = await listenLocal(server, t);
+    const c = await connect(port);
+    c.write("abxcd");
+    await c.readToEnd();
+    await waitFor(() => server.stats.closed === 1);
+    assert.equal(server.stats.errors, 1);
+    assert.deepEqual(server.stats.errorsByKind, { handler: 1 });
+    server.close();
+  }
+  assert.deepEqual(published, ["handler:InvalidReadDelimiterError", "handler:InvalidReadDelimiterError", "handler:Error"]);
+  assert.equal(engine.stats.errorsByKind.handler, 3);
+  assert.equal(logs.filter((l) => l.level === "error").length, 3, "each logged once at error by the default onError");
 });
 
 test("engine.stats count what server.stats count: a connection an async onAccept handed over, reset before onConnect", async (t) => {
@@ -208,6 +243,12 @@ test("NODE_DEBUG=pants-ts shows debug lines; by default ordinary resets print no
   assert.equal(quiet, "", "nothing on stderr for an ordinary reset");
   const debug = await run({ NODE_DEBUG: "pants-ts" });
   assert.match(debug, /PANTS-TS \d+: pants-ts debug/);
+});
+
+test("setLogger() refuses a logger without the four methods with a coded TypeError", () => {
+  for (const bad of [{}, { error() {}, warn() {}, info() {} }, 5, "pino"]) {
+    assert.throws(() => setLogger(bad as never), { name: "TypeError", code: "ERR_INVALID_ARG_TYPE" });
+  }
 });
 
 test("under --unhandled-rejections=strict, resets, half-closes and vanishing clients never crash the server", { timeout: 60_000 }, async (t) => {

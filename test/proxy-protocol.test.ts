@@ -781,6 +781,11 @@ describe("encodeProxyV1", () => {
     assert.throws(() => encodeProxyV1({ family: "TCP4", source: ["1.2.3.4", -1], destination: ["1.2.3.4", 2] }), RangeError);
     assert.throws(() => encodeProxyV1({ family: "TCP4", source: ["1.2.3.4", 1.5], destination: ["1.2.3.4", 2] }), RangeError);
     assert.throws(() => encodeProxyV1({ family: "UDP4" as "TCP4" }), TypeError);
+    // A port of the wrong type is a TypeError (SPEC §10), not a RangeError.
+    assert.throws(() => encodeProxyV1({ family: "TCP4", source: ["1.2.3.4", "1" as unknown as number], destination: ["1.2.3.4", 2] }), {
+      name: "TypeError",
+      code: "ERR_INVALID_ARG_TYPE",
+    });
   });
 });
 
@@ -836,6 +841,8 @@ describe("encodeProxyV2", () => {
     assert.throws(() => encodeProxyV2({ ...ok, source: ["1.2.3.4", 70000] }), RangeError);
     assert.throws(() => encodeProxyV2({ ...ok, tlvs: [{ type: 256, value: Buffer.alloc(0) }] }), RangeError);
     assert.throws(() => encodeProxyV2({ ...ok, tlvs: [{ type: 1.5, value: Buffer.alloc(0) }] }), RangeError);
+    assert.throws(() => encodeProxyV2({ ...ok, source: ["1.2.3.4", null as unknown as number] }), { name: "TypeError", code: "ERR_INVALID_ARG_TYPE" });
+    assert.throws(() => encodeProxyV2({ ...ok, tlvs: [{ type: "4" as unknown as number, value: Buffer.alloc(0) }] }), { name: "TypeError", code: "ERR_INVALID_ARG_TYPE" });
     assert.throws(() => encodeProxyV2({ ...ok, tlvs: [{ type: 4, value: Buffer.alloc(65536) }] }), RangeError);
     assert.throws(() => encodeProxyV2({ ...ok, tlvs: [{ type: 4, value: Buffer.alloc(65535 - 14) }] }), RangeError);
     assert.throws(() => encodeProxyV2({ ...ok, tlvs: [{ type: 3, value: Buffer.alloc(4) }], checksum: true }), TypeError);

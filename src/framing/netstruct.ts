@@ -248,20 +248,6 @@ export class NetStruct {
     return result.values;
   }
 
-  /**
-   * Incremental parsing: looks at the start of `buf` (which may hold a
-   * partial record or more than one record).
-   *
-   * Returns `{ values, consumed }` when a whole record is present, else
-   * `{ needed }`, the total number of bytes (from `buf[0]`) that must be
-   * available before calling again can make progress: the exact record
-   * length once all its length prefixes are readable, a lower bound before
-   * that. `needed` is always greater than `buf.length`.
-   *
-   * Costs O(number of fields); `$` strings are returned as views into `buf`.
-   * @throws RangeError if a length prefix is negative, or so large that the
-   *   record would exceed 2**53 - 1 bytes.
-   */
   #readers: Array<((buf: Buffer, offset: number) => unknown[]) | null> | null = null;
   #caller: NetStructCaller | null | undefined;
 
@@ -360,10 +346,19 @@ export class NetStruct {
   }
 
   /**
-   * Reads one record from the start of `buf`: its values and the bytes it
-   * used, or, when `buf` does not hold a whole record yet, how many bytes to
-   * wait for.
-   * @throws TypeError when `buf` is not a Buffer or Uint8Array; an Error for a malformed record (a negative length prefix).
+   * Incremental parsing: looks at the start of `buf` (which may hold a
+   * partial record or more than one record).
+   *
+   * Returns `{ values, consumed }` when a whole record is present, else
+   * `{ needed }`, the total number of bytes (from `buf[0]`) that must be
+   * available before calling again can make progress: the exact record
+   * length once all its length prefixes are readable, a lower bound before
+   * that. `needed` is always greater than `buf.length`.
+   *
+   * Costs O(number of fields); `$` strings are returned as views into `buf`.
+   * @throws TypeError when `buf` is not a Buffer or Uint8Array.
+   * @throws RangeError (`ERR_MALFORMED_FRAME`) if a length prefix is
+   *   negative, or so large that the record would exceed 2**53 - 1 bytes.
    */
   parse(buf: Uint8Array): NetStructParseResult {
     if (!(buf instanceof Uint8Array)) {
