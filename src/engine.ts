@@ -155,13 +155,16 @@ function timerFailed(err: unknown): void {
   log.current.error({ err: asError(err, "A timer") }, "Exception raised while executing a timer.");
 }
 
+/** @internal The longest delay a Node timer keeps: a longer one fires after 1 ms. */
+export const MAX_TIMER_MS = 2147483647;
+
 function checkDelay(name: string, delay: unknown): number {
   if (typeof delay !== "number" || !Number.isFinite(delay) || delay <= 0) {
     // SPEC §3: RangeError for any delay that is not a positive finite number, a string too.
     throw rangeError(`${name} must be a positive finite number of milliseconds, got ${describe(delay)}.`);
   }
   // Node clamps anything above 2^31-1 ms to 1 ms; refuse it instead of firing early.
-  if (delay > 2147483647) throw rangeError(`${name} must be at most 2147483647 ms, got ${delay}.`);
+  if (delay > MAX_TIMER_MS) throw rangeError(`${name} must be at most ${MAX_TIMER_MS} ms, got ${delay}.`);
   return delay;
 }
 

@@ -13,8 +13,8 @@ import type { BigIntStats } from "node:fs";
 import type { Duplex } from "node:stream";
 import { Channel, diagnostics, isThenable } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
-import { newStats, addStats } from "./engine.js";
-import type { Stats } from "./engine.js";
+import { MAX_TIMER_MS, newStats, addStats } from "./engine.js";
+import type { Stats, Timer } from "./engine.js";
 import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, describe, numberError, typeError } from "./errors.js";
@@ -465,16 +465,16 @@ export class Server extends Channel {
     for (const conn of [...this.#channels.values()]) {
       if (!conn.closed) conn._shutdownRequested();
     }
-    let timer: ReturnType<typeof setTimeout> | null = null;
+    let timer: Timer | null = null;
     if (this.#channels.size > 0 && timeoutMs > 0) {
-      timer = setTimeout(() => {
+      // An engine timer: on the engine's clock (a manual one in tests), and
+      // capped where Node's timers would fire a longer delay at once.
+      timer = this.engine.defer(Math.min(timeoutMs, MAX_TIMER_MS), () => {
         for (const conn of [...this.#channels.values()]) conn.close(false);
         this.#checkShutdownDone();
-      }, timeoutMs);
+      });
     }
-    void this.#shutdown.then(() => {
-      if (timer !== null) clearTimeout(timer);
-    });
+    void this.#shutdown.then(() => timer?.cancel());
     this.#checkShutdownDone();
     return this.#shutdown;
   }

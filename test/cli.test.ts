@@ -11,7 +11,7 @@ import type { ChildProcess } from "node:child_process";
 import { networkInterfaces } from "node:os";
 import { copyFileSync, existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect, connectTls, sleep, tempDir, waitFor } from "./helpers.js";
+import { connect, connectTls, hasIPv6, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
 const root = new URL("..", import.meta.url).pathname;
@@ -615,4 +615,19 @@ test("--workers: a module that starts the engine before it has finished loading 
   });
   assert.equal(code, 1, `expected a failed start; output: ${out.slice(0, 2000)}`);
   assert.doesNotMatch(out, /restarting in/);
+});
+
+test("--listen PORT (every interface, IPv6 too) and --listen [::1]:PORT serve as the banner says", { skip: !(await hasIPv6()) && "no IPv6", timeout: 30_000 }, async (t) => {
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "0", "--listen", "[::1]:0"], 2);
+  const any = /serving CliEcho on 0\.0\.0\.0:(\d+) and \[::\]:(\d+)/.exec(s.out());
+  const loop6 = /serving CliEcho on \[::1\]:(\d+) \(connect: nc ::1 \d+\)/.exec(s.out());
+  assert.ok(any && loop6, s.out());
+  for (const [host, port] of [["127.0.0.1", any[1]], ["::1", any[2]], ["::1", loop6[1]]] as const) {
+    const c = await connect(Number(port), { host });
+    c.write(`to ${host}\n`);
+    assert.equal(await c.readText(4 + host.length), `to ${host}\n`);
+    c.destroy();
+  }
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
 });

@@ -206,6 +206,21 @@ test("runCluster: a worker still draining 5 s past the deadline is killed, and t
   assert.match(c.out(), /Worker \d+ was still draining 5001 ms after it was told to shut down; killing it/);
 });
 
+test("runCluster: a shutdownTimeoutMs beyond what a Node timer holds (2^31 ms) does not kill a draining worker at once", { timeout: 60_000 }, async (t) => {
+  const c = await startCluster(t, 1, { SHUTDOWN_MS: String(2 ** 32) });
+  const client = await connect(c.port);
+  t.after(() => client.destroy());
+  client.write("stay\n"); // onShutdown says bye and keeps the connection open
+  await sleep(200);
+  c.child.kill("SIGTERM");
+  await client.until(() => client.received.toString().includes("bye"), 10_000, "the bye");
+  await sleep(1_000); // a Node timer given 2^32 + 5000 ms fires after 1 ms
+  assert.doesNotMatch(c.out(), /killing it/);
+  assert.equal(client.ended || client.closed, false, "the draining connection was cut");
+  client.destroy(); // its last connection gone, the worker finishes draining
+  assert.equal(await c.exited, 0, c.out());
+});
+
 test("runCluster rejects bad options before it forks anything", async () => {
   const { runCluster } = await import("../src/index.js");
   const main = () => {};

@@ -5,6 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import net from "node:net";
 import { Engine, Server, Stream } from "../src/index.js";
 import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
@@ -281,4 +282,47 @@ test("engine.channels holds servers, accepted streams and clients; each leaves i
   assert.equal(engine.channels.has(accepted), false);
   server.close();
   assert.equal(engine.channels.size, 0);
+});
+
+test("stop() closes channels without flushing: a client with megabytes queued for a peer that does not read closes at once, its unsent bytes dropped", async (t) => {
+  const engine = new Engine();
+  t.after(() => engine.stop());
+  let received = 0;
+  const peers: net.Socket[] = [];
+  const raw = net.createServer((sock) => {
+    peers.push(sock);
+    sock.pause(); // reads nothing: close(true) would wait for it forever
+    sock.on("error", () => {});
+  });
+  await new Promise<void>((r) => raw.listen(0, "127.0.0.1", r));
+  t.after(() => {
+    for (const p of peers) p.destroy();
+    raw.close();
+  });
+  let onClose = 0;
+  class Flooder extends Stream {
+    override onConnect() {
+      this.write(Buffer.alloc(64 << 20, 0x61));
+    }
+    override onClose() {
+      onClose++;
+    }
+  }
+  const client = new Flooder({ engine }).connect(["127.0.0.1", (raw.address() as net.AddressInfo).port]);
+  await client.ready();
+  await sleep(50);
+  assert.ok(client.bufferedAmount > 0, "bytes still queued");
+  const started = engine.start();
+  engine.stop();
+  await started;
+  assert.equal(client.closed, true, "closed by stop(), not left closing");
+  assert.equal(onClose, 1);
+  const peer = peers[0]!;
+  peer.on("data", (d: Buffer) => (received += d.length));
+  await new Promise<void>((r) => {
+    peer.once("end", r);
+    peer.once("close", r);
+    peer.resume();
+  });
+  assert.ok(received < 64 << 20, `received ${received} bytes of 64 MiB`);
 });

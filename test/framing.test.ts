@@ -965,3 +965,65 @@ test("a regex search with lookahead and a lookbehind frames the same whether sca
     }
   }
 });
+
+test("a RegExp delimiter matches the bytes read as latin1: multi-byte UTF-8 before a match, and a byte class like /\\xff/, cut at byte offsets (real sockets)", async (t) => {
+  const engine = freshEngine(t);
+  const seen: unknown[] = [];
+  class Latin1 extends Stream {
+    override onConnect() {
+      this.readDelimiter = /;/;
+    }
+    override onRead(d: Buffer | RegExpExecArray) {
+      if (Buffer.isBuffer(d)) {
+        seen.push(d.toString("hex"));
+        if (d.toString() === "binary") this.readDelimiter = /\xff/; // one byte, 0xff
+        if (d.toString("latin1") === "\x01\x02") {
+          this.readDelimiter = /k=(\S+)\./;
+          this.regexSearch = false;
+        }
+      } else {
+        seen.push([d[0], d[1], d.index]);
+        this.close();
+      }
+    }
+  }
+  const port = await listenLocal(new Server(Latin1, { engine }), t);
+  const c = await connect(port);
+  // "é" and "☃" are 2 and 3 bytes: a match index counted in UTF-16 units of decoded text would cut them short.
+  c.write(Buffer.concat([Buffer.from("héllo;☃☃;binary;"), Buffer.from([1, 2, 0xff]), Buffer.from("k=é.")]));
+  await c.readToEnd();
+  assert.deepEqual(seen, [
+    Buffer.from("héllo").toString("hex"),
+    Buffer.from("☃☃").toString("hex"),
+    Buffer.from("binary").toString("hex"),
+    "0102",
+    // The match object's text is the bytes as latin1, one character per byte.
+    ["k=\xc3\xa9.", "\xc3\xa9", 0],
+  ]);
+});
+
+test("defaults: readDelimiter null, regexSearch true, encoding null, bufferSize 65536 (a 65536-byte line is a frame, one byte more overflows; real sockets)", async (t) => {
+  const engine = freshEngine(t);
+  const seen: string[] = [];
+  class Defaults extends Stream {
+    override onConnect() {
+      seen.push(`${this.readDelimiter}:${this.regexSearch}:${this.encoding}:${this.bufferSize}`);
+      this.readDelimiter = "\n";
+    }
+    override onRead(d: Buffer) {
+      seen.push(`${Buffer.isBuffer(d)}:${d.length}`);
+    }
+    override onOverflowError(err: BufferOverflowError) {
+      seen.push(err.code);
+    }
+    override onEnd() {
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(Defaults, { engine }), t);
+  const c = await connect(port);
+  c.socket.end(`${"a".repeat(65536)}\n${"b".repeat(65537)}\nc\n`);
+  await c.readToEnd();
+  await waitFor(() => seen.length === 4);
+  assert.deepEqual(seen, ["null:true:null:65536", "true:65536", "ERR_BUFFER_OVERFLOW", "true:1"]);
+});

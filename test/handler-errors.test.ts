@@ -351,3 +351,25 @@ test("a nextTick a handler queued throws after a peer's reset, async hooks on: t
   assert.equal(r.status, 0, r.stderr.slice(-600));
   assert.deepEqual(r.stdout.trim().split("\n"), ["caught thrown in a nextTick after a reset", "survived"]);
 });
+
+test("the default onError closes without flushing: a reply queued for a peer that does not read is dropped, the stream closed at once", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const streams: Stream[] = [];
+  class WritesThenThrows extends Stream {
+    override onRead() {
+      streams.push(this);
+      this.write(Buffer.alloc(64 << 20, 0x61));
+      throw new Error("after a big write");
+    }
+  }
+  const port = await listenLocal(new Server(WritesThenThrows, { engine }), t);
+  const c = await connect(port);
+  c.socket.pause(); // reads nothing: a flushing close would wait for it
+  c.write("go");
+  await waitFor(() => streams.length === 1);
+  assert.equal(streams[0]!.closed, true, "closed by the default onError, not left closing");
+  c.socket.resume();
+  const got = await c.readToEnd(10000);
+  assert.ok(got.length < 64 << 20, `received ${got.length} bytes of 64 MiB`);
+});

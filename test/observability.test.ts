@@ -300,3 +300,44 @@ test("under --unhandled-rejections=strict, resets, half-closes and vanishing cli
   assert.equal(child.exitCode, null, `the server crashed: ${stderr}`);
   assert.doesNotMatch(stderr, /Unhandled|uncaught/i);
 });
+
+test("the default logger writes warn and error lines to stderr; setLogger(null) silences it (real sockets)", async (t) => {
+  setLogger(undefined);
+  let stderr = "";
+  const write = process.stderr.write;
+  process.stderr.write = ((chunk: string | Uint8Array) => {
+    stderr += chunk.toString();
+    return true;
+  }) as typeof process.stderr.write;
+  t.after(() => {
+    process.stderr.write = write;
+    setLogger(undefined);
+  });
+  const engine = freshEngine(t);
+  class Thrower extends Stream {
+    override onRead() {
+      throw new Error("handler boom");
+    }
+  }
+  const port = await listenLocal(new Server(Thrower, { engine }), t);
+  const unused = net.createServer();
+  await new Promise<void>((r) => unused.listen(0, "127.0.0.1", r));
+  const refused = (unused.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => unused.close(() => r()));
+  /** A failed connect nobody awaits (the default onConnectError warns) and a handler that throws (the default onError logs an error). */
+  const trouble = async () => {
+    const client = new Stream({ engine }).connect(["127.0.0.1", refused]);
+    const c = await connect(port);
+    c.write("x");
+    await c.readToEnd();
+    await waitFor(() => client.closed);
+    await sleep(20);
+  };
+  await trouble();
+  assert.match(stderr, /^pants-ts warn: .*ECONNREFUSED/m);
+  assert.match(stderr, /^pants-ts error: .*Thrower[^]*handler boom/m);
+  stderr = "";
+  setLogger(null);
+  await trouble();
+  assert.equal(stderr, "", "nothing once silenced");
+});

@@ -537,3 +537,27 @@ test("an async onAccept whose peer reset while it awaited: the stream it makes c
   assert.equal(await live.readText(6), "hello\n");
   assert.equal(server.stats.rejected, 0);
 });
+
+test("close(): the default onClose closes every connection without flushing (megabytes queued for a peer that does not read are dropped)", async (t) => {
+  const engine = freshEngine(t);
+  const streams: Stream[] = [];
+  class Flooder extends Stream {
+    override onConnect() {
+      streams.push(this);
+      this.write(Buffer.alloc(64 << 20, 0x61));
+    }
+  }
+  const server = new Server(Flooder, { engine }).listen(["127.0.0.1", 0]);
+  await server.ready();
+  const c = await connect(portOf(server));
+  c.socket.pause(); // reads nothing: a flushing close would wait for it
+  await waitFor(() => streams.length === 1);
+  await sleep(50);
+  assert.ok(streams[0]!.bufferedAmount > 0, "bytes still queued");
+  server.close();
+  assert.equal(streams[0]!.closed, true, "closed by the server's close(), not left closing");
+  assert.equal(server.channels.size, 0);
+  c.socket.resume();
+  const got = await c.readToEnd(10000);
+  assert.ok(got.length < 64 << 20, `received ${got.length} bytes of 64 MiB`);
+});

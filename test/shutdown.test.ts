@@ -9,7 +9,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import net from "node:net";
 import tls from "node:tls";
-import { ChannelStateError, Server, Stream } from "../src/index.js";
+import { ChannelStateError, Engine, Server, Stream } from "../src/index.js";
 import type { Address } from "../src/index.js";
 import type { Duplex } from "node:stream";
 import { connect, connectTls, freshEngine, listenLocal, sleep, tempDir, waitFor } from "./helpers.js";
@@ -263,4 +263,55 @@ test("shutdown before a new connection's onConnect has run: onConnect first, the
   await drained;
   assert.equal((await c.readToEnd()).toString(), "bye alice\n");
   assert.deepEqual(events, ["connect", "shutdown", "close"]);
+});
+
+test("the defaults are 10 s: shutdown() forces what is left at 10 s, and handshakeTimeoutMs closes a TLS client silent in its handshake at 10 s (on the engine's clock)", { skip: !hasOpenssl() && "no openssl", timeout: 30_000 }, async (t) => {
+  const engine = new Engine({ manualClock: true });
+  t.after(() => engine.stop());
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  class Stubborn extends Echo {
+    override onShutdown() {
+      // ignores the request
+    }
+  }
+  const server = new Server(Stubborn, { engine, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } });
+  const port = await listenLocal(server);
+  const silent = await connect(port); // sends no ClientHello
+  const open = await connectTls(port, { ca: certs.ca.certPem, servername: "localhost" });
+  open.write("up\n");
+  assert.equal(await open.readText(3), "up\n");
+  let resolved = false;
+  const done = server.shutdown().then(() => (resolved = true));
+  engine.advance(9_900);
+  await sleep(100);
+  assert.equal(silent.ended, false, "the silent client at 9.9 s");
+  assert.equal(resolved, false, "shutdown() at 9.9 s");
+  engine.advance(200);
+  await silent.readToEnd(5_000);
+  // The force comes from the engine's clock, not from 10 s of real time.
+  await waitFor(() => resolved, 3_000, "shutdown() once the engine's clock has passed 10 s");
+  await done;
+  await open.readToEnd(5_000);
+});
+
+test("shutdown() with a timeoutMs beyond what a Node timer holds (2^31 ms) does not force the close at once", async (t) => {
+  const engine = freshEngine(t);
+  class Stubborn extends Echo {
+    override onShutdown() {
+      // ignores the request
+    }
+  }
+  const server = new Server(Stubborn, { engine });
+  const port = await listenLocal(server);
+  const c = await connect(port);
+  c.write("up\n");
+  assert.equal(await c.readText(3), "up\n");
+  void server.shutdown({ timeoutMs: 2 ** 32 });
+  await sleep(200); // a Node timer given 2^32 ms fires after 1 ms
+  assert.equal(c.ended || c.closed, false, "the connection was forced closed");
+  c.write("still\n");
+  assert.equal(await c.readText(6), "still\n");
+  c.destroy();
+  await waitFor(() => server.closed, 3000, "the server closed once its last connection left");
 });

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { execFileSync, spawn } from "node:child_process";
 import tls from "node:tls";
-import { copyFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ChannelStateError, ConnectError, Server, Stream } from "../src/index.js";
 import type { SslOptions } from "../src/index.js";
@@ -1087,4 +1087,74 @@ test("a TLS peer that leaves with a bare FIN (no close_notify) ends the stream q
   assert.deepEqual(events, ["end", "close"]);
   assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error"), []);
   c.destroy();
+});
+
+test("Node's pfx and passphrase options: a PKCS#12 bundle, and an encrypted keyfile (Pants' name) with its passphrase", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const pfx = join(dir, "server.pfx");
+  const encrypted = join(dir, "server-encrypted.key");
+  execFileSync("openssl", ["pkcs12", "-export", "-inkey", certs.server.key, "-in", certs.server.cert, "-out", pfx, "-passout", "pass:secret"], { stdio: "ignore" });
+  execFileSync("openssl", ["pkey", "-in", certs.server.key, "-aes256", "-passout", "pass:secret", "-out", encrypted], { stdio: "ignore" });
+  const variants: Array<[string, SslOptions]> = [
+    ["pfx", { pfx: readFileSync(pfx), passphrase: "secret" }],
+    ["keyfile", { certfile: certs.server.cert, keyfile: encrypted, passphrase: "secret" }],
+  ];
+  for (const [name, sslOptions] of variants) {
+    const port = await listenLocal(new Server(Echo, { engine, sslOptions }), t);
+    const c = await connectTls(port, { ca: certs.ca.certPem, servername: "localhost" });
+    c.write("hi\n");
+    assert.equal(await c.readText(3), "hi\n", name);
+    assert.equal(c.tlsSocket.authorized, true, name);
+    c.socket.destroy();
+  }
+  assert.throws(() => new Server(Echo, { engine, sslOptions: { certfile: certs.server.cert, keyfile: encrypted, passphrase: "wrong" } }), Error, "a wrong passphrase fails at startSSL");
+});
+
+test("Node's rejectUnauthorized: false turns a client's verification off, as cert_reqs CERT_NONE does: an untrusted certificate for another host is accepted", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Echo, { engine, sslOptions: { certfile: certs.otherHost.cert, keyfile: certs.otherHost.key } }), t);
+  const strict = new Stream({ engine, sslOptions: {} }).connect(["127.0.0.1", port]);
+  await assert.rejects(strict.ready(), ConnectError);
+  let line = "";
+  class Client extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+      this.write("lax\n");
+    }
+    override onRead(l: Buffer) {
+      line = l.toString();
+      this.close();
+    }
+  }
+  const lax = new Client({ engine, sslOptions: { rejectUnauthorized: false } }).connect(["127.0.0.1", port]);
+  await lax.ready();
+  assert.equal(lax.authorized, false);
+  await waitFor(() => lax.closed);
+  assert.equal(line, "lax");
+});
+
+test("a server's secure context is built once per startSSL, not per connection", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const create = tls.createSecureContext;
+  let built = 0;
+  tls.createSecureContext = ((options?: tls.SecureContextOptions) => {
+    built++;
+    return create(options);
+  }) as typeof tls.createSecureContext;
+  t.after(() => {
+    tls.createSecureContext = create;
+  });
+  const port = await listenLocal(new Server(Echo, { engine, sslOptions: serverOptions() }), t);
+  const atListen = built;
+  assert.ok(atListen >= 1, "built at startSSL");
+  for (let i = 0; i < 3; i++) {
+    const c = await connectTls(port, { ca: certs.ca.certPem, servername: "localhost" });
+    c.write(`n${i}\n`);
+    assert.equal(await c.readText(3), `n${i}\n`);
+    c.destroy();
+  }
+  // The test's own clients build theirs through tls.connect: one each, none on the server's side.
+  assert.equal(built - atListen, 3, "no context per accepted connection");
 });
