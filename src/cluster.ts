@@ -224,7 +224,7 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   const timer = setInterval(() => send({ pantsTs: "stats", stats: processStats() }), 1000);
   timer.unref();
   const stats = (): ClusterStats => ({ ...processStats(), workers: 1, restarts: 0, perWorker: {} });
-  const primaryOnly = () => Promise.reject(new Error("Only the primary process can do that."));
+  const primaryOnly = () => Promise.reject(Object.assign(new Error("Only the primary process can do that (this is a worker)."), { code: "ERR_NOT_PRIMARY" }));
   return { isPrimary: false, stats, closed, shutdown: primaryOnly, restart: primaryOnly };
 }
 

@@ -234,7 +234,7 @@ export class NativeSocket {
   /** Connects to `host` (resolved first when it is a name) and `port`, or to a UNIX `path`. */
   static connect(target: { host: string; port: number; family?: number } | { path: string }): NativeSocket {
     const native = nativeAddon();
-    if (native === null) throw new Error("The native transport is not available.");
+    if (native === null) throw Object.assign(new Error("The native transport is not available."), { code: "ERR_NATIVE_UNAVAILABLE" });
     const socket = new NativeSocket(null);
     socket.connecting = true;
     if ("path" in target) {
@@ -817,7 +817,7 @@ export class NativeListener {
   /** Listens on TCP. @throws an errno-style Error (EADDRINUSE, ...). */
   static tcp(host: string, port: number, backlog: number, ipv6Only: boolean, onConnection: (s: NativeSocket) => void, onAcceptError: (code: string) => void): NativeListener {
     const native = nativeAddon();
-    if (native === null) throw new Error("The native transport is not available.");
+    if (native === null) throw Object.assign(new Error("The native transport is not available."), { code: "ERR_NATIVE_UNAVAILABLE" });
     let handle: NativeServer;
     try {
       handle = native.listenTcp(host, port, backlog, ipv6Only);
@@ -830,7 +830,7 @@ export class NativeListener {
   /** Listens on a UNIX socket path (or a Linux abstract name). */
   static pipe(path: string, backlog: number, onConnection: (s: NativeSocket) => void, onAcceptError: (code: string) => void): NativeListener {
     const native = nativeAddon();
-    if (native === null) throw new Error("The native transport is not available.");
+    if (native === null) throw Object.assign(new Error("The native transport is not available."), { code: "ERR_NATIVE_UNAVAILABLE" });
     let handle: NativeServer;
     try {
       handle = native.listenPipe(path, backlog);

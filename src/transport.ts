@@ -33,7 +33,7 @@ export function useNative(option: Transport | undefined): boolean {
   if (wanted === "js" || cluster.isWorker) return false;
   const available = nativeAddon() !== null;
   if (!available && wanted === "native") {
-    throw new Error(`The native transport was asked for, but ${nativeLoadError() ?? "it is not available"}.`);
+    throw Object.assign(new Error(`The native transport was asked for, but ${nativeLoadError() ?? "it is not available"}.`), { code: "ERR_NATIVE_UNAVAILABLE" });
   }
   if (!available && !explained) {
     explained = true;

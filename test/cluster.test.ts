@@ -280,6 +280,7 @@ test("runCluster: shutdown() or restart() called twice: each call settles when t
     const { exited } = run;
     const code = await exited;
     assert.equal(code, 0, run.out());
+    assert.match(run.out(), /worker shutdown\(\): ERR_NOT_PRIMARY/, run.out());
     if (api === "shutdown") {
       // The second call used to resolve at once, with both workers still alive.
       assert.match(run.out(), /second settled: alive=0/, run.out());

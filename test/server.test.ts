@@ -561,3 +561,15 @@ test("close(): the default onClose closes every connection without flushing (meg
   const got = await c.readToEnd(10000);
   assert.ok(got.length < 64 << 20, `received ${got.length} bytes of 64 MiB`);
 });
+
+test('transport: "native" where the addon is not loaded (here: PANTS_TS_TRANSPORT=js) is an Error with code ERR_NATIVE_UNAVAILABLE', { skip: process.env.PANTS_TS_TRANSPORT !== "js" && "the addon is loaded" }, async (t) => {
+  const engine = freshEngine(t);
+  assert.throws(
+    () => {
+      const server = new Server(Stream, { engine, transport: "native" });
+      t.after(() => server.close());
+      server.listen(["127.0.0.1", 0]);
+    },
+    (err: Error & { code?: string }) => err.code === "ERR_NATIVE_UNAVAILABLE" && /native transport was asked for/.test(err.message),
+  );
+});
