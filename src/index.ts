@@ -10,6 +10,7 @@ export { Stream } from "./stream.js";
 export type { StreamOptions } from "./stream.js";
 export { Server } from "./server.js";
 export type { ServerOptions } from "./server.js";
+export type { Transport } from "./transport.js";
 export { Struct } from "./framing/struct.js";
 export { NetStruct } from "./framing/netstruct.js";
 export type { ReadDelimiter, Decoder } from "./framing/delimiter.js";

@@ -16,6 +16,7 @@ import {
   Server,
   Stream,
 } from "../src/index.js";
+import type { ServerOptions, Transport } from "../src/index.js";
 import { freshEngine, listenLocal } from "./helpers.js";
 
 const root = new URL("..", import.meta.url).pathname;
@@ -69,4 +70,10 @@ test("every error class of SPEC §10 extends Error and carries its code, as thro
   const closed = caught(() => connecting.write("x"));
   assert.ok(closed instanceof ChannelStateError);
   assert.equal(closed.code, "ERR_CHANNEL_STATE");
+});
+
+test("the Transport type ServerOptions.transport takes is exported (npm run typecheck checks this file)", () => {
+  const transports: Transport[] = ["native", "js"];
+  const options: ServerOptions = { transport: transports[1] };
+  assert.equal(options.transport, "js");
 });
