@@ -4,6 +4,7 @@
  * rejection; a client talking to a server over every transport.
  */
 import { test } from "node:test";
+import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import tls from "node:tls";
@@ -355,19 +356,30 @@ test("a host name whose every address refuses: ConnectError ECONNREFUSED with sy
   assert.equal(s.error!.syscall, "connect");
 });
 
-test("a host name whose first address never answers: the next is tried after node:net's attempt timeout, not the kernel's minutes (every transport)", { timeout: 30_000 }, async (t) => {
-  captureLogs(t);
-  const engine = freshEngine(t);
-  // 127.0.0.1:port drops SYNs (a live server whose full queue nobody accepts from); 127.0.0.2:port answers.
+/**
+ * A host name `name` whose first address, 127.0.0.1:port, drops SYNs (a live
+ * server whose full queue nobody accepts from) and whose second,
+ * 127.0.0.2:port, answers "hello": the port, or null where 127.0.0.2 is no
+ * loopback address.
+ */
+async function blackHoleFirst(t: TestContext, name: string): Promise<number | null> {
   const port = await blackHolePort(t);
   const good = net.createServer((c) => c.end("hello\n"));
   const listening = await new Promise<boolean>((resolve) => {
     good.once("error", () => resolve(false));
     good.listen(port, "127.0.0.2", () => resolve(true));
   });
-  if (!listening) return t.skip("127.0.0.2 is not a loopback address here");
+  if (!listening) return null;
   t.after(() => good.close());
-  fakeResolver(t, "blackhole-first.example", ["127.0.0.1", "127.0.0.2"]);
+  fakeResolver(t, name, ["127.0.0.1", "127.0.0.2"]);
+  return port;
+}
+
+test("a host name whose first address never answers: the next is tried after node:net's attempt timeout, not the kernel's minutes (every transport)", { timeout: 30_000 }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const port = await blackHoleFirst(t, "blackhole-first.example");
+  if (port === null) return t.skip("127.0.0.2 is not a loopback address here");
   const start = Date.now();
   const s = new Recording({ engine }).connect(["blackhole-first.example", port]);
   const settled = await Promise.race([s.ready().then(() => "resolved", (e: Error) => `rejected: ${e.message}`), new Promise((r) => setTimeout(r, 5000, "pending"))]);
@@ -382,16 +394,8 @@ test("a host name whose first address never answers: the next is tried after nod
 test("remoteAddress asked while a host name's connect hangs is the target, then the peer's once connected (every transport)", { timeout: 30_000 }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
-  // As above: the first address drops SYNs, the second answers.
-  const port = await blackHolePort(t);
-  const good = net.createServer((c) => c.end("hello\n"));
-  const listening = await new Promise<boolean>((resolve) => {
-    good.once("error", () => resolve(false));
-    good.listen(port, "127.0.0.2", () => resolve(true));
-  });
-  if (!listening) return t.skip("127.0.0.2 is not a loopback address here");
-  t.after(() => good.close());
-  fakeResolver(t, "asked-early.example", ["127.0.0.1", "127.0.0.2"]);
+  const port = await blackHoleFirst(t, "asked-early.example");
+  if (port === null) return t.skip("127.0.0.2 is not a loopback address here");
   let atConnect: unknown = null;
   class Asking extends Recording {
     override onConnect() {

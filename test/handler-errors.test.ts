@@ -10,7 +10,7 @@ import type { Duplex } from "node:stream";
 import { spawnSync } from "node:child_process";
 import { Server, Stream, setLogger } from "../src/index.js";
 import type { Address, StreamOptions } from "../src/index.js";
-import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
+import { captureLogs, captureStderr, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
 class Fragile extends Stream {
   override onConnect() {
@@ -124,16 +124,7 @@ test("an onError that throws is logged, and nothing else breaks", async (t) => {
 test("a non-Error thrown by a constructor, an onError or a timer is in the log line: wrapped in an Error, shown by the default logger", async (t) => {
   // The default logger (stderr) printed an err only if it was an Error: a
   // string or object thrown was logged as a bare "... threw." line.
-  setLogger(undefined);
-  let stderr = "";
-  const write = process.stderr.write;
-  process.stderr.write = ((chunk: string | Uint8Array) => {
-    stderr += chunk.toString();
-    return true;
-  }) as typeof process.stderr.write;
-  t.after(() => {
-    process.stderr.write = write;
-  });
+  const stderr = captureStderr(t);
   const engine = freshEngine(t);
   class Unbuildable extends Stream {
     constructor(options?: StreamOptions) {
@@ -154,7 +145,7 @@ test("a non-Error thrown by a constructor, an onError or a timer is in the log l
   engine.callback(() => {
     throw "timer string value";
   });
-  await waitFor(() => /ctor string value/.test(stderr) && /object value/.test(stderr) && /timer string value/.test(stderr), 3000, `the three values in ${JSON.stringify(stderr)}`);
+  await waitFor(() => /ctor string value/.test(stderr.text()) && /object value/.test(stderr.text()) && /timer string value/.test(stderr.text()), 3000, `the three values in ${JSON.stringify(stderr.text())}`);
   // A pino-style logger gets an Error as err, whose cause is the value thrown.
   const logs = captureLogs(t);
   engine.callback(() => {

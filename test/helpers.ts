@@ -257,6 +257,25 @@ export function captureLogs(t: TestContext): Array<{ level: string; msg: string;
   return lines;
 }
 
+/**
+ * The default logger, installed for the test, with what it writes to stderr
+ * recorded (and kept off the test's output): `text()` so far, `clear()`.
+ */
+export function captureStderr(t: TestContext): { text: () => string; clear: () => void } {
+  setLogger(undefined);
+  let written = "";
+  const write = process.stderr.write;
+  process.stderr.write = ((chunk: string | Uint8Array) => {
+    written += chunk.toString();
+    return true;
+  }) as typeof process.stderr.write;
+  t.after(() => {
+    process.stderr.write = write;
+    setLogger(undefined);
+  });
+  return { text: () => written, clear: () => (written = "") };
+}
+
 /** True if this machine can bind IPv6 loopback. */
 export async function hasIPv6(): Promise<boolean> {
   return new Promise((resolve) => {

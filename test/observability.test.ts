@@ -12,7 +12,7 @@ import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import type { Duplex } from "node:stream";
 import { Server, Stream, setLogger } from "../src/index.js";
 import type { Address, ReadDelimiter } from "../src/index.js";
-import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
+import { captureLogs, captureStderr, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
 class Echo extends Stream {
   override onConnect() {
@@ -302,17 +302,7 @@ test("under --unhandled-rejections=strict, resets, half-closes and vanishing cli
 });
 
 test("the default logger writes warn and error lines to stderr; setLogger(null) silences it (real sockets)", async (t) => {
-  setLogger(undefined);
-  let stderr = "";
-  const write = process.stderr.write;
-  process.stderr.write = ((chunk: string | Uint8Array) => {
-    stderr += chunk.toString();
-    return true;
-  }) as typeof process.stderr.write;
-  t.after(() => {
-    process.stderr.write = write;
-    setLogger(undefined);
-  });
+  const stderr = captureStderr(t);
   const engine = freshEngine(t);
   class Thrower extends Stream {
     override onRead() {
@@ -334,10 +324,10 @@ test("the default logger writes warn and error lines to stderr; setLogger(null) 
     await sleep(20);
   };
   await trouble();
-  assert.match(stderr, /^pants-ts warn: .*ECONNREFUSED/m);
-  assert.match(stderr, /^pants-ts error: .*Thrower[^]*handler boom/m);
-  stderr = "";
+  assert.match(stderr.text(), /^pants-ts warn: .*ECONNREFUSED/m);
+  assert.match(stderr.text(), /^pants-ts error: .*Thrower[^]*handler boom/m);
+  stderr.clear();
   setLogger(null);
   await trouble();
-  assert.equal(stderr, "", "nothing once silenced");
+  assert.equal(stderr.text(), "", "nothing once silenced");
 });
