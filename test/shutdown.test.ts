@@ -24,6 +24,13 @@ class Echo extends Stream {
   }
 }
 
+/** An Echo that ignores shutdown requests: only the deadline closes it. */
+class Stubborn extends Echo {
+  override onShutdown() {
+    // ignores the request
+  }
+}
+
 test("shutdown: stops accepting, drains every connection with onShutdown, resolves when all closed", async (t) => {
   const engine = freshEngine(t);
   const shutdowns: string[] = [];
@@ -55,15 +62,12 @@ test("shutdown: stops accepting, drains every connection with onShutdown, resolv
 test("shutdown: a connection that will not close is forced at the deadline", async (t) => {
   const engine = freshEngine(t);
   let closes = 0;
-  class Stubborn extends Echo {
-    override onShutdown() {
-      // ignores the request
-    }
+  class Counted extends Stubborn {
     override onClose() {
       closes++;
     }
   }
-  const server = new Server(Stubborn, { engine });
+  const server = new Server(Counted, { engine });
   const port = await listenLocal(server);
   const c = await connect(port);
   await waitFor(() => server.channels.size === 1);
@@ -77,11 +81,6 @@ test("shutdown: a connection that will not close is forced at the deadline", asy
 
 test("shutdown({ timeoutMs: 0 }): no deadline, as every other 0 ms option; it resolves when the last connection closes", async (t) => {
   const engine = freshEngine(t);
-  class Stubborn extends Echo {
-    override onShutdown() {
-      // ignores the request
-    }
-  }
   const server = new Server(Stubborn, { engine });
   const port = await listenLocal(server);
   const c = await connect(port);
@@ -270,11 +269,6 @@ test("the defaults are 10 s: shutdown() forces what is left at 10 s, and handsha
   t.after(() => engine.stop());
   const certs = makeCerts();
   t.after(() => certs.cleanup());
-  class Stubborn extends Echo {
-    override onShutdown() {
-      // ignores the request
-    }
-  }
   const server = new Server(Stubborn, { engine, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } });
   const port = await listenLocal(server);
   const silent = await connect(port); // sends no ClientHello
@@ -297,11 +291,6 @@ test("the defaults are 10 s: shutdown() forces what is left at 10 s, and handsha
 
 test("shutdown() with a timeoutMs beyond what a Node timer holds (2^31 ms) does not force the close at once", async (t) => {
   const engine = freshEngine(t);
-  class Stubborn extends Echo {
-    override onShutdown() {
-      // ignores the request
-    }
-  }
   const server = new Server(Stubborn, { engine });
   const port = await listenLocal(server);
   const c = await connect(port);
