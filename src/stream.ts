@@ -1163,7 +1163,9 @@ export class Stream extends Channel {
     // handler runs, so that writes it flushes (flush(), close(true)) go out
     // encrypted after it, rather than meeting the job and upgrading again.
     if (upgrade) this.#wq?.shift();
-    this._call0(this.onSslHandshake);
+    // A first handshake that ends on a stream closed before its onConnect
+    // (close(true) from another handler): it never opens, so onClose only.
+    if (upgrade || this.#state !== S_CLOSING) this._call0(this.onSslHandshake);
     if (this.#state === S_CLOSED) return;
     if (!upgrade && this.#state !== S_CLOSING) {
       this.#establish();
@@ -2250,7 +2252,9 @@ export class Stream extends Channel {
     }
     this.#flags &= ~(F_WRITE_OVERFLOWED | F_WRITE_OWED);
     this.#resume(P_BACKPRESSURE);
-    if (this.onWrite !== Stream.prototype.onWrite) this._call0(this.onWrite);
+    // Never before onConnect: a stream closed with close(true) before it ran
+    // still sends what was written, but gets onClose only.
+    if (this.onWrite !== Stream.prototype.onWrite && (this.#flags & F_EVER_CONNECTED) !== 0) this._call0(this.onWrite);
     if (this.#state === S_CLOSING && !this.#hasPendingWrites()) this.#finishClose(true);
   }
 

@@ -53,6 +53,40 @@ test("a TLS server: handshake, then onSslHandshake, then onConnect, then echo", 
   c.destroy();
 });
 
+test("a TLS connection closed with close(true) before its onConnect: what was written goes out, onClose only (no onSslHandshake, no onWrite)", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Conn extends Stream {
+    override onSslHandshake() {
+      events.push("sslHandshake");
+    }
+    override onConnect() {
+      events.push("connect");
+    }
+    override onWrite() {
+      events.push("write");
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  class Srv extends Server {
+    override onAccept(socket: Parameters<Server["onAccept"]>[0], address: Parameters<Server["onAccept"]>[1]) {
+      super.onAccept(socket, address);
+      // Another handler's doing, while this connection's handshake runs.
+      const conn = [...this.channels.values()].at(-1)!;
+      conn.write("hello\n");
+      conn.close(true);
+    }
+  }
+  const port = await listenLocal(new Srv(Conn, { engine, sslOptions: serverOptions() }), t);
+  const c = await connectTls(["127.0.0.1", port]);
+  assert.equal((await c.readToEnd()).toString(), "hello\n");
+  await waitFor(() => events.includes("close"));
+  await sleep(20);
+  assert.deepEqual(events, ["close"]);
+});
+
 test("Pants' combined PEM (key and certificate in one file) works as certfile alone", { skip }, async (t) => {
   const engine = freshEngine(t);
   const server = new Server(Echo, { engine }).startSSL({ certfile: certs.combined, keyfile: certs.combined });
