@@ -42,17 +42,23 @@ static void report_exception(pn_env *e) {
   napi_fatal_exception(env, err);
 }
 
+/* Calls callback `which` inside a callback scope that is open already: Node
+ * runs nextTicks and microtasks once, when the scope closes. */
+static void call_in_scope(pn_env *e, int which, size_t argc, napi_value *argv) {
+  napi_value fn, recv, result;
+  if (napi_get_reference_value(e->env, e->cb[which], &fn) != napi_ok || fn == NULL) return;
+  /* The callbacks do not use `this`; undefined costs less than the global. */
+  if (napi_get_undefined(e->env, &recv) != napi_ok) return;
+  if (napi_call_function(e->env, recv, fn, argc, argv, &result) != napi_ok) report_exception(e);
+}
+
 void pn_call(pn_env *e, int which, size_t argc, napi_value *argv) {
   napi_env env = e->env;
   napi_value fn, recv, result;
   if (e->tearing_down || e->cb[which] == NULL) return;
   if (e->in_scope) {
-    /* Inside the batch's callback scope: Node runs nextTicks and
-     * microtasks once, when the scope closes. */
-    if (napi_get_reference_value(env, e->cb[which], &fn) != napi_ok || fn == NULL) return;
-    /* The callbacks do not use `this`; undefined costs less than the global. */
-    if (napi_get_undefined(env, &recv) != napi_ok) return;
-    if (napi_call_function(env, recv, fn, argc, argv, &result) != napi_ok) report_exception(e);
+    /* Inside the batch's callback scope. */
+    call_in_scope(e, which, argc, argv);
     return;
   }
   /* Batched reads that arrived before this event reach JS before it. */
@@ -69,10 +75,7 @@ void pn_call(pn_env *e, int which, size_t argc, napi_value *argv) {
   pn_scope scope;
   if (pn_scope_open(e, &scope)) {
     if (scope.scoped) {
-      if (napi_get_reference_value(env, e->cb[which], &fn) == napi_ok && fn != NULL &&
-          napi_get_undefined(env, &recv) == napi_ok &&
-          napi_call_function(env, recv, fn, argc, argv, &result) != napi_ok)
-        report_exception(e);
+      call_in_scope(e, which, argc, argv);
       pn_scope_close(e, &scope);
       return;
     }

@@ -71,6 +71,13 @@ let joinScratch: Buffer | null = null;
 /** What the addon frames itself (0 until it is loaded); larger delimiters and sizes are framed in JS. */
 export const nativeLimits = { maxDelimiter: 0, maxFrameSize: 0 };
 
+/** The addon, for a caller that cannot go on without it. @throws Error (`ERR_NATIVE_UNAVAILABLE`) when it is not loaded. */
+function requireAddon(): NativeAddon {
+  const native = nativeAddon();
+  if (native === null) throw Object.assign(new Error("The native transport is not available."), { code: "ERR_NATIVE_UNAVAILABLE" });
+  return native;
+}
+
 /** The addon, initialised once, or null when it is not built (or `PANTS_TS_TRANSPORT=js`). */
 export function nativeAddon(): NativeAddon | null {
   if (addon !== undefined) return addon;
@@ -233,8 +240,7 @@ export class NativeSocket {
 
   /** Connects to `host` (resolved first when it is a name) and `port`, or to a UNIX `path`. */
   static connect(target: { host: string; port: number; family?: number } | { path: string }): NativeSocket {
-    const native = nativeAddon();
-    if (native === null) throw Object.assign(new Error("The native transport is not available."), { code: "ERR_NATIVE_UNAVAILABLE" });
+    const native = requireAddon();
     const socket = new NativeSocket(null);
     socket.connecting = true;
     if ("path" in target) {
@@ -816,8 +822,7 @@ export class NativeListener {
 
   /** Listens on TCP. @throws an errno-style Error (EADDRINUSE, ...). */
   static tcp(host: string, port: number, backlog: number, ipv6Only: boolean, onConnection: (s: NativeSocket) => void, onAcceptError: (code: string) => void): NativeListener {
-    const native = nativeAddon();
-    if (native === null) throw Object.assign(new Error("The native transport is not available."), { code: "ERR_NATIVE_UNAVAILABLE" });
+    const native = requireAddon();
     let handle: NativeServer;
     try {
       handle = native.listenTcp(host, port, backlog, ipv6Only);
@@ -829,8 +834,7 @@ export class NativeListener {
 
   /** Listens on a UNIX socket path (or a Linux abstract name). */
   static pipe(path: string, backlog: number, onConnection: (s: NativeSocket) => void, onAcceptError: (code: string) => void): NativeListener {
-    const native = nativeAddon();
-    if (native === null) throw Object.assign(new Error("The native transport is not available."), { code: "ERR_NATIVE_UNAVAILABLE" });
+    const native = requireAddon();
     let handle: NativeServer;
     try {
       handle = native.listenPipe(path, backlog);

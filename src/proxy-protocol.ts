@@ -10,7 +10,7 @@
 import { Buffer, isUtf8 } from "node:buffer";
 import { isIPv4, isIPv6 } from "node:net";
 import type { Address } from "./address.js";
-import { ProxyProtocolError } from "./errors.js";
+import { ProxyProtocolError, describe, numberError, rangeError, typeError } from "./errors.js";
 
 /** The longest version 1 line a receiver must accept, CRLF included (spec §2.1). */
 export const PROXY_V1_MAX_LENGTH = 107;
@@ -174,24 +174,6 @@ function fail(message: string, cause?: unknown): never {
   throw new ProxyProtocolError(message, cause === undefined ? undefined : { cause });
 }
 
-function argTypeError(message: string): TypeError {
-  const err = new TypeError(message) as TypeError & { code: string };
-  err.code = "ERR_INVALID_ARG_TYPE";
-  return err;
-}
-
-function argValueError(message: string): TypeError {
-  const err = new TypeError(message) as TypeError & { code: string };
-  err.code = "ERR_INVALID_ARG_VALUE";
-  return err;
-}
-
-function argRangeError(message: string): RangeError {
-  const err = new RangeError(message) as RangeError & { code: string };
-  err.code = "ERR_OUT_OF_RANGE";
-  return err;
-}
-
 /** A short, printable excerpt of received bytes for error messages. */
 function preview(data: Uint8Array, start = 0, max = 24): string {
   const end = Math.min(data.length, start + max);
@@ -344,7 +326,7 @@ function crc32c(data: Uint8Array): number {
 export function parseProxyHeader(buf: Buffer): ProxyParseResult {
   const raw: unknown = buf;
   if (!(raw instanceof Uint8Array)) {
-    throw argTypeError("The PROXY protocol parser expects a Buffer.");
+    throw typeError("The PROXY protocol parser expects a Buffer.");
   }
   const data = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
   if (data.length === 0) return { needed: 1 };
@@ -624,9 +606,7 @@ function decodeUnixPath(raw: Buffer, name: string): string {
 
 function checkPort(port: unknown, what: string): number {
   if (typeof port !== "number" || !Number.isInteger(port) || port < 0 || port > 65535) {
-    // A port of the wrong type is a TypeError, one out of range a RangeError (SPEC §10).
-    const message = `The ${what} port must be an integer from 0 to 65535 (got ${typeof port === "string" ? JSON.stringify(port) : String(port)}).`;
-    throw typeof port === "number" ? argRangeError(message) : argTypeError(message);
+    throw numberError(port, `The ${what} port must be an integer from 0 to 65535 (got ${describe(port)}).`);
   }
   return port;
 }
@@ -638,19 +618,19 @@ function ipEndpoint(
   what: string,
 ): { v4: string; words: number[]; port: number } {
   if (!Array.isArray(value) || (value.length !== 2 && value.length !== 4) || typeof value[0] !== "string") {
-    throw argTypeError(`The ${what} of a ${family} PROXY header must be [host, port] or [host, port, flowinfo, scopeid].`);
+    throw typeError(`The ${what} of a ${family} PROXY header must be [host, port] or [host, port, flowinfo, scopeid].`);
   }
   const host: string = value[0];
   const port = checkPort(value[1], what);
   if (family === "TCP4") {
     if (!IPV4_RE.test(host) || !isIPv4(host)) {
-      throw argValueError(`The ${what} host ${JSON.stringify(host)} is not an IPv4 address, as family TCP4 requires.`);
+      throw typeError(`The ${what} host ${JSON.stringify(host)} is not an IPv4 address, as family TCP4 requires.`, "ERR_INVALID_ARG_VALUE");
     }
     return { v4: host, words: [], port };
   }
   const words = isIPv6(host) ? parseIPv6Text(host) : null;
   if (words === null) {
-    throw argValueError(`The ${what} host ${JSON.stringify(host)} is not an IPv6 address, as family TCP6 requires.`);
+    throw typeError(`The ${what} host ${JSON.stringify(host)} is not an IPv6 address, as family TCP6 requires.`, "ERR_INVALID_ARG_VALUE");
   }
   return { v4: "", words, port };
 }
@@ -667,7 +647,7 @@ function ipEndpoint(
 export function encodeProxyV1(h: ProxyV1Fields): Buffer {
   if (h.family === "UNKNOWN") return Buffer.from("PROXY UNKNOWN\r\n", "latin1");
   if (h.family !== "TCP4" && h.family !== "TCP6") {
-    throw argValueError(`A PROXY v1 family must be TCP4, TCP6 or UNKNOWN (got ${JSON.stringify(h.family)}).`);
+    throw typeError(`A PROXY v1 family must be TCP4, TCP6 or UNKNOWN (got ${JSON.stringify(h.family)}).`, "ERR_INVALID_ARG_VALUE");
   }
   const src = ipEndpoint(h.source, h.family, "source");
   const dst = ipEndpoint(h.destination, h.family, "destination");
@@ -681,21 +661,21 @@ function inferFamily(source: unknown): ProxyFamily {
   if (Array.isArray(source) && typeof source[0] === "string") {
     if (isIPv4(source[0])) return "TCP4";
     if (isIPv6(source[0])) return "TCP6";
-    throw argValueError(`The source host ${JSON.stringify(source[0])} is not an IP address.`);
+    throw typeError(`The source host ${JSON.stringify(source[0])} is not an IP address.`, "ERR_INVALID_ARG_VALUE");
   }
-  throw argTypeError("The source of a PROXY v2 header must be [ip, port], an IPv6 4-tuple, or a UNIX path.");
+  throw typeError("The source of a PROXY v2 header must be [ip, port], an IPv6 4-tuple, or a UNIX path.");
 }
 
 function unixPathBytes(value: unknown, what: string): Buffer {
-  if (typeof value !== "string") throw argTypeError(`The ${what} of a UNIX PROXY header must be a path string.`);
+  if (typeof value !== "string") throw typeError(`The ${what} of a UNIX PROXY header must be a path string.`);
   const bytes = Buffer.from(value, "utf8");
   if (bytes.length > UNIX_PATH_BYTES) {
-    throw argRangeError(`The ${what} path takes ${bytes.length} bytes; at most ${UNIX_PATH_BYTES} fit.`);
+    throw rangeError(`The ${what} path takes ${bytes.length} bytes; at most ${UNIX_PATH_BYTES} fit.`);
   }
   // The receiver cuts a path at its first NUL, and an abstract name at its NUL padding.
   const body = value.startsWith("\0") ? value.slice(1) : value;
   if (value.startsWith("\0") ? body.endsWith("\0") || body === "" : body.includes("\0")) {
-    throw argValueError(`The ${what} path ${JSON.stringify(value)} has a NUL byte that would not survive decoding.`);
+    throw typeError(`The ${what} path ${JSON.stringify(value)} has a NUL byte that would not survive decoding.`, "ERR_INVALID_ARG_VALUE");
   }
   return bytes;
 }
@@ -715,14 +695,14 @@ function unixPathBytes(value: unknown, what: string): Buffer {
  */
 export function encodeProxyV2(h: ProxyV2Fields): Buffer {
   if (h.command !== "PROXY" && h.command !== "LOCAL") {
-    throw argValueError(`A PROXY v2 command must be PROXY or LOCAL (got ${JSON.stringify(h.command)}).`);
+    throw typeError(`A PROXY v2 command must be PROXY or LOCAL (got ${JSON.stringify(h.command)}).`, "ERR_INVALID_ARG_VALUE");
   }
   const family = h.family ?? (h.command === "LOCAL" ? "UNKNOWN" : inferFamily(h.source));
   const familyIndex = V2_FAMILIES.indexOf(family);
-  if (familyIndex < 0) throw argValueError(`Unknown PROXY v2 family ${JSON.stringify(family)}.`);
+  if (familyIndex < 0) throw typeError(`Unknown PROXY v2 family ${JSON.stringify(family)}.`, "ERR_INVALID_ARG_VALUE");
   const transport = h.transport ?? (family === "UNKNOWN" ? "unspec" : "stream");
   const transportIndex = V2_TRANSPORTS.indexOf(transport);
-  if (transportIndex < 0) throw argValueError(`Unknown PROXY v2 transport ${JSON.stringify(transport)}.`);
+  if (transportIndex < 0) throw typeError(`Unknown PROXY v2 transport ${JSON.stringify(transport)}.`, "ERR_INVALID_ARG_VALUE");
 
   const block = Buffer.alloc(V2_ADDRESS_BLOCK[family]);
   switch (family) {
@@ -730,7 +710,7 @@ export function encodeProxyV2(h: ProxyV2Fields): Buffer {
       // A LOCAL header's addresses are dropped unless a family is given; an
       // explicit UNKNOWN family with addresses is a contradiction.
       if (h.family !== undefined && ((h.source ?? null) !== null || (h.destination ?? null) !== null)) {
-        throw argTypeError("A PROXY v2 header of family UNKNOWN carries no addresses.");
+        throw typeError("A PROXY v2 header of family UNKNOWN carries no addresses.");
       }
       break;
     case "TCP4": {
@@ -760,15 +740,14 @@ export function encodeProxyV2(h: ProxyV2Fields): Buffer {
   const parts: Buffer[] = [block];
   for (const tlv of h.tlvs ?? []) {
     if (typeof tlv !== "object" || tlv === null || !(tlv.value instanceof Uint8Array)) {
-      throw argTypeError("Each TLV must be { type: number, value: Buffer }.");
+      throw typeError("Each TLV must be { type: number, value: Buffer }.");
     }
     if (!Number.isInteger(tlv.type) || tlv.type < 0 || tlv.type > 0xff) {
-      const message = `A TLV type must be an integer from 0 to 255 (got ${typeof tlv.type === "string" ? JSON.stringify(tlv.type) : String(tlv.type)}).`;
-      throw typeof tlv.type === "number" ? argRangeError(message) : argTypeError(message);
+      throw numberError(tlv.type, `A TLV type must be an integer from 0 to 255 (got ${describe(tlv.type)}).`);
     }
-    if (tlv.value.length > V2_LENGTH_MAX) throw argRangeError(`A TLV value holds at most ${V2_LENGTH_MAX} bytes.`);
+    if (tlv.value.length > V2_LENGTH_MAX) throw rangeError(`A TLV value holds at most ${V2_LENGTH_MAX} bytes.`);
     if (h.checksum === true && tlv.type === ProxyTlvType.CRC32C) {
-      throw argValueError("Pass either checksum: true or a CRC32C TLV, not both.");
+      throw typeError("Pass either checksum: true or a CRC32C TLV, not both.", "ERR_INVALID_ARG_VALUE");
     }
     const head = Buffer.alloc(3);
     head[0] = tlv.type;
@@ -779,7 +758,7 @@ export function encodeProxyV2(h: ProxyV2Fields): Buffer {
 
   const body = Buffer.concat(parts);
   if (body.length > V2_LENGTH_MAX) {
-    throw argRangeError(`The PROXY v2 header needs ${body.length} bytes after its fixed part; at most ${V2_LENGTH_MAX} fit.`);
+    throw rangeError(`The PROXY v2 header needs ${body.length} bytes after its fixed part; at most ${V2_LENGTH_MAX} fit.`);
   }
   const fixed = Buffer.alloc(PROXY_V2_HEADER_LENGTH);
   V2_SIGNATURE.copy(fixed, 0);

@@ -1380,9 +1380,7 @@ export class Stream extends Channel {
       fresh -= sock.tail;
       sock.tail = 0;
     }
-    const server = this.server;
-    if (server !== null) server.stats.bytesIn += fresh;
-    this.engine.stats.bytesIn += fresh;
+    this.#countIn(fresh);
     if (this.#state !== S_OPEN) return; // closing: read and discarded
     this.#flags |= F_IN_DISPATCH;
     if (this.#directOk()) {
@@ -2052,12 +2050,14 @@ export class Stream extends Channel {
     const counted = sock.tail;
     const pending = sock.takePending();
     const fresh = (pending?.length ?? 0) - counted;
-    if (fresh > 0) {
-      const server = this.server;
-      if (server !== null) server.stats.bytesIn += fresh;
-      this.engine.stats.bytesIn += fresh;
-    }
+    if (fresh > 0) this.#countIn(fresh);
     return pending;
+  }
+
+  #countIn(bytes: number): void {
+    const server = this.server;
+    if (server !== null) server.stats.bytesIn += bytes;
+    this.engine.stats.bytesIn += bytes;
   }
 
   #countOut(bytes: number): void {
@@ -2430,9 +2430,7 @@ export class Stream extends Channel {
   #tlsLeavesNow(sock: OwnedSocket): boolean {
     if (this.#tls === null || (sock as unknown) !== this.#tls) return false;
     const raw = this.#x?.raw;
-    if (!(raw instanceof net.Socket)) return false;
-    const handle = (raw as { _handle?: { writeQueueSize?: unknown } | null })._handle;
-    return handle != null && handle.writeQueueSize === 0;
+    return raw instanceof net.Socket && uvWriteState(raw)?.writeQueueSize === 0;
   }
 
   // -------------------------------------------------------------------------
@@ -2619,9 +2617,19 @@ function incomingHeld(x: Extras, sock: NativeSocket): boolean {
  */
 function bytesDrained(sock: Duplex | NativeSocket): number {
   if (isNative(sock)) return sock.drainedBytes;
+  const state = uvWriteState(sock);
+  return state === null ? -1 : state.bytesWritten - state.writeQueueSize;
+}
+
+/**
+ * A node:net socket's libuv handle (Node's private `_handle`), read for its
+ * write figures: bytes written in all, and bytes still queued in libuv; null
+ * where there is no such handle (a user's Duplex, a closed socket).
+ */
+function uvWriteState(sock: Duplex): { bytesWritten: number; writeQueueSize: number } | null {
   const handle = (sock as { _handle?: { bytesWritten?: unknown; writeQueueSize?: unknown } | null })._handle;
-  if (handle == null || typeof handle.bytesWritten !== "number" || typeof handle.writeQueueSize !== "number") return -1;
-  return handle.bytesWritten - handle.writeQueueSize;
+  if (handle == null || typeof handle.bytesWritten !== "number" || typeof handle.writeQueueSize !== "number") return null;
+  return handle as { bytesWritten: number; writeQueueSize: number };
 }
 
 /**

@@ -284,3 +284,36 @@ export async function hasIPv6(): Promise<boolean> {
     s.listen(0, "::1", () => s.close(() => resolve(true)));
   });
 }
+
+/**
+ * A connection class that records which of its handlers ran (`sslHandshake`,
+ * `connect`, `write`, `close`) in `events`; and a server whose every new
+ * connection is written "hello\n" to and closed with close(true) right after
+ * it is made, before its onConnect (or, under TLS, while its handshake runs),
+ * as another handler of the application might.
+ */
+export function closedBeforeConnect(events: string[]): { Conn: typeof Stream; ClosingServer: typeof Server } {
+  class Conn extends Stream {
+    override onSslHandshake() {
+      events.push("sslHandshake");
+    }
+    override onConnect() {
+      events.push("connect");
+    }
+    override onWrite() {
+      events.push("write");
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  class ClosingServer extends Server {
+    override onAccept(socket: Parameters<Server["onAccept"]>[0], address: Parameters<Server["onAccept"]>[1]) {
+      super.onAccept(socket, address);
+      const conn = [...this.channels.values()].at(-1)!;
+      conn.write("hello\n");
+      conn.close(true);
+    }
+  }
+  return { Conn, ClosingServer };
+}

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import { join } from "node:path";
 import { ChannelStateError, Server, Stream } from "../src/index.js";
-import { connect, freshEngine, listenLocal, tempDir, waitFor, sleep } from "./helpers.js";
+import { closedBeforeConnect, connect, freshEngine, listenLocal, tempDir, waitFor, sleep } from "./helpers.js";
 
 class Recorder extends Stream {
   static log: string[] = [];
@@ -130,27 +130,8 @@ test("a stream can be closed before it connects: onClose only, ready() rejects",
 test("a server-made stream written to and closed with close(true) before its onConnect: the bytes still go, onClose only (no onWrite)", async (t) => {
   const engine = freshEngine(t);
   const events: string[] = [];
-  class Conn extends Stream {
-    override onConnect() {
-      events.push("connect");
-    }
-    override onWrite() {
-      events.push("write");
-    }
-    override onClose() {
-      events.push("close");
-    }
-  }
-  class Srv extends Server {
-    override onAccept(socket: Parameters<Server["onAccept"]>[0], address: Parameters<Server["onAccept"]>[1]) {
-      super.onAccept(socket, address);
-      // Another handler's doing, before this connection's onConnect tick.
-      const conn = [...this.channels.values()].at(-1)!;
-      conn.write("hello\n");
-      conn.close(true);
-    }
-  }
-  const port = await listenLocal(new Srv(Conn, { engine }), t);
+  const { Conn, ClosingServer } = closedBeforeConnect(events);
+  const port = await listenLocal(new ClosingServer(Conn, { engine }), t);
   const c = await connect(port);
   assert.equal((await c.readToEnd()).toString(), "hello\n");
   await waitFor(() => events.includes("close"));

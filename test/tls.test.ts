@@ -13,7 +13,7 @@ import { copyFileSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ChannelStateError, ConnectError, Server, Stream } from "../src/index.js";
 import type { SslOptions } from "../src/index.js";
-import { captureLogs, connect, connectTls, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
+import { captureLogs, closedBeforeConnect, connect, connectTls, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import type { Certs } from "./certs.js";
 
@@ -56,30 +56,8 @@ test("a TLS server: handshake, then onSslHandshake, then onConnect, then echo", 
 test("a TLS connection closed with close(true) before its onConnect: what was written goes out, onClose only (no onSslHandshake, no onWrite)", { skip }, async (t) => {
   const engine = freshEngine(t);
   const events: string[] = [];
-  class Conn extends Stream {
-    override onSslHandshake() {
-      events.push("sslHandshake");
-    }
-    override onConnect() {
-      events.push("connect");
-    }
-    override onWrite() {
-      events.push("write");
-    }
-    override onClose() {
-      events.push("close");
-    }
-  }
-  class Srv extends Server {
-    override onAccept(socket: Parameters<Server["onAccept"]>[0], address: Parameters<Server["onAccept"]>[1]) {
-      super.onAccept(socket, address);
-      // Another handler's doing, while this connection's handshake runs.
-      const conn = [...this.channels.values()].at(-1)!;
-      conn.write("hello\n");
-      conn.close(true);
-    }
-  }
-  const port = await listenLocal(new Srv(Conn, { engine, sslOptions: serverOptions() }), t);
+  const { Conn, ClosingServer } = closedBeforeConnect(events);
+  const port = await listenLocal(new ClosingServer(Conn, { engine, sslOptions: serverOptions() }), t);
   const c = await connectTls(["127.0.0.1", port]);
   assert.equal((await c.readToEnd()).toString(), "hello\n");
   await waitFor(() => events.includes("close"));
