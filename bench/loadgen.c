@@ -61,6 +61,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <linux/sockios.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
@@ -468,7 +469,32 @@ static int send_batch(struct conn *c) {
     return send_rest(c);
 }
 
-/* Counts complete HTTP responses in data; -1 on a malformed or non-200 response. */
+/* Takes a whole response head (len bytes, ending in CRLF CRLF): 0, or -1 unless a 200 with a Content-Length. */
+static int http_head(struct http_reader *h, const char *head, size_t len) {
+    static const char field[] = "\r\ncontent-length:";
+    const size_t field_len = sizeof field - 1;
+    if (len < 12 || memcmp(head, "HTTP/1.1 200", 12) != 0) return -1;
+    for (const char *p = head; (p = memchr(p, '\r', len - (size_t)(p - head))) != NULL; p++) {
+        size_t left = len - (size_t)(p - head);
+        if (left < field_len + 2) break;
+        if (strncasecmp(p, field, field_len) != 0) continue;
+        size_t value = 0;
+        const char *d = p + field_len;
+        while (*d == ' ') d++;
+        if (*d < '0' || *d > '9') return -1;
+        while (*d >= '0' && *d <= '9') value = value * 10 + (size_t)(*d++ - '0');
+        h->body_left = value;
+        h->in_body = 1;
+        return 0;
+    }
+    return -1;
+}
+
+/*
+ * Counts complete HTTP responses in data; -1 on a malformed or non-200
+ * response. A head that arrived whole is read in place; one cut by a read
+ * is gathered in h->head first.
+ */
 static int http_feed(struct http_reader *h, const char *data, size_t len) {
     int complete = 0;
     size_t i = 0;
@@ -478,16 +504,19 @@ static int http_feed(struct http_reader *h, const char *data, size_t len) {
             h->body_left -= take;
             i += take;
         } else {
-            if (h->head_len >= sizeof h->head - 1) return -1;
-            h->head[h->head_len++] = data[i++];
-            if (h->head_len < 4 || memcmp(h->head + h->head_len - 4, "\r\n\r\n", 4) != 0) continue;
-            h->head[h->head_len] = '\0';
-            if (strncmp(h->head, "HTTP/1.1 200", 12) != 0) return -1;
-            const char *cl = strcasestr(h->head, "\r\ncontent-length:");
-            if (cl == NULL) return -1;
-            h->body_left = strtoul(cl + 17, NULL, 10);
-            h->in_body = 1;
-            h->head_len = 0;
+            const char *end = h->head_len == 0 ? memmem(data + i, len - i, "\r\n\r\n", 4) : NULL;
+            if (end != NULL) {
+                size_t head_len = (size_t)(end + 4 - (data + i));
+                if (http_head(h, data + i, head_len) < 0) return -1;
+                i += head_len;
+            } else {
+                if (h->head_len >= sizeof h->head - 1) return -1;
+                h->head[h->head_len++] = data[i++];
+                if (h->head_len >= 4 && memcmp(h->head + h->head_len - 4, "\r\n\r\n", 4) == 0) {
+                    if (http_head(h, h->head, h->head_len) < 0) return -1;
+                    h->head_len = 0;
+                }
+            }
         }
         if (h->in_body && h->body_left == 0) {
             h->in_body = 0;

@@ -123,7 +123,7 @@ function loadAverage(): string {
 function requirements(scenarios: readonly Scenario[], options: Options, tmp: string, wrk: string | null, redisBenchmark: string | null) {
   const unavailable = new Map<Requirement, string>();
   let loadgen = { binary: "", tls: false };
-  if (scenarios.some((s) => s.needs.includes("loadgen") || s.needs.includes("tls") || (s.name === "http" && wrk === null))) {
+  if (scenarios.some((s) => s.needs.includes("loadgen") || s.needs.includes("tls"))) {
     try {
       loadgen = buildLoadgen();
     } catch (err) {
@@ -139,6 +139,7 @@ function requirements(scenarios: readonly Scenario[], options: Options, tmp: str
     }
   }
   if (redisBenchmark === null) unavailable.set("redis-benchmark", "redis-benchmark is not installed (Debian: apt-get install redis-tools)");
+  if (wrk === null) unavailable.set("wrk", "wrk is not installed (Debian: apt-get install wrk)");
   return { unavailable, loadgen, tls };
 }
 
@@ -160,7 +161,7 @@ async function main(): Promise<number> {
   }
   if (options.list) {
     for (const s of SCENARIOS) {
-      const quick = s.inQuick === false ? "; not in --quick unless named" : "";
+      const quick = s.optIn === true ? "; only with --only " + s.name : s.inQuick === false ? "; not in --quick unless named" : "";
       process.stdout.write(`${s.name.padEnd(20)} ${s.title} (${s.unit}; ${s.sides.join(", ")}${quick})\n`);
     }
     return 0;

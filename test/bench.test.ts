@@ -14,6 +14,7 @@ import { fileURLToPath } from "node:url";
 import { unusableSample } from "../bench/lib/measure.js";
 import type { Sample, Scenario } from "../bench/lib/measure.js";
 import { errorNotes } from "../bench/lib/report.js";
+import { selectScenarios } from "../bench/lib/scenarios.js";
 import type { Measurement, RunRecord } from "../bench/lib/report.js";
 
 
@@ -83,6 +84,19 @@ test("npm run bench -- --quick runs end to end and prints the summary", { skip, 
   }
 });
 
+test("http runs on the C load generator; the wrk run is opt-in, by its exact name", () => {
+  const names = (only: string[] | null, quick = false) => selectScenarios(only, quick).map((s) => s.name);
+  const all = names(null);
+  assert.ok(all.includes("http"), "http is in a full run");
+  assert.ok(!all.includes("http-wrk"), "http-wrk is not in a full run");
+  assert.ok(!names(null, true).includes("http-wrk"), "http-wrk is not in --quick");
+  assert.deepEqual(names(["http"]), ["http"], "the http group prefix leaves the opt-in run out");
+  assert.deepEqual(names(["http-wrk"]), ["http-wrk"]);
+  const http = selectScenarios(["http"])[0]!;
+  assert.deepEqual(http.needs, ["loadgen"]);
+  assert.match(http.client({} as never), /^loadgen -m pingpong -H -c 50$/);
+});
+
 // ------------------------------------------------ the numbers themselves
 
 test("a throughput of zero is not a figure; a memory growth of zero is", () => {
@@ -108,6 +122,43 @@ test("the summary names the figures that came from runs with errors", () => {
   const notes = errorNotes(record);
   assert.equal(notes.length, 1);
   assert.match(notes[0]!, /^- churn \(pants-ts js\): 3 error\(s\) in 1 of 2 run\(s\)/);
+});
+
+test("loadgen counts HTTP responses however the reads cut them, and refuses what is not a 200 with a length", { skip: !onPath("cc") && "no C compiler (cc)" }, (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "pants-ts-loadgen-http-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const source = join(dir, "http.c");
+  writeFileSync(
+    source,
+    [
+      "#define main loadgen_main",
+      `#include ${JSON.stringify(join(root, "bench", "loadgen.c"))}`,
+      "#undef main",
+      "static int feed_split(const char *s, size_t cut) {",
+      "    struct http_reader h; memset(&h, 0, sizeof h);",
+      "    size_t len = strlen(s);",
+      "    int a = http_feed(&h, s, cut), b = http_feed(&h, s + cut, len - cut);",
+      "    return a < 0 || b < 0 ? -1 : a + b;",
+      "}",
+      "int main(void) {",
+      '    const char *two = "HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\ncontent-length: 5\\r\\n\\r\\nhelloHTTP/1.1 200 OK\\r\\nContent-Length:12\\r\\n\\r\\nhello world!";',
+      "    int bad = 0;",
+      "    for (size_t cut = 0; cut <= strlen(two); cut++) if (feed_split(two, cut) != 2) bad++;",
+      '    printf("%d %d %d %d\\n", bad, feed_split("HTTP/1.1 404 Not Found\\r\\nContent-Length: 0\\r\\n\\r\\n", 10),',
+      '           feed_split("HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n", 30), feed_split("HTTP/1.1 200 OK\\r\\nContent-Length: 0\\r\\n\\r\\n", 0));',
+      "    return 0;",
+      "}",
+      "",
+    ].join("\n"),
+  );
+  const binary = join(dir, "http");
+  const cc = spawnSync("cc", ["-O2", "-w", "-o", binary, source], { encoding: "utf8" });
+  assert.equal(cc.status, 0, cc.stderr);
+  const out = spawnSync(binary, [], { encoding: "utf8" }).stdout.trim().split(" ").map(Number);
+  assert.equal(out[0], 0, "every cut of two responses counts two");
+  assert.equal(out[1], -1, "a 404 is refused");
+  assert.equal(out[2], -1, "a response without Content-Length is refused");
+  assert.equal(out[3], 1, "an empty body completes at the head");
 });
 
 test("loadgen's percentiles are nearest-rank: 90 fast samples and 10 slow ones make a fast p90", { skip: !onPath("cc") && "no C compiler (cc)" }, (t) => {

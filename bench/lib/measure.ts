@@ -74,7 +74,7 @@ export interface Context {
 }
 
 /** What a scenario needs besides its sides' servers. */
-export type Requirement = "loadgen" | "tls" | "redis-benchmark";
+export type Requirement = "loadgen" | "tls" | "redis-benchmark" | "wrk";
 
 /** A figure that gets its own line in the summary (the redis scenario's commands). */
 export interface SummaryRow {
@@ -97,6 +97,8 @@ export interface Scenario {
   readonly sidesNote?: string;
   /** False: not part of a --quick run unless --only names it. */
   readonly inQuick?: boolean;
+  /** True: runs only when --only names it exactly (a second opinion, not part of the table). */
+  readonly optIn?: boolean;
   readonly extras?: readonly ExtraColumn[];
   /** Extra figures that replace the headline in the summary, one line each. */
   readonly summaryRows?: readonly SummaryRow[];
