@@ -2174,6 +2174,21 @@ export class Stream extends Channel {
   }
 
   /**
+   * Writes the run {@link #holdRun} held, when the stream is closing without
+   * flushing and node:tls, not the OS, held the bytes before it
+   * ({@link #tlsLeavesNow}): the FIN follows them.
+   */
+  #releaseHeldRun(sock: OwnedSocket): void {
+    const x = this.#x;
+    const wq = this.#wq;
+    if (x === null || wq === null || x.heldQueue !== wq || sock.destroyed || this.#handshaking || !this.#tlsLeavesNow(sock)) return;
+    x.heldQueue = null;
+    const run = this.#takeRun(wq, x.held, x.heldBytes);
+    if (Buffer.isBuffer(run)) sock.write(run);
+    else for (const buf of run) sock.write(buf);
+  }
+
+  /**
    * node:net/node:tls: bytes written without a callback are still in the
    * socket and nothing in flight will report the drain: an empty write with
    * a callback does (node:stream calls write callbacks in order).
@@ -2351,6 +2366,10 @@ export class Stream extends Channel {
     this.#flags |= F_STOP;
     const sock = this.#sock;
     this.#rb?.clear();
+    // close(false) under TLS: a run held back only behind node:tls's own
+    // pipeline (the OS has taken every earlier byte) was sent, as far as
+    // the handler can tell; on plain TCP it would have left already.
+    if (!graceful && asked && state >= S_PENDING && sock !== null) this.#releaseHeldRun(sock);
     this.#wq = null;
     this.#wqBytes = 0;
     if ((this.#flags & F_TIMED) !== 0) {
@@ -2425,12 +2444,15 @@ export class Stream extends Channel {
    * its previous write's callback (one write at a time: the first reply
    * after a TLS 1.3 handshake waits for the session tickets), while the OS
    * has taken everything before them: they leave next turn, as a plain
-   * socket's would have left at once, so close(false) keeps them.
+   * socket's would have left at once, so close(false) keeps them. (Native
+   * STARTTLS: node:tls writes through a Duplex over the addon's socket,
+   * which writes what it is given at once; the addon's queue says the rest.)
    */
   #tlsLeavesNow(sock: OwnedSocket): boolean {
     if (this.#tls === null || (sock as unknown) !== this.#tls) return false;
     const raw = this.#x?.raw;
-    return raw instanceof net.Socket && uvWriteState(raw)?.writeQueueSize === 0;
+    if (raw instanceof net.Socket) return uvWriteState(raw)?.writeQueueSize === 0;
+    return raw != null && isNative(raw) && raw.writableLength === 0;
   }
 
   // -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import { copyFileSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ChannelStateError, ConnectError, Server, Stream } from "../src/index.js";
 import type { SslOptions } from "../src/index.js";
-import { captureLogs, closedBeforeConnect, connect, connectTls, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
+import { RawClient, captureLogs, closedBeforeConnect, connect, connectTls, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import type { Certs } from "./certs.js";
 
@@ -508,23 +508,69 @@ test("setSslOptions rotates certificates without dropping open connections", { s
   assert.throws(() => new Server(Echo, { engine }).setSslOptions(serverOptions()), ChannelStateError);
 });
 
-test("close(false) right after write(data, true) in a TLS 1.3 server's onConnect: the reply still arrives, then the FIN (as on plain TCP)", { skip }, async (t) => {
-  const engine = freshEngine(t);
-  class Refuse extends Stream {
-    override onConnect() {
-      // The first write after a TLS 1.3 handshake waits behind the session tickets' write.
-      this.write("421 too busy\r\n", true);
-      this.close(false);
+/** Flushed replies, then one never flushed, then close(false): what arrives must be the flushed ones, whole, then the FIN. */
+function refuseWithReplies(stream: Stream): void {
+  // The first write after a TLS 1.3 handshake waits behind the session tickets'
+  // write, and node:tls writes one at a time: the later ones wait in pants-ts.
+  stream.write("421 too busy\r\n", true);
+  for (let i = 0; i < 40; i++) stream.write(`detail ${i}\r\n`, true);
+  stream.write("never flushed\r\n");
+  stream.close(false);
+}
+const REFUSAL = `421 too busy\r\n${Array.from({ length: 40 }, (_, i) => `detail ${i}\r\n`).join("")}`;
+
+for (const version of ["TLSv1.2", "TLSv1.3"] as const) {
+  test(`close(false) after flushed writes in a ${version} server's onConnect: every flushed reply arrives, then the FIN (as on plain TCP)`, { skip }, async (t) => {
+    const engine = freshEngine(t);
+    class Refuse extends Stream {
+      override onConnect() {
+        refuseWithReplies(this);
+      }
     }
-  }
-  const port = await listenLocal(new Server(Refuse, { engine, sslOptions: { ...serverOptions(), minVersion: "TLSv1.3" } }), t);
-  for (let i = 0; i < 5; i++) {
-    const c = await connectTls(["127.0.0.1", port], { ca: certs.ca.certPem, servername: "localhost" });
-    assert.equal(c.tlsSocket.getProtocol(), "TLSv1.3");
-    assert.equal((await c.readToEnd()).toString(), "421 too busy\r\n", `connection ${i}`);
-    c.destroy();
-  }
-});
+    const port = await listenLocal(new Server(Refuse, { engine, sslOptions: { ...serverOptions(), minVersion: version, maxVersion: version } }), t);
+    for (let i = 0; i < 5; i++) {
+      const c = await connectTls(["127.0.0.1", port], { ca: certs.ca.certPem, servername: "localhost" });
+      assert.equal(c.tlsSocket.getProtocol(), version);
+      assert.equal((await c.readToEnd()).toString(), REFUSAL, `connection ${i}`);
+      c.destroy();
+    }
+  });
+
+  test(`close(false) after flushed writes on a STARTTLS (${version}) connection: every flushed reply arrives, then the FIN`, { skip }, async (t) => {
+    const engine = freshEngine(t);
+    class Upgrading extends Stream {
+      override onConnect() {
+        this.readDelimiter = "\n";
+      }
+      override onRead(line: Buffer) {
+        if (line.toString() !== "STARTTLS") return refuseWithReplies(this);
+        this.write("OK\n");
+        this.startSSL({ ...serverOptions(), minVersion: version, maxVersion: version });
+      }
+    }
+    const port = await listenLocal(new Server(Upgrading, { engine }), t);
+    for (let i = 0; i < 5; i++) {
+      const plain = net.connect(port, "127.0.0.1");
+      t.after(() => plain.destroy());
+      plain.write("STARTTLS\n");
+      // Exactly "OK\n" before the handshake: read it byte by byte off the plain socket.
+      await new Promise<void>((resolve) => plain.once("readable", resolve));
+      let ok = "";
+      while (ok.length < 3) {
+        const byte = plain.read(1) as Buffer | null;
+        if (byte === null) await new Promise<void>((resolve) => plain.once("readable", resolve));
+        else ok += byte.toString();
+      }
+      assert.equal(ok, "OK\n");
+      const secure = tls.connect({ socket: plain, ca: certs.ca.certPem, servername: "localhost" });
+      await new Promise<void>((resolve, reject) => secure.once("secureConnect", resolve).once("error", reject));
+      const c = new RawClient(secure);
+      secure.write("refuse me\n");
+      assert.equal((await c.readToEnd()).toString(), REFUSAL, `connection ${i}`);
+      secure.destroy();
+    }
+  });
+}
 
 test("STARTTLS: both sides upgrade; bytes before are plaintext, after encrypted, none lost", { skip }, async (t) => {
   const engine = freshEngine(t);
