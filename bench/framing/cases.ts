@@ -131,6 +131,20 @@ const decoderInput = () =>
     return message;
   });
 
+/** The hand-written framer of the length-prefixed cases. */
+function lengthPrefixedRaw(sink: Sink): (chunk: Buffer) => void {
+  const onPayload = countBytes(sink);
+  return loopFramer((data, offset) => {
+    if (data.length - offset < 4) return 0;
+    const end = offset + 4 + data.readUInt32BE(offset);
+    if (data.length < end) return 0;
+    onPayload(data.subarray(offset + 4, end));
+    return end - offset;
+  });
+}
+
+const NETSTRUCT_IS = new NetStruct("!I$");
+
 function decoderCase(name: string, title: string, decoder: Decoder): FramingCase {
   return {
     name,
@@ -146,16 +160,7 @@ function decoderCase(name: string, title: string, decoder: Decoder): FramingCase
           sink.check += payload.length;
         }
       },
-    raw: (sink) => {
-      const onPayload = countBytes(sink);
-      return loopFramer((data, offset) => {
-        if (data.length - offset < 4) return 0;
-        const end = offset + 4 + data.readUInt32BE(offset);
-        if (data.length < end) return 0;
-        onPayload(data.subarray(offset + 4, end));
-        return end - offset;
-      });
-    },
+    raw: lengthPrefixedRaw,
   };
 }
 
@@ -290,6 +295,23 @@ export const CASES: readonly FramingCase[] = [
         return end - offset;
       });
     },
+  },
+  {
+    // The bytes of the Decoder cases, framed by the built-in NetStruct: what a length prefix costs without a Decoder.
+    name: "length-prefix",
+    title: 'NetStruct("!I$"), 4-byte length prefix + 60-byte payload (the Decoder cases\' input)',
+    input: decoderInput,
+    pants: (sink) =>
+      class extends Stream {
+        override onConnect(): void {
+          this.readDelimiter = NETSTRUCT_IS;
+        }
+        override onRead(payload: Buffer): void {
+          sink.frames++;
+          sink.check += payload.length;
+        }
+      },
+    raw: lengthPrefixedRaw,
   },
   decoderCase("decoder", "Decoder (buf): 4-byte length prefix + 60-byte payload", lengthPrefixed),
   decoderCase("decoder-at", "Decoder (buf, start): the same, read at an offset", lengthPrefixedAt),
