@@ -265,6 +265,10 @@ class Extras {
   held = 0;
   heldBytes = 0;
   heldJoined = 0;
+  /** setNoDelay's last word (null: never called), applied again at a client's connect. */
+  noDelay: boolean | null = null;
+  /** setKeepAlive's last word: the delay in ms, -1 off, null never called. */
+  keepAlive: number | null = null;
 }
 
 /** One FrameOut for every stream: read and cleared before any handler runs. */
@@ -616,6 +620,52 @@ export class Stream extends Channel {
     if (this.#state === S_CONNECTING) x.idleSince = this.engine.time();
     this.#flags |= F_ACTIVE;
     this.#updateTimed();
+  }
+
+  /**
+   * TCP_NODELAY on this connection. On (the default of every pants-ts
+   * socket: the writes of a turn are joined already), small writes leave at
+   * once; off, the kernel may hold one back while an earlier one is
+   * unacknowledged, to join them (Nagle's algorithm). No effect on a UNIX
+   * socket or a Duplex of your own; a client's call before it has connected
+   * applies from the connect; a no-op once closed.
+   * @throws TypeError unless a boolean.
+   */
+  setNoDelay(noDelay = true): this {
+    if (typeof noDelay !== "boolean") throw typeError(`setNoDelay() wants a boolean, got ${describe(noDelay)}.`, "ERR_INVALID_ARG_TYPE");
+    this.#extras().noDelay = noDelay;
+    this.#applyTcpOptions();
+    return this;
+  }
+
+  /**
+   * TCP keep-alive on this connection: once it has been silent for
+   * `initialDelayMs` (whole seconds; 0: the system's idle time, two hours on
+   * Linux), the kernel probes the peer and fails the connection if it has
+   * vanished without a FIN or reset (a crashed host, a dropped NAT entry).
+   * `false` turns the probes off. The server's `keepAliveMs` option does this
+   * for every connection it accepts; this is per connection, clients
+   * included. Applies as {@link setNoDelay} does.
+   * @throws TypeError unless `enable` is a boolean; RangeError (TypeError for a non-number) unless `initialDelayMs` is a non-negative number.
+   */
+  setKeepAlive(enable: boolean, initialDelayMs = 0): this {
+    if (typeof enable !== "boolean") throw typeError(`setKeepAlive() wants a boolean, got ${describe(enable)}.`, "ERR_INVALID_ARG_TYPE");
+    if (typeof initialDelayMs !== "number" || !Number.isFinite(initialDelayMs) || initialDelayMs < 0) {
+      throw numberError(initialDelayMs, `setKeepAlive()'s initialDelayMs must be a non-negative number of milliseconds, got ${describe(initialDelayMs)}.`);
+    }
+    this.#extras().keepAlive = enable ? initialDelayMs : -1;
+    this.#applyTcpOptions();
+    return this;
+  }
+
+  /** Hands setNoDelay/setKeepAlive's settings to the TCP socket (under TLS: the one under it), once connected. */
+  #applyTcpOptions(): void {
+    const x = this.#x;
+    if (x === null || this.#state < S_PENDING || this.#state === S_CLOSED) return;
+    const tcp = x.raw ?? this.#sock;
+    if (!(tcp instanceof net.Socket) && !isNative(tcp)) return;
+    if (x.noDelay !== null) tcp.setNoDelay(x.noDelay);
+    if (x.keepAlive !== null) tcp.setKeepAlive(x.keepAlive >= 0, Math.max(x.keepAlive, 0));
   }
 
   /** The peer's certificate once the TLS handshake is done (empty object if none), else `null`. */
@@ -1094,6 +1144,7 @@ export class Stream extends Channel {
     if (this.#state !== S_CONNECTING) return;
     this.#addresses();
     this.#state = S_PENDING;
+    if (this.#x !== null) this.#applyTcpOptions();
     this.#flags |= F_ACTIVE; // the idle time starts now, not at connect()
     const sslOptions = this.#x?.sslOptions;
     if (sslOptions != null) {

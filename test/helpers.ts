@@ -4,6 +4,7 @@
  */
 import net from "node:net";
 import tls from "node:tls";
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -316,4 +317,48 @@ export function closedBeforeConnect(events: string[]): { Conn: typeof Stream; Cl
     }
   }
   return { Conn, ClosingServer };
+}
+
+/** A socket's TCP options as the kernel has them. */
+export interface TcpOptions {
+  noDelay: boolean;
+  keepAlive: boolean;
+  /** TCP_KEEPIDLE: seconds of silence before the first probe. */
+  keepIdle: number;
+}
+
+// Node has no getsockopt: python3 takes a duplicate of the descriptor from
+// this process (pidfd_getfd, Linux 5.6+; syscall 438 on every architecture)
+// and asks the kernel.
+const TCP_OPTIONS_PY = `
+import ctypes, json, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pidfd = os.pidfd_open(int(sys.argv[1]))
+fd = libc.syscall(438, pidfd, int(sys.argv[2]), 0)
+if fd < 0:
+    sys.exit("pidfd_getfd: " + os.strerror(ctypes.get_errno()))
+s = socket.socket(fileno=fd)
+print(json.dumps({
+    "noDelay": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+    "keepAlive": s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
+    "keepIdle": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+}))
+s.close()
+`;
+
+/**
+ * The TCP options of descriptor `fd` of this process; throws with the
+ * reason when they cannot be read here (see {@link canReadTcpOptions}).
+ */
+export function tcpOptionsOf(fd: number): TcpOptions {
+  const r = spawnSync("python3", ["-c", TCP_OPTIONS_PY, String(process.pid), String(fd)], { encoding: "utf8", timeout: 10_000 });
+  if (r.status !== 0) throw new Error(`cannot read the TCP options of fd ${fd}: ${r.error?.message ?? r.stderr.trim()}`);
+  return JSON.parse(r.stdout) as TcpOptions;
+}
+
+/** Why {@link tcpOptionsOf} cannot run here (no python3, or one without os.pidfd_open), or false. */
+export function cannotReadTcpOptions(): string | false {
+  const r = spawnSync("python3", ["-c", "import os; os.close(os.pidfd_open(os.getpid()))"], { encoding: "utf8", timeout: 10_000 });
+  if (r.status === 0) return false;
+  return `python3 with os.pidfd_open is needed to read socket options (${r.error?.message ?? r.stderr.trim()})`;
 }
