@@ -356,9 +356,10 @@ export function tcpOptionsOf(fd: number): TcpOptions {
   return JSON.parse(r.stdout) as TcpOptions;
 }
 
-/** Why {@link tcpOptionsOf} cannot run here (no python3, or one without os.pidfd_open), or false. */
+/** Why {@link tcpOptionsOf} cannot run here (no python3, an old kernel, no right to take this process's descriptors), or false. */
 export function cannotReadTcpOptions(): string | false {
-  const r = spawnSync("python3", ["-c", "import os; os.close(os.pidfd_open(os.getpid()))"], { encoding: "utf8", timeout: 10_000 });
+  const probe = "import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.syscall(438, os.pidfd_open(int(sys.argv[1])), 1, 0)\nsys.exit(0 if fd >= 0 else os.strerror(ctypes.get_errno()))";
+  const r = spawnSync("python3", ["-c", probe, String(process.pid)], { encoding: "utf8", timeout: 10_000 });
   if (r.status === 0) return false;
-  return `python3 with os.pidfd_open is needed to read socket options (${r.error?.message ?? r.stderr.trim()})`;
+  return `reading socket options needs python3 and pidfd_getfd on this process (${r.error?.message ?? r.stderr.trim()})`;
 }
