@@ -200,8 +200,8 @@ export class Engine {
   /** True when this engine runs on a manual clock (see {@link EngineOptions}). */
   readonly manualClock: boolean;
   #now = 0;
-  /** Manual clock: when the next sweep of connection timeouts is due (-1: not scheduled). */
-  #nextSweep = -1;
+  /** Manual clock: when advance() last swept (-Infinity: never). */
+  #lastSweep = Number.NEGATIVE_INFINITY;
   #running = false;
   #keepAlive: ReturnType<typeof setInterval> | null = null;
   #settle: (() => void) | null = null;
@@ -225,29 +225,31 @@ export class Engine {
     if (!this.manualClock) throw rangeError("advance() needs an Engine created with { manualClock: true }.");
     if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0) throw numberError(ms, `advance() needs a non-negative number of ms, got ${describe(ms)}.`);
     const target = this.#now + ms;
-    const step = () => Math.max(1, this._sweeper.tickMs);
-    // The sweep schedule carries over from one call to the next: many short
-    // advances reach a timeout as one long one does.
-    if (!this._sweeper.busy || this.#nextSweep < 0) this.#nextSweep = this.#now + step();
-    let nextSweep = this.#nextSweep;
+    const sweeper = this._sweeper;
+    // Sweeps fall where the real ticker's would: a whole tick after the last
+    // sweep or after the ticker (re)started, whichever is later (a shorter
+    // timeout armed meanwhile restarts it with a finer tick). The schedule
+    // carries over from one call to the next: many short advances reach a
+    // timeout as one long one does.
+    const nextSweepAt = () => Math.max(this.#lastSweep, sweeper.startedAt) + Math.max(1, sweeper.tickMs);
     for (;;) {
       let next: EngineTimer | null = null;
       for (const timer of this._timers) {
         if (timer.delayed && timer.active && (next === null || timer.due < next.due)) next = timer;
       }
       const timerDue = next !== null && next.due <= target ? next.due : Infinity;
-      const sweepDue = this._sweeper.busy && nextSweep <= target ? nextSweep : Infinity;
+      const nextSweep = sweeper.busy ? nextSweepAt() : Infinity;
+      const sweepDue = nextSweep <= target ? nextSweep : Infinity;
       if (timerDue === Infinity && sweepDue === Infinity) break;
       if (timerDue <= sweepDue) {
         this.#now = Math.max(this.#now, timerDue);
         next!._fire();
       } else {
         this.#now = Math.max(this.#now, sweepDue);
-        this._sweeper.sweep();
-        nextSweep = this.#now + step();
+        sweeper.sweep();
+        this.#lastSweep = this.#now;
       }
     }
-    this.#nextSweep = nextSweep;
     this.#now = target;
   }
 

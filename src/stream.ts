@@ -217,6 +217,7 @@ const SPARE_QUEUES = 64;
 /** Queues that held more items than this are left to the GC, not kept (a long queue keeps a large backing store). */
 const SPARE_QUEUE_ITEMS = 16;
 const DEFAULT_HWM = 1024 * 1024;
+const DEFAULT_HANDSHAKE_MS = 10_000;
 const DEFAULT_WRITE_LIMIT = 64 * 1024 * 1024;
 
 /** A queued STARTTLS upgrade. */
@@ -265,6 +266,8 @@ class Extras {
   held = 0;
   heldBytes = 0;
   heldJoined = 0;
+  /** Set by the user (ms); else the server's handshakeTimeoutMs, or 10 s for a client. */
+  handshakeTimeout: number | null = null;
   /** setNoDelay's last word (null: never called), applied again at a client's connect. */
   noDelay: boolean | null = null;
   /** setKeepAlive's last word: the delay in ms, -1 off, null never called. */
@@ -620,6 +623,26 @@ export class Stream extends Channel {
     if (this.#state === S_CONNECTING) x.idleSince = this.engine.time();
     this.#flags |= F_ACTIVE;
     this.#updateTimed();
+  }
+
+  /**
+   * Milliseconds a TLS handshake of this stream (the first, or a STARTTLS
+   * upgrade's) may take; past it the handshake fails with a
+   * {@link TimeoutError} (`onSslHandshakeError`, for a client also
+   * `onConnectError`, then `onClose`). 0: no limit. Default: the server's
+   * `handshakeTimeoutMs` for its streams, 10 000 for clients. Set during a
+   * handshake, it bounds that handshake from then.
+   * @throws RangeError (TypeError for a non-number) unless a non-negative number.
+   */
+  get handshakeTimeout(): number {
+    return this.#x?.handshakeTimeout ?? this.server?._handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_MS;
+  }
+  set handshakeTimeout(value: number) {
+    if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
+      throw numberError(value, `handshakeTimeout must be a non-negative number of milliseconds, got ${describe(value)}.`);
+    }
+    this.#extras().handshakeTimeout = value;
+    if (this.#handshaking && this.#state !== S_CLOSED) this.#armHandshakeTimeout();
   }
 
   /**
@@ -2510,7 +2533,7 @@ export class Stream extends Channel {
   // Internals: timeouts (driven by the engine's shared sweeper)
 
   #armHandshakeTimeout(): void {
-    const ms = this.server?._handshakeTimeoutMs ?? 10_000;
+    const ms = this.handshakeTimeout;
     if (ms > 0) this.#setDeadline("handshake", ms);
     else this.#clearDeadline("handshake");
   }

@@ -19,6 +19,10 @@ export class TimeoutSweeper {
   #items = new Set<Timed>();
   #tick = MAX_TICK_MS;
   #timer: ReturnType<typeof setInterval> | null = null;
+  /** True while the ticker runs (a manual one has no timer: its owner sweeps). */
+  #running = false;
+  /** When the ticker last (re)started: ticks fall at this plus whole ticks. */
+  #startedAt = 0;
   readonly #now: () => number;
   /** Manual: no real timer runs; the owner calls {@link sweep}. */
   readonly #manual: boolean;
@@ -33,12 +37,17 @@ export class TimeoutSweeper {
     return this.#tick;
   }
 
+  /** When the ticker last (re)started, on the owner's clock. */
+  get startedAt(): number {
+    return this.#startedAt;
+  }
+
   /** Registers `item` for a timeout of `timeoutMs` (sets the precision). */
   add(item: Timed, timeoutMs: number): void {
     this.#items.add(item);
     const wanted = Math.min(MAX_TICK_MS, Math.max(MIN_TICK_MS, Math.floor(timeoutMs / 4)));
-    if (this.#timer === null || wanted < this.#tick) {
-      this.#tick = this.#timer === null ? wanted : Math.min(this.#tick, wanted);
+    if (!this.#running || wanted < this.#tick) {
+      this.#tick = this.#running ? Math.min(this.#tick, wanted) : wanted;
       this.#restart();
     }
   }
@@ -53,11 +62,14 @@ export class TimeoutSweeper {
   stop(): void {
     if (this.#timer !== null) clearInterval(this.#timer);
     this.#timer = null;
+    this.#running = false;
     this.#tick = MAX_TICK_MS;
     this.#items.clear();
   }
 
   #restart(): void {
+    this.#running = true;
+    this.#startedAt = this.#now();
     if (this.#manual) return;
     if (this.#timer !== null) clearInterval(this.#timer);
     this.#timer = setInterval(() => this.sweep(), this.#tick);

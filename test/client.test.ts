@@ -163,6 +163,49 @@ test("a TLS client's handshake timeout is a ConnectError caused by TimeoutError 
   assert.notEqual(s.error!.errno, "ETIMEDOUT", "not reported as a TCP connect timeout");
 });
 
+test("handshakeTimeout on a client: set before connect() or during the handshake, it bounds the handshake instead of the 10 s default", async (t) => {
+  captureLogs(t);
+  const engine = new Engine({ manualClock: true });
+  t.after(() => engine.stop());
+  const silent = net.createServer(() => {}); // accepts, never answers the ClientHello
+  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+  t.after(() => silent.close());
+  const target: [string, number] = ["127.0.0.1", (silent.address() as net.AddressInfo).port];
+  const dflt = new Recording({ engine, sslOptions: { cert_reqs: "CERT_NONE" } });
+  const early = new Recording({ engine, sslOptions: { cert_reqs: "CERT_NONE" } });
+  assert.equal(early.handshakeTimeout, 10_000);
+  early.handshakeTimeout = 2000;
+  const during = new Recording({ engine, sslOptions: { cert_reqs: "CERT_NONE" } });
+  for (const s of [dflt, early, during]) s.connect(target);
+  await waitFor(() => !dflt.connecting && !early.connecting && !during.connecting, 5000, "the TCP connects");
+  engine.advance(1000);
+  during.handshakeTimeout = 500; // 1 s into its handshake: 500 ms more, from now
+  engine.advance(600);
+  await assert.rejects(during.ready(), ConnectError);
+  assert.equal(early.closed, false, "early, 1.6 s into a 2 s handshake timeout");
+  engine.advance(500);
+  await assert.rejects(early.ready(), ConnectError);
+  assert.ok(early.error!.cause instanceof TimeoutError && early.error!.cause.kind === "handshake", String(early.error!.cause));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(dflt.closed, false, "the default client at 2.1 s");
+  engine.advance(8000);
+  await assert.rejects(dflt.ready(), ConnectError);
+  for (const s of [dflt, early, during]) {
+    await waitFor(() => s.events.includes("close"));
+    assert.deepEqual(s.events, ["connectError", "close"]);
+  }
+});
+
+test("handshakeTimeout: 0 turns the limit off; typed errors for bad values", (t) => {
+  const engine = freshEngine(t);
+  const s = new Stream({ engine });
+  s.handshakeTimeout = 0;
+  assert.equal(s.handshakeTimeout, 0);
+  assert.throws(() => (s.handshakeTimeout = -1), RangeError);
+  assert.throws(() => (s.handshakeTimeout = Number.POSITIVE_INFINITY), RangeError);
+  assert.throws(() => (s.handshakeTimeout = "10" as unknown as number), TypeError);
+});
+
 test("a TCP client's remoteAddress is its target until it connects (or when it never does), then the peer's, read once connected", { timeout: 30_000 }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
