@@ -59,7 +59,7 @@ export default class Chat extends Stream {
   /** Sends a line to everyone else; a client that stopped reading is dropped by writeBufferLimit. */
   broadcast(message: string): void {
     for (const other of room) {
-      if (other !== this && other.connected && !other.closing) other.write(message + "\n");
+      if (other !== this && other.writable) other.write(message + "\n");
     }
   }
 

@@ -433,6 +433,15 @@ export class Stream extends Channel {
     return this.#state === S_CLOSING;
   }
 
+  /**
+   * True when `write` (and `writeFile`, `writePacked`, `flush`) would take
+   * bytes rather than throw {@link ChannelStateError}: connected, and not
+   * closing or closed. The test for a broadcast loop over other streams.
+   */
+  get writable(): boolean {
+    return this.#state === S_OPEN || this.#state === S_PENDING;
+  }
+
   /** True when TLS is enabled (being negotiated or established). */
   get sslEnabled(): boolean {
     return this.#tls !== null || (this.#flags & F_TLS_UPGRADING) !== 0 || (this.#x?.sslOptions != null && this.#state <= S_CONNECTING);

@@ -195,6 +195,40 @@ test("writes made while closing (close(true) pending) throw; onRead stops", asyn
   assert.equal(afterClose, 0, "no onRead after close(true)");
 });
 
+test("writable is true exactly when write() takes bytes: not before connecting, nor while connecting, closing or closed", async (t) => {
+  const engine = freshEngine(t);
+  const seen: Array<[string, boolean]> = [];
+  class Probe extends Stream {
+    override onConnect() {
+      seen.push(["onConnect", this.writable]);
+      this.write(Buffer.alloc(8 << 20, 0x61)); // more than the socket takes at once: close(true) drains
+      this.close(true);
+      seen.push(["closing", this.writable]);
+      assert.throws(() => this.write("x"), ChannelStateError);
+    }
+    override onClose() {
+      seen.push(["onClose", this.writable]);
+    }
+  }
+  const port = await listenLocal(new Server(Probe, { engine }), t);
+  const client = new Stream({ engine });
+  assert.equal(client.writable, false, "before connect()");
+  assert.throws(() => client.write("x"), ChannelStateError);
+  client.connect(["127.0.0.1", port]);
+  assert.equal(client.writable, false, "while connecting");
+  await client.ready();
+  assert.equal(client.writable, true, "connected");
+  client.write("hello\n");
+  await waitFor(() => seen.length === 3, 10_000, "the server's onClose");
+  assert.deepEqual(seen, [
+    ["onConnect", true],
+    ["closing", false],
+    ["onClose", false],
+  ]);
+  client.close(false);
+  assert.equal(client.writable, false, "closed");
+});
+
 test("a socket option that is not a stream socket is refused with TypeError (Pants test_stream_constructor_with_invalid_socket)", async (t) => {
   const engine = freshEngine(t);
   const udp = dgram.createSocket("udp4");
