@@ -162,6 +162,10 @@ const F_COUNTED = 1 << 25;
 const F_SHUTDOWN_DUE = 1 << 26;
 /** The bytes before a STARTTLS job have drained; their onWrite waits for the handshake (#drained stopped at the job). */
 const F_WRITE_OWED = 1 << 27;
+/** end() was called: no more writes; a FIN once what was written has gone. */
+const F_WRITE_ENDED = 1 << 28;
+/** The FIN that end() asked for has been handed to the socket. */
+const F_FIN_SENT = 1 << 29;
 
 // Reasons reading is paused (flag bits too).
 const P_USER = 1 << 15;
@@ -435,11 +439,12 @@ export class Stream extends Channel {
 
   /**
    * True when `write` (and `writeFile`, `writePacked`, `flush`) would take
-   * bytes rather than throw {@link ChannelStateError}: connected, and not
-   * closing or closed. The test for a broadcast loop over other streams.
+   * bytes rather than throw {@link ChannelStateError}: connected, not ended
+   * ({@link end}), closing or closed. The test for a broadcast loop over
+   * other streams.
    */
   get writable(): boolean {
-    return this.#state === S_OPEN || this.#state === S_PENDING;
+    return (this.#state === S_OPEN || this.#state === S_PENDING) && (this.#flags & F_WRITE_ENDED) === 0;
   }
 
   /** True when TLS is enabled (being negotiated or established). */
@@ -840,7 +845,7 @@ export class Stream extends Channel {
    */
   write(data: string | Uint8Array, flush = false): void {
     const state = this.#state;
-    if (state !== S_OPEN && state !== S_PENDING) this.#writeStateError("write");
+    if ((state !== S_OPEN && state !== S_PENDING) || (this.#flags & F_WRITE_ENDED) !== 0) this.#writeStateError("write");
     let buf: Buffer;
     if (typeof data === "string") buf = Buffer.from(data, "utf8");
     else if (Buffer.isBuffer(data)) buf = data;
@@ -871,7 +876,7 @@ export class Stream extends Channel {
    */
   writeFile(file: string | number | FileHandle, nbytes = 0, offset = 0, flush = false): void {
     const state = this.#state;
-    if (state !== S_OPEN && state !== S_PENDING) this.#writeStateError("writeFile");
+    if ((state !== S_OPEN && state !== S_PENDING) || (this.#flags & F_WRITE_ENDED) !== 0) this.#writeStateError("writeFile");
     const isHandle = typeof file === "object" && file !== null && typeof (file as FileHandle).read === "function";
     if (!(typeof file === "string" && file.length > 0) && !(typeof file === "number" && Number.isInteger(file) && file >= 0) && !isHandle) {
       throw typeError(`writeFile() expects a path, a file descriptor or a FileHandle, got ${describe(file)}.`);
@@ -890,7 +895,7 @@ export class Stream extends Channel {
    */
   writePacked(values: readonly unknown[], options?: { format?: string | Struct | NetStruct; flush?: boolean }): void {
     const state = this.#state;
-    if (state !== S_OPEN && state !== S_PENDING) this.#writeStateError("writePacked");
+    if ((state !== S_OPEN && state !== S_PENDING) || (this.#flags & F_WRITE_ENDED) !== 0) this.#writeStateError("writePacked");
     if (!Array.isArray(values)) throw typeError(`writePacked() expects an array of values, got ${describe(values)}.`);
     let format = options?.format;
     if (typeof format === "string") {
@@ -917,7 +922,7 @@ export class Stream extends Channel {
    */
   flush(): void {
     const state = this.#state;
-    if (state !== S_OPEN && state !== S_PENDING) this.#writeStateError("flush");
+    if ((state !== S_OPEN && state !== S_PENDING) || (this.#flags & F_WRITE_ENDED) !== 0) this.#writeStateError("flush");
     this.#flush();
   }
 
@@ -943,6 +948,32 @@ export class Stream extends Channel {
    * everything, it still ends with a FIN and the linger, not a reset).
    * `onClose` runs exactly once.
    */
+  /**
+   * Half-close: a FIN once everything written so far has gone (under TLS,
+   * close_notify first), while the stream goes on reading: frames still
+   * arrive, then `onEnd` when the peer ends too (its default closes the
+   * stream). As Node's `socket.end()`, asyncio's `write_eof()` and Netty's
+   * `shutdownOutput()`. Afterwards `write` and the other writes throw
+   * {@link ChannelStateError} and `writable` is false; a second call does
+   * nothing.
+   * @throws ChannelStateError unless the stream is open (from `onConnect` on; not closing or closed).
+   */
+  end(): void {
+    if (this.#state !== S_OPEN) this.#writeStateError("end");
+    if ((this.#flags & F_WRITE_ENDED) !== 0) return;
+    this.#flags |= F_WRITE_ENDED;
+    this.#flush();
+    this.#finAfterWrites();
+  }
+
+  /** end()'s FIN, once nothing waits in the stream's own queue (the socket sends it after what it holds). */
+  #finAfterWrites(): void {
+    if ((this.#flags & (F_WRITE_ENDED | F_FIN_SENT)) !== F_WRITE_ENDED || this.#state === S_CLOSED || this.#sock === null) return;
+    if ((this.#wq !== null && this.#wq.length > 0) || (this.#flags & F_FILE_ACTIVE) !== 0 || this.#handshaking) return;
+    this.#flags |= F_FIN_SENT;
+    this.#sock.end();
+  }
+
   close(flush = true): void {
     const state = this.#state;
     if (state === S_CLOSED) return;
@@ -1268,6 +1299,8 @@ export class Stream extends Channel {
       // What was written before startSSL() drained while the upgrade job held
       // the queue; with nothing written since, no later drain would report it.
       if ((this.#flags & F_WRITE_OWED) !== 0 && !this.#hasPendingWrites()) this.#drained();
+      // end() after startSSL(): its FIN waited behind the upgrade.
+      if ((this.#flags & F_WRITE_ENDED) !== 0) this.#finAfterWrites();
       this.#scheduleProcess();
     }
   }
@@ -2047,6 +2080,7 @@ export class Stream extends Channel {
   #writeStateError(op: string): never {
     const state = this.#state;
     if (state === S_CLOSED || state === S_CLOSING) throw new ChannelStateError(`${op}() called on closed ${String(this)}.`);
+    if ((this.#flags & F_WRITE_ENDED) !== 0) throw new ChannelStateError(`${op}() called after end() on ${String(this)}.`);
     throw new ChannelStateError(`${op}() called on disconnected ${String(this)}.`);
   }
 
@@ -2240,7 +2274,7 @@ export class Stream extends Channel {
    * handler, not paused by backpressure, no overflow to clear, not closing.
    */
   #nobodyWaits(): boolean {
-    return (this.#flags & (P_BACKPRESSURE | F_WRITE_OVERFLOWED)) === 0 && this.#state === S_OPEN && this.onWrite === Stream.prototype.onWrite;
+    return (this.#flags & (P_BACKPRESSURE | F_WRITE_OVERFLOWED | F_WRITE_ENDED)) === 0 && this.#state === S_OPEN && this.onWrite === Stream.prototype.onWrite;
   }
 
   /**
@@ -2353,6 +2387,7 @@ export class Stream extends Channel {
     // Never before onConnect: a stream closed with close(true) before it ran
     // still sends what was written, but gets onClose only.
     if (this.onWrite !== Stream.prototype.onWrite && (this.#flags & F_EVER_CONNECTED) !== 0) this._call0(this.onWrite);
+    if ((this.#flags & F_WRITE_ENDED) !== 0) this.#finAfterWrites();
     if (this.#state === S_CLOSING && !this.#hasPendingWrites()) this.#finishClose(true);
   }
 

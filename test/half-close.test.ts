@@ -1,0 +1,149 @@
+/**
+ * end(): our side's half-close. What was written goes out, then a FIN
+ * (close_notify first under TLS); the stream goes on reading until the peer
+ * ends too, then onEnd and (by default) onClose. Writes after it throw.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { ChannelStateError, Server, Stream } from "../src/index.js";
+import type { ConnectionOptions } from "node:tls";
+import { RawClient, connectTls, freshEngine, listenLocal, tempDir, waitFor } from "./helpers.js";
+import { hasOpenssl, makeCerts } from "./certs.js";
+
+/** Answers its first line, then ends its side; records what follows. */
+function halfClosingServer(events: string[], reply: (s: Stream) => void): typeof Stream {
+  return class extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      events.push(`read:${line}`);
+      if (events.length > 1) return;
+      reply(this);
+      this.end();
+      events.push(`writable:${this.writable}`);
+      assert.throws(() => this.write("late"), ChannelStateError);
+      assert.throws(() => this.flush(), ChannelStateError);
+      this.end(); // a second call does nothing
+    }
+    override onEnd() {
+      events.push("end");
+      super.onEnd();
+    }
+    override onClose() {
+      events.push("close");
+    }
+  };
+}
+
+/** A raw client that keeps its side open after the server's FIN (node:net ends it by default). */
+async function connectHalfOpen(port: number): Promise<RawClient> {
+  const socket = net.connect({ port, host: "127.0.0.1", allowHalfOpen: true });
+  await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
+  return new RawClient(socket);
+}
+
+/** The peer's side: reads to our FIN, then still sends a line, then ends. */
+async function readThenSendAfterFin(c: RawClient, events: string[]): Promise<Buffer> {
+  c.write("request\n");
+  const got = await c.readToEnd(10_000);
+  assert.equal(c.ended, true, "the server's FIN arrived");
+  c.write("after your FIN\n");
+  await waitFor(() => events.includes("read:after your FIN"), 5000, "the line sent after the server's FIN");
+  c.socket.end();
+  await waitFor(() => events.includes("close"), 5000, "onClose once the peer ended too");
+  return got;
+}
+
+test("end() on a server's stream: the reply, then a FIN; it still reads until the peer ends; writes after it throw", async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  const port = await listenLocal(new Server(halfClosingServer(events, (s) => s.write("reply\n")), { engine }), t);
+  const c = await connectHalfOpen(port);
+  t.after(() => c.destroy());
+  assert.equal((await readThenSendAfterFin(c, events)).toString(), "reply\n");
+  assert.deepEqual(events, ["read:request", "writable:false", "read:after your FIN", "end", "close"]);
+});
+
+test("end() after a write larger than the socket takes, and after writeFile: every byte, then the FIN", async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const file = join(dir, "payload");
+  writeFileSync(file, Buffer.alloc(3 << 20, 0x62));
+  for (const how of ["write", "writeFile"] as const) {
+    const events: string[] = [];
+    const Big = halfClosingServer(events, (s) => (how === "write" ? s.write(Buffer.alloc(8 << 20, 0x61)) : s.writeFile(file)));
+    const port = await listenLocal(new Server(Big, { engine }), t);
+    const c = await connectHalfOpen(port);
+    t.after(() => c.destroy());
+    const got = await readThenSendAfterFin(c, events);
+    assert.equal(got.length, how === "write" ? 8 << 20 : 3 << 20, how);
+    assert.deepEqual(events, ["read:request", "writable:false", "read:after your FIN", "end", "close"], how);
+  }
+});
+
+test("end() on a client: the server gets the request and the FIN, and its answer still arrives (request, half-close, read the response)", async (t) => {
+  const engine = freshEngine(t);
+  // A plain node:net server that answers only once the client has ended, as `sort` would.
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+    const chunks: Buffer[] = [];
+    socket.on("data", (d: Buffer) => chunks.push(d));
+    socket.on("end", () => {
+      const lines = Buffer.concat(chunks).toString().trim().split("\n").sort();
+      socket.end(`${lines.join("\n")}\n`);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.after(() => server.close());
+  const events: string[] = [];
+  class Sorter extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+      this.write("pear\napple\nfig\n");
+      this.end();
+    }
+    override onRead(line: Buffer) {
+      events.push(String(line));
+    }
+    override onEnd() {
+      events.push("end");
+      super.onEnd();
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  const client = new Sorter({ engine }).connect(["127.0.0.1", (server.address() as net.AddressInfo).port]);
+  await client.ready();
+  await waitFor(() => events.includes("close"), 5000, "the client's onClose");
+  assert.deepEqual(events, ["apple", "fig", "pear", "end", "close"]);
+});
+
+test("end() under TLS: the reply, close_notify and FIN; the stream still reads what the peer sends after them", { skip: !hasOpenssl() && "the openssl command is not installed" }, async (t) => {
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  const Secure = halfClosingServer(events, (s) => s.write("reply\n"));
+  const port = await listenLocal(new Server(Secure, { engine, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } }), t);
+  // (node:tls takes allowHalfOpen as net.connect does; its types leave it out.)
+  const c = await connectTls(["127.0.0.1", port], { allowHalfOpen: true } as ConnectionOptions);
+  t.after(() => c.destroy());
+  assert.equal((await readThenSendAfterFin(c, events)).toString(), "reply\n");
+  assert.deepEqual(events, ["read:request", "writable:false", "read:after your FIN", "end", "close"]);
+});
+
+test("end() before onConnect, or once closing or closed, throws ChannelStateError", async (t) => {
+  const engine = freshEngine(t);
+  const client = new Stream({ engine });
+  assert.throws(() => client.end(), ChannelStateError);
+  const port = await listenLocal(new Server(Stream, { engine }), t);
+  client.connect(["127.0.0.1", port]);
+  assert.throws(() => client.end(), ChannelStateError, "while connecting");
+  await client.ready();
+  client.close();
+  assert.throws(() => client.end(), ChannelStateError, "closed");
+});
