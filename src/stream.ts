@@ -1271,6 +1271,10 @@ export class Stream extends Channel {
     }
     this.#flags |= F_TLS_DONE;
     this.#clearDeadline("handshake");
+    // The handshake was bytes both ways: the idle time starts now, not when
+    // its deadline was armed (a native socket under STARTTLS counts none of
+    // the writes the OS took at once, so the sweep would see only silence).
+    this.#flags |= F_ACTIVE;
     const upgrade = (this.#flags & F_TLS_UPGRADING) !== 0;
     this.#flags &= ~F_TLS_UPGRADING;
     // STARTTLS done: its job leaves the head of the write queue before the

@@ -291,6 +291,43 @@ test("idleTimeout over TLS: a large write the peer is still reading is activity"
   assert.deepEqual(events, ["timeout:0"]);
 });
 
+test("idleTimeout after a STARTTLS upgrade counts from the handshake: a client slow to start it is not timed out as it completes", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Upgrading extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      if (line.toString() === "STARTTLS") this.startSSL(serverOptions());
+      else this.write(`${line}!\n`);
+    }
+    override onTimeout() {
+      events.push("timeout");
+      super.onTimeout();
+    }
+  }
+  const port = await listenLocal(new Server(Upgrading, { engine, idleTimeoutMs: 300 }), t);
+  const plain = net.connect(port, "127.0.0.1");
+  t.after(() => plain.destroy());
+  await new Promise<void>((resolve, reject) => plain.once("connect", resolve).once("error", reject));
+  plain.write("STARTTLS\n");
+  // Longer than idleTimeout before the ClientHello: the handshake's own deadline applies meanwhile.
+  await sleep(600);
+  const secure = tls.connect({ socket: plain, rejectUnauthorized: false });
+  await new Promise<void>((resolve, reject) => secure.once("secureConnect", resolve).once("error", reject));
+  const c = new RawClient(secure);
+  // Well within idleTimeout of the handshake's bytes.
+  await sleep(100);
+  secure.write("ping\n");
+  await c.until(() => c.received.length >= 6 || c.ended || c.closed, 3000, "the reply");
+  assert.equal(c.received.toString(), "ping!\n", `events: ${events.join(",")}`);
+  // Silent from then on: the idle timeout still closes it.
+  await c.readToEnd(3000);
+  assert.deepEqual(events, ["timeout"]);
+  secure.destroy();
+});
+
 test("a pants-ts client verifies the server certificate and host name by default", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
