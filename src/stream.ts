@@ -158,14 +158,18 @@ const F_LEND = 1 << 23;
 const F_HOLDS_LENT = 1 << 24;
 /** Counted in engine.stats.accepted (at accept for a server's, at onConnect otherwise): its close counts too. */
 const F_COUNTED = 1 << 25;
-/** server.shutdown() began before onConnect ran (TLS handshake or the onConnect tick pending): onShutdown follows onConnect. */
+/** server.shutdown() began before onConnect ran (TLS handshake or the onConnect tick pending): onShutdown follows onConnect (see #event). */
 const F_SHUTDOWN_DUE = 1 << 26;
-/** The bytes before a STARTTLS job have drained; their onWrite waits for the handshake (#drained stopped at the job). */
+/** A drain's onWrite waits: for onConnect (#event), or for a STARTTLS handshake (#drained stopped at its job). */
 const F_WRITE_OWED = 1 << 27;
 /** end() was called: no more writes; a FIN once what was written has gone. */
 const F_WRITE_ENDED = 1 << 28;
 /** The FIN that end() asked for has been handed to the socket. */
 const F_FIN_SENT = 1 << 29;
+/** An idle timeout came due before onConnect ran (a manual clock): onTimeout follows onConnect (see #event). */
+const F_TIMEOUT_DUE = 1 << 30;
+/** #event's `owed` for the first handshake's onSslHandshake: onConnect follows it, so it comes first. */
+const BEFORE_CONNECT = -1;
 
 // Reasons reading is paused (flag bits too).
 const P_USER = 1 << 15;
@@ -1281,9 +1285,7 @@ export class Stream extends Channel {
     // handler runs, so that writes it flushes (flush(), close(true)) go out
     // encrypted after it, rather than meeting the job and upgrading again.
     if (upgrade) this.#wq?.shift();
-    // A first handshake that ends on a stream closed before its onConnect
-    // (close(true) from another handler): it never opens, so onClose only.
-    if (upgrade || this.#state !== S_CLOSING) this._call0(this.onSslHandshake);
+    this.#event(this.onSslHandshake, upgrade ? 0 : BEFORE_CONNECT);
     if (this.#state === S_CLOSED) return;
     if (!upgrade && this.#state !== S_CLOSING) {
       this.#establish();
@@ -1336,6 +1338,21 @@ export class Stream extends Channel {
     if (this.#state === S_PENDING) this.#establish();
   }
 
+  /**
+   * Calls an event handler, keeping SPEC §5's rule in this one place:
+   * onConnect is a stream's first event (under TLS, after onSslHandshake),
+   * and a stream closed before its onConnect gets onClose only. Before
+   * onConnect an event waits: its `owed` flag has #establish call it right
+   * after onConnect (0: it is dropped; BEFORE_CONNECT: it comes now); on a
+   * stream that began closing before its onConnect it never comes. (onRead
+   * needs an open stream; the error handlers say why a stream did not
+   * connect, so they are not held.)
+   */
+  #event(fn: (this: this) => unknown, owed: number): void {
+    if ((this.#flags & F_EVER_CONNECTED) !== 0 || (owed === BEFORE_CONNECT && this.#state === S_PENDING)) this._call0(fn);
+    else if (this.#state === S_PENDING) this.#flags |= owed;
+  }
+
   #establish(): void {
     this.#state = S_OPEN;
     this.#flags |= F_EVER_CONNECTED;
@@ -1358,10 +1375,17 @@ export class Stream extends Channel {
     if ((this.#flags & F_NATIVE) !== 0) this.#syncNativeFraming();
     this.#startFlowing();
     if (this.#wq !== null && this.#wq.length > 0) this.#flush();
-    if ((this.#flags & F_SHUTDOWN_DUE) !== 0) {
-      this.#flags &= ~F_SHUTDOWN_DUE;
-      if (this.#state === S_OPEN) this._call0(this.onShutdown);
-    }
+    if ((this.#flags & (F_WRITE_OWED | F_TIMEOUT_DUE | F_SHUTDOWN_DUE)) !== 0) this.#owedEvents();
+  }
+
+  /** Calls the events that came due before onConnect (see #event), now that it has run. */
+  #owedEvents(): void {
+    const owed = this.#flags;
+    this.#flags &= ~(F_TIMEOUT_DUE | F_SHUTDOWN_DUE);
+    // Writes made since (in onConnect) are reported by their own drain, with these.
+    if ((owed & F_WRITE_OWED) !== 0 && !this.#hasPendingWrites()) this.#drained();
+    if ((owed & F_TIMEOUT_DUE) !== 0 && this.#state === S_OPEN) this._call0(this.onTimeout);
+    if ((owed & F_SHUTDOWN_DUE) !== 0 && this.#state === S_OPEN) this._call0(this.onShutdown);
   }
 
   /**
@@ -1934,7 +1958,7 @@ export class Stream extends Channel {
   #deliverEnd(): void {
     if ((this.#flags & F_END_DELIVERED) !== 0 || this.#state !== S_OPEN) return;
     this.#flags |= F_END_DELIVERED;
-    this._call0(this.onEnd);
+    this.#event(this.onEnd, 0);
   }
 
   #scheduleProcess(): void {
@@ -2388,9 +2412,7 @@ export class Stream extends Channel {
     }
     this.#flags &= ~(F_WRITE_OVERFLOWED | F_WRITE_OWED);
     this.#resume(P_BACKPRESSURE);
-    // Never before onConnect: a stream closed with close(true) before it ran
-    // still sends what was written, but gets onClose only.
-    if (this.onWrite !== Stream.prototype.onWrite && (this.#flags & F_EVER_CONNECTED) !== 0) this._call0(this.onWrite);
+    if (this.onWrite !== Stream.prototype.onWrite) this.#event(this.onWrite, F_WRITE_OWED);
     if ((this.#flags & F_WRITE_ENDED) !== 0) this.#finAfterWrites();
     if (this.#state === S_CLOSING && !this.#hasPendingWrites()) this.#finishClose(true);
   }
@@ -2651,21 +2673,16 @@ export class Stream extends Channel {
     } else if (now - x.idleSince >= x.idleTimeout) {
       x.idleSince = now;
       this._countError("timeout", new TimeoutError("idle timeout", "idle"));
-      this._call0(this.onTimeout);
+      this.#event(this.onTimeout, F_TIMEOUT_DUE);
     }
   }
 
   // -------------------------------------------------------------------------
   // Internals: server plumbing
 
-  /**
-   * @internal server.shutdown() asks this connection to wind down: onShutdown
-   * now, or, before onConnect has run (a TLS handshake or the onConnect tick
-   * still pending), right after it: onConnect is always the first event.
-   */
+  /** @internal server.shutdown() asks this connection to wind down. */
   _shutdownRequested(): void {
-    if (this.#state === S_PENDING) this.#flags |= F_SHUTDOWN_DUE;
-    else if (this.#state !== S_CLOSED) this._call0(this.onShutdown);
+    if (this.#state !== S_CLOSED) this.#event(this.onShutdown, F_SHUTDOWN_DUE);
   }
 
   /** @internal Called by the server right after construction. */

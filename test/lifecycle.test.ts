@@ -7,7 +7,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import { join } from "node:path";
-import { ChannelStateError, Server, Stream } from "../src/index.js";
+import { ChannelStateError, Engine, Server, Stream } from "../src/index.js";
+import type { Address } from "../src/index.js";
+import type { Duplex } from "node:stream";
 import { closedBeforeConnect, connect, freshEngine, listenLocal, tempDir, waitFor, sleep } from "./helpers.js";
 
 class Recorder extends Stream {
@@ -261,4 +263,68 @@ test("a stream that never connected: no fileno; close() still calls onClose once
   s.close(); // twice is a no-op
   await sleep(10);
   assert.equal(events.length, 1);
+});
+
+test("a server-made stream whose flushed write drains before its onConnect gets that onWrite after onConnect", async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  let made = 0;
+  class Conn extends Stream {
+    readonly id = ++made;
+    override onConnect() {
+      events.push(`${this.id}:connect`);
+    }
+    override onWrite() {
+      events.push(`${this.id}:write`);
+    }
+  }
+  class Greeting extends Server {
+    override onAccept(socket: Duplex, address: Address) {
+      // In the same turn an open connection writes first (the native
+      // transport's write completions are then due before the new stream's
+      // onConnect tick), and the new one greets at once.
+      [...this.channels.values()].at(-1)?.write("news\n", true);
+      super.onAccept(socket, address);
+      [...this.channels.values()].at(-1)!.write("hello\n", true);
+    }
+  }
+  const port = await listenLocal(new Greeting(Conn, { engine }), t);
+  const first = await connect(port);
+  t.after(() => first.destroy());
+  await waitFor(() => events.includes("1:write"), 5000, "the first connection's onWrite");
+  const second = await connect(port);
+  t.after(() => second.destroy());
+  assert.equal(await second.readText(6), "hello\n");
+  await waitFor(() => events.includes("2:write"), 2000, "the second connection's onWrite");
+  assert.deepEqual(events.filter((e) => e.startsWith("2:")), ["2:connect", "2:write"]);
+});
+
+test("an idle timeout due before onConnect (a manual clock advanced from onAccept) comes after onConnect", async (t) => {
+  const engine = new Engine({ manualClock: true });
+  t.after(() => engine.stop());
+  const events: string[] = [];
+  class Conn extends Stream {
+    override onConnect() {
+      events.push("connect");
+    }
+    override onTimeout() {
+      events.push("timeout");
+      super.onTimeout(); // closes
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  class Advancing extends Server {
+    override onAccept(socket: Duplex, address: Address) {
+      super.onAccept(socket, address);
+      this.engine.advance(1000); // past idleTimeoutMs, before the onConnect tick
+    }
+  }
+  const port = await listenLocal(new Advancing(Conn, { engine, idleTimeoutMs: 100 }), t);
+  const c = await connect(port);
+  t.after(() => c.destroy());
+  await c.readToEnd();
+  await waitFor(() => events.includes("close"), 5000, "the close");
+  assert.deepEqual(events, ["connect", "timeout", "close"]);
 });

@@ -304,3 +304,37 @@ test("shutdown() with a timeoutMs beyond what a Node timer holds (2^31 ms) does 
   c.destroy();
   await waitFor(() => server.closed, 3000, "the server closed once its last connection left");
 });
+
+test("shutdown while a connection closed before its onConnect still drains (close(true) from onAccept): onClose only, no onShutdown; what was written goes out", async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Session extends Stream {
+    override onConnect() {
+      events.push("connect");
+    }
+    override onShutdown() {
+      events.push("shutdown");
+      this.write("bye\n"); // a closing stream refuses writes: onError would cut the close short
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  let drained: Promise<void> | null = null;
+  class Draining extends Server {
+    override onAccept(socket: Duplex, address: Address) {
+      super.onAccept(socket, address);
+      const conn = [...this.channels.values()].at(-1)!;
+      conn.write("hello\n");
+      conn.close(true);
+      drained = this.shutdown({ timeoutMs: 5000 });
+    }
+  }
+  const port = await listenLocal(new Draining(Session, { engine }));
+  const c = await connect(port);
+  t.after(() => c.destroy());
+  await waitFor(() => drained !== null, 5000, "the accept");
+  await drained;
+  assert.equal((await c.readToEnd()).toString(), "hello\n");
+  assert.deepEqual(events, ["close"]);
+});

@@ -1253,3 +1253,31 @@ test("a server's secure context is built once per startSSL, not per connection",
   // The test's own clients build theirs through tls.connect: one each, none on the server's side.
   assert.equal(built - atListen, 3, "no context per accepted connection");
 });
+
+test("a stream whose STARTTLS upgrade was queued, then closed with close(true) before its onConnect: the handshake completes, onClose only (no onSslHandshake)", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Refused extends Stream {
+    constructor(options?: ConstructorParameters<typeof Stream>[0]) {
+      super(options);
+      this.startSSL({ certfile: certs.server.cert, keyfile: certs.server.key });
+      this.close(true); // another handler of the application decides against it, before onConnect
+    }
+    override onSslHandshake() {
+      events.push("sslHandshake");
+    }
+    override onConnect() {
+      events.push("connect");
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  const port = await listenLocal(new Server(Refused, { engine }), t);
+  const c = await connectTls(["127.0.0.1", port]);
+  t.after(() => c.destroy());
+  await c.readToEnd();
+  await waitFor(() => events.includes("close"), 5000, "the close");
+  await sleep(20);
+  assert.deepEqual(events, ["close"]);
+});
