@@ -944,15 +944,6 @@ export class Stream extends Channel {
   // Closing
 
   /**
-   * Closes the stream. `flush` true (default): no more `onRead`, everything
-   * already written is sent, then the connection closes with a FIN (bytes
-   * still arriving are read and discarded for a short linger, so no reset
-   * destroys data the peer has not read). `flush` false: unsent data is
-   * dropped and the connection closes now (when the OS already took
-   * everything, it still ends with a FIN and the linger, not a reset).
-   * `onClose` runs exactly once.
-   */
-  /**
    * Half-close: a FIN once everything written so far has gone (under TLS,
    * close_notify first), while the stream goes on reading: frames still
    * arrive, then `onEnd` when the peer ends too (its default closes the
@@ -978,6 +969,15 @@ export class Stream extends Channel {
     this.#sock.end();
   }
 
+  /**
+   * Closes the stream. `flush` true (default): no more `onRead`, everything
+   * already written is sent, then the connection closes with a FIN (bytes
+   * still arriving are read and discarded for a short linger, so no reset
+   * destroys data the peer has not read). `flush` false: unsent data is
+   * dropped and the connection closes now (when the OS already took
+   * everything, it still ends with a FIN and the linger, not a reset).
+   * `onClose` runs exactly once.
+   */
   close(flush = true): void {
     const state = this.#state;
     if (state === S_CLOSED) return;
