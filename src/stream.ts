@@ -681,12 +681,14 @@ export class Stream extends Channel {
 
   /**
    * TCP keep-alive on this connection: once it has been silent for
-   * `initialDelayMs` (whole seconds; 0: the system's idle time, two hours on
-   * Linux), the kernel probes the peer and fails the connection if it has
-   * vanished without a FIN or reset (a crashed host, a dropped NAT entry).
-   * `false` turns the probes off. The server's `keepAliveMs` option does this
-   * for every connection it accepts; this is per connection, clients
-   * included. Applies as {@link setNoDelay} does.
+   * `initialDelayMs`, the kernel probes the peer and fails the connection if
+   * it has vanished without a FIN or reset (a crashed host, a dropped NAT
+   * entry). The delay counts in whole seconds, and 0 (as anything under
+   * 1 000) leaves it as it is, as in Node: the system's idle time (two hours
+   * on Linux) unless set before on this connection (an earlier call, the
+   * server's `keepAliveMs`). `false` turns the probes off. The server's
+   * `keepAliveMs` option does this for every connection it accepts; this is
+   * per connection, clients included. Applies as {@link setNoDelay} does.
    * @throws TypeError unless `enable` is a boolean; RangeError (TypeError for a non-number) unless `initialDelayMs` is a non-negative number.
    */
   setKeepAlive(enable: boolean, initialDelayMs = 0): this {
@@ -813,13 +815,15 @@ export class Stream extends Channel {
    * already written has been sent; later writes are sent encrypted, and
    * bytes the peer sent right behind its command go to the handshake.
    * `server_side` defaults to true on a stream a server accepted.
-   * @throws ChannelStateError if TLS is already enabled, or the stream is closing or closed.
+   * @throws ChannelStateError if TLS is already enabled, or the stream is ended ({@link end}), closing or closed.
    * @throws RangeError if `do_handshake_on_connect` is not false.
    */
   startSSL(sslOptions: SslOptions = {}): this {
     if (this.#state === S_CLOSED || this.#state === S_CLOSING) {
       throw new ChannelStateError(`startSSL() called on closed ${String(this)}.`);
     }
+    // The handshake writes: after our FIN (or with one queued) it could only fail, or be cut by it.
+    if ((this.#flags & F_WRITE_ENDED) !== 0) throw new ChannelStateError(`startSSL() called after end() on ${String(this)}.`);
     if (this.sslEnabled) throw new ChannelStateError(`startSSL() called on SSL-enabled ${String(this)}.`);
     checkPantsFlags(sslOptions, undefined);
     if (this.#state === S_INIT || this.#state === S_CONNECTING) {
@@ -948,9 +952,9 @@ export class Stream extends Channel {
    * close_notify first), while the stream goes on reading: frames still
    * arrive, then `onEnd` when the peer ends too (its default closes the
    * stream). As Node's `socket.end()`, asyncio's `write_eof()` and Netty's
-   * `shutdownOutput()`. Afterwards `write` and the other writes throw
-   * {@link ChannelStateError} and `writable` is false; a second call does
-   * nothing.
+   * `shutdownOutput()`. Afterwards `write` and the other writes (and
+   * `startSSL`) throw {@link ChannelStateError} and `writable` is false; a
+   * second call does nothing.
    * @throws ChannelStateError unless the stream is open (from `onConnect` on; not closing or closed).
    */
   end(): void {

@@ -147,3 +147,27 @@ test("end() before onConnect, or once closing or closed, throws ChannelStateErro
   client.close();
   assert.throws(() => client.end(), ChannelStateError, "closed");
 });
+
+test("startSSL() after end() throws ChannelStateError (the handshake would have to write after our FIN), and the stream ends as it would have", { skip: !hasOpenssl() && "the openssl command is not installed" }, async (t) => {
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const engine = freshEngine(t);
+  for (const reply of ["OK\n", "x".repeat(4 << 20)]) {
+    const events: string[] = [];
+    const Upgrading = halfClosingServer(events, (s) => {
+      s.write(reply);
+      s.end();
+      try {
+        s.startSSL({ certfile: certs.server.cert, keyfile: certs.server.key });
+        events.push("upgrading");
+      } catch (err) {
+        events.push(err instanceof ChannelStateError ? "startSSL refused" : `startSSL threw ${String(err)}`);
+      }
+    });
+    const port = await listenLocal(new Server(Upgrading, { engine }), t);
+    const c = await connectHalfOpen(port);
+    t.after(() => c.destroy());
+    assert.equal((await readThenSendAfterFin(c, events)).length, reply.length, `${reply.length} bytes, then the FIN`);
+    assert.deepEqual(events, ["read:request", "startSSL refused", "writable:false", "read:after your FIN", "end", "close"], `${reply.length} bytes`);
+  }
+});

@@ -130,3 +130,10 @@ test("setNoDelay()/setKeepAlive(): typed errors for bad arguments; no effect on 
   s.close();
   s.setNoDelay(false).setKeepAlive(true, 5000); // closed: nothing to set, nothing thrown
 });
+
+test("setKeepAlive(true) with no delay (or one under a second) leaves the idle time as it was: the server's keepAliveMs, an earlier call's, else the system's", { skip }, async (t) => {
+  const fromServer = await optionsSeenByServer(t, { keepAliveMs: 30_000 }, (s) => s.setKeepAlive(true));
+  assert.deepEqual(fromServer, { noDelay: true, keepAlive: true, keepIdle: 30 });
+  const fromEarlier = await optionsSeenByServer(t, {}, (s) => s.setKeepAlive(true, 20_000).setKeepAlive(false).setKeepAlive(true, 500));
+  assert.deepEqual(fromEarlier, { noDelay: true, keepAlive: true, keepIdle: 20 });
+});
