@@ -5,6 +5,7 @@
  * checks that the harness works, never how fast anything is.
  */
 import { test } from "node:test";
+import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -124,37 +125,38 @@ test("the summary names the figures that came from runs with errors", () => {
   assert.match(notes[0]!, /^- churn \(pants-ts js\): 3 error\(s\) in 1 of 2 run\(s\)/);
 });
 
-test("loadgen counts HTTP responses however the reads cut them, and refuses what is not a 200 with a length", { skip: !onPath("cc") && "no C compiler (cc)" }, (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "pants-ts-loadgen-http-"));
+/**
+ * Builds bench/loadgen.c with its main() renamed and `lines` (C code with a
+ * main of its own) after it, runs that, and returns the numbers it printed.
+ */
+function runWithLoadgen(t: TestContext, name: string, lines: readonly string[]): number[] {
+  const dir = mkdtempSync(join(tmpdir(), `pants-ts-loadgen-${name}-`));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const source = join(dir, "http.c");
-  writeFileSync(
-    source,
-    [
-      "#define main loadgen_main",
-      `#include ${JSON.stringify(join(root, "bench", "loadgen.c"))}`,
-      "#undef main",
-      "static int feed_split(const char *s, size_t cut) {",
-      "    struct http_reader h; memset(&h, 0, sizeof h);",
-      "    size_t len = strlen(s);",
-      "    int a = http_feed(&h, s, cut), b = http_feed(&h, s + cut, len - cut);",
-      "    return a < 0 || b < 0 ? -1 : a + b;",
-      "}",
-      "int main(void) {",
-      '    const char *two = "HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\ncontent-length: 5\\r\\n\\r\\nhelloHTTP/1.1 200 OK\\r\\nContent-Length:12\\r\\n\\r\\nhello world!";',
-      "    int bad = 0;",
-      "    for (size_t cut = 0; cut <= strlen(two); cut++) if (feed_split(two, cut) != 2) bad++;",
-      '    printf("%d %d %d %d\\n", bad, feed_split("HTTP/1.1 404 Not Found\\r\\nContent-Length: 0\\r\\n\\r\\n", 10),',
-      '           feed_split("HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n", 30), feed_split("HTTP/1.1 200 OK\\r\\nContent-Length: 0\\r\\n\\r\\n", 0));',
-      "    return 0;",
-      "}",
-      "",
-    ].join("\n"),
-  );
-  const binary = join(dir, "http");
+  const source = join(dir, `${name}.c`);
+  writeFileSync(source, ["#define main loadgen_main", `#include ${JSON.stringify(join(root, "bench", "loadgen.c"))}`, "#undef main", ...lines, ""].join("\n"));
+  const binary = join(dir, name);
   const cc = spawnSync("cc", ["-O2", "-w", "-o", binary, source], { encoding: "utf8" });
   assert.equal(cc.status, 0, cc.stderr);
-  const out = spawnSync(binary, [], { encoding: "utf8" }).stdout.trim().split(" ").map(Number);
+  return spawnSync(binary, [], { encoding: "utf8" }).stdout.trim().split(" ").map(Number);
+}
+
+test("loadgen counts HTTP responses however the reads cut them, and refuses what is not a 200 with a length", { skip: !onPath("cc") && "no C compiler (cc)" }, (t) => {
+  const out = runWithLoadgen(t, "http", [
+    "static int feed_split(const char *s, size_t cut) {",
+    "    struct http_reader h; memset(&h, 0, sizeof h);",
+    "    size_t len = strlen(s);",
+    "    int a = http_feed(&h, s, cut), b = http_feed(&h, s + cut, len - cut);",
+    "    return a < 0 || b < 0 ? -1 : a + b;",
+    "}",
+    "int main(void) {",
+    '    const char *two = "HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\ncontent-length: 5\\r\\n\\r\\nhelloHTTP/1.1 200 OK\\r\\nContent-Length:12\\r\\n\\r\\nhello world!";',
+    "    int bad = 0;",
+    "    for (size_t cut = 0; cut <= strlen(two); cut++) if (feed_split(two, cut) != 2) bad++;",
+    '    printf("%d %d %d %d\\n", bad, feed_split("HTTP/1.1 404 Not Found\\r\\nContent-Length: 0\\r\\n\\r\\n", 10),',
+    '           feed_split("HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n", 30), feed_split("HTTP/1.1 200 OK\\r\\nContent-Length: 0\\r\\n\\r\\n", 0));',
+    "    return 0;",
+    "}",
+  ]);
   assert.equal(out[0], 0, "every cut of two responses counts two");
   assert.equal(out[1], -1, "a 404 is refused");
   assert.equal(out[2], -1, "a response without Content-Length is refused");
@@ -162,30 +164,16 @@ test("loadgen counts HTTP responses however the reads cut them, and refuses what
 });
 
 test("loadgen's percentiles are nearest-rank: 90 fast samples and 10 slow ones make a fast p90", { skip: !onPath("cc") && "no C compiler (cc)" }, (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "pants-ts-loadgen-hist-"));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const source = join(dir, "hist.c");
-  writeFileSync(
-    source,
-    [
-      "#define main loadgen_main",
-      `#include ${JSON.stringify(join(root, "bench", "loadgen.c"))}`,
-      "#undef main",
-      "int main(void) {",
-      "    for (int i = 0; i < 90; i++) hist_add(100);",
-      "    for (int i = 0; i < 10; i++) hist_add(100000);",
-      '    printf("%.3f %.3f %.3f ", hist_quantile_us(0.5), hist_quantile_us(0.9), hist_quantile_us(0.99));',
-      "    hist_clear(); hist_add(100); hist_add(100000);",
-      '    printf("%.3f %.3f\\n", hist_quantile_us(0.5), hist_quantile_us(1.0));',
-      "    return 0;",
-      "}",
-      "",
-    ].join("\n"),
-  );
-  const binary = join(dir, "hist");
-  const cc = spawnSync("cc", ["-O2", "-w", "-o", binary, source], { encoding: "utf8" });
-  assert.equal(cc.status, 0, cc.stderr);
-  const out = spawnSync(binary, [], { encoding: "utf8" }).stdout.trim().split(" ").map(Number);
+  const out = runWithLoadgen(t, "hist", [
+    "int main(void) {",
+    "    for (int i = 0; i < 90; i++) hist_add(100);",
+    "    for (int i = 0; i < 10; i++) hist_add(100000);",
+    '    printf("%.3f %.3f %.3f ", hist_quantile_us(0.5), hist_quantile_us(0.9), hist_quantile_us(0.99));',
+    "    hist_clear(); hist_add(100); hist_add(100000);",
+    '    printf("%.3f %.3f\\n", hist_quantile_us(0.5), hist_quantile_us(1.0));',
+    "    return 0;",
+    "}",
+  ]);
   // 100 ns samples read back as 0.1 µs, 100 µs ones within 1 %.
   assert.equal(out[0], 0.1, "p50");
   assert.equal(out[1], 0.1, "p90: 90 of 100 samples are 100 ns");

@@ -145,14 +145,19 @@ test("idleTimeout set again during the connect bounds it from then, not from con
   assert.equal(s.error!.errno, "ETIMEDOUT");
 });
 
+/** A TCP server that accepts and never answers a ClientHello; its address. */
+async function silentTlsPeer(t: TestContext): Promise<[string, number]> {
+  const silent = net.createServer(() => {});
+  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+  t.after(() => silent.close());
+  return ["127.0.0.1", (silent.address() as net.AddressInfo).port];
+}
+
 test("a TLS client's handshake timeout is a ConnectError caused by TimeoutError 'handshake', not a connect timeout", async (t) => {
   captureLogs(t);
   const engine = new Engine({ manualClock: true });
   t.after(() => engine.stop());
-  const silent = net.createServer(() => {}); // accepts, never answers the ClientHello
-  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
-  t.after(() => silent.close());
-  const s = new Recording({ engine, sslOptions: { cert_reqs: "CERT_NONE" } }).connect(["127.0.0.1", (silent.address() as net.AddressInfo).port]);
+  const s = new Recording({ engine, sslOptions: { cert_reqs: "CERT_NONE" } }).connect(await silentTlsPeer(t));
   const failed = assert.rejects(s.ready(), ConnectError);
   await waitFor(() => !s.connecting, 5000, "the TCP connect");
   engine.advance(10_001);
@@ -167,10 +172,7 @@ test("handshakeTimeout on a client: set before connect() or during the handshake
   captureLogs(t);
   const engine = new Engine({ manualClock: true });
   t.after(() => engine.stop());
-  const silent = net.createServer(() => {}); // accepts, never answers the ClientHello
-  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
-  t.after(() => silent.close());
-  const target: [string, number] = ["127.0.0.1", (silent.address() as net.AddressInfo).port];
+  const target = await silentTlsPeer(t);
   const dflt = new Recording({ engine, sslOptions: { cert_reqs: "CERT_NONE" } });
   const early = new Recording({ engine, sslOptions: { cert_reqs: "CERT_NONE" } });
   assert.equal(early.handshakeTimeout, 10_000);

@@ -5,7 +5,7 @@
  * the way one frames by hand on raw `node:net`) that counts the same frames.
  */
 import { NetStruct, Stream, Struct } from "pants-ts";
-import type { Decoder } from "pants-ts";
+import type { Decoder, ReadDelimiter } from "pants-ts";
 
 /** What a side saw: frames, and a checksum of their contents (equal on both sides). */
 export interface Sink {
@@ -83,21 +83,25 @@ function countBytes(sink: Sink): (frame: Buffer) => void {
   };
 }
 
+/** A pants-ts connection class framing by `delimiter` and counting each frame's bytes into `sink`. */
+function byteCounter(sink: Sink, delimiter: ReadDelimiter): typeof Stream {
+  return class extends Stream {
+    override onConnect(): void {
+      this.readDelimiter = delimiter;
+    }
+    override onRead(frame: Buffer): void {
+      sink.frames++;
+      sink.check += frame.length;
+    }
+  };
+}
+
 function lineCase(name: string, title: string, length: number): FramingCase {
   return {
     name,
     title,
     input: () => repeatFrames((i) => textLine(length, i, "\n")),
-    pants: (sink) =>
-      class extends Stream {
-        override onConnect(): void {
-          this.readDelimiter = "\n";
-        }
-        override onRead(line: Buffer): void {
-          sink.frames++;
-          sink.check += line.length;
-        }
-      },
+    pants: (sink) => byteCounter(sink, "\n"),
     raw: (sink) => indexOfFramer(0x0a, countBytes(sink)),
   };
 }
@@ -150,16 +154,7 @@ function decoderCase(name: string, title: string, decoder: Decoder): FramingCase
     name,
     title,
     input: decoderInput,
-    pants: (sink) =>
-      class extends Stream {
-        override onConnect(): void {
-          this.readDelimiter = decoder;
-        }
-        override onRead(payload: Buffer): void {
-          sink.frames++;
-          sink.check += payload.length;
-        }
-      },
+    pants: (sink) => byteCounter(sink, decoder),
     raw: lengthPrefixedRaw,
   };
 }
@@ -174,16 +169,7 @@ export const CASES: readonly FramingCase[] = [
       repeatFrames((i) =>
         Buffer.from(`GET /items/${i} HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench/1.0\r\nAccept: */*\r\n\r\n`, "latin1"),
       ),
-    pants: (sink) =>
-      class extends Stream {
-        override onConnect(): void {
-          this.readDelimiter = HEADERS_END;
-        }
-        override onRead(head: Buffer): void {
-          sink.frames++;
-          sink.check += head.length;
-        }
-      },
+    pants: (sink) => byteCounter(sink, HEADERS_END),
     raw: (sink) => indexOfFramer(HEADERS_END, countBytes(sink)),
   },
   {
@@ -216,16 +202,7 @@ export const CASES: readonly FramingCase[] = [
     name: "regex",
     title: "RegExp /\\r?\\n/ search, 32-byte lines",
     input: () => repeatFrames((i) => textLine(32, i, "\r\n")),
-    pants: (sink) =>
-      class extends Stream {
-        override onConnect(): void {
-          this.readDelimiter = /\r?\n/;
-        }
-        override onRead(line: Buffer): void {
-          sink.frames++;
-          sink.check += line.length;
-        }
-      },
+    pants: (sink) => byteCounter(sink, /\r?\n/),
     raw: (sink) => {
       // By hand: a RegExp needs a string, so decode as latin1 (one char per byte) and search with lastIndex.
       const onLine = countBytes(sink);
@@ -275,16 +252,7 @@ export const CASES: readonly FramingCase[] = [
     name: "netstruct",
     title: 'NetStruct("!H$"), 2-byte length + 30-byte string',
     input: () => repeatFrames((i) => NETSTRUCT_HS.pack(textLine(30, i, ""))),
-    pants: (sink) =>
-      class extends Stream {
-        override onConnect(): void {
-          this.readDelimiter = NETSTRUCT_HS;
-        }
-        override onRead(text: Buffer): void {
-          sink.frames++;
-          sink.check += text.length;
-        }
-      },
+    pants: (sink) => byteCounter(sink, NETSTRUCT_HS),
     raw: (sink) => {
       const onText = countBytes(sink);
       return loopFramer((data, offset) => {
@@ -301,16 +269,7 @@ export const CASES: readonly FramingCase[] = [
     name: "length-prefix",
     title: 'NetStruct("!I$"), 4-byte length prefix + 60-byte payload (the Decoder cases\' input)',
     input: decoderInput,
-    pants: (sink) =>
-      class extends Stream {
-        override onConnect(): void {
-          this.readDelimiter = NETSTRUCT_IS;
-        }
-        override onRead(payload: Buffer): void {
-          sink.frames++;
-          sink.check += payload.length;
-        }
-      },
+    pants: (sink) => byteCounter(sink, NETSTRUCT_IS),
     raw: lengthPrefixedRaw,
   },
   decoderCase("decoder", "Decoder (buf): 4-byte length prefix + 60-byte payload", lengthPrefixed),
