@@ -456,8 +456,14 @@ export class Stream extends Channel {
     return this.#tls !== null || (this.#flags & F_TLS_UPGRADING) !== 0 || (this.#x?.sslOptions != null && this.#state <= S_CONNECTING);
   }
 
-  /** The OS file descriptor, where Node exposes it. */
+  /**
+   * The OS file descriptor, where Node exposes it; null before the stream
+   * has a socket and once it has closed (in `onClose` too, on either
+   * transport, as in Pants: a closing socket's descriptor is no longer the
+   * stream's to use).
+   */
   get fileno(): number | null {
+    if (this.#state === S_CLOSED) return null;
     const raw = (this.#x?.raw ?? this.#sock) as (Duplex & { _handle?: { fd?: number } | null }) | null;
     const fd = raw?._handle?.fd;
     return typeof fd === "number" && fd >= 0 ? fd : null;

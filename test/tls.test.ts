@@ -328,6 +328,36 @@ test("idleTimeout after a STARTTLS upgrade counts from the handshake: a client s
   secure.destroy();
 });
 
+test("fileno is the descriptor while open and null from onClose on, plain or TLS, whoever closed (String(stream) reads the same on both transports)", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  for (const secure of [false, true]) {
+    for (const closer of ["server", "peer"] as const) {
+      const seen: Array<[string, number | null, string]> = [];
+      class Probe extends Stream {
+        override onConnect() {
+          seen.push(["connect", this.fileno, String(this)]);
+          if (closer === "server") this.close();
+        }
+        override onClose() {
+          seen.push(["close", this.fileno, String(this)]);
+        }
+      }
+      const port = await listenLocal(new Server(Probe, { engine, ...(secure ? { sslOptions: serverOptions() } : {}) }), t);
+      const c = secure ? await connectTls(["127.0.0.1", port]) : await connect(port);
+      if (closer === "peer") {
+        await waitFor(() => seen.length === 1, 5000, "onConnect");
+        c.destroy();
+      }
+      await waitFor(() => seen.length === 2, 5000, "onClose");
+      c.destroy();
+      const what = `${secure ? "TLS" : "plain"}, closed by the ${closer}`;
+      assert.equal(typeof seen[0]![1], "number", `${what}: fileno in onConnect`);
+      assert.equal(seen[1]![1], null, `${what}: fileno in onClose`);
+      assert.match(seen[1]![2], /^Probe \(no fd\)$/, what);
+    }
+  }
+});
+
 test("a pants-ts client verifies the server certificate and host name by default", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
