@@ -319,7 +319,11 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
   pn_conn *c = req->data;
   free(req);
   if (c->base.closing || status == UV_ECANCELED) return;
-  if (status < 0) pn_conn_emit_error(c, status, "shutdown");
+  /* ENOTCONN: the peer reset the connection before our FIN. The reset is the
+   * read's to report (ECONNRESET: shutdown(2) leaves the error pending), as
+   * on node:net, which ignores this too; reported here, it would be a write
+   * error ENOTCONN instead. */
+  if (status < 0 && status != UV_ENOTCONN) pn_conn_emit_error(c, status, "shutdown");
   else pn_conn_emit(c, PN_CB_SHUTDOWN);
 }
 

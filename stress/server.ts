@@ -3,7 +3,7 @@
  * own, so a crash is seen as a crash and its memory and descriptors are its
  * own. Started by stress/lib/proc.ts as
  *
- *   node --expose-gc dist/stress/server.js --scenario echo|framed|big|faulty|lent --options JSON
+ *   node --expose-gc dist/stress/server.js --scenario echo|framed|big|faulty|lent|ending --options JSON
  *
  * with an IPC channel. It listens on 127.0.0.1 (port 0), sends
  * `{ op: "ready", port, auxPort }`, and answers `{ op: "health" }` with a
@@ -45,7 +45,7 @@ function argValue(name: string): string | undefined {
 
 const scenario = (argValue("--scenario") ?? "echo") as Scenario;
 const config: ServerConfig = JSON.parse(argValue("--options") ?? "{}") as ServerConfig;
-if (!["echo", "framed", "big", "faulty", "lent"].includes(scenario)) {
+if (!["echo", "framed", "big", "faulty", "lent", "ending"].includes(scenario)) {
   process.stderr.write(`stress server: unknown --scenario ${scenario}\n`);
   process.exit(2);
 }
@@ -405,6 +405,96 @@ class BigReply extends Stream {
 }
 
 /**
+ * "ending": our side's half-close. Lines are echoed (the canary's), except
+ *   END <n> write|stream   n pattern bytes, written at once or produced as
+ *                          the peer reads them (onWrite), then end(): a FIN
+ *                          once they have gone, and the stream goes on reading
+ *   TRAILER <text>         counted in app.trailers when it arrives after
+ *                          end(), in app.trailerEarly before
+ * The peer's FIN (onEnd) is counted in app.peerEnds after a trailer, in
+ * app.peerEndsWithoutTrailer otherwise, and closes the stream (the
+ * default); every END connection's onClose in app.endingCloses, a second
+ * one in app.closedTwice.
+ */
+class EndingReply extends Stream {
+  readonly #seq = new SequenceCheck();
+  #ending = false;
+  #remaining = 0;
+  #pos = 0;
+  #ended = false;
+  #closes = 0;
+  #trailer = false;
+
+  override onConnect(): void {
+    applyLimits(this);
+    this.readDelimiter = "\n";
+  }
+
+  override onRead(line: Buffer): void {
+    const text = line.toString("latin1");
+    if (text.startsWith("END ")) {
+      const [, size, mode] = text.split(" ");
+      const n = Number(size);
+      this.#ending = true;
+      if (mode === "write") {
+        if (n > 0) {
+          const reply = Buffer.allocUnsafe(n);
+          for (let off = 0; off < n; off += PATTERN_PERIOD) patternSlice(off, Math.min(PATTERN_PERIOD, n - off)).copy(reply, off);
+          this.write(reply);
+        }
+        if (this.writable) this.#end();
+      } else {
+        this.#remaining = n;
+        this.#pos = 0;
+        this.#pump();
+      }
+      return;
+    }
+    if (text.startsWith("TRAILER ")) {
+      this.#trailer = true;
+      bump(this.#ended ? "trailers" : "trailerEarly");
+      return;
+    }
+    this.#seq.see(line);
+    this.write(line);
+    this.write(NL);
+  }
+
+  override onWrite(): void {
+    this.#pump();
+  }
+
+  override onEnd(): void {
+    if (this.#ending) bump(this.#trailer ? "peerEnds" : "peerEndsWithoutTrailer");
+    super.onEnd();
+  }
+
+  override onClose(): void {
+    if (!this.#ending) return;
+    if (++this.#closes > 1) bump("closedTwice");
+    bump("endingCloses");
+  }
+
+  /** Produces the reply while the peer keeps up, then ends our side. */
+  #pump(): void {
+    if (!this.#ending || this.#ended) return;
+    while (this.#remaining > 0 && this.writable && this.bufferedAmount < this.writeHighWaterMark) {
+      const n = Math.min(BIG_CHUNK, this.#remaining, PATTERN_PERIOD);
+      this.write(Buffer.from(patternSlice(this.#pos, n)));
+      this.#pos += n;
+      this.#remaining -= n;
+    }
+    if (this.#remaining === 0 && this.writable) this.#end();
+  }
+
+  #end(): void {
+    this.#ended = true;
+    bump("endCalled");
+    this.end();
+  }
+}
+
+/**
  * "faulty": handlers that fail on purpose. Lines starting with "!" are
  * commands, every other line is echoed:
  *   !throw  !reject  !reject-later  !write-throw  !throw-on-write  !throw-on-close
@@ -526,7 +616,7 @@ class ThrowsEarly extends Stream {
 // ---------------------------------------------------------------------------
 // Servers
 
-const CLASSES: Record<Scenario, typeof Stream> = { echo: LineEcho, framed: FramedEcho, big: BigReply, faulty: Faulty, lent: LentEcho };
+const CLASSES: Record<Scenario, typeof Stream> = { echo: LineEcho, framed: FramedEcho, big: BigReply, faulty: Faulty, lent: LentEcho, ending: EndingReply };
 
 function serverOptions(): ServerOptions {
   const options: ServerOptions = {};

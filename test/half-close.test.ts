@@ -10,7 +10,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ChannelStateError, Server, Stream } from "../src/index.js";
 import type { ConnectionOptions } from "node:tls";
-import { RawClient, connectTls, freshEngine, listenLocal, tempDir, waitFor } from "./helpers.js";
+import { RawClient, connectTls, freshEngine, listenLocal, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
 /** Answers its first line, then ends its side; records what follows. */
@@ -134,6 +134,48 @@ test("end() under TLS: the reply, close_notify and FIN; the stream still reads w
   t.after(() => c.destroy());
   assert.equal((await readThenSendAfterFin(c, events)).toString(), "reply\n");
   assert.deepEqual(events, ["read:request", "writable:false", "read:after your FIN", "end", "close"]);
+});
+
+test("end() after the peer reset: the read reports the reset (ECONNRESET), not the FIN's shutdown(2) (ENOTCONN)", async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  let stream: Stream | null = null;
+  class Paused extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead() {
+      stream = this;
+      this.write("reply\n");
+      this.pauseReading(); // the peer's reset waits unread in the kernel
+    }
+    override onEnd() {
+      events.push("end");
+    }
+    override onReadError(err: Error) {
+      events.push(`read error ${(err as NodeJS.ErrnoException).code}`);
+    }
+    override onWriteError(err: Error) {
+      events.push(`write error ${(err as NodeJS.ErrnoException).code}`);
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  const port = await listenLocal(new Server(Paused, { engine }), t);
+  const c = await connectHalfOpen(port);
+  t.after(() => c.destroy());
+  c.write("request\n");
+  assert.equal((await c.read(6)).toString(), "reply\n");
+  // (On loopback the reset has reached the server's socket when this returns.)
+  c.socket.resetAndDestroy();
+  // Our FIN goes to a connection the peer has reset: shutdown(2) fails with ENOTCONN,
+  // which says nothing the reset does not; node:net ignores it, and the read reports the reset.
+  stream!.end();
+  await sleep(100);
+  stream!.resumeReading();
+  await waitFor(() => events.includes("close"), 5000, "onClose");
+  assert.deepEqual(events, ["read error ECONNRESET", "close"]);
 });
 
 test("end() before onConnect, or once closing or closed, throws ChannelStateError", async (t) => {

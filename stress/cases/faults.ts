@@ -3,10 +3,12 @@
  * stop reading, connect and send nothing; a server at its descriptor
  * limit; handlers that throw or reject at random.
  */
+import net from "node:net";
+import tls from "node:tls";
 import type { CampaignEnv, CaseContext, CaseSpec } from "../lib/case.js";
 import { ByteReader, Peer, captureClientHello, dial, waitAllClosed } from "../lib/clients.js";
 import { PATTERN_PERIOD, patternSlice } from "../lib/protocol.js";
-import { Rng, mib, sleep } from "../lib/util.js";
+import { Rng, mib, sleep, withTimeout } from "../lib/util.js";
 
 /** True if `got` equals the pattern's first got.length bytes. */
 function isPatternPrefix(got: Buffer): boolean {
@@ -147,6 +149,215 @@ function halfCloseTls(): CaseSpec {
       const failures = results.filter((x): x is string => x !== null);
       ctx.check("every reply arrived before the close", failures.length === 0, `${failures.length} failed${failures.length > 0 ? `: ${failures.slice(0, 3).join(" | ")}` : ""}`);
       ctx.note(`${n - failures.length}/${n} TLS half-closed requests answered`);
+    },
+  };
+}
+
+/** How a client of server-end behaves: reads the reply to the FIN (at once or after a stall), or resets. */
+type EndingKind = "whole" | "stalling" | "reset-mid-reply" | "reset-after-fin";
+
+/** What one server-end client saw. */
+interface EndingOutcome {
+  kind: EndingKind;
+  size: number;
+  received: number;
+  /** The first offset where the reply differed from the pattern, or -1. */
+  wrongAt: number;
+  fin: boolean;
+  /** Bytes that arrived after the FIN (must be none). */
+  afterFin: number;
+  closes: number;
+  trailerSent: boolean;
+  failure: string | null;
+}
+
+/**
+ * One client of server-end: asks for `size` bytes and a half-close, reads
+ * (checking every byte against the pattern as it arrives), and per `kind`
+ * resets mid-reply or after the FIN, or sends a trailer line after the FIN
+ * and ends its side too. Its socket keeps its side open after the server's
+ * FIN (allowHalfOpen).
+ */
+async function endingClient(ctx: CaseContext, i: number, kind: EndingKind, size: number, mode: string, stallMs: number, resetAt: number): Promise<EndingOutcome> {
+  const out: EndingOutcome = { kind, size, received: 0, wrongAt: -1, fin: false, afterFin: 0, closes: 0, trailerSent: false, failure: null };
+  const ca = ctx.dialSpec.tlsCa;
+  const raw = net.connect({ host: "127.0.0.1", port: ctx.server.port, noDelay: true, allowHalfOpen: true });
+  // (node:tls takes allowHalfOpen as net.connect does; its types leave it out.)
+  const sock: net.Socket = ca !== undefined ? tls.connect({ socket: raw, ca, servername: "localhost", allowHalfOpen: true } as tls.ConnectionOptions) : raw;
+  let wake: (() => void) | null = null;
+  const notify = (): void => {
+    const w = wake;
+    wake = null;
+    w?.();
+  };
+  const until = async (what: string, ok: () => boolean, timeoutMs: number): Promise<void> => {
+    const deadline = Date.now() + timeoutMs;
+    while (!ok()) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`${what}: nothing after ${timeoutMs} ms (${out.received} of ${size} bytes, fin ${out.fin}, closes ${out.closes})`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+    }
+  };
+  let connected = false;
+  let error: Error | null = null;
+  sock.once(ca !== undefined ? "secureConnect" : "connect", () => {
+    connected = true;
+    notify();
+  });
+  sock.on("data", (d: Buffer) => {
+    if (out.fin) out.afterFin += d.length;
+    for (let k = 0; k < d.length && out.wrongAt < 0; ) {
+      const pos = out.received + k;
+      const n = Math.min(d.length - k, PATTERN_PERIOD - (pos % PATTERN_PERIOD));
+      if (!d.subarray(k, k + n).equals(patternSlice(pos, n))) out.wrongAt = pos;
+      k += n;
+    }
+    out.received += d.length;
+    notify();
+  });
+  sock.on("end", () => {
+    out.fin = true;
+    notify();
+  });
+  sock.on("error", (err: Error) => {
+    error = err;
+    notify();
+  });
+  sock.on("close", () => {
+    out.closes++;
+    notify();
+  });
+  const closedOrFailed = (): boolean => out.closes > 0 || error !== null;
+  try {
+    await until("connect", () => connected || closedOrFailed(), 30_000);
+    if (!connected) throw new Error(`could not connect${error !== null ? `: ${(error as Error).message}` : ""}`);
+    sock.write(`END ${size} ${mode}\n`);
+    if (kind === "stalling") {
+      sock.pause(); // the server's writes back up: it must stop producing (stream) or queue (write), then still end
+      await sleep(stallMs);
+      sock.resume();
+    }
+    if (kind === "reset-mid-reply") {
+      await until("the reply", () => out.received >= resetAt || out.fin || closedOrFailed(), 60_000);
+      raw.resetAndDestroy();
+      return out;
+    }
+    await until("the server's FIN", () => out.fin || closedOrFailed(), 60_000);
+    if (!out.fin) throw new Error(`closed without a FIN after ${out.received} of ${size} bytes${error !== null ? ` (${(error as Error).message})` : ""}`);
+    if (kind === "reset-after-fin") {
+      raw.resetAndDestroy();
+      return out;
+    }
+    // The server ended its side only: it must still read this.
+    sock.end(`TRAILER ${i}\n`);
+    out.trailerSent = true;
+    await until("the server's close after our FIN", () => out.closes > 0, 30_000);
+    if (error !== null) throw new Error(`error after the trailer: ${(error as Error).message}`);
+    // A second close event would show here.
+    await sleep(10);
+  } catch (err) {
+    out.failure = `client ${i} (${kind}, ${size} bytes, ${mode}): ${(err as Error).message}`;
+    raw.destroy();
+  }
+  return out;
+}
+
+/**
+ * Our side's half-close under load: the server answers, calls end() and
+ * goes on reading; its clients read the reply to the FIN, then send a
+ * trailer the server must still receive, then end their side too. Some
+ * stall their reading, some reset mid-reply or after the FIN.
+ */
+function serverEnd(useTls: boolean): CaseSpec {
+  const name = useTls ? "server-end-tls" : "server-end";
+  const counts = (quick: boolean): number => (useTls ? (quick ? 24 : 200) : quick ? 48 : 500);
+  return {
+    name,
+    group: "faults",
+    quick: true,
+    ...(useTls ? { skip: noTls } : {}),
+    what: ({ quick }) =>
+      `${useTls ? "TLS: " : ""}${counts(quick)} concurrent clients each ask for a reply of random size (0 B to 6 MB, log-uniform; ` +
+      `half written at once, half streamed with backpressure); the server calls end() after it (${useTls ? "close_notify + " : ""}FIN) ` +
+      `and keeps reading: 70% of the clients read the reply to the FIN (20% of them after not reading for ${quick ? "0.1–0.4" : "0.2–1"} s), then send a trailer ` +
+      `line the server must count, then end(); 15% reset mid-reply, 15% after the FIN`,
+    server: (env) => ({ scenario: "ending", config: useTls ? { tls: tlsConfig(env) } : {} }),
+    checkHeap: true,
+    timeoutMs: () => 150_000,
+    async run(ctx) {
+      const n = counts(ctx.quick);
+      const rng = new Rng(useTls ? 53 : 47);
+      const MAX = 6_000_000;
+      const before = ctx.baseline.stats;
+      const jobs: Promise<EndingOutcome>[] = [];
+      for (let i = 0; i < n; i++) {
+        const r = rng.next();
+        const size = i % 16 === 0 ? 0 : Math.floor(Math.exp(rng.next() * Math.log(MAX)));
+        // Mid-reply: after its first byte and before its last (a reset sent with the request, before the
+        // server has even accepted it, reads as a FIN on Linux, on node:net too; not what this case is about).
+        const kind: EndingKind = r < 0.56 ? "whole" : r < 0.7 ? "stalling" : r < 0.85 && size >= 2 ? "reset-mid-reply" : "reset-after-fin";
+        const mode = rng.next() < 0.5 ? "write" : "stream";
+        jobs.push(endingClient(ctx, i, kind, size, mode, ctx.quick ? rng.int(100, 400) : rng.int(200, 1000), rng.int(1, Math.max(1, size - 1))));
+      }
+      const outcomes = await withTimeout(Promise.all(jobs), 120_000, "the clients");
+      const failures = outcomes.filter((o) => o.failure !== null).map((o) => o.failure!);
+      ctx.check("every client ran its script", failures.length === 0, `${failures.length} failed${failures.length > 0 ? `: ${failures.slice(0, 3).join(" | ")}` : ""}`);
+      const readers = outcomes.filter((o) => o.kind === "whole" || o.kind === "stalling" || o.kind === "reset-after-fin");
+      const short = readers.filter((o) => o.received !== o.size || !o.fin);
+      ctx.check(
+        "every client that did not reset mid-reply got its whole reply, then a FIN",
+        short.length === 0,
+        `${short.length}/${readers.length} did not${short.length > 0 ? `: ${short.slice(0, 3).map((o) => `${o.received} of ${o.size} bytes, fin ${o.fin}`).join(" | ")}` : ""}`,
+      );
+      const wrong = outcomes.filter((o) => o.wrongAt >= 0);
+      ctx.check("every byte read was the reply's, in place", wrong.length === 0, `${wrong.length} clients got wrong bytes${wrong.length > 0 ? ` (first at ${wrong[0]!.wrongAt})` : ""}`);
+      const late = outcomes.filter((o) => o.afterFin > 0);
+      ctx.check("nothing arrived after the FIN", late.length === 0, `${late.length} clients got bytes after it`);
+      const trailers = outcomes.filter((o) => o.trailerSent).length;
+      const h = await ctx.server.waitFor((x) => x.open <= 1 && (x.app["endingCloses"] ?? 0) >= n, 30_000);
+      const counted = h.app["trailers"] ?? 0;
+      ctx.check(
+        "the server read every trailer sent after its FIN, and none before",
+        counted === trailers && (h.app["trailerEarly"] ?? 0) === 0,
+        `${counted}/${trailers} counted, ${h.app["trailerEarly"] ?? 0} before end()`,
+      );
+      ctx.check("the server saw the FIN of every client that sent a trailer", (h.app["peerEnds"] ?? 0) === trailers, `${h.app["peerEnds"] ?? 0} onEnd, ${trailers} trailers`);
+      // A reset is never a FIN. Under TLS one can read as one: when the reset arrives before end()'s
+      // close_notify is written, that write takes the kernel's ECONNRESET and node:tls drops a write
+      // error after its shutdown, so the next read sees only the end of the stream (docs/reliability.md).
+      const resetAsFin = h.app["peerEndsWithoutTrailer"] ?? 0;
+      const resets = outcomes.filter((o) => o.kind === "reset-mid-reply" || o.kind === "reset-after-fin").length;
+      ctx.check(
+        useTls ? "no onEnd beyond the trailers but a reset that raced close_notify" : "no reset read as the peer's FIN (onEnd)",
+        useTls ? resetAsFin <= resets : resetAsFin === 0,
+        `${resetAsFin} onEnd without a trailer, ${resets} resets`,
+      );
+      const errors = (x: typeof h): number => (x.stats.errorsByKind["read"] ?? 0) + (x.stats.errorsByKind["write"] ?? 0);
+      ctx.check(
+        "every other reset reported as one read or write error",
+        errors(h) - errors(ctx.baseline) === resets - resetAsFin,
+        `${errors(h) - errors(ctx.baseline)} errors, ${resets - resetAsFin} resets not read as a FIN`,
+      );
+      const closes = h.app["endingCloses"] ?? 0;
+      const twice = h.app["closedTwice"] ?? 0;
+      const clientTwice = outcomes.filter((o) => o.closes > 1).length;
+      ctx.check(
+        "every connection closed exactly once",
+        closes === n && twice === 0 && clientTwice === 0 && h.stats.closed - before.closed === n,
+        `server: ${closes}/${n} onClose, ${twice} twice, stats.closed +${h.stats.closed - before.closed}; clients: ${clientTwice} closed twice`,
+      );
+      ctx.note(
+        `${readers.length - short.length}/${readers.length} whole replies then FIN (${mib(readers.reduce((s, o) => s + o.size, 0))}; ` +
+          `${outcomes.filter((o) => o.kind === "stalling").length} after a stall), ${counted}/${trailers} trailers counted after end(), ` +
+          `${resets} resets (${outcomes.filter((o) => o.kind === "reset-mid-reply").length} mid-reply${useTls ? `, ${resetAsFin} read as a FIN` : ""}); server: ${h.app["endCalled"] ?? 0} end() calls, ` +
+          `${closes} closes, errors ${JSON.stringify(h.stats.errorsByKind)}`,
+      );
     },
   };
 }
@@ -350,6 +561,8 @@ export const faultCases: CaseSpec[] = [
   slowReaders(false),
   slowReaders(true),
   halfCloseTls(),
+  serverEnd(false),
+  serverEnd(true),
   {
     name: "slowloris-idle",
     group: "faults",

@@ -20,7 +20,7 @@ export const STRUCT_MAX_BODY = 4096;
 export const ANCHORED_RE_SOURCE = "([a-z]+)=(\\d+);";
 
 /** The connection classes of server.ts. */
-export type Scenario = "echo" | "framed" | "big" | "faulty" | "lent";
+export type Scenario = "echo" | "framed" | "big" | "faulty" | "lent" | "ending";
 
 /** How the server child is configured (passed as `--options JSON`). */
 export interface ServerConfig {
