@@ -14,7 +14,7 @@ import { MAX_TIMER_MS, addStats, globalEngineRunning, newStats } from "./engine.
 import type { Stats } from "./engine.js";
 import { log } from "./log.js";
 import { lingeringClosed } from "./stream.js";
-import { describe, failureText, numberError, typeError } from "./errors.js";
+import { codedError, describe, failureText, numberError, typeError } from "./errors.js";
 
 /** Options of {@link runCluster}. */
 export interface ClusterOptions {
@@ -224,7 +224,7 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   const timer = setInterval(() => send({ pantsTs: "stats", stats: processStats() }), 1000);
   timer.unref();
   const stats = (): ClusterStats => ({ ...processStats(), workers: 1, restarts: 0, perWorker: {} });
-  const primaryOnly = () => Promise.reject(Object.assign(new Error("Only the primary process can do that (this is a worker)."), { code: "ERR_NOT_PRIMARY" }));
+  const primaryOnly = () => Promise.reject(codedError("Only the primary process can do that (this is a worker).", "ERR_NOT_PRIMARY"));
   return { isPrimary: false, stats, closed, shutdown: primaryOnly, restart: primaryOnly };
 }
 

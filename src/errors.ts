@@ -131,6 +131,22 @@ export function numberError(value: unknown, message: string): TypeError | RangeE
 }
 
 /**
+ * `value` when it is a non-negative finite number of milliseconds.
+ * @throws TypeError for a value that is no number, RangeError for one out of range.
+ */
+export function checkMs(name: string, value: unknown): number {
+  if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
+    throw numberError(value, `${name} must be a non-negative number of milliseconds, got ${describe(value)}.`);
+  }
+  return value;
+}
+
+/** An `Error` with a `code`, for failures that are neither a wrong type nor a wrong value. */
+export function codedError(message: string, code: string): Error & { code: string } {
+  return Object.assign(new Error(message), { code });
+}
+
+/**
  * What user code threw, as an Error: any other value is wrapped (as the
  * `cause`, and in the message), described without trusting it (an object
  * with no prototype, or a throwing `toString`, must not turn into a second

@@ -14,6 +14,7 @@ import type { LookupAddress } from "node:dns";
 import { getDefaultAutoSelectFamily, getDefaultAutoSelectFamilyAttemptTimeout, isIP } from "node:net";
 import { getSystemErrorMap } from "node:util";
 import { Duplex } from "node:stream";
+import { codedError } from "./errors.js";
 import { log } from "./log.js";
 import { loadNative } from "./native-binding.js";
 import { joinInto, viewOf } from "./framing/view.js";
@@ -74,7 +75,7 @@ export const nativeLimits = { maxDelimiter: 0, maxFrameSize: 0 };
 /** The addon, for a caller that cannot go on without it. @throws Error (`ERR_NATIVE_UNAVAILABLE`) when it is not loaded. */
 function requireAddon(): NativeAddon {
   const native = nativeAddon();
-  if (native === null) throw Object.assign(new Error("The native transport is not available."), { code: "ERR_NATIVE_UNAVAILABLE" });
+  if (native === null) throw codedError("The native transport is not available.", "ERR_NATIVE_UNAVAILABLE");
   return native;
 }
 

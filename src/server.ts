@@ -17,7 +17,7 @@ import { MAX_TIMER_MS, newStats, addStats } from "./engine.js";
 import type { Stats, Timer } from "./engine.js";
 import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
-import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, describe, numberError, typeError } from "./errors.js";
+import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, checkMs, describe, numberError, typeError } from "./errors.js";
 import { log } from "./log.js";
 import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
@@ -927,11 +927,7 @@ function addressOf(parsed: ParsedAddress): Address {
 }
 
 function optionalMs(name: string, value: unknown, fallback: number): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
-    throw numberError(value, `${name} must be a non-negative number of milliseconds, got ${describe(value)}.`);
-  }
-  return value;
+  return value === undefined ? fallback : checkMs(name, value);
 }
 
 function optionalCount(name: string, value: unknown, fallback: number): number {

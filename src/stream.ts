@@ -25,6 +25,7 @@ import {
   ConnectError,
   InvalidReadDelimiterError,
   TimeoutError,
+  checkMs,
   describe,
   numberError,
   rangeError,
@@ -638,11 +639,8 @@ export class Stream extends Channel {
     return this.#x?.idleTimeout ?? 0;
   }
   set idleTimeout(value: number) {
-    if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
-      throw numberError(value, `idleTimeout must be a non-negative number of milliseconds, got ${describe(value)}.`);
-    }
     const x = this.#extras();
-    x.idleTimeout = value;
+    x.idleTimeout = checkMs("idleTimeout", value);
     // A connect in progress ignores activity, so the new bound starts here.
     if (this.#state === S_CONNECTING) x.idleSince = this.engine.time();
     this.#flags |= F_ACTIVE;
@@ -662,10 +660,7 @@ export class Stream extends Channel {
     return this.#x?.handshakeTimeout ?? this.server?._handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_MS;
   }
   set handshakeTimeout(value: number) {
-    if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
-      throw numberError(value, `handshakeTimeout must be a non-negative number of milliseconds, got ${describe(value)}.`);
-    }
-    this.#extras().handshakeTimeout = value;
+    this.#extras().handshakeTimeout = checkMs("handshakeTimeout", value);
     if (this.#handshaking && this.#state !== S_CLOSED) this.#armHandshakeTimeout();
   }
 
@@ -679,7 +674,7 @@ export class Stream extends Channel {
    * @throws TypeError unless a boolean.
    */
   setNoDelay(noDelay = true): this {
-    if (typeof noDelay !== "boolean") throw typeError(`setNoDelay() wants a boolean, got ${describe(noDelay)}.`, "ERR_INVALID_ARG_TYPE");
+    if (typeof noDelay !== "boolean") throw typeError(`setNoDelay() wants a boolean, got ${describe(noDelay)}.`);
     this.#extras().noDelay = noDelay;
     this.#applyTcpOptions();
     return this;
@@ -698,11 +693,9 @@ export class Stream extends Channel {
    * @throws TypeError unless `enable` is a boolean; RangeError (TypeError for a non-number) unless `initialDelayMs` is a non-negative number.
    */
   setKeepAlive(enable: boolean, initialDelayMs = 0): this {
-    if (typeof enable !== "boolean") throw typeError(`setKeepAlive() wants a boolean, got ${describe(enable)}.`, "ERR_INVALID_ARG_TYPE");
-    if (typeof initialDelayMs !== "number" || !Number.isFinite(initialDelayMs) || initialDelayMs < 0) {
-      throw numberError(initialDelayMs, `setKeepAlive()'s initialDelayMs must be a non-negative number of milliseconds, got ${describe(initialDelayMs)}.`);
-    }
-    this.#extras().keepAlive = enable ? initialDelayMs : -1;
+    if (typeof enable !== "boolean") throw typeError(`setKeepAlive() wants a boolean, got ${describe(enable)}.`);
+    const delay = checkMs("setKeepAlive()'s initialDelayMs", initialDelayMs);
+    this.#extras().keepAlive = enable ? delay : -1;
     this.#applyTcpOptions();
     return this;
   }
@@ -858,8 +851,7 @@ export class Stream extends Channel {
    * @throws TypeError unless `data` is a string or a Uint8Array.
    */
   write(data: string | Uint8Array, flush = false): void {
-    const state = this.#state;
-    if ((state !== S_OPEN && state !== S_PENDING) || (this.#flags & F_WRITE_ENDED) !== 0) this.#writeStateError("write");
+    if (!this.writable) this.#writeStateError("write");
     let buf: Buffer;
     if (typeof data === "string") buf = Buffer.from(data, "utf8");
     else if (Buffer.isBuffer(data)) buf = data;
@@ -889,8 +881,7 @@ export class Stream extends Channel {
    * kept open goes on with the writes queued after the file.
    */
   writeFile(file: string | number | FileHandle, nbytes = 0, offset = 0, flush = false): void {
-    const state = this.#state;
-    if ((state !== S_OPEN && state !== S_PENDING) || (this.#flags & F_WRITE_ENDED) !== 0) this.#writeStateError("writeFile");
+    if (!this.writable) this.#writeStateError("writeFile");
     const isHandle = typeof file === "object" && file !== null && typeof (file as FileHandle).read === "function";
     if (!(typeof file === "string" && file.length > 0) && !(typeof file === "number" && Number.isInteger(file) && file >= 0) && !isHandle) {
       throw typeError(`writeFile() expects a path, a file descriptor or a FileHandle, got ${describe(file)}.`);
@@ -908,8 +899,7 @@ export class Stream extends Channel {
    * @throws RangeError if there is no format to use.
    */
   writePacked(values: readonly unknown[], options?: { format?: string | Struct | NetStruct; flush?: boolean }): void {
-    const state = this.#state;
-    if ((state !== S_OPEN && state !== S_PENDING) || (this.#flags & F_WRITE_ENDED) !== 0) this.#writeStateError("writePacked");
+    if (!this.writable) this.#writeStateError("writePacked");
     if (!Array.isArray(values)) throw typeError(`writePacked() expects an array of values, got ${describe(values)}.`);
     let format = options?.format;
     if (typeof format === "string") {
@@ -935,8 +925,7 @@ export class Stream extends Channel {
    * @throws ChannelStateError if the stream is not connected, closing or closed.
    */
   flush(): void {
-    const state = this.#state;
-    if ((state !== S_OPEN && state !== S_PENDING) || (this.#flags & F_WRITE_ENDED) !== 0) this.#writeStateError("flush");
+    if (!this.writable) this.#writeStateError("flush");
     this.#flush();
   }
 
@@ -1315,8 +1304,7 @@ export class Stream extends Channel {
       // What was written before startSSL() drained while the upgrade job held
       // the queue; with nothing written since, no later drain would report it.
       if ((this.#flags & F_WRITE_OWED) !== 0 && !this.#hasPendingWrites()) this.#drained();
-      // end() after startSSL(): its FIN waited behind the upgrade.
-      if ((this.#flags & F_WRITE_ENDED) !== 0) this.#finAfterWrites();
+      this.#finAfterWrites(); // end() after startSSL(): its FIN waited behind the upgrade
       this.#scheduleProcess();
     }
   }
@@ -2269,14 +2257,7 @@ export class Stream extends Channel {
           const cb = (this.#flags & F_NATIVE) === 0 && this.#nobodyWaits() ? undefined : this.#writeCallback();
           if (cb === undefined) this.#flags |= F_ACTIVE;
           else this.#inflight++;
-          if (Buffer.isBuffer(run)) {
-            sock.write(run, cb);
-          } else {
-            sock.cork();
-            for (let i = 0; i < run.length - 1; i++) sock.write(run[i]!);
-            sock.write(run[run.length - 1]!, cb);
-            sock.uncork();
-          }
+          writeRun(sock, run, cb);
         }
         if (this.#state === S_CLOSED) return; // a synchronous error closed us
         continue;
@@ -2338,9 +2319,7 @@ export class Stream extends Channel {
     const wq = this.#wq;
     if (x === null || wq === null || x.heldQueue !== wq || sock.destroyed || this.#handshaking || !this.#tlsLeavesNow(sock)) return;
     x.heldQueue = null;
-    const run = this.#takeRun(wq, x.held, x.heldBytes);
-    if (Buffer.isBuffer(run)) sock.write(run);
-    else for (const buf of run) sock.write(buf);
+    writeRun(sock, this.#takeRun(wq, x.held, x.heldBytes), undefined);
   }
 
   /**
@@ -2423,7 +2402,7 @@ export class Stream extends Channel {
     this.#flags &= ~(F_WRITE_OVERFLOWED | F_WRITE_OWED);
     this.#resume(P_BACKPRESSURE);
     if (this.onWrite !== Stream.prototype.onWrite) this.#event(this.onWrite, F_WRITE_OWED);
-    if ((this.#flags & F_WRITE_ENDED) !== 0) this.#finAfterWrites();
+    this.#finAfterWrites();
     if (this.#state === S_CLOSING && !this.#hasPendingWrites()) this.#finishClose(true);
   }
 
@@ -2790,6 +2769,18 @@ function bytesDrained(sock: Duplex | NativeSocket): number {
   if (isNative(sock)) return sock.drainedBytes;
   const state = uvWriteState(sock);
   return state === null ? -1 : state.bytesWritten - state.writeQueueSize;
+}
+
+/** Writes a run taken off the queue: one buffer, or a list corked into one writev; `cb` after the last. */
+function writeRun(sock: OwnedSocket, run: Buffer | Buffer[], cb: ((err?: Error | null) => void) | undefined): void {
+  if (Buffer.isBuffer(run)) {
+    sock.write(run, cb);
+    return;
+  }
+  sock.cork();
+  for (let i = 0; i < run.length - 1; i++) sock.write(run[i]!);
+  sock.write(run[run.length - 1]!, cb);
+  sock.uncork();
 }
 
 /**

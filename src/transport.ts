@@ -8,7 +8,7 @@ import cluster from "node:cluster";
 import { log } from "./log.js";
 import { nativeLoadError } from "./native-binding.js";
 import { nativeAddon } from "./native-socket.js";
-import { describe, typeError } from "./errors.js";
+import { codedError, describe, typeError } from "./errors.js";
 
 /** `"native"`: the libuv addon; `"js"`: node:net. */
 export type Transport = "native" | "js";
@@ -33,7 +33,7 @@ export function useNative(option: Transport | undefined): boolean {
   if (wanted === "js" || cluster.isWorker) return false;
   const available = nativeAddon() !== null;
   if (!available && wanted === "native") {
-    throw Object.assign(new Error(`The native transport was asked for, but ${nativeLoadError() ?? "it is not available"}.`), { code: "ERR_NATIVE_UNAVAILABLE" });
+    throw codedError(`The native transport was asked for, but ${nativeLoadError() ?? "it is not available"}.`, "ERR_NATIVE_UNAVAILABLE");
   }
   if (!available && !explained) {
     explained = true;

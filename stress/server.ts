@@ -313,6 +313,28 @@ class FramedEcho extends Stream {
 const BIG_CHUNK = 64 * 1024;
 const BLAST_CHUNK = 1024 * 1024;
 
+/** `n` pattern bytes from position `pos`, in a Buffer of their own. */
+function patternBytes(pos: number, n: number): Buffer {
+  const out = Buffer.allocUnsafe(n);
+  for (let off = 0; off < n; off += PATTERN_PERIOD) patternSlice(pos + off, Math.min(PATTERN_PERIOD, n - off)).copy(out, off);
+  return out;
+}
+
+/**
+ * Writes pattern bytes from `pos` on, at most `left` of them, while `stream`
+ * takes writes and has less than writeHighWaterMark queued (a reply produced
+ * as the peer reads it, from onWrite); returns how many it wrote.
+ */
+function pumpPattern(stream: Stream, pos: number, left: number): number {
+  let written = 0;
+  while (written < left && stream.writable && stream.bufferedAmount < stream.writeHighWaterMark) {
+    const n = Math.min(BIG_CHUNK, left - written, PATTERN_PERIOD);
+    stream.write(Buffer.from(patternSlice(pos + written, n)));
+    written += n;
+  }
+  return written;
+}
+
 /**
  * "big": lines are echoed, except
  *   BIG <n> stream   n pattern bytes, produced as the peer reads them (onWrite)
@@ -377,14 +399,13 @@ class BigReply extends Stream {
 
   /** Produces the reply while the peer keeps up: at most writeHighWaterMark bytes are ever queued. */
   #pump(): void {
-    while (this.#remaining > 0 && !this.closed && !this.closing && this.bufferedAmount < this.writeHighWaterMark) {
-      const n = Math.min(BIG_CHUNK, this.#remaining, PATTERN_PERIOD);
-      this.write(Buffer.from(patternSlice(this.#pos, n)));
-      this.#pos += n;
-      this.#remaining -= n;
-      if (this.bufferedAmount > (app["maxBuffered"] ?? 0)) app["maxBuffered"] = this.bufferedAmount;
-      if (this.#remaining === 0) bump("bigDone");
-    }
+    const n = pumpPattern(this, this.#pos, this.#remaining);
+    if (n === 0) return;
+    this.#pos += n;
+    this.#remaining -= n;
+    // Queued bytes only grow within one pump: the peak is where it stopped.
+    if (this.bufferedAmount > (app["maxBuffered"] ?? 0)) app["maxBuffered"] = this.bufferedAmount;
+    if (this.#remaining === 0) bump("bigDone");
   }
 
   /** Writes everything at once in fresh 1 MiB buffers, as a careless producer would. */
@@ -392,12 +413,7 @@ class BigReply extends Stream {
     let pos = 0;
     while (pos < n && !this.closed) {
       const size = Math.min(BLAST_CHUNK, n - pos);
-      const chunk = Buffer.allocUnsafe(size);
-      for (let off = 0; off < size; off += PATTERN_PERIOD) {
-        const part = Math.min(PATTERN_PERIOD, size - off);
-        patternSlice(pos + off, part).copy(chunk, off);
-      }
-      this.write(chunk);
+      this.write(patternBytes(pos, size));
       pos += size;
     }
     bump(this.closed ? "blastStopped" : "blastQueued");
@@ -437,11 +453,7 @@ class EndingReply extends Stream {
       const n = Number(size);
       this.#ending = true;
       if (mode === "write") {
-        if (n > 0) {
-          const reply = Buffer.allocUnsafe(n);
-          for (let off = 0; off < n; off += PATTERN_PERIOD) patternSlice(off, Math.min(PATTERN_PERIOD, n - off)).copy(reply, off);
-          this.write(reply);
-        }
+        if (n > 0) this.write(patternBytes(0, n));
         if (this.writable) this.#end();
       } else {
         this.#remaining = n;
@@ -478,12 +490,9 @@ class EndingReply extends Stream {
   /** Produces the reply while the peer keeps up, then ends our side. */
   #pump(): void {
     if (!this.#ending || this.#ended) return;
-    while (this.#remaining > 0 && this.writable && this.bufferedAmount < this.writeHighWaterMark) {
-      const n = Math.min(BIG_CHUNK, this.#remaining, PATTERN_PERIOD);
-      this.write(Buffer.from(patternSlice(this.#pos, n)));
-      this.#pos += n;
-      this.#remaining -= n;
-    }
+    const n = pumpPattern(this, this.#pos, this.#remaining);
+    this.#pos += n;
+    this.#remaining -= n;
     if (this.#remaining === 0 && this.writable) this.#end();
   }
 
