@@ -2305,21 +2305,11 @@ export class Stream extends Channel {
     // (Not "a write is in flight": one the OS took at once calls back on the
     // next tick, and a flush in between must still send.)
     if (sock.writableLength === 0) return false;
+    // Under TLS the count includes node:tls's own pipeline: while the OS has
+    // taken every byte, the run goes on, as it would leave a plain socket.
+    if (this.#tlsLeavesNow(sock)) return false;
     this.#barrier(); // node:net: be told when it drains (native: the write left queued already asked)
     return true;
-  }
-
-  /**
-   * Writes the run {@link #holdRun} held, when the stream is closing without
-   * flushing and node:tls, not the OS, held the bytes before it
-   * ({@link #tlsLeavesNow}): the FIN follows them.
-   */
-  #releaseHeldRun(sock: OwnedSocket): void {
-    const x = this.#x;
-    const wq = this.#wq;
-    if (x === null || wq === null || x.heldQueue !== wq || sock.destroyed || this.#handshaking || !this.#tlsLeavesNow(sock)) return;
-    x.heldQueue = null;
-    writeRun(sock, this.#takeRun(wq, x.held, x.heldBytes), undefined);
   }
 
   /**
@@ -2499,10 +2489,6 @@ export class Stream extends Channel {
     this.#flags |= F_STOP;
     const sock = this.#sock;
     this.#rb?.clear();
-    // close(false) under TLS: a run held back only behind node:tls's own
-    // pipeline (the OS has taken every earlier byte) was sent, as far as
-    // the handler can tell; on plain TCP it would have left already.
-    if (!graceful && asked && state >= S_PENDING && sock !== null) this.#releaseHeldRun(sock);
     this.#wq = null;
     this.#wqBytes = 0;
     if ((this.#flags & F_TIMED) !== 0) {
@@ -2577,7 +2563,8 @@ export class Stream extends Channel {
    * its previous write's callback (one write at a time: the first reply
    * after a TLS 1.3 handshake waits for the session tickets), while the OS
    * has taken everything before them: they leave next turn, as a plain
-   * socket's would have left at once, so close(false) keeps them. (Native
+   * socket's would have left at once: a run is not held behind them, and
+   * close(false) keeps them. (Native
    * STARTTLS: node:tls writes through a Duplex over the addon's socket,
    * which writes what it is given at once; the addon's queue says the rest.)
    */
