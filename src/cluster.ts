@@ -10,7 +10,7 @@ import { availableParallelism } from "node:os";
 import { relative as relativePath, resolve as resolvePath } from "node:path";
 import { liveServers, removeStaleSocket, retiredTotals, staleSocketRemover } from "./server.js";
 import type { Server } from "./server.js";
-import { MAX_TIMER_MS, addStats, globalEngineRunning, newStats } from "./engine.js";
+import { addStats, cappedDelay, globalEngineRunning, newStats } from "./engine.js";
 import type { Stats } from "./engine.js";
 import { log } from "./log.js";
 import { lingeringClosed } from "./stream.js";
@@ -167,7 +167,7 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
       // drain gets what is left of the deadline: the primary kills a worker
       // that is not done 5 s after it (0: no deadline; 1 ms: it has passed).
       const told = Date.now();
-      const wait = m.timeoutMs > 0 ? Promise.race([started, new Promise<void>((r) => setTimeout(r, Math.min(m.timeoutMs, MAX_TIMER_MS)).unref())]) : started;
+      const wait = m.timeoutMs > 0 ? Promise.race([started, new Promise<void>((r) => setTimeout(r, cappedDelay(m.timeoutMs)).unref())]) : started;
       const left = () => (m.timeoutMs > 0 ? Math.max(1, m.timeoutMs - (Date.now() - told)) : 0);
       void wait.then(() => shutdownAll(left())).then(() => {
         send({ pantsTs: "stats", stats: processStats() });
@@ -372,7 +372,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
           if (worker.isDead()) return;
           log.current.warn(`Worker ${worker.process.pid} was still draining ${shutdownTimeoutMs + 5000} ms after it was told to shut down; killing it.`);
           worker.process.kill("SIGKILL");
-        }, Math.min(shutdownTimeoutMs + 5000, MAX_TIMER_MS)).unref();
+        }, cappedDelay(shutdownTimeoutMs + 5000)).unref();
       }
     });
 
@@ -394,7 +394,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       restarts++;
       setTimeout(() => {
         if (stopped === null) slotDelay.set(fork(), Math.min(delay * 2, 30_000));
-      }, Math.min(delay, MAX_TIMER_MS));
+      }, cappedDelay(delay));
     });
 
     // Called again (a second signal, shutdown() from code), it is the same

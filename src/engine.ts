@@ -158,6 +158,11 @@ function timerFailed(err: unknown): void {
 /** @internal The longest delay a Node timer keeps: a longer one fires after 1 ms. */
 export const MAX_TIMER_MS = 2147483647;
 
+/** `ms` capped at {@link MAX_TIMER_MS}: Node fires a longer timer at once. */
+export function cappedDelay(ms: number): number {
+  return Math.min(ms, MAX_TIMER_MS);
+}
+
 function checkDelay(name: string, delay: unknown): number {
   if (typeof delay !== "number" || !Number.isFinite(delay) || delay <= 0) {
     // SPEC §3: RangeError for any delay that is not a positive finite number, a string too.

@@ -13,7 +13,7 @@ import type { BigIntStats } from "node:fs";
 import type { Duplex } from "node:stream";
 import { Channel, diagnostics, isThenable } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
-import { MAX_TIMER_MS, newStats, addStats } from "./engine.js";
+import { addStats, cappedDelay, newStats } from "./engine.js";
 import type { Stats, Timer } from "./engine.js";
 import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
@@ -469,7 +469,7 @@ export class Server extends Channel {
     if (this.#channels.size > 0 && timeoutMs > 0) {
       // An engine timer: on the engine's clock (a manual one in tests), and
       // capped where Node's timers would fire a longer delay at once.
-      timer = this.engine.defer(Math.min(timeoutMs, MAX_TIMER_MS), () => {
+      timer = this.engine.defer(cappedDelay(timeoutMs), () => {
         for (const conn of [...this.#channels.values()]) conn.close(false);
         this.#checkShutdownDone();
       });

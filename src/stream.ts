@@ -169,8 +169,6 @@ const F_WRITE_ENDED = 1 << 28;
 const F_FIN_SENT = 1 << 29;
 /** An idle timeout came due before onConnect ran (a manual clock): onTimeout follows onConnect (see #event). */
 const F_TIMEOUT_DUE = 1 << 30;
-/** #event's `owed` for the first handshake's onSslHandshake: onConnect follows it, so it comes first. */
-const BEFORE_CONNECT = -1;
 
 // Reasons reading is paused (flag bits too).
 const P_USER = 1 << 15;
@@ -1284,7 +1282,9 @@ export class Stream extends Channel {
     // handler runs, so that writes it flushes (flush(), close(true)) go out
     // encrypted after it, rather than meeting the job and upgrading again.
     if (upgrade) this.#wq?.shift();
-    this.#event(this.onSslHandshake, upgrade ? 0 : BEFORE_CONNECT);
+    // The first handshake's event comes before onConnect (which follows it), unless the stream began closing.
+    if (upgrade) this.#event(this.onSslHandshake, 0);
+    else if (this.#state === S_PENDING) this._call0(this.onSslHandshake);
     if (this.#state === S_CLOSED) return;
     if (!upgrade && this.#state !== S_CLOSING) {
       this.#establish();
@@ -1341,13 +1341,13 @@ export class Stream extends Channel {
    * onConnect is a stream's first event (under TLS, after onSslHandshake),
    * and a stream closed before its onConnect gets onClose only. Before
    * onConnect an event waits: its `owed` flag has #establish call it right
-   * after onConnect (0: it is dropped; BEFORE_CONNECT: it comes now); on a
+   * after onConnect (0: it is dropped); on a
    * stream that began closing before its onConnect it never comes. (onRead
    * needs an open stream; the error handlers say why a stream did not
    * connect, so they are not held.)
    */
   #event(fn: (this: this) => unknown, owed: number): void {
-    if ((this.#flags & F_EVER_CONNECTED) !== 0 || (owed === BEFORE_CONNECT && this.#state === S_PENDING)) this._call0(fn);
+    if ((this.#flags & F_EVER_CONNECTED) !== 0) this._call0(fn);
     else if (this.#state === S_PENDING) this.#flags |= owed;
   }
 
