@@ -20,6 +20,7 @@ import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, checkMs, describe, numberError, typeError } from "./errors.js";
 import { log } from "./log.js";
 import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending } from "./stream.js";
+import type { ConnectionClass } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
 import { PROXY_V2_HEADER_LENGTH, parseProxyHeader } from "./proxy-protocol.js";
@@ -187,18 +188,31 @@ const kProxyWait: unique symbol = Symbol("pants-ts.proxyWait");
 /**
  * A listening channel. Give it a connection class (a {@link Stream}
  * subclass); every accepted connection becomes an instance of it.
+ *
+ * `new Server(Chat)` is a `Server<Chat>`: its {@link channels} are `Chat`s,
+ * with no cast. A subclass names its connection type as the type argument
+ * and its class as the static `ConnectionClass`
+ * (`class ChatServer extends Server<Chat> { static override ConnectionClass = Chat }`):
+ * the compiler cannot check that the two agree, so keep them the same class.
+ * A variable that holds such subclasses is typed `typeof Server<Chat>`
+ * (`typeof Server` is the generic constructor, which they are not).
+ * @typeParam S The connection type: the instances of {@link ConnectionClass} (default {@link Stream}).
  */
-export class Server extends Channel {
-  /** The connection class used when none is given to the constructor. */
-  static ConnectionClass: typeof Stream = Stream;
+export class Server<S extends Stream = Stream> extends Channel {
+  /**
+   * The connection class used when none is given to the constructor
+   * (default {@link Stream}). A subclass of `Server<S>` that sets it sets
+   * it to S's class.
+   */
+  static ConnectionClass: ConnectionClass = Stream;
 
-  #ConnectionClass: typeof Stream;
+  #ConnectionClass: ConnectionClass<S>;
   #state = ST_INIT;
   #netServers: net.Server[] = [];
   #nativeListeners: NativeListener[] = [];
   #native = false;
   #transport: Transport | undefined;
-  #channels = new Map<number, Stream>();
+  #channels = new Map<number, S>();
   #nextId = 1;
   #tls: ServerTls | null = null;
   #ready: Promise<Server> | null = null;
@@ -222,18 +236,24 @@ export class Server extends Channel {
   readonly stats: Stats = newStats();
 
   /**
-   * @param ConnectionClass The connection class; default the class attribute `ConnectionClass`.
+   * @param ConnectionClass The connection class (Stream or a subclass); its
+   *   instance type is the server's `S`. Default: the class attribute
+   *   `ConnectionClass` (and `S` is then the type argument, default Stream).
    * @param options See {@link ServerOptions}.
+   * @throws TypeError if `ConnectionClass` is not Stream or a subclass of it.
    * @throws TypeError / RangeError for a bad option.
    */
-  constructor(ConnectionClass?: typeof Stream | null, options?: ServerOptions) {
+  constructor(ConnectionClass?: ConnectionClass<S> | null, options?: ServerOptions) {
     super(options);
-    if (ConnectionClass !== undefined && ConnectionClass !== null) {
-      if (typeof ConnectionClass !== "function" || !(ConnectionClass.prototype instanceof Stream || ConnectionClass === Stream)) {
-        throw typeError(`The connection class must be Stream or a subclass of it, got ${describe(ConnectionClass)}.`);
+    const given: unknown = ConnectionClass;
+    if (given !== undefined && given !== null) {
+      if (typeof given !== "function" || !(given.prototype instanceof Stream || given === Stream)) {
+        throw typeError(`The connection class must be Stream or a subclass of it, got ${describe(given)}.`);
       }
     }
-    this.#ConnectionClass = ConnectionClass ?? (this.constructor as typeof Server).ConnectionClass;
+    // The class attribute's type cannot name S (statics see no type
+    // parameter): a subclass of Server<S> promises it is S's class.
+    this.#ConnectionClass = ConnectionClass ?? ((this.constructor as typeof Server).ConnectionClass as ConnectionClass<S>);
     const o = options ?? {};
     this.#maxConnections = optionalCount("maxConnections", o.maxConnections, Infinity);
     this.#idleTimeoutMs = optionalMs("idleTimeoutMs", o.idleTimeoutMs, 0);
@@ -252,8 +272,8 @@ export class Server extends Channel {
     if (o.socket !== undefined) this.#adoptSocket(o.socket);
   }
 
-  /** The connection class: the constructor argument, else the class attribute. */
-  get ConnectionClass(): typeof Stream {
+  /** The connection class: the constructor argument, else the class attribute. It makes the `S`s of {@link channels}. */
+  get ConnectionClass(): ConnectionClass<S> {
     return this.#ConnectionClass;
   }
 
@@ -272,8 +292,12 @@ export class Server extends Channel {
     return this.#tls !== null;
   }
 
-  /** Open connections of this server, by connection id. A connection leaves when it closes. */
-  get channels(): ReadonlyMap<number, Stream> {
+  /**
+   * Open connections of this server, by connection id, typed by the
+   * connection class (a `Server<Chat>`'s are `Chat`s). A connection leaves
+   * when it closes.
+   */
+  get channels(): ReadonlyMap<number, S> {
     return this.#channels;
   }
 
@@ -488,12 +512,15 @@ export class Server extends Channel {
    * `server`, adds it to `channels`, and starts its connect event. An
    * override that does not call it owns the socket: `socket.destroy()` refuses
    * the connection; one left alone stays open (the server no longer tracks it,
-   * so neither `close()` nor `shutdown()` closes it).
+   * so neither `close()` nor `shutdown()` closes it). A stream an override
+   * makes over the socket itself is tracked in `channels` as an `S`: make it
+   * an instance of `ConnectionClass` (or of a subclass).
+   * @param socket The accepted socket (a TLSSocket once `startSSL` was called).
    * @param address The peer's address (the PROXY header's source behind a proxy). The default ignores it and is not given it.
    */
   onAccept(socket: Duplex, address: Address): void {
     void address;
-    let conn: Stream;
+    let conn: S;
     try {
       conn = new this.#ConnectionClass({ engine: this.engine, socket });
     } catch (err) {
@@ -509,7 +536,7 @@ export class Server extends Channel {
     this.#track(conn);
   }
 
-  #track(conn: Stream): void {
+  #track(conn: S): void {
     const id = this.#nextId++;
     this.#channels.set(id, conn);
     this.stats.accepted++;
@@ -893,9 +920,9 @@ export class Server extends Channel {
     } finally {
       accepting.socket = null;
     }
-    // An onAccept override that made its own stream: the server still tracks it.
+    // An onAccept override that made its own stream: the server still tracks it (as an S: see onAccept).
     const made = owned[kStream];
-    if (made !== undefined && made.server === null && !made.closed) this.#track(made);
+    if (made !== undefined && made.server === null && !made.closed) this.#track(made as S);
     // One that threw before a stream took the socket: nobody will close it.
     else if (threw && made === undefined) dropSocket(socket, raw);
   }

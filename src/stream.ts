@@ -55,6 +55,14 @@ export interface StreamOptions extends ChannelOptions {
   sslOptions?: SslOptions;
 }
 
+/**
+ * A connection class: {@link Stream} or a subclass of it. A {@link Server}
+ * makes one instance per accepted connection, constructing it with
+ * `{ engine, socket }`.
+ * @typeParam S The connection type its instances have.
+ */
+export type ConnectionClass<S extends Stream = Stream> = new (options: StreamOptions) => S;
+
 // ---------------------------------------------------------------------------
 // Internal symbols shared with the server.
 
@@ -372,7 +380,11 @@ function isNative(socket: unknown): socket is NativeSocket {
  * {@link connect} for a client.
  */
 export class Stream extends Channel {
-  /** The server that accepted this connection, else `null`. */
+  /**
+   * The server that accepted this connection, else `null`. Typed `Server`
+   * (its connections as Streams); a connection class that is only served
+   * by a `Server<Chat>` can say so with `declare server: Server<Chat> | null;`.
+   */
   server: Server | null = null;
 
   #state = S_INIT;

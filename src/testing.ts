@@ -7,7 +7,7 @@ import { Buffer } from "node:buffer";
 import { Duplex } from "node:stream";
 import { Engine } from "./engine.js";
 import { Stream } from "./stream.js";
-import type { StreamOptions } from "./stream.js";
+import type { ConnectionClass } from "./stream.js";
 import type { Server } from "./server.js";
 import { describe, rangeError, typeError } from "./errors.js";
 
@@ -144,9 +144,11 @@ function tick(): Promise<void> {
  * peer.end();
  * await peer.closed;
  * ```
+ * @param ConnectionClass The connection class (Stream or a subclass); `peer.stream` is one of its instances, typed as such.
+ * @param options See {@link MemoryPeerOptions}.
  */
 export function memoryPeer<S extends Stream>(
-  ConnectionClass: new (options: StreamOptions) => S,
+  ConnectionClass: ConnectionClass<S>,
   options: MemoryPeerOptions = {},
 ): MemoryPeer<S> {
   if (typeof ConnectionClass !== "function") {

@@ -301,7 +301,7 @@ test("onClose runs once whoever closes: the peer, the stream, or the server", as
   peer.write("peer\n");
   self.write("self\n");
   byServer.write("server\n");
-  await waitFor(() => [...server.channels.values()].filter((s) => (s as C).name !== "").length === 3 || counts.has("self"));
+  await waitFor(() => [...server.channels.values()].filter((s) => s.name !== "").length === 3 || counts.has("self"));
   peer.end();
   await waitFor(() => counts.has("peer") && counts.has("self"));
   server.close();

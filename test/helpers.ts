@@ -293,7 +293,7 @@ export async function hasIPv6(): Promise<boolean> {
  * it is made, before its onConnect (or, under TLS, while its handshake runs),
  * as another handler of the application might.
  */
-export function closedBeforeConnect(events: string[]): { Conn: typeof Stream; ClosingServer: typeof Server } {
+export function closedBeforeConnect(events: string[]): { Conn: typeof Stream; ClosingServer: typeof Server<Stream> } {
   class Conn extends Stream {
     override onSslHandshake() {
       events.push("sslHandshake");
