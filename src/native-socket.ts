@@ -323,12 +323,13 @@ export class NativeSocket {
     return peer === undefined ? undefined : peer.family === 6 ? "IPv6" : "IPv4";
   }
   #peer(): { address: string; port: number; family: number } | undefined {
+    // None while connecting, even once the kernel has the peer before the
+    // connect callback ran: asked again once connected, as node:net is.
+    if (this.connecting) return undefined;
     const rare = this.#extra();
     if (rare.peer === undefined && this.#conn !== null && !this.destroyed) {
       const p = this.#conn.peerAddress();
-      // None yet while connecting: asked again once connected, as node:net is.
-      if (p !== null && "port" in p) rare.peer = p;
-      else if (!this.connecting) rare.peer = null;
+      rare.peer = p !== null && "port" in p ? p : null;
     }
     return rare.peer ?? undefined;
   }

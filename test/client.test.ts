@@ -41,12 +41,16 @@ class Recording extends Stream {
 }
 
 /** Makes dns.lookup answer `host` with `addresses` (IPv4, in that order) for the test `t`; other names resolve as usual. */
-function fakeResolver(t: Parameters<typeof freshEngine>[0], host: string, addresses: string[]): void {
+function fakeResolver(t: Parameters<typeof freshEngine>[0], host: string, addresses: string[], afterAnswer?: () => void): void {
   const real = dns.lookup;
   const fake = ((name: string, options: dns.LookupAllOptions, callback: (err: Error | null, all: dns.LookupAddress[]) => void) => {
     if (name !== host) return (real as unknown as (...a: unknown[]) => void)(name, options, callback);
     const all = addresses.map((address) => ({ address, family: 4 }));
-    process.nextTick(() => (options.all ? callback(null, all) : (callback as unknown as (e: null, a: string, f: number) => void)(null, all[0]!.address, 4)));
+    process.nextTick(() => {
+      if (options.all) callback(null, all);
+      else (callback as unknown as (e: null, a: string, f: number) => void)(null, all[0]!.address, 4);
+      afterAnswer?.();
+    });
     return undefined;
   }) as unknown as typeof dns.lookup;
   dns.lookup = fake;
@@ -457,6 +461,38 @@ test("remoteAddress asked while a host name's connect hangs is the target, then 
   assert.deepEqual([...seen], [JSON.stringify(["asked-early.example", port])], "while connecting: the target");
   assert.deepEqual(atConnect, ["127.0.0.2", port], "at onConnect: the peer");
   assert.deepEqual(s.remoteAddress, ["127.0.0.2", port]);
+  s.close();
+  await waitFor(() => s.closed);
+});
+
+test("remoteAddress asked in the turn before the connect callback, the kernel connected already: still the target (every transport, as node:net)", async (t) => {
+  const engine = freshEngine(t);
+  const server = net.createServer((c) => c.on("error", () => {}));
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  t.after(() => server.close());
+  const port = (server.address() as net.AddressInfo).port;
+  let asked: unknown = "not asked";
+  // The connect starts in a check phase, right after the answer. The timer
+  // is due by the end of the wait, in which a loopback connect completes in
+  // the kernel, and the timers phase comes before the poll phase that
+  // delivers the connect: the ask sees a connected socket, a stream still connecting.
+  fakeResolver(t, "early-peer.example", ["127.0.0.1"], () => {
+    setTimeout(() => {
+      if (s.connecting) asked = s.remoteAddress;
+    }, 1);
+    const until = performance.now() + 5;
+    while (performance.now() < until);
+  });
+  let s!: Recording;
+  await new Promise<void>((resolve) =>
+    setImmediate(() => {
+      s = new Recording({ engine }).connect(["early-peer.example", port]);
+      resolve();
+    }),
+  );
+  await s.ready();
+  assert.deepEqual(asked, ["early-peer.example", port], "while connecting: the target");
+  assert.deepEqual(s.remoteAddress, ["127.0.0.1", port]);
   s.close();
   await waitFor(() => s.closed);
 });
