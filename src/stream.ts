@@ -287,6 +287,10 @@ class Extras {
   noDelay: boolean | null = null;
   /** setKeepAlive's last word: the delay in ms, -1 off, null never called. */
   keepAlive: number | null = null;
+  /** A client's TLS session to resume next time (see the sslSession getter). */
+  session: Buffer | null = null;
+  /** The TLS handshake resumed a session. */
+  sessionReused = false;
 }
 
 /** One FrameOut for every stream: read and cleared before any handler runs. */
@@ -333,6 +337,9 @@ function onSocketSecure(this: OwnedSocket): void {
 }
 function onHandshakeEnd(this: OwnedSocket): void {
   this[kStream]?._onHandshakeEnd();
+}
+function onSocketSession(this: OwnedSocket, session: Buffer): void {
+  this[kStream]?._onSession(session);
 }
 function peerLeftHandshake(stream: Stream): void {
   stream._peerLeftHandshake();
@@ -744,6 +751,27 @@ export class Stream extends Channel {
     return this.#tls !== null && (this.#flags & F_TLS_DONE) !== 0 && this.#tls.authorized;
   }
 
+  /**
+   * True when this connection's TLS handshake resumed an earlier session
+   * (on either side: a client given `sslOptions.session`, a server that
+   * accepted it) rather than doing a full one. False on plain TCP and until
+   * the handshake is done; still readable once the stream has closed.
+   */
+  get sslSessionReused(): boolean {
+    return this.#x?.sessionReused === true;
+  }
+
+  /**
+   * Client side: the TLS session to resume on the next connection to the
+   * same server (give it as `sslOptions.session`): the latest one the
+   * server sent (see {@link onSslSession}), or, after a resumed handshake
+   * that brought none, the session resumed. `null` before any, on plain TCP
+   * and on a server's stream; still readable once the stream has closed.
+   */
+  get sslSession(): Buffer | null {
+    return this.#x?.session ?? null;
+  }
+
   // -------------------------------------------------------------------------
   // Client side
 
@@ -1079,6 +1107,15 @@ export class Stream extends Channel {
   /** Placeholder: the TLS handshake completed (before `onConnect`). */
   onSslHandshake(): void {}
   /**
+   * Placeholder, client side: the server sent a session this client can
+   * resume on a later connection (give it as `sslOptions.session`; the
+   * latest is also {@link sslSession}). Comes after `onConnect` (after a
+   * STARTTLS upgrade's `onSslHandshake`), each time the server sends one:
+   * under TLS 1.3 after the handshake, often twice; a handshake that
+   * resumed a session may bring none.
+   */
+  onSslSession(_session: Buffer): void {}
+  /**
    * The TLS handshake failed (or timed out); the stream closes after this
    * returns (for a client's first handshake, `onConnectError` follows it,
    * then `onClose`). Default: log at debug.
@@ -1271,6 +1308,7 @@ export class Stream extends Channel {
     tlsSock.on("close", onSocketClose);
     tlsSock.once(serverSide ? "secure" : "secureConnect", onSocketSecure);
     tlsSock.once("end", onHandshakeEnd);
+    if (!serverSide) tlsSock.on("session", onSocketSession);
     this.#armHandshakeTimeout();
   }
 
@@ -1284,6 +1322,7 @@ export class Stream extends Channel {
     }
     this.#flags |= F_TLS_DONE;
     this.#clearDeadline("handshake");
+    if (this.#tls.isSessionReused()) this.#sessionResumed(this.#tls);
     // The handshake was bytes both ways: the idle time starts now, not when
     // its deadline was armed (a native socket under STARTTLS counts none of
     // the writes the OS took at once, so the sweep would see only silence).
@@ -1322,6 +1361,29 @@ export class Stream extends Channel {
   }
 
   /**
+   * The handshake resumed a session. A client keeps it as the one to resume
+   * next time, until the server sends a new one: a resumed handshake often
+   * brings none, and the session stays resumable.
+   */
+  #sessionResumed(sock: tls.TLSSocket): void {
+    const x = this.#extras();
+    x.sessionReused = true;
+    // Only a client's socket is listened to for sessions.
+    if (sock.listenerCount("session") > 0) x.session = sock.getSession() ?? null;
+  }
+
+  /** @internal A client's node:tls 'session': the server sent a session it can resume. */
+  _onSession(session: Buffer): void {
+    if (this.#state === S_CLOSED) return;
+    this.#extras().session = session;
+    // node:tls emits it once the server is verified, after 'secureConnect':
+    // onConnect (or a STARTTLS onSslHandshake) has run, unless the stream
+    // began closing before its onConnect (in onSslHandshake), which gets
+    // onClose only.
+    if (this.#eventNow(0)) this._call1(this.onSslSession, session);
+  }
+
+  /**
    * @internal The TLS socket ended. During the handshake nobody reads it yet,
    * and the raw socket is half-open, so this is the only sign of a peer that
    * hung up mid-handshake: fail it now rather than at the handshake timeout.
@@ -1353,14 +1415,20 @@ export class Stream extends Channel {
    * onConnect is a stream's first event (under TLS, after onSslHandshake),
    * and a stream closed before its onConnect gets onClose only. Before
    * onConnect an event waits: its `owed` flag has #establish call it right
-   * after onConnect (0: it is dropped); on a
-   * stream that began closing before its onConnect it never comes. (onRead
+   * after onConnect (0: it is dropped); on a stream that began closing
+   * before its onConnect it never comes. (onRead
    * needs an open stream; the error handlers say why a stream did not
    * connect, so they are not held.)
    */
   #event(fn: (this: this) => unknown, owed: number): void {
-    if ((this.#flags & F_EVER_CONNECTED) !== 0) this._call0(fn);
-    else if (this.#state === S_PENDING) this.#flags |= owed;
+    if (this.#eventNow(owed)) this._call0(fn);
+  }
+
+  /** #event's rule, for a handler that takes an argument: true if it is called now (else owed or dropped, as there). */
+  #eventNow(owed: number): boolean {
+    if ((this.#flags & F_EVER_CONNECTED) !== 0) return true;
+    if (this.#state === S_PENDING) this.#flags |= owed;
+    return false;
   }
 
   #establish(): void {
