@@ -4,6 +4,7 @@
  * connection.
  */
 import { Buffer } from "node:buffer";
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import tls from "node:tls";
@@ -177,7 +178,6 @@ export function compileServerTls(options: SslOptions): ServerTls {
   if (base.key === undefined && base.pfx === undefined) {
     throw typeError("A TLS server needs a certificate and key: give certfile/keyfile, key/cert or pfx.", "ERR_MISSING_OPTION");
   }
-  const secureContext = createContext("TLS server certificate, key or settings", base);
   let requestCert = options.requestCert ?? false;
   let rejectUnauthorized = options.rejectUnauthorized ?? requestCert;
   if (options.cert_reqs === "CERT_OPTIONAL") {
@@ -190,6 +190,9 @@ export function compileServerTls(options: SslOptions): ServerTls {
     requestCert = false;
     rejectUnauthorized = false;
   }
+  const verify = !requestCert ? "none" : rejectUnauthorized ? "required" : options.cert_reqs === "CERT_OPTIONAL" ? "optional" : "request";
+  base.sessionIdContext ??= sessionIdContext(verify, base.ca);
+  const secureContext = createContext("TLS server certificate, key or settings", base);
   checkAlpn(options.ALPNProtocols);
   if (options.SNICallback !== undefined && typeof options.SNICallback !== "function") {
     throw typeError(`SSL option 'SNICallback' must be a function, got ${describe(options.SNICallback)}.`, "ERR_INVALID_ARG_TYPE");
@@ -217,11 +220,26 @@ export function compileServerTls(options: SslOptions): ServerTls {
       cb(null, secureContext);
     };
   }
-  const verify = !requestCert ? "none" : rejectUnauthorized ? "required" : options.cert_reqs === "CERT_OPTIONAL" ? "optional" : "request";
   const socketOptions: TLSSocketOptions = { isServer: true, secureContext, requestCert, rejectUnauthorized };
   if (options.ALPNProtocols !== undefined) socketOptions.ALPNProtocols = options.ALPNProtocols as string[];
   if (SNICallback !== undefined) socketOptions.SNICallback = SNICallback;
   return { socketOptions, verify };
+}
+
+/**
+ * The session ID context of a server's secure contexts, unless one is given.
+ * A server that asks for client certificates and has none refuses, with an
+ * internal-error alert, every client that offers a session to resume
+ * (OpenSSL's "session id context uninitialized"; tls.Server sets one, a bare
+ * TLSSocket's context has none). Made from how client certificates are
+ * checked, so a session resumes only under the same check (servers sharing
+ * ticketKeys but trusting other CAs do not resume each other's), and is the
+ * same in every worker of a cluster.
+ */
+function sessionIdContext(verify: ServerTls["verify"], ca: SecureContextOptions["ca"]): string {
+  const hash = createHash("sha256").update(verify);
+  for (const pem of [ca ?? []].flat()) hash.update(pem);
+  return hash.digest("hex").slice(0, 32);
 }
 
 /**

@@ -227,6 +227,59 @@ test("a throw or a rejected promise in onSslSession goes to onError: by default 
   tolerant.close();
 });
 
+test("mutual TLS (CERT_REQUIRED, CERT_OPTIONAL; an SNI certificate too): a client offering its session resumes, the server still knows its certificate", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const clientCert: SslOptions = { certfile: certs.client.cert, keyfile: certs.client.key };
+  const sni = { "a.test": { certfile: certs.sniA.cert, keyfile: certs.sniA.key } };
+  for (const cert_reqs of ["CERT_REQUIRED", "CERT_OPTIONAL"] as const) {
+    for (const servername of ["localhost", "a.test"]) {
+      const seen: string[] = [];
+      class Served extends Stream {
+        override onConnect() {
+          seen.push(`reused=${this.sslSessionReused} authorized=${this.authorized} cn=${String(this.peerCertificate?.subject?.CN)}`);
+        }
+        override onSslHandshakeError(err: Error) {
+          seen.push(`handshake error: ${err.message}`);
+        }
+      }
+      const port = await listenLocal(new Server(Served, { engine, sslOptions: serverOptions({ ca_certs: certs.ca.cert, cert_reqs, sni }) }), t);
+      const what = `${cert_reqs} ${servername}`;
+      for (const version of VERSIONS) {
+        const options = { ...clientOptions(version), ...clientCert, servername };
+        const first = await visit(engine, port, options, true);
+        first.close();
+        const again = new Remember({ engine, sslOptions: { ...options, session: first.sslSession ?? undefined } }).connect(["127.0.0.1", port]);
+        await again.ready().catch(() => {});
+        assert.equal(again.sslSessionReused, true, `${what} ${version}: ${seen.join("; ")}`);
+        again.close();
+      }
+      await waitFor(() => seen.length === 4, 5000, "the server-side connections");
+      const full = "reused=false authorized=true cn=client";
+      const resumed = "reused=true authorized=true cn=client";
+      assert.deepEqual(seen, [full, resumed, full, resumed], what);
+    }
+  }
+});
+
+test("servers sharing ticketKeys but checking client certificates differently do not resume each other's sessions: a session made without a certificate does not pass mutual TLS", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const ticketKeys = randomBytes(48);
+  const open = recordingServer(engine, serverOptions({ ticketKeys }));
+  const mutual = recordingServer(engine, serverOptions({ ticketKeys, ca_certs: certs.ca.cert, cert_reqs: "CERT_REQUIRED" }));
+  const portOpen = await listenLocal(open.server, t);
+  const portMutual = await listenLocal(mutual.server, t);
+  for (const version of VERSIONS) {
+    const first = await visit(engine, portOpen, clientOptions(version), true);
+    first.close();
+    const c = new Remember({ engine, sslOptions: clientOptions(version, first.sslSession ?? undefined) }).connect(["127.0.0.1", portMutual]);
+    // Under TLS 1.3 the client has finished its side before the server refuses it.
+    await c.ready().catch(() => {});
+    await waitFor(() => c.closed, 5000, "the refusal");
+    assert.equal(c.sslSessionReused, false, version);
+  }
+  assert.deepEqual(mutual.reused, [], "no connection passed mutual TLS");
+});
+
 test("servers sharing sslOptions.ticketKeys (a cluster's workers) resume each other's sessions; a server with its own keys makes a full handshake", { skip }, async (t) => {
   const engine = freshEngine(t);
   const ticketKeys = randomBytes(48);
