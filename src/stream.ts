@@ -1279,7 +1279,7 @@ export class Stream extends Channel {
     let tlsSock: tls.TLSSocket;
     try {
       if (serverSide) {
-        tlsSock = wrapServerSocket(plain, compileServerTls(options));
+        tlsSock = wrapServerSocket(plain, compileServerTls(options, true));
       } else {
         const target = this.#x?.connectTarget;
         tlsSock = wrapClientSocket(plain, options, target?.kind === "tcp" ? target.host : undefined);
@@ -2785,7 +2785,7 @@ export class Stream extends Channel {
 
 /** Compiles TLS options once to validate them (and read their files) when given, so a bad one throws there, naming the file. */
 function checkTls(options: SslOptions, serverSide: boolean): void {
-  if (serverSide) compileServerTls(options);
+  if (serverSide) compileServerTls(options, true);
   else compileClientTls(options);
 }
 

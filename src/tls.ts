@@ -1,7 +1,9 @@
 /**
- * SslOptions, in Pants' names and Node's, to secure contexts. Files are
- * read and the context built once per startSSL/setSslOptions, never per
- * connection.
+ * SslOptions, in Pants' names and Node's, to secure contexts. A server
+ * reads its files and builds its contexts once per startSSL/setSslOptions,
+ * never per connection. A stream's own TLS (a client, a STARTTLS upgrade)
+ * reads its files at each startSSL and shares the context of earlier ones
+ * with the same contents (see {@link sharedContext}).
  */
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
@@ -150,14 +152,68 @@ function contextOptions(options: SslOptions | SniEntry, withCa: boolean): Secure
   return out as SecureContextOptions;
 }
 
-function createContext(what: string, options: SecureContextOptions): SecureContext {
+/** `shared`: a stream's context, taken from {@link sharedContext} when one with the same options was built before. */
+function createContext(what: string, options: SecureContextOptions, shared: boolean): SecureContext {
+  const key = shared ? contextKey(options) : null;
+  if (key !== null) {
+    const hit = sharedContexts.get(key);
+    if (hit !== undefined) {
+      // Most recently used last.
+      sharedContexts.delete(key);
+      sharedContexts.set(key, hit);
+      return hit;
+    }
+  }
+  let context: SecureContext;
   try {
-    return tls.createSecureContext(options);
+    context = tls.createSecureContext(options);
   } catch (err) {
     const e = new Error(`Invalid ${what}: ${(err as Error).message}`, { cause: err }) as Error & { code?: string };
     e.code = (err as NodeJS.ErrnoException).code ?? "ERR_SSL_CONTEXT";
     throw e;
   }
+  if (key !== null) {
+    sharedContexts.set(key, context);
+    if (sharedContexts.size > SHARED_CONTEXTS) sharedContexts.delete(sharedContexts.keys().next().value as string);
+  }
+  return context;
+}
+
+/**
+ * The secure contexts of streams' own TLS (clients, STARTTLS upgrades), by
+ * the exact options they were built from, files' contents included: a
+ * context costs a few hundred microseconds to build (a server's key and
+ * certificate, about 0.6 ms), as much as the handshake it serves, and a
+ * shared one also resumes the sessions of the others (its ticket keys).
+ * New file contents, or any other option, make a new context. The least
+ * recently used goes past {@link SHARED_CONTEXTS}.
+ */
+const sharedContexts = new Map<string, SecureContext>();
+const SHARED_CONTEXTS = 32;
+
+/** Options given with the context's that each connection takes for itself: not part of the context, nor of its key. */
+const CONNECTION_KEYS = new Set(["servername", "session", "checkServerIdentity", "ALPNProtocols", "ALPNCallback", "requestCert", "rejectUnauthorized", "SNICallback", "pskCallback", "enableTrace"]);
+
+/** The cache key of context options, or null when one of them is not plain data (a function, an object). */
+function contextKey(options: SecureContextOptions): string | null {
+  const parts: unknown[] = [];
+  for (const name of Object.keys(options).sort()) {
+    if (CONNECTION_KEYS.has(name)) continue;
+    const value = plainValue((options as Record<string, unknown>)[name]);
+    if (value === null) return null;
+    parts.push(name, value);
+  }
+  return JSON.stringify(parts);
+}
+
+function plainValue(value: unknown): unknown {
+  if (value === undefined || typeof value === "string" || typeof value === "number" || typeof value === "boolean") return [typeof value, value ?? 0];
+  if (value instanceof Uint8Array) return ["bytes", Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString("latin1")];
+  if (Array.isArray(value)) {
+    const items = value.map(plainValue);
+    return items.includes(null) ? null : ["array", items];
+  }
+  return null;
 }
 
 function wildcardMatch(pattern: string, host: string): boolean {
@@ -172,7 +228,7 @@ function wildcardMatch(pattern: string, host: string): boolean {
  * secure context(s), and validates everything.
  * @throws TypeError, RangeError, or an Error naming a file that cannot be read or parsed.
  */
-export function compileServerTls(options: SslOptions): ServerTls {
+export function compileServerTls(options: SslOptions, shared = false): ServerTls {
   checkPantsFlags(options, true);
   const base = contextOptions(options, true);
   if (base.key === undefined && base.pfx === undefined) {
@@ -192,7 +248,7 @@ export function compileServerTls(options: SslOptions): ServerTls {
   }
   const verify = !requestCert ? "none" : rejectUnauthorized ? "required" : options.cert_reqs === "CERT_OPTIONAL" ? "optional" : "request";
   base.sessionIdContext ??= sessionIdContext(verify, base.ca);
-  const secureContext = createContext("TLS server certificate, key or settings", base);
+  const secureContext = createContext("TLS server certificate, key or settings", base, shared);
   checkAlpn(options.ALPNProtocols);
   if (options.SNICallback !== undefined && typeof options.SNICallback !== "function") {
     throw typeError(`SSL option 'SNICallback' must be a function, got ${describe(options.SNICallback)}.`, "ERR_INVALID_ARG_TYPE");
@@ -210,7 +266,7 @@ export function compileServerTls(options: SslOptions): ServerTls {
     for (const [name, entry] of Object.entries(options.sni)) {
       const ctxOptions = { ...contextOptions(entry, false) };
       if (ctxOptions.ca === undefined && base.ca !== undefined) ctxOptions.ca = base.ca;
-      contexts.push([name.toLowerCase(), createContext(`TLS certificate for SNI name ${name}`, ctxOptions)]);
+      contexts.push([name.toLowerCase(), createContext(`TLS certificate for SNI name ${name}`, ctxOptions, shared)]);
     }
     SNICallback = (servername, cb) => {
       const host = servername.toLowerCase();
@@ -256,7 +312,7 @@ export function compileClientTls(options: SslOptions): ClientTls {
     if (options[key] !== undefined) (out as Record<string, unknown>)[key] = options[key];
   }
   out.rejectUnauthorized = options.cert_reqs === "CERT_NONE" ? false : (options.rejectUnauthorized ?? true);
-  out.secureContext = createContext("TLS client options", ctx);
+  out.secureContext = createContext("TLS client options", ctx, true);
   return { options: out };
 }
 

@@ -578,7 +578,7 @@ test("setSslOptions rotates certificates without dropping open connections", { s
 /** Flushed replies, then one never flushed, then close(false): what arrives must be the flushed ones, whole, then the FIN. */
 function refuseWithReplies(stream: Stream): void {
   // The first write after a TLS 1.3 handshake waits behind the session tickets'
-  // write, and node:tls writes one at a time: the later ones wait in pants-ts.
+  // write, and node:tls writes one at a time: the later ones must not be held back.
   stream.write("421 too busy\r\n", true);
   for (let i = 0; i < 40; i++) stream.write(`detail ${i}\r\n`, true);
   stream.write("never flushed\r\n");
@@ -638,6 +638,44 @@ for (const version of ["TLSv1.2", "TLSv1.3"] as const) {
     }
   });
 }
+
+test("STARTTLS servers share a context between upgrades with the same options, and certificate files renewed on disk are used by the next upgrade", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const files = { certfile: join(dir, "cert.pem"), keyfile: join(dir, "key.pem") };
+  copyFileSync(certs.server.cert, files.certfile);
+  copyFileSync(certs.server.key, files.keyfile);
+  class Upgrading extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      if (line.toString() !== "STARTTLS") return;
+      this.write("OK\n");
+      this.startSSL(files); // one options object for every connection, as a module constant
+    }
+  }
+  const port = await listenLocal(new Server(Upgrading, { engine }), t);
+  async function upgradedPeer(): Promise<string> {
+    const plain = net.connect(port, "127.0.0.1");
+    t.after(() => plain.destroy());
+    plain.write("STARTTLS\n");
+    const c = new RawClient(plain);
+    assert.equal(await c.readText(3), "OK\n");
+    plain.removeAllListeners("data");
+    const secure = tls.connect({ socket: plain, ca: certs.ca.certPem, servername: "localhost" });
+    await new Promise<void>((resolve, reject) => secure.once("secureConnect", resolve).once("error", reject));
+    const cn = String(secure.getPeerCertificate().subject.CN);
+    secure.destroy();
+    return cn;
+  }
+  assert.equal(await upgradedPeer(), "localhost");
+  assert.equal(await upgradedPeer(), "localhost");
+  // Renewed in place (certbot, a secret mount): the next upgrade presents the new one.
+  copyFileSync(certs.server2.cert, files.certfile);
+  copyFileSync(certs.server2.key, files.keyfile);
+  assert.equal(await upgradedPeer(), "localhost-rotated");
+});
 
 test("STARTTLS: both sides upgrade; bytes before are plaintext, after encrypted, none lost", { skip }, async (t) => {
   const engine = freshEngine(t);
