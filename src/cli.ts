@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { readFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
 import cluster from "node:cluster";
 import type { Address as ClusterAddress } from "node:cluster";
 import { Server, liveServers } from "./server.js";
@@ -185,9 +186,27 @@ function isForeignCopy(value: unknown): boolean {
   return typeof target === "function" && brand in target;
 }
 
+/**
+ * The session ticket keys the primary of `serve --workers` makes once and
+ * hands every worker it forks (replacements too), in this environment
+ * variable: a client's TLS session then resumes on whichever worker its next
+ * connection reaches, and across a SIGHUP's rolling restart.
+ */
+const WORKER_TICKET_KEYS = "PANTS_TS_WORKER_TICKET_KEYS";
+
+/** A worker's share of {@link WORKER_TICKET_KEYS}, read once (and kept from the module's code and child processes). */
+const workerTicketKeys: Buffer | undefined = (() => {
+  const hex = cluster.isWorker ? process.env[WORKER_TICKET_KEYS] : undefined;
+  delete process.env[WORKER_TICKET_KEYS];
+  return hex !== undefined && /^[0-9a-f]{96}$/.test(hex) ? Buffer.from(hex, "hex") : undefined;
+})();
+
 /** The TLS options of --tls-cert/--tls-key, if given. */
 function tlsOptions(args: ServeArgs): SslOptions | undefined {
-  return args.tlsCert === undefined ? undefined : { certfile: args.tlsCert, keyfile: args.tlsKey ?? args.tlsCert };
+  if (args.tlsCert === undefined) return undefined;
+  const options: SslOptions = { certfile: args.tlsCert, keyfile: args.tlsKey ?? args.tlsCert };
+  if (workerTicketKeys !== undefined) options.ticketKeys = workerTicketKeys;
+  return options;
 }
 
 /** Loads the module and starts its servers in this process. */
@@ -279,7 +298,10 @@ async function serve(args: ServeArgs): Promise<number> {
   if (args.workers > 1 || cluster.isWorker) {
     // A certificate or key that cannot be used fails every worker alike: say
     // so once, in one line (as in one process), before forking any.
-    if (cluster.isPrimary && args.tlsCert !== undefined) compileServerTls(tlsOptions(args)!);
+    if (cluster.isPrimary && args.tlsCert !== undefined) {
+      compileServerTls(tlsOptions(args)!);
+      process.env[WORKER_TICKET_KEYS] = randomBytes(48).toString("hex");
+    }
     // In the primary, before the workers listen: SIGUSR2 must not kill it,
     // and a SIGTERM while starting (runCluster drains) prints no banner.
     let current: ClusterHandle | null = null;

@@ -7,6 +7,7 @@ import { test } from "node:test";
 import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
+import tls from "node:tls";
 import type { ChildProcess } from "node:child_process";
 import { networkInterfaces } from "node:os";
 import { copyFileSync, existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
@@ -314,6 +315,35 @@ test("--workers with a TLS certificate or key that cannot be used: one line on s
       assert.equal(r.stderr.trim().split("\n").length, 1, `one line for ${args.join(" ")}: ${r.stderr}`);
     }
   }
+});
+
+test("--workers with TLS: the workers share session ticket keys, so a client's session resumes on whichever worker its next connection reaches", { skip: !hasOpenssl() && "no openssl", timeout: 40_000 }, async (t) => {
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--tls-cert", certs.server.cert, "--tls-key", certs.server.key]);
+  const port = portFrom(s.addresses[0]!);
+  /** One TLS connection: whether it resumed `session`, and the session the server sent on it. */
+  const visit = async (session?: Buffer): Promise<{ reused: boolean; session: Buffer }> => {
+    const socket = tls.connect({ host: "127.0.0.1", port, ca: certs.ca.certPem, servername: "localhost", ...(session ? { session } : {}) });
+    t.after(() => socket.destroy());
+    const sent = new Promise<Buffer>((resolve) => socket.once("session", resolve));
+    await new Promise<void>((resolve, reject) => socket.once("secureConnect", resolve).once("error", reject));
+    const reused = socket.isSessionReused();
+    // An echo round trip: the tickets of TLS 1.3 come right after the handshake.
+    socket.write("x\n");
+    await new Promise<void>((resolve) => socket.once("data", () => resolve()));
+    const next = reused ? (session as Buffer) : await sent;
+    socket.destroy();
+    return { reused, session: next };
+  };
+  const first = await visit();
+  assert.equal(first.reused, false);
+  // The primary hands connections to the workers in turn: six reach both.
+  const reused: boolean[] = [];
+  for (let i = 0; i < 6; i++) reused.push((await visit(first.session)).reused);
+  assert.deepEqual(reused, [true, true, true, true, true, true]);
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
 });
 
 test("--workers with TLS: SIGHUP picks up a renewed certificate; one that does not load keeps the old workers serving", { skip: !hasOpenssl() && "no openssl", timeout: 60_000 }, async (t) => {
