@@ -248,6 +248,8 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
   }
   const verify = !requestCert ? "none" : rejectUnauthorized ? "required" : options.cert_reqs === "CERT_OPTIONAL" ? "optional" : "request";
   base.sessionIdContext ??= sessionIdContext(verify, base.ca);
+  // As tls.createServer: sessions resume for 5 minutes (OpenSSL's own default is 2 hours).
+  base.sessionTimeout ??= 300;
   const secureContext = createContext("TLS server certificate, key or settings", base, shared);
   checkAlpn(options.ALPNProtocols);
   if (options.SNICallback !== undefined && typeof options.SNICallback !== "function") {

@@ -9,9 +9,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { Server, Stream } from "../src/index.js";
 import type { Engine, SslOptions } from "../src/index.js";
-import { captureLogs, freshEngine, listenLocal, waitFor } from "./helpers.js";
+import { captureLogs, freshEngine, listenLocal, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import type { Certs } from "./certs.js";
 
@@ -299,4 +302,23 @@ test("servers sharing sslOptions.ticketKeys (a cluster's workers) resume each ot
   await waitFor(() => b.reused.length === 2 && other.reused.length === 2, 5000, "the server-side connections");
   assert.deepEqual(b.reused, [true, true]);
   assert.deepEqual(other.reused, [false, false]);
+});
+
+test("a server's sessions last 300 s unless sslOptions.sessionTimeout says otherwise, as tls.createServer's (the ticket's lifetime hint, read by openssl sess_id)", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const hints: string[] = [];
+  for (const extra of [{}, { sessionTimeout: 60 }]) {
+    const { server } = recordingServer(engine, serverOptions(extra));
+    const port = await listenLocal(server, t);
+    for (const version of VERSIONS) {
+      const c = await visit(engine, port, clientOptions(version), true);
+      const file = join(dir, `session-${hints.length}.der`);
+      writeFileSync(file, c.sslSession!);
+      c.close();
+      const text = execFileSync("openssl", ["sess_id", "-inform", "DER", "-in", file, "-noout", "-text"], { encoding: "utf8" });
+      hints.push(`${version}: ${/lifetime hint: (\d+)/.exec(text)?.[1] ?? "none"}`);
+    }
+  }
+  assert.deepEqual(hints, ["TLSv1.2: 300", "TLSv1.3: 300", "TLSv1.2: 60", "TLSv1.3: 60"]);
 });
