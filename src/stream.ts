@@ -344,6 +344,9 @@ function onSocketSession(this: OwnedSocket, session: Buffer): void {
 function peerLeftHandshake(stream: Stream): void {
   stream._peerLeftHandshake();
 }
+function peerEndedBeforeUpgrade(stream: Stream): void {
+  stream._peerLeftHandshake(true);
+}
 function ignoreError(): void {}
 function lingerExpired(sock: Duplex): void {
   sock.destroy();
@@ -851,7 +854,10 @@ export class Stream extends Channel {
    * On a connected stream (STARTTLS): the upgrade starts once everything
    * already written has been sent; later writes are sent encrypted, and
    * bytes the peer sent right behind its command go to the handshake.
-   * `server_side` defaults to true on a stream a server accepted.
+   * `server_side` defaults to true on a stream a server accepted. A peer
+   * that has ended (its FIN read) can never complete the handshake: the
+   * upgrade fails on a later turn (`onSslHandshakeError` with an `Error`
+   * of code `ECONNRESET`), then the stream closes.
    * @throws ChannelStateError if TLS is already enabled, or the stream is ended ({@link end}), closing or closed.
    * @throws RangeError if `do_handshake_on_connect` is not false.
    */
@@ -1310,6 +1316,10 @@ export class Stream extends Channel {
     tlsSock.once("end", onHandshakeEnd);
     if (!serverSide) tlsSock.on("session", onSocketSession);
     this.#armHandshakeTimeout();
+    // STARTTLS after the peer's FIN was read (its onEnd delivered, or waiting
+    // for the frames before it): the handshake needs the peer's answer, which
+    // cannot come, and the TLS socket will never see that FIN itself.
+    if (!initial && (this.#flags & F_PEER_ENDED) !== 0) setImmediate(peerEndedBeforeUpgrade, this);
   }
 
   /** @internal The TLS handshake completed. */
@@ -1399,10 +1409,15 @@ export class Stream extends Channel {
     return this.#tls !== null && (this.#flags & F_TLS_DONE) === 0;
   }
 
-  /** @internal The peer left during the handshake and no TLS error said why. */
-  _peerLeftHandshake(): void {
+  /**
+   * @internal The peer left during the handshake (`before`: it had ended
+   * before a STARTTLS upgrade began) and no TLS error said why. As node:tls
+   * says it: ECONNRESET, the code of a connection lost mid-handshake.
+   */
+  _peerLeftHandshake(before = false): void {
     if (this.#state === S_CLOSED || !this.#handshaking) return;
-    this._onSocketError(Object.assign(new Error("The peer closed the connection during the TLS handshake."), { code: "ECONNRESET" }));
+    const message = before ? "The peer had closed its side of the connection before the TLS upgrade began." : "The peer closed the connection during the TLS handshake.";
+    this._onSocketError(Object.assign(new Error(message), { code: "ECONNRESET" }));
   }
 
   /** @internal onConnect, on a tick after the call that caused it. */

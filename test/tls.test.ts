@@ -280,6 +280,72 @@ test("a peer that hangs up mid-handshake (first or STARTTLS) is closed at once, 
   for (const c of [finOnly, halfHello, starttls]) c.destroy();
 });
 
+test("STARTTLS after the peer's FIN (its onEnd delivered, or still due behind an async onRead; either side) fails at once: ECONNRESET, then onClose", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  type Hooks = { line?: (s: Stream, line: string) => unknown; end?: (s: Stream) => void; greeting?: string };
+  /** A stream that records its end, handshake failure and close; `hooks` say what it does on a line and at its end. */
+  function recording(name: string, hooks: Hooks): typeof Stream {
+    return class extends Stream {
+      override onConnect() {
+        this.readDelimiter = "\n";
+        if (hooks.greeting !== undefined) this.write(hooks.greeting);
+      }
+      override onRead(line: Buffer) {
+        return hooks.line?.(this, line.toString());
+      }
+      override onEnd() {
+        events.push(`${name}:end`); // kept half-open: the upgrade is the application's to try
+        hooks.end?.(this);
+      }
+      override onSslHandshakeError(err: Error) {
+        events.push(`${name}:${err.constructor.name} ${(err as Error & { code?: string }).code}`);
+      }
+      override onClose() {
+        events.push(`${name}:close`);
+      }
+    };
+  }
+  const serverTls = (s: Stream) => s.startSSL(serverOptions());
+  // handshakeTimeoutMs 0: only the FIN read already can end these handshakes.
+  const later = new Server(recording("later", { end: serverTls }), { engine, handshakeTimeoutMs: 0 });
+  const awaiting = new Server(
+    recording("async", {
+      line: async (s) => {
+        await sleep(200); // the FIN (sent with the line) is read meanwhile; onEnd waits for this promise
+        serverTls(s);
+      },
+    }),
+    { engine, handshakeTimeoutMs: 0 },
+  );
+  for (const server of [later, awaiting]) {
+    const c = await connect(await listenLocal(server, t));
+    t.after(() => c.destroy());
+    c.end("STARTTLS\n");
+  }
+  // Client side: the server answers and ends; the client upgrades after that FIN.
+  const answering = new Server(
+    recording("server", {
+      line: (s) => {
+        s.write("OK\n");
+        s.end();
+      },
+    }),
+    { engine },
+  );
+  const port = await listenLocal(answering, t);
+  const Client = recording("client", { greeting: "STARTTLS\n", end: (s) => s.startSSL({ ca_certs: certs.ca.cert, servername: "localhost" }) });
+  const client = new Client({ engine });
+  client.handshakeTimeout = 0;
+  client.connect(["127.0.0.1", port]);
+  const done = () => later.stats.open === 0 && awaiting.stats.open === 0 && client.closed;
+  await waitFor(done, 3000, "every upgrade to fail");
+  for (const name of ["later", "async", "client"]) {
+    assert.deepEqual(events.filter((e) => e.startsWith(`${name}:`)), [`${name}:end`, `${name}:Error ECONNRESET`, `${name}:close`], name);
+  }
+});
+
 test("idleTimeout over TLS: a large write the peer is still reading is activity", { skip, timeout: 30_000 }, async (t) => {
   const engine = freshEngine(t);
   const total = 24 * 1024 * 1024;
