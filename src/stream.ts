@@ -291,7 +291,23 @@ class Extras {
   session: Buffer | null = null;
   /** The TLS handshake resumed a session. */
   sessionReused = false;
+  /**
+   * The socket is a user's Duplex (no net.Socket, no native socket): every
+   * write asks for its callback, the one place a write failure shows as
+   * such (see {@link writeFailures}).
+   */
+  foreign = false;
 }
+
+/**
+ * Errors a user's Duplex passed to a write callback while it was still
+ * alive: its 'error' event, which follows with the same error, reports a
+ * write failure (onWriteError) though the error names no system call, as a
+ * socket's `write`/`writev` does. A Duplex destroyed by a read failure fails
+ * the writes still queued with that error only once it is destroyed, so
+ * that error is not one of these.
+ */
+const writeFailures = new WeakSet<object>();
 
 /** One FrameOut for every stream: read and cleared before any handler runs. */
 const frameOut: FrameOut = { value: undefined, args: null, error: null };
@@ -1075,7 +1091,11 @@ export class Stream extends Channel {
     const code = (err as { code?: unknown }).code;
     this.close(code === "ERR_MALFORMED_FRAME" || code === "ERR_ENCODING_INVALID_ENCODED_DATA");
   }
-  /** Writing failed (a reset, or a file that cannot be read). Default: log it and close. */
+  /**
+   * Writing failed (a reset, a file that cannot be read, or a write a user's
+   * Duplex failed: its `_write` called back with an error). Default: log it
+   * and close.
+   */
   onWriteError(err: Error): void {
     logPeerError(err, `Write error on ${String(this)}`);
     this.close(false);
@@ -1153,6 +1173,7 @@ export class Stream extends Channel {
     // (A server's stream: once it knows its server. A socket still connecting
     // has no addresses yet: _onTcpConnect reads them.)
     if (sock !== accepting.socket && (sock as net.Socket).connecting !== true) this.#keepAddresses();
+    if (!(sock instanceof net.Socket) && !isNative(sock)) this.#extras().foreign = true;
     sock.on("error", onSocketError);
     sock.on("close", onSocketClose);
     if (sock !== accepting.socket) this.engine._channels.add(this);
@@ -2148,7 +2169,7 @@ export class Stream extends Channel {
       return;
     }
     const syscall = (err as NodeJS.ErrnoException).syscall;
-    const isWrite = syscall === "write" || syscall === "writev" || syscall === "shutdown";
+    const isWrite = syscall === "write" || syscall === "writev" || syscall === "shutdown" || writeFailures.has(err);
     this._countError(isWrite ? "write" : "read", err);
     this._call1(isWrite ? this.onWriteError : this.onReadError, err);
     this.#finishClose(false);
@@ -2349,7 +2370,7 @@ export class Stream extends Channel {
           // No callback when nothing waits for this write (as on the native
           // transport): node:stream then completes a write the OS took at
           // once without a nextTick. Whoever starts waiting later asks with #barrier.
-          const cb = (this.#flags & F_NATIVE) === 0 && this.#nobodyWaits() ? undefined : this.#writeCallback();
+          const cb = (this.#flags & F_NATIVE) === 0 && this.#nobodyWaits() && this.#x?.foreign !== true ? undefined : this.#writeCallback();
           if (cb === undefined) this.#flags |= F_ACTIVE;
           else this.#inflight++;
           writeRun(sock, run, cb);
@@ -2465,7 +2486,12 @@ export class Stream extends Channel {
 
   #onWritten(err?: Error | null): void {
     this.#inflight--;
-    if (err) return; // the socket's 'error' event reports it
+    if (err) {
+      // The socket's 'error' event reports it; a user's Duplex's says only here that a write failed.
+      const sock = this.#sock;
+      if (this.#x?.foreign === true && sock !== null && !sock.destroyed && typeof err === "object") writeFailures.add(err);
+      return;
+    }
     this.#flags |= F_ACTIVE;
     if (this.#inflight === 0) this.#drained();
   }

@@ -544,6 +544,58 @@ test("a socket option Duplex whose readable side ended before it was handed over
   assert.deepEqual(Buffer.concat(ended.calls.flat()).toString(), "bye\n");
 });
 
+test("a socket option Duplex whose write fails: onWriteError (its default logs it and closes, once), as for a socket; one that fails reading with a write pending: onReadError", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  /** A Duplex whose writes fail (at once or later), or never complete (`"hold"`). */
+  class Failing extends SpySocket {
+    constructor(readonly how: "at once" | "later" | "hold") {
+      super();
+    }
+    override _write(_chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+      const err = Object.assign(new Error("no space left on the device"), { code: "ENOSPC" });
+      if (this.how === "at once") cb(err);
+      else if (this.how === "later") setImmediate(cb, err);
+    }
+  }
+  const events: string[] = [];
+  class Writer extends Stream {
+    override onConnect() {
+      this.write("hello\n"); // nothing waits for it: no onWrite
+    }
+    override onReadError(err: Error) {
+      events.push(`read error ${(err as Error & { code?: string }).code}`);
+      super.onReadError(err);
+    }
+    override onWriteError(err: Error) {
+      events.push(`write error ${(err as Error & { code?: string }).code}`);
+      super.onWriteError(err);
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  for (const how of ["at once", "later"] as const) {
+    events.length = 0;
+    const s = new Writer({ engine, socket: new Failing(how) });
+    await waitFor(() => s.closed, 2000, `the close (${how})`);
+    await sleep(20);
+    assert.deepEqual(events, ["write error ENOSPC", "close"], how);
+  }
+  const warned = logs.filter((l) => l.level === "warn").map((l) => l.msg);
+  assert.equal(warned.length, 2, warned.join("\n"));
+  assert.match(warned[0]!, /^Write error on .*no space left/);
+  // A read failure (the Duplex destroyed with an error of no system call) while a write is pending stays one.
+  events.length = 0;
+  const held = new Failing("hold");
+  const s = new Writer({ engine, socket: held });
+  await s.ready();
+  await sleep(10);
+  held.destroy(Object.assign(new Error("the link went down"), { code: "ENOLINK" }));
+  await waitFor(() => s.closed, 2000, "the close after the read failure");
+  assert.deepEqual(events, ["read error ENOLINK", "close"]);
+});
+
 test("a net.Socket still connecting as the socket option: its addresses once connected, with onClose overridden too", async (t) => {
   const engine = freshEngine(t);
   const port = await listenLocal(new Server(Stream, { engine }), t);
