@@ -66,6 +66,13 @@
 #define PN_SLAB_SIZE (32 * 1024)
 #define PN_SLAB_PIECE (4 * 1024)
 
+/* While JS has paused a connection, libuv goes on reading it, in reads of
+ * at most this many bytes kept in P, until P holds this much: as node:net's
+ * paused socket fills its readable buffer up to its highWaterMark (16 KiB)
+ * before it stops reading, a peer's reset or FIN is seen while paused (the
+ * read takes the socket's error), not only once resumed or by a write. */
+#define PN_PAUSED_HOLD (16 * 1024)
+
 /* Reads of at most this many bytes are batched; larger ones (bulk
  * transfers) are delivered at once. */
 #define PN_BATCH_READ (16 * 1024)
@@ -310,6 +317,7 @@ typedef struct pn_conn {
   pn_uv_stream h;
   int32_t id;        /* what JS knows this connection by; -1 once freed */
   bool reading;      /* what JS asked for (readStart/readStop) */
+  bool uv_reading;   /* libuv reads: also while JS has paused, until P holds PN_PAUSED_HOLD */
   bool eof;          /* the peer's FIN was read */
   bool shut;         /* shutdown() was called */
   bool connecting;   /* a connect request is in flight */

@@ -125,6 +125,7 @@ void pn_conn_close(pn_conn *c) {
   pn_batch_touch(c);
   c->base.closing = true;
   c->reading = false;
+  c->uv_reading = false;
   c->need_deliver = false;
   pn_list_remove(&c->ready_link); /* a batched read it had is dropped */
   /* uv_close stops reading at once and cancels queued writes, a pending

@@ -469,7 +469,11 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   const pn_conn *c = h->data;
   pn_env *e = c->base.penv;
   (void)suggested;
-  if (c->lend_reads && e->lend != NULL && c->fr.plen == 0) {
+  if (!c->reading) {
+    /* Paused: a read of at most PN_PAUSED_HOLD bytes, to be held in P. */
+    buf->base = e->read_buf;
+    buf->len = PN_PAUSED_HOLD;
+  } else if (c->lend_reads && e->lend != NULL && c->fr.plen == 0) {
     buf->base = (char *)e->lend; /* see "lent reads" */
     buf->len = PN_READ_BUF_SIZE;
   } else if (e->spare != NULL && pn_list_empty(&e->ready) && spare_intact(e)) {
@@ -498,11 +502,23 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
  * connection's data always reaches JS before its EOF, error or close.
  * Bytes never wait in the batch past the loop iteration that read them. */
 
-/* Bytes read for a connection JS has paused since: they join P, for
- * readStart to deliver. */
+/* Stops libuv reading a paused connection once P holds PN_PAUSED_HOLD
+ * bytes (see there); readStart reads on. */
+static void pause_full(pn_conn *c) {
+  if (c->reading || !c->uv_reading || c->fr.plen < PN_PAUSED_HOLD) return;
+  uv_read_stop(&c->h.stream);
+  c->uv_reading = false;
+}
+
+/* Bytes read for a connection JS has paused (since the read, or before
+ * it): they join P, for readStart to deliver. */
 static void hold(pn_conn *c, const uint8_t *nb, size_t nn) {
-  if (!pn_framing_keep(&c->fr, nb, nn, 0)) pn_conn_emit_error(c, UV_ENOMEM, "read");
-  else c->need_deliver = true;
+  if (!pn_framing_keep(&c->fr, nb, nn, 0)) {
+    pn_conn_emit_error(c, UV_ENOMEM, "read");
+    return;
+  }
+  c->need_deliver = true;
+  pause_full(c);
 }
 
 static bool batch_add(pn_env *e, pn_conn *c, const uint8_t *nb, size_t nn) {
@@ -792,6 +808,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   /* Still undelivered: JS paused with frames held in P. */
   const bool held = c->need_deliver;
   c->reading = false;
+  c->uv_reading = false;
   /* A write failed in this poll and waits to be reported (the peer reset
    * the connection and the write took its ECONNRESET, so this read finds a
    * plain EOF): that error ends the connection, as on node:net, not an EOF
@@ -844,11 +861,14 @@ napi_value pn_conn_read_start(napi_env env, napi_callback_info info) {
     }
     return NULL;
   }
-  int err = uv_read_start(&c->h.stream, alloc_cb, read_cb);
-  if (err == UV_ENOTCONN) return NULL; /* dead after a read error: nothing to read */
-  if (err != 0 && err != UV_EALREADY) {
-    pn_throw_uv(env, err, "read", NULL);
-    return NULL;
+  if (!c->uv_reading) {
+    int err = uv_read_start(&c->h.stream, alloc_cb, read_cb);
+    if (err == UV_ENOTCONN) return NULL; /* dead after a read error: nothing to read */
+    if (err != 0 && err != UV_EALREADY) {
+      pn_throw_uv(env, err, "read", NULL);
+      return NULL;
+    }
+    c->uv_reading = true;
   }
   c->reading = true;
   /* Frames left in P by an earlier pause or framing change. */
@@ -856,14 +876,26 @@ napi_value pn_conn_read_start(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* readStop(): idempotent. */
+/* readStop(): idempotent. Nothing more is delivered until readStart; libuv
+ * reads on into P up to PN_PAUSED_HOLD bytes (see there), so a reset or FIN
+ * still reaches JS. A connection paused before it ever read (a stream
+ * paused in its onConnect) starts reading so, as node:net's socket reads
+ * from the start. */
 napi_value pn_conn_read_stop(napi_env env, napi_callback_info info) {
   bool ok;
   pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
-  if (c == NULL || !c->reading) return NULL;
+  if (c == NULL) return NULL;
+  if (!c->reading) {
+    /* (uv_read_start fails, ENOTCONN, on one not connected yet or dead
+     * after a read error: there is nothing to read then.) */
+    if (!c->uv_reading && !c->eof && c->fr.plen < PN_PAUSED_HOLD &&
+        uv_read_start(&c->h.stream, alloc_cb, read_cb) == 0)
+      c->uv_reading = true;
+    return NULL;
+  }
   pn_batch_touch(c);
-  uv_read_stop(&c->h.stream);
   c->reading = false;
+  pause_full(c);
   return NULL;
 }
 

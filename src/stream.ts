@@ -2126,10 +2126,11 @@ export class Stream extends Channel {
         const pending = this.#takeHeld(this.#sock);
         if (pending !== undefined) this.#keep(pending);
       }
-      // Paused (pauseReading(), or above writeHighWaterMark): node:net
-      // reports the FIN of a paused socket, where the native transport has
-      // stopped reading and sees it only once resumed. The end waits for the
-      // resume either way (_processTick delivers it), after any frames still buffered.
+      // Paused (pauseReading(), or above writeHighWaterMark): either
+      // transport still reads a little ahead (node:net up to its
+      // highWaterMark, the addon up to 16 KiB), so a FIN may come now, or
+      // only once resumed. The end waits for the resume either way
+      // (_processTick delivers it), after any frames still buffered.
       if ((this.#flags & P_ANY) !== 0) return;
       this.#endAfterFrames();
     } else if (state === S_PENDING) {

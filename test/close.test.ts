@@ -208,6 +208,84 @@ test("a peer reset closes the stream at once, logged at debug at most", async (t
   assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error"), []);
 });
 
+/** A connection class recording its read and write errors (code and system call) and its close in `events`. */
+function recordingErrors(events: string[], Base: typeof Stream = Stream): typeof Stream {
+  return class extends Base {
+    override onReadError(err: NodeJS.ErrnoException) {
+      events.push(`read error ${err.code} ${err.syscall}`);
+      super.onReadError(err);
+    }
+    override onWriteError(err: NodeJS.ErrnoException) {
+      events.push(`write error ${err.code} ${err.syscall}`);
+      super.onWriteError(err);
+    }
+    override onClose() {
+      events.push("close");
+    }
+  };
+}
+
+test("a peer's reset while our writes are backed up (reading paused above writeHighWaterMark) is a read error, ECONNRESET, as node:net reports it", async (t) => {
+  // Both transports read ahead a little while paused (node:net into its
+  // buffer, the addon into its own), so the read takes the socket's error
+  // before the write does, as on a stream that was not paused.
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  let stream: Stream | null = null;
+  class Download extends recordingErrors(events) {
+    override onConnect() {
+      stream = this;
+      for (let i = 0; i < 64; i++) this.write(Buffer.alloc(256 * 1024, 0x41)); // 16 MiB: far more than loopback takes
+    }
+  }
+  const port = await listenLocal(new Server(Download, { engine }), t);
+  for (let round = 0; round < 3; round++) {
+    events.length = 0;
+    stream = null;
+    const c = await connect(port);
+    c.socket.pause(); // the peer stops reading
+    await waitFor(() => stream !== null && stream.bufferedAmount > stream.writeHighWaterMark, 5000, "the writes to back up");
+    await sleep(20);
+    c.socket.resetAndDestroy();
+    await waitFor(() => events.includes("close"), 5000, `the close (round ${round})`);
+    assert.deepEqual(events, ["read error ECONNRESET read", "close"], `round ${round}`);
+  }
+  assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error"), []);
+});
+
+test("a paused stream (pauseReading(), in onConnect or after a read) notices a peer's reset while paused, as a node:net socket does: onReadError ECONNRESET, onClose, no resume needed", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  function paused(early: boolean): typeof Stream {
+    return class extends recordingErrors(events) {
+      override onConnect() {
+        this.readDelimiter = "\n";
+        if (early) this.pauseReading(); // before the stream ever read
+      }
+      override onRead() {
+        this.write("reply\n");
+        this.pauseReading(); // and never resumed
+      }
+    };
+  }
+  for (const early of [true, false]) {
+    events.length = 0;
+    const port = await listenLocal(new Server(paused(early), { engine }), t);
+    const c = await connect(port);
+    if (!early) {
+      c.write("request\n");
+      assert.equal(await c.readText(6), "reply\n");
+    }
+    await sleep(50);
+    c.socket.resetAndDestroy();
+    await waitFor(() => events.includes("close"), 3000, `the close (paused ${early ? "in onConnect" : "after a read"})`);
+    assert.deepEqual(events, ["read error ECONNRESET read", "close"], early ? "in onConnect" : "after a read");
+  }
+  assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error"), []);
+});
+
 test("a peer that resets right after sending: its frames, then the reset as an error (ECONNRESET), never onEnd", async (t) => {
   // The replies' write meets the reset first and takes its ECONNRESET; the
   // read after it then finds a plain EOF, which must not pass for a FIN.
