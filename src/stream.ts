@@ -297,6 +297,12 @@ class Extras {
    * such (see {@link writeFailures}).
    */
   foreign = false;
+  /**
+   * The socket closed once both sides had ended while the peer's last frames
+   * or its end still waited for the handler (paused, or an async onRead):
+   * the stream delivers them, then closes.
+   */
+  socketGone = false;
 }
 
 /**
@@ -2073,6 +2079,8 @@ export class Stream extends Channel {
     if ((this.#flags & F_END_DELIVERED) !== 0 || this.#state !== S_OPEN) return;
     this.#flags |= F_END_DELIVERED;
     this.#event(this.onEnd, 0);
+    // Nothing more can come or go: an onEnd that kept the stream open closes it now.
+    if (this.#x?.socketGone === true && !this.closed) this.#finishClose(true);
   }
 
   #scheduleProcess(): void {
@@ -2205,6 +2213,13 @@ export class Stream extends Channel {
     }
     if (this.#handshaking) {
       setImmediate(peerLeftHandshake, this);
+      return;
+    }
+    if (this.#state === S_OPEN && (this.#flags & (F_WRITE_ENDED | F_PEER_ENDED | F_END_DELIVERED)) === (F_WRITE_ENDED | F_PEER_ENDED)) {
+      // end(), then the peer's FIN, whose end (and frames before it) wait for
+      // a paused stream's resume or an async onRead: the socket closes as
+      // both sides are done, and what the peer sent is still delivered.
+      this.#extras().socketGone = true;
       return;
     }
     this.#finishClose(false);

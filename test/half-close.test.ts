@@ -213,3 +213,71 @@ test("startSSL() after end() throws ChannelStateError (the handshake would have 
     assert.deepEqual(events, ["read:request", "startSSL refused", "writable:false", "read:after your FIN", "end", "close"], `${reply.length} bytes`);
   }
 });
+
+/**
+ * Sends "a\nb\nc\n" in one write, waits for the server's FIN, then ends too:
+ * the server's stream ended in its first onRead, and what follows decides
+ * when "b", "c" and the end reach it.
+ */
+async function endedBeforeTheRest(t: Parameters<typeof freshEngine>[0], ConnectionClass: typeof Stream, events: string[]): Promise<void> {
+  const port = await listenLocal(new Server(ConnectionClass, { engine: freshEngine(t) }), t);
+  const c = new RawClient(net.connect(port, "127.0.0.1"));
+  t.after(() => c.socket.destroy());
+  c.socket.write("a\nb\nc\n");
+  await waitFor(() => c.ended, 5000, "the server's FIN");
+  c.socket.end();
+  await waitFor(() => events.includes("close"), 5000, `the close; ${events.join(" ")}`);
+}
+
+test("end(), then paused with frames left, then the peer's FIN: the socket is done, but the frames and onEnd still come at the resume, then the close", async (t) => {
+  const events: string[] = [];
+  class PausesAfterEnd extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      events.push(`read:${line}`);
+      if (String(line) !== "a") return;
+      this.end();
+      this.pauseReading();
+      setTimeout(() => {
+        events.push("resume");
+        this.resumeReading();
+      }, 300);
+    }
+    override onEnd() {
+      events.push("end");
+      // Kept open: nothing more can come or go, so the stream closes after it.
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  await endedBeforeTheRest(t, PausesAfterEnd, events);
+  assert.deepEqual(events, ["read:a", "resume", "read:b", "read:c", "end", "close"]);
+});
+
+test("end() in an async onRead, then the peer's FIN while it awaits: onEnd still comes once it settles, then the close", async (t) => {
+  const events: string[] = [];
+  class EndsThenAwaits extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override async onRead(line: Buffer) {
+      events.push(`read:${line}`);
+      if (String(line) !== "a") return;
+      this.end();
+      await sleep(300);
+      events.push("settled");
+    }
+    override onEnd() {
+      events.push("end");
+      this.close();
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  await endedBeforeTheRest(t, EndsThenAwaits, events);
+  assert.deepEqual(events, ["read:a", "read:b", "read:c", "settled", "end", "close"]);
+});
