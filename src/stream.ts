@@ -1458,9 +1458,8 @@ export class Stream extends Channel {
    * and a stream closed before its onConnect gets onClose only. Before
    * onConnect an event waits: its `owed` flag has #establish call it right
    * after onConnect (0: it is dropped); on a stream that began closing
-   * before its onConnect it never comes. (onRead
-   * needs an open stream; the error handlers say why a stream did not
-   * connect, so they are not held.)
+   * before its onConnect it never comes. (onRead needs an open stream; the
+   * error handlers say why a stream did not connect, so they are not held.)
    */
   #event(fn: (this: this) => unknown, owed: number): void {
     if (this.#eventNow(owed)) this._call0(fn);
@@ -2701,9 +2700,9 @@ export class Stream extends Channel {
    * after a TLS 1.3 handshake waits for the session tickets), while the OS
    * has taken everything before them: they leave next turn, as a plain
    * socket's would have left at once: a run is not held behind them, and
-   * close(false) keeps them. (Native
-   * STARTTLS: node:tls writes through a Duplex over the addon's socket,
-   * which writes what it is given at once; the addon's queue says the rest.)
+   * close(false) keeps them. (Native STARTTLS: node:tls writes through a
+   * Duplex over the addon's socket, which writes what it is given at once;
+   * the addon's queue says the rest.)
    */
   #tlsLeavesNow(sock: OwnedSocket): boolean {
     if (this.#tls === null || (sock as unknown) !== this.#tls) return false;
