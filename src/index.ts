@@ -10,6 +10,8 @@ export { Stream } from "./stream.js";
 export type { StreamOptions, ConnectionClass } from "./stream.js";
 export { Server } from "./server.js";
 export type { ServerOptions } from "./server.js";
+export { relay } from "./relay.js";
+export type { RelayOptions, RelayResult } from "./relay.js";
 export type { Transport } from "./transport.js";
 export { Struct } from "./framing/struct.js";
 export { NetStruct } from "./framing/netstruct.js";
