@@ -1,5 +1,5 @@
 /**
- * The small examples (echo, tls-echo, line-kv, chat), each run as its own
+ * The small examples (echo, tls-echo, line-kv, chat, tcp-proxy), each run as its own
  * process the way its header says, and driven over raw sockets. Also what
  * every example promises: one stdout line saying where it listens, a clean
  * exit on SIGTERM/SIGINT, and a default export `pants-ts serve` can load.
@@ -208,7 +208,57 @@ test("chat", async (t) => {
   });
 });
 
-const EXAMPLES = ["echo", "tls-echo", "line-kv", "resp-server", "memcached-server"];
+test("tcp-proxy in front of the echo example: plain, half-closed, TLS-terminated, and with the upstream down", async (t) => {
+  const echo = await startExample(t, "echo");
+  const proxy = await startExample(t, "tcp-proxy", { UPSTREAM: `127.0.0.1:${echo.port}` });
+
+  await t.test("lines go through and come back, bytes unchanged", async () => {
+    const client = await connect(proxy.port);
+    t.after(() => client.destroy());
+    client.write("through the proxy\n");
+    await expectText(client, "through the proxy\n");
+    const bytes = Buffer.from([0xff, 0x00, 0xfe, 0x80, 0x0a]);
+    client.write(bytes);
+    assert.deepEqual(await client.read(bytes.length), bytes);
+  });
+
+  await t.test("a one-shot client that half-closes still gets its reply, then the FIN", async () => {
+    const once = await connect(proxy.port);
+    t.after(() => once.destroy());
+    once.end("last words\npartial line without newline");
+    assert.equal((await once.readToEnd()).toString(), "last words\n");
+  });
+
+  await t.test("pants-ts serve runs it too (the default export)", async () => {
+    const served = await start(t, ["bin/pants-ts.js", "serve", "examples/tcp-proxy.ts", "--listen", "127.0.0.1:0"], { UPSTREAM: `127.0.0.1:${echo.port}` });
+    assert.match(served.stdout(), new RegExp(`^pants-ts: serving TcpProxy on 127\\.0\\.0\\.1:${served.port}\\b`));
+    const client = await connect(served.port);
+    t.after(() => client.destroy());
+    client.write("served\n");
+    await expectText(client, "served\n");
+  });
+
+  await t.test("TLS_CERT: TLS terminated at the proxy, plain to the upstream", { skip: NO_OPENSSL }, async () => {
+    const certs = makeCerts();
+    t.after(() => certs.cleanup());
+    const tlsProxy = await startExample(t, "tcp-proxy", { UPSTREAM: `127.0.0.1:${echo.port}`, TLS_CERT: certs.server.cert, TLS_KEY: certs.server.key });
+    const client = await connectTls(tlsProxy.port, { ca: certs.ca.certPem, servername: "localhost", rejectUnauthorized: true });
+    t.after(() => client.destroy());
+    client.write("encrypted to the proxy\n");
+    await expectText(client, "encrypted to the proxy\n");
+  });
+
+  await t.test("with the upstream gone, a client is closed", async () => {
+    echo.proc.kill("SIGTERM");
+    assert.equal(await echo.exited, 0);
+    const client = await connect(proxy.port);
+    t.after(() => client.destroy());
+    client.write("hello?\n");
+    assert.equal((await client.readToEnd()).length, 0);
+  });
+});
+
+const EXAMPLES = ["echo", "tls-echo", "line-kv", "resp-server", "memcached-server", "tcp-proxy"];
 
 for (const [name, signal] of EXAMPLES.map((n, i) => [n, i % 2 === 0 ? "SIGTERM" : "SIGINT"] as const)) {
   test(`${name}: one line on stdout, then a clean exit on ${signal}`, { skip: name === "tls-echo" && NO_OPENSSL }, async (t) => {

@@ -24,7 +24,7 @@ const root = new URL("..", import.meta.url).pathname;
 test("the built package exports SPEC §1's names from pants-ts and memoryPeer from pants-ts/testing; ESM, Node 20, a pants-ts command", async () => {
   // Inside the package, so "pants-ts" resolves to dist/ by self-reference, as an application's import does.
   const main = (await import("pants-ts")) as Record<string, unknown>;
-  for (const name of ["Engine", "Channel", "Stream", "Server", "Struct", "NetStruct", "runCluster", "setLogger", "ChannelStateError", "InvalidAddressFormatError", "BufferOverflowError", "ConnectError", "InvalidReadDelimiterError"]) {
+  for (const name of ["Engine", "Channel", "Stream", "Server", "Struct", "NetStruct", "runCluster", "setLogger", "relay", "ChannelStateError", "InvalidAddressFormatError", "BufferOverflowError", "ConnectError", "InvalidReadDelimiterError"]) {
     assert.equal(typeof main[name], "function", `pants-ts exports ${name}`);
   }
   const testing = (await import("pants-ts/testing")) as Record<string, unknown>;
