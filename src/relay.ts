@@ -122,10 +122,11 @@ export function relay(a: Stream, b: Stream, options?: RelayOptions): Promise<Rel
     state.a.other = state.b;
     state.b.other = state.a;
     for (const side of [state.a, state.b]) {
-      const stream = side.stream;
-      // Connected, its onConnect run or about to run (the ready() promise
-      // settles after it); connecting: the relay's onConnect starts it.
-      if (stream.connected) stream.ready().then(() => start(side), ignore);
+      // Its onConnect has run (or is running: relay() called in it); else
+      // (connecting, a handshake, the onConnect tick) the relay's onConnect
+      // starts it. (Not ready(): asking it would turn the default
+      // onConnectError's warning into a debug line.)
+      if (side.stream._opened) start(side);
     }
   });
 }
@@ -154,8 +155,6 @@ function attach(stream: Stream, state: RelayState): Side {
   stream.onClose = relayClose;
   return side;
 }
-
-function ignore(): void {}
 
 /** The stream connected: the user's onConnect, then the bytes held for it. */
 function relayConnect(this: Stream): unknown {

@@ -1447,6 +1447,11 @@ export class Stream extends Channel {
     this._onSocketError(Object.assign(new Error(message), { code: "ECONNRESET" }));
   }
 
+  /** @internal Its onConnect has run, or is running (relay() starts writing then). */
+  get _opened(): boolean {
+    return (this.#flags & F_EVER_CONNECTED) !== 0;
+  }
+
   /** @internal onConnect, on a tick after the call that caused it. */
   _establishTick(): void {
     if (this.#state === S_PENDING) this.#establish();

@@ -13,7 +13,7 @@ import tls from "node:tls";
 import { createHash, randomBytes } from "node:crypto";
 import { ChannelStateError, Server, Stream, relay } from "../src/index.js";
 import type { Address, RelayOptions, RelayResult, SslOptions } from "../src/index.js";
-import { RawClient, connect, connectTls, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
+import { RawClient, captureLogs, connect, connectTls, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
 const MiB = 1024 * 1024;
@@ -395,6 +395,37 @@ test("relay: what the client sends while the upstream's TLS handshake is slow is
     await within(sinks[2]!.done, 5000, "the upstream's end");
     assert.equal(sinks[2]!.digest(), sha(Buffer.from("fire and forget")));
   });
+});
+
+test("relay: an upstream relayed while its TLS handshake runs, which then fails, still gets the default onConnectError's warning (relay() does not wait on ready())", { skip: NO_OPENSSL }, async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  // A TLS upstream that starts its handshake 300 ms after the connect, with a certificate the proxy does not trust.
+  const upPort = await upstreamServer(t, (raw) => {
+    raw.pause();
+    setTimeout(() => new tls.TLSSocket(raw, { isServer: true, key: certs.server.keyPem, cert: certs.server.certPem }).on("error", () => {}), 300);
+  });
+  const relayed: Relayed[] = [];
+  class Proxy extends Stream {
+    override onConnect(): void {
+      const upstream = new Stream({ engine: this.engine, sslOptions: { servername: "localhost" } }).connect(["127.0.0.1", upPort]);
+      const client = this;
+      (async () => {
+        await waitFor(() => upstream.connected || upstream.closed, 5000, "the upstream's TCP connect");
+        assert.equal(upstream.connected, true, "connected, its handshake under way");
+        relayed.push({ client, upstream, result: relay(client, upstream), events: [] });
+      })().catch((err: unknown) => client.onError(err as Error));
+    }
+  }
+  const port = await listenLocal(new Server(Proxy, { engine }), t);
+  const c = await connect(port);
+  t.after(() => c.destroy());
+  await c.until(() => c.ended || c.closed, 5000, "the client to be closed");
+  await within(relayed[0]!.result, 2000, "relay() to resolve");
+  const failures = logs.filter((l) => /connect/i.test(l.msg) && l.msg.includes("127.0.0.1"));
+  assert.deepEqual(failures.map((l) => l.level), ["warn"], JSON.stringify(logs.map((l) => [l.level, l.msg])));
 });
 
 test("relay: TLS termination: a TLS client, the proxy with sslOptions, a plain upstream; half-close through it", { skip: NO_OPENSSL }, async (t) => {
