@@ -217,14 +217,19 @@ test("relay: a client that reads nothing until its upload is sent still gets it 
   await within(relayed[0]!.result, 5000, "relay() to resolve");
 });
 
+/** Calls `then` with everything `socket` received once its peer has ended. */
+function onceEnded(socket: net.Socket, then: (received: Buffer) => void): void {
+  const chunks: Buffer[] = [];
+  socket.on("data", (d: Buffer) => chunks.push(d));
+  socket.once("end", () => then(Buffer.concat(chunks)));
+}
+
 test("relay: half-close both ways: the client's FIN reaches the upstream, whose reply still comes back, then its FIN", async (t) => {
   const engine = freshEngine(t);
   const seen: string[] = [];
   const upPort = await upstreamServer(t, (socket) => {
-    const chunks: Buffer[] = [];
-    socket.on("data", (d: Buffer) => chunks.push(d));
-    socket.once("end", () => {
-      seen.push(`request:${Buffer.concat(chunks)}`);
+    onceEnded(socket, (request) => {
+      seen.push(`request:${request}`);
       // The request ended: the (large) reply, written after the client's FIN, then ours.
       socket.write(Buffer.alloc(2 * MiB, 0x61));
       socket.end("\nreply done\n");
@@ -243,17 +248,14 @@ test("relay: half-close both ways: the client's FIN reaches the upstream, whose 
   assert.equal(reply.length, 2 * MiB + 12);
   assert.equal(reply.subarray(2 * MiB).toString(), "\nreply done\n");
   assert.deepEqual(await within(relayed[0]!.result, 5000, "relay() to resolve"), { bytesAtoB: 17, bytesBtoA: 2 * MiB + 12 });
-
 });
 
 test("relay: half-close, the upstream ends first and the client still sends after it", async (t) => {
   const engine = freshEngine(t);
   const seen: string[] = [];
   const upPort = await upstreamServer(t, (socket) => {
-    const chunks: Buffer[] = [];
-    socket.on("data", (d: Buffer) => chunks.push(d));
-    socket.once("end", () => {
-      seen.push(`after FIN:${Buffer.concat(chunks)}`);
+    onceEnded(socket, (late) => {
+      seen.push(`after FIN:${late}`);
       socket.destroy();
     });
     socket.end("bye first\n");
