@@ -3,7 +3,7 @@
  * own, so a crash is seen as a crash and its memory and descriptors are its
  * own. Started by stress/lib/proc.ts as
  *
- *   node --expose-gc dist/stress/server.js --scenario echo|framed|big|faulty|lent|ending --options JSON
+ *   node --expose-gc dist/stress/server.js --scenario echo|framed|big|faulty|lent|ending|relay --options JSON
  *
  * with an IPC channel. It listens on 127.0.0.1 (port 0), sends
  * `{ op: "ready", port, auxPort }`, and answers `{ op: "health" }` with a
@@ -22,7 +22,7 @@
  */
 import { readdirSync } from "node:fs";
 import { getHeapStatistics } from "node:v8";
-import { NetStruct, Server, Stream, Struct, setLogger } from "pants-ts";
+import { NetStruct, Server, Stream, Struct, relay, setLogger } from "pants-ts";
 import type { Address, Decoder, ServerOptions, Stats } from "pants-ts";
 import {
   ANCHORED_RE_SOURCE,
@@ -45,7 +45,7 @@ function argValue(name: string): string | undefined {
 
 const scenario = (argValue("--scenario") ?? "echo") as Scenario;
 const config: ServerConfig = JSON.parse(argValue("--options") ?? "{}") as ServerConfig;
-if (!["echo", "framed", "big", "faulty", "lent", "ending"].includes(scenario)) {
+if (!["echo", "framed", "big", "faulty", "lent", "ending", "relay"].includes(scenario)) {
   process.stderr.write(`stress server: unknown --scenario ${scenario}\n`);
   process.exit(2);
 }
@@ -622,10 +622,139 @@ class ThrowsEarly extends Stream {
   }
 }
 
+/** The relay scenario's pass-through: its upstream streams still open (they are no server's channels). */
+let relayUpstreamsOpen = 0;
+
+/**
+ * "relay": a proxy. Every connection is relayed (relay()) to a stream
+ * connected, still connecting, to the upstream server of the same process
+ * (UpstreamReply, on the auxiliary port). relaysDone counts the relays
+ * whose promise resolved, relayBytesUp/relayBytesDown what they moved.
+ */
+class RelayProxy extends Stream {
+  override onConnect(): void {
+    applyLimits(this);
+    const upstream = new Stream();
+    relayUpstreamsOpen++;
+    bump("proxyUpstreams");
+    upstream.onClose = () => {
+      relayUpstreamsOpen--;
+    };
+    upstream.connect(["127.0.0.1", auxPort!]);
+    void relay(this, upstream, { highWaterMark: config.relayHighWaterMark ?? 256 * 1024 }).then(({ bytesAtoB, bytesBtoA }) => {
+      bump("relaysDone");
+      bump("relayBytesUp", bytesAtoB);
+      bump("relayBytesDown", bytesBtoA);
+    });
+  }
+}
+
+/**
+ * The relay scenario's upstream. Lines are echoed (the canary's), except
+ *   SEND <n>   n pattern bytes, produced as the peer reads them (onWrite);
+ *              every byte after this line is an upload, checked against
+ *              the pattern and counted; once the reply is out and the
+ *              peer has sent its FIN: "\nGOT <uploaded> <wrongAt>\n", then
+ *              close (wrongAt: the upload's first wrong byte, or -1)
+ * Counted: app.sends (SEND lines), app.uploaded (bytes), app.uploadWrong
+ * (uploads with a wrong byte), app.upstreamEnds (a FIN after SEND),
+ * app.answered (GOT lines written), app.upstreamCloses (onClose after SEND),
+ * app.upstreamClosedTwice.
+ */
+class UpstreamReply extends Stream {
+  readonly #seq = new SequenceCheck();
+  #sending = false;
+  #remaining = 0;
+  #pos = 0;
+  #uploaded = 0;
+  #wrongAt = -1;
+  #peerEnded = false;
+  #closes = 0;
+
+  override onConnect(): void {
+    applyLimits(this);
+    this.readDelimiter = "\n";
+  }
+
+  override onRead(data: Buffer): void {
+    if (this.#sending) {
+      this.#upload(data);
+      return;
+    }
+    const text = data.toString("latin1");
+    if (text.startsWith("SEND ")) {
+      this.#sending = true;
+      bump("sends");
+      this.#remaining = Number(text.slice(5));
+      this.readDelimiter = null; // the upload, raw (what is buffered already comes next)
+      this.#pump();
+      return;
+    }
+    this.#seq.see(data);
+    this.write(data);
+    this.write(NL);
+  }
+
+  override onWrite(): void {
+    this.#pump();
+  }
+
+  override onEnd(): void {
+    if (!this.#sending) {
+      this.close(true);
+      return;
+    }
+    bump("upstreamEnds");
+    this.#peerEnded = true;
+    this.#pump();
+  }
+
+  override onClose(): void {
+    if (!this.#sending) return;
+    if (++this.#closes > 1) bump("upstreamClosedTwice");
+    bump("upstreamCloses");
+  }
+
+  #upload(chunk: Buffer): void {
+    for (let k = 0; k < chunk.length && this.#wrongAt < 0; ) {
+      const pos = this.#uploaded + k;
+      const n = Math.min(chunk.length - k, PATTERN_PERIOD - (pos % PATTERN_PERIOD));
+      if (!chunk.subarray(k, k + n).equals(patternSlice(pos, n))) {
+        this.#wrongAt = pos;
+        bump("uploadWrong");
+      }
+      k += n;
+    }
+    this.#uploaded += chunk.length;
+    bump("uploaded", chunk.length);
+  }
+
+  /** The reply while the peer keeps up; once it is out and the peer has ended, the count, then close. */
+  #pump(): void {
+    if (!this.#sending || !this.writable) return;
+    const n = pumpPattern(this, this.#pos, this.#remaining);
+    this.#pos += n;
+    this.#remaining -= n;
+    if (this.#remaining === 0 && this.#peerEnded) {
+      this.write(`\nGOT ${this.#uploaded} ${this.#wrongAt}\n`);
+      bump("answered");
+      this.close(true);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Servers
 
-const CLASSES: Record<Scenario, typeof Stream> = { echo: LineEcho, framed: FramedEcho, big: BigReply, faulty: Faulty, lent: LentEcho, ending: EndingReply };
+const CLASSES: Record<Scenario, typeof Stream> = {
+  echo: LineEcho,
+  framed: FramedEcho,
+  big: BigReply,
+  faulty: Faulty,
+  lent: LentEcho,
+  ending: EndingReply,
+  relay: RelayProxy,
+};
 
 function serverOptions(): ServerOptions {
   const options: ServerOptions = {};
@@ -646,7 +775,7 @@ async function listen(server: Server): Promise<number> {
 }
 
 const main = new Server(CLASSES[scenario], serverOptions());
-const aux = scenario === "faulty" ? new Server(ThrowsEarly, serverOptions()) : null;
+const aux = scenario === "faulty" ? new Server(ThrowsEarly, serverOptions()) : scenario === "relay" ? new Server(UpstreamReply) : null;
 const port = await listen(main);
 const auxPort = aux !== null ? await listen(aux) : null;
 
@@ -694,7 +823,7 @@ async function health(gc: boolean, resetPeak: boolean): Promise<Health> {
     peak: { ...peak },
     gc: collected,
     fds: countFds(),
-    open: main.channels.size + (aux?.channels.size ?? 0),
+    open: main.channels.size + (aux?.channels.size ?? 0) + relayUpstreamsOpen,
     stats: copyStats(main.stats, aux?.stats ?? null),
     logs: { ...logs },
     logSamples: [...logSamples],

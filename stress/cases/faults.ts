@@ -6,6 +6,7 @@
 import net from "node:net";
 import tls from "node:tls";
 import type { CampaignEnv, CaseContext, CaseSpec } from "../lib/case.js";
+import type { Health } from "../lib/protocol.js";
 import { ByteReader, Peer, captureClientHello, dial, waitAllClosed } from "../lib/clients.js";
 import { PATTERN_PERIOD, patternSlice } from "../lib/protocol.js";
 import { Rng, mib, sleep, withTimeout } from "../lib/util.js";
@@ -362,6 +363,235 @@ function serverEnd(useTls: boolean): CaseSpec {
   };
 }
 
+/** How a client of the relay case behaves. */
+type RelayKind = "whole" | "stalling" | "reset";
+
+/** What one relay client saw. */
+interface RelayOutcome {
+  kind: RelayKind;
+  size: number;
+  upload: number;
+  /** Bytes of the upload written before it finished (or reset). */
+  uploaded: number;
+  /** It sent its FIN (the whole upload was written). */
+  ended: boolean;
+  received: number;
+  /** The first offset where the reply differed from the pattern, or -1. */
+  wrongAt: number;
+  /** What came after the reply's pattern bytes (the upstream's "GOT" line). */
+  tail: string;
+  fin: boolean;
+  closes: number;
+  failure: string | null;
+}
+
+/**
+ * One client of the relay case, through the proxy: "SEND size", then an
+ * upload of `upload` pattern bytes (with backpressure) and a half-close,
+ * while it reads the reply (every byte checked against the pattern as it
+ * arrives) to the FIN; "stalling" does not read for `stallMs` first,
+ * "reset" resets once it has `resetAt` bytes of the reply, its upload done
+ * (and its FIN sent) or, when `stopUploadAt` is below `upload`, stopped
+ * after that many bytes (no FIN).
+ */
+async function relayClient(
+  ctx: CaseContext,
+  i: number,
+  kind: RelayKind,
+  size: number,
+  upload: number,
+  stallMs: number,
+  resetAt: number,
+  stopUploadAt: number,
+): Promise<RelayOutcome> {
+  const out: RelayOutcome = { kind, size, upload, uploaded: 0, ended: false, received: 0, wrongAt: -1, tail: "", fin: false, closes: 0, failure: null };
+  const sock = net.connect({ host: "127.0.0.1", port: ctx.server.port, noDelay: true, allowHalfOpen: true });
+  let wake: (() => void) | null = null;
+  const notify = (): void => {
+    const w = wake;
+    wake = null;
+    w?.();
+  };
+  let connected = false;
+  let error: Error | null = null;
+  const closedOrFailed = (): boolean => out.closes > 0 || error !== null;
+  const until = async (what: string, ok: () => boolean, timeoutMs: number): Promise<void> => {
+    const deadline = Date.now() + timeoutMs;
+    while (!ok()) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`${what}: nothing after ${timeoutMs} ms (${out.received} of ${size} bytes, uploaded ${out.uploaded} of ${upload}, fin ${out.fin}, closes ${out.closes})`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+    }
+  };
+  sock.once("connect", () => {
+    connected = true;
+    notify();
+  });
+  sock.on("data", (d: Buffer) => {
+    let k = 0;
+    // The pattern part of the reply, checked in place; then the tail line.
+    while (k < d.length && out.received < size) {
+      const pos = out.received;
+      const n = Math.min(d.length - k, PATTERN_PERIOD - (pos % PATTERN_PERIOD), size - pos);
+      if (out.wrongAt < 0 && !d.subarray(k, k + n).equals(patternSlice(pos, n))) out.wrongAt = pos;
+      k += n;
+      out.received += n;
+    }
+    if (k < d.length) {
+      out.tail += d.toString("latin1", k);
+      out.received += d.length - k;
+    }
+    notify();
+  });
+  sock.on("end", () => {
+    out.fin = true;
+    notify();
+  });
+  sock.on("error", (err: Error) => {
+    error = err;
+    notify();
+  });
+  sock.on("close", () => {
+    out.closes++;
+    notify();
+  });
+  let resetDone = false;
+  try {
+    await until("connect", () => connected || closedOrFailed(), 30_000);
+    if (!connected) throw new Error(`could not connect${error !== null ? `: ${(error as Error).message}` : ""}`);
+    if (kind === "stalling") sock.pause();
+    sock.write(`SEND ${size}\n`);
+    // The upload, in pieces of up to 64 KiB, while the reply comes (or not: stalling).
+    const uploading = (async () => {
+      const stop = Math.min(upload, stopUploadAt);
+      while (out.uploaded < stop && !resetDone && !sock.destroyed) {
+        const n = Math.min(stop - out.uploaded, 65536, PATTERN_PERIOD - (out.uploaded % PATTERN_PERIOD));
+        const more = sock.write(patternSlice(out.uploaded, n));
+        out.uploaded += n;
+        if (!more) await new Promise<void>((resolve) => {
+          const done = (): void => {
+            sock.off("drain", done);
+            sock.off("close", done);
+            resolve();
+          };
+          sock.on("drain", done);
+          sock.on("close", done);
+        });
+      }
+      if (out.uploaded === upload && !resetDone && !sock.destroyed) {
+        sock.end();
+        out.ended = true;
+      }
+    })();
+    if (kind === "stalling") {
+      await sleep(stallMs);
+      sock.resume();
+    }
+    if (kind === "reset") {
+      await until("the reply", () => out.received >= resetAt || out.fin || closedOrFailed(), 60_000);
+      resetDone = true;
+      sock.resetAndDestroy();
+      await uploading;
+      return out;
+    }
+    await until("the proxy's FIN", () => out.fin || closedOrFailed(), 60_000);
+    await uploading;
+    if (!out.fin) throw new Error(`closed without a FIN after ${out.received} of ${size} bytes${error !== null ? ` (${(error as Error).message})` : ""}`);
+    await until("the close", () => out.closes > 0, 30_000);
+    if (error !== null) throw new Error(`error after the FIN: ${(error as Error).message}`);
+  } catch (err) {
+    out.failure = `client ${i} (${kind}, ${size} bytes down, ${upload} up): ${(err as Error).message}`;
+    sock.destroy();
+  }
+  return out;
+}
+
+/**
+ * relay() under load: the server process runs a proxy whose every
+ * connection is relayed to an upstream server in the same process; its
+ * clients upload and download at once, some stall, some reset.
+ */
+function relayCase(): CaseSpec {
+  const counts = (quick: boolean): number => (quick ? 40 : 300);
+  const maxSize = (quick: boolean): number => (quick ? 1_000_000 : 3_000_000);
+  return {
+    name: "relay",
+    group: "faults",
+    quick: true,
+    what: ({ quick }) =>
+      `a proxy relays (relay(), highWaterMark 256 KiB) each of ${counts(quick)} concurrent clients to an upstream server in the same process ` +
+      `(connecting while the client already sends); each client asks for a reply of random size (0 B to ${quick ? 1 : 3} MB, log-uniform; streamed ` +
+      `with backpressure by the upstream) while it uploads a random-size body (0 B to ${quick ? 1 : 3} MB) and then half-closes; the upstream ` +
+      `answers with its count of the upload after the FIN, then closes: 60% read it all, 20% first stop reading for ${quick ? "0.1–0.3" : "0.2–1"} s, ` +
+      `20% reset mid-transfer, half of them with their upload stopped partway (the upstream's side must close too)`,
+    server: () => ({ scenario: "relay", config: {} }),
+    checkHeap: true,
+    timeoutMs: () => 120_000,
+    async run(ctx) {
+      const n = counts(ctx.quick);
+      const rng = new Rng(61);
+      const max = maxSize(ctx.quick);
+      const logUniform = (): number => Math.floor(Math.exp(rng.next() * Math.log(max)));
+      const jobs: Promise<RelayOutcome>[] = [];
+      for (let i = 0; i < n; i++) {
+        const r = rng.next();
+        const size = i % 10 === 0 ? 0 : logUniform();
+        const upload = i % 10 === 5 ? 0 : logUniform();
+        // Mid-transfer: after the reply's first byte (the proxy and the upstream have the connection then).
+        const kind: RelayKind = r < 0.6 ? "whole" : r < 0.8 || size < 2 ? "stalling" : "reset";
+        const stallMs = ctx.quick ? rng.int(100, 300) : rng.int(200, 1000);
+        // Half of the resetting clients stop their upload partway and reset without a FIN.
+        const stopUploadAt = kind === "reset" && upload >= 2 && rng.next() < 0.5 ? rng.int(1, upload - 1) : upload;
+        jobs.push(relayClient(ctx, i, kind, size, upload, stallMs, rng.int(1, Math.max(1, size - 1)), stopUploadAt));
+      }
+      const outcomes = await withTimeout(Promise.all(jobs), 100_000, "the clients");
+      const failures = outcomes.filter((o) => o.failure !== null).map((o) => o.failure!);
+      ctx.check("every client ran its script", failures.length === 0, `${failures.length} failed${failures.length > 0 ? `: ${failures.slice(0, 3).join(" | ")}` : ""}`);
+      const readers = outcomes.filter((o) => o.kind !== "reset");
+      const bad = readers.filter((o) => !o.fin || o.received - o.tail.length !== o.size || o.tail !== `\nGOT ${o.upload} -1\n`);
+      ctx.check(
+        "every client that did not reset got its whole reply, the upstream's count of its whole upload, then a FIN",
+        bad.length === 0,
+        `${bad.length}/${readers.length} did not${bad.length > 0 ? `: ${bad.slice(0, 3).map((o) => `${o.received - o.tail.length} of ${o.size} bytes, tail ${JSON.stringify(o.tail.slice(0, 40))} for ${o.upload} up, fin ${o.fin}`).join(" | ")}` : ""}`,
+      );
+      const wrong = outcomes.filter((o) => o.wrongAt >= 0);
+      ctx.check("every byte read was the reply's, in place", wrong.length === 0, `${wrong.length} clients got wrong bytes${wrong.length > 0 ? ` (first at ${wrong[0]!.wrongAt})` : ""}`);
+      const twice = outcomes.filter((o) => o.closes > 1).length;
+      ctx.check("no client socket closed twice", twice === 0, `${twice} twice`);
+      // The canary's connection stays relayed: 3 open (its proxy stream, the upstream's, the proxy's stream to it).
+      const relays = (x: Health): number => (x.app["proxyUpstreams"] ?? 0) - (x.app["relaysDone"] ?? 0);
+      const h = await ctx.server.waitFor((x) => (x.app["upstreamCloses"] ?? 0) >= n && relays(x) <= 1 && x.open <= 3, 30_000);
+      ctx.check("the upstream got every client's request", (h.app["sends"] ?? 0) === n, `${h.app["sends"] ?? 0}/${n} SEND lines`);
+      ctx.check(
+        "every upstream connection closed, once (the resetting clients' too)",
+        (h.app["upstreamCloses"] ?? 0) === n && (h.app["upstreamClosedTwice"] ?? 0) === 0,
+        `${h.app["upstreamCloses"] ?? 0}/${n} closed, ${h.app["upstreamClosedTwice"] ?? 0} twice`,
+      );
+      ctx.check("every relay() resolved once both its streams closed", relays(h) <= 1 && h.open <= 3, `${relays(h)} relays still running (the canary's: 1), ${h.open} connections open (the canary's: 3)`);
+      ctx.check("no upload byte arrived wrong at the upstream", (h.app["uploadWrong"] ?? 0) === 0, `${h.app["uploadWrong"] ?? 0} uploads with a wrong byte`);
+      const resets = outcomes.filter((o) => o.kind === "reset").length;
+      ctx.check(
+        "the upstream answered every client that did not reset",
+        (h.app["answered"] ?? 0) >= readers.length,
+        `${h.app["answered"] ?? 0} answered, ${readers.length} clients read to the end (${resets} reset)`,
+      );
+      const down = readers.reduce((s, o) => s + o.size, 0);
+      const up = readers.reduce((s, o) => s + o.upload, 0);
+      ctx.note(
+        `${readers.length - bad.length}/${readers.length} whole replies then FIN (${mib(down)} down, ${mib(up)} up counted by the upstream; ` +
+          `${outcomes.filter((o) => o.kind === "stalling").length} after a stall), ${resets} resets mid-transfer (${outcomes.filter((o) => o.kind === "reset" && !o.ended).length} with their upload unfinished, no FIN), ${h.app["upstreamCloses"] ?? 0}/${n} upstream connections closed; ` +
+          `relayed ${mib(h.app["relayBytesUp"] ?? 0)} up, ${mib(h.app["relayBytesDown"] ?? 0)} down; server errors ${JSON.stringify(h.stats.errorsByKind)}`,
+      );
+    },
+  };
+}
+
 export const faultCases: CaseSpec[] = [
   {
     name: "lent-echo",
@@ -563,6 +793,7 @@ export const faultCases: CaseSpec[] = [
   halfCloseTls(),
   serverEnd(false),
   serverEnd(true),
+  relayCase(),
   {
     name: "slowloris-idle",
     group: "faults",

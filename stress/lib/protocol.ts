@@ -20,7 +20,7 @@ export const STRUCT_MAX_BODY = 4096;
 export const ANCHORED_RE_SOURCE = "([a-z]+)=(\\d+);";
 
 /** The connection classes of server.ts. */
-export type Scenario = "echo" | "framed" | "big" | "faulty" | "lent" | "ending";
+export type Scenario = "echo" | "framed" | "big" | "faulty" | "lent" | "ending" | "relay";
 
 /** How the server child is configured (passed as `--options JSON`). */
 export interface ServerConfig {
@@ -42,6 +42,8 @@ export interface ServerConfig {
   backlog?: number;
   writeHighWaterMark?: number;
   writeBufferLimit?: number;
+  /** "relay": the proxy's relay() highWaterMark (default 256 KiB here). */
+  relayHighWaterMark?: number;
   /** "faulty": how often (0..1) the auxiliary server's connections throw in their constructor / onConnect. */
   auxThrowRate?: number;
 }
@@ -77,7 +79,7 @@ export interface Health {
   gc: boolean;
   /** Entries of /proc/self/fd (-1 if it could not be read, e.g. at the descriptor limit). */
   fds: number;
-  /** Open connections of every server in the child (server.channels). */
+  /** Open connections of every server in the child (server.channels), and the relay scenario's upstream streams. */
   open: number;
   /** server.stats of the main server (and of the auxiliary one, added). */
   stats: StatsCopy;
