@@ -14,16 +14,8 @@ import { syncBuiltinESMExports } from "node:module";
 import { join } from "node:path";
 import { ConnectError, Engine, Server, Stream, TimeoutError } from "../src/index.js";
 import type { Address } from "../src/index.js";
-import { captureLogs, freshEngine, hasIPv6, portOf, tempDir, waitFor } from "./helpers.js";
+import { captureLogs, freePort, freshEngine, hasIPv6, portOf, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
-
-async function unusedPort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 class Recording extends Stream {
   events: string[] = [];
@@ -105,7 +97,7 @@ async function failedConnect(t: Parameters<typeof freshEngine>[0], address: Addr
 }
 
 test("connection refused: onConnectError(ConnectError ECONNREFUSED), then onClose", async (t) => {
-  const s = await failedConnect(t, ["127.0.0.1", await unusedPort()]);
+  const s = await failedConnect(t, ["127.0.0.1", await freePort()]);
   assert.equal(s.error!.errno, "ECONNREFUSED");
   assert.equal(s.error!.syscall, "connect");
   assert.ok(s.error!.cause instanceof Error);
@@ -226,7 +218,7 @@ test("a TCP client's remoteAddress is its target until it connects (or when it n
       super.onClose();
     }
   }
-  const refusedPort = await unusedPort();
+  const refusedPort = await freePort();
   const refused = new Addresses({ engine }).connect(["127.0.0.1", refusedPort]);
   await assert.rejects(refused.ready(), ConnectError);
   await waitFor(() => refused.events.includes("close"));
@@ -258,7 +250,7 @@ test("missing UNIX socket path: ConnectError ENOENT", async (t) => {
 test("the default onConnectError logs a warning, or at debug when ready() reports the failure", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);
-  const port = await unusedPort();
+  const port = await freePort();
   // Nobody asked ready(): a failed connect is worth a warning.
   const unwatched = new Stream({ engine }).connect(["127.0.0.1", port]);
   await waitFor(() => unwatched.closed);
@@ -398,7 +390,7 @@ test("startSSL() called while the connect is under way: the connection is TLS fr
 });
 
 test("a host name whose every address refuses: ConnectError ECONNREFUSED with syscall 'connect' (every transport)", async (t) => {
-  const port = await unusedPort();
+  const port = await freePort();
   fakeResolver(t, "all-refuse.example", ["127.0.0.2", "127.0.0.1"]);
   const s = await failedConnect(t, ["all-refuse.example", port]);
   assert.equal(s.error!.errno, "ECONNREFUSED");
@@ -529,7 +521,7 @@ test("a server that speaks first (a banner): the client's onConnect still comes 
 test("a failed connect never reports inside connect(): refused, unknown host, missing UNIX path (Pants B5, B7)", async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
-  const targets: Address[] = [["127.0.0.1", await unusedPort()], ["no-such-host.invalid", 80], join(tempDir(t), "nope.sock")];
+  const targets: Address[] = [["127.0.0.1", await freePort()], ["no-such-host.invalid", 80], join(tempDir(t), "nope.sock")];
   for (const address of targets) {
     const s = new Recording({ engine }).connect(address);
     assert.deepEqual(s.events, [], `nothing inside connect(${JSON.stringify(address)})`);

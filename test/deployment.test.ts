@@ -12,18 +12,10 @@ import { spawn, spawnSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect, sleep, tempDir, waitFor } from "./helpers.js";
+import { connect, freePort, sleep, tempDir, waitFor } from "./helpers.js";
 
 const root = new URL("..", import.meta.url).pathname;
 const haproxy = spawnSync("haproxy", ["-v"]).status === 0;
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 function startBackend(port: number): { child: ChildProcess; ready: Promise<void> } {
   const child = spawn(process.execPath, [join(root, "bin", "pants-ts.js"), "serve", "test/fixtures/cli-echo.ts", "--listen", `127.0.0.1:${port}`, "--proxy-protocol"], {

@@ -5,7 +5,7 @@
 import net from "node:net";
 import tls from "node:tls";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TestContext } from "node:test";
@@ -237,6 +237,52 @@ export function prng(seed: number): () => number {
 /** Sleeps `ms`. */
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** The first port of the kernel's ephemeral range (port 0 binds and outgoing connections get theirs from it). */
+function ephemeralLow(): number {
+  try {
+    const low = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]);
+    return Number.isInteger(low) ? low : 32768;
+  } catch {
+    return 32768;
+  }
+}
+
+async function canListen(port: number): Promise<boolean> {
+  const s = net.createServer();
+  const ok = await new Promise<boolean>((resolve) => {
+    s.once("error", () => resolve(false));
+    s.listen(port, "127.0.0.1", () => resolve(true));
+  });
+  if (ok) await new Promise<void>((resolve) => s.close(() => resolve()));
+  return ok;
+}
+
+/**
+ * A TCP port on 127.0.0.1 that nobody listens on, for a program that must be
+ * told its port (HAProxy's configuration, a command's --listen) or a connect
+ * that must be refused. Taken below the kernel's ephemeral range: the port 0
+ * listeners and the outgoing connections of the test files running at the
+ * same time get their ports from that range, so none of them can take this
+ * one between the check and its use (a port 0 listener closed and handed on
+ * was taken by another file's connection, now and then).
+ */
+export async function freePort(): Promise<number> {
+  const high = ephemeralLow();
+  const low = high > 12_000 ? 10_000 : 1024;
+  if (high - low > 1000) {
+    for (let attempt = 0; attempt < 200; attempt++) {
+      const port = low + Math.floor(Math.random() * (high - low));
+      if (await canListen(port)) return port;
+    }
+  }
+  // No room below the range: the kernel's pick, released.
+  const s = net.createServer();
+  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => s.close(() => resolve()));
+  return port;
 }
 
 /** A temp dir removed when the test ends. */

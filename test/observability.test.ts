@@ -12,7 +12,7 @@ import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import type { Duplex } from "node:stream";
 import { Server, Stream, setLogger } from "../src/index.js";
 import type { Address, ReadDelimiter } from "../src/index.js";
-import { captureLogs, captureStderr, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
+import { captureLogs, captureStderr, connect, freePort, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
 class Echo extends Stream {
   override onConnect() {
@@ -310,10 +310,7 @@ test("the default logger writes warn and error lines to stderr; setLogger(null) 
     }
   }
   const port = await listenLocal(new Server(Thrower, { engine }), t);
-  const unused = net.createServer();
-  await new Promise<void>((r) => unused.listen(0, "127.0.0.1", r));
-  const refused = (unused.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => unused.close(() => r()));
+  const refused = await freePort();
   /** A failed connect nobody awaits (the default onConnectError warns) and a handler that throws (the default onError logs an error). */
   const trouble = async () => {
     const client = new Stream({ engine }).connect(["127.0.0.1", refused]);

@@ -12,7 +12,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Server, Stream, encodeProxyV1, encodeProxyV2 } from "../src/index.js";
-import { captureLogs, connect, freshEngine, listenLocal, tempDir, waitFor } from "./helpers.js";
+import { captureLogs, connect, freePort, freshEngine, listenLocal, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
 /** Replies with the address it sees in onConnect, then echoes lines. */
@@ -162,14 +162,6 @@ test("PROXY header, then TLS", { skip: !hasOpenssl() && "no openssl" }, async (t
 // --- A real HAProxy in front ------------------------------------------------
 
 const haproxy = spawnSync("haproxy", ["-v"]).status === 0;
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 test("behind a real HAProxy with send-proxy and send-proxy-v2, the client's real address arrives", { skip: !haproxy && "haproxy is not installed (apt-get install haproxy)", timeout: 30_000 }, async (t) => {
   const engine = freshEngine(t);

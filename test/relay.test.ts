@@ -13,7 +13,7 @@ import tls from "node:tls";
 import { createHash, randomBytes } from "node:crypto";
 import { ChannelStateError, Server, Stream, relay } from "../src/index.js";
 import type { Address, RelayOptions, RelayResult, SslOptions } from "../src/index.js";
-import { RawClient, captureLogs, connect, connectTls, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
+import { RawClient, captureLogs, connect, connectTls, freePort, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
 const MiB = 1024 * 1024;
@@ -311,12 +311,7 @@ test("relay: a reset from either end closes the other side promptly", async (t) 
 
 test("relay: an upstream that refuses the connection closes the client, and relay() resolves", async (t) => {
   const engine = freshEngine(t);
-  const closedPort = await new Promise<number>((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
+  const closedPort = await freePort();
   const errors: string[] = [];
   const relayed: Relayed[] = [];
   class Proxy extends Stream {
