@@ -154,6 +154,74 @@ function halfCloseTls(): CaseSpec {
   };
 }
 
+/** What a watched stress client counts of its socket (see {@link watchClient}). */
+interface Watched {
+  fin: boolean;
+  closes: number;
+}
+
+/**
+ * Watches a stress client's socket: its connect (`connectEvent`), data
+ * (`onData`), FIN and closes (into `out`) and error; `until` waits for any
+ * condition on them, naming `progress()` when it times out.
+ */
+function watchClient(sock: net.Socket, connectEvent: "connect" | "secureConnect", out: Watched, onData: (d: Buffer) => void, progress: () => string) {
+  const w = { connected: false, error: null as Error | null };
+  let wake: (() => void) | null = null;
+  const notify = (): void => {
+    const fn = wake;
+    wake = null;
+    fn?.();
+  };
+  sock.once(connectEvent, () => {
+    w.connected = true;
+    notify();
+  });
+  sock.on("data", (d: Buffer) => {
+    onData(d);
+    notify();
+  });
+  sock.on("end", () => {
+    out.fin = true;
+    notify();
+  });
+  sock.on("error", (err: Error) => {
+    w.error = err;
+    notify();
+  });
+  sock.on("close", () => {
+    out.closes++;
+    notify();
+  });
+  return {
+    get connected(): boolean {
+      return w.connected;
+    },
+    get error(): Error | null {
+      return w.error;
+    },
+    /** The error's message between `prefix` and `suffix`, or nothing. */
+    why(prefix: string, suffix = ""): string {
+      return w.error !== null ? `${prefix}${w.error.message}${suffix}` : "";
+    },
+    closedOrFailed: (): boolean => out.closes > 0 || w.error !== null,
+    async until(what: string, ok: () => boolean, timeoutMs: number): Promise<void> {
+      const deadline = Date.now() + timeoutMs;
+      while (!ok()) {
+        const left = deadline - Date.now();
+        if (left <= 0) throw new Error(`${what}: nothing after ${timeoutMs} ms (${progress()}, fin ${out.fin}, closes ${out.closes})`);
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, left);
+          wake = () => {
+            clearTimeout(t);
+            resolve();
+          };
+        });
+      }
+    },
+  };
+}
+
 /** How a client of server-end behaves: reads the reply to the FIN (at once or after a stall), or resets. */
 type EndingKind = "whole" | "stalling" | "reset-mid-reply" | "reset-after-fin";
 
@@ -185,33 +253,7 @@ async function endingClient(ctx: CaseContext, i: number, kind: EndingKind, size:
   const raw = net.connect({ host: "127.0.0.1", port: ctx.server.port, noDelay: true, allowHalfOpen: true });
   // (node:tls takes allowHalfOpen as net.connect does; its types leave it out.)
   const sock: net.Socket = ca !== undefined ? tls.connect({ socket: raw, ca, servername: "localhost", allowHalfOpen: true } as tls.ConnectionOptions) : raw;
-  let wake: (() => void) | null = null;
-  const notify = (): void => {
-    const w = wake;
-    wake = null;
-    w?.();
-  };
-  const until = async (what: string, ok: () => boolean, timeoutMs: number): Promise<void> => {
-    const deadline = Date.now() + timeoutMs;
-    while (!ok()) {
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`${what}: nothing after ${timeoutMs} ms (${out.received} of ${size} bytes, fin ${out.fin}, closes ${out.closes})`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        wake = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
-    }
-  };
-  let connected = false;
-  let error: Error | null = null;
-  sock.once(ca !== undefined ? "secureConnect" : "connect", () => {
-    connected = true;
-    notify();
-  });
-  sock.on("data", (d: Buffer) => {
+  const onData = (d: Buffer): void => {
     if (out.fin) out.afterFin += d.length;
     for (let k = 0; k < d.length && out.wrongAt < 0; ) {
       const pos = out.received + k;
@@ -220,24 +262,12 @@ async function endingClient(ctx: CaseContext, i: number, kind: EndingKind, size:
       k += n;
     }
     out.received += d.length;
-    notify();
-  });
-  sock.on("end", () => {
-    out.fin = true;
-    notify();
-  });
-  sock.on("error", (err: Error) => {
-    error = err;
-    notify();
-  });
-  sock.on("close", () => {
-    out.closes++;
-    notify();
-  });
-  const closedOrFailed = (): boolean => out.closes > 0 || error !== null;
+  };
+  const watch = watchClient(sock, ca !== undefined ? "secureConnect" : "connect", out, onData, () => `${out.received} of ${size} bytes`);
+  const { until, closedOrFailed } = watch;
   try {
-    await until("connect", () => connected || closedOrFailed(), 30_000);
-    if (!connected) throw new Error(`could not connect${error !== null ? `: ${(error as Error).message}` : ""}`);
+    await until("connect", () => watch.connected || closedOrFailed(), 30_000);
+    if (!watch.connected) throw new Error(`could not connect${watch.why(": ")}`);
     sock.write(`END ${size} ${mode}\n`);
     if (kind === "stalling") {
       sock.pause(); // the server's writes back up: it must stop producing (stream) or queue (write), then still end
@@ -250,7 +280,7 @@ async function endingClient(ctx: CaseContext, i: number, kind: EndingKind, size:
       return out;
     }
     await until("the server's FIN", () => out.fin || closedOrFailed(), 60_000);
-    if (!out.fin) throw new Error(`closed without a FIN after ${out.received} of ${size} bytes${error !== null ? ` (${(error as Error).message})` : ""}`);
+    if (!out.fin) throw new Error(`closed without a FIN after ${out.received} of ${size} bytes${watch.why(" (", ")")}`);
     if (kind === "reset-after-fin") {
       raw.resetAndDestroy();
       return out;
@@ -259,7 +289,7 @@ async function endingClient(ctx: CaseContext, i: number, kind: EndingKind, size:
     sock.end(`TRAILER ${i}\n`);
     out.trailerSent = true;
     await until("the server's close after our FIN", () => out.closes > 0, 30_000);
-    if (error !== null) throw new Error(`error after the trailer: ${(error as Error).message}`);
+    if (watch.error !== null) throw new Error(`error after the trailer: ${watch.error.message}`);
     // A second close event would show here.
     await sleep(10);
   } catch (err) {
@@ -406,34 +436,7 @@ async function relayClient(
 ): Promise<RelayOutcome> {
   const out: RelayOutcome = { kind, size, upload, uploaded: 0, ended: false, received: 0, wrongAt: -1, tail: "", fin: false, closes: 0, failure: null };
   const sock = net.connect({ host: "127.0.0.1", port: ctx.server.port, noDelay: true, allowHalfOpen: true });
-  let wake: (() => void) | null = null;
-  const notify = (): void => {
-    const w = wake;
-    wake = null;
-    w?.();
-  };
-  let connected = false;
-  let error: Error | null = null;
-  const closedOrFailed = (): boolean => out.closes > 0 || error !== null;
-  const until = async (what: string, ok: () => boolean, timeoutMs: number): Promise<void> => {
-    const deadline = Date.now() + timeoutMs;
-    while (!ok()) {
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`${what}: nothing after ${timeoutMs} ms (${out.received} of ${size} bytes, uploaded ${out.uploaded} of ${upload}, fin ${out.fin}, closes ${out.closes})`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        wake = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
-    }
-  };
-  sock.once("connect", () => {
-    connected = true;
-    notify();
-  });
-  sock.on("data", (d: Buffer) => {
+  const onData = (d: Buffer): void => {
     let k = 0;
     // The pattern part of the reply, checked in place; then the tail line.
     while (k < d.length && out.received < size) {
@@ -447,24 +450,13 @@ async function relayClient(
       out.tail += d.toString("latin1", k);
       out.received += d.length - k;
     }
-    notify();
-  });
-  sock.on("end", () => {
-    out.fin = true;
-    notify();
-  });
-  sock.on("error", (err: Error) => {
-    error = err;
-    notify();
-  });
-  sock.on("close", () => {
-    out.closes++;
-    notify();
-  });
+  };
+  const watch = watchClient(sock, "connect", out, onData, () => `${out.received} of ${size} bytes, uploaded ${out.uploaded} of ${upload}`);
+  const { until, closedOrFailed } = watch;
   let resetDone = false;
   try {
-    await until("connect", () => connected || closedOrFailed(), 30_000);
-    if (!connected) throw new Error(`could not connect${error !== null ? `: ${(error as Error).message}` : ""}`);
+    await until("connect", () => watch.connected || closedOrFailed(), 30_000);
+    if (!watch.connected) throw new Error(`could not connect${watch.why(": ")}`);
     if (kind === "stalling") sock.pause();
     sock.write(`SEND ${size}\n`);
     // The upload, in pieces of up to 64 KiB, while the reply comes (or not: stalling).
@@ -502,9 +494,9 @@ async function relayClient(
     }
     await until("the proxy's FIN", () => out.fin || closedOrFailed(), 60_000);
     await uploading;
-    if (!out.fin) throw new Error(`closed without a FIN after ${out.received} of ${size} bytes${error !== null ? ` (${(error as Error).message})` : ""}`);
+    if (!out.fin) throw new Error(`closed without a FIN after ${out.received} of ${size} bytes${watch.why(" (", ")")}`);
     await until("the close", () => out.closes > 0, 30_000);
-    if (error !== null) throw new Error(`error after the FIN: ${(error as Error).message}`);
+    if (watch.error !== null) throw new Error(`error after the FIN: ${watch.error.message}`);
   } catch (err) {
     out.failure = `client ${i} (${kind}, ${size} bytes down, ${upload} up): ${(err as Error).message}`;
     sock.destroy();
