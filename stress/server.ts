@@ -160,6 +160,13 @@ class SequenceCheck {
     this.#last = seq;
     bump("canaryLines");
   }
+
+  /** The canary's lines and the like: counted (see), then written back with their "\n". */
+  echo(stream: Stream, line: Buffer): void {
+    this.see(line);
+    stream.write(line);
+    stream.write(NL);
+  }
 }
 
 /** "echo": one line in, the same line out ("\n"; with encoding "utf8", strings). */
@@ -377,9 +384,7 @@ class BigReply extends Stream {
       bump("delayedReplySent");
       return;
     }
-    this.#seq.see(line);
-    this.write(line);
-    this.write(NL);
+    this.#seq.echo(this, line);
   }
 
   override onWrite(): void {
@@ -467,9 +472,7 @@ class EndingReply extends Stream {
       bump(this.#ended ? "trailers" : "trailerEarly");
       return;
     }
-    this.#seq.see(line);
-    this.write(line);
-    this.write(NL);
+    this.#seq.echo(this, line);
   }
 
   override onWrite(): void {
@@ -521,9 +524,7 @@ class Faulty extends Stream {
 
   override onRead(line: Buffer): void | Promise<void> {
     if (line[0] !== 0x21 /* ! */) {
-      this.#seq.see(line);
-      this.write(line);
-      this.write(NL);
+      this.#seq.echo(this, line);
       return;
     }
     const command = line.toString("latin1");
@@ -690,9 +691,7 @@ class UpstreamReply extends Stream {
       this.#pump();
       return;
     }
-    this.#seq.see(data);
-    this.write(data);
-    this.write(NL);
+    this.#seq.echo(this, data);
   }
 
   override onWrite(): void {
