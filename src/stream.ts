@@ -2390,7 +2390,7 @@ export class Stream extends Channel {
           // No callback when nothing waits for this write (as on the native
           // transport): node:stream then completes a write the OS took at
           // once without a nextTick. Whoever starts waiting later asks with #barrier.
-          const cb = (this.#flags & F_NATIVE) === 0 && this.#nobodyWaits() && this.#x?.foreign !== true ? undefined : this.#writeCallback();
+          const cb = (this.#flags & F_NATIVE) === 0 && this.#nobodyWaits() ? undefined : this.#writeCallback();
           if (cb === undefined) this.#flags |= F_ACTIVE;
           else this.#inflight++;
           writeRun(sock, run, cb);
@@ -2426,10 +2426,17 @@ export class Stream extends Channel {
 
   /**
    * Nothing needs to hear when the writes made now reach the OS: no onWrite
-   * handler, not paused by backpressure, no overflow to clear, not closing.
+   * handler, not paused by backpressure, no overflow to clear, not closing,
+   * and not a user's Duplex (its write callback is the one place a failed
+   * write shows: see {@link writeFailures}).
    */
   #nobodyWaits(): boolean {
-    return (this.#flags & (P_BACKPRESSURE | F_WRITE_OVERFLOWED | F_WRITE_ENDED)) === 0 && this.#state === S_OPEN && this.onWrite === Stream.prototype.onWrite;
+    return (
+      (this.#flags & (P_BACKPRESSURE | F_WRITE_OVERFLOWED | F_WRITE_ENDED)) === 0 &&
+      this.#state === S_OPEN &&
+      this.onWrite === Stream.prototype.onWrite &&
+      this.#x?.foreign !== true
+    );
   }
 
   /**
