@@ -141,6 +141,20 @@ export function checkMs(name: string, value: unknown): number {
   return value;
 }
 
+/**
+ * A TCP keep-alive idle time as the kernel takes it, in ms: it counts whole
+ * seconds from 1 to 32 767 (Linux), so a positive delay under a second is
+ * one second (Node would pass 0, leaving the system's two hours) and a
+ * longer one than the kernel takes is its maximum (Node's setsockopt would
+ * fail, silently). 0 stays 0: the system's idle time.
+ */
+export function keepAliveDelay(ms: number): number {
+  if (ms <= 0) return 0;
+  return Math.min(Math.max(ms, 1000), MAX_KEEPIDLE_S * 1000);
+}
+
+const MAX_KEEPIDLE_S = 32_767;
+
 /** An `Error` with a `code`, for failures that are neither a wrong type nor a wrong value. */
 export function codedError(message: string, code: string): Error & { code: string } {
   return Object.assign(new Error(message), { code });

@@ -17,7 +17,7 @@ import { addStats, cappedDelay, newStats } from "./engine.js";
 import type { Stats, Timer } from "./engine.js";
 import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
-import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, checkMs, describe, numberError, typeError } from "./errors.js";
+import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, checkMs, describe, keepAliveDelay, numberError, typeError } from "./errors.js";
 import { log } from "./log.js";
 import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
@@ -45,7 +45,10 @@ export interface ServerOptions extends ChannelOptions {
   proxyProtocol?: boolean;
   /** TCP_NODELAY on accepted sockets (default true: writes are already coalesced per turn). */
   noDelay?: boolean;
-  /** TCP keep-alive probes after this many ms idle (default 0: off). */
+  /**
+   * TCP keep-alive probes after this many ms idle (default 0: off). The
+   * kernel counts whole seconds, 1 to 32 767: less than a second is one.
+   */
   keepAliveMs?: number;
   /**
    * `"native"`: the libuv addon (fails if it is not built); `"js"`: node:net.
@@ -258,7 +261,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.#maxConnections = optionalCount("maxConnections", o.maxConnections, Infinity);
     this.#idleTimeoutMs = optionalMs("idleTimeoutMs", o.idleTimeoutMs, 0);
     this._handshakeTimeoutMs = optionalMs("handshakeTimeoutMs", o.handshakeTimeoutMs, 10_000);
-    this.#keepAliveMs = optionalMs("keepAliveMs", o.keepAliveMs, 0);
+    this.#keepAliveMs = keepAliveDelay(optionalMs("keepAliveMs", o.keepAliveMs, 0));
     if (o.proxyProtocol !== undefined && typeof o.proxyProtocol !== "boolean") {
       throw typeError(`The proxyProtocol option must be a boolean, got ${describe(o.proxyProtocol)}.`);
     }

@@ -27,6 +27,7 @@ import {
   TimeoutError,
   checkMs,
   describe,
+  keepAliveDelay,
   numberError,
   rangeError,
   typeError,
@@ -726,10 +727,12 @@ export class Stream extends Channel {
    * TCP keep-alive on this connection: once it has been silent for
    * `initialDelayMs`, the kernel probes the peer and fails the connection if
    * it has vanished without a FIN or reset (a crashed host, a dropped NAT
-   * entry). The delay counts in whole seconds, and 0 (as anything under
-   * 1 000) leaves it as it is, as in Node: the system's idle time (two hours
-   * on Linux) unless set before on this connection (an earlier call, the
-   * server's `keepAliveMs`). `false` turns the probes off. The server's
+   * entry). The kernel counts the delay in whole seconds, from 1 to 32 767:
+   * a delay under a second is one (Node's would be the system's two hours),
+   * a longer one the most it takes. 0 leaves it as it is, as in Node: the
+   * system's idle time (two hours on Linux) unless set before on this
+   * connection (an earlier call, the server's `keepAliveMs`). `false` turns
+   * the probes off. The server's
    * `keepAliveMs` option does this for every connection it accepts; this is
    * per connection, clients included. Applies as {@link setNoDelay} does.
    * @throws TypeError unless `enable` is a boolean; RangeError (TypeError for a non-number) unless `initialDelayMs` is a non-negative number.
@@ -737,7 +740,7 @@ export class Stream extends Channel {
   setKeepAlive(enable: boolean, initialDelayMs = 0): this {
     if (typeof enable !== "boolean") throw typeError(`setKeepAlive() wants a boolean, got ${describe(enable)}.`);
     const delay = checkMs("setKeepAlive()'s initialDelayMs", initialDelayMs);
-    this.#extras().keepAlive = enable ? delay : -1;
+    this.#extras().keepAlive = enable ? keepAliveDelay(delay) : -1;
     this.#applyTcpOptions();
     return this;
   }

@@ -131,9 +131,21 @@ test("setNoDelay()/setKeepAlive(): typed errors for bad arguments; no effect on 
   s.setNoDelay(false).setKeepAlive(true, 5000); // closed: nothing to set, nothing thrown
 });
 
-test("setKeepAlive(true) with no delay (or one under a second) leaves the idle time as it was: the server's keepAliveMs, an earlier call's, else the system's", { skip }, async (t) => {
+test("setKeepAlive(true) with no delay leaves the idle time as it was: the server's keepAliveMs, an earlier call's, else the system's", { skip }, async (t) => {
   const fromServer = await optionsSeenByServer(t, { keepAliveMs: 30_000 }, (s) => s.setKeepAlive(true));
   assert.deepEqual(fromServer, { noDelay: true, keepAlive: true, keepIdle: 30 });
-  const fromEarlier = await optionsSeenByServer(t, {}, (s) => s.setKeepAlive(true, 20_000).setKeepAlive(false).setKeepAlive(true, 500));
+  const fromEarlier = await optionsSeenByServer(t, {}, (s) => s.setKeepAlive(true, 20_000).setKeepAlive(false).setKeepAlive(true));
   assert.deepEqual(fromEarlier, { noDelay: true, keepAlive: true, keepIdle: 20 });
+});
+
+test("a keep-alive delay under a second is one second, and one longer than the kernel takes (32 767 s) its maximum, on a stream and as keepAliveMs", { skip }, async (t) => {
+  // Node would pass 0 for 500 ms (the system's two hours), and its setsockopt would fail for 40 000 s (the same).
+  const short = await optionsSeenByServer(t, { keepAliveMs: 30_000 }, (s) => s.setKeepAlive(true, 500));
+  assert.deepEqual(short, { noDelay: true, keepAlive: true, keepIdle: 1 });
+  const long = await optionsSeenByServer(t, {}, (s) => s.setKeepAlive(true, 40_000_000));
+  assert.deepEqual(long, { noDelay: true, keepAlive: true, keepIdle: 32_767 });
+  const serverShort = await optionsSeenByServer(t, { keepAliveMs: 250 });
+  assert.deepEqual(serverShort, { noDelay: true, keepAlive: true, keepIdle: 1 });
+  const serverLong = await optionsSeenByServer(t, { keepAliveMs: 40_000_000 });
+  assert.deepEqual(serverLong, { noDelay: true, keepAlive: true, keepIdle: 32_767 });
 });
