@@ -40,7 +40,8 @@ import type { Decoder, FrameOut, Framer, ReadDelimiter } from "./framing/delimit
 import { Struct } from "./framing/struct.js";
 import { NetStruct } from "./framing/netstruct.js";
 import type { NetStructHeld } from "./framing/netstruct.js";
-import { checkPantsFlags, compileClientTls, compileServerTls, secureServerSide, wrapClientSocket, wrapServerSocket } from "./tls.js";
+import { checkPantsFlags, compileClientTls, compileServerTls, compileTls, secureServerSide, wrapClientSocket, wrapServerSocket } from "./tls.js";
+import type { CompiledTls } from "./tls.js";
 import type { SslOptions } from "./tls.js";
 import { sendFile } from "./write-file.js";
 import { NativeSocket, nativeLimits } from "./native-socket.js";
@@ -239,6 +240,8 @@ const DEFAULT_WRITE_LIMIT = 64 * 1024 * 1024;
 /** A queued STARTTLS upgrade. */
 interface TlsJob {
   readonly tls: SslOptions;
+  /** The options compiled by startSSL(), for the side the upgrade takes. */
+  readonly compiled: CompiledTls;
 }
 
 type QueueItem = Buffer | FileJob | TlsJob;
@@ -251,6 +254,8 @@ class Extras {
   connectError: Error | null = null;
   connectTarget: ParsedAddress | null = null;
   sslOptions: SslOptions | null = null;
+  /** sslOptions compiled when given (for the side they said then). */
+  sslCompiled: CompiledTls | null = null;
   remote: Address | null = null;
   local: Address | null = null;
   proxied: Address | null = null;
@@ -444,8 +449,9 @@ export class Stream extends Channel {
     const socket = options?.socket;
     if (options?.sslOptions !== undefined) {
       checkPantsFlags(options.sslOptions, undefined);
-      checkTls(options.sslOptions, options.sslOptions.server_side === true);
-      this.#extras().sslOptions = options.sslOptions;
+      const x = this.#extras();
+      x.sslCompiled = compileTls(options.sslOptions, options.sslOptions.server_side === true);
+      x.sslOptions = options.sslOptions;
     }
     if (socket !== undefined) {
       if (socket === null || typeof (socket as Duplex).write !== "function" || typeof (socket as Duplex).on !== "function") {
@@ -879,7 +885,8 @@ export class Stream extends Channel {
    * On a connected stream (STARTTLS): the upgrade starts once everything
    * already written has been sent; later writes are sent encrypted, and
    * bytes the peer sent right behind its command go to the handshake.
-   * `server_side` defaults to true on a stream a server accepted. A peer
+   * `server_side` defaults to true on a stream a server accepted. The
+   * options (and their files) are read and checked now, once. A peer
    * that has ended (its FIN read) can never complete the handshake: the
    * upgrade fails on a later turn (`onSslHandshakeError` with an `Error`
    * of code `ECONNRESET`), then the stream closes.
@@ -895,15 +902,16 @@ export class Stream extends Channel {
     if (this.sslEnabled) throw new ChannelStateError(`startSSL() called on SSL-enabled ${String(this)}.`);
     checkPantsFlags(sslOptions, undefined);
     if (this.#state === S_INIT || this.#state === S_CONNECTING) {
-      checkTls(sslOptions, sslOptions.server_side === true);
-      this.#extras().sslOptions = sslOptions;
+      const x = this.#extras();
+      x.sslCompiled = compileTls(sslOptions, sslOptions.server_side === true);
+      x.sslOptions = sslOptions;
       return this;
     }
     // STARTTLS: queue the upgrade behind the data already written.
     const serverSide = sslOptions.server_side ?? (this.#flags & F_SERVER_SIDE) !== 0;
-    checkTls(sslOptions, serverSide);
+    const compiled = compileTls(sslOptions, serverSide);
     this.#flags |= F_TLS_UPGRADING | F_STOP;
-    (this.#wq ??= []).push({ tls: { ...sslOptions, server_side: serverSide } });
+    (this.#wq ??= []).push({ tls: { ...sslOptions, server_side: serverSide }, compiled });
     // Not now: inside onRead the rest of the chunk (maybe the peer's
     // ClientHello) must reach the receive buffer before the upgrade takes it.
     this.#afterQueue(false);
@@ -1217,7 +1225,7 @@ export class Stream extends Channel {
     if (sslOptions != null) {
       // The user gave a plain socket and sslOptions: TLS starts on the next tick.
       if (sslOptions.server_side === true) this.#flags |= F_SERVER_SIDE;
-      process.nextTick(() => this.#wrapTls(sslOptions, true));
+      process.nextTick(() => this.#wrapTls(sslOptions, true, this.#x?.sslCompiled ?? null));
       return;
     }
     if ((sock as net.Socket).connecting === true) {
@@ -1297,7 +1305,7 @@ export class Stream extends Channel {
     this.#flags |= F_ACTIVE; // the idle time starts now, not at connect()
     const sslOptions = this.#x?.sslOptions;
     if (sslOptions != null) {
-      this.#wrapTls(sslOptions, true);
+      this.#wrapTls(sslOptions, true, this.#x?.sslCompiled ?? null);
       return;
     }
     this.#establish();
@@ -1306,8 +1314,11 @@ export class Stream extends Channel {
   /**
    * Puts TLS on the current socket. `initial`: the handshake precedes
    * onConnect; otherwise it is a STARTTLS upgrade of an open stream.
+   * `compiled`: the options as compiled when given, used when they were
+   * compiled for the side this stream takes (the options are compiled again
+   * only when not: options given to a stream before a server adopted it).
    */
-  #wrapTls(options: SslOptions, initial: boolean): void {
+  #wrapTls(options: SslOptions, initial: boolean, compiled: CompiledTls | null): void {
     if (this.#state === S_CLOSED) return;
     // A native client given startSSL() while connecting: node:tls needs a Duplex.
     const plain = initial ? this.#duplexOverNative() : (this.#sock as OwnedSocket);
@@ -1315,10 +1326,11 @@ export class Stream extends Channel {
     let tlsSock: tls.TLSSocket;
     try {
       if (serverSide) {
-        tlsSock = wrapServerSocket(plain, compileServerTls(options, true));
+        tlsSock = wrapServerSocket(plain, compiled?.serverSide === true ? compiled.config : compileServerTls(options, true));
       } else {
         const target = this.#x?.connectTarget;
-        tlsSock = wrapClientSocket(plain, options, target?.kind === "tcp" ? target.host : undefined);
+        const config = compiled?.serverSide === false ? compiled.config : compileClientTls(options);
+        tlsSock = wrapClientSocket(plain, config, target?.kind === "tcp" ? target.host : undefined);
       }
     } catch (err) {
       this._countError("tls", err as Error);
@@ -2408,7 +2420,7 @@ export class Stream extends Channel {
           this.#barrier();
           return;
         }
-        this.#upgradeNow(head.tls);
+        this.#upgradeNow(head);
         return;
       }
       wq.shift();
@@ -2610,7 +2622,7 @@ export class Stream extends Channel {
     return duplex;
   }
 
-  #upgradeNow(options: SslOptions): void {
+  #upgradeNow(job: TlsJob): void {
     const sock = this.#duplexOverNative();
     // Bytes already read past the STARTTLS point belong to the TLS layer:
     // hand them back to the socket so the handshake sees them (uvloop#707).
@@ -2619,7 +2631,7 @@ export class Stream extends Channel {
     rb?.clear();
     sock.pause();
     if (rest !== null) sock.unshift(rest);
-    this.#wrapTls(options, false);
+    this.#wrapTls(job.tls, false, job.compiled);
   }
 
   // -------------------------------------------------------------------------
@@ -2852,12 +2864,6 @@ export class Stream extends Channel {
   protected override _statsTargets(): [Stats, Stats | null] {
     return [this.engine.stats, this.server !== null ? this.server.stats : null];
   }
-}
-
-/** Compiles TLS options once to validate them (and read their files) when given, so a bad one throws there, naming the file. */
-function checkTls(options: SslOptions, serverSide: boolean): void {
-  if (serverSide) compileServerTls(options, true);
-  else compileClientTls(options);
 }
 
 /**

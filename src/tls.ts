@@ -91,6 +91,17 @@ export interface ClientTls {
   readonly options: ConnectionOptions;
 }
 
+/** @internal Either side's compiled configuration, as validated when given. */
+export type CompiledTls = { readonly serverSide: true; readonly config: ServerTls } | { readonly serverSide: false; readonly config: ClientTls };
+
+/**
+ * @internal Compiles TLS options for one side, once, when they are given (a
+ * bad one throws there, naming the file); the wrap later uses the result.
+ */
+export function compileTls(options: SslOptions, serverSide: boolean): CompiledTls {
+  return serverSide ? { serverSide, config: compileServerTls(options, true) } : { serverSide, config: compileClientTls(options) };
+}
+
 const PANTS_KEYS = new Set(["certfile", "keyfile", "ca_certs", "cert_reqs", "server_side", "do_handshake_on_connect", "sni"]);
 
 function readFile(option: string, path: unknown): Buffer {
@@ -375,8 +386,7 @@ export function secureServerSide(socket: TLSSocket): Error | null {
  * @internal Wraps a connected socket in client-side TLS: verification on
  * (unless turned off), SNI for host names.
  */
-export function wrapClientSocket(socket: Duplex, options: SslOptions, host: string | undefined): TLSSocket {
-  const compiled = compileClientTls(options);
+export function wrapClientSocket(socket: Duplex, compiled: ClientTls, host: string | undefined): TLSSocket {
   const connectOptions: ConnectionOptions = { ...compiled.options, socket };
   if (connectOptions.servername === undefined) {
     const sni = sniName(host);

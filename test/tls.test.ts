@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { execFileSync, spawn } from "node:child_process";
 import tls from "node:tls";
-import { copyFileSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ChannelStateError, ConnectError, Server, Stream } from "../src/index.js";
 import type { SslOptions } from "../src/index.js";
@@ -741,6 +741,24 @@ test("STARTTLS servers share a context between upgrades with the same options, a
   copyFileSync(certs.server2.cert, files.certfile);
   copyFileSync(certs.server2.key, files.keyfile);
   assert.equal(await upgradedPeer(), "localhost-rotated");
+});
+
+test("TLS options are read and compiled once, when given: a client's CA file removed before its connect still verifies the server", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Echo, { engine, sslOptions: serverOptions() }), t);
+  const dir = tempDir(t);
+  const ca = join(dir, "ca.pem");
+  copyFileSync(certs.ca.cert, ca);
+  const early = new Stream({ engine, sslOptions: { ca_certs: ca } });
+  const late = new Stream({ engine }).startSSL({ ca_certs: ca });
+  unlinkSync(ca); // rotated away (a secret mount, a temp file) before the connects
+  early.connect(["localhost", port]);
+  late.connect(["localhost", port]);
+  await Promise.all([early.ready(), late.ready()]);
+  assert.equal(early.authorized, true);
+  assert.equal(late.authorized, true);
+  early.close();
+  late.close();
 });
 
 test("STARTTLS: both sides upgrade; bytes before are plaintext, after encrypted, none lost", { skip }, async (t) => {
