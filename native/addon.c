@@ -369,6 +369,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"maxFrameSize", NULL, NULL, NULL, NULL, max_frame_size, napi_enumerable, NULL},
       {"init", NULL, js_init, NULL, NULL, NULL, napi_enumerable, e},
       {"listenTcp", NULL, pn_listen_tcp, NULL, NULL, NULL, napi_enumerable, e},
+      {"bindTcp", NULL, pn_bind_tcp, NULL, NULL, NULL, napi_enumerable, e},
       {"listenPipe", NULL, pn_listen_pipe, NULL, NULL, NULL, napi_enumerable, e},
       {"connectTcp", NULL, pn_connect_tcp, NULL, NULL, NULL, napi_enumerable, e},
       {"connectPipe", NULL, pn_connect_pipe, NULL, NULL, NULL, napi_enumerable, e},

@@ -233,45 +233,78 @@ static int get_backlog(napi_env env, napi_value v, int *out) {
   return 1;
 }
 
-/* listenTcp(host, port, backlog, ipv6Only) */
-napi_value pn_listen_tcp(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  pn_env *e;
+/* SO_REUSEPORT on a TCP socket: several sockets (of this process or others)
+ * bind one address and port, and the kernel spreads the connections among
+ * them. Returns 0 or a libuv error (UV_ENOTSUP where the system has none). */
+static int set_reuse_port(int fd) {
+#ifdef SO_REUSEPORT
+  int one = 1;
+  return setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == 0 ? 0 : uv_translate_sys_error(errno);
+#else
+  (void)fd;
+  return UV_ENOTSUP;
+#endif
+}
+
+/* The arguments listenTcp and bindTcp share: (host, port, ..., ipv6Only,
+ * reusePort) with ipv6Only and reusePort at argv[flags], argv[flags + 1].
+ * Fills the address and the text errors name; throws and returns false on
+ * a bad one. */
+static bool tcp_args(napi_env env, napi_value *argv, size_t argc, size_t flags, const char *what,
+                     struct sockaddr_storage *ss, bool *v6only, bool *reuse_port, char *detail,
+                     size_t detail_len) {
   int64_t port;
+  char label[64];
+  if (argc < 2) {
+    snprintf(label, sizeof(label), "%s needs a host and a port", what);
+    pn_throw_type(env, label);
+    return false;
+  }
+  snprintf(label, sizeof(label), "%s: host", what);
+  char *host = pn_get_string(env, argv[0], label, NULL);
+  if (host == NULL) return false;
+  snprintf(label, sizeof(label), "%s: port", what);
+  if (!pn_get_int(env, argv[1], label, 0, 65535, &port)) {
+    free(host);
+    return false;
+  }
+  bool *outs[2] = {v6only, reuse_port};
+  const char *names[2] = {"ipv6Only", "reusePort"};
+  for (size_t i = 0; i < 2; i++) {
+    napi_valuetype t = napi_undefined;
+    *outs[i] = false;
+    napi_typeof(env, argv[flags + i], &t);
+    snprintf(label, sizeof(label), "%s: %s", what, names[i]);
+    if (t != napi_undefined && !pn_get_bool(env, argv[flags + i], label, outs[i])) {
+      free(host);
+      return false;
+    }
+  }
+  snprintf(detail, detail_len, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, (int)port);
+  int err = pn_parse_ip(host, (int)port, ss);
+  free(host);
+  if (err != 0) {
+    pn_throw_uv(env, err, "bind", detail);
+    return false;
+  }
+  return true;
+}
+
+/* listenTcp(host, port, backlog, ipv6Only, reusePort) */
+napi_value pn_listen_tcp(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  pn_env *e;
   int backlog, err;
-  bool v6only = false;
+  bool v6only = false, reuse_port = false;
   struct sockaddr_storage ss;
   char detail[128];
 
   PN_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&e), "napi_get_cb_info");
   if (!check_init(env, e)) return NULL;
-  if (argc < 2) {
-    pn_throw_type(env, "listenTcp(host, port, backlog, ipv6Only) needs a host and a port");
+  if (!tcp_args(env, argv, argc, 3, "listenTcp()", &ss, &v6only, &reuse_port, detail, sizeof(detail)) ||
+      !get_backlog(env, argv[2], &backlog))
     return NULL;
-  }
-  char *host = pn_get_string(env, argv[0], "listenTcp(): host", NULL);
-  if (host == NULL) return NULL;
-  if (!pn_get_int(env, argv[1], "listenTcp(): port", 0, 65535, &port) ||
-      !get_backlog(env, argv[2], &backlog)) {
-    free(host);
-    return NULL;
-  }
-  {
-    napi_valuetype t = napi_undefined;
-    napi_typeof(env, argv[3], &t);
-    if (t != napi_undefined && !pn_get_bool(env, argv[3], "listenTcp(): ipv6Only", &v6only)) {
-      free(host);
-      return NULL;
-    }
-  }
-  snprintf(detail, sizeof(detail), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, (int)port);
-  err = pn_parse_ip(host, (int)port, &ss);
-  free(host);
-  if (err != 0) {
-    pn_throw_uv(env, err, "bind", detail);
-    return NULL;
-  }
 
   pn_server *s = server_new(e, false);
   if (s == NULL) {
@@ -287,8 +320,18 @@ napi_value pn_listen_tcp(napi_env env, napi_callback_info info) {
   }
   s->h.handle.data = s;
   pn_handle_opened(&s->base);
-  /* libuv sets SO_REUSEADDR (never SO_REUSEPORT). A bind EADDRINUSE is
-   * reported by uv_listen (libuv defers it), as Node reports it. */
+  if (reuse_port) {
+    uv_os_fd_t fd;
+    err = uv_fileno(&s->h.handle, &fd);
+    if (err == 0) err = set_reuse_port(fd);
+    if (err != 0) {
+      pn_server_close(s);
+      pn_throw_uv(env, err, "setsockopt", detail);
+      return NULL;
+    }
+  }
+  /* libuv sets SO_REUSEADDR (SO_REUSEPORT only as asked, above). A bind
+   * EADDRINUSE is reported by uv_listen (libuv defers it), as Node reports it. */
   err = uv_tcp_bind(&s->h.tcp, (const struct sockaddr *)&ss,
                     v6only && ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
   if (err != 0) {
@@ -297,6 +340,50 @@ napi_value pn_listen_tcp(napi_env env, napi_callback_info info) {
     return NULL;
   }
   return finish_listen(env, e, s, backlog, detail);
+}
+
+/* bindTcp(host, port, ipv6Only, reusePort): a TCP socket bound (not yet
+ * listening) as listenTcp binds its own, returned as a descriptor for
+ * node:net to listen on (`server.listen({ fd })`), which then owns it. */
+napi_value pn_bind_tcp(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  pn_env *e;
+  bool v6only = false, reuse_port = false;
+  struct sockaddr_storage ss;
+  char detail[128];
+  int one = 1, err = 0;
+
+  PN_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&e), "napi_get_cb_info");
+  if (!tcp_args(env, argv, argc, 2, "bindTcp()", &ss, &v6only, &reuse_port, detail, sizeof(detail))) return NULL;
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    pn_throw_uv(env, uv_translate_sys_error(errno), "socket", detail);
+    return NULL;
+  }
+  const char *syscall = "setsockopt";
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) err = uv_translate_sys_error(errno);
+  if (err == 0 && reuse_port) err = set_reuse_port(fd);
+  if (err == 0 && ss.ss_family == AF_INET6 &&
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, v6only ? &one : &(int){0}, sizeof(one)) != 0)
+    err = uv_translate_sys_error(errno);
+  if (err == 0) {
+    socklen_t len = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    syscall = "bind";
+    if (bind(fd, (struct sockaddr *)&ss, len) != 0) err = uv_translate_sys_error(errno);
+  }
+  if (err != 0) {
+    close(fd);
+    pn_throw_uv(env, err, syscall, detail);
+    return NULL;
+  }
+  napi_value out;
+  if (napi_create_int32(env, fd, &out) != napi_ok) {
+    close(fd);
+    pn_throw_napi(env, "returning the descriptor");
+    return NULL;
+  }
+  return out;
 }
 
 #if !PN_HAVE_PIPE_BIND2

@@ -237,7 +237,8 @@ interface RawNativeAddon {
   readonly maxDelimiter: number;
   readonly maxFrameSize: number;
   init(callbacks: RawNativeCallbacks): void;
-  listenTcp(host: string, port: number, backlog: number, ipv6Only: boolean): NativeServer;
+  listenTcp(host: string, port: number, backlog: number, ipv6Only: boolean, reusePort?: boolean): NativeServer;
+  bindTcp(host: string, port: number, ipv6Only: boolean, reusePort: boolean): number;
   listenPipe(path: string, backlog: number): NativeServer;
   connectTcp(host: string, port: number): number;
   connectPipe(path: string): number;
@@ -415,6 +416,7 @@ function adapt(raw: RawNativeAddon): NativeAddon {
       });
     },
     listenTcp: raw.listenTcp,
+    bindTcp: raw.bindTcp,
     listenPipe: raw.listenPipe,
     connectTcp: (host, port) => track(raw.connectTcp(host, port)),
     connectPipe: (path) => track(raw.connectPipe(path)),
@@ -430,11 +432,17 @@ export interface NativeAddon {
   /** Registers the callbacks (call again to replace them). Required before anything else. */
   init(callbacks: NativeCallbacks): void;
   /**
-   * Binds (SO_REUSEADDR, never SO_REUSEPORT) and listens. `host` must be an IP
-   * literal; `backlog` <= 0 means 511.
-   * @throws Error with `.code` (EADDRINUSE, EACCES, EADDRNOTAVAIL, EINVAL...) and `.syscall` ("bind" / "listen").
+   * Binds (SO_REUSEADDR; SO_REUSEPORT when `reusePort`) and listens. `host`
+   * must be an IP literal; `backlog` <= 0 means 511.
+   * @throws Error with `.code` (EADDRINUSE, EACCES, EADDRNOTAVAIL, EINVAL, ENOTSUP...) and `.syscall` ("bind" / "listen" / "setsockopt").
    */
-  listenTcp(host: string, port: number, backlog: number, ipv6Only: boolean): NativeServer;
+  listenTcp(host: string, port: number, backlog: number, ipv6Only: boolean, reusePort?: boolean): NativeServer;
+  /**
+   * Binds a TCP socket as listenTcp does, without listening, and returns its
+   * descriptor, for node:net to listen on (`listen({ fd })`), which then owns it.
+   * @throws Error with `.code` and `.syscall` ("socket" / "setsockopt" / "bind").
+   */
+  bindTcp(host: string, port: number, ipv6Only: boolean, reusePort: boolean): number;
   /** Listens on a UNIX socket path or a Linux abstract name ("\0name"). The path is removed on close. */
   listenPipe(path: string, backlog: number): NativeServer;
   /** Connects to an IP literal; onConnect follows. */

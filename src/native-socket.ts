@@ -823,15 +823,29 @@ export class NativeListener {
   }
 
   /** Listens on TCP. @throws an errno-style Error (EADDRINUSE, ...). */
-  static tcp(host: string, port: number, backlog: number, ipv6Only: boolean, onConnection: (s: NativeSocket) => void, onAcceptError: (code: string) => void): NativeListener {
+  static tcp(host: string, port: number, backlog: number, ipv6Only: boolean, reusePort: boolean, onConnection: (s: NativeSocket) => void, onAcceptError: (code: string) => void): NativeListener {
     const native = requireAddon();
     let handle: NativeServer;
     try {
-      handle = native.listenTcp(host, port, backlog, ipv6Only);
+      handle = native.listenTcp(host, port, backlog, ipv6Only, reusePort);
     } catch (err) {
       throw asListenError(err, host, port);
     }
     return new NativeListener(handle, onConnection, onAcceptError);
+  }
+
+  /**
+   * A TCP socket bound with SO_REUSEPORT for node:net to listen on (Node 20's
+   * node:net cannot set the option): its descriptor.
+   * @throws an errno-style Error (EADDRINUSE, ...), as a listen's.
+   */
+  static bindReusePort(host: string, port: number, ipv6Only: boolean): number {
+    const native = requireAddon();
+    try {
+      return native.bindTcp(host, port, ipv6Only, true);
+    } catch (err) {
+      throw asListenError(err, host, port);
+    }
   }
 
   /** Listens on a UNIX socket path (or a Linux abstract name). */

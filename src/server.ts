@@ -4,6 +4,7 @@
  * time: connection limits, PROXY headers, TLS wrapping, graceful shutdown.
  */
 import { Buffer } from "node:buffer";
+import cluster from "node:cluster";
 import net from "node:net";
 import tls from "node:tls";
 import { lookup } from "node:dns/promises";
@@ -17,14 +18,15 @@ import { addStats, cappedDelay, newStats } from "./engine.js";
 import type { Stats, Timer } from "./engine.js";
 import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
-import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, checkMs, describe, keepAliveDelay, numberError, typeError } from "./errors.js";
+import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, typeError } from "./errors.js";
 import { log } from "./log.js";
 import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
 import { PROXY_V2_HEADER_LENGTH, parseProxyHeader } from "./proxy-protocol.js";
-import { NativeListener, NativeSocket } from "./native-socket.js";
+import { NativeListener, NativeSocket, nativeAddon } from "./native-socket.js";
+import { nativeLoadError } from "./native-binding.js";
 import { checkTransport, useNative } from "./transport.js";
 import type { Transport } from "./transport.js";
 import type { Timed } from "./timeouts.js";
@@ -56,6 +58,15 @@ export interface ServerOptions extends ChannelOptions {
    * TLS and PROXY-protocol servers and in cluster workers, which use node:net.
    */
   transport?: Transport;
+  /**
+   * SO_REUSEPORT on the TCP listening sockets (default false): several
+   * servers, in this process or others, listen on one address and port, and
+   * the kernel spreads new connections among them (Linux). Needs the native
+   * addon, whatever the transport (Node 20's node:net cannot set it); a plain
+   * server in a cluster worker then listens itself, on the native transport.
+   * Not for UNIX socket paths.
+   */
+  reusePort?: boolean;
 }
 
 const ST_INIT = 0;
@@ -81,7 +92,7 @@ function onRawError(err: Error): void {
   log.current.debug({ err }, `Socket error on an accepted connection: ${err.message}`);
 }
 
-function listenOn(netServer: net.Server, options: net.ListenOptions): Promise<void> {
+function listenOn(netServer: net.Server, options: net.ListenOptions | { fd: number; backlog: number }): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const onError = (err: Error) => {
       netServer.off("listening", onListening);
@@ -93,7 +104,9 @@ function listenOn(netServer: net.Server, options: net.ListenOptions): Promise<vo
     };
     netServer.once("error", onError);
     netServer.once("listening", onListening);
-    netServer.listen(options);
+    // A descriptor's backlog is listen()'s second argument (node:net ignores it in the object).
+    if ("fd" in options) netServer.listen({ fd: options.fd }, options.backlog);
+    else netServer.listen(options);
   });
 }
 
@@ -234,6 +247,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   #proxyProtocol: boolean;
   #noDelay: boolean;
   #keepAliveMs: number;
+  #reusePort: boolean;
 
   /** Counters of this server's connections. */
   readonly stats: Stats = newStats();
@@ -270,6 +284,10 @@ export class Server<S extends Stream = Stream> extends Channel {
       throw typeError(`The noDelay option must be a boolean, got ${describe(o.noDelay)}.`);
     }
     this.#noDelay = o.noDelay ?? true;
+    if (o.reusePort !== undefined && typeof o.reusePort !== "boolean") {
+      throw typeError(`The reusePort option must be a boolean, got ${describe(o.reusePort)}.`);
+    }
+    this.#reusePort = o.reusePort ?? false;
     this.#transport = checkTransport(o.transport);
     if (o.sslOptions !== undefined && o.sslOptions !== null) this.startSSL(o.sslOptions);
     if (o.socket !== undefined) this.#adoptSocket(o.socket);
@@ -392,7 +410,8 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (typeof slave !== "boolean") throw typeError(`slave must be a boolean, got ${describe(slave)}.`);
     // listen(2) takes an int; the kernel caps it at net.core.somaxconn anyway.
     backlog = Math.min(backlog, 2 ** 31 - 1);
-    this.#native = !this.#proxyProtocol && this.#tls === null && useNative(this.#transport);
+    this.#native = !this.#proxyProtocol && this.#tls === null && useNative(this.#transport, this.#reusePort);
+    if (this.#reusePort) this.#checkReusePort(parsed);
     this.#state = ST_BINDING;
     this.engine._channels.add(this);
     this.#bind(parsed, backlog, slave).then(
@@ -400,6 +419,21 @@ export class Server<S extends Stream = Stream> extends Channel {
       (err: Error) => this.#bindFailed(err, parsed),
     );
     return this;
+  }
+
+  /**
+   * reusePort's conditions, checked when listening starts.
+   * @throws Error `ERR_INVALID_ARG_VALUE` for a UNIX path, `ERR_REUSEPORT_UNAVAILABLE` without the addon or in a cluster worker on node:net.
+   */
+  #checkReusePort(parsed: ParsedAddress): void {
+    if (parsed.kind === "unix") throw codedError(`reusePort is for TCP addresses, not the UNIX socket ${parsed.path}.`, "ERR_INVALID_ARG_VALUE");
+    if (this.#native) return;
+    if (nativeAddon() === null) {
+      throw codedError(`reusePort needs the native addon (Node 20's node:net cannot set SO_REUSEPORT), and ${nativeLoadError() ?? "it is not available"}.`, "ERR_REUSEPORT_UNAVAILABLE");
+    }
+    if (cluster.isWorker) {
+      throw codedError("reusePort in a cluster worker works on the native transport only (a plain TCP server): node:net hands its listening socket to the primary.", "ERR_REUSEPORT_UNAVAILABLE");
+    }
   }
 
   /** Settles when listening; rejects with the bind error. Never an unhandled rejection if unused. */
@@ -634,14 +668,16 @@ export class Server<S extends Stream = Stream> extends Channel {
       const listener =
         "path" in options
           ? NativeListener.pipe(options.path, options.backlog, onConnection, onAcceptError)
-          : NativeListener.tcp(options.host, options.port, options.backlog, options.ipv6Only, onConnection, onAcceptError);
+          : NativeListener.tcp(options.host, options.port, options.backlog, options.ipv6Only, this.#reusePort, onConnection, onAcceptError);
       this.#nativeListeners.push(listener);
       const address = listener.address();
       return typeof address === "object" && address !== null ? address.port : 0;
     }
     const s = this.#newNetServer();
     try {
-      await listenOn(s, options);
+      // reusePort: the addon binds the socket with SO_REUSEPORT; node:net listens on it and owns it.
+      const reused = this.#reusePort && "host" in options ? NativeListener.bindReusePort(options.host, options.port, options.ipv6Only) : null;
+      await listenOn(s, reused === null ? options : { fd: reused, backlog: options.backlog });
     } catch (err) {
       this.#netServers.pop();
       throw err;

@@ -10,7 +10,7 @@ import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect, sleep, tempDir, waitFor } from "./helpers.js";
+import { connect, freePort, sleep, tempDir, waitFor } from "./helpers.js";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -80,6 +80,23 @@ test("runCluster: workers share the port; a crashed worker is restarted; SIGTERM
   assert.equal((await open.readToEnd(10000)).toString(), "bye\n");
   assert.equal(await cluster.exited, 0);
   assert.match(cluster.out(), /primary done/);
+});
+
+test("runCluster with reusePort: every worker listens itself on the native transport, the kernel spreads connections, SIGHUP and SIGTERM still work", { timeout: 60_000, skip: (process.env.PANTS_TS_TRANSPORT === "js" || process.platform !== "linux") && "needs the native addon, on Linux" }, async (t) => {
+  const cluster = await startCluster(t, 2, { REUSE_PORT: "1", PORT: String(await freePort()) });
+  const pids = new Set<string>();
+  for (let i = 0; i < 40 && pids.size < 2; i++) pids.add(await ask(cluster.port, "pid"));
+  assert.equal(pids.size, 2, "connections are spread over both workers");
+  assert.ok(![...pids].includes(String(cluster.child.pid)), "the primary serves no connection itself");
+  assert.equal(await ask(cluster.port, "transport"), "native");
+  // A rolling restart: the replacements bind the same port beside the old workers.
+  cluster.child.kill("SIGHUP");
+  await waitFor(() => cluster.listening() >= 4, 20000, `two replacements listening; output: ${cluster.out()}`);
+  const after = new Set<string>();
+  for (let i = 0; i < 40 && after.size < 2; i++) after.add(await ask(cluster.port, "pid"));
+  assert.equal(after.size, 2);
+  cluster.child.kill("SIGTERM");
+  assert.equal(await cluster.exited, 0);
 });
 
 test("runCluster: restart back-off is per worker: a crash-looping worker does not delay another's restart", { timeout: 60_000 }, async (t) => {
