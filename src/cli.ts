@@ -42,6 +42,8 @@ Options:
       --tls-key FILE         ... and this private key (PEM; default: the cert file)
   -w, --workers N            run N worker processes sharing the sockets (default 1: no cluster)
       --proxy-protocol       expect a HAProxy PROXY v1/v2 header on every connection
+      --reuse-port           SO_REUSEPORT (Linux): share the port with other processes;
+                             with --workers, each worker accepts for itself (plain TCP)
       --max-connections N    close connections above N at accept
       --idle-timeout MS      close connections idle for MS milliseconds
       --shutdown-timeout MS  on SIGTERM/SIGINT, drain for at most MS ms (default 10000; 0: no deadline)
@@ -67,6 +69,7 @@ interface ServeArgs {
   tlsKey?: string;
   workers: number;
   proxyProtocol: boolean;
+  reusePort: boolean;
   maxConnections?: number;
   idleTimeoutMs?: number;
   shutdownTimeoutMs: number;
@@ -123,6 +126,7 @@ function parseServe(argv: string[]): ServeArgs {
         "tls-key": { type: "string" },
         workers: { type: "string", short: "w" },
         "proxy-protocol": { type: "boolean" },
+        "reuse-port": { type: "boolean" },
         "max-connections": { type: "string" },
         "idle-timeout": { type: "string" },
         "shutdown-timeout": { type: "string" },
@@ -146,6 +150,7 @@ function parseServe(argv: string[]): ServeArgs {
     listen: (v.listen ?? []).map(parseListenAddress),
     workers: intFlag("workers", v.workers) ?? 1,
     proxyProtocol: v["proxy-protocol"] ?? false,
+    reusePort: v["reuse-port"] ?? false,
     shutdownTimeoutMs: intFlag("shutdown-timeout", v["shutdown-timeout"], true) ?? 10_000,
     quiet: v.quiet ?? false,
   };
@@ -213,6 +218,7 @@ function tlsOptions(args: ServeArgs): SslOptions | undefined {
 async function startServers(args: ServeArgs): Promise<Server[]> {
   const exported = await loadModule(args.module);
   const options: ServerOptions = { proxyProtocol: args.proxyProtocol };
+  if (args.reusePort) options.reusePort = true;
   if (args.maxConnections !== undefined) options.maxConnections = args.maxConnections;
   if (args.idleTimeoutMs !== undefined) options.idleTimeoutMs = args.idleTimeoutMs;
   const sslOptions = tlsOptions(args);
@@ -231,8 +237,8 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
       exported.startSSL(options.sslOptions!);
     }
     if (args.maxConnections !== undefined) exported.maxConnections = args.maxConnections;
-    if (args.proxyProtocol || args.idleTimeoutMs !== undefined) {
-      throw new UsageError("--proxy-protocol and --idle-timeout apply to a connection class; set them in the Server's options");
+    if (args.proxyProtocol || args.reusePort || args.idleTimeoutMs !== undefined) {
+      throw new UsageError("--proxy-protocol, --reuse-port and --idle-timeout apply to a connection class; set them in the Server's options");
     }
     if (args.listen.length === 1) exported.listen(args.listen[0]!);
     else if (!exported.listening && !liveServers.has(exported)) throw new UsageError("--listen is required");

@@ -12,7 +12,7 @@ import type { ChildProcess } from "node:child_process";
 import { networkInterfaces } from "node:os";
 import { copyFileSync, existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect, connectTls, hasIPv6, sleep, tempDir, waitFor } from "./helpers.js";
+import { connect, connectTls, freePort, hasIPv6, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
 const root = new URL("..", import.meta.url).pathname;
@@ -80,7 +80,7 @@ async function flood(address: string, kib: number): Promise<import("node:net").S
 test("--help documents every flag; exit 0", () => {
   const r = run(["--help"]);
   assert.equal(r.status, 0);
-  for (const flag of ["serve", "--listen", "--tls-cert", "--tls-key", "--workers", "--proxy-protocol", "--max-connections", "--idle-timeout", "--shutdown-timeout", "unix:/", "[::1]:4040", "SIGTERM", "SIGUSR2", "SIGHUP"]) {
+  for (const flag of ["serve", "--listen", "--tls-cert", "--tls-key", "--workers", "--proxy-protocol", "--reuse-port", "--max-connections", "--idle-timeout", "--shutdown-timeout", "unix:/", "[::1]:4040", "SIGTERM", "SIGUSR2", "SIGHUP"]) {
     assert.ok(r.stdout.includes(flag), `--help mentions ${flag}`);
   }
   assert.equal(run(["serve", "--help"]).status, 0);
@@ -118,7 +118,7 @@ test("bad usage that only a worker sees (--workers): one clear line on stderr an
     [[fixture("cli-echo.ts")], /--listen is required/],
     [[fixture("cli-bad.ts"), "--listen", "127.0.0.1:0"], /must export by default a Stream subclass or a Server/],
     [[fixture("cli-server.ts"), "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"], /a Server instance listens on one address/],
-    [[fixture("cli-server.ts"), "--listen", "127.0.0.1:0", "--proxy-protocol"], /--proxy-protocol and --idle-timeout apply to a connection class/],
+    [[fixture("cli-server.ts"), "--listen", "127.0.0.1:0", "--proxy-protocol"], /--proxy-protocol, --reuse-port and --idle-timeout apply to a connection class/],
   ];
   for (const [args, message] of cases) {
     for (const workers of ["1", "2"]) {
@@ -178,6 +178,24 @@ test("a link-local IPv6 listen address keeps its interface in the banner and the
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", `[${address}%${name}]:0`]);
   const esc = `${address}%${name}`.replace(/[.:%]/g, "\\$&");
   assert.match(s.out(), new RegExp(`serving CliEcho on \\[${esc}\\]:\\d+ \\(connect: nc ${esc} \\d+\\)`));
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});
+
+test("--workers with --reuse-port: each worker listens itself on the native transport and takes connections; SIGTERM exits 0", { timeout: 60_000, skip: (process.env.PANTS_TS_TRANSPORT === "js" || process.platform !== "linux") && "needs the native addon, on Linux" }, async (t) => {
+  const port = await freePort();
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", `127.0.0.1:${port}`, "--workers", "2", "--reuse-port"]);
+  const ask = async (line: string): Promise<string> => {
+    const c = await connect(port);
+    c.write(`${line}\n`);
+    await c.until(() => c.received.includes(0x0a), 5000, "a reply");
+    c.destroy();
+    return c.received.toString().split("\n")[0]!;
+  };
+  assert.equal(await ask("transport"), "native");
+  const pids = new Set<string>();
+  for (let i = 0; i < 40 && pids.size < 2; i++) pids.add(await ask("pid"));
+  assert.equal(pids.size, 2, `both workers accept; output: ${s.out()}`);
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });
