@@ -7,12 +7,19 @@ import { inspect } from "node:util";
 
 /** The stable codes of pants-ts' own errors. */
 export const ErrorCode = {
+  /** {@link ChannelStateError}: an operation the channel's state forbids. */
   CHANNEL_STATE: "ERR_CHANNEL_STATE",
+  /** {@link InvalidAddressFormatError}: an address of no known shape. */
   INVALID_ADDRESS: "ERR_INVALID_ADDRESS",
+  /** {@link BufferOverflowError}: a frame outgrew `bufferSize`, or the send buffer `writeBufferLimit`. */
   BUFFER_OVERFLOW: "ERR_BUFFER_OVERFLOW",
+  /** {@link ConnectError}: a client connect failed. */
   CONNECT: "ERR_CONNECT",
+  /** {@link InvalidReadDelimiterError} (or a `TypeError` when set): a delimiter framing cannot use. */
   INVALID_DELIMITER: "ERR_INVALID_DELIMITER",
+  /** {@link TimeoutError}: an idle, handshake, PROXY-header or connect timeout. */
   TIMEOUT: "ERR_TIMEOUT",
+  /** {@link ProxyProtocolError}: a missing or malformed PROXY header. */
   PROXY_PROTOCOL: "ERR_PROXY_PROTOCOL",
 } as const;
 

@@ -106,7 +106,17 @@ export interface ProxyHeader {
  * What {@link parseProxyHeader} returns: a complete header and the number
  * of bytes it took, or the total number of bytes to wait for.
  */
-export type ProxyParseResult = { header: ProxyHeader; consumed: number } | { needed: number };
+export type ProxyParseResult =
+  | {
+      /** The header. */
+      header: ProxyHeader;
+      /** Bytes the header occupied; the connection's data starts after them. */
+      consumed: number;
+    }
+  | {
+      /** Bytes (from the start of the buffer) to wait for before parsing again. */
+      needed: number;
+    };
 
 /** An IP endpoint for {@link encodeProxyV1}; `flowinfo` and `scopeid` are not carried by the protocol. */
 export type ProxyIpEndpoint = [host: string, port: number] | [host: string, port: number, flowinfo: number, scopeid: number];
@@ -138,7 +148,12 @@ export interface ProxyV2Fields {
   /** The destination, in the same form as `source`. */
   destination?: Address | null;
   /** TLVs to append after the addresses, in this order. */
-  tlvs?: ReadonlyArray<{ type: number; value: Uint8Array }>;
+  tlvs?: ReadonlyArray<{
+    /** The type byte, 0 to 255 (see {@link ProxyTlvType}). */
+    type: number;
+    /** The value. */
+    value: Uint8Array;
+  }>;
   /** Append a `CRC32C` TLV holding the checksum of the whole header. */
   checksum?: boolean;
 }

@@ -34,7 +34,12 @@ import type { Timed } from "./timeouts.js";
 /** Options of the {@link Server} constructor. */
 export interface ServerOptions extends ChannelOptions {
   /** A listening `net.Server`, or a listening descriptor, to serve on instead of calling `listen`. */
-  socket?: net.Server | { fd: number };
+  socket?:
+    | net.Server
+    | {
+        /** The descriptor of a socket that is already listening. */
+        fd: number;
+      };
   /** TLS options: `startSSL(sslOptions)` is called by the constructor. */
   sslOptions?: SslOptions;
   /** Connections above this many are closed at accept and counted as rejected (default: no limit). */

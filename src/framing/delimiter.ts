@@ -21,7 +21,15 @@ import type { ReceiveBuffer } from "./receive-buffer.js";
  * otherwise. `consumed` counts from `start` either way, and neither form
  * may look before `start`.
  */
-export type Decoder = (buf: Buffer, start: number) => { consumed: number; args: readonly unknown[] } | null;
+export type Decoder = (
+  buf: Buffer,
+  start: number,
+) => {
+  /** Bytes the frame used, counted from `start`; at least 1. */
+  consumed: number;
+  /** The arguments `onRead` is called with. */
+  args: readonly unknown[];
+} | null;
 
 /** Every kind of read delimiter (see the README's framing table). */
 export type ReadDelimiter = null | string | Buffer | number | RegExp | Struct | NetStruct | Decoder;

@@ -90,8 +90,16 @@ interface Segment {
 
 /** The outcome of {@link NetStruct.parse}. */
 export type NetStructParseResult =
-  | { /** The record's values. */ values: unknown[]; /** Bytes the record occupied. */ consumed: number }
-  | { /** Bytes (from the start of the buffer) to wait for before parsing again. */ needed: number };
+  | {
+      /** The record's values, each `$` string in place of its length. */
+      values: unknown[];
+      /** Bytes the record occupied. */
+      consumed: number;
+    }
+  | {
+      /** Bytes (from the start of the buffer) to wait for before parsing again. */
+      needed: number;
+    };
 
 const isDigit = (c: string): boolean => c >= "0" && c <= "9";
 
