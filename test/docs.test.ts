@@ -6,7 +6,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 const root = new URL("..", import.meta.url).pathname;
@@ -48,4 +49,16 @@ test("every ```ts sample in README.md, SECURITY.md and docs/*.md type-checks aga
   const r = spawnSync(process.execPath, [tsc, "-p", dir], { cwd: root, encoding: "utf8" });
   assert.equal(r.status, 0, `samples that do not compile:\n${r.stdout}${r.stderr}`);
   rmSync(dir, { recursive: true, force: true });
+});
+
+test("typedoc (npm run docs) builds the API reference without a warning: every {@link}, every anchor of a linked guide, every referenced type exported", { timeout: 120_000 }, () => {
+  const typedoc = join(root, "node_modules", "typedoc", "bin", "typedoc");
+  // Rendered (to a temp dir): links to a document's headings are checked only when the pages are written.
+  const out = mkdtempSync(join(tmpdir(), "pants-ts-api-"));
+  try {
+    const r = spawnSync(process.execPath, [typedoc, "--treatWarningsAsErrors", "--out", out], { cwd: root, encoding: "utf8" });
+    assert.equal(r.status, 0, `typedoc:\n${r.stdout}${r.stderr}`);
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
 });
