@@ -1,0 +1,177 @@
+/**
+ * The package as a user gets it: `npm pack`, then `npm install` of the
+ * tarball into a new project outside the repository, where the native addon
+ * builds from the shipped C sources, an application compiles against the
+ * shipped declarations (strict, skipLibCheck off; nodenext, and a bundler's
+ * resolution) and runs over a real loopback socket, and the installed
+ * `pants-ts` command serves one of its modules. A file the package needs but
+ * package.json's "files" leaves out fails here, though every test that
+ * imports ../src passes.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { spawn, spawnSync } from "node:child_process";
+import type { SpawnSyncReturns } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { tempDir, waitFor } from "./helpers.js";
+
+const root = new URL("..", import.meta.url).pathname;
+const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { version: string };
+
+// An application's source: every main name, typed by its connection class.
+const MAIN_TS = `
+import { NetStruct, Server, Stream, relay, runCluster } from "pants-ts";
+import type { Address, ClusterHandle, RelayResult, ServerOptions } from "pants-ts";
+import { memoryPeer } from "pants-ts/testing";
+import type { MemoryPeer } from "pants-ts/testing";
+
+export class Chat extends Stream {
+  declare server: Server<Chat> | null;
+  nick = "guest";
+  override onConnect(): void {
+    this.encoding = "utf8";
+    this.readDelimiter = "\\n";
+  }
+  override onRead(line: string): void {
+    this.write(\`\${this.nick}: \${line}\\n\`);
+  }
+}
+
+// Typed only: a proxy and a cluster are not run here.
+const forward: (a: Stream, b: Stream) => Promise<RelayResult> = relay;
+const cluster = (main: () => void): Promise<ClusterHandle> => runCluster(main, { workers: 2 });
+void forward;
+void cluster;
+
+const record = new NetStruct("!H$");
+const values = record.unpack(record.pack("netstruct"));
+
+const peer: MemoryPeer<Chat> = memoryPeer(Chat);
+await peer.send("memory\\n", { chunkSize: 1 });
+const memory = (await peer.read()).toString();
+peer.end();
+await peer.closed;
+
+const options: ServerOptions = { maxConnections: 10 };
+const server: Server<Chat> = new Server(Chat, options).listen(["127.0.0.1", 0]);
+await server.ready();
+const address: Address | null = server.localAddress;
+if (!Array.isArray(address)) throw new Error("not a TCP address");
+const client = new Stream().connect(["127.0.0.1", address[1]]);
+await client.ready();
+client.encoding = "utf8";
+client.readDelimiter = "\\n";
+const reply = await new Promise<string>((resolve) => {
+  client.onRead = (line: unknown) => resolve(String(line));
+  client.write("socket\\n");
+});
+const nicks: string[] = [...server.channels.values()].map((chat) => chat.nick);
+client.close();
+server.close();
+console.log(JSON.stringify({ transport: server.transport, netstruct: String(values[0]), memory, reply, nicks }));
+`;
+
+// A module for \`pants-ts serve\`.
+const ECHO_TS = `
+import { Stream } from "pants-ts";
+
+export default class Echo extends Stream {
+  override onConnect(): void {
+    this.readDelimiter = "\\n";
+  }
+  override onRead(line: Buffer): void {
+    this.write(\`echo \${line.toString()}\\n\`);
+  }
+}
+`;
+
+/** `npm ...` in `cwd`, with none of the npm_* settings of an enclosing `npm test`. */
+function npm(args: string[], cwd: string): SpawnSyncReturns<string> {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!/^npm_/i.test(k)) env[k] = v;
+  return spawnSync("npm", args, { cwd, env, encoding: "utf8", timeout: 50_000 });
+}
+
+const npmMissing = ((): string | false => {
+  const r = spawnSync("npm", ["--version"], { encoding: "utf8" });
+  return r.error ? `npm is not available (${r.error.message}): the packed package cannot be installed` : false;
+})();
+
+test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict nodenext consumer compiles against the .d.ts and echoes over loopback, the pants-ts command serves", { skip: npmMissing, timeout: 60_000 }, async (t) => {
+  assert.ok(existsSync(join(root, "dist", "src", "index.js")), "dist/ is built (npm run build)");
+  const dir = tempDir(t, "pants-ts-package-");
+
+  // --ignore-scripts: pack what `npm run build` made rather than build again.
+  const packed = npm(["pack", "--ignore-scripts", "--json", "--pack-destination", dir], root);
+  assert.equal(packed.status, 0, `npm pack:\n${packed.stdout}${packed.stderr}`);
+  const [info] = JSON.parse(packed.stdout) as Array<{ filename: string }>;
+  const tarball = join(dir, info!.filename);
+
+  const app = join(dir, "app");
+  mkdirSync(join(app, "src"), { recursive: true });
+  // npm 11 asks for a dependency's install script to be approved; a tarball is known by its file: URL.
+  writeFileSync(join(app, "package.json"), JSON.stringify({ name: "app", private: true, type: "module", allowScripts: { [`file:${tarball}`]: true } }));
+  const installed = npm(["install", "--no-audit", "--no-fund", "--offline", "--ignore-scripts=false", "--foreground-scripts", tarball], app);
+  assert.equal(installed.status, 0, `npm install:\n${installed.stdout}${installed.stderr}`);
+  const here = join(app, "node_modules", "pants-ts");
+
+  const builtHere = existsSync(join(root, "build", "Release", "pants_native.node"));
+  if (builtHere) {
+    assert.ok(existsSync(join(here, "build", "Release", "pants_native.node")), `the addon builds where this repository's did; npm install said:\n${installed.stdout}${installed.stderr}`);
+  }
+
+  writeFileSync(join(app, "src", "main.ts"), MAIN_TS);
+  writeFileSync(join(app, "src", "echo.ts"), ECHO_TS);
+  const compilerOptions = {
+    target: "ES2022",
+    strict: true,
+    skipLibCheck: false,
+    rootDir: "src",
+    outDir: "dist",
+    // Node's types from this repository: the app has no registry access.
+    typeRoots: [join(root, "node_modules", "@types")],
+    types: ["node"],
+  };
+  // A bundler's resolution first (types only), then Node's, which also emits what runs below.
+  const configs = {
+    "tsconfig.bundler.json": { ...compilerOptions, module: "esnext", moduleResolution: "bundler", noEmit: true },
+    "tsconfig.json": { ...compilerOptions, module: "nodenext", moduleResolution: "nodenext" },
+  };
+  for (const [name, options] of Object.entries(configs)) {
+    writeFileSync(join(app, name), JSON.stringify({ compilerOptions: options, include: ["src"] }));
+    const tsc = spawnSync(process.execPath, [join(root, "node_modules", "typescript", "bin", "tsc"), "-p", join(app, name)], { cwd: app, encoding: "utf8", timeout: 50_000 });
+    assert.equal(tsc.status, 0, `the consumer does not compile with ${name} (${options.module}):\n${tsc.stdout}${tsc.stderr}`);
+  }
+
+  const ran = spawnSync(process.execPath, [join(app, "dist", "main.js")], { cwd: app, encoding: "utf8", timeout: 20_000 });
+  assert.equal(ran.status, 0, `the consumer failed:\n${ran.stdout}${ran.stderr}`);
+  const expected = process.env.PANTS_TS_TRANSPORT ?? (builtHere ? "native" : "js");
+  assert.deepEqual(JSON.parse(ran.stdout), { transport: expected, netstruct: "netstruct", memory: "guest: memory\n", reply: "guest: socket", nicks: ["guest"] });
+
+  const bin = join(app, "node_modules", ".bin", "pants-ts");
+  const version = spawnSync(process.execPath, [bin, "--version"], { cwd: app, encoding: "utf8", timeout: 20_000 });
+  assert.equal(version.stdout.trim(), pkg.version, `pants-ts --version:\n${version.stdout}${version.stderr}`);
+
+  const served = spawn(process.execPath, [bin, "serve", "dist/echo.js", "--listen", "127.0.0.1:0"], { cwd: app, stdio: ["ignore", "pipe", "pipe"] });
+  t.after(() => served.kill("SIGKILL"));
+  const exited = new Promise<number | null>((resolve) => served.once("exit", (code) => resolve(code)));
+  let out = "";
+  served.stdout.on("data", (d) => (out += d));
+  served.stderr.on("data", (d) => (out += d));
+  await waitFor(() => /serving Echo on 127\.0\.0\.1:\d+/.test(out) || served.exitCode !== null, 20_000, `the banner of pants-ts serve; output: ${out}`);
+  const port = Number(/serving Echo on 127\.0\.0\.1:(\d+)/.exec(out)?.[1]);
+  assert.ok(port > 0, `pants-ts serve: ${out}`);
+  const echoed = await new Promise<string>((resolve, reject) => {
+    let text = "";
+    const c = net.connect(port, "127.0.0.1", () => c.end("hi\n"));
+    c.setEncoding("utf8");
+    c.on("data", (d: string) => (text += d));
+    c.on("error", reject);
+    c.on("close", () => resolve(text));
+  });
+  assert.equal(echoed, "echo hi\n");
+  served.kill("SIGTERM");
+  assert.equal(await exited, 0, `pants-ts serve after SIGTERM: ${out}`);
+});
