@@ -27,7 +27,7 @@ export interface Stats {
   open: number;
   /** Connections accepted (servers: at accept, before a TLS handshake) or established (clients) so far. */
   accepted: number;
-  /** Connections refused at accept (`maxConnections`, a bad, missing or late PROXY header, TLS wrap failure). */
+  /** Connections refused at accept (`maxConnections`, a bad, missing or late PROXY header, TLS wrap failure, a TCP peer that reset before an `onAccept` override could be given it). */
   rejected: number;
   /** Connections closed so far, of those counted in `accepted` (a failed client connect is in neither). */
   closed: number;

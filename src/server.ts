@@ -558,7 +558,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * makes over the socket itself is tracked in `channels` as an `S`: make it
    * an instance of `ConnectionClass` (or of a subclass).
    * @param socket The accepted socket (a TLSSocket once `startSSL` was called).
-   * @param address The peer's address (the PROXY header's source behind a proxy). The default ignores it and is not given it.
+   * @param address The peer's address (the PROXY header's source behind a proxy); `""` for a UNIX peer. A TCP peer that reset the connection before it could be handed over has no address left: it is closed and counted in `stats.rejected`, never given to an override. The default ignores it and is not given it.
    */
   onAccept(socket: Duplex, address: Address): void {
     void address;
@@ -576,6 +576,18 @@ export class Server<S extends Stream = Stream> extends Channel {
       return;
     }
     this.#track(conn);
+  }
+
+  /**
+   * A TCP peer that reset its connection before a handler could be given it
+   * (its address is gone with it): closed here, counted as rejected, so an
+   * onAccept override never sees a TCP connection without an address.
+   */
+  #dropReset(raw: net.Socket | NativeSocket): void {
+    this.stats.rejected++;
+    this.engine.stats.rejected++;
+    log.current.debug(`${String(this)}: a connection reset by its peer before it was accepted; closed.`);
+    raw.destroy();
   }
 
   #track(conn: S): void {
@@ -911,7 +923,15 @@ export class Server<S extends Stream = Stream> extends Channel {
     // The peer's address costs a system call; only an onAccept override (or a TLS wrap error) needs it here.
     const custom = this.onAccept !== Server.prototype.onAccept;
     // (The default onAccept does not read it: it is given null.)
-    const address = custom ? peerOf(raw, proxiedRemote) : (null as unknown as Address);
+    let address = null as unknown as Address;
+    if (custom) {
+      const peer = peerOf(raw, proxiedRemote);
+      if (peer === null) {
+        this.#dropReset(raw);
+        return;
+      }
+      address = peer;
+    }
     // An onAccept override is promised a Duplex: give it one over a native socket.
     let socket: Duplex = raw instanceof NativeSocket ? (custom ? raw.toDuplex() : (raw as unknown as Duplex)) : raw;
     // A stream made over that Duplex (super.onAccept) reads its addresses and fileno from the socket under it, as on node:net.
@@ -933,7 +953,12 @@ export class Server<S extends Stream = Stream> extends Channel {
         this._countError("tls", err as Error);
         this.stats.rejected++;
         this.engine.stats.rejected++;
-        this._callN(this.onSslWrapError, [raw, custom ? address : peerOf(raw, proxiedRemote), err]);
+        const peer = custom ? address : peerOf(raw, proxiedRemote);
+        if (peer === null) {
+          this.#dropReset(raw);
+          return;
+        }
+        this._callN(this.onSslWrapError, [raw, peer, err]);
         if (!raw.destroyed) raw.destroy();
         return;
       }
@@ -988,8 +1013,17 @@ function dropSocket(socket: Duplex, raw: net.Socket | NativeSocket): void {
 }
 
 /** The address an accepted connection came from: the PROXY header's, else the socket's ("" if unknown). */
-function peerOf(raw: net.Socket | NativeSocket, proxiedRemote: Address | null): Address {
-  return proxiedRemote ?? fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily) ?? "";
+/**
+ * The address a server handler is given for a new connection: the PROXY
+ * header's source, else the peer's; "" for a UNIX peer (unnamed). null for a
+ * TCP peer that reset the connection before it was handled: its socket still
+ * has a local address, but the peer's can no longer be read.
+ */
+function peerOf(raw: net.Socket | NativeSocket, proxiedRemote: Address | null): Address | null {
+  if (proxiedRemote !== null) return proxiedRemote;
+  const peer = fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily);
+  if (peer !== null) return peer;
+  return "port" in raw.address() ? null : "";
 }
 
 function addressOf(parsed: ParsedAddress): Address {

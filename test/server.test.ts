@@ -5,7 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, statSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { networkInterfaces } from "node:os";
@@ -498,6 +498,40 @@ test("an onAccept override that calls super.onAccept: the stream knows its addre
   const client = ["127.0.0.1", c.socket.localPort];
   assert.deepEqual(given, client);
   assert.deepEqual(seen, [client, ["127.0.0.1", port], true]);
+});
+
+test("onAccept of a TCP server is never given a UNIX-shaped address: a peer that reset before its connection was handled is closed at accept and counted as rejected; one that sent its request and a FIN is served", async (t) => {
+  const engine = freshEngine(t);
+  const given: Address[] = [];
+  const events: string[] = [];
+  class Conn extends Stream {
+    override onConnect() {
+      events.push("connect");
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      events.push(`read ${line}`);
+    }
+  }
+  class Auditing extends Server {
+    override onAccept(socket: Duplex, address: Address): void {
+      given.push(address);
+      super.onAccept(socket, address);
+    }
+  }
+  const server = new Auditing(Conn, { engine });
+  const port = await listenLocal(server, t);
+  // Two peers that are done before this process can accept (its event loop
+  // is blocked here): one reset its connection, one sent a line and its FIN.
+  const reset = `const s = require("node:net").connect(${port}, "127.0.0.1", () => s.resetAndDestroy());`;
+  const request = `const s = require("node:net").connect(${port}, "127.0.0.1", () => { process.stdout.write(String(s.localPort)); s.end("hi\\n", () => setTimeout(() => process.exit(0), 50)); });`;
+  execFileSync(process.execPath, ["-e", reset], { timeout: 10_000 });
+  const requestPort = Number(execFileSync(process.execPath, ["-e", request], { encoding: "utf8", timeout: 10_000 }));
+  await waitFor(() => events.includes("read hi"), 5000, "the request to be read");
+  assert.deepEqual(given, [["127.0.0.1", requestPort]], "only the live connection reached onAccept, with its address");
+  assert.deepEqual(events, ["connect", "read hi"]);
+  assert.equal(server.stats.rejected, 1, "the reset connection is counted as rejected");
+  assert.equal(server.stats.accepted, 1);
 });
 
 test("an async onAccept whose peer reset while it awaited: the stream it makes closes at once (onClose, no onConnect) and frees its maxConnections slot", async (t) => {
