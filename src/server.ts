@@ -1012,7 +1012,6 @@ function dropSocket(socket: Duplex, raw: net.Socket | NativeSocket): void {
   if (!raw.destroyed) raw.destroy();
 }
 
-/** The address an accepted connection came from: the PROXY header's, else the socket's ("" if unknown). */
 /**
  * The address a server handler is given for a new connection: the PROXY
  * header's source, else the peer's; "" for a UNIX peer (unnamed). null for a
