@@ -555,7 +555,7 @@ export class Stream extends Channel {
     if (this.#rb !== null) this.#rb.discarding = false;
     this.#framingChanged();
     // Inside a dispatch the batch in hand is reframed first (see _onNativeFrames).
-    if ((this.#flags & (F_NATIVE | F_IN_DISPATCH)) === F_NATIVE && this.#state === S_OPEN) this.#syncNativeFraming();
+    if ((this.#flags & (F_NATIVE | F_IN_DISPATCH)) === F_NATIVE && this.#state === S_OPEN) this.#nativeReframe();
   }
 
   /**
@@ -597,7 +597,7 @@ export class Stream extends Channel {
     this.#bufferSize = value;
     // A scan in progress stops, so the rest of the chunk is framed under the new limit.
     this.#flags |= F_STOP;
-    if ((this.#flags & (F_NATIVE_FRAMING | F_IN_DISPATCH)) === F_NATIVE_FRAMING && this.#state === S_OPEN) this.#syncNativeFraming();
+    if ((this.#flags & (F_NATIVE_FRAMING | F_IN_DISPATCH)) === F_NATIVE_FRAMING && this.#state === S_OPEN) this.#nativeReframe();
   }
 
   /**
@@ -635,7 +635,7 @@ export class Stream extends Channel {
     }
     this.#encoding = value;
     this.#flags |= F_STOP;
-    if ((this.#flags & (F_NATIVE | F_IN_DISPATCH)) === F_NATIVE && this.#state === S_OPEN) this.#syncNativeFraming();
+    if ((this.#flags & (F_NATIVE | F_IN_DISPATCH)) === F_NATIVE && this.#state === S_OPEN) this.#nativeReframe();
   }
 
   /**
@@ -1554,6 +1554,28 @@ export class Stream extends Channel {
       sock.setFraming(0, null, 0, true);
       this.#flags &= ~F_NATIVE_FRAMING;
     }
+  }
+
+  /**
+   * Native transport, a framing setting changed outside a delivery (after
+   * an await, from a timer): the partial frame the addon holds is taken
+   * here and framed on the next tick, as node:net's buffered bytes are.
+   * Left to the addon, it would be framed only on the loop's next
+   * iteration, after immediates, timers or I/O callbacks had run and
+   * perhaps changed the framing again: the two transports cut different
+   * frames. The addon frames again from the next read on (#syncNativeFraming).
+   */
+  #nativeReframe(): void {
+    const sock = this.#sock;
+    if ((this.#flags & F_NATIVE_FRAMING) !== 0 && isNative(sock)) {
+      this.#flags &= ~F_NATIVE_FRAMING;
+      const held = this.#takeHeld(sock);
+      if (held !== undefined) {
+        this.#keep(held);
+        this.#scheduleProcess();
+      }
+    }
+    this.#syncNativeFraming();
   }
 
   /**

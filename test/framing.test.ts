@@ -713,6 +713,40 @@ test("a delimiter changed outside onRead (a timer) frames the partial frame alre
   assert.deepEqual(frames, ["first", "second", "third"]);
 });
 
+test("delimiters changed outside onRead by two callbacks of one loop phase: each frames the bytes already received in turn, on either transport", async (t) => {
+  const engine = freshEngine(t);
+  const frames: string[] = [];
+  class TwoSwitches extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(d: Buffer) {
+      frames.push(d.toString());
+      if (d.toString() !== "S") return;
+      // Two callbacks of the same check phase, as two async onReads
+      // resuming after `await new Promise(setImmediate)` are: 3-byte
+      // frames, then lines again. The first one's frame is cut on the next
+      // tick, before the second runs (the native addon cut it only on the
+      // loop's next iteration: "abcdef" as one line).
+      setImmediate(() => {
+        this.readDelimiter = 3;
+      });
+      setImmediate(() => {
+        this.readDelimiter = "\n";
+      });
+    }
+  }
+  const port = await listenLocal(new Server(TwoSwitches, { engine }), t);
+  const c = await connect(["127.0.0.1", port]);
+  t.after(() => c.socket.destroy());
+  c.socket.write("S\nabc"); // "abc": a partial line when the immediates run
+  await waitFor(() => frames.length >= 1, 5000, "the first frame");
+  await sleep(50);
+  c.socket.end("def\n");
+  await c.readToEnd();
+  assert.deepEqual(frames, ["S", "abc", "def"]);
+});
+
 test("Struct records in one chunk: every one delivered; a throw, an async handler and a switch mid-chunk behave", async (t) => {
   captureLogs(t);
   const hh = new Struct("!HhQ?d");
