@@ -597,6 +597,8 @@ export class Stream extends Channel {
     this.#bufferSize = value;
     // A scan in progress stops, so the rest of the chunk is framed under the new limit.
     this.#flags |= F_STOP;
+    // Outside onRead, bytes already buffered meet the new limit on the next tick (as a new delimiter frames them).
+    if (this.#rb !== null && this.#rb.length > 0 && (this.#flags & F_IN_DISPATCH) === 0) this.#scheduleProcess();
     if ((this.#flags & (F_NATIVE_FRAMING | F_IN_DISPATCH)) === F_NATIVE_FRAMING && this.#state === S_OPEN) this.#nativeReframe();
   }
 

@@ -747,6 +747,43 @@ test("delimiters changed outside onRead by two callbacks of one loop phase: each
   assert.deepEqual(frames, ["S", "abc", "def"]);
 });
 
+test("bufferSize lowered outside onRead (a timer) below the partial frame already received overflows on the next tick, not at the next read", async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  const streams: Stream[] = [];
+  class Shrunk extends Stream {
+    override onConnect() {
+      streams.push(this);
+    }
+    override onRead(d: Buffer) {
+      events.push(d.toString());
+    }
+    override onOverflowError(err: BufferOverflowError) {
+      events.push(`overflow ${err.limit}`);
+      super.onOverflowError(err);
+    }
+  }
+  const port = await listenLocal(new Server(Shrunk, { engine }), t);
+  // A delimiter the native addon cuts (its framer holds the partial frame)
+  // and one it does not (the stream's own buffer holds it): the same.
+  for (const delimiter of ["\n", /\n/] as const) {
+    events.length = 0;
+    const c = await connect(["127.0.0.1", port]);
+    t.after(() => c.socket.destroy());
+    await waitFor(() => streams.length > 0, 5000, "the connection");
+    const stream = streams.pop()!;
+    stream.readDelimiter = delimiter;
+    // Past the limit even for a regex, whose last 256 bytes may still be the start of a match.
+    c.write(`ok\n${"x".repeat(300)}`); // nothing more follows until the overflow
+    await waitFor(() => events.length === 1, 5000, "the first frame");
+    await sleep(50);
+    stream.bufferSize = 4;
+    await waitFor(() => events.length === 2, 2000, `the overflow (${String(delimiter)}), got ${JSON.stringify(events)}`);
+    assert.deepEqual(events, ["ok", "overflow 4"], String(delimiter));
+    await c.readToEnd(); // the default onOverflowError closes the stream
+  }
+});
+
 test("Struct records in one chunk: every one delivered; a throw, an async handler and a switch mid-chunk behave", async (t) => {
   captureLogs(t);
   const hh = new Struct("!HhQ?d");
