@@ -1013,7 +1013,7 @@ export class Stream extends Channel {
     this.#pause(P_USER);
   }
 
-  /** Undoes {@link pauseReading}; buffered frames are delivered on a later tick. */
+  /** Undoes {@link pauseReading}; the frames buffered meanwhile are delivered on the next tick (`process.nextTick`). */
   resumeReading(): void {
     this.#resume(P_USER);
   }
@@ -1559,17 +1559,21 @@ export class Stream extends Channel {
   }
 
   /**
-   * Native transport, a framing setting changed outside a delivery (after
-   * an await, from a timer): the partial frame the addon holds is taken
-   * here and framed on the next tick, as node:net's buffered bytes are.
-   * Left to the addon, it would be framed only on the loop's next
-   * iteration, after immediates, timers or I/O callbacks had run and
-   * perhaps changed the framing again: the two transports cut different
-   * frames. The addon frames again from the next read on (#syncNativeFraming).
+   * Native transport, outside a delivery, a framing setting changed (after
+   * an await, from a timer) or the stream resumed: the bytes the addon
+   * holds (a partial frame, reads made while paused) are taken here and
+   * framed on the next tick, as node:net's buffered bytes are. Left to the
+   * addon, they would be framed only on the loop's next iteration, after
+   * immediates, timers or I/O callbacks had run and perhaps changed the
+   * framing again: the two transports cut different frames. The addon
+   * frames again from the next read on (#syncNativeFraming). Paused, they
+   * stay in the addon (which holds at most 16 KiB read ahead) until the
+   * resume takes them.
    */
   #nativeReframe(): void {
     const sock = this.#sock;
-    if ((this.#flags & F_NATIVE_FRAMING) !== 0 && isNative(sock)) {
+    if (!isNative(sock)) return;
+    if ((this.#flags & P_ANY) === 0) {
       this.#flags &= ~F_NATIVE_FRAMING;
       const held = this.#takeHeld(sock);
       if (held !== undefined) {
@@ -2154,7 +2158,11 @@ export class Stream extends Channel {
     if ((this.#flags & reason) === 0) return;
     this.#flags &= ~reason;
     if ((this.#flags & P_ANY) !== 0) return;
-    if ((this.#flags & F_FLOWING) !== 0 && this.#sock !== null && this.#state !== S_CLOSED) this.#sock.resume();
+    if ((this.#flags & F_FLOWING) !== 0 && this.#sock !== null && this.#state !== S_CLOSED) {
+      // Inside a delivery, the addon's frames in hand are reframed by _onNativeFrames.
+      if ((this.#flags & (F_NATIVE | F_IN_DISPATCH | F_TLS_UPGRADING)) === F_NATIVE && this.#state === S_OPEN) this.#nativeReframe();
+      this.#sock.resume();
+    }
     this.#scheduleProcess();
   }
 

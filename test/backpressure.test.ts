@@ -250,6 +250,41 @@ test("pauseReading stops onRead until resumeReading; buffered frames then arrive
   assert.deepEqual(peer.stream.frames, ["a", "pause", "b", "c", "d"]);
 });
 
+test("resumeReading frames what arrived while paused on the next tick, before another callback of the same phase changes the delimiter (real sockets)", async (t) => {
+  const engine = freshEngine(t);
+  const frames: string[] = [];
+  let stream: Stream | null = null;
+  class PausedFirst extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+      this.pauseReading();
+      stream = this;
+    }
+    override onRead(d: Buffer) {
+      frames.push(d.toString());
+    }
+  }
+  const port = await listenLocal(new Server(PausedFirst, { engine }), t);
+  const c = await connect(port);
+  t.after(() => c.destroy());
+  c.write("bb\ncc\n"); // read while paused, held by the transport
+  await waitFor(() => stream !== null);
+  await sleep(50);
+  const s = stream as unknown as Stream;
+  // Two callbacks of one check phase: the resume, then 2-byte frames. The
+  // lines held are cut as lines on the next tick after the resume, as
+  // node:net's are (the native addon cut them only on the loop's next
+  // iteration, with the new delimiter: "bb", "\nc", "c\n").
+  setImmediate(() => s.resumeReading());
+  setImmediate(() => {
+    s.readDelimiter = 2;
+  });
+  await waitFor(() => frames.length >= 2, 5000, "the held frames");
+  c.write("xyzw");
+  await waitFor(() => frames.length >= 4, 5000, `four frames, got ${JSON.stringify(frames)}`);
+  assert.deepEqual(frames, ["bb", "cc", "xy", "zw"]);
+});
+
 test("pauseReading, then the peer's FIN: the buffered frames still come first, then onEnd (real sockets)", async (t) => {
   const engine = freshEngine(t);
   const events: string[] = [];
