@@ -17,7 +17,7 @@
 // Prints "memcheck: ok" and exits 0 when every check passed.
 import assert from "node:assert/strict";
 import net from "node:net";
-import { mkdtempSync, rmSync } from "node:fs";
+import { closeSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
@@ -595,6 +595,23 @@ async function trickle(sock, s) {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+// 5b. SO_REUSEPORT: two listeners on one port, a socket bound for node:net, and their error paths.
+{
+  const a = native.listenTcp("127.0.0.1", 0, 8, false, true);
+  const port = a.address().port;
+  const b = native.listenTcp("127.0.0.1", port, 8, false, true);
+  const fd = native.bindTcp("127.0.0.1", port, false, true);
+  assert.ok(fd > 2);
+  closeSync(fd);
+  // Without the option on the newcomer: refused, and nothing leaks on the way out.
+  assert.throws(() => native.bindTcp("127.0.0.1", port, false, false), (err) => err.code === "EADDRINUSE");
+  assert.throws(() => native.listenTcp("127.0.0.1", port, 8, false, false), (err) => err.code === "EADDRINUSE");
+  assert.throws(() => native.bindTcp("not an address", port, false, true), (err) => typeof err.code === "string");
+  assert.throws(() => native.bindTcp("127.0.0.1", port, "yes", true), TypeError);
+  a.close();
+  b.close();
 }
 
 // 6. A worker exiting with open handles and queued writes.
