@@ -18,7 +18,7 @@ import { addStats, cappedDelay, newStats } from "./engine.js";
 import type { Stats, Timer } from "./engine.js";
 import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
-import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, typeError } from "./errors.js";
+import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
 import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
@@ -402,6 +402,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * @param slave With `["", port]` (or a bare port), also serve IPv6 on the same port (default true).
    * @throws ChannelStateError if closed or already listening.
    * @throws InvalidAddressFormatError for an address of no known shape.
+   * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for `reusePort` with a UNIX path; Error `ERR_REUSEPORT_UNAVAILABLE` for `reusePort` without the native addon, or on node:net in a cluster worker.
    */
   listen(address: Address, backlog = 1024, slave = true): this {
     if (this.#state === ST_CLOSED || this.#shutdown !== null) {
@@ -428,10 +429,10 @@ export class Server<S extends Stream = Stream> extends Channel {
 
   /**
    * reusePort's conditions, checked when listening starts.
-   * @throws Error `ERR_INVALID_ARG_VALUE` for a UNIX path, `ERR_REUSEPORT_UNAVAILABLE` without the addon or in a cluster worker on node:net.
+   * @throws RangeError `ERR_INVALID_ARG_VALUE` for a UNIX path; Error `ERR_REUSEPORT_UNAVAILABLE` without the addon, or in a cluster worker on node:net.
    */
   #checkReusePort(parsed: ParsedAddress): void {
-    if (parsed.kind === "unix") throw codedError(`reusePort is for TCP addresses, not the UNIX socket ${parsed.path}.`, "ERR_INVALID_ARG_VALUE");
+    if (parsed.kind === "unix") throw rangeError(`reusePort is for TCP addresses, not the UNIX socket ${parsed.path}.`, "ERR_INVALID_ARG_VALUE");
     if (this.#native) return;
     if (nativeAddon() === null) {
       throw codedError(`reusePort needs the native addon (Node 20's node:net cannot set SO_REUSEPORT), and ${nativeLoadError() ?? "it is not available"}.`, "ERR_REUSEPORT_UNAVAILABLE");
