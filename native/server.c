@@ -3,6 +3,7 @@
  * server object's methods (address, close, fd, ref, unref).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -356,7 +357,12 @@ napi_value pn_bind_tcp(napi_env env, napi_callback_info info) {
 
   PN_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&e), "napi_get_cb_info");
   if (!tcp_args(env, argv, argc, 2, "bindTcp()", &ss, &v6only, &reuse_port, detail, sizeof(detail))) return NULL;
+#ifdef SOCK_CLOEXEC
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+#else /* macOS: no flag, set it after */
+  int fd = socket(ss.ss_family, SOCK_STREAM, 0);
+  if (fd >= 0) fcntl(fd, F_SETFD, FD_CLOEXEC);
+#endif
   if (fd < 0) {
     pn_throw_uv(env, uv_translate_sys_error(errno), "socket", detail);
     return NULL;
