@@ -92,9 +92,18 @@ test("runCluster with reusePort: every worker listens itself on the native trans
   // A rolling restart: the replacements bind the same port beside the old workers.
   cluster.child.kill("SIGHUP");
   await waitFor(() => cluster.listening() >= 4, 20000, `two replacements listening; output: ${cluster.out()}`);
+  // A connect hashed to a retiring worker's socket in the instant it closes
+  // is reset (the trade-off docs/deployment.md names): tolerate a couple.
   const after = new Set<string>();
-  for (let i = 0; i < 40 && after.size < 2; i++) after.add(await ask(cluster.port, "pid"));
-  assert.equal(after.size, 2);
+  let resets = 0;
+  for (let i = 0; i < 40 && after.size < 2; i++) {
+    try {
+      after.add(await ask(cluster.port, "pid"));
+    } catch {
+      resets++;
+    }
+  }
+  assert.ok(after.size >= 2 && resets <= 2, `replies from ${after.size} workers, ${resets} resets`);
   cluster.child.kill("SIGTERM");
   assert.equal(await cluster.exited, 0);
 });
