@@ -954,7 +954,11 @@ export class Stream extends Channel {
    * Sends `nbytes` bytes (0: to the end) of a file from `offset`, in order
    * with other writes, streamed in chunks (never read whole into memory).
    * A path is opened and closed by the stream; a descriptor or FileHandle
-   * stays the caller's to close (after `onWrite`). A pipe, FIFO or socket
+   * stays the caller's to close (after `onWrite`). If the stream closes
+   * first, the read in progress still completes: a FileHandle's `close()`
+   * waits for it, a bare descriptor closed meanwhile could have its number
+   * reused and read from, so prefer a FileHandle when you may close early.
+   * A pipe, FIFO or socket
    * is read from where it is (`offset` must be 0). A file that cannot be
    * read is reported to `onWriteError`, whose default closes; a stream
    * kept open goes on with the writes queued after the file.
