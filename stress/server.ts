@@ -762,6 +762,8 @@ function serverOptions(): ServerOptions {
   if (config.idleTimeoutMs !== undefined) options.idleTimeoutMs = config.idleTimeoutMs;
   if (config.handshakeTimeoutMs !== undefined) options.handshakeTimeoutMs = config.handshakeTimeoutMs;
   if (config.maxConnections !== undefined) options.maxConnections = config.maxConnections;
+  if (config.reusePort === true) options.reusePort = true;
+  if (config.transport !== undefined) options.transport = config.transport;
   return options;
 }
 
@@ -774,9 +776,15 @@ async function listen(server: Server): Promise<number> {
 }
 
 const main = new Server(CLASSES[scenario], serverOptions());
-const aux = scenario === "faulty" ? new Server(ThrowsEarly, serverOptions()) : scenario === "relay" ? new Server(UpstreamReply) : null;
+// With reusePort, a twin of the main server on its port: the kernel spreads the connections between them.
+const twin = config.reusePort === true ? new Server(CLASSES[scenario], serverOptions()) : null;
+const aux = scenario === "faulty" ? new Server(ThrowsEarly, serverOptions()) : scenario === "relay" ? new Server(UpstreamReply) : twin;
 const port = await listen(main);
-const auxPort = aux !== null ? await listen(aux) : null;
+let auxPort: number | null = null;
+if (twin !== null) {
+  twin.listen(["127.0.0.1", port], config.backlog ?? 4096);
+  await twin.ready();
+} else if (aux !== null) auxPort = await listen(aux);
 
 function copyStats(a: Stats, b: Stats | null): StatsCopy {
   const out: StatsCopy = { ...a, errorsByKind: { ...a.errorsByKind } };
@@ -830,7 +838,7 @@ async function health(gc: boolean, resetPeak: boolean): Promise<Health> {
     unhandled,
     processWarnings,
     faultSamples: [...faultSamples],
-    app: { ...app },
+    app: twin !== null ? { ...app, mainAccepted: main.stats.accepted, twinAccepted: twin.stats.accepted } : { ...app },
   };
   if (resetPeak) {
     peak.rss = m.rss;

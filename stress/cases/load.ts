@@ -104,4 +104,48 @@ export const loadCases: CaseSpec[] = [
       }
     },
   },
+  reusePortChurn("native"),
+  reusePortChurn("js"),
 ];
+
+/**
+ * Two servers on one port with reusePort, under churn: on the native
+ * transport, or on node:net listening on a socket the addon bound. Both
+ * need the addon, which PANTS_TS_TRANSPORT=js turns off: skipped then.
+ */
+function reusePortChurn(transport: "native" | "js"): CaseSpec {
+  return {
+    name: transport === "native" ? "load-churn-reuseport" : "load-churn-reuseport-net",
+    group: "load",
+    quick: true,
+    skip: () => (process.env.PANTS_TS_TRANSPORT === "js" ? "reusePort needs the native addon, which PANTS_TS_TRANSPORT=js turns off" : null),
+    what: ({ quick }) =>
+      `two servers on one port with reusePort (SO_REUSEPORT), ${transport === "native" ? "on the native transport" : "on node:net listening on sockets the addon bound"}: ` +
+      `1000 connections opened and closed per second for ${quick ? 3 : 20} s, each one round trip checked byte for byte; both servers take a share; descriptors and heap back`,
+    server: () => ({ scenario: "echo", config: { backlog: 4096, reusePort: true, transport } }),
+    checkHeap: true,
+    timeoutMs: ({ quick }) => (quick ? 40_000 : 100_000),
+    async run(ctx) {
+      const seconds = ctx.quick ? 3 : 20;
+      const rate = 1000;
+      const load = new LoadProcess({ mode: "churn", port: ctx.server.port, rate, seconds, maxInflight: 3000, timeoutMs: seconds * 1000 + 30_000 });
+      try {
+        const done = await load.next("done", seconds * 1000 + 35_000);
+        const total = rate * seconds;
+        ctx.check(
+          "every connection made its round trip",
+          done.roundTrips === total && done.connectFailed === 0 && done.mismatches === 0 && done.broken === 0,
+          `${done.roundTrips}/${total} ok, ${done.connectFailed} connect failures, ${done.mismatches} mismatches, ${done.broken} broken${done.samples.length > 0 ? `: ${done.samples.join(" | ")}` : ""}`,
+        );
+        const after = await ctx.server.waitFor((h) => h.open <= 1, 30_000);
+        const a = after.app["mainAccepted"] ?? 0;
+        const b = after.app["twinAccepted"] ?? 0;
+        // The kernel hashes each connection's addresses: two servers that share the port both take some.
+        ctx.check("both servers accepted a share", a > total / 10 && b > total / 10, `${a} / ${b}`);
+        ctx.note(`${done.roundTrips}/${total} connections in ${(done.elapsedMs / 1000).toFixed(1)} s; accepted ${a} by one server, ${b} by its twin`);
+      } finally {
+        await load.stop();
+      }
+    },
+  };
+}

@@ -46,6 +46,10 @@ export interface ServerConfig {
   relayHighWaterMark?: number;
   /** "faulty": how often (0..1) the auxiliary server's connections throw in their constructor / onConnect. */
   auxThrowRate?: number;
+  /** A second server of the same class shares the port (the option reusePort on both); health's app counts each one's accepts. */
+  reusePort?: boolean;
+  /** The server option transport (default: as PANTS_TS_TRANSPORT says). */
+  transport?: "native" | "js";
 }
 
 /** Log lines counted by the server's logger, by level. */
