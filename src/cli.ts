@@ -24,6 +24,7 @@ import type { ServerOptions } from "./server.js";
 import type { SslOptions } from "./tls.js";
 import type { Stats } from "./engine.js";
 import { compileServerTls } from "./tls.js";
+import { nativeLoadError } from "./native-binding.js";
 
 const HELP = `Usage: pants-ts serve <module> --listen ADDR [--listen ADDR ...] [options]
 
@@ -281,8 +282,19 @@ function connectHint(address: Address | null, tls: boolean): string {
 
 function banner(servers: Server[], name: string): string {
   return servers
-    .map((s) => `pants-ts: serving ${name} on ${s.localAddresses.map(formatAddress).join(" and ")}${connectHint(s.localAddress, s.sslEnabled)}`)
+    .map((s) => `pants-ts: serving ${name} on ${s.localAddresses.map(formatAddress).join(" and ")}${connectHint(s.localAddress, s.sslEnabled)}, ${transportNote(s)}`)
     .join("\n");
+}
+
+/**
+ * Which transport a server runs on, for the banner: and why node:net, when
+ * the native addon did not build or load (npm hides the install script's
+ * own warning), so a deployment that lost it is noticed.
+ */
+function transportNote(server: Server): string {
+  if (server.transport === "native") return "native transport";
+  const why = server.sslEnabled ? "TLS" : nativeLoadError();
+  return why === null ? "node:net" : `node:net (${why})`;
 }
 
 /** The address a cluster worker's server listens on, as the primary hears of it. */
