@@ -4,7 +4,8 @@
  * baseline afterwards.
  */
 import { readFileSync } from "node:fs";
-import type { CaseSpec } from "../lib/case.js";
+import type { CaseContext, CaseSpec } from "../lib/case.js";
+import type { Health, LoadReport } from "../lib/protocol.js";
 import { LoadProcess, WANT_NOFILE } from "../lib/proc.js";
 import { mib } from "../lib/util.js";
 
@@ -83,25 +84,11 @@ export const loadCases: CaseSpec[] = [
     checkHeap: true,
     timeoutMs: ({ quick }) => (quick ? 40_000 : 120_000),
     async run(ctx) {
-      const seconds = ctx.quick ? 3 : 30;
-      const rate = 1000;
-      const load = new LoadProcess({ mode: "churn", port: ctx.server.port, rate, seconds, maxInflight: 3000, timeoutMs: seconds * 1000 + 30_000 });
-      try {
-        const done = await load.next("done", seconds * 1000 + 35_000);
-        const total = rate * seconds;
-        ctx.check(
-          "every connection made its round trip",
-          done.roundTrips === total && done.connectFailed === 0 && done.mismatches === 0 && done.broken === 0,
-          `${done.roundTrips}/${total} ok, ${done.connectFailed} connect failures, ${done.mismatches} mismatches, ${done.broken} broken${done.samples.length > 0 ? `: ${done.samples.join(" | ")}` : ""}`,
-        );
-        const after = await ctx.server.waitFor((h) => h.open <= 1, 30_000);
-        ctx.note(
-          `${done.roundTrips}/${total} connections, each one round trip, in ${(done.elapsedMs / 1000).toFixed(1)} s ` +
-            `(${Math.round(done.roundTrips / (done.elapsedMs / 1000))}/s); server accepted ${after.stats.accepted}`,
-        );
-      } finally {
-        await load.stop();
-      }
+      const { done, total, after } = await churn(ctx, ctx.quick ? 3 : 30);
+      ctx.note(
+        `${done.roundTrips}/${total} connections, each one round trip, in ${(done.elapsedMs / 1000).toFixed(1)} s ` +
+          `(${Math.round(done.roundTrips / (done.elapsedMs / 1000))}/s); server accepted ${after.stats.accepted}`,
+      );
     },
   },
   reusePortChurn("native"),
@@ -126,26 +113,34 @@ function reusePortChurn(transport: "native" | "js"): CaseSpec {
     checkHeap: true,
     timeoutMs: ({ quick }) => (quick ? 40_000 : 100_000),
     async run(ctx) {
-      const seconds = ctx.quick ? 3 : 20;
-      const rate = 1000;
-      const load = new LoadProcess({ mode: "churn", port: ctx.server.port, rate, seconds, maxInflight: 3000, timeoutMs: seconds * 1000 + 30_000 });
-      try {
-        const done = await load.next("done", seconds * 1000 + 35_000);
-        const total = rate * seconds;
-        ctx.check(
-          "every connection made its round trip",
-          done.roundTrips === total && done.connectFailed === 0 && done.mismatches === 0 && done.broken === 0,
-          `${done.roundTrips}/${total} ok, ${done.connectFailed} connect failures, ${done.mismatches} mismatches, ${done.broken} broken${done.samples.length > 0 ? `: ${done.samples.join(" | ")}` : ""}`,
-        );
-        const after = await ctx.server.waitFor((h) => h.open <= 1, 30_000);
-        const a = after.app["mainAccepted"] ?? 0;
-        const b = after.app["twinAccepted"] ?? 0;
-        // The kernel hashes each connection's addresses: two servers that share the port both take some.
-        ctx.check("both servers accepted a share", a > total / 10 && b > total / 10, `${a} / ${b}`);
-        ctx.note(`${done.roundTrips}/${total} connections in ${(done.elapsedMs / 1000).toFixed(1)} s; accepted ${a} by one server, ${b} by its twin`);
-      } finally {
-        await load.stop();
-      }
+      const { done, total, after } = await churn(ctx, ctx.quick ? 3 : 20);
+      const a = after.app["mainAccepted"] ?? 0;
+      const b = after.app["twinAccepted"] ?? 0;
+      // The kernel hashes each connection's addresses: two servers that share the port both take some.
+      ctx.check("both servers accepted a share", a > total / 10 && b > total / 10, `${a} / ${b}`);
+      ctx.note(`${done.roundTrips}/${total} connections in ${(done.elapsedMs / 1000).toFixed(1)} s; accepted ${a} by one server, ${b} by its twin`);
     },
   };
+}
+
+/**
+ * 1000 connections a second for `seconds` from the load process, each one
+ * round trip checked; then waits for the server to have closed them.
+ */
+async function churn(ctx: CaseContext, seconds: number): Promise<{ done: LoadReport; total: number; after: Health }> {
+  const rate = 1000;
+  const load = new LoadProcess({ mode: "churn", port: ctx.server.port, rate, seconds, maxInflight: 3000, timeoutMs: seconds * 1000 + 30_000 });
+  try {
+    const done = await load.next("done", seconds * 1000 + 35_000);
+    const total = rate * seconds;
+    ctx.check(
+      "every connection made its round trip",
+      done.roundTrips === total && done.connectFailed === 0 && done.mismatches === 0 && done.broken === 0,
+      `${done.roundTrips}/${total} ok, ${done.connectFailed} connect failures, ${done.mismatches} mismatches, ${done.broken} broken${done.samples.length > 0 ? `: ${done.samples.join(" | ")}` : ""}`,
+    );
+    const after = await ctx.server.waitFor((h) => h.open <= 1, 30_000);
+    return { done, total, after };
+  } finally {
+    await load.stop();
+  }
 }
