@@ -40,7 +40,7 @@ import type { Decoder, FrameOut, Framer, ReadDelimiter } from "./framing/delimit
 import { Struct } from "./framing/struct.js";
 import { NetStruct } from "./framing/netstruct.js";
 import type { NetStructHeld } from "./framing/netstruct.js";
-import { checkPantsFlags, compileClientTls, compileServerTls, compileTls, secureServerSide, wrapClientSocket, wrapServerSocket } from "./tls.js";
+import { checkPantsFlags, compileTls, secureServerSide, wrapClientSocket, wrapServerSocket } from "./tls.js";
 import type { CompiledTls } from "./tls.js";
 import type { SslOptions } from "./tls.js";
 import { sendFile } from "./write-file.js";
@@ -1331,12 +1331,12 @@ export class Stream extends Channel {
     const serverSide = options.server_side ?? (this.#flags & F_SERVER_SIDE) !== 0;
     let tlsSock: tls.TLSSocket;
     try {
-      if (serverSide) {
-        tlsSock = wrapServerSocket(plain, compiled?.serverSide === true ? compiled.config : compileServerTls(options, true));
+      const side = compiled !== null && compiled.serverSide === serverSide ? compiled : compileTls(options, serverSide);
+      if (side.serverSide) {
+        tlsSock = wrapServerSocket(plain, side.config);
       } else {
         const target = this.#x?.connectTarget;
-        const config = compiled?.serverSide === false ? compiled.config : compileClientTls(options);
-        tlsSock = wrapClientSocket(plain, config, target?.kind === "tcp" ? target.host : undefined);
+        tlsSock = wrapClientSocket(plain, side.config, target?.kind === "tcp" ? target.host : undefined);
       }
     } catch (err) {
       this._countError("tls", err as Error);
