@@ -34,7 +34,7 @@ import {
 } from "./errors.js";
 import { log } from "./log.js";
 import { ReceiveBuffer } from "./framing/receive-buffer.js";
-import { joinInto, viewOf } from "./framing/view.js";
+import { allocBytes, joinInto, viewOf } from "./framing/view.js";
 import { FAILED, FRAME, FRAME_ARGS, NEED_MORE, NULL_FRAMER, OVERFLOW, compileDelimiter, isFramingError } from "./framing/delimiter.js";
 import type { Decoder, FrameOut, Framer, ReadDelimiter } from "./framing/delimiter.js";
 import { Struct } from "./framing/struct.js";
@@ -193,7 +193,7 @@ const DRAIN_TIMEOUT_MS = 30_000;
 const JOIN_LIMIT = 64 * 1024;
 /** The first `n` buffers of `list` (`bytes` in all) in one new buffer: Buffer.concat without its argument checks. */
 function join(list: readonly QueueItem[], n: number, bytes: number): Buffer {
-  return joinInto(Buffer.allocUnsafe(bytes), list, n);
+  return joinInto(allocBytes(bytes), list, n);
 }
 
 /** Held short buffers are joined this many at a time. */
@@ -212,7 +212,7 @@ function joinHeld(x: Extras, wq: QueueItem[], from: number, n: number): void {
     let bytes = 0;
     for (let i = at; i < at + HELD_JOIN; i++) bytes += (wq[i] as Buffer).length;
     if (bytes <= JOIN_LIMIT) {
-      wq.splice(at, HELD_JOIN, joinInto(Buffer.allocUnsafe(bytes), wq, HELD_JOIN, at));
+      wq.splice(at, HELD_JOIN, joinInto(allocBytes(bytes), wq, HELD_JOIN, at));
       n -= HELD_JOIN - 1;
       at += 1;
     } else {

@@ -34,6 +34,29 @@ const View = pickConstructor();
 export const viewOf: (buffer: ArrayBufferLike, byteOffset: number, length: number) => Buffer =
   View !== null ? (buffer, byteOffset, length) => new View(buffer, byteOffset, length) : (buffer, byteOffset, length) => Buffer.from(buffer, byteOffset, length);
 
+/** Allocations below half this size are cut from a shared slab of it, as Node's Buffer pool does. */
+const SLAB_SIZE = 8 * 1024;
+let slab: ArrayBuffer | null = null;
+let slabUsed = 0;
+
+/**
+ * `Buffer.allocUnsafe(size)` for the write path's joins: the same pooling
+ * (a small buffer is a view of a shared 8 KiB slab, which lives while any
+ * view of it does), without the argument checks and the wrapper Node puts
+ * around them, which cost more than a short join's copy. `size` is a
+ * non-negative integer the caller computed.
+ */
+export function allocBytes(size: number): Buffer {
+  if (size >= SLAB_SIZE >>> 1) return Buffer.allocUnsafeSlow(size);
+  if (slab === null || SLAB_SIZE - slabUsed < size) {
+    slab = Buffer.allocUnsafeSlow(SLAB_SIZE).buffer;
+    slabUsed = 0;
+  }
+  const out = viewOf(slab, slabUsed, size);
+  slabUsed = (slabUsed + size + 7) & ~7; // 8-byte aligned, as Node aligns its pool
+  return out;
+}
+
 /**
  * Copies `n` buffers of `list`, from index `from`, one after another into
  * `out` (which has room for them). A few bytes (a line's "\n") are copied
