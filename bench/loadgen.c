@@ -48,6 +48,12 @@
  * time of that process (the server) over the measured window is reported as
  * srv_cpu (percent of one core), beside this process's own cli_cpu;
  * cli_total_s is this process's CPU time over its whole life.
+ *
+ * -x HOOK runs the shell command "HOOK start" when the measured window
+ * begins (the window starts when it returns) and "HOOK end" when it ends
+ * (before the report); a hook that fails ends the run (exit 2). The
+ * instruction counts of `npm run bench:instructions` zero and dump the
+ * server's callgrind counters this way, so that only the window is counted.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -106,6 +112,7 @@ static struct {
     int max_pending;    /* idle: connections opened but not answered yet, at once */
     int nsrc;           /* spread source addresses over 127.0.0.1..nsrc (IPv4) */
     pid_t server_pid;
+    const char *hook;
     int http;
     int tls;
 } opt = {
@@ -126,7 +133,7 @@ static void usage(const char *fmt, ...) {
     fputs("usage: loadgen -m pingpong|pipeline|bulk|churn|handshake|idle|flood -p PORT [-h HOST]\n"
           "               [-c CONNS] [-s LINE_BYTES] [-k DEPTH] [-b BLOCK] [-W WINDOW] [-d SECS]\n"
           "               [-w SECS] [-T HOLD_SECS] [-q MAX_PENDING] [-S NSRC] [-P SERVER_PID] [-t] [-H]\n"
-          "               [-n FLOOD_BYTES]\n"
+          "               [-n FLOOD_BYTES] [-x HOOK]\n"
           "       loadgen -v\n",
           stderr);
     exit(EXIT_USAGE);
@@ -792,6 +799,23 @@ static void print_rate_result(double secs, double srv_cpu, double cli_cpu) {
     fflush(stdout);
 }
 
+/* Runs "HOOK phase" (-x) to its end; 0 when there is no hook or it succeeded. */
+static int run_hook(const char *phase) {
+    if (opt.hook == NULL) return 0;
+    char command[4096];
+    int n = snprintf(command, sizeof command, "%s %s", opt.hook, phase);
+    if (n < 0 || (size_t)n >= sizeof command) {
+        fprintf(stderr, "loadgen: the -x hook is too long\n");
+        return -1;
+    }
+    int status = system(command);
+    if (status != 0) {
+        fprintf(stderr, "loadgen: the hook \"%s\" failed (status %d)\n", command, status);
+        return -1;
+    }
+    return 0;
+}
+
 /* pingpong, pipeline, bulk, churn, handshake: warm up, then measure for the duration. */
 static int run_timed(void) {
     for (int i = 0; i < opt.conns; i++) {
@@ -811,9 +835,12 @@ static int run_timed(void) {
             echoed_bytes = 0;
             errors = proto_errors = connect_failures = 0;
             hist_clear();
+            if (run_hook("start") < 0) return EXIT_RUN;
             srv0 = proc_cpu(opt.server_pid);
             cli0 = self_cpu();
+            t = now_ns();
             t_measure = t;
+            t_end = t_measure + secs_to_ns(opt.duration);
         }
         if (!measuring && !completed_any && t - t_begin > secs_to_ns(5.0)) {
             fprintf(stderr, "loadgen: no reply from %s:%d within 5 s (%llu failed connects)\n", opt.host, opt.port,
@@ -825,6 +852,7 @@ static int run_timed(void) {
     double srv1 = proc_cpu(opt.server_pid);
     double srv_cpu = srv0 >= 0 && srv1 >= 0 ? 100.0 * (srv1 - srv0) / secs : -1.0;
     double cli_cpu = 100.0 * (self_cpu() - cli0) / secs;
+    if (run_hook("end") < 0) return EXIT_RUN;
     print_rate_result(secs, srv_cpu, cli_cpu);
     if (done_count == 0 && echoed_bytes == 0) {
         fprintf(stderr, "loadgen: nothing completed in the measured window\n");
@@ -1037,7 +1065,7 @@ static void raise_nofile(void) {
 int main(int argc, char **argv) {
     int ch;
     int mode_set = 0;
-    while ((ch = getopt(argc, argv, "m:h:p:c:s:k:b:W:d:w:T:q:S:P:n:tHv")) != -1) {
+    while ((ch = getopt(argc, argv, "m:h:p:c:s:k:b:W:d:w:T:q:S:P:n:x:tHv")) != -1) {
         switch (ch) {
         case 'm': {
             int found = 0;
@@ -1068,6 +1096,7 @@ int main(int argc, char **argv) {
         case 'q': opt.max_pending = (int)parse_long(optarg, 1, 100000, 'q'); break;
         case 'S': opt.nsrc = (int)parse_long(optarg, 1, 250, 'S'); break;
         case 'P': opt.server_pid = (pid_t)parse_long(optarg, 1, 1L << 30, 'P'); break;
+        case 'x': opt.hook = optarg; break;
         case 't': opt.tls = 1; break;
         case 'H': opt.http = 1; break;
         case 'v':
@@ -1099,6 +1128,7 @@ int main(int argc, char **argv) {
     double budget = opt.mode == MODE_IDLE    ? 120.0 + opt.hold
                     : opt.mode == MODE_FLOOD ? 600.0 + opt.hold
                                              : opt.warmup + opt.duration + 30.0;
+    if (opt.hook != NULL) budget += 120.0; /* a callgrind dump takes seconds */
     alarm((unsigned)budget);
 
     ep = epoll_create1(EPOLL_CLOEXEC);

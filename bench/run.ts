@@ -10,15 +10,16 @@
  * to the next; the median is reported. See bench/README.md.
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, release, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { USAGE, parseOptions } from "./lib/options.js";
+import { benchPaths, buildLoadgen, makeCertificate } from "./lib/setup.js";
 import type { Options } from "./lib/options.js";
 import { choosePlacement, which } from "./lib/proc.js";
 import { sideLabel, unusableSample } from "./lib/measure.js";
-import type { Context, Paths, Requirement, Scenario } from "./lib/measure.js";
+import type { Context, Requirement, Scenario } from "./lib/measure.js";
 import { CLIENT_SATURATED, NOISY, clientCheck, errorNotes, fmt, missingSides, referenceTables, scenarioTable, summaryJson, summaryTable } from "./lib/report.js";
 import type { Measurement, RunRecord } from "./lib/report.js";
 import { SCENARIOS, selectScenarios } from "./lib/scenarios.js";
@@ -60,55 +61,6 @@ function machine(): Record<string, string> {
   };
 }
 
-/**
- * Compiles bench/loadgen.c into bench/build/loadgen (with OpenSSL when its
- * headers are there) when the binary is missing, older than the source, or
- * was built without OpenSSL that is now available. Returns the binary and
- * whether it speaks TLS.
- */
-function buildLoadgen(): { binary: string; tls: boolean } {
-  const source = join(root, "bench", "loadgen.c");
-  const buildDir = join(root, "bench", "build");
-  const binary = join(buildDir, "loadgen");
-  const features = () => spawnSync(binary, ["-v"], { encoding: "utf8" }).stdout ?? "";
-  const opensslHeaders = existsSync("/usr/include/openssl/ssl.h");
-  if (existsSync(binary) && statSync(binary).mtimeMs >= statSync(source).mtimeMs) {
-    const tls = features().includes("tls=1");
-    if (tls || !opensslHeaders) return { binary, tls };
-  }
-  if (which("cc") === null) throw new Error("no C compiler (cc) on PATH to build bench/loadgen.c");
-  mkdirSync(buildDir, { recursive: true });
-  const temporary = `${binary}.${process.pid}.tmp`;
-  const flags = ["-O2", "-Wall", "-Wextra", "-o", temporary, source];
-  let r = spawnSync("cc", [...flags.slice(0, 3), "-DWITH_OPENSSL", ...flags.slice(3), "-lssl", "-lcrypto"], { encoding: "utf8" });
-  if (r.status !== 0) {
-    log("bench: building loadgen without OpenSSL (TLS load will come from the Node client)");
-    r = spawnSync("cc", flags, { encoding: "utf8" });
-  }
-  if (r.status !== 0) throw new Error(`cc failed to build bench/loadgen.c:\n${r.stderr}`);
-  if (r.stderr.trim() !== "") log(r.stderr.trim());
-  renameSync(temporary, binary);
-  const tls = features().includes("tls=1");
-  log(`bench: built ${binary}${tls ? " (with TLS)" : ""}`);
-  return { binary, tls };
-}
-
-/**
- * A throwaway self-signed certificate for the TLS scenarios. RSA-2048 by
- * default: with OpenSSL 3 a full handshake costs the client about as much
- * CPU as an EC P-256 server, so an EC certificate leaves the load generator
- * the bottleneck of tls-handshake; RSA signing puts the weight on the server.
- */
-function makeCertificate(dir: string, kind: "rsa" | "ec"): { cert: string; key: string } {
-  if (which("openssl") === null) throw new Error("openssl is not installed (needed to make a throwaway certificate)");
-  const cert = join(dir, "cert.pem");
-  const key = join(dir, "key.pem");
-  const keyArgs = kind === "rsa" ? ["-newkey", "rsa:2048"] : ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-  const r = spawnSync("openssl", ["req", "-x509", ...keyArgs, "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"], { encoding: "utf8" });
-  if (r.status !== 0) throw new Error(`openssl could not make a certificate: ${r.stderr}`);
-  return { cert, key };
-}
-
 function loadAverage(): string {
   try {
     return readFileSync("/proc/loadavg", "latin1").split(" ").slice(0, 3).join(" ");
@@ -125,7 +77,7 @@ function requirements(scenarios: readonly Scenario[], options: Options, tmp: str
   let loadgen = { binary: "", tls: false };
   if (scenarios.some((s) => s.needs.includes("loadgen") || s.needs.includes("tls"))) {
     try {
-      loadgen = buildLoadgen();
+      loadgen = buildLoadgen(root, log);
     } catch (err) {
       unavailable.set("loadgen", (err as Error).message);
     }
@@ -178,18 +130,7 @@ async function main(): Promise<number> {
   const wrk = which("wrk");
   const redisBenchmark = which("redis-benchmark");
   const { unavailable, loadgen, tls } = requirements(scenarios, options, tmp, wrk, redisBenchmark);
-  const paths: Paths = {
-    root,
-    tmp,
-    loadgen: loadgen.binary,
-    rawServer: join(distBench, "servers", "raw.js"),
-    pantsServer: join(distBench, "servers", "pants.js"),
-    uvloopServer: join(root, "bench", "servers", "uvloop_server.py"),
-    respRawServer: join(distBench, "servers", "resp-raw.js"),
-    respExample: join(root, "dist", "examples", "resp-server.js"),
-    tlsClient: join(distBench, "clients", "tls-client.js"),
-    framing: join(distBench, "framing", "main.js"),
-  };
+  const paths = benchPaths(distBench, tmp, loadgen.binary);
   const used = ALL_SIDES.filter((side) => scenarios.some((s) => s.sides.includes(side)));
   const wanted = options.sides === null ? used : used.filter((side) => options.sides!.includes(side));
   log(`bench: checking the sides (${used.join(", ")})`);

@@ -85,6 +85,29 @@ test("npm run bench -- --quick runs end to end and prints the summary", { skip, 
   }
 });
 
+const instructions = join(root, "dist", "bench", "instructions.js");
+const skipInstructions =
+  (!existsSync(instructions) && "dist/bench/instructions.js is missing (npm test builds it; run npm run build)") ||
+  (!onPath("cc") && "no C compiler (cc) to build bench/loadgen.c") ||
+  (!(onPath("valgrind") && onPath("callgrind_control")) && "valgrind is not installed (Debian: apt-get install valgrind)");
+
+test("npm run bench:instructions -- --quick counts each server's instructions per message", { skip: skipInstructions, timeout: 110_000 }, async () => {
+  const child = spawn(process.execPath, [instructions, "--quick", "--sides", "raw,js"], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString("utf8")));
+  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+  const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+  assert.equal(code, 0, `the count failed:\n${stderr.slice(-3000)}`);
+  assert.ok(stdout.split("\n").includes("| job | per | raw node | pants-ts js | js/raw |"), `no table header in:\n${stdout}`);
+  // A count per message (the window is counted only if loadgen's hook reached callgrind: the run fails otherwise).
+  const row = /^\| pingpong-50 \(.+\) \| message \| ([\d,]+) \| ([\d,]+) \| ([\d.]+) \|$/m.exec(stdout);
+  assert.ok(row !== null, `no pingpong-50 row in:\n${stdout}`);
+  const [raw, js] = [row[1]!, row[2]!].map((v) => Number(v.replaceAll(",", "")));
+  for (const figure of [raw!, js!]) assert.ok(figure > 1_000 && figure < 5_000_000, `instructions per message ${figure}`);
+  assert.match(stderr, /pingpong-50 raw node: [\d,]+ instructions per message \([\d,]+ counted\)/);
+});
+
 test("http runs on the C load generator; the wrk run is opt-in, by its exact name", () => {
   const names = (only: string[] | null, quick = false) => selectScenarios(only, quick).map((s) => s.name);
   const all = names(null);

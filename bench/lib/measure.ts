@@ -71,6 +71,8 @@ export interface Context {
   readonly sides: ReadonlyMap<Side, SideStatus>;
   /** Children to stop if the run is interrupted. */
   readonly live: Set<LiveProcess>;
+  /** A command the servers run under (valgrind, for `bench:instructions`); absent: they run as they are. */
+  readonly serverPrefix?: readonly string[];
 }
 
 /** What a scenario needs besides its sides' servers. */
@@ -199,10 +201,12 @@ async function launch(side: Side, job: ServerJob, ctx: Context): Promise<Launch>
 /** Starts a fresh server of `side` for one measurement, runs `body`, and always stops the server. */
 export async function withServer<T>(side: Side, job: ServerJob, ctx: Context, body: (server: RunningServer) => Promise<T>): Promise<T> {
   const spec = await launch(side, job, ctx);
-  const proc = new LiveProcess(spec.argv, ctx.placement.serverCpu, spec.env);
+  const prefix = ctx.serverPrefix ?? [];
+  const proc = new LiveProcess([...prefix, ...spec.argv], ctx.placement.serverCpu, spec.env);
   ctx.live.add(proc);
   try {
-    const line = await proc.waitForLine(spec.ready, 15_000, `${SIDE_LABEL[side]} server (${job})`);
+    // Under valgrind a server starts tens of times slower.
+    const line = await proc.waitForLine(spec.ready, prefix.length === 0 ? 15_000 : 180_000, `${SIDE_LABEL[side]} server (${job})`);
     const port = spec.port(line);
     if (!Number.isInteger(port) || port <= 0) throw new Error(`cannot read the port from the server's line: ${line}`);
     return await body({ pid: proc.pid, port });

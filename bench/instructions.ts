@@ -1,0 +1,209 @@
+/**
+ * `npm run bench:instructions`: how many instructions each server runs per
+ * unit of work (a message, a request, a connection, a KiB echoed), counted
+ * by valgrind's callgrind over the measured window only.
+ *
+ * Throughput on a shared VM moves by ±15 % from run to run (see the README);
+ * an instruction count repeats to a fraction of a percent, whatever else the
+ * machine does, so a few per cent between two servers can be told apart.
+ * It counts user space only (Node, V8's generated code, libuv, OpenSSL, the
+ * addon): the kernel's share, the same system calls on every side, is not in
+ * it, so these ratios are wider than the throughput ratios of `npm run bench`.
+ *
+ * Each measurement starts the server under `valgrind --tool=callgrind`, loads
+ * it with the C load generator for the warm-up, and counts from the start of
+ * the measured window to its end (loadgen's -x hook runs callgrind_control).
+ */
+import { readFileSync, writeFileSync, chmodSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { HOST, loadgen, withServer } from "./lib/measure.js";
+import type { Context, ServerJob } from "./lib/measure.js";
+import { parseOptions } from "./lib/options.js";
+import { choosePlacement, which } from "./lib/proc.js";
+import { fmt } from "./lib/report.js";
+import { benchPaths, buildLoadgen, makeCertificate } from "./lib/setup.js";
+import { SIDE_LABEL, probeSides } from "./lib/sides.js";
+import type { Side } from "./lib/sides.js";
+
+const log = (line: string) => process.stderr.write(`${line}\n`);
+
+/** One job, counted per unit of work. */
+interface Job {
+  readonly name: string;
+  readonly title: string;
+  /** What one unit of work is. */
+  readonly per: string;
+  readonly job: ServerJob;
+  readonly loadgen: readonly string[];
+  /** The RESULT field that counts the units (bytes are counted per KiB). */
+  readonly units: "count" | "bytes";
+  readonly sides: readonly Side[];
+}
+
+const SIDES: readonly Side[] = ["raw", "js", "native"];
+const TLS_SIDES: readonly Side[] = ["raw", "js"];
+
+const JOBS: readonly Job[] = [
+  { name: "pingpong-1", title: "line echo, 1 connection, 64-byte lines", per: "message", job: "echo-line", loadgen: ["-m", "pingpong", "-c", "1", "-s", "64"], units: "count", sides: SIDES },
+  { name: "pingpong-50", title: "line echo, 50 connections, 64-byte lines", per: "message", job: "echo-line", loadgen: ["-m", "pingpong", "-c", "50", "-s", "64"], units: "count", sides: SIDES },
+  { name: "pipelined", title: "line echo, 50 connections, 16 lines sent at once", per: "message", job: "echo-line", loadgen: ["-m", "pipeline", "-c", "50", "-k", "16", "-s", "64"], units: "count", sides: SIDES },
+  { name: "churn", title: "connect, one line, its echo, close; 50 at once", per: "connection", job: "echo-line", loadgen: ["-m", "churn", "-c", "50", "-s", "64", "-S", "64"], units: "count", sides: SIDES },
+  { name: "http", title: "keep-alive HTTP responder, 50 connections", per: "request", job: "http", loadgen: ["-m", "pingpong", "-H", "-c", "50"], units: "count", sides: SIDES },
+  { name: "bulk", title: "raw echo, 4 connections, 64 KiB writes", per: "KiB", job: "echo-raw", loadgen: ["-m", "bulk", "-c", "4", "-b", "65536", "-W", "262144"], units: "bytes", sides: SIDES },
+  { name: "tls-echo", title: "line echo over TLS, 50 connections", per: "message", job: "tls-echo-line", loadgen: ["-t", "-m", "pingpong", "-c", "50", "-s", "64"], units: "count", sides: TLS_SIDES },
+  { name: "tls-handshake", title: "full TLS handshakes, 16 at once", per: "handshake", job: "tls-echo-line", loadgen: ["-t", "-m", "handshake", "-c", "16"], units: "count", sides: TLS_SIDES },
+];
+
+const USAGE = `usage: npm run bench:instructions -- [options]
+
+  --quick             pingpong-50 only (unless --only), 0.5 s warm-up and window: a smoke run
+  --only A,B,...      jobs: ${JOBS.map((j) => j.name).join(", ")}
+  --sides A,B,...     raw, js, native (default: every one available)
+  -d, --duration S    counted seconds per server (default 5)
+  -w, --warmup S      load before counting starts, so V8 has optimised the hot code (default 5)
+  -h, --help          this text
+
+Needs valgrind (Debian: apt-get install valgrind), cc and, for the TLS jobs, openssl.`;
+
+interface Counted {
+  readonly instructions: number;
+  readonly units: number;
+}
+
+/** The total of a callgrind dump (its "summary:" line). */
+function dumpTotal(file: string): number {
+  const match = /^summary:\s+(\d+)/m.exec(readFileSync(file, "latin1"));
+  if (match === null) throw new Error(`no summary line in the callgrind dump ${file}`);
+  return Number(match[1]);
+}
+
+/** Counts one job on one side: a fresh server under callgrind, counted over loadgen's measured window. */
+async function count(job: Job, side: Side, ctx: Context, tmp: string): Promise<Counted> {
+  const out = join(tmp, `callgrind.${job.name}.${side}.out`);
+  // Its own vgdb prefix, in the scratch directory: where callgrind_control finds this server and no other.
+  const vgdb = join(tmp, `vgdb.${job.name}.${side}`);
+  const traced: Context = { ...ctx, serverPrefix: ["valgrind", "--tool=callgrind", `--callgrind-out-file=${out}`, `--vgdb-prefix=${vgdb}`] };
+  return withServer(side, job.job, traced, async (server) => {
+    // loadgen runs "HOOK start" and "HOOK end" around its measured window: zero the counters, then dump them.
+    const hook = join(tmp, `hook.${server.pid}.sh`);
+    // valgrind names its control FIFOs after $HOST, which the servers also read (their listening address, HOST).
+    const control = (action: string) => `HOST=${HOST} exec callgrind_control --vgdb-prefix=${vgdb} ${action} ${server.pid} >/dev/null`;
+    writeFileSync(hook, `#!/bin/sh\ncase "$1" in\n  start) ${control("--zero")} ;;\n  end) ${control("--dump")} ;;\nesac\nexit 1\n`);
+    chmodSync(hook, 0o755);
+    const sample = await loadgen(ctx, server, [...job.loadgen, "-x", hook], job.units);
+    const units = job.units === "bytes" ? sample.value / 1024 : sample.value;
+    if (!(units > 0)) throw new Error("nothing completed in the counted window");
+    return { instructions: dumpTotal(`${out}.1`), units };
+  });
+}
+
+function fail(message: string): never {
+  log(`bench:instructions: ${message}`);
+  process.exit(2);
+}
+
+async function main(): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      options: {
+        quick: { type: "boolean", default: false },
+        only: { type: "string" },
+        sides: { type: "string" },
+        duration: { type: "string", short: "d" },
+        warmup: { type: "string", short: "w" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+      strict: true,
+    }));
+  } catch (err) {
+    fail(`${(err as Error).message}\n\n${USAGE}`);
+  }
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  const quick = values.quick;
+  const seconds = quick ? "0.5" : "5";
+  const options = parseOptions(["-d", values.duration ?? seconds, "-w", values.warmup ?? seconds]);
+  const names = values.only?.split(",").map((s) => s.trim()).filter((s) => s !== "") ?? (quick ? ["pingpong-50"] : JOBS.map((j) => j.name));
+  const unknown = names.filter((n) => !JOBS.some((j) => j.name === n));
+  if (unknown.length > 0) fail(`unknown job ${unknown.join(", ")} (${JOBS.map((j) => j.name).join(", ")})`);
+  const jobs = JOBS.filter((j) => names.includes(j.name));
+  const wantedSides = values.sides?.split(",").map((s) => s.trim()) ?? SIDES;
+  const badSide = wantedSides.find((s) => !(SIDES as readonly string[]).includes(s));
+  if (badSide !== undefined) fail(`unknown side ${badSide} (${SIDES.join(", ")})`);
+  for (const program of ["valgrind", "callgrind_control"]) {
+    if (which(program) === null) fail(`${program} is not installed (Debian: apt-get install valgrind)`);
+  }
+
+  const distBench = dirname(fileURLToPath(import.meta.url));
+  const root = resolve(distBench, "../..");
+  const tmp = mkdtempSync(join(tmpdir(), "pants-ts-instructions-"));
+  try {
+    const built = buildLoadgen(root, log);
+    const needsTls = jobs.some((j) => j.loadgen.includes("-t"));
+    if (needsTls && !built.tls) fail("the TLS jobs need loadgen built with OpenSSL (Debian: apt-get install libssl-dev)");
+    const tls = needsTls ? makeCertificate(tmp, "rsa") : null;
+    const paths = benchPaths(distBench, tmp, built.binary);
+    const sides = await probeSides({ root, pantsServer: paths.pantsServer, wanted: wantedSides as Side[], quick: false });
+    const ctx: Context = { options, paths, loadgenTls: built.tls, placement: choosePlacement(true), wrk: null, redisBenchmark: null, tls, sides, live: new Set() };
+    process.on("SIGINT", () => {
+      for (const p of ctx.live) p.child.kill("SIGKILL");
+      rmSync(tmp, { recursive: true, force: true });
+      process.exit(130);
+    });
+
+    const columns = SIDES.filter((s) => wantedSides.includes(s) && sides.get(s)?.ok === true);
+    for (const s of wantedSides as Side[]) {
+      const status = sides.get(s);
+      if (status !== undefined && !status.ok) log(`bench:instructions: ${SIDE_LABEL[s]} will not run: ${status.reason}`);
+    }
+    const results = new Map<string, Counted>();
+    let failed = 0;
+    for (const job of jobs) {
+      for (const side of job.sides.filter((s) => columns.includes(s))) {
+        try {
+          const c = await count(job, side, ctx, tmp);
+          results.set(`${job.name}/${side}`, c);
+          log(`${job.name} ${SIDE_LABEL[side]}: ${fmt(c.instructions / c.units, 0)} instructions per ${job.per} (${fmt(c.units, 0)} counted)`);
+        } catch (err) {
+          failed++;
+          log(`${job.name} ${SIDE_LABEL[side]}: FAILED ${(err as Error).message}`);
+        }
+      }
+    }
+
+    const others = columns.filter((s) => s !== "raw");
+    const lines = [
+      "# pants-ts: instructions per unit of work (callgrind)",
+      "",
+      `User-space instructions the server ran per unit, over ${options.duration} s of load after ${options.warmup} s of warm-up, on ${HOST}; kernel work is not counted. Lower is better; side/raw below 1: that side ran fewer instructions than the raw node server doing the same job.`,
+      "",
+      `| job | per | ${columns.map((s) => SIDE_LABEL[s]).join(" | ")} | ${others.map((s) => `${s}/raw`).join(" | ")} |`,
+      `|---|---|${columns.map(() => "---:").join("|")}|${others.map(() => "---:").join("|")}|`,
+    ];
+    for (const job of jobs) {
+      const per = (side: Side) => {
+        const c = results.get(`${job.name}/${side}`);
+        return c === undefined ? null : c.instructions / c.units;
+      };
+      const raw = per("raw");
+      const cells = columns.map((s) => (job.sides.includes(s) ? (per(s) === null ? "failed" : fmt(per(s)!, 0)) : "n/a"));
+      const ratios = others.map((s) => {
+        const v = per(s);
+        return v === null || raw === null ? (job.sides.includes(s) ? "-" : "n/a") : fmt(v / raw, 2);
+      });
+      lines.push(`| ${job.name} (${job.title}) | ${job.per} | ${cells.join(" | ")} | ${ratios.join(" | ")} |`);
+    }
+    process.stdout.write(`${lines.join("\n")}\n`);
+    return failed > 0 ? 1 : 0;
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+process.exitCode = await main();
