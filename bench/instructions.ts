@@ -4,8 +4,9 @@
  * by valgrind's callgrind over the measured window only.
  *
  * Throughput on a shared VM moves by ±15 % from run to run (see the README);
- * an instruction count repeats to a fraction of a percent, whatever else the
- * machine does, so a few per cent between two servers can be told apart.
+ * on a quiet machine an instruction count repeats within about 1 %, so a few
+ * per cent between two servers can be told apart (bench/README.md says what
+ * still moves it).
  * It counts user space only (Node, V8's generated code, libuv, OpenSSL, the
  * addon): the kernel's share, the same system calls on every side, is not in
  * it, so these ratios are wider than the throughput ratios of `npm run bench`.
