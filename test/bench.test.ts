@@ -35,6 +35,17 @@ function onPath(program: string): boolean {
   });
 }
 
+/** Runs a built bench script with node from the repository root, to its end. */
+async function runScript(script: string, args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [script, ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString("utf8")));
+  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+  const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+  return { code, stdout, stderr };
+}
+
 const skip =
   (!existsSync(runner) && "dist/bench/run.js is missing (npm test builds it; run npm run build)") ||
   (!onPath("cc") && "no C compiler (cc) to build bench/loadgen.c") ||
@@ -44,15 +55,7 @@ test("npm run bench -- --quick runs end to end and prints the summary", { skip, 
   const dir = mkdtempSync(join(tmpdir(), "pants-ts-bench-test-"));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const json = join(dir, "results.json");
-  const child = spawn(process.execPath, [runner, "--quick", "--only", SUBSET.join(","), "--json", json], {
-    cwd: root,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString("utf8")));
-  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
-  const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+  const { code, stdout, stderr } = await runScript(runner, ["--quick", "--only", SUBSET.join(","), "--json", json]);
   assert.equal(code, 0, `the benchmark failed:\n${stderr.slice(-3000)}`);
 
   const saved = JSON.parse(readFileSync(json, "utf8")) as {
@@ -92,12 +95,7 @@ const skipInstructions =
   (!(onPath("valgrind") && onPath("callgrind_control")) && "valgrind is not installed (Debian: apt-get install valgrind)");
 
 test("npm run bench:instructions -- --quick counts each server's instructions per message", { skip: skipInstructions, timeout: 110_000 }, async () => {
-  const child = spawn(process.execPath, [instructions, "--quick", "--sides", "raw,js"], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString("utf8")));
-  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
-  const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+  const { code, stdout, stderr } = await runScript(instructions, ["--quick", "--sides", "raw,js"]);
   assert.equal(code, 0, `the count failed:\n${stderr.slice(-3000)}`);
   assert.ok(stdout.split("\n").includes("| job | per | raw node | pants-ts js | js/raw |"), `no table header in:\n${stdout}`);
   // A count per message (the window is counted only if loadgen's hook reached callgrind: the run fails otherwise).
