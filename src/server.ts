@@ -204,6 +204,15 @@ function onProxyEnd(this: net.Socket & { [kProxyWait]?: ProxyWait }): void {
   const wait = this[kProxyWait];
   if (wait) wait.server._proxyFailed(wait, new ProxyProtocolError("The connection closed before a whole PROXY header arrived."));
 }
+/**
+ * The socket closed while its header was awaited: a peer's reset (an
+ * 'error', then 'close', and no 'end'). Without this the wait, and its
+ * maxConnections slot, were held until handshakeTimeoutMs, for ever with 0.
+ */
+function onProxyClose(this: net.Socket & { [kProxyWait]?: ProxyWait }): void {
+  const wait = this[kProxyWait];
+  if (wait) wait.server._proxyFailed(wait, new ProxyProtocolError("The connection was reset before a whole PROXY header arrived."));
+}
 const kProxyWait: unique symbol = Symbol("pants-ts.proxyWait");
 
 /**
@@ -844,6 +853,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       if (this._handshakeTimeoutMs > 0) this.engine._sweeper.add(wait, this._handshakeTimeoutMs);
       raw.on("data", onProxyData);
       raw.on("end", onProxyEnd);
+      raw.on("close", onProxyClose);
       return;
     }
     this.#accept(raw, null);
@@ -890,6 +900,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.#endProxyWait(wait);
     raw.off("data", onProxyData);
     raw.off("end", onProxyEnd);
+    raw.off("close", onProxyClose);
     raw.pause();
     const rest = buf.subarray(result.consumed);
     if (rest.length > 0) raw.unshift(rest);

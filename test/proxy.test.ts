@@ -12,7 +12,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Server, Stream, encodeProxyV1, encodeProxyV2 } from "../src/index.js";
-import { captureLogs, connect, freePort, freshEngine, listenLocal, tempDir, waitFor } from "./helpers.js";
+import { captureLogs, connect, freePort, freshEngine, listenLocal, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
 /** Replies with the address it sees in onConnect, then echoes lines. */
@@ -111,6 +111,30 @@ test("a missing, malformed or slow PROXY header closes that connection only, qui
   assert.equal(server.stats.errorsByKind.proxy, 4);
   assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error"), []);
   good.destroy();
+});
+
+test("a peer that resets before its PROXY header is whole frees its slot at once, with no header deadline too", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  // No header deadline, one slot: the reset's wait was held for ever, and every later client refused.
+  const server = new Server(Who, { engine, proxyProtocol: true, handshakeTimeoutMs: 0, maxConnections: 1 });
+  const port = await listenLocal(server, t);
+  for (const partial of ["PROXY TCP4 192.0.2", encodeProxyV2({ command: "PROXY", source: ["1.2.3.4", 1], destination: ["5.6.7.8", 2] }).subarray(0, 20)]) {
+    const rejected = server.stats.rejected;
+    const c = await connect(port);
+    c.write(partial);
+    await sleep(50); // the server has read the partial header
+    c.socket.resetAndDestroy();
+    await waitFor(() => server.stats.rejected === rejected + 1, 3000, "the reset connection dropped");
+    const good = await connect(port);
+    good.write(encodeProxyV1({ family: "TCP4", source: ["192.0.2.1", 1000], destination: ["192.0.2.2", 80] }));
+    assert.deepEqual(await firstLine(good), ["192.0.2.1", 1000], "served in the freed slot");
+    good.destroy();
+    await waitFor(() => server.stats.open === 0, 3000, "the good client gone");
+  }
+  assert.equal(server.stats.errorsByKind.proxy, 2);
+  assert.equal(server.stats.accepted, 2);
+  assert.deepEqual(logs.filter((l) => l.level === "warn" || l.level === "error"), []);
 });
 
 test("a PROXY v2 header whose 64 KiB block arrives in small pieces is joined once, not once per read", async (t) => {
