@@ -797,8 +797,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       (s as OwnedNetServer)[kServer] = undefined;
     }
     for (const wait of [...this.#proxyWaits]) {
-      this.#proxyWaits.delete(wait);
-      this.engine._sweeper.delete(wait);
+      this.#endProxyWait(wait);
       wait.socket.destroy();
     }
   }
