@@ -373,6 +373,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"listenPipe", NULL, pn_listen_pipe, NULL, NULL, NULL, napi_enumerable, e},
       {"connectTcp", NULL, pn_connect_tcp, NULL, NULL, NULL, napi_enumerable, e},
       {"connectPipe", NULL, pn_connect_pipe, NULL, NULL, NULL, napi_enumerable, e},
+      {"deliveredBytesOf", NULL, pn_delivered_bytes_of, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok ||
       !pn_conn_export(e, exports)) {

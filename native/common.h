@@ -511,6 +511,7 @@ napi_value pn_conn_writev(napi_env env, napi_callback_info info);
 napi_value pn_conn_shutdown(napi_env env, napi_callback_info info);
 napi_value pn_conn_pending_bytes(napi_env env, napi_callback_info info);
 napi_value pn_conn_delivered_bytes(napi_env env, napi_callback_info info);
+napi_value pn_delivered_bytes_of(napi_env env, napi_callback_info info);
 napi_value pn_conn_bytes_read(napi_env env, napi_callback_info info);
 
 /* Shorthand for napi calls inside a function that returns napi_value. */

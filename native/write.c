@@ -288,11 +288,31 @@ _Static_assert(offsetof(struct pn_tcp_info, notsent_bytes) == 144, "tcpi_notsent
 #endif
 
 /*
- * deliveredBytes(): the bytes of this TCP connection the peer has
- * acknowledged so far (it only grows), or -1 when nothing written is still
- * in the kernel, or when that cannot be known (a pipe, not Linux, a kernel
- * older than 4.6). A peer slowly reading what the kernel holds shows here,
- * and in no write completion: the idle timer asks while something is out.
+ * The bytes of the TCP connection on `fd` the peer has acknowledged so far
+ * (it only grows), or -1 when nothing written is still in the kernel, or
+ * when that cannot be known (not TCP, not Linux, a kernel older than 4.6).
+ */
+static double tcp_delivered(int fd) {
+  double delivered = -1;
+#ifdef __linux__
+  struct pn_tcp_info ti;
+  socklen_t len = sizeof ti;
+  if (fd >= 0 && getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+      len >= offsetof(struct pn_tcp_info, notsent_bytes) + sizeof ti.notsent_bytes &&
+      (ti.base.tcpi_unacked > 0 || ti.notsent_bytes > 0)) {
+    delivered = (double)ti.bytes_acked;
+  }
+#else
+  (void)fd;
+#endif
+  return delivered;
+}
+
+/*
+ * deliveredBytes(): tcp_delivered() of this connection (-1 for a pipe). A
+ * peer slowly reading what the kernel holds shows here, and in no write
+ * completion; a peer that vanished shows as no progress however much the
+ * kernel still takes: the idle timer asks while something is out.
  */
 napi_value pn_conn_delivered_bytes(napi_env env, napi_callback_info info) {
   bool ok;
@@ -300,18 +320,28 @@ napi_value pn_conn_delivered_bytes(napi_env env, napi_callback_info info) {
   double delivered = -1;
   pn_conn *c = pn_conn_arg(env, info, NULL, NULL, &ok);
   if (!ok) return NULL;
-#ifdef __linux__
   uv_os_fd_t fd;
-  struct pn_tcp_info ti;
-  socklen_t len = sizeof ti;
-  if (c != NULL && c->h.handle.type == UV_TCP && uv_fileno(&c->h.handle, &fd) == 0 &&
-      getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
-      len >= offsetof(struct pn_tcp_info, notsent_bytes) + sizeof ti.notsent_bytes &&
-      (ti.base.tcpi_unacked > 0 || ti.notsent_bytes > 0)) {
-    delivered = (double)ti.bytes_acked;
-  }
-#endif
+  if (c != NULL && c->h.handle.type == UV_TCP && uv_fileno(&c->h.handle, &fd) == 0)
+    delivered = tcp_delivered(fd);
   napi_create_double(env, delivered, &result);
+  return result;
+}
+
+/*
+ * deliveredBytesOf(fd): tcp_delivered() of a descriptor the addon does not
+ * own (node:net's, for the same idle check on the JS transport).
+ */
+napi_value pn_delivered_bytes_of(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  int64_t fd;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+    pn_throw_napi(env, "napi_get_cb_info");
+    return NULL;
+  }
+  /* A missing argument reads as undefined: pn_get_int throws for it. */
+  if (!pn_get_int(env, argv[0], "deliveredBytesOf(): fd", 0, INT32_MAX, &fd)) return NULL;
+  napi_create_double(env, tcp_delivered((int)fd), &result);
   return result;
 }
 

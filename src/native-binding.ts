@@ -242,6 +242,7 @@ interface RawNativeAddon {
   listenPipe(path: string, backlog: number): NativeServer;
   connectTcp(host: string, port: number): number;
   connectPipe(path: string): number;
+  deliveredBytesOf(fd: number): number;
   conn: RawConnFunctions;
 }
 
@@ -420,6 +421,7 @@ function adapt(raw: RawNativeAddon): NativeAddon {
     listenPipe: raw.listenPipe,
     connectTcp: (host, port) => track(raw.connectTcp(host, port)),
     connectPipe: (path) => track(raw.connectPipe(path)),
+    deliveredBytesOf: raw.deliveredBytesOf,
   };
 }
 
@@ -449,6 +451,13 @@ export interface NativeAddon {
   connectTcp(host: string, port: number): NativeConn;
   /** Connects to a UNIX socket path or abstract name; onConnect follows. */
   connectPipe(path: string): NativeConn;
+  /**
+   * A TCP descriptor the addon does not own (node:net's): the bytes the peer
+   * has acknowledged so far, or -1 when nothing written is still in the
+   * kernel or this cannot be known (not TCP, not Linux), as
+   * {@link NativeConn.deliveredBytes}.
+   */
+  deliveredBytesOf(fd: number): number;
 }
 
 /** The addon file, relative to the package root. */

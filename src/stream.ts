@@ -44,7 +44,7 @@ import { checkPantsFlags, compileTls, secureServerSide, wrapClientSocket, wrapSe
 import type { CompiledTls } from "./tls.js";
 import type { SslOptions } from "./tls.js";
 import { sendFile } from "./write-file.js";
-import { NativeSocket, nativeLimits } from "./native-socket.js";
+import { NativeSocket, nativeAddon, nativeLimits } from "./native-socket.js";
 import { useNative } from "./transport.js";
 import type { FileJob, FileSink } from "./write-file.js";
 import type { Server } from "./server.js";
@@ -272,6 +272,8 @@ class Extras {
   deadlineKind: "handshake" | "drain" | null = null;
   /** {@link bytesDrained} at the last sweep. */
   drained = 0;
+  /** The OS took a write since the last sweep. */
+  wrote = false;
   /** The peer's acknowledged bytes at the last sweep that asked; -1: nothing was out (ask after activity); -2: ask. */
   delivered = -2;
   /** Native framing: the addon's bytesRead at the last sweep that asked. */
@@ -678,8 +680,10 @@ export class Stream extends Channel {
 
   /**
    * No bytes either way for this many ms (none read, none of what was written
-   * leaving, a large write still draining counts) calls `onTimeout()` (0 =
-   * off; default from the server). On a client it bounds the connect too
+   * leaving, a large write still draining counts; where TCP_INFO shows the
+   * peer's acknowledgements, only they count for writes, so a peer that
+   * vanished times out however much is still written to it) calls
+   * `onTimeout()` (0 = off; default from the server). On a client it bounds the connect too
    * (the DNS lookup and the TCP connect; a TLS handshake has its own 10 s
    * deadline): a connect still under way that long after `connect()`, or
    * after the timeout was set during it, fails with `onConnectError` (a
@@ -2442,7 +2446,7 @@ export class Stream extends Channel {
           // transport): node:stream then completes a write the OS took at
           // once without a nextTick. Whoever starts waiting later asks with #barrier.
           const cb = (this.#flags & F_NATIVE) === 0 && this.#nobodyWaits() ? undefined : this.#writeCallback();
-          if (cb === undefined) this.#flags |= F_ACTIVE;
+          if (cb === undefined) this.#wrote();
           else this.#inflight++;
           writeRun(sock, run, cb);
         }
@@ -2555,11 +2559,17 @@ export class Stream extends Channel {
    */
   #nativeWritten(sock: NativeSocket, left: number): void {
     if (left === 0 && this.#nobodyWaits()) {
-      this.#flags |= F_ACTIVE;
+      this.#wrote();
       return;
     }
     this.#inflight++;
     sock.whenWritten(left, this.#writeCallback());
+  }
+
+  /** The OS took a write: activity for the idle and drain timeouts, unless the peer's acknowledgements say otherwise (see {@link outgoingMoved}). */
+  #wrote(): void {
+    const x = this.#x;
+    if (x !== null) x.wrote = true;
   }
 
   #onWritten(err?: Error | null): void {
@@ -2570,7 +2580,7 @@ export class Stream extends Channel {
       if (this.#x?.foreign === true && sock !== null && !sock.destroyed && typeof err === "object") writeFailures.add(err);
       return;
     }
-    this.#flags |= F_ACTIVE;
+    this.#wrote();
     if (this.#inflight === 0) this.#drained();
   }
 
@@ -2789,6 +2799,7 @@ export class Stream extends Channel {
     x.deadline = now + ms;
     x.deadlineKind = kind;
     x.idleSince = now;
+    x.wrote = false;
     this.#flags = (this.#flags & ~F_ACTIVE) | F_TIMED;
     this.engine._sweeper.add(this, ms);
   }
@@ -2818,6 +2829,8 @@ export class Stream extends Channel {
     const x = this.#x;
     if (this.#state === S_CLOSED || x === null) return;
     let active = (this.#flags & F_ACTIVE) !== 0;
+    const wrote = x.wrote;
+    x.wrote = false;
     this.#flags &= ~F_ACTIVE;
     const kind = x.deadlineKind;
     if (kind === "handshake") {
@@ -2831,9 +2844,9 @@ export class Stream extends Channel {
       }
       return;
     }
-    const sock = x.raw ?? this.#sock;
-    if (sock !== null && outgoingMoved(x, sock, active)) active = true;
     if (!active && (this.#flags & F_NATIVE_FRAMING) !== 0 && incomingHeld(x, this.#sock as unknown as NativeSocket)) active = true;
+    const sock = x.raw ?? this.#sock;
+    if (sock !== null && outgoingMoved(x, sock, active, wrote)) active = true;
     if (kind === "drain") {
       // A draining close that makes progress is given more time.
       if (active) x.deadline = now + DRAIN_TIMEOUT_MS;
@@ -2903,27 +2916,45 @@ export class Stream extends Channel {
 }
 
 /**
- * Whether bytes written earlier moved since the last sweep, though no write
- * completed: a large write the peer reads slowly leaves the process long
- * before it completes, and what the kernel holds leaves it long after (the
- * native transport sees that in TCP_INFO; it asks only on a tick without
- * other activity, and not again while nothing is out).
+ * Whether what was written made progress since the last sweep. Without the
+ * peer's acknowledgements in sight (node:net without the addon, a pipe, not
+ * Linux) that is a write the OS took, or bytes of a large write leaving the
+ * process. Where TCP_INFO shows them (Linux, the addon loaded: either
+ * transport), a tick without reads that wrote or had bytes out asks it, and
+ * only bytes the peer acknowledged count: a peer that vanished without a FIN
+ * or reset acknowledges nothing, however much the kernel still takes (until
+ * its send buffer fills). The first look after a quiet spell gives the
+ * writes the benefit of the doubt.
  */
-function outgoingMoved(x: Extras, sock: Duplex | NativeSocket, active: boolean): boolean {
+function outgoingMoved(x: Extras, sock: Duplex | NativeSocket, active: boolean, wrote: boolean): boolean {
   const drained = bytesDrained(sock);
-  let moved = drained > x.drained;
+  const moved = wrote || drained > x.drained;
   x.drained = drained;
-  if (!isNative(sock)) return moved;
-  if (active || moved) {
+  if (active) {
     if (x.delivered === -1) x.delivered = -2;
     return moved;
   }
-  if (x.delivered === -1) return false;
-  const delivered = sock.deliveredBytes;
-  if (delivered < 0) moved = x.delivered >= 0; // the rest arrived since
-  else moved = x.delivered >= 0 && delivered > x.delivered;
+  if (!moved && x.delivered === -1) return false;
+  const delivered = deliveredBytes(sock);
+  let progress: boolean;
+  if (delivered < 0) progress = moved || x.delivered >= 0; // all acknowledged (or not knowable: the writes count)
+  else progress = x.delivered >= 0 ? delivered > x.delivered : moved;
   x.delivered = delivered;
-  return moved;
+  return progress;
+}
+
+/**
+ * The bytes of `sock`'s TCP connection the peer has acknowledged so far, or
+ * -1 when nothing written is still in the kernel or this cannot be known: a
+ * node:net socket is asked through the addon when it is loaded.
+ */
+function deliveredBytes(sock: Duplex | NativeSocket): number {
+  if (isNative(sock)) return sock.deliveredBytes;
+  if (!(sock instanceof net.Socket)) return -1;
+  const fd = (sock as { _handle?: { fd?: unknown } | null })._handle?.fd;
+  if (typeof fd !== "number" || fd < 0) return -1;
+  const addon = nativeAddon();
+  return addon === null ? -1 : addon.deliveredBytesOf(fd);
 }
 
 /**
