@@ -187,7 +187,7 @@ const P_ANY = P_USER | P_BACKPRESSURE;
 
 /** Bytes still arriving after close are read and discarded this long at most. */
 const LINGER_MS = 2000;
-/** A close(true) that cannot hand its data to the OS for this long is forced. */
+/** A close(true) that cannot hand its data to the OS for this long is forced (or for idleTimeout, when shorter). */
 const DRAIN_TIMEOUT_MS = 30_000;
 /** node:net: below this, queued chunks are joined into one new buffer; above, written corked. */
 const JOIN_LIMIT = 64 * 1024;
@@ -683,12 +683,13 @@ export class Stream extends Channel {
    * leaving, a large write still draining counts; where TCP_INFO shows the
    * peer's acknowledgements, only they count for writes, so a peer that
    * vanished times out however much is still written to it) calls
-   * `onTimeout()` (0 = off; default from the server). On a client it bounds the connect too
-   * (the DNS lookup and the TCP connect; a TLS handshake has its own 10 s
-   * deadline): a connect still under way that long after `connect()`, or
-   * after the timeout was set during it, fails with `onConnectError` (a
-   * {@link ConnectError}, errno `ETIMEDOUT`, caused by a {@link TimeoutError}
-   * of kind `"connect"`).
+   * `onTimeout()` (0 = off; default from the server). A `close(true)` that
+   * makes no progress for this long (30 s at most) closes without flushing.
+   * On a client it bounds the connect too (the DNS lookup and the TCP
+   * connect; a TLS handshake has its own 10 s deadline): a connect still
+   * under way that long after `connect()`, or after the timeout was set
+   * during it, fails with `onConnectError` (a {@link ConnectError}, errno
+   * `ETIMEDOUT`, caused by a {@link TimeoutError} of kind `"connect"`).
    */
   get idleTimeout(): number {
     return this.#x?.idleTimeout ?? 0;
@@ -1062,6 +1063,8 @@ export class Stream extends Channel {
    * destroys data the peer has not read). `flush` false: unsent data is
    * dropped and the connection closes now (when the OS already took
    * everything, it still ends with a FIN and the linger, not a reset).
+   * A flushing close that makes no progress for 30 s (or `idleTimeout`,
+   * when shorter: a peer that vanished) closes without flushing.
    * `onClose` runs exactly once.
    */
   close(flush = true): void {
@@ -1075,7 +1078,7 @@ export class Stream extends Channel {
       this.#state = S_CLOSING;
       this.#flags |= F_STOP;
       // During a TLS handshake its own deadline stays (the drain's comes once it is done).
-      if (!this.#handshaking || this.#x?.deadlineKind !== "handshake") this.#setDeadline("drain", DRAIN_TIMEOUT_MS);
+      if (!this.#handshaking || this.#x?.deadlineKind !== "handshake") this.#setDeadline("drain", drainTimeout(this.#x));
       this.#flush();
       return;
     }
@@ -1410,7 +1413,7 @@ export class Stream extends Channel {
       // was written goes out, then the close; a first handshake never opens
       // the stream. The handshake's deadline kept the drain's from being set.
       if (!this.#hasPendingWrites()) this.#finishClose(true);
-      else if (this.#x?.deadlineKind !== "drain") this.#setDeadline("drain", DRAIN_TIMEOUT_MS);
+      else if (this.#x?.deadlineKind !== "drain") this.#setDeadline("drain", drainTimeout(this.#x));
       return;
     }
     if (upgrade) {
@@ -2849,7 +2852,7 @@ export class Stream extends Channel {
     if (sock !== null && outgoingMoved(x, sock, active, wrote)) active = true;
     if (kind === "drain") {
       // A draining close that makes progress is given more time.
-      if (active) x.deadline = now + DRAIN_TIMEOUT_MS;
+      if (active) x.deadline = now + drainTimeout(x);
       else if (now >= x.deadline) {
         this._countError("timeout", new TimeoutError("A draining close made no progress.", "idle"));
         this.#finishClose(false);
@@ -2941,6 +2944,16 @@ function outgoingMoved(x: Extras, sock: Duplex | NativeSocket, active: boolean, 
   else progress = x.delivered >= 0 ? delivered > x.delivered : moved;
   x.delivered = delivered;
   return progress;
+}
+
+/**
+ * How long a draining close may go without progress: 30 s, or the stream's
+ * idleTimeout when that is shorter (a close(true) to a peer that vanished is
+ * as idle as the stream was before it).
+ */
+function drainTimeout(x: Extras | null): number {
+  const idle = x?.idleTimeout ?? 0;
+  return idle > 0 && idle < DRAIN_TIMEOUT_MS ? idle : DRAIN_TIMEOUT_MS;
 }
 
 /**

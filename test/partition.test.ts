@@ -279,6 +279,24 @@ test("idleTimeoutMs: small writes the kernel still takes do not keep a peer that
   }
 });
 
+test("close(true) to a peer that vanished gives up after idleTimeoutMs without progress, not 30 s", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const part = new Partition(t);
+  const server = new Server(Recording, { engine, idleTimeoutMs: 500 }).listen([part.near, 0]);
+  await server.ready();
+  await part.client(server.port!);
+  await waitFor(() => streamOf(server, part) !== undefined, 5000, "the peer's connection");
+  const s = streamOf(server, part)!;
+  Recording.t0 = part.vanish();
+  s.write(Buffer.alloc(8 << 20));
+  s.close(true);
+  assert.equal(s.closing, true, "still flushing");
+  await waitFor(() => s.closed, 5000, "the close");
+  assert.deepEqual(s.names, ["close"]);
+  assert.ok(s.at("close") < 2000, `closed ${s.at("close")} ms after the peer vanished`);
+  assert.equal(s.fileno, null, "the descriptor is gone");
+});
+
 test("shutdown({ timeoutMs }) with peers that vanished holding queued writes resolves by its deadline", { skip }, async (t) => {
   const engine = freshEngine(t);
   const part = new Partition(t);
