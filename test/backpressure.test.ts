@@ -6,11 +6,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { BufferOverflowError, Server, Stream } from "../src/index.js";
 import type { Timer } from "../src/index.js";
 import { memoryPeer } from "../src/testing.js";
 import { join } from "node:path";
 import { captureLogs, connect, freshEngine, listenLocal, sleep, tempDir, waitFor } from "./helpers.js";
+
+setFlagsFromString("--expose-gc");
 
 test("an echo under a client that sends and never reads keeps its memory bounded", async (t) => {
   const engine = freshEngine(t);
@@ -84,6 +88,40 @@ test("short writes, one per turn, to peers that stopped reading cost about their
   assert.ok(buffered > 1 << 20, `the peers' buffers filled: ${buffered} bytes wait`);
   // Before: a write request per turn per peer, 18-42 times the bytes (native: 1.2 GB for 28 MB).
   assert.ok(growth < 10 * buffered + (64 << 20), `memory grew by ${growth} bytes for ${buffered} bytes waiting`);
+});
+
+test("a run of short writes the socket cannot take at once waits joined, not one object per write (a line echo stalled at writeHighWaterMark)", async (t) => {
+  const engine = freshEngine(t);
+  const gc = runInNewContext("gc") as () => void;
+  let stream: Stream | null = null;
+  class Talker extends Stream {
+    override onConnect() {
+      stream = this;
+    }
+  }
+  const port = await listenLocal(new Server(Talker, { engine }), t);
+  const c = await connect(port);
+  c.socket.pause(); // never reads
+  await waitFor(() => stream !== null, 5000, "the connection");
+  const s = stream as unknown as Stream;
+  // More than the kernel buffers between the two sockets: what follows waits in the stream's socket.
+  s.write(Buffer.alloc(16 << 20, 0x61));
+  await sleep(50);
+  assert.ok(s.bufferedAmount > 1 << 20, `the socket holds what the kernel did not take (${s.bufferedAmount} bytes)`);
+  // 100 000 two-byte writes in one turn (an echo's replies to one read of lines): 200 000 bytes, one run.
+  const watched: WeakRef<Buffer>[] = [];
+  for (let i = 0; i < 100_000; i++) {
+    const line = Buffer.from("x\n");
+    if (i % 100 === 0) watched.push(new WeakRef(line));
+    s.write(line);
+  }
+  await sleep(50); // the end-of-turn flush hands the run to the socket
+  gc();
+  const held = watched.filter((w) => w.deref() !== undefined).length;
+  // Before: the socket kept every write of the run until sent, ~100 bytes of heap each (native: a reference each too).
+  assert.equal(held, 0, `${held} of ${watched.length} watched writes are still held one by one`);
+  assert.ok(s.bufferedAmount > (16 << 20) - (8 << 20), "the writes still wait: the peer reads nothing");
+  c.socket.destroy();
 });
 
 test("reading resumes at onWrite once the peer drains", async (t) => {
