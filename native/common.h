@@ -73,6 +73,13 @@
  * read takes the socket's error), not only once resumed or by a write. */
 #define PN_PAUSED_HOLD (16 * 1024)
 
+/* A connection whose reads fill their buffer one after another is read no
+ * more this turn of the loop once they add up to this many bytes (see
+ * alloc_cb): libuv reads a ready socket until a read comes back short, up
+ * to 32 times, which is 8 MiB at PN_READ_BUF_SIZE a read (node:net: 2 MiB
+ * of 64 KiB reads), all of one peer's before any other connection's. */
+#define PN_READ_RUN (256 * 1024)
+
 /* Reads of at most this many bytes are batched; larger ones (bulk
  * transfers) are delivered at once. */
 #define PN_BATCH_READ (16 * 1024)
@@ -325,7 +332,9 @@ typedef struct pn_conn {
   bool need_deliver; /* P may hold frames that were not delivered yet */
   bool end_pending;  /* EOF read while P held deliverable frames: onEnd waits for them */
   bool lend_reads;   /* reads are lent to JS (lendReads), not given */
+  bool yielded;      /* alloc_cb ended this turn's reads (PN_READ_RUN) */
   uint64_t bytes_read; /* every byte read, framed into P or not (bytesRead) */
+  uint32_t run_bytes;  /* bytes of the reads in a row that filled their buffer */
 
   /* Connect and shutdown requests are malloc'd when made and freed by their
    * callbacks (an idle connection does not carry them). */

@@ -466,9 +466,23 @@ nomem:
 /* ---- libuv callbacks ---------------------------------------------------- */
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-  const pn_conn *c = h->data;
+  pn_conn *c = h->data;
   pn_env *e = c->base.penv;
   (void)suggested;
+  if (c->run_bytes >= PN_READ_RUN) {
+    /* libuv reads a ready socket until a read comes back short, up to 32
+     * times: a peer that keeps its socket full would have 8 MiB read and
+     * delivered (4 million 2-byte lines) before any other connection is
+     * looked at. An empty buffer ends this turn's reads without stopping
+     * reading (read_cb gets UV_ENOBUFS); the socket, still readable, is
+     * read again on the next turn, once the other ready connections, the
+     * timers and the immediates have had theirs. */
+    c->run_bytes = 0;
+    c->yielded = true;
+    buf->base = NULL;
+    buf->len = 0;
+    return;
+  }
   if (!c->reading) {
     /* Paused: a read of at most PN_PAUSED_HOLD bytes, to be held in P. */
     buf->base = e->read_buf;
@@ -775,11 +789,19 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   pn_conn *c = stream->data;
   pn_env *e = c->base.penv;
 
-  if (nread == 0) return; /* EAGAIN: nothing to read after all */
+  if (nread == UV_ENOBUFS && c->yielded) {
+    c->yielded = false; /* alloc_cb's: not an error, reading goes on */
+    return;
+  }
+  if (nread == 0) { /* EAGAIN: nothing to read after all */
+    c->run_bytes = 0;
+    return;
+  }
   if (c->base.closing) return;
   if (nread > 0) {
     const uint8_t *nb = (const uint8_t *)buf->base;
     c->bytes_read += (uint64_t)nread;
+    c->run_bytes = (size_t)nread == buf->len ? c->run_bytes + (uint32_t)nread : 0;
     if ((size_t)nread <= PN_BATCH_READ && e->check_ready && c->ready_link.next == NULL &&
         batch_add(e, c, nb, (size_t)nread))
       return;
