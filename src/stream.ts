@@ -244,7 +244,7 @@ function compactRun(wq: QueueItem[], n: number): number {
   for (let i = 0; i <= n; i++) {
     const len = i < n ? (wq[i] as Buffer).length : Infinity;
     if (bytes + len > JOIN_LIMIT && i > from) {
-      pieces.push(i - from === 1 ? (wq[from] as Buffer) : joinInto(Buffer.allocUnsafe(bytes), wq, i - from, from));
+      pieces.push(i - from === 1 ? (wq[from] as Buffer) : joinInto(allocBytes(bytes), wq, i - from, from));
       from = i;
       bytes = 0;
     }
