@@ -135,6 +135,32 @@ test("idleTimeout: a peer still reading what the kernel holds is not idle (nativ
   assert.deepEqual(events, [`timeout:${total}`]);
 });
 
+test("idleTimeout: bytes that arrived while the event loop was blocked are read before the late tick judges the connection idle", async (t) => {
+  const engine = freshEngine(t);
+  let timeouts = 0;
+  class C extends Echo {
+    override onTimeout() {
+      timeouts++;
+      super.onTimeout();
+    }
+  }
+  const port = await listenLocal(new Server(C, { engine, idleTimeoutMs: 400 }), t);
+  const client = await connect(port);
+  client.write("first\n");
+  assert.equal(String(await client.read(6)), "first\n");
+  await sleep(250); // idle for most of the timeout
+  client.write("during the stall\n"); // the kernel takes it now; the server reads it after the stall
+  const until = Date.now() + 700;
+  while (Date.now() < until) {
+    // A handler of some other connection, or a heap snapshot, holding the loop past the timeout.
+  }
+  assert.equal(String(await client.read(17)), "during the stall\n", "served, not timed out");
+  await sleep(100);
+  assert.equal(client.closed, false);
+  assert.equal(timeouts, 0);
+  client.destroy();
+});
+
 test("idleTimeout is a stream property: onTimeout may keep the connection", async (t) => {
   const engine = freshEngine(t);
   let timeouts = 0;
