@@ -3,7 +3,8 @@
 // allocates or frees: accept/connect, raw and framed reads (split delimiters,
 // sizes, reset and re-framing inside onRead, overflow), lent reads, read
 // blocks JS detaches, partial writes (and copies of a reused buffer's),
-// writev, shutdown, resets, close from inside callbacks, deferred errors, a
+// writev, shutdown, resets, close from inside callbacks, a peer flooding
+// past the per-turn read limit, deferred errors, a
 // throwing callback, a worker exiting with open handles, and finally a
 // natural exit with handles still open (the environment teardown path).
 //
@@ -283,6 +284,33 @@ async function trickle(sock, s) {
   await until(() => cl.ended && written === 1 && shut, "all bytes + FIN");
   assert.equal(cl.len(), big.length + 2_000_000);
   await until(() => conn.deliveredBytes() === -1, "every byte acknowledged");
+  await hangUp(cl, conn);
+  s.close();
+}
+
+// 2a. A peer that keeps the socket full: after PN_READ_RUN bytes of full
+// reads in a row the addon ends the turn's reads (an empty buffer, libuv's
+// UV_ENOBUFS) and reads the socket again on the next; every byte arrives.
+// deliveredBytesOf() on a node:net descriptor, and its argument check.
+{
+  let conn;
+  let got = 0;
+  let ended = false;
+  const { s, port } = listen((c) => {
+    conn = c;
+    handlers.set(c, { read: (b) => (got += b.length), end: () => (ended = true) });
+    c.readStart();
+  });
+  const cl = client(port);
+  await until(() => conn !== undefined, "accept");
+  const total = 16 * 1024 * 1024 * scale;
+  const block = Buffer.alloc(1024 * 1024, 3);
+  for (let sent = 0; sent < total; sent += block.length) cl.sock.write(block);
+  cl.sock.end();
+  await until(() => ended && got === total, "every flooded byte");
+  assert.equal(typeof native.deliveredBytesOf(cl.sock._handle.fd), "number");
+  assert.throws(() => native.deliveredBytesOf(-1), RangeError);
+  assert.throws(() => native.deliveredBytesOf("3"), TypeError);
   await hangUp(cl, conn);
   s.close();
 }
