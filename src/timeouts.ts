@@ -4,11 +4,13 @@
  * per socket. A timeout fires between its nominal time and a quarter of it
  * later (at least 10 ms, at most 1 s late).
  *
- * A tick that comes late because the event loop was blocked (a long
- * synchronous handler, a heap snapshot) is put off until the loop has polled
- * once: timers run before I/O in each turn of the loop, so without that a
- * connection whose bytes arrived during the stall, and wait to be read,
- * would be judged idle.
+ * Each tick judges at its own time but sweeps on the next turn of the loop,
+ * once the loop has polled: timers run before I/O, so a sweep at the tick
+ * itself sees only what the last poll read, and a callback that held the
+ * loop (a long synchronous handler, a heap snapshot) since that poll would
+ * leave a connection whose bytes arrived meanwhile judged idle, however
+ * short the stall and however late or not the tick comes. Everything that
+ * arrived before the tick has been read when its sweep runs.
  */
 
 /** Something with timeouts: called on every tick with the monotonic time. */
@@ -29,10 +31,10 @@ export class TimeoutSweeper {
   #running = false;
   /** When the ticker last (re)started: ticks fall at this plus whole ticks. */
   #startedAt = 0;
-  /** When the real timer last fired (a stalled loop shows as a late tick). */
-  #lastTick = 0;
-  /** A late tick's sweep, put off until the loop has polled. */
+  /** The last tick's sweep, put off until the loop has polled. */
   #deferred: ReturnType<typeof setTimeout> | null = null;
+  /** When that tick fired: the time its sweep judges at. */
+  #tickedAt = 0;
   readonly #now: () => number;
   /** Manual: no real timer runs; the owner calls {@link sweep}. */
   readonly #manual: boolean;
@@ -82,7 +84,6 @@ export class TimeoutSweeper {
   #restart(): void {
     this.#running = true;
     this.#startedAt = this.#now();
-    this.#lastTick = this.#startedAt;
     if (this.#manual) return;
     if (this.#timer !== null) clearInterval(this.#timer);
     this.#timer = setInterval(() => this.#onTick(), this.#tick);
@@ -90,26 +91,27 @@ export class TimeoutSweeper {
     this.#timer.unref();
   }
 
-  /** The real timer fired: sweep now, or after the loop has polled if the loop was blocked meanwhile. */
+  /** The real timer fired: sweep, as of now, once the loop has polled. */
   #onTick(): void {
-    const now = this.#now();
-    const late = now - this.#lastTick >= 2 * this.#tick;
-    this.#lastTick = now;
-    if (!late) {
-      this.sweep();
-    } else if (this.#deferred === null) {
-      // The next turn's timers run after this turn's poll has read what arrived during the stall.
-      this.#deferred = setTimeout(() => {
-        this.#deferred = null;
-        this.sweep();
-      }, 0);
-      this.#deferred.unref();
-    }
+    // A sweep still waiting keeps its earlier time: the poll it waits for
+    // comes after that time, not necessarily after this one.
+    if (this.#deferred !== null) return;
+    this.#tickedAt = this.#now();
+    // Made from a timer callback, it runs in the next turn's timers phase:
+    // after that turn's poll has read what arrived before this tick.
+    this.#deferred = setTimeout(() => {
+      this.#deferred = null;
+      this.#sweepAt(this.#tickedAt);
+    }, 0);
+    this.#deferred.unref();
   }
 
   /** Runs every registered item's timeout check now. */
   sweep(): void {
-    const now = this.#now();
+    this.#sweepAt(this.#now());
+  }
+
+  #sweepAt(now: number): void {
     for (const item of this.#items) item._onSweep(now);
   }
 

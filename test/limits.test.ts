@@ -161,6 +161,59 @@ test("idleTimeout: bytes that arrived while the event loop was blocked are read 
   client.destroy();
 });
 
+test("idleTimeout: a stall shorter than two ticks, in an I/O or check callback, does not judge a live peer idle either", async (t) => {
+  // The shared tick (here 200 ms) sweeps at the end of a loop turn, after its
+  // check and close phases: a stall there holds the poll back, and the first
+  // tick after it comes barely late. Each attempt: the peer speaks, stays quiet
+  // for most of the timeout, speaks again just as an immediate blocks the loop
+  // for 1.1 ticks. Only attempts whose quiet spell was really shorter than the
+  // timeout count.
+  const engine = freshEngine(t);
+  const idle = 800;
+  let timeouts = 0;
+  // Raw reads: native framing's count of held bytes would give the stall one more tick.
+  class C extends Stream {
+    override onRead(d: Buffer) {
+      this.write(d);
+    }
+    override onTimeout() {
+      timeouts++;
+      super.onTimeout();
+    }
+  }
+  const port = await listenLocal(new Server(C, { engine, idleTimeoutMs: idle }), t);
+  let counted = 0;
+  for (let attempt = 0; attempt < 4; attempt++) {
+    const client = await connect(port);
+    await sleep([150, 100, 50, 170][attempt]!); // the peer's first words at several phases of the tick
+    client.write("a\n");
+    await client.read(2);
+    const spoke = performance.now();
+    await sleep(idle - 60);
+    const before = timeouts;
+    let quiet = 0;
+    await new Promise<void>((resolve) =>
+      setImmediate(() => {
+        client.write("b\n"); // the kernel has it now; the server's poll comes after the stall
+        quiet = performance.now() - spoke;
+        const until = performance.now() + 220;
+        while (performance.now() < until) {
+          // some other connection's handler holding the loop
+        }
+        resolve();
+      }),
+    );
+    await sleep(30);
+    if (quiet < idle - 20) {
+      counted++;
+      assert.equal(timeouts, before, `attempt ${attempt}: timed out after ${Math.round(quiet)} ms of quiet (idleTimeout ${idle})`);
+      assert.equal(String(await client.read(2)), "b\n");
+    }
+    client.destroy();
+  }
+  assert.ok(counted >= 2, `too few attempts counted (${counted}): the machine is too slow for this test`);
+});
+
 test("idleTimeout is a stream property: onTimeout may keep the connection", async (t) => {
   const engine = freshEngine(t);
   let timeouts = 0;
