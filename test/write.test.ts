@@ -6,6 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Duplex } from "node:stream";
+import { MessageChannel } from "node:worker_threads";
 import { closeSync, createWriteStream, openSync, readdirSync, readlinkSync, writeFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import { open } from "node:fs/promises";
@@ -612,4 +613,48 @@ test("a net.Socket still connecting as the socket option: its addresses once con
   assert.deepEqual(s.remoteAddress, ["127.0.0.1", port]);
   assert.deepEqual(s.localAddress, ["127.0.0.1", sock.localPort]);
   s.close();
+});
+
+test("a joined write that a Duplex of the user's transfers to another thread leaves the other joins whole (its memory is not transferable, as Node's Buffer pool is not)", async (t) => {
+  const engine = freshEngine(t);
+  const { port1, port2 } = new MessageChannel();
+  t.after(() => {
+    port1.close();
+    port2.close();
+  });
+  const failures: string[] = [];
+  /** Hands each chunk to another thread without a copy when it can, as a worker-backed transport might. */
+  class Transferring extends Duplex {
+    override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+      try {
+        port1.postMessage(chunk, [chunk.buffer as ArrayBuffer]);
+      } catch (err) {
+        failures.push(String(err));
+        port1.postMessage(Buffer.from(chunk));
+      }
+      cb();
+    }
+    override _read(): void {}
+  }
+  class Echo2 extends Stream {
+    override onRead(d: Buffer) {
+      this.write(d);
+      this.write("!\n"); // two writes of one turn: one joined buffer
+    }
+  }
+  const port = await listenLocal(new Server(Echo2, { engine }), t);
+  const client = await connect(port);
+  const own = new Stream({ engine, socket: new Transferring() });
+  t.after(() => own.close(false));
+  own.write("a");
+  own.write("b"); // joined, and the join handed to the Duplex
+  await sleep(20);
+  client.write("ping");
+  assert.equal(String(await client.read(6)), "ping!\n");
+  own.write("c");
+  own.write("d");
+  await sleep(20);
+  client.write("pong");
+  assert.equal(String(await client.read(6)), "pong!\n");
+  client.destroy();
 });

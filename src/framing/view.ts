@@ -14,6 +14,7 @@
  * frame: those getters cost as much as the view itself.
  */
 import { Buffer } from "node:buffer";
+import { markAsUntransferable } from "node:worker_threads";
 
 type ViewConstructor = new (buffer: ArrayBufferLike, byteOffset: number, length: number) => Buffer;
 
@@ -43,13 +44,18 @@ let slabUsed = 0;
  * `Buffer.allocUnsafe(size)` for the write path's joins: the same pooling
  * (a small buffer is a view of a shared 8 KiB slab, which lives while any
  * view of it does), without the argument checks and the wrapper Node puts
- * around them, which cost more than a short join's copy. `size` is a
+ * around them, which cost more than a short join's copy (the slab is
+ * untransferable, as Node's pool is). `size` is a
  * non-negative integer the caller computed.
  */
 export function allocBytes(size: number): Buffer {
   if (size >= SLAB_SIZE >>> 1) return Buffer.allocUnsafeSlow(size);
   if (slab === null || SLAB_SIZE - slabUsed < size) {
     slab = Buffer.allocUnsafeSlow(SLAB_SIZE).buffer;
+    // A user's Duplex (or whoever it hands a join to) that transfers a
+    // join's ArrayBuffer to another thread would detach the slab under every
+    // other view of it: Node keeps its own pool untransferable for the same reason.
+    markAsUntransferable(slab);
     slabUsed = 0;
   }
   const out = viewOf(slab, slabUsed, size);
