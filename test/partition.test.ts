@@ -94,6 +94,15 @@ class Partition {
     );
   }
 
+  /** Listens `server` on our end, connects a {@link client} to it, and returns the server's stream for it. */
+  async serve<S extends Stream>(server: Server<S>): Promise<S> {
+    server.listen([this.near, 0]);
+    await server.ready();
+    await this.client(server.port!);
+    await waitFor(() => streamOf(server, this) !== undefined, 5000, "the peer's connection");
+    return streamOf(server, this)!;
+  }
+
   /** The peer vanishes: nothing from its namespace reaches us again, and its processes are gone. */
   vanish(): number {
     ip("-n", this.ns, "route", "add", "blackhole", `${this.near}/32`);
@@ -197,11 +206,8 @@ class Trickle extends Recording {
 test("idleTimeoutMs: a peer that vanished silently gets onTimeout on time, then onClose, and no error", { skip }, async (t) => {
   const engine = freshEngine(t);
   const part = new Partition(t);
-  const server = new Server(Recording, { engine, idleTimeoutMs: 500 }).listen([part.near, 0]);
-  await server.ready();
-  await part.client(server.port!);
-  await waitFor(() => streamOf(server, part) !== undefined, 5000, "the peer's connection");
-  const s = streamOf(server, part)!;
+  const server = new Server(Recording, { engine, idleTimeoutMs: 500 });
+  const s = await part.serve(server);
   Recording.t0 = part.vanish();
   await waitFor(() => s.closed, 5000, "the close");
   assert.deepEqual(s.names, ["timeout", "close"]);
@@ -249,11 +255,8 @@ test("a server writing blindly to a peer that vanished: writeBufferLimit stops i
       super.onClose();
     }
   }
-  const server = new Server(Blind, { engine }).listen([part.near, 0]);
-  await server.ready();
-  await part.client(server.port!);
-  await waitFor(() => streamOf(server, part) !== undefined, 5000, "the peer's connection");
-  const s = streamOf(server, part)!;
+  const server = new Server(Blind, { engine });
+  const s = await part.serve(server);
   Recording.t0 = part.vanish();
   await waitFor(() => s.closed, 10_000, "the close");
   assert.deepEqual(s.names, ["overflow", "close"]);
@@ -266,11 +269,8 @@ test("idleTimeoutMs: small writes the kernel still takes do not keep a peer that
   for (const transport of ["native", "js"] as const) {
     const engine = freshEngine(t);
     const part = new Partition(t);
-    const server = new Server(Trickle, { engine, idleTimeoutMs: 500, transport }).listen([part.near, 0]);
-    await server.ready();
-    await part.client(server.port!);
-    await waitFor(() => streamOf(server, part) !== undefined, 5000, "the peer's connection");
-    const s = streamOf(server, part)!;
+    const server = new Server(Trickle, { engine, idleTimeoutMs: 500, transport });
+    const s = await part.serve(server);
     Recording.t0 = part.vanish();
     await waitFor(() => s.closed, 5000, `the close (${transport} transport)`);
     assert.deepEqual(s.names, ["timeout", "close"], transport);
@@ -282,11 +282,8 @@ test("idleTimeoutMs: small writes the kernel still takes do not keep a peer that
 test("close(true) to a peer that vanished gives up after idleTimeoutMs without progress, not 30 s", { skip }, async (t) => {
   const engine = freshEngine(t);
   const part = new Partition(t);
-  const server = new Server(Recording, { engine, idleTimeoutMs: 500 }).listen([part.near, 0]);
-  await server.ready();
-  await part.client(server.port!);
-  await waitFor(() => streamOf(server, part) !== undefined, 5000, "the peer's connection");
-  const s = streamOf(server, part)!;
+  const server = new Server(Recording, { engine, idleTimeoutMs: 500 });
+  const s = await part.serve(server);
   Recording.t0 = part.vanish();
   s.write(Buffer.alloc(8 << 20));
   s.close(true);
@@ -318,11 +315,8 @@ test("shutdown({ timeoutMs }) with peers that vanished holding queued writes res
 test("keepAliveMs: a peer that vanished while idle is found by the probes (delay + 10 s): onReadError ETIMEDOUT, then onClose", { skip, timeout: 30_000 }, async (t) => {
   const engine = freshEngine(t);
   const part = new Partition(t);
-  const server = new Server(Recording, { engine, keepAliveMs: 1000 }).listen([part.near, 0]);
-  await server.ready();
-  await part.client(server.port!);
-  await waitFor(() => streamOf(server, part) !== undefined, 5000, "the peer's connection");
-  const s = streamOf(server, part)!;
+  const server = new Server(Recording, { engine, keepAliveMs: 1000 });
+  const s = await part.serve(server);
   Recording.t0 = part.vanish();
   await waitFor(() => s.closed, 20_000, "the close");
   assert.deepEqual(s.names, ["readError:ETIMEDOUT", "close"]);
