@@ -588,7 +588,7 @@ export class Stream extends Channel {
     if (this.#rb !== null) this.#rb.discarding = false;
     this.#framingChanged();
     // Inside a dispatch the batch in hand is reframed first (see _onNativeFrames).
-    if ((this.#flags & (F_NATIVE | F_IN_DISPATCH)) === F_NATIVE && this.#state === S_OPEN) this.#nativeReframe();
+    this.#nativeReframe();
   }
 
   /**
@@ -632,7 +632,7 @@ export class Stream extends Channel {
     this.#flags |= F_STOP;
     // Outside onRead, bytes already buffered meet the new limit on the next tick (as a new delimiter frames them).
     if (this.#rb !== null && this.#rb.length > 0 && (this.#flags & F_IN_DISPATCH) === 0) this.#scheduleProcess();
-    if ((this.#flags & (F_NATIVE_FRAMING | F_IN_DISPATCH)) === F_NATIVE_FRAMING && this.#state === S_OPEN) this.#nativeReframe();
+    if ((this.#flags & F_NATIVE_FRAMING) !== 0) this.#nativeReframe();
   }
 
   /**
@@ -670,7 +670,7 @@ export class Stream extends Channel {
     }
     this.#encoding = value;
     this.#flags |= F_STOP;
-    if ((this.#flags & (F_NATIVE | F_IN_DISPATCH)) === F_NATIVE && this.#state === S_OPEN) this.#nativeReframe();
+    this.#nativeReframe();
   }
 
   /**
@@ -1610,11 +1610,12 @@ export class Stream extends Channel {
    * framing again: the two transports cut different frames. The addon
    * frames again from the next read on (#syncNativeFraming). Paused, they
    * stay in the addon (which holds at most 16 KiB read ahead) until the
-   * resume takes them.
+   * resume takes them. Inside a delivery (or once not open) there is
+   * nothing to do here: _onNativeFrames reframes the batch in hand.
    */
   #nativeReframe(): void {
     const sock = this.#sock;
-    if (!isNative(sock)) return;
+    if (!isNative(sock) || (this.#flags & F_IN_DISPATCH) !== 0 || this.#state !== S_OPEN) return;
     if ((this.#flags & P_ANY) === 0) {
       this.#flags &= ~F_NATIVE_FRAMING;
       const held = this.#takeHeld(sock);
@@ -2202,7 +2203,7 @@ export class Stream extends Channel {
     if ((this.#flags & P_ANY) !== 0) return;
     if ((this.#flags & F_FLOWING) !== 0 && this.#sock !== null && this.#state !== S_CLOSED) {
       // Inside a delivery, the addon's frames in hand are reframed by _onNativeFrames.
-      if ((this.#flags & (F_NATIVE | F_IN_DISPATCH | F_TLS_UPGRADING)) === F_NATIVE && this.#state === S_OPEN) this.#nativeReframe();
+      if ((this.#flags & F_TLS_UPGRADING) === 0) this.#nativeReframe();
       this.#sock.resume();
     }
     this.#scheduleProcess();
