@@ -26,6 +26,7 @@ import { parseOptions } from "./lib/options.js";
 import { choosePlacement, which } from "./lib/proc.js";
 import { fmt } from "./lib/report.js";
 import { benchPaths, buildLoadgen, makeCertificate } from "./lib/setup.js";
+import { LOADS, TLS_SIDES } from "./lib/scenarios.js";
 import { SIDE_LABEL, probeSides } from "./lib/sides.js";
 import type { Side } from "./lib/sides.js";
 
@@ -47,19 +48,19 @@ interface Job {
 }
 
 const SIDES: readonly Side[] = ["raw", "js", "native"];
+const load = (name: keyof typeof LOADS, tls = false) => [...(tls ? ["-t"] : []), ...LOADS[name].map(String)];
 /** Below this many units in the window, a figure says more about the server's idle costs than about its work. */
 const FEW_UNITS = 5_000;
-const TLS_SIDES: readonly Side[] = ["raw", "js"];
 
 const JOBS: readonly Job[] = [
-  { name: "pingpong-1", title: "line echo, 1 connection, 64-byte lines", per: "message", job: "echo-line", loadgen: ["-m", "pingpong", "-c", "1", "-s", "64"], units: "count", sides: SIDES },
-  { name: "pingpong-50", title: "line echo, 50 connections, 64-byte lines", per: "message", job: "echo-line", loadgen: ["-m", "pingpong", "-c", "50", "-s", "64"], units: "count", sides: SIDES },
-  { name: "pipelined", title: "line echo, 50 connections, 16 lines sent at once", per: "message", job: "echo-line", loadgen: ["-m", "pipeline", "-c", "50", "-k", "16", "-s", "64"], units: "count", sides: SIDES },
-  { name: "churn", title: "connect, one line, its echo, close; 50 at once", per: "connection", job: "echo-line", loadgen: ["-m", "churn", "-c", "50", "-s", "64", "-S", "64"], units: "count", sides: SIDES },
-  { name: "http", title: "keep-alive HTTP responder, 50 connections", per: "request", job: "http", loadgen: ["-m", "pingpong", "-H", "-c", "50"], units: "count", sides: SIDES },
-  { name: "bulk", title: "raw echo, 4 connections, 64 KiB writes", per: "KiB", job: "echo-raw", loadgen: ["-m", "bulk", "-c", "4", "-b", "65536", "-W", "262144"], units: "bytes", sides: SIDES },
-  { name: "tls-echo", title: "line echo over TLS, 50 connections", per: "message", job: "tls-echo-line", loadgen: ["-t", "-m", "pingpong", "-c", "50", "-s", "64"], units: "count", sides: TLS_SIDES, minWarmup: 20 },
-  { name: "tls-handshake", title: "full TLS handshakes, 16 at once", per: "handshake", job: "tls-echo-line", loadgen: ["-t", "-m", "handshake", "-c", "16"], units: "count", sides: TLS_SIDES },
+  { name: "pingpong-1", title: "line echo, 1 connection, 64-byte lines", per: "message", job: "echo-line", loadgen: load("pingpong-1"), units: "count", sides: SIDES },
+  { name: "pingpong-50", title: "line echo, 50 connections, 64-byte lines", per: "message", job: "echo-line", loadgen: load("pingpong-50"), units: "count", sides: SIDES },
+  { name: "pipelined", title: "line echo, 50 connections, 16 lines sent at once", per: "message", job: "echo-line", loadgen: load("pipelined"), units: "count", sides: SIDES },
+  { name: "churn", title: "connect, one line, its echo, close; 50 at once", per: "connection", job: "echo-line", loadgen: load("churn"), units: "count", sides: SIDES },
+  { name: "http", title: "keep-alive HTTP responder, 50 connections", per: "request", job: "http", loadgen: load("http"), units: "count", sides: SIDES },
+  { name: "bulk", title: "raw echo, 4 connections, 64 KiB writes", per: "KiB", job: "echo-raw", loadgen: load("bulk"), units: "bytes", sides: SIDES },
+  { name: "tls-echo", title: "line echo over TLS, 50 connections", per: "message", job: "tls-echo-line", loadgen: load("tls-echo", true), units: "count", sides: TLS_SIDES, minWarmup: 20 },
+  { name: "tls-handshake", title: "full TLS handshakes, 16 at once", per: "handshake", job: "tls-echo-line", loadgen: load("tls-handshake", true), units: "count", sides: TLS_SIDES },
 ];
 
 const USAGE = `usage: npm run bench:instructions -- [options]

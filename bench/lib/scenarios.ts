@@ -26,7 +26,7 @@ import { redis } from "./redis.js";
 import { CASES } from "../framing/cases.js";
 
 /** TLS servers always run on node:tls, so TLS scenarios have one pants-ts side. */
-const TLS_SIDES: readonly Side[] = ["raw", "js"];
+export const TLS_SIDES: readonly Side[] = ["raw", "js"];
 const TLS_NOTE = "one pants-ts column: TLS servers always use node:tls, whatever the transport (no uvloop TLS server)";
 
 /** Runs the Node TLS load generator (the fallback without an OpenSSL loadgen) against `server`. */
@@ -42,6 +42,24 @@ async function nodeTlsClient(ctx: Context, server: RunningServer, args: readonly
 
 const LINE = 64;
 
+/**
+ * The C load generator's arguments of the socket scenarios, by scenario
+ * (the TLS ones without their -t): `npm run bench:instructions` drives the
+ * same loads.
+ */
+export const LOADS = {
+  "pingpong-1": ["-m", "pingpong", "-c", 1, "-s", LINE],
+  "pingpong-50": ["-m", "pingpong", "-c", 50, "-s", LINE],
+  "pingpong-500": ["-m", "pingpong", "-c", 500, "-s", LINE],
+  pipelined: ["-m", "pipeline", "-c", 50, "-k", 16, "-s", LINE],
+  churn: ["-m", "churn", "-c", 50, "-s", LINE, "-S", 64],
+  http: ["-m", "pingpong", "-H", "-c", 50],
+  /** Bulk echo's load (plain and TLS): 4 connections, 64 KiB writes, at most 256 KiB in flight each. */
+  bulk: ["-m", "bulk", "-c", 4, "-b", 65536, "-W", 262144],
+  "tls-echo": ["-m", "pingpong", "-c", 50, "-s", LINE],
+  "tls-handshake": ["-m", "handshake", "-c", 16],
+} as const satisfies Record<string, readonly (string | number)[]>;
+
 function loadgenScenario(name: string, title: string, unit: string, job: ServerJob, args: readonly (string | number)[], key: string): Scenario {
   const argv = args.map(String);
   return {
@@ -55,13 +73,13 @@ function loadgenScenario(name: string, title: string, unit: string, job: ServerJ
   };
 }
 
-const pingpong = (conns: number) =>
+const pingpong = (conns: 1 | 50 | 500) =>
   loadgenScenario(
     `pingpong-${conns}`,
     `line echo ping-pong, ${conns} connection${conns === 1 ? "" : "s"}, ${LINE}-byte lines, one in flight each`,
     "msgs/s",
     "echo-line",
-    ["-m", "pingpong", "-c", conns, "-s", LINE],
+    LOADS[`pingpong-${conns}`],
     "rate",
   );
 
@@ -70,12 +88,11 @@ const pipelined = loadgenScenario(
   `line echo, 50 connections, 16 ${LINE}-byte lines sent at once, then the 16 replies awaited`,
   "msgs/s",
   "echo-line",
-  ["-m", "pipeline", "-c", 50, "-k", 16, "-s", LINE],
+  LOADS.pipelined,
   "rate",
 );
 
-/** Bulk echo's load (plain and TLS): 4 connections, 64 KiB writes, at most 256 KiB in flight each. */
-const BULK_LOAD = ["-m", "bulk", "-c", 4, "-b", 65536, "-W", 262144] as const;
+const BULK_LOAD = LOADS.bulk;
 
 const bulk = loadgenScenario(
   "bulk",
@@ -106,7 +123,7 @@ const churn = loadgenScenario(
   "connection churn, 50 at once: connect, one line, its echo, close",
   "conns/s",
   "echo-line",
-  ["-m", "churn", "-c", 50, "-s", LINE, "-S", 64],
+  LOADS.churn,
   "rate",
 );
 
@@ -151,7 +168,7 @@ const HTTP_TITLE = "keep-alive HTTP/1.1, 50 connections, fixed 200 response (req
  * server as the limit, where wrk (parsing, Lua hooks, latency histograms)
  * saturates its own CPU first against the faster servers.
  */
-const http = loadgenScenario("http", HTTP_TITLE, "req/s", "http", ["-m", "pingpong", "-H", "-c", 50], "rate");
+const http = loadgenScenario("http", HTTP_TITLE, "req/s", "http", LOADS.http, "rate");
 
 /** The same servers under wrk, for its latency percentiles: only with --only http-wrk. */
 const httpWrk: Scenario = {
@@ -196,7 +213,7 @@ const tlsEcho = tlsScenario(
   `line echo ping-pong over TLS, 50 connections, ${LINE}-byte lines`,
   "msgs/s",
   "tls-echo-line",
-  ["-m", "pingpong", "-c", 50, "-s", LINE],
+  LOADS["tls-echo"],
   ["--mode", "pingpong", "--conns", 50, "--size", LINE],
   "rate",
 );
@@ -216,7 +233,7 @@ const tlsHandshake = tlsScenario(
   "full TLS handshakes (no resumption), 16 at once: connect, handshake, close",
   "handshakes/s",
   "tls-echo-line",
-  ["-m", "handshake", "-c", 16],
+  LOADS["tls-handshake"],
   ["--mode", "handshake", "--conns", 16],
   "rate",
 );
