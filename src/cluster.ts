@@ -166,9 +166,10 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
       // deadline), so that servers it has yet to create are drained too. The
       // drain gets what is left of the deadline: the primary kills a worker
       // that is not done 5 s after it (0: no deadline; 1 ms: it has passed).
-      const told = Date.now();
+      // Durations by the monotonic clock: a wall-clock step (NTP, a VM resumed) moves neither deadline.
+      const told = performance.now();
       const wait = m.timeoutMs > 0 ? Promise.race([started, new Promise<void>((r) => setTimeout(r, cappedDelay(m.timeoutMs)).unref())]) : started;
-      const left = () => (m.timeoutMs > 0 ? Math.max(1, m.timeoutMs - (Date.now() - told)) : 0);
+      const left = () => (m.timeoutMs > 0 ? Math.max(1, m.timeoutMs - (performance.now() - told)) : 0);
       void wait.then(() => shutdownAll(left())).then(() => {
         send({ pantsTs: "stats", stats: processStats() });
         send({ pantsTs: "drained" });
@@ -301,7 +302,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
 
   const fork = (): Worker => {
     const worker = cluster.fork({ [PRIMARY_ENV]: String(process.pid) });
-    lastFork.set(worker, Date.now());
+    lastFork.set(worker, performance.now());
     unheard.set(worker, []);
     // IPC errors are the send races above, or a channel failing as the worker
     // dies; its exit is handled below. Unlistened, one would kill the primary.
@@ -388,7 +389,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       if (expected.delete(worker)) return;
       if (stopped !== null) return;
       // One that ran for 10 s was healthy: its slot's back-off starts over.
-      const livedMs = Date.now() - (lastFork.get(worker) ?? 0);
+      const livedMs = performance.now() - (lastFork.get(worker) ?? 0);
       const delay = livedMs > 10_000 ? baseDelay : (slotDelay.get(worker) ?? baseDelay);
       log.current.warn(`Worker ${worker.process.pid} exited (${signal ?? code}); restarting in ${delay} ms.`);
       restarts++;

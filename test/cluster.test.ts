@@ -330,3 +330,12 @@ test("runCluster: a shutdown that waited for a worker's main() drains within wha
   assert.match(run.out(), /worker exited 0 after/, run.out());
   assert.doesNotMatch(run.out(), /killing it/, run.out());
 });
+
+test("runCluster: a wall-clock step back during that wait does not stretch the worker's drain past the deadline", { timeout: 60_000 }, async (t) => {
+  // The same worker, whose Date.now steps back an hour while main() warms up:
+  // what is left of the deadline is measured on the monotonic clock.
+  const run = launch(t, "cluster-slow-start.ts", { TIMEOUT_MS: "6000", CLOCK_JUMP_MS: String(-3_600_000) });
+  await run.exited;
+  assert.match(run.out(), /worker exited 0 after/, run.out());
+  assert.doesNotMatch(run.out(), /killing it/, run.out());
+});
