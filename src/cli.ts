@@ -297,6 +297,21 @@ function transportNote(server: Server): string {
   return why === null ? "node:net" : `node:net (${why})`;
 }
 
+/**
+ * Whether this host's kernel hands the connections queued on a closing
+ * SO_REUSEPORT socket to another socket of its group (net.ipv4.tcp_migrate_req,
+ * read in this process's network namespace). True where it cannot be read:
+ * nothing to say then (another system, a kernel before 5.14 that has no such
+ * setting, or a sandbox hiding /proc).
+ */
+function migratesQueuedConnections(): boolean {
+  try {
+    return readFileSync("/proc/sys/net/ipv4/tcp_migrate_req", "latin1").trim() !== "0";
+  } catch {
+    return true;
+  }
+}
+
 /** The address a cluster worker's server listens on, as the primary hears of it. */
 function fromClusterAddress(info: ClusterAddress): Address | null {
   if (info.addressType === -1) {
@@ -363,6 +378,12 @@ async function serve(args: ServeArgs): Promise<number> {
       const addresses = bound.size > 0 ? [...bound.values()] : args.listen;
       const where = addresses.map((a) => formatAddress(a) + connectHint(a, tls)).join(", ");
       process.stdout.write(`pants-ts: ${args.workers} workers serving ${args.module} on ${where}\n`);
+      if (args.reusePort && !migratesQueuedConnections()) {
+        process.stdout.write(
+          "pants-ts: note: net.ipv4.tcp_migrate_req is 0, so a SIGHUP (rolling restart) resets connections still queued on a retiring worker's socket; " +
+            "`sysctl -w net.ipv4.tcp_migrate_req=1` (Linux 5.14+) has the kernel move them to another worker\n",
+        );
+      }
     }
     await handle.closed;
     return 0;
