@@ -5,7 +5,7 @@
  */
 import { Buffer } from "node:buffer";
 import cluster from "node:cluster";
-import net from "node:net";
+import * as net from "node:net";
 import tls from "node:tls";
 import { lookup } from "node:dns/promises";
 import { lstatSync, unlinkSync } from "node:fs";

@@ -2,11 +2,12 @@
  * The package as a user gets it: `npm pack`, then `npm install` of the
  * tarball into a new project outside the repository, where the native addon
  * builds from the shipped C sources, an application compiles against the
- * shipped declarations (strict, skipLibCheck off; nodenext, and a bundler's
- * resolution) and runs over a real loopback socket, and the installed
- * `pants-ts` command serves one of its modules. A file the package needs but
- * package.json's "files" leaves out fails here, though every test that
- * imports ../src passes.
+ * shipped declarations (strict, skipLibCheck off; nodenext, a bundler's
+ * resolution, and CommonJS with TypeScript's default node10 resolution) and
+ * runs over a real loopback socket, and the installed `pants-ts` command
+ * serves one of its modules. A file the package needs but package.json's
+ * "files" leaves out fails here, though every test that imports ../src
+ * passes.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -87,6 +88,43 @@ export default class Echo extends Stream {
 }
 `;
 
+// The application as CommonJS (no top-level await): compiled to require() calls.
+const CJS_TS = `
+import { Server, Stream } from "pants-ts";
+
+class Echo extends Stream {
+  override onConnect(): void {
+    this.encoding = "utf8";
+    this.readDelimiter = "\\n";
+  }
+  override onRead(line: string): void {
+    this.write(\`echo \${line}\\n\`);
+  }
+}
+
+async function main(): Promise<void> {
+  const server = new Server(Echo).listen(["127.0.0.1", 0]);
+  await server.ready();
+  const address = server.localAddress;
+  if (!Array.isArray(address)) throw new Error("not a TCP address");
+  const client = new Stream().connect(["127.0.0.1", address[1]]);
+  await client.ready();
+  client.encoding = "utf8";
+  client.readDelimiter = "\\n";
+  const reply = await new Promise<string>((resolve) => {
+    client.onRead = (line: unknown) => resolve(String(line));
+    client.write("socket\\n");
+  });
+  client.close();
+  server.close();
+  console.log(JSON.stringify({ reply }));
+}
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exitCode = 1;
+});
+`;
+
 /** `npm ...` in `cwd`, with none of the npm_* settings of an enclosing `npm test`. */
 function npm(args: string[], cwd: string): SpawnSyncReturns<string> {
   const env: NodeJS.ProcessEnv = {};
@@ -99,7 +137,7 @@ const npmMissing = ((): string | false => {
   return r.error ? `npm is not available (${r.error.message}): the packed package cannot be installed` : false;
 })();
 
-test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict nodenext consumer compiles against the .d.ts and echoes over loopback, the pants-ts command serves", { skip: npmMissing, timeout: 60_000 }, async (t) => {
+test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict nodenext consumer compiles against the .d.ts and echoes over loopback, the pants-ts command serves; CommonJS", { skip: npmMissing, timeout: 120_000 }, async (t) => {
   assert.ok(existsSync(join(root, "dist", "src", "index.js")), "dist/ is built (npm run build)");
   const dir = tempDir(t, "pants-ts-package-");
 
@@ -174,4 +212,23 @@ test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict
   assert.equal(echoed, "echo hi\n");
   served.kill("SIGTERM");
   assert.equal(await exited, 0, `pants-ts serve after SIGTERM: ${out}`);
+
+  const tscCli = join(root, "node_modules", "typescript", "bin", "tsc");
+  await t.test("a CommonJS consumer: the .d.ts need no esModuleInterop, Node require()s the ES module", () => {
+    // A folder of the app with its own package.json: pants-ts resolves from the app's node_modules.
+    const cjs = join(app, "cjs");
+    mkdirSync(join(cjs, "src"), { recursive: true });
+    writeFileSync(join(cjs, "package.json"), JSON.stringify({ name: "cjs", private: true, type: "commonjs" }));
+    writeFileSync(join(cjs, "src", "main.ts"), CJS_TS);
+    // module commonjs: TypeScript 5's default resolution (node10) knows no "exports", esModuleInterop is off.
+    writeFileSync(join(cjs, "tsconfig.json"), JSON.stringify({ compilerOptions: { ...compilerOptions, module: "commonjs" }, include: ["src"] }));
+    const compiled = spawnSync(process.execPath, [tscCli, "-p", join(cjs, "tsconfig.json")], { cwd: cjs, encoding: "utf8", timeout: 50_000 });
+    assert.equal(compiled.status, 0, `the CommonJS consumer does not compile:\n${compiled.stdout}${compiled.stderr}`);
+    const js = readFileSync(join(cjs, "dist", "main.js"), "utf8");
+    assert.match(js, /require\("pants-ts"\)/, "compiled to require() calls");
+    const ran = spawnSync(process.execPath, [join(cjs, "dist", "main.js")], { cwd: cjs, encoding: "utf8", timeout: 20_000 });
+    assert.equal(ran.status, 0, `the CommonJS consumer failed:\n${ran.stdout}${ran.stderr}`);
+    assert.deepEqual(JSON.parse(ran.stdout), { reply: "echo socket" });
+  });
+
 });
