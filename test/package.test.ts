@@ -91,6 +91,8 @@ export default class Echo extends Stream {
 // The application as CommonJS (no top-level await): compiled to require() calls.
 const CJS_TS = `
 import { Server, Stream } from "pants-ts";
+import { memoryPeer } from "pants-ts/testing";
+import type { MemoryPeer } from "pants-ts/testing";
 
 class Echo extends Stream {
   override onConnect(): void {
@@ -103,6 +105,11 @@ class Echo extends Stream {
 }
 
 async function main(): Promise<void> {
+  const peer: MemoryPeer<Echo> = memoryPeer(Echo);
+  await peer.send("memory\\n");
+  const memory = (await peer.read()).toString();
+  peer.end();
+  await peer.closed;
   const server = new Server(Echo).listen(["127.0.0.1", 0]);
   await server.ready();
   const address = server.localAddress;
@@ -117,7 +124,7 @@ async function main(): Promise<void> {
   });
   client.close();
   server.close();
-  console.log(JSON.stringify({ reply }));
+  console.log(JSON.stringify({ memory, reply }));
 }
 main().catch((err: unknown) => {
   console.error(err);
@@ -214,7 +221,7 @@ test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict
   assert.equal(await exited, 0, `pants-ts serve after SIGTERM: ${out}`);
 
   const tscCli = join(root, "node_modules", "typescript", "bin", "tsc");
-  await t.test("a CommonJS consumer: the .d.ts need no esModuleInterop, Node require()s the ES module", () => {
+  await t.test("a CommonJS consumer: TypeScript's default resolution finds pants-ts/testing (typesVersions), the .d.ts need no esModuleInterop, Node require()s the ES module", () => {
     // A folder of the app with its own package.json: pants-ts resolves from the app's node_modules.
     const cjs = join(app, "cjs");
     mkdirSync(join(cjs, "src"), { recursive: true });
@@ -225,10 +232,10 @@ test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict
     const compiled = spawnSync(process.execPath, [tscCli, "-p", join(cjs, "tsconfig.json")], { cwd: cjs, encoding: "utf8", timeout: 50_000 });
     assert.equal(compiled.status, 0, `the CommonJS consumer does not compile:\n${compiled.stdout}${compiled.stderr}`);
     const js = readFileSync(join(cjs, "dist", "main.js"), "utf8");
-    assert.match(js, /require\("pants-ts"\)/, "compiled to require() calls");
+    assert.match(js, /require\("pants-ts\/testing"\)/, "compiled to require() calls");
     const ran = spawnSync(process.execPath, [join(cjs, "dist", "main.js")], { cwd: cjs, encoding: "utf8", timeout: 20_000 });
     assert.equal(ran.status, 0, `the CommonJS consumer failed:\n${ran.stdout}${ran.stderr}`);
-    assert.deepEqual(JSON.parse(ran.stdout), { reply: "echo socket" });
+    assert.deepEqual(JSON.parse(ran.stdout), { memory: "echo memory\n", reply: "echo socket" });
   });
 
 });
