@@ -505,7 +505,7 @@ export function loadNative(): NativeAddon | null {
   }
   const file = join(root, ADDON_PATH);
   if (!existsSync(file)) {
-    loadError = `the native addon is not built (${file} is missing; run node-gyp rebuild)`;
+    loadError = `the native addon is not built (${file} is missing; run npm rebuild pants-ts, or npm run build:native in a checkout)`;
     loaded = null;
     return null;
   }

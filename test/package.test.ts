@@ -4,10 +4,10 @@
  * builds from the shipped C sources, an application compiles against the
  * shipped declarations (strict, skipLibCheck off; nodenext, a bundler's
  * resolution, and CommonJS with TypeScript's default node10 resolution) and
- * runs over a real loopback socket, and the installed `pants-ts` command
- * serves one of its modules. A file the package needs but package.json's
- * "files" leaves out fails here, though every test that imports ../src
- * passes.
+ * runs over a real loopback socket, the installed `pants-ts` command serves
+ * one of its modules, and an install without scripts runs on node:net. A file
+ * the package needs but package.json's "files" leaves out fails here, though
+ * every test that imports ../src passes.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -144,7 +144,7 @@ const npmMissing = ((): string | false => {
   return r.error ? `npm is not available (${r.error.message}): the packed package cannot be installed` : false;
 })();
 
-test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict nodenext consumer compiles against the .d.ts and echoes over loopback, the pants-ts command serves; CommonJS", { skip: npmMissing, timeout: 120_000 }, async (t) => {
+test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict nodenext consumer compiles against the .d.ts and echoes over loopback, the pants-ts command serves; CommonJS; no install scripts", { skip: npmMissing, timeout: 120_000 }, async (t) => {
   assert.ok(existsSync(join(root, "dist", "src", "index.js")), "dist/ is built (npm run build)");
   const dir = tempDir(t, "pants-ts-package-");
 
@@ -238,4 +238,23 @@ test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict
     assert.deepEqual(JSON.parse(ran.stdout), { memory: "echo memory\n", reply: "echo socket" });
   });
 
+  await t.test("installed with --ignore-scripts: no addon, the app runs on node:net, and asking for native says how to build it", () => {
+    const bare = join(dir, "bare");
+    mkdirSync(bare);
+    writeFileSync(join(bare, "package.json"), JSON.stringify({ name: "bare", private: true, type: "module" }));
+    const installedBare = npm(["install", "--no-audit", "--no-fund", "--offline", "--ignore-scripts", tarball], bare);
+    assert.equal(installedBare.status, 0, `npm install --ignore-scripts:\n${installedBare.stdout}${installedBare.stderr}`);
+    assert.ok(!existsSync(join(bare, "node_modules", "pants-ts", "build")), "no addon was built");
+    writeFileSync(join(bare, "main.js"), readFileSync(join(app, "dist", "main.js")));
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    delete env.PANTS_TS_TRANSPORT;
+    const ran = spawnSync(process.execPath, ["main.js"], { cwd: bare, env, encoding: "utf8", timeout: 20_000 });
+    assert.equal(ran.status, 0, `the consumer without the addon failed:\n${ran.stdout}${ran.stderr}`);
+    assert.deepEqual(JSON.parse(ran.stdout), { transport: "js", netstruct: "netstruct", memory: "guest: memory\n", reply: "guest: socket", nicks: ["guest"] });
+    // The reason (also the banner of pants-ts serve) names a command that works in an application.
+    const native = spawnSync(process.execPath, ["main.js"], { cwd: bare, env: { ...env, PANTS_TS_TRANSPORT: "native" }, encoding: "utf8", timeout: 20_000 });
+    assert.notEqual(native.status, 0);
+    assert.match(native.stderr, /ERR_NATIVE_UNAVAILABLE/);
+    assert.match(native.stderr, /npm rebuild pants-ts/, native.stderr);
+  });
 });
