@@ -13,7 +13,7 @@ import cluster from "node:cluster";
 import type { Address as ClusterAddress } from "node:cluster";
 import { Server, liveServers } from "./server.js";
 import { Engine } from "./engine.js";
-import { failureText } from "./errors.js";
+import { codedError, failureText } from "./errors.js";
 import { Stream } from "./stream.js";
 import { formatAddress, hostWithZone } from "./address.js";
 import type { Address } from "./address.js";
@@ -169,16 +169,25 @@ class VersionRequested extends Error {}
 
 async function loadModule(path: string): Promise<unknown> {
   const url = pathToFileURL(resolve(path)).href;
+  let noTsx = false;
   if (/\.[cm]?ts$/.test(path)) {
     try {
       const api = (await import("tsx/esm/api" as string)) as { register?: () => void };
       api.register?.();
-    } catch {
-      // Without tsx the import below fails with Node's own message.
+    } catch (err) {
+      noTsx = (err as { code?: unknown }).code === "ERR_MODULE_NOT_FOUND";
     }
   }
-  const mod = (await import(url)) as { default?: unknown };
-  return mod.default;
+  try {
+    const mod = (await import(url)) as { default?: unknown };
+    return mod.default;
+  } catch (err) {
+    // Node's own message ('Unknown file extension ".ts"') does not say what is missing.
+    if (noTsx && (err as { code?: unknown }).code === "ERR_UNKNOWN_FILE_EXTENSION") {
+      throw codedError(`${path} is TypeScript and tsx is not installed: install it (npm install -D tsx), or serve the compiled .js.`, "ERR_UNKNOWN_FILE_EXTENSION");
+    }
+    throw err;
+  }
 }
 
 function isConnectionClass(value: unknown): value is typeof Stream {
