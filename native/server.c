@@ -23,22 +23,36 @@ typedef struct {
 #if !PN_HAVE_PIPE_BIND2
   bool unlink_on_close; /* we bound the path ourselves: remove it at close */
 #endif
+  /* Sheds a connection that cannot have a pn_conn (see shed()). */
+  pn_uv_stream shed;
+  bool shedding;  /* uv_close was called on `shed`, its callback has not run */
+  bool owed;      /* libuv holds an accepted connection we could not take yet */
+  bool closed;    /* the server handle's close callback has run */
 } pn_server_full;
 
 /* ---- closing -------------------------------------------------------------- */
 
-/* The only place a pn_server is freed. */
-static void server_close_cb(uv_handle_t *h) {
-  pn_server *s = h->data;
+/* The only place a pn_server is freed: once both its handle and the shed
+ * handle in it are closed. */
+static void server_free(pn_server *s) {
   pn_env *e = s->base.penv;
-#if !PN_HAVE_PIPE_BIND2
-  if (((pn_server_full *)s)->unlink_on_close && s->path != NULL) unlink(s->path);
-#endif
-  pn_list_remove(&s->base.link);
-  pn_release_js(s); /* the JS object may now be collected */
   free(s->path);
   free(s);
   pn_handle_closed(e, NULL);
+}
+
+static void server_close_cb(uv_handle_t *h) {
+  pn_server *s = h->data;
+  pn_server_full *f = (pn_server_full *)s;
+#if !PN_HAVE_PIPE_BIND2
+  if (f->unlink_on_close && s->path != NULL) unlink(s->path);
+#endif
+  pn_list_remove(&s->base.link);
+  pn_release_js(s); /* the JS object may now be collected */
+  f->closed = true;
+  /* libuv runs close callbacks last-closed first: a shed handle closed
+   * earlier in this turn calls back after this one, into `s`. */
+  if (!f->shedding) server_free(s);
 }
 
 void pn_server_close(pn_server *s) {
@@ -145,6 +159,45 @@ static void accept_batch(pn_server *s) {
 }
 #endif
 
+static void shed(pn_server *s);
+
+static void shed_close_cb(uv_handle_t *h) {
+  pn_server *s = h->data;
+  pn_server_full *f = (pn_server_full *)s;
+  f->shedding = false;
+  if (f->closed) {
+    server_free(s);
+    return;
+  }
+  /* Another connection failed while this one was closing: shed it now. */
+  if (f->owed && !s->base.closing && !s->base.penv->tearing_down) shed(s);
+}
+
+/* Closes the connection libuv accepted for `s` when it cannot have a
+ * pn_conn (no memory, or every id in use). libuv keeps an accepted fd until
+ * uv_accept takes it, and stops watching the listening socket meanwhile: not
+ * taking it would stop the server accepting for good. So it is taken into
+ * the server's own spare handle, which is closed at once (the peer sees its
+ * connection closed), and libuv watches the socket again; nothing is
+ * allocated. libuv may accept the next connection in the same callback, while
+ * the spare is still closing: that one waits for the spare's close callback
+ * (`owed`; libuv does not watch the socket until then). */
+static void shed(pn_server *s) {
+  pn_server_full *f = (pn_server_full *)s;
+  uv_loop_t *loop = s->base.penv->loop;
+  if (f->shedding) {
+    f->owed = true;
+    return;
+  }
+  f->owed = false;
+  int err = s->base.is_pipe ? uv_pipe_init(loop, &f->shed.pipe, 0) : uv_tcp_init(loop, &f->shed.tcp);
+  if (err != 0) return; /* cannot happen: neither allocates nor makes a socket */
+  f->shed.handle.data = s;
+  uv_accept(&s->h.stream, &f->shed.stream); /* on failure libuv closes the fd */
+  f->shedding = true;
+  uv_close(&f->shed.handle, shed_close_cb);
+}
+
 /* Takes the connection libuv accepted (kept in server->accepted_fd until we
  * call uv_accept; if we did not, libuv would stop watching the listening
  * socket), then the rest of the backlog. */
@@ -158,7 +211,9 @@ static void accept_now(pn_server *s, int status) {
   }
   pn_conn *c = pn_conn_new(e, s->base.is_pipe, &err);
   if (c == NULL) {
-    /* Out of memory: libuv keeps the fd and pauses this listener. */
+    /* Out of memory or ids: this one connection is closed, the server goes
+     * on accepting. */
+    shed(s);
     accept_error(s, err);
     return;
   }

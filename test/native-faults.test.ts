@@ -1,0 +1,49 @@
+/**
+ * The native addon's allocation failure paths, driven by a fault-injection
+ * shim (test/fixtures/fault-alloc.c, built here with `cc` and preloaded into
+ * a child process) that makes malloc/calloc/realloc fail for calls made from
+ * the addon's own code only. Skipped when the addon is not built, off Linux,
+ * or when the shim cannot be built.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { loadNative, nativeLoadError } from "../src/native-binding.js";
+
+/** Builds the shim into a temporary directory: its path, or why not. */
+function buildShim(): { path: string } | { skip: string } {
+  if (process.platform !== "linux") return { skip: "the fault-injection shim is Linux (glibc) only" };
+  if (loadNative() === null) return { skip: `native addon unavailable: ${nativeLoadError() ?? "unknown reason"}` };
+  const dir = mkdtempSync(join(tmpdir(), "pants-fault-shim-"));
+  process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, "fault-alloc.so");
+  const r = spawnSync("cc", ["-shared", "-fPIC", "-O2", "-o", path, "test/fixtures/fault-alloc.c", "-ldl"], { encoding: "utf8" });
+  if (r.error || r.status !== 0) return { skip: `cannot build the fault-injection shim: ${r.error?.message ?? r.stderr.trim()}` };
+  return { path };
+}
+
+const shim = buildShim();
+const skip = "skip" in shim ? shim.skip : false;
+
+/** Runs a fixture under the shim; its one JSON line. */
+function runFixture(fixture: string): Record<string, unknown> {
+  const env: NodeJS.ProcessEnv = { ...process.env, LD_PRELOAD: "path" in shim ? shim.path : "", PANTS_TS_TRANSPORT: "native" };
+  delete env.PANTS_FAULT;
+  const r = spawnSync(process.execPath, ["--import", "tsx", `test/fixtures/${fixture}`], { encoding: "utf8", timeout: 15_000, env });
+  assert.equal(r.signal, null, `killed by ${r.signal}: ${r.stderr.slice(-600)}`);
+  assert.equal(r.status, 0, r.stderr.slice(-600));
+  return JSON.parse(r.stdout.trim().split("\n").pop()!) as Record<string, unknown>;
+}
+
+test("no memory for an accepted connection: it alone is closed, counted as an accept error, and the server goes on accepting (TCP and UNIX)", { skip }, () => {
+  // Before: libuv kept the connection it had accepted for the addon, which
+  // never took it, and stopped watching the listening socket: the burst's
+  // clients hung and no later client was ever served.
+  const out = runFixture("fault-accept.ts");
+  for (const kind of ["tcp", "unix"]) {
+    assert.deepEqual(out[kind], { warm: true, shed: 5, servedAfter: true, acceptErrors: 5 }, `${kind}: ${JSON.stringify(out)}`);
+  }
+});
