@@ -653,8 +653,10 @@ static void bt_send(pn_env *e) {
 }
 
 /* Adds the read (nb, nn) of `c` to the batch; false when it must be
- * delivered alone (P untouched then). */
-static bool bt_add(pn_conn *c, const uint8_t *nb, size_t nn) {
+ * delivered alone (P untouched then), or when P's bytes could not be kept
+ * for want of memory (*lost: they are gone, and the connection must fail;
+ * an empty P loses nothing, and the read is delivered alone). */
+static bool bt_add(pn_conn *c, const uint8_t *nb, size_t nn, bool *lost) {
   pn_env *e = c->base.penv;
   pn_framing *fr = &c->fr;
   size_t len = fr->plen + nn;
@@ -672,7 +674,10 @@ static bool bt_add(pn_conn *c, const uint8_t *nb, size_t nn) {
     if (res.overflow) return false; /* alone: pn_deliver reports it */
     if (res.count == 0) {
       /* No complete frame yet: the bytes join P, JS is not called. */
-      if (!pn_framing_keep(fr, nb, nn, 0)) return false;
+      if (!pn_framing_keep(fr, nb, nn, 0)) {
+        *lost = len > nn; /* P held bytes */
+        return false;
+      }
       fr->scanned = (uint32_t)res.search;
       return true;
     }
@@ -703,7 +708,10 @@ static bool bt_add(pn_conn *c, const uint8_t *nb, size_t nn) {
   if (fr->kind == PN_FRAME_RAW) {
     pn_framing_keep(fr, NULL, 0, fr->plen);
   } else {
-    if (!pn_framing_keep(fr, nb, nn, res.rest)) return false; /* P untouched */
+    if (!pn_framing_keep(fr, nb, nn, res.rest)) {
+      *lost = plen > 0;
+      return false;
+    }
     fr->scanned = (uint32_t)(res.search - res.rest);
   }
   if (e->bt_count == 0) {
@@ -753,10 +761,17 @@ void pn_flush_reads(pn_env *e) {
       hold(c, nb, nn); /* paused since the read */
       continue;
     }
-    if (e->batching && bt_add(c, nb, nn)) continue;
+    bool lost = false;
+    if (e->batching && bt_add(c, nb, nn, &lost)) continue;
     bt_send(e); /* what is batched goes first */
     if (e->tearing_down) break;
     if (c->base.closing) continue;
+    if (lost) {
+      /* Delivered alone now, the read would make frames without P's bytes:
+       * the connection fails instead, as when pn_deliver cannot keep P. */
+      pn_conn_emit_error(c, UV_ENOMEM, "read");
+      continue;
+    }
     if (!c->reading) {
       hold(c, nb, nn);
       continue;

@@ -29,10 +29,10 @@ const shim = buildShim();
 const skip = "skip" in shim ? shim.skip : false;
 
 /** Runs a fixture under the shim; its one JSON line. */
-function runFixture(fixture: string): Record<string, unknown> {
+function runFixture(fixture: string, ...args: string[]): Record<string, unknown> {
   const env: NodeJS.ProcessEnv = { ...process.env, LD_PRELOAD: "path" in shim ? shim.path : "", PANTS_TS_TRANSPORT: "native" };
   delete env.PANTS_FAULT;
-  const r = spawnSync(process.execPath, ["--import", "tsx", `test/fixtures/${fixture}`], { encoding: "utf8", timeout: 15_000, env });
+  const r = spawnSync(process.execPath, ["--import", "tsx", `test/fixtures/${fixture}`, ...args], { encoding: "utf8", timeout: 15_000, env });
   assert.equal(r.signal, null, `killed by ${r.signal}: ${r.stderr.slice(-600)}`);
   assert.equal(r.status, 0, r.stderr.slice(-600));
   return JSON.parse(r.stdout.trim().split("\n").pop()!) as Record<string, unknown>;
@@ -46,4 +46,10 @@ test("no memory for an accepted connection: it alone is closed, counted as an ac
   for (const kind of ["tcp", "unix"]) {
     assert.deepEqual(out[kind], { warm: true, shed: 5, servedAfter: true, acceptErrors: 5 }, `${kind}: ${JSON.stringify(out)}`);
   }
+});
+
+test("no memory to keep a partial frame while a batch of reads is framed: that connection fails with a read error ENOMEM, never a frame missing its first bytes", { skip }, () => {
+  // Before: the bytes kept from earlier reads were dropped and the read was
+  // framed alone, so the client got "cd" for the frame "abcd", and no error.
+  assert.deepEqual(runFixture("fault-conn.ts", "batched-read-keeps-p"), { data: "go|", closed: true, servedAfter: true, errors: ["read ENOMEM"] });
 });
