@@ -233,25 +233,39 @@ napi_value pn_conn_writev(napi_env env, napi_callback_info info) {
     pn_throw_type(env, "writev() expects an array of Buffers");
     return NULL;
   }
+  /* No memory for the arrays: the buffers are still checked (one at a time,
+   * in the first slot), and the write fails as one that cannot be queued
+   * does, through onError on the next turn, not by throwing into the JS
+   * code that flushed. */
+  bool nomem = false;
   if (n > 16) {
     bufs = malloc(n * sizeof(*bufs));
     vals = malloc(n * sizeof(*vals));
     if (bufs == NULL || vals == NULL) {
-      pn_throw_uv(env, UV_ENOMEM, "malloc", NULL);
-      goto out;
+      free(bufs);
+      free(vals);
+      bufs = stack_bufs;
+      vals = stack_vals;
+      nomem = true;
     }
   }
   for (uint32_t i = 0; i < n; i++) {
-    if (napi_get_element(env, argv[0], i, &vals[i]) != napi_ok ||
-        !get_buffer(env, vals[i], &bufs[i])) {
+    uint32_t k = nomem ? 0 : i;
+    if (napi_get_element(env, argv[0], i, &vals[k]) != napi_ok ||
+        !get_buffer(env, vals[k], &bufs[k])) {
       snprintf(msg, sizeof(msg), "writev() expects an array of Buffers (element %u is not one)", i);
       pn_throw_type(env, msg);
       goto out;
     }
-    total += bufs[i].len;
+    total += bufs[k].len;
   }
   if (!check_writable(env, c, "writev()")) goto out;
-  left = total == 0 ? 0 : write_bufs(env, c, bufs, n, vals, total, false);
+  if (nomem && total > 0) {
+    defer_write_error(c, UV_ENOMEM);
+    left = total;
+  } else {
+    left = total == 0 ? 0 : write_bufs(env, c, bufs, n, vals, total, false);
+  }
   result = pn_size_value(env, left);
 out:
   if (bufs != stack_bufs) free(bufs);
