@@ -310,7 +310,8 @@ enum {
   PN_DEFER_WRITE_ERROR = 2,   /* report defer_write_err via onError(write) */
   PN_DEFER_SHUTDOWN_ERROR = 4,/* report defer_shutdown_err via onError(shutdown) */
   PN_DEFER_DELIVER = 8,       /* P may hold deliverable bytes: run delivery */
-  PN_DEFER_END = 16           /* report the EOF held back for P's frames (end_pending) */
+  PN_DEFER_END = 16,          /* report the EOF held back for P's frames (end_pending) */
+  PN_DEFER_READ_NOMEM = 32    /* report ENOMEM via onError(read): setFraming found no memory */
 };
 
 /* Connection ids: the low PN_SLOT_BITS bits are the slot, the bits above

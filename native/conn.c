@@ -153,6 +153,12 @@ void pn_conn_run_deferred(pn_conn *c, unsigned bits) {
     pn_call(e, PN_CB_ERROR, 3, argv);
     if (c->base.closing) goto out;
   }
+  if (bits & PN_DEFER_READ_NOMEM) {
+    argv[1] = pn_err_name(e->env, UV_ENOMEM);
+    napi_create_string_utf8(e->env, "read", NAPI_AUTO_LENGTH, &argv[2]);
+    pn_call(e, PN_CB_ERROR, 3, argv);
+    if (c->base.closing) goto out;
+  }
   if (bits & PN_DEFER_SHUTDOWN_ERROR) {
     argv[1] = pn_err_name(e->env, c->defer_shutdown_err);
     napi_create_string_utf8(e->env, "shutdown", NAPI_AUTO_LENGTH, &argv[2]);

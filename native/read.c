@@ -981,7 +981,15 @@ napi_value pn_conn_set_framing(napi_env env, napi_callback_info info) {
   /* P is kept: "switching resets nothing" (resetFraming drops it). */
   pn_framing *fr = &c->fr;
   if (!pn_framing_set_delim(fr, delim, dlen)) { /* dlen 0 unless kind is DELIM */
-    pn_throw_uv(env, UV_ENOMEM, "malloc", NULL);
+    /* No memory for the delimiter. Reading on under the old framing would
+     * cut wrong frames, and a throw would land in whatever JS code set it
+     * (a tick of the stream's, with no handler around it): the connection
+     * stops reading and fails with a read error, from the loop. */
+    c->reading = false;
+    c->need_deliver = false;
+    if (c->uv_reading) uv_read_stop(&c->h.stream);
+    c->uv_reading = false;
+    pn_defer(c, PN_DEFER_READ_NOMEM);
     return NULL;
   }
   fr->kind = (int)kind;

@@ -86,7 +86,9 @@ export interface NativeConn {
    *
    * `limit` is the largest frame allowed (bytes before the delimiter; for size
    * framing max(limit, size)); it is capped at 1 GiB, so `Infinity` is fine.
-   * Bytes already pending are kept and framed the new way.
+   * Bytes already pending are kept and framed the new way. With no memory
+   * for a delimiter the connection stops reading and fails later, through
+   * onError(conn, "ENOMEM", "read"); nothing is thrown.
    */
   setFraming<K extends NativeFramingKind>(kind: K, value: NativeFramingValue[K], limit: number): void;
   /** Drops the addon's pending (not yet framed) bytes and goes back to raw. */
