@@ -245,11 +245,11 @@ export class NativeSocket {
     const socket = new NativeSocket(null);
     socket.connecting = true;
     if ("path" in target) {
-      socket.#attach(native.connectPipe(target.path));
+      socket.#open(() => native.connectPipe(target.path), false);
       return socket;
     }
     if (isIP(target.host) !== 0) {
-      socket.#attach(native.connectTcp(target.host, target.port));
+      socket.#open(() => native.connectTcp(target.host, target.port), false);
       return socket;
     }
     lookup(target.host, { family: target.family ?? 0, all: true }, (err, found) => {
@@ -267,10 +267,38 @@ export class NativeSocket {
       const addresses = getDefaultAutoSelectFamily() && family !== 4 && family !== 6 ? attemptOrder(found) : [];
       if (addresses.length === 0) addresses.push(found[0]!.address);
       if (addresses.length > 1) socket.#extra().fallback = { addresses: addresses.slice(1), port: target.port, timer: null };
-      socket.#attach(native.connectTcp(addresses[0]!, target.port));
-      socket.#armAttempt();
+      if (socket.#open(() => native.connectTcp(addresses[0]!, target.port), true)) socket.#armAttempt();
     });
     return socket;
+  }
+
+  /**
+   * Starts a connect on a new handle of the addon's. The addon throws a
+   * libuv error (one with a `syscall`) when it cannot make one: no memory,
+   * or no free connection id. That is this connect failing, reported as
+   * any other connect error (`now`: at once, from a callback; else on the
+   * next tick, never inside connect()), as node:net reports a socket it
+   * could not create. False then.
+   */
+  #open(start: () => NativeConn, now: boolean): boolean {
+    let conn: NativeConn;
+    try {
+      conn = start();
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      if (typeof e.syscall !== "string" || typeof e.code !== "string") throw err;
+      const code = e.code;
+      this.#conn = null; // a failed attempt's handle is closed already: no 'close' will come from it
+      const fail = () => {
+        this.connecting = false;
+        this._error(code, "connect");
+      };
+      if (now) fail();
+      else process.nextTick(fail);
+      return false;
+    }
+    this.#attach(conn);
+    return true;
   }
 
   /** Hands data and frames to `owner` directly instead of as 'data' events. */
@@ -720,8 +748,7 @@ export class NativeSocket {
         const failed = this.#conn!;
         failed.owner = null;
         failed.close();
-        this.#attach(nativeAddon()!.connectTcp(next, fallback.port));
-        this.#armAttempt();
+        if (this.#open(() => nativeAddon()!.connectTcp(next, fallback.port), true)) this.#armAttempt();
         return;
       }
       this.#rare!.fallback = null;

@@ -68,3 +68,14 @@ test("no memory for a long delimiter: that connection fails with a read error EN
     assert.deepEqual(runFixture("fault-conn.ts", "long-delimiter", calls), { data: "", closed: true, servedAfter: true, errors: ["read ENOMEM"] }, calls);
   }
 });
+
+test("no memory for a client connection: connect() does not throw; onConnectError (ENOMEM), then onClose, as for any failed connect (to an address and to a name)", { skip }, () => {
+  // Before: connect() to an address threw ENOMEM and left the stream
+  // connecting forever (no onClose); to a name, the throw came out of the
+  // lookup's callback, uncaught, and ended the process.
+  assert.deepEqual(runFixture("fault-conn.ts", "client-connect"), {
+    events: ["connectError ENOMEM connect", "close", "connectError ENOMEM connect", "close", "connect", "read hi|", "close"],
+    servedAfter: true,
+    errors: [],
+  });
+});
