@@ -252,7 +252,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   #shutdown: Promise<void> | null = null;
   #shutdownDone: (() => void) | null = null;
   #proxyWaits = new Set<ProxyWait>();
-  #lastAcceptWarning = 0;
+  #lastAcceptWarning = -Infinity; // engine.time() starts near 0: the first failure is warned too
   #unixPath: string | null = null;
 
   #maxConnections: number;
