@@ -307,7 +307,12 @@ static pn_env *env_create(napi_env env) {
   pn_list_init(&e->deferred);
   pn_list_init(&e->ready);
   e->read_buf = malloc(PN_READ_BUF_SIZE);
-  if (e->read_buf == NULL || napi_get_uv_event_loop(env, &e->loop) != napi_ok) {
+  if (e->read_buf == NULL) {
+    free(e);
+    napi_throw_error(env, "ENOMEM", "pants_native: out of memory for the read buffer");
+    return NULL;
+  }
+  if (napi_get_uv_event_loop(env, &e->loop) != napi_ok) {
     free(e->read_buf);
     free(e);
     napi_throw_error(env, "ERR_NATIVE_INTERNAL", "pants_native: cannot get the event loop");
