@@ -198,10 +198,13 @@ test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict
   const bin = join(app, "node_modules", ".bin", "pants-ts");
   const version = spawnSync(process.execPath, [bin, "--version"], { cwd: app, encoding: "utf8", timeout: 20_000 });
   assert.equal(version.stdout.trim(), pkg.version, `pants-ts --version:\n${version.stdout}${version.stderr}`);
-  // The app has no tsx: serving its .ts source says what is missing.
-  const tsSource = spawnSync(process.execPath, [bin, "serve", "src/echo.ts", "--listen", "127.0.0.1:0"], { cwd: app, encoding: "utf8", timeout: 20_000 });
-  assert.equal(tsSource.status, 1, `pants-ts serve src/echo.ts:\n${tsSource.stdout}${tsSource.stderr}`);
-  assert.match(tsSource.stderr, /src\/echo\.ts is TypeScript and tsx is not installed: install it \(npm install -D tsx\)/);
+  // The app has no tsx: serving its .ts source says what is missing. (Node
+  // 22.18+ and 23.6+ strip types themselves, and serve it: nothing to say.)
+  if (!(process.features as { typescript?: unknown }).typescript) {
+    const tsSource = spawnSync(process.execPath, [bin, "serve", "src/echo.ts", "--listen", "127.0.0.1:0"], { cwd: app, encoding: "utf8", timeout: 20_000 });
+    assert.equal(tsSource.status, 1, `pants-ts serve src/echo.ts:\n${tsSource.stdout}${tsSource.stderr}`);
+    assert.match(tsSource.stderr, /src\/echo\.ts is TypeScript and tsx is not installed: install it \(npm install -D tsx\)/);
+  }
 
   const served = spawn(process.execPath, [bin, "serve", "dist/echo.js", "--listen", "127.0.0.1:0"], { cwd: app, stdio: ["ignore", "pipe", "pipe"] });
   t.after(() => served.kill("SIGKILL"));
