@@ -156,6 +156,11 @@ static bool get_buffer(napi_env env, napi_value v, uv_buf_t *out) {
  * written (and hence queued, unless the socket is dead). */
 static size_t write_bufs(napi_env env, pn_conn *c, uv_buf_t *bufs, size_t nbufs,
                          const napi_value *owners, size_t total, bool reused) {
+  /* An earlier write failed and its bytes are gone (no memory to queue
+   * them, or the socket is dead): uv_try_write would send these after the
+   * hole, where the peer takes them for what followed. They are dropped
+   * too; the error already reported, or deferred, ends the connection. */
+  if (c->write_error_reported) return total;
   int n = uv_try_write(&c->h.stream, bufs, (unsigned int)nbufs);
   /* n < 0: UV_EAGAIN (the socket is full, or earlier writes are queued), or
    * an error. The error is the one to report: the socket took it (a reset
