@@ -13,14 +13,19 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadNative, nativeLoadError } from "../src/native-binding.js";
 
-/** Builds the shim into a temporary directory: its path, or why not. */
+/**
+ * Builds the shim into a temporary directory: its path, or why not. Linked
+ * with every symbol resolved (-z defs): where the C library is not glibc
+ * (no __libc_malloc), the link fails and the tests skip, rather than the
+ * preloaded children failing to start.
+ */
 function buildShim(): { path: string } | { skip: string } {
   if (process.platform !== "linux") return { skip: "the fault-injection shim is Linux (glibc) only" };
   if (loadNative() === null) return { skip: `native addon unavailable: ${nativeLoadError() ?? "unknown reason"}` };
   const dir = mkdtempSync(join(tmpdir(), "pants-fault-shim-"));
   process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
   const path = join(dir, "fault-alloc.so");
-  const r = spawnSync("cc", ["-shared", "-fPIC", "-O2", "-o", path, "test/fixtures/fault-alloc.c", "-ldl"], { encoding: "utf8" });
+  const r = spawnSync("cc", ["-shared", "-fPIC", "-O2", "-Wl,-z,defs", "-o", path, "test/fixtures/fault-alloc.c", "-ldl"], { encoding: "utf8" });
   if (r.error || r.status !== 0) return { skip: `cannot build the fault-injection shim: ${r.error?.message ?? r.stderr.trim()}` };
   return { path };
 }
