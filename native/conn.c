@@ -154,9 +154,7 @@ void pn_conn_run_deferred(pn_conn *c, unsigned bits) {
     if (c->base.closing) goto out;
   }
   if (bits & PN_DEFER_READ_NOMEM) {
-    argv[1] = pn_err_name(e->env, UV_ENOMEM);
-    napi_create_string_utf8(e->env, "read", NAPI_AUTO_LENGTH, &argv[2]);
-    pn_call(e, PN_CB_ERROR, 3, argv);
+    pn_conn_emit_error(c, UV_ENOMEM, "read");
     if (c->base.closing) goto out;
   }
   if (bits & PN_DEFER_SHUTDOWN_ERROR) {
