@@ -137,7 +137,7 @@ void pn_conn_close(pn_conn *c) {
 void pn_conn_run_deferred(pn_conn *c, unsigned bits) {
   pn_env *e = c->base.penv;
   napi_handle_scope scope;
-  napi_value argv[3];
+  napi_value argv[2];
 
   if (c->base.closing) return;
   if (napi_open_handle_scope(e->env, &scope) != napi_ok) return;
@@ -148,9 +148,7 @@ void pn_conn_run_deferred(pn_conn *c, unsigned bits) {
     if (c->base.closing) goto out;
   }
   if (bits & PN_DEFER_WRITE_ERROR) {
-    argv[1] = pn_err_name(e->env, c->defer_write_err);
-    napi_create_string_utf8(e->env, "write", NAPI_AUTO_LENGTH, &argv[2]);
-    pn_call(e, PN_CB_ERROR, 3, argv);
+    pn_conn_emit_error(c, c->defer_write_err, "write");
     if (c->base.closing) goto out;
   }
   if (bits & PN_DEFER_READ_NOMEM) {
@@ -158,9 +156,7 @@ void pn_conn_run_deferred(pn_conn *c, unsigned bits) {
     if (c->base.closing) goto out;
   }
   if (bits & PN_DEFER_SHUTDOWN_ERROR) {
-    argv[1] = pn_err_name(e->env, c->defer_shutdown_err);
-    napi_create_string_utf8(e->env, "shutdown", NAPI_AUTO_LENGTH, &argv[2]);
-    pn_call(e, PN_CB_ERROR, 3, argv);
+    pn_conn_emit_error(c, c->defer_shutdown_err, "shutdown");
     if (c->base.closing) goto out;
   }
   if ((bits & PN_DEFER_DELIVER) && c->reading && c->need_deliver) pn_deliver(c, NULL, 0);
