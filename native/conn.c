@@ -130,7 +130,11 @@ void pn_conn_close(pn_conn *c) {
   pn_list_remove(&c->ready_link); /* a batched read it had is dropped */
   /* uv_close stops reading at once and cancels queued writes, a pending
    * shutdown and a pending connect; their callbacks run (UV_ECANCELED) just
-   * before the close callback, in the loop's closing phase. */
+   * before the close callback, in the loop's closing phase. After lost
+   * bytes a TCP peer gets a reset, not a FIN that would pass the truncated
+   * stream off as whole (uv_tcp_close_reset closes too; where it cannot,
+   * as while a shutdown is pending, the close is a plain one). */
+  if (c->bytes_lost && !c->base.is_pipe && uv_tcp_close_reset(&c->h.tcp, conn_close_cb) == 0) return;
   uv_close(&c->h.handle, conn_close_cb);
 }
 

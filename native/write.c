@@ -70,6 +70,8 @@ static void write_cb(uv_write_t *req, int status) {
 /* A write error found synchronously (the socket is already dead) is reported
  * through onError on the next loop iteration, like one found later. */
 static void defer_write_error(pn_conn *c, int err) {
+  /* No memory: bytes were dropped, so the stream the peer got has a hole. */
+  if (err == UV_ENOMEM) c->bytes_lost = true;
   if (c->write_error_reported) return;
   c->write_error_reported = true;
   c->defer_write_err = err;
@@ -387,6 +389,10 @@ napi_value pn_conn_shutdown(napi_env env, napi_callback_info info) {
   }
   if (c->shut) return NULL;
   c->shut = true;
+  /* A write's bytes were lost: no FIN, which would tell the peer it has the
+   * whole stream. The write error, reported or on its way, closes the
+   * connection, with a reset (pn_conn_close). */
+  if (c->bytes_lost) return NULL;
   /* libuv waits for the write queue to drain, then calls shutdown(2). */
   uv_shutdown_t *req = malloc(sizeof(*req));
   if (req != NULL) req->data = c;
