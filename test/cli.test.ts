@@ -12,7 +12,7 @@ import type { ChildProcess } from "node:child_process";
 import { networkInterfaces } from "node:os";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect, connectTls, freePort, hasIPv6, sleep, tempDir, waitFor } from "./helpers.js";
+import { connect, connectTls, freePort, hasIPv6, sameOnEitherTransport, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
 const root = new URL("..", import.meta.url).pathname;
@@ -113,7 +113,7 @@ test("bad usage: one clear line on stderr and exit 2", () => {
   }
 });
 
-test("bad usage that only a worker sees (--workers): one clear line on stderr and exit 2, as in one process", { timeout: 60_000 }, () => {
+test("bad usage that only a worker sees (--workers): one clear line on stderr and exit 2, as in one process", { skip: sameOnEitherTransport, timeout: 60_000 }, () => {
   const cases: Array<[string[], RegExp]> = [
     [[fixture("cli-echo.ts")], /--listen is required/],
     [[fixture("cli-bad.ts"), "--listen", "127.0.0.1:0"], /must export by default a Stream subclass or a Server/],
@@ -264,7 +264,7 @@ test("--tls-cert/--tls-key serve TLS", { skip: !hasOpenssl() && "no openssl", ti
   assert.equal(await s.exited, 0);
 });
 
-test("--workers with TLS: a client still in its handshake when SIGTERM comes gets onShutdown's goodbye and a clean close, and the command exits (--shutdown-timeout 0)", { skip: !hasOpenssl() && "no openssl", timeout: 40_000 }, async (t) => {
+test("--workers with TLS: a client still in its handshake when SIGTERM comes gets onShutdown's goodbye and a clean close, and the command exits (--shutdown-timeout 0)", { skip: sameOnEitherTransport || !hasOpenssl() && "no openssl", timeout: 40_000 }, async (t) => {
   const certs = makeCerts();
   t.after(() => certs.cleanup());
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0", "--tls-cert", certs.server.cert, "--tls-key", certs.server.key]);
@@ -296,7 +296,7 @@ test("--workers with TLS: a client still in its handshake when SIGTERM comes get
   assert.equal(code, 0, `the command exited: ${s.out()}`);
 });
 
-test("a module's Server that serves TLS: --tls-cert beside it is a usage error; under --workers the banner says openssl s_client", { skip: !hasOpenssl() && "no openssl", timeout: 60_000 }, async (t) => {
+test("a module's Server that serves TLS: --tls-cert beside it is a usage error; under --workers the banner says openssl s_client", { skip: sameOnEitherTransport || !hasOpenssl() && "no openssl", timeout: 60_000 }, async (t) => {
   const certs = makeCerts();
   t.after(() => certs.cleanup());
   const env = { CLI_TLS_CERT: certs.server.cert, CLI_TLS_KEY: certs.server.key };
@@ -320,7 +320,7 @@ test("a module's Server that serves TLS: --tls-cert beside it is a usage error; 
   assert.equal(got, "over tls\n");
 });
 
-test("--workers with a TLS certificate or key that cannot be used: one line on stderr and exit 1, as in one process", { skip: !hasOpenssl() && "no openssl", timeout: 60_000 }, async (t) => {
+test("--workers with a TLS certificate or key that cannot be used: one line on stderr and exit 1, as in one process", { skip: sameOnEitherTransport || !hasOpenssl() && "no openssl", timeout: 60_000 }, async (t) => {
   const certs = makeCerts();
   t.after(() => certs.cleanup());
   const garbage = join(certs.dir, "garbage.pem");
@@ -341,7 +341,7 @@ test("--workers with a TLS certificate or key that cannot be used: one line on s
   }
 });
 
-test("--workers with TLS: the workers share session ticket keys, so a client's session resumes on whichever worker its next connection reaches", { skip: !hasOpenssl() && "no openssl", timeout: 40_000 }, async (t) => {
+test("--workers with TLS: the workers share session ticket keys, so a client's session resumes on whichever worker its next connection reaches", { skip: sameOnEitherTransport || !hasOpenssl() && "no openssl", timeout: 40_000 }, async (t) => {
   const certs = makeCerts();
   t.after(() => certs.cleanup());
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--tls-cert", certs.server.cert, "--tls-key", certs.server.key]);
@@ -370,7 +370,7 @@ test("--workers with TLS: the workers share session ticket keys, so a client's s
   assert.equal(await s.exited, 0);
 });
 
-test("--workers with TLS: SIGHUP picks up a renewed certificate; one that does not load keeps the old workers serving", { skip: !hasOpenssl() && "no openssl", timeout: 60_000 }, async (t) => {
+test("--workers with TLS: SIGHUP picks up a renewed certificate; one that does not load keeps the old workers serving", { skip: sameOnEitherTransport || !hasOpenssl() && "no openssl", timeout: 60_000 }, async (t) => {
   const certs = makeCerts();
   t.after(() => certs.cleanup());
   const cert = join(certs.dir, "live.crt");
@@ -407,7 +407,7 @@ test("--workers with TLS: SIGHUP picks up a renewed certificate; one that does n
   assert.equal(await s.exited, 0);
 });
 
-test("--workers 2 serves from two processes and exits 0 on SIGTERM", { timeout: 40_000 }, async (t) => {
+test("--workers 2 serves from two processes and exits 0 on SIGTERM", { skip: sameOnEitherTransport, timeout: 40_000 }, async (t) => {
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2"]);
   // The banner names the port the OS picked for port 0 (one, shared by both workers).
   assert.match(s.out(), /2 workers serving .* on 127\.0\.0\.1:\d+ \(connect: nc 127\.0\.0\.1 \d+\)/);
@@ -428,7 +428,7 @@ test("--workers 2 serves from two processes and exits 0 on SIGTERM", { timeout: 
   assert.equal(await s.exited, 0);
 });
 
-test("--workers: the connections a crashed worker had open count as closed in the stats", { timeout: 40_000 }, async (t) => {
+test("--workers: the connections a crashed worker had open count as closed in the stats", { skip: sameOnEitherTransport, timeout: 40_000 }, async (t) => {
   const s = await serve(t, [fixture("cli-crash-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2"]);
   const port = portFrom(s.addresses[0]!);
   // Two connections to one worker (the others leave at once).
@@ -462,7 +462,7 @@ test("--workers: the connections a crashed worker had open count as closed in th
   assert.equal(await s.exited, 0);
 });
 
-test("--workers with --shutdown-timeout 0: a worker still draining is never killed (no deadline)", { timeout: 40_000 }, async (t) => {
+test("--workers with --shutdown-timeout 0: a worker still draining is never killed (no deadline)", { skip: sameOnEitherTransport, timeout: 40_000 }, async (t) => {
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
   // Echoes the client does not read yet: the worker's close(true) must wait for them.
   const client = await flood(s.addresses[0]!, 8 * 1024);
@@ -483,7 +483,7 @@ test("--workers with --shutdown-timeout 0: a worker still draining is never kill
   assert.equal(await s.exited, 0);
 });
 
-test("--workers: a drained worker does not exit under its lingering connections (the peer still sending; no reset cuts the tail)", { timeout: 40_000 }, async (t) => {
+test("--workers: a drained worker does not exit under its lingering connections (the peer still sending; no reset cuts the tail)", { skip: sameOnEitherTransport, timeout: 40_000 }, async (t) => {
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
   // More than the kernel buffers hold: the client is still sending when the worker's close(true) completes.
   const client = await flood(s.addresses[0]!, 48 * 1024);
@@ -529,7 +529,7 @@ test("SIGTERM drains and exits 0 even while the module awaits Engine.instance().
   assert.equal(await exited, 0, out);
 });
 
-test("--workers: SIGUSR2 sent to the whole process group (systemctl kill -s USR2) prints stats and kills no worker", { timeout: 40_000, skip: process.platform === "win32" && "process groups" }, async (t) => {
+test("--workers: SIGUSR2 sent to the whole process group (systemctl kill -s USR2) prints stats and kills no worker", { timeout: 40_000, skip: sameOnEitherTransport || process.platform === "win32" && "process groups" }, async (t) => {
   const child = spawn(process.execPath, [bin, "serve", fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2"], { cwd: root, stdio: ["ignore", "pipe", "pipe"], detached: true });
   t.after(() => child.kill("SIGKILL"));
   let out = "";
@@ -548,7 +548,7 @@ test("--workers: SIGUSR2 sent to the whole process group (systemctl kill -s USR2
   assert.equal(await exited, 0);
 });
 
-test("--workers: a second SIGINT while draining exits now (1), as in one process", { timeout: 40_000 }, async (t) => {
+test("--workers: a second SIGINT while draining exits now (1), as in one process", { skip: sameOnEitherTransport, timeout: 40_000 }, async (t) => {
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "0"]);
   // A client that reads nothing: with no deadline, the drain waits for it.
   const client = await flood(s.addresses[0]!, 8 * 1024);
@@ -560,7 +560,7 @@ test("--workers: a second SIGINT while draining exits now (1), as in one process
   client.destroy();
 });
 
-test("--workers: the banner names a Linux abstract socket as given (no cwd, no NUL byte)", { timeout: 40_000, skip: process.platform !== "linux" && "abstract sockets" }, async (t) => {
+test("--workers: the banner names a Linux abstract socket as given (no cwd, no NUL byte)", { timeout: 40_000, skip: sameOnEitherTransport || process.platform !== "linux" && "abstract sockets" }, async (t) => {
   const name = `pants-ts-cli-${process.pid}`;
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", `unix:@${name}`, "--workers", "2"]);
   const banner = s.out().split("\n").find((l) => / workers serving /.test(l))!;
@@ -572,7 +572,7 @@ test("--workers: the banner names a Linux abstract socket as given (no cwd, no N
 // the live one, clears the stale one for them, once. (When each worker
 // unlinked it, a late unlink removed the live socket: 3 of 12 runs; with an
 // inode check before the unlink, still once in a CI run.)
-test("--workers: a stale UNIX socket is replaced once, not unlinked under the live one", { timeout: 120_000, skip: process.platform === "win32" && "UNIX sockets" }, async (t) => {
+test("--workers: a stale UNIX socket is replaced once, not unlinked under the live one", { timeout: 120_000, skip: sameOnEitherTransport || process.platform === "win32" && "UNIX sockets" }, async (t) => {
   const dir = tempDir(t);
   for (let round = 0; round < 10; round++) {
     const sock = join(dir, `stale-${round}.sock`);
@@ -583,7 +583,7 @@ test("--workers: a stale UNIX socket is replaced once, not unlinked under the li
   }
 });
 
-test("--workers: a worker slow between finding a stale UNIX socket dead and unlinking it does not unlink the live one", { timeout: 60_000, skip: process.platform === "win32" && "UNIX sockets" }, async (t) => {
+test("--workers: a worker slow between finding a stale UNIX socket dead and unlinking it does not unlink the live one", { timeout: 60_000, skip: sameOnEitherTransport || process.platform === "win32" && "UNIX sockets" }, async (t) => {
   const sock = join(tempDir(t), "stale.sock");
   staleSocket(sock);
   const s = await serve(t, [fixture("cli-slow-unlink.ts"), "--listen", `unix:${sock}`, "--workers", "3"]);
@@ -593,7 +593,7 @@ test("--workers: a worker slow between finding a stale UNIX socket dead and unli
   await echoesThenStops(s, sock);
 });
 
-test("--workers: a stale UNIX socket at a relative path whose absolute form is too long for a socket address is replaced, as in one process", { timeout: 60_000, skip: process.platform === "win32" && "UNIX sockets" }, async (t) => {
+test("--workers: a stale UNIX socket at a relative path whose absolute form is too long for a socket address is replaced, as in one process", { timeout: 60_000, skip: sameOnEitherTransport || process.platform === "win32" && "UNIX sockets" }, async (t) => {
   const dir = tempDir(t);
   // node:cluster binds "s.sock" relative to the primary's cwd, as the path
   // given; its absolute form here is longer than sun_path (107 bytes).
@@ -607,7 +607,7 @@ test("--workers: a stale UNIX socket at a relative path whose absolute form is t
   await echoesThenStops(s, join(dir, "l", "s.sock"));
 });
 
-test("--workers on a UNIX socket: starting and SIGHUP's replacements make no stray connection to the workers", { timeout: 60_000, skip: process.platform === "win32" && "UNIX sockets" }, async (t) => {
+test("--workers on a UNIX socket: starting and SIGHUP's replacements make no stray connection to the workers", { timeout: 60_000, skip: sameOnEitherTransport || process.platform === "win32" && "UNIX sockets" }, async (t) => {
   const sock = join(tempDir(t), "live.sock");
   const s = await serve(t, [fixture("cli-counts-connects.ts"), "--listen", `unix:${sock}`, "--workers", "3"]);
   const lines = (prefix: string) => s.out().split("\n").filter((l) => l.startsWith(prefix)).length;
@@ -633,7 +633,7 @@ test("--workers on a UNIX socket: starting and SIGHUP's replacements make no str
   assert.equal(existsSync(sock), false, "the socket file is removed once the cluster has exited");
 });
 
-test("--workers: a module that awaits Engine.instance().start() at its top level (SPEC's example) starts: banner, and SIGHUP replaces the workers", { timeout: 40_000 }, async (t) => {
+test("--workers: a module that awaits Engine.instance().start() at its top level (SPEC's example) starts: banner, and SIGHUP replaces the workers", { skip: sameOnEitherTransport, timeout: 40_000 }, async (t) => {
   const s = await serve(t, [fixture("cli-awaits-engine.ts"), "--workers", "2"]);
   assert.match(s.out(), /2 workers serving /, `the workers never counted as started; output: ${s.out()}`);
   s.child.kill("SIGHUP");
@@ -642,7 +642,7 @@ test("--workers: a module that awaits Engine.instance().start() at its top level
   assert.equal(await s.exited, 0);
 });
 
-test("--workers: a module that starts the engine before it has finished loading counts as started only once its servers listen", { timeout: 40_000 }, async (t) => {
+test("--workers: a module that starts the engine before it has finished loading counts as started only once its servers listen", { skip: sameOnEitherTransport, timeout: 40_000 }, async (t) => {
   // The banner comes once the workers listen: with port 0 it names the port they got.
   const s = await serve(t, [fixture("cli-engine-first.ts"), "--workers", "2", "--listen", "127.0.0.1:0"]);
   assert.match(s.out(), /2 workers serving /, s.out());

@@ -10,7 +10,7 @@ import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect, freePort, sleep, tempDir, waitFor } from "./helpers.js";
+import { connect, freePort, sameOnEitherTransport, sleep, tempDir, waitFor } from "./helpers.js";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -60,7 +60,7 @@ async function ask(port: number, line: string): Promise<string> {
   return reply;
 }
 
-test("runCluster: workers share the port; a crashed worker is restarted; SIGTERM exits 0", { timeout: 60_000 }, async (t) => {
+test("runCluster: workers share the port; a crashed worker is restarted; SIGTERM exits 0", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
   const cluster = await startCluster(t, 2);
   const pids = new Set<string>();
   for (let i = 0; i < 40 && pids.size < 2; i++) pids.add(await ask(cluster.port, "pid"));
@@ -108,7 +108,7 @@ test("runCluster with reusePort: every worker listens itself on the native trans
   assert.equal(await cluster.exited, 0);
 });
 
-test("runCluster: restart back-off is per worker: a crash-looping worker does not delay another's restart", { timeout: 60_000 }, async (t) => {
+test("runCluster: restart back-off is per worker: a crash-looping worker does not delay another's restart", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
   // The fixture's restartDelayMs is 50.
   const cluster = await startCluster(t, 2);
   const pidOf = (line: string) => Number(line.split(" ")[2]);
@@ -128,7 +128,7 @@ test("runCluster: restart back-off is per worker: a crash-looping worker does no
   assert.deepEqual(delays, [50, 100, 50], restartLines().join("\n"));
 });
 
-test("runCluster: SIGHUP replaces every worker with no refused or cut connection", { timeout: 90_000 }, async (t) => {
+test("runCluster: SIGHUP replaces every worker with no refused or cut connection", { skip: sameOnEitherTransport, timeout: 90_000 }, async (t) => {
   const cluster = await startCluster(t, 2);
   const before = new Set<string>();
   for (let i = 0; i < 40 && before.size < 2; i++) before.add(await ask(cluster.port, "pid"));
@@ -174,7 +174,7 @@ function workerCount(pid: number): number {
   return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).length;
 }
 
-test("runCluster: a SIGHUP whose replacement fails to start keeps the old workers, and no more of them", { timeout: 60_000, skip: process.platform !== "linux" && "reads /proc" }, async (t) => {
+test("runCluster: a SIGHUP whose replacement fails to start keeps the old workers, and no more of them", { timeout: 60_000, skip: sameOnEitherTransport || process.platform !== "linux" && "reads /proc" }, async (t) => {
   const broken = join(tempDir(t), "broken");
   const c = await startCluster(t, 2, { BROKEN_FILE: broken });
   const pid = c.child.pid!;
@@ -195,7 +195,7 @@ test("runCluster: a SIGHUP whose replacement fails to start keeps the old worker
   assert.equal(await c.exited, 0);
 });
 
-test("runCluster: a worker that fails to start fails the start: the primary stops the others and exits non-zero", { timeout: 60_000 }, async (t) => {
+test("runCluster: a worker that fails to start fails the start: the primary stops the others and exits non-zero", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
   const broken = join(tempDir(t), "broken");
   writeFileSync(broken, "");
   const run = launch(t, "cluster-main.ts", { PORT: "0", WORKERS: "2", BROKEN_FILE: broken });
@@ -205,7 +205,7 @@ test("runCluster: a worker that fails to start fails the start: the primary stop
   assert.match(run.out(), /A worker failed to start: broken deploy/);
 });
 
-test("runCluster: SIGTERM while workers have closed their channel but not exited: no crash, the primary waits for them", { timeout: 60_000 }, async (t) => {
+test("runCluster: SIGTERM while workers have closed their channel but not exited: no crash, the primary waits for them", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
   // A worker that is dying (its channel closed, its exit not reaped yet) when
   // the primary tells it to shut down: the message cannot be sent. That once
   // threw an unhandled 'error' in the primary (ERR_IPC_CHANNEL_CLOSED/EPIPE),
@@ -221,7 +221,7 @@ test("runCluster: SIGTERM while workers have closed their channel but not exited
   assert.match(c.out(), /primary done/);
 });
 
-test("runCluster: a worker still draining 5 s past the deadline is killed, and the primary says so", { timeout: 60_000 }, async (t) => {
+test("runCluster: a worker still draining 5 s past the deadline is killed, and the primary says so", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
   const c = await startCluster(t, 1, { SHUTDOWN_MS: "1" });
   const client = await connect(c.port);
   t.after(() => client.destroy());
@@ -232,7 +232,7 @@ test("runCluster: a worker still draining 5 s past the deadline is killed, and t
   assert.match(c.out(), /Worker \d+ was still draining 5001 ms after it was told to shut down; killing it/);
 });
 
-test("runCluster: a shutdownTimeoutMs beyond what a Node timer holds (2^31 ms) does not kill a draining worker at once", { timeout: 60_000 }, async (t) => {
+test("runCluster: a shutdownTimeoutMs beyond what a Node timer holds (2^31 ms) does not kill a draining worker at once", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
   const c = await startCluster(t, 1, { SHUTDOWN_MS: String(2 ** 32) });
   const client = await connect(c.port);
   t.after(() => client.destroy());
@@ -247,7 +247,7 @@ test("runCluster: a shutdownTimeoutMs beyond what a Node timer holds (2^31 ms) d
   assert.equal(await c.exited, 0, c.out());
 });
 
-test("runCluster rejects bad options before it forks anything", async () => {
+test("runCluster rejects bad options before it forks anything", { skip: sameOnEitherTransport }, async () => {
   const { runCluster } = await import("../src/index.js");
   const main = () => {};
   await assert.rejects(runCluster(main, { workers: 0 }), RangeError);
@@ -256,7 +256,7 @@ test("runCluster rejects bad options before it forks anything", async () => {
   await assert.rejects(runCluster("main" as unknown as () => void), TypeError);
 });
 
-test("runCluster: SIGTERM while the workers are still loading (just forked) reaches them: the primary exits at once", { timeout: 60_000, skip: process.platform !== "linux" && "reads /proc" }, async (t) => {
+test("runCluster: SIGTERM while the workers are still loading (just forked) reaches them: the primary exits at once", { timeout: 60_000, skip: sameOnEitherTransport || process.platform !== "linux" && "reads /proc" }, async (t) => {
   // Node drops a message that arrives before the worker listens for one: a
   // "shutdown" sent while a worker was still loading was lost, and the worker
   // served on until the SIGKILL deadline (shutdownTimeoutMs + 5 s; never with 0).
@@ -287,7 +287,7 @@ test("runCluster: SIGTERM while the workers are still loading (just forked) reac
   }
 });
 
-test("runCluster: SIGTERM while a worker's main() still runs: it finishes starting, then drains what it started", { timeout: 60_000, skip: process.platform !== "linux" && "reads /proc" }, async (t) => {
+test("runCluster: SIGTERM while a worker's main() still runs: it finishes starting, then drains what it started", { timeout: 60_000, skip: sameOnEitherTransport || process.platform !== "linux" && "reads /proc" }, async (t) => {
   const run = launch(t, "cluster-main.ts", { PORT: "0", WORKERS: "2", START_DELAY_MS: "2500" });
   const { child, exited } = run;
   // Both workers forked and loaded (they said hello), main() in its delay.
@@ -300,7 +300,7 @@ test("runCluster: SIGTERM while a worker's main() still runs: it finishes starti
   assert.equal(run.listening(), 2, run.out());
 });
 
-test("runCluster: shutdown() or restart() called twice: each call settles when the work is done, not at once", { timeout: 60_000 }, async (t) => {
+test("runCluster: shutdown() or restart() called twice: each call settles when the work is done, not at once", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
   for (const api of ["shutdown", "restart"]) {
     const run = launch(t, "cluster-api.ts", { API: api });
     const { exited } = run;
@@ -320,7 +320,7 @@ test("runCluster: shutdown() or restart() called twice: each call settles when t
   }
 });
 
-test("runCluster: a shutdown that waited for a worker's main() drains within what is left of the deadline (the primary does not SIGKILL it)", { timeout: 60_000 }, async (t) => {
+test("runCluster: a shutdown that waited for a worker's main() drains within what is left of the deadline (the primary does not SIGKILL it)", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
   // shutdownTimeoutMs 6000; main() listens and then warms up for a minute; a
   // connection ignores onShutdown. The worker must close it at the deadline
   // and exit, not wait 6 s for main() and then drain 6 s more (killed at 11 s).
@@ -331,7 +331,7 @@ test("runCluster: a shutdown that waited for a worker's main() drains within wha
   assert.doesNotMatch(run.out(), /killing it/, run.out());
 });
 
-test("runCluster: a wall-clock step back during that wait does not stretch the worker's drain past the deadline", { timeout: 60_000 }, async (t) => {
+test("runCluster: a wall-clock step back during that wait does not stretch the worker's drain past the deadline", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
   // The same worker, whose Date.now steps back an hour while main() warms up:
   // what is left of the deadline is measured on the monotonic clock.
   const run = launch(t, "cluster-slow-start.ts", { TIMEOUT_MS: "6000", CLOCK_JUMP_MS: String(-3_600_000) });

@@ -263,7 +263,10 @@ const EXAMPLES = ["echo", "tls-echo", "line-kv", "resp-server", "memcached-serve
 for (const [name, signal] of EXAMPLES.map((n, i) => [n, i % 2 === 0 ? "SIGTERM" : "SIGINT"] as const)) {
   test(`${name}: one line on stdout, then a clean exit on ${signal}`, { skip: name === "tls-echo" && NO_OPENSSL }, async (t) => {
     const running = await startExample(t, name);
-    const client = await connect(running.port); // an open connection does not hold the exit up: shutdown closes it
+    // An open connection does not hold the exit up: shutdown closes it. To
+    // tls-echo it is a TLS one: a raw client would still be in its handshake,
+    // which the drain lets finish (up to handshakeTimeoutMs, 10 s).
+    const client = name === "tls-echo" ? await connectTls(running.port, { rejectUnauthorized: false }) : await connect(running.port);
     t.after(() => client.destroy());
     running.proc.kill(signal);
     assert.equal(await running.exited, 0);

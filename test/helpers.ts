@@ -285,6 +285,16 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
+/**
+ * Skip reason for `npm test`'s second pass (PANTS_TS_TRANSPORT=js) on a test
+ * it would repeat exactly: every server and client stream the test runs is
+ * on node:net whichever transport is chosen (cluster workers share the
+ * primary's socket; TLS and PROXY-protocol servers; no server at all), so
+ * the first pass ran the same code. False otherwise.
+ */
+export const sameOnEitherTransport: string | false =
+  process.env.PANTS_TS_TRANSPORT === "js" && "the same on either transport: run once, in npm test's first pass";
+
 /** A temp dir removed when the test ends. */
 export function tempDir(t: TestContext, prefix = "pants-ts-"): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
