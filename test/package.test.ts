@@ -155,8 +155,12 @@ test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict
   // --ignore-scripts: pack what `npm run build` made rather than build again.
   const packed = npm(["pack", "--ignore-scripts", "--json", "--pack-destination", dir], root);
   assert.equal(packed.status, 0, `npm pack:\n${packed.stdout}${packed.stderr}`);
-  const [info] = JSON.parse(packed.stdout) as Array<{ filename: string }>;
+  const [info] = JSON.parse(packed.stdout) as Array<{ filename: string; files: Array<{ path: string }> }>;
   const tarball = join(dir, info!.filename);
+  // Only what this checkout's sources compile to: `npm run build` empties
+  // dist/ first, so the old output of a module since deleted cannot ship.
+  const orphans = info!.files.map((f) => f.path).filter((p) => p.startsWith("dist/src/") && !existsSync(join(root, p.slice("dist/".length).replace(/(\.d\.ts|\.js\.map|\.js)$/, ".ts"))));
+  assert.deepEqual(orphans, [], "the package ships compiled files whose source is gone");
 
   const app = join(dir, "app");
   mkdirSync(join(app, "src"), { recursive: true });
