@@ -182,9 +182,16 @@ async function loadModule(path: string): Promise<unknown> {
     const mod = (await import(url)) as { default?: unknown };
     return mod.default;
   } catch (err) {
+    const code = (err as { code?: unknown }).code;
     // Node's own message ('Unknown file extension ".ts"') does not say what is missing.
-    if (noTsx && (err as { code?: unknown }).code === "ERR_UNKNOWN_FILE_EXTENSION") {
-      throw codedError(`${path} is TypeScript and tsx is not installed: install it (npm install -D tsx), or serve the compiled .js.`, "ERR_UNKNOWN_FILE_EXTENSION");
+    if (noTsx && code === "ERR_UNKNOWN_FILE_EXTENSION") {
+      throw codedError(`${path} is TypeScript and tsx is not installed: install it (npm install -D tsx), or serve the compiled .js.`, code);
+    }
+    // A Node that strips types runs the file itself, but not syntax that
+    // needs compiling (an enum, parameter properties): tsx would run it.
+    if (noTsx && code === "ERR_UNSUPPORTED_TYPESCRIPT_SYNTAX") {
+      const why = String((err as Error).message).split("\n")[0];
+      throw codedError(`${path}: ${why}; Node strips types only, and tsx, which compiles it, is not installed: install it (npm install -D tsx), or serve the compiled .js.`, code);
     }
     throw err;
   }

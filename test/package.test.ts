@@ -207,11 +207,18 @@ test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict
   const version = spawnSync(process.execPath, [bin, "--version"], { cwd: app, encoding: "utf8", timeout: 20_000 });
   assert.equal(version.stdout.trim(), pkg.version, `pants-ts --version:\n${version.stdout}${version.stderr}`);
   // The app has no tsx: serving its .ts source says what is missing. (Node
-  // 22.18+ and 23.6+ strip types themselves, and serve it: nothing to say.)
+  // 22.18+ and 23.6+ strip types themselves, and serve it: nothing to say,
+  // unless it uses syntax that must be compiled, such as an enum.)
   if (!(process.features as { typescript?: unknown }).typescript) {
     const tsSource = spawnSync(process.execPath, [bin, "serve", "src/echo.ts", "--listen", "127.0.0.1:0"], { cwd: app, encoding: "utf8", timeout: 20_000 });
     assert.equal(tsSource.status, 1, `pants-ts serve src/echo.ts:\n${tsSource.stdout}${tsSource.stderr}`);
     assert.match(tsSource.stderr, /src\/echo\.ts is TypeScript and tsx is not installed: install it \(npm install -D tsx\)/);
+  } else {
+    mkdirSync(join(app, "strip"));
+    writeFileSync(join(app, "strip", "enum-echo.ts"), 'import { Stream } from "pants-ts";\nenum Reply { Ok = "ok" }\nexport default class EnumEcho extends Stream {\n  override onRead(): void {\n    this.write(Reply.Ok);\n  }\n}\n');
+    const enumSource = spawnSync(process.execPath, [bin, "serve", "strip/enum-echo.ts", "--listen", "127.0.0.1:0"], { cwd: app, encoding: "utf8", timeout: 20_000 });
+    assert.equal(enumSource.status, 1, `pants-ts serve strip/enum-echo.ts:\n${enumSource.stdout}${enumSource.stderr}`);
+    assert.match(enumSource.stderr, /strip\/enum-echo\.ts: .*enum.*; Node strips types only, and tsx, which compiles it, is not installed: install it \(npm install -D tsx\)/);
   }
 
   const served = spawn(process.execPath, [bin, "serve", "dist/echo.js", "--listen", "127.0.0.1:0"], { cwd: app, stdio: ["ignore", "pipe", "pipe"] });
