@@ -376,6 +376,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"listenTcp", NULL, pn_listen_tcp, NULL, NULL, NULL, napi_enumerable, e},
       {"bindTcp", NULL, pn_bind_tcp, NULL, NULL, NULL, napi_enumerable, e},
       {"listenPipe", NULL, pn_listen_pipe, NULL, NULL, NULL, napi_enumerable, e},
+      {"listenFd", NULL, pn_listen_fd, NULL, NULL, NULL, napi_enumerable, e},
       {"connectTcp", NULL, pn_connect_tcp, NULL, NULL, NULL, napi_enumerable, e},
       {"connectPipe", NULL, pn_connect_pipe, NULL, NULL, NULL, napi_enumerable, e},
       {"deliveredBytesOf", NULL, pn_delivered_bytes_of, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -457,6 +457,7 @@ int pn_parse_ip(const char *host, int port, struct sockaddr_storage *ss);
 napi_value pn_listen_tcp(napi_env env, napi_callback_info info);
 napi_value pn_bind_tcp(napi_env env, napi_callback_info info);
 napi_value pn_listen_pipe(napi_env env, napi_callback_info info);
+napi_value pn_listen_fd(napi_env env, napi_callback_info info);
 bool pn_server_define(pn_env *e);
 void pn_server_close(pn_server *s);
 

@@ -1,5 +1,5 @@
 /*
- * Listening sockets: listenTcp / listenPipe, accepting connections, and the
+ * Listening sockets: listenTcp / listenPipe / listenFd, accepting connections, and the
  * server object's methods (address, close, fd, ref, unref).
  */
 #include <errno.h>
@@ -520,6 +520,80 @@ napi_value pn_listen_pipe(napi_env env, napi_callback_info info) {
   if (err != 0) {
     pn_server_close(s);
     pn_throw_uv(env, err, "bind", detail);
+    return NULL;
+  }
+  return finish_listen(env, e, s, backlog, detail);
+}
+
+/* listenFd(fd, backlog): serves a stream socket this process was handed
+ * (systemd's socket activation, a parent's descriptor), TCP or UNIX, bound
+ * and usually listening already (libuv listens again, which only sets the
+ * backlog). The server owns it from then on: its close closes it. A UNIX
+ * socket's path is not removed at close: whoever bound it owns the name. */
+napi_value pn_listen_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  pn_env *e;
+  int64_t fd;
+  int backlog, type = 0, err;
+  socklen_t type_len = sizeof(type);
+  struct sockaddr_storage ss;
+  socklen_t ss_len = sizeof(ss);
+  char detail[32];
+
+  PN_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&e), "napi_get_cb_info");
+  if (!check_init(env, e)) return NULL;
+  if (!pn_get_int(env, argv[0], "listenFd(): fd", 0, INT32_MAX, &fd) || !get_backlog(env, argv[1], &backlog)) return NULL;
+  snprintf(detail, sizeof(detail), "fd %d", (int)fd);
+  /* EBADF (not open), ENOTSOCK (a file or a pipe); each failure is the
+   * listen's, as node:net names a bad descriptor's (its code is EINVAL). */
+  if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0) {
+    pn_throw_uv(env, uv_translate_sys_error(errno), "listen", detail);
+    return NULL;
+  }
+  memset(&ss, 0, sizeof(ss));
+  if (getsockname((int)fd, (struct sockaddr *)&ss, &ss_len) != 0) {
+    pn_throw_uv(env, uv_translate_sys_error(errno), "listen", detail);
+    return NULL;
+  }
+  const bool is_pipe = ss.ss_family == AF_UNIX;
+  if (type != SOCK_STREAM || (!is_pipe && ss.ss_family != AF_INET && ss.ss_family != AF_INET6)) {
+    /* A datagram socket, or a family that is neither TCP/IP nor UNIX. */
+    pn_throw_uv(env, type != SOCK_STREAM ? UV_ENOTSUP : UV_EAFNOSUPPORT, "listen", detail);
+    return NULL;
+  }
+  pn_server *s = server_new(e, is_pipe);
+  char *path = NULL;
+  size_t path_len = 0;
+  if (s != NULL && is_pipe) {
+    /* The bound name (address() reports it); an abstract one starts with NUL. */
+    const struct sockaddr_un *un = (const struct sockaddr_un *)&ss;
+    size_t off = offsetof(struct sockaddr_un, sun_path);
+    path_len = ss_len > off ? ss_len - off : 0;
+    if (path_len > 0 && un->sun_path[0] != '\0') path_len = strnlen(un->sun_path, path_len);
+    path = malloc(path_len + 1);
+    if (path != NULL) {
+      memcpy(path, un->sun_path, path_len);
+      path[path_len] = '\0';
+    }
+  }
+  if (s == NULL || (is_pipe && path == NULL)) {
+    free(s);
+    free(path);
+    pn_throw_uv(env, UV_ENOMEM, "malloc", detail);
+    return NULL;
+  }
+  s->path = path;
+  s->path_len = path_len;
+  if (is_pipe) uv_pipe_init(e->loop, &s->h.pipe, 0);
+  else uv_tcp_init(e->loop, &s->h.tcp);
+  s->h.handle.data = s;
+  pn_handle_opened(&s->base);
+  /* Not taken on failure: the descriptor stays the caller's. */
+  err = is_pipe ? uv_pipe_open(&s->h.pipe, (uv_file)fd) : uv_tcp_open(&s->h.tcp, (uv_os_sock_t)fd);
+  if (err != 0) {
+    pn_server_close(s);
+    pn_throw_uv(env, err, "listen", detail);
     return NULL;
   }
   return finish_listen(env, e, s, backlog, detail);

@@ -25,6 +25,7 @@ import type { SslOptions } from "./tls.js";
 import type { Stats } from "./engine.js";
 import { compileServerTls } from "./tls.js";
 import { nativeLoadError } from "./native-binding.js";
+import { useNative } from "./transport.js";
 
 const HELP = `Usage: pants-ts serve <module> --listen ADDR [--listen ADDR ...] [options]
 
@@ -36,6 +37,8 @@ Addresses (ADDR):
   HOST:PORT            an IPv4 address or a host name, e.g. 127.0.0.1:4040, localhost:4040
   [IPV6]:PORT          an IPv6 address, e.g. [::1]:4040; [::]:4040 is dual-stack
   unix:/PATH           a UNIX socket (unix:@NAME is a Linux abstract name)
+  fd:N                 the listening socket (TCP or UNIX) at descriptor N, handed over by the parent
+  systemd              every socket systemd passed (socket activation); systemd:NAME, those named NAME
 
 Options:
   -l, --listen ADDR          listen here (repeatable; required unless the module's Server already listens)
@@ -63,9 +66,22 @@ class UsageError extends Error {
   readonly code = "ERR_USAGE";
 }
 
+/** A listening socket the process was handed: its descriptor, and how to name it (fd:3, systemd:web). */
+interface Handed {
+  fd: number;
+  label: string;
+}
+
+/** What one server listens on: an address it binds, or a socket it was handed. */
+type Listen = Address | Handed;
+
+function isHanded(listen: Listen): listen is Handed {
+  return typeof listen === "object" && !Array.isArray(listen);
+}
+
 interface ServeArgs {
   module: string;
-  listen: Address[];
+  listen: Listen[];
   tlsCert?: string;
   tlsKey?: string;
   workers: number;
@@ -97,6 +113,80 @@ export function parseListenAddress(text: string): Address {
     return [host === "*" ? "" : host, checkPort(hostPort[2]!, text)];
   }
   throw new UsageError(`invalid address "${text}": expected PORT, HOST:PORT, [IPV6]:PORT or unix:/PATH`);
+}
+
+/**
+ * How the primary of `serve --workers` hands its workers the sockets systemd
+ * passed it: it forks them with those descriptors at the same numbers, and
+ * this variable holds [LISTEN_FDS, LISTEN_FDNAMES] as JSON (read once, then removed).
+ */
+const WORKER_SYSTEMD = "PANTS_TS_WORKER_SYSTEMD";
+
+/** The systemd sockets' count and names, as the workers are to get them (set by parseListens in the primary). */
+let systemdForWorkers: string | null = null;
+
+function forwardedSystemd(): [string, string] | undefined {
+  try {
+    const value: unknown = JSON.parse(process.env[WORKER_SYSTEMD] ?? "null");
+    if (Array.isArray(value) && value.length === 2 && typeof value[0] === "string" && typeof value[1] === "string") return [value[0], value[1]];
+  } catch {
+    // not ours: as if absent
+  }
+  return undefined;
+}
+
+/**
+ * The sockets systemd passed this process (sd_listen_fds(3)): descriptors 3
+ * to 3 + LISTEN_FDS - 1, named by LISTEN_FDNAMES, when LISTEN_PID is this
+ * process; in a worker of `serve --workers`, those its primary was passed.
+ */
+function systemdSockets(): Handed[] {
+  const forwarded = cluster.isWorker ? forwardedSystemd() : undefined;
+  const pid = forwarded !== undefined ? String(process.pid) : process.env.LISTEN_PID;
+  const count = forwarded !== undefined ? forwarded[0] : process.env.LISTEN_FDS;
+  const names = (forwarded !== undefined ? forwarded[1] : process.env.LISTEN_FDNAMES) ?? "";
+  if (!pid || !count) {
+    throw new UsageError("--listen systemd: no sockets were passed (LISTEN_PID and LISTEN_FDS are not set: is the service started by a .socket unit?)");
+  }
+  if (pid !== String(process.pid)) {
+    throw new UsageError(
+      `--listen systemd: the sockets were passed to process ${pid}, not to this one (${process.pid}): run node itself in ExecStart=, not through npm, npx or a shell that forks`,
+    );
+  }
+  if (!/^[1-9]\d{0,5}$/.test(count)) throw new UsageError(`--listen systemd: LISTEN_FDS is "${count}", not a count of sockets`);
+  systemdForWorkers = JSON.stringify([count, names]);
+  const each = names.split(":");
+  return Array.from({ length: Number(count) }, (_, i) => ({ fd: 3 + i, label: `systemd:${each[i] || "unknown"}` }));
+}
+
+/** The --listen values: addresses to bind, and sockets handed over (fd:N, systemd[:NAME]). @throws UsageError */
+function parseListens(texts: string[]): Listen[] {
+  let passed: Handed[] | null = null;
+  const out: Listen[] = [];
+  for (const text of texts) {
+    const fd = /^fd:(\d+)$/.exec(text);
+    if (fd) {
+      const n = Number(fd[1]);
+      if (!Number.isSafeInteger(n) || n > 2 ** 31 - 1) throw new UsageError(`invalid address "${text}": not a descriptor`);
+      out.push({ fd: n, label: text });
+    } else if (text === "systemd" || text.startsWith("systemd:")) {
+      passed ??= systemdSockets();
+      const name = text.slice("systemd:".length);
+      const chosen = text === "systemd" ? passed : passed.filter((h) => h.label === text);
+      if (chosen.length === 0) {
+        throw new UsageError(`--listen ${text}: systemd passed no socket named "${name}" (it passed ${passed.map((h) => h.label).join(", ")}; FileDescriptorName= names them)`);
+      }
+      out.push(...chosen);
+    } else {
+      out.push(parseListenAddress(text));
+    }
+  }
+  const fds = out.filter(isHanded).map((h) => h.fd);
+  const twice = fds.find((fd, i) => fds.indexOf(fd) !== i);
+  if (twice !== undefined) throw new UsageError(`--listen names descriptor ${twice} twice`);
+  // As sd_listen_fds(1): the module's own child processes must not take them for theirs.
+  if (passed !== null) for (const name of ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", WORKER_SYSTEMD]) delete process.env[name];
+  return out;
 }
 
 function checkPort(text: string, whole: string): number {
@@ -148,13 +238,15 @@ function parseServe(argv: string[]): ServeArgs {
   if (v["tls-key"] !== undefined && v["tls-cert"] === undefined) throw new UsageError("--tls-key needs --tls-cert");
   const args: ServeArgs = {
     module: parsed.positionals[0]!,
-    listen: (v.listen ?? []).map(parseListenAddress),
+    listen: parseListens(v.listen ?? []),
     workers: intFlag("workers", v.workers) ?? 1,
     proxyProtocol: v["proxy-protocol"] ?? false,
     reusePort: v["reuse-port"] ?? false,
     shutdownTimeoutMs: intFlag("shutdown-timeout", v["shutdown-timeout"], true) ?? 10_000,
     quiet: v.quiet ?? false,
   };
+  const handed = args.listen.find(isHanded);
+  if (handed !== undefined && args.reusePort) throw new UsageError(`--reuse-port binds the sockets it listens on; --listen ${handed.label} is bound already`);
   if (v["tls-cert"] !== undefined) args.tlsCert = v["tls-cert"];
   if (v["tls-key"] !== undefined) args.tlsKey = v["tls-key"];
   const max = intFlag("max-connections", v["max-connections"]);
@@ -242,12 +334,21 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
   if (sslOptions !== undefined) options.sslOptions = sslOptions;
   if (isConnectionClass(exported)) {
     if (args.listen.length === 0) throw new UsageError("--listen is required");
-    const servers = args.listen.map((address) => new Server(exported, options).listen(address));
+    // A worker serves its own copy of a handed socket, on the addon: node:net
+    // would ask the primary to listen on it (see serve()).
+    const handedOptions: ServerOptions = cluster.isWorker ? { ...options, transport: "native" } : options;
+    const servers = args.listen.map((listen) =>
+      isHanded(listen) ? new Server(exported, { ...handedOptions, socket: { fd: listen.fd } }) : new Server(exported, options).listen(listen),
+    );
     await Promise.all(servers.map((s) => s.ready()));
     return servers;
   }
   if (exported instanceof Server) {
     if (args.listen.length > 1) throw new UsageError("a Server instance listens on one address; export a connection class to listen on several");
+    const [listen] = args.listen;
+    if (listen !== undefined && isHanded(listen)) {
+      throw new UsageError(`--listen ${listen.label}: a Server instance takes a handed socket in its own options ({ socket: { fd } }); export a connection class to serve it`);
+    }
     if (args.tlsCert !== undefined) {
       // Its own certificate would win silently: say so rather than serve another.
       if (exported.sslEnabled) throw new UsageError("--tls-cert: the module's Server already serves TLS with the certificate its code gave it");
@@ -257,7 +358,7 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
     if (args.proxyProtocol || args.reusePort || args.idleTimeoutMs !== undefined) {
       throw new UsageError("--proxy-protocol, --reuse-port and --idle-timeout apply to a connection class; set them in the Server's options");
     }
-    if (args.listen.length === 1) exported.listen(args.listen[0]!);
+    if (listen !== undefined) exported.listen(listen);
     else if (!exported.listening && !liveServers.has(exported)) throw new UsageError("--listen is required");
     await exported.ready();
     return [exported];
@@ -298,7 +399,8 @@ function connectHint(address: Address | null, tls: boolean): string {
 
 function banner(servers: Server[], name: string): string {
   return servers
-    .map((s) => `pants-ts: serving ${name} on ${s.localAddresses.map(formatAddress).join(" and ")}${connectHint(s.localAddress, s.sslEnabled)}, ${transportNote(s)}`)
+    // node:net cannot name a UNIX socket it was handed by descriptor.
+    .map((s) => `pants-ts: serving ${name} on ${s.localAddresses.map(formatAddress).join(" and ") || `fd ${s.fileno ?? "?"}`}${connectHint(s.localAddress, s.sslEnabled)}, ${transportNote(s)}`)
     .join("\n");
 }
 
@@ -340,6 +442,29 @@ function fromClusterAddress(info: ClusterAddress): Address | null {
   return [info.address ?? "", info.port];
 }
 
+/**
+ * `serve --workers` with sockets handed over (fd:N, systemd): every worker is
+ * forked with them at the same descriptors and accepts on its own copy, on
+ * the native transport. (On node:net a worker has its primary listen
+ * instead, which closes the socket when the last worker using it exits: a
+ * crash would lose it for good.) @throws UsageError where that cannot be.
+ */
+function handOnSockets(args: ServeArgs): void {
+  const handed = args.listen.filter(isHanded);
+  if (handed.length === 0) return;
+  const what = `--listen ${handed[0]!.label} with --workers`;
+  if (args.tlsCert !== undefined || args.proxyProtocol) {
+    throw new UsageError(`${what} serves plain TCP only (each worker accepts on its own copy of the socket, on the native transport; TLS and PROXY-protocol servers use node:net)`);
+  }
+  if (!useNative(undefined, true)) throw new UsageError(`${what} needs the native transport (each worker accepts on its own copy of the socket), and ${nativeLoadError() ?? "it is not available"}`);
+  const top = Math.max(2, ...handed.map((h) => h.fd));
+  const stdio: Array<number | "ignore" | "ipc"> = [];
+  for (let fd = 0; fd <= top; fd++) stdio.push(fd <= 2 || handed.some((h) => h.fd === fd) ? fd : "ignore");
+  stdio.push("ipc");
+  cluster.setupPrimary({ stdio });
+  if (systemdForWorkers !== null) process.env[WORKER_SYSTEMD] = systemdForWorkers;
+}
+
 async function serve(args: ServeArgs): Promise<number> {
   // A closed terminal (SIGHUP) or a gone log reader makes writes to stdout
   // fail (EIO, EPIPE): that must not kill a server that is draining.
@@ -351,6 +476,7 @@ async function serve(args: ServeArgs): Promise<number> {
       compileServerTls(tlsOptions(args)!);
       process.env[WORKER_TICKET_KEYS] = randomBytes(48).toString("hex");
     }
+    if (cluster.isPrimary) handOnSockets(args);
     // In the primary, before the workers listen: SIGUSR2 must not kill it,
     // and a SIGTERM while starting (runCluster drains) prints no banner.
     let current: ClusterHandle | null = null;
@@ -391,8 +517,9 @@ async function serve(args: ServeArgs): Promise<number> {
     if (!handle.isPrimary) return -1; // a worker serves until the primary says otherwise
     current = handle;
     if (!args.quiet && !signalled) {
-      const addresses = bound.size > 0 ? [...bound.values()] : args.listen;
-      const where = addresses.map((a) => formatAddress(a) + connectHint(a, tls)).join(", ");
+      const addresses = bound.size > 0 ? [...bound.values()] : args.listen.filter((l): l is Address => !isHanded(l));
+      const handed = args.listen.filter(isHanded).map((h) => (h.label.startsWith("fd:") ? h.label : `${h.label} (fd ${h.fd})`));
+      const where = [...addresses.map((a) => formatAddress(a) + connectHint(a, tls)), ...handed].join(", ");
       process.stdout.write(`pants-ts: ${args.workers} workers serving ${args.module} on ${where}\n`);
       if (args.reusePort && !migratesQueuedConnections()) {
         process.stdout.write(

@@ -57,7 +57,7 @@ export interface NativeFramingValue {
   2: number;
 }
 
-/** A listening socket returned by `listenTcp` / `listenPipe`. */
+/** A listening socket returned by `listenTcp` / `listenPipe` / `listenFd`. */
 export interface NativeServer {
   /** `{ address, port, family }` for TCP, `{ path }` for pipes; null once closed. */
   address(): NativeAddress | null;
@@ -242,6 +242,7 @@ interface RawNativeAddon {
   listenTcp(host: string, port: number, backlog: number, ipv6Only: boolean, reusePort?: boolean): NativeServer;
   bindTcp(host: string, port: number, ipv6Only: boolean, reusePort: boolean): number;
   listenPipe(path: string, backlog: number): NativeServer;
+  listenFd(fd: number, backlog: number): NativeServer;
   connectTcp(host: string, port: number): number;
   connectPipe(path: string): number;
   deliveredBytesOf(fd: number): number;
@@ -421,6 +422,7 @@ function adapt(raw: RawNativeAddon): NativeAddon {
     listenTcp: raw.listenTcp,
     bindTcp: raw.bindTcp,
     listenPipe: raw.listenPipe,
+    listenFd: raw.listenFd,
     connectTcp: (host, port) => track(raw.connectTcp(host, port)),
     connectPipe: (path) => track(raw.connectPipe(path)),
     deliveredBytesOf: raw.deliveredBytesOf,
@@ -449,6 +451,13 @@ export interface NativeAddon {
   bindTcp(host: string, port: number, ipv6Only: boolean, reusePort: boolean): number;
   /** Listens on a UNIX socket path or a Linux abstract name ("\0name"). The path is removed on close. */
   listenPipe(path: string, backlog: number): NativeServer;
+  /**
+   * Listens on a stream socket this process was handed (TCP or UNIX; bound,
+   * usually listening already), which the server then owns. A UNIX socket's
+   * path is not removed on close.
+   * @throws Error with `.code` (EBADF, ENOTSOCK, ENOTSUP for a datagram socket, EAFNOSUPPORT...) and `.syscall`.
+   */
+  listenFd(fd: number, backlog: number): NativeServer;
   /** Connects to an IP literal; onConnect follows. */
   connectTcp(host: string, port: number): NativeConn;
   /** Connects to a UNIX socket path or abstract name; onConnect follows. */

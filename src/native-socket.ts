@@ -887,6 +887,12 @@ export class NativeListener {
     return new NativeListener(handle, onConnection, onAcceptError);
   }
 
+  /** Listens on a socket this process was handed (`{ fd }`), which it then owns. */
+  static fd(fd: number, backlog: number, onConnection: (s: NativeSocket) => void, onAcceptError: (code: string) => void): NativeListener {
+    // Throws "listen EBADF: bad file descriptor fd 9" and the like.
+    return new NativeListener(requireAddon().listenFd(fd, backlog), onConnection, onAcceptError);
+  }
+
   /** `{ address, port, family }` like net.Server#address(), or the path. */
   address(): { address: string; port: number; family: string } | string | null {
     const a = this.handle.address();

@@ -33,7 +33,13 @@ import type { Timed } from "./timeouts.js";
 
 /** Options of the {@link Server} constructor. */
 export interface ServerOptions extends ChannelOptions {
-  /** A listening `net.Server`, or a listening descriptor, to serve on instead of calling `listen`. */
+  /**
+   * A listening `net.Server`, or the descriptor of a listening TCP or UNIX
+   * socket (systemd's socket activation, a parent's), to serve on instead
+   * of calling `listen`. The server owns the descriptor from then on (its
+   * close closes it) and serves it on the native transport when it can, in
+   * a cluster worker too: the socket is this process's own.
+   */
   socket?:
     | net.Server
     | {
@@ -60,7 +66,9 @@ export interface ServerOptions extends ChannelOptions {
   /**
    * `"native"`: the libuv addon (fails if it is not built); `"js"`: node:net.
    * Default: native when built (or as `PANTS_TS_TRANSPORT` says), except for
-   * TLS and PROXY-protocol servers and in cluster workers, which use node:net.
+   * TLS and PROXY-protocol servers and in cluster workers (unless `reusePort`
+   * or a `socket` descriptor gives the worker a socket of its own), which
+   * use node:net.
    */
   transport?: Transport;
   /**
@@ -691,7 +699,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   async #listenOne(options: { host: string; port: number; backlog: number; ipv6Only: boolean } | { path: string; backlog: number }): Promise<number> {
     if (this.#native) {
       const onConnection = (socket: NativeSocket) => this._onNativeConnection(socket);
-      const onAcceptError = (code: string) => this._onNetError(Object.assign(new Error(`accept ${code}`), { code, syscall: "accept" }));
+      const onAcceptError = (code: string) => this.#onNativeAcceptError(code);
       const listener =
         "path" in options
           ? NativeListener.pipe(options.path, options.backlog, onConnection, onAcceptError)
@@ -711,6 +719,10 @@ export class Server<S extends Stream = Stream> extends Channel {
     }
     const address = s.address();
     return typeof address === "object" && address !== null ? address.port : 0;
+  }
+
+  #onNativeAcceptError(code: string): void {
+    this._onNetError(Object.assign(new Error(`accept ${code}`), { code, syscall: "accept" }));
   }
 
   /** Closes and forgets the listener made last (the port-0 retry of the slave). */
@@ -755,8 +767,20 @@ export class Server<S extends Stream = Stream> extends Channel {
     }
     this.#state = ST_BINDING;
     this.engine._channels.add(this);
+    // A descriptor handed to this process is its own, in a cluster worker
+    // too (node:net there would ask the primary to listen on its namesake).
+    this.#native = !this.#proxyProtocol && this.#tls === null && useNative(this.#transport, true);
+    if (this.#native) {
+      try {
+        this.#nativeListeners.push(NativeListener.fd(fd, 1024, (socket) => this._onNativeConnection(socket), (code) => this.#onNativeAcceptError(code)));
+        process.nextTick(() => this.#listening());
+      } catch (err) {
+        process.nextTick(() => this.#bindFailed(err as Error, null));
+      }
+      return;
+    }
     const s = this.#newNetServer();
-    listenOn(s, { fd: socket.fd } as net.ListenOptions).then(
+    listenOn(s, { fd, backlog: 1024 }).then(
       () => this.#listening(),
       (err: Error) => this.#bindFailed(err, null),
     );
@@ -766,7 +790,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (this.#state !== ST_BINDING) return;
     this.#state = ST_LISTENING;
     // A listening UNIX socket handed over ({ socket }, { fd }) names its path only here.
-    const handed = this.#unixPath === null ? this.#netServers[0]?.address() : null;
+    const handed = this.#unixPath === null ? (this.#nativeListeners[0]?.address() ?? this.#netServers[0]?.address()) : null;
     if (typeof handed === "string") this.#unixPath = handed;
     liveServers.add(this);
     if (diagnostics.serverListen.hasSubscribers) diagnostics.serverListen.publish({ server: this });

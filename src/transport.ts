@@ -25,14 +25,15 @@ export function checkTransport(value: unknown): Transport | undefined {
 /**
  * True when a plain (no TLS, no PROXY) server or client should use the
  * native transport: the option, else `PANTS_TS_TRANSPORT`, else the addon
- * if it is built; in a cluster worker, only for a server with `reusePort`.
+ * if it is built; in a cluster worker, only for a server with a socket of
+ * its own (`ownSocket`: bound with `reusePort`, or a descriptor it was handed).
  * @throws Error when "native" is asked for explicitly and the addon is not available.
  */
-export function useNative(option: Transport | undefined, reusePort = false): boolean {
+export function useNative(option: Transport | undefined, ownSocket = false): boolean {
   const wanted = option ?? envTransport();
   // A cluster worker's node:net server shares the primary's socket; the
   // addon's would bind its own, which only SO_REUSEPORT lets it share.
-  if (wanted === "js" || (cluster.isWorker && !reusePort)) return false;
+  if (wanted === "js" || (cluster.isWorker && !ownSocket)) return false;
   const available = nativeAddon() !== null;
   if (!available && wanted === "native") {
     throw codedError(`The native transport was asked for, but ${nativeLoadError() ?? "it is not available"}.`, "ERR_NATIVE_UNAVAILABLE");
