@@ -444,25 +444,21 @@ function fromClusterAddress(info: ClusterAddress): Address | null {
 
 /**
  * `serve --workers` with sockets handed over (fd:N, systemd): every worker is
- * forked with them at the same descriptors and accepts on its own copy, on
- * the native transport. (On node:net a worker has its primary listen
+ * forked with them at the same descriptors (runCluster's inheritFds, which
+ * this returns) and accepts on its own copy, on the native transport. (On node:net a worker has its primary listen
  * instead, which closes the socket when the last worker using it exits: a
  * crash would lose it for good.) @throws UsageError where that cannot be.
  */
-function handOnSockets(args: ServeArgs): void {
+function handOnSockets(args: ServeArgs): number[] {
   const handed = args.listen.filter(isHanded);
-  if (handed.length === 0) return;
+  if (handed.length === 0) return [];
   const what = `--listen ${handed[0]!.label} with --workers`;
   if (args.tlsCert !== undefined || args.proxyProtocol) {
     throw new UsageError(`${what} serves plain TCP only (each worker accepts on its own copy of the socket, on the native transport; TLS and PROXY-protocol servers use node:net)`);
   }
   if (!useNative(undefined, true)) throw new UsageError(`${what} needs the native transport (each worker accepts on its own copy of the socket), and ${nativeLoadError() ?? "it is not available"}`);
-  const top = Math.max(2, ...handed.map((h) => h.fd));
-  const stdio: Array<number | "ignore" | "ipc"> = [];
-  for (let fd = 0; fd <= top; fd++) stdio.push(fd <= 2 || handed.some((h) => h.fd === fd) ? fd : "ignore");
-  stdio.push("ipc");
-  cluster.setupPrimary({ stdio });
   if (systemdForWorkers !== null) process.env[WORKER_SYSTEMD] = systemdForWorkers;
+  return handed.map((h) => h.fd);
 }
 
 async function serve(args: ServeArgs): Promise<number> {
@@ -476,7 +472,7 @@ async function serve(args: ServeArgs): Promise<number> {
       compileServerTls(tlsOptions(args)!);
       process.env[WORKER_TICKET_KEYS] = randomBytes(48).toString("hex");
     }
-    if (cluster.isPrimary) handOnSockets(args);
+    const inheritFds = cluster.isPrimary ? handOnSockets(args) : [];
     // In the primary, before the workers listen: SIGUSR2 must not kill it,
     // and a SIGTERM while starting (runCluster drains) prints no banner.
     let current: ClusterHandle | null = null;
@@ -513,7 +509,7 @@ async function serve(args: ServeArgs): Promise<number> {
       // (kill -USR2 -PGID, systemctl kill -s USR2) must not kill the workers.
       process.on("SIGUSR2", () => {});
     }
-    const handle = await runCluster(() => startServers(args), { workers: args.workers, shutdownTimeoutMs: args.shutdownTimeoutMs });
+    const handle = await runCluster(() => startServers(args), { workers: args.workers, shutdownTimeoutMs: args.shutdownTimeoutMs, inheritFds });
     if (!handle.isPrimary) return -1; // a worker serves until the primary says otherwise
     current = handle;
     if (!args.quiet && !signalled) {

@@ -26,6 +26,14 @@ export interface ClusterOptions {
   restartDelayMs?: number;
   /** Called in the primary with the aggregated stats each time a worker reports (each does about once a second). */
   onStats?: (stats: ClusterStats) => void;
+  /**
+   * Descriptors every worker is forked with, at the same numbers: listening
+   * sockets handed to the primary (systemd's socket activation), which each
+   * worker serves itself with `new Server(C, { socket: { fd } })`, on the
+   * native transport, while the primary keeps them open across restarts.
+   * Sets the workers' `stdio` (cluster.setupPrimary). Default: none.
+   */
+  inheritFds?: readonly number[];
 }
 
 /** Stats of every worker, summed, plus per-worker figures. */
@@ -118,7 +126,20 @@ export async function runCluster(main: () => unknown, options: ClusterOptions = 
   if (!Number.isSafeInteger(restartDelayMs) || restartDelayMs < 1) {
     throw numberError(restartDelayMs, `restartDelayMs must be a positive integer, got ${describe(restartDelayMs)}.`);
   }
+  const inherit = options.inheritFds ?? [];
+  if (!Array.isArray(inherit) || !inherit.every((fd) => Number.isSafeInteger(fd) && fd >= 0 && fd <= 2 ** 31 - 1)) {
+    throw typeError(`inheritFds must be an array of descriptors (integers from 0), got ${describe(options.inheritFds)}.`);
+  }
   if (cluster.isWorker) return runWorker(main);
+  if (inherit.length > 0) {
+    // Node forks a worker with stdio[i] at its descriptor i; the channel to
+    // the primary goes after the highest one.
+    const stdio: Array<number | "ignore" | "ipc"> = [];
+    const top = Math.max(2, ...inherit);
+    for (let fd = 0; fd <= top; fd++) stdio.push(fd <= 2 || inherit.includes(fd) ? fd : "ignore");
+    stdio.push("ipc");
+    cluster.setupPrimary({ stdio });
+  }
   return runPrimary(workers, shutdownTimeoutMs, options);
 }
 

@@ -14,7 +14,7 @@ import type { ChildProcess } from "node:child_process";
 import { closeSync, openSync, readFileSync, readdirSync } from "node:fs";
 import { createSocket } from "node:dgram";
 import { join } from "node:path";
-import { Server, Stream } from "../src/index.js";
+import { Server, Stream, runCluster } from "../src/index.js";
 import { nativeAddon } from "../src/native-socket.js";
 import { connect, freshEngine, tempDir, waitFor } from "./helpers.js";
 
@@ -161,6 +161,31 @@ test("--workers with --listen systemd: every worker accepts on its own copy, on 
   assert.equal(await ask(port, "hello"), "hello");
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
+});
+
+test("runCluster({ inheritFds }): every worker is forked with the primary's socket and serves it itself ({ socket: { fd } }, native); killed, its replacement does too", { skip: noPython || (process.platform !== "linux" && "reads /proc") || (expected === "js" && "a worker serves a handed socket itself on the native transport only"), timeout: 90_000 }, async (t) => {
+  const child = spawn("python3", [activate, "--no-env", "web=tcp", "--", process.execPath, "--import", "tsx", join(root, "test", "fixtures", "cluster-main.ts")], {
+    cwd: root,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, LISTEN_FD: "3", WORKERS: "2" },
+  });
+  t.after(() => child.kill("SIGKILL"));
+  let out = "";
+  child.stdout!.on("data", (d) => (out += d));
+  child.stderr!.on("data", (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  await waitFor(() => out.split("\n").filter((l) => l.startsWith("listening ")).length >= 2 || child.exitCode !== null, 30000, `two workers listening; output: ${out}`);
+  const port = (JSON.parse(out.split("\n")[0]!) as Activated["sockets"])[0]!.port!;
+  assert.match(out, new RegExp(`listening ${port} \\d+\n[\\s\\S]*listening ${port} \\d+`), "each worker serves the handed socket's port");
+  let workers = await twoNewWorkers(child.pid!, [], () => out);
+  assert.equal(await ask(port, "transport"), "native");
+  assert.ok(workers.includes(Number(await ask(port, "pid"))));
+  for (const pid of workers) process.kill(pid, "SIGKILL");
+  workers = await twoNewWorkers(child.pid!, workers, () => out);
+  assert.ok(workers.includes(Number(await ask(port, "pid"))), `a replacement serves; output: ${out}`);
+  child.kill("SIGTERM");
+  assert.equal(await exited, 0);
+  await assert.rejects(runCluster(() => {}, { inheritFds: [-1] }), TypeError);
 });
 
 test("{ socket: { fd } } with a descriptor that is not a listening stream socket: ready() rejects and onError gets the listen error (ENOTSOCK, ENOTSUP natively; node:net says EINVAL)", async (t) => {
