@@ -23,7 +23,8 @@ test("callback runs once, later, with its arguments", async (t) => {
   const timer = engine.callback((...args: unknown[]) => calls.push(args), 1, "two");
   assert.equal(calls.length, 0, "not run synchronously");
   assert.equal(timer.active, true);
-  await sleep(20);
+  await waitFor(() => calls.length > 0, 2000, "the callback");
+  await sleep(20); // no second run
   assert.deepEqual(calls, [[1, "two"]]);
   assert.equal(timer.active, false);
 });
@@ -48,7 +49,8 @@ test("cancel is by identity: cancelling b never touches a (Pants B8)", async (t)
   const d1 = engine.defer(10, () => ran.push("d1"));
   engine.defer(10, () => ran.push("d2"));
   d1.cancel();
-  await sleep(60);
+  await waitFor(() => ran.includes("d2"), 2000, "d2");
+  await sleep(30); // nothing cancelled runs late
   assert.deepEqual(ran, ["a", "d2"]);
 });
 
@@ -70,7 +72,8 @@ test("a loop can cancel itself from inside its function (Pants B9)", async (t) =
     n++;
     if (n === 2) timer.cancel();
   });
-  await sleep(50);
+  await waitFor(() => !timer.active, 2000, "the loop to cancel itself");
+  await sleep(20); // no run after
   assert.equal(n, 2);
   assert.equal(timer.active, false);
 });
@@ -100,7 +103,8 @@ test("cycle repeats every interval and can cancel itself", async (t) => {
     times.push(engine.time() - start);
     if (times.length === 3) timer.cancel();
   });
-  await sleep(150);
+  await waitFor(() => times.length >= 3, 2000, "three runs");
+  await sleep(50); // none after it cancelled itself
   assert.equal(times.length, 3);
   assert.ok(times[0]! >= 14 && times[2]! >= 44, `times ${times.join(",")}`);
 });
