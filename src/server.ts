@@ -38,7 +38,8 @@ export interface ServerOptions extends ChannelOptions {
    * socket (systemd's socket activation, a parent's), to serve on instead
    * of calling `listen`. The server owns the descriptor from then on (its
    * close closes it) and serves it on the native transport when it can, in
-   * a cluster worker too: the socket is this process's own.
+   * a cluster worker too: the socket is this process's own. (On node:net a
+   * handed UNIX socket's path cannot be learnt: `localAddress` is null.)
    */
   socket?:
     | net.Server
