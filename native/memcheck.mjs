@@ -4,9 +4,10 @@
 // sizes, reset and re-framing inside onRead, overflow), lent reads, read
 // blocks JS detaches, partial writes (and copies of a reused buffer's),
 // writev, shutdown, resets, close from inside callbacks, a peer flooding
-// past the per-turn read limit, deferred errors, a
-// throwing callback, a worker exiting with open handles, and finally a
-// natural exit with handles still open (the environment teardown path).
+// past the per-turn read limit, deferred errors, descriptors adopted
+// (listenFd) and refused, a throwing callback, a worker exiting with open
+// handles, and finally a natural exit with handles still open (the
+// environment teardown path).
 //
 // It drives the addon through src/native-binding.ts as the transport does
 // (build it first: `npm run build`; native/check-asan.sh does).
@@ -18,7 +19,8 @@
 // Prints "memcheck: ok" and exits 0 when every check passed.
 import assert from "node:assert/strict";
 import net from "node:net";
-import { closeSync, mkdtempSync, rmSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { closeSync, mkdtempSync, openSync, renameSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
@@ -640,6 +642,79 @@ async function trickle(sock, s) {
   assert.throws(() => native.bindTcp("127.0.0.1", port, "yes", true), TypeError);
   a.close();
   b.close();
+}
+
+// 5c. listenFd: a descriptor adopted (TCP here; a UNIX path, an abstract
+// name and a connected socket in a child, which gets them at 3, 4, 5 as
+// systemd passes sockets), and each way it refuses one.
+{
+  const fd = native.bindTcp("127.0.0.1", 0, false, false);
+  const s = native.listenFd(fd, 8);
+  assert.equal(s.fd, fd);
+  const port = s.address().port;
+  serverHandlers.set(s, (c) => {
+    handlers.set(c, { read: (d) => c.write(d), end: () => c.close() });
+    c.readStart();
+  });
+  const cl = client(port);
+  cl.sock.end("adopted");
+  await until(() => cl.closed, "echo over an adopted socket");
+  assert.equal(cl.text(), "adopted");
+  // Already this loop's (EEXIST): neither taken nor closed.
+  assert.throws(() => native.listenFd(fd, 8), (err) => err.code === "EEXIST");
+  s.close();
+  const closed = native.bindTcp("127.0.0.1", 0, false, false);
+  closeSync(closed);
+  assert.throws(() => native.listenFd(closed, 8), (err) => err.code === "EBADF");
+  const dir = mkdtempSync(join(tmpdir(), "pants-memcheck-"));
+  const file = openSync(join(dir, "file"), "w");
+  assert.throws(() => native.listenFd(file, 8), (err) => err.code === "ENOTSOCK");
+  closeSync(file);
+
+  const bound = join(dir, "fd.sock");
+  const moved = join(dir, "moved.sock");
+  const abstract = `\0pants-memcheck-fd-${process.pid}`;
+  const pathServer = net.createServer().listen(bound);
+  const abstractServer = net.createServer().listen(abstract);
+  await Promise.all([pathServer, abstractServer].map((x) => new Promise((resolve) => x.once("listening", resolve))));
+  assert.throws(() => native.listenFd(pathServer._handle.fd, 8), (err) => err.code === "EEXIST");
+  const { s: tcp, port: tcpPort } = listen((c) => handlers.set(c, {}));
+  const connected = net.connect({ port: tcpPort, host: "127.0.0.1" });
+  await new Promise((resolve) => connected.once("connect", resolve));
+  const code = `
+    import { loadNative } from ${JSON.stringify(new URL("../dist/src/native-binding.js", import.meta.url).href)};
+    const n = loadNative();
+    const noop = () => {};
+    let left = 2;
+    const servers = [];
+    n.init({ onConnection(s, c) { c.close(); if (--left === 0) for (const x of servers) x.close(); },
+      onRead: noop, onEnd: noop, onError: noop, onWritten: noop, onConnect: noop, onClose: noop, onShutdown: noop, onUncaught: noop });
+    const out = {};
+    for (const fd of [3, 5]) { const s = n.listenFd(fd, 8); servers.push(s); out[fd] = s.address().path; }
+    try { n.listenFd(4, 8); } catch (err) { out[4] = err.code; }
+    console.log(JSON.stringify(out));
+  `;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", code], {
+    stdio: ["ignore", "pipe", "inherit", pathServer._handle.fd, connected._handle.fd, abstractServer._handle.fd],
+  });
+  let said = "";
+  child.stdout.on("data", (d) => (said += d));
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  await until(() => said.includes("\n"), "the child's adopted sockets");
+  // This process's copies go; the path is moved first, as a close unlinks it.
+  renameSync(bound, moved);
+  pathServer.close();
+  abstractServer.close();
+  assert.deepEqual(JSON.parse(said), { 3: bound, 4: "EINVAL", 5: abstract });
+  for (const target of [moved, abstract]) {
+    const sock = net.connect({ path: target });
+    sock.on("error", () => {});
+    await new Promise((resolve) => sock.once("close", resolve));
+  }
+  assert.equal(await exited, 0);
+  connected.destroy();
+  tcp.close();
+  rmSync(dir, { recursive: true, force: true });
 }
 
 // 6. A worker exiting with open handles and queued writes.
