@@ -359,7 +359,9 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
       throw new UsageError("--proxy-protocol, --reuse-port and --idle-timeout apply to a connection class; set them in the Server's options");
     }
     if (listen !== undefined) exported.listen(listen);
-    else if (!exported.listening && !liveServers.has(exported)) throw new UsageError("--listen is required");
+    // A Server given a socket ({ socket }) or told to listen, at its module's
+    // top level, may not be listening yet: ready() below waits for it.
+    else if (!exported.listening && !exported._binding && !liveServers.has(exported)) throw new UsageError("--listen is required");
     await exported.ready();
     return [exported];
   }

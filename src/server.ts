@@ -360,6 +360,11 @@ export class Server<S extends Stream = Stream> extends Channel {
     return this.#native ? "native" : "js";
   }
 
+  /** @internal True from listen() or an adopted socket until listening (or closed): onListen is on its way. */
+  get _binding(): boolean {
+    return this.#state === ST_BINDING;
+  }
+
   /** @internal The UNIX socket path listened on, kept after close for the connections still open. */
   get _unixPath(): string | null {
     return this.#unixPath;

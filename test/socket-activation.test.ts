@@ -116,6 +116,19 @@ test("--listen fd:N serves a listening socket the parent handed over at descript
   assert.match(reuse.stderr, /--reuse-port binds the sockets it listens on; --listen fd:3 is bound already/);
 });
 
+test("a module that exports a Server on a handed descriptor ({ socket: { fd } }) is served as it is; --listen fd:N beside it is a usage error pointing there", { skip: noPython, timeout: 60_000 }, async (t) => {
+  const module = join(root, "test", "fixtures", "cli-fd-server.ts");
+  const s = await activated(t, ["--no-env", "web=tcp"], [module]);
+  assert.match(s.out(), new RegExp(`pants-ts: serving CliEcho on 127\\.0\\.0\\.1:${s.sockets[0]!.port} .*, ${expected === "native" ? "native transport" : "node:net"}`));
+  assert.equal(await ask(s.sockets[0]!.port!, "hello"), "hello");
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+
+  const both = await activated(t, ["--no-env", "web=tcp"], [module, "--listen", "fd:3"]);
+  assert.equal(await both.exited, 2);
+  assert.match(both.out(), /--listen fd:3: a Server instance takes a handed socket in its own options \(\{ socket: \{ fd \} \}\)/);
+});
+
 /** The processes whose parent is `pid` (Linux: /proc). */
 function childrenOf(pid: number): number[] {
   const out: number[] = [];
