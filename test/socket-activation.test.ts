@@ -74,6 +74,8 @@ test("--listen systemd serves every socket systemd passed (TCP and UNIX), in thi
     assert.equal(await ask(targetOf(socket), "pid"), String(s.child.pid), "the process systemd started (exec kept its pid) serves");
     assert.equal(await ask(targetOf(socket), "hello"), "hello");
   }
+  // Read, then removed (as sd_listen_fds(3) with unset_environment): a child process the module starts takes no socket for its own.
+  assert.equal(await ask(s.sockets[0]!.port!, "env"), "");
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });
@@ -165,6 +167,7 @@ test("--workers with --listen systemd: every worker accepts on its own copy, on 
   let workers = await twoNewWorkers(primary, [], s.out);
   assert.equal(await ask(port, "transport"), "native");
   assert.ok(workers.includes(Number(await ask(port, "pid"))), "a worker answers");
+  assert.equal(await ask(port, "env"), "", "a worker has no LISTEN_* variable, nor its primary's forwarding one");
   s.child.kill("SIGHUP");
   workers = await twoNewWorkers(primary, workers, s.out);
   assert.ok(workers.includes(Number(await ask(port, "pid"))), "a replacement answers");
