@@ -771,11 +771,12 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (socket === null || typeof socket !== "object" || typeof fd !== "number" || !Number.isInteger(fd) || fd < 0) {
       throw typeError(`The socket option must be a net.Server or { fd }, got ${describe(socket)}.`);
     }
-    this.#state = ST_BINDING;
-    this.engine._channels.add(this);
     // A descriptor handed to this process is its own, in a cluster worker
     // too (node:net there would ask the primary to listen on its namesake).
+    // Decided first: it throws when "native" is asked for and not available.
     this.#native = !this.#proxyProtocol && this.#tls === null && useNative(this.#transport, true);
+    this.#state = ST_BINDING;
+    this.engine._channels.add(this);
     if (this.#native) {
       try {
         this.#nativeListeners.push(NativeListener.fd(fd, 1024, (socket) => this._onNativeConnection(socket), (code) => this.#onNativeAcceptError(code)));

@@ -228,3 +228,14 @@ test("{ socket: { fd } } with a descriptor that is not a listening stream socket
   }
   assert.deepEqual(errors, expected === "native" ? ["listen ENOTSOCK", "listen ENOTSUP"] : ["listen EINVAL", "listen EINVAL"]);
 });
+
+test('{ socket: { fd } } with transport: "native" where the addon is not loaded (here: PANTS_TS_TRANSPORT=js): ERR_NATIVE_UNAVAILABLE from the constructor, and the engine keeps no half-made server', { skip: expected === "native" && "the addon is loaded" }, (t) => {
+  const engine = freshEngine(t);
+  const file = openSync(join(tempDir(t), "plain"), "w");
+  t.after(() => closeSync(file));
+  assert.throws(
+    () => new Server(Stream, { engine, transport: "native", socket: { fd: file } }),
+    (err: Error & { code?: string }) => err.code === "ERR_NATIVE_UNAVAILABLE",
+  );
+  assert.equal(engine.channels.size, 0, "the server the constructor threw for is not among the engine's channels");
+});
