@@ -456,7 +456,7 @@ function handOnSockets(args: ServeArgs): number[] {
   if (handed.length === 0) return [];
   const what = `--listen ${handed[0]!.label} with --workers`;
   if (args.tlsCert !== undefined || args.proxyProtocol) {
-    throw new UsageError(`${what} serves plain TCP only (each worker accepts on its own copy of the socket, on the native transport; TLS and PROXY-protocol servers use node:net)`);
+    throw new UsageError(`${what} serves plain TCP and UNIX sockets only (each worker accepts on its own copy of the socket, on the native transport; TLS and PROXY-protocol servers use node:net)`);
   }
   if (!useNative(undefined, true)) throw new UsageError(`${what} needs the native transport (each worker accepts on its own copy of the socket), and ${nativeLoadError() ?? "it is not available"}`);
   if (systemdForWorkers !== null) process.env[WORKER_SYSTEMD] = systemdForWorkers;
