@@ -645,8 +645,9 @@ async function trickle(sock, s) {
 }
 
 // 5c. listenFd: a descriptor adopted (TCP here; a UNIX path, an abstract
-// name and a connected socket in a child, which gets them at 3, 4, 5 as
-// systemd passes sockets), and each way it refuses one.
+// name and a connected socket, refused with EISCONN and left open, in a
+// child, which gets them at 3, 4, 5 as systemd passes sockets), and each
+// way it refuses one.
 {
   const fd = native.bindTcp("127.0.0.1", 0, false, false);
   const s = native.listenFd(fd, 8);
@@ -682,6 +683,7 @@ async function trickle(sock, s) {
   const connected = net.connect({ port: tcpPort, host: "127.0.0.1" });
   await new Promise((resolve) => connected.once("connect", resolve));
   const code = `
+    import { fstatSync } from "node:fs";
     import { loadNative } from ${JSON.stringify(new URL("../dist/src/native-binding.js", import.meta.url).href)};
     const n = loadNative();
     const noop = () => {};
@@ -692,6 +694,7 @@ async function trickle(sock, s) {
     const out = {};
     for (const fd of [3, 5]) { const s = n.listenFd(fd, 8); servers.push(s); out[fd] = s.address().path; }
     try { n.listenFd(4, 8); } catch (err) { out[4] = err.code; }
+    try { fstatSync(4); out.kept = true; } catch { out.kept = false; }
     console.log(JSON.stringify(out));
   `;
   const child = spawn(process.execPath, ["--input-type=module", "-e", code], {
@@ -705,7 +708,7 @@ async function trickle(sock, s) {
   renameSync(bound, moved);
   pathServer.close();
   abstractServer.close();
-  assert.deepEqual(JSON.parse(said), { 3: bound, 4: "EINVAL", 5: abstract });
+  assert.deepEqual(JSON.parse(said), { 3: bound, 4: "EISCONN", kept: true, 5: abstract });
   for (const target of [moved, abstract]) {
     const sock = net.connect({ path: target });
     sock.on("error", () => {});

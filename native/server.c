@@ -562,6 +562,15 @@ napi_value pn_listen_fd(napi_env env, napi_callback_info info) {
     pn_throw_uv(env, type != SOCK_STREAM ? UV_ENOTSUP : UV_EAFNOSUPPORT, "listen", detail);
     return NULL;
   }
+  /* A connected socket (systemd's Accept=yes passes those, or a wrong
+   * descriptor such as a socketpair on stdout): listen(2) would fail with
+   * EINVAL and the close take the descriptor with it. Refused, untaken. */
+  struct sockaddr_storage peer;
+  socklen_t peer_len = sizeof(peer);
+  if (getpeername((int)fd, (struct sockaddr *)&peer, &peer_len) == 0) {
+    pn_throw_uv(env, UV_EISCONN, "listen", detail);
+    return NULL;
+  }
   pn_server *s = server_new(e, is_pipe);
   char *path = NULL;
   size_t path_len = 0;

@@ -10,6 +10,7 @@ import { test } from "node:test";
 import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
+import net from "node:net";
 import type { ChildProcess } from "node:child_process";
 import { closeSync, openSync, readFileSync, readdirSync } from "node:fs";
 import { createSocket } from "node:dgram";
@@ -227,6 +228,19 @@ test("{ socket: { fd } } with a descriptor that is not a listening stream socket
     assert.equal(server.closed, true);
   }
   assert.deepEqual(errors, expected === "native" ? ["listen ENOTSOCK", "listen ENOTSUP"] : ["listen EINVAL", "listen EINVAL"]);
+  if (expected === "native") {
+    // A connected socket (systemd's Accept=yes passes those) is refused, and
+    // left open: node:net's listen fails on it with EINVAL and closes it.
+    const peer = net.createServer((c) => c.pipe(c));
+    await new Promise<void>((r) => peer.listen(0, "127.0.0.1", () => r()));
+    t.after(() => peer.close());
+    const c = await connect((peer.address() as net.AddressInfo).port);
+    t.after(() => c.destroy());
+    const server = new Watched(Stream, { engine, socket: { fd: (c.socket as unknown as { _handle: { fd: number } })._handle.fd } });
+    await assert.rejects(server.ready(), (err: NodeJS.ErrnoException) => err.code === "EISCONN" && err.syscall === "listen");
+    c.write("still open\n");
+    assert.equal(await c.readText(11), "still open\n");
+  }
 });
 
 test('{ socket: { fd } } with transport: "native" where the addon is not loaded (here: PANTS_TS_TRANSPORT=js): ERR_NATIVE_UNAVAILABLE from the constructor, and the engine keeps no half-made server', { skip: expected === "native" && "the addon is loaded" }, (t) => {
