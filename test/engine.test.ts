@@ -149,8 +149,6 @@ test("a timer that throws (or rejects) is logged and the others keep running", a
 test("start() settles when stop() is called; stop() cancels timers and closes channels", async (t) => {
   const engine = new Engine();
   t.after(() => engine.stop());
-  let fired = false;
-  engine.defer(50, () => (fired = true));
   let closed = false;
   class C extends Stream {
     override onClose() {
@@ -165,6 +163,11 @@ test("start() settles when stop() is called; stop() cancels timers and closes ch
   assert.equal(engine.running, true);
   assert.equal(engine.start(), started, "start() while running returns the same promise");
   assert.ok(engine.channels.has(server));
+  // Scheduled together: timers fire in the order they fall due, so the stop
+  // comes first however late the loop gets to them (a defer set up before the
+  // listen and connect above was due before the stop on a loaded machine).
+  let fired = false;
+  engine.defer(50, () => (fired = true));
   setTimeout(() => engine.stop(), 10);
   await started;
   assert.equal(engine.running, false);
@@ -230,9 +233,12 @@ test("a timer that calls stop() settles start(), and no timer runs after it (Pan
   const started = engine.start();
   engine.callback(() => {
     ran.push("stopper");
+    // Pending when stop() runs, due well before the check below. (Set up
+    // beside the callback, it raced it: a stall of 30 ms before the loop's
+    // check phase let the timers phase run it first.)
+    engine.defer(30, () => ran.push("later"));
     engine.stop();
   });
-  engine.defer(30, () => ran.push("later"));
   engine.loop(() => ran.push("loop"));
   await started;
   assert.equal(engine.running, false);
@@ -247,8 +253,6 @@ test("a timer that calls stop() settles start(), and no timer runs after it (Pan
 test("stop() on an engine that never started still cancels its timers and closes its channels (Pants B10)", async (t) => {
   const engine = new Engine();
   t.after(() => engine.stop());
-  let fired = false;
-  engine.defer(20, () => (fired = true));
   const closes: string[] = [];
   class C extends Stream {
     override onClose() {
@@ -260,6 +264,9 @@ test("stop() on an engine that never started still cancels its timers and closes
   const client = await connect(port);
   await waitFor(() => server.channels.size === 1);
   assert.equal(engine.running, false);
+  // Set in the same turn as the stop: one set before the listen and connect above ran before it on a loaded machine.
+  let fired = false;
+  engine.defer(20, () => (fired = true));
   engine.stop();
   assert.equal(server.closed, true);
   assert.deepEqual(closes, ["stream"]);
