@@ -109,8 +109,12 @@ test("idleTimeout: a peer still reading what the kernel holds is not idle (nativ
       super.onTimeout();
     }
   }
-  const port = await listenLocal(new Server(Download, { engine, idleTimeoutMs: 300 }), t);
-  // The OS takes the whole write at once; the client then reads 4 KB every 10 ms (~2.5 s).
+  // 1 s, not less: the peer's reads show only as acknowledgements, which come
+  // when a window update is due (about every 64 KiB read here, 16 sips); on a
+  // loaded machine 16 sips took longer than a 300 ms timeout, and the server
+  // rightly saw no progress for that long.
+  const port = await listenLocal(new Server(Download, { engine, idleTimeoutMs: 1000 }), t);
+  // The OS takes the whole write at once; the client then reads 4 KB every 10 ms (~2.5 s, more than two timeouts).
   const c = net.connect({
     port,
     host: "127.0.0.1",
