@@ -74,7 +74,11 @@ test("docs/deployment.md: two backends behind HAProxy with PROXY v2 and health c
   assert.deepEqual(JSON.parse(addr!), ["127.0.0.1", Number(localPort)]);
   // Kill one backend; once the checks notice, no new connection is lost.
   b1.child.kill("SIGKILL");
-  await sleep(1500);
+  // HAProxy says when its checks take a server out (a fixed 1.5 s wait
+  // assumed it); the recipe's checks (inter 200ms, fall 2) take ~400 ms.
+  const killed = Date.now();
+  await waitFor(() => /Server pants_back\/\S+ is DOWN/.test(lbErr), 10_000, `HAProxy to take the killed backend out; it said: ${lbErr}`);
+  assert.ok(Date.now() - killed < 4000, `HAProxy's checks took ${Date.now() - killed} ms to notice (the recipe's are inter 200ms, fall 2)`);
   let failures = 0;
   const served = new Set<string>();
   for (let i = 0; i < 50; i++) {
