@@ -572,34 +572,29 @@ napi_value pn_listen_fd(napi_env env, napi_callback_info info) {
     return NULL;
   }
   pn_server *s = server_new(e, is_pipe);
-  char *path = NULL;
-  size_t path_len = 0;
-  if (s != NULL && is_pipe) {
-    /* The bound name (address() reports it); an abstract one starts with NUL. */
-    const struct sockaddr_un *un = (const struct sockaddr_un *)&ss;
-    size_t off = offsetof(struct sockaddr_un, sun_path);
-    path_len = ss_len > off ? ss_len - off : 0;
-    if (path_len > 0 && un->sun_path[0] != '\0') path_len = strnlen(un->sun_path, path_len);
-    path = malloc(path_len + 1);
-    if (path != NULL) {
-      memcpy(path, un->sun_path, path_len);
-      path[path_len] = '\0';
-    }
-  }
-  if (s == NULL || (is_pipe && path == NULL)) {
-    free(s);
-    free(path);
+  if (s == NULL) {
     pn_throw_uv(env, UV_ENOMEM, "malloc", detail);
     return NULL;
   }
-  s->path = path;
-  s->path_len = path_len;
   if (is_pipe) uv_pipe_init(e->loop, &s->h.pipe, 0);
   else uv_tcp_init(e->loop, &s->h.tcp);
   s->h.handle.data = s;
   pn_handle_opened(&s->base);
   /* Not taken on failure: the descriptor stays the caller's. */
   err = is_pipe ? uv_pipe_open(&s->h.pipe, (uv_file)fd) : uv_tcp_open(&s->h.tcp, (uv_os_sock_t)fd);
+  if (err == 0 && is_pipe) {
+    /* The bound name, for address(), as a connection's is read (an
+     * abstract one starts with NUL). */
+    char name[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+    size_t len = sizeof(name);
+    err = uv_pipe_getsockname(&s->h.pipe, name, &len);
+    if (err == 0 && (s->path = malloc(len + 1)) == NULL) err = UV_ENOMEM;
+    if (err == 0) {
+      memcpy(s->path, name, len);
+      s->path[len] = '\0';
+      s->path_len = len;
+    }
+  }
   if (err != 0) {
     pn_server_close(s);
     pn_throw_uv(env, err, "listen", detail);
