@@ -106,6 +106,9 @@ function onRawError(err: Error): void {
   log.current.debug({ err }, `Socket error on an accepted connection: ${err.message}`);
 }
 
+/** listen()'s backlog, and that of a socket handed over ({ socket: { fd } }). */
+const DEFAULT_BACKLOG = 1024;
+
 function listenOn(netServer: net.Server, options: net.ListenOptions | { fd: number; backlog: number }): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const onError = (err: Error) => {
@@ -427,7 +430,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * @throws InvalidAddressFormatError for an address of no known shape.
    * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for `reusePort` with a UNIX path; Error `ERR_REUSEPORT_UNAVAILABLE` for `reusePort` without the native addon, or on node:net in a cluster worker.
    */
-  listen(address: Address, backlog = 1024, slave = true): this {
+  listen(address: Address, backlog = DEFAULT_BACKLOG, slave = true): this {
     if (this.#state === ST_CLOSED || this.#shutdown !== null) {
       throw new ChannelStateError(`listen() called on closed ${String(this)}.`);
     }
@@ -439,7 +442,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (typeof slave !== "boolean") throw typeError(`slave must be a boolean, got ${describe(slave)}.`);
     // listen(2) takes an int; the kernel caps it at net.core.somaxconn anyway.
     backlog = Math.min(backlog, 2 ** 31 - 1);
-    this.#native = !this.#proxyProtocol && this.#tls === null && useNative(this.#transport, this.#reusePort);
+    this.#native = this.#choosesNative(this.#reusePort);
     if (this.#reusePort) this.#checkReusePort(parsed);
     this.#state = ST_BINDING;
     this.engine._channels.add(this);
@@ -727,6 +730,14 @@ export class Server<S extends Stream = Stream> extends Channel {
     return typeof address === "object" && address !== null ? address.port : 0;
   }
 
+  /**
+   * Whether this server runs on the addon: never with TLS or PROXY headers
+   * (node:tls and the header parser need node:net); `ownSocket` as useNative.
+   */
+  #choosesNative(ownSocket: boolean): boolean {
+    return !this.#proxyProtocol && this.#tls === null && useNative(this.#transport, ownSocket);
+  }
+
   #onNativeAcceptError(code: string): void {
     this._onNetError(Object.assign(new Error(`accept ${code}`), { code, syscall: "accept" }));
   }
@@ -774,12 +785,12 @@ export class Server<S extends Stream = Stream> extends Channel {
     // A descriptor handed to this process is its own, in a cluster worker
     // too (node:net there would ask the primary to listen on its namesake).
     // Decided first: it throws when "native" is asked for and not available.
-    this.#native = !this.#proxyProtocol && this.#tls === null && useNative(this.#transport, true);
+    this.#native = this.#choosesNative(true);
     this.#state = ST_BINDING;
     this.engine._channels.add(this);
     if (this.#native) {
       try {
-        this.#nativeListeners.push(NativeListener.fd(fd, 1024, (socket) => this._onNativeConnection(socket), (code) => this.#onNativeAcceptError(code)));
+        this.#nativeListeners.push(NativeListener.fd(fd, DEFAULT_BACKLOG, (socket) => this._onNativeConnection(socket), (code) => this.#onNativeAcceptError(code)));
         process.nextTick(() => this.#listening());
       } catch (err) {
         process.nextTick(() => this.#bindFailed(err as Error, null));
@@ -787,7 +798,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       return;
     }
     const s = this.#newNetServer();
-    listenOn(s, { fd, backlog: 1024 }).then(
+    listenOn(s, { fd, backlog: DEFAULT_BACKLOG }).then(
       () => this.#listening(),
       (err: Error) => this.#bindFailed(err, null),
     );
