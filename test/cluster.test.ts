@@ -10,7 +10,7 @@ import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect, freePort, sameOnEitherTransport, sleep, tempDir, waitFor } from "./helpers.js";
+import { ask, childPids, connect, freePort, sameOnEitherTransport, sleep, tempDir, waitFor } from "./helpers.js";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -49,15 +49,6 @@ async function startCluster(t: TestContext, workers: number, env: Record<string,
   assert.equal(ports.size, 1, `every worker on one port; output: ${run.out()}`);
   const [port] = ports;
   return { child, port: port!, out: run.out, listening, exited };
-}
-
-async function ask(port: number, line: string): Promise<string> {
-  const c = await connect(port);
-  c.write(`${line}\n`);
-  await c.until(() => c.received.includes(0x0a), 5000, "a reply");
-  const reply = c.received.toString().split("\n")[0]!;
-  c.destroy();
-  return reply;
 }
 
 test("runCluster: workers share the port; a crashed worker is restarted; SIGTERM exits 0", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
@@ -170,9 +161,7 @@ test("runCluster: SIGHUP replaces every worker with no refused or cut connection
 });
 
 /** The live worker processes of a primary (Linux: its children). */
-function workerCount(pid: number): number {
-  return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).length;
-}
+const workerCount = (pid: number): number => childPids(pid).length;
 
 test("runCluster: a SIGHUP whose replacement fails to start keeps the old workers, and no more of them", { timeout: 60_000, skip: sameOnEitherTransport || process.platform !== "linux" && "reads /proc" }, async (t) => {
   const broken = join(tempDir(t), "broken");

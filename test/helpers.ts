@@ -295,6 +295,23 @@ export async function freePort(): Promise<number> {
 export const sameOnEitherTransport: string | false =
   process.env.PANTS_TS_TRANSPORT === "js" && "the same on either transport: run once, in npm test's first pass";
 
+/** Sends `line` to `target` on a new connection; the reply line. */
+export async function ask(target: Address, line: string): Promise<string> {
+  const c = await connect(target);
+  try {
+    c.write(`${line}\n`);
+    await c.until(() => c.received.includes(0x0a), 5000, `a reply to ${line}`);
+    return c.received.toString().split("\n")[0]!;
+  } finally {
+    c.destroy();
+  }
+}
+
+/** The child processes of `pid` (Linux: /proc), in ascending order. */
+export function childPids(pid: number): number[] {
+  return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number).sort((a, b) => a - b);
+}
+
 /** A temp dir removed when the test ends. */
 export function tempDir(t: TestContext, prefix = "pants-ts-"): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));

@@ -12,12 +12,12 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import net from "node:net";
 import type { ChildProcess } from "node:child_process";
-import { closeSync, openSync, readFileSync, readdirSync } from "node:fs";
+import { closeSync, openSync } from "node:fs";
 import { createSocket } from "node:dgram";
 import { join } from "node:path";
 import { Server, Stream, runCluster } from "../src/index.js";
 import { nativeAddon } from "../src/native-socket.js";
-import { connect, freshEngine, tempDir, waitFor } from "./helpers.js";
+import { ask, childPids, connect, freshEngine, tempDir, waitFor } from "./helpers.js";
 
 const root = new URL("..", import.meta.url).pathname;
 const bin = join(root, "bin", "pants-ts.js");
@@ -47,18 +47,6 @@ async function activated(t: TestContext, specs: string[], args: string[], banner
   await waitFor(() => served() || child.exitCode !== null, 20000, `the banner; output: ${out}`);
   const sockets = JSON.parse(out.split("\n")[0]!) as Activated["sockets"];
   return { child, sockets, out: () => out, exited };
-}
-
-/** Sends `line`, returns the reply line. */
-async function ask(target: number | string, line: string): Promise<string> {
-  const c = await connect(target);
-  try {
-    c.write(`${line}\n`);
-    await c.until(() => c.received.includes(0x0a), 5000, `a reply to ${line}`);
-    return c.received.toString().split("\n")[0]!;
-  } finally {
-    c.destroy();
-  }
 }
 
 const targetOf = (s: { port?: number; path?: string }): number | string => s.port ?? s.path!;
@@ -132,25 +120,10 @@ test("a module that exports a Server on a handed descriptor ({ socket: { fd } })
   assert.match(both.out(), /--listen fd:3: a Server instance takes a handed socket in its own options \(\{ socket: \{ fd \} \}\)/);
 });
 
-/** The processes whose parent is `pid` (Linux: /proc). */
-function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, "latin1");
-      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid) out.push(Number(name));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out.sort();
-}
-
 /** Waits until `pid` has two children none of which is in `old`; returns them. */
 async function twoNewWorkers(pid: number, old: number[], out: () => string): Promise<number[]> {
   let now: number[] = [];
-  await waitFor(() => (now = childrenOf(pid)).length === 2 && now.every((p) => !old.includes(p)), 30000, `two new workers (before: ${old.join(", ")}; now: ${now.join(", ")}); output: ${out()}`);
+  await waitFor(() => (now = childPids(pid)).length === 2 && now.every((p) => !old.includes(p)), 30000, `two new workers (before: ${old.join(", ")}; now: ${now.join(", ")}); output: ${out()}`);
   return now;
 }
 
