@@ -49,6 +49,7 @@ Options:
       --reuse-port           SO_REUSEPORT (Linux): share the port with other processes;
                              with --workers, each worker accepts for itself (plain TCP)
       --max-connections N    close connections above N at accept
+      --max-per-peer N       close connections above N open from one client IP address
       --idle-timeout MS      close connections idle for MS milliseconds
       --shutdown-timeout MS  on SIGTERM/SIGINT, drain for at most MS ms (default 10000; 0: no deadline)
   -q, --quiet                print nothing but errors
@@ -88,6 +89,7 @@ interface ServeArgs {
   proxyProtocol: boolean;
   reusePort: boolean;
   maxConnections?: number;
+  maxConnectionsPerPeer?: number;
   idleTimeoutMs?: number;
   shutdownTimeoutMs: number;
   quiet: boolean;
@@ -219,6 +221,7 @@ function parseServe(argv: string[]): ServeArgs {
         "proxy-protocol": { type: "boolean" },
         "reuse-port": { type: "boolean" },
         "max-connections": { type: "string" },
+        "max-per-peer": { type: "string" },
         "idle-timeout": { type: "string" },
         "shutdown-timeout": { type: "string" },
         quiet: { type: "boolean", short: "q" },
@@ -251,6 +254,8 @@ function parseServe(argv: string[]): ServeArgs {
   if (v["tls-key"] !== undefined) args.tlsKey = v["tls-key"];
   const max = intFlag("max-connections", v["max-connections"]);
   if (max !== undefined) args.maxConnections = max;
+  const perPeer = intFlag("max-per-peer", v["max-per-peer"]);
+  if (perPeer !== undefined) args.maxConnectionsPerPeer = perPeer;
   const idle = intFlag("idle-timeout", v["idle-timeout"]);
   if (idle !== undefined) args.idleTimeoutMs = idle;
   return args;
@@ -329,6 +334,7 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
   const options: ServerOptions = { proxyProtocol: args.proxyProtocol };
   if (args.reusePort) options.reusePort = true;
   if (args.maxConnections !== undefined) options.maxConnections = args.maxConnections;
+  if (args.maxConnectionsPerPeer !== undefined) options.maxConnectionsPerPeer = args.maxConnectionsPerPeer;
   if (args.idleTimeoutMs !== undefined) options.idleTimeoutMs = args.idleTimeoutMs;
   const sslOptions = tlsOptions(args);
   if (sslOptions !== undefined) options.sslOptions = sslOptions;
@@ -355,6 +361,7 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
       exported.startSSL(options.sslOptions!);
     }
     if (args.maxConnections !== undefined) exported.maxConnections = args.maxConnections;
+    if (args.maxConnectionsPerPeer !== undefined) exported.maxConnectionsPerPeer = args.maxConnectionsPerPeer;
     if (args.proxyProtocol || args.reusePort || args.idleTimeoutMs !== undefined) {
       throw new UsageError("--proxy-protocol, --reuse-port and --idle-timeout apply to a connection class; set them in the Server's options");
     }

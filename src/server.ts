@@ -51,6 +51,14 @@ export interface ServerOptions extends ChannelOptions {
   sslOptions?: SslOptions;
   /** Connections above this many are closed at accept and counted as rejected (default: no limit). */
   maxConnections?: number;
+  /**
+   * At most this many open connections from one client IP address; more
+   * are closed at accept, before any TLS handshake, and counted as
+   * rejected (default: no limit). An IPv4-mapped IPv6 address counts as its
+   * IPv4 address; behind `proxyProtocol` the address is the PROXY header's
+   * source. UNIX-socket peers are not limited. Each process counts its own.
+   */
+  maxConnectionsPerPeer?: number;
   /** Default `idleTimeout` of accepted streams, in ms (default 0: off). */
   idleTimeoutMs?: number;
   /** TLS handshakes (and PROXY headers) must complete within this many ms (default 10 000; 0: off). */
@@ -268,6 +276,11 @@ export class Server<S extends Stream = Stream> extends Channel {
   #unixPath: string | null = null;
 
   #maxConnections: number;
+  #maxPerPeer = Infinity;
+  /** With a per-peer limit: open connections per client address, and each tracked connection's address. */
+  #perPeer: PerPeer | null = null;
+  /** The address of the connection being accepted, for #track (per-peer limit only). */
+  #acceptKey: string | null = null;
   #idleTimeoutMs: number;
   /** @internal */ readonly _handshakeTimeoutMs: number;
   #proxyProtocol: boolean;
@@ -299,6 +312,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.#ConnectionClass = ConnectionClass ?? ((this.constructor as typeof Server).ConnectionClass as ConnectionClass<S>);
     const o = options ?? {};
     this.#maxConnections = optionalCount("maxConnections", o.maxConnections, Infinity);
+    this.#setMaxPerPeer(o.maxConnectionsPerPeer);
     this.#idleTimeoutMs = optionalMs("idleTimeoutMs", o.idleTimeoutMs, 0);
     this._handshakeTimeoutMs = optionalMs("handshakeTimeoutMs", o.handshakeTimeoutMs, 10_000);
     this.#keepAliveMs = keepAliveDelay(optionalMs("keepAliveMs", o.keepAliveMs, 0));
@@ -419,6 +433,28 @@ export class Server<S extends Stream = Stream> extends Channel {
   }
   set maxConnections(value: number) {
     this.#maxConnections = optionalCount("maxConnections", value, Infinity);
+  }
+
+  /**
+   * The limit of open connections per client IP address (Infinity: none).
+   * Set on a live server, it counts the connections already open; it closes
+   * none of them, and refuses new ones from an address at or above it.
+   */
+  get maxConnectionsPerPeer(): number {
+    return this.#maxPerPeer;
+  }
+  set maxConnectionsPerPeer(value: number) {
+    this.#setMaxPerPeer(value);
+  }
+
+  #setMaxPerPeer(value: unknown): void {
+    this.#maxPerPeer = optionalCount("maxConnectionsPerPeer", value, Infinity);
+    if (this.#maxPerPeer === Infinity) {
+      this.#perPeer = null;
+    } else if (this.#perPeer === null) {
+      const perPeer = (this.#perPeer = { counts: new Map<string, number>(), keys: new Map<number, string>() });
+      for (const [id, conn] of this.#channels) countPeer(perPeer, id, peerKey(conn.remoteAddress));
+    }
   }
 
   /**
@@ -620,6 +656,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   #track(conn: S): void {
     const id = this.#nextId++;
     this.#channels.set(id, conn);
+    if (this.#perPeer !== null) countPeer(this.#perPeer, id, this.#acceptKey);
     this.stats.accepted++;
     this.stats.open = this.#channels.size;
     conn._attachToServer(this, id, this.#idleTimeoutMs);
@@ -973,17 +1010,27 @@ export class Server<S extends Stream = Stream> extends Channel {
       raw.destroy();
       return;
     }
-    // The peer's address costs a system call; only an onAccept override (or a TLS wrap error) needs it here.
+    // The peer's address costs a system call; only an onAccept override, a
+    // per-peer limit (or a TLS wrap error) needs it here.
     const custom = this.onAccept !== Server.prototype.onAccept;
     // (The default onAccept does not read it: it is given null.)
     let address = null as unknown as Address;
-    if (custom) {
+    let key: string | null = null;
+    if (custom || this.#perPeer !== null) {
       const peer = peerOf(raw, proxiedRemote);
       if (peer === null) {
         this.#dropReset(raw);
         return;
       }
       address = peer;
+      const perPeer = this.#perPeer;
+      if (perPeer !== null && (key = peerKey(peer)) !== null && (perPeer.counts.get(key) ?? 0) >= this.#maxPerPeer) {
+        this.stats.rejected++;
+        this.engine.stats.rejected++;
+        log.current.debug(`${String(this)}: ${key} already has ${this.#maxPerPeer} connections open (maxConnectionsPerPeer); connection closed.`);
+        raw.destroy();
+        return;
+      }
     }
     // An onAccept override is promised a Duplex: give it one over a native socket.
     let socket: Duplex = raw instanceof NativeSocket ? (custom ? raw.toDuplex() : (raw as unknown as Duplex)) : raw;
@@ -1026,6 +1073,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       if (socket !== raw) socket.on("error", onRawError);
     }
     accepting.socket = socket;
+    this.#acceptKey = key;
     let threw = false;
     try {
       const result: unknown = this.onAccept(socket, address);
@@ -1047,11 +1095,22 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (made !== undefined && made.server === null && !made.closed) this.#track(made as S);
     // One that threw before a stream took the socket: nobody will close it.
     else if (threw && made === undefined) dropSocket(socket, raw);
+    this.#acceptKey = null;
   }
 
   /** @internal A connection of this server closed. */
   _connectionClosed(_stream: Stream, id: number): void {
     if (!this.#channels.delete(id)) return;
+    const perPeer = this.#perPeer;
+    if (perPeer !== null) {
+      const key = perPeer.keys.get(id);
+      if (key !== undefined) {
+        perPeer.keys.delete(id);
+        const left = (perPeer.counts.get(key) ?? 1) - 1;
+        if (left > 0) perPeer.counts.set(key, left);
+        else perPeer.counts.delete(key);
+      }
+    }
     this.stats.open = this.#channels.size;
     this.stats.closed++;
     this.#retire();
@@ -1076,6 +1135,32 @@ function peerOf(raw: net.Socket | NativeSocket, proxiedRemote: Address | null): 
   const peer = fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily);
   if (peer !== null) return peer;
   return "port" in raw.address() ? null : "";
+}
+
+/** A per-peer limit's counts: open connections per client address, and each tracked connection's address. */
+interface PerPeer {
+  readonly counts: Map<string, number>;
+  readonly keys: Map<number, string>;
+}
+
+/** Counts connection `id` for its peer (`key` null: a UNIX peer, not counted). */
+function countPeer(perPeer: PerPeer, id: number, key: string | null): void {
+  if (key === null) return;
+  perPeer.keys.set(id, key);
+  perPeer.counts.set(key, (perPeer.counts.get(key) ?? 0) + 1);
+}
+
+/**
+ * What a per-peer limit counts a peer by: its IP address (an IPv4-mapped
+ * IPv6 address as the IPv4 one, a link-local one with its scope), null for
+ * a UNIX peer.
+ */
+function peerKey(address: Address | null): string | null {
+  if (!Array.isArray(address)) return null;
+  const host = address[0].toLowerCase();
+  if (host.startsWith("::ffff:") && net.isIPv4(host.slice(7))) return host.slice(7);
+  const scope = address.length === 4 ? address[3] : 0;
+  return scope !== 0 ? `${host}%${scope}` : host;
 }
 
 function addressOf(parsed: ParsedAddress): Address {

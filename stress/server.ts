@@ -762,6 +762,7 @@ function serverOptions(): ServerOptions {
   if (config.idleTimeoutMs !== undefined) options.idleTimeoutMs = config.idleTimeoutMs;
   if (config.handshakeTimeoutMs !== undefined) options.handshakeTimeoutMs = config.handshakeTimeoutMs;
   if (config.maxConnections !== undefined) options.maxConnections = config.maxConnections;
+  if (config.maxConnectionsPerPeer !== undefined) options.maxConnectionsPerPeer = config.maxConnectionsPerPeer;
   if (config.reusePort === true) options.reusePort = true;
   if (config.transport !== undefined) options.transport = config.transport;
   return options;

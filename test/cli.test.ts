@@ -80,7 +80,7 @@ async function flood(address: string, kib: number): Promise<import("node:net").S
 test("--help documents every flag; exit 0", () => {
   const r = run(["--help"]);
   assert.equal(r.status, 0);
-  for (const flag of ["serve", "--listen", "--tls-cert", "--tls-key", "--workers", "--proxy-protocol", "--reuse-port", "--max-connections", "--idle-timeout", "--shutdown-timeout", "unix:/", "[::1]:4040", "SIGTERM", "SIGUSR2", "SIGHUP"]) {
+  for (const flag of ["serve", "--listen", "--tls-cert", "--tls-key", "--workers", "--proxy-protocol", "--reuse-port", "--max-connections", "--max-per-peer", "--idle-timeout", "--shutdown-timeout", "unix:/", "[::1]:4040", "SIGTERM", "SIGUSR2", "SIGHUP"]) {
     assert.ok(r.stdout.includes(flag), `--help mentions ${flag}`);
   }
   assert.equal(run(["serve", "--help"]).status, 0);
@@ -98,6 +98,7 @@ test("bad usage: one clear line on stderr and exit 2", () => {
     [["serve", fixture("cli-echo.ts"), "--listen", "1.2.3.4:99999"], /port must be 0-65535/],
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--workers", "0"], /--workers must be a positive integer/],
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--idle-timeout", "soon"], /--idle-timeout must be a positive integer/],
+    [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--max-per-peer", "0"], /--max-per-peer must be a positive integer/],
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--shutdown-timeout", "soon"], /--shutdown-timeout must be a non-negative integer/],
     [["serve", fixture("cli-echo.ts"), "--tls-key", "k.pem", "--listen", "4040"], /--tls-key needs --tls-cert/],
     [["serve", fixture("cli-echo.ts")], /--listen is required/],
@@ -249,6 +250,30 @@ test("--max-connections, --idle-timeout and --proxy-protocol apply to every conn
   assert.ok(Date.now() - start >= 250, "closed by --idle-timeout");
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
+});
+
+test("--max-per-peer limits the connections of one client address, for a connection class and for a module's Server", { timeout: 30_000 }, async (t) => {
+  for (const module of ["cli-echo.ts", "cli-server.ts"]) {
+    const s = await serve(t, [fixture(module), "--listen", "127.0.0.1:0", "--max-per-peer", "1"]);
+    const port = portFrom(s.addresses[0]!);
+    const a = await connect(port);
+    a.write("hi\n");
+    assert.equal(await a.readText(3), "hi\n");
+    const b = await connect(port);
+    assert.equal((await b.readToEnd()).length, 0, `${module}: a second from 127.0.0.1 is closed at accept`);
+    const net = await import("node:net");
+    const other = net.connect({ port, host: "127.0.0.1", localAddress: "127.0.0.2" });
+    const line = await new Promise<string>((resolve, reject) => {
+      other.once("error", reject);
+      other.once("data", (d) => resolve(String(d)));
+      other.write("other\n");
+    });
+    assert.equal(line, "other\n", `${module}: another address is served`);
+    other.destroy();
+    a.destroy();
+    s.child.kill("SIGTERM");
+    assert.equal(await s.exited, 0);
+  }
 });
 
 test("--tls-cert/--tls-key serve TLS", { skip: !hasOpenssl() && "no openssl", timeout: 30_000 }, async (t) => {

@@ -1,6 +1,6 @@
 /**
  * Limits and timeouts (SPEC §9): idleTimeoutMs → onTimeout on one shared
- * coarse timer, maxConnections at accept, and EMFILE: the server keeps
+ * coarse timer, maxConnections and maxConnectionsPerPeer at accept, and EMFILE: the server keeps
  * listening at its descriptor limit and recovers.
  */
 import { test } from "node:test";
@@ -8,7 +8,8 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { spawn } from "node:child_process";
 import { Server, Stream } from "../src/index.js";
-import { captureLogs, connect, freshEngine, listenLocal, oneLargeWrite, sipReader, sleep, waitFor } from "./helpers.js";
+import { join } from "node:path";
+import { RawClient, captureLogs, connect, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
 
 class Echo extends Stream {
   override onConnect() {
@@ -255,6 +256,127 @@ test("maxConnections: extra connections are closed at accept and counted; the re
   assert.throws(() => new Server(Echo, { engine, maxConnections: 0 }), RangeError);
   a.destroy();
   d.destroy();
+});
+
+/** A raw client from `localAddress` (any 127.0.0.0/8 address is this host's on Linux). */
+async function connectFrom(port: number, localAddress: string, host = "127.0.0.1"): Promise<RawClient> {
+  const socket = net.connect({ port, host, localAddress });
+  await new Promise<void>((resolve, reject) => {
+    socket.once("connect", resolve);
+    socket.once("error", reject);
+  });
+  return new RawClient(socket);
+}
+
+async function echoes(c: RawClient, line: string): Promise<void> {
+  c.write(`${line}\n`);
+  assert.equal(await c.readText(line.length + 1), `${line}\n`);
+}
+
+test("maxConnectionsPerPeer: connections above it from one address are closed at accept and counted; other addresses and later ones are served", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine, maxConnectionsPerPeer: 2 });
+  assert.equal(server.maxConnectionsPerPeer, 2);
+  const port = await listenLocal(server, t);
+  const a = await connect(port);
+  const b = await connect(port);
+  await waitFor(() => server.channels.size === 2);
+  const c = await connect(port);
+  assert.equal((await c.readToEnd()).length, 0, "a third from 127.0.0.1: closed at accept");
+  assert.equal(server.stats.rejected, 1);
+  assert.equal(engine.stats.rejected, 1);
+  const other = await connectFrom(port, "127.0.0.2");
+  await echoes(other, "from another address");
+  await echoes(a, "a");
+  b.destroy();
+  await waitFor(() => server.channels.size === 2);
+  const d = await connect(port);
+  await echoes(d, "d, once b has gone");
+  const e = await connect(port);
+  assert.equal((await e.readToEnd()).length, 0);
+  assert.equal(server.stats.rejected, 2);
+  assert.equal(server.channels.size, 3);
+  for (const x of [a, d, other]) x.destroy();
+  assert.throws(() => new Server(Echo, { engine, maxConnectionsPerPeer: 0 }), RangeError);
+  assert.throws(() => new Server(Echo, { engine, maxConnectionsPerPeer: 1.5 }), RangeError);
+  assert.throws(() => new Server(Echo, { engine, maxConnectionsPerPeer: "2" as unknown as number }), TypeError);
+  assert.equal(new Server(Echo, { engine }).maxConnectionsPerPeer, Infinity);
+});
+
+test("maxConnectionsPerPeer set on a live server counts the connections already open, closes none of them, and Infinity lifts it", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine });
+  const port = await listenLocal(server, t);
+  const open = [await connect(port), await connect(port), await connect(port)];
+  await waitFor(() => server.channels.size === 3);
+  server.maxConnectionsPerPeer = 2;
+  for (const c of open) await echoes(c, "still served");
+  const refused = await connect(port);
+  assert.equal((await refused.readToEnd()).length, 0, "three open already: over the new limit");
+  assert.equal(server.stats.rejected, 1);
+  open.shift()!.destroy();
+  open.shift()!.destroy();
+  await waitFor(() => server.channels.size === 1);
+  open.push(await connect(port));
+  await echoes(open.at(-1)!, "one left open, so a second is let in");
+  server.maxConnectionsPerPeer = Infinity;
+  for (let i = 0; i < 3; i++) open.push(await connect(port));
+  for (const c of open) await echoes(c, "no limit");
+  assert.equal(server.stats.rejected, 1);
+  for (const c of open) c.destroy();
+  assert.throws(() => {
+    server.maxConnectionsPerPeer = -1;
+  }, RangeError);
+});
+
+test("maxConnectionsPerPeer behind proxyProtocol counts the PROXY header's source, not the proxy's address", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine, proxyProtocol: true, maxConnectionsPerPeer: 1 });
+  const port = await listenLocal(server, t);
+  const first = await connect(port);
+  first.write("PROXY TCP4 203.0.113.9 10.0.0.1 56324 443\r\n");
+  await echoes(first, "client 203.0.113.9");
+  const again = await connect(port);
+  again.write("PROXY TCP4 203.0.113.9 10.0.0.1 56325 443\r\n");
+  assert.equal((await again.readToEnd()).length, 0, "a second from 203.0.113.9: closed");
+  const other = await connect(port);
+  other.write("PROXY TCP6 2001:db8::7 2001:db8::1 4000 443\r\n");
+  await echoes(other, "client 2001:db8::7, through the same proxy address");
+  assert.equal(server.stats.rejected, 1);
+  first.destroy();
+  other.destroy();
+});
+
+test("maxConnectionsPerPeer does not limit UNIX-socket peers (they have no address)", async (t) => {
+  const engine = freshEngine(t);
+  const path = join(tempDir(t), "s.sock");
+  const server = new Server(Echo, { engine, maxConnectionsPerPeer: 1 }).listen(path);
+  t.after(() => server.close());
+  await server.ready();
+  const clients: RawClient[] = [];
+  for (let i = 0; i < 3; i++) clients.push(await connect(path));
+  for (const c of clients) await echoes(c, "unix");
+  assert.equal(server.stats.rejected, 0);
+  for (const c of clients) c.destroy();
+});
+
+test("maxConnectionsPerPeer on a dual-stack listener: ::1 and 127.0.0.1 are two peers", { skip: !(await hasIPv6()) && "no IPv6" }, async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine, maxConnectionsPerPeer: 1 }).listen(["", 0]);
+  t.after(() => server.close());
+  await server.ready();
+  const port = portOf(server);
+  const v4 = await connect(port);
+  const v6 = await connect(port, { host: "::1" });
+  await echoes(v4, "v4");
+  await echoes(v6, "v6");
+  const v4again = await connect(port);
+  assert.equal((await v4again.readToEnd()).length, 0);
+  const v6again = await connect(port, { host: "::1" });
+  assert.equal((await v6again.readToEnd()).length, 0);
+  assert.equal(server.stats.rejected, 2);
+  v4.destroy();
+  v6.destroy();
 });
 
 test("EMFILE: at its descriptor limit the server keeps listening and recovers", { timeout: 60_000 }, async (t) => {

@@ -918,6 +918,66 @@ export const faultCases: CaseSpec[] = [
     },
   },
   {
+    name: "max-per-peer",
+    group: "faults",
+    quick: true,
+    what: () =>
+      `maxConnectionsPerPeer 20: 150 clients connect at once from 127.0.0.1 (the canary's address) and send a line, while 50 connect from five other addresses; ` +
+      `127.0.0.1's extra ones must be closed at accept and counted, every other client served, and once the flood leaves 30 new clients from 127.0.0.1 served`,
+    server: () => ({ scenario: "echo", config: { maxConnectionsPerPeer: 20 } }),
+    timeoutMs: () => 60_000,
+    async run(ctx) {
+      const flood: Peer[] = [];
+      for (let i = 0; i < 150; i++) {
+        const p = new Peer(ctx.server.port);
+        flood.push(p);
+        void p.opened.then((ok) => ok && p.write(`flood ${i}\n`));
+      }
+      const others = Array.from({ length: 50 }, async (_, i) => {
+        const line = `other ${i}\n`;
+        try {
+          const sock = await dial({ port: ctx.server.port, localAddress: `127.0.0.${2 + (i % 5)}` }, 10_000);
+          const reader = new ByteReader(sock);
+          sock.write(line);
+          const ok = (await reader.read(line.length, 10_000)).toString("latin1") === line;
+          return { sock, ok };
+        } catch {
+          return { sock: null, ok: false };
+        }
+      });
+      const otherResults = await Promise.all(others);
+      await sleep(1000);
+      const during = await ctx.server.health();
+      const answered = flood.filter((p, i) => p.bytes.toString("latin1") === `flood ${i}\n`).length;
+      const dropped = flood.filter((p) => p.closed && p.received === 0).length;
+      const wrong = flood.filter((p, i) => !`flood ${i}\n`.startsWith(p.bytes.toString("latin1"))).length;
+      const othersServed = otherResults.filter((r) => r.ok).length;
+      // The canary, from 127.0.0.1 too, holds one of its 20 places.
+      ctx.check("at most maxConnectionsPerPeer from one address were served", answered <= 19, `${answered} of 127.0.0.1's flood answered`);
+      ctx.check("the others from it were closed at accept and counted", dropped === 150 - answered && during.stats.rejected >= dropped, `${dropped} dropped, ${during.stats.rejected} counted as rejected`);
+      ctx.check("every client from another address was served", othersServed === 50, `${othersServed}/50 served`);
+      ctx.check("no client got bytes that were not its reply", wrong === 0, `${wrong} got wrong bytes`);
+      for (const r of otherResults) r.sock?.destroy();
+      for (const p of flood) p.destroy();
+      await waitAllClosed(flood, 10_000);
+      await ctx.server.waitFor((h) => h.open <= 1, 20_000);
+      let served = 0;
+      for (let i = 0; i < 30; i++) {
+        try {
+          const sock = await dial({ port: ctx.server.port }, 10_000);
+          const reader = new ByteReader(sock);
+          sock.write(`again ${i}\n`);
+          if ((await reader.read(`again ${i}\n`.length, 10_000)).toString("latin1") === `again ${i}\n`) served++;
+          sock.end();
+        } catch {
+          // counted as not served
+        }
+      }
+      ctx.check("serves new clients from that address once its places are free", served === 30, `${served}/30 served`);
+      ctx.note(`127.0.0.1: ${answered} served, ${dropped} closed at accept (stats.rejected ${during.stats.rejected}); other addresses ${othersServed}/50 served; afterwards ${served}/30 served`);
+    },
+  },
+  {
     name: "max-connections",
     group: "faults",
     quick: true,

@@ -15,6 +15,8 @@ export interface DialSpec {
   tlsCa?: Buffer;
   /** Send this PROXY header first. */
   proxyHeader?: Buffer;
+  /** Connect from this address (any of 127.0.0.0/8 is this host's on Linux). */
+  localAddress?: string;
 }
 
 /** The PROXY v1 header the canary sends, and the greeting the echo server answers it with. */
@@ -27,7 +29,7 @@ export function dial(spec: DialSpec, timeoutMs = 30_000): Promise<net.Socket> {
     const sock: net.Socket =
       spec.tlsCa !== undefined
         ? tls.connect({ host: "127.0.0.1", port: spec.port, ca: spec.tlsCa, servername: "localhost" })
-        : net.connect({ host: "127.0.0.1", port: spec.port, noDelay: true });
+        : net.connect({ host: "127.0.0.1", port: spec.port, noDelay: true, ...(spec.localAddress !== undefined && { localAddress: spec.localAddress }) });
     const timer = setTimeout(() => {
       sock.destroy();
       reject(new Error(`connect timed out after ${timeoutMs} ms`));

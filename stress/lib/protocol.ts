@@ -38,6 +38,7 @@ export interface ServerConfig {
   idleTimeoutMs?: number;
   handshakeTimeoutMs?: number;
   maxConnections?: number;
+  maxConnectionsPerPeer?: number;
   /** listen() backlog (default 4096 here, so bursts of connects are not dropped by the kernel). */
   backlog?: number;
   writeHighWaterMark?: number;
