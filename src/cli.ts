@@ -328,6 +328,26 @@ function tlsOptions(args: ServeArgs): SslOptions | undefined {
   return options;
 }
 
+/**
+ * A server the command line made for a connection class. A failure to
+ * listen (a port in use, a bad descriptor) rejects `ready()`, and main()
+ * prints it in one line; the server's default onError would log it first,
+ * with a stack. Later failures are logged as usual.
+ */
+class CommandServer extends Server {
+  static {
+    // Log lines name a server by its class: this one is the Server the user asked for.
+    Object.defineProperty(this, "name", { value: "Server" });
+  }
+  #listened = false;
+  override onListen(): void {
+    this.#listened = true;
+  }
+  override onError(err: Error): void {
+    if (this.#listened) super.onError(err);
+  }
+}
+
 /** Loads the module and starts its servers in this process. */
 async function startServers(args: ServeArgs): Promise<Server[]> {
   const exported = await loadModule(args.module);
@@ -344,7 +364,7 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
     // would ask the primary to listen on it (see serve()).
     const handedOptions: ServerOptions = cluster.isWorker ? { ...options, transport: "native" } : options;
     const servers = args.listen.map((listen) =>
-      isHanded(listen) ? new Server(exported, { ...handedOptions, socket: { fd: listen.fd } }) : new Server(exported, options).listen(listen),
+      isHanded(listen) ? new CommandServer(exported, { ...handedOptions, socket: { fd: listen.fd } }) : new CommandServer(exported, options).listen(listen),
     );
     await Promise.all(servers.map((s) => s.ready()));
     return servers;
@@ -615,10 +635,21 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     if (workerError !== null) {
-      process.stderr.write(`pants-ts: a worker failed to start: ${failureText(workerError)}\n`);
+      process.stderr.write(`pants-ts: a worker failed to start: ${failureText(workerError)}${hintFor(workerError)}\n`);
       return 1;
     }
-    process.stderr.write(`pants-ts: ${failureText(err)}\n`);
+    process.stderr.write(`pants-ts: ${failureText(err)}${hintFor(e)}\n`);
     return 1;
   }
+}
+
+/**
+ * What usually causes a listen failure, for the one line main() prints (a
+ * worker's error comes without its syscall: its message starts with it).
+ */
+function hintFor(err: Error & { code?: unknown; syscall?: unknown }): string {
+  if (err.syscall !== "listen" && err.syscall !== "bind" && !/^(listen|bind) /.test(err.message)) return "";
+  if (err.code === "EADDRINUSE") return " (another process listens there: stop it, or pick another address)";
+  if (err.code === "EACCES") return " (ports below 1024 need root or CAP_NET_BIND_SERVICE; or let systemd hand the socket over: --listen systemd)";
+  return "";
 }

@@ -252,6 +252,29 @@ test("--max-connections, --idle-timeout and --proxy-protocol apply to every conn
   assert.equal(await s.exited, 0);
 });
 
+test("an address in use: one line naming it and the likely cause, no stack, exit 1 (in one process, and from a worker)", { timeout: 60_000 }, async (t) => {
+  const net = await import("node:net");
+  const busy = net.createServer().listen(0, "127.0.0.1");
+  t.after(() => busy.close());
+  await new Promise((resolve) => busy.once("listening", resolve));
+  const port = (busy.address() as import("node:net").AddressInfo).port;
+  const runs: string[][] = [[]];
+  // Under --workers the workers share the primary's socket on node:net either way: once is enough.
+  if (!sameOnEitherTransport) runs.push(["--workers", "2"]);
+  for (const extra of runs) {
+    const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, [bin, "serve", fixture("cli-echo.ts"), "--listen", `127.0.0.1:${port}`, ...extra], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+      let stderr = "";
+      child.stderr!.on("data", (d) => (stderr += d));
+      child.once("exit", (status) => resolve({ status, stderr }));
+    });
+    const what = `serve ${extra.join(" ")}: ${r.stderr}`;
+    assert.equal(r.status, 1, what);
+    assert.match(r.stderr, new RegExp(`EADDRINUSE.*127\\.0\\.0\\.1:${port}.*another process listens there`), what);
+    assert.equal(r.stderr.trim().split("\n").length, 1, `one line: ${what}`);
+  }
+});
+
 test("--max-per-peer limits the connections of one client address, for a connection class and for a module's Server", { timeout: 30_000 }, async (t) => {
   for (const module of ["cli-echo.ts", "cli-server.ts"]) {
     const s = await serve(t, [fixture(module), "--listen", "127.0.0.1:0", "--max-per-peer", "1"]);
