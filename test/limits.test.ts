@@ -9,7 +9,8 @@ import net from "node:net";
 import { spawn } from "node:child_process";
 import { Server, Stream } from "../src/index.js";
 import { join } from "node:path";
-import { RawClient, captureLogs, connect, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
+import { hasOpenssl, makeCerts } from "./certs.js";
+import { RawClient, captureLogs, connect, connectTls, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
 
 class Echo extends Stream {
   override onConnect() {
@@ -345,6 +346,49 @@ test("maxConnectionsPerPeer behind proxyProtocol counts the PROXY header's sourc
   assert.equal(server.stats.rejected, 1);
   first.destroy();
   other.destroy();
+});
+
+test("maxConnectionsPerPeer: connections that fail give their place back (a throwing constructor, a stream closed in onConnect, a non-TLS client on a TLS port)", { timeout: 30_000 }, async (t) => {
+  const engine = freshEngine(t);
+  let n = 0;
+  let mode = 0;
+  class Flaky extends Echo {
+    constructor(options: ConstructorParameters<typeof Stream>[0]) {
+      super(options);
+      mode = n++ % 3;
+      if (mode === 0) throw new Error("a constructor that throws (on purpose)");
+    }
+    override onConnect() {
+      super.onConnect();
+      if (mode === 2) this.close();
+    }
+  }
+  captureLogs(t);
+  const server = new Server(Flaky, { engine, maxConnectionsPerPeer: 1 });
+  const port = await listenLocal(server, t);
+  for (let i = 0; i < 6; i++) {
+    const c = await connect(port);
+    if (i % 3 === 1) await echoes(c, `served ${i}`);
+    c.destroy();
+    await waitFor(() => server.channels.size === 0);
+  }
+  n = 1;
+  const last = await connect(port);
+  await echoes(last, "still let in: no place was lost");
+  last.destroy();
+  if (!hasOpenssl()) return;
+  const certs = makeCerts();
+  const tlsServer = new Server(Echo, { engine, maxConnectionsPerPeer: 1, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } });
+  const tlsPort = await listenLocal(tlsServer, t);
+  for (let i = 0; i < 3; i++) {
+    const plain = await connect(tlsPort);
+    plain.write("GET / HTTP/1.0\r\n\r\n");
+    await plain.readToEnd(5000);
+  }
+  await waitFor(() => tlsServer.channels.size === 0);
+  const secure = await connectTls(tlsPort);
+  await echoes(secure, "a TLS client after three failed handshakes");
+  secure.destroy();
 });
 
 test("maxConnectionsPerPeer does not limit UNIX-socket peers (they have no address)", async (t) => {
