@@ -49,6 +49,46 @@ async function expectServerCloses(ctx: CaseContext, all: readonly Peer[], t0: nu
  * or stop reading them (backpressure), and a producer that ignores
  * backpressure must be stopped by writeBufferLimit; memory is sampled.
  */
+/** `n` clients that connect at once, each sending the line `${tag} ${i}` as soon as it is connected. */
+function lineFlood(port: number, n: number, tag: string): Peer[] {
+  const all: Peer[] = [];
+  for (let i = 0; i < n; i++) {
+    const p = new Peer(port);
+    all.push(p);
+    void p.opened.then((ok) => ok && p.write(`${tag} ${i}\n`));
+  }
+  return all;
+}
+
+/** What became of a {@link lineFlood}: answered with its line, closed having read nothing, or given other bytes. */
+function floodOutcome(all: readonly Peer[], tag: string): { answered: number; dropped: number; wrong: number } {
+  return {
+    answered: all.filter((p, i) => p.bytes.toString("latin1") === `${tag} ${i}\n`).length,
+    dropped: all.filter((p) => p.closed && p.received === 0).length,
+    wrong: all.filter((p, i) => !`${tag} ${i}\n`.startsWith(p.bytes.toString("latin1"))).length,
+  };
+}
+
+/** Closes a flood, waits until only the canary is left, then counts how many of `n` new clients, one after another, get their line back. */
+async function servedAfter(ctx: CaseContext, all: readonly Peer[], n: number): Promise<number> {
+  for (const p of all) p.destroy();
+  await waitAllClosed(all, 10_000);
+  await ctx.server.waitFor((h) => h.open <= 1, 20_000);
+  let served = 0;
+  for (let i = 0; i < n; i++) {
+    try {
+      const sock = await dial({ port: ctx.server.port }, 10_000);
+      const reader = new ByteReader(sock);
+      sock.write(`again ${i}\n`);
+      if ((await reader.read(`again ${i}\n`.length, 10_000)).toString("latin1") === `again ${i}\n`) served++;
+      sock.end();
+    } catch {
+      // counted as not served
+    }
+  }
+  return served;
+}
+
 function slowReaders(useTls: boolean): CaseSpec {
   return {
     name: useTls ? "slow-readers-tls" : "slow-readers",
@@ -927,12 +967,7 @@ export const faultCases: CaseSpec[] = [
     server: () => ({ scenario: "echo", config: { maxConnectionsPerPeer: 20 } }),
     timeoutMs: () => 60_000,
     async run(ctx) {
-      const flood: Peer[] = [];
-      for (let i = 0; i < 150; i++) {
-        const p = new Peer(ctx.server.port);
-        flood.push(p);
-        void p.opened.then((ok) => ok && p.write(`flood ${i}\n`));
-      }
+      const flood = lineFlood(ctx.server.port, 150, "flood");
       const others = Array.from({ length: 50 }, async (_, i) => {
         const line = `other ${i}\n`;
         try {
@@ -948,9 +983,7 @@ export const faultCases: CaseSpec[] = [
       const otherResults = await Promise.all(others);
       await sleep(1000);
       const during = await ctx.server.health();
-      const answered = flood.filter((p, i) => p.bytes.toString("latin1") === `flood ${i}\n`).length;
-      const dropped = flood.filter((p) => p.closed && p.received === 0).length;
-      const wrong = flood.filter((p, i) => !`flood ${i}\n`.startsWith(p.bytes.toString("latin1"))).length;
+      const { answered, dropped, wrong } = floodOutcome(flood, "flood");
       const othersServed = otherResults.filter((r) => r.ok).length;
       // The canary, from 127.0.0.1 too, holds one of its 20 places.
       ctx.check("at most maxConnectionsPerPeer from one address were served", answered <= 19, `${answered} of 127.0.0.1's flood answered`);
@@ -958,21 +991,7 @@ export const faultCases: CaseSpec[] = [
       ctx.check("every client from another address was served", othersServed === 50, `${othersServed}/50 served`);
       ctx.check("no client got bytes that were not its reply", wrong === 0, `${wrong} got wrong bytes`);
       for (const r of otherResults) r.sock?.destroy();
-      for (const p of flood) p.destroy();
-      await waitAllClosed(flood, 10_000);
-      await ctx.server.waitFor((h) => h.open <= 1, 20_000);
-      let served = 0;
-      for (let i = 0; i < 30; i++) {
-        try {
-          const sock = await dial({ port: ctx.server.port }, 10_000);
-          const reader = new ByteReader(sock);
-          sock.write(`again ${i}\n`);
-          if ((await reader.read(`again ${i}\n`.length, 10_000)).toString("latin1") === `again ${i}\n`) served++;
-          sock.end();
-        } catch {
-          // counted as not served
-        }
-      }
+      const served = await servedAfter(ctx, flood, 30);
       ctx.check("serves new clients from that address once its places are free", served === 30, `${served}/30 served`);
       ctx.note(`127.0.0.1: ${answered} served, ${dropped} closed at accept (stats.rejected ${during.stats.rejected}); other addresses ${othersServed}/50 served; afterwards ${served}/30 served`);
     },
@@ -985,36 +1004,15 @@ export const faultCases: CaseSpec[] = [
     server: () => ({ scenario: "echo", config: { maxConnections: 50 } }),
     timeoutMs: () => 60_000,
     async run(ctx) {
-      const all: Peer[] = [];
-      for (let i = 0; i < 150; i++) {
-        const p = new Peer(ctx.server.port);
-        all.push(p);
-        void p.opened.then((ok) => ok && p.write(`max ${i}\n`));
-      }
+      const all = lineFlood(ctx.server.port, 150, "max");
       await sleep(1500);
       const during = await ctx.server.health();
-      const answered = all.filter((p, i) => p.bytes.toString("latin1") === `max ${i}\n`).length;
-      const dropped = all.filter((p) => p.closed && p.received === 0).length;
-      const wrong = all.filter((p, i) => !`max ${i}\n`.startsWith(p.bytes.toString("latin1"))).length;
+      const { answered, dropped, wrong } = floodOutcome(all, "max");
       // The canary holds one of the 50 places.
       ctx.check("at most maxConnections were served at once", during.open <= 50 && answered <= 49, `${during.open} open, ${answered} answered`);
       ctx.check("the others were closed at accept and counted", dropped === 150 - answered && during.stats.rejected >= dropped, `${dropped} dropped, ${during.stats.rejected} counted as rejected`);
       ctx.check("no client got bytes that were not its reply", wrong === 0, `${wrong} got wrong bytes`);
-      for (const p of all) p.destroy();
-      await waitAllClosed(all, 10_000);
-      await ctx.server.waitFor((h) => h.open <= 1, 20_000);
-      let served = 0;
-      for (let i = 0; i < 30; i++) {
-        try {
-          const sock = await dial({ port: ctx.server.port }, 10_000);
-          const reader = new ByteReader(sock);
-          sock.write(`again ${i}\n`);
-          if ((await reader.read(`again ${i}\n`.length, 10_000)).toString("latin1") === `again ${i}\n`) served++;
-          sock.end();
-        } catch {
-          // counted as not served
-        }
-      }
+      const served = await servedAfter(ctx, all, 30);
       ctx.check("serves new clients once places are free", served === 30, `${served}/30 served`);
       ctx.note(`${answered} served, ${dropped} closed at accept (stats.rejected ${during.stats.rejected}); afterwards ${served}/30 served`);
     },
