@@ -279,7 +279,8 @@ async function loadModule(path: string): Promise<unknown> {
     const mod = (await import(url)) as { default?: unknown };
     return mod.default;
   } catch (err) {
-    const code = (err as { code?: unknown }).code;
+    // (A module may throw anything, null included.)
+    const code = (err as { code?: unknown } | null)?.code;
     // Node's own message ('Unknown file extension ".ts"') does not say what is missing.
     if (noTsx && code === "ERR_UNKNOWN_FILE_EXTENSION") {
       throw codedError(`${path} is TypeScript and tsx is not installed: install it (npm install -D tsx), or serve the compiled .js.`, code);
@@ -628,17 +629,18 @@ export async function main(argv: string[]): Promise<number> {
     }
     // Under --workers, a start that failed in a worker (cause: the worker's
     // error) is reported as that error would be in one process.
-    const e = err as Error & { code?: unknown };
-    const workerError = e.code === "ERR_WORKER_START" && e.cause instanceof Error ? (e.cause as Error & { code?: unknown }) : null;
+    // (A module may throw anything, null included.)
+    const e = err instanceof Error ? (err as Error & { code?: unknown }) : null;
+    const workerError = e?.code === "ERR_WORKER_START" && e.cause instanceof Error ? (e.cause as Error & { code?: unknown }) : null;
     if (err instanceof UsageError || workerError?.code === "ERR_USAGE") {
-      process.stderr.write(`pants-ts: ${(workerError ?? e).message} (see pants-ts --help)\n`);
+      process.stderr.write(`pants-ts: ${(workerError ?? (err as Error)).message} (see pants-ts --help)\n`);
       return 2;
     }
     if (workerError !== null) {
       process.stderr.write(`pants-ts: a worker failed to start: ${failureText(workerError)}${hintFor(workerError)}\n`);
       return 1;
     }
-    process.stderr.write(`pants-ts: ${failureText(err)}${hintFor(e)}\n`);
+    process.stderr.write(`pants-ts: ${failureText(err)}${hintFor(err)}\n`);
     return 1;
   }
 }
@@ -647,9 +649,11 @@ export async function main(argv: string[]): Promise<number> {
  * What usually causes a listen failure, for the one line main() prints (a
  * worker's error comes without its syscall: its message starts with it).
  */
-function hintFor(err: Error & { code?: unknown; syscall?: unknown }): string {
-  if (err.syscall !== "listen" && err.syscall !== "bind" && !/^(listen|bind) /.test(err.message)) return "";
-  if (err.code === "EADDRINUSE") return " (another process listens there: stop it, or pick another address)";
-  if (err.code === "EACCES") return " (ports below 1024 need root or CAP_NET_BIND_SERVICE; or let systemd hand the socket over: --listen systemd)";
+function hintFor(err: unknown): string {
+  if (!(err instanceof Error)) return "";
+  const { code, syscall } = err as Error & { code?: unknown; syscall?: unknown };
+  if (syscall !== "listen" && syscall !== "bind" && !/^(listen|bind) /.test(err.message)) return "";
+  if (code === "EADDRINUSE") return " (another process listens there: stop it, or pick another address)";
+  if (code === "EACCES") return " (ports below 1024 need root or CAP_NET_BIND_SERVICE; or let systemd hand the socket over: --listen systemd)";
   return "";
 }

@@ -252,6 +252,12 @@ test("--max-connections, --idle-timeout and --proxy-protocol apply to every conn
   assert.equal(await s.exited, 0);
 });
 
+test("a module that throws null while it loads: one line and exit 1, not a crash of the command", () => {
+  const r = run(["serve", fixture("cli-throws-null.ts"), "--listen", "127.0.0.1:0"]);
+  assert.equal(r.status, 1, r.stderr);
+  assert.equal(r.stderr.trim(), "pants-ts: null");
+});
+
 test("an address in use: one line naming it and the likely cause, no stack, exit 1 (in one process, and from a worker)", { timeout: 60_000 }, async (t) => {
   const net = await import("node:net");
   const busy = net.createServer().listen(0, "127.0.0.1");
