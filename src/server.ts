@@ -279,7 +279,8 @@ export class Server<S extends Stream = Stream> extends Channel {
   #maxPerPeer = Infinity;
   /** With a per-peer limit: open connections per client address, and each tracked connection's address. */
   #perPeer: PerPeer | null = null;
-  /** The address of the connection being accepted, for #track (per-peer limit only). */
+  /** The socket being given to onAccept, once its peer's address is known, and that address (per-peer limit only). */
+  #acceptSocket: Duplex | null = null;
   #acceptKey: string | null = null;
   #idleTimeoutMs: number;
   /** @internal */ readonly _handshakeTimeoutMs: number;
@@ -656,7 +657,12 @@ export class Server<S extends Stream = Stream> extends Channel {
   #track(conn: S): void {
     const id = this.#nextId++;
     this.#channels.set(id, conn);
-    if (this.#perPeer !== null) countPeer(this.#perPeer, id, this.#acceptKey);
+    if (this.#perPeer !== null) {
+      // Keyed at accept; a stream an async onAccept makes later (or one
+      // accepted before the limit was set) is keyed by its address.
+      const current = (this.#acceptSocket as (Duplex & { [kStream]?: Stream }) | null)?.[kStream] === conn;
+      countPeer(this.#perPeer, id, current ? this.#acceptKey : peerKey(conn.remoteAddress));
+    }
     this.stats.accepted++;
     this.stats.open = this.#channels.size;
     conn._attachToServer(this, id, this.#idleTimeoutMs);
@@ -1073,7 +1079,10 @@ export class Server<S extends Stream = Stream> extends Channel {
       if (socket !== raw) socket.on("error", onRawError);
     }
     accepting.socket = socket;
-    this.#acceptKey = key;
+    if (this.#perPeer !== null) {
+      this.#acceptSocket = socket;
+      this.#acceptKey = key;
+    }
     let threw = false;
     try {
       const result: unknown = this.onAccept(socket, address);
@@ -1095,6 +1104,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (made !== undefined && made.server === null && !made.closed) this.#track(made as S);
     // One that threw before a stream took the socket: nobody will close it.
     else if (threw && made === undefined) dropSocket(socket, raw);
+    this.#acceptSocket = null;
     this.#acceptKey = null;
   }
 

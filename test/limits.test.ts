@@ -7,7 +7,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import { spawn } from "node:child_process";
-import { Server, Stream } from "../src/index.js";
+import type { Duplex } from "node:stream";
+import { Server, Stream, type Address } from "../src/index.js";
 import { join } from "node:path";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import { RawClient, captureLogs, connect, connectTls, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
@@ -389,6 +390,28 @@ test("maxConnectionsPerPeer: connections that fail give their place back (a thro
   const secure = await connectTls(tlsPort);
   await echoes(secure, "a TLS client after three failed handshakes");
   secure.destroy();
+});
+
+test("maxConnectionsPerPeer counts a connection an async onAccept hands to super.onAccept later", async (t) => {
+  const engine = freshEngine(t);
+  class Vetting extends Server<Echo> {
+    override async onAccept(socket: Duplex, address: Address): Promise<void> {
+      await sleep(5); // (a lookup of the address, say)
+      super.onAccept(socket, address);
+    }
+  }
+  const server = new Vetting(Echo, { engine, maxConnectionsPerPeer: 1 });
+  const port = await listenLocal(server, t);
+  const first = await connect(port);
+  await echoes(first, "vetted");
+  const second = await connect(port);
+  assert.equal((await second.readToEnd()).length, 0, "one open from 127.0.0.1 already");
+  assert.equal(server.stats.rejected, 1);
+  first.destroy();
+  await waitFor(() => server.channels.size === 0);
+  const third = await connect(port);
+  await echoes(third, "its place was given back");
+  third.destroy();
 });
 
 test("maxConnectionsPerPeer does not limit UNIX-socket peers (they have no address)", async (t) => {
