@@ -639,7 +639,8 @@ export class Server<S extends Stream = Stream> extends Channel {
       log.current.error({ err: error }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);
       return;
     }
-    this.#track(conn);
+    // One its constructor closed will never tell the server it closed.
+    if (!conn.closed) this.#track(conn);
   }
 
   /**

@@ -414,6 +414,27 @@ test("maxConnectionsPerPeer counts a connection an async onAccept hands to super
   third.destroy();
 });
 
+test("maxConnectionsPerPeer: a connection its constructor closes is not left counted (nor in channels: shutdown still ends)", async (t) => {
+  const engine = freshEngine(t);
+  let made = 0;
+  class Picky extends Echo {
+    constructor(options: ConstructorParameters<typeof Stream>[0]) {
+      super(options);
+      if (made++ === 0) this.close(); // (turned away by the application)
+    }
+  }
+  const server = new Server(Picky, { engine, maxConnectionsPerPeer: 1 });
+  const port = await listenLocal(server, t);
+  const turnedAway = await connect(port);
+  assert.equal((await turnedAway.readToEnd()).length, 0);
+  assert.equal(server.channels.size, 0);
+  const next = await connect(port);
+  await echoes(next, "its place was never taken");
+  next.destroy();
+  await waitFor(() => server.channels.size === 0);
+  await server.shutdown({ timeoutMs: 1000 });
+});
+
 test("maxConnectionsPerPeer does not limit UNIX-socket peers (they have no address)", async (t) => {
   const engine = freshEngine(t);
   const path = join(tempDir(t), "s.sock");
