@@ -279,9 +279,6 @@ export class Server<S extends Stream = Stream> extends Channel {
   #maxPerPeer = Infinity;
   /** With a per-peer limit: open connections per client address, and each tracked connection's address. */
   #perPeer: PerPeer | null = null;
-  /** The socket being given to onAccept, once its peer's address is known, and that address (per-peer limit only). */
-  #acceptSocket: Duplex | null = null;
-  #acceptKey: string | null = null;
   #idleTimeoutMs: number;
   /** @internal */ readonly _handshakeTimeoutMs: number;
   #proxyProtocol: boolean;
@@ -639,8 +636,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       log.current.error({ err: error }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);
       return;
     }
-    // One its constructor closed will never tell the server it closed.
-    if (!conn.closed) this.#track(conn);
+    this.#track(conn);
   }
 
   /**
@@ -656,14 +652,13 @@ export class Server<S extends Stream = Stream> extends Channel {
   }
 
   #track(conn: S): void {
+    // A stream closed before the server had it (by its constructor) will never tell the server it closed.
+    if (conn.closed) return;
     const id = this.#nextId++;
     this.#channels.set(id, conn);
-    if (this.#perPeer !== null) {
-      // Keyed at accept; a stream an async onAccept makes later (or one
-      // accepted before the limit was set) is keyed by its address.
-      const current = (this.#acceptSocket as (Duplex & { [kStream]?: Stream }) | null)?.[kStream] === conn;
-      countPeer(this.#perPeer, id, current ? this.#acceptKey : peerKey(conn.remoteAddress));
-    }
+    // Keyed by the stream's address (the PROXY source behind a proxy), as
+    // #accept checked it: whenever the stream is made, after an async onAccept too.
+    if (this.#perPeer !== null) countPeer(this.#perPeer, id, peerKey(conn.remoteAddress));
     this.stats.accepted++;
     this.stats.open = this.#channels.size;
     conn._attachToServer(this, id, this.#idleTimeoutMs);
@@ -1022,7 +1017,6 @@ export class Server<S extends Stream = Stream> extends Channel {
     const custom = this.onAccept !== Server.prototype.onAccept;
     // (The default onAccept does not read it: it is given null.)
     let address = null as unknown as Address;
-    let key: string | null = null;
     if (custom || this.#perPeer !== null) {
       const peer = peerOf(raw, proxiedRemote);
       if (peer === null) {
@@ -1030,11 +1024,7 @@ export class Server<S extends Stream = Stream> extends Channel {
         return;
       }
       address = peer;
-      const perPeer = this.#perPeer;
-      if (perPeer !== null && (key = peerKey(peer)) !== null && (perPeer.counts.get(key) ?? 0) >= this.#maxPerPeer) {
-        this.stats.rejected++;
-        this.engine.stats.rejected++;
-        log.current.debug(`${String(this)}: ${key} already has ${this.#maxPerPeer} connections open (maxConnectionsPerPeer); connection closed.`);
+      if (this.#perPeer !== null && this.#atPeerLimit(this.#perPeer, peer)) {
         raw.destroy();
         return;
       }
@@ -1080,10 +1070,6 @@ export class Server<S extends Stream = Stream> extends Channel {
       if (socket !== raw) socket.on("error", onRawError);
     }
     accepting.socket = socket;
-    if (this.#perPeer !== null) {
-      this.#acceptSocket = socket;
-      this.#acceptKey = key;
-    }
     let threw = false;
     try {
       const result: unknown = this.onAccept(socket, address);
@@ -1102,26 +1088,25 @@ export class Server<S extends Stream = Stream> extends Channel {
     }
     // An onAccept override that made its own stream: the server still tracks it (as an S: see onAccept).
     const made = owned[kStream];
-    if (made !== undefined && made.server === null && !made.closed) this.#track(made as S);
+    if (made !== undefined && made.server === null) this.#track(made as S);
     // One that threw before a stream took the socket: nobody will close it.
     else if (threw && made === undefined) dropSocket(socket, raw);
-    this.#acceptSocket = null;
-    this.#acceptKey = null;
+  }
+
+  /** Whether `peer` has as many connections open as the per-peer limit allows: then this one is counted as rejected. */
+  #atPeerLimit(perPeer: PerPeer, peer: Address): boolean {
+    const key = peerKey(peer);
+    if (key === null || (perPeer.counts.get(key) ?? 0) < this.#maxPerPeer) return false;
+    this.stats.rejected++;
+    this.engine.stats.rejected++;
+    log.current.debug(`${String(this)}: ${key} already has ${this.#maxPerPeer} connections open (maxConnectionsPerPeer); connection closed.`);
+    return true;
   }
 
   /** @internal A connection of this server closed. */
   _connectionClosed(_stream: Stream, id: number): void {
     if (!this.#channels.delete(id)) return;
-    const perPeer = this.#perPeer;
-    if (perPeer !== null) {
-      const key = perPeer.keys.get(id);
-      if (key !== undefined) {
-        perPeer.keys.delete(id);
-        const left = (perPeer.counts.get(key) ?? 1) - 1;
-        if (left > 0) perPeer.counts.set(key, left);
-        else perPeer.counts.delete(key);
-      }
-    }
+    if (this.#perPeer !== null) uncountPeer(this.#perPeer, id);
     this.stats.open = this.#channels.size;
     this.stats.closed++;
     this.#retire();
@@ -1159,6 +1144,16 @@ function countPeer(perPeer: PerPeer, id: number, key: string | null): void {
   if (key === null) return;
   perPeer.keys.set(id, key);
   perPeer.counts.set(key, (perPeer.counts.get(key) ?? 0) + 1);
+}
+
+/** Gives connection `id`'s place back, if it was counted. */
+function uncountPeer(perPeer: PerPeer, id: number): void {
+  const key = perPeer.keys.get(id);
+  if (key === undefined) return;
+  perPeer.keys.delete(id);
+  const left = (perPeer.counts.get(key) ?? 1) - 1;
+  if (left > 0) perPeer.counts.set(key, left);
+  else perPeer.counts.delete(key);
 }
 
 /**
