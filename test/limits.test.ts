@@ -392,6 +392,19 @@ test("maxConnectionsPerPeer: connections that fail give their place back (a thro
   secure.destroy();
 });
 
+test("maxConnectionsPerPeer on a TLS server: a second client from one address is closed before its handshake", { skip: !hasOpenssl() && "no openssl", timeout: 30_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  const server = new Server(Echo, { engine, maxConnectionsPerPeer: 1, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } });
+  const port = await listenLocal(server, t);
+  const first = await connectTls(port);
+  await echoes(first, "the first");
+  await assert.rejects(connectTls(port), "the second never completes a handshake");
+  assert.equal(server.stats.rejected, 1);
+  assert.equal(server.stats.errorsByKind.tls ?? 0, 0, "no handshake was tried");
+  first.destroy();
+});
+
 test("maxConnectionsPerPeer counts a connection an async onAccept hands to super.onAccept later", async (t) => {
   const engine = freshEngine(t);
   class Vetting extends Server<Echo> {
