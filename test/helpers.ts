@@ -114,10 +114,14 @@ export class RawClient {
   }
 }
 
-/** Connects a raw client to `address` (a port on 127.0.0.1, [host, port], or a UNIX path). */
-export async function connect(address: Address | null, options: { host?: string } = {}): Promise<RawClient> {
+/**
+ * Connects a raw client to `address` (a port on 127.0.0.1, [host, port], or
+ * a UNIX path), from `localAddress` if given (any of 127.0.0.0/8 is this
+ * host's on Linux).
+ */
+export async function connect(address: Address | null, options: { host?: string; localAddress?: string } = {}): Promise<RawClient> {
   const opts = toConnect(address, options.host);
-  const socket = net.connect(opts);
+  const socket = net.connect(options.localAddress === undefined ? opts : { ...opts, localAddress: options.localAddress });
   await new Promise<void>((resolve, reject) => {
     socket.once("connect", resolve);
     socket.once("error", reject);

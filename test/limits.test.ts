@@ -260,16 +260,6 @@ test("maxConnections: extra connections are closed at accept and counted; the re
   d.destroy();
 });
 
-/** A raw client from `localAddress` (any 127.0.0.0/8 address is this host's on Linux). */
-async function connectFrom(port: number, localAddress: string, host = "127.0.0.1"): Promise<RawClient> {
-  const socket = net.connect({ port, host, localAddress });
-  await new Promise<void>((resolve, reject) => {
-    socket.once("connect", resolve);
-    socket.once("error", reject);
-  });
-  return new RawClient(socket);
-}
-
 async function echoes(c: RawClient, line: string): Promise<void> {
   c.write(`${line}\n`);
   assert.equal(await c.readText(line.length + 1), `${line}\n`);
@@ -287,7 +277,7 @@ test("maxConnectionsPerPeer: connections above it from one address are closed at
   assert.equal((await c.readToEnd()).length, 0, "a third from 127.0.0.1: closed at accept");
   assert.equal(server.stats.rejected, 1);
   assert.equal(engine.stats.rejected, 1);
-  const other = await connectFrom(port, "127.0.0.2");
+  const other = await connect(port, { localAddress: "127.0.0.2" });
   await echoes(other, "from another address");
   await echoes(a, "a");
   b.destroy();
