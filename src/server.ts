@@ -652,8 +652,18 @@ export class Server<S extends Stream = Stream> extends Channel {
   }
 
   #track(conn: S): void {
-    // A stream closed before the server had it (by its constructor) will never tell the server it closed.
-    if (conn.closed) return;
+    // A stream closed before the server had it (by its constructor) will
+    // never tell the server it closed: it was accepted and is closed already
+    // (the engine's counts too), and is not kept. (Its `server` is set, so
+    // #accept does not take it for an override's stream and count it again.)
+    if (conn.closed) {
+      if (conn.server === null) {
+        conn._closedBeforeServer(this);
+        this.stats.accepted++;
+        this.stats.closed++;
+      }
+      return;
+    }
     const id = this.#nextId++;
     this.#channels.set(id, conn);
     // Keyed by the stream's address (the PROXY source behind a proxy), as

@@ -2926,6 +2926,21 @@ export class Stream extends Channel {
   }
 
   /**
+   * @internal Closed by its own constructor before its server had it: it
+   * was accepted all the same. Its server is set, and the engine counts it
+   * accepted and closed if it did not yet (a stream made after an async
+   * onAccept awaited is counted once the server has it).
+   */
+  _closedBeforeServer(server: Server): void {
+    this.server = server;
+    if ((this.#flags & F_COUNTED) === 0) {
+      this.#flags |= F_COUNTED;
+      this.engine.stats.accepted++;
+      this.engine.stats.closed++;
+    }
+  }
+
+  /**
    * @internal The subclass constructor threw after this base constructor
    * adopted the socket: forget it silently (no handler runs on a half-built
    * instance); the server destroys the socket.

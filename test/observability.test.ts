@@ -102,6 +102,37 @@ test("engine.stats count what server.stats count: a connection an async onAccept
   assert.deepEqual([engine.stats.accepted, engine.stats.closed, engine.stats.open], [1, 1, 0]);
 });
 
+for (const late of [false, true]) {
+  test(`a connection its constructor closes is counted accepted and closed by the server, as by the engine${late ? " (made after an async onAccept awaited)" : ""}`, async (t) => {
+    const engine = freshEngine(t);
+    let made = 0;
+    class Picky extends Echo {
+      constructor(options: ConstructorParameters<typeof Stream>[0]) {
+        super(options);
+        if (made++ === 0) this.close(); // turned away by the application
+      }
+    }
+    class Late extends Server {
+      override async onAccept(socket: Duplex, address: Address) {
+        await sleep(20);
+        super.onAccept(socket, address);
+      }
+    }
+    const server = late ? new Late(Picky, { engine }) : new Server(Picky, { engine });
+    const port = await listenLocal(server, t);
+    const turnedAway = await connect(port);
+    assert.equal((await turnedAway.readToEnd()).length, 0);
+    const served = await connect(port);
+    served.write("x\n");
+    assert.equal(await served.readText(2), "x\n");
+    served.destroy();
+    await waitFor(() => engine.stats.closed === 2, 2000, "both connections closed");
+    await sleep(20); // (a second count would come in the same turn)
+    assert.deepEqual([server.stats.accepted, server.stats.closed, server.stats.open], [2, 2, 0]);
+    assert.deepEqual([engine.stats.accepted, engine.stats.closed, engine.stats.open], [2, 2, 0]);
+  });
+}
+
 test("engine.stats add up: open = accepted - closed, after a failed connect and a server closed while connections await onConnect", async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
