@@ -55,10 +55,20 @@ export interface ServerOptions extends ChannelOptions {
    * At most this many open connections from one client IP address; more
    * are closed at accept, before any TLS handshake, and counted as
    * rejected (default: no limit). An IPv4-mapped IPv6 address counts as its
-   * IPv4 address; behind `proxyProtocol` the address is the PROXY header's
-   * source. UNIX-socket peers are not limited. Each process counts its own.
+   * IPv4 address, other IPv6 addresses by their network (see
+   * {@link peerIPv6Prefix}); behind `proxyProtocol` the address is the PROXY
+   * header's source. UNIX-socket peers are not limited. Each process counts
+   * its own.
    */
   maxConnectionsPerPeer?: number;
+  /**
+   * For `maxConnectionsPerPeer`: IPv6 clients are counted by this many
+   * leading bits of their address (default 64: one network, as one IPv4
+   * address is one client, since a single host usually holds a whole /64;
+   * 128: each address apart). Loopback and link-local addresses are always
+   * counted each apart.
+   */
+  peerIPv6Prefix?: number;
   /** Default `idleTimeout` of accepted streams, in ms (default 0: off). */
   idleTimeoutMs?: number;
   /** TLS handshakes (and PROXY headers) must complete within this many ms (default 10 000; 0: off). */
@@ -277,6 +287,7 @@ export class Server<S extends Stream = Stream> extends Channel {
 
   #maxConnections: number;
   #maxPerPeer = Infinity;
+  #peerPrefix6 = 64;
   /** With a per-peer limit: open connections per client address, and each tracked connection's address. */
   #perPeer: PerPeer | null = null;
   #idleTimeoutMs: number;
@@ -310,6 +321,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.#ConnectionClass = ConnectionClass ?? ((this.constructor as typeof Server).ConnectionClass as ConnectionClass<S>);
     const o = options ?? {};
     this.#maxConnections = optionalCount("maxConnections", o.maxConnections, Infinity);
+    if (o.peerIPv6Prefix !== undefined) this.#peerPrefix6 = checkPrefix6(o.peerIPv6Prefix);
     this.#setMaxPerPeer(o.maxConnectionsPerPeer);
     this.#idleTimeoutMs = optionalMs("idleTimeoutMs", o.idleTimeoutMs, 0);
     this._handshakeTimeoutMs = optionalMs("handshakeTimeoutMs", o.handshakeTimeoutMs, 10_000);
@@ -445,14 +457,30 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.#setMaxPerPeer(value);
   }
 
+  /**
+   * How many leading bits of an IPv6 client's address name it for
+   * `maxConnectionsPerPeer` (default 64). Set on a live server, the open
+   * connections are counted again by the new prefix.
+   * @throws TypeError for a non-number; RangeError unless an integer from 1 to 128.
+   */
+  get peerIPv6Prefix(): number {
+    return this.#peerPrefix6;
+  }
+  set peerIPv6Prefix(value: number) {
+    this.#peerPrefix6 = checkPrefix6(value);
+    if (this.#perPeer !== null) this.#countPeers();
+  }
+
   #setMaxPerPeer(value: unknown): void {
     this.#maxPerPeer = optionalCount("maxConnectionsPerPeer", value, Infinity);
-    if (this.#maxPerPeer === Infinity) {
-      this.#perPeer = null;
-    } else if (this.#perPeer === null) {
-      const perPeer = (this.#perPeer = { counts: new Map<string, number>(), keys: new Map<number, string>() });
-      for (const [id, conn] of this.#channels) countPeer(perPeer, id, peerKey(conn.remoteAddress));
-    }
+    if (this.#maxPerPeer === Infinity) this.#perPeer = null;
+    else if (this.#perPeer === null) this.#countPeers();
+  }
+
+  /** Counts the open connections by peer afresh. */
+  #countPeers(): void {
+    const perPeer = (this.#perPeer = { counts: new Map<string, number>(), keys: new Map<number, string>() });
+    for (const [id, conn] of this.#channels) countPeer(perPeer, id, peerKey(conn.remoteAddress, this.#peerPrefix6));
   }
 
   /**
@@ -668,7 +696,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.#channels.set(id, conn);
     // Keyed by the stream's address (the PROXY source behind a proxy), as
     // #accept checked it: whenever the stream is made, after an async onAccept too.
-    if (this.#perPeer !== null) countPeer(this.#perPeer, id, peerKey(conn.remoteAddress));
+    if (this.#perPeer !== null) countPeer(this.#perPeer, id, peerKey(conn.remoteAddress, this.#peerPrefix6));
     this.stats.accepted++;
     this.stats.open = this.#channels.size;
     conn._attachToServer(this, id, this.#idleTimeoutMs);
@@ -1105,7 +1133,7 @@ export class Server<S extends Stream = Stream> extends Channel {
 
   /** Whether `peer` has as many connections open as the per-peer limit allows: then this one is counted as rejected. */
   #atPeerLimit(perPeer: PerPeer, peer: Address): boolean {
-    const key = peerKey(peer);
+    const key = peerKey(peer, this.#peerPrefix6);
     if (key === null || (perPeer.counts.get(key) ?? 0) < this.#maxPerPeer) return false;
     this.stats.rejected++;
     this.engine.stats.rejected++;
@@ -1167,16 +1195,57 @@ function uncountPeer(perPeer: PerPeer, id: number): void {
 }
 
 /**
- * What a per-peer limit counts a peer by: its IP address (an IPv4-mapped
- * IPv6 address as the IPv4 one, a link-local one with its scope), null for
- * a UNIX peer.
+ * What a per-peer limit counts a peer by: its IPv4 address (an IPv4-mapped
+ * IPv6 address as the IPv4 one), its IPv6 network of `prefix6` bits
+ * ("2001:db8:0:1::/64"; loopback and link-local addresses whole, the latter
+ * with their scope), null for a UNIX peer.
  */
-function peerKey(address: Address | null): string | null {
+function peerKey(address: Address | null, prefix6: number): string | null {
   if (!Array.isArray(address)) return null;
   const host = address[0].toLowerCase();
   if (host.startsWith("::ffff:") && net.isIPv4(host.slice(7))) return host.slice(7);
+  const words = ipv6Words(host);
+  if (words === null) return host; // IPv4 (or an override's own text)
   const scope = address.length === 4 ? address[3] : 0;
-  return scope !== 0 ? `${host}%${scope}` : host;
+  const whole = prefix6 === 128 || (words[0]! & 0xffc0) === 0xfe80 || (words.slice(0, 7).every((w) => w === 0) && words[7] === 1);
+  if (whole) return scope !== 0 ? `${canonical(words)}%${scope}` : canonical(words);
+  for (let i = 0; i < 8; i++) {
+    const keep = Math.min(16, Math.max(0, prefix6 - i * 16));
+    words[i] = keep === 0 ? 0 : words[i]! & ((0xffff << (16 - keep)) & 0xffff);
+  }
+  return `${canonical(words)}/${prefix6}`;
+}
+
+const hex = (word: number): string => word.toString(16);
+
+/** The words of an IPv6 address as text, shortened as RFC 5952 says ("2001:db8::"). */
+function canonical(words: readonly number[]): string {
+  return new net.SocketAddress({ address: words.map(hex).join(":"), family: "ipv6" }).address;
+}
+
+/** The eight 16-bit words of an IPv6 address (a "%zone" ignored), or null for anything else. */
+function ipv6Words(text: string): number[] | null {
+  const zone = text.indexOf("%");
+  let host = zone === -1 ? text : text.slice(0, zone);
+  if (!net.isIPv6(host)) return null;
+  const dotted = host.lastIndexOf(":");
+  if (host.includes(".", dotted)) {
+    // A trailing IPv4 part ("64:ff9b::192.0.2.1") is the last two words.
+    const b = host.slice(dotted + 1).split(".").map(Number);
+    host = `${host.slice(0, dotted + 1)}${hex((b[0]! << 8) | b[1]!)}:${hex((b[2]! << 8) | b[3]!)}`;
+  }
+  const gap = host.indexOf("::");
+  const head = gap === -1 ? host.split(":") : host.slice(0, gap).split(":").filter((w) => w !== "");
+  const tail = gap === -1 ? [] : host.slice(gap + 2).split(":").filter((w) => w !== "");
+  const zeros = new Array<string>(8 - head.length - tail.length).fill("0");
+  return [...head, ...zeros, ...tail].map((w) => parseInt(w, 16));
+}
+
+function checkPrefix6(value: unknown): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > 128) {
+    throw numberError(value, `peerIPv6Prefix must be an integer from 1 to 128, got ${describe(value)}.`);
+  }
+  return value;
 }
 
 function addressOf(parsed: ParsedAddress): Address {

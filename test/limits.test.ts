@@ -339,6 +339,48 @@ test("maxConnectionsPerPeer behind proxyProtocol counts the PROXY header's sourc
   other.destroy();
 });
 
+test("maxConnectionsPerPeer counts an IPv6 client by its /64 network (peerIPv6Prefix), set live or at construction; loopback and link-local addresses each apart", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine, proxyProtocol: true, maxConnectionsPerPeer: 1 });
+  assert.equal(server.peerIPv6Prefix, 64);
+  const port = await listenLocal(server, t);
+  const open: RawClient[] = [];
+  /** Connects as `source` (through a PROXY header); true when served. */
+  const from = async (source: string): Promise<boolean> => {
+    const c = await connect(port);
+    c.write(`PROXY TCP6 ${source} 2001:db8::1 4000 443\r\n`);
+    c.write("hello\n");
+    await c.until(() => c.received.length >= 6 || c.ended || c.closed, 3000, "an echo or a close");
+    if (c.received.toString() !== "hello\n") return false;
+    open.push(c);
+    return true;
+  };
+  t.after(() => {
+    for (const c of open) c.destroy();
+  });
+  assert.equal(await from("2001:db8:0:1::7"), true);
+  assert.equal(await from("2001:db8:0:1:ffff:1:2:3"), false, "another address of the same /64");
+  assert.equal(await from("2001:DB8:0:1:0:0:0:9"), false, "written out in full, upper case");
+  assert.equal(await from("2001:db8:0:2::7"), true, "the next /64");
+  assert.equal(await from("fe80::1"), true);
+  assert.equal(await from("fe80::2"), true, "link-local: each address apart");
+  assert.equal(await from("::1"), true);
+  assert.equal(server.stats.rejected, 2);
+  // /128 live: the open ones are counted again, each address apart.
+  server.peerIPv6Prefix = 128;
+  assert.equal(await from("2001:db8:0:1::8"), true);
+  assert.equal(await from("2001:db8:0:1::7"), false);
+  // /48 live: 2001:db8:0:1::7, ::8 and 2001:db8:0:2::7 are one peer, over the limit; nothing open is closed.
+  server.peerIPv6Prefix = 48;
+  assert.equal(await from("2001:db8:0:3::1"), false);
+  assert.equal(await from("2001:db8:1::1"), true, "another /48");
+  assert.equal(server.channels.size, 7);
+  assert.throws(() => new Server(Echo, { engine, peerIPv6Prefix: 0 }), RangeError);
+  assert.throws(() => new Server(Echo, { engine, peerIPv6Prefix: 129 }), RangeError);
+  assert.throws(() => new Server(Echo, { engine, peerIPv6Prefix: "64" as unknown as number }), TypeError);
+  assert.equal(new Server(Echo, { engine, peerIPv6Prefix: 56 }).peerIPv6Prefix, 56);
+});
+
 test("maxConnectionsPerPeer: connections that fail give their place back (a throwing constructor, a stream closed in onConnect, a non-TLS client on a TLS port)", { timeout: 30_000 }, async (t) => {
   const engine = freshEngine(t);
   let n = 0;
