@@ -282,6 +282,14 @@ export class Server<S extends Stream = Stream> extends Channel {
   #shutdown: Promise<void> | null = null;
   #shutdownDone: (() => void) | null = null;
   #proxyWaits = new Set<ProxyWait>();
+  /**
+   * Sockets an async onAccept override still holds, with the per-peer id
+   * (negative, beside the streams' ids) they are counted under: each holds
+   * its place under both limits until a stream takes it, the override
+   * settles, or the socket closes.
+   */
+  #held = new Map<Duplex, number>();
+  #heldIds = 0;
   #lastAcceptWarning = -Infinity; // engine.time() starts near 0: the first failure is warned too
   #unixPath: string | null = null;
 
@@ -645,7 +653,10 @@ export class Server<S extends Stream = Stream> extends Channel {
    * the connection; one left alone stays open (the server no longer tracks it,
    * so neither `close()` nor `shutdown()` closes it). A stream an override
    * makes over the socket itself is tracked in `channels` as an `S`: make it
-   * an instance of `ConnectionClass` (or of a subclass).
+   * an instance of `ConnectionClass` (or of a subclass). An async override
+   * may make it (or call `super.onAccept`) after awaiting: until it does,
+   * settles, or destroys the socket, the connection holds its place under
+   * `maxConnections` and `maxConnectionsPerPeer`.
    * @param socket The accepted socket (a TLSSocket once `startSSL` was called).
    * @param address The peer's address (the PROXY header's source behind a proxy); `""` for a UNIX peer. A TCP peer that reset the connection before it could be handed over has no address left: it is closed and counted in `stats.rejected`, never given to an override. The default ignores it and is not given it.
    */
@@ -664,6 +675,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       log.current.error({ err: error }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);
       return;
     }
+    if (this.#held.size > 0) this.#release(socket);
     this.#track(conn);
   }
 
@@ -957,7 +969,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       raw.destroy();
       return;
     }
-    if (this.#channels.size + this.#proxyWaits.size >= this.#maxConnections) {
+    if (this.#channels.size + this.#proxyWaits.size + this.#held.size >= this.#maxConnections) {
       raw.destroy();
       this.stats.rejected++;
       this.engine.stats.rejected++;
@@ -980,7 +992,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   /** @internal A connection accepted by a native listener. */
   _onNativeConnection(socket: NativeSocket): void {
     if (this.#state === ST_BINDING && this.#shutdown === null) this.#listening();
-    if (this.#state !== ST_LISTENING || this.#shutdown !== null || this.#channels.size >= this.#maxConnections) {
+    if (this.#state !== ST_LISTENING || this.#shutdown !== null || this.#channels.size + this.#held.size >= this.#maxConnections) {
       if (this.#state === ST_LISTENING && this.#shutdown === null) {
         this.stats.rejected++;
         this.engine.stats.rejected++;
@@ -1109,15 +1121,10 @@ export class Server<S extends Stream = Stream> extends Channel {
     }
     accepting.socket = socket;
     let threw = false;
+    let pending: PromiseLike<unknown> | null = null;
     try {
       const result: unknown = this.onAccept(socket, address);
-      if (isThenable(result)) {
-        result.then(undefined, (err: unknown) => {
-          this._handlerFailed(err);
-          // Rejected before a stream took the socket: nobody will close it.
-          if (owned[kStream] === undefined) dropSocket(socket, raw);
-        });
-      }
+      if (isThenable(result)) pending = result;
     } catch (err) {
       threw = true;
       this._handlerFailed(err);
@@ -1129,6 +1136,44 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (made !== undefined && made.server === null) this.#track(made as S);
     // One that threw before a stream took the socket: nobody will close it.
     else if (threw && made === undefined) dropSocket(socket, raw);
+    if (pending !== null) this.#awaitAccept(pending, owned, raw, address);
+  }
+
+  /**
+   * An async onAccept override: the connection holds its place under
+   * `maxConnections` and `maxConnectionsPerPeer` while the override awaits
+   * (else a burst of connections from one client would all pass the checks
+   * before any is tracked), and a stream it makes after awaiting is tracked
+   * as one made at once is.
+   */
+  #awaitAccept(pending: PromiseLike<unknown>, owned: Duplex & { [kStream]?: Stream }, raw: net.Socket | NativeSocket, address: Address): void {
+    if (owned[kStream] === undefined && !raw.destroyed) {
+      const id = -++this.#heldIds;
+      this.#held.set(owned, id);
+      if (this.#perPeer !== null && address !== null) countPeer(this.#perPeer, id, peerKey(address, this.#peerPrefix6));
+      raw.once("close", () => this.#release(owned));
+    }
+    pending.then(
+      () => {
+        this.#release(owned);
+        const made = owned[kStream];
+        if (made !== undefined && made.server === null) this.#track(made as S);
+      },
+      (err: unknown) => {
+        this.#release(owned);
+        this._handlerFailed(err);
+        // Rejected before a stream took the socket: nobody will close it.
+        if (owned[kStream] === undefined) dropSocket(owned, raw);
+      },
+    );
+  }
+
+  /** The place `socket` held while an async onAccept awaited is free (a stream took it, or the override is done). */
+  #release(socket: Duplex): void {
+    const id = this.#held.get(socket);
+    if (id === undefined) return;
+    this.#held.delete(socket);
+    if (this.#perPeer !== null) uncountPeer(this.#perPeer, id);
   }
 
   /** Whether `peer` has as many connections open as the per-peer limit allows: then this one is counted as rejected. */

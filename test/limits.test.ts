@@ -381,6 +381,67 @@ test("maxConnectionsPerPeer counts an IPv6 client by its /64 network (peerIPv6Pr
   assert.equal(new Server(Echo, { engine, peerIPv6Prefix: 56 }).peerIPv6Prefix, 56);
 });
 
+for (const limit of ["maxConnections", "maxConnectionsPerPeer"] as const) {
+  test(`${limit}: connections an async onAccept still awaits hold their place (a burst cannot pass the check before any is tracked)`, async (t) => {
+    const engine = freshEngine(t);
+    class Slow extends Server {
+      override async onAccept(socket: Duplex, address: Address) {
+        await sleep(150);
+        super.onAccept(socket, address);
+      }
+    }
+    const server = new Slow(Echo, { engine, [limit]: 1 });
+    const port = await listenLocal(server, t);
+    const burst = await Promise.all([connect(port), connect(port), connect(port)]);
+    t.after(() => {
+      for (const c of burst) c.destroy();
+    });
+    await waitFor(() => server.stats.rejected === 2 && server.channels.size === 1, 3000, "one served, two refused");
+    const served = burst.filter((c) => !c.closed && !c.ended);
+    assert.equal(served.length, 1);
+    await echoes(served[0]!, "the one that held its place");
+    served[0]!.destroy();
+    await waitFor(() => server.channels.size === 0);
+    const next = await connect(port);
+    await echoes(next, "its place is free again");
+    next.destroy();
+  });
+}
+
+test("an async onAccept: a stream it makes itself after awaiting is tracked; a socket it holds gives its place back once destroyed", async (t) => {
+  const engine = freshEngine(t);
+  let keep = false;
+  class Own extends Server {
+    override async onAccept(socket: Duplex) {
+      if (keep) {
+        setTimeout(() => socket.destroy(), 50); // refused after a while, by a promise that never settles
+        return new Promise<void>(() => {});
+      }
+      await sleep(20);
+      new Echo({ engine, socket });
+    }
+  }
+  const server = new Own(Echo, { engine, maxConnectionsPerPeer: 1 });
+  const port = await listenLocal(server, t);
+  const a = await connect(port);
+  await echoes(a, "made by the override");
+  assert.equal(server.channels.size, 1);
+  assert.equal(server.stats.accepted, 1);
+  a.destroy();
+  await waitFor(() => server.channels.size === 0 && server.stats.closed === 1);
+  keep = true;
+  const held = await connect(port);
+  const early = await connect(port);
+  assert.equal((await early.readToEnd()).length, 0, "refused while the first is held");
+  assert.equal((await held.readToEnd()).length, 0);
+  keep = false;
+  const b = await connect(port);
+  await echoes(b, "the held one's place was given back");
+  assert.equal(server.stats.rejected, 1);
+  b.destroy();
+  await server.shutdown({ timeoutMs: 1000 });
+});
+
 test("maxConnectionsPerPeer: connections that fail give their place back (a throwing constructor, a stream closed in onConnect, a non-TLS client on a TLS port)", { timeout: 30_000 }, async (t) => {
   const engine = freshEngine(t);
   let n = 0;
