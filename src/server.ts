@@ -911,10 +911,7 @@ export class Server<S extends Stream = Stream> extends Channel {
 
   #bindFailed(err: Error, parsed: ParsedAddress | null): void {
     if (this.#state === ST_CLOSED) return;
-    const e = err as NodeJS.ErrnoException;
-    if (parsed !== null && !e.message.includes(formatAddress(addressOf(parsed)))) {
-      e.message = `${e.message} (listening on ${formatAddress(addressOf(parsed))})`;
-    }
+    if (parsed !== null) err.message = bindMessage(err, parsed);
     this.#bindError = err;
     this.close();
     this._countError("listen", err);
@@ -1291,6 +1288,26 @@ function checkPrefix6(value: unknown): number {
     throw numberError(value, `peerIPv6Prefix must be an integer from 1 to 128, got ${describe(value)}.`);
   }
   return value;
+}
+
+/**
+ * A bind failure's message naming its address once, and readably: node:net's
+ * "in use ::1:4040" as "[::1]:4040", a UNIX abstract name's NUL byte as "@".
+ * Where it names another address (a host name's), the one asked for follows.
+ */
+function bindMessage(err: Error, parsed: ParsedAddress): string {
+  const { address, port } = err as Error & { address?: unknown; port?: unknown };
+  let message = err.message;
+  if (typeof address === "string") {
+    const said = typeof port === "number" && port > 0 ? `${address}:${port}` : address;
+    if (message.endsWith(` ${said}`)) {
+      const clear = said === address ? address.replace(/\0/g, "@") : net.isIPv6(address) ? `[${address}]:${port as number}` : said;
+      message = message.slice(0, message.length - said.length) + clear;
+    }
+  }
+  const asked = formatAddress(addressOf(parsed));
+  if (message.includes(asked) || (parsed.kind === "unix" && message.endsWith(` ${parsed.path.replace(/\0/g, "@")}`))) return message;
+  return `${message} (listening on ${asked})`;
 }
 
 function addressOf(parsed: ParsedAddress): Address {

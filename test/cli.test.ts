@@ -281,6 +281,40 @@ test("an address in use: one line naming it and the likely cause, no stack, exit
   }
 });
 
+test("an IPv6 or UNIX address in use: the one line names it once, as for IPv4 (brackets; a Linux abstract name as @NAME, no NUL byte)", { timeout: 60_000 }, async (t) => {
+  const net = await import("node:net");
+  const held: Array<[string, string]> = [];
+  const hold = async (listen: (s: import("node:net").Server) => void) => {
+    const busy = net.createServer();
+    t.after(() => busy.close());
+    listen(busy);
+    await new Promise((resolve) => busy.once("listening", resolve));
+    return busy.address();
+  };
+  if (await hasIPv6()) {
+    const { port } = (await hold((s) => s.listen(0, "::1"))) as import("node:net").AddressInfo;
+    held.push([`[::1]:${port}`, `[::1]:${port}`]);
+  }
+  const path = join(tempDir(t), "busy.sock");
+  await hold((s) => s.listen(path));
+  held.push([`unix:${path}`, path]);
+  if (process.platform === "linux") {
+    const name = `pants-ts-busy-${process.pid}`;
+    await hold((s) => s.listen(`\0${name}`));
+    held.push([`unix:@${name}`, `@${name}`]);
+  }
+  for (const [listen, named] of held) {
+    const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, [bin, "serve", fixture("cli-echo.ts"), "--listen", listen], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+      let stderr = "";
+      child.stderr!.on("data", (d) => (stderr += d));
+      child.once("exit", (status) => resolve({ status, stderr }));
+    });
+    assert.equal(r.status, 1, `--listen ${listen}: ${r.stderr}`);
+    assert.equal(r.stderr, `pants-ts: listen EADDRINUSE: address already in use ${named} (another process listens there: stop it, or pick another address)\n`);
+  }
+});
+
 test("--max-per-peer limits the connections of one client address, for a connection class and for a module's Server", { timeout: 30_000 }, async (t) => {
   for (const module of ["cli-echo.ts", "cli-server.ts"]) {
     const s = await serve(t, [fixture(module), "--listen", "127.0.0.1:0", "--max-per-peer", "1"]);
