@@ -8,7 +8,7 @@ import cluster from "node:cluster";
 import * as net from "node:net";
 import tls from "node:tls";
 import { lookup } from "node:dns/promises";
-import { lstatSync, unlinkSync } from "node:fs";
+import { fstatSync, lstatSync, unlinkSync } from "node:fs";
 import { lstat } from "node:fs/promises";
 import type { BigIntStats } from "node:fs";
 import type { Duplex } from "node:stream";
@@ -143,6 +143,15 @@ function listenOn(netServer: net.Server, options: net.ListenOptions | { fd: numb
     if ("fd" in options) netServer.listen({ fd: options.fd }, options.backlog);
     else netServer.listen(options);
   });
+}
+
+/** Why a descriptor cannot be listened on, where fstat tells: " (not open)", " (not a socket)", else "". */
+function fdTrouble(fd: number): string {
+  try {
+    return fstatSync(fd).isSocket() ? "" : " (not a socket)";
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EBADF" ? " (not open)" : "";
+  }
 }
 
 function closeNet(netServer: net.Server): void {
@@ -887,9 +896,14 @@ export class Server<S extends Stream = Stream> extends Channel {
       return;
     }
     const s = this.#newNetServer();
+    // node:net says only "listen EINVAL": name the descriptor, and why, as the addon does.
+    const why = fdTrouble(fd);
     listenOn(s, { fd, backlog: DEFAULT_BACKLOG }).then(
       () => this.#listening(),
-      (err: Error) => this.#bindFailed(err, null),
+      (err: Error) => {
+        err.message = `${err.message} fd ${fd}${why}`;
+        this.#bindFailed(err, null);
+      },
     );
   }
 

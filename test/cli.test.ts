@@ -315,6 +315,20 @@ test("an IPv6 or UNIX address in use: the one line names it once, as for IPv4 (b
   }
 });
 
+test("--listen fd:N that is not open, or not a socket: one line naming the descriptor and why, exit 1 (on either transport)", () => {
+  const cases: Array<[string, RegExp]> = [
+    ["fd:999", /bad file descriptor|not open/],
+    ["fd:0", /non-socket|not a socket/], // stdin: /dev/null ("ignore")
+  ];
+  for (const [listen, why] of cases) {
+    const r = spawnSync(process.execPath, [bin, "serve", fixture("cli-echo.ts"), "--listen", listen], { cwd: root, encoding: "utf8", timeout: 20000, stdio: ["ignore", "pipe", "pipe"] });
+    assert.equal(r.status, 1, `--listen ${listen}: ${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`^pants-ts: listen E[A-Z]+: .*\\bfd ${listen.slice(3)}\\b`), listen);
+    assert.match(r.stderr, why, listen);
+    assert.equal(r.stderr.trim().split("\n").length, 1, `one line: ${r.stderr}`);
+  }
+});
+
 test("--max-per-peer limits the connections of one client address, for a connection class and for a module's Server", { timeout: 30_000 }, async (t) => {
   for (const module of ["cli-echo.ts", "cli-server.ts"]) {
     const s = await serve(t, [fixture(module), "--listen", "127.0.0.1:0", "--max-per-peer", "1"]);
