@@ -206,29 +206,48 @@ function intFlag(name: string, text: string | undefined, zero = false): number |
   return Number(text);
 }
 
+const SERVE_OPTIONS = {
+  listen: { type: "string", short: "l", multiple: true },
+  "tls-cert": { type: "string" },
+  "tls-key": { type: "string" },
+  workers: { type: "string", short: "w" },
+  "proxy-protocol": { type: "boolean" },
+  "reuse-port": { type: "boolean" },
+  "max-connections": { type: "string" },
+  "max-per-peer": { type: "string" },
+  "idle-timeout": { type: "string" },
+  "shutdown-timeout": { type: "string" },
+  quiet: { type: "boolean", short: "q" },
+  help: { type: "boolean", short: "h" },
+  version: { type: "boolean", short: "v" },
+} as const;
+
+/**
+ * The arguments with a negative number after an option that takes a value
+ * joined to it ("--workers=-1"): parseArgs would take "-1" for an option and
+ * call the value ambiguous, where the option's own check says what is wrong.
+ */
+function joinNegativeValues(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--") return out.concat(argv.slice(i));
+    const name = Object.entries(SERVE_OPTIONS).find(([long, o]) => o.type === "string" && (arg === `--${long}` || ("short" in o && arg === `-${o.short}`)))?.[0];
+    const value = argv[i + 1];
+    if (name === undefined || value === undefined) out.push(arg);
+    else {
+      // The value is taken as is, whatever it looks like: skipped here too.
+      out.push(...(/^-\d/.test(value) ? [`--${name}=${value}`] : [arg, value]));
+      i++;
+    }
+  }
+  return out;
+}
+
 function parseServe(argv: string[]): ServeArgs {
   let parsed;
   try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        listen: { type: "string", short: "l", multiple: true },
-        "tls-cert": { type: "string" },
-        "tls-key": { type: "string" },
-        workers: { type: "string", short: "w" },
-        "proxy-protocol": { type: "boolean" },
-        "reuse-port": { type: "boolean" },
-        "max-connections": { type: "string" },
-        "max-per-peer": { type: "string" },
-        "idle-timeout": { type: "string" },
-        "shutdown-timeout": { type: "string" },
-        quiet: { type: "boolean", short: "q" },
-        help: { type: "boolean", short: "h" },
-        version: { type: "boolean", short: "v" },
-      },
-    });
+    parsed = parseArgs({ args: joinNegativeValues(argv), allowPositionals: true, strict: true, options: SERVE_OPTIONS });
   } catch (err) {
     throw new UsageError((err as Error).message.split("\n")[0]!.split(". To specify")[0]!);
   }

@@ -99,6 +99,13 @@ test("bad usage: one clear line on stderr and exit 2", () => {
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--workers", "0"], /--workers must be a positive integer/],
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--idle-timeout", "soon"], /--idle-timeout must be a positive integer/],
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--max-per-peer", "0"], /--max-per-peer must be a positive integer/],
+    // A negative number is the option's value (parseArgs alone calls it ambiguous), and what follows still parses.
+    [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--max-per-peer", "-1", "-q"], /^pants-ts: --max-per-peer must be a positive integer, got "-1"/],
+    [["serve", fixture("cli-echo.ts"), "--max-connections", "-1", "--listen", "4040"], /^pants-ts: --max-connections must be a positive integer, got "-1"/],
+    [["serve", fixture("cli-echo.ts"), "--listen", "4040", "-w", "-2"], /^pants-ts: --workers must be a positive integer, got "-2"/],
+    [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--idle-timeout", "-0.5"], /^pants-ts: --idle-timeout must be a positive integer, got "-0.5"/],
+    [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--shutdown-timeout", "-1"], /^pants-ts: --shutdown-timeout must be a non-negative integer, got "-1"/],
+    [["serve", fixture("cli-echo.ts"), "--listen", "-1"], /^pants-ts: invalid address "-1"/],
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--shutdown-timeout", "soon"], /--shutdown-timeout must be a non-negative integer/],
     [["serve", fixture("cli-echo.ts"), "--tls-key", "k.pem", "--listen", "4040"], /--tls-key needs --tls-cert/],
     [["serve", fixture("cli-echo.ts")], /--listen is required/],
