@@ -603,15 +603,26 @@ async function serve(args: ServeArgs): Promise<number> {
   });
   process.on("SIGUSR2", () => process.stdout.write(statsLine(processStats()) + "\n"));
   let servers: Server[] = [];
+  let failure: { err: unknown } | null = null;
   try {
     servers = await startServers(args);
   } catch (err) {
-    if (!stopping) throw err; // a module still loading when the signal came may fail to finish: it is stopping anyway
+    if (!stopping) throw err;
+    // A module still loading when the signal came may fail to finish: it is
+    // stopping anyway. A system call that failed (a listen) is said all the same.
+    if (isSystemError(err)) failure = { err };
   }
   if (stopping) await shutdownAll(args.shutdownTimeoutMs); // a signal came while starting
   if (!args.quiet && !stopping) process.stdout.write(banner(servers, servers[0]!.ConnectionClass.name || "connection class") + "\n");
   await stopped;
+  if (failure !== null) throw failure.err;
   return 0;
+}
+
+/** An error a system call reported (code and syscall: EADDRINUSE from listen, ENOENT from open). */
+function isSystemError(err: unknown): boolean {
+  const e = err as { code?: unknown; syscall?: unknown } | null;
+  return err instanceof Error && typeof e?.code === "string" && typeof e.syscall === "string";
 }
 
 function version(): string {

@@ -633,6 +633,29 @@ test("SIGTERM drains and exits 0 even while the module awaits Engine.instance().
   assert.equal(await exited, 0, out);
 });
 
+test("a listen that fails after a SIGTERM came while the module loaded: still one line and exit 1; one that succeeds drains and exits 0", { timeout: 30_000 }, async (t) => {
+  const net = await import("node:net");
+  const busy = net.createServer().listen(0, "127.0.0.1");
+  t.after(() => busy.close());
+  await new Promise((resolve) => busy.once("listening", resolve));
+  const port = (busy.address() as import("node:net").AddressInfo).port;
+  for (const [listen, status] of [[`127.0.0.1:${port}`, 1], ["127.0.0.1:0", 0]] as const) {
+    // The module finishes loading only on the SIGTERM: the command listens after it.
+    const child = spawn(process.execPath, [bin, "serve", fixture("cli-loads-until-sigterm.ts"), "--listen", listen], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+    t.after(() => child.kill("SIGKILL"));
+    let out = "";
+    let stderr = "";
+    child.stdout!.on("data", (d) => (out += d));
+    child.stderr!.on("data", (d) => (stderr += d));
+    const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+    await waitFor(() => /module loading\n/.test(out) || child.exitCode !== null, 20000, `the module; output: ${out}${stderr}`);
+    child.kill("SIGTERM");
+    assert.equal(await exited, status, `--listen ${listen}: ${out}${stderr}`);
+    if (status === 0) assert.equal(stderr, "");
+    else assert.match(stderr, new RegExp(`^pants-ts: listen EADDRINUSE: address already in use 127\\.0\\.0\\.1:${port} \\(another process listens there.*\\)\\n$`));
+  }
+});
+
 test("--workers: SIGUSR2 sent to the whole process group (systemctl kill -s USR2) prints stats and kills no worker", { timeout: 40_000, skip: sameOnEitherTransport || process.platform === "win32" && "process groups" }, async (t) => {
   const child = spawn(process.execPath, [bin, "serve", fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2"], { cwd: root, stdio: ["ignore", "pipe", "pipe"], detached: true });
   t.after(() => child.kill("SIGKILL"));
