@@ -49,7 +49,7 @@ Options:
       --reuse-port           SO_REUSEPORT (Linux): share the port with other processes;
                              with --workers, each worker accepts for itself (plain TCP)
       --max-connections N    close connections above N at accept
-      --max-per-peer N       close connections above N open from one client IP address
+      --max-per-peer N       close connections above N open from one client IP address (IPv6: one /64)
       --idle-timeout MS      close connections idle for MS milliseconds
       --shutdown-timeout MS  on SIGTERM/SIGINT, drain for at most MS ms (default 10000; 0: no deadline)
   -q, --quiet                print nothing but errors
