@@ -44,6 +44,15 @@ async function serve(t: TestContext, args: string[], expectLines = 1, cwd = root
   return { child, out: () => out, exited, addresses };
 }
 
+/** A port on 127.0.0.1 another listener holds for the rest of the test. */
+async function portInUse(t: TestContext): Promise<number> {
+  const net = await import("node:net");
+  const busy = net.createServer().listen(0, "127.0.0.1");
+  t.after(() => busy.close());
+  await new Promise((resolve) => busy.once("listening", resolve));
+  return (busy.address() as import("node:net").AddressInfo).port;
+}
+
 function portFrom(address: string): number {
   return Number(address.slice(address.lastIndexOf(":") + 1));
 }
@@ -266,11 +275,7 @@ test("a module that throws null while it loads: one line and exit 1, not a crash
 });
 
 test("an address in use: one line naming it and the likely cause, no stack, exit 1 (in one process, and from a worker)", { timeout: 60_000 }, async (t) => {
-  const net = await import("node:net");
-  const busy = net.createServer().listen(0, "127.0.0.1");
-  t.after(() => busy.close());
-  await new Promise((resolve) => busy.once("listening", resolve));
-  const port = (busy.address() as import("node:net").AddressInfo).port;
+  const port = await portInUse(t);
   const runs: string[][] = [[]];
   // Under --workers the workers share the primary's socket on node:net either way: once is enough.
   if (!sameOnEitherTransport) runs.push(["--workers", "2"]);
@@ -634,11 +639,7 @@ test("SIGTERM drains and exits 0 even while the module awaits Engine.instance().
 });
 
 test("a listen that fails after a SIGTERM came while the module loaded: still one line and exit 1; one that succeeds drains and exits 0", { timeout: 30_000 }, async (t) => {
-  const net = await import("node:net");
-  const busy = net.createServer().listen(0, "127.0.0.1");
-  t.after(() => busy.close());
-  await new Promise((resolve) => busy.once("listening", resolve));
-  const port = (busy.address() as import("node:net").AddressInfo).port;
+  const port = await portInUse(t);
   for (const [listen, status] of [[`127.0.0.1:${port}`, 1], ["127.0.0.1:0", 0]] as const) {
     // The module finishes loading only on the SIGTERM: the command listens after it.
     const child = spawn(process.execPath, [bin, "serve", fixture("cli-loads-until-sigterm.ts"), "--listen", listen], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
