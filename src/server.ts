@@ -1135,7 +1135,8 @@ export class Server<S extends Stream = Stream> extends Channel {
     let pending: PromiseLike<unknown> | null = null;
     try {
       const result: unknown = this.onAccept(socket, address);
-      if (isThenable(result)) pending = result;
+      // (As a promise: a thenable whose then() throws rejects it, never escapes from here.)
+      if (isThenable(result)) pending = Promise.resolve(result);
     } catch (err) {
       threw = true;
       this._handlerFailed(err);

@@ -314,6 +314,42 @@ test("a Server handler that throws never stops the server; a socket its onAccept
   third.destroy();
 });
 
+test("an onAccept returning a thenable whose then() throws: the error goes to onError, the socket is closed, its place under maxConnections is free", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const escaped: unknown[] = [];
+  const onEscaped = (e: unknown) => escaped.push(e);
+  process.on("uncaughtException", onEscaped);
+  t.after(() => process.off("uncaughtException", onEscaped));
+  let accepts = 0;
+  class Odd extends Server {
+    override onAccept(socket: Duplex, address: Address): void {
+      if (++accepts > 1) return super.onAccept(socket, address);
+      const thenable = {
+        then(): never {
+          throw new Error("then boom");
+        },
+      };
+      return thenable as unknown as void;
+    }
+  }
+  class Hello extends Stream {
+    override onConnect() {
+      this.write("welcome\n");
+    }
+  }
+  const server = new Odd(Hello, { engine, maxConnections: 1 });
+  const port = await listenLocal(server, t);
+  const dropped = await connect(port);
+  t.after(() => dropped.destroy());
+  assert.equal((await dropped.readToEnd(3000)).length, 0);
+  await waitFor(() => logs.some((l) => /then boom/.test(String((l.obj as { err?: Error }).err?.message))));
+  assert.deepEqual(escaped, []);
+  const next = await connect(port);
+  assert.equal(await next.readText(8), "welcome\n");
+  next.destroy();
+});
+
 test("no unhandled rejection or uncaught exception escapes from handlers", async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
