@@ -293,11 +293,11 @@ export class Server<S extends Stream = Stream> extends Channel {
   #proxyWaits = new Set<ProxyWait>();
   /**
    * Sockets an async onAccept override still holds, with the per-peer id
-   * (negative, beside the streams' ids) they are counted under: each holds
-   * its place under both limits until a stream takes it, the override
-   * settles, or the socket closes.
+   * (negative, beside the streams' ids) and the address they are counted
+   * under: each holds its place under both limits until a stream takes it,
+   * the override settles, or the socket closes.
    */
-  #held = new Map<Duplex, number>();
+  #held = new Map<Duplex, { id: number; address: Address }>();
   #heldIds = 0;
   #lastAcceptWarning = -Infinity; // engine.time() starts near 0: the first failure is warned too
   #unixPath: string | null = null;
@@ -494,10 +494,11 @@ export class Server<S extends Stream = Stream> extends Channel {
     else if (this.#perPeer === null) this.#countPeers();
   }
 
-  /** Counts the open connections by peer afresh. */
+  /** Counts the open connections, and the places async onAccept overrides hold, by peer afresh. */
   #countPeers(): void {
     const perPeer = (this.#perPeer = { counts: new Map<string, number>(), keys: new Map<number, string>() });
     for (const [id, conn] of this.#channels) countPeer(perPeer, id, peerKey(conn.remoteAddress, this.#peerPrefix6));
+    for (const { id, address } of this.#held.values()) countPeer(perPeer, id, peerKey(address, this.#peerPrefix6));
   }
 
   /**
@@ -1161,7 +1162,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   #awaitAccept(pending: PromiseLike<unknown>, owned: Duplex & { [kStream]?: Stream }, raw: net.Socket | NativeSocket, address: Address): void {
     if (owned[kStream] === undefined && !raw.destroyed) {
       const id = -++this.#heldIds;
-      this.#held.set(owned, id);
+      this.#held.set(owned, { id, address });
       if (this.#perPeer !== null && address !== null) countPeer(this.#perPeer, id, peerKey(address, this.#peerPrefix6));
       raw.once("close", () => this.#release(owned));
     }
@@ -1182,10 +1183,10 @@ export class Server<S extends Stream = Stream> extends Channel {
 
   /** The place `socket` held while an async onAccept awaited is free (a stream took it, or the override is done). */
   #release(socket: Duplex): void {
-    const id = this.#held.get(socket);
-    if (id === undefined) return;
+    const held = this.#held.get(socket);
+    if (held === undefined) return;
     this.#held.delete(socket);
-    if (this.#perPeer !== null) uncountPeer(this.#perPeer, id);
+    if (this.#perPeer !== null) uncountPeer(this.#perPeer, held.id);
   }
 
   /** Whether `peer` has as many connections open as the per-peer limit allows: then this one is counted as rejected. */

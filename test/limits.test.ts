@@ -408,6 +408,34 @@ for (const limit of ["maxConnections", "maxConnectionsPerPeer"] as const) {
   });
 }
 
+for (const change of ["peerIPv6Prefix", "maxConnectionsPerPeer"] as const) {
+  test(`a place an async onAccept holds is still counted for its peer after ${change} is set live`, async (t) => {
+    const engine = freshEngine(t);
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    class Slow extends Server {
+      override async onAccept(socket: Duplex, address: Address) {
+        await gate;
+        super.onAccept(socket, address);
+      }
+    }
+    const server = new Slow(Echo, change === "peerIPv6Prefix" ? { engine, maxConnectionsPerPeer: 1 } : { engine });
+    const port = await listenLocal(server, t);
+    const held = await connect(port);
+    t.after(() => held.destroy());
+    await sleep(50); // held by the override
+    if (change === "peerIPv6Prefix") server.peerIPv6Prefix = 128;
+    else server.maxConnectionsPerPeer = 1;
+    const second = await connect(port);
+    t.after(() => second.destroy());
+    assert.equal((await second.readToEnd()).length, 0, "refused: its peer's one place is held");
+    open();
+    await echoes(held, "the held one");
+    assert.equal(server.channels.size, 1);
+    assert.equal(server.stats.rejected, 1);
+  });
+}
+
 test("an async onAccept: a stream it makes itself after awaiting is tracked; a socket it holds gives its place back once destroyed", async (t) => {
   const engine = freshEngine(t);
   let keep = false;
