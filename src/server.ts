@@ -672,13 +672,16 @@ export class Server<S extends Stream = Stream> extends Channel {
    */
   onAccept(socket: Duplex, address: Address): void {
     void address;
+    const owned = socket as Duplex & { [kStream]?: Stream };
+    const before = owned[kStream];
     let conn: S;
     try {
       conn = new this.#ConnectionClass({ engine: this.engine, socket });
     } catch (err) {
       // A broken connection class must not take the server down: drop this
-      // one, and never run a handler of the half-built instance.
-      (socket as Duplex & { [kStream]?: Stream })[kStream]?._abandon();
+      // one, and never run a handler of the half-built instance (not one
+      // the socket had already: that one closes with the socket).
+      if (owned[kStream] !== before) owned[kStream]?._abandon();
       socket.destroy();
       const error = asError(err, `The constructor of ${this.#ConnectionClass.name}`);
       this._countError("handler", error);

@@ -436,6 +436,34 @@ for (const change of ["peerIPv6Prefix", "maxConnectionsPerPeer"] as const) {
   });
 }
 
+for (const late of [false, true]) {
+  test(`an onAccept calling super.onAccept twice${late ? " after awaiting" : ""}: the second fails alone; the stream the first made still closes and gives its place back`, async (t) => {
+    captureLogs(t);
+    const engine = freshEngine(t);
+    let accepts = 0;
+    class Twice extends Server {
+      override async onAccept(socket: Duplex, address: Address) {
+        if (late) await sleep(10);
+        super.onAccept(socket, address);
+        if (++accepts === 1) super.onAccept(socket, address); // "This socket already belongs to another stream."
+      }
+    }
+    const server = new Twice(Echo, { engine, maxConnections: 1 });
+    const port = await listenLocal(server, t);
+    const first = await connect(port);
+    t.after(() => first.destroy());
+    await first.readToEnd();
+    await waitFor(() => server.channels.size === 0, 2000, "the first stream closed");
+    assert.equal(server.stats.errorsByKind.handler, 1);
+    const next = await connect(port);
+    await echoes(next, "its place was given back");
+    next.destroy();
+    await waitFor(() => server.stats.closed === 2);
+    assert.deepEqual([server.stats.accepted, server.stats.closed, server.stats.open], [2, 2, 0]);
+    assert.deepEqual([engine.stats.accepted, engine.stats.closed, engine.stats.open], [2, 2, 0]);
+  });
+}
+
 test("an async onAccept: a stream it makes itself after awaiting is tracked; a socket it holds gives its place back once destroyed", async (t) => {
   const engine = freshEngine(t);
   let keep = false;
