@@ -54,8 +54,9 @@ export interface ServerOptions extends ChannelOptions {
   /**
    * At most this many open connections from one client IP address; more
    * are closed at accept, before any TLS handshake, and counted as
-   * rejected (default: no limit). An IPv4-mapped IPv6 address counts as its
-   * IPv4 address, other IPv6 addresses by their network (see
+   * rejected (default: no limit). An IPv4-mapped IPv6 address (or one in
+   * the NAT64 prefix 64:ff9b::/96) counts as its IPv4 address, other IPv6
+   * addresses by their network (see
    * {@link peerIPv6Prefix}); behind `proxyProtocol` the address is the PROXY
    * header's source. UNIX-socket peers are not limited. Each process counts
    * its own.
@@ -1257,7 +1258,7 @@ function uncountPeer(perPeer: PerPeer, id: number): void {
 
 /**
  * What a per-peer limit counts a peer by: its IPv4 address (an IPv4-mapped
- * IPv6 address as the IPv4 one), its IPv6 network of `prefix6` bits
+ * IPv6 address, or one in 64:ff9b::/96, as the IPv4 one), its IPv6 network of `prefix6` bits
  * ("2001:db8:0:1::/64"; loopback and link-local addresses whole, the latter
  * with their scope), null for a UNIX peer.
  */
@@ -1267,6 +1268,10 @@ function peerKey(address: Address | null, prefix6: number): string | null {
   if (host.startsWith("::ffff:") && net.isIPv4(host.slice(7))) return host.slice(7);
   const words = ipv6Words(host);
   if (words === null) return host; // IPv4 (or an override's own text)
+  // RFC 6052's well-known NAT64 prefix holds a translated IPv4 client: one client per address, not per /64.
+  if (words[0] === 0x64 && words[1] === 0xff9b && words[2] === 0 && words[3] === 0 && words[4] === 0 && words[5] === 0) {
+    return `${words[6]! >> 8}.${words[6]! & 0xff}.${words[7]! >> 8}.${words[7]! & 0xff}`;
+  }
   const scope = address.length === 4 ? address[3] : 0;
   const whole = prefix6 === 128 || (words[0]! & 0xffc0) === 0xfe80 || (words.slice(0, 7).every((w) => w === 0) && words[7] === 1);
   if (whole) return scope !== 0 ? `${canonical(words)}%${scope}` : canonical(words);

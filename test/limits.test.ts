@@ -381,6 +381,30 @@ test("maxConnectionsPerPeer counts an IPv6 client by its /64 network (peerIPv6Pr
   assert.equal(new Server(Echo, { engine, peerIPv6Prefix: 56 }).peerIPv6Prefix, 56);
 });
 
+test("maxConnectionsPerPeer counts a client behind the well-known NAT64 prefix (64:ff9b::/96) by its IPv4 address, not the prefix's /64", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine, proxyProtocol: true, maxConnectionsPerPeer: 1 });
+  const port = await listenLocal(server, t);
+  const open: RawClient[] = [];
+  t.after(() => {
+    for (const c of open) c.destroy();
+  });
+  /** Connects as `source` (through a PROXY header); true when served. */
+  const from = async (source: string, family = "TCP6"): Promise<boolean> => {
+    const c = await connect(port);
+    open.push(c);
+    c.write(`PROXY ${family} ${source} ${family === "TCP6" ? "2001:db8::1" : "192.0.2.100"} 4000 443\r\n`);
+    c.write("hello\n");
+    await c.until(() => c.received.length >= 6 || c.ended || c.closed, 3000, "an echo or a close");
+    return c.received.toString() === "hello\n";
+  };
+  assert.equal(await from("64:ff9b::192.0.2.1"), true);
+  assert.equal(await from("64:ff9b::192.0.2.2"), true, "another IPv4 client");
+  assert.equal(await from("64:FF9B::C000:201"), false, "the first client again, in hex");
+  assert.equal(await from("192.0.2.1", "TCP4"), false, "the first client, not translated");
+  assert.equal(server.stats.rejected, 2);
+});
+
 for (const limit of ["maxConnections", "maxConnectionsPerPeer"] as const) {
   test(`${limit}: connections an async onAccept still awaits hold their place (a burst cannot pass the check before any is tracked)`, async (t) => {
     const engine = freshEngine(t);
