@@ -667,7 +667,9 @@ export class Server<S extends Stream = Stream> extends Channel {
    * an instance of `ConnectionClass` (or of a subclass). An async override
    * may make it (or call `super.onAccept`) after awaiting: until it does,
    * settles, or destroys the socket, the connection holds its place under
-   * `maxConnections` and `maxConnectionsPerPeer`.
+   * `maxConnections` and `maxConnectionsPerPeer`. A stream made once the
+   * server has closed is closed at once; one made while `shutdown()` drains
+   * gets its `onShutdown()` too.
    * @param socket The accepted socket (a TLSSocket once `startSSL` was called).
    * @param address The peer's address (the PROXY header's source behind a proxy); `""` for a UNIX peer. A TCP peer that reset the connection before it could be handed over has no address left: it is closed and counted in `stats.rejected`, never given to an override. The default ignores it and is not given it.
    */
@@ -726,6 +728,9 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.stats.accepted++;
     this.stats.open = this.#channels.size;
     conn._attachToServer(this, id, this.#idleTimeoutMs);
+    // Made after an async onAccept awaited a close() or shutdown(): it ends as the others did.
+    if (this.#state === ST_CLOSED) conn.close(false);
+    else if (this.#shutdown !== null) conn._shutdownRequested();
   }
 
   /** Placeholder: the server is listening. */

@@ -338,3 +338,83 @@ test("shutdown while a connection closed before its onConnect still drains (clos
   assert.equal((await c.readToEnd()).toString(), "hello\n");
   assert.deepEqual(events, ["close"]);
 });
+
+for (const stop of ["close", "shutdown"] as const) {
+  for (const how of ["super.onAccept", "its own stream"] as const) {
+    test(`${stop}() while an async onAccept awaits: the stream it makes after (${how}) is closed, not kept open by the closed server`, async (t) => {
+      const engine = freshEngine(t);
+      let open!: () => void;
+      const gate = new Promise<void>((resolve) => (open = resolve));
+      let opened = 0;
+      class Counted extends Echo {
+        override onConnect() {
+          opened++;
+          super.onConnect();
+        }
+      }
+      class Slow extends Server {
+        override async onAccept(socket: Duplex, address: Address) {
+          await gate;
+          if (how === "super.onAccept") super.onAccept(socket, address);
+          else new Counted({ engine, socket });
+        }
+      }
+      const server = new Slow(Counted, { engine });
+      const port = await listenLocal(server, t);
+      const c = await connect(port);
+      t.after(() => c.destroy());
+      await sleep(50); // the override awaits
+      if (stop === "close") server.close();
+      else await server.shutdown({ timeoutMs: 1000 });
+      assert.equal(server.closed, true);
+      open();
+      assert.equal((await c.readToEnd(3000)).length, 0, "closed, never served");
+      await waitFor(() => server.channels.size === 0 && engine.stats.open === 0, 2000, "nothing left open");
+      assert.equal(opened, 0);
+      assert.deepEqual([server.stats.accepted, server.stats.closed, server.stats.open], [1, 1, 0]);
+      assert.deepEqual([engine.stats.accepted, engine.stats.closed, engine.stats.open], [1, 1, 0]);
+    });
+  }
+}
+
+test("shutdown() still draining when an async onAccept makes its stream: that stream is asked to shut down too (onConnect, then onShutdown)", async (t) => {
+  const engine = freshEngine(t);
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const events: string[] = [];
+  let n = 0;
+  class Late extends Echo {
+    override onConnect() {
+      events.push("connect");
+      super.onConnect();
+    }
+    override onShutdown() {
+      events.push("shutdown");
+      super.onShutdown();
+    }
+  }
+  class Slow extends Server<Echo> {
+    override async onAccept(socket: Duplex, address: Address) {
+      if (n++ === 0) {
+        new Stubborn({ engine, socket }); // keeps the drain going
+        return;
+      }
+      await gate;
+      new Late({ engine, socket });
+    }
+  }
+  const server = new Slow(Echo, { engine });
+  const port = await listenLocal(server, t);
+  const stubborn = await connect(port);
+  t.after(() => stubborn.destroy());
+  await waitFor(() => server.channels.size === 1);
+  const c = await connect(port);
+  t.after(() => c.destroy());
+  await sleep(50); // the override awaits
+  const done = server.shutdown({ timeoutMs: 0 });
+  open();
+  assert.equal((await c.readToEnd(3000)).length, 0, "shut down");
+  assert.deepEqual(events, ["connect", "shutdown"]);
+  stubborn.destroy();
+  await done;
+});
