@@ -20,7 +20,7 @@ import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddr
 import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
-import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending } from "./stream.js";
+import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending, kTlsSecured } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
@@ -123,6 +123,11 @@ function onNetError(this: OwnedNetServer, err: NodeJS.ErrnoException): void {
 /** Errors on accepted sockets before (or without) a stream: logged at debug. */
 function onRawError(err: Error): void {
   log.current.debug({ err }, `Socket error on an accepted connection: ${err.message}`);
+}
+
+/** A server-side TLS handshake is done (see kTlsSecured). */
+function onTlsSecured(this: tls.TLSSocket & { [kTlsSecured]?: boolean }): void {
+  this[kTlsSecured] = true;
 }
 
 /** listen()'s backlog, and that of a socket handed over ({ socket: { fd } }). */
@@ -1114,6 +1119,8 @@ export class Server<S extends Stream = Stream> extends Channel {
           [kRawSocket]?: net.Socket | NativeSocket;
         };
         t[kTlsPending] = true;
+        // An override may make the stream once the handshake is done: it is told so.
+        if (custom) t.once("secure", onTlsSecured);
         if (raw instanceof net.Socket || raw instanceof NativeSocket) t[kRawSocket] = raw;
         if (!this.#proxyProtocol) raw.on("error", onRawError);
         socket = t;

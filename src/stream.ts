@@ -72,6 +72,8 @@ export type ConnectionClass<S extends Stream = Stream> = new (options: StreamOpt
 export const kStream: unique symbol = Symbol("pants-ts.stream");
 /** @internal Set by the server on a TLSSocket whose server-side handshake has not run yet. */
 export const kTlsPending: unique symbol = Symbol("pants-ts.tlsPending");
+/** @internal Set by the server on such a TLSSocket once its handshake is done (before a stream took it: an async onAccept awaited). */
+export const kTlsSecured: unique symbol = Symbol("pants-ts.tlsSecured");
 /** @internal Set by the server: the client's address from a PROXY header. */
 export const kProxyRemote: unique symbol = Symbol("pants-ts.proxyRemote");
 /** @internal Set by the server: the TCP (or native) socket under a TLSSocket. */
@@ -118,6 +120,7 @@ export function lingeringClosed(): Promise<void> {
 interface OwnedSocket extends Duplex {
   [kStream]?: Stream | undefined;
   [kTlsPending]?: boolean;
+  [kTlsSecured]?: boolean;
   [kProxyRemote]?: Address | null;
   [kRawSocket]?: net.Socket | NativeSocket;
   [kLinger]?: ReturnType<typeof setTimeout>;
@@ -395,6 +398,9 @@ function onSocketConnect(this: OwnedSocket): void {
 }
 function onSocketSecure(this: OwnedSocket): void {
   this[kStream]?._onSecure();
+}
+function securedTick(stream: Stream): void {
+  stream._onSecure();
 }
 function onHandshakeEnd(this: OwnedSocket): void {
   this[kStream]?._onHandshakeEnd();
@@ -1256,7 +1262,9 @@ export class Stream extends Channel {
       // Server side: the handshake runs now; onConnect follows onSslHandshake.
       this.#flags |= F_SERVER_SIDE;
       this.#tls = sock as unknown as tls.TLSSocket;
-      sock.once("secure", onSocketSecure);
+      // Done while an async onAccept awaited: its 'secure' came before this stream listened.
+      if (sock[kTlsSecured] === true) process.nextTick(securedTick, this);
+      else sock.once("secure", onSocketSecure);
       sock.once("end", onHandshakeEnd);
       this.#armHandshakeTimeout();
       return;

@@ -12,7 +12,8 @@ import tls from "node:tls";
 import { copyFileSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ChannelStateError, ConnectError, Server, Stream } from "../src/index.js";
-import type { SslOptions } from "../src/index.js";
+import type { Address, SslOptions } from "../src/index.js";
+import type { Duplex } from "node:stream";
 import { RawClient, captureLogs, closedBeforeConnect, connect, connectTls, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import type { Certs } from "./certs.js";
@@ -52,6 +53,33 @@ test("a TLS server: handshake, then onSslHandshake, then onConnect, then echo", 
   assert.deepEqual(Echo.events, ["handshake:true", "connect"]);
   c.destroy();
 });
+
+for (const how of ["super.onAccept", "its own stream"] as const) {
+  test(`a TLS server whose async onAccept awaits past the handshake, then makes the stream (${how}): onSslHandshake, onConnect, what the client sent meanwhile, echo`, { skip }, async (t) => {
+    const engine = freshEngine(t);
+    Echo.events = [];
+    let handshook!: () => void;
+    const clientSecure = new Promise<void>((resolve) => (handshook = resolve));
+    class Slow extends Server {
+      override async onAccept(socket: Duplex, address: Address) {
+        await clientSecure; // the handshake is done before any stream has the socket
+        await sleep(20);
+        if (how === "super.onAccept") super.onAccept(socket, address);
+        else new Echo({ engine, socket });
+      }
+    }
+    const server = new Slow(Echo, { engine, sslOptions: serverOptions(), handshakeTimeoutMs: 3000 });
+    const port = await listenLocal(server, t);
+    const c = await connectTls(["127.0.0.1", port], { ca: certs.ca.certPem, rejectUnauthorized: true, servername: "localhost" });
+    t.after(() => c.destroy());
+    c.write("early\n");
+    handshook();
+    assert.equal(await c.readText(6, 2000), "early\n");
+    c.write("late\n");
+    assert.equal(await c.readText(5, 2000), "late\n");
+    assert.deepEqual(Echo.events, ["handshake:true", "connect"]);
+  });
+}
 
 test("a TLS connection closed with close(true) before its onConnect: what was written goes out, onClose only (no onSslHandshake, no onWrite)", { skip }, async (t) => {
   const engine = freshEngine(t);
