@@ -56,10 +56,9 @@ export interface ServerOptions extends ChannelOptions {
    * are closed at accept, before any TLS handshake, and counted as
    * rejected (default: no limit). An IPv4-mapped IPv6 address (or one in
    * the NAT64 prefix 64:ff9b::/96) counts as its IPv4 address, other IPv6
-   * addresses by their network (see
-   * {@link peerIPv6Prefix}); behind `proxyProtocol` the address is the PROXY
-   * header's source. UNIX-socket peers are not limited. Each process counts
-   * its own.
+   * addresses by their network (see {@link peerIPv6Prefix}); behind
+   * `proxyProtocol` the address is the PROXY header's source. UNIX-socket
+   * peers are not limited. Each process counts its own.
    */
   maxConnectionsPerPeer?: number;
   /**
@@ -67,7 +66,7 @@ export interface ServerOptions extends ChannelOptions {
    * leading bits of their address (default 64: one network, as one IPv4
    * address is one client, since a single host usually holds a whole /64;
    * 128: each address apart). Loopback and link-local addresses are always
-   * counted each apart.
+   * counted each apart, and IPv4-mapped and NAT64 ones as their IPv4 address.
    */
   peerIPv6Prefix?: number;
   /** Default `idleTimeout` of accepted streams, in ms (default 0: off). */
