@@ -1985,9 +1985,11 @@ export class Stream extends Channel {
         this._handlerFailed(err);
         return chunk.length;
       }
-      if (result === null || result === undefined) {
-        if (left > limit) break;
+      if (result === null || result === undefined || typeof result === "number") {
+        // (A length: the frame's, not yet here; anything else about it the buffered path reports.)
+        if (typeof result === "number" ? !Number.isSafeInteger(result) || result <= left || result > limit : left > limit) break;
         this.#keep(start === 0 ? chunk : viewOf(ab, base + start, left));
+        if (typeof result === "number") this.#rb!.mark = result; // not asked again before that many bytes are here
         return chunk.length;
       }
       const consumed = (result as { consumed?: unknown }).consumed;

@@ -67,6 +67,12 @@ function normalise(v: unknown): unknown {
 const viewed: Decoder = (buf) => (buf.length >= 1 + buf[0]! ? { consumed: 1 + buf[0]!, args: [buf.subarray(1, 1 + buf[0]!)] } : null);
 const atOffset: Decoder = (buf, start) =>
   buf.length - start >= 1 + buf[start]! ? { consumed: 1 + buf[start]!, args: [buf.subarray(start + 1, start + 1 + buf[start]!)] } : null;
+/** A 2-byte length, then the payload: it says the frame's length as soon as the prefix is here (oversized frames skipped exactly). */
+const sized: Decoder = (buf, start) => {
+  if (buf.length - start < 2) return null;
+  const end = 2 + buf.readUInt16BE(start);
+  return buf.length - start >= end ? { consumed: end, args: [buf.subarray(start + 2, start + end)] } : end;
+};
 const header = new Struct("!HbQ");
 const pair = new Struct("<iB");
 const record = new NetStruct("!H$I");
@@ -137,7 +143,7 @@ function kind(r: Rand, bufferSize: number): Kind {
     case 7:
       return { k: "anchored" };
     default:
-      return { k: "decoder", decoder: pick(r, [viewed, atOffset]) };
+      return { k: "decoder", decoder: pick(r, [viewed, atOffset, sized]) };
   }
 }
 
@@ -193,6 +199,12 @@ function plainStep(r: Rand, bufferSize: number, kind: Kind): Step {
       return { label: "anchored", delimiter: anchored, regexSearch: false, junk: null, bytes: Buffer.from(text, "latin1"), expected: [normalise(m)], ...common };
     }
     case "decoder": {
+      if (kind.decoder === sized) {
+        const frame = (payload: Buffer) => Buffer.concat([Buffer.from([payload.length >> 8, payload.length & 0xff]), payload]);
+        const body = bytesFrom(r, any, int(r, 0, Math.max(0, small - 2)));
+        const junk = overflow && bufferSize < 60_000 ? frame(bytesFrom(r, any, bufferSize + int(r, 0, Math.min(3 * bufferSize, 5000)))) : null;
+        return { label: "decoder(sized)", delimiter: sized, regexSearch: true, junk, bytes: frame(body), expected: [normalise(body)], ...common };
+      }
       const body = bytesFrom(r, any, int(r, 0, Math.min(small - 1, 255)));
       return { label: `decoder(${kind.decoder.length})`, delimiter: kind.decoder, regexSearch: true, junk: null, bytes: Buffer.concat([Buffer.from([body.length]), body]), expected: [normalise(body)], ...common };
     }

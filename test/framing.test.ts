@@ -217,6 +217,68 @@ test("a Decoder that returns a frame consuming 0 bytes gets InvalidReadDelimiter
   assert.equal((error as InvalidReadDelimiterError).code, "ERR_INVALID_DELIMITER");
 });
 
+test("a Decoder that returns the length of an unfinished frame: an oversized frame is refused once and skipped exactly, however the bytes were split; the decoder is not asked again before that length is here", async () => {
+  let calls = 0;
+  // A 1-byte length, then the payload; the frame's length is known from its first byte.
+  const sized: Decoder = (buf) => {
+    calls++;
+    const end = 1 + buf[0]!;
+    return buf.length >= end ? { consumed: end, args: [buf.subarray(1, end)] } : end;
+  };
+  class Rec extends Stream {
+    events: string[] = [];
+    override onConnect() {
+      this.bufferSize = 8;
+      this.readDelimiter = sized;
+    }
+    override onRead(payload: Buffer) {
+      this.events.push(payload.toString("latin1"));
+    }
+    override onOverflowError(err: BufferOverflowError) {
+      this.events.push(`overflow ${err.limit}`);
+    }
+  }
+  const bytes = Buffer.concat([Buffer.from([2]), Buffer.from("ab"), Buffer.from([20]), Buffer.from("0123456789abcdefghij"), Buffer.from([2]), Buffer.from("ok")]);
+  for (const chunkSize of [bytes.length, 1, 2, 3, 5, 9, 22]) {
+    const peer = memoryPeer(Rec);
+    await peer.send(bytes, { chunkSize });
+    assert.deepEqual(peer.stream.events, ["ab", "overflow 8", "ok"], `chunks of ${chunkSize}`);
+    assert.equal(peer.stream.closed, false);
+  }
+  // A 200-byte frame arriving a byte at a time (bufferSize large enough): asked once for the length, once when whole.
+  class Big extends Rec {
+    override onConnect() {
+      this.readDelimiter = sized;
+    }
+  }
+  calls = 0;
+  const peer = memoryPeer(Big);
+  await peer.send(Buffer.concat([Buffer.from([200]), Buffer.alloc(200, 0x61)]), { chunkSize: 1 });
+  assert.deepEqual(peer.stream.events, ["a".repeat(200)]);
+  assert.equal(calls, 2);
+});
+
+for (const [what, value] of [["0", 0], ["-1", -1], ["no more than the bytes it was given", 1], ["a fraction", 2.5], ["NaN", Number.NaN]] as const) {
+  test(`a Decoder that returns a number that cannot be a frame's length (${what}) gets InvalidReadDelimiterError via onError`, async (t) => {
+    captureLogs(t);
+    let error = null as Error | null;
+    class Bad extends Stream {
+      override onConnect() {
+        this.readDelimiter = () => value;
+      }
+      override onError(err: Error) {
+        error = err;
+        super.onError(err);
+      }
+    }
+    const peer = memoryPeer(Bad);
+    await peer.send("x");
+    await peer.closed;
+    assert.ok(error instanceof InvalidReadDelimiterError, String(error));
+    assert.match(error.message, /a number must be the length of the unfinished frame/);
+  });
+}
+
 test("the delimiter may change inside onRead: the rest is framed by the new one, same turn", async () => {
   class Switcher extends Stream {
     frames: string[] = [];

@@ -14,6 +14,12 @@ import type { ReceiveBuffer } from "./receive-buffer.js";
  * `null` when no whole frame is buffered yet, else how many bytes the frame
  * used and the arguments `onRead` is called with.
  *
+ * A decoder that knows how long the unfinished frame is (a length prefix)
+ * may return that length, in bytes counted from the frame's start, instead
+ * of `null`. It is then asked again only once that many bytes are here, and
+ * a frame longer than `bufferSize` is refused at once and skipped exactly,
+ * so what follows it is framed the same however the bytes arrived.
+ *
  * A decoder declared with one parameter gets `buf` starting at the frame.
  * One declared with two (`(buf, start) => …`, counted by the function's
  * `length`) gets the frame at `buf[start]` instead, with earlier bytes
@@ -29,7 +35,7 @@ export type Decoder = (
   consumed: number;
   /** The arguments `onRead` is called with. */
   args: readonly unknown[];
-} | null;
+} | number | null;
 
 /** Every kind of read delimiter (see the README's framing table). */
 export type ReadDelimiter = null | string | Buffer | number | RegExp | Struct | NetStruct | Decoder;
@@ -329,6 +335,18 @@ class DecoderFramer implements Framer {
   readonly search = null;
   constructor(readonly source: Decoder) {}
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
+    if (rb.discarding) {
+      // The rest of a frame the decoder said was too long, dropped as it arrives.
+      const n = Math.min(rb.skipLeft, rb.length);
+      rb.skip(n);
+      rb.skipLeft -= n;
+      if (rb.skipLeft > 0) return NEED_MORE;
+      rb.discarding = false;
+      if (rb.length === 0) return NEED_MORE;
+    }
+    // rb.mark: the length the decoder said the frame has; not asked again before.
+    if (rb.length < rb.mark) return NEED_MORE;
+    rb.mark = 0;
     const buf = rb.all();
     // A throwing decoder is user code failing: the stream routes it to onError.
     const result = this.source(buf, 0);
@@ -337,6 +355,24 @@ class DecoderFramer implements Framer {
         rb.skip(rb.length);
         return OVERFLOW;
       }
+      return NEED_MORE;
+    }
+    if (typeof result === "number") {
+      if (!Number.isSafeInteger(result) || result <= buf.length) {
+        out.error = new DecoderResultError(
+          `The Decoder ${this.source.name || "(anonymous)"} returned ${describe(result)}; a number must be the length of the unfinished frame, ` +
+            `more than the ${buf.length} bytes it was given.`,
+        );
+        return FAILED;
+      }
+      if (result > limit) {
+        // Refused now, and skipped by its own length: what follows is framed as if it had arrived whole.
+        rb.discarding = true;
+        rb.skipLeft = result - rb.length;
+        rb.skip(rb.length);
+        return OVERFLOW;
+      }
+      rb.mark = result;
       return NEED_MORE;
     }
     const consumed = (result as { consumed?: unknown }).consumed;
