@@ -198,12 +198,12 @@ test("a Decoder function frames user protocols", async () => {
   assert.deepEqual(peer.stream.frames, [["abc", 3], ["z", 1], ["", 0]]);
 });
 
-test("a Decoder that returns a frame consuming 0 bytes gets InvalidReadDelimiterError via onError", async (t) => {
-  captureLogs(t);
+/** What onError gets when `decoder` frames the byte "x" (the stream then closes). */
+async function decoderError(decoder: Decoder): Promise<Error | null> {
   let error = null as Error | null;
   class Bad extends Stream {
     override onConnect() {
-      this.readDelimiter = () => ({ consumed: 0, args: [] });
+      this.readDelimiter = decoder;
     }
     override onError(err: Error) {
       error = err;
@@ -213,8 +213,14 @@ test("a Decoder that returns a frame consuming 0 bytes gets InvalidReadDelimiter
   const peer = memoryPeer(Bad);
   await peer.send("x");
   await peer.closed;
+  return error;
+}
+
+test("a Decoder that returns a frame consuming 0 bytes gets InvalidReadDelimiterError via onError", async (t) => {
+  captureLogs(t);
+  const error = await decoderError(() => ({ consumed: 0, args: [] }));
   assert.ok(error instanceof InvalidReadDelimiterError);
-  assert.equal((error as InvalidReadDelimiterError).code, "ERR_INVALID_DELIMITER");
+  assert.equal(error.code, "ERR_INVALID_DELIMITER");
 });
 
 test("a Decoder that returns the length of an unfinished frame: an oversized frame is refused once and skipped exactly, however the bytes were split; the decoder is not asked again before that length is here", async () => {
@@ -261,19 +267,7 @@ test("a Decoder that returns the length of an unfinished frame: an oversized fra
 for (const [what, value] of [["0", 0], ["-1", -1], ["no more than the bytes it was given", 1], ["a fraction", 2.5], ["NaN", Number.NaN]] as const) {
   test(`a Decoder that returns a number that cannot be a frame's length (${what}) gets InvalidReadDelimiterError via onError`, async (t) => {
     captureLogs(t);
-    let error = null as Error | null;
-    class Bad extends Stream {
-      override onConnect() {
-        this.readDelimiter = () => value;
-      }
-      override onError(err: Error) {
-        error = err;
-        super.onError(err);
-      }
-    }
-    const peer = memoryPeer(Bad);
-    await peer.send("x");
-    await peer.closed;
+    const error = await decoderError(() => value);
     assert.ok(error instanceof InvalidReadDelimiterError, String(error));
     assert.match(error.message, /a number must be the length of the unfinished frame/);
   });
