@@ -294,6 +294,13 @@ async function loadModule(path: string): Promise<unknown> {
       noTsx = (err as { code?: unknown }).code === "ERR_MODULE_NOT_FOUND";
     }
   }
+  // A top-level await that nothing is left to settle ends the process with
+  // code 13 and no word from Node about whose await it was.
+  const stuck = (code: number): void => {
+    // (Node 20 emits 'exit' with 0 here, and exits with the exitCode it set.)
+    if (code === 13 || process.exitCode === 13) process.stderr.write(`pants-ts: ${path} never finished loading: its top-level await waits for something nothing is left to settle\n`);
+  };
+  process.once("exit", stuck);
   try {
     const mod = (await import(url)) as { default?: unknown };
     return mod.default;
@@ -311,6 +318,8 @@ async function loadModule(path: string): Promise<unknown> {
       throw codedError(`${path}: ${why}; Node strips types only, and tsx, which compiles it, is not installed: install it (npm install -D tsx), or serve the compiled .js.`, code);
     }
     throw err;
+  } finally {
+    process.off("exit", stuck);
   }
 }
 

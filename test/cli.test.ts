@@ -274,6 +274,12 @@ test("a module that throws null while it loads: one line and exit 1, not a crash
   assert.equal(r.stderr.trim(), "pants-ts: null");
 });
 
+test("a module whose top-level await nothing will settle: the command says it never finished loading (exit 13, Node's code), rather than ending without a word", () => {
+  const r = run(["serve", fixture("cli-never-loads.ts"), "--listen", "127.0.0.1:0"]);
+  assert.equal(r.status, 13, r.stderr);
+  assert.match(r.stderr, /^pants-ts: \S*cli-never-loads\.ts never finished loading: its top-level await waits for something nothing is left to settle\n$/);
+});
+
 test("an address in use: one line naming it and the likely cause, no stack, exit 1 (in one process, and from a worker)", { timeout: 60_000 }, async (t) => {
   const port = await portInUse(t);
   const runs: string[][] = [[]];
