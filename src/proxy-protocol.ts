@@ -215,8 +215,9 @@ function startsLike(data: Uint8Array, prefix: Uint8Array): boolean {
 /**
  * Parses textual IPv6 (hex groups, one optional `::`, an optional dotted
  * IPv4 tail) into eight 16-bit words, or returns `null`. No zone index.
+ * @internal Also the server's per-peer keys.
  */
-function parseIPv6Text(text: string): number[] | null {
+export function parseIPv6Text(text: string): number[] | null {
   if (text.length === 0 || text.length > IPV6_TEXT_MAX || !IPV6_CHARS_RE.test(text)) return null;
   let hexPart = text;
   const tail: number[] = [];
@@ -263,8 +264,9 @@ function parseIPv6Text(text: string): number[] | null {
  * (`::a.b.c.d`) addresses end in dotted decimal, exactly as Node (libuv)
  * prints socket addresses; without it the result equals what the WHATWG
  * URL serializer produces.
+ * @internal Also the server's per-peer keys.
  */
-function formatIPv6(words: readonly number[], mixed: boolean): string {
+export function formatIPv6(words: readonly number[], mixed: boolean): string {
   let bestStart = -1;
   let bestLength = 0;
   let runStart = -1;

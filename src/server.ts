@@ -24,7 +24,7 @@ import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending, kTls
 import type { ConnectionClass } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
-import { PROXY_V2_HEADER_LENGTH, parseProxyHeader } from "./proxy-protocol.js";
+import { PROXY_V2_HEADER_LENGTH, formatIPv6, parseIPv6Text, parseProxyHeader } from "./proxy-protocol.js";
 import { NativeListener, NativeSocket, nativeAddon } from "./native-socket.js";
 import { nativeLoadError } from "./native-binding.js";
 import { checkTransport, useNative } from "./transport.js";
@@ -1276,46 +1276,25 @@ function uncountPeer(perPeer: PerPeer, id: number): void {
 function peerKey(address: Address | null, prefix6: number): string | null {
   if (!Array.isArray(address)) return null;
   const host = address[0].toLowerCase();
-  if (host.startsWith("::ffff:") && net.isIPv4(host.slice(7))) return host.slice(7);
-  const words = ipv6Words(host);
+  const zone = host.indexOf("%");
+  const words = parseIPv6Text(zone === -1 ? host : host.slice(0, zone));
   if (words === null) return host; // IPv4 (or an override's own text)
-  // RFC 6052's well-known NAT64 prefix holds a translated IPv4 client: one client per address, not per /64.
-  if (words[0] === 0x64 && words[1] === 0xff9b && words[2] === 0 && words[3] === 0 && words[4] === 0 && words[5] === 0) {
+  // An IPv4 client in IPv6 form, IPv4-mapped (::ffff:a.b.c.d) or in RFC 6052's
+  // well-known NAT64 prefix (64:ff9b::a.b.c.d): one client per IPv4 address, not per /64.
+  const zeros = (from: number, to: number): boolean => words.slice(from, to).every((w) => w === 0);
+  const mapped = zeros(0, 5) && words[5] === 0xffff;
+  const nat64 = words[0] === 0x64 && words[1] === 0xff9b && zeros(2, 6);
+  if (mapped || nat64) {
     return `${words[6]! >> 8}.${words[6]! & 0xff}.${words[7]! >> 8}.${words[7]! & 0xff}`;
   }
   const scope = address.length === 4 ? address[3] : 0;
-  const whole = prefix6 === 128 || (words[0]! & 0xffc0) === 0xfe80 || (words.slice(0, 7).every((w) => w === 0) && words[7] === 1);
-  if (whole) return scope !== 0 ? `${canonical(words)}%${scope}` : canonical(words);
+  const whole = prefix6 === 128 || (words[0]! & 0xffc0) === 0xfe80 || (zeros(0, 7) && words[7] === 1);
+  if (whole) return scope !== 0 ? `${formatIPv6(words, false)}%${scope}` : formatIPv6(words, false);
   for (let i = 0; i < 8; i++) {
     const keep = Math.min(16, Math.max(0, prefix6 - i * 16));
     words[i] = keep === 0 ? 0 : words[i]! & ((0xffff << (16 - keep)) & 0xffff);
   }
-  return `${canonical(words)}/${prefix6}`;
-}
-
-const hex = (word: number): string => word.toString(16);
-
-/** The words of an IPv6 address as text, shortened as RFC 5952 says ("2001:db8::"). */
-function canonical(words: readonly number[]): string {
-  return new net.SocketAddress({ address: words.map(hex).join(":"), family: "ipv6" }).address;
-}
-
-/** The eight 16-bit words of an IPv6 address (a "%zone" ignored), or null for anything else. */
-function ipv6Words(text: string): number[] | null {
-  const zone = text.indexOf("%");
-  let host = zone === -1 ? text : text.slice(0, zone);
-  if (!net.isIPv6(host)) return null;
-  const dotted = host.lastIndexOf(":");
-  if (host.includes(".", dotted)) {
-    // A trailing IPv4 part ("64:ff9b::192.0.2.1") is the last two words.
-    const b = host.slice(dotted + 1).split(".").map(Number);
-    host = `${host.slice(0, dotted + 1)}${hex((b[0]! << 8) | b[1]!)}:${hex((b[2]! << 8) | b[3]!)}`;
-  }
-  const gap = host.indexOf("::");
-  const head = gap === -1 ? host.split(":") : host.slice(0, gap).split(":").filter((w) => w !== "");
-  const tail = gap === -1 ? [] : host.slice(gap + 2).split(":").filter((w) => w !== "");
-  const zeros = new Array<string>(8 - head.length - tail.length).fill("0");
-  return [...head, ...zeros, ...tail].map((w) => parseInt(w, 16));
+  return `${formatIPv6(words, false)}/${prefix6}`;
 }
 
 function checkPrefix6(value: unknown): number {
