@@ -149,13 +149,33 @@ function lengthPrefixedRaw(sink: Sink): (chunk: Buffer) => void {
 
 const NETSTRUCT_IS = new NetStruct("!I$");
 
-function decoderCase(name: string, title: string, decoder: Decoder): FramingCase {
+/**
+ * Hand-written: a loop that calls the very Decoder pants-ts is given, as
+ * pants-ts calls it (a view from the frame on for a one-parameter Decoder),
+ * and hands its one value on. Against it, a Decoder row measures what the
+ * framework adds to the user's function, not what the function costs.
+ */
+function decoderLoopRaw(decoder: Decoder): (sink: Sink) => (chunk: Buffer) => void {
+  const offsets = decoder.length >= 2;
+  return (sink) => {
+    const onPayload = countBytes(sink);
+    return loopFramer((data, offset) => {
+      const result = offsets ? decoder(data, offset) : decoder(offset === 0 ? data : data.subarray(offset), 0);
+      if (result === null || typeof result === "number") return 0;
+      onPayload(result.args[0] as Buffer);
+      return result.consumed;
+    });
+  };
+}
+
+/** A Decoder case: against the hand-written length-prefix loop, or (`sameFunction`) against a loop calling the same Decoder. */
+function decoderCase(name: string, title: string, decoder: Decoder, sameFunction = false): FramingCase {
   return {
     name,
     title,
     input: decoderInput,
     pants: (sink) => byteCounter(sink, decoder),
-    raw: lengthPrefixedRaw,
+    raw: sameFunction ? decoderLoopRaw(decoder) : lengthPrefixedRaw,
   };
 }
 
@@ -274,4 +294,7 @@ export const CASES: readonly FramingCase[] = [
   },
   decoderCase("decoder", "Decoder (buf): 4-byte length prefix + 60-byte payload", lengthPrefixed),
   decoderCase("decoder-at", "Decoder (buf, start): the same, read at an offset", lengthPrefixedAt),
+  // The same two Decoders, each against a hand loop calling that very function: the framework's own share.
+  decoderCase("decoder-loop", "Decoder (buf), the raw side a hand loop calling the same function", lengthPrefixed, true),
+  decoderCase("decoder-at-loop", "Decoder (buf, start), the raw side a hand loop calling the same function", lengthPrefixedAt, true),
 ];
