@@ -50,6 +50,7 @@ Options:
                              with --workers, each worker accepts for itself (plain TCP)
       --max-connections N    close connections above N at accept
       --max-per-peer N       close connections above N open from one client IP address (IPv6: one /64)
+      --peer-ipv6-prefix N   count an IPv6 client by its /N network instead (1-128; 128: each address)
       --idle-timeout MS      close connections idle for MS milliseconds
       --shutdown-timeout MS  on SIGTERM/SIGINT, drain for at most MS ms (default 10000; 0: no deadline)
   -q, --quiet                print nothing but errors
@@ -90,6 +91,7 @@ interface ServeArgs {
   reusePort: boolean;
   maxConnections?: number;
   maxConnectionsPerPeer?: number;
+  peerIPv6Prefix?: number;
   idleTimeoutMs?: number;
   shutdownTimeoutMs: number;
   quiet: boolean;
@@ -215,6 +217,7 @@ const SERVE_OPTIONS = {
   "reuse-port": { type: "boolean" },
   "max-connections": { type: "string" },
   "max-per-peer": { type: "string" },
+  "peer-ipv6-prefix": { type: "string" },
   "idle-timeout": { type: "string" },
   "shutdown-timeout": { type: "string" },
   quiet: { type: "boolean", short: "q" },
@@ -275,6 +278,11 @@ function parseServe(argv: string[]): ServeArgs {
   if (max !== undefined) args.maxConnections = max;
   const perPeer = intFlag("max-per-peer", v["max-per-peer"]);
   if (perPeer !== undefined) args.maxConnectionsPerPeer = perPeer;
+  const prefix = v["peer-ipv6-prefix"];
+  if (prefix !== undefined) {
+    if (!/^\d+$/.test(prefix) || Number(prefix) < 1 || Number(prefix) > 128) throw new UsageError(`--peer-ipv6-prefix must be an integer from 1 to 128, got "${prefix}"`);
+    args.peerIPv6Prefix = Number(prefix);
+  }
   const idle = intFlag("idle-timeout", v["idle-timeout"]);
   if (idle !== undefined) args.idleTimeoutMs = idle;
   return args;
@@ -384,11 +392,14 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
   if (args.reusePort) options.reusePort = true;
   if (args.maxConnections !== undefined) options.maxConnections = args.maxConnections;
   if (args.maxConnectionsPerPeer !== undefined) options.maxConnectionsPerPeer = args.maxConnectionsPerPeer;
+  if (args.peerIPv6Prefix !== undefined) options.peerIPv6Prefix = args.peerIPv6Prefix;
   if (args.idleTimeoutMs !== undefined) options.idleTimeoutMs = args.idleTimeoutMs;
   const sslOptions = tlsOptions(args);
   if (sslOptions !== undefined) options.sslOptions = sslOptions;
   if (isConnectionClass(exported)) {
     if (args.listen.length === 0) throw new UsageError("--listen is required");
+    // (A module's Server may set its own limit; a class has only the flag's.)
+    if (args.peerIPv6Prefix !== undefined && args.maxConnectionsPerPeer === undefined) throw new UsageError("--peer-ipv6-prefix sets how --max-per-peer counts IPv6 clients; give --max-per-peer too");
     // A worker serves its own copy of a handed socket, on the addon: node:net
     // would ask the primary to listen on it (see serve()).
     const handedOptions: ServerOptions = cluster.isWorker ? { ...options, transport: "native" } : options;
@@ -411,6 +422,7 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
     }
     if (args.maxConnections !== undefined) exported.maxConnections = args.maxConnections;
     if (args.maxConnectionsPerPeer !== undefined) exported.maxConnectionsPerPeer = args.maxConnectionsPerPeer;
+    if (args.peerIPv6Prefix !== undefined) exported.peerIPv6Prefix = args.peerIPv6Prefix;
     if (args.proxyProtocol || args.reusePort || args.idleTimeoutMs !== undefined) {
       throw new UsageError("--proxy-protocol, --reuse-port and --idle-timeout apply to a connection class; set them in the Server's options");
     }

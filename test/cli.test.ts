@@ -89,7 +89,7 @@ async function flood(address: string, kib: number): Promise<import("node:net").S
 test("--help documents every flag; exit 0", () => {
   const r = run(["--help"]);
   assert.equal(r.status, 0);
-  for (const flag of ["serve", "--listen", "--tls-cert", "--tls-key", "--workers", "--proxy-protocol", "--reuse-port", "--max-connections", "--max-per-peer", "--idle-timeout", "--shutdown-timeout", "unix:/", "[::1]:4040", "SIGTERM", "SIGUSR2", "SIGHUP"]) {
+  for (const flag of ["serve", "--listen", "--tls-cert", "--tls-key", "--workers", "--proxy-protocol", "--reuse-port", "--max-connections", "--max-per-peer", "--peer-ipv6-prefix", "--idle-timeout", "--shutdown-timeout", "unix:/", "[::1]:4040", "SIGTERM", "SIGUSR2", "SIGHUP"]) {
     assert.ok(r.stdout.includes(flag), `--help mentions ${flag}`);
   }
   assert.equal(run(["serve", "--help"]).status, 0);
@@ -119,7 +119,11 @@ test("bad usage: one clear line on stderr and exit 2", () => {
     [["serve", fixture("cli-echo.ts"), "--tls-key", "k.pem", "--listen", "4040"], /--tls-key needs --tls-cert/],
     [["serve", fixture("cli-echo.ts")], /--listen is required/],
     [["serve", fixture("cli-bad.ts"), "--listen", "127.0.0.1:0"], /must export by default a Stream subclass or a Server/],
+    [["serve", fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--peer-ipv6-prefix", "48"], /^pants-ts: --peer-ipv6-prefix sets how --max-per-peer counts IPv6 clients; give --max-per-peer too/],
   ];
+  for (const bad of ["0", "129", "64.5", "x", "-1"]) {
+    cases.push([["serve", fixture("cli-echo.ts"), "--listen", "4040", "--max-per-peer", "1", "--peer-ipv6-prefix", bad], new RegExp(`^pants-ts: --peer-ipv6-prefix must be an integer from 1 to 128, got "${bad}"`)]);
+  }
   for (const [args, message] of cases) {
     const r = run(args);
     assert.equal(r.status, 2, `${args.join(" ")}: exit ${r.status}, stderr ${r.stderr}`);
@@ -136,6 +140,7 @@ test("bad usage that only a worker sees (--workers): one clear line on stderr an
     [[fixture("cli-bad.ts"), "--listen", "127.0.0.1:0"], /must export by default a Stream subclass or a Server/],
     [[fixture("cli-server.ts"), "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"], /a Server instance listens on one address/],
     [[fixture("cli-server.ts"), "--listen", "127.0.0.1:0", "--proxy-protocol"], /--proxy-protocol, --reuse-port and --idle-timeout apply to a connection class/],
+    [[fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--peer-ipv6-prefix", "48"], /--peer-ipv6-prefix sets how --max-per-peer counts IPv6 clients; give --max-per-peer too/],
   ];
   for (const [args, message] of cases) {
     for (const workers of ["1", "2"]) {
@@ -359,6 +364,35 @@ test("--max-per-peer limits the connections of one client address, for a connect
     const other = await connect(port, { localAddress: "127.0.0.2" });
     other.write("other\n");
     assert.equal(await other.readText(6), "other\n", `${module}: another address is served`);
+    other.destroy();
+    a.destroy();
+    s.child.kill("SIGTERM");
+    assert.equal(await s.exited, 0);
+  }
+});
+
+test("--peer-ipv6-prefix sets the network --max-per-peer counts an IPv6 client by, for a connection class and for a module's Server", { timeout: 30_000 }, async (t) => {
+  const runs: Array<[string, string[]]> = [
+    ["cli-echo.ts", ["--proxy-protocol", "--max-per-peer", "1"]],
+    ["cli-proxy-server.ts", []], // its own proxyProtocol and maxConnectionsPerPeer: 1
+  ];
+  for (const [module, flags] of runs) {
+    const s = await serve(t, [fixture(module), "--listen", "127.0.0.1:0", ...flags, "--peer-ipv6-prefix", "48"]);
+    const port = portFrom(s.addresses[0]!);
+    const from = async (source: string) => {
+      const c = await connect(port);
+      c.write(`PROXY TCP6 ${source} 2001:db8::1 5555 80\r\naddr\n`);
+      return c;
+    };
+    const a = await from("2001:db8:0:1::7");
+    const expected = '["2001:db8:0:1::7",5555,0,0]\n'; // an IPv6 4-tuple
+    assert.equal(await a.readText(expected.length), expected, module);
+    // Another /64 of the same /48: the same client under /48 (the default /64 would serve it).
+    const b = await from("2001:db8:0:2::9");
+    assert.equal((await b.readToEnd()).length, 0, `${module}: a second from 2001:db8::/48 is closed`);
+    const other = await from("2001:db8:1::5");
+    const otherExpected = '["2001:db8:1::5",5555,0,0]\n';
+    assert.equal(await other.readText(otherExpected.length), otherExpected, `${module}: the next /48 is served`);
     other.destroy();
     a.destroy();
     s.child.kill("SIGTERM");
