@@ -619,12 +619,13 @@ export class Server<S extends Stream = Stream> extends Channel {
   }
 
   /**
-   * A closed server whose connections have all closed: its final figures
-   * join the process totals. (Not at close(): the connections it closes
-   * then, or that outlive it, still count into its stats.)
+   * A closed server whose connections have all closed, and whose async
+   * onAccept overrides hold no socket: its final figures join the process
+   * totals. (Not at close(): the connections it closes then, or that
+   * outlive it, or that an override makes after it, still count into its stats.)
    */
   #retire(): void {
-    if (this.#state === ST_CLOSED && this.#channels.size === 0 && liveServers.delete(this)) addStats(retiredTotals, { ...this.stats, open: 0 });
+    if (this.#state === ST_CLOSED && this.#channels.size === 0 && this.#held.size === 0 && liveServers.delete(this)) addStats(retiredTotals, { ...this.stats, open: 0 });
   }
 
   /**
@@ -695,8 +696,9 @@ export class Server<S extends Stream = Stream> extends Channel {
       log.current.error({ err: error }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);
       return;
     }
-    if (this.#held.size > 0) this.#release(socket);
     this.#track(conn);
+    // (Released after: a closed server retires once the last held place goes.)
+    if (this.#held.size > 0) this.#release(socket);
   }
 
   /**
@@ -1183,9 +1185,9 @@ export class Server<S extends Stream = Stream> extends Channel {
     }
     pending.then(
       () => {
-        this.#release(owned);
         const made = owned[kStream];
         if (made !== undefined && made.server === null) this.#track(made as S);
+        this.#release(owned);
       },
       (err: unknown) => {
         this.#release(owned);
@@ -1202,6 +1204,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (held === undefined) return;
     this.#held.delete(socket);
     if (this.#perPeer !== null) uncountPeer(this.#perPeer, held.id);
+    this.#retire();
   }
 
   /** Whether `peer` has as many connections open as the per-peer limit allows: then this one is counted as rejected. */

@@ -192,6 +192,23 @@ test("SIGUSR2 after a server closed with connections open: they count as closed 
   assert.equal(await s.exited, 0);
 });
 
+test("SIGUSR2 after a server closed while an async onAccept held a connection: the stream it makes after the close counts too (accepted and closed)", { timeout: 30_000 }, async (t) => {
+  const s = await serve(t, [fixture("cli-late-accept.ts"), "--listen", "127.0.0.1:0"]);
+  const port = portFrom(s.addresses[0]!);
+  const held = await connect(port, { localAddress: "127.0.0.2" }); // onAccept waits for the close
+  const a = await connect(port);
+  a.write("hi\n");
+  assert.equal(await a.readText(3), "hi\n");
+  a.write("close-server\n"); // server.close(): closes a; then the held one is made, and closed at once
+  await a.readToEnd();
+  await held.readToEnd();
+  s.child.kill("SIGUSR2");
+  await waitFor(() => /pants-ts stats: /.test(s.out()), 5000, `a stats line; output ${s.out()}`);
+  assert.match(s.out(), /pants-ts stats: open=0 accepted=2 rejected=0 closed=2 /);
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});
+
 /** A link-local IPv6 address of this host and its interface's name, if any. */
 const linkLocal = Object.entries(networkInterfaces())
   .flatMap(([name, list]) => (list ?? []).map((a) => ({ name, address: a.address, scoped: a.family === "IPv6" && (a.scopeid ?? 0) > 0 })))
