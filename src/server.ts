@@ -1190,10 +1190,10 @@ export class Server<S extends Stream = Stream> extends Channel {
         this.#release(owned);
       },
       (err: unknown) => {
-        this.#release(owned);
-        this._handlerFailed(err);
+        this._handlerFailed(err); // (counted before the release may retire a closed server)
         // Rejected before a stream took the socket: nobody will close it.
         if (owned[kStream] === undefined) dropSocket(owned, raw);
+        this.#release(owned);
       },
     );
   }
