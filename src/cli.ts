@@ -385,6 +385,11 @@ class CommandServer extends Server {
   }
 }
 
+/** A module's Server's onError while the command binds it: a bind error is the command's to say (see CommandServer). */
+function quietUntilListening(this: Server, err: Error): void {
+  if (this.listening) Server.prototype.onError.call(this, err);
+}
+
 /** Loads the module and starts its servers in this process. */
 async function startServers(args: ServeArgs): Promise<Server[]> {
   const exported = await loadModule(args.module);
@@ -426,11 +431,23 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
     if (args.proxyProtocol || args.reusePort || args.idleTimeoutMs !== undefined) {
       throw new UsageError("--proxy-protocol, --reuse-port and --idle-timeout apply to a connection class; set them in the Server's options");
     }
-    if (listen !== undefined) exported.listen(listen);
-    // A Server given a socket ({ socket }) or told to listen, at its module's
-    // top level, may not be listening yet: ready() below waits for it.
-    else if (!exported.listening && !exported._binding && !liveServers.has(exported)) throw new UsageError("--listen is required");
-    await exported.ready();
+    if (listen === undefined) {
+      // A Server given a socket ({ socket }) or told to listen, at its module's
+      // top level, may not be listening yet: ready() below waits for it.
+      if (!exported.listening && !exported._binding && !liveServers.has(exported)) throw new UsageError("--listen is required");
+      await exported.ready();
+      return [exported];
+    }
+    // The command says a failed bind in one line: the default onError would
+    // log it first, with its stack. (An onError of the module's own is its to keep.)
+    const quiet = exported.onError === Server.prototype.onError;
+    if (quiet) exported.onError = quietUntilListening;
+    try {
+      exported.listen(listen);
+      await exported.ready();
+    } finally {
+      if (quiet) delete (exported as { onError?: unknown }).onError;
+    }
     return [exported];
   }
   if (isForeignCopy(exported)) {

@@ -306,17 +306,18 @@ test("a module whose top-level await nothing will settle: the command says it ne
 
 test("an address in use: one line naming it and the likely cause, no stack, exit 1 (in one process, and from a worker)", { timeout: 60_000 }, async (t) => {
   const port = await portInUse(t);
-  const runs: string[][] = [[]];
+  // A connection class, and a module's own Server (its default onError would log the error first, with a stack).
+  const runs: Array<[string, string[]]> = [["cli-echo.ts", []], ["cli-server.ts", []]];
   // Under --workers the workers share the primary's socket on node:net either way: once is enough.
-  if (!sameOnEitherTransport) runs.push(["--workers", "2"]);
-  for (const extra of runs) {
+  if (!sameOnEitherTransport) runs.push(["cli-echo.ts", ["--workers", "2"]], ["cli-server.ts", ["--workers", "2"]]);
+  for (const [module, extra] of runs) {
     const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
-      const child = spawn(process.execPath, [bin, "serve", fixture("cli-echo.ts"), "--listen", `127.0.0.1:${port}`, ...extra], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+      const child = spawn(process.execPath, [bin, "serve", fixture(module), "--listen", `127.0.0.1:${port}`, ...extra], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
       let stderr = "";
       child.stderr!.on("data", (d) => (stderr += d));
       child.once("exit", (status) => resolve({ status, stderr }));
     });
-    const what = `serve ${extra.join(" ")}: ${r.stderr}`;
+    const what = `serve ${module} ${extra.join(" ")}: ${r.stderr}`;
     assert.equal(r.status, 1, what);
     assert.match(r.stderr, new RegExp(`EADDRINUSE.*127\\.0\\.0\\.1:${port}.*another process listens there`), what);
     assert.equal(r.stderr.trim().split("\n").length, 1, `one line: ${what}`);
