@@ -7,7 +7,7 @@
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import cluster from "node:cluster";
 import type { Address as ClusterAddress } from "node:cluster";
@@ -44,6 +44,8 @@ Options:
   -l, --listen ADDR          listen here (repeatable; required unless the module's Server already listens)
       --tls-cert FILE        serve TLS with this certificate chain (PEM)
       --tls-key FILE         ... and this private key (PEM; default: the cert file)
+      --tls-reload S         check both files every S seconds, and serve new connections with them
+                             once they change (default 60; 0: never)
   -w, --workers N            run N worker processes sharing the sockets (default 1: no cluster)
       --proxy-protocol       expect a HAProxy PROXY v1/v2 header on every connection
       --reuse-port           SO_REUSEPORT (Linux): share the port with other processes;
@@ -86,6 +88,8 @@ interface ServeArgs {
   listen: Listen[];
   tlsCert?: string;
   tlsKey?: string;
+  /** Seconds between checks of the certificate files; 0: never. */
+  tlsReloadS: number;
   workers: number;
   proxyProtocol: boolean;
   reusePort: boolean;
@@ -212,6 +216,7 @@ const SERVE_OPTIONS = {
   listen: { type: "string", short: "l", multiple: true },
   "tls-cert": { type: "string" },
   "tls-key": { type: "string" },
+  "tls-reload": { type: "string" },
   workers: { type: "string", short: "w" },
   "proxy-protocol": { type: "boolean" },
   "reuse-port": { type: "boolean" },
@@ -261,9 +266,11 @@ function parseServe(argv: string[]): ServeArgs {
     throw new UsageError(parsed.positionals.length === 0 ? "serve needs a module" : `unexpected argument "${parsed.positionals[1]}"`);
   }
   if (v["tls-key"] !== undefined && v["tls-cert"] === undefined) throw new UsageError("--tls-key needs --tls-cert");
+  if (v["tls-reload"] !== undefined && v["tls-cert"] === undefined) throw new UsageError("--tls-reload needs --tls-cert");
   const args: ServeArgs = {
     module: parsed.positionals[0]!,
     listen: parseListens(v.listen ?? []),
+    tlsReloadS: intFlag("tls-reload", v["tls-reload"], true) ?? 60,
     workers: intFlag("workers", v.workers) ?? 1,
     proxyProtocol: v["proxy-protocol"] ?? false,
     reusePort: v["reuse-port"] ?? false,
@@ -385,6 +392,53 @@ class CommandServer extends Server {
   }
 }
 
+/** What a file is now, as far as a renewal can change it (stat follows a symlink, as certbot's live/ links are); null if it cannot be read. */
+function fileVersion(path: string): string | null {
+  try {
+    const st = statSync(path);
+    return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Keeps --tls-cert and --tls-key current (--tls-reload): every few seconds
+ * the files are looked at, and once they have changed they are loaded again
+ * for the connections accepted from then on (open ones keep theirs), with
+ * the same session ticket keys. A pair that does not load (a key written
+ * after its certificate, a file half written) is said in one line and the
+ * servers keep the certificate they have; the files are tried again when
+ * they change again. No timer is left to hold the process open.
+ */
+function reloadCertificates(servers: Server[], args: ServeArgs): void {
+  if (args.tlsReloadS === 0) return;
+  const files = [...new Set([args.tlsCert!, args.tlsKey ?? args.tlsCert!])];
+  const versionNow = () => files.map(fileVersion).join("|");
+  let loaded = versionNow();
+  let tried = loaded;
+  const who = cluster.isWorker ? ` (worker ${cluster.worker!.id})` : "";
+  const timer = setInterval(() => {
+    const open = servers.filter((s) => !s.closed);
+    if (open.length === 0) {
+      clearInterval(timer);
+      return;
+    }
+    const now = versionNow();
+    if (now === loaded || now === tried) return;
+    tried = now;
+    try {
+      for (const server of open) server.setSslOptions(tlsOptions(args)!);
+    } catch (err) {
+      process.stderr.write(`pants-ts: ${args.tlsCert} changed but did not load (${err instanceof Error ? err.message : String(err)}); still serving the certificate loaded before${who}\n`);
+      return;
+    }
+    loaded = now;
+    if (!args.quiet) process.stdout.write(`pants-ts: reloaded the TLS certificate ${args.tlsCert}; new connections use it${who}\n`);
+  }, Math.min(args.tlsReloadS * 1000, 2 ** 31 - 1)); // (a longer delay would fire at once)
+  timer.unref();
+}
+
 /** A module's Server's onError while the command binds it: a bind error is the command's to say (see CommandServer). */
 function quietUntilListening(this: Server, err: Error): void {
   if (this.listening) Server.prototype.onError.call(this, err);
@@ -412,6 +466,7 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
       isHanded(listen) ? new CommandServer(exported, { ...handedOptions, socket: { fd: listen.fd } }) : new CommandServer(exported, options).listen(listen),
     );
     await Promise.all(servers.map((s) => s.ready()));
+    if (sslOptions !== undefined) reloadCertificates(servers, args);
     return servers;
   }
   if (exported instanceof Server) {
@@ -425,6 +480,7 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
       if (exported.sslEnabled) throw new UsageError("--tls-cert: the module's Server already serves TLS with the certificate its code gave it");
       exported.startSSL(options.sslOptions!);
     }
+    const watch = args.tlsCert !== undefined;
     if (args.maxConnections !== undefined) exported.maxConnections = args.maxConnections;
     if (args.maxConnectionsPerPeer !== undefined) exported.maxConnectionsPerPeer = args.maxConnectionsPerPeer;
     if (args.peerIPv6Prefix !== undefined) exported.peerIPv6Prefix = args.peerIPv6Prefix;
@@ -436,6 +492,7 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
       // top level, may not be listening yet: ready() below waits for it.
       if (!exported.listening && !exported._binding && !liveServers.has(exported)) throw new UsageError("--listen is required");
       await exported.ready();
+      if (watch) reloadCertificates([exported], args);
       return [exported];
     }
     // The command says a failed bind in one line: the default onError would
@@ -448,6 +505,7 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
     } finally {
       if (quiet) delete (exported as { onError?: unknown }).onError;
     }
+    if (watch) reloadCertificates([exported], args);
     return [exported];
   }
   if (isForeignCopy(exported)) {

@@ -89,7 +89,7 @@ async function flood(address: string, kib: number): Promise<import("node:net").S
 test("--help documents every flag; exit 0", () => {
   const r = run(["--help"]);
   assert.equal(r.status, 0);
-  for (const flag of ["serve", "--listen", "--tls-cert", "--tls-key", "--workers", "--proxy-protocol", "--reuse-port", "--max-connections", "--max-per-peer", "--peer-ipv6-prefix", "--idle-timeout", "--shutdown-timeout", "unix:/", "[::1]:4040", "SIGTERM", "SIGUSR2", "SIGHUP"]) {
+  for (const flag of ["serve", "--listen", "--tls-cert", "--tls-key", "--tls-reload", "--workers", "--proxy-protocol", "--reuse-port", "--max-connections", "--max-per-peer", "--peer-ipv6-prefix", "--idle-timeout", "--shutdown-timeout", "unix:/", "[::1]:4040", "SIGTERM", "SIGUSR2", "SIGHUP"]) {
     assert.ok(r.stdout.includes(flag), `--help mentions ${flag}`);
   }
   assert.equal(run(["serve", "--help"]).status, 0);
@@ -117,6 +117,8 @@ test("bad usage: one clear line on stderr and exit 2", () => {
     [["serve", fixture("cli-echo.ts"), "--listen", "-1"], /^pants-ts: invalid address "-1"/],
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--shutdown-timeout", "soon"], /--shutdown-timeout must be a non-negative integer/],
     [["serve", fixture("cli-echo.ts"), "--tls-key", "k.pem", "--listen", "4040"], /--tls-key needs --tls-cert/],
+    [["serve", fixture("cli-echo.ts"), "--tls-reload", "10", "--listen", "4040"], /--tls-reload needs --tls-cert/],
+    [["serve", fixture("cli-echo.ts"), "--tls-cert", "c.pem", "--tls-reload", "soon", "--listen", "4040"], /^pants-ts: --tls-reload must be a non-negative integer, got "soon"/],
     [["serve", fixture("cli-echo.ts")], /--listen is required/],
     [["serve", fixture("cli-bad.ts"), "--listen", "127.0.0.1:0"], /must export by default a Stream subclass or a Server/],
     [["serve", fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--peer-ipv6-prefix", "48"], /^pants-ts: --peer-ipv6-prefix sets how --max-per-peer counts IPv6 clients; give --max-per-peer too/],
@@ -431,6 +433,45 @@ test("--tls-cert/--tls-key serve TLS", { skip: !hasOpenssl() && "no openssl", ti
   c.destroy();
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
+});
+
+test("--tls-reload: a renewed certificate serves new connections without a restart; a pair that does not match is said, and the old one kept (in one process, and in each worker)", { skip: !hasOpenssl() && "no openssl", timeout: 60_000 }, async (t) => {
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const runs: string[][] = [[]];
+  if (!sameOnEitherTransport) runs.push(["--workers", "2"]);
+  for (const extra of runs) {
+    const cert = join(certs.dir, `live${extra.length}.crt`);
+    const key = join(certs.dir, `live${extra.length}.key`);
+    writeFileSync(cert, certs.server.certPem);
+    writeFileSync(key, certs.server.keyPem);
+    const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, "--tls-reload", "1", ...extra]);
+    const port = portFrom(s.addresses[0]!);
+    const servedAs = async (): Promise<string> => {
+      const c = await connectTls(["127.0.0.1", port], { servername: "localhost" });
+      const cn = String(c.tlsSocket.getPeerCertificate().subject.CN);
+      c.destroy();
+      return cn;
+    };
+    const what = `${extra.join(" ")}: ${s.out()}`;
+    assert.equal(await servedAs(), "localhost", what);
+    const before = await connectTls(["127.0.0.1", port], { servername: "localhost" });
+    // The new certificate first, its key not yet: the pair does not load.
+    writeFileSync(cert, certs.server2.certPem);
+    await waitFor(() => /live\d\.crt changed but did not load \(.*mismatch.*\); still serving the certificate loaded before/.test(s.out()), 10_000, `the failure line; ${what}`);
+    assert.equal(await servedAs(), "localhost", `the old certificate kept; ${what}`);
+    writeFileSync(key, certs.server2.keyPem);
+    // Each process (each worker) reloads on its own and says so.
+    const processes = extra.length === 0 ? 1 : 2;
+    await waitFor(() => (s.out().match(/reloaded the TLS certificate \S*live\d\.crt; new connections use it/g)?.length ?? 0) === processes, 10_000, `the reload lines; ${s.out()}`);
+    for (let i = 0; i < 2 * processes; i++) assert.equal(await servedAs(), "localhost-rotated", s.out());
+    // A connection made before the reload goes on.
+    before.write("still here\n");
+    assert.equal(await before.readText(11), "still here\n");
+    before.destroy();
+    s.child.kill("SIGTERM");
+    assert.equal(await s.exited, 0, what);
+  }
 });
 
 test("--workers with TLS: a client still in its handshake when SIGTERM comes gets onShutdown's goodbye and a clean close, and the command exits (--shutdown-timeout 0)", { skip: sameOnEitherTransport || !hasOpenssl() && "no openssl", timeout: 40_000 }, async (t) => {
