@@ -304,6 +304,8 @@ export class Server<S extends Stream = Stream> extends Channel {
    */
   #held = new Map<Duplex, { id: number; address: Address }>();
   #heldIds = 0;
+  /** The figures this server added to the process totals when it retired (then since); null until it retires. */
+  #retiredAs: Stats | null = null;
   #lastAcceptWarning = -Infinity; // engine.time() starts near 0: the first failure is warned too
   #unixPath: string | null = null;
 
@@ -623,9 +625,15 @@ export class Server<S extends Stream = Stream> extends Channel {
    * onAccept overrides hold no socket: its final figures join the process
    * totals. (Not at close(): the connections it closes then, or that
    * outlive it, or that an override makes after it, still count into its stats.)
+   * An override whose socket closed before it settled no longer holds a
+   * place: what it counts after the server retired joins the totals here too.
    */
   #retire(): void {
-    if (this.#state === ST_CLOSED && this.#channels.size === 0 && this.#held.size === 0 && liveServers.delete(this)) addStats(retiredTotals, { ...this.stats, open: 0 });
+    if (this.#state !== ST_CLOSED || this.#channels.size > 0 || this.#held.size > 0) return;
+    if (liveServers.delete(this)) addStats(retiredTotals, { ...this.stats, open: 0 });
+    else if (this.#retiredAs !== null) addStats(retiredTotals, statsSince(this.stats, this.#retiredAs));
+    else return; // never listened: never counted
+    this.#retiredAs = { ...this.stats, open: 0, errorsByKind: { ...this.stats.errorsByKind } };
   }
 
   /**
@@ -723,6 +731,7 @@ export class Server<S extends Stream = Stream> extends Channel {
         conn._closedBeforeServer(this);
         this.stats.accepted++;
         this.stats.closed++;
+        this.#retire();
       }
       return;
     }
@@ -1201,9 +1210,11 @@ export class Server<S extends Stream = Stream> extends Channel {
   /** The place `socket` held while an async onAccept awaited is free (a stream took it, or the override is done). */
   #release(socket: Duplex): void {
     const held = this.#held.get(socket);
-    if (held === undefined) return;
-    this.#held.delete(socket);
-    if (this.#perPeer !== null) uncountPeer(this.#perPeer, held.id);
+    if (held !== undefined) {
+      this.#held.delete(socket);
+      if (this.#perPeer !== null) uncountPeer(this.#perPeer, held.id);
+    }
+    // (Also when the socket's close released it first: the override may have counted since.)
     this.#retire();
   }
 
@@ -1226,6 +1237,25 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.#retire();
     this.#checkShutdownDone();
   }
+}
+
+/** What `now` counted since `then` (both a server's stats; open: 0). */
+function statsSince(now: Stats, then: Stats): Stats {
+  const errorsByKind: Record<string, number> = {};
+  for (const [kind, n] of Object.entries(now.errorsByKind)) {
+    const more = n - (then.errorsByKind[kind] ?? 0);
+    if (more !== 0) errorsByKind[kind] = more;
+  }
+  return {
+    open: 0,
+    accepted: now.accepted - then.accepted,
+    rejected: now.rejected - then.rejected,
+    closed: now.closed - then.closed,
+    bytesIn: now.bytesIn - then.bytesIn,
+    bytesOut: now.bytesOut - then.bytesOut,
+    errors: now.errors - then.errors,
+    errorsByKind,
+  };
 }
 
 /** Closes an accepted socket no stream took (and the one under it). */

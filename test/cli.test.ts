@@ -194,11 +194,12 @@ test("SIGUSR2 after a server closed with connections open: they count as closed 
   assert.equal(await s.exited, 0);
 });
 
-test("SIGUSR2 after a server closed while an async onAccept held a connection: the stream it makes after the close counts too (accepted and closed), and so does an override failing after it", { timeout: 30_000 }, async (t) => {
+test("SIGUSR2 after a server closed while an async onAccept held a connection: the stream it makes after the close counts too (accepted and closed), and so does an override failing after it, even once its socket's close freed its place", { timeout: 30_000 }, async (t) => {
   const s = await serve(t, [fixture("cli-late-accept.ts"), "--listen", "127.0.0.1:0"]);
   const port = portFrom(s.addresses[0]!);
   const held = await connect(port, { localAddress: "127.0.0.2" }); // onAccept waits for the close
   const refused = await connect(port, { localAddress: "127.0.0.3" }); // ... then throws
+  const dropped = await connect(port, { localAddress: "127.0.0.4" }); // ... then destroys its socket (the server may retire), then throws
   const a = await connect(port);
   a.write("hi\n");
   assert.equal(await a.readText(3), "hi\n");
@@ -206,9 +207,11 @@ test("SIGUSR2 after a server closed while an async onAccept held a connection: t
   await a.readToEnd();
   await held.readToEnd();
   await refused.readToEnd();
+  await dropped.readToEnd();
+  await waitFor(() => /failed after refusing/.test(s.out()), 5000, `the last override's failure; output ${s.out()}`);
   s.child.kill("SIGUSR2");
   await waitFor(() => /pants-ts stats: /.test(s.out()), 5000, `a stats line; output ${s.out()}`);
-  assert.match(s.out(), /pants-ts stats: open=0 accepted=2 rejected=0 closed=2 bytesIn=\d+ bytesOut=\d+ errors=1\n/);
+  assert.match(s.out(), /pants-ts stats: open=0 accepted=2 rejected=0 closed=2 bytesIn=\d+ bytesOut=\d+ errors=2\n/);
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });
