@@ -364,12 +364,17 @@ const workerTicketKeys: Buffer | undefined = (() => {
   return hex !== undefined && /^[0-9a-f]{96}$/.test(hex) ? Buffer.from(hex, "hex") : undefined;
 })();
 
+/**
+ * The session ticket keys of this process's --tls-cert servers: a worker's
+ * share, else made here once, so that a session outlives a --tls-reload
+ * (each secure context would make keys of its own).
+ */
+let ticketKeys: Buffer | undefined = workerTicketKeys;
+
 /** The TLS options of --tls-cert/--tls-key, if given. */
 function tlsOptions(args: ServeArgs): SslOptions | undefined {
   if (args.tlsCert === undefined) return undefined;
-  const options: SslOptions = { certfile: args.tlsCert, keyfile: args.tlsKey ?? args.tlsCert };
-  if (workerTicketKeys !== undefined) options.ticketKeys = workerTicketKeys;
-  return options;
+  return { certfile: args.tlsCert, keyfile: args.tlsKey ?? args.tlsCert, ticketKeys: (ticketKeys ??= randomBytes(48)) };
 }
 
 /**

@@ -456,8 +456,23 @@ test("--tls-reload: a renewed certificate serves new connections without a resta
       c.destroy();
       return cn;
     };
+    /** One TLS connection: whether it resumed `session`, and the session (ticket) the server sent on it. */
+    const visit = async (session?: Buffer): Promise<{ reused: boolean; session: Buffer }> => {
+      const socket = tls.connect({ host: "127.0.0.1", port, servername: "localhost", rejectUnauthorized: false, ...(session ? { session } : {}) });
+      t.after(() => socket.destroy());
+      const sent = new Promise<Buffer>((resolve) => socket.once("session", resolve));
+      await new Promise<void>((resolve, reject) => socket.once("secureConnect", resolve).once("error", reject));
+      const reused = socket.isSessionReused();
+      // An echo round trip: the tickets of TLS 1.3 come right after the handshake.
+      socket.write("x\n");
+      await new Promise<void>((resolve) => socket.once("data", () => resolve()));
+      const next = reused ? (session as Buffer) : await sent;
+      socket.destroy();
+      return { reused, session: next };
+    };
     const what = `${extra.join(" ")}: ${s.out()}`;
     assert.equal(await servedAs(), "localhost", what);
+    const ticket = (await visit()).session;
     const before = await connectTls(["127.0.0.1", port], { servername: "localhost" });
     // The new certificate first, its key not yet: the pair does not load.
     writeFileSync(cert, certs.server2.certPem);
@@ -468,6 +483,8 @@ test("--tls-reload: a renewed certificate serves new connections without a resta
     const processes = extra.length === 0 ? 1 : 2;
     await waitFor(() => (s.out().match(/reloaded the TLS certificate \S*live\d\.crt; new connections use it/g)?.length ?? 0) === processes, 10_000, `the reload lines; ${s.out()}`);
     for (let i = 0; i < 2 * processes; i++) assert.equal(await servedAs(), "localhost-rotated", s.out());
+    // The same session ticket keys: a session from before the reload resumes after it (in each process).
+    for (let i = 0; i < 2 * processes; i++) assert.equal((await visit(ticket)).reused, true, `a session from before the reload resumed; ${s.out()}`);
     // A connection made before the reload goes on.
     before.write("still here\n");
     assert.equal(await before.readText(11), "still here\n");
