@@ -407,20 +407,25 @@ function fileVersion(path: string): string | null {
   }
 }
 
+/** What --tls-cert and --tls-key are now (see fileVersion). */
+function certificateVersion(args: ServeArgs): string {
+  return [...new Set([args.tlsCert!, args.tlsKey ?? args.tlsCert!])].map(fileVersion).join("|");
+}
+
 /**
  * Keeps --tls-cert and --tls-key current (--tls-reload): every few seconds
- * the files are looked at, and once they have changed they are loaded again
- * for the connections accepted from then on (open ones keep theirs), with
- * the same session ticket keys. A pair that does not load (a key written
+ * the files are looked at, and once they have changed since `loaded` (their
+ * version taken before the servers read them, so that a renewal while they
+ * started is not missed) they are loaded again for the connections
+ * accepted from then on (open ones keep theirs), with the same session
+ * ticket keys. A pair that does not load (a key written
  * after its certificate, a file half written) is said in one line and the
  * servers keep the certificate they have; the files are tried again when
  * they change again. No timer is left to hold the process open.
  */
-function reloadCertificates(servers: Server[], args: ServeArgs): void {
+function reloadCertificates(servers: Server[], args: ServeArgs, loaded: string): void {
   if (args.tlsReloadS === 0) return;
-  const files = [...new Set([args.tlsCert!, args.tlsKey ?? args.tlsCert!])];
-  const versionNow = () => files.map(fileVersion).join("|");
-  let loaded = versionNow();
+  const versionNow = () => certificateVersion(args);
   let tried = loaded;
   const who = cluster.isWorker ? ` (worker ${cluster.worker!.id})` : "";
   const timer = setInterval(() => {
@@ -452,6 +457,8 @@ function quietUntilListening(this: Server, err: Error): void {
 /** Loads the module and starts its servers in this process. */
 async function startServers(args: ServeArgs): Promise<Server[]> {
   const exported = await loadModule(args.module);
+  // Before the servers read the files (--tls-reload compares with it).
+  const version = args.tlsCert !== undefined ? certificateVersion(args) : "";
   const options: ServerOptions = { proxyProtocol: args.proxyProtocol };
   if (args.reusePort) options.reusePort = true;
   if (args.maxConnections !== undefined) options.maxConnections = args.maxConnections;
@@ -471,7 +478,7 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
       isHanded(listen) ? new CommandServer(exported, { ...handedOptions, socket: { fd: listen.fd } }) : new CommandServer(exported, options).listen(listen),
     );
     await Promise.all(servers.map((s) => s.ready()));
-    if (sslOptions !== undefined) reloadCertificates(servers, args);
+    if (sslOptions !== undefined) reloadCertificates(servers, args, version);
     return servers;
   }
   if (exported instanceof Server) {
@@ -497,7 +504,7 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
       // top level, may not be listening yet: ready() below waits for it.
       if (!exported.listening && !exported._binding && !liveServers.has(exported)) throw new UsageError("--listen is required");
       await exported.ready();
-      if (watch) reloadCertificates([exported], args);
+      if (watch) reloadCertificates([exported], args, version);
       return [exported];
     }
     // The command says a failed bind in one line: the default onError would
@@ -510,7 +517,7 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
     } finally {
       if (quiet) delete (exported as { onError?: unknown }).onError;
     }
-    if (watch) reloadCertificates([exported], args);
+    if (watch) reloadCertificates([exported], args, version);
     return [exported];
   }
   if (isForeignCopy(exported)) {

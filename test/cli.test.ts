@@ -494,6 +494,23 @@ test("--tls-reload: a renewed certificate serves new connections without a resta
   }
 });
 
+test("--tls-reload: a certificate renewed while the command starts (after it read the files, before it looked at them) is still reloaded", { skip: !hasOpenssl() && "no openssl", timeout: 30_000 }, async (t) => {
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const cert = join(certs.dir, "starting.crt");
+  const key = join(certs.dir, "starting.key");
+  writeFileSync(cert, certs.server.certPem);
+  writeFileSync(key, certs.server.keyPem);
+  const env = { CLI_TLS_CERT: cert, CLI_TLS_KEY: key, CLI_RENEW_CERT: certs.server2.cert, CLI_RENEW_KEY: certs.server2.key };
+  const s = await serve(t, [fixture("cli-renews-on-listen.ts"), "--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, "--tls-reload", "1"], 1, root, env);
+  await waitFor(() => /reloaded the TLS certificate \S*starting\.crt/.test(s.out()), 5000, `the reload line; ${s.out()}`);
+  const c = await connectTls(["127.0.0.1", portFrom(s.addresses[0]!)], { servername: "localhost" });
+  assert.equal(String(c.tlsSocket.getPeerCertificate().subject.CN), "localhost-rotated");
+  c.destroy();
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});
+
 test("--workers with TLS: a client still in its handshake when SIGTERM comes gets onShutdown's goodbye and a clean close, and the command exits (--shutdown-timeout 0)", { skip: sameOnEitherTransport || !hasOpenssl() && "no openssl", timeout: 40_000 }, async (t) => {
   const certs = makeCerts();
   t.after(() => certs.cleanup());
