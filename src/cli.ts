@@ -309,13 +309,15 @@ async function loadModule(path: string): Promise<unknown> {
       noTsx = (err as { code?: unknown }).code === "ERR_MODULE_NOT_FOUND";
     }
   }
-  // A top-level await that nothing is left to settle ends the process with
-  // code 13 and no word from Node about whose await it was.
-  const stuck = (code: number): void => {
-    // (Node 20 emits 'exit' with 0 here, and exits with the exitCode it set.)
-    if (code === 13 || process.exitCode === 13) process.stderr.write(`pants-ts: ${path} never finished loading: its top-level await waits for something nothing is left to settle\n`);
+  // A top-level await that nothing is left to settle: the event loop empties
+  // while the import waits. Node says nothing of whose await it was (or, on
+  // 24, names the command's own line); the command names the module, and
+  // exits with Node's code for it (13).
+  const stuck = (): void => {
+    process.stderr.write(`pants-ts: ${path} never finished loading: its top-level await waits for something nothing is left to settle\n`);
+    process.exit(13);
   };
-  process.once("exit", stuck);
+  process.once("beforeExit", stuck);
   try {
     const mod = (await import(url)) as { default?: unknown };
     return mod.default;
@@ -334,7 +336,7 @@ async function loadModule(path: string): Promise<unknown> {
     }
     throw err;
   } finally {
-    process.off("exit", stuck);
+    process.off("beforeExit", stuck);
   }
 }
 
