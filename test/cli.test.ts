@@ -53,6 +53,24 @@ async function portInUse(t: TestContext): Promise<number> {
   return (busy.address() as import("node:net").AddressInfo).port;
 }
 
+/**
+ * One TLS connection to an echo server on 127.0.0.1 (as localhost): whether
+ * it resumed `session`, and the session (ticket) the server sent on it.
+ */
+async function visitTls(t: TestContext, port: number, options: tls.ConnectionOptions, session?: Buffer): Promise<{ reused: boolean; session: Buffer }> {
+  const socket = tls.connect({ host: "127.0.0.1", port, servername: "localhost", ...options, ...(session ? { session } : {}) });
+  t.after(() => socket.destroy());
+  const sent = new Promise<Buffer>((resolve) => socket.once("session", resolve));
+  await new Promise<void>((resolve, reject) => socket.once("secureConnect", resolve).once("error", reject));
+  const reused = socket.isSessionReused();
+  // An echo round trip: the tickets of TLS 1.3 come right after the handshake.
+  socket.write("x\n");
+  await new Promise<void>((resolve) => socket.once("data", () => resolve()));
+  const next = reused ? (session as Buffer) : await sent;
+  socket.destroy();
+  return { reused, session: next };
+}
+
 function portFrom(address: string): number {
   return Number(address.slice(address.lastIndexOf(":") + 1));
 }
@@ -456,20 +474,7 @@ test("--tls-reload: a renewed certificate serves new connections without a resta
       c.destroy();
       return cn;
     };
-    /** One TLS connection: whether it resumed `session`, and the session (ticket) the server sent on it. */
-    const visit = async (session?: Buffer): Promise<{ reused: boolean; session: Buffer }> => {
-      const socket = tls.connect({ host: "127.0.0.1", port, servername: "localhost", rejectUnauthorized: false, ...(session ? { session } : {}) });
-      t.after(() => socket.destroy());
-      const sent = new Promise<Buffer>((resolve) => socket.once("session", resolve));
-      await new Promise<void>((resolve, reject) => socket.once("secureConnect", resolve).once("error", reject));
-      const reused = socket.isSessionReused();
-      // An echo round trip: the tickets of TLS 1.3 come right after the handshake.
-      socket.write("x\n");
-      await new Promise<void>((resolve) => socket.once("data", () => resolve()));
-      const next = reused ? (session as Buffer) : await sent;
-      socket.destroy();
-      return { reused, session: next };
-    };
+    const visit = (session?: Buffer) => visitTls(t, port, { rejectUnauthorized: false }, session);
     const what = `${extra.join(" ")}: ${s.out()}`;
     assert.equal(await servedAs(), "localhost", what);
     const ticket = (await visit()).session;
@@ -593,20 +598,7 @@ test("--workers with TLS: the workers share session ticket keys, so a client's s
   t.after(() => certs.cleanup());
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--tls-cert", certs.server.cert, "--tls-key", certs.server.key]);
   const port = portFrom(s.addresses[0]!);
-  /** One TLS connection: whether it resumed `session`, and the session the server sent on it. */
-  const visit = async (session?: Buffer): Promise<{ reused: boolean; session: Buffer }> => {
-    const socket = tls.connect({ host: "127.0.0.1", port, ca: certs.ca.certPem, servername: "localhost", ...(session ? { session } : {}) });
-    t.after(() => socket.destroy());
-    const sent = new Promise<Buffer>((resolve) => socket.once("session", resolve));
-    await new Promise<void>((resolve, reject) => socket.once("secureConnect", resolve).once("error", reject));
-    const reused = socket.isSessionReused();
-    // An echo round trip: the tickets of TLS 1.3 come right after the handshake.
-    socket.write("x\n");
-    await new Promise<void>((resolve) => socket.once("data", () => resolve()));
-    const next = reused ? (session as Buffer) : await sent;
-    socket.destroy();
-    return { reused, session: next };
-  };
+  const visit = (session?: Buffer) => visitTls(t, port, { ca: certs.ca.certPem }, session);
   const first = await visit();
   assert.equal(first.reused, false);
   // The primary hands connections to the workers in turn: six reach both.
