@@ -724,6 +724,10 @@ async function serve(args: ServeArgs): Promise<number> {
   }
   if (stopping) await shutdownAll(args.shutdownTimeoutMs); // a signal came while starting
   if (!args.quiet && !stopping) process.stdout.write(banner(servers, servers[0]!.ConnectionClass.name || "connection class") + "\n");
+  // Nothing left to wait for, no signal: the module's own code closed every server.
+  process.once("beforeExit", () => {
+    if (!stopping && !args.quiet) process.stdout.write("pants-ts: every server has closed (closed by the module's own code); exiting\n");
+  });
   await stopped;
   if (failure !== null) throw failure.err;
   return 0;

@@ -315,6 +315,15 @@ test("--max-connections, --idle-timeout and --proxy-protocol apply to every conn
   assert.equal(await s.exited, 0);
 });
 
+test("a module whose own code closes its only server: the command says so and exits 0", { timeout: 30_000 }, async (t) => {
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0"]);
+  const c = await connect(portFrom(s.addresses[0]!));
+  c.write("close-server\n");
+  await c.readToEnd();
+  assert.equal(await s.exited, 0);
+  assert.match(s.out(), /\npants-ts: every server has closed \(closed by the module's own code\); exiting\n$/);
+});
+
 test("a module that throws null while it loads: one line and exit 1, not a crash of the command", () => {
   const r = run(["serve", fixture("cli-throws-null.ts"), "--listen", "127.0.0.1:0"]);
   assert.equal(r.status, 1, r.stderr);
