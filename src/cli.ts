@@ -726,7 +726,7 @@ async function serve(args: ServeArgs): Promise<number> {
   if (!args.quiet && !stopping) process.stdout.write(banner(servers, servers[0]!.ConnectionClass.name || "connection class") + "\n");
   // Nothing left to wait for, no signal: the module's own code closed every server.
   process.once("beforeExit", () => {
-    if (!stopping && !args.quiet) process.stdout.write("pants-ts: every server has closed (closed by the module's own code); exiting\n");
+    if (!stopping && !args.quiet) process.stdout.write("pants-ts: every server has closed; nothing left to serve, exiting\n");
   });
   await stopped;
   if (failure !== null) throw failure.err;

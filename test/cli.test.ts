@@ -321,7 +321,7 @@ test("a module whose own code closes its only server: the command says so and ex
   c.write("close-server\n");
   await c.readToEnd();
   assert.equal(await s.exited, 0);
-  assert.match(s.out(), /\npants-ts: every server has closed \(closed by the module's own code\); exiting\n$/);
+  assert.match(s.out(), /\npants-ts: every server has closed; nothing left to serve, exiting\n$/);
 });
 
 test("a module that throws null while it loads: one line and exit 1, not a crash of the command", () => {
