@@ -427,7 +427,6 @@ function certificateVersion(args: ServeArgs): string {
  */
 function reloadCertificates(servers: Server[], args: ServeArgs, loaded: string): void {
   if (args.tlsReloadS === 0) return;
-  const versionNow = () => certificateVersion(args);
   let tried = loaded;
   const who = cluster.isWorker ? ` (worker ${cluster.worker!.id})` : "";
   const timer = setInterval(() => {
@@ -436,7 +435,7 @@ function reloadCertificates(servers: Server[], args: ServeArgs, loaded: string):
       clearInterval(timer);
       return;
     }
-    const now = versionNow();
+    const now = certificateVersion(args);
     if (now === loaded || now === tried) return;
     tried = now;
     try {

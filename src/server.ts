@@ -621,15 +621,14 @@ export class Server<S extends Stream = Stream> extends Channel {
   }
 
   /**
-   * A closed server whose connections have all closed, and whose async
-   * onAccept overrides hold no socket: its final figures join the process
-   * totals. (Not at close(): the connections it closes then, or that
-   * outlive it, or that an override makes after it, still count into its stats.)
-   * An override whose socket closed before it settled no longer holds a
-   * place: what it counts after the server retired joins the totals here too.
+   * A closed server whose connections have all closed: its figures join the
+   * process totals. (Not at close(): the connections it closes then, or that
+   * outlive it, still count into its stats.) What it counts after that (a
+   * stream or an error of an async onAccept that settles late) joins them
+   * as the difference, the next time this runs.
    */
   #retire(): void {
-    if (this.#state !== ST_CLOSED || this.#channels.size > 0 || this.#held.size > 0) return;
+    if (this.#state !== ST_CLOSED || this.#channels.size > 0) return;
     if (liveServers.delete(this)) addStats(retiredTotals, { ...this.stats, open: 0 });
     else if (this.#retiredAs !== null) addStats(retiredTotals, statsSince(this.stats, this.#retiredAs));
     else return; // never listened: never counted
@@ -705,7 +704,6 @@ export class Server<S extends Stream = Stream> extends Channel {
       return;
     }
     this.#track(conn);
-    // (Released after: a closed server retires once the last held place goes.)
     if (this.#held.size > 0) this.#release(socket);
   }
 
@@ -1199,7 +1197,7 @@ export class Server<S extends Stream = Stream> extends Channel {
         this.#release(owned);
       },
       (err: unknown) => {
-        this._handlerFailed(err); // (counted before the release may retire a closed server)
+        this._handlerFailed(err);
         // Rejected before a stream took the socket: nobody will close it.
         if (owned[kStream] === undefined) dropSocket(owned, raw);
         this.#release(owned);
@@ -1214,8 +1212,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       this.#held.delete(socket);
       if (this.#perPeer !== null) uncountPeer(this.#perPeer, held.id);
     }
-    // (Also when the socket's close released it first: the override may have counted since.)
-    this.#retire();
+    this.#retire(); // (the override may have counted something since the server retired)
   }
 
   /** Whether `peer` has as many connections open as the per-peer limit allows: then this one is counted as rejected. */
