@@ -304,12 +304,7 @@ class NetStructFramer implements Framer {
   /** Drops what has arrived of a record being skipped: FRAME once it is all gone, else NEED_MORE (or FAILED). */
   #skip(rb: ReceiveBuffer, out: FrameOut): number {
     for (;;) {
-      if (rb.skipLeft > 0) {
-        const n = Math.min(rb.skipLeft, rb.length);
-        rb.skip(n);
-        rb.skipLeft -= n;
-        if (rb.skipLeft > 0) return NEED_MORE;
-      }
+      if (!rb.dropSkipped()) return NEED_MORE;
       let scan: ReturnType<NetStruct["skipScan"]>;
       try {
         scan = this.source.skipScan(rb.all(), rb.skipSegment);
@@ -337,10 +332,7 @@ class DecoderFramer implements Framer {
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
     if (rb.discarding) {
       // The rest of a frame the decoder said was too long, dropped as it arrives.
-      const n = Math.min(rb.skipLeft, rb.length);
-      rb.skip(n);
-      rb.skipLeft -= n;
-      if (rb.skipLeft > 0) return NEED_MORE;
+      if (!rb.dropSkipped()) return NEED_MORE;
       rb.discarding = false;
       if (rb.length === 0) return NEED_MORE;
     }

@@ -80,6 +80,18 @@ export class ReceiveBuffer {
     chunks.push(chunk);
   }
 
+  /**
+   * Drops what has arrived of the `skipLeft` bytes still to skip (the rest of
+   * a refused frame): true once none are left, false while more must arrive.
+   */
+  dropSkipped(): boolean {
+    if (this.skipLeft === 0) return true;
+    const n = Math.min(this.skipLeft, this.length);
+    this.skip(n);
+    this.skipLeft -= n;
+    return this.skipLeft === 0;
+  }
+
   /** Forgets everything, including the scan state. */
   clear(): void {
     this.#reset();
