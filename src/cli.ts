@@ -203,13 +203,15 @@ function checkPort(text: string, whole: string): number {
   return port;
 }
 
-/** An integer flag's value: at least 1, or (`zero`) at least 0. */
-function intFlag(name: string, text: string | undefined, zero = false): number | undefined {
+/** An integer flag's value, from `min` (1 or 0) up to `max`. */
+function intFlag(name: string, text: string | undefined, min: 0 | 1 = 1, max = Infinity): number | undefined {
   if (text === undefined) return undefined;
-  if (!/^\d+$/.test(text) || (!zero && Number(text) === 0)) {
-    throw new UsageError(`--${name} must be a ${zero ? "non-negative" : "positive"} integer, got "${text}"`);
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value < min || value > max) {
+    const range = max !== Infinity ? `an integer from ${min} to ${max}` : min === 0 ? "a non-negative integer" : "a positive integer";
+    throw new UsageError(`--${name} must be ${range}, got "${text}"`);
   }
-  return Number(text);
+  return value;
 }
 
 const SERVE_OPTIONS = {
@@ -270,11 +272,11 @@ function parseServe(argv: string[]): ServeArgs {
   const args: ServeArgs = {
     module: parsed.positionals[0]!,
     listen: parseListens(v.listen ?? []),
-    tlsReloadS: intFlag("tls-reload", v["tls-reload"], true) ?? 60,
+    tlsReloadS: intFlag("tls-reload", v["tls-reload"], 0) ?? 60,
     workers: intFlag("workers", v.workers) ?? 1,
     proxyProtocol: v["proxy-protocol"] ?? false,
     reusePort: v["reuse-port"] ?? false,
-    shutdownTimeoutMs: intFlag("shutdown-timeout", v["shutdown-timeout"], true) ?? 10_000,
+    shutdownTimeoutMs: intFlag("shutdown-timeout", v["shutdown-timeout"], 0) ?? 10_000,
     quiet: v.quiet ?? false,
   };
   const handed = args.listen.find(isHanded);
@@ -285,11 +287,8 @@ function parseServe(argv: string[]): ServeArgs {
   if (max !== undefined) args.maxConnections = max;
   const perPeer = intFlag("max-per-peer", v["max-per-peer"]);
   if (perPeer !== undefined) args.maxConnectionsPerPeer = perPeer;
-  const prefix = v["peer-ipv6-prefix"];
-  if (prefix !== undefined) {
-    if (!/^\d+$/.test(prefix) || Number(prefix) < 1 || Number(prefix) > 128) throw new UsageError(`--peer-ipv6-prefix must be an integer from 1 to 128, got "${prefix}"`);
-    args.peerIPv6Prefix = Number(prefix);
-  }
+  const prefix = intFlag("peer-ipv6-prefix", v["peer-ipv6-prefix"], 1, 128);
+  if (prefix !== undefined) args.peerIPv6Prefix = prefix;
   const idle = intFlag("idle-timeout", v["idle-timeout"]);
   if (idle !== undefined) args.idleTimeoutMs = idle;
   return args;
@@ -439,7 +438,11 @@ function reloadCertificates(servers: Server[], args: ServeArgs, loaded: string):
     if (now === loaded || now === tried) return;
     tried = now;
     try {
-      for (const server of open) server.setSslOptions(tlsOptions(args)!);
+      // Read once for every server, so that a file changing again part-way cannot leave two on different certificates.
+      const cert = readFileSync(args.tlsCert!);
+      const key = args.tlsKey === undefined || args.tlsKey === args.tlsCert ? cert : readFileSync(args.tlsKey);
+      const options: SslOptions = { cert, key, ticketKeys: (ticketKeys ??= randomBytes(48)) };
+      for (const server of open) server.setSslOptions(options);
     } catch (err) {
       process.stderr.write(`pants-ts: ${args.tlsCert} changed but did not load (${err instanceof Error ? err.message : String(err)}); still serving the certificate loaded before${who}\n`);
       return;
