@@ -512,7 +512,7 @@ test("--tls-reload: a combined PEM (--tls-cert alone) renewed in place reaches e
   const certs = makeCerts();
   t.after(() => certs.cleanup());
   const pem = join(certs.dir, "combined.pem");
-  writeFileSync(pem, certs.server.certPem + certs.server.keyPem);
+  writeFileSync(pem, Buffer.concat([certs.server.certPem, certs.server.keyPem]));
   const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--tls-cert", pem, "--tls-reload", "1"], 2);
   const servedAs = async (address: string): Promise<string> => {
     const c = await connectTls(["127.0.0.1", portFrom(address)], { servername: "localhost", rejectUnauthorized: false });
@@ -521,7 +521,7 @@ test("--tls-reload: a combined PEM (--tls-cert alone) renewed in place reaches e
     return cn;
   };
   for (const address of s.addresses) assert.equal(await servedAs(address), "localhost", s.out());
-  writeFileSync(pem, certs.server2.certPem + certs.server2.keyPem);
+  writeFileSync(pem, Buffer.concat([certs.server2.certPem, certs.server2.keyPem]));
   await waitFor(() => /reloaded the TLS certificate \S*combined\.pem; new connections use it/.test(s.out()), 10_000, `the reload line; ${s.out()}`);
   for (const address of s.addresses) assert.equal(await servedAs(address), "localhost-rotated", s.out());
   s.child.kill("SIGTERM");
