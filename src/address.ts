@@ -10,7 +10,8 @@ import { InvalidAddressFormatError, describe } from "./errors.js";
 /**
  * An address, in Pants' shapes:
  * - `4040`: every interface, port 4040 (`["", 4040]`);
- * - `"/run/app.sock"`: a UNIX socket path (Linux abstract names start with `"\0"`);
+ * - `"/run/app.sock"`: a UNIX socket path (Linux abstract names start with `"\0"`); a
+ *   string node:net would read as a port (`"8080"`) throws, `"./8080"` is that file;
  * - `["127.0.0.1", 4040]`, `["localhost", 4040]`: IPv4, or a host name resolved asynchronously;
  * - `["::1", 4040]`, `["::1", 4040, 0, 0]`: IPv6;
  * - `["", port]`: every IPv4 interface (and, on a server with `slave`, every IPv6 one);
@@ -64,8 +65,16 @@ export function parseAddress(address: unknown): ParsedAddress {
     if (address.length === 0) {
       throw new InvalidAddressFormatError("Invalid address: an empty string is not a UNIX socket path.");
     }
-    // sun_path: a longer path would be cut short by node:net (and refused by the OS elsewhere).
     const abstract = address.charCodeAt(0) === 0;
+    // node:net's listen("8080") and connect("8080") take a string it reads
+    // as a number for a port; here it would quietly become a socket file in
+    // the working directory (process.env.PORT is a string).
+    if (!abstract && Number(address) >= 0) {
+      throw new InvalidAddressFormatError(
+        `Invalid address ${describe(address)}: a string is a UNIX socket path, and this one reads as a port; pass the port as a number (Number(process.env.PORT)), or "./${address}" for a socket file of that name.`,
+      );
+    }
+    // sun_path: a longer path would be cut short by node:net (and refused by the OS elsewhere).
     const bytes = Buffer.byteLength(address) + (abstract ? 0 : 1);
     if (bytes > SUN_PATH_BYTES) {
       throw new InvalidAddressFormatError(

@@ -107,7 +107,9 @@ export function parseListenAddress(text: string): Address {
   if (text.startsWith("unix:")) {
     const path = text.slice(5);
     if (path.length === 0) throw new UsageError(`invalid address "${text}": unix: needs a path`);
-    return path.startsWith("@") ? "\0" + path.slice(1) : path;
+    if (path.startsWith("@")) return "\0" + path.slice(1);
+    // unix: says it is a path: "8080" alone would read as a port (parseAddress refuses it).
+    return Number(path) >= 0 ? `./${path}` : path;
   }
   const v6 = /^\[([^\]]*)\]:(\d+)$/.exec(text);
   if (v6) {

@@ -356,6 +356,16 @@ test("an address in use: one line naming it and the likely cause, no stack, exit
   }
 });
 
+test("--listen unix:8080 is a socket file named 8080 (a string Server.listen would take for a port)", { timeout: 30_000 }, async (t) => {
+  const dir = tempDir(t);
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "unix:8080"], 1, dir);
+  assert.match(s.out(), /serving CliEcho on unix:\.\/8080 /, s.out());
+  const client = await connect(join(dir, "8080"));
+  client.write("by name\n");
+  assert.equal(await client.readText(8), "by name\n");
+  client.destroy();
+});
+
 test("an IPv6 or UNIX address in use: the one line names it once, as for IPv4 (brackets; a Linux abstract name as @NAME, no NUL byte)", { timeout: 60_000 }, async (t) => {
   const net = await import("node:net");
   const held: Array<[string, string]> = [];

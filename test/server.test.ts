@@ -308,7 +308,7 @@ test("bind failure (EADDRINUSE): server closed, onError called, ready() rejects,
 
 test("listen() validates synchronously: bad addresses, twice, after close", (t) => {
   const engine = freshEngine(t);
-  const bad: unknown[] = [null, undefined, {}, [], [1, 2], ["127.0.0.1"], ["127.0.0.1", 1, 2], ["127.0.0.1", 70000], ["127.0.0.1", -1], ["127.0.0.1", 1.5], ["127.0.0.1", NaN], 65536, -1, 2.5, "", true, ["::1", 1, -1, 0], ["127.0.0.1", 80, 0, 0], ["[::1]", 80], ["[::1]", 80, 0, 0], `/tmp/${"x".repeat(120)}.sock`, `\0${"y".repeat(110)}`];
+  const bad: unknown[] = [null, undefined, {}, [], [1, 2], ["127.0.0.1"], ["127.0.0.1", 1, 2], ["127.0.0.1", 70000], ["127.0.0.1", -1], ["127.0.0.1", 1.5], ["127.0.0.1", NaN], 65536, -1, 2.5, "", true, ["::1", 1, -1, 0], ["127.0.0.1", 80, 0, 0], ["[::1]", 80], ["[::1]", 80, 0, 0], `/tmp/${"x".repeat(120)}.sock`, `\0${"y".repeat(110)}`, "4040", "0", " 8080", "0x50"];
   for (const address of bad) {
     const s = new Server(Who, { engine });
     assert.throws(() => s.listen(address as Address), InvalidAddressFormatError, `listen(${JSON.stringify(address)})`);
