@@ -10,7 +10,7 @@ import { spawn, spawnSync } from "node:child_process";
 import tls from "node:tls";
 import type { ChildProcess } from "node:child_process";
 import { networkInterfaces } from "node:os";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { connect, connectTls, freePort, hasIPv6, sameOnEitherTransport, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
@@ -364,6 +364,26 @@ test("--listen unix:8080 is a socket file named 8080 (a string Server.listen wou
   client.write("by name\n");
   assert.equal(await client.readText(8), "by name\n");
   client.destroy();
+});
+
+test("a UNIX socket this user may not create: the hint is about the directory, not about ports below 1024 (one process and --workers)", { skip: process.platform !== "linux" && "Linux", timeout: 60_000 }, (t) => {
+  // root may create a file anywhere: the command then runs as nobody, in a directory root owns.
+  const root0 = process.getuid?.() === 0;
+  const dir = tempDir(t);
+  chmodSync(dir, root0 ? 0o755 : 0o555);
+  const as = root0 ? { uid: 65534, gid: 65534 } : {};
+  const unprivileged = Number(readFileSync("/proc/sys/net/ipv4/ip_unprivileged_port_start", "utf8"));
+  const cases: Array<[string, RegExp]> = [[`unix:${join(dir, "app.sock")}`, /\(this user may not create a file in that directory: /]];
+  if (unprivileged > 80) cases.push(["127.0.0.1:80", /\(ports below 1024 need root or CAP_NET_BIND_SERVICE; /]);
+  for (const [listen, hint] of cases) {
+    for (const workers of ["1", "2"]) {
+      const r = spawnSync(process.execPath, [bin, "serve", fixture("cli-echo.ts"), "--listen", listen, "--workers", workers], { cwd: root, encoding: "utf8", timeout: 20000, ...as });
+      assert.equal(r.status, 1, `--listen ${listen} --workers ${workers}: ${r.stderr}`);
+      assert.match(r.stderr, /EACCES/, r.stderr);
+      assert.match(r.stderr, hint, `--listen ${listen} --workers ${workers}`);
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    }
+  }
 });
 
 test("an IPv6 or UNIX address in use: the one line names it once, as for IPv4 (brackets; a Linux abstract name as @NAME, no NUL byte)", { timeout: 60_000 }, async (t) => {
