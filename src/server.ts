@@ -819,6 +819,10 @@ export class Server<S extends Stream = Stream> extends Channel {
           this.#dropLastListener();
           continue;
         }
+        // A port asked for by number that another program holds on IPv6: its
+        // IPv6 clients would reach that program, so the listen fails, as
+        // node:net's listen(port) would. (A host without IPv6 serves IPv4 alone.)
+        if (code === "EADDRINUSE") throw err;
         log.current.debug({ err }, `No IPv6 slave for ${String(this)}: ${(err as Error).message}`);
         return;
       }

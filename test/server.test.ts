@@ -306,6 +306,28 @@ test("bind failure (EADDRINUSE): server closed, onError called, ready() rejects,
   assert.throws(() => second.listen(["127.0.0.1", 0]), ChannelStateError, "a closed server cannot listen again");
 });
 
+test("listen(port) when another program holds that port on IPv6 only: the listen fails (EADDRINUSE), as node:net's would, not IPv4 alone with IPv6 clients reaching the other program", { skip: !ipv6 && "no IPv6" }, async (t) => {
+  const engine = freshEngine(t);
+  const holder = net.createServer((c) => c.destroy());
+  await new Promise<void>((resolve) => holder.listen({ host: "::", port: 0, ipv6Only: true }, () => resolve()));
+  t.after(() => holder.close());
+  const port = (holder.address() as net.AddressInfo).port;
+  const errors: NodeJS.ErrnoException[] = [];
+  class S extends Server {
+    override onError(err: Error) {
+      errors.push(err);
+    }
+  }
+  const server = new S(Who, { engine }).listen(port);
+  await assert.rejects(server.ready(), (err: NodeJS.ErrnoException) => err.code === "EADDRINUSE");
+  assert.equal(server.closed, true);
+  assert.deepEqual(errors.map((e) => e.code), ["EADDRINUSE"]);
+  // Nothing is left listening on IPv4 either: the port is free there.
+  const probe = net.createServer();
+  await new Promise<void>((resolve, reject) => probe.once("error", reject).listen({ host: "0.0.0.0", port }, () => resolve()));
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+});
+
 test("listen() validates synchronously: bad addresses, twice, after close", (t) => {
   const engine = freshEngine(t);
   const bad: unknown[] = [null, undefined, {}, [], [1, 2], ["127.0.0.1"], ["127.0.0.1", 1, 2], ["127.0.0.1", 70000], ["127.0.0.1", -1], ["127.0.0.1", 1.5], ["127.0.0.1", NaN], 65536, -1, 2.5, "", true, ["::1", 1, -1, 0], ["127.0.0.1", 80, 0, 0], ["[::1]", 80], ["[::1]", 80, 0, 0], `/tmp/${"x".repeat(120)}.sock`, `\0${"y".repeat(110)}`, "4040", "0", " 8080", "0x50"];
