@@ -149,6 +149,11 @@ function scopeIndex(zone: string): number {
   return 0;
 }
 
+/** The host a connect() to a TCP address goes to: `""` is this host's loopback. */
+export function dialHost(target: { readonly host: string; readonly v6tuple: boolean }): string {
+  return target.host !== "" ? target.host : target.v6tuple ? "::1" : "127.0.0.1";
+}
+
 /**
  * `host` with the zone a 4-tuple's `scopeid` names (`fe80::1` and 4:
  * `fe80::1%eth0`), as node:net and the addon take it: both look a zone up

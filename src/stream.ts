@@ -17,7 +17,7 @@ import type { PeerCertificate } from "node:tls";
 import { Channel, diagnostics, isPeerError, isThenable } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
 import type { Stats } from "./engine.js";
-import { parseAddress, fromNodeAddress, copyAddress, formatAddress, withScope } from "./address.js";
+import { parseAddress, fromNodeAddress, copyAddress, formatAddress, withScope, dialHost } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
 import {
   BufferOverflowError,
@@ -869,7 +869,7 @@ export class Stream extends Channel {
     this.#state = S_CONNECTING;
     let sock: net.Socket | NativeSocket;
     const native = this.#x?.sslOptions == null && useNative(undefined);
-    const host = target.kind === "tcp" ? (target.host === "" ? (target.v6tuple ? "::1" : "127.0.0.1") : withScope(target.host, target.scopeid)) : "";
+    const host = target.kind !== "tcp" ? "" : target.host === "" ? dialHost(target) : withScope(target.host, target.scopeid);
     if (native) {
       this.#flags |= F_NATIVE;
       sock = NativeSocket.connect(target.kind === "unix" ? { path: target.path } : { host, port: target.port, family: target.family === 0 && target.v6tuple ? 6 : 0 });
@@ -2333,7 +2333,8 @@ export class Stream extends Channel {
     const t = this.#x?.connectTarget;
     if (t == null) return null;
     if (t.kind === "unix") return t.path;
-    return t.v6tuple ? [t.host, t.port, t.flowinfo, t.scopeid] : [t.host, t.port];
+    const host = dialHost(t);
+    return t.v6tuple ? [host, t.port, t.flowinfo, t.scopeid] : [host, t.port];
   }
 
   // -------------------------------------------------------------------------

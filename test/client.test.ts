@@ -103,6 +103,16 @@ test("connection refused: onConnectError(ConnectError ECONNREFUSED), then onClos
   assert.ok(s.error!.cause instanceof Error);
 });
 
+test("a connect to [\"\", port] goes to this host's loopback, and its error says so (not 0.0.0.0, listen's meaning of \"\")", async (t) => {
+  const port = await freePort();
+  const v4 = await failedConnect(t, ["", port]);
+  assert.match(v4.error!.message, new RegExp(` to 127\\.0\\.0\\.1:${port}: `), v4.error!.message);
+  if (await hasIPv6()) {
+    const v6 = await failedConnect(t, ["", port, 0, 0]);
+    assert.match(v6.error!.message, new RegExp(` to \\[::1\\]:${port}: `), v6.error!.message);
+  }
+});
+
 test("idleTimeout set before connect() bounds the connect: ConnectError ETIMEDOUT (a TimeoutError), then onClose", { timeout: 30_000 }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
