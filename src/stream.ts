@@ -720,8 +720,10 @@ export class Stream extends Channel {
    * leaving, a large write still draining counts; where TCP_INFO shows the
    * peer's acknowledgements, only they count for writes, so a peer that
    * vanished times out however much is still written to it) calls
-   * `onTimeout()` (0 = off; default from the server). A `close(true)` that
-   * makes no progress for this long (30 s at most) closes without flushing.
+   * `onTimeout()` (0 = off; default from the server; not during a first
+   * TLS handshake, which has its own `handshakeTimeout`: the idle time
+   * counts from `onConnect`). A `close(true)` that makes no progress for
+   * this long (30 s at most) closes without flushing.
    * On a client it bounds the connect too (the DNS lookup and the TCP
    * connect; a TLS handshake has its own 10 s deadline): a connect still
    * under way that long after `connect()`, or after the timeout was set
@@ -2885,6 +2887,13 @@ export class Stream extends Channel {
       return;
     }
     if (kind === null && x.idleTimeout <= 0) return;
+    if (this.#state === S_PENDING && this.#handshaking) {
+      // A first TLS handshake with no deadline (handshakeTimeout 0): the
+      // idle clock starts at onConnect. An onTimeout due now could only be
+      // held for onConnect, and would close the stream as it opened.
+      x.idleSince = now;
+      return;
+    }
     if (this.#state === S_CONNECTING) {
       if (now - x.idleSince >= x.idleTimeout) {
         this._onSocketError(new TimeoutError(`The connect did not complete in ${x.idleTimeout} ms.`, "connect"));

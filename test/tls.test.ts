@@ -423,6 +423,36 @@ test("idleTimeout after a STARTTLS upgrade counts from the handshake: a client s
   secure.destroy();
 });
 
+test("idleTimeout with handshakeTimeoutMs 0: a client slow to send its ClientHello is served, not timed out as it connects, and no timeouts are counted meanwhile", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Timed extends Echo {
+    override onTimeout() {
+      events.push("timeout");
+      super.onTimeout();
+    }
+  }
+  const server = new Server(Timed, { engine, sslOptions: serverOptions(), handshakeTimeoutMs: 0, idleTimeoutMs: 200 });
+  const port = await listenLocal(server, t);
+  const plain = net.connect(port, "127.0.0.1");
+  t.after(() => plain.destroy());
+  await new Promise<void>((resolve, reject) => plain.once("connect", resolve).once("error", reject));
+  // Several idle periods before the ClientHello (the handshake has no deadline).
+  await sleep(700);
+  assert.equal(server.stats.errorsByKind.timeout, undefined, "no timeout counted during the handshake");
+  const secure = tls.connect({ socket: plain, rejectUnauthorized: false });
+  await new Promise<void>((resolve, reject) => secure.once("secureConnect", resolve).once("error", reject));
+  const c = new RawClient(secure);
+  secure.write("ping\n");
+  await c.until(() => c.received.length >= 5 || c.ended || c.closed, 3000, "the reply");
+  assert.equal(c.received.toString(), "ping\n", `events: ${events.join(",")}`);
+  // Silent from then on: the idle timeout, counted from onConnect, closes it.
+  await c.readToEnd(3000);
+  assert.deepEqual(events, ["timeout"]);
+  assert.equal(server.stats.errorsByKind.timeout, 1);
+  secure.destroy();
+});
+
 test("fileno is the descriptor while open and null from onClose on, plain or TLS, whoever closed (String(stream) reads the same on both transports)", { skip }, async (t) => {
   const engine = freshEngine(t);
   for (const secure of [false, true]) {
