@@ -63,7 +63,7 @@ export interface SslOptions extends SecureContextOptions {
   ALPNProtocols?: string[] | Uint8Array;
   /** Server: picks a secure context per SNI host name. */
   SNICallback?: (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void;
-  /** Server: certificates by SNI host name (`"*.example.com"` wildcards allowed); the top-level certificate is the default. */
+  /** Server: certificates by SNI host name (`"*.example.com"` wildcards allowed; names match without case or a trailing dot); the top-level certificate is the default. */
   sni?: Record<string, SniEntry>;
   /** Client: the SNI host name to send and verify (default: the host connected to, unless it is an IP). */
   servername?: string;
@@ -227,6 +227,17 @@ function plainValue(value: unknown): unknown {
   return null;
 }
 
+/**
+ * A host name as the sni map compares it: without case, and without the
+ * trailing dot of an absolute name (RFC 6066 leaves it out of SNI, but
+ * Node's client sends `a.test.` as given, and verifies the certificate of
+ * `a.test` for it).
+ */
+function hostKey(name: string): string {
+  const lower = name.toLowerCase();
+  return lower.endsWith(".") ? lower.slice(0, -1) : lower;
+}
+
 function wildcardMatch(pattern: string, host: string): boolean {
   if (pattern === host) return true;
   if (!pattern.startsWith("*.")) return false;
@@ -279,10 +290,10 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
     for (const [name, entry] of Object.entries(options.sni)) {
       const ctxOptions = { ...contextOptions(entry, false) };
       if (ctxOptions.ca === undefined && base.ca !== undefined) ctxOptions.ca = base.ca;
-      contexts.push([name.toLowerCase(), createContext(`TLS certificate for SNI name ${name}`, ctxOptions, shared)]);
+      contexts.push([hostKey(name), createContext(`TLS certificate for SNI name ${name}`, ctxOptions, shared)]);
     }
     SNICallback = (servername, cb) => {
-      const host = servername.toLowerCase();
+      const host = hostKey(servername);
       for (const [pattern, ctx] of contexts) {
         if (wildcardMatch(pattern, host)) return cb(null, ctx);
       }

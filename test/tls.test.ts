@@ -560,6 +560,10 @@ test("SNI: several certificates by host name, with a default", { skip }, async (
   };
   assert.equal(await cnFor("a.test"), "a.test");
   assert.equal(await cnFor("x.b.test"), "b.test");
+  // Without case, and an absolute name's trailing dot names the same host (Node's client sends it as given).
+  assert.equal(await cnFor("A.Test"), "a.test");
+  assert.equal(await cnFor("a.test."), "a.test");
+  assert.equal(await cnFor("X.B.TEST."), "b.test");
   assert.equal(await cnFor("unknown.test"), "localhost");
   assert.equal(await cnFor(), "localhost");
 });
