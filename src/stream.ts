@@ -1216,7 +1216,7 @@ export class Stream extends Channel {
    * then `onClose`). Default: log at debug.
    */
   onSslHandshakeError(err: Error): void {
-    log.current.debug({ err, stream: String(this) }, `TLS handshake failed: ${err.message}`);
+    log.current.debug({ err, stream: String(this) }, `TLS handshake failed: ${err.message.trimEnd()}`);
   }
   /** TLS could not be set up (bad options at upgrade time); the stream closes. Default: log it. */
   onSslError(err: Error): void {
