@@ -802,7 +802,8 @@ function hintFor(err: unknown): string {
   const { code, syscall, port } = err as Error & { code?: unknown; syscall?: unknown; port?: unknown };
   if (syscall !== "listen" && syscall !== "bind" && !/^(listen|bind) /.test(err.message)) return "";
   if (code === "EADDRINUSE") return " (another process listens there: stop it, or pick another address)";
-  // A UNIX path's error has port -1 (a worker's has no port: its message ends with the path, not ":PORT").
+  // A UNIX path's error has port -1, a worker's too (runCluster passes it on); with no port, a
+  // message that ends with the path, not ":PORT".
   const tcp = typeof port === "number" ? port >= 0 : /:\d+\)?$/.test(err.message);
   if (code === "EACCES" && !tcp) return " (this user may not create a file in that directory: run as a user who may, or let systemd hand the socket over: --listen systemd)";
   if (code === "EACCES") return " (ports below 1024 need root or CAP_NET_BIND_SERVICE; or let systemd hand the socket over: --listen systemd)";

@@ -72,7 +72,7 @@ type Message =
   | { pantsTs: "shutdown"; timeoutMs: number }
   | { pantsTs: "drained" }
   | { pantsTs: "exit" }
-  | { pantsTs: "failed"; message: string; code?: string; stack?: string; started: boolean };
+  | { pantsTs: "failed"; message: string; code?: string; port?: number; stack?: string; started: boolean };
 
 function isMessage(value: unknown): value is Message {
   return typeof value === "object" && value !== null && typeof (value as { pantsTs?: unknown }).pantsTs === "string";
@@ -214,8 +214,9 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   let listening = false;
   const failed = (err: unknown) => {
     const e = err instanceof Error ? err : new Error(String(err));
-    const code = (e as { code?: unknown }).code;
-    send({ pantsTs: "failed", message: e.message, code: typeof code === "string" ? code : undefined, stack: e.stack, started: listening });
+    const { code, port } = e as { code?: unknown; port?: unknown };
+    // port: -1 for a UNIX path (the CLI's hint tells a path from a port by it).
+    send({ pantsTs: "failed", message: e.message, code: typeof code === "string" ? code : undefined, port: typeof port === "number" ? port : undefined, stack: e.stack, started: listening });
     if (!ourPrimary || !process.connected) log.current.error({ err }, "The worker's main function failed.");
     process.exit(1);
   };
@@ -351,8 +352,8 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
         }
         void done.then(() => tell(worker, { pantsTs: "stale-cleared", id }));
       } else if (m.pantsTs === "failed") {
-        // As the worker saw it: its message, code and stack.
-        const err = Object.assign(new Error(m.message), m.code === undefined ? {} : { code: m.code });
+        // As the worker saw it: its message, code, port and stack.
+        const err = Object.assign(new Error(m.message), m.code === undefined ? {} : { code: m.code }, m.port === undefined ? {} : { port: m.port });
         if (m.stack !== undefined) err.stack = m.stack;
         failures.set(worker, err);
         if (starting || stopped !== null) return; // the start's rejection says why; a stopping cluster has nothing to add
