@@ -10,6 +10,7 @@ import tls from "node:tls";
 import { lookup } from "node:dns/promises";
 import { fstatSync, lstatSync, unlinkSync } from "node:fs";
 import { lstat } from "node:fs/promises";
+import { relative as relativePath, resolve as resolvePath } from "node:path";
 import type { BigIntStats } from "node:fs";
 import type { Duplex } from "node:stream";
 import { Channel, diagnostics, isThenable } from "./channel.js";
@@ -18,7 +19,7 @@ import { addStats, cappedDelay, newStats } from "./engine.js";
 import type { Stats, Timer } from "./engine.js";
 import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
-import { ChannelStateError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError } from "./errors.js";
+import { ChannelStateError, InvalidAddressFormatError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
 import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending, kTlsSecured } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
@@ -218,6 +219,23 @@ export const staleSocketRemover: { current: (path: string) => Promise<void> } = 
 export const liveServers = new Set<Server>();
 /** @internal The counters of servers that have closed, summed, so process totals never go backwards. */
 export const retiredTotals: Stats = newStats();
+
+/**
+ * A cluster worker's node:net listens on a UNIX path through its primary,
+ * which binds the path by its shortest name: relative to its working
+ * directory. For a file there named like a number ("8080"), node:net then
+ * takes the name for a port and throws in the primary, ending it.
+ * @throws InvalidAddressFormatError for such a path.
+ */
+function checkClusterPath(path: string): void {
+  if (path.charCodeAt(0) === 0) return;
+  const name = relativePath(process.cwd(), resolvePath(path));
+  if (Number(name) >= 0) {
+    throw new InvalidAddressFormatError(
+      `Invalid address ${describe(path)} in a cluster worker: node:cluster's primary binds it as ${describe(name)}, which node:net reads as a port; name the socket file otherwise ("${name}.sock"), or put it in another directory.`,
+    );
+  }
+}
 
 /** A connection waiting for its PROXY header. */
 class ProxyWait implements Timed {
@@ -514,7 +532,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * @param backlog The accept queue length (default 1024; the kernel caps it at `net.core.somaxconn`).
    * @param slave With `["", port]` (or a bare port), also serve IPv6 on the same port (default true).
    * @throws ChannelStateError if closed or already listening.
-   * @throws InvalidAddressFormatError for an address of no known shape.
+   * @throws InvalidAddressFormatError for an address of no known shape, or (in a cluster worker on node:net) a socket file in the working directory named like a number.
    * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for `reusePort` with a UNIX path; Error `ERR_REUSEPORT_UNAVAILABLE` for `reusePort` without the native addon, or on node:net in a cluster worker.
    */
   listen(address: Address, backlog = DEFAULT_BACKLOG, slave = true): this {
@@ -531,6 +549,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     backlog = Math.min(backlog, 2 ** 31 - 1);
     this.#native = this.#choosesNative(this.#reusePort);
     if (this.#reusePort) this.#checkReusePort(parsed);
+    if (parsed.kind === "unix" && !this.#native && cluster.isWorker) checkClusterPath(parsed.path);
     this.#state = ST_BINDING;
     this.engine._channels.add(this);
     this.#bind(parsed, backlog, slave).then(

@@ -366,6 +366,17 @@ test("--listen unix:8080 is a socket file named 8080 (a string Server.listen wou
   client.destroy();
 });
 
+test("--workers and a UNIX socket named like a number in the working directory (unix:8080, or its full path): one line and exit 1, not a crash of the primary (node:cluster's primary binds it by the name node:net reads as a port)", { timeout: 30_000 }, (t) => {
+  const dir = tempDir(t);
+  for (const listen of ["unix:8080", `unix:${join(dir, "8080")}`]) {
+    const r = spawnSync(process.execPath, [bin, "serve", fixture("cli-echo.ts"), "--listen", listen, "--workers", "2"], { cwd: dir, encoding: "utf8", timeout: 20000 });
+    assert.equal(r.status, 1, `--listen ${listen}: ${r.stderr}`);
+    assert.match(r.stderr, /^pants-ts: a worker failed to start: .*8080.*reads as a port/, r.stderr);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.equal(existsSync(join(dir, "8080")), false);
+  }
+});
+
 test("a UNIX socket this user may not create: the hint is about the directory, not about ports below 1024 (one process and --workers)", { skip: process.platform !== "linux" && "Linux", timeout: 60_000 }, (t) => {
   // root may create a file anywhere: the command then runs as nobody, in a directory root owns.
   const root0 = process.getuid?.() === 0;
