@@ -23,7 +23,7 @@ import type { ClusterStats } from "./cluster.js";
 import type { ServerOptions } from "./server.js";
 import type { SslOptions } from "./tls.js";
 import type { Stats } from "./engine.js";
-import { compileServerTls } from "./tls.js";
+import { compileServerTls, readFile as readSslFile } from "./tls.js";
 import { nativeLoadError } from "./native-binding.js";
 import { useNative } from "./transport.js";
 
@@ -441,8 +441,8 @@ function reloadCertificates(servers: Server[], args: ServeArgs, loaded: string):
     tried = now;
     try {
       // Read once for every server, so that a file changing again part-way cannot leave two on different certificates.
-      const cert = readFileSync(args.tlsCert!);
-      const key = args.tlsKey === undefined || args.tlsKey === args.tlsCert ? cert : readFileSync(args.tlsKey);
+      const cert = readSslFile("certfile", args.tlsCert);
+      const key = args.tlsKey === undefined || args.tlsKey === args.tlsCert ? cert : readSslFile("keyfile", args.tlsKey);
       const options: SslOptions = { cert, key, ticketKeys: (ticketKeys ??= randomBytes(48)) };
       for (const server of open) server.setSslOptions(options);
     } catch (err) {

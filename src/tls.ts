@@ -104,7 +104,8 @@ export function compileTls(options: SslOptions, serverSide: boolean): CompiledTl
 
 const PANTS_KEYS = new Set(["certfile", "keyfile", "ca_certs", "cert_reqs", "server_side", "do_handshake_on_connect", "sni"]);
 
-function readFile(option: string, path: unknown): Buffer {
+/** @internal The bytes of the file an SSL option names; an error that names the option and the file. */
+export function readFile(option: string, path: unknown): Buffer {
   if (typeof path !== "string" || path.length === 0) {
     throw typeError(`The SSL option ${option} must be a file path, got ${describe(path)}.`);
   }
