@@ -49,7 +49,7 @@ export interface SslOptions extends SecureContextOptions {
   keyfile?: string;
   /** PEM file with the CA certificates to trust (Pants' name; read once). */
   ca_certs?: string;
-  /** Peer certificate requirement (Pants' name). Client default: verify; server default: no client certificate. */
+  /** Peer certificate requirement (Pants' name). Client default: verify; server default: no client certificate. When given, it decides over `requestCert` and `rejectUnauthorized`. */
   cert_reqs?: CertReqs;
   /** Must be true on a server (default); on a stream it picks the TLS role. */
   server_side?: boolean;
@@ -325,8 +325,8 @@ function sessionIdContext(verify: ServerTls["verify"], ca: SecureContextOptions[
 
 /**
  * @internal Builds the client-side configuration once. The server certificate and
- * host name are verified unless `cert_reqs: "CERT_NONE"` or
- * `rejectUnauthorized: false`.
+ * host name are verified unless `cert_reqs: "CERT_NONE"` or (without
+ * `cert_reqs`) `rejectUnauthorized: false`.
  */
 export function compileClientTls(options: SslOptions): ClientTls {
   checkPantsFlags(options, undefined);
@@ -336,7 +336,10 @@ export function compileClientTls(options: SslOptions): ClientTls {
   for (const key of ["servername", "checkServerIdentity", "session", "ALPNProtocols", "requestCert"] as const) {
     if (options[key] !== undefined) (out as Record<string, unknown>)[key] = options[key];
   }
-  out.rejectUnauthorized = options.cert_reqs === "CERT_NONE" ? false : (options.rejectUnauthorized ?? true);
+  // cert_reqs, when given, decides, as on a server: "CERT_REQUIRED" with
+  // rejectUnauthorized: false still verifies (Python: on a client
+  // CERT_OPTIONAL verifies too, the server always sends a certificate).
+  out.rejectUnauthorized = options.cert_reqs !== undefined ? options.cert_reqs !== "CERT_NONE" : (options.rejectUnauthorized ?? true);
   out.secureContext = createContext("TLS client options", ctx, true);
   return { options: out };
 }

@@ -1445,6 +1445,25 @@ test("Node's rejectUnauthorized: false turns a client's verification off, as cer
   assert.equal(line, "lax");
 });
 
+test("a client's cert_reqs decides over rejectUnauthorized, as on a server: CERT_REQUIRED (or CERT_OPTIONAL) with rejectUnauthorized: false still verifies", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Echo, { engine, sslOptions: { certfile: certs.otherHost.cert, keyfile: certs.otherHost.key } }), t);
+  for (const cert_reqs of ["CERT_REQUIRED", "CERT_OPTIONAL"] as const) {
+    // Untrusted: no CA given.
+    const untrusted = new Stream({ engine, sslOptions: { cert_reqs, rejectUnauthorized: false } }).connect(["127.0.0.1", port]);
+    await assert.rejects(untrusted.ready(), ConnectError, `${cert_reqs}: an untrusted certificate`);
+    // Trusted, but for another host name.
+    const otherName = new Stream({ engine, sslOptions: { cert_reqs, rejectUnauthorized: false, ca_certs: certs.ca.cert } }).connect(["localhost", port]);
+    await assert.rejects(otherName.ready(), /altnames|host/i, `${cert_reqs}: a certificate for another host name`);
+  }
+  // CERT_NONE still turns it off, whatever rejectUnauthorized says.
+  const lax = new Stream({ engine, sslOptions: { cert_reqs: "CERT_NONE", rejectUnauthorized: true } }).connect(["127.0.0.1", port]);
+  await lax.ready();
+  assert.equal(lax.authorized, false);
+  lax.close();
+});
+
 test("a server's secure context is built once per startSSL, not per connection", { skip }, async (t) => {
   const engine = freshEngine(t);
   const create = tls.createSecureContext;
