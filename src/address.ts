@@ -74,6 +74,12 @@ export function parseAddress(address: unknown): ParsedAddress {
         `Invalid address ${describe(address)}: a string is a UNIX socket path, and this one reads as a port; pass the port as a number (Number(process.env.PORT)), or "./${address}" for a socket file of that name.`,
       );
     }
+    // The OS reads a file path up to its first NUL: "/run/a.sock\0x" would
+    // quietly be "/run/a.sock" (Python raises ValueError for it). Only an
+    // abstract name, which has a length, may hold NULs.
+    if (!abstract && address.includes("\0")) {
+      throw new InvalidAddressFormatError(`Invalid address ${describe(address)}: a UNIX socket path cannot hold a NUL byte (only a Linux abstract name, which starts with one).`);
+    }
     // sun_path: a longer path would be cut short by node:net (and refused by the OS elsewhere).
     const bytes = Buffer.byteLength(address) + (abstract ? 0 : 1);
     if (bytes > SUN_PATH_BYTES) {
@@ -92,6 +98,10 @@ export function parseAddress(address: unknown): ParsedAddress {
       throw new InvalidAddressFormatError(
         `Invalid address ${describe(address)}: the port must be an integer from 0 to 65535.`,
       );
+    }
+    if (host.includes("\0")) {
+      // The resolver reads a host name up to its first NUL: "a.example\0.b" would quietly be "a.example".
+      throw new InvalidAddressFormatError(`Invalid address ${describe(address)}: a host cannot hold a NUL byte.`);
     }
     if (host.startsWith("[") && host.endsWith("]")) {
       // URL notation: no resolver would find "[::1]" (it failed later, as ENOTFOUND).

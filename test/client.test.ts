@@ -12,7 +12,7 @@ import { spawn } from "node:child_process";
 import dns from "node:dns";
 import { syncBuiltinESMExports } from "node:module";
 import { join } from "node:path";
-import { ConnectError, Engine, Server, Stream, TimeoutError } from "../src/index.js";
+import { ConnectError, Engine, InvalidAddressFormatError, Server, Stream, TimeoutError } from "../src/index.js";
 import type { Address } from "../src/index.js";
 import { captureLogs, freePort, freshEngine, hasIPv6, portOf, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
@@ -249,6 +249,28 @@ test("a TCP client's remoteAddress is its target until it connects (or when it n
 test("unknown host: ConnectError with the resolver's code, asynchronously", async (t) => {
   const s = await failedConnect(t, ["no-such-host.invalid", 80]);
   assert.ok(["ENOTFOUND", "EAI_AGAIN", "EAI_FAIL"].includes(String(s.error!.errno)), String(s.error!.errno));
+});
+
+test("a NUL byte inside a UNIX path or a host name is an invalid address, not a connect to what comes before it (the OS stops reading there)", async (t) => {
+  const engine = freshEngine(t);
+  const path = join(tempDir(t), "app.sock");
+  const unix = new Server(null, { engine }).listen(path);
+  await unix.ready();
+  t.after(() => unix.close());
+  const tcp = new Server(null, { engine }).listen(["127.0.0.1", 0]);
+  await tcp.ready();
+  t.after(() => tcp.close());
+  const port = portOf(tcp);
+  for (const address of [`${path}\0.other`, ["127.0.0.1\0.evil.example", port], ["localhost\0.evil.example", port], ["::1\0x", port, 0, 0]] as Address[]) {
+    const c = new Stream({ engine });
+    assert.throws(() => c.connect(address), InvalidAddressFormatError, `connect(${JSON.stringify(address)})`);
+    assert.equal(c.connecting, false);
+    assert.throws(() => new Server(null, { engine }).listen(address), InvalidAddressFormatError, `listen(${JSON.stringify(address)})`);
+  }
+  // Nothing reached the servers meanwhile; the path itself works.
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(unix.channels.size + tcp.channels.size, 0);
+  await new Stream({ engine }).connect(path).ready();
 });
 
 test("missing UNIX socket path: ConnectError ENOENT", async (t) => {
