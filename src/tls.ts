@@ -13,7 +13,7 @@ import tls from "node:tls";
 import type { ConnectionOptions, SecureContext, SecureContextOptions, TLSSocket, TLSSocketOptions } from "node:tls";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { describe, rangeError, typeError } from "./errors.js";
+import { asError, describe, rangeError, typeError } from "./errors.js";
 
 /** Pants' (Python `ssl`) certificate requirement names. */
 export type CertReqs = "CERT_NONE" | "CERT_OPTIONAL" | "CERT_REQUIRED";
@@ -67,7 +67,7 @@ export interface SslOptions extends SecureContextOptions {
   sni?: Record<string, SniEntry>;
   /** Client: the SNI host name to send and verify (default: the host connected to, unless it is an IP). */
   servername?: string;
-  /** Client: replaces Node's host-name check. */
+  /** Client: replaces Node's host-name check; an Error it returns or throws fails the handshake. */
   checkServerIdentity?: ConnectionOptions["checkServerIdentity"];
   /** Client: a session to resume. */
   session?: Buffer;
@@ -333,8 +333,24 @@ export function compileClientTls(options: SslOptions): ClientTls {
   checkAlpn(options.ALPNProtocols);
   const ctx = contextOptions(options, true);
   const out: ConnectionOptions = { ...(ctx as ConnectionOptions) };
-  for (const key of ["servername", "checkServerIdentity", "session", "ALPNProtocols", "requestCert"] as const) {
+  for (const key of ["servername", "session", "ALPNProtocols", "requestCert"] as const) {
     if (options[key] !== undefined) (out as Record<string, unknown>)[key] = options[key];
+  }
+  const check: unknown = options.checkServerIdentity;
+  if (check !== undefined) {
+    if (typeof check !== "function") {
+      throw typeError(`SSL option 'checkServerIdentity' must be a function, got ${describe(check)}.`, "ERR_INVALID_ARG_TYPE");
+    }
+    // node:tls calls it from its handshake callback, where a throw would be
+    // an uncaught exception: what it throws fails this handshake instead.
+    const identity = check as NonNullable<ConnectionOptions["checkServerIdentity"]>;
+    out.checkServerIdentity = (host, cert) => {
+      try {
+        return identity(host, cert);
+      } catch (err) {
+        return asError(err, "checkServerIdentity");
+      }
+    };
   }
   // cert_reqs, when given, decides, as on a server: "CERT_REQUIRED" with
   // rejectUnauthorized: false still verifies (Python: on a client

@@ -1464,6 +1464,39 @@ test("a client's cert_reqs decides over rejectUnauthorized, as on a server: CERT
   lax.close();
 });
 
+test("a client's checkServerIdentity that throws fails that handshake (onSslHandshakeError, ConnectError, onClose), not the process; one that is not a function is a TypeError", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Echo, { engine, sslOptions: serverOptions() }), t);
+  for (const thrown of [new Error("no such host here"), "a bare string"]) {
+    const events: string[] = [];
+    class Client extends Stream {
+      override onConnect() {
+        events.push("connect");
+      }
+      override onSslHandshakeError(err: Error) {
+        events.push(`handshakeError:${err.message}`);
+      }
+      override onClose() {
+        events.push("close");
+      }
+    }
+    const checkServerIdentity = () => {
+      throw thrown;
+    };
+    const c = new Client({ engine, sslOptions: { ca_certs: certs.ca.cert, checkServerIdentity } }).connect(["localhost", port]);
+    await assert.rejects(c.ready(), (err: Error) => err instanceof ConnectError && err.message.includes(thrown instanceof Error ? thrown.message : thrown));
+    await waitFor(() => events.includes("close"));
+    assert.equal(events.length, 2, events.join(", "));
+    assert.match(events[0]!, thrown instanceof Error ? /^handshakeError:no such host here$/ : /^handshakeError:checkServerIdentity threw a non-Error value: a bare string$/);
+  }
+  // Returning nothing accepts, as in node:tls.
+  const ok = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, checkServerIdentity: () => undefined } }).connect(["localhost", port]);
+  await ok.ready();
+  ok.close();
+  assert.throws(() => new Stream({ engine, sslOptions: { checkServerIdentity: "yes" as never } }), TypeError);
+});
+
 test("a server's secure context is built once per startSSL, not per connection", { skip }, async (t) => {
   const engine = freshEngine(t);
   const create = tls.createSecureContext;
