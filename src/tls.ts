@@ -333,6 +333,16 @@ export function compileClientTls(options: SslOptions): ClientTls {
   checkAlpn(options.ALPNProtocols);
   const ctx = contextOptions(options, true);
   const out: ConnectionOptions = { ...(ctx as ConnectionOptions) };
+  // node:tls checks these only once it has taken the socket over, too late
+  // to fail cleanly: the socket it leaves behind raised an unhandled 'error'.
+  const servername: unknown = options.servername;
+  if (servername !== undefined && typeof servername !== "string") {
+    throw typeError(`SSL option 'servername' must be a string, got ${describe(servername)}.`, "ERR_INVALID_ARG_TYPE");
+  }
+  const session: unknown = options.session;
+  if (session !== undefined && !(session instanceof Uint8Array)) {
+    throw typeError(`SSL option 'session' must be a Buffer, got ${describe(session)}.`, "ERR_INVALID_ARG_TYPE");
+  }
   for (const key of ["servername", "session", "ALPNProtocols", "requestCert"] as const) {
     if (options[key] !== undefined) (out as Record<string, unknown>)[key] = options[key];
   }

@@ -1497,6 +1497,26 @@ test("a client's checkServerIdentity that throws fails that handshake (onSslHand
   assert.throws(() => new Stream({ engine, sslOptions: { checkServerIdentity: "yes" as never } }), TypeError);
 });
 
+test("a client's servername or session of the wrong type is a TypeError when given (constructor, startSSL, STARTTLS), not an unhandled 'error' once connected", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const bad: SslOptions[] = [{ servername: 123 as never }, { session: "abc" as never }];
+  for (const options of bad) {
+    assert.throws(() => new Stream({ engine, sslOptions: options }), TypeError, JSON.stringify(options));
+    assert.throws(() => new Stream({ engine }).startSSL(options), TypeError, JSON.stringify(options));
+  }
+  // STARTTLS on a connected client: the stream stays open and plain.
+  class Plain extends Stream {}
+  const port = await listenLocal(new Server(Plain, { engine }), t);
+  const c = new Stream({ engine }).connect(["127.0.0.1", port]);
+  await c.ready();
+  for (const options of bad) assert.throws(() => c.startSSL(options), TypeError, JSON.stringify(options));
+  await sleep(100);
+  assert.equal(c.closed, false);
+  assert.equal(c.sslEnabled, false);
+  c.close();
+});
+
 test("a server's secure context is built once per startSSL, not per connection", { skip }, async (t) => {
   const engine = freshEngine(t);
   const create = tls.createSecureContext;
