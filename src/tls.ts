@@ -377,10 +377,13 @@ function checkAlpn(value: unknown): void {
   if (!ok) throw typeError(`SSL option 'ALPNProtocols' must be an array of protocol names, got ${describe(value)}.`, "ERR_INVALID_ARG_TYPE");
 }
 
-/** @internal The SNI name to send for `host` (none for IP literals, as RFC 6066 requires). */
+/**
+ * @internal The SNI name to send for `host`: none for IP literals, and an
+ * absolute name without its trailing dot, as RFC 6066 requires.
+ */
 export function sniName(host: string | undefined): string | undefined {
   if (host === undefined || host === "" || isIP(host) !== 0) return undefined;
-  return host;
+  return host.endsWith(".") && host.length > 1 ? host.slice(0, -1) : host;
 }
 
 /** @internal Wraps an accepted (or STARTTLS) socket in server-side TLS; the handshake starts at once. */

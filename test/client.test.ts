@@ -363,6 +363,29 @@ for (const kind of ["ipv4", "ipv6", "unix"] as const) {
   });
 }
 
+test("a TLS client connecting to an absolute host name (\"a.test.\") sends SNI without the trailing dot, as RFC 6066 requires, and verifies that name's certificate", { skip: !hasOpenssl() && "the openssl command is not installed", timeout: 30_000 }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const seen: Array<string | false | null> = [];
+  const server = tls.createServer({ key: certs.sniA.keyPem, cert: certs.sniA.certPem }, (c) => {
+    seen.push(c.servername);
+    c.on("error", () => {});
+    c.end("hello\n");
+  });
+  server.on("tlsClientError", () => {});
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.after(() => server.close());
+  fakeResolver(t, "a.test.", ["127.0.0.1"]);
+  const s = new Recording({ engine, sslOptions: { ca: certs.ca.certPem } }).connect(["a.test.", (server.address() as net.AddressInfo).port]);
+  await s.ready();
+  assert.equal(s.authorized, true);
+  await waitFor(() => seen.length === 1);
+  assert.deepEqual(seen, ["a.test"]);
+  s.close();
+});
+
 test("startSSL() called while the connect is under way: the connection is TLS from the start (every transport)", { skip: !hasOpenssl() && "the openssl command is not installed", timeout: 30_000 }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
