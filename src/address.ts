@@ -69,7 +69,7 @@ export function parseAddress(address: unknown): ParsedAddress {
     // node:net's listen("8080") and connect("8080") take a string it reads
     // as a number for a port; here it would quietly become a socket file in
     // the working directory (process.env.PORT is a string).
-    if (!abstract && Number(address) >= 0) {
+    if (!abstract && readsAsPort(address)) {
       throw new InvalidAddressFormatError(
         `Invalid address ${describe(address)}: a string is a UNIX socket path, and this one reads as a port; pass the port as a number (Number(process.env.PORT)), or "./${address}" for a socket file of that name.`,
       );
@@ -157,6 +157,11 @@ function scopeIndex(zone: string): number {
   if (/^\d+$/.test(zone)) return Number(zone);
   for (const a of networkInterfaces()[zone] ?? []) if (a.family === "IPv6" && a.scopeid !== undefined && a.scopeid > 0) return a.scopeid;
   return 0;
+}
+
+/** Whether node:net would take `text`, given as an address, for a port (`"8080"`, `" 8080"`, `"0x50"`), not a path. */
+export function readsAsPort(text: string): boolean {
+  return Number(text) >= 0;
 }
 
 /** The host a connect() to a TCP address goes to: `""` is this host's loopback. */

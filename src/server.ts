@@ -17,7 +17,7 @@ import { Channel, diagnostics, isThenable } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
 import { addStats, cappedDelay, newStats } from "./engine.js";
 import type { Stats, Timer } from "./engine.js";
-import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, withScope } from "./address.js";
+import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, readsAsPort, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, InvalidAddressFormatError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
@@ -230,7 +230,7 @@ export const retiredTotals: Stats = newStats();
 function checkClusterPath(path: string): void {
   if (path.charCodeAt(0) === 0) return;
   const name = relativePath(process.cwd(), resolvePath(path));
-  if (Number(name) >= 0) {
+  if (readsAsPort(name)) {
     throw new InvalidAddressFormatError(
       `Invalid address ${describe(path)} in a cluster worker: node:cluster's primary binds it as ${describe(name)}, which node:net reads as a port; name the socket file otherwise ("${name}.sock"), or put it in another directory.`,
     );
