@@ -374,10 +374,15 @@ const workerTicketKeys: Buffer | undefined = (() => {
  */
 let ticketKeys: Buffer | undefined = workerTicketKeys;
 
+/** This process's session ticket keys (see ticketKeys), made on first use. */
+function sessionTicketKeys(): Buffer {
+  return (ticketKeys ??= randomBytes(48));
+}
+
 /** The TLS options of --tls-cert/--tls-key, if given. */
 function tlsOptions(args: ServeArgs): SslOptions | undefined {
   if (args.tlsCert === undefined) return undefined;
-  return { certfile: args.tlsCert, keyfile: args.tlsKey ?? args.tlsCert, ticketKeys: (ticketKeys ??= randomBytes(48)) };
+  return { certfile: args.tlsCert, keyfile: args.tlsKey ?? args.tlsCert, ticketKeys: sessionTicketKeys() };
 }
 
 /**
@@ -443,7 +448,7 @@ function reloadCertificates(servers: Server[], args: ServeArgs, loaded: string):
       // Read once for every server, so that a file changing again part-way cannot leave two on different certificates.
       const cert = readSslFile("certfile", args.tlsCert);
       const key = args.tlsKey === undefined || args.tlsKey === args.tlsCert ? cert : readSslFile("keyfile", args.tlsKey);
-      const options: SslOptions = { cert, key, ticketKeys: (ticketKeys ??= randomBytes(48)) };
+      const options: SslOptions = { cert, key, ticketKeys: sessionTicketKeys() };
       for (const server of open) server.setSslOptions(options);
     } catch (err) {
       process.stderr.write(`pants-ts: ${args.tlsCert} changed but did not load (${err instanceof Error ? err.message : String(err)}); still serving the certificate loaded before${who}\n`);
