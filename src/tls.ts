@@ -355,11 +355,17 @@ export function compileClientTls(options: SslOptions): ClientTls {
     // an uncaught exception: what it throws fails this handshake instead.
     const identity = check as NonNullable<ConnectionOptions["checkServerIdentity"]>;
     out.checkServerIdentity = (host, cert) => {
+      let result: unknown;
       try {
-        return identity(host, cert);
+        result = identity(host, cert);
       } catch (err) {
         return asError(err, "checkServerIdentity");
       }
+      // node:tls fails the handshake on any truthy value and passes that
+      // value on as the error itself: onSslHandshakeError would get a string.
+      if (result instanceof Error) return result;
+      if (!result) return undefined; // node:tls accepts any falsy value too
+      return new Error(`checkServerIdentity returned ${describe(result)}, not an Error or undefined.`, { cause: result });
     };
   }
   // cert_reqs, when given, decides, as on a server: "CERT_REQUIRED" with

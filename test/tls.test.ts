@@ -1494,6 +1494,20 @@ test("a client's checkServerIdentity that throws fails that handshake (onSslHand
   const ok = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, checkServerIdentity: () => undefined } }).connect(["localhost", port]);
   await ok.ready();
   ok.close();
+  // Returning something other than an Error (a JS caller's string) refuses,
+  // and the handlers still get an Error that says what was returned.
+  const handed: unknown[] = [];
+  class Returns extends Stream {
+    override onSslHandshakeError(err: Error) {
+      handed.push(err);
+    }
+  }
+  const checkServerIdentity = (() => "not this host") as unknown as SslOptions["checkServerIdentity"];
+  const refused = new Returns({ engine, sslOptions: { ca_certs: certs.ca.cert, checkServerIdentity } }).connect(["localhost", port]);
+  await assert.rejects(refused.ready(), (err: Error) => err instanceof ConnectError && err.message.includes("not this host"));
+  assert.equal(handed.length, 1);
+  assert.ok(handed[0] instanceof Error, `onSslHandshakeError got ${String(handed[0])}`);
+  assert.match(handed[0].message, /^checkServerIdentity returned "not this host"/);
   assert.throws(() => new Stream({ engine, sslOptions: { checkServerIdentity: "yes" as never } }), TypeError);
 });
 
