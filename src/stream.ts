@@ -2839,7 +2839,8 @@ export class Stream extends Channel {
   #armHandshakeTimeout(): void {
     const ms = this.handshakeTimeout;
     if (ms > 0) this.#setDeadline("handshake", ms);
-    else this.#clearDeadline("handshake");
+    else if (this.#x?.deadlineKind === "handshake") this.#clearDeadline("handshake");
+    else this.#updateTimed(); // a first handshake stops the idle clock (see #updateTimed)
   }
 
   #setDeadline(kind: "handshake" | "drain", ms: number): void {
@@ -2860,9 +2861,18 @@ export class Stream extends Channel {
     this.#updateTimed();
   }
 
+  /**
+   * Registers this stream with the sweeper while it has a deadline or an
+   * idle clock to run. The idle clock runs from `connect()` (it bounds the
+   * connect), and from onConnect on; not during a first TLS handshake,
+   * which has its own deadline: a slow ClientHello under handshakeTimeout 0
+   * is not idle time, and an onTimeout then could only wait for onConnect.
+   */
   #updateTimed(): void {
     const x = this.#x;
-    const want = this.#state !== S_CLOSED && x !== null && (x.deadlineKind !== null || (x.idleTimeout > 0 && this.#state >= S_CONNECTING));
+    const state = this.#state;
+    const idle = x !== null && x.idleTimeout > 0 && state >= S_CONNECTING && !(state === S_PENDING && this.#handshaking);
+    const want = state !== S_CLOSED && x !== null && (x.deadlineKind !== null || idle);
     if (want) {
       if ((this.#flags & F_TIMED) === 0) x.idleSince = this.engine.time();
       this.#flags |= F_TIMED;
@@ -2887,13 +2897,6 @@ export class Stream extends Channel {
       return;
     }
     if (kind === null && x.idleTimeout <= 0) return;
-    if (this.#state === S_PENDING && this.#handshaking) {
-      // A first TLS handshake with no deadline (handshakeTimeout 0): the
-      // idle clock starts at onConnect. An onTimeout due now could only be
-      // held for onConnect, and would close the stream as it opened.
-      x.idleSince = now;
-      return;
-    }
     if (this.#state === S_CONNECTING) {
       if (now - x.idleSince >= x.idleTimeout) {
         this._onSocketError(new TimeoutError(`The connect did not complete in ${x.idleTimeout} ms.`, "connect"));
