@@ -65,7 +65,7 @@ export interface SslOptions extends SecureContextOptions {
   SNICallback?: (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void;
   /** Server: certificates by SNI host name (`"*.example.com"` wildcards allowed; names match without case or a trailing dot); the top-level certificate is the default. */
   sni?: Record<string, SniEntry>;
-  /** Client: the SNI host name to send and verify (default: the host connected to, unless it is an IP). */
+  /** Client: the SNI host name to send and verify (default: the host connected to, unless it is an IP), without an absolute name's trailing dot. */
   servername?: string;
   /** Client: replaces Node's host-name check; an Error it returns or throws fails the handshake. */
   checkServerIdentity?: ConnectionOptions["checkServerIdentity"];
@@ -229,14 +229,17 @@ function plainValue(value: unknown): unknown {
 }
 
 /**
- * A host name as the sni map compares it: without case, and without the
- * trailing dot of an absolute name (RFC 6066 leaves it out of SNI, but
- * Node's client sends `a.test.` as given, and verifies the certificate of
- * `a.test` for it).
+ * A host name without the trailing dot of an absolute name (`a.test.` is
+ * `a.test`): RFC 6066 leaves it out of SNI, and node:tls verifies the
+ * certificate of `a.test` for either.
  */
+function relativeName(name: string): string {
+  return name.length > 1 && name.endsWith(".") ? name.slice(0, -1) : name;
+}
+
+/** A host name as the sni map compares it: without case or a trailing dot (other clients send `a.test.` as given). */
 function hostKey(name: string): string {
-  const lower = name.toLowerCase();
-  return lower.endsWith(".") ? lower.slice(0, -1) : lower;
+  return relativeName(name.toLowerCase());
 }
 
 function wildcardMatch(pattern: string, host: string): boolean {
@@ -346,6 +349,8 @@ export function compileClientTls(options: SslOptions): ClientTls {
   for (const key of ["servername", "session", "ALPNProtocols", "requestCert"] as const) {
     if (options[key] !== undefined) (out as Record<string, unknown>)[key] = options[key];
   }
+  // Sent in SNI, and verified, as a name derived from the host is (sniName).
+  if (typeof servername === "string") out.servername = relativeName(servername);
   const check: unknown = options.checkServerIdentity;
   if (check !== undefined) {
     if (typeof check !== "function") {
@@ -389,7 +394,7 @@ function checkAlpn(value: unknown): void {
  */
 export function sniName(host: string | undefined): string | undefined {
   if (host === undefined || host === "" || isIP(host) !== 0) return undefined;
-  return host.endsWith(".") && host.length > 1 ? host.slice(0, -1) : host;
+  return relativeName(host);
 }
 
 /** @internal Wraps an accepted (or STARTTLS) socket in server-side TLS; the handshake starts at once. */

@@ -386,6 +386,35 @@ test("a TLS client connecting to an absolute host name (\"a.test.\") sends SNI w
   s.close();
 });
 
+test("a TLS client's explicit servername \"a.test.\" is sent in SNI and verified without the trailing dot, as one taken from the host is", { skip: !hasOpenssl() && "the openssl command is not installed", timeout: 30_000 }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const seen: Array<string | false | null> = [];
+  const server = tls.createServer({ key: certs.sniA.keyPem, cert: certs.sniA.certPem }, (c) => {
+    seen.push(c.servername);
+    c.on("error", () => {});
+    c.end("hello\n");
+  });
+  server.on("tlsClientError", () => {});
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.after(() => server.close());
+  const checked: string[] = [];
+  const checkServerIdentity = (host: string, cert: tls.PeerCertificate) => {
+    checked.push(host);
+    return tls.checkServerIdentity(host, cert);
+  };
+  const s = new Recording({ engine, sslOptions: { ca: certs.ca.certPem, servername: "a.test.", checkServerIdentity } });
+  s.connect(["127.0.0.1", (server.address() as net.AddressInfo).port]);
+  await s.ready();
+  assert.equal(s.authorized, true);
+  await waitFor(() => seen.length === 1);
+  assert.deepEqual(seen, ["a.test"]);
+  assert.deepEqual(checked, ["a.test"]);
+  s.close();
+});
+
 test("startSSL() called while the connect is under way: the connection is TLS from the start (every transport)", { skip: !hasOpenssl() && "the openssl command is not installed", timeout: 30_000 }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
