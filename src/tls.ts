@@ -65,11 +65,11 @@ export interface SslOptions extends SecureContextOptions {
   SNICallback?: (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void;
   /** Server: certificates by SNI host name (`"*.example.com"` wildcards allowed; names match without case or a trailing dot); the top-level certificate is the default. */
   sni?: Record<string, SniEntry>;
-  /** Client: the SNI host name to send and verify (default: the host connected to, unless it is an IP), without an absolute name's trailing dot. */
+  /** Client: the SNI host name to send and verify (default: the host connected to, unless it is an IP), without an absolute name's trailing dot (null: as not given). */
   servername?: string;
   /** Client: replaces Node's host-name check; an Error it returns or throws fails the handshake. */
   checkServerIdentity?: ConnectionOptions["checkServerIdentity"];
-  /** Client: a session to resume. */
+  /** Client: a session to resume (null: none). */
   session?: Buffer;
 }
 
@@ -338,16 +338,19 @@ export function compileClientTls(options: SslOptions): ClientTls {
   const out: ConnectionOptions = { ...(ctx as ConnectionOptions) };
   // node:tls checks these only once it has taken the socket over, too late
   // to fail cleanly: the socket it leaves behind raised an unhandled 'error'.
+  // null is none, as node:tls takes it (a JS caller's "no session yet").
   const servername: unknown = options.servername;
-  if (servername !== undefined && typeof servername !== "string") {
+  if (servername != null && typeof servername !== "string") {
     throw typeError(`SSL option 'servername' must be a string, got ${describe(servername)}.`, "ERR_INVALID_ARG_TYPE");
   }
   const session: unknown = options.session;
-  if (session !== undefined && !(session instanceof Uint8Array)) {
+  if (session != null && !(session instanceof Uint8Array)) {
     throw typeError(`SSL option 'session' must be a Buffer, got ${describe(session)}.`, "ERR_INVALID_ARG_TYPE");
   }
+  delete out.servername;
+  delete out.session;
   for (const key of ["servername", "session", "ALPNProtocols", "requestCert"] as const) {
-    if (options[key] !== undefined) (out as Record<string, unknown>)[key] = options[key];
+    if (options[key] != null) (out as Record<string, unknown>)[key] = options[key];
   }
   // Sent in SNI, and verified, as a name derived from the host is (sniName).
   if (typeof servername === "string") out.servername = relativeName(servername);

@@ -1531,6 +1531,26 @@ test("a client's servername or session of the wrong type is a TypeError when giv
   c.close();
 });
 
+test("a client's servername or session of null is none, as node:tls takes it: SNI and verification use the host, no session is offered; a checkServerIdentity of null stays a TypeError (node:tls refuses it too)", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  class Echo1 extends Echo {}
+  const port = await listenLocal(new Server(Echo1, { engine, sslOptions: serverOptions() }), t);
+  const nulls = { ca: certs.ca.certPem, servername: null, session: null } as unknown as SslOptions;
+  const first = new Stream({ engine, sslOptions: nulls }).connect(["localhost", port]);
+  await first.ready();
+  assert.equal(first.authorized, true);
+  assert.equal(first.servername, "localhost");
+  assert.equal(first.sslSessionReused, false);
+  first.close();
+  const later = new Stream({ engine }).startSSL(nulls).connect(["localhost", port]);
+  await later.ready();
+  assert.equal(later.authorized, true);
+  assert.equal(later.servername, "localhost");
+  later.close();
+  assert.throws(() => new Stream({ engine, sslOptions: { checkServerIdentity: null as never } }), TypeError);
+});
+
 test("a server's secure context is built once per startSSL, not per connection", { skip }, async (t) => {
   const engine = freshEngine(t);
   const create = tls.createSecureContext;
