@@ -47,7 +47,7 @@ export interface SslOptions extends SecureContextOptions {
   certfile?: string;
   /** PEM file with the private key (Pants' name; read once). Defaults to `certfile`'s key if it holds one. */
   keyfile?: string;
-  /** PEM file with the CA certificates to trust (Pants' name; read once). */
+  /** PEM file with the CA certificates to trust (Pants' name; read once), beside those of `ca` if both are given. */
   ca_certs?: string;
   /** Peer certificate requirement (Pants' name). Client default: verify; server default: no client certificate. When given, it decides over `requestCert` and `rejectUnauthorized`. */
   cert_reqs?: CertReqs;
@@ -159,7 +159,11 @@ function contextOptions(options: SslOptions | SniEntry, withCa: boolean): Secure
     }
   }
   if (o.keyfile !== undefined) out.key = readFile("keyfile", o.keyfile);
-  if (withCa && o.ca_certs !== undefined) out.ca = readFile("ca_certs", o.ca_certs);
+  if (withCa && o.ca_certs !== undefined) {
+    // Beside Node's `ca`, the file's CAs are trusted too: both were given.
+    const file = readFile("ca_certs", o.ca_certs);
+    out.ca = out.ca == null ? file : [...[out.ca as NonNullable<SecureContextOptions["ca"]>].flat(), file];
+  }
   if (out.minVersion === undefined) out.minVersion = "TLSv1.2";
   return out as SecureContextOptions;
 }

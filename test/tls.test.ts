@@ -616,6 +616,36 @@ test("mutual TLS: cert_reqs CERT_REQUIRED refuses clients without a certificate;
   }
 });
 
+test("ca and ca_certs given together are both trusted: a client verifies a server certificate from either CA, a server (CERT_REQUIRED) a client certificate from either", { skip, timeout: 30_000 }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const other = makeCerts(); // a second CA, unrelated to the first
+  t.after(() => other.cleanup());
+  const both: SslOptions = { ca: certs.ca.certPem, ca_certs: other.ca.cert };
+  for (const issuer of [certs, other]) {
+    const port = await listenLocal(new Server(Echo, { engine, sslOptions: { certfile: issuer.server.cert, keyfile: issuer.server.key } }), t);
+    const c = new Stream({ engine, sslOptions: both }).connect(["localhost", port]);
+    await c.ready();
+    assert.equal(c.authorized, true);
+    c.close();
+  }
+  const verified: boolean[] = [];
+  class S extends Echo {
+    override onConnect() {
+      verified.push(this.authorized);
+      super.onConnect();
+    }
+  }
+  const port = await listenLocal(new Server(S, { engine, sslOptions: { ...serverOptions(), ...both, cert_reqs: "CERT_REQUIRED" } }), t);
+  for (const issuer of [certs, other]) {
+    const c = new Stream({ engine, sslOptions: { ca: certs.ca.certPem, certfile: issuer.client.cert, keyfile: issuer.client.key } }).connect(["localhost", port]);
+    await c.ready();
+    await waitFor(() => verified.length === (issuer === certs ? 1 : 2), 5000, "the server's onConnect");
+    c.close();
+  }
+  assert.deepEqual(verified, [true, true]);
+});
+
 test("mutual TLS: a client certificate that does not verify is refused (CERT_REQUIRED, and CERT_OPTIONAL when one is sent)", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
