@@ -281,7 +281,7 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
   // As tls.createServer: sessions resume for 5 minutes (OpenSSL's own default is 2 hours).
   base.sessionTimeout ??= 300;
   const secureContext = createContext("TLS server certificate, key or settings", base, shared);
-  checkAlpn(options.ALPNProtocols);
+  const alpn = compileAlpn(options.ALPNProtocols);
   if (options.SNICallback !== undefined && typeof options.SNICallback !== "function") {
     throw typeError(`SSL option 'SNICallback' must be a function, got ${describe(options.SNICallback)}.`, "ERR_INVALID_ARG_TYPE");
   }
@@ -309,7 +309,7 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
     };
   }
   const socketOptions: TLSSocketOptions = { isServer: true, secureContext, requestCert, rejectUnauthorized };
-  if (options.ALPNProtocols !== undefined) socketOptions.ALPNProtocols = options.ALPNProtocols as string[];
+  if (alpn !== undefined) socketOptions.ALPNProtocols = alpn;
   if (SNICallback !== undefined) socketOptions.SNICallback = SNICallback;
   return { socketOptions, verify };
 }
@@ -337,7 +337,7 @@ function sessionIdContext(verify: ServerTls["verify"], ca: SecureContextOptions[
  */
 export function compileClientTls(options: SslOptions): ClientTls {
   checkPantsFlags(options, undefined);
-  checkAlpn(options.ALPNProtocols);
+  const alpn = compileAlpn(options.ALPNProtocols);
   const ctx = contextOptions(options, true);
   const out: ConnectionOptions = { ...(ctx as ConnectionOptions) };
   // node:tls checks these only once it has taken the socket over, too late
@@ -353,9 +353,10 @@ export function compileClientTls(options: SslOptions): ClientTls {
   }
   delete out.servername;
   delete out.session;
-  for (const key of ["servername", "session", "ALPNProtocols", "requestCert"] as const) {
+  for (const key of ["servername", "session", "requestCert"] as const) {
     if (options[key] != null) (out as Record<string, unknown>)[key] = options[key];
   }
+  if (alpn !== undefined) out.ALPNProtocols = alpn;
   // Sent in SNI, and verified, as a name derived from the host is (sniName).
   if (typeof servername === "string") out.servername = relativeName(servername);
   const check: unknown = options.checkServerIdentity;
@@ -388,11 +389,36 @@ export function compileClientTls(options: SslOptions): ClientTls {
   return { options: out };
 }
 
-/** ALPNProtocols: protocol names (strings or bytes), as Node takes them. */
-function checkAlpn(value: unknown): void {
-  if (value === undefined) return;
+/**
+ * ALPNProtocols in the wire form node:tls takes as is (each name after its
+ * length byte), from protocol names (strings or bytes) or that form itself,
+ * made once. Each name must be 1 to 255 bytes (RFC 7301): node:tls checks
+ * only the upper bound, per connection, refuses names given as bytes there,
+ * and a client's empty or malformed list aborted the process (OpenSSL
+ * refuses it and Node asserts that it cannot).
+ */
+function compileAlpn(value: unknown): Buffer | undefined {
+  if (value === undefined) return undefined;
   const ok = Array.isArray(value) ? value.every((p) => typeof p === "string" || p instanceof Uint8Array) : value instanceof Uint8Array;
   if (!ok) throw typeError(`SSL option 'ALPNProtocols' must be an array of protocol names, got ${describe(value)}.`, "ERR_INVALID_ARG_TYPE");
+  if (Array.isArray(value)) {
+    const parts: Buffer[] = [];
+    for (const [i, name] of (value as Array<string | Uint8Array>).entries()) {
+      const bytes = typeof name === "string" ? Buffer.from(name, "utf8") : Buffer.from(name.buffer, name.byteOffset, name.byteLength);
+      if (bytes.length === 0 || bytes.length > 255) {
+        throw rangeError(`SSL option 'ALPNProtocols' must hold names of 1 to 255 bytes, got ${bytes.length} bytes at index ${i}.`, "ERR_INVALID_ARG_VALUE");
+      }
+      parts.push(Buffer.of(bytes.length), bytes);
+    }
+    return Buffer.concat(parts);
+  }
+  const wire = value as Uint8Array;
+  for (let at = 0; at < wire.length; at += 1 + wire[at]!) {
+    if (wire[at] === 0 || at + 1 + wire[at]! > wire.length) {
+      throw rangeError(`SSL option 'ALPNProtocols' as bytes must be names each after its length (1 to 255), got a bad length at byte ${at}.`, "ERR_INVALID_ARG_VALUE");
+    }
+  }
+  return Buffer.from(wire);
 }
 
 /**

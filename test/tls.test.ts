@@ -586,6 +586,44 @@ test("ALPN: the agreed protocol is on both streams", { skip }, async (t) => {
   c.close();
 });
 
+test("ALPN: an empty or over-long name, or wire bytes that do not parse, is a RangeError when given (server, client, STARTTLS), not a process abort or a failure per connection; names as bytes work", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const bad: unknown[] = [[""], ["h2", "x".repeat(256)], new Uint8Array([5, 1]), new Uint8Array([2, 104, 50, 0])];
+  for (const ALPNProtocols of bad) {
+    const what = `ALPNProtocols ${String(ALPNProtocols)}`;
+    const options = { ALPNProtocols } as unknown as SslOptions;
+    assert.throws(() => new Server(Echo, { engine }).startSSL({ ...serverOptions(), ...options }), RangeError, what);
+    assert.throws(() => new Stream({ engine, sslOptions: options }), RangeError, what);
+    assert.throws(() => new Stream({ engine }).startSSL(options), RangeError, what);
+  }
+  // STARTTLS on a connected client: the stream stays open and plain.
+  class Plain extends Stream {}
+  const plainPort = await listenLocal(new Server(Plain, { engine }), t);
+  const c = new Stream({ engine }).connect(["127.0.0.1", plainPort]);
+  await c.ready();
+  for (const ALPNProtocols of bad) assert.throws(() => c.startSSL({ ALPNProtocols } as unknown as SslOptions), RangeError);
+  assert.equal(c.closed, false);
+  assert.equal(c.sslEnabled, false);
+  c.close();
+  // Names given as bytes, on either side.
+  let serverAlpn: unknown = null;
+  class S extends Echo {
+    override onConnect() {
+      serverAlpn = this.alpnProtocol;
+      super.onConnect();
+    }
+  }
+  const asBytes = [Buffer.from("pants/2"), new TextEncoder().encode("pants/1")] as unknown as string[];
+  const port = await listenLocal(new Server(S, { engine, sslOptions: { ...serverOptions(), ALPNProtocols: asBytes } }), t);
+  const ok = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, ALPNProtocols: asBytes.slice(1) } }).connect(["localhost", port]);
+  await ok.ready();
+  assert.equal(ok.alpnProtocol, "pants/1");
+  await waitFor(() => serverAlpn !== null);
+  assert.equal(serverAlpn, "pants/1");
+  ok.close();
+});
+
 test("mutual TLS: cert_reqs CERT_REQUIRED refuses clients without a certificate; peerCertificate", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
