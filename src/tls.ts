@@ -337,6 +337,7 @@ function sessionIdContext(verify: ServerTls["verify"], ca: SecureContextOptions[
  */
 export function compileClientTls(options: SslOptions): ClientTls {
   checkPantsFlags(options, undefined);
+  checkConnectionOptions(options as Record<string, unknown>);
   const alpn = compileAlpn(options.ALPNProtocols);
   const ctx = contextOptions(options, true);
   const out: ConnectionOptions = { ...(ctx as ConnectionOptions) };
@@ -387,6 +388,34 @@ export function compileClientTls(options: SslOptions): ClientTls {
   out.rejectUnauthorized = options.cert_reqs !== undefined ? options.cert_reqs !== "CERT_NONE" : (options.rejectUnauthorized ?? true);
   out.secureContext = createContext("TLS client options", ctx, true);
   return { options: out };
+}
+
+/**
+ * Node's client options that node:tls checks only in `tls.connect`, once the
+ * connection is up: a wrong one failed that connect late, or (highWaterMark,
+ * refused once node:tls had taken the socket over) left a half-made
+ * TLSSocket on it whose close threw an uncaught TypeError. null is none
+ * where node:tls takes it so.
+ */
+function checkConnectionOptions(options: Record<string, unknown>): void {
+  const { pskCallback, signal, enableTrace, highWaterMark, minDHSize } = options;
+  if (pskCallback != null && typeof pskCallback !== "function") {
+    throw typeError(`SSL option 'pskCallback' must be a function, got ${describe(pskCallback)}.`);
+  }
+  if (signal != null && !(signal instanceof AbortSignal)) throw typeError(`SSL option 'signal' must be an AbortSignal, got ${describe(signal)}.`);
+  if (enableTrace != null && typeof enableTrace !== "boolean") {
+    throw typeError(`SSL option 'enableTrace' must be a boolean, got ${describe(enableTrace)}.`);
+  }
+  if (highWaterMark != null) {
+    if (typeof highWaterMark !== "number") throw typeError(`SSL option 'highWaterMark' must be a number, got ${describe(highWaterMark)}.`);
+    if (!Number.isInteger(highWaterMark) || highWaterMark < 0) {
+      throw rangeError(`SSL option 'highWaterMark' must be a whole number of bytes, got ${highWaterMark}.`, "ERR_INVALID_ARG_VALUE");
+    }
+  }
+  if (minDHSize !== undefined) {
+    if (typeof minDHSize !== "number") throw typeError(`SSL option 'minDHSize' must be a number, got ${describe(minDHSize)}.`);
+    if (!(minDHSize > 0)) throw rangeError(`SSL option 'minDHSize' must be a positive number of bits, got ${minDHSize}.`, "ERR_INVALID_ARG_VALUE");
+  }
 }
 
 /**

@@ -1599,6 +1599,39 @@ test("a client's servername or session of the wrong type is a TypeError when giv
   c.close();
 });
 
+test("a client's pskCallback, signal, enableTrace, highWaterMark or minDHSize that node:tls would refuse only once connected is refused when given (constructor, startSSL, STARTTLS): a bad highWaterMark crashed the process; good values connect", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const bad: Array<[Record<string, unknown>, typeof TypeError | typeof RangeError]> = [
+    [{ pskCallback: "x" }, TypeError],
+    [{ signal: "x" }, TypeError],
+    [{ enableTrace: "x" }, TypeError],
+    [{ highWaterMark: "x" }, TypeError],
+    [{ highWaterMark: -5 }, RangeError],
+    [{ minDHSize: "x" }, TypeError],
+    [{ minDHSize: 0 }, RangeError],
+  ];
+  class Plain extends Stream {}
+  const plainPort = await listenLocal(new Server(Plain, { engine }), t);
+  const c = new Stream({ engine }).connect(["127.0.0.1", plainPort]);
+  await c.ready();
+  for (const [options, type] of bad) {
+    const what = JSON.stringify(options);
+    assert.throws(() => new Stream({ engine, sslOptions: options as SslOptions }), type, what);
+    assert.throws(() => new Stream({ engine }).startSSL(options as SslOptions), type, what);
+    assert.throws(() => c.startSSL(options as SslOptions), type, what);
+  }
+  assert.equal(c.closed, false);
+  assert.equal(c.sslEnabled, false);
+  c.close();
+  const good = { pskCallback: null, signal: new AbortController().signal, enableTrace: false, highWaterMark: 4096, minDHSize: 2048 };
+  const port = await listenLocal(new Server(Echo, { engine, sslOptions: serverOptions() }), t);
+  const ok = new Stream({ engine, sslOptions: { ca: certs.ca.certPem, ...good } as unknown as SslOptions }).connect(["localhost", port]);
+  await ok.ready();
+  assert.equal(ok.authorized, true);
+  ok.close();
+});
+
 test("a client's servername or session of null is none, as node:tls takes it: SNI and verification use the host, no session is offered; a checkServerIdentity of null stays a TypeError (node:tls refuses it too)", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
