@@ -510,5 +510,24 @@ export function wrapClientSocket(socket: Duplex, compiled: ClientTls, host: stri
     if (sni !== undefined) connectOptions.servername = sni;
   }
   if (host !== undefined && host !== "") connectOptions.host = host;
-  return tls.connect(connectOptions);
+  const closeListeners = new Set(socket.listeners("close"));
+  try {
+    return tls.connect(connectOptions);
+  } catch (err) {
+    // node:tls checks some options only once its TLSSocket has taken the
+    // socket over. Out of our reach, that TLSSocket would read from the
+    // socket we close on its next tick: an 'error' no one listens to. Its
+    // listener on the socket's 'close' destroys it; run that now.
+    for (const listener of socket.listeners("close") as Array<() => void>) {
+      if (closeListeners.has(listener)) continue;
+      socket.off("close", listener);
+      try {
+        listener.call(socket);
+      } catch {
+        // Half-made (its net.Socket constructor threw), it cannot be destroyed:
+        // checkConnectionOptions keeps node:tls from failing there.
+      }
+    }
+    throw err;
+  }
 }

@@ -1632,6 +1632,43 @@ test("a client's pskCallback, signal, enableTrace, highWaterMark or minDHSize th
   ok.close();
 });
 
+test("a check node:tls makes only once its TLSSocket has the socket (setServername made to throw here) fails that connect or STARTTLS upgrade alone: onSslError, onClose, no unhandled 'error' from the TLSSocket left behind", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const uncaught: unknown[] = [];
+  const onUncaught = (err: unknown) => uncaught.push(err);
+  process.on("uncaughtException", onUncaught);
+  t.after(() => process.off("uncaughtException", onUncaught));
+  const proto = tls.TLSSocket.prototype as unknown as { setServername: (name: string) => void };
+  const setServername = proto.setServername;
+  proto.setServername = () => {
+    throw new Error("late check");
+  };
+  t.after(() => {
+    proto.setServername = setServername;
+  });
+  const events: string[] = [];
+  class Client extends Stream {
+    override onSslError(err: Error) {
+      events.push(`sslError:${err.message}`);
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  class Plain extends Stream {}
+  const port = await listenLocal(new Server(Plain, { engine }), t);
+  const first = new Client({ engine, sslOptions: { servername: "x.test" } }).connect(["127.0.0.1", port]);
+  await assert.rejects(first.ready(), /late check/);
+  const upgraded = new Client({ engine }).connect(["127.0.0.1", port]);
+  await upgraded.ready();
+  upgraded.startSSL({ servername: "x.test" });
+  await waitFor(() => upgraded.closed);
+  await sleep(100); // the TLSSocket left behind reads on its next tick
+  assert.deepEqual(events, ["sslError:late check", "close", "sslError:late check", "close"]);
+  assert.deepEqual(uncaught, []);
+});
+
 test("a client's servername or session of null is none, as node:tls takes it: SNI and verification use the host, no session is offered; a checkServerIdentity of null stays a TypeError (node:tls refuses it too)", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
