@@ -1218,7 +1218,11 @@ export class Stream extends Channel {
   onSslHandshakeError(err: Error): void {
     log.current.debug({ err, stream: String(this) }, `TLS handshake failed: ${err.message.trimEnd()}`);
   }
-  /** TLS could not be set up (bad options at upgrade time); the stream closes. Default: log it. */
+  /**
+   * TLS could not be set up (node:tls refused the options); the stream
+   * closes after this returns (for a client's first handshake,
+   * `onConnectError` follows it, then `onClose`). Default: log it.
+   */
   onSslError(err: Error): void {
     logPeerError(err, `TLS error on ${String(this)}`);
   }
@@ -1388,8 +1392,17 @@ export class Stream extends Channel {
       }
     } catch (err) {
       this._countError("tls", err as Error);
-      if (initial && (this.#flags & F_EVER_CONNECTED) === 0) this.#extras().connectError = err as Error;
+      // A client's first TLS that cannot start is its connect failing, as a failed handshake is (#handshakeFailed).
+      let connectErr: ConnectError | null = null;
+      if (initial && (this.#flags & F_EVER_CONNECTED) === 0) {
+        if ((this.#flags & F_SERVER_SIDE) === 0) {
+          const message = `Could not connect ${String(this)} to ${formatAddress(this.#targetAddress())}: TLS could not start: ${(err as Error).message}`;
+          connectErr = new ConnectError(message, { cause: err });
+        }
+        this.#extras().connectError = connectErr ?? (err as Error);
+      }
       this._call1(this.onSslError, err as Error);
+      if (connectErr !== null && this.#state !== S_CLOSED) this._call1(this.onConnectError, connectErr);
       this.#finishClose(false);
       return;
     }

@@ -1632,7 +1632,7 @@ test("a client's pskCallback, signal, enableTrace, highWaterMark or minDHSize th
   ok.close();
 });
 
-test("a check node:tls makes only once its TLSSocket has the socket (setServername made to throw here) fails that connect or STARTTLS upgrade alone: onSslError, onClose, no unhandled 'error' from the TLSSocket left behind", { skip }, async (t) => {
+test("a check node:tls makes only once its TLSSocket has the socket (setServername made to throw here) fails that connect (onSslError, onConnectError, onClose) or STARTTLS upgrade (onSslError, onClose) alone, with no unhandled 'error' from the TLSSocket left behind", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
   const uncaught: unknown[] = [];
@@ -1652,20 +1652,25 @@ test("a check node:tls makes only once its TLSSocket has the socket (setServerna
     override onSslError(err: Error) {
       events.push(`sslError:${err.message}`);
     }
+    override onConnectError(err: ConnectError) {
+      events.push(`connectError:${(err.cause as Error).message}`);
+    }
     override onClose() {
       events.push("close");
     }
   }
   class Plain extends Stream {}
   const port = await listenLocal(new Server(Plain, { engine }), t);
+  // A first handshake that cannot start is a failed connect, as a failed handshake is.
   const first = new Client({ engine, sslOptions: { servername: "x.test" } }).connect(["127.0.0.1", port]);
-  await assert.rejects(first.ready(), /late check/);
+  await assert.rejects(first.ready(), (err: Error) => err instanceof ConnectError && /TLS could not start: late check/.test(err.message));
+  assert.deepEqual(events.splice(0), ["sslError:late check", "connectError:late check", "close"]);
   const upgraded = new Client({ engine }).connect(["127.0.0.1", port]);
   await upgraded.ready();
   upgraded.startSSL({ servername: "x.test" });
   await waitFor(() => upgraded.closed);
   await sleep(100); // the TLSSocket left behind reads on its next tick
-  assert.deepEqual(events, ["sslError:late check", "close", "sslError:late check", "close"]);
+  assert.deepEqual(events, ["sslError:late check", "close"]);
   assert.deepEqual(uncaught, []);
 });
 
