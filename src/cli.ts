@@ -46,7 +46,8 @@ Options:
       --tls-key FILE         ... and this private key (PEM; default: the cert file)
       --tls-reload S         check both files every S seconds, and serve new connections with them
                              once they change (default 60; 0: never)
-  -w, --workers N            run N worker processes sharing the sockets (default 1: no cluster)
+  -w, --workers N            run N worker processes sharing the sockets (default 1: no cluster;
+                             at most 1024)
       --proxy-protocol       expect a HAProxy PROXY v1/v2 header on every connection
       --reuse-port           SO_REUSEPORT (Linux): share the port with other processes;
                              with --workers, each worker accepts for itself (plain TCP)
@@ -205,12 +206,26 @@ function checkPort(text: string, whole: string): number {
   return port;
 }
 
-/** An integer flag's value, from `min` (1 or 0) up to `max`. */
-function intFlag(name: string, text: string | undefined, min: 0 | 1 = 1, max = Infinity): number | undefined {
+/**
+ * The most workers --workers takes: a sanity bound that turns a typo (an
+ * extra digit or two) into a usage line, not thousands of processes forked
+ * before the machine runs out of memory. A fixed number, not one from the
+ * CPU count, so a command line copied to a smaller machine still parses;
+ * 1024 is well above the cores of any one host today.
+ */
+const MAX_WORKERS = 1024;
+
+/**
+ * An integer flag's value, from `min` (1 or 0) up to `max`: plain decimal
+ * digits only (no sign, exponent, hex, spaces or separators), and never
+ * beyond what a number holds exactly.
+ */
+function intFlag(name: string, text: string | undefined, min: 0 | 1 = 1, max = Number.MAX_SAFE_INTEGER): number | undefined {
   if (text === undefined) return undefined;
   const value = Number(text);
   if (!/^\d+$/.test(text) || value < min || value > max) {
-    const range = max !== Infinity ? `an integer from ${min} to ${max}` : min === 0 ? "a non-negative integer" : "a positive integer";
+    const kind = min === 0 ? "a non-negative integer" : "a positive integer";
+    const range = max !== Number.MAX_SAFE_INTEGER ? `an integer from ${min} to ${max}` : /^\d+$/.test(text) ? `${kind} up to ${max}` : kind;
     throw new UsageError(`--${name} must be ${range}, got "${text}"`);
   }
   return value;
@@ -275,7 +290,7 @@ function parseServe(argv: string[]): ServeArgs {
     module: parsed.positionals[0]!,
     listen: parseListens(v.listen ?? []),
     tlsReloadS: intFlag("tls-reload", v["tls-reload"], 0) ?? 60,
-    workers: intFlag("workers", v.workers) ?? 1,
+    workers: intFlag("workers", v.workers, 1, MAX_WORKERS) ?? 1,
     proxyProtocol: v["proxy-protocol"] ?? false,
     reusePort: v["reuse-port"] ?? false,
     shutdownTimeoutMs: intFlag("shutdown-timeout", v["shutdown-timeout"], 0) ?? 10_000,

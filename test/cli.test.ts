@@ -123,13 +123,13 @@ test("bad usage: one clear line on stderr and exit 2", () => {
     [["serve", fixture("cli-echo.ts"), "--bogus"], /Unknown option '--bogus'/],
     [["serve", fixture("cli-echo.ts"), "--listen", "nowhere"], /invalid address "nowhere"/],
     [["serve", fixture("cli-echo.ts"), "--listen", "1.2.3.4:99999"], /port must be 0-65535/],
-    [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--workers", "0"], /--workers must be a positive integer/],
+    [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--workers", "0"], /--workers must be an integer from 1 to 1024/],
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--idle-timeout", "soon"], /--idle-timeout must be a positive integer/],
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--max-per-peer", "0"], /--max-per-peer must be a positive integer/],
     // A negative number is the option's value (parseArgs alone calls it ambiguous), and what follows still parses.
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--max-per-peer", "-1", "-q"], /^pants-ts: --max-per-peer must be a positive integer, got "-1"/],
     [["serve", fixture("cli-echo.ts"), "--max-connections", "-1", "--listen", "4040"], /^pants-ts: --max-connections must be a positive integer, got "-1"/],
-    [["serve", fixture("cli-echo.ts"), "--listen", "4040", "-w", "-2"], /^pants-ts: --workers must be a positive integer, got "-2"/],
+    [["serve", fixture("cli-echo.ts"), "--listen", "4040", "-w", "-2"], /^pants-ts: --workers must be an integer from 1 to 1024, got "-2"/],
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--idle-timeout", "-0.5"], /^pants-ts: --idle-timeout must be a positive integer, got "-0.5"/],
     [["serve", fixture("cli-echo.ts"), "--listen", "4040", "--shutdown-timeout", "-1"], /^pants-ts: --shutdown-timeout must be a non-negative integer, got "-1"/],
     [["serve", fixture("cli-echo.ts"), "--listen", "-1"], /^pants-ts: invalid address "-1"/],
@@ -141,6 +141,17 @@ test("bad usage: one clear line on stderr and exit 2", () => {
     [["serve", fixture("cli-bad.ts"), "--listen", "127.0.0.1:0"], /must export by default a Stream subclass or a Server/],
     [["serve", fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--peer-ipv6-prefix", "48"], /^pants-ts: --peer-ipv6-prefix sets how --max-per-peer counts IPv6 clients; give --max-per-peer too/],
   ];
+  // --workers has a sanity bound (a typo must not fork thousands of processes),
+  // and every integer flag takes plain decimal digits only, up to what a number
+  // holds exactly: each refused here, before a worker starts, not by runCluster
+  // or a worker's Server later (exit 1).
+  for (const bad of ["1025", "100000", "99999999999999999999999", "1e3", "0x10", "-1", " 4", "4.0", "+4", "1_0"]) {
+    cases.push([["serve", fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", bad], new RegExp(`^pants-ts: --workers must be an integer from 1 to 1024, got "${bad.replace(/[+.]/g, "\\$&")}"`)]);
+  }
+  for (const flag of ["max-connections", "max-per-peer", "idle-timeout", "shutdown-timeout"]) {
+    cases.push([["serve", fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", `--${flag}`, "99999999999999999999"], new RegExp(`^pants-ts: --${flag} must be a (positive|non-negative) integer up to 9007199254740991, got "99999999999999999999"`)]);
+    cases.push([["serve", fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", `--${flag}`, "0x10"], new RegExp(`^pants-ts: --${flag} must be a (positive|non-negative) integer, got "0x10"`)]);
+  }
   for (const bad of ["0", "129", "64.5", "x", "-1"]) {
     cases.push([["serve", fixture("cli-echo.ts"), "--listen", "4040", "--max-per-peer", "1", "--peer-ipv6-prefix", bad], new RegExp(`^pants-ts: --peer-ipv6-prefix must be an integer from 1 to 128, got "${bad}"`)]);
   }
