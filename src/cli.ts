@@ -822,8 +822,10 @@ function hintFor(err: unknown): string {
   const { code, syscall, port } = err as Error & { code?: unknown; syscall?: unknown; port?: unknown };
   if (syscall !== "listen" && syscall !== "bind" && !/^(listen|bind) /.test(err.message)) return "";
   if (code === "EADDRINUSE") return " (another process listens there: stop it, or pick another address)";
-  // A UNIX path's error has port -1, a worker's too (runCluster passes it on); with no port, a
-  // message that ends with the path, not ":PORT".
+  // A UNIX path's error has port -1, a worker's too (runCluster passes it on). No port, one
+  // process and --workers alike: a TCP listen on port 0 (node:net and the addon leave port 0
+  // off), whose message Server ends with "(listening on HOST:0)", which the regex reads; and
+  // a listen on a handed descriptor (--listen fd:N, systemd), whose message ends "fd N".
   const tcp = typeof port === "number" ? port >= 0 : /:\d+\)?$/.test(err.message);
   if (code === "EACCES" && !tcp) return " (this user may not create a file in that directory: run as a user who may, or let systemd hand the socket over: --listen systemd)";
   if (code === "EACCES") return " (ports below 1024 need root or CAP_NET_BIND_SERVICE; or let systemd hand the socket over: --listen systemd)";
