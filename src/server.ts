@@ -8,7 +8,7 @@ import cluster from "node:cluster";
 import * as net from "node:net";
 import tls from "node:tls";
 import { lookup } from "node:dns/promises";
-import { fstatSync, lstatSync, unlinkSync } from "node:fs";
+import { fstatSync, lstatSync, readlinkSync, unlinkSync } from "node:fs";
 import { lstat } from "node:fs/promises";
 import { relative as relativePath, resolve as resolvePath } from "node:path";
 import type { BigIntStats } from "node:fs";
@@ -221,19 +221,34 @@ export const liveServers = new Set<Server>();
 export const retiredTotals: Stats = newStats();
 
 /**
- * A cluster worker's node:net listens on a UNIX path through its primary,
- * which binds the path by its shortest name: relative to its working
- * directory. For a file there named like a number ("8080"), node:net then
- * takes the name for a port and throws in the primary, ending it.
+ * A cluster worker's node:net listens on a UNIX path through its primary:
+ * the worker makes the path absolute (from its own working directory), and
+ * the primary binds it by its shortest name, relative to the primary's
+ * working directory. For a file there named like a number ("8080"), node:net
+ * then takes the name for a port and throws in the primary, ending it.
  * @throws InvalidAddressFormatError for such a path.
  */
 function checkClusterPath(path: string): void {
   if (path.charCodeAt(0) === 0) return;
-  const name = relativePath(process.cwd(), resolvePath(path));
+  const name = relativePath(primaryCwd(), resolvePath(path));
   if (readsAsPort(name)) {
     throw new InvalidAddressFormatError(
       `Invalid address ${describe(path)} in a cluster worker: node:cluster's primary binds it as ${describe(name)}, which node:net reads as a port; name the socket file otherwise ("${name}.sock"), or put it in another directory.`,
     );
+  }
+}
+
+/**
+ * The working directory of this worker's primary (its parent, which forked
+ * it): not always this process's own, as cluster.setupPrimary({ cwd }) or a
+ * primary's chdir() after the fork make them differ. Linux shows it in
+ * /proc; where it cannot be read, this process's is the best guess.
+ */
+function primaryCwd(): string {
+  try {
+    return readlinkSync(`/proc/${process.ppid}/cwd`);
+  } catch {
+    return process.cwd();
   }
 }
 

@@ -8,7 +8,7 @@ import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ask, childPids, connect, freePort, sameOnEitherTransport, sleep, tempDir, waitFor } from "./helpers.js";
 
@@ -327,4 +327,45 @@ test("runCluster: a wall-clock step back during that wait does not stretch the w
   await run.exited;
   assert.match(run.out(), /worker exited 0 after/, run.out());
   assert.doesNotMatch(run.out(), /killing it/, run.out());
+});
+
+test("a cluster worker in another directory than its primary (setupPrimary({ cwd })): a UNIX path named like a port is refused by the name the primary binds, and one the primary binds by another name is served where the worker asked", { skip: sameOnEitherTransport || (process.platform !== "linux" && "the worker reads its primary's directory in /proc"), timeout: 60_000 }, async (t) => {
+  const base = tempDir(t);
+  const primaryDir = join(base, "primary");
+  const workerDir = join(base, "worker");
+  mkdirSync(primaryDir);
+  mkdirSync(workerDir);
+  const start = (listen: string) => {
+    const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-cwd.ts"], {
+      cwd: root,
+      env: { ...process.env, PRIMARY_CWD: primaryDir, WORKER_CWD: workerDir, LISTEN_PATH: listen },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    t.after(() => child.kill("SIGKILL"));
+    let out = "";
+    child.stdout!.on("data", (d) => (out += d));
+    child.stderr!.on("data", (d) => (out += d));
+    const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+    return { child, exited, out: () => out };
+  };
+  // node:cluster's primary binds a worker's path relative to its own directory:
+  // "8080" there, which node:net would take for a port, throwing in the primary.
+  for (const listen of [join(primaryDir, "8080"), "../primary/8080"]) {
+    const run = start(listen);
+    assert.equal(await run.exited, 0, run.out());
+    assert.match(run.out(), /refused Invalid address .* node:cluster's primary binds it as "8080"/, run.out());
+    assert.match(run.out(), /primary done/, run.out());
+  }
+  // "./8080" from the worker's directory is "../worker/8080" to the primary: served,
+  // at the worker's path, and the file is gone once the server has closed.
+  const run = start("./8080");
+  await waitFor(() => /listening|refused/.test(run.out()) || run.child.exitCode !== null, 20000, run.out());
+  assert.match(run.out(), /^listening$/m, run.out());
+  const client = await connect(join(workerDir, "8080"));
+  client.destroy();
+  assert.ok(!existsSync(join(primaryDir, "8080")), "nothing is bound in the primary's directory");
+  run.child.stdin!.write("close\n");
+  assert.equal(await run.exited, 0, run.out());
+  assert.match(run.out(), /primary done/, run.out());
+  assert.ok(!existsSync(join(workerDir, "8080")), "the socket file is removed at close");
 });
