@@ -13,7 +13,12 @@ import type { Stats } from "./engine.js";
 export const diagnostics = {
   /** `{ stream }` when a connection is established (after TLS and PROXY). */
   connectionOpen: diagnosticsChannel("pants-ts:connection:open"),
-  /** `{ stream }` when a connection has closed. */
+  /**
+   * `{ stream }` when a stream has closed, also one that never opened
+   * (a failed connect, a connection cut during its TLS handshake, one closed
+   * by its own constructor), which had no `connection:open`: pair the two
+   * by the stream object.
+   */
   connectionClose: diagnosticsChannel("pants-ts:connection:close"),
   /**
    * `{ channel, error, kind }` for every error counted: on a connection (the

@@ -12,6 +12,7 @@ import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import type { Duplex } from "node:stream";
 import { Server, Stream, setLogger } from "../src/index.js";
 import type { Address, ReadDelimiter } from "../src/index.js";
+import { hasOpenssl, makeCerts } from "./certs.js";
 import { captureLogs, captureStderr, connect, freePort, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
 class Echo extends Stream {
@@ -233,6 +234,38 @@ test("diagnostics_channel: connection open, close and error; server listen and c
   server.close();
   await waitFor(() => seen.includes("server-close"));
   assert.deepEqual(seen, ["listen", "open", "error:handler", "close", "server-close"]);
+});
+
+test("diagnostics_channel: a connection cut in its TLS handshake is published as closed, with no open (pair them by stream)", { skip: !hasOpenssl() && "the openssl command is not installed" }, async (t) => {
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const opened = new Set<unknown>();
+  const closed: Array<{ stream: unknown; opened: boolean }> = [];
+  const onOpen = (m: unknown) => opened.add((m as { stream: unknown }).stream);
+  const onClose = (m: unknown) => {
+    const stream = (m as { stream: unknown }).stream;
+    closed.push({ stream, opened: opened.has(stream) });
+  };
+  subscribe("pants-ts:connection:open", onOpen);
+  subscribe("pants-ts:connection:close", onClose);
+  t.after(() => {
+    unsubscribe("pants-ts:connection:open", onOpen);
+    unsubscribe("pants-ts:connection:close", onClose);
+  });
+  setLogger(null);
+  t.after(() => setLogger(undefined));
+  const server = new Server(Echo, { engine, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } });
+  const port = await listenLocal(server);
+  const c = await connect(port);
+  c.write("GET / HTTP/1.1\r\n\r\n"); // not a ClientHello
+  await c.readToEnd();
+  await waitFor(() => closed.length === 1, 2000, "the close published");
+  assert.equal(opened.size, 0, "never opened");
+  assert.ok(closed[0]!.stream instanceof Stream);
+  assert.equal(closed[0]!.opened, false);
+  assert.equal(server.stats.closed, 1);
+  server.close();
 });
 
 test("diagnostics_channel: a connection refused before it was a stream (a bad PROXY header) is published too", async (t) => {
