@@ -352,14 +352,13 @@ export function compileClientTls(options: SslOptions): ClientTls {
   if (session != null && !(session instanceof Uint8Array)) {
     throw typeError(`SSL option 'session' must be a Buffer, got ${describe(session)}.`, "ERR_INVALID_ARG_TYPE");
   }
+  // The checked forms replace what the spread copied (a null one is dropped).
   delete out.servername;
   delete out.session;
-  for (const key of ["servername", "session", "requestCert"] as const) {
-    if (options[key] != null) (out as Record<string, unknown>)[key] = options[key];
-  }
-  if (alpn !== undefined) out.ALPNProtocols = alpn;
   // Sent in SNI, and verified, as a name derived from the host is (sniName).
   if (typeof servername === "string") out.servername = relativeName(servername);
+  if (session != null) out.session = session as Buffer;
+  if (alpn !== undefined) out.ALPNProtocols = alpn;
   const check: unknown = options.checkServerIdentity;
   if (check !== undefined) {
     if (typeof check !== "function") {
