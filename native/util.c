@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <netinet/in.h>
+#include <sys/un.h>
 
 #include "common.h"
 
@@ -192,8 +193,12 @@ none:
 
 napi_value pn_path_object(napi_env env, const char *path, size_t len) {
   napi_value obj, v;
-  /* An abstract name read back from the kernel is padded with NULs. */
-  if (len > 0 && path[0] == '\0')
+  /* An abstract name bound by libuv < 1.48 (node:net, and this addon, on
+   * Node 20) fills all of sun_path, padded with NULs: the name given is
+   * what precedes them. A name of any other length was bound by its exact
+   * bytes (libuv 1.48, Node 22; Python, systemd) and is kept as it is, a
+   * NUL at its end included. */
+  if (len == sizeof(((struct sockaddr_un *)0)->sun_path) && path[0] == '\0')
     while (len > 1 && path[len - 1] == '\0') len--;
   if (napi_create_object(env, &obj) != napi_ok ||
       napi_create_string_utf8(env, path, len, &v) != napi_ok ||

@@ -270,6 +270,20 @@ test("Linux abstract UNIX names", { skip: process.platform !== "linux" && "Linux
   await hello(name);
 });
 
+test("an abstract name is the one node:net uses on this Node: a python3 peer, binding by exact bytes, reaches it on libuv 1.48+ (Node 22) and not on Node 20's padded form", { skip: process.platform !== "linux" ? "Linux only" : spawnSync("python3", ["--version"]).status !== 0 && "python3 is not installed" }, async (t) => {
+  const engine = freshEngine(t);
+  const name = `\0pants-ts-py-${process.pid}-${Date.now()}`;
+  const server = new Server(Who, { engine }).listen(name);
+  await server.ready();
+  t.after(() => server.close());
+  await hello(name); // node:net agrees, on either transport
+  const script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n  s.connect(bytes.fromhex(sys.argv[1]))\n  print('reached')\nexcept ConnectionRefusedError:\n  print('refused')";
+  const run = spawnSync("python3", ["-c", script, Buffer.from(name).toString("hex")], { encoding: "utf8", timeout: 10_000 });
+  const [major = 0, minor = 0] = process.versions.uv.split(".").map(Number);
+  const exact = major > 1 || (major === 1 && minor >= 48);
+  assert.equal(run.stdout.trim(), exact ? "reached" : "refused", `libuv ${process.versions.uv}: ${run.stderr}`);
+});
+
 test("bind failure (EADDRINUSE): server closed, onError called, ready() rejects, nothing unhandled", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);

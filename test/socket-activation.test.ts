@@ -69,6 +69,15 @@ test("--listen systemd serves every socket systemd passed (TCP and UNIX), in thi
   assert.equal(await s.exited, 0);
 });
 
+test("--listen systemd with a Linux abstract name (NUL bytes inside and at its end): the native server reads the name back exactly, as bound", { skip: process.platform !== "linux" ? "Linux only" : noPython || (expected === "js" && "node:net cannot learn the path of a UNIX socket it gets by descriptor"), timeout: 60_000 }, async (t) => {
+  const name = `@pants@ts-${process.pid}@`;
+  const s = await activated(t, [`admin=unix:${name}`], [echo, "--listen", "systemd"]);
+  // The banner shows each NUL as "@": all three, the last one too.
+  assert.match(s.out(), new RegExp(`pants-ts: serving CliEcho on unix:${name},`));
+  s.child.kill("SIGTERM");
+  assert.equal(await s.exited, 0);
+});
+
 test("--listen systemd:NAME serves the sockets of that FileDescriptorName= only; a name systemd did not pass is a usage error naming those it did", { skip: noPython, timeout: 60_000 }, async (t) => {
   const sock = join(tempDir(t), "admin.sock");
   const s = await activated(t, ["web=tcp", `admin=unix:${sock}`], [echo, "--listen", "systemd:admin"]);
