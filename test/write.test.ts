@@ -133,9 +133,13 @@ test("onWrite fires once the outgoing buffer has drained to a slow reader", asyn
   const engine = freshEngine(t);
   let wrote = 0;
   let bufferedAtWrite = -1;
+  // More than the kernel can hold for a peer that does not read: the
+  // sender's buffer grows to tcp_wmem's maximum (4 MiB here, so a 4 MiB
+  // write could drain at once under load), the receiver's to tcp_rmem's (32 MiB).
+  const size = 64 << 20;
   class Big extends Stream {
     override onConnect() {
-      this.write(Buffer.alloc(4 << 20));
+      this.write(Buffer.alloc(size));
       assert.ok(this.bufferedAmount > 0);
     }
     override onWrite() {
@@ -149,7 +153,7 @@ test("onWrite fires once the outgoing buffer has drained to a slow reader", asyn
   await sleep(50);
   assert.equal(wrote, 0, "not drained while the peer does not read");
   c.socket.resume();
-  await c.read(4 << 20, 10000);
+  await c.read(size, 20000);
   await waitFor(() => wrote === 1);
   assert.equal(bufferedAtWrite, 0);
   c.destroy();
