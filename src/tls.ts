@@ -61,6 +61,8 @@ export interface SslOptions extends SecureContextOptions {
   rejectUnauthorized?: boolean;
   /** ALPN protocols, in order of preference. */
   ALPNProtocols?: string[] | Uint8Array;
+  /** Server: picks the ALPN protocol from the client's list (return one of them, or undefined to refuse the handshake); instead of `ALPNProtocols`. */
+  ALPNCallback?: TLSSocketOptions["ALPNCallback"];
   /** Server: picks a secure context per SNI host name. */
   SNICallback?: (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void;
   /** Server: certificates by SNI host name (`"*.example.com"` wildcards allowed; names match without case or a trailing dot); the top-level certificate is the default. */
@@ -282,6 +284,14 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
   base.sessionTimeout ??= 300;
   const secureContext = createContext("TLS server certificate, key or settings", base, shared);
   const alpn = compileAlpn(options.ALPNProtocols);
+  const alpnCallback: unknown = options.ALPNCallback;
+  if (alpnCallback != null) {
+    if (typeof alpnCallback !== "function") {
+      throw typeError(`SSL option 'ALPNCallback' must be a function, got ${describe(alpnCallback)}.`, "ERR_INVALID_ARG_TYPE");
+    }
+    // As tls.createServer: the server picks by one or the other.
+    if (alpn !== undefined) throw typeError("Give either ALPNProtocols or an ALPNCallback, not both.", "ERR_TLS_ALPN_CALLBACK_WITH_PROTOCOLS");
+  }
   if (options.SNICallback !== undefined && typeof options.SNICallback !== "function") {
     throw typeError(`SSL option 'SNICallback' must be a function, got ${describe(options.SNICallback)}.`, "ERR_INVALID_ARG_TYPE");
   }
@@ -310,6 +320,7 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
   }
   const socketOptions: TLSSocketOptions = { isServer: true, secureContext, requestCert, rejectUnauthorized };
   if (alpn !== undefined) socketOptions.ALPNProtocols = alpn;
+  if (alpnCallback != null) socketOptions.ALPNCallback = alpnCallback as NonNullable<TLSSocketOptions["ALPNCallback"]>;
   if (SNICallback !== undefined) socketOptions.SNICallback = SNICallback;
   return { socketOptions, verify };
 }

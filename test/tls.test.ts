@@ -624,6 +624,45 @@ test("ALPN: an empty or over-long name, or wire bytes that do not parse, is a Ra
   ok.close();
 });
 
+test("a server's ALPNCallback picks the protocol from the client's list (and undefined refuses that handshake); a non-function, or one beside ALPNProtocols, is a TypeError when given", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  for (const options of [{ ALPNCallback: "x" }, { ALPNCallback: () => "a", ALPNProtocols: ["a"] }]) {
+    assert.throws(() => new Server(Echo, { engine, sslOptions: { ...serverOptions(), ...options } as SslOptions }), TypeError);
+    assert.throws(() => new Server(Echo, { engine }).startSSL({ ...serverOptions(), ...options } as SslOptions), TypeError);
+    assert.throws(() => new Stream({ engine }).startSSL({ ...serverOptions(), ...options, server_side: true } as SslOptions), TypeError);
+  }
+  const seen: Array<{ servername: string; protocols: string[] }> = [];
+  let serverAlpn: unknown = null;
+  class S extends Echo {
+    override onConnect() {
+      serverAlpn = this.alpnProtocol;
+      super.onConnect();
+    }
+  }
+  const ALPNCallback = (arg: { servername: string; protocols: string[] }) => {
+    seen.push(arg);
+    return arg.protocols.includes("refuse") ? undefined : arg.protocols.at(-1);
+  };
+  const server = new Server(S, { engine, sslOptions: { ...serverOptions(), ALPNCallback } });
+  const port = await listenLocal(server, t);
+  const c = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, ALPNProtocols: ["pants/2", "pants/1"] } }).connect(["localhost", port]);
+  await c.ready();
+  assert.equal(c.alpnProtocol, "pants/1");
+  await waitFor(() => serverAlpn !== null);
+  assert.equal(serverAlpn, "pants/1");
+  assert.deepEqual(seen, [{ servername: "localhost", protocols: ["pants/2", "pants/1"] }]);
+  c.close();
+  // setSslOptions takes it too; undefined refuses that handshake alone.
+  server.setSslOptions({ ...serverOptions(), ALPNCallback });
+  const refused = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, ALPNProtocols: ["refuse"] } }).connect(["localhost", port]);
+  await assert.rejects(refused.ready(), ConnectError);
+  const again = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, ALPNProtocols: ["pants/3"] } }).connect(["localhost", port]);
+  await again.ready();
+  assert.equal(again.alpnProtocol, "pants/3");
+  again.close();
+});
+
 test("mutual TLS: cert_reqs CERT_REQUIRED refuses clients without a certificate; peerCertificate", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
