@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import tls from "node:tls";
-import type { ConnectionOptions, SecureContext, SecureContextOptions, TLSSocket, TLSSocketOptions } from "node:tls";
+import type { ConnectionOptions, SecureContext, SecureContextOptions, TlsOptions, TLSSocket, TLSSocketOptions } from "node:tls";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { asError, describe, rangeError, typeError } from "./errors.js";
@@ -63,6 +63,14 @@ export interface SslOptions extends SecureContextOptions {
   ALPNProtocols?: string[] | Uint8Array;
   /** Server: picks the ALPN protocol from the client's list (return one of them, or undefined to refuse the handshake); instead of `ALPNProtocols`. */
   ALPNCallback?: TLSSocketOptions["ALPNCallback"];
+  /**
+   * TLS-PSK, as in node:tls. Server: `(socket, identity)` returns the key
+   * for that identity, or null to refuse (with a PSK cipher, no certificate
+   * is needed). Client: `(hint)` returns `{ psk, identity }`.
+   */
+  pskCallback?: TlsOptions["pskCallback"] | ConnectionOptions["pskCallback"];
+  /** Server: the identity hint sent to PSK clients (with `pskCallback`). */
+  pskIdentityHint?: string;
   /** Server: picks a secure context per SNI host name. */
   SNICallback?: (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void;
   /** Server: certificates by SNI host name (`"*.example.com"` wildcards allowed; names match without case or a trailing dot); the top-level certificate is the default. */
@@ -210,7 +218,7 @@ const sharedContexts = new Map<string, SecureContext>();
 const SHARED_CONTEXTS = 32;
 
 /** Options given with the context's that each connection takes for itself: not part of the context, nor of its key. */
-const CONNECTION_KEYS = new Set(["servername", "session", "checkServerIdentity", "ALPNProtocols", "ALPNCallback", "requestCert", "rejectUnauthorized", "SNICallback", "pskCallback", "enableTrace"]);
+const CONNECTION_KEYS = new Set(["servername", "session", "checkServerIdentity", "ALPNProtocols", "ALPNCallback", "requestCert", "rejectUnauthorized", "SNICallback", "pskCallback", "pskIdentityHint", "enableTrace"]);
 
 /** The cache key of context options, or null when one of them is not plain data (a function, an object). */
 function contextKey(options: SecureContextOptions): string | null {
@@ -263,8 +271,10 @@ function wildcardMatch(pattern: string, host: string): boolean {
 export function compileServerTls(options: SslOptions, shared = false): ServerTls {
   checkPantsFlags(options, true);
   const base = contextOptions(options, true);
-  if (base.key === undefined && base.pfx === undefined) {
-    throw typeError("A TLS server needs a certificate and key: give certfile/keyfile, key/cert or pfx.", "ERR_MISSING_OPTION");
+  const psk = compileServerPsk(options);
+  // A PSK server may have no certificate (with PSK ciphers only).
+  if (base.key === undefined && base.pfx === undefined && psk === null) {
+    throw typeError("A TLS server needs a certificate and key: give certfile/keyfile, key/cert or pfx (or a pskCallback).", "ERR_MISSING_OPTION");
   }
   let requestCert = options.requestCert ?? false;
   let rejectUnauthorized = options.rejectUnauthorized ?? requestCert;
@@ -322,7 +332,24 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
   if (alpn !== undefined) socketOptions.ALPNProtocols = alpn;
   if (alpnCallback != null) socketOptions.ALPNCallback = alpnCallback as NonNullable<TLSSocketOptions["ALPNCallback"]>;
   if (SNICallback !== undefined) socketOptions.SNICallback = SNICallback;
+  if (psk !== null) Object.assign(socketOptions, psk);
   return { socketOptions, verify };
+}
+
+/** A server's pskCallback and pskIdentityHint, checked (null is none, as in node:tls), or null when not given. */
+function compileServerPsk(options: SslOptions): Pick<TlsOptions, "pskCallback" | "pskIdentityHint"> | null {
+  const { pskCallback, pskIdentityHint } = options as Record<string, unknown>;
+  if (pskIdentityHint != null && typeof pskIdentityHint !== "string") {
+    throw typeError(`SSL option 'pskIdentityHint' must be a string, got ${describe(pskIdentityHint)}.`, "ERR_INVALID_ARG_TYPE");
+  }
+  if (pskCallback == null) {
+    if (pskIdentityHint != null) throw typeError("SSL option 'pskIdentityHint' needs a pskCallback.", "ERR_MISSING_OPTION");
+    return null;
+  }
+  if (typeof pskCallback !== "function") throw typeError(`SSL option 'pskCallback' must be a function, got ${describe(pskCallback)}.`, "ERR_INVALID_ARG_TYPE");
+  const out: Pick<TlsOptions, "pskCallback" | "pskIdentityHint"> = { pskCallback: pskCallback as TlsOptions["pskCallback"] };
+  if (typeof pskIdentityHint === "string" && pskIdentityHint !== "") out.pskIdentityHint = pskIdentityHint;
+  return out;
 }
 
 /**

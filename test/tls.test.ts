@@ -663,6 +663,58 @@ test("a server's ALPNCallback picks the protocol from the client's list (and und
   again.close();
 });
 
+test("a server's pskCallback and pskIdentityHint: a PSK-only server (no certificate) and a node:tls PSK client agree and exchange a line, a wrong key fails that handshake alone; bad types are a TypeError when given", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const key = Buffer.from("d731ef57be09e5204f0b205b60627028", "hex");
+  const psk = { ciphers: "PSK", maxVersion: "TLSv1.2" } as const;
+  for (const options of [{ pskCallback: "x" }, { pskCallback: () => key, pskIdentityHint: 5 }, { pskIdentityHint: "hint" }]) {
+    const what = JSON.stringify(options);
+    assert.throws(() => new Server(Echo, { engine, sslOptions: { ...psk, ...options } as SslOptions }), TypeError, what);
+    assert.throws(() => new Server(Echo, { engine }).startSSL({ ...psk, ...options } as SslOptions), TypeError, what);
+    assert.throws(() => new Stream({ engine }).startSSL({ ...psk, ...options, server_side: true } as SslOptions), TypeError, what);
+  }
+  const identities: string[] = [];
+  const server = new Server(Echo, {
+    engine,
+    sslOptions: {
+      ...psk,
+      pskIdentityHint: "pants-hint",
+      pskCallback: (_socket: tls.TLSSocket, identity: string) => {
+        identities.push(identity);
+        return identity === "pants-client" ? key : null;
+      },
+    },
+  });
+  const port = await listenLocal(server, t);
+  const hints: Array<string | null> = [];
+  const connectPsk = (identity: string) =>
+    tls.connect({
+      host: "127.0.0.1",
+      port,
+      ...psk,
+      checkServerIdentity: () => undefined,
+      pskCallback: (hint) => {
+        hints.push(hint);
+        return { psk: key, identity };
+      },
+    });
+  const c = connectPsk("pants-client");
+  t.after(() => c.destroy());
+  await new Promise<void>((resolve, reject) => c.once("secureConnect", resolve).once("error", reject));
+  c.write("psk line\n");
+  const reply = await new Promise<string>((resolve) => c.once("data", (d: Buffer) => resolve(d.toString())));
+  assert.equal(reply, "psk line\n");
+  assert.deepEqual(hints, ["pants-hint"]);
+  assert.equal(c.getCipher().name.includes("PSK"), true);
+  const bad = connectPsk("stranger");
+  t.after(() => bad.destroy());
+  const outcome = await new Promise<string>((resolve) => bad.once("error", () => resolve("error")).once("secureConnect", () => resolve("secure")));
+  assert.equal(outcome, "error");
+  assert.deepEqual(identities, ["pants-client", "stranger"]);
+  c.destroy();
+});
+
 test("mutual TLS: cert_reqs CERT_REQUIRED refuses clients without a certificate; peerCertificate", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
