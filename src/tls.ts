@@ -71,6 +71,8 @@ export interface SslOptions extends SecureContextOptions {
   pskCallback?: TlsOptions["pskCallback"] | ConnectionOptions["pskCallback"];
   /** Server: the identity hint sent to PSK clients (with `pskCallback`). */
   pskIdentityHint?: string;
+  /** Write a trace of each connection's TLS messages to stderr, as node:tls does (null: as not given). */
+  enableTrace?: boolean;
   /** Server: picks a secure context per SNI host name. */
   SNICallback?: (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void;
   /** Server: certificates by SNI host name (`"*.example.com"` wildcards allowed; names match without case or a trailing dot); the top-level certificate is the default. */
@@ -333,6 +335,11 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
   if (alpnCallback != null) socketOptions.ALPNCallback = alpnCallback as NonNullable<TLSSocketOptions["ALPNCallback"]>;
   if (SNICallback !== undefined) socketOptions.SNICallback = SNICallback;
   if (psk !== null) Object.assign(socketOptions, psk);
+  const enableTrace: unknown = options.enableTrace;
+  if (enableTrace != null) {
+    if (typeof enableTrace !== "boolean") throw typeError(`SSL option 'enableTrace' must be a boolean, got ${describe(enableTrace)}.`, "ERR_INVALID_ARG_TYPE");
+    socketOptions.enableTrace = enableTrace;
+  }
   return { socketOptions, verify };
 }
 

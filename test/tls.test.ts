@@ -715,6 +715,27 @@ test("a server's pskCallback and pskIdentityHint: a PSK-only server (no certific
   c.destroy();
 });
 
+test("a server's enableTrace is accepted as a boolean (true, false, null) and the handshake works; another type is a TypeError when given, not a failure per connection", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  for (const enableTrace of ["x", 1]) {
+    const options = { ...serverOptions(), enableTrace } as unknown as SslOptions;
+    assert.throws(() => new Server(Echo, { engine, sslOptions: options }), TypeError);
+    assert.throws(() => new Server(Echo, { engine }).startSSL(options), TypeError);
+    assert.throws(() => new Stream({ engine }).startSSL({ ...options, server_side: true }), TypeError);
+  }
+  const server = new Server(Echo, { engine, sslOptions: { ...serverOptions(), enableTrace: null } as unknown as SslOptions });
+  const port = await listenLocal(server, t);
+  // true writes OpenSSL's trace to stderr; only the handshake is checked here.
+  for (const enableTrace of [false, true]) {
+    server.setSslOptions({ ...serverOptions(), enableTrace });
+    const c = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert } }).connect(["localhost", port]);
+    await c.ready();
+    assert.equal(c.authorized, true);
+    c.close();
+  }
+});
+
 test("mutual TLS: cert_reqs CERT_REQUIRED refuses clients without a certificate; peerCertificate", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
