@@ -116,6 +116,21 @@ export function compileTls(options: SslOptions, serverSide: boolean): CompiledTl
 
 const PANTS_KEYS = new Set(["certfile", "keyfile", "ca_certs", "cert_reqs", "server_side", "do_handshake_on_connect", "sni"]);
 
+/**
+ * A user-built `secureContext` is refused (server and client): pants-ts
+ * builds its own from the other options (with the session ID context a
+ * server needs, the trusted CAs of both `ca` and `ca_certs`), and dropped
+ * the given one silently.
+ */
+function refuseSecureContext(options: SslOptions): void {
+  if ((options as Record<string, unknown>).secureContext != null) {
+    throw typeError(
+      "SSL option 'secureContext' is not taken: pants-ts builds the secure context itself. Give its options instead (key/cert, certfile/keyfile or pfx, ca, ciphers, ...); a server picks a context per host name with sni or an SNICallback.",
+      "ERR_INVALID_ARG_VALUE",
+    );
+  }
+}
+
 /** @internal The bytes of the file an SSL option names; an error that names the option and the file. */
 export function readFile(option: string, path: unknown): Buffer {
   if (typeof path !== "string" || path.length === 0) {
@@ -272,6 +287,7 @@ function wildcardMatch(pattern: string, host: string): boolean {
  */
 export function compileServerTls(options: SslOptions, shared = false): ServerTls {
   checkPantsFlags(options, true);
+  refuseSecureContext(options);
   const base = contextOptions(options, true);
   const psk = compileServerPsk(options);
   // A PSK server may have no certificate (with PSK ciphers only).
@@ -382,6 +398,7 @@ function sessionIdContext(verify: ServerTls["verify"], ca: SecureContextOptions[
  */
 export function compileClientTls(options: SslOptions): ClientTls {
   checkPantsFlags(options, undefined);
+  refuseSecureContext(options);
   checkConnectionOptions(options as Record<string, unknown>);
   const alpn = compileAlpn(options.ALPNProtocols);
   const ctx = contextOptions(options, true);

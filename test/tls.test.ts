@@ -736,6 +736,36 @@ test("a server's enableTrace is accepted as a boolean (true, false, null) and th
   }
 });
 
+test("a user-built secureContext is a TypeError naming it when given (server, client, STARTTLS), not silently replaced by the context pants-ts builds", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const secureContext = tls.createSecureContext({ key: certs.server.keyPem, cert: certs.server.certPem });
+  const server = { ...serverOptions(), secureContext } as SslOptions;
+  const client = { ca: certs.ca.certPem, secureContext } as SslOptions;
+  const named = { name: "TypeError", message: /'secureContext'/ };
+  assert.throws(() => new Server(Echo, { engine, sslOptions: server }), named);
+  assert.throws(() => new Server(Echo, { engine }).startSSL(server), named);
+  const tlsServer = new Server(Echo, { engine, sslOptions: serverOptions() });
+  assert.throws(() => tlsServer.setSslOptions(server), named);
+  assert.throws(() => new Stream({ engine }).startSSL({ ...server, server_side: true }), named);
+  assert.throws(() => new Stream({ engine, sslOptions: client }), named);
+  assert.throws(() => new Stream({ engine }).startSSL(client), named);
+  class Plain extends Stream {}
+  const plainPort = await listenLocal(new Server(Plain, { engine }), t);
+  const c = new Stream({ engine }).connect(["127.0.0.1", plainPort]);
+  await c.ready();
+  assert.throws(() => c.startSSL(client), named);
+  assert.equal(c.closed, false);
+  assert.equal(c.sslEnabled, false);
+  c.close();
+  // null is none, as not given.
+  const port = await listenLocal(new Server(Echo, { engine, sslOptions: { ...serverOptions(), secureContext: null } as unknown as SslOptions }), t);
+  const ok = new Stream({ engine, sslOptions: { ca: certs.ca.certPem, secureContext: null } as unknown as SslOptions }).connect(["localhost", port]);
+  await ok.ready();
+  assert.equal(ok.authorized, true);
+  ok.close();
+});
+
 test("mutual TLS: cert_reqs CERT_REQUIRED refuses clients without a certificate; peerCertificate", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
