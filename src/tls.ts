@@ -288,6 +288,7 @@ function wildcardMatch(pattern: string, host: string): boolean {
 export function compileServerTls(options: SslOptions, shared = false): ServerTls {
   checkPantsFlags(options, true);
   refuseSecureContext(options);
+  refuseServerSocketOptions(options);
   const base = contextOptions(options, true);
   const psk = compileServerPsk(options);
   // A PSK server may have no certificate (with PSK ciphers only).
@@ -373,6 +374,25 @@ function compileServerPsk(options: SslOptions): Pick<TlsOptions, "pskCallback" |
   const out: Pick<TlsOptions, "pskCallback" | "pskIdentityHint"> = { pskCallback: pskCallback as TlsOptions["pskCallback"] };
   if (typeof pskIdentityHint === "string" && pskIdentityHint !== "") out.pskIdentityHint = pskIdentityHint;
   return out;
+}
+
+/**
+ * Options of tls.createServer that pants-ts takes elsewhere, refused on a
+ * server rather than dropped: tls.createServer gives them to its net.Server
+ * or its own timer, not to the TLS layer pants-ts builds. null is none.
+ */
+const SERVER_ELSEWHERE: Readonly<Record<string, string>> = {
+  handshakeTimeout: "give the Server option handshakeTimeoutMs (a stream's own upgrade: its handshakeTimeout)",
+  highWaterMark: "pants-ts buffers a connection's reads and writes itself (see a stream's writeBufferLimit)",
+  signal: "close the server with close() or shutdown()",
+};
+
+function refuseServerSocketOptions(options: SslOptions): void {
+  for (const [name, instead] of Object.entries(SERVER_ELSEWHERE)) {
+    if ((options as Record<string, unknown>)[name] != null) {
+      throw typeError(`SSL option '${name}' is not taken by a TLS server: ${instead}.`, "ERR_INVALID_ARG_VALUE");
+    }
+  }
 }
 
 /**

@@ -766,6 +766,27 @@ test("a user-built secureContext is a TypeError naming it when given (server, cl
   ok.close();
 });
 
+test("a server's handshakeTimeout, highWaterMark or signal (tls.createServer options pants-ts takes elsewhere) is a TypeError naming it and what to use, when given; null is none", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const tlsServer = new Server(Echo, { engine, sslOptions: serverOptions() });
+  for (const [name, instead] of [["handshakeTimeout", /handshakeTimeoutMs/], ["highWaterMark", /writeBufferLimit/], ["signal", /close\(\)/]] as const) {
+    const value = name === "signal" ? new AbortController().signal : 1000;
+    const options = { ...serverOptions(), [name]: value } as unknown as SslOptions;
+    const named = { name: "TypeError", message: new RegExp(`'${name}'.*${instead.source}`) };
+    assert.throws(() => new Server(Echo, { engine, sslOptions: options }), named, name);
+    assert.throws(() => new Server(Echo, { engine }).startSSL(options), named, name);
+    assert.throws(() => tlsServer.setSslOptions(options), named, name);
+    assert.throws(() => new Stream({ engine }).startSSL({ ...options, server_side: true }), named, name);
+  }
+  const nulls = { ...serverOptions(), handshakeTimeout: null, highWaterMark: null, signal: null } as unknown as SslOptions;
+  const port = await listenLocal(new Server(Echo, { engine, sslOptions: nulls }), t);
+  const ok = new Stream({ engine, sslOptions: { ca: certs.ca.certPem } }).connect(["localhost", port]);
+  await ok.ready();
+  assert.equal(ok.authorized, true);
+  ok.close();
+});
+
 test("mutual TLS: cert_reqs CERT_REQUIRED refuses clients without a certificate; peerCertificate", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
