@@ -363,9 +363,8 @@ for (const kind of ["ipv4", "ipv6", "unix"] as const) {
   });
 }
 
-test("a TLS client connecting to an absolute host name (\"a.test.\") sends SNI without the trailing dot, as RFC 6066 requires, and verifies that name's certificate", { skip: !hasOpenssl() && "the openssl command is not installed", timeout: 30_000 }, async (t) => {
-  captureLogs(t);
-  const engine = freshEngine(t);
+/** A node:tls server with a.test's certificate on 127.0.0.1, recording the SNI name each client sends. */
+async function aTestServer(t: TestContext): Promise<{ certs: ReturnType<typeof makeCerts>; seen: Array<string | false | null>; port: number }> {
   const certs = makeCerts();
   t.after(() => certs.cleanup());
   const seen: Array<string | false | null> = [];
@@ -377,8 +376,15 @@ test("a TLS client connecting to an absolute host name (\"a.test.\") sends SNI w
   server.on("tlsClientError", () => {});
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   t.after(() => server.close());
+  return { certs, seen, port: (server.address() as net.AddressInfo).port };
+}
+
+test("a TLS client connecting to an absolute host name (\"a.test.\") sends SNI without the trailing dot, as RFC 6066 requires, and verifies that name's certificate", { skip: !hasOpenssl() && "the openssl command is not installed", timeout: 30_000 }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const { certs, seen, port } = await aTestServer(t);
   fakeResolver(t, "a.test.", ["127.0.0.1"]);
-  const s = new Recording({ engine, sslOptions: { ca: certs.ca.certPem } }).connect(["a.test.", (server.address() as net.AddressInfo).port]);
+  const s = new Recording({ engine, sslOptions: { ca: certs.ca.certPem } }).connect(["a.test.", port]);
   await s.ready();
   assert.equal(s.authorized, true);
   await waitFor(() => seen.length === 1);
@@ -389,24 +395,14 @@ test("a TLS client connecting to an absolute host name (\"a.test.\") sends SNI w
 test("a TLS client's explicit servername \"a.test.\" is sent in SNI and verified without the trailing dot, as one taken from the host is", { skip: !hasOpenssl() && "the openssl command is not installed", timeout: 30_000 }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
-  const certs = makeCerts();
-  t.after(() => certs.cleanup());
-  const seen: Array<string | false | null> = [];
-  const server = tls.createServer({ key: certs.sniA.keyPem, cert: certs.sniA.certPem }, (c) => {
-    seen.push(c.servername);
-    c.on("error", () => {});
-    c.end("hello\n");
-  });
-  server.on("tlsClientError", () => {});
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  t.after(() => server.close());
+  const { certs, seen, port } = await aTestServer(t);
   const checked: string[] = [];
   const checkServerIdentity = (host: string, cert: tls.PeerCertificate) => {
     checked.push(host);
     return tls.checkServerIdentity(host, cert);
   };
   const s = new Recording({ engine, sslOptions: { ca: certs.ca.certPem, servername: "a.test.", checkServerIdentity } });
-  s.connect(["127.0.0.1", (server.address() as net.AddressInfo).port]);
+  s.connect(["127.0.0.1", port]);
   await s.ready();
   assert.equal(s.authorized, true);
   await waitFor(() => seen.length === 1);
