@@ -311,6 +311,8 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
   base.sessionIdContext ??= sessionIdContext(verify, base.ca);
   // As tls.createServer: sessions resume for 5 minutes (OpenSSL's own default is 2 hours).
   base.sessionTimeout ??= 300;
+  // As tls.createServer: the server's cipher order decides, not the client's.
+  base.honorCipherOrder ??= true;
   const secureContext = createContext("TLS server certificate, key or settings", base, shared);
   const alpn = compileAlpn(options.ALPNProtocols);
   const alpnCallback: unknown = options.ALPNCallback;

@@ -1908,3 +1908,20 @@ test("a stream whose STARTTLS upgrade was queued, then closed with close(true) b
   await sleep(20);
   assert.deepEqual(events, ["close"]);
 });
+
+test("a TLS server picks by its own cipher order, as tls.createServer does (honorCipherOrder defaults to true); honorCipherOrder: false lets the client's order decide", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const ciphers = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384";
+  const picked: string[] = [];
+  for (const honorCipherOrder of [undefined, false]) {
+    const server = new Server(Echo, { engine, sslOptions: { ...serverOptions(), ciphers, maxVersion: "TLSv1.2", ...(honorCipherOrder === undefined ? {} : { honorCipherOrder }) } });
+    const port = await listenLocal(server, t);
+    // The client prefers the server's second choice.
+    const client = tls.connect({ port, host: "127.0.0.1", rejectUnauthorized: false, ciphers: "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256" });
+    await new Promise<void>((resolve, reject) => client.once("secureConnect", resolve).once("error", reject));
+    picked.push(client.getCipher().name);
+    client.destroy();
+    server.close();
+  }
+  assert.deepEqual(picked, ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384"]);
+});
