@@ -117,6 +117,18 @@ export function compileTls(options: SslOptions, serverSide: boolean): CompiledTl
 const PANTS_KEYS = new Set(["certfile", "keyfile", "ca_certs", "cert_reqs", "server_side", "do_handshake_on_connect", "sni"]);
 
 /**
+ * The SSL option `name` when of `type`; undefined when not given, or null
+ * where node:tls takes null as none (`nullIsNone`).
+ * @throws TypeError naming the option otherwise.
+ */
+function optionOf(options: SslOptions, name: string, type: "function" | "boolean" | "string", nullIsNone = true): unknown {
+  const value = (options as Record<string, unknown>)[name];
+  if (value === undefined || (value === null && nullIsNone)) return undefined;
+  if (typeof value !== type) throw typeError(`SSL option '${name}' must be a ${type}, got ${describe(value)}.`, "ERR_INVALID_ARG_TYPE");
+  return value;
+}
+
+/**
  * A user-built `secureContext` is refused (server and client): pants-ts
  * builds its own from the other options (with the session ID context a
  * server needs, the trusted CAs of both `ca` and `ca_certs`), and dropped
@@ -315,17 +327,10 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
   base.honorCipherOrder ??= true;
   const secureContext = createContext("TLS server certificate, key or settings", base, shared);
   const alpn = compileAlpn(options.ALPNProtocols);
-  const alpnCallback: unknown = options.ALPNCallback;
-  if (alpnCallback != null) {
-    if (typeof alpnCallback !== "function") {
-      throw typeError(`SSL option 'ALPNCallback' must be a function, got ${describe(alpnCallback)}.`, "ERR_INVALID_ARG_TYPE");
-    }
-    // As tls.createServer: the server picks by one or the other.
-    if (alpn !== undefined) throw typeError("Give either ALPNProtocols or an ALPNCallback, not both.", "ERR_TLS_ALPN_CALLBACK_WITH_PROTOCOLS");
-  }
-  if (options.SNICallback !== undefined && typeof options.SNICallback !== "function") {
-    throw typeError(`SSL option 'SNICallback' must be a function, got ${describe(options.SNICallback)}.`, "ERR_INVALID_ARG_TYPE");
-  }
+  const alpnCallback = optionOf(options, "ALPNCallback", "function");
+  // As tls.createServer: the server picks by one or the other.
+  if (alpnCallback !== undefined && alpn !== undefined) throw typeError("Give either ALPNProtocols or an ALPNCallback, not both.", "ERR_TLS_ALPN_CALLBACK_WITH_PROTOCOLS");
+  optionOf(options, "SNICallback", "function", false);
   if (options.sni !== undefined) {
     const sni: unknown = options.sni;
     if (sni === null || typeof sni !== "object" || Array.isArray(sni) || Object.values(sni).some((e) => e === null || typeof e !== "object")) {
@@ -351,28 +356,22 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
   }
   const socketOptions: TLSSocketOptions = { isServer: true, secureContext, requestCert, rejectUnauthorized };
   if (alpn !== undefined) socketOptions.ALPNProtocols = alpn;
-  if (alpnCallback != null) socketOptions.ALPNCallback = alpnCallback as NonNullable<TLSSocketOptions["ALPNCallback"]>;
+  if (alpnCallback !== undefined) socketOptions.ALPNCallback = alpnCallback as NonNullable<TLSSocketOptions["ALPNCallback"]>;
   if (SNICallback !== undefined) socketOptions.SNICallback = SNICallback;
   if (psk !== null) Object.assign(socketOptions, psk);
-  const enableTrace: unknown = options.enableTrace;
-  if (enableTrace != null) {
-    if (typeof enableTrace !== "boolean") throw typeError(`SSL option 'enableTrace' must be a boolean, got ${describe(enableTrace)}.`, "ERR_INVALID_ARG_TYPE");
-    socketOptions.enableTrace = enableTrace;
-  }
+  const enableTrace = optionOf(options, "enableTrace", "boolean");
+  if (enableTrace !== undefined) socketOptions.enableTrace = enableTrace as boolean;
   return { socketOptions, verify };
 }
 
 /** A server's pskCallback and pskIdentityHint, checked (null is none, as in node:tls), or null when not given. */
 function compileServerPsk(options: SslOptions): Pick<TlsOptions, "pskCallback" | "pskIdentityHint"> | null {
-  const { pskCallback, pskIdentityHint } = options as Record<string, unknown>;
-  if (pskIdentityHint != null && typeof pskIdentityHint !== "string") {
-    throw typeError(`SSL option 'pskIdentityHint' must be a string, got ${describe(pskIdentityHint)}.`, "ERR_INVALID_ARG_TYPE");
-  }
-  if (pskCallback == null) {
-    if (pskIdentityHint != null) throw typeError("SSL option 'pskIdentityHint' needs a pskCallback.", "ERR_MISSING_OPTION");
+  const pskIdentityHint = optionOf(options, "pskIdentityHint", "string");
+  const pskCallback = optionOf(options, "pskCallback", "function");
+  if (pskCallback === undefined) {
+    if (pskIdentityHint !== undefined) throw typeError("SSL option 'pskIdentityHint' needs a pskCallback.", "ERR_MISSING_OPTION");
     return null;
   }
-  if (typeof pskCallback !== "function") throw typeError(`SSL option 'pskCallback' must be a function, got ${describe(pskCallback)}.`, "ERR_INVALID_ARG_TYPE");
   const out: Pick<TlsOptions, "pskCallback" | "pskIdentityHint"> = { pskCallback: pskCallback as TlsOptions["pskCallback"] };
   if (typeof pskIdentityHint === "string" && pskIdentityHint !== "") out.pskIdentityHint = pskIdentityHint;
   return out;
@@ -421,17 +420,14 @@ function sessionIdContext(verify: ServerTls["verify"], ca: SecureContextOptions[
 export function compileClientTls(options: SslOptions): ClientTls {
   checkPantsFlags(options, undefined);
   refuseSecureContext(options);
-  checkConnectionOptions(options as Record<string, unknown>);
+  checkConnectionOptions(options);
   const alpn = compileAlpn(options.ALPNProtocols);
   const ctx = contextOptions(options, true);
   const out: ConnectionOptions = { ...(ctx as ConnectionOptions) };
   // node:tls checks these only once it has taken the socket over, too late
   // to fail cleanly: the socket it leaves behind raised an unhandled 'error'.
   // null is none, as node:tls takes it (a JS caller's "no session yet").
-  const servername: unknown = options.servername;
-  if (servername != null && typeof servername !== "string") {
-    throw typeError(`SSL option 'servername' must be a string, got ${describe(servername)}.`, "ERR_INVALID_ARG_TYPE");
-  }
+  const servername = optionOf(options, "servername", "string");
   const session: unknown = options.session;
   if (session != null && !(session instanceof Uint8Array)) {
     throw typeError(`SSL option 'session' must be a Buffer, got ${describe(session)}.`, "ERR_INVALID_ARG_TYPE");
@@ -443,11 +439,9 @@ export function compileClientTls(options: SslOptions): ClientTls {
   if (typeof servername === "string") out.servername = relativeName(servername);
   if (session != null) out.session = session as Buffer;
   if (alpn !== undefined) out.ALPNProtocols = alpn;
-  const check: unknown = options.checkServerIdentity;
+  // null stays a TypeError: node:tls refuses it too.
+  const check = optionOf(options, "checkServerIdentity", "function", false);
   if (check !== undefined) {
-    if (typeof check !== "function") {
-      throw typeError(`SSL option 'checkServerIdentity' must be a function, got ${describe(check)}.`, "ERR_INVALID_ARG_TYPE");
-    }
     // node:tls calls it from its handshake callback, where a throw would be
     // an uncaught exception: what it throws fails this handshake instead.
     const identity = check as NonNullable<ConnectionOptions["checkServerIdentity"]>;
@@ -480,15 +474,11 @@ export function compileClientTls(options: SslOptions): ClientTls {
  * TLSSocket on it whose close threw an uncaught TypeError. null is none
  * where node:tls takes it so.
  */
-function checkConnectionOptions(options: Record<string, unknown>): void {
-  const { pskCallback, signal, enableTrace, highWaterMark, minDHSize } = options;
-  if (pskCallback != null && typeof pskCallback !== "function") {
-    throw typeError(`SSL option 'pskCallback' must be a function, got ${describe(pskCallback)}.`);
-  }
+function checkConnectionOptions(options: SslOptions): void {
+  optionOf(options, "pskCallback", "function");
+  optionOf(options, "enableTrace", "boolean");
+  const { signal, highWaterMark, minDHSize } = options as Record<string, unknown>;
   if (signal != null && !(signal instanceof AbortSignal)) throw typeError(`SSL option 'signal' must be an AbortSignal, got ${describe(signal)}.`);
-  if (enableTrace != null && typeof enableTrace !== "boolean") {
-    throw typeError(`SSL option 'enableTrace' must be a boolean, got ${describe(enableTrace)}.`);
-  }
   if (highWaterMark != null) {
     if (typeof highWaterMark !== "number") throw typeError(`SSL option 'highWaterMark' must be a number, got ${describe(highWaterMark)}.`);
     if (!Number.isInteger(highWaterMark) || highWaterMark < 0) {
