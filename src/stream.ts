@@ -1396,8 +1396,7 @@ export class Stream extends Channel {
       let connectErr: ConnectError | null = null;
       if (initial && (this.#flags & F_EVER_CONNECTED) === 0) {
         if ((this.#flags & F_SERVER_SIDE) === 0) {
-          const message = `Could not connect ${String(this)} to ${formatAddress(this.#targetAddress())}: TLS could not start: ${(err as Error).message}`;
-          connectErr = new ConnectError(message, { cause: err });
+          connectErr = this.#connectFailed("TLS could not start: ", err as Error);
         }
         this.#extras().connectError = connectErr ?? (err as Error);
       }
@@ -2285,7 +2284,7 @@ export class Stream extends Channel {
     const state = this.#state;
     if (state === S_CLOSED) return;
     if (state === S_CONNECTING) {
-      const connectErr = new ConnectError(`Could not connect ${String(this)} to ${formatAddress(this.#targetAddress())}: ${err.message}`, { cause: err });
+      const connectErr = this.#connectFailed("", err);
       this.#extras().connectError = connectErr;
       this._countError("connect", connectErr);
       this._call1(this.onConnectError, connectErr);
@@ -2303,6 +2302,11 @@ export class Stream extends Channel {
     this.#finishClose(false);
   }
 
+  /** The ConnectError of a client's failed connect, naming the target, `stage` and `err`'s message; `err` is its cause. */
+  #connectFailed(stage: string, err: Error): ConnectError {
+    return new ConnectError(`Could not connect ${String(this)} to ${formatAddress(this.#targetAddress())}: ${stage}${err.message}`, { cause: err });
+  }
+
   /**
    * The TLS handshake failed: onSslHandshakeError, and for a client's first
    * handshake also onConnectError (the connect failed), then the close.
@@ -2311,9 +2315,7 @@ export class Stream extends Channel {
     this._countError("tls", err);
     let connectErr: ConnectError | null = null;
     if ((this.#flags & (F_EVER_CONNECTED | F_SERVER_SIDE)) === 0) {
-      connectErr = new ConnectError(`Could not connect ${String(this)} to ${formatAddress(this.#targetAddress())}: TLS handshake failed: ${err.message}`, {
-        cause: err,
-      });
+      connectErr = this.#connectFailed("TLS handshake failed: ", err);
       this.#extras().connectError = connectErr;
     }
     this._call1(this.onSslHandshakeError, err);
