@@ -5,6 +5,8 @@
  * own connection. Certificates are generated at run time.
  */
 import { test } from "node:test";
+import type { TestContext } from "node:test";
+import { inspect } from "node:util";
 import assert from "node:assert/strict";
 import net from "node:net";
 import { execFileSync, spawn } from "node:child_process";
@@ -12,7 +14,7 @@ import tls from "node:tls";
 import { copyFileSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ChannelStateError, ConnectError, Server, Stream } from "../src/index.js";
-import type { Address, SslOptions } from "../src/index.js";
+import type { Address, Engine, SslOptions } from "../src/index.js";
 import type { Duplex } from "node:stream";
 import { RawClient, captureLogs, closedBeforeConnect, connect, connectTls, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
@@ -39,6 +41,58 @@ class Echo extends Stream {
 
 function serverOptions(): SslOptions {
   return { certfile: certs.server.cert, keyfile: certs.server.key };
+}
+
+/** What `assert.throws` is to match: an error class or an object of properties. */
+type Refusal = typeof TypeError | typeof RangeError | { name: string; message: RegExp };
+
+/**
+ * Checks that a server's bad sslOptions are refused where they are given:
+ * `new Server`, `Server#startSSL`, `setSslOptions` on a TLS server, and a
+ * server-side `startSSL` on a Stream.
+ */
+function refusedOnServer(engine: Engine, options: object, error: Refusal): void {
+  const sslOptions = options as SslOptions;
+  const what = inspect(options);
+  assert.throws(() => new Server(Echo, { engine, sslOptions }), error, what);
+  assert.throws(() => new Server(Echo, { engine }).startSSL(sslOptions), error, what);
+  assert.throws(() => new Server(Echo, { engine, sslOptions: serverOptions() }).setSslOptions(sslOptions), error, what);
+  assert.throws(() => new Stream({ engine }).startSSL({ ...sslOptions, server_side: true }), error, what);
+}
+
+/**
+ * Checks that a client's bad sslOptions are refused where they are given:
+ * the Stream constructor, `startSSL` before connect, and STARTTLS on a
+ * connected client, which stays open and plain.
+ */
+async function refusedOnClient(t: TestContext, engine: Engine, cases: ReadonlyArray<readonly [object, Refusal]>): Promise<void> {
+  for (const [options, error] of cases) {
+    const what = inspect(options);
+    assert.throws(() => new Stream({ engine, sslOptions: options as SslOptions }), error, what);
+    assert.throws(() => new Stream({ engine }).startSSL(options as SslOptions), error, what);
+  }
+  const port = await listenLocal(new Server(Stream, { engine }), t);
+  const c = new Stream({ engine }).connect(["127.0.0.1", port]);
+  await c.ready();
+  for (const [options, error] of cases) assert.throws(() => c.startSSL(options as SslOptions), error, inspect(options));
+  await sleep(100);
+  assert.equal(c.closed, false);
+  assert.equal(c.sslEnabled, false);
+  c.close();
+}
+
+/** A TLS server whose streams echo lines and record the ALPN protocol they agreed. */
+async function alpnServer(t: TestContext, engine: Engine, sslOptions: SslOptions): Promise<{ server: Server<Stream>; port: number; agreed: () => unknown }> {
+  let agreed: unknown = null;
+  class S extends Echo {
+    override onConnect() {
+      agreed = this.alpnProtocol;
+      super.onConnect();
+    }
+  }
+  const server = new Server(S, { engine, sslOptions });
+  const port = await listenLocal(server, t);
+  return { server, port, agreed: () => agreed };
 }
 
 test("a TLS server: handshake, then onSslHandshake, then onConnect, then echo", { skip }, async (t) => {
@@ -570,87 +624,47 @@ test("SNI: several certificates by host name, with a default", { skip }, async (
 
 test("ALPN: the agreed protocol is on both streams", { skip }, async (t) => {
   const engine = freshEngine(t);
-  let serverAlpn: unknown = null;
-  class S extends Echo {
-    override onConnect() {
-      serverAlpn = this.alpnProtocol;
-      super.onConnect();
-    }
-  }
-  const port = await listenLocal(new Server(S, { engine, sslOptions: { ...serverOptions(), ALPNProtocols: ["pants/2", "pants/1"] } }), t);
+  const { port, agreed } = await alpnServer(t, engine, { ...serverOptions(), ALPNProtocols: ["pants/2", "pants/1"] });
   const c = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, ALPNProtocols: ["pants/1"] } }).connect(["localhost", port]);
   await c.ready();
   assert.equal(c.alpnProtocol, "pants/1");
-  await waitFor(() => serverAlpn !== null);
-  assert.equal(serverAlpn, "pants/1");
+  await waitFor(() => agreed() !== null);
+  assert.equal(agreed(), "pants/1");
   c.close();
 });
 
 test("ALPN: an empty or over-long name, or wire bytes that do not parse, is a RangeError when given (server, client, STARTTLS), not a process abort or a failure per connection; names as bytes work", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
-  const bad: unknown[] = [[""], ["h2", "x".repeat(256)], new Uint8Array([5, 1]), new Uint8Array([2, 104, 50, 0])];
-  for (const ALPNProtocols of bad) {
-    const what = `ALPNProtocols ${String(ALPNProtocols)}`;
-    const options = { ALPNProtocols } as unknown as SslOptions;
-    assert.throws(() => new Server(Echo, { engine }).startSSL({ ...serverOptions(), ...options }), RangeError, what);
-    assert.throws(() => new Stream({ engine, sslOptions: options }), RangeError, what);
-    assert.throws(() => new Stream({ engine }).startSSL(options), RangeError, what);
-  }
-  // STARTTLS on a connected client: the stream stays open and plain.
-  class Plain extends Stream {}
-  const plainPort = await listenLocal(new Server(Plain, { engine }), t);
-  const c = new Stream({ engine }).connect(["127.0.0.1", plainPort]);
-  await c.ready();
-  for (const ALPNProtocols of bad) assert.throws(() => c.startSSL({ ALPNProtocols } as unknown as SslOptions), RangeError);
-  assert.equal(c.closed, false);
-  assert.equal(c.sslEnabled, false);
-  c.close();
+  const bad = [[""], ["h2", "x".repeat(256)], new Uint8Array([5, 1]), new Uint8Array([2, 104, 50, 0])].map((ALPNProtocols) => ({ ALPNProtocols }));
+  for (const options of bad) refusedOnServer(engine, { ...serverOptions(), ...options }, RangeError);
+  await refusedOnClient(t, engine, bad.map((options) => [options, RangeError] as const));
   // Names given as bytes, on either side.
-  let serverAlpn: unknown = null;
-  class S extends Echo {
-    override onConnect() {
-      serverAlpn = this.alpnProtocol;
-      super.onConnect();
-    }
-  }
   const asBytes = [Buffer.from("pants/2"), new TextEncoder().encode("pants/1")] as unknown as string[];
-  const port = await listenLocal(new Server(S, { engine, sslOptions: { ...serverOptions(), ALPNProtocols: asBytes } }), t);
+  const { port, agreed } = await alpnServer(t, engine, { ...serverOptions(), ALPNProtocols: asBytes });
   const ok = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, ALPNProtocols: asBytes.slice(1) } }).connect(["localhost", port]);
   await ok.ready();
   assert.equal(ok.alpnProtocol, "pants/1");
-  await waitFor(() => serverAlpn !== null);
-  assert.equal(serverAlpn, "pants/1");
+  await waitFor(() => agreed() !== null);
+  assert.equal(agreed(), "pants/1");
   ok.close();
 });
 
 test("a server's ALPNCallback picks the protocol from the client's list (and undefined refuses that handshake); a non-function, or one beside ALPNProtocols, is a TypeError when given", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
-  for (const options of [{ ALPNCallback: "x" }, { ALPNCallback: () => "a", ALPNProtocols: ["a"] }]) {
-    assert.throws(() => new Server(Echo, { engine, sslOptions: { ...serverOptions(), ...options } as SslOptions }), TypeError);
-    assert.throws(() => new Server(Echo, { engine }).startSSL({ ...serverOptions(), ...options } as SslOptions), TypeError);
-    assert.throws(() => new Stream({ engine }).startSSL({ ...serverOptions(), ...options, server_side: true } as SslOptions), TypeError);
-  }
+  for (const options of [{ ALPNCallback: "x" }, { ALPNCallback: () => "a", ALPNProtocols: ["a"] }]) refusedOnServer(engine, { ...serverOptions(), ...options }, TypeError);
   const seen: Array<{ servername: string; protocols: string[] }> = [];
-  let serverAlpn: unknown = null;
-  class S extends Echo {
-    override onConnect() {
-      serverAlpn = this.alpnProtocol;
-      super.onConnect();
-    }
-  }
   const ALPNCallback = (arg: { servername: string; protocols: string[] }) => {
     seen.push(arg);
     return arg.protocols.includes("refuse") ? undefined : arg.protocols.at(-1);
   };
-  const server = new Server(S, { engine, sslOptions: { ...serverOptions(), ALPNCallback } });
-  const port = await listenLocal(server, t);
+  const { server, port, agreed } = await alpnServer(t, engine, { ...serverOptions(), ALPNCallback });
   const c = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, ALPNProtocols: ["pants/2", "pants/1"] } }).connect(["localhost", port]);
   await c.ready();
   assert.equal(c.alpnProtocol, "pants/1");
-  await waitFor(() => serverAlpn !== null);
-  assert.equal(serverAlpn, "pants/1");
+  await waitFor(() => agreed() !== null);
+  assert.equal(agreed(), "pants/1");
   assert.deepEqual(seen, [{ servername: "localhost", protocols: ["pants/2", "pants/1"] }]);
   c.close();
   // setSslOptions takes it too; undefined refuses that handshake alone.
@@ -668,12 +682,7 @@ test("a server's pskCallback and pskIdentityHint: a PSK-only server (no certific
   const engine = freshEngine(t);
   const key = Buffer.from("d731ef57be09e5204f0b205b60627028", "hex");
   const psk = { ciphers: "PSK", maxVersion: "TLSv1.2" } as const;
-  for (const options of [{ pskCallback: "x" }, { pskCallback: () => key, pskIdentityHint: 5 }, { pskIdentityHint: "hint" }]) {
-    const what = JSON.stringify(options);
-    assert.throws(() => new Server(Echo, { engine, sslOptions: { ...psk, ...options } as SslOptions }), TypeError, what);
-    assert.throws(() => new Server(Echo, { engine }).startSSL({ ...psk, ...options } as SslOptions), TypeError, what);
-    assert.throws(() => new Stream({ engine }).startSSL({ ...psk, ...options, server_side: true } as SslOptions), TypeError, what);
-  }
+  for (const options of [{ pskCallback: "x" }, { pskCallback: () => key, pskIdentityHint: 5 }, { pskIdentityHint: "hint" }]) refusedOnServer(engine, { ...psk, ...options }, TypeError);
   const identities: string[] = [];
   const server = new Server(Echo, {
     engine,
@@ -718,12 +727,7 @@ test("a server's pskCallback and pskIdentityHint: a PSK-only server (no certific
 test("a server's enableTrace is accepted as a boolean (true, false, null) and the handshake works; another type is a TypeError when given, not a failure per connection", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
-  for (const enableTrace of ["x", 1]) {
-    const options = { ...serverOptions(), enableTrace } as unknown as SslOptions;
-    assert.throws(() => new Server(Echo, { engine, sslOptions: options }), TypeError);
-    assert.throws(() => new Server(Echo, { engine }).startSSL(options), TypeError);
-    assert.throws(() => new Stream({ engine }).startSSL({ ...options, server_side: true }), TypeError);
-  }
+  for (const enableTrace of ["x", 1]) refusedOnServer(engine, { ...serverOptions(), enableTrace }, TypeError);
   const server = new Server(Echo, { engine, sslOptions: { ...serverOptions(), enableTrace: null } as unknown as SslOptions });
   const port = await listenLocal(server, t);
   // true writes OpenSSL's trace to stderr; only the handshake is checked here.
@@ -743,21 +747,8 @@ test("a user-built secureContext is a TypeError naming it when given (server, cl
   const server = { ...serverOptions(), secureContext } as SslOptions;
   const client = { ca: certs.ca.certPem, secureContext } as SslOptions;
   const named = { name: "TypeError", message: /'secureContext'/ };
-  assert.throws(() => new Server(Echo, { engine, sslOptions: server }), named);
-  assert.throws(() => new Server(Echo, { engine }).startSSL(server), named);
-  const tlsServer = new Server(Echo, { engine, sslOptions: serverOptions() });
-  assert.throws(() => tlsServer.setSslOptions(server), named);
-  assert.throws(() => new Stream({ engine }).startSSL({ ...server, server_side: true }), named);
-  assert.throws(() => new Stream({ engine, sslOptions: client }), named);
-  assert.throws(() => new Stream({ engine }).startSSL(client), named);
-  class Plain extends Stream {}
-  const plainPort = await listenLocal(new Server(Plain, { engine }), t);
-  const c = new Stream({ engine }).connect(["127.0.0.1", plainPort]);
-  await c.ready();
-  assert.throws(() => c.startSSL(client), named);
-  assert.equal(c.closed, false);
-  assert.equal(c.sslEnabled, false);
-  c.close();
+  refusedOnServer(engine, server, named);
+  await refusedOnClient(t, engine, [[client, named]]);
   // null is none, as not given.
   const port = await listenLocal(new Server(Echo, { engine, sslOptions: { ...serverOptions(), secureContext: null } as unknown as SslOptions }), t);
   const ok = new Stream({ engine, sslOptions: { ca: certs.ca.certPem, secureContext: null } as unknown as SslOptions }).connect(["localhost", port]);
@@ -769,15 +760,9 @@ test("a user-built secureContext is a TypeError naming it when given (server, cl
 test("a server's handshakeTimeout, highWaterMark or signal (tls.createServer options pants-ts takes elsewhere) is a TypeError naming it and what to use, when given; null is none", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
-  const tlsServer = new Server(Echo, { engine, sslOptions: serverOptions() });
   for (const [name, instead] of [["handshakeTimeout", /handshakeTimeoutMs/], ["highWaterMark", /writeBufferLimit/], ["signal", /close\(\)/]] as const) {
     const value = name === "signal" ? new AbortController().signal : 1000;
-    const options = { ...serverOptions(), [name]: value } as unknown as SslOptions;
-    const named = { name: "TypeError", message: new RegExp(`'${name}'.*${instead.source}`) };
-    assert.throws(() => new Server(Echo, { engine, sslOptions: options }), named, name);
-    assert.throws(() => new Server(Echo, { engine }).startSSL(options), named, name);
-    assert.throws(() => tlsServer.setSslOptions(options), named, name);
-    assert.throws(() => new Stream({ engine }).startSSL({ ...options, server_side: true }), named, name);
+    refusedOnServer(engine, { ...serverOptions(), [name]: value }, { name: "TypeError", message: new RegExp(`'${name}'.*${instead.source}`) });
   }
   const nulls = { ...serverOptions(), handshakeTimeout: null, highWaterMark: null, signal: null } as unknown as SslOptions;
   const port = await listenLocal(new Server(Echo, { engine, sslOptions: nulls }), t);
@@ -1745,27 +1730,13 @@ test("a client's checkServerIdentity that throws fails that handshake (onSslHand
 test("a client's servername or session of the wrong type is a TypeError when given (constructor, startSSL, STARTTLS), not an unhandled 'error' once connected", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
-  const bad: SslOptions[] = [{ servername: 123 as never }, { session: "abc" as never }];
-  for (const options of bad) {
-    assert.throws(() => new Stream({ engine, sslOptions: options }), TypeError, JSON.stringify(options));
-    assert.throws(() => new Stream({ engine }).startSSL(options), TypeError, JSON.stringify(options));
-  }
-  // STARTTLS on a connected client: the stream stays open and plain.
-  class Plain extends Stream {}
-  const port = await listenLocal(new Server(Plain, { engine }), t);
-  const c = new Stream({ engine }).connect(["127.0.0.1", port]);
-  await c.ready();
-  for (const options of bad) assert.throws(() => c.startSSL(options), TypeError, JSON.stringify(options));
-  await sleep(100);
-  assert.equal(c.closed, false);
-  assert.equal(c.sslEnabled, false);
-  c.close();
+  await refusedOnClient(t, engine, [[{ servername: 123 }, TypeError], [{ session: "abc" }, TypeError]]);
 });
 
 test("a client's pskCallback, signal, enableTrace, highWaterMark or minDHSize that node:tls would refuse only once connected is refused when given (constructor, startSSL, STARTTLS): a bad highWaterMark crashed the process; good values connect", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
-  const bad: Array<[Record<string, unknown>, typeof TypeError | typeof RangeError]> = [
+  await refusedOnClient(t, engine, [
     [{ pskCallback: "x" }, TypeError],
     [{ signal: "x" }, TypeError],
     [{ enableTrace: "x" }, TypeError],
@@ -1773,20 +1744,7 @@ test("a client's pskCallback, signal, enableTrace, highWaterMark or minDHSize th
     [{ highWaterMark: -5 }, RangeError],
     [{ minDHSize: "x" }, TypeError],
     [{ minDHSize: 0 }, RangeError],
-  ];
-  class Plain extends Stream {}
-  const plainPort = await listenLocal(new Server(Plain, { engine }), t);
-  const c = new Stream({ engine }).connect(["127.0.0.1", plainPort]);
-  await c.ready();
-  for (const [options, type] of bad) {
-    const what = JSON.stringify(options);
-    assert.throws(() => new Stream({ engine, sslOptions: options as SslOptions }), type, what);
-    assert.throws(() => new Stream({ engine }).startSSL(options as SslOptions), type, what);
-    assert.throws(() => c.startSSL(options as SslOptions), type, what);
-  }
-  assert.equal(c.closed, false);
-  assert.equal(c.sslEnabled, false);
-  c.close();
+  ]);
   const good = { pskCallback: null, signal: new AbortController().signal, enableTrace: false, highWaterMark: 4096, minDHSize: 2048 };
   const port = await listenLocal(new Server(Echo, { engine, sslOptions: serverOptions() }), t);
   const ok = new Stream({ engine, sslOptions: { ca: certs.ca.certPem, ...good } as unknown as SslOptions }).connect(["localhost", port]);
