@@ -14,12 +14,12 @@ import { ask, childPids, connect, freePort, sameOnEitherTransport, sleep, tempDi
 
 const root = new URL("..", import.meta.url).pathname;
 
-/** A fixture program run as a cluster primary, its output collected; killed after the test `t`. */
-function launch(t: TestContext, fixture: string, env: Record<string, string>) {
+/** A fixture program run as a cluster primary, its output collected (its stdin a pipe if asked); killed after the test `t`. */
+function launch(t: TestContext, fixture: string, env: Record<string, string>, stdin: "ignore" | "pipe" = "ignore") {
   const child = spawn(process.execPath, ["--import", "tsx", `test/fixtures/${fixture}`], {
     cwd: root,
     env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: [stdin, "pipe", "pipe"],
   });
   t.after(() => child.kill("SIGKILL"));
   let out = "";
@@ -335,19 +335,7 @@ test("a cluster worker in another directory than its primary (setupPrimary({ cwd
   const workerDir = join(base, "worker");
   mkdirSync(primaryDir);
   mkdirSync(workerDir);
-  const start = (listen: string) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/cluster-cwd.ts"], {
-      cwd: root,
-      env: { ...process.env, PRIMARY_CWD: primaryDir, WORKER_CWD: workerDir, LISTEN_PATH: listen },
-      stdio: ["pipe", "pipe", "pipe"],
-    });
-    t.after(() => child.kill("SIGKILL"));
-    let out = "";
-    child.stdout!.on("data", (d) => (out += d));
-    child.stderr!.on("data", (d) => (out += d));
-    const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
-    return { child, exited, out: () => out };
-  };
+  const start = (listen: string) => launch(t, "cluster-cwd.ts", { PRIMARY_CWD: primaryDir, WORKER_CWD: workerDir, LISTEN_PATH: listen }, "pipe");
   // node:cluster's primary binds a worker's path relative to its own directory:
   // "8080" there, which node:net would take for a port, throwing in the primary.
   for (const listen of [join(primaryDir, "8080"), "../primary/8080"]) {
