@@ -378,14 +378,20 @@ function compileServerPsk(options: SslOptions): Pick<TlsOptions, "pskCallback" |
 }
 
 /**
- * Options of tls.createServer that pants-ts takes elsewhere, refused on a
- * server rather than dropped: tls.createServer gives them to its net.Server
- * or its own timer, not to the TLS layer pants-ts builds. null is none.
+ * Options of tls.createServer (its own, and its net.Server's) that pants-ts
+ * takes elsewhere, refused on a server rather than dropped: tls.createServer
+ * gives them to its net.Server or its own timer, not to the TLS layer
+ * pants-ts builds. null is none.
  */
 const SERVER_ELSEWHERE: Readonly<Record<string, string>> = {
   handshakeTimeout: "give the Server option handshakeTimeoutMs (a stream's own upgrade: its handshakeTimeout)",
   highWaterMark: "pants-ts buffers a connection's reads and writes itself (see a stream's writeBufferLimit)",
   signal: "close the server with close() or shutdown()",
+  allowHalfOpen: "every stream is half-open already (a peer's FIN calls onEnd, and replies still go out)",
+  noDelay: "give the Server option noDelay",
+  keepAlive: "give the Server option keepAliveMs",
+  keepAliveInitialDelay: "give the Server option keepAliveMs",
+  pauseOnConnect: "call pauseReading() in onConnect, or hold the socket in an async onAccept",
 };
 
 function refuseServerSocketOptions(options: SslOptions): void {

@@ -757,14 +757,23 @@ test("a user-built secureContext is a TypeError naming it when given (server, cl
   ok.close();
 });
 
-test("a server's handshakeTimeout, highWaterMark or signal (tls.createServer options pants-ts takes elsewhere) is a TypeError naming it and what to use, when given; null is none", { skip }, async (t) => {
+test("a server's handshakeTimeout, highWaterMark, signal, allowHalfOpen, noDelay, keepAlive, keepAliveInitialDelay or pauseOnConnect (tls.createServer and net.Server options pants-ts takes elsewhere) is a TypeError naming it and what to use, when given; null is none", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
-  for (const [name, instead] of [["handshakeTimeout", /handshakeTimeoutMs/], ["highWaterMark", /writeBufferLimit/], ["signal", /close\(\)/]] as const) {
-    const value = name === "signal" ? new AbortController().signal : 1000;
+  const elsewhere = [
+    ["handshakeTimeout", 1000, /handshakeTimeoutMs/],
+    ["highWaterMark", 1000, /writeBufferLimit/],
+    ["signal", new AbortController().signal, /close\(\)/],
+    ["allowHalfOpen", true, /onEnd/],
+    ["noDelay", true, /Server option noDelay/],
+    ["keepAlive", true, /keepAliveMs/],
+    ["keepAliveInitialDelay", 1000, /keepAliveMs/],
+    ["pauseOnConnect", true, /pauseReading\(\)/],
+  ] as const;
+  for (const [name, value, instead] of elsewhere) {
     refusedOnServer(engine, { ...serverOptions(), [name]: value }, { name: "TypeError", message: new RegExp(`'${name}'.*${instead.source}`) });
   }
-  const nulls = { ...serverOptions(), handshakeTimeout: null, highWaterMark: null, signal: null } as unknown as SslOptions;
+  const nulls = { ...serverOptions(), ...Object.fromEntries(elsewhere.map(([name]) => [name, null])) } as unknown as SslOptions;
   const port = await listenLocal(new Server(Echo, { engine, sslOptions: nulls }), t);
   const ok = new Stream({ engine, sslOptions: { ca: certs.ca.certPem } }).connect(["localhost", port]);
   await ok.ready();
