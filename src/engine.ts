@@ -255,7 +255,9 @@ export class Engine {
         this.#lastSweep = this.#now;
       }
     }
-    this.#now = target;
+    // A timer that advanced the clock itself (a nested advance) may have
+    // taken it past this call's target: time never goes back.
+    this.#now = Math.max(this.#now, target);
   }
 
   /** The global engine; channels default to it. */

@@ -141,6 +141,21 @@ test("cycle timers on a manual clock fire once per period", () => {
   assert.deepEqual(times, [100, 200, 300]);
 });
 
+test("a manual clock never goes back: a timer that advances it further inside advance() leaves it there", () => {
+  const engine = new Engine({ manualClock: true });
+  const seen: number[] = [];
+  engine.defer(5, () => {
+    engine.advance(100);
+    seen.push(engine.time());
+  });
+  engine.defer(50, () => seen.push(engine.time()));
+  engine.advance(10);
+  assert.deepEqual(seen, [50, 105], "the nested advance fires what falls due within it, in order");
+  assert.equal(engine.time(), 105);
+  engine.advance(0);
+  assert.equal(engine.time(), 105);
+});
+
 test("duplexPair: what one end writes the other reads; destroy is a FIN, resetAndDestroy a reset", async () => {
   const [a, b] = duplexPair();
   const got: Buffer[] = [];
