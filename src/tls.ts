@@ -474,6 +474,32 @@ export function compileClientTls(options: SslOptions): ClientTls {
 }
 
 /**
+ * Options of tls.connect (its own, and its net.Socket's) that pants-ts takes
+ * elsewhere, refused on a client rather than dropped: a stream connects its
+ * own socket, so tls.connect ignored them, or (`host` over a UNIX path)
+ * verified the certificate against a name no SNI carried. null is none.
+ */
+const CLIENT_ELSEWHERE: Readonly<Record<string, string>> = {
+  host: "give the address to connect(), and servername for the name to send in SNI and verify",
+  port: "give the address to connect()",
+  path: "give the address to connect()",
+  socket: "give it as the Stream option socket, then call startSSL()",
+  timeout: "set the stream's idleTimeout",
+  noDelay: "call the stream's setNoDelay() (on by default)",
+  keepAlive: "call the stream's setKeepAlive()",
+  keepAliveInitialDelay: "call the stream's setKeepAlive()",
+  allowHalfOpen: "every stream is half-open already (a peer's FIN calls onEnd, and replies still go out)",
+  localAddress: "a pants-ts client does not bind a local address",
+  localPort: "a pants-ts client does not bind a local port",
+  family: "connect() picks the family from the address (an IPv6 literal, or a 4-tuple, is IPv6)",
+  hints: "connect() resolves host names itself",
+  lookup: "connect() resolves host names itself",
+  autoSelectFamily: "connect() resolves host names itself",
+  autoSelectFamilyAttemptTimeout: "connect() resolves host names itself",
+  onread: "set the stream's reuseReadBuffer",
+};
+
+/**
  * Node's client options that node:tls checks only in `tls.connect`, once the
  * connection is up: a wrong one failed that connect late, or (highWaterMark,
  * refused once node:tls had taken the socket over) left a half-made
@@ -481,6 +507,11 @@ export function compileClientTls(options: SslOptions): ClientTls {
  * where node:tls takes it so.
  */
 function checkConnectionOptions(options: SslOptions): void {
+  for (const [name, instead] of Object.entries(CLIENT_ELSEWHERE)) {
+    if ((options as Record<string, unknown>)[name] != null) {
+      throw typeError(`SSL option '${name}' is not taken by a TLS client: ${instead}.`, "ERR_INVALID_ARG_VALUE");
+    }
+  }
   optionOf(options, "pskCallback", "function");
   optionOf(options, "enableTrace", "boolean");
   const { signal, highWaterMark, minDHSize } = options as Record<string, unknown>;

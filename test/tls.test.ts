@@ -1762,6 +1762,41 @@ test("a client's pskCallback, signal, enableTrace, highWaterMark or minDHSize th
   ok.close();
 });
 
+test("a client's tls.connect and net.Socket options pants-ts takes elsewhere (host, port, path, socket, timeout, noDelay, keepAlive, allowHalfOpen, localAddress, lookup, onread, ...) are a TypeError naming what to use, when given, not silently ignored; null is none", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const elsewhere = [
+    ["host", "a.test", /servername/],
+    ["port", 443, /connect\(\)/],
+    ["path", "/tmp/x.sock", /connect\(\)/],
+    ["socket", new net.Socket(), /Stream option socket/],
+    ["timeout", 1000, /idleTimeout/],
+    ["noDelay", false, /setNoDelay\(\)/],
+    ["keepAlive", true, /setKeepAlive\(\)/],
+    ["keepAliveInitialDelay", 1000, /setKeepAlive\(\)/],
+    ["allowHalfOpen", true, /onEnd/],
+    ["localAddress", "127.0.0.2", /local address/],
+    ["localPort", 5000, /local port/],
+    ["family", 6, /family from the address/],
+    ["hints", 0, /resolves host names/],
+    ["lookup", () => undefined, /resolves host names/],
+    ["autoSelectFamily", false, /resolves host names/],
+    ["autoSelectFamilyAttemptTimeout", 250, /resolves host names/],
+    ["onread", { buffer: Buffer.alloc(16), callback: () => true }, /reuseReadBuffer/],
+  ] as const;
+  await refusedOnClient(
+    t,
+    engine,
+    elsewhere.map(([name, value, instead]) => [{ [name]: value }, { name: "TypeError", message: new RegExp(`'${name}'.*${instead.source}`) }] as const),
+  );
+  const nulls = { ca: certs.ca.certPem, ...Object.fromEntries(elsewhere.map(([name]) => [name, null])) } as unknown as SslOptions;
+  const port = await listenLocal(new Server(Echo, { engine, sslOptions: serverOptions() }), t);
+  const ok = new Stream({ engine, sslOptions: nulls }).connect(["localhost", port]);
+  await ok.ready();
+  assert.equal(ok.authorized, true);
+  ok.close();
+});
+
 test("a check node:tls makes only once its TLSSocket has the socket (setServername made to throw here) fails that connect (onSslError, onConnectError, onClose) or STARTTLS upgrade (onSslError, onClose) alone, with no unhandled 'error' from the TLSSocket left behind", { skip }, async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
