@@ -300,7 +300,7 @@ function wildcardMatch(pattern: string, host: string): boolean {
 export function compileServerTls(options: SslOptions, shared = false): ServerTls {
   checkPantsFlags(options, true);
   refuseSecureContext(options);
-  refuseServerSocketOptions(options);
+  refuseElsewhere(options, SERVER_ELSEWHERE, "server");
   const base = contextOptions(options, true);
   const psk = compileServerPsk(options);
   // A PSK server may have no certificate (with PSK ciphers only).
@@ -394,10 +394,11 @@ const SERVER_ELSEWHERE: Readonly<Record<string, string>> = {
   pauseOnConnect: "call pauseReading() in onConnect, or hold the socket in an async onAccept",
 };
 
-function refuseServerSocketOptions(options: SslOptions): void {
-  for (const [name, instead] of Object.entries(SERVER_ELSEWHERE)) {
+/** Refuses an option of `elsewhere` (by name, what to use instead) given on this `side`. */
+function refuseElsewhere(options: SslOptions, elsewhere: Readonly<Record<string, string>>, side: "server" | "client"): void {
+  for (const [name, instead] of Object.entries(elsewhere)) {
     if ((options as Record<string, unknown>)[name] != null) {
-      throw typeError(`SSL option '${name}' is not taken by a TLS server: ${instead}.`, "ERR_INVALID_ARG_VALUE");
+      throw typeError(`SSL option '${name}' is not taken by a TLS ${side}: ${instead}.`, "ERR_INVALID_ARG_VALUE");
     }
   }
 }
@@ -507,11 +508,7 @@ const CLIENT_ELSEWHERE: Readonly<Record<string, string>> = {
  * where node:tls takes it so.
  */
 function checkConnectionOptions(options: SslOptions): void {
-  for (const [name, instead] of Object.entries(CLIENT_ELSEWHERE)) {
-    if ((options as Record<string, unknown>)[name] != null) {
-      throw typeError(`SSL option '${name}' is not taken by a TLS client: ${instead}.`, "ERR_INVALID_ARG_VALUE");
-    }
-  }
+  refuseElsewhere(options, CLIENT_ELSEWHERE, "client");
   optionOf(options, "pskCallback", "function");
   optionOf(options, "enableTrace", "boolean");
   const { signal, highWaterMark, minDHSize } = options as Record<string, unknown>;
