@@ -21,7 +21,7 @@ import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddr
 import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, InvalidAddressFormatError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
-import { Stream, accepting, kProxyRemote, kRawSocket, kStream, kTlsPending, kTlsSecured } from "./stream.js";
+import { Stream, accepting, kAcceptedAt, kProxyRemote, kRawSocket, kStream, kTlsPending, kTlsSecured } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
@@ -259,12 +259,15 @@ class ProxyWait implements Timed {
   /** Bytes the parser needs before it can say more (a v2 header's whole block); fewer are not parsed again. */
   needed = 0;
   deadline: number;
+  /** Engine time of the accept: a TLS handshake after the header has what is left of its deadline. */
+  readonly acceptedAt: number;
   constructor(
     readonly server: Server,
     readonly socket: net.Socket,
     timeoutMs: number,
   ) {
-    this.deadline = timeoutMs > 0 ? server.engine.time() + timeoutMs : Infinity;
+    this.acceptedAt = server.engine.time();
+    this.deadline = timeoutMs > 0 ? this.acceptedAt + timeoutMs : Infinity;
   }
   _onSweep(now: number): void {
     if (now >= this.deadline) {
@@ -1109,7 +1112,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     const header = result.header;
     // LOCAL and UNKNOWN keep the real peer's address.
     const remote = header.command === "PROXY" && header.source !== null ? header.source : null;
-    this.#accept(raw, remote);
+    this.#accept(raw, remote, wait.acceptedAt);
   }
 
   /** @internal A PROXY header was malformed, missing or late: only that connection closes. */
@@ -1129,7 +1132,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     (wait.socket as net.Socket & { [kProxyWait]?: ProxyWait })[kProxyWait] = undefined;
   }
 
-  #accept(raw: net.Socket | NativeSocket, proxiedRemote: Address | null): void {
+  #accept(raw: net.Socket | NativeSocket, proxiedRemote: Address | null, acceptedAt: number | null = null): void {
     if (this.#state !== ST_LISTENING || this.#shutdown !== null) {
       raw.destroy();
       return;
@@ -1162,9 +1165,11 @@ export class Server<S extends Stream = Stream> extends Channel {
         const under = raw instanceof NativeSocket ? (socket instanceof NativeSocket ? raw.toDuplex() : socket) : raw;
         const t = wrapServerSocket(under, tlsConfig) as tls.TLSSocket & {
           [kTlsPending]?: boolean;
+          [kAcceptedAt]?: number;
           [kRawSocket]?: net.Socket | NativeSocket;
         };
         t[kTlsPending] = true;
+        if (acceptedAt !== null) t[kAcceptedAt] = acceptedAt;
         // An override may make the stream once the handshake is done: it is told so.
         if (custom) t.once("secure", onTlsSecured);
         if (raw instanceof net.Socket || raw instanceof NativeSocket) t[kRawSocket] = raw;

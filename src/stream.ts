@@ -76,6 +76,11 @@ export const kTlsPending: unique symbol = Symbol("pants-ts.tlsPending");
 export const kTlsSecured: unique symbol = Symbol("pants-ts.tlsSecured");
 /** @internal Set by the server: the client's address from a PROXY header. */
 export const kProxyRemote: unique symbol = Symbol("pants-ts.proxyRemote");
+/**
+ * @internal Set by the server on a TLS socket accepted behind a PROXY header:
+ * the engine time of the accept, from which the handshake's deadline counts.
+ */
+export const kAcceptedAt: unique symbol = Symbol("pants-ts.acceptedAt");
 /** @internal Set by the server: the TCP (or native) socket under a TLSSocket. */
 export const kRawSocket: unique symbol = Symbol("pants-ts.rawSocket");
 /**
@@ -122,6 +127,7 @@ interface OwnedSocket extends Duplex {
   [kTlsPending]?: boolean;
   [kTlsSecured]?: boolean;
   [kProxyRemote]?: Address | null;
+  [kAcceptedAt]?: number;
   [kRawSocket]?: net.Socket | NativeSocket;
   [kLinger]?: ReturnType<typeof setTimeout>;
 }
@@ -293,6 +299,8 @@ class Extras {
   remote: Address | null = null;
   local: Address | null = null;
   proxied: Address | null = null;
+  /** Engine time of a server's accept that waited for a PROXY header; cleared once the first handshake is done. */
+  acceptedAt: number | null = null;
   /** The TCP (or native) socket under a TLS socket (else null: the stream's socket is it). */
   raw: net.Socket | NativeSocket | null = null;
   remoteOverride: Address | null | undefined = undefined;
@@ -1238,6 +1246,8 @@ export class Stream extends Channel {
     if (raw !== undefined) this.#extras().raw = raw;
     const proxied = sock[kProxyRemote];
     if (proxied !== undefined && proxied !== null) this.#extras().proxied = proxied;
+    const acceptedAt = sock[kAcceptedAt];
+    if (acceptedAt !== undefined) this.#extras().acceptedAt = acceptedAt;
     if (isNative(sock)) {
       this.#flags |= F_NATIVE;
       sock.setOwner(this);
@@ -1439,6 +1449,7 @@ export class Stream extends Channel {
       return;
     }
     this.#flags |= F_TLS_DONE;
+    if (this.#x !== null) this.#x.acceptedAt = null;
     this.#clearDeadline("handshake");
     if (this.#tls.isSessionReused()) this.#sessionResumed(this.#tls);
     // The handshake was bytes both ways: the idle time starts now, not when
@@ -2852,7 +2863,11 @@ export class Stream extends Channel {
   // Internals: timeouts (driven by the engine's shared sweeper)
 
   #armHandshakeTimeout(): void {
-    const ms = this.handshakeTimeout;
+    let ms = this.handshakeTimeout;
+    // Behind a PROXY header the one deadline runs from the accept: the time
+    // the header took is not given again to the handshake after it.
+    const acceptedAt = this.#x?.acceptedAt ?? null;
+    if (ms > 0 && acceptedAt !== null) ms = Math.max(1, acceptedAt + ms - this.engine.time());
     if (ms > 0) this.#setDeadline("handshake", ms);
     else if (this.#x?.deadlineKind === "handshake") this.#clearDeadline("handshake");
     else this.#updateTimed(); // a first handshake stops the idle clock (see #updateTimed)

@@ -183,6 +183,40 @@ test("PROXY header, then TLS", { skip: !hasOpenssl() && "no openssl" }, async (t
   secure.destroy();
 });
 
+test("behind PROXY, the TLS handshake's deadline counts from the accept, not from the header's end", { skip: !hasOpenssl() && "no openssl" }, async (t) => {
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const server = new Server(Who, { engine, proxyProtocol: true, handshakeTimeoutMs: 2000, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } });
+  const port = await listenLocal(server, t);
+  const header = encodeProxyV1({ family: "TCP4", source: ["192.0.2.77", 7777], destination: ["192.0.2.2", 443] });
+  // A slow header, then a TLS record that never completes: closed by the one deadline from the accept
+  // (2 s), where the handshake's own 2 s used to start at the header's end (about 3 s in all).
+  const stalled = net.connect(port, "127.0.0.1");
+  stalled.on("error", () => {});
+  await new Promise((r) => stalled.once("connect", r));
+  const start = Date.now();
+  stalled.write(header.subarray(0, 10));
+  await sleep(1000);
+  stalled.write(Buffer.concat([header.subarray(10), Buffer.from([0x16, 0x03])]));
+  await new Promise((r) => stalled.once("close", r));
+  const took = Date.now() - start;
+  assert.ok(took >= 1900 && took < 2700, `closed ${took} ms after the accept (handshakeTimeoutMs 2000)`);
+  assert.equal(server.stats.errorsByKind.tls, 1);
+  // A slow header still leaves the rest of the deadline to a handshake that does complete.
+  const raw = net.connect(port, "127.0.0.1");
+  await new Promise((r) => raw.once("connect", r));
+  raw.write(header.subarray(0, 10));
+  await sleep(1000);
+  raw.write(header.subarray(10));
+  const secure = tls.connect({ socket: raw, rejectUnauthorized: false });
+  let got = "";
+  secure.on("data", (d) => (got += d));
+  await waitFor(() => got.includes("\n"), 5000, "the address line over TLS");
+  assert.deepEqual(JSON.parse(got.trim()), ["192.0.2.77", 7777]);
+  secure.destroy();
+});
+
 // --- A real HAProxy in front ------------------------------------------------
 
 const haproxy = spawnSync("haproxy", ["-v"]).status === 0;
