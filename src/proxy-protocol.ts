@@ -707,8 +707,9 @@ function unixPathBytes(value: unknown, what: string): Buffer {
  * @throws TypeError when an address is missing, of the wrong shape, or does
  *   not match the family, when addresses are given for family UNKNOWN, or
  *   when a port or TLV type is no number.
- * @throws RangeError for a bad port, TLV type or size, or a header longer
- *   than the 16-bit length field allows.
+ * @throws RangeError for a bad port, TLV type or size (a UNIQUE_ID over
+ *   128 bytes, a CRC32C not of 4), or a header longer than the 16-bit length
+ *   field allows.
  */
 export function encodeProxyV2(h: ProxyV2Fields): Buffer {
   if (h.command !== "PROXY" && h.command !== "LOCAL") {
@@ -755,6 +756,7 @@ export function encodeProxyV2(h: ProxyV2Fields): Buffer {
   }
 
   const parts: Buffer[] = [block];
+  let crcGiven = false;
   for (const tlv of h.tlvs ?? []) {
     if (typeof tlv !== "object" || tlv === null || !(tlv.value instanceof Uint8Array)) {
       throw typeError("Each TLV must be { type: number, value: Buffer }.");
@@ -765,6 +767,14 @@ export function encodeProxyV2(h: ProxyV2Fields): Buffer {
     if (tlv.value.length > V2_LENGTH_MAX) throw rangeError(`A TLV value holds at most ${V2_LENGTH_MAX} bytes.`);
     if (h.checksum === true && tlv.type === ProxyTlvType.CRC32C) {
       throw typeError("Pass either checksum: true or a CRC32C TLV, not both.", "ERR_INVALID_ARG_VALUE");
+    }
+    // What the parser refuses (as the specification has receivers do) is not written.
+    if (tlv.type === ProxyTlvType.CRC32C) {
+      if (tlv.value.length !== 4) throw rangeError(`A CRC32C TLV holds 4 bytes (got ${tlv.value.length}).`);
+      if (crcGiven) throw typeError("A PROXY v2 header carries at most one CRC32C TLV.", "ERR_INVALID_ARG_VALUE");
+      crcGiven = true;
+    } else if (tlv.type === ProxyTlvType.UNIQUE_ID && tlv.value.length > UNIQUE_ID_MAX) {
+      throw rangeError(`A UNIQUE_ID TLV holds at most ${UNIQUE_ID_MAX} bytes (got ${tlv.value.length}).`);
     }
     const head = Buffer.alloc(3);
     head[0] = tlv.type;

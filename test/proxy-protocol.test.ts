@@ -852,6 +852,22 @@ describe("encodeProxyV2", () => {
     assert.throws(() => encodeProxyV2({ command: "PROXY", family: "UNIX", source: "/a", destination: ["1.2.3.4", 1] }), TypeError);
   });
 
+  it("refuses the TLVs every receiver refuses: UNIQUE_ID over 128 bytes, a CRC32C not of 4 bytes, two CRC32Cs", () => {
+    const ok = { command: "PROXY" as const, source: ["1.2.3.4", 1] as [string, number], destination: ["5.6.7.8", 2] as [string, number] };
+    // Each was encoded, and the parser (as the specification asks) then refused the header.
+    assert.throws(() => encodeProxyV2({ ...ok, tlvs: [{ type: ProxyTlvType.UNIQUE_ID, value: Buffer.alloc(129) }] }), RangeError);
+    assert.throws(() => encodeProxyV2({ command: "LOCAL", tlvs: [{ type: ProxyTlvType.UNIQUE_ID, value: Buffer.alloc(200) }] }), RangeError);
+    for (const size of [0, 3, 5]) {
+      assert.throws(() => encodeProxyV2({ ...ok, tlvs: [{ type: ProxyTlvType.CRC32C, value: Buffer.alloc(size) }] }), RangeError);
+    }
+    const crc = { type: ProxyTlvType.CRC32C, value: Buffer.alloc(4) };
+    assert.throws(() => encodeProxyV2({ ...ok, tlvs: [crc, crc] }), { name: "TypeError", code: "ERR_INVALID_ARG_VALUE" });
+    const id = Buffer.alloc(128, 0x41);
+    const parsed = parseProxyHeader(encodeProxyV2({ ...ok, tlvs: [{ type: ProxyTlvType.UNIQUE_ID, value: id }], checksum: true }));
+    assert.ok("header" in parsed);
+    assert.deepEqual(parsed.header.tlvs[0], { type: ProxyTlvType.UNIQUE_ID, value: id });
+  });
+
   it("accepts exactly 65535 bytes after the fixed part", () => {
     const buf = encodeProxyV2({
       command: "PROXY",
