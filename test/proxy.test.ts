@@ -167,6 +167,19 @@ test("a PROXY v2 header whose 64 KiB block arrives in small pieces is joined onc
   c.destroy();
 });
 
+/** TLS over `raw` (its PROXY header sent) to a Who server: the address line it answers with. */
+async function addressOverTls(raw: net.Socket): Promise<unknown> {
+  const secure = tls.connect({ socket: raw, rejectUnauthorized: false });
+  try {
+    let got = "";
+    secure.on("data", (d) => (got += d));
+    await waitFor(() => got.includes("\n"), 5000, "the address line over TLS");
+    return JSON.parse(got.trim());
+  } finally {
+    secure.destroy();
+  }
+}
+
 test("PROXY header, then TLS", { skip: !hasOpenssl() && "no openssl" }, async (t) => {
   const engine = freshEngine(t);
   const certs = makeCerts();
@@ -175,12 +188,7 @@ test("PROXY header, then TLS", { skip: !hasOpenssl() && "no openssl" }, async (t
   const raw = net.connect(port, "127.0.0.1");
   await new Promise((r) => raw.once("connect", r));
   raw.write(encodeProxyV1({ family: "TCP4", source: ["192.0.2.77", 7777], destination: ["192.0.2.2", 443] }));
-  const secure = tls.connect({ socket: raw, rejectUnauthorized: false });
-  let got = "";
-  secure.on("data", (d) => (got += d));
-  await waitFor(() => got.includes("\n"), 5000, "the address line over TLS");
-  assert.deepEqual(JSON.parse(got.trim()), ["192.0.2.77", 7777]);
-  secure.destroy();
+  assert.deepEqual(await addressOverTls(raw), ["192.0.2.77", 7777]);
 });
 
 test("behind PROXY, the TLS handshake's deadline counts from the accept, not from the header's end", { skip: !hasOpenssl() && "no openssl" }, async (t) => {
@@ -209,12 +217,7 @@ test("behind PROXY, the TLS handshake's deadline counts from the accept, not fro
   raw.write(header.subarray(0, 10));
   await sleep(1000);
   raw.write(header.subarray(10));
-  const secure = tls.connect({ socket: raw, rejectUnauthorized: false });
-  let got = "";
-  secure.on("data", (d) => (got += d));
-  await waitFor(() => got.includes("\n"), 5000, "the address line over TLS");
-  assert.deepEqual(JSON.parse(got.trim()), ["192.0.2.77", 7777]);
-  secure.destroy();
+  assert.deepEqual(await addressOverTls(raw), ["192.0.2.77", 7777]);
 });
 
 // --- A real HAProxy in front ------------------------------------------------
