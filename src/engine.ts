@@ -93,10 +93,12 @@ class EngineTimer implements Timer {
     this.#fn = fn;
     this.#args = args;
     this.#kind = kind;
-    this.period = delay;
+    // Node runs a timer of under 1 ms after 1 ms; the manual clock does too,
+    // so a tiny cycle period cannot stall advance() on a due that never moves.
+    this.period = Math.max(1, delay);
     const run = (this.#runBound = () => this.#run());
     if (kind === ONCE_IMMEDIATE || kind === LOOP) this.#handle = setImmediate(run);
-    else if (engine.manualClock) this.due = engine.time() + delay;
+    else if (engine.manualClock) this.due = engine.time() + this.period;
     else if (kind === ONCE_DELAY) this.#handle = setTimeout(run, delay);
     else this.#handle = setInterval(run, delay);
   }
@@ -343,7 +345,8 @@ export class Engine {
   }
 
   /**
-   * Calls `fn(...args)` once, after `delayMs` milliseconds.
+   * Calls `fn(...args)` once, after `delayMs` milliseconds (under 1 ms is
+   * 1 ms, as with Node's timers, on a manual clock too).
    * @throws RangeError unless `delayMs` is a positive finite number.
    */
   defer<A extends unknown[]>(delayMs: number, fn: TimerFn<A>, ...args: A): Timer {
@@ -353,7 +356,8 @@ export class Engine {
   }
 
   /**
-   * Calls `fn(...args)` every `intervalMs` milliseconds until cancelled.
+   * Calls `fn(...args)` every `intervalMs` milliseconds until cancelled
+   * (under 1 ms is 1 ms, as with Node's timers, on a manual clock too).
    * @throws RangeError unless `intervalMs` is a positive finite number.
    */
   cycle<A extends unknown[]>(intervalMs: number, fn: TimerFn<A>, ...args: A): Timer {

@@ -141,6 +141,31 @@ test("cycle timers on a manual clock fire once per period", () => {
   assert.deepEqual(times, [100, 200, 300]);
 });
 
+test("a delay under 1 ms is 1 ms on a manual clock, as Node's timers make it: a tiny cycle never stalls advance()", () => {
+  const engine = new Engine({ manualClock: true });
+  engine.advance(1000);
+  const times: number[] = [];
+  // 1000 + 1e-20 is 1000: a cycle due there would be due again at once, forever (capped here at 50 runs).
+  const tiny = engine.cycle(1e-20, () => {
+    times.push(engine.time());
+    if (times.length === 50) tiny.cancel();
+  });
+  const fired: number[] = [];
+  engine.defer(0.25, () => fired.push(engine.time()));
+  engine.advance(0);
+  assert.deepEqual(times, [], "nothing falls due without time passing");
+  assert.deepEqual(fired, []);
+  engine.advance(10);
+  tiny.cancel();
+  assert.deepEqual(times, [1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010]);
+  assert.deepEqual(fired, [1001]);
+  const half: number[] = [];
+  const timer = engine.cycle(0.5, () => half.push(engine.time()));
+  engine.advance(3);
+  timer.cancel();
+  assert.deepEqual(half, [1011, 1012, 1013]);
+});
+
 test("a manual clock never goes back: a timer that advances it further inside advance() leaves it there", () => {
   const engine = new Engine({ manualClock: true });
   const seen: number[] = [];
