@@ -24,8 +24,17 @@ export class MemorySocket extends Duplex {
     super({ allowHalfOpen: true });
   }
 
+  /** This end has been sent the other's FIN (a TCP socket stops polling for reads there). */
+  #finReceived = false;
+  /** The other end reset after this one had its FIN: a TCP socket learns of it on its next write. */
+  #resetUnseen = false;
+
   /** @internal */
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    if (this.#resetUnseen) {
+      callback(Object.assign(new Error("write EPIPE"), { code: "EPIPE", errno: -32, syscall: "write" }));
+      return;
+    }
     this.bytesWritten += chunk.length;
     const peer = this[kPeer];
     if (peer !== null && !peer.destroyed) peer.push(chunk);
@@ -35,7 +44,10 @@ export class MemorySocket extends Duplex {
   /** @internal */
   override _final(callback: (error?: Error | null) => void): void {
     const peer = this[kPeer];
-    if (peer !== null && !peer.destroyed) peer.push(null);
+    if (peer !== null && !peer.destroyed) {
+      peer.#finReceived = true;
+      peer.push(null);
+    }
     callback();
   }
 
@@ -50,7 +62,11 @@ export class MemorySocket extends Duplex {
       peer[kPeer] = null;
       if (error === null && !this.#reset) {
         // A plain close, as TCP's close(): the other end reads a FIN.
+        peer.#finReceived = true;
         if (!peer.readableEnded) peer.push(null);
+      } else if (peer.#finReceived) {
+        // TCP after a FIN: the reset goes unnoticed until the other end writes (EPIPE).
+        peer.#resetUnseen = true;
       } else {
         // A reset: the other end fails with ECONNRESET, as TCP peers do.
         peer.destroy(Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", errno: -104, syscall: "read" }));
@@ -61,7 +77,10 @@ export class MemorySocket extends Duplex {
 
   #reset = false;
 
-  /** Closes this end with a reset: the other end fails with `ECONNRESET`. */
+  /**
+   * Closes this end with a reset: the other end fails with `ECONNRESET`, or,
+   * as over TCP, once it has read this end's FIN, with `EPIPE` on its next write.
+   */
   resetAndDestroy(): this {
     this.#reset = true;
     this.destroy();
@@ -119,7 +138,7 @@ export interface MemoryPeer<S extends Stream> {
   read(): Promise<Buffer>;
   /** The peer closes its sending side (FIN). */
   end(): void;
-  /** The peer resets the connection. */
+  /** The peer resets the connection: the stream gets `ECONNRESET`, or, after `end()`, `EPIPE` on its next write, as over TCP. */
   reset(): void;
   /** The stream's engine. */
   readonly engine: Engine;

@@ -80,6 +80,36 @@ test("reset: the stream sees ECONNRESET and closes", async () => {
   assert.equal((error as NodeJS.ErrnoException | null)?.code, "ECONNRESET");
 });
 
+test("a reset after the peer's FIN goes unnoticed until the stream writes (EPIPE), as over TCP on both transports", async () => {
+  const events: string[] = [];
+  class HalfOpen extends Stream {
+    override onEnd() {
+      events.push("end"); // stays open to answer later
+    }
+    override onReadError(err: Error) {
+      events.push(`readError:${(err as NodeJS.ErrnoException).code}`);
+    }
+    override onWriteError(err: Error) {
+      events.push(`writeError:${(err as NodeJS.ErrnoException).code}`);
+      super.onWriteError(err);
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  const peer = memoryPeer(HalfOpen);
+  await peer.ready;
+  peer.end();
+  await peer.send("");
+  peer.reset();
+  await peer.read();
+  assert.deepEqual(events, ["end"]);
+  assert.equal(peer.stream.closed, false, "the stream does not know of the reset yet");
+  peer.stream.write("late");
+  await peer.closed;
+  assert.deepEqual(events, ["end", "writeError:EPIPE", "close"]);
+});
+
 test("a manual clock makes idle timeouts and engine timers deterministic", async () => {
   const events: string[] = [];
   class Idle extends Echo {
