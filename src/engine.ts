@@ -305,7 +305,9 @@ export class Engine {
 
   /**
    * Cancels this engine's timers, closes its channels without flushing, and
-   * settles `start()`. Safe to call at any time, any number of times.
+   * settles `start()`. Timers that handlers make while it closes the channels
+   * (a reconnect scheduled in `onClose`) are cancelled too; ones made after
+   * it returns run. Safe to call at any time, any number of times.
    */
   stop(): void {
     for (const timer of [...this._timers]) timer.cancel();
@@ -317,6 +319,8 @@ export class Engine {
         log.current.error({ err: asError(err, "close()") }, "Exception raised while closing a channel in Engine.stop().");
       }
     }
+    // And the timers those closes made (an onClose that schedules a reconnect): none outlives stop().
+    for (const timer of [...this._timers]) timer.cancel();
     this._sweeper.stop();
     if (this.#keepAlive !== null) clearInterval(this.#keepAlive);
     this.#keepAlive = null;

@@ -7,6 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import { Engine, Server, Stream } from "../src/index.js";
+import type { Timer } from "../src/index.js";
 import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
 test("Engine.instance() is one global engine; new Engine() makes separate ones", () => {
@@ -276,6 +277,38 @@ test("stop() on an engine that never started still cancels its timers and closes
   await sleep(50);
   assert.equal(fired, false);
   await client.readToEnd();
+});
+
+test("stop() cancels the timers its own closes make: a client that schedules a reconnect in onClose does not reconnect after stop()", async (t) => {
+  const engine = new Engine();
+  t.after(() => engine.stop());
+  const server = new Server(Stream, { engine });
+  const port = await listenLocal(server);
+  const scheduled: Timer[] = [];
+  let reconnects = 0;
+  class Reconnecting extends Stream {
+    override onClose() {
+      scheduled.push(
+        engine.defer(20, () => {
+          reconnects++;
+          new Reconnecting({ engine }).connect(["127.0.0.1", port]);
+        }),
+      );
+    }
+  }
+  await new Reconnecting({ engine }).connect(["127.0.0.1", port]).ready();
+  const started = engine.start();
+  engine.stop();
+  await started;
+  assert.equal(scheduled.length, 1, "onClose ran inside stop()");
+  assert.equal(scheduled[0]!.active, false);
+  await sleep(60);
+  assert.equal(reconnects, 0);
+  assert.equal(engine.channels.size, 0);
+  // A timer made after stop() returned is the program's own, and runs.
+  let later = false;
+  engine.defer(5, () => (later = true));
+  await waitFor(() => later);
 });
 
 test("engine.channels holds servers, accepted streams and clients; each leaves it when it closes", async (t) => {
