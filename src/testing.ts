@@ -209,6 +209,10 @@ export function memoryPeer<S extends Stream>(
       return ended;
     },
     async send(data, sendOptions) {
+      // As Stream.write(): a clear TypeError, not a property read on null.
+      if (typeof data !== "string" && !(data instanceof Uint8Array)) {
+        throw typeError(`send() expects a string or a Uint8Array, got ${describe(data)}.`);
+      }
       await ready;
       const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       const sizes = sendOptions?.chunkSize;

@@ -66,6 +66,17 @@ test("a bad chunkSize is refused before anything is sent", async () => {
   await peer.closed;
 });
 
+test("send() refuses what is neither a string nor a Uint8Array with a TypeError naming it, as write() does", async () => {
+  const peer = memoryPeer(Echo);
+  for (const bad of [null, undefined, 42, {}, [1, 2], new ArrayBuffer(2), new DataView(new ArrayBuffer(2))]) {
+    await assert.rejects(peer.send(bad as unknown as string), (err: Error) => err instanceof TypeError && /^send\(\) expects a string or a Uint8Array, got /.test(err.message), String(bad));
+  }
+  await peer.send(new Uint8Array([104, 105, 10]));
+  assert.equal((await peer.read()).toString(), "hi\n");
+  peer.end();
+  await peer.closed;
+});
+
 test("reset: the stream sees ECONNRESET and closes", async () => {
   let error: NodeJS.ErrnoException | null = null;
   class C extends Echo {
