@@ -66,7 +66,10 @@ export const log: { current: Logger } = { current: defaultLogger };
 /**
  * Replaces the logger for the whole library. `null` silences it; `undefined`
  * restores the default (stderr for `warn` and above, `NODE_DEBUG=pants-ts`
- * for the rest).
+ * for the rest). A record the logger throws on (or rejects) goes to stderr
+ * instead, and the logger's failure is reported there once: a broken logger
+ * never takes the process down.
+ * @throws TypeError if `logger` lacks one of the four methods.
  */
 export function setLogger(logger: Logger | null | undefined): void {
   if (logger === null) {
@@ -77,10 +80,53 @@ export function setLogger(logger: Logger | null | undefined): void {
     log.current = defaultLogger;
     return;
   }
-  for (const level of ["error", "warn", "info", "debug"] as const) {
+  for (const level of LEVELS) {
     if (typeof logger[level] !== "function") {
       throw typeError(`setLogger() expects a logger with an ${level}() method, got ${format("%o", logger)}.`);
     }
   }
-  log.current = logger;
+  log.current = guarded(logger);
+}
+
+const LEVELS = ["error", "warn", "info", "debug"] as const;
+type Level = (typeof LEVELS)[number];
+
+/**
+ * `logger` behind a guard: pants-ts logs from its error paths (a handler
+ * that threw, a timer, a failed accept), where an exception from the
+ * logger itself would escape to the event loop and end the process. A
+ * logger that throws, or whose method returns a promise that rejects, has
+ * that record written by the default logger instead, and its own failure
+ * reported once to stderr.
+ */
+function guarded(logger: Logger): Logger {
+  let reported = false;
+  const failed = (level: Level, err: unknown, args: readonly unknown[]): void => {
+    try {
+      (defaultLogger[level] as (...a: unknown[]) => void)(...args);
+      if (reported) return;
+      reported = true;
+      defaultLogger.error({ err }, `The logger given to setLogger() failed in ${level}(); pants-ts writes its records to stderr when it does (reported once).`);
+    } catch {
+      // stderr itself is gone: nothing is left to tell.
+    }
+  };
+  const call = (level: Level, args: unknown[]): void => {
+    try {
+      const result: unknown = (logger[level] as (...a: unknown[]) => unknown).apply(logger, args);
+      if (result !== null && typeof result === "object" && typeof (result as PromiseLike<unknown>).then === "function") {
+        (result as PromiseLike<unknown>).then(undefined, (err: unknown) => failed(level, err, args));
+      }
+    } catch (err) {
+      failed(level, err, args);
+    }
+  };
+  // Rest parameters keep the caller's argument count: pino formats a
+  // second argument, even an undefined one, into the message.
+  return {
+    error: (...args: [unknown, string?]) => call("error", args),
+    warn: (...args: [unknown, string?]) => call("warn", args),
+    info: (...args: [unknown, string?]) => call("info", args),
+    debug: (...args: [unknown, string?]) => call("debug", args),
+  };
 }

@@ -400,3 +400,17 @@ test("the default onError closes without flushing: a reply queued for a peer tha
   const got = await c.readToEnd(10000);
   assert.ok(got.length < 64 << 20, `received ${got.length} bytes of 64 MiB`);
 });
+
+test("a logger that throws (or rejects) never ends the process: its records go to stderr, its failure is reported once, other connections are served", () => {
+  const r = spawnSync(process.execPath, ["--import", "tsx", "test/fixtures/throwing-logger.ts"], { encoding: "utf8", timeout: 20_000, env: process.env });
+  assert.equal(r.signal, null, `killed by ${r.signal}: ${r.stderr.slice(-600)}`);
+  assert.equal(r.status, 0, r.stderr.slice(-1200));
+  assert.deepEqual(r.stdout.trim().split("\n"), ['boom got ""', 'ok got "echo hi\\n"', "logger called several times", "survived"]);
+  // The records the logger failed on, written by the default logger instead.
+  assert.match(r.stderr, /handler boom/);
+  assert.match(r.stderr, /timer boom/);
+  assert.match(r.stderr, /ECONNREFUSED/);
+  const reports = r.stderr.match(/The logger given to setLogger\(\) failed/g) ?? [];
+  assert.equal(reports.length, 1, r.stderr.slice(-1200));
+  assert.match(r.stderr, /the logger's error\(\) broke/);
+});
