@@ -37,7 +37,7 @@ export interface Stats {
   bytesOut: number;
   /** Errors of every kind (handler exceptions, socket errors, overflows, timeouts), each counted once. */
   errors: number;
-  /** Errors by kind: `handler`, `read`, `write`, `connect`, `overflow`, `timeout` (idle), `tls` (a handshake that failed or timed out), `accept`, `proxy` (a header refused), `listen`. */
+  /** Errors by kind: `handler`, `read`, `write`, `connect`, `overflow`, `timeout` (idle), `tls` (a handshake that failed or timed out), `accept`, `proxy` (a header refused), `listen`; an engine's also `timer` (a timer function that threw or rejected). */
   errorsByKind: Record<string, number>;
 }
 
@@ -143,17 +143,18 @@ class EngineTimer implements Timer {
     try {
       const result = this.#fn(...this.#args);
       if (result !== null && typeof result === "object" && typeof (result as PromiseLike<unknown>).then === "function") {
-        (result as PromiseLike<unknown>).then(undefined, timerFailed);
+        (result as PromiseLike<unknown>).then(undefined, (err: unknown) => timerFailed(engine, err));
       }
     } catch (err) {
-      timerFailed(err);
+      timerFailed(engine, err);
     }
     // A loop re-arms only if it was not cancelled from inside its own function.
     if (this.#kind === LOOP && this.#engine !== null) this.#handle = setImmediate(this.#runBound);
   }
 }
 
-function timerFailed(err: unknown): void {
+function timerFailed(engine: Engine, err: unknown): void {
+  countError("timer", engine.stats);
   log.current.error({ err: asError(err, "A timer") }, "Exception raised while executing a timer.");
 }
 
@@ -178,6 +179,9 @@ function checkDelay(name: string, delay: unknown): number {
 function checkFn(fn: unknown): void {
   if (typeof fn !== "function") throw typeError(`The timer function must be a function, got ${typeof fn}.`);
 }
+
+/** How many times stop() closes what the closes before opened, before it gives up and warns. */
+const STOP_ROUNDS = 16;
 
 let globalEngine: Engine | null = null;
 
@@ -305,18 +309,37 @@ export class Engine {
 
   /**
    * Cancels this engine's timers, closes its channels without flushing, and
-   * settles `start()`. Timers that handlers make while it closes the channels
-   * (a reconnect scheduled in `onClose`) are cancelled too; ones made after
-   * it returns run. Safe to call at any time, any number of times.
+   * settles `start()`. `running` is false from its start, so an `onClose`
+   * can tell a shutdown from a lost connection. Timers that handlers make
+   * while it closes the channels (a reconnect scheduled in `onClose`) are
+   * cancelled too, and channels they open at once are closed in turn; ones
+   * made after it returns run. Safe to call at any time, any number of times.
    */
   stop(): void {
+    // Not running from here on: an onClose that would reconnect can ask.
+    const wasRunning = this.#running;
+    this.#running = false;
+    if (wasRunning) log.current.debug("Stopping engine.");
     for (const timer of [...this._timers]) timer.cancel();
-    // Servers first (their connections with them, even if an onClose override keeps them), then the rest.
-    for (const channel of [...this.channels]) {
-      try {
-        channel.close(false);
-      } catch (err) {
-        log.current.error({ err: asError(err, "close()") }, "Exception raised while closing a channel in Engine.stop().");
+    // Servers first (their connections with them, even if an onClose override
+    // keeps them), then the rest; then whatever those closes opened (a client
+    // that reconnects in onClose), a bounded number of rounds.
+    for (let round = 0; ; round++) {
+      const open = [...this.channels].filter((channel) => !channel.closed);
+      if (open.length === 0) break;
+      if (round === STOP_ROUNDS) {
+        log.current.warn(
+          { channels: open.map(String) },
+          `Engine.stop(): handlers kept opening channels while it closed them (${STOP_ROUNDS} rounds); these stay open. An onClose that reconnects should check engine.running.`,
+        );
+        break;
+      }
+      for (const channel of open) {
+        try {
+          channel.close(false);
+        } catch (err) {
+          log.current.error({ err: asError(err, "close()") }, "Exception raised while closing a channel in Engine.stop().");
+        }
       }
     }
     // And the timers those closes made (an onClose that schedules a reconnect): none outlives stop().
@@ -327,8 +350,6 @@ export class Engine {
     const settle = this.#settle;
     this.#settle = null;
     this.#started = null;
-    if (this.#running) log.current.debug("Stopping engine.");
-    this.#running = false;
     if (settle) settle();
   }
 

@@ -311,6 +311,72 @@ test("stop() cancels the timers its own closes make: a client that schedules a r
   await waitFor(() => later);
 });
 
+test("stop(): running is false while it closes, and a client an onClose opens at once is closed too", async (t) => {
+  const engine = new Engine();
+  t.after(() => engine.stop());
+  const server = new Server(Stream, { engine });
+  const port = await listenLocal(server);
+  const seenRunning: boolean[] = [];
+  const made: Stream[] = [];
+  class Reconnecting extends Stream {
+    override onClose() {
+      seenRunning.push(engine.running);
+      // No timer and no check: a new client, three times over.
+      if (made.length < 4) made.push(new Reconnecting({ engine }).connect(["127.0.0.1", port]));
+    }
+  }
+  made.push(new Reconnecting({ engine }).connect(["127.0.0.1", port]));
+  await made[0]!.ready();
+  const started = engine.start();
+  engine.stop();
+  await started;
+  assert.equal(made.length, 4, "each close opened another");
+  assert.deepEqual(seenRunning, [false, false, false, false], "not running while stop() closes");
+  assert.ok(made.every((s) => s.closed), "every client closed inside stop()");
+  assert.equal(engine.channels.size, 0);
+});
+
+test("stop() gives up on a handler that reopens without end: it returns, warns, and leaves the last one open", async (t) => {
+  const logs = captureLogs(t);
+  const engine = new Engine();
+  const server = new Server(Stream, { engine });
+  const port = await listenLocal(server);
+  let made = 0;
+  let forever = true;
+  t.after(() => {
+    forever = false;
+    engine.stop();
+  });
+  class Always extends Stream {
+    override onClose() {
+      made++;
+      if (forever) new Always({ engine }).connect(["127.0.0.1", port]);
+    }
+  }
+  new Always({ engine }).connect(["127.0.0.1", port]);
+  engine.stop();
+  const warned = logs.filter((l) => l.level === "warn" && /kept opening channels/.test(l.msg));
+  assert.equal(warned.length, 1);
+  assert.equal(made, 16, "one close per round");
+  assert.equal(engine.channels.size, 1);
+  forever = false;
+  engine.stop();
+  assert.equal(engine.channels.size, 0);
+});
+
+test("a timer that throws or rejects is counted in engine.stats as a timer error", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  engine.callback(() => {
+    throw new Error("boom");
+  });
+  engine.defer(1, async () => {
+    throw new Error("async boom");
+  });
+  await waitFor(() => engine.stats.errors === 2, 2000, "both counted");
+  assert.deepEqual(engine.stats.errorsByKind, { timer: 2 });
+});
+
 test("engine.channels holds servers, accepted streams and clients; each leaves it when it closes", async (t) => {
   const engine = freshEngine(t);
   const server = new Server(Stream, { engine });
