@@ -9,7 +9,7 @@ import { Engine } from "./engine.js";
 import { Stream } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
 import type { Server } from "./server.js";
-import { describe, rangeError, typeError } from "./errors.js";
+import { ChannelStateError, describe, rangeError, typeError } from "./errors.js";
 
 const kPeer: unique symbol = Symbol("pants-ts.memoryPeer");
 
@@ -130,6 +130,8 @@ export interface MemoryPeer<S extends Stream> {
   readonly ended: boolean;
   /**
    * Sends bytes from the peer, optionally split into packets; resolves once they have been handled.
+   * Rejects with `ChannelStateError` after the peer's own `end()` or `reset()`
+   * (bytes sent to a stream that has closed are dropped, as over TCP).
    * Each packet arrives on a turn of its own, as a socket's reads do (the
    * microtasks and `process.nextTick` callbacks of one run before the next).
    */
@@ -190,15 +192,18 @@ export function memoryPeer<S extends Stream>(
   );
   let closedResolve: () => void = () => {};
   const closed = new Promise<void>((resolve) => (closedResolve = resolve));
-  const originalOnClose = stream.onClose;
-  // Wrap this instance's onClose so `closed` settles after it, without changing the class.
-  stream.onClose = function (this: S) {
+  // `closed` settles after onClose, whichever onClose runs: the wrap is on
+  // the call, so a handler assigned to the instance later is covered too.
+  const callOnClose = stream._callOnClose;
+  stream._callOnClose = function (this: S) {
     try {
-      return originalOnClose.call(this);
+      callOnClose.call(this);
     } finally {
       setImmediate(closedResolve);
     }
   };
+  /** Set once the peer has ended or reset its side: a later send() is a test's mistake. */
+  let peerDone: string | null = null;
 
   return {
     stream,
@@ -213,6 +218,8 @@ export function memoryPeer<S extends Stream>(
       if (typeof data !== "string" && !(data instanceof Uint8Array)) {
         throw typeError(`send() expects a string or a Uint8Array, got ${describe(data)}.`);
       }
+      // As a socket's write() after its end(): refused, not dropped unseen.
+      if (peerDone !== null) throw new ChannelStateError(`send() after the peer's ${peerDone}(): it has no sending side left.`);
       await ready;
       const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       const sizes = sendOptions?.chunkSize;
@@ -249,9 +256,11 @@ export function memoryPeer<S extends Stream>(
       return out;
     },
     end() {
+      peerDone ??= "end";
       remote.end();
     },
     reset() {
+      peerDone ??= "reset";
       remote.resetAndDestroy();
     },
     engine,

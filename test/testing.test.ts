@@ -5,7 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Engine, Stream } from "../src/index.js";
+import { ChannelStateError, Engine, Stream } from "../src/index.js";
 import { duplexPair, memoryPeer } from "../src/testing.js";
 
 class Echo extends Stream {
@@ -111,7 +111,7 @@ test("a reset after the peer's FIN goes unnoticed until the stream writes (EPIPE
   const peer = memoryPeer(HalfOpen);
   await peer.ready;
   peer.end();
-  await peer.send("");
+  await peer.read(); // a turn for the FIN
   peer.reset();
   await peer.read();
   assert.deepEqual(events, ["end"]);
@@ -236,4 +236,34 @@ test("duplexPair: what one end writes the other reads; destroy is a FIN, resetAn
   const errored = new Promise<Error>((r) => d.once("error", r));
   c.resetAndDestroy();
   assert.equal(((await errored) as NodeJS.ErrnoException).code, "ECONNRESET");
+});
+
+test("memoryPeer: send() after the peer's own end() or reset() is a ChannelStateError, not bytes dropped unseen", async () => {
+  for (const how of ["end", "reset"] as const) {
+    const peer = memoryPeer(Echo);
+    await peer.send("a\n");
+    peer[how]();
+    await assert.rejects(peer.send("b\n"), (err: unknown) => err instanceof ChannelStateError && err.message.includes(`${how}()`));
+    await peer.closed;
+  }
+  // Bytes for a stream that closed itself are dropped, as over TCP: no error.
+  class Quits extends Stream {
+    override onConnect() {
+      this.close();
+    }
+  }
+  const quits = memoryPeer(Quits);
+  await quits.closed;
+  await quits.send("late\n");
+});
+
+test("memoryPeer: closed settles after onClose, also one assigned to the instance after memoryPeer() returned", async () => {
+  const peer = memoryPeer(Echo);
+  const order: string[] = [];
+  peer.stream.onClose = () => void order.push("onClose");
+  void peer.closed.then(() => order.push("closed"));
+  peer.end();
+  await Promise.race([peer.closed, new Promise((_, reject) => setTimeout(() => reject(new Error("closed never settled")), 2000))]);
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(order, ["onClose", "closed"]);
 });
