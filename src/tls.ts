@@ -77,7 +77,7 @@ export interface SslOptions extends SecureContextOptions {
   SNICallback?: (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void;
   /** Server: certificates by SNI host name (`"*.example.com"` wildcards allowed; names match without case or a trailing dot); the top-level certificate is the default. */
   sni?: Record<string, SniEntry>;
-  /** Client: the SNI host name to send and verify (default: the host connected to, unless it is an IP), without an absolute name's trailing dot (null: as not given). */
+  /** Client: the host name to send in SNI and verify (default: the host connected to, unless it is an IP), without an absolute name's trailing dot (null: as not given). An IP address is verified but not sent: SNI carries names only. */
   servername?: string;
   /** Client: replaces Node's host-name check; an Error it returns or throws fails the handshake. */
   checkServerIdentity?: ConnectionOptions["checkServerIdentity"];
@@ -101,6 +101,8 @@ export interface ServerTls {
 /** @internal A compiled client-side configuration. */
 export interface ClientTls {
   readonly options: ConnectionOptions;
+  /** An IP address given as `servername`: verified against, never sent (SNI carries host names only). */
+  readonly verifyIp?: string;
 }
 
 /** @internal Either side's compiled configuration, as validated when given. */
@@ -443,7 +445,10 @@ export function compileClientTls(options: SslOptions): ClientTls {
   delete out.servername;
   delete out.session;
   // Sent in SNI, and verified, as a name derived from the host is (sniName).
-  if (typeof servername === "string") out.servername = relativeName(servername);
+  // An IP address is verified only: RFC 6066 lets SNI carry host names, no
+  // literal addresses, and node:tls sends one with a DEP0123 warning.
+  const verifyIp = typeof servername === "string" && isIP(servername) !== 0 ? servername : undefined;
+  if (typeof servername === "string" && verifyIp === undefined) out.servername = relativeName(servername);
   if (session != null) out.session = session as Buffer;
   if (alpn !== undefined) out.ALPNProtocols = alpn;
   // null stays a TypeError: node:tls refuses it too.
@@ -471,7 +476,7 @@ export function compileClientTls(options: SslOptions): ClientTls {
   // CERT_OPTIONAL verifies too, the server always sends a certificate).
   out.rejectUnauthorized = options.cert_reqs !== undefined ? options.cert_reqs !== "CERT_NONE" : (options.rejectUnauthorized ?? true);
   out.secureContext = createContext("TLS client options", ctx, true);
-  return { options: out };
+  return verifyIp === undefined ? { options: out } : { options: out, verifyIp };
 }
 
 /**
@@ -612,11 +617,13 @@ export function secureServerSide(socket: TLSSocket): Error | null {
  */
 export function wrapClientSocket(socket: Duplex, compiled: ClientTls, host: string | undefined): TLSSocket {
   const connectOptions: ConnectionOptions = { ...compiled.options, socket };
-  if (connectOptions.servername === undefined) {
+  if (connectOptions.servername === undefined && compiled.verifyIp === undefined) {
     const sni = sniName(host);
     if (sni !== undefined) connectOptions.servername = sni;
   }
-  if (host !== undefined && host !== "") connectOptions.host = host;
+  // node:tls verifies against servername, else host: an IP servername (never sent) stands in as the host.
+  if (compiled.verifyIp !== undefined) connectOptions.host = compiled.verifyIp;
+  else if (host !== undefined && host !== "") connectOptions.host = host;
   const closeListeners = new Set(socket.listeners("close"));
   try {
     return tls.connect(connectOptions);

@@ -1593,6 +1593,41 @@ test("a pants-ts client sends SNI for a host name, none for an IP literal (Pants
   assert.deepEqual(seen, ["localhost", null]);
 });
 
+test("an IP address given as servername is verified against the certificate but not sent in SNI, with no DEP0123 warning", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const warnings: string[] = [];
+  const onWarning = (w: Error & { code?: string }) => warnings.push(w.code ?? w.message);
+  process.on("warning", onWarning);
+  t.after(() => process.off("warning", onWarning));
+  const seen: Array<string | null> = [];
+  class Sni extends Stream {
+    override onConnect() {
+      seen.push(this.servername);
+    }
+  }
+  const port = await listenLocal(new Server(Sni, { engine, sslOptions: serverOptions() }), t);
+  // The certificate names IP 127.0.0.1 and ::1: verified by address, over a connection made to "localhost".
+  for (const ip of ["127.0.0.1", "::1"]) {
+    const c = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, servername: ip } }).connect(["localhost", port]);
+    await c.ready();
+    assert.equal(c.authorized, true);
+    assert.equal(c.servername, null, "nothing sent");
+    c.close();
+  }
+  await waitFor(() => seen.length === 2, 5000, "the server's onConnect");
+  assert.deepEqual(seen, [null, null]);
+  // An address the certificate does not name fails verification: it is what was checked.
+  const wrong = new Stream({ engine, sslOptions: { ca_certs: certs.ca.cert, servername: "10.9.9.9" } }).connect(["localhost", port]);
+  const err = await wrong.ready().then(
+    () => null,
+    (e: unknown) => e as Error,
+  );
+  assert.equal((err?.cause as NodeJS.ErrnoException | undefined)?.code, "ERR_TLS_CERT_ALTNAME_INVALID", String(err));
+  assert.match(String((err?.cause as Error).message), /10\.9\.9\.9/);
+  await sleep(20);
+  assert.deepEqual(warnings.filter((w) => w === "DEP0123"), []);
+});
+
 test("a TLS peer that leaves with a bare FIN (no close_notify) ends the stream quietly: onEnd, then onClose, no error (Pants B18)", { skip }, async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);
