@@ -37,8 +37,24 @@ export class MemorySocket extends Duplex {
     }
     this.bytesWritten += chunk.length;
     const peer = this[kPeer];
-    if (peer !== null && !peer.destroyed) peer.push(chunk);
+    // Flow control, as a socket's: past the other end's highWaterMark of
+    // unread bytes this write completes only when it reads again, so a
+    // writer that keeps going buffers on its own side (writableLength).
+    if (peer !== null && !peer.destroyed && !peer.push(chunk)) {
+      this.#held = callback;
+      return;
+    }
     callback();
+  }
+
+  /** The callback of a write the other end has not made room for yet. */
+  #held: ((error?: Error | null) => void) | null = null;
+
+  /** Completes a held write: the other end read, or went away (its bytes are then lost, as a socket's). */
+  #release(): void {
+    const held = this.#held;
+    this.#held = null;
+    if (held !== null) held();
   }
 
   /** @internal */
@@ -51,15 +67,20 @@ export class MemorySocket extends Duplex {
     callback();
   }
 
-  /** @internal */
-  override _read(): void {}
+  /** @internal The consumer wants more: the other end's held write, if any, completes. */
+  override _read(): void {
+    const peer = this[kPeer];
+    if (peer !== null) peer.#release();
+  }
 
   /** @internal */
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     const peer = this[kPeer];
     this[kPeer] = null;
+    this.#release();
     if (peer !== null && !peer.destroyed) {
       peer[kPeer] = null;
+      peer.#release();
       if (error === null && !this.#reset) {
         // A plain close, as TCP's close(): the other end reads a FIN.
         peer.#finReceived = true;
@@ -138,6 +159,15 @@ export interface MemoryPeer<S extends Stream> {
   send(data: string | Uint8Array, options?: SendOptions): Promise<void>;
   /** Everything the stream wrote since the last `read()`, after its writes of this turn have left. */
   read(): Promise<Buffer>;
+  /**
+   * The peer stops reading, as a slow or stuck client does: past a socket's
+   * worth of unread bytes (16 KiB) the stream's writes wait, its
+   * `bufferedAmount` grows, and its `writeHighWaterMark` and
+   * `writeBufferLimit` apply as over TCP.
+   */
+  pauseReading(): void;
+  /** The peer reads again: what waited is delivered (`read()` returns it). */
+  resumeReading(): void;
   /** The peer closes its sending side (FIN). */
   end(): void;
   /** The peer resets the connection: the stream gets `ECONNRESET`, or, after `end()`, `EPIPE` on its next write, as over TCP. */
@@ -254,6 +284,12 @@ export function memoryPeer<S extends Stream>(
       const out = Buffer.concat(received);
       received.length = 0;
       return out;
+    },
+    pauseReading() {
+      remote.pause();
+    },
+    resumeReading() {
+      remote.resume();
     },
     end() {
       peerDone ??= "end";

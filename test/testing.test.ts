@@ -5,7 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ChannelStateError, Engine, Stream } from "../src/index.js";
+import { BufferOverflowError, ChannelStateError, Engine, Stream } from "../src/index.js";
 import { duplexPair, memoryPeer } from "../src/testing.js";
 
 class Echo extends Stream {
@@ -266,4 +266,47 @@ test("memoryPeer: closed settles after onClose, also one assigned to the instanc
   await Promise.race([peer.closed, new Promise((_, reject) => setTimeout(() => reject(new Error("closed never settled")), 2000))]);
   await new Promise((resolve) => setImmediate(resolve));
   assert.deepEqual(order, ["onClose", "closed"]);
+});
+
+test("memoryPeer: a peer that stops reading holds the stream's writes back, as over TCP: bufferedAmount grows, writeBufferLimit applies, resumeReading delivers it all", async () => {
+  const MiB = 1024 * 1024;
+  const overflows: string[] = [];
+  class Flood extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      if (line.toString() === "limit") this.writeBufferLimit = MiB;
+      for (let i = 0; i < 4; i++) this.write(Buffer.alloc(MiB, 0x61 + i));
+    }
+    override onOverflowError(err: BufferOverflowError) {
+      overflows.push(err.direction);
+      super.onOverflowError(err);
+    }
+  }
+  const peer = memoryPeer(Flood);
+  peer.pauseReading();
+  await peer.send("go\n");
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.equal((await peer.read()).length, 0, "nothing read while paused");
+  assert.ok(peer.stream.bufferedAmount > 3 * MiB, `bufferedAmount ${peer.stream.bufferedAmount}`);
+  peer.resumeReading();
+  let got = 0;
+  const all: Buffer[] = [];
+  for (let i = 0; i < 200 && got < 4 * MiB; i++) {
+    const part = await peer.read();
+    all.push(part);
+    got += part.length;
+  }
+  const received = Buffer.concat(all);
+  assert.equal(received.length, 4 * MiB);
+  assert.equal(received[0], 0x61);
+  assert.equal(received[4 * MiB - 1], 0x64);
+  assert.equal(peer.stream.bufferedAmount, 0);
+  // The same flood past a 1 MiB writeBufferLimit, to a peer that does not read: a write overflow, then closed.
+  const stuck = memoryPeer(Flood);
+  stuck.pauseReading();
+  await stuck.send("limit\n");
+  await stuck.closed;
+  assert.deepEqual(overflows, ["write"]);
 });
