@@ -71,6 +71,75 @@ export function addStats(into: Stats, add: Stats): void {
 /** A function a timer calls with its arguments; it may return a promise. */
 export type TimerFn<A extends unknown[]> = (...args: A) => unknown;
 
+let timerSeq = 0;
+
+/**
+ * The manual clock's due timers: a binary min-heap by due time, then by
+ * creation, so advance() finds the next one without looking at them all.
+ * Cancelled timers leave it lazily, when they reach the top.
+ */
+class DueQueue {
+  #heap: EngineTimer[] = [];
+  /** Cancelled timers still in the heap. */
+  #stale = 0;
+
+  /** A timer in the heap was cancelled: past half the heap, the stale ones are dropped at once (no growth under cancel churn). */
+  cancelled(): void {
+    if (++this.#stale <= 64 || this.#stale * 2 <= this.#heap.length) return;
+    const live = this.#heap.filter((timer) => timer.active);
+    this.#heap = [];
+    this.#stale = 0;
+    for (const timer of live) this.push(timer);
+  }
+
+  push(timer: EngineTimer): void {
+    const heap = this.#heap;
+    let i = heap.push(timer) - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!before(timer, heap[parent]!)) break;
+      heap[i] = heap[parent]!;
+      i = parent;
+    }
+    heap[i] = timer;
+  }
+
+  /** The next active timer, left in place; null when none is left. */
+  peek(): EngineTimer | null {
+    const heap = this.#heap;
+    while (heap.length > 0 && !heap[0]!.active) {
+      this.pop();
+      if (this.#stale > 0) this.#stale--;
+    }
+    return heap.length > 0 ? heap[0]! : null;
+  }
+
+  pop(): EngineTimer | null {
+    const heap = this.#heap;
+    const top = heap[0];
+    const last = heap.pop();
+    if (top === undefined || last === undefined) return null;
+    if (heap.length > 0) {
+      let i = 0;
+      for (;;) {
+        const left = 2 * i + 1;
+        if (left >= heap.length) break;
+        const right = left + 1;
+        const child = right < heap.length && before(heap[right]!, heap[left]!) ? right : left;
+        if (!before(heap[child]!, last)) break;
+        heap[i] = heap[child]!;
+        i = child;
+      }
+      heap[i] = last;
+    }
+    return top;
+  }
+}
+
+function before(a: EngineTimer, b: EngineTimer): boolean {
+  return a.due < b.due || (a.due === b.due && a.seq < b.seq);
+}
+
 const ONCE_IMMEDIATE = 0;
 const LOOP = 1;
 const ONCE_DELAY = 2;
@@ -87,6 +156,8 @@ class EngineTimer implements Timer {
   /** Manual clock: when (engine time) this timer is next due, and its period. */
   due = 0;
   readonly period: number;
+  /** Manual clock: creation order, which breaks ties between equal due times. */
+  readonly seq: number;
 
   constructor(engine: Engine, kind: number, delay: number, fn: (...args: unknown[]) => unknown, args: unknown[]) {
     this.#engine = engine;
@@ -96,22 +167,23 @@ class EngineTimer implements Timer {
     // Node runs a timer of under 1 ms after 1 ms; the manual clock does too,
     // so a tiny cycle period cannot stall advance() on a due that never moves.
     this.period = Math.max(1, delay);
+    this.seq = timerSeq++;
     const run = (this.#runBound = () => this.#run());
     if (kind === ONCE_IMMEDIATE || kind === LOOP) this.#handle = setImmediate(run);
-    else if (engine.manualClock) this.due = engine.time() + this.period;
-    else if (kind === ONCE_DELAY) this.#handle = setTimeout(run, delay);
+    else if (engine.manualClock) {
+      this.due = engine.time() + this.period;
+      engine._due.push(this);
+    } else if (kind === ONCE_DELAY) this.#handle = setTimeout(run, delay);
     else this.#handle = setInterval(run, delay);
   }
 
-  /** @internal Manual clock: runs the timer now (it is due). */
-  _fire(): void {
-    if (this.#kind === CYCLE) this.due += this.period;
+  /** @internal Manual clock: runs the timer now (it is due and has been taken off the queue). */
+  _fire(engine: Engine): void {
+    if (this.#kind === CYCLE) {
+      this.due += this.period;
+      engine._due.push(this);
+    }
     this.#run();
-  }
-
-  /** True for defer/cycle timers. */
-  get delayed(): boolean {
-    return this.#kind === ONCE_DELAY || this.#kind === CYCLE;
   }
 
   get active(): boolean {
@@ -129,6 +201,7 @@ class EngineTimer implements Timer {
       else clearTimeout(handle as ReturnType<typeof setTimeout>);
     }
     engine._timers.delete(this);
+    if (engine.manualClock && (this.#kind === ONCE_DELAY || this.#kind === CYCLE)) engine._due.cancelled();
   }
 
   #run(): void {
@@ -208,6 +281,7 @@ export class Engine {
   /** @internal */ readonly _timers = new Set<EngineTimer>();
   /** @internal */ readonly _channels = new Set<Channel>();
   /** @internal */ readonly _sweeper: TimeoutSweeper;
+  /** @internal Manual clock: the defer and cycle timers by due time. */ readonly _due = new DueQueue();
   /** True when this engine runs on a manual clock (see {@link EngineOptions}). */
   readonly manualClock: boolean;
   #now = 0;
@@ -243,18 +317,17 @@ export class Engine {
     // carries over from one call to the next: many short advances reach a
     // timeout as one long one does.
     const nextSweepAt = () => Math.max(this.#lastSweep, sweeper.startedAt) + Math.max(1, sweeper.tickMs);
+    const due = this._due;
     for (;;) {
-      let next: EngineTimer | null = null;
-      for (const timer of this._timers) {
-        if (timer.delayed && timer.active && (next === null || timer.due < next.due)) next = timer;
-      }
+      const next = due.peek();
       const timerDue = next !== null && next.due <= target ? next.due : Infinity;
       const nextSweep = sweeper.busy ? nextSweepAt() : Infinity;
       const sweepDue = nextSweep <= target ? nextSweep : Infinity;
       if (timerDue === Infinity && sweepDue === Infinity) break;
       if (timerDue <= sweepDue) {
         this.#now = Math.max(this.#now, timerDue);
-        next!._fire();
+        due.pop();
+        next!._fire(this);
       } else {
         this.#now = Math.max(this.#now, sweepDue);
         sweeper.sweep();

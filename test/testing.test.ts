@@ -310,3 +310,32 @@ test("memoryPeer: a peer that stops reading holds the stream's writes back, as o
   await stuck.closed;
   assert.deepEqual(overflows, ["write"]);
 });
+
+test("a manual clock fires defer and cycle timers in due order, ties by creation, under heavy cancel churn", () => {
+  const engine = new Engine({ manualClock: true });
+  let seed = 12345;
+  const random = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+  const fired: Array<[number, number]> = [];
+  const expected: Array<[number, number]> = [];
+  const timers: Array<{ cancel(): void }> = [];
+  for (let i = 0; i < 5000; i++) {
+    const delay = 1 + Math.floor(random() * 200);
+    const timer = engine.defer(delay, () => fired.push([engine.time(), i]));
+    if (random() < 0.7) timer.cancel();
+    else expected.push([delay, i]);
+    timers.push(timer);
+  }
+  // A cycle every 50 ms, cancelled by its own third run.
+  let runs = 0;
+  const cycle = engine.cycle(50, () => {
+    fired.push([engine.time(), -1]);
+    if (++runs === 3) cycle.cancel();
+  });
+  for (const t of [50, 100, 150]) expected.push([t, -1]);
+  // Ties: the cycle (made last) comes after every defer due at the same time.
+  expected.sort((a, b) => a[0] - b[0] || (a[1] === -1 ? 1 : b[1] === -1 ? -1 : a[1] - b[1]));
+  engine.advance(73);
+  engine.advance(1000);
+  assert.deepEqual(fired, expected);
+  assert.equal(runs, 3);
+});
