@@ -223,9 +223,10 @@ const MAX_WORKERS = 1024;
 function intFlag(name: string, text: string | undefined, min: 0 | 1 = 1, max = Number.MAX_SAFE_INTEGER): number | undefined {
   if (text === undefined) return undefined;
   const value = Number(text);
-  if (!/^\d+$/.test(text) || value < min || value > max) {
+  const digits = /^\d+$/.test(text);
+  if (!digits || value < min || value > max) {
     const kind = min === 0 ? "a non-negative integer" : "a positive integer";
-    const range = max !== Number.MAX_SAFE_INTEGER ? `an integer from ${min} to ${max}` : /^\d+$/.test(text) ? `${kind} up to ${max}` : kind;
+    const range = max !== Number.MAX_SAFE_INTEGER ? `an integer from ${min} to ${max}` : digits ? `${kind} up to ${max}` : kind;
     throw new UsageError(`--${name} must be ${range}, got "${text}"`);
   }
   return value;
