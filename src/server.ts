@@ -1169,7 +1169,10 @@ export class Server<S extends Stream = Stream> extends Channel {
           [kRawSocket]?: net.Socket | NativeSocket;
         };
         t[kTlsPending] = true;
+        // The handshake deadline counts from the accept: behind a PROXY header
+        // (acceptedAt), and under an override, which may hand the socket on late.
         if (acceptedAt !== null) t[kAcceptedAt] = acceptedAt;
+        else if (custom) t[kAcceptedAt] = this.engine.time();
         // An override may make the stream once the handshake is done: it is told so.
         if (custom) t.once("secure", onTlsSecured);
         if (raw instanceof net.Socket || raw instanceof NativeSocket) t[kRawSocket] = raw;

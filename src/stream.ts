@@ -77,8 +77,9 @@ export const kTlsSecured: unique symbol = Symbol("pants-ts.tlsSecured");
 /** @internal Set by the server: the client's address from a PROXY header. */
 export const kProxyRemote: unique symbol = Symbol("pants-ts.proxyRemote");
 /**
- * @internal Set by the server on a TLS socket accepted behind a PROXY header:
- * the engine time of the accept, from which the handshake's deadline counts.
+ * @internal Set by the server on a TLS socket accepted behind a PROXY header
+ * or handed to an onAccept override: the engine time of the accept, from
+ * which the handshake's deadline counts.
  */
 export const kAcceptedAt: unique symbol = Symbol("pants-ts.acceptedAt");
 /** @internal Set by the server: the TCP (or native) socket under a TLSSocket. */

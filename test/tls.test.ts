@@ -1593,6 +1593,33 @@ test("a pants-ts client sends SNI for a host name, none for an IP literal (Pants
   assert.deepEqual(seen, ["localhost", null]);
 });
 
+test("with an async onAccept, the TLS handshake's deadline counts from the accept, not from when the override hands the socket on", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  class Awaiting extends Server<Stream> {
+    override async onAccept(socket: Duplex, address: Address) {
+      await sleep(1000); // an allow-list lookup, say
+      super.onAccept(socket, address);
+    }
+  }
+  const server = new Awaiting(Echo, { engine, handshakeTimeoutMs: 2000, sslOptions: serverOptions() });
+  const port = await listenLocal(server, t);
+  // A client that starts a handshake and stalls: closed 2 s after the accept (it was 1 s + 2 s).
+  const stalled = net.connect(port, "127.0.0.1");
+  stalled.on("error", () => {});
+  await new Promise((r) => stalled.once("connect", r));
+  const start = Date.now();
+  stalled.write(Buffer.from([0x16, 0x03]));
+  await new Promise((r) => stalled.once("close", r));
+  const took = Date.now() - start;
+  assert.ok(took >= 1900 && took < 2700, `closed ${took} ms after the accept (handshakeTimeoutMs 2000)`);
+  assert.equal(server.stats.errorsByKind.tls, 1);
+  // One that completes its handshake while the override awaits is served.
+  const c = await connectTls(["127.0.0.1", port], { ca: certs.ca.certPem, servername: "localhost" });
+  c.write("hi\n");
+  assert.equal(await c.readText(3), "hi\n");
+  c.destroy();
+});
+
 test("an IP address given as servername is verified against the certificate but not sent in SNI, with no DEP0123 warning", { skip }, async (t) => {
   const engine = freshEngine(t);
   const warnings: string[] = [];
