@@ -14,7 +14,8 @@ import { addStats, cappedDelay, globalEngineRunning, newStats } from "./engine.j
 import type { Stats } from "./engine.js";
 import { log } from "./log.js";
 import { lingeringClosed } from "./stream.js";
-import { codedError, describe, failureText, numberError, typeError } from "./errors.js";
+import { asError, codedError, describe, failureText, numberError, typeError } from "./errors.js";
+import { isThenable } from "./channel.js";
 
 /** Options of {@link runCluster}. */
 export interface ClusterOptions {
@@ -24,7 +25,7 @@ export interface ClusterOptions {
   shutdownTimeoutMs?: number;
   /** First restart delay after a crash, ms (at least 1; default 100); doubles, up to 30 s, for each replacement that crashes within 10 s of its start (per worker slot). */
   restartDelayMs?: number;
-  /** Called in the primary with the aggregated stats each time a worker reports (each does about once a second). */
+  /** Called in the primary with the aggregated stats each time a worker reports (each does about once a second). What it throws or rejects with is logged; the primary carries on. */
   onStats?: (stats: ClusterStats) => void;
   /**
    * Descriptors every worker is forked with, at the same numbers: listening
@@ -114,6 +115,21 @@ export async function shutdownAll(timeoutMs: number): Promise<void> {
  * fails before it listens; its `cause` is that worker's error (message,
  * code and stack), and the other workers are stopped.
  */
+/**
+ * Calls the application's onStats. What it throws (or rejects with) is
+ * logged: it runs in the primary, from a worker's message, where an
+ * exception would end the primary and with it every worker.
+ */
+function reportStats(onStats: (stats: ClusterStats) => void, current: ClusterStats): void {
+  const failed = (err: unknown): void => log.current.error({ err: asError(err, "onStats") }, "runCluster's onStats threw.");
+  try {
+    const result: unknown = onStats(current);
+    if (result !== undefined && isThenable(result)) result.then(undefined, failed);
+  } catch (err) {
+    failed(err);
+  }
+}
+
 export async function runCluster(main: () => unknown, options: ClusterOptions = {}): Promise<ClusterHandle> {
   if (typeof main !== "function") throw typeError(`runCluster() expects a function, got ${describe(main)}.`);
   const workers = options.workers ?? availableParallelism();
@@ -340,7 +356,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       }
       if (m.pantsTs === "stats") {
         perWorker.set(worker.id, m.stats);
-        options.onStats?.(stats());
+        if (options.onStats !== undefined) reportStats(options.onStats, stats());
       } else if (m.pantsTs === "drained") {
         tell(worker, { pantsTs: "exit" });
       } else if (m.pantsTs === "clear-stale" && typeof m.path === "string") {

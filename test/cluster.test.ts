@@ -357,3 +357,12 @@ test("a cluster worker in another directory than its primary (setupPrimary({ cwd
   assert.match(run.out(), /primary done/, run.out());
   assert.ok(!existsSync(join(workerDir, "8080")), "the socket file is removed at close");
 });
+
+test("runCluster: an onStats that throws or rejects is logged, and the primary and its workers carry on", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
+  const run = launch(t, "cluster-onstats.ts", {});
+  const code = await run.exited;
+  assert.equal(code, 0, run.out());
+  assert.match(run.out(), /onStats 3 workers=1/, run.out());
+  assert.equal((run.out().match(/logged: runCluster's onStats threw\./g) ?? []).length, 2, run.out());
+  assert.match(run.out(), /primary done/, run.out());
+});
