@@ -322,6 +322,14 @@ function crc32c(data: Uint8Array): number {
 // Parser
 
 /**
+ * @internal The client's address a header gives a server: the source of a
+ * `PROXY` header; `null` (keep the real peer's) for `LOCAL` and `UNKNOWN`.
+ */
+export function proxiedAddress(header: ProxyHeader): Address | null {
+  return header.command === "PROXY" && header.source !== null ? header.source : null;
+}
+
+/**
  * Parses the PROXY protocol header at the start of a connection.
  *
  * Call it with all the bytes received so far. It returns:

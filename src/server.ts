@@ -21,11 +21,12 @@ import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddr
 import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, InvalidAddressFormatError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
-import { Stream, accepting, kAcceptedAt, kProxyRemote, kRawSocket, kStream, kTlsPending, kTlsSecured } from "./stream.js";
+import { Stream, accepting, kAcceptedAt, kProxyHeader, kRawSocket, kStream, kTlsPending, kTlsSecured } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
-import { PROXY_V2_HEADER_LENGTH, formatIPv6, parseIPv6Text, parseProxyHeader } from "./proxy-protocol.js";
+import { PROXY_V2_HEADER_LENGTH, formatIPv6, parseIPv6Text, parseProxyHeader, proxiedAddress } from "./proxy-protocol.js";
+import type { ProxyHeader } from "./proxy-protocol.js";
 import { NativeListener, NativeSocket, nativeAddon } from "./native-socket.js";
 import { nativeLoadError } from "./native-binding.js";
 import { checkTransport, useNative } from "./transport.js";
@@ -1109,10 +1110,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     raw.pause();
     const rest = buf.subarray(result.consumed);
     if (rest.length > 0) raw.unshift(rest);
-    const header = result.header;
-    // LOCAL and UNKNOWN keep the real peer's address.
-    const remote = header.command === "PROXY" && header.source !== null ? header.source : null;
-    this.#accept(raw, remote, wait.acceptedAt);
+    this.#accept(raw, result.header, wait.acceptedAt);
   }
 
   /** @internal A PROXY header was malformed, missing or late: only that connection closes. */
@@ -1132,11 +1130,12 @@ export class Server<S extends Stream = Stream> extends Channel {
     (wait.socket as net.Socket & { [kProxyWait]?: ProxyWait })[kProxyWait] = undefined;
   }
 
-  #accept(raw: net.Socket | NativeSocket, proxiedRemote: Address | null, acceptedAt: number | null = null): void {
+  #accept(raw: net.Socket | NativeSocket, proxyHeader: ProxyHeader | null, acceptedAt: number | null = null): void {
     if (this.#state !== ST_LISTENING || this.#shutdown !== null) {
       raw.destroy();
       return;
     }
+    const proxiedRemote = proxyHeader === null ? null : proxiedAddress(proxyHeader);
     // The peer's address costs a system call; only an onAccept override, a
     // per-peer limit (or a TLS wrap error) needs it here.
     const custom = this.onAccept !== Server.prototype.onAccept;
@@ -1192,8 +1191,8 @@ export class Server<S extends Stream = Stream> extends Channel {
         return;
       }
     }
-    const owned = socket as Duplex & { [kProxyRemote]?: Address | null; [kStream]?: Stream };
-    if (proxiedRemote !== null) owned[kProxyRemote] = proxiedRemote;
+    const owned = socket as Duplex & { [kProxyHeader]?: ProxyHeader; [kStream]?: Stream };
+    if (proxyHeader !== null) owned[kProxyHeader] = proxyHeader;
     // An onAccept override may keep the socket without a stream: never leave it without an error listener,
     // nor what it is given over it (the Duplex over a native socket re-emits the socket's errors: a peer's
     // reset while an async onAccept awaited was an unhandled 'error' event on the native transport).

@@ -44,6 +44,8 @@ import { checkPantsFlags, compileTls, secureServerSide, wrapClientSocket, wrapSe
 import type { CompiledTls } from "./tls.js";
 import type { SslOptions } from "./tls.js";
 import { sendFile } from "./write-file.js";
+import { proxiedAddress } from "./proxy-protocol.js";
+import type { ProxyHeader } from "./proxy-protocol.js";
 import { NativeSocket, nativeAddon, nativeLimits } from "./native-socket.js";
 import { useNative } from "./transport.js";
 import type { FileJob, FileSink } from "./write-file.js";
@@ -74,8 +76,8 @@ export const kStream: unique symbol = Symbol("pants-ts.stream");
 export const kTlsPending: unique symbol = Symbol("pants-ts.tlsPending");
 /** @internal Set by the server on such a TLSSocket once its handshake is done (before a stream took it: an async onAccept awaited). */
 export const kTlsSecured: unique symbol = Symbol("pants-ts.tlsSecured");
-/** @internal Set by the server: the client's address from a PROXY header. */
-export const kProxyRemote: unique symbol = Symbol("pants-ts.proxyRemote");
+/** @internal Set by the server: the connection's PROXY header. */
+export const kProxyHeader: unique symbol = Symbol("pants-ts.proxyHeader");
 /**
  * @internal Set by the server on a TLS socket accepted behind a PROXY header
  * or handed to an onAccept override: the engine time of the accept, from
@@ -127,7 +129,7 @@ interface OwnedSocket extends Duplex {
   [kStream]?: Stream | undefined;
   [kTlsPending]?: boolean;
   [kTlsSecured]?: boolean;
-  [kProxyRemote]?: Address | null;
+  [kProxyHeader]?: ProxyHeader;
   [kAcceptedAt]?: number;
   [kRawSocket]?: net.Socket | NativeSocket;
   [kLinger]?: ReturnType<typeof setTimeout>;
@@ -300,6 +302,8 @@ class Extras {
   remote: Address | null = null;
   local: Address | null = null;
   proxied: Address | null = null;
+  /** The PROXY header this connection came with (a server's, with proxyProtocol). */
+  proxyHeader: ProxyHeader | null = null;
   /** Engine time of a server's accept that waited for a PROXY header; cleared once the first handshake is done. */
   acceptedAt: number | null = null;
   /** The TCP (or native) socket under a TLS socket (else null: the stream's socket is it). */
@@ -576,6 +580,16 @@ export class Stream extends Channel {
   set remoteAddress(value: Address | null | undefined) {
     if (value !== undefined && value !== null) parseAddress(value);
     this.#extras().remoteOverride = value === undefined ? undefined : copyAddress(value);
+  }
+
+  /**
+   * The PROXY protocol header this connection came with, on a server with
+   * `proxyProtocol`: the proxy's view of the connection (its `destination`,
+   * the address the client connected to, and the v2 TLVs: ALPN, authority,
+   * SSL, unique ID, ...), from `onConnect` on. `null` otherwise. Read only.
+   */
+  get proxyHeader(): Readonly<ProxyHeader> | null {
+    return this.#x?.proxyHeader ?? null;
   }
 
   /** This end's address; assign to override, `undefined` to restore. */
@@ -1245,8 +1259,12 @@ export class Stream extends Channel {
     this.#sock = sock;
     const raw = sock[kRawSocket];
     if (raw !== undefined) this.#extras().raw = raw;
-    const proxied = sock[kProxyRemote];
-    if (proxied !== undefined && proxied !== null) this.#extras().proxied = proxied;
+    const proxyHeader = sock[kProxyHeader];
+    if (proxyHeader !== undefined) {
+      const x = this.#extras();
+      x.proxyHeader = proxyHeader;
+      x.proxied = proxiedAddress(proxyHeader);
+    }
     const acceptedAt = sock[kAcceptedAt];
     if (acceptedAt !== undefined) this.#extras().acceptedAt = acceptedAt;
     if (isNative(sock)) {

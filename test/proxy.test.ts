@@ -11,7 +11,7 @@ import tls from "node:tls";
 import { spawn, spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Server, Stream, encodeProxyV1, encodeProxyV2 } from "../src/index.js";
+import { ProxyTlvType, Server, Stream, encodeProxyV1, encodeProxyV2 } from "../src/index.js";
 import { captureLogs, connect, freePort, freshEngine, listenLocal, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
@@ -189,6 +189,83 @@ test("PROXY header, then TLS", { skip: !hasOpenssl() && "no openssl" }, async (t
   await new Promise((r) => raw.once("connect", r));
   raw.write(encodeProxyV1({ family: "TCP4", source: ["192.0.2.77", 7777], destination: ["192.0.2.2", 443] }));
   assert.deepEqual(await addressOverTls(raw), ["192.0.2.77", 7777]);
+});
+
+test("stream.proxyHeader: the header's destination and TLVs reach the connection class from onConnect, on plain and TLS servers; null without proxyProtocol", { skip: !hasOpenssl() && "no openssl" }, async (t) => {
+  const engine = freshEngine(t);
+  const seen: unknown[] = [];
+  class Inspect extends Stream {
+    override onConnect() {
+      const h = this.proxyHeader;
+      seen.push(
+        h === null
+          ? null
+          : {
+              version: h.version,
+              command: h.command,
+              destination: h.destination,
+              tlvs: h.tlvs.map((tlv) => [tlv.type, tlv.value.toString("latin1")]),
+              remote: this.remoteAddress,
+            },
+      );
+      this.close();
+    }
+  }
+  const v2 = encodeProxyV2({
+    command: "PROXY",
+    source: ["198.51.100.4", 1234],
+    destination: ["10.0.0.1", 443],
+    tlvs: [
+      { type: ProxyTlvType.ALPN, value: Buffer.from("h2") },
+      { type: ProxyTlvType.AUTHORITY, value: Buffer.from("example.com") },
+      { type: ProxyTlvType.UNIQUE_ID, value: Buffer.from("req-42") },
+    ],
+    checksum: true,
+  });
+  const v1 = encodeProxyV1({ family: "TCP4", source: ["192.0.2.7", 7], destination: ["192.0.2.8", 8] });
+  const plain = await listenLocal(new Server(Inspect, { engine, proxyProtocol: true }), t);
+  for (const header of [v2, v1, encodeProxyV2({ command: "LOCAL" })]) {
+    const c = await connect(plain);
+    c.write(header);
+    await c.readToEnd();
+  }
+  await waitFor(() => seen.length === 3);
+  const crc = (seen[0] as { tlvs: Array<[number, string]> }).tlvs.pop();
+  assert.equal(crc?.[0], ProxyTlvType.CRC32C);
+  assert.deepEqual(seen[0], {
+    version: 2,
+    command: "PROXY",
+    destination: ["10.0.0.1", 443],
+    tlvs: [
+      [ProxyTlvType.ALPN, "h2"],
+      [ProxyTlvType.AUTHORITY, "example.com"],
+      [ProxyTlvType.UNIQUE_ID, "req-42"],
+    ],
+    remote: ["198.51.100.4", 1234],
+  });
+  assert.deepEqual(seen[1], { version: 1, command: "PROXY", destination: ["192.0.2.8", 8], tlvs: [], remote: ["192.0.2.7", 7] });
+  const local = seen[2] as { command: string; remote: unknown };
+  assert.equal(local.command, "LOCAL");
+  assert.equal((local.remote as [string])[0], "127.0.0.1", "LOCAL keeps the real peer");
+  // Behind PROXY on a TLS server, too.
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const secure = await listenLocal(new Server(Inspect, { engine, proxyProtocol: true, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } }), t);
+  const raw = net.connect(secure, "127.0.0.1");
+  raw.on("error", () => {});
+  await new Promise((r) => raw.once("connect", r));
+  raw.write(v1);
+  const tlsClient = tls.connect({ socket: raw, rejectUnauthorized: false });
+  tlsClient.on("error", () => {});
+  await waitFor(() => seen.length === 4, 5000, "the TLS stream's onConnect");
+  tlsClient.destroy();
+  assert.deepEqual(seen[3], seen[1]);
+  // No proxyProtocol: null.
+  const none = await listenLocal(new Server(Inspect, { engine }), t);
+  const c = await connect(none);
+  await c.readToEnd();
+  await waitFor(() => seen.length === 5);
+  assert.equal(seen[4], null);
 });
 
 test("behind PROXY, the TLS handshake's deadline counts from the accept, not from the header's end", { skip: !hasOpenssl() && "no openssl" }, async (t) => {
