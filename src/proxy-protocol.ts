@@ -653,7 +653,10 @@ function ipEndpoint(
     }
     return { v4: host, words: [], port };
   }
-  const words = isIPv6(host) ? parseIPv6Text(host) : null;
+  // A zone ("fe80::1%eth0") names an interface of this host: meaningless to
+  // the receiver and not carried by the protocol, it is dropped as scopeid is.
+  const zone = host.indexOf("%");
+  const words = isIPv6(host) ? parseIPv6Text(zone === -1 ? host : host.slice(0, zone)) : null;
   if (words === null) {
     throw typeError(`The ${what} host ${JSON.stringify(host)} is not an IPv6 address, as family TCP6 requires.`, "ERR_INVALID_ARG_VALUE");
   }
@@ -663,8 +666,8 @@ function ipEndpoint(
 /**
  * Encodes a PROXY protocol version 1 (text) header.
  *
- * IPv6 addresses are written in compressed lowercase hex; `flowinfo` and
- * `scopeid` are not carried by the protocol and are dropped.
+ * IPv6 addresses are written in compressed lowercase hex; `flowinfo`,
+ * `scopeid` and a zone (`%eth0`) are not carried by the protocol and are dropped.
  *
  * @throws TypeError when an endpoint is missing or does not match the family, or a port is no number.
  * @throws RangeError when a port is not an integer from 0 to 65535.

@@ -771,10 +771,20 @@ describe("encodeProxyV1", () => {
     assert.equal(encodeProxyV1({ family: "UNKNOWN" }).toString(), "PROXY UNKNOWN\r\n");
   });
 
+  it("drops an IPv6 zone, as scopeid: it names an interface of the sending host (a link-local client's remoteAddress has one)", () => {
+    assert.equal(
+      encodeProxyV1({ family: "TCP6", source: ["fe80::1%eth0", 1, 0, 2], destination: ["fe80::2%2", 2] }).toString(),
+      "PROXY TCP6 fe80::1 fe80::2 1 2\r\n",
+    );
+    const parsed = parseProxyHeader(encodeProxyV2({ command: "PROXY", source: ["fe80::1%eth0", 1, 0, 2], destination: ["::1", 2, 0, 0] }));
+    assert.ok("header" in parsed);
+    assert.deepEqual(parsed.header.source, ["fe80::1", 1, 0, 0]);
+  });
+
   it("rejects endpoints that do not fit the family", () => {
     assert.throws(() => encodeProxyV1({ family: "TCP4", source: ["::1", 1], destination: ["1.2.3.4", 2] }), TypeError);
     assert.throws(() => encodeProxyV1({ family: "TCP6", source: ["1.2.3.4", 1], destination: ["::1", 2] }), TypeError);
-    assert.throws(() => encodeProxyV1({ family: "TCP6", source: ["fe80::1%eth0", 1], destination: ["::1", 2] }), TypeError);
+    assert.throws(() => encodeProxyV1({ family: "TCP6", source: ["fe80::1%", 1], destination: ["::1", 2] }), TypeError);
     assert.throws(() => encodeProxyV1({ family: "TCP4", source: ["01.2.3.4", 1], destination: ["1.2.3.4", 2] }), TypeError);
     assert.throws(() => encodeProxyV1({ family: "TCP4", destination: ["1.2.3.4", 2] }), TypeError);
     assert.throws(() => encodeProxyV1({ family: "TCP4", source: ["1.2.3.4", 65536], destination: ["1.2.3.4", 2] }), RangeError);
