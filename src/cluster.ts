@@ -104,18 +104,6 @@ export async function shutdownAll(timeoutMs: number): Promise<void> {
 }
 
 /**
- * Runs `main` in `workers` processes sharing the listening sockets.
- * In a worker: runs `main` (which creates and listens its servers) and
- * resolves once they listen; the worker serves until the primary tells it
- * to shut down. In the primary: forks and supervises, resolves once every
- * worker listens; `handle.closed` settles after SIGTERM/SIGINT have shut
- * every worker down, and the primary then exits 0. The primary serves no
- * connection itself.
- * @throws Error (in the primary) with code `ERR_WORKER_START` when a worker
- * fails before it listens; its `cause` is that worker's error (message,
- * code and stack), and the other workers are stopped.
- */
-/**
  * Calls the application's onStats. What it throws (or rejects with) is
  * logged: it runs in the primary, from a worker's message, where an
  * exception would end the primary and with it every worker.
@@ -130,6 +118,18 @@ function reportStats(onStats: (stats: ClusterStats) => void, current: ClusterSta
   }
 }
 
+/**
+ * Runs `main` in `workers` processes sharing the listening sockets.
+ * In a worker: runs `main` (which creates and listens its servers) and
+ * resolves once they listen; the worker serves until the primary tells it
+ * to shut down. In the primary: forks and supervises, resolves once every
+ * worker listens; `handle.closed` settles after SIGTERM/SIGINT have shut
+ * every worker down, and the primary then exits 0. The primary serves no
+ * connection itself.
+ * @throws Error (in the primary) with code `ERR_WORKER_START` when a worker
+ * fails before it listens; its `cause` is that worker's error (message,
+ * code and stack), and the other workers are stopped.
+ */
 export async function runCluster(main: () => unknown, options: ClusterOptions = {}): Promise<ClusterHandle> {
   if (typeof main !== "function") throw typeError(`runCluster() expects a function, got ${describe(main)}.`);
   const workers = options.workers ?? availableParallelism();
