@@ -491,6 +491,8 @@ export class Stream extends Channel {
   #afterWrite: ((err?: Error | null) => void) | null = null;
   #connId = 0;
   #x: Extras | null = null;
+  #bytesRead = 0;
+  #bytesWritten = 0;
 
   /**
    * @param options `socket` wraps an already-connected socket or Duplex;
@@ -700,6 +702,23 @@ export class Stream extends Channel {
     this.#encoding = value;
     this.#flags |= F_STOP;
     this.#nativeReframe();
+  }
+
+  /**
+   * Bytes received on this connection so far, as `stats.bytesIn` counts
+   * them: the application's (the plaintext under TLS), never a PROXY header.
+   */
+  get bytesRead(): number {
+    return this.#bytesRead;
+  }
+
+  /**
+   * Bytes of this connection's writes handed to its socket so far (the
+   * plaintext under TLS), as `stats.bytesOut` counts them; some may still
+   * wait in the socket (see `bufferedAmount`).
+   */
+  get bytesWritten(): number {
+    return this.#bytesWritten;
   }
 
   /**
@@ -1691,9 +1710,7 @@ export class Stream extends Channel {
     const sock = this.#sock as unknown as NativeSocket;
     const fresh = length - sock.tail;
     this.#flags |= F_ACTIVE;
-    const server = this.server;
-    if (server !== null) server.stats.bytesIn += fresh;
-    this.engine.stats.bytesIn += fresh;
+    this.#countIn(fresh);
     if (this.#state !== S_OPEN) return;
     if (count < 0) {
       sock.tail = 0;
@@ -2482,12 +2499,14 @@ export class Stream extends Channel {
   }
 
   #countIn(bytes: number): void {
+    this.#bytesRead += bytes;
     const server = this.server;
     if (server !== null) server.stats.bytesIn += bytes;
     this.engine.stats.bytesIn += bytes;
   }
 
   #countOut(bytes: number): void {
+    this.#bytesWritten += bytes;
     const server = this.server;
     if (server !== null) server.stats.bytesOut += bytes;
     this.engine.stats.bytesOut += bytes;

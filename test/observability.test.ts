@@ -51,6 +51,50 @@ test("server.stats and engine.stats count connections, bytes and errors", async 
   assert.deepEqual(Object.keys(server.stats).sort(), ["accepted", "bytesIn", "bytesOut", "closed", "errors", "errorsByKind", "open", "rejected"]);
 });
 
+test("stream.bytesRead and bytesWritten count each connection's bytes, as the stats do: plaintext under TLS, no PROXY header, a frame split across reads counted once", { skip: !hasOpenssl() && "the openssl command is not installed" }, async (t) => {
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const accepted: Stream[] = [];
+  class Counted extends Echo {
+    override onConnect() {
+      accepted.push(this);
+      super.onConnect();
+    }
+  }
+  class Client extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+  }
+  const plain = new Server(Counted, { engine, proxyProtocol: true });
+  const secure = new Server(Counted, { engine, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } });
+  const plainPort = await listenLocal(plain, t);
+  const securePort = await listenLocal(secure, t);
+  // Behind PROXY: the header is no application byte.
+  const raw = await connect(plainPort);
+  raw.write("PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\nhel");
+  await waitFor(() => accepted.length === 1);
+  raw.write("lo\nworld\n");
+  await raw.read(12);
+  assert.equal(accepted[0]!.bytesRead, 12);
+  assert.equal(accepted[0]!.bytesWritten, 12);
+  // A TLS client stream and the server's stream: plaintext both ways.
+  const client = new Client({ engine, sslOptions: { ca_certs: certs.ca.cert } }).connect(["localhost", securePort]);
+  await client.ready();
+  client.write("abc\nde\n");
+  await waitFor(() => client.bytesRead === 7, 5000, "the echo");
+  assert.equal(client.bytesWritten, 7);
+  assert.equal(accepted[1]!.bytesRead, 7);
+  assert.equal(accepted[1]!.bytesWritten, 7);
+  client.close();
+  raw.destroy();
+  await waitFor(() => plain.stats.closed === 1 && secure.stats.closed === 1);
+  assert.equal(plain.stats.bytesIn, accepted[0]!.bytesRead);
+  assert.equal(secure.stats.bytesOut, accepted[1]!.bytesWritten);
+  assert.equal(accepted[0]!.bytesRead, 12, "still readable once closed");
+});
+
 test("a delimiter that cannot frame (a Decoder consuming 0 bytes, a RegExp matching empty) is counted as a handler error, as a Decoder that throws is", async (t) => {
   const engine = freshEngine(t);
   const logs = captureLogs(t);
