@@ -32,7 +32,7 @@ export const ProxyTlvType = {
   ALPN: 0x01,
   /** The host name the client asked for (TLS SNI), UTF-8. */
   AUTHORITY: 0x02,
-  /** CRC32c of the whole header; verified by the parser when present. */
+  /** CRC32c of the whole header; verified by the parser when present (a mismatch refuses the header, `LOCAL` included). */
   CRC32C: 0x03,
   /** Padding, to be ignored. */
   NOOP: 0x04,
@@ -83,7 +83,8 @@ export interface ProxyHeader {
    * family byte as sent, for information only; a `LOCAL` header whose block
    * does not parse (unknown family, short block, malformed TLVs) is accepted
    * with its block discarded, as HAProxy's specification asks: `UNKNOWN`,
-   * `unspec`, no TLVs.
+   * `unspec`, no TLVs. One whose block parses has its CRC32C verified, as
+   * any header's.
    */
   family: ProxyFamily;
   /** `stream` for v1 TCP, `unspec` for v1 `UNKNOWN`, and the transport nibble for v2. */
@@ -495,12 +496,19 @@ function parseV2(data: Buffer): ProxyParseResult {
   const local = data.length > 12 && (data[12]! & 0x0f) === 0;
   if (data.length > 13 && !local) decodeFamilyByte(data[13]!);
   if (data.length < PROXY_V2_HEADER_LENGTH) return { needed: PROXY_V2_HEADER_LENGTH };
-  if (!local) return parseV2Block(data, "PROXY");
+  if (!local) return checked(data, readV2Block(data, "PROXY"));
   // LOCAL (the proxy's own connection, a health check): HAProxy's spec has the
   // receiver accept it and discard the protocol block, family included, so a
-  // block that does not parse is skipped rather than refused.
+  // block that does not parse is skipped rather than refused. One that does
+  // parse has its TLVs read and its CRC32C verified: the checksum covers the
+  // whole header, the command byte included, and the spec's rule for it ("MUST
+  // treat the TCP connection as invalid") has no exception. HAProxy 3.0 and
+  // later refuse a LOCAL header with a wrong checksum too (conn_recv_proxy
+  // reads a LOCAL header's TLVs since its commit 8b72270e9, May 2024; 2.x
+  // skipped them, checksum included).
+  let block: V2Block | { needed: number };
   try {
-    return parseV2Block(data, "LOCAL");
+    block = readV2Block(data, "LOCAL");
   } catch (err) {
     if (!(err instanceof ProxyProtocolError)) throw err;
     const total = PROXY_V2_HEADER_LENGTH + data.readUInt16BE(14);
@@ -508,9 +516,24 @@ function parseV2(data: Buffer): ProxyParseResult {
     const header: ProxyHeader = { version: 2, command: "LOCAL", family: "UNKNOWN", transport: "unspec", source: null, destination: null, tlvs: [] };
     return { header, consumed: total };
   }
+  return checked(data, block);
 }
 
-function parseV2Block(data: Buffer, command: "PROXY" | "LOCAL"): ProxyParseResult {
+/** A complete v2 header, and the offset of its CRC32C value (-1 without one). */
+interface V2Block {
+  header: ProxyHeader;
+  consumed: number;
+  crcOffset: number;
+}
+
+/** Verifies the CRC32C of a complete block (the spec's "MUST treat the TCP connection as invalid"). */
+function checked(data: Buffer, block: V2Block | { needed: number }): ProxyParseResult {
+  if (!("header" in block)) return block;
+  if (block.crcOffset >= 0) verifyChecksum(data.subarray(0, block.consumed), block.crcOffset);
+  return { header: block.header, consumed: block.consumed };
+}
+
+function readV2Block(data: Buffer, command: "PROXY" | "LOCAL"): V2Block | { needed: number } {
   const { family, transport } = decodeFamilyByte(data[13]!);
   const length = data.readUInt16BE(14);
   const block = V2_ADDRESS_BLOCK[family];
@@ -526,7 +549,7 @@ function parseV2Block(data: Buffer, command: "PROXY" | "LOCAL"): ProxyParseResul
   const header = data.subarray(0, total);
   // A LOCAL header with length 0 has neither addresses nor TLVs.
   const tlvStart = length === 0 ? total : PROXY_V2_HEADER_LENGTH + block;
-  const tlvs = parseTlvs(header, tlvStart);
+  const { tlvs, crcOffset } = parseTlvs(header, tlvStart);
 
   let source: Address | null = null;
   let destination: Address | null = null;
@@ -549,7 +572,7 @@ function parseV2Block(data: Buffer, command: "PROXY" | "LOCAL"): ProxyParseResul
         break;
     }
   }
-  return { header: { version: 2, command, family, transport, source, destination, tlvs }, consumed: total };
+  return { header: { version: 2, command, family, transport, source, destination, tlvs }, consumed: total, crcOffset };
 }
 
 function hex2(byte: number): string {
@@ -564,7 +587,8 @@ function decodeFamilyByte(byte: number): { family: ProxyFamily; transport: Proxy
   return { family, transport };
 }
 
-function parseTlvs(header: Buffer, start: number): ProxyTlv[] {
+/** Reads the TLVs from `start` to the end of `header`; the CRC32C's value offset is returned, not verified. */
+function parseTlvs(header: Buffer, start: number): { tlvs: ProxyTlv[]; crcOffset: number } {
   const tlvs: ProxyTlv[] = [];
   let crcOffset = -1;
   let offset = start;
@@ -591,19 +615,20 @@ function parseTlvs(header: Buffer, start: number): ProxyTlv[] {
     tlvs.push({ type, value: Buffer.from(header.subarray(valueStart, valueStart + size)) });
     offset = valueStart + size;
   }
-  if (crcOffset >= 0) {
-    const expected = header.readUInt32BE(crcOffset);
-    const copy = Buffer.from(header);
-    copy.fill(0, crcOffset, crcOffset + 4);
-    const actual = crc32c(copy);
-    if (actual !== expected) {
-      fail(
-        `Invalid PROXY v2 header: the CRC32C checksum is 0x${expected.toString(16).padStart(8, "0")} but the ` +
-          `header's is 0x${actual.toString(16).padStart(8, "0")}.`,
-      );
-    }
+  return { tlvs, crcOffset };
+}
+
+function verifyChecksum(header: Buffer, crcOffset: number): void {
+  const expected = header.readUInt32BE(crcOffset);
+  const copy = Buffer.from(header);
+  copy.fill(0, crcOffset, crcOffset + 4);
+  const actual = crc32c(copy);
+  if (actual !== expected) {
+    fail(
+      `Invalid PROXY v2 header: the CRC32C checksum is 0x${expected.toString(16).padStart(8, "0")} but the ` +
+        `header's is 0x${actual.toString(16).padStart(8, "0")}.`,
+    );
   }
-  return tlvs;
 }
 
 /**

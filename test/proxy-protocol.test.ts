@@ -623,6 +623,20 @@ describe("v2: CRC32C and UNIQUE_ID TLVs", () => {
     rejects(crc, /CRC32C/);
   });
 
+  it("verifies a LOCAL header's checksum: the spec's rule has no exception for LOCAL, and HAProxy 3.0+ refuses a wrong one", () => {
+    const local = encodeProxyV2({ command: "LOCAL", tlvs: [{ type: ProxyTlvType.UNIQUE_ID, value: Buffer.from("hc-1") }], checksum: true });
+    assert.equal(complete(local).header.tlvs.length, 2);
+    const wrongCrc = Buffer.from(local);
+    wrongCrc[wrongCrc.length - 1] ^= 1;
+    rejects(wrongCrc, /CRC32C/);
+    // A LOCAL with an address block: the checksum follows the block, and covers it.
+    const withBlock = v2(0x20, 0x11, Buffer.concat([hex(ADDR4), tlv(0x03, Buffer.alloc(4))]));
+    withBlock.writeUInt32BE(crc32cBitwise(withBlock), withBlock.length - 4);
+    assert.equal(complete(withBlock).header.command, "LOCAL");
+    withBlock[17] ^= 1;
+    rejects(withBlock, /CRC32C/);
+  });
+
   it("rejects a CRC32C TLV that is not 4 bytes, or a second one", () => {
     rejects(v2(0x21, 0x11, Buffer.concat([hex(ADDR4), tlv(0x03, Buffer.alloc(3))])), /4/);
     rejects(v2(0x21, 0x11, Buffer.concat([hex(ADDR4), tlv(0x03, Buffer.alloc(8))])), /4/);

@@ -63,6 +63,23 @@ test("PROXY v1 UNKNOWN and v2 LOCAL keep the real peer's address", async (t) => 
   local.destroy();
 });
 
+test("a v2 LOCAL header whose CRC32C does not match closes that connection, as HAProxy 3.0+ does; a matching one is served", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Who, { engine, proxyProtocol: true });
+  const port = await listenLocal(server, t);
+  const header = encodeProxyV2({ command: "LOCAL", tlvs: [{ type: ProxyTlvType.UNIQUE_ID, value: Buffer.from("check-1") }], checksum: true });
+  const good = await connect(port);
+  good.write(header);
+  assert.equal(((await firstLine(good)) as [string, number])[1], good.socket.localPort);
+  good.destroy();
+  const corrupt = Buffer.from(header);
+  corrupt[corrupt.length - 8] ^= 0x20; // a byte of the unique id
+  const bad = await connect(port);
+  bad.write(Buffer.concat([corrupt, Buffer.from("hello\n")]));
+  assert.equal((await bad.readToEnd(2000)).length, 0, "nothing served");
+  assert.equal(server.stats.errorsByKind.proxy, 1);
+});
+
 test("PROXY v2 INET, INET6 and UNIX; TLVs are skipped", async (t) => {
   const engine = freshEngine(t);
   const port = await listenLocal(new Server(Who, { engine, proxyProtocol: true }), t);
