@@ -84,7 +84,9 @@ export interface ProxyHeader {
    * does not parse (unknown family, short block, malformed TLVs) is accepted
    * with its block discarded, as HAProxy's specification asks: `UNKNOWN`,
    * `unspec`, no TLVs. One whose block parses has its CRC32C verified, as
-   * any header's.
+   * any header's. The same holds for a `PROXY` header with an unspecified
+   * family or transport but not both (bytes 0x01, 0x02, 0x10, 0x20, 0x30,
+   * which the spec gives no layout): accepted without addresses.
    */
   family: ProxyFamily;
   /** `stream` for v1 TCP, `unspec` for v1 `UNKNOWN`, and the transport nibble for v2. */
@@ -93,8 +95,8 @@ export interface ProxyHeader {
    * The client's address: `[ip, port]` for IPv4, `[ip, port, 0, 0]` for
    * IPv6 (in Node's canonical text form), a path for UNIX (`""` for an
    * unnamed socket, a leading `"\0"` for an abstract one). `null` for
-   * `LOCAL`, for `UNKNOWN`, and for a v2 header with an unspecified
-   * transport, whose address information the specification says to ignore.
+   * `LOCAL`, for `UNKNOWN`, and for a v2 header with an unspecified family
+   * or transport, whose address information the specification says to ignore.
    */
   source: Address | null;
   /** The address the client connected to, in the same form as {@link ProxyHeader.source}. */
@@ -142,7 +144,11 @@ export interface ProxyV2Fields {
    * are only written when a family is given.
    */
   family?: ProxyFamily;
-  /** Defaults to `stream`, or `unspec` for the `UNKNOWN` family. */
+  /**
+   * Defaults to `stream`, or `unspec` for the `UNKNOWN` family. `unspec` goes
+   * with the `UNKNOWN` family only, and `UNKNOWN` with `unspec` only: the
+   * specification defines no other pairing (no byte 0x10 or 0x01).
+   */
   transport?: ProxyTransport;
   /** `[ip, port]` (or the IPv6 4-tuple) for TCP4/TCP6, a path of at most 108 UTF-8 bytes for UNIX. */
   source?: Address | null;
@@ -496,27 +502,43 @@ function parseV2(data: Buffer): ProxyParseResult {
   const local = data.length > 12 && (data[12]! & 0x0f) === 0;
   if (data.length > 13 && !local) decodeFamilyByte(data[13]!);
   if (data.length < PROXY_V2_HEADER_LENGTH) return { needed: PROXY_V2_HEADER_LENGTH };
-  if (!local) return checked(data, readV2Block(data, "PROXY"));
+  const command = local ? "LOCAL" : "PROXY";
+  if (!local && !layoutUndefined(data[13]!)) return checked(data, readV2Block(data, "PROXY"));
   // LOCAL (the proxy's own connection, a health check): HAProxy's spec has the
-  // receiver accept it and discard the protocol block, family included, so a
-  // block that does not parse is skipped rather than refused. One that does
-  // parse has its TLVs read and its CRC32C verified: the checksum covers the
-  // whole header, the command byte included, and the spec's rule for it ("MUST
-  // treat the TCP connection as invalid") has no exception. HAProxy 3.0 and
-  // later refuse a LOCAL header with a wrong checksum too (conn_recv_proxy
-  // reads a LOCAL header's TLVs since its commit 8b72270e9, May 2024; 2.x
-  // skipped them, checksum included).
+  // receiver accept it and discard the protocol block, family included. A
+  // PROXY header with UNSPEC in one nibble only (see layoutUndefined) has a
+  // block the spec gives no layout for, and its UNSPEC rule lets a receiver
+  // accept it, keep the real endpoints and ignore the address information
+  // (nginx does; HAProxy means to, "unsupported protocol, keep local
+  // connection address", but then walks TLVs from byte 0 and refuses it).
+  // So a block that does not parse is skipped rather than refused. One that
+  // does parse has its TLVs read and its CRC32C verified: the checksum covers
+  // the whole header, the command byte included, and the spec's rule for it
+  // ("MUST treat the TCP connection as invalid") has no exception. HAProxy
+  // 3.0 and later refuse a LOCAL header with a wrong checksum too
+  // (conn_recv_proxy reads a LOCAL header's TLVs since its commit 8b72270e9,
+  // May 2024; 2.x skipped them, checksum included).
   let block: V2Block | { needed: number };
   try {
-    block = readV2Block(data, "LOCAL");
+    block = readV2Block(data, command);
   } catch (err) {
     if (!(err instanceof ProxyProtocolError)) throw err;
     const total = PROXY_V2_HEADER_LENGTH + data.readUInt16BE(14);
     if (data.length < total) return { needed: total };
-    const header: ProxyHeader = { version: 2, command: "LOCAL", family: "UNKNOWN", transport: "unspec", source: null, destination: null, tlvs: [] };
+    const header: ProxyHeader = { version: 2, command, family: "UNKNOWN", transport: "unspec", source: null, destination: null, tlvs: [] };
     return { header, consumed: total };
   }
   return checked(data, block);
+}
+
+/**
+ * Whether a family/transport byte has UNSPEC in one nibble only (0x01, 0x02,
+ * 0x10, 0x20, 0x30): each nibble is defined, the pair is not among the
+ * seven bytes the spec lists (0x00, 0x11, 0x12, 0x21, 0x22, 0x31, 0x32),
+ * so no address block layout goes with it.
+ */
+function layoutUndefined(byte: number): boolean {
+  return (byte >> 4 === 0) !== ((byte & 0x0f) === 0);
 }
 
 /** A complete v2 header, and the offset of its CRC32C value (-1 without one). */
@@ -741,8 +763,10 @@ function unixPathBytes(value: unknown, what: string): Buffer {
  * follow it, then the optional CRC32C TLV.
  *
  * @throws TypeError when an address is missing, of the wrong shape, or does
- *   not match the family, when addresses are given for family UNKNOWN, or
- *   when a port or TLV type is no number.
+ *   not match the family, when addresses are given for family UNKNOWN, when
+ *   the family and transport are not a pair the specification defines
+ *   (`unspec` with other than `UNKNOWN`, or the reverse), or when a port or
+ *   TLV type is no number.
  * @throws RangeError for a bad port, TLV type or size (a UNIQUE_ID over
  *   128 bytes, a CRC32C not of 4), or a header longer than the 16-bit length
  *   field allows.
@@ -757,6 +781,14 @@ export function encodeProxyV2(h: ProxyV2Fields): Buffer {
   const transport = h.transport ?? (family === "UNKNOWN" ? "unspec" : "stream");
   const transportIndex = V2_TRANSPORTS.indexOf(transport);
   if (transportIndex < 0) throw typeError(`Unknown PROXY v2 transport ${JSON.stringify(transport)}.`, "ERR_INVALID_ARG_VALUE");
+  // Receivers ignore (nginx) or refuse (HAProxy) such a header: never written.
+  if ((family === "UNKNOWN") !== (transport === "unspec")) {
+    throw typeError(
+      `A PROXY v2 header cannot pair family ${family} with transport ${transport} (byte ` +
+        `0x${hex2((familyIndex << 4) | transportIndex)}): UNKNOWN goes with unspec only, and TCP4, TCP6 and UNIX with stream or dgram.`,
+      "ERR_INVALID_ARG_VALUE",
+    );
+  }
 
   const block = Buffer.alloc(V2_ADDRESS_BLOCK[family]);
   switch (family) {

@@ -689,7 +689,6 @@ describe("v2: malformed headers are rejected", () => {
     const cases: Array<[number, number]> = [
       [0x11, 11],
       [0x12, 0],
-      [0x10, 11],
       [0x21, 35],
       [0x22, 12],
       [0x31, 215],
@@ -708,6 +707,30 @@ describe("v2: malformed headers are rejected", () => {
     assert.equal(discardedLocal(v2(0x20, 0x00, hex("04 0001"))), 19);
     // Only the announced length is taken: the connection's bytes follow.
     assert.equal(discardedLocal(Buffer.concat([v2(0x20, 0x55, Buffer.alloc(3)), PAYLOAD])), 19);
+  });
+
+  it("accepts PROXY with UNSPEC in one nibble only (0x01, 0x02, 0x10, 0x20, 0x30) without addresses: a block that does not parse is discarded, a wrong checksum refused", () => {
+    const discarded = { version: 2, command: "PROXY", family: "UNKNOWN", transport: "unspec", source: null, destination: null, tlvs: [] };
+    const cases: Array<[number, Buffer]> = [
+      [0x10, Buffer.alloc(11)],
+      [0x10, Buffer.alloc(0)],
+      [0x20, Buffer.alloc(12)],
+      [0x30, Buffer.alloc(5)],
+      [0x01, hex("04 0001")],
+      [0x02, hex("00")],
+    ];
+    for (const [fam, body] of cases) {
+      const full = v2(0x21, fam, body);
+      if (body.length > 0) assert.equal(needed(full.subarray(0, full.length - 1)), full.length, `0x${fam.toString(16)} waits for its whole block`);
+      const { header, consumed } = complete(Buffer.concat([full, PAYLOAD]));
+      assert.equal(consumed, full.length);
+      assert.deepEqual({ ...header }, discarded, `0x${fam.toString(16)}`);
+    }
+    const withCrc = v2(0x21, 0x01, tlv(0x03, Buffer.alloc(4)));
+    withCrc.writeUInt32BE(crc32cBitwise(withCrc), withCrc.length - 4);
+    assert.equal(complete(withCrc).header.tlvs.length, 1);
+    withCrc[withCrc.length - 1] ^= 1;
+    rejects(withCrc, /CRC32C/);
   });
 
   it("rejects a TLV that runs past the end of the header", () => {
@@ -838,6 +861,26 @@ describe("encodeProxyV2", () => {
   it("writes LOCAL as AF_UNSPEC with no address block", () => {
     assert.deepEqual(encodeProxyV2({ command: "LOCAL" }), hex(SIG_HEX + "20 00 0000"));
     assert.deepEqual(encodeProxyV2({ command: "LOCAL", source: ["1.2.3.4", 1] }), hex(SIG_HEX + "20 00 0000"));
+  });
+
+  it("refuses a family and transport the specification does not pair (UNSPEC in one nibble only)", () => {
+    const cases: Array<[ProxyV2Fields, string]> = [
+      [{ command: "PROXY", family: "TCP4", transport: "unspec", source: ["1.2.3.4", 1], destination: ["5.6.7.8", 2] }, "0x10"],
+      [{ command: "PROXY", source: ["2001:db8::1", 1, 0, 0], destination: ["::1", 2, 0, 0], transport: "unspec" }, "0x20"],
+      [{ command: "PROXY", family: "UNIX", transport: "unspec", source: "/a", destination: "/b" }, "0x30"],
+      [{ command: "PROXY", family: "UNKNOWN", transport: "stream" }, "0x01"],
+      [{ command: "LOCAL", transport: "dgram" }, "0x02"],
+      [{ command: "LOCAL", family: "TCP4", transport: "unspec", source: ["1.2.3.4", 1], destination: ["5.6.7.8", 2] }, "0x10"],
+    ];
+    for (const [fields, byte] of cases) {
+      assert.throws(() => encodeProxyV2(fields), (err: Error & { code?: string }) => {
+        assert.ok(err instanceof TypeError);
+        assert.equal(err.code, "ERR_INVALID_ARG_VALUE");
+        assert.ok(err.message.includes(`(byte ${byte})`), err.message);
+        return true;
+      });
+    }
+    assert.deepEqual(encodeProxyV2({ command: "PROXY", family: "UNKNOWN", transport: "unspec" }), hex(SIG_HEX + "21 00 0000"));
   });
 
   it("writes UNIX paths padded to 108 bytes", () => {

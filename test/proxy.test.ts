@@ -80,6 +80,27 @@ test("a v2 LOCAL header whose CRC32C does not match closes that connection, as H
   assert.equal(server.stats.errorsByKind.proxy, 1);
 });
 
+test("a v2 PROXY header with UNSPEC in one nibble only (0x10, 0x01) keeps the real peer's address, its block ignored", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Who, { engine, proxyProtocol: true });
+  const port = await listenLocal(server, t);
+  const v2 = (fam: number, body: Buffer): Buffer => {
+    const fixed = Buffer.from(encodeProxyV2({ command: "PROXY" }).subarray(0, 16));
+    fixed[13] = fam;
+    fixed.writeUInt16BE(body.length, 14);
+    return Buffer.concat([fixed, body]);
+  };
+  // 0x10 announces IPv4 with no transport: 8 bytes of addresses and no ports is as good a reading as 12.
+  for (const header of [v2(0x10, Buffer.from([203, 0, 113, 9, 10, 0, 0, 1])), v2(0x01, Buffer.alloc(0))]) {
+    const c = await connect(port);
+    c.write(Buffer.concat([header, Buffer.from("after\n")]));
+    assert.deepEqual(await firstLine(c), ["127.0.0.1", c.socket.localPort]);
+    assert.equal(await c.readText(11), "echo:after\n");
+    c.destroy();
+  }
+  assert.equal(server.stats.errorsByKind.proxy ?? 0, 0);
+});
+
 test("PROXY v2 INET, INET6 and UNIX; TLVs are skipped", async (t) => {
   const engine = freshEngine(t);
   const port = await listenLocal(new Server(Who, { engine, proxyProtocol: true }), t);
