@@ -760,7 +760,8 @@ function unixPathBytes(value: unknown, what: string): Buffer {
  *
  * The address block follows the family: 12 bytes for TCP4, 36 for TCP6,
  * 216 for UNIX (each path NUL-padded to 108 bytes), none for UNKNOWN. TLVs
- * follow it, then the optional CRC32C TLV.
+ * follow it, then the optional CRC32C TLV. As in {@link encodeProxyV1}, an
+ * IPv6 zone (`%eth0`), `flowinfo` and `scopeid` are not carried and are dropped.
  *
  * @throws TypeError when an address is missing, of the wrong shape, or does
  *   not match the family, when addresses are given for family UNKNOWN, when
