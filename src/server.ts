@@ -21,7 +21,7 @@ import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddr
 import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, InvalidAddressFormatError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
-import { Stream, accepting, kAcceptedAt, kProxyHeader, kRawSocket, kStream, kTlsPending, kTlsSecured } from "./stream.js";
+import { Stream, accepting, kAcceptedAt, kHeldFailure, kProxyHeader, kRawSocket, kStream, kTlsPending, kTlsSecured } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
@@ -296,6 +296,38 @@ function onProxyClose(this: net.Socket & { [kProxyWait]?: ProxyWait }): void {
 }
 const kProxyWait: unique symbol = Symbol("pants-ts.proxyWait");
 
+/** A TLS socket whose handshake an async onAccept's hold still waits on. */
+type HeldTlsSocket = tls.TLSSocket & {
+  [kTlsSecured]?: boolean;
+  [kAcceptedAt]?: number;
+  [kStream]?: Stream;
+  [kHeldHandshake]?: HeldHandshake;
+  [kHeldFailure]?: Error;
+};
+
+/**
+ * A TLS socket an async onAccept override holds before its handshake is
+ * done: the handshake's deadline runs from the accept while no stream has
+ * the socket (a stream made over it arms what is left).
+ */
+class HeldHandshake implements Timed {
+  constructor(
+    readonly server: Server,
+    readonly socket: HeldTlsSocket,
+    readonly raw: net.Socket | NativeSocket,
+    readonly deadline: number,
+  ) {}
+  _onSweep(now: number): void {
+    if (now >= this.deadline) this.server._heldHandshakeFailed(this, new TimeoutError("The TLS handshake did not complete in time while onAccept held the connection.", "handshake"));
+  }
+}
+
+function onHeldSecure(this: HeldTlsSocket): void {
+  const wait = this[kHeldHandshake];
+  if (wait) wait.server._heldHandshakeDone(wait);
+}
+const kHeldHandshake: unique symbol = Symbol("pants-ts.heldHandshake");
+
 /**
  * A listening channel. Give it a connection class (a {@link Stream}
  * subclass); every accepted connection becomes an instance of it.
@@ -337,9 +369,10 @@ export class Server<S extends Stream = Stream> extends Channel {
    * Sockets an async onAccept override still holds, with the per-peer id
    * (negative, beside the streams' ids) and the address they are counted
    * under: each holds its place under both limits until a stream takes it,
-   * the override settles, or the socket closes.
+   * the override settles, or the socket closes. A TLS socket's handshake
+   * deadline (from the accept) runs meanwhile.
    */
-  #held = new Map<Duplex, { id: number; address: Address }>();
+  #held = new Map<Duplex, { id: number; address: Address; handshake: HeldHandshake | null }>();
   #heldIds = 0;
   /** The figures this server added to the process totals when it retired (then since); null until it retires. */
   #retiredAs: Stats | null = null;
@@ -717,7 +750,10 @@ export class Server<S extends Stream = Stream> extends Channel {
    * an instance of `ConnectionClass` (or of a subclass). An async override
    * may make it (or call `super.onAccept`) after awaiting: until it does,
    * settles, or destroys the socket, the connection holds its place under
-   * `maxConnections` and `maxConnectionsPerPeer`. A stream made once the
+   * `maxConnections` and `maxConnectionsPerPeer` (not in `stats.open`), and
+   * on a TLS server the handshake's deadline runs from the accept: a socket
+   * whose handshake is not done by then is closed (a stream made over it
+   * later gets `onSslHandshakeError`, then `onClose`). A stream made once the
    * server has closed is closed at once; one made while `shutdown()` drains
    * gets its `onShutdown()` too.
    * @param socket The accepted socket (a TLSSocket once `startSSL` was called).
@@ -1231,7 +1267,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   #awaitAccept(pending: PromiseLike<unknown>, owned: Duplex & { [kStream]?: Stream }, raw: net.Socket | NativeSocket, address: Address): void {
     if (owned[kStream] === undefined && !raw.destroyed) {
       const id = -++this.#heldIds;
-      this.#held.set(owned, { id, address });
+      this.#held.set(owned, { id, address, handshake: this.#holdHandshake(owned, raw) });
       if (this.#perPeer !== null && address !== null) countPeer(this.#perPeer, id, peerKey(address, this.#peerPrefix6));
       raw.once("close", () => this.#release(owned));
     }
@@ -1256,8 +1292,51 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (held !== undefined) {
       this.#held.delete(socket);
       if (this.#perPeer !== null) uncountPeer(this.#perPeer, held.id);
+      if (held.handshake !== null) this._heldHandshakeDone(held.handshake);
     }
     this.#retire(); // (the override may have counted something since the server retired)
+  }
+
+  /**
+   * A TLS socket held while its handshake runs keeps the deadline it had
+   * from the accept (else a silent client stayed as long as the override
+   * held it); null for a plain socket or a finished handshake.
+   */
+  #holdHandshake(socket: Duplex, raw: net.Socket | NativeSocket): HeldHandshake | null {
+    const t = socket as HeldTlsSocket;
+    const ms = this._handshakeTimeoutMs;
+    if (!(t instanceof tls.TLSSocket) || t[kTlsSecured] === true || ms <= 0) return null;
+    const now = this.engine.time();
+    const wait = new HeldHandshake(this, t, raw, (t[kAcceptedAt] ?? now) + ms);
+    t[kHeldHandshake] = wait;
+    t.once("secure", onHeldSecure);
+    this.engine._sweeper.add(wait, Math.max(1, wait.deadline - now));
+    return wait;
+  }
+
+  /** @internal A held socket's handshake is done, or it is no longer held: its deadline is the stream's now, if any. */
+  _heldHandshakeDone(wait: HeldHandshake): void {
+    const socket = wait.socket;
+    if (socket[kHeldHandshake] !== wait) return;
+    socket[kHeldHandshake] = undefined;
+    socket.off("secure", onHeldSecure);
+    this.engine._sweeper.delete(wait);
+  }
+
+  /**
+   * @internal A held socket's handshake is late: closed and counted, unless
+   * a stream has it. A stream the override makes later fails its handshake
+   * with `err` (onSslHandshakeError, onClose) without counting it again.
+   */
+  _heldHandshakeFailed(wait: HeldHandshake, err: Error): void {
+    const socket = wait.socket;
+    if (socket[kHeldHandshake] !== wait) return;
+    this._heldHandshakeDone(wait);
+    if (socket[kStream] !== undefined || socket.destroyed) return; // a stream's own deadline runs
+    this._countError("tls", err);
+    log.current.debug({ err }, `${String(this)}: connection dropped: ${err.message}`);
+    socket[kHeldFailure] = err;
+    dropSocket(socket, wait.raw);
   }
 
   /** Whether `peer` has as many connections open as the per-peer limit allows: then this one is counted as rejected. */

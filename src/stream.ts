@@ -84,6 +84,12 @@ export const kProxyHeader: unique symbol = Symbol("pants-ts.proxyHeader");
  * which the handshake's deadline counts.
  */
 export const kAcceptedAt: unique symbol = Symbol("pants-ts.acceptedAt");
+/**
+ * @internal Set by the server on a TLS socket it closed while an async
+ * onAccept held it (its handshake's deadline passed): why, counted in the
+ * stats already. A stream made over it later fails its handshake with it.
+ */
+export const kHeldFailure: unique symbol = Symbol("pants-ts.heldFailure");
 /** @internal Set by the server: the TCP (or native) socket under a TLSSocket. */
 export const kRawSocket: unique symbol = Symbol("pants-ts.rawSocket");
 /**
@@ -131,6 +137,7 @@ interface OwnedSocket extends Duplex {
   [kTlsSecured]?: boolean;
   [kProxyHeader]?: ProxyHeader;
   [kAcceptedAt]?: number;
+  [kHeldFailure]?: Error;
   [kRawSocket]?: net.Socket | NativeSocket;
   [kLinger]?: ReturnType<typeof setTimeout>;
 }
@@ -1573,6 +1580,12 @@ export class Stream extends Channel {
    */
   _peerLeftHandshake(before = false): void {
     if (this.#state === S_CLOSED || !this.#handshaking) return;
+    // Closed by the server while an async onAccept held it: that says why (and was counted).
+    const held = (this.#sock as OwnedSocket | null)?.[kHeldFailure];
+    if (held !== undefined) {
+      this.#handshakeFailed(held, false);
+      return;
+    }
     const message = before ? "The peer had closed its side of the connection before the TLS upgrade began." : "The peer closed the connection during the TLS handshake.";
     this._onSocketError(Object.assign(new Error(message), { code: "ECONNRESET" }));
   }
@@ -2358,8 +2371,8 @@ export class Stream extends Channel {
    * The TLS handshake failed: onSslHandshakeError, and for a client's first
    * handshake also onConnectError (the connect failed), then the close.
    */
-  #handshakeFailed(err: Error): void {
-    this._countError("tls", err);
+  #handshakeFailed(err: Error, count = true): void {
+    if (count) this._countError("tls", err);
     let connectErr: ConnectError | null = null;
     if ((this.#flags & (F_EVER_CONNECTED | F_SERVER_SIDE)) === 0) {
       connectErr = this.#connectFailed("TLS handshake failed: ", err);

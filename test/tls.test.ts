@@ -1620,6 +1620,56 @@ test("with an async onAccept, the TLS handshake's deadline counts from the accep
   c.destroy();
 });
 
+test("a TLS socket an async onAccept still holds is closed at the handshake deadline from the accept, and its place freed; one whose handshake is done stays", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  t.after(() => release());
+  class Gated extends Server<Stream> {
+    override async onAccept(socket: Duplex, address: Address) {
+      await gate; // a lookup that hangs
+      super.onAccept(socket, address);
+    }
+  }
+  const failed: string[] = [];
+  class Conn extends Echo {
+    override onSslHandshakeError(err: Error) {
+      failed.push(`${err.name}: ${err.message}`);
+    }
+  }
+  const server = new Gated(Conn, { engine, handshakeTimeoutMs: 1000, maxConnections: 2, sslOptions: serverOptions() });
+  const port = await listenLocal(server, t);
+  // Handshaken while held: the deadline is the handshake's, not the override's.
+  const good = await connectTls(["127.0.0.1", port], { ca: certs.ca.certPem, servername: "localhost" });
+  t.after(() => good.destroy());
+  const silent = net.connect(port, "127.0.0.1");
+  silent.on("error", () => {});
+  await new Promise((r) => silent.once("connect", r));
+  const start = Date.now();
+  const closed = await Promise.race([new Promise((r) => silent.once("close", () => r(true))), sleep(4000).then(() => false)]);
+  const took = Date.now() - start;
+  silent.destroy();
+  // It stayed open as long as the override held it (for ever here).
+  assert.ok(closed && took >= 900 && took < 1800, `closed ${closed ? `${took} ms` : "never (4 s)"} after the accept (handshakeTimeoutMs 1000)`);
+  assert.equal(server.stats.errorsByKind.tls, 1);
+  assert.equal(good.tlsSocket.destroyed, false);
+  // Its place under maxConnections is free: a third client is served once the override lets go.
+  const third = connectTls(["127.0.0.1", port], { ca: certs.ca.certPem, servername: "localhost" });
+  await sleep(100);
+  release();
+  const c = await third;
+  t.after(() => c.destroy());
+  c.write("3\n");
+  assert.equal(await c.readText(2), "3\n");
+  good.write("1\n");
+  assert.equal(await good.readText(2), "1\n");
+  // The stream it makes over the closed socket is told why, and not counted twice.
+  await waitFor(() => server.stats.closed === 1);
+  assert.deepEqual(failed, ["TimeoutError: The TLS handshake did not complete in time while onAccept held the connection."]);
+  assert.equal(server.stats.open, 2);
+  assert.equal(server.stats.errorsByKind.tls, 1);
+});
+
 test("an IP address given as servername is verified against the certificate but not sent in SNI, with no DEP0123 warning", { skip }, async (t) => {
   const engine = freshEngine(t);
   const warnings: string[] = [];
