@@ -308,7 +308,8 @@ type HeldTlsSocket = tls.TLSSocket & {
 /**
  * A TLS socket an async onAccept override holds before its handshake is
  * done: the handshake's deadline runs from the accept while no stream has
- * the socket (a stream made over it arms what is left).
+ * the socket (a stream made over it arms what is left), and a peer that
+ * half-closes meanwhile can never finish it.
  */
 class HeldHandshake implements Timed {
   constructor(
@@ -325,6 +326,10 @@ class HeldHandshake implements Timed {
 function onHeldSecure(this: HeldTlsSocket): void {
   const wait = this[kHeldHandshake];
   if (wait) wait.server._heldHandshakeDone(wait);
+}
+function onHeldEnd(this: HeldTlsSocket): void {
+  const wait = this[kHeldHandshake];
+  if (wait) wait.server._heldHandshakeFailed(wait, Object.assign(new Error("The peer closed the connection during the TLS handshake."), { code: "ECONNRESET" }));
 }
 const kHeldHandshake: unique symbol = Symbol("pants-ts.heldHandshake");
 
@@ -752,8 +757,9 @@ export class Server<S extends Stream = Stream> extends Channel {
    * settles, or destroys the socket, the connection holds its place under
    * `maxConnections` and `maxConnectionsPerPeer` (not in `stats.open`), and
    * on a TLS server the handshake's deadline runs from the accept: a socket
-   * whose handshake is not done by then is closed (a stream made over it
-   * later gets `onSslHandshakeError`, then `onClose`). A stream made once the
+   * whose handshake is not done by then, or whose peer half-closes before
+   * it is, is closed (a stream made over it later gets
+   * `onSslHandshakeError`, then `onClose`). A stream made once the
    * server has closed is closed at once; one made while `shutdown()` drains
    * gets its `onShutdown()` too.
    * @param socket The accepted socket (a TLSSocket once `startSSL` was called).
@@ -1300,17 +1306,19 @@ export class Server<S extends Stream = Stream> extends Channel {
   /**
    * A TLS socket held while its handshake runs keeps the deadline it had
    * from the accept (else a silent client stayed as long as the override
-   * held it); null for a plain socket or a finished handshake.
+   * held it), and is closed once its peer half-closes (else it stayed until
+   * that deadline); null for a plain socket or a finished handshake.
    */
   #holdHandshake(socket: Duplex, raw: net.Socket | NativeSocket): HeldHandshake | null {
     const t = socket as HeldTlsSocket;
+    if (!(t instanceof tls.TLSSocket) || t[kTlsSecured] === true) return null;
     const ms = this._handshakeTimeoutMs;
-    if (!(t instanceof tls.TLSSocket) || t[kTlsSecured] === true || ms <= 0) return null;
     const now = this.engine.time();
-    const wait = new HeldHandshake(this, t, raw, (t[kAcceptedAt] ?? now) + ms);
+    const wait = new HeldHandshake(this, t, raw, ms > 0 ? (t[kAcceptedAt] ?? now) + ms : Infinity);
     t[kHeldHandshake] = wait;
     t.once("secure", onHeldSecure);
-    this.engine._sweeper.add(wait, Math.max(1, wait.deadline - now));
+    t.once("end", onHeldEnd);
+    if (ms > 0) this.engine._sweeper.add(wait, Math.max(1, wait.deadline - now));
     return wait;
   }
 
@@ -1320,13 +1328,15 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (socket[kHeldHandshake] !== wait) return;
     socket[kHeldHandshake] = undefined;
     socket.off("secure", onHeldSecure);
+    socket.off("end", onHeldEnd);
     this.engine._sweeper.delete(wait);
   }
 
   /**
-   * @internal A held socket's handshake is late: closed and counted, unless
-   * a stream has it. A stream the override makes later fails its handshake
-   * with `err` (onSslHandshakeError, onClose) without counting it again.
+   * @internal A held socket's handshake is late, or its peer left: closed
+   * and counted, unless a stream has it. A stream the override makes later
+   * fails its handshake with `err` (onSslHandshakeError, onClose) without
+   * counting it again.
    */
   _heldHandshakeFailed(wait: HeldHandshake, err: Error): void {
     const socket = wait.socket;

@@ -86,8 +86,9 @@ export const kProxyHeader: unique symbol = Symbol("pants-ts.proxyHeader");
 export const kAcceptedAt: unique symbol = Symbol("pants-ts.acceptedAt");
 /**
  * @internal Set by the server on a TLS socket it closed while an async
- * onAccept held it (its handshake's deadline passed): why, counted in the
- * stats already. A stream made over it later fails its handshake with it.
+ * onAccept held it (its handshake's deadline passed, or its peer left):
+ * why, counted in the stats already. A stream made over it later fails its
+ * handshake with it.
  */
 export const kHeldFailure: unique symbol = Symbol("pants-ts.heldFailure");
 /** @internal Set by the server: the TCP (or native) socket under a TLSSocket. */
@@ -427,6 +428,9 @@ function onHandshakeEnd(this: OwnedSocket): void {
 }
 function onSocketSession(this: OwnedSocket, session: Buffer): void {
   this[kStream]?._onSession(session);
+}
+function handshakeEndedEarlier(stream: Stream): void {
+  stream._onHandshakeEnd();
 }
 function peerLeftHandshake(stream: Stream): void {
   stream._peerLeftHandshake();
@@ -1326,7 +1330,9 @@ export class Stream extends Channel {
       // Done while an async onAccept awaited: its 'secure' came before this stream listened.
       if (sock[kTlsSecured] === true) process.nextTick(securedTick, this);
       else sock.once("secure", onSocketSecure);
-      sock.once("end", onHandshakeEnd);
+      // A peer that half-closed while an onAccept override kept the socket: its 'end' came already.
+      if (sock[kTlsSecured] !== true && sock.readableEnded) process.nextTick(handshakeEndedEarlier, this);
+      else sock.once("end", onHandshakeEnd);
       this.#armHandshakeTimeout();
       return;
     }

@@ -1670,6 +1670,47 @@ test("a TLS socket an async onAccept still holds is closed at the handshake dead
   assert.equal(server.stats.errorsByKind.tls, 1);
 });
 
+for (const how of ["async", "deferred"] as const) {
+  test(`a TLS client that half-closes before its handshake while an onAccept override holds its socket (${how}) is closed then, not at handshakeTimeoutMs`, { skip }, async (t) => {
+    const engine = freshEngine(t);
+    const events: string[] = [];
+    class Conn extends Echo {
+      override onConnect() {
+        events.push("connect");
+      }
+      override onSslHandshakeError() {
+        events.push("handshakeError");
+      }
+      override onClose() {
+        events.push("close");
+      }
+    }
+    class Holding extends Server<Stream> {
+      override onAccept(socket: Duplex, address: Address): Promise<void> | void {
+        // An async override the server waits for, or one that keeps the socket and hands it on later.
+        if (how === "async") return sleep(2000).then(() => super.onAccept(socket, address));
+        setTimeout(() => super.onAccept(socket, address), 2000);
+      }
+    }
+    const server = new Holding(Conn, { engine, handshakeTimeoutMs: 5000, sslOptions: serverOptions() });
+    const port = await listenLocal(server, t);
+    const c = net.connect(port, "127.0.0.1");
+    c.on("error", () => {});
+    await new Promise((r) => c.once("connect", r));
+    const start = Date.now();
+    c.end();
+    await new Promise((r) => c.once("close", r));
+    const took = Date.now() - start;
+    // Held by the server: closed at the FIN. Handed on late: closed then. (Both waited 5 s for the deadline.)
+    const [min, max] = how === "async" ? [0, 1000] : [1900, 3000];
+    assert.ok(took >= min && took < max, `closed ${took} ms after the FIN`);
+    // The stream made over it then fails its handshake at once: no onConnect.
+    await waitFor(() => events.includes("close"), 3000);
+    assert.deepEqual(events, ["handshakeError", "close"]);
+    assert.equal(server.stats.errorsByKind.tls, 1);
+  });
+}
+
 test("an IP address given as servername is verified against the certificate but not sent in SNI, with no DEP0123 warning", { skip }, async (t) => {
   const engine = freshEngine(t);
   const warnings: string[] = [];
