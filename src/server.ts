@@ -21,7 +21,7 @@ import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddr
 import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, InvalidAddressFormatError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
-import { Stream, accepting, kAcceptedAt, kHeldFailure, kProxyHeader, kRawSocket, kStream, kTlsPending, kTlsSecured } from "./stream.js";
+import { Stream, accepting, kAcceptedAt, kHeldFailure, kProxyHeader, kRawSocket, kStream, kTlsPending, kTlsSecured, peerLeftHandshakeError } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
@@ -329,7 +329,7 @@ function onHeldSecure(this: HeldTlsSocket): void {
 }
 function onHeldEnd(this: HeldTlsSocket): void {
   const wait = this[kHeldHandshake];
-  if (wait) wait.server._heldHandshakeFailed(wait, Object.assign(new Error("The peer closed the connection during the TLS handshake."), { code: "ECONNRESET" }));
+  if (wait) wait.server._heldHandshakeFailed(wait, peerLeftHandshakeError());
 }
 const kHeldHandshake: unique symbol = Symbol("pants-ts.heldHandshake");
 

@@ -309,7 +309,6 @@ class Extras {
   sslCompiled: CompiledTls | null = null;
   remote: Address | null = null;
   local: Address | null = null;
-  proxied: Address | null = null;
   /** The PROXY header this connection came with (a server's, with proxyProtocol). */
   proxyHeader: ProxyHeader | null = null;
   /** Engine time of a server's accept that waited for a PROXY header; cleared once the first handshake is done. */
@@ -428,6 +427,11 @@ function onHandshakeEnd(this: OwnedSocket): void {
 }
 function onSocketSession(this: OwnedSocket, session: Buffer): void {
   this[kStream]?._onSession(session);
+}
+/** @internal The error of a peer that left before (`before`: a STARTTLS upgrade began) or during a TLS handshake. */
+export function peerLeftHandshakeError(before = false): Error {
+  const message = before ? "The peer had closed its side of the connection before the TLS upgrade began." : "The peer closed the connection during the TLS handshake.";
+  return Object.assign(new Error(message), { code: "ECONNRESET" });
 }
 function handshakeEndedEarlier(stream: Stream): void {
   stream._onHandshakeEnd();
@@ -1290,11 +1294,7 @@ export class Stream extends Channel {
     const raw = sock[kRawSocket];
     if (raw !== undefined) this.#extras().raw = raw;
     const proxyHeader = sock[kProxyHeader];
-    if (proxyHeader !== undefined) {
-      const x = this.#extras();
-      x.proxyHeader = proxyHeader;
-      x.proxied = proxiedAddress(proxyHeader);
-    }
+    if (proxyHeader !== undefined) this.#extras().proxyHeader = proxyHeader;
     const acceptedAt = sock[kAcceptedAt];
     if (acceptedAt !== undefined) this.#extras().acceptedAt = acceptedAt;
     if (isNative(sock)) {
@@ -1411,7 +1411,8 @@ export class Stream extends Channel {
         x.local = "";
       }
     }
-    if (x.proxied !== null) x.remote = x.proxied;
+    const proxied = x.proxyHeader === null ? null : proxiedAddress(x.proxyHeader);
+    if (proxied !== null) x.remote = proxied;
     return x;
   }
 
@@ -1592,8 +1593,7 @@ export class Stream extends Channel {
       this.#handshakeFailed(held, false);
       return;
     }
-    const message = before ? "The peer had closed its side of the connection before the TLS upgrade began." : "The peer closed the connection during the TLS handshake.";
-    this._onSocketError(Object.assign(new Error(message), { code: "ECONNRESET" }));
+    this._onSocketError(peerLeftHandshakeError(before));
   }
 
   /** @internal Its onConnect has run, or is running (relay() starts writing then). */
