@@ -62,9 +62,16 @@ function issue(dir: string, name: string, cn: string, sans: string, extUsage: st
   return p;
 }
 
+/** Cert dirs not yet cleaned up; whatever a test forgot goes when the process exits. */
+const pending = new Set<string>();
+process.once("exit", () => {
+  for (const dir of pending) rmSync(dir, { recursive: true, force: true });
+});
+
 /** Generates a fresh set of certificates in a temp dir. */
 export function makeCerts(): Certs {
   const dir = mkdtempSync(join(tmpdir(), "pants-ts-certs-"));
+  pending.add(dir);
   const ca = pair(dir, "ca");
   openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", ca.key, "-out", ca.cert, "-days", "2", "-subj", "/CN=pants-ts test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"], dir);
   const server = issue(dir, "server", "localhost", "DNS:localhost,IP:127.0.0.1,IP:::1", "serverAuth");
@@ -85,6 +92,9 @@ export function makeCerts(): Certs {
     client,
     otherHost,
     combined,
-    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+    cleanup: () => {
+      pending.delete(dir);
+      rmSync(dir, { recursive: true, force: true });
+    },
   };
 }

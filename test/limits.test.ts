@@ -552,6 +552,7 @@ test("maxConnectionsPerPeer: connections that fail give their place back (a thro
   last.destroy();
   if (!hasOpenssl()) return;
   const certs = makeCerts();
+  t.after(certs.cleanup);
   const tlsServer = new Server(Echo, { engine, maxConnectionsPerPeer: 1, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } });
   const tlsPort = await listenLocal(tlsServer, t);
   for (let i = 0; i < 3; i++) {
@@ -568,6 +569,7 @@ test("maxConnectionsPerPeer: connections that fail give their place back (a thro
 test("maxConnectionsPerPeer on a TLS server: a second client from one address is closed before its handshake", { skip: !hasOpenssl() && "no openssl", timeout: 30_000 }, async (t) => {
   const engine = freshEngine(t);
   const certs = makeCerts();
+  t.after(certs.cleanup);
   const server = new Server(Echo, { engine, maxConnectionsPerPeer: 1, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } });
   const port = await listenLocal(server, t);
   const first = await connectTls(port);

@@ -93,6 +93,7 @@ test("reusePort on the default address: the IPv4 socket and its IPv6 slave both 
 
 test("reusePort with TLS (node:net on a socket the addon bound): two TLS servers share a port", { skip: (!addon || !linux || !hasOpenssl()) && "needs the native addon, on Linux, and openssl" }, async (t) => {
   const certs = makeCerts();
+  t.after(certs.cleanup);
   const engine = freshEngine(t);
   let handshakes = 0;
   class Secure extends Stream {
