@@ -557,6 +557,7 @@ async function startServers(args: ServeArgs): Promise<Server[]> {
 export function statsLine(stats: Stats | ClusterStats): string {
   const parts = [
     `open=${stats.open}`,
+    `pending=${stats.pending}`,
     `accepted=${stats.accepted}`,
     `rejected=${stats.rejected}`,
     `closed=${stats.closed}`,

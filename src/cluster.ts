@@ -314,7 +314,11 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
     addStats(total, retired);
     for (const s of perWorker.values()) addStats(total, s);
     total.open = 0;
-    for (const s of perWorker.values()) total.open += s.open;
+    total.pending = 0;
+    for (const s of perWorker.values()) {
+      total.open += s.open;
+      total.pending += s.pending;
+    }
     const alive = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined && !w.isDead()).length;
     return { ...total, workers: alive, restarts, perWorker: Object.fromEntries(perWorker) };
   };
@@ -421,7 +425,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       const last = perWorker.get(worker.id);
       if (last !== undefined) {
         // The connections it had open died with it (a crash): they count as closed.
-        addStats(retired, { ...last, closed: last.closed + last.open, open: 0 });
+        addStats(retired, { ...last, closed: last.closed + last.open, open: 0, pending: 0 });
         perWorker.delete(worker.id);
       }
       if (expected.delete(worker)) return;

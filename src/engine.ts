@@ -25,6 +25,13 @@ export interface Timer {
 export interface Stats {
   /** Connections open now (an engine's: client streams from `connect()` on, before they are established). */
   open: number;
+  /**
+   * Connections a server has taken from the listen queue that have no
+   * stream yet: waiting for their PROXY header, or held by an async
+   * `onAccept` override. They hold their places under `maxConnections`
+   * (an engine's: the sum over its servers).
+   */
+  pending: number;
   /** Connections accepted (servers: at accept, before a TLS handshake) or established (clients) so far. */
   accepted: number;
   /** Connections refused at accept (`maxConnections`, a bad, missing or late PROXY header, TLS wrap failure, a TCP peer that reset before an `onAccept` override could be given it). */
@@ -43,7 +50,7 @@ export interface Stats {
 
 /** A fresh, zeroed {@link Stats} object. */
 export function newStats(): Stats {
-  return { open: 0, accepted: 0, rejected: 0, closed: 0, bytesIn: 0, bytesOut: 0, errors: 0, errorsByKind: {} };
+  return { open: 0, pending: 0, accepted: 0, rejected: 0, closed: 0, bytesIn: 0, bytesOut: 0, errors: 0, errorsByKind: {} };
 }
 
 /** Adds one error of `kind` to every stats object given. */
@@ -59,6 +66,7 @@ export function countError(kind: string, a: Stats, b?: Stats | null): void {
 /** Adds the counters of `add` into `into`. */
 export function addStats(into: Stats, add: Stats): void {
   into.open += add.open;
+  into.pending += add.pending;
   into.accepted += add.accepted;
   into.rejected += add.rejected;
   into.closed += add.closed;

@@ -705,10 +705,10 @@ export class Server<S extends Stream = Stream> extends Channel {
    */
   #retire(): void {
     if (this.#state !== ST_CLOSED || this.#channels.size > 0) return;
-    if (liveServers.delete(this)) addStats(retiredTotals, { ...this.stats, open: 0 });
+    if (liveServers.delete(this)) addStats(retiredTotals, { ...this.stats, open: 0, pending: 0 });
     else if (this.#retiredAs !== null) addStats(retiredTotals, statsSince(this.stats, this.#retiredAs));
     else return; // never listened: never counted
-    this.#retiredAs = { ...this.stats, open: 0, errorsByKind: { ...this.stats.errorsByKind } };
+    this.#retiredAs = { ...this.stats, open: 0, pending: 0, errorsByKind: { ...this.stats.errorsByKind } };
   }
 
   /**
@@ -755,7 +755,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * an instance of `ConnectionClass` (or of a subclass). An async override
    * may make it (or call `super.onAccept`) after awaiting: until it does,
    * settles, or destroys the socket, the connection holds its place under
-   * `maxConnections` and `maxConnectionsPerPeer` (not in `stats.open`), and
+   * `maxConnections` and `maxConnectionsPerPeer` (in `stats.pending`, not `stats.open`), and
    * on a TLS server the handshake's deadline runs from the accept: a socket
    * whose handshake is not done by then, or whose peer half-closes before
    * it is, is closed (a stream made over it later gets
@@ -1098,6 +1098,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       const wait = new ProxyWait(this, raw, this._handshakeTimeoutMs);
       (raw as net.Socket & { [kProxyWait]?: ProxyWait })[kProxyWait] = wait;
       this.#proxyWaits.add(wait);
+      this.#countPending();
       if (this._handshakeTimeoutMs > 0) this.engine._sweeper.add(wait, this._handshakeTimeoutMs);
       raw.on("data", onProxyData);
       raw.on("end", onProxyEnd);
@@ -1168,6 +1169,7 @@ export class Server<S extends Stream = Stream> extends Channel {
 
   #endProxyWait(wait: ProxyWait): void {
     this.#proxyWaits.delete(wait);
+    this.#countPending();
     this.engine._sweeper.delete(wait);
     (wait.socket as net.Socket & { [kProxyWait]?: ProxyWait })[kProxyWait] = undefined;
   }
@@ -1274,6 +1276,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (owned[kStream] === undefined && !raw.destroyed) {
       const id = -++this.#heldIds;
       this.#held.set(owned, { id, address, handshake: this.#holdHandshake(owned, raw) });
+      this.#countPending();
       if (this.#perPeer !== null && address !== null) countPeer(this.#perPeer, id, peerKey(address, this.#peerPrefix6));
       raw.once("close", () => this.#release(owned));
     }
@@ -1292,11 +1295,19 @@ export class Server<S extends Stream = Stream> extends Channel {
     );
   }
 
+  /** `stats.pending` (and the engine's) follows the sockets that hold a place without a stream. */
+  #countPending(): void {
+    const n = this.#proxyWaits.size + this.#held.size;
+    this.engine.stats.pending += n - this.stats.pending;
+    this.stats.pending = n;
+  }
+
   /** The place `socket` held while an async onAccept awaited is free (a stream took it, or the override is done). */
   #release(socket: Duplex): void {
     const held = this.#held.get(socket);
     if (held !== undefined) {
       this.#held.delete(socket);
+      this.#countPending();
       if (this.#perPeer !== null) uncountPeer(this.#perPeer, held.id);
       if (held.handshake !== null) this._heldHandshakeDone(held.handshake);
     }
@@ -1370,7 +1381,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   }
 }
 
-/** What `now` counted since `then` (both a server's stats; open: 0). */
+/** What `now` counted since `then` (both a server's stats; the gauges 0). */
 function statsSince(now: Stats, then: Stats): Stats {
   const errorsByKind: Record<string, number> = {};
   for (const [kind, n] of Object.entries(now.errorsByKind)) {
@@ -1379,6 +1390,7 @@ function statsSince(now: Stats, then: Stats): Stats {
   }
   return {
     open: 0,
+    pending: 0,
     accepted: now.accepted - then.accepted,
     rejected: now.rejected - then.rejected,
     closed: now.closed - then.closed,

@@ -198,7 +198,7 @@ test("serve on TCP and a UNIX socket; SIGUSR2 prints stats; SIGTERM drains and e
   unix.write("over unix\n");
   assert.equal(await unix.readText(10), "over unix\n");
   s.child.kill("SIGUSR2");
-  await waitFor(() => /pants-ts stats: open=2 accepted=2/.test(s.out()), 5000, `a stats line; output ${s.out()}`);
+  await waitFor(() => /pants-ts stats: open=2 pending=0 accepted=2/.test(s.out()), 5000, `a stats line; output ${s.out()}`);
   s.child.kill("SIGTERM");
   assert.equal((await tcp.readToEnd()).toString(), "bye\n");
   assert.equal((await unix.readToEnd()).toString(), "bye\n");
@@ -218,7 +218,7 @@ test("SIGUSR2 after a server closed with connections open: they count as closed 
   await b.readToEnd();
   s.child.kill("SIGUSR2");
   await waitFor(() => /pants-ts stats: /.test(s.out()), 5000, `a stats line; output ${s.out()}`);
-  assert.match(s.out(), /pants-ts stats: open=0 accepted=2 rejected=0 closed=2 bytesIn=16 bytesOut=3 errors=0/);
+  assert.match(s.out(), /pants-ts stats: open=0 pending=0 accepted=2 rejected=0 closed=2 bytesIn=16 bytesOut=3 errors=0/);
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });
@@ -240,7 +240,7 @@ test("SIGUSR2 after a server closed while an async onAccept held a connection: t
   await waitFor(() => /failed after refusing/.test(s.out()), 5000, `the last override's failure; output ${s.out()}`);
   s.child.kill("SIGUSR2");
   await waitFor(() => /pants-ts stats: /.test(s.out()), 5000, `a stats line; output ${s.out()}`);
-  assert.match(s.out(), /pants-ts stats: open=0 accepted=2 rejected=0 closed=2 bytesIn=\d+ bytesOut=\d+ errors=2\n/);
+  assert.match(s.out(), /pants-ts stats: open=0 pending=0 accepted=2 rejected=0 closed=2 bytesIn=\d+ bytesOut=\d+ errors=2\n/);
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });
@@ -779,7 +779,7 @@ test("--workers: the connections a crashed worker had open count as closed in th
   // The workers report once a second: wait for a report with only those two open.
   await waitFor(() => {
     s.child.kill("SIGUSR2");
-    return new RegExp(` open=2 accepted=${accepted} rejected=0 closed=${accepted - 2} `).test(lines().at(-1) ?? "");
+    return new RegExp(` open=2 pending=0 accepted=${accepted} rejected=0 closed=${accepted - 2} `).test(lines().at(-1) ?? "");
   }, 10000, `a report with two open; ${s.out()}`);
   b!.write("crash\n");
   await a!.readToEnd();
@@ -787,7 +787,7 @@ test("--workers: the connections a crashed worker had open count as closed in th
     s.child.kill("SIGUSR2");
     return /workers=2 restarts=1 /.test(lines().at(-1) ?? "");
   }, 10000, `the restart; ${s.out()}`);
-  assert.match(lines().at(-1)!, new RegExp(`workers=2 restarts=1 open=0 accepted=${accepted} rejected=0 closed=${accepted} `));
+  assert.match(lines().at(-1)!, new RegExp(`workers=2 restarts=1 open=0 pending=0 accepted=${accepted} rejected=0 closed=${accepted} `));
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });

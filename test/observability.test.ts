@@ -10,7 +10,7 @@ import net from "node:net";
 import { spawn } from "node:child_process";
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import type { Duplex } from "node:stream";
-import { Server, Stream, setLogger } from "../src/index.js";
+import { Server, Stream, encodeProxyV1, setLogger } from "../src/index.js";
 import type { Address, ReadDelimiter } from "../src/index.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import { captureLogs, captureStderr, connect, freePort, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
@@ -48,7 +48,7 @@ test("server.stats and engine.stats count connections, bytes and errors", async 
   assert.equal(server.stats.open, 0);
   assert.equal(engine.stats.bytesIn, 6);
   assert.equal(engine.stats.closed, 2);
-  assert.deepEqual(Object.keys(server.stats).sort(), ["accepted", "bytesIn", "bytesOut", "closed", "errors", "errorsByKind", "open", "rejected"]);
+  assert.deepEqual(Object.keys(server.stats).sort(), ["accepted", "bytesIn", "bytesOut", "closed", "errors", "errorsByKind", "open", "pending", "rejected"]);
 });
 
 test("stream.bytesRead and bytesWritten count each connection's bytes, as the stats do: plaintext under TLS, no PROXY header, a frame split across reads counted once", { skip: !hasOpenssl() && "the openssl command is not installed" }, async (t) => {
@@ -146,6 +146,53 @@ test("engine.stats count what server.stats count: a connection an async onAccept
   assert.deepEqual([server.stats.accepted, server.stats.closed, server.stats.open], [1, 1, 0]);
   assert.deepEqual([engine.stats.accepted, engine.stats.closed, engine.stats.open], [1, 1, 0]);
 });
+
+test("stats.pending counts the connections that hold a place without a stream: waiting for a PROXY header, held by an async onAccept", async (t) => {
+  const engine = freshEngine(t);
+  const waiting: Array<() => void> = [];
+  class Vetting extends Server {
+    override async onAccept(socket: Duplex, address: Address) {
+      await new Promise<void>((resolve) => waiting.push(resolve));
+      if (Array.isArray(address) && address[0] === "198.51.100.7") socket.destroy(); // refused by the lookup
+      else super.onAccept(socket, address);
+    }
+  }
+  const server = new Vetting(Echo, { engine, proxyProtocol: true, maxConnections: 2 });
+  const port = await listenLocal(server, t);
+  const figures = () => [server.stats.pending, server.stats.open, engine.stats.pending, engine.stats.open];
+
+  const a = await connect(port); // no header yet
+  await waitFor(() => server.stats.pending === 1, 2000, "the connection waiting for its header is pending");
+  assert.deepEqual(figures(), [1, 0, 1, 0]);
+  a.write(encodeProxyV1({ family: "TCP4", source: ["203.0.113.5", 1000], destination: ["127.0.0.1", port] })); // now held by onAccept
+  await sleep(20);
+  assert.deepEqual(figures(), [1, 0, 1, 0], "still pending while onAccept awaits");
+  const b = await connect(port);
+  b.write(encodeProxyV1({ family: "TCP4", source: ["198.51.100.7", 1000], destination: ["127.0.0.1", port] }));
+  await waitFor(() => server.stats.pending === 2, 2000, "two held");
+  const third = await connect(port);
+  assert.equal((await third.readToEnd()).length, 0, "both places taken: maxConnections 2");
+  assert.equal(server.stats.rejected, 1);
+
+  for (const resolve of waiting.splice(0)) resolve(); // a is served, b refused
+  assert.equal((await b.readToEnd()).length, 0, "b refused by the override");
+  await waitFor(() => server.stats.open === 1, 2000, "a has its stream");
+  assert.deepEqual(figures(), [0, 1, 0, 1], "neither is pending once the overrides are done");
+  await echoes(a);
+
+  const gone = await connect(port); // leaves before its header
+  await waitFor(() => server.stats.pending === 1, 2000);
+  gone.destroy();
+  await waitFor(() => server.stats.pending === 0, 2000, "a reset while waiting for the header gives its place back");
+  a.destroy();
+  await waitFor(() => server.stats.open === 0, 2000);
+  assert.deepEqual(figures(), [0, 0, 0, 0]);
+});
+
+async function echoes(client: Awaited<ReturnType<typeof connect>>): Promise<void> {
+  client.write("ping\n");
+  assert.equal(await client.readText(5), "ping\n");
+}
 
 for (const late of [false, true]) {
   test(`a connection its constructor closes is counted accepted and closed by the server, as by the engine${late ? " (made after an async onAccept awaited)" : ""}`, async (t) => {
