@@ -34,13 +34,14 @@ export {
   ProxyProtocolError,
 } from "./errors.js";
 export type { ErrorCodeValue } from "./errors.js";
-export { parseProxyHeader, encodeProxyV1, encodeProxyV2, PROXY_V1_MAX_LENGTH, PROXY_V2_SIGNATURE, ProxyTlvType } from "./proxy-protocol.js";
+export { parseProxyHeader, parseProxySsl, encodeProxyV1, encodeProxyV2, PROXY_V1_MAX_LENGTH, PROXY_V2_SIGNATURE, ProxyTlvType } from "./proxy-protocol.js";
 export type {
   ProxyHeader,
   ProxyParseResult,
   ProxyV1Fields,
   ProxyV2Fields,
   ProxyTlv,
+  ProxySsl,
   ProxyFamily,
   ProxyTransport,
   ProxyIpEndpoint,

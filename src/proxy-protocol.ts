@@ -50,6 +50,12 @@ export const ProxyTlvType = {
   SSL_SIG_ALG: 0x24,
   /** Sub-TLV of `SSL`: the certificate's key algorithm. */
   SSL_KEY_ALG: 0x25,
+  /** Sub-TLV of `SSL`: the key exchange group, e.g. `X25519`. */
+  SSL_GROUP: 0x26,
+  /** Sub-TLV of `SSL`: the signature scheme of the handshake, e.g. `rsa_pss_rsae_sha256`. */
+  SSL_SIG_SCHEME: 0x27,
+  /** Sub-TLV of `SSL`: the client's certificate, DER. */
+  SSL_CLIENT_CERT: 0x28,
   /** The network namespace's name. */
   NETNS: 0x30,
 } as const;
@@ -609,24 +615,32 @@ function decodeFamilyByte(byte: number): { family: ProxyFamily; transport: Proxy
   return { family, transport };
 }
 
+/**
+ * Calls `each` with every TLV from `start` to the end of `buf` (type, value
+ * offset, size); `what` names the container in errors.
+ */
+function eachTlv(buf: Buffer, start: number, what: string, each: (type: number, valueStart: number, size: number) => void): void {
+  let offset = start;
+  while (offset < buf.length) {
+    if (offset + 3 > buf.length) {
+      fail(`Invalid ${what}: ${buf.length - offset} byte(s) at offset ${offset} are too few for a TLV.`);
+    }
+    const type = buf[offset]!;
+    const size = buf.readUInt16BE(offset + 1);
+    const valueStart = offset + 3;
+    if (valueStart + size > buf.length) {
+      fail(`Invalid ${what}: the TLV of type 0x${hex2(type)} at offset ${offset} announces ${size} byte(s) but ${buf.length - valueStart} are left.`);
+    }
+    each(type, valueStart, size);
+    offset = valueStart + size;
+  }
+}
+
 /** Reads the TLVs from `start` to the end of `header`; the CRC32C's value offset is returned, not verified. */
 function parseTlvs(header: Buffer, start: number): { tlvs: ProxyTlv[]; crcOffset: number } {
   const tlvs: ProxyTlv[] = [];
   let crcOffset = -1;
-  let offset = start;
-  while (offset < header.length) {
-    if (offset + 3 > header.length) {
-      fail(`Invalid PROXY v2 header: ${header.length - offset} byte(s) at offset ${offset} are too few for a TLV.`);
-    }
-    const type = header[offset]!;
-    const size = header.readUInt16BE(offset + 1);
-    const valueStart = offset + 3;
-    if (valueStart + size > header.length) {
-      fail(
-        `Invalid PROXY v2 header: the TLV of type 0x${hex2(type)} at offset ${offset} announces ${size} byte(s) ` +
-          `but the header has ${header.length - valueStart} left.`,
-      );
-    }
+  eachTlv(header, start, "PROXY v2 header", (type, valueStart, size) => {
     if (type === ProxyTlvType.CRC32C) {
       if (size !== 4) fail(`Invalid PROXY v2 header: the CRC32C TLV holds ${size} bytes instead of 4.`);
       if (crcOffset >= 0) fail("Invalid PROXY v2 header: more than one CRC32C TLV.");
@@ -635,9 +649,95 @@ function parseTlvs(header: Buffer, start: number): { tlvs: ProxyTlv[]; crcOffset
       fail(`Invalid PROXY v2 header: the UNIQUE_ID TLV holds ${size} bytes, more than ${UNIQUE_ID_MAX}.`);
     }
     tlvs.push({ type, value: Buffer.from(header.subarray(valueStart, valueStart + size)) });
-    offset = valueStart + size;
-  }
+  });
   return { tlvs, crcOffset };
+}
+
+/** What the `SSL` TLV of a PROXY v2 header says (see {@link parseProxySsl}). */
+export interface ProxySsl {
+  /** The client byte as sent: bit 0x01 TLS, 0x02 a certificate on this connection, 0x04 one in this TLS session. */
+  client: number;
+  /** The client connected over TLS (bit 0x01). */
+  tls: boolean;
+  /** The client presented a certificate on this connection (bit 0x02). */
+  certOnConnection: boolean;
+  /** The client presented a certificate at some point in this TLS session (bit 0x04, set on a resumed session). */
+  certInSession: boolean;
+  /** The verify field: 0 when the client's certificate was presented and verified, non-zero otherwise. */
+  verify: number;
+  /** `verify === 0`. */
+  verified: boolean;
+  /** `SSL_VERSION`, e.g. `TLSv1.3`. */
+  version: string | null;
+  /** `SSL_CN`: the Common Name of the client certificate's subject (UTF-8). */
+  cn: string | null;
+  /** `SSL_CIPHER`, e.g. `TLS_AES_256_GCM_SHA384`. */
+  cipher: string | null;
+  /** `SSL_SIG_ALG`: the algorithm that signed the certificate the frontend used. */
+  sigAlg: string | null;
+  /** `SSL_KEY_ALG`: the algorithm of that certificate's key, e.g. `RSA2048`. */
+  keyAlg: string | null;
+  /** `SSL_GROUP`: the key exchange group, e.g. `X25519`. */
+  group: string | null;
+  /** `SSL_SIG_SCHEME`: the signature scheme of the handshake. */
+  sigScheme: string | null;
+  /** `SSL_CLIENT_CERT`: the client's certificate, DER (`new X509Certificate(clientCert)` reads it). */
+  clientCert: Buffer | null;
+  /** Every sub-TLV in the order sent, those above included. */
+  tlvs: ProxyTlv[];
+}
+
+const SSL_STRINGS = {
+  [ProxyTlvType.SSL_VERSION]: "version",
+  [ProxyTlvType.SSL_CN]: "cn",
+  [ProxyTlvType.SSL_CIPHER]: "cipher",
+  [ProxyTlvType.SSL_SIG_ALG]: "sigAlg",
+  [ProxyTlvType.SSL_KEY_ALG]: "keyAlg",
+  [ProxyTlvType.SSL_GROUP]: "group",
+  [ProxyTlvType.SSL_SIG_SCHEME]: "sigScheme",
+} as const satisfies Record<number, keyof ProxySsl>;
+
+/**
+ * Reads the value of a PROXY v2 `SSL` TLV (what HAProxy's `send-proxy-v2-ssl`
+ * and `send-proxy-v2-ssl-cn` add): the client and verify fields and the
+ * sub-TLVs. Throws a {@link ProxyProtocolError} if it is malformed.
+ *
+ * @example
+ * const tlv = stream.proxyHeader?.tlvs.find((t) => t.type === ProxyTlvType.SSL);
+ * const ssl = tlv ? parseProxySsl(tlv.value) : null;
+ * if (ssl?.certOnConnection && ssl.verified) console.log("client", ssl.cn);
+ */
+export function parseProxySsl(value: Uint8Array): ProxySsl {
+  if (!(value instanceof Uint8Array)) throw typeError(`parseProxySsl() takes the TLV's value, a Buffer (got ${describe(value)}).`);
+  const buf = Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+  if (buf.length < 5) fail(`Invalid PROXY v2 SSL TLV: ${buf.length} byte(s), fewer than its 5-byte client and verify fields.`);
+  const client = buf[0]!;
+  const verify = buf.readUInt32BE(1);
+  const ssl: ProxySsl = {
+    client,
+    tls: (client & 0x01) !== 0,
+    certOnConnection: (client & 0x02) !== 0,
+    certInSession: (client & 0x04) !== 0,
+    verify,
+    verified: verify === 0,
+    version: null,
+    cn: null,
+    cipher: null,
+    sigAlg: null,
+    keyAlg: null,
+    group: null,
+    sigScheme: null,
+    clientCert: null,
+    tlvs: [],
+  };
+  eachTlv(buf, 5, "PROXY v2 SSL TLV", (type, valueStart, size) => {
+    const sub = Buffer.from(buf.subarray(valueStart, valueStart + size));
+    ssl.tlvs.push({ type, value: sub });
+    const field = SSL_STRINGS[type as keyof typeof SSL_STRINGS];
+    if (field !== undefined) ssl[field] = sub.toString("utf8");
+    else if (type === ProxyTlvType.SSL_CLIENT_CERT) ssl.clientCert = sub;
+  });
+  return ssl;
 }
 
 function verifyChecksum(header: Buffer, crcOffset: number): void {

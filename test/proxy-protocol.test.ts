@@ -10,6 +10,7 @@ import {
   encodeProxyV1,
   encodeProxyV2,
   parseProxyHeader,
+  parseProxySsl,
 } from "../src/proxy-protocol.js";
 import type { ProxyHeader, ProxyParseResult, ProxyV2Fields } from "../src/proxy-protocol.js";
 import { ProxyProtocolError } from "../src/errors.js";
@@ -758,6 +759,71 @@ describe("v2: malformed headers are rejected", () => {
     rejects(hex("0A"));
     rejects(hex("0D0A0D0A000D0A515549540B"));
     assert.equal(needed(hex("0D0A0D0A000D0A5155")), 16);
+  });
+});
+
+describe("parseProxySsl: the SSL TLV's fields and sub-TLVs", () => {
+  /** An SSL TLV value: client byte, verify field, sub-TLVs. */
+  const sslValue = (client: number, verify: number, subs: Buffer[]): Buffer => {
+    const head = Buffer.alloc(5);
+    head[0] = client;
+    head.writeUInt32BE(verify, 1);
+    return Buffer.concat([head, ...subs]);
+  };
+  const der = Buffer.from([0x30, 0x82, 0x01, 0x0a, 0xde, 0xad]);
+
+  it("reads a header as HAProxy's send-proxy-v2-ssl-cn sends it, through encodeProxyV2 and parseProxyHeader", () => {
+    const value = sslValue(0x07, 0, [
+      tlv(ProxyTlvType.SSL_VERSION, "TLSv1.3"),
+      tlv(ProxyTlvType.SSL_CN, "Zoë client"),
+      tlv(ProxyTlvType.SSL_CIPHER, "TLS_AES_256_GCM_SHA384"),
+      tlv(ProxyTlvType.SSL_SIG_ALG, "SHA256"),
+      tlv(ProxyTlvType.SSL_KEY_ALG, "EC256"),
+      tlv(ProxyTlvType.SSL_GROUP, "X25519"),
+      tlv(ProxyTlvType.SSL_SIG_SCHEME, "ecdsa_secp256r1_sha256"),
+      tlv(ProxyTlvType.SSL_CLIENT_CERT, der),
+      tlv(0x2f, "future"),
+    ]);
+    const wire = encodeProxyV2({ command: "PROXY", family: "TCP4", source: ["203.0.113.5", 4000], destination: ["10.0.0.1", 443], tlvs: [{ type: ProxyTlvType.SSL, value }], checksum: true });
+    const header = complete(wire).header;
+    const ssl = parseProxySsl(header.tlvs.find((t) => t.type === ProxyTlvType.SSL)!.value);
+    assert.deepEqual(
+      { client: ssl.client, tls: ssl.tls, conn: ssl.certOnConnection, sess: ssl.certInSession, verify: ssl.verify, verified: ssl.verified },
+      { client: 7, tls: true, conn: true, sess: true, verify: 0, verified: true },
+    );
+    assert.deepEqual(
+      [ssl.version, ssl.cn, ssl.cipher, ssl.sigAlg, ssl.keyAlg, ssl.group, ssl.sigScheme],
+      ["TLSv1.3", "Zoë client", "TLS_AES_256_GCM_SHA384", "SHA256", "EC256", "X25519", "ecdsa_secp256r1_sha256"],
+    );
+    assert.deepEqual(ssl.clientCert, der);
+    assert.deepEqual(ssl.tlvs.map((t) => t.type), [0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x2f], "every sub-TLV, unknown ones too, in order");
+    assert.equal(ssl.tlvs.at(-1)!.value.toString(), "future");
+  });
+
+  it("a client without a certificate, or one that failed verification: flags and verify as sent, absent sub-TLVs null", () => {
+    const plain = parseProxySsl(sslValue(0x01, 1, []));
+    assert.deepEqual([plain.tls, plain.certOnConnection, plain.certInSession, plain.verified], [true, false, false, false]);
+    assert.deepEqual([plain.version, plain.cn, plain.clientCert, plain.tlvs], [null, null, null, []]);
+    const failed = parseProxySsl(sslValue(0x03, 0x15, [tlv(ProxyTlvType.SSL_CN, "mallory")]));
+    assert.equal(failed.verify, 0x15);
+    assert.equal(failed.verified, false);
+    assert.equal(failed.cn, "mallory");
+  });
+
+  it("reads a value given as a view into a larger buffer, and copies what it returns", () => {
+    const value = sslValue(0x01, 0, [tlv(ProxyTlvType.SSL_VERSION, "TLSv1.2")]);
+    const big = Buffer.concat([Buffer.from("xxxx"), value, Buffer.from("yy")]);
+    const ssl = parseProxySsl(big.subarray(4, 4 + value.length));
+    assert.equal(ssl.version, "TLSv1.2");
+    big.fill(0);
+    assert.equal(ssl.tlvs[0]!.value.toString(), "TLSv1.2");
+  });
+
+  it("refuses a malformed value with ProxyProtocolError, and what is no buffer with a TypeError", () => {
+    assert.throws(() => parseProxySsl(Buffer.from([1, 0, 0, 0])), (e: unknown) => e instanceof ProxyProtocolError && /fewer than its 5-byte/.test(e.message));
+    assert.throws(() => parseProxySsl(sslValue(1, 0, [hex("21 0009 544c53")])), (e: unknown) => e instanceof ProxyProtocolError && /announces 9 byte/.test(e.message));
+    assert.throws(() => parseProxySsl(sslValue(1, 0, [hex("21 00")])), (e: unknown) => e instanceof ProxyProtocolError && /too few for a TLV/.test(e.message));
+    assert.throws(() => parseProxySsl("x" as unknown as Buffer), TypeError);
   });
 });
 
