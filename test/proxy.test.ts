@@ -11,7 +11,7 @@ import tls from "node:tls";
 import { spawn, spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ProxyTlvType, Server, Stream, encodeProxyV1, encodeProxyV2 } from "../src/index.js";
+import { ProxyTlvType, Server, Stream, encodeProxyV1, encodeProxyV2, parseProxySsl } from "../src/index.js";
 import { captureLogs, connect, freePort, freshEngine, listenLocal, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
@@ -389,4 +389,65 @@ test("behind a real HAProxy with send-proxy and send-proxy-v2, the client's real
     assert.equal(await c.readText(21), "echo:through haproxy\n");
     c.destroy();
   }
+});
+
+test("behind a real HAProxy that terminates TLS (send-proxy-v2-ssl-cn), parseProxySsl gives the client certificate's CN and verify result", { skip: (!haproxy || !hasOpenssl()) && "needs haproxy and openssl", timeout: 30_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  t.after(certs.cleanup);
+  class Tells extends Stream {
+    override onConnect() {
+      const tlv = this.proxyHeader?.tlvs.find((x) => x.type === ProxyTlvType.SSL);
+      const ssl = tlv ? parseProxySsl(tlv.value) : null;
+      this.write(`${JSON.stringify(ssl && { tls: ssl.tls, cert: ssl.certOnConnection, verified: ssl.verified, cn: ssl.cn, version: ssl.version, types: ssl.tlvs.map((x) => x.type) })}\n`);
+      this.close(true);
+    }
+  }
+  const backend = await listenLocal(new Server(Tells, { engine, proxyProtocol: true }), t);
+  const front = await freePort();
+  const cfg = join(tempDir(t), "haproxy.cfg");
+  writeFileSync(
+    cfg,
+    [
+      "global",
+      "  maxconn 256",
+      "defaults",
+      "  mode tcp",
+      "  timeout connect 2s",
+      "  timeout client 10s",
+      "  timeout server 10s",
+      "frontend tls",
+      `  bind 127.0.0.1:${front} ssl crt ${certs.combined} ca-file ${certs.ca.cert} verify optional`,
+      "  default_backend pants",
+      "backend pants",
+      `  server s1 127.0.0.1:${backend} send-proxy-v2-ssl-cn`,
+      "",
+    ].join("\n"),
+  );
+  const child = spawn("haproxy", ["-f", cfg, "-db"], { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (d) => (stderr += d));
+  t.after(() => child.kill("SIGKILL"));
+  const ask = async (withCert: boolean): Promise<unknown> => {
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      try {
+        const socket = tls.connect({ host: "127.0.0.1", port: front, servername: "localhost", ca: certs.ca.certPem, ...(withCert ? { cert: certs.client.certPem, key: certs.client.keyPem } : {}) });
+        let text = "";
+        socket.on("data", (d: Buffer) => (text += d.toString()));
+        await new Promise<void>((resolve, reject) => {
+          socket.once("end", resolve);
+          socket.once("error", reject);
+        });
+        socket.destroy();
+        return JSON.parse(text);
+      } catch (err) {
+        if (Date.now() > deadline) throw new Error(`no answer through haproxy (${String(err)}): ${stderr}`);
+        await sleep(50);
+      }
+    }
+  };
+  assert.deepEqual(await ask(true), { tls: true, cert: true, verified: true, cn: "client", version: "TLSv1.3", types: [ProxyTlvType.SSL_VERSION, ProxyTlvType.SSL_CN] });
+  const anonymous = (await ask(false)) as { tls: boolean; cert: boolean; cn: string | null };
+  assert.deepEqual([anonymous.tls, anonymous.cert, anonymous.cn], [true, false, null]);
 });
