@@ -109,7 +109,7 @@ export abstract class Channel {
    * flushing.
    */
   onError(err: Error): void {
-    log.current.error({ err, channel: String(this) }, `Exception raised in a handler of ${String(this)}.`);
+    log.current.error({ err, channel: nameOf(this) }, `Exception raised in a handler of ${nameOf(this)}.`);
     this.close(false);
   }
 
@@ -163,7 +163,7 @@ export abstract class Channel {
     const failed = (err: unknown): void => {
       const error = asError(err, "onClose");
       this._countError("handler", error);
-      log.current.error({ err: error, channel: String(this) }, `onClose of ${String(this)} threw.`);
+      log.current.error({ err: error, channel: nameOf(this) }, `onClose of ${nameOf(this)} threw.`);
     };
     try {
       const result: unknown = this.onClose();
@@ -181,7 +181,7 @@ export abstract class Channel {
   _handlerFailed(err: unknown): void {
     const error = asError(err, "A handler");
     this._countError("handler", error);
-    if (this.closed) log.current.error({ err: error, channel: String(this) }, `A handler of ${String(this)} failed after it closed.`);
+    if (this.closed) log.current.error({ err: error, channel: nameOf(this) }, `A handler of ${nameOf(this)} failed after it closed.`);
     else this._callOnError(error);
   }
 
@@ -190,10 +190,10 @@ export abstract class Channel {
     try {
       const result = this.onError(error);
       if (isThenable(result)) {
-        result.then(undefined, (err2: unknown) => log.current.error({ err: asError(err2, "onError"), original: error }, `onError of ${String(this)} rejected.`));
+        result.then(undefined, (err2: unknown) => log.current.error({ err: asError(err2, "onError"), original: error }, `onError of ${nameOf(this)} rejected.`));
       }
     } catch (err2) {
-      log.current.error({ err: asError(err2, "onError"), original: error }, `onError of ${String(this)} threw.`);
+      log.current.error({ err: asError(err2, "onError"), original: error }, `onError of ${nameOf(this)} threw.`);
     }
   }
 
@@ -210,5 +210,18 @@ export abstract class Channel {
   toString(): string {
     const fd = this.fileno;
     return fd === null ? `${this.constructor.name} (no fd)` : `${this.constructor.name} #${fd}`;
+  }
+}
+
+/**
+ * A channel's name for errors and log lines: its `toString()`, or, when an
+ * override throws (or returns what cannot be a string), its class name. A
+ * broken toString() must not turn a logged error into an uncaught one.
+ */
+export function nameOf(channel: Channel): string {
+  try {
+    return String(channel);
+  } catch {
+    return `${channel.constructor.name} (its toString() threw)`;
   }
 }

@@ -5,6 +5,7 @@
  * close propagation. Built on the public Stream API only.
  */
 import { Stream } from "./stream.js";
+import { nameOf } from "./channel.js";
 import { ChannelStateError, describe, numberError, rangeError, typeError } from "./errors.js";
 
 /** Options of {@link relay}. */
@@ -133,11 +134,11 @@ export function relay(a: Stream, b: Stream, options?: RelayOptions): Promise<Rel
 
 function checkStream(name: string, stream: Stream): void {
   if (!(stream instanceof Stream)) throw typeError(`relay() ${name} must be a Stream, got ${describe(stream)}.`);
-  if (sides.has(stream)) throw new ChannelStateError(`relay() ${name}, ${String(stream)}, is already relayed.`);
-  if (stream.closed || stream.closing) throw new ChannelStateError(`relay() ${name}, ${String(stream)}, is closed.`);
+  if (sides.has(stream)) throw new ChannelStateError(`relay() ${name}, ${nameOf(stream)}, is already relayed.`);
+  if (stream.closed || stream.closing) throw new ChannelStateError(`relay() ${name}, ${nameOf(stream)}, is closed.`);
   if (!stream.connecting && !stream.writable) {
     const why = stream.connected ? "has ended its side (end())" : "is neither connected nor connecting";
-    throw new ChannelStateError(`relay() ${name}, ${String(stream)}, ${why}.`);
+    throw new ChannelStateError(`relay() ${name}, ${nameOf(stream)}, ${why}.`);
   }
 }
 

@@ -13,7 +13,7 @@ import { lstat } from "node:fs/promises";
 import { relative as relativePath, resolve as resolvePath } from "node:path";
 import type { BigIntStats } from "node:fs";
 import type { Duplex } from "node:stream";
-import { Channel, diagnostics, isThenable } from "./channel.js";
+import { Channel, diagnostics, isThenable, nameOf } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
 import { addStats, cappedDelay, newStats } from "./engine.js";
 import type { Stats, Timer } from "./engine.js";
@@ -594,9 +594,9 @@ export class Server<S extends Stream = Stream> extends Channel {
    */
   listen(address: Address, backlog = DEFAULT_BACKLOG, slave = true): this {
     if (this.#state === ST_CLOSED || this.#shutdown !== null) {
-      throw new ChannelStateError(`listen() called on closed ${String(this)}.`);
+      throw new ChannelStateError(`listen() called on closed ${nameOf(this)}.`);
     }
-    if (this.#state !== ST_INIT) throw new ChannelStateError(`listen() called on active ${String(this)}.`);
+    if (this.#state !== ST_INIT) throw new ChannelStateError(`listen() called on active ${nameOf(this)}.`);
     const parsed = parseAddress(address);
     if (!Number.isSafeInteger(backlog) || backlog <= 0) {
       throw numberError(backlog, `The backlog must be a positive integer, got ${describe(backlog)}.`);
@@ -640,7 +640,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (this.#ready === null) {
       if (this.#state === ST_LISTENING) this.#ready = Promise.resolve(this);
       else if (this.#bindError !== null) this.#ready = Promise.reject(this.#bindError);
-      else if (this.#state === ST_CLOSED) this.#ready = Promise.reject(new ChannelStateError(`${String(this)} is closed.`));
+      else if (this.#state === ST_CLOSED) this.#ready = Promise.reject(new ChannelStateError(`${nameOf(this)} is closed.`));
       else {
         this.#ready = new Promise<Server>((resolve, reject) => {
           this.#readyResolve = resolve;
@@ -659,8 +659,8 @@ export class Server<S extends Stream = Stream> extends Channel {
    * @throws Error naming a certificate or key file that cannot be read or used.
    */
   startSSL(sslOptions: SslOptions = {}): this {
-    if (this.#state === ST_CLOSED) throw new ChannelStateError(`startSSL() called on closed ${String(this)}.`);
-    if (this.#tls !== null) throw new ChannelStateError(`startSSL() called on SSL-enabled ${String(this)}.`);
+    if (this.#state === ST_CLOSED) throw new ChannelStateError(`startSSL() called on closed ${nameOf(this)}.`);
+    if (this.#tls !== null) throw new ChannelStateError(`startSSL() called on SSL-enabled ${nameOf(this)}.`);
     this.#tls = compileServerTls(sslOptions);
     return this;
   }
@@ -671,7 +671,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * @throws ChannelStateError unless TLS is enabled.
    */
   setSslOptions(sslOptions: SslOptions): this {
-    if (this.#tls === null) throw new ChannelStateError(`setSslOptions() called on ${String(this)} without SSL enabled.`);
+    if (this.#tls === null) throw new ChannelStateError(`setSslOptions() called on ${nameOf(this)} without SSL enabled.`);
     this.#tls = compileServerTls(sslOptions);
     return this;
   }
@@ -689,7 +689,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     const reject = this.#readyReject;
     this.#readyResolve = null;
     this.#readyReject = null;
-    if (reject !== null) reject(this.#bindError ?? new ChannelStateError(`${String(this)} closed before it was listening.`));
+    if (reject !== null) reject(this.#bindError ?? new ChannelStateError(`${nameOf(this)} closed before it was listening.`));
     this._callOnClose();
     if (diagnostics.serverClose.hasSubscribers) diagnostics.serverClose.publish({ server: this });
     this.#retire();
@@ -795,7 +795,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   #dropReset(raw: net.Socket | NativeSocket): void {
     this.stats.rejected++;
     this.engine.stats.rejected++;
-    log.current.debug(`${String(this)}: a connection reset by its peer before it was accepted; closed.`);
+    log.current.debug(`${nameOf(this)}: a connection reset by its peer before it was accepted; closed.`);
     raw.destroy();
   }
 
@@ -845,8 +845,8 @@ export class Server<S extends Stream = Stream> extends Channel {
    * already closed the server when this is called.
    */
   override onError(err: Error): void {
-    if (this.closed) log.current.error({ err, channel: String(this) }, `${String(this)} failed and closed: ${err.message}`);
-    else log.current.error({ err, channel: String(this) }, `Exception raised in a handler of ${String(this)}; the server keeps serving.`);
+    if (this.closed) log.current.error({ err, channel: nameOf(this) }, `${nameOf(this)} failed and closed: ${err.message}`);
+    else log.current.error({ err, channel: nameOf(this) }, `Exception raised in a handler of ${nameOf(this)}; the server keeps serving.`);
   }
 
   /** A new connection could not be wrapped in TLS. Default: log and close that connection. */
@@ -903,7 +903,7 @@ export class Server<S extends Stream = Stream> extends Channel {
         // IPv6 clients would reach that program, so the listen fails, as
         // node:net's listen(port) would. (A host without IPv6 serves IPv4 alone.)
         if (code === "EADDRINUSE") throw err;
-        log.current.debug({ err }, `No IPv6 slave for ${String(this)}: ${(err as Error).message}`);
+        log.current.debug({ err }, `No IPv6 slave for ${nameOf(this)}: ${(err as Error).message}`);
         return;
       }
     }
@@ -1022,7 +1022,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (typeof handed === "string") this.#unixPath = handed;
     liveServers.add(this);
     if (diagnostics.serverListen.hasSubscribers) diagnostics.serverListen.publish({ server: this });
-    log.current.debug(`${String(this)} listening on ${this.localAddresses.map(formatAddress).join(", ")}.`);
+    log.current.debug(`${nameOf(this)} listening on ${this.localAddresses.map(formatAddress).join(", ")}.`);
     const resolve = this.#readyResolve;
     this.#readyResolve = null;
     this.#readyReject = null;
@@ -1066,7 +1066,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       const now = this.engine.time();
       if (now - this.#lastAcceptWarning > 5000) {
         this.#lastAcceptWarning = now;
-        log.current.warn({ err }, `accept() failed on ${String(this)} (${err.code}); the server keeps listening.`);
+        log.current.warn({ err }, `accept() failed on ${nameOf(this)} (${err.code}); the server keeps listening.`);
       }
       return;
     }
@@ -1083,7 +1083,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     // read as the primary's listen reply, before 'listening' is emitted.
     if (this.#state === ST_BINDING && this.#shutdown === null) this.#listening();
     if (this.#state !== ST_LISTENING || this.#shutdown !== null) {
-      log.current.debug(`${String(this)} is not accepting (state ${this.#state}, shutting down ${this.#shutdown !== null}); connection closed.`);
+      log.current.debug(`${nameOf(this)} is not accepting (state ${this.#state}, shutting down ${this.#shutdown !== null}); connection closed.`);
       raw.destroy();
       return;
     }
@@ -1355,7 +1355,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     this._heldHandshakeDone(wait);
     if (socket[kStream] !== undefined || socket.destroyed) return; // a stream's own deadline runs
     this._countError("tls", err);
-    log.current.debug({ err }, `${String(this)}: connection dropped: ${err.message}`);
+    log.current.debug({ err }, `${nameOf(this)}: connection dropped: ${err.message}`);
     socket[kHeldFailure] = err;
     dropSocket(socket, wait.raw);
   }
@@ -1366,7 +1366,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (key === null || (perPeer.counts.get(key) ?? 0) < this.#maxPerPeer) return false;
     this.stats.rejected++;
     this.engine.stats.rejected++;
-    log.current.debug(`${String(this)}: ${key} already has ${this.#maxPerPeer} connections open (maxConnectionsPerPeer); connection closed.`);
+    log.current.debug(`${nameOf(this)}: ${key} already has ${this.#maxPerPeer} connections open (maxConnectionsPerPeer); connection closed.`);
     return true;
   }
 

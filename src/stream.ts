@@ -14,7 +14,7 @@ import { Buffer, isUtf8 } from "node:buffer";
 import type { Duplex } from "node:stream";
 import type { FileHandle } from "node:fs/promises";
 import type { PeerCertificate } from "node:tls";
-import { Channel, diagnostics, isPeerError, isThenable } from "./channel.js";
+import { Channel, diagnostics, isPeerError, isThenable, nameOf } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
 import type { Stats } from "./engine.js";
 import { parseAddress, fromNodeAddress, copyAddress, formatAddress, withScope, dialHost } from "./address.js";
@@ -920,9 +920,9 @@ export class Stream extends Channel {
    */
   connect(address: Address): this {
     if (this.#state === S_CLOSED || this.#state === S_CLOSING) {
-      throw new ChannelStateError(`connect() called on closed ${String(this)}.`);
+      throw new ChannelStateError(`connect() called on closed ${nameOf(this)}.`);
     }
-    if (this.#state !== S_INIT) throw new ChannelStateError(`connect() called on active ${String(this)}.`);
+    if (this.#state !== S_INIT) throw new ChannelStateError(`connect() called on active ${nameOf(this)}.`);
     const target = parseAddress(address);
     this.#extras().connectTarget = target;
     this.#state = S_CONNECTING;
@@ -969,7 +969,7 @@ export class Stream extends Channel {
       if (ever && this.#state !== S_CLOSED) x.readyPromise = Promise.resolve(this);
       else if (x.connectError !== null) x.readyPromise = Promise.reject(x.connectError);
       else if (this.#state === S_CLOSED) {
-        x.readyPromise = ever ? Promise.resolve(this) : Promise.reject(new ChannelStateError(`${String(this)} closed before it connected.`));
+        x.readyPromise = ever ? Promise.resolve(this) : Promise.reject(new ChannelStateError(`${nameOf(this)} closed before it connected.`));
       } else {
         x.readyPromise = new Promise<Stream>((resolve, reject) => {
           x.readyResolve = resolve;
@@ -998,11 +998,11 @@ export class Stream extends Channel {
    */
   startSSL(sslOptions: SslOptions = {}): this {
     if (this.#state === S_CLOSED || this.#state === S_CLOSING) {
-      throw new ChannelStateError(`startSSL() called on closed ${String(this)}.`);
+      throw new ChannelStateError(`startSSL() called on closed ${nameOf(this)}.`);
     }
     // The handshake writes: after our FIN (or with one queued) it could only fail, or be cut by it.
-    if ((this.#flags & F_WRITE_ENDED) !== 0) throw new ChannelStateError(`startSSL() called after end() on ${String(this)}.`);
-    if (this.sslEnabled) throw new ChannelStateError(`startSSL() called on SSL-enabled ${String(this)}.`);
+    if ((this.#flags & F_WRITE_ENDED) !== 0) throw new ChannelStateError(`startSSL() called after end() on ${nameOf(this)}.`);
+    if (this.sslEnabled) throw new ChannelStateError(`startSSL() called on SSL-enabled ${nameOf(this)}.`);
     checkPantsFlags(sslOptions, undefined);
     if (this.#state === S_INIT || this.#state === S_CONNECTING) {
       const x = this.#extras();
@@ -1203,8 +1203,8 @@ export class Stream extends Channel {
    * or at `debug` when `ready()` was called (its rejection reports it).
    */
   onConnectError(err: ConnectError): void {
-    if (this.#x !== null && this.#x.readyPromise !== null) log.current.debug({ err, stream: String(this) }, `Connect failed: ${err.message}`);
-    else log.current.warn({ err, stream: String(this) }, `Connect failed: ${err.message}`);
+    if (this.#x !== null && this.#x.readyPromise !== null) log.current.debug({ err, stream: nameOf(this) }, `Connect failed: ${err.message}`);
+    else log.current.warn({ err, stream: nameOf(this) }, `Connect failed: ${err.message}`);
   }
   /**
    * Reading failed: the socket (a reset: the stream closes), or the peer's
@@ -1213,7 +1213,7 @@ export class Stream extends Channel {
    * written for bad input, at once for a socket error.
    */
   onReadError(err: Error): void {
-    logPeerError(err, `Read error on ${String(this)}`);
+    logPeerError(err, `Read error on ${nameOf(this)}`);
     const code = (err as { code?: unknown }).code;
     this.close(code === "ERR_MALFORMED_FRAME" || code === "ERR_ENCODING_INVALID_ENCODED_DATA");
   }
@@ -1223,7 +1223,7 @@ export class Stream extends Channel {
    * and close.
    */
   onWriteError(err: Error): void {
-    logPeerError(err, `Write error on ${String(this)}`);
+    logPeerError(err, `Write error on ${nameOf(this)}`);
     this.close(false);
   }
   /**
@@ -1234,12 +1234,12 @@ export class Stream extends Channel {
    * peer is not reading.
    */
   onOverflowError(err: BufferOverflowError): void {
-    log.current.debug({ err, stream: String(this) }, err.message);
+    log.current.debug({ err, stream: nameOf(this) }, err.message);
     this.close(err.direction === "read");
   }
   /** No bytes either way for `idleTimeout` ms. Default: close without flushing. */
   onTimeout(): void {
-    log.current.debug({ stream: String(this) }, "Idle timeout.");
+    log.current.debug({ stream: nameOf(this) }, "Idle timeout.");
     this.close(false);
   }
   /**
@@ -1273,7 +1273,7 @@ export class Stream extends Channel {
    * then `onClose`). Default: log at debug.
    */
   onSslHandshakeError(err: Error): void {
-    log.current.debug({ err, stream: String(this) }, `TLS handshake failed: ${err.message.trimEnd()}`);
+    log.current.debug({ err, stream: nameOf(this) }, `TLS handshake failed: ${err.message.trimEnd()}`);
   }
   /**
    * TLS could not be set up (node:tls refused the options); the stream
@@ -1281,7 +1281,7 @@ export class Stream extends Channel {
    * `onConnectError` follows it, then `onClose`). Default: log it.
    */
   onSslError(err: Error): void {
-    logPeerError(err, `TLS error on ${String(this)}`);
+    logPeerError(err, `TLS error on ${nameOf(this)}`);
   }
 
   // -------------------------------------------------------------------------
@@ -1864,7 +1864,7 @@ export class Stream extends Channel {
     if (typeof chunk === "string") this._onData(Buffer.from(chunk, encoding ?? "utf8"));
     else if (chunk instanceof Uint8Array) this._onData(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
     else if (this.#state === S_OPEN) {
-      const err = typeError(`${String(this)} read ${describe(chunk)} from its socket: a Stream reads bytes (Buffers or strings), not objects.`);
+      const err = typeError(`${nameOf(this)} read ${describe(chunk)} from its socket: a Stream reads bytes (Buffers or strings), not objects.`);
       this._countError("read", err);
       this._call1(this.onReadError, err);
     }
@@ -2150,7 +2150,7 @@ export class Stream extends Channel {
         } else if (code === NEED_MORE) {
           return;
         } else if (code === OVERFLOW) {
-          const err = new BufferOverflowError(`A frame on ${String(this)} outgrew the ${limit}-byte buffer limit (bufferSize).`, "read", limit);
+          const err = new BufferOverflowError(`A frame on ${nameOf(this)} outgrew the ${limit}-byte buffer limit (bufferSize).`, "read", limit);
           this._countError("overflow", err);
           this._call1(this.onOverflowError, err);
         } else {
@@ -2199,7 +2199,7 @@ export class Stream extends Channel {
   }
 
   #invalidText(): void {
-    const err = typeError(`${String(this)} received bytes that are not valid ${this.#encoding}.`, "ERR_ENCODING_INVALID_ENCODED_DATA");
+    const err = typeError(`${nameOf(this)} received bytes that are not valid ${this.#encoding}.`, "ERR_ENCODING_INVALID_ENCODED_DATA");
     this._countError("read", err);
     this._call1(this.onReadError, err);
   }
@@ -2340,7 +2340,7 @@ export class Stream extends Channel {
       if (this.#state !== S_OPEN) return;
     }
     if (rb !== null && rb.length > 0 && (this.#flags & F_TLS_UPGRADING) === 0) {
-      log.current.debug({ stream: String(this), bytes: rb.length }, "Peer closed with an incomplete frame buffered; discarded.");
+      log.current.debug({ stream: nameOf(this), bytes: rb.length }, "Peer closed with an incomplete frame buffered; discarded.");
     }
     if ((this.#x?.pendingReads ?? 0) === 0) this.#deliverEnd();
   }
@@ -2370,7 +2370,7 @@ export class Stream extends Channel {
 
   /** The ConnectError of a client's failed connect, naming the target, `stage` and `err`'s message; `err` is its cause. */
   #connectFailed(stage: string, err: Error): ConnectError {
-    return new ConnectError(`Could not connect ${String(this)} to ${formatAddress(this.#targetAddress())}: ${stage}${err.message}`, { cause: err });
+    return new ConnectError(`Could not connect ${nameOf(this)} to ${formatAddress(this.#targetAddress())}: ${stage}${err.message}`, { cause: err });
   }
 
   /**
@@ -2425,9 +2425,9 @@ export class Stream extends Channel {
 
   #writeStateError(op: string): never {
     const state = this.#state;
-    if (state === S_CLOSED || state === S_CLOSING) throw new ChannelStateError(`${op}() called on closed ${String(this)}.`);
-    if ((this.#flags & F_WRITE_ENDED) !== 0) throw new ChannelStateError(`${op}() called after end() on ${String(this)}.`);
-    throw new ChannelStateError(`${op}() called on disconnected ${String(this)}.`);
+    if (state === S_CLOSED || state === S_CLOSING) throw new ChannelStateError(`${op}() called on closed ${nameOf(this)}.`);
+    if ((this.#flags & F_WRITE_ENDED) !== 0) throw new ChannelStateError(`${op}() called after end() on ${nameOf(this)}.`);
+    throw new ChannelStateError(`${op}() called on disconnected ${nameOf(this)}.`);
   }
 
   /**
@@ -2477,7 +2477,7 @@ export class Stream extends Channel {
     if ((this.#flags & F_WRITE_OVERFLOWED) !== 0 || this.#state === S_CLOSED) return;
     this.#flags |= F_WRITE_OVERFLOWED;
     const err = new BufferOverflowError(
-      `The outgoing buffer of ${String(this)} outgrew writeBufferLimit (${limit} bytes): the peer is not reading.`,
+      `The outgoing buffer of ${nameOf(this)} outgrew writeBufferLimit (${limit} bytes): the peer is not reading.`,
       "write",
       limit,
     );
@@ -2849,7 +2849,7 @@ export class Stream extends Channel {
     this.server?._connectionClosed(this, this.#connId);
     if (!everConnected) {
       const x = this.#extras();
-      const err = x.connectError ?? new ChannelStateError(`${String(this)} closed before it connected.`);
+      const err = x.connectError ?? new ChannelStateError(`${nameOf(this)} closed before it connected.`);
       const reject = x.readyReject;
       x.readyResolve = null;
       x.readyReject = null;
@@ -2980,7 +2980,7 @@ export class Stream extends Channel {
     this.#flags &= ~F_ACTIVE;
     const kind = x.deadlineKind;
     if (kind === "handshake") {
-      if (now >= x.deadline) this.#handshakeFailed(new TimeoutError(`The TLS handshake of ${String(this)} did not complete in time.`, "handshake"));
+      if (now >= x.deadline) this.#handshakeFailed(new TimeoutError(`The TLS handshake of ${nameOf(this)} did not complete in time.`, "handshake"));
       return;
     }
     if (kind === null && x.idleTimeout <= 0) return;

@@ -103,6 +103,45 @@ test("a thrown value with no string form (no prototype, a throwing toString) rea
   c.destroy();
 });
 
+test("a toString() override that throws does not break the error paths that name the channel: logged under the class name", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  class Unnameable extends Fragile {
+    override toString(): string {
+      throw new Error("no name");
+    }
+    override onClose(): void {
+      throw new Error("onClose boom");
+    }
+  }
+  let accepts = 0;
+  class UnnameableServer extends Server<Unnameable> {
+    override toString(): string {
+      throw new Error("no server name");
+    }
+    override onAccept(socket: Duplex, address: Address): void {
+      if (++accepts === 2) throw new Error("onAccept boom");
+      super.onAccept(socket, address);
+    }
+  }
+  const server = new UnnameableServer(Unnameable, { engine });
+  const port = await listenLocal(server, t);
+  const bad = await connect(port);
+  bad.write("throw\n"); // onRead throws, the default onError logs and closes, onClose throws
+  await bad.readToEnd();
+  const refused = await connect(port); // onAccept throws: the server's default onError logs
+  await refused.readToEnd();
+  const good = await connect(port);
+  good.write("still fine\n");
+  assert.equal(await good.readText(11), "still fine\n");
+  good.destroy();
+  await waitFor(() => server.stats.closed === 2, 2000, "both streams closed (their onClose threw)");
+  await waitFor(() => logs.filter((l) => l.level === "error").length >= 4, 2000, "four errors logged");
+  const text = logs.map((l) => l.msg).join("\n");
+  assert.match(text, /Unnameable \(its toString\(\) threw\)/);
+  assert.match(text, /UnnameableServer \(its toString\(\) threw\)/);
+});
+
 test("an onError that throws is logged, and nothing else breaks", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);
