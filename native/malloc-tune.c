@@ -24,8 +24,9 @@
  *   connection (measured at 10 000 connections); a server that never reads
  *   in bulk keeps the default.
  *
- * Left alone when the user already chose (MALLOC_*_ variables or
- * GLIBC_TUNABLES), and off with PANTS_TS_MALLOC_TUNING=0.
+ * Left alone when the user already chose (MALLOC_MMAP_THRESHOLD_,
+ * MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES), and off with
+ * PANTS_TS_MALLOC_TUNING=0.
  */
 #include <stdlib.h>
 #include <string.h>
