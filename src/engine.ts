@@ -453,7 +453,7 @@ export class Engine {
   /**
    * Calls `fn(...args)` once, after `delayMs` milliseconds (under 1 ms is
    * 1 ms, as with Node's timers, on a manual clock too).
-   * @throws RangeError unless `delayMs` is a positive finite number.
+   * @throws RangeError unless `delayMs` is a positive finite number, at most 2 147 483 647 (about 24.8 days, the longest Node timer).
    */
   defer<A extends unknown[]>(delayMs: number, fn: TimerFn<A>, ...args: A): Timer {
     checkDelay("The delay", delayMs);
@@ -464,7 +464,7 @@ export class Engine {
   /**
    * Calls `fn(...args)` every `intervalMs` milliseconds until cancelled
    * (under 1 ms is 1 ms, as with Node's timers, on a manual clock too).
-   * @throws RangeError unless `intervalMs` is a positive finite number.
+   * @throws RangeError unless `intervalMs` is a positive finite number, at most 2 147 483 647 (about 24.8 days, the longest Node timer).
    */
   cycle<A extends unknown[]>(intervalMs: number, fn: TimerFn<A>, ...args: A): Timer {
     checkDelay("The interval", intervalMs);

@@ -1027,7 +1027,7 @@ export class Stream extends Channel {
   /**
    * Queues `data`; bytes written in one turn leave in as few system calls
    * as possible. `flush` sends now.
-   * @throws ChannelStateError if the stream is not connected, closing or closed.
+   * @throws ChannelStateError if the stream is not connected (a client still connecting too), ended ({@link end}), closing or closed.
    * @throws TypeError unless `data` is a string or a Uint8Array.
    */
   write(data: string | Uint8Array, flush = false): void {
@@ -1063,6 +1063,8 @@ export class Stream extends Channel {
    * is read from where it is (`offset` must be 0). A file that cannot be
    * read is reported to `onWriteError`, whose default closes; a stream
    * kept open goes on with the writes queued after the file.
+   * @throws ChannelStateError as {@link write} does.
+   * @throws TypeError unless `file` is a non-empty path, a descriptor or a FileHandle; RangeError (TypeError for a non-number) unless `nbytes` and `offset` are non-negative integers.
    */
   writeFile(file: string | number | FileHandle, nbytes = 0, offset = 0, flush = false): void {
     if (!this.writable) this.#writeStateError("writeFile");
@@ -1080,7 +1082,10 @@ export class Stream extends Channel {
    * Packs `values` with `options.format` (a Struct format string or a
    * Struct/NetStruct), or with the current Struct/NetStruct read delimiter,
    * and writes the bytes.
-   * @throws RangeError if there is no format to use.
+   * @throws ChannelStateError as {@link write} does.
+   * @throws RangeError if there is no format to use, or for a malformed format string (`ERR_INVALID_ARG_VALUE`).
+   * @throws TypeError / RangeError for values the format cannot pack (as {@link Struct.pack}).
+   * @throws TypeError unless `values` is an array.
    */
   writePacked(values: readonly unknown[], options?: { format?: string | Struct | NetStruct; flush?: boolean }): void {
     if (!this.writable) this.#writeStateError("writePacked");
@@ -1106,7 +1111,7 @@ export class Stream extends Channel {
 
   /**
    * Sends everything queued now instead of at the end of the turn.
-   * @throws ChannelStateError if the stream is not connected, closing or closed.
+   * @throws ChannelStateError as {@link write} does.
    */
   flush(): void {
     if (!this.writable) this.#writeStateError("flush");
