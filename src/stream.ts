@@ -917,6 +917,7 @@ export class Stream extends Channel {
    * `onClose`) follows on a later tick. Host names resolve asynchronously.
    * @throws InvalidAddressFormatError synchronously for a bad address.
    * @throws ChannelStateError if connected, connecting, closing or closed.
+   * @throws Error `ERR_NATIVE_UNAVAILABLE` when `PANTS_TS_TRANSPORT=native` asks for the addon and it is not available; the stream stays unconnected.
    */
   connect(address: Address): this {
     if (this.#state === S_CLOSED || this.#state === S_CLOSING) {
@@ -924,10 +925,11 @@ export class Stream extends Channel {
     }
     if (this.#state !== S_INIT) throw new ChannelStateError(`connect() called on active ${nameOf(this)}.`);
     const target = parseAddress(address);
+    // Before the state changes: a transport that cannot be had throws, as a bad address does, and leaves the stream unconnected.
+    const native = this.#x?.sslOptions == null && useNative(undefined);
     this.#extras().connectTarget = target;
     this.#state = S_CONNECTING;
     let sock: net.Socket | NativeSocket;
-    const native = this.#x?.sslOptions == null && useNative(undefined);
     const host = target.kind !== "tcp" ? "" : target.host === "" ? dialHost(target) : withScope(target.host, target.scopeid);
     if (native) {
       this.#flags |= F_NATIVE;

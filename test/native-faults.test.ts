@@ -104,3 +104,10 @@ test("no memory for the addon's read buffer at its first load: the native transp
   assert.equal(out.threw, "ERR_NATIVE_UNAVAILABLE", JSON.stringify(out));
   assert.match(String(out.message), /out of memory for the read buffer/);
 });
+
+test("no native transport for a client that PANTS_TS_TRANSPORT=native asks it for: connect() throws ERR_NATIVE_UNAVAILABLE and leaves the stream unconnected", { skip }, () => {
+  // Before: the state was set to connecting first, so the stream stayed
+  // connecting for ever (ready() never settled) and a second connect() was
+  // refused as called on an active stream.
+  assert.deepEqual(runFixture("fault-load.ts", "client"), { threw: "ERR_NATIVE_UNAVAILABLE", connecting: false, connected: false, closed: false, again: "ERR_NATIVE_UNAVAILABLE" });
+});
