@@ -406,6 +406,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * @param options See {@link ServerOptions}.
    * @throws TypeError if `ConnectionClass` is not Stream or a subclass of it.
    * @throws TypeError / RangeError for a bad option.
+   * @throws Error `ERR_NATIVE_UNAVAILABLE` for a `socket: { fd }` with `transport: "native"` where the addon is not available.
    */
   constructor(ConnectionClass?: ConnectionClass<S> | null, options?: ServerOptions) {
     super(options);
@@ -591,6 +592,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * @throws ChannelStateError if closed or already listening.
    * @throws InvalidAddressFormatError for an address of no known shape, or (in a cluster worker on node:net) a socket file in the working directory named like a number.
    * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for `reusePort` with a UNIX path; Error `ERR_REUSEPORT_UNAVAILABLE` for `reusePort` without the native addon, or on node:net in a cluster worker.
+   * @throws Error `ERR_NATIVE_UNAVAILABLE` for `transport: "native"` (or `PANTS_TS_TRANSPORT=native`) where the addon is not available.
    */
   listen(address: Address, backlog = DEFAULT_BACKLOG, slave = true): this {
     if (this.#state === ST_CLOSED || this.#shutdown !== null) {
