@@ -658,7 +658,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * the secure context built here, once.
    * @throws ChannelStateError if TLS is already enabled or the server is closed.
    * @throws RangeError if `server_side` is not true or `do_handshake_on_connect` not false.
-   * @throws Error naming a certificate or key file that cannot be read or used.
+   * @throws Error naming a certificate or key file that cannot be read (`path`); with OpenSSL's code (`ERR_OSSL_*`) for a certificate, key or setting that cannot be used.
    */
   startSSL(sslOptions: SslOptions = {}): this {
     if (this.#state === ST_CLOSED) throw new ChannelStateError(`startSSL() called on closed ${nameOf(this)}.`);

@@ -110,7 +110,7 @@ export type CompiledTls = { readonly serverSide: true; readonly config: ServerTl
 
 /**
  * @internal Compiles TLS options for one side, once, when they are given (a
- * bad one throws there, naming the file); the wrap later uses the result.
+ * bad one throws there: a file that cannot be read is named); the wrap later uses the result.
  */
 export function compileTls(options: SslOptions, serverSide: boolean): CompiledTls {
   return serverSide ? { serverSide, config: compileServerTls(options, true) } : { serverSide, config: compileClientTls(options) };
@@ -297,7 +297,7 @@ function wildcardMatch(pattern: string, host: string): boolean {
 /**
  * @internal Builds the server-side configuration once: reads files, creates the
  * secure context(s), and validates everything.
- * @throws TypeError, RangeError, or an Error naming a file that cannot be read or parsed.
+ * @throws TypeError, RangeError, an Error naming a file that cannot be read, or one with OpenSSL's code for what cannot be used.
  */
 export function compileServerTls(options: SslOptions, shared = false): ServerTls {
   checkPantsFlags(options, true);
