@@ -18,7 +18,12 @@ import { asError, describe, rangeError, typeError } from "./errors.js";
 /** Pants' (Python `ssl`) certificate requirement names. */
 export type CertReqs = "CERT_NONE" | "CERT_OPTIONAL" | "CERT_REQUIRED";
 
-/** The certificate material of one host name, for {@link SslOptions.sni}. */
+/**
+ * The certificate material of one host name, for {@link SslOptions.sni}.
+ * The server's own settings (`minVersion`, `ciphers`, session tickets and
+ * timeout, ALPN) hold for every host name: an entry brings its certificate,
+ * key and client CAs only.
+ */
 export interface SniEntry {
   /** The private key (PEM), as in Node's `tls.createSecureContext`. */
   key?: SecureContextOptions["key"];

@@ -622,6 +622,30 @@ test("SNI: several certificates by host name, with a default", { skip }, async (
   assert.equal(await cnFor(), "localhost");
 });
 
+test("SNI: a host name's certificate keeps the server's protocol settings (minVersion, ciphers); the sni entry brings only its certificate", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, {
+    engine,
+    sslOptions: { ...serverOptions(), minVersion: "TLSv1.3", ciphers: "TLS_AES_256_GCM_SHA384", sni: { "a.test": { certfile: certs.sniA.cert, keyfile: certs.sniA.key } } },
+  });
+  const port = await listenLocal(server, t);
+  const attempt = async (servername: string, options: tls.ConnectionOptions): Promise<string> => {
+    try {
+      const c = await connectTls(["127.0.0.1", port], { servername, ...options });
+      const got = `${c.tlsSocket.getProtocol()} ${c.tlsSocket.getCipher().name} ${c.tlsSocket.getPeerCertificate().subject.CN}`;
+      c.destroy();
+      return got;
+    } catch {
+      return "refused";
+    }
+  };
+  for (const [name, cn] of [["a.test", "a.test"], ["localhost", "localhost"]] as const) {
+    assert.equal(await attempt(name, {}), `TLSv1.3 TLS_AES_256_GCM_SHA384 ${cn}`, name);
+    assert.equal(await attempt(name, { maxVersion: "TLSv1.2" }), "refused", `${name}: TLS 1.2 is below the server's minVersion`);
+    assert.equal(await attempt(name, { ciphers: "TLS_AES_128_GCM_SHA256" }), "refused", `${name}: a cipher the server does not allow`);
+  }
+});
+
 test("ALPN: the agreed protocol is on both streams", { skip }, async (t) => {
   const engine = freshEngine(t);
   const { port, agreed } = await alpnServer(t, engine, { ...serverOptions(), ALPNProtocols: ["pants/2", "pants/1"] });
