@@ -33,7 +33,7 @@ Serve the connection class (or configured Server) that <module> exports by
 default. <module> is a path to a .js/.mjs file (or .ts, when tsx is installed).
 
 Addresses (ADDR):
-  4040                 every interface, port 4040 (IPv4, and IPv6 on the same port)
+  4040                 every interface, port 4040 (IPv4, and IPv6 on the same port); also *:4040
   HOST:PORT            an IPv4 address or a host name, e.g. 127.0.0.1:4040, localhost:4040
   [IPV6]:PORT          an IPv6 address, e.g. [::1]:4040; [::]:4040 is dual-stack
   unix:/PATH           a UNIX socket (unix:@NAME is a Linux abstract name)
@@ -123,7 +123,7 @@ export function parseListenAddress(text: string): Address {
     const host = hostPort[1]!;
     return [host === "*" ? "" : host, checkPort(hostPort[2]!, text)];
   }
-  throw new UsageError(`invalid address "${text}": expected PORT, HOST:PORT, [IPV6]:PORT or unix:/PATH`);
+  throw new UsageError(`invalid address "${text}": expected PORT, HOST:PORT, [IPV6]:PORT, unix:/PATH, fd:N or systemd[:NAME]`);
 }
 
 /**
