@@ -624,7 +624,7 @@ export class Stream extends Channel {
    * How incoming bytes are cut into frames for `onRead` (see the README's
    * table). May be changed inside `onRead`: the rest of the buffer is framed
    * by the new delimiter in the same turn.
-   * @throws TypeError for a value that is no delimiter (`""`, `0`, `-1`, `[]`, `{}`, a regex matching "").
+   * @throws TypeError for a value that is no delimiter (`""`, `0`, `-1`, `[]`, `{}`, a regex matching "", a Struct or NetStruct of size 0).
    */
   get readDelimiter(): ReadDelimiter {
     return this.#framer.source;

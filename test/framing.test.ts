@@ -326,6 +326,29 @@ test("degenerate delimiters are rejected with TypeError at assignment (Pants B22
   assert.throws(() => (peer.stream.bufferSize = "64" as unknown as number), TypeError); // a wrong type
 });
 
+test("a Struct or NetStruct of size 0 is refused with TypeError at assignment: it could never consume a byte", async () => {
+  let reads = 0;
+  class Empty extends Stream {
+    override onRead() {
+      // Without the check this was called again and again for the same bytes.
+      if (++reads > 1000) this.close(false);
+    }
+  }
+  const peer = memoryPeer(Empty);
+  await peer.ready;
+  for (const value of [new Struct(""), new Struct("0s"), new Struct("@0i"), new NetStruct(""), new NetStruct("0s")]) {
+    assert.throws(() => (peer.stream.readDelimiter = value), { name: "TypeError", code: "ERR_INVALID_DELIMITER" }, `readDelimiter = ${value.format}`);
+  }
+  assert.equal(peer.stream.readDelimiter, null, "a rejected value leaves the delimiter unchanged");
+  // Records of one byte or more are fine.
+  peer.stream.readDelimiter = new Struct("B");
+  peer.stream.readDelimiter = new NetStruct("B$");
+  await peer.send("abc");
+  peer.stream.close(false);
+  await peer.closed;
+  assert.ok(reads <= 1, `onRead ran ${reads} times for 3 bytes`);
+});
+
 test("a regex that matches the empty string only in context (lookahead) never loops forever", async (t) => {
   captureLogs(t);
   let error = null as Error | null;

@@ -406,7 +406,7 @@ const sizeFramers = new Array<SizeFramer | undefined>(SMALL_SIZES);
 
 /**
  * Validates a delimiter and returns its framer.
- * @throws TypeError for a value that is no delimiter, or one that could never consume a byte.
+ * @throws TypeError for a value that is no delimiter, or one that could never consume a byte (a regex matching "", a Struct or NetStruct of size 0).
  */
 export function compileDelimiter(value: unknown): Framer {
   if (value === null) return NULL_FRAMER;
@@ -446,8 +446,15 @@ export function compileDelimiter(value: unknown): Framer {
     }
     return new RegexFramer(value);
   }
-  if (value instanceof Struct) return new StructFramer(value);
-  if (value instanceof NetStruct) return new NetStructFramer(value);
+  // A record of no bytes would be delivered again and again without consuming any.
+  if (value instanceof Struct) {
+    if (value.size === 0) throw typeError(`The read delimiter Struct(${JSON.stringify(value.format)}) has size 0, so it could never consume a byte.`, "ERR_INVALID_DELIMITER");
+    return new StructFramer(value);
+  }
+  if (value instanceof NetStruct) {
+    if (value.minimumSize === 0) throw typeError(`The read delimiter NetStruct(${JSON.stringify(value.format)}) has no fixed bytes, so it could never consume a byte.`, "ERR_INVALID_DELIMITER");
+    return new NetStructFramer(value);
+  }
   if (typeof value === "function") return new DecoderFramer(value as Decoder);
   throw typeError(
     `Invalid read delimiter ${describe(value)}: expected null, a non-empty string or Buffer, a positive integer, ` +
