@@ -359,13 +359,15 @@ export class Engine {
   }
 
   /**
-   * Every open channel of this engine: its servers, their connections, and
-   * its client streams (a snapshot, made on each access).
+   * Every open channel of this engine: its servers, their connections
+   * (also those a closed server's `onClose` override kept open), and its
+   * client streams (a snapshot, made on each access).
    */
   get channels(): ReadonlySet<Channel> {
     const all = new Set<Channel>();
     for (const channel of this._channels) {
-      all.add(channel);
+      // A closed server stays registered while connections it kept are open.
+      if (!channel.closed) all.add(channel);
       const connections = (channel as Channel & { channels?: ReadonlyMap<number, Channel> }).channels;
       if (connections instanceof Map) for (const conn of connections.values()) all.add(conn);
     }

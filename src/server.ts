@@ -687,12 +687,14 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (this.#state === ST_CLOSED) return;
     this.#state = ST_CLOSED;
     this.#stopAccepting();
-    this.engine._channels.delete(this);
+    // Connections an onClose override keeps open stay the engine's: listed
+    // in engine.channels and closed by engine.stop(), through this server.
     const reject = this.#readyReject;
     this.#readyResolve = null;
     this.#readyReject = null;
     if (reject !== null) reject(this.#bindError ?? new ChannelStateError(`${nameOf(this)} closed before it was listening.`));
     this._callOnClose();
+    if (this.#channels.size === 0) this.engine._channels.delete(this);
     if (diagnostics.serverClose.hasSubscribers) diagnostics.serverClose.publish({ server: this });
     this.#retire();
     this.#checkShutdownDone();
@@ -833,7 +835,8 @@ export class Server<S extends Stream = Stream> extends Channel {
 
   /**
    * The server closed. Default: close every open connection without
-   * flushing (use {@link shutdown} for a graceful stop).
+   * flushing (use {@link shutdown} for a graceful stop). Connections an
+   * override leaves open stay in `engine.channels`; `engine.stop()` closes them.
    */
   override onClose(): void {
     for (const conn of [...this.#channels.values()]) conn.close(false);
@@ -1375,6 +1378,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   /** @internal A connection of this server closed. */
   _connectionClosed(_stream: Stream, id: number): void {
     if (!this.#channels.delete(id)) return;
+    if (this.#state === ST_CLOSED && this.#channels.size === 0) this.engine._channels.delete(this);
     if (this.#perPeer !== null) uncountPeer(this.#perPeer, id);
     this.stats.open = this.#channels.size;
     this.stats.closed++;

@@ -438,3 +438,29 @@ test("stop() closes channels without flushing: a client with megabytes queued fo
   });
   assert.ok(received < 64 << 20, `received ${received} bytes of 64 MiB`);
 });
+
+test("connections a server's onClose override keeps open stay the engine's: in engine.channels (the closed server not), and closed by stop()", async (t) => {
+  const engine = freshEngine(t);
+  class Keeping extends Server {
+    override onClose() {
+      // keeps its connections open (e.g. to let them finish on their own)
+    }
+  }
+  const server = new Keeping(Stream, { engine });
+  const port = await listenLocal(server, t);
+  const peer = await connect(port);
+  t.after(() => peer.socket.destroy());
+  await waitFor(() => server.channels.size === 1);
+  const kept = [...server.channels.values()][0]!;
+  server.close();
+  assert.equal(kept.closed, false, "the override kept it");
+  assert.ok(engine.channels.has(kept), "a kept connection is still one of the engine's channels");
+  assert.equal(engine.channels.has(server), false, "the closed server is not");
+  assert.equal(engine.channels.size, 1);
+  const started = engine.start();
+  engine.stop();
+  await started;
+  assert.equal(kept.closed, true, "stop() closed it");
+  await waitFor(() => peer.closed || peer.ended);
+  assert.equal(engine.channels.size, 0);
+});
