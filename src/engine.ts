@@ -160,6 +160,8 @@ class EngineTimer implements Timer {
   #kind: number;
   #handle: ReturnType<typeof setTimeout> | ReturnType<typeof setImmediate> | null = null;
   #runBound: () => void;
+  /** Real clock, a delay longer than one Node timer holds: the ms still to wait after the leg in flight. */
+  #left = 0;
 
   /** Manual clock: when (engine time) this timer is next due, and its period. */
   due = 0;
@@ -181,8 +183,30 @@ class EngineTimer implements Timer {
     else if (engine.manualClock) {
       this.due = engine.time() + this.period;
       engine._due.push(this);
+    } else if (delay > MAX_TIMER_MS) {
+      // Node fires a longer timer after 1 ms: wait in legs Node can hold.
+      this.#left = delay;
+      this.#nextLeg();
     } else if (kind === ONCE_DELAY) this.#handle = setTimeout(run, delay);
     else this.#handle = setInterval(run, delay);
+  }
+
+  /** Long delays: arms the next leg, of at most MAX_TIMER_MS. */
+  #nextLeg(): void {
+    const leg = Math.min(this.#left, MAX_TIMER_MS);
+    this.#left -= leg;
+    this.#handle = setTimeout(() => this.#legDone(), leg);
+  }
+
+  #legDone(): void {
+    if (this.#engine === null) return;
+    if (this.#left > 0) return this.#nextLeg();
+    if (this.#kind === CYCLE) {
+      // The next period is armed first, so the function may cancel it.
+      this.#left = this.period;
+      this.#nextLeg();
+    }
+    this.#run();
   }
 
   /** @internal Manual clock: runs the timer now (it is due and has been taken off the queue). */
@@ -252,8 +276,6 @@ function checkDelay(name: string, delay: unknown): number {
     // SPEC §3: RangeError for any delay that is not a positive finite number, a string too.
     throw rangeError(`${name} must be a positive finite number of milliseconds, got ${describe(delay)}.`);
   }
-  // Node clamps anything above 2^31-1 ms to 1 ms; refuse it instead of firing early.
-  if (delay > MAX_TIMER_MS) throw rangeError(`${name} must be at most ${MAX_TIMER_MS} ms, got ${delay}.`);
   return delay;
 }
 
@@ -454,8 +476,9 @@ export class Engine {
 
   /**
    * Calls `fn(...args)` once, after `delayMs` milliseconds (under 1 ms is
-   * 1 ms, as with Node's timers, on a manual clock too).
-   * @throws RangeError unless `delayMs` is a positive finite number, at most 2 147 483 647 (about 24.8 days, the longest Node timer).
+   * 1 ms, as with Node's timers, on a manual clock too; beyond Node's
+   * 2^31-1 ms limit it still waits the whole delay).
+   * @throws RangeError unless `delayMs` is a positive finite number.
    */
   defer<A extends unknown[]>(delayMs: number, fn: TimerFn<A>, ...args: A): Timer {
     checkDelay("The delay", delayMs);
@@ -465,8 +488,9 @@ export class Engine {
 
   /**
    * Calls `fn(...args)` every `intervalMs` milliseconds until cancelled
-   * (under 1 ms is 1 ms, as with Node's timers, on a manual clock too).
-   * @throws RangeError unless `intervalMs` is a positive finite number, at most 2 147 483 647 (about 24.8 days, the longest Node timer).
+   * (under 1 ms is 1 ms, as with Node's timers, on a manual clock too; any
+   * finite interval, beyond Node's 2^31-1 ms limit too).
+   * @throws RangeError unless `intervalMs` is a positive finite number.
    */
   cycle<A extends unknown[]>(intervalMs: number, fn: TimerFn<A>, ...args: A): Timer {
     checkDelay("The interval", intervalMs);

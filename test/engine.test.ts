@@ -126,6 +126,52 @@ test("defer and cycle reject a delay that is not a positive finite number", (t) 
   assert.throws(() => engine.callback(42 as unknown as () => void), TypeError);
 });
 
+test("defer and cycle take delays beyond Node's 2^31-1 ms timer limit and wait them whole (Node alone fires those after 1 ms)", async (t) => {
+  const engine = freshEngine(t);
+  const LIMIT = 2 ** 31 - 1;
+  // Real timers: nothing fires early.
+  let early = 0;
+  const longDefer = engine.defer(LIMIT + 1, () => early++);
+  const longCycle = engine.cycle(3e9, () => early++);
+  await sleep(30);
+  assert.equal(early, 0, "a long timer fired at once");
+  assert.ok(longDefer.active && longCycle.active);
+  longDefer.cancel();
+  longCycle.cancel();
+  assert.ok(!longDefer.active && !longCycle.active);
+  // Mocked timers: each fires at its whole delay, once (defer) or every period (cycle).
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const fired: string[] = [];
+  engine.defer(3e9, () => fired.push("defer"));
+  let runs = 0;
+  const cycle = engine.cycle(LIMIT + 10, () => {
+    fired.push("cycle");
+    if (++runs === 2) cycle.cancel();
+  });
+  const cancelled = engine.defer(3e9, () => fired.push("cancelled"));
+  t.mock.timers.tick(LIMIT);
+  cancelled.cancel();
+  assert.deepEqual(fired, []);
+  t.mock.timers.tick(10);
+  assert.deepEqual(fired, ["cycle"]);
+  t.mock.timers.tick(3e9 - LIMIT - 11);
+  assert.deepEqual(fired, ["cycle"]);
+  t.mock.timers.tick(1);
+  assert.deepEqual(fired, ["cycle", "defer"]);
+  // (A mocked tick runs a timer armed during it only at a later tick: the legs need several.)
+  for (let i = 0; i < 12; i++) t.mock.timers.tick(2 ** 30);
+  assert.deepEqual(fired, ["cycle", "defer", "cycle"], "the cycle ran twice, then cancelled itself");
+  t.mock.timers.reset();
+  // A manual clock takes them too.
+  const manual = new Engine({ manualClock: true });
+  let manualRuns = 0;
+  manual.defer(3e9, () => manualRuns++);
+  manual.advance(3e9 - 1);
+  assert.equal(manualRuns, 0);
+  manual.advance(1);
+  assert.equal(manualRuns, 1);
+});
+
 test("a timer that throws (or rejects) is logged and the others keep running", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);
