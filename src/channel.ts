@@ -5,7 +5,9 @@
  */
 import { channel as diagnosticsChannel } from "node:diagnostics_channel";
 import { Engine, countError } from "./engine.js";
-import { log } from "./log.js";
+import { log, nameOf } from "./log.js";
+
+export { nameOf };
 import { asError, typeError } from "./errors.js";
 import type { Stats } from "./engine.js";
 
@@ -213,15 +215,3 @@ export abstract class Channel {
   }
 }
 
-/**
- * A channel's name for errors and log lines: its `toString()`, or, when an
- * override throws (or returns what cannot be a string), its class name. A
- * broken toString() must not turn a logged error into an uncaught one.
- */
-export function nameOf(channel: Channel): string {
-  try {
-    return String(channel);
-  } catch {
-    return `${channel.constructor.name} (its toString() threw)`;
-  }
-}

@@ -3,7 +3,7 @@
  * Node's own event loop does the polling.
  */
 import { performance } from "node:perf_hooks";
-import { log } from "./log.js";
+import { log, nameOf } from "./log.js";
 import { asError, describe, numberError, rangeError, typeError } from "./errors.js";
 import { TimeoutSweeper } from "./timeouts.js";
 import type { Channel } from "./channel.js";
@@ -434,7 +434,7 @@ export class Engine {
       if (open.length === 0) break;
       if (round === STOP_ROUNDS) {
         log.current.warn(
-          { channels: open.map(String) },
+          { channels: open.map(nameOf) },
           `Engine.stop(): handlers kept opening channels while it closed them (${STOP_ROUNDS} rounds); these stay open. An onClose that reconnects should check engine.running.`,
         );
         break;

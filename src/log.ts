@@ -130,3 +130,16 @@ function guarded(logger: Logger): Logger {
     debug: (...args: [unknown, string?]) => call("debug", args),
   };
 }
+
+/**
+ * A channel's name for errors and log lines: its `toString()`, or, when an
+ * override throws (or returns what cannot be a string), its class name. A
+ * broken toString() must not turn a logged error into an uncaught one.
+ */
+export function nameOf(channel: object): string {
+  try {
+    return String(channel);
+  } catch {
+    return `${channel.constructor.name} (its toString() threw)`;
+  }
+}
