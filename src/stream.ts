@@ -303,6 +303,8 @@ class Extras {
   readyResolve: ((s: Stream) => void) | null = null;
   readyReject: ((e: Error) => void) | null = null;
   connectError: Error | null = null;
+  /** A failed TLS connect's onConnectError, due after its TLS handler (or before onClose, should that handler close). */
+  connectErrorOwed: ConnectError | null = null;
   connectTarget: ParsedAddress | null = null;
   sslOptions: SslOptions | null = null;
   /** sslOptions compiled when given (for the side they said then). */
@@ -1277,7 +1279,8 @@ export class Stream extends Channel {
   /**
    * The TLS handshake failed (or timed out); the stream closes after this
    * returns (for a client's first handshake, `onConnectError` follows it,
-   * then `onClose`). Default: log at debug.
+   * then `onClose`, even when this handler closed the stream or threw).
+   * Default: log at debug.
    */
   onSslHandshakeError(err: Error): void {
     log.current.debug({ err, stream: nameOf(this) }, `TLS handshake failed: ${err.message.trimEnd()}`);
@@ -1285,7 +1288,8 @@ export class Stream extends Channel {
   /**
    * TLS could not be set up (node:tls refused the options); the stream
    * closes after this returns (for a client's first handshake,
-   * `onConnectError` follows it, then `onClose`). Default: log it.
+   * `onConnectError` follows it, then `onClose`, even when this handler
+   * closed the stream or threw). Default: log it.
    */
   onSslError(err: Error): void {
     logPeerError(err, `TLS error on ${nameOf(this)}`);
@@ -1468,9 +1472,10 @@ export class Stream extends Channel {
           connectErr = this.#connectFailed("TLS could not start: ", err as Error);
         }
         this.#extras().connectError = connectErr ?? (err as Error);
+        this.#extras().connectErrorOwed = connectErr;
       }
       this._call1(this.onSslError, err as Error);
-      if (connectErr !== null && this.#state !== S_CLOSED) this._call1(this.onConnectError, connectErr);
+      this.#payConnectError();
       this.#finishClose(false);
       return;
     }
@@ -2390,10 +2395,25 @@ export class Stream extends Channel {
     if ((this.#flags & (F_EVER_CONNECTED | F_SERVER_SIDE)) === 0) {
       connectErr = this.#connectFailed("TLS handshake failed: ", err);
       this.#extras().connectError = connectErr;
+      this.#extras().connectErrorOwed = connectErr;
     }
     this._call1(this.onSslHandshakeError, err);
-    if (connectErr !== null && this.#state !== S_CLOSED) this._call1(this.onConnectError, connectErr);
+    this.#payConnectError();
     this.#finishClose(false);
+  }
+
+  /**
+   * Calls the onConnectError a failed TLS connect owes, once: after its TLS
+   * handler, or from #finishClose when that handler closed the stream (or
+   * threw, and onError closed it), so a failed connect still ends in
+   * onConnectError, then onClose.
+   */
+  #payConnectError(): void {
+    const x = this.#x;
+    const err = x?.connectErrorOwed ?? null;
+    if (err === null) return;
+    x!.connectErrorOwed = null;
+    this._call1(this.onConnectError, err);
   }
 
   /** @internal The socket is gone. */
@@ -2862,6 +2882,7 @@ export class Stream extends Channel {
       x.readyReject = null;
       if (reject !== null) reject(err);
       else if (x.readyPromise === null && x.connectError === null) x.connectError = err;
+      this.#payConnectError();
     }
     this._callOnClose();
     if (diagnostics.connectionClose.hasSubscribers) diagnostics.connectionClose.publish({ stream: this });

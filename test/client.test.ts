@@ -612,6 +612,64 @@ test("a failed connect never reports inside connect(): refused, unknown host, mi
   }
 });
 
+test("a TLS client whose onSslHandshakeError (or onSslError) closes the stream or throws still gets onConnectError before onClose (every failed connect ends so)", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  // A plain server that answers the ClientHello with text: the handshake fails.
+  const plain = net.createServer((c) => {
+    c.on("error", () => {});
+    c.end("HELLO, THIS IS NOT TLS\r\n");
+  });
+  t.after(() => plain.close());
+  await new Promise<void>((resolve) => plain.listen(0, "127.0.0.1", resolve));
+  const port = (plain.address() as net.AddressInfo).port;
+  class Failing extends Recording {
+    constructor(private readonly how: "close" | "close(false)" | "throw") {
+      super({ engine, sslOptions: { rejectUnauthorized: false } });
+    }
+    override onSslHandshakeError() {
+      this.events.push("sslHandshakeError");
+      if (this.how === "throw") throw new Error("handler bug");
+      this.close(this.how === "close");
+    }
+    override onError() {
+      this.events.push("error");
+      this.close(false);
+    }
+  }
+  for (const how of ["close", "close(false)", "throw"] as const) {
+    const s = new Failing(how).connect(["127.0.0.1", port]);
+    const failure = await s.ready().then(() => null, (err: unknown) => err);
+    await waitFor(() => s.events.includes("close"));
+    const expected = how === "throw" ? ["sslHandshakeError", "error", "connectError", "close"] : ["sslHandshakeError", "connectError", "close"];
+    assert.deepEqual(s.events, expected, how);
+    assert.ok(s.error instanceof ConnectError, how);
+    assert.equal(failure, s.error, `${how}: ready() rejects with the ConnectError onConnectError got`);
+  }
+  // TLS that cannot start at all (a check node:tls makes once it has the socket, made to fail): onSslError closes.
+  const proto = tls.TLSSocket.prototype as unknown as { setServername: (name: string) => void };
+  const setServername = proto.setServername;
+  proto.setServername = () => {
+    throw new Error("late check");
+  };
+  t.after(() => {
+    proto.setServername = setServername;
+  });
+  class NoTls extends Recording {
+    override onSslError() {
+      this.events.push("sslError");
+      this.close();
+    }
+  }
+  const s = new NoTls({ engine, sslOptions: { servername: "x.test" } }).connect(["127.0.0.1", port]);
+  await assert.rejects(s.ready(), ConnectError);
+  await waitFor(() => s.events.includes("close"));
+  proto.setServername = setServername;
+  assert.deepEqual(s.events, ["sslError", "connectError", "close"], "onSslError closed it");
+  assert.equal(engine.stats.open, 0);
+  assert.equal(engine.channels.size, 0);
+});
+
 /** Pants' GoogleClient (test_simple_client.py, test_ssl.py): HEAD /, close on the answer, stop the engine in onClose. */
 class HeadClient extends Stream {
   flags = { connect: false, handshake: false, read: false, close: false };
