@@ -2454,6 +2454,8 @@ export class Stream extends Channel {
     const state = this.#state;
     if (state === S_CLOSED || state === S_CLOSING) throw new ChannelStateError(`${op}() called on closed ${nameOf(this)}.`);
     if ((this.#flags & F_WRITE_ENDED) !== 0) throw new ChannelStateError(`${op}() called after end() on ${nameOf(this)}.`);
+    // (Only end() refuses this state: writes queue until onConnect.)
+    if (state === S_PENDING) throw new ChannelStateError(`${op}() called before onConnect on ${nameOf(this)}: it works from onConnect on (its TLS handshake or connect event is still pending).`);
     throw new ChannelStateError(`${op}() called on disconnected ${nameOf(this)}.`);
   }
 

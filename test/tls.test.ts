@@ -646,6 +646,36 @@ test("SNI: a host name's certificate keeps the server's protocol settings (minVe
   }
 });
 
+test("end() before onConnect (in onSslHandshake) says so: ChannelStateError naming onConnect, not 'disconnected'; write() there is queued and sent", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Echo, { engine, sslOptions: serverOptions() }), t);
+  let refused: unknown = null;
+  let wasWritable = false;
+  class Early extends Stream {
+    override onSslHandshake() {
+      wasWritable = this.writable;
+      this.write("early\n");
+      try {
+        this.end();
+      } catch (err) {
+        refused = err;
+      }
+    }
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      if (String(line) === "early") this.close();
+    }
+  }
+  const c = new Early({ engine, sslOptions: { ca_certs: certs.ca.cert } }).connect(["localhost", port]);
+  await c.ready();
+  await waitFor(() => c.closed, 5000, "the early write echoed");
+  assert.equal(wasWritable, true);
+  assert.ok(refused instanceof ChannelStateError);
+  assert.match((refused as Error).message, /end\(\) called before onConnect on Early #?\S*: it works from onConnect on/);
+});
+
 test("ALPN: the agreed protocol is on both streams", { skip }, async (t) => {
   const engine = freshEngine(t);
   const { port, agreed } = await alpnServer(t, engine, { ...serverOptions(), ALPNProtocols: ["pants/2", "pants/1"] });
