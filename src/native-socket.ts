@@ -9,7 +9,7 @@
  */
 import process from "node:process";
 import { Buffer } from "node:buffer";
-import { lookup } from "node:dns";
+import { ADDRCONFIG, lookup } from "node:dns";
 import type { LookupAddress } from "node:dns";
 import { getDefaultAutoSelectFamily, getDefaultAutoSelectFamilyAttemptTimeout, isIP } from "node:net";
 import { getSystemErrorMap } from "node:util";
@@ -252,7 +252,10 @@ export class NativeSocket {
       socket.#open(() => native.connectTcp(target.host, target.port), false);
       return socket;
     }
-    lookup(target.host, { family: target.family ?? 0, all: true }, (err, found) => {
+    const asked = target.family ?? 0;
+    // As node:net asks: only the families this host has an address of (ADDRCONFIG), unless one was given.
+    const hints = asked !== 4 && asked !== 6 && process.platform !== "win32" ? ADDRCONFIG : 0;
+    lookup(target.host, { family: asked, hints, all: true }, (err, found) => {
       if (socket.destroyed) return;
       if (err) {
         socket.connecting = false;

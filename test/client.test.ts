@@ -14,7 +14,7 @@ import { syncBuiltinESMExports } from "node:module";
 import { join } from "node:path";
 import { ConnectError, Engine, InvalidAddressFormatError, Server, Stream, TimeoutError } from "../src/index.js";
 import type { Address } from "../src/index.js";
-import { captureLogs, freePort, freshEngine, hasIPv6, portOf, tempDir, waitFor } from "./helpers.js";
+import { captureLogs, freePort, freshEngine, hasIPv6, listenLocal, portOf, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
 class Recording extends Stream {
@@ -32,11 +32,17 @@ class Recording extends Stream {
   }
 }
 
-/** Makes dns.lookup answer `host` with `addresses` (IPv4, in that order) for the test `t`; other names resolve as usual. */
-function fakeResolver(t: Parameters<typeof freshEngine>[0], host: string, addresses: string[], afterAnswer?: () => void): void {
+/**
+ * Makes dns.lookup answer `host` with `addresses` (IPv4, in that order) for
+ * the test `t`; other names resolve as usual. Returns the options each
+ * lookup of `host` was given.
+ */
+function fakeResolver(t: Parameters<typeof freshEngine>[0], host: string, addresses: string[], afterAnswer?: () => void): dns.LookupAllOptions[] {
+  const asked: dns.LookupAllOptions[] = [];
   const real = dns.lookup;
   const fake = ((name: string, options: dns.LookupAllOptions, callback: (err: Error | null, all: dns.LookupAddress[]) => void) => {
     if (name !== host) return (real as unknown as (...a: unknown[]) => void)(name, options, callback);
+    asked.push({ ...options });
     const all = addresses.map((address) => ({ address, family: 4 }));
     process.nextTick(() => {
       if (options.all) callback(null, all);
@@ -51,6 +57,7 @@ function fakeResolver(t: Parameters<typeof freshEngine>[0], host: string, addres
     dns.lookup = real;
     syncBuiltinESMExports();
   });
+  return asked;
 }
 
 /**
@@ -325,6 +332,25 @@ test("a host name with several addresses: each is tried in turn until one connec
   await s.ready();
   assert.deepEqual(s.remoteAddress, ["127.0.0.1", portOf(server)]);
   s.close();
+});
+
+test("a host name is looked up as node:net looks it up: only this host's families (ADDRCONFIG), unless a family was asked for", async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Stream, { engine }), t);
+  const asked = fakeResolver(t, "hinted.test", ["127.0.0.1"]);
+  for (const target of [["hinted.test", port], ["hinted.test", port, 0, 0]] as Address[]) {
+    const c = new Stream({ engine }).connect(target);
+    await c.ready().catch(() => {});
+    c.close();
+  }
+  const node = net.connect(port, "hinted.test");
+  await new Promise((resolve) => node.once("connect", resolve).once("error", resolve));
+  node.destroy();
+  assert.equal(asked.length, 3, JSON.stringify(asked));
+  assert.equal(asked[0]!.hints, asked[2]!.hints, "the hints node:net gives");
+  assert.equal(asked[0]!.hints, dns.ADDRCONFIG);
+  assert.equal(asked[1]!.family, 6, "a 4-tuple asks for IPv6");
+  assert.ok(!asked[1]!.hints, "with a family given, no hints");
 });
 
 const ipv6 = await hasIPv6();
