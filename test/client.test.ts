@@ -14,7 +14,7 @@ import { syncBuiltinESMExports } from "node:module";
 import { join } from "node:path";
 import { ConnectError, Engine, InvalidAddressFormatError, Server, Stream, TimeoutError } from "../src/index.js";
 import type { Address } from "../src/index.js";
-import { captureLogs, freePort, freshEngine, hasIPv6, listenLocal, portOf, tempDir, waitFor } from "./helpers.js";
+import { captureLogs, failSetServername, freePort, freshEngine, hasIPv6, listenLocal, portOf, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
 class Recording extends Stream {
@@ -673,14 +673,7 @@ test("a TLS client whose onSslHandshakeError (or onSslError) closes the stream o
     assert.equal(failure, s.error, `${how}: ready() rejects with the ConnectError onConnectError got`);
   }
   // TLS that cannot start at all (a check node:tls makes once it has the socket, made to fail): onSslError closes.
-  const proto = tls.TLSSocket.prototype as unknown as { setServername: (name: string) => void };
-  const setServername = proto.setServername;
-  proto.setServername = () => {
-    throw new Error("late check");
-  };
-  t.after(() => {
-    proto.setServername = setServername;
-  });
+  const restore = failSetServername(t);
   class NoTls extends Recording {
     override onSslError() {
       this.events.push("sslError");
@@ -690,7 +683,7 @@ test("a TLS client whose onSslHandshakeError (or onSslError) closes the stream o
   const s = new NoTls({ engine, sslOptions: { servername: "x.test" } }).connect(["127.0.0.1", port]);
   await assert.rejects(s.ready(), ConnectError);
   await waitFor(() => s.events.includes("close"));
-  proto.setServername = setServername;
+  restore();
   assert.deepEqual(s.events, ["sslError", "connectError", "close"], "onSslError closed it");
   assert.equal(engine.stats.open, 0);
   assert.equal(engine.channels.size, 0);

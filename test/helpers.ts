@@ -440,3 +440,21 @@ export function cannotReadTcpOptions(): string | false {
   if (r.status === 0) return false;
   return `reading socket options needs python3 and pidfd_getfd on this process (${r.error?.message ?? r.stderr.trim()})`;
 }
+
+/**
+ * Makes node:tls's TLSSocket.setServername throw ("late check") until the
+ * returned function is called or the test ends: a check node:tls makes only
+ * once its TLSSocket has the socket, to fail a client's TLS as it starts.
+ */
+export function failSetServername(t: TestContext): () => void {
+  const proto = tls.TLSSocket.prototype as unknown as { setServername: (name: string) => void };
+  const setServername = proto.setServername;
+  proto.setServername = () => {
+    throw new Error("late check");
+  };
+  const restore = () => {
+    proto.setServername = setServername;
+  };
+  t.after(restore);
+  return restore;
+}

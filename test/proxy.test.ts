@@ -5,6 +5,7 @@
  * Hand-made headers, and a real HAProxy (send-proxy, send-proxy-v2).
  */
 import { test } from "node:test";
+import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import tls from "node:tls";
@@ -339,47 +340,42 @@ test("behind PROXY, the TLS handshake's deadline counts from the accept, not fro
 
 const haproxy = spawnSync("haproxy", ["-v"]).status === 0;
 
+/** Runs HAProxy in TCP mode with these frontends and backends until the test ends; returns what it has said on stderr so far. */
+function startHaproxy(t: TestContext, sections: string[]): () => string {
+  const cfg = join(tempDir(t), "haproxy.cfg");
+  const head = ["global", "  maxconn 256", "defaults", "  mode tcp", "  timeout connect 2s", "  timeout client 10s", "  timeout server 10s"];
+  writeFileSync(cfg, [...head, ...sections, ""].join("\n"));
+  const child = spawn("haproxy", ["-f", cfg, "-db"], { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (d) => (stderr += d));
+  t.after(() => child.kill("SIGKILL"));
+  return () => stderr;
+}
+
 test("behind a real HAProxy with send-proxy and send-proxy-v2, the client's real address arrives", { skip: !haproxy && "haproxy is not installed (apt-get install haproxy)", timeout: 30_000 }, async (t) => {
   const engine = freshEngine(t);
   const backend = await listenLocal(new Server(Who, { engine, proxyProtocol: true }), t);
   const v1Port = await freePort();
   const v2Port = await freePort();
-  const dir = tempDir(t);
-  const cfg = join(dir, "haproxy.cfg");
-  writeFileSync(
-    cfg,
-    [
-      "global",
-      "  maxconn 256",
-      "defaults",
-      "  mode tcp",
-      "  timeout connect 2s",
-      "  timeout client 10s",
-      "  timeout server 10s",
-      `frontend v1`,
-      `  bind 127.0.0.1:${v1Port}`,
-      "  default_backend pants_v1",
-      `frontend v2`,
-      `  bind 127.0.0.1:${v2Port}`,
-      "  default_backend pants_v2",
-      "backend pants_v1",
-      `  server s1 127.0.0.1:${backend} send-proxy`,
-      "backend pants_v2",
-      `  server s1 127.0.0.1:${backend} send-proxy-v2`,
-      "",
-    ].join("\n"),
-  );
-  const child = spawn("haproxy", ["-f", cfg, "-db"], { stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  child.stderr.on("data", (d) => (stderr += d));
-  t.after(() => child.kill("SIGKILL"));
+  const stderr = startHaproxy(t, [
+    `frontend v1`,
+    `  bind 127.0.0.1:${v1Port}`,
+    "  default_backend pants_v1",
+    `frontend v2`,
+    `  bind 127.0.0.1:${v2Port}`,
+    "  default_backend pants_v2",
+    "backend pants_v1",
+    `  server s1 127.0.0.1:${backend} send-proxy`,
+    "backend pants_v2",
+    `  server s1 127.0.0.1:${backend} send-proxy-v2`,
+  ]);
   for (const port of [v1Port, v2Port]) {
     let c: Awaited<ReturnType<typeof connect>> | null = null;
     const deadline = Date.now() + 5000;
     while (c === null) {
       c = await connect(port).catch(() => null);
       if (c === null) {
-        if (Date.now() > deadline) throw new Error(`haproxy did not start: ${stderr}`);
+        if (Date.now() > deadline) throw new Error(`haproxy did not start: ${stderr()}`);
         await new Promise((r) => setTimeout(r, 50));
       }
     }
@@ -405,29 +401,13 @@ test("behind a real HAProxy that terminates TLS (send-proxy-v2-ssl-cn), parsePro
   }
   const backend = await listenLocal(new Server(Tells, { engine, proxyProtocol: true }), t);
   const front = await freePort();
-  const cfg = join(tempDir(t), "haproxy.cfg");
-  writeFileSync(
-    cfg,
-    [
-      "global",
-      "  maxconn 256",
-      "defaults",
-      "  mode tcp",
-      "  timeout connect 2s",
-      "  timeout client 10s",
-      "  timeout server 10s",
-      "frontend tls",
-      `  bind 127.0.0.1:${front} ssl crt ${certs.combined} ca-file ${certs.ca.cert} verify optional`,
-      "  default_backend pants",
-      "backend pants",
-      `  server s1 127.0.0.1:${backend} send-proxy-v2-ssl-cn`,
-      "",
-    ].join("\n"),
-  );
-  const child = spawn("haproxy", ["-f", cfg, "-db"], { stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  child.stderr.on("data", (d) => (stderr += d));
-  t.after(() => child.kill("SIGKILL"));
+  const stderr = startHaproxy(t, [
+    "frontend tls",
+    `  bind 127.0.0.1:${front} ssl crt ${certs.combined} ca-file ${certs.ca.cert} verify optional`,
+    "  default_backend pants",
+    "backend pants",
+    `  server s1 127.0.0.1:${backend} send-proxy-v2-ssl-cn`,
+  ]);
   const ask = async (withCert: boolean): Promise<unknown> => {
     const deadline = Date.now() + 5000;
     for (;;) {
@@ -442,7 +422,7 @@ test("behind a real HAProxy that terminates TLS (send-proxy-v2-ssl-cn), parsePro
         socket.destroy();
         return JSON.parse(text);
       } catch (err) {
-        if (Date.now() > deadline) throw new Error(`no answer through haproxy (${String(err)}): ${stderr}`);
+        if (Date.now() > deadline) throw new Error(`no answer through haproxy (${String(err)}): ${stderr()}`);
         await sleep(50);
       }
     }

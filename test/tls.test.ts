@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { ChannelStateError, ConnectError, Server, Stream } from "../src/index.js";
 import type { Address, Engine, SslOptions } from "../src/index.js";
 import type { Duplex } from "node:stream";
-import { RawClient, captureLogs, closedBeforeConnect, connect, connectTls, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
+import { RawClient, captureLogs, closedBeforeConnect, failSetServername, connect, connectTls, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import type { Certs } from "./certs.js";
 
@@ -2011,14 +2011,7 @@ test("a check node:tls makes only once its TLSSocket has the socket (setServerna
   const onUncaught = (err: unknown) => uncaught.push(err);
   process.on("uncaughtException", onUncaught);
   t.after(() => process.off("uncaughtException", onUncaught));
-  const proto = tls.TLSSocket.prototype as unknown as { setServername: (name: string) => void };
-  const setServername = proto.setServername;
-  proto.setServername = () => {
-    throw new Error("late check");
-  };
-  t.after(() => {
-    proto.setServername = setServername;
-  });
+  failSetServername(t);
   const events: string[] = [];
   class Client extends Stream {
     override onSslError(err: Error) {
