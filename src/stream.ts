@@ -547,9 +547,9 @@ export class Stream extends Channel {
     return this.#state === S_PENDING || this.#state === S_OPEN || this.#state === S_CLOSING;
   }
 
-  /** True while a client connect is under way. */
+  /** True while a client connect is under way (false from its `onConnectError` on, as node:net's in its 'error'). */
   get connecting(): boolean {
-    return this.#state === S_CONNECTING;
+    return this.#state === S_CONNECTING && (this.#x === null || this.#x.connectError === null);
   }
 
   /** True once the stream has closed (after which `onClose` has run or is running). */

@@ -20,12 +20,15 @@ import { hasOpenssl, makeCerts } from "./certs.js";
 class Recording extends Stream {
   events: string[] = [];
   error: ConnectError | null = null;
+  /** connecting, connected and closed as onConnectError saw them. */
+  stateAtError: [boolean, boolean, boolean] | null = null;
   override onConnect() {
     this.events.push("connect");
   }
   override onConnectError(err: ConnectError) {
     this.events.push("connectError");
     this.error = err;
+    this.stateAtError = [this.connecting, this.connected, this.closed];
   }
   override onClose() {
     this.events.push("close");
@@ -97,6 +100,7 @@ async function failedConnect(t: Parameters<typeof freshEngine>[0], address: Addr
   await assert.rejects(s.ready(), ConnectError);
   await waitFor(() => s.events.includes("close"));
   assert.deepEqual(s.events, ["connectError", "close"]);
+  assert.deepEqual(s.stateAtError, [false, false, false], "in onConnectError: no longer connecting (as node:net's socket in 'error'), not connected, not yet closed");
   assert.equal(s.closed, true);
   assert.ok(s.error instanceof ConnectError);
   assert.equal(s.error.code, "ERR_CONNECT");
