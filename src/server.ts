@@ -410,15 +410,14 @@ export class Server<S extends Stream = Stream> extends Channel {
    */
   constructor(ConnectionClass?: ConnectionClass<S> | null, options?: ServerOptions) {
     super(options);
-    const given: unknown = ConnectionClass;
-    if (given !== undefined && given !== null) {
-      if (typeof given !== "function" || !(given.prototype instanceof Stream || given === Stream)) {
-        throw typeError(`The connection class must be Stream or a subclass of it, got ${describe(given)}.`);
-      }
-    }
     // The class attribute's type cannot name S (statics see no type
     // parameter): a subclass of Server<S> promises it is S's class.
-    this.#ConnectionClass = ConnectionClass ?? ((this.constructor as typeof Server).ConnectionClass as ConnectionClass<S>);
+    const given: unknown = ConnectionClass ?? (this.constructor as typeof Server).ConnectionClass;
+    if (typeof given !== "function" || !(given.prototype instanceof Stream || given === Stream)) {
+      const where = ConnectionClass == null ? `${this.constructor.name}.ConnectionClass` : "The connection class";
+      throw typeError(`${where} must be Stream or a subclass of it, got ${describe(given)}.`);
+    }
+    this.#ConnectionClass = given as ConnectionClass<S>;
     const o = options ?? {};
     this.#maxConnections = optionalCount("maxConnections", o.maxConnections, Infinity);
     if (o.peerIPv6Prefix !== undefined) this.#peerPrefix6 = checkPrefix6(o.peerIPv6Prefix);

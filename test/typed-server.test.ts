@@ -129,7 +129,11 @@ test("types: new Server(Chat) is a Server<Chat>; a subclass names S and sets the
   class WrongStatic extends Server<Chat> {
     static override ConnectionClass = NotAStream;
   }
-  void WrongStatic;
+  // ... and checked at run time as the argument is (it was taken as it was, to fail at the first accept).
+  assert.throws(
+    () => new WrongStatic(null, { engine }),
+    (err: Error) => err instanceof TypeError && /^WrongStatic\.ConnectionClass must be Stream or a subclass of it/.test(err.message),
+  );
 
   // At run time the types match what the servers make.
   assert.equal(chat.ConnectionClass, Chat);
