@@ -369,6 +369,9 @@ export class Server<S extends Stream = Stream> extends Channel {
   #bindError: Error | null = null;
   #shutdown: Promise<void> | null = null;
   #shutdownDone: (() => void) | null = null;
+  /** When (engine time) the drain forces what is left: the earliest deadline any shutdown() call gave. */
+  #shutdownDeadline = Infinity;
+  #shutdownTimer: Timer | null = null;
   #proxyWaits = new Set<ProxyWait>();
   /**
    * Sockets an async onAccept override still holds, with the per-peer id
@@ -719,27 +722,36 @@ export class Server<S extends Stream = Stream> extends Channel {
    * `onShutdown()` (default `close(true)`), and resolves once all have
    * closed; connections still open after `timeoutMs` (default 10 000; 0:
    * no deadline) are closed without flushing. The server ends closed.
+   * Called again while it drains, it returns the same promise, and a
+   * deadline earlier than the one running replaces it.
    */
   shutdown(options?: { timeoutMs?: number }): Promise<void> {
-    if (this.#shutdown !== null) return this.#shutdown;
     const timeoutMs = optionalMs("timeoutMs", options?.timeoutMs, 10_000);
-    this.#shutdown = new Promise<void>((resolve) => {
-      this.#shutdownDone = resolve;
-    });
-    this.#stopAccepting();
-    for (const conn of [...this.#channels.values()]) {
-      if (!conn.closed) conn._shutdownRequested();
-    }
-    let timer: Timer | null = null;
-    if (this.#channels.size > 0 && timeoutMs > 0) {
-      // An engine timer: on the engine's clock (a manual one in tests), and
-      // capped where Node's timers would fire a longer delay at once.
-      timer = this.engine.defer(cappedDelay(timeoutMs), () => {
-        for (const conn of [...this.#channels.values()]) conn.close(false);
-        this.#checkShutdownDone();
+    if (this.#shutdown === null) {
+      this.#shutdown = new Promise<void>((resolve) => {
+        this.#shutdownDone = resolve;
       });
+      this.#stopAccepting();
+      for (const conn of [...this.#channels.values()]) {
+        if (!conn.closed) conn._shutdownRequested();
+      }
+      void this.#shutdown.then(() => this.#shutdownTimer?.cancel());
     }
-    void this.#shutdown.then(() => timer?.cancel());
+    // A call while the drain runs (a second SIGTERM, say) may bring the
+    // deadline forward, never push it back: the earliest one applies.
+    if (timeoutMs > 0 && this.#shutdownDone !== null && this.#channels.size > 0) {
+      const deadline = this.engine.time() + timeoutMs;
+      if (deadline < this.#shutdownDeadline) {
+        this.#shutdownDeadline = deadline;
+        this.#shutdownTimer?.cancel();
+        // An engine timer: on the engine's clock (a manual one in tests), and
+        // capped where Node's timers would fire a longer delay at once.
+        this.#shutdownTimer = this.engine.defer(cappedDelay(timeoutMs), () => {
+          for (const conn of [...this.#channels.values()]) conn.close(false);
+          this.#checkShutdownDone();
+        });
+      }
+    }
     this.#checkShutdownDone();
     return this.#shutdown;
   }

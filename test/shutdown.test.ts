@@ -95,6 +95,26 @@ test("shutdown({ timeoutMs: 0 }): no deadline, as every other 0 ms option; it re
   assert.equal(server.channels.size, 0);
 });
 
+test("shutdown() called again while draining: the same promise, and an earlier deadline applies (a later one or 0 does not push it back)", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Stubborn, { engine });
+  const port = await listenLocal(server);
+  const c = await connect(port);
+  await waitFor(() => server.channels.size === 1);
+  const start = Date.now();
+  const first = server.shutdown({ timeoutMs: 0 });
+  assert.throws(() => server.shutdown({ timeoutMs: -1 }), RangeError, "a second call's timeoutMs is checked too");
+  assert.equal(server.shutdown({ timeoutMs: 200 }), first, "the same promise");
+  assert.equal(server.shutdown({ timeoutMs: 0 }), first);
+  assert.equal(server.shutdown({ timeoutMs: 60_000 }), first);
+  const forced = await Promise.race([first.then(() => true), sleep(3000).then(() => false)]);
+  const elapsed = Date.now() - start;
+  assert.ok(forced, "the second call's 200 ms deadline forced the stubborn connection");
+  assert.ok(elapsed >= 190 && elapsed < 2000, `resolved after ${elapsed} ms`);
+  assert.equal(server.channels.size, 0);
+  await c.readToEnd();
+});
+
 test("shutdown: the default onShutdown delivers pending writes before closing", async (t) => {
   const engine = freshEngine(t);
   const big = Buffer.alloc(8 << 20, 0x71);
