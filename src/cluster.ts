@@ -290,6 +290,9 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   // longer each time, and no other worker's crash resets or inherits it.
   // A worker not in this map (a first one, a rolling restart's) starts at baseDelay.
   const slotDelay = new WeakMap<Worker, number>();
+  // Restarts waiting out their delay: a shutdown cancels them, or one (up to
+  // 30 s away) would hold the primary's exit after its workers are gone.
+  const pendingRestarts = new Set<ReturnType<typeof setTimeout>>();
   // Exits the crash handler leaves alone: ones we asked for, and workers
   // that have not listened yet (a start that fails is reported, not retried).
   const expected = new Set<Worker>();
@@ -435,9 +438,11 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       const delay = livedMs > 10_000 ? baseDelay : (slotDelay.get(worker) ?? baseDelay);
       log.current.warn(`Worker ${worker.process.pid} exited (${signal ?? code}); restarting in ${delay} ms.`);
       restarts++;
-      setTimeout(() => {
+      const timer = setTimeout(() => {
+        pendingRestarts.delete(timer);
         if (stopped === null) slotDelay.set(fork(), Math.min(delay * 2, 30_000));
       }, cappedDelay(delay));
+      pendingRestarts.add(timer);
     });
 
     // Called again (a second signal, shutdown() from code), it is the same
@@ -445,6 +450,8 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
     const stop = (): Promise<void> =>
       (stopped ??= (async () => {
         log.current.info("Shutting down the cluster.");
+        for (const timer of pendingRestarts) clearTimeout(timer);
+        pendingRestarts.clear();
         const all = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
         await Promise.all(all.map(retire));
         closedResolve();

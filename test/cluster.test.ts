@@ -276,6 +276,20 @@ test("runCluster: SIGTERM while the workers are still loading (just forked) reac
   }
 });
 
+test("runCluster: SIGTERM while a crashed worker's restart waits out its delay: no restart, and the primary exits at once (not when the delay ends)", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
+  const cluster = await startCluster(t, 1, { RESTART_DELAY_MS: "20000" });
+  const c = await connect(cluster.port);
+  c.write("crash\n");
+  await c.readToEnd();
+  await waitFor(() => /restarting in 20000 ms/.test(cluster.out()), 10_000, `the crash seen; output: ${cluster.out()}`);
+  const signalled = Date.now();
+  cluster.child.kill("SIGTERM");
+  assert.equal(await cluster.exited, 0, cluster.out());
+  const took = Date.now() - signalled;
+  assert.ok(took < 5000, `the primary exited ${took} ms after SIGTERM; output: ${cluster.out()}`);
+  assert.equal(cluster.listening(), 1, "no worker was started after the SIGTERM");
+});
+
 test("runCluster: SIGTERM while a worker's main() still runs: it finishes starting, then drains what it started", { timeout: 60_000, skip: sameOnEitherTransport || process.platform !== "linux" && "reads /proc" }, async (t) => {
   const run = launch(t, "cluster-main.ts", { PORT: "0", WORKERS: "2", START_DELAY_MS: "2500" });
   const { child, exited } = run;
