@@ -293,6 +293,9 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   // Restarts waiting out their delay: a shutdown cancels them, or one (up to
   // 30 s away) would hold the primary's exit after its workers are gone.
   const pendingRestarts = new Set<ReturnType<typeof setTimeout>>();
+  // Workers whose rolling-restart replacement is starting, and those of them that crashed meanwhile.
+  const beingReplaced = new Set<Worker>();
+  const crashedWhileReplaced = new Set<Worker>();
   // Exits the crash handler leaves alone: ones we asked for, and workers
   // that have not listened yet (a start that fails is reported, not retried).
   const expected = new Set<Worker>();
@@ -433,17 +436,30 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       }
       if (expected.delete(worker)) return;
       if (stopped !== null) return;
+      // A rolling restart is starting its replacement: that one takes its
+      // place (a restart too would leave one worker more than asked for),
+      // unless it fails to start; then replaceAll() restarts this one.
+      if (beingReplaced.has(worker)) {
+        log.current.warn(`Worker ${worker.process.pid} exited (${signal ?? code}) while its replacement was starting.`);
+        crashedWhileReplaced.add(worker);
+        return;
+      }
+      restartLater(worker, `exited (${signal ?? code})`);
+    });
+
+    /** A crashed worker's slot gets a new worker, after its back-off delay. */
+    const restartLater = (worker: Worker, why: string) => {
       // One that ran for 10 s was healthy: its slot's back-off starts over.
       const livedMs = performance.now() - (lastFork.get(worker) ?? 0);
       const delay = livedMs > 10_000 ? baseDelay : (slotDelay.get(worker) ?? baseDelay);
-      log.current.warn(`Worker ${worker.process.pid} exited (${signal ?? code}); restarting in ${delay} ms.`);
+      log.current.warn(`Worker ${worker.process.pid} ${why}; restarting in ${delay} ms.`);
       restarts++;
       const timer = setTimeout(() => {
         pendingRestarts.delete(timer);
         if (stopped === null) slotDelay.set(fork(), Math.min(delay * 2, 30_000));
       }, cappedDelay(delay));
       pendingRestarts.add(timer);
-    });
+    };
 
     // Called again (a second signal, shutdown() from code), it is the same
     // shutdown: every caller's promise settles once the workers are gone.
@@ -465,8 +481,15 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
         if (worker.isDead()) continue;
         // Start the replacement first, so capacity never drops to zero.
         const fresh = fork();
-        if (!(await whenListening(fresh))) {
-          if (stopped === null) log.current.error("A replacement worker failed to start; keeping the old ones.");
+        beingReplaced.add(worker);
+        const started = await whenListening(fresh);
+        beingReplaced.delete(worker);
+        const crashed = crashedWhileReplaced.delete(worker);
+        if (!started) {
+          if (stopped !== null) break;
+          log.current.error("A replacement worker failed to start; keeping the old ones.");
+          // The old one crashed meanwhile: it is restarted as any crashed worker.
+          if (crashed) restartLater(worker, "had crashed while its replacement failed to start");
           break;
         }
         await retire(worker);

@@ -184,6 +184,22 @@ test("runCluster: a SIGHUP whose replacement fails to start keeps the old worker
   assert.equal(await c.exited, 0);
 });
 
+test("runCluster: a worker that crashes while its SIGHUP replacement starts is not restarted too: the replacement takes its place (no third worker)", { timeout: 60_000, skip: sameOnEitherTransport || process.platform !== "linux" && "reads /proc" }, async (t) => {
+  const c = await startCluster(t, 2, { START_DELAY_MS: "1500" });
+  const pid = c.child.pid!;
+  const [first] = c.out().split("\n").filter((l) => l.startsWith("listening ")).map((l) => Number(l.split(" ")[2])).sort((a, b) => a - b);
+  c.child.kill("SIGHUP");
+  await waitFor(() => workerCount(pid) >= 3, 5000, "the first replacement forked");
+  // The first worker (the one replaced first) crashes while its replacement still loads.
+  process.kill(first!, "SIGKILL");
+  await waitFor(() => c.listening() >= 4, 20000, `two replacements; output: ${c.out()}`);
+  await sleep(2500); // a crash handler restart would have listened by now
+  assert.equal(workerCount(pid), 2, c.out());
+  assert.equal(c.listening(), 4, c.out());
+  c.child.kill("SIGTERM");
+  assert.equal(await c.exited, 0);
+});
+
 test("runCluster: a worker that fails to start fails the start: the primary stops the others and exits non-zero", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
   const broken = join(tempDir(t), "broken");
   writeFileSync(broken, "");
