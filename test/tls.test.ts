@@ -1208,33 +1208,39 @@ test("STARTTLS: bytes written just before startSSL() get their onWrite once the 
   }
 });
 
-test("STARTTLS: a ClientHello pipelined right behind the command is not read as plaintext (uvloop#707)", { skip }, async (t) => {
-  const engine = freshEngine(t);
-  class Starttls extends Stream {
-    override onConnect() {
-      this.readDelimiter = "\n";
+for (const how of ["sync", "async, paused"] as const) {
+  test(`STARTTLS: a ClientHello pipelined right behind the command is not read as plaintext (uvloop#707; ${how} onRead, as the guide says)`, { skip }, async (t) => {
+    const engine = freshEngine(t);
+    class Starttls extends Stream {
+      override onConnect() {
+        this.readDelimiter = "\n";
+      }
+      override async onRead(line: Buffer) {
+        if (line.toString() !== "STARTTLS") return void this.write(`echo:${line}\n`);
+        if (how === "sync") return void this.startSSL({ certfile: certs.server.cert, keyfile: certs.server.key });
+        this.pauseReading(); // before the await: the ClientHello stays buffered for the handshake
+        await sleep(50); // (a lookup, say)
+        this.startSSL({ certfile: certs.server.cert, keyfile: certs.server.key });
+        this.resumeReading();
+      }
     }
-    override onRead(line: Buffer) {
-      if (line.toString() === "STARTTLS") this.startSSL({ certfile: certs.server.cert, keyfile: certs.server.key });
-      else this.write(`echo:${line}\n`);
-    }
-  }
-  const port = await listenLocal(new Server(Starttls, { engine }), t);
-  const raw = net.connect(port, "127.0.0.1");
-  await new Promise((r) => raw.once("connect", r));
-  raw.write("STARTTLS\n");
-  // No waiting for a reply: the handshake bytes follow in the same flight.
-  const secure = tls.connect({ socket: raw, ca: certs.ca.certPem, servername: "localhost" });
-  await new Promise<void>((resolve, reject) => {
-    secure.once("secureConnect", resolve);
-    secure.once("error", reject);
+    const port = await listenLocal(new Server(Starttls, { engine }), t);
+    const raw = net.connect(port, "127.0.0.1");
+    await new Promise((r) => raw.once("connect", r));
+    raw.write("STARTTLS\n");
+    // No waiting for a reply: the handshake bytes follow in the same flight.
+    const secure = tls.connect({ socket: raw, ca: certs.ca.certPem, servername: "localhost" });
+    await new Promise<void>((resolve, reject) => {
+      secure.once("secureConnect", resolve);
+      secure.once("error", reject);
+    });
+    secure.write("one\ntwo\n");
+    let got = "";
+    secure.on("data", (d) => (got += d));
+    await waitFor(() => got === "echo:one\necho:two\n", 5000, `echoes, got ${JSON.stringify(got)}`);
+    secure.destroy();
   });
-  secure.write("one\ntwo\n");
-  let got = "";
-  secure.on("data", (d) => (got += d));
-  await waitFor(() => got === "echo:one\necho:two\n", 5000, `echoes, got ${JSON.stringify(got)}`);
-  secure.destroy();
-});
+}
 
 test("STARTTLS then close(true) at once: the handshake completes, then the stream closes (close_notify, FIN)", { skip }, async (t) => {
   const engine = freshEngine(t);
