@@ -15,7 +15,7 @@ import type { BigIntStats } from "node:fs";
 import type { Duplex } from "node:stream";
 import { Channel, diagnostics, isThenable, nameOf } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
-import { addStats, cappedDelay, newStats } from "./engine.js";
+import { addStats, newStats } from "./engine.js";
 import type { Stats, Timer } from "./engine.js";
 import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, readsAsPort, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
@@ -744,9 +744,9 @@ export class Server<S extends Stream = Stream> extends Channel {
       if (deadline < this.#shutdownDeadline) {
         this.#shutdownDeadline = deadline;
         this.#shutdownTimer?.cancel();
-        // An engine timer: on the engine's clock (a manual one in tests), and
-        // capped where Node's timers would fire a longer delay at once.
-        this.#shutdownTimer = this.engine.defer(cappedDelay(timeoutMs), () => {
+        // An engine timer: on the engine's clock (a manual one in tests),
+        // and whole however long (engine timers wait past Node's 2^31-1 ms).
+        this.#shutdownTimer = this.engine.defer(timeoutMs, () => {
           for (const conn of [...this.#channels.values()]) conn.close(false);
           this.#checkShutdownDone();
         });

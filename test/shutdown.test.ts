@@ -325,6 +325,25 @@ test("shutdown() with a timeoutMs beyond what a Node timer holds (2^31 ms) does 
   await waitFor(() => server.closed, 3000, "the server closed once its last connection left");
 });
 
+test("shutdown() with a timeoutMs beyond 2^31-1 ms forces the rest at that deadline, not at 2^31-1 ms (on the engine's clock)", async (t) => {
+  const engine = new Engine({ manualClock: true });
+  t.after(() => engine.stop());
+  const server = new Server(Stubborn, { engine });
+  const port = await listenLocal(server);
+  const c = await connect(port);
+  c.write("up\n");
+  assert.equal(await c.readText(3), "up\n");
+  let resolved = false;
+  const done = server.shutdown({ timeoutMs: 3e9 }).then(() => (resolved = true));
+  engine.advance(2 ** 31);
+  await sleep(100);
+  assert.equal(resolved || c.ended, false, "still draining past 2^31-1 ms");
+  engine.advance(3e9 - 2 ** 31);
+  await waitFor(() => resolved, 3_000, "forced at 3e9 ms");
+  await done;
+  await c.readToEnd(5_000);
+});
+
 test("shutdown while a connection closed before its onConnect still drains (close(true) from onAccept): onClose only, no onShutdown; what was written goes out", async (t) => {
   const engine = freshEngine(t);
   const events: string[] = [];
