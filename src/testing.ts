@@ -155,6 +155,7 @@ export interface MemoryPeer<S extends Stream> {
    * (bytes sent to a stream that has closed are dropped, as over TCP).
    * Each packet arrives on a turn of its own, as a socket's reads do (the
    * microtasks and `process.nextTick` callbacks of one run before the next).
+   * Sends not awaited go out whole, one after the other, in call order.
    */
   send(data: string | Uint8Array, options?: SendOptions): Promise<void>;
   /** Everything the stream wrote since the last `read()`, after its writes of this turn have left. */
@@ -168,7 +169,7 @@ export interface MemoryPeer<S extends Stream> {
   pauseReading(): void;
   /** The peer reads again: what waited is delivered (`read()` returns it). */
   resumeReading(): void;
-  /** The peer closes its sending side (FIN). */
+  /** The peer closes its sending side (FIN), after the bytes of the sends still under way, as a socket's FIN follows its writes. */
   end(): void;
   /** The peer resets the connection: the stream gets `ECONNRESET`, or, after `end()`, `EPIPE` on its next write, as over TCP. */
   reset(): void;
@@ -234,30 +235,18 @@ export function memoryPeer<S extends Stream>(
   };
   /** Set once the peer has ended or reset its side: a later send() is a test's mistake. */
   let peerDone: string | null = null;
+  /**
+   * The peer's sends and its FIN, in the order they were called, as a
+   * socket's writes and end() go out: a send() not awaited before end() or
+   * another send() still arrives whole, and first.
+   */
+  let queue: Promise<void> = Promise.resolve();
+  let queued = 0;
 
-  return {
-    stream,
-    socket: remote,
-    ready,
-    closed,
-    get ended() {
-      return ended;
-    },
-    async send(data, sendOptions) {
-      // As Stream.write(): a clear TypeError, not a property read on null.
-      if (typeof data !== "string" && !(data instanceof Uint8Array)) {
-        throw typeError(`send() expects a string or a Uint8Array, got ${describe(data)}.`);
-      }
-      // As a socket's write() after its end(): refused, not dropped unseen.
-      if (peerDone !== null) throw new ChannelStateError(`send() after the peer's ${peerDone}(): it has no sending side left.`);
+  /** Writes the bytes of one send(), a packet per turn. */
+  async function deliver(bytes: Buffer, sizes: SendOptions["chunkSize"]): Promise<void> {
+    try {
       await ready;
-      const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-      const sizes = sendOptions?.chunkSize;
-      // Checked before anything is sent: a bad size never leaves half a message written.
-      for (const size of sizes === undefined ? [] : typeof sizes === "number" ? [sizes] : sizes) {
-        if (typeof size !== "number") throw typeError(`chunkSize must be a positive integer or an array of them, got ${describe(size)}.`);
-        if (!Number.isInteger(size) || size <= 0) throw rangeError(`chunkSize must be positive integers, got ${String(size)}.`);
-      }
       let offset = 0;
       let i = 0;
       while (offset < bytes.length) {
@@ -278,6 +267,37 @@ export function memoryPeer<S extends Stream>(
         offset += size;
       }
       await tick();
+    } finally {
+      queued--;
+    }
+  }
+
+  return {
+    stream,
+    socket: remote,
+    ready,
+    closed,
+    get ended() {
+      return ended;
+    },
+    send(data, sendOptions) {
+      // As Stream.write(): a clear TypeError, not a property read on null.
+      if (typeof data !== "string" && !(data instanceof Uint8Array)) {
+        return Promise.reject(typeError(`send() expects a string or a Uint8Array, got ${describe(data)}.`));
+      }
+      // As a socket's write() after its end(): refused, not dropped unseen.
+      if (peerDone !== null) return Promise.reject(new ChannelStateError(`send() after the peer's ${peerDone}(): it has no sending side left.`));
+      const sizes = sendOptions?.chunkSize;
+      // Checked before anything is sent: a bad size never leaves half a message written.
+      for (const size of sizes === undefined ? [] : typeof sizes === "number" ? [sizes] : sizes) {
+        if (typeof size !== "number") return Promise.reject(typeError(`chunkSize must be a positive integer or an array of them, got ${describe(size)}.`));
+        if (!Number.isInteger(size) || size <= 0) return Promise.reject(rangeError(`chunkSize must be positive integers, got ${String(size)}.`));
+      }
+      const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+      queued++;
+      const sent = queue.then(() => deliver(bytes, sizes));
+      queue = sent;
+      return sent;
     },
     async read() {
       await tick();
@@ -293,7 +313,9 @@ export function memoryPeer<S extends Stream>(
     },
     end() {
       peerDone ??= "end";
-      remote.end();
+      // After the sends not yet delivered, as a socket's FIN follows its writes.
+      if (queued === 0) remote.end();
+      else queue = queue.then(() => void remote.end());
     },
     reset() {
       peerDone ??= "reset";

@@ -339,3 +339,34 @@ test("a manual clock fires defer and cycle timers in due order, ties by creation
   assert.deepEqual(fired, expected);
   assert.equal(runs, 3);
 });
+
+test("memoryPeer: a send() not awaited keeps its order: its bytes arrive whole before a later send()'s and before end()'s FIN, as a socket's writes do", async () => {
+  class Collect extends Stream {
+    got = "";
+    events: string[] = [];
+    override onRead(chunk: Buffer) {
+      this.got += chunk.toString();
+    }
+    override onEnd() {
+      this.events.push(`end after ${JSON.stringify(this.got)}`);
+      this.close();
+    }
+  }
+  const peer = memoryPeer(Collect);
+  void peer.send("aaaa", { chunkSize: 1 });
+  void peer.send("bbbb", { chunkSize: [1, 2] });
+  const last = peer.send("cc");
+  peer.end();
+  await last;
+  await peer.closed;
+  assert.equal(peer.stream.got, "aaaabbbbcc");
+  assert.deepEqual(peer.stream.events, ['end after "aaaabbbbcc"']);
+
+  // Once ready too, and without chunkSize.
+  const ready = memoryPeer(Collect);
+  await ready.ready;
+  void ready.send("hi\n");
+  ready.end();
+  await ready.closed;
+  assert.deepEqual(ready.stream.events, ['end after "hi\\n"']);
+});
