@@ -293,7 +293,9 @@ export function memoryPeer<S extends Stream>(
         if (typeof size !== "number") return Promise.reject(typeError(`chunkSize must be a positive integer or an array of them, got ${describe(size)}.`));
         if (!Number.isInteger(size) || size <= 0) return Promise.reject(rangeError(`chunkSize must be positive integers, got ${String(size)}.`));
       }
-      const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+      // A copy, as a socket's write() takes one into the kernel: the caller may
+      // reuse its buffer once send() returns, and the stream may keep its chunks.
+      const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : Buffer.from(data);
       queued++;
       const sent = queue.then(() => deliver(bytes, sizes));
       queue = sent;

@@ -370,3 +370,24 @@ test("memoryPeer: a send() not awaited keeps its order: its bytes arrive whole b
   await ready.closed;
   assert.deepEqual(ready.stream.events, ['end after "hi\\n"']);
 });
+
+test("memoryPeer: send() copies its bytes: a buffer the test reuses afterwards does not change the chunks the stream kept or has not read yet", async () => {
+  class Keep extends Stream {
+    kept: Buffer[] = [];
+    override onRead(chunk: Buffer) {
+      this.kept.push(chunk); // chunks are the stream's to keep (reuseReadBuffer is false)
+    }
+  }
+  const peer = memoryPeer(Keep);
+  const buf = Buffer.from("AAAA");
+  await peer.send(buf);
+  buf.fill("B");
+  assert.equal(Buffer.concat(peer.stream.kept).toString(), "AAAA", "a chunk the stream kept");
+
+  peer.stream.pauseReading();
+  await peer.send(buf); // "BBBB", waiting unread
+  buf.fill("C");
+  peer.stream.resumeReading();
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.equal(Buffer.concat(peer.stream.kept).toString(), "AAAABBBB", "bytes sent while the stream was paused");
+});
