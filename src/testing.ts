@@ -297,8 +297,11 @@ export function memoryPeer<S extends Stream>(
       // reuse its buffer once send() returns, and the stream may keep its chunks.
       const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : Buffer.from(data);
       queued++;
-      const sent = queue.then(() => deliver(bytes, sizes));
-      queue = sent;
+      // Each send waits for the one before, however that one ended; the
+      // chain itself never rejects (a failure is its own send()'s to report).
+      const run = (): Promise<void> => deliver(bytes, sizes);
+      const sent = queue.then(run, run);
+      queue = sent.catch(() => {});
       return sent;
     },
     async read() {
