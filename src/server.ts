@@ -380,7 +380,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * the override settles, or the socket closes. A TLS socket's handshake
    * deadline (from the accept) runs meanwhile.
    */
-  #held = new Map<Duplex, { id: number; address: Address; handshake: HeldHandshake | null }>();
+  #held = new Map<Duplex, { id: number; address: Address }>();
   #heldIds = 0;
   /** The figures this server added to the process totals when it retired (then since); null until it retires. */
   #retiredAs: Stats | null = null;
@@ -1291,7 +1291,8 @@ export class Server<S extends Stream = Stream> extends Channel {
   #awaitAccept(pending: PromiseLike<unknown>, owned: Duplex & { [kStream]?: Stream }, raw: net.Socket | NativeSocket, address: Address): void {
     if (owned[kStream] === undefined && !raw.destroyed) {
       const id = -++this.#heldIds;
-      this.#held.set(owned, { id, address, handshake: this.#holdHandshake(owned, raw) });
+      this.#held.set(owned, { id, address });
+      this.#holdHandshake(owned, raw);
       this.#countPending();
       if (this.#perPeer !== null && address !== null) countPeer(this.#perPeer, id, peerKey(address, this.#peerPrefix6));
       raw.once("close", () => this.#release(owned));
@@ -1325,7 +1326,8 @@ export class Server<S extends Stream = Stream> extends Channel {
       this.#held.delete(socket);
       this.#countPending();
       if (this.#perPeer !== null) uncountPeer(this.#perPeer, held.id);
-      if (held.handshake !== null) this._heldHandshakeDone(held.handshake);
+      const handshake = (socket as HeldTlsSocket)[kHeldHandshake];
+      if (handshake !== undefined) this._heldHandshakeDone(handshake);
     }
     this.#retire(); // (the override may have counted something since the server retired)
   }
@@ -1334,11 +1336,11 @@ export class Server<S extends Stream = Stream> extends Channel {
    * A TLS socket held while its handshake runs keeps the deadline it had
    * from the accept (else a silent client stayed as long as the override
    * held it), and is closed once its peer half-closes (else it stayed until
-   * that deadline); null for a plain socket or a finished handshake.
+   * that deadline). Nothing for a plain socket or a finished handshake.
    */
-  #holdHandshake(socket: Duplex, raw: net.Socket | NativeSocket): HeldHandshake | null {
+  #holdHandshake(socket: Duplex, raw: net.Socket | NativeSocket): void {
     const t = socket as HeldTlsSocket;
-    if (!(t instanceof tls.TLSSocket) || t[kTlsSecured] === true) return null;
+    if (!(t instanceof tls.TLSSocket) || t[kTlsSecured] === true) return;
     const ms = this._handshakeTimeoutMs;
     const now = this.engine.time();
     const wait = new HeldHandshake(this, t, raw, ms > 0 ? (t[kAcceptedAt] ?? now) + ms : Infinity);
@@ -1346,7 +1348,6 @@ export class Server<S extends Stream = Stream> extends Channel {
     t.once("secure", onHeldSecure);
     t.once("end", onHeldEnd);
     if (ms > 0) this.engine._sweeper.add(wait, Math.max(1, wait.deadline - now));
-    return wait;
   }
 
   /** @internal A held socket's handshake is done, or it is no longer held: its deadline is the stream's now, if any. */
