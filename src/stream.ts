@@ -305,6 +305,8 @@ class Extras {
   connectError: Error | null = null;
   /** A failed TLS connect's onConnectError, due after its TLS handler (or before onClose, should that handler close). */
   connectErrorOwed: ConnectError | null = null;
+  /** Set as a TLS handshake fails (or TLS cannot start): why writes are refused from its handler on. */
+  tlsFailed: string | null = null;
   connectTarget: ParsedAddress | null = null;
   sslOptions: SslOptions | null = null;
   /** sslOptions compiled when given (for the side they said then). */
@@ -565,8 +567,9 @@ export class Stream extends Channel {
   /**
    * True when `write` (and `writeFile`, `writePacked`, `flush`) would take
    * bytes rather than throw {@link ChannelStateError}: connected, not ended
-   * ({@link end}), closing or closed. The test for a broadcast loop over
-   * other streams.
+   * ({@link end}), closing or closed, and TLS has not failed (false in
+   * `onSslHandshakeError` and `onSslError`). The test for a broadcast loop
+   * over other streams.
    */
   get writable(): boolean {
     return (this.#state === S_OPEN || this.#state === S_PENDING) && (this.#flags & F_WRITE_ENDED) === 0;
@@ -1005,7 +1008,7 @@ export class Stream extends Channel {
       throw new ChannelStateError(`startSSL() called on closed ${nameOf(this)}.`);
     }
     // The handshake writes: after our FIN (or with one queued) it could only fail, or be cut by it.
-    if ((this.#flags & F_WRITE_ENDED) !== 0) throw new ChannelStateError(`startSSL() called after end() on ${nameOf(this)}.`);
+    if ((this.#flags & F_WRITE_ENDED) !== 0) this.#writeStateError("startSSL");
     if (this.sslEnabled) throw new ChannelStateError(`startSSL() called on SSL-enabled ${nameOf(this)}.`);
     checkPantsFlags(sslOptions, undefined);
     if (this.#state === S_INIT || this.#state === S_CONNECTING) {
@@ -1280,7 +1283,8 @@ export class Stream extends Channel {
    * The TLS handshake failed (or timed out); the stream closes after this
    * returns (for a client's first handshake, `onConnectError` follows it,
    * then `onClose`, even when this handler closed the stream or threw).
-   * Default: log at debug.
+   * Nothing can be sent any more: `writable` is false here and the writes
+   * throw {@link ChannelStateError}. Default: log at debug.
    */
   onSslHandshakeError(err: Error): void {
     log.current.debug({ err, stream: nameOf(this) }, `TLS handshake failed: ${err.message.trimEnd()}`);
@@ -1289,7 +1293,8 @@ export class Stream extends Channel {
    * TLS could not be set up (node:tls refused the options); the stream
    * closes after this returns (for a client's first handshake,
    * `onConnectError` follows it, then `onClose`, even when this handler
-   * closed the stream or threw). Default: log it.
+   * closed the stream or threw). As in `onSslHandshakeError`, the writes
+   * throw here. Default: log it.
    */
   onSslError(err: Error): void {
     logPeerError(err, `TLS error on ${nameOf(this)}`);
@@ -1474,6 +1479,7 @@ export class Stream extends Channel {
         this.#extras().connectError = connectErr ?? (err as Error);
         this.#extras().connectErrorOwed = connectErr;
       }
+      this.#tlsFailed("TLS could not start");
       this._call1(this.onSslError, err as Error);
       this.#payConnectError();
       this.#finishClose(false);
@@ -2397,9 +2403,20 @@ export class Stream extends Channel {
       this.#extras().connectError = connectErr;
       this.#extras().connectErrorOwed = connectErr;
     }
+    this.#tlsFailed("its TLS handshake failed");
     this._call1(this.onSslHandshakeError, err);
     this.#payConnectError();
     this.#finishClose(false);
+  }
+
+  /**
+   * TLS failed and the stream closes once its handler returns: nothing
+   * written from here on could be sent (the TLS socket is dead), so the
+   * writes throw, naming why, and `writable` is false.
+   */
+  #tlsFailed(why: string): void {
+    this.#extras().tlsFailed = why;
+    this.#flags |= F_WRITE_ENDED | F_FIN_SENT;
   }
 
   /**
@@ -2453,6 +2470,8 @@ export class Stream extends Channel {
   #writeStateError(op: string): never {
     const state = this.#state;
     if (state === S_CLOSED || state === S_CLOSING) throw new ChannelStateError(`${op}() called on closed ${nameOf(this)}.`);
+    const failed = this.#x?.tlsFailed ?? null;
+    if (failed !== null) throw new ChannelStateError(`${op}() called after ${failed} on ${nameOf(this)}: it closes once its handler returns.`);
     if ((this.#flags & F_WRITE_ENDED) !== 0) throw new ChannelStateError(`${op}() called after end() on ${nameOf(this)}.`);
     // (Only end() refuses this state: writes queue until onConnect.)
     if (state === S_PENDING) throw new ChannelStateError(`${op}() called before onConnect on ${nameOf(this)}: it works from onConnect on (its TLS handshake or connect event is still pending).`);

@@ -2022,6 +2022,14 @@ test("a check node:tls makes only once its TLSSocket has the socket (setServerna
   class Client extends Stream {
     override onSslError(err: Error) {
       events.push(`sslError:${err.message}`);
+      // Nothing written now could be sent: the writes refuse it.
+      let write = "wrote";
+      try {
+        this.write("x");
+      } catch (e) {
+        write = e instanceof ChannelStateError && /after TLS could not start/.test(e.message) ? "refused" : String(e);
+      }
+      events.push(`writable:${this.writable} write ${write}`);
     }
     override onConnectError(err: ConnectError) {
       events.push(`connectError:${(err.cause as Error).message}`);
@@ -2035,13 +2043,13 @@ test("a check node:tls makes only once its TLSSocket has the socket (setServerna
   // A first handshake that cannot start is a failed connect, as a failed handshake is.
   const first = new Client({ engine, sslOptions: { servername: "x.test" } }).connect(["127.0.0.1", port]);
   await assert.rejects(first.ready(), (err: Error) => err instanceof ConnectError && /TLS could not start: late check/.test(err.message));
-  assert.deepEqual(events.splice(0), ["sslError:late check", "connectError:late check", "close"]);
+  assert.deepEqual(events.splice(0), ["sslError:late check", "writable:false write refused", "connectError:late check", "close"]);
   const upgraded = new Client({ engine }).connect(["127.0.0.1", port]);
   await upgraded.ready();
   upgraded.startSSL({ servername: "x.test" });
   await waitFor(() => upgraded.closed);
   await sleep(100); // the TLSSocket left behind reads on its next tick
-  assert.deepEqual(events, ["sslError:late check", "close"]);
+  assert.deepEqual(events, ["sslError:late check", "writable:false write refused", "close"]);
   assert.deepEqual(uncaught, []);
 });
 
@@ -2132,4 +2140,65 @@ test("a TLS server picks by its own cipher order, as tls.createServer does (hono
     server.close();
   }
   assert.deepEqual(picked, ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384"]);
+});
+
+test("inside onSslHandshakeError the stream is not writable: a write there throws ChannelStateError naming the failed handshake (server, client, STARTTLS)", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const seen: string[] = [];
+  /** What a write in the handler does, and what `writable` says there. */
+  function probe(s: Stream, who: string): void {
+    let outcome = "wrote";
+    try {
+      s.write("late\n");
+    } catch (err) {
+      outcome = err instanceof ChannelStateError && /TLS handshake .*failed/.test(err.message) ? "refused" : `threw ${String(err)}`;
+    }
+    seen.push(`${who}: writable=${s.writable} write ${outcome}`);
+  }
+  // A server's connection, a plaintext client on the TLS port.
+  class ServerSide extends Echo {
+    override onSslHandshakeError() {
+      probe(this, "server");
+    }
+  }
+  const tlsPort = await listenLocal(new Server(ServerSide, { engine, sslOptions: serverOptions() }), t);
+  const plain = await connect(tlsPort);
+  plain.write("GET / HTTP/1.1\r\n\r\n");
+  await plain.readToEnd();
+  // A TLS client whose server answers with plaintext.
+  const liar = net.createServer((s) => s.end("220 not TLS at all\r\n".repeat(4)));
+  await new Promise<void>((r) => liar.listen(0, "127.0.0.1", r));
+  t.after(() => liar.close());
+  class ClientSide extends Stream {
+    override onSslHandshakeError() {
+      probe(this, "client");
+    }
+  }
+  const client = new ClientSide({ engine, sslOptions: { rejectUnauthorized: false } });
+  client.connect(["127.0.0.1", (liar.address() as net.AddressInfo).port]);
+  await client.ready().catch(() => {});
+  // STARTTLS on an open connection, answered with plaintext.
+  class Upgrading extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead() {
+      this.startSSL({ certfile: certs.server.cert, keyfile: certs.server.key, server_side: true });
+    }
+    override onSslHandshakeError() {
+      probe(this, "starttls");
+    }
+  }
+  const upPort = await listenLocal(new Server(Upgrading, { engine }), t);
+  const up = await connect(upPort);
+  up.write("STARTTLS\n");
+  up.write("this is no ClientHello, it is plain text and long enough to be read as a record\n".repeat(8));
+  await up.readToEnd();
+  await waitFor(() => seen.length === 3, 5000, "three handshake failures").catch((err) => assert.fail(`${err}: ${JSON.stringify(seen)}`));
+  assert.deepEqual(seen.sort(), [
+    "client: writable=false write refused",
+    "server: writable=false write refused",
+    "starttls: writable=false write refused",
+  ]);
 });
