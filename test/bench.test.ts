@@ -13,6 +13,7 @@ import { tmpdir } from "node:os";
 import { delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { unusableSample } from "../bench/lib/measure.js";
+import "./reap.js";
 import type { Sample, Scenario } from "../bench/lib/measure.js";
 import { errorNotes } from "../bench/lib/report.js";
 import { selectScenarios } from "../bench/lib/scenarios.js";

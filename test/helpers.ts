@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TestContext } from "node:test";
 import { Engine, Server, Stream, setLogger } from "../src/index.js";
+import { childrenOf } from "./reap.js";
 import type { Address, Logger } from "../src/index.js";
 
 /** A raw client socket that collects everything it receives. */
@@ -313,7 +314,7 @@ export async function ask(target: Address, line: string): Promise<string> {
 
 /** The child processes of `pid` (Linux: /proc), in ascending order. */
 export function childPids(pid: number): number[] {
-  return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number).sort((a, b) => a - b);
+  return childrenOf(pid).sort((a, b) => a - b);
 }
 
 /** A temp dir removed when the test ends. */

@@ -21,6 +21,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import "./reap.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const RUN_JS = join(ROOT, "dist", "stress", "run.js");
