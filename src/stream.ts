@@ -13,7 +13,7 @@ import process from "node:process";
 import { Buffer, isUtf8 } from "node:buffer";
 import type { Duplex } from "node:stream";
 import type { FileHandle } from "node:fs/promises";
-import type { PeerCertificate } from "node:tls";
+import type { CipherNameAndProtocol, PeerCertificate } from "node:tls";
 import { Channel, diagnostics, isPeerError, isThenable, nameOf } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
 import type { Stats } from "./engine.js";
@@ -357,6 +357,9 @@ class Extras {
   session: Buffer | null = null;
   /** The TLS handshake resumed a session. */
   sessionReused = false;
+  /** What the TLS handshake agreed, kept from its end (sslProtocol, sslCipher read it after the close too). */
+  sslProtocol: string | null = null;
+  sslCipher: CipherNameAndProtocol | null = null;
   /**
    * The socket is a user's Duplex (no net.Socket, no native socket): every
    * write asks for its callback, the one place a write failure shows as
@@ -873,6 +876,40 @@ export class Stream extends Channel {
   get peerCertificate(): PeerCertificate | null {
     if (this.#tls === null || (this.#flags & F_TLS_DONE) === 0) return null;
     return this.#tls.getPeerCertificate(true) as PeerCertificate;
+  }
+
+  /**
+   * The TLS version the handshake agreed (`"TLSv1.3"`, `"TLSv1.2"`), as
+   * node:tls's `getProtocol()`; `null` on plain TCP and until the handshake
+   * is done, still readable once the stream has closed (in `onClose`, to log).
+   */
+  get sslProtocol(): string | null {
+    return this.#x?.sslProtocol ?? null;
+  }
+
+  /**
+   * The cipher suite the handshake agreed (`name`, IETF `standardName`,
+   * `version`), as node:tls's `getCipher()`; `null` when {@link sslProtocol} is.
+   */
+  get sslCipher(): CipherNameAndProtocol | null {
+    const cipher = this.#x?.sslCipher ?? null;
+    return cipher === null ? null : { ...cipher };
+  }
+
+  /**
+   * Why the peer's certificate was not verified (`authorized` false), as
+   * node:tls's `authorizationError`: the OpenSSL code, such as
+   * `"DEPTH_ZERO_SELF_SIGNED_CERT"` or `"UNABLE_TO_VERIFY_LEAF_SIGNATURE"`
+   * (a server with `requestCert` whose client sent no certificate gets one
+   * too). `null` when verified, on plain TCP and until the handshake is
+   * done; still readable once the stream has closed. What a peer accepted with
+   * `rejectUnauthorized: false` reads to decide for itself.
+   */
+  get authorizationError(): string | null {
+    if (this.#tls === null || (this.#flags & F_TLS_DONE) === 0 || this.#tls.authorized) return null;
+    const reason = this.#tls.authorizationError as Error | string | null | undefined;
+    if (reason == null) return null;
+    return typeof reason === "string" ? reason : ((reason as Error & { code?: string }).code ?? reason.message);
   }
 
   /** The ALPN protocol agreed in the handshake, or `false`; `null` before TLS. */
@@ -1519,7 +1556,11 @@ export class Stream extends Channel {
       return;
     }
     this.#flags |= F_TLS_DONE;
-    if (this.#x !== null) this.#x.acceptedAt = null;
+    const x = this.#extras();
+    x.acceptedAt = null;
+    x.sslProtocol = this.#tls.getProtocol();
+    const cipher = this.#tls.getCipher() as CipherNameAndProtocol | null | undefined;
+    x.sslCipher = cipher != null && typeof cipher.name === "string" ? cipher : null;
     this.#clearDeadline("handshake");
     if (this.#tls.isSessionReused()) this.#sessionResumed(this.#tls);
     // The handshake was bytes both ways: the idle time starts now, not when

@@ -2202,3 +2202,54 @@ test("inside onSslHandshakeError the stream is not writable: a write there throw
     "starttls: writable=false write refused",
   ]);
 });
+
+test("sslProtocol, sslCipher and authorizationError tell the agreed TLS version and suite, and why a peer's certificate did not verify (either side); null on plain TCP and before the handshake", { skip }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const seen: string[] = [];
+  class S extends Echo {
+    override onConnect() {
+      seen.push(`${this.sslProtocol} ${this.sslCipher?.standardName ?? "-"} authorized=${this.authorized} ${this.authorizationError ?? "-"} ${this.peerCertificate?.subject?.CN ?? "-"}`);
+      super.onConnect();
+    }
+  }
+  // Client certificates asked for, not required: the server decides with authorizationError.
+  const server = new Server(S, { engine, sslOptions: { ...serverOptions(), ca: certs.ca.certPem, requestCert: true, rejectUnauthorized: false } });
+  const port = await listenLocal(server, t);
+  const withCert = new Stream({ engine, sslOptions: { ca: certs.ca.certPem, certfile: certs.client.cert, keyfile: certs.client.key } });
+  assert.equal(withCert.sslProtocol, null);
+  assert.equal(withCert.sslCipher, null);
+  assert.equal(withCert.authorizationError, null);
+  withCert.connect(["localhost", port]);
+  await withCert.ready();
+  assert.equal(withCert.sslProtocol, "TLSv1.3");
+  const cipher = (withCert as Stream).sslCipher; // (not narrowed to null by the check before the connect)
+  assert.match(cipher?.standardName ?? "", /^TLS_/);
+  assert.equal(cipher?.version, "TLSv1.3");
+  assert.equal(withCert.authorizationError, null);
+  await waitFor(() => seen.length === 1, 5000, "the server's onConnect");
+  withCert.close();
+  // No certificate, and TLS 1.2: the server is told why it is not authorized.
+  const anon = new Stream({ engine, sslOptions: { ca: certs.ca.certPem, maxVersion: "TLSv1.2" } }).connect(["localhost", port]);
+  await anon.ready();
+  assert.equal(anon.sslProtocol, "TLSv1.2");
+  await waitFor(() => seen.length === 2, 5000, "the server's second onConnect");
+  anon.close();
+  await waitFor(() => anon.closed);
+  assert.equal(anon.sslProtocol, "TLSv1.2", "still readable once closed");
+  assert.equal(anon.sslCipher?.version, "TLSv1.2");
+  assert.match(seen[0]!, /^TLSv1\.3 TLS_\S+ authorized=true - client$/);
+  assert.match(seen[1]!, /^TLSv1\.2 TLS_\S+ authorized=false [A-Z_]+ -$/);
+  // A client that accepts what it cannot verify (no CA given) reads the reason too.
+  const trusting = new Stream({ engine, sslOptions: { rejectUnauthorized: false } }).connect(["localhost", port]);
+  await trusting.ready();
+  assert.equal(trusting.authorized, false);
+  assert.match(trusting.authorizationError ?? "", /^[A-Z_]+$/);
+  trusting.close();
+  // Plain TCP: null throughout.
+  const plainPort = await listenLocal(new Server(Echo, { engine }), t);
+  const plain = new Stream({ engine }).connect(["127.0.0.1", plainPort]);
+  await plain.ready();
+  assert.deepEqual([plain.sslProtocol, plain.sslCipher, plain.authorizationError], [null, null, null]);
+  plain.close();
+});
