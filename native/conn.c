@@ -269,13 +269,15 @@ static void connect_started(pn_conn *c, int err) {
   pn_defer(c, PN_DEFER_CONNECT_ERROR);
 }
 
-/* connectTcp(host, port) */
+/* connectTcp(host, port[, localHost, localPort]): with a local address, the
+ * socket is bound to it first (its source address and port). */
 napi_value pn_connect_tcp(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 4;
+  napi_value argv[4];
   pn_env *e;
-  int64_t port;
-  struct sockaddr_storage ss;
+  int64_t port, local_port = 0;
+  struct sockaddr_storage ss, local;
+  napi_valuetype t = napi_undefined;
   pn_conn *c = NULL;
 
   PN_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, (void **)&e), "napi_get_cb_info");
@@ -291,12 +293,32 @@ napi_value pn_connect_tcp(napi_env env, napi_callback_info info) {
     pn_throw_type(env, "connectTcp(): host must be an IPv4 or IPv6 address literal");
     return NULL;
   }
+  bool bind_first = argc >= 4 && napi_typeof(env, argv[2], &t) == napi_ok && t != napi_undefined;
+  if (bind_first) {
+    char *local_host = pn_get_string(env, argv[2], "connectTcp(): localHost", NULL);
+    if (local_host == NULL) return NULL;
+    if (!pn_get_int(env, argv[3], "connectTcp(): localPort", 0, 65535, &local_port)) {
+      free(local_host);
+      return NULL;
+    }
+    err = pn_parse_ip(local_host, (int)local_port, &local);
+    free(local_host);
+    if (err != 0) {
+      pn_throw_type(env, "connectTcp(): localHost must be an IPv4 or IPv6 address literal");
+      return NULL;
+    }
+  }
   napi_value obj = new_client(env, e, false, &c);
   if (obj == NULL) return NULL;
-  uv_connect_t *req = new_connect_req(c);
-  err = req == NULL ? UV_ENOMEM
-                    : uv_tcp_connect(req, &c->h.tcp, (const struct sockaddr *)&ss, connect_cb);
-  if (err != 0) free(req); /* not taken: no callback will free it */
+  /* A bind that fails (EADDRNOTAVAIL, EADDRINUSE) is the connect failing. */
+  if (bind_first) err = uv_tcp_bind(&c->h.tcp, (const struct sockaddr *)&local, 0);
+  uv_connect_t *req = NULL;
+  if (err == 0) {
+    req = new_connect_req(c);
+    err = req == NULL ? UV_ENOMEM
+                      : uv_tcp_connect(req, &c->h.tcp, (const struct sockaddr *)&ss, connect_cb);
+    if (err != 0) free(req); /* not taken: no callback will free it */
+  }
   /* The socket exists now; like accepted connections, no Nagle delay. */
   if (err == 0) uv_tcp_nodelay(&c->h.tcp, 1);
   connect_started(c, err);

@@ -217,3 +217,36 @@ export function hostWithZone(address: [string, number] | [string, number, number
 export function copyAddress(address: Address | null): Address | null {
   return Array.isArray(address) ? (address.slice() as Address) : address;
 }
+
+/** A client's source address, checked: an address literal ("" for any of the target's family) and a port. */
+export interface LocalAddress {
+  readonly host: string;
+  readonly port: number;
+  /** 4 or 6 for a literal, 0 for "" (the target's family). */
+  readonly family: 0 | 4 | 6;
+}
+
+/**
+ * `Stream.connect`'s `localAddress`: an IP literal and port (`["10.0.0.5", 0]`,
+ * `["::1", 0, 0, 0]`) or a port alone (any local address), for a TCP target
+ * of the same family.
+ * @throws InvalidAddressFormatError for any other shape, a host name, a UNIX
+ * path, a UNIX target, or a literal of the other family than the target's.
+ */
+export function parseLocalAddress(value: unknown, target: ParsedAddress): LocalAddress {
+  const local = parseAddress(value);
+  const what = `Invalid localAddress ${describe(value)}`;
+  if (target.kind === "unix") throw new InvalidAddressFormatError(`${what}: a connect to a UNIX socket path has no local address to bind.`);
+  if (local.kind === "unix") throw new InvalidAddressFormatError(`${what}: a TCP connect is bound to an IP address and port, not a UNIX socket path.`);
+  if (local.host === "") return { host: local.v6tuple ? "::" : "", port: local.port, family: local.v6tuple ? 6 : 0 };
+  const family = isIP(local.host.replace(/%.*$/, ""));
+  if (family !== 4 && family !== 6) {
+    throw new InvalidAddressFormatError(`${what}: the local address must be an IP address literal, not a host name (it is bound before the connect, with no lookup; node:net refuses one too).`);
+  }
+  // A host name in a 4-tuple asks for IPv6 (its lookup asks for IPv6 only).
+  const targetFamily = target.host === "" ? (target.v6tuple ? 6 : 4) : target.family !== 0 ? target.family : target.v6tuple ? 6 : 0;
+  if (targetFamily !== 0 && targetFamily !== family) {
+    throw new InvalidAddressFormatError(`${what}: an IPv${family} local address cannot reach the IPv${targetFamily} address ${describe(dialHost(target))}.`);
+  }
+  return { host: withScope(local.host, local.scopeid), port: local.port, family };
+}

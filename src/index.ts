@@ -7,7 +7,7 @@ export type { Timer, TimerFn, Stats, EngineOptions } from "./engine.js";
 export { Channel, diagnostics } from "./channel.js";
 export type { ChannelOptions } from "./channel.js";
 export { Stream } from "./stream.js";
-export type { StreamOptions, ConnectionClass } from "./stream.js";
+export type { StreamOptions, ConnectOptions, ConnectionClass } from "./stream.js";
 export { Server } from "./server.js";
 export type { ServerOptions } from "./server.js";
 export { relay } from "./relay.js";

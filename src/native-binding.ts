@@ -243,7 +243,8 @@ interface RawNativeAddon {
   bindTcp(host: string, port: number, ipv6Only: boolean, reusePort: boolean): number;
   listenPipe(path: string, backlog: number): NativeServer;
   listenFd(fd: number, backlog: number): NativeServer;
-  connectTcp(host: string, port: number): number;
+  /** With `localHost`, the socket is bound to it (and `localPort`) before it connects. */
+  connectTcp(host: string, port: number, localHost?: string, localPort?: number): number;
   connectPipe(path: string): number;
   deliveredBytesOf(fd: number): number;
   conn: RawConnFunctions;
@@ -423,7 +424,7 @@ function adapt(raw: RawNativeAddon): NativeAddon {
     bindTcp: raw.bindTcp,
     listenPipe: raw.listenPipe,
     listenFd: raw.listenFd,
-    connectTcp: (host, port) => track(raw.connectTcp(host, port)),
+    connectTcp: (host, port, localHost, localPort) => track(raw.connectTcp(host, port, localHost, localPort)),
     connectPipe: (path) => track(raw.connectPipe(path)),
     deliveredBytesOf: raw.deliveredBytesOf,
   };
@@ -459,7 +460,8 @@ export interface NativeAddon {
    */
   listenFd(fd: number, backlog: number): NativeServer;
   /** Connects to an IP literal; onConnect follows. */
-  connectTcp(host: string, port: number): NativeConn;
+  /** With `localHost`, the socket is bound to it (and `localPort`) before it connects. */
+  connectTcp(host: string, port: number, localHost?: string, localPort?: number): NativeConn;
   /** Connects to a UNIX socket path or abstract name; onConnect follows. */
   connectPipe(path: string): NativeConn;
   /**

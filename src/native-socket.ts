@@ -166,7 +166,20 @@ interface Rare {
    * attempt timeout (as node:net does: a black-holed first address must
    * not hold the connect for the kernel's minutes).
    */
-  fallback: { addresses: string[]; port: number; timer: ReturnType<typeof setTimeout> | null } | null;
+  fallback: { addresses: string[]; port: number; local: LocalBind | null; timer: ReturnType<typeof setTimeout> | null } | null;
+}
+
+/** A client's source address: an address literal, or "" for any address of the target's family, and a port (0: any). */
+export interface LocalBind {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** The addon's connect to `host`, bound first to `local` when given ("" is any address of `host`'s family, as node:net binds). */
+function connectFrom(native: NativeAddon, host: string, port: number, local: LocalBind | null): NativeConn {
+  if (local === null) return native.connectTcp(host, port);
+  const from = local.host !== "" ? local.host : isIP(host) === 6 ? "::" : "0.0.0.0";
+  return native.connectTcp(host, port, from, local.port);
 }
 
 /**
@@ -239,8 +252,12 @@ export class NativeSocket {
     if ((this.#bits & B_LEND) !== 0) conn.lendReads(true); // set while a name resolved
   }
 
-  /** Connects to `host` (resolved first when it is a name) and `port`, or to a UNIX `path`. */
-  static connect(target: { host: string; port: number; family?: number } | { path: string }): NativeSocket {
+  /**
+   * Connects to `host` (resolved first when it is a name) and `port`, or to
+   * a UNIX `path`; from `local` (an address literal, or "" for any of the
+   * target's family, and a port), when given.
+   */
+  static connect(target: { host: string; port: number; family?: number; local?: LocalBind } | { path: string }): NativeSocket {
     const native = requireAddon();
     const socket = new NativeSocket(null);
     socket.connecting = true;
@@ -248,8 +265,9 @@ export class NativeSocket {
       socket.#open(() => native.connectPipe(target.path), false);
       return socket;
     }
+    const local = target.local ?? null;
     if (isIP(target.host) !== 0) {
-      socket.#open(() => native.connectTcp(target.host, target.port), false);
+      socket.#open(() => connectFrom(native, target.host, target.port, local), false);
       return socket;
     }
     const asked = target.family ?? 0;
@@ -269,8 +287,8 @@ export class NativeSocket {
       const family = target.family ?? 0;
       const addresses = getDefaultAutoSelectFamily() && family !== 4 && family !== 6 ? attemptOrder(found) : [];
       if (addresses.length === 0) addresses.push(found[0]!.address);
-      if (addresses.length > 1) socket.#extra().fallback = { addresses: addresses.slice(1), port: target.port, timer: null };
-      if (socket.#open(() => native.connectTcp(addresses[0]!, target.port), true)) socket.#armAttempt();
+      if (addresses.length > 1) socket.#extra().fallback = { addresses: addresses.slice(1), port: target.port, local, timer: null };
+      if (socket.#open(() => connectFrom(native, addresses[0]!, target.port, local), true)) socket.#armAttempt();
     });
     return socket;
   }
@@ -751,7 +769,7 @@ export class NativeSocket {
         const failed = this.#conn!;
         failed.owner = null;
         failed.close();
-        if (this.#open(() => nativeAddon()!.connectTcp(next, fallback.port), true)) this.#armAttempt();
+        if (this.#open(() => connectFrom(nativeAddon()!, next, fallback.port, fallback.local), true)) this.#armAttempt();
         return;
       }
       this.#rare!.fallback = null;

@@ -17,8 +17,8 @@ import type { CipherNameAndProtocol, PeerCertificate } from "node:tls";
 import { Channel, diagnostics, isPeerError, isThenable, nameOf } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
 import type { Stats } from "./engine.js";
-import { parseAddress, fromNodeAddress, copyAddress, formatAddress, withScope, dialHost } from "./address.js";
-import type { Address, ParsedAddress } from "./address.js";
+import { parseAddress, parseLocalAddress, fromNodeAddress, copyAddress, formatAddress, withScope, dialHost } from "./address.js";
+import type { Address, LocalAddress, ParsedAddress } from "./address.js";
 import {
   BufferOverflowError,
   ChannelStateError,
@@ -50,6 +50,35 @@ import { NativeSocket, nativeAddon, nativeLimits } from "./native-socket.js";
 import { useNative } from "./transport.js";
 import type { FileJob, FileSink } from "./write-file.js";
 import type { Server } from "./server.js";
+
+/** Options of {@link Stream.connect}. */
+export interface ConnectOptions {
+  /**
+   * The local address to connect from, its source address and port, as
+   * node:net's `localAddress` and `localPort`, Twisted's `bindAddress` and
+   * Netty's `connect(remote, local)`: an IP address literal and a port
+   * (`["10.0.0.5", 0]`, `["::1", 0, 0, 0]`; port 0: any), or a port alone.
+   * A host name, a UNIX path, or an address of the other family than the
+   * target's throws {@link InvalidAddressFormatError}; an address this host
+   * does not have (`EADDRNOTAVAIL`) or a port in use (`EADDRINUSE`) fails
+   * the connect (`onConnectError`).
+   */
+  localAddress?: Address;
+}
+
+/** connect()'s options, checked: the local address to bind, or null. */
+function connectFrom(options: ConnectOptions | undefined, target: ParsedAddress): LocalAddress | null {
+  if (options === undefined) return null;
+  if (options === null || typeof options !== "object") throw typeError(`connect()'s options must be an object, got ${describe(options)}.`);
+  return options.localAddress === undefined ? null : parseLocalAddress(options.localAddress, target);
+}
+
+/** The family a host name's lookup asks for: IPv6 for a 4-tuple, else the local address's, else any (0). */
+function lookupFamily(target: ParsedAddress & { kind: "tcp" }, local: LocalAddress | null): 0 | 4 | 6 {
+  if (target.family !== 0) return 0;
+  if (target.v6tuple) return 6;
+  return local?.family ?? 0;
+}
 
 /** Options of the {@link Stream} constructor. */
 export interface StreamOptions extends ChannelOptions {
@@ -957,16 +986,19 @@ export class Stream extends Channel {
   /**
    * Connects to `address`; `onConnect` (or `onConnectError`, then
    * `onClose`) follows on a later tick. Host names resolve asynchronously.
-   * @throws InvalidAddressFormatError synchronously for a bad address.
+   * `options.localAddress` binds the source address and port first.
+   * @throws InvalidAddressFormatError synchronously for a bad address or `localAddress`; the stream stays unconnected.
+   * @throws TypeError if `options` is not an object.
    * @throws ChannelStateError if connected, connecting, closing or closed.
    * @throws Error `ERR_NATIVE_UNAVAILABLE` when `PANTS_TS_TRANSPORT=native` asks for the addon and it is not available; the stream stays unconnected.
    */
-  connect(address: Address): this {
+  connect(address: Address, options?: ConnectOptions): this {
     if (this.#state === S_CLOSED || this.#state === S_CLOSING) {
       throw new ChannelStateError(`connect() called on closed ${nameOf(this)}.`);
     }
     if (this.#state !== S_INIT) throw new ChannelStateError(`connect() called on active ${nameOf(this)}.`);
     const target = parseAddress(address);
+    const local = connectFrom(options, target);
     // Before the state changes: a transport that cannot be had throws, as a bad address does, and leaves the stream unconnected.
     const native = this.#x?.sslOptions == null && useNative(undefined);
     this.#extras().connectTarget = target;
@@ -975,14 +1007,24 @@ export class Stream extends Channel {
     const host = target.kind !== "tcp" ? "" : target.host === "" ? dialHost(target) : withScope(target.host, target.scopeid);
     if (native) {
       this.#flags |= F_NATIVE;
-      sock = NativeSocket.connect(target.kind === "unix" ? { path: target.path } : { host, port: target.port, family: target.family === 0 && target.v6tuple ? 6 : 0 });
+      sock = NativeSocket.connect(
+        target.kind === "unix"
+          ? { path: target.path }
+          : { host, port: target.port, family: lookupFamily(target, local), ...(local !== null && { local: { host: local.host, port: local.port } }) },
+      );
       sock.setOwner(this);
       if ((this.#flags & F_LEND) !== 0) sock.setLendReads(true);
     } else if (target.kind === "unix") {
       sock = net.connect({ path: target.path, allowHalfOpen: true });
     } else {
       const opts: net.TcpNetConnectOpts = { host, port: target.port, allowHalfOpen: true, noDelay: true };
-      if (target.family === 0 && target.v6tuple) opts.family = 6;
+      const family = lookupFamily(target, local);
+      if (family !== 0) opts.family = family;
+      if (local !== null) {
+        // node:net binds "" to any address of the family it connects over, as the addon does.
+        if (local.host !== "") opts.localAddress = local.host;
+        opts.localPort = local.port;
+      }
       sock = net.connect(opts);
     }
     const owned = sock as unknown as OwnedSocket;

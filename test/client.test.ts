@@ -747,3 +747,92 @@ test("Pants' simple client: onConnect, onRead, onClose, and engine.stop() in onC
   assert.deepEqual(client.flags, { connect: true, handshake: false, read: true, close: true });
   assert.equal(engine.running, false);
 });
+
+test("connect(address, { localAddress }) binds the source address and port: IPv4 (127.0.0.2), a port, a host name target, IPv6", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const peers: Address[] = [];
+  class Peer extends Stream {
+    override onConnect() {
+      peers.push(this.remoteAddress!);
+    }
+  }
+  const server = new Server(Peer, { engine });
+  t.after(() => server.close());
+  server.listen(["", 0]); // IPv4 and IPv6
+  await server.ready();
+  const port = portOf(server);
+  const from = async (target: Address, localAddress: Address): Promise<[Address, Address]> => {
+    const c = new Stream({ engine }).connect(target, { localAddress });
+    await c.ready();
+    await waitFor(() => peers.length > 0, 5000, "the server's onConnect");
+    const seen: [Address, Address] = [c.localAddress!, peers.shift()!];
+    c.close();
+    return seen;
+  };
+  let [mine, theirs] = await from(["127.0.0.1", port], ["127.0.0.2", 0]);
+  assert.equal((mine as [string, number])[0], "127.0.0.2");
+  assert.equal((theirs as [string, number])[0], "127.0.0.2");
+  assert.equal((theirs as [string, number])[1], (mine as [string, number])[1]);
+  // A fixed source port, on any address.
+  const sourcePort = await freePort();
+  [mine, theirs] = await from(["127.0.0.1", port], sourcePort);
+  assert.deepEqual(theirs, ["127.0.0.1", sourcePort]);
+  // A host name: looked up in the local address's family.
+  [, theirs] = await from(["localhost", port], ["127.0.0.3", 0]);
+  assert.equal((theirs as [string, number])[0], "127.0.0.3");
+  if (await hasIPv6()) {
+    [mine, theirs] = await from(["::1", port, 0, 0], ["::1", 0, 0, 0]);
+    assert.equal((theirs as [string, number])[0], "::1");
+    [, theirs] = await from(["::1", port, 0, 0], ["", 0, 0, 0]); // any IPv6 address
+    assert.equal((theirs as [string, number])[0], "::1");
+  }
+});
+
+test("a TLS client binds its localAddress too", { skip: !hasOpenssl() && "the openssl command is not installed" }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  let peer: Address | null = null;
+  class Peer extends Stream {
+    override onConnect() {
+      peer = this.remoteAddress;
+    }
+  }
+  const port = await listenLocal(new Server(Peer, { engine, sslOptions: { certfile: certs.server.cert, keyfile: certs.server.key } }), t);
+  const c = new Stream({ engine, sslOptions: { ca: certs.ca.certPem, servername: "localhost" } }).connect(["127.0.0.1", port], { localAddress: ["127.0.0.4", 0] });
+  await c.ready();
+  await waitFor(() => peer !== null, 5000, "the server's onConnect");
+  assert.equal((peer as unknown as [string, number])[0], "127.0.0.4");
+  c.close();
+});
+
+test("connect()'s localAddress: a bad one throws InvalidAddressFormatError and leaves the stream unconnected; one this host lacks, or a port in use, fails the connect (onConnectError, onClose)", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Stream, { engine }), t);
+  const c = new Recording({ engine });
+  for (const bad of [["localhost", 0], "/tmp/x.sock", ["1.2.3.4", 70000], {}, ["::1", 0, 0, 0]] as unknown as Address[]) {
+    assert.throws(() => c.connect(["127.0.0.1", port], { localAddress: bad }), InvalidAddressFormatError, JSON.stringify(bad));
+  }
+  assert.throws(() => c.connect(["::1", port, 0, 0], { localAddress: ["127.0.0.1", 0] }), /IPv4 local address cannot reach the IPv6/);
+  assert.throws(() => c.connect(join(tempDir(t), "s.sock"), { localAddress: ["127.0.0.1", 0] }), /UNIX socket path has no local address/);
+  assert.throws(() => c.connect(["127.0.0.1", port], null as unknown as object), TypeError);
+  assert.equal(c.connecting || c.connected || c.closed, false, "still unconnected");
+  // Still usable: the same stream connects from a good one.
+  c.connect(["127.0.0.1", port], { localAddress: ["127.0.0.5", 0] });
+  await c.ready();
+  assert.equal((c.localAddress as [string, number])[0], "127.0.0.5");
+  c.close();
+  // TEST-NET-1 is on no interface of this host.
+  const absent = new Recording({ engine }).connect(["127.0.0.1", port], { localAddress: ["192.0.2.1", 0] });
+  await assert.rejects(absent.ready(), (err: Error) => err instanceof ConnectError && (err as ConnectError & { code?: string }).errno !== undefined && /EADDRNOTAVAIL/.test(err.message));
+  await waitFor(() => absent.closed);
+  assert.deepEqual(absent.events, ["connectError", "close"]);
+  // A source port a listener holds.
+  const taken = new Recording({ engine }).connect(["127.0.0.1", port], { localAddress: ["127.0.0.1", port] });
+  await assert.rejects(taken.ready(), (err: Error) => err instanceof ConnectError && /EADDRINUSE/.test(err.message));
+  await waitFor(() => taken.closed);
+  assert.deepEqual(taken.events, ["connectError", "close"]);
+});
