@@ -8,7 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { Duplex } from "node:stream";
 import { spawnSync } from "node:child_process";
-import { Server, Stream, setLogger } from "../src/index.js";
+import { Server, Stream } from "../src/index.js";
 import type { Address, StreamOptions } from "../src/index.js";
 import { captureLogs, captureStderr, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
