@@ -54,7 +54,9 @@ export default class LineKv extends Stream {
     }
   }
 
-  override onOverflowError(_err: BufferOverflowError): void {
+  /** A line over 4 KiB gets an error; replies over writeBufferLimit (a client that stopped reading) close at once. */
+  override onOverflowError(err: BufferOverflowError): void {
+    if (err.direction === "write") return super.onOverflowError(err);
     this.reply("ERR line too long");
     this.close();
   }

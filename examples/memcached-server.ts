@@ -121,8 +121,8 @@ export default class MemcachedConnection extends Stream {
           const item = lookup(k);
           if (item === undefined) continue;
           this.reply(`VALUE ${k} ${item.flags} ${item.value.length}${name === "gets" ? ` ${item.cas}` : ""}`);
-          this.write(item.value);
-          this.write("\r\n");
+          this.send(item.value);
+          this.send("\r\n");
         }
         return this.reply("END");
       case "set":
@@ -242,10 +242,17 @@ export default class MemcachedConnection extends Stream {
 
   /** Sends one reply line, unless the command said noreply. */
   reply(line: string): void {
-    if (!this.noreply) this.write(Buffer.from(`${line}\r\n`, "latin1"));
+    if (!this.noreply) this.send(Buffer.from(`${line}\r\n`, "latin1"));
   }
 
-  override onOverflowError(_err: BufferOverflowError): void {
+  /** Writes, unless a write before it passed writeBufferLimit (the client stopped reading) and closed the connection. */
+  send(data: string | Buffer): void {
+    if (this.writable) this.write(data);
+  }
+
+  /** A command line over bufferSize is a client error; replies over writeBufferLimit (a client that stopped reading) close at once. */
+  override onOverflowError(err: BufferOverflowError): void {
+    if (err.direction === "write") return super.onOverflowError(err);
     this.write("CLIENT_ERROR line too long\r\n");
     this.close();
   }

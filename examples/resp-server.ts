@@ -233,7 +233,9 @@ export default class RespConnection extends Stream {
     this.close(); // sends the error first
   }
 
-  override onOverflowError(_err: BufferOverflowError): void {
+  /** A frame over bufferSize is a protocol error; replies over writeBufferLimit (a client that stopped reading) close at once. */
+  override onOverflowError(err: BufferOverflowError): void {
+    if (err.direction === "write") return super.onOverflowError(err);
     this.protocolError(this.pending > 0 ? "too big bulk count string" : "too big inline request");
   }
 }

@@ -17,6 +17,8 @@ export interface Running {
   proc: ChildProcess;
   /** Everything the process printed on stdout so far. */
   stdout(): string;
+  /** Everything the process printed on stderr so far. */
+  stderr(): string;
   /** Resolves with the exit code (or the signal's name) once the process has exited. */
   exited: Promise<number | string>;
 }
@@ -43,7 +45,7 @@ export async function start(t: TestContext, args: string[], env: Record<string, 
   }
   const port = Number(/:(\d+)\b/.exec(out)?.[1]);
   assert.ok(port > 0, `no port in ${JSON.stringify(out)}`);
-  return { port, proc, stdout: () => out, exited };
+  return { port, proc, stdout: () => out, stderr: () => err, exited };
 }
 
 /** Starts examples/<name>.ts with PORT=0 and checks its one line ("<name> listening on 127.0.0.1:<port>"). */

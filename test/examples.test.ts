@@ -80,7 +80,8 @@ test("tls-echo with TLS_CERT and TLS_KEY", { skip: NO_OPENSSL }, async (t) => {
 });
 
 test("line-kv", async (t) => {
-  const { port } = await startExample(t, "line-kv");
+  const server = await startExample(t, "line-kv");
+  const { port } = server;
   const a = await connect(port);
   const b = await connect(port);
   t.after(() => a.destroy());
@@ -120,6 +121,21 @@ test("line-kv", async (t) => {
   await t.test("QUIT replies OK and closes", async () => {
     b.write("QUIT\nGET greeting\n");
     assert.equal((await b.readToEnd()).toString(), "OK\n");
+  });
+
+  await t.test("a client that pipelines KEYS and never reads is dropped at writeBufferLimit, at once, with no error reply", async () => {
+    const stuck = await connect(port);
+    t.after(() => stuck.destroy());
+    stuck.socket.pause(); // reads nothing
+    const keys = Array.from({ length: 20_000 }, (_, i) => `stuck:${String(i).padStart(5, "0")}:${"k".repeat(30)}`);
+    stuck.write(keys.map((key) => `SET ${key} v\n`).join("") + "KEYS\n".repeat(100)); // 84 MB of replies: over the 64 MiB limit
+    await sleep(1000);
+    stuck.socket.resume();
+    const got = await stuck.readToEnd(10_000);
+    assert.ok(got.length < 64 * 1024 * 1024, `${got.length} bytes were still sent to a client that stopped reading`);
+    assert.ok(!got.includes("ERR line too long"), "a full send buffer is not a long line");
+    assert.doesNotMatch(server.stderr(), /error/i);
+    await expect(a, "GET greeting", "VALUE bye"); // others are still served
   });
 
   await t.test("a line over 4 KiB: ERR line too long, then close", async () => {

@@ -114,7 +114,8 @@ test("memcached-server with the libmemcached tools", { skip: missing("memccp/mem
 });
 
 test("memcached-server over raw sockets", async (t) => {
-  const port = await launch(t, "memcached-server").then((r) => r.port);
+  const server = await launch(t, "memcached-server");
+  const port = server.port;
   let client: RawClient = await connect(port);
   t.after(() => client.destroy());
   /** Sends `input` and checks the next bytes received are exactly `expected`. */
@@ -313,6 +314,21 @@ test("memcached-server over raw sockets", async (t) => {
     t.after(() => other.destroy());
     other.write("get " + "k ".repeat(40_000));
     assert.equal((await other.readToEnd()).toString(), "CLIENT_ERROR line too long\r\n");
+  });
+
+  await t.test("a client that pipelines gets and never reads is dropped at writeBufferLimit, at once, with no handler exception", async () => {
+    const stuck = await connect(port);
+    t.after(() => stuck.destroy());
+    stuck.socket.pause(); // reads nothing
+    const value = Buffer.alloc(1000 * 1000, "v");
+    stuck.write(Buffer.concat([Buffer.from(`set stuck 0 0 ${value.length}\r\n`), value, Buffer.from("\r\n" + "get stuck\r\n".repeat(100))])); // 100 MB of replies: over the 64 MiB limit
+    await sleep(1000);
+    stuck.socket.resume();
+    const got = await stuck.readToEnd(10_000);
+    assert.ok(got.length < 64 * 1024 * 1024, `${got.length} bytes were still sent to a client that stopped reading`);
+    assert.ok(!got.includes("CLIENT_ERROR"), "a full send buffer is not a client error");
+    assert.doesNotMatch(server.stderr(), /error/i);
+    await expect("get stuck\r\n", `VALUE stuck 0 ${value.length}\r\n${value.toString("latin1")}\r\nEND\r\n`); // others are still served
   });
 
   await t.test("quit closes the connection; others go on", async () => {

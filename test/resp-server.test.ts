@@ -249,7 +249,8 @@ test("resp-server under redis-benchmark", { skip: NO_BENCH }, async (t) => {
 });
 
 test("resp-server over raw sockets", async (t) => {
-  const port = await launch(t, "resp-server").then((r) => r.port);
+  const server = await launch(t, "resp-server");
+  const port = server.port;
   /** Sends `input` and returns everything received until the server closed the connection. */
   const session = async (input: string | Buffer): Promise<string> => {
     const client = await connect(port);
@@ -320,6 +321,20 @@ test("resp-server over raw sockets", async (t) => {
   await t.test("replies before a protocol error are still sent", async () => {
     const reply = await session(Buffer.concat([resp("PING"), Buffer.from("*1\r\n$2\r\nabcd\r\n")]));
     assert.equal(reply, "+PONG\r\n-ERR Protocol error: expected CRLF after bulk string\r\n");
+  });
+
+  await t.test("a client that pipelines GETs and never reads is dropped at writeBufferLimit, at once, with no protocol error", async () => {
+    const stuck = await connect(port);
+    t.after(() => stuck.destroy());
+    stuck.socket.pause(); // reads nothing
+    const gets = Array.from({ length: 100 }, () => resp("GET", "stuck:big")); // 100 MiB of replies: over the 64 MiB limit
+    stuck.write(Buffer.concat([resp("SET", "stuck:big", Buffer.alloc(1024 * 1024, "v")), ...gets]));
+    await sleep(1000);
+    stuck.socket.resume();
+    const got = await stuck.readToEnd(10_000);
+    assert.ok(got.length < 64 * 1024 * 1024, `${got.length} bytes were still sent to a client that stopped reading`);
+    assert.ok(!got.includes("Protocol error"), "a full send buffer is not a protocol error");
+    assert.doesNotMatch(server.stderr(), /error/i);
   });
 
   await t.test("the server survives all that", () => exchange(resp("PING"), "+PONG\r\n"));
