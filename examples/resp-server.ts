@@ -240,10 +240,10 @@ export default class RespConnection extends Stream {
   }
 }
 
-/** The integer after the `*` or `$` of a header line, or null. */
+/** The integer after the `*` or `$` of a header line, or null (as Redis' string2ll: no "-0", no leading zeros). */
 function header(line: Buffer): number | null {
   const text = line.toString("latin1", 1);
-  return /^-?(0|[1-9]\d{0,15})$/.test(text) ? Number(text) : null;
+  return /^(0|-?[1-9]\d{0,15})$/.test(text) ? Number(text) : null;
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {

@@ -307,6 +307,8 @@ test("resp-server over raw sockets", async (t) => {
     ["more arguments than one command may hold (64K: each costs heap)", "*65537\r\n", "invalid multibulk length"],
     ["a bad bulk length", "*2\r\n$3\r\nGET\r\n$x\r\n", "invalid bulk length"],
     ["a negative bulk length", "*1\r\n$-1\r\n", "invalid bulk length"],
+    ["a bulk length of -0 (Redis' string2ll refuses it)", "*1\r\n$-0\r\n\r\n", "invalid bulk length"],
+    ["a multibulk count of -0", "*-0\r\nPING\r\n", "invalid multibulk length"],
     ["a bulk length over proto-max-bulk-len", "*1\r\n$536870913\r\n", "invalid bulk length"],
     ["no $ where a bulk string belongs", "*1\r\n+PING\r\n", "expected '$', got '+'"],
     ["a bulk body not followed by CRLF", "*1\r\n$4\r\nPINGXX\r\n", "expected CRLF after bulk string"],
