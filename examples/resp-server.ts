@@ -199,9 +199,10 @@ export default class RespConnection extends Stream {
       if (count === null || count > MAX_MULTIBULK) return this.protocolError("invalid multibulk length");
       this.pending = Math.max(count, 0); // *0 and *-1 are empty commands: ignored
     } else {
-      const words = frame.toString("latin1").trim().split(/[ \t]+/);
-      if (words[0] === "") return; // an empty line
-      this.args = words.map((w) => Buffer.from(w, "latin1"));
+      const words = splitInline(frame);
+      if (words === null) return this.protocolError("unbalanced quotes in request");
+      if (words.length === 0) return; // an empty line
+      this.args = words;
       this.execute();
     }
   }
@@ -237,6 +238,59 @@ export default class RespConnection extends Stream {
   override onOverflowError(err: BufferOverflowError): void {
     if (err.direction === "write") return super.onOverflowError(err);
     this.protocolError(this.pending > 0 ? "too big bulk count string" : "too big inline request");
+  }
+}
+
+const isSpace = (c: number): boolean => c === 0x20 || (c >= 0x09 && c <= 0x0d); // C's isspace: space \t \n \v \f \r
+const isHex = (c: number): boolean => (c >= 0x30 && c <= 0x39) || ((c | 0x20) >= 0x61 && (c | 0x20) <= 0x66);
+/** The bytes `\n` `\r` `\t` `\b` `\a` stand for inside double quotes; any other escaped byte stands for itself. */
+const ESCAPES: Record<number, number> = { 0x6e: 0x0a, 0x72: 0x0d, 0x74: 0x09, 0x62: 0x08, 0x61: 0x07 };
+
+/**
+ * An inline command's words, split as Redis' sdssplitargs does: spaces and
+ * tabs separate; "double quotes" take the escapes \n \r \t \b \a \xHH (any
+ * other escaped byte is itself); 'single quotes' take \' only. Null when a
+ * quote is not closed, or a closing quote is followed by other than a space.
+ */
+function splitInline(line: Buffer): Buffer[] | null {
+  const words: Buffer[] = [];
+  const word = Buffer.allocUnsafe(line.length); // a word is never longer than its line
+  let i = 0;
+  for (;;) {
+    while (i < line.length && isSpace(line[i])) i++;
+    if (i === line.length) return words;
+    let n = 0;
+    let quote = 0; // the open quote's byte, or 0
+    for (;;) {
+      if (i === line.length) {
+        if (quote !== 0) return null;
+        break;
+      }
+      const c = line[i++];
+      if (quote === 0) {
+        if (c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d) break;
+        if (c === 0x22 || c === 0x27) quote = c;
+        else word[n++] = c;
+      } else if (c === quote) {
+        if (i < line.length && !isSpace(line[i])) return null;
+        break;
+      } else if (c === 0x5c /* \ */ && i < line.length) {
+        const next = line[i];
+        if (quote === 0x27) {
+          word[n++] = next === 0x27 ? 0x27 : c;
+          if (next === 0x27) i++;
+        } else if (next === 0x78 /* x */ && i + 2 < line.length && isHex(line[i + 1]) && isHex(line[i + 2])) {
+          word[n++] = parseInt(line.toString("latin1", i + 1, i + 3), 16);
+          i += 3;
+        } else {
+          word[n++] = ESCAPES[next] ?? next;
+          i++;
+        }
+      } else {
+        word[n++] = c;
+      }
+    }
+    words.push(Buffer.from(word.subarray(0, n)));
   }
 }
 

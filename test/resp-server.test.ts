@@ -275,6 +275,16 @@ test("resp-server over raw sockets", async (t) => {
     await exchange("MGET inline:k nope\r\n", "*2\r\n$2\r\nv1\r\n$-1\r\n");
   });
 
+  await t.test("inline commands take quoted words and escapes, as redis-server splits them", async () => {
+    await exchange('SET "inline q" "a b\\r\\n\\x41\\"\\\\z"\r\nGET "inline q"\r\n', '+OK\r\n$9\r\na b\r\nA"\\z\r\n');
+    await exchange("ECHO 'it\\'s \\n'\r\n", "$7\r\nit's \\n\r\n"); // single quotes: only \' is an escape
+    await exchange('ECHO ""\r\nECHO a"b c"\r\nECHO "\\xZZ\\q"\r\n', "$0\r\n\r\n$4\r\nab c\r\n$4\r\nxZZq\r\n");
+    const client = await connect(port); // bytes JS' trim() would take for spaces (read as latin1)
+    t.after(() => client.destroy());
+    client.write(Buffer.from("ECHO \xa0x\xa0\r\n", "latin1"));
+    assert.equal((await client.read(9)).toString("latin1"), "$3\r\n\xa0x\xa0\r\n");
+  });
+
   await t.test("pipelined commands get their replies in order", async () => {
     const batch = Buffer.concat([resp("SET", "p:k", "a b\r\nc"), resp("GET", "p:k"), Buffer.from("PING\r\n"), resp("INCR", "p:n"), resp("INCR", "p:n"), resp("DEL", "p:k", "p:n"), resp("GET", "p:k")]);
     await exchange(batch, "+OK\r\n$6\r\na b\r\nc\r\n+PONG\r\n:1\r\n:2\r\n:2\r\n$-1\r\n");
@@ -313,6 +323,8 @@ test("resp-server over raw sockets", async (t) => {
     ["no $ where a bulk string belongs", "*1\r\n+PING\r\n", "expected '$', got '+'"],
     ["a bulk body not followed by CRLF", "*1\r\n$4\r\nPINGXX\r\n", "expected CRLF after bulk string"],
     ["an inline request over 64 KiB", Buffer.alloc(70_000, "a"), "too big inline request"],
+    ["an inline request with an unclosed quote", 'ECHO "abc\r\nPING\r\n', "unbalanced quotes in request"],
+    ["an inline request with a closing quote not followed by a space", "ECHO 'a'b\r\n", "unbalanced quotes in request"],
   ];
   for (const [what, input, message] of malformed) {
     await t.test(`${what}: protocol error, then close`, async () => {
