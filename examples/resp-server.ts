@@ -51,13 +51,23 @@ function store(key: Buffer, value: Buffer, expiresAt = Infinity): void {
 }
 
 // --- replies (RESP2) ---
-type Reply = string | Buffer;
+/**
+ * A reply, or its parts in order. Values over JOIN_MAX go out as they are
+ * stored, not copied into one buffer: an MGET of one 1 MiB value 64K times
+ * would be 64 GiB, built before writeBufferLimit could act.
+ */
+type Reply = string | Buffer | readonly Reply[];
+const JOIN_MAX = 1024; // a bulk string this size or less is one Buffer (one write)
 const OK = "+OK\r\n";
 const NIL = "$-1\r\n";
+const CRLF = Buffer.from("\r\n");
 const int = (n: number | bigint): Reply => `:${n}\r\n`;
-const bulk = (b: Buffer | undefined): Reply =>
-  b === undefined ? NIL : Buffer.concat([Buffer.from(`$${b.length}\r\n`), b, Buffer.from("\r\n")]);
-const array = (items: Reply[]): Reply => Buffer.concat([Buffer.from(`*${items.length}\r\n`), ...items.map((r) => Buffer.from(r))]);
+const bulk = (b: Buffer | undefined): Reply => {
+  if (b === undefined) return NIL;
+  const head = `$${b.length}\r\n`;
+  return b.length <= JOIN_MAX ? Buffer.concat([Buffer.from(head), b, CRLF]) : [head, b, CRLF];
+};
+const array = (items: Reply[]): Reply => [`*${items.length}\r\n`, ...items];
 
 /** Thrown by a command to reply `-ERR message`. */
 class ReplyError extends Error {}
@@ -219,7 +229,7 @@ export default class RespConnection extends Stream {
       }
       const n = rest.length + 1;
       if (command.arity > 0 ? n !== command.arity : n < -command.arity) wrongArity(lower);
-      this.write(command.run(this.args));
+      this.send(command.run(this.args));
       if (lower === "quit") this.close(); // after the reply has been sent
     } catch (err) {
       if (!(err instanceof ReplyError)) throw err; // a bug: onError logs it and closes this connection
@@ -227,6 +237,12 @@ export default class RespConnection extends Stream {
     } finally {
       this.args = [];
     }
+  }
+
+  /** Writes a reply's parts in order, and no more once one passed writeBufferLimit and closed the connection. */
+  send(reply: Reply): void {
+    if (typeof reply !== "string" && !Buffer.isBuffer(reply)) for (const part of reply) this.send(part);
+    else if (this.writable) this.write(reply);
   }
 
   protocolError(message: string): void {

@@ -10,6 +10,7 @@ import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
 import { connect, sleep } from "./helpers.js";
 import { startExample as launch } from "./example-process.js";
 
@@ -18,6 +19,7 @@ function installed(program: string, versionFlag = "--version"): boolean {
   return spawnSync(program, [versionFlag], { stdio: "ignore" }).status === 0;
 }
 const NO_CLI = installed("redis-cli") ? false : "redis-cli is not installed (Debian: apt-get install redis-tools)";
+const NO_PROC = existsSync("/proc/self/status") ? false : "reads a process' peak RSS (VmHWM) from /proc";
 const NO_BENCH = installed("redis-benchmark") ? false : "redis-benchmark is not installed (Debian: apt-get install redis-tools)";
 
 /** Runs a program; resolves with its exit code and output (never rejects on a non-zero exit). */
@@ -348,6 +350,22 @@ test("resp-server over raw sockets", async (t) => {
     const got = await stuck.readToEnd(10_000);
     assert.ok(got.length < 64 * 1024 * 1024, `${got.length} bytes were still sent to a client that stopped reading`);
     assert.ok(!got.includes("Protocol error"), "a full send buffer is not a protocol error");
+    assert.doesNotMatch(server.stderr(), /error/i);
+  });
+
+  await t.test("an MGET of one 1 MiB value 500 times is not built in memory; the client that does not read is dropped", { skip: NO_PROC }, async () => {
+    const peak = (): number => Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${server.proc.pid}/status`, "utf8"))?.[1]) * 1024;
+    const before = peak();
+    const stuck = await connect(port);
+    t.after(() => stuck.destroy());
+    stuck.socket.pause(); // reads nothing
+    stuck.write(Buffer.concat([resp("SET", "mget:big", Buffer.alloc(1024 * 1024, "m")), resp("MGET", ...Array<string>(500).fill("mget:big"))]));
+    await sleep(1000);
+    stuck.socket.resume();
+    const got = await stuck.readToEnd(10_000);
+    assert.ok(got.length < 64 * 1024 * 1024, `${got.length} bytes were still sent to a client that stopped reading`);
+    const grown = peak() - before;
+    assert.ok(grown < 256 * 1024 * 1024, `the server's peak RSS grew by ${grown >> 20} MiB for a 6 KB request (a 500 MiB reply)`);
     assert.doesNotMatch(server.stderr(), /error/i);
   });
 
