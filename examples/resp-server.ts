@@ -268,7 +268,7 @@ const ESCAPES: Record<number, number> = { 0x6e: 0x0a, 0x72: 0x0d, 0x74: 0x09, 0x
  * other escaped byte is itself); 'single quotes' take \' only. Null when a
  * quote is not closed, or a closing quote is followed by other than a space.
  */
-function splitInline(line: Buffer): Buffer[] | null {
+export function splitInline(line: Buffer): Buffer[] | null {
   const words: Buffer[] = [];
   const word = Buffer.allocUnsafe(line.length); // a word is never longer than its line
   let i = 0;

@@ -23,6 +23,8 @@
  */
 import net from "node:net";
 import { announce } from "./common.js";
+// The example's inline-command splitter (Redis' quoting rules), so both servers do the same job per PING_INLINE.
+import { splitInline } from "../../examples/resp-server.js";
 
 const MAX_BULK_LEN = 512 * 1024 * 1024; // Redis' proto-max-bulk-len
 const MAX_MULTIBULK = 1024 * 1024; // arguments of one command
@@ -120,7 +122,7 @@ const commands: Record<string, { arity: number; run(args: Buffer[]): Reply }> = 
 /** The integer after the `*` or `$` of a header line, or null. */
 function header(line: Buffer): number | null {
   const text = line.toString("latin1", 1);
-  return /^-?(0|[1-9]\d{0,15})$/.test(text) ? Number(text) : null;
+  return /^(0|-?[1-9]\d{0,15})$/.test(text) ? Number(text) : null;
 }
 
 /** One client connection: the parser's state between reads. */
@@ -205,9 +207,10 @@ class RespConnection {
         if (count === null || count > MAX_MULTIBULK) return this.#protocolError("invalid multibulk length");
         this.#pending = Math.max(count, 0); // *0 and *-1 are empty commands: ignored
       } else {
-        const words = line.toString("latin1").trim().split(/[ \t]+/);
-        if (words[0] === "") continue; // an empty line
-        this.#args = words.map((w) => Buffer.from(w, "latin1"));
+        const words = splitInline(line);
+        if (words === null) return this.#protocolError("unbalanced quotes in request");
+        if (words.length === 0) continue; // an empty line
+        this.#args = words;
         this.#execute();
       }
     }
