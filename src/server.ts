@@ -386,6 +386,9 @@ export class Server<S extends Stream = Stream> extends Channel {
   #retiredAs: Stats | null = null;
   #lastAcceptWarning = -Infinity; // engine.time() starts near 0: the first failure is warned too
   #unixPath: string | null = null;
+  /** What localAddress and remoteAddress report instead, once assigned (undefined: the real ones). */
+  #localOverride: Address | null | undefined = undefined;
+  #remoteOverride: Address | null | undefined = undefined;
 
   #maxConnections: number;
   #maxPerPeer = Infinity;
@@ -474,8 +477,22 @@ export class Server<S extends Stream = Stream> extends Channel {
     return this.#channels;
   }
 
-  /** The address listened on (with the real port when 0 was asked for), else `null`. */
+  /**
+   * The address listened on (with the real port when 0 was asked for), else
+   * `null`. Assign to override what it reports (the socket is unchanged),
+   * `undefined` to restore.
+   * @throws InvalidAddressFormatError when assigned a value of no address shape.
+   */
   get localAddress(): Address | null {
+    if (this.#localOverride !== undefined) return copyAddress(this.#localOverride);
+    return this.#listenedOn();
+  }
+  set localAddress(value: Address | null | undefined) {
+    if (value !== undefined && value !== null) parseAddress(value);
+    this.#localOverride = value === undefined ? undefined : copyAddress(value);
+  }
+
+  #listenedOn(): Address | null {
     if (this.#unixPath !== null) return this.#state === ST_LISTENING ? this.#unixPath : null;
     const native = this.#nativeListeners[0];
     if (native !== undefined) return this.#state === ST_LISTENING ? copyAddress(fromAddressInfo(native.address())) : null;
@@ -499,15 +516,22 @@ export class Server<S extends Stream = Stream> extends Channel {
     return this.#unixPath;
   }
 
-  /** The TCP port listened on (the real one when 0 was asked for), else `null` (UNIX sockets, not listening). */
+  /** The TCP port listened on (the real one when 0 was asked for, whatever `localAddress` was assigned), else `null` (UNIX sockets, not listening). */
   get port(): number | null {
-    const address = this.localAddress;
+    const address = this.#listenedOn();
     return Array.isArray(address) ? address[1] : null;
   }
 
-  /** Always `null`: a server has no peer. */
-  get remoteAddress(): null {
-    return null;
+  /**
+   * `null`: a server has no peer. Assign to override, `undefined` to restore.
+   * @throws InvalidAddressFormatError when assigned a value of no address shape.
+   */
+  get remoteAddress(): Address | null {
+    return copyAddress(this.#remoteOverride ?? null);
+  }
+  set remoteAddress(value: Address | null | undefined) {
+    if (value !== undefined && value !== null) parseAddress(value);
+    this.#remoteOverride = value === undefined ? undefined : copyAddress(value);
   }
 
   /** Every address listened on (the IPv6 slave too). */

@@ -446,6 +446,44 @@ test("stream addresses can be overridden and restored", async (t) => {
   s.close();
 });
 
+test("server addresses can be overridden by assignment and restored with undefined, as a stream's (TCP and UNIX)", async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Who, { engine }).listen(["127.0.0.1", 0]);
+  await server.ready();
+  t.after(() => server.close());
+  const real = server.localAddress;
+  const port = server.port;
+  server.localAddress = ["203.0.113.7", 443];
+  assert.deepEqual(server.localAddress, ["203.0.113.7", 443]);
+  server.remoteAddress = ["198.51.100.1", 1234];
+  assert.deepEqual(server.remoteAddress, ["198.51.100.1", 1234]);
+  assert.equal(server.port, port, "port is the real one, as localAddresses are");
+  assert.deepEqual(server.localAddresses, [real]);
+  server.localAddress = null;
+  assert.equal(server.localAddress, null);
+  server.localAddress = undefined;
+  server.remoteAddress = undefined;
+  assert.deepEqual(server.localAddress, real);
+  assert.equal(server.remoteAddress, null);
+  assert.throws(() => (server.localAddress = [1, 2] as unknown as Address), InvalidAddressFormatError);
+  assert.throws(() => (server.remoteAddress = {} as unknown as Address), InvalidAddressFormatError);
+  assert.deepEqual(server.localAddress, real, "a rejected value changes nothing");
+  // The override is what is reported; connections still go to the real port.
+  server.localAddress = ["203.0.113.7", 443];
+  const [, accepted] = await hello(real!);
+  assert.deepEqual(accepted, real, "an accepted stream reports its own socket's address");
+
+  const path = join(tempDir(t), "o.sock");
+  const unix = new Server(Stream, { engine }).listen(path);
+  await unix.ready();
+  unix.localAddress = "/run/public.sock";
+  assert.equal(unix.localAddress, "/run/public.sock");
+  unix.localAddress = undefined;
+  assert.equal(unix.localAddress, path);
+  unix.close();
+  await waitFor(() => !existsSync(path), 2000, "the real socket file (not the override) to be removed");
+});
+
 test("a Server can serve on a net.Server given as its socket option (listening or not yet)", async (t) => {
   const engine = freshEngine(t);
   const { default: netModule } = await import("node:net");
