@@ -162,6 +162,10 @@ function fdTrouble(fd: number): string {
 }
 
 function closeNet(netServer: net.Server): void {
+  // A listen({ host }) still looking its host up: node:net on Node 20 (20.10
+  // at least; fixed by 20.20) refuses the close (ERR_SERVER_NOT_RUNNING),
+  // then listens anyway, holding the port and the process open.
+  if (!netServer.listening) netServer.once("listening", () => netServer.close());
   try {
     netServer.close();
   } catch {

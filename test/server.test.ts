@@ -12,7 +12,7 @@ import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import { ChannelStateError, InvalidAddressFormatError, Server, Stream } from "../src/index.js";
 import type { Address } from "../src/index.js";
-import { captureLogs, connect, freshEngine, hasIPv6, listenLocal, portOf, tempDir, waitFor, sleep } from "./helpers.js";
+import { captureLogs, connect, freePort, freshEngine, hasIPv6, listenLocal, portOf, tempDir, waitFor, sleep } from "./helpers.js";
 import type { Duplex } from "node:stream";
 
 class Who extends Stream {
@@ -340,6 +340,26 @@ test("listen(port) when another program holds that port on IPv6 only: the listen
   const probe = net.createServer();
   await new Promise<void>((resolve, reject) => probe.once("error", reject).listen({ host: "0.0.0.0", port }, () => resolve()));
   await new Promise<void>((resolve) => probe.close(() => resolve()));
+});
+
+test("close() in the turn of listen(): nothing is left listening, for an IP literal, a host name, [\"\", port] and a UNIX path (node:net on Node 20 up to 20.10 at least listened after a refused close)", async (t) => {
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  for (const host of ["127.0.0.1", "localhost", ""]) {
+    const port = await freePort();
+    const server = new Server(Who, { engine }).listen([host, port]);
+    server.close();
+    await assert.rejects(server.ready(), ChannelStateError);
+    await sleep(100);
+    // The port is free: nothing holds it (nor keeps the process alive).
+    const probe = net.createServer();
+    await new Promise<void>((resolve, reject) => probe.once("error", reject).listen({ host: "127.0.0.1", port }, () => resolve()));
+    await new Promise<void>((resolve) => probe.close(() => resolve()));
+  }
+  const path = join(dir, "soon.sock");
+  new Server(Who, { engine }).listen(path).close();
+  await sleep(100);
+  assert.equal(existsSync(path), false, "no socket file is left");
 });
 
 test("listen() validates synchronously: bad addresses, twice, after close", (t) => {
