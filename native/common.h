@@ -46,6 +46,19 @@
 #include <node_api.h>
 #include <uv.h>
 
+/* uv_pipe_bind2 and uv_pipe_connect2 (explicit lengths: Linux abstract
+ * names) came with libuv 1.46. An addon built against a Node that has them
+ * may be loaded by an older Node 20 that does not (Node 20.0 has libuv
+ * 1.44): called there, the dynamic linker ends the process ("undefined
+ * symbol: uv_pipe_bind2"). So they are weak references, and used only when
+ * pn_uv_has_pipe2() says the running libuv has them. */
+#define PN_HEADERS_HAVE_PIPE2 (UV_VERSION_HEX >= 0x012e00)
+#if PN_HEADERS_HAVE_PIPE2 && defined(__ELF__)
+#pragma weak uv_pipe_bind2
+#pragma weak uv_pipe_connect2
+#endif
+bool pn_uv_has_pipe2(void);
+
 /* Size of the one read buffer each event loop shares (see read.c). Bulk
  * transfers read up to this much per system call (uvloop reads ~250 KB). */
 #define PN_READ_BUF_SIZE (256 * 1024)

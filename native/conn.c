@@ -9,8 +9,6 @@
 
 #include "common.h"
 
-#define PN_HAVE_PIPE_CONNECT2 (UV_VERSION_HEX >= 0x012e00)
-
 /* ---- ids ------------------------------------------------------------------ */
 
 /* The most connections one environment can hold at once (2^22, about four
@@ -345,14 +343,15 @@ napi_value pn_connect_pipe(napi_env env, napi_callback_info info) {
   if (req == NULL) {
     err = UV_ENOMEM;
   } else {
-#if PN_HAVE_PIPE_CONNECT2
-    /* libuv reports connect errors through connect_cb (it feeds the
-     * watcher); only bad arguments come back here. */
-    err = uv_pipe_connect2(req, &c->h.pipe, path, len, UV_PIPE_NO_TRUNCATE, connect_cb);
-#else
+#if PN_HEADERS_HAVE_PIPE2
+    if (pn_uv_has_pipe2()) {
+      /* libuv reports connect errors through connect_cb (it feeds the
+       * watcher); only bad arguments come back here. */
+      err = uv_pipe_connect2(req, &c->h.pipe, path, len, UV_PIPE_NO_TRUNCATE, connect_cb);
+    } else
+#endif
     if (len == 0 || path[0] == '\0') err = UV_EINVAL; /* no abstract names before 1.46 */
     else uv_pipe_connect(req, &c->h.pipe, path, connect_cb);
-#endif
     if (err != 0) free(req); /* not taken: no callback will free it */
   }
   free(path); /* libuv copied what it needs */

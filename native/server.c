@@ -14,15 +14,9 @@
 
 #include "common.h"
 
-/* libuv gained uv_pipe_bind2 (explicit length, so Linux abstract names that
- * start with '\0' work) in 1.46. */
-#define PN_HAVE_PIPE_BIND2 (UV_VERSION_HEX >= 0x012e00)
-
 typedef struct {
   pn_server s;
-#if !PN_HAVE_PIPE_BIND2
   bool unlink_on_close; /* we bound the path ourselves: remove it at close */
-#endif
   /* Sheds a connection that cannot have a pn_conn (see shed()). */
   pn_uv_stream shed;
   bool shedding;  /* uv_close was called on `shed`, its callback has not run */
@@ -44,9 +38,7 @@ static void server_free(pn_server *s) {
 static void server_close_cb(uv_handle_t *h) {
   pn_server *s = h->data;
   pn_server_full *f = (pn_server_full *)s;
-#if !PN_HAVE_PIPE_BIND2
   if (f->unlink_on_close && s->path != NULL) unlink(s->path);
-#endif
   pn_list_remove(&s->base.link);
   pn_release_js(s); /* the JS object may now be collected */
   f->closed = true;
@@ -447,9 +439,9 @@ napi_value pn_bind_tcp(napi_env env, napi_callback_info info) {
   return out;
 }
 
-#if !PN_HAVE_PIPE_BIND2
-/* Older libuv: bind a socket ourselves (abstract names need an explicit
- * address length) and hand it to uv_pipe_open. */
+/* A libuv without uv_pipe_bind2 (pn_uv_has_pipe2): bind a socket ourselves
+ * (abstract names need an explicit address length) and hand it to
+ * uv_pipe_open. */
 static int bind_pipe_fallback(uv_pipe_t *p, const char *name, size_t len) {
   struct sockaddr_un sa;
   int fd;
@@ -457,18 +449,23 @@ static int bind_pipe_fallback(uv_pipe_t *p, const char *name, size_t len) {
   memset(&sa, 0, sizeof(sa));
   sa.sun_family = AF_UNIX;
   memcpy(sa.sun_path, name, len);
+#ifdef SOCK_CLOEXEC
   fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+#else /* macOS: no flag, set it after */
+  fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  if (fd >= 0) fcntl(fd, F_SETFD, FD_CLOEXEC);
+#endif
   if (fd < 0) return uv_translate_sys_error(errno);
   if (bind(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) != 0) {
     int err = uv_translate_sys_error(errno);
     close(fd);
-    return err;
+    /* As libuv's uv_pipe_bind reports it (and node:net with it): a missing directory is EACCES. */
+    return err == UV_ENOENT ? UV_EACCES : err;
   }
   int err = uv_pipe_open(p, fd);
   if (err != 0) close(fd);
   return err;
 }
-#endif
 
 /* listenPipe(path, backlog) */
 napi_value pn_listen_pipe(napi_env env, napi_callback_info info) {
@@ -508,14 +505,17 @@ napi_value pn_listen_pipe(napi_env env, napi_callback_info info) {
   if (len == 0) {
     err = UV_EINVAL;
   } else {
-#if PN_HAVE_PIPE_BIND2
-    /* NO_TRUNCATE: a name too long for sun_path is an error, not silently
-     * cut. libuv unlinks a bound path when the handle closes. */
-    err = uv_pipe_bind2(&s->h.pipe, path, len, UV_PIPE_NO_TRUNCATE);
-#else
-    err = bind_pipe_fallback(&s->h.pipe, path, len);
-    if (err == 0 && path[0] != '\0') ((pn_server_full *)s)->unlink_on_close = true;
+#if PN_HEADERS_HAVE_PIPE2
+    if (pn_uv_has_pipe2()) {
+      /* NO_TRUNCATE: a name too long for sun_path is an error, not silently
+       * cut. libuv unlinks a bound path when the handle closes. */
+      err = uv_pipe_bind2(&s->h.pipe, path, len, UV_PIPE_NO_TRUNCATE);
+    } else
 #endif
+    {
+      err = bind_pipe_fallback(&s->h.pipe, path, len);
+      if (err == 0 && path[0] != '\0') ((pn_server_full *)s)->unlink_on_close = true;
+    }
   }
   if (err != 0) {
     pn_server_close(s);

@@ -191,6 +191,17 @@ none:
   return obj;
 }
 
+bool pn_uv_has_pipe2(void) {
+#if PN_HEADERS_HAVE_PIPE2
+#if defined(__ELF__)
+  if (uv_pipe_bind2 == NULL || uv_pipe_connect2 == NULL) return false;
+#endif
+  return uv_version() >= 0x012e00;
+#else
+  return false;
+#endif
+}
+
 napi_value pn_path_object(napi_env env, const char *path, size_t len) {
   napi_value obj, v;
   /* An abstract name bound by libuv < 1.48 (node:net, and this addon, on

@@ -1557,3 +1557,18 @@ describe("native addon", { skip }, () => {
     assert.ok(growth < 64 * 1024 * 1024, `RSS grew by ${(growth / 1048576).toFixed(1)} MiB`);
   });
 });
+
+// An addon built against a Node whose libuv has uv_pipe_bind2 (1.46) may be
+// loaded by an older Node 20 whose libuv does not (20.0: 1.44): the first
+// UNIX listen there ended the process ("symbol lookup error: undefined
+// symbol: uv_pipe_bind2"). Checked on the built file: those references are
+// weak, and used only when the running libuv has them.
+const nmMissing = spawnSync("nm", ["--version"]).error !== undefined && "nm (binutils) is not installed";
+test("the addon's references to libuv 1.46's uv_pipe_bind2 and uv_pipe_connect2 are weak: it loads and listens under an older Node 20 too", { skip: skip || (process.platform !== "linux" && "ELF (Linux) only") || nmMissing }, () => {
+  const addonPath = join(new URL("..", import.meta.url).pathname, "build", "Release", "pants_native.node");
+  const nm = spawnSync("nm", ["-D", addonPath], { encoding: "utf8" });
+  assert.equal(nm.status, 0, nm.stderr);
+  const refs = nm.stdout.split("\n").filter((line) => /\buv_pipe_(bind2|connect2)$/.test(line)).map((line) => line.trim());
+  // Built against older headers, the addon does not refer to them at all.
+  for (const ref of refs) assert.match(ref, /^w /, `a strong reference: ${ref}`);
+});
