@@ -1114,9 +1114,10 @@ export class Stream extends Channel {
    * Queues `data`; bytes written in one turn leave in as few system calls
    * as possible. `flush` sends now.
    * @throws ChannelStateError if the stream is not connected (a client still connecting too), ended ({@link end}), closing or closed.
-   * @throws TypeError unless `data` is a string or a Uint8Array.
+   * @throws TypeError unless `data` is a string or a Uint8Array, or if `flush` is given and is not a boolean (`ERR_INVALID_ARG_TYPE`).
    */
   write(data: string | Uint8Array, flush = false): void {
+    if (flush !== false && flush !== true) throw flushTypeError("write()", flush);
     if (!this.writable) this.#writeStateError("write");
     let buf: Buffer;
     if (typeof data === "string") buf = Buffer.from(data, "utf8");
@@ -1150,9 +1151,10 @@ export class Stream extends Channel {
    * read is reported to `onWriteError`, whose default closes; a stream
    * kept open goes on with the writes queued after the file.
    * @throws ChannelStateError as {@link write} does.
-   * @throws TypeError unless `file` is a non-empty path, a descriptor or a FileHandle; RangeError (TypeError for a non-number) unless `nbytes` and `offset` are non-negative integers.
+   * @throws TypeError unless `file` is a non-empty path, a descriptor or a FileHandle, or if `flush` is given and is not a boolean; RangeError (TypeError for a non-number) unless `nbytes` and `offset` are non-negative integers.
    */
   writeFile(file: string | number | FileHandle, nbytes = 0, offset = 0, flush = false): void {
+    if (flush !== false && flush !== true) throw flushTypeError("writeFile()", flush);
     if (!this.writable) this.#writeStateError("writeFile");
     const isHandle = typeof file === "object" && file !== null && typeof (file as FileHandle).read === "function";
     if (!(typeof file === "string" && file.length > 0) && !(typeof file === "number" && Number.isInteger(file) && file >= 0) && !isHandle) {
@@ -1171,9 +1173,10 @@ export class Stream extends Channel {
    * @throws ChannelStateError as {@link write} does.
    * @throws RangeError if there is no format to use, or for a malformed format string (`ERR_INVALID_ARG_VALUE`).
    * @throws TypeError / RangeError for values the format cannot pack (as {@link Struct.pack}).
-   * @throws TypeError unless `values` is an array.
+   * @throws TypeError unless `values` is an array, or if `options` is not an object, `options.format` not a format string, Struct or NetStruct, or `options.flush` not a boolean.
    */
   writePacked(values: readonly unknown[], options?: { format?: string | Struct | NetStruct; flush?: boolean }): void {
+    if (options !== undefined) checkPackedOptions(options);
     if (!this.writable) this.#writeStateError("writePacked");
     if (!Array.isArray(values)) throw typeError(`writePacked() expects an array of values, got ${describe(values)}.`);
     let format = options?.format;
@@ -3341,6 +3344,23 @@ function wholeCharacters(buf: Buffer, encoding: BufferEncoding): number {
     default:
       return n;
   }
+}
+
+/** The TypeError for a `flush` argument that is not a boolean (SPEC §10): a truthy string must not flush by accident. */
+function flushTypeError(method: string, flush: unknown): TypeError {
+  return typeError(`${method} expects flush to be a boolean, got ${describe(flush)}.`);
+}
+
+/** writePacked()'s options: an object whose `format` is a format string, a Struct or a NetStruct, and whose `flush` is a boolean. */
+function checkPackedOptions(options: unknown): void {
+  if (typeof options !== "object" || options === null) {
+    throw typeError(`writePacked() expects options to be an object, got ${describe(options)}.`);
+  }
+  const { format, flush } = options as { format?: unknown; flush?: unknown };
+  if (format !== undefined && typeof format !== "string" && !(format instanceof Struct) && !(format instanceof NetStruct)) {
+    throw typeError(`writePacked() expects options.format to be a format string, a Struct or a NetStruct, got ${describe(format)}.`);
+  }
+  if (flush !== undefined && typeof flush !== "boolean") throw flushTypeError("writePacked()", flush);
 }
 
 function checkSize(name: string, value: number): number {

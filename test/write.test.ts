@@ -91,6 +91,33 @@ test("write() rejects anything but strings and bytes with TypeError", async (t) 
   s.close();
 });
 
+test("a flush argument that is not a boolean is a TypeError (ERR_INVALID_ARG_TYPE) in write, writeFile and writePacked, and nothing is queued", async (t) => {
+  const engine = freshEngine(t);
+  const spy = new SpySocket();
+  const s = new Stream({ engine, socket: spy });
+  await s.ready();
+  const code = { name: "TypeError", code: "ERR_INVALID_ARG_TYPE" };
+  for (const bad of ["x", "", 1, 0, null, {}]) {
+    const flag = bad as unknown as boolean;
+    assert.throws(() => s.write("a", flag), code, `write(data, ${String(bad)})`);
+    assert.throws(() => s.write("", flag), code, `write("", ${String(bad)})`);
+    assert.throws(() => s.writeFile("/dev/null", 0, 0, flag), code, `writeFile(..., ${String(bad)})`);
+    assert.throws(() => s.writePacked([1], { format: "B", flush: flag }), code, `writePacked({ flush: ${String(bad)} })`);
+  }
+  for (const bad of ["B", 1, null]) {
+    assert.throws(() => s.writePacked([1], bad as unknown as { format: string }), code, `writePacked(values, ${String(bad)})`);
+  }
+  assert.throws(() => s.writePacked([1], { format: 66 as unknown as string }), code, "a format that is no format");
+  assert.equal(s.bufferedAmount, 0, "nothing was queued by a refused call");
+  // undefined is the default, and booleans are booleans.
+  s.write("a", undefined);
+  s.write("b", false);
+  s.writePacked([99], { format: "B", flush: undefined });
+  s.write("d", true);
+  assert.deepEqual(Buffer.concat(spy.calls.flat()).toString(), "abcd");
+  s.close();
+});
+
 test("a socket option Duplex that reads strings or objects: strings are its bytes again, an object is onReadError's TypeError, never a crash", async (t) => {
   const engine = freshEngine(t);
   class Lines extends Stream {
