@@ -787,10 +787,15 @@ export class Stream extends Channel {
   /**
    * Above this many buffered bytes the stream stops reading until `onWrite`.
    * Default 1 MiB on a stream a server accepted (or made over a socket you
-   * gave), whose writes answer what it reads; `Infinity` (never) on one that
-   * `connect()`ed, whose writes are its own requests: were it to stop
-   * reading too, a client and a server each waiting for the other to read
-   * would wait forever. `Infinity` turns the pause off on any stream.
+   * gave), whose writes answer what it reads (a lower `writeBufferLimit`
+   * then comes first: a peer that does not read is dropped, not waited
+   * for); `Infinity` (never) on one that `connect()`ed, whose writes
+   * are its own requests: were it to stop reading too, a client and a
+   * server each waiting for the other to read would wait forever.
+   * `Infinity` turns the pause off on any stream.
+   * @throws RangeError (`ERR_OUT_OF_RANGE`) for a finite value not below
+   *   `writeBufferLimit`: the stream would never pause before the limit
+   *   closed it (set `writeBufferLimit` first, or `Infinity` for no pause).
    */
   get writeHighWaterMark(): number {
     const x = this.#x;
@@ -798,15 +803,37 @@ export class Stream extends Channel {
     return x.writeHighWaterMark ?? (x.connectTarget !== null ? Infinity : DEFAULT_HWM);
   }
   set writeHighWaterMark(value: number) {
-    this.#extras().writeHighWaterMark = value === Infinity ? value : checkSize("writeHighWaterMark", value);
+    if (value !== Infinity) {
+      checkSize("writeHighWaterMark", value);
+      const limit = this.writeBufferLimit;
+      if (value >= limit) {
+        throw rangeError(
+          `writeHighWaterMark (${value}) must be below writeBufferLimit (${limit}): the stream would never pause reading before the limit closed it. ` +
+            "Raise writeBufferLimit first, or set writeHighWaterMark to Infinity to never pause.",
+        );
+      }
+    }
+    this.#extras().writeHighWaterMark = value;
   }
 
-  /** Above this many buffered bytes `onOverflowError` is called (default 64 MiB). */
+  /**
+   * Above this many buffered bytes `onOverflowError` is called (default 64 MiB).
+   * @throws RangeError (`ERR_OUT_OF_RANGE`) for a value not above a finite
+   *   `writeHighWaterMark` that was set (lower that first).
+   */
   get writeBufferLimit(): number {
     return this.#x?.writeBufferLimit ?? DEFAULT_WRITE_LIMIT;
   }
   set writeBufferLimit(value: number) {
-    this.#extras().writeBufferLimit = checkSize("writeBufferLimit", value);
+    checkSize("writeBufferLimit", value);
+    const hwm = this.#x?.writeHighWaterMark ?? null;
+    if (hwm !== null && hwm !== Infinity && hwm >= value) {
+      throw rangeError(
+        `writeBufferLimit (${value}) must be above writeHighWaterMark (${hwm}): the stream would never pause reading before the limit closed it. ` +
+          "Lower writeHighWaterMark first, or set it to Infinity to never pause.",
+      );
+    }
+    this.#extras().writeBufferLimit = value;
   }
 
   /**

@@ -190,7 +190,7 @@ test("bufferedAmount is 0 once the stream has closed, however it closed with byt
   let overflows = 0;
   class Big extends Stream {
     override onConnect() {
-      this.writeHighWaterMark = 64 << 20; // keep reading the peer's commands
+      this.writeHighWaterMark = Infinity; // keep reading the peer's commands
       this.writeBufferLimit = 24 << 20;
       this.write(Buffer.alloc(16 << 20, 0x61)); // far more than loopback takes while the peer does not read
     }
@@ -549,6 +549,31 @@ test("writeHighWaterMark and writeBufferLimit are validated", async () => {
   peer.stream.writeHighWaterMark = Infinity; // never pause
   assert.equal(peer.stream.writeHighWaterMark, Infinity);
   assert.throws(() => (peer.stream.writeBufferLimit = Infinity), RangeError); // a bound stays a bound
+});
+
+test("writeHighWaterMark must stay below writeBufferLimit: a finite one at or above it is a RangeError (ERR_OUT_OF_RANGE) from either setter", async () => {
+  const peer = memoryPeer(Stream);
+  await peer.ready;
+  const s = peer.stream;
+  const code = { name: "RangeError", code: "ERR_OUT_OF_RANGE" };
+  assert.throws(() => (s.writeHighWaterMark = 64 << 20), code, "equal to the default limit");
+  assert.throws(() => (s.writeHighWaterMark = 65 << 20), code, "above the default limit");
+  assert.equal(s.writeHighWaterMark, 1 << 20, "a refused value is not kept");
+  s.writeHighWaterMark = 512 << 10;
+  assert.throws(() => (s.writeBufferLimit = 512 << 10), code, "a limit down to the mark");
+  assert.throws(() => (s.writeBufferLimit = 256 << 10), code, "a limit below the mark");
+  assert.equal(s.writeBufferLimit, 64 << 20, "a refused limit is not kept");
+  s.writeBufferLimit = (512 << 10) + 1;
+  s.writeHighWaterMark = Infinity; // never pause: always allowed
+  s.writeBufferLimit = 4096;
+  assert.equal(s.writeHighWaterMark, Infinity);
+  // Not set: 1 MiB, under a lower limit too (a peer that stops reading is then dropped at the limit).
+  const fresh = memoryPeer(Stream);
+  await fresh.ready;
+  fresh.stream.writeBufferLimit = 256 << 10;
+  assert.equal(fresh.stream.writeHighWaterMark, 1 << 20);
+  peer.stream.close(false);
+  fresh.stream.close(false);
 });
 
 test("writeHighWaterMark defaults: 1 MiB on a server's stream, Infinity on a stream that connect()ed, what was set on either", async (t) => {

@@ -67,7 +67,7 @@ test("close(true) in a later turn, with an earlier write still in the socket: ev
   let closedAt = 0;
   class Sender extends Stream {
     override onConnect() {
-      this.writeHighWaterMark = 64 << 20; // no backpressure pause: nothing else waits for the drain
+      this.writeHighWaterMark = Infinity; // no backpressure pause: nothing else waits for the drain
       this.write(data);
       setTimeout(() => this.close(true), 50);
     }
