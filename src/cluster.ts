@@ -10,7 +10,7 @@ import { availableParallelism } from "node:os";
 import { relative as relativePath, resolve as resolvePath } from "node:path";
 import { liveServers, removeStaleSocket, retiredTotals, staleSocketRemover } from "./server.js";
 import type { Server } from "./server.js";
-import { addStats, cappedDelay, globalEngineRunning, newStats } from "./engine.js";
+import { addStats, globalEngineRunning, longTimeout, newStats } from "./engine.js";
 import type { Stats } from "./engine.js";
 import { log } from "./log.js";
 import { lingeringClosed } from "./stream.js";
@@ -21,7 +21,7 @@ import { isThenable } from "./channel.js";
 export interface ClusterOptions {
   /** Worker processes to run (default: the number of cores). */
   workers?: number;
-  /** Graceful shutdown deadline per worker, ms (default 10 000; 0: no deadline). A worker still running 5 s past it is killed. */
+  /** Graceful shutdown deadline per worker, ms (default 10 000; 0: no deadline). A worker still running 5 s past it is killed. Kept whole however long (Node's own timers hold 2^31-1 ms, about 24.8 days). */
   shutdownTimeoutMs?: number;
   /** First restart delay after a crash, ms (at least 1; default 100); doubles, up to 30 s, for each replacement that crashes within 10 s of its start (per worker slot). */
   restartDelayMs?: number;
@@ -205,7 +205,7 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
       // that is not done 5 s after it (0: no deadline; 1 ms: it has passed).
       // Durations by the monotonic clock: a wall-clock step (NTP, a VM resumed) moves neither deadline.
       const told = performance.now();
-      const wait = m.timeoutMs > 0 ? Promise.race([started, new Promise<void>((r) => setTimeout(r, cappedDelay(m.timeoutMs)).unref())]) : started;
+      const wait = m.timeoutMs > 0 ? Promise.race([started, new Promise<void>((r) => longTimeout(r, m.timeoutMs, true))]) : started;
       const left = () => (m.timeoutMs > 0 ? Math.max(1, m.timeoutMs - (performance.now() - told)) : 0);
       void wait.then(() => shutdownAll(left())).then(() => {
         send({ pantsTs: "stats", stats: processStats() });
@@ -292,7 +292,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   const slotDelay = new WeakMap<Worker, number>();
   // Restarts waiting out their delay: a shutdown cancels them, or one (up to
   // 30 s away) would hold the primary's exit after its workers are gone.
-  const pendingRestarts = new Set<ReturnType<typeof setTimeout>>();
+  const pendingRestarts = new Set<() => void>();
   // Workers whose rolling-restart replacement is starting, and those of them that crashed meanwhile.
   const beingReplaced = new Set<Worker>();
   const crashedWhileReplaced = new Set<Worker>();
@@ -417,11 +417,16 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       tell(worker, { pantsTs: "shutdown", timeoutMs: shutdownTimeoutMs });
       // A worker that does not finish in time is killed (0: no deadline, as in shutdown()).
       if (shutdownTimeoutMs > 0) {
-        setTimeout(() => {
-          if (worker.isDead()) return;
-          log.current.warn(`Worker ${worker.process.pid} was still draining ${shutdownTimeoutMs + 5000} ms after it was told to shut down; killing it.`);
-          worker.process.kill("SIGKILL");
-        }, cappedDelay(shutdownTimeoutMs + 5000)).unref();
+        // Whole, however long: a deadline past Node's 2^31-1 ms timer is not cut to 24.8 days.
+        longTimeout(
+          () => {
+            if (worker.isDead()) return;
+            log.current.warn(`Worker ${worker.process.pid} was still draining ${shutdownTimeoutMs + 5000} ms after it was told to shut down; killing it.`);
+            worker.process.kill("SIGKILL");
+          },
+          shutdownTimeoutMs + 5000,
+          true,
+        );
       }
     });
 
@@ -454,11 +459,15 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       const delay = livedMs > 10_000 ? baseDelay : (slotDelay.get(worker) ?? baseDelay);
       log.current.warn(`Worker ${worker.process.pid} ${why}; restarting in ${delay} ms.`);
       restarts++;
-      const timer = setTimeout(() => {
-        pendingRestarts.delete(timer);
-        if (stopped === null) slotDelay.set(fork(), Math.min(delay * 2, 30_000));
-      }, cappedDelay(delay));
-      pendingRestarts.add(timer);
+      const cancel = longTimeout(
+        () => {
+          pendingRestarts.delete(cancel);
+          if (stopped === null) slotDelay.set(fork(), Math.min(delay * 2, 30_000));
+        },
+        delay,
+        false,
+      );
+      pendingRestarts.add(cancel);
     };
 
     // Called again (a second signal, shutdown() from code), it is the same
@@ -466,7 +475,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
     const stop = (): Promise<void> =>
       (stopped ??= (async () => {
         log.current.info("Shutting down the cluster.");
-        for (const timer of pendingRestarts) clearTimeout(timer);
+        for (const cancel of pendingRestarts) cancel();
         pendingRestarts.clear();
         const all = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
         await Promise.all(all.map(retire));

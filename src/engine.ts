@@ -266,9 +266,23 @@ function timerFailed(engine: Engine, err: unknown): void {
 /** @internal The longest delay a Node timer keeps: a longer one fires after 1 ms. */
 export const MAX_TIMER_MS = 2147483647;
 
-/** `ms` capped at {@link MAX_TIMER_MS}: Node fires a longer timer at once. */
-export function cappedDelay(ms: number): number {
-  return Math.min(ms, MAX_TIMER_MS);
+/**
+ * @internal `setTimeout` for a delay of any length: Node fires one longer
+ * than {@link MAX_TIMER_MS} after 1 ms, so a longer one waits in legs, as
+ * engine timers do. `unref`: it does not keep the process alive.
+ * @returns Its cancel.
+ */
+export function longTimeout(fn: () => void, ms: number, unref: boolean): () => void {
+  let left = ms;
+  let handle: ReturnType<typeof setTimeout>;
+  const arm = (): void => {
+    const leg = Math.min(left, MAX_TIMER_MS);
+    left -= leg;
+    handle = setTimeout(left > 0 ? arm : fn, leg);
+    if (unref) handle.unref();
+  };
+  arm();
+  return () => clearTimeout(handle);
 }
 
 function checkDelay(name: string, delay: unknown): number {

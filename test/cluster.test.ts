@@ -252,6 +252,36 @@ test("runCluster: a shutdownTimeoutMs beyond what a Node timer holds (2^31 ms) d
   assert.equal(await c.exited, 0, c.out());
 });
 
+test("runCluster: a shutdownTimeoutMs beyond what a Node timer holds is kept whole (mocked timers): the draining worker is killed 5 s past it, not at 2^31-1 ms", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
+  const shutdownMs = 2 ** 32;
+  const run = launch(t, "cluster-main.ts", { PORT: "0", WORKERS: "1", SHUTDOWN_MS: String(shutdownMs), MOCK_TIMERS: "1" }, "pipe");
+  await waitFor(() => run.listening() >= 1, 20_000, `the worker listening; output: ${run.out()}`);
+  const client = await connect(Number(run.listenLines()[0]!.split(" ")[1]));
+  t.after(() => client.destroy());
+  client.write("stay\n"); // onShutdown says bye and keeps the connection open: the worker drains until killed
+  await sleep(200);
+  run.child.kill("SIGTERM");
+  await client.until(() => client.received.toString().includes("bye"), 10_000, "the bye");
+  let ticks = 0;
+  const tick = async (ms: number) => {
+    run.child.stdin!.write(`tick ${ms}\n`);
+    ticks++;
+    await waitFor(() => run.out().split("\n").filter((l) => l.startsWith("ticked ")).length === ticks, 5000, `tick ${ms} done`);
+  };
+  // Ticks that end where each leg of 2^31-1 ms ends: the next leg starts there, and a mocked
+  // tick runs a timer armed during it only at a later tick. 2^32 + 5000 = 2 legs + 5002 ms.
+  const leg = 2 ** 31 - 1;
+  await tick(leg); // a timer cut to 2^31-1 ms fires here
+  await tick(leg);
+  await tick(5001);
+  assert.doesNotMatch(run.out(), /killing it/, "killed before shutdownTimeoutMs + 5000 ms");
+  assert.equal(client.ended || client.closed, false, "the draining connection was cut");
+  await tick(1);
+  await waitFor(() => /killing it/.test(run.out()), 5000, `the kill at shutdownTimeoutMs + 5000 ms; output: ${run.out()}`);
+  assert.match(run.out(), new RegExp(`still draining ${shutdownMs + 5000} ms after`));
+  assert.equal(await run.exited, 0, run.out());
+});
+
 test("runCluster rejects bad options before it forks anything", { skip: sameOnEitherTransport }, async () => {
   const { runCluster } = await import("../src/index.js");
   const main = () => {};
