@@ -16,8 +16,9 @@ import { log } from "./log.js";
 import { lingeringClosed } from "./stream.js";
 import { asError, codedError, describe, failureText, numberError, typeError } from "./errors.js";
 import { isThenable } from "./channel.js";
+import { checkOptionKeys, optionKeys } from "./options.js";
 
-/** Options of {@link runCluster}. */
+/** Options of {@link runCluster}. A key it does not know is ignored and logged once by the primary (a `warn` naming the nearest known key). */
 export interface ClusterOptions {
   /** Worker processes to run (default: the number of cores). */
   workers?: number;
@@ -36,6 +37,8 @@ export interface ClusterOptions {
    */
   inheritFds?: readonly number[];
 }
+
+const CLUSTER_KEYS = optionKeys<ClusterOptions>({ workers: true, shutdownTimeoutMs: true, restartDelayMs: true, onStats: true, inheritFds: true });
 
 /** Stats of every worker, summed, plus per-worker figures. */
 export interface ClusterStats extends Stats {
@@ -132,6 +135,9 @@ function reportStats(onStats: (stats: ClusterStats) => void, current: ClusterSta
  */
 export async function runCluster(main: () => unknown, options: ClusterOptions = {}): Promise<ClusterHandle> {
   if (typeof main !== "function") throw typeError(`runCluster() expects a function, got ${describe(main)}.`);
+  if (options === null || typeof options !== "object") throw typeError(`runCluster() options must be an object, got ${describe(options)}.`);
+  // Once, by the primary: its workers run the same call.
+  if (cluster.isPrimary) checkOptionKeys("runCluster()", options, CLUSTER_KEYS);
   const workers = options.workers ?? availableParallelism();
   if (!Number.isSafeInteger(workers) || workers < 1) throw numberError(workers, `workers must be a positive integer, got ${describe(workers)}.`);
   const shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;

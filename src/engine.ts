@@ -6,6 +6,7 @@ import { performance } from "node:perf_hooks";
 import { log, nameOf } from "./log.js";
 import { asError, describe, numberError, rangeError, typeError } from "./errors.js";
 import { TimeoutSweeper } from "./timeouts.js";
+import { checkOptionKeys, optionKeys } from "./options.js";
 import type { Channel } from "./channel.js";
 
 /** A scheduled function; cancel it by calling `cancel()` on this very object. */
@@ -307,7 +308,7 @@ export function globalEngineRunning(): boolean {
   return globalEngine?.running ?? false;
 }
 
-/** Options of the {@link Engine} constructor. */
+/** Options of the {@link Engine} constructor. A key it does not know is ignored and logged once (a `warn` naming the nearest known key). */
 export interface EngineOptions {
   /**
    * A manual clock, for tests: `time()` stands still, and `defer`/`cycle`
@@ -316,6 +317,8 @@ export interface EngineOptions {
    */
   manualClock?: boolean;
 }
+
+const ENGINE_KEYS = optionKeys<EngineOptions>({ manualClock: true });
 
 /**
  * The registry of channels and timers. `Engine.instance()` is the global
@@ -339,8 +342,18 @@ export class Engine {
   /** Counters over every channel of this engine. */
   readonly stats: Stats = newStats();
 
-  /** @param options `manualClock` for deterministic tests. */
+  /**
+   * @param options `manualClock` for deterministic tests.
+   * @throws TypeError if `options` is not an object or `manualClock` not a boolean.
+   */
   constructor(options?: EngineOptions) {
+    if (options !== undefined) {
+      if (options === null || typeof options !== "object") throw typeError(`The Engine options must be an object, got ${describe(options)}.`);
+      if (options.manualClock !== undefined && typeof options.manualClock !== "boolean") {
+        throw typeError(`The manualClock option must be a boolean, got ${describe(options.manualClock)}.`);
+      }
+      checkOptionKeys("new Engine()", options, ENGINE_KEYS);
+    }
     this.manualClock = options?.manualClock === true;
     this._sweeper = new TimeoutSweeper(() => this.time(), this.manualClock);
   }

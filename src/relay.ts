@@ -7,8 +7,9 @@
 import { Stream } from "./stream.js";
 import { nameOf } from "./channel.js";
 import { ChannelStateError, describe, numberError, rangeError, typeError } from "./errors.js";
+import { checkOptionKeys, optionKeys } from "./options.js";
 
-/** Options of {@link relay}. */
+/** Options of {@link relay}. A key it does not know is ignored and logged once (a `warn` naming the nearest known key). */
 export interface RelayOptions {
   /**
    * A stream stops being read while the other one holds more than this
@@ -30,6 +31,7 @@ export interface RelayResult {
 }
 
 const DEFAULT_HIGH_WATER_MARK = 1024 * 1024;
+const RELAY_KEYS = optionKeys<RelayOptions>({ highWaterMark: true });
 
 /** One stream of a relay, and the state of the direction that writes to it. */
 class Side {
@@ -112,6 +114,7 @@ export function relay(a: Stream, b: Stream, options?: RelayOptions): Promise<Rel
   if (options !== undefined && (options === null || typeof options !== "object")) {
     throw typeError(`relay() options must be an object, got ${describe(options)}.`);
   }
+  if (options !== undefined) checkOptionKeys("relay()", options, RELAY_KEYS);
   const hwm = options?.highWaterMark ?? DEFAULT_HIGH_WATER_MARK;
   if (typeof hwm !== "number" || !Number.isSafeInteger(hwm) || hwm <= 0) {
     throw numberError(hwm, `relay() highWaterMark must be a positive integer number of bytes, got ${describe(hwm)}.`);

@@ -32,8 +32,13 @@ import { nativeLoadError } from "./native-binding.js";
 import { checkTransport, useNative } from "./transport.js";
 import type { Transport } from "./transport.js";
 import type { Timed } from "./timeouts.js";
+import { checkOptionKeys, optionKeys } from "./options.js";
 
-/** Options of the {@link Server} constructor. */
+/**
+ * Options of the {@link Server} constructor. A key it does not know is
+ * ignored and logged once (a `warn` naming the nearest known key), not
+ * refused: a wider configuration object may be passed.
+ */
 export interface ServerOptions extends ChannelOptions {
   /**
    * A listening `net.Server`, or the descriptor of a listening TCP or UNIX
@@ -101,6 +106,29 @@ export interface ServerOptions extends ChannelOptions {
    * Not for UNIX socket paths.
    */
   reusePort?: boolean;
+}
+
+const SERVER_KEYS = optionKeys<ServerOptions>({
+  engine: true,
+  socket: true,
+  sslOptions: true,
+  maxConnections: true,
+  maxConnectionsPerPeer: true,
+  peerIPv6Prefix: true,
+  idleTimeoutMs: true,
+  handshakeTimeoutMs: true,
+  proxyProtocol: true,
+  noDelay: true,
+  keepAliveMs: true,
+  transport: true,
+  reusePort: true,
+});
+const SHUTDOWN_KEYS = optionKeys<ShutdownOptions>({ timeoutMs: true });
+
+/** Options of {@link Server.shutdown}. A key it does not know is ignored and logged once (a `warn` naming the nearest known key). */
+export interface ShutdownOptions {
+  /** Connections still open this many ms after the call are closed without flushing (default 10 000; 0: no deadline). */
+  timeoutMs?: number;
 }
 
 const ST_INIT = 0;
@@ -429,6 +457,8 @@ export class Server<S extends Stream = Stream> extends Channel {
     }
     this.#ConnectionClass = given as ConnectionClass<S>;
     const o = options ?? {};
+    if (typeof o !== "object") throw typeError(`The Server options must be an object, got ${describe(o)}.`);
+    checkOptionKeys(`new ${this.constructor.name}()`, o, SERVER_KEYS);
     this.#maxConnections = optionalCount("maxConnections", o.maxConnections, Infinity);
     if (o.peerIPv6Prefix !== undefined) this.#peerPrefix6 = checkPrefix6(o.peerIPv6Prefix);
     this.#setMaxPerPeer(o.maxConnectionsPerPeer);
@@ -753,7 +783,11 @@ export class Server<S extends Stream = Stream> extends Channel {
    * Called again while it drains, it returns the same promise, and a
    * deadline earlier than the one running replaces it.
    */
-  shutdown(options?: { timeoutMs?: number }): Promise<void> {
+  shutdown(options?: ShutdownOptions): Promise<void> {
+    if (options !== undefined) {
+      if (options === null || typeof options !== "object") throw typeError(`shutdown() options must be an object, got ${describe(options)}.`);
+      checkOptionKeys("shutdown()", options, SHUTDOWN_KEYS);
+    }
     const timeoutMs = optionalMs("timeoutMs", options?.timeoutMs, 10_000);
     if (this.#shutdown === null) {
       this.#shutdown = new Promise<void>((resolve) => {

@@ -50,8 +50,9 @@ import { NativeSocket, nativeAddon, nativeLimits } from "./native-socket.js";
 import { useNative } from "./transport.js";
 import type { FileJob, FileSink } from "./write-file.js";
 import type { Server } from "./server.js";
+import { checkOptionKeys, optionKeys } from "./options.js";
 
-/** Options of {@link Stream.connect}. */
+/** Options of {@link Stream.connect}. A key it does not know is ignored and logged once (a `warn` naming the nearest known key). */
 export interface ConnectOptions {
   /**
    * The local address to connect from, its source address and port, as
@@ -70,6 +71,7 @@ export interface ConnectOptions {
 function connectFrom(options: ConnectOptions | undefined, target: ParsedAddress): LocalAddress | null {
   if (options === undefined) return null;
   if (options === null || typeof options !== "object") throw typeError(`connect()'s options must be an object, got ${describe(options)}.`);
+  checkOptionKeys("connect()", options, CONNECT_KEYS);
   return options.localAddress === undefined ? null : parseLocalAddress(options.localAddress, target);
 }
 
@@ -80,12 +82,29 @@ function lookupFamily(target: ParsedAddress & { kind: "tcp" }, local: LocalAddre
   return local?.family ?? 0;
 }
 
-/** Options of the {@link Stream} constructor. */
+/**
+ * Options of the {@link Stream} constructor. A key it does not know is
+ * ignored and logged once (a `warn` naming the nearest known key); a
+ * subclass that takes options of its own should pass only these to
+ * `super()`. A server's accepted connections are not checked.
+ */
 export interface StreamOptions extends ChannelOptions {
   /** An already-connected socket (or any Duplex) to wrap. */
   socket?: Duplex;
   /** TLS options: the stream starts TLS as soon as it is connected. */
   sslOptions?: SslOptions;
+}
+
+const CONNECT_KEYS = optionKeys<ConnectOptions>({ localAddress: true });
+const STREAM_KEYS = optionKeys<StreamOptions>({ engine: true, socket: true, sslOptions: true });
+const PACKED_KEYS = optionKeys<WritePackedOptions>({ format: true, flush: true });
+
+/** Options of {@link Stream.writePacked}. A key it does not know is ignored and logged once (a `warn` naming the nearest known key). */
+export interface WritePackedOptions {
+  /** A Struct format string, a Struct or a NetStruct (default: the Struct or NetStruct read delimiter). */
+  format?: string | Struct | NetStruct;
+  /** Send now, as `write(data, true)` (default false). */
+  flush?: boolean;
 }
 
 /**
@@ -551,6 +570,11 @@ export class Stream extends Channel {
    */
   constructor(options?: StreamOptions) {
     super(options);
+    if (options !== undefined && options !== null) {
+      if (typeof options !== "object") throw typeError(`The Stream options must be an object, got ${describe(options)}.`);
+      // Not for a server's accept (its own { engine, socket }): that path stays as cheap as it was.
+      if (options.socket === undefined || options.socket !== accepting.socket) checkOptionKeys(`new ${this.constructor.name}()`, options, STREAM_KEYS);
+    }
     const socket = options?.socket;
     if (options?.sslOptions !== undefined) {
       checkPantsFlags(options.sslOptions, undefined);
@@ -1202,7 +1226,7 @@ export class Stream extends Channel {
    * @throws TypeError / RangeError for values the format cannot pack (as {@link Struct.pack}).
    * @throws TypeError unless `values` is an array, or if `options` is not an object, `options.format` not a format string, Struct or NetStruct, or `options.flush` not a boolean.
    */
-  writePacked(values: readonly unknown[], options?: { format?: string | Struct | NetStruct; flush?: boolean }): void {
+  writePacked(values: readonly unknown[], options?: WritePackedOptions): void {
     if (options !== undefined) checkPackedOptions(options);
     if (!this.writable) this.#writeStateError("writePacked");
     if (!Array.isArray(values)) throw typeError(`writePacked() expects an array of values, got ${describe(values)}.`);
@@ -3388,6 +3412,7 @@ function checkPackedOptions(options: unknown): void {
     throw typeError(`writePacked() expects options.format to be a format string, a Struct or a NetStruct, got ${describe(format)}.`);
   }
   if (flush !== undefined && typeof flush !== "boolean") throw flushTypeError("writePacked()", flush);
+  checkOptionKeys("writePacked()", options, PACKED_KEYS);
 }
 
 function checkSize(name: string, value: number): number {

@@ -14,6 +14,7 @@ import type { ConnectionOptions, SecureContext, SecureContextOptions, TlsOptions
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { asError, describe, rangeError, typeError } from "./errors.js";
+import { checkSslOptionKeys } from "./options.js";
 
 /** Pants' (Python `ssl`) certificate requirement names. */
 export type CertReqs = "CERT_NONE" | "CERT_OPTIONAL" | "CERT_REQUIRED";
@@ -45,7 +46,9 @@ export interface SniEntry {
  * TLS options: Node's `tls` server and client options, plus Pants' names
  * (`certfile`, `keyfile`, `ca_certs`, `cert_reqs`, `server_side`,
  * `do_handshake_on_connect`) and `sni`, a map from host name to
- * certificate.
+ * certificate. A key within two edits of one of pants-ts's own names
+ * (`certFile`, `serverSide`) is logged once as a likely misspelling (a
+ * `warn`); node:tls's own keys are passed on unread and never reported.
  */
 export interface SslOptions extends SecureContextOptions {
   /** PEM file with the certificate chain (Pants' name; read once). May also hold the key. */
@@ -172,6 +175,7 @@ export function checkPantsFlags(options: SslOptions, serverSide: boolean | undef
   if (options === null || typeof options !== "object") {
     throw typeError(`SSL options must be an object, got ${describe(options)}.`);
   }
+  checkSslOptionKeys("the SSL options", options);
   if (options.do_handshake_on_connect !== undefined && options.do_handshake_on_connect !== false) {
     throw rangeError("SSL option 'do_handshake_on_connect' must be false.", "ERR_INVALID_ARG_VALUE");
   }
