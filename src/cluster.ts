@@ -24,7 +24,7 @@ export interface ClusterOptions {
   workers?: number;
   /** Graceful shutdown deadline per worker, ms (default 10 000; 0: no deadline). A worker still running 5 s past it is killed. Kept whole however long (Node's own timers hold 2^31-1 ms, about 24.8 days). */
   shutdownTimeoutMs?: number;
-  /** First restart delay after a crash, ms (at least 1; default 100); doubles, up to 30 s, for each replacement that crashes within 10 s of its start (per worker slot). */
+  /** First restart delay after a crash, ms (at least 1; default 100); doubles, up to 30 s (or this delay, when longer), for each replacement that crashes within 10 s of its start (per worker slot). */
   restartDelayMs?: number;
   /** Called in the primary with the aggregated stats each time a worker reports (each does about once a second). What it throws or rejects with is logged; the primary carries on. */
   onStats?: (stats: ClusterStats) => void;
@@ -468,7 +468,8 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       const cancel = longTimeout(
         () => {
           pendingRestarts.delete(cancel);
-          if (stopped === null) slotDelay.set(fork(), Math.min(delay * 2, 30_000));
+          // Doubled up to 30 s, and never below restartDelayMs (which may be longer than that).
+          if (stopped === null) slotDelay.set(fork(), Math.max(baseDelay, Math.min(delay * 2, 30_000)));
         },
         delay,
         false,

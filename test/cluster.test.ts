@@ -282,6 +282,23 @@ test("runCluster: a shutdownTimeoutMs beyond what a Node timer holds is kept who
   assert.equal(await run.exited, 0, run.out());
 });
 
+test("runCluster: a restartDelayMs above the 30 s back-off cap is never shortened by the back-off (mocked timers): a crash-looping slot waits at least that long", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
+  const broken = join(tempDir(t), "broken");
+  const run = launch(t, "cluster-main.ts", { PORT: "0", WORKERS: "1", RESTART_DELAY_MS: "60000", MOCK_TIMERS: "1", BROKEN_FILE: broken }, "pipe");
+  await waitFor(() => run.listening() >= 1, 20_000, `the worker listening; output: ${run.out()}`);
+  writeFileSync(broken, ""); // from now on a worker fails as it starts
+  const c = await connect(Number(run.listenLines()[0]!.split(" ")[1]));
+  c.write("crash\n");
+  await c.readToEnd();
+  await waitFor(() => /restarting in 60000 ms/.test(run.out()), 10_000, `the crash seen; output: ${run.out()}`);
+  run.child.stdin!.write("tick 60000\n");
+  // The replacement fails within 10 s of its start: its slot backs off, from 60 s (doubled, the cap is 30 s: it stays 60 s).
+  await waitFor(() => (run.out().match(/restarting in \d+ ms/g) ?? []).length >= 2, 20_000, `the replacement's failure; output: ${run.out()}`);
+  assert.deepEqual(run.out().match(/restarting in \d+ ms/g), ["restarting in 60000 ms", "restarting in 60000 ms"]);
+  run.child.kill("SIGTERM");
+  assert.equal(await run.exited, 0, run.out());
+});
+
 test("runCluster rejects bad options before it forks anything", { skip: sameOnEitherTransport }, async () => {
   const { runCluster } = await import("../src/index.js");
   const main = () => {};
