@@ -10,6 +10,7 @@ import { Stream } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
 import type { Server } from "./server.js";
 import { ChannelStateError, describe, rangeError, typeError } from "./errors.js";
+import { checkOptionKeys, optionKeys } from "./options.js";
 
 const kPeer: unique symbol = Symbol("pants-ts.memoryPeer");
 
@@ -118,7 +119,7 @@ export function duplexPair(): [MemorySocket, MemorySocket] {
   return [a, b];
 }
 
-/** Options of {@link memoryPeer}. */
+/** Options of {@link memoryPeer}. A key it does not know is ignored and logged once (a `warn` naming the nearest known key). */
 export interface MemoryPeerOptions {
   /** The engine for the stream; default a new, separate engine. */
   engine?: Engine;
@@ -131,11 +132,14 @@ export interface MemoryPeerOptions {
   server?: Server;
 }
 
-/** Options of {@link MemoryPeer.send}. */
+/** Options of {@link MemoryPeer.send}. A key it does not know is ignored and logged once (a `warn` naming the nearest known key). */
 export interface SendOptions {
   /** Split the bytes into packets of this size, or of these sizes in turn. */
   chunkSize?: number | readonly number[];
 }
+
+const PEER_KEYS = optionKeys<MemoryPeerOptions>({ engine: true, manualClock: true, server: true });
+const SEND_KEYS = optionKeys<SendOptions>({ chunkSize: true });
 
 /** A connection class instance wired to an in-memory peer. */
 export interface MemoryPeer<S extends Stream> {
@@ -206,6 +210,8 @@ export function memoryPeer<S extends Stream>(
   if (typeof ConnectionClass !== "function") {
     throw typeError("memoryPeer() expects a connection class (a Stream subclass).");
   }
+  if (options === null || typeof options !== "object") throw typeError(`memoryPeer() options must be an object, got ${describe(options)}.`);
+  checkOptionKeys("memoryPeer()", options, PEER_KEYS);
   const engine = options.engine ?? new Engine({ manualClock: options.manualClock === true });
   const [local, remote] = duplexPair();
   const received: Buffer[] = [];
@@ -287,6 +293,10 @@ export function memoryPeer<S extends Stream>(
       }
       // As a socket's write() after its end(): refused, not dropped unseen.
       if (peerDone !== null) return Promise.reject(new ChannelStateError(`send() after the peer's ${peerDone}(): it has no sending side left.`));
+      if (sendOptions !== undefined) {
+        if (sendOptions === null || typeof sendOptions !== "object") return Promise.reject(typeError(`send() options must be an object, got ${describe(sendOptions)}.`));
+        checkOptionKeys("send()", sendOptions, SEND_KEYS);
+      }
       const sizes = sendOptions?.chunkSize;
       // Checked before anything is sent: a bad size never leaves half a message written.
       for (const size of sizes === undefined ? [] : typeof sizes === "number" ? [sizes] : sizes) {

@@ -134,3 +134,15 @@ test("SslOptions: a near-miss of one of pants-ts's own names warns (certFile, ca
   assert.deepEqual(unknown(logs), ["keyFile>keyfile", "caCerts>ca_certs", "cert_req>cert_reqs"]);
   client.close(false);
 });
+
+test("memoryPeer() and its send(): a misspelt option warns once, naming the nearest known one; options that are not an object are a TypeError", async (t) => {
+  const logs = captureLogs(t);
+  const peer = memoryPeer(Stream, { manualClok: true } as unknown as Parameters<typeof memoryPeer>[1]);
+  await peer.ready;
+  await peer.send("x", { chunksize: 1 } as unknown as { chunkSize: number });
+  assert.deepEqual(unknown(logs), ["manualClok>manualClock", "chunksize>chunkSize"]);
+  assert.throws(() => memoryPeer(Stream, "fast" as unknown as object), TypeError);
+  await assert.rejects(peer.send("x", 5 as unknown as object), TypeError);
+  peer.stream.close();
+  await peer.closed;
+});
