@@ -243,6 +243,10 @@ export function parseLocalAddress(value: unknown, target: ParsedAddress): LocalA
   if (family !== 4 && family !== 6) {
     throw new InvalidAddressFormatError(`${what}: the local address must be an IP address literal, not a host name (it is bound before the connect, with no lookup; node:net refuses one too).`);
   }
+  // Checked whole, zone too, as both transports read it: else the bind threw a TypeError with the stream left connecting.
+  if (isIP(local.host) !== family) {
+    throw new InvalidAddressFormatError(`${what}: only an IPv6 address takes a zone, and it names an interface ("fe80::1%eth0").`);
+  }
   // A host name in a 4-tuple asks for IPv6 (its lookup asks for IPv6 only).
   const targetFamily = target.host === "" ? (target.v6tuple ? 6 : 4) : target.family !== 0 ? target.family : target.v6tuple ? 6 : 0;
   if (targetFamily !== 0 && targetFamily !== family) {

@@ -836,3 +836,22 @@ test("connect()'s localAddress: a bad one throws InvalidAddressFormatError and l
   await waitFor(() => taken.closed);
   assert.deepEqual(taken.events, ["connectError", "close"]);
 });
+
+test("connect()'s localAddress: a zone on an IPv4 literal, or an empty zone, throws InvalidAddressFormatError and leaves the stream unconnected (it threw a TypeError with the stream left connecting)", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Stream, { engine }), t);
+  const c = new Recording({ engine });
+  for (const bad of [["127.0.0.1%lo", 0], ["127.0.0.1%1", 0]] as Address[]) {
+    assert.throws(() => c.connect(["127.0.0.1", port], { localAddress: bad }), InvalidAddressFormatError, JSON.stringify(bad));
+    assert.equal(c.connecting || c.connected || c.closed, false, `still unconnected after ${JSON.stringify(bad)}`);
+  }
+  assert.throws(() => c.connect(["::1", port, 0, 0], { localAddress: ["::1%", 0] }), InvalidAddressFormatError);
+  assert.equal(c.connecting || c.connected || c.closed, false, "still unconnected after an empty zone");
+  c.connect(["127.0.0.1", port], { localAddress: ["127.0.0.6", 0] });
+  await c.ready();
+  assert.equal((c.localAddress as [string, number])[0], "127.0.0.6");
+  c.close();
+  await waitFor(() => c.closed);
+  assert.deepEqual(c.events, ["connect", "close"]);
+});
