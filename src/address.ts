@@ -238,19 +238,20 @@ export function parseLocalAddress(value: unknown, target: ParsedAddress): LocalA
   const what = `Invalid localAddress ${describe(value)}`;
   if (target.kind === "unix") throw new InvalidAddressFormatError(`${what}: a connect to a UNIX socket path has no local address to bind.`);
   if (local.kind === "unix") throw new InvalidAddressFormatError(`${what}: a TCP connect is bound to an IP address and port, not a UNIX socket path.`);
-  if (local.host === "") return { host: local.v6tuple ? "::" : "", port: local.port, family: local.v6tuple ? 6 : 0 };
-  const family = isIP(local.host.replace(/%.*$/, ""));
-  if (family !== 4 && family !== 6) {
+  // "" in a 4-tuple is any IPv6 address ("::"): held to the target's family as a literal is.
+  const family = local.host === "" ? (local.v6tuple ? 6 : 0) : isIP(local.host.replace(/%.*$/, ""));
+  if (local.host !== "" && family !== 4 && family !== 6) {
     throw new InvalidAddressFormatError(`${what}: the local address must be an IP address literal, not a host name (it is bound before the connect, with no lookup; node:net refuses one too).`);
   }
   // Checked whole, zone too, as both transports read it: else the bind threw a TypeError with the stream left connecting.
-  if (isIP(local.host) !== family) {
+  if (local.host !== "" && isIP(local.host) !== family) {
     throw new InvalidAddressFormatError(`${what}: only an IPv6 address takes a zone, and it names an interface ("fe80::1%eth0").`);
   }
+  if (family === 0) return { host: "", port: local.port, family }; // any address of the target's family
   // A host name in a 4-tuple asks for IPv6 (its lookup asks for IPv6 only).
   const targetFamily = target.host === "" ? (target.v6tuple ? 6 : 4) : target.family !== 0 ? target.family : target.v6tuple ? 6 : 0;
   if (targetFamily !== 0 && targetFamily !== family) {
     throw new InvalidAddressFormatError(`${what}: an IPv${family} local address cannot reach the IPv${targetFamily} address ${describe(dialHost(target))}.`);
   }
-  return { host: withScope(local.host, local.scopeid), port: local.port, family };
+  return { host: local.host === "" ? "::" : withScope(local.host, local.scopeid), port: local.port, family: family === 4 ? 4 : 6 };
 }

@@ -855,3 +855,20 @@ test("connect()'s localAddress: a zone on an IPv4 literal, or an empty zone, thr
   await waitFor(() => c.closed);
   assert.deepEqual(c.events, ["connect", "close"]);
 });
+
+test("connect()'s localAddress: any IPv6 address ([\"\", port, 0, 0]) for an IPv4 target throws InvalidAddressFormatError, as an IPv6 literal does (it failed the connect with EINVAL)", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Stream, { engine }), t);
+  const c = new Recording({ engine });
+  assert.throws(() => c.connect(["127.0.0.1", port], { localAddress: ["", 0, 0, 0] }), (err: Error) => err instanceof InvalidAddressFormatError && /IPv6 local address cannot reach the IPv4/.test(err.message));
+  assert.throws(() => c.connect(port, { localAddress: ["", 0, 0, 0] }), InvalidAddressFormatError);
+  assert.equal(c.connecting || c.connected || c.closed, false, "still unconnected");
+  // Any address of the target's family (a 2-tuple, or a port alone) still goes.
+  c.connect(["127.0.0.1", port], { localAddress: ["", 0] });
+  await c.ready();
+  assert.equal((c.localAddress as [string, number])[0], "127.0.0.1");
+  c.close();
+  await waitFor(() => c.closed);
+  assert.deepEqual(c.events, ["connect", "close"]);
+});
