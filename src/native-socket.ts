@@ -173,6 +173,8 @@ interface Rare {
 export interface LocalBind {
   readonly host: string;
   readonly port: number;
+  /** The literal's family; 0 for "". */
+  readonly family: 0 | 4 | 6;
 }
 
 /** The addon's connect to `host`, bound first to `local` when given ("" is any address of `host`'s family, as node:net binds). */
@@ -271,9 +273,11 @@ export class NativeSocket {
       return socket;
     }
     const asked = target.family ?? 0;
+    // From a literal source address, only its family's addresses can be reached: only those are asked for (each still tried in turn).
+    const only = asked === 0 && local !== null ? local.family : asked;
     // As node:net asks: only the families this host has an address of (ADDRCONFIG), unless one was given.
-    const hints = asked !== 4 && asked !== 6 && process.platform !== "win32" ? ADDRCONFIG : 0;
-    lookup(target.host, { family: asked, hints, all: true }, (err, found) => {
+    const hints = only !== 4 && only !== 6 && process.platform !== "win32" ? ADDRCONFIG : 0;
+    lookup(target.host, { family: only, hints, all: true }, (err, found) => {
       if (socket.destroyed) return;
       if (err) {
         socket.connecting = false;

@@ -75,12 +75,11 @@ function connectFrom(options: ConnectOptions | undefined, target: ParsedAddress)
   return options.localAddress === undefined ? null : parseLocalAddress(options.localAddress, target);
 }
 
-/** The family a host name's lookup asks for: IPv6 for a 4-tuple, else the local address's, else any (0). */
-function lookupFamily(target: ParsedAddress & { kind: "tcp" }, local: LocalAddress | null): 0 | 4 | 6 {
-  if (target.family !== 0) return 0;
-  if (target.v6tuple) return 6;
-  return local?.family ?? 0;
+/** The family a host name's lookup asks for: IPv6 for a 4-tuple, else any (0). */
+function lookupFamily(target: ParsedAddress & { kind: "tcp" }): 0 | 6 {
+  return target.family === 0 && target.v6tuple ? 6 : 0;
 }
+
 
 /**
  * Options of the {@link Stream} constructor. A key it does not know is
@@ -1061,7 +1060,7 @@ export class Stream extends Channel {
       sock = NativeSocket.connect(
         target.kind === "unix"
           ? { path: target.path }
-          : { host, port: target.port, family: lookupFamily(target, local), ...(local !== null && { local: { host: local.host, port: local.port } }) },
+          : { host, port: target.port, family: lookupFamily(target), ...(local !== null && { local: { host: local.host, port: local.port, family: local.family } }) },
       );
       sock.setOwner(this);
       if ((this.#flags & F_LEND) !== 0) sock.setLendReads(true);
@@ -1069,8 +1068,10 @@ export class Stream extends Channel {
       sock = net.connect({ path: target.path, allowHalfOpen: true });
     } else {
       const opts: net.TcpNetConnectOpts = { host, port: target.port, allowHalfOpen: true, noDelay: true };
-      const family = lookupFamily(target, local);
+      const family = lookupFamily(target);
       if (family !== 0) opts.family = family;
+      // A literal source address: its family's address (node:net tries only a name's first address when it binds one).
+      else if (local !== null && local.family !== 0 && target.family === 0) opts.family = local.family;
       if (local !== null) {
         // node:net binds "" to any address of the family it connects over, as the addon does.
         if (local.host !== "") opts.localAddress = local.host;

@@ -16,6 +16,7 @@ import { ConnectError, Engine, InvalidAddressFormatError, Server, Stream, Timeou
 import type { Address } from "../src/index.js";
 import { captureLogs, failSetServername, freePort, freshEngine, hasIPv6, listenLocal, portOf, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
+import { loadNative } from "../src/native-binding.js";
 
 class Recording extends Stream {
   events: string[] = [];
@@ -871,4 +872,23 @@ test("connect()'s localAddress: any IPv6 address ([\"\", port, 0, 0]) for an IPv
   c.close();
   await waitFor(() => c.closed);
   assert.deepEqual(c.events, ["connect", "close"]);
+});
+
+test("connect()'s localAddress with a host name, native transport: every address of the local address's family is tried in turn (the first refused, the second serves), as without one", { skip: loadNative() === null && "node:net tries only a name's first address when it binds a localAddress (its autoSelectFamily is off then)" }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  let peer: Address | null = null;
+  class Peer extends Stream {
+    override onConnect() {
+      peer = this.remoteAddress;
+    }
+  }
+  const port = await listenLocal(new Server(Peer, { engine }), t); // 127.0.0.1 only: 127.0.0.3 refuses
+  fakeResolver(t, "two.test", ["127.0.0.3", "127.0.0.1"]);
+  const c = new Recording({ engine }).connect(["two.test", port], { localAddress: ["127.0.0.2", 0] });
+  await c.ready();
+  await waitFor(() => peer !== null, 5000, "the server's onConnect");
+  assert.equal((peer as unknown as [string, number])[0], "127.0.0.2");
+  assert.deepEqual(c.events, ["connect"]);
+  c.close();
 });
