@@ -458,7 +458,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.#ConnectionClass = given as ConnectionClass<S>;
     const o = options ?? {};
     if (typeof o !== "object") throw typeError(`The Server options must be an object, got ${describe(o)}.`);
-    checkOptionKeys(`new ${this.constructor.name}()`, o, SERVER_KEYS);
+    checkOptionKeys(`new ${this.constructor.name || "Server"}()`, o, SERVER_KEYS);
     this.#maxConnections = optionalCount("maxConnections", o.maxConnections, Infinity);
     if (o.peerIPv6Prefix !== undefined) this.#peerPrefix6 = checkPrefix6(o.peerIPv6Prefix);
     this.#setMaxPerPeer(o.maxConnectionsPerPeer);

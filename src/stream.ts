@@ -572,7 +572,7 @@ export class Stream extends Channel {
     if (options !== undefined && options !== null) {
       if (typeof options !== "object") throw typeError(`The Stream options must be an object, got ${describe(options)}.`);
       // Not for a server's accept (its own { engine, socket }): that path stays as cheap as it was.
-      if (options.socket === undefined || options.socket !== accepting.socket) checkOptionKeys(`new ${this.constructor.name}()`, options, STREAM_KEYS);
+      if (options.socket === undefined || options.socket !== accepting.socket) checkOptionKeys(`new ${this.constructor.name || "Stream"}()`, options, STREAM_KEYS);
     }
     const socket = options?.socket;
     if (options?.sslOptions !== undefined) {

@@ -146,3 +146,14 @@ test("memoryPeer() and its send(): a misspelt option warns once, naming the near
   peer.stream.close();
   await peer.closed;
 });
+
+test("an anonymous Server or Stream subclass is named by its base in the warning, not as 'new ()'", (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const Anon = [class extends Server {}][0]!;
+  const AnonStream = [class extends Stream {}][0]!;
+  assert.equal(Anon.name, "");
+  new Anon(Stream, { engine, maxConns: 5 } as unknown as ServerOptions).close();
+  new AnonStream({ engine, sslOptons: {} } as unknown as ConstructorParameters<typeof Stream>[0]).close();
+  assert.deepEqual(warnings(logs).map((l) => l.msg.split(" is ignored")[0]), ['Unknown option "maxConns" given to new Server()', 'Unknown option "sslOptons" given to new Stream()']);
+});
