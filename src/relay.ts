@@ -17,7 +17,10 @@ export interface RelayOptions {
    * `bufferedAmount`, or the bytes the relay holds for it until it has
    * connected), and is read again once that has drained. Bounds the memory
    * of a relayed connection, per direction, to about this much, whatever
-   * the speeds of the two peers. Default 1 MiB.
+   * the speeds of the two peers. Default 1 MiB, or a quarter of the lower
+   * `writeBufferLimit` of the two streams when that is less than 4 MiB (a
+   * read past the mark must still fit below the limit). One at or above
+   * that limit throws `RangeError`.
    */
   highWaterMark?: number;
 }
@@ -103,7 +106,7 @@ const sides = new WeakMap<Stream, Side>();
  *   bytes relayed each way; it never rejects (errors go to the streams' own
  *   handlers).
  * @throws TypeError if `a` or `b` is not a Stream, or `options` is not an object.
- * @throws RangeError if `a` and `b` are the same stream, or for a `highWaterMark` that is not a positive integer.
+ * @throws RangeError if `a` and `b` are the same stream, or for a `highWaterMark` that is not a positive integer or not below either stream's `writeBufferLimit`.
  * @throws ChannelStateError if either stream is closing, closed, ended
  *   (`end()`), neither connected nor connecting, or already relayed.
  */
@@ -115,9 +118,17 @@ export function relay(a: Stream, b: Stream, options?: RelayOptions): Promise<Rel
     throw typeError(`relay() options must be an object, got ${describe(options)}.`);
   }
   if (options !== undefined) checkOptionKeys("relay()", options, RELAY_KEYS);
-  const hwm = options?.highWaterMark ?? DEFAULT_HIGH_WATER_MARK;
+  // Writes above a stream's writeBufferLimit close it: the pause must come first.
+  const limit = Math.min(a.writeBufferLimit, b.writeBufferLimit);
+  const hwm = options?.highWaterMark ?? Math.max(1, Math.min(DEFAULT_HIGH_WATER_MARK, Math.floor(limit / 4)));
   if (typeof hwm !== "number" || !Number.isSafeInteger(hwm) || hwm <= 0) {
     throw numberError(hwm, `relay() highWaterMark must be a positive integer number of bytes, got ${describe(hwm)}.`);
+  }
+  if (hwm >= limit) {
+    throw rangeError(
+      `relay() highWaterMark (${hwm}) must be below the streams' writeBufferLimit (${limit}): a stream would be closed for overflow before the relay paused. Lower it, or raise writeBufferLimit first.`,
+      "ERR_OUT_OF_RANGE",
+    );
   }
   return new Promise<RelayResult>((resolve) => {
     const state = { highWaterMark: hwm, resolve } as RelayState;

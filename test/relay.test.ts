@@ -545,3 +545,40 @@ test("relay: the same stream twice, a closed, unconnected, ended or already rela
   assert.equal(checked, 2);
   if (failures.length > 0) throw failures[0];
 });
+
+test("relay: below a stream's lower writeBufferLimit: the default highWaterMark follows it (a slow reader is paused for, not overflowed), and an explicit one at or above it is a RangeError", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const limit = 512 * 1024;
+  const down = randomBytes(8 * MiB);
+  const upPort = await upstreamServer(t, (socket) => socket.end(down));
+  const results: Promise<RelayResult>[] = [];
+  const refused: unknown[] = [];
+  class Proxy extends Stream {
+    override onConnect(): void {
+      this.writeBufferLimit = limit;
+      const upstream = new Stream({ engine: this.engine }).connect(["127.0.0.1", upPort]);
+      let explicit: Promise<RelayResult> | null = null;
+      try {
+        explicit = relay(this, upstream, { highWaterMark: limit });
+      } catch (err) {
+        refused.push(err);
+      }
+      results.push(explicit ?? relay(this, upstream));
+    }
+  }
+  const port = await listenLocal(new Server(Proxy, { engine }), t);
+  const client = await halfOpenClient(port);
+  t.after(() => client.destroy());
+  client.pause(); // a reader that reads nothing for a while
+  await waitFor(() => results.length === 1, 5000, "the proxy's connection");
+  await sleep(500);
+  const sink = new Sink(client);
+  client.resume();
+  await within(sink.done, 30_000, "the download");
+  client.end();
+  assert.equal(refused.length, 1);
+  assert.ok(refused[0] instanceof RangeError && /highWaterMark .* writeBufferLimit/.test(refused[0].message), String(refused[0]));
+  assert.equal(sink.bytes, down.length, "every byte through a client whose writeBufferLimit is 512 KiB");
+  assert.deepEqual(await within(results[0]!, 5000, "relay() to resolve"), { bytesAtoB: 0, bytesBtoA: down.length });
+});
