@@ -5,7 +5,6 @@
  * exit on SIGTERM/SIGINT, and a default export `pants-ts serve` can load.
  */
 import { test } from "node:test";
-import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { connect, connectTls, sleep } from "./helpers.js";
 import { start, startExample } from "./example-process.js";

@@ -5,7 +5,6 @@
  * the text protocol, by raw sockets with exact replies.
  */
 import { test } from "node:test";
-import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";

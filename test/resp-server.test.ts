@@ -6,7 +6,6 @@
  * and malformed input over raw sockets.
  */
 import { test } from "node:test";
-import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
