@@ -213,6 +213,17 @@ export function hostWithZone(address: [string, number] | [string, number, number
   return address.length === 4 ? withScope(address[0], address[3]) : address[0];
 }
 
+/**
+ * What an assignment to a `localAddress`/`remoteAddress` override stores:
+ * a checked copy, `null` as itself, `undefined` (restore the real one) as is.
+ * @throws InvalidAddressFormatError for a value of no address shape.
+ */
+export function addressOverride(value: Address | null | undefined): Address | null | undefined {
+  if (value === undefined || value === null) return value;
+  parseAddress(value);
+  return copyAddress(value);
+}
+
 /** Copies an address so callers cannot mutate internal state. */
 export function copyAddress(address: Address | null): Address | null {
   return Array.isArray(address) ? (address.slice() as Address) : address;

@@ -161,8 +161,8 @@ class EngineTimer implements Timer {
   #kind: number;
   #handle: ReturnType<typeof setTimeout> | ReturnType<typeof setImmediate> | null = null;
   #runBound: () => void;
-  /** Real clock, a delay longer than one Node timer holds: the ms still to wait after the leg in flight. */
-  #left = 0;
+  /** Real clock, a delay longer than one Node timer holds: cancels the legs in flight (longTimeout). */
+  #cancelLong: (() => void) | null = null;
 
   /** Manual clock: when (engine time) this timer is next due, and its period. */
   due = 0;
@@ -184,30 +184,23 @@ class EngineTimer implements Timer {
     else if (engine.manualClock) {
       this.due = engine.time() + this.period;
       engine._due.push(this);
-    } else if (delay > MAX_TIMER_MS) {
-      // Node fires a longer timer after 1 ms: wait in legs Node can hold.
-      this.#left = delay;
-      this.#nextLeg();
-    } else if (kind === ONCE_DELAY) this.#handle = setTimeout(run, delay);
+    } else if (delay > MAX_TIMER_MS) this.#armLong();
+    else if (kind === ONCE_DELAY) this.#handle = setTimeout(run, delay);
     else this.#handle = setInterval(run, delay);
   }
 
-  /** Long delays: arms the next leg, of at most MAX_TIMER_MS. */
-  #nextLeg(): void {
-    const leg = Math.min(this.#left, MAX_TIMER_MS);
-    this.#left -= leg;
-    this.#handle = setTimeout(() => this.#legDone(), leg);
-  }
-
-  #legDone(): void {
-    if (this.#engine === null) return;
-    if (this.#left > 0) return this.#nextLeg();
-    if (this.#kind === CYCLE) {
-      // The next period is armed first, so the function may cancel it.
-      this.#left = this.period;
-      this.#nextLeg();
-    }
-    this.#run();
+  /** A delay longer than one Node timer holds (Node fires it after 1 ms): waited in legs. */
+  #armLong(): void {
+    this.#cancelLong = longTimeout(
+      () => {
+        if (this.#engine === null) return;
+        // A cycle's next period is armed first, so the function may cancel it.
+        if (this.#kind === CYCLE) this.#armLong();
+        this.#run();
+      },
+      this.period,
+      false,
+    );
   }
 
   /** @internal Manual clock: runs the timer now (it is due and has been taken off the queue). */
@@ -227,6 +220,8 @@ class EngineTimer implements Timer {
     const engine = this.#engine;
     if (engine === null) return;
     this.#engine = null;
+    this.#cancelLong?.();
+    this.#cancelLong = null;
     const handle = this.#handle;
     this.#handle = null;
     if (handle !== null) {

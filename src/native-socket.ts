@@ -19,6 +19,7 @@ import { log } from "./log.js";
 import { loadNative } from "./native-binding.js";
 import { joinInto, viewOf } from "./framing/view.js";
 import type { NativeAddon, NativeConn, NativeServer } from "./native-binding.js";
+import type { LocalAddress } from "./address.js";
 
 /** What a NativeSocket hands its owner directly (no event dispatch on the hot path). */
 export interface NativeOwner {
@@ -166,19 +167,11 @@ interface Rare {
    * attempt timeout (as node:net does: a black-holed first address must
    * not hold the connect for the kernel's minutes).
    */
-  fallback: { addresses: string[]; port: number; local: LocalBind | null; timer: ReturnType<typeof setTimeout> | null } | null;
-}
-
-/** A client's source address: an address literal, or "" for any address of the target's family, and a port (0: any). */
-export interface LocalBind {
-  readonly host: string;
-  readonly port: number;
-  /** The literal's family; 0 for "". */
-  readonly family: 0 | 4 | 6;
+  fallback: { addresses: string[]; port: number; local: LocalAddress | null; timer: ReturnType<typeof setTimeout> | null } | null;
 }
 
 /** The addon's connect to `host`, bound first to `local` when given ("" is any address of `host`'s family, as node:net binds). */
-function connectFrom(native: NativeAddon, host: string, port: number, local: LocalBind | null): NativeConn {
+function connectFrom(native: NativeAddon, host: string, port: number, local: LocalAddress | null): NativeConn {
   if (local === null) return native.connectTcp(host, port);
   const from = local.host !== "" ? local.host : isIP(host) === 6 ? "::" : "0.0.0.0";
   return native.connectTcp(host, port, from, local.port);
@@ -259,7 +252,7 @@ export class NativeSocket {
    * a UNIX `path`; from `local` (an address literal, or "" for any of the
    * target's family, and a port), when given.
    */
-  static connect(target: { host: string; port: number; family?: number; local?: LocalBind } | { path: string }): NativeSocket {
+  static connect(target: { host: string; port: number; family?: number; local?: LocalAddress } | { path: string }): NativeSocket {
     const native = requireAddon();
     const socket = new NativeSocket(null);
     socket.connecting = true;

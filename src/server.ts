@@ -17,7 +17,7 @@ import { Channel, diagnostics, isThenable, nameOf } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
 import { addStats, newStats } from "./engine.js";
 import type { Stats, Timer } from "./engine.js";
-import { parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, readsAsPort, withScope } from "./address.js";
+import { addressOverride, parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, readsAsPort, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, InvalidAddressFormatError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
@@ -522,8 +522,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     return this.#listenedOn();
   }
   set localAddress(value: Address | null | undefined) {
-    if (value !== undefined && value !== null) parseAddress(value);
-    this.#localOverride = value === undefined ? undefined : copyAddress(value);
+    this.#localOverride = addressOverride(value);
   }
 
   #listenedOn(): Address | null {
@@ -564,8 +563,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     return copyAddress(this.#remoteOverride ?? null);
   }
   set remoteAddress(value: Address | null | undefined) {
-    if (value !== undefined && value !== null) parseAddress(value);
-    this.#remoteOverride = value === undefined ? undefined : copyAddress(value);
+    this.#remoteOverride = addressOverride(value);
   }
 
   /** Every address listened on (the IPv6 slave too). */

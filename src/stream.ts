@@ -17,7 +17,7 @@ import type { CipherNameAndProtocol, PeerCertificate } from "node:tls";
 import { Channel, diagnostics, isPeerError, isThenable, nameOf } from "./channel.js";
 import type { ChannelOptions } from "./channel.js";
 import type { Stats } from "./engine.js";
-import { parseAddress, parseLocalAddress, fromNodeAddress, copyAddress, formatAddress, withScope, dialHost } from "./address.js";
+import { addressOverride, parseAddress, parseLocalAddress, fromNodeAddress, copyAddress, formatAddress, withScope, dialHost } from "./address.js";
 import type { Address, LocalAddress, ParsedAddress } from "./address.js";
 import {
   BufferOverflowError,
@@ -68,7 +68,7 @@ export interface ConnectOptions {
 }
 
 /** connect()'s options, checked: the local address to bind, or null. */
-function connectFrom(options: ConnectOptions | undefined, target: ParsedAddress): LocalAddress | null {
+function localAddressOf(options: ConnectOptions | undefined, target: ParsedAddress): LocalAddress | null {
   if (options === undefined) return null;
   if (options === null || typeof options !== "object") throw typeError(`connect()'s options must be an object, got ${describe(options)}.`);
   checkOptionKeys("connect()", options, CONNECT_KEYS);
@@ -572,7 +572,7 @@ export class Stream extends Channel {
     if (options !== undefined && options !== null) {
       if (typeof options !== "object") throw typeError(`The Stream options must be an object, got ${describe(options)}.`);
       // Not for a server's accept (its own { engine, socket }): that path stays as cheap as it was.
-      if (options.socket === undefined || options.socket !== accepting.socket) checkOptionKeys(`new ${this.constructor.name || "Stream"}()`, options, STREAM_KEYS);
+      if (options.socket !== accepting.socket) checkOptionKeys(`new ${this.constructor.name || "Stream"}()`, options, STREAM_KEYS);
     }
     const socket = options?.socket;
     if (options?.sslOptions !== undefined) {
@@ -655,8 +655,7 @@ export class Stream extends Channel {
     return copyAddress(this.#addresses().remote);
   }
   set remoteAddress(value: Address | null | undefined) {
-    if (value !== undefined && value !== null) parseAddress(value);
-    this.#extras().remoteOverride = value === undefined ? undefined : copyAddress(value);
+    this.#extras().remoteOverride = addressOverride(value);
   }
 
   /**
@@ -676,8 +675,7 @@ export class Stream extends Channel {
     return copyAddress(this.#addresses().local);
   }
   set localAddress(value: Address | null | undefined) {
-    if (value !== undefined && value !== null) parseAddress(value);
-    this.#extras().localOverride = value === undefined ? undefined : copyAddress(value);
+    this.#extras().localOverride = addressOverride(value);
   }
 
   /**
@@ -1048,7 +1046,7 @@ export class Stream extends Channel {
     }
     if (this.#state !== S_INIT) throw new ChannelStateError(`connect() called on active ${nameOf(this)}.`);
     const target = parseAddress(address);
-    const local = connectFrom(options, target);
+    const local = localAddressOf(options, target);
     // Before the state changes: a transport that cannot be had throws, as a bad address does, and leaves the stream unconnected.
     const native = this.#x?.sslOptions == null && useNative(undefined);
     this.#extras().connectTarget = target;
@@ -1060,7 +1058,7 @@ export class Stream extends Channel {
       sock = NativeSocket.connect(
         target.kind === "unix"
           ? { path: target.path }
-          : { host, port: target.port, family: lookupFamily(target), ...(local !== null && { local: { host: local.host, port: local.port, family: local.family } }) },
+          : { host, port: target.port, family: lookupFamily(target), ...(local !== null && { local }) },
       );
       sock.setOwner(this);
       if ((this.#flags & F_LEND) !== 0) sock.setLendReads(true);

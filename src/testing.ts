@@ -191,6 +191,26 @@ function tick(): Promise<void> {
 }
 
 /**
+ * send()'s arguments, checked before anything is sent (a bad size never
+ * leaves half a message written).
+ * @param peerDone How the peer closed its sending side, if it did.
+ */
+function checkSend(data: unknown, options: SendOptions | undefined, peerDone: string | null): void {
+  // As Stream.write(): a clear TypeError, not a property read on null.
+  if (typeof data !== "string" && !(data instanceof Uint8Array)) throw typeError(`send() expects a string or a Uint8Array, got ${describe(data)}.`);
+  // As a socket's write() after its end(): refused, not dropped unseen.
+  if (peerDone !== null) throw new ChannelStateError(`send() after the peer's ${peerDone}(): it has no sending side left.`);
+  if (options === undefined) return;
+  if (options === null || typeof options !== "object") throw typeError(`send() options must be an object, got ${describe(options)}.`);
+  checkOptionKeys("send()", options, SEND_KEYS);
+  const sizes = options.chunkSize;
+  for (const size of sizes === undefined ? [] : typeof sizes === "number" ? [sizes] : sizes) {
+    if (typeof size !== "number") throw typeError(`chunkSize must be a positive integer or an array of them, got ${describe(size)}.`);
+    if (!Number.isInteger(size) || size <= 0) throw rangeError(`chunkSize must be positive integers, got ${String(size)}.`);
+  }
+}
+
+/**
  * Makes a new `ConnectionClass` instance connected to an in-memory peer.
  *
  * ```ts
@@ -287,22 +307,13 @@ export function memoryPeer<S extends Stream>(
       return ended;
     },
     send(data, sendOptions) {
-      // As Stream.write(): a clear TypeError, not a property read on null.
-      if (typeof data !== "string" && !(data instanceof Uint8Array)) {
-        return Promise.reject(typeError(`send() expects a string or a Uint8Array, got ${describe(data)}.`));
-      }
-      // As a socket's write() after its end(): refused, not dropped unseen.
-      if (peerDone !== null) return Promise.reject(new ChannelStateError(`send() after the peer's ${peerDone}(): it has no sending side left.`));
-      if (sendOptions !== undefined) {
-        if (sendOptions === null || typeof sendOptions !== "object") return Promise.reject(typeError(`send() options must be an object, got ${describe(sendOptions)}.`));
-        checkOptionKeys("send()", sendOptions, SEND_KEYS);
+      // Refusals reject this send() alone, before anything is queued.
+      try {
+        checkSend(data, sendOptions, peerDone);
+      } catch (err) {
+        return Promise.reject(err);
       }
       const sizes = sendOptions?.chunkSize;
-      // Checked before anything is sent: a bad size never leaves half a message written.
-      for (const size of sizes === undefined ? [] : typeof sizes === "number" ? [sizes] : sizes) {
-        if (typeof size !== "number") return Promise.reject(typeError(`chunkSize must be a positive integer or an array of them, got ${describe(size)}.`));
-        if (!Number.isInteger(size) || size <= 0) return Promise.reject(rangeError(`chunkSize must be positive integers, got ${String(size)}.`));
-      }
       // A copy, as a socket's write() takes one into the kernel: the caller may
       // reuse its buffer once send() returns, and the stream may keep its chunks.
       const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : Buffer.from(data);
