@@ -749,6 +749,15 @@ test("Pants' simple client: onConnect, onRead, onClose, and engine.stop() in onC
   assert.equal(engine.running, false);
 });
 
+/** Connects the unconnected `c` to 127.0.0.1:`port` from `local`, checks its source address is `from`, closes it and waits for the close. */
+async function connectsFrom(c: Recording, port: number, local: Address, from: string): Promise<void> {
+  c.connect(["127.0.0.1", port], { localAddress: local });
+  await c.ready();
+  assert.equal((c.localAddress as [string, number])[0], from);
+  c.close();
+  await waitFor(() => c.closed);
+}
+
 test("connect(address, { localAddress }) binds the source address and port: IPv4 (127.0.0.2), a port, a host name target, IPv6", async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
@@ -822,10 +831,7 @@ test("connect()'s localAddress: a bad one throws InvalidAddressFormatError and l
   assert.throws(() => c.connect(["127.0.0.1", port], null as unknown as object), TypeError);
   assert.equal(c.connecting || c.connected || c.closed, false, "still unconnected");
   // Still usable: the same stream connects from a good one.
-  c.connect(["127.0.0.1", port], { localAddress: ["127.0.0.5", 0] });
-  await c.ready();
-  assert.equal((c.localAddress as [string, number])[0], "127.0.0.5");
-  c.close();
+  await connectsFrom(c, port, ["127.0.0.5", 0], "127.0.0.5");
   // TEST-NET-1 is on no interface of this host.
   const absent = new Recording({ engine }).connect(["127.0.0.1", port], { localAddress: ["192.0.2.1", 0] });
   await assert.rejects(absent.ready(), (err: Error) => err instanceof ConnectError && (err as ConnectError & { code?: string }).errno !== undefined && /EADDRNOTAVAIL/.test(err.message));
@@ -849,11 +855,7 @@ test("connect()'s localAddress: a zone on an IPv4 literal, or an empty zone, thr
   }
   assert.throws(() => c.connect(["::1", port, 0, 0], { localAddress: ["::1%", 0] }), InvalidAddressFormatError);
   assert.equal(c.connecting || c.connected || c.closed, false, "still unconnected after an empty zone");
-  c.connect(["127.0.0.1", port], { localAddress: ["127.0.0.6", 0] });
-  await c.ready();
-  assert.equal((c.localAddress as [string, number])[0], "127.0.0.6");
-  c.close();
-  await waitFor(() => c.closed);
+  await connectsFrom(c, port, ["127.0.0.6", 0], "127.0.0.6");
   assert.deepEqual(c.events, ["connect", "close"]);
 });
 
@@ -866,11 +868,7 @@ test("connect()'s localAddress: any IPv6 address ([\"\", port, 0, 0]) for an IPv
   assert.throws(() => c.connect(port, { localAddress: ["", 0, 0, 0] }), InvalidAddressFormatError);
   assert.equal(c.connecting || c.connected || c.closed, false, "still unconnected");
   // Any address of the target's family (a 2-tuple, or a port alone) still goes.
-  c.connect(["127.0.0.1", port], { localAddress: ["", 0] });
-  await c.ready();
-  assert.equal((c.localAddress as [string, number])[0], "127.0.0.1");
-  c.close();
-  await waitFor(() => c.closed);
+  await connectsFrom(c, port, ["", 0], "127.0.0.1");
   assert.deepEqual(c.events, ["connect", "close"]);
 });
 

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { sleep } from "./helpers.js";
+import { connect, sleep } from "./helpers.js";
 
 export const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -53,4 +53,22 @@ export async function startExample(t: TestContext, name: string, env: Record<str
   const running = await start(t, [`examples/${name}.ts`], env);
   assert.match(running.stdout(), new RegExp(`^${name} listening on 127\\.0\\.0\\.1:${running.port}\\n$`));
   return running;
+}
+
+/**
+ * A client of `port` that sends `request` and reads nothing for a second,
+ * then reads what is left: what it got. Asks for more replies than a
+ * stream's 64 MiB writeBufferLimit, so a server must drop it, and checks
+ * that less than that reached it.
+ */
+export async function stalledReader(t: TestContext, port: number, request: string | Buffer): Promise<Buffer> {
+  const stuck = await connect(port);
+  t.after(() => stuck.destroy());
+  stuck.socket.pause(); // reads nothing
+  stuck.write(request);
+  await sleep(1000);
+  stuck.socket.resume();
+  const got = await stuck.readToEnd(10_000);
+  assert.ok(got.length < 64 * 1024 * 1024, `${got.length} bytes were still sent to a client that stopped reading`);
+  return got;
 }
