@@ -93,3 +93,86 @@ function editDistance(a: string, b: string, cap: number): number {
   }
   return Math.min(prev[b.length]!, cap);
 }
+
+/**
+ * Class fields over a base class's accessors. JavaScript defines a class
+ * field on the instance, so `class Echo extends Stream { readDelimiter = "\n" }`
+ * puts a plain `readDelimiter` value in front of Stream's setter, which never
+ * runs: the stream would frame nothing, silently. (TypeScript reports it as
+ * error TS2610; JavaScript and type-stripping runners do not.)
+ */
+const shadowingFields = new WeakMap<object, readonly string[]>();
+/** Per base prototype: its accessors' names, and whether each can be set. */
+const accessorsByBase = new WeakMap<object, ReadonlyMap<string, boolean>>();
+
+/**
+ * @internal Sets each own field of `instance` that hides a setter of `base`
+ * (a prototype: `Stream.prototype`) through that setter, as if the class's
+ * constructor had assigned it: the field is deleted and its value assigned,
+ * the setter's checks included. What a class defines is found at its first
+ * instance, which warns once: such an instance loses V8's fast properties
+ * (the delete), and a field over a getter without a setter (`closed`) hides
+ * the real state from the framework too, and is left as it is. Later
+ * instances cost one WeakMap lookup.
+ * @throws What a setter throws for the field's value (TypeError, RangeError).
+ */
+export function adoptAccessorFields(instance: object, base: object, baseName: string): void {
+  const fields = shadowingFields.get(instance.constructor) ?? findShadowingFields(instance, base, baseName);
+  for (let i = 0; i < fields.length; i++) {
+    const key = fields[i]!;
+    if (!Object.hasOwn(instance, key)) continue; // set already (by an earlier call), or not this instance
+    const record = instance as Record<string, unknown>;
+    const value = record[key];
+    delete record[key];
+    record[key] = value;
+  }
+}
+
+function findShadowingFields(instance: object, base: object, baseName: string): readonly string[] {
+  const accessors = accessorsOf(base);
+  const settable: string[] = [];
+  const hidden: string[] = [];
+  for (const key of Object.getOwnPropertyNames(instance)) {
+    const canSet = accessors.get(key);
+    if (canSet === undefined) continue;
+    if (canSet) settable.push(key);
+    else hidden.push(key);
+  }
+  shadowingFields.set(instance.constructor, settable);
+  const name = instance.constructor.name === "" ? `an anonymous ${baseName} subclass` : instance.constructor.name;
+  if (settable.length > 0) {
+    const many = settable.length > 1;
+    log.current.warn(
+      { class: name, fields: settable },
+      `${name} declares ${settable.join(", ")} as class field${many ? "s" : ""}, which hide${many ? "" : "s"} ${baseName}'s setter${many ? "s" : ""}. ` +
+        `pants-ts sets ${many ? "them" : "it"} through the setter${many ? "s" : ""} for each instance, but the delete this takes can cost the instance V8's fast property access: ` +
+        `assign ${many ? "them" : "it"} in the constructor instead (this.${settable[0]} = ...).`,
+    );
+  }
+  if (hidden.length > 0) {
+    const many = hidden.length > 1;
+    log.current.warn(
+      { class: name, fields: hidden },
+      `${name} declares ${hidden.join(", ")} as class field${many ? "s" : ""}, which hide${many ? "" : "s"} ${baseName}'s read-only getter${many ? "s" : ""} ` +
+        `from pants-ts and from your own code: rename ${many ? "them" : "it"}.`,
+    );
+  }
+  return settable;
+}
+
+/** The accessors of `base` and the prototypes it inherits from, by name: true if one can be set. */
+function accessorsOf(base: object): ReadonlyMap<string, boolean> {
+  let found = accessorsByBase.get(base);
+  if (found !== undefined) return found;
+  const map = new Map<string, boolean>();
+  for (let proto: object | null = base; proto !== null && proto !== Object.prototype; proto = Object.getPrototypeOf(proto) as object | null) {
+    for (const key of Object.getOwnPropertyNames(proto)) {
+      const d = Object.getOwnPropertyDescriptor(proto, key)!;
+      if (d.get === undefined && d.set === undefined) continue;
+      if (!map.has(key)) map.set(key, d.set !== undefined); // the nearest definition wins
+    }
+  }
+  found = map;
+  accessorsByBase.set(base, found);
+  return found;
+}

@@ -32,7 +32,7 @@ import { nativeLoadError } from "./native-binding.js";
 import { checkTransport, useNative } from "./transport.js";
 import type { Transport } from "./transport.js";
 import type { Timed } from "./timeouts.js";
-import { checkOptionKeys, optionKeys } from "./options.js";
+import { adoptAccessorFields, checkOptionKeys, optionKeys } from "./options.js";
 
 /**
  * Options of the {@link Server} constructor. A key it does not know is
@@ -648,6 +648,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * @param backlog The accept queue length (default 1024; the kernel caps it at `net.core.somaxconn`).
    * @param slave With `["", port]` (or a bare port), also serve IPv6 on the same port (default true).
    * @throws ChannelStateError if closed or already listening.
+   * @throws TypeError or RangeError for a class field of a subclass (`maxConnections = -1`) its setter refuses.
    * @throws InvalidAddressFormatError for an address of no known shape, or (in a cluster worker on node:net) a socket file in the working directory named like a number.
    * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for `reusePort` with a UNIX path; Error `ERR_REUSEPORT_UNAVAILABLE` for `reusePort` without the native addon, or on node:net in a cluster worker.
    * @throws Error `ERR_NATIVE_UNAVAILABLE` for `transport: "native"` (or `PANTS_TS_TRANSPORT=native`) where the addon is not available.
@@ -657,6 +658,8 @@ export class Server<S extends Stream = Stream> extends Channel {
       throw new ChannelStateError(`listen() called on closed ${nameOf(this)}.`);
     }
     if (this.#state !== ST_INIT) throw new ChannelStateError(`listen() called on active ${nameOf(this)}.`);
+    // A subclass's class fields over Server's setters (`maxConnections = 100`): set through them now.
+    adoptAccessorFields(this, Server.prototype, "Server");
     const parsed = parseAddress(address);
     if (!Number.isSafeInteger(backlog) || backlog <= 0) {
       throw numberError(backlog, `The backlog must be a positive integer, got ${describe(backlog)}.`);

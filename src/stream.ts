@@ -22,6 +22,7 @@ import type { Address, LocalAddress, ParsedAddress } from "./address.js";
 import {
   BufferOverflowError,
   ChannelStateError,
+  asError,
   ConnectError,
   InvalidReadDelimiterError,
   TimeoutError,
@@ -50,7 +51,7 @@ import { NativeSocket, nativeAddon, nativeLimits } from "./native-socket.js";
 import { useNative } from "./transport.js";
 import type { FileJob, FileSink } from "./write-file.js";
 import type { Server } from "./server.js";
-import { checkOptionKeys, optionKeys } from "./options.js";
+import { adoptAccessorFields, checkOptionKeys, optionKeys } from "./options.js";
 
 /** Options of {@link Stream.connect}. A key it does not know is ignored and logged once (a `warn` naming the nearest known key). */
 export interface ConnectOptions {
@@ -1045,6 +1046,8 @@ export class Stream extends Channel {
       throw new ChannelStateError(`connect() called on closed ${nameOf(this)}.`);
     }
     if (this.#state !== S_INIT) throw new ChannelStateError(`connect() called on active ${nameOf(this)}.`);
+    // Class fields over Stream's setters, before anything reads them (a refused value throws here, the stream unconnected).
+    adoptAccessorFields(this, Stream.prototype, "Stream");
     const target = parseAddress(address);
     const local = localAddressOf(options, target);
     // Before the state changes: a transport that cannot be had throws, as a bad address does, and leaves the stream unconnected.
@@ -1781,6 +1784,8 @@ export class Stream extends Channel {
   }
 
   #establish(): void {
+    // A stream over a socket of the user's own: its class fields are first seen here (a server's at _attachToServer, a client's at connect()).
+    if (this.server === null && (this.#x === null || this.#x.connectTarget === null) && !this.#adoptFields()) return;
     this.#state = S_OPEN;
     this.#flags |= F_EVER_CONNECTED;
     if ((this.#flags & F_COUNTED) === 0) {
@@ -3216,8 +3221,29 @@ export class Stream extends Channel {
       this.engine.stats.accepted++;
     }
     this.#keepAddresses();
+    if (!this.#adoptFields()) return;
     if (this.#x?.deadlineKind === "handshake") this.#armHandshakeTimeout();
     if (idleTimeout > 0 && this.idleTimeout === 0) this.idleTimeout = idleTimeout;
+  }
+
+  /**
+   * Class fields over Stream's setters (`readDelimiter = "\n"` in a subclass
+   * body) are set through them, before the framework reads them (see
+   * adoptAccessorFields). A value a setter refuses is the class's mistake,
+   * as a constructor that throws: logged, counted as a handler error, and
+   * the stream closed (false then).
+   */
+  #adoptFields(): boolean {
+    try {
+      adoptAccessorFields(this, Stream.prototype, "Stream");
+      return true;
+    } catch (err) {
+      const error = asError(err, "A class field");
+      this._countError("handler", error);
+      log.current.error({ err: error, channel: nameOf(this) }, `A class field of ${nameOf(this)} was refused (${error.message}); connection closed.`);
+      this.close(false);
+      return false;
+    }
   }
 
   /**
