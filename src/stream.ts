@@ -2656,10 +2656,22 @@ export class Stream extends Channel {
         process.nextTick(flushDirty);
       }
     }
-    if (this.#wqBytes > DEFAULT_WRITE_LIMIT / 16 || this.#x !== null) {
-      const limit = this.writeBufferLimit;
-      if (this.bufferedAmount > limit) this.#writeOverflow(limit);
-    }
+    if (this.#wqBytes > DEFAULT_HWM || this.#x !== null) this.#checkQueued();
+  }
+
+  /**
+   * Inside a delivery the writes queue until its end: replies to many
+   * frames of one read (a pipelined batch of GETs of a large value) could
+   * outgrow writeBufferLimit before the end-of-delivery flush paused
+   * reading, and a client reading every byte would be dropped as "not
+   * reading". Past writeHighWaterMark, the frames left wait for the drain,
+   * as they would behind a pauseReading().
+   */
+  #checkQueued(): void {
+    const buffered = this.bufferedAmount;
+    if ((this.#flags & F_IN_DISPATCH) !== 0 && buffered > this.writeHighWaterMark) this.#pause(P_BACKPRESSURE);
+    const limit = this.writeBufferLimit;
+    if (buffered > limit) this.#writeOverflow(limit);
   }
 
   #writeOverflow(limit: number): void {

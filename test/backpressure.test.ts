@@ -184,6 +184,38 @@ test("writeBufferLimit: a peer that stopped reading while we keep writing gets o
   c.destroy();
 });
 
+test("replies to one read's many frames that outgrow writeBufferLimit (a pipelined batch of large GETs): reading pauses at writeHighWaterMark between frames, and a client that reads gets every byte", { timeout: 60_000 }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const REPLY = Buffer.alloc(256 * 1024, 0x62);
+  const LINES = 64; // 16 MiB of replies to 128 bytes of requests, in one read
+  const overflows: BufferOverflowError[] = [];
+  let maxBuffered = 0;
+  class Getter extends Stream {
+    constructor(...args: ConstructorParameters<typeof Stream>) {
+      super(...args);
+      this.readDelimiter = "\n";
+      this.writeBufferLimit = 4 << 20;
+    }
+    override onRead() {
+      this.write(REPLY);
+      maxBuffered = Math.max(maxBuffered, this.bufferedAmount);
+    }
+    override onOverflowError(err: BufferOverflowError) {
+      overflows.push(err);
+      super.onOverflowError(err);
+    }
+  }
+  const port = await listenLocal(new Server(Getter, { engine }), t);
+  const c = await connect(port);
+  t.after(() => c.destroy());
+  c.socket.write("g\n".repeat(LINES));
+  const got = await c.read(LINES * REPLY.length, 20_000); // (closed by an overflow, it times out)
+  assert.deepEqual(overflows, []);
+  assert.ok(got.every((b) => b === 0x62));
+  assert.ok(maxBuffered <= (1 << 20) + REPLY.length, `queued up to ${maxBuffered} bytes (writeHighWaterMark 1 MiB)`);
+});
+
 test("bufferedAmount is 0 once the stream has closed, however it closed with bytes queued", async (t) => {
   const engine = freshEngine(t);
   const seen: Array<[string, number]> = [];
