@@ -91,6 +91,18 @@ export class ConnectError extends PantsError {
   }
 }
 
+/**
+ * @internal A failed connect's message. node:net's AggregateError (it tried
+ * each address of a name, and all failed) has an empty message of its own:
+ * its attempts' messages are given instead ("connect ECONNREFUSED
+ * 127.0.0.2:7; connect ECONNREFUSED 127.0.0.1:7").
+ */
+export function connectMessage(err: Error): string {
+  if (err.message !== "" || !(err instanceof AggregateError)) return err.message;
+  const parts = (err.errors as unknown[]).map((e) => (e instanceof Error ? e.message : String(e))).filter((m) => m !== "");
+  return parts.length > 0 ? parts.join("; ") : String((err as NodeJS.ErrnoException).code ?? "AggregateError");
+}
+
 /** Framing met a delimiter it cannot use (e.g. a Decoder that consumed nothing). */
 export class InvalidReadDelimiterError extends PantsError {
   constructor(message: string, options?: { cause?: unknown }) {

@@ -134,8 +134,8 @@ function emitFinish(sock: NativeSocket): void {
 let uvErrnos: Map<string, number> | null = null;
 
 /** A libuv error as Node reports socket errors: `errno` (libuv's negative number), `code`, `syscall`. */
-function uvError(code: string, syscall: string): NodeJS.ErrnoException {
-  const err = new Error(`${syscall} ${code}`) as NodeJS.ErrnoException;
+function uvError(code: string, syscall: string, where = ""): NodeJS.ErrnoException {
+  const err = new Error(where === "" ? `${syscall} ${code}` : `${syscall} ${code} ${where}`) as NodeJS.ErrnoException;
   uvErrnos ??= new Map([...getSystemErrorMap()].map(([errno, [name]]) => [name, errno]));
   const errno = uvErrnos.get(code);
   if (errno !== undefined) err.errno = errno;
@@ -168,6 +168,8 @@ interface Rare {
    * not hold the connect for the kernel's minutes).
    */
   fallback: { addresses: string[]; port: number; local: LocalAddress | null; timer: ReturnType<typeof setTimeout> | null } | null;
+  /** A client connect's current attempt, as node:net names it in an error ("127.0.0.1:7", a UNIX path), and the failures of the earlier ones. */
+  attempt: { where: string; failed: string[] } | null;
 }
 
 /** The addon's connect to `host`, bound first to `local` when given ("" is any address of `host`'s family, as node:net binds). */
@@ -257,12 +259,12 @@ export class NativeSocket {
     const socket = new NativeSocket(null);
     socket.connecting = true;
     if ("path" in target) {
-      socket.#open(() => native.connectPipe(target.path), false);
+      socket.#open(target.path, () => native.connectPipe(target.path), false);
       return socket;
     }
     const local = target.local ?? null;
     if (isIP(target.host) !== 0) {
-      socket.#open(() => connectFrom(native, target.host, target.port, local), false);
+      socket.#open(`${target.host}:${target.port}`, () => connectFrom(native, target.host, target.port, local), false);
       return socket;
     }
     const asked = target.family ?? 0;
@@ -285,7 +287,7 @@ export class NativeSocket {
       const addresses = getDefaultAutoSelectFamily() && family !== 4 && family !== 6 ? attemptOrder(found) : [];
       if (addresses.length === 0) addresses.push(found[0]!.address);
       if (addresses.length > 1) socket.#extra().fallback = { addresses: addresses.slice(1), port: target.port, local, timer: null };
-      if (socket.#open(() => connectFrom(native, addresses[0]!, target.port, local), true)) socket.#armAttempt();
+      if (socket.#open(`${addresses[0]!}:${target.port}`, () => connectFrom(native, addresses[0]!, target.port, local), true)) socket.#armAttempt();
     });
     return socket;
   }
@@ -298,7 +300,10 @@ export class NativeSocket {
    * next tick, never inside connect()), as node:net reports a socket it
    * could not create. False then.
    */
-  #open(start: () => NativeConn, now: boolean): boolean {
+  #open(where: string, start: () => NativeConn, now: boolean): boolean {
+    const rare = this.#extra();
+    if (rare.attempt === null) rare.attempt = { where, failed: [] };
+    else rare.attempt.where = where;
     let conn: NativeConn;
     try {
       conn = start();
@@ -309,7 +314,7 @@ export class NativeSocket {
       this.#conn = null; // a failed attempt's handle is closed already: no 'close' will come from it
       const fail = () => {
         this.connecting = false;
-        this._error(code, "connect");
+        this.#connectFailed(code);
       };
       if (now) fail();
       else process.nextTick(fail);
@@ -349,7 +354,7 @@ export class NativeSocket {
   }
 
   #extra(): Rare {
-    return (this.#rare ??= { connect: null, drain: null, finish: null, corkedCallback: null, peer: undefined, fallback: null });
+    return (this.#rare ??= { connect: null, drain: null, finish: null, corkedCallback: null, peer: undefined, fallback: null, attempt: null });
   }
 
   /** For `fileno`. */
@@ -731,6 +736,20 @@ export class NativeSocket {
     this.destroy();
   }
 
+  /**
+   * A client connect failed with `code`: its error names the address, as
+   * node:net's do ("connect ECONNREFUSED 127.0.0.1:7"), and each earlier
+   * address of a name that failed too, before it.
+   */
+  #connectFailed(code: string): void {
+    if (this.destroyed) return;
+    const attempt = this.#rare?.attempt ?? null;
+    const err = uvError(code, "connect", attempt?.where ?? "");
+    if (attempt !== null && attempt.failed.length > 0) err.message = `${attempt.failed.join("; ")}; ${err.message}`;
+    this.#emit("error", err);
+    this.destroy();
+  }
+
   /** While another address is left to try, the current attempt has node:net's attempt timeout. */
   #armAttempt(): void {
     const fallback = this.#rare?.fallback ?? null;
@@ -766,14 +785,16 @@ export class NativeSocket {
         const failed = this.#conn!;
         failed.owner = null;
         failed.close();
-        if (this.#open(() => connectFrom(nativeAddon()!, next, fallback.port, fallback.local), true)) this.#armAttempt();
+        const attempt = this.#rare!.attempt;
+        attempt?.failed.push(`connect ${code} ${attempt.where}`);
+        if (this.#open(`${next}:${fallback.port}`, () => connectFrom(nativeAddon()!, next, fallback.port, fallback.local), true)) this.#armAttempt();
         return;
       }
       this.#rare!.fallback = null;
     }
     this.connecting = false;
     if (code !== null) {
-      this._error(code, "connect");
+      this.#connectFailed(code);
       return;
     }
     this.#emit("connect");

@@ -22,11 +22,12 @@ import type { Address, LocalAddress, ParsedAddress } from "./address.js";
 import {
   BufferOverflowError,
   ChannelStateError,
-  asError,
   ConnectError,
   InvalidReadDelimiterError,
   TimeoutError,
+  asError,
   checkMs,
+  connectMessage,
   describe,
   keepAliveDelay,
   numberError,
@@ -2529,7 +2530,7 @@ export class Stream extends Channel {
 
   /** The ConnectError of a client's failed connect, naming the target, `stage` and `err`'s message; `err` is its cause. */
   #connectFailed(stage: string, err: Error): ConnectError {
-    return new ConnectError(`Could not connect ${nameOf(this)} to ${formatAddress(this.#targetAddress())}: ${stage}${err.message}`, { cause: err });
+    return new ConnectError(`Could not connect ${nameOf(this)} to ${formatAddress(this.#targetAddress())}: ${stage}${connectMessage(err)}`, { cause: err });
   }
 
   /**

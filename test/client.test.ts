@@ -506,6 +506,8 @@ test("a host name whose every address refuses: ConnectError ECONNREFUSED with sy
   const s = await failedConnect(t, ["all-refuse.example", port]);
   assert.equal(s.error!.errno, "ECONNREFUSED");
   assert.equal(s.error!.syscall, "connect");
+  // The message names why, not node:net's empty AggregateError message.
+  assert.match(s.error!.message, /: connect ECONNREFUSED 127\.0\.0\.\d:\d+/);
 });
 
 /**
