@@ -353,6 +353,7 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
     if (SNICallback !== undefined) throw typeError("Give either the sni map or an SNICallback, not both.", "ERR_INVALID_ARG_VALUE");
     const contexts: Array<[string, SecureContext]> = [];
     for (const [name, entry] of Object.entries(options.sni)) {
+      checkSslOptionKeys(`the sni entry for ${JSON.stringify(name)}`, entry); // a misspelt certFile would leave the name on the default certificate
       const ctxOptions = { ...contextOptions(entry, false) };
       if (ctxOptions.ca === undefined && base.ca !== undefined) ctxOptions.ca = base.ca;
       contexts.push([hostKey(name), createContext(`TLS certificate for SNI name ${name}`, ctxOptions, shared)]);

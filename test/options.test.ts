@@ -133,6 +133,11 @@ test("SslOptions: a near-miss of one of pants-ts's own names warns (certFile, ca
   client.startSSL({ servername: "localhost", rejectUnauthorized: false, session: undefined, checkServerIdentity: () => undefined, caCerts: certs.ca.cert, cert_req: "CERT_NONE" } as SslOptions);
   assert.deepEqual(unknown(logs), ["keyFile>keyfile", "caCerts>ca_certs", "cert_req>cert_reqs"]);
   client.close(false);
+  // An sni entry's keys are checked the same way.
+  const sniServer = new Server(Stream, { engine, sslOptions: { ...nodeServerKeys, sni: { "b.test": { certfile: certs.server.cert, keyFiles: certs.server.key } } } as SslOptions });
+  t.after(() => sniServer.close());
+  assert.deepEqual(unknown(logs).slice(3), ["keyFiles>keyfile"]);
+  assert.match(warnings(logs)[3]!.msg, /given to the sni entry for "b\.test"/);
 });
 
 test("memoryPeer() and its send(): a misspelt option warns once, naming the nearest known one; options that are not an object are a TypeError", async (t) => {
