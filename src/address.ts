@@ -11,7 +11,8 @@ import { InvalidAddressFormatError, describe } from "./errors.js";
  * An address, in Pants' shapes:
  * - `4040`: every interface, port 4040 (`["", 4040]`);
  * - `"/run/app.sock"`: a UNIX socket path (Linux abstract names start with `"\0"`); a
- *   string node:net would read as a port (`"8080"`) throws, `"./8080"` is that file;
+ *   string node:net would read as a port (`"8080"`) or that reads as host:port
+ *   (`"127.0.0.1:8080"`) or as an IP address throws, `"./8080"` is that file;
  * - `["127.0.0.1", 4040]`, `["localhost", 4040]`: IPv4, or a host name resolved asynchronously;
  * - `["::1", 4040]`, `["::1", 4040, 0, 0]`: IPv6;
  * - `["", port]`: every IPv4 interface (and, on a server with `slave`, every IPv6 one);
@@ -72,6 +73,15 @@ export function parseAddress(address: unknown): ParsedAddress {
     if (!abstract && readsAsPort(address)) {
       throw new InvalidAddressFormatError(
         `Invalid address ${describe(address)}: a string is a UNIX socket path, and this one reads as a port; pass the port as a number (Number(process.env.PORT)), or "./${address}" for a socket file of that name.`,
+      );
+    }
+    // The CLI's HOST:PORT ("127.0.0.1:8080", "[::1]:8080", ":8080") or a
+    // bare IP literal would quietly become a socket file of that name too.
+    const hostPort = abstract ? null : readsAsHostPort(address);
+    if (hostPort !== null) {
+      const [what, port] = hostPort.port === null ? ["an IP address", "port"] : ["host:port", String(hostPort.port)];
+      throw new InvalidAddressFormatError(
+        `Invalid address ${describe(address)}: a string is a UNIX socket path, and this one reads as ${what}; pass [${JSON.stringify(hostPort.host)}, ${port}], or "./${address}" for a socket file of that name.`,
       );
     }
     // The OS reads a file path up to its first NUL: "/run/a.sock\0x" would
@@ -162,6 +172,20 @@ function scopeIndex(zone: string): number {
 /** Whether node:net would take `text`, given as an address, for a port (`"8080"`, `" 8080"`, `"0x50"`), not a path. */
 export function readsAsPort(text: string): boolean {
   return Number(text) >= 0;
+}
+
+/**
+ * The host and port a string would mean to a user of node:net or of the
+ * CLI rather than a path: `"127.0.0.1:8080"`, `"localhost:8080"`,
+ * `"[::1]:8080"`, `":8080"` (port `null` for a bare IP literal,
+ * `"127.0.0.1"` or `"::1"`); `null` for anything else (a path with a `/`,
+ * a name with no port).
+ */
+export function readsAsHostPort(text: string): { host: string; port: number | null } | null {
+  if (isIP(text) !== 0) return { host: text, port: null };
+  const m = /^(?:\[([^\]/]*)\]|([^:/[\]]*)):(\d{1,5})$/.exec(text);
+  if (m === null) return null;
+  return { host: m[1] ?? m[2] ?? "", port: Number(m[3]) };
 }
 
 /** The host a connect() to a TCP address goes to: `""` is this host's loopback. */

@@ -15,7 +15,7 @@ import { Server, liveServers } from "./server.js";
 import { Engine } from "./engine.js";
 import { codedError, failureText } from "./errors.js";
 import { Stream } from "./stream.js";
-import { formatAddress, hostWithZone, readsAsPort } from "./address.js";
+import { formatAddress, hostWithZone, readsAsHostPort, readsAsPort } from "./address.js";
 import type { Address } from "./address.js";
 import { listensWithTls, runCluster, processStats, shutdownAll } from "./cluster.js";
 import type { ClusterHandle } from "./cluster.js";
@@ -109,8 +109,8 @@ export function parseListenAddress(text: string): Address {
     const path = text.slice(5);
     if (path.length === 0) throw new UsageError(`invalid address "${text}": unix: needs a path`);
     if (path.startsWith("@")) return "\0" + path.slice(1);
-    // unix: says it is a path: "8080" alone would read as a port (parseAddress refuses it).
-    return readsAsPort(path) ? `./${path}` : path;
+    // unix: says it is a path: "8080" or "host:8080" alone would read as a port (parseAddress refuses them).
+    return readsAsPort(path) || readsAsHostPort(path) !== null ? `./${path}` : path;
   }
   const v6 = /^\[([^\]]*)\]:(\d+)$/.exec(text);
   if (v6) {

@@ -276,14 +276,17 @@ test("an address in use: one line naming it and the likely cause, no stack, exit
   }
 });
 
-test("--listen unix:8080 is a socket file named 8080 (a string Server.listen would take for a port)", { timeout: 30_000 }, async (t) => {
+test("--listen unix:8080 and unix:localhost:80 are socket files of those names (strings Server.listen would take for a port, a host:port)", { timeout: 30_000 }, async (t) => {
   const dir = tempDir(t);
-  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "unix:8080"], 1, dir);
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "unix:8080", "--listen", "unix:localhost:80"], 2, dir);
   assert.match(s.out(), /serving CliEcho on unix:\.\/8080 /, s.out());
-  const client = await connect(join(dir, "8080"));
-  client.write("by name\n");
-  assert.equal(await client.readText(8), "by name\n");
-  client.destroy();
+  assert.match(s.out(), /serving CliEcho on unix:\.\/localhost:80 /, s.out());
+  for (const name of ["8080", "localhost:80"]) {
+    const client = await connect(join(dir, name));
+    client.write("by name\n");
+    assert.equal(await client.readText(8), "by name\n");
+    client.destroy();
+  }
 });
 
 test("--workers and a UNIX socket named like a number in the working directory (unix:8080, or its full path): one line and exit 1, not a crash of the primary (node:cluster's primary binds it by the name node:net reads as a port)", { timeout: 30_000 }, (t) => {

@@ -362,6 +362,30 @@ test("close() in the turn of listen(): nothing is left listening, for an IP lite
   assert.equal(existsSync(path), false, "no socket file is left");
 });
 
+test("a string that reads as host:port or as an IP address (node:net's and the CLI's form) is refused, not made a socket file of that name; \"./\" or a directory makes it one", async (t) => {
+  const engine = freshEngine(t);
+  const cases: Array<[string, RegExp]> = [
+    ["127.0.0.1:0", /reads as host:port; pass \["127\.0\.0\.1", 0\], or "\.\/127\.0\.0\.1:0"/],
+    ["localhost:8080", /pass \["localhost", 8080\]/],
+    ["[::1]:8080", /pass \["::1", 8080\]/],
+    [":8080", /pass \["", 8080\]/],
+    ["0.0.0.0", /reads as an IP address; pass \["0\.0\.0\.0", port\]/],
+    ["::1", /reads as an IP address/],
+  ];
+  for (const [address, message] of cases) {
+    assert.throws(() => new Server(Who, { engine }).listen(address), (err: Error) => err instanceof InvalidAddressFormatError && message.test(err.message), address);
+    assert.throws(() => new Stream({ engine }).connect(address), InvalidAddressFormatError, address);
+    assert.equal(existsSync(address), false, `no socket file ${address} in the working directory`);
+  }
+  const path = join(tempDir(t), "127.0.0.1:8080");
+  const server = new Server(Who, { engine }).listen(path);
+  t.after(() => server.close());
+  await server.ready();
+  assert.equal(server.localAddress, path);
+  const client = await connect(path);
+  client.socket.destroy();
+});
+
 test("listen() validates synchronously: bad addresses, twice, after close", (t) => {
   const engine = freshEngine(t);
   const bad: unknown[] = [null, undefined, {}, [], [1, 2], ["127.0.0.1"], ["127.0.0.1", 1, 2], ["127.0.0.1", 70000], ["127.0.0.1", -1], ["127.0.0.1", 1.5], ["127.0.0.1", NaN], 65536, -1, 2.5, "", true, ["::1", 1, -1, 0], ["127.0.0.1", 80, 0, 0], ["[::1]", 80], ["[::1]", 80, 0, 0], `/tmp/${"x".repeat(120)}.sock`, `\0${"y".repeat(110)}`, "4040", "0", " 8080", "0x50"];
