@@ -21,7 +21,7 @@ import { addressOverride, parseAddress, fromAddressInfo, fromNodeAddress, format
 import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, InvalidAddressFormatError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError } from "./errors.js";
 import { log } from "./log.js";
-import { Stream, accepting, kAcceptedAt, kHeldFailure, kProxyHeader, kRawSocket, kStream, kTlsPending, kTlsSecured, peerLeftHandshakeError } from "./stream.js";
+import { Stream, accepting, kAcceptedAt, kHeldFailure, kProxyHeader, kRawSocket, kStream, kTlsPending, kTlsSecured, peerLeftHandshakeError, untakenSocketError } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
@@ -839,7 +839,9 @@ export class Server<S extends Stream = Stream> extends Channel {
    * it is, is closed (a stream made over it later gets
    * `onSslHandshakeError`, then `onClose`). A stream made once the
    * server has closed is closed at once; one made while `shutdown()` drains
-   * gets its `onShutdown()` too.
+   * gets its `onShutdown()` too. A connection class whose constructor
+   * does not pass its options to `super()` never takes the socket: that is
+   * logged as an error (counted under `handler`) and the connection closed.
    * @param socket The accepted socket (a TLSSocket once `startSSL` was called).
    * @param address The peer's address (the PROXY header's source behind a proxy); `""` for a UNIX peer. A TCP peer that reset the connection before it could be handed over has no address left: it is closed and counted in `stats.rejected`, never given to an override. The default ignores it and is not given it.
    */
@@ -859,6 +861,13 @@ export class Server<S extends Stream = Stream> extends Channel {
       const error = asError(err, `The constructor of ${this.#ConnectionClass.name}`);
       this._countError("handler", error);
       log.current.error({ err: error }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);
+      return;
+    }
+    const untaken = untakenSocketError(conn, socket);
+    if (untaken !== null) {
+      if (before === undefined) socket.destroy();
+      this._countError("handler", untaken);
+      log.current.error({ err: untaken }, `The connection class ${this.#ConnectionClass.name} did not take the accepted socket; connection dropped.`);
       return;
     }
     this.#track(conn);

@@ -147,6 +147,16 @@ export const kRawSocket: unique symbol = Symbol("pants-ts.rawSocket");
  * stream made for it is tracked by the server, not in the engine's set.
  */
 export const accepting: { socket: Duplex | null } = { socket: null };
+/**
+ * @internal A connection class made over `socket` an instance that did not
+ * take it: its constructor did not pass its options to `super()`
+ * (`constructor() { super(); }`), so the peer would wait unanswered.
+ */
+export function untakenSocketError(stream: Stream, socket: Duplex): TypeError | null {
+  if ((socket as Duplex & { [kStream]?: Stream })[kStream] === stream) return null;
+  const name = stream.constructor.name || "the connection class";
+  return typeError(`The constructor of ${name} did not pass its options to super(), so the socket was never given to it: write constructor(options) { super(options); ... }.`);
+}
 const kLinger: unique symbol = Symbol("pants-ts.linger");
 /** Sockets lingering after a graceful close (at most LINGER_MS each). */
 const lingering = new Set<Duplex>();

@@ -6,7 +6,7 @@
 import { Buffer } from "node:buffer";
 import { Duplex } from "node:stream";
 import { Engine } from "./engine.js";
-import { Stream } from "./stream.js";
+import { Stream, untakenSocketError } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
 import type { Server } from "./server.js";
 import { ChannelStateError, describe, rangeError, typeError } from "./errors.js";
@@ -222,6 +222,7 @@ function checkSend(data: unknown, options: SendOptions | undefined, peerDone: st
  * ```
  * @param ConnectionClass The connection class (Stream or a subclass); `peer.stream` is one of its instances, typed as such.
  * @param options See {@link MemoryPeerOptions}.
+ * @throws TypeError if the class's constructor does not pass its options to `super()`, so its instance never takes the in-memory socket.
  */
 export function memoryPeer<S extends Stream>(
   ConnectionClass: ConnectionClass<S>,
@@ -242,6 +243,8 @@ export function memoryPeer<S extends Stream>(
   });
   remote.on("error", () => {});
   const stream = new ConnectionClass({ engine, socket: local });
+  const untaken = untakenSocketError(stream, local);
+  if (untaken !== null) throw untaken;
   if (options.server !== undefined) stream.server = options.server;
   const ready = stream.ready().then(
     () => undefined,

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import type { Duplex } from "node:stream";
 import { spawnSync } from "node:child_process";
 import { Server, Stream } from "../src/index.js";
+import { memoryPeer } from "../src/testing.js";
 import type { Address, StreamOptions } from "../src/index.js";
 import { captureLogs, captureStderr, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
@@ -311,6 +312,35 @@ test("a connection class whose constructor throws drops that connection only", a
   assert.equal(server.listening, true);
   assert.equal(logs.filter((l) => l.level === "error").length, 1);
   second.destroy();
+});
+
+test("a connection class whose constructor does not pass its options to super() (constructor() { super(); }): an error naming the fix, the connection closed rather than left unanswered; memoryPeer() throws it", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  class Forgetful extends Stream {
+    lines: string[];
+    constructor() {
+      super();
+      this.lines = [];
+    }
+    override onConnect() {
+      this.write("welcome\n");
+    }
+  }
+  const server = new Server(Forgetful, { engine });
+  const port = await listenLocal(server, t);
+  const client = await connect(port);
+  t.after(() => client.socket.destroy());
+  assert.equal((await client.readToEnd(2000)).length, 0);
+  const errors = logs.filter((l) => l.level === "error");
+  assert.equal(errors.length, 1);
+  const err = (errors[0]!.obj as { err: Error }).err;
+  assert.ok(err instanceof TypeError);
+  assert.match(err.message, /constructor of Forgetful did not pass its options to super\(\).*constructor\(options\) \{ super\(options\);/);
+  assert.equal(server.channels.size, 0);
+  assert.equal(server.stats.errors, 1);
+  assert.equal(server.listening, true);
+  assert.throws(() => memoryPeer(Forgetful), /constructor of Forgetful did not pass its options to super\(\)/);
 });
 
 test("a Server handler that throws never stops the server; a socket its onAccept dropped is closed", async (t) => {
