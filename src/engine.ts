@@ -4,7 +4,7 @@
  */
 import { performance } from "node:perf_hooks";
 import { log, nameOf } from "./log.js";
-import { asError, describe, numberError, rangeError, typeError } from "./errors.js";
+import { asError, describe, numberError, rangeError, typeError, unboundError } from "./errors.js";
 import { TimeoutSweeper } from "./timeouts.js";
 import { checkOptionKeys, optionKeys } from "./options.js";
 import type { Channel } from "./channel.js";
@@ -242,7 +242,9 @@ class EngineTimer implements Timer {
       engine._timers.delete(this);
     }
     try {
-      const result = this.#fn(...this.#args);
+      // A plain call: `this` is undefined, not the timer (a method passed on by itself then says so).
+      const fn = this.#fn;
+      const result = fn(...this.#args);
       if (result !== null && typeof result === "object" && typeof (result as PromiseLike<unknown>).then === "function") {
         (result as PromiseLike<unknown>).then(undefined, (err: unknown) => timerFailed(engine, err));
       }
@@ -443,6 +445,7 @@ export class Engine {
    * made after it returns run. Safe to call at any time, any number of times.
    */
   stop(): void {
+    if (!(this instanceof Engine)) throw unboundError("stop", "Engine", this);
     // Not running from here on: an onClose that would reconnect can ask.
     const wasRunning = this.#running;
     this.#running = false;

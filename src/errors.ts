@@ -208,6 +208,20 @@ export function failureText(err: unknown): string {
   return typeof (err as { code?: unknown }).code === "string" ? err.message : (err.stack ?? err.message);
 }
 
+/**
+ * The TypeError for a method called on something other than its object: one
+ * passed on without it, as Python's bound methods would be
+ * (`engine.defer(ms, this.close)`, `process.on("SIGTERM", server.close)`),
+ * which would otherwise fail on a private field, or not at all.
+ */
+export function unboundError(method: string, owner: string, self: unknown): TypeError {
+  const name = owner.toLowerCase();
+  const article = /^[AEIOU]/.test(owner) ? "an" : "a";
+  return typeError(
+    `${method}() was called on ${describe(self)}, not on ${article} ${owner}: a method passed on by itself (engine.defer(ms, this.close), process.on("SIGTERM", server.close)) loses its ${name}; pass a function that calls it: () => ${name}.${method}().`,
+  );
+}
+
 /** Describes a value for an error message. */
 export function describe(value: unknown): string {
   if (value === null) return "null";

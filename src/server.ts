@@ -19,7 +19,7 @@ import { addStats, newStats } from "./engine.js";
 import type { Stats, Timer } from "./engine.js";
 import { addressOverride, parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, readsAsPort, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
-import { ChannelStateError, InvalidAddressFormatError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError } from "./errors.js";
+import { ChannelStateError, InvalidAddressFormatError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError, unboundError } from "./errors.js";
 import { log } from "./log.js";
 import { Stream, accepting, kAcceptedAt, kHeldFailure, kProxyHeader, kRawSocket, kStream, kTlsPending, kTlsSecured, peerLeftHandshakeError, untakenSocketError } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
@@ -745,6 +745,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * server cannot listen again; closing twice is a no-op.
    */
   close(): void {
+    if (!(this instanceof Server)) throw unboundError("close", "Server", this);
     if (this.#state === ST_CLOSED) return;
     this.#state = ST_CLOSED;
     this.#stopAccepting();
@@ -785,6 +786,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * deadline earlier than the one running replaces it.
    */
   shutdown(options?: ShutdownOptions): Promise<void> {
+    if (!(this instanceof Server)) throw unboundError("shutdown", "Server", this);
     if (options !== undefined) {
       if (options === null || typeof options !== "object") throw typeError(`shutdown() options must be an object, got ${describe(options)}.`);
       checkOptionKeys("shutdown()", options, SHUTDOWN_KEYS);

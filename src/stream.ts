@@ -33,6 +33,7 @@ import {
   numberError,
   rangeError,
   typeError,
+  unboundError,
 } from "./errors.js";
 import { log } from "./log.js";
 import { ReceiveBuffer } from "./framing/receive-buffer.js";
@@ -1267,6 +1268,7 @@ export class Stream extends Channel {
    * @throws ChannelStateError as {@link write} does.
    */
   flush(): void {
+    if (!(this instanceof Stream)) throw unboundError("flush", "Stream", this);
     if (!this.writable) this.#writeStateError("flush");
     this.#flush();
   }
@@ -1295,6 +1297,7 @@ export class Stream extends Channel {
    * @throws ChannelStateError unless the stream is open (from `onConnect` on; not closing or closed).
    */
   end(): void {
+    if (!(this instanceof Stream)) throw unboundError("end", "Stream", this);
     if (this.#state !== S_OPEN) this.#writeStateError("end");
     if ((this.#flags & F_WRITE_ENDED) !== 0) return;
     this.#flags |= F_WRITE_ENDED;
@@ -1322,6 +1325,7 @@ export class Stream extends Channel {
    * `onClose` runs exactly once.
    */
   close(flush = true): void {
+    if (!(this instanceof Stream)) throw unboundError("close", "Stream", this);
     const state = this.#state;
     if (state === S_CLOSED) return;
     if (state === S_CLOSING) {

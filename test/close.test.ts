@@ -431,3 +431,35 @@ test("a handler that closes other connections whose bytes arrived with its own: 
   assert.equal(await c.readText(5), "still");
   c.destroy();
 });
+
+test("close(), end(), flush(), shutdown() and engine.stop() passed on by themselves (engine.defer(ms, this.close), process.on(\"SIGTERM\", server.close)) throw a TypeError that names the fix", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  let stream: Stream | null = null;
+  class Later extends Stream {
+    override onConnect() {
+      stream = this;
+      this.engine.defer(1, this.close);
+    }
+  }
+  const server = new Server(Later, { engine });
+  const port = await listenLocal(server, t);
+  const client = await connect(port);
+  t.after(() => client.socket.destroy());
+  await waitFor(() => logs.some((l) => l.level === "error"), 3000, "the timer's error");
+  const err = (logs.find((l) => l.level === "error")!.obj as { err: Error }).err;
+  assert.ok(err instanceof TypeError);
+  assert.match(err.message, /^close\(\) was called on undefined, not on a Stream: .*pass a function that calls it: \(\) => stream\.close\(\)\.$/);
+  const { end, flush } = stream!;
+  const { close, shutdown } = server;
+  const { stop } = engine;
+  const unbound = [
+    [() => end(), /^end\(\) was called on undefined, not on a Stream/],
+    [() => flush.call(client), /^flush\(\) was called on an object \(\[object Object\]\), not on a Stream/],
+    [() => close.call(process), /^close\(\) was called on an object \(\[object process\]\), not on a Server: .*\(\) => server\.close\(\)/],
+    [() => shutdown.call(process, "SIGTERM" as never), /^shutdown\(\) was called on an object \(\[object process\]\), not on a Server/],
+    [() => stop(), /^stop\(\) was called on undefined, not on an Engine: .*\(\) => engine\.stop\(\)/],
+  ] as const;
+  for (const [call, message] of unbound) assert.throws(call, (e: Error) => e instanceof TypeError && message.test(e.message), String(message));
+  assert.equal(server.listening, true);
+});
