@@ -1293,11 +1293,14 @@ export class Stream extends Channel {
    * stream). As Node's `socket.end()`, asyncio's `write_eof()` and Netty's
    * `shutdownOutput()`. Afterwards `write` and the other writes (and
    * `startSSL`) throw {@link ChannelStateError} and `writable` is false; a
-   * second call does nothing.
-   * @throws ChannelStateError unless the stream is open (from `onConnect` on; not closing or closed).
+   * second call does nothing. `end(data)` writes `data` first, as
+   * `socket.end(data)` does.
+   * @throws ChannelStateError unless the stream is open (from `onConnect` on; not closing or closed); with `data`, also once ended.
+   * @throws TypeError as {@link write} does for `data`.
    */
-  end(): void {
+  end(data?: string | Uint8Array): void {
     if (!(this instanceof Stream)) throw unboundError("end", "Stream", this);
+    if (data !== undefined) this.write(data);
     if (this.#state !== S_OPEN) this.#writeStateError("end");
     if ((this.#flags & F_WRITE_ENDED) !== 0) return;
     this.#flags |= F_WRITE_ENDED;

@@ -68,6 +68,21 @@ test("end() on a server's stream: the reply, then a FIN; it still reads until th
   assert.deepEqual(events, ["read:request", "writable:false", "read:after your FIN", "end", "close"]);
 });
 
+test("end(data), as node:net's socket.end(data): the data, then the FIN; data write() refuses, or end(data) once ended, throws", async (t) => {
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  const Ender = halfClosingServer(events, (s) => {
+    assert.throws(() => s.end(42 as never), TypeError);
+    s.end("bye\n");
+    assert.throws(() => s.end("again\n"), ChannelStateError);
+  });
+  const port = await listenLocal(new Server(Ender, { engine }), t);
+  const c = await connectHalfOpen(port);
+  t.after(() => c.destroy());
+  assert.equal((await readThenSendAfterFin(c, events)).toString(), "bye\n");
+  assert.deepEqual(events, ["read:request", "writable:false", "read:after your FIN", "end", "close"]);
+});
+
 test("end() after a write larger than the socket takes, and after writeFile: every byte, then the FIN", async (t) => {
   const engine = freshEngine(t);
   const dir = tempDir(t);
