@@ -743,9 +743,14 @@ export class Server<S extends Stream = Stream> extends Channel {
    * Stops accepting at once, closes the IPv6 slave, then calls `onClose`,
    * whose default closes every open connection without flushing. A closed
    * server cannot listen again; closing twice is a no-op.
+   * @param flush Ignored: a server has nothing to send (`engine.stop()` passes `false`).
+   * @throws TypeError for anything but a boolean, such as node:net's callback (`server.close(cb)`): override `onClose`, or await `shutdown()`.
    */
-  close(): void {
+  close(flush?: boolean): void {
     if (!(this instanceof Server)) throw unboundError("close", "Server", this);
+    if (flush !== undefined && flush !== true && flush !== false) {
+      throw typeError(`Server.close() takes no argument (node:net's callback included), got ${describe(flush)}: to act once it has closed, override onClose() or await server.shutdown().`);
+    }
     if (this.#state === ST_CLOSED) return;
     this.#state = ST_CLOSED;
     this.#stopAccepting();

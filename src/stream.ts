@@ -1326,9 +1326,11 @@ export class Stream extends Channel {
    * A flushing close that makes no progress for 30 s (or `idleTimeout`,
    * when shorter: a peer that vanished) closes without flushing.
    * `onClose` runs exactly once.
+   * @throws TypeError if `flush` is given and is not a boolean (`close("bye")`, a callback: `ERR_INVALID_ARG_TYPE`).
    */
   close(flush = true): void {
     if (!(this instanceof Stream)) throw unboundError("close", "Stream", this);
+    if (flush !== true && flush !== false) throw flushTypeError("close()", flush);
     const state = this.#state;
     if (state === S_CLOSED) return;
     if (state === S_CLOSING) {

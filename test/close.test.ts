@@ -463,3 +463,32 @@ test("close(), end(), flush(), shutdown() and engine.stop() passed on by themsel
   for (const [call, message] of unbound) assert.throws(call, (e: Error) => e instanceof TypeError && message.test(e.message), String(message));
   assert.equal(server.listening, true);
 });
+
+test("close() given data (close(\"bye\")) or node:net's callback (server.close(cb)) throws a TypeError instead of ignoring it", async (t) => {
+  const engine = freshEngine(t);
+  const thrown: string[] = [];
+  class Closer extends Stream {
+    override onConnect() {
+      for (const arg of ["bye\n", () => {}, 0]) {
+        try {
+          this.close(arg as never);
+        } catch (err) {
+          thrown.push(`${(err as Error).name}: ${(err as Error).message}`);
+        }
+      }
+      this.write("ok\n");
+      this.close();
+    }
+  }
+  const server = new Server(Closer, { engine });
+  const port = await listenLocal(server, t);
+  const client = await connect(port);
+  t.after(() => client.socket.destroy());
+  assert.equal((await client.readToEnd()).toString(), "ok\n");
+  assert.equal(thrown.length, 3, thrown.join("; "));
+  for (const text of thrown) assert.match(text, /^TypeError: close\(\) expects flush to be a boolean/);
+  assert.throws(() => server.close((() => {}) as never), /^TypeError: Server\.close\(\) takes no argument \(node:net's callback included\), got function .*override onClose\(\) or await server\.shutdown\(\)/);
+  assert.equal(server.listening, true);
+  server.close(false);
+  assert.equal(server.closed, true);
+});
