@@ -222,6 +222,17 @@ export function unboundError(method: string, owner: string, self: unknown): Type
   );
 }
 
+/**
+ * What to write instead, for an argument in node:net's place where pants-ts
+ * takes another: a host after the port (`listen(8080, "127.0.0.1")`), a
+ * callback. `""` for anything else.
+ */
+export function netFormHint(method: "listen" | "connect", value: unknown): string {
+  if (typeof value === "string") return ` ${method}(port, host) is node:net's form: pass [host, port].`;
+  if (typeof value === "function") return ` ${method}() takes no callback: await ready(), or override ${method === "listen" ? "onListen" : "onConnect"}().`;
+  return "";
+}
+
 /** Describes a value for an error message. */
 export function describe(value: unknown): string {
   if (value === null) return "null";

@@ -19,7 +19,7 @@ import { addStats, newStats } from "./engine.js";
 import type { Stats, Timer } from "./engine.js";
 import { addressOverride, parseAddress, fromAddressInfo, fromNodeAddress, formatAddress, copyAddress, readsAsPort, withScope } from "./address.js";
 import type { Address, ParsedAddress } from "./address.js";
-import { ChannelStateError, InvalidAddressFormatError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, numberError, rangeError, typeError, unboundError } from "./errors.js";
+import { ChannelStateError, InvalidAddressFormatError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, netFormHint, numberError, rangeError, typeError, unboundError } from "./errors.js";
 import { log } from "./log.js";
 import { Stream, accepting, kAcceptedAt, kHeldFailure, kProxyHeader, kRawSocket, kStream, kTlsPending, kTlsSecured, peerLeftHandshakeError, untakenSocketError } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
@@ -662,7 +662,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     adoptAccessorFields(this, Server.prototype, "Server");
     const parsed = parseAddress(address);
     if (!Number.isSafeInteger(backlog) || backlog <= 0) {
-      throw numberError(backlog, `The backlog must be a positive integer, got ${describe(backlog)}.`);
+      throw numberError(backlog, `The backlog must be a positive integer, got ${describe(backlog)}.${netFormHint("listen", backlog)}`);
     }
     if (typeof slave !== "boolean") throw typeError(`slave must be a boolean, got ${describe(slave)}.`);
     // listen(2) takes an int; the kernel caps it at net.core.somaxconn anyway.

@@ -30,6 +30,7 @@ import {
   connectMessage,
   describe,
   keepAliveDelay,
+  netFormHint,
   numberError,
   rangeError,
   typeError,
@@ -73,7 +74,7 @@ export interface ConnectOptions {
 /** connect()'s options, checked: the local address to bind, or null. */
 function localAddressOf(options: ConnectOptions | undefined, target: ParsedAddress): LocalAddress | null {
   if (options === undefined) return null;
-  if (options === null || typeof options !== "object") throw typeError(`connect()'s options must be an object, got ${describe(options)}.`);
+  if (options === null || typeof options !== "object") throw typeError(`connect()'s options must be an object, got ${describe(options)}.${netFormHint("connect", options)}`);
   checkOptionKeys("connect()", options, CONNECT_KEYS);
   return options.localAddress === undefined ? null : parseLocalAddress(options.localAddress, target);
 }
@@ -3456,7 +3457,9 @@ function wholeCharacters(buf: Buffer, encoding: BufferEncoding): number {
 
 /** The TypeError for a `flush` argument that is not a boolean (SPEC §10): a truthy string must not flush by accident. */
 function flushTypeError(method: string, flush: unknown): TypeError {
-  return typeError(`${method} expects flush to be a boolean, got ${describe(flush)}.`);
+  // node:net's write(data, encoding), end(data, encoding).
+  const hint = typeof flush === "string" && Buffer.isEncoding(flush) ? ` It takes no encoding: encode the data first (Buffer.from(data, ${JSON.stringify(flush)})).` : "";
+  return typeError(`${method} expects flush to be a boolean, got ${describe(flush)}.${hint}`);
 }
 
 /** writePacked()'s options: an object whose `format` is a format string, a Struct or a NetStruct, and whose `flush` is a boolean. */

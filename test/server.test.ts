@@ -386,6 +386,31 @@ test("a string that reads as host:port or as an IP address (node:net's and the C
   client.socket.destroy();
 });
 
+test("node:net's argument shapes get a TypeError naming the pants-ts form: listen(port, host), listen(port, cb), connect(port, host), connect(port, cb), write(data, encoding)", async (t) => {
+  const engine = freshEngine(t);
+  const hostForm = / is node:net's form: pass \[host, port\]\.$/;
+  assert.throws(() => new Server(Who, { engine }).listen(0, "127.0.0.1" as never), (e: Error) => e instanceof TypeError && /^The backlog must be a positive integer, got "127\.0\.0\.1"\. listen\(port, host\)/.test(e.message) && hostForm.test(e.message));
+  assert.throws(() => new Server(Who, { engine }).listen(0, (() => {}) as never), /listen\(\) takes no callback: await ready\(\), or override onListen\(\)\.$/);
+  assert.throws(() => new Stream({ engine }).connect(1, "127.0.0.1" as never), (e: Error) => e instanceof TypeError && /^connect\(\)'s options must be an object, got "127\.0\.0\.1"\. connect\(port, host\)/.test(e.message) && hostForm.test(e.message));
+  assert.throws(() => new Stream({ engine }).connect(1, (() => {}) as never), /connect\(\) takes no callback: await ready\(\), or override onConnect\(\)\.$/);
+  let writeError: Error | null = null;
+  class Hex extends Stream {
+    override onConnect() {
+      try {
+        this.write("41", "hex" as never);
+      } catch (err) {
+        writeError = err as Error;
+      }
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(Hex, { engine }), t);
+  const client = await connect(port);
+  t.after(() => client.socket.destroy());
+  await client.readToEnd();
+  assert.match(String(writeError), /^TypeError: write\(\) expects flush to be a boolean, got "hex"\. It takes no encoding: encode the data first \(Buffer\.from\(data, "hex"\)\)\.$/);
+});
+
 test("listen() validates synchronously: bad addresses, twice, after close", (t) => {
   const engine = freshEngine(t);
   const bad: unknown[] = [null, undefined, {}, [], [1, 2], ["127.0.0.1"], ["127.0.0.1", 1, 2], ["127.0.0.1", 70000], ["127.0.0.1", -1], ["127.0.0.1", 1.5], ["127.0.0.1", NaN], 65536, -1, 2.5, "", true, ["::1", 1, -1, 0], ["127.0.0.1", 80, 0, 0], ["[::1]", 80], ["[::1]", 80, 0, 0], `/tmp/${"x".repeat(120)}.sock`, `\0${"y".repeat(110)}`, "4040", "0", " 8080", "0x50"];
