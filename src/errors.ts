@@ -233,22 +233,60 @@ export function netFormHint(method: "listen" | "connect", value: unknown): strin
   return "";
 }
 
-/** Describes a value for an error message. */
+/** The characters of a string, and the items of an array, an error message shows. */
+const SHOWN_CHARS = 64;
+const SHOWN_ITEMS = 8;
+
+/**
+ * Describes a value for an error message, briefly and safely: a long string
+ * or array is cut short (with its length), a Buffer is its size, and a value
+ * that throws when looked at (a revoked Proxy, a Proxy whose traps throw, a
+ * getter) is named as such: describing never throws, or dumps 10 MB into a
+ * message.
+ */
 export function describe(value: unknown): string {
+  try {
+    return describeValue(value, 0);
+  } catch {
+    return "a value that throws when inspected (a revoked or trapping Proxy?)";
+  }
+}
+
+function describeValue(value: unknown, depth: number): string {
   if (value === null) return "null";
   if (value === undefined) return "undefined";
-  if (typeof value === "string") return JSON.stringify(value);
-  if (typeof value === "bigint") return `${value}n`;
-  if (typeof value === "function") return `function ${value.name || "(anonymous)"}`;
-  if (Buffer.isBuffer(value)) return `<Buffer ${value.length} bytes>`;
-  if (value instanceof RegExp) return String(value);
-  if (Array.isArray(value)) {
-    try {
-      return JSON.stringify(value);
-    } catch {
-      return "an array";
-    }
+  switch (typeof value) {
+    case "string":
+      return quote(value);
+    case "bigint":
+      return `${value}n`;
+    case "symbol":
+      return value.description === undefined ? "Symbol()" : `Symbol(${quote(value.description)})`;
+    case "function":
+      return `function ${typeof value.name === "string" && value.name !== "" ? clip(value.name) : "(anonymous)"}`;
+    case "number":
+    case "boolean":
+      return String(value);
   }
-  if (typeof value === "object") return `an object (${Object.prototype.toString.call(value)})`;
-  return String(value);
+  if (Buffer.isBuffer(value)) return `<Buffer ${value.length} bytes>`;
+  if (value instanceof RegExp) return clip(String(value));
+  if (Array.isArray(value)) {
+    if (depth > 0) return `an array of ${value.length} item${value.length === 1 ? "" : "s"}`;
+    const shown: string[] = [];
+    for (let i = 0; i < Math.min(value.length, SHOWN_ITEMS); i++) shown.push(describeValue(value[i], depth + 1));
+    if (value.length > SHOWN_ITEMS) shown.push(`... ${value.length - SHOWN_ITEMS} more`);
+    return `[${shown.join(", ")}]`;
+  }
+  return `an object (${Object.prototype.toString.call(value)})`;
+}
+
+/** A string quoted and escaped (control characters, line separators), cut short past SHOWN_CHARS. */
+function quote(text: string): string {
+  const cut = text.length > SHOWN_CHARS;
+  const json = JSON.stringify(cut ? text.slice(0, SHOWN_CHARS) : text).replace(/[\u007f-\u009f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return cut ? `${json.slice(0, -1)}..." (${text.length} characters)` : json;
+}
+
+function clip(text: string): string {
+  return text.length > SHOWN_CHARS ? `${text.slice(0, SHOWN_CHARS)}... (${text.length} characters)` : text;
 }

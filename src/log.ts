@@ -2,8 +2,8 @@
  * The pluggable logger. pino-shaped: each method takes either a message, or
  * an object of fields followed by a message.
  */
-import { debuglog, format, inspect } from "node:util";
-import { typeError } from "./errors.js";
+import { debuglog, inspect } from "node:util";
+import { describe, typeError } from "./errors.js";
 
 /** A pino-shaped logger: `logger.warn({ err }, "message")` or `logger.warn("message")`. */
 export interface Logger {
@@ -82,7 +82,7 @@ export function setLogger(logger: Logger | null | undefined): void {
   }
   for (const level of LEVELS) {
     if (typeof logger[level] !== "function") {
-      throw typeError(`setLogger() expects a logger with an ${level}() method, got ${format("%o", logger)}.`);
+      throw typeError(`setLogger() expects a logger with an ${level}() method, got ${describe(logger)}.`);
     }
   }
   log.current = guarded(logger);

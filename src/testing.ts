@@ -206,7 +206,7 @@ function checkSend(data: unknown, options: SendOptions | undefined, peerDone: st
   const sizes = options.chunkSize;
   for (const size of sizes === undefined ? [] : typeof sizes === "number" ? [sizes] : sizes) {
     if (typeof size !== "number") throw typeError(`chunkSize must be a positive integer or an array of them, got ${describe(size)}.`);
-    if (!Number.isInteger(size) || size <= 0) throw rangeError(`chunkSize must be positive integers, got ${String(size)}.`);
+    if (!Number.isInteger(size) || size <= 0) throw rangeError(`chunkSize must be positive integers, got ${describe(size)}.`);
   }
 }
 
