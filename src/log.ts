@@ -20,18 +20,50 @@ export interface Logger {
 const nodeDebug = debuglog("pants-ts");
 
 function render(level: string, objOrMsg: unknown, msg?: string): string {
-  if (typeof objOrMsg === "string") return `pants-ts ${level}: ${objOrMsg}`;
+  if (typeof objOrMsg === "string") return `pants-ts ${level}: ${oneLine(objOrMsg)}`;
   const fields = objOrMsg as Record<string, unknown> | null;
   const err = fields && fields.err instanceof Error ? fields.err : objOrMsg instanceof Error ? objOrMsg : null;
-  let line = `pants-ts ${level}: ${msg ?? (err ? err.message : "")}`;
+  let line = `pants-ts ${level}: ${oneLine(msg ?? (err ? err.message : ""))}`;
   if (fields && !(objOrMsg instanceof Error)) {
     const rest: Record<string, unknown> = {};
     // An err that is no Error (a thrown string) has no stack line below: it stays among the fields.
     for (const key of Object.keys(fields)) if (key !== "err" || err === null) rest[key] = fields[key];
     if (Object.keys(rest).length > 0) line += " " + inspect(rest, { breakLength: Infinity, depth: 3 });
   }
-  if (err) line += "\n" + (err.stack ?? String(err));
+  if (err) line += "\n" + stackText(err);
   return line;
+}
+
+/**
+ * Control characters (but tab), DEL, the C1 controls and the Unicode line
+ * separators, which a message can carry from a peer (`throw new
+ * Error("bad command " + line)`): on stderr a newline in one would forge a
+ * log line of its own, and an ANSI escape would rewrite the terminal.
+ */
+const CONTROL = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u2028\u2029]/g;
+
+/** `text` on one line: each control character escaped as in a string literal. */
+function oneLine(text: string): string {
+  return text.replace(CONTROL, (c) => (c === "\n" ? "\\n" : c === "\r" ? "\\r" : `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`));
+}
+
+/**
+ * An error's stack with its message on one line, as `oneLine` has it; the
+ * stack frames ("    at ...") keep their lines. The message is found by
+ * its text, so a message holding a line like a frame cannot end it early.
+ */
+function stackText(err: Error): string {
+  const stack = typeof err.stack === "string" ? err.stack : `${err.name}: ${err.message}`;
+  const message = typeof err.message === "string" ? err.message : "";
+  const at = message === "" ? -1 : stack.indexOf(message);
+  let headerEnd: number;
+  if (at >= 0) {
+    headerEnd = at + message.length;
+  } else {
+    const frame = /\n\s+at /.exec(stack);
+    headerEnd = frame === null ? stack.length : frame.index;
+  }
+  return oneLine(stack.slice(0, headerEnd)) + stack.slice(headerEnd).split("\n").map(oneLine).join("\n");
 }
 
 /**

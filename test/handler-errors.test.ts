@@ -199,6 +199,34 @@ test("a non-Error thrown by a constructor, an onError or a timer is in the log l
   b.destroy();
 });
 
+test("a peer's bytes in a handler's error message cannot forge a line of the default logger's stderr, nor send escapes to the terminal", async (t) => {
+  // A handler that quotes its input in an error (a common parser idiom)
+  // puts the peer's bytes in the message; the default logger wrote them
+  // raw: a newline there began a line of the peer's choosing.
+  const stderr = captureStderr(t);
+  const engine = freshEngine(t);
+  class Parser extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\0";
+    }
+    override onRead(command: Buffer) {
+      throw new Error(`Unknown command ${command.toString("utf8")}`);
+    }
+  }
+  const c = await connect(await listenLocal(new Server(Parser, { engine }), t));
+  c.write("x\r\npants-ts error: forged line\n    at forged frame\n\u001b[2J\u009b0m\u2028end\0");
+  await c.readToEnd();
+  await waitFor(() => stderr.text().includes("Unknown command"), 3000, "the handler's error on stderr");
+  const text = stderr.text();
+  assert.ok(!/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]/.test(text), JSON.stringify(text));
+  for (const line of text.split("\n").filter((l) => l !== "")) {
+    const ok = line.startsWith("pants-ts ") || line.startsWith("Error: Unknown command") || /^\s+at \S/.test(line);
+    assert.ok(ok, `a line that is neither a record, the error nor a stack frame: ${JSON.stringify(line)}`);
+    assert.ok(!line.startsWith("pants-ts error: forged") && !line.includes("at forged frame\u0020") && !/^\s+at forged/.test(line), line);
+  }
+  assert.match(text, /Unknown command x\\r\\npants-ts error: forged line\\n {4}at forged frame\\n\\u001b\[2J\\u009b0m\\u2028end\n/);
+});
+
 test("every handler is guarded: onConnect, onClose, onWrite throwing never crash", async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
