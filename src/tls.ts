@@ -6,7 +6,7 @@
  * with the same contents (see {@link sharedContext}).
  */
 import { Buffer } from "node:buffer";
-import { createHash } from "node:crypto";
+import { X509Certificate, createHash, createPrivateKey } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import tls from "node:tls";
@@ -219,7 +219,7 @@ function contextOptions(options: SslOptions | SniEntry, withCa: boolean): Secure
 }
 
 /** `shared`: a stream's context, taken from {@link sharedContext} when one with the same options was built before. */
-function createContext(what: string, options: SecureContextOptions, shared: boolean): SecureContext {
+function createContext(what: string, options: SecureContextOptions, shared: boolean, given?: SslOptions | SniEntry): SecureContext {
   const key = shared ? contextKey(options) : null;
   if (key !== null) {
     const hit = sharedContexts.get(key);
@@ -234,7 +234,8 @@ function createContext(what: string, options: SecureContextOptions, shared: bool
   try {
     context = tls.createSecureContext(options);
   } catch (err) {
-    const e = new Error(`Invalid ${what}: ${(err as Error).message}`, { cause: err }) as Error & { code?: string };
+    const why = given === undefined ? null : contextFailure(options, given, err as NodeJS.ErrnoException);
+    const e = new Error(`Invalid ${what}: ${why === null ? (err as Error).message : `${why} (${(err as Error).message})`}`, { cause: err }) as Error & { code?: string };
     e.code = (err as NodeJS.ErrnoException).code ?? "ERR_SSL_CONTEXT";
     throw e;
   }
@@ -243,6 +244,40 @@ function createContext(what: string, options: SecureContextOptions, shared: bool
     if (sharedContexts.size > SHARED_CONTEXTS) sharedContexts.delete(sharedContexts.keys().next().value as string);
   }
   return context;
+}
+
+/**
+ * What OpenSSL refused in a context, said of the option at fault: its own
+ * messages ("DECODER routines::unsupported", "PEM routines::no start
+ * line") name neither the option nor the file. Null when it cannot be told.
+ * Runs only once a context has failed.
+ */
+function contextFailure(options: SecureContextOptions, given: SslOptions | SniEntry, err: NodeJS.ErrnoException): string | null {
+  const o = given as SslOptions;
+  const certName = o.cert === undefined && typeof o.certfile === "string" ? `certfile ${describe(o.certfile)}` : "the SSL option cert";
+  const keyName =
+    o.key !== undefined ? "the SSL option key" : typeof o.keyfile === "string" ? `keyfile ${describe(o.keyfile)}` : typeof o.certfile === "string" ? `certfile ${describe(o.certfile)}` : "the SSL option key";
+  const { key, cert, passphrase } = options;
+  if (typeof key === "string" || key instanceof Uint8Array) {
+    try {
+      createPrivateKey(passphrase === undefined ? { key: Buffer.from(key) } : { key: Buffer.from(key), passphrase });
+    } catch (keyErr) {
+      const code = (keyErr as NodeJS.ErrnoException).code;
+      if (code === "ERR_OSSL_BAD_DECRYPT" || /-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(Buffer.from(key).toString("latin1"))) {
+        return `the private key in ${keyName} is encrypted, and ${passphrase === undefined ? "no passphrase was given (SSL option passphrase)" : "the passphrase given does not open it"}`;
+      }
+      return `${keyName} holds no private key OpenSSL can read (a PEM "-----BEGIN ... PRIVATE KEY-----" block)`;
+    }
+  }
+  if (typeof cert === "string" || cert instanceof Uint8Array) {
+    try {
+      new X509Certificate(cert);
+    } catch {
+      return `${certName} holds no certificate OpenSSL can read (a PEM "-----BEGIN CERTIFICATE-----" block)`;
+    }
+  }
+  if (err.code === "ERR_OSSL_X509_KEY_VALUES_MISMATCH") return `the private key in ${keyName} is not the key of the certificate in ${certName}`;
+  return null;
 }
 
 /**
@@ -336,7 +371,7 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
   base.sessionTimeout ??= 300;
   // As tls.createServer: the server's cipher order decides, not the client's.
   base.honorCipherOrder ??= true;
-  const secureContext = createContext("TLS server certificate, key or settings", base, shared);
+  const secureContext = createContext("TLS server certificate, key or settings", base, shared, options);
   const alpn = compileAlpn(options.ALPNProtocols);
   const alpnCallback = optionOf(options, "ALPNCallback", "function");
   // As tls.createServer: the server picks by one or the other.
@@ -356,7 +391,7 @@ export function compileServerTls(options: SslOptions, shared = false): ServerTls
       checkSslOptionKeys(`the sni entry for ${JSON.stringify(name)}`, entry); // a misspelt certFile would leave the name on the default certificate
       const ctxOptions = { ...contextOptions(entry, false) };
       if (ctxOptions.ca === undefined && base.ca !== undefined) ctxOptions.ca = base.ca;
-      contexts.push([hostKey(name), createContext(`TLS certificate for SNI name ${name}`, ctxOptions, shared)]);
+      contexts.push([hostKey(name), createContext(`TLS certificate for SNI name ${name}`, ctxOptions, shared, entry)]);
     }
     SNICallback = (servername, cb) => {
       const host = hostKey(servername);
@@ -485,7 +520,7 @@ export function compileClientTls(options: SslOptions): ClientTls {
   // rejectUnauthorized: false still verifies (Python: on a client
   // CERT_OPTIONAL verifies too, the server always sends a certificate).
   out.rejectUnauthorized = options.cert_reqs !== undefined ? options.cert_reqs !== "CERT_NONE" : (options.rejectUnauthorized ?? true);
-  out.secureContext = createContext("TLS client options", ctx, true);
+  out.secureContext = createContext("TLS client options", ctx, true, options);
   return verifyIp === undefined ? { options: out } : { options: out, verifyIp };
 }
 

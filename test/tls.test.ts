@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { execFileSync, spawn } from "node:child_process";
 import tls from "node:tls";
+import { createPrivateKey } from "node:crypto";
 import { copyFileSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ChannelStateError, ConnectError, Server, Stream } from "../src/index.js";
@@ -190,6 +191,32 @@ test("startSSL validates: server_side, do_handshake_on_connect, twice, closed, f
   for (const bad of [{ ALPNProtocols: "h2" }, { ALPNProtocols: 5 }, { SNICallback: 5 }, { sni: 5 }, { sni: { "x.test": null } }]) {
     assert.throws(() => new Server(Echo, { engine }).startSSL({ ...serverOptions(), ...(bad as object) }), TypeError, JSON.stringify(bad));
   }
+});
+
+test("a certificate or key file OpenSSL refuses is named, with what is wrong with it: not PEM, not the certificate's key, encrypted", { skip }, (t) => {
+  // OpenSSL's own messages named neither: "DECODER routines::unsupported" for a key file that is not a key.
+  const engine = freshEngine(t);
+  const dir = tempDir(t);
+  const garbage = join(dir, "garbage.pem");
+  writeFileSync(garbage, "not a certificate\n");
+  const encrypted = join(dir, "encrypted.pem");
+  writeFileSync(encrypted, createPrivateKey(certs.server.keyPem).export({ format: "pem", type: "pkcs8", cipher: "aes-256-cbc", passphrase: "secret" }));
+  const refused = (options: SslOptions, message: RegExp) =>
+    assert.throws(() => new Server(Stream, { engine }).startSSL(options), (err: Error & { code?: string }) => {
+      assert.match(err.message, message);
+      assert.match(String(err.code), /^ERR_OSSL_/);
+      assert.ok(err.cause instanceof Error, "OpenSSL's error is the cause");
+      return true;
+    });
+  const q = (path: string) => JSON.stringify(path).replace(/[.\\]/g, "\\$&");
+  refused({ certfile: garbage, keyfile: certs.server.key }, new RegExp(`: certfile ${q(garbage)} holds no certificate OpenSSL can read .*\\(error:`));
+  refused({ certfile: certs.server.cert, keyfile: garbage }, new RegExp(`: keyfile ${q(garbage)} holds no private key OpenSSL can read`));
+  refused({ certfile: certs.server.cert, keyfile: certs.server.cert }, new RegExp(`: keyfile ${q(certs.server.cert)} holds no private key`));
+  refused({ certfile: certs.server.cert, keyfile: certs.server2.key }, new RegExp(`the private key in keyfile ${q(certs.server2.key)} is not the key of the certificate in certfile ${q(certs.server.cert)}`));
+  refused({ certfile: certs.server.cert, keyfile: encrypted }, /the private key in keyfile .*encrypted\.pem" is encrypted, and no passphrase was given/);
+  refused({ certfile: certs.server.cert, keyfile: encrypted, passphrase: "wrong" }, /is encrypted, and the passphrase given does not open it/);
+  refused({ cert: Buffer.from("junk"), keyfile: certs.server.key }, /: the SSL option cert holds no certificate/);
+  new Server(Stream, { engine }).startSSL({ certfile: certs.server.cert, keyfile: encrypted, passphrase: "secret" });
 });
 
 const ipv6 = await hasIPv6();
