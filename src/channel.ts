@@ -37,6 +37,15 @@ export const diagnostics = {
 /** @internal Brands channel classes across copies of the package (see the CLI). */
 const kBrand: unique symbol = Symbol.for("pants-ts.channel") as never;
 
+/**
+ * Channels a handler of which has failed already. A Stream's that fails
+ * again once the stream has closed is logged at `debug`: the promises of an async
+ * `onRead` for each frame of one read (10 000 pipelined lines) all reject
+ * after the first one's `onError` closed the stream, and were 10 000
+ * `error` lines from one client.
+ */
+const failedBefore = new WeakSet<object>();
+
 /** Options common to every channel. */
 export interface ChannelOptions {
   /** The engine this channel belongs to; default `Engine.instance()`. */
@@ -178,13 +187,18 @@ export abstract class Channel {
   /**
    * @internal A handler failed: count it and hand it to `onError`; once the
    * channel has closed (an async handler rejecting late), `onClose` was the
-   * last event, so it is logged instead.
+   * last event, so it is logged instead: at `error` if it is the channel's
+   * first failure (or the channel is a Server), else at `debug` (see
+   * failedBefore).
    */
   _handlerFailed(err: unknown): void {
     const error = asError(err, "A handler");
     this._countError("handler", error);
-    if (this.closed) log.current.error({ err: error, channel: nameOf(this) }, `A handler of ${nameOf(this)} failed after it closed.`);
-    else this._callOnError(error);
+    const first = !failedBefore.has(this);
+    if (first) failedBefore.add(this);
+    if (!this.closed) this._callOnError(error);
+    else if (first || !this._quietRepeatedFailures()) log.current.error({ err: error, channel: nameOf(this) }, `A handler of ${nameOf(this)} failed after it closed.`);
+    else log.current.debug({ err: error, channel: nameOf(this) }, `A handler of ${nameOf(this)} failed again after it closed.`);
   }
 
   /** @internal Calls `onError`; an exception from `onError` itself is logged. */
@@ -197,6 +211,16 @@ export abstract class Channel {
     } catch (err2) {
       log.current.error({ err: asError(err2, "onError"), original: error }, `onError of ${nameOf(this)} threw.`);
     }
+  }
+
+  /**
+   * @internal Whether a handler failing again once the channel has closed is
+   * logged at `debug` (see failedBefore): a Stream's are its own frames'; a
+   * Server's are each for another connection (an async onAccept), and stay
+   * at `error`.
+   */
+  _quietRepeatedFailures(): boolean {
+    return false;
   }
 
   /** @internal Counts an error of `kind` in the stats and publishes it. */

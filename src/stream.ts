@@ -672,6 +672,11 @@ export class Stream extends Channel {
     this.#extras().remoteOverride = addressOverride(value);
   }
 
+  /** @internal A stream's handlers failing again after its close are its own frames' (an async onRead each): logged at debug. */
+  override _quietRepeatedFailures(): boolean {
+    return true;
+  }
+
   /**
    * The PROXY protocol header this connection came with, on a server with
    * `proxyProtocol`: the proxy's view of the connection (its `destination`,

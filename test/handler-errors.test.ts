@@ -318,6 +318,33 @@ test("an async error handler (onReadError, onConnectError) that rejects after th
   assert.deepEqual(events, ["readError", "close", "connectError", "close"]);
 });
 
+test("an async onRead that rejects for each of 2000 pipelined frames logs one error line for that client, not one per frame", async (t) => {
+  // Every frame of the read is delivered before the first rejection's
+  // onError closes the stream; each later rejection was an error line of
+  // its own (with its stack): one client could write 10 000 error records.
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  class Strict extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override async onRead(line: Buffer) {
+      await Promise.resolve();
+      throw new Error(`Unknown command ${line.toString()}`);
+    }
+  }
+  const server = new Server(Strict, { engine });
+  const c = await connect(await listenLocal(server, t));
+  c.write("x\n".repeat(2000));
+  await c.readToEnd();
+  await waitFor(() => logs.filter((l) => l.msg.includes("Strict")).length >= 2000, 5000, "a record of each failure");
+  const errors = logs.filter((l) => l.level === "error");
+  assert.equal(errors.length, 1, errors.map((l) => l.msg).join("\n"));
+  assert.match(errors[0]!.msg, /^Exception raised in a handler of Strict/);
+  assert.equal(logs.filter((l) => l.level === "debug" && l.msg.includes("failed again after it closed")).length, 1999);
+  assert.equal(server.stats.errors, 2000, "each failure is counted");
+});
+
 test("a connection class whose constructor throws drops that connection only", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);
