@@ -120,7 +120,7 @@ export abstract class Channel {
    * flushing.
    */
   onError(err: Error): void {
-    log.current.error({ err, channel: nameOf(this) }, `Exception raised in a handler of ${nameOf(this)}.`);
+    log.current.error({ err, ...this._logFields() }, `Exception raised in a handler of ${nameOf(this)}.`);
     this.close(false);
   }
 
@@ -174,7 +174,7 @@ export abstract class Channel {
     const failed = (err: unknown): void => {
       const error = asError(err, "onClose");
       this._countError("handler", error);
-      log.current.error({ err: error, channel: nameOf(this) }, `onClose of ${nameOf(this)} threw.`);
+      log.current.error({ err: error, ...this._logFields() }, `onClose of ${nameOf(this)} threw.`);
     };
     try {
       const result: unknown = this.onClose();
@@ -197,8 +197,8 @@ export abstract class Channel {
     const first = !failedBefore.has(this);
     if (first) failedBefore.add(this);
     if (!this.closed) this._callOnError(error);
-    else if (first || !this._quietRepeatedFailures()) log.current.error({ err: error, channel: nameOf(this) }, `A handler of ${nameOf(this)} failed after it closed.`);
-    else log.current.debug({ err: error, channel: nameOf(this) }, `A handler of ${nameOf(this)} failed again after it closed.`);
+    else if (first || !this._quietRepeatedFailures()) log.current.error({ err: error, ...this._logFields() }, `A handler of ${nameOf(this)} failed after it closed.`);
+    else log.current.debug({ err: error, ...this._logFields() }, `A handler of ${nameOf(this)} failed again after it closed.`);
   }
 
   /** @internal Calls `onError`; an exception from `onError` itself is logged. */
@@ -206,10 +206,10 @@ export abstract class Channel {
     try {
       const result = this.onError(error);
       if (isThenable(result)) {
-        result.then(undefined, (err2: unknown) => log.current.error({ err: asError(err2, "onError"), original: error }, `onError of ${nameOf(this)} rejected.`));
+        result.then(undefined, (err2: unknown) => log.current.error({ err: asError(err2, "onError"), original: error, ...this._logFields() }, `onError of ${nameOf(this)} rejected.`));
       }
     } catch (err2) {
-      log.current.error({ err: asError(err2, "onError"), original: error }, `onError of ${nameOf(this)} threw.`);
+      log.current.error({ err: asError(err2, "onError"), original: error, ...this._logFields() }, `onError of ${nameOf(this)} threw.`);
     }
   }
 
@@ -221,6 +221,15 @@ export abstract class Channel {
    */
   _quietRepeatedFailures(): boolean {
     return false;
+  }
+
+  /**
+   * @internal The fields that name this channel in a log record: its name
+   * (a Stream adds its peer's address, which outlives the descriptor number
+   * in the name).
+   */
+  _logFields(): { channel: string; peer?: string } {
+    return { channel: nameOf(this) };
   }
 
   /** @internal Counts an error of `kind` in the stats and publishes it. */

@@ -677,6 +677,17 @@ export class Stream extends Channel {
     return true;
   }
 
+  /** @internal The log record's fields: the name, and the peer's address (a getter a subclass broke does not stop the record). */
+  override _logFields(): { channel: string; peer?: string } {
+    let peer: string;
+    try {
+      peer = formatAddress(this.remoteAddress);
+    } catch {
+      peer = "(remoteAddress threw)";
+    }
+    return { channel: nameOf(this), peer };
+  }
+
   /**
    * The PROXY protocol header this connection came with, on a server with
    * `proxyProtocol`: the proxy's view of the connection (its `destination`,

@@ -36,6 +36,7 @@ for (const kind of ["throw", "reject", "string"]) {
     const server = new Server(Fragile, { engine });
     const port = await listenLocal(server, t);
     const bad = await connect(port);
+    const badPort = bad.socket.localPort;
     const good = await connect(port);
     bad.write(`${kind}\n`);
     await bad.readToEnd();
@@ -44,6 +45,10 @@ for (const kind of ["throw", "reject", "string"]) {
     assert.equal(server.listening, true);
     const errors = logs.filter((l) => l.level === "error");
     assert.equal(errors.length, 1, JSON.stringify(logs.map((l) => l.msg)));
+    // Which client: the name's descriptor number is reused once it closes, the peer's address is not.
+    const fields = errors[0]!.obj as { channel?: string; peer?: string };
+    assert.match(String(fields.channel), /^Fragile /);
+    assert.equal(fields.peer, `127.0.0.1:${badPort}`);
     assert.ok(server.stats.errors >= 1);
     good.destroy();
   });
