@@ -7,7 +7,7 @@
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { readFileSync, statSync } from "node:fs";
+import { existsSync, fstatSync, readFileSync, statSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import cluster from "node:cluster";
 import type { Address as ClusterAddress } from "node:cluster";
@@ -351,6 +351,14 @@ async function loadModule(path: string): Promise<unknown> {
       const why = String((err as Error).message).split("\n")[0];
       throw codedError(`${path}: ${why}; Node strips types only, and tsx, which compiles it, is not installed: install it (npm install -D tsx), or serve the compiled .js.`, code);
     }
+    // Node's message names the command's own file as the importer: "Cannot
+    // find module '/srv/app.mjs' imported from .../pants-ts/dist/src/cli.js".
+    if (code === "ERR_MODULE_NOT_FOUND" && !existsSync(resolve(path))) {
+      throw new UsageError(`serve ${path}: no such file (${resolve(path)})`);
+    }
+    if (code === "ERR_UNSUPPORTED_DIR_IMPORT") {
+      throw new UsageError(`serve ${path}: a directory; give the module file in it (a .js or .mjs file)`);
+    }
     throw err;
   } finally {
     process.off("beforeExit", stuck);
@@ -643,6 +651,18 @@ function handOnSockets(args: ServeArgs): number[] {
   }
   if (!useNative(undefined, true)) throw new UsageError(`${what} needs the native transport (each worker accepts on its own copy of the socket), and ${nativeLoadError() ?? "it is not available"}`);
   if (systemdForWorkers !== null) process.env[WORKER_SYSTEMD] = systemdForWorkers;
+  // As one process's listen says it: forking with a descriptor that is not
+  // open failed as a bare "spawn EBADF", and one not a socket in each worker.
+  for (const { fd } of handed) {
+    let socket: boolean;
+    try {
+      socket = fstatSync(fd).isSocket();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EBADF") continue; // the workers' listen says why
+      throw Object.assign(new Error(`listen EBADF: bad file descriptor fd ${fd} (not open)`, { cause: err }), { code: "EBADF", syscall: "listen" });
+    }
+    if (!socket) throw Object.assign(new Error(`listen ENOTSOCK: socket operation on non-socket fd ${fd} (not a socket)`), { code: "ENOTSOCK", syscall: "listen" });
+  }
   return handed.map((h) => h.fd);
 }
 

@@ -244,6 +244,22 @@ test("a module whose own code closes its only server: the command says so and ex
   assert.match(s.out(), /\npants-ts: every server has closed; nothing left to serve, exiting\n$/);
 });
 
+test("a module path that is no file, or a directory: one line naming it, exit 2 (Node's message named the command's own cli.js as the importer)", (t) => {
+  const dir = tempDir(t);
+  for (const [path, message] of [
+    [join(dir, "missing.mjs"), /^pants-ts: serve \S*missing\.mjs: no such file \(\S*missing\.mjs\)/],
+    [dir, /^pants-ts: serve \S+: a directory; give the module file in it/],
+  ] as const) {
+    for (const extra of [[], ["--workers", "2"]]) {
+      const r = run(["serve", path, "--listen", "127.0.0.1:0", ...extra]);
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, message);
+      assert.doesNotMatch(r.stderr, /cli\.js/);
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    }
+  }
+});
+
 test("a module that throws null while it loads: one line and exit 1, not a crash of the command", () => {
   const r = run(["serve", fixture("cli-throws-null.ts"), "--listen", "127.0.0.1:0"]);
   assert.equal(r.status, 1, r.stderr);
@@ -364,13 +380,15 @@ test("an IPv6 or UNIX address in use: the one line names it once, as for IPv4 (b
   }
 });
 
-test("--listen fd:N that is not open, or not a socket: one line naming the descriptor and why, exit 1 (on either transport)", () => {
-  const cases: Array<[string, RegExp]> = [
-    ["fd:999", /bad file descriptor|not open/],
-    ["fd:0", /non-socket|not a socket/], // stdin: /dev/null ("ignore")
+test("--listen fd:N that is not open, or not a socket: one line naming the descriptor and why, exit 1 (on either transport; and with --workers, where it was a bare 'spawn EBADF')", () => {
+  const cases: Array<[string, RegExp, string[]]> = [
+    ["fd:999", /bad file descriptor|not open/, []],
+    ["fd:0", /non-socket|not a socket/, []], // stdin: /dev/null ("ignore")
   ];
-  for (const [listen, why] of cases) {
-    const r = spawnSync(process.execPath, [bin, "serve", fixture("cli-echo.ts"), "--listen", listen], { cwd: root, encoding: "utf8", timeout: 20000, stdio: ["ignore", "pipe", "pipe"] });
+  // --workers hands sockets on the native transport only (node:net refuses it as usage).
+  if (process.env.PANTS_TS_TRANSPORT !== "js") cases.push(["fd:999", /bad file descriptor fd 999 \(not open\)/, ["--workers", "2"]], ["fd:0", /non-socket fd 0 \(not a socket\)/, ["--workers", "2"]]);
+  for (const [listen, why, extra] of cases) {
+    const r = spawnSync(process.execPath, [bin, "serve", fixture("cli-echo.ts"), "--listen", listen, ...extra], { cwd: root, encoding: "utf8", timeout: 20000, stdio: ["ignore", "pipe", "pipe"] });
     assert.equal(r.status, 1, `--listen ${listen}: ${r.stderr}`);
     assert.match(r.stderr, new RegExp(`^pants-ts: listen E[A-Z]+: .*\\bfd ${listen.slice(3)}\\b`), listen);
     assert.match(r.stderr, why, listen);
