@@ -6,6 +6,7 @@
  * an error: an application may pass a wider configuration object of its own.
  */
 import { log } from "./log.js";
+import { describe, typeError } from "./errors.js";
 
 /** Warned already, by where and key; bounded, so that keys made up at run time cannot grow it for ever. */
 const warned = new Set<string>();
@@ -22,6 +23,7 @@ export function optionKeys<T>(keys: Record<keyof T, true>): ReadonlySet<string> 
  * @param where The call that took the options, as the warning names it: `"new Server()"`.
  */
 export function checkOptionKeys(where: string, options: object, known: ReadonlySet<string>): void {
+  refuseList(where, options);
   for (const key in options) {
     if (!known.has(key) && Object.hasOwn(options, key)) warnUnknown(where, key, nearest(key, known, 3));
   }
@@ -40,10 +42,23 @@ const PANTS_SSL_KEYS: ReadonlySet<string> = new Set(["certfile", "keyfile", "ca_
  * pants-ts's own names, and not one itself, is warned of.
  */
 export function checkSslOptionKeys(where: string, options: object): void {
+  refuseList(where, options);
   for (const key in options) {
     if (PANTS_SSL_KEYS.has(key) || !Object.hasOwn(options, key)) continue;
     const near = nearest(key, PANTS_SSL_KEYS, 2);
     if (near !== null) warnUnknown(where, key, near);
+  }
+}
+
+/**
+ * An array or a Buffer given as options (an argument in the wrong place) is
+ * an object too, but every index would be an unknown key: a 10 MB Buffer
+ * took minutes of warnings. It is refused instead.
+ * @throws TypeError (`ERR_INVALID_ARG_TYPE`).
+ */
+function refuseList(where: string, options: object): void {
+  if (Array.isArray(options) || ArrayBuffer.isView(options) || options instanceof ArrayBuffer) {
+    throw typeError(`${where} takes an options object, got ${describe(options)}.`);
   }
 }
 

@@ -162,3 +162,21 @@ test("an anonymous Server or Stream subclass is named by its base in the warning
   new AnonStream({ engine, sslOptons: {} } as unknown as ConstructorParameters<typeof Stream>[0]).close();
   assert.deepEqual(warnings(logs).map((l) => l.msg.split(" is ignored")[0]), ['Unknown option "maxConns" given to new Server()', 'Unknown option "sslOptons" given to new Stream()']);
 });
+
+test("an array or a Buffer given as options is a TypeError (ERR_INVALID_ARG_TYPE) at once, not a warning per index", { timeout: 20_000 }, async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const big = Buffer.alloc(10_000_000);
+  const started = Date.now();
+  const refused = (fn: () => unknown, where: RegExp): void => {
+    assert.throws(fn, (err: Error & { code?: string }) => err instanceof TypeError && err.code === "ERR_INVALID_ARG_TYPE" && where.test(err.message) && /takes an options object/.test(err.message));
+  };
+  refused(() => new Server(Stream, big as unknown as ServerOptions), /new Server\(\)/);
+  refused(() => new Server(Stream, [1, 2] as unknown as ServerOptions), /new Server\(\)/);
+  refused(() => new Server(Stream, { engine, sslOptions: big as unknown as SslOptions }), /the SSL options/);
+  refused(() => new Engine(new Uint8Array(4) as unknown as ConstructorParameters<typeof Engine>[0]), /new Engine\(\)/);
+  const client = new Stream({ engine });
+  refused(() => client.connect(["127.0.0.1", 1], [] as unknown as Parameters<Stream["connect"]>[1]), /connect\(\)/);
+  client.close();
+  assert.ok(Date.now() - started < 5000, `took ${Date.now() - started} ms`);
+});
