@@ -1822,7 +1822,11 @@ export class Stream extends Channel {
 
   #establish(): void {
     // A stream over a socket of the user's own: its class fields are first seen here (a server's at _attachToServer, a client's at connect()).
-    if (this.server === null && (this.#x === null || this.#x.connectTarget === null) && !this.#adoptFields()) return;
+    if (this.server === null && (this.#x === null || this.#x.connectTarget === null)) {
+      if (!this.#adoptFields()) return;
+      // Handlers given as class fields (onClose = () => ...) were not there yet when the constructor asked.
+      if ((this.#flags & F_ADDRESSES) === 0) this.#keepAddresses();
+    }
     this.#state = S_OPEN;
     this.#flags |= F_EVER_CONNECTED;
     if ((this.#flags & F_COUNTED) === 0) {

@@ -177,3 +177,23 @@ test("a class field over a read-only getter (bytesRead) is left alone and warned
   assert.deepEqual(fieldWarnings(logs), ["Counting: bytesRead"]);
   assert.ok(logs.some((l) => l.msg.includes("read-only getter") && l.msg.includes("rename it")));
 });
+
+test("a stream over a socket of one's own whose onClose is an arrow-function field still knows the peer's address after the peer's reset", async (t) => {
+  captureLogs(t);
+  const engine = freshEngine(t);
+  const peer = net.createServer((s) => setTimeout(() => s.resetAndDestroy(), 50));
+  await new Promise<void>((r) => peer.listen(0, "127.0.0.1", () => r()));
+  t.after(() => peer.close());
+  const port = (peer.address() as net.AddressInfo).port;
+  const seen: unknown[] = [];
+  class Watcher extends Stream {
+    override onClose = (): void => {
+      seen.push(this.remoteAddress);
+    };
+  }
+  const sock = net.connect(port, "127.0.0.1");
+  await new Promise((r) => sock.once("connect", r));
+  new Watcher({ engine, socket: sock });
+  await waitFor(() => seen.length === 1, 5000, "onClose");
+  assert.deepEqual(seen, [["127.0.0.1", port]]);
+});
