@@ -54,7 +54,7 @@ if (!["echo", "framed", "big", "faulty", "lent", "ending", "relay"].includes(sce
 // Health bookkeeping
 
 const MAX_SAMPLES = 8;
-const logs: LogCounts = { error: 0, warn: 0, info: 0, debug: 0 };
+const logs: LogCounts = { error: 0, warn: 0, info: 0, debug: 0, repeatFailures: 0 };
 const logSamples: string[] = [];
 const faultSamples: string[] = [];
 let uncaught = 0;
@@ -76,9 +76,10 @@ function describeError(err: unknown): string {
 }
 
 /** The counting logger: every pants-ts log line is counted; warn and error lines are kept as samples. */
-function counting(level: keyof LogCounts) {
+function counting(level: "error" | "warn" | "info" | "debug") {
   return (objOrMsg: unknown, msg?: string): void => {
     logs[level]++;
+    if (level === "debug" && typeof msg === "string" && msg.includes("failed again after it closed")) logs.repeatFailures++;
     if ((level === "warn" || level === "error") && logSamples.length < MAX_SAMPLES) {
       const fields = typeof objOrMsg === "object" && objOrMsg !== null ? (objOrMsg as { err?: unknown }) : null;
       const text = typeof objOrMsg === "string" ? objOrMsg : (msg ?? "");

@@ -1096,7 +1096,7 @@ export const faultCases: CaseSpec[] = [
       const failures = (await Promise.all(jobs)).filter((x): x is string => x !== null);
       ctx.check("every client got a correct prefix of its replies", failures.length === 0, `${failures.length} did not${failures.length > 0 ? `: ${failures.slice(0, 3).join(" | ")}` : ""}`);
       const h = await ctx.server.waitFor((x) => x.open <= 1, 20_000);
-      ctx.note(`${h.app["deliberate"] ?? 0} deliberate handler failures, each logged once at error level and counted; ${2 * n} clients all got correct prefixes`);
+      ctx.note(`${h.app["deliberate"] ?? 0} deliberate handler failures, each logged (a stream's first at error, its repeats after its close at debug) and counted; ${2 * n} clients all got correct prefixes`);
     },
   },
 ];

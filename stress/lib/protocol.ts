@@ -59,6 +59,8 @@ export interface LogCounts {
   warn: number;
   info: number;
   debug: number;
+  /** Of the debug lines: a stream's handler failing again after its close (the first failure is the error line). */
+  repeatFailures: number;
 }
 
 /** Counters of a pants-ts Stats object (a copy). */
