@@ -1317,8 +1317,9 @@ export class Stream extends Channel {
    */
   end(data?: string | Uint8Array): void {
     if (!(this instanceof Stream)) throw unboundError("end", "Stream", this);
-    if (data !== undefined) this.write(data);
+    // Before the write: an end() that throws has sent nothing.
     if (this.#state !== S_OPEN) this.#writeStateError("end");
+    if (data !== undefined) this.write(data);
     if ((this.#flags & F_WRITE_ENDED) !== 0) return;
     this.#flags |= F_WRITE_ENDED;
     this.#flush();

@@ -9,6 +9,7 @@ import net from "node:net";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ChannelStateError, Server, Stream } from "../src/index.js";
+import type { StreamOptions } from "../src/index.js";
 import type { ConnectionOptions } from "node:tls";
 import { RawClient, connectTls, freshEngine, listenLocal, sleep, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
@@ -81,6 +82,30 @@ test("end(data), as node:net's socket.end(data): the data, then the FIN; data wr
   t.after(() => c.destroy());
   assert.equal((await readThenSendAfterFin(c, events)).toString(), "bye\n");
   assert.deepEqual(events, ["read:request", "writable:false", "read:after your FIN", "end", "close"]);
+});
+
+test("end(data) before onConnect throws and sends nothing: not the data, not a FIN", async (t) => {
+  const engine = freshEngine(t);
+  let thrown: unknown = null;
+  class Early extends Stream {
+    constructor(options?: StreamOptions) {
+      super(options);
+      try {
+        this.end("early\n");
+      } catch (err) {
+        thrown = err;
+      }
+    }
+    override onConnect() {
+      this.write("hello\n");
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(Early, { engine }), t);
+  const c = await connectHalfOpen(port);
+  t.after(() => c.destroy());
+  assert.equal((await c.readToEnd(10_000)).toString(), "hello\n");
+  assert.ok(thrown instanceof ChannelStateError, "end() before onConnect throws ChannelStateError");
 });
 
 test("end() after a write larger than the socket takes, and after writeFile: every byte, then the FIN", async (t) => {
