@@ -116,8 +116,9 @@ export abstract class Channel {
   /**
    * Called with an exception thrown by a handler (or a promise an `async`
    * handler returned that rejected), and with internal errors that have no
-   * handler of their own. Default: log it and close the channel without
-   * flushing.
+   * handler of their own. Default: log it at `error` (the record's fields:
+   * `err`, `channel`, the channel's name, and on a stream `peer`, the
+   * peer's address) and close the channel without flushing.
    */
   onError(err: Error): void {
     log.current.error({ err, ...this._logFields() }, `Exception raised in a handler of ${nameOf(this)}.`);
