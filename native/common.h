@@ -344,6 +344,7 @@ typedef struct pn_conn {
   bool connecting;   /* a connect request is in flight */
   bool write_error_reported;
   bool bytes_lost;   /* a write's bytes were dropped (no memory): close with a reset */
+  bool fin_failed;   /* shutdown() could not queue the FIN: a close dropping writes resets */
   bool need_deliver; /* P may hold frames that were not delivered yet */
   bool end_pending;  /* EOF read while P held deliverable frames: onEnd waits for them */
   bool lend_reads;   /* reads are lent to JS (lendReads), not given */

@@ -131,8 +131,11 @@ void pn_conn_close(pn_conn *c) {
    * before the close callback, in the loop's closing phase. After lost
    * bytes a TCP peer gets a reset, not a FIN that would pass the truncated
    * stream off as whole (uv_tcp_close_reset closes too; where it cannot,
-   * as while a shutdown is pending, the close is a plain one). */
-  if (c->bytes_lost && !c->base.is_pipe && uv_tcp_close_reset(&c->h.tcp, conn_close_cb) == 0) return;
+   * as while a shutdown is pending, the close is a plain one). So does one
+   * whose FIN could not be queued, when this close drops queued bytes. */
+  const bool reset =
+      c->bytes_lost || (c->fin_failed && uv_stream_get_write_queue_size(&c->h.stream) > 0);
+  if (reset && !c->base.is_pipe && uv_tcp_close_reset(&c->h.tcp, conn_close_cb) == 0) return;
   uv_close(&c->h.handle, conn_close_cb);
 }
 

@@ -399,6 +399,9 @@ napi_value pn_conn_shutdown(napi_env env, napi_callback_info info) {
   int err = req == NULL ? UV_ENOMEM : uv_shutdown(req, &c->h.stream, shutdown_cb);
   if (err != 0) {
     free(req); /* not taken: no callback will free it */
+    /* The error closes the connection, dropping what the queue still holds:
+     * then the peer must get a reset, not a FIN (pn_conn_close). */
+    c->fin_failed = true;
     c->defer_shutdown_err = err;
     pn_defer(c, PN_DEFER_SHUTDOWN_ERROR);
   }
