@@ -468,7 +468,7 @@ export class Engine {
         try {
           channel.close(false);
         } catch (err) {
-          log.current.error({ err: asError(err, "close()") }, "Exception raised while closing a channel in Engine.stop().");
+          log.current.error({ err: asError(err, "close()"), ...channel._logFields() }, "Exception raised while closing a channel in Engine.stop().");
         }
       }
     }

@@ -853,7 +853,6 @@ export class Server<S extends Stream = Stream> extends Channel {
    * @param address The peer's address (the PROXY header's source behind a proxy); `""` for a UNIX peer. A TCP peer that reset the connection before it could be handed over has no address left: it is closed and counted in `stats.rejected`, never given to an override. The default ignores it and is not given it.
    */
   onAccept(socket: Duplex, address: Address): void {
-    void address;
     const owned = socket as Duplex & { [kStream]?: Stream };
     const before = owned[kStream];
     let conn: S;
@@ -867,14 +866,14 @@ export class Server<S extends Stream = Stream> extends Channel {
       socket.destroy();
       const error = asError(err, `The constructor of ${this.#ConnectionClass.name}`);
       this._countError("handler", error);
-      log.current.error({ err: error }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);
+      log.current.error({ err: error, ...this._logFields(), peer: formatAddress(address) }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);
       return;
     }
     const untaken = untakenSocketError(conn, socket);
     if (untaken !== null) {
       if (before === undefined) socket.destroy();
       this._countError("handler", untaken);
-      log.current.error({ err: untaken }, `The connection class ${this.#ConnectionClass.name} did not take the accepted socket; connection dropped.`);
+      log.current.error({ err: untaken, ...this._logFields(), peer: formatAddress(address) }, `The connection class ${this.#ConnectionClass.name} did not take the accepted socket; connection dropped.`);
       return;
     }
     this.#track(conn);
@@ -889,7 +888,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   #dropReset(raw: net.Socket | NativeSocket): void {
     this.stats.rejected++;
     this.engine.stats.rejected++;
-    log.current.debug(`${nameOf(this)}: a connection reset by its peer before it was accepted; closed.`);
+    log.current.debug(this._logFields(), `${nameOf(this)}: a connection reset by its peer before it was accepted; closed.`);
     raw.destroy();
   }
 
@@ -940,13 +939,13 @@ export class Server<S extends Stream = Stream> extends Channel {
    * already closed the server when this is called.
    */
   override onError(err: Error): void {
-    if (this.closed) log.current.error({ err, channel: nameOf(this) }, `${nameOf(this)} failed and closed: ${err.message}`);
-    else log.current.error({ err, channel: nameOf(this) }, `Exception raised in a handler of ${nameOf(this)}; the server keeps serving.`);
+    if (this.closed) log.current.error({ err, ...this._logFields() }, `${nameOf(this)} failed and closed: ${err.message}`);
+    else log.current.error({ err, ...this._logFields() }, `Exception raised in a handler of ${nameOf(this)}; the server keeps serving.`);
   }
 
   /** A new connection could not be wrapped in TLS. Default: log and close that connection. */
   onSslWrapError(socket: Duplex, address: Address, err: Error): void {
-    log.current.warn({ err, address: formatAddress(address) }, `Could not wrap a connection in TLS: ${err.message}`);
+    log.current.warn({ err, ...this._logFields(), peer: formatAddress(address) }, `Could not wrap a connection in TLS: ${err.message}`);
     socket.destroy();
   }
 
@@ -998,7 +997,7 @@ export class Server<S extends Stream = Stream> extends Channel {
         // IPv6 clients would reach that program, so the listen fails, as
         // node:net's listen(port) would. (A host without IPv6 serves IPv4 alone.)
         if (code === "EADDRINUSE") throw err;
-        log.current.debug({ err }, `No IPv6 slave for ${nameOf(this)}: ${(err as Error).message}`);
+        log.current.debug({ err, ...this._logFields() }, `No IPv6 slave for ${nameOf(this)}: ${(err as Error).message}`);
         return;
       }
     }
@@ -1117,7 +1116,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (typeof handed === "string") this.#unixPath = handed;
     liveServers.add(this);
     if (diagnostics.serverListen.hasSubscribers) diagnostics.serverListen.publish({ server: this });
-    log.current.debug(`${nameOf(this)} listening on ${this.localAddresses.map(formatAddress).join(", ")}.`);
+    log.current.debug(this._logFields(), `${nameOf(this)} listening on ${this.localAddresses.map(formatAddress).join(", ")}.`);
     const resolve = this.#readyResolve;
     this.#readyResolve = null;
     this.#readyReject = null;
@@ -1161,7 +1160,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       const now = this.engine.time();
       if (now - this.#lastAcceptWarning > 5000) {
         this.#lastAcceptWarning = now;
-        log.current.warn({ err }, `accept() failed on ${nameOf(this)} (${err.code}); the server keeps listening.`);
+        log.current.warn({ err, ...this._logFields() }, `accept() failed on ${nameOf(this)} (${err.code}); the server keeps listening.`);
       }
       return;
     }
@@ -1178,7 +1177,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     // read as the primary's listen reply, before 'listening' is emitted.
     if (this.#state === ST_BINDING && this.#shutdown === null) this.#listening();
     if (this.#state !== ST_LISTENING || this.#shutdown !== null) {
-      log.current.debug(`${nameOf(this)} is not accepting (state ${this.#state}, shutting down ${this.#shutdown !== null}); connection closed.`);
+      log.current.debug(this._logFields(), `${nameOf(this)} is not accepting (state ${this.#state}, shutting down ${this.#shutdown !== null}); connection closed.`);
       raw.destroy();
       return;
     }
@@ -1258,7 +1257,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     this._countError("proxy", err);
     this.stats.rejected++;
     this.engine.stats.rejected++;
-    log.current.debug({ err }, `Connection dropped: ${err.message}`);
+    log.current.debug({ err, ...this._logFields(), peer: rawPeer(wait.socket) }, `Connection dropped: ${err.message}`);
     wait.socket.destroy();
   }
 
@@ -1451,7 +1450,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     this._heldHandshakeDone(wait);
     if (socket[kStream] !== undefined || socket.destroyed) return; // a stream's own deadline runs
     this._countError("tls", err);
-    log.current.debug({ err }, `${nameOf(this)}: connection dropped: ${err.message}`);
+    log.current.debug({ err, ...this._logFields(), peer: rawPeer(wait.raw) }, `${nameOf(this)}: connection dropped: ${err.message}`);
     socket[kHeldFailure] = err;
     dropSocket(socket, wait.raw);
   }
@@ -1462,7 +1461,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (key === null || (perPeer.counts.get(key) ?? 0) < this.#maxPerPeer) return false;
     this.stats.rejected++;
     this.engine.stats.rejected++;
-    log.current.debug(`${nameOf(this)}: ${key} already has ${this.#maxPerPeer} connections open (maxConnectionsPerPeer); connection closed.`);
+    log.current.debug({ ...this._logFields(), peer: formatAddress(peer) }, `${nameOf(this)}: ${key} already has ${this.#maxPerPeer} connections open (maxConnectionsPerPeer); connection closed.`);
     return true;
   }
 
@@ -1515,6 +1514,11 @@ function peerOf(raw: net.Socket | NativeSocket, proxiedRemote: Address | null): 
   const peer = fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily);
   if (peer !== null) return peer;
   return "port" in raw.address() ? null : "";
+}
+
+/** The peer's address of a socket no stream has, for a log record ("(none)" once the socket lost it). */
+function rawPeer(raw: net.Socket | NativeSocket): string {
+  return formatAddress(fromNodeAddress(raw.remoteAddress, raw.remotePort, raw.remoteFamily));
 }
 
 /** A per-peer limit's counts: open connections per client address, and each tracked connection's address. */

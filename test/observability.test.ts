@@ -483,3 +483,41 @@ test("the default logger writes warn and error lines to stderr; setLogger(null) 
   await trouble();
   assert.equal(stderr.text(), "", "nothing once silenced");
 });
+
+test("every log record about one connection names it the same way: channel, and peer for a stream with one", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  class Named extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+      this.bufferSize = 16;
+    }
+    override onRead() {
+      throw new Error("handler boom");
+    }
+  }
+  const port = await listenLocal(new Server(Named, { engine, idleTimeoutMs: 150 }), t);
+  const refused = await freePort();
+  const client = new Stream({ engine }).connect(["127.0.0.1", refused]);
+  const thrower = await connect(port);
+  const flooder = await connect(port);
+  const idler = await connect(port);
+  const [throwerPort, flooderPort, idlerPort] = [thrower, flooder, idler].map((c) => c.socket.localPort);
+  thrower.write("x\n");
+  flooder.write("y".repeat(64));
+  await Promise.all([thrower.readToEnd(), flooder.readToEnd(), idler.readToEnd()]);
+  await waitFor(() => client.closed);
+  const kinds: Array<[string, RegExp, string]> = [
+    ["connect error", /^Connect failed/, `127.0.0.1:${refused}`],
+    ["handler error", /^Exception raised in a handler of Named /, `127.0.0.1:${throwerPort}`],
+    ["overflow", /bufferSize/, `127.0.0.1:${flooderPort}`],
+    ["idle timeout", /^Idle timeout\.$/, `127.0.0.1:${idlerPort}`],
+  ];
+  for (const [kind, msg, peer] of kinds) {
+    const record = logs.find((l) => msg.test(l.msg));
+    assert.ok(record, `a ${kind} record among ${JSON.stringify(logs.map((l) => l.msg))}`);
+    const fields = record.obj as { channel?: unknown; peer?: unknown };
+    assert.equal(typeof fields.channel, "string", `${kind}: ${JSON.stringify(fields)}`);
+    assert.equal(fields.peer, peer, kind);
+  }
+});
