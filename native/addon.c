@@ -292,7 +292,7 @@ static void env_finalize(napi_env env, void *data, void *hint) {
   free(e->read_buf);
   free(e->slots);
   free(e->gens);
-  free(e->free_slots);
+  free(e->free_next);
   free(e);
 }
 

@@ -22,10 +22,20 @@
  *     small integer (slot | generation << PN_SLOT_BITS) that every conn
  *     function takes first and every callback passes first. The slot table
  *     (pn_env.slots) maps ids to live pn_conns; the close callback empties
- *     the slot after onClose, and the slot's generation changes when it is
- *     taken again, so an id JS kept after onClose never reaches another
- *     connection: it reads as a closed one. No wrapper object, no napi_wrap,
- *     no references per connection (uvloop-sized connections).
+ *     the slot after onClose and bumps its generation, so an id JS kept
+ *     after onClose reads as a closed connection's. The generation has 9
+ *     bits (the id has no more room: it travels as an int32 whose negative
+ *     values mean "no connection", and the slot needs 22), so a slot's ids
+ *     come round again after 512 takes of it. What keeps that far apart
+ *     (PN_SLOT_REUSE_MIN in conn.c): a freed slot is taken again only while
+ *     at least 256 slots are free, and free slots are taken first-in
+ *     first-out, so between two takes of a slot from the free queue at
+ *     least 255 other connections are opened. Hence a kept id names nothing
+ *     until more than 511 * 256 (130 816) connections have been opened
+ *     after it; only when the table is full (2^22 slots) or cannot grow (no
+ *     memory) is a slot taken with fewer free, and then ids may come round
+ *     sooner. No wrapper object, no napi_wrap, no references per connection
+ *     (uvloop-sized connections).
  *   - A listening socket is a JS object wrapping a tiny pn_box (napi_wrap).
  *     The box is owned by the JS object (freed by the wrap finalizer when the
  *     object is collected) and points at the pn_server until the close
@@ -156,7 +166,10 @@ struct pn_env {
    * i or NULL; gens[i] the generation of slot i's current (or next) id. */
   struct pn_conn **slots;
   uint16_t *gens;
-  uint32_t *free_slots; /* emptied slots, reused last-in first-out */
+  /* Emptied slots, a first-in first-out queue linked through free_next
+   * (free_next[i] follows slot i), from free_head to free_tail. */
+  uint32_t *free_next;
+  uint32_t free_head, free_tail;
   uint32_t free_count;
   uint32_t slots_used;  /* slots [0, slots_used) have been taken once */
   uint32_t slots_cap;

@@ -15,43 +15,73 @@
  * million; the generation takes the other bits of a 31-bit id). */
 #define PN_MAX_SLOTS (PN_SLOT_MASK + 1u)
 
+/* A freed slot is taken again only while at least this many slots are free
+ * (below that a new slot is taken), and free slots are taken first-in
+ * first-out: see common.h for what that guarantees. It costs at most this
+ * many slots beyond the most connections ever open at once. */
+#define PN_SLOT_REUSE_MIN 256u
+
+/* Takes the free slot freed longest ago. */
+static uint32_t slot_dequeue(pn_env *e) {
+  uint32_t slot = e->free_head;
+  e->free_head = e->free_next[slot];
+  e->free_count--;
+  return slot;
+}
+
+/* Grows the slot table (to slots_cap * 2, at most PN_MAX_SLOTS). */
+static int slot_grow(pn_env *e) {
+  if (e->slots_cap == PN_MAX_SLOTS) return UV_EMFILE;
+  uint32_t cap = e->slots_cap == 0 ? PN_SLOT_REUSE_MIN : e->slots_cap * 2;
+  if (cap > PN_MAX_SLOTS) cap = PN_MAX_SLOTS;
+  /* Grown one array at a time: each realloc that succeeds is kept, so a
+   * failure part-way leaves every array at least slots_cap long. */
+  pn_conn **slots = realloc(e->slots, cap * sizeof(*slots));
+  if (slots == NULL) return UV_ENOMEM;
+  e->slots = slots;
+  uint16_t *gens = realloc(e->gens, cap * sizeof(*gens));
+  if (gens == NULL) return UV_ENOMEM;
+  e->gens = gens;
+  uint32_t *free_next = realloc(e->free_next, cap * sizeof(*free_next));
+  if (free_next == NULL) return UV_ENOMEM;
+  e->free_next = free_next;
+  e->slots_cap = cap;
+  return 0;
+}
+
 /* Gives `c` a free slot and the id that names it. */
 static int slot_take(pn_env *e, pn_conn *c) {
   uint32_t slot;
-  if (e->free_count > 0) {
-    slot = e->free_slots[--e->free_count];
+  if (e->free_count >= PN_SLOT_REUSE_MIN) {
+    slot = slot_dequeue(e);
   } else {
-    if (e->slots_used == e->slots_cap) {
-      if (e->slots_cap == PN_MAX_SLOTS) return UV_EMFILE;
-      uint32_t cap = e->slots_cap == 0 ? 256 : e->slots_cap * 2;
-      if (cap > PN_MAX_SLOTS) cap = PN_MAX_SLOTS;
-      /* Grown one array at a time: each realloc that succeeds is kept, so a
-       * failure part-way leaves every array at least slots_cap long. */
-      pn_conn **slots = realloc(e->slots, cap * sizeof(*slots));
-      if (slots == NULL) return UV_ENOMEM;
-      e->slots = slots;
-      uint16_t *gens = realloc(e->gens, cap * sizeof(*gens));
-      if (gens == NULL) return UV_ENOMEM;
-      e->gens = gens;
-      uint32_t *free_slots = realloc(e->free_slots, cap * sizeof(*free_slots));
-      if (free_slots == NULL) return UV_ENOMEM;
-      e->free_slots = free_slots;
-      e->slots_cap = cap;
+    int r = e->slots_used < e->slots_cap ? 0 : slot_grow(e);
+    if (r == 0) {
+      slot = e->slots_used++;
+      e->gens[slot] = 0;
+    } else if (e->free_count > 0) {
+      /* The table is full or cannot grow: a freed slot is better than no
+       * connection, but its ids wrap sooner (common.h). */
+      slot = slot_dequeue(e);
+    } else {
+      return r;
     }
-    slot = e->slots_used++;
-    e->gens[slot] = 0;
   }
   e->slots[slot] = c;
   c->id = (int32_t)(slot | ((uint32_t)e->gens[slot] << PN_SLOT_BITS));
   return 0;
 }
 
-/* Empties the slot of `c`; the next id it gets has another generation. */
+/* Empties the slot of `c` and queues it (last) for reuse; the next id it
+ * gets has another generation. */
 static void slot_free(pn_env *e, pn_conn *c) {
   uint32_t slot = (uint32_t)c->id & PN_SLOT_MASK;
   e->slots[slot] = NULL;
   e->gens[slot] = (uint16_t)((e->gens[slot] + 1) & PN_GEN_MASK);
-  e->free_slots[e->free_count++] = slot;
+  if (e->free_count == 0) e->free_head = slot;
+  else e->free_next[e->free_tail] = slot;
+  e->free_tail = slot;
+  e->free_count++;
   c->id = -1;
 }
 
