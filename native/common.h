@@ -446,6 +446,11 @@ void pn_throw_type(napi_env env, const char *msg);
 void pn_throw_range(napi_env env, const char *msg);
 /* Throws a generic error for a failed napi_* call unless one is pending. */
 void pn_throw_napi(napi_env env, const char *what);
+/* Drops the exception a failed napi_* call may have left pending (Node's
+ * ERR_MEMORY_ALLOCATION_FAILED, say), where the failure is handled without
+ * JS: left pending, it would make the next call into JS fail
+ * (napi_pending_exception), losing that call, and reach onUncaught. */
+void pn_clear_exception(napi_env env);
 
 /* A byte count as a JS number (NULL on failure). */
 napi_value pn_size_value(napi_env env, size_t n);

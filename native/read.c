@@ -56,7 +56,11 @@ static uint8_t *slab_take(pn_env *e, size_t len, napi_value *ab, size_t *off) {
     e->slab_used += len;
     return (uint8_t *)data + *off;
   }
-  if (napi_create_arraybuffer(env, PN_SLAB_SIZE, &data, ab) != napi_ok) return NULL;
+  if (napi_create_arraybuffer(env, PN_SLAB_SIZE, &data, ab) != napi_ok) {
+    /* The caller goes on without it (bt_add: the read goes alone). */
+    pn_clear_exception(env);
+    return NULL;
+  }
   if (e->slab_ref != NULL) napi_delete_reference(env, e->slab_ref);
   if (napi_create_reference(env, *ab, 1, &e->slab_ref) != napi_ok) e->slab_ref = NULL;
   *off = 0;
@@ -117,6 +121,10 @@ static uint8_t *make_read_block(pn_env *e, napi_ref *ref) {
   size_t off;
   uint8_t *data = new_buffer(e, PN_READ_BUF_SIZE, &ab, &off);
   if (data == NULL || off != 0 || napi_create_reference(e->env, ab, 1, ref) != napi_ok) {
+    /* Optional: reads are copied instead. Made just before the call that
+     * delivers a read (make_spare) or inside lendReads(), which must not
+     * throw for it. */
+    pn_clear_exception(e->env);
     *ref = NULL;
     return NULL;
   }
@@ -269,12 +277,20 @@ static bool bt_reserve(pn_env *e, size_t words, size_t keep) {
   if (n < 1024) n = 1024;
   void *data = NULL;
   napi_value ab, arr;
+  /* On failure the caller goes on without it (bt_add: the read goes alone;
+   * pn_flush_reads: no batching; pn_deliver: ENOMEM), so nothing is left
+   * pending for the calls into JS that follow. */
   if (napi_create_arraybuffer(env, n * sizeof(int32_t), &data, &ab) != napi_ok ||
-      napi_create_typedarray(env, napi_int32_array, n, ab, 0, &arr) != napi_ok)
+      napi_create_typedarray(env, napi_int32_array, n, ab, 0, &arr) != napi_ok) {
+    pn_clear_exception(env);
     return false;
+  }
   if (e->bt != NULL) memcpy(data, e->bt, keep * sizeof(int32_t));
   napi_ref ref;
-  if (napi_create_reference(env, arr, 1, &ref) != napi_ok) return false;
+  if (napi_create_reference(env, arr, 1, &ref) != napi_ok) {
+    pn_clear_exception(env);
+    return false;
+  }
   if (e->btab_ref != NULL) napi_delete_reference(env, e->btab_ref);
   e->btab_ref = ref;
   e->bt = data;
@@ -453,13 +469,8 @@ void pn_deliver(pn_conn *c, const uint8_t *nb, size_t nn) {
 
 nomem:
   /* Could not create a JS value: these bytes cannot be delivered. */
-  {
-    napi_value ignored;
-    bool pending = false;
-    napi_is_exception_pending(env, &pending);
-    if (pending) napi_get_and_clear_last_exception(env, &ignored);
-    napi_close_handle_scope(env, scope);
-  }
+  pn_clear_exception(env);
+  napi_close_handle_scope(env, scope);
   pn_conn_emit_error(c, UV_ENOMEM, "read");
 }
 

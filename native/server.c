@@ -93,10 +93,7 @@ static void deliver_connection(pn_server *s, pn_conn *c) {
   }
   argv[1] = pn_conn_id(c);
   if (argv[1] == NULL || napi_get_reference_value(e->env, s->self, &argv[0]) != napi_ok) {
-    napi_value ignored;
-    bool pending = false;
-    napi_is_exception_pending(e->env, &pending);
-    if (pending) napi_get_and_clear_last_exception(e->env, &ignored);
+    pn_clear_exception(e->env);
     pn_conn_close(c);
     napi_close_handle_scope(e->env, scope);
     accept_error(s, UV_ENOMEM);

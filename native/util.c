@@ -74,6 +74,13 @@ void pn_throw_napi(napi_env env, const char *what) {
   napi_throw_error(env, "ERR_NATIVE_INTERNAL", msg);
 }
 
+void pn_clear_exception(napi_env env) {
+  bool pending = false;
+  napi_value ignored;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending)
+    napi_get_and_clear_last_exception(env, &ignored);
+}
+
 napi_value pn_err_name(napi_env env, int err) {
   napi_value v = NULL;
   if (err == 0) napi_get_null(env, &v);
@@ -268,12 +275,7 @@ pn_server *pn_unwrap(napi_env env, napi_value obj, bool *ok) {
   *ok = true;
   /* Only servers are wrapped (connections are ids). */
   if (napi_unwrap(env, obj, &data) != napi_ok || data == NULL) {
-    bool pending = false;
-    napi_is_exception_pending(env, &pending);
-    if (pending) {
-      napi_value ignored;
-      napi_get_and_clear_last_exception(env, &ignored);
-    }
+    pn_clear_exception(env);
     *ok = false;
     pn_throw_type(env, "this is not a pants_native server");
     return NULL;
