@@ -178,11 +178,8 @@ static void idle_cb(uv_idle_t *h) {
     uv_idle_stop(h);
     return;
   }
-  batch.next = e->deferred.next;
-  batch.prev = e->deferred.prev;
-  batch.next->prev = &batch;
-  batch.prev->next = &batch;
-  pn_list_init(&e->deferred);
+  pn_list_init(&batch);
+  pn_list_splice_front(&batch, &e->deferred);
 
   while (!pn_list_empty(&batch)) {
     pn_link *node = batch.next;
@@ -193,7 +190,16 @@ static void idle_cb(uv_idle_t *h) {
     /* A connection is freed only in its close callback, which libuv runs in
      * a later phase of the loop, so `c` is valid for this whole loop. */
     pn_conn_run_deferred(c, bits);
-    if (e->tearing_down) return;
+    if (e->tearing_down) {
+      /* The rest still has work (defer_bits) and must stay in env->deferred,
+       * where the close callbacks unlink them: left on `batch`, their links
+       * would point into this stack frame once it returns. They go back in
+       * front of what was queued meanwhile (pn_defer queues nothing once
+       * tearing down), in their order. Unreachable today: teardown never
+       * runs inside a JS call. */
+      pn_list_splice_front(&e->deferred, &batch);
+      return;
+    }
   }
   if (pn_list_empty(&e->deferred)) uv_idle_stop(h);
 }

@@ -138,6 +138,9 @@ void pn_list_init(pn_link *head);
 void pn_list_push(pn_link *head, pn_link *node);
 void pn_list_remove(pn_link *node); /* safe on a node not in any list */
 static inline bool pn_list_empty(const pn_link *head) { return head->next == head; }
+/* Moves every node of `from`, in order, to the front of `to`; `from` is
+ * left empty. */
+void pn_list_splice_front(pn_link *to, pn_link *from);
 
 #define pn_container_of(ptr, type, member) \
   ((type *)((char *)(ptr) - offsetof(type, member)))

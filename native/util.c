@@ -22,6 +22,16 @@ void pn_list_push(pn_link *head, pn_link *node) {
   head->prev = node;
 }
 
+void pn_list_splice_front(pn_link *to, pn_link *from) {
+  if (pn_list_empty(from)) return;
+  pn_link *first = from->next, *last = from->prev;
+  last->next = to->next;
+  to->next->prev = last;
+  to->next = first;
+  first->prev = to;
+  pn_list_init(from);
+}
+
 void pn_list_remove(pn_link *node) {
   if (node->next == NULL) return; /* never linked */
   node->prev->next = node->next;
