@@ -30,6 +30,16 @@ export function checkOptionKeys(where: string, options: object, known: ReadonlyS
 }
 
 /**
+ * @internal An optional options argument, given: refused unless it is an
+ * object (`TypeError`, "`where` options must be an object"), then its keys
+ * checked as {@link checkOptionKeys} does.
+ */
+export function checkOptions(where: string, options: unknown, known: ReadonlySet<string>): asserts options is object {
+  if (options === null || typeof options !== "object") throw typeError(`${where} options must be an object, got ${describe(options)}.`);
+  checkOptionKeys(where, options, known);
+}
+
+/**
  * Pants' own TLS option names (SslOptions' and SniEntry's), which node:tls
  * does not know: a key near one of them is a misspelling that would be
  * passed on to node:tls and ignored there (`certFile`, `serverSide`).

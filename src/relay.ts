@@ -7,7 +7,7 @@
 import { Stream } from "./stream.js";
 import { nameOf } from "./channel.js";
 import { ChannelStateError, describe, numberError, rangeError, typeError } from "./errors.js";
-import { checkOptionKeys, optionKeys } from "./options.js";
+import { checkOptions, optionKeys } from "./options.js";
 
 /** Options of {@link relay}. A key it does not know is ignored and logged once (a `warn` naming the nearest known key). */
 export interface RelayOptions {
@@ -114,10 +114,7 @@ export function relay(a: Stream, b: Stream, options?: RelayOptions): Promise<Rel
   checkStream("a", a);
   checkStream("b", b);
   if (a === b) throw rangeError("relay() needs two different streams, got the same stream twice.", "ERR_INVALID_ARG_VALUE");
-  if (options !== undefined && (options === null || typeof options !== "object")) {
-    throw typeError(`relay() options must be an object, got ${describe(options)}.`);
-  }
-  if (options !== undefined) checkOptionKeys("relay()", options, RELAY_KEYS);
+  if (options !== undefined) checkOptions("relay()", options, RELAY_KEYS);
   // Writes above a stream's writeBufferLimit close it: the pause must come first.
   const limit = Math.min(a.writeBufferLimit, b.writeBufferLimit);
   const hwm = options?.highWaterMark ?? Math.max(1, Math.min(DEFAULT_HIGH_WATER_MARK, Math.floor(limit / 4)));

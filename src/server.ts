@@ -32,7 +32,7 @@ import { nativeLoadError } from "./native-binding.js";
 import { checkTransport, useNative } from "./transport.js";
 import type { Transport } from "./transport.js";
 import type { Timed } from "./timeouts.js";
-import { adoptAccessorFields, checkOptionKeys, optionKeys } from "./options.js";
+import { adoptAccessorFields, checkOptionKeys, checkOptions, optionKeys } from "./options.js";
 
 /**
  * Options of the {@link Server} constructor. A key it does not know is
@@ -792,10 +792,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    */
   shutdown(options?: ShutdownOptions): Promise<void> {
     if (!(this instanceof Server)) throw unboundError("shutdown", "Server", this);
-    if (options !== undefined) {
-      if (options === null || typeof options !== "object") throw typeError(`shutdown() options must be an object, got ${describe(options)}.`);
-      checkOptionKeys("shutdown()", options, SHUTDOWN_KEYS);
-    }
+    if (options !== undefined) checkOptions("shutdown()", options, SHUTDOWN_KEYS);
     const timeoutMs = optionalMs("timeoutMs", options?.timeoutMs, 10_000);
     if (this.#shutdown === null) {
       this.#shutdown = new Promise<void>((resolve) => {

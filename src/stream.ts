@@ -1199,7 +1199,7 @@ export class Stream extends Channel {
    * @throws TypeError unless `data` is a string or a Uint8Array, or if `flush` is given and is not a boolean (`ERR_INVALID_ARG_TYPE`).
    */
   write(data: string | Uint8Array, flush = false): void {
-    if (flush !== false && flush !== true) throw flushTypeError("write()", flush);
+    checkFlush("write()", flush);
     if (!this.writable) this.#writeStateError("write");
     let buf: Buffer;
     if (typeof data === "string") buf = Buffer.from(data, "utf8");
@@ -1236,7 +1236,7 @@ export class Stream extends Channel {
    * @throws TypeError unless `file` is a non-empty path, a descriptor or a FileHandle, or if `flush` is given and is not a boolean; RangeError (TypeError for a non-number) unless `nbytes` and `offset` are non-negative integers.
    */
   writeFile(file: string | number | FileHandle, nbytes = 0, offset = 0, flush = false): void {
-    if (flush !== false && flush !== true) throw flushTypeError("writeFile()", flush);
+    checkFlush("writeFile()", flush);
     if (!this.writable) this.#writeStateError("writeFile");
     const isHandle = typeof file === "object" && file !== null && typeof (file as FileHandle).read === "function";
     if (!(typeof file === "string" && file.length > 0) && !(typeof file === "number" && Number.isInteger(file) && file >= 0) && !isHandle) {
@@ -1348,7 +1348,7 @@ export class Stream extends Channel {
    */
   close(flush = true): void {
     if (!(this instanceof Stream)) throw unboundError("close", "Stream", this);
-    if (flush !== true && flush !== false) throw flushTypeError("close()", flush);
+    checkFlush("close()", flush);
     const state = this.#state;
     if (state === S_CLOSED) return;
     if (state === S_CLOSING) {
@@ -3476,7 +3476,12 @@ function wholeCharacters(buf: Buffer, encoding: BufferEncoding): number {
   }
 }
 
-/** The TypeError for a `flush` argument that is not a boolean (SPEC §10): a truthy string must not flush by accident. */
+/** Refuses a `flush` argument that is not a boolean (SPEC §10): a truthy string must not flush by accident. */
+function checkFlush(method: string, flush: unknown): void {
+  if (flush !== false && flush !== true) throw flushTypeError(method, flush);
+}
+
+/** The TypeError for a `flush` argument that is not a boolean. */
 function flushTypeError(method: string, flush: unknown): TypeError {
   // node:net's write(data, encoding), end(data, encoding).
   const hint = typeof flush === "string" && Buffer.isEncoding(flush) ? ` It takes no encoding: encode the data first (Buffer.from(data, ${JSON.stringify(flush)})).` : "";

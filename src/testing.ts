@@ -10,7 +10,7 @@ import { Stream, untakenSocketError } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
 import type { Server } from "./server.js";
 import { ChannelStateError, describe, rangeError, typeError } from "./errors.js";
-import { checkOptionKeys, optionKeys } from "./options.js";
+import { checkOptions, optionKeys } from "./options.js";
 
 const kPeer: unique symbol = Symbol("pants-ts.memoryPeer");
 
@@ -201,8 +201,7 @@ function checkSend(data: unknown, options: SendOptions | undefined, peerDone: st
   // As a socket's write() after its end(): refused, not dropped unseen.
   if (peerDone !== null) throw new ChannelStateError(`send() after the peer's ${peerDone}(): it has no sending side left.`);
   if (options === undefined) return;
-  if (options === null || typeof options !== "object") throw typeError(`send() options must be an object, got ${describe(options)}.`);
-  checkOptionKeys("send()", options, SEND_KEYS);
+  checkOptions("send()", options, SEND_KEYS);
   const sizes = options.chunkSize;
   for (const size of sizes === undefined ? [] : typeof sizes === "number" ? [sizes] : sizes) {
     if (typeof size !== "number") throw typeError(`chunkSize must be a positive integer or an array of them, got ${describe(size)}.`);
@@ -231,8 +230,7 @@ export function memoryPeer<S extends Stream>(
   if (typeof ConnectionClass !== "function") {
     throw typeError("memoryPeer() expects a connection class (a Stream subclass).");
   }
-  if (options === null || typeof options !== "object") throw typeError(`memoryPeer() options must be an object, got ${describe(options)}.`);
-  checkOptionKeys("memoryPeer()", options, PEER_KEYS);
+  checkOptions("memoryPeer()", options, PEER_KEYS);
   const engine = options.engine ?? new Engine({ manualClock: options.manualClock === true });
   const [local, remote] = duplexPair();
   const received: Buffer[] = [];
