@@ -199,7 +199,7 @@ export abstract class Channel {
     if (first) failedBefore.add(this);
     if (!this.closed) this._callOnError(error);
     else if (first || !this._quietRepeatedFailures()) log.current.error({ err: error, ...this._logFields() }, `A handler of ${nameOf(this)} failed after it closed.`);
-    else log.current.debug({ err: error, ...this._logFields() }, `A handler of ${nameOf(this)} failed again after it closed.`);
+    else if (log.debugOn()) log.current.debug({ err: error, ...this._logFields() }, `A handler of ${nameOf(this)} failed again after it closed.`);
   }
 
   /** @internal Calls `onError`; an exception from `onError` itself is logged. */

@@ -350,7 +350,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       return;
     }
     worker.send(message, undefined, (err) => {
-      if (err !== null && err !== undefined) log.current.debug(`Worker ${worker.process.pid} missed a message: ${err.message}`);
+      if (err !== null && err !== undefined && log.debugOn()) log.current.debug(`Worker ${worker.process.pid} missed a message: ${err.message}`);
     });
   };
 
@@ -360,7 +360,9 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
     unheard.set(worker, []);
     // IPC errors are the send races above, or a channel failing as the worker
     // dies; its exit is handled below. Unlistened, one would kill the primary.
-    worker.on("error", (err: Error) => log.current.debug(`Worker ${worker.process.pid}: ${err.message}`));
+    worker.on("error", (err: Error) => {
+      if (log.debugOn()) log.current.debug(`Worker ${worker.process.pid}: ${err.message}`);
+    });
     worker.on("message", (m: unknown) => {
       if (!isMessage(m)) return;
       // Its first message (hello, or any from a worker of an older version)

@@ -432,7 +432,7 @@ export class Engine {
     this.#started = new Promise<void>((resolve) => {
       this.#settle = resolve;
     });
-    log.current.debug("Starting engine.");
+    if (log.debugOn()) log.current.debug("Starting engine.");
     return this.#started;
   }
 
@@ -449,7 +449,7 @@ export class Engine {
     // Not running from here on: an onClose that would reconnect can ask.
     const wasRunning = this.#running;
     this.#running = false;
-    if (wasRunning) log.current.debug("Stopping engine.");
+    if (wasRunning && log.debugOn()) log.current.debug("Stopping engine.");
     for (const timer of [...this._timers]) timer.cancel();
     // Servers first (their connections with them, even if an onClose override
     // keeps them), then the rest; then whatever those closes opened (a client

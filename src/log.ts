@@ -15,6 +15,12 @@ export interface Logger {
   info(objOrMsg: unknown, msg?: string): void;
   /** Ordinary client misbehaviour (resets, TLS garbage, bad frames, timeouts) and transport details. */
   debug(objOrMsg: unknown, msg?: string): void;
+  /**
+   * Optional, as pino's: whether records of `level` are kept. When it says
+   * `false` for `"debug"`, pants-ts skips building its debug records (a
+   * peer's reset, a timeout) instead of handing over what would be dropped.
+   */
+  isLevelEnabled?(level: "error" | "warn" | "info" | "debug"): boolean;
 }
 
 const nodeDebug = debuglog("pants-ts");
@@ -92,8 +98,12 @@ const silentLogger: Logger = {
   debug() {},
 };
 
-/** The logger in use; internal modules read it through this object. */
-export const log: { current: Logger } = { current: defaultLogger };
+/**
+ * The logger in use; internal modules read it through this object.
+ * `debugOn()` says whether a debug record would be kept: the sites that log
+ * a peer's misbehaviour at debug build their fields only when it is true.
+ */
+export const log: { current: Logger; debugOn: () => boolean } = { current: defaultLogger, debugOn: () => nodeDebug.enabled };
 
 /**
  * Replaces the logger for the whole library. `null` silences it; `undefined`
@@ -106,10 +116,12 @@ export const log: { current: Logger } = { current: defaultLogger };
 export function setLogger(logger: Logger | null | undefined): void {
   if (logger === null) {
     log.current = silentLogger;
+    log.debugOn = () => false;
     return;
   }
   if (logger === undefined) {
     log.current = defaultLogger;
+    log.debugOn = () => nodeDebug.enabled;
     return;
   }
   for (const level of LEVELS) {
@@ -118,6 +130,24 @@ export function setLogger(logger: Logger | null | undefined): void {
     }
   }
   log.current = guarded(logger);
+  log.debugOn = debugCheck(logger);
+}
+
+/**
+ * Whether `logger` keeps debug records: its `isLevelEnabled("debug")`, asked
+ * each time (pino's level can change at run time), or `true` for a logger
+ * without one. A check that throws counts as `true`: the record is built and
+ * the guard deals with the logger.
+ */
+function debugCheck(logger: Logger): () => boolean {
+  if (typeof logger.isLevelEnabled !== "function") return () => true;
+  return () => {
+    try {
+      return logger.isLevelEnabled!("debug") !== false;
+    } catch {
+      return true;
+    }
+  };
 }
 
 const LEVELS = ["error", "warn", "info", "debug"] as const;

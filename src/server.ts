@@ -151,7 +151,7 @@ function onNetError(this: OwnedNetServer, err: NodeJS.ErrnoException): void {
 
 /** Errors on accepted sockets before (or without) a stream: logged at debug. */
 function onRawError(err: Error): void {
-  log.current.debug({ err }, `Socket error on an accepted connection: ${err.message}`);
+  if (log.debugOn()) log.current.debug({ err }, `Socket error on an accepted connection: ${err.message}`);
 }
 
 /** A server-side TLS handshake is done (see kTlsSecured). */
@@ -232,7 +232,7 @@ export async function removeStaleSocket(path: string): Promise<void> {
   try {
     const now = lstatSync(path, { bigint: true });
     if (now.dev === found.dev && now.ino === found.ino && now.ctimeNs === found.ctimeNs) {
-      log.current.debug(`Removing stale UNIX socket ${path}.`);
+      if (log.debugOn()) log.current.debug(`Removing stale UNIX socket ${path}.`);
       unlinkSync(path);
     }
   } catch {
@@ -863,18 +863,23 @@ export class Server<S extends Stream = Stream> extends Channel {
       socket.destroy();
       const error = asError(err, `The constructor of ${this.#ConnectionClass.name}`);
       this._countError("handler", error);
-      log.current.error({ err: error, ...this._logFields(), peer: formatAddress(address) }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);
+      log.current.error({ err: error, ...this.#fieldsFor(formatAddress(address)) }, `The connection class ${this.#ConnectionClass.name} threw in its constructor; connection dropped.`);
       return;
     }
     const untaken = untakenSocketError(conn, socket);
     if (untaken !== null) {
       if (before === undefined) socket.destroy();
       this._countError("handler", untaken);
-      log.current.error({ err: untaken, ...this._logFields(), peer: formatAddress(address) }, `The connection class ${this.#ConnectionClass.name} did not take the accepted socket; connection dropped.`);
+      log.current.error({ err: untaken, ...this.#fieldsFor(formatAddress(address)) }, `The connection class ${this.#ConnectionClass.name} did not take the accepted socket; connection dropped.`);
       return;
     }
     this.#track(conn);
     if (this.#held.size > 0) this.#release(socket);
+  }
+
+  /** The log record's fields for a connection that has no stream (yet): this server's name and the peer. */
+  #fieldsFor(peer: string): { channel: string; peer: string } {
+    return { ...this._logFields(), peer };
   }
 
   /**
@@ -885,7 +890,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   #dropReset(raw: net.Socket | NativeSocket): void {
     this.stats.rejected++;
     this.engine.stats.rejected++;
-    log.current.debug(this._logFields(), `${nameOf(this)}: a connection reset by its peer before it was accepted; closed.`);
+    if (log.debugOn()) log.current.debug(this._logFields(), `${nameOf(this)}: a connection reset by its peer before it was accepted; closed.`);
     raw.destroy();
   }
 
@@ -942,7 +947,7 @@ export class Server<S extends Stream = Stream> extends Channel {
 
   /** A new connection could not be wrapped in TLS. Default: log and close that connection. */
   onSslWrapError(socket: Duplex, address: Address, err: Error): void {
-    log.current.warn({ err, ...this._logFields(), peer: formatAddress(address) }, `Could not wrap a connection in TLS: ${err.message}`);
+    log.current.warn({ err, ...this.#fieldsFor(formatAddress(address)) }, `Could not wrap a connection in TLS: ${err.message}`);
     socket.destroy();
   }
 
@@ -994,7 +999,7 @@ export class Server<S extends Stream = Stream> extends Channel {
         // IPv6 clients would reach that program, so the listen fails, as
         // node:net's listen(port) would. (A host without IPv6 serves IPv4 alone.)
         if (code === "EADDRINUSE") throw err;
-        log.current.debug({ err, ...this._logFields() }, `No IPv6 slave for ${nameOf(this)}: ${(err as Error).message}`);
+        if (log.debugOn()) log.current.debug({ err, ...this._logFields() }, `No IPv6 slave for ${nameOf(this)}: ${(err as Error).message}`);
         return;
       }
     }
@@ -1113,7 +1118,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (typeof handed === "string") this.#unixPath = handed;
     liveServers.add(this);
     if (diagnostics.serverListen.hasSubscribers) diagnostics.serverListen.publish({ server: this });
-    log.current.debug(this._logFields(), `${nameOf(this)} listening on ${this.localAddresses.map(formatAddress).join(", ")}.`);
+    if (log.debugOn()) log.current.debug(this._logFields(), `${nameOf(this)} listening on ${this.localAddresses.map(formatAddress).join(", ")}.`);
     const resolve = this.#readyResolve;
     this.#readyResolve = null;
     this.#readyReject = null;
@@ -1174,7 +1179,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     // read as the primary's listen reply, before 'listening' is emitted.
     if (this.#state === ST_BINDING && this.#shutdown === null) this.#listening();
     if (this.#state !== ST_LISTENING || this.#shutdown !== null) {
-      log.current.debug(this._logFields(), `${nameOf(this)} is not accepting (state ${this.#state}, shutting down ${this.#shutdown !== null}); connection closed.`);
+      if (log.debugOn()) log.current.debug(this._logFields(), `${nameOf(this)} is not accepting (state ${this.#state}, shutting down ${this.#shutdown !== null}); connection closed.`);
       raw.destroy();
       return;
     }
@@ -1254,7 +1259,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     this._countError("proxy", err);
     this.stats.rejected++;
     this.engine.stats.rejected++;
-    log.current.debug({ err, ...this._logFields(), peer: rawPeer(wait.socket) }, `Connection dropped: ${err.message}`);
+    if (log.debugOn()) log.current.debug({ err, ...this.#fieldsFor(rawPeer(wait.socket)) }, `Connection dropped: ${err.message}`);
     wait.socket.destroy();
   }
 
@@ -1447,7 +1452,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     this._heldHandshakeDone(wait);
     if (socket[kStream] !== undefined || socket.destroyed) return; // a stream's own deadline runs
     this._countError("tls", err);
-    log.current.debug({ err, ...this._logFields(), peer: rawPeer(wait.raw) }, `${nameOf(this)}: connection dropped: ${err.message}`);
+    if (log.debugOn()) log.current.debug({ err, ...this.#fieldsFor(rawPeer(wait.raw)) }, `${nameOf(this)}: connection dropped: ${err.message}`);
     socket[kHeldFailure] = err;
     dropSocket(socket, wait.raw);
   }
@@ -1458,7 +1463,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (key === null || (perPeer.counts.get(key) ?? 0) < this.#maxPerPeer) return false;
     this.stats.rejected++;
     this.engine.stats.rejected++;
-    log.current.debug({ ...this._logFields(), peer: formatAddress(peer) }, `${nameOf(this)}: ${key} already has ${this.#maxPerPeer} connections open (maxConnectionsPerPeer); connection closed.`);
+    if (log.debugOn()) log.current.debug(this.#fieldsFor(formatAddress(peer)), `${nameOf(this)}: ${key} already has ${this.#maxPerPeer} connections open (maxConnectionsPerPeer); connection closed.`);
     return true;
   }
 

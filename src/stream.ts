@@ -464,7 +464,7 @@ function onSocketEnd(this: OwnedSocket): void {
 function onSocketError(this: OwnedSocket, err: Error): void {
   const stream = this[kStream];
   if (stream) stream._onSocketError(err);
-  else log.current.debug({ err }, "Socket error after its stream closed.");
+  else if (log.debugOn()) log.current.debug({ err }, "Socket error after its stream closed.");
 }
 function onSocketClose(this: OwnedSocket): void {
   const stream = this[kStream];
@@ -1388,8 +1388,9 @@ export class Stream extends Channel {
    * or at `debug` when `ready()` was called (its rejection reports it).
    */
   onConnectError(err: ConnectError): void {
-    if (this.#x !== null && this.#x.readyPromise !== null) log.current.debug({ err, ...this._logFields() }, `Connect failed: ${err.message}`);
-    else log.current.warn({ err, ...this._logFields() }, `Connect failed: ${err.message}`);
+    if (this.#x !== null && this.#x.readyPromise !== null) {
+      if (log.debugOn()) log.current.debug({ err, ...this._logFields() }, `Connect failed: ${err.message}`);
+    } else log.current.warn({ err, ...this._logFields() }, `Connect failed: ${err.message}`);
   }
   /**
    * Reading failed: the socket (a reset: the stream closes), or the peer's
@@ -1398,7 +1399,7 @@ export class Stream extends Channel {
    * written for bad input, at once for a socket error.
    */
   onReadError(err: Error): void {
-    logPeerError(err, `Read error on ${nameOf(this)}`, this._logFields());
+    logPeerError(err, "Read error", this);
     const code = (err as { code?: unknown }).code;
     this.close(code === "ERR_MALFORMED_FRAME" || code === "ERR_ENCODING_INVALID_ENCODED_DATA");
   }
@@ -1408,7 +1409,7 @@ export class Stream extends Channel {
    * and close.
    */
   onWriteError(err: Error): void {
-    logPeerError(err, `Write error on ${nameOf(this)}`, this._logFields());
+    logPeerError(err, "Write error", this);
     this.close(false);
   }
   /**
@@ -1419,12 +1420,12 @@ export class Stream extends Channel {
    * peer is not reading.
    */
   onOverflowError(err: BufferOverflowError): void {
-    log.current.debug({ err, ...this._logFields() }, err.message);
+    if (log.debugOn()) log.current.debug({ err, ...this._logFields() }, err.message);
     this.close(err.direction === "read");
   }
   /** No bytes either way for `idleTimeout` ms. Default: close without flushing. */
   onTimeout(): void {
-    log.current.debug(this._logFields(), "Idle timeout.");
+    if (log.debugOn()) log.current.debug(this._logFields(), "Idle timeout.");
     this.close(false);
   }
   /**
@@ -1460,7 +1461,7 @@ export class Stream extends Channel {
    * throw {@link ChannelStateError}. Default: log at debug.
    */
   onSslHandshakeError(err: Error): void {
-    log.current.debug({ err, ...this._logFields() }, `TLS handshake failed: ${err.message.trimEnd()}`);
+    if (log.debugOn()) log.current.debug({ err, ...this._logFields() }, `TLS handshake failed: ${err.message.trimEnd()}`);
   }
   /**
    * TLS could not be set up (node:tls refused the options); the stream
@@ -1470,7 +1471,7 @@ export class Stream extends Channel {
    * throw here. Default: log it.
    */
   onSslError(err: Error): void {
-    logPeerError(err, `TLS error on ${nameOf(this)}`, this._logFields());
+    logPeerError(err, "TLS error", this);
   }
 
   // -------------------------------------------------------------------------
@@ -2541,7 +2542,7 @@ export class Stream extends Channel {
       if (this.#state !== S_OPEN) return;
     }
     if (rb !== null && rb.length > 0 && (this.#flags & F_TLS_UPGRADING) === 0) {
-      log.current.debug({ ...this._logFields(), bytes: rb.length }, "Peer closed with an incomplete frame buffered; discarded.");
+      if (log.debugOn()) log.current.debug({ ...this._logFields(), bytes: rb.length }, "Peer closed with an incomplete frame buffered; discarded.");
     }
     if ((this.#x?.pendingReads ?? 0) === 0) this.#deliverEnd();
   }
@@ -3508,8 +3509,8 @@ function checkSize(name: string, value: number): number {
   return value;
 }
 
-/** Logs a stream's read, write or TLS error: at debug when the peer caused it, else at warn. */
-function logPeerError(err: Error, message: string, fields: { channel: string; peer?: string }): void {
-  if (isPeerError(err)) log.current.debug({ err, ...fields }, `${message}: ${err.message}`);
-  else log.current.warn({ err, ...fields }, `${message}: ${err.message}`);
+/** Logs a stream's read, write or TLS error (`what`: "Read error"): at debug when the peer caused it, else at warn. */
+function logPeerError(err: Error, what: string, stream: Stream): void {
+  if (!isPeerError(err)) log.current.warn({ err, ...stream._logFields() }, `${what} on ${nameOf(stream)}: ${err.message}`);
+  else if (log.debugOn()) log.current.debug({ err, ...stream._logFields() }, `${what} on ${nameOf(stream)}: ${err.message}`);
 }

@@ -40,7 +40,7 @@ export function useNative(option: Transport | undefined, ownSocket = false): boo
   }
   if (!available && !explained) {
     explained = true;
-    log.current.debug(`Using the JS transport: ${nativeLoadError() ?? "the native addon is not available"}.`);
+    if (log.debugOn()) log.current.debug(`Using the JS transport: ${nativeLoadError() ?? "the native addon is not available"}.`);
   }
   return available;
 }

@@ -521,3 +521,59 @@ test("every log record about one connection names it the same way: channel, and 
     assert.equal(fields.peer, peer, kind);
   }
 });
+
+test("a logger's isLevelEnabled('debug') === false gets no debug records (none is built); turned on at run time, it gets them; one that throws counts as on", async (t) => {
+  const records: Array<{ level: string; msg: string }> = [];
+  let debugOn = false;
+  let asked = 0;
+  const make = (level: string) => (objOrMsg: unknown, msg?: string) => {
+    records.push({ level, msg: typeof objOrMsg === "string" ? objOrMsg : (msg ?? "") });
+  };
+  const logger = {
+    error: make("error"),
+    warn: make("warn"),
+    info: make("info"),
+    debug: make("debug"),
+    isLevelEnabled(level: string): boolean {
+      asked++;
+      if (debugOn === null) throw new Error("level lookup failed");
+      return level !== "debug" || debugOn;
+    },
+  };
+  setLogger(logger);
+  t.after(() => setLogger(undefined));
+  const engine = freshEngine(t);
+  class Thrower extends Stream {
+    override onConnect() {
+      this.readDelimiter = "\n";
+      this.bufferSize = 16;
+    }
+    override onRead() {
+      throw new Error("handler boom");
+    }
+  }
+  const port = await listenLocal(new Server(Thrower, { engine, idleTimeoutMs: 100 }), t);
+  const round = async () => {
+    const thrower = await connect(port);
+    const flooder = await connect(port);
+    const idler = await connect(port);
+    thrower.write("x\n");
+    flooder.write("y".repeat(64));
+    await Promise.all([thrower.readToEnd(), flooder.readToEnd(), idler.readToEnd()]);
+    await sleep(20);
+  };
+  await round();
+  assert.ok(asked > 0, "isLevelEnabled was asked");
+  assert.deepEqual(records.filter((r) => r.level === "debug").map((r) => r.msg), []);
+  assert.equal(records.filter((r) => r.level === "error" && /handler boom|Exception raised/.test(r.msg)).length, 1, JSON.stringify(records));
+  debugOn = true;
+  records.length = 0;
+  await round();
+  const debug = records.filter((r) => r.level === "debug").map((r) => r.msg);
+  assert.ok(debug.includes("Idle timeout."), JSON.stringify(debug));
+  assert.ok(debug.some((m) => /bufferSize/.test(m)), JSON.stringify(debug));
+  (debugOn as boolean | null) = null;
+  records.length = 0;
+  await round();
+  assert.ok(records.some((r) => r.level === "debug" && r.msg === "Idle timeout."), JSON.stringify(records));
+});
