@@ -161,15 +161,26 @@ interface Rare {
   finish: Slot;
   corkedCallback: ((err?: Error | null) => void) | null;
   peer: { address: string; port: number; family: number } | null | undefined;
-  /**
-   * A name's other addresses, tried in turn while connects fail, each
-   * attempt but the last given up after node:net's autoSelectFamily
-   * attempt timeout (as node:net does: a black-holed first address must
-   * not hold the connect for the kernel's minutes).
-   */
-  fallback: { addresses: string[]; port: number; local: LocalAddress | null; timer: ReturnType<typeof setTimeout> | null } | null;
-  /** A client connect's current attempt, as node:net names it in an error ("127.0.0.1:7", a UNIX path), and the failures of the earlier ones. */
-  attempt: { where: string; failed: string[] } | null;
+  attempts: Attempts | null;
+}
+
+/**
+ * A client connect's attempts. A name's addresses are tried in turn while
+ * connects fail, each attempt but the last given up after node:net's
+ * autoSelectFamily attempt timeout (as node:net does: a black-holed first
+ * address must not hold the connect for the kernel's minutes).
+ */
+interface Attempts {
+  /** The current attempt, as node:net names it in an error: "127.0.0.1:7", a UNIX path. */
+  where: string;
+  /** The earlier attempts' failures: "connect ECONNREFUSED ::1:7". */
+  failed: string[];
+  /** The name's addresses left to try, on `port`, from `local`. */
+  next: string[];
+  port: number;
+  local: LocalAddress | null;
+  /** The current attempt's timeout, while `next` is not empty. */
+  timer: ReturnType<typeof setTimeout> | null;
 }
 
 /** The addon's connect to `host`, bound first to `local` when given ("" is any address of `host`'s family, as node:net binds). */
@@ -286,8 +297,9 @@ export class NativeSocket {
       const family = target.family ?? 0;
       const addresses = getDefaultAutoSelectFamily() && family !== 4 && family !== 6 ? attemptOrder(found) : [];
       if (addresses.length === 0) addresses.push(found[0]!.address);
-      if (addresses.length > 1) socket.#extra().fallback = { addresses: addresses.slice(1), port: target.port, local, timer: null };
-      if (socket.#open(`${addresses[0]!}:${target.port}`, () => connectFrom(native, addresses[0]!, target.port, local), true)) socket.#armAttempt();
+      const first = addresses.shift()!;
+      socket.#extra().attempts = { where: "", failed: [], next: addresses, port: target.port, local, timer: null };
+      if (socket.#open(`${first}:${target.port}`, () => connectFrom(native, first, target.port, local), true)) socket.#armAttempt();
     });
     return socket;
   }
@@ -301,9 +313,7 @@ export class NativeSocket {
    * could not create. False then.
    */
   #open(where: string, start: () => NativeConn, now: boolean): boolean {
-    const rare = this.#extra();
-    if (rare.attempt === null) rare.attempt = { where, failed: [] };
-    else rare.attempt.where = where;
+    (this.#extra().attempts ??= { where, failed: [], next: [], port: 0, local: null, timer: null }).where = where;
     let conn: NativeConn;
     try {
       conn = start();
@@ -354,7 +364,7 @@ export class NativeSocket {
   }
 
   #extra(): Rare {
-    return (this.#rare ??= { connect: null, drain: null, finish: null, corkedCallback: null, peer: undefined, fallback: null, attempt: null });
+    return (this.#rare ??= { connect: null, drain: null, finish: null, corkedCallback: null, peer: undefined, attempts: null });
   }
 
   /** For `fileno`. */
@@ -743,54 +753,53 @@ export class NativeSocket {
    */
   #connectFailed(code: string): void {
     if (this.destroyed) return;
-    const attempt = this.#rare?.attempt ?? null;
-    const err = uvError(code, "connect", attempt?.where ?? "");
-    if (attempt !== null && attempt.failed.length > 0) err.message = `${attempt.failed.join("; ")}; ${err.message}`;
+    const attempts = this.#rare?.attempts ?? null;
+    const err = uvError(code, "connect", attempts?.where ?? "");
+    if (attempts !== null && attempts.failed.length > 0) err.message = `${attempts.failed.join("; ")}; ${err.message}`;
     this.#emit("error", err);
     this.destroy();
   }
 
   /** While another address is left to try, the current attempt has node:net's attempt timeout. */
   #armAttempt(): void {
-    const fallback = this.#rare?.fallback ?? null;
-    if (fallback === null || fallback.addresses.length === 0 || this.destroyed) return;
-    fallback.timer = setTimeout(attemptTimedOut, getDefaultAutoSelectFamilyAttemptTimeout(), this);
+    const attempts = this.#rare?.attempts ?? null;
+    if (attempts === null || attempts.next.length === 0 || this.destroyed) return;
+    attempts.timer = setTimeout(attemptTimedOut, getDefaultAutoSelectFamilyAttemptTimeout(), this);
   }
 
   /** Stops the timer of the current attempt of a name's connect, if one runs. */
   #clearAttempt(): void {
-    const fallback = this.#rare?.fallback ?? null;
-    if (fallback !== null && fallback.timer !== null) {
-      clearTimeout(fallback.timer);
-      fallback.timer = null;
+    const attempts = this.#rare?.attempts ?? null;
+    if (attempts !== null && attempts.timer !== null) {
+      clearTimeout(attempts.timer);
+      attempts.timer = null;
     }
   }
 
   /** @internal The current attempt of a name's connect took too long: on to the next address. */
   _attemptTimedOut(): void {
-    const fallback = this.#rare?.fallback ?? null;
-    if (fallback === null) return;
-    fallback.timer = null;
+    const attempts = this.#rare?.attempts ?? null;
+    if (attempts === null) return;
+    attempts.timer = null;
     if (this.connecting && !this.destroyed) this._connected("ETIMEDOUT");
   }
 
   /** @internal */
   _connected(code: string | null): void {
-    const fallback = this.#rare?.fallback ?? null;
-    if (fallback !== null) {
+    const attempts = this.#rare?.attempts ?? null;
+    if (attempts !== null) {
       this.#clearAttempt();
-      const next = code !== null && !this.destroyed ? fallback.addresses.shift() : undefined;
+      const next = code !== null && !this.destroyed ? attempts.next.shift() : undefined;
       if (next !== undefined) {
         // That address failed: the next one, on a new handle (the old one closes unheard).
         const failed = this.#conn!;
         failed.owner = null;
         failed.close();
-        const attempt = this.#rare!.attempt;
-        attempt?.failed.push(`connect ${code} ${attempt.where}`);
-        if (this.#open(`${next}:${fallback.port}`, () => connectFrom(nativeAddon()!, next, fallback.port, fallback.local), true)) this.#armAttempt();
+        attempts.failed.push(`connect ${code} ${attempts.where}`);
+        if (this.#open(`${next}:${attempts.port}`, () => connectFrom(nativeAddon()!, next, attempts.port, attempts.local), true)) this.#armAttempt();
         return;
       }
-      this.#rare!.fallback = null;
+      attempts.next.length = 0;
     }
     this.connecting = false;
     if (code !== null) {
