@@ -299,9 +299,8 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   // Restarts waiting out their delay: a shutdown cancels them, or one (up to
   // 30 s away) would hold the primary's exit after its workers are gone.
   const pendingRestarts = new Set<() => void>();
-  // Workers whose rolling-restart replacement is starting, and those of them that crashed meanwhile.
-  const beingReplaced = new Set<Worker>();
-  const crashedWhileReplaced = new Set<Worker>();
+  // Workers whose rolling-restart replacement is starting: true once one of them crashed meanwhile.
+  const beingReplaced = new Map<Worker, boolean>();
   // Exits the crash handler leaves alone: ones we asked for, and workers
   // that have not listened yet (a start that fails is reported, not retried).
   const expected = new Set<Worker>();
@@ -454,7 +453,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       // unless it fails to start; then replaceAll() restarts this one.
       if (beingReplaced.has(worker)) {
         log.current.warn(`Worker ${worker.process.pid} exited (${signal ?? code}) while its replacement was starting.`);
-        crashedWhileReplaced.add(worker);
+        beingReplaced.set(worker, true);
         return;
       }
       restartLater(worker, `exited (${signal ?? code})`);
@@ -499,10 +498,10 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
         if (worker.isDead()) continue;
         // Start the replacement first, so capacity never drops to zero.
         const fresh = fork();
-        beingReplaced.add(worker);
+        beingReplaced.set(worker, false);
         const started = await whenListening(fresh);
+        const crashed = beingReplaced.get(worker) === true;
         beingReplaced.delete(worker);
-        const crashed = crashedWhileReplaced.delete(worker);
         if (!started) {
           if (stopped !== null) break;
           log.current.error("A replacement worker failed to start; keeping the old ones.");
