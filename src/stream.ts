@@ -54,7 +54,7 @@ import { NativeSocket, nativeAddon, nativeLimits } from "./native-socket.js";
 import { useNative } from "./transport.js";
 import type { FileJob, FileSink } from "./write-file.js";
 import type { Server } from "./server.js";
-import { adoptAccessorFields, checkOptionKeys, optionKeys } from "./options.js";
+import { adoptAccessorFields, checkOptionKeys, checkOptions, optionKeys } from "./options.js";
 
 /** Options of {@link Stream.connect}. A key it does not know is ignored and logged once (a `warn` naming the nearest known key). */
 export interface ConnectOptions {
@@ -3491,15 +3491,12 @@ function flushTypeError(method: string, flush: unknown): TypeError {
 
 /** writePacked()'s options: an object whose `format` is a format string, a Struct or a NetStruct, and whose `flush` is a boolean. */
 function checkPackedOptions(options: unknown): void {
-  if (typeof options !== "object" || options === null) {
-    throw typeError(`writePacked() expects options to be an object, got ${describe(options)}.`);
-  }
+  checkOptions("writePacked()", options, PACKED_KEYS);
   const { format, flush } = options as { format?: unknown; flush?: unknown };
   if (format !== undefined && typeof format !== "string" && !(format instanceof Struct) && !(format instanceof NetStruct)) {
     throw typeError(`writePacked() expects options.format to be a format string, a Struct or a NetStruct, got ${describe(format)}.`);
   }
   if (flush !== undefined && typeof flush !== "boolean") throw flushTypeError("writePacked()", flush);
-  checkOptionKeys("writePacked()", options, PACKED_KEYS);
 }
 
 function checkSize(name: string, value: number): number {
