@@ -751,7 +751,8 @@ export class Stream extends Channel {
 
   /**
    * The largest frame, in bytes, a delimiter may deliver (default 65536).
-   * Raised to the delimiter's own size for integers and structs.
+   * Reads back the value set: an integer or Struct delimiter larger than it
+   * is framed at its own size (framing uses the larger of the two).
    * @throws TypeError for a value that is no number; RangeError unless a positive integer.
    */
   get bufferSize(): number {
