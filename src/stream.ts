@@ -1752,8 +1752,11 @@ export class Stream extends Channel {
 
   /** @internal A client's node:tls 'session': the server sent a session it can resume. */
   _onSession(session: Buffer): void {
-    if (this.#state === S_CLOSED) return;
+    // Kept even once closed (sslSession is read after the close): under
+    // TLS 1.2 the session comes in the turn the handshake ended, after an
+    // onConnect that may have closed the stream already.
     this.#extras().session = session;
+    if (this.#state === S_CLOSED) return;
     // node:tls emits it once the server is verified, after 'secureConnect':
     // onConnect (or a STARTTLS onSslHandshake) has run, unless the stream
     // began closing before its onConnect (in onSslHandshake), which gets

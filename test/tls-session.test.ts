@@ -148,6 +148,28 @@ for (const version of VERSIONS) {
   });
 }
 
+test("TLS 1.2: a client that closes in onConnect still has the session its handshake brought (sslSession, once closed), and it resumes", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const { server, reused } = recordingServer(engine, serverOptions());
+  const port = await listenLocal(server, t);
+  class Quick extends Remember {
+    override onConnect() {
+      super.onConnect();
+      this.close();
+    }
+  }
+  const first = new Quick({ engine, sslOptions: clientOptions("TLSv1.2") }).connect(["127.0.0.1", port]);
+  await waitFor(() => first.closed, 5000, "the first client's close");
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(first.events, ["handshake reused=false", "connect"], "no onSslSession once closed");
+  assert.ok(first.sslSession !== null, "the session of the handshake, readable once closed (it was null)");
+  const second = await visit(engine, port, clientOptions("TLSv1.2", first.sslSession), false);
+  assert.equal(second.sslSessionReused, true);
+  second.close();
+  await waitFor(() => reused.length === 2, 5000, "both server-side connections");
+  assert.deepEqual(reused, [false, true]);
+});
+
 test("a client that began closing in onSslHandshake (so never gets onConnect) gets no onSslSession either: onClose only follows", { skip }, async (t) => {
   const engine = freshEngine(t);
   const { server } = recordingServer(engine, serverOptions());
