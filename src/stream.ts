@@ -2576,7 +2576,8 @@ export class Stream extends Channel {
 
   /** The ConnectError of a client's failed connect, naming the target, `stage` and `err`'s message; `err` is its cause. */
   #connectFailed(stage: string, err: Error): ConnectError {
-    return new ConnectError(`Could not connect ${nameOf(this)} to ${formatAddress(this.#targetAddress())}: ${stage}${connectMessage(err)}`, { cause: err });
+    // trimEnd: OpenSSL's messages (a failed handshake's) end with a newline.
+    return new ConnectError(`Could not connect ${nameOf(this)} to ${formatAddress(this.#targetAddress())}: ${stage}${connectMessage(err).trimEnd()}`, { cause: err });
   }
 
   /**

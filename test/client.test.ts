@@ -306,6 +306,28 @@ test("the default onConnectError logs a warning, or at debug when ready() report
   assert.deepEqual(logs.filter((l) => /Connect failed/.test(l.msg)).map((l) => l.level), ["debug"]);
 });
 
+test("a TLS client meeting a plain TCP server: ConnectError's message and the default warning are one line (OpenSSL's message ends with a newline)", async (t) => {
+  const logs = captureLogs(t);
+  const engine = freshEngine(t);
+  const plain = net.createServer((c) => {
+    c.on("error", () => {});
+    c.on("data", () => c.write("-ERR unknown command\r\n"));
+  });
+  await new Promise<void>((resolve) => plain.listen(0, "127.0.0.1", resolve));
+  t.after(() => plain.close());
+  const s = new Recording({ engine, sslOptions: { cert_reqs: "CERT_NONE" } }).connect(["127.0.0.1", (plain.address() as net.AddressInfo).port]);
+  await waitFor(() => s.events.includes("close"));
+  assert.deepEqual(s.events, ["connectError", "close"]);
+  assert.equal(s.error!.errno, "ERR_SSL_WRONG_VERSION_NUMBER");
+  assert.match(s.error!.message, /TLS handshake failed: .*wrong version number/);
+  assert.doesNotMatch(s.error!.message, /\s$/, "no trailing newline (there was OpenSSL's)");
+  const quiet = new Stream({ engine, sslOptions: { cert_reqs: "CERT_NONE" } }).connect(["127.0.0.1", (plain.address() as net.AddressInfo).port]);
+  await waitFor(() => quiet.closed);
+  const warned = logs.filter((l) => l.level === "warn" && /Connect failed/.test(l.msg));
+  assert.equal(warned.length, 1);
+  assert.doesNotMatch(warned[0]!.msg, /\n/);
+});
+
 test("ready() settles when onConnect closes the stream (close(), close(false), or a throw)", async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
