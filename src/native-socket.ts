@@ -173,8 +173,8 @@ interface Rare {
 interface Attempts {
   /** The current attempt, as node:net names it in an error: "127.0.0.1:7", a UNIX path. */
   where: string;
-  /** The earlier attempts' failures: "connect ECONNREFUSED ::1:7". */
-  failed: string[];
+  /** The earlier attempts' errors ("connect ECONNREFUSED ::1:7"). */
+  failed: NodeJS.ErrnoException[];
   /** The name's addresses left to try, on `port`, from `local`. */
   next: string[];
   port: number;
@@ -748,14 +748,19 @@ export class NativeSocket {
 
   /**
    * A client connect failed with `code`: its error names the address, as
-   * node:net's do ("connect ECONNREFUSED 127.0.0.1:7"), and each earlier
-   * address of a name that failed too, before it.
+   * node:net's do ("connect ECONNREFUSED 127.0.0.1:7"). After earlier
+   * addresses of a name failed too, the error is node:net's for that: an
+   * AggregateError of every attempt's error, with the first one's code.
    */
   #connectFailed(code: string): void {
     if (this.destroyed) return;
     const attempts = this.#rare?.attempts ?? null;
-    const err = uvError(code, "connect", attempts?.where ?? "");
-    if (attempts !== null && attempts.failed.length > 0) err.message = `${attempts.failed.join("; ")}; ${err.message}`;
+    let err: Error = uvError(code, "connect", attempts?.where ?? "");
+    if (attempts !== null && attempts.failed.length > 0) {
+      const all = new AggregateError([...attempts.failed, err], "") as AggregateError & NodeJS.ErrnoException;
+      all.code = attempts.failed[0]!.code;
+      err = all;
+    }
     this.#emit("error", err);
     this.destroy();
   }
@@ -790,12 +795,12 @@ export class NativeSocket {
     if (attempts !== null) {
       this.#clearAttempt();
       const next = code !== null && !this.destroyed ? attempts.next.shift() : undefined;
-      if (next !== undefined) {
+      if (code !== null && next !== undefined) {
         // That address failed: the next one, on a new handle (the old one closes unheard).
         const failed = this.#conn!;
         failed.owner = null;
         failed.close();
-        attempts.failed.push(`connect ${code} ${attempts.where}`);
+        attempts.failed.push(uvError(code, "connect", attempts.where));
         if (this.#open(`${next}:${attempts.port}`, () => connectFrom(nativeAddon()!, next, attempts.port, attempts.local), true)) this.#armAttempt();
         return;
       }

@@ -532,6 +532,19 @@ test("a host name whose every address refuses: ConnectError ECONNREFUSED with sy
   assert.match(s.error!.message, /: connect ECONNREFUSED 127\.0\.0\.\d:\d+/);
 });
 
+test("a host name whose addresses fail differently: the error is node:net's on every transport (errno of the first attempt, an AggregateError of all the attempts as cause)", async (t) => {
+  const port = await freePort();
+  // A TCP connect to the broadcast address fails at once (ENETUNREACH); 127.0.0.1:port refuses.
+  fakeResolver(t, "mixed-failures.example", ["255.255.255.255", "127.0.0.1"]);
+  const s = await failedConnect(t, ["mixed-failures.example", port]);
+  assert.equal(s.error!.errno, "ENETUNREACH", "the first attempt's code, as node:net's AggregateError has it (the native transport said ECONNREFUSED, the last one's)");
+  assert.equal(s.error!.syscall, "connect");
+  const cause = s.error!.cause;
+  assert.ok(cause instanceof AggregateError, `cause: ${String(cause)}`);
+  assert.deepEqual(cause.errors.map((e: NodeJS.ErrnoException) => [e.code, e.syscall]), [["ENETUNREACH", "connect"], ["ECONNREFUSED", "connect"]]);
+  assert.match(s.error!.message, new RegExp(`: connect ENETUNREACH 255\\.255\\.255\\.255:${port}[^;]*; connect ECONNREFUSED 127\\.0\\.0\\.1:${port}$`), s.error!.message);
+});
+
 /**
  * A host name `name` whose first address, 127.0.0.1:port, drops SYNs (a live
  * server whose full queue nobody accepts from) and whose second,
