@@ -21,6 +21,8 @@ export const ErrorCode = {
   TIMEOUT: "ERR_TIMEOUT",
   /** {@link ProxyProtocolError}: a missing or malformed PROXY header. */
   PROXY_PROTOCOL: "ERR_PROXY_PROTOCOL",
+  /** {@link AbortError}: an `AbortSignal` cancelled the operation (Node's own code for its `AbortError`). */
+  ABORT: "ABORT_ERR",
 } as const;
 
 /** Any of the codes in {@link ErrorCode}. */
@@ -124,6 +126,18 @@ export class TimeoutError extends PantsError {
 export class ProxyProtocolError extends PantsError {
   constructor(message: string, options?: { cause?: unknown }) {
     super(ErrorCode.PROXY_PROTOCOL, message, options);
+  }
+}
+
+/**
+ * An `AbortSignal` given to an operation aborted it before it completed
+ * (a `connect()`): the shape of Node's own `AbortError` (name
+ * `"AbortError"`, code `"ABORT_ERR"`), with the signal's `reason` as its
+ * `cause`.
+ */
+export class AbortError extends PantsError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCode.ABORT, message, options);
   }
 }
 

@@ -32,6 +32,7 @@ export {
   InvalidReadDelimiterError,
   TimeoutError,
   ProxyProtocolError,
+  AbortError,
 } from "./errors.js";
 export type { ErrorCodeValue } from "./errors.js";
 export { parseProxyHeader, parseProxySsl, encodeProxyV1, encodeProxyV2, PROXY_V1_MAX_LENGTH, PROXY_V2_SIGNATURE, ProxyTlvType } from "./proxy-protocol.js";

@@ -33,6 +33,7 @@ import { checkTransport, useNative } from "./transport.js";
 import type { Transport } from "./transport.js";
 import type { Timed } from "./timeouts.js";
 import { adoptAccessorFields, checkOptionKeys, checkOptions, optionKeys } from "./options.js";
+import { checkSignal, onAbort } from "./abort.js";
 
 /**
  * Options of the {@link Server} constructor. A key it does not know is
@@ -123,12 +124,20 @@ const SERVER_KEYS = optionKeys<ServerOptions>({
   transport: true,
   reusePort: true,
 });
-const SHUTDOWN_KEYS = optionKeys<ShutdownOptions>({ timeoutMs: true });
+const SHUTDOWN_KEYS = optionKeys<ShutdownOptions>({ timeoutMs: true, signal: true });
 
 /** Options of {@link Server.shutdown}. A key it does not know is ignored and logged once (a `warn` naming the nearest known key). */
 export interface ShutdownOptions {
   /** Connections still open this many ms after the call are closed without flushing (default 10 000; 0: no deadline). */
   timeoutMs?: number;
+  /**
+   * Ends the wait: once it aborts (already aborted: at once), the
+   * connections still open are closed without flushing, as at the
+   * deadline, and the promise resolves. Its listener is removed when the
+   * shutdown completes.
+   * @throws TypeError (from `shutdown()`) unless an `AbortSignal`.
+   */
+  signal?: AbortSignal;
 }
 
 const ST_INIT = 0;
@@ -786,7 +795,8 @@ export class Server<S extends Stream = Stream> extends Channel {
    * Graceful shutdown: stops accepting at once, calls every connection's
    * `onShutdown()` (default `close(true)`), and resolves once all have
    * closed; connections still open after `timeoutMs` (default 10 000; 0:
-   * no deadline) are closed without flushing. The server ends closed.
+   * no deadline), or once `signal` aborts, are closed without flushing.
+   * The server ends closed.
    * Called again while it drains, it returns the same promise, and a
    * deadline earlier than the one running replaces it.
    */
@@ -794,6 +804,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (!(this instanceof Server)) throw unboundError("shutdown", "Server", this);
     if (options !== undefined) checkOptions("shutdown()", options, SHUTDOWN_KEYS);
     const timeoutMs = optionalMs("timeoutMs", options?.timeoutMs, 10_000);
+    const signal = checkSignal("shutdown()'s", options?.signal);
     if (this.#shutdown === null) {
       this.#shutdown = new Promise<void>((resolve) => {
         this.#shutdownDone = resolve;
@@ -813,14 +824,22 @@ export class Server<S extends Stream = Stream> extends Channel {
         this.#shutdownTimer?.cancel();
         // An engine timer: on the engine's clock (a manual one in tests),
         // and whole however long (engine timers wait past Node's 2^31-1 ms).
-        this.#shutdownTimer = this.engine.defer(timeoutMs, () => {
-          for (const conn of [...this.#channels.values()]) conn.close(false);
-          this.#checkShutdownDone();
-        });
+        this.#shutdownTimer = this.engine.defer(timeoutMs, () => this.#forceShutdown());
       }
+    }
+    if (signal !== undefined && this.#shutdownDone !== null && this.#channels.size > 0) {
+      if (signal.aborted) this.#forceShutdown();
+      else void this.#shutdown.then(onAbort(signal, () => this.#forceShutdown()));
     }
     this.#checkShutdownDone();
     return this.#shutdown;
+  }
+
+  /** The drain's end (its deadline, or its signal): what is still open closes without flushing. */
+  #forceShutdown(): void {
+    if (this.#shutdownDone === null) return;
+    for (const conn of [...this.#channels.values()]) conn.close(false);
+    this.#checkShutdownDone();
   }
 
   // -------------------------------------------------------------------------

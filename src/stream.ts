@@ -19,7 +19,9 @@ import type { ChannelOptions } from "./channel.js";
 import type { Stats } from "./engine.js";
 import { addressOverride, parseAddress, parseLocalAddress, fromNodeAddress, copyAddress, formatAddress, withScope, dialHost } from "./address.js";
 import type { Address, LocalAddress, ParsedAddress } from "./address.js";
+import { checkSignal, onAbort } from "./abort.js";
 import {
+  AbortError,
   BufferOverflowError,
   ChannelStateError,
   ConnectError,
@@ -69,14 +71,33 @@ export interface ConnectOptions {
    * the connect (`onConnectError`).
    */
   localAddress?: Address;
+  /**
+   * Cancels the connect: aborted before `onConnect` (the DNS lookup, the
+   * TCP connect, the TLS handshake), the stream closes at once, `ready()`
+   * rejects with an {@link AbortError} whose `cause` is `signal.reason`,
+   * and `onClose` follows; `onConnectError` is not called (nothing failed:
+   * it was cancelled, as a `close()` before `onConnect` is). An
+   * already-aborted signal opens no socket: the stream closes on a later
+   * tick, the same way. Once `onConnect` has run the signal no longer
+   * applies (unlike node:net's, which destroys the socket whenever it
+   * aborts): its listener is removed then, or when the stream closes.
+   * @throws TypeError (from `connect()`) unless an `AbortSignal`.
+   */
+  signal?: AbortSignal;
 }
 
-/** connect()'s options, checked: the local address to bind, or null. */
-function localAddressOf(options: ConnectOptions | undefined, target: ParsedAddress): LocalAddress | null {
-  if (options === undefined) return null;
+/** connect()'s options, checked: the local address to bind (or null), and the signal (if any). */
+function connectOptionsOf(options: ConnectOptions | undefined, target: ParsedAddress): { local: LocalAddress | null; signal: AbortSignal | undefined } {
+  if (options === undefined) return { local: null, signal: undefined };
   if (options === null || typeof options !== "object") throw typeError(`connect()'s options must be an object, got ${describe(options)}.${netFormHint("connect", options)}`);
   checkOptionKeys("connect()", options, CONNECT_KEYS);
-  return options.localAddress === undefined ? null : parseLocalAddress(options.localAddress, target);
+  const signal = checkSignal("connect()'s", options.signal);
+  return { local: options.localAddress === undefined ? null : parseLocalAddress(options.localAddress, target), signal };
+}
+
+/** connect() was given an already-aborted signal: the stream closes on this later tick. */
+function abortLater(stream: Stream, signal: AbortSignal): void {
+  stream._connectAborted(signal);
 }
 
 /** The family a host name's lookup asks for: IPv6 for a 4-tuple, else any (0). */
@@ -98,7 +119,7 @@ export interface StreamOptions extends ChannelOptions {
   sslOptions?: SslOptions;
 }
 
-const CONNECT_KEYS = optionKeys<ConnectOptions>({ localAddress: true });
+const CONNECT_KEYS = optionKeys<ConnectOptions>({ localAddress: true, signal: true });
 const STREAM_KEYS = optionKeys<StreamOptions>({ engine: true, socket: true, sslOptions: true });
 const PACKED_KEYS = optionKeys<WritePackedOptions>({ format: true, flush: true });
 
@@ -418,6 +439,8 @@ class Extras {
   session: Buffer | null = null;
   /** The TLS handshake resumed a session. */
   sessionReused = false;
+  /** Removes the listener of connect()'s signal (null: none, or removed). */
+  dropSignal: (() => void) | null = null;
   /** What the TLS handshake agreed, kept from its end (sslProtocol, sslCipher read it after the close too). */
   sslProtocol: string | null = null;
   sslCipher: CipherNameAndProtocol | null = null;
@@ -1079,11 +1102,18 @@ export class Stream extends Channel {
     // Class fields over Stream's setters, before anything reads them (a refused value throws here, the stream unconnected).
     adoptAccessorFields(this, Stream.prototype, "Stream");
     const target = parseAddress(address);
-    const local = localAddressOf(options, target);
+    const { local, signal } = connectOptionsOf(options, target);
     // Before the state changes: a transport that cannot be had throws, as a bad address does, and leaves the stream unconnected.
     const native = this.#x?.sslOptions == null && useNative(undefined);
     this.#extras().connectTarget = target;
     this.#state = S_CONNECTING;
+    if (signal?.aborted === true) {
+      // No socket: the stream closes on a later tick, as one aborted while connecting does now.
+      this.engine._channels.add(this);
+      process.nextTick(abortLater, this, signal);
+      return this;
+    }
+    if (signal !== undefined) this.#x!.dropSignal = onAbort(signal, () => this._connectAborted(signal));
     let sock: net.Socket | NativeSocket;
     const host = target.kind !== "tcp" ? "" : target.host === "" ? dialHost(target) : withScope(target.host, target.scopeid);
     if (native) {
@@ -1120,6 +1150,28 @@ export class Stream extends Channel {
     this.engine.stats.open++;
     this.#updateTimed(); // an idleTimeout set before connect() bounds the connect
     return this;
+  }
+
+  /**
+   * @internal connect()'s signal aborted: a stream that has not connected
+   * yet closes now (no `onConnectError`), and `ready()` rejects with an
+   * {@link AbortError}; a no-op once connected or closed.
+   */
+  _connectAborted(signal: AbortSignal): void {
+    if (this.#state === S_CLOSED || (this.#flags & F_EVER_CONNECTED) !== 0) return;
+    const x = this.#extras();
+    if (x.connectError === null) {
+      x.connectError = new AbortError(`The connect of ${nameOf(this)} to ${formatAddress(this.#targetAddress())} was aborted.`, { cause: signal.reason });
+    }
+    this.#finishClose(false, true);
+  }
+
+  #dropSignal(): void {
+    const x = this.#x;
+    if (x === null || x.dropSignal === null) return;
+    const drop = x.dropSignal;
+    x.dropSignal = null;
+    drop();
   }
 
   /**
@@ -1835,6 +1887,7 @@ export class Stream extends Channel {
     }
     this.#state = S_OPEN;
     this.#flags |= F_EVER_CONNECTED;
+    this.#dropSignal(); // the connect is done: its signal no longer applies
     if ((this.#flags & F_COUNTED) === 0) {
       this.#flags |= F_COUNTED;
       this.engine.stats.accepted++;
@@ -3106,6 +3159,7 @@ export class Stream extends Channel {
       else if (x.readyPromise === null && x.connectError === null) x.connectError = err;
       this.#payConnectError();
     }
+    this.#dropSignal();
     this._callOnClose();
     if (diagnostics.connectionClose.hasSubscribers) diagnostics.connectionClose.publish({ stream: this });
   }

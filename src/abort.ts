@@ -1,0 +1,24 @@
+/**
+ * `AbortSignal` options: checked once, and a listener that the operation
+ * removes when it completes, so one long-lived signal given to many
+ * operations does not collect a listener for each.
+ */
+import { describe, typeError } from "./errors.js";
+
+/**
+ * @internal `value` when it is an `AbortSignal` (or undefined: none given).
+ * @throws TypeError (`ERR_INVALID_ARG_TYPE`) for anything else.
+ */
+export function checkSignal(where: string, value: unknown): AbortSignal | undefined {
+  if (value === undefined || value instanceof AbortSignal) return value;
+  throw typeError(`${where} signal must be an AbortSignal, got ${describe(value)}.`);
+}
+
+/**
+ * @internal Calls `fn` once when `signal` aborts; returns what removes the
+ * listener (call it when the operation completes; calling it again is harmless).
+ */
+export function onAbort(signal: AbortSignal, fn: () => void): () => void {
+  signal.addEventListener("abort", fn, { once: true });
+  return () => signal.removeEventListener("abort", fn);
+}
