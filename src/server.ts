@@ -842,6 +842,18 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.#checkShutdownDone();
   }
 
+  /**
+   * What `await using server = ...` does when the block ends: a graceful
+   * {@link shutdown} with its default deadline (10 s), so it never waits
+   * for ever on a connection that does not close (node:net's waits for
+   * every connection to end). Fine on a server that never listened or has
+   * closed; calling it again returns the same promise.
+   */
+  [Symbol.asyncDispose](): Promise<void> {
+    if (!(this instanceof Server)) throw unboundError("[Symbol.asyncDispose]", "Server", this);
+    return this.shutdown();
+  }
+
   // -------------------------------------------------------------------------
   // Handlers
 

@@ -441,6 +441,9 @@ class Extras {
   sessionReused = false;
   /** Removes the listener of connect()'s signal (null: none, or removed). */
   dropSignal: (() => void) | null = null;
+  /** Resolves the promise of `[Symbol.asyncDispose]()` once onClose has run. */
+  disposed: (() => void) | null = null;
+  disposePromise: Promise<void> | null = null;
   /** What the TLS handshake agreed, kept from its end (sslProtocol, sslCipher read it after the close too). */
   sslProtocol: string | null = null;
   sslCipher: CipherNameAndProtocol | null = null;
@@ -1172,6 +1175,26 @@ export class Stream extends Channel {
     const drop = x.dropSignal;
     x.dropSignal = null;
     drop();
+  }
+
+  /**
+   * What `await using stream = ...` does when the block ends: `close()`
+   * (flushing what was written; bounded as `close(true)` is, 30 s without
+   * progress at most), resolving once `onClose` has run. Resolves at once
+   * on a closed stream; calling it again returns the same promise.
+   */
+  [Symbol.asyncDispose](): Promise<void> {
+    if (!(this instanceof Stream)) throw unboundError("[Symbol.asyncDispose]", "Stream", this);
+    if (this.#state === S_CLOSED) return this.#x?.disposePromise ?? Promise.resolve();
+    const x = this.#extras();
+    if (x.disposePromise === null) {
+      x.disposePromise = new Promise<void>((resolve) => {
+        x.disposed = resolve;
+      });
+    }
+    const done = x.disposePromise;
+    this.close();
+    return done;
   }
 
   /**
@@ -3161,6 +3184,11 @@ export class Stream extends Channel {
     }
     this.#dropSignal();
     this._callOnClose();
+    const disposed = this.#x?.disposed ?? null;
+    if (disposed !== null) {
+      this.#x!.disposed = null;
+      disposed();
+    }
     if (diagnostics.connectionClose.hasSubscribers) diagnostics.connectionClose.publish({ stream: this });
   }
 

@@ -1,6 +1,7 @@
 /**
- * Cancellation: an AbortSignal cancels a pending connect or ends a
- * shutdown's wait, its listener removed once the operation is done.
+ * Explicit resource management and cancellation: `await using` a server
+ * or a stream closes it, and an AbortSignal cancels a pending connect or
+ * ends a shutdown's wait, its listener removed once the operation is done.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -60,6 +61,61 @@ function assertAbortError(err: unknown, reason: unknown): true {
   assert.equal(err.cause, reason);
   return true;
 }
+
+test("await using a server shuts it down when the block ends: the port refuses, its connections closed", { timeout: 20_000 }, async (t) => {
+  const engine = freshEngine(t);
+  let port = 0;
+  let closes = 0;
+  class S extends Server {
+    override onClose() {
+      closes++;
+      super.onClose();
+    }
+  }
+  const client = await (async () => {
+    await using server = new S(Echo, { engine });
+    port = await listenLocal(server);
+    const c = await connect(port);
+    await waitFor(() => server.channels.size === 1);
+    return c;
+  })();
+  assert.equal(closes, 1, "onClose ran before the block's end resolved");
+  await client.readToEnd();
+  await assert.rejects(connect(port), /ECONNREFUSED/);
+});
+
+test("Server [Symbol.asyncDispose]: idempotent, fine on a server that never listened or has closed", { timeout: 20_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const never = new Server(Echo, { engine });
+  const first = never[Symbol.asyncDispose]();
+  assert.equal(never[Symbol.asyncDispose](), first, "the same promise");
+  await first;
+  assert.equal(never.closed, true);
+  const closed = new Server(Echo, { engine });
+  await listenLocal(closed);
+  closed.close();
+  await closed[Symbol.asyncDispose]();
+  assert.equal(closed.closed, true);
+});
+
+test("await using a client stream closes it and resolves once onClose has run", { timeout: 20_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const server = new Server(Echo, { engine });
+  const port = await listenLocal(server, t);
+  const { Client, events } = recorder();
+  {
+    await using client = new Client({ engine }).connect(["127.0.0.1", port]);
+    await client.ready();
+    await waitFor(() => server.channels.size === 1);
+  }
+  assert.deepEqual(events, ["connect", "close"]);
+  await waitFor(() => server.channels.size === 0, 5000, "the server's side to close");
+  // Again, on a stream that never connected, and a second call.
+  const idle = new Client({ engine });
+  await idle[Symbol.asyncDispose]();
+  assert.equal(idle.closed, true);
+  await idle[Symbol.asyncDispose]();
+});
 
 test("connect({ signal }): aborted while the TCP connect is under way, the stream closes and ready() rejects with AbortError", { timeout: 20_000 }, async (t) => {
   const engine = freshEngine(t);
