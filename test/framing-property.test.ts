@@ -10,6 +10,7 @@ import fc from "fast-check";
 import { NetStruct, Stream, Struct } from "../src/index.js";
 import type { Decoder } from "../src/index.js";
 import { memoryPeer } from "../src/testing.js";
+import { captureLogs } from "./helpers.js";
 
 /** Feeds `bytes` split at `cuts` into a stream using `setup`, returns what onRead saw. */
 async function frames(setup: (s: Stream) => void, bytes: Buffer, sizes: number[] | null): Promise<unknown[]> {
@@ -112,6 +113,67 @@ test("regex delimiters, search and anchored match (delimiters later bytes cannot
       );
     }),
     runs,
+  );
+});
+
+test("a RegExp delimiter frames as searching all the buffered text again at every arrival would (random patterns, lookarounds, ^, \\b, flags)", async (t) => {
+  // A search resumes near the new bytes when the pattern's reach is bounded;
+  // this reference searches everything every time.
+  captureLogs(t); // a pattern that matches "" only in some context fails the stream (logged), as the reference expects
+  const reference = (re: RegExp, search: boolean, bytes: Buffer, sizes: number[]): unknown[] => {
+    const seen: unknown[] = [];
+    const anchored = new RegExp(re.source, re.flags + "y");
+    let text = "";
+    let at = 0;
+    for (let i = 0; at < bytes.length; i++) {
+      const size = sizes[i % sizes.length]!;
+      text += bytes.subarray(at, at + size).toString("latin1");
+      at += size;
+      for (;;) {
+        anchored.lastIndex = 0;
+        const m = search ? re.exec(text) : anchored.exec(text);
+        if (m === null) break;
+        if (m.index + m[0].length === 0) return seen; // the stream gets InvalidReadDelimiterError and closes
+        seen.push(search ? [`hex:${Buffer.from(text.slice(0, m.index), "latin1").toString("hex")}`] : [[...m]]);
+        text = text.slice(m.index + m[0].length);
+      }
+    }
+    return seen;
+  };
+  // Patterns that match "" somewhere are refused or fail (InvalidReadDelimiterError): left out.
+  const matchesEmpty = (re: RegExp): boolean => {
+    const sticky = new RegExp(re.source, re.flags + "y");
+    const probe = "ab;\n xba;;\nx a\nbb a;";
+    for (let i = 0; i <= probe.length; i++) {
+      sticky.lastIndex = i;
+      if (sticky.exec(probe)?.[0] === "") return true;
+    }
+    return false;
+  };
+  const atom = fc.constantFrom("a", "b", ";", "\\n", "[ab]", "[^a]", ".", "\\w", "\\s", "\\x61", "(a|bc)", "(?:;a)", "(?<n>b)");
+  const quantifier = fc.constantFrom("", "", "", "?", "{2}", "{0,3}", "{1,2}?", "*", "+");
+  const assertion = fc.constantFrom("", "", "", "", "^", "\\b", "\\B", "(?=a)", "(?!b)", "(?<=a)", "(?<!;)");
+  const term = fc.tuple(assertion, atom, quantifier).map(([a, b, q]) => a + b + q);
+  const pattern = fc
+    .tuple(fc.array(fc.array(term, { minLength: 1, maxLength: 4 }).map((t) => t.join("")), { minLength: 1, maxLength: 3 }), fc.constantFrom("", "i", "m", "s", "u"))
+    .map(([alternatives, flags]) => {
+      try {
+        return new RegExp(alternatives.join("|"), flags);
+      } catch {
+        return null; // a group name used twice
+      }
+    })
+    .filter((re): re is RegExp => re !== null && !re.test("") && !matchesEmpty(re));
+  const input = fc.array(fc.constantFrom(..."ab;\n x"), { maxLength: 80 }).map((chars) => Buffer.from(chars.join(""), "latin1"));
+  await fc.assert(
+    fc.asyncProperty(pattern, fc.boolean(), input, fc.array(fc.integer({ min: 1, max: 9 }), { minLength: 1, maxLength: 6 }), async (re, search, bytes, sizes) => {
+      const setup = (s: Stream) => {
+        s.readDelimiter = re;
+        s.regexSearch = search;
+      };
+      assert.deepEqual(await frames(setup, bytes, sizes), reference(re, search, bytes, sizes), `${String(re)} regexSearch ${search}`);
+    }),
+    { numRuns: 400 },
   );
 });
 

@@ -742,6 +742,50 @@ test("a 64 KiB line arriving one byte at a time holds about its own size in memo
   }
 });
 
+test("a RegExp delimiter of bounded length scans a frame arriving one byte at a time in linear time", async () => {
+  // Each arrival searched the whole partial frame again: 2^31 characters
+  // scanned (seconds of CPU) for one 64 KiB frame a peer dribbles. Counted
+  // here as the characters handed to RegExp exec, from where each search starts.
+  let scanned = 0;
+  const exec = Object.getOwnPropertyDescriptor(RegExp.prototype, "exec")!;
+  const counting = function (this: RegExp, text: string): RegExpExecArray | null {
+    scanned += text.length - (this.global || this.sticky ? this.lastIndex : 0);
+    return (exec.value as RegExp["exec"]).call(this, text);
+  };
+  const frame = 16384;
+  const cases: Array<[RegExp, boolean, string, string[]]> = [
+    [/\r?\n/, true, "\r\n", ["body"]],
+    [/^-|END\r\n/, true, "END\r\n", ["body"]],
+    [/\bEND;/i, true, " end;", ["body "]],
+    [/a(?=b)/m, true, "ab", ["body"]],
+    [/(?<=a)\r\n/, true, "\r\n", ["body"]],
+    [/\d{3};/, false, "123;", []], // anchored: "a…" never matches at the start
+  ];
+  for (const [delimiter, search, tail, expected] of cases) {
+    class Probe extends Stream {
+      frames: string[] = [];
+      override onConnect() {
+        this.readDelimiter = delimiter;
+        this.regexSearch = search;
+      }
+      override onRead(d: Buffer | RegExpExecArray) {
+        this.frames.push(Buffer.isBuffer(d) ? d.subarray(0, 4).toString() + d.subarray(frame).toString() : d[0]);
+      }
+    }
+    const peer = memoryPeer(Probe);
+    await peer.ready;
+    scanned = 0;
+    Object.defineProperty(RegExp.prototype, "exec", { ...exec, value: counting });
+    try {
+      await peer.send(Buffer.concat([Buffer.from("body"), Buffer.alloc(frame - 4, "a"), Buffer.from(tail)]), { chunkSize: 1 });
+    } finally {
+      Object.defineProperty(RegExp.prototype, "exec", exec);
+    }
+    assert.deepEqual(peer.stream.frames, expected, String(delimiter));
+    assert.ok(scanned < 16 * frame, `${String(delimiter)}: ${scanned} characters scanned for a ${frame}-byte frame sent a byte at a time`);
+  }
+});
+
 test("thousands of delimiter switches in one chunk: no recursion, every frame delivered", async () => {
   class Switchy extends Stream {
     bodies = 0;

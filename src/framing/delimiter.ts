@@ -8,6 +8,7 @@ import { describe, typeError } from "../errors.js";
 import { Struct } from "./struct.js";
 import { NetStruct } from "./netstruct.js";
 import type { ReceiveBuffer } from "./receive-buffer.js";
+import { regexReach } from "./regex-reach.js";
 
 /**
  * User framing: called with the buffered bytes (at least one); returns
@@ -163,6 +164,12 @@ class RegexFramer implements Framer {
   readonly search: RegExp;
   readonly #search: RegExp;
   readonly #anchored: RegExp;
+  /** A global copy, to search from `lastIndex` on the text from the frame's start. */
+  readonly #resume: RegExp;
+  /** How far one match attempt may look ({@link regexReach}): bounds the rescan when bytes arrive. */
+  readonly #reach: number;
+  /** How many characters before where a search resumes the pattern may look at. */
+  readonly #lookback: number;
   constructor(readonly source: RegExp) {
     // Private copies: the user's RegExp (and its lastIndex) is never touched,
     // and a g/y flag cannot leak state between matches.
@@ -173,7 +180,46 @@ class RegexFramer implements Framer {
     // would, unless the pattern can look at what comes before (a conservative
     // test: any ^, \b, \B or lookbehind in the source).
     const contextFree = !/\^|\\[bB]|\(\?<[=!]/.test(source.source);
-    this.search = contextFree ? new RegExp(source.source, flags + "g") : this.#search;
+    this.#resume = new RegExp(source.source, flags + "g");
+    this.search = contextFree ? this.#resume : this.#search;
+    const { reach, back } = regexReach(source);
+    this.#reach = reach;
+    this.#lookback = contextFree ? 0 : back;
+  }
+
+  /**
+   * The first match in the buffered bytes, searched from `rb.mark` (no
+   * match starts before it), or null; then moves `rb.mark` past every start
+   * whose attempt more bytes cannot change. Without it a frame arriving a
+   * byte at a time was searched from its start on every arrival: quadratic,
+   * seconds of CPU for one 64 KiB frame.
+   */
+  #find(rb: ReceiveBuffer, regexSearch: boolean): RegExpExecArray | null {
+    const from = rb.mark;
+    const length = rb.length;
+    let m: RegExpExecArray | null;
+    if (!regexSearch) {
+      // Only the attempt at the frame's start counts: once it failed with room to spare, it always will.
+      if (from > 0) return null;
+      this.#anchored.lastIndex = 0;
+      m = this.#anchored.exec(rb.latin1());
+    } else if (from === 0) {
+      m = this.#search.exec(rb.latin1());
+    } else if (this.#lookback <= from && length - from < from) {
+      // Few new bytes behind many: only the bytes the search can look at
+      // are read as text (else the whole text is, once per arrival, and kept
+      // for the frames after this one). A `^` (no `m` flag) cannot match at
+      // `lastIndex` > 0, as it cannot at `from` in the whole text.
+      const start = from - this.#lookback;
+      this.#resume.lastIndex = this.#lookback;
+      m = this.#resume.exec(rb.peekRange(start, length).toString("latin1"));
+      if (m !== null) m.index += start;
+    } else {
+      this.#resume.lastIndex = from;
+      m = this.#resume.exec(rb.latin1());
+    }
+    if (m === null && length - this.#reach > from) rb.mark = regexSearch ? length - this.#reach : 1;
+    return m;
   }
 
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut, regexSearch: boolean): number {
@@ -188,25 +234,20 @@ class RegexFramer implements Framer {
       rb.discarding = false;
       return rb.length > 0 ? this.extract(rb, limit, out, regexSearch) : NEED_MORE;
     }
-    const text = rb.latin1();
-    let m: RegExpExecArray | null;
-    if (regexSearch) {
-      m = this.#search.exec(text);
-    } else {
-      this.#anchored.lastIndex = 0;
-      m = this.#anchored.exec(text);
-    }
+    const m = this.#find(rb, regexSearch);
     if (m === null) {
       // The last bytes may be the start of a match: only a frame that
       // cannot fit however the match ends is cut short, then skipped
       // through its match, as one seen whole would be.
       if (rb.length > limit + REGEX_SLACK) {
         rb.discarding = true;
+        rb.mark = 0;
         rb.skip(rb.length - REGEX_SLACK);
         return OVERFLOW;
       }
       return NEED_MORE;
     }
+    rb.mark = 0;
     const end = m.index + m[0].length;
     if (end === 0) {
       out.error = new InvalidDelimiterMatch(this.source);
