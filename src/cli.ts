@@ -590,11 +590,44 @@ function connectHint(address: Address | null, tls: boolean): string {
   return ` (connect: openssl s_client -connect ${target.includes(":") ? `[${target}]` : target}:${port})`;
 }
 
+/** In a cluster, the first worker says the exposure note (the primary has no servers to read; the others would repeat it). */
+function noteOnce(servers: Server[], args: ServeArgs): Server[] {
+  const note = !args.quiet && cluster.worker?.id === 1 ? exposureNote(servers) : null;
+  if (note !== null) process.stdout.write(note + "\n");
+  return servers;
+}
+
 function banner(servers: Server[], name: string): string {
   return servers
     // node:net cannot name a UNIX socket it was handed by descriptor.
     .map((s) => `pants-ts: serving ${name} on ${s.localAddresses.map(formatAddress).join(" and ") || `fd ${s.fileno ?? "?"}`}${connectHint(s.localAddress, s.sslEnabled)}, ${transportNote(s)}`)
     .join("\n");
+}
+
+/**
+ * The note printed under the banner for servers other hosts can reach
+ * without an idle timeout or a connection limit (SECURITY.md: a server on
+ * the internet should set both, as HAProxy warns of missing timeouts), or
+ * null: loopback and UNIX servers, and ones that set both, get none.
+ */
+function exposureNote(servers: readonly Server[]): string | null {
+  const exposed = servers.filter((s) => s.localAddresses.some(reachableFromOtherHosts));
+  const lines: string[] = [];
+  if (exposed.some((s) => s.idleTimeoutMs === 0)) {
+    lines.push("no --idle-timeout: a client that connects and sends nothing holds its connection for ever (unless your streams set idleTimeout)");
+  }
+  if (exposed.some((s) => s.maxConnections === Infinity)) {
+    lines.push("no --max-connections: past the descriptor limit (ulimit -n) new clients are dropped unseen");
+  }
+  if (lines.length === 0) return null;
+  return `pants-ts: note: ${lines.join("; ")}. A server other hosts can reach should set both (SECURITY.md, "Defaults"); -q hides this note`;
+}
+
+/** A TCP address that is not loopback (a wildcard address is reachable). */
+function reachableFromOtherHosts(address: Address): boolean {
+  if (!Array.isArray(address)) return false;
+  const host = address[0].toLowerCase();
+  return !(host.startsWith("127.") || host === "::1" || host.startsWith("::ffff:127.") || host === "localhost");
 }
 
 /**
@@ -714,7 +747,7 @@ async function serve(args: ServeArgs): Promise<number> {
       // (kill -USR2 -PGID, systemctl kill -s USR2) must not kill the workers.
       process.on("SIGUSR2", () => {});
     }
-    const handle = await runCluster(() => startServers(args), { workers: args.workers, shutdownTimeoutMs: args.shutdownTimeoutMs, inheritFds });
+    const handle = await runCluster(() => startServers(args).then((servers) => noteOnce(servers, args)), { workers: args.workers, shutdownTimeoutMs: args.shutdownTimeoutMs, inheritFds });
     if (!handle.isPrimary) return -1; // a worker serves until the primary says otherwise
     current = handle;
     if (!args.quiet && !signalled) {
@@ -769,7 +802,11 @@ async function serve(args: ServeArgs): Promise<number> {
     if (isSystemError(err)) failure = { err };
   }
   if (stopping) await shutdownAll(args.shutdownTimeoutMs); // a signal came while starting
-  if (!args.quiet && !stopping) process.stdout.write(banner(servers, servers[0]!.ConnectionClass.name || "connection class") + "\n");
+  if (!args.quiet && !stopping) {
+    process.stdout.write(banner(servers, servers[0]!.ConnectionClass.name || "connection class") + "\n");
+    const note = exposureNote(servers);
+    if (note !== null) process.stdout.write(note + "\n");
+  }
   // Nothing left to wait for, no signal: the module's own code closed every server.
   process.once("beforeExit", () => {
     if (!stopping && !args.quiet) process.stdout.write("pants-ts: every server has closed; nothing left to serve, exiting\n");

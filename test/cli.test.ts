@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { connect, connectTls, freePort, hasIPv6, sameOnEitherTransport, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import { bin, echoesThenStops, fixture, portFrom, portInUse, root, run, serve, visitTls } from "./cli-helpers.js";
+import type { Served } from "./cli-helpers.js";
 
 test("--help documents every flag; exit 0", () => {
   const r = run(["--help"]);
@@ -550,4 +551,26 @@ test("--listen PORT (every interface, IPv6 too) and --listen [::1]:PORT serve as
   }
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
+});
+
+test("serve notes a server other hosts can reach without --idle-timeout or --max-connections; none on loopback or with both; in a cluster, once", { timeout: 60_000, skip: sameOnEitherTransport }, async (t) => {
+  const note = /^pants-ts: note: (.*)$/m;
+  const bare = await serve(t, [fixture("cli-echo.ts"), "--listen", "0.0.0.0:0"]);
+  await waitFor(() => note.test(bare.out()), 5000, `the note; output: ${bare.out()}`);
+  assert.match(bare.out(), /no --idle-timeout: .*; no --max-connections: .*SECURITY\.md/);
+  const half = await serve(t, [fixture("cli-echo.ts"), "--listen", "0.0.0.0:0", "--idle-timeout", "60000"]);
+  await waitFor(() => note.test(half.out()), 5000, `the note; output: ${half.out()}`);
+  assert.doesNotMatch(half.out(), /no --idle-timeout/);
+  assert.match(half.out(), /no --max-connections/);
+  const workers = await serve(t, [fixture("cli-echo.ts"), "--listen", "0.0.0.0:0", "--workers", "2"]);
+  await waitFor(() => note.test(workers.out()), 10_000, `the note; output: ${workers.out()}`);
+  const quiet: Served[] = [
+    await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0"]),
+    await serve(t, [fixture("cli-echo.ts"), "--listen", "0.0.0.0:0", "--idle-timeout", "60000", "--max-connections", "1000"]),
+  ];
+  // What the quiet ones printed is whole once they answer a client (the note follows the banner at once).
+  for (const s of quiet) await echoesThenStops(s, portFrom(s.addresses[0]!));
+  await echoesThenStops(workers, portFrom(workers.addresses[0]!));
+  for (const s of quiet) assert.doesNotMatch(s.out(), note, s.out());
+  assert.equal(workers.out().match(/pants-ts: note:/g)?.length, 1, workers.out());
 });
