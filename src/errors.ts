@@ -231,8 +231,10 @@ export function failureText(err: unknown): string {
 export function unboundError(method: string, owner: string, self: unknown): TypeError {
   const name = owner.toLowerCase();
   const article = /^[AEIOU]/.test(owner) ? "an" : "a";
+  // A symbol-keyed method (`[Symbol.asyncDispose]`) is called without a dot.
+  const call = method.startsWith("[") ? `${name}${method}()` : `${name}.${method}()`;
   return typeError(
-    `${method}() was called on ${describe(self)}, not on ${article} ${owner}: a method passed on by itself (engine.defer(ms, this.close), process.on("SIGTERM", server.close)) loses its ${name}; pass a function that calls it: () => ${name}.${method}().`,
+    `${method}() was called on ${describe(self)}, not on ${article} ${owner}: a method passed on by itself (engine.defer(ms, this.close), process.on("SIGTERM", server.close)) loses its ${name}; pass a function that calls it: () => ${call}.`,
   );
 }
 

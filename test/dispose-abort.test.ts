@@ -98,6 +98,21 @@ test("Server [Symbol.asyncDispose]: idempotent, fine on a server that never list
   assert.equal(closed.closed, true);
 });
 
+test("[Symbol.asyncDispose] passed on by itself: a TypeError whose suggested call is valid code", () => {
+  const cases: Array<[() => unknown, RegExp]> = [
+    [() => Server.prototype[Symbol.asyncDispose].call(process as never), /not on a Server: .*pass a function that calls it: \(\) => server\[Symbol\.asyncDispose\]\(\)\.$/],
+    [() => Stream.prototype[Symbol.asyncDispose].call({} as never), /not on a Stream: .*pass a function that calls it: \(\) => stream\[Symbol\.asyncDispose\]\(\)\.$/],
+  ];
+  for (const [call, message] of cases) {
+    assert.throws(call, (err: unknown) => {
+      assert.ok(err instanceof TypeError);
+      assert.match(err.message, /^\[Symbol\.asyncDispose\]\(\) was called on /);
+      assert.match(err.message, message);
+      return true;
+    });
+  }
+});
+
 test("await using a client stream closes it and resolves once onClose has run", { timeout: 20_000 }, async (t) => {
   const engine = freshEngine(t);
   const server = new Server(Echo, { engine });
