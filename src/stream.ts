@@ -2351,7 +2351,8 @@ export class Stream extends Channel {
         // (A length: the frame's, not yet here; anything else about it the buffered path reports.)
         if (typeof result === "number" ? !Number.isSafeInteger(result) || result <= left || result > limit : left > limit) break;
         this.#keep(start === 0 ? chunk : viewOf(ab, base + start, left));
-        if (typeof result === "number") this.#rb!.mark = result; // not asked again before that many bytes are here
+        // Not asked again before that many bytes are here; unless the Decoder set a new delimiter, which must search from the start.
+        if (typeof result === "number" && this.#framer.source === decoder) this.#rb!.mark = result;
         return chunk.length;
       }
       const consumed = (result as { consumed?: unknown }).consumed;
@@ -2413,6 +2414,8 @@ export class Stream extends Channel {
         let code: number;
         try {
           code = framer.extract(rb, limit, out, (this.#flags & F_REGEX_ANCHORED) === 0);
+          // A Decoder that set a new delimiter: the mark it left (a length to wait for) would make the new one skip bytes.
+          if (this.#framer !== framer) rb.mark = 0;
         } catch (err) {
           // A Decoder threw, or a Struct could not unpack: user code or bad input.
           rb.clear();

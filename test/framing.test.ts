@@ -264,6 +264,37 @@ test("a Decoder that returns the length of an unfinished frame: an oversized fra
   assert.equal(calls, 2);
 });
 
+test("a Decoder that sets a new delimiter and returns the length of an unfinished frame: the new delimiter frames every byte buffered when more arrive", async () => {
+  // The length the Decoder returned was kept as the buffer's scan mark: a
+  // RegExp or string delimiter then searched from that offset only, and
+  // delivered "ab\ncd\n...\n" + "x" * 40 as one frame.
+  const rest = "cd\nefgh\n" + "x".repeat(40) + "\nlast\n";
+  for (const delimiter of [/\n/, /\r?\n/, "\n"]) {
+    class Switch extends Stream {
+      frames: string[] = [];
+      override onConnect() {
+        this.readDelimiter = (buf: Buffer) => {
+          if (buf.length < 2) return null;
+          this.readDelimiter = delimiter;
+          return 1000; // a frame of 1000 bytes, as far as this Decoder knows
+        };
+      }
+      override onRead(d: Buffer) {
+        this.frames.push(d.toString("latin1"));
+      }
+    }
+    // "a" first: the Decoder runs on the buffered bytes; "ab\n" first: on the chunk itself.
+    for (const first of ["a", "ab\n"]) {
+      for (const chunkSize of [1, 4]) {
+        const peer = memoryPeer(Switch);
+        await peer.send(first);
+        await peer.send((first === "a" ? "b\n" : "") + rest, { chunkSize });
+        assert.deepEqual(peer.stream.frames, ["ab", "cd", "efgh", "x".repeat(40), "last"], `${String(delimiter)}, ${JSON.stringify(first)} then chunks of ${chunkSize}`);
+      }
+    }
+  }
+});
+
 for (const [what, value] of [["0", 0], ["-1", -1], ["no more than the bytes it was given", 1], ["a fraction", 2.5], ["NaN", Number.NaN]] as const) {
   test(`a Decoder that returns a number that cannot be a frame's length (${what}) gets InvalidReadDelimiterError via onError`, async (t) => {
     captureLogs(t);
