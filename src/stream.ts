@@ -287,6 +287,12 @@ const P_USER = 1 << 15;
 const P_BACKPRESSURE = 1 << 16;
 const P_ANY = P_USER | P_BACKPRESSURE;
 
+/**
+ * Delimiter changes in a row that take no frame (Decoders sniffing the
+ * protocol hand the bytes on; two that hand over to each other for ever
+ * would spin): past this many, the bytes wait for more to arrive.
+ */
+const MAX_IDLE_SWITCHES = 16;
 /** Bytes still arriving after close are read and discarded this long at most. */
 const LINGER_MS = 2000;
 /** A close(true) that cannot hand its data to the OS for this long is forced (or for idleTimeout, when shorter). */
@@ -2115,6 +2121,7 @@ export class Stream extends Channel {
         // A handler that switched delimiters (a header line, then a sized
         // body, then lines again) has the rest of the chunk cut straight
         // out of it too, as long as nothing else changed.
+        let idleSwitches = 0;
         while (used < chunk.length && this.#framer !== framer && this.#directOk()) {
           framer = this.#framer;
           if (framer === NULL_FRAMER) {
@@ -2123,7 +2130,8 @@ export class Stream extends Channel {
           } else {
             const from = used;
             used = this.#scanDirect(chunk, from, framer);
-            if (used === from && this.#framer === framer) break; // a partial frame: the buffer keeps it
+            // A partial frame: the buffer keeps it (also after Decoders that only handed over to each other).
+            if (used === from && (this.#framer === framer || ++idleSwitches > MAX_IDLE_SWITCHES)) break;
           }
         }
         if (used < chunk.length && this.#state === S_OPEN) this.#push(used === 0 ? chunk : chunk.subarray(used));
@@ -2350,9 +2358,10 @@ export class Stream extends Channel {
       if (result === null || result === undefined || typeof result === "number") {
         // (A length: the frame's, not yet here; anything else about it the buffered path reports.)
         if (typeof result === "number" ? !Number.isSafeInteger(result) || result <= left || result > limit : left > limit) break;
+        // A Decoder that set a new delimiter (one sniffing the protocol) hands these bytes to it: the caller frames them now.
+        if (this.#framer.source !== decoder) return start;
         this.#keep(start === 0 ? chunk : viewOf(ab, base + start, left));
-        // Not asked again before that many bytes are here; unless the Decoder set a new delimiter, which must search from the start.
-        if (typeof result === "number" && this.#framer.source === decoder) this.#rb!.mark = result;
+        if (typeof result === "number") this.#rb!.mark = result; // not asked again before that many bytes are here
         return chunk.length;
       }
       const consumed = (result as { consumed?: unknown }).consumed;
@@ -2401,6 +2410,7 @@ export class Stream extends Channel {
     const out = frameOut;
     const outer = this.#flags & F_IN_DISPATCH;
     this.#flags |= F_IN_DISPATCH;
+    let idleSwitches = 0;
     try {
       while (rb.length > 0) {
         if (this.#state !== S_OPEN || (this.#flags & P_ANY) !== 0 || (this.#flags & F_TLS_UPGRADING) !== 0) return;
@@ -2433,6 +2443,8 @@ export class Stream extends Channel {
           out.args = null;
           this.#deliverArgs(args);
         } else if (code === NEED_MORE) {
+          // A Decoder that set a new delimiter without taking a frame (one sniffing the protocol): the new one frames the bytes now.
+          if (this.#framer !== framer && ++idleSwitches <= MAX_IDLE_SWITCHES) continue;
           return;
         } else if (code === OVERFLOW) {
           const err = new BufferOverflowError(`A frame on ${nameOf(this)} outgrew the ${limit}-byte buffer limit (bufferSize).`, "read", limit);

@@ -295,6 +295,60 @@ test("a Decoder that sets a new delimiter and returns the length of an unfinishe
   }
 });
 
+test("a Decoder that sniffs the protocol and switches delimiter without consuming (returns null): the bytes already here are framed by the new delimiter at once, not when more arrive", async () => {
+  // A client that sends one whole request and waits for its reply got none:
+  // the buffered bytes met the new delimiter only when more bytes came.
+  class Sniff extends Stream {
+    frames: string[] = [];
+    override onConnect() {
+      this.readDelimiter = (buf: Buffer) => {
+        if (buf.length < 2) return null; // decides on two bytes
+        this.readDelimiter = buf[0] === 0x7b ? "\n" : 4; // "{": JSON lines; else 4-byte records
+        return null;
+      };
+    }
+    override onRead(d: Buffer) {
+      this.frames.push(d.toString("latin1"));
+    }
+  }
+  // Whole: the Decoder decides on the chunk itself; one byte first: on the buffered bytes, when the rest arrives at once.
+  for (const split of ["whole", "one byte first", "chunks of 3"]) {
+    const send = async (peer: ReturnType<typeof memoryPeer<Sniff>>, bytes: string) => {
+      if (split === "one byte first") {
+        await peer.send(bytes.slice(0, 1));
+        await peer.send(bytes.slice(1));
+      } else await peer.send(bytes, split === "whole" ? {} : { chunkSize: 3 });
+    };
+    const json = memoryPeer(Sniff);
+    await send(json, '{"a":1}\n{"b":2}\n');
+    assert.deepEqual(json.stream.frames, ['{"a":1}', '{"b":2}'], `JSON, ${split}`);
+    const records = memoryPeer(Sniff);
+    await send(records, "abcdefgh");
+    assert.deepEqual(records.stream.frames, ["abcd", "efgh"], `records, ${split}`);
+  }
+  // Two Decoders that hand over to each other for ever without consuming: no hang, and the bytes wait.
+  class PingPong extends Stream {
+    calls = 0;
+    override onConnect() {
+      const a = (): null => {
+        this.calls++;
+        this.readDelimiter = b;
+        return null;
+      };
+      const b = (): null => {
+        this.calls++;
+        this.readDelimiter = a;
+        return null;
+      };
+      this.readDelimiter = a;
+    }
+  }
+  const loop = memoryPeer(PingPong);
+  await loop.send("xyz");
+  assert.ok(loop.stream.calls > 0 && loop.stream.calls < 1000, `calls: ${loop.stream.calls}`);
+  assert.equal(loop.stream.closed, false);
+});
+
 for (const [what, value] of [["0", 0], ["-1", -1], ["no more than the bytes it was given", 1], ["a fraction", 2.5], ["NaN", Number.NaN]] as const) {
   test(`a Decoder that returns a number that cannot be a frame's length (${what}) gets InvalidReadDelimiterError via onError`, async (t) => {
     captureLogs(t);
