@@ -592,8 +592,7 @@ function connectHint(address: Address | null, tls: boolean): string {
 
 /** In a cluster, the first worker says the exposure note (the primary has no servers to read; the others would repeat it). */
 function noteOnce(servers: Server[], args: ServeArgs): Server[] {
-  const note = !args.quiet && cluster.worker?.id === 1 ? exposureNote(servers) : null;
-  if (note !== null) process.stdout.write(note + "\n");
+  if (!args.quiet && cluster.worker?.id === 1) writeExposureNote(servers);
   return servers;
 }
 
@@ -605,12 +604,12 @@ function banner(servers: Server[], name: string): string {
 }
 
 /**
- * The note printed under the banner for servers other hosts can reach
+ * Writes, under the banner, the note for servers other hosts can reach
  * without an idle timeout or a connection limit (SECURITY.md: a server on
- * the internet should set both, as HAProxy warns of missing timeouts), or
- * null: loopback and UNIX servers, and ones that set both, get none.
+ * the internet should set both, as HAProxy warns of missing timeouts):
+ * nothing for loopback and UNIX servers, and ones that set both.
  */
-function exposureNote(servers: readonly Server[]): string | null {
+function writeExposureNote(servers: readonly Server[]): void {
   const exposed = servers.filter((s) => s.localAddresses.some(reachableFromOtherHosts));
   const lines: string[] = [];
   if (exposed.some((s) => s.idleTimeoutMs === 0)) {
@@ -619,8 +618,8 @@ function exposureNote(servers: readonly Server[]): string | null {
   if (exposed.some((s) => s.maxConnections === Infinity)) {
     lines.push("no --max-connections: past the descriptor limit (ulimit -n) new clients are dropped unseen");
   }
-  if (lines.length === 0) return null;
-  return `pants-ts: note: ${lines.join("; ")}. A server other hosts can reach should set both (SECURITY.md, "Defaults"); -q hides this note`;
+  if (lines.length === 0) return;
+  process.stdout.write(`pants-ts: note: ${lines.join("; ")}. A server other hosts can reach should set both (SECURITY.md, "Defaults"); -q hides this note\n`);
 }
 
 /** A TCP address that is not loopback (a wildcard address is reachable). */
@@ -804,8 +803,7 @@ async function serve(args: ServeArgs): Promise<number> {
   if (stopping) await shutdownAll(args.shutdownTimeoutMs); // a signal came while starting
   if (!args.quiet && !stopping) {
     process.stdout.write(banner(servers, servers[0]!.ConnectionClass.name || "connection class") + "\n");
-    const note = exposureNote(servers);
-    if (note !== null) process.stdout.write(note + "\n");
+    writeExposureNote(servers);
   }
   // Nothing left to wait for, no signal: the module's own code closed every server.
   process.once("beforeExit", () => {

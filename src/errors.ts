@@ -296,10 +296,15 @@ function describeValue(value: unknown, depth: number): string {
   return `an object (${Object.prototype.toString.call(value)})`;
 }
 
+/** @internal One character as a string literal's `\uXXXX` escape (for a control character in a message or log line). */
+export function unicodeEscape(c: string): string {
+  return `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
+}
+
 /** A string quoted and escaped (control characters, line separators), cut short past SHOWN_CHARS. */
 function quote(text: string): string {
   const cut = text.length > SHOWN_CHARS;
-  const json = JSON.stringify(cut ? text.slice(0, SHOWN_CHARS) : text).replace(/[\u007f-\u009f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  const json = JSON.stringify(cut ? text.slice(0, SHOWN_CHARS) : text).replace(/[\u007f-\u009f\u2028\u2029]/g, unicodeEscape);
   return cut ? `${json.slice(0, -1)}..." (${text.length} characters)` : json;
 }
 

@@ -3,7 +3,7 @@
  * an object of fields followed by a message.
  */
 import { debuglog, inspect } from "node:util";
-import { describe, typeError } from "./errors.js";
+import { describe, typeError, unicodeEscape } from "./errors.js";
 
 /** A pino-shaped logger: `logger.warn({ err }, "message")` or `logger.warn("message")`. */
 export interface Logger {
@@ -50,7 +50,7 @@ const CONTROL = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u2028\u2029]/g;
 
 /** `text` on one line: each control character escaped as in a string literal. */
 function oneLine(text: string): string {
-  return text.replace(CONTROL, (c) => (c === "\n" ? "\\n" : c === "\r" ? "\\r" : `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`));
+  return text.replace(CONTROL, (c) => (c === "\n" ? "\\n" : c === "\r" ? "\\r" : unicodeEscape(c)));
 }
 
 /**

@@ -794,8 +794,8 @@ export class NativeSocket {
     const attempts = this.#rare?.attempts ?? null;
     if (attempts !== null) {
       this.#clearAttempt();
-      const next = code !== null && !this.destroyed ? attempts.next.shift() : undefined;
-      if (code !== null && next !== undefined) {
+      if (code !== null && !this.destroyed && attempts.next.length > 0) {
+        const next = attempts.next.shift()!;
         // That address failed: the next one, on a new handle (the old one closes unheard).
         const failed = this.#conn!;
         failed.owner = null;

@@ -165,24 +165,24 @@ function findShadowingFields(instance: object, base: object, baseName: string): 
   }
   shadowingFields.set(instance.constructor, settable);
   const name = instance.constructor.name === "" ? `an anonymous ${baseName} subclass` : instance.constructor.name;
-  if (settable.length > 0) {
-    const many = settable.length > 1;
-    log.current.warn(
-      { class: name, fields: settable },
-      `${name} declares ${settable.join(", ")} as class field${many ? "s" : ""}, which hide${many ? "" : "s"} ${baseName}'s setter${many ? "s" : ""}. ` +
-        `pants-ts sets ${many ? "them" : "it"} through the setter${many ? "s" : ""} for each instance, but the delete this takes can cost the instance V8's fast property access: ` +
-        `assign ${many ? "them" : "it"} in the constructor instead (this.${settable[0]} = ...).`,
-    );
-  }
-  if (hidden.length > 0) {
-    const many = hidden.length > 1;
-    log.current.warn(
-      { class: name, fields: hidden },
-      `${name} declares ${hidden.join(", ")} as class field${many ? "s" : ""}, which hide${many ? "" : "s"} ${baseName}'s read-only getter${many ? "s" : ""} ` +
-        `from pants-ts and from your own code: rename ${many ? "them" : "it"}.`,
-    );
-  }
+  warnFields(name, settable, `${baseName}'s setter`, (them, s) =>
+    `. pants-ts sets ${them} through the setter${s} for each instance, but the delete this takes can cost the instance V8's fast property access: ` +
+    `assign ${them} in the constructor instead (this.${settable[0]} = ...).`,
+  );
+  warnFields(name, hidden, `${baseName}'s read-only getter`, (them) => ` from pants-ts and from your own code: rename ${them}.`);
   return settable;
+}
+
+/**
+ * The warning for class `name`'s `fields` that hide `what` (an accessor of
+ * its base, named in the singular), then `advice` (given "them"/"it" and
+ * the plural "s" or ""); nothing when there are none.
+ */
+function warnFields(name: string, fields: readonly string[], what: string, advice: (them: string, s: string) => string): void {
+  if (fields.length === 0) return;
+  const many = fields.length > 1;
+  const s = many ? "s" : "";
+  log.current.warn({ class: name, fields }, `${name} declares ${fields.join(", ")} as class field${s}, which hide${many ? "" : "s"} ${what}${s}${advice(many ? "them" : "it", s)}`);
 }
 
 /** The accessors of `base` and the prototypes it inherits from, by name: true if one can be set. */

@@ -259,11 +259,12 @@ function contextFailure(options: SecureContextOptions, given: SslOptions | SniEn
     o.key !== undefined ? "the SSL option key" : typeof o.keyfile === "string" ? `keyfile ${describe(o.keyfile)}` : typeof o.certfile === "string" ? `certfile ${describe(o.certfile)}` : "the SSL option key";
   const { key, cert, passphrase } = options;
   if (typeof key === "string" || key instanceof Uint8Array) {
+    const pem = Buffer.from(key);
     try {
-      createPrivateKey(passphrase === undefined ? { key: Buffer.from(key) } : { key: Buffer.from(key), passphrase });
+      createPrivateKey(passphrase === undefined ? { key: pem } : { key: pem, passphrase });
     } catch (keyErr) {
       const code = (keyErr as NodeJS.ErrnoException).code;
-      if (code === "ERR_OSSL_BAD_DECRYPT" || /-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(Buffer.from(key).toString("latin1"))) {
+      if (code === "ERR_OSSL_BAD_DECRYPT" || /-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(pem.toString("latin1"))) {
         return `the private key in ${keyName} is encrypted, and ${passphrase === undefined ? "no passphrase was given (SSL option passphrase)" : "the passphrase given does not open it"}`;
       }
       return `${keyName} holds no private key OpenSSL can read (a PEM "-----BEGIN ... PRIVATE KEY-----" block)`;
