@@ -5,6 +5,12 @@
  * one stopped, so a long frame arriving in many small pieces costs linear
  * time (twisted#3803 and #6358 are the quadratic buffers this avoids), and
  * consuming a frame allocates nothing but the frame's own view.
+ *
+ * A framer that reads every buffered byte at once (a Decoder, a Struct)
+ * joins them with {@link ReceiveBuffer.all}. Joined again before anything
+ * was consumed (the frame is still unfinished), the join reserves room, and
+ * the bytes that arrive next are copied in after it: the unfinished frame is
+ * then copied about twice in all, not once per arrival.
  */
 import { Buffer } from "node:buffer";
 
@@ -52,6 +58,17 @@ export class ReceiveBuffer {
    */
   #cursor = -1;
   #cursorBase = 0;
+  /** True once all() joined chunks, until bytes are consumed: a second join reserves room. */
+  #joined = false;
+  /**
+   * The room a join reserved: the last chunk is `#room.subarray(0, #roomUsed)`
+   * (that very view, `#roomView`) and arriving bytes are copied in after it.
+   * Bytes already in it are never written again, so views handed out stay
+   * as they were.
+   */
+  #room: Buffer | null = null;
+  #roomUsed = 0;
+  #roomView: Buffer = EMPTY;
 
   /** Appends a chunk (kept by reference, unless it is small and joined to a small last chunk). */
   push(chunk: Buffer): void {
@@ -60,6 +77,17 @@ export class ReceiveBuffer {
     this.#latin1 = null;
     const chunks = this.#chunks;
     const last = chunks.length - 1;
+    const room = this.#room;
+    if (room !== null) {
+      if (last >= this.#head && chunks[last] === this.#roomView && this.#roomUsed + chunk.length <= room.length) {
+        chunk.copy(room, this.#roomUsed);
+        this.#roomUsed += chunk.length;
+        chunks[last] = this.#roomView = room.subarray(0, this.#roomUsed);
+        return;
+      }
+      this.#room = null;
+      this.#roomView = EMPTY;
+    }
     if (chunk.length < MERGE_BELOW && last >= this.#head) {
       const first = last === this.#head;
       const prev = first ? chunks[last]!.subarray(this.#off) : chunks[last]!;
@@ -108,6 +136,9 @@ export class ReceiveBuffer {
     this.length = 0;
     this.#latin1 = null;
     this.#cursor = -1;
+    this.#joined = false;
+    this.#room = null;
+    this.#roomView = EMPTY;
   }
 
   /** The first chunk and the offset of the first buffered byte in it (only valid while length > 0). */
@@ -240,6 +271,7 @@ export class ReceiveBuffer {
     }
     this.length -= n;
     this.#cursor = -1;
+    this.#joined = false;
     if (this.#latin1 !== null) this.#latin1Base += n;
     const chunks = this.#chunks;
     let off = this.#off + n;
@@ -258,12 +290,31 @@ export class ReceiveBuffer {
     }
   }
 
-  /** Every buffered byte in one buffer (joined once, and kept joined). */
+  /**
+   * Every buffered byte in one buffer (joined once, and kept joined; a
+   * second join before anything is consumed reserves as much room again).
+   */
   all(): Buffer {
-    if (this.length === 0) return EMPTY;
+    const length = this.length;
+    if (length === 0) return EMPTY;
     const first = this.#chunks[this.#head]!;
     if (this.contiguous) return this.#off === 0 ? first : first.subarray(this.#off);
-    const joined = this.peekRange(0, this.length);
+    let joined: Buffer;
+    if (this.#joined) {
+      // Not from Node's pool, as in push(): the room is ours alone.
+      const room = Buffer.allocUnsafeSlow(2 * length);
+      let at = 0;
+      for (let i = this.#head; i < this.#chunks.length; i++) {
+        const chunk = this.#chunks[i]!;
+        at += chunk.copy(room, at, i === this.#head ? this.#off : 0);
+      }
+      this.#room = room;
+      this.#roomUsed = length;
+      joined = this.#roomView = room.subarray(0, length);
+    } else {
+      joined = this.peekRange(0, length);
+      this.#joined = true;
+    }
     this.#chunks = [joined];
     this.#head = 0;
     this.#off = 0;
