@@ -1084,7 +1084,9 @@ export class Stream extends Channel {
    * Client side: the TLS session to resume on the next connection to the
    * same server (give it as `sslOptions.session`): the latest one the
    * server sent (see {@link onSslSession}), or, after a resumed handshake
-   * that brought none, the session resumed. `null` before any, on plain TCP
+   * that brought none, the session resumed. Under TLS 1.2 it is there from
+   * `onConnect` on; under TLS 1.3 from the first `onSslSession` (the server
+   * sends its tickets after the handshake). `null` before any, on plain TCP
    * and on a server's stream; still readable once the stream has closed.
    */
   get sslSession(): Buffer | null {
@@ -1782,6 +1784,10 @@ export class Stream extends Channel {
     x.sslCipher = cipher != null && typeof cipher.name === "string" ? cipher : null;
     this.#clearDeadline("handshake");
     if (this.#tls.isSessionReused()) this.#sessionResumed(this.#tls);
+    // Under TLS 1.2 a client's session is known now, as node:tls' getSession()
+    // says; its 'session' event comes only after onConnect (TLS 1.3's tickets
+    // come later still, and only they resume, so none is kept for 1.3 here).
+    else if (x.sslProtocol !== "TLSv1.3" && this.#tls.listenerCount("session") > 0) x.session = this.#tls.getSession() ?? null;
     // The handshake was bytes both ways: the idle time starts now, not when
     // its deadline was armed (a native socket under STARTTLS counts none of
     // the writes the OS took at once, so the sweep would see only silence).
