@@ -209,6 +209,54 @@ test("connect({ signal }): an abort after onConnect is a no-op; a signal that is
   assert.equal(bad.connecting, false, "left unconnected");
 });
 
+test("connect({ signal }) and shutdown({ signal }) take a signal of another implementation (a polyfill's: an EventTarget with aborted and reason), as node:net does", { timeout: 20_000 }, async (t) => {
+  /** What polyfills build: no AbortSignal in its prototype chain. */
+  class PolyfillSignal extends EventTarget {
+    aborted = false;
+    reason: unknown = undefined;
+    abort(reason: unknown) {
+      this.aborted = true;
+      this.reason = reason;
+      this.dispatchEvent(new Event("abort"));
+    }
+  }
+  const engine = freshEngine(t);
+  const silent = await silentServer(t);
+  const { Client, events } = recorder();
+  const signal = new PolyfillSignal();
+  assert.equal((signal as unknown) instanceof AbortSignal, false);
+  const client = new Client({ engine, sslOptions: { cert_reqs: "CERT_NONE" } }).connect(["127.0.0.1", silent.port], { signal: signal as unknown as AbortSignal });
+  await waitFor(() => silent.sockets.size === 1, 5000, "the TCP connection");
+  signal.abort("polyfilled");
+  await assert.rejects(client.ready(), (err) => assertAbortError(err, "polyfilled"));
+  assert.deepEqual(events, ["close"]);
+  await waitFor(() => silent.sockets.size === 0, 5000, "the socket to close");
+
+  class Stubborn extends Echo {
+    override onShutdown() {
+      // ignores the request: only the signal closes it
+    }
+  }
+  const server = new Server(Stubborn, { engine });
+  const port = await listenLocal(server, t);
+  const c = await connect(port);
+  await waitFor(() => server.channels.size === 1);
+  const stop = new PolyfillSignal();
+  let done = false;
+  const drained = server.shutdown({ timeoutMs: 0, signal: stop as unknown as AbortSignal }).then(() => {
+    done = true;
+  });
+  await sleep(50);
+  assert.equal(done, false, "waits: no deadline");
+  stop.abort("now");
+  await drained;
+  assert.equal(server.channels.size, 0);
+  await c.readToEnd();
+  // Something shaped like half a signal is still refused.
+  const bad = new Stream({ engine });
+  assert.throws(() => bad.connect(["127.0.0.1", port], { signal: { aborted: false } as unknown as AbortSignal }), { name: "TypeError", code: "ERR_INVALID_ARG_TYPE" });
+});
+
 test("one long-lived signal over 10 000 connects (connected, refused, closed early) keeps no listener", { timeout: 60_000 }, async (t) => {
   const engine = freshEngine(t);
   const server = new Server(Stream, { engine });
