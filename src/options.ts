@@ -31,11 +31,11 @@ export function checkOptionKeys(where: string, options: object, known: ReadonlyS
 
 /**
  * @internal An optional options argument, given: refused unless it is an
- * object (`TypeError`, "`where` options must be an object"), then its keys
- * checked as {@link checkOptionKeys} does.
+ * object (`TypeError`, "`where` options must be an object", then `hint`),
+ * then its keys checked as {@link checkOptionKeys} does.
  */
-export function checkOptions(where: string, options: unknown, known: ReadonlySet<string>): asserts options is object {
-  if (options === null || typeof options !== "object") throw typeError(`${where} options must be an object, got ${describe(options)}.`);
+export function checkOptions(where: string, options: unknown, known: ReadonlySet<string>, hint = ""): asserts options is object {
+  if (options === null || typeof options !== "object") throw typeError(`${where} options must be an object, got ${describe(options)}.${hint}`);
   checkOptionKeys(where, options, known);
 }
 

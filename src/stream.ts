@@ -89,8 +89,7 @@ export interface ConnectOptions {
 /** connect()'s options, checked: the local address to bind (or null), and the signal (if any). */
 function connectOptionsOf(options: ConnectOptions | undefined, target: ParsedAddress): { local: LocalAddress | null; signal: AbortSignal | undefined } {
   if (options === undefined) return { local: null, signal: undefined };
-  if (options === null || typeof options !== "object") throw typeError(`connect()'s options must be an object, got ${describe(options)}.${netFormHint("connect", options)}`);
-  checkOptionKeys("connect()", options, CONNECT_KEYS);
+  checkOptions("connect()", options, CONNECT_KEYS, netFormHint("connect", options));
   const signal = checkSignal("connect()'s", options.signal);
   return { local: options.localAddress === undefined ? null : parseLocalAddress(options.localAddress, target), signal };
 }

@@ -391,7 +391,7 @@ test("node:net's argument shapes get a TypeError naming the pants-ts form: liste
   const hostForm = / is node:net's form: pass \[host, port\]\.$/;
   assert.throws(() => new Server(Who, { engine }).listen(0, "127.0.0.1" as never), (e: Error) => e instanceof TypeError && /^The backlog must be a positive integer, got "127\.0\.0\.1"\. listen\(port, host\)/.test(e.message) && hostForm.test(e.message));
   assert.throws(() => new Server(Who, { engine }).listen(0, (() => {}) as never), /listen\(\) takes no callback: await ready\(\), or override onListen\(\)\.$/);
-  assert.throws(() => new Stream({ engine }).connect(1, "127.0.0.1" as never), (e: Error) => e instanceof TypeError && /^connect\(\)'s options must be an object, got "127\.0\.0\.1"\. connect\(port, host\)/.test(e.message) && hostForm.test(e.message));
+  assert.throws(() => new Stream({ engine }).connect(1, "127.0.0.1" as never), (e: Error) => e instanceof TypeError && /^connect\(\) options must be an object, got "127\.0\.0\.1"\. connect\(port, host\)/.test(e.message) && hostForm.test(e.message));
   assert.throws(() => new Stream({ engine }).connect(1, (() => {}) as never), /connect\(\) takes no callback: await ready\(\), or override onConnect\(\)\.$/);
   let writeError: Error | null = null;
   class Hex extends Stream {
