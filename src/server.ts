@@ -421,7 +421,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * the override settles, or the socket closes. A TLS socket's handshake
    * deadline (from the accept) runs meanwhile.
    */
-  #held = new Map<Duplex, { id: number; address: Address }>();
+  #held = new Map<Duplex, { id: number; address: Address; raw: net.Socket | NativeSocket }>();
   #heldIds = 0;
   /** The figures this server added to the process totals when it retired (then since); null until it retires. */
   #retiredAs: Stats | null = null;
@@ -796,6 +796,9 @@ export class Server<S extends Stream = Stream> extends Channel {
    * `onShutdown()` (default `close(true)`), and resolves once all have
    * closed; connections still open after `timeoutMs` (default 10 000; 0:
    * no deadline), or once `signal` aborts, are closed without flushing.
+   * A connection an async `onAccept` still holds is waited for too: a
+   * stream it makes is asked to shut down as the others were; the deadline
+   * closes one still held.
    * The server ends closed.
    * Called again while it drains, it returns the same promise, and a
    * deadline earlier than the one running replaces it.
@@ -817,7 +820,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     }
     // A call while the drain runs (a second SIGTERM, say) may bring the
     // deadline forward, never push it back: the earliest one applies.
-    if (timeoutMs > 0 && this.#shutdownDone !== null && this.#channels.size > 0) {
+    if (timeoutMs > 0 && this.#shutdownDone !== null && this.#draining()) {
       const deadline = this.engine.time() + timeoutMs;
       if (deadline < this.#shutdownDeadline) {
         this.#shutdownDeadline = deadline;
@@ -827,7 +830,7 @@ export class Server<S extends Stream = Stream> extends Channel {
         this.#shutdownTimer = this.engine.defer(timeoutMs, () => this.#forceShutdown());
       }
     }
-    if (signal !== undefined && this.#shutdownDone !== null && this.#channels.size > 0) {
+    if (signal !== undefined && this.#shutdownDone !== null && this.#draining()) {
       if (signal.aborted) this.#forceShutdown();
       else void this.#shutdown.then(onAbort(signal, () => this.#forceShutdown()));
     }
@@ -839,7 +842,14 @@ export class Server<S extends Stream = Stream> extends Channel {
   #forceShutdown(): void {
     if (this.#shutdownDone === null) return;
     for (const conn of [...this.#channels.values()]) conn.close(false);
+    // An override still holding a socket gets it back destroyed: a stream it makes over it is closed at once.
+    for (const [socket, { raw }] of [...this.#held]) dropSocket(socket, raw);
     this.#checkShutdownDone();
+  }
+
+  /** Connections a shutdown waits for: streams, and sockets async onAccept overrides hold. */
+  #draining(): boolean {
+    return this.#channels.size > 0 || this.#held.size > 0;
   }
 
   /**
@@ -1179,7 +1189,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   }
 
   #checkShutdownDone(): void {
-    if (this.#shutdown === null || this.#channels.size > 0) return;
+    if (this.#shutdown === null || this.#draining()) return;
     if (this.#state !== ST_CLOSED) this.close();
     const done = this.#shutdownDone;
     this.#shutdownDone = null;
@@ -1402,7 +1412,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   #awaitAccept(pending: PromiseLike<unknown>, owned: Duplex & { [kStream]?: Stream }, raw: net.Socket | NativeSocket, address: Address): void {
     if (owned[kStream] === undefined && !raw.destroyed) {
       const id = -++this.#heldIds;
-      this.#held.set(owned, { id, address });
+      this.#held.set(owned, { id, address, raw });
       this.#holdHandshake(owned, raw);
       this.#countPending();
       if (this.#perPeer !== null && address !== null) countPeer(this.#perPeer, id, peerKey(address, this.#peerPrefix6));
@@ -1439,6 +1449,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       if (this.#perPeer !== null) uncountPeer(this.#perPeer, held.id);
       const handshake = (socket as HeldTlsSocket)[kHeldHandshake];
       if (handshake !== undefined) this._heldHandshakeDone(handshake);
+      this.#checkShutdownDone();
     }
     this.#retire(); // (the override may have counted something since the server retired)
   }

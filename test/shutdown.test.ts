@@ -457,3 +457,68 @@ test("shutdown() still draining when an async onAccept makes its stream: that st
   stubborn.destroy();
   await done;
 });
+
+test("shutdown() while an async onAccept holds the only connection: it waits for the override, whose stream is asked to shut down (its goodbye goes out); one still held at the deadline is closed then", async (t) => {
+  // shutdown() resolved at once, with the server closed: the stream the
+  // override made later was closed without onShutdown and without flushing,
+  // and a socket it held stayed open, after shutdown() had resolved, until it settled.
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  class Polite extends Echo {
+    override onConnect() {
+      events.push("connect");
+      super.onConnect();
+    }
+    override onShutdown() {
+      events.push("shutdown");
+      this.write("goodbye\n");
+      this.close(true);
+    }
+  }
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  class Slow extends Server<Polite> {
+    override async onAccept(socket: Duplex, address: Address) {
+      await gate;
+      super.onAccept(socket, address);
+    }
+  }
+  const server = new Slow(Polite, { engine });
+  const port = await listenLocal(server, t);
+  const c = await connect(port);
+  t.after(() => c.destroy());
+  await waitFor(() => server.stats.pending === 1, 5000, "the override to hold the connection");
+  let resolved = false;
+  const done = server.shutdown({ timeoutMs: 0 }).then(() => {
+    resolved = true;
+  });
+  await sleep(50);
+  assert.equal(resolved, false, "waits for the connection the override holds");
+  open();
+  assert.equal((await c.readToEnd(3000)).toString(), "goodbye\n");
+  await done;
+  assert.deepEqual(events, ["connect", "shutdown"]);
+  assert.equal(server.closed, true);
+
+  // Held past the deadline: closed then, and shutdown() resolves then, not before.
+  const never = new Promise<void>(() => {});
+  class Stuck extends Server<Polite> {
+    override async onAccept() {
+      await never;
+    }
+  }
+  const stuck = new Stuck(Polite, { engine });
+  const stuckPort = await listenLocal(stuck, t);
+  const held = await connect(stuckPort);
+  t.after(() => held.destroy());
+  await waitFor(() => stuck.stats.pending === 1, 5000, "the override to hold the connection");
+  let forced = false;
+  const forcedDone = stuck.shutdown({ timeoutMs: 200 }).then(() => {
+    forced = true;
+  });
+  await sleep(50);
+  assert.equal(forced, false, "waits until the deadline");
+  assert.equal((await held.readToEnd(3000)).length, 0, "the held socket is closed at the deadline");
+  await forcedDone;
+  assert.equal(stuck.stats.pending, 0);
+});
