@@ -750,7 +750,6 @@ export class Stream extends Channel {
   }
   set readDelimiter(value: ReadDelimiter) {
     this.#framer = compileDelimiter(value);
-    if (this.#rb !== null) this.#rb.discarding = false;
     this.#framingChanged();
     // Inside a dispatch the batch in hand is reframed first (see _onNativeFrames).
     this.#nativeReframe();
@@ -2420,7 +2419,11 @@ export class Stream extends Channel {
       while (rb.length > 0) {
         if (this.#state !== S_OPEN || (this.#flags & P_ANY) !== 0 || (this.#flags & F_TLS_UPGRADING) !== 0) return;
         const framer = this.#framer;
-        if (framer === NULL_FRAMER && this.#encoding !== null) {
+        // The delimiter changed while an oversized frame was skipped (in
+        // onOverflowError): the framer that refused it skips it to its end,
+        // as it would had the frame arrived whole, before the new one frames.
+        const skipper = rb.discarding && rb.skipper !== framer ? rb.skipper : null;
+        if (skipper === null && framer === NULL_FRAMER && this.#encoding !== null) {
           // Raw chunks as text: the whole characters now, the start of a cut one stays buffered.
           if (!this.#deliverTextChunk(rb, this.#encoding)) return;
           continue;
@@ -2428,9 +2431,14 @@ export class Stream extends Channel {
         const limit = this.#bufferSize > framer.minLimit ? this.#bufferSize : framer.minLimit;
         let code: number;
         try {
-          code = framer.extract(rb, limit, out, (this.#flags & F_REGEX_ANCHORED) === 0);
-          // A Decoder that set a new delimiter: the mark it left (a length to wait for) would make the new one skip bytes.
-          if (this.#framer !== framer) rb.mark = 0;
+          if (skipper !== null) {
+            code = skipper.discard(rb, out);
+            if (code === FRAME) continue;
+          } else {
+            code = framer.extract(rb, limit, out, (this.#flags & F_REGEX_ANCHORED) === 0);
+            // A Decoder that set a new delimiter: the mark it left (a length to wait for) would make the new one skip bytes.
+            if (this.#framer !== framer) rb.mark = 0;
+          }
         } catch (err) {
           // A Decoder threw, or a Struct could not unpack: user code or bad input.
           rb.clear();

@@ -643,6 +643,59 @@ test("a NetStruct record longer than bufferSize is skipped whole, by its length 
   }
 });
 
+test("a delimiter set again in onOverflowError (the same one, or the protocol's next) waits for the oversized frame to be skipped, however its bytes were split (real sockets)", async (t) => {
+  const engine = freshEngine(t);
+  const sizedDecoder: Decoder = (buf, start) => {
+    if (buf.length - start < 1) return null;
+    const end = 1 + buf[start]!;
+    return buf.length - start >= end ? { consumed: end, args: [buf.subarray(start + 1, start + end)] } : end;
+  };
+  // Each: the delimiter, what onOverflowError sets (as a protocol that goes back to its command lines does), the bytes, where a split goes (inside the oversized frame).
+  const cases: Array<{ name: string; first: () => ReadDelimiter; next: () => ReadDelimiter; input: Buffer; cut: number }> = [
+    { name: '"\\n" again', first: () => "\n", next: () => "\n", input: Buffer.from("0123456789abcdef\nok\n"), cut: 12 },
+    { name: '"\\n" then "\\r\\n"', first: () => "\n", next: () => "\r\n", input: Buffer.from("0123456789abcdef\nok\r\n"), cut: 12 },
+    { name: "RegExp", first: () => /;/, next: () => /;/, input: Buffer.from(`${"x".repeat(300)}x;ok;`), cut: 290 },
+    { name: "Decoder", first: () => sizedDecoder, next: () => sizedDecoder, input: Buffer.concat([Buffer.from([40]), Buffer.alloc(40, "\n"), Buffer.from([2]), Buffer.from("ok")]), cut: 12 },
+    { name: "NetStruct", first: () => new NetStruct("!B$"), next: () => "\n", input: Buffer.concat([Buffer.from([40]), Buffer.alloc(40, "\n"), Buffer.from("ok\n")]), cut: 12 },
+  ];
+  let current = cases[0]!;
+  const events: string[] = [];
+  class Resetting extends Stream {
+    override onConnect() {
+      this.bufferSize = 8;
+      this.readDelimiter = current.first();
+    }
+    override onRead(d: Buffer) {
+      events.push(d.toString());
+    }
+    override onOverflowError() {
+      events.push("overflow");
+      this.readDelimiter = current.next();
+    }
+  }
+  const port = await listenLocal(new Server(Resetting, { engine }), t);
+  for (const c of cases) {
+    current = c;
+    for (const split of [false, true]) {
+      events.length = 0;
+      const client = await connect(port);
+      t.after(() => client.socket.destroy());
+      if (split) {
+        client.write(c.input.subarray(0, c.cut));
+        await waitFor(() => events.length === 1, 5000, `the overflow (${c.name})`);
+        await sleep(20);
+        client.write(c.input.subarray(c.cut));
+      } else {
+        client.write(c.input);
+      }
+      await waitFor(() => events.length >= 2, 5000, `the frame after the overflow (${c.name}), got ${JSON.stringify(events)}`);
+      await sleep(20);
+      assert.deepEqual(events, ["overflow", "ok"], `${c.name}, ${split ? "split inside the oversized frame" : "in one write"}`);
+      client.socket.destroy();
+    }
+  }
+});
+
 test("the default onOverflowError closes only that stream", async (t) => {
   const logs = captureLogs(t);
   const engine = freshEngine(t);

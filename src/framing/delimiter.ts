@@ -76,6 +76,17 @@ export interface Framer {
   readonly search: RegExp | null;
   /** Takes at most one frame from `rb`; see the result codes above. */
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut, regexSearch: boolean): number;
+  /**
+   * Goes on skipping the oversized frame this framer refused (`rb.discarding`,
+   * `rb.skipper` this framer): FRAME once it is all gone, else NEED_MORE (or FAILED).
+   */
+  discard(rb: ReceiveBuffer, out: FrameOut): number;
+}
+
+/** `discard` of the framers that never skip: nothing to do. */
+function nothingToDiscard(rb: ReceiveBuffer): number {
+  rb.discarding = false;
+  return FRAME;
 }
 
 class NullFramer implements Framer {
@@ -87,6 +98,7 @@ class NullFramer implements Framer {
     out.value = rb.take(rb.length);
     return FRAME;
   }
+  discard = nothingToDiscard;
 }
 
 class BytesFramer implements Framer {
@@ -99,24 +111,12 @@ class BytesFramer implements Framer {
 
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
     const n = this.needle.length;
-    if (rb.discarding) {
-      // Skipping an oversized frame: drop bytes through the next delimiter.
-      const idx = rb.indexOf(this.needle, rb.mark);
-      if (idx === -1) {
-        const keep = Math.min(rb.length, n - 1);
-        rb.skip(rb.length - keep);
-        rb.mark = 0;
-        return NEED_MORE;
-      }
-      rb.skip(idx + n);
-      rb.discarding = false;
-      rb.mark = 0;
-      return rb.length > 0 ? this.extract(rb, limit, out) : NEED_MORE;
-    }
+    if (rb.discarding && (this.discard(rb) !== FRAME || rb.length === 0)) return NEED_MORE;
     const idx = rb.indexOf(this.needle, rb.mark);
     if (idx === -1) {
       if (rb.length - (n - 1) > limit) {
         rb.discarding = true;
+        rb.skipper = this;
         const keep = Math.min(rb.length, n - 1);
         rb.skip(rb.length - keep);
         rb.mark = 0;
@@ -134,6 +134,20 @@ class BytesFramer implements Framer {
     rb.skip(n);
     return FRAME;
   }
+
+  /** Skipping an oversized frame: drops bytes through the next delimiter. */
+  discard(rb: ReceiveBuffer): number {
+    const n = this.needle.length;
+    const idx = rb.indexOf(this.needle, rb.mark);
+    rb.mark = 0;
+    if (idx === -1) {
+      rb.skip(rb.length - Math.min(rb.length, n - 1));
+      return NEED_MORE;
+    }
+    rb.skip(idx + n);
+    rb.discarding = false;
+    return FRAME;
+  }
 }
 
 class SizeFramer implements Framer {
@@ -148,6 +162,7 @@ class SizeFramer implements Framer {
     out.value = rb.take(this.source);
     return FRAME;
   }
+  discard = nothingToDiscard;
 }
 
 /**
@@ -223,17 +238,7 @@ class RegexFramer implements Framer {
   }
 
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut, regexSearch: boolean): number {
-    if (rb.discarding) {
-      // Skipping an oversized frame: drop bytes through the next match.
-      const next = this.#search.exec(rb.latin1());
-      if (next === null || next[0].length === 0) {
-        rb.skip(rb.length - Math.min(rb.length, REGEX_SLACK));
-        return NEED_MORE;
-      }
-      rb.skip(next.index + next[0].length);
-      rb.discarding = false;
-      return rb.length > 0 ? this.extract(rb, limit, out, regexSearch) : NEED_MORE;
-    }
+    if (rb.discarding && (this.discard(rb) !== FRAME || rb.length === 0)) return NEED_MORE;
     const m = this.#find(rb, regexSearch);
     if (m === null) {
       // The last bytes may be the start of a match: only a frame that
@@ -241,6 +246,7 @@ class RegexFramer implements Framer {
       // through its match, as one seen whole would be.
       if (rb.length > limit + REGEX_SLACK) {
         rb.discarding = true;
+        rb.skipper = this;
         rb.mark = 0;
         rb.skip(rb.length - REGEX_SLACK);
         return OVERFLOW;
@@ -265,6 +271,18 @@ class RegexFramer implements Framer {
       rb.skip(end);
       out.value = m;
     }
+    return FRAME;
+  }
+
+  /** Skipping an oversized frame: drops bytes through the next match. */
+  discard(rb: ReceiveBuffer): number {
+    const next = this.#search.exec(rb.latin1());
+    if (next === null || next[0].length === 0) {
+      rb.skip(rb.length - Math.min(rb.length, REGEX_SLACK));
+      return NEED_MORE;
+    }
+    rb.skip(next.index + next[0].length);
+    rb.discarding = false;
     return FRAME;
   }
 }
@@ -295,6 +313,7 @@ class StructFramer implements Framer {
     }
     return FRAME_ARGS;
   }
+  discard = nothingToDiscard;
 }
 
 class NetStructFramer implements Framer {
@@ -306,7 +325,7 @@ class NetStructFramer implements Framer {
   }
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
     if (rb.discarding) {
-      const skipped = this.#skip(rb, out);
+      const skipped = this.discard(rb, out);
       if (skipped !== FRAME) return skipped;
     }
     // rb.mark: bytes known to be needed before parsing again can progress.
@@ -324,9 +343,10 @@ class NetStructFramer implements Framer {
         // follows it is framed as it would be however the bytes arrived.
         rb.mark = 0;
         rb.discarding = true;
+        rb.skipper = this;
         rb.skipLeft = 0;
         rb.skipSegment = 0;
-        const skipped = this.#skip(rb, out);
+        const skipped = this.discard(rb, out);
         return skipped === FAILED ? FAILED : OVERFLOW;
       }
       rb.mark = result.needed;
@@ -343,7 +363,7 @@ class NetStructFramer implements Framer {
   }
 
   /** Drops what has arrived of a record being skipped: FRAME once it is all gone, else NEED_MORE (or FAILED). */
-  #skip(rb: ReceiveBuffer, out: FrameOut): number {
+  discard(rb: ReceiveBuffer, out: FrameOut): number {
     for (;;) {
       if (!rb.dropSkipped()) return NEED_MORE;
       let scan: ReturnType<NetStruct["skipScan"]>;
@@ -371,12 +391,7 @@ class DecoderFramer implements Framer {
   readonly search = null;
   constructor(readonly source: Decoder) {}
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
-    if (rb.discarding) {
-      // The rest of a frame the decoder said was too long, dropped as it arrives.
-      if (!rb.dropSkipped()) return NEED_MORE;
-      rb.discarding = false;
-      if (rb.length === 0) return NEED_MORE;
-    }
+    if (rb.discarding && (this.discard(rb) !== FRAME || rb.length === 0)) return NEED_MORE;
     // rb.mark: the length the decoder said the frame has; not asked again before.
     if (rb.length < rb.mark) return NEED_MORE;
     rb.mark = 0;
@@ -401,6 +416,7 @@ class DecoderFramer implements Framer {
       if (result > limit) {
         // Refused now, and skipped by its own length: what follows is framed as if it had arrived whole.
         rb.discarding = true;
+        rb.skipper = this;
         rb.skipLeft = result - rb.length;
         rb.skip(rb.length);
         return OVERFLOW;
@@ -428,6 +444,13 @@ class DecoderFramer implements Framer {
     if (consumed > limit) return OVERFLOW;
     out.args = args;
     return FRAME_ARGS;
+  }
+
+  /** The rest of a frame the decoder said was too long, dropped as it arrives. */
+  discard(rb: ReceiveBuffer): number {
+    if (!rb.dropSkipped()) return NEED_MORE;
+    rb.discarding = false;
+    return FRAME;
   }
 }
 

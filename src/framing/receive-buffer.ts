@@ -13,6 +13,7 @@
  * then copied about twice in all, not once per arrival.
  */
 import { Buffer } from "node:buffer";
+import type { Framer } from "./delimiter.js";
 
 const EMPTY = Buffer.alloc(0);
 
@@ -41,6 +42,11 @@ export class ReceiveBuffer {
   mark = 0;
   /** True while an oversized delimited frame is being skipped. */
   discarding = false;
+  /**
+   * The framer that refused the frame being skipped (`discarding`): it skips
+   * it to its end even if the delimiter changed meanwhile (in onOverflowError).
+   */
+  skipper: Framer | null = null;
   /**
    * While a NetStruct record is skipped (`discarding`): bytes of it still to
    * drop as they arrive, then the segment its parsing resumes at.
@@ -125,6 +131,7 @@ export class ReceiveBuffer {
     this.#reset();
     this.mark = 0;
     this.discarding = false;
+    this.skipper = null;
     this.skipLeft = 0;
     this.skipSegment = 0;
   }
