@@ -750,6 +750,7 @@ export class Stream extends Channel {
   }
   set readDelimiter(value: ReadDelimiter) {
     this.#framer = compileDelimiter(value);
+    if (this.#rb !== null) this.#rb.switched = true;
     this.#framingChanged();
     // Inside a dispatch the batch in hand is reframed first (see _onNativeFrames).
     this.#nativeReframe();
@@ -2445,6 +2446,15 @@ export class Stream extends Channel {
           this._handlerFailed(err);
           return;
         }
+        if (code === NEED_MORE && this.#framer !== framer) {
+          // A Decoder that set a new delimiter without taking a frame (one sniffing the protocol): the new one frames the bytes now.
+          if (++idleSwitches <= MAX_IDLE_SWITCHES) continue;
+          // Decoders that only hand over to each other: past the limit, what they never take is refused as one Decoder's is.
+          if (rb.length > limit) {
+            rb.skip(rb.length);
+            code = OVERFLOW;
+          }
+        }
         if (code === FRAME) {
           const value = out.value;
           out.value = undefined;
@@ -2456,8 +2466,6 @@ export class Stream extends Channel {
           out.args = null;
           this.#deliverArgs(args);
         } else if (code === NEED_MORE) {
-          // A Decoder that set a new delimiter without taking a frame (one sniffing the protocol): the new one frames the bytes now.
-          if (this.#framer !== framer && ++idleSwitches <= MAX_IDLE_SWITCHES) continue;
           return;
         } else if (code === OVERFLOW) {
           const err = new BufferOverflowError(`A frame on ${nameOf(this)} outgrew the ${limit}-byte buffer limit (bufferSize).`, "read", limit);

@@ -397,7 +397,13 @@ class DecoderFramer implements Framer {
     rb.mark = 0;
     const buf = rb.all();
     // A throwing decoder is user code failing: the stream routes it to onError.
+    rb.switched = false;
     const result = this.source(buf, 0);
+    if (result === null || result === undefined || typeof result === "number") {
+      // It set a new delimiter without taking a frame (sniffing the
+      // protocol): the bytes are the new one's, however many are here.
+      if (rb.switched) return NEED_MORE;
+    }
     if (result === null || result === undefined) {
       if (rb.length > limit) {
         rb.skip(rb.length);

@@ -40,6 +40,8 @@ export class ReceiveBuffer {
    * bytes a NetStruct needs before it is worth parsing again.
    */
   mark = 0;
+  /** Set when the stream's readDelimiter is assigned (a Decoder's framer clears it, to see whether the decoder handed over). */
+  switched = false;
   /** True while an oversized delimited frame is being skipped. */
   discarding = false;
   /**
