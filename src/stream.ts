@@ -836,6 +836,8 @@ export class Stream extends Channel {
     }
     this.#encoding = value;
     this.#flags |= F_STOP;
+    // Outside onRead, bytes already buffered (the start of a character cut by the read) meet it on the next tick.
+    if (this.#rb !== null && this.#rb.length > 0 && (this.#flags & F_IN_DISPATCH) === 0) this.#scheduleProcess();
     this.#nativeReframe();
   }
 

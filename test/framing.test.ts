@@ -1070,6 +1070,38 @@ test("delimiters changed outside onRead by two callbacks of one loop phase: each
   assert.deepEqual(frames, ["S", "abc", "def"]);
 });
 
+test("encoding changed outside onRead (a timer) delivers the start of a character already received on the next tick, not at the next read (real sockets)", async (t) => {
+  const engine = freshEngine(t);
+  const events: unknown[][] = [];
+  const streams: Stream[] = [];
+  class Text extends Stream {
+    #events: unknown[] = [];
+    override onConnect() {
+      events.push(this.#events);
+      streams.push(this);
+      this.encoding = "utf8"; // raw chunks as text: a cut character waits for its end
+    }
+    override onRead(d: string | Buffer) {
+      this.#events.push(Buffer.isBuffer(d) ? `bytes ${d.toString("hex")}` : d);
+    }
+  }
+  const port = await listenLocal(new Server(Text, { engine }), t);
+  for (const [encoding, want] of [[null, "bytes e282"], ["latin1", "\u00e2\u0082"], ["hex", "e282"]] as const) {
+    const c = await connect(port);
+    t.after(() => c.socket.destroy());
+    await waitFor(() => events.length > 0, 5000, "the connection");
+    const seen = events.pop()!;
+    const stream = streams.pop()!;
+    c.write(Buffer.from([0x78, 0xe2, 0x82])); // "x", then the first two bytes of "€"; nothing more follows
+    await waitFor(() => seen.length === 1, 5000, "the x");
+    await sleep(20);
+    stream.encoding = encoding;
+    await waitFor(() => seen.length === 2, 1000).catch(() => {}); // the assertion shows what came
+    assert.deepEqual(seen, ["x", want], String(encoding));
+    c.socket.destroy();
+  }
+});
+
 test("bufferSize lowered outside onRead (a timer) below the partial frame already received overflows on the next tick, not at the next read", async (t) => {
   const engine = freshEngine(t);
   const events: string[] = [];
