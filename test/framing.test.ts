@@ -1139,6 +1139,49 @@ test("bufferSize lowered outside onRead (a timer) below the partial frame alread
   }
 });
 
+test("bufferSize lowered outside onRead below a length a NetStruct or Decoder already announced refuses that frame on the next tick, and skips it by that length (real sockets)", async (t) => {
+  const engine = freshEngine(t);
+  const lengthPrefixed: Decoder = (buf, start) => {
+    if (buf.length - start < 2) return null;
+    const end = 2 + buf.readUInt16BE(start);
+    return buf.length - start >= end ? { consumed: end, args: [buf.subarray(start + 2, start + end)] } : end;
+  };
+  let delimiter: ReadDelimiter = lengthPrefixed;
+  const events: string[] = [];
+  const streams: Stream[] = [];
+  class Records extends Stream {
+    override onConnect() {
+      streams.push(this);
+      this.bufferSize = 100;
+      this.readDelimiter = delimiter;
+    }
+    override onRead(d: Buffer) {
+      events.push(d.toString());
+    }
+    override onOverflowError() {
+      events.push("overflow"); // kept open: the record is skipped
+    }
+  }
+  const port = await listenLocal(new Server(Records, { engine }), t);
+  for (const d of [lengthPrefixed, new NetStruct("!H$")]) {
+    delimiter = d;
+    events.length = 0;
+    const c = await connect(["127.0.0.1", port]);
+    t.after(() => c.socket.destroy());
+    await waitFor(() => streams.length > 0, 5000, "the connection");
+    const stream = streams.pop()!;
+    c.write(Buffer.concat([Buffer.from([0, 50]), Buffer.alloc(10, "x")])); // a 50-byte payload announced, 10 sent
+    await sleep(50);
+    stream.bufferSize = 8;
+    await waitFor(() => events.length === 1, 1000).catch(() => {}); // the assertion shows what came
+    assert.deepEqual(events, ["overflow"], `${typeof d}: refused on the next tick`);
+    c.write(Buffer.concat([Buffer.alloc(40, "x"), Buffer.from([0, 2]), Buffer.from("ok")]));
+    await waitFor(() => events.length === 2, 1000).catch(() => {});
+    assert.deepEqual(events, ["overflow", "ok"], `${typeof d}: what follows`);
+    c.socket.destroy();
+  }
+});
+
 test("Struct records in one chunk: every one delivered; a throw, an async handler and a switch mid-chunk behave", async (t) => {
   captureLogs(t);
   const hh = new Struct("!HhQ?d");

@@ -328,8 +328,9 @@ class NetStructFramer implements Framer {
       const skipped = this.discard(rb, out);
       if (skipped !== FRAME) return skipped;
     }
-    // rb.mark: bytes known to be needed before parsing again can progress.
-    if (rb.length < rb.mark) return NEED_MORE;
+    // rb.mark: bytes known to be needed before parsing again can progress
+    // (parsed again if the limit was lowered below them, to refuse the record now).
+    if (rb.length < rb.mark && rb.mark <= Math.max(limit, this.minLimit)) return NEED_MORE;
     let result: ReturnType<NetStruct["parse"]>;
     try {
       result = this.source.parse(rb.all());
@@ -393,7 +394,13 @@ class DecoderFramer implements Framer {
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
     if (rb.discarding && (this.discard(rb) !== FRAME || rb.length === 0)) return NEED_MORE;
     // rb.mark: the length the decoder said the frame has; not asked again before.
-    if (rb.length < rb.mark) return NEED_MORE;
+    if (rb.length < rb.mark) {
+      if (rb.mark <= limit) return NEED_MORE;
+      // The limit was lowered below it (bufferSize set meanwhile): refused now, and skipped by that length.
+      this.#refuse(rb, rb.mark);
+      rb.mark = 0;
+      return OVERFLOW;
+    }
     rb.mark = 0;
     const buf = rb.all();
     // A throwing decoder is user code failing: the stream routes it to onError.
@@ -421,10 +428,7 @@ class DecoderFramer implements Framer {
       }
       if (result > limit) {
         // Refused now, and skipped by its own length: what follows is framed as if it had arrived whole.
-        rb.discarding = true;
-        rb.skipper = this;
-        rb.skipLeft = result - rb.length;
-        rb.skip(rb.length);
+        this.#refuse(rb, result);
         return OVERFLOW;
       }
       rb.mark = result;
@@ -450,6 +454,14 @@ class DecoderFramer implements Framer {
     if (consumed > limit) return OVERFLOW;
     out.args = args;
     return FRAME_ARGS;
+  }
+
+  /** Drops the buffered start of a frame of `length` bytes, and the rest as it arrives. */
+  #refuse(rb: ReceiveBuffer, length: number): void {
+    rb.discarding = true;
+    rb.skipper = this;
+    rb.skipLeft = length - rb.length;
+    rb.skip(rb.length);
   }
 
   /** The rest of a frame the decoder said was too long, dropped as it arrives. */
