@@ -20,7 +20,7 @@ import { NetStruct, Server, Stream, Struct } from "../src/index.js";
 import type { BufferOverflowError, Decoder, ReadDelimiter } from "../src/index.js";
 import { memoryPeer } from "../src/testing.js";
 import { nativeAddon } from "../src/native-socket.js";
-import { freshEngine, listenLocal, prng, sameOnEitherTransport, sleep } from "./helpers.js";
+import { freshEngine, joinRawEvents, listenLocal, prng, sameOnEitherTransport, sleep } from "./helpers.js";
 
 type Rand = () => number;
 type Pause = "none" | "immediate" | "timer";
@@ -263,17 +263,6 @@ function expectedEvents(s: Script): unknown[] {
   return events;
 }
 
-/** Raw chunks are cut however the bytes arrived: consecutive ones are joined. */
-function joinRaw(events: unknown[]): unknown[] {
-  const out: unknown[] = [];
-  for (const e of events) {
-    const last = out.at(-1);
-    if (Array.isArray(e) && e[0] === "raw" && Array.isArray(last) && last[0] === "raw") out[out.length - 1] = ["raw", String(last[1]) + String(e[1])];
-    else out.push(e);
-  }
-  return out;
-}
-
 /** What the next connection plays: the script, where its events go, what to call once closed. */
 interface Part {
   s: Script;
@@ -375,7 +364,7 @@ async function viaMemory(s: Script, split: Rand | null): Promise<unknown[]> {
   await sleep(5);
   peer.end();
   await withDeadline(peer.closed, "the in-memory stream to close");
-  return joinRaw(events);
+  return joinRawEvents(events);
 }
 
 /** A listening server whose next connection plays the script set with `play`. */
@@ -419,7 +408,7 @@ async function scriptServer(t: TestContext, transport: "native" | "js") {
         for (const socket of sockets) socket.destroy();
         current = null;
       }
-      return parts.map((part) => joinRaw(part.events));
+      return parts.map((part) => joinRawEvents(part.events));
     },
   };
 }

@@ -26,7 +26,7 @@ import { NetStruct, Server, Stream, Struct } from "../src/index.js";
 import type { Decoder, ReadDelimiter } from "../src/index.js";
 import { memoryPeer } from "../src/testing.js";
 import { nativeAddon } from "../src/native-socket.js";
-import { freshEngine, listenLocal, prng, sameOnEitherTransport, sleep } from "./helpers.js";
+import { freshEngine, joinRawEvents, listenLocal, prng, sameOnEitherTransport, sleep } from "./helpers.js";
 
 type Rand = () => number;
 type Encoding = "latin1" | "hex" | "utf8" | "utf16le" | "base64";
@@ -248,16 +248,6 @@ function expectedEvents(s: Script): unknown[] {
   return events;
 }
 
-function joinRaw(events: unknown[]): unknown[] {
-  const out: unknown[] = [];
-  for (const e of events) {
-    const last = out.at(-1);
-    if (Array.isArray(e) && e[0] === "raw" && Array.isArray(last) && last[0] === "raw") out[out.length - 1] = ["raw", String(last[1]) + String(e[1])];
-    else out.push(e);
-  }
-  return out;
-}
-
 /** A connection class that plays the script: it sets each step's framing as the step before it ends. */
 function player(s: Script, events: unknown[], done: () => void, streams?: Stream[]): typeof Stream {
   return class Player extends Stream {
@@ -397,7 +387,7 @@ async function viaMemory(s: Script, parts: Buffer[]): Promise<unknown[]> {
   await sleep(6); // paused streams resume before the FIN, as a TCP client's FIN follows its bytes
   peer.end();
   await withDeadline(closed, "the in-memory stream to close");
-  return joinRaw(events);
+  return joinRawEvents(events);
 }
 
 /** Plays the script over loopback TCP: each piece written once the server has read the one before (or 10 ms passed: it may be paused). */
@@ -427,7 +417,7 @@ async function viaTcp(t: TestContext, transport: "native" | "js", s: Script, par
     socket.destroy();
     server.close();
   }
-  return joinRaw(events);
+  return joinRawEvents(events);
 }
 
 function describeScript(s: Script): string {

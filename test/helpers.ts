@@ -459,3 +459,17 @@ export function failSetServername(t: TestContext): () => void {
   t.after(restore);
   return restore;
 }
+
+/**
+ * Framing differentials record `["raw", text]` for each raw chunk; chunks
+ * are cut however the bytes arrived, so consecutive ones are joined.
+ */
+export function joinRawEvents(events: unknown[]): unknown[] {
+  const out: unknown[] = [];
+  for (const e of events) {
+    const last = out.at(-1);
+    if (Array.isArray(e) && e[0] === "raw" && Array.isArray(last) && last[0] === "raw") out[out.length - 1] = ["raw", String(last[1]) + String(e[1])];
+    else out.push(e);
+  }
+  return out;
+}
