@@ -2898,7 +2898,11 @@ export class Stream extends Channel {
   #flush(): void {
     const sock = this.#sock;
     const state = this.#state;
-    if (sock === null || state === S_CLOSED || state === S_CONNECTING || (this.#flags & F_FILE_ACTIVE) !== 0) return;
+    if (sock === null || state === S_CLOSED || state === S_CONNECTING) return;
+    if ((this.#flags & F_FILE_ACTIVE) !== 0) {
+      this.#pauseBehindFile();
+      return;
+    }
     if (this.#handshaking) return; // the handshake first; writes wait
     // #dropRun drops the array once it is drained (and a write made from a
     // callback below starts a new one): read #wq again on every round.
@@ -2961,6 +2965,7 @@ export class Stream extends Channel {
       wq.shift();
       this.#flags |= F_FILE_ACTIVE;
       sendFile(head, this.#fileSink(sock));
+      this.#pauseBehindFile();
       return;
     }
     const buffered = this.bufferedAmount;
@@ -2972,6 +2977,14 @@ export class Stream extends Channel {
       if (this.#state === S_CLOSED) return;
     }
     if ((this.#flags & P_BACKPRESSURE) !== 0 || this.#state === S_CLOSING) this.#barrier(); // someone waits for the drain
+  }
+
+  /**
+   * A file is being sent: the writes queued behind it wait, but count, so
+   * past writeHighWaterMark reading pauses until the drain after them (onWrite).
+   */
+  #pauseBehindFile(): void {
+    if (this.bufferedAmount > this.writeHighWaterMark) this.#pause(P_BACKPRESSURE);
   }
 
   /**

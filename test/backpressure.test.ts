@@ -4,8 +4,11 @@
  * resumeReading. An echo under a client that never reads stays bounded.
  */
 import { test } from "node:test";
+import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
+import { writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { BufferOverflowError, Server, Stream } from "../src/index.js";
@@ -152,6 +155,53 @@ test("reading resumes at onWrite once the peer drains", async (t) => {
   await c.read(total, 15000);
   c.destroy();
 });
+
+test("writes queued behind a writeFile count for writeHighWaterMark: reading pauses until onWrite", async (t) => {
+  const file = join(tempDir(t), "big.bin");
+  // Larger than the loopback socket buffers take, so the file is still being sent.
+  const body = randomBytes(32 << 20);
+  writeFileSync(file, body);
+  for (const sameTurn of [false, true]) await fileThenWrites(t, file, body, sameTurn);
+});
+
+/**
+ * writeFile, then 2 MiB of writes outside a delivery: in a later turn (the
+ * end-of-turn flush finds the file in progress) or in the same turn (the
+ * flush starts the file), to a peer that does not read yet.
+ */
+async function fileThenWrites(t: TestContext, file: string, body: Buffer, sameTurn: boolean): Promise<void> {
+  const engine = freshEngine(t);
+  const tail = Buffer.alloc(2 << 20, 0x74);
+  const events: string[] = [];
+  class Sender extends Stream {
+    override onConnect() {
+      if (!sameTurn) this.writeFile(file);
+      setImmediate(() => {
+        if (sameTurn) this.writeFile(file);
+        this.write(tail);
+        events.push(`wrote ${this.bufferedAmount > this.writeHighWaterMark}`);
+      });
+    }
+    override onRead() {
+      events.push(`read ${this.bufferedAmount}`);
+    }
+    override onWrite() {
+      events.push("write");
+    }
+  }
+  const port = await listenLocal(new Server(Sender, { engine }), t);
+  const c = await connect(port);
+  c.socket.pause();
+  await waitFor(() => events.length > 0);
+  c.socket.write("ping");
+  await sleep(300);
+  assert.deepEqual(events, ["wrote true"]);
+  c.socket.resume();
+  assert.ok((await c.read(body.length + tail.length, 15000)).equals(Buffer.concat([body, tail])));
+  await waitFor(() => events.length === 3);
+  assert.deepEqual(events, ["wrote true", "write", "read 0"]);
+  c.destroy();
+}
 
 test("writeBufferLimit: a peer that stopped reading while we keep writing gets onOverflowError", async (t) => {
   captureLogs(t);
