@@ -292,8 +292,10 @@ const P_ANY = P_USER | P_BACKPRESSURE;
  * would spin): past this many, the bytes wait for more to arrive.
  */
 const MAX_IDLE_SWITCHES = 16;
-/** Bytes still arriving after close are read and discarded this long at most. */
+/** Bytes still arriving after close are read and discarded until none came for this long... */
 const LINGER_MS = 2000;
+/** ...or this long in all (nginx's lingering_timeout and lingering_time). */
+const LINGER_MAX_MS = 30_000;
 /** A close(true) that cannot hand its data to the OS for this long is forced (or for idleTimeout, when shorter). */
 const DRAIN_TIMEOUT_MS = 30_000;
 /** node:net: below this, queued chunks are joined into one new buffer; above, written corked. */
@@ -542,7 +544,35 @@ function peerEndedBeforeUpgrade(stream: Stream): void {
   stream._peerLeftHandshake(true);
 }
 function ignoreError(): void {}
-function lingerExpired(sock: Duplex): void {
+/** A socket lingering after a graceful close (see Stream's #releaseSocket). */
+interface Linger {
+  readonly sock: OwnedSocket;
+  /** The TCP (or native) socket under a TLS socket, else null. */
+  readonly under: OwnedSocket | null;
+  readonly stream: Stream;
+  /** The stream's bytesRead when the current wait began. */
+  read: number;
+  /** Waits of LINGER_MS left before the linger ends whatever arrives. */
+  rounds: number;
+}
+
+function armLinger(linger: Linger): void {
+  const timer = setTimeout(lingerExpired, LINGER_MS, linger);
+  timer.unref();
+  linger.sock[kLinger] = timer;
+  if (linger.under !== null) linger.under[kLinger] = timer;
+}
+
+function lingerExpired(linger: Linger): void {
+  const { sock, stream } = linger;
+  // A peer still sending is still there, reading our last bytes (a client
+  // that pipelines while it reads a large reply slowly): closing now would
+  // answer its next bytes with a reset that destroys what it has not read.
+  if (!sock.destroyed && stream.bytesRead > linger.read && --linger.rounds > 0) {
+    linger.read = stream.bytesRead;
+    armLinger(linger);
+    return;
+  }
   sock.destroy();
   lingerEnded(sock); // a Duplex that emits no 'close' lingers no longer either
 }
@@ -1422,8 +1452,9 @@ export class Stream extends Channel {
   /**
    * Closes the stream. `flush` true (default): no more `onRead`, everything
    * already written is sent, then the connection closes with a FIN (bytes
-   * still arriving are read and discarded for a short linger, so no reset
-   * destroys data the peer has not read). `flush` false: unsent data is
+   * still arriving are read and discarded while they keep coming, until
+   * none came for 2 s or 30 s in all, so no reset destroys data the peer
+   * has not read). `flush` false: unsent data is
    * dropped and the connection closes now (when the OS already took
    * everything, it still ends with a FIN and the linger, not a reset).
    * A flushing close that makes no progress for 30 s (or `idleTimeout`,
@@ -3275,10 +3306,7 @@ export class Stream extends Channel {
     const under = this.#x?.raw ?? null;
     const raw = (under ?? sock) as Duplex & { unref?: () => void };
     raw.unref?.();
-    const timer = setTimeout(lingerExpired, LINGER_MS, sock);
-    timer.unref();
-    sock[kLinger] = timer;
-    if (under !== null) (under as OwnedSocket)[kLinger] = timer;
+    armLinger({ sock, under: under as OwnedSocket | null, stream: this, read: this.#bytesRead, rounds: LINGER_MAX_MS / LINGER_MS });
     lingering.add(sock);
   }
 

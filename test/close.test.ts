@@ -169,6 +169,40 @@ test("closing while the peer is still sending does not reset the reply away", as
   assert.equal(r.received, reply.length);
 });
 
+test("closing while the peer keeps sending and reads the reply slowly, for longer than the linger: every byte, then the FIN, no reset", { timeout: 30_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const reply = randomBytes(6 << 20);
+  class Replier extends Stream {
+    override onConnect() {
+      this.write(reply);
+      this.close();
+    }
+  }
+  const port = await listenLocal(new Server(Replier, { engine }), t);
+  const sock = net.connect(port, "127.0.0.1");
+  const chunks: Buffer[] = [];
+  let ended = false;
+  let error: Error | null = null;
+  sock.on("error", (e) => (error = e));
+  sock.on("end", () => (ended = true));
+  // About 1 MiB/s: the last few MiB still sit in the kernel's buffers for
+  // seconds after the stream has handed them over and closed.
+  sock.on("data", (d: Buffer) => {
+    chunks.push(d);
+    sock.pause();
+    setTimeout(() => sock.resume(), d.length / 1024);
+  });
+  // A client that pipelines its next requests meanwhile.
+  const requests = setInterval(() => {
+    if (sock.writable) sock.write("next request\n");
+  }, 20);
+  await new Promise<void>((r) => sock.once("close", r));
+  clearInterval(requests);
+  assert.equal(error, null, "no reset");
+  assert.ok(ended, "a FIN");
+  assert.ok(Buffer.concat(chunks).equals(reply), "every byte of the reply");
+});
+
 test("close(false) after a reply the OS has taken, while the peer keeps sending: the reply is not reset away", async (t) => {
   const reply = randomBytes(32 * 1024);
   // An error reply, sent now, then an abort: what the OS took must still arrive.
