@@ -750,8 +750,9 @@ export class Server<S extends Stream = Stream> extends Channel {
 
   /**
    * Stops accepting at once, closes the IPv6 slave, then calls `onClose`,
-   * whose default closes every open connection without flushing. A closed
-   * server cannot listen again; closing twice is a no-op.
+   * whose default closes every open connection without flushing; sockets
+   * an async `onAccept` still holds are closed too. A closed server cannot
+   * listen again; closing twice is a no-op.
    * @param flush Ignored: a server has nothing to send (`engine.stop()` passes `false`).
    * @throws TypeError for anything but a boolean, such as node:net's callback (`server.close(cb)`): override `onClose`, or await `shutdown()`.
    */
@@ -770,6 +771,10 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.#readyReject = null;
     if (reject !== null) reject(this.#bindError ?? new ChannelStateError(`${nameOf(this)} closed before it was listening.`));
     this._callOnClose();
+    // Sockets an async onAccept still holds are no connections yet: they go
+    // with the listener (engine.stop() too), and a stream the override makes
+    // over one later closes at once.
+    this.#dropHeld();
     if (this.#channels.size === 0) this.engine._channels.delete(this);
     if (diagnostics.serverClose.hasSubscribers) diagnostics.serverClose.publish({ server: this });
     this.#retire();
@@ -795,7 +800,8 @@ export class Server<S extends Stream = Stream> extends Channel {
    * Graceful shutdown: stops accepting at once, calls every connection's
    * `onShutdown()` (default `close(true)`), and resolves once all have
    * closed; connections still open after `timeoutMs` (default 10 000; 0:
-   * no deadline), or once `signal` aborts, are closed without flushing.
+   * no deadline), or once `signal` aborts, are closed without flushing
+   * (so is everything at `close()` or `engine.stop()`).
    * A connection an async `onAccept` still holds is waited for too: a
    * stream it makes is asked to shut down as the others were; the deadline
    * closes one still held.
@@ -842,9 +848,13 @@ export class Server<S extends Stream = Stream> extends Channel {
   #forceShutdown(): void {
     if (this.#shutdownDone === null) return;
     for (const conn of [...this.#channels.values()]) conn.close(false);
-    // An override still holding a socket gets it back destroyed: a stream it makes over it is closed at once.
-    for (const [socket, { raw }] of [...this.#held]) dropSocket(socket, raw);
+    this.#dropHeld();
     this.#checkShutdownDone();
+  }
+
+  /** Destroys the sockets async onAccept overrides hold: a stream an override makes over one later is closed at once. */
+  #dropHeld(): void {
+    for (const [socket, { raw }] of [...this.#held]) dropSocket(socket, raw);
   }
 
   /** Connections a shutdown waits for: streams, and sockets async onAccept overrides hold. */

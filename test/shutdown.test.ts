@@ -522,3 +522,34 @@ test("shutdown() while an async onAccept holds the only connection: it waits for
   await forcedDone;
   assert.equal(stuck.stats.pending, 0);
 });
+
+test("engine.stop() while shutdown() waits for a connection an async onAccept holds: the socket is closed and shutdown() resolves, as at its deadline", async (t) => {
+  // engine.stop() cancelled the deadline with its other timers and left the
+  // held socket open: shutdown() never resolved (until the override settled).
+  const engine = freshEngine(t);
+  const never = new Promise<void>(() => {});
+  class Stuck extends Server {
+    override async onAccept() {
+      await never;
+    }
+  }
+  for (const timeoutMs of [60_000, 0]) {
+    const server = new Stuck(Echo, { engine });
+    const port = await listenLocal(server, t);
+    const held = await connect(port);
+    t.after(() => held.destroy());
+    await waitFor(() => server.stats.pending === 1, 5000, "the override to hold the connection");
+    let resolved = false;
+    const done = server.shutdown({ timeoutMs }).then(() => {
+      resolved = true;
+    });
+    await sleep(20);
+    assert.equal(resolved, false, "waits for the held connection");
+    engine.stop();
+    assert.equal((await held.readToEnd(3000)).length, 0, `timeoutMs ${timeoutMs}: the held socket is closed`);
+    await waitFor(() => resolved, 3000, `timeoutMs ${timeoutMs}: shutdown() to resolve`);
+    await done;
+    assert.equal(server.stats.pending, 0);
+    assert.equal(server.closed, true);
+  }
+});
