@@ -333,7 +333,7 @@ class NetStructFramer implements Framer {
     if (rb.length < rb.mark && rb.mark <= Math.max(limit, this.minLimit)) return NEED_MORE;
     let result: ReturnType<NetStruct["parse"]>;
     try {
-      result = this.source.parse(rb.all());
+      result = this.source.parse(rb.all(limit));
     } catch (err) {
       out.error = err as Error;
       return FAILED;
@@ -402,7 +402,8 @@ class DecoderFramer implements Framer {
       return OVERFLOW;
     }
     rb.mark = 0;
-    const buf = rb.all();
+    // (No room past the limit: more than that is refused if it has no frame.)
+    const buf = rb.all(limit);
     // A throwing decoder is user code failing: the stream routes it to onError.
     rb.switched = false;
     const result = this.source(buf, 0);

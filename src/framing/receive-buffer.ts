@@ -8,9 +8,10 @@
  *
  * A framer that reads every buffered byte at once (a Decoder, a Struct)
  * joins them with {@link ReceiveBuffer.all}. Joined again before anything
- * was consumed (the frame is still unfinished), the join reserves room, and
- * the bytes that arrive next are copied in after it: the unfinished frame is
- * then copied about twice in all, not once per arrival.
+ * was consumed (the frame is still unfinished), the join reserves room (as
+ * much again, never past the frame limit), and the bytes that arrive next
+ * are copied in after it: the unfinished frame is then copied about twice
+ * in all, not once per arrival.
  */
 import { Buffer } from "node:buffer";
 import type { Framer } from "./delimiter.js";
@@ -301,17 +302,19 @@ export class ReceiveBuffer {
 
   /**
    * Every buffered byte in one buffer (joined once, and kept joined; a
-   * second join before anything is consumed reserves as much room again).
+   * second join before anything is consumed reserves as much room again,
+   * up to `cap` bytes in all: the most the framer will wait for).
    */
-  all(): Buffer {
+  all(cap = Infinity): Buffer {
     const length = this.length;
     if (length === 0) return EMPTY;
     const first = this.#chunks[this.#head]!;
     if (this.contiguous) return this.#off === 0 ? first : first.subarray(this.#off);
     let joined: Buffer;
-    if (this.#joined) {
+    const size = Math.min(2 * length, cap);
+    if (this.#joined && size > length) {
       // Not from Node's pool, as in push(): the room is ours alone.
-      const room = Buffer.allocUnsafeSlow(2 * length);
+      const room = Buffer.allocUnsafeSlow(size);
       let at = 0;
       for (let i = this.#head; i < this.#chunks.length; i++) {
         const chunk = this.#chunks[i]!;
