@@ -907,7 +907,8 @@ export class Stream extends Channel {
    * for); `Infinity` (never) on one that `connect()`ed, whose writes
    * are its own requests: were it to stop reading too, a client and a
    * server each waiting for the other to read would wait forever.
-   * `Infinity` turns the pause off on any stream.
+   * `Infinity` turns the pause off on any stream. Lowered below what
+   * already waits, reading pauses at once.
    * @throws RangeError (`ERR_OUT_OF_RANGE`) for a finite value not below
    *   `writeBufferLimit`: the stream would never pause before the limit
    *   closed it (set `writeBufferLimit` first, or `Infinity` for no pause).
@@ -929,6 +930,10 @@ export class Stream extends Channel {
       }
     }
     this.#extras().writeHighWaterMark = value;
+    // Lowered below what already waits (outside a write): reading pauses now,
+    // as after a write, until the drain (onWrite). Queued writes get the
+    // same check when they are flushed.
+    if (this.#state === S_OPEN && (this.#wq === null || this.#wq.length === 0) && this.bufferedAmount > value) this.#flush();
   }
 
   /**
