@@ -2221,7 +2221,7 @@ export class Stream extends Channel {
 
   /** Adds `chunk` to the read buffer: a copy when it is lent (the buffer keeps it past the lend). */
   #keep(chunk: Buffer): void {
-    (this.#rb ??= new ReceiveBuffer()).push(lentBlock !== null && chunk.buffer === lentBlock ? Buffer.from(chunk) : chunk);
+    (this.#rb ??= new ReceiveBuffer()).push(chunk, lentBlock !== null && chunk.buffer === lentBlock);
   }
 
   /**

@@ -79,8 +79,13 @@ export class ReceiveBuffer {
   #roomUsed = 0;
   #roomView: Buffer = EMPTY;
 
-  /** Appends a chunk (kept by reference, unless it is small and joined to a small last chunk). */
-  push(chunk: Buffer): void {
+  /**
+   * Appends a chunk: kept by reference, unless it is small and joined to a
+   * small last chunk, or copied into a join's room. A `lent` chunk (its
+   * memory is reused once the handler returns) is copied where it would be
+   * kept by reference.
+   */
+  push(chunk: Buffer, lent = false): void {
     if (chunk.length === 0) return;
     this.length += chunk.length;
     this.#latin1 = null;
@@ -114,7 +119,7 @@ export class ReceiveBuffer {
         return;
       }
     }
-    chunks.push(chunk);
+    chunks.push(lent ? Buffer.from(chunk) : chunk);
   }
 
   /**
