@@ -294,8 +294,14 @@ const P_ANY = P_USER | P_BACKPRESSURE;
 const MAX_IDLE_SWITCHES = 16;
 /** Bytes still arriving after close are read and discarded until none came for this long... */
 const LINGER_MS = 2000;
-/** ...or this long in all (nginx's lingering_timeout and lingering_time). */
+/** ...or this long in all (nginx's lingering_timeout and lingering_time)... */
 const LINGER_MAX_MS = 30_000;
+/**
+ * ...or one wait of LINGER_MS per this many bytes written (a peer reading
+ * at 64 KiB/s): a peer that cannot have much left to read (a short reply,
+ * an idle or overflow close) gets no more than the first wait.
+ */
+const LINGER_BYTES_PER_WAIT = 128 * 1024;
 /** A close(true) that cannot hand its data to the OS for this long is forced (or for idleTimeout, when shorter). */
 const DRAIN_TIMEOUT_MS = 30_000;
 /** node:net: below this, queued chunks are joined into one new buffer; above, written corked. */
@@ -1458,8 +1464,8 @@ export class Stream extends Channel {
    * Closes the stream. `flush` true (default): no more `onRead`, everything
    * already written is sent, then the connection closes with a FIN (bytes
    * still arriving are read and discarded while they keep coming, until
-   * none came for 2 s or 30 s in all, so no reset destroys data the peer
-   * has not read). `flush` false: unsent data is
+   * none came for 2 s, or 30 s in all, or 2 s per 128 KiB the stream wrote,
+   * so no reset destroys data the peer has not read). `flush` false: unsent data is
    * dropped and the connection closes now (when the OS already took
    * everything, it still ends with a FIN and the linger, not a reset).
    * A flushing close that makes no progress for 30 s (or `idleTimeout`,
@@ -3311,7 +3317,8 @@ export class Stream extends Channel {
     const under = this.#x?.raw ?? null;
     const raw = (under ?? sock) as Duplex & { unref?: () => void };
     raw.unref?.();
-    armLinger({ sock, under: under as OwnedSocket | null, stream: this, read: this.#bytesRead, rounds: LINGER_MAX_MS / LINGER_MS });
+    const rounds = Math.min(LINGER_MAX_MS / LINGER_MS, Math.ceil(this.#bytesWritten / LINGER_BYTES_PER_WAIT));
+    armLinger({ sock, under: under as OwnedSocket | null, stream: this, read: this.#bytesRead, rounds });
     lingering.add(sock);
   }
 

@@ -203,6 +203,46 @@ test("closing while the peer keeps sending and reads the reply slowly, for longe
   assert.ok(Buffer.concat(chunks).equals(reply), "every byte of the reply");
 });
 
+test("a peer that read a short reply and keeps a closed connection open by trickling bytes is cut after the first 2 s wait, not 30 s", { timeout: 20_000 }, async (t) => {
+  const engine = freshEngine(t);
+  class Closer extends Stream {
+    override onConnect() {
+      this.write("hello\n");
+    }
+    override onRead() {
+      this.write("bye\n");
+      this.close();
+    }
+  }
+  class IdleCloser extends Closer {
+    override onConnect() {
+      this.idleTimeout = 100; // then close(false), after the OS took the reply
+      super.onConnect();
+    }
+  }
+  const port = await listenLocal(new Server(Closer, { engine }), t);
+  const port2 = await listenLocal(new Server(IdleCloser, { engine }), t);
+  const trickle = async (p: number, request: boolean): Promise<number> => {
+    const sock = net.connect({ port: p, host: "127.0.0.1", allowHalfOpen: true });
+    sock.on("error", () => {});
+    sock.on("data", () => {});
+    if (request) sock.write("request\n");
+    await new Promise<void>((r) => sock.once("end", r));
+    const finAt = Date.now();
+    const timer = setInterval(() => sock.writable && sock.write("."), 200);
+    t.after(() => {
+      clearInterval(timer);
+      sock.destroy();
+    });
+    await new Promise<void>((r) => sock.once("close", r));
+    clearInterval(timer);
+    return Date.now() - finAt;
+  };
+  const [closed, idle] = await Promise.all([trickle(port, true), trickle(port2, false)]);
+  assert.ok(closed < 5000, `after close(): the linger lasted ${closed} ms`);
+  assert.ok(idle < 5000, `after an idle timeout: the linger lasted ${idle} ms`);
+});
+
 test("close(false) after a reply the OS has taken, while the peer keeps sending: the reply is not reset away", async (t) => {
   const reply = randomBytes(32 * 1024);
   // An error reply, sent now, then an abort: what the OS took must still arrive.
