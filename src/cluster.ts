@@ -98,8 +98,9 @@ export function processStats(): Stats {
 /**
  * Gracefully shuts down every server in this process, and waits for the
  * connections closed gracefully to finish lingering (until their peers
- * have read everything, at most LINGER_MS): the process exits next, and an
- * exit under them would reset them and lose what was still in flight.
+ * have read everything, 3 s at most, however long a linger may last): the
+ * process exits next, and an exit under them would reset them and lose what
+ * was still in flight.
  */
 export async function shutdownAll(timeoutMs: number): Promise<void> {
   await Promise.all([...liveServers].map((s: Server) => s.shutdown({ timeoutMs })));
