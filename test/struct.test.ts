@@ -598,6 +598,18 @@ describe("Struct: packing and unpacking", () => {
     assert.equal(new Struct(">e").pack(NaN).toString("hex"), "7e00");
   });
 
+  it("unpacks a half NaN with its sign, as Python does (fe00 is fff8000000000000), also once the code is optimized", () => {
+    // struct.unpack("<e", bytes.fromhex(h)) for each pattern, repacked with "<d".
+    const cases: Array<[string, string]> = [["00fe", "000000000000f8ff"], ["01fc", "000000000000f8ff"], ["ffff", "000000000000f8ff"], ["007e", "000000000000f87f"], ["017c", "000000000000f87f"]];
+    const half = new Struct("<e");
+    const double = new Struct("<d");
+    for (let round = 0; round < 20_000; round++) {
+      for (const [hex, want] of cases) {
+        assert.equal(double.pack(half.unpack(Buffer.from(hex, "hex"))[0]).toString("hex"), want, `${hex} in round ${round}`);
+      }
+    }
+  });
+
   it("decodes every half-precision bit pattern like Python", () => {
     // struct.unpack("<65536e", all patterns) re-packed as "<65536d", NaNs as 0.0.
     const all = Buffer.alloc(2 * 65536);

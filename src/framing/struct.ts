@@ -549,13 +549,27 @@ function halfBits(x: number): number {
   return sign | (((exponent + 14) << 10) + n);
 }
 
-/** The value of binary16 bits. */
+/**
+ * The quiet NaN with the given sign, read from its bits: a NaN constant
+ * would lose its sign (V8's optimizer folds any value it knows to be NaN
+ * into the canonical positive one).
+ */
+function quietNaN(negative: boolean): number {
+  scratch.setUint32(0, negative ? 0xfff80000 : 0x7ff80000);
+  scratch.setUint32(4, 0);
+  return scratch.getFloat64(0);
+}
+
+/**
+ * The value of binary16 bits. A NaN keeps its sign and drops its payload,
+ * as CPython's `PyFloat_Unpack2` does.
+ */
 function halfValue(bits: number): number {
   const sign = bits & 0x8000 ? -1 : 1;
   const exponent = (bits >>> 10) & 0x1f;
   const fraction = bits & 0x3ff;
   if (exponent === 0) return sign * fraction * 2 ** -24;
-  if (exponent === 0x1f) return fraction === 0 ? sign * Infinity : NaN;
+  if (exponent === 0x1f) return fraction === 0 ? sign * Infinity : quietNaN(sign < 0);
   return sign * (1024 + fraction) * 2 ** (exponent - 25);
 }
 
