@@ -58,6 +58,33 @@ test("Pants: Struct('!2H') delivers the unpacked values as arguments", async (t)
   c.destroy();
 });
 
+test("a Struct or NetStruct with a 0s or 0p field delivers its empty buffer to onRead, as unpack does (whole records and split ones)", async (t) => {
+  const engine = freshEngine(t);
+  const got: string[] = [];
+  const formats = [new Struct("!H0sH"), new Struct("<B0pB"), new NetStruct("!H0sH")];
+  class ZeroLength extends Stream {
+    #next = 0;
+    override onConnect() {
+      this.readDelimiter = formats[this.#next++]!;
+    }
+    override onRead(...values: unknown[]) {
+      got.push(JSON.stringify(values.map((v) => (Buffer.isBuffer(v) ? `<${v.toString("hex")}>` : v))));
+      if (got.length % 2 === 0 && this.#next < formats.length) this.readDelimiter = formats[this.#next++]!;
+    }
+  }
+  const port = await listenLocal(new Server(ZeroLength, { engine }), t);
+  const c = await connect(port);
+  c.socket.setNoDelay(true);
+  // Per format: a whole record, then one split across two writes.
+  for (const hex of ["00010002", "0003", "0004", "0102", "03", "04", "00050006", "00", "070008"]) {
+    c.socket.write(Buffer.from(hex, "hex"));
+    await sleep(5);
+  }
+  await waitFor(() => got.length === 6, 5000, "six records");
+  assert.deepEqual(got, ['[1,"<>",2]', '[3,"<>",4]', '[1,"<>",2]', '[3,"<>",4]', '[5,"<>",6]', '[7,"<>",8]']);
+  c.destroy();
+});
+
 test("Pants: NetStruct('ih$5b') delivers [1298, 'default', 0, 0, 1, 0, 8]", async (t) => {
   const engine = freshEngine(t);
   class NetStructOriented extends Stream {

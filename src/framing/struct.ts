@@ -261,6 +261,8 @@ export class Layout {
     const end = little ? "LE" : "BE";
     const exprs: string[] = [];
     for (const run of this.#runs) {
+      // A string gives one value even with a count of 0 (an empty buffer), so check it before the loop.
+      if (run.kind === "string" || run.kind === "pascal") return null;
       for (let k = 0; k < (run.kind === "pad" ? 0 : run.count); k++) {
         const at = `${base} + ${run.offset + k * run.itemSize}`;
         switch (run.kind) {
