@@ -20,7 +20,7 @@ import { NetStruct, Server, Stream, Struct } from "../src/index.js";
 import type { BufferOverflowError, Decoder, ReadDelimiter } from "../src/index.js";
 import { memoryPeer } from "../src/testing.js";
 import { nativeAddon } from "../src/native-socket.js";
-import { freshEngine, joinRawEvents, listenLocal, prng, sameOnEitherTransport, sleep } from "./helpers.js";
+import { freshEngine, joinRawEvents, listenLocal, prng, sameOnEitherTransport, sleep, withDeadline } from "./helpers.js";
 
 type Rand = () => number;
 type Pause = "none" | "immediate" | "timer";
@@ -428,15 +428,6 @@ async function send(socket: net.Socket, bytes: Buffer, r: Rand): Promise<void> {
     else if (wait < 0.4) await sleep(int(r, 1, 3));
   }
   socket.end();
-}
-
-async function withDeadline(p: Promise<void>, what: string): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), 5000)))]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 function describeScript(s: Script): string {

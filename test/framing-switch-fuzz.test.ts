@@ -26,7 +26,7 @@ import { NetStruct, Server, Stream, Struct } from "../src/index.js";
 import type { Decoder, ReadDelimiter } from "../src/index.js";
 import { memoryPeer } from "../src/testing.js";
 import { nativeAddon } from "../src/native-socket.js";
-import { freshEngine, joinRawEvents, listenLocal, prng, sameOnEitherTransport, sleep } from "./helpers.js";
+import { freshEngine, joinRawEvents, listenLocal, prng, sameOnEitherTransport, sleep, withDeadline } from "./helpers.js";
 
 type Rand = () => number;
 type Encoding = "latin1" | "hex" | "utf8" | "utf16le" | "base64";
@@ -367,15 +367,6 @@ function pieces(bytes: Buffer, cuts: number[]): Buffer[] {
     from = c;
   }
   return out.filter((p) => p.length > 0);
-}
-
-async function withDeadline(p: Promise<void>, what: string): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), 5000)))]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 async function viaMemory(s: Script, parts: Buffer[]): Promise<unknown[]> {

@@ -473,3 +473,13 @@ export function joinRawEvents(events: unknown[]): unknown[] {
   }
   return out;
 }
+
+/** Waits for `p`, failing with "timed out waiting for `what`" after 5 s. */
+export async function withDeadline(p: Promise<void>, what: string): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), 5000)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
