@@ -937,9 +937,13 @@ export class Stream extends Channel {
     }
     this.#extras().writeHighWaterMark = value;
     // Lowered below what already waits (outside a write): reading pauses now,
-    // as after a write, until the drain (onWrite). Queued writes get the
-    // same check when they are flushed.
-    if (this.#state === S_OPEN && (this.#wq === null || this.#wq.length === 0) && this.bufferedAmount > value) this.#flush();
+    // as after a write, until the drain (onWrite). Writes still queued (held
+    // behind a slow peer, behind a file, or until the end of the delivery)
+    // are flushed as before, and that flush or its drain resumes reading.
+    if (this.#state === S_OPEN && this.bufferedAmount > value) {
+      if (this.#wq === null || this.#wq.length === 0) this.#flush();
+      else this.#pause(P_BACKPRESSURE);
+    }
   }
 
   /**

@@ -759,6 +759,48 @@ test("writeHighWaterMark lowered below what already waits (from a timer): readin
   await waitFor(() => received === 8 * 1024 * 1024, 10_000, "the whole push");
 });
 
+test("writeHighWaterMark lowered below what already waits, a short write held behind a push: reading pauses at once too", { timeout: 30_000 }, async (t) => {
+  // The short write waits in the queue, joined, until the socket drains:
+  // before, the setter saw a queue and left the check to that flush, so
+  // onRead went on above the new mark until the peer read the whole push.
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  let stream: Stream | null = null;
+  class Push extends Stream {
+    override onConnect() {
+      stream = this;
+      this.readDelimiter = "\n";
+      this.writeHighWaterMark = Infinity;
+      this.write(Buffer.alloc(8 * 1024 * 1024, 0x70)); // a push the peer does not read yet
+    }
+    override onRead(d: Buffer) {
+      events.push(`read ${d} (${this.bufferedAmount > this.writeHighWaterMark ? "above" : "below"} the mark)`);
+    }
+    override onWrite() {
+      events.push("write");
+    }
+  }
+  const port = await listenLocal(new Server(Push, { engine }), t);
+  const sock = net.connect(port, "127.0.0.1");
+  sock.on("error", () => {});
+  t.after(() => sock.destroy());
+  await new Promise((r) => sock.once("connect", r));
+  sock.pause();
+  await waitFor(() => stream !== null && stream.bufferedAmount > 1 << 20, 5000, "the push to back up");
+  stream!.write("tail\n"); // held behind the push, in the queue
+  await sleep(20);
+  stream!.writeHighWaterMark = 64 * 1024;
+  sock.write("one\n");
+  await sleep(100);
+  assert.deepEqual(events, [], "paused: nothing read while the push waits");
+  let received = 0;
+  sock.on("data", (d: Buffer) => (received += d.length));
+  sock.resume();
+  await waitFor(() => events.length === 2, 10_000, "the drain, then the line");
+  assert.deepEqual(events, ["write", "read one (below the mark)"]);
+  await waitFor(() => received === 8 * 1024 * 1024 + 5, 10_000, "the whole push and the tail");
+});
+
 test("writeHighWaterMark = Infinity: a server's stream keeps reading a peer that does not read while the stream's writes wait", { timeout: 30_000 }, async (t) => {
   const engine = freshEngine(t);
   let read = 0;
