@@ -550,6 +550,9 @@ function peerEndedBeforeUpgrade(stream: Stream): void {
   stream._peerLeftHandshake(true);
 }
 function ignoreError(): void {}
+function checkWriteLimit(stream: Stream): void {
+  stream._checkWriteLimit();
+}
 /** A socket lingering after a graceful close (see Stream's #releaseSocket). */
 interface Linger {
   readonly sock: OwnedSocket;
@@ -948,6 +951,7 @@ export class Stream extends Channel {
 
   /**
    * Above this many buffered bytes `onOverflowError` is called (default 64 MiB).
+   * Lowered below what already waits, it is called on the next tick.
    * @throws RangeError (`ERR_OUT_OF_RANGE`) for a value not above a finite
    *   `writeHighWaterMark` that was set (lower that first).
    */
@@ -964,6 +968,16 @@ export class Stream extends Channel {
       );
     }
     this.#extras().writeBufferLimit = value;
+    // Lowered below what already waits: onOverflowError on the next tick (as
+    // a lowered bufferSize's), not inside the setter, nor only at the next write.
+    if (this.#state !== S_CLOSED && this.bufferedAmount > value) process.nextTick(checkWriteLimit, this);
+  }
+
+  /** @internal The writes waiting are checked against writeBufferLimit (after it was lowered). */
+  _checkWriteLimit(): void {
+    if (this.#state === S_CLOSED) return;
+    const limit = this.writeBufferLimit;
+    if (this.bufferedAmount > limit) this.#writeOverflow(limit);
   }
 
   /**

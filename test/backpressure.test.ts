@@ -801,6 +801,39 @@ test("writeHighWaterMark lowered below what already waits, a short write held be
   await waitFor(() => received === 8 * 1024 * 1024 + 5, 10_000, "the whole push and the tail");
 });
 
+test("writeBufferLimit lowered below what already waits (from a timer): onOverflowError on the next tick, not inside the setter nor at the next write", { timeout: 30_000 }, async (t) => {
+  // Before, nothing happened until the stream next wrote.
+  const engine = freshEngine(t);
+  const events: string[] = [];
+  let stream: Stream | null = null;
+  class Push extends Stream {
+    override onConnect() {
+      stream = this;
+      this.writeHighWaterMark = Infinity;
+      this.write(Buffer.alloc(8 * 1024 * 1024, 0x70)); // a push the peer does not read
+    }
+    override onOverflowError(err: BufferOverflowError) {
+      events.push(`overflow ${err.direction} ${err.limit}`);
+      super.onOverflowError(err);
+    }
+    override onClose() {
+      events.push("close");
+    }
+  }
+  const port = await listenLocal(new Server(Push, { engine }), t);
+  const sock = net.connect(port, "127.0.0.1");
+  sock.on("error", () => {});
+  t.after(() => sock.destroy());
+  await new Promise((r) => sock.once("connect", r));
+  sock.pause();
+  await waitFor(() => stream !== null && stream.bufferedAmount > 1 << 20, 5000, "the push to back up");
+  stream!.writeBufferLimit = 1 << 20;
+  assert.deepEqual(events, [], "not inside the setter");
+  await new Promise((r) => process.nextTick(r));
+  await waitFor(() => events.length === 2, 2000, "the overflow");
+  assert.deepEqual(events, [`overflow write ${1 << 20}`, "close"]);
+});
+
 test("writeHighWaterMark = Infinity: a server's stream keeps reading a peer that does not read while the stream's writes wait", { timeout: 30_000 }, async (t) => {
   const engine = freshEngine(t);
   let read = 0;
