@@ -721,63 +721,22 @@ for (const where of ["tcp", "unix"] as const) {
   });
 }
 
-test("writeHighWaterMark lowered below what already waits (from a timer): reading pauses at once, until the drain's onWrite", { timeout: 30_000 }, async (t) => {
-  // Before, nothing paused until the next write: onRead went on above the new mark.
-  const engine = freshEngine(t);
-  const events: string[] = [];
-  let stream: Stream | null = null;
-  class Push extends Stream {
-    override onConnect() {
-      stream = this;
-      this.readDelimiter = "\n";
-      this.writeHighWaterMark = Infinity;
-      this.write(Buffer.alloc(8 * 1024 * 1024, 0x70)); // a push the peer does not read yet
-    }
-    override onRead(d: Buffer) {
-      events.push(`read ${d} (${this.bufferedAmount > this.writeHighWaterMark ? "above" : "below"} the mark)`);
-    }
-    override onWrite() {
-      events.push("write");
-    }
-  }
-  const port = await listenLocal(new Server(Push, { engine }), t);
-  const sock = net.connect(port, "127.0.0.1");
-  sock.on("error", () => {});
-  t.after(() => sock.destroy());
-  await new Promise((r) => sock.once("connect", r));
-  sock.pause();
-  await waitFor(() => stream !== null && stream.bufferedAmount > 1 << 20, 5000, "the push to back up");
-  stream!.writeHighWaterMark = 64 * 1024;
-  sock.write("one\n");
-  await sleep(100);
-  assert.deepEqual(events, [], "paused: nothing read while the push waits");
-  let received = 0;
-  sock.on("data", (d: Buffer) => (received += d.length));
-  sock.resume();
-  await waitFor(() => events.length === 2, 10_000, "the drain, then the line");
-  assert.deepEqual(events, ["write", "read one (below the mark)"]);
-  await waitFor(() => received === 8 * 1024 * 1024, 10_000, "the whole push");
-});
+const PUSH = 8 * 1024 * 1024;
 
-test("writeHighWaterMark lowered below what already waits, a short write held behind a push: reading pauses at once too", { timeout: 30_000 }, async (t) => {
-  // The short write waits in the queue, joined, until the socket drains:
-  // before, the setter saw a queue and left the check to that flush, so
-  // onRead went on above the new mark until the peer read the whole push.
+/**
+ * A server whose stream pushes PUSH bytes at connect (writeHighWaterMark
+ * Infinity, so it keeps reading), and a client that does not read them:
+ * resolves once more than 1 MiB of the push waits in the stream.
+ */
+async function backedUpPush(t: TestContext, Conn: typeof Stream): Promise<{ stream: Stream; sock: net.Socket }> {
   const engine = freshEngine(t);
-  const events: string[] = [];
   let stream: Stream | null = null;
-  class Push extends Stream {
+  class Push extends Conn {
     override onConnect() {
       stream = this;
-      this.readDelimiter = "\n";
       this.writeHighWaterMark = Infinity;
-      this.write(Buffer.alloc(8 * 1024 * 1024, 0x70)); // a push the peer does not read yet
-    }
-    override onRead(d: Buffer) {
-      events.push(`read ${d} (${this.bufferedAmount > this.writeHighWaterMark ? "above" : "below"} the mark)`);
-    }
-    override onWrite() {
-      events.push("write");
+      this.write(Buffer.alloc(PUSH, 0x70));
+      super.onConnect();
     }
   }
   const port = await listenLocal(new Server(Push, { engine }), t);
@@ -787,31 +746,49 @@ test("writeHighWaterMark lowered below what already waits, a short write held be
   await new Promise((r) => sock.once("connect", r));
   sock.pause();
   await waitFor(() => stream !== null && stream.bufferedAmount > 1 << 20, 5000, "the push to back up");
-  stream!.write("tail\n"); // held behind the push, in the queue
-  await sleep(20);
-  stream!.writeHighWaterMark = 64 * 1024;
-  sock.write("one\n");
-  await sleep(100);
-  assert.deepEqual(events, [], "paused: nothing read while the push waits");
-  let received = 0;
-  sock.on("data", (d: Buffer) => (received += d.length));
-  sock.resume();
-  await waitFor(() => events.length === 2, 10_000, "the drain, then the line");
-  assert.deepEqual(events, ["write", "read one (below the mark)"]);
-  await waitFor(() => received === 8 * 1024 * 1024 + 5, 10_000, "the whole push and the tail");
+  return { stream: stream!, sock };
+}
+
+test("writeHighWaterMark lowered below what already waits (from a timer): reading pauses at once, until the drain's onWrite, also with a short write held behind the push", { timeout: 30_000 }, async (t) => {
+  // Before, nothing paused until the next write: onRead went on above the
+  // new mark. With a short write held in the queue behind the push (it waits,
+  // joined, until the socket drains), the setter left the check to that
+  // flush, so onRead went on until the peer had read the whole push.
+  for (const tail of ["", "tail\n"]) {
+    const events: string[] = [];
+    class Lines extends Stream {
+      override onConnect() {
+        this.readDelimiter = "\n";
+      }
+      override onRead(d: Buffer) {
+        events.push(`read ${d} (${this.bufferedAmount > this.writeHighWaterMark ? "above" : "below"} the mark)`);
+      }
+      override onWrite() {
+        events.push("write");
+      }
+    }
+    const { stream, sock } = await backedUpPush(t, Lines);
+    if (tail !== "") {
+      stream.write(tail); // held behind the push, in the queue
+      await sleep(20);
+    }
+    stream.writeHighWaterMark = 64 * 1024;
+    sock.write("one\n");
+    await sleep(100);
+    assert.deepEqual(events, [], `paused: nothing read while the push waits (tail ${JSON.stringify(tail)})`);
+    let received = 0;
+    sock.on("data", (d: Buffer) => (received += d.length));
+    sock.resume();
+    await waitFor(() => events.length === 2, 10_000, "the drain, then the line");
+    assert.deepEqual(events, ["write", "read one (below the mark)"]);
+    await waitFor(() => received === PUSH + tail.length, 10_000, "the whole push and the tail");
+  }
 });
 
 test("writeBufferLimit lowered below what already waits (from a timer): onOverflowError on the next tick, not inside the setter nor at the next write", { timeout: 30_000 }, async (t) => {
   // Before, nothing happened until the stream next wrote.
-  const engine = freshEngine(t);
   const events: string[] = [];
-  let stream: Stream | null = null;
-  class Push extends Stream {
-    override onConnect() {
-      stream = this;
-      this.writeHighWaterMark = Infinity;
-      this.write(Buffer.alloc(8 * 1024 * 1024, 0x70)); // a push the peer does not read
-    }
+  class Recording extends Stream {
     override onOverflowError(err: BufferOverflowError) {
       events.push(`overflow ${err.direction} ${err.limit}`);
       super.onOverflowError(err);
@@ -820,16 +797,9 @@ test("writeBufferLimit lowered below what already waits (from a timer): onOverfl
       events.push("close");
     }
   }
-  const port = await listenLocal(new Server(Push, { engine }), t);
-  const sock = net.connect(port, "127.0.0.1");
-  sock.on("error", () => {});
-  t.after(() => sock.destroy());
-  await new Promise((r) => sock.once("connect", r));
-  sock.pause();
-  await waitFor(() => stream !== null && stream.bufferedAmount > 1 << 20, 5000, "the push to back up");
-  stream!.writeBufferLimit = 1 << 20;
+  const { stream } = await backedUpPush(t, Recording);
+  stream.writeBufferLimit = 1 << 20;
   assert.deepEqual(events, [], "not inside the setter");
-  await new Promise((r) => process.nextTick(r));
   await waitFor(() => events.length === 2, 2000, "the overflow");
   assert.deepEqual(events, [`overflow write ${1 << 20}`, "close"]);
 });
