@@ -296,7 +296,7 @@ function describeValue(value: unknown, depth: number): string {
   return `an object (${Object.prototype.toString.call(value)})`;
 }
 
-/** @internal One character as a string literal's `\uXXXX` escape (for a control character in a message or log line). */
+/** @internal One character as a string literal's escape: `\u` and four hex digits (for a control character in a message or log line). */
 export function unicodeEscape(c: string): string {
   return `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`;
 }
