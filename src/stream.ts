@@ -975,9 +975,7 @@ export class Stream extends Channel {
 
   /** @internal The writes waiting are checked against writeBufferLimit (after it was lowered). */
   _checkWriteLimit(): void {
-    if (this.#state === S_CLOSED) return;
-    const limit = this.writeBufferLimit;
-    if (this.bufferedAmount > limit) this.#writeOverflow(limit);
+    this.#checkLimit(this.bufferedAmount);
   }
 
   /**
@@ -2482,10 +2480,10 @@ export class Stream extends Channel {
       while (rb.length > 0) {
         if (this.#state !== S_OPEN || (this.#flags & P_ANY) !== 0 || (this.#flags & F_TLS_UPGRADING) !== 0) return;
         const framer = this.#framer;
-        // The delimiter changed while an oversized frame was skipped (in
-        // onOverflowError): the framer that refused it skips it to its end,
-        // as it would had the frame arrived whole, before the new one frames.
-        const skipper = rb.discarding && rb.skipper !== framer ? rb.skipper : null;
+        // An oversized frame being skipped: the framer that refused it skips
+        // it to its end (even if the delimiter changed since, in
+        // onOverflowError), as it would had the frame arrived whole.
+        const skipper = rb.discarding ? rb.skipper : null;
         if (skipper === null && framer === NULL_FRAMER && this.#encoding !== null) {
           // Raw chunks as text: the whole characters now, the start of a cut one stays buffered.
           if (!this.#deliverTextChunk(rb, this.#encoding)) return;
@@ -2892,6 +2890,11 @@ export class Stream extends Channel {
   #checkQueued(): void {
     const buffered = this.bufferedAmount;
     if ((this.#flags & F_IN_DISPATCH) !== 0 && buffered > this.writeHighWaterMark) this.#pause(P_BACKPRESSURE);
+    this.#checkLimit(buffered);
+  }
+
+  /** `buffered` bytes wait: past writeBufferLimit, onOverflowError (once; not on a closed stream). */
+  #checkLimit(buffered: number): void {
     const limit = this.writeBufferLimit;
     if (buffered > limit) this.#writeOverflow(limit);
   }
@@ -3032,8 +3035,7 @@ export class Stream extends Channel {
     if (buffered > this.writeHighWaterMark) this.#pause(P_BACKPRESSURE);
     if (buffered > 0) {
       // Most of what waits is in the socket now, not in the queue #afterQueue checks.
-      const limit = this.writeBufferLimit;
-      if (buffered > limit) this.#writeOverflow(limit);
+      this.#checkLimit(buffered);
       if (this.#state === S_CLOSED) return;
     }
     if ((this.#flags & P_BACKPRESSURE) !== 0 || this.#state === S_CLOSING) this.#barrier(); // someone waits for the drain

@@ -74,19 +74,22 @@ export interface Framer {
    * lookbehind), else searched on the text from each frame's start.
    */
   readonly search: RegExp | null;
-  /** Takes at most one frame from `rb`; see the result codes above. */
-  extract(rb: ReceiveBuffer, limit: number, out: FrameOut, regexSearch: boolean): number;
   /**
-   * Goes on skipping the oversized frame this framer refused (`rb.discarding`,
-   * `rb.skipper` this framer): FRAME once it is all gone, else NEED_MORE (or FAILED).
+   * Takes at most one frame from `rb`; see the result codes above. Never
+   * called while `rb.discarding`: the stream has `rb.skipper` finish first.
+   * `limit` is already at least `minLimit`.
    */
-  discard(rb: ReceiveBuffer, out: FrameOut): number;
+  extract(rb: ReceiveBuffer, limit: number, out: FrameOut, regexSearch: boolean): number;
 }
 
-/** `discard` of the framers that never skip: nothing to do. */
-function nothingToDiscard(rb: ReceiveBuffer): number {
-  rb.discarding = false;
-  return FRAME;
+/** A framer that refuses an oversized frame and skips it to its end, however the bytes arrive. */
+export interface Skipper {
+  /**
+   * Goes on skipping the frame it refused (`rb.discarding`, `rb.skipper`
+   * this one, even if the delimiter changed since): FRAME once it is all
+   * gone, else NEED_MORE (or FAILED).
+   */
+  discard(rb: ReceiveBuffer, out: FrameOut): number;
 }
 
 class NullFramer implements Framer {
@@ -98,10 +101,9 @@ class NullFramer implements Framer {
     out.value = rb.take(rb.length);
     return FRAME;
   }
-  discard = nothingToDiscard;
 }
 
-class BytesFramer implements Framer {
+class BytesFramer implements Framer, Skipper {
   readonly minLimit = 0;
   readonly search = null;
   constructor(
@@ -111,7 +113,6 @@ class BytesFramer implements Framer {
 
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
     const n = this.needle.length;
-    if (rb.discarding && (this.discard(rb) !== FRAME || rb.length === 0)) return NEED_MORE;
     const idx = rb.indexOf(this.needle, rb.mark);
     if (idx === -1) {
       if (rb.length - (n - 1) > limit) {
@@ -162,7 +163,6 @@ class SizeFramer implements Framer {
     out.value = rb.take(this.source);
     return FRAME;
   }
-  discard = nothingToDiscard;
 }
 
 /**
@@ -173,7 +173,7 @@ class SizeFramer implements Framer {
  */
 const REGEX_SLACK = 256;
 
-class RegexFramer implements Framer {
+class RegexFramer implements Framer, Skipper {
   readonly minLimit = 0;
   readonly needle = null;
   readonly search: RegExp;
@@ -238,7 +238,6 @@ class RegexFramer implements Framer {
   }
 
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut, regexSearch: boolean): number {
-    if (rb.discarding && (this.discard(rb) !== FRAME || rb.length === 0)) return NEED_MORE;
     const m = this.#find(rb, regexSearch);
     if (m === null) {
       // The last bytes may be the start of a match: only a frame that
@@ -313,10 +312,9 @@ class StructFramer implements Framer {
     }
     return FRAME_ARGS;
   }
-  discard = nothingToDiscard;
 }
 
-class NetStructFramer implements Framer {
+class NetStructFramer implements Framer, Skipper {
   readonly minLimit: number;
   readonly needle = null;
   readonly search = null;
@@ -324,13 +322,9 @@ class NetStructFramer implements Framer {
     this.minLimit = source.minimumSize;
   }
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
-    if (rb.discarding) {
-      const skipped = this.discard(rb, out);
-      if (skipped !== FRAME) return skipped;
-    }
     // rb.mark: bytes known to be needed before parsing again can progress
     // (parsed again if the limit was lowered below them, to refuse the record now).
-    if (rb.length < rb.mark && rb.mark <= Math.max(limit, this.minLimit)) return NEED_MORE;
+    if (rb.length < rb.mark && rb.mark <= limit) return NEED_MORE;
     let result: ReturnType<NetStruct["parse"]>;
     try {
       result = this.source.parse(rb.all(limit));
@@ -339,7 +333,7 @@ class NetStructFramer implements Framer {
       return FAILED;
     }
     if ("needed" in result) {
-      if (result.needed > Math.max(limit, this.minLimit)) {
+      if (result.needed > limit) {
         // The record is skipped whole, by its own length prefixes, so what
         // follows it is framed as it would be however the bytes arrived.
         rb.mark = 0;
@@ -354,7 +348,7 @@ class NetStructFramer implements Framer {
       return NEED_MORE;
     }
     rb.mark = 0;
-    if (result.consumed > Math.max(limit, this.minLimit)) {
+    if (result.consumed > limit) {
       rb.skip(result.consumed);
       return OVERFLOW;
     }
@@ -386,13 +380,12 @@ class NetStructFramer implements Framer {
   }
 }
 
-class DecoderFramer implements Framer {
+class DecoderFramer implements Framer, Skipper {
   readonly minLimit = 0;
   readonly needle = null;
   readonly search = null;
   constructor(readonly source: Decoder) {}
   extract(rb: ReceiveBuffer, limit: number, out: FrameOut): number {
-    if (rb.discarding && (this.discard(rb) !== FRAME || rb.length === 0)) return NEED_MORE;
     // rb.mark: the length the decoder said the frame has; not asked again before.
     if (rb.length < rb.mark) {
       if (rb.mark <= limit) return NEED_MORE;
@@ -407,11 +400,9 @@ class DecoderFramer implements Framer {
     // A throwing decoder is user code failing: the stream routes it to onError.
     rb.switched = false;
     const result = this.source(buf, 0);
-    if (result === null || result === undefined || typeof result === "number") {
-      // It set a new delimiter without taking a frame (sniffing the
-      // protocol): the bytes are the new one's, however many are here.
-      if (rb.switched) return NEED_MORE;
-    }
+    // It set a new delimiter without taking a frame (sniffing the protocol):
+    // the bytes are the new one's, however many are here.
+    if (rb.switched && (result === null || result === undefined || typeof result === "number")) return NEED_MORE;
     if (result === null || result === undefined) {
       if (rb.length > limit) {
         rb.skip(rb.length);

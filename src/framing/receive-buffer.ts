@@ -14,7 +14,7 @@
  * in all, not once per arrival.
  */
 import { Buffer } from "node:buffer";
-import type { Framer } from "./delimiter.js";
+import type { Skipper } from "./delimiter.js";
 
 const EMPTY = Buffer.alloc(0);
 
@@ -49,7 +49,7 @@ export class ReceiveBuffer {
    * The framer that refused the frame being skipped (`discarding`): it skips
    * it to its end even if the delimiter changed meanwhile (in onOverflowError).
    */
-  skipper: Framer | null = null;
+  skipper: Skipper | null = null;
   /**
    * While a NetStruct record is skipped (`discarding`): bytes of it still to
    * drop as they arrive, then the segment its parsing resumes at.
