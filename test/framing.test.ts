@@ -1439,6 +1439,32 @@ test("a two-parameter Decoder reads each frame at its offset in the chunk, witho
   assert.deepEqual(starts, [0, 0]);
 });
 
+test("a two-parameter Decoder: the frames after one split over two arrivals are read at their offsets too, and a partial frame is not asked for twice", async () => {
+  const calls: [number, number][] = []; // [which arrival, start]
+  let arrival = 0;
+  const prefixed: Decoder = (buf, start) => {
+    calls.push([arrival, start]);
+    if (buf.length - start < 2) return null;
+    const end = start + 2 + buf.readUInt16BE(start);
+    return buf.length < end ? null : { consumed: end - start, args: [buf.toString("latin1", start + 2, end)] };
+  };
+  const peer = memoryPeer(recorder(prefixed));
+  const names = ["aaa", "bbb", "ccc", "ddd", "eee", "fff"];
+  const bytes = Buffer.concat(names.map((name) => lengthFrame(name))); // 5 bytes a frame
+  // Reads rarely end where a frame does: frame 2 and frame 6 are cut.
+  for (const [from, to] of [[0, 7], [7, 27], [27, 30]] as const) {
+    arrival++;
+    await peer.send(bytes.subarray(from, to));
+  }
+  assert.deepEqual(peer.stream.frames, names.map((name) => [name]));
+  assert.deepEqual(calls, [
+    [1, 0], [1, 5], // frame 1; frame 2's start, kept
+    [2, 0], // frame 2, joined
+    [2, 0], [2, 5], [2, 10], [2, 15], // frames 3 to 5 from the rest of that buffer, then frame 6's start, kept
+    [3, 0], // frame 6
+  ]);
+});
+
 test("one chunk, a switch after every frame through every delimiter kind: each frame cut by its own delimiter", async () => {
   const short = new Struct("!H");
   const oneByteLength: Decoder = (buf) => (buf.length >= 1 + buf[0]! ? { consumed: 1 + buf[0]!, args: [buf.toString("latin1", 1, 1 + buf[0]!)] } : null);

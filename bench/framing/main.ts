@@ -4,7 +4,8 @@
  *   node framing/main.js --case NAME --side raw|pants [--secs S] [--warmup S]
  *
  * Both sides read from the same in-memory connection (pants-ts/testing's
- * duplexPair), fed in 64 KiB chunks as TCP reads would arrive: the pants-ts
+ * duplexPair), fed in chunks of just under 64 KiB as TCP reads would
+ * arrive (a prime size, so they end mid-frame, as reads do): the pants-ts
  * side through a `Stream` over it, the raw side through a hand-written framer
  * on its "data" events. Prints "RESULT case=.. side=.. mbps=.. fps=.. ...".
  */
@@ -13,7 +14,8 @@ import { duplexPair } from "pants-ts/testing";
 import { CASES } from "./cases.js";
 import type { Sink } from "./cases.js";
 
-const CHUNK = 64 * 1024;
+/** The largest prime below 64 KiB: no frame size divides it, so chunks cut frames as TCP reads do. */
+const CHUNK = 65_521;
 const ROUND_TIMEOUT_MS = 10_000;
 
 const { values } = parseArgs({

@@ -327,7 +327,7 @@ function framingScenario(caseName: string, what: string): Scenario {
     sidesNote: "in-memory (a Duplex, no sockets): no transport is involved, so one pants-ts column; the native transport's framing in C is measured by the socket scenarios",
     extras: [{ key: "mfps", label: "M frames/s", digits: 2 }],
     sameOnBothSides: "check",
-    client: (ctx) => `node framing/main.js --case ${caseName} --secs ${ctx.options.framingSecs} (64 KiB chunks through pants-ts/testing's duplexPair, no sockets)`,
+    client: (ctx) => `node framing/main.js --case ${caseName} --secs ${ctx.options.framingSecs} (65 521-byte chunks through pants-ts/testing's duplexPair, no sockets)`,
     measure: async (side, ctx) => {
       const secs = ctx.options.framingSecs;
       const argv = [process.execPath, ctx.paths.framing, "--case", caseName, "--side", side === "raw" ? "raw" : "pants", "--secs", String(secs), "--warmup", String(Math.min(0.5, secs / 2))];
