@@ -58,9 +58,11 @@ test("idleTimeout: a large write the peer is still reading is activity, and the 
   const engine = freshEngine(t);
   const total = 24 * 1024 * 1024;
   const events: string[] = [];
-  const port = await listenLocal(new Server(oneLargeWrite(total, events), { engine, idleTimeoutMs: 300 }), t);
-  // ~200 KB per 10 ms: about 1.2 s for the whole write, four idle timeouts.
-  const got = await sipReader(net.connect(port, "127.0.0.1"), 200 * 1024, 15_000);
+  // An idle timeout long enough that a reader starved of CPU for a moment
+  // (a loaded CI host) is not idle, short beside the write: 64 KiB per 10 ms
+  // is about 4 s for the whole write, five idle timeouts.
+  const port = await listenLocal(new Server(oneLargeWrite(total, events), { engine, idleTimeoutMs: 800 }), t);
+  const got = await sipReader(net.connect(port, "127.0.0.1"), 64 * 1024, 20_000);
   assert.equal(got, total, `the reader got everything (events: ${events.join(",")})`);
   // The server still closed it: for being idle after the write, not during it.
   assert.deepEqual(events, ["timeout:0"]);
