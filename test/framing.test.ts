@@ -1465,6 +1465,98 @@ test("a two-parameter Decoder: the frames after one split over two arrivals are 
   ]);
 });
 
+test("a Decoder that announced a frame's length is shown that frame's bytes only when a read completes it, and the frame pins only its own copy", async () => {
+  const shown: number[] = [];
+  const announcing: Decoder = (buf, start) => {
+    shown.push(buf.length - start);
+    if (buf.length - start < 4) return null;
+    const end = start + 4 + buf.readUInt32BE(start);
+    return buf.length < end ? end - start : { consumed: end - start, args: [buf.subarray(start + 4, end)] };
+  };
+  class Payloads extends Stream {
+    payloads: Buffer[] = [];
+    override onConnect() {
+      this.readDelimiter = announcing;
+    }
+    override onRead(payload: Buffer) {
+      this.payloads.push(payload);
+    }
+  }
+  const frame = (size: number, fill: number) => {
+    const bytes = Buffer.alloc(4 + size, fill);
+    bytes.writeUInt32BE(size, 0);
+    return bytes;
+  };
+  const big = frame(10_000, 1);
+  const after = Buffer.concat([frame(20_000, 2), frame(30_000, 3)]);
+  const peer = memoryPeer(Payloads);
+  await peer.send(big.subarray(0, 3_000));
+  // The read that completes it brings 50 KB more behind it.
+  await peer.send(Buffer.concat([big.subarray(3_000), after]));
+  assert.deepEqual(peer.stream.payloads.map((p) => [p.length, p[0]]), [[10_000, 1], [20_000, 2], [30_000, 3]]);
+  assert.deepEqual(shown, [3_000, 10_004, 20_004 + 30_004, 30_004], "the frame's 10 004 bytes, not the 60 012 buffered");
+  assert.ok(peer.stream.payloads[0]!.buffer.byteLength < 20_000, `the kept payload pins ${peer.stream.payloads[0]!.buffer.byteLength} bytes`);
+});
+
+test("a Decoder whose announced length was short of its frame, or that finds no frame in exactly those bytes, is then shown what is buffered", async () => {
+  // Announces 4 (the length prefix) before it has it, then the frame's length.
+  const headerFirst: Decoder = (buf) => {
+    if (buf.length < 4) return 4;
+    const end = 4 + buf.readUInt32BE(0);
+    return buf.length < end ? end : { consumed: end, args: [buf.toString("latin1", 4, end)] };
+  };
+  // Announces one byte more than it needs; shown exactly that many, it says null.
+  const lying: Decoder = (buf) => {
+    if (buf.length < 5) return 5;
+    const end = 1 + buf[0]!;
+    if (buf.length === 5 && end < 5) return null;
+    return buf.length < end ? null : { consumed: end, args: [buf.toString("latin1", 1, end)] };
+  };
+  const prefixed = (text: string) => {
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(text.length);
+    return Buffer.concat([head, Buffer.from(text)]);
+  };
+  const cases: [Decoder, Buffer, string[]][] = [
+    [headerFirst, Buffer.concat([prefixed("hello"), prefixed("world!"), prefixed("x")]), ["hello", "world!", "x"]],
+    [lying, Buffer.from("\x02hi\x03abc\x01z\x05fives", "latin1"), ["hi", "abc", "z", "fives"]],
+  ];
+  for (const [decoder, bytes, expected] of cases) {
+    for (const cut of [1, 2, 3, 5, 7]) {
+      const peer = memoryPeer(recorder(decoder));
+      await peer.send(bytes.subarray(0, cut));
+      await peer.send(bytes.subarray(cut));
+      assert.deepEqual(peer.stream.frames, expected.map((text) => [text]), `${decoder.name}, cut at ${cut}`);
+    }
+  }
+});
+
+test("a NetStruct record completed by a read is parsed from its own bytes, its second length prefix included, and pins only its own copy", async () => {
+  const pair = new NetStruct("!I$I$");
+  class Pairs extends Stream {
+    pairs: [Buffer, Buffer][] = [];
+    override onConnect() {
+      this.bufferSize = 1 << 20;
+      this.readDelimiter = pair;
+    }
+    override onRead(a: Buffer, b: Buffer) {
+      this.pairs.push([a, b]);
+    }
+  }
+  const record = (a: number, b: number, fill: number) => pair.pack(Buffer.alloc(a, fill), Buffer.alloc(b, fill + 1));
+  const first = record(6_000, 5_000, 1);
+  const rest = Buffer.concat([first.subarray(3_000), record(10, 20, 3), record(30_000, 10_000, 5)]);
+  const peer = memoryPeer(Pairs);
+  await peer.send(first.subarray(0, 3_000));
+  await peer.send(rest);
+  assert.deepEqual(
+    peer.stream.pairs.map(([a, b]) => [a.length, a[0], b.length, b[0]]),
+    [[6_000, 1, 5_000, 2], [10, 3, 20, 4], [30_000, 5, 10_000, 6]],
+  );
+  const pinned = peer.stream.pairs[0]![0].buffer.byteLength;
+  assert.ok(pinned < 20_000, `the first record's values pin ${pinned} bytes, not the ${3_000 + rest.length} buffered`);
+});
+
 test("one chunk, a switch after every frame through every delimiter kind: each frame cut by its own delimiter", async () => {
   const short = new Struct("!H");
   const oneByteLength: Decoder = (buf) => (buf.length >= 1 + buf[0]! ? { consumed: 1 + buf[0]!, args: [buf.toString("latin1", 1, 1 + buf[0]!)] } : null);

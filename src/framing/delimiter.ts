@@ -18,8 +18,10 @@ import { regexReach } from "./regex-reach.js";
  * A decoder that knows how long the unfinished frame is (a length prefix)
  * may return that length, in bytes counted from the frame's start, instead
  * of `null`. It is then asked again only once that many bytes are here, and
- * a frame longer than `bufferSize` is refused at once and skipped exactly,
- * so what follows it is framed the same however the bytes arrived.
+ * with those bytes only (every buffered byte if they turn out not to hold a
+ * frame): the rest of the read is not copied with them. A frame longer than
+ * `bufferSize` is refused at once and skipped exactly, so what follows it
+ * is framed the same however the bytes arrived.
  *
  * A decoder declared with one parameter gets `buf` starting at the frame.
  * One declared with two (`(buf, start) => …`, counted by the function's
@@ -325,9 +327,18 @@ class NetStructFramer implements Framer, Skipper {
     // rb.mark: bytes known to be needed before parsing again can progress
     // (parsed again if the limit was lowered below them, to refuse the record now).
     if (rb.length < rb.mark && rb.mark <= limit) return NEED_MORE;
+    // Parsed from the bytes it needs only: the rest of the read that
+    // completed them stays where it is, not copied with them.
+    let known = rb.mark;
     let result: ReturnType<NetStruct["parse"]>;
     try {
-      result = this.source.parse(rb.all(limit));
+      for (;;) {
+        const buf = known > 0 && known < rb.length ? rb.head(known) : rb.all(limit);
+        result = this.source.parse(buf);
+        // (A record with more length prefixes needs more than the first said.)
+        if (!("needed" in result) || buf.length === rb.length || result.needed > rb.length) break;
+        known = result.needed < rb.length ? result.needed : 0;
+      }
     } catch (err) {
       out.error = err as Error;
       return FAILED;
@@ -394,12 +405,25 @@ class DecoderFramer implements Framer, Skipper {
       rb.mark = 0;
       return OVERFLOW;
     }
+    // A length it announced: it is shown that many bytes, and the rest of the
+    // read that completed the frame stays where it is, not copied with it.
+    let known = rb.mark;
     rb.mark = 0;
-    // (No room past the limit: more than that is refused if it has no frame.)
-    const buf = rb.all(limit);
-    // A throwing decoder is user code failing: the stream routes it to onError.
-    rb.switched = false;
-    const result = this.source(buf, 0);
+    let buf: Buffer;
+    let result: ReturnType<Decoder>;
+    for (;;) {
+      // (No room past the limit: more than that is refused if it has no frame.)
+      buf = known > 0 && known < rb.length ? rb.head(known) : rb.all(limit);
+      // A throwing decoder is user code failing: the stream routes it to onError.
+      rb.switched = false;
+      result = this.source(buf, 0);
+      if (buf.length === rb.length || rb.switched) break;
+      // No frame in what it was shown, and more is buffered: it is shown the
+      // length it says now, or every byte.
+      if (result === null || result === undefined) known = 0;
+      else if (typeof result === "number" && Number.isSafeInteger(result) && result > buf.length && result <= rb.length) known = result < rb.length ? result : 0;
+      else break;
+    }
     // It set a new delimiter without taking a frame (sniffing the protocol):
     // the bytes are the new one's, however many are here.
     if (rb.switched && (result === null || result === undefined || typeof result === "number")) return NEED_MORE;

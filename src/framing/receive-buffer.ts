@@ -256,6 +256,35 @@ export class ReceiveBuffer {
     return out ?? EMPTY;
   }
 
+  /**
+   * The first `n` bytes (fewer than are buffered) in one buffer, the rest
+   * left as it is: a view when they lie in one chunk, else joined into a new
+   * first chunk, with the rest of the chunk they end in kept as a view. For
+   * a frame of known length that a read cut: only the frame is copied, not
+   * the whole read after it.
+   */
+  head(n: number): Buffer {
+    const chunks = this.#chunks;
+    const off = this.#off;
+    const first = chunks[this.#head]!;
+    if (off + n <= first.length) return first.subarray(off, off + n);
+    const joined = this.peekRange(0, n);
+    // The chunk holding byte n (n < length, so there is one), and where that chunk starts.
+    let i = this.#head;
+    let base = -off;
+    while (base + chunks[i]!.length <= n) base += chunks[i++]!.length;
+    const rest = chunks[i]!.subarray(n - base);
+    this.#chunks = [joined, rest];
+    for (let k = i + 1; k < chunks.length; k++) this.#chunks.push(chunks[k]!);
+    this.#head = 0;
+    this.#off = 0;
+    this.#cursor = -1;
+    // (Arriving bytes go after `rest` now, not into a join's room.)
+    this.#room = null;
+    this.#roomView = EMPTY;
+    return joined;
+  }
+
   /** The byte at offset `i` (which must be < length). */
   byteAt(i: number): number {
     const chunks = this.#chunks;
