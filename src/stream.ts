@@ -2489,7 +2489,11 @@ export class Stream extends Channel {
     if (framer === NULL_FRAMER) return false;
     decoderWaits = -1;
     const used = this.#scanDirect(rb.all(), 0, framer, rb);
+    // Cleared once read: a handler in that scan may have fed another stream
+    // whose own scan set it (in memory, at once), and this stream's next scan
+    // must not take that stream's value for its own.
     const waits = decoderWaits;
+    decoderWaits = -1;
     if (this.#state === S_CLOSED) return true;
     if (used > 0) rb.skip(used);
     if (waits < 0) return false;

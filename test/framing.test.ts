@@ -16,7 +16,7 @@ import {
   Struct,
 } from "../src/index.js";
 import type { Decoder, ReadDelimiter } from "../src/index.js";
-import { memoryPeer } from "../src/testing.js";
+import { duplexPair, memoryPeer } from "../src/testing.js";
 import { captureLogs, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
 // The memory test below measures what is held after a full collection.
@@ -1555,6 +1555,46 @@ test("a NetStruct record completed by a read is parsed from its own bytes, its s
   );
   const pinned = peer.stream.pairs[0]![0].buffer.byteLength;
   assert.ok(pinned < 20_000, `the first record's values pin ${pinned} bytes, not the ${3_000 + rest.length} buffered`);
+});
+
+test("a handler that feeds another stream's partial frame, in memory and at once, leaves its own stream's framing as it was", async (t) => {
+  // C frames 4-byte length prefixes with a Decoder that announces lengths; A
+  // relays each of its lines' bytes (hex) to C through B, flushed at once, so
+  // C frames them inside A's onRead and stops at a partial frame there.
+  const announcing: Decoder = (buf, start) => {
+    if (buf.length - start < 4) return null;
+    const end = start + 4 + buf.readUInt32BE(start);
+    return buf.length < end ? end - start : { consumed: end - start, args: [buf.toString("latin1", start + 4, end)] };
+  };
+  const engine = freshEngine(t);
+  const [near, far] = duplexPair();
+  const c = new (recorder(announcing))({ engine, socket: far });
+  const b = new Stream({ engine, socket: near });
+  await Promise.all([b.ready(), c.ready()]);
+  class Relay extends Stream {
+    lines: string[] = [];
+    override onConnect() {
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      const text = line.toString("latin1");
+      this.lines.push(text);
+      if (text.startsWith("relay ")) b.write(Buffer.from(text.slice(6), "hex"), true);
+    }
+  }
+  const record = (text: string) => {
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(text.length);
+    return Buffer.concat([head, Buffer.from(text)]);
+  };
+  const records = Buffer.concat([record("abcdef"), record("ghijkl")]);
+  const a = memoryPeer(Relay, { engine });
+  await a.send("par");
+  // The line before "thr" completes C's first record and leaves the head of its second (C's Decoder announces 10 bytes).
+  await a.send(`tial\nrelay ${records.subarray(0, 3).toString("hex")}\nrelay ${records.subarray(3, 15).toString("hex")}\nthr`);
+  await a.send("ee\nfour\n");
+  assert.deepEqual(c.frames, [["abcdef"]]);
+  assert.deepEqual(a.stream.lines.filter((l) => !l.startsWith("relay ")), ["partial", "three", "four"]);
 });
 
 test("one chunk, a switch after every frame through every delimiter kind: each frame cut by its own delimiter", async () => {
