@@ -604,12 +604,6 @@ const lentHolders: Stream[] = [];
 
 // Writes made outside a read dispatch are flushed together at the end of the turn.
 const dirty: Stream[] = [];
-/**
- * Set by a Decoder scan over buffered bytes that stopped at a partial frame:
- * the length the Decoder announced, or 0 for `null` (-1: it did not stop so).
- * Read by #scanBuffered right after the scan returns.
- */
-let decoderWaits = -1;
 let flushScheduled = false;
 function flushDirty(): void {
   flushScheduled = false;
@@ -2284,7 +2278,9 @@ export class Stream extends Channel {
    * from offset `from`, for the delimiters that allow it; returns the offset
    * after the last frame taken (`from`: none, the buffered path takes the
    * rest, as it does for anchored RegExp matches). `buffered`: the chunk is
-   * what the receive buffer holds, so a Decoder's partial frame stays there.
+   * what the receive buffer holds, so a Decoder's partial frame stays there
+   * (its length, if announced, as the buffer's mark), and the offset comes
+   * back complemented (`~offset`, negative): wait for more bytes.
    */
   #scanDirect(chunk: Buffer, from: number, framer: Framer, buffered: ReceiveBuffer | null = null): number {
     const source = framer.source;
@@ -2442,8 +2438,8 @@ export class Stream extends Channel {
         if (this.#framer.source !== decoder) return start;
         if (buffered !== null) {
           // The bytes are buffered already: the caller skips what was taken and waits.
-          decoderWaits = typeof result === "number" ? result : 0;
-          return start;
+          if (typeof result === "number") buffered.mark = result; // (skipping leaves the mark as it is)
+          return ~start;
         }
         this.#keep(start === 0 ? chunk : viewOf(ab, base + start, left));
         if (typeof result === "number") this.#rb!.mark = result; // not asked again before that many bytes are here
@@ -2487,18 +2483,12 @@ export class Stream extends Channel {
     if (!rb.contiguous || rb.discarding || this.#encoding !== null || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0) return false;
     const framer = this.#framer;
     if (framer === NULL_FRAMER) return false;
-    decoderWaits = -1;
-    const used = this.#scanDirect(rb.all(), 0, framer, rb);
-    // Cleared once read: a handler in that scan may have fed another stream
-    // whose own scan set it (in memory, at once), and this stream's next scan
-    // must not take that stream's value for its own.
-    const waits = decoderWaits;
-    decoderWaits = -1;
+    let used = this.#scanDirect(rb.all(), 0, framer, rb);
     if (this.#state === S_CLOSED) return true;
+    const waits = used < 0;
+    if (waits) used = ~used;
     if (used > 0) rb.skip(used);
-    if (waits < 0) return false;
-    if (waits > 0) rb.mark = waits; // the frame's length: not asked again before that many bytes are here
-    return true;
+    return waits;
   }
 
   /** Delivers every whole frame in the buffer, re-reading the delimiter each time. */
