@@ -12,6 +12,15 @@
  * node:net, each piece read on its own (the client waits for the server to
  * have read it).
  *
+ * Some scripts mirror every event, as a length-prefixed record written
+ * (flushed) from inside the handler to a second in-memory stream framed by
+ * a Decoder that announces lengths; each write ends inside a record, so
+ * that stream frames inside the first one's handlers and stops at a
+ * partial frame there, with the first one mid-scan. Frames are kept past
+ * onRead and compared again at the end (unless read memory is lent).
+ * Delimiters include a NetStruct with two length prefixes and one- and
+ * two-parameter Decoders that announce lengths.
+ *
  * Seeded: SWITCH_FUZZ_SEED=<seed> SWITCH_FUZZ_RUNS=<n> (default 10, a few
  * seconds), SWITCH_FUZZ_TCP_RUNS=<n> (how many of them go over TCP with
  * every split; default 2, the others whole and one split); a failure
@@ -22,9 +31,9 @@ import { test } from "node:test";
 import type { TestContext } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
-import { NetStruct, Server, Stream, Struct } from "../src/index.js";
+import { Engine, NetStruct, Server, Stream, Struct } from "../src/index.js";
 import type { Decoder, ReadDelimiter } from "../src/index.js";
-import { memoryPeer } from "../src/testing.js";
+import { duplexPair, memoryPeer } from "../src/testing.js";
 import { nativeAddon } from "../src/native-socket.js";
 import { freshEngine, joinRawEvents, listenLocal, prng, sameOnEitherTransport, sleep, withDeadline } from "./helpers.js";
 
@@ -56,6 +65,8 @@ interface Script {
   bufferSize: number;
   /** The native transport lends its read memory for the time of onRead. */
   reuseReadBuffer: boolean;
+  /** Each event also goes to a second in-memory stream, framed by this Decoder, inside the handler; null: none. */
+  mirror: Decoder | null;
   steps: Step[];
   /** Raw chunks after the last step, as bytes or (utf8) as text whose characters the reads may cut. */
   tailEncoding: "utf8" | null;
@@ -109,6 +120,10 @@ const sized: Decoder = (buf, start) => {
   const end = 2 + buf.readUInt16BE(start);
   return buf.length - start >= end ? { consumed: end, args: [buf.subarray(start + 2, start + end)] } : end;
 };
+/** Two length prefixes and a number: a record a read may cut in either prefix's bytes. */
+const pair = new NetStruct("!H$B$H");
+/** One-parameter Decoder: a 1-byte length, then the payload; says the frame's length as soon as it knows it. */
+const told: Decoder = (buf) => (buf.length < 1 ? null : buf.length >= 1 + buf[0]! ? { consumed: 1 + buf[0]!, args: [buf.subarray(1, 1 + buf[0]!)] } : 1 + buf[0]!);
 const sizedFrame = (payload: Buffer): Buffer => Buffer.concat([Buffer.from([payload.length >> 8, payload.length & 0xff]), payload]);
 
 /** Text content (for the encodings that must see whole characters) that never holds the ASCII delimiter bytes. */
@@ -123,7 +138,7 @@ function makeStep(r: Rand, bufferSize: number, canEncode: boolean): Step {
   const overflow = r() < 0.15;
   const small = Math.min(bufferSize, 30);
   const any = [...Array(256).keys()];
-  switch (int(r, 0, 9)) {
+  switch (int(r, 0, 11)) {
     case 0:
     case 1:
     case 2: {
@@ -187,6 +202,19 @@ function makeStep(r: Rand, bufferSize: number, canEncode: boolean): Step {
       const junk = overflow ? sizedFrame(bytesFrom(r, any, bufferSize + int(r, 0, 200))) : null;
       return { ...base, junk, resetOnOverflow: r() < 0.6, label: "decoder(sized)", delimiter: () => sized, bytes: sizedFrame(body), bodyEnd: body.length + 2, expected: [normalise(body)] };
     }
+    case 10: {
+      // Within the limit: 5 bytes of prefixes and number, then the two fields.
+      const first = int(r, 0, Math.max(0, small - 9));
+      const bytes = pair.pack(bytesFrom(r, any, first), bytesFrom(r, any, int(r, 0, Math.min(4, small - 5 - first))), int(r, 0, 65535));
+      const junk = overflow ? pair.pack(bytesFrom(r, any, int(r, 0, 4)), bytesFrom(r, any, Math.min(255, bufferSize + int(r, 0, 200))), 9) : null;
+      return { ...base, junk, resetOnOverflow: r() < 0.6, label: "netstruct(pair)", delimiter: () => pair, bytes, bodyEnd: bytes.length - 2, expected: pair.unpack(bytes).map(normalise) };
+    }
+    case 11: {
+      const body = bytesFrom(r, any, int(r, 0, Math.min(small - 1, 255)));
+      const junk = overflow ? Buffer.concat([Buffer.from([Math.min(255, bufferSize + int(r, 0, 100))]), bytesFrom(r, any, Math.min(255, bufferSize + int(r, 0, 100)))]) : null;
+      if (junk !== null) junk[0] = junk.length - 1;
+      return { ...base, junk, resetOnOverflow: r() < 0.6, label: "decoder(told)", delimiter: () => told, bytes: Buffer.concat([Buffer.from([body.length]), body]), bodyEnd: body.length + 1, expected: [normalise(body)] };
+    }
     default: {
       const body = bytesFrom(r, any, int(r, 0, Math.min(small - 1, 255)));
       return { ...base, label: "decoder(viewed)", delimiter: () => viewed, bytes: Buffer.concat([Buffer.from([body.length]), body]), bodyEnd: body.length + 1, expected: [normalise(body)] };
@@ -213,8 +241,58 @@ function makeScript(r: Rand): Script {
     }
   }
   const reuseReadBuffer = r() < 0.3;
-  if (r() < 0.5) return { bufferSize: first, reuseReadBuffer, steps, tailEncoding: null, tail: bytesFrom(r, [...Array(256).keys()], int(r, 0, 20)) };
-  return { bufferSize: first, reuseReadBuffer, steps, tailEncoding: "utf8", tail: Buffer.concat(Array.from({ length: int(r, 1, 8) }, () => pick(r, wide))) };
+  const mirror = r() < 0.4 ? pick(r, [mirrorAt, mirrorViewed]) : null;
+  if (r() < 0.5) return { bufferSize: first, reuseReadBuffer, mirror, steps, tailEncoding: null, tail: bytesFrom(r, [...Array(256).keys()], int(r, 0, 20)) };
+  return { bufferSize: first, reuseReadBuffer, mirror, steps, tailEncoding: "utf8", tail: Buffer.concat(Array.from({ length: int(r, 1, 8) }, () => pick(r, wide))) };
+}
+
+/** The mirror's Decoders: a 4-byte length, then JSON; each says the frame's length once it has the prefix. */
+const mirrorAt: Decoder = (buf, start) => {
+  if (buf.length - start < 4) return null;
+  const end = start + 4 + buf.readUInt32BE(start);
+  return buf.length < end ? end - start : { consumed: end - start, args: [buf.toString("utf8", start + 4, end)] };
+};
+const mirrorViewed: Decoder = (buf) => {
+  if (buf.length < 4) return null;
+  const end = 4 + buf.readUInt32BE(0);
+  return buf.length < end ? end : { consumed: end, args: [buf.toString("utf8", 4, end)] };
+};
+const mirrorRecord = (e: unknown): Buffer => {
+  const json = Buffer.from(JSON.stringify(e));
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(json.length);
+  return Buffer.concat([head, json]);
+};
+
+/** The stream the mirrored events arrive on, and the one that writes them. */
+interface Mirror {
+  from: Stream;
+  frames: string[];
+  /** The last bytes of the last event, sent with the next one (or at the end). */
+  held: Buffer;
+}
+
+async function openMirror(engine: Engine, decoder: Decoder): Promise<Mirror> {
+  const [near, far] = duplexPair();
+  const frames: string[] = [];
+  class Reader extends Stream {
+    override onConnect() {
+      this.bufferSize = 1 << 20;
+      this.readDelimiter = decoder;
+    }
+    override onRead(json: string) {
+      frames.push(json);
+    }
+  }
+  const reader = new Reader({ engine, socket: far });
+  const from = new Stream({ engine, socket: near });
+  await Promise.all([reader.ready(), from.ready()]);
+  return { from, frames, held: Buffer.alloc(0) };
+}
+
+/** The events as the mirror must have them (all but the end and the close). */
+function mirrored(events: unknown[]): string[] {
+  return events.filter((e) => Array.isArray(e)).map((e) => JSON.stringify(e));
 }
 
 function scriptBytes(s: Script): Buffer {
@@ -249,7 +327,20 @@ function expectedEvents(s: Script): unknown[] {
 }
 
 /** A connection class that plays the script: it sets each step's framing as the step before it ends. */
-function player(s: Script, events: unknown[], done: () => void, streams?: Stream[]): typeof Stream {
+function player(s: Script, events: unknown[], done: () => void, streams?: Stream[], mirror?: Mirror, kept?: Array<[unknown[], unknown]>): typeof Stream {
+  /**
+   * An event, also sent to the mirror at once, with the head of the one
+   * before it, and without its own last bytes (they go with the next): the
+   * mirror frames one record, then stops inside the next, in its own scan.
+   */
+  const log = (e: unknown): void => {
+    events.push(e);
+    if (mirror === undefined || !Array.isArray(e)) return;
+    const rec = Buffer.concat([mirror.held, mirrorRecord(e)]);
+    const keep = 1 + (events.length % Math.min(8, rec.length - 1));
+    mirror.from.write(rec.subarray(0, rec.length - keep), true);
+    mirror.held = rec.subarray(rec.length - keep);
+  };
   return class Player extends Stream {
     #i = 0;
     #held = false;
@@ -282,13 +373,15 @@ function player(s: Script, events: unknown[], done: () => void, streams?: Stream
       this.#apply(0);
     }
     override onRead(...args: unknown[]) {
-      if (this.#held) events.push(["read while paused", this.#i]);
+      if (this.#held) log(["read while paused", this.#i]);
       if (this.#i >= s.steps.length) {
         const chunk = args[0] as Buffer | string;
-        events.push(["raw", typeof chunk === "string" ? chunk : chunk.toString("hex")]);
+        log(["raw", typeof chunk === "string" ? chunk : chunk.toString("hex")]);
         return;
       }
-      events.push(["frame", this.#i, args.map(normalise)]);
+      const values = args.map(normalise);
+      kept?.push([args, values]);
+      log(["frame", this.#i, values]);
       const after = s.steps[this.#i]!.after;
       this.#i++;
       const next = this.#i;
@@ -319,16 +412,16 @@ function player(s: Script, events: unknown[], done: () => void, streams?: Stream
       if (!this.closed) this.resumeReading();
     }
     override onOverflowError() {
-      events.push(["overflow", this.#i]);
+      log(["overflow", this.#i]);
       const st = s.steps[this.#i];
       // As a protocol does that goes back to its command lines: the delimiter set again.
       if (st?.resetOnOverflow === true) this.readDelimiter = st.delimiter();
     }
     override onReadError(err: Error) {
-      events.push(["readError", this.#i, err.message]);
+      log(["readError", this.#i, err.message]);
     }
     override onError(err: Error) {
-      events.push(["error", this.#i, err.message]);
+      log(["error", this.#i, err.message]);
     }
     override onEnd() {
       events.push("end");
@@ -373,12 +466,31 @@ async function viaMemory(s: Script, parts: Buffer[]): Promise<unknown[]> {
   const events: unknown[] = [];
   let done!: () => void;
   const closed = new Promise<void>((resolve) => (done = resolve));
-  const peer = memoryPeer(player(s, events, done));
-  for (const p of parts) await peer.send(p);
-  await sleep(6); // paused streams resume before the FIN, as a TCP client's FIN follows its bytes
-  peer.end();
-  await withDeadline(closed, "the in-memory stream to close");
+  const engine = new Engine();
+  try {
+    const mirror = s.mirror === null ? undefined : await openMirror(engine, s.mirror);
+    const kept: Array<[unknown[], unknown]> = [];
+    const peer = memoryPeer(player(s, events, done, undefined, mirror, kept), { engine });
+    for (const p of parts) await peer.send(p);
+    await sleep(6); // paused streams resume before the FIN, as a TCP client's FIN follows its bytes
+    peer.end();
+    await withDeadline(closed, "the in-memory stream to close");
+    checkAfter(s, events, mirror, kept);
+  } finally {
+    engine.stop();
+  }
   return joinRawEvents(events);
+}
+
+/** The mirror got every event, and the frames kept past onRead still hold what onRead saw. */
+function checkAfter(s: Script, events: unknown[], mirror: Mirror | undefined, kept: Array<[unknown[], unknown]>): void {
+  if (mirror !== undefined) {
+    mirror.from.write(mirror.held, true);
+    mirror.held = Buffer.alloc(0);
+    assert.deepEqual(mirror.frames, mirrored(events), "the mirror framed every event, inside the handlers");
+  }
+  if (s.reuseReadBuffer) return; // lent memory: valid only inside onRead
+  for (const [args, values] of kept) assert.deepEqual(args.map(normalise), values, "a frame kept past onRead changed");
 }
 
 /** Plays the script over loopback TCP: each piece written once the server has read the one before (or 10 ms passed: it may be paused). */
@@ -388,7 +500,9 @@ async function viaTcp(t: TestContext, transport: "native" | "js", s: Script, par
   const streams: Stream[] = [];
   let done!: () => void;
   const closed = new Promise<void>((resolve) => (done = resolve));
-  const server = new Server(player(s, events, done, streams), { engine, transport });
+  const mirror = s.mirror === null ? undefined : await openMirror(engine, s.mirror);
+  const kept: Array<[unknown[], unknown]> = [];
+  const server = new Server(player(s, events, done, streams, mirror, kept), { engine, transport });
   const port = await listenLocal(server, t);
   const socket = net.connect({ host: "127.0.0.1", port });
   socket.setNoDelay(true);
@@ -404,6 +518,7 @@ async function viaTcp(t: TestContext, transport: "native" | "js", s: Script, par
     await sleep(6);
     socket.end();
     await withDeadline(closed, `the ${transport} stream to close`);
+    checkAfter(s, events, mirror, kept);
   } finally {
     socket.destroy();
     server.close();
@@ -422,7 +537,7 @@ function describeScript(s: Script): string {
     ];
     return `${st.label}${extras.join("")} ${st.bytes.length > 40 ? `${st.bytes.length} bytes` : st.bytes.toString("hex")}`;
   });
-  return `bufferSize ${s.bufferSize}${s.reuseReadBuffer ? " reuseReadBuffer" : ""}\n  ${steps.join("\n  ")}\n  tail ${s.tailEncoding ?? "bytes"} ${s.tail.toString("hex")}`;
+  return `bufferSize ${s.bufferSize}${s.reuseReadBuffer ? " reuseReadBuffer" : ""}${s.mirror !== null ? ` mirror(${s.mirror.name})` : ""}\n  ${steps.join("\n  ")}\n  tail ${s.tailEncoding ?? "bytes"} ${s.tail.toString("hex")}`;
 }
 
 const seed = Number(process.env.SWITCH_FUZZ_SEED ?? 0x5171c4);
