@@ -2633,13 +2633,16 @@ export class Stream extends Channel {
   #trackRead(promise: PromiseLike<unknown>): void {
     const x = this.#extras();
     x.pendingReads++;
-    promise.then(
-      () => this.#readSettled(x),
-      (err: unknown) => {
-        this._handlerFailed(err);
-        this.#readSettled(x);
-      },
-    );
+    const failed = (err: unknown): void => {
+      this._handlerFailed(err);
+      this.#readSettled(x);
+    };
+    try {
+      promise.then(() => this.#readSettled(x), failed);
+    } catch (err) {
+      // A thenable whose then() throws: a rejection, on a later turn as a promise's would be.
+      queueMicrotask(() => failed(err));
+    }
   }
 
   #readSettled(x: Extras): void {

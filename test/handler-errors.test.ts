@@ -8,9 +8,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { Duplex } from "node:stream";
 import { spawnSync } from "node:child_process";
-import { Server, Stream } from "../src/index.js";
+import { NetStruct, Server, Stream, Struct } from "../src/index.js";
 import { memoryPeer } from "../src/testing.js";
-import type { Address, StreamOptions } from "../src/index.js";
+import type { Address, Decoder, ReadDelimiter, StreamOptions } from "../src/index.js";
 import { captureLogs, captureStderr, connect, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
 
 class Fragile extends Stream {
@@ -477,6 +477,50 @@ test("an onAccept returning a thenable whose then() throws: the error goes to on
   const next = await connect(port);
   assert.equal(await next.readText(8), "welcome\n");
   next.destroy();
+});
+
+test("an onRead returning a thenable whose then() throws, under every scan (line, size, Struct, NetStruct, Decoder): onError gets it, the next frames still come, nothing escapes", async (t) => {
+  const escaped: unknown[] = [];
+  const onEscaped = (e: unknown) => escaped.push(e);
+  process.on("uncaughtException", onEscaped);
+  t.after(() => process.off("uncaughtException", onEscaped));
+  const engine = freshEngine(t);
+  const struct = new Struct("!H");
+  const netstruct = new NetStruct("!B$");
+  const decoder: Decoder = (buf, start) =>
+    buf.length - start < 1 + buf[start]! ? null : { consumed: 1 + buf[start]!, args: [buf.subarray(start + 1, start + 1 + buf[start]!)] };
+  const kinds: [string, ReadDelimiter, Buffer][] = [
+    ["line", "\n", Buffer.from("a\nb\nc\n")],
+    ["size", 1, Buffer.from("abc")],
+    ["Struct", struct, Buffer.concat([struct.pack(1), struct.pack(2), struct.pack(3)])],
+    ["NetStruct", netstruct, Buffer.concat(["a", "b", "c"].map((x) => netstruct.pack(Buffer.from(x))))],
+    ["Decoder", decoder, Buffer.from("\x01a\x01b\x01c", "latin1")],
+  ];
+  for (const [kind, delimiter, bytes] of kinds) {
+    const seen: string[] = [];
+    class Odd extends Stream {
+      override onConnect() {
+        this.readDelimiter = delimiter;
+      }
+      override onRead(frame: unknown) {
+        seen.push(`read ${String(frame)}`);
+        return { then(): never { throw new Error("then boom"); } } as unknown as void;
+      }
+      override onError(err: Error) {
+        seen.push(`error ${err.message}`);
+      }
+    }
+    const server = new Server(Odd, { engine });
+    const port = await listenLocal(server, t);
+    const c = await connect(port);
+    c.write(bytes);
+    await waitFor(() => seen.length >= 6, 3000, `${kind}: ${seen.join(", ")}`);
+    assert.deepEqual(seen.filter((e) => e.startsWith("error")), ["error then boom", "error then boom", "error then boom"], kind);
+    assert.equal(seen.filter((e) => e.startsWith("read")).length, 3, kind);
+    c.destroy();
+    server.close();
+  }
+  assert.deepEqual(escaped, []);
 });
 
 test("no unhandled rejection or uncaught exception escapes from handlers", async (t) => {
