@@ -30,7 +30,10 @@ type Tagged = ["i", string] | ["f", string] | ["b", string] | ["?", boolean];
 
 const ORACLE = fileURLToPath(new URL("./fixtures/struct-oracle.py", import.meta.url));
 const noPython = spawnSync("python3", ["-c", "import struct"]).status !== 0 && "python3 is not installed";
-const SEED = Number(process.env.STRUCT_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
+// A fixed seed by default, so that npm test is the same every run (this one
+// met the negative half NaN that V8's double arrays turned positive); pass
+// others for a campaign.
+const SEED = Number(process.env.STRUCT_FUZZ_SEED ?? 2070421150);
 const CASES = Number(process.env.STRUCT_FUZZ_CASES ?? 2000);
 
 const int = (r: Rand, lo: number, hi: number): number => lo + Math.floor(r() * (hi - lo + 1));

@@ -563,6 +563,18 @@ function quietNaN(negative: boolean): number {
 }
 
 /**
+ * An empty array for unpacked values that V8 keeps as tagged elements. One
+ * that had held only numbers would be made (from its allocation site's
+ * feedback, after a few calls) as an array of doubles, where V8 stores any
+ * NaN as the canonical one: a negative NaN came out positive.
+ */
+function valuesArray(): unknown[] {
+  const out: unknown[] = [undefined];
+  out.pop();
+  return out;
+}
+
+/**
  * The value of binary16 bits. A NaN keeps its sign and drops its payload,
  * as CPython's `PyFloat_Unpack2` does.
  */
@@ -693,7 +705,7 @@ export class Struct {
     let reader = this.#reader;
     if (reader === undefined) reader = this.#reader = this.#layout.compileReader();
     if (reader !== null) return reader(buf, offset);
-    const out: unknown[] = [];
+    const out = valuesArray();
     this.#layout.read(buf, viewOf(buf), offset, out);
     return out;
   }
@@ -707,7 +719,7 @@ export class Struct {
     if (buf.length !== this.size) {
       throw rangeError(`unpack requires a buffer of ${this.size} bytes (got ${buf.length})`);
     }
-    const out: unknown[] = [];
+    const out = valuesArray();
     this.#layout.read(buf, viewOf(buf), 0, out);
     return out;
   }
@@ -731,7 +743,7 @@ export class Struct {
           `at offset ${at} (actual buffer size is ${buf.length})`,
       );
     }
-    const out: unknown[] = [];
+    const out = valuesArray();
     this.#layout.read(buf, viewOf(buf), at, out);
     return out;
   }
