@@ -2480,7 +2480,8 @@ export class Stream extends Channel {
    * frame: the caller waits for more bytes without asking it again.
    */
   #scanBuffered(rb: ReceiveBuffer): boolean {
-    if (!rb.contiguous || rb.discarding || this.#encoding !== null || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0) return false;
+    const state = this.#state; // (read again after the scan: a handler may close)
+    if (state !== S_OPEN || rb.length === 0 || !rb.contiguous || rb.discarding || this.#encoding !== null || (this.#flags & (P_ANY | F_TLS_UPGRADING)) !== 0) return false;
     const framer = this.#framer;
     if (framer === NULL_FRAMER) return false;
     let used = this.#scanDirect(rb.all(), 0, framer, rb);
@@ -2543,12 +2544,12 @@ export class Stream extends Channel {
           out.value = undefined;
           if (this.#encoding === null || !Buffer.isBuffer(value)) this.#deliver(value);
           else this.#deliverText(value);
-          if (this.#state === S_OPEN && rb.length > 0 && this.#scanBuffered(rb)) return;
+          if (this.#scanBuffered(rb)) return;
         } else if (code === FRAME_ARGS) {
           const args = out.args ?? [];
           out.args = null;
           this.#deliverArgs(args);
-          if (this.#state === S_OPEN && rb.length > 0 && this.#scanBuffered(rb)) return;
+          if (this.#scanBuffered(rb)) return;
         } else if (code === NEED_MORE) {
           return;
         } else if (code === OVERFLOW) {

@@ -333,11 +333,11 @@ class NetStructFramer implements Framer, Skipper {
     let result: ReturnType<NetStruct["parse"]>;
     try {
       for (;;) {
-        const buf = known > 0 && known < rb.length ? rb.head(known) : rb.all(limit);
+        const buf = rb.upTo(known, limit);
         result = this.source.parse(buf);
         // (A record with more length prefixes needs more than the first said.)
         if (!("needed" in result) || buf.length === rb.length || result.needed > rb.length) break;
-        known = result.needed < rb.length ? result.needed : 0;
+        known = result.needed;
       }
     } catch (err) {
       out.error = err as Error;
@@ -413,7 +413,7 @@ class DecoderFramer implements Framer, Skipper {
     let result: ReturnType<Decoder>;
     for (;;) {
       // (No room past the limit: more than that is refused if it has no frame.)
-      buf = known > 0 && known < rb.length ? rb.head(known) : rb.all(limit);
+      buf = rb.upTo(known, limit);
       // A throwing decoder is user code failing: the stream routes it to onError.
       rb.switched = false;
       result = this.source(buf, 0);
@@ -421,7 +421,7 @@ class DecoderFramer implements Framer, Skipper {
       // No frame in what it was shown, and more is buffered: it is shown the
       // length it says now, or every byte.
       if (result === null || result === undefined) known = 0;
-      else if (typeof result === "number" && Number.isSafeInteger(result) && result > buf.length && result <= rb.length) known = result < rb.length ? result : 0;
+      else if (typeof result === "number" && Number.isSafeInteger(result) && result > buf.length && result <= rb.length) known = result;
       else break;
     }
     // It set a new delimiter without taking a frame (sniffing the protocol):

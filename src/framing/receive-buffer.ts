@@ -285,6 +285,15 @@ export class ReceiveBuffer {
     return joined;
   }
 
+  /**
+   * The first `n` bytes in one buffer ({@link head}) when fewer than are
+   * buffered, else every byte ({@link all}, reserving room up to `cap`):
+   * what a framer that knows its frame's length (`n`; 0: not known) parses.
+   */
+  upTo(n: number, cap: number): Buffer {
+    return n > 0 && n < this.length ? this.head(n) : this.all(cap);
+  }
+
   /** The byte at offset `i` (which must be < length). */
   byteAt(i: number): number {
     const chunks = this.#chunks;
