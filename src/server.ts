@@ -21,7 +21,7 @@ import { addressOverride, parseAddress, fromAddressInfo, fromNodeAddress, format
 import type { Address, ParsedAddress } from "./address.js";
 import { ChannelStateError, InvalidAddressFormatError, ProxyProtocolError, TimeoutError, asError, checkMs, codedError, describe, keepAliveDelay, netFormHint, numberError, rangeError, typeError, unboundError } from "./errors.js";
 import { log } from "./log.js";
-import { Stream, accepting, kAcceptedAt, kHeldFailure, kProxyHeader, kRawSocket, kStream, kTlsPending, kTlsSecured, peerLeftHandshakeError, untakenSocketError } from "./stream.js";
+import { Stream, accepting, endLinger, kAcceptedAt, kHeldFailure, kProxyHeader, kRawSocket, kStream, kTlsPending, kTlsSecured, peerLeftHandshakeError, untakenSocketError } from "./stream.js";
 import type { ConnectionClass } from "./stream.js";
 import { compileServerTls, wrapServerSocket } from "./tls.js";
 import type { ServerTls, SslOptions } from "./tls.js";
@@ -57,7 +57,12 @@ export interface ServerOptions extends ChannelOptions {
       };
   /** TLS options: `startSSL(sslOptions)` is called by the constructor. */
   sslOptions?: SslOptions;
-  /** Connections above this many are closed at accept and counted as rejected (default: no limit). */
+  /**
+   * Connections above this many are closed at accept and counted as
+   * rejected (default: no limit). Closed connections still lingering (see
+   * the guide, "Closing") count too, but never refuse anyone: at the limit
+   * the oldest linger ends at once to make room.
+   */
   maxConnections?: number;
   /**
    * At most this many open connections from one client IP address; more
@@ -432,6 +437,11 @@ export class Server<S extends Stream = Stream> extends Channel {
   #remoteOverride: Address | null | undefined = undefined;
 
   #maxConnections: number;
+  /**
+   * Sockets of this server's closed connections that still linger (oldest
+   * first): each holds a descriptor, and so a place under maxConnections.
+   */
+  #lingering = new Set<Duplex>();
   #maxPerPeer = Infinity;
   #peerPrefix6 = 64;
   /** With a per-peer limit: open connections per client address, and each tracked connection's address. */
@@ -1234,7 +1244,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       raw.destroy();
       return;
     }
-    if (this.#channels.size + this.#proxyWaits.size + this.#held.size >= this.#maxConnections) {
+    if (!this.#makeRoom(this.#channels.size + this.#proxyWaits.size + this.#held.size)) {
       raw.destroy();
       this.stats.rejected++;
       this.engine.stats.rejected++;
@@ -1255,10 +1265,39 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.#accept(raw, null);
   }
 
+  /**
+   * Whether a new connection fits beside `used` places (open, pending):
+   * under maxConnections, the sockets still lingering after a close count
+   * too, and the oldest of them closes now to make room. A live client is
+   * never refused for a courtesy wait; descriptors stay within the limit.
+   */
+  #makeRoom(used: number): boolean {
+    const max = this.#maxConnections;
+    if (used >= max) return false;
+    // (More than one only after maxConnections was lowered on a live server.)
+    while (used + this.#lingering.size >= max) {
+      const oldest = this.#lingering.values().next().value as Duplex;
+      if (log.debugOn()) log.current.debug(this._logFields(), `${nameOf(this)} is at maxConnections (${max}): the oldest lingering connection closes to make room.`);
+      this.#lingering.delete(oldest);
+      endLinger(oldest);
+    }
+    return true;
+  }
+
+  /** @internal A closed connection's socket lingers (see Stream's close). */
+  _lingerStarted(sock: Duplex): void {
+    this.#lingering.add(sock);
+  }
+
+  /** @internal Its linger has ended. */
+  _lingerEnded(sock: Duplex): void {
+    this.#lingering.delete(sock);
+  }
+
   /** @internal A connection accepted by a native listener. */
   _onNativeConnection(socket: NativeSocket): void {
     if (this.#state === ST_BINDING && this.#shutdown === null) this.#listening();
-    if (this.#state !== ST_LISTENING || this.#shutdown !== null || this.#channels.size + this.#held.size >= this.#maxConnections) {
+    if (this.#state !== ST_LISTENING || this.#shutdown !== null || !this.#makeRoom(this.#channels.size + this.#held.size)) {
       if (this.#state === ST_LISTENING && this.#shutdown === null) {
         this.stats.rejected++;
         this.engine.stats.rejected++;

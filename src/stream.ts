@@ -180,12 +180,16 @@ export function untakenSocketError(stream: Stream, socket: Duplex): TypeError | 
   return typeError(`The constructor of ${name} did not pass its options to super(), so the socket was never given to it: write constructor(options) { super(options); ... }.`);
 }
 const kLinger: unique symbol = Symbol("pants-ts.linger");
-/** Sockets lingering after a graceful close (at most LINGER_MS each). */
-const lingering = new Set<Duplex>();
+/** Sockets lingering after a graceful close (see Stream's #releaseSocket), oldest first. */
+const lingering = new Map<Duplex, Linger>();
 let lingerWaiters: Array<() => void> = [];
 
 function lingerEnded(sock: Duplex): void {
-  if (!lingering.delete(sock) || lingering.size > 0) return;
+  const linger = lingering.get(sock);
+  if (linger === undefined) return;
+  lingering.delete(sock);
+  linger.stream.server?._lingerEnded(sock);
+  if (lingering.size > 0) return;
   const waiters = lingerWaiters;
   lingerWaiters = [];
   for (const wake of waiters) wake();
@@ -570,6 +574,18 @@ function armLinger(linger: Linger): void {
   timer.unref();
   linger.sock[kLinger] = timer;
   if (linger.under !== null) linger.under[kLinger] = timer;
+}
+
+/**
+ * @internal Ends a socket's linger now: it closes at once (its server needs
+ * the place under maxConnections). Bytes the peer sends later are answered
+ * with a reset, which the linger was there to avoid: the oldest goes first.
+ */
+export function endLinger(sock: Duplex): void {
+  const timer = (sock as OwnedSocket)[kLinger];
+  if (timer !== undefined) clearTimeout(timer);
+  sock.destroy();
+  lingerEnded(sock);
 }
 
 function lingerExpired(linger: Linger): void {
@@ -3366,8 +3382,10 @@ export class Stream extends Channel {
     const raw = (under ?? sock) as Duplex & { unref?: () => void };
     raw.unref?.();
     const rounds = Math.min(LINGER_MAX_MS / LINGER_MS, Math.ceil(this.#bytesWritten / LINGER_BYTES_PER_WAIT));
-    armLinger({ sock, under: under as OwnedSocket | null, stream: this, read: this.#bytesRead, rounds });
-    lingering.add(sock);
+    const linger: Linger = { sock, under: under as OwnedSocket | null, stream: this, read: this.#bytesRead, rounds };
+    armLinger(linger);
+    lingering.set(sock, linger);
+    this.server?._lingerStarted(sock);
   }
 
   /**

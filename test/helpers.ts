@@ -120,8 +120,8 @@ export class RawClient {
  * a UNIX path), from `localAddress` if given (any of 127.0.0.0/8 is this
  * host's on Linux).
  */
-export async function connect(address: Address | null, options: { host?: string; localAddress?: string } = {}): Promise<RawClient> {
-  const opts = toConnect(address, options.host);
+export async function connect(address: Address | null, options: { host?: string; localAddress?: string; allowHalfOpen?: boolean } = {}): Promise<RawClient> {
+  const opts: net.NetConnectOpts = { ...toConnect(address, options.host), allowHalfOpen: options.allowHalfOpen === true };
   const socket = net.connect(options.localAddress === undefined ? opts : { ...opts, localAddress: options.localAddress });
   await new Promise<void>((resolve, reject) => {
     socket.once("connect", resolve);
@@ -131,7 +131,7 @@ export async function connect(address: Address | null, options: { host?: string;
 }
 
 /** Connects a TLS client (no verification unless `ca` is given). */
-export async function connectTls(address: Address | null, options: tls.ConnectionOptions = {}): Promise<RawClient & { tlsSocket: tls.TLSSocket }> {
+export async function connectTls(address: Address | null, options: tls.ConnectionOptions & { allowHalfOpen?: boolean } = {}): Promise<RawClient & { tlsSocket: tls.TLSSocket }> {
   const base = toConnect(address);
   const socket = tls.connect({ rejectUnauthorized: false, ...base, ...options } as tls.ConnectionOptions);
   await new Promise<void>((resolve, reject) => {

@@ -3,12 +3,12 @@
  * coarse timer, maxConnections and maxConnectionsPerPeer at accept, and EMFILE: the server keeps
  * listening at its descriptor limit and recovers.
  */
-import { test } from "node:test";
+import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import { spawn } from "node:child_process";
 import type { Duplex } from "node:stream";
-import { Server, Stream, type Address } from "../src/index.js";
+import { Server, Stream, type Address, type SslOptions } from "../src/index.js";
 import { join } from "node:path";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import { RawClient, captureLogs, connect, connectTls, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
@@ -266,6 +266,65 @@ async function echoes(c: RawClient, line: string): Promise<void> {
   c.write(`${line}\n`);
   assert.equal(await c.readText(line.length + 1), `${line}\n`);
 }
+
+async function lingerAtLimit(t: TestContext, tls: boolean): Promise<void> {
+  const engine = freshEngine(t);
+  const reply = 512 * 1024; // a long reply: the linger lasts while the peer keeps sending (2 s per 128 KiB written)
+  class Bye extends Echo {
+    override onRead(d: Buffer) {
+      if (d.toString() !== "quit") return super.onRead(d);
+      this.write(Buffer.alloc(reply, 0x2e));
+      this.close();
+    }
+  }
+  let sslOptions: SslOptions | undefined;
+  if (tls) {
+    const certs = makeCerts();
+    t.after(certs.cleanup);
+    sslOptions = { certfile: certs.server.cert, keyfile: certs.server.key };
+  }
+  const server = new Server(Bye, { engine, maxConnections: 2, sslOptions });
+  const port = await listenLocal(server, t);
+  const open = (options: { allowHalfOpen?: boolean } = {}) => (tls ? connectTls(port, options) : connect(port, options));
+  // a asks the server to close and keeps its own side open, sending: the server's socket lingers, reading and discarding.
+  const a = await open({ allowHalfOpen: true });
+  const keepSending = setInterval(() => a.socket.writable && a.write("still here\n"), 100);
+  t.after(() => {
+    clearInterval(keepSending);
+    a.destroy();
+  });
+  a.write("quit\n");
+  await a.read(reply);
+  await a.until(() => a.ended, 5000, "the server's FIN");
+  await waitFor(() => server.channels.size === 0);
+  const b = await open();
+  t.after(() => b.destroy());
+  await echoes(b, "b");
+  await sleep(300);
+  assert.equal(a.error, null, "a lingers (no reset): b fits beside it");
+  // b open and a lingering fill maxConnections: c takes a's place.
+  const c = await open();
+  t.after(() => c.destroy());
+  await echoes(c, "c");
+  assert.equal(server.stats.rejected, 0);
+  // a's socket on the server is closed now: what a sends is answered with a reset (before, the linger went on for seconds).
+  await a.until(() => a.error !== null, 3000, "a reset (the linger ended)");
+  const reset = a.error as unknown as NodeJS.ErrnoException; // (assert.equal narrowed it to null)
+  assert.ok(["ECONNRESET", "EPIPE"].includes(reset.code!), String(reset));
+  // Past the limit with nothing lingering, connections are still refused.
+  const d = await connect(port);
+  t.after(() => d.destroy());
+  await d.readToEnd();
+  assert.equal(server.stats.rejected, 1);
+}
+
+test("maxConnections counts a closed connection still lingering: at the limit its linger ends, and the new client is served, not refused", async (t) => {
+  await lingerAtLimit(t, false);
+});
+
+test("maxConnections counts a closed TLS connection still lingering: at the limit its linger ends", { skip: !hasOpenssl() && "no openssl", timeout: 30_000 }, async (t) => {
+  await lingerAtLimit(t, true);
+});
 
 test("maxConnectionsPerPeer: connections above it from one address are closed at accept and counted; other addresses and later ones are served", async (t) => {
   const engine = freshEngine(t);
