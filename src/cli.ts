@@ -566,6 +566,7 @@ export function statsLine(stats: Stats | ClusterStats): string {
   const parts = [
     `open=${stats.open}`,
     `pending=${stats.pending}`,
+    `lingering=${stats.lingering}`,
     `accepted=${stats.accepted}`,
     `rejected=${stats.rejected}`,
     `closed=${stats.closed}`,

@@ -327,9 +327,11 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
     for (const s of perWorker.values()) addStats(total, s);
     total.open = 0;
     total.pending = 0;
+    total.lingering = 0;
     for (const s of perWorker.values()) {
       total.open += s.open;
       total.pending += s.pending;
+      total.lingering += s.lingering ?? 0; // (a worker of an older pants-ts reports none)
     }
     const alive = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined && !w.isDead()).length;
     return { ...total, workers: alive, restarts, perWorker: Object.fromEntries(perWorker) };
@@ -444,7 +446,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
       const last = perWorker.get(worker.id);
       if (last !== undefined) {
         // The connections it had open died with it (a crash): they count as closed.
-        addStats(retired, { ...last, closed: last.closed + last.open, open: 0, pending: 0 });
+        addStats(retired, { ...last, closed: last.closed + last.open, open: 0, pending: 0, lingering: 0 });
         perWorker.delete(worker.id);
       }
       if (expected.delete(worker)) return;

@@ -33,6 +33,13 @@ export interface Stats {
    * (an engine's: the sum over its servers).
    */
   pending: number;
+  /**
+   * Closed connections whose sockets still linger (reading and discarding
+   * until the peer is done, so the close is not a reset: see the guide,
+   * "Closing"). Each holds a descriptor; a server's count under its
+   * `maxConnections` (an engine's: client streams' too).
+   */
+  lingering: number;
   /** Connections accepted (servers: at accept, before a TLS handshake) or established (clients) so far. */
   accepted: number;
   /** Connections refused at accept (`maxConnections`, a bad, missing or late PROXY header, TLS wrap failure, a TCP peer that reset before an `onAccept` override could be given it). */
@@ -51,7 +58,7 @@ export interface Stats {
 
 /** A fresh, zeroed {@link Stats} object. */
 export function newStats(): Stats {
-  return { open: 0, pending: 0, accepted: 0, rejected: 0, closed: 0, bytesIn: 0, bytesOut: 0, errors: 0, errorsByKind: {} };
+  return { open: 0, pending: 0, lingering: 0, accepted: 0, rejected: 0, closed: 0, bytesIn: 0, bytesOut: 0, errors: 0, errorsByKind: {} };
 }
 
 /** Adds one error of `kind` to every stats object given. */
@@ -68,6 +75,7 @@ export function countError(kind: string, a: Stats, b?: Stats | null): void {
 export function addStats(into: Stats, add: Stats): void {
   into.open += add.open;
   into.pending += add.pending;
+  into.lingering += add.lingering;
   into.accepted += add.accepted;
   into.rejected += add.rejected;
   into.closed += add.closed;

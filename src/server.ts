@@ -800,10 +800,10 @@ export class Server<S extends Stream = Stream> extends Channel {
    */
   #retire(): void {
     if (this.#state !== ST_CLOSED || this.#channels.size > 0) return;
-    if (liveServers.delete(this)) addStats(retiredTotals, { ...this.stats, open: 0, pending: 0 });
+    if (liveServers.delete(this)) addStats(retiredTotals, { ...this.stats, open: 0, pending: 0, lingering: 0 });
     else if (this.#retiredAs !== null) addStats(retiredTotals, statsSince(this.stats, this.#retiredAs));
     else return; // never listened: never counted
-    this.#retiredAs = { ...this.stats, open: 0, pending: 0, errorsByKind: { ...this.stats.errorsByKind } };
+    this.#retiredAs = { ...this.stats, open: 0, pending: 0, lingering: 0, errorsByKind: { ...this.stats.errorsByKind } };
   }
 
   /**
@@ -1287,11 +1287,13 @@ export class Server<S extends Stream = Stream> extends Channel {
   /** @internal A closed connection's socket lingers (see Stream's close). */
   _lingerStarted(sock: Duplex): void {
     this.#lingering.add(sock);
+    this.stats.lingering = this.#lingering.size;
   }
 
   /** @internal Its linger has ended. */
   _lingerEnded(sock: Duplex): void {
     this.#lingering.delete(sock);
+    this.stats.lingering = this.#lingering.size;
   }
 
   /** @internal A connection accepted by a native listener. */
@@ -1580,6 +1582,7 @@ function statsSince(now: Stats, then: Stats): Stats {
   return {
     open: 0,
     pending: 0,
+    lingering: 0,
     accepted: now.accepted - then.accepted,
     rejected: now.rejected - then.rejected,
     closed: now.closed - then.closed,

@@ -188,6 +188,7 @@ function lingerEnded(sock: Duplex): void {
   const linger = lingering.get(sock);
   if (linger === undefined) return;
   lingering.delete(sock);
+  linger.stream.engine.stats.lingering--;
   linger.stream.server?._lingerEnded(sock);
   if (lingering.size > 0) return;
   const waiters = lingerWaiters;
@@ -3385,6 +3386,7 @@ export class Stream extends Channel {
     const linger: Linger = { sock, under: under as OwnedSocket | null, stream: this, read: this.#bytesRead, rounds };
     armLinger(linger);
     lingering.set(sock, linger);
+    this.engine.stats.lingering++;
     this.server?._lingerStarted(sock);
   }
 

@@ -184,7 +184,7 @@ test("--workers: the connections a crashed worker had open count as closed in th
   // The workers report once a second: wait for a report with only those two open.
   await waitFor(() => {
     s.child.kill("SIGUSR2");
-    return new RegExp(` open=2 pending=0 accepted=${accepted} rejected=0 closed=${accepted - 2} `).test(lines().at(-1) ?? "");
+    return new RegExp(` open=2 pending=0 lingering=\\d+ accepted=${accepted} rejected=0 closed=${accepted - 2} `).test(lines().at(-1) ?? "");
   }, 10000, `a report with two open; ${s.out()}`);
   b!.write("crash\n");
   await a!.readToEnd();
@@ -192,7 +192,7 @@ test("--workers: the connections a crashed worker had open count as closed in th
     s.child.kill("SIGUSR2");
     return /workers=2 restarts=1 /.test(lines().at(-1) ?? "");
   }, 10000, `the restart; ${s.out()}`);
-  assert.match(lines().at(-1)!, new RegExp(`workers=2 restarts=1 open=0 pending=0 accepted=${accepted} rejected=0 closed=${accepted} `));
+  assert.match(lines().at(-1)!, new RegExp(`workers=2 restarts=1 open=0 pending=0 lingering=\\d+ accepted=${accepted} rejected=0 closed=${accepted} `));
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });

@@ -108,7 +108,7 @@ test("serve on TCP and a UNIX socket; SIGUSR2 prints stats; SIGTERM drains and e
   unix.write("over unix\n");
   assert.equal(await unix.readText(10), "over unix\n");
   s.child.kill("SIGUSR2");
-  await waitFor(() => /pants-ts stats: open=2 pending=0 accepted=2/.test(s.out()), 5000, `a stats line; output ${s.out()}`);
+  await waitFor(() => /pants-ts stats: open=2 pending=0 lingering=\d+ accepted=2/.test(s.out()), 5000, `a stats line; output ${s.out()}`);
   s.child.kill("SIGTERM");
   assert.equal((await tcp.readToEnd()).toString(), "bye\n");
   assert.equal((await unix.readToEnd()).toString(), "bye\n");
@@ -128,7 +128,7 @@ test("SIGUSR2 after a server closed with connections open: they count as closed 
   await b.readToEnd();
   s.child.kill("SIGUSR2");
   await waitFor(() => /pants-ts stats: /.test(s.out()), 5000, `a stats line; output ${s.out()}`);
-  assert.match(s.out(), /pants-ts stats: open=0 pending=0 accepted=2 rejected=0 closed=2 bytesIn=16 bytesOut=3 errors=0/);
+  assert.match(s.out(), /pants-ts stats: open=0 pending=0 lingering=\d+ accepted=2 rejected=0 closed=2 bytesIn=16 bytesOut=3 errors=0/);
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });
@@ -150,7 +150,7 @@ test("SIGUSR2 after a server closed while an async onAccept held a connection: t
   await waitFor(() => /failed after refusing/.test(s.out()), 5000, `the last override's failure; output ${s.out()}`);
   s.child.kill("SIGUSR2");
   await waitFor(() => /pants-ts stats: /.test(s.out()), 5000, `a stats line; output ${s.out()}`);
-  assert.match(s.out(), /pants-ts stats: open=0 pending=0 accepted=2 rejected=0 closed=2 bytesIn=\d+ bytesOut=\d+ errors=2\n/);
+  assert.match(s.out(), /pants-ts stats: open=0 pending=0 lingering=\d+ accepted=2 rejected=0 closed=2 bytesIn=\d+ bytesOut=\d+ errors=2\n/);
   s.child.kill("SIGTERM");
   assert.equal(await s.exited, 0);
 });

@@ -302,11 +302,15 @@ async function lingerAtLimit(t: TestContext, tls: boolean): Promise<void> {
   await echoes(b, "b");
   await sleep(300);
   assert.equal(a.error, null, "a lingers (no reset): b fits beside it");
+  assert.equal(server.stats.lingering, 1);
+  assert.equal(engine.stats.lingering, 1);
   // b open and a lingering fill maxConnections: c takes a's place.
   const c = await open();
   t.after(() => c.destroy());
   await echoes(c, "c");
   assert.equal(server.stats.rejected, 0);
+  assert.equal(server.stats.lingering, 0);
+  assert.equal(engine.stats.lingering, 0);
   // a's socket on the server is closed now: what a sends is answered with a reset (before, the linger went on for seconds).
   await a.until(() => a.error !== null, 3000, "a reset (the linger ended)");
   const reset = a.error as unknown as NodeJS.ErrnoException; // (assert.equal narrowed it to null)

@@ -48,7 +48,7 @@ test("server.stats and engine.stats count connections, bytes and errors", async 
   assert.equal(server.stats.open, 0);
   assert.equal(engine.stats.bytesIn, 6);
   assert.equal(engine.stats.closed, 2);
-  assert.deepEqual(Object.keys(server.stats).sort(), ["accepted", "bytesIn", "bytesOut", "closed", "errors", "errorsByKind", "open", "pending", "rejected"]);
+  assert.deepEqual(Object.keys(server.stats).sort(), ["accepted", "bytesIn", "bytesOut", "closed", "errors", "errorsByKind", "lingering", "open", "pending", "rejected"]);
 });
 
 test("stream.bytesRead and bytesWritten count each connection's bytes, as the stats do: plaintext under TLS, no PROXY header, a frame split across reads counted once", { skip: !hasOpenssl() && "the openssl command is not installed" }, async (t) => {
