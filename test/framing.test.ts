@@ -1557,6 +1557,56 @@ test("a NetStruct record completed by a read is parsed from its own bytes, its s
   assert.ok(pinned < 20_000, `the first record's values pin ${pinned} bytes, not the ${3_000 + rest.length} buffered`);
 });
 
+test("the room joined for a long unfinished frame is freed with that frame: the bytes after it neither keep it in an idle stream nor pin it in a small frame", async () => {
+  // A one-parameter Decoder that returns null until its frame is whole (the
+  // guide's), and a RegExp of unbounded reach, both read their unfinished
+  // frame through repeated joins, which reserve room up to the frame limit.
+  // The read that completed a 1 MiB frame brought a 10-byte frame and the
+  // start of a third: the room (1.9 MiB) stayed the buffer's last chunk, so
+  // an idle stream held it for those 2 bytes, and the small frame, a view of
+  // it, pinned it.
+  const gc = runInNewContext("gc") as () => void;
+  const prefixed = (payload: Buffer) => {
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(payload.length);
+    return Buffer.concat([head, payload]);
+  };
+  const nullUntilWhole: Decoder = (buf) => {
+    if (buf.length < 4) return null;
+    const end = 4 + buf.readUInt32BE(0);
+    return buf.length < end ? null : { consumed: end, args: [buf.subarray(4, end)] };
+  };
+  const big = 1 << 20;
+  const cases: [string, ReadDelimiter, Buffer][] = [
+    ["Decoder", nullUntilWhole, Buffer.concat([prefixed(Buffer.alloc(big, 1)), prefixed(Buffer.alloc(10, 2)), Buffer.from([0, 0])])],
+    ["/\\s+/", /\s+/, Buffer.concat([Buffer.alloc(big, 0x61), Buffer.from(" "), Buffer.alloc(10, 0x62), Buffer.from(" ab")])],
+  ];
+  for (const [name, delimiter, bytes] of cases) {
+    let bigFrame: WeakRef<ArrayBufferLike> | null = null;
+    class Keeper extends Stream {
+      small: Buffer[] = [];
+      override onConnect() {
+        this.bufferSize = 4 << 20;
+        this.readDelimiter = delimiter;
+      }
+      override onRead(frame: Buffer) {
+        if (frame.length === big) bigFrame = new WeakRef(frame.buffer);
+        else this.small.push(frame);
+      }
+    }
+    const peer = memoryPeer(Keeper);
+    await peer.send(bytes, { chunkSize: 65536 });
+    assert.deepEqual(peer.stream.small.map((f) => f.length), [10], name);
+    const pinned = peer.stream.small[0]!.buffer.byteLength;
+    assert.ok(pinned < 65536, `${name}: the kept 10-byte frame pins ${pinned} bytes`);
+    gc();
+    await sleep(20);
+    gc();
+    assert.equal(bigFrame!.deref(), undefined, `${name}: the 1 MiB frame's memory is still held after it was delivered and dropped`);
+    peer.stream.close(false);
+  }
+});
+
 test("a handler that feeds another stream's partial frame, in memory and at once, leaves its own stream's framing as it was", async (t) => {
   // C frames 4-byte length prefixes with a Decoder that announces lengths; A
   // relays each of its lines' bytes (hex) to C through B, flushed at once, so

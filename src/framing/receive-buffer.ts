@@ -341,6 +341,29 @@ export class ReceiveBuffer {
       this.#chunks = chunks.slice(head);
       this.#head = 0;
     }
+    if (this.#room !== null) this.#leaveRoom();
+  }
+
+  /**
+   * The unfinished frame a join's room was reserved for has been consumed:
+   * the bytes left in the room (the rest of the read that completed it) are
+   * copied out, so the room, up to the frame limit, is freed with that
+   * frame, not held by an idle connection for a few bytes or pinned by the
+   * small frames cut from them.
+   */
+  #leaveRoom(): void {
+    const chunks = this.#chunks;
+    const last = chunks.length - 1;
+    if (chunks[last] === this.#roomView) {
+      const from = last === this.#head ? this.#off : 0;
+      // Not from Node's pool, as in push().
+      const rest = Buffer.allocUnsafeSlow(this.#roomUsed - from);
+      this.#roomView.copy(rest, 0, from);
+      chunks[last] = rest;
+      if (last === this.#head) this.#off = 0;
+    }
+    this.#room = null;
+    this.#roomView = EMPTY;
   }
 
   /**
