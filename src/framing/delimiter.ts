@@ -252,6 +252,8 @@ class RegexFramer implements Framer, Skipper {
         rb.skip(rb.length - REGEX_SLACK);
         return OVERFLOW;
       }
+      // (The next arrival makes the text anew.)
+      rb.forgetText();
       return NEED_MORE;
     }
     rb.mark = 0;
@@ -280,6 +282,7 @@ class RegexFramer implements Framer, Skipper {
     const next = this.#search.exec(rb.latin1());
     if (next === null || next[0].length === 0) {
       rb.skip(rb.length - Math.min(rb.length, REGEX_SLACK));
+      rb.forgetText();
       return NEED_MORE;
     }
     rb.skip(next.index + next[0].length);

@@ -401,6 +401,15 @@ export class ReceiveBuffer {
   }
 
   /**
+   * Drops the latin1 text of the buffered bytes (a framer waiting for more
+   * bytes, which build it anew): an idle stream does not hold a copy of its
+   * partial frame, or of a long frame taken before it, as a string.
+   */
+  forgetText(): void {
+    this.#latin1 = null;
+  }
+
+  /**
    * Every buffered byte read as latin1 (one character per byte). The string
    * is built once per arrival of data; consuming frames only moves an
    * offset into it (a sliced string costs O(1) in V8).
