@@ -2459,7 +2459,9 @@ export class Stream extends Channel {
           return ~start;
         }
         this.#keep(start === 0 ? chunk : viewOf(ab, base + start, left));
-        if (typeof result === "number") this.#rb!.mark = result; // not asked again before that many bytes are here
+        const rb = this.#rb!;
+        if (typeof result === "number") rb.mark = result; // not asked again before that many bytes are here
+        rb.compact();
         return chunk.length;
       }
       const consumed = (result as { consumed?: unknown }).consumed;
@@ -2561,13 +2563,21 @@ export class Stream extends Channel {
           out.value = undefined;
           if (this.#encoding === null || !Buffer.isBuffer(value)) this.#deliver(value);
           else this.#deliverText(value);
-          if (this.#scanBuffered(rb)) return;
+          if (this.#scanBuffered(rb)) {
+            rb.compact();
+            return;
+          }
         } else if (code === FRAME_ARGS) {
           const args = out.args ?? [];
           out.args = null;
           this.#deliverArgs(args);
-          if (this.#scanBuffered(rb)) return;
+          if (this.#scanBuffered(rb)) {
+            rb.compact();
+            return;
+          }
         } else if (code === NEED_MORE) {
+          // Waiting for more bytes: hold what is buffered, not the read it came in.
+          rb.compact();
           return;
         } else if (code === OVERFLOW) {
           const err = new BufferOverflowError(`A frame on ${nameOf(this)} outgrew the ${limit}-byte buffer limit (bufferSize).`, "read", limit);

@@ -28,6 +28,13 @@ const EMPTY = Buffer.alloc(0);
  */
 const MERGE_BELOW = 512;
 
+/**
+ * Bytes left waiting in a chunk whose memory is more than this many times
+ * their size are copied out ({@link ReceiveBuffer.compact}): the copy costs
+ * at most a quarter of what it frees.
+ */
+const COMPACT_RATIO = 4;
+
 export class ReceiveBuffer {
   /** Live chunks from `#head`; the first is consumed up to `#off`. */
   #chunks: Buffer[] = [];
@@ -342,6 +349,25 @@ export class ReceiveBuffer {
       this.#head = 0;
     }
     if (this.#room !== null) this.#leaveRoom();
+  }
+
+  /**
+   * Called when the framer waits for more bytes: buffered bytes that are a
+   * small part of one chunk's memory (the start of a frame at the end of a
+   * read, up to 256 KiB on the native transport) are copied out, so a
+   * stream that goes idle there holds about what it buffered, not the read.
+   */
+  compact(): void {
+    const n = this.length;
+    if (n === 0 || this.#room !== null || this.#chunks.length - this.#head !== 1) return;
+    const chunk = this.#chunks[this.#head]!;
+    if (chunk.buffer.byteLength <= COMPACT_RATIO * n) return;
+    // Not from Node's pool, as in push().
+    const copy = Buffer.allocUnsafeSlow(n);
+    chunk.copy(copy, 0, this.#off);
+    this.#chunks[this.#head] = copy;
+    this.#off = 0;
+    this.#cursor = -1;
   }
 
   /**
