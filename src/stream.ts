@@ -609,6 +609,9 @@ function processTick(stream: Stream): void {
   stream._processTick();
 }
 
+/** The most the addon reads at once (PN_READ_BUF_SIZE): what a frame may pin, as the guide says. */
+const NATIVE_READ_SIZE = 256 * 1024;
+
 /**
  * A read the native transport lends (reuseReadBuffer): the ArrayBuffer of
  * the chunk being delivered, detached by the addon as soon as the delivery
@@ -2115,6 +2118,28 @@ export class Stream extends Channel {
     this.#flags |= F_IN_DISPATCH;
     let i = 0;
     let changed = this.#reframing(framer, limit);
+    if (count > 1 && !changed) {
+      // A long frame the addon held (its pending bytes) comes in one block
+      // with the read that completed it: the frames after it are views of a
+      // copy of their own bytes, so that keeping one pins at most the read,
+      // not the long frame too (a 4-byte line after a 1 MiB one pinned 1 MiB).
+      const from = frames[first + 2]!;
+      const to = frames[first + 2 * count - 1]!;
+      const size = block.byteLength;
+      if (size > NATIVE_READ_SIZE && 2 * (frames[first + 1]! - frames[first]!) > size && block !== lentBlock) {
+        const rest = Buffer.allocUnsafeSlow(to - from);
+        rest.set(new Uint8Array(block, base + from, to - from));
+        this.#deliver(viewOf(block, base + frames[first]!, frames[first + 1]! - frames[first]!));
+        changed = this.#reframing(framer, limit);
+        const ab = rest.buffer;
+        for (i = 1; i < count && !changed; i++) {
+          const start = frames[first + 2 * i]!;
+          this.#deliver(viewOf(ab, start - from, frames[first + 2 * i + 1]! - start));
+          changed = this.#reframing(framer, limit);
+        }
+        if (!changed) i = count;
+      }
+    }
     for (; i < count && !changed; i++) {
       const start = frames[first + 2 * i]!;
       this.#deliver(viewOf(block, base + start, frames[first + 2 * i + 1]! - start));

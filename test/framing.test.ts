@@ -1712,6 +1712,36 @@ test("a stream waiting with the start of a frame a read ended with holds those b
   }
 });
 
+test("a short line kept after a long one pins at most a read, over TCP", async (t) => {
+  // The native transport frames lines itself: a long line it held came in
+  // one block with the read that completed it, and the lines after it in
+  // that read were views of the block (a 4-byte line kept pinned 1 MiB).
+  const engine = freshEngine(t);
+  let short: Buffer | null = null;
+  class Lines extends Stream {
+    longest = 0;
+    override onConnect() {
+      this.bufferSize = 4 << 20;
+      this.readDelimiter = "\n";
+    }
+    override onRead(line: Buffer) {
+      if (line.length === 4) short = line;
+      else this.longest = Math.max(this.longest, line.length);
+    }
+  }
+  const port = await listenLocal(new Server(Lines, { engine }), t);
+  const c = await connect(port);
+  const bytes = Buffer.concat([Buffer.alloc(1 << 20, 0x61), Buffer.from("\ntiny\nab")]);
+  for (let at = 0; at < bytes.length; at += 65536) {
+    c.socket.write(bytes.subarray(at, at + 65536));
+    await sleep(2);
+  }
+  await waitFor(() => short !== null, 5000, "the short line");
+  assert.equal(short!.toString(), "tiny");
+  assert.ok(short!.buffer.byteLength <= 256 * 1024, `the kept 4-byte line pins ${short!.buffer.byteLength} bytes`);
+  c.destroy();
+});
+
 test("a handler that feeds another stream's partial frame, in memory and at once, leaves its own stream's framing as it was", async (t) => {
   // C frames 4-byte length prefixes with a Decoder that announces lengths; A
   // relays each of its lines' bytes (hex) to C through B, flushed at once, so
