@@ -2916,6 +2916,10 @@ export class Stream extends Channel {
     if ((this.#flags & F_WRITE_ENDED) !== 0) throw new ChannelStateError(`${op}() called after end() on ${nameOf(this)}.`);
     // (Only end() refuses this state: writes queue until onConnect.)
     if (state === S_PENDING) throw new ChannelStateError(`${op}() called before onConnect on ${nameOf(this)}: it works from onConnect on (its TLS handshake or connect event is still pending).`);
+    if (state === S_CONNECTING) {
+      if (this.#x?.connectError != null) throw new ChannelStateError(`${op}() called on ${nameOf(this)}, whose connect failed.`);
+      throw new ChannelStateError(`${op}() called on ${nameOf(this)} while it is still connecting: it works from onConnect on (or once ready() has resolved).`);
+    }
     throw new ChannelStateError(`${op}() called on disconnected ${nameOf(this)}.`);
   }
 

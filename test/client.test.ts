@@ -12,7 +12,7 @@ import { spawn } from "node:child_process";
 import dns from "node:dns";
 import { syncBuiltinESMExports } from "node:module";
 import { join } from "node:path";
-import { ConnectError, Engine, InvalidAddressFormatError, Server, Stream, TimeoutError } from "../src/index.js";
+import { ChannelStateError, ConnectError, Engine, InvalidAddressFormatError, Server, Stream, TimeoutError } from "../src/index.js";
 import type { Address } from "../src/index.js";
 import { captureLogs, failSetServername, freePort, freshEngine, hasIPv6, listenLocal, portOf, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
@@ -926,4 +926,29 @@ test("connect()'s localAddress with a host name, native transport: every address
   assert.equal((peer as unknown as [string, number])[0], "127.0.0.2");
   assert.deepEqual(c.events, ["connect"]);
   c.close();
+});
+
+test("write() or end() while a client is still connecting says so (it said 'called on disconnected'), and after a failed connect says that", async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Stream, { engine }), t);
+  const c = new Stream({ engine }).connect(["127.0.0.1", port]);
+  for (const op of [() => c.write("x"), () => c.end(), () => c.flush()]) {
+    assert.throws(op, (err: Error) => err instanceof ChannelStateError && /called on Stream .* while it is still connecting: it works from onConnect on/.test(err.message));
+  }
+  await c.ready();
+  c.close();
+  let failedWrite: unknown = null;
+  class Refused extends Stream {
+    override onConnectError() {
+      try {
+        this.write("x");
+      } catch (err) {
+        failedWrite = err;
+      }
+    }
+  }
+  const r = new Refused({ engine }).connect(["127.0.0.1", await freePort()]);
+  await assert.rejects(r.ready(), ConnectError);
+  assert.ok(failedWrite instanceof ChannelStateError);
+  assert.doesNotMatch((failedWrite as Error).message, /still connecting/);
 });
