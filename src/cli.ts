@@ -31,6 +31,10 @@ const HELP = `Usage: pants-ts serve <module> --listen ADDR [--listen ADDR ...] [
 
 Serve the connection class (or configured Server) that <module> exports by
 default. <module> is a path to a .js/.mjs file (or .ts, when tsx is installed).
+For a configured Server, --max-connections, --max-per-peer and
+--peer-ipv6-prefix replace its own settings and --tls-cert starts its TLS;
+--idle-timeout, --proxy-protocol and --reuse-port are usage errors (give them
+as its options: idleTimeoutMs, proxyProtocol, reusePort).
 
 Addresses (ADDR):
   4040                 every interface, port 4040 (IPv4, and IPv6 on the same port); also *:4040

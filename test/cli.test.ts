@@ -574,3 +574,10 @@ test("serve notes a server other hosts can reach without --idle-timeout or --max
   for (const s of quiet) assert.doesNotMatch(s.out(), note, s.out());
   assert.equal(workers.out().match(/pants-ts: note:/g)?.length, 1, workers.out());
 });
+
+test("--help says which flags a configured Server takes (the usage error for --idle-timeout sends the reader to --help, which did not say)", () => {
+  const r = run(["--help"]);
+  assert.equal(r.status, 0);
+  assert.match(r.stdout, /For a configured Server, --max-connections, --max-per-peer and\n--peer-ipv6-prefix replace its own settings/);
+  assert.match(r.stdout, /--idle-timeout, --proxy-protocol and --reuse-port are usage errors/);
+});
