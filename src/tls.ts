@@ -89,8 +89,8 @@ export interface SslOptions extends SecureContextOptions {
   servername?: string;
   /** Client: replaces Node's host-name check; an Error it returns or throws fails the handshake. */
   checkServerIdentity?: ConnectionOptions["checkServerIdentity"];
-  /** Client: a session to resume (null: none). */
-  session?: Buffer;
+  /** Client: a session to resume (null or undefined: none, so `sslSession ?? undefined` and `sslSession` both fit). */
+  session?: Buffer | null | undefined;
 }
 
 /** @internal A compiled server-side configuration: what each accepted TLSSocket gets. */

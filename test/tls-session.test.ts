@@ -389,3 +389,18 @@ test("a server's sessions last 300 s unless sslOptions.sessionTimeout says other
   }
   assert.deepEqual(hints, ["TLSv1.2: 300", "TLSv1.3: 300", "TLSv1.2: 60", "TLSv1.3: 60"]);
 });
+
+test("sslOptions.session takes null or undefined for no session, as its TSDoc says (the type took a Buffer only: `session: null`, and the guide's `session` of type Buffer | undefined under exactOptionalPropertyTypes, did not compile)", { skip }, async (t) => {
+  const engine = freshEngine(t);
+  const port = await listenLocal(new Server(Stream, { engine, sslOptions: serverOptions() }), t);
+  const latest: Buffer | null = null;
+  const kept: Buffer | undefined = undefined;
+  // Type test: `npm run typecheck` compiles these object literals.
+  const none: SslOptions[] = [{ ...clientOptions("TLSv1.3"), session: latest }, { ...clientOptions("TLSv1.3"), session: kept }];
+  for (const sslOptions of none) {
+    const c = new Stream({ engine, sslOptions }).connect(["127.0.0.1", port]);
+    await c.ready();
+    assert.equal(c.sslSessionReused, false);
+    c.close();
+  }
+});
