@@ -327,7 +327,9 @@ test("a UNIX socket this user may not create: the hint is about the directory, n
     // nobody must be able to run the command from this checkout (a clone under /root may be closed to it).
     const probe = spawnSync(process.execPath, [bin, "--version"], { cwd: root, encoding: "utf8", timeout: 20000, ...as });
     if (probe.status !== 0) {
-      t.skip(`nobody cannot run ${bin} here: ${probe.stderr.trim().split("\n")[0]}`);
+      // (Not even started, say a node binary in a directory only root may enter, as scripts/test-on-node.sh's.)
+      const why = probe.error?.message ?? (probe.stderr ?? "").trim().split("\n")[0];
+      t.skip(`nobody cannot run ${bin} here: ${why}`);
       return;
     }
   }
