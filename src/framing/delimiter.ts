@@ -229,7 +229,7 @@ class RegexFramer implements Framer, Skipper {
       // `lastIndex` > 0, as it cannot at `from` in the whole text.
       const start = from - this.#lookback;
       this.#resume.lastIndex = this.#lookback;
-      m = this.#resume.exec(rb.peekRange(start, length).toString("latin1"));
+      m = this.#resume.exec(rb.peekRange(start, length, true).toString("latin1"));
       if (m !== null) m.index += start;
     } else {
       this.#resume.lastIndex = from;

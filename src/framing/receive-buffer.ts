@@ -229,13 +229,18 @@ export class ReceiveBuffer {
 
   /** Looks for a match starting in [lo, hi) that runs past `hi` into later chunks. */
   #straddle(needle: Buffer, lo: number, hi: number): number {
-    const window = this.peekRange(lo, Math.min(this.length, hi + needle.length - 1));
+    const window = this.peekRange(lo, Math.min(this.length, hi + needle.length - 1), true);
     const idx = window.indexOf(needle);
     return idx !== -1 && lo + idx < hi ? lo + idx : -1;
   }
 
-  /** The bytes in [start, end) (a view when they lie in one chunk, else a copy), without consuming them. */
-  peekRange(start: number, end: number): Buffer {
+  /**
+   * The bytes in [start, end) (a view when they lie in one chunk, else a
+   * copy), without consuming them. The copy is from Node's pool only when
+   * `transient` (read, then dropped): a frame joined from the pool and kept
+   * would pin a whole slab (8 KiB, 64 KiB from Node 24.22 on).
+   */
+  peekRange(start: number, end: number, transient = false): Buffer {
     const chunks = this.#chunks;
     let i = this.#head;
     let base = -this.#off;
@@ -253,7 +258,7 @@ export class ReceiveBuffer {
         const e = Math.min(end, cEnd) - base;
         if (out === null) {
           if (e - s === end - start) return chunk.subarray(s, e);
-          out = Buffer.allocUnsafe(end - start);
+          out = transient ? Buffer.allocUnsafe(end - start) : Buffer.allocUnsafeSlow(end - start);
         }
         chunk.copy(out, written, s, e);
         written += e - s;
