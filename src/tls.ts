@@ -487,6 +487,9 @@ export function compileClientTls(options: SslOptions): ClientTls {
   if (session != null && !(session instanceof Uint8Array)) {
     throw typeError(`SSL option 'session' must be a Buffer, got ${describe(session)}.`, "ERR_INVALID_ARG_TYPE");
   }
+  // null is none: not passed on (node:net checks keepAliveInitialDelay's
+  // type from Node 24.22 on, and refuses null there).
+  for (const [name, value] of Object.entries(out)) if (value === null) delete (out as Record<string, unknown>)[name];
   // The checked forms replace what the spread copied (a null one is dropped).
   delete out.servername;
   delete out.session;
