@@ -11,6 +11,8 @@
  * Seeded: a failure prints the seed of its run and the scripts;
  * FRAMING_FUZZ_SEED=<that seed> FRAMING_FUZZ_RUNS=1 plays them again.
  * FRAMING_FUZZ_RUNS=2000 is a longer campaign (outside the suite).
+ * FRAMING_FUZZ_LONG=<p> (default 0) adds to that share of the scripts a
+ * frame of 200 KiB to 1.2 MiB and a run of frames after it (see insertLong).
  */
 import { test } from "node:test";
 import type { TestContext } from "node:test";
@@ -239,12 +241,77 @@ function makeScript(r: Rand): Script {
       steps.push(st);
     }
   }
+  if (longRate > 0 && r() < longRate) insertLong(r, steps, first);
   const reuseReadBuffer = r() < 0.3;
   if (r() < 0.5) return { bufferSize: first, reuseReadBuffer, steps, tailDelimiter: null, tail: bytesFrom(r, [...Array(256).keys()], int(r, 0, 60)) };
   // A frame the FIN cuts short: discarded.
   const delimiter = bytesDelimiter(r);
   const needle = typeof delimiter === "string" ? Buffer.from(delimiter) : delimiter;
   return { bufferSize: first, reuseReadBuffer, steps, tailDelimiter: delimiter, tail: contentFor(r, needle, int(r, 0, Math.min(30, bufferSize))) };
+}
+
+/**
+ * FRAMING_FUZZ_LONG=<p>: with this probability a script also gets a long
+ * frame, its limit raised for it, then a run of small frames under the same
+ * delimiter (or none: the next step's delimiter at once), which the read
+ * that completes it brings along: 200 KiB to 1.2 MiB under a delimiter the
+ * addon frames (it waits in the addon's pending bytes; the frames after it
+ * come in one block), or 1 to 200 KiB under a search RegExp or a Decoder
+ * that returns null until its frame is whole (joined again per arrival: the
+ * receive buffer's room, left when the frame is consumed).
+ */
+const longRate = Number(process.env.FRAMING_FUZZ_LONG ?? 0);
+
+/** A 4-byte length, then the payload; null until the frame is whole. */
+const viewed32: Decoder = (buf) => {
+  if (buf.length < 4) return null;
+  const end = 4 + buf.readUInt32BE(0);
+  return buf.length >= end ? { consumed: end, args: [buf.subarray(4, end)] } : null;
+};
+
+function insertLong(r: Rand, steps: Step[], first: number): void {
+  // Often first: a stream that keeps switching delimiter is framed in JS, not by the addon (F_JS_FRAMING).
+  const at = r() < 0.5 ? 0 : int(r, 0, steps.length);
+  let before = first;
+  for (const st of steps.slice(0, at)) if (st.limit !== null) before = st.limit;
+  const which = pick(r, ["bytes", "bytes", "bytes", "size", "search", "search", "decoder"] as const);
+  const size = which === "bytes" || which === "size" ? int(r, 200_000, 1_200_000) : int(r, 1024, 200_000);
+  const limit = size + int(r, 16, 4096);
+  const delimiter = pick(r, ["\n", "\r\n", "--boundary--", Buffer.from([0xde, 0xad, 0xbe, 0xef])] as const);
+  const needle = typeof delimiter === "string" ? Buffer.from(delimiter) : delimiter;
+  const [re, match] = pick(r, searches);
+  // Any bytes but the delimiter's (or a search's): a few KiB of them, repeated.
+  const banned = which === "search" ? [...Buffer.from(match)] : needle;
+  const other = [...Array(256).keys()].filter((b) => !banned.includes(b) && (which !== "search" || words.includes(b)));
+  const pattern = bytesFrom(r, other, int(r, 1, 4096));
+  const body = Buffer.alloc(size, pattern);
+  const common = { regexSearch: true, junk: null, pause: (r() < 0.3 ? pick(r, ["immediate", "timer"] as const) : "none") as Pause, encoding: null, nudge: r() < 0.15, limit };
+  let long: Step;
+  let kindAfter: Kind;
+  if (which === "bytes") {
+    long = { label: `long bytes ${needle.toString("hex")} ${size}`, delimiter, bytes: Buffer.concat([body, needle]), expected: [normalise(body)], ...common };
+    kindAfter = { k: "bytes", delimiter };
+  } else if (which === "size") {
+    long = { label: `long size ${size}`, delimiter: size, bytes: body, expected: [normalise(body)], ...common };
+    kindAfter = { k: "size", n: int(r, 1, 40) };
+  } else if (which === "search") {
+    long = { label: `long search ${re} ${size}`, delimiter: re, bytes: Buffer.concat([body, Buffer.from(match)]), expected: [normalise(body)], ...common };
+    kindAfter = { k: "search", re, match };
+  } else {
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(size);
+    long = { label: `long decoder(viewed32) ${size}`, delimiter: viewed32, bytes: Buffer.concat([head, body]), expected: [normalise(body)], ...common };
+    kindAfter = { k: "decoder", decoder: pick(r, [viewed, atOffset, sized]) };
+  }
+  const run: Step[] = [long];
+  for (let n = r() < 0.3 ? 0 : int(r, 1, 60); n > 0; n--) {
+    const st = step(r, 40, kindAfter, null);
+    st.junk = null; // (not oversized under the raised limit)
+    run.push(st);
+  }
+  const next = steps[at];
+  if (next !== undefined && next.limit === null) next.limit = before;
+  steps.splice(at, 0, ...run);
 }
 
 function scriptBytes(s: Script): Buffer {
