@@ -1244,13 +1244,16 @@ export class Server<S extends Stream = Stream> extends Channel {
       raw.destroy();
       return;
     }
-    if (!this.#makeRoom(this.#channels.size + this.#proxyWaits.size + this.#held.size)) {
+    const used = this.#channels.size + this.#proxyWaits.size + this.#held.size;
+    if (used >= this.#maxConnections) {
       raw.destroy();
       this.stats.rejected++;
       this.engine.stats.rejected++;
       return;
     }
     if (this.#proxyProtocol) {
+      // The wait holds a place: a linger makes room for it now.
+      this.#makeRoom(used);
       raw.on("error", onRawError);
       const wait = new ProxyWait(this, raw, this._handshakeTimeoutMs);
       (raw as net.Socket & { [kProxyWait]?: ProxyWait })[kProxyWait] = wait;
@@ -1266,22 +1269,22 @@ export class Server<S extends Stream = Stream> extends Channel {
   }
 
   /**
-   * Whether a new connection fits beside `used` places (open, pending):
-   * under maxConnections, the sockets still lingering after a close count
-   * too, and the oldest of them closes now to make room. A live client is
-   * never refused for a courtesy wait; descriptors stay within the limit.
+   * A new connection takes a place beside `used` (open, pending; fewer
+   * than maxConnections): under maxConnections, the sockets still lingering
+   * after a close count too, and the oldest of them closes now to make
+   * room. A live client is never refused for a courtesy wait; descriptors
+   * stay within the limit. Called once the connection is sure to be served
+   * (past maxConnectionsPerPeer), so a refused one ends no linger.
    */
-  #makeRoom(used: number): boolean {
+  #makeRoom(used: number): void {
     const max = this.#maxConnections;
-    if (used >= max) return false;
     // (More than one only after maxConnections was lowered on a live server.)
-    while (used + this.#lingering.size >= max) {
+    while (this.#lingering.size > 0 && used + this.#lingering.size >= max) {
       const oldest = this.#lingering.values().next().value as Duplex;
       if (log.debugOn()) log.current.debug(this._logFields(), `${nameOf(this)} is at maxConnections (${max}): the oldest lingering connection closes to make room.`);
       this.#lingering.delete(oldest);
       endLinger(oldest);
     }
-    return true;
   }
 
   /** @internal A closed connection's socket lingers (see Stream's close). */
@@ -1299,7 +1302,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   /** @internal A connection accepted by a native listener. */
   _onNativeConnection(socket: NativeSocket): void {
     if (this.#state === ST_BINDING && this.#shutdown === null) this.#listening();
-    if (this.#state !== ST_LISTENING || this.#shutdown !== null || !this.#makeRoom(this.#channels.size + this.#held.size)) {
+    if (this.#state !== ST_LISTENING || this.#shutdown !== null || this.#channels.size + this.#held.size >= this.#maxConnections) {
       if (this.#state === ST_LISTENING && this.#shutdown === null) {
         this.stats.rejected++;
         this.engine.stats.rejected++;
@@ -1385,6 +1388,7 @@ export class Server<S extends Stream = Stream> extends Channel {
         return;
       }
     }
+    this.#makeRoom(this.#channels.size + this.#proxyWaits.size + this.#held.size);
     // An onAccept override is promised a Duplex: give it one over a native socket.
     let socket: Duplex = raw instanceof NativeSocket ? (custom ? raw.toDuplex() : (raw as unknown as Duplex)) : raw;
     // A stream made over that Duplex (super.onAccept) reads its addresses and fileno from the socket under it, as on node:net.

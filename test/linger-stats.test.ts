@@ -276,3 +276,46 @@ for (const end of ["fin", "reset", "evict", "expiry"] as const) {
     }
   });
 }
+
+test("a client refused by maxConnectionsPerPeer does not end another client's linger", { timeout: 20_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const reply = 512 * 1024; // the linger lasts while the peer keeps sending (2 s per 128 KiB written)
+  class Long extends Bye {
+    override onRead(d: Buffer) {
+      if (d.toString() !== "quit") return super.onRead(d);
+      this.write(Buffer.alloc(reply, 0x2e));
+      this.close();
+    }
+  }
+  const server = new Server(Long, { engine, maxConnections: 2, maxConnectionsPerPeer: 1 });
+  const port = await listenLocal(server, t);
+  // a (from 127.0.0.2) closes and keeps sending: its socket lingers.
+  const a = await connect(port, { allowHalfOpen: true, localAddress: "127.0.0.2" });
+  const keepSending = setInterval(() => a.socket.writable && a.write("still here\n"), 50);
+  t.after(() => {
+    clearInterval(keepSending);
+    a.destroy();
+  });
+  a.write("quit\n");
+  await a.read(reply);
+  await a.until(() => a.ended, 5000, "the server's FIN");
+  await waitFor(() => server.stats.lingering === 1 && server.channels.size === 0, 3000, "a lingering");
+  // b (127.0.0.1) open and a lingering: the server is at its limit. b's second connection is over its per-peer limit.
+  const b = await connect(port);
+  t.after(() => b.destroy());
+  b.write("b\n");
+  assert.equal((await b.read(2)).toString(), "b\n");
+  const b2 = await connect(port);
+  t.after(() => b2.destroy());
+  await b2.readToEnd();
+  await sleep(300);
+  assert.equal(a.error, null, "a still lingers: the refused connection took no place");
+  assert.equal(server.stats.lingering, 1);
+  // A client that is served takes a's place.
+  const c = await connect(port, { localAddress: "127.0.0.3" });
+  t.after(() => c.destroy());
+  c.write("c\n");
+  assert.equal((await c.read(2)).toString(), "c\n");
+  assert.equal(server.stats.lingering, 0);
+  await a.until(() => a.error !== null, 3000, "a reset (its linger ended for c)");
+});
