@@ -2118,31 +2118,26 @@ export class Stream extends Channel {
     this.#flags |= F_IN_DISPATCH;
     let i = 0;
     let changed = this.#reframing(framer, limit);
-    if (count > 1 && !changed) {
+    // The frames' memory: `mem`, with frame offsets shifted by `at`.
+    let mem = block;
+    let at = base;
+    if (count > 1 && !changed && block.byteLength > NATIVE_READ_SIZE && 2 * (frames[first + 1]! - frames[first]!) > block.byteLength && block !== lentBlock) {
       // A long frame the addon held (its pending bytes) comes in one block
       // with the read that completed it: the frames after it are views of a
       // copy of their own bytes, so that keeping one pins at most the read,
       // not the long frame too (a 4-byte line after a 1 MiB one pinned 1 MiB).
       const from = frames[first + 2]!;
-      const to = frames[first + 2 * count - 1]!;
-      const size = block.byteLength;
-      if (size > NATIVE_READ_SIZE && 2 * (frames[first + 1]! - frames[first]!) > size && block !== lentBlock) {
-        const rest = Buffer.allocUnsafeSlow(to - from);
-        rest.set(new Uint8Array(block, base + from, to - from));
-        this.#deliver(viewOf(block, base + frames[first]!, frames[first + 1]! - frames[first]!));
-        changed = this.#reframing(framer, limit);
-        const ab = rest.buffer;
-        for (i = 1; i < count && !changed; i++) {
-          const start = frames[first + 2 * i]!;
-          this.#deliver(viewOf(ab, start - from, frames[first + 2 * i + 1]! - start));
-          changed = this.#reframing(framer, limit);
-        }
-        if (!changed) i = count;
-      }
+      const rest = Buffer.allocUnsafeSlow(frames[first + 2 * count - 1]! - from);
+      rest.set(new Uint8Array(block, base + from, rest.length));
+      this.#deliver(viewOf(block, base + frames[first]!, frames[first + 1]! - frames[first]!));
+      changed = this.#reframing(framer, limit);
+      i = 1;
+      mem = rest.buffer;
+      at = -from;
     }
     for (; i < count && !changed; i++) {
       const start = frames[first + 2 * i]!;
-      this.#deliver(viewOf(block, base + start, frames[first + 2 * i + 1]! - start));
+      this.#deliver(viewOf(mem, at + start, frames[first + 2 * i + 1]! - start));
       changed = this.#reframing(framer, limit);
     }
     if (changed) {
@@ -2533,6 +2528,8 @@ export class Stream extends Channel {
     const waits = used < 0;
     if (waits) used = ~used;
     if (used > 0) rb.skip(used);
+    // Waiting for more bytes: hold what is buffered, not the read it came in.
+    if (waits) rb.compact();
     return waits;
   }
 
@@ -2588,21 +2585,14 @@ export class Stream extends Channel {
           out.value = undefined;
           if (this.#encoding === null || !Buffer.isBuffer(value)) this.#deliver(value);
           else this.#deliverText(value);
-          if (this.#scanBuffered(rb)) {
-            rb.compact();
-            return;
-          }
+          if (this.#scanBuffered(rb)) return;
         } else if (code === FRAME_ARGS) {
           const args = out.args ?? [];
           out.args = null;
           this.#deliverArgs(args);
-          if (this.#scanBuffered(rb)) {
-            rb.compact();
-            return;
-          }
+          if (this.#scanBuffered(rb)) return;
         } else if (code === NEED_MORE) {
-          // Waiting for more bytes: hold what is buffered, not the read it came in.
-          rb.compact();
+          rb.compact(); // (as in #scanBuffered)
           return;
         } else if (code === OVERFLOW) {
           const err = new BufferOverflowError(`A frame on ${nameOf(this)} outgrew the ${limit}-byte buffer limit (bufferSize).`, "read", limit);

@@ -35,6 +35,17 @@ const MERGE_BELOW = 512;
  */
 const COMPACT_RATIO = 4;
 
+/**
+ * The bytes of `chunk` from `from` in memory of their own: not from Node's
+ * pool, where a copy kept would pin a whole slab (8 KiB; 64 KiB from Node
+ * 24.22 on).
+ */
+function ownCopy(chunk: Buffer, from: number): Buffer {
+  const copy = Buffer.allocUnsafeSlow(chunk.length - from);
+  chunk.copy(copy, 0, from);
+  return copy;
+}
+
 export class ReceiveBuffer {
   /** Live chunks from `#head`; the first is consumed up to `#off`. */
   #chunks: Buffer[] = [];
@@ -126,7 +137,7 @@ export class ReceiveBuffer {
         return;
       }
     }
-    chunks.push(lent ? Buffer.from(chunk) : chunk);
+    chunks.push(lent ? ownCopy(chunk, 0) : chunk);
   }
 
   /**
@@ -365,14 +376,7 @@ export class ReceiveBuffer {
   compact(): void {
     const n = this.length;
     if (n === 0 || this.#room !== null || this.#chunks.length - this.#head !== 1) return;
-    const chunk = this.#chunks[this.#head]!;
-    if (chunk.buffer.byteLength <= COMPACT_RATIO * n) return;
-    // Not from Node's pool, as in push().
-    const copy = Buffer.allocUnsafeSlow(n);
-    chunk.copy(copy, 0, this.#off);
-    this.#chunks[this.#head] = copy;
-    this.#off = 0;
-    this.#cursor = -1;
+    if (this.#chunks[this.#head]!.buffer.byteLength > COMPACT_RATIO * n) this.#copyOut(this.#head);
   }
 
   /**
@@ -383,18 +387,18 @@ export class ReceiveBuffer {
    * small frames cut from them.
    */
   #leaveRoom(): void {
-    const chunks = this.#chunks;
-    const last = chunks.length - 1;
-    if (chunks[last] === this.#roomView) {
-      const from = last === this.#head ? this.#off : 0;
-      // Not from Node's pool, as in push().
-      const rest = Buffer.allocUnsafeSlow(this.#roomUsed - from);
-      this.#roomView.copy(rest, 0, from);
-      chunks[last] = rest;
-      if (last === this.#head) this.#off = 0;
-    }
+    const last = this.#chunks.length - 1;
+    if (this.#chunks[last] === this.#roomView) this.#copyOut(last);
     this.#room = null;
     this.#roomView = EMPTY;
+  }
+
+  /** Chunk `i` (the head: from `#off`) becomes a copy of its unconsumed bytes, in memory of its own. */
+  #copyOut(i: number): void {
+    const head = i === this.#head;
+    this.#chunks[i] = ownCopy(this.#chunks[i]!, head ? this.#off : 0);
+    if (head) this.#off = 0;
+    this.#cursor = -1;
   }
 
   /**
