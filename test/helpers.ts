@@ -116,6 +116,24 @@ export class RawClient {
 }
 
 /**
+ * Makes `client` a peer whose closed connection lingers on the server: it
+ * keeps sending a line every `everyMs` (until the test ends), asks with
+ * "quit\n" for a reply of `reply` bytes and the server's close, and reads
+ * both. The client must be half-open (`allowHalfOpen`), or its FIN would
+ * end the linger.
+ */
+export async function lingerWhileSending(t: { after: (fn: () => void) => void }, client: RawClient, reply: number, everyMs = 100): Promise<void> {
+  const keepSending = setInterval(() => client.socket.writable && client.write("still here\n"), everyMs);
+  t.after(() => {
+    clearInterval(keepSending);
+    client.destroy();
+  });
+  client.write("quit\n");
+  await client.read(reply);
+  await client.until(() => client.ended, 5000, "the server's FIN");
+}
+
+/**
  * Connects a raw client to `address` (a port on 127.0.0.1, [host, port], or
  * a UNIX path), from `localAddress` if given (any of 127.0.0.0/8 is this
  * host's on Linux).

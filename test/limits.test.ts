@@ -11,7 +11,7 @@ import type { Duplex } from "node:stream";
 import { Server, Stream, type Address, type SslOptions } from "../src/index.js";
 import { join } from "node:path";
 import { hasOpenssl, makeCerts } from "./certs.js";
-import { RawClient, captureLogs, connect, connectTls, freshEngine, hasIPv6, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
+import { RawClient, captureLogs, connect, connectTls, freshEngine, hasIPv6, lingerWhileSending, listenLocal, oneLargeWrite, portOf, sipReader, sleep, tempDir, waitFor } from "./helpers.js";
 
 class Echo extends Stream {
   override onConnect() {
@@ -288,14 +288,7 @@ async function lingerAtLimit(t: TestContext, tls: boolean): Promise<void> {
   const open = (options: { allowHalfOpen?: boolean } = {}) => (tls ? connectTls(port, options) : connect(port, options));
   // a asks the server to close and keeps its own side open, sending: the server's socket lingers, reading and discarding.
   const a = await open({ allowHalfOpen: true });
-  const keepSending = setInterval(() => a.socket.writable && a.write("still here\n"), 100);
-  t.after(() => {
-    clearInterval(keepSending);
-    a.destroy();
-  });
-  a.write("quit\n");
-  await a.read(reply);
-  await a.until(() => a.ended, 5000, "the server's FIN");
+  await lingerWhileSending(t, a, reply);
   await waitFor(() => server.channels.size === 0);
   const b = await open();
   t.after(() => b.destroy());

@@ -13,7 +13,7 @@ import net from "node:net";
 import type { Duplex } from "node:stream";
 import { Engine, Server, Stream, type Address, type SslOptions } from "../src/index.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
-import { RawClient, connect, connectTls, freshEngine, listenLocal, sleep, waitFor } from "./helpers.js";
+import { RawClient, connect, connectTls, freshEngine, lingerWhileSending, listenLocal, sleep, waitFor } from "./helpers.js";
 
 class Bye extends Stream {
   override onConnect() {
@@ -291,14 +291,7 @@ test("a client refused by maxConnectionsPerPeer does not end another client's li
   const port = await listenLocal(server, t);
   // a (from 127.0.0.2) closes and keeps sending: its socket lingers.
   const a = await connect(port, { allowHalfOpen: true, localAddress: "127.0.0.2" });
-  const keepSending = setInterval(() => a.socket.writable && a.write("still here\n"), 50);
-  t.after(() => {
-    clearInterval(keepSending);
-    a.destroy();
-  });
-  a.write("quit\n");
-  await a.read(reply);
-  await a.until(() => a.ended, 5000, "the server's FIN");
+  await lingerWhileSending(t, a, reply, 50);
   await waitFor(() => server.stats.lingering === 1 && server.channels.size === 0, 3000, "a lingering");
   // b (127.0.0.1) open and a lingering: the server is at its limit. b's second connection is over its per-peer limit.
   const b = await connect(port);
