@@ -65,7 +65,7 @@ const JOBS: readonly Job[] = [
 
 const USAGE = `usage: npm run bench:instructions -- [options]
 
-  --quick             pingpong-50 only (unless --only), 0.5 s warm-up and window: a smoke run
+  --quick             pingpong-50 only (unless --only), 3 s warm-up, 1 s window: a smoke run
   --only A,B,...      jobs: ${JOBS.map((j) => j.name).join(", ")}
   --sides A,B,...     raw, js, native (default: every one available)
   -d, --duration S    counted seconds per server (default 10)
@@ -136,7 +136,9 @@ async function main(): Promise<number> {
   }
   const quick = values.quick;
   // Under valgrind V8 takes seconds to optimise the hot code: a shorter warm-up counts its compiler's work per message.
-  const options = { ...parseOptions(["-d", values.duration ?? (quick ? "0.5" : "10"), "-w", values.warmup ?? (quick ? "0.5" : "10")]), quick };
+  // Even a smoke run needs a few seconds: under Node 26 a server answered nothing
+  // from 0.5 to 1 s into its load (V8 still compiling), where Node 20 answered a few hundred messages.
+  const options = { ...parseOptions(["-d", values.duration ?? (quick ? "1" : "10"), "-w", values.warmup ?? (quick ? "3" : "10")]), quick };
   const names = values.only?.split(",").map((s) => s.trim()).filter((s) => s !== "") ?? (quick ? ["pingpong-50"] : JOBS.map((j) => j.name));
   const unknown = names.filter((n) => !JOBS.some((j) => j.name === n));
   if (unknown.length > 0) fail(`unknown job ${unknown.join(", ")} (${JOBS.map((j) => j.name).join(", ")})`);

@@ -518,7 +518,11 @@ export function loadNative(): NativeAddon | null {
   }
   const file = join(root, ADDON_PATH);
   if (!existsSync(file)) {
-    loadError = `the native addon is not built (${file} is missing; run npm rebuild pants-ts, or npm run build:native in a checkout)`;
+    // npm 12 skips a dependency's install script (the addon's build) until the
+    // application approves it: the likeliest reason, so the hint says how.
+    loadError =
+      `the native addon is not built (${file} is missing; npm 12 runs pants-ts's install script only once approved: ` +
+      "npm install-scripts approve pants-ts, then npm rebuild pants-ts; in a checkout, npm run build:native)";
     loaded = null;
     return null;
   }

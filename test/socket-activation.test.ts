@@ -51,6 +51,19 @@ async function activated(t: TestContext, specs: string[], args: string[], banner
 
 const targetOf = (s: { port?: number; path?: string }): number | string => s.port ?? s.path!;
 
+/**
+ * A bound UDP socket's descriptor. node:dgram has no public way to it: its
+ * `_handle` (DEP0112) is gone in Node 26, so this finds the internal state
+ * that holds the handle (its only own symbol-keyed object with one).
+ */
+function udpFd(udp: object): number {
+  for (const key of Object.getOwnPropertySymbols(udp)) {
+    const fd = ((udp as Record<symbol, unknown>)[key] as { handle?: { fd?: unknown } } | null)?.handle?.fd;
+    if (typeof fd === "number" && fd >= 0) return fd;
+  }
+  throw new Error("no descriptor found on this node:dgram socket");
+}
+
 test("--listen systemd serves every socket systemd passed (TCP and UNIX), in this process (LISTEN_PID), on the native transport when built; SIGTERM exits 0", { skip: noPython, timeout: 60_000 }, async (t) => {
   const sock = join(tempDir(t), "admin.sock");
   const s = await activated(t, ["web=tcp", `admin=unix:${sock}`], [echo, "--listen", "systemd"], 2);
@@ -202,7 +215,7 @@ test("{ socket: { fd } } with a descriptor that is not a listening stream socket
   }
   for (const [fd, native] of [
     [file, "ENOTSOCK"],
-    [(udp as unknown as { _handle: { fd: number } })._handle.fd, "ENOTSUP"],
+    [udpFd(udp), "ENOTSUP"],
   ] as const) {
     const server = new Watched(Stream, { engine, socket: { fd } });
     const code = expected === "native" ? native : "EINVAL";
