@@ -80,7 +80,9 @@ export interface ConnectOptions {
    * already-aborted signal opens no socket: the stream closes on a later
    * tick, the same way. Once `onConnect` has run the signal no longer
    * applies (unlike node:net's, which destroys the socket whenever it
-   * aborts): its listener is removed then, or when the stream closes.
+   * aborts): its listener is removed then, or when the stream closes. One
+   * signal may serve any number of connects (an application's shutdown
+   * signal): it has one listener of pants-ts's while any is pending.
    * @throws TypeError (from `connect()`) unless an `AbortSignal`.
    */
   signal?: AbortSignal;
