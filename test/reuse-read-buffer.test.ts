@@ -42,8 +42,13 @@ async function sendInPieces(sock: net.Socket, data: Buffer, seed: number): Promi
     if (!sock.write(data.subarray(pos, pos + n))) {
       // A server that closed on us (a failing test) ends the wait too.
       await new Promise<void>((resolve) => {
-        sock.once("drain", resolve);
-        sock.once("close", resolve);
+        const done = () => {
+          sock.off("drain", done);
+          sock.off("close", done);
+          resolve();
+        };
+        sock.on("drain", done);
+        sock.on("close", done);
       });
     }
     pos += n;
