@@ -70,7 +70,7 @@ const USAGE = `usage: npm run bench:instructions -- [options]
   --sides A,B,...     raw, js, native (default: every one available)
   -d, --duration S    counted seconds per server (default 10)
   -w, --warmup S      load before counting starts, so V8 has optimised the hot code
-                      (default 10; tls-echo takes at least 20 for its 50 handshakes)
+                      (default 10, 30 on Node 26+; tls-echo takes at least 20 for its 50 handshakes)
   -h, --help          this text
 
 Needs valgrind (Debian: apt-get install valgrind), cc and, for the TLS jobs, openssl.`;
@@ -138,7 +138,11 @@ async function main(): Promise<number> {
   // Under valgrind V8 takes seconds to optimise the hot code: a shorter warm-up counts its compiler's work per message.
   // Even a smoke run needs a few seconds: under Node 26 a server answered nothing
   // from 0.5 to 1 s into its load (V8 still compiling), where Node 20 answered a few hundred messages.
-  const options = { ...parseOptions(["-d", values.duration ?? (quick ? "1" : "10"), "-w", values.warmup ?? (quick ? "3" : "10")]), quick };
+  // Node 26's optimising compiler, its threads serialised by valgrind, needed
+  // about 25 s of load: after 10 s pants-ts js still counted 33 662 per
+  // message on pingpong-50, and 13 027 after 40 s (13 029 after 70).
+  const settled = Number(process.versions.node.split(".")[0]) >= 26 ? "30" : "10";
+  const options = { ...parseOptions(["-d", values.duration ?? (quick ? "1" : "10"), "-w", values.warmup ?? (quick ? "3" : settled)]), quick };
   const names = values.only?.split(",").map((s) => s.trim()).filter((s) => s !== "") ?? (quick ? ["pingpong-50"] : JOBS.map((j) => j.name));
   const unknown = names.filter((n) => !JOBS.some((j) => j.name === n));
   if (unknown.length > 0) fail(`unknown job ${unknown.join(", ")} (${JOBS.map((j) => j.name).join(", ")})`);
