@@ -662,6 +662,8 @@ export class Stream extends Channel {
   #rb: ReceiveBuffer | null = null;
   #wq: QueueItem[] | null = null;
   #wqBytes = 0;
+  /** File and STARTTLS jobs in #wq: while there are none, every item is a Buffer, #wqBytes bytes in all. */
+  #jobs = 0;
   #inflight = 0;
   #afterWrite: ((err?: Error | null) => void) | null = null;
   #connId = 0;
@@ -1041,7 +1043,7 @@ export class Stream extends Channel {
   }
   set handshakeTimeout(value: number) {
     this.#extras().handshakeTimeout = checkMs("handshakeTimeout", value);
-    if (this.#handshaking && this.#state !== S_CLOSED) this.#armHandshakeTimeout();
+    if (this.#handshaking() && this.#state !== S_CLOSED) this.#armHandshakeTimeout();
   }
 
   /**
@@ -1347,6 +1349,7 @@ export class Stream extends Channel {
     const compiled = compileTls(sslOptions, serverSide);
     this.#flags |= F_TLS_UPGRADING | F_STOP;
     (this.#wq ??= []).push({ tls: { ...sslOptions, server_side: serverSide }, compiled });
+    this.#jobs++;
     // Not now: inside onRead the rest of the chunk (maybe the peer's
     // ClientHello) must reach the receive buffer before the upgrade takes it.
     this.#afterQueue(false);
@@ -1409,6 +1412,7 @@ export class Stream extends Channel {
     if (!Number.isSafeInteger(nbytes) || nbytes < 0) throw numberError(nbytes, `writeFile() nbytes must be a non-negative integer, got ${describe(nbytes)}.`);
     if (!Number.isSafeInteger(offset) || offset < 0) throw numberError(offset, `writeFile() offset must be a non-negative integer, got ${describe(offset)}.`);
     (this.#wq ??= []).push({ file, nbytes, offset });
+    this.#jobs++;
     this.#afterQueue(flush);
   }
 
@@ -1493,7 +1497,7 @@ export class Stream extends Channel {
   /** end()'s FIN, once nothing waits in the stream's own queue (the socket sends it after what it holds). */
   #finAfterWrites(): void {
     if ((this.#flags & (F_WRITE_ENDED | F_FIN_SENT)) !== F_WRITE_ENDED || this.#state === S_CLOSED || this.#sock === null) return;
-    if ((this.#wq !== null && this.#wq.length > 0) || (this.#flags & F_FILE_ACTIVE) !== 0 || this.#handshaking) return;
+    if ((this.#wq !== null && this.#wq.length > 0) || (this.#flags & F_FILE_ACTIVE) !== 0 || this.#handshaking()) return;
     this.#flags |= F_FIN_SENT;
     this.#sock.end();
   }
@@ -1524,7 +1528,7 @@ export class Stream extends Channel {
       this.#state = S_CLOSING;
       this.#flags |= F_STOP;
       // During a TLS handshake its own deadline stays (the drain's comes once it is done).
-      if (!this.#handshaking || this.#x?.deadlineKind !== "handshake") this.#setDeadline("drain", drainTimeout(this.#x));
+      if (!this.#handshaking() || this.#x?.deadlineKind !== "handshake") this.#setDeadline("drain", drainTimeout(this.#x));
       this.#flush();
       return;
     }
@@ -1878,7 +1882,10 @@ export class Stream extends Channel {
     // STARTTLS done: its job leaves the head of the write queue before the
     // handler runs, so that writes it flushes (flush(), close(true)) go out
     // encrypted after it, rather than meeting the job and upgrading again.
-    if (upgrade) this.#wq?.shift();
+    if (upgrade && this.#wq !== null && this.#wq.length > 0) {
+      this.#wq.shift();
+      this.#jobs--;
+    }
     // The first handshake's event comes before onConnect (which follows it), unless the stream began closing.
     if (upgrade) this.#event(this.onSslHandshake, 0);
     else if (this.#state === S_PENDING) this._call0(this.onSslHandshake);
@@ -1943,8 +1950,8 @@ export class Stream extends Channel {
     setImmediate(peerLeftHandshake, this);
   }
 
-  /** A TLS handshake (first or STARTTLS) is under way. */
-  get #handshaking(): boolean {
+  /** A TLS handshake (first or STARTTLS) is under way. (A method: V8 reads a private getter through a runtime call, once per flush.) */
+  #handshaking(): boolean {
     return this.#tls !== null && (this.#flags & F_TLS_DONE) === 0;
   }
 
@@ -1954,7 +1961,7 @@ export class Stream extends Channel {
    * says it: ECONNRESET, the code of a connection lost mid-handshake.
    */
   _peerLeftHandshake(before = false): void {
-    if (this.#state === S_CLOSED || !this.#handshaking) return;
+    if (this.#state === S_CLOSED || !this.#handshaking()) return;
     // Closed by the server while an async onAccept held it: that says why (and was counted).
     const held = (this.#sock as OwnedSocket | null)?.[kHeldFailure];
     if (held !== undefined) {
@@ -2807,7 +2814,7 @@ export class Stream extends Channel {
       this.#finishClose(false);
       return;
     }
-    if (this.#handshaking) {
+    if (this.#handshaking()) {
       this.#handshakeFailed(err);
       return;
     }
@@ -2875,7 +2882,7 @@ export class Stream extends Channel {
       this._onSocketError(Object.assign(new Error("The connection closed before it was established."), { code: "ECONNRESET" }));
       return;
     }
-    if (this.#handshaking) {
+    if (this.#handshaking()) {
       setImmediate(peerLeftHandshake, this);
       return;
     }
@@ -3042,7 +3049,7 @@ export class Stream extends Channel {
       this.#pauseBehindFile();
       return;
     }
-    if (this.#handshaking) return; // the handshake first; writes wait
+    if (this.#handshaking()) return; // the handshake first; writes wait
     // #dropRun drops the array once it is drained (and a write made from a
     // callback below starts a new one): read #wq again on every round.
     for (let wq = this.#wq; wq !== null && wq.length > 0; wq = this.#wq) {
@@ -3050,11 +3057,19 @@ export class Stream extends Channel {
       // for the socket was counted already: only what came since is.)
       const x = this.#x;
       const held = x !== null && x.heldQueue === wq;
-      let n = held ? x.held : 0;
-      let bytes = held ? x.heldBytes : 0;
-      while (n < wq.length && Buffer.isBuffer(wq[n])) {
-        bytes += (wq[n] as Buffer).length;
-        n++;
+      let n: number;
+      let bytes: number;
+      if (this.#jobs === 0) {
+        // Buffers only: the run is the whole queue.
+        n = wq.length;
+        bytes = this.#wqBytes;
+      } else {
+        n = held ? x.held : 0;
+        bytes = held ? x.heldBytes : 0;
+        while (n < wq.length && Buffer.isBuffer(wq[n])) {
+          bytes += (wq[n] as Buffer).length;
+          n++;
+        }
       }
       if (n > 0) {
         if (bytes < JOIN_LIMIT && this.#holdRun(sock)) {
@@ -3102,12 +3117,14 @@ export class Stream extends Channel {
         return;
       }
       wq.shift();
+      this.#jobs--;
       this.#flags |= F_FILE_ACTIVE;
       sendFile(head, this.#fileSink(sock));
       this.#pauseBehindFile();
       return;
     }
-    const buffered = this.bufferedAmount;
+    // bufferedAmount, with the socket at hand.
+    const buffered = this.#state === S_CLOSED ? 0 : this.#wqBytes + sock.writableLength;
     if (buffered > this.writeHighWaterMark) this.#pause(P_BACKPRESSURE);
     if (buffered > 0) {
       // Most of what waits is in the socket now, not in the queue #afterQueue checks.
@@ -3135,7 +3152,7 @@ export class Stream extends Channel {
     return (
       (this.#flags & (P_BACKPRESSURE | F_WRITE_OVERFLOWED | F_WRITE_ENDED)) === 0 &&
       this.#state === S_OPEN &&
-      this.onWrite === Stream.prototype.onWrite &&
+      this.onWrite === defaultOnWrite &&
       this.#x?.foreign !== true
     );
   }
@@ -3246,7 +3263,7 @@ export class Stream extends Channel {
     }
     this.#flags &= ~(F_WRITE_OVERFLOWED | F_WRITE_OWED);
     this.#resume(P_BACKPRESSURE);
-    if (this.onWrite !== Stream.prototype.onWrite) this.#event(this.onWrite, F_WRITE_OWED);
+    if (this.onWrite !== defaultOnWrite) this.#event(this.onWrite, F_WRITE_OWED);
     this.#finAfterWrites();
     if (this.#state === S_CLOSING && !this.#hasPendingWrites()) this.#finishClose(true);
   }
@@ -3346,6 +3363,7 @@ export class Stream extends Channel {
     this.#rb?.clear();
     this.#wq = null;
     this.#wqBytes = 0;
+    this.#jobs = 0;
     if ((this.#flags & F_TIMED) !== 0) {
       this.#flags &= ~F_TIMED;
       this.engine._sweeper.delete(this);
@@ -3389,7 +3407,7 @@ export class Stream extends Channel {
     // close(false) drops what the OS has not taken yet. When it has taken
     // everything, the FIN and the linger below still apply: a reset would
     // destroy what the peer has not read of it (an error reply, say).
-    if (!graceful && (!asked || this.#handshaking || (sock.writableLength > 0 && !this.#tlsLeavesNow(sock)))) {
+    if (!graceful && (!asked || this.#handshaking() || (sock.writableLength > 0 && !this.#tlsLeavesNow(sock)))) {
       sock.destroy();
       sock[kStream] = undefined;
       return;
@@ -3480,7 +3498,7 @@ export class Stream extends Channel {
   #updateTimed(): void {
     const x = this.#x;
     const state = this.#state;
-    const idle = x !== null && x.idleTimeout > 0 && state >= S_CONNECTING && !(state === S_PENDING && this.#handshaking);
+    const idle = x !== null && x.idleTimeout > 0 && state >= S_CONNECTING && !(state === S_PENDING && this.#handshaking());
     const want = state !== S_CLOSED && x !== null && (x.deadlineKind !== null || idle);
     if (want) {
       if ((this.#flags & F_TIMED) === 0) x.idleSince = this.engine.time();
@@ -3620,6 +3638,13 @@ export class Stream extends Channel {
 }
 
 /**
+ * The default onWrite, which does nothing: a stream that keeps it has nobody
+ * to tell when its writes drain. (A constant: inside the class, TypeScript
+ * reads `Stream.prototype` through a mutable alias, which costs a lookup per write.)
+ */
+const defaultOnWrite = Stream.prototype.onWrite;
+
+/**
  * Whether what was written made progress since the last sweep. Without the
  * peer's acknowledgements in sight (node:net without the addon, a pipe, not
  * Linux) that is a write the OS took, or bytes of a large write leaving the
@@ -3698,7 +3723,7 @@ function bytesDrained(sock: Duplex | NativeSocket): number {
 
 /** Writes a run taken off the queue: one buffer, or a list corked into one writev; `cb` after the last. */
 function writeRun(sock: OwnedSocket, run: Buffer | Buffer[], cb: ((err?: Error | null) => void) | undefined): void {
-  if (Buffer.isBuffer(run)) {
+  if (!Array.isArray(run)) {
     sock.write(run, cb);
     return;
   }
