@@ -1244,7 +1244,7 @@ export class Server<S extends Stream = Stream> extends Channel {
       raw.destroy();
       return;
     }
-    const used = this.#channels.size + this.#proxyWaits.size + this.#held.size;
+    const used = this.#placesUsed();
     if (used >= this.#maxConnections) {
       raw.destroy();
       this.stats.rejected++;
@@ -1302,7 +1302,7 @@ export class Server<S extends Stream = Stream> extends Channel {
   /** @internal A connection accepted by a native listener. */
   _onNativeConnection(socket: NativeSocket): void {
     if (this.#state === ST_BINDING && this.#shutdown === null) this.#listening();
-    if (this.#state !== ST_LISTENING || this.#shutdown !== null || this.#channels.size + this.#held.size >= this.#maxConnections) {
+    if (this.#state !== ST_LISTENING || this.#shutdown !== null || this.#placesUsed() >= this.#maxConnections) {
       if (this.#state === ST_LISTENING && this.#shutdown === null) {
         this.stats.rejected++;
         this.engine.stats.rejected++;
@@ -1388,7 +1388,7 @@ export class Server<S extends Stream = Stream> extends Channel {
         return;
       }
     }
-    this.#makeRoom(this.#channels.size + this.#proxyWaits.size + this.#held.size);
+    this.#makeRoom(this.#placesUsed());
     // An onAccept override is promised a Duplex: give it one over a native socket.
     let socket: Duplex = raw instanceof NativeSocket ? (custom ? raw.toDuplex() : (raw as unknown as Duplex)) : raw;
     // A stream made over that Duplex (super.onAccept) reads its addresses and fileno from the socket under it, as on node:net.
@@ -1486,6 +1486,15 @@ export class Server<S extends Stream = Stream> extends Channel {
         this.#release(owned);
       },
     );
+  }
+
+  /**
+   * The places maxConnections counts, lingering sockets aside: open streams,
+   * PROXY headers awaited (none on a native listener: PROXY servers use
+   * node:net) and sockets an async onAccept holds.
+   */
+  #placesUsed(): number {
+    return this.#channels.size + this.#proxyWaits.size + this.#held.size;
   }
 
   /** `stats.pending` (and the engine's) follows the sockets that hold a place without a stream. */

@@ -62,6 +62,16 @@ async function lingerer(port: number, tls: boolean): Promise<RawClient> {
   return a;
 }
 
+/** Two clients lingering on `server` (listening on `port`): destroyed when the test ends. */
+async function twoLingering(t: TestContext, server: Server, port: number, tls: boolean): Promise<[RawClient, RawClient]> {
+  const a = await lingerer(port, tls);
+  const b = await lingerer(port, tls);
+  t.after(() => a.destroy());
+  t.after(() => b.destroy());
+  await waitFor(() => server.stats.lingering === 2, 3000, "lingering 2");
+  return [a, b];
+}
+
 for (const tls of [false, true]) {
   const tag = tls ? "TLS" : "plain";
   const skip = tls && !hasOpenssl() ? "no openssl" : false;
@@ -92,11 +102,7 @@ for (const tls of [false, true]) {
     const server = new Server(Bye, { engine, maxConnections: 5, sslOptions: tls ? tlsOpts(t) : undefined });
     const port = await listenLocal(server, t);
     const s = sampler(t, engine, server);
-    const a = await lingerer(port, tls);
-    const b = await lingerer(port, tls);
-    t.after(() => a.destroy());
-    t.after(() => b.destroy());
-    await waitFor(() => server.stats.lingering === 2, 3000, "lingering 2");
+    const [a, b] = await twoLingering(t, server, port, tls);
     server.close();
     await sleep(100);
     a.end();
@@ -141,11 +147,7 @@ for (const tls of [false, true]) {
     const server = new Slow(Bye, { engine, maxConnections: 2, sslOptions: tls ? tlsOpts(t) : undefined });
     const port = await listenLocal(server, t);
     const s = sampler(t, engine, server);
-    const a = await lingerer(port, tls);
-    const b = await lingerer(port, tls);
-    t.after(() => a.destroy());
-    t.after(() => b.destroy());
-    await waitFor(() => server.stats.lingering === 2, 3000, "lingering 2");
+    await twoLingering(t, server, port, tls);
     const cs = await Promise.all([0, 1].map(async () => (tls ? connectTls(port) : connect(port))));
     for (const c of cs) {
       t.after(() => c.destroy());
