@@ -8,8 +8,10 @@ import cluster from "node:cluster";
 import type { Worker } from "node:cluster";
 import { availableParallelism } from "node:os";
 import { relative as relativePath, resolve as resolvePath } from "node:path";
-import { liveServers, removeStaleSocket, retiredTotals, staleSocketRemover } from "./server.js";
+import { liveServers, removeStaleSocket, retiredTotals, reusePortZero, staleSocketRemover } from "./server.js";
+import type { PortClaim } from "./server.js";
 import type { Server } from "./server.js";
+import type { Address } from "./address.js";
 import { addStats, globalEngineRunning, longTimeout, newStats } from "./engine.js";
 import type { Stats } from "./engine.js";
 import { log } from "./log.js";
@@ -71,8 +73,11 @@ type Message =
   | { pantsTs: "hello" }
   | { pantsTs: "clear-stale"; id: number; path: string }
   | { pantsTs: "stale-cleared"; id: number }
+  | { pantsTs: "port-query"; id: number; key: string }
+  | { pantsTs: "port-answer"; id: number; port: number }
+  | { pantsTs: "port-bound"; key: string; port: number }
   | { pantsTs: "stats"; stats: Stats }
-  | { pantsTs: "listening"; tls?: boolean }
+  | { pantsTs: "listening"; tls?: boolean; own?: Address[] }
   | { pantsTs: "shutdown"; timeoutMs: number }
   | { pantsTs: "drained" }
   | { pantsTs: "exit" }
@@ -85,6 +90,11 @@ function isMessage(value: unknown): value is Message {
 /** Whether a message from a worker says it listens, with a server that serves TLS (for the CLI's banner). */
 export function listensWithTls(message: unknown): boolean {
   return isMessage(message) && message.pantsTs === "listening" && message.tls === true;
+}
+
+/** The addresses a worker's "listening" message names that node:cluster's own event does not (reusePort sockets; for the CLI's banner). */
+export function ownListenAddresses(message: unknown): Address[] {
+  return isMessage(message) && message.pantsTs === "listening" && Array.isArray(message.own) ? message.own : [];
 }
 
 /** The stats of every server in this process, summed (closed ones included). */
@@ -166,6 +176,9 @@ export async function runCluster(main: () => unknown, options: ClusterOptions = 
   return runPrimary(workers, shutdownTimeoutMs, options);
 }
 
+/** A claim outside runCluster, or with the primary gone: this worker picks its own port. */
+const pickOwn: PortClaim = { port: 0, settle: () => {} };
+
 /** Set by the primary in its workers' environment (its pid): the parent speaks this module's messages. */
 const PRIMARY_ENV = "PANTS_TS_CLUSTER_PRIMARY";
 
@@ -180,6 +193,20 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   // check and the unlink not fall between another worker's and that bind.
   const clearing = new Map<number, () => void>();
   let nextClear = 0;
+  const claiming = new Map<number, (port: number) => void>();
+  let nextClaim = 0;
+  /** The first worker to ask for `key` picks the port, and tells the primary which (0: it bound none). */
+  const pickFirst = (key: string): PortClaim => {
+    let settled = false;
+    return {
+      port: 0,
+      settle: (port) => {
+        if (settled) return;
+        settled = true;
+        send({ pantsTs: "port-bound", key, port });
+      },
+    };
+  };
   if (ourPrimary) {
     staleSocketRemover.current = (path) => {
       if (path.startsWith("\0") || !process.connected) return removeStaleSocket(path);
@@ -189,10 +216,21 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
         send({ pantsTs: "clear-stale", id, path: resolvePath(path) });
       });
     };
+    // A reusePort server's port 0: the port the workers share, from the primary.
+    reusePortZero.current = (key) => {
+      if (!process.connected) return Promise.resolve(pickOwn);
+      const id = nextClaim++;
+      return new Promise<PortClaim>((resolve) => {
+        claiming.set(id, (port) => resolve(port === 0 ? pickFirst(key) : { port, settle: () => {} }));
+        send({ pantsTs: "port-query", id, key });
+      });
+    };
     // A primary that is gone answers nobody: listening then fails, or the worker exits anyway.
     process.once("disconnect", () => {
       for (const resolve of clearing.values()) resolve();
       clearing.clear();
+      for (const resolve of claiming.values()) resolve(0);
+      claiming.clear();
     });
   }
   let closedResolve: () => void = () => {};
@@ -205,6 +243,9 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
     if (m.pantsTs === "stale-cleared") {
       clearing.get(m.id)?.();
       clearing.delete(m.id);
+    } else if (m.pantsTs === "port-answer") {
+      claiming.get(m.id)?.(m.port);
+      claiming.delete(m.id);
     } else if (m.pantsTs === "shutdown") {
       // A shutdown that comes while main() still runs waits for it (within the
       // deadline), so that servers it has yet to create are drained too. The
@@ -266,7 +307,9 @@ async function runWorker(main: () => unknown): Promise<ClusterHandle> {
   startedResolve();
   running.catch(failed); // failing later (the engine started first) is a crash: the primary restarts the worker
   listening = true;
-  send({ pantsTs: "listening", tls: [...liveServers].some((s) => s.sslEnabled) });
+  // The addresses node:cluster does not tell the primary of: its event covers no reusePort socket.
+  const own = [...liveServers].flatMap((s) => s._ownListenAddresses());
+  send({ pantsTs: "listening", tls: [...liveServers].some((s) => s.sslEnabled), own });
   const timer = setInterval(() => send({ pantsTs: "stats", stats: processStats() }), 1000);
   timer.unref();
   const stats = (): ClusterStats => ({ ...processStats(), workers: 1, restarts: 0, perWorker: {} });
@@ -320,6 +363,11 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   // workers (a probe of it would be a stray connection to a worker; a
   // restarted worker's listen needs no check).
   const clearedStale = new Map<string, Promise<void>>();
+  // reusePort servers' port 0, by key (a host, and the order of the workers'
+  // listens on it): the first worker to ask picks (its OS does), the others
+  // wait for that port and bind it too. Kept for the primary's life, so that
+  // a replacement worker binds the port its predecessor served.
+  const zeroPorts = new Map<string, { port: number; picker: Worker | null; waiting: Array<{ worker: Worker; id: number }> }>();
 
   const stats = (): ClusterStats => {
     const total = newStats();
@@ -356,6 +404,36 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
     });
   };
 
+  const claimPort = (worker: Worker, id: number, key: string) => {
+    const entry = zeroPorts.get(key);
+    if (entry === undefined) {
+      zeroPorts.set(key, { port: 0, picker: worker, waiting: [] });
+      tell(worker, { pantsTs: "port-answer", id, port: 0 });
+    } else if (entry.port !== 0) tell(worker, { pantsTs: "port-answer", id, port: entry.port });
+    else entry.waiting.push({ worker, id });
+  };
+  /** The picker bound nothing (it failed, closed its server, or died): the next waiting worker picks. */
+  const nextPicker = (key: string) => {
+    const entry = zeroPorts.get(key)!;
+    entry.picker = null;
+    for (let next = entry.waiting.shift(); next !== undefined; next = entry.waiting.shift()) {
+      if (next.worker.isDead()) continue;
+      entry.picker = next.worker;
+      tell(next.worker, { pantsTs: "port-answer", id: next.id, port: 0 });
+      return;
+    }
+    zeroPorts.delete(key);
+  };
+  const portBound = (worker: Worker, key: string, port: number) => {
+    const entry = zeroPorts.get(key);
+    if (entry === undefined || entry.picker !== worker) return;
+    if (!(Number.isSafeInteger(port) && port > 0 && port < 65536)) return nextPicker(key);
+    entry.picker = null;
+    entry.port = port;
+    for (const { worker: waiter, id } of entry.waiting) tell(waiter, { pantsTs: "port-answer", id, port });
+    entry.waiting = [];
+  };
+
   const fork = (): Worker => {
     const worker = cluster.fork({ [PRIMARY_ENV]: String(process.pid) });
     lastFork.set(worker, performance.now());
@@ -387,6 +465,10 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
           clearedStale.set(path, done);
         }
         void done.then(() => tell(worker, { pantsTs: "stale-cleared", id }));
+      } else if (m.pantsTs === "port-query" && typeof m.key === "string") {
+        claimPort(worker, m.id, m.key);
+      } else if (m.pantsTs === "port-bound" && typeof m.key === "string") {
+        portBound(worker, m.key, m.port);
       } else if (m.pantsTs === "failed") {
         // As the worker saw it: its message, code, port and stack.
         const err = Object.assign(new Error(m.message), m.code === undefined ? {} : { code: m.code }, m.port === undefined ? {} : { port: m.port });
@@ -443,6 +525,7 @@ function runPrimary(count: number, shutdownTimeoutMs: number, options: ClusterOp
   return new Promise<ClusterHandle>((resolveReady, rejectReady) => {
     cluster.on("exit", (worker, code, signal) => {
       unheard.delete(worker);
+      for (const [key, entry] of zeroPorts) if (entry.picker === worker) nextPicker(key);
       const last = perWorker.get(worker.id);
       if (last !== undefined) {
         // The connections it had open died with it (a crash): they count as closed.

@@ -29,7 +29,7 @@ import { PROXY_V2_HEADER_LENGTH, formatIPv6, parseIPv6Text, parseProxyHeader, pr
 import type { ProxyHeader } from "./proxy-protocol.js";
 import { NativeListener, NativeSocket, nativeAddon } from "./native-socket.js";
 import { nativeLoadError } from "./native-binding.js";
-import { checkTransport, useNative } from "./transport.js";
+import { checkTransport, netListensReusePort, useNative } from "./transport.js";
 import type { Transport } from "./transport.js";
 import type { Timed } from "./timeouts.js";
 import { adoptAccessorFields, checkOptionKeys, checkOptions, optionKeys } from "./options.js";
@@ -106,10 +106,13 @@ export interface ServerOptions extends ChannelOptions {
   /**
    * SO_REUSEPORT on the TCP listening sockets (default false): several
    * servers, in this process or others, listen on one address and port, and
-   * the kernel spreads new connections among them (Linux). Needs the native
-   * addon, whatever the transport (Node 20's node:net cannot set it); a plain
-   * server in a cluster worker then listens itself, on the native transport.
-   * Not for UNIX socket paths.
+   * the kernel spreads new connections among them (Linux). node:net sets it
+   * on Node 22.12+ and 23.1+; on older releases it needs the native addon,
+   * and a cluster worker's server then runs on the native transport. In a
+   * cluster worker each server listens on a socket of its own; under
+   * {@link runCluster} a port 0 is one port the first worker's OS picked,
+   * shared by every worker (the n-th such listen on a host in each worker
+   * shares the n-th worker-wide port). Not for UNIX socket paths.
    */
   reusePort?: boolean;
 }
@@ -176,7 +179,10 @@ function onTlsSecured(this: tls.TLSSocket & { [kTlsSecured]?: boolean }): void {
 /** listen()'s backlog, and that of a socket handed over ({ socket: { fd } }). */
 const DEFAULT_BACKLOG = 1024;
 
-function listenOn(netServer: net.Server, options: net.ListenOptions | { fd: number; backlog: number }): Promise<void> {
+/** node:net's listen options; `reusePort` from Node 22.12 and 23.1 (which @types/node 20 does not know). */
+type NetListenOptions = net.ListenOptions & { reusePort?: boolean };
+
+function listenOn(netServer: net.Server, options: NetListenOptions | { fd: number; backlog: number }): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const onError = (err: Error) => {
       netServer.off("listening", onListening);
@@ -261,6 +267,22 @@ export async function removeStaleSocket(path: string): Promise<void> {
  * the unlink never fall between another worker's and the live bind.
  */
 export const staleSocketRemover: { current: (path: string) => Promise<void> } = { current: removeStaleSocket };
+
+/**
+ * @internal The port a runCluster worker's reusePort server binds for a
+ * requested port 0: `port` is the one another worker bound for the same
+ * `key`, or 0 when this worker is the first, which then reports the port its
+ * OS picked with `settle` (0: none; the next worker picks). Set by runCluster
+ * (cluster.ts); null elsewhere, where each worker picks its own.
+ */
+export interface PortClaim {
+  readonly port: number;
+  settle(bound: number): void;
+}
+/** @internal See {@link PortClaim}. */
+export const reusePortZero: { current: ((key: string) => Promise<PortClaim>) | null } = { current: null };
+/** How many reusePort listens on port 0 this process made per host, for their keys. */
+const zeroListens = new Map<string, number>();
 
 /** @internal Every server of this process that is listening (for runCluster and the CLI). */
 export const liveServers = new Set<Server>();
@@ -585,6 +607,15 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.#remoteOverride = addressOverride(value);
   }
 
+  /**
+   * @internal The addresses of a cluster worker's own listening sockets, for
+   * the CLI's banner: node:cluster's 'listening' event reports neither the
+   * addon's nor (Node 26) node:net's reusePort ones.
+   */
+  _ownListenAddresses(): Address[] {
+    return this.#reusePort && this.#state === ST_LISTENING ? this.localAddresses : [];
+  }
+
   /** Every address listened on (the IPv6 slave too). */
   get localAddresses(): Address[] {
     const out: Address[] = [];
@@ -669,7 +700,7 @@ export class Server<S extends Stream = Stream> extends Channel {
    * @throws ChannelStateError if closed or already listening.
    * @throws TypeError or RangeError for a class field of a subclass (`maxConnections = -1`) its setter refuses.
    * @throws InvalidAddressFormatError for an address of no known shape, or (in a cluster worker on node:net) a socket file in the working directory named like a number.
-   * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for `reusePort` with a UNIX path; Error `ERR_REUSEPORT_UNAVAILABLE` for `reusePort` without the native addon, or on node:net in a cluster worker.
+   * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for `reusePort` with a UNIX path; Error `ERR_REUSEPORT_UNAVAILABLE` for `reusePort` on a Node release before 22.12 (23.0 too) without the native addon, or there on node:net in a cluster worker.
    * @throws Error `ERR_NATIVE_UNAVAILABLE` for `transport: "native"` (or `PANTS_TS_TRANSPORT=native`) where the addon is not available.
    */
   listen(address: Address, backlog = DEFAULT_BACKLOG, slave = true): this {
@@ -689,9 +720,18 @@ export class Server<S extends Stream = Stream> extends Channel {
     this.#native = this.#choosesNative(this.#reusePort);
     if (this.#reusePort) this.#checkReusePort(parsed);
     if (parsed.kind === "unix" && !this.#native && cluster.isWorker) checkClusterPath(parsed.path);
+    // A runCluster worker's port 0: the key under which the workers share one
+    // port, in the order of this worker's listens (as node:cluster's own).
+    let claimKey: string | null = null;
+    if (this.#reusePort && parsed.kind === "tcp" && parsed.port === 0 && cluster.isWorker && reusePortZero.current !== null) {
+      const host = `${parsed.host}|${parsed.v6tuple ? "v6" : parsed.family}`;
+      const n = zeroListens.get(host) ?? 0;
+      zeroListens.set(host, n + 1);
+      claimKey = `${host}|${n}`;
+    }
     this.#state = ST_BINDING;
     this.engine._channels.add(this);
-    this.#bind(parsed, backlog, slave).then(
+    this.#bind(parsed, backlog, slave, claimKey).then(
       () => this.#listening(),
       (err: Error) => this.#bindFailed(err, parsed),
     );
@@ -700,16 +740,22 @@ export class Server<S extends Stream = Stream> extends Channel {
 
   /**
    * reusePort's conditions, checked when listening starts.
-   * @throws RangeError `ERR_INVALID_ARG_VALUE` for a UNIX path; Error `ERR_REUSEPORT_UNAVAILABLE` without the addon, or in a cluster worker on node:net.
+   * @throws RangeError `ERR_INVALID_ARG_VALUE` for a UNIX path; Error `ERR_REUSEPORT_UNAVAILABLE` where neither node:net (before Node 22.12, 23.0) nor the addon can set it, or in a cluster worker on such a node:net.
    */
   #checkReusePort(parsed: ParsedAddress): void {
     if (parsed.kind === "unix") throw rangeError(`reusePort is for TCP addresses, not the UNIX socket ${parsed.path}.`, "ERR_INVALID_ARG_VALUE");
-    if (this.#native) return;
+    if (this.#native || netListensReusePort) return;
     if (nativeAddon() === null) {
-      throw codedError(`reusePort needs the native addon (Node 20's node:net cannot set SO_REUSEPORT), and ${nativeLoadError() ?? "it is not available"}.`, "ERR_REUSEPORT_UNAVAILABLE");
+      throw codedError(
+        `reusePort needs Node 22.12+ or 23.1+ (whose node:net sets SO_REUSEPORT; this is ${process.version}) or the native addon, and ${nativeLoadError() ?? "it is not available"}.`,
+        "ERR_REUSEPORT_UNAVAILABLE",
+      );
     }
     if (cluster.isWorker) {
-      throw codedError("reusePort in a cluster worker works on the native transport only (a plain TCP server): node:net hands its listening socket to the primary.", "ERR_REUSEPORT_UNAVAILABLE");
+      throw codedError(
+        `reusePort in a cluster worker needs Node 22.12+ or 23.1+ (this is ${process.version}) or the native transport (a plain TCP server): this node:net hands its listening socket to the primary.`,
+        "ERR_REUSEPORT_UNAVAILABLE",
+      );
     }
   }
 
@@ -1020,7 +1066,7 @@ export class Server<S extends Stream = Stream> extends Channel {
     return [this.stats, this.engine.stats];
   }
 
-  async #bind(parsed: ParsedAddress, backlog: number, slave: boolean): Promise<void> {
+  async #bind(parsed: ParsedAddress, backlog: number, slave: boolean, claimKey: string | null): Promise<void> {
     if (parsed.kind === "unix") {
       await staleSocketRemover.current(parsed.path);
       if (this.#state !== ST_BINDING) return;
@@ -1028,30 +1074,39 @@ export class Server<S extends Stream = Stream> extends Channel {
       this.#unixPath = parsed.path;
       return;
     }
+    if (claimKey === null || reusePortZero.current === null) {
+      await this.#bindTcp(parsed, parsed.port, backlog, slave);
+      return;
+    }
+    const claim = await reusePortZero.current(claimKey);
+    let bound = 0;
+    try {
+      if (this.#state === ST_BINDING) bound = await this.#bindTcp(parsed, claim.port, backlog, slave);
+    } finally {
+      claim.settle(bound);
+    }
+  }
+
+  /** Binds a TCP address on `port` (0: the OS picks); resolves with the port bound, 0 if closed meanwhile. */
+  async #bindTcp(parsed: ParsedAddress & { kind: "tcp" }, port: number, backlog: number, slave: boolean): Promise<number> {
     let host = parsed.host;
     if (parsed.family === 0) {
       const resolved = await lookup(host, { family: parsed.v6tuple ? 6 : 0 });
       host = resolved.address;
     }
-    if (this.#state !== ST_BINDING) return;
-    if (host !== "") {
-      await this.#listenOne({ host: withScope(host, parsed.scopeid), port: parsed.port, backlog, ipv6Only: false });
-      return;
-    }
-    if (parsed.v6tuple) {
-      await this.#listenOne({ host: "::", port: parsed.port, backlog, ipv6Only: false });
-      return;
-    }
+    if (this.#state !== ST_BINDING) return 0;
+    if (host !== "") return this.#listenOne({ host: withScope(host, parsed.scopeid), port, backlog, ipv6Only: false });
+    if (parsed.v6tuple) return this.#listenOne({ host: "::", port, backlog, ipv6Only: false });
     // ["", port]: IPv4 on the master socket, IPv6 on a slave on the same port.
     for (let attempt = 0; ; attempt++) {
-      const port = await this.#listenOne({ host: "0.0.0.0", port: parsed.port, backlog, ipv6Only: false });
-      if (!slave || this.#state !== ST_BINDING) return;
+      const bound = await this.#listenOne({ host: "0.0.0.0", port, backlog, ipv6Only: false });
+      if (!slave || this.#state !== ST_BINDING) return bound;
       try {
-        await this.#listenOne({ host: "::", port, backlog, ipv6Only: true });
-        return;
+        await this.#listenOne({ host: "::", port: bound, backlog, ipv6Only: true });
+        return bound;
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
-        if (code === "EADDRINUSE" && parsed.port === 0 && attempt < 8) {
+        if (code === "EADDRINUSE" && port === 0 && attempt < 8) {
           // The port the OS picked for IPv4 is taken on IPv6: pick another.
           this.#dropLastListener();
           continue;
@@ -1061,7 +1116,7 @@ export class Server<S extends Stream = Stream> extends Channel {
         // node:net's listen(port) would. (A host without IPv6 serves IPv4 alone.)
         if (code === "EADDRINUSE") throw err;
         if (log.debugOn()) log.current.debug({ err, ...this._logFields() }, `No IPv6 slave for ${nameOf(this)}: ${(err as Error).message}`);
-        return;
+        return bound;
       }
     }
   }
@@ -1081,9 +1136,11 @@ export class Server<S extends Stream = Stream> extends Channel {
     }
     const s = this.#newNetServer();
     try {
-      // reusePort: the addon binds the socket with SO_REUSEPORT; node:net listens on it and owns it.
-      const reused = this.#reusePort && "host" in options ? NativeListener.bindReusePort(options.host, options.port, options.ipv6Only) : null;
-      await listenOn(s, reused === null ? options : { fd: reused, backlog: options.backlog });
+      // reusePort: node:net sets it (Node 22.12+, 23.1+), else the addon binds
+      // the socket with SO_REUSEPORT, and node:net listens on it and owns it.
+      if (!this.#reusePort || !("host" in options)) await listenOn(s, options);
+      else if (netListensReusePort) await listenOn(s, { ...options, reusePort: true });
+      else await listenOn(s, { fd: NativeListener.bindReusePort(options.host, options.port, options.ipv6Only), backlog: options.backlog });
     } catch (err) {
       this.#netServers.pop();
       throw err;

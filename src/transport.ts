@@ -45,6 +45,17 @@ export function useNative(option: Transport | undefined, ownSocket = false): boo
   return available;
 }
 
+/**
+ * Whether node:net's `listen()` takes `reusePort` (Node 22.12+ and 23.1+;
+ * older releases ignore the option without a word), so that a node:net
+ * server needs no addon for SO_REUSEPORT, in a cluster worker too (there
+ * Node's primary makes each worker a socket of its own).
+ */
+export const netListensReusePort: boolean = ((): boolean => {
+  const [major = 0, minor = 0] = process.versions.node.split(".").map(Number);
+  return major > 23 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
+})();
+
 function envTransport(): Transport | undefined {
   const value = process.env.PANTS_TS_TRANSPORT;
   return value === "native" || value === "js" ? value : undefined;

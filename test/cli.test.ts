@@ -9,7 +9,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { networkInterfaces } from "node:os";
 import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect, connectTls, freePort, hasIPv6, sameOnEitherTransport, tempDir, waitFor } from "./helpers.js";
+import { connect, connectTls, hasIPv6, noReusePort, passTransport, sameOnEitherTransport, tempDir, waitFor } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 import { bin, echoesThenStops, fixture, portFrom, portInUse, root, run, serve, visitTls } from "./cli-helpers.js";
 import type { Served } from "./cli-helpers.js";
@@ -169,9 +169,11 @@ test("a link-local IPv6 listen address keeps its interface in the banner and the
   assert.equal(await s.exited, 0);
 });
 
-test("--workers with --reuse-port: each worker listens itself on the native transport and takes connections; SIGTERM exits 0", { timeout: 60_000, skip: (process.env.PANTS_TS_TRANSPORT === "js" || process.platform !== "linux") && "needs the native addon, on Linux" }, async (t) => {
-  const port = await freePort();
-  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", `127.0.0.1:${port}`, "--workers", "2", "--reuse-port"]);
+test(`--workers with --reuse-port on port 0: each worker listens itself (on ${passTransport}) on the one port the banner names, and takes connections; SIGTERM exits 0`, { timeout: 60_000, skip: noReusePort }, async (t) => {
+  const s = await serve(t, [fixture("cli-echo.ts"), "--listen", "127.0.0.1:0", "--workers", "2", "--reuse-port"]);
+  assert.match(s.out(), /2 workers serving .* on 127\.0\.0\.1:\d+ \(connect: nc 127\.0\.0\.1 \d+\)/, s.out());
+  const port = portFrom(s.addresses[0]!);
+  assert.ok(port > 0, s.out());
   const ask = async (line: string): Promise<string> => {
     const c = await connect(port);
     c.write(`${line}\n`);
@@ -179,7 +181,7 @@ test("--workers with --reuse-port: each worker listens itself on the native tran
     c.destroy();
     return c.received.toString().split("\n")[0]!;
   };
-  assert.equal(await ask("transport"), "native");
+  assert.equal(await ask("transport"), passTransport);
   const pids = new Set<string>();
   for (let i = 0; i < 40 && pids.size < 2; i++) pids.add(await ask("pid"));
   assert.equal(pids.size, 2, `both workers accept; output: ${s.out()}`);

@@ -10,7 +10,7 @@ import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ask, childPids, connect, freePort, sameOnEitherTransport, sleep, tempDir, waitFor } from "./helpers.js";
+import { ask, childPids, connect, freePort, noReusePort, passTransport, sameOnEitherTransport, sleep, tempDir, waitFor } from "./helpers.js";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -73,13 +73,13 @@ test("runCluster: workers share the port; a crashed worker is restarted; SIGTERM
   assert.match(cluster.out(), /primary done/);
 });
 
-test("runCluster with reusePort: every worker listens itself on the native transport, the kernel spreads connections, SIGHUP and SIGTERM still work", { timeout: 60_000, skip: (process.env.PANTS_TS_TRANSPORT === "js" || process.platform !== "linux") && "needs the native addon, on Linux" }, async (t) => {
+test(`runCluster with reusePort: every worker listens itself (on ${passTransport}), the kernel spreads connections, SIGHUP and SIGTERM still work`, { timeout: 60_000, skip: noReusePort }, async (t) => {
   const cluster = await startCluster(t, 2, { REUSE_PORT: "1", PORT: String(await freePort()) });
   const pids = new Set<string>();
   for (let i = 0; i < 40 && pids.size < 2; i++) pids.add(await ask(cluster.port, "pid"));
   assert.equal(pids.size, 2, "connections are spread over both workers");
   assert.ok(![...pids].includes(String(cluster.child.pid)), "the primary serves no connection itself");
-  assert.equal(await ask(cluster.port, "transport"), "native");
+  assert.equal(await ask(cluster.port, "transport"), passTransport);
   // A rolling restart: the replacements bind the same port beside the old workers.
   cluster.child.kill("SIGHUP");
   await waitFor(() => cluster.listening() >= 4, 20000, `two replacements listening; output: ${cluster.out()}`);
@@ -95,6 +95,29 @@ test("runCluster with reusePort: every worker listens itself on the native trans
     }
   }
   assert.ok(after.size >= 2 && resets <= 2, `replies from ${after.size} workers, ${resets} resets`);
+  cluster.child.kill("SIGTERM");
+  assert.equal(await cluster.exited, 0);
+});
+
+test(`runCluster with reusePort on port 0 (on ${passTransport}): the first worker's port is every worker's, per listen in order, and a replacement's`, { timeout: 60_000, skip: noReusePort }, async (t) => {
+  // startCluster asserts that the three workers' first servers share one port.
+  const cluster = await startCluster(t, 3, { REUSE_PORT: "1", PORT: "0", SECOND: "1" });
+  const seconds = () => new Set(cluster.out().split("\n").filter((l) => l.startsWith("second ")).map((l) => Number(l.split(" ")[1])));
+  assert.equal(seconds().size, 1, `every worker's second server on one port; output: ${cluster.out()}`);
+  const [second] = seconds();
+  assert.notEqual(second, cluster.port, "the second listen(0) is a port of its own");
+  for (const port of [cluster.port, second!]) {
+    const pids = new Set<string>();
+    for (let i = 0; i < 60 && pids.size < 3; i++) pids.add(await ask(port, "pid"));
+    assert.equal(pids.size, 3, `port ${port}: connections reach all three workers`);
+  }
+  assert.equal(await ask(cluster.port, "transport"), passTransport);
+  // A rolling restart: each replacement binds the ports its predecessors did.
+  cluster.child.kill("SIGHUP");
+  await waitFor(() => cluster.listening() >= 6, 30_000, `three replacements listening; output: ${cluster.out()}`);
+  const firsts = new Set(cluster.out().split("\n").filter((l) => l.startsWith("listening ")).map((l) => Number(l.split(" ")[1])));
+  assert.deepEqual([...firsts], [cluster.port], cluster.out());
+  assert.deepEqual([...seconds()], [second], cluster.out());
   cluster.child.kill("SIGTERM");
   assert.equal(await cluster.exited, 0);
 });

@@ -318,6 +318,22 @@ export async function freePort(): Promise<number> {
 export const sameOnEitherTransport: string | false =
   process.env.PANTS_TS_TRANSPORT === "js" && "the same on either transport: run once, in npm test's first pass";
 
+/** Whether this Node's node:net takes `reusePort` in listen() (22.12+, 23.1+), worked out here apart from src/. */
+export const netReusePort: boolean = (() => {
+  const [major, minor] = process.versions.node.split(".").map(Number) as [number, number];
+  return major >= 24 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
+})();
+
+/** The transport a plain server uses in this pass: PANTS_TS_TRANSPORT=js disables the addon. */
+export const passTransport: "native" | "js" = process.env.PANTS_TS_TRANSPORT === "js" ? "js" : "native";
+
+/**
+ * Skip reason for a test of the option reusePort where it cannot work: off
+ * Linux, or on node:net (the js pass disables the addon) before Node 22.12.
+ */
+export const noReusePort: string | false =
+  process.platform !== "linux" ? "SO_REUSEPORT spreads connections on Linux" : passTransport === "js" && !netReusePort && `node:net sets SO_REUSEPORT from Node 22.12 and 23.1 (this is ${process.version}); the addon does in the native pass`;
+
 /** Sends `line` to `target` on a new connection; the reply line. */
 export async function ask(target: Address, line: string): Promise<string> {
   const c = await connect(target);

@@ -1,9 +1,10 @@
 /**
  * The server option reusePort: SO_REUSEPORT on the listening sockets, so
  * several servers share one address and port and the kernel spreads the
- * connections among them; on either transport (node:net listens on a
- * socket the addon bound), TLS included; typed errors where it cannot be.
- * Without the addon (PANTS_TS_TRANSPORT=js disables it) the option fails
+ * connections among them; on either transport (node:net sets it itself from
+ * Node 22.12 and 23.1, and before that listens on a socket the addon bound),
+ * TLS included; typed errors where it cannot be. Without the addon
+ * (PANTS_TS_TRANSPORT=js disables it) on an older Node the option fails
  * with ERR_REUSEPORT_UNAVAILABLE, which is what those runs check.
  */
 import { test } from "node:test";
@@ -12,11 +13,9 @@ import net from "node:net";
 import { join } from "node:path";
 import { Server, Stream } from "../src/index.js";
 import type { ServerOptions } from "../src/index.js";
-import { captureLogs, connectTls, freshEngine, portOf, tempDir } from "./helpers.js";
+import { captureLogs, connectTls, freshEngine, noReusePort, passTransport, portOf, tempDir } from "./helpers.js";
 import { hasOpenssl, makeCerts } from "./certs.js";
 
-const addon = process.env.PANTS_TS_TRANSPORT !== "js";
-const linux = process.platform === "linux";
 
 /** Connects `n` times in a row; each connection ends when the server closes it. */
 async function connectMany(port: number, n: number, host = "127.0.0.1"): Promise<void> {
@@ -53,22 +52,26 @@ async function sharedPort(t: Parameters<typeof freshEngine>[0], options: ServerO
   return { counts, port, servers: [first, second] };
 }
 
-test("reusePort: two servers listen on one port and the kernel spreads 60 connections between them", { skip: (!addon || !linux) && "needs the native addon, on Linux" }, async (t) => {
-  captureLogs(t);
-  const { counts, port, servers } = await sharedPort(t, {}, "127.0.0.1");
-  assert.equal(portOf(servers[1]!), port);
-  await connectMany(port, 60);
-  assert.equal(counts[0]! + counts[1]!, 60);
-  // By the 4-tuple's hash: that one of them took all 60 has odds of 2 in 2^60.
-  assert.ok(counts[0]! > 0 && counts[1]! > 0, `both servers accepted: ${counts.join(" / ")}`);
-  // Without the option, a third server cannot bind the port.
-  const engine = freshEngine(t);
-  const third = new Server(Stream, { engine }).listen(["127.0.0.1", port]);
-  t.after(() => third.close());
-  await assert.rejects(third.ready(), (err: NodeJS.ErrnoException) => err.code === "EADDRINUSE");
-});
+for (const transport of [undefined, "js"] as const) {
+  const which = transport === undefined ? `this pass's transport (${passTransport})` : "node:net, chosen with transport: \"js\"";
+  test(`reusePort on ${which}: two servers listen on one port and the kernel spreads 60 connections between them`, { skip: noReusePort }, async (t) => {
+    captureLogs(t);
+    const { counts, port, servers } = await sharedPort(t, transport === undefined ? {} : { transport }, "127.0.0.1");
+    assert.equal(servers[0]!.transport, transport ?? passTransport);
+    assert.equal(portOf(servers[1]!), port);
+    await connectMany(port, 60);
+    assert.equal(counts[0]! + counts[1]!, 60);
+    // By the 4-tuple's hash: that one of them took all 60 has odds of 2 in 2^60.
+    assert.ok(counts[0]! > 0 && counts[1]! > 0, `both servers accepted: ${counts.join(" / ")}`);
+    // Without the option, a third server cannot bind the port.
+    const engine = freshEngine(t);
+    const third = new Server(Stream, { engine }).listen(["127.0.0.1", port]);
+    t.after(() => third.close());
+    await assert.rejects(third.ready(), (err: NodeJS.ErrnoException) => err.code === "EADDRINUSE");
+  });
+}
 
-test("reusePort on the default address: the IPv4 socket and its IPv6 slave both share the port", { skip: (!addon || !linux) && "needs the native addon, on Linux" }, async (t) => {
+test("reusePort on the default address: the IPv4 socket and its IPv6 slave both share the port", { skip: noReusePort }, async (t) => {
   const engine = freshEngine(t);
   const seen: string[] = [];
   class Note extends Stream {
@@ -91,7 +94,7 @@ test("reusePort on the default address: the IPv4 socket and its IPv6 slave both 
   assert.equal(seen.length, v6 ? 6 : 3);
 });
 
-test("reusePort with TLS (node:net on a socket the addon bound): two TLS servers share a port", { skip: (!addon || !linux || !hasOpenssl()) && "needs the native addon, on Linux, and openssl" }, async (t) => {
+test("reusePort with TLS (on node:net): two TLS servers share a port", { skip: noReusePort || (!hasOpenssl() && "needs openssl") }, async (t) => {
   const certs = makeCerts();
   t.after(certs.cleanup);
   const engine = freshEngine(t);
@@ -120,16 +123,18 @@ test("reusePort with TLS (node:net on a socket the addon bound): two TLS servers
   assert.equal(handshakes, 4);
 });
 
-test("reusePort: typed errors for a non-boolean, a UNIX path, and (without the addon) ERR_REUSEPORT_UNAVAILABLE", async (t) => {
+test("reusePort: typed errors for a non-boolean, a UNIX path, and (on node:net before Node 22.12, without the addon) ERR_REUSEPORT_UNAVAILABLE", async (t) => {
   captureLogs(t);
   const engine = freshEngine(t);
   assert.throws(() => new Server(Stream, { engine, reusePort: "yes" as never }), (err: Error & { code?: string }) => err instanceof TypeError && /reusePort/.test(err.message));
   const unix = new Server(Stream, { engine, reusePort: true });
   t.after(() => unix.close());
   assert.throws(() => unix.listen(join(tempDir(t), "s.sock")), (err: Error & { code?: string }) => err instanceof RangeError && err.code === "ERR_INVALID_ARG_VALUE" && /UNIX/.test(err.message));
-  if (!addon) {
-    const server = new Server(Stream, { engine, reusePort: true });
-    t.after(() => server.close());
-    assert.throws(() => server.listen(["127.0.0.1", 0]), (err: Error & { code?: string }) => err.code === "ERR_REUSEPORT_UNAVAILABLE" && /native addon/.test(err.message));
+  const server = new Server(Stream, { engine, reusePort: true });
+  t.after(() => server.close());
+  if (passTransport === "js" && noReusePort !== false) {
+    assert.throws(() => server.listen(["127.0.0.1", 0]), (err: Error & { code?: string }) => err.code === "ERR_REUSEPORT_UNAVAILABLE" && /Node 22\.12\+ or 23\.1\+ .*native addon/.test(err.message));
+  } else {
+    await server.listen(["127.0.0.1", 0]).ready();
   }
 });

@@ -97,17 +97,26 @@ export const loadCases: CaseSpec[] = [
 
 /**
  * Two servers on one port with reusePort, under churn: on the native
- * transport, or on node:net listening on a socket the addon bound. Both
- * need the addon, which PANTS_TS_TRANSPORT=js turns off: skipped then.
+ * transport, or on node:net (which sets it itself from Node 22.12 and 23.1,
+ * and before listens on a socket the addon bound). Each skips where it
+ * would need the addon and PANTS_TS_TRANSPORT=js turns it off.
  */
 function reusePortChurn(transport: "native" | "js"): CaseSpec {
+  // node:net sets SO_REUSEPORT itself from Node 22.12 and 23.1; before, on sockets the addon bound.
+  const [major = 0, minor = 0] = process.versions.node.split(".").map(Number);
+  const netSets = major >= 24 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
+  const addonOff = process.env.PANTS_TS_TRANSPORT === "js";
   return {
     name: transport === "native" ? "load-churn-reuseport" : "load-churn-reuseport-net",
     group: "load",
     quick: true,
-    skip: () => (process.env.PANTS_TS_TRANSPORT === "js" ? "reusePort needs the native addon, which PANTS_TS_TRANSPORT=js turns off" : null),
+    skip: () => {
+      if (!addonOff) return null;
+      if (transport === "native") return "the native transport needs the native addon, which PANTS_TS_TRANSPORT=js turns off";
+      return netSets ? null : `reusePort on node:net needs Node 22.12+ (this is ${process.version}) or the native addon, which PANTS_TS_TRANSPORT=js turns off`;
+    },
     what: ({ quick }) =>
-      `two servers on one port with reusePort (SO_REUSEPORT), ${transport === "native" ? "on the native transport" : "on node:net listening on sockets the addon bound"}: ` +
+      `two servers on one port with reusePort (SO_REUSEPORT), ${transport === "native" ? "on the native transport" : netSets ? "on node:net, which sets it itself" : "on node:net listening on sockets the addon bound"}: ` +
       `1000 connections opened and closed per second for ${quick ? 3 : 20} s, each one round trip checked byte for byte; both servers take a share; descriptors and heap back`,
     server: () => ({ scenario: "echo", config: { backlog: 4096, reusePort: true, transport } }),
     checkHeap: true,
