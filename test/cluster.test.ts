@@ -122,6 +122,23 @@ test(`runCluster with reusePort on port 0 (on ${passTransport}): the first worke
   assert.equal(await cluster.exited, 0);
 });
 
+test("runCluster's shared port 0: a picker that dies, or binds nothing, passes the pick to a waiting worker; a replacement gets the port", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
+  const run = launch(t, "cluster-port-claims.ts", { PORT: String(await freePort()) });
+  const lines = () => run.out().split("\n");
+  const at = (line: string) => lines().indexOf(line);
+  await waitFor(() => at("w3 k1 answer 45678") >= 0, 20_000, `the replacement's answer; output: ${run.out()}`);
+  // Worker 1 asked first and picks both; worker 2 asked while it picked, and waited.
+  assert.ok(at("w1 k1 answer 0") >= 0 && at("w1 k2 answer 0") >= 0, run.out());
+  assert.ok(at("w2 asked k1") >= 0 && at("w2 asked k2") >= 0, run.out());
+  // k2: worker 1 bound nothing, so worker 2 picks, and only then.
+  assert.ok(at("w2 asked k2") < at("w1 bound nothing for k2") && at("w1 bound nothing for k2") < at("w2 k2 answer 0"), run.out());
+  // k1: worker 1 died without a word; worker 2 is told to pick only after.
+  assert.ok(at("w2 asked k1") < at("w1 exiting") && at("w1 exiting") < at("w2 k1 answer 0"), run.out());
+  assert.equal(lines().filter((l) => / k\d answer /.test(l)).length, 5, run.out());
+  run.child.kill("SIGTERM");
+  assert.equal(await run.exited, 0);
+});
+
 test("runCluster: restart back-off is per worker: a crash-looping worker does not delay another's restart", { skip: sameOnEitherTransport, timeout: 60_000 }, async (t) => {
   // The fixture's restartDelayMs is 50.
   const cluster = await startCluster(t, 2);
