@@ -473,8 +473,32 @@ export interface NativeAddon {
   deliveredBytesOf(fd: number): number;
 }
 
-/** The addon file, relative to the package root. */
+/** The addon file, relative to the package root, as the install script (or `npm run build:native`) builds it. */
 const ADDON_PATH = join("build", "Release", "pants_native.node");
+/** The addon prebuilt for this platform, as the package may carry it (native/prebuild.cjs, run when packed). */
+const PREBUILT_PATH = join("prebuilds", `${process.platform}-${process.arch}`, "pants_native.node");
+
+/**
+ * Why the prebuilt addon cannot be used in this process, else null: on Linux
+ * it is linked against glibc, so not under musl (Alpine), whose loader could
+ * not resolve it.
+ */
+function prebuiltUnusable(): string | null {
+  if (process.platform !== "linux") return null;
+  // The report's header names glibc's version when it is glibc. Its network
+  // section, which may look up host names, is left out where Node can (20.13+).
+  const reporter = process.report as (NodeJS.ProcessReport & { excludeNetwork?: boolean }) | undefined;
+  if (reporter === undefined) return null;
+  const excluded = reporter.excludeNetwork;
+  reporter.excludeNetwork = true;
+  let report: { header?: { glibcVersionRuntime?: unknown } };
+  try {
+    report = reporter.getReport() as typeof report;
+  } finally {
+    reporter.excludeNetwork = excluded;
+  }
+  return typeof report.header?.glibcVersionRuntime === "string" ? null : "the prebuilt addon is linked against glibc, and this C library is another (musl?)";
+}
 
 let loaded: NativeAddon | null | undefined;
 let loadError: string | null = null;
@@ -516,24 +540,32 @@ export function loadNative(): NativeAddon | null {
     loaded = null;
     return null;
   }
-  const file = join(root, ADDON_PATH);
-  if (!existsSync(file)) {
-    // npm 12 skips a dependency's install script (the addon's build) until the
-    // application approves it: the likeliest reason, so the hint says how.
-    loadError =
-      `the native addon is not built (${file} is missing; npm 12 runs pants-ts's install script only once approved: ` +
-      "npm install-scripts approve pants-ts, then npm rebuild pants-ts; in a checkout, npm run build:native)";
-    loaded = null;
-    return null;
+  // The addon built here first; else the one the package carries for this platform.
+  const built = join(root, ADDON_PATH);
+  const prebuilt = join(root, PREBUILT_PATH);
+  const failures: string[] = [];
+  for (const file of [built, prebuilt]) {
+    if (!existsSync(file)) continue;
+    const unusable = file === prebuilt ? prebuiltUnusable() : null;
+    if (unusable !== null) {
+      failures.push(unusable);
+      continue;
+    }
+    try {
+      loaded = adapt(createRequire(import.meta.url)(file) as RawNativeAddon);
+      loadError = null;
+      return loaded;
+    } catch (err) {
+      failures.push(`${file} failed to load: ${err instanceof Error ? err.message : String(err)}`);
+    }
   }
-  try {
-    loaded = adapt(createRequire(import.meta.url)(file) as RawNativeAddon);
-    loadError = null;
-  } catch (err) {
-    loadError = `the native addon failed to load: ${err instanceof Error ? err.message : String(err)}`;
-    loaded = null;
-  }
-  return loaded;
+  loaded = null;
+  // npm 12 skips a dependency's install script (the addon's build) until the
+  // application approves it: the likeliest reason it is missing, so the hint says how.
+  const hint = "npm 12 runs pants-ts's install script only once approved: npm install-scripts approve pants-ts, then npm rebuild pants-ts; in a checkout, npm run build:native";
+  if (failures.length > 0) loadError = `the native addon failed to load (${failures.join("; ")}${existsSync(built) ? "" : `; to build it here, ${hint}`})`;
+  else loadError = `the native addon is not built (${built} is missing, and the package has no prebuilt one for ${process.platform}-${process.arch}; ${hint})`;
+  return null;
 }
 
 /** Why {@link loadNative} returned null (null when it loaded, or was not tried yet). */

@@ -1,11 +1,13 @@
 /**
  * The package as a user gets it: `npm pack`, then `npm install` of the
- * tarball into a new project outside the repository, where the native addon
- * builds from the shipped C sources, an application compiles against the
- * shipped declarations (strict, skipLibCheck off; nodenext, a bundler's
- * resolution, and CommonJS with TypeScript's default node10 resolution) and
- * runs over a real loopback socket, the installed `pants-ts` command serves
- * one of its modules, and an install without scripts runs on node:net. A file
+ * tarball into a new project outside the repository, where the addon the
+ * package carries prebuilt for this platform serves (with or without install
+ * scripts), an application compiles against the shipped declarations
+ * (strict, skipLibCheck off; nodenext, a bundler's resolution, and CommonJS
+ * with TypeScript's default node10 resolution) and runs over a real loopback
+ * socket, and the installed `pants-ts` command serves one of its modules; a
+ * package without the prebuilt addon builds it from the shipped C sources,
+ * or, installed without scripts, runs on node:net. A file
  * the package needs but package.json's "files" leaves out fails here, though
  * every test that imports ../src passes.
  */
@@ -14,7 +16,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { spawn, spawnSync } from "node:child_process";
 import type { SpawnSyncReturns } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir, waitFor } from "./helpers.js";
 
@@ -148,18 +150,44 @@ const npmMissing = ((): string | false => {
 // on node:net.
 const secondPass = process.env.PANTS_TS_TRANSPORT === "js" && "the node:net consumer runs in npm test's first pass (the install without scripts)";
 
-test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict nodenext consumer compiles against the .d.ts and echoes over loopback, the pants-ts command serves; CommonJS; no install scripts", { skip: secondPass || npmMissing, timeout: 120_000 }, async (t) => {
-  assert.ok(existsSync(join(root, "dist", "src", "index.js")), "dist/ is built (npm run build)");
-  const dir = tempDir(t, "pants-ts-package-");
-
-  // --ignore-scripts: pack what `npm run build` made rather than build again.
+/** `npm pack` of the checkout into `dir`, without its scripts (it packs what `npm run build` made): the tarball and its file list. */
+function pack(dir: string): { tarball: string; files: string[] } {
+  mkdirSync(dir, { recursive: true });
   const packed = npm(["pack", "--ignore-scripts", "--json", "--pack-destination", dir], root);
   assert.equal(packed.status, 0, `npm pack:\n${packed.stdout}${packed.stderr}`);
   const [info] = JSON.parse(packed.stdout) as Array<{ filename: string; files: Array<{ path: string }> }>;
-  const tarball = join(dir, info!.filename);
+  return { tarball: join(dir, info!.filename), files: info!.files.map((f) => f.path) };
+}
+
+/** Where the package carries the addon prebuilt for this platform (what native/prebuild.cjs writes when packed). */
+const PREBUILT = join("prebuilds", `${process.platform}-${process.arch}`, "pants_native.node");
+
+test("npm pack, npm install of the tarball elsewhere: the prebuilt addon is used, a strict nodenext consumer compiles against the .d.ts and echoes over loopback, the pants-ts command serves; CommonJS; no install scripts; no prebuilt: the addon builds", { skip: secondPass || npmMissing, timeout: 150_000 }, async (t) => {
+  assert.ok(existsSync(join(root, "dist", "src", "index.js")), "dist/ is built (npm run build)");
+  const dir = tempDir(t, "pants-ts-package-");
+  const builtHere = existsSync(join(root, "build", "Release", "pants_native.node"));
+
+  // As npm pack's prepack step does (without building again): the addon built
+  // here, as the package's prebuilt one for this platform; postpack removes it.
+  assert.ok(!existsSync(join(root, "prebuilds")), "no prebuilds/ left in the checkout by an earlier npm pack");
+  const plain = pack(join(dir, "plain"));
+  let withPrebuilt = plain;
+  if (builtHere) {
+    t.after(() => rmSync(join(root, "prebuilds"), { recursive: true, force: true }));
+    const copied = spawnSync(process.execPath, [join(root, "native", "prebuild.cjs"), "--from-build"], { cwd: root, encoding: "utf8" });
+    assert.equal(copied.status, 0, `native/prebuild.cjs --from-build:\n${copied.stdout}${copied.stderr}`);
+    try {
+      withPrebuilt = pack(join(dir, "prebuilt"));
+    } finally {
+      spawnSync(process.execPath, [join(root, "native", "prebuild.cjs"), "--clean"], { cwd: root });
+    }
+    assert.ok(withPrebuilt.files.includes(PREBUILT), `the package carries ${PREBUILT}: ${withPrebuilt.files.join(", ")}`);
+    assert.ok(!existsSync(join(root, "prebuilds")), "--clean removed prebuilds/");
+  }
+  const tarball = withPrebuilt.tarball;
   // Only what this checkout's sources compile to: `npm run build` empties
   // dist/ first, so the old output of a module since deleted cannot ship.
-  const orphans = info!.files.map((f) => f.path).filter((p) => p.startsWith("dist/src/") && !existsSync(join(root, p.slice("dist/".length).replace(/(\.d\.ts|\.js\.map|\.js)$/, ".ts"))));
+  const orphans = plain.files.filter((p) => p.startsWith("dist/src/") && !existsSync(join(root, p.slice("dist/".length).replace(/(\.d\.ts|\.js\.map|\.js)$/, ".ts"))));
   assert.deepEqual(orphans, [], "the package ships compiled files whose source is gone");
 
   const app = join(dir, "app");
@@ -169,10 +197,10 @@ test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict
   const installed = npm(["install", "--no-audit", "--no-fund", "--offline", "--ignore-scripts=false", "--foreground-scripts", tarball], app);
   assert.equal(installed.status, 0, `npm install:\n${installed.stdout}${installed.stderr}`);
   const here = join(app, "node_modules", "pants-ts");
-
-  const builtHere = existsSync(join(root, "build", "Release", "pants_native.node"));
   if (builtHere) {
-    assert.ok(existsSync(join(here, "build", "Release", "pants_native.node")), `the addon builds where this repository's did; npm install said:\n${installed.stdout}${installed.stderr}`);
+    // The install script found that the prebuilt addon loads here, and built nothing.
+    assert.ok(existsSync(join(here, PREBUILT)), "the prebuilt addon is installed");
+    assert.ok(!existsSync(join(here, "build")), `the install script built nothing; npm install said:\n${installed.stdout}${installed.stderr}`);
   }
 
   writeFileSync(join(app, "src", "main.ts"), MAIN_TS);
@@ -260,16 +288,24 @@ test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict
     assert.deepEqual(JSON.parse(ran.stdout), { memory: "echo memory\n", reply: "echo socket" });
   });
 
-  await t.test("installed with --ignore-scripts: no addon, the app runs on node:net, and asking for native says how to build it", () => {
+  await t.test("installed with --ignore-scripts (npm 12's default for an unapproved package): the prebuilt addon serves; without one, the app runs on node:net, and asking for native says how to build it", () => {
     const bare = join(dir, "bare");
     mkdirSync(bare);
     writeFileSync(join(bare, "package.json"), JSON.stringify({ name: "bare", private: true, type: "module" }));
     const installedBare = npm(["install", "--no-audit", "--no-fund", "--offline", "--ignore-scripts", tarball], bare);
     assert.equal(installedBare.status, 0, `npm install --ignore-scripts:\n${installedBare.stdout}${installedBare.stderr}`);
-    assert.ok(!existsSync(join(bare, "node_modules", "pants-ts", "build")), "no addon was built");
+    const installedHere = join(bare, "node_modules", "pants-ts");
+    assert.ok(!existsSync(join(installedHere, "build")), "no addon was built");
     writeFileSync(join(bare, "main.js"), readFileSync(join(app, "dist", "main.js")));
     const env: NodeJS.ProcessEnv = { ...process.env };
     delete env.PANTS_TS_TRANSPORT;
+    if (builtHere) {
+      const prebuiltRan = spawnSync(process.execPath, ["main.js"], { cwd: bare, env, encoding: "utf8", timeout: 20_000 });
+      assert.equal(prebuiltRan.status, 0, `the consumer on the prebuilt addon failed:\n${prebuiltRan.stdout}${prebuiltRan.stderr}`);
+      assert.equal((JSON.parse(prebuiltRan.stdout) as { transport: string }).transport, "native", "no install script ran, and the prebuilt addon serves");
+      // A platform the package carries no addon for.
+      rmSync(join(installedHere, "prebuilds"), { recursive: true });
+    }
     const ran = spawnSync(process.execPath, ["main.js"], { cwd: bare, env, encoding: "utf8", timeout: 20_000 });
     assert.equal(ran.status, 0, `the consumer without the addon failed:\n${ran.stdout}${ran.stderr}`);
     assert.deepEqual(JSON.parse(ran.stdout), { transport: "js", netstruct: "netstruct", memory: "guest: memory\n", reply: "guest: socket", nicks: ["guest"] });
@@ -279,5 +315,47 @@ test("npm pack, npm install of the tarball elsewhere: the addon builds, a strict
     assert.match(native.stderr, /ERR_NATIVE_UNAVAILABLE/);
     // npm 12 skips the build until the application approves it: the hint names both steps.
     assert.match(native.stderr, /npm install-scripts approve pants-ts, then npm rebuild pants-ts/, native.stderr);
+    assert.match(native.stderr, new RegExp(`no prebuilt one for ${process.platform}-${process.arch}`), native.stderr);
+  });
+
+  await t.test("a prebuilt addon that does not load here: the transport falls back to node:net and says why; the install script builds the addon instead", { skip: !builtHere && "no addon builds in this checkout" }, () => {
+    const broken = join(dir, "broken");
+    mkdirSync(broken);
+    writeFileSync(join(broken, "package.json"), JSON.stringify({ name: "broken", private: true, type: "module", allowScripts: { [`file:${tarball}`]: true } }));
+    const installedBroken = npm(["install", "--no-audit", "--no-fund", "--offline", "--ignore-scripts", tarball], broken);
+    assert.equal(installedBroken.status, 0, `npm install --ignore-scripts:\n${installedBroken.stdout}${installedBroken.stderr}`);
+    const installedHere = join(broken, "node_modules", "pants-ts");
+    writeFileSync(join(installedHere, PREBUILT), "not an ELF file\n");
+    writeFileSync(join(broken, "main.js"), readFileSync(join(app, "dist", "main.js")));
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    delete env.PANTS_TS_TRANSPORT;
+    const fallback = spawnSync(process.execPath, ["main.js"], { cwd: broken, env, encoding: "utf8", timeout: 20_000 });
+    assert.equal(fallback.status, 0, `the consumer failed:\n${fallback.stdout}${fallback.stderr}`);
+    assert.equal((JSON.parse(fallback.stdout) as { transport: string }).transport, "js");
+    const asked = spawnSync(process.execPath, ["main.js"], { cwd: broken, env: { ...env, PANTS_TS_TRANSPORT: "native" }, encoding: "utf8", timeout: 20_000 });
+    assert.match(asked.stderr, /the native addon failed to load \(.*pants_native\.node failed to load: .*; to build it here, npm 12 runs/, asked.stderr);
+    const rebuilt = npm(["rebuild", "pants-ts", "--ignore-scripts=false", "--foreground-scripts"], broken);
+    assert.equal(rebuilt.status, 0, `npm rebuild:\n${rebuilt.stdout}${rebuilt.stderr}`);
+    assert.match(rebuilt.stdout + rebuilt.stderr, /the prebuilt addon does not load here .*; building it from the sources/);
+    assert.ok(existsSync(join(installedHere, "build", "Release", "pants_native.node")), `npm rebuild built the addon:\n${rebuilt.stdout}${rebuilt.stderr}`);
+    const ran = spawnSync(process.execPath, ["main.js"], { cwd: broken, env, encoding: "utf8", timeout: 20_000 });
+    assert.equal((JSON.parse(ran.stdout) as { transport: string }).transport, "native", ran.stderr);
+  });
+
+  await t.test("a package with no prebuilt addon for this platform: the install script builds it from the sources", { skip: !builtHere && "no addon builds in this checkout" }, () => {
+    const source = join(dir, "source");
+    mkdirSync(source);
+    writeFileSync(join(source, "package.json"), JSON.stringify({ name: "source", private: true, type: "module", allowScripts: { [`file:${plain.tarball}`]: true } }));
+    const installedSource = npm(["install", "--no-audit", "--no-fund", "--offline", "--ignore-scripts=false", "--foreground-scripts", plain.tarball], source);
+    assert.equal(installedSource.status, 0, `npm install:\n${installedSource.stdout}${installedSource.stderr}`);
+    const installedHere = join(source, "node_modules", "pants-ts");
+    assert.ok(!existsSync(join(installedHere, "prebuilds")), "this package carries no prebuilt addon");
+    assert.ok(existsSync(join(installedHere, "build", "Release", "pants_native.node")), `the addon builds where this repository's did; npm install said:\n${installedSource.stdout}${installedSource.stderr}`);
+    writeFileSync(join(source, "main.js"), readFileSync(join(app, "dist", "main.js")));
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    delete env.PANTS_TS_TRANSPORT;
+    const ran = spawnSync(process.execPath, ["main.js"], { cwd: source, env, encoding: "utf8", timeout: 20_000 });
+    assert.equal(ran.status, 0, `the consumer failed:\n${ran.stdout}${ran.stderr}`);
+    assert.equal((JSON.parse(ran.stdout) as { transport: string }).transport, "native");
   });
 });

@@ -1,0 +1,28 @@
+// npm's install step for pants-ts. The package may carry the addon prebuilt
+// for this platform (prebuilds/<platform>-<arch>/, put there when it was
+// packed): when that loads here, nothing is built. Otherwise the addon is
+// built from native/ with node-gyp; if that fails, pants-ts runs on node:net
+// and the install still succeeds. In a git checkout it always builds from the
+// sources, so that a prebuilt copy left over from `npm pack` is never stale.
+"use strict";
+const { spawnSync } = require("node:child_process");
+const { existsSync } = require("node:fs");
+const { join } = require("node:path");
+
+const root = join(__dirname, "..");
+const prebuilt = join(root, "prebuilds", `${process.platform}-${process.arch}`, "pants_native.node");
+
+/** Whether the prebuilt addon loads in a node of this kind (a child: a crash must not fail the install). */
+function prebuiltLoads() {
+  if (!existsSync(prebuilt) || existsSync(join(root, ".git"))) return false;
+  const probe = spawnSync(process.execPath, ["-e", `require(${JSON.stringify(prebuilt)})`], { encoding: "utf8" });
+  if (probe.status === 0) return true;
+  console.warn(`pants-ts: the prebuilt addon does not load here (${(probe.stderr || "").trim().split("\n")[0] || `exit ${probe.status}`}); building it from the sources.`);
+  return false;
+}
+
+if (!prebuiltLoads()) {
+  // npm puts its node-gyp on PATH for install scripts.
+  const built = spawnSync("node-gyp", ["rebuild"], { cwd: root, stdio: "inherit", shell: process.platform === "win32" });
+  if (built.status !== 0) console.warn("pants-ts: the native addon could not be built; the JS transport (node:net) will be used.");
+}
