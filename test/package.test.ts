@@ -288,29 +288,43 @@ test("npm pack, npm install of the tarball elsewhere: the prebuilt addon is used
     assert.deepEqual(JSON.parse(ran.stdout), { memory: "echo memory\n", reply: "echo socket" });
   });
 
-  await t.test("installed with --ignore-scripts (npm 12's default for an unapproved package): the prebuilt addon serves; without one, the app runs on node:net, and asking for native says how to build it", () => {
-    const bare = join(dir, "bare");
-    mkdirSync(bare);
-    writeFileSync(join(bare, "package.json"), JSON.stringify({ name: "bare", private: true, type: "module" }));
-    const installedBare = npm(["install", "--no-audit", "--no-fund", "--offline", "--ignore-scripts", tarball], bare);
-    assert.equal(installedBare.status, 0, `npm install --ignore-scripts:\n${installedBare.stdout}${installedBare.stderr}`);
-    const installedHere = join(bare, "node_modules", "pants-ts");
-    assert.ok(!existsSync(join(installedHere, "build")), "no addon was built");
-    writeFileSync(join(bare, "main.js"), readFileSync(join(app, "dist", "main.js")));
+  /**
+   * A new project `name` with `from` installed (its install script approved,
+   * as npm 11 and 12 want; run only if `scripts`), and the consumer compiled
+   * above beside it: `run()` starts that as a user would (PANTS_TS_TRANSPORT
+   * unset), `run(transport)` with it set; `transport()` is what it ran on.
+   */
+  const project = (name: string, from: string, scripts: boolean) => {
+    const cwd = join(dir, name);
+    mkdirSync(cwd);
+    writeFileSync(join(cwd, "package.json"), JSON.stringify({ name, private: true, type: "module", allowScripts: { [`file:${from}`]: true } }));
+    const installed = npm(["install", "--no-audit", "--no-fund", "--offline", `--ignore-scripts=${!scripts}`, "--foreground-scripts", from], cwd);
+    assert.equal(installed.status, 0, `npm install in ${name}:\n${installed.stdout}${installed.stderr}`);
+    writeFileSync(join(cwd, "main.js"), readFileSync(join(app, "dist", "main.js")));
     const env: NodeJS.ProcessEnv = { ...process.env };
     delete env.PANTS_TS_TRANSPORT;
+    const run = (transport?: string) => spawnSync(process.execPath, ["main.js"], { cwd, env: transport === undefined ? env : { ...env, PANTS_TS_TRANSPORT: transport }, encoding: "utf8", timeout: 20_000 });
+    const transport = (): string => {
+      const ran = run();
+      assert.equal(ran.status, 0, `the consumer in ${name} failed:\n${ran.stdout}${ran.stderr}`);
+      return (JSON.parse(ran.stdout) as { transport: string }).transport;
+    };
+    return { cwd, here: join(cwd, "node_modules", "pants-ts"), installed, run, transport };
+  };
+
+  await t.test("installed with --ignore-scripts (npm 12's default for an unapproved package): the prebuilt addon serves; without one, the app runs on node:net, and asking for native says how to build it", () => {
+    const bare = project("bare", tarball, false);
+    assert.ok(!existsSync(join(bare.here, "build")), "no addon was built");
     if (builtHere) {
-      const prebuiltRan = spawnSync(process.execPath, ["main.js"], { cwd: bare, env, encoding: "utf8", timeout: 20_000 });
-      assert.equal(prebuiltRan.status, 0, `the consumer on the prebuilt addon failed:\n${prebuiltRan.stdout}${prebuiltRan.stderr}`);
-      assert.equal((JSON.parse(prebuiltRan.stdout) as { transport: string }).transport, "native", "no install script ran, and the prebuilt addon serves");
+      assert.equal(bare.transport(), "native", "no install script ran, and the prebuilt addon serves");
       // A platform the package carries no addon for.
-      rmSync(join(installedHere, "prebuilds"), { recursive: true });
+      rmSync(join(bare.here, "prebuilds"), { recursive: true });
     }
-    const ran = spawnSync(process.execPath, ["main.js"], { cwd: bare, env, encoding: "utf8", timeout: 20_000 });
+    const ran = bare.run();
     assert.equal(ran.status, 0, `the consumer without the addon failed:\n${ran.stdout}${ran.stderr}`);
     assert.deepEqual(JSON.parse(ran.stdout), { transport: "js", netstruct: "netstruct", memory: "guest: memory\n", reply: "guest: socket", nicks: ["guest"] });
     // The reason (also the banner of pants-ts serve) names a command that works in an application.
-    const native = spawnSync(process.execPath, ["main.js"], { cwd: bare, env: { ...env, PANTS_TS_TRANSPORT: "native" }, encoding: "utf8", timeout: 20_000 });
+    const native = bare.run("native");
     assert.notEqual(native.status, 0);
     assert.match(native.stderr, /ERR_NATIVE_UNAVAILABLE/);
     // npm 12 skips the build until the application approves it: the hint names both steps.
@@ -319,43 +333,22 @@ test("npm pack, npm install of the tarball elsewhere: the prebuilt addon is used
   });
 
   await t.test("a prebuilt addon that does not load here: the transport falls back to node:net and says why; the install script builds the addon instead", { skip: !builtHere && "no addon builds in this checkout" }, () => {
-    const broken = join(dir, "broken");
-    mkdirSync(broken);
-    writeFileSync(join(broken, "package.json"), JSON.stringify({ name: "broken", private: true, type: "module", allowScripts: { [`file:${tarball}`]: true } }));
-    const installedBroken = npm(["install", "--no-audit", "--no-fund", "--offline", "--ignore-scripts", tarball], broken);
-    assert.equal(installedBroken.status, 0, `npm install --ignore-scripts:\n${installedBroken.stdout}${installedBroken.stderr}`);
-    const installedHere = join(broken, "node_modules", "pants-ts");
-    writeFileSync(join(installedHere, PREBUILT), "not an ELF file\n");
-    writeFileSync(join(broken, "main.js"), readFileSync(join(app, "dist", "main.js")));
-    const env: NodeJS.ProcessEnv = { ...process.env };
-    delete env.PANTS_TS_TRANSPORT;
-    const fallback = spawnSync(process.execPath, ["main.js"], { cwd: broken, env, encoding: "utf8", timeout: 20_000 });
-    assert.equal(fallback.status, 0, `the consumer failed:\n${fallback.stdout}${fallback.stderr}`);
-    assert.equal((JSON.parse(fallback.stdout) as { transport: string }).transport, "js");
-    const asked = spawnSync(process.execPath, ["main.js"], { cwd: broken, env: { ...env, PANTS_TS_TRANSPORT: "native" }, encoding: "utf8", timeout: 20_000 });
+    const broken = project("broken", tarball, false);
+    writeFileSync(join(broken.here, PREBUILT), "not an ELF file\n");
+    assert.equal(broken.transport(), "js");
+    const asked = broken.run("native");
     assert.match(asked.stderr, /the native addon failed to load \(.*pants_native\.node failed to load: .*; to build it here, npm 12 runs/, asked.stderr);
-    const rebuilt = npm(["rebuild", "pants-ts", "--ignore-scripts=false", "--foreground-scripts"], broken);
+    const rebuilt = npm(["rebuild", "pants-ts", "--ignore-scripts=false", "--foreground-scripts"], broken.cwd);
     assert.equal(rebuilt.status, 0, `npm rebuild:\n${rebuilt.stdout}${rebuilt.stderr}`);
     assert.match(rebuilt.stdout + rebuilt.stderr, /the prebuilt addon does not load here .*; building it from the sources/);
-    assert.ok(existsSync(join(installedHere, "build", "Release", "pants_native.node")), `npm rebuild built the addon:\n${rebuilt.stdout}${rebuilt.stderr}`);
-    const ran = spawnSync(process.execPath, ["main.js"], { cwd: broken, env, encoding: "utf8", timeout: 20_000 });
-    assert.equal((JSON.parse(ran.stdout) as { transport: string }).transport, "native", ran.stderr);
+    assert.ok(existsSync(join(broken.here, "build", "Release", "pants_native.node")), `npm rebuild built the addon:\n${rebuilt.stdout}${rebuilt.stderr}`);
+    assert.equal(broken.transport(), "native");
   });
 
   await t.test("a package with no prebuilt addon for this platform: the install script builds it from the sources", { skip: !builtHere && "no addon builds in this checkout" }, () => {
-    const source = join(dir, "source");
-    mkdirSync(source);
-    writeFileSync(join(source, "package.json"), JSON.stringify({ name: "source", private: true, type: "module", allowScripts: { [`file:${plain.tarball}`]: true } }));
-    const installedSource = npm(["install", "--no-audit", "--no-fund", "--offline", "--ignore-scripts=false", "--foreground-scripts", plain.tarball], source);
-    assert.equal(installedSource.status, 0, `npm install:\n${installedSource.stdout}${installedSource.stderr}`);
-    const installedHere = join(source, "node_modules", "pants-ts");
-    assert.ok(!existsSync(join(installedHere, "prebuilds")), "this package carries no prebuilt addon");
-    assert.ok(existsSync(join(installedHere, "build", "Release", "pants_native.node")), `the addon builds where this repository's did; npm install said:\n${installedSource.stdout}${installedSource.stderr}`);
-    writeFileSync(join(source, "main.js"), readFileSync(join(app, "dist", "main.js")));
-    const env: NodeJS.ProcessEnv = { ...process.env };
-    delete env.PANTS_TS_TRANSPORT;
-    const ran = spawnSync(process.execPath, ["main.js"], { cwd: source, env, encoding: "utf8", timeout: 20_000 });
-    assert.equal(ran.status, 0, `the consumer failed:\n${ran.stdout}${ran.stderr}`);
-    assert.equal((JSON.parse(ran.stdout) as { transport: string }).transport, "native");
+    const source = project("source", plain.tarball, true);
+    assert.ok(!existsSync(join(source.here, "prebuilds")), "this package carries no prebuilt addon");
+    assert.ok(existsSync(join(source.here, "build", "Release", "pants_native.node")), `the addon builds where this repository's did; npm install said:\n${source.installed.stdout}${source.installed.stderr}`);
+    assert.equal(source.transport(), "native");
   });
 });
