@@ -15,14 +15,19 @@ const prebuilt = join(root, "prebuilds", `${process.platform}-${process.arch}`, 
 /** Whether the prebuilt addon loads in a node of this kind (a child: a crash must not fail the install). */
 function prebuiltLoads() {
   if (!existsSync(prebuilt) || existsSync(join(root, ".git"))) return false;
-  const probe = spawnSync(process.execPath, ["-e", `require(${JSON.stringify(prebuilt)})`], { encoding: "utf8" });
+  // The child prints the error's message alone: Node's report of an uncaught
+  // error starts with the line of its loader that threw, which says nothing.
+  const probe = spawnSync(process.execPath, ["-e", `try { require(${JSON.stringify(prebuilt)}); } catch (err) { process.stderr.write(String(err && err.message)); process.exit(1); }`], { encoding: "utf8" });
   if (probe.status === 0) return true;
-  console.warn(`pants-ts: the prebuilt addon does not load here (${(probe.stderr || "").trim().split("\n")[0] || `exit ${probe.status}`}); building it from the sources.`);
+  const why = (probe.stderr || "").trim().split("\n")[0] || (probe.signal ? `killed by ${probe.signal}` : `exit ${probe.status}`);
+  console.warn(`pants-ts: the prebuilt addon does not load here (${why}); building it from the sources.`);
   return false;
 }
 
 if (!prebuiltLoads()) {
   // npm puts its node-gyp on PATH for install scripts.
   const built = spawnSync("node-gyp", ["rebuild"], { cwd: root, stdio: "inherit", shell: process.platform === "win32" });
-  if (built.status !== 0) console.warn("pants-ts: the native addon could not be built; the JS transport (node:net) will be used.");
+  // node-gyp's own output says why it failed; a spawn that failed (not on PATH outside npm) says nothing.
+  const why = built.error ? ` (${built.error.message})` : "";
+  if (built.status !== 0) console.warn(`pants-ts: the native addon could not be built${why}; the JS transport (node:net) will be used.`);
 }

@@ -352,3 +352,19 @@ test("npm pack, npm install of the tarball elsewhere: the prebuilt addon is used
     assert.equal(source.transport(), "native");
   });
 });
+
+test("native/install.cjs run outside npm, with a prebuilt addon that does not load and no node-gyp on PATH: it says why each failed, and exits 0", { timeout: 30_000 }, (t) => {
+  // A package directory as installed (no .git), holding only the script and a broken prebuilt addon.
+  const dir = tempDir(t, "pants-ts-install-");
+  mkdirSync(join(dir, "native"));
+  writeFileSync(join(dir, "native", "install.cjs"), readFileSync(join(root, "native", "install.cjs")));
+  mkdirSync(join(dir, PREBUILT, ".."), { recursive: true });
+  writeFileSync(join(dir, PREBUILT), "not an ELF file\n");
+  const emptyBin = join(dir, "bin");
+  mkdirSync(emptyBin);
+  const ran = spawnSync(process.execPath, [join(dir, "native", "install.cjs")], { cwd: dir, env: { ...process.env, PATH: emptyBin }, encoding: "utf8", timeout: 20_000 });
+  assert.equal(ran.status, 0, `install.cjs:\n${ran.stdout}${ran.stderr}`);
+  // The loader's own message, which names the file (not the line of Node's loader that threw).
+  assert.match(ran.stderr, /the prebuilt addon does not load here \([^)]*pants_native\.node[^)]*\); building it from the sources/, ran.stderr);
+  assert.match(ran.stderr, /the native addon could not be built \([^)]*ENOENT[^)]*\); the JS transport \(node:net\) will be used/, ran.stderr);
+});
