@@ -49,7 +49,8 @@ export function useNative(option: Transport | undefined, ownSocket = false): boo
  * Whether node:net's `listen()` takes `reusePort` (Node 22.12+ and 23.1+;
  * older releases ignore the option without a word), so that a node:net
  * server needs no addon for SO_REUSEPORT, in a cluster worker too (there
- * Node's primary makes each worker a socket of its own).
+ * node:net takes `reusePort` as `exclusive`: the worker binds the socket
+ * itself, and the primary hears nothing of it).
  */
 export const netListensReusePort: boolean = ((): boolean => {
   const [major = 0, minor = 0] = process.versions.node.split(".").map(Number);
