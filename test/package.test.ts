@@ -368,3 +368,24 @@ test("native/install.cjs run outside npm, with a prebuilt addon that does not lo
   assert.match(ran.stderr, /the prebuilt addon does not load here \([^)]*pants_native\.node[^)]*\); building it from the sources/, ran.stderr);
   assert.match(ran.stderr, /the native addon could not be built \([^)]*ENOENT[^)]*\); the JS transport \(node:net\) will be used/, ran.stderr);
 });
+
+test("native/install.cjs where the loader refuses the prebuilt addon (Linux but not glibc, as under musl): it builds from the sources, though the addon loads", { skip: !existsSync(join(root, "build", "Release", "pants_native.node")) && "no addon builds in this checkout", timeout: 30_000 }, (t) => {
+  const dir = tempDir(t, "pants-ts-install-");
+  mkdirSync(join(dir, "native"));
+  writeFileSync(join(dir, "native", "install.cjs"), readFileSync(join(root, "native", "install.cjs")));
+  mkdirSync(join(dir, PREBUILT, ".."), { recursive: true });
+  writeFileSync(join(dir, PREBUILT), readFileSync(join(root, "build", "Release", "pants_native.node")));
+  // The loader's test for glibc (the report's glibcVersionRuntime) made to fail, in this node and its children.
+  const noGlibc = join(dir, "no-glibc.cjs");
+  writeFileSync(noGlibc, "const real = process.report.getReport.bind(process.report);\nprocess.report.getReport = (...args) => {\n  const report = real(...args);\n  delete report.header.glibcVersionRuntime;\n  return report;\n};\n");
+  const emptyBin = join(dir, "bin");
+  mkdirSync(emptyBin);
+  const env = { ...process.env, PATH: emptyBin, NODE_OPTIONS: `--require ${JSON.stringify(noGlibc)}` };
+  const ran = spawnSync(process.execPath, [join(dir, "native", "install.cjs")], { cwd: dir, env, encoding: "utf8", timeout: 20_000 });
+  assert.equal(ran.status, 0, `install.cjs:\n${ran.stdout}${ran.stderr}`);
+  if (process.platform === "linux") {
+    // Before, the prebuilt addon loaded in the probe, nothing was built, and the loader then refused it: node:net, and a hint (npm rebuild) that built nothing either.
+    assert.match(ran.stderr, /the prebuilt addon is not for this platform \(it is linked against glibc, and this C library is another \(musl\?\)\); building it from the sources/, ran.stderr);
+    assert.match(ran.stderr, /the native addon could not be built \([^)]*ENOENT[^)]*\)/, ran.stderr);
+  } else assert.equal(ran.stderr, "", "elsewhere the prebuilt addon that loads is kept");
+});
