@@ -22,7 +22,9 @@ if (mode === "--clean") {
   if (mode !== "--from-build") {
     const built = spawnSync("node-gyp", ["rebuild"], { cwd: root, stdio: "inherit", shell: process.platform === "win32" });
     if (built.status !== 0) {
-      console.error("pants-ts prebuild: node-gyp rebuild failed; packing with no prebuilt addon would leave installs without scripts on node:net.");
+      // node-gyp's own output says why it failed; a spawn that failed (not on PATH) says nothing.
+      const why = built.error ? ` (${built.error.message})` : "";
+      console.error(`pants-ts prebuild: node-gyp rebuild failed${why}; packing with no prebuilt addon would leave installs without scripts on node:net.`);
       process.exit(1);
     }
   }
@@ -31,6 +33,8 @@ if (mode === "--clean") {
     console.error(`pants-ts prebuild: ${addon} is missing (npm run build:native).`);
     process.exit(1);
   }
+  // Only this platform's: a folder left for another would ship too.
+  rmSync(dir, { recursive: true, force: true });
   const target = join(dir, `${process.platform}-${process.arch}`);
   mkdirSync(target, { recursive: true });
   copyFileSync(addon, join(target, "pants_native.node"));

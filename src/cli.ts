@@ -54,7 +54,8 @@ Options:
                              at most 1024)
       --proxy-protocol       expect a HAProxy PROXY v1/v2 header on every connection
       --reuse-port           SO_REUSEPORT (Linux): share the port with other processes;
-                             with --workers, each worker accepts for itself (plain TCP)
+                             with --workers, each worker accepts for itself (plain TCP;
+                             TLS and PROXY too on Node 22.12+); a port 0 is one port for all
       --max-connections N    close connections above N at accept
       --max-per-peer N       close connections above N open from one client IP address (IPv6: one /64)
       --peer-ipv6-prefix N   count an IPv6 client by its /N network instead (1-128; 128: each address)

@@ -540,11 +540,14 @@ export function loadNative(): NativeAddon | null {
     loaded = null;
     return null;
   }
-  // The addon built here first; else the one the package carries for this platform.
+  // The addon built here first; else the one the package carries for this
+  // platform, but never in a git checkout, where one left by `npm pack` may
+  // be older than native/ (as the install script, which builds there).
   const built = join(root, ADDON_PATH);
   const prebuilt = join(root, PREBUILT_PATH);
+  const candidates = existsSync(join(root, ".git")) ? [built] : [built, prebuilt];
   const failures: string[] = [];
-  for (const file of [built, prebuilt]) {
+  for (const file of candidates) {
     if (!existsSync(file)) continue;
     const unusable = file === prebuilt ? prebuiltUnusable() : null;
     if (unusable !== null) {

@@ -111,8 +111,9 @@ export interface ServerOptions extends ChannelOptions {
    * and a cluster worker's server then runs on the native transport. In a
    * cluster worker each server listens on a socket of its own; under
    * {@link runCluster} a port 0 is one port the first worker's OS picked,
-   * shared by every worker (the n-th such listen on a host in each worker
-   * shares the n-th worker-wide port). Not for UNIX socket paths.
+   * shared by every worker (the n-th such listen of a connection class on a
+   * host in each worker shares the n-th worker-wide port of that class and
+   * host). Not for UNIX socket paths.
    */
   reusePort?: boolean;
 }
@@ -281,7 +282,7 @@ export interface PortClaim {
 }
 /** @internal See {@link PortClaim}. */
 export const reusePortZero: { current: ((key: string) => Promise<PortClaim>) | null } = { current: null };
-/** How many reusePort listens on port 0 this process made per host, for their keys. */
+/** How many reusePort listens on port 0 this process made per connection class and host, for their keys. */
 const zeroListens = new Map<string, number>();
 
 /** @internal Every server of this process that is listening (for runCluster and the CLI). */
@@ -721,13 +722,15 @@ export class Server<S extends Stream = Stream> extends Channel {
     if (this.#reusePort) this.#checkReusePort(parsed);
     if (parsed.kind === "unix" && !this.#native && cluster.isWorker) checkClusterPath(parsed.path);
     // A runCluster worker's port 0: the key under which the workers share one
-    // port, in the order of this worker's listens (as node:cluster's own).
+    // port, by connection class and host, in the order of this worker's
+    // listens (as node:cluster's own): servers of two classes never share a
+    // port, whichever of them a worker starts first.
     let claimKey: string | null = null;
     if (this.#reusePort && parsed.kind === "tcp" && parsed.port === 0 && cluster.isWorker && reusePortZero.current !== null) {
-      const host = `${parsed.host}|${parsed.v6tuple ? "v6" : parsed.family}`;
-      const n = zeroListens.get(host) ?? 0;
-      zeroListens.set(host, n + 1);
-      claimKey = `${host}|${n}`;
+      const base = `${this.#ConnectionClass.name}|${parsed.host}|${parsed.v6tuple ? "v6" : parsed.family}`;
+      const n = zeroListens.get(base) ?? 0;
+      zeroListens.set(base, n + 1);
+      claimKey = `${base}|${n}`;
     }
     this.#state = ST_BINDING;
     this.engine._channels.add(this);

@@ -99,13 +99,13 @@ test(`runCluster with reusePort: every worker listens itself (on ${passTransport
   assert.equal(await cluster.exited, 0);
 });
 
-test(`runCluster with reusePort on port 0 (on ${passTransport}): the first worker's port is every worker's, per listen in order, and a replacement's`, { timeout: 60_000, skip: noReusePort }, async (t) => {
+test(`runCluster with reusePort on port 0 (on ${passTransport}): the first worker's port is every worker's, per connection class whatever the order of listens, and a replacement's`, { timeout: 60_000, skip: noReusePort }, async (t) => {
   // startCluster asserts that the three workers' first servers share one port.
   const cluster = await startCluster(t, 3, { REUSE_PORT: "1", PORT: "0", SECOND: "1" });
   const seconds = () => new Set(cluster.out().split("\n").filter((l) => l.startsWith("second ")).map((l) => Number(l.split(" ")[1])));
   assert.equal(seconds().size, 1, `every worker's second server on one port; output: ${cluster.out()}`);
   const [second] = seconds();
-  assert.notEqual(second, cluster.port, "the second listen(0) is a port of its own");
+  assert.notEqual(second, cluster.port, "the second class's listen(0) is a port of its own");
   for (const port of [cluster.port, second!]) {
     const pids = new Set<string>();
     for (let i = 0; i < 60 && pids.size < 3; i++) pids.add(await ask(port, "pid"));

@@ -317,6 +317,10 @@ test("npm pack, npm install of the tarball elsewhere: the prebuilt addon is used
     assert.ok(!existsSync(join(bare.here, "build")), "no addon was built");
     if (builtHere) {
       assert.equal(bare.transport(), "native", "no install script ran, and the prebuilt addon serves");
+      // In a git checkout the prebuilt copy is never taken (one left by npm pack may be older than native/).
+      mkdirSync(join(bare.here, ".git"));
+      assert.equal(bare.transport(), "js", "a checkout with no build of its own runs on node:net");
+      rmSync(join(bare.here, ".git"), { recursive: true });
       // A platform the package carries no addon for.
       rmSync(join(bare.here, "prebuilds"), { recursive: true });
     }
