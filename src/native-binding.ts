@@ -530,7 +530,7 @@ function packageRoot(): string | null {
  */
 export function loadNative(): NativeAddon | null {
   if (process.env.PANTS_TS_TRANSPORT === "js") {
-    loadError = "disabled by PANTS_TS_TRANSPORT=js";
+    loadError = "the native addon is disabled by PANTS_TS_TRANSPORT=js";
     return null;
   }
   if (loaded !== undefined) return loaded;
