@@ -9,18 +9,11 @@
 set -euo pipefail
 version=${1:?usage: test-on-node.sh VERSION [COMMAND...]  (VERSION: 22, 24, 22.23.3, ...; COMMAND: default npm test)}
 shift
-case "$(uname -m)" in
-  x86_64) arch=x64 ;;
-  aarch64) arch=arm64 ;;
-  *) echo "test-on-node: no node-linux package for $(uname -m)" >&2; exit 2 ;;
-esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-mkdir "$work/node"
-(cd "$work" && npm pack --silent "node-linux-$arch@$version" >/dev/null)
-tar xzf "$work"/node-linux-*.tgz -C "$work/node" --strip-components=1
+bash "$root/scripts/fetch-node.sh" "$version" "$work/node"
 git clone -q "$root" "$work/repo"
 cd "$work/repo"
 export PATH="$work/node/bin:$PATH" npm_config_nodedir="$work/node"

@@ -17,7 +17,7 @@ import { codedError, failureText } from "./errors.js";
 import { Stream } from "./stream.js";
 import { formatAddress, hostWithZone, readsAsHostPort, readsAsPort } from "./address.js";
 import type { Address } from "./address.js";
-import { listensWithTls, ownListenAddresses, runCluster, processStats, shutdownAll } from "./cluster.js";
+import { workerListening, runCluster, processStats, shutdownAll } from "./cluster.js";
 import type { ClusterHandle } from "./cluster.js";
 import type { ClusterStats } from "./cluster.js";
 import type { ServerOptions } from "./server.js";
@@ -731,8 +731,10 @@ async function serve(args: ServeArgs): Promise<number> {
         if (address !== null) bound.set(formatAddress(address), address);
       });
       cluster.on("message", (_worker, message: unknown) => {
-        if (listensWithTls(message)) tls = true;
-        for (const address of ownListenAddresses(message)) bound.set(formatAddress(address), address);
+        const listening = workerListening(message);
+        if (listening === null) return;
+        if (listening.tls) tls = true;
+        for (const address of listening.own) bound.set(formatAddress(address), address);
       });
       process.on("SIGUSR2", () => process.stdout.write((current === null ? "pants-ts: workers starting" : statsLine(current.stats())) + "\n"));
       for (const signal of ["SIGTERM", "SIGINT"] as const) {

@@ -87,14 +87,14 @@ function isMessage(value: unknown): value is Message {
   return typeof value === "object" && value !== null && typeof (value as { pantsTs?: unknown }).pantsTs === "string";
 }
 
-/** Whether a message from a worker says it listens, with a server that serves TLS (for the CLI's banner). */
-export function listensWithTls(message: unknown): boolean {
-  return isMessage(message) && message.pantsTs === "listening" && message.tls === true;
-}
-
-/** The addresses a worker's "listening" message names that node:cluster's own event does not (reusePort sockets; for the CLI's banner). */
-export function ownListenAddresses(message: unknown): Address[] {
-  return isMessage(message) && message.pantsTs === "listening" && Array.isArray(message.own) ? message.own : [];
+/**
+ * What a worker's message says of its servers when it is the one saying it
+ * listens, else null (for the CLI's banner): whether one serves TLS, and the
+ * addresses node:cluster's own event does not report (reusePort sockets).
+ */
+export function workerListening(message: unknown): { tls: boolean; own: Address[] } | null {
+  if (!isMessage(message) || message.pantsTs !== "listening") return null;
+  return { tls: message.tls === true, own: Array.isArray(message.own) ? message.own : [] };
 }
 
 /** The stats of every server in this process, summed (closed ones included). */

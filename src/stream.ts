@@ -3123,8 +3123,8 @@ export class Stream extends Channel {
       this.#pauseBehindFile();
       return;
     }
-    // bufferedAmount, with the socket at hand.
-    const buffered = this.#state === S_CLOSED ? 0 : this.#wqBytes + sock.writableLength;
+    // bufferedAmount, with the socket at hand (open: each path above that may close returns).
+    const buffered = this.#wqBytes + sock.writableLength;
     if (buffered > this.writeHighWaterMark) this.#pause(P_BACKPRESSURE);
     if (buffered > 0) {
       // Most of what waits is in the socket now, not in the queue #afterQueue checks.

@@ -318,11 +318,14 @@ export async function freePort(): Promise<number> {
 export const sameOnEitherTransport: string | false =
   process.env.PANTS_TS_TRANSPORT === "js" && "the same on either transport: run once, in npm test's first pass";
 
-/** Whether this Node's node:net takes `reusePort` in listen() (22.12+, 23.1+), worked out here apart from src/. */
-export const netReusePort: boolean = (() => {
-  const [major, minor] = process.versions.node.split(".").map(Number) as [number, number];
+/** Whether node:net of Node `version` ("22.12.0") takes `reusePort` in listen() (22.12+, 23.1+), worked out here apart from src/. */
+export function setsReusePort(version: string): boolean {
+  const [major = 0, minor = 0] = version.split(".").map(Number);
   return major >= 24 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
-})();
+}
+
+/** Whether this Node's node:net takes `reusePort` (see {@link setsReusePort}). */
+export const netReusePort: boolean = setsReusePort(process.versions.node);
 
 /** The transport a plain server uses in this pass: PANTS_TS_TRANSPORT=js disables the addon. */
 export const passTransport: "native" | "js" = process.env.PANTS_TS_TRANSPORT === "js" ? "js" : "native";

@@ -11,7 +11,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { sameOnEitherTransport } from "./helpers.js";
+import { sameOnEitherTransport, setsReusePort } from "./helpers.js";
 
 const root = new URL("..", import.meta.url).pathname;
 const newer = process.env.PANTS_TS_NEWER_NODE;
@@ -25,8 +25,7 @@ const EXPECTED = 8;
 for (const transport of ["native", "js"] as const) {
   test(`under a newer Node (PANTS_TS_NEWER_NODE), on ${transport}: the ${EXPECTED} reusePort tests pass, none skipped`, { skip, timeout: 170_000 }, async () => {
     const version = spawnSync(newer!, ["-p", "process.versions.node"], { encoding: "utf8" }).stdout.trim();
-    const [major = 0, minor = 0] = version.split(".").map(Number);
-    assert.ok(major >= 24 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12), `PANTS_TS_NEWER_NODE (${newer}) is Node ${version || "?"}, whose node:net cannot set SO_REUSEPORT`);
+    assert.ok(setsReusePort(version), `PANTS_TS_NEWER_NODE (${newer}) is Node ${version || "?"}, whose node:net cannot set SO_REUSEPORT`);
     // Not NODE_TEST_CONTEXT: that would make the child's runner take itself for a nested one.
     const { NODE_TEST_CONTEXT: _, ...env } = process.env;
     const child = spawn(newer!, ["--import", "tsx", "--test", "--test-reporter=tap", "--test-concurrency=1", `--test-name-pattern=${PATTERN}`, ...FILES], {
