@@ -54,6 +54,7 @@ import { proxiedAddress } from "./proxy-protocol.js";
 import type { ProxyHeader } from "./proxy-protocol.js";
 import { NativeSocket, nativeAddon, nativeLimits } from "./native-socket.js";
 import { useNative } from "./transport.js";
+import { lendReads, pauseFlow, takeReads } from "./node-reads.js";
 import type { FileJob, FileSink } from "./write-file.js";
 import type { Server } from "./server.js";
 import { adoptAccessorFields, checkOptionKeys, checkOptions, optionKeys } from "./options.js";
@@ -287,6 +288,8 @@ const F_WRITE_ENDED = 1 << 28;
 const F_FIN_SENT = 1 << 29;
 /** An idle timeout came due before onConnect ran (a manual clock): onTimeout follows onConnect (see #event). */
 const F_TIMEOUT_DUE = 1 << 30;
+/** node:net hands this socket's reads to onNetRead (node-reads.ts), not to 'data' listeners. */
+const F_TAKEN = 1 << 31;
 
 // Reasons reading is paused (flag bits too).
 const P_USER = 1 << 15;
@@ -503,6 +506,14 @@ function onSocketData(this: OwnedSocket, chunk: Buffer): void {
   // A user's Duplex may read strings (setEncoding, objectMode) or objects.
   if (Buffer.isBuffer(chunk)) stream._onData(chunk);
   else stream._onForeignChunk(chunk, this.readableEncoding);
+}
+/** A read node:net handed over (node-reads.ts): the stream's own chunk, or one `lent` for the call. */
+function onNetRead(this: OwnedSocket, chunk: Buffer, lent: boolean): void {
+  this[kStream]?._onNetRead(chunk, lent);
+}
+/** Bytes node:net read before its reads were taken (see #listenReads). */
+function heldReads(stream: Stream, sock: OwnedSocket): void {
+  stream._onHeldReads(sock);
 }
 function onSocketEnd(this: OwnedSocket): void {
   this[kStream]?._onEnd();
@@ -873,8 +884,8 @@ export class Stream extends Channel {
    * may read as empty. `write()` copies what it has to keep; copy anything
    * else you keep or hand on (`Buffer.from(chunk)`). On the native
    * transport, reads of bulk size that find nothing pending are lent this
-   * way (raw chunks, or the frames cut from them); elsewhere (node:net,
-   * TLS) it changes nothing.
+   * way (raw chunks, or the frames cut from them); on node:net, the reads
+   * that land in its shared read buffer; under TLS it changes nothing.
    * Default false.
    * @throws TypeError unless a boolean.
    */
@@ -887,6 +898,7 @@ export class Stream extends Channel {
     else this.#flags &= ~F_LEND;
     const sock = this.#sock;
     if (isNative(sock)) sock.setLendReads(value);
+    else if ((this.#flags & F_TAKEN) !== 0 && this.#tls === null && sock !== null) lendReads(sock, value);
   }
 
   /** `null` (default): `onRead` gets Buffers; an encoding: it gets strings. */
@@ -1839,7 +1851,7 @@ export class Stream extends Channel {
     owned[kStream] = this;
     this.#sock = owned;
     this.#tls = tlsSock;
-    this.#flags &= ~(F_TLS_DONE | F_FLOWING);
+    this.#flags &= ~(F_TLS_DONE | F_FLOWING | F_TAKEN);
     if (initial) this.#flags &= ~F_TLS_UPGRADING;
     tlsSock.on("error", onSocketError);
     tlsSock.on("close", onSocketClose);
@@ -2185,18 +2197,67 @@ export class Stream extends Channel {
     if (sock === null || (this.#flags & F_FLOWING) !== 0) return;
     this.#flags |= F_FLOWING;
     sock.on("end", onSocketEnd);
-    sock.on("data", onSocketData);
+    this.#listenReads(sock);
     // A socket paused explicitly (after a PROXY header, or a STARTTLS
-    // upgrade) does not resume when a 'data' listener is added.
-    if ((this.#flags & P_ANY) !== 0) sock.pause();
-    else if (sock.isPaused()) sock.resume();
+    // upgrade) does not resume when a 'data' listener is added, and one
+    // whose reads node:net hands over has no such listener (its Readable
+    // side flows for its end only).
+    if ((this.#flags & P_ANY) !== 0) this.#pauseSocket(sock);
+    else if (sock.readableFlowing !== true) sock.resume();
     // A user's Duplex whose readable side ended before it was handed over
     // emitted its 'end' already: it would never come.
     if ((sock as Duplex).readableEnded === true) process.nextTick(endedEarlier, sock);
   }
 
+  /**
+   * Reads from `sock` reach this stream: from node:net's onread mode where
+   * it takes them (a node:net or node:tls socket: no Buffer per read, no
+   * Readable side), else as 'data' events.
+   */
+  #listenReads(sock: OwnedSocket): void {
+    if (!takeReads(sock, onNetRead)) {
+      sock.on("data", onSocketData);
+      return;
+    }
+    this.#flags |= F_TAKEN;
+    // node:tls copies its records into the shared memory from inside its own calls, which a lend must not span.
+    if ((this.#flags & F_LEND) !== 0 && this.#tls === null) lendReads(sock, true);
+    // What it read before (the onConnect tick, a PROXY header's rest, a TLS
+    // client's first request) comes first, on the tick 'data' would bring it.
+    if (sock.readableLength > 0) process.nextTick(heldReads, this, sock);
+  }
+
   // -------------------------------------------------------------------------
   // Internals: the read path
+
+  /** @internal A read node:net handed over (see #listenReads): the stream's own chunk, or one `lent` for the call (reuseReadBuffer). */
+  _onNetRead(chunk: Buffer, lent: boolean): void {
+    if (lent) this._onLent(chunk.buffer, chunk.byteOffset, chunk.length, null, 0, 0);
+    else this._onData(chunk);
+    // Paused: node:net reads on until highWaterMark bytes wait, then stops (see #pauseSocket).
+    if ((this.#flags & P_ANY) !== 0 && this.#rb !== null && this.#sock !== null && this.#rb.length >= this.#sock.readableHighWaterMark) {
+      this.#sock.pause();
+    }
+  }
+
+  /**
+   * Pauses the socket's reads: one whose reads node:net hands over reads on
+   * until highWaterMark bytes wait, as a node:net socket that emits 'data'
+   * does, so that a paused stream still notices the peer's reset.
+   */
+  #pauseSocket(sock: OwnedSocket): void {
+    if ((this.#flags & F_TAKEN) !== 0) pauseFlow(sock);
+    else sock.pause();
+  }
+
+  /** @internal Delivers what `sock` read before its reads were taken (see #listenReads). */
+  _onHeldReads(sock: OwnedSocket): void {
+    if (this.#sock !== sock) return;
+    let chunk: unknown;
+    while ((chunk = sock.read()) !== null) onSocketData.call(sock, chunk as Buffer);
+    // read() starts a taken socket's reads again: a stream paused meanwhile stays paused.
+    if ((this.#flags & P_ANY) !== 0 && this.#sock === sock) this.#pauseSocket(sock);
+  }
 
   /** @internal A chunk (`frames` null) or frames lent by the native transport for this call only (reuseReadBuffer). */
   _onLent(block: ArrayBufferLike, base: number, length: number, frames: Int32Array | null, first: number, count: number): void {
@@ -2741,7 +2802,7 @@ export class Stream extends Channel {
   #pause(reason: number): void {
     const was = this.#flags & P_ANY;
     this.#flags |= reason | F_STOP;
-    if (was === 0 && (this.#flags & F_FLOWING) !== 0 && this.#sock !== null) this.#sock.pause();
+    if (was === 0 && (this.#flags & F_FLOWING) !== 0 && this.#sock !== null) this.#pauseSocket(this.#sock);
   }
 
   #resume(reason: number): void {
@@ -3423,7 +3484,7 @@ export class Stream extends Channel {
     if ((this.#flags & F_FLOWING) === 0) {
       this.#flags |= F_FLOWING;
       sock.on("end", onSocketEnd);
-      sock.on("data", onSocketData);
+      this.#listenReads(sock);
     }
     sock.resume();
     sock.end();
