@@ -69,6 +69,38 @@ function retireShared(): void {
   shared = Buffer.from(moved);
 }
 
+/**
+ * Every socket taken, while its handle may read into the shared memory:
+ * what `reclaimShared` must point elsewhere. A socket leaves it at its
+ * 'close', or when node:tls wraps its handle (`releaseReads`).
+ */
+const takenSockets = new Set<TakenSocket>();
+function forget(this: TakenSocket): void {
+  takenSockets.delete(this);
+}
+
+/**
+ * A handler transferred a lent chunk's ArrayBuffer (to a worker, or with
+ * structuredClone): the shared memory is its new owner's now, which may
+ * free it, and libuv writes to it by address. So every socket whose reads
+ * land there is pointed at new memory before any other read can land, and
+ * the old memory is left to its owner, as it was when it was handed over.
+ */
+function reclaimShared(): void {
+  const k = keys!;
+  const old = shared;
+  shared = Buffer.allocUnsafeSlow(READ_SIZE);
+  for (const sock of takenSockets) {
+    const buf = sock[k.buffer] as Buffer;
+    // A Buffer of its own (bulk reads): its generator names the shared memory only by `shared`.
+    if (buf !== old && buf.length !== 0) continue;
+    const handle = (sock as unknown as { _handle?: UserBufferHandle | null })._handle;
+    if (handle == null) continue;
+    handle.useUserBuffer(shared);
+    sock[k.buffer] = shared;
+  }
+}
+
 /** Read generators (node:net calls them with no `this`, after each read, for the next read's buffer). */
 function ownBuffer(): Buffer {
   return Buffer.allocUnsafeSlow(READ_SIZE);
@@ -150,7 +182,14 @@ function onNodeRead(this: TakenSocket, nread: number, buf: Buffer): void {
     try {
       this[kDeliver](viewOf(shared.buffer, shared.byteOffset, nread), true);
     } finally {
-      retireShared();
+      if (shared.buffer.byteLength !== 0) retireShared();
+      else {
+        // Emptied by the handler: it transferred the chunk's ArrayBuffer, and with it the memory.
+        reclaimShared();
+        // This socket's handle reads into the new memory from now on: a Buffer its generator
+        // gave now (a bulk read's) would be taken by the handle's former reader, not that one.
+        this[k.generator] = null;
+      }
     }
     return;
   }
@@ -193,7 +232,18 @@ export function takeReads(sock: Duplex, deliver: ReadCallback): boolean {
   taken[kSmall] = 0;
   taken[keys.buffer] = shared;
   taken[keys.callback] = onNodeRead;
+  takenSockets.add(taken);
+  sock.on("close", forget);
   return true;
+}
+
+/**
+ * `sock`'s handle now reads for node:tls (a STARTTLS upgrade wraps it):
+ * its reads no longer land in the shared memory, and it must not be
+ * pointed anywhere by `reclaimShared` (that would take its reads from TLS).
+ */
+export function releaseReads(sock: Duplex): void {
+  takenSockets.delete(sock as unknown as TakenSocket);
 }
 
 /**

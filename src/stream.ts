@@ -54,7 +54,7 @@ import { proxiedAddress } from "./proxy-protocol.js";
 import type { ProxyHeader } from "./proxy-protocol.js";
 import { NativeSocket, nativeAddon, nativeLimits } from "./native-socket.js";
 import { useNative } from "./transport.js";
-import { lendReads, pauseFlow, takeReads } from "./node-reads.js";
+import { lendReads, pauseFlow, releaseReads, takeReads } from "./node-reads.js";
 import type { FileJob, FileSink } from "./write-file.js";
 import type { Server } from "./server.js";
 import { adoptAccessorFields, checkOptionKeys, checkOptions, optionKeys } from "./options.js";
@@ -1845,6 +1845,7 @@ export class Stream extends Channel {
     plain.off("end", onSocketEnd);
     plain.off("error", onSocketError);
     plain.on("error", ignoreError);
+    if ((this.#flags & F_TAKEN) !== 0) releaseReads(plain);
     const x = this.#extras();
     if (x.raw === null && (plain instanceof net.Socket || isNative(plain))) x.raw = plain;
     const owned = tlsSock as unknown as OwnedSocket;

@@ -186,3 +186,52 @@ test("PANTS_TS_NET_ONREAD=0 turns node:net's onread mode off: a borrowed chunk i
   assert.ok(off.chunks > 10, `off: ${JSON.stringify(off)}`);
   assert.equal(off.emptied, 0, `off: a chunk was lent: ${JSON.stringify(off)}`);
 });
+
+test("node:net reads: a handler that transfers a lent chunk's ArrayBuffer (reuseReadBuffer) takes that memory with it: nothing crashes, later reads of every connection land elsewhere", { timeout: 20_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const got = new Map<string, string>();
+  let moved: Uint8Array | null = null;
+  let movedAtArrival = "";
+  let movedRead = 0;
+  class Mover extends Stream {
+    #name = "";
+    override onConnect(): void {
+      this.reuseReadBuffer = true;
+    }
+    override onRead(chunk: Buffer): void {
+      if (this.#name === "") this.#name = chunk.toString("latin1", 0, 1);
+      got.set(this.#name, (got.get(this.#name) ?? "") + chunk.toString("latin1"));
+      // The first read of "a" goes to a "worker", with the memory it was read into (against the promise, but no crash and no use after free).
+      if (moved === null && this.#name === "a") {
+        movedRead = chunk.length;
+        const ab = chunk.buffer as ArrayBuffer;
+        moved = new Uint8Array(structuredClone(ab, { transfer: [ab] }));
+        movedAtArrival = Buffer.from(moved).toString("latin1");
+      }
+    }
+  }
+  const server = new Server(Mover, { engine, transport: "js" });
+  const port = await listenLocal(server, t);
+  const a = await connectRaw(port);
+  const b = await connectRaw(port);
+  t.after(() => {
+    a.destroy();
+    b.destroy();
+  });
+  // "a" begins with a read of bulk size (the next read would go to a Buffer of its own), then small ones.
+  const sent = { a: "a".repeat(60 * KiB), b: "" };
+  a.write(sent.a);
+  await sleep(30);
+  for (let i = 0; i < 20; i++) {
+    for (const [name, sock] of [["a", a], ["b", b]] as const) {
+      const line = `${name}${i}:${"x".repeat(i * 37)}\n`;
+      sent[name] += line;
+      sock.write(line);
+    }
+    await sleep(3);
+  }
+  await waitFor(() => got.get("a") === sent.a && got.get("b") === sent.b, 5000, "every byte of both connections");
+  assert.ok(moved !== null, "no chunk was transferred");
+  assert.ok(movedRead >= 32 * KiB, `the transferred read was not of bulk size: ${movedRead}`);
+  assert.equal(Buffer.from(moved!).toString("latin1"), movedAtArrival, "reads landed in memory the handler had transferred away");
+});
