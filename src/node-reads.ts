@@ -21,14 +21,20 @@
  * listens for 'data' as before. `PANTS_TS_NET_ONREAD=0` turns it off.
  *
  * Where a read lands:
- * - in one buffer shared by every socket (64 KiB), from which it is copied
- *   into a Buffer of its own size, or lent for the call (`lendReads`);
- * - after a read of bulk size (32 KiB or more), in a new 64 KiB Buffer per
- *   read, handed over as it is (no copy), as node:net's own reads are, until
- *   a few reads in a row are small again. Lent or not: a bulk chunk is
- *   usually written on (an echo, a proxy), and a lent one would be copied then.
+ * - in 64 KiB of memory shared by every plain socket, from which it is
+ *   copied into a Buffer of its own size, or lent for the call
+ *   (`lendReads`); TLS sockets share 64 KiB of their own, never lent (see
+ *   `tlsShared`);
+ * - after a read that filled the shared memory (more is waiting: bulk
+ *   transfer), in a new 64 KiB Buffer per read, handed over as it is (no
+ *   copy), as node:net's own reads are, until a read leaves room (the
+ *   peer's bytes ran out for now: an idle connection holds no Buffer). Lent
+ *   or not: a bulk chunk is usually written on (an echo, a proxy), and a
+ *   lent one would be copied then. At most MAX_OWN sockets read so at once;
+ *   the others copy.
  */
 import net from "node:net";
+import tls from "node:tls";
 import process from "node:process";
 import { Buffer } from "node:buffer";
 import { Readable } from "node:stream";
@@ -43,25 +49,36 @@ import { viewOf } from "./framing/view.js";
 export type ReadCallback = (this: Duplex, chunk: Buffer, lent: boolean) => void;
 
 const READ_SIZE = 64 * 1024;
-/** A read at least this large moves the socket's next reads to Buffers of their own. */
+/** A short read into a Buffer of the socket's own at least this large is handed over in it; a smaller one is copied out. */
 const BULK_READ = READ_SIZE / 2;
-/** Small reads in a row after which a socket's reads go back to the shared memory. */
-const SMALL_READS_BACK = 4;
+/**
+ * Sockets reading into Buffers of their own at once, each holding one
+ * (64 KiB) for its next read: at most 4 MiB, whatever peers do (one that
+ * sends exactly 64 KiB and then idles leaves its socket holding one).
+ */
+const MAX_OWN = 64;
+let owning = 0;
 
 /**
- * The memory shared by every such socket. Each read is handed on (copied,
+ * The memory shared by every plain socket. Each read is handed on (copied,
  * or lent for the call) before the next can land in it: libuv calls the
- * callbacks one at a time from the event loop, and node:tls copies its
- * cleartext into it one record at a time, each delivered before the next
- * is copied.
+ * callbacks one at a time, from the event loop only.
  */
 let shared: Buffer = Buffer.allocUnsafeSlow(READ_SIZE);
 
 /**
+ * The memory TLS sockets read into: node:tls copies its cleartext records
+ * into it from inside node:tls calls, which may come while a plain read is
+ * lent (a TLS stream over a Duplex of the user's, fed from an onRead), so
+ * it is not the lent memory. Its reads are copied before anything else runs.
+ */
+const tlsShared: Buffer = Buffer.allocUnsafeSlow(READ_SIZE);
+
+/**
  * Ends a lend: views of the shared memory handed out so far read as empty
  * from now on, never as later reads (as the native transport's lent reads
- * do). The memory itself moves to a new ArrayBuffer (no copy), so libuv and
- * node:tls, which write to it by address, go on filling it.
+ * do). The memory itself moves to a new ArrayBuffer (no copy), so libuv,
+ * which writes to it by address, goes on filling it.
  */
 function retireShared(): void {
   const old = shared.buffer as ArrayBuffer & { transfer?: () => ArrayBuffer };
@@ -70,13 +87,22 @@ function retireShared(): void {
 }
 
 /**
- * Every socket taken, while its handle may read into the shared memory:
- * what `reclaimShared` must point elsewhere. A socket leaves it at its
- * 'close', or when node:tls wraps its handle (`releaseReads`).
+ * Every plain socket taken, while its handle may read into the shared
+ * memory: what `reclaimShared` must point elsewhere. A socket leaves it at
+ * its 'close', or when node:tls wraps its handle (`releaseReads`).
  */
 const takenSockets = new Set<TakenSocket>();
 function forget(this: TakenSocket): void {
   takenSockets.delete(this);
+  stopOwning(this);
+}
+
+/** `sock` no longer reads into Buffers of its own (its generator is the caller's to set). */
+function stopOwning(sock: TakenSocket): void {
+  if (sock[kOwn]) {
+    sock[kOwn] = false;
+    owning--;
+  }
 }
 
 /**
@@ -88,12 +114,10 @@ function forget(this: TakenSocket): void {
  */
 function reclaimShared(): void {
   const k = keys!;
-  const old = shared;
   shared = Buffer.allocUnsafeSlow(READ_SIZE);
   for (const sock of takenSockets) {
-    const buf = sock[k.buffer] as Buffer;
     // A Buffer of its own (bulk reads): its generator names the shared memory only by `shared`.
-    if (buf !== old && buf.length !== 0) continue;
+    if (sock[kOwn]) continue;
     const handle = (sock as unknown as { _handle?: UserBufferHandle | null })._handle;
     if (handle == null) continue;
     handle.useUserBuffer(shared);
@@ -124,14 +148,17 @@ const disabled = process.env.PANTS_TS_NET_ONREAD === "0";
 
 const kDeliver = Symbol("pantsDeliver");
 const kLend = Symbol("pantsLend");
-/** Small reads in a row into a Buffer of the socket's own. */
-const kSmall = Symbol("pantsSmallReads");
+/** A TLS socket: reads into tlsShared, never lent, never into Buffers of its own. */
+const kTls = Symbol("pantsTlsReads");
+/** Its next read goes to a Buffer of its own (counted in `owning`). */
+const kOwn = Symbol("pantsOwnReads");
 
 interface TakenSocket extends net.Socket {
   [key: symbol]: unknown;
   [kDeliver]: ReadCallback;
   [kLend]: boolean;
-  [kSmall]: number;
+  [kTls]: boolean;
+  [kOwn]: boolean;
 }
 
 function findKeys(sock: net.Socket): OnreadKeys | null {
@@ -151,33 +178,28 @@ function findKeys(sock: net.Socket): OnreadKeys | null {
   return buffer !== null && callback !== null && generator !== null ? { buffer, callback, generator } : null;
 }
 
-/** node:net's callback (`kBufferCb`): `nread` bytes, in `buf`: a Buffer of the socket's own, or the shared memory. */
+/** node:net's callback (`kBufferCb`): `nread` bytes, in `buf` (a Buffer of the socket's own) or in the shared memory. */
 function onNodeRead(this: TakenSocket, nread: number, buf: Buffer): void {
   const k = keys!;
-  // The shared memory: `shared`, or a Buffer it has since moved out of (empty now). A Buffer
-  // of the socket's own is never empty: one that a chunk was handed out of is never read into again.
-  if (buf !== shared && buf.length !== 0) {
-    if (nread >= BULK_READ) {
-      this[k.generator] = ownBuffer; // the chunk keeps this Buffer: the next read gets a new one
-      this[kSmall] = 0;
+  if (this[kOwn]) {
+    // Full: more is waiting; the generator gives the next read a new Buffer (the chunk keeps this one).
+    if (nread === buf.length) {
       this[kDeliver](viewOf(buf.buffer, buf.byteOffset, nread), false);
       return;
     }
-    // A small read between bulk ones (the rest of a write): a copy of its size, not 64 KiB pinned
-    // by a few bytes. The Buffer, which no chunk holds, takes the next read, until a few
-    // small reads in a row send the socket back to the shared memory.
-    this[k.generator] = ++this[kSmall] >= SMALL_READS_BACK ? sharedBuffer : null;
-    this[kDeliver](copyOf(buf, nread), false);
+    // The peer's bytes ran out for now: the next read goes to the shared memory. A small
+    // read is copied out, not left pinning 64 KiB.
+    stopOwning(this);
+    this[k.generator] = sharedBuffer;
+    this[kDeliver](nread >= BULK_READ ? viewOf(buf.buffer, buf.byteOffset, nread) : copyOf(buf, nread), false);
     return;
   }
-  // Bulk: the next reads land in Buffers of their own, lent or not (a lent
-  // chunk that is written is copied, as bulk echoes and proxies do).
-  if (nread >= BULK_READ) {
-    this[k.generator] = ownBuffer;
-    this[kSmall] = 0;
-  } else if (this[k.generator] !== null) {
-    this[k.generator] = null; // sharedBuffer() has pointed node:net back at the shared memory
+  if (this[k.generator] !== null) this[k.generator] = null; // sharedBuffer() has pointed node:net back at the shared memory
+  if (this[kTls]) {
+    this[kDeliver](copyOf(tlsShared, nread), false);
+    return;
   }
+  let reclaimed = false;
   if (this[kLend]) {
     try {
       this[kDeliver](viewOf(shared.buffer, shared.byteOffset, nread), true);
@@ -186,14 +208,20 @@ function onNodeRead(this: TakenSocket, nread: number, buf: Buffer): void {
       else {
         // Emptied by the handler: it transferred the chunk's ArrayBuffer, and with it the memory.
         reclaimShared();
-        // This socket's handle reads into the new memory from now on: a Buffer its generator
-        // gave now (a bulk read's) would be taken by the handle's former reader, not that one.
-        this[k.generator] = null;
+        reclaimed = true;
       }
     }
-    return;
+  } else {
+    this[kDeliver](copyOf(shared, nread), false);
   }
-  this[kDeliver](copyOf(shared, nread), false);
+  // A read that filled the memory: bulk transfer, whose next reads go to Buffers of their own (lent or not:
+  // a bulk chunk is usually written on, and a lent one would be copied then). Not after a reclaim: this
+  // socket's handle reads into the new memory, and a Buffer the generator gave now would go to its former reader.
+  if (nread === READ_SIZE && !reclaimed && owning < MAX_OWN && !this.destroyed) {
+    this[kOwn] = true;
+    owning++;
+    this[k.generator] = ownBuffer;
+  }
 }
 
 /** The first `nread` bytes of `from` in a Buffer of their own (not pooled: its memory may be transferred). */
@@ -222,18 +250,23 @@ export function takeReads(sock: Duplex, deliver: ReadCallback): boolean {
   const taken = sock as unknown as TakenSocket;
   // Own fields set to null by net.Socket's constructor: a socket not in that mode yet.
   if (taken[keys.buffer] !== null || taken[keys.callback] !== null || taken[keys.generator] !== null) return false;
+  const isTls = sock instanceof tls.TLSSocket;
+  const memory = isTls ? tlsShared : shared;
   try {
-    handle.useUserBuffer(shared);
+    handle.useUserBuffer(memory);
   } catch {
     return false;
   }
   taken[kDeliver] = deliver;
   taken[kLend] = false;
-  taken[kSmall] = 0;
-  taken[keys.buffer] = shared;
+  taken[kTls] = isTls;
+  taken[kOwn] = false;
+  taken[keys.buffer] = memory;
   taken[keys.callback] = onNodeRead;
-  takenSockets.add(taken);
-  sock.on("close", forget);
+  if (!isTls) {
+    takenSockets.add(taken);
+    sock.on("close", forget);
+  }
   return true;
 }
 
@@ -243,16 +276,20 @@ export function takeReads(sock: Duplex, deliver: ReadCallback): boolean {
  * pointed anywhere by `reclaimShared` (that would take its reads from TLS).
  */
 export function releaseReads(sock: Duplex): void {
-  takenSockets.delete(sock as unknown as TakenSocket);
+  const taken = sock as unknown as TakenSocket;
+  takenSockets.delete(taken);
+  stopOwning(taken);
 }
 
 /**
  * Lends `sock`'s reads (a handler that keeps no chunk), or hands each over
  * as its own; the setting takes effect from the next read that lands in
- * the shared memory. Only for a socket `takeReads` took.
+ * the shared memory. A TLS socket's reads are never lent. Only for a
+ * socket `takeReads` took.
  */
 export function lendReads(sock: Duplex, lend: boolean): void {
-  (sock as unknown as TakenSocket)[kLend] = lend;
+  const taken = sock as unknown as TakenSocket;
+  taken[kLend] = lend && !taken[kTls];
 }
 
 /**

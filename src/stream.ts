@@ -898,7 +898,7 @@ export class Stream extends Channel {
     else this.#flags &= ~F_LEND;
     const sock = this.#sock;
     if (isNative(sock)) sock.setLendReads(value);
-    else if ((this.#flags & F_TAKEN) !== 0 && this.#tls === null && sock !== null) lendReads(sock, value);
+    else if ((this.#flags & F_TAKEN) !== 0 && sock !== null) lendReads(sock, value);
   }
 
   /** `null` (default): `onRead` gets Buffers; an encoding: it gets strings. */
@@ -2221,8 +2221,7 @@ export class Stream extends Channel {
       return;
     }
     this.#flags |= F_TAKEN;
-    // node:tls copies its records into the shared memory from inside its own calls, which a lend must not span.
-    if ((this.#flags & F_LEND) !== 0 && this.#tls === null) lendReads(sock, true);
+    if ((this.#flags & F_LEND) !== 0) lendReads(sock, true);
     // What it read before (the onConnect tick, a PROXY header's rest, a TLS
     // client's first request) comes first, on the tick 'data' would bring it.
     if (sock.readableLength > 0) process.nextTick(heldReads, this, sock);

@@ -15,8 +15,12 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { spawnSync } from "node:child_process";
 import net from "node:net";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { Server, Stream } from "../src/index.js";
 import { freshEngine, listenLocal, passTransport, prng, sleep, waitFor } from "./helpers.js";
+
+setFlagsFromString("--expose-gc");
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -234,4 +238,39 @@ test("node:net reads: a handler that transfers a lent chunk's ArrayBuffer (reuse
   assert.ok(moved !== null, "no chunk was transferred");
   assert.ok(movedRead >= 32 * KiB, `the transferred read was not of bulk size: ${movedRead}`);
   assert.equal(Buffer.from(moved!).toString("latin1"), movedAtArrival, "reads landed in memory the handler had transferred away");
+});
+
+test("node:net reads: connections that sent in bulk and then went idle hold no read Buffer of their own", { timeout: 60_000 }, async (t) => {
+  const engine = freshEngine(t);
+  const gc = runInNewContext("gc") as () => void;
+  let received = 0;
+  class Sink extends Stream {
+    override onRead(chunk: Buffer): void {
+      received += chunk.length;
+    }
+  }
+  const server = new Server(Sink, { engine, transport: "js" });
+  const port = await listenLocal(server, t);
+  const settle = async (): Promise<number> => {
+    await sleep(100);
+    gc();
+    await sleep(20);
+    gc();
+    return process.memoryUsage().arrayBuffers;
+  };
+  const before = await settle();
+  const count = 200;
+  // 256 KiB and a little: reads that fill 64 KiB (bulk), then a short last one.
+  const body = Buffer.alloc(256 * KiB + 100, 7);
+  const socks: net.Socket[] = [];
+  t.after(() => socks.forEach((s) => s.destroy()));
+  for (let i = 0; i < count; i++) {
+    const sock = await connectRaw(port);
+    socks.push(sock);
+    sock.write(body);
+  }
+  await waitFor(() => received === count * body.length, 20_000, "every byte");
+  const grown = (await settle()) - before;
+  // A connection left reading into a Buffer of its own holds 64 KiB (at most 64 of them: 4 MiB).
+  assert.ok(grown < 2 * MiB, `${count} idle connections hold ${(grown / MiB).toFixed(1)} MiB of ArrayBuffers`);
 });
