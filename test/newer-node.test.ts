@@ -47,7 +47,7 @@ const RERUNS: readonly Rerun[] = [
     files: ["test/net-reads.test.ts", "test/reuse-read-buffer.test.ts"],
     pattern: null,
     transports: ["js"],
-    expected: 16,
+    expected: 18,
     needs: null,
   },
 ];
