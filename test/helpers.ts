@@ -520,3 +520,30 @@ export async function withDeadline(p: Promise<void>, what: string): Promise<void
     clearTimeout(timer);
   }
 }
+
+/** What a {@link borrower} saw: chunks read, and the previous ones that read as empty by the next read. */
+export interface LendTally {
+  chunks: number;
+  emptied: number;
+  bytes: number;
+}
+
+/**
+ * A connection class that borrows its chunks (reuseReadBuffer) and looks at
+ * each previous chunk again at the next read, counting in `tally` those
+ * that read as empty by then (a lent chunk, taken back).
+ */
+export function borrower(tally: LendTally): typeof Stream {
+  return class Borrower extends Stream {
+    #last: Buffer | null = null;
+    override onConnect(): void {
+      this.reuseReadBuffer = true;
+    }
+    override onRead(chunk: Buffer): void {
+      if (this.#last !== null && this.#last.length === 0) tally.emptied++;
+      tally.chunks++;
+      tally.bytes += chunk.length;
+      this.#last = chunk;
+    }
+  };
+}

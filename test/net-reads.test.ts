@@ -18,7 +18,8 @@ import net from "node:net";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { Server, Stream } from "../src/index.js";
-import { freshEngine, listenLocal, passTransport, prng, sleep, waitFor } from "./helpers.js";
+import { borrower, freshEngine, listenLocal, passTransport, prng, sleep, waitFor } from "./helpers.js";
+import type { LendTally } from "./helpers.js";
 
 setFlagsFromString("--expose-gc");
 
@@ -155,23 +156,11 @@ test("node:net reads: a client stream's reads are lent too (reuseReadBuffer): a 
   });
   await new Promise<void>((resolve) => peer.listen(0, "127.0.0.1", resolve));
   t.after(() => peer.close());
-  let chunks = 0;
-  let emptied = 0;
-  let bytes = 0;
-  class Borrower extends Stream {
-    #last: Buffer | null = null;
-    override onConnect(): void {
-      this.reuseReadBuffer = true;
-    }
-    override onRead(chunk: Buffer): void {
-      if (this.#last !== null && this.#last.length === 0) emptied++;
-      chunks++;
-      bytes += chunk.length;
-      this.#last = chunk;
-    }
-  }
+  const tally: LendTally = { chunks: 0, emptied: 0, bytes: 0 };
+  const Borrower = borrower(tally);
   const client = new Borrower({ engine }).connect(["127.0.0.1", (peer.address() as net.AddressInfo).port]);
   await waitFor(() => client.closed, 5000, "the peer's end");
+  const { chunks, emptied, bytes } = tally;
   assert.equal(bytes, Array.from({ length: 20 }, (_, i) => `reply ${i}\n`).join("").length);
   assert.ok(chunks > 5, `only ${chunks} reads`);
   assert.ok(emptied > 0, "no chunk was lent (none read as empty after its call)");
