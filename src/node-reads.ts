@@ -146,7 +146,9 @@ let keys: OnreadKeys | null | undefined;
 
 const disabled = process.env.PANTS_TS_NET_ONREAD === "0";
 
-const kDeliver = Symbol("pantsDeliver");
+/** Where every taken socket's reads go (pants-ts has one reader: stream.ts's; see takeReads). */
+let deliver: ReadCallback | null = null;
+
 const kLend = Symbol("pantsLend");
 /** A TLS socket: reads into tlsShared, never lent, never into Buffers of its own. */
 const kTls = Symbol("pantsTlsReads");
@@ -155,7 +157,6 @@ const kOwn = Symbol("pantsOwnReads");
 
 interface TakenSocket extends net.Socket {
   [key: symbol]: unknown;
-  [kDeliver]: ReadCallback;
   [kLend]: boolean;
   [kTls]: boolean;
   [kOwn]: boolean;
@@ -184,25 +185,25 @@ function onNodeRead(this: TakenSocket, nread: number, buf: Buffer): void {
   if (this[kOwn]) {
     // Full: more is waiting; the generator gives the next read a new Buffer (the chunk keeps this one).
     if (nread === buf.length) {
-      this[kDeliver](viewOf(buf.buffer, buf.byteOffset, nread), false);
+      deliver!.call(this, viewOf(buf.buffer, buf.byteOffset, nread), false);
       return;
     }
     // The peer's bytes ran out for now: the next read goes to the shared memory. A small
     // read is copied out, not left pinning 64 KiB.
     stopOwning(this);
     this[k.generator] = sharedBuffer;
-    this[kDeliver](nread >= BULK_READ ? viewOf(buf.buffer, buf.byteOffset, nread) : copyOf(buf, nread), false);
+    deliver!.call(this, nread >= BULK_READ ? viewOf(buf.buffer, buf.byteOffset, nread) : copyOf(buf, nread), false);
     return;
   }
   if (this[k.generator] !== null) this[k.generator] = null; // sharedBuffer() has pointed node:net back at the shared memory
   if (this[kTls]) {
-    this[kDeliver](copyOf(tlsShared, nread), false);
+    deliver!.call(this, copyOf(tlsShared, nread), false);
     return;
   }
   let reclaimed = false;
   if (this[kLend]) {
     try {
-      this[kDeliver](viewOf(shared.buffer, shared.byteOffset, nread), true);
+      deliver!.call(this, viewOf(shared.buffer, shared.byteOffset, nread), true);
     } finally {
       if (shared.buffer.byteLength !== 0) retireShared();
       else {
@@ -212,7 +213,7 @@ function onNodeRead(this: TakenSocket, nread: number, buf: Buffer): void {
       }
     }
   } else {
-    this[kDeliver](copyOf(shared, nread), false);
+    deliver!.call(this, copyOf(shared, nread), false);
   }
   // A read that filled the memory: bulk transfer, whose next reads go to Buffers of their own (lent or not:
   // a bulk chunk is usually written on, and a lent one would be copied then). Not after a reclaim: this
@@ -236,12 +237,15 @@ interface UserBufferHandle {
 }
 
 /**
- * Has node:net hand `sock`'s reads to `deliver` instead of to its Readable
- * side; false, changing nothing, where it cannot. Bytes the socket had read
+ * Has node:net hand `sock`'s reads to `reader` instead of to its Readable
+ * side; false, changing nothing, where it cannot (also for a `reader` other
+ * than the one every socket taken so far reports to). Bytes the socket had read
  * already stay in its Readable buffer (`sock.read()` takes them).
  */
-export function takeReads(sock: Duplex, deliver: ReadCallback): boolean {
-  if (disabled || !(sock instanceof net.Socket) || sock.destroyed || sock.connecting) return false;
+export function takeReads(sock: Duplex, reader: ReadCallback): boolean {
+  // One reader for every socket: a second would need a field per socket.
+  if (disabled || (deliver !== null && deliver !== reader)) return false;
+  if (!(sock instanceof net.Socket) || sock.destroyed || sock.connecting) return false;
   const handle = (sock as unknown as { _handle?: Partial<UserBufferHandle> | null })._handle;
   if (handle == null || typeof handle.useUserBuffer !== "function") return false;
   if (sock.listenerCount("data") > 0 || sock.listenerCount("readable") > 0) return false;
@@ -257,7 +261,7 @@ export function takeReads(sock: Duplex, deliver: ReadCallback): boolean {
   } catch {
     return false;
   }
-  taken[kDeliver] = deliver;
+  deliver = reader;
   taken[kLend] = false;
   taken[kTls] = isTls;
   taken[kOwn] = false;

@@ -635,6 +635,13 @@ const NATIVE_READ_SIZE = 256 * 1024;
 let lentBlock: ArrayBufferLike | null = null;
 const lentHolders: Stream[] = [];
 
+/** The lend of `block` ends: the write queues that took views of it copy them. */
+function endLend(block: ArrayBufferLike): void {
+  lentBlock = null;
+  for (let i = 0; i < lentHolders.length; i++) lentHolders[i]!._keepLent(block);
+  lentHolders.length = 0;
+}
+
 // Writes made outside a read dispatch are flushed together at the end of the turn.
 const dirty: Stream[] = [];
 let flushScheduled = false;
@@ -2232,9 +2239,23 @@ export class Stream extends Channel {
 
   /** @internal A read node:net handed over (see #listenReads): the stream's own chunk, or one `lent` for the call (reuseReadBuffer). */
   _onNetRead(chunk: Buffer, lent: boolean): void {
-    if (lent) this._onLent(chunk.buffer, chunk.byteOffset, chunk.length, null, 0, 0);
-    else this._onData(chunk);
-    // Paused: node:net reads on until highWaterMark bytes wait, then stops (see #pauseSocket).
+    if (lent) {
+      // The chunk as it is (a view node-reads.ts made of the lent memory), not another view of its parts.
+      const block = chunk.buffer;
+      lentBlock = block;
+      try {
+        this._onData(chunk);
+      } finally {
+        endLend(block);
+      }
+    } else {
+      this._onData(chunk);
+    }
+    this.#stopIfFull();
+  }
+
+  /** Paused: a socket whose reads node:net hands over reads on until highWaterMark bytes wait, then stops (see #pauseSocket). */
+  #stopIfFull(): void {
     if ((this.#flags & P_ANY) !== 0 && this.#rb !== null && this.#sock !== null && this.#rb.length >= this.#sock.readableHighWaterMark) {
       this.#sock.pause();
     }
@@ -2266,9 +2287,7 @@ export class Stream extends Channel {
       if (frames === null) this._onData(viewOf(block, base, length));
       else this._onNativeFrames(block, base, length, frames, first, count);
     } finally {
-      lentBlock = null;
-      for (let i = 0; i < lentHolders.length; i++) lentHolders[i]!._keepLent(block);
-      lentHolders.length = 0;
+      endLend(block);
     }
   }
 
