@@ -2276,8 +2276,12 @@ export class Stream extends Channel {
     if (this.#sock !== sock) return;
     let chunk: unknown;
     while ((chunk = sock.read()) !== null) onSocketData.call(sock, chunk as Buffer);
-    // read() starts a taken socket's reads again: a stream paused meanwhile stays paused.
-    if ((this.#flags & P_ANY) !== 0 && this.#sock === sock) this.#pauseSocket(sock);
+    // read() starts a taken socket's reads again: a stream paused meanwhile
+    // stays paused, and reads no further once highWaterMark bytes wait.
+    if ((this.#flags & P_ANY) !== 0 && this.#sock === sock) {
+      this.#pauseSocket(sock);
+      this.#stopIfFull();
+    }
   }
 
   /** @internal A chunk (`frames` null) or frames lent by the native transport for this call only (reuseReadBuffer). */
